@@ -1,0 +1,138 @@
+//! Batches decoded in parallel ahead of the consumer, in a fixed order.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use rayon::prelude::*;
+
+use crate::preprocess::preprocess_file;
+use crate::{Dataset, DatasetError, ImageItem, Recipe};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBadImage {
+    /// Stop with an error naming the file.
+    Fail,
+    /// Leave the file out and count it.
+    Skip,
+}
+
+impl std::str::FromStr for OnBadImage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fail" => Ok(OnBadImage::Fail),
+            "skip" => Ok(OnBadImage::Skip),
+            other => Err(format!("'{other}': expected 'skip' or 'fail'")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    pub batch_size: usize,
+    /// Batches decoded ahead of the consumer; bounds memory.
+    pub lookahead: usize,
+    pub on_bad_image: OnBadImage,
+    /// Pool that decodes; `None` uses rayon's global pool.
+    pub pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions { batch_size: 32, lookahead: 2, on_bad_image: OnBadImage::Fail, pool: None }
+    }
+}
+
+/// Preprocessed images, ready to feed: `data` has `shape` = the recipe's batch shape for `items.len()`.
+#[derive(Debug)]
+pub struct Batch {
+    pub data: Vec<f32>,
+    pub shape: [usize; 4],
+    pub items: Vec<ImageItem>,
+}
+
+/// An iterator over batches, decoded on a background thread at most `lookahead` batches ahead.
+pub struct BatchStream {
+    rx: Receiver<Result<Batch, DatasetError>>,
+    worker: Option<JoinHandle<()>>,
+    skipped: Arc<Mutex<Vec<(PathBuf, String)>>>,
+}
+
+impl BatchStream {
+    pub fn new(dataset: &Dataset, recipe: &Recipe, options: StreamOptions) -> BatchStream {
+        let (tx, rx) = sync_channel(options.lookahead.max(1));
+        let skipped = Arc::new(Mutex::new(Vec::new()));
+        let items = dataset.items.clone();
+        let recipe = recipe.clone();
+        let skipped_w = Arc::clone(&skipped);
+        let worker = std::thread::spawn(move || {
+            let batch_size = options.batch_size.max(1);
+            let per_image = recipe.image_len();
+            let decode = |chunk: &[ImageItem]| -> Vec<Result<Vec<f32>, DatasetError>> {
+                chunk
+                    .par_iter()
+                    .map(|item| {
+                        let mut buf = vec![0f32; per_image];
+                        preprocess_file(&item.path, &recipe, &mut buf).map(|_| buf)
+                    })
+                    .collect()
+            };
+            for chunk in items.chunks(batch_size) {
+                let decoded = match &options.pool {
+                    Some(pool) => pool.install(|| decode(chunk)),
+                    None => decode(chunk),
+                };
+                let mut data = Vec::with_capacity(chunk.len() * per_image);
+                let mut kept = Vec::with_capacity(chunk.len());
+                for (item, result) in chunk.iter().zip(decoded) {
+                    match result {
+                        Ok(buf) => {
+                            data.extend_from_slice(&buf);
+                            kept.push(item.clone());
+                        }
+                        Err(e) if options.on_bad_image == OnBadImage::Skip => {
+                            tracing::warn!("skipping {}: {e}", item.path.display());
+                            if let Ok(mut s) = skipped_w.lock() {
+                                s.push((item.path.clone(), e.to_string()));
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                if kept.is_empty() {
+                    continue;
+                }
+                let batch = Batch { shape: recipe.batch_shape(kept.len()), data, items: kept };
+                if tx.send(Ok(batch)).is_err() {
+                    return; // the consumer stopped early
+                }
+            }
+        });
+        BatchStream { rx, worker: Some(worker), skipped }
+    }
+
+    /// Files left out so far under `OnBadImage::Skip`, with the reason.
+    pub fn skipped(&self) -> Vec<(PathBuf, String)> {
+        self.skipped.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Iterator for BatchStream {
+    type Item = Result<Batch, DatasetError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.rx.recv() {
+            Ok(item) => Some(item),
+            Err(_) => {
+                if let Some(w) = self.worker.take() {
+                    let _ = w.join();
+                }
+                None
+            }
+        }
+    }
+}

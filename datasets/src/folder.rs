@@ -1,0 +1,206 @@
+//! Image folders: flat (calibration) or labelled (one sub-folder per class).
+
+use std::path::{Path, PathBuf};
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::DatasetError;
+
+/// One image file and, in a labelled folder, its class index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageItem {
+    pub path: PathBuf,
+    pub label: Option<usize>,
+}
+
+/// A list of images in a fixed, sorted order.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub root: PathBuf,
+    pub items: Vec<ImageItem>,
+    /// Class names by index, for labelled folders.
+    pub classes: Vec<String>,
+}
+
+fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .map(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+        .unwrap_or(false)
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
+    let io = |source| DatasetError::Io { path: dir.to_path_buf(), source };
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        entries.push(entry.map_err(io)?.path());
+    }
+    entries.sort();
+    Ok(entries)
+}
+
+fn images_in(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<(), DatasetError> {
+    for path in sorted_entries(dir)? {
+        if path.is_dir() {
+            if recursive {
+                images_in(&path, true, out)?;
+            }
+        } else if is_image(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// `<label>-<name>` folder names, as in the fixtures (`0-t-shirt`).
+fn numbered_label(name: &str) -> Option<(usize, &str)> {
+    let (num, rest) = name.split_once('-')?;
+    Some((num.parse().ok()?, rest))
+}
+
+impl Dataset {
+    /// Every JPEG/PNG under `dir` (recursively), unlabelled, sorted by path.
+    pub fn flat(dir: &Path) -> Result<Dataset, DatasetError> {
+        let mut paths = Vec::new();
+        images_in(dir, true, &mut paths)?;
+        if paths.is_empty() {
+            return Err(DatasetError::Empty { dir: dir.to_path_buf() });
+        }
+        Ok(Dataset {
+            root: dir.to_path_buf(),
+            items: paths.into_iter().map(|path| ImageItem { path, label: None }).collect(),
+            classes: Vec::new(),
+        })
+    }
+
+    /// A folder with one sub-folder per class. Labels come from, in order of preference: a class list file
+    /// (one folder name per line, line number = label, as for ImageNet's `n01440364` folders); folder names
+    /// of the form `<label>-<name>`; otherwise the sorted folder names (torchvision's `ImageFolder` rule).
+    pub fn labelled(dir: &Path, class_list: Option<&Path>) -> Result<Dataset, DatasetError> {
+        let labels_err = |message: String| DatasetError::Labels { dir: dir.to_path_buf(), message };
+        let folders: Vec<PathBuf> = sorted_entries(dir)?.into_iter().filter(|p| p.is_dir()).collect();
+        if folders.is_empty() {
+            return Err(labels_err("no class sub-folders; a labelled folder holds one sub-folder per class".into()));
+        }
+        let folder_name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut assigned: Vec<(PathBuf, usize)> = Vec::new();
+        let classes: Vec<String>;
+        if let Some(list) = class_list {
+            let text = std::fs::read_to_string(list).map_err(|source| DatasetError::Io { path: list.into(), source })?;
+            classes = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+            for f in &folders {
+                let name = folder_name(f);
+                let label = classes.iter().position(|c| *c == name).ok_or_else(|| {
+                    labels_err(format!("sub-folder '{name}' is not in the class list {}", list.display()))
+                })?;
+                assigned.push((f.clone(), label));
+            }
+        } else if folders.iter().all(|f| numbered_label(&folder_name(f)).is_some()) {
+            let max = folders.iter().filter_map(|f| numbered_label(&folder_name(f)).map(|l| l.0)).max().unwrap_or(0);
+            let mut names = vec![String::new(); max + 1];
+            for f in &folders {
+                let name = folder_name(f);
+                if let Some((label, rest)) = numbered_label(&name) {
+                    if !names[label].is_empty() {
+                        return Err(labels_err(format!("two sub-folders carry label {label}")));
+                    }
+                    names[label] = rest.to_string();
+                    assigned.push((f.clone(), label));
+                }
+            }
+            classes = names;
+        } else {
+            classes = folders.iter().map(|f| folder_name(f)).collect();
+            assigned = folders.iter().cloned().enumerate().map(|(i, f)| (f, i)).collect();
+        }
+        let mut items = Vec::new();
+        for (folder, label) in assigned {
+            let mut paths = Vec::new();
+            images_in(&folder, true, &mut paths)?;
+            items.extend(paths.into_iter().map(|path| ImageItem { path, label: Some(label) }));
+        }
+        if items.is_empty() {
+            return Err(DatasetError::Empty { dir: dir.to_path_buf() });
+        }
+        items.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Dataset { root: dir.to_path_buf(), items, classes })
+    }
+
+    /// Keeps a seeded, reproducible random subset of `n` images (all of them if `n` is larger), in the
+    /// original order.
+    pub fn limit(mut self, n: usize, seed: u64) -> Dataset {
+        if n >= self.items.len() {
+            return self;
+        }
+        let mut order: Vec<usize> = (0..self.items.len()).collect();
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+        let mut keep = order[..n].to_vec();
+        keep.sort_unstable();
+        self.items = keep.into_iter().map(|i| self.items[i].clone()).collect();
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(p: &Path) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b"x").unwrap();
+    }
+
+    #[test]
+    fn numbered_and_class_list_labels() {
+        let d = tempfile::tempdir().unwrap();
+        touch(&d.path().join("1-trouser/b.png"));
+        touch(&d.path().join("0-t-shirt/a.PNG"));
+        touch(&d.path().join("0-t-shirt/notes.txt"));
+        let ds = Dataset::labelled(d.path(), None).unwrap();
+        assert_eq!(ds.classes, vec!["t-shirt", "trouser"]);
+        assert_eq!(ds.items.iter().map(|i| i.label.unwrap()).collect::<Vec<_>>(), vec![0, 1]);
+
+        let d = tempfile::tempdir().unwrap();
+        touch(&d.path().join("n02/x.jpg"));
+        touch(&d.path().join("n01/y.jpeg"));
+        let list = d.path().join("classes.txt");
+        std::fs::write(&list, "n02\nn01\n").unwrap();
+        let ds = Dataset::labelled(d.path(), Some(&list)).unwrap();
+        let labels: Vec<_> = ds.items.iter().map(|i| (i.path.file_name().unwrap().to_owned(), i.label.unwrap())).collect();
+        assert_eq!(labels, vec![("y.jpeg".into(), 1), ("x.jpg".into(), 0)]);
+        // Without the list: sorted folder names.
+        let ds = Dataset::labelled(d.path(), None).unwrap();
+        assert_eq!(ds.classes, vec!["n01", "n02"]);
+    }
+
+    #[test]
+    fn limit_is_seeded_and_keeps_order() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..50 {
+            touch(&d.path().join(format!("{i:03}.png")));
+        }
+        let a = Dataset::flat(d.path()).unwrap().limit(10, 7);
+        let b = Dataset::flat(d.path()).unwrap().limit(10, 7);
+        let c = Dataset::flat(d.path()).unwrap().limit(10, 8);
+        assert_eq!(a.items, b.items);
+        assert_ne!(a.items, c.items);
+        assert!(a.items.windows(2).all(|w| w[0].path < w[1].path));
+        assert_eq!(a.len(), 10);
+    }
+
+    #[test]
+    fn empty_folder_is_an_error_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        let err = Dataset::flat(d.path()).unwrap_err().to_string();
+        assert!(err.contains(&d.path().display().to_string()), "{err}");
+    }
+}

@@ -1,0 +1,17 @@
+//! Image folders, labels, preprocessing recipes and batches.
+//!
+//! Everything between an image file on disk and the float tensor a model is fed. Preprocessing follows
+//! PIL/torchvision (`Resize`, `CenterCrop`, `ToTensor`, `Normalize`) to within 1/255 per pixel, checked against
+//! reference values produced by Python and committed under `testdata/`.
+
+mod batches;
+mod error;
+mod folder;
+mod preprocess;
+mod recipe;
+
+pub use batches::{Batch, BatchStream, OnBadImage, StreamOptions};
+pub use error::DatasetError;
+pub use folder::{Dataset, ImageItem};
+pub use preprocess::{apply_geometry, load_pixels, preprocess_file, write_tensor, Pixels};
+pub use recipe::{Channels, Interpolation, Layout, Preset, Recipe, ResizeMode};

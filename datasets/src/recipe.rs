@@ -1,0 +1,257 @@
+//! The preprocessing recipe: a TOML file with an `[input]` table, or a named preset.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::DatasetError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Layout {
+    #[serde(rename = "NCHW")]
+    Nchw,
+    #[serde(rename = "NHWC")]
+    Nhwc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channels {
+    Gray,
+    Rgb,
+    Bgr,
+}
+
+impl Channels {
+    pub fn count(self) -> usize {
+        match self {
+            Channels::Gray => 1,
+            Channels::Rgb | Channels::Bgr => 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizeMode {
+    /// Resize the shorter side to `resize_to` (aspect kept, as torchvision's `Resize(int)`), then centre-crop.
+    Shorter,
+    /// Resize straight to `size`.
+    Exact,
+    /// No resize; centre-crop to `size` (the image must be at least that large).
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interpolation {
+    Nearest,
+    Bilinear,
+    Bicubic,
+}
+
+/// How an image becomes a model input. Serialized as the `[input]` table of a recipe file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// The model input to feed; `None` means the model's only input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default = "default_layout")]
+    pub layout: Layout,
+    pub channels: Channels,
+    /// `[height, width]` of the tensor fed to the model.
+    pub size: [u32; 2],
+    #[serde(default = "default_resize")]
+    pub resize: ResizeMode,
+    /// Target of the shorter side for `resize = "shorter"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize_to: Option<u32>,
+    #[serde(default = "default_interpolation")]
+    pub interpolation: Interpolation,
+    /// Pixels are divided by this first (255 maps 8-bit images to [0, 1]).
+    #[serde(default = "default_scale")]
+    pub scale: f32,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+fn default_layout() -> Layout {
+    Layout::Nchw
+}
+fn default_resize() -> ResizeMode {
+    ResizeMode::Shorter
+}
+fn default_interpolation() -> Interpolation {
+    Interpolation::Bilinear
+}
+fn default_scale() -> f32 {
+    255.0
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RecipeFile {
+    input: Recipe,
+}
+
+/// Named recipes for common model families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// torchvision's ImageNet evaluation transform: shorter side 256 bilinear, centre crop 224, RGB.
+    Imagenet,
+    /// OpenAI CLIP's transform: shorter side 224 bicubic, centre crop 224, RGB, CLIP mean/std.
+    Clip,
+}
+
+impl std::str::FromStr for Preset {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "imagenet" => Ok(Preset::Imagenet),
+            "clip" => Ok(Preset::Clip),
+            other => Err(format!("unknown preset '{other}'; known presets: imagenet, clip")),
+        }
+    }
+}
+
+impl Recipe {
+    pub fn preset(preset: Preset) -> Recipe {
+        match preset {
+            Preset::Imagenet => Recipe {
+                name: None,
+                layout: Layout::Nchw,
+                channels: Channels::Rgb,
+                size: [224, 224],
+                resize: ResizeMode::Shorter,
+                resize_to: Some(256),
+                interpolation: Interpolation::Bilinear,
+                scale: 255.0,
+                mean: vec![0.485, 0.456, 0.406],
+                std: vec![0.229, 0.224, 0.225],
+            },
+            Preset::Clip => Recipe {
+                name: None,
+                layout: Layout::Nchw,
+                channels: Channels::Rgb,
+                size: [224, 224],
+                resize: ResizeMode::Shorter,
+                resize_to: Some(224),
+                interpolation: Interpolation::Bicubic,
+                scale: 255.0,
+                mean: vec![0.481_454_66, 0.457_827_5, 0.408_210_73],
+                std: vec![0.268_629_54, 0.261_302_6, 0.275_777_1],
+            },
+        }
+    }
+
+    /// Parses a recipe file's text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Recipe, DatasetError> {
+        let file: RecipeFile =
+            toml::from_str(text).map_err(|e| DatasetError::Recipe { origin: origin.into(), message: e.to_string() })?;
+        file.input.validate(origin)?;
+        Ok(file.input)
+    }
+
+    pub fn load(path: &Path) -> Result<Recipe, DatasetError> {
+        let text = std::fs::read_to_string(path).map_err(|source| DatasetError::Io { path: path.into(), source })?;
+        Recipe::from_toml(&text, &path.display().to_string())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(&RecipeFile { input: self.clone() }).unwrap_or_default()
+    }
+
+    pub fn validate(&self, origin: &str) -> Result<(), DatasetError> {
+        let bad = |message: String| Err(DatasetError::Recipe { origin: origin.into(), message });
+        let c = self.channels.count();
+        if self.mean.len() != c || self.std.len() != c {
+            return bad(format!(
+                "channels = {:?} needs {c} mean and {c} std values, found {} and {}",
+                self.channels,
+                self.mean.len(),
+                self.std.len()
+            ));
+        }
+        if let Some(i) = self.std.iter().position(|s| !s.is_finite() || *s == 0.0) {
+            return bad(format!("std[{i}] = {} must be finite and non-zero", self.std[i]));
+        }
+        if self.mean.iter().any(|m| !m.is_finite()) {
+            return bad("mean values must be finite".into());
+        }
+        if !self.scale.is_finite() || self.scale == 0.0 {
+            return bad(format!("scale = {} must be finite and non-zero", self.scale));
+        }
+        if self.size[0] == 0 || self.size[1] == 0 {
+            return bad(format!("size = {:?} must be positive", self.size));
+        }
+        if self.resize == ResizeMode::Shorter {
+            match self.resize_to {
+                None => return bad("resize = \"shorter\" needs resize_to (the shorter side's new length)".into()),
+                Some(r) if r < self.size[0].min(self.size[1]) => {
+                    return bad(format!("resize_to = {r} is smaller than size {:?}: the crop would not fit", self.size))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Shape of a batch of `n` images: `[n, C, H, W]` or `[n, H, W, C]`.
+    pub fn batch_shape(&self, n: usize) -> [usize; 4] {
+        let (h, w, c) = (self.size[0] as usize, self.size[1] as usize, self.channels.count());
+        match self.layout {
+            Layout::Nchw => [n, c, h, w],
+            Layout::Nhwc => [n, h, w, c],
+        }
+    }
+
+    /// Floats per image.
+    pub fn image_len(&self) -> usize {
+        self.size[0] as usize * self.size[1] as usize * self.channels.count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let r = Recipe::from_toml(
+            r#"
+            [input]
+            name = "input"
+            layout = "NCHW"
+            channels = "gray"
+            size = [28, 28]
+            resize = "shorter"
+            resize_to = 28
+            interpolation = "bilinear"
+            scale = 255.0
+            mean = [0.2860]
+            std = [0.3530]
+            "#,
+            "example",
+        )
+        .unwrap();
+        assert_eq!(r.channels, Channels::Gray);
+        assert_eq!(r.batch_shape(4), [4, 1, 28, 28]);
+        assert_eq!(Recipe::from_toml(&r.to_toml(), "roundtrip").unwrap(), r);
+    }
+
+    #[test]
+    fn rejects_inconsistent_recipes_with_the_reason() {
+        let cases = [
+            ("[input]\nchannels = \"rgb\"\nsize = [4, 4]\nresize = \"exact\"\nmean = [0.5]\nstd = [0.5]", "needs 3 mean"),
+            ("[input]\nchannels = \"gray\"\nsize = [4, 4]\nresize = \"exact\"\nmean = [0.5]\nstd = [0.0]", "std[0]"),
+            ("[input]\nchannels = \"gray\"\nsize = [4, 4]\nmean = [0.5]\nstd = [0.5]", "needs resize_to"),
+            ("[input]\nchannels = \"grey\"\nsize = [4, 4]\nmean = [0.5]\nstd = [0.5]", "unknown variant"),
+            ("[input]\nchannels = \"gray\"\nsize = [4, 4]\nmean = [0.5]\nstd = [0.5]\nresize_too = 3", "unknown field"),
+        ];
+        for (text, want) in cases {
+            let err = Recipe::from_toml(text, "t.toml").unwrap_err().to_string();
+            assert!(err.contains(want) && err.contains("t.toml"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! ONNX model I/O and a typed view of the graph.
+//!
+//! This crate knows the ONNX file format (protobuf, external data) and the graph's structure (nodes, tensors,
+//! element types). It knows nothing of execution: running a model is the `runtime` crate's job.
+
+mod activations;
+mod error;
+mod external;
+mod index;
+mod infer;
+mod model;
+
+pub use activations::{find_activations, Activation};
+pub use error::GraphError;
+pub use index::GraphIndex;
+pub use infer::{infer_element_types, ElemType};
+pub use model::{write_atomic, Model};
+/// The generated ONNX protobuf messages, re-exported so that callers use the same version.
+pub use onnx_protobuf as proto;

@@ -1,0 +1,157 @@
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use onnx_protobuf::{tensor_proto::DataType, Message, ModelProto, TensorProto};
+use sha2::{Digest, Sha256};
+
+use crate::external;
+use crate::GraphError;
+
+/// An ONNX model read from disk. External data stays on disk and is read on demand, so that large models cost
+/// no more memory than their graph; every external location has been checked to lie inside the model's folder.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub proto: ModelProto,
+    /// The file the model was read from.
+    pub path: PathBuf,
+    /// The folder that external data locations are relative to.
+    pub dir: PathBuf,
+    /// SHA-256 of the model file followed by each external data file it uses (in location order), hex.
+    pub sha256: String,
+    /// Whether any initializer keeps its data in an external file.
+    pub has_external_data: bool,
+}
+
+impl Model {
+    /// Reads and checks a model. External data files are hashed but not loaded.
+    pub fn load(path: &Path) -> Result<Model, GraphError> {
+        let bytes = fs::read(path).map_err(|source| GraphError::Read { path: path.to_path_buf(), source })?;
+        let proto = ModelProto::parse_from_bytes(&bytes)
+            .map_err(|e| GraphError::Decode { path: path.to_path_buf(), message: e.to_string() })?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+
+        let mut hasher = Sha256::new();
+        hasher.update(&bytes);
+        let mut files = BTreeSet::new();
+        for tensor in &proto.graph.initializer {
+            if let Some(ext) = external::parse_ref(path, tensor)? {
+                external::check_inside(path, &dir, tensor, &ext)?;
+                files.insert(ext.location.clone());
+            }
+        }
+        for location in &files {
+            let file = dir.join(location);
+            let data = fs::read(&file).map_err(|source| GraphError::Read { path: file.clone(), source })?;
+            hasher.update(&data);
+        }
+        let has_external_data = !files.is_empty();
+        // Bounds are checked now so that a truncated .data file is reported before any work starts.
+        for tensor in &proto.graph.initializer {
+            if let Some(ext) = external::parse_ref(path, tensor)? {
+                external::check_bounds(path, &dir, tensor, &ext)?;
+            }
+        }
+        Ok(Model {
+            proto,
+            path: path.to_path_buf(),
+            dir,
+            sha256: hex(&hasher.finalize()),
+            has_external_data,
+        })
+    }
+
+    /// Serialized protobuf bytes of the (possibly edited) model. External data stays referenced, so the bytes
+    /// must be loaded with `dir` as the external data folder.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, GraphError> {
+        self.proto.write_to_bytes().map_err(|e| GraphError::Encode(e.to_string()))
+    }
+
+    /// The raw little-endian bytes of an initializer, whether stored inline or in an external file.
+    pub fn tensor_raw_bytes<'a>(&self, tensor: &'a TensorProto) -> Result<Option<Cow<'a, [u8]>>, GraphError> {
+        if let Some(ext) = external::parse_ref(&self.path, tensor)? {
+            return external::read(&self.path, &self.dir, tensor, &ext).map(|v| Some(Cow::Owned(v)));
+        }
+        if !tensor.raw_data.is_empty() {
+            return Ok(Some(Cow::Borrowed(&tensor.raw_data)));
+        }
+        Ok(None)
+    }
+
+    /// The values of a float32 initializer, from raw_data, float_data or external data.
+    pub fn tensor_f32(&self, tensor: &TensorProto) -> Result<Vec<f32>, GraphError> {
+        if tensor.data_type != DataType::FLOAT as i32 {
+            return Err(GraphError::TensorData {
+                tensor: tensor.name.clone(),
+                message: format!("expected float32 data, found ONNX data type {}", tensor.data_type),
+            });
+        }
+        let expected: i64 = tensor.dims.iter().product();
+        let values = match self.tensor_raw_bytes(tensor)? {
+            Some(raw) => {
+                if raw.len() % 4 != 0 {
+                    return Err(GraphError::TensorData {
+                        tensor: tensor.name.clone(),
+                        message: format!("raw data has {} bytes, not a multiple of 4", raw.len()),
+                    });
+                }
+                raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+            }
+            None => tensor.float_data.clone(),
+        };
+        if values.len() as i64 != expected {
+            return Err(GraphError::TensorData {
+                tensor: tensor.name.clone(),
+                message: format!("holds {} values but its dims {:?} need {}", values.len(), tensor.dims, expected),
+            });
+        }
+        Ok(values)
+    }
+
+    /// Names of the graph inputs that are not initializers (what a caller must feed).
+    pub fn feed_inputs(&self) -> Vec<&onnx_protobuf::ValueInfoProto> {
+        let inits: BTreeSet<&str> = self.proto.graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        self.proto.graph.input.iter().filter(|i| !inits.contains(i.name.as_str())).collect()
+    }
+
+    /// The input to feed: the named one, or the only one.
+    pub fn resolve_input(&self, name: Option<&str>) -> Result<&onnx_protobuf::ValueInfoProto, GraphError> {
+        let inputs = self.feed_inputs();
+        let available = inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ");
+        match name {
+            Some(n) => inputs.iter().find(|i| i.name == n).copied().ok_or_else(|| GraphError::NoSuchInput {
+                model: self.path.clone(),
+                name: n.to_string(),
+                available,
+            }),
+            None if inputs.len() == 1 => Ok(inputs[0]),
+            None => Err(GraphError::NoSuchInput {
+                model: self.path.clone(),
+                name: "<unspecified>".into(),
+                available: format!("{available}; the model has {} inputs, name one with [input] name = ...", inputs.len()),
+            }),
+        }
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so that readers never
+/// see a half-written file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), GraphError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let err = |source| GraphError::Write { path: path.to_path_buf(), source };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
+    tmp.write_all(bytes).map_err(err)?;
+    tmp.as_file().sync_all().map_err(err)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    Ok(())
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

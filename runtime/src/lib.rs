@@ -1,0 +1,186 @@
+//! Finds and loads ONNX Runtime, and builds sessions over in-memory models.
+//!
+//! The library is looked up in this order: the `ORT_DYLIB_PATH` environment variable, then the project-local
+//! install that `cargo xtask` performs (`.int8kit/onnxruntime-<version>/` at the workspace root). Nothing is
+//! downloaded here; [`install_project_local`] is what xtask calls to do that.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
+pub use ort::session::Session;
+pub use ort::value::Tensor;
+
+/// The ONNX Runtime release int8kit is tested with (the PyPI `onnxruntime` wheel of this version).
+pub const ORT_VERSION: &str = "1.32.0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("ONNX Runtime library not found. Run `cargo xtask setup` from the int8kit checkout (it runs `{}`), or point ORT_DYLIB_PATH at an existing libonnxruntime.so", install_command_line(&project_local_dir()))]
+    NotFound,
+    #[error("ORT_DYLIB_PATH={0} does not exist; point it at libonnxruntime.so (e.g. <site-packages>/onnxruntime/capi/libonnxruntime.so.{ORT_VERSION}) or unset it")]
+    EnvPathMissing(PathBuf),
+    #[error("cannot load ONNX Runtime from {path}: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error("installing ONNX Runtime {ORT_VERSION} into {dir} failed: {message}. Run `{command}` by hand to see why, or set ORT_DYLIB_PATH")]
+    Install { dir: PathBuf, command: String, message: String },
+    #[error("ONNX Runtime could not create a session for {model}: {message}")]
+    Session { model: String, message: String },
+    #[error("ONNX Runtime failed running {model}: {message}")]
+    Run { model: String, message: String },
+}
+
+/// Where `cargo xtask setup` installs the pinned ONNX Runtime: `.int8kit/` at the workspace root.
+pub fn project_local_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(".int8kit").join(format!("onnxruntime-{ORT_VERSION}"))
+}
+
+fn library_in(dir: &Path) -> PathBuf {
+    dir.join("onnxruntime").join("capi").join(format!("libonnxruntime.so.{ORT_VERSION}"))
+}
+
+fn install_command_line(dir: &Path) -> String {
+    format!("python3 -m pip install --no-deps --target {} onnxruntime=={ORT_VERSION}", dir.display())
+}
+
+/// The library to load, without loading it.
+pub fn locate() -> Result<PathBuf, RuntimeError> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return if p.is_file() { Ok(p) } else { Err(RuntimeError::EnvPathMissing(p)) };
+    }
+    let local = library_in(&project_local_dir());
+    if local.is_file() {
+        return Ok(local);
+    }
+    Err(RuntimeError::NotFound)
+}
+
+/// Installs the pinned wheel into the project-local folder (once) and returns the library path.
+/// pip writes into a temporary folder that is renamed into place, so an interrupted install leaves nothing.
+pub fn install_project_local() -> Result<PathBuf, RuntimeError> {
+    let dir = project_local_dir();
+    let lib = library_in(&dir);
+    if lib.is_file() {
+        return Ok(lib);
+    }
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let fail = |message: String| RuntimeError::Install {
+        dir: dir.clone(),
+        command: install_command_line(&dir),
+        message,
+    };
+    std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
+    let staging = parent.join(format!(".staging-onnxruntime-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", "--target"])
+        .arg(&staging)
+        .arg(format!("onnxruntime=={ORT_VERSION}"))
+        .status()
+        .map_err(|e| fail(format!("cannot start python3: {e}")))?;
+    if !status.success() || !library_in(&staging).is_file() {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(fail(format!("pip exited with {status}")));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&staging, &dir).map_err(|e| fail(e.to_string()))?;
+    Ok(lib)
+}
+
+struct Loaded {
+    env: Environment,
+    path: PathBuf,
+}
+
+static RUNTIME: OnceLock<Result<Loaded, String>> = OnceLock::new();
+
+fn load(path: &Path) -> ort::Result<Environment> {
+    let builder = ort::init_from(path).map_err(|e| ort::Error::new(e.to_string()))?;
+    builder.with_name("int8kit").with_telemetry(false).build()
+}
+
+fn loaded() -> Result<&'static Loaded, RuntimeError> {
+    let path = locate()?;
+    let result = RUNTIME.get_or_init(|| {
+        load(&path).map(|env| Loaded { env, path: path.clone() }).map_err(|e| e.to_string())
+    });
+    result.as_ref().map_err(|message| RuntimeError::Load { path, message: message.clone() })
+}
+
+/// Loads ONNX Runtime once per process and returns the path it came from.
+pub fn init() -> Result<PathBuf, RuntimeError> {
+    loaded().map(|l| l.path.clone())
+}
+
+/// How a session is built.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Intra-op threads; 0 lets ONNX Runtime choose (one per core).
+    pub intra_threads: usize,
+    /// Folder that external data locations are relative to (for models loaded from memory).
+    pub external_data_dir: Option<PathBuf>,
+    /// Whether idle worker threads spin. Off when other work (histograms) shares the cores.
+    pub spinning: bool,
+    /// A name for error messages, usually the model's path.
+    pub label: String,
+}
+
+impl SessionConfig {
+    pub fn new(label: impl Into<String>) -> SessionConfig {
+        SessionConfig { intra_threads: 0, external_data_dir: None, spinning: true, label: label.into() }
+    }
+}
+
+fn build_session(env: &Environment, bytes: &[u8], cfg: &SessionConfig) -> ort::Result<Session> {
+    // Builder errors carry the builder and are not Send/Sync: keep them inside this function.
+    let mut builder = Session::builder(env)?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        ?
+        .with_inter_threads(1)
+        ?
+        .with_intra_op_spinning(cfg.spinning)
+        ?;
+    if cfg.intra_threads > 0 {
+        builder = builder.with_intra_threads(cfg.intra_threads)?;
+    }
+    if let Some(dir) = &cfg.external_data_dir {
+        builder = builder
+            .with_config_entry("session.model_external_initializers_file_folder_path", dir.to_string_lossy())
+            ?;
+    }
+    builder.commit_from_memory(bytes)
+}
+
+/// A session over a serialized model.
+pub fn session_from_bytes(bytes: &[u8], cfg: &SessionConfig) -> Result<Session, RuntimeError> {
+    let rt = loaded()?;
+    build_session(&rt.env, bytes, cfg).map_err(|e| RuntimeError::Session { model: cfg.label.clone(), message: e.to_string() })
+}
+
+/// Runs a single-input session on a float32 batch and hands each requested output, as a flat slice with
+/// its shape, to `visit`. Outputs are visited in the order of `outputs`.
+pub fn run_f32(
+    session: &mut Session,
+    label: &str,
+    input_name: &str,
+    shape: &[usize],
+    data: &[f32],
+    mut visit: impl FnMut(usize, &[i64], &[f32]),
+    outputs: &[String],
+) -> Result<(), RuntimeError> {
+    let run_err = |e: ort::Error| RuntimeError::Run { model: label.to_string(), message: e.to_string() };
+    let tensor = ort::value::TensorRef::from_array_view((shape, data)).map_err(run_err)?;
+    let result = session.run(ort::inputs![input_name => tensor]).map_err(run_err)?;
+    for (i, name) in outputs.iter().enumerate() {
+        let value = result.get(name).ok_or_else(|| RuntimeError::Run {
+            model: label.to_string(),
+            message: format!("output '{name}' missing from the results"),
+        })?;
+        let (shape, values) = value.try_extract_tensor::<f32>().map_err(run_err)?;
+        visit(i, shape, values);
+    }
+    Ok(())
+}
