@@ -1,54 +1,57 @@
-//! Which tensors are activations: float tensors computed from the graph's fed inputs.
+//! Which tensors are activations: float tensors whose values depend on what is fed to the model.
 
 use std::collections::HashSet;
 
 use crate::{infer_element_types, Model};
 
-/// A float32 tensor whose value depends on what is fed to the model.
+/// A float32 tensor whose values depend on the model's fed inputs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Activation {
     pub name: String,
     /// The node that produces it, or `None` for a graph input.
     pub producer: Option<String>,
     pub producer_op: Option<String>,
+    /// The producing node's inputs.
+    pub producer_inputs: Vec<String>,
 }
 
-/// Every float32 activation in graph order: the fed inputs, then each node output that depends on them.
-/// Tensors computed only from initializers and constants (folded shape arithmetic, weights) are not
-/// activations. Non-float32 floating tensors (float16, ...) are reported in the second list, not collected.
+/// Ops whose outputs depend only on the shape of their input, never on its values.
+const SHAPE_ONLY: &[&str] = &["Shape", "Size"];
+
+/// Every float32 activation in graph order: the fed inputs, then each node output whose values depend on
+/// them. Tensors computed only from initializers, constants and input shapes (folded shape arithmetic,
+/// `1/sqrt(head_dim)` from `Shape`, an expanded class token) are not activations: their values do not
+/// change with the images. Floating tensors of other types (float16, ...) or of unknown type are returned in
+/// the second list, not collected.
 pub fn find_activations(model: &Model) -> (Vec<Activation>, Vec<String>) {
     let graph = &model.proto.graph;
     let types = infer_element_types(graph);
     let mut dynamic: HashSet<&str> = HashSet::new();
     let mut found = Vec::new();
     let mut skipped = Vec::new();
-    let mut seen: HashSet<&str> = HashSet::new();
-    let consider = |name: &'_ str, producer: Option<(&str, &str)>, found: &mut Vec<Activation>, skipped: &mut Vec<String>| {
-        match types.get(name) {
-            Some(t) if t.is_float32() => found.push(Activation {
-                name: name.to_string(),
-                producer: producer.map(|p| p.0.to_string()),
-                producer_op: producer.map(|p| p.1.to_string()),
-            }),
-            Some(t) if t.is_floating() => skipped.push(name.to_string()),
-            None => skipped.push(name.to_string()),
-            _ => {}
-        }
+    let mut consider = |act: Activation| match types.get(&act.name) {
+        Some(t) if t.is_float32() => found.push(act),
+        Some(t) if t.is_floating() => skipped.push(act.name),
+        None => skipped.push(act.name),
+        _ => {}
     };
     for input in model.feed_inputs() {
-        dynamic.insert(input.name.as_str());
-        if seen.insert(input.name.as_str()) {
-            consider(&input.name, None, &mut found, &mut skipped);
+        if dynamic.insert(input.name.as_str()) {
+            consider(Activation { name: input.name.clone(), producer: None, producer_op: None, producer_inputs: vec![] });
         }
     }
     for node in &graph.node {
-        if !node.input.iter().any(|i| dynamic.contains(i.as_str())) {
+        if SHAPE_ONLY.contains(&node.op_type.as_str()) || !node.input.iter().any(|i| dynamic.contains(i.as_str())) {
             continue;
         }
         for out in node.output.iter().filter(|o| !o.is_empty()) {
-            dynamic.insert(out.as_str());
-            if seen.insert(out.as_str()) {
-                consider(out, Some((&node.name, &node.op_type)), &mut found, &mut skipped);
+            if dynamic.insert(out.as_str()) {
+                consider(Activation {
+                    name: out.clone(),
+                    producer: Some(node.name.clone()),
+                    producer_op: Some(node.op_type.clone()),
+                    producer_inputs: node.input.clone(),
+                });
             }
         }
     }

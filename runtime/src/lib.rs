@@ -110,6 +110,17 @@ fn loaded() -> Result<&'static Loaded, RuntimeError> {
     result.as_ref().map_err(|message| RuntimeError::Load { path, message: message.clone() })
 }
 
+/// The loaded library's version (from its build string, e.g. "1.32.0"), loading it if needed.
+pub fn version() -> Result<String, RuntimeError> {
+    loaded()?;
+    let info = ort::info();
+    Ok(info
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .find_map(|part| part.strip_prefix("git-branch=rel-"))
+        .unwrap_or(info)
+        .to_string())
+}
+
 /// Loads ONNX Runtime once per process and returns the path it came from.
 pub fn init() -> Result<PathBuf, RuntimeError> {
     loaded().map(|l| l.path.clone())
@@ -160,27 +171,70 @@ pub fn session_from_bytes(bytes: &[u8], cfg: &SessionConfig) -> Result<Session, 
     build_session(&rt.env, bytes, cfg).map_err(|e| RuntimeError::Session { model: cfg.label.clone(), message: e.to_string() })
 }
 
-/// Runs a single-input session on a float32 batch and hands each requested output, as a flat slice with
-/// its shape, to `visit`. Outputs are visited in the order of `outputs`.
-pub fn run_f32(
+/// An output taken out of a run: it owns its ONNX Runtime buffer, so the session can run again while
+/// another thread reads it.
+pub struct OwnedOutput(ort::value::DynValue);
+
+impl OwnedOutput {
+    /// The values, if the output is a float32 tensor.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        self.0.try_extract_tensor::<f32>().ok().map(|(_, v)| v)
+    }
+}
+
+/// Runs a single-input session on a float32 batch and returns the requested outputs, in order, as values
+/// that outlive the run.
+pub fn run_f32_owned(
     session: &mut Session,
     label: &str,
     input_name: &str,
     shape: &[usize],
     data: &[f32],
-    mut visit: impl FnMut(usize, &[i64], &[f32]),
     outputs: &[String],
-) -> Result<(), RuntimeError> {
+) -> Result<Vec<OwnedOutput>, RuntimeError> {
+    let run_err = |e: ort::Error| RuntimeError::Run { model: label.to_string(), message: e.to_string() };
+    let tensor = ort::value::TensorRef::from_array_view((shape, data)).map_err(run_err)?;
+    let mut result = session.run(ort::inputs![input_name => tensor]).map_err(run_err)?;
+    let mut owned = Vec::with_capacity(outputs.len());
+    for name in outputs {
+        let value = result.remove(name).ok_or_else(|| RuntimeError::Run {
+            model: label.to_string(),
+            message: format!("output '{name}' missing from the results"),
+        })?;
+        let out = OwnedOutput(value);
+        if out.as_f32().is_none() {
+            return Err(RuntimeError::Run { model: label.to_string(), message: format!("output '{name}' is not float32") });
+        }
+        owned.push(out);
+    }
+    Ok(owned)
+}
+
+/// Runs a single-input session on a float32 batch and hands the requested float32 outputs, as flat slices
+/// in the order of `outputs`, to `consume`. The slices live in ONNX Runtime's buffers: nothing is copied.
+pub fn run_f32<R>(
+    session: &mut Session,
+    label: &str,
+    input_name: &str,
+    shape: &[usize],
+    data: &[f32],
+    outputs: &[String],
+    consume: impl FnOnce(Vec<&[f32]>) -> R,
+) -> Result<R, RuntimeError> {
     let run_err = |e: ort::Error| RuntimeError::Run { model: label.to_string(), message: e.to_string() };
     let tensor = ort::value::TensorRef::from_array_view((shape, data)).map_err(run_err)?;
     let result = session.run(ort::inputs![input_name => tensor]).map_err(run_err)?;
-    for (i, name) in outputs.iter().enumerate() {
+    let mut slices = Vec::with_capacity(outputs.len());
+    for name in outputs {
         let value = result.get(name).ok_or_else(|| RuntimeError::Run {
             model: label.to_string(),
             message: format!("output '{name}' missing from the results"),
         })?;
-        let (shape, values) = value.try_extract_tensor::<f32>().map_err(run_err)?;
-        visit(i, shape, values);
+        let (_, values) = value.try_extract_tensor::<f32>().map_err(|e| RuntimeError::Run {
+            model: label.to_string(),
+            message: format!("output '{name}': {e}"),
+        })?;
+        slices.push(values);
     }
-    Ok(())
+    Ok(consume(slices))
 }

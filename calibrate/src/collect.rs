@@ -1,0 +1,314 @@
+//! The calibration pass: expose every activation as an output of an in-memory copy of the model, stream
+//! batches through ONNX Runtime, and fold each output into its tensor's statistics.
+
+use std::path::Path;
+
+use datasets::{BatchStream, Dataset, OnBadImage, Recipe, StreamOptions};
+use graph::proto::{TypeProto, ValueInfoProto};
+use graph::{find_activations, Activation, ElemType, Model};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::hist_file::{HistFile, HistogramInfo, ImagesInfo, ModelInfo, TensorRecord, HIST_FORMAT, HIST_VERSION};
+use crate::histogram::{TensorStats, BINS};
+use crate::CalibrateError;
+
+#[derive(Debug, Clone)]
+pub struct CalibrateOptions {
+    pub batch_size: usize,
+    /// Threads for ONNX Runtime and for histograms; 0 means one per core.
+    pub threads: usize,
+    /// Use a seeded random subset of this many images.
+    pub limit: Option<usize>,
+    pub seed: u64,
+    pub on_bad_image: OnBadImage,
+}
+
+impl Default for CalibrateOptions {
+    fn default() -> Self {
+        CalibrateOptions { batch_size: 16, threads: 0, limit: None, seed: 0, on_bad_image: OnBadImage::Fail }
+    }
+}
+
+/// What happened, beside the statistics themselves.
+#[derive(Debug, Clone)]
+pub struct CalibrationSummary {
+    pub images: u64,
+    pub skipped: Vec<(std::path::PathBuf, String)>,
+    pub tensors: usize,
+    /// Floating tensors not collected (not float32, or of unknown type), by name.
+    pub not_collected: Vec<String>,
+}
+
+/// A model copy whose activations are all graph outputs.
+pub struct TappedModel {
+    pub model: Model,
+    pub activations: Vec<Activation>,
+    pub not_collected: Vec<String>,
+    /// The input to feed.
+    pub input: String,
+    plan: CollectionPlan,
+}
+
+fn float_output(name: &str) -> ValueInfoProto {
+    let mut vi = ValueInfoProto::new();
+    vi.name = name.to_string();
+    let mut tp = TypeProto::new();
+    tp.mut_tensor_type().elem_type = ElemType::FLOAT.0;
+    vi.type_ = Some(tp).into();
+    vi
+}
+
+/// Checks the recipe against the model input's static dimensions.
+fn check_input_shape(model: &Model, input: &ValueInfoProto, recipe: &Recipe) -> Result<(), CalibrateError> {
+    let Some(tp) = input.type_.as_ref() else { return Ok(()) };
+    if !tp.has_tensor_type() {
+        return Ok(());
+    }
+    let tt = tp.tensor_type();
+    if tt.elem_type != ElemType::FLOAT.0 {
+        return Err(CalibrateError::Input {
+            model: model.path.clone(),
+            message: format!("input '{}' has ONNX element type {}; int8kit feeds float32 images", input.name, tt.elem_type),
+        });
+    }
+    let Some(shape) = tt.shape.as_ref() else { return Ok(()) };
+    let want = recipe.batch_shape(1);
+    if shape.dim.len() != 4 {
+        return Err(CalibrateError::Input {
+            model: model.path.clone(),
+            message: format!("input '{}' has rank {}, expected a 4-D image batch", input.name, shape.dim.len()),
+        });
+    }
+    for (axis, dim) in shape.dim.iter().enumerate().skip(1) {
+        if dim.has_dim_value() && dim.dim_value() != want[axis] as i64 {
+            let dims: Vec<String> = shape
+                .dim
+                .iter()
+                .map(|d| if d.has_dim_value() { d.dim_value().to_string() } else { d.dim_param().to_string() })
+                .collect();
+            return Err(CalibrateError::Input {
+                model: model.path.clone(),
+                message: format!(
+                    "input '{}' has shape [{}] but the recipe makes {:?} ({:?} layout); fix size/channels/layout in the recipe",
+                    input.name,
+                    dims.join(", "),
+                    want,
+                    recipe.layout
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl TappedModel {
+    /// Loads the model and adds every float32 activation as a graph output, in memory only.
+    pub fn new(model_path: &Path, recipe: &Recipe) -> Result<TappedModel, CalibrateError> {
+        let mut model = Model::load(model_path)?;
+        let input = model.resolve_input(recipe.name.as_deref())?.clone();
+        check_input_shape(&model, &input, recipe)?;
+        let (activations, not_collected) = find_activations(&model);
+        let existing: std::collections::HashSet<String> =
+            model.proto.graph.output.iter().map(|o| o.name.clone()).collect();
+        let plan = CollectionPlan::new(&activations);
+        for &i in &plan.measured {
+            if !existing.contains(&activations[i].name) {
+                model.proto.graph.mut_or_insert_default().output.push(float_output(&activations[i].name));
+            }
+        }
+        Ok(TappedModel { model, activations, not_collected, input: input.name, plan })
+    }
+
+    /// Names of the activations read back from ONNX Runtime, in graph order.
+    pub fn output_names(&self) -> Vec<String> {
+        self.plan.measured.iter().map(|&i| self.activations[i].name.clone()).collect()
+    }
+}
+
+/// Ops whose output holds exactly the values of their first input, rearranged: their statistics are those
+/// of the input, so they are copied rather than measured again (about a fifth of a ViT's activations).
+const SAME_VALUES: &[&str] = &["Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Dropout"];
+
+/// Which activations are read back from ONNX Runtime and which copy another's statistics.
+struct CollectionPlan {
+    /// Activation index -> index of the activation whose statistics it has (itself if measured).
+    source: Vec<usize>,
+    /// Activations read back from ONNX Runtime, in graph order.
+    measured: Vec<usize>,
+}
+
+impl CollectionPlan {
+    fn new(activations: &[Activation]) -> CollectionPlan {
+        let index: std::collections::HashMap<&str, usize> =
+            activations.iter().enumerate().map(|(i, a)| (a.name.as_str(), i)).collect();
+        let mut source: Vec<usize> = (0..activations.len()).collect();
+        for (i, a) in activations.iter().enumerate() {
+            let same = a.producer_op.as_deref().is_some_and(|op| SAME_VALUES.contains(&op));
+            if let (true, Some(&j)) = (same, a.producer_inputs.first().and_then(|n| index.get(n.as_str()))) {
+                source[i] = source[j];
+            }
+        }
+        let measured = (0..activations.len()).filter(|&i| source[i] == i && activations[i].producer.is_some()).collect();
+        CollectionPlan { source, measured }
+    }
+
+    fn assemble(&self, n: usize, input_slot: Option<usize>, input: TensorStats, measured: Vec<TensorStats>) -> Vec<TensorStats> {
+        let mut own: Vec<Option<TensorStats>> = vec![None; n];
+        if let Some(i) = input_slot {
+            own[i] = Some(input);
+        }
+        for (&i, s) in self.measured.iter().zip(measured) {
+            own[i] = Some(s);
+        }
+        (0..n).map(|i| own[self.source[i]].clone().unwrap_or_default()).collect()
+    }
+}
+
+fn list_hash(dataset: &Dataset) -> String {
+    let mut h = Sha256::new();
+    for item in &dataset.items {
+        let rel = item.path.strip_prefix(&dataset.root).unwrap_or(&item.path);
+        h.update(rel.to_string_lossy().as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
+}
+
+/// Runs the calibration pass. `progress(done, total)` is called after each batch.
+pub fn calibrate(
+    model_path: &Path,
+    images: &Path,
+    recipe: &Recipe,
+    options: &CalibrateOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(HistFile, CalibrationSummary), CalibrateError> {
+    recipe.validate("recipe")?;
+    let tapped = TappedModel::new(model_path, recipe)?;
+    let label = tapped.model.path.display().to_string();
+
+    let mut dataset = Dataset::flat(images)?;
+    if let Some(n) = options.limit {
+        dataset = dataset.limit(n, options.seed);
+    }
+    let total = dataset.len() as u64;
+
+    let threads = if options.threads == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    } else {
+        options.threads
+    };
+    // ONNX Runtime and the histograms run at the same time on different batches, each on half the threads:
+    // ORT scales poorly on small ops, so this beats taking turns with all threads each.
+    let ort_threads = threads.div_ceil(2).max(1);
+    let hist_threads = (threads - ort_threads).max(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(hist_threads)
+        .thread_name(|i| format!("int8kit-hist-{i}"))
+        .build()
+        .map_err(|e| CalibrateError::Threads(e.to_string()))?;
+    let mut cfg = runtime::SessionConfig::new(&label);
+    cfg.intra_threads = ort_threads;
+    cfg.external_data_dir = Some(tapped.model.dir.clone());
+    // Other work shares the cores: idle ORT workers must not spin.
+    cfg.spinning = false;
+    let mut session = runtime::session_from_bytes(&tapped.model.to_bytes()?, &cfg)?;
+    let onnxruntime = runtime::version()?;
+
+    let outputs = tapped.output_names();
+    let input_slot = tapped.activations.iter().position(|a| a.producer.is_none());
+    let mut input_stats = TensorStats::default();
+
+    let mut stream = BatchStream::new(
+        &dataset,
+        recipe,
+        StreamOptions {
+            batch_size: options.batch_size.max(1),
+            lookahead: 2,
+            on_bad_image: options.on_bad_image,
+            pool: None,
+        },
+    );
+    let mut done = 0u64;
+    // A rendezvous channel: at most two batches of activations exist at once (one being histogrammed, one
+    // being computed), which bounds memory whatever the number of images.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<runtime::OwnedOutput>>(0);
+    let measured_count = outputs.len();
+    let (run_result, measured_stats) = std::thread::scope(|scope| {
+        let histograms = scope.spawn(move || {
+            let mut stats = vec![TensorStats::default(); measured_count];
+            for outs in rx {
+                pool.install(|| {
+                    stats.par_iter_mut().zip(outs.par_iter()).for_each(|(s, o)| {
+                        if let Some(values) = o.as_f32() {
+                            s.add(values);
+                        }
+                    })
+                });
+            }
+            stats
+        });
+        let run = (|| -> Result<(), CalibrateError> {
+            for batch in stream.by_ref() {
+                let batch = batch?;
+                if input_slot.is_some() {
+                    input_stats.add(&batch.data);
+                }
+                let outs = runtime::run_f32_owned(&mut session, &label, &tapped.input, &batch.shape, &batch.data, &outputs)?;
+                if tx.send(outs).is_err() {
+                    break; // the histogram thread died; joining it below reports why
+                }
+                done += batch.items.len() as u64;
+                progress(done, total);
+            }
+            Ok(())
+        })();
+        drop(tx);
+        let stats = histograms.join().map_err(|_| CalibrateError::Threads("the histogram thread panicked".into()));
+        (run, stats)
+    });
+    run_result?;
+    let measured_stats = measured_stats?;
+    let stats = tapped.plan.assemble(tapped.activations.len(), input_slot, input_stats, measured_stats);
+    let skipped = stream.skipped();
+    if done == 0 {
+        return Err(CalibrateError::NoImages { dir: images.to_path_buf(), skipped: skipped.len() });
+    }
+
+    let tensors = tapped
+        .activations
+        .iter()
+        .zip(stats)
+        .map(|(a, stats)| TensorRecord { name: a.name.clone(), producer: a.producer.clone(), op: a.producer_op.clone(), stats })
+        .collect::<Vec<_>>();
+    let hist = HistFile {
+        format: HIST_FORMAT.into(),
+        version: HIST_VERSION,
+        producer: format!("int8kit calibrate {}", env!("CARGO_PKG_VERSION")),
+        model: ModelInfo { file: file_name(model_path), sha256: tapped.model.sha256.clone() },
+        recipe: recipe.clone(),
+        images: ImagesInfo {
+            folder: file_name(images),
+            count: done,
+            skipped: skipped.len() as u64,
+            limit: options.limit,
+            seed: options.seed,
+            list_sha256: list_hash(&dataset),
+        },
+        onnxruntime,
+        histogram: HistogramInfo { bins: BINS, values: "abs".into() },
+        tensors,
+    };
+    let summary = CalibrationSummary {
+        images: done,
+        skipped,
+        tensors: hist.tensors.len(),
+        not_collected: tapped.not_collected.clone(),
+    };
+    Ok((hist, summary))
+}
+

@@ -1,0 +1,526 @@
+//! Per-tensor statistics whose result does not depend on batch size, batch order or thread count.
+//!
+//! The |x| histogram has [`BINS`] equal bins over `[0, 2^e)`, where `2^e` is the smallest power of two above
+//! the largest |x| seen so far. A value's bin is `floor(|x| * BINS / 2^e)`; multiplying by a power of two is
+//! exact in floating point, so the bin is computed without rounding. Doubling the range maps bin `i` to
+//! `i / 2` (pair merge), which is exactly the bin the value would have had at the larger range. Hence any
+//! split of the data into chunks, histogrammed separately and merged in any order, gives the same counts as
+//! one pass over all of it at the final range. Min, max and counts are exact too, so the whole
+//! [`TensorStats`] is a pure function of the multiset of values.
+
+use serde::{Deserialize, Serialize};
+
+/// Bins over the power-of-two range. The maximum lies in the upper half of the range, so at least
+/// `BINS / 2` = 2048 bins cover `[0, max]`: as fine as TensorRT's entropy calibration needs, or finer.
+pub const BINS: usize = 4096;
+const LOG2_BINS: i32 = 12;
+
+/// Histogram of |x| over `[0, 2^range_exp)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbsHistogram {
+    /// `None` until a non-zero value is seen; zeros always fall in bin 0.
+    pub range_exp: Option<i32>,
+    /// Always `BINS` long in memory; serialized without its trailing zeros.
+    #[serde(with = "trimmed_counts")]
+    pub counts: Vec<u64>,
+}
+
+impl Default for AbsHistogram {
+    fn default() -> Self {
+        AbsHistogram { range_exp: None, counts: vec![0; BINS] }
+    }
+}
+
+/// The smallest `e` with `a < 2^e`, for finite `a > 0`.
+pub fn range_exp_for(a: f32) -> i32 {
+    let bits = a.to_bits() & 0x7fff_ffff;
+    let biased = (bits >> 23) as i32;
+    if biased == 0 {
+        // Subnormal: a = m * 2^-149 with m < 2^23; e = bit length of m - 149.
+        let m = bits & 0x007f_ffff;
+        32 - m.leading_zeros() as i32 - 149
+    } else {
+        // Normal: a in [2^(biased-127), 2^(biased-126)).
+        biased - 126
+    }
+}
+
+/// `2^k` as f32 for the bin multiplier, exact over the exponents that occur (finite f32 ranges).
+fn pow2(k: i32) -> f32 {
+    (k as f64).exp2() as f32
+}
+
+impl AbsHistogram {
+    /// Upper edge of the histogram range (`2^range_exp`), or 0 when only zeros were seen.
+    pub fn range(&self) -> f64 {
+        self.range_exp.map(|e| (e as f64).exp2()).unwrap_or(0.0)
+    }
+
+    /// Width of one bin.
+    pub fn bin_width(&self) -> f64 {
+        self.range() / BINS as f64
+    }
+
+    /// Grows the range to `2^e` (if larger) by pair-merging bins.
+    pub fn grow_to(&mut self, e: i32) {
+        let Some(cur) = self.range_exp else {
+            // Only zeros so far: they stay in bin 0 at any range.
+            self.range_exp = Some(e);
+            return;
+        };
+        if e <= cur {
+            return;
+        }
+        let steps = (e - cur) as u32;
+        if steps >= LOG2_BINS as u32 + 1 {
+            let total: u64 = self.counts.iter().sum();
+            self.counts.iter_mut().for_each(|c| *c = 0);
+            self.counts[0] = total;
+        } else {
+            let mut merged = vec![0u64; BINS];
+            for (i, c) in self.counts.iter().enumerate() {
+                merged[i >> steps] += c;
+            }
+            self.counts = merged;
+        }
+        self.range_exp = Some(e);
+    }
+
+    /// Adds finite values whose |x| is below the current range, counting into `scratch` (4 interleaved
+    /// u32 tables, which break the store-to-load dependency on runs of equal bins) and flushing at the end.
+    fn add_in_range(&mut self, values: &[f32], scratch: &mut Scratch) {
+        let Some(e) = self.range_exp else {
+            self.counts[0] += values.len() as u64;
+            return;
+        };
+        let k = pow2(LOG2_BINS - e);
+        kernels::bin(values, k, &mut scratch.tables);
+        scratch.pending += values.len() as u64;
+        // u32 tables: flush well before any entry could overflow.
+        if scratch.pending >= 1 << 30 {
+            self.flush(scratch);
+        }
+    }
+
+    fn flush(&mut self, scratch: &mut Scratch) {
+        if scratch.pending == 0 {
+            return;
+        }
+        let (t0, rest) = scratch.tables.split_at_mut(BINS);
+        let (t1, rest) = rest.split_at_mut(BINS);
+        let (t2, t3) = rest.split_at_mut(BINS);
+        for (i, c) in self.counts.iter_mut().enumerate() {
+            *c += t0[i] as u64 + t1[i] as u64 + t2[i] as u64 + t3[i] as u64;
+        }
+        scratch.tables.iter_mut().for_each(|t| *t = 0);
+        scratch.pending = 0;
+    }
+
+    /// Adds another histogram's counts (any range).
+    pub fn merge(&mut self, other: &AbsHistogram) {
+        if let Some(e) = other.range_exp {
+            self.grow_to(e);
+        }
+        let mut o = other.clone();
+        if let Some(e) = self.range_exp {
+            o.grow_to(e);
+        }
+        for (a, b) in self.counts.iter_mut().zip(&o.counts) {
+            *a += b;
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+mod trimmed_counts {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(counts: &[u64], s: S) -> Result<S::Ok, S::Error> {
+        let used = counts.iter().rposition(|&c| c != 0).map_or(0, |i| i + 1);
+        s.collect_seq(&counts[..used])
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+        let mut counts = Vec::<u64>::deserialize(d)?;
+        if counts.len() > super::BINS {
+            return Err(D::Error::custom(format!("{} bins, more than {}", counts.len(), super::BINS)));
+        }
+        counts.resize(super::BINS, 0);
+        Ok(counts)
+    }
+}
+
+/// Per-thread counting tables, reused across calls.
+struct Scratch {
+    tables: Vec<u32>,
+    pending: u64,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> =
+        std::cell::RefCell::new(Scratch { tables: vec![0; 4 * BINS], pending: 0 });
+}
+
+/// The two hot loops: a range scan and the binning scatter. AVX2 where the CPU has it (checked at run time),
+/// plain Rust otherwise; both give identical results.
+mod kernels {
+    use super::BINS;
+
+    /// (min, max, count of non-finite values). Min and max are only meaningful when the count is 0.
+    pub fn scan(v: &[f32]) -> (f32, f32, u32) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked above).
+            return unsafe { avx2::scan(v) };
+        }
+        scan_scalar(v)
+    }
+
+    pub fn scan_scalar(v: &[f32]) -> (f32, f32, u32) {
+        let (mut lo, mut hi, mut nf) = (f32::INFINITY, f32::NEG_INFINITY, 0u32);
+        for &x in v {
+            lo = lo.min(x);
+            hi = hi.max(x);
+            nf += (!x.is_finite()) as u32;
+        }
+        (lo, hi, nf)
+    }
+
+    /// Adds 1 to table `j % 4` at bin `min(floor(|x| * k), BINS - 1)` for the j-th value.
+    pub fn bin(v: &[f32], k: f32, tables: &mut [u32]) {
+        assert_eq!(tables.len(), 4 * BINS);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked above); tables has 4 * BINS entries (asserted).
+            unsafe { avx2::bin(v, k, tables) };
+            return;
+        }
+        bin_scalar(v, k, tables)
+    }
+
+    pub fn bin_scalar(v: &[f32], k: f32, tables: &mut [u32]) {
+        for (j, &x) in v.iter().enumerate() {
+            let i = ((x.abs() * k) as usize).min(BINS - 1);
+            tables[(j % 4) * BINS + i] += 1;
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod avx2 {
+        use super::BINS;
+        use std::arch::x86_64::*;
+
+        #[target_feature(enable = "avx2")]
+        pub unsafe fn scan(v: &[f32]) -> (f32, f32, u32) {
+            let mut lo = _mm256_set1_ps(f32::INFINITY);
+            let mut hi = _mm256_set1_ps(f32::NEG_INFINITY);
+            let exp_mask = _mm256_set1_epi32(0x7f80_0000);
+            let mut non_finite = _mm256_setzero_si256();
+            let mut chunks = v.chunks_exact(8);
+            for c in &mut chunks {
+                let x = _mm256_loadu_ps(c.as_ptr());
+                lo = _mm256_min_ps(lo, x);
+                hi = _mm256_max_ps(hi, x);
+                // All exponent bits set: infinity or NaN (counted as -1 per lane by the compare).
+                let e = _mm256_and_si256(_mm256_castps_si256(x), exp_mask);
+                non_finite = _mm256_sub_epi32(non_finite, _mm256_cmpeq_epi32(e, exp_mask));
+            }
+            let (mut l, mut h, mut n) = ([0f32; 8], [0f32; 8], [0u32; 8]);
+            _mm256_storeu_ps(l.as_mut_ptr(), lo);
+            _mm256_storeu_ps(h.as_mut_ptr(), hi);
+            _mm256_storeu_si256(n.as_mut_ptr() as *mut __m256i, non_finite);
+            let (rl, rh, rn) = super::scan_scalar(chunks.remainder());
+            let lo = l.iter().copied().fold(rl, f32::min);
+            let hi = h.iter().copied().fold(rh, f32::max);
+            (lo, hi, n.iter().sum::<u32>() + rn)
+        }
+
+        #[target_feature(enable = "avx2")]
+        pub unsafe fn bin(v: &[f32], k: f32, tables: &mut [u32]) {
+            let scale = _mm256_set1_ps(k);
+            let cap = _mm256_set1_ps((BINS - 1) as f32);
+            let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+            let mut idx = [0u32; 8];
+            let mut chunks = v.chunks_exact(8);
+            let t = tables.as_mut_ptr();
+            for c in &mut chunks {
+                let x = _mm256_and_ps(_mm256_loadu_ps(c.as_ptr()), abs_mask);
+                // |x| * k < BINS for in-range values; the cap guards the table bounds regardless.
+                let i = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_mul_ps(x, scale), cap));
+                _mm256_storeu_si256(idx.as_mut_ptr() as *mut __m256i, i);
+                // SAFETY: every idx is in 0..BINS (capped above) and tables has 4 * BINS entries.
+                for lane in 0..8 {
+                    *t.add((lane % 4) * BINS + idx[lane] as usize) += 1;
+                }
+            }
+            super::bin_scalar(chunks.remainder(), k, tables);
+        }
+    }
+}
+
+/// Everything `calibrate` keeps about one activation tensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct TensorStats {
+    /// Finite values seen.
+    pub count: u64,
+    /// Smallest finite value (`None` when no finite value was seen).
+    pub min: Option<f32>,
+    pub max: Option<f32>,
+    pub nan: u64,
+    pub pos_inf: u64,
+    pub neg_inf: u64,
+    pub hist: AbsHistogram,
+}
+
+impl TensorStats {
+    /// Largest finite |x|, or 0.
+    pub fn amax(&self) -> f32 {
+        match (self.min, self.max) {
+            (Some(lo), Some(hi)) => lo.abs().max(hi.abs()),
+            _ => 0.0,
+        }
+    }
+
+    fn note_range(&mut self, lo: f32, hi: f32, n: u64) {
+        // -0.0 and 0.0 compare equal, so which one min/max keeps would depend on order: store +0.0.
+        let (lo, hi) = (lo + 0.0, hi + 0.0);
+        self.count += n;
+        self.min = Some(self.min.map_or(lo, |m| m.min(lo)));
+        self.max = Some(self.max.map_or(hi, |m| m.max(hi)));
+        let a = lo.abs().max(hi.abs());
+        if a > 0.0 {
+            self.hist.grow_to(range_exp_for(a));
+        }
+    }
+
+    /// Adds a chunk of values. NaN and infinities are counted and left out of everything else.
+    pub fn add(&mut self, values: &[f32]) {
+        SCRATCH.with(|s| self.add_with(values, &mut s.borrow_mut()));
+    }
+
+    fn add_with(&mut self, values: &[f32], scratch: &mut Scratch) {
+        // Blocks small enough to stay in L1 between the range scan and the binning pass.
+        for block in values.chunks(4096) {
+            let (lo, hi, non_finite) = kernels::scan(block);
+            if non_finite == 0 {
+                if self.range_grows(lo, hi) {
+                    self.hist.flush(scratch);
+                }
+                self.note_range(lo, hi, block.len() as u64);
+                self.hist.add_in_range(block, scratch);
+                continue;
+            }
+            let finite: Vec<f32> = block
+                .iter()
+                .copied()
+                .filter(|x| {
+                    if x.is_nan() {
+                        self.nan += 1;
+                    } else if *x == f32::INFINITY {
+                        self.pos_inf += 1;
+                    } else if *x == f32::NEG_INFINITY {
+                        self.neg_inf += 1;
+                    }
+                    x.is_finite()
+                })
+                .collect();
+            if finite.is_empty() {
+                continue;
+            }
+            let (lo, hi, _) = kernels::scan(&finite);
+            if self.range_grows(lo, hi) {
+                self.hist.flush(scratch);
+            }
+            self.note_range(lo, hi, finite.len() as u64);
+            self.hist.add_in_range(&finite, scratch);
+        }
+        self.hist.flush(scratch);
+    }
+
+    /// Whether values in `[lo, hi]` would widen the histogram range (pending counts must be flushed first,
+    /// since they were binned at the old range).
+    fn range_grows(&self, lo: f32, hi: f32) -> bool {
+        let a = lo.abs().max(hi.abs());
+        a > 0.0 && self.hist.range_exp.is_none_or(|e| range_exp_for(a) > e)
+    }
+
+    /// Combines statistics of two disjoint sets of values.
+    pub fn merge(&mut self, other: &TensorStats) {
+        self.count += other.count;
+        self.nan += other.nan;
+        self.pos_inf += other.pos_inf;
+        self.neg_inf += other.neg_inf;
+        self.min = match (self.min, other.min) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.max = match (self.max, other.max) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.hist.merge(&other.hist);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn range_exp_is_the_smallest_power_of_two_above() {
+        for (a, e) in [(1.0f32, 1), (0.999, 0), (0.5, 0), (3.0, 2), (4.0, 3), (f32::MAX, 128), (1e-45, -148)] {
+            assert_eq!(range_exp_for(a), e, "{a}");
+            assert!((a as f64) < (e as f64).exp2() && (a as f64) >= ((e - 1) as f64).exp2(), "{a}");
+        }
+    }
+
+    #[test]
+    fn values_land_in_the_right_bins() {
+        let mut s = TensorStats::default();
+        s.add(&[0.0, -0.0, 1.0, -1.5, 0.25]);
+        // max |x| = 1.5 -> range [0, 2), bin width 2/4096.
+        assert_eq!(s.hist.range_exp, Some(1));
+        assert_eq!(s.hist.counts[0], 2);
+        assert_eq!(s.hist.counts[2048], 1); // 1.0
+        assert_eq!(s.hist.counts[3072], 1); // 1.5
+        assert_eq!(s.hist.counts[512], 1); // 0.25
+        assert_eq!((s.min, s.max, s.count), (Some(-1.5), Some(1.0), 5));
+    }
+
+    #[test]
+    fn non_finite_values_are_counted_and_excluded() {
+        let mut s = TensorStats::default();
+        s.add(&[f32::NAN, 2.0, f32::INFINITY, f32::NEG_INFINITY, -3.0, f32::NAN]);
+        assert_eq!((s.nan, s.pos_inf, s.neg_inf, s.count), (2, 1, 1, 2));
+        assert_eq!((s.min, s.max), (Some(-3.0), Some(2.0)));
+        assert_eq!(s.hist.total(), 2);
+        let mut all_bad = TensorStats::default();
+        all_bad.add(&[f32::NAN]);
+        assert_eq!((all_bad.min, all_bad.count, all_bad.amax()), (None, 0, 0.0));
+    }
+
+    #[test]
+    fn signed_zeros_do_not_make_results_order_dependent() {
+        let a = bytes(&stats_of(&[&[0.0, -0.0], &[-0.0]]));
+        let b = bytes(&stats_of(&[&[-0.0], &[0.0, -0.0]]));
+        let c = bytes(&stats_of(&[&[-0.0, 0.0, -0.0]]));
+        assert!(a == b && a == c, "signed zeros changed the serialized statistics");
+    }
+
+    #[test]
+    fn simd_and_scalar_kernels_agree() {
+        let v: Vec<f32> = (0..10_007).map(|i| ((i * 7919) % 10007) as f32 / 37.0 - 100.0).collect();
+        assert_eq!(kernels::scan(&v), kernels::scan_scalar(&v));
+        let mut with_nan = v.clone();
+        with_nan[5000] = f32::NAN;
+        with_nan[17] = f32::NEG_INFINITY;
+        assert_eq!(kernels::scan(&with_nan).2, 2);
+        let (mut a, mut b) = (vec![0u32; 4 * BINS], vec![0u32; 4 * BINS]);
+        kernels::bin(&v, 8.0, &mut a);
+        kernels::bin_scalar(&v, 8.0, &mut b);
+        let sum = |t: &[u32]| (0..BINS).map(|i| (0..4).map(|j| t[j * BINS + i] as u64).sum::<u64>()).collect::<Vec<_>>();
+        assert_eq!(sum(&a), sum(&b));
+    }
+
+    #[test]
+    fn the_large_value_path_counts_like_the_small_one() {
+        let values: Vec<f32> = (0..200_003).map(|i| ((i * 7919) % 10007) as f32 / 997.0 - 5.0).collect();
+        let mut big = TensorStats::default();
+        big.add(&values);
+        let mut small = TensorStats::default();
+        for c in values.chunks(1000) {
+            small.add(c);
+        }
+        assert_eq!(big, small);
+    }
+
+    fn values() -> impl Strategy<Value = Vec<f32>> {
+        // Mixed magnitudes, zeros, the odd NaN/inf, subnormals: ranges grow many times over a stream.
+        let v = prop_oneof![
+            8 => -1e3f32..1e3,
+            4 => -1e-3f32..1e-3,
+            2 => Just(0.0f32),
+            2 => Just(-0.0f32),
+            1 => -1e30f32..1e30,
+            1 => Just(f32::NAN),
+            1 => Just(f32::INFINITY),
+            1 => Just(1e-42f32),
+        ];
+        prop::collection::vec(v, 0..3000)
+    }
+
+    /// Serialized form: what must be identical (it also tells -0.0 from 0.0, which `==` does not).
+    fn bytes(s: &TensorStats) -> String {
+        serde_json::to_string(s).unwrap()
+    }
+
+    fn stats_of(chunks: &[&[f32]]) -> TensorStats {
+        let mut s = TensorStats::default();
+        for c in chunks {
+            s.add(c);
+        }
+        s
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Any split into batches gives the same statistics as one pass.
+        #[test]
+        fn batch_size_does_not_matter(v in values(), split in 1usize..500) {
+            let whole = stats_of(&[&v]);
+            let chunks: Vec<&[f32]> = v.chunks(split).collect();
+            prop_assert_eq!(bytes(&whole), bytes(&stats_of(&chunks)));
+        }
+
+        /// Histogramming parts separately (as threads would) and merging in any order is exact.
+        #[test]
+        fn merge_order_does_not_matter(v in values(), cut1 in 0usize..3000, cut2 in 0usize..3000) {
+            let a = cut1.min(v.len());
+            let b = cut2.min(v.len()).max(a);
+            let parts = [&v[..a], &v[a..b], &v[b..]];
+            let whole = stats_of(&[&v]);
+            let mut fwd = TensorStats::default();
+            for p in parts { fwd.merge(&stats_of(&[p])); }
+            let mut rev = TensorStats::default();
+            for p in parts.iter().rev() { rev.merge(&stats_of(&[p])); }
+            prop_assert_eq!(bytes(&whole), bytes(&fwd));
+            prop_assert_eq!(bytes(&whole), bytes(&rev));
+        }
+
+        /// Reordering the values (batch order) does not change the result.
+        #[test]
+        fn value_order_does_not_matter(mut v in values(), seed in any::<u64>()) {
+            let whole = stats_of(&[&v]);
+            let n = v.len();
+            if n > 1 {
+                let mut x = seed | 1;
+                for i in (1..n).rev() {
+                    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                    v.swap(i, (x % (i as u64 + 1)) as usize);
+                }
+            }
+            prop_assert_eq!(bytes(&whole), bytes(&stats_of(&[&v])));
+        }
+
+        /// Every finite value is in exactly one bin whose interval contains |x|.
+        #[test]
+        fn counts_match_a_direct_computation(v in values()) {
+            let s = stats_of(&[&v]);
+            let finite: Vec<f32> = v.iter().copied().filter(|x| x.is_finite()).collect();
+            prop_assert_eq!(s.hist.total(), finite.len() as u64);
+            if let Some(e) = s.hist.range_exp {
+                let mut direct = vec![0u64; BINS];
+                for x in &finite {
+                    let b = ((x.abs() as f64) / (e as f64).exp2() * BINS as f64).floor() as usize;
+                    direct[b] += 1;
+                }
+                prop_assert_eq!(&direct, &s.hist.counts);
+            }
+        }
+    }
+}
