@@ -69,7 +69,10 @@ fn check_input_shape(model: &Model, input: &ValueInfoProto, recipe: &Recipe) -> 
     if tt.elem_type != ElemType::FLOAT.0 {
         return Err(CalibrateError::Input {
             model: model.path.clone(),
-            message: format!("input '{}' has ONNX element type {}; int8kit feeds float32 images", input.name, tt.elem_type),
+            message: format!(
+                "input '{}' has ONNX element type {}; int8kit feeds float32 images",
+                input.name, tt.elem_type
+            ),
         });
     }
     let Some(shape) = tt.shape.as_ref() else { return Ok(()) };
@@ -149,11 +152,18 @@ impl CollectionPlan {
                 source[i] = source[j];
             }
         }
-        let measured = (0..activations.len()).filter(|&i| source[i] == i && activations[i].producer.is_some()).collect();
+        let measured =
+            (0..activations.len()).filter(|&i| source[i] == i && activations[i].producer.is_some()).collect();
         CollectionPlan { source, measured }
     }
 
-    fn assemble(&self, n: usize, input_slot: Option<usize>, input: TensorStats, measured: Vec<TensorStats>) -> Vec<TensorStats> {
+    fn assemble(
+        &self,
+        n: usize,
+        input_slot: Option<usize>,
+        input: TensorStats,
+        measured: Vec<TensorStats>,
+    ) -> Vec<TensorStats> {
         let mut own: Vec<Option<TensorStats>> = vec![None; n];
         if let Some(i) = input_slot {
             own[i] = Some(input);
@@ -258,7 +268,8 @@ pub fn calibrate(
                 if input_slot.is_some() {
                     input_stats.add(&batch.data);
                 }
-                let outs = runtime::run_f32_owned(&mut session, &label, &tapped.input, &batch.shape, &batch.data, &outputs)?;
+                let outs =
+                    runtime::run_f32_owned(&mut session, &label, &tapped.input, &batch.shape, &batch.data, &outputs)?;
                 if tx.send(outs).is_err() {
                     break; // the histogram thread died; joining it below reports why
                 }
@@ -283,7 +294,12 @@ pub fn calibrate(
         .activations
         .iter()
         .zip(stats)
-        .map(|(a, stats)| TensorRecord { name: a.name.clone(), producer: a.producer.clone(), op: a.producer_op.clone(), stats })
+        .map(|(a, stats)| TensorRecord {
+            name: a.name.clone(),
+            producer: a.producer.clone(),
+            op: a.producer_op.clone(),
+            stats,
+        })
         .collect::<Vec<_>>();
     let hist = HistFile {
         format: HIST_FORMAT.into(),
@@ -311,4 +327,3 @@ pub fn calibrate(
     };
     Ok((hist, summary))
 }
-

@@ -72,7 +72,7 @@ impl AbsHistogram {
             return;
         }
         let steps = (e - cur) as u32;
-        if steps >= LOG2_BINS as u32 + 1 {
+        if steps > LOG2_BINS as u32 {
             let total: u64 = self.counts.iter().sum();
             self.counts.iter_mut().for_each(|c| *c = 0);
             self.counts[0] = total;
@@ -252,8 +252,8 @@ mod kernels {
                 let i = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_mul_ps(x, scale), cap));
                 _mm256_storeu_si256(idx.as_mut_ptr() as *mut __m256i, i);
                 // SAFETY: every idx is in 0..BINS (capped above) and tables has 4 * BINS entries.
-                for lane in 0..8 {
-                    *t.add((lane % 4) * BINS + idx[lane] as usize) += 1;
+                for (lane, &i) in idx.iter().enumerate() {
+                    *t.add((lane % 4) * BINS + i as usize) += 1;
                 }
             }
             super::bin_scalar(chunks.remainder(), k, tables);
@@ -422,7 +422,8 @@ mod tests {
         let (mut a, mut b) = (vec![0u32; 4 * BINS], vec![0u32; 4 * BINS]);
         kernels::bin(&v, 8.0, &mut a);
         kernels::bin_scalar(&v, 8.0, &mut b);
-        let sum = |t: &[u32]| (0..BINS).map(|i| (0..4).map(|j| t[j * BINS + i] as u64).sum::<u64>()).collect::<Vec<_>>();
+        let sum =
+            |t: &[u32]| (0..BINS).map(|i| (0..4).map(|j| t[j * BINS + i] as u64).sum::<u64>()).collect::<Vec<_>>();
         assert_eq!(sum(&a), sum(&b));
     }
 

@@ -87,7 +87,8 @@ impl Dataset {
         let mut assigned: Vec<(PathBuf, usize)> = Vec::new();
         let classes: Vec<String>;
         if let Some(list) = class_list {
-            let text = std::fs::read_to_string(list).map_err(|source| DatasetError::Io { path: list.into(), source })?;
+            let text =
+                std::fs::read_to_string(list).map_err(|source| DatasetError::Io { path: list.into(), source })?;
             classes = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
             for f in &folders {
                 let name = folder_name(f);
@@ -175,7 +176,8 @@ mod tests {
         let list = d.path().join("classes.txt");
         std::fs::write(&list, "n02\nn01\n").unwrap();
         let ds = Dataset::labelled(d.path(), Some(&list)).unwrap();
-        let labels: Vec<_> = ds.items.iter().map(|i| (i.path.file_name().unwrap().to_owned(), i.label.unwrap())).collect();
+        let labels: Vec<_> =
+            ds.items.iter().map(|i| (i.path.file_name().unwrap().to_owned(), i.label.unwrap())).collect();
         assert_eq!(labels, vec![("y.jpeg".into(), 1), ("x.jpg".into(), 0)]);
         // Without the list: sorted folder names.
         let ds = Dataset::labelled(d.path(), None).unwrap();

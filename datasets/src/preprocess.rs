@@ -72,9 +72,12 @@ pub fn load_pixels(path: &Path, channels: Channels) -> Result<Pixels, DatasetErr
             rgb_to(channels, w, h, b.into_raw().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect())
         }
         DynamicImage::ImageRgb16(b) => rgb_to(channels, w, h, b.into_raw().into_iter().map(to_u8).collect()),
-        DynamicImage::ImageRgba16(b) => {
-            rgb_to(channels, w, h, b.into_raw().chunks_exact(4).flat_map(|p| [to_u8(p[0]), to_u8(p[1]), to_u8(p[2])]).collect())
-        }
+        DynamicImage::ImageRgba16(b) => rgb_to(
+            channels,
+            w,
+            h,
+            b.into_raw().chunks_exact(4).flat_map(|p| [to_u8(p[0]), to_u8(p[1]), to_u8(p[2])]).collect(),
+        ),
         other => rgb_to(channels, w, h, other.to_rgb8().into_raw()),
     })
 }
@@ -131,7 +134,7 @@ fn shorter_side_size(width: u32, height: u32, target: u32) -> (u32, u32) {
 fn crop_offset(size: u32, crop: u32) -> u32 {
     let d = size - crop;
     let half = d / 2;
-    if d % 2 == 0 || half % 2 == 0 {
+    if d.is_multiple_of(2) || half.is_multiple_of(2) {
         half
     } else {
         half + 1

@@ -243,7 +243,10 @@ mod tests {
     #[test]
     fn rejects_inconsistent_recipes_with_the_reason() {
         let cases = [
-            ("[input]\nchannels = \"rgb\"\nsize = [4, 4]\nresize = \"exact\"\nmean = [0.5]\nstd = [0.5]", "needs 3 mean"),
+            (
+                "[input]\nchannels = \"rgb\"\nsize = [4, 4]\nresize = \"exact\"\nmean = [0.5]\nstd = [0.5]",
+                "needs 3 mean",
+            ),
             ("[input]\nchannels = \"gray\"\nsize = [4, 4]\nresize = \"exact\"\nmean = [0.5]\nstd = [0.0]", "std[0]"),
             ("[input]\nchannels = \"gray\"\nsize = [4, 4]\nmean = [0.5]\nstd = [0.5]", "needs resize_to"),
             ("[input]\nchannels = \"grey\"\nsize = [4, 4]\nmean = [0.5]\nstd = [0.5]", "unknown variant"),

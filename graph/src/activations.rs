@@ -37,7 +37,12 @@ pub fn find_activations(model: &Model) -> (Vec<Activation>, Vec<String>) {
     };
     for input in model.feed_inputs() {
         if dynamic.insert(input.name.as_str()) {
-            consider(Activation { name: input.name.clone(), producer: None, producer_op: None, producer_inputs: vec![] });
+            consider(Activation {
+                name: input.name.clone(),
+                producer: None,
+                producer_op: None,
+                producer_inputs: vec![],
+            });
         }
     }
     for node in &graph.node {

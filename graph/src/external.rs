@@ -32,9 +32,14 @@ pub(crate) fn parse_ref(model: &Path, tensor: &TensorProto) -> Result<Option<Ext
     for entry in &tensor.external_data {
         match entry.key.as_str() {
             "location" => location = Some(entry.value.clone()),
-            "offset" => offset = entry.value.parse().map_err(|_| malformed(format!("offset '{}' is not a number", entry.value)))?,
+            "offset" => {
+                offset =
+                    entry.value.parse().map_err(|_| malformed(format!("offset '{}' is not a number", entry.value)))?
+            }
             "length" => {
-                length = Some(entry.value.parse().map_err(|_| malformed(format!("length '{}' is not a number", entry.value)))?)
+                length = Some(
+                    entry.value.parse().map_err(|_| malformed(format!("length '{}' is not a number", entry.value)))?,
+                )
             }
             _ => {}
         }
@@ -44,7 +49,12 @@ pub(crate) fn parse_ref(model: &Path, tensor: &TensorProto) -> Result<Option<Ext
 }
 
 /// Refuses locations that are absolute or climb out of the model's folder, before anything is read.
-pub(crate) fn check_inside(model: &Path, dir: &Path, tensor: &TensorProto, ext: &ExternalRef) -> Result<(), GraphError> {
+pub(crate) fn check_inside(
+    model: &Path,
+    dir: &Path,
+    tensor: &TensorProto,
+    ext: &ExternalRef,
+) -> Result<(), GraphError> {
     let outside = || GraphError::ExternalOutsideFolder {
         model: model.to_path_buf(),
         tensor: tensor.name.clone(),
@@ -64,7 +74,12 @@ pub(crate) fn check_inside(model: &Path, dir: &Path, tensor: &TensorProto, ext: 
     Ok(())
 }
 
-pub(crate) fn check_bounds(model: &Path, dir: &Path, tensor: &TensorProto, ext: &ExternalRef) -> Result<(), GraphError> {
+pub(crate) fn check_bounds(
+    model: &Path,
+    dir: &Path,
+    tensor: &TensorProto,
+    ext: &ExternalRef,
+) -> Result<(), GraphError> {
     let file = dir.join(&ext.location);
     let file_len = file.metadata().map_err(|source| GraphError::Read { path: file.clone(), source })?.len();
     let end = match ext.length {
@@ -107,7 +122,9 @@ mod tests {
         let mut t = TensorProto::new();
         t.name = "w".into();
         t.data_location = DataLocation::EXTERNAL.into();
-        for (k, v) in [("location", location.to_string()), ("offset", offset.to_string()), ("length", length.to_string())] {
+        for (k, v) in
+            [("location", location.to_string()), ("offset", offset.to_string()), ("length", length.to_string())]
+        {
             let mut e = StringStringEntryProto::new();
             e.key = k.into();
             e.value = v;
@@ -134,7 +151,10 @@ mod tests {
             std::os::unix::fs::symlink(root.path().join("secret.bin"), model_dir.join("link.bin")).unwrap();
             let t = external_tensor("link.bin", 0, 4);
             let ext = parse_ref(&model, &t).unwrap().unwrap();
-            assert!(matches!(check_inside(&model, &model_dir, &t, &ext), Err(GraphError::ExternalOutsideFolder { .. })));
+            assert!(matches!(
+                check_inside(&model, &model_dir, &t, &ext),
+                Err(GraphError::ExternalOutsideFolder { .. })
+            ));
         }
     }
 

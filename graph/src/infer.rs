@@ -21,9 +21,7 @@ impl ElemType {
 
     /// Any floating-point type (float32, float16, bfloat16, float64).
     pub fn is_floating(self) -> bool {
-        [DataType::FLOAT, DataType::FLOAT16, DataType::BFLOAT16, DataType::DOUBLE]
-            .iter()
-            .any(|d| *d as i32 == self.0)
+        [DataType::FLOAT, DataType::FLOAT16, DataType::BFLOAT16, DataType::DOUBLE].iter().any(|d| *d as i32 == self.0)
     }
 }
 

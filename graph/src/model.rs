@@ -55,13 +55,7 @@ impl Model {
                 external::check_bounds(path, &dir, tensor, &ext)?;
             }
         }
-        Ok(Model {
-            proto,
-            path: path.to_path_buf(),
-            dir,
-            sha256: hex(&hasher.finalize()),
-            has_external_data,
-        })
+        Ok(Model { proto, path: path.to_path_buf(), dir, sha256: hex(&hasher.finalize()), has_external_data })
     }
 
     /// Serialized protobuf bytes of the (possibly edited) model. External data stays referenced, so the bytes
@@ -131,7 +125,10 @@ impl Model {
             None => Err(GraphError::NoSuchInput {
                 model: self.path.clone(),
                 name: "<unspecified>".into(),
-                available: format!("{available}; the model has {} inputs, name one with [input] name = ...", inputs.len()),
+                available: format!(
+                    "{available}; the model has {} inputs, name one with [input] name = ...",
+                    inputs.len()
+                ),
             }),
         }
     }

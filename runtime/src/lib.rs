@@ -67,11 +67,8 @@ pub fn install_project_local() -> Result<PathBuf, RuntimeError> {
         return Ok(lib);
     }
     let parent = dir.parent().unwrap_or(Path::new("."));
-    let fail = |message: String| RuntimeError::Install {
-        dir: dir.clone(),
-        command: install_command_line(&dir),
-        message,
-    };
+    let fail =
+        |message: String| RuntimeError::Install { dir: dir.clone(), command: install_command_line(&dir), message };
     std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
     let staging = parent.join(format!(".staging-onnxruntime-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
@@ -104,9 +101,8 @@ fn load(path: &Path) -> ort::Result<Environment> {
 
 fn loaded() -> Result<&'static Loaded, RuntimeError> {
     let path = locate()?;
-    let result = RUNTIME.get_or_init(|| {
-        load(&path).map(|env| Loaded { env, path: path.clone() }).map_err(|e| e.to_string())
-    });
+    let result =
+        RUNTIME.get_or_init(|| load(&path).map(|env| Loaded { env, path: path.clone() }).map_err(|e| e.to_string()));
     result.as_ref().map_err(|message| RuntimeError::Load { path, message: message.clone() })
 }
 
@@ -148,19 +144,15 @@ impl SessionConfig {
 fn build_session(env: &Environment, bytes: &[u8], cfg: &SessionConfig) -> ort::Result<Session> {
     // Builder errors carry the builder and are not Send/Sync: keep them inside this function.
     let mut builder = Session::builder(env)?
-        .with_optimization_level(GraphOptimizationLevel::All)
-        ?
-        .with_inter_threads(1)
-        ?
-        .with_intra_op_spinning(cfg.spinning)
-        ?;
+        .with_optimization_level(GraphOptimizationLevel::All)?
+        .with_inter_threads(1)?
+        .with_intra_op_spinning(cfg.spinning)?;
     if cfg.intra_threads > 0 {
         builder = builder.with_intra_threads(cfg.intra_threads)?;
     }
     if let Some(dir) = &cfg.external_data_dir {
-        builder = builder
-            .with_config_entry("session.model_external_initializers_file_folder_path", dir.to_string_lossy())
-            ?;
+        builder =
+            builder.with_config_entry("session.model_external_initializers_file_folder_path", dir.to_string_lossy())?;
     }
     builder.commit_from_memory(bytes)
 }
@@ -168,7 +160,8 @@ fn build_session(env: &Environment, bytes: &[u8], cfg: &SessionConfig) -> ort::R
 /// A session over a serialized model.
 pub fn session_from_bytes(bytes: &[u8], cfg: &SessionConfig) -> Result<Session, RuntimeError> {
     let rt = loaded()?;
-    build_session(&rt.env, bytes, cfg).map_err(|e| RuntimeError::Session { model: cfg.label.clone(), message: e.to_string() })
+    build_session(&rt.env, bytes, cfg)
+        .map_err(|e| RuntimeError::Session { model: cfg.label.clone(), message: e.to_string() })
 }
 
 /// An output taken out of a run: it owns its ONNX Runtime buffer, so the session can run again while
@@ -203,7 +196,10 @@ pub fn run_f32_owned(
         })?;
         let out = OwnedOutput(value);
         if out.as_f32().is_none() {
-            return Err(RuntimeError::Run { model: label.to_string(), message: format!("output '{name}' is not float32") });
+            return Err(RuntimeError::Run {
+                model: label.to_string(),
+                message: format!("output '{name}' is not float32"),
+            });
         }
         owned.push(out);
     }
@@ -230,10 +226,9 @@ pub fn run_f32<R>(
             model: label.to_string(),
             message: format!("output '{name}' missing from the results"),
         })?;
-        let (_, values) = value.try_extract_tensor::<f32>().map_err(|e| RuntimeError::Run {
-            model: label.to_string(),
-            message: format!("output '{name}': {e}"),
-        })?;
+        let (_, values) = value
+            .try_extract_tensor::<f32>()
+            .map_err(|e| RuntimeError::Run { model: label.to_string(), message: format!("output '{name}': {e}") })?;
         slices.push(values);
     }
     Ok(consume(slices))

@@ -1,1 +1,120 @@
-fn main() {}
+//! `cargo xtask`: project automation. Run `cargo xtask --help`.
+
+mod bench;
+mod demo;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "int8kit project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install the pinned ONNX Runtime into .int8kit/ (once) and print where it is.
+    Setup,
+    /// Run the whole pipeline on the bundled fixtures and print a summary table.
+    Demo {
+        /// No progress bars.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Run every test (installs ONNX Runtime first if needed). Extra arguments go to `cargo test`.
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Formatting, lints and tests, as CI runs them.
+    Ci,
+    /// Benchmarks (speed and memory targets live here, not in tests).
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+    /// Internal: one measured workload, run as a child process by `bench` so that its peak RSS is its own.
+    #[command(hide = true)]
+    BenchChild(bench::ChildArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::Setup => {
+            let lib = setup()?;
+            println!("ONNX Runtime {}: {}", runtime::ORT_VERSION, lib.display());
+            Ok(())
+        }
+        Cmd::Demo { quiet } => {
+            setup()?;
+            demo::run(quiet)
+        }
+        Cmd::Test { args } => test(&args),
+        Cmd::Ci => {
+            cargo(&["fmt", "--all", "--", "--check"]).context("cargo fmt --check (run `cargo fmt --all`)")?;
+            cargo(&["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"])?;
+            test(&[])
+        }
+        Cmd::Bench { which } => {
+            setup()?;
+            bench::run(which)
+        }
+        Cmd::BenchChild(args) => bench::child(args),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Makes sure ONNX Runtime can be loaded: ORT_DYLIB_PATH, else the project-local install (done now if
+/// missing). Sets ORT_DYLIB_PATH for child processes.
+pub fn setup() -> anyhow::Result<PathBuf> {
+    let lib = match runtime::locate() {
+        Ok(lib) => lib,
+        Err(runtime::RuntimeError::NotFound) => {
+            eprintln!(
+                "installing ONNX Runtime {} into {} (once)...",
+                runtime::ORT_VERSION,
+                runtime::project_local_dir().display()
+            );
+            runtime::install_project_local()?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    std::env::set_var("ORT_DYLIB_PATH", &lib);
+    Ok(lib)
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    setup()?;
+    let mut args: Vec<&str> = vec!["test", "--workspace", "--release"];
+    args.extend(extra.iter().map(String::as_str));
+    cargo(&args)
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo).args(args).current_dir(root()).status().context("starting cargo")?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

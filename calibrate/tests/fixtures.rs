@@ -1,0 +1,157 @@
+//! End to end on the bundled fixture models (needs ONNX Runtime: run through `cargo xtask test`).
+
+use std::path::{Path, PathBuf};
+
+use calibrate::{calibrate, CalibrateOptions, HistFile};
+use datasets::{BatchStream, Dataset, OnBadImage, Recipe, StreamOptions};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn recipe() -> Recipe {
+    Recipe::load(&root().join("fixtures/fmnist.toml")).unwrap()
+}
+
+fn model(name: &str) -> PathBuf {
+    root().join("fixtures/models").join(name)
+}
+
+fn calib() -> PathBuf {
+    root().join("fixtures/fmnist/calib")
+}
+
+fn run(model_name: &str, limit: usize, batch_size: usize, threads: usize) -> HistFile {
+    let options = CalibrateOptions { batch_size, threads, limit: Some(limit), ..Default::default() };
+    calibrate(&model(model_name), &calib(), &recipe(), &options, &mut |_, _| {}).unwrap().0
+}
+
+/// Min and max of a model output over the same images, from a plain session on the unmodified model.
+fn plain_output_range(model_name: &str, limit: usize) -> (String, f32, f32) {
+    let m = graph::Model::load(&model(model_name)).unwrap();
+    let output = m.proto.graph.output[0].name.clone();
+    let mut cfg = runtime::SessionConfig::new(model_name);
+    cfg.external_data_dir = Some(m.dir.clone());
+    let mut session = runtime::session_from_bytes(&m.to_bytes().unwrap(), &cfg).unwrap();
+    let input = m.resolve_input(None).unwrap().name.clone();
+    let dataset = Dataset::flat(&calib()).unwrap().limit(limit, 0);
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    for batch in BatchStream::new(&dataset, &recipe(), StreamOptions::default()) {
+        let batch = batch.unwrap();
+        runtime::run_f32(
+            &mut session,
+            model_name,
+            &input,
+            &batch.shape,
+            &batch.data,
+            std::slice::from_ref(&output),
+            |o| {
+                for &v in o[0] {
+                    lo = lo.min(v);
+                    hi = hi.max(v);
+                }
+            },
+        )
+        .unwrap();
+    }
+    (output, lo, hi)
+}
+
+#[test]
+fn every_fixture_model_calibrates_and_its_output_range_matches_a_plain_run() {
+    // Activation counts follow from each graph: the two opset-17/18 exports of the ViT have the same
+    // float activations, the decomposed LayerNorm of opset 13 adds 5 tensors per LayerNorm (13 of them)
+    // and its explicit Erf-GELU constants; the ResNet has one per conv/add/relu and the head.
+    let expected = [
+        ("fmnist_vit_opset13.onnx", 305),
+        ("fmnist_vit_opset17.onnx", 201),
+        ("fmnist_vit_opset18.onnx", 201),
+        ("fmnist_resnet_opset13.onnx", 38),
+        ("fmnist_clip_image_opset17.onnx", 137),
+    ];
+    for (name, tensors) in expected {
+        let hist = run(name, 200, 16, 0);
+        assert_eq!(hist.tensors.len(), tensors, "{name}: activation count");
+        assert_eq!(hist.images.count, 200);
+        for t in &hist.tensors {
+            assert!(t.stats.count > 0, "{name}: {} saw no values", t.name);
+            assert_eq!(t.stats.hist.total(), t.stats.count, "{name}: {} histogram total", t.name);
+            assert_eq!(t.stats.nan + t.stats.pos_inf + t.stats.neg_inf, 0, "{name}: {}", t.name);
+        }
+        let (output, lo, hi) = plain_output_range(name, 200);
+        let rec = hist.tensor(&output).unwrap_or_else(|| panic!("{name}: output {output} not collected"));
+        // Exposing intermediate tensors can change which kernels ONNX Runtime fuses, so allow float rounding.
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * b.abs().max(1.0);
+        assert!(
+            close(rec.stats.min.unwrap(), lo) && close(rec.stats.max.unwrap(), hi),
+            "{name}: output range [{:?}, {:?}] vs plain run [{lo}, {hi}]",
+            rec.stats.min,
+            rec.stats.max
+        );
+    }
+}
+
+#[test]
+fn result_is_byte_identical_whatever_the_batch_size_and_thread_count() {
+    let a = run("fmnist_vit_opset13.onnx", 100, 16, 2).to_json().unwrap();
+    let b = run("fmnist_vit_opset13.onnx", 100, 7, 1).to_json().unwrap();
+    let c = run("fmnist_vit_opset13.onnx", 100, 100, 3).to_json().unwrap();
+    assert!(a == b && a == c, "the .hist bytes changed with batch size or threads");
+}
+
+#[test]
+fn external_data_model_matches_the_inline_export() {
+    let inline = run("fmnist_vit_opset17.onnx", 50, 16, 0);
+    let external = run("fmnist_vit_opset18.onnx", 50, 16, 0);
+    let (a, b) = (inline.tensor("logits").unwrap(), external.tensor("logits").unwrap());
+    assert!((a.stats.max.unwrap() - b.stats.max.unwrap()).abs() < 1e-3);
+    assert_ne!(inline.model.sha256, external.model.sha256);
+}
+
+#[test]
+fn the_users_model_file_is_not_touched() {
+    let path = model("fmnist_resnet_opset13.onnx");
+    let before = std::fs::read(&path).unwrap();
+    run("fmnist_resnet_opset13.onnx", 20, 16, 0);
+    assert_eq!(before, std::fs::read(&path).unwrap());
+}
+
+#[test]
+fn a_corrupt_image_fails_by_path_or_is_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, entry) in std::fs::read_dir(calib()).unwrap().take(5).enumerate() {
+        std::fs::copy(entry.unwrap().path(), dir.path().join(format!("ok{i}.png"))).unwrap();
+    }
+    let bad = dir.path().join("broken.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let m = model("fmnist_resnet_opset13.onnx");
+    let err = calibrate(&m, dir.path(), &recipe(), &CalibrateOptions::default(), &mut |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("broken.png"), "{err}");
+    let options = CalibrateOptions { on_bad_image: OnBadImage::Skip, ..Default::default() };
+    let (hist, summary) = calibrate(&m, dir.path(), &recipe(), &options, &mut |_, _| {}).unwrap();
+    assert_eq!((hist.images.count, hist.images.skipped, summary.skipped.len()), (5, 1, 1));
+}
+
+#[test]
+fn a_recipe_that_does_not_fit_the_model_input_is_refused_with_both_shapes() {
+    let mut r = recipe();
+    r.size = [32, 32];
+    r.resize = datasets::ResizeMode::Exact;
+    let err = calibrate(&model("fmnist_vit_opset17.onnx"), &calib(), &r, &CalibrateOptions::default(), &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("input") && err.contains("28") && err.contains("32"), "{err}");
+}
+
+#[test]
+fn hist_file_round_trips_and_rejects_other_versions() {
+    let hist = run("fmnist_clip_image_opset17.onnx", 20, 16, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.hist");
+    hist.write(&path).unwrap();
+    assert_eq!(HistFile::read(&path).unwrap(), hist);
+    let text = std::fs::read_to_string(&path).unwrap().replacen("\"version\":1", "\"version\":99", 1);
+    std::fs::write(&path, text).unwrap();
+    let err = HistFile::read(&path).unwrap_err().to_string();
+    assert!(err.contains("version") && err.contains("x.hist"), "{err}");
+}
