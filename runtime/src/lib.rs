@@ -34,7 +34,8 @@ pub enum RuntimeError {
 
 /// Where `cargo xtask setup` installs the pinned ONNX Runtime: `.int8kit/` at the workspace root.
 pub fn project_local_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(".int8kit").join(format!("onnxruntime-{ORT_VERSION}"))
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir.parent().unwrap_or(crate_dir).join(".int8kit").join(format!("onnxruntime-{ORT_VERSION}"))
 }
 
 fn library_in(dir: &Path) -> PathBuf {

@@ -103,11 +103,42 @@ pub fn setup() -> anyhow::Result<PathBuf> {
     Ok(lib)
 }
 
+/// Runs `cargo test`, echoing its output, and closes with one line that totals every test binary's
+/// `test result:` line, so that a reader (or CI) sees the whole count at the end.
 fn test(extra: &[String]) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
     setup()?;
-    let mut args: Vec<&str> = vec!["test", "--workspace", "--release"];
-    args.extend(extra.iter().map(String::as_str));
-    cargo(&args)
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(cargo_bin)
+        .args(["test", "--workspace", "--release"])
+        .args(extra)
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                let count = |word: &str| {
+                    rest.split(';')
+                        .find_map(|part| part.trim().strip_suffix(word).map(str::trim))
+                        .and_then(|n| n.trim_start_matches(|c: char| !c.is_ascii_digit()).parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                passed += count("passed");
+                failed += count("failed");
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("`cargo test` failed ({status})");
+    }
+    Ok(())
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
