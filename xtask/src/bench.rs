@@ -137,6 +137,15 @@ fn bench_calibrate(model: &Path, repeat: usize) -> anyhow::Result<()> {
         eprintln!("run {}: plain {:.2} s, calibrate {:.2} s", i + 1, limit[i].wall_s, ours[i].wall_s);
     }
     let (ours, limit) = (median(ours), median(limit));
+    // Memory must not grow with the number of images: the same run on a quarter of them.
+    let quarter = measure(
+        Command::new(bin.join("calibrate"))
+            .args(["--model".as_ref(), model.as_os_str()])
+            .args(["--images".as_ref(), images.as_os_str()])
+            .args(["--recipe".as_ref(), recipe.as_os_str()])
+            .args(["--out".as_ref(), hist.as_os_str()])
+            .args(["--limit", "250", "--quiet"]),
+    )?;
     let images_n = Dataset::flat(&images)?.len() as f64;
     let ratio = ours.wall_s / limit.wall_s;
     println!(
@@ -166,6 +175,7 @@ fn bench_calibrate(model: &Path, repeat: usize) -> anyhow::Result<()> {
         calibrate: Measure,
         plain_pass: Measure,
         ratio: f64,
+        calibrate_250_images: Measure,
     }
     let report = Report {
         model: &model.display().to_string(),
@@ -174,6 +184,7 @@ fn bench_calibrate(model: &Path, repeat: usize) -> anyhow::Result<()> {
         calibrate: ours,
         plain_pass: limit,
         ratio,
+        calibrate_250_images: quarter,
     };
     let json = out_dir.join("calibrate.json");
     std::fs::write(&json, serde_json::to_vec_pretty(&report)?)?;
