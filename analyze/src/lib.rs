@@ -1,1 +1,2 @@
-
+//! Turns calibration histograms into INT8 scales, precision decisions and deployment artifacts.
+pub mod scales;
