@@ -1,2 +1,239 @@
-//! Turns calibration histograms into INT8 scales, precision decisions and deployment artifacts.
+//! Turns calibration histograms into INT8 scales, precision decisions and deployment artifacts:
+//! `model.qdq.onnx`, `calibration.cache`, `ranges.csv`, `ranges.json` (formats in FORMATS.md).
+
+pub mod cache;
+mod flops;
+pub mod precision;
+pub mod qdq;
 pub mod scales;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use calibrate::HistFile;
+use graph::Model;
+use serde::Serialize;
+
+use crate::precision::{Decision, PrecisionFile};
+use crate::scales::Method;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyzeError {
+    #[error(transparent)]
+    Graph(#[from] graph::GraphError),
+    #[error(transparent)]
+    Calibrate(#[from] calibrate::CalibrateError),
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Model { path: PathBuf, message: String },
+    #[error("precision file {path}: {message}")]
+    Precision { path: PathBuf, message: String },
+    #[error("{path}, line {line}: {message}")]
+    Cache { path: PathBuf, line: usize, message: String },
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot write {path}: {message}")]
+    Write { path: PathBuf, message: String },
+}
+
+pub const RANGES_FORMAT: &str = "int8kit.ranges";
+pub const RANGES_VERSION: u32 = 1;
+
+#[derive(Debug, Clone)]
+pub struct AnalyzeOptions {
+    pub method: Method,
+    pub precision: PrecisionFile,
+    /// Where the precision file came from, for messages and the report.
+    pub precision_origin: String,
+    /// TensorRT version for the cache header.
+    pub trt_version: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorRange {
+    pub name: String,
+    pub op: Option<String>,
+    pub quantized: bool,
+    pub amax: f32,
+    pub scale: f32,
+    /// Share of values beyond amax (from the histogram).
+    pub clipped: f64,
+    /// amax under every method, keyed by method name.
+    pub amax_by_method: Vec<(String, f32)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeReport {
+    #[serde(flatten)]
+    pub decision: Decision,
+    pub flops: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WeightRange {
+    pub name: String,
+    pub axis: usize,
+    pub channels: usize,
+    pub amax_min: f32,
+    pub amax_max: f32,
+}
+
+/// `ranges.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ranges {
+    pub format: &'static str,
+    pub version: u32,
+    pub model: calibrate::hist_file::ModelInfo,
+    pub calibration_images: u64,
+    pub method: String,
+    pub precision: PrecisionFile,
+    /// Share of GEMM/Conv FLOPs that run in INT8.
+    pub int8_flop_share: f64,
+    pub nodes: Vec<NodeReport>,
+    pub tensors: Vec<TensorRange>,
+    pub weights: Vec<WeightRange>,
+}
+
+/// Everything `analyze` produces, in memory.
+pub struct Analysis {
+    pub ranges: Ranges,
+    pub qdq: graph::proto::ModelProto,
+    pub cache: String,
+    pub model: Model,
+}
+
+/// Computes scales, decides precision, and builds the artifacts.
+pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> Result<Analysis, AnalyzeError> {
+    let model = Model::load(model_path)?;
+    if model.sha256 != hist.model.sha256 {
+        return Err(AnalyzeError::Model {
+            path: model_path.to_path_buf(),
+            message: format!(
+                "this model (sha256 {}) is not the one the .hist was calibrated on ({}, sha256 {}); re-run calibrate on it",
+                &model.sha256[..12],
+                hist.model.file,
+                &hist.model.sha256[..12.min(hist.model.sha256.len())]
+            ),
+        });
+    }
+    let decisions = precision::decide(&model.proto.graph, &options.precision, &options.precision_origin)?;
+    // Fed inputs (preprocessed images) have a known, bounded range whose histogram is dominated by a few
+    // pixel values (a black background is one spike): KL/percentile/MSE searches can clip a large share of
+    // it (entropy clipped 29 % of the Fashion-MNIST input). Graph inputs therefore always use max.
+    let method_for =
+        |t: &calibrate::hist_file::TensorRecord| if t.producer.is_none() { Method::Max } else { options.method };
+    let amax: HashMap<String, f32> =
+        hist.tensors.iter().map(|t| (t.name.clone(), scales::amax(&t.stats, method_for(t)))).collect();
+    let (qdq, summary) = qdq::insert_qdq(&model, &decisions, &amax)?;
+    let quantized: HashMap<&str, f32> = summary.activations.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+
+    let mut methods: Vec<Method> = Method::ALL_DEFAULT.to_vec();
+    if !methods.contains(&options.method) {
+        methods.push(options.method);
+    }
+    let tensors: Vec<TensorRange> = hist
+        .tensors
+        .iter()
+        .map(|t| {
+            let a = quantized.get(t.name.as_str()).copied().unwrap_or(amax[&t.name]);
+            TensorRange {
+                name: t.name.clone(),
+                op: t.op.clone(),
+                quantized: quantized.contains_key(t.name.as_str()),
+                amax: a,
+                scale: a / 127.0,
+                clipped: scales::clipped_share(&t.stats, a),
+                amax_by_method: methods.iter().map(|m| (m.name(), scales::amax(&t.stats, *m))).collect(),
+            }
+        })
+        .collect();
+    let input = model.resolve_input(hist.recipe.name.as_deref())?.name.clone();
+    let flops = flops::gemm_flops(&model, &hist.recipe, &input)?;
+    let total: f64 = flops.values().sum();
+    let int8_flops: f64 = decisions.iter().filter(|d| d.int8).filter_map(|d| flops.get(&d.node)).sum();
+    let nodes =
+        decisions.iter().map(|d| NodeReport { decision: d.clone(), flops: flops.get(&d.node).copied() }).collect();
+    let weights = summary
+        .weights
+        .iter()
+        .map(|(name, axis, a)| WeightRange {
+            name: name.clone(),
+            axis: *axis,
+            channels: a.len(),
+            amax_min: a.iter().copied().fold(f32::INFINITY, f32::min),
+            amax_max: a.iter().copied().fold(0.0, f32::max),
+        })
+        .collect();
+    // The cache covers every activation (TensorRT 10's implicit mode wants a range for each tensor).
+    let cache_scales: Vec<(String, f32)> = tensors.iter().map(|t| (t.name.clone(), t.scale)).collect();
+    let cache = cache::write_cache(&options.trt_version, &cache_scales)?;
+    let ranges = Ranges {
+        format: RANGES_FORMAT,
+        version: RANGES_VERSION,
+        model: hist.model.clone(),
+        calibration_images: hist.images.count,
+        method: options.method.name(),
+        precision: options.precision.clone(),
+        int8_flop_share: if total > 0.0 { int8_flops / total } else { 0.0 },
+        nodes,
+        tensors,
+        weights,
+    };
+    Ok(Analysis { ranges, qdq, cache, model })
+}
+
+impl Analysis {
+    /// Writes the four artifacts into `dir` (each through a temporary file and a rename).
+    pub fn write(&self, dir: &Path) -> Result<(), AnalyzeError> {
+        std::fs::create_dir_all(dir).map_err(|source| AnalyzeError::Io { path: dir.into(), source })?;
+        graph::save_model(&self.model, self.qdq.clone(), &dir.join("model.qdq.onnx"))?;
+        graph::write_atomic(&dir.join("calibration.cache"), self.cache.as_bytes())?;
+        let mut json = serde_json::to_vec_pretty(&self.ranges)
+            .map_err(|e| AnalyzeError::Write { path: dir.join("ranges.json"), message: e.to_string() })?;
+        json.push(b'\n');
+        graph::write_atomic(&dir.join("ranges.json"), &json)?;
+        graph::write_atomic(&dir.join("ranges.csv"), self.ranges_csv()?.as_bytes())?;
+        Ok(())
+    }
+
+    fn ranges_csv(&self) -> Result<String, AnalyzeError> {
+        let err = |e: csv::Error| AnalyzeError::Write { path: "ranges.csv".into(), message: e.to_string() };
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let method_names: Vec<String> = self
+            .ranges
+            .tensors
+            .first()
+            .map(|t| t.amax_by_method.iter().map(|(m, _)| format!("amax_{m}")).collect())
+            .unwrap_or_default();
+        let mut header = vec![
+            "tensor".to_string(),
+            "op".into(),
+            "quantized".into(),
+            "method".into(),
+            "amax".into(),
+            "scale".into(),
+            "clipped_share".into(),
+        ];
+        header.extend(method_names);
+        w.write_record(&header).map_err(err)?;
+        for t in &self.ranges.tensors {
+            let mut row = vec![
+                t.name.clone(),
+                t.op.clone().unwrap_or_default(),
+                t.quantized.to_string(),
+                self.ranges.method.clone(),
+                t.amax.to_string(),
+                t.scale.to_string(),
+                format!("{:.6e}", t.clipped),
+            ];
+            row.extend(t.amax_by_method.iter().map(|(_, a)| a.to_string()));
+            w.write_record(&row).map_err(err)?;
+        }
+        let bytes =
+            w.into_inner().map_err(|e| AnalyzeError::Write { path: "ranges.csv".into(), message: e.to_string() })?;
+        String::from_utf8(bytes).map_err(|e| AnalyzeError::Write { path: "ranges.csv".into(), message: e.to_string() })
+    }
+}

@@ -9,6 +9,7 @@ mod external;
 mod index;
 mod infer;
 mod model;
+mod save;
 
 pub use activations::{find_activations, Activation};
 pub use error::GraphError;
@@ -17,3 +18,4 @@ pub use infer::{infer_element_types, ElemType};
 pub use model::{write_atomic, Model};
 /// The generated ONNX protobuf messages, re-exported so that callers use the same version.
 pub use onnx_protobuf as proto;
+pub use save::save_model;

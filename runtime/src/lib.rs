@@ -170,6 +170,11 @@ pub fn session_from_bytes(bytes: &[u8], cfg: &SessionConfig) -> Result<Session, 
 pub struct OwnedOutput(ort::value::DynValue);
 
 impl OwnedOutput {
+    /// The tensor's dimensions.
+    pub fn shape(&self) -> Vec<i64> {
+        self.0.try_extract_tensor::<f32>().map(|(s, _)| s.iter().copied().collect()).unwrap_or_default()
+    }
+
     /// The values, if the output is a float32 tensor.
     pub fn as_f32(&self) -> Option<&[f32]> {
         self.0.try_extract_tensor::<f32>().ok().map(|(_, v)| v)
@@ -205,6 +210,19 @@ pub fn run_f32_owned(
         owned.push(out);
     }
     Ok(owned)
+}
+
+/// Runs a single-input session and returns the shape of each requested output.
+pub fn run_f32_shapes(
+    session: &mut Session,
+    label: &str,
+    input_name: &str,
+    shape: &[usize],
+    data: &[f32],
+    outputs: &[String],
+) -> Result<Vec<(String, Vec<i64>)>, RuntimeError> {
+    let owned = run_f32_owned(session, label, input_name, shape, data, outputs)?;
+    Ok(outputs.iter().cloned().zip(owned.iter().map(|o| o.shape())).collect())
 }
 
 /// Runs a single-input session on a float32 batch and hands the requested float32 outputs, as flat slices

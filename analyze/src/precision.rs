@@ -1,0 +1,100 @@
+//! Which nodes run in INT8: defaults after NVIDIA's Q/DQ placement guidance, overridden by a precision file.
+
+use std::path::Path;
+
+use globset::{Glob, GlobMatcher};
+use graph::proto::GraphProto;
+use graph::GraphIndex;
+use serde::{Deserialize, Serialize};
+
+use crate::AnalyzeError;
+
+/// Ops quantized by default: their activation inputs and weights get Q/DQ.
+pub const GEMM_OPS: &[&str] = &["Conv", "ConvTranspose", "MatMul", "Gemm"];
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    /// Node names, exact or glob (`/blocks.0/*`).
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// Op types (`Softmax`).
+    #[serde(default)]
+    pub ops: Vec<String>,
+}
+
+/// The precision file: `[deny]` keeps nodes in float, `[allow]` forces them into INT8.
+/// Precedence: deny.nodes, allow.nodes, deny.ops, allow.ops, then the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrecisionFile {
+    #[serde(default)]
+    pub deny: Selection,
+    #[serde(default)]
+    pub allow: Selection,
+}
+
+impl PrecisionFile {
+    pub fn load(path: &Path) -> Result<PrecisionFile, AnalyzeError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AnalyzeError::Io { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| AnalyzeError::Precision { path: path.into(), message: e.to_string() })
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub node: String,
+    pub op: String,
+    pub int8: bool,
+    pub reason: String,
+}
+
+fn matchers(patterns: &[String], origin: &str) -> Result<Vec<(String, GlobMatcher)>, AnalyzeError> {
+    patterns
+        .iter()
+        .map(|p| {
+            Glob::new(p)
+                .map(|g| (p.clone(), g.compile_matcher()))
+                .map_err(|e| AnalyzeError::Precision { path: origin.into(), message: format!("pattern '{p}': {e}") })
+        })
+        .collect()
+}
+
+/// Decides every node's precision. Nodes outside GEMM_OPS appear only when a list names them.
+pub fn decide(graph: &GraphProto, file: &PrecisionFile, origin: &str) -> Result<Vec<Decision>, AnalyzeError> {
+    let index = GraphIndex::new(graph);
+    let deny_nodes = matchers(&file.deny.nodes, origin)?;
+    let allow_nodes = matchers(&file.allow.nodes, origin)?;
+    let mut out = Vec::new();
+    for node in &graph.node {
+        let hit = |m: &[(String, GlobMatcher)]| {
+            m.iter().find(|(p, g)| *p == node.name || g.is_match(&node.name)).map(|(p, _)| p.clone())
+        };
+        let op = node.op_type.as_str();
+        let (int8, reason) = if let Some(p) = hit(&deny_nodes) {
+            (false, format!("deny.nodes '{p}'"))
+        } else if let Some(p) = hit(&allow_nodes) {
+            (true, format!("allow.nodes '{p}'"))
+        } else if file.deny.ops.iter().any(|o| o == op) {
+            (false, format!("deny.ops '{op}'"))
+        } else if file.allow.ops.iter().any(|o| o == op) {
+            (true, format!("allow.ops '{op}'"))
+        } else if GEMM_OPS.contains(&op) {
+            let constant_inputs =
+                node.input.iter().filter(|i| !i.is_empty() && index.constant(graph, i).is_some()).count();
+            if op == "MatMul" && constant_inputs == 0 {
+                (false, "default: attention-score MatMul (both inputs are activations) stays float".into())
+            } else {
+                (true, format!("default: {op} inputs and weights in INT8"))
+            }
+        } else {
+            continue;
+        };
+        out.push(Decision { node: node.name.clone(), op: op.to_string(), int8, reason });
+    }
+    Ok(out)
+}

@@ -1,0 +1,322 @@
+//! Explicit quantization: QuantizeLinear/DequantizeLinear pairs on activations, int8 per-channel weights
+//! behind DequantizeLinear. Symmetric, zero point 0, as TensorRT's strongly typed mode expects.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use graph::proto::{
+    attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, ModelProto, NodeProto, TensorProto,
+};
+use graph::{GraphIndex, Model};
+
+use crate::precision::{Decision, GEMM_OPS};
+use crate::scales::ZERO_RANGE_AMAX;
+use crate::AnalyzeError;
+
+/// What was quantized, for the tables and the cache.
+#[derive(Debug, Clone, Default)]
+pub struct QdqSummary {
+    /// Activation tensors given Q/DQ, with their amax, in graph order.
+    pub activations: Vec<(String, f32)>,
+    /// Weight initializers stored as int8: (name, axis, per-channel amax).
+    pub weights: Vec<(String, usize, Vec<f32>)>,
+}
+
+/// The weight input slot and the output-channel axis of a GEMM-like node, if its weight is a constant.
+fn weight_slot(node: &NodeProto, graph: &graph::proto::GraphProto, index: &GraphIndex) -> Option<(usize, usize)> {
+    let constant = |slot: usize| node.input.get(slot).and_then(|n| index.constant(graph, n));
+    let rank = |slot: usize| constant(slot).map(|t| t.dims.len()).unwrap_or(0);
+    match node.op_type.as_str() {
+        "Conv" => constant(1).map(|_| (1, 0)),
+        "ConvTranspose" => constant(1).map(|_| (1, 1)),
+        "MatMul" => constant(1).filter(|t| t.dims.len() >= 2).map(|_| (1, rank(1) - 1)),
+        "Gemm" => {
+            let trans_b = node.attribute.iter().find(|a| a.name == "transB").map(|a| a.i).unwrap_or(0);
+            constant(1).map(|_| (1, if trans_b != 0 { 0 } else { 1 }))
+        }
+        _ => None,
+    }
+}
+
+fn scalar_f32(name: &str, v: f32) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.into();
+    t.data_type = DataType::FLOAT as i32;
+    t.float_data = vec![v];
+    t
+}
+
+fn zero_points(name: &str, n: Option<usize>) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.into();
+    t.data_type = DataType::INT8 as i32;
+    if let Some(n) = n {
+        t.dims = vec![n as i64];
+        t.raw_data = vec![0u8; n];
+    } else {
+        t.raw_data = vec![0u8];
+    }
+    t
+}
+
+fn node(op: &str, name: &str, inputs: &[&str], output: &str, axis: Option<usize>) -> NodeProto {
+    let mut n = NodeProto::new();
+    n.op_type = op.into();
+    n.name = name.into();
+    n.input = inputs.iter().map(|s| s.to_string()).collect();
+    n.output = vec![output.to_string()];
+    if let Some(axis) = axis {
+        let mut a = AttributeProto::new();
+        a.name = "axis".into();
+        a.i = axis as i64;
+        a.type_ = AttributeType::INT.into();
+        n.attribute.push(a);
+    }
+    n
+}
+
+/// Symmetric per-channel int8 weights along `axis`: (int8 values, per-channel amax).
+pub fn quantize_weights(values: &[f32], dims: &[i64], axis: usize) -> (Vec<i8>, Vec<f32>) {
+    let channels = dims[axis] as usize;
+    let inner: usize = dims[axis + 1..].iter().product::<i64>() as usize;
+    let channel_of = |i: usize| (i / inner.max(1)) % channels.max(1);
+    let mut amax = vec![0f32; channels];
+    for (i, v) in values.iter().enumerate() {
+        let c = channel_of(i);
+        amax[c] = amax[c].max(v.abs());
+    }
+    for a in amax.iter_mut() {
+        if !(*a > 0.0 && a.is_finite()) {
+            *a = ZERO_RANGE_AMAX;
+        }
+    }
+    let q = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let scale = amax[channel_of(i)] / 127.0;
+            // QuantizeLinear rounds half to even and saturates.
+            (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8
+        })
+        .collect();
+    (q, amax)
+}
+
+/// Unique names: ONNX requires node and tensor names to be unique within the graph.
+struct Names(HashSet<String>);
+
+impl Names {
+    fn fresh(&mut self, base: &str) -> String {
+        let mut name = base.to_string();
+        let mut k = 1;
+        while self.0.contains(&name) {
+            name = format!("{base}_{k}");
+            k += 1;
+        }
+        self.0.insert(name.clone());
+        name
+    }
+}
+
+/// Builds the Q/DQ model. `amax` gives every activation's threshold (from the .hist and the method).
+pub fn insert_qdq(
+    model: &Model,
+    decisions: &[Decision],
+    amax: &HashMap<String, f32>,
+) -> Result<(ModelProto, QdqSummary), AnalyzeError> {
+    let source = &model.proto.graph;
+    let opset = model
+        .proto
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .unwrap_or(0);
+    if opset < 13 {
+        return Err(AnalyzeError::Model {
+            path: model.path.clone(),
+            message: format!("opset {opset}: per-channel DequantizeLinear needs opset 13 or later; re-export the model with opset >= 13"),
+        });
+    }
+    let index = GraphIndex::new(source);
+    let node_index: HashMap<&str, usize> = source.node.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
+    let int8: HashSet<usize> =
+        decisions.iter().filter(|d| d.int8).filter_map(|d| node_index.get(d.node.as_str()).copied()).collect();
+
+    // Activation tensor -> (node, slot) consumers that read its dequantized copy.
+    let mut act_uses: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
+    let mut weight_uses: Vec<(usize, usize, usize)> = Vec::new();
+    for &n in &int8 {
+        let node = &source.node[n];
+        let weight = if GEMM_OPS.contains(&node.op_type.as_str()) { weight_slot(node, source, &index) } else { None };
+        if let Some((slot, axis)) = weight {
+            weight_uses.push((n, slot, axis));
+        }
+        for (slot, input) in node.input.iter().enumerate() {
+            // Never the bias (Conv/Gemm input 2), never the weight, only tensors with statistics.
+            let is_bias = matches!(node.op_type.as_str(), "Conv" | "ConvTranspose" | "Gemm") && slot == 2;
+            if is_bias || weight.map(|w| w.0) == Some(slot) || !amax.contains_key(input) {
+                continue;
+            }
+            act_uses.entry(input.clone()).or_default().push((n, slot));
+        }
+    }
+    // Residual Add after a quantized Conv: quantize only the other (non-Conv) branch, so that TensorRT can
+    // fuse the Add into the Conv.
+    for (n, node) in source.node.iter().enumerate() {
+        if node.op_type != "Add" || node.input.len() != 2 || decisions.iter().any(|d| d.node == node.name && !d.int8) {
+            continue;
+        }
+        let from_conv = |i: usize| {
+            index.producer.get(&node.input[i]).is_some_and(|&p| source.node[p].op_type == "Conv" && int8.contains(&p))
+        };
+        for (conv_side, other) in [(0, 1), (1, 0)] {
+            if from_conv(conv_side) && !from_conv(other) && amax.contains_key(&node.input[other]) {
+                act_uses.entry(node.input[other].clone()).or_default().push((n, other));
+            }
+        }
+    }
+    // Inputs of a quantized Concat share one scale: the largest amax among them.
+    let mut shared: HashMap<String, f32> = HashMap::new();
+    for &n in &int8 {
+        let node = &source.node[n];
+        if node.op_type == "Concat" {
+            let m = node.input.iter().filter_map(|i| amax.get(i)).fold(0f32, |a, &b| a.max(b));
+            for i in &node.input {
+                shared.insert(i.clone(), m);
+            }
+        }
+    }
+
+    let mut proto = model.proto.clone();
+    let graph = proto.graph.mut_or_insert_default();
+    let mut names = Names(
+        graph
+            .node
+            .iter()
+            .flat_map(|n| std::iter::once(n.name.clone()).chain(n.output.iter().cloned()))
+            .chain(graph.initializer.iter().map(|t| t.name.clone()))
+            .chain(graph.input.iter().map(|i| i.name.clone()))
+            .collect(),
+    );
+    let mut summary = QdqSummary::default();
+    // New nodes go right after the producer of what they read (graph inputs: first), keeping topological order.
+    let mut after: BTreeMap<Option<usize>, Vec<NodeProto>> = BTreeMap::new();
+
+    // Activations, in graph order of their producers for deterministic output.
+    let mut acts: Vec<(&String, &Vec<(usize, usize)>)> = act_uses.iter().collect();
+    acts.sort_by_key(|(t, _)| (index.producer.get(*t).map(|&p| p + 1).unwrap_or(0), t.to_string()));
+    for (tensor, uses) in acts {
+        let a = shared.get(tensor).or_else(|| amax.get(tensor)).copied().unwrap_or(ZERO_RANGE_AMAX);
+        let scale_name = names.fresh(&format!("{tensor}_scale"));
+        let zp_name = names.fresh(&format!("{tensor}_zero_point"));
+        let q_out = names.fresh(&format!("{tensor}_quantized"));
+        let dq_out = names.fresh(&format!("{tensor}_dequantized"));
+        graph.initializer.push(scalar_f32(&scale_name, a / 127.0));
+        graph.initializer.push(zero_points(&zp_name, None));
+        let q = node(
+            "QuantizeLinear",
+            &names.fresh(&format!("{tensor}_QuantizeLinear")),
+            &[tensor, &scale_name, &zp_name],
+            &q_out,
+            None,
+        );
+        let dq = node(
+            "DequantizeLinear",
+            &names.fresh(&format!("{tensor}_DequantizeLinear")),
+            &[&q_out, &scale_name, &zp_name],
+            &dq_out,
+            None,
+        );
+        after.entry(index.producer.get(tensor).copied()).or_default().extend([q, dq]);
+        for &(n, slot) in uses {
+            graph.node[n].input[slot] = dq_out.clone();
+        }
+        summary.activations.push((tensor.clone(), a));
+    }
+
+    // Weights: int8 initializers behind a per-channel DequantizeLinear.
+    let mut done: HashMap<(String, usize), String> = HashMap::new();
+    weight_uses.sort();
+    for (n, slot, axis) in weight_uses {
+        let w_name = source.node[n].input[slot].clone();
+        if let Some(dq_out) = done.get(&(w_name.clone(), axis)) {
+            graph.node[n].input[slot] = dq_out.clone();
+            continue;
+        }
+        let w = index.constant(source, &w_name).ok_or_else(|| AnalyzeError::Model {
+            path: model.path.clone(),
+            message: format!("weight '{w_name}' of node '{}' is not a constant", source.node[n].name),
+        })?;
+        let values = model.tensor_f32(w)?;
+        let (q, ch_amax) = quantize_weights(&values, &w.dims, axis);
+        let mut qt = TensorProto::new();
+        qt.name = names.fresh(&format!("{w_name}_quantized"));
+        qt.data_type = DataType::INT8 as i32;
+        qt.dims = w.dims.clone();
+        qt.raw_data = q.iter().map(|&v| v as u8).collect();
+        let mut st = TensorProto::new();
+        st.name = names.fresh(&format!("{w_name}_scale"));
+        st.data_type = DataType::FLOAT as i32;
+        st.dims = vec![ch_amax.len() as i64];
+        st.float_data = ch_amax.iter().map(|a| a / 127.0).collect();
+        let zp = zero_points(&names.fresh(&format!("{w_name}_zero_point")), Some(ch_amax.len()));
+        let dq_out = names.fresh(&format!("{w_name}_dequantized"));
+        let dq = node(
+            "DequantizeLinear",
+            &names.fresh(&format!("{w_name}_DequantizeLinear")),
+            &[&qt.name, &st.name, &zp.name],
+            &dq_out,
+            Some(axis),
+        );
+        after.entry(None).or_default().push(dq);
+        graph.initializer.extend([qt, st, zp]);
+        graph.node[n].input[slot] = dq_out.clone();
+        done.insert((w_name.clone(), axis), dq_out);
+        summary.weights.push((w_name, axis, ch_amax));
+    }
+    // Drop float weights nobody reads any more.
+    let still_read: HashSet<String> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().cloned())
+        .chain(graph.output.iter().map(|o| o.name.clone()))
+        .collect();
+    graph
+        .initializer
+        .retain(|t| still_read.contains(&t.name) || after.values().flatten().any(|n| n.input.contains(&t.name)));
+
+    // Splice the new nodes in.
+    let old = std::mem::take(&mut graph.node);
+    let mut nodes = after.remove(&None).unwrap_or_default();
+    for (i, n) in old.into_iter().enumerate() {
+        nodes.push(n);
+        if let Some(extra) = after.remove(&Some(i)) {
+            nodes.extend(extra);
+        }
+    }
+    graph.node = nodes;
+    Ok((proto, summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_dequantize_to_within_half_a_step() {
+        let dims = [3i64, 2, 2];
+        let values: Vec<f32> = (0..12).map(|i| ((i * 37) % 11) as f32 * 0.173 - 0.8).chain([]).collect();
+        let mut values = values;
+        values[4..8].iter_mut().for_each(|v| *v = 0.0); // an all-zero channel
+        let (q, amax) = quantize_weights(&values, &dims, 0);
+        assert_eq!(amax[1], ZERO_RANGE_AMAX);
+        for (i, (&v, &qv)) in values.iter().zip(&q).enumerate() {
+            let scale = amax[i / 4] / 127.0;
+            assert!((qv as f32 * scale - v).abs() <= scale / 2.0 + 1e-7, "{i}: {v} -> {qv}");
+        }
+        // Axis 1 of a [2, 3] matrix: per column.
+        let (q, amax) = quantize_weights(&[1.0, -2.0, 0.5, -1.0, 4.0, 0.25], &[2, 3], 1);
+        assert_eq!(amax, vec![1.0, 4.0, 0.5]);
+        assert_eq!(q, vec![127, -64, 127, -127, 127, 64]);
+    }
+}

@@ -1,0 +1,136 @@
+//! End to end on the fixtures: calibrate -> analyze -> run the Q/DQ model in ONNX Runtime.
+
+use std::path::{Path, PathBuf};
+
+use analyze::precision::{PrecisionFile, Selection};
+use analyze::scales::Method;
+use analyze::{analyze, AnalyzeOptions};
+use calibrate::{calibrate, CalibrateOptions, HistFile};
+use datasets::{BatchStream, Dataset, Recipe, StreamOptions};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn recipe() -> Recipe {
+    Recipe::load(&root().join("fixtures/fmnist.toml")).unwrap()
+}
+
+fn model(name: &str) -> PathBuf {
+    root().join("fixtures/models").join(name)
+}
+
+fn hist(name: &str) -> HistFile {
+    let options = CalibrateOptions { limit: Some(300), ..Default::default() };
+    calibrate(&model(name), &root().join("fixtures/fmnist/calib"), &recipe(), &options, &mut |_, _| {}).unwrap().0
+}
+
+fn options(method: Method, precision: PrecisionFile) -> AnalyzeOptions {
+    AnalyzeOptions { method, precision, precision_origin: "test".into(), trt_version: "10.3.0".into() }
+}
+
+/// Top-1 of a model file on a seeded subset of the validation images (zero-shot when prototypes are given).
+fn top1(path: &Path, images: usize, prototypes: Option<&[Vec<f32>]>) -> f64 {
+    let m = graph::Model::load(path).unwrap();
+    let output = m.proto.graph.output[0].name.clone();
+    let input = m.resolve_input(None).unwrap().name.clone();
+    let mut cfg = runtime::SessionConfig::new(path.display().to_string());
+    cfg.external_data_dir = Some(m.dir.clone());
+    let mut session = runtime::session_from_bytes(&m.to_bytes().unwrap(), &cfg).unwrap();
+    let ds = Dataset::labelled(&root().join("fixtures/fmnist/val"), None).unwrap().limit(images, 1);
+    let (mut right, mut n) = (0usize, 0usize);
+    for batch in BatchStream::new(&ds, &recipe(), StreamOptions { batch_size: 100, ..Default::default() }) {
+        let batch = batch.unwrap();
+        runtime::run_f32(&mut session, "eval", &input, &batch.shape, &batch.data, std::slice::from_ref(&output), |o| {
+            let width = o[0].len() / batch.items.len();
+            for (row, item) in o[0].chunks(width).zip(&batch.items) {
+                let scores: Vec<f32> = match prototypes {
+                    None => row.to_vec(),
+                    Some(p) => p.iter().map(|c| c.iter().zip(row).map(|(a, b)| a * b).sum()).collect(),
+                };
+                let best = (0..scores.len()).max_by(|&a, &b| scores[a].total_cmp(&scores[b])).unwrap();
+                right += (Some(best) == item.label) as usize;
+                n += 1;
+            }
+        })
+        .unwrap();
+    }
+    right as f64 / n as f64
+}
+
+/// The fixture's text prototypes (numpy .npy, float32 [10, 64]).
+fn prototypes() -> Vec<Vec<f32>> {
+    let bytes = std::fs::read(root().join("fixtures/models/fmnist_clip_text_prototypes.npy")).unwrap();
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let data = &bytes[10 + header_len..];
+    let values: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    values.chunks(64).map(|c| c.to_vec()).collect()
+}
+
+#[test]
+fn qdq_models_run_in_onnx_runtime_and_keep_fp32_accuracy() {
+    let protos = prototypes();
+    for name in [
+        "fmnist_vit_opset17.onnx",
+        "fmnist_vit_opset18.onnx",
+        "fmnist_resnet_opset13.onnx",
+        "fmnist_clip_image_opset17.onnx",
+    ] {
+        let h = hist(name);
+        let a = analyze(&model(name), &h, &options(Method::Entropy, PrecisionFile::default())).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        a.write(dir.path()).unwrap();
+        let qdq_path = dir.path().join("model.qdq.onnx");
+        let qdq = graph::Model::load(&qdq_path).unwrap();
+        let original = graph::Model::load(&model(name)).unwrap();
+        let io = |m: &graph::Model| {
+            (
+                m.feed_inputs().iter().map(|i| i.name.clone()).collect::<Vec<_>>(),
+                m.proto.graph.output.iter().map(|o| o.name.clone()).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(io(&qdq), io(&original), "{name}: inputs/outputs changed");
+        assert!(!qdq.has_external_data, "{name}: written self-contained");
+        let p = name.contains("clip").then_some(protos.as_slice());
+        let (fp32, int8) = (top1(&model(name), 1000, p), top1(&qdq_path, 1000, p));
+        eprintln!("{name}: FP32 {fp32:.4}, INT8 {int8:.4}, INT8 FLOP share {:.3}", a.ranges.int8_flop_share);
+        assert!((fp32 - int8).abs() <= 0.01, "{name}: FP32 {fp32} vs INT8 {int8}");
+        assert!(a.ranges.int8_flop_share > 0.8, "{name}");
+    }
+}
+
+#[test]
+fn a_denied_node_gets_no_qdq_and_artifacts_are_byte_identical_on_rerun() {
+    let name = "fmnist_vit_opset17.onnx";
+    let h = hist(name);
+    let precision = PrecisionFile {
+        deny: Selection { nodes: vec!["/blocks.1/fc*/MatMul".into()], ops: vec!["Gemm".into()] },
+        allow: Selection::default(),
+    };
+    let a = analyze(&model(name), &h, &options(Method::Entropy, precision.clone())).unwrap();
+    let nodes = &a.qdq.graph.node;
+    let is_dq_output = |t: &str| nodes.iter().any(|n| n.op_type == "DequantizeLinear" && n.output[0] == t);
+    for denied in ["/blocks.1/fc1/MatMul", "/blocks.1/fc2/MatMul", "/head/Gemm"] {
+        let n = nodes.iter().find(|n| n.name == denied).unwrap();
+        assert!(n.input.iter().all(|i| !is_dq_output(i)), "{denied} still reads a DequantizeLinear output");
+    }
+    let kept = nodes.iter().find(|n| n.name == "/blocks.0/fc1/MatMul").unwrap();
+    assert!(kept.input.iter().all(|i| is_dq_output(i)), "an allowed MatMul lost its Q/DQ");
+    // Precision files round-trip through TOML unchanged.
+    assert_eq!(toml::from_str::<PrecisionFile>(&precision.to_toml()).unwrap(), precision);
+
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    a.write(d1.path()).unwrap();
+    analyze(&model(name), &h, &options(Method::Entropy, precision)).unwrap().write(d2.path()).unwrap();
+    for f in ["model.qdq.onnx", "calibration.cache", "ranges.csv", "ranges.json"] {
+        assert_eq!(std::fs::read(d1.path().join(f)).unwrap(), std::fs::read(d2.path().join(f)).unwrap(), "{f} differs");
+    }
+}
+
+#[test]
+fn a_hist_from_another_model_is_refused() {
+    let h = hist("fmnist_vit_opset17.onnx");
+    let err =
+        analyze(&model("fmnist_vit_opset13.onnx"), &h, &options(Method::Max, PrecisionFile::default())).err().unwrap();
+    assert!(err.to_string().contains("re-run calibrate"), "{err}");
+}
