@@ -22,6 +22,19 @@ pub enum Which {
         #[arg(long, default_value_t = 3)]
         repeat: usize,
     },
+    /// Scale computation for every tensor of a .hist, per method (target: entropy under 1 s for
+    /// fmnist_vit_opset17).
+    Analyze(AnalyzeBenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AnalyzeBenchArgs {
+    /// A .hist file; by default one is made from the model with the fixture calibration images.
+    #[arg(long)]
+    hist: Option<PathBuf>,
+    /// Model the .hist belongs to.
+    #[arg(long, default_value = "fixtures/models/fmnist_vit_opset17.onnx")]
+    model: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -103,6 +116,7 @@ fn build_release_binaries() -> anyhow::Result<PathBuf> {
 pub fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Calibrate { model, repeat } => bench_calibrate(&model, repeat.max(1)),
+        Which::Analyze(args) => bench_analyze(&args),
     }
 }
 
@@ -189,5 +203,36 @@ fn bench_calibrate(model: &Path, repeat: usize) -> anyhow::Result<()> {
     let json = out_dir.join("calibrate.json");
     std::fs::write(&json, serde_json::to_vec_pretty(&report)?)?;
     println!("wrote {}", json.display());
+    Ok(())
+}
+
+fn bench_analyze(args: &AnalyzeBenchArgs) -> anyhow::Result<()> {
+    use analyze::scales::{amax, Method};
+    let root = root();
+    let hist = match &args.hist {
+        Some(p) => calibrate::HistFile::read(p)?,
+        None => {
+            let recipe = Recipe::load(&root.join("fixtures/fmnist.toml"))?;
+            let options = calibrate::CalibrateOptions::default();
+            calibrate::calibrate(
+                &root.join(&args.model),
+                &root.join("fixtures/fmnist/calib"),
+                &recipe,
+                &options,
+                &mut |_, _| {},
+            )?
+            .0
+        }
+    };
+    println!("scale computation for {} tensors of {} (one thread)", hist.tensors.len(), hist.model.file);
+    println!("| method | wall s |");
+    println!("|---|---|");
+    for method in Method::ALL_DEFAULT {
+        let start = Instant::now();
+        let total: f64 = hist.tensors.iter().map(|t| amax(&t.stats, method) as f64).sum();
+        let secs = start.elapsed().as_secs_f64();
+        std::hint::black_box(total);
+        println!("| {} | {secs:.3} |", method.name());
+    }
     Ok(())
 }

@@ -2,10 +2,12 @@
 
 mod bench;
 mod demo;
+mod eval;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+use analyze::scales::Method;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
@@ -25,6 +27,9 @@ enum Cmd {
         /// No progress bars.
         #[arg(long, short)]
         quiet: bool,
+        /// Evaluate every scale method (entropy, mse, percentile, max), not only entropy.
+        #[arg(long)]
+        all_methods: bool,
     },
     /// Run every test (installs ONNX Runtime first if needed). Extra arguments go to `cargo test`.
     Test {
@@ -61,9 +66,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("ONNX Runtime {}: {}", runtime::ORT_VERSION, lib.display());
             Ok(())
         }
-        Cmd::Demo { quiet } => {
+        Cmd::Demo { quiet, all_methods } => {
             setup()?;
-            demo::run(quiet)
+            let methods = if all_methods { Method::ALL_DEFAULT.to_vec() } else { vec![Method::Entropy] };
+            demo::run(quiet, &methods)
         }
         Cmd::Test { args } => test(&args),
         Cmd::Ci => {
