@@ -301,6 +301,74 @@ pub fn insert_qdq(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::precision::{decide, PrecisionFile, Selection};
+    use graph::proto::{Message, OperatorSetIdProto, TypeProto, ValueInfoProto};
+
+    fn value(name: &str) -> ValueInfoProto {
+        let mut v = ValueInfoProto::new();
+        v.name = name.into();
+        let mut t = TypeProto::new();
+        t.mut_tensor_type().elem_type = DataType::FLOAT as i32;
+        v.type_ = Some(t).into();
+        v
+    }
+
+    /// x -> Conv(w) -> c; y = Add(c, x); z = Concat(y, x).
+    fn residual_model(dir: &std::path::Path) -> Model {
+        let mut m = ModelProto::new();
+        let mut opset = OperatorSetIdProto::new();
+        opset.version = 17;
+        m.opset_import.push(opset);
+        let g = m.graph.mut_or_insert_default();
+        g.input.push(value("x"));
+        g.output.push(value("z"));
+        let mut w = TensorProto::new();
+        w.name = "w".into();
+        w.data_type = DataType::FLOAT as i32;
+        w.dims = vec![1, 1, 1, 1];
+        w.float_data = vec![0.5];
+        g.initializer.push(w);
+        g.node.push(node("Conv", "conv", &["x", "w"], "c", None));
+        g.node.push(node("Add", "add", &["c", "x"], "y", None));
+        let mut concat = node("Concat", "concat", &["y", "x"], "z", None);
+        concat.attribute.push({
+            let mut a = AttributeProto::new();
+            a.name = "axis".into();
+            a.i = 1;
+            a.type_ = AttributeType::INT.into();
+            a
+        });
+        g.node.push(concat);
+        let path = dir.join("residual.onnx");
+        std::fs::write(&path, m.write_to_bytes().unwrap()).unwrap();
+        Model::load(&path).unwrap()
+    }
+
+    #[test]
+    fn residual_add_quantizes_only_the_non_conv_branch_and_concat_inputs_share_a_scale() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = residual_model(dir.path());
+        let allow_concat =
+            PrecisionFile { allow: Selection { nodes: vec![], ops: vec!["Concat".into()] }, ..Default::default() };
+        let decisions = decide(&model.proto.graph, &allow_concat, "test").unwrap();
+        let amax: HashMap<String, f32> =
+            [("x", 2.0f32), ("c", 1.0), ("y", 3.0)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let (proto, summary) = insert_qdq(&model, &decisions, &amax).unwrap();
+        let nodes = &proto.graph.node;
+        let dq_outputs: Vec<&str> =
+            nodes.iter().filter(|n| n.op_type == "DequantizeLinear").map(|n| n.output[0].as_str()).collect();
+        let add = nodes.iter().find(|n| n.name == "add").unwrap();
+        assert!(!dq_outputs.contains(&add.input[0].as_str()), "the Conv branch of the residual Add got Q/DQ");
+        assert!(dq_outputs.contains(&add.input[1].as_str()), "the identity branch of the residual Add has no Q/DQ");
+        // Concat(y, x): both inputs quantized with the larger amax (3.0).
+        let concat = nodes.iter().find(|n| n.name == "concat").unwrap();
+        assert!(concat.input.iter().all(|i| dq_outputs.contains(&i.as_str())));
+        let shared: Vec<f32> =
+            summary.activations.iter().filter(|(n, _)| n == "x" || n == "y").map(|(_, a)| *a).collect();
+        assert_eq!(shared, vec![3.0, 3.0]);
+        // The float weight is gone, replaced by its int8 copy.
+        assert!(proto.graph.initializer.iter().all(|t| t.name != "w"));
+    }
 
     #[test]
     fn weights_dequantize_to_within_half_a_step() {
