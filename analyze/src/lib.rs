@@ -2,6 +2,7 @@
 //! `model.qdq.onnx`, `calibration.cache`, `ranges.csv`, `ranges.json` (formats in FORMATS.md).
 
 pub mod cache;
+pub mod evaluate;
 mod flops;
 pub mod precision;
 pub mod qdq;

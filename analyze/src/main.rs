@@ -6,7 +6,7 @@ use analyze::precision::PrecisionFile;
 use analyze::scales::Method;
 use analyze::{analyze, AnalyzeOptions};
 use anyhow::Context;
-use calibrate::cli::init_logging;
+use calibrate::cli::{exit_code, init_logging};
 use calibrate::HistFile;
 use clap::Parser;
 
@@ -41,13 +41,7 @@ struct Args {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     init_logging(args.quiet);
-    match run(&args) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::from(2)
-        }
-    }
+    exit_code(run(&args))
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {

@@ -2,11 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
+use analyze::evaluate::{evaluate, load_prototypes};
 use analyze::precision::{PrecisionFile, Selection};
 use analyze::scales::Method;
 use analyze::{analyze, AnalyzeOptions};
 use calibrate::{calibrate, CalibrateOptions, HistFile};
-use datasets::{BatchStream, Dataset, Recipe, StreamOptions};
+use datasets::{Dataset, Recipe};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -29,47 +30,15 @@ fn options(method: Method, precision: PrecisionFile) -> AnalyzeOptions {
     AnalyzeOptions { method, precision, precision_origin: "test".into(), trt_version: "10.3.0".into() }
 }
 
-/// Top-1 of a model file on a seeded subset of the validation images (zero-shot when prototypes are given).
+/// Top-1 on a seeded subset of the validation images.
 fn top1(path: &Path, images: usize, prototypes: Option<&[Vec<f32>]>) -> f64 {
-    let m = graph::Model::load(path).unwrap();
-    let output = m.proto.graph.output[0].name.clone();
-    let input = m.resolve_input(None).unwrap().name.clone();
-    let mut cfg = runtime::SessionConfig::new(path.display().to_string());
-    cfg.external_data_dir = Some(m.dir.clone());
-    let mut session = runtime::session_from_bytes(&m.to_bytes().unwrap(), &cfg).unwrap();
     let ds = Dataset::labelled(&root().join("fixtures/fmnist/val"), None).unwrap().limit(images, 1);
-    let (mut right, mut n) = (0usize, 0usize);
-    for batch in BatchStream::new(&ds, &recipe(), StreamOptions { batch_size: 100, ..Default::default() }) {
-        let batch = batch.unwrap();
-        runtime::run_f32(&mut session, "eval", &input, &batch.shape, &batch.data, std::slice::from_ref(&output), |o| {
-            let width = o[0].len() / batch.items.len();
-            for (row, item) in o[0].chunks(width).zip(&batch.items) {
-                let scores: Vec<f32> = match prototypes {
-                    None => row.to_vec(),
-                    Some(p) => p.iter().map(|c| c.iter().zip(row).map(|(a, b)| a * b).sum()).collect(),
-                };
-                let best = (0..scores.len()).max_by(|&a, &b| scores[a].total_cmp(&scores[b])).unwrap();
-                right += (Some(best) == item.label) as usize;
-                n += 1;
-            }
-        })
-        .unwrap();
-    }
-    right as f64 / n as f64
-}
-
-/// The fixture's text prototypes (numpy .npy, float32 [10, 64]).
-fn prototypes() -> Vec<Vec<f32>> {
-    let bytes = std::fs::read(root().join("fixtures/models/fmnist_clip_text_prototypes.npy")).unwrap();
-    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let data = &bytes[10 + header_len..];
-    let values: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-    values.chunks(64).map(|c| c.to_vec()).collect()
+    evaluate(path, &ds, &recipe(), prototypes).unwrap().top1
 }
 
 #[test]
 fn qdq_models_run_in_onnx_runtime_and_keep_fp32_accuracy() {
-    let protos = prototypes();
+    let protos = load_prototypes(&root().join("fixtures/models/fmnist_clip_text_prototypes.npy")).unwrap();
     for name in [
         "fmnist_vit_opset17.onnx",
         "fmnist_vit_opset18.onnx",

@@ -50,3 +50,14 @@ pub fn progress_bar(total: u64, unit: &str, quiet: bool) -> ProgressBar {
     }
     bar
 }
+
+/// The exit status of int8kit's binaries: 0 on success; 2 with the error chain on stderr otherwise.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use calibrate::cli::{init_logging, progress_bar, RecipeArgs};
+use calibrate::cli::{exit_code, init_logging, progress_bar, RecipeArgs};
 use calibrate::{calibrate, CalibrateOptions};
 use clap::Parser;
 use datasets::OnBadImage;
@@ -49,13 +49,7 @@ struct Args {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     init_logging(args.quiet);
-    match run(&args) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::from(2)
-        }
-    }
+    exit_code(run(&args))
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {

@@ -236,19 +236,8 @@ pub fn run_f32<R>(
     outputs: &[String],
     consume: impl FnOnce(Vec<&[f32]>) -> R,
 ) -> Result<R, RuntimeError> {
-    let run_err = |e: ort::Error| RuntimeError::Run { model: label.to_string(), message: e.to_string() };
-    let tensor = ort::value::TensorRef::from_array_view((shape, data)).map_err(run_err)?;
-    let result = session.run(ort::inputs![input_name => tensor]).map_err(run_err)?;
-    let mut slices = Vec::with_capacity(outputs.len());
-    for name in outputs {
-        let value = result.get(name).ok_or_else(|| RuntimeError::Run {
-            model: label.to_string(),
-            message: format!("output '{name}' missing from the results"),
-        })?;
-        let (_, values) = value
-            .try_extract_tensor::<f32>()
-            .map_err(|e| RuntimeError::Run { model: label.to_string(), message: format!("output '{name}': {e}") })?;
-        slices.push(values);
-    }
+    let owned = run_f32_owned(session, label, input_name, shape, data, outputs)?;
+    // run_f32_owned checked that every output is float32.
+    let slices = owned.iter().map(|o| o.as_f32().unwrap_or(&[])).collect();
     Ok(consume(slices))
 }

@@ -10,8 +10,8 @@ use calibrate::cli::progress_bar;
 use calibrate::{calibrate, CalibrateOptions};
 use datasets::{Dataset, Recipe};
 
-use crate::eval::{evaluate, load_prototypes};
 use crate::root;
+use analyze::evaluate::{evaluate, load_prototypes};
 
 /// The five fixture models.
 pub const FIXTURE_MODELS: &[&str] = &[

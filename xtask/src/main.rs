@@ -2,7 +2,6 @@
 
 mod bench;
 mod demo;
-mod eval;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};

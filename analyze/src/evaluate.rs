@@ -3,23 +3,27 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context};
 use datasets::{BatchStream, Dataset, Recipe, StreamOptions};
 
+use crate::AnalyzeError;
+
 /// Class prototypes from a numpy `.npy` file (float32, C order, shape [classes, dim]), L2-normalised.
-pub fn load_prototypes(path: &Path) -> anyhow::Result<Vec<Vec<f32>>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        bail!("{}: not a .npy file", path.display());
+pub fn load_prototypes(path: &Path) -> Result<Vec<Vec<f32>>, AnalyzeError> {
+    let bytes = std::fs::read(path).map_err(|source| AnalyzeError::Io { path: path.into(), source })?;
+    let bad = |message: String| AnalyzeError::Model { path: path.into(), message };
+    if bytes.len() < 12 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("not a .npy file".into()));
     }
     let (header_len, start) = if bytes[6] == 1 {
         (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
     } else {
         (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
     };
-    let header = String::from_utf8_lossy(bytes.get(start..start + header_len).context("truncated .npy header")?);
+    let header = String::from_utf8_lossy(
+        bytes.get(start..start + header_len).ok_or_else(|| bad("truncated .npy header".into()))?,
+    );
     if !header.contains("'<f4'") || header.contains("'fortran_order': True") {
-        bail!("{}: prototypes must be float32 little-endian in C order (header {header})", path.display());
+        return Err(bad(format!("prototypes must be float32 little-endian in C order (header {header})")));
     }
     let shape: Vec<usize> = header
         .split("'shape':")
@@ -27,10 +31,10 @@ pub fn load_prototypes(path: &Path) -> anyhow::Result<Vec<Vec<f32>>> {
         .and_then(|s| s.split(['(', ')']).nth(1))
         .map(|s| s.split(',').filter_map(|d| d.trim().parse().ok()).collect())
         .unwrap_or_default();
-    let [classes, dim] = shape[..] else { bail!("{}: expected a 2-D array, header {header}", path.display()) };
+    let [classes, dim] = shape[..] else { return Err(bad(format!("expected a 2-D array, header {header}"))) };
     let data = &bytes[start + header_len..];
-    if data.len() != classes * dim * 4 {
-        bail!("{}: {} data bytes for shape [{classes}, {dim}]", path.display(), data.len());
+    if data.len() != classes * dim * 4 || dim == 0 {
+        return Err(bad(format!("{} data bytes for shape [{classes}, {dim}]", data.len())));
     }
     let values: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     Ok(values.chunks(dim).map(normalised).collect())
@@ -68,9 +72,10 @@ pub fn evaluate(
     dataset: &Dataset,
     recipe: &Recipe,
     prototypes: Option<&[Vec<f32>]>,
-) -> anyhow::Result<EvalResult> {
+) -> Result<EvalResult, AnalyzeError> {
     let m = graph::Model::load(model_path)?;
-    let output = m.proto.graph.output.first().context("model has no output")?.name.clone();
+    let no_output = || AnalyzeError::Model { path: model_path.into(), message: "the model has no output".into() };
+    let output = m.proto.graph.output.first().ok_or_else(no_output)?.name.clone();
     let input = m.resolve_input(recipe.name.as_deref())?.name.clone();
     let mut cfg = runtime::SessionConfig::new(model_path.display().to_string());
     cfg.external_data_dir = Some(m.dir.clone());
@@ -78,7 +83,7 @@ pub fn evaluate(
     let start = std::time::Instant::now();
     let (mut right, mut n) = (0usize, 0usize);
     for batch in BatchStream::new(dataset, recipe, StreamOptions { batch_size: 64, ..Default::default() }) {
-        let batch = batch?;
+        let batch = batch.map_err(|e| AnalyzeError::Model { path: model_path.into(), message: e.to_string() })?;
         let label = model_path.display().to_string();
         runtime::run_f32(
             &mut session,
