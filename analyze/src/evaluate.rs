@@ -103,3 +103,159 @@ pub fn evaluate(
     }
     Ok(EvalResult { top1: right as f64 / n.max(1) as f64, images: n, seconds: start.elapsed().as_secs_f64() })
 }
+
+pub use reports::{Comparison, ModelMetrics};
+
+struct Runner {
+    session: runtime::Session,
+    input: String,
+    output: String,
+    label: String,
+    seconds: f64,
+}
+
+impl Runner {
+    fn new(path: &Path, recipe: &Recipe, threads: usize) -> Result<Runner, AnalyzeError> {
+        let m = graph::Model::load(path)?;
+        let no_output = || AnalyzeError::Model { path: path.into(), message: "the model has no output".into() };
+        let output = m.proto.graph.output.first().ok_or_else(no_output)?.name.clone();
+        let input = m.resolve_input(recipe.name.as_deref())?.name.clone();
+        let label = path.display().to_string();
+        let mut cfg = runtime::SessionConfig::new(&label);
+        cfg.external_data_dir = Some(m.dir.clone());
+        cfg.intra_threads = threads;
+        let session = runtime::session_from_bytes(&m.to_bytes()?, &cfg)?;
+        Ok(Runner { session, input, output, label, seconds: 0.0 })
+    }
+
+    fn run(&mut self, batch: &datasets::Batch) -> Result<Vec<f32>, AnalyzeError> {
+        let start = std::time::Instant::now();
+        let out = runtime::run_f32(
+            &mut self.session,
+            &self.label,
+            &self.input,
+            &batch.shape,
+            &batch.data,
+            std::slice::from_ref(&self.output),
+            |o| o[0].to_vec(),
+        )?;
+        self.seconds += start.elapsed().as_secs_f64();
+        Ok(out)
+    }
+}
+
+fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+#[derive(Default)]
+struct Tally {
+    top1: u64,
+    top5: u64,
+    per_class: Vec<(u64, u64)>,
+}
+
+impl Tally {
+    fn add(&mut self, scores: &[f32], label: usize) -> usize {
+        let top = top_k(scores, 5);
+        if self.per_class.len() <= label {
+            self.per_class.resize(label + 1, (0, 0));
+        }
+        self.per_class[label].1 += 1;
+        if top.first() == Some(&label) {
+            self.top1 += 1;
+            self.per_class[label].0 += 1;
+        }
+        self.top5 += top.contains(&label) as u64;
+        top.first().copied().unwrap_or(0)
+    }
+
+    fn metrics(mut self, n: u64, seconds: f64, classes: usize) -> ModelMetrics {
+        self.per_class.resize(self.per_class.len().max(classes), (0, 0));
+        ModelMetrics {
+            top1: self.top1 as f64 / n.max(1) as f64,
+            top5: self.top5 as f64 / n.max(1) as f64,
+            per_class: self.per_class,
+            images_per_s: if seconds > 0.0 { n as f64 / seconds } else { 0.0 },
+        }
+    }
+}
+
+/// Runs both models over the same labelled batches and compares them.
+pub fn compare(
+    fp32_path: &Path,
+    int8_path: &Path,
+    dataset: &Dataset,
+    recipe: &Recipe,
+    prototypes: Option<&[Vec<f32>]>,
+    threads: usize,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Comparison, AnalyzeError> {
+    let mut fp32 = Runner::new(fp32_path, recipe, threads)?;
+    let mut int8 = Runner::new(int8_path, recipe, threads)?;
+    let (mut t32, mut t8) = (Tally::default(), Tally::default());
+    let (mut n, mut agree, mut cos_sum) = (0u64, 0u64, 0f64);
+    let (mut signal, mut noise) = (0f64, 0f64);
+    let total = dataset.len() as u64;
+    for batch in BatchStream::new(dataset, recipe, StreamOptions { batch_size: 64, ..Default::default() }) {
+        let batch = batch.map_err(|e| AnalyzeError::Model { path: dataset.root.clone(), message: e.to_string() })?;
+        let (a, b) = (fp32.run(&batch)?, int8.run(&batch)?);
+        let width = a.len() / batch.items.len().max(1);
+        if width == 0 || b.len() != a.len() {
+            return Err(AnalyzeError::Model {
+                path: int8_path.into(),
+                message: format!("outputs differ in size: FP32 {} values, INT8 {}", a.len(), b.len()),
+            });
+        }
+        for ((ra, rb), item) in a.chunks(width).zip(b.chunks(width)).zip(&batch.items) {
+            let Some(label) = item.label else {
+                return Err(AnalyzeError::Model { path: item.path.clone(), message: "image has no label".into() });
+            };
+            let (pa, pb) = (t32.add(&scores(ra, prototypes), label), t8.add(&scores(rb, prototypes), label));
+            agree += (pa == pb) as u64;
+            let dot: f64 = ra.iter().zip(rb).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let na: f64 = ra.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            let nb: f64 = rb.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            cos_sum += if na > 0.0 && nb > 0.0 { dot / (na * nb) } else { (na == nb) as u8 as f64 };
+            signal += ra.iter().map(|x| (*x as f64).powi(2)).sum::<f64>();
+            noise += ra.iter().zip(rb).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>();
+            n += 1;
+        }
+        progress(n, total);
+    }
+    let classes = dataset.classes.len();
+    Ok(Comparison {
+        images: n,
+        fp32: t32.metrics(n, fp32.seconds, classes),
+        int8: t8.metrics(n, int8.seconds, classes),
+        agreement: agree as f64 / n.max(1) as f64,
+        cosine_mean: cos_sum / n.max(1) as f64,
+        sqnr_db: if noise > 0.0 { 10.0 * (signal / noise).log10() } else { f64::INFINITY },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_breaks_ties_by_index_and_tally_counts_classes() {
+        assert_eq!(top_k(&[0.1, 0.9, 0.9, 0.3, 0.0, 0.2], 3), vec![1, 2, 3]);
+        let mut t = Tally::default();
+        assert_eq!(t.add(&[0.0, 1.0, 0.5, 0.0, 0.0, 0.0], 2), 1);
+        t.add(&[0.0, 0.0, 1.0, 0.0, 0.0, 0.0], 2);
+        let m = t.metrics(2, 1.0, 4);
+        assert_eq!((m.top1, m.top5, m.per_class.clone()), (0.5, 1.0, vec![(0, 0), (0, 0), (1, 2), (0, 0)]));
+    }
+
+    #[test]
+    fn zero_shot_scores_are_cosines_against_normalised_prototypes() {
+        let protos = vec![normalised(&[1.0, 0.0]), normalised(&[1.0, 1.0])];
+        let s = scores(&[3.0, 3.0], Some(&protos));
+        assert!((s[0] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6 && (s[1] - 1.0).abs() < 1e-6);
+        assert_eq!(argmax(&s), 1);
+    }
+}

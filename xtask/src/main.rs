@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod validate;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -42,6 +43,9 @@ enum Cmd {
         #[command(subcommand)]
         which: bench::Which,
     },
+    /// Calibrate, analyze, evaluate FP32 and INT8 on a labelled folder, and gate a release.
+    /// Exit 0: every criterion holds; 1: a gate failed; 2: bad input or a run error.
+    Validate(Box<validate::ValidateArgs>),
     /// Internal: one measured workload, run as a child process by `bench` so that its peak RSS is its own.
     #[command(hide = true)]
     BenchChild(bench::ChildArgs),
@@ -49,6 +53,16 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Validate(args) = &cli.command {
+        calibrate::cli::init_logging(args.quiet);
+        return match setup().and_then(|_| validate::run(args)) {
+            Ok(report) => ExitCode::from(validate::conclude(&report, &args.out)),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -81,6 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bench::run(which)
         }
         Cmd::BenchChild(args) => bench::child(args),
+        Cmd::Validate(_) => unreachable!("handled in main"),
     }
 }
 

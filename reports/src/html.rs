@@ -1,0 +1,152 @@
+//! `report.html`: one self-contained page (inline CSS and SVG, no scripts, no network), readable offline.
+//! Every number shown carries its exact value in `data-key`/`data-value` attributes so that a browser check
+//! can compare the rendered page with report.json.
+
+use crate::{escape, Report, TensorPlot};
+
+fn num(key: &str, value: f64, shown: String) -> String {
+    format!("<span data-key=\"{}\" data-value=\"{value}\">{}</span>", escape(key), escape(&shown))
+}
+
+fn pct(key: &str, v: f64) -> String {
+    num(key, v, format!("{:.2} %", 100.0 * v))
+}
+
+fn class_deltas_svg(report: &Report) -> String {
+    let c = &report.comparison;
+    let deltas: Vec<f64> = c
+        .fp32
+        .per_class
+        .iter()
+        .zip(&c.int8.per_class)
+        .map(|((a, n), (b, _))| if *n > 0 { 100.0 * (*b as f64 - *a as f64) / *n as f64 } else { 0.0 })
+        .collect();
+    let span = deltas.iter().fold(1.0f64, |m, d| m.max(d.abs()));
+    let (w, h, bar) = (40.0 + 36.0 * deltas.len() as f64, 200.0, 24.0);
+    let mid = h / 2.0;
+    let mut svg = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" role=\"img\" aria-label=\"per-class Top-1 change\">", h + 30.0);
+    svg.push_str(&format!("<line x1=\"30\" y1=\"{mid}\" x2=\"{w}\" y2=\"{mid}\" stroke=\"#888\"/>"));
+    svg.push_str(&format!("<text x=\"0\" y=\"14\" font-size=\"11\">+{span:.2} pp</text><text x=\"0\" y=\"{h}\" font-size=\"11\">-{span:.2} pp</text>"));
+    for (i, d) in deltas.iter().enumerate() {
+        let x = 40.0 + 36.0 * i as f64;
+        let len = (d.abs() / span) * (mid - 16.0);
+        let (y, color) = if *d >= 0.0 { (mid - len, "#2a7") } else { (mid, "#c33") };
+        let name = report.classes.get(i).cloned().unwrap_or_else(|| i.to_string());
+        svg.push_str(&format!(
+            "<rect x=\"{x}\" y=\"{y}\" width=\"{bar}\" height=\"{len}\" fill=\"{color}\"><title>{}: {d:+.2} pp</title></rect>",
+            escape(&name)
+        ));
+        svg.push_str(&format!("<text x=\"{x}\" y=\"{}\" font-size=\"10\">{}</text>", h + 24.0, escape(&name.chars().take(6).collect::<String>())));
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+fn histogram_svg(t: &TensorPlot) -> String {
+    let (w, h) = (360.0, 90.0);
+    let max_log = t.counts.iter().map(|&c| ((c + 1) as f64).ln()).fold(0.0f64, f64::max).max(1e-9);
+    let n = t.counts.len().max(1) as f64;
+    let mut path = format!("M0,{h}");
+    for (i, &c) in t.counts.iter().enumerate() {
+        let x = w * i as f64 / n;
+        let y = h - h * ((c + 1) as f64).ln() / max_log;
+        path.push_str(&format!(" L{x:.1},{y:.1} L{:.1},{y:.1}", w * (i + 1) as f64 / n));
+    }
+    path.push_str(&format!(" L{w},{h} Z"));
+    let xa = if t.plot_range > 0.0 { w * (t.amax as f64 / t.plot_range).min(1.0) } else { 0.0 };
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" role=\"img\" aria-label=\"|x| histogram of {name}\">\
+         <path d=\"{path}\" fill=\"#9bd\" stroke=\"#47a\" stroke-width=\"0.5\"/>\
+         <line x1=\"{xa:.1}\" y1=\"0\" x2=\"{xa:.1}\" y2=\"{h}\" stroke=\"#c00\" stroke-width=\"1.5\"><title>amax {amax}</title></line>\
+         <text x=\"2\" y=\"{ty}\" font-size=\"10\">0</text><text x=\"{tx}\" y=\"{ty}\" font-size=\"10\">{range:.3}</text></svg>",
+        h + 14.0,
+        name = escape(&t.name),
+        amax = t.amax,
+        ty = h + 12.0,
+        tx = w - 40.0,
+        range = t.plot_range,
+    )
+}
+
+pub fn render_html(report: &Report) -> String {
+    let c = &report.comparison;
+    let mut page = String::from("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
+    page.push_str(&format!("<title>int8kit report: {}</title>", escape(&report.model)));
+    page.push_str("<style>body{font:14px sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:1em 0}\
+        td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}td:first-child{text-align:left}\
+        .pass{color:#176}.fail{color:#b00;font-weight:bold}figure{display:inline-block;margin:6px}figcaption{font-size:11px}</style></head><body>");
+    let verdict = if report.passed { "<span class=\"pass\">PASSED</span>" } else { "<span class=\"fail\">FAILED</span>" };
+    page.push_str(&format!("<h1>int8kit validation: {} — {verdict}</h1>", escape(&report.model)));
+    page.push_str(&format!(
+        "<p>Method <b>{}</b>, engine <b>{}</b>, {} calibration images, {} validation images from <code>{}</code>; model sha256 <code>{}</code>.</p>",
+        escape(&report.method),
+        escape(&report.engine),
+        num("calibration_images", report.calibration_images as f64, report.calibration_images.to_string()),
+        num("comparison.images", c.images as f64, c.images.to_string()),
+        escape(&report.validation_folder),
+        escape(&report.model_sha256)
+    ));
+    page.push_str("<h2>Accuracy</h2><table><tr><th>metric</th><th>FP32</th><th>INT8</th></tr>");
+    page.push_str(&format!("<tr><td>Top-1</td><td>{}</td><td>{}</td></tr>", pct("comparison.fp32.top1", c.fp32.top1), pct("comparison.int8.top1", c.int8.top1)));
+    page.push_str(&format!("<tr><td>Top-5</td><td>{}</td><td>{}</td></tr>", pct("comparison.fp32.top5", c.fp32.top5), pct("comparison.int8.top5", c.int8.top5)));
+    page.push_str(&format!(
+        "<tr><td>images/s</td><td>{}</td><td>{}</td></tr>",
+        num("comparison.fp32.images_per_s", c.fp32.images_per_s, format!("{:.0}", c.fp32.images_per_s)),
+        num("comparison.int8.images_per_s", c.int8.images_per_s, format!("{:.0}", c.int8.images_per_s))
+    ));
+    page.push_str(&format!("<tr><td>FP32/INT8 agreement</td><td></td><td>{}</td></tr>", pct("comparison.agreement", c.agreement)));
+    page.push_str(&format!(
+        "<tr><td>output cosine (mean)</td><td></td><td>{}</td></tr>",
+        num("comparison.cosine_mean", c.cosine_mean, format!("{:.5}", c.cosine_mean))
+    ));
+    page.push_str(&format!("<tr><td>output SQNR</td><td></td><td>{}</td></tr>", num("comparison.sqnr_db", c.sqnr_db, format!("{:.1} dB", c.sqnr_db))));
+    page.push_str(&format!("<tr><td>GEMM/Conv FLOPs in INT8</td><td></td><td>{}</td></tr></table>", pct("int8_flop_share", report.int8_flop_share)));
+
+    page.push_str("<h2>Release criteria</h2><table><tr><th>criterion</th><th>measured</th><th>limit</th><th>result</th></tr>");
+    for (i, cr) in report.criteria.iter().enumerate() {
+        page.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>",
+            escape(&cr.name),
+            num(&format!("criteria.{i}.measured"), cr.measured, format!("{:.3}", cr.measured)),
+            num(&format!("criteria.{i}.limit"), cr.limit, format!("{:.3}", cr.limit)),
+            if cr.passed { "pass" } else { "fail" },
+            escape(&cr.message)
+        ));
+    }
+    page.push_str("</table>");
+
+    page.push_str("<h2>Per-class Top-1 change (INT8 − FP32)</h2>");
+    page.push_str(&class_deltas_svg(report));
+    page.push_str("<table><tr><th>class</th><th>images</th><th>FP32</th><th>INT8</th></tr>");
+    for (i, ((a, n), (b, _))) in c.fp32.per_class.iter().zip(&c.int8.per_class).enumerate() {
+        let acc = |k: u64| if *n > 0 { k as f64 / *n as f64 } else { 0.0 };
+        page.push_str(&format!(
+            "<tr><td>{}</td><td>{n}</td><td>{}</td><td>{}</td></tr>",
+            escape(report.classes.get(i).map(String::as_str).unwrap_or("")),
+            pct(&format!("class.{i}.fp32"), acc(*a)),
+            pct(&format!("class.{i}.int8"), acc(*b))
+        ));
+    }
+    page.push_str("</table>");
+
+    page.push_str("<h2>Quantized tensors: ranges and |x| histograms</h2><p>Log-scale counts; the red line is the chosen amax.</p>");
+    page.push_str("<table><tr><th>tensor</th><th>amax</th><th>max |x|</th><th>clipped</th></tr>");
+    for (i, t) in report.tensors.iter().enumerate() {
+        page.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&t.name),
+            num(&format!("tensors.{i}.amax"), t.amax as f64, format!("{:.4}", t.amax)),
+            num(&format!("tensors.{i}.max_abs"), t.max_abs as f64, format!("{:.4}", t.max_abs)),
+            num(&format!("tensors.{i}.clipped"), t.clipped, format!("{:.2e}", t.clipped))
+        ));
+    }
+    page.push_str("</table>");
+    for t in &report.tensors {
+        page.push_str(&format!("<figure>{}<figcaption>{}</figcaption></figure>", histogram_svg(t), escape(&t.name)));
+    }
+    page.push_str(&format!(
+        "<p>Tools: {}.</p></body></html>\n",
+        report.tools.iter().map(|(k, v)| format!("{} {}", escape(k), escape(v))).collect::<Vec<_>>().join(", ")
+    ));
+    page
+}

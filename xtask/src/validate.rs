@@ -1,0 +1,264 @@
+//! `cargo xtask validate`: calibrate, analyze, build the INT8 engine, compare Top-1 with FP32, gate.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use analyze::evaluate::{compare, load_prototypes};
+use analyze::precision::PrecisionFile;
+use analyze::scales::Method;
+use analyze::{analyze, AnalyzeOptions};
+use anyhow::{bail, Context};
+use calibrate::cli::{progress_bar, RecipeArgs};
+use calibrate::{calibrate, CalibrateOptions};
+use datasets::Dataset;
+use reports::{Criterion, Report, TensorPlot};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// ONNX Runtime's CPU provider over model.qdq.onnx.
+    OrtCpu,
+    /// TensorRT through `trtexec` (untested: no TensorRT where int8kit is developed).
+    Tensorrt,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// FP32 ONNX model.
+    #[arg(long, value_name = "M.onnx")]
+    pub model: PathBuf,
+    /// Calibration images (flat folder).
+    #[arg(long, value_name = "DIR")]
+    pub calib: PathBuf,
+    /// Labelled validation images (one sub-folder per class).
+    #[arg(long, value_name = "DIR")]
+    pub val: PathBuf,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    /// Scale method: entropy | mse | percentile[:P] | max.
+    #[arg(long, default_value = "entropy")]
+    pub method: Method,
+    /// Precision allow/deny lists (TOML).
+    #[arg(long, value_name = "P.toml")]
+    pub precision: Option<PathBuf>,
+    /// Classify embeddings by cosine against these class prototypes (float32 [classes, dim] .npy).
+    #[arg(long, value_name = "PROTOS.npy")]
+    pub zero_shot: Option<PathBuf>,
+    /// Gate: INT8 Top-1 may be at most this many percentage points below FP32.
+    #[arg(long, value_name = "PP", allow_hyphen_values = true)]
+    pub max_top1_drop: Option<f64>,
+    /// Gate: INT8 Top-1 must not fall below this earlier report's INT8 Top-1 by more than --max-top1-drop.
+    #[arg(long, value_name = "report.json")]
+    pub baseline: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "ort-cpu")]
+    pub engine: Engine,
+    /// Class list for ImageNet-style folders (one folder name per line).
+    #[arg(long, value_name = "FILE")]
+    pub classes: Option<PathBuf>,
+    /// Use a seeded subset of N calibration images.
+    #[arg(long, value_name = "N")]
+    pub limit_calib: Option<usize>,
+    /// Use a seeded subset of N validation images.
+    #[arg(long, value_name = "N")]
+    pub limit_val: Option<usize>,
+    /// Threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Output folder for the artifacts and reports.
+    #[arg(long, value_name = "OUTDIR")]
+    pub out: PathBuf,
+    /// No progress bars.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Coarse |x| histogram over [0, max |x|] for the report's plots.
+fn plot_counts(stats: &calibrate::histogram::TensorStats, bins: usize) -> (f64, Vec<u64>) {
+    let range = stats.amax() as f64;
+    let mut out = vec![0u64; bins];
+    if range <= 0.0 {
+        return (0.0, out);
+    }
+    let width = stats.hist.bin_width();
+    for (i, &c) in stats.hist.counts.iter().enumerate().filter(|(_, c)| **c > 0) {
+        let centre = (i as f64 + 0.5) * width;
+        out[((centre / range * bins as f64) as usize).min(bins - 1)] += c;
+    }
+    (range, out)
+}
+
+/// Runs the pipeline and writes the reports. Returns the report; the caller turns `passed` into the exit code.
+pub fn run(args: &ValidateArgs) -> anyhow::Result<Report> {
+    let recipe = args.recipe.load().context("loading the preprocessing recipe")?;
+    let baseline = match &args.baseline {
+        Some(p) => Some(Report::read(p)?),
+        None => None,
+    };
+    let prototypes = match &args.zero_shot {
+        Some(p) => Some(load_prototypes(p)?),
+        None => None,
+    };
+    let (precision, origin) = match &args.precision {
+        Some(p) => (PrecisionFile::load(p)?, p.display().to_string()),
+        None => (PrecisionFile::default(), "defaults".into()),
+    };
+    let mut val = Dataset::labelled(&args.val, args.classes.as_deref())?;
+    if let Some(n) = args.limit_val {
+        val = val.limit(n, 0);
+    }
+    if let Some(p) = &prototypes {
+        if p.len() < val.classes.len() {
+            bail!("{} prototypes for {} classes in {}", p.len(), val.classes.len(), args.val.display());
+        }
+    }
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+
+    let bar = progress_bar(0, "images", args.quiet);
+    bar.set_prefix("calibrate");
+    let start = Instant::now();
+    let options = CalibrateOptions { limit: args.limit_calib, threads: args.threads, ..Default::default() };
+    let (hist, _) = calibrate(&args.model, &args.calib, &recipe, &options, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    hist.write(&args.out.join("calibration.hist"))?;
+    let analysis = analyze(
+        &args.model,
+        &hist,
+        &AnalyzeOptions { method: args.method, precision, precision_origin: origin, trt_version: "10.3.0".into() },
+    )?;
+    analysis.write(&args.out)?;
+    let calibration_seconds = start.elapsed().as_secs_f64();
+    let int8_model = args.out.join("model.qdq.onnx");
+
+    if args.engine == Engine::Tensorrt {
+        tensorrt_engine(&int8_model, &args.out)?;
+        bail!(
+            "the TensorRT engine was built ({}), but evaluating through TensorRT is not implemented yet; use --engine ort-cpu",
+            args.out.join("model.engine").display()
+        );
+    }
+
+    let bar = progress_bar(0, "images", args.quiet);
+    bar.set_prefix("FP32 vs INT8");
+    let comparison = compare(&args.model, &int8_model, &val, &recipe, prototypes.as_deref(), args.threads, &mut |d, t| {
+        bar.set_length(t);
+        bar.set_position(d);
+    })?;
+    bar.finish_and_clear();
+
+    let mut criteria = Vec::new();
+    let drop_pp = 100.0 * (comparison.fp32.top1 - comparison.int8.top1);
+    if let Some(limit) = args.max_top1_drop {
+        let passed = drop_pp <= limit;
+        criteria.push(Criterion {
+            name: "max-top1-drop".into(),
+            passed,
+            measured: drop_pp,
+            limit,
+            message: format!(
+                "INT8 Top-1 {:.2} % vs FP32 {:.2} %: drop {drop_pp:.2} pp {} the allowed {limit} pp",
+                100.0 * comparison.int8.top1,
+                100.0 * comparison.fp32.top1,
+                if passed { "within" } else { "exceeds" }
+            ),
+        });
+    }
+    if let Some(b) = &baseline {
+        let tolerance = args.max_top1_drop.unwrap_or(0.0).max(0.0);
+        let floor = 100.0 * b.comparison.int8.top1 - tolerance;
+        let measured = 100.0 * comparison.int8.top1;
+        let passed = measured >= floor;
+        criteria.push(Criterion {
+            name: "baseline".into(),
+            passed,
+            measured,
+            limit: floor,
+            message: format!(
+                "INT8 Top-1 {measured:.2} % vs baseline {:.2} % (tolerance {tolerance} pp): {}",
+                100.0 * b.comparison.int8.top1,
+                if passed { "not below" } else { "below the baseline" }
+            ),
+        });
+    }
+    let tensors = analysis
+        .ranges
+        .tensors
+        .iter()
+        .filter(|t| t.quantized)
+        .filter_map(|t| hist.tensor(&t.name).map(|h| (t, h)))
+        .map(|(t, h)| {
+            let (plot_range, counts) = plot_counts(&h.stats, 128);
+            TensorPlot { name: t.name.clone(), quantized: true, amax: t.amax, max_abs: h.stats.amax(), clipped: t.clipped, plot_range, counts }
+        })
+        .collect();
+    let report = Report {
+        format: reports::REPORT_FORMAT.into(),
+        version: reports::REPORT_VERSION,
+        tools: vec![("int8kit".into(), env!("CARGO_PKG_VERSION").into()), ("onnxruntime".into(), hist.onnxruntime.clone())],
+        model: hist.model.file.clone(),
+        model_sha256: hist.model.sha256.clone(),
+        recipe: serde_json::to_value(&recipe)?,
+        method: args.method.name(),
+        precision: serde_json::to_value(&analysis.ranges.precision)?,
+        engine: "ort-cpu".into(),
+        calibration_images: hist.images.count,
+        calibration_seconds,
+        validation_folder: args.val.display().to_string(),
+        classes: val.classes.clone(),
+        int8_flop_share: analysis.ranges.int8_flop_share,
+        passed: criteria.iter().all(|c| c.passed),
+        comparison,
+        criteria,
+        tensors,
+    };
+    report.write_all(&args.out)?;
+    Ok(report)
+}
+
+/// TensorRT 11 builds strongly typed from the Q/DQ model; TensorRT 10 accepts the same flag.
+fn tensorrt_engine(qdq: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("trtexec").is_file()));
+    if !found {
+        bail!("--engine tensorrt needs TensorRT's `trtexec` on PATH, and none was found; install TensorRT 10 or 11, or use --engine ort-cpu");
+    }
+    let status = std::process::Command::new("trtexec")
+        .arg(format!("--onnx={}", qdq.display()))
+        .arg("--stronglyTyped")
+        .arg(format!("--saveEngine={}", out.join("model.engine").display()))
+        .status()
+        .context("starting trtexec")?;
+    if !status.success() {
+        bail!("trtexec failed to build an engine from {} ({status})", qdq.display());
+    }
+    Ok(())
+}
+
+/// Prints the outcome and returns the exit code: 0 when every criterion holds, 1 when one fails.
+pub fn conclude(report: &Report, out: &std::path::Path) -> u8 {
+    let c = &report.comparison;
+    println!(
+        "{}: FP32 Top-1 {:.2} % / Top-5 {:.2} %, INT8 Top-1 {:.2} % / Top-5 {:.2} % on {} images; agreement {:.2} %, cosine {:.5}, SQNR {:.1} dB; images/s FP32 {:.0}, INT8 {:.0}",
+        report.model,
+        100.0 * c.fp32.top1,
+        100.0 * c.fp32.top5,
+        100.0 * c.int8.top1,
+        100.0 * c.int8.top5,
+        c.images,
+        100.0 * c.agreement,
+        c.cosine_mean,
+        c.sqnr_db,
+        c.fp32.images_per_s,
+        c.int8.images_per_s
+    );
+    for cr in &report.criteria {
+        println!("  {} {}: {}", if cr.passed { "PASS" } else { "FAIL" }, cr.name, cr.message);
+    }
+    println!("reports in {}", out.display());
+    if report.passed {
+        0
+    } else {
+        eprintln!("gate failed: {}", report.criteria.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "));
+        1
+    }
+}
