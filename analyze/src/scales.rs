@@ -79,7 +79,7 @@ pub fn amax(stats: &TensorStats, method: Method) -> f32 {
 /// as clipped in proportion).
 pub fn clipped_share(stats: &TensorStats, amax: f32) -> f64 {
     let total = stats.hist.total();
-    if total == 0 || stats.hist.range_exp.is_none() {
+    if total == 0 || stats.hist.range_exp.is_none() || amax >= stats.amax() {
         return 0.0;
     }
     let pos = amax as f64 / stats.hist.bin_width();

@@ -8,6 +8,11 @@ fn num(key: &str, value: f64, shown: String) -> String {
     format!("<span data-key=\"{}\" data-value=\"{value}\">{}</span>", escape(key), escape(&shown))
 }
 
+/// f32 fields keep their shortest float32 form, as report.json writes them.
+fn num32(key: &str, value: f32, shown: String) -> String {
+    format!("<span data-key=\"{}\" data-value=\"{value}\">{}</span>", escape(key), escape(&shown))
+}
+
 fn pct(key: &str, v: f64) -> String {
     num(key, v, format!("{:.2} %", 100.0 * v))
 }
@@ -36,7 +41,11 @@ fn class_deltas_svg(report: &Report) -> String {
             "<rect x=\"{x}\" y=\"{y}\" width=\"{bar}\" height=\"{len}\" fill=\"{color}\"><title>{}: {d:+.2} pp</title></rect>",
             escape(&name)
         ));
-        svg.push_str(&format!("<text x=\"{x}\" y=\"{}\" font-size=\"10\">{}</text>", h + 24.0, escape(&name.chars().take(6).collect::<String>())));
+        svg.push_str(&format!(
+            "<text x=\"{x}\" y=\"{}\" font-size=\"10\">{}</text>",
+            h + 24.0,
+            escape(&name.chars().take(6).collect::<String>())
+        ));
     }
     svg.push_str("</svg>");
     svg
@@ -75,7 +84,8 @@ pub fn render_html(report: &Report) -> String {
     page.push_str("<style>body{font:14px sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:1em 0}\
         td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}td:first-child{text-align:left}\
         .pass{color:#176}.fail{color:#b00;font-weight:bold}figure{display:inline-block;margin:6px}figcaption{font-size:11px}</style></head><body>");
-    let verdict = if report.passed { "<span class=\"pass\">PASSED</span>" } else { "<span class=\"fail\">FAILED</span>" };
+    let verdict =
+        if report.passed { "<span class=\"pass\">PASSED</span>" } else { "<span class=\"fail\">FAILED</span>" };
     page.push_str(&format!("<h1>int8kit validation: {} — {verdict}</h1>", escape(&report.model)));
     page.push_str(&format!(
         "<p>Method <b>{}</b>, engine <b>{}</b>, {} calibration images, {} validation images from <code>{}</code>; model sha256 <code>{}</code>.</p>",
@@ -87,22 +97,41 @@ pub fn render_html(report: &Report) -> String {
         escape(&report.model_sha256)
     ));
     page.push_str("<h2>Accuracy</h2><table><tr><th>metric</th><th>FP32</th><th>INT8</th></tr>");
-    page.push_str(&format!("<tr><td>Top-1</td><td>{}</td><td>{}</td></tr>", pct("comparison.fp32.top1", c.fp32.top1), pct("comparison.int8.top1", c.int8.top1)));
-    page.push_str(&format!("<tr><td>Top-5</td><td>{}</td><td>{}</td></tr>", pct("comparison.fp32.top5", c.fp32.top5), pct("comparison.int8.top5", c.int8.top5)));
+    page.push_str(&format!(
+        "<tr><td>Top-1</td><td>{}</td><td>{}</td></tr>",
+        pct("comparison.fp32.top1", c.fp32.top1),
+        pct("comparison.int8.top1", c.int8.top1)
+    ));
+    page.push_str(&format!(
+        "<tr><td>Top-5</td><td>{}</td><td>{}</td></tr>",
+        pct("comparison.fp32.top5", c.fp32.top5),
+        pct("comparison.int8.top5", c.int8.top5)
+    ));
     page.push_str(&format!(
         "<tr><td>images/s</td><td>{}</td><td>{}</td></tr>",
         num("comparison.fp32.images_per_s", c.fp32.images_per_s, format!("{:.0}", c.fp32.images_per_s)),
         num("comparison.int8.images_per_s", c.int8.images_per_s, format!("{:.0}", c.int8.images_per_s))
     ));
-    page.push_str(&format!("<tr><td>FP32/INT8 agreement</td><td></td><td>{}</td></tr>", pct("comparison.agreement", c.agreement)));
+    page.push_str(&format!(
+        "<tr><td>FP32/INT8 agreement</td><td></td><td>{}</td></tr>",
+        pct("comparison.agreement", c.agreement)
+    ));
     page.push_str(&format!(
         "<tr><td>output cosine (mean)</td><td></td><td>{}</td></tr>",
         num("comparison.cosine_mean", c.cosine_mean, format!("{:.5}", c.cosine_mean))
     ));
-    page.push_str(&format!("<tr><td>output SQNR</td><td></td><td>{}</td></tr>", num("comparison.sqnr_db", c.sqnr_db, format!("{:.1} dB", c.sqnr_db))));
-    page.push_str(&format!("<tr><td>GEMM/Conv FLOPs in INT8</td><td></td><td>{}</td></tr></table>", pct("int8_flop_share", report.int8_flop_share)));
+    page.push_str(&format!(
+        "<tr><td>output SQNR</td><td></td><td>{}</td></tr>",
+        num("comparison.sqnr_db", c.sqnr_db, format!("{:.1} dB", c.sqnr_db))
+    ));
+    page.push_str(&format!(
+        "<tr><td>GEMM/Conv FLOPs in INT8</td><td></td><td>{}</td></tr></table>",
+        pct("int8_flop_share", report.int8_flop_share)
+    ));
 
-    page.push_str("<h2>Release criteria</h2><table><tr><th>criterion</th><th>measured</th><th>limit</th><th>result</th></tr>");
+    page.push_str(
+        "<h2>Release criteria</h2><table><tr><th>criterion</th><th>measured</th><th>limit</th><th>result</th></tr>",
+    );
     for (i, cr) in report.criteria.iter().enumerate() {
         page.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>",
@@ -135,8 +164,8 @@ pub fn render_html(report: &Report) -> String {
         page.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&t.name),
-            num(&format!("tensors.{i}.amax"), t.amax as f64, format!("{:.4}", t.amax)),
-            num(&format!("tensors.{i}.max_abs"), t.max_abs as f64, format!("{:.4}", t.max_abs)),
+            num32(&format!("tensors.{i}.amax"), t.amax, format!("{:.4}", t.amax)),
+            num32(&format!("tensors.{i}.max_abs"), t.max_abs, format!("{:.4}", t.max_abs)),
             num(&format!("tensors.{i}.clipped"), t.clipped, format!("{:.2e}", t.clipped))
         ));
     }

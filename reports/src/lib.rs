@@ -130,9 +130,20 @@ impl Report {
     pub fn per_class_csv(&self) -> Result<String, ReportError> {
         let mut w = csv::Writer::from_writer(Vec::new());
         let err = |e: csv::Error| ReportError::Write { path: "per_class.csv".into(), message: e.to_string() };
-        w.write_record(["class", "name", "images", "fp32_correct", "int8_correct", "fp32_accuracy", "int8_accuracy", "delta_pp"])
-            .map_err(err)?;
-        for (i, ((a, n), (b, _))) in self.comparison.fp32.per_class.iter().zip(&self.comparison.int8.per_class).enumerate() {
+        w.write_record([
+            "class",
+            "name",
+            "images",
+            "fp32_correct",
+            "int8_correct",
+            "fp32_accuracy",
+            "int8_accuracy",
+            "delta_pp",
+        ])
+        .map_err(err)?;
+        for (i, ((a, n), (b, _))) in
+            self.comparison.fp32.per_class.iter().zip(&self.comparison.int8.per_class).enumerate()
+        {
             let acc = |k: u64| if *n > 0 { k as f64 / *n as f64 } else { 0.0 };
             let name = self.classes.get(i).cloned().unwrap_or_default();
             w.write_record([

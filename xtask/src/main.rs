@@ -1,6 +1,7 @@
 //! `cargo xtask`: project automation. Run `cargo xtask --help`.
 
 mod bench;
+mod check_report;
 mod demo;
 mod validate;
 
@@ -46,6 +47,11 @@ enum Cmd {
     /// Calibrate, analyze, evaluate FP32 and INT8 on a labelled folder, and gate a release.
     /// Exit 0: every criterion holds; 1: a gate failed; 2: bad input or a run error.
     Validate(Box<validate::ValidateArgs>),
+    /// Open a validate report in headless Chromium: it renders and its numbers match report.json.
+    CheckReport {
+        /// A folder written by `validate`.
+        dir: PathBuf,
+    },
     /// Internal: one measured workload, run as a child process by `bench` so that its peak RSS is its own.
     #[command(hide = true)]
     BenchChild(bench::ChildArgs),
@@ -96,6 +102,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::BenchChild(args) => bench::child(args),
         Cmd::Validate(_) => unreachable!("handled in main"),
+        Cmd::CheckReport { dir } => check_report::run(&dir),
     }
 }
 

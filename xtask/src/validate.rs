@@ -141,10 +141,11 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<Report> {
 
     let bar = progress_bar(0, "images", args.quiet);
     bar.set_prefix("FP32 vs INT8");
-    let comparison = compare(&args.model, &int8_model, &val, &recipe, prototypes.as_deref(), args.threads, &mut |d, t| {
-        bar.set_length(t);
-        bar.set_position(d);
-    })?;
+    let comparison =
+        compare(&args.model, &int8_model, &val, &recipe, prototypes.as_deref(), args.threads, &mut |d, t| {
+            bar.set_length(t);
+            bar.set_position(d);
+        })?;
     bar.finish_and_clear();
 
     let mut criteria = Vec::new();
@@ -189,13 +190,24 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<Report> {
         .filter_map(|t| hist.tensor(&t.name).map(|h| (t, h)))
         .map(|(t, h)| {
             let (plot_range, counts) = plot_counts(&h.stats, 128);
-            TensorPlot { name: t.name.clone(), quantized: true, amax: t.amax, max_abs: h.stats.amax(), clipped: t.clipped, plot_range, counts }
+            TensorPlot {
+                name: t.name.clone(),
+                quantized: true,
+                amax: t.amax,
+                max_abs: h.stats.amax(),
+                clipped: t.clipped,
+                plot_range,
+                counts,
+            }
         })
         .collect();
     let report = Report {
         format: reports::REPORT_FORMAT.into(),
         version: reports::REPORT_VERSION,
-        tools: vec![("int8kit".into(), env!("CARGO_PKG_VERSION").into()), ("onnxruntime".into(), hist.onnxruntime.clone())],
+        tools: vec![
+            ("int8kit".into(), env!("CARGO_PKG_VERSION").into()),
+            ("onnxruntime".into(), hist.onnxruntime.clone()),
+        ],
         model: hist.model.file.clone(),
         model_sha256: hist.model.sha256.clone(),
         recipe: serde_json::to_value(&recipe)?,
@@ -218,7 +230,8 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<Report> {
 
 /// TensorRT 11 builds strongly typed from the Q/DQ model; TensorRT 10 accepts the same flag.
 fn tensorrt_engine(qdq: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
-    let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("trtexec").is_file()));
+    let found =
+        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("trtexec").is_file()));
     if !found {
         bail!("--engine tensorrt needs TensorRT's `trtexec` on PATH, and none was found; install TensorRT 10 or 11, or use --engine ort-cpu");
     }
@@ -258,7 +271,10 @@ pub fn conclude(report: &Report, out: &std::path::Path) -> u8 {
     if report.passed {
         0
     } else {
-        eprintln!("gate failed: {}", report.criteria.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "));
+        eprintln!(
+            "gate failed: {}",
+            report.criteria.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+        );
         1
     }
 }

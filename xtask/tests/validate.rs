@@ -1,0 +1,118 @@
+//! `cargo xtask validate` end to end: exit codes, report schema, zero-shot path, HTML numbers.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs validate on a fixture model with small calibration/validation subsets.
+fn validate(model: &str, out: &Path, extra: &[&str]) -> (i32, String) {
+    let r = root();
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .arg("validate")
+        .arg("--model")
+        .arg(r.join("fixtures/models").join(model))
+        .arg("--calib")
+        .arg(r.join("fixtures/fmnist/calib"))
+        .arg("--val")
+        .arg(r.join("fixtures/fmnist/val"))
+        .arg("--recipe")
+        .arg(r.join("fixtures/fmnist.toml"))
+        .args(["--limit-calib", "200", "--limit-val", "500", "--quiet", "--out"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), text)
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn gate_exit_codes_schema_and_html_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = dir.path().join("ok");
+    let (code, text) = validate("fmnist_resnet_opset13.onnx", &ok, &["--max-top1-drop", "1.0"]);
+    assert_eq!(code, 0, "{text}");
+
+    // Schema of report.json.
+    let report = json(&ok.join("report.json"));
+    assert_eq!(report["format"], "int8kit.report");
+    assert_eq!(report["version"], 1);
+    for key in ["model_sha256", "recipe", "method", "precision", "tools", "comparison", "criteria", "passed", "tensors"]
+    {
+        assert!(report.get(key).is_some(), "report.json lacks {key}");
+    }
+    let c = &report["comparison"];
+    for key in ["top1", "top5", "per_class", "images_per_s"] {
+        assert!(c["fp32"].get(key).is_some() && c["int8"].get(key).is_some(), "comparison lacks {key}");
+    }
+    assert_eq!(c["images"], 500);
+    assert_eq!(c["fp32"]["per_class"].as_array().unwrap().len(), 10);
+    assert!(c["agreement"].as_f64().unwrap() > 0.9 && c["cosine_mean"].as_f64().unwrap() > 0.99);
+    for f in ["summary.csv", "per_class.csv", "junit.xml", "report.html", "model.qdq.onnx", "calibration.cache"] {
+        assert!(ok.join(f).is_file(), "{f} missing");
+    }
+
+    // The HTML shows the JSON's numbers (exact values in data-value attributes).
+    let html = std::fs::read_to_string(ok.join("report.html")).unwrap();
+    for (key, value) in [
+        ("comparison.int8.top1", &c["int8"]["top1"]),
+        ("comparison.fp32.top1", &c["fp32"]["top1"]),
+        ("comparison.sqnr_db", &c["sqnr_db"]),
+    ] {
+        let marker = format!("data-key=\"{key}\" data-value=\"");
+        let start = html.find(&marker).unwrap_or_else(|| panic!("{key} not in report.html")) + marker.len();
+        let shown: f64 = html[start..].split('"').next().unwrap().parse().unwrap();
+        assert_eq!(shown, value.as_f64().unwrap(), "{key}");
+    }
+    assert!(html.contains("<svg") && !html.contains("<script"), "self-contained SVG page");
+
+    // A budget no model can meet: exit 1, naming the gate and both numbers.
+    let (code, text) = validate("fmnist_resnet_opset13.onnx", &dir.path().join("neg"), &["--max-top1-drop", "-1"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("FAIL max-top1-drop") && text.contains("exceeds the allowed -1 pp"), "{text}");
+    let junit = std::fs::read_to_string(dir.path().join("neg/junit.xml")).unwrap();
+    assert!(junit.contains("tests=\"1\" failures=\"1\"") && junit.contains("<failure"), "{junit}");
+
+    // A baseline it falls below: exit 1.
+    let mut baseline = report.clone();
+    baseline["comparison"]["int8"]["top1"] = serde_json::json!(0.999);
+    let baseline_path = dir.path().join("baseline.json");
+    std::fs::write(&baseline_path, serde_json::to_vec(&baseline).unwrap()).unwrap();
+    let (code, text) = validate(
+        "fmnist_resnet_opset13.onnx",
+        &dir.path().join("base"),
+        &["--max-top1-drop", "1.0", "--baseline", baseline_path.to_str().unwrap()],
+    );
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("FAIL baseline") && text.contains("99.90"), "{text}");
+}
+
+#[test]
+fn zero_shot_clip_tower_passes_and_bad_input_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let protos = root().join("fixtures/models/fmnist_clip_text_prototypes.npy");
+    let (code, text) = validate(
+        "fmnist_clip_image_opset17.onnx",
+        &dir.path().join("clip"),
+        &["--max-top1-drop", "1.0", "--zero-shot", protos.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{text}");
+    let report = json(&dir.path().join("clip/report.json"));
+    // Zero-shot accuracy of the fixture tower is about 90 %; argmax of raw embeddings would be near chance.
+    assert!(report["comparison"]["fp32"]["top1"].as_f64().unwrap() > 0.8, "{report}");
+
+    let (code, text) = validate("no_such_model.onnx", &dir.path().join("bad"), &["--max-top1-drop", "1.0"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("no_such_model.onnx"), "{text}");
+    let (code, text) =
+        validate("fmnist_resnet_opset13.onnx", &dir.path().join("bad2"), &["--baseline", "/nonexistent/report.json"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("/nonexistent/report.json"), "{text}");
+}
