@@ -124,6 +124,8 @@ impl Runner {
         let mut cfg = runtime::SessionConfig::new(&label);
         cfg.external_data_dir = Some(m.dir.clone());
         cfg.intra_threads = threads;
+        // Two sessions take turns: a spinning idle pool of one would steal the cores of the other.
+        cfg.spinning = false;
         let session = runtime::session_from_bytes(&m.to_bytes()?, &cfg)?;
         Ok(Runner { session, input, output, label, seconds: 0.0 })
     }
