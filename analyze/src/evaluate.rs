@@ -106,6 +106,18 @@ pub fn evaluate(
 
 pub use reports::{Comparison, ModelMetrics};
 
+/// Something that maps a batch of preprocessed images to its output rows (flattened, one row per image).
+pub trait BatchModel {
+    fn run(&mut self, batch: &datasets::Batch) -> Result<Vec<f32>, AnalyzeError>;
+    /// Seconds spent in `run` so far.
+    fn seconds(&self) -> f64;
+}
+
+/// An ONNX Runtime (CPU) session over a model file, as a [`BatchModel`].
+pub fn ort_model(path: &Path, recipe: &Recipe, threads: usize) -> Result<Box<dyn BatchModel>, AnalyzeError> {
+    Ok(Box::new(Runner::new(path, recipe, threads)?))
+}
+
 struct Runner {
     session: runtime::Session,
     input: String,
@@ -128,6 +140,12 @@ impl Runner {
         cfg.spinning = false;
         let session = runtime::session_from_bytes(&m.to_bytes()?, &cfg)?;
         Ok(Runner { session, input, output, label, seconds: 0.0 })
+    }
+}
+
+impl BatchModel for Runner {
+    fn seconds(&self) -> f64 {
+        self.seconds
     }
 
     fn run(&mut self, batch: &datasets::Batch) -> Result<Vec<f32>, AnalyzeError> {
@@ -188,16 +206,13 @@ impl Tally {
 
 /// Runs both models over the same labelled batches and compares them.
 pub fn compare(
-    fp32_path: &Path,
-    int8_path: &Path,
+    fp32: &mut dyn BatchModel,
+    int8: &mut dyn BatchModel,
     dataset: &Dataset,
     recipe: &Recipe,
     prototypes: Option<&[Vec<f32>]>,
-    threads: usize,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Comparison, AnalyzeError> {
-    let mut fp32 = Runner::new(fp32_path, recipe, threads)?;
-    let mut int8 = Runner::new(int8_path, recipe, threads)?;
     let (mut t32, mut t8) = (Tally::default(), Tally::default());
     let (mut n, mut agree, mut cos_sum) = (0u64, 0u64, 0f64);
     let (mut signal, mut noise) = (0f64, 0f64);
@@ -208,7 +223,7 @@ pub fn compare(
         let width = a.len() / batch.items.len().max(1);
         if width == 0 || b.len() != a.len() {
             return Err(AnalyzeError::Model {
-                path: int8_path.into(),
+                path: dataset.root.clone(),
                 message: format!("outputs differ in size: FP32 {} values, INT8 {}", a.len(), b.len()),
             });
         }
@@ -231,8 +246,8 @@ pub fn compare(
     let classes = dataset.classes.len();
     Ok(Comparison {
         images: n,
-        fp32: t32.metrics(n, fp32.seconds, classes),
-        int8: t8.metrics(n, int8.seconds, classes),
+        fp32: t32.metrics(n, fp32.seconds(), classes),
+        int8: t8.metrics(n, int8.seconds(), classes),
         agreement: agree as f64 / n.max(1) as f64,
         cosine_mean: cos_sum / n.max(1) as f64,
         sqnr_db: if noise > 0.0 { 10.0 * (signal / noise).log10() } else { f64::INFINITY },

@@ -3,6 +3,7 @@
 mod bench;
 mod check_report;
 mod demo;
+mod tensorrt;
 mod validate;
 
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use analyze::evaluate::{compare, load_prototypes};
+use analyze::evaluate::{compare, load_prototypes, ort_model};
 use analyze::precision::PrecisionFile;
 use analyze::scales::Method;
 use analyze::{analyze, AnalyzeOptions};
@@ -12,6 +12,8 @@ use calibrate::cli::{progress_bar, RecipeArgs};
 use calibrate::{calibrate, CalibrateOptions};
 use datasets::Dataset;
 use reports::{Criterion, Report, TensorPlot};
+
+use crate::tensorrt::TrtExec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Engine {
@@ -88,6 +90,9 @@ fn plot_counts(stats: &calibrate::histogram::TensorStats, bins: usize) -> (f64, 
 
 /// Runs the pipeline and writes the reports. Returns the report; the caller turns `passed` into the exit code.
 pub fn run(args: &ValidateArgs) -> anyhow::Result<Report> {
+    if args.engine == Engine::Tensorrt && !crate::tensorrt::on_path() {
+        bail!("--engine tensorrt needs TensorRT's `trtexec` on PATH, and none was found; install TensorRT 10 or 11, or use --engine ort-cpu");
+    }
     let recipe = args.recipe.load().context("loading the preprocessing recipe")?;
     let baseline = match &args.baseline {
         Some(p) => Some(Report::read(p)?),
@@ -131,21 +136,20 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<Report> {
     let calibration_seconds = start.elapsed().as_secs_f64();
     let int8_model = args.out.join("model.qdq.onnx");
 
-    if args.engine == Engine::Tensorrt {
-        tensorrt_engine(&int8_model, &args.out)?;
-        bail!(
-            "the TensorRT engine was built ({}), but evaluating through TensorRT is not implemented yet; use --engine ort-cpu",
-            args.out.join("model.engine").display()
-        );
-    }
-
+    let mut fp32 = ort_model(&args.model, &recipe, args.threads)?;
+    let mut int8 = match args.engine {
+        Engine::OrtCpu => ort_model(&int8_model, &recipe, args.threads)?,
+        Engine::Tensorrt => {
+            let input = analysis.model.resolve_input(recipe.name.as_deref())?.name.clone();
+            Box::new(TrtExec::build(&int8_model, &input, &args.out)?) as Box<dyn analyze::evaluate::BatchModel>
+        }
+    };
     let bar = progress_bar(0, "images", args.quiet);
     bar.set_prefix("FP32 vs INT8");
-    let comparison =
-        compare(&args.model, &int8_model, &val, &recipe, prototypes.as_deref(), args.threads, &mut |d, t| {
-            bar.set_length(t);
-            bar.set_position(d);
-        })?;
+    let comparison = compare(fp32.as_mut(), int8.as_mut(), &val, &recipe, prototypes.as_deref(), &mut |d, t| {
+        bar.set_length(t);
+        bar.set_position(d);
+    })?;
     bar.finish_and_clear();
 
     let mut criteria = Vec::new();
@@ -213,7 +217,10 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<Report> {
         recipe: serde_json::to_value(&recipe)?,
         method: args.method.name(),
         precision: serde_json::to_value(&analysis.ranges.precision)?,
-        engine: "ort-cpu".into(),
+        engine: match args.engine {
+            Engine::OrtCpu => "ort-cpu".into(),
+            Engine::Tensorrt => "tensorrt (trtexec)".into(),
+        },
         calibration_images: hist.images.count,
         calibration_seconds,
         validation_folder: args.val.display().to_string(),
@@ -226,25 +233,6 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<Report> {
     };
     report.write_all(&args.out)?;
     Ok(report)
-}
-
-/// TensorRT 11 builds strongly typed from the Q/DQ model; TensorRT 10 accepts the same flag.
-fn tensorrt_engine(qdq: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
-    let found =
-        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("trtexec").is_file()));
-    if !found {
-        bail!("--engine tensorrt needs TensorRT's `trtexec` on PATH, and none was found; install TensorRT 10 or 11, or use --engine ort-cpu");
-    }
-    let status = std::process::Command::new("trtexec")
-        .arg(format!("--onnx={}", qdq.display()))
-        .arg("--stronglyTyped")
-        .arg(format!("--saveEngine={}", out.join("model.engine").display()))
-        .status()
-        .context("starting trtexec")?;
-    if !status.success() {
-        bail!("trtexec failed to build an engine from {} ({status})", qdq.display());
-    }
-    Ok(())
 }
 
 /// Prints the outcome and returns the exit code: 0 when every criterion holds, 1 when one fails.

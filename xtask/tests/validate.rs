@@ -115,4 +115,8 @@ fn zero_shot_clip_tower_passes_and_bad_input_exits_2() {
         validate("fmnist_resnet_opset13.onnx", &dir.path().join("bad2"), &["--baseline", "/nonexistent/report.json"]);
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("/nonexistent/report.json"), "{text}");
+    // No TensorRT here: the adapter says so instead of pretending.
+    let (code, text) = validate("fmnist_resnet_opset13.onnx", &dir.path().join("trt"), &["--engine", "tensorrt"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("trtexec"), "{text}");
 }
