@@ -138,8 +138,10 @@ pub fn insert_qdq(
         });
     }
     let index = GraphIndex::new(source);
+    let types = graph::infer_element_types(source);
+    let dynamic: HashSet<String> = graph::find_activations(model).0.into_iter().map(|a| a.name).collect();
     let node_index: HashMap<&str, usize> = source.node.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
-    let int8: HashSet<usize> =
+    let int8: std::collections::BTreeSet<usize> =
         decisions.iter().filter(|d| d.int8).filter_map(|d| node_index.get(d.node.as_str()).copied()).collect();
 
     // Activation tensor -> (node, slot) consumers that read its dequantized copy.
@@ -154,7 +156,23 @@ pub fn insert_qdq(
         for (slot, input) in node.input.iter().enumerate() {
             // Never the bias (Conv/Gemm input 2), never the weight, only tensors with statistics.
             let is_bias = matches!(node.op_type.as_str(), "Conv" | "ConvTranspose" | "Gemm") && slot == 2;
-            if is_bias || weight.map(|w| w.0) == Some(slot) || !amax.contains_key(input) {
+            if is_bias || weight.map(|w| w.0) == Some(slot) || input.is_empty() {
+                continue;
+            }
+            if !amax.contains_key(input) {
+                // A float tensor computed at run time with no statistics cannot get a scale: say so rather
+                // than leave the node half quantized.
+                let float = types.get(input).is_some_and(|t| t.is_float32());
+                if float && index.constant(source, input).is_none() && dynamic.contains(input.as_str()) {
+                    return Err(AnalyzeError::Model {
+                        path: model.path.clone(),
+                        message: format!(
+                            "node '{}' is to run in INT8 but its input '{input}' has no statistics in the .hist; \
+                             calibrate with --tensors all, or deny the node in the precision file",
+                            node.name
+                        ),
+                    });
+                }
                 continue;
             }
             act_uses.entry(input.clone()).or_default().push((n, slot));

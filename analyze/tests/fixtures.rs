@@ -26,7 +26,7 @@ fn hist(name: &str) -> HistFile {
     calibrate(&model(name), &root().join("fixtures/fmnist/calib"), &recipe(), &options, &mut |_, _| {}).unwrap().0
 }
 
-fn options(method: Method, precision: PrecisionFile) -> AnalyzeOptions {
+fn options_for(method: Method, precision: PrecisionFile) -> AnalyzeOptions {
     AnalyzeOptions { method, precision, precision_origin: "test".into(), trt_version: "10.3.0".into() }
 }
 
@@ -46,7 +46,7 @@ fn qdq_models_run_in_onnx_runtime_and_keep_fp32_accuracy() {
         "fmnist_clip_image_opset17.onnx",
     ] {
         let h = hist(name);
-        let a = analyze(&model(name), &h, &options(Method::Entropy, PrecisionFile::default())).unwrap();
+        let a = analyze(&model(name), &h, &options_for(Method::Entropy, PrecisionFile::default())).unwrap();
         let dir = tempfile::tempdir().unwrap();
         a.write(dir.path()).unwrap();
         let qdq_path = dir.path().join("model.qdq.onnx");
@@ -76,7 +76,7 @@ fn a_denied_node_gets_no_qdq_and_artifacts_are_byte_identical_on_rerun() {
         deny: Selection { nodes: vec!["/blocks.1/fc*/MatMul".into()], ops: vec!["Gemm".into()] },
         allow: Selection::default(),
     };
-    let a = analyze(&model(name), &h, &options(Method::Entropy, precision.clone())).unwrap();
+    let a = analyze(&model(name), &h, &options_for(Method::Entropy, precision.clone())).unwrap();
     let nodes = &a.qdq.graph.node;
     let is_dq_output = |t: &str| nodes.iter().any(|n| n.op_type == "DequantizeLinear" && n.output[0] == t);
     for denied in ["/blocks.1/fc1/MatMul", "/blocks.1/fc2/MatMul", "/head/Gemm"] {
@@ -90,7 +90,7 @@ fn a_denied_node_gets_no_qdq_and_artifacts_are_byte_identical_on_rerun() {
 
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     a.write(d1.path()).unwrap();
-    analyze(&model(name), &h, &options(Method::Entropy, precision)).unwrap().write(d2.path()).unwrap();
+    analyze(&model(name), &h, &options_for(Method::Entropy, precision)).unwrap().write(d2.path()).unwrap();
     for f in ["model.qdq.onnx", "calibration.cache", "ranges.csv", "ranges.json"] {
         assert_eq!(std::fs::read(d1.path().join(f)).unwrap(), std::fs::read(d2.path().join(f)).unwrap(), "{f} differs");
     }
@@ -99,7 +99,22 @@ fn a_denied_node_gets_no_qdq_and_artifacts_are_byte_identical_on_rerun() {
 #[test]
 fn a_hist_from_another_model_is_refused() {
     let h = hist("fmnist_vit_opset17.onnx");
-    let err =
-        analyze(&model("fmnist_vit_opset13.onnx"), &h, &options(Method::Max, PrecisionFile::default())).err().unwrap();
+    let err = analyze(&model("fmnist_vit_opset13.onnx"), &h, &options_for(Method::Max, PrecisionFile::default()))
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("re-run calibrate"), "{err}");
+}
+
+#[test]
+fn allowing_a_node_without_statistics_is_refused_by_name() {
+    let name = "fmnist_vit_opset17.onnx";
+    let options =
+        CalibrateOptions { limit: Some(50), selection: calibrate::Selection::Quantizable, ..Default::default() };
+    let (h, _) =
+        calibrate(&model(name), &root().join("fixtures/fmnist/calib"), &recipe(), &options, &mut |_, _| {}).unwrap();
+    let allow = PrecisionFile { allow: Selection { nodes: vec![], ops: vec!["Softmax".into()] }, ..Default::default() };
+    let err = analyze(&model(name), &h, &options_for(Method::Entropy, allow)).err().unwrap().to_string();
+    assert!(err.contains("/blocks.0/Softmax") && err.contains("--tensors all"), "{err}");
+    // The default lists work from the quantizable subset.
+    assert!(analyze(&model(name), &h, &options_for(Method::Entropy, PrecisionFile::default())).is_ok());
 }

@@ -22,11 +22,19 @@ pub struct CalibrateOptions {
     pub limit: Option<usize>,
     pub seed: u64,
     pub on_bad_image: OnBadImage,
+    pub selection: Selection,
 }
 
 impl Default for CalibrateOptions {
     fn default() -> Self {
-        CalibrateOptions { batch_size: 16, threads: 0, limit: None, seed: 0, on_bad_image: OnBadImage::Fail }
+        CalibrateOptions {
+            batch_size: 16,
+            threads: 0,
+            limit: None,
+            seed: 0,
+            on_bad_image: OnBadImage::Fail,
+            selection: Selection::All,
+        }
     }
 }
 
@@ -107,11 +115,14 @@ fn check_input_shape(model: &Model, input: &ValueInfoProto, recipe: &Recipe) -> 
 
 impl TappedModel {
     /// Loads the model and adds every float32 activation as a graph output, in memory only.
-    pub fn new(model_path: &Path, recipe: &Recipe) -> Result<TappedModel, CalibrateError> {
+    pub fn new(model_path: &Path, recipe: &Recipe, selection: Selection) -> Result<TappedModel, CalibrateError> {
         let mut model = Model::load(model_path)?;
         let input = model.resolve_input(recipe.name.as_deref())?.clone();
         check_input_shape(&model, &input, recipe)?;
-        let (activations, not_collected) = find_activations(&model);
+        let (mut activations, not_collected) = find_activations(&model);
+        if selection == Selection::Quantizable {
+            activations = quantizable_only(&model, activations);
+        }
         let existing: std::collections::HashSet<String> =
             model.proto.graph.output.iter().map(|o| o.name.clone()).collect();
         let plan = CollectionPlan::new(&activations);
@@ -127,6 +138,63 @@ impl TappedModel {
     pub fn output_names(&self) -> Vec<String> {
         self.plan.measured.iter().map(|&i| self.activations[i].name.clone()).collect()
     }
+}
+
+/// Which activations to collect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Selection {
+    /// Every float activation: any precision list can be applied later without recalibrating.
+    #[default]
+    All,
+    /// Only what the default precision lists quantize: inputs of Conv/ConvTranspose/Gemm and of MatMuls
+    /// with a constant weight, plus the fed inputs and the model outputs. Much faster on transformers (ONNX Runtime keeps its fusions).
+    Quantizable,
+}
+
+impl std::str::FromStr for Selection {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" => Ok(Selection::All),
+            "quantizable" => Ok(Selection::Quantizable),
+            other => Err(format!("'{other}': expected 'all' or 'quantizable'")),
+        }
+    }
+}
+
+/// Keeps the activations the default precision lists need, and the chain of rearranging ops between each
+/// of them and the tensor whose statistics it shares.
+fn quantizable_only(model: &Model, activations: Vec<Activation>) -> Vec<Activation> {
+    const GEMM: &[&str] = &["Conv", "ConvTranspose", "MatMul", "Gemm"];
+    let graph = &model.proto.graph;
+    let mut wanted: std::collections::HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+    let index_g = graph::GraphIndex::new(graph);
+    for node in graph.node.iter().filter(|n| GEMM.contains(&n.op_type.as_str())) {
+        // Attention-score MatMuls (no constant input) stay float by default: their inputs are not needed.
+        let has_weight = node.input.iter().any(|i| index_g.constant(graph, i).is_some());
+        if node.op_type != "MatMul" || has_weight {
+            wanted.extend(node.input.iter().map(String::as_str));
+        }
+    }
+    let index: std::collections::HashMap<&str, usize> =
+        activations.iter().enumerate().map(|(i, a)| (a.name.as_str(), i)).collect();
+    let mut keep = vec![false; activations.len()];
+    for (i, a) in activations.iter().enumerate() {
+        if a.producer.is_none() || wanted.contains(a.name.as_str()) {
+            let mut j = i;
+            loop {
+                keep[j] = true;
+                let a = &activations[j];
+                let same = a.producer_op.as_deref().is_some_and(|op| SAME_VALUES.contains(&op));
+                match a.producer_inputs.first().and_then(|n| index.get(n.as_str())) {
+                    Some(&k) if same && !keep[k] => j = k,
+                    _ => break,
+                }
+            }
+        }
+    }
+    activations.into_iter().zip(keep).filter(|(_, k)| *k).map(|(a, _)| a).collect()
 }
 
 /// Ops whose output holds exactly the values of their first input, rearranged: their statistics are those
@@ -198,7 +266,7 @@ pub fn calibrate(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(HistFile, CalibrationSummary), CalibrateError> {
     recipe.validate("recipe")?;
-    let tapped = TappedModel::new(model_path, recipe)?;
+    let tapped = TappedModel::new(model_path, recipe, options.selection)?;
     let label = tapped.model.path.display().to_string();
 
     let mut dataset = Dataset::flat(images)?;
@@ -214,7 +282,11 @@ pub fn calibrate(
     };
     // ONNX Runtime and the histograms run at the same time on different batches, each on half the threads:
     // ORT scales poorly on small ops, so this beats taking turns with all threads each.
-    let ort_threads = threads.div_ceil(2).max(1);
+    // With only the quantizable tensors the histograms are light: ONNX Runtime gets every thread.
+    let ort_threads = match options.selection {
+        Selection::All => threads.div_ceil(2).max(1),
+        Selection::Quantizable => threads,
+    };
     let hist_threads = (threads - ort_threads).max(1);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(hist_threads)
@@ -317,6 +389,7 @@ pub fn calibrate(
         },
         onnxruntime,
         histogram: HistogramInfo { bins: BINS, values: "abs".into() },
+        collected: options.selection,
         tensors,
     };
     let summary = CalibrationSummary {

@@ -65,6 +65,9 @@ pub struct HistFile {
     /// ONNX Runtime version that computed the activations.
     pub onnxruntime: String,
     pub histogram: HistogramInfo,
+    /// Which activations were collected (`all` or `quantizable`); absent in older files means `all`.
+    #[serde(default)]
+    pub collected: crate::Selection,
     /// Activations in graph order.
     pub tensors: Vec<TensorRecord>,
 }

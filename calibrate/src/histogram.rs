@@ -45,7 +45,7 @@ pub fn range_exp_for(a: f32) -> i32 {
     }
 }
 
-/// `2^k` as f32 for the bin multiplier, exact over the exponents that occur (finite f32 ranges).
+/// `2^k` as f32 for the bin multiplier; exact for k in -126..=127.
 fn pow2(k: i32) -> f32 {
     (k as f64).exp2() as f32
 }
@@ -93,8 +93,18 @@ impl AbsHistogram {
             self.counts[0] += values.len() as u64;
             return;
         };
-        let k = pow2(LOG2_BINS - e);
-        kernels::bin(values, k, &mut scratch.tables);
+        let shift = LOG2_BINS - e;
+        if !(-126..=126).contains(&shift) {
+            // 2^shift is not a normal float32 (ranges below 2^-114 or above 2^138): bin in f64, where the
+            // multiplication is still exact.
+            let k = (shift as f64).exp2();
+            for &x in values {
+                let i = ((x.abs() as f64 * k) as usize).min(BINS - 1);
+                scratch.tables[i] += 1;
+            }
+        } else {
+            kernels::bin(values, pow2(shift), &mut scratch.tables);
+        }
         scratch.pending += values.len() as u64;
         // u32 tables: flush well before any entry could overflow.
         if scratch.pending >= 1 << 30 {
@@ -401,6 +411,19 @@ mod tests {
         let mut all_bad = TensorStats::default();
         all_bad.add(&[f32::NAN]);
         assert_eq!((all_bad.min, all_bad.count, all_bad.amax()), (None, 0, 0.0));
+    }
+
+    #[test]
+    fn tiny_and_huge_ranges_bin_like_the_direct_formula() {
+        // Found by the property test: 2^(12 - e) overflows float32 for subnormal maxima.
+        for v in [vec![1e-42f32, 3e-43, 0.0], vec![1e-40, -2e-39], vec![3e38, -1e38, 2.0]] {
+            let s = stats_of(&[&v]);
+            let e = s.hist.range_exp.unwrap();
+            for x in &v {
+                let b = ((x.abs() as f64) / (e as f64).exp2() * BINS as f64).floor() as usize;
+                assert!(s.hist.counts[b] > 0, "{x} not in bin {b}");
+            }
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod histogram;
 
 use std::path::PathBuf;
 
-pub use collect::{calibrate, CalibrateOptions, CalibrationSummary, TappedModel};
+pub use collect::{calibrate, CalibrateOptions, CalibrationSummary, Selection, TappedModel};
 pub use hist_file::HistFile;
 
 #[derive(Debug, thiserror::Error)]

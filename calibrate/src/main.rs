@@ -38,6 +38,10 @@ struct Args {
     /// What to do with an unreadable image: fail (default) or skip it and count it.
     #[arg(long, default_value = "fail", value_name = "skip|fail")]
     on_bad_image: OnBadImage,
+    /// Which activations: all (default; any precision list works later) or quantizable (inputs of
+    /// Conv/MatMul/Gemm and the model outputs: faster, enough for the default lists).
+    #[arg(long, default_value = "all", value_name = "all|quantizable")]
+    tensors: calibrate::Selection,
     /// Output .hist file (written atomically).
     #[arg(long, value_name = "H.hist")]
     out: PathBuf,
@@ -60,6 +64,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         limit: args.limit,
         seed: args.seed,
         on_bad_image: args.on_bad_image,
+        selection: args.tensors,
     };
     let bar = progress_bar(0, "images", args.quiet);
     bar.set_prefix("calibrate");

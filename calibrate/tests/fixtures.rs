@@ -155,3 +155,29 @@ fn hist_file_round_trips_and_rejects_other_versions() {
     let err = HistFile::read(&path).unwrap_err().to_string();
     assert!(err.contains("version") && err.contains("x.hist"), "{err}");
 }
+
+#[test]
+fn quantizable_selection_keeps_what_the_default_lists_need() {
+    let options =
+        CalibrateOptions { limit: Some(50), selection: calibrate::Selection::Quantizable, ..Default::default() };
+    let (some, _) =
+        calibrate(&model("fmnist_vit_opset17.onnx"), &calib(), &recipe(), &options, &mut |_, _| {}).unwrap();
+    let all = run("fmnist_vit_opset17.onnx", 50, 16, 0);
+    assert!(some.tensors.len() < all.tensors.len() / 3, "{} of {}", some.tensors.len(), all.tensors.len());
+    assert_eq!(some.collected, calibrate::Selection::Quantizable);
+    // Whatever is collected has the statistics of the full collection, up to float rounding: with fewer
+    // tensors exposed ONNX Runtime fuses more (the Erf GELU chain into one kernel), which moves last bits.
+    for t in &some.tensors {
+        let full = all.tensor(&t.name).unwrap_or_else(|| panic!("{} not in the full collection", t.name));
+        assert_eq!(t.stats.count, full.stats.count, "{}", t.name);
+        let close =
+            |a: Option<f32>, b: Option<f32>| (a.unwrap() - b.unwrap()).abs() <= 1e-5 * b.unwrap().abs().max(1.0);
+        assert!(close(t.stats.min, full.stats.min) && close(t.stats.max, full.stats.max), "{}", t.name);
+        let moved: u64 = t.stats.hist.counts.iter().zip(&full.stats.hist.counts).map(|(a, b)| a.abs_diff(*b)).sum();
+        assert!(moved * 1000 <= t.stats.count, "{}: {moved} values changed bins", t.name);
+    }
+    for needed in ["input", "/blocks.0/n1/LayerNormalization_output_0", "/blocks.0/Mul_2_output_0", "logits"] {
+        assert!(some.tensor(needed).is_some(), "{needed} missing");
+    }
+    assert!(some.tensor("/blocks.0/Softmax_output_0").is_none(), "attention inputs are not needed by default");
+}

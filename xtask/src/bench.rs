@@ -130,7 +130,7 @@ fn bench_calibrate(model: &Path, repeat: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out_dir)?;
     let hist = out_dir.join("bench.hist");
     let me = std::env::current_exe()?;
-    let (mut ours, mut limit) = (Vec::new(), Vec::new());
+    let (mut ours, mut limit, mut fast) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..repeat {
         // Interleaved, so that machine noise hits both alike.
         limit.push(measure(
@@ -148,9 +148,23 @@ fn bench_calibrate(model: &Path, repeat: usize) -> anyhow::Result<()> {
                 .args(["--out".as_ref(), hist.as_os_str()])
                 .arg("--quiet"),
         )?);
-        eprintln!("run {}: plain {:.2} s, calibrate {:.2} s", i + 1, limit[i].wall_s, ours[i].wall_s);
+        fast.push(measure(
+            Command::new(bin.join("calibrate"))
+                .args(["--model".as_ref(), model.as_os_str()])
+                .args(["--images".as_ref(), images.as_os_str()])
+                .args(["--recipe".as_ref(), recipe.as_os_str()])
+                .args(["--out".as_ref(), hist.as_os_str()])
+                .args(["--tensors", "quantizable", "--quiet"]),
+        )?);
+        eprintln!(
+            "run {}: plain {:.2} s, calibrate {:.2} s, calibrate --tensors quantizable {:.2} s",
+            i + 1,
+            limit[i].wall_s,
+            ours[i].wall_s,
+            fast[i].wall_s
+        );
     }
-    let (ours, limit) = (median(ours), median(limit));
+    let (ours, limit, fast) = (median(ours), median(limit), median(fast));
     // Memory must not grow with the number of images: the same run on a quarter of them.
     let quarter = measure(
         Command::new(bin.join("calibrate"))
@@ -190,6 +204,7 @@ fn bench_calibrate(model: &Path, repeat: usize) -> anyhow::Result<()> {
         plain_pass: Measure,
         ratio: f64,
         calibrate_250_images: Measure,
+        calibrate_quantizable: Measure,
     }
     let report = Report {
         model: &model.display().to_string(),
@@ -199,6 +214,7 @@ fn bench_calibrate(model: &Path, repeat: usize) -> anyhow::Result<()> {
         plain_pass: limit,
         ratio,
         calibrate_250_images: quarter,
+        calibrate_quantizable: fast,
     };
     let json = out_dir.join("calibrate.json");
     std::fs::write(&json, serde_json::to_vec_pretty(&report)?)?;
