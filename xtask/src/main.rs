@@ -60,18 +60,8 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Cmd::Validate(args) = &cli.command {
-        calibrate::cli::init_logging(args.quiet);
-        return match setup().and_then(|_| validate::run(args)) {
-            Ok(report) => ExitCode::from(validate::conclude(&report, &args.out)),
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(2)
-            }
-        };
-    }
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -79,8 +69,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+/// Runs a command; the exit code is 0, or 1 for a failed validation gate (errors exit 2).
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    if let Cmd::Validate(args) = &cli.command {
+        calibrate::cli::init_logging(args.quiet);
+        setup()?;
+        let report = validate::run(args)?;
+        return Ok(validate::conclude(&report, &args.out));
+    }
+    run_task(cli.command).map(|()| 0)
+}
+
+fn run_task(command: Cmd) -> anyhow::Result<()> {
+    match command {
         Cmd::Setup => {
             let lib = setup()?;
             println!("ONNX Runtime {}: {}", runtime::ORT_VERSION, lib.display());
@@ -102,7 +103,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bench::run(which)
         }
         Cmd::BenchChild(args) => bench::child(args),
-        Cmd::Validate(_) => unreachable!("handled in main"),
+        Cmd::Validate(_) => Ok(()), // handled in run()
         Cmd::CheckReport { dir } => check_report::run(&dir),
     }
 }
