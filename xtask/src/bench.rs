@@ -130,6 +130,17 @@ fn bench_calibrate(model: &Path, repeat: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out_dir)?;
     let hist = out_dir.join("bench.hist");
     let me = std::env::current_exe()?;
+    // The calibrate binary on the bench workload, with extra flags.
+    let calibrate_run = |extra: &[&str]| {
+        measure(
+            Command::new(bin.join("calibrate"))
+                .args(["--model".as_ref(), model.as_os_str()])
+                .args(["--images".as_ref(), images.as_os_str()])
+                .args(["--recipe".as_ref(), recipe.as_os_str()])
+                .args(["--out".as_ref(), hist.as_os_str(), "--quiet".as_ref()])
+                .args(extra),
+        )
+    };
     let (mut ours, mut limit, mut fast) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..repeat {
         // Interleaved, so that machine noise hits both alike.
@@ -140,22 +151,8 @@ fn bench_calibrate(model: &Path, repeat: usize) -> anyhow::Result<()> {
                 .args(["--images".as_ref(), images.as_os_str()])
                 .args(["--recipe".as_ref(), recipe.as_os_str()]),
         )?);
-        ours.push(measure(
-            Command::new(bin.join("calibrate"))
-                .args(["--model".as_ref(), model.as_os_str()])
-                .args(["--images".as_ref(), images.as_os_str()])
-                .args(["--recipe".as_ref(), recipe.as_os_str()])
-                .args(["--out".as_ref(), hist.as_os_str()])
-                .arg("--quiet"),
-        )?);
-        fast.push(measure(
-            Command::new(bin.join("calibrate"))
-                .args(["--model".as_ref(), model.as_os_str()])
-                .args(["--images".as_ref(), images.as_os_str()])
-                .args(["--recipe".as_ref(), recipe.as_os_str()])
-                .args(["--out".as_ref(), hist.as_os_str()])
-                .args(["--tensors", "quantizable", "--quiet"]),
-        )?);
+        ours.push(calibrate_run(&[])?);
+        fast.push(calibrate_run(&["--tensors", "quantizable"])?);
         eprintln!(
             "run {}: plain {:.2} s, calibrate {:.2} s, calibrate --tensors quantizable {:.2} s",
             i + 1,
@@ -166,14 +163,7 @@ fn bench_calibrate(model: &Path, repeat: usize) -> anyhow::Result<()> {
     }
     let (ours, limit, fast) = (median(ours), median(limit), median(fast));
     // Memory must not grow with the number of images: the same run on a quarter of them.
-    let quarter = measure(
-        Command::new(bin.join("calibrate"))
-            .args(["--model".as_ref(), model.as_os_str()])
-            .args(["--images".as_ref(), images.as_os_str()])
-            .args(["--recipe".as_ref(), recipe.as_os_str()])
-            .args(["--out".as_ref(), hist.as_os_str()])
-            .args(["--limit", "250", "--quiet"]),
-    )?;
+    let quarter = calibrate_run(&["--limit", "250"])?;
     let images_n = Dataset::flat(&images)?.len() as f64;
     let ratio = ours.wall_s / limit.wall_s;
     println!(
