@@ -16,7 +16,16 @@ const EXTERNAL_MIN: usize = 1024;
 /// Writes `proto` (an edit of `source`'s graph) to `out`. Initializers that `source` kept in external files
 /// are read from there; everything is inlined when it fits, else large tensors go to `<out>.data` beside it.
 /// Both files are written through temporary files and renames.
-pub fn save_model(source: &Model, mut proto: ModelProto, out: &Path) -> Result<(), GraphError> {
+pub fn save_model(source: &Model, proto: ModelProto, out: &Path) -> Result<(), GraphError> {
+    save_model_with_limit(source, proto, out, INLINE_LIMIT)
+}
+
+fn save_model_with_limit(
+    source: &Model,
+    mut proto: ModelProto,
+    out: &Path,
+    inline_limit: u64,
+) -> Result<(), GraphError> {
     let graph = proto.graph.mut_or_insert_default();
     let mut total = 0u64;
     for t in graph.initializer.iter_mut() {
@@ -28,7 +37,7 @@ pub fn save_model(source: &Model, mut proto: ModelProto, out: &Path) -> Result<(
         }
         total += t.raw_data.len() as u64;
     }
-    if total > INLINE_LIMIT {
+    if total > inline_limit {
         let file_name =
             format!("{}.data", out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
         let data_path = out.with_file_name(&file_name);
@@ -55,4 +64,46 @@ pub fn save_model(source: &Model, mut proto: ModelProto, out: &Path) -> Result<(
     }
     let bytes = proto.write_to_bytes().map_err(|e| GraphError::Encode(e.to_string()))?;
     write_atomic(out, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onnx_protobuf::{tensor_proto::DataType, TensorProto};
+
+    #[test]
+    fn large_models_go_to_an_external_file_that_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut proto = ModelProto::new();
+        let g = proto.graph.mut_or_insert_default();
+        for (name, n) in [("big", 600usize), ("small", 3)] {
+            let mut t = TensorProto::new();
+            t.name = name.into();
+            t.data_type = DataType::FLOAT as i32;
+            t.dims = vec![n as i64];
+            t.raw_data = (0..n).flat_map(|i| (i as f32 * 0.5).to_le_bytes()).collect();
+            g.initializer.push(t);
+        }
+        let src = dir.path().join("src.onnx");
+        std::fs::write(&src, proto.write_to_bytes().unwrap()).unwrap();
+        let source = Model::load(&src).unwrap();
+        let out = dir.path().join("out.onnx");
+        save_model_with_limit(&source, source.proto.clone(), &out, 0).unwrap();
+        assert!(dir.path().join("out.onnx.data").is_file());
+        let back = Model::load(&out).unwrap();
+        assert!(back.has_external_data);
+        let big = back.proto.graph.initializer.iter().find(|t| t.name == "big").unwrap();
+        assert_eq!(back.tensor_f32(big).unwrap()[599], 299.5);
+        // Below the threshold everything is inline.
+        let small = back.proto.graph.initializer.iter().find(|t| t.name == "small").unwrap();
+        assert_eq!(small.data_location.value(), DataLocation::DEFAULT as i32);
+        assert_eq!(back.tensor_f32(small).unwrap(), vec![0.0, 0.5, 1.0]);
+        // And a self-contained copy of the external one reads the same values.
+        let inline = dir.path().join("inline.onnx");
+        save_model(&back, back.proto.clone(), &inline).unwrap();
+        let again = Model::load(&inline).unwrap();
+        assert!(!again.has_external_data);
+        let big = again.proto.graph.initializer.iter().find(|t| t.name == "big").unwrap();
+        assert_eq!(again.tensor_f32(big).unwrap()[599], 299.5);
+    }
 }
