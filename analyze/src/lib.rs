@@ -7,6 +7,7 @@ mod flops;
 pub mod precision;
 pub mod qdq;
 pub mod scales;
+pub mod sensitivity;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -12,15 +12,18 @@ use clap::Parser;
 
 /// Computes INT8 scales from calibration histograms and writes model.qdq.onnx (explicit Q/DQ),
 /// calibration.cache (TensorRT 10), ranges.csv and ranges.json into --out.
+/// `analyze sensitivity` measures how much each node's quantization costs.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Sub>,
     /// The FP32 ONNX model that was calibrated.
-    #[arg(long, value_name = "M.onnx")]
-    model: PathBuf,
+    #[arg(long, value_name = "M.onnx", required = true)]
+    model: Option<PathBuf>,
     /// Statistics from `calibrate`.
-    #[arg(long, value_name = "H.hist")]
-    hist: PathBuf,
+    #[arg(long, value_name = "H.hist", required = true)]
+    hist: Option<PathBuf>,
     /// entropy | mse | percentile[:P] (default 99.99) | max.
     #[arg(long, default_value = "entropy")]
     method: Method,
@@ -31,9 +34,48 @@ struct Args {
     #[arg(long, default_value = "10.3.0")]
     trt_version: String,
     /// Output folder.
+    #[arg(long, value_name = "DIR", required = true)]
+    out: Option<PathBuf>,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Per node: quantize it alone, and keep it alone in float; rank by the damage (sensitivity.json/.csv).
+    Sensitivity(SensitivityArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SensitivityArgs {
+    #[arg(long, value_name = "M.onnx")]
+    model: PathBuf,
+    #[arg(long, value_name = "H.hist")]
+    hist: PathBuf,
+    /// Labelled evaluation images (one sub-folder per class).
+    #[arg(long, value_name = "DIR")]
+    val: PathBuf,
+    #[command(flatten)]
+    recipe: calibrate::cli::RecipeArgs,
+    /// Seeded subset of the evaluation images.
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+    /// Classify embeddings by cosine against these prototypes (float32 [classes, dim] .npy).
+    #[arg(long, value_name = "PROTOS.npy")]
+    zero_shot: Option<PathBuf>,
+    #[arg(long, default_value = "entropy")]
+    method: Method,
+    /// The INT8 configuration whose nodes are measured (default lists if absent).
+    #[arg(long, value_name = "P.toml")]
+    precision: Option<PathBuf>,
+    /// Class list for ImageNet-style folders.
+    #[arg(long, value_name = "FILE")]
+    classes: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Print nothing but errors.
     #[arg(long, short)]
     quiet: bool,
 }
@@ -45,7 +87,13 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
-    let hist = HistFile::read(&args.hist).with_context(|| format!("reading {}", args.hist.display()))?;
+    if let Some(Sub::Sensitivity(s)) = &args.command {
+        return run_sensitivity(s);
+    }
+    let (Some(model), Some(hist_path), Some(out)) = (&args.model, &args.hist, &args.out) else {
+        anyhow::bail!("--model, --hist and --out are required");
+    };
+    let hist = HistFile::read(hist_path).with_context(|| format!("reading {}", hist_path.display()))?;
     let (precision, origin) = match &args.precision {
         Some(p) => (PrecisionFile::load(p)?, p.display().to_string()),
         None => (PrecisionFile::default(), "defaults".to_string()),
@@ -56,9 +104,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
         precision_origin: origin,
         trt_version: args.trt_version.clone(),
     };
-    let analysis =
-        analyze(&args.model, &hist, &options).with_context(|| format!("analyzing {}", args.model.display()))?;
-    analysis.write(&args.out).with_context(|| format!("writing artifacts to {}", args.out.display()))?;
+    let analysis = analyze(model, &hist, &options).with_context(|| format!("analyzing {}", model.display()))?;
+    analysis.write(out).with_context(|| format!("writing artifacts to {}", out.display()))?;
     if !args.quiet {
         let r = &analysis.ranges;
         println!("effective precision ({}):", options.precision_origin);
@@ -80,7 +127,90 @@ fn run(args: &Args) -> anyhow::Result<()> {
             100.0 * r.int8_flop_share,
             r.method
         );
-        println!("wrote model.qdq.onnx, calibration.cache, ranges.csv, ranges.json to {}", args.out.display());
+        println!("wrote model.qdq.onnx, calibration.cache, ranges.csv, ranges.json to {}", out.display());
+    }
+    Ok(())
+}
+
+fn run_sensitivity(args: &SensitivityArgs) -> anyhow::Result<()> {
+    init_logging(args.quiet);
+    let hist = HistFile::read(&args.hist).with_context(|| format!("reading {}", args.hist.display()))?;
+    let recipe = args.recipe.load().context("loading the preprocessing recipe")?;
+    let precision = match &args.precision {
+        Some(p) => PrecisionFile::load(p)?,
+        None => PrecisionFile::default(),
+    };
+    let prototypes = match &args.zero_shot {
+        Some(p) => Some(analyze::evaluate::load_prototypes(p)?),
+        None => None,
+    };
+    let val = datasets::Dataset::labelled(&args.val, args.classes.as_deref())?.limit(args.limit, 0);
+    let bar = calibrate::cli::progress_bar(0, "nodes", args.quiet);
+    bar.set_prefix("sensitivity");
+    let report = analyze::sensitivity::sensitivity(
+        &args.model,
+        &hist,
+        &val,
+        &recipe,
+        prototypes.as_deref(),
+        args.method,
+        &precision,
+        args.threads,
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )
+    .with_context(|| format!("measuring the sensitivity of {}", args.model.display()))?;
+    bar.finish_and_clear();
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let mut json = serde_json::to_vec_pretty(&report)?;
+    json.push(b'\n');
+    graph::write_atomic(&args.out.join("sensitivity.json"), &json)?;
+    let mut csv = String::from("rank,node,op,flop_share,alone_int8_top1_delta_pp,alone_int8_agreement,alone_int8_divergence,alone_float_top1_delta_pp,alone_float_agreement,alone_float_divergence\n");
+    for (i, n) in report.nodes.iter().enumerate() {
+        csv.push_str(&format!(
+            "{},\"{}\",{},{},{},{},{},{},{},{}\n",
+            i + 1,
+            n.node.replace('"', "\"\""),
+            n.op,
+            n.flop_share,
+            n.alone_int8.top1_delta_pp,
+            n.alone_int8.agreement,
+            n.alone_int8.divergence,
+            n.alone_float.top1_delta_pp,
+            n.alone_float.agreement,
+            n.alone_float.divergence
+        ));
+    }
+    graph::write_atomic(&args.out.join("sensitivity.csv"), csv.as_bytes())?;
+    if !args.quiet {
+        println!(
+            "{} images: FP32 Top-1 {:.2} %, INT8 {:.2} % ({:+.2} pp); {} nodes in {:.1} s; most sensitive first:",
+            report.images,
+            100.0 * report.fp32_top1,
+            100.0 * report.int8.top1,
+            report.int8.top1_delta_pp,
+            report.nodes.len(),
+            report.seconds
+        );
+        println!(
+            "  {:<40} {:<8} {:>6}  {:>22}  {:>22}",
+            "node", "op", "FLOPs", "alone INT8: dTop1 / div", "alone float: dTop1 / div"
+        );
+        for n in &report.nodes {
+            println!(
+                "  {:<40} {:<8} {:>5.1}%  {:>+9.2} pp / {:<9.2e}  {:>+9.2} pp / {:<9.2e}",
+                n.node,
+                n.op,
+                100.0 * n.flop_share,
+                n.alone_int8.top1_delta_pp,
+                n.alone_int8.divergence,
+                n.alone_float.top1_delta_pp,
+                n.alone_float.divergence
+            );
+        }
+        println!("wrote sensitivity.json and sensitivity.csv to {}", args.out.display());
     }
     Ok(())
 }

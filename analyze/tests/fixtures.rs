@@ -118,3 +118,46 @@ fn allowing_a_node_without_statistics_is_refused_by_name() {
     // The default lists work from the quantizable subset.
     assert!(analyze(&model(name), &h, &options_for(Method::Entropy, PrecisionFile::default())).is_ok());
 }
+
+#[test]
+fn a_node_planted_with_a_wrong_scale_is_ranked_most_sensitive() {
+    let name = "fmnist_resnet_opset13.onnx";
+    let mut h = hist(name);
+    let m = graph::Model::load(&model(name)).unwrap();
+    let decisions = analyze::precision::decide(&m.proto.graph, &PrecisionFile::default(), "test").unwrap();
+    // The input of the fourth INT8 Conv gets statistics of tiny values: its scale clips almost everything.
+    let planted = decisions.iter().filter(|d| d.int8 && d.op == "Conv").nth(3).unwrap().node.clone();
+    let node = m.proto.graph.node.iter().find(|n| n.name == planted).unwrap();
+    let mut tiny = calibrate::histogram::TensorStats::default();
+    tiny.add(&[0.001, -0.002, 0.0005]);
+    h.tensors.iter_mut().find(|t| t.name == node.input[0]).unwrap().stats = tiny;
+    let val = Dataset::labelled(&root().join("fixtures/fmnist/val"), None).unwrap().limit(200, 3);
+    let report = analyze::sensitivity::sensitivity(
+        &model(name),
+        &h,
+        &val,
+        &recipe(),
+        None,
+        Method::Entropy,
+        &PrecisionFile::default(),
+        0,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(
+        report.nodes[0].node,
+        planted,
+        "ranking: {:?}",
+        report.nodes.iter().map(|n| &n.node).collect::<Vec<_>>()
+    );
+    assert!(report.nodes[0].alone_int8.top1_delta_pp < -5.0, "{:?}", report.nodes[0]);
+    // Keeping the planted node float recovers most of the loss of the full INT8 model.
+    assert!(
+        report.nodes[0].alone_float.top1 > report.int8.top1,
+        "{:?} vs {:?}",
+        report.nodes[0].alone_float,
+        report.int8
+    );
+    let flops: f64 = report.nodes.iter().map(|n| n.flop_share).sum();
+    assert!((flops - 1.0).abs() < 1e-6, "FLOP shares sum to {flops}");
+}

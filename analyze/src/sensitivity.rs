@@ -1,0 +1,199 @@
+//! Per-node sensitivity: the effect on accuracy and output fidelity of quantizing one node alone (all others
+//! float), and of keeping one node alone in float (all others INT8). FP32 outputs are computed once and
+//! reused; every variant is a Q/DQ model built in memory.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use calibrate::HistFile;
+use datasets::{Batch, BatchStream, Dataset, Recipe, StreamOptions};
+use graph::Model;
+use serde::Serialize;
+
+use crate::evaluate::{argmax, scores};
+use crate::precision::{decide, Decision, PrecisionFile};
+use crate::scales::{self, Method};
+use crate::AnalyzeError;
+
+/// What one model variant does to the evaluation subset, against FP32.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Effect {
+    pub top1: f64,
+    /// INT8-variant Top-1 minus FP32 Top-1, percentage points.
+    pub top1_delta_pp: f64,
+    /// Share of images with the FP32 prediction.
+    pub agreement: f64,
+    /// Mean KL(softmax FP32 || softmax variant) for classifiers; mean 1 - cosine for embeddings.
+    pub divergence: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeSensitivity {
+    pub node: String,
+    pub op: String,
+    /// This node's share of the GEMM/Conv FLOPs.
+    pub flop_share: f64,
+    /// Only this node in INT8.
+    pub alone_int8: Effect,
+    /// Every other node of the INT8 configuration in INT8, this one float.
+    pub alone_float: Effect,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SensitivityReport {
+    pub images: usize,
+    pub method: String,
+    pub fp32_top1: f64,
+    /// The full INT8 configuration (the precision file's, default lists if none).
+    pub int8: Effect,
+    /// Most sensitive first (largest divergence when quantized alone).
+    pub nodes: Vec<NodeSensitivity>,
+    pub seconds: f64,
+}
+
+struct Evaluator<'a> {
+    model: &'a Model,
+    batches: Vec<Batch>,
+    fp32: Vec<Vec<f32>>,
+    input: String,
+    output: String,
+    prototypes: Option<&'a [Vec<f32>]>,
+    threads: usize,
+}
+
+fn softmax(v: &[f32]) -> Vec<f64> {
+    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let e: Vec<f64> = v.iter().map(|x| (*x as f64 - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.into_iter().map(|x| x / s).collect()
+}
+
+impl Evaluator<'_> {
+    fn outputs(&self, bytes: &[u8]) -> Result<Vec<Vec<f32>>, AnalyzeError> {
+        let label = self.model.path.display().to_string();
+        let mut cfg = runtime::SessionConfig::new(&label);
+        cfg.external_data_dir = Some(self.model.dir.clone());
+        cfg.intra_threads = self.threads;
+        let mut session = runtime::session_from_bytes(bytes, &cfg)?;
+        let out = std::slice::from_ref(&self.output);
+        self.batches
+            .iter()
+            .map(|b| {
+                runtime::run_f32(&mut session, &label, &self.input, &b.shape, &b.data, out, |o| o[0].to_vec())
+                    .map_err(Into::into)
+            })
+            .collect()
+    }
+
+    fn effect(&self, variant: &[Vec<f32>]) -> Effect {
+        let (mut right, mut right32, mut agree, mut div, mut n) = (0usize, 0usize, 0usize, 0f64, 0usize);
+        for ((batch, a), b) in self.batches.iter().zip(&self.fp32).zip(variant) {
+            let width = a.len() / batch.items.len().max(1);
+            for ((ra, rb), item) in a.chunks(width.max(1)).zip(b.chunks(width.max(1))).zip(&batch.items) {
+                let (sa, sb) = (scores(ra, self.prototypes), scores(rb, self.prototypes));
+                let (pa, pb) = (argmax(&sa), argmax(&sb));
+                right += (Some(pb) == item.label) as usize;
+                right32 += (Some(pa) == item.label) as usize;
+                agree += (pa == pb) as usize;
+                div += match self.prototypes {
+                    Some(_) => {
+                        let dot: f64 = ra.iter().zip(rb).map(|(x, y)| *x as f64 * *y as f64).sum();
+                        let na = ra.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+                        let nb = rb.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+                        1.0 - if na > 0.0 && nb > 0.0 { dot / (na * nb) } else { 1.0 }
+                    }
+                    None => {
+                        let (p, q) = (softmax(ra), softmax(rb));
+                        p.iter()
+                            .zip(&q)
+                            .filter(|(p, _)| **p > 0.0)
+                            .map(|(p, q)| p * (p / q.max(1e-300)).ln())
+                            .sum::<f64>()
+                    }
+                };
+                n += 1;
+            }
+        }
+        let n = n.max(1) as f64;
+        Effect {
+            top1: right as f64 / n,
+            top1_delta_pp: 100.0 * (right as f64 - right32 as f64) / n,
+            agreement: agree as f64 / n,
+            divergence: div / n,
+        }
+    }
+
+    fn variant(&self, decisions: &[Decision], amax: &HashMap<String, f32>) -> Result<Effect, AnalyzeError> {
+        let (proto, _) = crate::qdq::insert_qdq(self.model, decisions, amax)?;
+        let bytes = graph::proto::Message::write_to_bytes(&proto).map_err(|e| AnalyzeError::Usage(e.to_string()))?;
+        Ok(self.effect(&self.outputs(&bytes)?))
+    }
+}
+
+/// Measures every node that the precision file (default lists if empty) puts in INT8, on `dataset`.
+#[allow(clippy::too_many_arguments)]
+pub fn sensitivity(
+    model_path: &Path,
+    hist: &HistFile,
+    dataset: &Dataset,
+    recipe: &Recipe,
+    prototypes: Option<&[Vec<f32>]>,
+    method: Method,
+    precision: &PrecisionFile,
+    threads: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<SensitivityReport, AnalyzeError> {
+    let start = std::time::Instant::now();
+    let model = Model::load(model_path)?;
+    let amax: HashMap<String, f32> = hist
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), scales::amax(&t.stats, if t.producer.is_none() { Method::Max } else { method })))
+        .collect();
+    let decisions = decide(&model.proto.graph, precision, "precision")?;
+    let input = model.resolve_input(recipe.name.as_deref())?.name.clone();
+    let output = model
+        .proto
+        .graph
+        .output
+        .first()
+        .ok_or_else(|| AnalyzeError::Model { path: model_path.into(), message: "the model has no output".into() })?
+        .name
+        .clone();
+    let batches = BatchStream::new(dataset, recipe, StreamOptions { batch_size: 100, ..Default::default() })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| AnalyzeError::Model { path: dataset.root.clone(), message: e.to_string() })?;
+    let mut ev =
+        Evaluator { model: &model, batches, fp32: Vec::new(), input: input.clone(), output, prototypes, threads };
+    ev.fp32 = ev.outputs(&model.to_bytes()?)?;
+    let fp32_top1 = ev.effect(&ev.fp32).top1;
+    let int8 = ev.variant(&decisions, &amax)?;
+
+    let flops = crate::flops::gemm_flops(&model, recipe, &input)?;
+    let total_flops: f64 = flops.values().sum();
+    let targets: Vec<&Decision> = decisions.iter().filter(|d| d.int8).collect();
+    let mut nodes = Vec::new();
+    for (i, target) in targets.iter().enumerate() {
+        let only: Vec<Decision> =
+            decisions.iter().map(|d| Decision { int8: d.node == target.node, ..d.clone() }).collect();
+        let all_but: Vec<Decision> =
+            decisions.iter().map(|d| Decision { int8: d.int8 && d.node != target.node, ..d.clone() }).collect();
+        nodes.push(NodeSensitivity {
+            node: target.node.clone(),
+            op: target.op.clone(),
+            flop_share: flops.get(&target.node).map_or(0.0, |f| f / total_flops.max(1.0)),
+            alone_int8: ev.variant(&only, &amax)?,
+            alone_float: ev.variant(&all_but, &amax)?,
+        });
+        progress(i + 1, targets.len());
+    }
+    nodes.sort_by(|a, b| b.alone_int8.divergence.total_cmp(&a.alone_int8.divergence).then(a.node.cmp(&b.node)));
+    Ok(SensitivityReport {
+        images: dataset.len(),
+        method: method.name(),
+        fp32_top1,
+        int8,
+        nodes,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
