@@ -45,6 +45,16 @@ struct Args {
 enum Sub {
     /// Per node: quantize it alone, and keep it alone in float; rank by the damage (sensitivity.json/.csv).
     Sensitivity(SensitivityArgs),
+    /// Smallest deny list meeting a Top-1 budget: greedy on the sensitivity ranking over --limit images, then
+    /// verified on the whole --val folder. Writes precision.toml and the artifacts built with it.
+    /// Exit 1 when the budget cannot be met.
+    Autoprecision {
+        #[command(flatten)]
+        common: SensitivityArgs,
+        /// Allowed Top-1 drop against FP32, percentage points.
+        #[arg(long, value_name = "PP", allow_hyphen_values = true)]
+        max_top1_drop: f64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -83,12 +93,21 @@ struct SensitivityArgs {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     init_logging(args.quiet);
+    if let Some(Sub::Autoprecision { common, max_top1_drop }) = &args.command {
+        return match run_autoprecision(common, *max_top1_drop) {
+            Ok(true) => std::process::ExitCode::SUCCESS,
+            Ok(false) => std::process::ExitCode::from(1),
+            Err(e) => exit_code(Err(e)),
+        };
+    }
     exit_code(run(&args))
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
-    if let Some(Sub::Sensitivity(s)) = &args.command {
-        return run_sensitivity(s);
+    match &args.command {
+        Some(Sub::Sensitivity(s)) => return run_sensitivity(s),
+        Some(Sub::Autoprecision { .. }) => anyhow::bail!("autoprecision is handled in main"),
+        None => {}
     }
     let (Some(model), Some(hist_path), Some(out)) = (&args.model, &args.hist, &args.out) else {
         anyhow::bail!("--model, --hist and --out are required");
@@ -213,4 +232,95 @@ fn run_sensitivity(args: &SensitivityArgs) -> anyhow::Result<()> {
         println!("wrote sensitivity.json and sensitivity.csv to {}", args.out.display());
     }
     Ok(())
+}
+
+/// Returns whether the budget was met (search subset and full verification).
+fn run_autoprecision(args: &SensitivityArgs, max_top1_drop: f64) -> anyhow::Result<bool> {
+    init_logging(args.quiet);
+    let hist = HistFile::read(&args.hist).with_context(|| format!("reading {}", args.hist.display()))?;
+    let recipe = args.recipe.load().context("loading the preprocessing recipe")?;
+    let base = match &args.precision {
+        Some(p) => PrecisionFile::load(p)?,
+        None => PrecisionFile::default(),
+    };
+    let prototypes = match &args.zero_shot {
+        Some(p) => Some(analyze::evaluate::load_prototypes(p)?),
+        None => None,
+    };
+    let full = datasets::Dataset::labelled(&args.val, args.classes.as_deref())?;
+    let subset = full.clone().limit(args.limit, 0);
+    let bar = calibrate::cli::progress_bar(0, "nodes", args.quiet);
+    bar.set_prefix("sensitivity");
+    let auto = analyze::sensitivity::auto_precision(
+        &args.model,
+        &hist,
+        &subset,
+        &recipe,
+        prototypes.as_deref(),
+        args.method,
+        &base,
+        max_top1_drop,
+        args.threads,
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
+    bar.finish_and_clear();
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let mut json = serde_json::to_vec_pretty(&auto)?;
+    json.push(b'\n');
+    graph::write_atomic(&args.out.join("autoprecision.json"), &json)?;
+    if !auto.met {
+        eprintln!(
+            "budget not met: even with {} of {} nodes in float, INT8 Top-1 is {:+.2} pp from FP32 on {} images (budget {max_top1_drop} pp)",
+            auto.denied.len(),
+            auto.sensitivity.nodes.len(),
+            auto.search.top1_delta_pp,
+            subset.len()
+        );
+        return Ok(false);
+    }
+    graph::write_atomic(&args.out.join("precision.toml"), auto.precision.to_toml().as_bytes())?;
+    let options = AnalyzeOptions {
+        method: args.method,
+        precision: auto.precision.clone(),
+        precision_origin: args.out.join("precision.toml").display().to_string(),
+        trt_version: "10.3.0".into(),
+    };
+    let analysis = analyze(&args.model, &hist, &options)?;
+    analysis.write(&args.out)?;
+    // Verification on the whole folder.
+    let mut fp32 = analyze::evaluate::ort_model(&args.model, &recipe, args.threads)?;
+    let mut int8 = analyze::evaluate::ort_model(&args.out.join("model.qdq.onnx"), &recipe, args.threads)?;
+    let c = analyze::evaluate::compare(
+        fp32.as_mut(),
+        int8.as_mut(),
+        &full,
+        &recipe,
+        prototypes.as_deref(),
+        &mut |_, _| {},
+    )?;
+    let drop = 100.0 * (c.fp32.top1 - c.int8.top1);
+    let verified = drop <= max_top1_drop;
+    println!(
+        "deny list: {} node(s) {:?}; INT8 share of GEMM/Conv FLOPs {:.1} %",
+        auto.denied.len(),
+        auto.denied,
+        100.0 * analysis.ranges.int8_flop_share
+    );
+    println!(
+        "search ({} images): {:+.2} pp; verification ({} images): FP32 {:.2} %, INT8 {:.2} %, drop {drop:.2} pp -> {}",
+        subset.len(),
+        auto.search.top1_delta_pp,
+        c.images,
+        100.0 * c.fp32.top1,
+        100.0 * c.int8.top1,
+        if verified { "within budget" } else { "OVER budget (raise --limit so the search sees more images)" }
+    );
+    println!(
+        "wrote precision.toml, model.qdq.onnx, calibration.cache, ranges.*, autoprecision.json to {}",
+        args.out.display()
+    );
+    Ok(verified)
 }

@@ -197,3 +197,71 @@ pub fn sensitivity(
         seconds: start.elapsed().as_secs_f64(),
     })
 }
+
+/// The outcome of the automatic precision search.
+#[derive(Debug, Clone, Serialize)]
+pub struct AutoPrecision {
+    /// The precision file to use: the input one plus the nodes the search denied.
+    pub precision: PrecisionFile,
+    /// Nodes denied, in the order the search added them.
+    pub denied: Vec<String>,
+    /// Effect of the chosen configuration on the search subset.
+    pub search: Effect,
+    /// Whether the budget was met on the search subset.
+    pub met: bool,
+    pub int8_flop_share: f64,
+    pub sensitivity: SensitivityReport,
+}
+
+/// Greedy search for a small deny list meeting `max_top1_drop` (pp) on `dataset`: nodes are denied in order
+/// of damage per FLOP when quantized alone (so cheap, harmful nodes go first and the INT8 FLOP share stays
+/// high), re-evaluating the whole configuration after each, until the budget holds or every node is float.
+#[allow(clippy::too_many_arguments)]
+pub fn auto_precision(
+    model_path: &Path,
+    hist: &HistFile,
+    dataset: &Dataset,
+    recipe: &Recipe,
+    prototypes: Option<&[Vec<f32>]>,
+    method: Method,
+    base: &PrecisionFile,
+    max_top1_drop: f64,
+    threads: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<AutoPrecision, AnalyzeError> {
+    let report = sensitivity(model_path, hist, dataset, recipe, prototypes, method, base, threads, progress)?;
+    let model = Model::load(model_path)?;
+    let amax: HashMap<String, f32> = hist
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), scales::amax(&t.stats, if t.producer.is_none() { Method::Max } else { method })))
+        .collect();
+    let input = model.resolve_input(recipe.name.as_deref())?.name.clone();
+    let output = model.proto.graph.output.first().map(|o| o.name.clone()).unwrap_or_default();
+    let batches = BatchStream::new(dataset, recipe, StreamOptions { batch_size: 100, ..Default::default() })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| AnalyzeError::Model { path: dataset.root.clone(), message: e.to_string() })?;
+    let mut ev = Evaluator { model: &model, batches, fp32: Vec::new(), input, output, prototypes, threads };
+    ev.fp32 = ev.outputs(&model.to_bytes()?)?;
+
+    let mut order: Vec<&NodeSensitivity> = report.nodes.iter().collect();
+    let damage_per_flop = |n: &NodeSensitivity| n.alone_int8.divergence / n.flop_share.max(1e-9);
+    order.sort_by(|a, b| damage_per_flop(b).total_cmp(&damage_per_flop(a)).then(a.node.cmp(&b.node)));
+    let mut precision = base.clone();
+    let mut denied = Vec::new();
+    let mut effect = report.int8.clone();
+    for next in std::iter::once(None).chain(order.iter().map(Some)) {
+        if let Some(n) = next {
+            denied.push(n.node.clone());
+            precision.deny.nodes.push(n.node.clone());
+            let decisions = decide(&model.proto.graph, &precision, "autoprecision")?;
+            effect = ev.variant(&decisions, &amax)?;
+        }
+        if -effect.top1_delta_pp <= max_top1_drop {
+            break;
+        }
+    }
+    let met = -effect.top1_delta_pp <= max_top1_drop;
+    let int8_flop_share = report.nodes.iter().filter(|n| !denied.contains(&n.node)).map(|n| n.flop_share).sum::<f64>();
+    Ok(AutoPrecision { precision, denied, search: effect, met, int8_flop_share, sensitivity: report })
+}

@@ -119,18 +119,55 @@ fn allowing_a_node_without_statistics_is_refused_by_name() {
     assert!(analyze(&model(name), &h, &options_for(Method::Entropy, PrecisionFile::default())).is_ok());
 }
 
-#[test]
-fn a_node_planted_with_a_wrong_scale_is_ranked_most_sensitive() {
+/// The ResNet's .hist with the input of its fourth INT8 Conv given statistics of tiny values, so that its
+/// scale clips almost everything; returns the .hist and that node's name.
+fn planted_resnet_hist() -> (HistFile, String) {
     let name = "fmnist_resnet_opset13.onnx";
     let mut h = hist(name);
     let m = graph::Model::load(&model(name)).unwrap();
     let decisions = analyze::precision::decide(&m.proto.graph, &PrecisionFile::default(), "test").unwrap();
-    // The input of the fourth INT8 Conv gets statistics of tiny values: its scale clips almost everything.
     let planted = decisions.iter().filter(|d| d.int8 && d.op == "Conv").nth(3).unwrap().node.clone();
     let node = m.proto.graph.node.iter().find(|n| n.name == planted).unwrap();
     let mut tiny = calibrate::histogram::TensorStats::default();
     tiny.add(&[0.001, -0.002, 0.0005]);
     h.tensors.iter_mut().find(|t| t.name == node.input[0]).unwrap().stats = tiny;
+    (h, planted)
+}
+
+#[test]
+fn autoprecision_denies_the_planted_node_and_its_list_round_trips() {
+    let name = "fmnist_resnet_opset13.onnx";
+    let (h, planted) = planted_resnet_hist();
+    let val = Dataset::labelled(&root().join("fixtures/fmnist/val"), None).unwrap().limit(200, 3);
+    let auto = analyze::sensitivity::auto_precision(
+        &model(name),
+        &h,
+        &val,
+        &recipe(),
+        None,
+        Method::Entropy,
+        &PrecisionFile::default(),
+        1.0,
+        0,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(auto.met, "{:?}", auto.search);
+    assert_eq!(auto.denied.first(), Some(&planted), "{:?}", auto.denied);
+    assert!(auto.int8_flop_share > 0.8, "{}", auto.int8_flop_share);
+    // The written list is what `analyze --precision` reads, unchanged, and it keeps the node float.
+    let text = auto.precision.to_toml();
+    let back: PrecisionFile = toml::from_str(&text).unwrap();
+    assert_eq!(back, auto.precision);
+    let a = analyze(&model(name), &h, &options_for(Method::Entropy, back)).unwrap();
+    let node = a.qdq.graph.node.iter().find(|n| n.name == planted).unwrap();
+    assert!(!a.qdq.graph.node.iter().any(|n| n.op_type == "DequantizeLinear" && node.input.contains(&n.output[0])));
+}
+
+#[test]
+fn a_node_planted_with_a_wrong_scale_is_ranked_most_sensitive() {
+    let name = "fmnist_resnet_opset13.onnx";
+    let (h, planted) = planted_resnet_hist();
     let val = Dataset::labelled(&root().join("fixtures/fmnist/val"), None).unwrap().limit(200, 3);
     let report = analyze::sensitivity::sensitivity(
         &model(name),
