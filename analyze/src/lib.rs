@@ -52,6 +52,34 @@ pub struct AnalyzeOptions {
     pub precision_origin: String,
     /// TensorRT version for the cache header.
     pub trt_version: String,
+    /// Per-tensor methods that override `method` (from `analyze sensitivity --choose-methods`).
+    pub per_tensor: std::collections::BTreeMap<String, Method>,
+}
+
+/// The method a tensor's amax comes from: graph inputs (preprocessed images) always use max, since their
+/// histogram is a few pixel-value spikes that KL/percentile/MSE searches clip (entropy clipped 29 % of the
+/// Fashion-MNIST input); then a per-tensor choice; then the global method.
+pub fn tensor_method(
+    t: &calibrate::hist_file::TensorRecord,
+    method: Method,
+    per_tensor: &std::collections::BTreeMap<String, Method>,
+) -> Method {
+    if t.producer.is_none() {
+        return Method::Max;
+    }
+    per_tensor.get(&t.name).copied().unwrap_or(method)
+}
+
+/// Every activation's amax under [`tensor_method`].
+pub fn activation_amax(
+    hist: &HistFile,
+    method: Method,
+    per_tensor: &std::collections::BTreeMap<String, Method>,
+) -> HashMap<String, f32> {
+    hist.tensors
+        .iter()
+        .map(|t| (t.name.clone(), scales::amax(&t.stats, tensor_method(t, method, per_tensor))))
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -59,6 +87,8 @@ pub struct TensorRange {
     pub name: String,
     pub op: Option<String>,
     pub quantized: bool,
+    /// The method this tensor's amax came from.
+    pub method: String,
     pub amax: f32,
     pub scale: f32,
     /// Share of values beyond amax (from the histogram).
@@ -122,13 +152,7 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
         });
     }
     let decisions = precision::decide(&model.proto.graph, &options.precision, &options.precision_origin)?;
-    // Fed inputs (preprocessed images) have a known, bounded range whose histogram is dominated by a few
-    // pixel values (a black background is one spike): KL/percentile/MSE searches can clip a large share of
-    // it (entropy clipped 29 % of the Fashion-MNIST input). Graph inputs therefore always use max.
-    let method_for =
-        |t: &calibrate::hist_file::TensorRecord| if t.producer.is_none() { Method::Max } else { options.method };
-    let amax: HashMap<String, f32> =
-        hist.tensors.iter().map(|t| (t.name.clone(), scales::amax(&t.stats, method_for(t)))).collect();
+    let amax = activation_amax(hist, options.method, &options.per_tensor);
     let (qdq, summary) = qdq::insert_qdq(&model, &decisions, &amax)?;
     let quantized: HashMap<&str, f32> = summary.activations.iter().map(|(n, a)| (n.as_str(), *a)).collect();
 
@@ -145,6 +169,7 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
                 name: t.name.clone(),
                 op: t.op.clone(),
                 quantized: quantized.contains_key(t.name.as_str()),
+                method: tensor_method(t, options.method, &options.per_tensor).name(),
                 amax: a,
                 scale: a / 127.0,
                 clipped: scales::clipped_share(&t.stats, a),
@@ -226,7 +251,7 @@ impl Analysis {
                 t.name.clone(),
                 t.op.clone().unwrap_or_default(),
                 t.quantized.to_string(),
-                self.ranges.method.clone(),
+                t.method.clone(),
                 t.amax.to_string(),
                 t.scale.to_string(),
                 format!("{:.6e}", t.clipped),

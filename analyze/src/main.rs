@@ -24,9 +24,12 @@ struct Args {
     /// Statistics from `calibrate`.
     #[arg(long, value_name = "H.hist", required = true)]
     hist: Option<PathBuf>,
-    /// entropy | mse | percentile[:P] (default 99.99) | max.
+    /// entropy | mse | percentile[:P] (default 99.99) | max | auto (per tensor, from --sensitivity).
     #[arg(long, default_value = "entropy")]
-    method: Method,
+    method: String,
+    /// With --method auto: a sensitivity.json from `analyze sensitivity --choose-methods`.
+    #[arg(long, value_name = "S.json")]
+    sensitivity: Option<PathBuf>,
     /// TOML with [deny] / [allow] tables of node names (globs) and op types.
     #[arg(long, value_name = "P.toml")]
     precision: Option<PathBuf>,
@@ -79,6 +82,10 @@ struct SensitivityArgs {
     /// The INT8 configuration whose nodes are measured (default lists if absent).
     #[arg(long, value_name = "P.toml")]
     precision: Option<PathBuf>,
+    /// Also find each quantized tensor's best scale method (for `analyze --method auto`); about three more
+    /// evaluations per tensor.
+    #[arg(long)]
+    choose_methods: bool,
     /// Class list for ImageNet-style folders.
     #[arg(long, value_name = "FILE")]
     classes: Option<PathBuf>,
@@ -117,11 +124,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
         Some(p) => (PrecisionFile::load(p)?, p.display().to_string()),
         None => (PrecisionFile::default(), "defaults".to_string()),
     };
+    let (method, per_tensor) = methods(&args.method, args.sensitivity.as_deref())?;
     let options = AnalyzeOptions {
-        method: args.method,
+        method,
         precision,
         precision_origin: origin,
         trt_version: args.trt_version.clone(),
+        per_tensor,
     };
     let analysis = analyze(model, &hist, &options).with_context(|| format!("analyzing {}", model.display()))?;
     analysis.write(out).with_context(|| format!("writing artifacts to {}", out.display()))?;
@@ -175,6 +184,7 @@ fn run_sensitivity(args: &SensitivityArgs) -> anyhow::Result<()> {
         args.method,
         &precision,
         args.threads,
+        args.choose_methods,
         &mut |done, total| {
             bar.set_length(total as u64);
             bar.set_position(done as u64);
@@ -287,6 +297,7 @@ fn run_autoprecision(args: &SensitivityArgs, max_top1_drop: f64) -> anyhow::Resu
         precision: auto.precision.clone(),
         precision_origin: args.out.join("precision.toml").display().to_string(),
         trt_version: "10.3.0".into(),
+        per_tensor: Default::default(),
     };
     let analysis = analyze(&args.model, &hist, &options)?;
     analysis.write(&args.out)?;
@@ -323,4 +334,36 @@ fn run_autoprecision(args: &SensitivityArgs, max_top1_drop: f64) -> anyhow::Resu
         args.out.display()
     );
     Ok(verified)
+}
+
+/// `--method`: a method for every tensor, or `auto`: each tensor's choice from a sensitivity.json (entropy
+/// for tensors it does not list).
+fn methods(
+    method: &str,
+    sensitivity: Option<&std::path::Path>,
+) -> anyhow::Result<(Method, std::collections::BTreeMap<String, Method>)> {
+    if method != "auto" {
+        if sensitivity.is_some() {
+            anyhow::bail!("--sensitivity goes with --method auto");
+        }
+        return Ok((method.parse().map_err(anyhow::Error::msg)?, Default::default()));
+    }
+    let Some(path) = sensitivity else {
+        anyhow::bail!("--method auto needs --sensitivity S.json from `analyze sensitivity --choose-methods`");
+    };
+    #[derive(serde::Deserialize)]
+    struct Choices {
+        methods: Vec<analyze::sensitivity::MethodChoice>,
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let choices: Choices =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a sensitivity.json", path.display()))?;
+    if choices.methods.is_empty() {
+        anyhow::bail!("{} has no per-tensor methods; run `analyze sensitivity --choose-methods`", path.display());
+    }
+    let mut per_tensor = std::collections::BTreeMap::new();
+    for c in choices.methods {
+        per_tensor.insert(c.tensor, c.method.parse::<Method>().map_err(anyhow::Error::msg)?);
+    }
+    Ok((Method::Entropy, per_tensor))
 }

@@ -39,6 +39,15 @@ pub struct NodeSensitivity {
     pub alone_float: Effect,
 }
 
+/// The scale method that gives a tensor the best output fidelity, the others' divergences beside it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct MethodChoice {
+    pub tensor: String,
+    pub method: String,
+    /// (method, divergence of the full INT8 configuration with this tensor's amax from that method).
+    pub divergence_by_method: Vec<(String, f64)>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SensitivityReport {
     pub images: usize,
@@ -48,6 +57,8 @@ pub struct SensitivityReport {
     pub int8: Effect,
     /// Most sensitive first (largest divergence when quantized alone).
     pub nodes: Vec<NodeSensitivity>,
+    /// Per quantized tensor, the method giving the best output fidelity (empty unless asked for).
+    pub methods: Vec<MethodChoice>,
     pub seconds: f64,
 }
 
@@ -130,7 +141,40 @@ impl Evaluator<'_> {
     }
 }
 
-/// Measures every node that the precision file (default lists if empty) puts in INT8, on `dataset`.
+/// For each tensor the INT8 configuration quantizes (graph inputs excepted: they always use max), the
+/// method whose amax, with every other tensor at `method`, gives the smallest output divergence. Ties keep
+/// the earlier method in entropy, mse, percentile, max order.
+fn method_choices(
+    ev: &Evaluator,
+    decisions: &[Decision],
+    hist: &HistFile,
+    method: Method,
+    base: &Effect,
+) -> Result<Vec<MethodChoice>, AnalyzeError> {
+    let amax = crate::activation_amax(hist, method, &Default::default());
+    let (_, summary) = crate::qdq::insert_qdq(ev.model, decisions, &amax)?;
+    let mut out = Vec::new();
+    for (tensor, _) in &summary.activations {
+        let Some(record) = hist.tensor(tensor).filter(|t| t.producer.is_some()) else { continue };
+        let mut tried = Vec::new();
+        for m in Method::ALL_DEFAULT {
+            let divergence = if m == method {
+                base.divergence
+            } else {
+                let mut a = amax.clone();
+                a.insert(tensor.clone(), scales::amax(&record.stats, m));
+                ev.variant(decisions, &a)?.divergence
+            };
+            tried.push((m.name(), divergence));
+        }
+        let best = tried.iter().fold(&tried[0], |b, t| if t.1 < b.1 { t } else { b });
+        out.push(MethodChoice { tensor: tensor.clone(), method: best.0.clone(), divergence_by_method: tried.clone() });
+    }
+    Ok(out)
+}
+
+/// Measures every node that the precision file (default lists if empty) puts in INT8, on `dataset`. With
+/// `choose_methods`, also picks each quantized tensor's best scale method.
 #[allow(clippy::too_many_arguments)]
 pub fn sensitivity(
     model_path: &Path,
@@ -141,15 +185,12 @@ pub fn sensitivity(
     method: Method,
     precision: &PrecisionFile,
     threads: usize,
+    choose_methods: bool,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<SensitivityReport, AnalyzeError> {
     let start = std::time::Instant::now();
     let model = Model::load(model_path)?;
-    let amax: HashMap<String, f32> = hist
-        .tensors
-        .iter()
-        .map(|t| (t.name.clone(), scales::amax(&t.stats, if t.producer.is_none() { Method::Max } else { method })))
-        .collect();
+    let amax = crate::activation_amax(hist, method, &Default::default());
     let decisions = decide(&model.proto.graph, precision, "precision")?;
     let input = model.resolve_input(recipe.name.as_deref())?.name.clone();
     let output = model
@@ -188,12 +229,14 @@ pub fn sensitivity(
         progress(i + 1, targets.len());
     }
     nodes.sort_by(|a, b| b.alone_int8.divergence.total_cmp(&a.alone_int8.divergence).then(a.node.cmp(&b.node)));
+    let methods = if choose_methods { method_choices(&ev, &decisions, hist, method, &int8)? } else { Vec::new() };
     Ok(SensitivityReport {
         images: dataset.len(),
         method: method.name(),
         fp32_top1,
         int8,
         nodes,
+        methods,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -229,13 +272,9 @@ pub fn auto_precision(
     threads: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<AutoPrecision, AnalyzeError> {
-    let report = sensitivity(model_path, hist, dataset, recipe, prototypes, method, base, threads, progress)?;
+    let report = sensitivity(model_path, hist, dataset, recipe, prototypes, method, base, threads, false, progress)?;
     let model = Model::load(model_path)?;
-    let amax: HashMap<String, f32> = hist
-        .tensors
-        .iter()
-        .map(|t| (t.name.clone(), scales::amax(&t.stats, if t.producer.is_none() { Method::Max } else { method })))
-        .collect();
+    let amax = crate::activation_amax(hist, method, &Default::default());
     let input = model.resolve_input(recipe.name.as_deref())?.name.clone();
     let output = model.proto.graph.output.first().map(|o| o.name.clone()).unwrap_or_default();
     let batches = BatchStream::new(dataset, recipe, StreamOptions { batch_size: 100, ..Default::default() })

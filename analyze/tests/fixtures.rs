@@ -27,7 +27,13 @@ fn hist(name: &str) -> HistFile {
 }
 
 fn options_for(method: Method, precision: PrecisionFile) -> AnalyzeOptions {
-    AnalyzeOptions { method, precision, precision_origin: "test".into(), trt_version: "10.3.0".into() }
+    AnalyzeOptions {
+        method,
+        precision,
+        precision_origin: "test".into(),
+        trt_version: "10.3.0".into(),
+        per_tensor: Default::default(),
+    }
 }
 
 /// Top-1 on a seeded subset of the validation images.
@@ -178,9 +184,17 @@ fn a_node_planted_with_a_wrong_scale_is_ranked_most_sensitive() {
         Method::Entropy,
         &PrecisionFile::default(),
         0,
+        true,
         &mut |_, _| {},
     )
     .unwrap();
+    // A method was chosen for every quantized tensor but the graph input (always max).
+    let a = analyze(&model(name), &h, &options_for(Method::Entropy, PrecisionFile::default())).unwrap();
+    let quantized = a.ranges.tensors.iter().filter(|t| t.quantized && t.op.is_some()).count();
+    assert_eq!(report.methods.len(), quantized);
+    let planted_input = &a.qdq.graph.node.iter().find(|n| n.name == planted).unwrap().input[0];
+    let choice = report.methods.iter().find(|m| planted_input.starts_with(&m.tensor)).unwrap();
+    assert!(choice.divergence_by_method.iter().all(|(_, d)| d.is_finite()), "{choice:?}");
     assert_eq!(
         report.nodes[0].node,
         planted,

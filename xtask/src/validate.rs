@@ -130,7 +130,13 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<Report> {
     let analysis = analyze(
         &args.model,
         &hist,
-        &AnalyzeOptions { method: args.method, precision, precision_origin: origin, trt_version: "10.3.0".into() },
+        &AnalyzeOptions {
+            method: args.method,
+            precision,
+            precision_origin: origin,
+            trt_version: "10.3.0".into(),
+            per_tensor: Default::default(),
+        },
     )?;
     analysis.write(&args.out)?;
     let calibration_seconds = start.elapsed().as_secs_f64();
