@@ -77,6 +77,33 @@ fn histogram_svg(t: &TensorPlot) -> String {
     )
 }
 
+fn sensitivity_svg(rows: &[crate::SensitivityRow]) -> String {
+    let (w, row_h) = (720.0, 16.0);
+    let h = row_h * rows.len() as f64 + 20.0;
+    let max_log = rows.iter().map(|r| (1.0 + r.divergence * 1e4).ln()).fold(1e-9f64, f64::max);
+    let mut svg = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"sensitivity ranking\">");
+    for (i, r) in rows.iter().enumerate() {
+        let y = 4.0 + row_h * i as f64;
+        let len = 300.0 * (1.0 + r.divergence * 1e4).ln() / max_log;
+        let color = if r.int8 { "#47a" } else { "#aaa" };
+        svg.push_str(&format!(
+            "<text x=\"0\" y=\"{}\" font-size=\"10\">{}</text><rect x=\"260\" y=\"{y}\" width=\"{len:.1}\" height=\"7\" fill=\"{color}\"><title>{} ({}): divergence {:.3e}, {}</title></rect>\
+             <rect x=\"260\" y=\"{}\" width=\"{:.1}\" height=\"4\" fill=\"#e90\"><title>FLOP share {:.1} %</title></rect>",
+            y + 9.0,
+            escape(&r.node.chars().rev().take(40).collect::<String>().chars().rev().collect::<String>()),
+            escape(&r.node),
+            escape(&r.op),
+            r.divergence,
+            if r.int8 { "INT8" } else { "float" },
+            y + 8.0,
+            300.0 * r.flop_share,
+            100.0 * r.flop_share
+        ));
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
 pub fn render_html(report: &Report) -> String {
     let c = &report.comparison;
     let mut page = String::from("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
@@ -157,6 +184,25 @@ pub fn render_html(report: &Report) -> String {
         ));
     }
     page.push_str("</table>");
+
+    if !report.sensitivity.is_empty() {
+        page.push_str("<h2>Sensitivity: nodes ranked by damage when quantized alone</h2>");
+        page.push_str("<p>Bar: output divergence with only this node in INT8 (log scale; blue = INT8 in this model, grey = float). Orange: share of GEMM/Conv FLOPs.</p>");
+        page.push_str(&sensitivity_svg(&report.sensitivity));
+        page.push_str("<table><tr><th>node</th><th>op</th><th>FLOP share</th><th>divergence alone</th><th>Top-1 change alone</th><th>precision</th></tr>");
+        for (i, r) in report.sensitivity.iter().enumerate() {
+            page.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&r.node),
+                escape(&r.op),
+                pct(&format!("sensitivity.{i}.flop_share"), r.flop_share),
+                num(&format!("sensitivity.{i}.divergence"), r.divergence, format!("{:.3e}", r.divergence)),
+                num(&format!("sensitivity.{i}.top1_delta_pp"), r.top1_delta_pp, format!("{:+.2} pp", r.top1_delta_pp)),
+                if r.int8 { "INT8" } else { "float" }
+            ));
+        }
+        page.push_str("</table>");
+    }
 
     page.push_str("<h2>Quantized tensors: ranges and |x| histograms</h2><p>Log-scale counts; the red line is the chosen amax.</p>");
     page.push_str("<table><tr><th>tensor</th><th>amax</th><th>max |x|</th><th>clipped</th></tr>");

@@ -69,6 +69,20 @@ pub struct TensorPlot {
     pub counts: Vec<u64>,
 }
 
+/// One node of a sensitivity ranking, as the report shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SensitivityRow {
+    pub node: String,
+    pub op: String,
+    pub flop_share: f64,
+    /// Output divergence when this node alone is INT8.
+    pub divergence: f64,
+    /// Top-1 change when this node alone is INT8, pp.
+    pub top1_delta_pp: f64,
+    /// Whether this report's INT8 model runs the node in INT8.
+    pub int8: bool,
+}
+
 /// `report.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -91,6 +105,9 @@ pub struct Report {
     pub criteria: Vec<Criterion>,
     pub passed: bool,
     pub tensors: Vec<TensorPlot>,
+    /// Sensitivity ranking, most damaging first (from `validate --sensitivity`); empty otherwise.
+    #[serde(default)]
+    pub sensitivity: Vec<SensitivityRow>,
 }
 
 impl Report {

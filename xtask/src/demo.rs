@@ -34,6 +34,7 @@ pub fn run(quiet: bool, methods: &[Method]) -> anyhow::Result<()> {
                 zero_shot: zero_shot.then(|| root.join("fixtures/models/fmnist_clip_text_prototypes.npy")),
                 max_top1_drop: Some(0.5),
                 baseline: None,
+                sensitivity: None,
                 engine: Engine::OrtCpu,
                 classes: None,
                 limit_calib: None,

@@ -48,6 +48,9 @@ pub struct ValidateArgs {
     /// Gate: INT8 Top-1 may be at most this many percentage points below FP32.
     #[arg(long, value_name = "PP", allow_hyphen_values = true)]
     pub max_top1_drop: Option<f64>,
+    /// Add this sensitivity ranking (sensitivity.json or autoprecision.json from `analyze`) to report.html.
+    #[arg(long, value_name = "S.json")]
+    pub sensitivity: Option<PathBuf>,
     /// Gate: INT8 Top-1 must not fall below this earlier report's INT8 Top-1 by more than --max-top1-drop.
     #[arg(long, value_name = "report.json")]
     pub baseline: Option<PathBuf>,
@@ -211,6 +214,10 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<Report> {
             }
         })
         .collect();
+    let sensitivity = match &args.sensitivity {
+        Some(p) => sensitivity_rows(p, &analysis.ranges.nodes)?,
+        None => Vec::new(),
+    };
     let report = Report {
         format: reports::REPORT_FORMAT.into(),
         version: reports::REPORT_VERSION,
@@ -236,6 +243,7 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<Report> {
         comparison,
         criteria,
         tensors,
+        sensitivity,
     };
     report.write_all(&args.out)?;
     Ok(report)
@@ -271,4 +279,34 @@ pub fn conclude(report: &Report, out: &std::path::Path) -> u8 {
         );
         1
     }
+}
+
+/// The ranking of a sensitivity.json (or of the report inside an autoprecision.json), marked with this
+/// model's precision.
+fn sensitivity_rows(
+    path: &std::path::Path,
+    nodes: &[analyze::NodeReport],
+) -> anyhow::Result<Vec<reports::SensitivityRow>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let ranked = json
+        .get("nodes")
+        .or_else(|| json.get("sensitivity").and_then(|s| s.get("nodes")))
+        .and_then(|n| n.as_array())
+        .with_context(|| format!("{} has no sensitivity ranking (nodes)", path.display()))?;
+    ranked
+        .iter()
+        .map(|n| {
+            let node = n["node"].as_str().context("a ranked node has no name")?.to_string();
+            Ok(reports::SensitivityRow {
+                int8: nodes.iter().any(|d| d.decision.node == node && d.decision.int8),
+                op: n["op"].as_str().unwrap_or_default().to_string(),
+                flop_share: n["flop_share"].as_f64().unwrap_or(0.0),
+                divergence: n["alone_int8"]["divergence"].as_f64().unwrap_or(0.0),
+                top1_delta_pp: n["alone_int8"]["top1_delta_pp"].as_f64().unwrap_or(0.0),
+                node,
+            })
+        })
+        .collect()
 }

@@ -37,7 +37,18 @@ fn json(path: &Path) -> serde_json::Value {
 fn gate_exit_codes_schema_and_html_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let ok = dir.path().join("ok");
-    let (code, text) = validate("fmnist_resnet_opset13.onnx", &ok, &["--max-top1-drop", "1.0"]);
+    // A sensitivity ranking as `analyze sensitivity` writes it, for the report's chart.
+    let sens = dir.path().join("sensitivity.json");
+    let ranking = serde_json::json!({"nodes": [
+        {"node": "/head/Gemm", "op": "Gemm", "flop_share": 0.01, "alone_int8": {"divergence": 0.0125, "top1_delta_pp": -0.4}},
+        {"node": "not-in-model", "op": "Conv", "flop_share": 0.2, "alone_int8": {"divergence": 0.001, "top1_delta_pp": 0.0}}
+    ]});
+    std::fs::write(&sens, ranking.to_string()).unwrap();
+    let (code, text) = validate(
+        "fmnist_resnet_opset13.onnx",
+        &ok,
+        &["--max-top1-drop", "1.0", "--sensitivity", sens.to_str().unwrap()],
+    );
     assert_eq!(code, 0, "{text}");
 
     // Schema of report.json.
@@ -72,6 +83,9 @@ fn gate_exit_codes_schema_and_html_numbers() {
         assert_eq!(shown, value.as_f64().unwrap(), "{key}");
     }
     assert!(html.contains("<svg") && !html.contains("<script"), "self-contained SVG page");
+    assert_eq!(report["sensitivity"][0]["divergence"], 0.0125);
+    assert_eq!(report["sensitivity"][1]["int8"], false, "a node the model lacks is not INT8");
+    assert!(html.contains("data-key=\"sensitivity.0.divergence\" data-value=\"0.0125\""), "sensitivity chart missing");
 
     // A budget no model can meet: exit 1, naming the gate and both numbers.
     let (code, text) = validate("fmnist_resnet_opset13.onnx", &dir.path().join("neg"), &["--max-top1-drop", "-1"]);
