@@ -79,7 +79,26 @@ fn softmax(v: &[f32]) -> Vec<f64> {
     e.into_iter().map(|x| x / s).collect()
 }
 
-impl Evaluator<'_> {
+impl<'a> Evaluator<'a> {
+    /// Decodes the evaluation images once and runs the FP32 model over them once.
+    fn new(
+        model: &'a Model,
+        dataset: &Dataset,
+        recipe: &Recipe,
+        prototypes: Option<&'a [Vec<f32>]>,
+        threads: usize,
+    ) -> Result<Evaluator<'a>, AnalyzeError> {
+        let input = model.resolve_input(recipe.name.as_deref())?.name.clone();
+        let no_output = || AnalyzeError::Model { path: model.path.clone(), message: "the model has no output".into() };
+        let output = model.proto.graph.output.first().ok_or_else(no_output)?.name.clone();
+        let batches = BatchStream::new(dataset, recipe, StreamOptions { batch_size: 100, ..Default::default() })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| AnalyzeError::Model { path: dataset.root.clone(), message: e.to_string() })?;
+        let mut ev = Evaluator { model, batches, fp32: Vec::new(), input, output, prototypes, threads };
+        ev.fp32 = ev.outputs(&model.to_bytes()?)?;
+        Ok(ev)
+    }
+
     fn outputs(&self, bytes: &[u8]) -> Result<Vec<Vec<f32>>, AnalyzeError> {
         let label = self.model.path.display().to_string();
         let mut cfg = runtime::SessionConfig::new(&label);
@@ -190,27 +209,28 @@ pub fn sensitivity(
 ) -> Result<SensitivityReport, AnalyzeError> {
     let start = std::time::Instant::now();
     let model = Model::load(model_path)?;
+    let ev = Evaluator::new(&model, dataset, recipe, prototypes, threads)?;
+    measure_nodes(&ev, hist, recipe, method, precision, choose_methods, progress, start)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure_nodes(
+    ev: &Evaluator,
+    hist: &HistFile,
+    recipe: &Recipe,
+    method: Method,
+    precision: &PrecisionFile,
+    choose_methods: bool,
+    progress: &mut dyn FnMut(usize, usize),
+    start: std::time::Instant,
+) -> Result<SensitivityReport, AnalyzeError> {
+    let model = ev.model;
     let amax = crate::activation_amax(hist, method, &Default::default());
     let decisions = decide(&model.proto.graph, precision, "precision")?;
-    let input = model.resolve_input(recipe.name.as_deref())?.name.clone();
-    let output = model
-        .proto
-        .graph
-        .output
-        .first()
-        .ok_or_else(|| AnalyzeError::Model { path: model_path.into(), message: "the model has no output".into() })?
-        .name
-        .clone();
-    let batches = BatchStream::new(dataset, recipe, StreamOptions { batch_size: 100, ..Default::default() })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| AnalyzeError::Model { path: dataset.root.clone(), message: e.to_string() })?;
-    let mut ev =
-        Evaluator { model: &model, batches, fp32: Vec::new(), input: input.clone(), output, prototypes, threads };
-    ev.fp32 = ev.outputs(&model.to_bytes()?)?;
     let fp32_top1 = ev.effect(&ev.fp32).top1;
     let int8 = ev.variant(&decisions, &amax)?;
 
-    let flops = crate::flops::gemm_flops(&model, recipe, &input)?;
+    let flops = crate::flops::gemm_flops(model, recipe, &ev.input)?;
     let total_flops: f64 = flops.values().sum();
     let targets: Vec<&Decision> = decisions.iter().filter(|d| d.int8).collect();
     let mut nodes = Vec::new();
@@ -229,9 +249,9 @@ pub fn sensitivity(
         progress(i + 1, targets.len());
     }
     nodes.sort_by(|a, b| b.alone_int8.divergence.total_cmp(&a.alone_int8.divergence).then(a.node.cmp(&b.node)));
-    let methods = if choose_methods { method_choices(&ev, &decisions, hist, method, &int8)? } else { Vec::new() };
+    let methods = if choose_methods { method_choices(ev, &decisions, hist, method, &int8)? } else { Vec::new() };
     Ok(SensitivityReport {
-        images: dataset.len(),
+        images: ev.batches.iter().map(|b| b.items.len()).sum(),
         method: method.name(),
         fp32_top1,
         int8,
@@ -272,16 +292,11 @@ pub fn auto_precision(
     threads: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<AutoPrecision, AnalyzeError> {
-    let report = sensitivity(model_path, hist, dataset, recipe, prototypes, method, base, threads, false, progress)?;
+    let start = std::time::Instant::now();
     let model = Model::load(model_path)?;
+    let ev = Evaluator::new(&model, dataset, recipe, prototypes, threads)?;
+    let report = measure_nodes(&ev, hist, recipe, method, base, false, progress, start)?;
     let amax = crate::activation_amax(hist, method, &Default::default());
-    let input = model.resolve_input(recipe.name.as_deref())?.name.clone();
-    let output = model.proto.graph.output.first().map(|o| o.name.clone()).unwrap_or_default();
-    let batches = BatchStream::new(dataset, recipe, StreamOptions { batch_size: 100, ..Default::default() })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| AnalyzeError::Model { path: dataset.root.clone(), message: e.to_string() })?;
-    let mut ev = Evaluator { model: &model, batches, fp32: Vec::new(), input, output, prototypes, threads };
-    ev.fp32 = ev.outputs(&model.to_bytes()?)?;
 
     let mut order: Vec<&NodeSensitivity> = report.nodes.iter().collect();
     let damage_per_flop = |n: &NodeSensitivity| n.alone_int8.divergence / n.flop_share.max(1e-9);
