@@ -99,7 +99,14 @@ struct SensitivityArgs {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    init_logging(args.quiet);
+    // A subcommand's own --quiet counts too.
+    let quiet = args.quiet
+        || match &args.command {
+            Some(Sub::Sensitivity(s)) => s.quiet,
+            Some(Sub::Autoprecision { common, .. }) => common.quiet,
+            None => false,
+        };
+    init_logging(quiet);
     if let Some(Sub::Autoprecision { common, max_top1_drop }) = &args.command {
         return match run_autoprecision(common, *max_top1_drop) {
             Ok(true) => std::process::ExitCode::SUCCESS,
@@ -160,18 +167,28 @@ fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `sensitivity` and `autoprecision` read: the .hist, the recipe, the INT8 configuration's precision
+/// file and the zero-shot prototypes.
+type Inputs = (HistFile, datasets::Recipe, PrecisionFile, Option<Vec<Vec<f32>>>);
+
+impl SensitivityArgs {
+    fn inputs(&self) -> anyhow::Result<Inputs> {
+        let hist = HistFile::read(&self.hist).with_context(|| format!("reading {}", self.hist.display()))?;
+        let recipe = self.recipe.load().context("loading the preprocessing recipe")?;
+        let precision = match &self.precision {
+            Some(p) => PrecisionFile::load(p)?,
+            None => PrecisionFile::default(),
+        };
+        let prototypes = match &self.zero_shot {
+            Some(p) => Some(analyze::evaluate::load_prototypes(p)?),
+            None => None,
+        };
+        Ok((hist, recipe, precision, prototypes))
+    }
+}
+
 fn run_sensitivity(args: &SensitivityArgs) -> anyhow::Result<()> {
-    init_logging(args.quiet);
-    let hist = HistFile::read(&args.hist).with_context(|| format!("reading {}", args.hist.display()))?;
-    let recipe = args.recipe.load().context("loading the preprocessing recipe")?;
-    let precision = match &args.precision {
-        Some(p) => PrecisionFile::load(p)?,
-        None => PrecisionFile::default(),
-    };
-    let prototypes = match &args.zero_shot {
-        Some(p) => Some(analyze::evaluate::load_prototypes(p)?),
-        None => None,
-    };
+    let (hist, recipe, precision, prototypes) = args.inputs()?;
     let val = datasets::Dataset::labelled(&args.val, args.classes.as_deref())?.limit(args.limit, 0);
     let bar = calibrate::cli::progress_bar(0, "nodes", args.quiet);
     bar.set_prefix("sensitivity");
@@ -246,17 +263,7 @@ fn run_sensitivity(args: &SensitivityArgs) -> anyhow::Result<()> {
 
 /// Returns whether the budget was met (search subset and full verification).
 fn run_autoprecision(args: &SensitivityArgs, max_top1_drop: f64) -> anyhow::Result<bool> {
-    init_logging(args.quiet);
-    let hist = HistFile::read(&args.hist).with_context(|| format!("reading {}", args.hist.display()))?;
-    let recipe = args.recipe.load().context("loading the preprocessing recipe")?;
-    let base = match &args.precision {
-        Some(p) => PrecisionFile::load(p)?,
-        None => PrecisionFile::default(),
-    };
-    let prototypes = match &args.zero_shot {
-        Some(p) => Some(analyze::evaluate::load_prototypes(p)?),
-        None => None,
-    };
+    let (hist, recipe, base, prototypes) = args.inputs()?;
     let full = datasets::Dataset::labelled(&args.val, args.classes.as_deref())?;
     let subset = full.clone().limit(args.limit, 0);
     let bar = calibrate::cli::progress_bar(0, "nodes", args.quiet);
