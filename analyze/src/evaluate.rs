@@ -204,6 +204,89 @@ impl Tally {
     }
 }
 
+/// How close the INT8 outputs are to the FP32 ones, accumulated image by image.
+#[derive(Default)]
+struct OutputFidelity {
+    images: u64,
+    agree: u64,
+    cos_sum: f64,
+    signal: f64,
+    noise: f64,
+}
+
+impl OutputFidelity {
+    /// One image: both output rows and the class each model predicts.
+    fn add(&mut self, ra: &[f32], rb: &[f32], pa: usize, pb: usize) {
+        self.agree += (pa == pb) as u64;
+        let dot: f64 = ra.iter().zip(rb).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let sa: f64 = ra.iter().map(|x| (*x as f64).powi(2)).sum();
+        let sb: f64 = rb.iter().map(|x| (*x as f64).powi(2)).sum();
+        let (na, nb) = (sa.sqrt(), sb.sqrt());
+        self.cos_sum += if na > 0.0 && nb > 0.0 { dot / (na * nb) } else { (na == nb) as u8 as f64 };
+        self.signal += sa;
+        self.noise += ra.iter().zip(rb).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>();
+        self.images += 1;
+    }
+
+    fn finish(&self) -> Fidelity {
+        let n = self.images.max(1) as f64;
+        Fidelity {
+            images: self.images,
+            agreement: self.agree as f64 / n,
+            cosine_mean: self.cos_sum / n,
+            sqnr_db: if self.noise > 0.0 { 10.0 * (self.signal / self.noise).log10() } else { f64::INFINITY },
+        }
+    }
+}
+
+/// Output fidelity of INT8 against FP32 on the same images (labels not needed).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Fidelity {
+    pub images: u64,
+    /// Share of images whose output argmax is the same.
+    pub agreement: f64,
+    /// Mean per-image cosine similarity of the output rows.
+    pub cosine_mean: f64,
+    /// Signal-to-quantization-noise ratio over all outputs, in dB.
+    pub sqnr_db: f64,
+}
+
+/// Both models' output rows for one batch, checked to have the same size.
+fn batch_rows(
+    fp32: &mut dyn BatchModel,
+    int8: &mut dyn BatchModel,
+    batch: &datasets::Batch,
+    root: &Path,
+) -> Result<(Vec<f32>, Vec<f32>, usize), AnalyzeError> {
+    let (a, b) = (fp32.run(batch)?, int8.run(batch)?);
+    let width = a.len() / batch.items.len().max(1);
+    if width == 0 || b.len() != a.len() {
+        return Err(AnalyzeError::Model {
+            path: root.to_path_buf(),
+            message: format!("outputs differ in size: FP32 {} values, INT8 {}", a.len(), b.len()),
+        });
+    }
+    Ok((a, b, width))
+}
+
+/// Runs both models over the same (unlabelled) images and measures how far INT8 is from FP32.
+pub fn fidelity(
+    fp32: &mut dyn BatchModel,
+    int8: &mut dyn BatchModel,
+    dataset: &Dataset,
+    recipe: &Recipe,
+) -> Result<Fidelity, AnalyzeError> {
+    let mut acc = OutputFidelity::default();
+    for batch in BatchStream::new(dataset, recipe, StreamOptions { batch_size: 64, ..Default::default() }) {
+        let batch = batch.map_err(|e| AnalyzeError::Model { path: dataset.root.clone(), message: e.to_string() })?;
+        let (a, b, width) = batch_rows(fp32, int8, &batch, &dataset.root)?;
+        for (ra, rb) in a.chunks(width).zip(b.chunks(width)) {
+            acc.add(ra, rb, argmax(ra), argmax(rb));
+        }
+    }
+    Ok(acc.finish())
+}
+
 /// Runs both models over the same labelled batches and compares them.
 pub fn compare(
     fp32: &mut dyn BatchModel,
@@ -214,44 +297,70 @@ pub fn compare(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Comparison, AnalyzeError> {
     let (mut t32, mut t8) = (Tally::default(), Tally::default());
-    let (mut n, mut agree, mut cos_sum) = (0u64, 0u64, 0f64);
-    let (mut signal, mut noise) = (0f64, 0f64);
+    let mut acc = OutputFidelity::default();
     let total = dataset.len() as u64;
     for batch in BatchStream::new(dataset, recipe, StreamOptions { batch_size: 64, ..Default::default() }) {
         let batch = batch.map_err(|e| AnalyzeError::Model { path: dataset.root.clone(), message: e.to_string() })?;
-        let (a, b) = (fp32.run(&batch)?, int8.run(&batch)?);
-        let width = a.len() / batch.items.len().max(1);
-        if width == 0 || b.len() != a.len() {
-            return Err(AnalyzeError::Model {
-                path: dataset.root.clone(),
-                message: format!("outputs differ in size: FP32 {} values, INT8 {}", a.len(), b.len()),
-            });
-        }
+        let (a, b, width) = batch_rows(fp32, int8, &batch, &dataset.root)?;
         for ((ra, rb), item) in a.chunks(width).zip(b.chunks(width)).zip(&batch.items) {
             let Some(label) = item.label else {
                 return Err(AnalyzeError::Model { path: item.path.clone(), message: "image has no label".into() });
             };
             let (pa, pb) = (t32.add(&scores(ra, prototypes), label), t8.add(&scores(rb, prototypes), label));
-            agree += (pa == pb) as u64;
-            let dot: f64 = ra.iter().zip(rb).map(|(x, y)| *x as f64 * *y as f64).sum();
-            let na: f64 = ra.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-            let nb: f64 = rb.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-            cos_sum += if na > 0.0 && nb > 0.0 { dot / (na * nb) } else { (na == nb) as u8 as f64 };
-            signal += ra.iter().map(|x| (*x as f64).powi(2)).sum::<f64>();
-            noise += ra.iter().zip(rb).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>();
-            n += 1;
+            acc.add(ra, rb, pa, pb);
         }
-        progress(n, total);
+        progress(acc.images, total);
     }
     let classes = dataset.classes.len();
+    let (n, f) = (acc.images, acc.finish());
     Ok(Comparison {
         images: n,
         fp32: t32.metrics(n, fp32.seconds(), classes),
         int8: t8.metrics(n, int8.seconds(), classes),
-        agreement: agree as f64 / n.max(1) as f64,
-        cosine_mean: cos_sum / n.max(1) as f64,
-        sqnr_db: if noise > 0.0 { 10.0 * (signal / noise).log10() } else { f64::INFINITY },
+        agreement: f.agreement,
+        cosine_mean: f.cosine_mean,
+        sqnr_db: f.sqnr_db,
     })
+}
+
+/// A [`BatchModel`] that records another's outputs, so that a reference model runs once for many comparisons.
+pub struct Recorded {
+    rows: Vec<Vec<f32>>,
+    next: usize,
+    seconds: f64,
+}
+
+impl Recorded {
+    /// Runs `model` over `dataset` in the batches `compare`/`fidelity` use and keeps every batch's rows.
+    pub fn record(model: &mut dyn BatchModel, dataset: &Dataset, recipe: &Recipe) -> Result<Recorded, AnalyzeError> {
+        let mut rows = Vec::new();
+        for batch in BatchStream::new(dataset, recipe, StreamOptions { batch_size: 64, ..Default::default() }) {
+            let batch =
+                batch.map_err(|e| AnalyzeError::Model { path: dataset.root.clone(), message: e.to_string() })?;
+            rows.push(model.run(&batch)?);
+        }
+        Ok(Recorded { rows, next: 0, seconds: model.seconds() })
+    }
+
+    /// Starts the replay from the first batch again.
+    pub fn rewind(&mut self) {
+        self.next = 0;
+    }
+}
+
+impl BatchModel for Recorded {
+    fn run(&mut self, _batch: &datasets::Batch) -> Result<Vec<f32>, AnalyzeError> {
+        let rows = self.rows.get(self.next).cloned().ok_or_else(|| AnalyzeError::Model {
+            path: "recorded outputs".into(),
+            message: format!("replayed past the {} recorded batches", self.rows.len()),
+        })?;
+        self.next += 1;
+        Ok(rows)
+    }
+
+    fn seconds(&self) -> f64 {
+        self.seconds
+    }
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ impl Default for CalibrateOptions {
             limit: None,
             seed: 0,
             on_bad_image: OnBadImage::Fail,
-            selection: Selection::All,
+            selection: Selection::default(),
         }
     }
 }
@@ -144,11 +144,14 @@ impl TappedModel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Selection {
-    /// Every float activation: any precision list can be applied later without recalibrating.
-    #[default]
+    /// Every float activation: any precision list can be applied later without recalibrating. Slow and
+    /// memory-hungry on transformers: ONNX Runtime loses its fusions and every intermediate tensor of a
+    /// batch is materialised (246 MB per 224x224 image on a ViT-S/14; see BENCHMARKS.md).
     All,
     /// Only what the default precision lists quantize: inputs of Conv/ConvTranspose/Gemm and of MatMuls
-    /// with a constant weight, plus the fed inputs and the model outputs. Much faster on transformers (ONNX Runtime keeps its fusions).
+    /// with a constant weight, plus the fed inputs and the model outputs. The default: about as fast as a
+    /// plain FP32 pass, and what the other calibrators collect too.
+    #[default]
     Quantizable,
 }
 

@@ -66,7 +66,7 @@ pub struct HistFile {
     pub onnxruntime: String,
     pub histogram: HistogramInfo,
     /// Which activations were collected (`all` or `quantizable`); absent in older files means `all`.
-    #[serde(default)]
+    #[serde(default = "collected_in_older_files")]
     pub collected: crate::Selection,
     /// Activations in graph order.
     pub tensors: Vec<TensorRecord>,
@@ -108,4 +108,9 @@ impl HistFile {
     pub fn tensor(&self, name: &str) -> Option<&TensorRecord> {
         self.tensors.iter().find(|t| t.name == name)
     }
+}
+
+/// Files written before `collected` existed held every activation.
+fn collected_in_older_files() -> crate::Selection {
+    crate::Selection::All
 }

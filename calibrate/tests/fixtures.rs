@@ -22,7 +22,13 @@ fn calib() -> PathBuf {
 }
 
 fn run(model_name: &str, limit: usize, batch_size: usize, threads: usize) -> HistFile {
-    let options = CalibrateOptions { batch_size, threads, limit: Some(limit), ..Default::default() };
+    let options = CalibrateOptions {
+        batch_size,
+        threads,
+        limit: Some(limit),
+        selection: calibrate::Selection::All,
+        ..Default::default()
+    };
     calibrate(&model(model_name), &calib(), &recipe(), &options, &mut |_, _| {}).unwrap().0
 }
 

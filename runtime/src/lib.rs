@@ -107,15 +107,17 @@ fn loaded() -> Result<&'static Loaded, RuntimeError> {
     result.as_ref().map_err(|message| RuntimeError::Load { path, message: message.clone() })
 }
 
-/// The loaded library's version (from its build string, e.g. "1.32.0"), loading it if needed.
+/// The loaded library's version (e.g. "1.32.0"): from its build string's release branch, else from its file
+/// name (`libonnxruntime.so.1.32.0`, as the PyPI wheels ship it), else the whole build string.
 pub fn version() -> Result<String, RuntimeError> {
-    loaded()?;
+    let lib = loaded()?;
     let info = ort::info();
-    Ok(info
+    let from_branch = info
         .split(|c: char| c == ',' || c.is_whitespace())
-        .find_map(|part| part.strip_prefix("git-branch=rel-"))
-        .unwrap_or(info)
-        .to_string())
+        .find_map(|part| part.strip_prefix("git-branch=rel-"));
+    let file = lib.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let from_file = file.split_once(".so.").map(|(_, v)| v).filter(|v| v.starts_with(|c: char| c.is_ascii_digit()));
+    Ok(from_branch.or(from_file).unwrap_or(info).to_string())
 }
 
 /// Loads ONNX Runtime once per process and returns the path it came from.

@@ -47,11 +47,18 @@ pub struct ChildArgs {
     recipe: PathBuf,
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
+    /// Instead of timing a plain pass, write the preprocessed images as raw little-endian float32 (NCHW) for
+    /// the peer, so that both tools see exactly the same tensors.
+    #[arg(long)]
+    dump_raw: Option<PathBuf>,
 }
 
 /// A plain FP32 pass: the same images, decoded the same way, through the unmodified model with all threads.
 pub fn child(args: ChildArgs) -> anyhow::Result<()> {
     let recipe = Recipe::load(&args.recipe)?;
+    if let Some(path) = &args.dump_raw {
+        return dump_raw(&args, &recipe, path);
+    }
     let model = graph::Model::load(&args.model)?;
     let input = model.resolve_input(recipe.name.as_deref())?.name.clone();
     let outputs: Vec<String> = model.proto.graph.output.iter().map(|o| o.name.clone()).collect();
@@ -71,44 +78,153 @@ pub fn child(args: ChildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
-struct Measure {
-    wall_s: f64,
-    peak_rss_mb: f64,
+fn dump_raw(args: &ChildArgs, recipe: &Recipe, path: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dataset = Dataset::flat(&args.images)?;
+    let tmp = path.with_extension("tmp");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("{}", tmp.display()))?);
+    for batch in BatchStream::new(&dataset, recipe, StreamOptions { batch_size: args.batch_size, ..Default::default() })
+    {
+        for v in batch?.data {
+            out.write_all(&v.to_le_bytes())?;
+        }
+    }
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
 
-/// Runs a command to completion and measures its wall time and peak RSS (from wait4's rusage).
-fn measure(cmd: &mut Command) -> anyhow::Result<Measure> {
+/// One measured process: wall time, peak RSS of its whole process tree, and how it ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub wall_s: f64,
+    pub peak_rss_mb: f64,
+    /// "ok", "failed (...)" with the last line it printed, or "out of memory" when stopped at the cap.
+    pub outcome: String,
+}
+
+impl Run {
+    /// Errors unless the process finished normally.
+    pub fn ok(self) -> anyhow::Result<Run> {
+        if self.outcome != "ok" {
+            bail!("a benchmarked process {}", self.outcome);
+        }
+        Ok(self)
+    }
+
+    /// Two steps run one after the other: times add, the peak is the larger.
+    pub fn combined(a: &Run, b: &Run) -> Run {
+        Run { wall_s: a.wall_s + b.wall_s, peak_rss_mb: a.peak_rss_mb.max(b.peak_rss_mb), outcome: "ok".into() }
+    }
+
+    pub fn summary(&self) -> String {
+        format!("{} in {:.1} s, peak RSS {:.0} MB", self.outcome, self.wall_s, self.peak_rss_mb)
+    }
+}
+
+/// The median wall time, and the largest peak RSS, of repeated runs.
+pub fn median_run(mut v: Vec<Run>) -> Run {
+    v.sort_by(|a, b| a.wall_s.total_cmp(&b.wall_s));
+    let rss = v.iter().map(|m| m.peak_rss_mb).fold(0.0, f64::max);
+    let mid = v.swap_remove(v.len() / 2);
+    Run { peak_rss_mb: rss, ..mid }
+}
+
+/// Resident memory of a process and all its descendants, in MB, from /proc.
+fn tree_rss_mb(pid: i32) -> f64 {
+    let mut parent = std::collections::HashMap::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            // /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after the last ')'.
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+            let ppid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<i32>().ok());
+            if let Some(pp) = ppid {
+                parent.insert(p, pp);
+            }
+        }
+    }
+    let page_kb = 4.0; // statm counts pages; x86-64 Linux pages are 4 KiB
+    let mut total = 0.0;
+    for (&p, _) in parent.iter() {
+        let mut q = p;
+        let mut is_descendant = q == pid;
+        while !is_descendant {
+            match parent.get(&q) {
+                Some(&pp) if pp > 1 => {
+                    is_descendant = pp == pid;
+                    q = pp;
+                }
+                _ => break,
+            }
+        }
+        if is_descendant {
+            if let Ok(statm) = std::fs::read_to_string(format!("/proc/{p}/statm")) {
+                let pages: f64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+                total += pages * page_kb / 1024.0;
+            }
+        }
+    }
+    total
+}
+
+/// Runs a command to completion, its output into `log`, sampling its process tree's RSS every 50 ms;
+/// with `cap_mb`, a tree that grows past it is killed and recorded as out of memory.
+pub fn measure_tree(cmd: &mut Command, log: &Path, cap_mb: Option<f64>) -> anyhow::Result<Run> {
+    use std::os::unix::process::CommandExt;
+    let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    cmd.stdout(file.try_clone()?).stderr(file).process_group(0);
     let start = Instant::now();
     let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
     let pid = child.id() as libc::pid_t;
+    let (mut sampled, mut killed) = (0f64, false);
     let mut status = 0;
     // SAFETY: rusage is plain old data; wait4 fills it for our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    loop {
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid {
+            break;
+        }
+        if r < 0 {
+            bail!("wait4 failed for {cmd:?}");
+        }
+        sampled = sampled.max(tree_rss_mb(pid));
+        if cap_mb.is_some_and(|cap| sampled > cap) && !killed {
+            // SAFETY: signalling the process group we created for this child.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            killed = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let wall_s = start.elapsed().as_secs_f64();
-    if r != pid {
-        bail!("wait4 failed for {cmd:?}");
-    }
-    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("{cmd:?} failed (status {status})");
-    }
-    Ok(Measure { wall_s, peak_rss_mb: usage.ru_maxrss as f64 / 1024.0 })
+    let peak_rss_mb = sampled.max(usage.ru_maxrss as f64 / 1024.0);
+    let outcome = if killed {
+        format!("out of memory (stopped at {:.1} GB, the machine's available memory)", cap_mb.unwrap_or(0.0) / 1024.0)
+    } else if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        "ok".to_string()
+    } else {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+        let how = if libc::WIFSIGNALED(status) {
+            format!("killed by signal {}", libc::WTERMSIG(status))
+        } else {
+            format!("exit {}", libc::WEXITSTATUS(status))
+        };
+        format!("crashed ({how}: {})", last.chars().take(200).collect::<String>())
+    };
+    Ok(Run { wall_s, peak_rss_mb, outcome })
 }
 
-fn median(mut v: Vec<Measure>) -> Measure {
-    v.sort_by(|a, b| a.wall_s.total_cmp(&b.wall_s));
-    let wall = v[v.len() / 2].wall_s;
-    let rss = v.iter().map(|m| m.peak_rss_mb).fold(0.0, f64::max);
-    Measure { wall_s: wall, peak_rss_mb: rss }
-}
-
-fn build_release_binaries() -> anyhow::Result<PathBuf> {
+pub fn build_release_binaries(packages: &[&str]) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status =
-        Command::new(cargo).args(["build", "--release", "--quiet", "-p", "calibrate"]).current_dir(root()).status()?;
-    if !status.success() {
-        bail!("building the calibrate binary failed");
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--release", "--quiet"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    if !cmd.current_dir(root()).status()?.success() {
+        bail!("building {} failed", packages.join(", "));
     }
     Ok(root().join("target/release"))
 }
@@ -121,7 +237,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
 }
 
 fn bench_calibrate(model: &Path, repeat: usize) -> anyhow::Result<()> {
-    let bin = build_release_binaries()?;
+    let bin = build_release_binaries(&["calibrate"])?;
     let root = root();
     let model = root.join(model);
     let images = root.join("fixtures/fmnist/calib");
@@ -131,27 +247,36 @@ fn bench_calibrate(model: &Path, repeat: usize) -> anyhow::Result<()> {
     let hist = out_dir.join("bench.hist");
     let me = std::env::current_exe()?;
     // The calibrate binary on the bench workload, with extra flags.
+    let log = out_dir.join("bench.log");
     let calibrate_run = |extra: &[&str]| {
-        measure(
+        measure_tree(
             Command::new(bin.join("calibrate"))
                 .args(["--model".as_ref(), model.as_os_str()])
                 .args(["--images".as_ref(), images.as_os_str()])
                 .args(["--recipe".as_ref(), recipe.as_os_str()])
                 .args(["--out".as_ref(), hist.as_os_str(), "--quiet".as_ref()])
                 .args(extra),
-        )
+            &log,
+            None,
+        )?
+        .ok()
     };
     let (mut ours, mut limit, mut fast) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..repeat {
         // Interleaved, so that machine noise hits both alike.
-        limit.push(measure(
-            Command::new(&me)
-                .arg("bench-child")
-                .args(["--model".as_ref(), model.as_os_str()])
-                .args(["--images".as_ref(), images.as_os_str()])
-                .args(["--recipe".as_ref(), recipe.as_os_str()]),
-        )?);
-        ours.push(calibrate_run(&[])?);
+        limit.push(
+            measure_tree(
+                Command::new(&me)
+                    .arg("bench-child")
+                    .args(["--model".as_ref(), model.as_os_str()])
+                    .args(["--images".as_ref(), images.as_os_str()])
+                    .args(["--recipe".as_ref(), recipe.as_os_str()]),
+                &log,
+                None,
+            )?
+            .ok()?,
+        );
+        ours.push(calibrate_run(&["--tensors", "all"])?);
         fast.push(calibrate_run(&["--tensors", "quantizable"])?);
         eprintln!(
             "run {}: plain {:.2} s, calibrate {:.2} s, calibrate --tensors quantizable {:.2} s",
@@ -161,9 +286,9 @@ fn bench_calibrate(model: &Path, repeat: usize) -> anyhow::Result<()> {
             fast[i].wall_s
         );
     }
-    let (ours, limit, fast) = (median(ours), median(limit), median(fast));
+    let (ours, limit, fast) = (median_run(ours), median_run(limit), median_run(fast));
     // Memory must not grow with the number of images: the same run on a quarter of them.
-    let quarter = calibrate_run(&["--limit", "250"])?;
+    let quarter = calibrate_run(&["--tensors", "all", "--limit", "250"])?;
     let images_n = Dataset::flat(&images)?.len() as f64;
     let ratio = ours.wall_s / limit.wall_s;
     println!(
@@ -174,7 +299,12 @@ fn bench_calibrate(model: &Path, repeat: usize) -> anyhow::Result<()> {
     );
     println!("| workload | wall s | images/s | peak RSS MB |");
     println!("|---|---|---|---|");
-    println!("| int8kit calibrate | {:.2} | {:.0} | {:.0} |", ours.wall_s, images_n / ours.wall_s, ours.peak_rss_mb);
+    println!(
+        "| int8kit calibrate --tensors all | {:.2} | {:.0} | {:.0} |",
+        ours.wall_s,
+        images_n / ours.wall_s,
+        ours.peak_rss_mb
+    );
     println!(
         "| plain FP32 ORT pass (limit) | {:.2} | {:.0} | {:.0} |",
         limit.wall_s,
@@ -190,11 +320,11 @@ fn bench_calibrate(model: &Path, repeat: usize) -> anyhow::Result<()> {
         model: &'a str,
         images: f64,
         repeat: usize,
-        calibrate: Measure,
-        plain_pass: Measure,
+        calibrate: Run,
+        plain_pass: Run,
         ratio: f64,
-        calibrate_250_images: Measure,
-        calibrate_quantizable: Measure,
+        calibrate_250_images: Run,
+        calibrate_quantizable: Run,
     }
     let report = Report {
         model: &model.display().to_string(),

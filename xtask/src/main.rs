@@ -3,6 +3,7 @@
 mod bench;
 mod check_report;
 mod demo;
+mod suite;
 mod tensorrt;
 mod validate;
 
@@ -40,10 +41,14 @@ enum Cmd {
     },
     /// Formatting, lints and tests, as CI runs them.
     Ci,
-    /// Benchmarks (speed and memory targets live here, not in tests).
+    /// Benchmarks (speed and memory targets live here, not in tests). Without a subcommand: int8kit against
+    /// a plain FP32 pass and ONNX Runtime's quantize_static, written to BENCHMARKS.md and bench.json.
+    #[command(args_conflicts_with_subcommands = true)]
     Bench {
         #[command(subcommand)]
-        which: bench::Which,
+        which: Option<bench::Which>,
+        #[command(flatten)]
+        suite: suite::SuiteArgs,
     },
     /// Calibrate, analyze, evaluate FP32 and INT8 on a labelled folder, and gate a release.
     /// Exit 0: every criterion holds; 1: a gate failed; 2: bad input or a run error.
@@ -98,9 +103,12 @@ fn run_task(command: Cmd) -> anyhow::Result<()> {
             cargo(&["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"])?;
             test(&[])
         }
-        Cmd::Bench { which } => {
+        Cmd::Bench { which, suite } => {
             setup()?;
-            bench::run(which)
+            match which {
+                Some(which) => bench::run(which),
+                None => suite::run(&suite),
+            }
         }
         Cmd::BenchChild(args) => bench::child(args),
         Cmd::Validate(_) => Ok(()), // handled in run()
