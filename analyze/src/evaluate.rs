@@ -114,8 +114,12 @@ pub trait BatchModel {
 }
 
 /// An ONNX Runtime (CPU) session over a model file, as a [`BatchModel`].
-pub fn ort_model(path: &Path, recipe: &Recipe, threads: usize) -> Result<Box<dyn BatchModel>, AnalyzeError> {
-    Ok(Box::new(Runner::new(path, recipe, threads)?))
+pub fn ort_model(
+    path: &Path,
+    recipe: &Recipe,
+    placement: runtime::Placement,
+) -> Result<Box<dyn BatchModel>, AnalyzeError> {
+    Ok(Box::new(Runner::new(path, recipe, placement)?))
 }
 
 struct Runner {
@@ -127,15 +131,14 @@ struct Runner {
 }
 
 impl Runner {
-    fn new(path: &Path, recipe: &Recipe, threads: usize) -> Result<Runner, AnalyzeError> {
+    fn new(path: &Path, recipe: &Recipe, placement: runtime::Placement) -> Result<Runner, AnalyzeError> {
         let m = graph::Model::load(path)?;
         let no_output = || AnalyzeError::Model { path: path.into(), message: "the model has no output".into() };
         let output = m.proto.graph.output.first().ok_or_else(no_output)?.name.clone();
         let input = m.resolve_input(recipe.name.as_deref())?.name.clone();
         let label = path.display().to_string();
-        let mut cfg = runtime::SessionConfig::new(&label);
+        let mut cfg = runtime::SessionConfig::new(&label).place(placement);
         cfg.external_data_dir = Some(m.dir.clone());
-        cfg.intra_threads = threads;
         // Two sessions take turns: a spinning idle pool of one would steal the cores of the other.
         cfg.spinning = false;
         let session = runtime::session_from_bytes(&m.to_bytes()?, &cfg)?;

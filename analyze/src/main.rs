@@ -91,6 +91,9 @@ struct SensitivityArgs {
     classes: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Where the evaluations run: cpu, or cuda[:N] (ONNX Runtime's CUDA EP, TF32 off; needs onnxruntime-gpu).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    device: runtime::Device,
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     #[arg(long, short)]
@@ -107,6 +110,10 @@ fn main() -> std::process::ExitCode {
             None => false,
         };
     init_logging(quiet);
+    match &args.command {
+        Some(Sub::Sensitivity(s)) | Some(Sub::Autoprecision { common: s, .. }) => runtime::use_device(s.device),
+        None => {}
+    }
     if let Some(Sub::Autoprecision { common, max_top1_drop }) = &args.command {
         return match run_autoprecision(common, *max_top1_drop) {
             Ok(true) => std::process::ExitCode::SUCCESS,
@@ -172,6 +179,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
 type Inputs = (HistFile, datasets::Recipe, PrecisionFile, Option<Vec<Vec<f32>>>);
 
 impl SensitivityArgs {
+    fn placement(&self) -> runtime::Placement {
+        runtime::Placement { threads: self.threads, device: self.device }
+    }
+
     fn inputs(&self) -> anyhow::Result<Inputs> {
         let hist = HistFile::read(&self.hist).with_context(|| format!("reading {}", self.hist.display()))?;
         let recipe = self.recipe.load().context("loading the preprocessing recipe")?;
@@ -200,7 +211,7 @@ fn run_sensitivity(args: &SensitivityArgs) -> anyhow::Result<()> {
         prototypes.as_deref(),
         args.method,
         &precision,
-        args.threads,
+        args.placement(),
         args.choose_methods,
         &mut |done, total| {
             bar.set_length(total as u64);
@@ -277,7 +288,7 @@ fn run_autoprecision(args: &SensitivityArgs, max_top1_drop: f64) -> anyhow::Resu
         args.method,
         &base,
         max_top1_drop,
-        args.threads,
+        args.placement(),
         &mut |done, total| {
             bar.set_length(total as u64);
             bar.set_position(done as u64);
@@ -309,8 +320,8 @@ fn run_autoprecision(args: &SensitivityArgs, max_top1_drop: f64) -> anyhow::Resu
     let analysis = analyze(&args.model, &hist, &options)?;
     analysis.write(&args.out)?;
     // Verification on the whole folder.
-    let mut fp32 = analyze::evaluate::ort_model(&args.model, &recipe, args.threads)?;
-    let mut int8 = analyze::evaluate::ort_model(&args.out.join("model.qdq.onnx"), &recipe, args.threads)?;
+    let mut fp32 = analyze::evaluate::ort_model(&args.model, &recipe, args.placement())?;
+    let mut int8 = analyze::evaluate::ort_model(&args.out.join("model.qdq.onnx"), &recipe, args.placement())?;
     let c = analyze::evaluate::compare(
         fp32.as_mut(),
         int8.as_mut(),

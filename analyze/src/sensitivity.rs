@@ -69,7 +69,7 @@ struct Evaluator<'a> {
     input: String,
     output: String,
     prototypes: Option<&'a [Vec<f32>]>,
-    threads: usize,
+    placement: runtime::Placement,
 }
 
 fn softmax(v: &[f32]) -> Vec<f64> {
@@ -86,7 +86,7 @@ impl<'a> Evaluator<'a> {
         dataset: &Dataset,
         recipe: &Recipe,
         prototypes: Option<&'a [Vec<f32>]>,
-        threads: usize,
+        placement: runtime::Placement,
     ) -> Result<Evaluator<'a>, AnalyzeError> {
         let input = model.resolve_input(recipe.name.as_deref())?.name.clone();
         let no_output = || AnalyzeError::Model { path: model.path.clone(), message: "the model has no output".into() };
@@ -94,16 +94,15 @@ impl<'a> Evaluator<'a> {
         let batches = BatchStream::new(dataset, recipe, StreamOptions { batch_size: 100, ..Default::default() })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| AnalyzeError::Model { path: dataset.root.clone(), message: e.to_string() })?;
-        let mut ev = Evaluator { model, batches, fp32: Vec::new(), input, output, prototypes, threads };
+        let mut ev = Evaluator { model, batches, fp32: Vec::new(), input, output, prototypes, placement };
         ev.fp32 = ev.outputs(&model.to_bytes()?)?;
         Ok(ev)
     }
 
     fn outputs(&self, bytes: &[u8]) -> Result<Vec<Vec<f32>>, AnalyzeError> {
         let label = self.model.path.display().to_string();
-        let mut cfg = runtime::SessionConfig::new(&label);
+        let mut cfg = runtime::SessionConfig::new(&label).place(self.placement);
         cfg.external_data_dir = Some(self.model.dir.clone());
-        cfg.intra_threads = self.threads;
         let mut session = runtime::session_from_bytes(bytes, &cfg)?;
         let out = std::slice::from_ref(&self.output);
         self.batches
@@ -203,13 +202,13 @@ pub fn sensitivity(
     prototypes: Option<&[Vec<f32>]>,
     method: Method,
     precision: &PrecisionFile,
-    threads: usize,
+    placement: runtime::Placement,
     choose_methods: bool,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<SensitivityReport, AnalyzeError> {
     let start = std::time::Instant::now();
     let model = Model::load(model_path)?;
-    let ev = Evaluator::new(&model, dataset, recipe, prototypes, threads)?;
+    let ev = Evaluator::new(&model, dataset, recipe, prototypes, placement)?;
     measure_nodes(&ev, hist, recipe, method, precision, choose_methods, progress, start)
 }
 
@@ -289,12 +288,12 @@ pub fn auto_precision(
     method: Method,
     base: &PrecisionFile,
     max_top1_drop: f64,
-    threads: usize,
+    placement: runtime::Placement,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<AutoPrecision, AnalyzeError> {
     let start = std::time::Instant::now();
     let model = Model::load(model_path)?;
-    let ev = Evaluator::new(&model, dataset, recipe, prototypes, threads)?;
+    let ev = Evaluator::new(&model, dataset, recipe, prototypes, placement)?;
     let report = measure_nodes(&ev, hist, recipe, method, base, false, progress, start)?;
     let amax = crate::activation_amax(hist, method, &Default::default());
 

@@ -154,7 +154,7 @@ fn autoprecision_denies_the_planted_node_and_its_list_round_trips() {
         Method::Entropy,
         &PrecisionFile::default(),
         1.0,
-        0,
+        Default::default(),
         &mut |_, _| {},
     )
     .unwrap();
@@ -183,7 +183,7 @@ fn a_node_planted_with_a_wrong_scale_is_ranked_most_sensitive() {
         None,
         Method::Entropy,
         &PrecisionFile::default(),
-        0,
+        Default::default(),
         true,
         &mut |_, _| {},
     )

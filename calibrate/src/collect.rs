@@ -23,6 +23,8 @@ pub struct CalibrateOptions {
     pub seed: u64,
     pub on_bad_image: OnBadImage,
     pub selection: Selection,
+    /// Where the model runs. With CUDA the activations stay in GPU memory and are reduced there.
+    pub device: runtime::Device,
 }
 
 impl Default for CalibrateOptions {
@@ -34,6 +36,7 @@ impl Default for CalibrateOptions {
             seed: 0,
             on_bad_image: OnBadImage::Fail,
             selection: Selection::default(),
+            device: runtime::Device::Cpu,
         }
     }
 }
@@ -46,6 +49,8 @@ pub struct CalibrationSummary {
     pub tensors: usize,
     /// Floating tensors not collected (not float32, or of unknown type), by name.
     pub not_collected: Vec<String>,
+    /// With a CUDA device: the most GPU memory in use (whole device) seen after a batch, in MB.
+    pub device_memory_peak_mb: Option<f64>,
 }
 
 /// A model copy whose activations are all graph outputs.
@@ -301,6 +306,7 @@ pub fn calibrate(
     cfg.external_data_dir = Some(tapped.model.dir.clone());
     // Other work shares the cores: idle ORT workers must not spin.
     cfg.spinning = false;
+    cfg.device = options.device;
     let mut session = runtime::session_from_bytes(&tapped.model.to_bytes()?, &cfg)?;
     let onnxruntime = runtime::version()?;
 
@@ -319,46 +325,39 @@ pub fn calibrate(
         },
     );
     let mut done = 0u64;
-    // A rendezvous channel: at most two batches of activations exist at once (one being histogrammed, one
-    // being computed), which bounds memory whatever the number of images.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<runtime::OwnedOutput>>(0);
-    let measured_count = outputs.len();
-    let (run_result, measured_stats) = std::thread::scope(|scope| {
-        let histograms = scope.spawn(move || {
-            let mut stats = vec![TensorStats::default(); measured_count];
-            for outs in rx {
-                pool.install(|| {
-                    stats.par_iter_mut().zip(outs.par_iter()).for_each(|(s, o)| {
-                        if let Some(values) = o.as_f32() {
-                            s.add(values);
-                        }
-                    })
-                });
+    let mut device_memory_peak_mb = None;
+    let measured_stats = if options.device.is_cuda() {
+        // Activations stay on the GPU: ONNX Runtime writes them to device memory (IoBinding) and the kernels
+        // of `gpu` reduce them there; only the final statistics come back.
+        let mut gpu = crate::gpu::GpuStats::new(options.device, outputs.len())?;
+        let mut bound = runtime::BoundRun::new(&session, options.device, &outputs, &label)?;
+        for batch in stream.by_ref() {
+            let batch = batch?;
+            if input_slot.is_some() {
+                input_stats.add(&batch.data);
             }
-            stats
-        });
-        let run = (|| -> Result<(), CalibrateError> {
-            for batch in stream.by_ref() {
-                let batch = batch?;
-                if input_slot.is_some() {
-                    input_stats.add(&batch.data);
-                }
-                let outs =
-                    runtime::run_f32_owned(&mut session, &label, &tapped.input, &batch.shape, &batch.data, &outputs)?;
-                if tx.send(outs).is_err() {
-                    break; // the histogram thread died; joining it below reports why
-                }
-                done += batch.items.len() as u64;
+            let tensors = bound.run(&mut session, &tapped.input, &batch.shape, &batch.data)?;
+            gpu.add(&tensors)?;
+            done += batch.items.len() as u64;
+            progress(done, total);
+        }
+        device_memory_peak_mb = Some(gpu.memory_peak_mb());
+        gpu.finish()?
+    } else {
+        collect_on_cpu(
+            &mut session,
+            &label,
+            &tapped,
+            &outputs,
+            &mut stream,
+            pool,
+            input_slot.is_some().then_some(&mut input_stats),
+            &mut |n| {
+                done += n;
                 progress(done, total);
-            }
-            Ok(())
-        })();
-        drop(tx);
-        let stats = histograms.join().map_err(|_| CalibrateError::Threads("the histogram thread panicked".into()));
-        (run, stats)
-    });
-    run_result?;
-    let measured_stats = measured_stats?;
+            },
+        )?
+    };
     let stats = tapped.plan.assemble(tapped.activations.len(), input_slot, input_stats, measured_stats);
     let skipped = stream.skipped();
     if done == 0 {
@@ -400,6 +399,59 @@ pub fn calibrate(
         skipped,
         tensors: hist.tensors.len(),
         not_collected: tapped.not_collected.clone(),
+        device_memory_peak_mb,
     };
     Ok((hist, summary))
+}
+
+/// The CPU pass: ONNX Runtime and the histograms run at the same time on consecutive batches.
+#[allow(clippy::too_many_arguments)]
+fn collect_on_cpu(
+    session: &mut runtime::Session,
+    label: &str,
+    tapped: &TappedModel,
+    outputs: &[String],
+    stream: &mut BatchStream,
+    pool: rayon::ThreadPool,
+    mut input_stats: Option<&mut TensorStats>,
+    batch_done: &mut dyn FnMut(u64),
+) -> Result<Vec<TensorStats>, CalibrateError> {
+    // A rendezvous channel: at most two batches of activations exist at once (one being histogrammed, one
+    // being computed), which bounds memory whatever the number of images.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<runtime::OwnedOutput>>(0);
+    let measured_count = outputs.len();
+    let (run_result, measured_stats) = std::thread::scope(|scope| {
+        let histograms = scope.spawn(move || {
+            let mut stats = vec![TensorStats::default(); measured_count];
+            for outs in rx {
+                pool.install(|| {
+                    stats.par_iter_mut().zip(outs.par_iter()).for_each(|(s, o)| {
+                        if let Some(values) = o.as_f32() {
+                            s.add(values);
+                        }
+                    })
+                });
+            }
+            stats
+        });
+        let run = (|| -> Result<(), CalibrateError> {
+            for batch in stream.by_ref() {
+                let batch = batch?;
+                if let Some(s) = input_stats.as_deref_mut() {
+                    s.add(&batch.data);
+                }
+                let outs = runtime::run_f32_owned(session, label, &tapped.input, &batch.shape, &batch.data, outputs)?;
+                if tx.send(outs).is_err() {
+                    break; // the histogram thread died; joining it below reports why
+                }
+                batch_done(batch.items.len() as u64);
+            }
+            Ok(())
+        })();
+        drop(tx);
+        let stats = histograms.join().map_err(|_| CalibrateError::Threads("the histogram thread panicked".into()));
+        (run, stats)
+    });
+    run_result?;
+    measured_stats
 }

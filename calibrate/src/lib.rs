@@ -5,6 +5,7 @@
 
 pub mod cli;
 mod collect;
+pub mod gpu;
 pub mod hist_file;
 pub mod histogram;
 
@@ -33,4 +34,6 @@ pub enum CalibrateError {
     Threads(String),
     #[error("{dir}: no image could be used ({skipped} skipped as unreadable)")]
     NoImages { dir: PathBuf, skipped: usize },
+    #[error(transparent)]
+    Gpu(#[from] gpu::GpuError),
 }

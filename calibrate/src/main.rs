@@ -43,6 +43,10 @@ struct Args {
     /// later, e.g. one that quantizes Add or Softmax; several times slower on transformers).
     #[arg(long, default_value = "quantizable", value_name = "quantizable|all")]
     tensors: calibrate::Selection,
+    /// Where the model runs: cpu, or cuda[:N] (ONNX Runtime's CUDA EP with TF32 off; the activations stay in
+    /// GPU memory and their statistics are computed there). Needs onnxruntime-gpu (see README).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    device: runtime::Device,
     /// Output .hist file (written atomically).
     #[arg(long, value_name = "H.hist")]
     out: PathBuf,
@@ -58,6 +62,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
+    // Before anything loads ONNX Runtime: CUDA needs the onnxruntime-gpu library.
+    runtime::use_device(args.device);
     let recipe = args.recipe.load().context("loading the preprocessing recipe")?;
     let options = CalibrateOptions {
         batch_size: args.batch_size,
@@ -66,6 +72,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         seed: args.seed,
         on_bad_image: args.on_bad_image,
         selection: args.tensors,
+        device: args.device,
     };
     let bar = progress_bar(0, "images", args.quiet);
     bar.set_prefix("calibrate");
@@ -90,6 +97,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
         );
         for (path, why) in &summary.skipped {
             eprintln!("  skipped {}: {why}", path.display());
+        }
+        if let Some(mb) = summary.device_memory_peak_mb {
+            eprintln!("  GPU memory in use at most {mb:.0} MB ({})", args.device);
         }
         if !summary.not_collected.is_empty() {
             eprintln!("  not collected (not float32): {}", summary.not_collected.join(", "));

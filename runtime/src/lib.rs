@@ -15,9 +15,33 @@ pub use ort::value::Tensor;
 
 /// The ONNX Runtime release int8kit is tested with (the PyPI `onnxruntime` wheel of this version).
 pub const ORT_VERSION: &str = "1.32.0";
+/// The GPU build used with `--device cuda` (the PyPI `onnxruntime-gpu` wheel, built for CUDA 13 and cuDNN 9).
+pub const ORT_GPU_VERSION: &str = "1.31.1";
+
+mod device;
+pub use device::{cuda_device_check, BoundRun, Device, DeviceTensor, Placement};
+
+/// Set before the library is loaded when a CUDA device is wanted: the CPU wheel has no CUDA EP.
+static WANT_GPU_LIBRARY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes the next library lookup look for onnxruntime-gpu. Call before anything loads ONNX Runtime; an
+/// already loaded CPU library stays, and creating a CUDA session then fails with a message saying so.
+pub fn use_device(device: Device) {
+    if device.is_cuda() {
+        WANT_GPU_LIBRARY.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn wants_gpu() -> bool {
+    WANT_GPU_LIBRARY.load(std::sync::atomic::Ordering::SeqCst)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    #[error("onnxruntime-gpu not found (needed for --device cuda). Install it with `{}` (it needs CUDA 13 and cuDNN 9 on LD_LIBRARY_PATH), or point ORT_DYLIB_PATH at onnxruntime-gpu's libonnxruntime.so", gpu_install_command_line())]
+    GpuNotFound,
+    #[error("no usable CUDA device for --device {device}: {message}")]
+    NoCuda { device: String, message: String },
     #[error("ONNX Runtime library not found. Run `cargo xtask setup` from the int8kit checkout (it runs `{}`), or point ORT_DYLIB_PATH at an existing libonnxruntime.so", install_command_line(&project_local_dir()))]
     NotFound,
     #[error("ORT_DYLIB_PATH={0} does not exist; point it at libonnxruntime.so (e.g. <site-packages>/onnxruntime/capi/libonnxruntime.so.{ORT_VERSION}) or unset it")]
@@ -38,6 +62,19 @@ pub fn project_local_dir() -> PathBuf {
     crate_dir.parent().unwrap_or(crate_dir).join(".int8kit").join(format!("onnxruntime-{ORT_VERSION}"))
 }
 
+/// Where the pinned onnxruntime-gpu is looked for: `.int8kit/onnxruntime-gpu-<version>/`.
+pub fn project_local_gpu_dir() -> PathBuf {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir.parent().unwrap_or(crate_dir).join(".int8kit").join(format!("onnxruntime-gpu-{ORT_GPU_VERSION}"))
+}
+
+fn gpu_install_command_line() -> String {
+    format!(
+        "python3 -m pip install --no-deps --target {} onnxruntime-gpu=={ORT_GPU_VERSION}",
+        project_local_gpu_dir().display()
+    )
+}
+
 fn library_in(dir: &Path) -> PathBuf {
     dir.join("onnxruntime").join("capi").join(format!("libonnxruntime.so.{ORT_VERSION}"))
 }
@@ -51,6 +88,13 @@ pub fn locate() -> Result<PathBuf, RuntimeError> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         return if p.is_file() { Ok(p) } else { Err(RuntimeError::EnvPathMissing(p)) };
+    }
+    if wants_gpu() {
+        let gpu = project_local_gpu_dir()
+            .join("onnxruntime")
+            .join("capi")
+            .join(format!("libonnxruntime.so.{ORT_GPU_VERSION}"));
+        return if gpu.is_file() { Ok(gpu) } else { Err(RuntimeError::GpuNotFound) };
     }
     let local = library_in(&project_local_dir());
     if local.is_file() {
@@ -112,9 +156,8 @@ fn loaded() -> Result<&'static Loaded, RuntimeError> {
 pub fn version() -> Result<String, RuntimeError> {
     let lib = loaded()?;
     let info = ort::info();
-    let from_branch = info
-        .split(|c: char| c == ',' || c.is_whitespace())
-        .find_map(|part| part.strip_prefix("git-branch=rel-"));
+    let from_branch =
+        info.split(|c: char| c == ',' || c.is_whitespace()).find_map(|part| part.strip_prefix("git-branch=rel-"));
     let file = lib.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
     let from_file = file.split_once(".so.").map(|(_, v)| v).filter(|v| v.starts_with(|c: char| c.is_ascii_digit()));
     Ok(from_branch.or(from_file).unwrap_or(info).to_string())
@@ -136,11 +179,26 @@ pub struct SessionConfig {
     pub spinning: bool,
     /// A name for error messages, usually the model's path.
     pub label: String,
+    /// Where the model runs: ONNX Runtime's CPU EP, or its CUDA EP (TF32 off) on one GPU.
+    pub device: Device,
 }
 
 impl SessionConfig {
+    /// Applies a placement (threads and device).
+    pub fn place(mut self, placement: Placement) -> SessionConfig {
+        self.intra_threads = placement.threads;
+        self.device = placement.device;
+        self
+    }
+
     pub fn new(label: impl Into<String>) -> SessionConfig {
-        SessionConfig { intra_threads: 0, external_data_dir: None, spinning: true, label: label.into() }
+        SessionConfig {
+            intra_threads: 0,
+            external_data_dir: None,
+            spinning: true,
+            label: label.into(),
+            device: Device::Cpu,
+        }
     }
 }
 
@@ -157,14 +215,34 @@ fn build_session(env: &Environment, bytes: &[u8], cfg: &SessionConfig) -> ort::R
         builder =
             builder.with_config_entry("session.model_external_initializers_file_folder_path", dir.to_string_lossy())?;
     }
+    if let Device::Cuda(id) = cfg.device {
+        // TF32 off: FP32 references must be FP32 (TF32 matmuls keep 10 mantissa bits). error_on_failure: a
+        // silent fallback to the CPU EP would report CPU numbers as GPU ones.
+        let cuda = ort::ep::CUDA::default().with_device_id(id as i32).with_tf32(false).build().error_on_failure();
+        builder = builder.with_execution_providers([cuda])?;
+    }
     builder.commit_from_memory(bytes)
 }
 
 /// A session over a serialized model.
 pub fn session_from_bytes(bytes: &[u8], cfg: &SessionConfig) -> Result<Session, RuntimeError> {
+    if cfg.device.is_cuda() {
+        use_device(cfg.device);
+        cuda_device_check(cfg.device)?;
+    }
     let rt = loaded()?;
-    build_session(&rt.env, bytes, cfg)
-        .map_err(|e| RuntimeError::Session { model: cfg.label.clone(), message: e.to_string() })
+    build_session(&rt.env, bytes, cfg).map_err(|e| {
+        let mut message = e.to_string();
+        if cfg.device.is_cuda() {
+            message = format!(
+                "{message}. The CUDA execution provider could not start from {}: it needs onnxruntime-gpu \
+                 {ORT_GPU_VERSION} (`{}`) with CUDA 13 and cuDNN 9 on LD_LIBRARY_PATH",
+                rt.path.display(),
+                gpu_install_command_line()
+            );
+        }
+        RuntimeError::Session { model: cfg.label.clone(), message }
+    })
 }
 
 /// An output taken out of a run: it owns its ONNX Runtime buffer, so the session can run again while

@@ -130,8 +130,10 @@ pub fn median_run(mut v: Vec<Run>) -> Run {
     Run { peak_rss_mb: rss, ..mid }
 }
 
-/// Resident memory of a process and all its descendants, in MB, from /proc.
-fn tree_rss_mb(pid: i32) -> f64 {
+/// Peak resident memory of a process and all its live descendants, in MB: the sum of each one's VmHWM (its
+/// own high-water mark since exec). wait4's ru_maxrss is not used: Linux carries the parent's peak into a
+/// child across fork and exec, so a child of a large parent would report the parent's size.
+fn tree_peak_rss_mb(pid: i32) -> f64 {
     let mut parent = std::collections::HashMap::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for e in entries.flatten() {
@@ -144,31 +146,24 @@ fn tree_rss_mb(pid: i32) -> f64 {
             }
         }
     }
-    let page_kb = 4.0; // statm counts pages; x86-64 Linux pages are 4 KiB
-    let mut total = 0.0;
-    for (&p, _) in parent.iter() {
-        let mut q = p;
-        let mut is_descendant = q == pid;
-        while !is_descendant {
-            match parent.get(&q) {
-                Some(&pp) if pp > 1 => {
-                    is_descendant = pp == pid;
-                    q = pp;
-                }
-                _ => break,
-            }
+    let in_tree = |mut q: i32| loop {
+        if q == pid {
+            return true;
         }
-        if is_descendant {
-            if let Ok(statm) = std::fs::read_to_string(format!("/proc/{p}/statm")) {
-                let pages: f64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-                total += pages * page_kb / 1024.0;
-            }
+        match parent.get(&q) {
+            Some(&pp) if pp > 1 => q = pp,
+            _ => return false,
         }
-    }
-    total
+    };
+    let hwm_kb = |p: i32| -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("");
+        line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    };
+    parent.keys().filter(|&&p| in_tree(p)).map(|&p| hwm_kb(p)).sum::<f64>() / 1024.0
 }
 
-/// Runs a command to completion, its output into `log`, sampling its process tree's RSS every 50 ms;
+/// Runs a command to completion, its output into `log`, sampling its process tree's peak RSS every 50 ms;
 /// with `cap_mb`, a tree that grows past it is killed and recorded as out of memory.
 pub fn measure_tree(cmd: &mut Command, log: &Path, cap_mb: Option<f64>) -> anyhow::Result<Run> {
     use std::os::unix::process::CommandExt;
@@ -189,7 +184,7 @@ pub fn measure_tree(cmd: &mut Command, log: &Path, cap_mb: Option<f64>) -> anyho
         if r < 0 {
             bail!("wait4 failed for {cmd:?}");
         }
-        sampled = sampled.max(tree_rss_mb(pid));
+        sampled = sampled.max(tree_peak_rss_mb(pid));
         if cap_mb.is_some_and(|cap| sampled > cap) && !killed {
             // SAFETY: signalling the process group we created for this child.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
@@ -198,7 +193,7 @@ pub fn measure_tree(cmd: &mut Command, log: &Path, cap_mb: Option<f64>) -> anyho
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let wall_s = start.elapsed().as_secs_f64();
-    let peak_rss_mb = sampled.max(usage.ru_maxrss as f64 / 1024.0);
+    let peak_rss_mb = sampled;
     let outcome = if killed {
         format!("out of memory (stopped at {:.1} GB, the machine's available memory)", cap_mb.unwrap_or(0.0) / 1024.0)
     } else if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {

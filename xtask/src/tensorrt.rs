@@ -28,7 +28,7 @@ impl TrtExec {
     /// Builds `<out>/model.engine` from the Q/DQ model.
     pub fn build(qdq: &Path, input: &str, out: &Path) -> anyhow::Result<TrtExec> {
         if !on_path() {
-            bail!("--engine tensorrt needs TensorRT's `trtexec` on PATH, and none was found; install TensorRT 10 or 11, or use --engine ort-cpu");
+            bail!("--engine tensorrt needs TensorRT's `trtexec` on PATH, and none was found; install TensorRT 10 or 11, or use --engine ort");
         }
         let engine = out.join("model.engine");
         let status = Command::new("trtexec")

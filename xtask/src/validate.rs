@@ -17,8 +17,9 @@ use crate::tensorrt::TrtExec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Engine {
-    /// ONNX Runtime's CPU provider over model.qdq.onnx.
-    OrtCpu,
+    /// ONNX Runtime over model.qdq.onnx, on --device (CPU EP, or CUDA EP).
+    #[value(name = "ort", alias = "ort-cpu")]
+    Ort,
     /// TensorRT through `trtexec` (untested: no TensorRT where int8kit is developed).
     Tensorrt,
 }
@@ -54,7 +55,7 @@ pub struct ValidateArgs {
     /// Gate: INT8 Top-1 must not fall below this earlier report's INT8 Top-1 by more than --max-top1-drop.
     #[arg(long, value_name = "report.json")]
     pub baseline: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "ort-cpu")]
+    #[arg(long, value_enum, default_value = "ort")]
     pub engine: Engine,
     /// Class list for ImageNet-style folders (one folder name per line).
     #[arg(long, value_name = "FILE")]
@@ -68,6 +69,10 @@ pub struct ValidateArgs {
     /// Threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Where calibration and both models run: cpu, or cuda[:N] (ONNX Runtime's CUDA EP with TF32 off;
+    /// needs onnxruntime-gpu, see README).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    pub device: runtime::Device,
     /// Output folder for the artifacts and reports.
     #[arg(long, value_name = "OUTDIR")]
     pub out: PathBuf,
@@ -94,7 +99,7 @@ fn plot_counts(stats: &calibrate::histogram::TensorStats, bins: usize) -> (f64, 
 /// Runs the pipeline and writes the reports. Returns the report; the caller turns `passed` into the exit code.
 pub fn run(args: &ValidateArgs) -> anyhow::Result<Report> {
     if args.engine == Engine::Tensorrt && !crate::tensorrt::on_path() {
-        bail!("--engine tensorrt needs TensorRT's `trtexec` on PATH, and none was found; install TensorRT 10 or 11, or use --engine ort-cpu");
+        bail!("--engine tensorrt needs TensorRT's `trtexec` on PATH, and none was found; install TensorRT 10 or 11, or use --engine ort");
     }
     let recipe = args.recipe.load().context("loading the preprocessing recipe")?;
     let baseline = match &args.baseline {
@@ -123,7 +128,8 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<Report> {
     let bar = progress_bar(0, "images", args.quiet);
     bar.set_prefix("calibrate");
     let start = Instant::now();
-    let options = CalibrateOptions { limit: args.limit_calib, threads: args.threads, ..Default::default() };
+    let options =
+        CalibrateOptions { limit: args.limit_calib, threads: args.threads, device: args.device, ..Default::default() };
     let (hist, _) = calibrate(&args.model, &args.calib, &recipe, &options, &mut |done, total| {
         bar.set_length(total);
         bar.set_position(done);
@@ -145,9 +151,10 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<Report> {
     let calibration_seconds = start.elapsed().as_secs_f64();
     let int8_model = args.out.join("model.qdq.onnx");
 
-    let mut fp32 = ort_model(&args.model, &recipe, args.threads)?;
+    let placement = runtime::Placement { threads: args.threads, device: args.device };
+    let mut fp32 = ort_model(&args.model, &recipe, placement)?;
     let mut int8 = match args.engine {
-        Engine::OrtCpu => ort_model(&int8_model, &recipe, args.threads)?,
+        Engine::Ort => ort_model(&int8_model, &recipe, placement)?,
         Engine::Tensorrt => {
             let input = analysis.model.resolve_input(recipe.name.as_deref())?.name.clone();
             Box::new(TrtExec::build(&int8_model, &input, &args.out)?) as Box<dyn analyze::evaluate::BatchModel>
@@ -231,7 +238,8 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<Report> {
         method: args.method.name(),
         precision: serde_json::to_value(&analysis.ranges.precision)?,
         engine: match args.engine {
-            Engine::OrtCpu => "ort-cpu".into(),
+            Engine::Ort if args.device.is_cuda() => format!("onnxruntime {} ({})", runtime::version()?, args.device),
+            Engine::Ort => "ort-cpu".into(),
             Engine::Tensorrt => "tensorrt (trtexec)".into(),
         },
         calibration_images: hist.images.count,

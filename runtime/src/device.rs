@@ -1,0 +1,154 @@
+//! Where a model runs, and runs whose outputs stay in GPU memory (ONNX Runtime IoBinding).
+
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::Session;
+
+use crate::RuntimeError;
+
+/// An execution device: `cpu`, `cuda` (GPU 0) or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda(u32),
+}
+
+impl Device {
+    pub fn is_cuda(self) -> bool {
+        matches!(self, Device::Cuda(_))
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("'{other}': expected cpu, cuda or cuda:N (N a GPU index)")),
+        }
+    }
+}
+
+/// Where and with how many CPU threads a session runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Placement {
+    /// Intra-op threads (0 = one per core).
+    pub threads: usize,
+    pub device: Device,
+}
+
+/// Checks that the CUDA driver library is present and the GPU exists, before anything that would crash
+/// without them (cudarc panics when libcuda is missing; ONNX Runtime's CUDA EP aborts on some setups).
+pub fn cuda_device_check(device: Device) -> Result<(), RuntimeError> {
+    let Device::Cuda(id) = device else { return Ok(()) };
+    let err = |message: String| RuntimeError::NoCuda { device: device.to_string(), message };
+    // SAFETY: only tries to open the driver library by its usual names.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(err("the NVIDIA driver library (libcuda.so) is not on this machine: run on a machine with an \
+                        NVIDIA GPU and driver, or use --device cpu"
+            .into()));
+    }
+    cudarc::driver::result::init().map_err(|e| err(format!("the CUDA driver did not initialise: {e}")))?;
+    let count = cudarc::driver::result::device::get_count().map_err(|e| err(format!("counting GPUs: {e}")))?;
+    if id as i32 >= count {
+        return Err(err(format!("GPU {id} does not exist: this machine has {count} CUDA device(s)")));
+    }
+    Ok(())
+}
+
+/// One output of a [`BoundRun`]: a float32 tensor in GPU memory.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceTensor {
+    /// CUDA device pointer (`CUdeviceptr`).
+    pub ptr: u64,
+    /// Number of float32 values.
+    pub len: usize,
+}
+
+/// A session run through an IoBinding whose outputs are left in GPU memory. The outputs belong to the
+/// binding and are overwritten by its next run: read them (on the GPU) before calling [`BoundRun::run`] again.
+pub struct BoundRun {
+    binding: ort::session::IoBinding,
+    outputs: Vec<String>,
+    values: Vec<ort::value::DynValue>,
+    label: String,
+}
+
+impl BoundRun {
+    /// Binds `outputs` to memory on the session's GPU.
+    pub fn new(session: &Session, device: Device, outputs: &[String], label: &str) -> Result<BoundRun, RuntimeError> {
+        let Device::Cuda(id) = device else {
+            return Err(RuntimeError::Run {
+                model: label.into(),
+                message: "device-bound outputs need a CUDA session".into(),
+            });
+        };
+        let run_err = |e: ort::Error| RuntimeError::Run { model: label.to_string(), message: e.to_string() };
+        let mut binding = session.create_binding().map_err(run_err)?;
+        let mem = MemoryInfo::new(AllocationDevice::CUDA, id as i32, AllocatorType::Device, MemoryType::Default)
+            .map_err(run_err)?;
+        for name in outputs {
+            binding.bind_output_to_device(name, &mem).map_err(run_err)?;
+        }
+        Ok(BoundRun { binding, outputs: outputs.to_vec(), values: Vec::new(), label: label.to_string() })
+    }
+
+    /// Runs one float32 batch (copied to the GPU by ONNX Runtime) and returns the outputs' device addresses,
+    /// in the order of the bound names. The run has finished on the GPU when this returns.
+    pub fn run(
+        &mut self,
+        session: &mut Session,
+        input_name: &str,
+        shape: &[usize],
+        data: &[f32],
+    ) -> Result<Vec<DeviceTensor>, RuntimeError> {
+        let label = self.label.clone();
+        let run_err = |e: ort::Error| RuntimeError::Run { model: label.clone(), message: e.to_string() };
+        self.values.clear();
+        let tensor = ort::value::Tensor::from_array((shape.to_vec(), data.to_vec())).map_err(run_err)?;
+        self.binding.bind_input(input_name, &tensor).map_err(run_err)?;
+        let mut result = session.run_binding(&self.binding).map_err(run_err)?;
+        let mut out = Vec::with_capacity(self.outputs.len());
+        let mut values = Vec::with_capacity(self.outputs.len());
+        for name in &self.outputs {
+            let value = result.remove(name.as_str()).ok_or_else(|| RuntimeError::Run {
+                model: label.clone(),
+                message: format!("output '{name}' missing from the results"),
+            })?;
+            let tensor = value.downcast::<ort::value::DynTensorValueType>().map_err(run_err)?;
+            let ort::value::ValueType::Tensor { ty, shape, .. } = tensor.dtype() else {
+                return Err(RuntimeError::Run {
+                    model: label.clone(),
+                    message: format!("output '{name}' is not a tensor"),
+                });
+            };
+            if *ty != ort::value::TensorElementType::Float32 {
+                return Err(RuntimeError::Run {
+                    model: label.clone(),
+                    message: format!("output '{name}' is {ty:?}, not float32"),
+                });
+            }
+            let len = shape.iter().map(|&d| d.max(0) as usize).product();
+            out.push(DeviceTensor { ptr: tensor.data_ptr() as u64, len });
+            values.push(tensor.into_dyn());
+        }
+        drop(result);
+        self.binding.synchronize_outputs().map_err(run_err)?;
+        self.values = values;
+        Ok(out)
+    }
+}

@@ -1,0 +1,13 @@
+#!/bin/bash
+# Runs on the lent GPU machine, from the repository copy, once the last chunk of `cargo xtask gpu-pack`
+# has been appended to /tmp/i8/blob (see .int8kit/carry/plan.txt). Extra arguments go to `xtask gpu-check`.
+set -euo pipefail
+here=$(pwd)
+if [ ! -x /tmp/i8/bundle/xtask ]; then
+  (cd /tmp/i8 && "$here/.int8kit/carry/zstd" -d -q -c blob | tar xf -)
+fi
+nv=/opt/torch/.venv/lib/python3.12/site-packages/nvidia
+export LD_LIBRARY_PATH=/tmp/i8/bundle/onnxruntime/capi:$nv/cu13/lib:$nv/cudnn/lib:/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
+export ORT_DYLIB_PATH=/tmp/i8/bundle/onnxruntime/capi/libonnxruntime.so.1.31.1
+export INT8KIT_ROOT=$here
+exec /tmp/i8/bundle/xtask gpu-check --bundle /tmp/i8/bundle --out "${OUT:-/tmp/i8/out}" "$@"

@@ -1,0 +1,659 @@
+//! GPU work on a machine without Rust: `cargo xtask gpu-pack` (here) bundles the xtask binary, onnxruntime-gpu,
+//! the ViT-S/14 and the benchmark photos into chunks that fit device calls; `xtask gpu-check` (on the GPU
+//! machine) runs the device tests and measurements and writes gpu-check.json / gpu-check.md.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use calibrate::histogram::TensorStats;
+use datasets::{BatchStream, Dataset, Recipe, StreamOptions};
+use rand::{Rng, SeedableRng};
+use runtime::Device;
+use serde::Serialize;
+
+use crate::bench::{measure_tree, Run};
+use crate::root;
+
+#[derive(Debug, clap::Args)]
+pub struct PackArgs {
+    /// Size of each chunk; the project's tracked files plus one chunk must stay under a device call's 64 MiB.
+    #[arg(long, default_value_t = 38)]
+    chunk_mb: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The unpacked bundle (holds xtask, onnxruntime/capi, vits14/, photos/).
+    #[arg(long)]
+    bundle: PathBuf,
+    #[arg(long, default_value = "cuda")]
+    device: Device,
+    /// Where gpu-check.json, gpu-check.md and the per-step logs go.
+    #[arg(long)]
+    out: PathBuf,
+    /// Steps to run (comma-separated): equality, kernels, speed, hist, validate. Default: all.
+    #[arg(long, value_delimiter = ',')]
+    steps: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ChildArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    images: PathBuf,
+    #[arg(long)]
+    recipe: PathBuf,
+    #[arg(long)]
+    batch: usize,
+    #[arg(long)]
+    device: Device,
+    /// plain (the model's own outputs, copied to the host) or calibrate (quantizable activations, statistics
+    /// on the device).
+    #[arg(long)]
+    mode: String,
+    /// Decode every image first and pass over them this many times (model and statistics time only); without
+    /// it the images stream from disk as in `calibrate`.
+    #[arg(long)]
+    preload_passes: Option<usize>,
+}
+
+const ORT_GPU_LIBS: &[&str] = &[
+    "onnxruntime/capi/libonnxruntime.so.1.31.1",
+    "onnxruntime/capi/libonnxruntime_providers_cuda.so",
+    "onnxruntime/capi/libonnxruntime_providers_shared.so",
+];
+
+fn carry_dir() -> PathBuf {
+    root().join(".int8kit/carry")
+}
+
+/// Builds the bundle and splits it into chunks under .int8kit/carry, then prints the device calls to make.
+pub fn pack(args: &PackArgs) -> anyhow::Result<()> {
+    let staging = root().join(".int8kit/gpu-bundle");
+    let bundle = staging.join("bundle");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(bundle.join("photos"))?;
+    // The xtask binary does everything on the device (no Rust there); stripped, it is a few MB.
+    let bin = crate::bench::build_release_binaries(&["xtask"])?;
+    std::fs::copy(bin.join("xtask"), bundle.join("xtask"))?;
+    ok(Command::new("strip").arg(bundle.join("xtask")), "strip xtask")?;
+    // onnxruntime-gpu's libraries (CUDA 13 build); the GPU machine provides CUDA, cuBLAS and cuDNN.
+    let members: Vec<String> = ORT_GPU_LIBS.iter().map(|s| s.to_string()).collect();
+    let pin = [
+        "--only-binary",
+        ":all:",
+        "--platform",
+        "manylinux_2_28_x86_64",
+        "--python-version",
+        "3.12",
+        "--implementation",
+        "cp",
+    ];
+    let spec = format!("onnxruntime-gpu=={}", runtime::ORT_GPU_VERSION);
+    crate::suite::wheel_members(&spec, &pin, &members, &bundle)?;
+    std::fs::create_dir_all(bundle.join("vits14"))?;
+    std::fs::copy(crate::suite::fetch_vits14()?, bundle.join("vits14/vit_s_focus.onnx"))?;
+    for p in crate::suite::fetch_photos()? {
+        let name = p.file_name().context("photo name")?;
+        std::fs::copy(&p, bundle.join("photos").join(name))?;
+    }
+    let carry = carry_dir();
+    let _ = std::fs::remove_dir_all(&carry);
+    std::fs::create_dir_all(&carry)?;
+    let zstd = which("zstd").context("zstd is needed to pack (apt-get install zstd)")?;
+    std::fs::copy(&zstd, carry.join("zstd"))?;
+    eprintln!("compressing the bundle...");
+    let script = format!(
+        "set -euo pipefail; cd '{}' && tar cf - bundle | '{}' -12 -T0 -q | split -b {}M -d - '{}/p'",
+        staging.display(),
+        zstd.display(),
+        args.chunk_mb,
+        carry.display()
+    );
+    ok(Command::new("bash").args(["-c", &script]), "tar | zstd | split")?;
+    let mut chunks: Vec<String> = std::fs::read_dir(&carry)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with('p'))
+        .collect();
+    chunks.sort();
+    let mut plan = String::from("# device calls, back to back (the machine is given back 30 s after a call)\n");
+    for (i, c) in chunks.iter().enumerate() {
+        let mut cmd = format!("mkdir -p /tmp/i8 && cat .int8kit/carry/{c} >> /tmp/i8/blob");
+        let mut carry_list = format!("[\".int8kit/carry/{c}\"");
+        if i + 1 == chunks.len() {
+            cmd.push_str(" && bash xtask/gpu-run.sh");
+            carry_list.push_str(", \".int8kit/carry/zstd\"");
+        }
+        plan.push_str(&format!("carry: {carry_list}]\ncommand: {cmd}\n"));
+    }
+    std::fs::write(carry.join("plan.txt"), &plan)?;
+    print!("{plan}");
+    let _ = std::fs::remove_dir_all(&staging);
+    Ok(())
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+}
+
+fn ok(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default, Serialize)]
+struct CheckReport {
+    device: String,
+    gpu: String,
+    onnxruntime: String,
+    equality: Vec<EqualityCase>,
+    kernels: Option<calibrate::gpu::KernelBench>,
+    speed: Vec<SpeedRow>,
+    hist: Option<HistDiff>,
+    validate: Vec<ValidateRow>,
+}
+
+#[derive(Debug, Serialize)]
+struct EqualityCase {
+    name: String,
+    tensors: usize,
+    values: u64,
+    identical: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct SpeedRow {
+    workload: String,
+    images: u64,
+    batch: usize,
+    preloaded: bool,
+    plain: Run,
+    plain_images_s: f64,
+    plain_device_mb: f64,
+    calibrate: Run,
+    calibrate_images_s: f64,
+    calibrate_device_mb: f64,
+    ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct HistDiff {
+    tensors: usize,
+    identical: usize,
+    same_count_and_range: usize,
+    max_rel_amax_diff: f64,
+    max_rel_entropy_amax_diff: f64,
+    mean_hist_l1_share: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct ValidateRow {
+    model: String,
+    cpu_fp32: f64,
+    cpu_int8: f64,
+    cuda_fp32: f64,
+    cuda_int8: f64,
+    max_diff_pp: f64,
+}
+
+fn json_bytes(s: &TensorStats) -> Vec<u8> {
+    serde_json::to_vec(s).unwrap_or_default()
+}
+
+/// Values that exercise every rule: signs, zeros of both signs, NaN/Inf, subnormals, huge and tiny ranges.
+fn synthetic_batches(seed: u64) -> Vec<Vec<Vec<f32>>> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut normal = |scale: f32, n: usize| -> Vec<f32> {
+        (0..n).map(|_| (rng.gen::<f32>() + rng.gen::<f32>() + rng.gen::<f32>() - 1.5) * scale).collect()
+    };
+    let mut batches = Vec::new();
+    for b in 0..3 {
+        // Ranges grow across batches: pair merges of 1 step, several steps and more than 12 steps.
+        let grow = [1.0f32, 3.0, 1e5][b];
+        let mut specials = normal(grow, 70_001);
+        specials.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.0, 1e-45, -3e-39]);
+        let tensors = vec![
+            normal(grow, 1 << 20),
+            specials,
+            vec![0.0; 1000 * (b + 1)],
+            normal(1e-40 * grow, 5000), // subnormal ranges: the f64 binning path
+            normal(1e37, 3000),
+            vec![],
+            normal(grow * 0.01, 65_536 * 2 + 17),
+        ];
+        batches.push(tensors);
+    }
+    batches
+}
+
+fn cpu_stats(batches: &[Vec<Vec<f32>>]) -> Vec<TensorStats> {
+    let n = batches.first().map_or(0, Vec::len);
+    let mut stats = vec![TensorStats::default(); n];
+    for batch in batches {
+        for (s, v) in stats.iter_mut().zip(batch) {
+            s.add(v);
+        }
+    }
+    stats
+}
+
+fn compare_case(name: &str, device: Device, batches: &[Vec<Vec<f32>>]) -> anyhow::Result<EqualityCase> {
+    let cpu = cpu_stats(batches);
+    let gpu = calibrate::gpu::stats_of_host_batches(device, batches)?;
+    let identical = cpu.iter().zip(&gpu).filter(|(a, b)| json_bytes(a) == json_bytes(b)).count();
+    for (i, (a, b)) in cpu.iter().zip(&gpu).enumerate() {
+        if json_bytes(a) != json_bytes(b) {
+            eprintln!(
+                "  {name} tensor {i} differs: cpu count {} min {:?} max {:?} e {:?}; gpu count {} min {:?} max {:?} e {:?}",
+                a.count, a.min, a.max, a.hist.range_exp, b.count, b.min, b.max, b.hist.range_exp
+            );
+        }
+    }
+    let values = batches.iter().flatten().map(|v| v.len() as u64).sum();
+    Ok(EqualityCase { name: name.into(), tensors: cpu.len(), values, identical })
+}
+
+/// Real activations: the fixture ViT's quantizable tensors computed on the CPU, reduced by both devices.
+fn real_activation_batches() -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
+    let root = root();
+    let recipe = Recipe::load(&root.join("fixtures/fmnist.toml"))?;
+    let model_path = root.join("fixtures/models/fmnist_vit_opset17.onnx");
+    let tapped = calibrate::TappedModel::new(&model_path, &recipe, calibrate::Selection::All)?;
+    let cfg = runtime::SessionConfig::new("fixture ViT (CPU EP)");
+    let mut session = runtime::session_from_bytes(&tapped.model.to_bytes()?, &cfg)?;
+    let outputs = tapped.output_names();
+    let dataset = Dataset::flat(&root.join("fixtures/fmnist/calib"))?.limit(192, 1);
+    let mut batches = Vec::new();
+    for batch in BatchStream::new(&dataset, &recipe, StreamOptions { batch_size: 64, ..Default::default() }) {
+        let batch = batch?;
+        let outs = runtime::run_f32_owned(&mut session, "vit", &tapped.input, &batch.shape, &batch.data, &outputs)?;
+        batches.push(outs.iter().map(|o| o.as_f32().unwrap_or(&[]).to_vec()).collect());
+    }
+    Ok(batches)
+}
+
+pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.out)?;
+    runtime::use_device(args.device);
+    runtime::cuda_device_check(args.device)?;
+    let want = |s: &str| args.steps.is_empty() || args.steps.iter().any(|x| x == s);
+    let mut report = CheckReport { device: args.device.to_string(), ..Default::default() };
+    report.onnxruntime = runtime::version()?;
+    report.gpu = gpu_name();
+    eprintln!("GPU: {}, ONNX Runtime {}", report.gpu, report.onnxruntime);
+    if want("equality") {
+        report.equality.push(compare_case("synthetic", args.device, &synthetic_batches(1))?);
+        report.equality.push(compare_case("fixture ViT activations", args.device, &real_activation_batches()?)?);
+        for c in &report.equality {
+            eprintln!("equality {}: {}/{} tensors identical ({} values)", c.name, c.identical, c.tensors, c.values);
+        }
+    }
+    if want("kernels") {
+        // A GELU-like activation: most values near zero (many hits on few bins), a long positive tail.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let values: Vec<f32> = (0..(256usize << 20))
+            .map(|_| {
+                let x: f32 = (rng.gen::<f32>() + rng.gen::<f32>() + rng.gen::<f32>() - 1.5) * 2.0;
+                x * 0.5 * (1.0 + (x * 0.8).tanh())
+            })
+            .collect();
+        let k = calibrate::gpu::bench_kernels(args.device, &values, 5)?;
+        eprintln!(
+            "kernels over {} MB: copy {:.0} GB/s, reduce {:.0} GB/s, bin {:.0} GB/s ({:.0} % of copy), both {:.0} GB/s",
+            k.bytes / 1_000_000,
+            k.copy_gb_s,
+            k.reduce_gb_s,
+            k.bin_gb_s,
+            100.0 * k.bin_gb_s / k.copy_gb_s,
+            k.stats_gb_s
+        );
+        report.kernels = Some(k);
+    }
+    if want("speed") {
+        report.speed = speed(args)?;
+    }
+    if want("hist") {
+        report.hist = Some(hist_diff(args.device)?);
+    }
+    if want("validate") {
+        report.validate = validate_both(args)?;
+    }
+    std::fs::write(args.out.join("gpu-check.json"), serde_json::to_vec_pretty(&report)?)?;
+    let md = markdown(&report);
+    std::fs::write(args.out.join("gpu-check.md"), &md)?;
+    println!("{md}");
+    let unequal: Vec<&EqualityCase> = report.equality.iter().filter(|c| c.identical != c.tensors).collect();
+    let off: Vec<&ValidateRow> = report.validate.iter().filter(|v| v.max_diff_pp > 0.05).collect();
+    if !unequal.is_empty() || !off.is_empty() {
+        bail!(
+            "GPU check failed: {} equality cases differ, {} models differ by more than 0.05 pp",
+            unequal.len(),
+            off.len()
+        );
+    }
+    Ok(())
+}
+
+fn gpu_name() -> String {
+    Command::new("nvidia-smi")
+        .args(["--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
+        .unwrap_or_default()
+}
+
+fn speed(args: &CheckArgs) -> anyhow::Result<Vec<SpeedRow>> {
+    let root = root();
+    let me = std::env::current_exe()?;
+    let photos: Vec<PathBuf> = {
+        let mut v: Vec<PathBuf> =
+            std::fs::read_dir(args.bundle.join("photos"))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        v.sort();
+        v
+    };
+    let vits = args.bundle.join("vits14/vit_s_focus.onnx");
+    let vits_recipe = root.join("xtask/bench/dinov2_vits14.toml");
+    let crops = std::env::temp_dir().join("int8kit-crops");
+    let mut workloads: Vec<(String, PathBuf, PathBuf, PathBuf, usize, Option<usize>)> = vec![(
+        "fmnist_vit_opset17 (1000 images x 100 passes, preloaded)".into(),
+        root.join("fixtures/models/fmnist_vit_opset17.onnx"),
+        root.join("fixtures/fmnist/calib"),
+        root.join("fixtures/fmnist.toml"),
+        512,
+        Some(100),
+    )];
+    for n in [640usize, 6400] {
+        let dir = crate::suite::make_crops(&photos, &crops.join(format!("calib-{n}")), n, crate::suite::CALIB_SEED)?;
+        workloads.push((
+            format!("dinov2_vits14_224 N={n} (streamed from PNG)"),
+            vits.clone(),
+            dir.clone(),
+            vits_recipe.clone(),
+            64,
+            None,
+        ));
+        workloads.push((
+            format!("dinov2_vits14_224 N={n} (preloaded)"),
+            vits.clone(),
+            dir,
+            vits_recipe.clone(),
+            64,
+            Some(1),
+        ));
+    }
+    let mut rows = Vec::new();
+    for (name, model, images, recipe, batch, passes) in workloads {
+        let run = |mode: &str| -> anyhow::Result<(Run, ChildResult)> {
+            let log = args.out.join(format!("speed-{mode}.log"));
+            let mut cmd = Command::new(&me);
+            cmd.arg("gpu-child")
+                .args(["--model".as_ref(), model.as_os_str()])
+                .args(["--images".as_ref(), images.as_os_str()])
+                .args(["--recipe".as_ref(), recipe.as_os_str()])
+                .args(["--batch", &batch.to_string(), "--device", &args.device.to_string(), "--mode", mode]);
+            if let Some(p) = passes {
+                cmd.args(["--preload-passes", &p.to_string()]);
+            }
+            let r = measure_tree(&mut cmd, &log, None)?.ok().with_context(|| format!("see {}", log.display()))?;
+            let text = std::fs::read_to_string(&log)?;
+            let line = text.lines().rev().find(|l| l.starts_with('{')).context("the child printed no result")?;
+            Ok((r, serde_json::from_str(line)?))
+        };
+        // Warm-up (cuDNN/cuBLAS autotuning, file cache), then the measured pair.
+        run("plain")?;
+        let (plain, p) = run("plain")?;
+        let (cal, c) = run("calibrate")?;
+        let row = SpeedRow {
+            workload: name,
+            images: p.images,
+            batch,
+            preloaded: passes.is_some(),
+            plain_images_s: p.images as f64 / p.seconds,
+            plain_device_mb: p.device_mb,
+            calibrate_images_s: c.images as f64 / c.seconds,
+            calibrate_device_mb: c.device_mb,
+            ratio: c.seconds / p.seconds,
+            plain,
+            calibrate: cal,
+        };
+        eprintln!(
+            "speed {}: plain {:.0} images/s, calibrate {:.0} images/s, ratio {:.2}",
+            row.workload, row.plain_images_s, row.calibrate_images_s, row.ratio
+        );
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct ChildResult {
+    images: u64,
+    /// Seconds of the timed loop (model + statistics; decoding too when streamed).
+    seconds: f64,
+    /// Most GPU memory in use, whole device, MB.
+    device_mb: f64,
+}
+
+/// One measured GPU pass in its own process (so that its peak RSS is its own).
+pub fn child(args: &ChildArgs) -> anyhow::Result<()> {
+    runtime::use_device(args.device);
+    let recipe = Recipe::load(&args.recipe)?;
+    let dataset = Dataset::flat(&args.images)?;
+    let tapped = calibrate::TappedModel::new(&args.model, &recipe, calibrate::Selection::Quantizable)?;
+    let calibrating = args.mode == "calibrate";
+    let bytes = if calibrating { tapped.model.to_bytes()? } else { graph::Model::load(&args.model)?.to_bytes()? };
+    let plain_outputs: Vec<String> =
+        graph::Model::load(&args.model)?.proto.graph.output.iter().map(|o| o.name.clone()).collect();
+    let mut cfg = runtime::SessionConfig::new(args.model.display().to_string());
+    cfg.device = args.device;
+    let mut session = runtime::session_from_bytes(&bytes, &cfg)?;
+    let outputs = tapped.output_names();
+    let mut gpu = if calibrating { Some(calibrate::gpu::GpuStats::new(args.device, outputs.len())?) } else { None };
+    let mut bound =
+        if calibrating { Some(runtime::BoundRun::new(&session, args.device, &outputs, "calibrate")?) } else { None };
+    let ctx = cudarc::driver::CudaContext::new(match args.device {
+        Device::Cuda(n) => n as usize,
+        Device::Cpu => bail!("gpu-child needs --device cuda"),
+    })?;
+    let mut device_peak = 0usize;
+    let opts = StreamOptions { batch_size: args.batch, lookahead: 4, ..Default::default() };
+    let preloaded: Option<Vec<datasets::Batch>> = match args.preload_passes {
+        Some(_) => Some(BatchStream::new(&dataset, &recipe, opts.clone()).collect::<Result<_, _>>()?),
+        None => None,
+    };
+    let mut images = 0u64;
+    let mut step = |batch: &datasets::Batch| -> anyhow::Result<()> {
+        match (&mut bound, &mut gpu) {
+            (Some(b), Some(g)) => {
+                let t = b.run(&mut session, &tapped.input, &batch.shape, &batch.data)?;
+                g.add(&t)?;
+            }
+            _ => {
+                runtime::run_f32(
+                    &mut session,
+                    "plain",
+                    &tapped.input,
+                    &batch.shape,
+                    &batch.data,
+                    &plain_outputs,
+                    |_| (),
+                )?;
+            }
+        }
+        if let Ok((free, total)) = ctx.mem_get_info() {
+            device_peak = device_peak.max(total - free);
+        }
+        images += batch.items.len() as u64;
+        Ok(())
+    };
+    let start = Instant::now();
+    match &preloaded {
+        Some(batches) => {
+            for _ in 0..args.preload_passes.unwrap_or(1) {
+                for b in batches {
+                    step(b)?;
+                }
+            }
+        }
+        None => {
+            for b in BatchStream::new(&dataset, &recipe, opts) {
+                step(&b?)?;
+            }
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    println!("{}", serde_json::to_string(&ChildResult { images, seconds, device_mb: device_peak as f64 / 1048576.0 })?);
+    Ok(())
+}
+
+/// The fixture ViT's .hist from both devices over the same 1000 images.
+fn hist_diff(device: Device) -> anyhow::Result<HistDiff> {
+    use analyze::scales::{amax, Method};
+    let root = root();
+    let recipe = Recipe::load(&root.join("fixtures/fmnist.toml"))?;
+    let model = root.join("fixtures/models/fmnist_vit_opset17.onnx");
+    let images = root.join("fixtures/fmnist/calib");
+    let run = |device: Device| {
+        let options = calibrate::CalibrateOptions { device, ..Default::default() };
+        calibrate::calibrate(&model, &images, &recipe, &options, &mut |_, _| {}).map(|r| r.0)
+    };
+    let (cpu, gpu) = (run(Device::Cpu)?, run(device)?);
+    let (mut identical, mut same, mut max_amax, mut max_ent, mut l1_sum) = (0, 0, 0f64, 0f64, 0f64);
+    for (a, b) in cpu.tensors.iter().zip(&gpu.tensors) {
+        if a.name != b.name {
+            bail!("tensor lists differ: {} vs {}", a.name, b.name);
+        }
+        identical += (json_bytes(&a.stats) == json_bytes(&b.stats)) as usize;
+        same += (a.stats.count == b.stats.count && a.stats.hist.range_exp == b.stats.hist.range_exp) as usize;
+        let rel = |x: f64, y: f64| if x == y { 0.0 } else { (x - y).abs() / x.abs().max(y.abs()) };
+        max_amax = max_amax.max(rel(a.stats.amax() as f64, b.stats.amax() as f64));
+        max_ent = max_ent.max(rel(amax(&a.stats, Method::Entropy) as f64, amax(&b.stats, Method::Entropy) as f64));
+        let mut merged_a = a.stats.hist.clone();
+        let mut merged_b = b.stats.hist.clone();
+        merged_a.merge(&calibrate::histogram::AbsHistogram {
+            range_exp: b.stats.hist.range_exp,
+            counts: vec![0; calibrate::histogram::BINS],
+        });
+        merged_b.merge(&calibrate::histogram::AbsHistogram {
+            range_exp: a.stats.hist.range_exp,
+            counts: vec![0; calibrate::histogram::BINS],
+        });
+        let l1: u64 = merged_a.counts.iter().zip(&merged_b.counts).map(|(x, y)| x.abs_diff(*y)).sum();
+        l1_sum += l1 as f64 / (2.0 * a.stats.count.max(1) as f64);
+    }
+    let n = cpu.tensors.len();
+    let d = HistDiff {
+        tensors: n,
+        identical,
+        same_count_and_range: same,
+        max_rel_amax_diff: max_amax,
+        max_rel_entropy_amax_diff: max_ent,
+        mean_hist_l1_share: l1_sum / n.max(1) as f64,
+    };
+    eprintln!("hist CPU vs GPU: {d:?}");
+    Ok(d)
+}
+
+fn validate_both(args: &CheckArgs) -> anyhow::Result<Vec<ValidateRow>> {
+    let mut rows = Vec::new();
+    for (name, zero_shot) in crate::demo::FIXTURE_MODELS {
+        let stem = name.trim_end_matches(".onnx");
+        let mut top = Vec::new();
+        for device in [Device::Cpu, args.device] {
+            let dir = args.out.join("validate").join(stem).join(device.to_string().replace(':', "_"));
+            let v = crate::demo::fixture_args(name, *zero_shot, analyze::scales::Method::Entropy, dir, true, device);
+            let r = crate::validate::run(&v)?;
+            top.push((r.comparison.fp32.top1, r.comparison.int8.top1));
+        }
+        let row = ValidateRow {
+            model: stem.into(),
+            cpu_fp32: top[0].0,
+            cpu_int8: top[0].1,
+            cuda_fp32: top[1].0,
+            cuda_int8: top[1].1,
+            max_diff_pp: 100.0 * (top[0].0 - top[1].0).abs().max((top[0].1 - top[1].1).abs()),
+        };
+        eprintln!("validate {stem}: {row:?}");
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+fn markdown(r: &CheckReport) -> String {
+    use std::fmt::Write;
+    let mut md = String::new();
+    let _ = writeln!(md, "GPU: {} ({}), ONNX Runtime {} (CUDA EP, TF32 off).\n", r.gpu, r.device, r.onnxruntime);
+    if !r.equality.is_empty() {
+        let _ = writeln!(md, "| equality case | tensors | values | identical to CPU |\n|---|---|---|---|");
+        for c in &r.equality {
+            let _ = writeln!(md, "| {} | {} | {} | {} |", c.name, c.tensors, c.values, c.identical);
+        }
+        md.push('\n');
+    }
+    if let Some(k) = &r.kernels {
+        let _ = writeln!(
+            md,
+            "Kernels over one {} MB tensor: device copy {:.0} GB/s (read + write), reduction {:.0} GB/s, histogram {:.0} GB/s \
+             = {:.0} % of copy bandwidth; both passes {:.0} GB/s.\n",
+            k.bytes / 1_000_000,
+            k.copy_gb_s,
+            k.reduce_gb_s,
+            k.bin_gb_s,
+            100.0 * k.bin_gb_s / k.copy_gb_s,
+            k.stats_gb_s
+        );
+    }
+    if !r.speed.is_empty() {
+        let _ = writeln!(
+            md,
+            "| workload | batch | plain CUDA EP images/s | calibrate images/s | ratio (time) | peak RSS plain / calibrate MB | GPU memory plain / calibrate MB |\n|---|---|---|---|---|---|---|"
+        );
+        for s in &r.speed {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.0} / {:.0} | {:.0} / {:.0} |",
+                s.workload,
+                s.batch,
+                s.plain_images_s,
+                s.calibrate_images_s,
+                s.ratio,
+                s.plain.peak_rss_mb,
+                s.calibrate.peak_rss_mb,
+                s.plain_device_mb,
+                s.calibrate_device_mb
+            );
+        }
+        md.push('\n');
+    }
+    if let Some(h) = &r.hist {
+        let _ = writeln!(
+            md,
+            "fmnist_vit_opset17 .hist, CPU vs GPU over the same 1000 images: {}/{} tensors identical, {} with equal count and range; \
+             largest relative amax difference {:.2e}, entropy amax {:.2e}; mean histogram L1 share {:.2e}.\n",
+            h.identical, h.tensors, h.same_count_and_range, h.max_rel_amax_diff, h.max_rel_entropy_amax_diff, h.mean_hist_l1_share
+        );
+    }
+    if !r.validate.is_empty() {
+        let _ = writeln!(md, "| validate (5000 val images) | CPU FP32 | CPU INT8 | CUDA FP32 | CUDA INT8 | largest difference |\n|---|---|---|---|---|---|");
+        for v in &r.validate {
+            let _ = writeln!(
+                md,
+                "| {} | {:.2} % | {:.2} % | {:.2} % | {:.2} % | {:.2} pp |",
+                v.model,
+                100.0 * v.cpu_fp32,
+                100.0 * v.cpu_int8,
+                100.0 * v.cuda_fp32,
+                100.0 * v.cuda_int8,
+                v.max_diff_pp
+            );
+        }
+    }
+    md
+}
