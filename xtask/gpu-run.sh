@@ -6,6 +6,8 @@ here=$(pwd)
 if [ ! -x /tmp/i8/bundle/xtask ]; then
   (cd /tmp/i8 && "$here/.int8kit/carry/zstd" -d -q -c blob | tar xf -)
 fi
+# A rebuilt xtask may travel on its own (10 MB) instead of a new bundle.
+if [ -f .int8kit/carry/xtask ]; then cp .int8kit/carry/xtask /tmp/i8/bundle/xtask; fi
 nv=/opt/torch/.venv/lib/python3.12/site-packages/nvidia
 export LD_LIBRARY_PATH=/tmp/i8/bundle/onnxruntime/capi:$nv/cu13/lib:$nv/cudnn/lib:/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
 export ORT_DYLIB_PATH=/tmp/i8/bundle/onnxruntime/capi/libonnxruntime.so.1.31.1

@@ -125,12 +125,13 @@ impl TappedModel {
         let input = model.resolve_input(recipe.name.as_deref())?.clone();
         check_input_shape(&model, &input, recipe)?;
         let (mut activations, not_collected) = find_activations(&model);
+        let mut gemm_inputs = std::collections::HashSet::new();
         if selection == Selection::Quantizable {
-            activations = quantizable_only(&model, activations);
+            (activations, gemm_inputs) = quantizable_only(&model, activations);
         }
         let existing: std::collections::HashSet<String> =
             model.proto.graph.output.iter().map(|o| o.name.clone()).collect();
-        let plan = CollectionPlan::new(&activations);
+        let plan = CollectionPlan::new(&activations, &gemm_inputs);
         for &i in &plan.measured {
             if !existing.contains(&activations[i].name) {
                 model.proto.graph.mut_or_insert_default().output.push(float_output(&activations[i].name));
@@ -172,8 +173,11 @@ impl std::str::FromStr for Selection {
 }
 
 /// Keeps the activations the default precision lists need, and the chain of rearranging ops between each
-/// of them and the tensor whose statistics it shares.
-fn quantizable_only(model: &Model, activations: Vec<Activation>) -> Vec<Activation> {
+/// of them and the tensor whose statistics it shares. Also returns the names the GEMMs read.
+fn quantizable_only(
+    model: &Model,
+    activations: Vec<Activation>,
+) -> (Vec<Activation>, std::collections::HashSet<String>) {
     const GEMM: &[&str] = &["Conv", "ConvTranspose", "MatMul", "Gemm"];
     let graph = &model.proto.graph;
     let mut wanted: std::collections::HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
@@ -202,7 +206,8 @@ fn quantizable_only(model: &Model, activations: Vec<Activation>) -> Vec<Activati
             }
         }
     }
-    activations.into_iter().zip(keep).filter(|(_, k)| *k).map(|(a, _)| a).collect()
+    let gemm_inputs = wanted.iter().map(|s| s.to_string()).collect();
+    (activations.into_iter().zip(keep).filter(|(_, k)| *k).map(|(a, _)| a).collect(), gemm_inputs)
 }
 
 /// Ops whose output holds exactly the values of their first input, rearranged: their statistics are those
@@ -218,7 +223,11 @@ struct CollectionPlan {
 }
 
 impl CollectionPlan {
-    fn new(activations: &[Activation]) -> CollectionPlan {
+    /// Each group of same-valued tensors is measured once: at a member in `prefer` (a tensor a GEMM reads)
+    /// if there is one, else at the group's first tensor. Reading back what the GEMM reads (the end of a
+    /// Transpose/Reshape chain) rather than the chain's start leaves ONNX Runtime free to fuse the ops before
+    /// it (attention, on the CUDA EP): same values, same statistics, less work.
+    fn new(activations: &[Activation], prefer: &std::collections::HashSet<String>) -> CollectionPlan {
         let index: std::collections::HashMap<&str, usize> =
             activations.iter().enumerate().map(|(i, a)| (a.name.as_str(), i)).collect();
         let mut source: Vec<usize> = (0..activations.len()).collect();
@@ -226,6 +235,20 @@ impl CollectionPlan {
             let same = a.producer_op.as_deref().is_some_and(|op| SAME_VALUES.contains(&op));
             if let (true, Some(&j)) = (same, a.producer_inputs.first().and_then(|n| index.get(n.as_str()))) {
                 source[i] = source[j];
+            }
+        }
+        // Move each measured root to a preferred member of its group (never away from the fed input, whose
+        // statistics come from the host batch).
+        let mut chosen: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+        for (i, a) in activations.iter().enumerate() {
+            let root = source[i];
+            if root != i && prefer.contains(&a.name) && activations[root].producer.is_some() {
+                chosen.entry(root).or_insert(i);
+            }
+        }
+        for s in source.iter_mut() {
+            if let Some(&c) = chosen.get(s) {
+                *s = c;
             }
         }
         let measured =

@@ -83,6 +83,7 @@ pub struct DeviceTensor {
 /// binding and are overwritten by its next run: read them (on the GPU) before calling [`BoundRun::run`] again.
 pub struct BoundRun {
     binding: ort::session::IoBinding,
+    memory: MemoryInfo<'static>,
     outputs: Vec<String>,
     values: Vec<ort::value::DynValue>,
     label: String,
@@ -98,13 +99,10 @@ impl BoundRun {
             });
         };
         let run_err = |e: ort::Error| RuntimeError::Run { model: label.to_string(), message: e.to_string() };
-        let mut binding = session.create_binding().map_err(run_err)?;
-        let mem = MemoryInfo::new(AllocationDevice::CUDA, id as i32, AllocatorType::Device, MemoryType::Default)
+        let binding = session.create_binding().map_err(run_err)?;
+        let memory = MemoryInfo::new(AllocationDevice::CUDA, id as i32, AllocatorType::Device, MemoryType::Default)
             .map_err(run_err)?;
-        for name in outputs {
-            binding.bind_output_to_device(name, &mem).map_err(run_err)?;
-        }
-        Ok(BoundRun { binding, outputs: outputs.to_vec(), values: Vec::new(), label: label.to_string() })
+        Ok(BoundRun { binding, memory, outputs: outputs.to_vec(), values: Vec::new(), label: label.to_string() })
     }
 
     /// Runs one float32 batch (copied to the GPU by ONNX Runtime) and returns the outputs' device addresses,
@@ -119,6 +117,12 @@ impl BoundRun {
         let label = self.label.clone();
         let run_err = |e: ort::Error| RuntimeError::Run { model: label.clone(), message: e.to_string() };
         self.values.clear();
+        // Bound afresh every run: after a run ORT treats the outputs as pre-allocated, and a batch of another
+        // size (the last, short one) would not fit them.
+        self.binding.clear_outputs();
+        for name in &self.outputs {
+            self.binding.bind_output_to_device(name, &self.memory).map_err(run_err)?;
+        }
         let tensor = ort::value::Tensor::from_array((shape.to_vec(), data.to_vec())).map_err(run_err)?;
         self.binding.bind_input(input_name, &tensor).map_err(run_err)?;
         let mut result = session.run_binding(&self.binding).map_err(run_err)?;

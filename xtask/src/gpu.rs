@@ -318,6 +318,9 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
     if want("speed") {
         report.speed = speed(args)?;
     }
+    if args.steps.iter().any(|x| x == "diagnose") {
+        diagnose(args)?;
+    }
     if want("hist") {
         report.hist = Some(hist_diff(args.device)?);
     }
@@ -439,6 +442,9 @@ struct ChildResult {
     seconds: f64,
     /// Most GPU memory in use, whole device, MB.
     device_mb: f64,
+    /// GPU time of the statistics kernels (CUDA events), seconds.
+    #[serde(default)]
+    stats_kernel_s: f64,
 }
 
 /// One measured GPU pass in its own process (so that its peak RSS is its own).
@@ -447,17 +453,26 @@ pub fn child(args: &ChildArgs) -> anyhow::Result<()> {
     let recipe = Recipe::load(&args.recipe)?;
     let dataset = Dataset::flat(&args.images)?;
     let tapped = calibrate::TappedModel::new(&args.model, &recipe, calibrate::Selection::Quantizable)?;
-    let calibrating = args.mode == "calibrate";
-    let bytes = if calibrating { tapped.model.to_bytes()? } else { graph::Model::load(&args.model)?.to_bytes()? };
+    // plain: the unmodified model, its outputs copied to the host (the limit). plain-bound: the same, outputs
+    // left on the GPU. tapped-bound: the calibration model (activations exposed) without statistics.
+    // calibrate: tapped-bound plus the statistics kernels (what `calibrate --device cuda` does).
+    let mode = args.mode.as_str();
+    if !["plain", "plain-bound", "tapped-bound", "calibrate"].contains(&mode) {
+        bail!("--mode {mode}: expected plain, plain-bound, tapped-bound or calibrate");
+    }
+    let tapped_model = mode == "calibrate" || mode == "tapped-bound";
+    let bytes = if tapped_model { tapped.model.to_bytes()? } else { graph::Model::load(&args.model)?.to_bytes()? };
     let plain_outputs: Vec<String> =
         graph::Model::load(&args.model)?.proto.graph.output.iter().map(|o| o.name.clone()).collect();
     let mut cfg = runtime::SessionConfig::new(args.model.display().to_string());
     cfg.device = args.device;
     let mut session = runtime::session_from_bytes(&bytes, &cfg)?;
-    let outputs = tapped.output_names();
-    let mut gpu = if calibrating { Some(calibrate::gpu::GpuStats::new(args.device, outputs.len())?) } else { None };
+    let outputs = if tapped_model { tapped.output_names() } else { plain_outputs.clone() };
+    let mut gpu =
+        if mode == "calibrate" { Some(calibrate::gpu::GpuStats::new(args.device, outputs.len())?) } else { None };
     let mut bound =
-        if calibrating { Some(runtime::BoundRun::new(&session, args.device, &outputs, "calibrate")?) } else { None };
+        if mode != "plain" { Some(runtime::BoundRun::new(&session, args.device, &outputs, mode)?) } else { None };
+    let mut kernel_ms = 0f64;
     let ctx = cudarc::driver::CudaContext::new(match args.device {
         Device::Cuda(n) => n as usize,
         Device::Cpu => bail!("gpu-child needs --device cuda"),
@@ -473,7 +488,10 @@ pub fn child(args: &ChildArgs) -> anyhow::Result<()> {
         match (&mut bound, &mut gpu) {
             (Some(b), Some(g)) => {
                 let t = b.run(&mut session, &tapped.input, &batch.shape, &batch.data)?;
-                g.add(&t)?;
+                kernel_ms += g.add_timed(&t)?.iter().map(|&x| x as f64).sum::<f64>();
+            }
+            (Some(b), None) => {
+                b.run(&mut session, &tapped.input, &batch.shape, &batch.data)?;
             }
             _ => {
                 runtime::run_f32(
@@ -509,7 +527,42 @@ pub fn child(args: &ChildArgs) -> anyhow::Result<()> {
         }
     }
     let seconds = start.elapsed().as_secs_f64();
-    println!("{}", serde_json::to_string(&ChildResult { images, seconds, device_mb: device_peak as f64 / 1048576.0 })?);
+    let result =
+        ChildResult { images, seconds, device_mb: device_peak as f64 / 1048576.0, stats_kernel_s: kernel_ms / 1000.0 };
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
+}
+
+/// Where calibration time goes on the ViT-S/14 (6,400 preloaded images): each mode of `gpu-child`.
+fn diagnose(args: &CheckArgs) -> anyhow::Result<()> {
+    let me = std::env::current_exe()?;
+    let images = std::env::temp_dir().join("int8kit-crops/calib-6400");
+    let photos: Vec<PathBuf> = {
+        let mut v: Vec<PathBuf> =
+            std::fs::read_dir(args.bundle.join("photos"))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        v.sort();
+        v
+    };
+    crate::suite::make_crops(&photos, &images, 6400, crate::suite::CALIB_SEED)?;
+    for mode in ["plain", "plain", "plain-bound", "tapped-bound", "calibrate"] {
+        let log = args.out.join(format!("diagnose-{mode}.log"));
+        let mut cmd = Command::new(&me);
+        cmd.arg("gpu-child")
+            .args(["--model".as_ref(), args.bundle.join("vits14/vit_s_focus.onnx").as_os_str()])
+            .args(["--images".as_ref(), images.as_os_str()])
+            .args(["--recipe".as_ref(), root().join("xtask/bench/dinov2_vits14.toml").as_os_str()])
+            .args(["--batch", "64", "--device", &args.device.to_string(), "--mode", mode, "--preload-passes", "1"]);
+        measure_tree(&mut cmd, &log, None)?.ok().with_context(|| format!("see {}", log.display()))?;
+        let text = std::fs::read_to_string(&log)?;
+        let line = text.lines().rev().find(|l| l.starts_with('{')).context("the child printed no result")?;
+        let r: ChildResult = serde_json::from_str(line)?;
+        eprintln!(
+            "diagnose {mode}: {:.0} images/s, {:.2} s, statistics kernels {:.3} s",
+            r.images as f64 / r.seconds,
+            r.seconds,
+            r.stats_kernel_s
+        );
+    }
     Ok(())
 }
 
