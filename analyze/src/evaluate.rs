@@ -381,6 +381,34 @@ mod tests {
     }
 
     #[test]
+    fn fidelity_of_identical_and_of_noisy_outputs() {
+        let mut same = OutputFidelity::default();
+        same.add(&[1.0, 2.0], &[1.0, 2.0], 1, 1);
+        let f = same.finish();
+        assert_eq!((f.images, f.agreement, f.sqnr_db), (1, 1.0, f64::INFINITY));
+        assert!((f.cosine_mean - 1.0).abs() < 1e-12);
+        let mut noisy = OutputFidelity::default();
+        noisy.add(&[3.0, 4.0], &[3.0, 3.0], 1, 0);
+        noisy.add(&[0.0, 0.0], &[0.0, 0.0], 0, 0);
+        let f = noisy.finish();
+        // signal 25, noise 1: 10 log10(25); cosine of (3,4) and (3,3) is 21 / (5 * sqrt 18); zeros count as 1.
+        assert!((f.sqnr_db - 10.0 * 25f64.log10()).abs() < 1e-9, "{}", f.sqnr_db);
+        assert!((f.cosine_mean - (21.0 / (5.0 * 18f64.sqrt()) + 1.0) / 2.0).abs() < 1e-9);
+        assert_eq!(f.agreement, 0.5);
+    }
+
+    #[test]
+    fn recorded_outputs_replay_in_order_and_rewind() {
+        let batch = datasets::Batch { items: vec![], shape: [0; 4], data: vec![] };
+        let mut rec = Recorded { rows: vec![vec![1.0], vec![2.0]], next: 0, seconds: 0.0 };
+        assert_eq!(rec.run(&batch).unwrap(), vec![1.0]);
+        assert_eq!(rec.run(&batch).unwrap(), vec![2.0]);
+        assert!(rec.run(&batch).unwrap_err().to_string().contains("2 recorded batches"));
+        rec.rewind();
+        assert_eq!(rec.run(&batch).unwrap(), vec![1.0]);
+    }
+
+    #[test]
     fn zero_shot_scores_are_cosines_against_normalised_prototypes() {
         let protos = vec![normalised(&[1.0, 0.0]), normalised(&[1.0, 1.0])];
         let s = scores(&[3.0, 3.0], Some(&protos));

@@ -478,3 +478,42 @@ fn collect_on_cpu(
     run_result?;
     measured_stats
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn act(name: &str, op: Option<&str>, input: &str) -> Activation {
+        Activation {
+            name: name.into(),
+            producer: op.map(|o| format!("{o}_node_{name}")),
+            producer_op: op.map(str::to_string),
+            producer_inputs: if input.is_empty() { vec![] } else { vec![input.into()] },
+        }
+    }
+
+    #[test]
+    fn a_rearranged_chain_is_measured_once_where_the_gemm_reads_it() {
+        let acts = vec![
+            act("x", None, ""),
+            act("a", Some("MatMul"), "x"),
+            act("b", Some("Transpose"), "a"),
+            act("c", Some("Reshape"), "b"),
+            act("d", Some("Reshape"), "x"),
+        ];
+        let plain = CollectionPlan::new(&acts, &Default::default());
+        assert_eq!(plain.measured, vec![1]);
+        assert_eq!(plain.source, vec![0, 1, 1, 1, 0]);
+        let prefer: std::collections::HashSet<String> = ["c".to_string(), "d".to_string()].into();
+        let plan = CollectionPlan::new(&acts, &prefer);
+        assert_eq!(plan.measured, vec![3]);
+        assert_eq!(plan.source, vec![0, 3, 3, 3, 0], "the fed input keeps its host-side statistics");
+        let s = |v: f32| {
+            let mut t = TensorStats::default();
+            t.add(&[v]);
+            t
+        };
+        let all = plan.assemble(5, Some(0), s(1.0), vec![s(2.0)]);
+        assert_eq!(all.iter().map(|t| t.max.unwrap()).collect::<Vec<_>>(), vec![1.0, 2.0, 2.0, 2.0, 1.0]);
+    }
+}

@@ -156,3 +156,31 @@ impl BoundRun {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse_and_print() {
+        assert_eq!("cpu".parse::<Device>(), Ok(Device::Cpu));
+        assert_eq!("cuda".parse::<Device>(), Ok(Device::Cuda(0)));
+        assert_eq!("cuda:3".parse::<Device>(), Ok(Device::Cuda(3)));
+        for bad in ["gpu", "cuda:", "cuda:x", "CUDA"] {
+            let err = bad.parse::<Device>().unwrap_err();
+            assert!(err.contains(bad) && err.contains("cuda:N"), "{err}");
+        }
+        assert_eq!(Device::Cuda(1).to_string(), "cuda:1");
+    }
+
+    #[test]
+    fn a_machine_without_the_nvidia_driver_gets_an_error_not_a_panic() {
+        // SAFETY: only tries to open the driver library.
+        if unsafe { cudarc::driver::sys::is_culib_present() } {
+            return; // a GPU machine: covered by `xtask gpu-check`
+        }
+        let err = cuda_device_check(Device::Cuda(0)).unwrap_err().to_string();
+        assert!(err.contains("libcuda") && err.contains("--device cpu"), "{err}");
+        assert!(cuda_device_check(Device::Cpu).is_ok());
+    }
+}

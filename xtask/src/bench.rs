@@ -367,3 +367,27 @@ fn bench_analyze(args: &AnalyzeBenchArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_rss_is_the_childs_own_and_a_cap_stops_it() {
+        // The parent holds 300 MB: with wait4's ru_maxrss a small child would report at least that much.
+        let big = vec![1u8; 300 << 20];
+        std::hint::black_box(&big);
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let grow = "import time\nb = bytearray(200 * 1024 * 1024)\ntime.sleep(0.4)";
+        let small = measure_tree(Command::new("sleep").arg("0.3"), &log, None).unwrap();
+        assert!(small.outcome == "ok" && small.peak_rss_mb < 50.0, "{small:?}");
+        let r = measure_tree(Command::new("python3").args(["-c", grow]), &log, None).unwrap();
+        assert!(r.outcome == "ok" && (200.0..400.0).contains(&r.peak_rss_mb), "{r:?}");
+        let capped = measure_tree(Command::new("python3").args(["-c", grow]), &log, Some(100.0)).unwrap();
+        assert!(capped.outcome.starts_with("out of memory"), "{capped:?}");
+        let failed =
+            measure_tree(Command::new("python3").args(["-c", "raise SystemExit('no input')"]), &log, None).unwrap();
+        assert!(failed.outcome.starts_with("crashed (exit 1: no input"), "{failed:?}");
+    }
+}

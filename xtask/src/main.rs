@@ -90,6 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         calibrate::cli::init_logging(args.quiet);
         runtime::use_device(args.device);
         if args.device.is_cuda() {
+            runtime::cuda_device_check(args.device)?;
             runtime::init()?;
         } else {
             setup()?;

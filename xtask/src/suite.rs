@@ -654,3 +654,17 @@ fn markdown(s: &Suite) -> String {
     }
     md
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generated_part_is_replaced_and_the_rest_kept() {
+        let first = splice("# Benchmarks\n\nhand-written\n", "table 1");
+        assert!(first.starts_with("# Benchmarks\n\nhand-written\n") && first.contains("table 1"), "{first}");
+        let second = splice(&format!("{first}\nafter\n"), "table 2");
+        assert!(second.contains("table 2") && !second.contains("table 1"), "{second}");
+        assert!(second.contains("hand-written") && second.trim_end().ends_with("after"), "{second}");
+    }
+}

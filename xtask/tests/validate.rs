@@ -133,4 +133,10 @@ fn zero_shot_clip_tower_passes_and_bad_input_exits_2() {
     let (code, text) = validate("fmnist_resnet_opset13.onnx", &dir.path().join("trt"), &["--engine", "tensorrt"]);
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("trtexec"), "{text}");
+    // No GPU here (CI has none): --device cuda is a clear error before any work, not a panic.
+    if !Path::new("/dev/nvidiactl").exists() {
+        let (code, text) = validate("fmnist_resnet_opset13.onnx", &dir.path().join("gpu"), &["--device", "cuda"]);
+        assert_eq!(code, 2, "{text}");
+        assert!(text.contains("libcuda") && text.contains("--device cpu") && !text.contains("panicked"), "{text}");
+    }
 }
