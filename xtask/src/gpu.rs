@@ -18,8 +18,9 @@ use crate::root;
 
 #[derive(Debug, clap::Args)]
 pub struct PackArgs {
-    /// Size of each chunk; the project's tracked files plus one chunk must stay under a device call's 64 MiB.
-    #[arg(long, default_value_t = 38)]
+    /// Size of each chunk: the repository (tracked files and .git, about 42 MB) plus one chunk must stay under
+    /// a device call's 64 MiB.
+    #[arg(long, default_value_t = 24)]
     chunk_mb: u64,
 }
 
@@ -121,7 +122,8 @@ pub fn pack(args: &PackArgs) -> anyhow::Result<()> {
     chunks.sort();
     let mut plan = String::from("# device calls, back to back (the machine is given back 30 s after a call)\n");
     for (i, c) in chunks.iter().enumerate() {
-        let mut cmd = format!("mkdir -p /tmp/i8 && cat .int8kit/carry/{c} >> /tmp/i8/blob");
+        let start = if i == 0 { "mkdir -p /tmp/i8 && rm -f /tmp/i8/blob && " } else { "" };
+        let mut cmd = format!("{start}cat .int8kit/carry/{c} >> /tmp/i8/blob");
         let mut carry_list = format!("[\".int8kit/carry/{c}\"");
         if i + 1 == chunks.len() {
             cmd.push_str(" && bash xtask/gpu-run.sh");
