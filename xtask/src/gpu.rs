@@ -34,7 +34,8 @@ pub struct CheckArgs {
     /// Where gpu-check.json, gpu-check.md and the per-step logs go.
     #[arg(long)]
     out: PathBuf,
-    /// Steps to run (comma-separated): equality, kernels, speed, hist, validate. Default: all.
+    /// Steps to run (comma-separated): equality, kernels, speed, hist, validate, sensitivity; diagnose runs
+    /// only when named. Default: all the others.
     #[arg(long, value_delimiter = ',')]
     steps: Vec<String>,
 }
@@ -145,6 +146,20 @@ struct CheckReport {
     speed: Vec<SpeedRow>,
     hist: Option<HistDiff>,
     validate: Vec<ValidateRow>,
+    sensitivity: Option<SensitivityDiff>,
+}
+
+#[derive(Debug, Serialize)]
+struct SensitivityDiff {
+    images: usize,
+    nodes: usize,
+    cpu_seconds: f64,
+    cuda_seconds: f64,
+    /// The five most sensitive nodes on each device.
+    cpu_top5: Vec<String>,
+    cuda_top5: Vec<String>,
+    /// Largest difference of a node's Top-1 change (quantized alone) between the devices, pp.
+    max_top1_delta_diff_pp: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -306,6 +321,9 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
     }
     if want("validate") {
         report.validate = validate_both(args)?;
+    }
+    if want("sensitivity") {
+        report.sensitivity = Some(sensitivity_both(args.device)?);
     }
     std::fs::write(args.out.join("gpu-check.json"), serde_json::to_vec_pretty(&report)?)?;
     let md = markdown(&report);
@@ -617,6 +635,50 @@ fn hist_diff(device: Device) -> anyhow::Result<HistDiff> {
     Ok(d)
 }
 
+/// `analyze sensitivity` of the fixture ViT on 1000 validation images, on the CPU and on the GPU.
+fn sensitivity_both(device: Device) -> anyhow::Result<SensitivityDiff> {
+    let root = root();
+    let recipe = Recipe::load(&root.join("fixtures/fmnist.toml"))?;
+    let model = root.join("fixtures/models/fmnist_vit_opset17.onnx");
+    let options = calibrate::CalibrateOptions::default();
+    let (hist, _) =
+        calibrate::calibrate(&model, &root.join("fixtures/fmnist/calib"), &recipe, &options, &mut |_, _| {})?;
+    let val = Dataset::labelled(&root.join("fixtures/fmnist/val"), None)?.limit(1000, 0);
+    let run = |device: Device| {
+        analyze::sensitivity::sensitivity(
+            &model,
+            &hist,
+            &val,
+            &recipe,
+            None,
+            analyze::scales::Method::Entropy,
+            &Default::default(),
+            runtime::Placement { threads: 0, device },
+            false,
+            &mut |_, _| {},
+        )
+    };
+    let (cpu, gpu) = (run(Device::Cpu)?, run(device)?);
+    let top = |r: &analyze::sensitivity::SensitivityReport| r.nodes.iter().take(5).map(|n| n.node.clone()).collect();
+    let max_diff = cpu
+        .nodes
+        .iter()
+        .filter_map(|a| gpu.nodes.iter().find(|b| b.node == a.node).map(|b| (a, b)))
+        .map(|(a, b)| (a.alone_int8.top1_delta_pp - b.alone_int8.top1_delta_pp).abs())
+        .fold(0.0, f64::max);
+    let d = SensitivityDiff {
+        images: cpu.images,
+        nodes: cpu.nodes.len(),
+        cpu_seconds: cpu.seconds,
+        cuda_seconds: gpu.seconds,
+        cpu_top5: top(&cpu),
+        cuda_top5: top(&gpu),
+        max_top1_delta_diff_pp: max_diff,
+    };
+    eprintln!("sensitivity CPU vs GPU: {d:?}");
+    Ok(d)
+}
+
 fn validate_both(args: &CheckArgs) -> anyhow::Result<Vec<ValidateRow>> {
     let mut rows = Vec::new();
     for (name, zero_shot) in crate::demo::FIXTURE_MODELS {
@@ -684,6 +746,14 @@ fn markdown(r: &CheckReport) -> String {
             "fmnist_vit_opset17 .hist, CPU vs GPU over the same 1000 images: {}/{} tensors identical, {} with equal count and range; \
              largest relative amax difference {:.2e}, entropy amax {:.2e}; mean histogram L1 share {:.2e}.\n",
             h.identical, h.tensors, h.same_count_and_range, h.max_rel_amax_diff, h.max_rel_entropy_amax_diff, h.mean_hist_l1_share
+        );
+    }
+    if let Some(d) = &r.sensitivity {
+        let _ = writeln!(
+            md,
+            "analyze sensitivity, fmnist_vit_opset17, {} images, {} nodes: CPU {:.1} s, GPU {:.1} s; five most sensitive \
+             on the CPU {:?}, on the GPU {:?}; largest difference of a node's Top-1 change {:.2} pp.\n",
+            d.images, d.nodes, d.cpu_seconds, d.cuda_seconds, d.cpu_top5, d.cuda_top5, d.max_top1_delta_diff_pp
         );
     }
     if !r.validate.is_empty() {
