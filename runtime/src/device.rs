@@ -124,7 +124,7 @@ impl BoundRun {
         })
     }
 
-    /// Runs one float32 batch (copied to the GPU by ONNX Runtime) and returns the outputs' device addresses,
+    /// Runs one float32 batch (copied into the GPU input tensor) and returns the outputs' device addresses,
     /// in the order of the bound names. The run has finished on the GPU when this returns.
     pub fn run(
         &mut self,
