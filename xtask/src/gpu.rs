@@ -363,72 +363,85 @@ fn gpu_name() -> String {
         .unwrap_or_default()
 }
 
+/// The benchmark photos carried in the bundle, in a stable order.
+fn bundle_photos(bundle: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(bundle.join("photos"))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    v.sort();
+    Ok(v)
+}
+
+/// One model over one image folder, as `gpu-child` runs it.
+struct GpuWorkload {
+    name: String,
+    model: PathBuf,
+    images: PathBuf,
+    recipe: PathBuf,
+    batch: usize,
+    /// Passes over preloaded images; `None` streams them from disk.
+    passes: Option<usize>,
+}
+
+impl GpuWorkload {
+    /// The ViT-S/14 over N crops (made once in the temporary folder).
+    fn vits14(args: &CheckArgs, n: usize, passes: Option<usize>) -> anyhow::Result<GpuWorkload> {
+        let dir = std::env::temp_dir().join(format!("int8kit-crops/calib-{n}"));
+        let images = crate::suite::make_crops(&bundle_photos(&args.bundle)?, &dir, n, crate::suite::CALIB_SEED)?;
+        let how = if passes.is_some() { "preloaded" } else { "streamed from PNG" };
+        Ok(GpuWorkload {
+            name: format!("dinov2_vits14_224 N={n} ({how})"),
+            model: args.bundle.join("vits14/vit_s_focus.onnx"),
+            images,
+            recipe: root().join("xtask/bench/dinov2_vits14.toml"),
+            batch: 64,
+            passes,
+        })
+    }
+
+    /// Runs `gpu-child` in `mode` as its own process (log in `log`) and reads its result line.
+    fn run(&self, args: &CheckArgs, mode: &str, log: &Path) -> anyhow::Result<(Run, ChildResult)> {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("gpu-child")
+            .args(["--model".as_ref(), self.model.as_os_str()])
+            .args(["--images".as_ref(), self.images.as_os_str()])
+            .args(["--recipe".as_ref(), self.recipe.as_os_str()])
+            .args(["--batch-size", &self.batch.to_string(), "--device", &args.device.to_string(), "--mode", mode]);
+        if let Some(p) = self.passes {
+            cmd.args(["--preload-passes", &p.to_string()]);
+        }
+        let r = measure_tree(&mut cmd, log, None)?.ok().with_context(|| format!("see {}", log.display()))?;
+        let text = std::fs::read_to_string(log)?;
+        let line = text.lines().rev().find(|l| l.starts_with('{')).context("the child printed no result")?;
+        Ok((r, serde_json::from_str(line)?))
+    }
+}
+
 fn speed(args: &CheckArgs) -> anyhow::Result<Vec<SpeedRow>> {
     let root = root();
-    let me = std::env::current_exe()?;
-    let photos: Vec<PathBuf> = {
-        let mut v: Vec<PathBuf> =
-            std::fs::read_dir(args.bundle.join("photos"))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        v.sort();
-        v
-    };
-    let vits = args.bundle.join("vits14/vit_s_focus.onnx");
-    let vits_recipe = root.join("xtask/bench/dinov2_vits14.toml");
-    let crops = std::env::temp_dir().join("int8kit-crops");
-    let mut workloads: Vec<(String, PathBuf, PathBuf, PathBuf, usize, Option<usize>)> = vec![(
-        "fmnist_vit_opset17 (1000 images x 100 passes, preloaded)".into(),
-        root.join("fixtures/models/fmnist_vit_opset17.onnx"),
-        root.join("fixtures/fmnist/calib"),
-        root.join("fixtures/fmnist.toml"),
-        512,
-        Some(100),
-    )];
+    let mut workloads = vec![GpuWorkload {
+        name: "fmnist_vit_opset17 (1000 images x 100 passes, preloaded)".into(),
+        model: root.join("fixtures/models/fmnist_vit_opset17.onnx"),
+        images: root.join("fixtures/fmnist/calib"),
+        recipe: root.join("fixtures/fmnist.toml"),
+        batch: 512,
+        passes: Some(100),
+    }];
     for n in [640usize, 6400] {
-        let dir = crate::suite::make_crops(&photos, &crops.join(format!("calib-{n}")), n, crate::suite::CALIB_SEED)?;
-        workloads.push((
-            format!("dinov2_vits14_224 N={n} (streamed from PNG)"),
-            vits.clone(),
-            dir.clone(),
-            vits_recipe.clone(),
-            64,
-            None,
-        ));
-        workloads.push((
-            format!("dinov2_vits14_224 N={n} (preloaded)"),
-            vits.clone(),
-            dir,
-            vits_recipe.clone(),
-            64,
-            Some(1),
-        ));
+        workloads.push(GpuWorkload::vits14(args, n, None)?);
+        workloads.push(GpuWorkload::vits14(args, n, Some(1))?);
     }
     let mut rows = Vec::new();
-    for (name, model, images, recipe, batch, passes) in workloads {
-        let run = |mode: &str| -> anyhow::Result<(Run, ChildResult)> {
-            let log = args.out.join(format!("speed-{mode}.log"));
-            let mut cmd = Command::new(&me);
-            cmd.arg("gpu-child")
-                .args(["--model".as_ref(), model.as_os_str()])
-                .args(["--images".as_ref(), images.as_os_str()])
-                .args(["--recipe".as_ref(), recipe.as_os_str()])
-                .args(["--batch-size", &batch.to_string(), "--device", &args.device.to_string(), "--mode", mode]);
-            if let Some(p) = passes {
-                cmd.args(["--preload-passes", &p.to_string()]);
-            }
-            let r = measure_tree(&mut cmd, &log, None)?.ok().with_context(|| format!("see {}", log.display()))?;
-            let text = std::fs::read_to_string(&log)?;
-            let line = text.lines().rev().find(|l| l.starts_with('{')).context("the child printed no result")?;
-            Ok((r, serde_json::from_str(line)?))
-        };
+    for w in workloads {
+        let run = |mode: &str| w.run(args, mode, &args.out.join(format!("speed-{mode}.log")));
         // Warm-up (cuDNN/cuBLAS autotuning, file cache), then the measured pair.
         run("plain")?;
         let (plain, p) = run("plain")?;
         let (cal, c) = run("calibrate")?;
         let row = SpeedRow {
-            workload: name,
+            workload: w.name.clone(),
             images: p.images,
-            batch,
-            preloaded: passes.is_some(),
+            batch: w.batch,
+            preloaded: w.passes.is_some(),
             plain_images_s: p.images as f64 / p.seconds,
             plain_device_mb: p.device_mb,
             calibrate_images_s: c.images as f64 / c.seconds,
@@ -473,9 +486,9 @@ pub fn child(args: &ChildArgs) -> anyhow::Result<()> {
         bail!("--mode {mode}: expected plain, plain-bound, tapped-bound or calibrate");
     }
     let tapped_model = mode == "calibrate" || mode == "tapped-bound";
-    let bytes = if tapped_model { tapped.model.to_bytes()? } else { graph::Model::load(&pass.model)?.to_bytes()? };
-    let plain_outputs: Vec<String> =
-        graph::Model::load(&pass.model)?.proto.graph.output.iter().map(|o| o.name.clone()).collect();
+    let plain = graph::Model::load(&pass.model)?;
+    let plain_outputs: Vec<String> = plain.proto.graph.output.iter().map(|o| o.name.clone()).collect();
+    let bytes = if tapped_model { tapped.model.to_bytes()? } else { plain.to_bytes()? };
     let mut cfg = runtime::SessionConfig::new(pass.model.display().to_string());
     cfg.device = args.device;
     let mut session = runtime::session_from_bytes(&bytes, &cfg)?;
@@ -547,36 +560,9 @@ pub fn child(args: &ChildArgs) -> anyhow::Result<()> {
 
 /// Where calibration time goes on the ViT-S/14 (6,400 preloaded images): each mode of `gpu-child`.
 fn diagnose(args: &CheckArgs) -> anyhow::Result<()> {
-    let me = std::env::current_exe()?;
-    let images = std::env::temp_dir().join("int8kit-crops/calib-6400");
-    let photos: Vec<PathBuf> = {
-        let mut v: Vec<PathBuf> =
-            std::fs::read_dir(args.bundle.join("photos"))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        v.sort();
-        v
-    };
-    crate::suite::make_crops(&photos, &images, 6400, crate::suite::CALIB_SEED)?;
+    let w = GpuWorkload::vits14(args, 6400, Some(1))?;
     for mode in ["plain", "plain", "plain-bound", "tapped-bound", "calibrate"] {
-        let log = args.out.join(format!("diagnose-{mode}.log"));
-        let mut cmd = Command::new(&me);
-        cmd.arg("gpu-child")
-            .args(["--model".as_ref(), args.bundle.join("vits14/vit_s_focus.onnx").as_os_str()])
-            .args(["--images".as_ref(), images.as_os_str()])
-            .args(["--recipe".as_ref(), root().join("xtask/bench/dinov2_vits14.toml").as_os_str()])
-            .args([
-                "--batch-size",
-                "64",
-                "--device",
-                &args.device.to_string(),
-                "--mode",
-                mode,
-                "--preload-passes",
-                "1",
-            ]);
-        measure_tree(&mut cmd, &log, None)?.ok().with_context(|| format!("see {}", log.display()))?;
-        let text = std::fs::read_to_string(&log)?;
-        let line = text.lines().rev().find(|l| l.starts_with('{')).context("the child printed no result")?;
-        let r: ChildResult = serde_json::from_str(line)?;
+        let (_, r) = w.run(args, mode, &args.out.join(format!("diagnose-{mode}.log")))?;
         eprintln!(
             "diagnose {mode}: {:.0} images/s, {:.2} s, statistics kernels {:.3} s",
             r.images as f64 / r.seconds,

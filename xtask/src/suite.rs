@@ -458,16 +458,22 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
         // INT8 results: the FP32 reference runs once and is replayed for every INT8 model.
         let recipe = Recipe::load(&w.recipe)?;
         let mut fp32 = evaluate::ort_model(&w.model, &recipe, Default::default())?;
+        let eval_set = match &w.eval {
+            Eval::Top1 { val, limit } => {
+                let ds = Dataset::labelled(val, None)?;
+                match limit {
+                    Some(n) => ds.limit(*n, 0),
+                    None => ds,
+                }
+            }
+            Eval::Fidelity { images } => Dataset::flat(images)?,
+        };
         let quality_of = |fp32: &mut Recorded, model: &Path| -> anyhow::Result<Quality> {
             fp32.rewind();
             let mut int8 = evaluate::ort_model(model, &recipe, Default::default())?;
             Ok(match &w.eval {
-                Eval::Top1 { val, limit } => {
-                    let mut ds = Dataset::labelled(val, None)?;
-                    if let Some(n) = limit {
-                        ds = ds.limit(*n, 0);
-                    }
-                    let c = evaluate::compare(fp32, int8.as_mut(), &ds, &recipe, None, &mut |_, _| {})?;
+                Eval::Top1 { .. } => {
+                    let c = evaluate::compare(fp32, int8.as_mut(), &eval_set, &recipe, None, &mut |_, _| {})?;
                     Quality {
                         images: c.images,
                         fp32_top1: Some(c.fp32.top1),
@@ -477,8 +483,8 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
                         sqnr_db: c.sqnr_db,
                     }
                 }
-                Eval::Fidelity { images } => {
-                    let f = evaluate::fidelity(fp32, int8.as_mut(), &Dataset::flat(images)?, &recipe)?;
+                Eval::Fidelity { .. } => {
+                    let f = evaluate::fidelity(fp32, int8.as_mut(), &eval_set, &recipe)?;
                     Quality {
                         images: f.images,
                         fp32_top1: None,
@@ -489,16 +495,6 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
                     }
                 }
             })
-        };
-        let eval_set = match &w.eval {
-            Eval::Top1 { val, limit } => {
-                let ds = Dataset::labelled(val, None)?;
-                match limit {
-                    Some(n) => ds.limit(*n, 0),
-                    None => ds,
-                }
-            }
-            Eval::Fidelity { images } => Dataset::flat(images)?,
         };
         let mut reference = Recorded::record(fp32.as_mut(), &eval_set, &recipe)?;
         let ours_quality = quality_of(&mut reference, &ours_dir.join("model.qdq.onnx"))?;
