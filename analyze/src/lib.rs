@@ -2,17 +2,15 @@
 //! `model.qdq.onnx`, `calibration.cache`, `ranges.csv`, `ranges.json` (formats in FORMATS.md).
 
 pub mod cache;
-pub mod evaluate;
-mod flops;
+pub mod flops;
 pub mod precision;
 pub mod qdq;
 pub mod scales;
-pub mod sensitivity;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use calibrate::HistFile;
+use histograms::{HistFile, ModelInfo, TensorRecord};
 use graph::Model;
 use serde::Serialize;
 
@@ -24,7 +22,7 @@ pub enum AnalyzeError {
     #[error(transparent)]
     Graph(#[from] graph::GraphError),
     #[error(transparent)]
-    Calibrate(#[from] calibrate::CalibrateError),
+    Hist(#[from] histograms::HistError),
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
     #[error("cannot read {path}: {source}")]
@@ -60,7 +58,7 @@ pub struct AnalyzeOptions {
 /// histogram is a few pixel-value spikes that KL/percentile/MSE searches clip (entropy clipped 29 % of the
 /// Fashion-MNIST input); then a per-tensor choice; then the global method.
 pub fn tensor_method(
-    t: &calibrate::hist_file::TensorRecord,
+    t: &TensorRecord,
     method: Method,
     per_tensor: &std::collections::BTreeMap<String, Method>,
 ) -> Method {
@@ -118,7 +116,7 @@ pub struct WeightRange {
 pub struct Ranges {
     pub format: &'static str,
     pub version: u32,
-    pub model: calibrate::hist_file::ModelInfo,
+    pub model: ModelInfo,
     pub calibration_images: u64,
     pub method: String,
     pub precision: PrecisionFile,

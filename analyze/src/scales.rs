@@ -1,6 +1,6 @@
 //! From a histogram of |x| to a clipping threshold (amax); the INT8 scale is amax / 127.
 
-use calibrate::histogram::TensorStats;
+use histograms::TensorStats;
 use serde::{Deserialize, Serialize};
 
 /// How to pick amax from a tensor's statistics.

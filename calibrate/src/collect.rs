@@ -9,8 +9,9 @@ use graph::{find_activations, Activation, ElemType, Model};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::hist_file::{HistFile, HistogramInfo, ImagesInfo, ModelInfo, TensorRecord, HIST_FORMAT, HIST_VERSION};
-use crate::histogram::{TensorStats, BINS};
+use histograms::{
+    HistFile, HistogramInfo, ImagesInfo, ModelInfo, Selection, TensorRecord, TensorStats, BINS, HIST_FORMAT, HIST_VERSION,
+};
 use crate::CalibrateError;
 
 #[derive(Debug, Clone)]
@@ -143,32 +144,6 @@ impl TappedModel {
     /// Names of the activations read back from ONNX Runtime, in graph order.
     pub fn output_names(&self) -> Vec<String> {
         self.plan.measured.iter().map(|&i| self.activations[i].name.clone()).collect()
-    }
-}
-
-/// Which activations to collect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Selection {
-    /// Every float activation: any precision list can be applied later without recalibrating. Slow and
-    /// memory-hungry on transformers: ONNX Runtime loses its fusions and every intermediate tensor of a
-    /// batch is materialised (246 MB per 224x224 image on a ViT-S/14; see BENCHMARKS.md).
-    All,
-    /// Only what the default precision lists quantize: inputs of Conv/ConvTranspose/Gemm and of MatMuls
-    /// with a constant weight, plus the fed inputs and the model outputs. The default: about as fast as a
-    /// plain FP32 pass, and what the other calibrators collect too.
-    #[default]
-    Quantizable,
-}
-
-impl std::str::FromStr for Selection {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "all" => Ok(Selection::All),
-            "quantizable" => Ok(Selection::Quantizable),
-            other => Err(format!("'{other}': expected 'all' or 'quantizable'")),
-        }
     }
 }
 

@@ -1,39 +1,51 @@
 //! Streams calibration images through the FP32 model and collects per-tensor activation statistics.
 //!
-//! Collecting statistics ([`histogram`]) is separate from turning them into scales (the `analyze` crate):
-//! the `.hist` file ([`hist_file`]) is the hand-over.
+//! Collecting statistics is separate from turning them into scales (the `analyze` crate): the `.hist` file
+//! of the `histograms` crate is the hand-over. [`gpu`] is the device-side twin of the CPU statistics.
 
-pub mod cli;
 mod collect;
 pub mod gpu;
-pub mod hist_file;
-pub mod histogram;
 
 use std::path::PathBuf;
 
-pub use collect::{calibrate, CalibrateOptions, CalibrationSummary, Selection, TappedModel};
-pub use hist_file::HistFile;
+pub use collect::{calibrate, CalibrateOptions, CalibrationSummary, TappedModel};
+pub use histograms::Selection;
 
+/// Errors of a calibration run; each names the model, folder or file involved.
 #[derive(Debug, thiserror::Error)]
 pub enum CalibrateError {
+    /// The model could not be read or edited.
     #[error(transparent)]
     Graph(#[from] graph::GraphError),
+    /// ONNX Runtime could not be loaded or failed running the model.
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
+    /// The image folder, an image or the recipe is unusable.
     #[error(transparent)]
     Dataset(#[from] datasets::DatasetError),
+    /// The statistics could not be encoded.
+    #[error(transparent)]
+    Hist(#[from] histograms::HistError),
+    /// The model's input does not fit what int8kit feeds it.
     #[error("{model}: {message}")]
-    Input { model: PathBuf, message: String },
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: not a usable .hist file: {message}")]
-    BadHist { path: PathBuf, message: String },
-    #[error("cannot encode the .hist file: {0}")]
-    Format(String),
+    Input {
+        /// The model file.
+        model: PathBuf,
+        /// What does not fit, and how to fix it.
+        message: String,
+    },
+    /// The worker threads could not start or one of them died.
     #[error("cannot start worker threads: {0}")]
     Threads(String),
+    /// Every image was skipped as unreadable.
     #[error("{dir}: no image could be used ({skipped} skipped as unreadable)")]
-    NoImages { dir: PathBuf, skipped: usize },
+    NoImages {
+        /// The image folder.
+        dir: PathBuf,
+        /// How many images were skipped.
+        skipped: usize,
+    },
+    /// The device statistics failed.
     #[error(transparent)]
     Gpu(#[from] gpu::GpuError),
 }

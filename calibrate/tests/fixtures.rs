@@ -1,32 +1,16 @@
 //! End to end on the bundled fixture models (needs ONNX Runtime: run through `cargo xtask test`).
 
-use std::path::{Path, PathBuf};
-
-use calibrate::{calibrate, CalibrateOptions, HistFile};
-use datasets::{BatchStream, Dataset, OnBadImage, Recipe, StreamOptions};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn recipe() -> Recipe {
-    Recipe::load(&root().join("fixtures/fmnist.toml")).unwrap()
-}
-
-fn model(name: &str) -> PathBuf {
-    root().join("fixtures/models").join(name)
-}
-
-fn calib() -> PathBuf {
-    root().join("fixtures/fmnist/calib")
-}
+use calibrate::{calibrate, CalibrateOptions};
+use datasets::{BatchStream, Dataset, OnBadImage, StreamOptions};
+use histograms::{HistFile, Selection};
+use test_support::{calib_dir as calib, model, recipe};
 
 fn run(model_name: &str, limit: usize, batch_size: usize, threads: usize) -> HistFile {
     let options = CalibrateOptions {
         batch_size,
         threads,
         limit: Some(limit),
-        selection: calibrate::Selection::All,
+        selection: Selection::All,
         ..Default::default()
     };
     calibrate(&model(model_name), &calib(), &recipe(), &options, &mut |_, _| {}).unwrap().0
@@ -75,6 +59,7 @@ fn every_fixture_model_calibrates_and_its_output_range_matches_a_plain_run() {
         ("fmnist_resnet_opset13.onnx", 38),
         ("fmnist_clip_image_opset17.onnx", 137),
     ];
+    assert_eq!(expected.len(), test_support::models().len(), "a fixture model has no expected activation count");
     for (name, tensors) in expected {
         let hist = run(name, 200, 16, 0);
         assert_eq!(hist.tensors.len(), tensors, "{name}: activation count");
@@ -165,12 +150,12 @@ fn hist_file_round_trips_and_rejects_other_versions() {
 #[test]
 fn quantizable_selection_keeps_what_the_default_lists_need() {
     let options =
-        CalibrateOptions { limit: Some(50), selection: calibrate::Selection::Quantizable, ..Default::default() };
+        CalibrateOptions { limit: Some(50), selection: Selection::Quantizable, ..Default::default() };
     let (some, _) =
         calibrate(&model("fmnist_vit_opset17.onnx"), &calib(), &recipe(), &options, &mut |_, _| {}).unwrap();
     let all = run("fmnist_vit_opset17.onnx", 50, 16, 0);
     assert!(some.tensors.len() < all.tensors.len() / 3, "{} of {}", some.tensors.len(), all.tensors.len());
-    assert_eq!(some.collected, calibrate::Selection::Quantizable);
+    assert_eq!(some.collected, Selection::Quantizable);
     // Whatever is collected has the statistics of the full collection, up to float rounding: with fewer
     // tensors exposed ONNX Runtime fuses more (the Erf GELU chain into one kernel), which moves last bits.
     for t in &some.tensors {

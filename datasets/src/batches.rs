@@ -18,17 +18,6 @@ pub enum OnBadImage {
     Skip,
 }
 
-impl std::str::FromStr for OnBadImage {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "fail" => Ok(OnBadImage::Fail),
-            "skip" => Ok(OnBadImage::Skip),
-            other => Err(format!("'{other}': expected 'skip' or 'fail'")),
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
     pub batch_size: usize,

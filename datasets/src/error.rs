@@ -1,19 +1,88 @@
+//! What can go wrong between an image folder and a batch; every error names the file or folder.
+
 use std::path::PathBuf;
 
+/// Errors reading image folders, images and recipes.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
+    /// A file or folder could not be read.
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: cannot decode image: {message} (use --on-bad-image skip to leave such files out)")]
-    BadImage { path: PathBuf, message: String },
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// An image could not be decoded.
+    #[error("{path}: cannot decode image: {source} (use --on-bad-image skip to leave such files out)")]
+    BadImage {
+        /// The image file.
+        path: PathBuf,
+        /// The decoder's error.
+        source: image::ImageError,
+    },
+    /// An image decoded to zero pixels.
+    #[error("{path}: the image has no pixels (use --on-bad-image skip to leave such files out)")]
+    NoPixels {
+        /// The image file.
+        path: PathBuf,
+    },
+    /// An image is smaller than a crop-only recipe needs.
     #[error("{path}: image is {width}x{height}, smaller than the recipe's size {want_w}x{want_h} with resize = \"none\"; use resize = \"shorter\" or \"exact\"")]
-    TooSmall { path: PathBuf, width: u32, height: u32, want_w: u32, want_h: u32 },
+    TooSmall {
+        /// The image file.
+        path: PathBuf,
+        /// Its width.
+        width: u32,
+        /// Its height.
+        height: u32,
+        /// The recipe's width.
+        want_w: u32,
+        /// The recipe's height.
+        want_h: u32,
+    },
+    /// A recipe is malformed or inconsistent.
     #[error("recipe {origin}: {message}")]
-    Recipe { origin: String, message: String },
+    Recipe {
+        /// The recipe file, or where the recipe came from.
+        origin: String,
+        /// What is wrong and what to write instead.
+        message: String,
+    },
+    /// A folder holds no image.
     #[error("{dir}: no JPEG or PNG images found")]
-    Empty { dir: PathBuf },
+    Empty {
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// A labelled folder's classes cannot be worked out.
     #[error("{dir}: {message}")]
-    Labels { dir: PathBuf, message: String },
-    #[error("{path}: resize failed: {message}")]
-    Resize { path: PathBuf, message: String },
+    Labels {
+        /// The folder.
+        dir: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A symbolic link leads back into a folder being walked.
+    #[error("{path}: a symbolic link loops back to a folder above it; remove the link or point at another folder")]
+    Loop {
+        /// The link.
+        path: PathBuf,
+    },
+    /// The pixel buffer did not fit its dimensions (a bug: please report it).
+    #[error("{path}: pixel buffer does not match the image size: {source}")]
+    Buffer {
+        /// The image file.
+        path: PathBuf,
+        /// The resizer's error.
+        source: fast_image_resize::ImageBufferError,
+    },
+    /// Resampling failed.
+    #[error("{path}: resize failed: {source}")]
+    Resize {
+        /// The image file.
+        path: PathBuf,
+        /// The resizer's error.
+        source: fast_image_resize::ResizeError,
+    },
 }

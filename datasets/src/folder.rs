@@ -40,14 +40,24 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
     Ok(entries)
 }
 
+/// The images below `dir` (all levels when `recursive`), in sorted path order. Symlinked folders are
+/// followed; a symlink loop is an error naming it instead of an endless walk.
 fn images_in(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<(), DatasetError> {
-    for path in sorted_entries(dir)? {
-        if path.is_dir() {
-            if recursive {
-                images_in(&path, true, out)?;
+    let walk = walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .max_depth(if recursive { usize::MAX } else { 1 })
+        .follow_links(true)
+        .sort_by_file_name();
+    for entry in walk {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(dir).to_path_buf();
+            match e.into_io_error() {
+                Some(source) => DatasetError::Io { path, source },
+                None => DatasetError::Loop { path },
             }
-        } else if is_image(&path) {
-            out.push(path);
+        })?;
+        if entry.file_type().is_file() && is_image(entry.path()) {
+            out.push(entry.into_path());
         }
     }
     Ok(())

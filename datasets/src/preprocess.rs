@@ -50,15 +50,12 @@ fn gray_to(channels: Channels, width: u32, height: u32, gray: Vec<u8>) -> Pixels
 /// Decodes an image and converts it to the recipe's colour model, as PIL's `convert("L")` / `convert("RGB")`
 /// would (alpha is dropped, not composited).
 pub fn load_pixels(path: &Path, channels: Channels) -> Result<Pixels, DatasetError> {
-    let bad = |message: String| DatasetError::BadImage { path: path.to_path_buf(), message };
-    let reader = image::ImageReader::open(path)
-        .map_err(|source| DatasetError::Io { path: path.to_path_buf(), source })?
-        .with_guessed_format()
-        .map_err(|e| bad(e.to_string()))?;
-    let img = reader.decode().map_err(|e| bad(e.to_string()))?;
+    let io = |source| DatasetError::Io { path: path.to_path_buf(), source };
+    let reader = image::ImageReader::open(path).map_err(io)?.with_guessed_format().map_err(io)?;
+    let img = reader.decode().map_err(|source| DatasetError::BadImage { path: path.to_path_buf(), source })?;
     let (w, h) = (img.width(), img.height());
     if w == 0 || h == 0 {
-        return Err(bad("image has no pixels".into()));
+        return Err(DatasetError::NoPixels { path: path.to_path_buf() });
     }
     Ok(match img {
         DynamicImage::ImageLuma8(b) => gray_to(channels, w, h, b.into_raw()),
@@ -86,9 +83,9 @@ fn resize(path: &Path, src: Pixels, width: u32, height: u32, interp: Interpolati
     if src.width == width && src.height == height {
         return Ok(src); // PIL returns a copy for a same-size resize
     }
-    let fail = |message: String| DatasetError::Resize { path: path.to_path_buf(), message };
     let pixel_type = if src.channels == 1 { PixelType::U8 } else { PixelType::U8x3 };
-    let src_img = Image::from_vec_u8(src.width, src.height, src.data, pixel_type).map_err(|e| fail(e.to_string()))?;
+    let src_img = Image::from_vec_u8(src.width, src.height, src.data, pixel_type)
+        .map_err(|source| DatasetError::Buffer { path: path.to_path_buf(), source })?;
     let alg = match interp {
         Interpolation::Nearest => ResizeAlg::Nearest,
         Interpolation::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),
@@ -99,7 +96,7 @@ fn resize(path: &Path, src: Pixels, width: u32, height: u32, interp: Interpolati
     let mut resizer = Resizer::new();
     let mut pass = |from: &Image, w: u32, h: u32| -> Result<Image<'static>, DatasetError> {
         let mut to = Image::new(w, h, pixel_type);
-        resizer.resize(from, &mut to, &options).map_err(|e| fail(e.to_string()))?;
+        resizer.resize(from, &mut to, &options).map_err(|source| DatasetError::Resize { path: path.to_path_buf(), source })?;
         Ok(to)
     };
     // Pillow filters rows first, rounds to 8 bits, then filters columns. fast_image_resize would do the

@@ -104,17 +104,6 @@ pub enum Preset {
     Clip,
 }
 
-impl std::str::FromStr for Preset {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "imagenet" => Ok(Preset::Imagenet),
-            "clip" => Ok(Preset::Clip),
-            other => Err(format!("unknown preset '{other}'; known presets: imagenet, clip")),
-        }
-    }
-}
-
 impl Recipe {
     pub fn preset(preset: Preset) -> Recipe {
         match preset {

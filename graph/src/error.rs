@@ -1,24 +1,90 @@
+//! Everything that can go wrong reading, checking or writing an ONNX model; each error names the model,
+//! tensor or file and says what to do.
+
 use std::path::PathBuf;
 
-/// Everything that can go wrong reading, checking or writing an ONNX model.
+/// Errors of the graph layer.
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
+    /// A file could not be read.
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// A file could not be written.
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not a valid ONNX model (protobuf decode failed: {message}); check that the file is a complete .onnx export")]
-    Decode { path: PathBuf, message: String },
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The file is not an ONNX model.
+    #[error("{path} is not a valid ONNX model (protobuf decode failed: {source}); check that the file is a complete .onnx export")]
+    Decode {
+        /// The model file.
+        path: PathBuf,
+        /// The protobuf decoder's error.
+        source: protobuf::Error,
+    },
+    /// A model could not be serialized.
     #[error("cannot serialize the model: {0}")]
-    Encode(String),
+    Encode(#[source] protobuf::Error),
+    /// External data outside the model's folder.
     #[error("{model}: initializer '{tensor}' points to external data '{location}' outside the model's folder; external data must sit beside the model (move the file and fix the location)")]
-    ExternalOutsideFolder { model: PathBuf, tensor: String, location: String },
+    ExternalOutsideFolder {
+        /// The model file.
+        model: PathBuf,
+        /// The initializer.
+        tensor: String,
+        /// The location it names.
+        location: String,
+    },
+    /// External data beyond the end of its file.
     #[error("{model}: initializer '{tensor}' reads bytes {offset}..{end} of external file {file}, which has only {file_len} bytes; the .data file is truncated or does not belong to this model")]
-    ExternalOutOfBounds { model: PathBuf, tensor: String, file: PathBuf, offset: u64, end: u64, file_len: u64 },
+    ExternalOutOfBounds {
+        /// The model file.
+        model: PathBuf,
+        /// The initializer.
+        tensor: String,
+        /// The external data file.
+        file: PathBuf,
+        /// First byte read.
+        offset: u64,
+        /// One past the last byte read.
+        end: u64,
+        /// The file's length.
+        file_len: u64,
+    },
+    /// A malformed external-data entry.
     #[error("{model}: initializer '{tensor}' has a malformed external_data entry: {message}")]
-    ExternalMalformed { model: PathBuf, tensor: String, message: String },
+    ExternalMalformed {
+        /// The model file.
+        model: PathBuf,
+        /// The initializer.
+        tensor: String,
+        /// What is malformed.
+        message: String,
+    },
+    /// A tensor's data does not match its type or shape.
     #[error("tensor '{tensor}': {message}")]
-    TensorData { tensor: String, message: String },
+    TensorData {
+        /// The tensor.
+        tensor: String,
+        /// What does not match.
+        message: String,
+    },
+    /// The recipe names an input the graph lacks.
     #[error("{model}: the graph has no input named '{name}' (inputs: {available})")]
-    NoSuchInput { model: PathBuf, name: String, available: String },
+    NoSuchInput {
+        /// The model file.
+        model: PathBuf,
+        /// The name asked for.
+        name: String,
+        /// The inputs the graph has.
+        available: String,
+    },
 }

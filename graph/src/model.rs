@@ -30,7 +30,7 @@ impl Model {
     pub fn load(path: &Path) -> Result<Model, GraphError> {
         let bytes = fs::read(path).map_err(|source| GraphError::Read { path: path.to_path_buf(), source })?;
         let proto = ModelProto::parse_from_bytes(&bytes)
-            .map_err(|e| GraphError::Decode { path: path.to_path_buf(), message: e.to_string() })?;
+            .map_err(|source| GraphError::Decode { path: path.to_path_buf(), source })?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
         let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
 
@@ -61,7 +61,7 @@ impl Model {
     /// Serialized protobuf bytes of the (possibly edited) model. External data stays referenced, so the bytes
     /// must be loaded with `dir` as the external data folder.
     pub fn to_bytes(&self) -> Result<Vec<u8>, GraphError> {
-        self.proto.write_to_bytes().map_err(|e| GraphError::Encode(e.to_string()))
+        self.proto.write_to_bytes().map_err(GraphError::Encode)
     }
 
     /// The raw little-endian bytes of an initializer, whether stored inline or in an external file.

@@ -62,7 +62,7 @@ fn save_model_with_limit(
         tmp.as_file().sync_all().map_err(err)?;
         tmp.persist(&data_path).map_err(|e| err(e.error))?;
     }
-    let bytes = proto.write_to_bytes().map_err(|e| GraphError::Encode(e.to_string()))?;
+    let bytes = proto.write_to_bytes().map_err(GraphError::Encode)?;
     write_atomic(out, &bytes)
 }
 

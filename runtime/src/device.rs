@@ -1,6 +1,8 @@
 //! Where a model runs, and runs whose outputs stay in GPU memory (ONNX Runtime IoBinding).
 
+#[cfg(feature = "cuda")]
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+#[cfg(feature = "cuda")]
 use ort::session::Session;
 
 use crate::RuntimeError;
@@ -53,6 +55,7 @@ pub struct Placement {
 
 /// Checks that the CUDA driver library is present and the GPU exists, before anything that would crash
 /// without them (cudarc panics when libcuda is missing; ONNX Runtime's CUDA EP aborts on some setups).
+#[cfg(feature = "cuda")]
 pub fn cuda_device_check(device: Device) -> Result<(), RuntimeError> {
     let Device::Cuda(id) = device else { return Ok(()) };
     let err = |message: String| RuntimeError::NoCuda { device: device.to_string(), message };
@@ -70,7 +73,19 @@ pub fn cuda_device_check(device: Device) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// One output of a [`BoundRun`]: a float32 tensor in GPU memory.
+/// Without the `cuda` feature every CUDA device is refused: a CUDA session must never quietly run on the CPU.
+#[cfg(not(feature = "cuda"))]
+pub fn cuda_device_check(device: Device) -> Result<(), RuntimeError> {
+    match device {
+        Device::Cpu => Ok(()),
+        Device::Cuda(_) => Err(RuntimeError::NoCuda {
+            device: device.to_string(),
+            message: "this build has no CUDA support (the runtime crate's `cuda` feature is off)".into(),
+        }),
+    }
+}
+
+/// One output of a `BoundRun`: a float32 tensor in GPU memory.
 #[derive(Debug, Clone, Copy)]
 pub struct DeviceTensor {
     /// CUDA device pointer (`CUdeviceptr`).
@@ -79,6 +94,7 @@ pub struct DeviceTensor {
     pub len: usize,
 }
 
+#[cfg(feature = "cuda")]
 /// A session run through an IoBinding whose outputs are left in GPU memory. The outputs belong to the
 /// binding and are overwritten by its next run: read them (on the GPU) before calling [`BoundRun::run`] again.
 pub struct BoundRun {
@@ -95,6 +111,7 @@ pub struct BoundRun {
     input: Option<(Vec<usize>, ort::value::Tensor<f32>)>,
 }
 
+#[cfg(feature = "cuda")]
 impl BoundRun {
     /// Binds `outputs` to memory on the session's GPU.
     pub fn new(session: &Session, device: Device, outputs: &[String], label: &str) -> Result<BoundRun, RuntimeError> {
@@ -207,6 +224,7 @@ mod tests {
         assert_eq!(Device::Cuda(1).to_string(), "cuda:1");
     }
 
+    #[cfg(feature = "cuda")]
     #[test]
     fn a_machine_without_the_nvidia_driver_gets_an_error_not_a_panic() {
         // SAFETY: only tries to open the driver library.

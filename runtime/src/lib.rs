@@ -1,11 +1,10 @@
 //! Finds and loads ONNX Runtime, and builds sessions over in-memory models.
 //!
-//! The library is looked up in this order: the `ORT_DYLIB_PATH` environment variable, then the project-local
-//! install that `cargo xtask` performs (`.int8kit/onnxruntime-<version>/` at the workspace root). Nothing is
-//! downloaded here; [`install_project_local`] is what xtask calls to do that.
+//! The library is looked up at run time, never at a path compiled into the binary ([`locate`]): the
+//! `ORT_DYLIB_PATH` environment variable, then the `onnxruntime` package of the Python environment the
+//! running binary sits in, then the user's data directory where [`install`] (`int8kit setup`) puts it.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use ort::environment::Environment;
@@ -19,7 +18,13 @@ pub const ORT_VERSION: &str = "1.32.0";
 pub const ORT_GPU_VERSION: &str = "1.31.1";
 
 mod device;
-pub use device::{cuda_device_check, BoundRun, Device, DeviceTensor, Placement};
+mod error;
+mod locate;
+#[cfg(feature = "cuda")]
+pub use device::BoundRun;
+pub use device::{cuda_device_check, Device, DeviceTensor, Placement};
+pub use error::RuntimeError;
+pub use locate::{data_dir, install, install_command_line, locate, Flavor};
 
 /// Set before the library is loaded when a CUDA device is wanted: the CPU wheel has no CUDA EP.
 static WANT_GPU_LIBRARY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -32,105 +37,15 @@ pub fn use_device(device: Device) {
     }
 }
 
-fn wants_gpu() -> bool {
-    WANT_GPU_LIBRARY.load(std::sync::atomic::Ordering::SeqCst)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error("onnxruntime-gpu not found (needed for --device cuda). Install it with `{}` (it needs CUDA 13 and cuDNN 9 on LD_LIBRARY_PATH), or point ORT_DYLIB_PATH at onnxruntime-gpu's libonnxruntime.so", gpu_install_command_line())]
-    GpuNotFound,
-    #[error("no usable CUDA device for --device {device}: {message}")]
-    NoCuda { device: String, message: String },
-    #[error("ONNX Runtime library not found. Run `cargo xtask setup` from the int8kit checkout (it runs `{}`), or point ORT_DYLIB_PATH at an existing libonnxruntime.so", install_command_line(&project_local_dir()))]
-    NotFound,
-    #[error("ORT_DYLIB_PATH={0} does not exist; point it at libonnxruntime.so (e.g. <site-packages>/onnxruntime/capi/libonnxruntime.so.{ORT_VERSION}) or unset it")]
-    EnvPathMissing(PathBuf),
-    #[error("cannot load ONNX Runtime from {path}: {message}")]
-    Load { path: PathBuf, message: String },
-    #[error("installing ONNX Runtime {ORT_VERSION} into {dir} failed: {message}. Run `{command}` by hand to see why, or set ORT_DYLIB_PATH")]
-    Install { dir: PathBuf, command: String, message: String },
-    #[error("ONNX Runtime could not create a session for {model}: {message}")]
-    Session { model: String, message: String },
-    #[error("ONNX Runtime failed running {model}: {message}")]
-    Run { model: String, message: String },
-}
-
-/// Where `cargo xtask setup` installs the pinned ONNX Runtime: `.int8kit/` at the workspace root.
-pub fn project_local_dir() -> PathBuf {
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    crate_dir.parent().unwrap_or(crate_dir).join(".int8kit").join(format!("onnxruntime-{ORT_VERSION}"))
-}
-
-/// Where the pinned onnxruntime-gpu is looked for: `.int8kit/onnxruntime-gpu-<version>/`.
-pub fn project_local_gpu_dir() -> PathBuf {
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    crate_dir.parent().unwrap_or(crate_dir).join(".int8kit").join(format!("onnxruntime-gpu-{ORT_GPU_VERSION}"))
-}
-
-fn gpu_install_command_line() -> String {
-    format!(
-        "python3 -m pip install --no-deps --target {} onnxruntime-gpu=={ORT_GPU_VERSION}",
-        project_local_gpu_dir().display()
-    )
-}
-
-fn library_in(dir: &Path) -> PathBuf {
-    dir.join("onnxruntime").join("capi").join(format!("libonnxruntime.so.{ORT_VERSION}"))
-}
-
-fn install_command_line(dir: &Path) -> String {
-    format!("python3 -m pip install --no-deps --target {} onnxruntime=={ORT_VERSION}", dir.display())
-}
-
-/// The library to load, without loading it.
-pub fn locate() -> Result<PathBuf, RuntimeError> {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        return if p.is_file() { Ok(p) } else { Err(RuntimeError::EnvPathMissing(p)) };
+/// The build the next lookup wants.
+fn wanted_flavor() -> Flavor {
+    if WANT_GPU_LIBRARY.load(std::sync::atomic::Ordering::SeqCst) {
+        Flavor::Gpu
+    } else {
+        Flavor::Cpu
     }
-    if wants_gpu() {
-        let gpu = project_local_gpu_dir()
-            .join("onnxruntime")
-            .join("capi")
-            .join(format!("libonnxruntime.so.{ORT_GPU_VERSION}"));
-        return if gpu.is_file() { Ok(gpu) } else { Err(RuntimeError::GpuNotFound) };
-    }
-    let local = library_in(&project_local_dir());
-    if local.is_file() {
-        return Ok(local);
-    }
-    Err(RuntimeError::NotFound)
 }
 
-/// Installs the pinned wheel into the project-local folder (once) and returns the library path.
-/// pip writes into a temporary folder that is renamed into place, so an interrupted install leaves nothing.
-pub fn install_project_local() -> Result<PathBuf, RuntimeError> {
-    let dir = project_local_dir();
-    let lib = library_in(&dir);
-    if lib.is_file() {
-        return Ok(lib);
-    }
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    let fail =
-        |message: String| RuntimeError::Install { dir: dir.clone(), command: install_command_line(&dir), message };
-    std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
-    let staging = parent.join(format!(".staging-onnxruntime-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", "--target"])
-        .arg(&staging)
-        .arg(format!("onnxruntime=={ORT_VERSION}"))
-        .status()
-        .map_err(|e| fail(format!("cannot start python3: {e}")))?;
-    if !status.success() || !library_in(&staging).is_file() {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(fail(format!("pip exited with {status}")));
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&staging, &dir).map_err(|e| fail(e.to_string()))?;
-    Ok(lib)
-}
 
 struct Loaded {
     env: Environment,
@@ -145,7 +60,7 @@ fn load(path: &Path) -> ort::Result<Environment> {
 }
 
 fn loaded() -> Result<&'static Loaded, RuntimeError> {
-    let path = locate()?;
+    let path = locate(wanted_flavor())?;
     let result =
         RUNTIME.get_or_init(|| load(&path).map(|env| Loaded { env, path: path.clone() }).map_err(|e| e.to_string()));
     result.as_ref().map_err(|message| RuntimeError::Load { path, message: message.clone() })
@@ -215,6 +130,7 @@ fn build_session(env: &Environment, bytes: &[u8], cfg: &SessionConfig) -> ort::R
         builder =
             builder.with_config_entry("session.model_external_initializers_file_folder_path", dir.to_string_lossy())?;
     }
+    #[cfg(feature = "cuda")]
     if let Device::Cuda(id) = cfg.device {
         // TF32 off: FP32 references must be FP32 (TF32 matmuls keep 10 mantissa bits). error_on_failure: a
         // silent fallback to the CPU EP would report CPU numbers as GPU ones.
@@ -236,9 +152,8 @@ pub fn session_from_bytes(bytes: &[u8], cfg: &SessionConfig) -> Result<Session, 
         if cfg.device.is_cuda() {
             message = format!(
                 "{message}. The CUDA execution provider could not start from {}: it needs onnxruntime-gpu \
-                 {ORT_GPU_VERSION} (`{}`) with CUDA 13 and cuDNN 9 on LD_LIBRARY_PATH",
-                rt.path.display(),
-                gpu_install_command_line()
+                 {ORT_GPU_VERSION} (`int8kit setup --gpu`) with CUDA 13 and cuDNN 9 on LD_LIBRARY_PATH",
+                rt.path.display()
             );
         }
         RuntimeError::Session { model: cfg.label.clone(), message }

@@ -219,17 +219,27 @@ pub fn measure_tree(cmd: &mut Command, log: &Path, cap_mb: Option<f64>) -> anyho
     Ok(Run { wall_s, peak_rss_mb, outcome })
 }
 
-pub fn build_release_binaries(packages: &[&str]) -> anyhow::Result<PathBuf> {
+/// Builds a package's release binary (named as the package) and returns its path.
+pub fn build_release(package: &str) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--release", "--quiet"]);
-    for p in packages {
-        cmd.args(["-p", p]);
-    }
+    cmd.args(["build", "--release", "--quiet", "-p", package]);
     if !cmd.current_dir(root()).status()?.success() {
-        bail!("building {} failed", packages.join(", "));
+        bail!("building {package} failed");
     }
-    Ok(root().join("target/release"))
+    Ok(root().join("target/release").join(package))
+}
+
+/// The release `int8kit` binary, built now.
+pub fn build_int8kit() -> anyhow::Result<PathBuf> {
+    build_release("int8kit")
+}
+
+/// `int8kit <subcommand>` with the given binary.
+pub fn int8kit(bin: &Path, subcommand: &str) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg(subcommand);
+    cmd
 }
 
 pub fn run(which: Which) -> anyhow::Result<()> {
@@ -240,7 +250,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
 }
 
 fn bench_calibrate(model: &Path, repeat: usize) -> anyhow::Result<()> {
-    let bin = build_release_binaries(&["calibrate"])?;
+    let bin = build_int8kit()?;
     let root = root();
     let model = root.join(model);
     let images = root.join("fixtures/fmnist/calib");
@@ -253,7 +263,7 @@ fn bench_calibrate(model: &Path, repeat: usize) -> anyhow::Result<()> {
     let log = out_dir.join("bench.log");
     let calibrate_run = |extra: &[&str]| {
         measure_tree(
-            Command::new(bin.join("calibrate"))
+            int8kit(&bin, "calibrate")
                 .args(["--model".as_ref(), model.as_os_str()])
                 .args(["--images".as_ref(), images.as_os_str()])
                 .args(["--recipe".as_ref(), recipe.as_os_str()])
@@ -349,7 +359,7 @@ fn bench_analyze(args: &AnalyzeBenchArgs) -> anyhow::Result<()> {
     use analyze::scales::{amax, Method};
     let root = root();
     let hist = match &args.hist {
-        Some(p) => calibrate::HistFile::read(p)?,
+        Some(p) => histograms::HistFile::read(p)?,
         None => {
             let recipe = Recipe::load(&root.join("fixtures/fmnist.toml"))?;
             let options = calibrate::CalibrateOptions::default();

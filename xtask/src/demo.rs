@@ -1,10 +1,11 @@
 //! `cargo xtask demo`: `validate` on every bundled fixture, summarised in one table.
 
+use analyze::precision::PrecisionFile;
 use analyze::scales::Method;
-use calibrate::cli::RecipeArgs;
+use datasets::Recipe;
+use evaluate::{Classifier, Engine, ValidateConfig};
 
 use crate::root;
-use crate::validate::{self, Engine, ValidateArgs};
 
 /// The five fixture models, and whether each is evaluated zero-shot.
 pub const FIXTURE_MODELS: &[(&str, bool)] = &[
@@ -15,24 +16,25 @@ pub const FIXTURE_MODELS: &[(&str, bool)] = &[
     ("fmnist_clip_image_opset17.onnx", true),
 ];
 
-/// `validate` on one fixture model with the fixture images, gated at 0.5 pp.
-pub fn fixture_args(
+/// The release gate's configuration for one fixture model with the fixture images, gated at 0.5 pp.
+pub fn fixture_config(
     name: &str,
     zero_shot: bool,
     method: Method,
     out: std::path::PathBuf,
-    quiet: bool,
     device: runtime::Device,
-) -> ValidateArgs {
+) -> anyhow::Result<ValidateConfig> {
     let root = root();
-    ValidateArgs {
+    let prototypes = root.join("fixtures/models/fmnist_clip_text_prototypes.npy");
+    Ok(ValidateConfig {
         model: root.join("fixtures/models").join(name),
         calib: root.join("fixtures/fmnist/calib"),
         val: root.join("fixtures/fmnist/val"),
-        recipe: RecipeArgs { recipe: Some(root.join("fixtures/fmnist.toml")), preset: None },
+        recipe: Recipe::load(&root.join("fixtures/fmnist.toml"))?,
         method,
-        precision: None,
-        zero_shot: zero_shot.then(|| root.join("fixtures/models/fmnist_clip_text_prototypes.npy")),
+        precision: PrecisionFile::default(),
+        precision_origin: "defaults".into(),
+        classifier: Classifier::load(zero_shot.then_some(prototypes.as_path()))?,
         max_top1_drop: Some(0.5),
         baseline: None,
         sensitivity: None,
@@ -40,11 +42,9 @@ pub fn fixture_args(
         classes: None,
         limit_calib: None,
         limit_val: None,
-        threads: 0,
-        device,
+        placement: runtime::Placement { threads: 0, device },
         out,
-        quiet,
-    }
+    })
 }
 
 pub fn run(quiet: bool, methods: &[Method]) -> anyhow::Result<()> {
@@ -56,11 +56,11 @@ pub fn run(quiet: bool, methods: &[Method]) -> anyhow::Result<()> {
         let stem = name.trim_end_matches(".onnx");
         for method in methods {
             let dir = out.join(stem).join(method.name().replace(':', "_"));
-            let args = fixture_args(name, *zero_shot, *method, dir.clone(), quiet, runtime::Device::Cpu);
+            let config = fixture_config(name, *zero_shot, *method, dir.clone(), runtime::Device::Cpu)?;
             if !quiet {
                 eprintln!("validating {stem} ({})...", method.name());
             }
-            let report = validate::run(&args)?;
+            let report = evaluate::validate(&config, &mut |_, _, _| {})?;
             if !report.passed {
                 failed.push(format!("{stem} {}", method.name()));
             }

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use calibrate::histogram::TensorStats;
+use histograms::TensorStats;
 use datasets::{BatchStream, Dataset, Recipe, StreamOptions};
 use rand::{Rng, SeedableRng};
 use runtime::Device;
@@ -74,8 +74,8 @@ pub fn pack(args: &PackArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(bundle.join("photos"))?;
     // The xtask binary does everything on the device (no Rust there); stripped, it is a few MB.
-    let bin = crate::bench::build_release_binaries(&["xtask"])?;
-    std::fs::copy(bin.join("xtask"), bundle.join("xtask"))?;
+    let bin = crate::bench::build_release("xtask")?;
+    std::fs::copy(&bin, bundle.join("xtask"))?;
     ok(Command::new("strip").arg(bundle.join("xtask")), "strip xtask")?;
     // onnxruntime-gpu's libraries (CUDA 13 build); the GPU machine provides CUDA, cuBLAS and cuDNN.
     let members: Vec<String> = ORT_GPU_LIBS.iter().map(|s| s.to_string()).collect();
@@ -267,7 +267,7 @@ fn real_activation_batches() -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
     let root = root();
     let recipe = Recipe::load(&root.join("fixtures/fmnist.toml"))?;
     let model_path = root.join("fixtures/models/fmnist_vit_opset17.onnx");
-    let tapped = calibrate::TappedModel::new(&model_path, &recipe, calibrate::Selection::All)?;
+    let tapped = calibrate::TappedModel::new(&model_path, &recipe, histograms::Selection::All)?;
     let cfg = runtime::SessionConfig::new("fixture ViT (CPU EP)");
     let mut session = runtime::session_from_bytes(&tapped.model.to_bytes()?, &cfg)?;
     let outputs = tapped.output_names();
@@ -477,7 +477,7 @@ pub fn child(args: &ChildArgs) -> anyhow::Result<()> {
     let pass = &args.pass;
     let recipe = Recipe::load(&pass.recipe)?;
     let dataset = Dataset::flat(&pass.images)?;
-    let tapped = calibrate::TappedModel::new(&pass.model, &recipe, calibrate::Selection::Quantizable)?;
+    let tapped = calibrate::TappedModel::new(&pass.model, &recipe, histograms::Selection::Quantizable)?;
     // plain: the unmodified model, its outputs copied to the host (the limit). plain-bound: the same, outputs
     // left on the GPU. tapped-bound: the calibration model (activations exposed) without statistics.
     // calibrate: tapped-bound plus the statistics kernels (what `calibrate --device cuda` does).
@@ -597,13 +597,13 @@ fn hist_diff(device: Device) -> anyhow::Result<HistDiff> {
         max_ent = max_ent.max(rel(amax(&a.stats, Method::Entropy) as f64, amax(&b.stats, Method::Entropy) as f64));
         let mut merged_a = a.stats.hist.clone();
         let mut merged_b = b.stats.hist.clone();
-        merged_a.merge(&calibrate::histogram::AbsHistogram {
+        merged_a.merge(&histograms::AbsHistogram {
             range_exp: b.stats.hist.range_exp,
-            counts: vec![0; calibrate::histogram::BINS],
+            counts: vec![0; histograms::BINS],
         });
-        merged_b.merge(&calibrate::histogram::AbsHistogram {
+        merged_b.merge(&histograms::AbsHistogram {
             range_exp: a.stats.hist.range_exp,
-            counts: vec![0; calibrate::histogram::BINS],
+            counts: vec![0; histograms::BINS],
         });
         let l1: u64 = merged_a.counts.iter().zip(&merged_b.counts).map(|(x, y)| x.abs_diff(*y)).sum();
         l1_sum += l1 as f64 / (2.0 * a.stats.count.max(1) as f64);
@@ -630,22 +630,25 @@ fn sensitivity_both(device: Device) -> anyhow::Result<SensitivityDiff> {
     let (hist, _) =
         calibrate::calibrate(&model, &root.join("fixtures/fmnist/calib"), &recipe, &options, &mut |_, _| {})?;
     let val = Dataset::labelled(&root.join("fixtures/fmnist/val"), None)?.limit(1000, 0);
+    let inputs = evaluate::sensitivity::SensitivityInputs {
+        model,
+        hist,
+        dataset: val,
+        recipe,
+        classifier: evaluate::Classifier::Logits,
+        method: analyze::scales::Method::Entropy,
+        precision: Default::default(),
+        placement: Default::default(),
+    };
     let run = |device: Device| {
-        analyze::sensitivity::sensitivity(
-            &model,
-            &hist,
-            &val,
-            &recipe,
-            None,
-            analyze::scales::Method::Entropy,
-            &Default::default(),
-            runtime::Placement { threads: 0, device },
-            false,
-            &mut |_, _| {},
-        )
+        let inputs = evaluate::sensitivity::SensitivityInputs {
+            placement: runtime::Placement { threads: 0, device },
+            ..inputs.clone()
+        };
+        evaluate::sensitivity::sensitivity(&inputs, false, &mut |_, _| {})
     };
     let (cpu, gpu) = (run(Device::Cpu)?, run(device)?);
-    let top = |r: &analyze::sensitivity::SensitivityReport| r.nodes.iter().take(5).map(|n| n.node.clone()).collect();
+    let top = |r: &evaluate::sensitivity::SensitivityReport| r.nodes.iter().take(5).map(|n| n.node.clone()).collect();
     let max_diff = cpu
         .nodes
         .iter()
@@ -672,8 +675,8 @@ fn validate_both(args: &CheckArgs) -> anyhow::Result<Vec<ValidateRow>> {
         let mut top = Vec::new();
         for device in [Device::Cpu, args.device] {
             let dir = args.out.join("validate").join(stem).join(device.to_string().replace(':', "_"));
-            let v = crate::demo::fixture_args(name, *zero_shot, analyze::scales::Method::Entropy, dir, true, device);
-            let r = crate::validate::run(&v)?;
+            let config = crate::demo::fixture_config(name, *zero_shot, analyze::scales::Method::Entropy, dir, device)?;
+            let r = evaluate::validate(&config, &mut |_, _, _| {})?;
             top.push((r.comparison.fp32.top1, r.comparison.int8.top1));
         }
         let row = ValidateRow {

@@ -5,8 +5,6 @@ mod check_report;
 mod demo;
 mod gpu;
 mod suite;
-mod tensorrt;
-mod validate;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -51,9 +49,10 @@ enum Cmd {
         #[command(flatten)]
         suite: suite::SuiteArgs,
     },
-    /// Calibrate, analyze, evaluate FP32 and INT8 on a labelled folder, and gate a release.
+    /// `int8kit validate` from the checkout (installs ONNX Runtime first if needed): calibrate, analyze,
+    /// evaluate FP32 and INT8 on a labelled folder, and gate a release.
     /// Exit 0: every criterion holds; 1: a gate failed; 2: bad input or a run error.
-    Validate(Box<validate::ValidateArgs>),
+    Validate(Box<int8kit::commands::validate::ValidateArgs>),
     /// Open a validate report in headless Chromium: it renders and its numbers match report.json.
     CheckReport {
         /// A folder written by `validate`.
@@ -74,31 +73,20 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    int8kit::exit_status(run(Cli::parse()))
 }
 
-/// Runs a command; the exit code is 0, or 1 for a failed validation gate (errors exit 2).
-fn run(cli: Cli) -> anyhow::Result<u8> {
-    if let Cmd::Validate(args) = &cli.command {
-        calibrate::cli::init_logging(args.quiet);
-        runtime::use_device(args.device);
-        if args.device.is_cuda() {
-            runtime::cuda_device_check(args.device)?;
-            runtime::init()?;
-        } else {
-            setup()?;
+/// Runs a command; `validate` may end in a failed gate, everything else succeeds or fails with an error.
+fn run(cli: Cli) -> anyhow::Result<int8kit::Outcome> {
+    match cli.command {
+        Cmd::Validate(args) => {
+            if !args.device.is_cuda() {
+                setup()?;
+            }
+            int8kit::run(int8kit::Cli { command: int8kit::Command::Validate(args) })
         }
-        let report = validate::run(args)?;
-        return Ok(validate::conclude(&report, &args.out));
+        other => run_task(other).map(|()| int8kit::Outcome::Success),
     }
-    run_task(cli.command).map(|()| 0)
 }
 
 fn run_task(command: Cmd) -> anyhow::Result<()> {
@@ -130,7 +118,9 @@ fn run_task(command: Cmd) -> anyhow::Result<()> {
         Cmd::GpuPack(args) => gpu::pack(&args),
         Cmd::GpuCheck(args) => gpu::check(&args),
         Cmd::GpuChild(args) => gpu::child(&args),
-        Cmd::Validate(_) => Ok(()), // handled in run()
+        Cmd::Validate(args) => {
+            bail!("internal: validate ({}) is dispatched by run()", args.out.display())
+        }
         Cmd::CheckReport { dir } => check_report::run(&dir),
     }
 }
@@ -145,23 +135,22 @@ pub fn root() -> PathBuf {
     built.filter(|p| p.join("Cargo.toml").is_file()).unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Makes sure ONNX Runtime can be loaded: ORT_DYLIB_PATH, else the project-local install (done now if
-/// missing). Sets ORT_DYLIB_PATH for child processes.
+/// Makes sure ONNX Runtime can be loaded from the checkout: ORT_DYLIB_PATH if set, else the pinned release in
+/// `.int8kit/onnxruntime-<version>/` (installed now if missing). Sets ORT_DYLIB_PATH for this process and
+/// its children (tests, benchmarks), so that nothing else on the machine is picked up.
 pub fn setup() -> anyhow::Result<PathBuf> {
-    let lib = match runtime::locate() {
-        Ok(lib) => lib,
-        Err(runtime::RuntimeError::NotFound) => {
-            eprintln!(
-                "installing ONNX Runtime {} into {} (once)...",
-                runtime::ORT_VERSION,
-                runtime::project_local_dir().display()
-            );
-            runtime::install_project_local()?
-        }
-        Err(e) => return Err(e.into()),
-    };
+    if let Some(lib) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        return Ok(runtime::locate(runtime::Flavor::Cpu).map(|_| PathBuf::from(lib))?);
+    }
+    let dir = project_ort_dir();
+    let lib = runtime::install(&dir, runtime::Flavor::Cpu)?;
     std::env::set_var("ORT_DYLIB_PATH", &lib);
     Ok(lib)
+}
+
+/// Where the checkout keeps its pinned ONNX Runtime.
+pub fn project_ort_dir() -> PathBuf {
+    root().join(".int8kit").join(runtime::Flavor::Cpu.folder_name())
 }
 
 /// Runs `cargo test`, echoing its output, and closes with one line that totals every test binary's

@@ -5,14 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use analyze::evaluate::{self, Recorded};
 use anyhow::{bail, Context};
+use evaluate::compare::{self as evaluation, Classifier, Recorded};
 use datasets::{Dataset, Recipe};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::bench::{build_release_binaries, measure_tree, median_run, Run};
+use crate::bench::{build_int8kit, int8kit, measure_tree, median_run, Run};
 use crate::root;
 
 /// The peer's pinned environment, installed by the bench into its own venv.
@@ -355,7 +355,7 @@ fn workloads(args: &SuiteArgs) -> anyhow::Result<Vec<Workload>> {
 }
 
 pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
-    let bin = build_release_binaries(&["calibrate", "analyze"])?;
+    let bin = build_int8kit()?;
     let me = std::env::current_exe()?;
     let work = root().join(if args.quick { "target/bench/quick" } else { "target/bench/suite" });
     std::fs::create_dir_all(&work)?;
@@ -377,7 +377,7 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
         };
         let hist = dir.join("calib.hist");
         let calibrate_cmd = |tensors: &str| {
-            let mut cmd = Command::new(bin.join("calibrate"));
+            let mut cmd = int8kit(&bin, "calibrate");
             common(&mut cmd);
             cmd.args(["--tensors", tensors, "--quiet", "--out"]).arg(&hist);
             cmd
@@ -399,7 +399,7 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
         }
         let (limit, cal) = (median_run(limits), median_run(cals));
         let ours_dir = dir.join("int8kit");
-        let mut analyze_cmd = Command::new(bin.join("analyze"));
+        let mut analyze_cmd = int8kit(&bin, "analyze");
         analyze_cmd
             .args(["--model".as_ref(), w.model.as_os_str()])
             .args(["--hist".as_ref(), hist.as_os_str()])
@@ -457,7 +457,7 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
 
         // INT8 results: the FP32 reference runs once and is replayed for every INT8 model.
         let recipe = Recipe::load(&w.recipe)?;
-        let mut fp32 = evaluate::ort_model(&w.model, &recipe, Default::default())?;
+        let mut fp32 = evaluation::ort_model(&w.model, &recipe, Default::default())?;
         let eval_set = match &w.eval {
             Eval::Top1 { val, limit } => {
                 let ds = Dataset::labelled(val, None)?;
@@ -470,10 +470,10 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
         };
         let quality_of = |fp32: &mut Recorded, model: &Path| -> anyhow::Result<Quality> {
             fp32.rewind();
-            let mut int8 = evaluate::ort_model(model, &recipe, Default::default())?;
+            let mut int8 = evaluation::ort_model(model, &recipe, Default::default())?;
             Ok(match &w.eval {
                 Eval::Top1 { .. } => {
-                    let c = evaluate::compare(fp32, int8.as_mut(), &eval_set, &recipe, None, &mut |_, _| {})?;
+                    let c = evaluation::compare(fp32, int8.as_mut(), &eval_set, &recipe, &Classifier::Logits, &mut |_, _| {})?;
                     Quality {
                         images: c.images,
                         fp32_top1: Some(c.fp32.top1),
@@ -484,7 +484,7 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
                     }
                 }
                 Eval::Fidelity { .. } => {
-                    let f = evaluate::fidelity(fp32, int8.as_mut(), &eval_set, &recipe)?;
+                    let f = evaluation::fidelity(fp32, int8.as_mut(), &eval_set, &recipe)?;
                     Quality {
                         images: f.images,
                         fp32_top1: None,

@@ -3,20 +3,42 @@
 //! reused; every variant is a Q/DQ model built in memory.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use calibrate::HistFile;
+use analyze::precision::{decide, Decision, PrecisionFile};
+use analyze::scales::{self, Method};
 use datasets::{Batch, BatchStream, Dataset, Recipe, StreamOptions};
 use graph::Model;
+use histograms::HistFile;
 use serde::Serialize;
 
-use crate::evaluate::{argmax, scores};
-use crate::precision::{decide, Decision, PrecisionFile};
-use crate::scales::{self, Method};
-use crate::AnalyzeError;
+use crate::compare::{argmax, Classifier};
+use crate::EvaluateError;
+
+/// What sensitivity and autoprecision measure: a model, its statistics, the evaluation images and how
+/// outputs are scored, and the INT8 configuration whose nodes are measured.
+#[derive(Debug, Clone)]
+pub struct SensitivityInputs {
+    /// The FP32 model.
+    pub model: PathBuf,
+    /// Its calibration statistics.
+    pub hist: HistFile,
+    /// The labelled images the variants are evaluated on (the search subset for autoprecision).
+    pub dataset: Dataset,
+    /// Preprocessing.
+    pub recipe: Recipe,
+    /// Logits or zero-shot prototypes.
+    pub classifier: Classifier,
+    /// Scale method for every activation.
+    pub method: Method,
+    /// The INT8 configuration (default lists when empty).
+    pub precision: PrecisionFile,
+    /// Where the variants run.
+    pub placement: runtime::Placement,
+}
 
 /// What one model variant does to the evaluation subset, against FP32.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Effect {
     pub top1: f64,
     /// INT8-variant Top-1 minus FP32 Top-1, percentage points.
@@ -27,7 +49,8 @@ pub struct Effect {
     pub divergence: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One node's measurements.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct NodeSensitivity {
     pub node: String,
     pub op: String,
@@ -68,7 +91,7 @@ struct Evaluator<'a> {
     fp32: Vec<Vec<f32>>,
     input: String,
     output: String,
-    prototypes: Option<&'a [Vec<f32>]>,
+    classifier: &'a Classifier,
     placement: runtime::Placement,
 }
 
@@ -81,25 +104,20 @@ fn softmax(v: &[f32]) -> Vec<f64> {
 
 impl<'a> Evaluator<'a> {
     /// Decodes the evaluation images once and runs the FP32 model over them once.
-    fn new(
-        model: &'a Model,
-        dataset: &Dataset,
-        recipe: &Recipe,
-        prototypes: Option<&'a [Vec<f32>]>,
-        placement: runtime::Placement,
-    ) -> Result<Evaluator<'a>, AnalyzeError> {
+    fn new(model: &'a Model, inputs: &'a SensitivityInputs) -> Result<Evaluator<'a>, EvaluateError> {
+        let (dataset, recipe) = (&inputs.dataset, &inputs.recipe);
         let input = model.resolve_input(recipe.name.as_deref())?.name.clone();
-        let no_output = || AnalyzeError::Model { path: model.path.clone(), message: "the model has no output".into() };
+        let no_output = || EvaluateError::Model { path: model.path.clone(), message: "the model has no output".into() };
         let output = model.proto.graph.output.first().ok_or_else(no_output)?.name.clone();
         let batches = BatchStream::new(dataset, recipe, StreamOptions { batch_size: 100, ..Default::default() })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| AnalyzeError::Model { path: dataset.root.clone(), message: e.to_string() })?;
-        let mut ev = Evaluator { model, batches, fp32: Vec::new(), input, output, prototypes, placement };
+            .collect::<Result<Vec<_>, _>>()?;
+        let (classifier, placement) = (&inputs.classifier, inputs.placement);
+        let mut ev = Evaluator { model, batches, fp32: Vec::new(), input, output, classifier, placement };
         ev.fp32 = ev.outputs(&model.to_bytes()?)?;
         Ok(ev)
     }
 
-    fn outputs(&self, bytes: &[u8]) -> Result<Vec<Vec<f32>>, AnalyzeError> {
+    fn outputs(&self, bytes: &[u8]) -> Result<Vec<Vec<f32>>, EvaluateError> {
         let label = self.model.path.display().to_string();
         let mut cfg = runtime::SessionConfig::new(&label).place(self.placement);
         cfg.external_data_dir = Some(self.model.dir.clone());
@@ -119,19 +137,19 @@ impl<'a> Evaluator<'a> {
         for ((batch, a), b) in self.batches.iter().zip(&self.fp32).zip(variant) {
             let width = a.len() / batch.items.len().max(1);
             for ((ra, rb), item) in a.chunks(width.max(1)).zip(b.chunks(width.max(1))).zip(&batch.items) {
-                let (sa, sb) = (scores(ra, self.prototypes), scores(rb, self.prototypes));
+                let (sa, sb) = (self.classifier.scores(ra), self.classifier.scores(rb));
                 let (pa, pb) = (argmax(&sa), argmax(&sb));
                 right += (Some(pb) == item.label) as usize;
                 right32 += (Some(pa) == item.label) as usize;
                 agree += (pa == pb) as usize;
-                div += match self.prototypes {
-                    Some(_) => {
+                div += match self.classifier {
+                    Classifier::ZeroShot { .. } => {
                         let dot: f64 = ra.iter().zip(rb).map(|(x, y)| *x as f64 * *y as f64).sum();
                         let na = ra.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
                         let nb = rb.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
                         1.0 - if na > 0.0 && nb > 0.0 { dot / (na * nb) } else { 1.0 }
                     }
-                    None => {
+                    Classifier::Logits => {
                         let (p, q) = (softmax(ra), softmax(rb));
                         p.iter()
                             .zip(&q)
@@ -152,9 +170,9 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    fn variant(&self, decisions: &[Decision], amax: &HashMap<String, f32>) -> Result<Effect, AnalyzeError> {
-        let (proto, _) = crate::qdq::insert_qdq(self.model, decisions, amax)?;
-        let bytes = graph::proto::Message::write_to_bytes(&proto).map_err(|e| AnalyzeError::Usage(e.to_string()))?;
+    fn variant(&self, decisions: &[Decision], amax: &HashMap<String, f32>) -> Result<Effect, EvaluateError> {
+        let (proto, _) = analyze::qdq::insert_qdq(self.model, decisions, amax)?;
+        let bytes = graph::proto::Message::write_to_bytes(&proto).map_err(graph::GraphError::Encode)?;
         Ok(self.effect(&self.outputs(&bytes)?))
     }
 }
@@ -168,9 +186,9 @@ fn method_choices(
     hist: &HistFile,
     method: Method,
     base: &Effect,
-) -> Result<Vec<MethodChoice>, AnalyzeError> {
-    let amax = crate::activation_amax(hist, method, &Default::default());
-    let (_, summary) = crate::qdq::insert_qdq(ev.model, decisions, &amax)?;
+) -> Result<Vec<MethodChoice>, EvaluateError> {
+    let amax = analyze::activation_amax(hist, method, &Default::default());
+    let (_, summary) = analyze::qdq::insert_qdq(ev.model, decisions, &amax)?;
     let mut out = Vec::new();
     for (tensor, _) in &summary.activations {
         let Some(record) = hist.tensor(tensor).filter(|t| t.producer.is_some()) else { continue };
@@ -191,45 +209,34 @@ fn method_choices(
     Ok(out)
 }
 
-/// Measures every node that the precision file (default lists if empty) puts in INT8, on `dataset`. With
+/// Measures every node that the INT8 configuration puts in INT8, on the inputs' images. With
 /// `choose_methods`, also picks each quantized tensor's best scale method.
-#[allow(clippy::too_many_arguments)]
 pub fn sensitivity(
-    model_path: &Path,
-    hist: &HistFile,
-    dataset: &Dataset,
-    recipe: &Recipe,
-    prototypes: Option<&[Vec<f32>]>,
-    method: Method,
-    precision: &PrecisionFile,
-    placement: runtime::Placement,
+    inputs: &SensitivityInputs,
     choose_methods: bool,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<SensitivityReport, AnalyzeError> {
+) -> Result<SensitivityReport, EvaluateError> {
     let start = std::time::Instant::now();
-    let model = Model::load(model_path)?;
-    let ev = Evaluator::new(&model, dataset, recipe, prototypes, placement)?;
-    measure_nodes(&ev, hist, recipe, method, precision, choose_methods, progress, start)
+    let model = Model::load(&inputs.model)?;
+    let ev = Evaluator::new(&model, inputs)?;
+    measure_nodes(&ev, inputs, choose_methods, progress, start)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn measure_nodes(
     ev: &Evaluator,
-    hist: &HistFile,
-    recipe: &Recipe,
-    method: Method,
-    precision: &PrecisionFile,
+    inputs: &SensitivityInputs,
     choose_methods: bool,
     progress: &mut dyn FnMut(usize, usize),
     start: std::time::Instant,
-) -> Result<SensitivityReport, AnalyzeError> {
-    let model = ev.model;
-    let amax = crate::activation_amax(hist, method, &Default::default());
+) -> Result<SensitivityReport, EvaluateError> {
+    let (model, hist, recipe, method, precision) =
+        (ev.model, &inputs.hist, &inputs.recipe, inputs.method, &inputs.precision);
+    let amax = analyze::activation_amax(hist, method, &Default::default());
     let decisions = decide(&model.proto.graph, precision, "precision")?;
     let fp32_top1 = ev.effect(&ev.fp32).top1;
     let int8 = ev.variant(&decisions, &amax)?;
 
-    let flops = crate::flops::gemm_flops(model, recipe, &ev.input)?;
+    let flops = analyze::flops::gemm_flops(model, recipe, &ev.input)?;
     let total_flops: f64 = flops.values().sum();
     let targets: Vec<&Decision> = decisions.iter().filter(|d| d.int8).collect();
     let mut nodes = Vec::new();
@@ -275,27 +282,21 @@ pub struct AutoPrecision {
     pub sensitivity: SensitivityReport,
 }
 
-/// Greedy search for a small deny list meeting `max_top1_drop` (pp) on `dataset`: nodes are denied in order
-/// of damage per FLOP when quantized alone (so cheap, harmful nodes go first and the INT8 FLOP share stays
-/// high), re-evaluating the whole configuration after each, until the budget holds or every node is float.
-#[allow(clippy::too_many_arguments)]
+/// Greedy search for a small deny list meeting `max_top1_drop` (pp) on the inputs' images: nodes are denied
+/// in order of damage per FLOP when quantized alone (so cheap, harmful nodes go first and the INT8 FLOP share
+/// stays high), re-evaluating the whole configuration after each, until the budget holds or every node is
+/// float.
 pub fn auto_precision(
-    model_path: &Path,
-    hist: &HistFile,
-    dataset: &Dataset,
-    recipe: &Recipe,
-    prototypes: Option<&[Vec<f32>]>,
-    method: Method,
-    base: &PrecisionFile,
+    inputs: &SensitivityInputs,
     max_top1_drop: f64,
-    placement: runtime::Placement,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<AutoPrecision, AnalyzeError> {
+) -> Result<AutoPrecision, EvaluateError> {
     let start = std::time::Instant::now();
-    let model = Model::load(model_path)?;
-    let ev = Evaluator::new(&model, dataset, recipe, prototypes, placement)?;
-    let report = measure_nodes(&ev, hist, recipe, method, base, false, progress, start)?;
-    let amax = crate::activation_amax(hist, method, &Default::default());
+    let model = Model::load(&inputs.model)?;
+    let ev = Evaluator::new(&model, inputs)?;
+    let report = measure_nodes(&ev, inputs, false, progress, start)?;
+    let (hist, method, base) = (&inputs.hist, inputs.method, &inputs.precision);
+    let amax = analyze::activation_amax(hist, method, &Default::default());
 
     let mut order: Vec<&NodeSensitivity> = report.nodes.iter().collect();
     let damage_per_flop = |n: &NodeSensitivity| n.alone_int8.divergence / n.flop_share.max(1e-9);
@@ -317,4 +318,71 @@ pub fn auto_precision(
     let met = -effect.top1_delta_pp <= max_top1_drop;
     let int8_flop_share = report.nodes.iter().filter(|n| !denied.contains(&n.node)).map(|n| n.flop_share).sum::<f64>();
     Ok(AutoPrecision { precision, denied, search: effect, met, int8_flop_share, sensitivity: report })
+}
+
+/// One row of `sensitivity.csv`.
+#[derive(Serialize)]
+struct CsvRow<'a> {
+    rank: usize,
+    node: &'a str,
+    op: &'a str,
+    flop_share: f64,
+    alone_int8_top1_delta_pp: f64,
+    alone_int8_agreement: f64,
+    alone_int8_divergence: f64,
+    alone_float_top1_delta_pp: f64,
+    alone_float_agreement: f64,
+    alone_float_divergence: f64,
+}
+
+impl SensitivityReport {
+    /// `sensitivity.csv`: the ranking, one node per row, most sensitive first.
+    pub fn to_csv(&self) -> Result<Vec<u8>, EvaluateError> {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        for (i, n) in self.nodes.iter().enumerate() {
+            w.serialize(CsvRow {
+                rank: i + 1,
+                node: &n.node,
+                op: &n.op,
+                flop_share: n.flop_share,
+                alone_int8_top1_delta_pp: n.alone_int8.top1_delta_pp,
+                alone_int8_agreement: n.alone_int8.agreement,
+                alone_int8_divergence: n.alone_int8.divergence,
+                alone_float_top1_delta_pp: n.alone_float.top1_delta_pp,
+                alone_float_agreement: n.alone_float.agreement,
+                alone_float_divergence: n.alone_float.divergence,
+            })?;
+        }
+        w.into_inner().map_err(|e| EvaluateError::Csv(e.into_error().into()))
+    }
+
+    /// Writes `sensitivity.json` and `sensitivity.csv` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<(), EvaluateError> {
+        std::fs::create_dir_all(dir).map_err(|source| EvaluateError::Io { path: dir.into(), source })?;
+        graph::write_atomic(&dir.join("sensitivity.json"), &crate::pretty_json(self)?)?;
+        graph::write_atomic(&dir.join("sensitivity.csv"), &self.to_csv()?)?;
+        Ok(())
+    }
+}
+
+/// Each tensor's chosen method from a sensitivity.json written with `--choose-methods` (for `--method auto`).
+pub fn load_method_choices(path: &Path) -> Result<std::collections::BTreeMap<String, Method>, EvaluateError> {
+    #[derive(serde::Deserialize)]
+    struct Choices {
+        methods: Vec<MethodChoice>,
+    }
+    let bad = |message: String| EvaluateError::Input { path: path.into(), message };
+    let text = std::fs::read_to_string(path).map_err(|source| EvaluateError::Io { path: path.into(), source })?;
+    let choices: Choices = serde_json::from_str(&text).map_err(|e| bad(format!("not a sensitivity.json: {e}")))?;
+    if choices.methods.is_empty() {
+        return Err(bad("no per-tensor methods; run `int8kit sensitivity --choose-methods`".into()));
+    }
+    choices
+        .methods
+        .into_iter()
+        .map(|c| {
+            let method = c.method.parse::<Method>().map_err(|e| bad(format!("tensor {}: {e}", c.tensor)))?;
+            Ok((c.tensor, method))
+        })
+        .collect()
 }

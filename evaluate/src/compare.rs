@@ -1,43 +1,70 @@
-//! Top-1 of a classifier, or zero-shot Top-1 of an embedding model against class prototypes, over a
-//! labelled image folder, through ONNX Runtime.
+//! FP32-vs-INT8 comparison: Top-1/Top-5 of a classifier, or zero-shot Top-1 of an embedding model against
+//! class prototypes, over a labelled image folder, and the output fidelity (agreement, cosine, SQNR).
 
 use std::path::Path;
 
 use datasets::{BatchStream, Dataset, Recipe, StreamOptions};
 
-use crate::AnalyzeError;
+use crate::EvaluateError;
 
-/// Class prototypes from a numpy `.npy` file (float32, C order, shape [classes, dim]), L2-normalised.
-pub fn load_prototypes(path: &Path) -> Result<Vec<Vec<f32>>, AnalyzeError> {
-    let bytes = std::fs::read(path).map_err(|source| AnalyzeError::Io { path: path.into(), source })?;
-    let bad = |message: String| AnalyzeError::Model { path: path.into(), message };
-    if bytes.len() < 12 || &bytes[..6] != b"\x93NUMPY" {
-        return Err(bad("not a .npy file".into()));
+/// How an output row becomes class scores: a classifier's logits as they are, or an embedding's cosine
+/// against one prototype per class (CLIP zero-shot).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Classifier {
+    /// The output row holds one score per class.
+    Logits,
+    /// The output row is an embedding; its class is the prototype row it is closest to by cosine.
+    ZeroShot {
+        /// One L2-normalised row per class.
+        prototypes: Vec<Vec<f32>>,
+    },
+}
+
+impl Classifier {
+    /// Zero-shot against the prototypes in `zero_shot` (a float32 `[classes, dim]` `.npy`), else logits.
+    pub fn load(zero_shot: Option<&Path>) -> Result<Classifier, EvaluateError> {
+        Ok(match zero_shot {
+            Some(path) => Classifier::ZeroShot { prototypes: load_prototypes(path)? },
+            None => Classifier::Logits,
+        })
     }
-    let (header_len, start) = if bytes[6] == 1 {
-        (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
-    } else {
-        (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
-    };
-    let header = String::from_utf8_lossy(
-        bytes.get(start..start + header_len).ok_or_else(|| bad("truncated .npy header".into()))?,
-    );
-    if !header.contains("'<f4'") || header.contains("'fortran_order': True") {
-        return Err(bad(format!("prototypes must be float32 little-endian in C order (header {header})")));
+
+    /// Class scores of one output row.
+    pub fn scores(&self, row: &[f32]) -> Vec<f32> {
+        match self {
+            Classifier::Logits => row.to_vec(),
+            Classifier::ZeroShot { prototypes } => {
+                let r = normalised(row);
+                prototypes.iter().map(|c| c.iter().zip(&r).map(|(a, b)| a * b).sum()).collect()
+            }
+        }
     }
-    let shape: Vec<usize> = header
-        .split("'shape':")
-        .nth(1)
-        .and_then(|s| s.split(['(', ')']).nth(1))
-        .map(|s| s.split(',').filter_map(|d| d.trim().parse().ok()).collect())
-        .unwrap_or_default();
-    let [classes, dim] = shape[..] else { return Err(bad(format!("expected a 2-D array, header {header}"))) };
-    let data = &bytes[start + header_len..];
-    if data.len() != classes * dim * 4 || dim == 0 {
-        return Err(bad(format!("{} data bytes for shape [{classes}, {dim}]", data.len())));
+
+    /// Whether outputs are embeddings (divergence is then 1 - cosine rather than a KL of softmaxes).
+    pub fn is_embedding(&self) -> bool {
+        matches!(self, Classifier::ZeroShot { .. })
     }
-    let values: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-    Ok(values.chunks(dim).map(normalised).collect())
+
+    /// Number of classes the prototypes define (`None` for logits).
+    pub fn classes(&self) -> Option<usize> {
+        match self {
+            Classifier::Logits => None,
+            Classifier::ZeroShot { prototypes } => Some(prototypes.len()),
+        }
+    }
+}
+
+/// Class prototypes from a numpy `.npy` file (float32, shape `[classes, dim]`), L2-normalised.
+pub fn load_prototypes(path: &Path) -> Result<Vec<Vec<f32>>, EvaluateError> {
+    let array: ndarray::Array2<f32> = ndarray_npy::read_npy(path)
+        .map_err(|source| EvaluateError::Prototypes { path: path.into(), source })?;
+    if array.ncols() == 0 || array.nrows() == 0 {
+        return Err(EvaluateError::Input {
+            path: path.into(),
+            message: format!("prototypes have shape {:?}; expected [classes, dim] with both non-zero", array.shape()),
+        });
+    }
+    Ok(array.rows().into_iter().map(|r| normalised(&r.to_vec())).collect())
 }
 
 fn normalised(v: &[f32]) -> Vec<f32> {
@@ -45,70 +72,47 @@ fn normalised(v: &[f32]) -> Vec<f32> {
     v.iter().map(|x| if n > 0.0 { x / n } else { *x }).collect()
 }
 
-/// Class scores of one output row: the row itself, or its cosine against each prototype.
-pub fn scores(row: &[f32], prototypes: Option<&[Vec<f32>]>) -> Vec<f32> {
-    match prototypes {
-        None => row.to_vec(),
-        Some(p) => {
-            let r = normalised(row);
-            p.iter().map(|c| c.iter().zip(&r).map(|(a, b)| a * b).sum()).collect()
-        }
-    }
-}
-
+/// Index of the largest score (the first one on ties).
 pub fn argmax(v: &[f32]) -> usize {
     (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b]).then(b.cmp(&a))).unwrap_or(0)
 }
 
+/// Top-1 of one model on a labelled folder.
 pub struct EvalResult {
+    /// Share of images whose predicted class is the label.
     pub top1: f64,
+    /// Images evaluated.
     pub images: usize,
+    /// Seconds spent running the model.
     pub seconds: f64,
 }
 
-/// Runs `model_path` over `dataset` and counts correct argmax predictions.
+/// Runs `model_path` over `dataset` (on the CPU) and counts correct predictions.
 pub fn evaluate(
     model_path: &Path,
     dataset: &Dataset,
     recipe: &Recipe,
-    prototypes: Option<&[Vec<f32>]>,
-) -> Result<EvalResult, AnalyzeError> {
-    let m = graph::Model::load(model_path)?;
-    let no_output = || AnalyzeError::Model { path: model_path.into(), message: "the model has no output".into() };
-    let output = m.proto.graph.output.first().ok_or_else(no_output)?.name.clone();
-    let input = m.resolve_input(recipe.name.as_deref())?.name.clone();
-    let mut cfg = runtime::SessionConfig::new(model_path.display().to_string());
-    cfg.external_data_dir = Some(m.dir.clone());
-    let mut session = runtime::session_from_bytes(&m.to_bytes()?, &cfg)?;
-    let start = std::time::Instant::now();
+    classifier: &Classifier,
+) -> Result<EvalResult, EvaluateError> {
+    let mut model = ort_model(model_path, recipe, runtime::Placement::default())?;
     let (mut right, mut n) = (0usize, 0usize);
     for batch in BatchStream::new(dataset, recipe, StreamOptions { batch_size: 64, ..Default::default() }) {
-        let batch = batch.map_err(|e| AnalyzeError::Model { path: model_path.into(), message: e.to_string() })?;
-        let label = model_path.display().to_string();
-        runtime::run_f32(
-            &mut session,
-            &label,
-            &input,
-            &batch.shape,
-            &batch.data,
-            std::slice::from_ref(&output),
-            |o| {
-                let width = o[0].len() / batch.items.len().max(1);
-                for (row, item) in o[0].chunks(width.max(1)).zip(&batch.items) {
-                    right += (Some(argmax(&scores(row, prototypes))) == item.label) as usize;
-                    n += 1;
-                }
-            },
-        )?;
+        let batch = batch?;
+        let rows = model.run(&batch)?;
+        let width = rows.len() / batch.items.len().max(1);
+        for (row, item) in rows.chunks(width.max(1)).zip(&batch.items) {
+            right += (Some(argmax(&classifier.scores(row))) == item.label) as usize;
+            n += 1;
+        }
     }
-    Ok(EvalResult { top1: right as f64 / n.max(1) as f64, images: n, seconds: start.elapsed().as_secs_f64() })
+    Ok(EvalResult { top1: right as f64 / n.max(1) as f64, images: n, seconds: model.seconds() })
 }
 
-pub use reports::{Comparison, ModelMetrics};
+use reports::{Comparison, ModelMetrics};
 
 /// Something that maps a batch of preprocessed images to its output rows (flattened, one row per image).
 pub trait BatchModel {
-    fn run(&mut self, batch: &datasets::Batch) -> Result<Vec<f32>, AnalyzeError>;
+    fn run(&mut self, batch: &datasets::Batch) -> Result<Vec<f32>, EvaluateError>;
     /// Seconds spent in `run` so far.
     fn seconds(&self) -> f64;
 }
@@ -118,7 +122,7 @@ pub fn ort_model(
     path: &Path,
     recipe: &Recipe,
     placement: runtime::Placement,
-) -> Result<Box<dyn BatchModel>, AnalyzeError> {
+) -> Result<Box<dyn BatchModel>, EvaluateError> {
     Ok(Box::new(Runner::new(path, recipe, placement)?))
 }
 
@@ -131,9 +135,9 @@ struct Runner {
 }
 
 impl Runner {
-    fn new(path: &Path, recipe: &Recipe, placement: runtime::Placement) -> Result<Runner, AnalyzeError> {
+    fn new(path: &Path, recipe: &Recipe, placement: runtime::Placement) -> Result<Runner, EvaluateError> {
         let m = graph::Model::load(path)?;
-        let no_output = || AnalyzeError::Model { path: path.into(), message: "the model has no output".into() };
+        let no_output = || EvaluateError::Model { path: path.into(), message: "the model has no output".into() };
         let output = m.proto.graph.output.first().ok_or_else(no_output)?.name.clone();
         let input = m.resolve_input(recipe.name.as_deref())?.name.clone();
         let label = path.display().to_string();
@@ -151,7 +155,7 @@ impl BatchModel for Runner {
         self.seconds
     }
 
-    fn run(&mut self, batch: &datasets::Batch) -> Result<Vec<f32>, AnalyzeError> {
+    fn run(&mut self, batch: &datasets::Batch) -> Result<Vec<f32>, EvaluateError> {
         let start = std::time::Instant::now();
         let out = runtime::run_f32(
             &mut self.session,
@@ -260,11 +264,11 @@ fn batch_rows(
     int8: &mut dyn BatchModel,
     batch: &datasets::Batch,
     root: &Path,
-) -> Result<(Vec<f32>, Vec<f32>, usize), AnalyzeError> {
+) -> Result<(Vec<f32>, Vec<f32>, usize), EvaluateError> {
     let (a, b) = (fp32.run(batch)?, int8.run(batch)?);
     let width = a.len() / batch.items.len().max(1);
     if width == 0 || b.len() != a.len() {
-        return Err(AnalyzeError::Model {
+        return Err(EvaluateError::Model {
             path: root.to_path_buf(),
             message: format!("outputs differ in size: FP32 {} values, INT8 {}", a.len(), b.len()),
         });
@@ -278,10 +282,10 @@ pub fn fidelity(
     int8: &mut dyn BatchModel,
     dataset: &Dataset,
     recipe: &Recipe,
-) -> Result<Fidelity, AnalyzeError> {
+) -> Result<Fidelity, EvaluateError> {
     let mut acc = OutputFidelity::default();
     for batch in BatchStream::new(dataset, recipe, StreamOptions { batch_size: 64, ..Default::default() }) {
-        let batch = batch.map_err(|e| AnalyzeError::Model { path: dataset.root.clone(), message: e.to_string() })?;
+        let batch = batch?;
         let (a, b, width) = batch_rows(fp32, int8, &batch, &dataset.root)?;
         for (ra, rb) in a.chunks(width).zip(b.chunks(width)) {
             acc.add(ra, rb, argmax(ra), argmax(rb));
@@ -296,20 +300,20 @@ pub fn compare(
     int8: &mut dyn BatchModel,
     dataset: &Dataset,
     recipe: &Recipe,
-    prototypes: Option<&[Vec<f32>]>,
+    classifier: &Classifier,
     progress: &mut dyn FnMut(u64, u64),
-) -> Result<Comparison, AnalyzeError> {
+) -> Result<Comparison, EvaluateError> {
     let (mut t32, mut t8) = (Tally::default(), Tally::default());
     let mut acc = OutputFidelity::default();
     let total = dataset.len() as u64;
     for batch in BatchStream::new(dataset, recipe, StreamOptions { batch_size: 64, ..Default::default() }) {
-        let batch = batch.map_err(|e| AnalyzeError::Model { path: dataset.root.clone(), message: e.to_string() })?;
+        let batch = batch?;
         let (a, b, width) = batch_rows(fp32, int8, &batch, &dataset.root)?;
         for ((ra, rb), item) in a.chunks(width).zip(b.chunks(width)).zip(&batch.items) {
             let Some(label) = item.label else {
-                return Err(AnalyzeError::Model { path: item.path.clone(), message: "image has no label".into() });
+                return Err(EvaluateError::Model { path: item.path.clone(), message: "image has no label".into() });
             };
-            let (pa, pb) = (t32.add(&scores(ra, prototypes), label), t8.add(&scores(rb, prototypes), label));
+            let (pa, pb) = (t32.add(&classifier.scores(ra), label), t8.add(&classifier.scores(rb), label));
             acc.add(ra, rb, pa, pb);
         }
         progress(acc.images, total);
@@ -335,11 +339,10 @@ pub struct Recorded {
 
 impl Recorded {
     /// Runs `model` over `dataset` in the batches `compare`/`fidelity` use and keeps every batch's rows.
-    pub fn record(model: &mut dyn BatchModel, dataset: &Dataset, recipe: &Recipe) -> Result<Recorded, AnalyzeError> {
+    pub fn record(model: &mut dyn BatchModel, dataset: &Dataset, recipe: &Recipe) -> Result<Recorded, EvaluateError> {
         let mut rows = Vec::new();
         for batch in BatchStream::new(dataset, recipe, StreamOptions { batch_size: 64, ..Default::default() }) {
-            let batch =
-                batch.map_err(|e| AnalyzeError::Model { path: dataset.root.clone(), message: e.to_string() })?;
+            let batch = batch?;
             rows.push(model.run(&batch)?);
         }
         Ok(Recorded { rows, next: 0, seconds: model.seconds() })
@@ -352,8 +355,8 @@ impl Recorded {
 }
 
 impl BatchModel for Recorded {
-    fn run(&mut self, _batch: &datasets::Batch) -> Result<Vec<f32>, AnalyzeError> {
-        let rows = self.rows.get(self.next).cloned().ok_or_else(|| AnalyzeError::Model {
+    fn run(&mut self, _batch: &datasets::Batch) -> Result<Vec<f32>, EvaluateError> {
+        let rows = self.rows.get(self.next).cloned().ok_or_else(|| EvaluateError::Model {
             path: "recorded outputs".into(),
             message: format!("replayed past the {} recorded batches", self.rows.len()),
         })?;
@@ -410,8 +413,8 @@ mod tests {
 
     #[test]
     fn zero_shot_scores_are_cosines_against_normalised_prototypes() {
-        let protos = vec![normalised(&[1.0, 0.0]), normalised(&[1.0, 1.0])];
-        let s = scores(&[3.0, 3.0], Some(&protos));
+        let zero_shot = Classifier::ZeroShot { prototypes: vec![normalised(&[1.0, 0.0]), normalised(&[1.0, 1.0])] };
+        let s = zero_shot.scores(&[3.0, 3.0]);
         assert!((s[0] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6 && (s[1] - 1.0).abs() < 1e-6);
         assert_eq!(argmax(&s), 1);
     }

@@ -7,7 +7,7 @@ use datasets::Recipe;
 use serde::{Deserialize, Serialize};
 
 use crate::histogram::TensorStats;
-use crate::CalibrateError;
+use crate::{HistError, Selection};
 
 pub const HIST_FORMAT: &str = "int8kit.hist";
 pub const HIST_VERSION: u32 = 1;
@@ -67,31 +67,31 @@ pub struct HistFile {
     pub histogram: HistogramInfo,
     /// Which activations were collected (`all` or `quantizable`); absent in older files means `all`.
     #[serde(default = "collected_in_older_files")]
-    pub collected: crate::Selection,
+    pub collected: Selection,
     /// Activations in graph order.
     pub tensors: Vec<TensorRecord>,
 }
 
 impl HistFile {
-    pub fn to_json(&self) -> Result<Vec<u8>, CalibrateError> {
-        let mut bytes = serde_json::to_vec(self).map_err(|e| CalibrateError::Format(e.to_string()))?;
+    pub fn to_json(&self) -> Result<Vec<u8>, HistError> {
+        let mut bytes = serde_json::to_vec(self).map_err(HistError::Encode)?;
         bytes.push(b'\n');
         Ok(bytes)
     }
 
     /// Writes through a temporary file and a rename.
-    pub fn write(&self, path: &Path) -> Result<(), CalibrateError> {
-        graph::write_atomic(path, &self.to_json()?).map_err(CalibrateError::Graph)
+    pub fn write(&self, path: &Path) -> Result<(), HistError> {
+        Ok(graph::write_atomic(path, &self.to_json()?)?)
     }
 
-    pub fn read(path: &Path) -> Result<HistFile, CalibrateError> {
-        let bytes = std::fs::read(path).map_err(|source| CalibrateError::Io { path: path.into(), source })?;
+    pub fn read(path: &Path) -> Result<HistFile, HistError> {
+        let bytes = std::fs::read(path).map_err(|source| HistError::Io { path: path.into(), source })?;
         #[derive(Deserialize)]
         struct Header {
             format: Option<String>,
             version: Option<u32>,
         }
-        let bad = |message: String| CalibrateError::BadHist { path: path.into(), message };
+        let bad = |message: String| HistError::BadHist { path: path.into(), message };
         let header: Header = serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a JSON .hist file: {e}")))?;
         if header.format.as_deref() != Some(HIST_FORMAT) {
             return Err(bad(format!("format is {:?}, expected \"{HIST_FORMAT}\"", header.format)));
@@ -111,6 +111,6 @@ impl HistFile {
 }
 
 /// Files written before `collected` existed held every activation.
-fn collected_in_older_files() -> crate::Selection {
-    crate::Selection::All
+fn collected_in_older_files() -> Selection {
+    Selection::All
 }

@@ -1,0 +1,99 @@
+//! `autoprecision` end to end: the greedy deny-list search on a subset, the artifacts built with its list,
+//! and the verification of that INT8 model on the whole folder.
+
+use std::path::{Path, PathBuf};
+
+use analyze::{analyze, AnalyzeOptions};
+use datasets::Dataset;
+
+use crate::compare::{compare, ort_model};
+use crate::sensitivity::{auto_precision, AutoPrecision, SensitivityInputs};
+use crate::EvaluateError;
+
+/// What `autoprecision` runs on beyond the sensitivity inputs (whose dataset is the search subset).
+#[derive(Debug, Clone)]
+pub struct AutoPrecisionConfig {
+    /// The measured model, statistics, search subset and configuration.
+    pub inputs: SensitivityInputs,
+    /// The whole labelled folder, for the verification.
+    pub verify_on: Dataset,
+    /// Allowed Top-1 drop against FP32, percentage points.
+    pub max_top1_drop: f64,
+    /// TensorRT version for the calibration cache header.
+    pub trt_version: String,
+    /// Output folder.
+    pub out: PathBuf,
+}
+
+/// The outcome of [`run`].
+#[derive(Debug, Clone)]
+pub struct AutoPrecisionOutcome {
+    /// The search and its sensitivity ranking.
+    pub search: AutoPrecision,
+    /// With the budget met on the subset: the verification on the whole folder.
+    pub verification: Option<Verification>,
+}
+
+/// The chosen configuration's INT8 model against FP32 on the whole folder.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    /// Images evaluated.
+    pub images: u64,
+    /// FP32 Top-1 (share).
+    pub fp32_top1: f64,
+    /// INT8 Top-1 (share).
+    pub int8_top1: f64,
+    /// Share of GEMM/Conv FLOPs in INT8.
+    pub int8_flop_share: f64,
+}
+
+impl Verification {
+    /// FP32 Top-1 minus INT8 Top-1, percentage points.
+    pub fn drop_pp(&self) -> f64 {
+        100.0 * (self.fp32_top1 - self.int8_top1)
+    }
+}
+
+impl AutoPrecisionOutcome {
+    /// Whether the budget was met on the subset and on the whole folder.
+    pub fn met(&self, max_top1_drop: f64) -> bool {
+        self.search.met && self.verification.as_ref().is_some_and(|v| v.drop_pp() <= max_top1_drop)
+    }
+}
+
+/// Searches, writes `autoprecision.json`, and when the subset meets the budget also `precision.toml` and the
+/// artifacts built with it, then verifies that model on the whole folder.
+pub fn run(config: &AutoPrecisionConfig, progress: &mut dyn FnMut(usize, usize)) -> Result<AutoPrecisionOutcome, EvaluateError> {
+    let inputs = &config.inputs;
+    let search = auto_precision(inputs, config.max_top1_drop, progress)?;
+    let out = &config.out;
+    std::fs::create_dir_all(out).map_err(|source| EvaluateError::Io { path: out.clone(), source })?;
+    graph::write_atomic(&out.join("autoprecision.json"), &crate::pretty_json(&search)?)?;
+    if !search.met {
+        return Ok(AutoPrecisionOutcome { search, verification: None });
+    }
+    let precision_path = out.join("precision.toml");
+    graph::write_atomic(&precision_path, search.precision.to_toml().as_bytes())?;
+    let options = AnalyzeOptions {
+        method: inputs.method,
+        precision: search.precision.clone(),
+        precision_origin: precision_path.display().to_string(),
+        trt_version: config.trt_version.clone(),
+        per_tensor: Default::default(),
+    };
+    let analysis = analyze(&inputs.model, &inputs.hist, &options)?;
+    analysis.write(out)?;
+    let verification = verify(&inputs.model, &out.join("model.qdq.onnx"), config)?;
+    Ok(AutoPrecisionOutcome {
+        search,
+        verification: Some(Verification { int8_flop_share: analysis.ranges.int8_flop_share, ..verification }),
+    })
+}
+
+fn verify(fp32_path: &Path, int8_path: &Path, config: &AutoPrecisionConfig) -> Result<Verification, EvaluateError> {
+    let inputs = &config.inputs;
+    let mut fp32 = ort_model(fp32_path, &inputs.recipe, inputs.placement)?;
+    let mut int8 = ort_model(int8_path, &inputs.recipe, inputs.placement)?;
+    let c = compare(fp32.as_mut(), int8.as_mut(), &config.verify_on, &inputs.recipe, &inputs.classifier, &mut |_, _| {})?;
+    Ok(Verification { images: c.images, fp32_top1: c.fp32.top1, int8_top1: c.int8.top1, int8_flop_share: 0.0 })
+}

@@ -1,0 +1,89 @@
+//! Evaluation of INT8 models against their FP32 originals: the FP32-vs-INT8 comparison ([`compare`]),
+//! per-node sensitivity ([`sensitivity`]), the automatic deny list ([`autoprecision`]), the release gate
+//! ([`validate`]) and the TensorRT adapter ([`tensorrt`]). Each takes a config struct and returns a report;
+//! printing and exit codes belong to the `int8kit` binary.
+
+pub mod autoprecision;
+pub mod compare;
+pub mod sensitivity;
+pub mod tensorrt;
+pub mod validate;
+
+use std::path::PathBuf;
+
+pub use compare::Classifier;
+pub use validate::{validate, Engine, ValidateConfig};
+
+/// Errors of the evaluation layer; each names the file, model or folder involved.
+#[derive(Debug, thiserror::Error)]
+pub enum EvaluateError {
+    /// A model could not be read or rewritten.
+    #[error(transparent)]
+    Graph(#[from] graph::GraphError),
+    /// ONNX Runtime could not be loaded or failed.
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+    /// An image folder, image or recipe is unusable.
+    #[error(transparent)]
+    Dataset(#[from] datasets::DatasetError),
+    /// A `.hist` file could not be read or written.
+    #[error(transparent)]
+    Hist(#[from] histograms::HistError),
+    /// Calibration failed.
+    #[error(transparent)]
+    Calibrate(#[from] calibrate::CalibrateError),
+    /// Scales, precision lists or artifacts failed.
+    #[error(transparent)]
+    Analyze(#[from] analyze::AnalyzeError),
+    /// A report could not be written or a baseline read.
+    #[error(transparent)]
+    Report(#[from] reports::ReportError),
+    /// The TensorRT adapter failed.
+    #[error(transparent)]
+    TensorRt(#[from] tensorrt::TensorRtError),
+    /// A file or folder could not be read or created.
+    #[error("cannot access {path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// An input does not fit the run.
+    #[error("{path}: {message}")]
+    Input {
+        /// The offending file or folder.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// A model's outputs are not what evaluation needs.
+    #[error("{path}: {message}")]
+    Model {
+        /// The model.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The zero-shot prototypes could not be read.
+    #[error("{path}: cannot read the prototypes (a float32 [classes, dim] .npy is expected): {source}")]
+    Prototypes {
+        /// The `.npy` file.
+        path: PathBuf,
+        /// What the reader said.
+        source: ndarray_npy::ReadNpyError,
+    },
+    /// A CSV output could not be encoded.
+    #[error("cannot encode CSV: {0}")]
+    Csv(#[from] csv::Error),
+    /// A JSON output could not be encoded.
+    #[error("cannot encode JSON: {0}")]
+    Encode(#[source] serde_json::Error),
+}
+
+/// Pretty JSON with a final newline, as every JSON artifact is written.
+pub(crate) fn pretty_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, EvaluateError> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(EvaluateError::Encode)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}

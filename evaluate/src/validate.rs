@@ -1,0 +1,284 @@
+//! The release gate as a library call: calibrate, analyze, evaluate FP32 and INT8 on a labelled folder,
+//! hold the result to the criteria, and write the reports. `int8kit validate` and `cargo xtask validate`
+//! both call [`validate`]; the caller turns [`Report::passed`] into an exit status.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use analyze::precision::PrecisionFile;
+use analyze::scales::Method;
+use analyze::{analyze, AnalyzeOptions};
+use calibrate::{calibrate, CalibrateOptions};
+use datasets::{Dataset, Recipe};
+use reports::{Criterion, Report, TensorPlot};
+
+use crate::compare::{compare, ort_model, BatchModel, Classifier};
+use crate::tensorrt::TrtExec;
+use crate::EvaluateError;
+
+/// What runs the INT8 model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// ONNX Runtime over model.qdq.onnx, on the configured device (CPU EP, or CUDA EP).
+    #[default]
+    Ort,
+    /// TensorRT through `trtexec` (untested: no TensorRT where int8kit is developed).
+    TensorRt,
+}
+
+/// Everything a validation run needs.
+#[derive(Debug, Clone)]
+pub struct ValidateConfig {
+    /// FP32 ONNX model.
+    pub model: PathBuf,
+    /// Calibration images (flat folder).
+    pub calib: PathBuf,
+    /// Labelled validation images.
+    pub val: PathBuf,
+    /// Preprocessing.
+    pub recipe: Recipe,
+    /// Scale method.
+    pub method: Method,
+    /// Precision allow/deny lists, and where they came from (for messages).
+    pub precision: PrecisionFile,
+    /// Where `precision` came from: a file path or "defaults".
+    pub precision_origin: String,
+    /// Logits or zero-shot prototypes.
+    pub classifier: Classifier,
+    /// Gate: INT8 Top-1 may be at most this many percentage points below FP32.
+    pub max_top1_drop: Option<f64>,
+    /// Gate: an earlier report whose INT8 Top-1 this run must not fall below (by more than the drop).
+    pub baseline: Option<PathBuf>,
+    /// A sensitivity.json or autoprecision.json whose ranking goes into report.html.
+    pub sensitivity: Option<PathBuf>,
+    /// What runs the INT8 model.
+    pub engine: Engine,
+    /// Class list for ImageNet-style folders.
+    pub classes: Option<PathBuf>,
+    /// Seeded subset of the calibration images.
+    pub limit_calib: Option<usize>,
+    /// Seeded subset of the validation images.
+    pub limit_val: Option<usize>,
+    /// Threads and device for calibration and both models.
+    pub placement: runtime::Placement,
+    /// Output folder.
+    pub out: PathBuf,
+}
+
+/// Progress of the two long phases: (phase, done, total).
+pub type Progress<'a> = &'a mut dyn FnMut(Phase, u64, u64);
+
+/// The long phases of a validation run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Images through the calibration pass.
+    Calibrate,
+    /// Images through FP32 and INT8.
+    Compare,
+}
+
+/// Coarse |x| histogram over [0, max |x|] for the report's plots.
+fn plot_counts(stats: &histograms::TensorStats, bins: usize) -> (f64, Vec<u64>) {
+    let range = stats.amax() as f64;
+    let mut out = vec![0u64; bins];
+    if range <= 0.0 {
+        return (0.0, out);
+    }
+    let width = stats.hist.bin_width();
+    for (i, &c) in stats.hist.counts.iter().enumerate().filter(|(_, c)| **c > 0) {
+        let centre = (i as f64 + 0.5) * width;
+        out[((centre / range * bins as f64) as usize).min(bins - 1)] += c;
+    }
+    (range, out)
+}
+
+/// Runs the pipeline and writes the artifacts and reports into `config.out`. Returns the report; the
+/// caller turns `passed` into the exit status.
+pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, EvaluateError> {
+    if config.engine == Engine::TensorRt && !crate::tensorrt::on_path() {
+        return Err(crate::tensorrt::TensorRtError::NotOnPath.into());
+    }
+    let baseline = match &config.baseline {
+        Some(p) => Some(Report::read(p)?),
+        None => None,
+    };
+    let mut val = Dataset::labelled(&config.val, config.classes.as_deref())?;
+    if let Some(n) = config.limit_val {
+        val = val.limit(n, 0);
+    }
+    if let Some(n) = config.classifier.classes() {
+        if n < val.classes.len() {
+            return Err(EvaluateError::Input {
+                path: config.val.clone(),
+                message: format!("{n} zero-shot prototypes for {} classes", val.classes.len()),
+            });
+        }
+    }
+    let out = &config.out;
+    std::fs::create_dir_all(out).map_err(|source| EvaluateError::Io { path: out.clone(), source })?;
+
+    let start = Instant::now();
+    let options = CalibrateOptions {
+        limit: config.limit_calib,
+        threads: config.placement.threads,
+        device: config.placement.device,
+        ..Default::default()
+    };
+    let (hist, _) = calibrate(&config.model, &config.calib, &config.recipe, &options, &mut |done, total| {
+        progress(Phase::Calibrate, done, total)
+    })?;
+    hist.write(&out.join("calibration.hist"))?;
+    let analysis = analyze(
+        &config.model,
+        &hist,
+        &AnalyzeOptions {
+            method: config.method,
+            precision: config.precision.clone(),
+            precision_origin: config.precision_origin.clone(),
+            trt_version: "10.3.0".into(),
+            per_tensor: Default::default(),
+        },
+    )?;
+    analysis.write(out)?;
+    let calibration_seconds = start.elapsed().as_secs_f64();
+    let int8_model = out.join("model.qdq.onnx");
+
+    let recipe = &config.recipe;
+    let mut fp32 = ort_model(&config.model, recipe, config.placement)?;
+    let mut int8 = match config.engine {
+        Engine::Ort => ort_model(&int8_model, recipe, config.placement)?,
+        Engine::TensorRt => {
+            let input = analysis.model.resolve_input(recipe.name.as_deref())?.name.clone();
+            Box::new(TrtExec::build(&int8_model, &input, out)?) as Box<dyn BatchModel>
+        }
+    };
+    let comparison = compare(fp32.as_mut(), int8.as_mut(), &val, recipe, &config.classifier, &mut |d, t| {
+        progress(Phase::Compare, d, t)
+    })?;
+
+    let mut criteria = Vec::new();
+    let drop_pp = 100.0 * (comparison.fp32.top1 - comparison.int8.top1);
+    if let Some(limit) = config.max_top1_drop {
+        let passed = drop_pp <= limit;
+        criteria.push(Criterion {
+            name: "max-top1-drop".into(),
+            passed,
+            measured: drop_pp,
+            limit,
+            message: format!(
+                "INT8 Top-1 {:.2} % vs FP32 {:.2} %: drop {drop_pp:.2} pp {} the allowed {limit} pp",
+                100.0 * comparison.int8.top1,
+                100.0 * comparison.fp32.top1,
+                if passed { "within" } else { "exceeds" }
+            ),
+        });
+    }
+    if let Some(b) = &baseline {
+        let tolerance = config.max_top1_drop.unwrap_or(0.0).max(0.0);
+        let floor = 100.0 * b.comparison.int8.top1 - tolerance;
+        let measured = 100.0 * comparison.int8.top1;
+        let passed = measured >= floor;
+        criteria.push(Criterion {
+            name: "baseline".into(),
+            passed,
+            measured,
+            limit: floor,
+            message: format!(
+                "INT8 Top-1 {measured:.2} % vs baseline {:.2} % (tolerance {tolerance} pp): {}",
+                100.0 * b.comparison.int8.top1,
+                if passed { "not below" } else { "below the baseline" }
+            ),
+        });
+    }
+    let tensors = analysis
+        .ranges
+        .tensors
+        .iter()
+        .filter(|t| t.quantized)
+        .filter_map(|t| hist.tensor(&t.name).map(|h| (t, h)))
+        .map(|(t, h)| {
+            let (plot_range, counts) = plot_counts(&h.stats, 128);
+            TensorPlot {
+                name: t.name.clone(),
+                quantized: true,
+                amax: t.amax,
+                max_abs: h.stats.amax(),
+                clipped: t.clipped,
+                plot_range,
+                counts,
+            }
+        })
+        .collect();
+    let sensitivity = match &config.sensitivity {
+        Some(p) => sensitivity_rows(p, &analysis.ranges.nodes)?,
+        None => Vec::new(),
+    };
+    let report = Report {
+        format: reports::REPORT_FORMAT.into(),
+        version: reports::REPORT_VERSION,
+        tools: vec![
+            ("int8kit".into(), env!("CARGO_PKG_VERSION").into()),
+            ("onnxruntime".into(), hist.onnxruntime.clone()),
+        ],
+        model: hist.model.file.clone(),
+        model_sha256: hist.model.sha256.clone(),
+        recipe: serde_json::to_value(recipe).map_err(EvaluateError::Encode)?,
+        method: config.method.name(),
+        precision: serde_json::to_value(&analysis.ranges.precision).map_err(EvaluateError::Encode)?,
+        engine: match config.engine {
+            Engine::Ort if config.placement.device.is_cuda() => {
+                format!("onnxruntime {} ({})", runtime::version()?, config.placement.device)
+            }
+            Engine::Ort => "ort-cpu".into(),
+            Engine::TensorRt => "tensorrt (trtexec)".into(),
+        },
+        calibration_images: hist.images.count,
+        calibration_seconds,
+        validation_folder: config.val.display().to_string(),
+        classes: val.classes.clone(),
+        int8_flop_share: analysis.ranges.int8_flop_share,
+        passed: criteria.iter().all(|c| c.passed),
+        comparison,
+        criteria,
+        tensors,
+        sensitivity,
+    };
+    report.write_all(out)?;
+    Ok(report)
+}
+
+/// The ranking of a sensitivity.json (or of the report inside an autoprecision.json), marked with this
+/// model's precision.
+fn sensitivity_rows(
+    path: &std::path::Path,
+    nodes: &[analyze::NodeReport],
+) -> Result<Vec<reports::SensitivityRow>, EvaluateError> {
+    #[derive(serde::Deserialize)]
+    struct Ranking {
+        nodes: Vec<crate::sensitivity::NodeSensitivity>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum RankingFile {
+        Sensitivity(Ranking),
+        AutoPrecision { sensitivity: Ranking },
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| EvaluateError::Io { path: path.into(), source })?;
+    let file: RankingFile = serde_json::from_str(&text).map_err(|e| EvaluateError::Input {
+        path: path.into(),
+        message: format!("not a sensitivity.json or autoprecision.json from int8kit: {e}"),
+    })?;
+    let (RankingFile::Sensitivity(ranking) | RankingFile::AutoPrecision { sensitivity: ranking }) = file;
+    Ok(ranking
+        .nodes
+        .into_iter()
+        .map(|n| reports::SensitivityRow {
+            int8: nodes.iter().any(|d| d.decision.node == n.node && d.decision.int8),
+            op: n.op,
+            flop_share: n.flop_share,
+            divergence: n.alone_int8.divergence,
+            top1_delta_pp: n.alone_int8.top1_delta_pp,
+            node: n.node,
+        })
+        .collect())
+}

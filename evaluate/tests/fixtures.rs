@@ -1,0 +1,139 @@
+//! End to end on the fixtures: the INT8 models keep FP32 accuracy in ONNX Runtime; sensitivity and
+//! autoprecision find a node planted with a wrong scale.
+
+use analyze::precision::PrecisionFile;
+use analyze::scales::Method;
+use analyze::{analyze, AnalyzeOptions};
+use calibrate::{calibrate, CalibrateOptions};
+use evaluate::compare::{evaluate, Classifier};
+use evaluate::sensitivity::{auto_precision, sensitivity, SensitivityInputs};
+use histograms::HistFile;
+use test_support::{calib_dir, model, recipe, val_subset};
+
+fn hist(name: &str) -> HistFile {
+    let options = CalibrateOptions { limit: Some(300), ..Default::default() };
+    calibrate(&model(name), &calib_dir(), &recipe(), &options, &mut |_, _| {}).unwrap().0
+}
+
+fn options_for(method: Method, precision: PrecisionFile) -> AnalyzeOptions {
+    AnalyzeOptions {
+        method,
+        precision,
+        precision_origin: "test".into(),
+        trt_version: "10.3.0".into(),
+        per_tensor: Default::default(),
+    }
+}
+
+/// Top-1 on a seeded subset of the validation images.
+fn top1(path: &std::path::Path, images: usize, classifier: &Classifier) -> f64 {
+    evaluate(path, &val_subset(images, 1), &recipe(), classifier).unwrap().top1
+}
+
+/// The planted ResNet's sensitivity inputs on 200 validation images.
+fn planted_inputs() -> (SensitivityInputs, String) {
+    let (hist, planted) = planted_resnet_hist();
+    let inputs = SensitivityInputs {
+        model: model("fmnist_resnet_opset13.onnx"),
+        hist,
+        dataset: val_subset(200, 3),
+        recipe: recipe(),
+        classifier: Classifier::Logits,
+        method: Method::Entropy,
+        precision: PrecisionFile::default(),
+        placement: Default::default(),
+    };
+    (inputs, planted)
+}
+
+#[test]
+fn qdq_models_run_in_onnx_runtime_and_keep_fp32_accuracy() {
+    let zero_shot = Classifier::load(Some(&test_support::prototypes())).unwrap();
+    for (name, entry) in test_support::models() {
+        let name = name.as_str();
+        let h = hist(name);
+        let a = analyze(&model(name), &h, &options_for(Method::Entropy, PrecisionFile::default())).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        a.write(dir.path()).unwrap();
+        let qdq_path = dir.path().join("model.qdq.onnx");
+        let qdq = graph::Model::load(&qdq_path).unwrap();
+        let original = graph::Model::load(&model(name)).unwrap();
+        let io = |m: &graph::Model| {
+            (
+                m.feed_inputs().iter().map(|i| i.name.clone()).collect::<Vec<_>>(),
+                m.proto.graph.output.iter().map(|o| o.name.clone()).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(io(&qdq), io(&original), "{name}: inputs/outputs changed");
+        assert!(!qdq.has_external_data, "{name}: written self-contained");
+        let classifier = if entry.zero_shot.is_some() { &zero_shot } else { &Classifier::Logits };
+        let (fp32, int8) = (top1(&model(name), 1000, classifier), top1(&qdq_path, 1000, classifier));
+        eprintln!("{name}: FP32 {fp32:.4}, INT8 {int8:.4}, INT8 FLOP share {:.3}", a.ranges.int8_flop_share);
+        assert!((fp32 - int8).abs() <= 0.01, "{name}: FP32 {fp32} vs INT8 {int8}");
+        assert!(a.ranges.int8_flop_share > 0.8, "{name}");
+    }
+}
+
+/// The ResNet's .hist with the input of its fourth INT8 Conv given statistics of tiny values, so that its
+/// scale clips almost everything; returns the .hist and that node's name.
+fn planted_resnet_hist() -> (HistFile, String) {
+    let name = "fmnist_resnet_opset13.onnx";
+    let mut h = hist(name);
+    let m = graph::Model::load(&model(name)).unwrap();
+    let decisions = analyze::precision::decide(&m.proto.graph, &PrecisionFile::default(), "test").unwrap();
+    let planted = decisions.iter().filter(|d| d.int8 && d.op == "Conv").nth(3).unwrap().node.clone();
+    let node = m.proto.graph.node.iter().find(|n| n.name == planted).unwrap();
+    let mut tiny = histograms::TensorStats::default();
+    tiny.add(&[0.001, -0.002, 0.0005]);
+    h.tensors.iter_mut().find(|t| t.name == node.input[0]).unwrap().stats = tiny;
+    (h, planted)
+}
+
+#[test]
+fn autoprecision_denies_the_planted_node_and_its_list_round_trips() {
+    let name = "fmnist_resnet_opset13.onnx";
+    let (inputs, planted) = planted_inputs();
+    let auto = auto_precision(&inputs, 1.0, &mut |_, _| {}).unwrap();
+    let h = &inputs.hist;
+    assert!(auto.met, "{:?}", auto.search);
+    assert_eq!(auto.denied.first(), Some(&planted), "{:?}", auto.denied);
+    assert!(auto.int8_flop_share > 0.8, "{}", auto.int8_flop_share);
+    // The written list is what `analyze --precision` reads, unchanged, and it keeps the node float.
+    let text = auto.precision.to_toml();
+    let back: PrecisionFile = toml::from_str(&text).unwrap();
+    assert_eq!(back, auto.precision);
+    let a = analyze(&model(name), h, &options_for(Method::Entropy, back)).unwrap();
+    let node = a.qdq.graph.node.iter().find(|n| n.name == planted).unwrap();
+    assert!(!a.qdq.graph.node.iter().any(|n| n.op_type == "DequantizeLinear" && node.input.contains(&n.output[0])));
+}
+
+#[test]
+fn a_node_planted_with_a_wrong_scale_is_ranked_most_sensitive() {
+    let name = "fmnist_resnet_opset13.onnx";
+    let (inputs, planted) = planted_inputs();
+    let report = sensitivity(&inputs, true, &mut |_, _| {}).unwrap();
+    let h = &inputs.hist;
+    // A method was chosen for every quantized tensor but the graph input (always max).
+    let a = analyze(&model(name), h, &options_for(Method::Entropy, PrecisionFile::default())).unwrap();
+    let quantized = a.ranges.tensors.iter().filter(|t| t.quantized && t.op.is_some()).count();
+    assert_eq!(report.methods.len(), quantized);
+    let planted_input = &a.qdq.graph.node.iter().find(|n| n.name == planted).unwrap().input[0];
+    let choice = report.methods.iter().find(|m| planted_input.starts_with(&m.tensor)).unwrap();
+    assert!(choice.divergence_by_method.iter().all(|(_, d)| d.is_finite()), "{choice:?}");
+    assert_eq!(
+        report.nodes[0].node,
+        planted,
+        "ranking: {:?}",
+        report.nodes.iter().map(|n| &n.node).collect::<Vec<_>>()
+    );
+    assert!(report.nodes[0].alone_int8.top1_delta_pp < -5.0, "{:?}", report.nodes[0]);
+    // Keeping the planted node float recovers most of the loss of the full INT8 model.
+    assert!(
+        report.nodes[0].alone_float.top1 > report.int8.top1,
+        "{:?} vs {:?}",
+        report.nodes[0].alone_float,
+        report.int8
+    );
+    let flops: f64 = report.nodes.iter().map(|n| n.flop_share).sum();
+    assert!((flops - 1.0).abs() < 1e-6, "FLOP shares sum to {flops}");
+}

@@ -1,0 +1,176 @@
+//! Argument groups shared by several subcommands, and the command-line spellings of library enums.
+
+use std::path::{Path, PathBuf};
+
+use analyze::precision::PrecisionFile;
+use analyze::scales::Method;
+use analyze::AnalyzeOptions;
+use anyhow::Context;
+use datasets::{OnBadImage, Preset, Recipe};
+use histograms::Selection;
+
+/// `--recipe R.toml | --preset P`.
+#[derive(Debug, Clone, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct RecipeArgs {
+    /// Preprocessing recipe (TOML with an [input] table; see README).
+    #[arg(long, value_name = "R.toml")]
+    pub recipe: Option<PathBuf>,
+    /// Named preprocessing.
+    #[arg(long, value_name = "P")]
+    pub preset: Option<PresetArg>,
+}
+
+impl RecipeArgs {
+    /// The recipe file's contents, or the preset's.
+    pub fn load(&self) -> anyhow::Result<Recipe> {
+        match (&self.recipe, self.preset) {
+            (Some(path), _) => Recipe::load(path).with_context(|| format!("loading the recipe {}", path.display())),
+            (None, Some(p)) => Ok(Recipe::preset(p.into())),
+            (None, None) => anyhow::bail!("give --recipe R.toml or --preset imagenet|clip"),
+        }
+    }
+}
+
+/// `--preset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PresetArg {
+    /// torchvision's ImageNet evaluation transform (shorter side 256 bilinear, centre crop 224, RGB).
+    Imagenet,
+    /// OpenAI CLIP's transform (shorter side 224 bicubic, centre crop 224, RGB, CLIP mean/std).
+    Clip,
+}
+
+impl From<PresetArg> for Preset {
+    fn from(p: PresetArg) -> Preset {
+        match p {
+            PresetArg::Imagenet => Preset::Imagenet,
+            PresetArg::Clip => Preset::Clip,
+        }
+    }
+}
+
+/// `--on-bad-image`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnBadImageArg {
+    /// Stop with an error naming the file.
+    Fail,
+    /// Leave the file out and count it.
+    Skip,
+}
+
+impl From<OnBadImageArg> for OnBadImage {
+    fn from(a: OnBadImageArg) -> OnBadImage {
+        match a {
+            OnBadImageArg::Fail => OnBadImage::Fail,
+            OnBadImageArg::Skip => OnBadImage::Skip,
+        }
+    }
+}
+
+/// `--tensors`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TensorsArg {
+    /// Inputs of Conv/MatMul/Gemm and the model outputs: enough for the default precision lists, about as
+    /// fast as a plain FP32 pass.
+    Quantizable,
+    /// Every float activation: any precision list works later (e.g. one that quantizes Add or Softmax);
+    /// several times slower on transformers.
+    All,
+}
+
+impl From<TensorsArg> for Selection {
+    fn from(a: TensorsArg) -> Selection {
+        match a {
+            TensorsArg::Quantizable => Selection::Quantizable,
+            TensorsArg::All => Selection::All,
+        }
+    }
+}
+
+/// How calibration collects: the flags `calibrate` and `quantize` share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CollectArgs {
+    /// Images per ONNX Runtime call. Does not change the result; memory grows with it (two batches of
+    /// activations are alive at once).
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Use a seeded random subset of N calibration images.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Seed for --limit.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Threads for ONNX Runtime and histograms (0 = one per core). Does not change the result.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// What to do with an unreadable image.
+    #[arg(long, value_enum, default_value_t = OnBadImageArg::Fail)]
+    pub on_bad_image: OnBadImageArg,
+    /// Which activations to collect.
+    #[arg(long, value_enum, default_value_t = TensorsArg::Quantizable)]
+    pub tensors: TensorsArg,
+    /// Where the model runs: cpu, or cuda[:N] (ONNX Runtime's CUDA EP with TF32 off; the activations stay in
+    /// GPU memory and their statistics are computed there). Needs onnxruntime-gpu (`int8kit setup --gpu`).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    pub device: runtime::Device,
+}
+
+impl CollectArgs {
+    /// The library's options.
+    pub fn options(&self) -> calibrate::CalibrateOptions {
+        calibrate::CalibrateOptions {
+            batch_size: self.batch_size,
+            threads: self.threads,
+            limit: self.limit,
+            seed: self.seed,
+            on_bad_image: self.on_bad_image.into(),
+            selection: self.tensors.into(),
+            device: self.device,
+        }
+    }
+}
+
+/// How scales and precision are chosen: the flags `analyze` and `quantize` share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScaleArgs {
+    /// entropy | mse | percentile[:P] (default 99.99) | max | auto (per tensor, from --sensitivity).
+    #[arg(long, default_value = "entropy")]
+    pub method: String,
+    /// With --method auto: a sensitivity.json from `int8kit sensitivity --choose-methods`.
+    #[arg(long, value_name = "S.json")]
+    pub sensitivity: Option<PathBuf>,
+    /// TOML with [deny] / [allow] tables of node names (globs) and op types.
+    #[arg(long, value_name = "P.toml")]
+    pub precision: Option<PathBuf>,
+    /// TensorRT version written in the calibration cache header.
+    #[arg(long, default_value = "10.3.0")]
+    pub trt_version: String,
+}
+
+impl ScaleArgs {
+    /// The library's options: the method (or each tensor's, for `auto`) and the precision file.
+    pub fn options(&self) -> anyhow::Result<AnalyzeOptions> {
+        let (precision, precision_origin) = load_precision(self.precision.as_deref())?;
+        let (method, per_tensor) = if self.method == "auto" {
+            let Some(path) = &self.sensitivity else {
+                anyhow::bail!("--method auto needs --sensitivity S.json from `int8kit sensitivity --choose-methods`");
+            };
+            (Method::Entropy, evaluate::sensitivity::load_method_choices(path)?)
+        } else {
+            if self.sensitivity.is_some() {
+                anyhow::bail!("--sensitivity goes with --method auto");
+            }
+            (self.method.parse().map_err(anyhow::Error::msg).context("--method")?, Default::default())
+        };
+        Ok(AnalyzeOptions { method, precision, precision_origin, trt_version: self.trt_version.clone(), per_tensor })
+    }
+}
+
+/// A precision file and where it came from, or the default lists.
+pub fn load_precision(path: Option<&Path>) -> anyhow::Result<(PrecisionFile, String)> {
+    Ok(match path {
+        Some(p) => (PrecisionFile::load(p)?, p.display().to_string()),
+        None => (PrecisionFile::default(), "defaults".into()),
+    })
+}

@@ -1,0 +1,77 @@
+//! `int8kit analyze`: INT8 scales, precision decisions and deployment artifacts from a `.hist` file.
+
+use std::path::{Path, PathBuf};
+
+use analyze::{Analysis, AnalyzeOptions};
+use anyhow::Context;
+use histograms::HistFile;
+
+use crate::args::ScaleArgs;
+use crate::Outcome;
+
+/// `int8kit analyze`.
+#[derive(Debug, clap::Args)]
+pub struct AnalyzeArgs {
+    /// The FP32 ONNX model that was calibrated.
+    #[arg(long, value_name = "M.onnx")]
+    pub model: PathBuf,
+    /// Statistics from `int8kit calibrate`.
+    #[arg(long, value_name = "H.hist")]
+    pub hist: PathBuf,
+    #[command(flatten)]
+    pub scales: ScaleArgs,
+    /// Output folder.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Analyzes, writes the artifacts into `out` and prints the effective precision; shared with `quantize`.
+pub fn analyze_and_write(
+    model: &Path,
+    hist: &HistFile,
+    options: &AnalyzeOptions,
+    out: &Path,
+    quiet: bool,
+) -> anyhow::Result<Analysis> {
+    let analysis =
+        analyze::analyze(model, hist, options).with_context(|| format!("analyzing {}", model.display()))?;
+    analysis.write(out).with_context(|| format!("writing artifacts to {}", out.display()))?;
+    if !quiet {
+        print_precision(&analysis, &options.precision_origin);
+        println!("wrote model.qdq.onnx, calibration.cache, ranges.csv, ranges.json to {}", out.display());
+    }
+    Ok(analysis)
+}
+
+fn print_precision(analysis: &Analysis, origin: &str) {
+    let r = &analysis.ranges;
+    println!("effective precision ({origin}):");
+    for n in &r.nodes {
+        let flops = n.flops.map(|f| format!("{:.2} MFLOP", f / 1e6)).unwrap_or_default();
+        println!(
+            "  {:5} {:<14} {:<40} {:>12}  {}",
+            if n.decision.int8 { "INT8" } else { "float" },
+            n.decision.op,
+            n.decision.node,
+            flops,
+            n.decision.reason
+        );
+    }
+    println!(
+        "{} activations quantized, {} weights int8; {:.1} % of GEMM/Conv FLOPs in INT8; method {}",
+        r.tensors.iter().filter(|t| t.quantized).count(),
+        r.weights.len(),
+        100.0 * r.int8_flop_share,
+        r.method
+    );
+}
+
+/// Runs `int8kit analyze`.
+pub fn run(args: &AnalyzeArgs) -> anyhow::Result<Outcome> {
+    let hist = HistFile::read(&args.hist).with_context(|| format!("reading {}", args.hist.display()))?;
+    analyze_and_write(&args.model, &hist, &args.scales.options()?, &args.out, args.quiet)?;
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,79 @@
+//! `int8kit calibrate`: activation statistics of an ONNX model over a folder of images.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use histograms::HistFile;
+
+use crate::args::{CollectArgs, RecipeArgs};
+use crate::ui::{progress_bar, reporter};
+use crate::Outcome;
+
+/// `int8kit calibrate`.
+#[derive(Debug, clap::Args)]
+pub struct CalibrateArgs {
+    /// The FP32 ONNX model (external data is read from its folder).
+    #[arg(long, value_name = "M.onnx")]
+    pub model: PathBuf,
+    /// Folder of calibration images (JPEG/PNG, searched recursively).
+    #[arg(long, value_name = "DIR")]
+    pub images: PathBuf,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    #[command(flatten)]
+    pub collect: CollectArgs,
+    /// Output .hist file (written atomically).
+    #[arg(long, value_name = "H.hist")]
+    pub out: PathBuf,
+    /// No progress bar, no summary.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Runs the calibration pass with a progress bar and prints its summary; shared with `quantize`.
+pub fn collect(
+    model: &Path,
+    images: &Path,
+    recipe: &RecipeArgs,
+    collect: &CollectArgs,
+    quiet: bool,
+) -> anyhow::Result<HistFile> {
+    let recipe = recipe.load()?;
+    let bar = progress_bar("calibrate", "images", quiet);
+    let start = Instant::now();
+    let (hist, summary) = calibrate::calibrate(model, images, &recipe, &collect.options(), &mut reporter(&bar))
+        .with_context(|| format!("calibrating {}", model.display()))?;
+    bar.finish_and_clear();
+    if !quiet {
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!(
+            "calibrated {} tensors over {} images in {:.2} s ({:.0} images/s); {} skipped",
+            summary.tensors,
+            summary.images,
+            secs,
+            summary.images as f64 / secs,
+            summary.skipped.len(),
+        );
+        for (path, why) in &summary.skipped {
+            eprintln!("  skipped {}: {why}", path.display());
+        }
+        if let Some(mb) = summary.device_memory_peak_mb {
+            eprintln!("  GPU memory in use at most {mb:.0} MB ({})", collect.device);
+        }
+        if !summary.not_collected.is_empty() {
+            eprintln!("  not collected (not float32): {}", summary.not_collected.join(", "));
+        }
+    }
+    Ok(hist)
+}
+
+/// Runs `int8kit calibrate`.
+pub fn run(args: &CalibrateArgs) -> anyhow::Result<Outcome> {
+    let hist = collect(&args.model, &args.images, &args.recipe, &args.collect, args.quiet)?;
+    hist.write(&args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    if !args.quiet {
+        eprintln!("wrote {}", args.out.display());
+    }
+    Ok(Outcome::Success)
+}

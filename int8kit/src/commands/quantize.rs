@@ -1,0 +1,48 @@
+//! `int8kit quantize`: calibrate and analyze in one run, the statistics kept in memory.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::args::{CollectArgs, RecipeArgs, ScaleArgs};
+use crate::commands::{analyze::analyze_and_write, calibrate::collect};
+use crate::Outcome;
+
+/// `int8kit quantize`.
+#[derive(Debug, clap::Args)]
+pub struct QuantizeArgs {
+    /// The FP32 ONNX model (external data is read from its folder).
+    #[arg(long, value_name = "M.onnx")]
+    pub model: PathBuf,
+    /// Folder of calibration images (JPEG/PNG, searched recursively).
+    #[arg(long, value_name = "DIR")]
+    pub images: PathBuf,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    #[command(flatten)]
+    pub collect: CollectArgs,
+    #[command(flatten)]
+    pub scales: ScaleArgs,
+    /// Also write the calibration statistics to this .hist file (for `analyze` later, with other methods or
+    /// precision lists, without recalibrating).
+    #[arg(long, value_name = "H.hist")]
+    pub save_hist: Option<PathBuf>,
+    /// Output folder for model.qdq.onnx, calibration.cache, ranges.csv and ranges.json.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// No progress bar, no listing.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Runs `int8kit quantize`.
+pub fn run(args: &QuantizeArgs) -> anyhow::Result<Outcome> {
+    // Checked before the calibration pass, so that a bad flag does not cost a run.
+    let options = args.scales.options()?;
+    let hist = collect(&args.model, &args.images, &args.recipe, &args.collect, args.quiet)?;
+    if let Some(path) = &args.save_hist {
+        hist.write(path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    analyze_and_write(&args.model, &hist, &options, &args.out, args.quiet)?;
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,118 @@
+//! `int8kit sensitivity`: how much each node's quantization costs.
+
+use std::path::PathBuf;
+
+use analyze::scales::Method;
+use anyhow::Context;
+use evaluate::sensitivity::{sensitivity, SensitivityInputs};
+use evaluate::Classifier;
+use histograms::HistFile;
+
+use crate::args::{load_precision, RecipeArgs};
+use crate::ui::{progress_bar, reporter};
+use crate::Outcome;
+
+/// `int8kit sensitivity`; also the measurement part of `int8kit autoprecision`.
+#[derive(Debug, clap::Args)]
+pub struct SensitivityArgs {
+    /// The FP32 ONNX model.
+    #[arg(long, value_name = "M.onnx")]
+    pub model: PathBuf,
+    /// Its statistics from `int8kit calibrate` (or `quantize --save-hist`).
+    #[arg(long, value_name = "H.hist")]
+    pub hist: PathBuf,
+    /// Labelled evaluation images (one sub-folder per class).
+    #[arg(long, value_name = "DIR")]
+    pub val: PathBuf,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    /// Seeded subset of the evaluation images.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+    /// Classify embeddings by cosine against these prototypes (float32 [classes, dim] .npy).
+    #[arg(long, value_name = "PROTOS.npy")]
+    pub zero_shot: Option<PathBuf>,
+    /// Scale method for every activation: entropy | mse | percentile[:P] | max.
+    #[arg(long, default_value = "entropy")]
+    pub method: Method,
+    /// The INT8 configuration whose nodes are measured (default lists if absent).
+    #[arg(long, value_name = "P.toml")]
+    pub precision: Option<PathBuf>,
+    /// Also find each quantized tensor's best scale method (for `--method auto`); about three more
+    /// evaluations per tensor.
+    #[arg(long)]
+    pub choose_methods: bool,
+    /// Class list for ImageNet-style folders.
+    #[arg(long, value_name = "FILE")]
+    pub classes: Option<PathBuf>,
+    /// Threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Where the evaluations run: cpu, or cuda[:N] (ONNX Runtime's CUDA EP, TF32 off; needs onnxruntime-gpu).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    pub device: runtime::Device,
+    /// Output folder.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// No progress bar, no listing.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl SensitivityArgs {
+    /// The library's inputs: everything read and checked before the long run starts. The dataset is the
+    /// seeded `--limit` subset of `--val`.
+    pub fn inputs(&self) -> anyhow::Result<SensitivityInputs> {
+        let hist = HistFile::read(&self.hist).with_context(|| format!("reading {}", self.hist.display()))?;
+        let full = datasets::Dataset::labelled(&self.val, self.classes.as_deref())?;
+        Ok(SensitivityInputs {
+            model: self.model.clone(),
+            hist,
+            dataset: full.limit(self.limit, 0),
+            recipe: self.recipe.load()?,
+            classifier: Classifier::load(self.zero_shot.as_deref())?,
+            method: self.method,
+            precision: load_precision(self.precision.as_deref())?.0,
+            placement: runtime::Placement { threads: self.threads, device: self.device },
+        })
+    }
+}
+
+/// Runs `int8kit sensitivity`.
+pub fn run(args: &SensitivityArgs) -> anyhow::Result<Outcome> {
+    let inputs = args.inputs()?;
+    let bar = progress_bar("sensitivity", "nodes", args.quiet);
+    let report = sensitivity(&inputs, args.choose_methods, &mut reporter(&bar))
+        .with_context(|| format!("measuring the sensitivity of {}", args.model.display()))?;
+    bar.finish_and_clear();
+    report.write(&args.out)?;
+    if !args.quiet {
+        println!(
+            "{} images: FP32 Top-1 {:.2} %, INT8 {:.2} % ({:+.2} pp); {} nodes in {:.1} s; most sensitive first:",
+            report.images,
+            100.0 * report.fp32_top1,
+            100.0 * report.int8.top1,
+            report.int8.top1_delta_pp,
+            report.nodes.len(),
+            report.seconds
+        );
+        println!(
+            "  {:<40} {:<8} {:>6}  {:>22}  {:>22}",
+            "node", "op", "FLOPs", "alone INT8: dTop1 / div", "alone float: dTop1 / div"
+        );
+        for n in &report.nodes {
+            println!(
+                "  {:<40} {:<8} {:>5.1}%  {:>+9.2} pp / {:<9.2e}  {:>+9.2} pp / {:<9.2e}",
+                n.node,
+                n.op,
+                100.0 * n.flop_share,
+                n.alone_int8.top1_delta_pp,
+                n.alone_int8.divergence,
+                n.alone_float.top1_delta_pp,
+                n.alone_float.divergence
+            );
+        }
+        println!("wrote sensitivity.json and sensitivity.csv to {}", args.out.display());
+    }
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,174 @@
+//! `int8kit validate`: the release gate.
+
+use std::path::PathBuf;
+
+use analyze::scales::Method;
+use evaluate::validate::{Phase, ValidateConfig};
+use evaluate::{Classifier, Engine};
+use reports::Report;
+
+use crate::args::{load_precision, RecipeArgs};
+use crate::ui::progress_bar;
+use crate::Outcome;
+
+/// `--engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineArg {
+    /// ONNX Runtime over model.qdq.onnx, on --device (CPU EP, or CUDA EP).
+    #[value(name = "ort", alias = "ort-cpu")]
+    Ort,
+    /// TensorRT through `trtexec` (untested: no TensorRT where int8kit is developed).
+    Tensorrt,
+}
+
+impl From<EngineArg> for Engine {
+    fn from(e: EngineArg) -> Engine {
+        match e {
+            EngineArg::Ort => Engine::Ort,
+            EngineArg::Tensorrt => Engine::TensorRt,
+        }
+    }
+}
+
+/// `int8kit validate` (and `cargo xtask validate`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ValidateArgs {
+    /// FP32 ONNX model.
+    #[arg(long, value_name = "M.onnx")]
+    pub model: PathBuf,
+    /// Calibration images (flat folder).
+    #[arg(long, value_name = "DIR")]
+    pub calib: PathBuf,
+    /// Labelled validation images (one sub-folder per class).
+    #[arg(long, value_name = "DIR")]
+    pub val: PathBuf,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    /// Scale method: entropy | mse | percentile[:P] | max.
+    #[arg(long, default_value = "entropy")]
+    pub method: Method,
+    /// Precision allow/deny lists (TOML).
+    #[arg(long, value_name = "P.toml")]
+    pub precision: Option<PathBuf>,
+    /// Classify embeddings by cosine against these class prototypes (float32 [classes, dim] .npy).
+    #[arg(long, value_name = "PROTOS.npy")]
+    pub zero_shot: Option<PathBuf>,
+    /// Gate: INT8 Top-1 may be at most this many percentage points below FP32.
+    #[arg(long, value_name = "PP", allow_hyphen_values = true)]
+    pub max_top1_drop: Option<f64>,
+    /// Add this sensitivity ranking (sensitivity.json or autoprecision.json) to report.html.
+    #[arg(long, value_name = "S.json")]
+    pub sensitivity: Option<PathBuf>,
+    /// Gate: INT8 Top-1 must not fall below this earlier report's INT8 Top-1 by more than --max-top1-drop.
+    #[arg(long, value_name = "report.json")]
+    pub baseline: Option<PathBuf>,
+    /// What runs the INT8 model.
+    #[arg(long, value_enum, default_value_t = EngineArg::Ort)]
+    pub engine: EngineArg,
+    /// Class list for ImageNet-style folders (one folder name per line).
+    #[arg(long, value_name = "FILE")]
+    pub classes: Option<PathBuf>,
+    /// Use a seeded subset of N calibration images.
+    #[arg(long, value_name = "N")]
+    pub limit_calib: Option<usize>,
+    /// Use a seeded subset of N validation images.
+    #[arg(long, value_name = "N")]
+    pub limit_val: Option<usize>,
+    /// Threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Where calibration and both models run: cpu, or cuda[:N] (ONNX Runtime's CUDA EP with TF32 off;
+    /// needs onnxruntime-gpu: `int8kit setup --gpu`).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    pub device: runtime::Device,
+    /// Output folder for the artifacts and reports.
+    #[arg(long, value_name = "OUTDIR")]
+    pub out: PathBuf,
+    /// No progress bars.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl ValidateArgs {
+    /// The library's configuration: every input read and checked.
+    pub fn config(&self) -> anyhow::Result<ValidateConfig> {
+        let (precision, precision_origin) = load_precision(self.precision.as_deref())?;
+        Ok(ValidateConfig {
+            model: self.model.clone(),
+            calib: self.calib.clone(),
+            val: self.val.clone(),
+            recipe: self.recipe.load()?,
+            method: self.method,
+            precision,
+            precision_origin,
+            classifier: Classifier::load(self.zero_shot.as_deref())?,
+            max_top1_drop: self.max_top1_drop,
+            baseline: self.baseline.clone(),
+            sensitivity: self.sensitivity.clone(),
+            engine: self.engine.into(),
+            classes: self.classes.clone(),
+            limit_calib: self.limit_calib,
+            limit_val: self.limit_val,
+            placement: runtime::Placement { threads: self.threads, device: self.device },
+            out: self.out.clone(),
+        })
+    }
+}
+
+/// Runs the gate with progress bars; returns the report (written to `--out`).
+pub fn validate(args: &ValidateArgs) -> anyhow::Result<Report> {
+    if args.device.is_cuda() {
+        runtime::cuda_device_check(args.device)?;
+        runtime::init()?;
+    }
+    let config = args.config()?;
+    let calibrating = progress_bar("calibrate", "images", args.quiet);
+    let comparing = progress_bar("FP32 vs INT8", "images", args.quiet);
+    let report = evaluate::validate(&config, &mut |phase, done, total| {
+        let bar = match phase {
+            Phase::Calibrate => &calibrating,
+            Phase::Compare => {
+                calibrating.finish_and_clear();
+                &comparing
+            }
+        };
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    comparing.finish_and_clear();
+    Ok(report)
+}
+
+/// Prints the outcome: the numbers, each criterion, and which failed.
+pub fn print_outcome(report: &Report, out: &std::path::Path) {
+    let c = &report.comparison;
+    println!(
+        "{}: FP32 Top-1 {:.2} % / Top-5 {:.2} %, INT8 Top-1 {:.2} % / Top-5 {:.2} % on {} images; agreement {:.2} %, cosine {:.5}, SQNR {:.1} dB; images/s FP32 {:.0}, INT8 {:.0}",
+        report.model,
+        100.0 * c.fp32.top1,
+        100.0 * c.fp32.top5,
+        100.0 * c.int8.top1,
+        100.0 * c.int8.top5,
+        c.images,
+        100.0 * c.agreement,
+        c.cosine_mean,
+        c.sqnr_db,
+        c.fp32.images_per_s,
+        c.int8.images_per_s
+    );
+    for cr in &report.criteria {
+        println!("  {} {}: {}", if cr.passed { "PASS" } else { "FAIL" }, cr.name, cr.message);
+    }
+    println!("reports in {}", out.display());
+    if !report.passed {
+        let failed: Vec<&str> = report.criteria.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect();
+        eprintln!("gate failed: {}", failed.join(", "));
+    }
+}
+
+/// Runs `int8kit validate`: exit 0 when every criterion holds, 1 when one fails.
+pub fn run(args: &ValidateArgs) -> anyhow::Result<Outcome> {
+    let report = validate(args)?;
+    print_outcome(&report, &args.out);
+    Ok(if report.passed { Outcome::Success } else { Outcome::GateFailed })
+}
