@@ -12,11 +12,11 @@ pub fn trt_version_code(version: &str) -> Result<u32, AnalyzeError> {
         .split('.')
         .map(|p| p.parse::<u32>())
         .collect::<Result<_, _>>()
-        .map_err(|_| AnalyzeError::Usage(format!("TensorRT version '{version}' is not of the form 10.3.0")))?;
+        .map_err(|_| AnalyzeError::TrtVersion(version.to_string()))?;
     match parts.as_slice() {
         [major, minor, patch] if *minor < 100 && *patch < 100 => Ok(major * 10000 + minor * 100 + patch),
         [major, minor] if *minor < 100 => Ok(major * 10000 + minor * 100),
-        _ => Err(AnalyzeError::Usage(format!("TensorRT version '{version}' is not of the form 10.3.0"))),
+        _ => Err(AnalyzeError::TrtVersion(version.to_string())),
     }
 }
 
@@ -32,7 +32,9 @@ pub fn write_cache(trt_version: &str, scales: &[(String, f32)]) -> Result<String
 /// A parsed cache: its header and `(tensor, scale)` entries in file order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CalibrationCache {
+    /// The header line (`TRT-<version>-EntropyCalibration2`).
     pub header: String,
+    /// (tensor, scale) in file order.
     pub entries: Vec<(String, f32)>,
 }
 

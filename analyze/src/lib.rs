@@ -1,6 +1,8 @@
 //! Turns calibration histograms into INT8 scales, precision decisions and deployment artifacts:
 //! `model.qdq.onnx`, `calibration.cache`, `ranges.csv`, `ranges.json` (formats in FORMATS.md).
 
+#![forbid(unsafe_code)]
+
 pub mod cache;
 pub mod flops;
 pub mod precision;
@@ -10,41 +12,91 @@ pub mod scales;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use histograms::{HistFile, ModelInfo, TensorRecord};
 use graph::Model;
+use histograms::{HistFile, ModelInfo, TensorRecord};
 use serde::Serialize;
 
 use crate::precision::{Decision, PrecisionFile};
 use crate::scales::Method;
 
+/// Errors of `analyze`; each names the model, tensor, node or file and says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum AnalyzeError {
+    /// The model could not be read, rewritten or written.
     #[error(transparent)]
     Graph(#[from] graph::GraphError),
+    /// The `.hist` file could not be read.
     #[error(transparent)]
     Hist(#[from] histograms::HistError),
+    /// ONNX Runtime failed (FLOP counting runs the model on one image).
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// A file or folder could not be read or created.
+    #[error("cannot access {path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The model does not fit the statistics or cannot be quantized as asked.
     #[error("{path}: {message}")]
-    Model { path: PathBuf, message: String },
+    Model {
+        /// The model file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// A precision file is malformed.
     #[error("precision file {path}: {message}")]
-    Precision { path: PathBuf, message: String },
+    Precision {
+        /// The precision file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A calibration cache line is malformed.
     #[error("{path}, line {line}: {message}")]
-    Cache { path: PathBuf, line: usize, message: String },
-    #[error("{0}")]
-    Usage(String),
-    #[error("cannot write {path}: {message}")]
-    Write { path: PathBuf, message: String },
+    Cache {
+        /// The cache file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// `--trt-version` is not a version number.
+    #[error("TensorRT version '{0}' is not of the form 10.3.0")]
+    TrtVersion(String),
+    /// A CSV artifact could not be encoded.
+    #[error("cannot encode {file}: {source}")]
+    Csv {
+        /// The artifact's file name.
+        file: &'static str,
+        /// The CSV writer's error.
+        source: csv::Error,
+    },
+    /// A JSON artifact could not be encoded.
+    #[error("cannot encode {file}: {source}")]
+    Json {
+        /// The artifact's file name.
+        file: &'static str,
+        /// The JSON encoder's error.
+        source: serde_json::Error,
+    },
 }
 
+/// The `format` value of ranges.json.
 pub const RANGES_FORMAT: &str = "int8kit.ranges";
+/// The ranges.json version; bump on any incompatible change.
 pub const RANGES_VERSION: u32 = 1;
 
+/// How `analyze` chooses scales and precision.
 #[derive(Debug, Clone)]
 pub struct AnalyzeOptions {
+    /// Scale method for every activation without a per-tensor choice.
     pub method: Method,
+    /// Allow/deny lists (default lists when empty).
     pub precision: PrecisionFile,
     /// Where the precision file came from, for messages and the report.
     pub precision_origin: String,
@@ -80,14 +132,20 @@ pub fn activation_amax(
         .collect()
 }
 
+/// One activation's range.
 #[derive(Debug, Clone, Serialize)]
 pub struct TensorRange {
+    /// Tensor name.
     pub name: String,
+    /// Op type of its producer (`None` for a graph input).
     pub op: Option<String>,
+    /// Whether a Q/DQ pair reads it.
     pub quantized: bool,
     /// The method this tensor's amax came from.
     pub method: String,
+    /// The clipping threshold.
     pub amax: f32,
+    /// The Q/DQ scale: amax / 127 in float32.
     pub scale: f32,
     /// Share of values beyond amax (from the histogram).
     pub clipped: f64,
@@ -95,43 +153,65 @@ pub struct TensorRange {
     pub amax_by_method: Vec<(String, f32)>,
 }
 
+/// One GEMM/Conv (or listed) node's precision.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeReport {
+    /// The decision and its reason.
     #[serde(flatten)]
     pub decision: Decision,
+    /// FLOPs for one image (GEMM/Conv nodes).
     pub flops: Option<f64>,
 }
 
+/// A weight's per-channel ranges.
 #[derive(Debug, Clone, Serialize)]
 pub struct WeightRange {
+    /// Initializer name.
     pub name: String,
+    /// Channel axis of the scales.
     pub axis: usize,
+    /// Number of channels.
     pub channels: usize,
+    /// Smallest channel amax.
     pub amax_min: f32,
+    /// Largest channel amax.
     pub amax_max: f32,
 }
 
 /// `ranges.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Ranges {
+    /// Always [`RANGES_FORMAT`].
     pub format: &'static str,
+    /// [`RANGES_VERSION`].
     pub version: u32,
+    /// The model the statistics belong to.
     pub model: ModelInfo,
+    /// Calibration images behind the statistics.
     pub calibration_images: u64,
+    /// The global scale method.
     pub method: String,
+    /// The precision lists applied.
     pub precision: PrecisionFile,
     /// Share of GEMM/Conv FLOPs that run in INT8.
     pub int8_flop_share: f64,
+    /// Per node, the decision.
     pub nodes: Vec<NodeReport>,
+    /// Per activation, the range.
     pub tensors: Vec<TensorRange>,
+    /// Per quantized weight, the channel ranges.
     pub weights: Vec<WeightRange>,
 }
 
 /// Everything `analyze` produces, in memory.
 pub struct Analysis {
+    /// ranges.json's contents.
     pub ranges: Ranges,
+    /// The Q/DQ model.
     pub qdq: graph::proto::ModelProto,
+    /// The TensorRT calibration cache text.
     pub cache: String,
+    /// The FP32 model it was built from (for writing external data).
     pub model: Model,
 }
 
@@ -216,16 +296,22 @@ impl Analysis {
         std::fs::create_dir_all(dir).map_err(|source| AnalyzeError::Io { path: dir.into(), source })?;
         graph::save_model(&self.model, self.qdq.clone(), &dir.join("model.qdq.onnx"))?;
         graph::write_atomic(&dir.join("calibration.cache"), self.cache.as_bytes())?;
-        let mut json = serde_json::to_vec_pretty(&self.ranges)
-            .map_err(|e| AnalyzeError::Write { path: dir.join("ranges.json"), message: e.to_string() })?;
-        json.push(b'\n');
-        graph::write_atomic(&dir.join("ranges.json"), &json)?;
-        graph::write_atomic(&dir.join("ranges.csv"), self.ranges_csv()?.as_bytes())?;
+        graph::write_atomic(&dir.join("ranges.json"), &self.ranges_json()?)?;
+        graph::write_atomic(&dir.join("ranges.csv"), &self.ranges_csv()?)?;
         Ok(())
     }
 
-    fn ranges_csv(&self) -> Result<String, AnalyzeError> {
-        let err = |e: csv::Error| AnalyzeError::Write { path: "ranges.csv".into(), message: e.to_string() };
+    /// ranges.json's bytes: pretty JSON and a final newline.
+    pub fn ranges_json(&self) -> Result<Vec<u8>, AnalyzeError> {
+        let mut json = serde_json::to_vec_pretty(&self.ranges)
+            .map_err(|source| AnalyzeError::Json { file: "ranges.json", source })?;
+        json.push(b'\n');
+        Ok(json)
+    }
+
+    /// ranges.csv's bytes.
+    pub fn ranges_csv(&self) -> Result<Vec<u8>, AnalyzeError> {
+        let err = |source: csv::Error| AnalyzeError::Csv { file: "ranges.csv", source };
         let mut w = csv::Writer::from_writer(Vec::new());
         let method_names: Vec<String> = self
             .ranges
@@ -257,8 +343,6 @@ impl Analysis {
             row.extend(t.amax_by_method.iter().map(|(_, a)| a.to_string()));
             w.write_record(&row).map_err(err)?;
         }
-        let bytes =
-            w.into_inner().map_err(|e| AnalyzeError::Write { path: "ranges.csv".into(), message: e.to_string() })?;
-        String::from_utf8(bytes).map_err(|e| AnalyzeError::Write { path: "ranges.csv".into(), message: e.to_string() })
+        w.into_inner().map_err(|e| err(e.into_error().into()))
     }
 }

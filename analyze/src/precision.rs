@@ -12,6 +12,7 @@ use crate::AnalyzeError;
 /// Ops quantized by default: their activation inputs and weights get Q/DQ.
 pub const GEMM_OPS: &[&str] = &["Conv", "ConvTranspose", "MatMul", "Gemm"];
 
+/// Node names (exact or globs) and op types.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Selection {
@@ -28,28 +29,37 @@ pub struct Selection {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrecisionFile {
+    /// Kept in float.
     #[serde(default)]
     pub deny: Selection,
+    /// Forced into INT8.
     #[serde(default)]
     pub allow: Selection,
 }
 
 impl PrecisionFile {
+    /// Reads a precision TOML file.
     pub fn load(path: &Path) -> Result<PrecisionFile, AnalyzeError> {
         let text = std::fs::read_to_string(path).map_err(|source| AnalyzeError::Io { path: path.into(), source })?;
         toml::from_str(&text).map_err(|e| AnalyzeError::Precision { path: path.into(), message: e.to_string() })
     }
 
+    /// The file as TOML, readable by [`PrecisionFile::load`].
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_default()
     }
 }
 
+/// One node's precision and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
+    /// Node name.
     pub node: String,
+    /// Op type.
     pub op: String,
+    /// Whether it runs in INT8.
     pub int8: bool,
+    /// Why (list entry or default rule).
     pub reason: String,
 }
 

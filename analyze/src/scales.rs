@@ -18,8 +18,10 @@ pub enum Method {
 }
 
 impl Method {
+    /// The four methods every report lists.
     pub const ALL_DEFAULT: [Method; 4] = [Method::Entropy, Method::Mse, Method::Percentile(99.99), Method::Max];
 
+    /// The method's command-line spelling (`percentile:99.99`).
     pub fn name(&self) -> String {
         match self {
             Method::Entropy => "entropy".into(),

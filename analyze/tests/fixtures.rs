@@ -62,7 +62,8 @@ fn a_hist_from_another_model_is_refused() {
 #[test]
 fn allowing_a_node_without_statistics_is_refused_by_name() {
     let name = "fmnist_vit_opset17.onnx";
-    let options = CalibrateOptions { limit: Some(50), selection: histograms::Selection::Quantizable, ..Default::default() };
+    let options =
+        CalibrateOptions { limit: Some(50), selection: histograms::Selection::Quantizable, ..Default::default() };
     let (h, _) = calibrate(&model(name), &calib_dir(), &recipe(), &options, &mut |_, _| {}).unwrap();
     let allow = PrecisionFile { allow: Selection { nodes: vec![], ops: vec!["Softmax".into()] }, ..Default::default() };
     let err = analyze(&model(name), &h, &options_for(Method::Entropy, allow)).err().unwrap().to_string();

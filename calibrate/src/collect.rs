@@ -9,20 +9,26 @@ use graph::{find_activations, Activation, ElemType, Model};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use histograms::{
-    HistFile, HistogramInfo, ImagesInfo, ModelInfo, Selection, TensorRecord, TensorStats, BINS, HIST_FORMAT, HIST_VERSION,
-};
 use crate::CalibrateError;
+use histograms::{
+    HistFile, HistogramInfo, ImagesInfo, ModelInfo, Selection, TensorRecord, TensorStats, BINS, HIST_FORMAT,
+    HIST_VERSION,
+};
 
+/// How a calibration runs; none of these change the result.
 #[derive(Debug, Clone)]
 pub struct CalibrateOptions {
+    /// Images per ONNX Runtime call.
     pub batch_size: usize,
     /// Threads for ONNX Runtime and for histograms; 0 means one per core.
     pub threads: usize,
     /// Use a seeded random subset of this many images.
     pub limit: Option<usize>,
+    /// Seed of the `limit` subset.
     pub seed: u64,
+    /// What to do with unreadable images.
     pub on_bad_image: OnBadImage,
+    /// Which activations to collect.
     pub selection: Selection,
     /// Where the model runs. With CUDA the activations stay in GPU memory and are reduced there.
     pub device: runtime::Device,
@@ -45,8 +51,11 @@ impl Default for CalibrateOptions {
 /// What happened, beside the statistics themselves.
 #[derive(Debug, Clone)]
 pub struct CalibrationSummary {
+    /// Images that went through the model.
     pub images: u64,
+    /// Images skipped as unreadable, with the reason.
     pub skipped: Vec<(std::path::PathBuf, String)>,
+    /// Tensors with statistics.
     pub tensors: usize,
     /// Floating tensors not collected (not float32, or of unknown type), by name.
     pub not_collected: Vec<String>,
@@ -56,8 +65,11 @@ pub struct CalibrationSummary {
 
 /// A model copy whose activations are all graph outputs.
 pub struct TappedModel {
+    /// The copy, with the activations as outputs.
     pub model: Model,
+    /// Every float activation, in graph order.
     pub activations: Vec<Activation>,
+    /// Float tensors that are not collected.
     pub not_collected: Vec<String>,
     /// The input to feed.
     pub input: String,

@@ -17,16 +17,30 @@ use histograms::{AbsHistogram, TensorStats, BINS};
 /// Errors of the device path; they name what failed so that the user can fall back to `--device cpu`.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
+    /// ONNX Runtime or the device check failed.
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
-    #[error("CUDA driver call failed ({what}): {message}")]
-    Driver { what: String, message: String },
+    /// A CUDA driver call failed.
+    #[error("CUDA driver call failed ({what}): {source}")]
+    Driver {
+        /// What was being done.
+        what: String,
+        /// The driver's error.
+        source: cudarc::driver::DriverError,
+    },
+    /// The statistics need a CUDA device.
+    #[error("device statistics need a CUDA device, not {0}")]
+    NotCuda(runtime::Device),
+    /// NVRTC is not installed.
+    #[error("libnvrtc is not on this machine (it ships with the CUDA toolkit); install it or use --device cpu")]
+    NoNvrtc,
+    /// NVRTC rejected the kernels.
     #[error("NVRTC could not compile the statistics kernels: {0}")]
-    Compile(String),
+    Compile(#[source] cudarc::nvrtc::CompileError),
 }
 
 fn driver(what: &str) -> impl Fn(cudarc::driver::DriverError) -> GpuError + '_ {
-    move |e| GpuError::Driver { what: what.to_string(), message: e.to_string() }
+    move |source| GpuError::Driver { what: what.to_string(), source }
 }
 
 /// Values per block of the reduction and binning kernels.
@@ -62,13 +76,13 @@ impl GpuStats {
     pub fn new(device: runtime::Device, tensors: usize) -> Result<GpuStats, GpuError> {
         runtime::cuda_device_check(device)?;
         let runtime::Device::Cuda(ordinal) = device else {
-            return Err(GpuError::Driver { what: "device".into(), message: "GpuStats needs a CUDA device".into() });
+            return Err(GpuError::NotCuda(device));
         };
         let ctx = CudaContext::new(ordinal as usize).map_err(driver("creating the CUDA context"))?;
         let stream = ctx.default_stream();
         // SAFETY: only tries to open the NVRTC library by its usual names.
         if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            return Err(GpuError::Compile("libnvrtc is not on this machine (it ships with the CUDA toolkit)".into()));
+            return Err(GpuError::NoNvrtc);
         }
         // Exact float arithmetic: no flush-to-zero of subnormals, no fused multiply-add.
         let opts = cudarc::nvrtc::CompileOptions {
@@ -77,7 +91,7 @@ impl GpuStats {
             use_fast_math: Some(false),
             ..Default::default()
         };
-        let ptx = cudarc::nvrtc::compile_ptx_with_opts(KERNELS, opts).map_err(|e| GpuError::Compile(e.to_string()))?;
+        let ptx = cudarc::nvrtc::compile_ptx_with_opts(KERNELS, opts).map_err(GpuError::Compile)?;
         let module = ctx.load_module(ptx).map_err(driver("loading the kernels"))?;
         let function = |name: &str| module.load_function(name).map_err(driver("finding a kernel"));
         let (reduce, update, bin) = (function("reduce_stats")?, function("update_state")?, function("bin_values")?);
@@ -228,11 +242,13 @@ fn chunk_table(values: &[DeviceTensor]) -> Vec<u64> {
 /// Throughput of the statistics kernels over one large tensor, against a device-to-device copy of it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct KernelBench {
+    /// Size of the tensor, bytes.
     pub bytes: u64,
     /// Copy bandwidth counting bytes read and written (2 x size / time), GB/s.
     pub copy_gb_s: f64,
     /// Bytes of activations read per second by each kernel, GB/s.
     pub reduce_gb_s: f64,
+    /// Binning kernel throughput, GB/s.
     pub bin_gb_s: f64,
     /// Both passes together (what a batch costs).
     pub stats_gb_s: f64,

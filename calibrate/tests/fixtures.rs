@@ -6,13 +6,8 @@ use histograms::{HistFile, Selection};
 use test_support::{calib_dir as calib, model, recipe};
 
 fn run(model_name: &str, limit: usize, batch_size: usize, threads: usize) -> HistFile {
-    let options = CalibrateOptions {
-        batch_size,
-        threads,
-        limit: Some(limit),
-        selection: Selection::All,
-        ..Default::default()
-    };
+    let options =
+        CalibrateOptions { batch_size, threads, limit: Some(limit), selection: Selection::All, ..Default::default() };
     calibrate(&model(model_name), &calib(), &recipe(), &options, &mut |_, _| {}).unwrap().0
 }
 
@@ -149,8 +144,7 @@ fn hist_file_round_trips_and_rejects_other_versions() {
 
 #[test]
 fn quantizable_selection_keeps_what_the_default_lists_need() {
-    let options =
-        CalibrateOptions { limit: Some(50), selection: Selection::Quantizable, ..Default::default() };
+    let options = CalibrateOptions { limit: Some(50), selection: Selection::Quantizable, ..Default::default() };
     let (some, _) =
         calibrate(&model("fmnist_vit_opset17.onnx"), &calib(), &recipe(), &options, &mut |_, _| {}).unwrap();
     let all = run("fmnist_vit_opset17.onnx", 50, 16, 0);

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use crate::preprocess::preprocess_file;
 use crate::{Dataset, DatasetError, ImageItem, Recipe};
 
+/// What to do with an unreadable image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnBadImage {
     /// Stop with an error naming the file.
@@ -18,11 +19,14 @@ pub enum OnBadImage {
     Skip,
 }
 
+/// How batches are made.
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
+    /// Images per batch.
     pub batch_size: usize,
     /// Batches decoded ahead of the consumer; bounds memory.
     pub lookahead: usize,
+    /// What to do with unreadable images.
     pub on_bad_image: OnBadImage,
     /// Pool that decodes; `None` uses rayon's global pool.
     pub pool: Option<Arc<rayon::ThreadPool>>,
@@ -37,8 +41,11 @@ impl Default for StreamOptions {
 /// Preprocessed images, ready to feed: `data` has `shape` = the recipe's batch shape for `items.len()`.
 #[derive(Debug)]
 pub struct Batch {
+    /// Preprocessed values, in the recipe's layout.
     pub data: Vec<f32>,
+    /// Batch shape: [N, C, H, W] or [N, H, W, C].
     pub shape: [usize; 4],
+    /// The images, in batch order.
     pub items: Vec<ImageItem>,
 }
 
@@ -50,6 +57,7 @@ pub struct BatchStream {
 }
 
 impl BatchStream {
+    /// Decodes the dataset's images in batches, ahead of the consumer, in parallel.
     pub fn new(dataset: &Dataset, recipe: &Recipe, options: StreamOptions) -> BatchStream {
         let (tx, rx) = sync_channel(options.lookahead.max(1));
         let skipped = Arc::new(Mutex::new(Vec::new()));

@@ -10,14 +10,18 @@ use crate::DatasetError;
 /// One image file and, in a labelled folder, its class index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageItem {
+    /// The file.
     pub path: PathBuf,
+    /// Class index in a labelled folder.
     pub label: Option<usize>,
 }
 
 /// A list of images in a fixed, sorted order.
 #[derive(Debug, Clone)]
 pub struct Dataset {
+    /// The folder.
     pub root: PathBuf,
+    /// The images, sorted by path.
     pub items: Vec<ImageItem>,
     /// Class names by index, for labelled folders.
     pub classes: Vec<String>,
@@ -152,10 +156,12 @@ impl Dataset {
         self
     }
 
+    /// Number of images.
     pub fn len(&self) -> usize {
         self.items.len()
     }
 
+    /// Whether there are no images.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }

@@ -4,6 +4,8 @@
 //! PIL/torchvision (`Resize`, `CenterCrop`, `ToTensor`, `Normalize`) to within 1/255 per pixel, checked against
 //! reference values produced by Python and committed under `testdata/`.
 
+#![forbid(unsafe_code)]
+
 mod batches;
 mod error;
 mod folder;

@@ -10,9 +10,13 @@ use crate::{Channels, DatasetError, Interpolation, Layout, Recipe, ResizeMode};
 /// 8-bit interleaved pixels with 1 (gray) or 3 (RGB) channels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pixels {
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
+    /// Channels per pixel (1 or 3).
     pub channels: usize,
+    /// Interleaved 8-bit values, row by row.
     pub data: Vec<u8>,
 }
 
@@ -96,7 +100,9 @@ fn resize(path: &Path, src: Pixels, width: u32, height: u32, interp: Interpolati
     let mut resizer = Resizer::new();
     let mut pass = |from: &Image, w: u32, h: u32| -> Result<Image<'static>, DatasetError> {
         let mut to = Image::new(w, h, pixel_type);
-        resizer.resize(from, &mut to, &options).map_err(|source| DatasetError::Resize { path: path.to_path_buf(), source })?;
+        resizer
+            .resize(from, &mut to, &options)
+            .map_err(|source| DatasetError::Resize { path: path.to_path_buf(), source })?;
         Ok(to)
     };
     // Pillow filters rows first, rounds to 8 bits, then filters columns. fast_image_resize would do the

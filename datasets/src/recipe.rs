@@ -6,23 +6,31 @@ use serde::{Deserialize, Serialize};
 
 use crate::DatasetError;
 
+/// Tensor layout fed to the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Layout {
+    /// [N, C, H, W].
     #[serde(rename = "NCHW")]
     Nchw,
+    /// [N, H, W, C].
     #[serde(rename = "NHWC")]
     Nhwc,
 }
 
+/// Colour model fed to the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Channels {
+    /// One luminance channel (PIL's `convert("L")`).
     Gray,
+    /// Red, green, blue.
     Rgb,
+    /// Blue, green, red.
     Bgr,
 }
 
 impl Channels {
+    /// Number of channels.
     pub fn count(self) -> usize {
         match self {
             Channels::Gray => 1,
@@ -31,6 +39,7 @@ impl Channels {
     }
 }
 
+/// How an image is brought to `size`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ResizeMode {
@@ -42,11 +51,15 @@ pub enum ResizeMode {
     None,
 }
 
+/// Resampling filter (PIL's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Interpolation {
+    /// Nearest neighbour.
     Nearest,
+    /// Bilinear (PIL's BILINEAR).
     Bilinear,
+    /// Bicubic (PIL's BICUBIC, Catmull-Rom).
     Bicubic,
 }
 
@@ -57,22 +70,28 @@ pub struct Recipe {
     /// The model input to feed; `None` means the model's only input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Layout of the tensor.
     #[serde(default = "default_layout")]
     pub layout: Layout,
+    /// Colour model.
     pub channels: Channels,
     /// `[height, width]` of the tensor fed to the model.
     pub size: [u32; 2],
+    /// How the image is brought to `size`.
     #[serde(default = "default_resize")]
     pub resize: ResizeMode,
     /// Target of the shorter side for `resize = "shorter"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resize_to: Option<u32>,
+    /// Resampling filter.
     #[serde(default = "default_interpolation")]
     pub interpolation: Interpolation,
     /// Pixels are divided by this first (255 maps 8-bit images to [0, 1]).
     #[serde(default = "default_scale")]
     pub scale: f32,
+    /// Per-channel mean, after `scale`.
     pub mean: Vec<f32>,
+    /// Per-channel standard deviation.
     pub std: Vec<f32>,
 }
 
@@ -105,6 +124,7 @@ pub enum Preset {
 }
 
 impl Recipe {
+    /// The named preset's recipe.
     pub fn preset(preset: Preset) -> Recipe {
         match preset {
             Preset::Imagenet => Recipe {
@@ -142,15 +162,18 @@ impl Recipe {
         Ok(file.input)
     }
 
+    /// Reads and checks a recipe TOML file.
     pub fn load(path: &Path) -> Result<Recipe, DatasetError> {
         let text = std::fs::read_to_string(path).map_err(|source| DatasetError::Io { path: path.into(), source })?;
         Recipe::from_toml(&text, &path.display().to_string())
     }
 
+    /// The recipe as TOML (what [`Recipe::load`] reads).
     pub fn to_toml(&self) -> String {
         toml::to_string(&RecipeFile { input: self.clone() }).unwrap_or_default()
     }
 
+    /// Checks the recipe's values; `origin` names it in errors.
     pub fn validate(&self, origin: &str) -> Result<(), DatasetError> {
         let bad = |message: String| Err(DatasetError::Recipe { origin: origin.into(), message });
         let c = self.channels.count();

@@ -63,7 +63,10 @@ impl AutoPrecisionOutcome {
 
 /// Searches, writes `autoprecision.json`, and when the subset meets the budget also `precision.toml` and the
 /// artifacts built with it, then verifies that model on the whole folder.
-pub fn run(config: &AutoPrecisionConfig, progress: &mut dyn FnMut(usize, usize)) -> Result<AutoPrecisionOutcome, EvaluateError> {
+pub fn run(
+    config: &AutoPrecisionConfig,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<AutoPrecisionOutcome, EvaluateError> {
     let inputs = &config.inputs;
     let search = auto_precision(inputs, config.max_top1_drop, progress)?;
     let out = &config.out;
@@ -94,6 +97,7 @@ fn verify(fp32_path: &Path, int8_path: &Path, config: &AutoPrecisionConfig) -> R
     let inputs = &config.inputs;
     let mut fp32 = ort_model(fp32_path, &inputs.recipe, inputs.placement)?;
     let mut int8 = ort_model(int8_path, &inputs.recipe, inputs.placement)?;
-    let c = compare(fp32.as_mut(), int8.as_mut(), &config.verify_on, &inputs.recipe, &inputs.classifier, &mut |_, _| {})?;
+    let c =
+        compare(fp32.as_mut(), int8.as_mut(), &config.verify_on, &inputs.recipe, &inputs.classifier, &mut |_, _| {})?;
     Ok(Verification { images: c.images, fp32_top1: c.fp32.top1, int8_top1: c.int8.top1, int8_flop_share: 0.0 })
 }

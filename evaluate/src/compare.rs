@@ -56,8 +56,8 @@ impl Classifier {
 
 /// Class prototypes from a numpy `.npy` file (float32, shape `[classes, dim]`), L2-normalised.
 pub fn load_prototypes(path: &Path) -> Result<Vec<Vec<f32>>, EvaluateError> {
-    let array: ndarray::Array2<f32> = ndarray_npy::read_npy(path)
-        .map_err(|source| EvaluateError::Prototypes { path: path.into(), source })?;
+    let array: ndarray::Array2<f32> =
+        ndarray_npy::read_npy(path).map_err(|source| EvaluateError::Prototypes { path: path.into(), source })?;
     if array.ncols() == 0 || array.nrows() == 0 {
         return Err(EvaluateError::Input {
             path: path.into(),
@@ -112,6 +112,7 @@ use reports::{Comparison, ModelMetrics};
 
 /// Something that maps a batch of preprocessed images to its output rows (flattened, one row per image).
 pub trait BatchModel {
+    /// The output rows of one batch, flattened (one row per image).
     fn run(&mut self, batch: &datasets::Batch) -> Result<Vec<f32>, EvaluateError>;
     /// Seconds spent in `run` so far.
     fn seconds(&self) -> f64;
@@ -249,6 +250,7 @@ impl OutputFidelity {
 /// Output fidelity of INT8 against FP32 on the same images (labels not needed).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Fidelity {
+    /// Images compared.
     pub images: u64,
     /// Share of images whose output argmax is the same.
     pub agreement: f64,

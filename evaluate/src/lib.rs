@@ -3,6 +3,8 @@
 //! ([`validate`]) and the TensorRT adapter ([`tensorrt`]). Each takes a config struct and returns a report;
 //! printing and exit codes belong to the `int8kit` binary.
 
+#![forbid(unsafe_code)]
+
 pub mod autoprecision;
 pub mod compare;
 pub mod sensitivity;

@@ -40,6 +40,7 @@ pub struct SensitivityInputs {
 /// What one model variant does to the evaluation subset, against FP32.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Effect {
+    /// Top-1 of the variant (share).
     pub top1: f64,
     /// INT8-variant Top-1 minus FP32 Top-1, percentage points.
     pub top1_delta_pp: f64,
@@ -52,7 +53,9 @@ pub struct Effect {
 /// One node's measurements.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct NodeSensitivity {
+    /// Node name.
     pub node: String,
+    /// Op type.
     pub op: String,
     /// This node's share of the GEMM/Conv FLOPs.
     pub flop_share: f64,
@@ -65,16 +68,22 @@ pub struct NodeSensitivity {
 /// The scale method that gives a tensor the best output fidelity, the others' divergences beside it.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct MethodChoice {
+    /// Tensor name.
     pub tensor: String,
+    /// The chosen method.
     pub method: String,
     /// (method, divergence of the full INT8 configuration with this tensor's amax from that method).
     pub divergence_by_method: Vec<(String, f64)>,
 }
 
+/// The sensitivity of every INT8 node (sensitivity.json).
 #[derive(Debug, Clone, Serialize)]
 pub struct SensitivityReport {
+    /// Images evaluated.
     pub images: usize,
+    /// Scale method of the INT8 configuration.
     pub method: String,
+    /// FP32 Top-1 (share).
     pub fp32_top1: f64,
     /// The full INT8 configuration (the precision file's, default lists if none).
     pub int8: Effect,
@@ -82,6 +91,7 @@ pub struct SensitivityReport {
     pub nodes: Vec<NodeSensitivity>,
     /// Per quantized tensor, the method giving the best output fidelity (empty unless asked for).
     pub methods: Vec<MethodChoice>,
+    /// Wall time of the measurement.
     pub seconds: f64,
 }
 
@@ -278,7 +288,9 @@ pub struct AutoPrecision {
     pub search: Effect,
     /// Whether the budget was met on the search subset.
     pub met: bool,
+    /// Share of GEMM/Conv FLOPs left in INT8.
     pub int8_flop_share: f64,
+    /// The measurement the search ranked by.
     pub sensitivity: SensitivityReport,
 }
 

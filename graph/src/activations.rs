@@ -7,9 +7,11 @@ use crate::{infer_element_types, Model};
 /// A float32 tensor whose values depend on the model's fed inputs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Activation {
+    /// Tensor name.
     pub name: String,
     /// The node that produces it, or `None` for a graph input.
     pub producer: Option<String>,
+    /// Op type of the producing node (`None` for graph inputs).
     pub producer_op: Option<String>,
     /// The producing node's inputs.
     pub producer_inputs: Vec<String>,

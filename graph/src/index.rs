@@ -14,6 +14,7 @@ pub struct GraphIndex {
 }
 
 impl GraphIndex {
+    /// Indexes a graph's nodes, producers, consumers and initializers.
     pub fn new(graph: &GraphProto) -> GraphIndex {
         let mut idx = GraphIndex::default();
         for (i, t) in graph.initializer.iter().enumerate() {
@@ -30,6 +31,7 @@ impl GraphIndex {
         idx
     }
 
+    /// The initializer called `name`.
     pub fn initializer<'g>(&self, graph: &'g GraphProto, name: &str) -> Option<&'g TensorProto> {
         self.initializers.get(name).map(|&i| &graph.initializer[i])
     }

@@ -9,12 +9,18 @@ use onnx_protobuf::{attribute_proto::AttributeType, tensor_proto::DataType, Grap
 pub struct ElemType(pub i32);
 
 impl ElemType {
+    /// float32.
     pub const FLOAT: ElemType = ElemType(DataType::FLOAT as i32);
+    /// int64.
     pub const INT64: ElemType = ElemType(DataType::INT64 as i32);
+    /// bool.
     pub const BOOL: ElemType = ElemType(DataType::BOOL as i32);
+    /// int8.
     pub const INT8: ElemType = ElemType(DataType::INT8 as i32);
+    /// uint8.
     pub const UINT8: ElemType = ElemType(DataType::UINT8 as i32);
 
+    /// Whether this is float32.
     pub fn is_float32(self) -> bool {
         self == Self::FLOAT
     }

@@ -3,6 +3,8 @@
 //! This crate knows the ONNX file format (protobuf, external data) and the graph's structure (nodes, tensors,
 //! element types). It knows nothing of execution: running a model is the `runtime` crate's job.
 
+#![forbid(unsafe_code)]
+
 mod activations;
 mod error;
 mod external;

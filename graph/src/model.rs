@@ -14,6 +14,7 @@ use crate::GraphError;
 /// no more memory than their graph; every external location has been checked to lie inside the model's folder.
 #[derive(Debug, Clone)]
 pub struct Model {
+    /// The parsed model (external data not loaded).
     pub proto: ModelProto,
     /// The file the model was read from.
     pub path: PathBuf,

@@ -9,9 +9,12 @@ use serde::{Deserialize, Serialize};
 use crate::histogram::TensorStats;
 use crate::{HistError, Selection};
 
+/// The `format` value of a .hist file.
 pub const HIST_FORMAT: &str = "int8kit.hist";
+/// The .hist version this build reads and writes.
 pub const HIST_VERSION: u32 = 1;
 
+/// Which model the statistics belong to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
     /// File name of the model (not its full path, so that moving it does not change the artifact).
@@ -20,6 +23,7 @@ pub struct ModelInfo {
     pub sha256: String,
 }
 
+/// Which images went through the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImagesInfo {
     /// Name of the image folder.
@@ -30,11 +34,13 @@ pub struct ImagesInfo {
     pub skipped: u64,
     /// `--limit` and the seed of the subset, if one was taken.
     pub limit: Option<usize>,
+    /// Seed of the `limit` subset.
     pub seed: u64,
     /// SHA-256 over the relative paths of the images used, in order: identifies the calibration set.
     pub list_sha256: String,
 }
 
+/// What the histograms hold.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistogramInfo {
     /// Bins over `[0, 2^range_exp)`.
@@ -43,27 +49,38 @@ pub struct HistogramInfo {
     pub values: String,
 }
 
+/// One activation's statistics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TensorRecord {
+    /// Tensor name.
     pub name: String,
     /// Node that produces the tensor; `null` for a graph input.
     pub producer: Option<String>,
+    /// Op type of its producer.
     pub op: Option<String>,
+    /// The statistics.
     #[serde(flatten)]
     pub stats: TensorStats,
 }
 
+/// A `.hist` file: calibration statistics of one model over one image set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistFile {
+    /// Always [`HIST_FORMAT`].
     pub format: String,
+    /// [`HIST_VERSION`].
     pub version: u32,
     /// The tool and version that wrote the file.
     pub producer: String,
+    /// The model.
     pub model: ModelInfo,
+    /// The preprocessing the images went through.
     pub recipe: Recipe,
+    /// The images.
     pub images: ImagesInfo,
     /// ONNX Runtime version that computed the activations.
     pub onnxruntime: String,
+    /// The histogram layout.
     pub histogram: HistogramInfo,
     /// Which activations were collected (`all` or `quantizable`); absent in older files means `all`.
     #[serde(default = "collected_in_older_files")]
@@ -73,6 +90,7 @@ pub struct HistFile {
 }
 
 impl HistFile {
+    /// The file's bytes: compact JSON and a final newline.
     pub fn to_json(&self) -> Result<Vec<u8>, HistError> {
         let mut bytes = serde_json::to_vec(self).map_err(HistError::Encode)?;
         bytes.push(b'\n');
@@ -84,6 +102,7 @@ impl HistFile {
         Ok(graph::write_atomic(path, &self.to_json()?)?)
     }
 
+    /// Reads and checks a .hist file.
     pub fn read(path: &Path) -> Result<HistFile, HistError> {
         let bytes = std::fs::read(path).map_err(|source| HistError::Io { path: path.into(), source })?;
         #[derive(Deserialize)]
@@ -105,6 +124,7 @@ impl HistFile {
         serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
     }
 
+    /// The statistics of the tensor called `name`.
     pub fn tensor(&self, name: &str) -> Option<&TensorRecord> {
         self.tensors.iter().find(|t| t.name == name)
     }

@@ -140,6 +140,7 @@ impl AbsHistogram {
         }
     }
 
+    /// Number of values counted.
     pub fn total(&self) -> u64 {
         self.counts.iter().sum()
     }
@@ -278,10 +279,15 @@ pub struct TensorStats {
     pub count: u64,
     /// Smallest finite value (`None` when no finite value was seen).
     pub min: Option<f32>,
+    /// Largest finite value, `None` before the first.
     pub max: Option<f32>,
+    /// NaN values seen.
     pub nan: u64,
+    /// +Inf values seen.
     pub pos_inf: u64,
+    /// -Inf values seen.
     pub neg_inf: u64,
+    /// Histogram of |x| over the finite values.
     pub hist: AbsHistogram,
 }
 

@@ -104,6 +104,7 @@ fn sensitivity_svg(rows: &[crate::SensitivityRow]) -> String {
     svg
 }
 
+/// report.html: one self-contained page (inline SVG, no script) with every number from report.json.
 pub fn render_html(report: &Report) -> String {
     let c = &report.comparison;
     let mut page = String::from("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");

@@ -1,6 +1,8 @@
 //! Reports of a validation run: `report.json` (versioned), `summary.csv`, `per_class.csv`, `junit.xml` and a
 //! self-contained `report.html` with inline SVG plots. Pure data and formatting: no model execution here.
 
+#![forbid(unsafe_code)]
+
 mod html;
 
 use std::path::{Path, PathBuf};
@@ -9,21 +11,52 @@ use serde::{Deserialize, Serialize};
 
 pub use html::render_html;
 
+/// The `format` value of report.json.
 pub const REPORT_FORMAT: &str = "int8kit.report";
+/// The report.json version; bump on any incompatible change.
 pub const REPORT_VERSION: u32 = 1;
 
+/// Errors writing reports or reading a baseline.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("cannot write {path}: {message}")]
-    Write { path: PathBuf, message: String },
+    /// A report file could not be written.
+    #[error(transparent)]
+    Write(#[from] graph::GraphError),
+    /// The output folder could not be created.
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        /// The folder.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// A CSV report could not be encoded.
+    #[error("cannot encode {file}: {source}")]
+    Csv {
+        /// The report's file name.
+        file: &'static str,
+        /// The CSV writer's error.
+        source: csv::Error,
+    },
+    /// report.json could not be encoded.
+    #[error("cannot encode report.json: {0}")]
+    Json(#[source] serde_json::Error),
+    /// A report.json (a baseline) cannot be used.
     #[error("{path}: not a usable int8kit report: {message}")]
-    Read { path: PathBuf, message: String },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// Accuracy of one model on a labelled set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelMetrics {
+    /// Top-1 (share).
     pub top1: f64,
+    /// Top-5 (share).
     pub top5: f64,
     /// Per class: (correct, images).
     pub per_class: Vec<(u64, u64)>,
@@ -34,8 +67,11 @@ pub struct ModelMetrics {
 /// FP32 against INT8 on the same images.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
+    /// Images compared.
     pub images: u64,
+    /// The FP32 model.
     pub fp32: ModelMetrics,
+    /// The INT8 model.
     pub int8: ModelMetrics,
     /// Share of images where both models predict the same class.
     pub agreement: f64,
@@ -48,32 +84,45 @@ pub struct Comparison {
 /// One release criterion and its outcome.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Criterion {
+    /// Criterion name (the JUnit test case).
     pub name: String,
+    /// Whether it holds.
     pub passed: bool,
     /// Measured value and the limit it was held to, in the criterion's unit.
     pub measured: f64,
+    /// The limit.
     pub limit: f64,
+    /// What was measured against what, in words.
     pub message: String,
 }
 
 /// A tensor's range, with a coarse histogram for plotting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TensorPlot {
+    /// Tensor name.
     pub name: String,
+    /// Whether it is quantized.
     pub quantized: bool,
+    /// Chosen clipping threshold.
     pub amax: f32,
+    /// Largest |x| seen.
     pub max_abs: f32,
+    /// Share of values beyond amax.
     pub clipped: f64,
     /// Counts of |x| in equal bins over [0, plot_range].
     pub plot_range: f64,
+    /// Counts of the coarse histogram over [0, plot_range].
     pub counts: Vec<u64>,
 }
 
 /// One node of a sensitivity ranking, as the report shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SensitivityRow {
+    /// Node name.
     pub node: String,
+    /// Op type.
     pub op: String,
+    /// Share of GEMM/Conv FLOPs.
     pub flop_share: f64,
     /// Output divergence when this node alone is INT8.
     pub divergence: f64,
@@ -86,24 +135,41 @@ pub struct SensitivityRow {
 /// `report.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
+    /// Always [`REPORT_FORMAT`].
     pub format: String,
+    /// [`REPORT_VERSION`].
     pub version: u32,
     /// Tool versions: int8kit, onnxruntime.
     pub tools: Vec<(String, String)>,
+    /// Model file name.
     pub model: String,
+    /// SHA-256 of the model and its external data.
     pub model_sha256: String,
+    /// The preprocessing recipe.
     pub recipe: serde_json::Value,
+    /// Scale method.
     pub method: String,
+    /// Precision lists applied.
     pub precision: serde_json::Value,
+    /// What ran the INT8 model.
     pub engine: String,
+    /// Calibration images.
     pub calibration_images: u64,
+    /// Seconds for calibration and analysis.
     pub calibration_seconds: f64,
+    /// The validation folder.
     pub validation_folder: String,
+    /// Class names by index.
     pub classes: Vec<String>,
+    /// Share of GEMM/Conv FLOPs in INT8.
     pub int8_flop_share: f64,
+    /// FP32 against INT8.
     pub comparison: Comparison,
+    /// The release criteria.
     pub criteria: Vec<Criterion>,
+    /// Whether every criterion holds.
     pub passed: bool,
+    /// Quantized tensors with their histograms.
     pub tensors: Vec<TensorPlot>,
     /// Sensitivity ranking, most damaging first (from `validate --sensitivity`); empty otherwise.
     #[serde(default)]
@@ -111,6 +177,7 @@ pub struct Report {
 }
 
 impl Report {
+    /// Reads a report.json (e.g. a baseline), checking its format and version.
     pub fn read(path: &Path) -> Result<Report, ReportError> {
         let bad = |message: String| ReportError::Read { path: path.into(), message };
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
@@ -124,6 +191,14 @@ impl Report {
         serde_json::from_value(value).map_err(|e| bad(e.to_string()))
     }
 
+    /// report.json's bytes: pretty JSON and a final newline.
+    pub fn to_json(&self) -> Result<Vec<u8>, ReportError> {
+        let mut json = serde_json::to_vec_pretty(self).map_err(ReportError::Json)?;
+        json.push(b'\n');
+        Ok(json)
+    }
+
+    /// summary.csv: one row per model.
     pub fn summary_csv(&self) -> Result<String, ReportError> {
         let c = &self.comparison;
         let rows = [
@@ -133,7 +208,7 @@ impl Report {
             ("images_per_s", c.fp32.images_per_s, c.int8.images_per_s),
         ];
         let mut w = csv::Writer::from_writer(Vec::new());
-        let err = |e: csv::Error| ReportError::Write { path: "summary.csv".into(), message: e.to_string() };
+        let err = |source| ReportError::Csv { file: "summary.csv", source };
         w.write_record(["metric", "fp32", "int8"]).map_err(err)?;
         for (name, a, b) in rows {
             w.write_record([name.to_string(), a.to_string(), b.to_string()]).map_err(err)?;
@@ -144,9 +219,10 @@ impl Report {
         finish(w, "summary.csv")
     }
 
+    /// per_class.csv: one row per class.
     pub fn per_class_csv(&self) -> Result<String, ReportError> {
         let mut w = csv::Writer::from_writer(Vec::new());
-        let err = |e: csv::Error| ReportError::Write { path: "per_class.csv".into(), message: e.to_string() };
+        let err = |source| ReportError::Csv { file: "per_class.csv", source };
         w.write_record([
             "class",
             "name",
@@ -201,10 +277,7 @@ impl Report {
     /// Writes report.json, summary.csv, per_class.csv, junit.xml and report.html into `dir`, each through a
     /// temporary file and a rename.
     pub fn write_all(&self, dir: &Path) -> Result<(), ReportError> {
-        let mut json = serde_json::to_vec_pretty(self)
-            .map_err(|e| ReportError::Write { path: dir.join("report.json"), message: e.to_string() })?;
-        json.push(b'\n');
-        write_atomic(&dir.join("report.json"), &json)?;
+        write_atomic(&dir.join("report.json"), &self.to_json()?)?;
         write_atomic(&dir.join("summary.csv"), self.summary_csv()?.as_bytes())?;
         write_atomic(&dir.join("per_class.csv"), self.per_class_csv()?.as_bytes())?;
         write_atomic(&dir.join("junit.xml"), self.junit_xml().as_bytes())?;
@@ -213,9 +286,11 @@ impl Report {
     }
 }
 
-fn finish(w: csv::Writer<Vec<u8>>, name: &str) -> Result<String, ReportError> {
-    let bytes = w.into_inner().map_err(|e| ReportError::Write { path: name.into(), message: e.to_string() })?;
-    String::from_utf8(bytes).map_err(|e| ReportError::Write { path: name.into(), message: e.to_string() })
+fn finish(w: csv::Writer<Vec<u8>>, file: &'static str) -> Result<String, ReportError> {
+    let csv_error = |source: csv::Error| ReportError::Csv { file, source };
+    let bytes = w.into_inner().map_err(|e| csv_error(e.into_error().into()))?;
+    // Every field written was a Rust string, so the bytes are UTF-8.
+    String::from_utf8(bytes).map_err(|e| csv_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e).into()))
 }
 
 /// Escapes text for XML/HTML content and attributes.
@@ -225,7 +300,7 @@ pub fn escape(s: &str) -> String {
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| ReportError::Write { path: path.into(), message: e.to_string() })?;
+        std::fs::create_dir_all(dir).map_err(|source| ReportError::CreateDir { path: dir.into(), source })?;
     }
-    graph::write_atomic(path, bytes).map_err(|e| ReportError::Write { path: path.into(), message: e.to_string() })
+    Ok(graph::write_atomic(path, bytes)?)
 }

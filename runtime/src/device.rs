@@ -10,12 +10,15 @@ use crate::RuntimeError;
 /// An execution device: `cpu`, `cuda` (GPU 0) or `cuda:N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Device {
+    /// ONNX Runtime's CPU execution provider.
     #[default]
     Cpu,
+    /// ONNX Runtime's CUDA execution provider on GPU N.
     Cuda(u32),
 }
 
 impl Device {
+    /// Whether this is a GPU.
     pub fn is_cuda(self) -> bool {
         matches!(self, Device::Cuda(_))
     }
@@ -50,6 +53,7 @@ impl std::str::FromStr for Device {
 pub struct Placement {
     /// Intra-op threads (0 = one per core).
     pub threads: usize,
+    /// The device.
     pub device: Device,
 }
 

@@ -54,7 +54,9 @@ pub enum RuntimeError {
         message: String,
     },
     /// pip could not install the library.
-    #[error("installing {package} into {dir} failed: {message}. Run `{command}` by hand to see why, or set ORT_DYLIB_PATH")]
+    #[error(
+        "installing {package} into {dir} failed: {message}. Run `{command}` by hand to see why, or set ORT_DYLIB_PATH"
+    )]
     Install {
         /// The package that was being installed.
         package: String,

@@ -46,7 +46,6 @@ fn wanted_flavor() -> Flavor {
     }
 }
 
-
 struct Loaded {
     env: Environment,
     path: PathBuf,
@@ -106,6 +105,7 @@ impl SessionConfig {
         self
     }
 
+    /// A CPU configuration with ONNX Runtime's thread defaults.
     pub fn new(label: impl Into<String>) -> SessionConfig {
         SessionConfig {
             intra_threads: 0,

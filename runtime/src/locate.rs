@@ -144,12 +144,7 @@ pub fn locate(flavor: Flavor) -> Result<PathBuf, RuntimeError> {
 
 /// The pip command that [`install`] runs for `flavor` into `dir`.
 pub fn install_command_line(dir: &Path, flavor: Flavor) -> String {
-    format!(
-        "python3 -m pip install --no-deps --target {} {}=={}",
-        dir.display(),
-        flavor.package(),
-        flavor.version()
-    )
+    format!("python3 -m pip install --no-deps --target {} {}=={}", dir.display(), flavor.package(), flavor.version())
 }
 
 /// Installs the pinned wheel of `flavor` into `dir` (the wheel's files land in `dir/onnxruntime/...`) unless

@@ -185,6 +185,7 @@ pub fn measure_tree(cmd: &mut Command, log: &Path, cap_mb: Option<f64>) -> anyho
     // SAFETY: rusage is plain old data; wait4 fills it for our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     loop {
+        // SAFETY: pid is our own child; status and usage are valid for writes for the whole call.
         let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
         if r == pid {
             break;

@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use histograms::TensorStats;
 use datasets::{BatchStream, Dataset, Recipe, StreamOptions};
+use histograms::TensorStats;
 use rand::{Rng, SeedableRng};
 use runtime::Device;
 use serde::Serialize;
@@ -597,14 +597,10 @@ fn hist_diff(device: Device) -> anyhow::Result<HistDiff> {
         max_ent = max_ent.max(rel(amax(&a.stats, Method::Entropy) as f64, amax(&b.stats, Method::Entropy) as f64));
         let mut merged_a = a.stats.hist.clone();
         let mut merged_b = b.stats.hist.clone();
-        merged_a.merge(&histograms::AbsHistogram {
-            range_exp: b.stats.hist.range_exp,
-            counts: vec![0; histograms::BINS],
-        });
-        merged_b.merge(&histograms::AbsHistogram {
-            range_exp: a.stats.hist.range_exp,
-            counts: vec![0; histograms::BINS],
-        });
+        merged_a
+            .merge(&histograms::AbsHistogram { range_exp: b.stats.hist.range_exp, counts: vec![0; histograms::BINS] });
+        merged_b
+            .merge(&histograms::AbsHistogram { range_exp: a.stats.hist.range_exp, counts: vec![0; histograms::BINS] });
         let l1: u64 = merged_a.counts.iter().zip(&merged_b.counts).map(|(x, y)| x.abs_diff(*y)).sum();
         l1_sum += l1 as f64 / (2.0 * a.stats.count.max(1) as f64);
     }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
-use evaluate::compare::{self as evaluation, Classifier, Recorded};
 use datasets::{Dataset, Recipe};
+use evaluate::compare::{self as evaluation, Classifier, Recorded};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -473,7 +473,14 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
             let mut int8 = evaluation::ort_model(model, &recipe, Default::default())?;
             Ok(match &w.eval {
                 Eval::Top1 { .. } => {
-                    let c = evaluation::compare(fp32, int8.as_mut(), &eval_set, &recipe, &Classifier::Logits, &mut |_, _| {})?;
+                    let c = evaluation::compare(
+                        fp32,
+                        int8.as_mut(),
+                        &eval_set,
+                        &recipe,
+                        &Classifier::Logits,
+                        &mut |_, _| {},
+                    )?;
                     Quality {
                         images: c.images,
                         fp32_top1: Some(c.fp32.top1),

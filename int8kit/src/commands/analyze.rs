@@ -18,6 +18,7 @@ pub struct AnalyzeArgs {
     /// Statistics from `int8kit calibrate`.
     #[arg(long, value_name = "H.hist")]
     pub hist: PathBuf,
+    /// Scale method and precision lists.
     #[command(flatten)]
     pub scales: ScaleArgs,
     /// Output folder.
@@ -36,8 +37,7 @@ pub fn analyze_and_write(
     out: &Path,
     quiet: bool,
 ) -> anyhow::Result<Analysis> {
-    let analysis =
-        analyze::analyze(model, hist, options).with_context(|| format!("analyzing {}", model.display()))?;
+    let analysis = analyze::analyze(model, hist, options).with_context(|| format!("analyzing {}", model.display()))?;
     analysis.write(out).with_context(|| format!("writing artifacts to {}", out.display()))?;
     if !quiet {
         print_precision(&analysis, &options.precision_origin);

@@ -10,6 +10,7 @@ use crate::Outcome;
 /// `int8kit autoprecision`.
 #[derive(Debug, clap::Args)]
 pub struct AutoprecisionArgs {
+    /// The measurement's inputs, as `sensitivity` takes them.
     #[command(flatten)]
     pub common: SensitivityArgs,
     /// Allowed Top-1 drop against FP32, percentage points.

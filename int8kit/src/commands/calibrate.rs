@@ -19,8 +19,10 @@ pub struct CalibrateArgs {
     /// Folder of calibration images (JPEG/PNG, searched recursively).
     #[arg(long, value_name = "DIR")]
     pub images: PathBuf,
+    /// Preprocessing.
     #[command(flatten)]
     pub recipe: RecipeArgs,
+    /// How statistics are collected.
     #[command(flatten)]
     pub collect: CollectArgs,
     /// Output .hist file (written atomically).

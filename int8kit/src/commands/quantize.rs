@@ -17,10 +17,13 @@ pub struct QuantizeArgs {
     /// Folder of calibration images (JPEG/PNG, searched recursively).
     #[arg(long, value_name = "DIR")]
     pub images: PathBuf,
+    /// Preprocessing.
     #[command(flatten)]
     pub recipe: RecipeArgs,
+    /// How statistics are collected.
     #[command(flatten)]
     pub collect: CollectArgs,
+    /// Scale method and precision lists.
     #[command(flatten)]
     pub scales: ScaleArgs,
     /// Also write the calibration statistics to this .hist file (for `analyze` later, with other methods or

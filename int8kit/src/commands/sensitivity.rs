@@ -24,6 +24,7 @@ pub struct SensitivityArgs {
     /// Labelled evaluation images (one sub-folder per class).
     #[arg(long, value_name = "DIR")]
     pub val: PathBuf,
+    /// Preprocessing.
     #[command(flatten)]
     pub recipe: RecipeArgs,
     /// Seeded subset of the evaluation images.

@@ -42,6 +42,7 @@ pub struct ValidateArgs {
     /// Labelled validation images (one sub-folder per class).
     #[arg(long, value_name = "DIR")]
     pub val: PathBuf,
+    /// Preprocessing.
     #[command(flatten)]
     pub recipe: RecipeArgs,
     /// Scale method: entropy | mse | percentile[:P] | max.
