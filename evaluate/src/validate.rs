@@ -253,9 +253,22 @@ fn sensitivity_rows(
     path: &std::path::Path,
     nodes: &[analyze::NodeReport],
 ) -> Result<Vec<reports::SensitivityRow>, EvaluateError> {
+    // Only what the chart shows is required.
+    #[derive(serde::Deserialize)]
+    struct AloneInt8 {
+        divergence: f64,
+        top1_delta_pp: f64,
+    }
+    #[derive(serde::Deserialize)]
+    struct Ranked {
+        node: String,
+        op: String,
+        flop_share: f64,
+        alone_int8: AloneInt8,
+    }
     #[derive(serde::Deserialize)]
     struct Ranking {
-        nodes: Vec<crate::sensitivity::NodeSensitivity>,
+        nodes: Vec<Ranked>,
     }
     #[derive(serde::Deserialize)]
     #[serde(untagged)]

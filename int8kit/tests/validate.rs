@@ -1,25 +1,24 @@
-//! `cargo xtask validate` end to end: exit codes, report schema, zero-shot path, HTML numbers.
+//! `int8kit validate` end to end: exit codes, report schema, zero-shot path, HTML numbers.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use test_support::{calib_dir, model as fixture, recipe_path, val_dir};
 
 /// Runs validate on a fixture model with small calibration/validation subsets.
 fn validate(model: &str, out: &Path, extra: &[&str]) -> (i32, String) {
-    let r = root();
-    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    // A model the fixtures do not have is passed as a path that does not exist.
+    let model = if model.starts_with("no_such") { out.join(model) } else { fixture(model) };
+    let output = Command::new(env!("CARGO_BIN_EXE_int8kit"))
         .arg("validate")
         .arg("--model")
-        .arg(r.join("fixtures/models").join(model))
+        .arg(model)
         .arg("--calib")
-        .arg(r.join("fixtures/fmnist/calib"))
+        .arg(calib_dir())
         .arg("--val")
-        .arg(r.join("fixtures/fmnist/val"))
+        .arg(val_dir())
         .arg("--recipe")
-        .arg(r.join("fixtures/fmnist.toml"))
+        .arg(recipe_path())
         .args(["--limit-calib", "200", "--limit-val", "500", "--quiet", "--out"])
         .arg(out)
         .args(extra)
@@ -111,7 +110,7 @@ fn gate_exit_codes_schema_and_html_numbers() {
 #[test]
 fn zero_shot_clip_tower_passes_and_bad_input_exits_2() {
     let dir = tempfile::tempdir().unwrap();
-    let protos = root().join("fixtures/models/fmnist_clip_text_prototypes.npy");
+    let protos = test_support::prototypes();
     let (code, text) = validate(
         "fmnist_clip_image_opset17.onnx",
         &dir.path().join("clip"),

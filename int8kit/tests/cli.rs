@@ -1,0 +1,90 @@
+//! The `int8kit` binary from outside the checkout: `quantize` gives the artifacts `calibrate` + `analyze`
+//! give, byte for byte; bad input exits 2 with a message naming the problem.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use test_support::{calib_dir, model, recipe_path};
+
+/// `int8kit ARGS` run from `cwd`.
+fn int8kit(cwd: &Path, args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_int8kit")).current_dir(cwd).args(args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+}
+
+macro_rules! args {
+    ($($a:expr),* $(,)?) => { &[$(std::ffi::OsStr::new($a)),*] };
+}
+
+#[test]
+fn quantize_equals_calibrate_then_analyze_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let m = model("fmnist_vit_opset18.onnx"); // external data: read from the model's folder, not the cwd
+    let (images, recipe) = (calib_dir(), recipe_path());
+    let common: &[&std::ffi::OsStr] =
+        args!["--model", &m, "--images", &images, "--recipe", &recipe, "--limit", "120", "--quiet"];
+    let q = int8kit(cwd, &[args!["quantize"] as &[_], common, args!["--save-hist", "q.hist", "--out", "q"]].concat());
+    assert_eq!(q.status.code(), Some(0), "{}", text(&q));
+    let c = int8kit(cwd, &[args!["calibrate"] as &[_], common, args!["--out", "c.hist"]].concat());
+    assert_eq!(c.status.code(), Some(0), "{}", text(&c));
+    let a = int8kit(cwd, args!["analyze", "--model", &m, "--hist", "c.hist", "--out", "a", "--quiet"]);
+    assert_eq!(a.status.code(), Some(0), "{}", text(&a));
+    let read = |p: &str| std::fs::read(cwd.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(read("q.hist"), read("c.hist"), "--save-hist differs from calibrate's .hist");
+    for f in ["model.qdq.onnx", "calibration.cache", "ranges.csv", "ranges.json"] {
+        assert_eq!(read(&format!("q/{f}")), read(&format!("a/{f}")), "{f} differs between quantize and analyze");
+    }
+    // Nothing but the outputs was written.
+    let mut written: Vec<String> =
+        std::fs::read_dir(cwd).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    written.sort();
+    assert_eq!(written, ["a", "c.hist", "q", "q.hist"]);
+}
+
+#[test]
+fn bad_input_exits_2_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let m = model("fmnist_resnet_opset13.onnx");
+    let (images, recipe) = (calib_dir(), recipe_path());
+    // --method auto without the sensitivity file, refused before any calibration.
+    let o = int8kit(
+        cwd,
+        args!["quantize", "--model", &m, "--images", &images, "--recipe", &recipe, "--method", "auto", "--out", "x"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--sensitivity"), "{}", text(&o));
+    // An unknown method names the choices.
+    let o = int8kit(
+        cwd,
+        args!["quantize", "--model", &m, "--images", &images, "--recipe", &recipe, "--method", "kl", "--out", "x"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("entropy, mse, percentile[:P] or max"), "{}", text(&o));
+    // A .hist that is not one.
+    std::fs::write(cwd.join("bad.hist"), b"{\"format\": \"something else\"}").unwrap();
+    let o = int8kit(cwd, args!["analyze", "--model", &m, "--hist", "bad.hist", "--out", "x"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("bad.hist") && text(&o).contains("int8kit.hist"), "{}", text(&o));
+    // Value enums list their values.
+    let o = int8kit(cwd, args!["calibrate", "--model", &m, "--images", &images, "--preset", "coco", "--out", "x"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("imagenet") && text(&o).contains("clip"), "{}", text(&o));
+    assert!(!cwd.join("x").exists(), "a refused run wrote output");
+}
+
+#[test]
+fn version_and_every_subcommand_are_there() {
+    let cwd = std::env::temp_dir();
+    let o = int8kit(&cwd, args!["--version"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(text(&o).trim(), format!("int8kit {}", env!("CARGO_PKG_VERSION")));
+    let help = text(&int8kit(&cwd, args!["--help"]));
+    for sub in ["quantize", "calibrate", "analyze", "sensitivity", "autoprecision", "validate", "setup"] {
+        assert!(help.contains(sub), "{sub} missing from --help:\n{help}");
+    }
+}
