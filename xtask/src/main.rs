@@ -5,6 +5,7 @@ mod check_report;
 mod demo;
 mod gpu;
 mod suite;
+mod wheel;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -38,7 +39,7 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Formatting, lints and tests, as CI runs them.
+    /// Formatting, lints, the wheel check and the tests, as CI runs them (CI also checks a report in Chromium).
     Ci,
     /// Benchmarks (speed and memory targets live here, not in tests). Without a subcommand: int8kit against
     /// a plain FP32 pass and ONNX Runtime's quantize_static, written to BENCHMARKS.md and bench.json.
@@ -58,6 +59,9 @@ enum Cmd {
         /// A folder written by `validate`.
         dir: PathBuf,
     },
+    /// Build the int8kit wheel with maturin, install it into a fresh venv (with its onnxruntime dependency)
+    /// and run `int8kit quantize` and `int8kit validate` from outside the checkout. CI runs it.
+    Wheel,
     /// Internal: one measured workload, run as a child process by `bench` so that its peak RSS is its own.
     #[command(hide = true)]
     BenchChild(bench::ChildArgs),
@@ -105,6 +109,7 @@ fn run_task(command: Cmd) -> anyhow::Result<()> {
         Cmd::Ci => {
             cargo(&["fmt", "--all", "--", "--check"]).context("cargo fmt --check (run `cargo fmt --all`)")?;
             cargo(&["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"])?;
+            wheel::run()?;
             test(&[])
         }
         Cmd::Bench { which, suite } => {
@@ -115,6 +120,7 @@ fn run_task(command: Cmd) -> anyhow::Result<()> {
             }
         }
         Cmd::BenchChild(args) => bench::child(args),
+        Cmd::Wheel => wheel::run(),
         Cmd::GpuPack(args) => gpu::pack(&args),
         Cmd::GpuCheck(args) => gpu::check(&args),
         Cmd::GpuChild(args) => gpu::child(&args),
@@ -187,6 +193,15 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     println!("tests: {passed} passed, {failed} failed");
     if !status.success() {
         bail!("`cargo test` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs a command to completion; an error names `what` and its exit status.
+pub fn run_ok(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
     }
     Ok(())
 }

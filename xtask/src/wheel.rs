@@ -1,0 +1,118 @@
+//! `cargo xtask wheel`: the pip-installable int8kit, checked as a user gets it. The wheel is built with a
+//! pinned maturin in its own venv, installed into a fresh venv with its `onnxruntime` dependency, and run
+//! from a temporary folder outside the checkout with no ORT_DYLIB_PATH and an empty data directory, so that
+//! only the venv's onnxruntime package can serve as the ONNX Runtime library.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+use crate::{root, run_ok};
+
+/// The maturin release the wheel is built with.
+const MATURIN: &str = "maturin==1.16.0";
+
+fn venv(dir: &Path) -> anyhow::Result<PathBuf> {
+    let _ = std::fs::remove_dir_all(dir);
+    run_ok(Command::new("python3").args(["-m", "venv"]).arg(dir), "python3 -m venv")?;
+    Ok(dir.join("bin"))
+}
+
+fn pip(bin: &Path) -> Command {
+    let mut cmd = Command::new(bin.join("python"));
+    cmd.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]);
+    cmd
+}
+
+/// Builds the wheel into `target/wheel/dist` and returns its path.
+pub fn build() -> anyhow::Result<PathBuf> {
+    let work = root().join("target/wheel");
+    let tools = venv(&work.join("build-venv"))?;
+    run_ok(pip(&tools).arg(MATURIN), "pip install maturin")?;
+    let dist = work.join("dist");
+    let _ = std::fs::remove_dir_all(&dist);
+    run_ok(
+        Command::new(tools.join("maturin"))
+            .args(["build", "--release", "--locked", "--quiet", "-m"])
+            .arg(root().join("int8kit/Cargo.toml"))
+            .arg("-o")
+            .arg(&dist)
+            .current_dir(root()),
+        "maturin build",
+    )?;
+    let mut wheels: Vec<PathBuf> = std::fs::read_dir(&dist)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "whl"))
+        .collect();
+    match (wheels.pop(), wheels.is_empty()) {
+        (Some(w), true) => Ok(w),
+        _ => bail!("expected one wheel in {}", dist.display()),
+    }
+}
+
+/// Builds, installs and runs the wheel.
+pub fn run() -> anyhow::Result<()> {
+    let wheel = build()?;
+    eprintln!("built {}", wheel.display());
+    let bin = venv(&root().join("target/wheel/venv"))?;
+    run_ok(pip(&bin).arg(&wheel), "pip install the wheel")?;
+    let requires = Command::new(bin.join("python"))
+        .args(["-c", "import importlib.metadata as m; print(m.requires('int8kit'))"])
+        .output()?;
+    let requires = String::from_utf8_lossy(&requires.stdout);
+    let pin = format!("onnxruntime=={}", runtime::ORT_VERSION);
+    if !requires.contains(&pin) {
+        bail!("the wheel's metadata does not require {pin}: {requires}");
+    }
+    let outside = tempfile::tempdir().context("a folder outside the checkout")?;
+    let data = outside.path().join("empty-data-dir");
+    let int8kit = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        let r = root();
+        let o = Command::new(bin.join("int8kit"))
+            .current_dir(outside.path())
+            .env_remove("ORT_DYLIB_PATH")
+            .env("XDG_DATA_HOME", &data)
+            .args(args.iter().map(|a| a.replace("{root}", &r.display().to_string())))
+            .output()
+            .context("starting the installed int8kit")?;
+        eprintln!(
+            "$ int8kit {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Ok(o)
+    };
+    let fixture =
+        ["--model", "{root}/fixtures/models/fmnist_resnet_opset13.onnx", "--recipe", "{root}/fixtures/fmnist.toml"];
+    let q = int8kit(
+        &[
+            &["quantize", "--images", "{root}/fixtures/fmnist/calib", "--limit", "200", "--quiet", "--out", "q"],
+            &fixture[..],
+        ]
+        .concat(),
+    )?;
+    if !q.status.success() || !outside.path().join("q/model.qdq.onnx").is_file() {
+        bail!("int8kit quantize from the wheel failed ({})", q.status);
+    }
+    let v = int8kit(
+        &[
+            &["validate", "--calib", "{root}/fixtures/fmnist/calib", "--val", "{root}/fixtures/fmnist/val"][..],
+            &["--limit-calib", "200", "--limit-val", "500", "--max-top1-drop", "1.0", "--quiet", "--out", "v"],
+            &fixture[..],
+        ]
+        .concat(),
+    )?;
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(outside.path().join("v/report.json")).context("validate's report.json")?,
+    )?;
+    if v.status.code() != Some(0) || report["passed"] != true {
+        bail!("int8kit validate from the wheel did not pass ({})", v.status);
+    }
+    println!(
+        "wheel {}: installs with its onnxruntime, quantize and validate pass outside the checkout",
+        wheel.display()
+    );
+    Ok(())
+}
