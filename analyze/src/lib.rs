@@ -203,6 +203,16 @@ pub struct Ranges {
     pub weights: Vec<WeightRange>,
 }
 
+impl Ranges {
+    /// ranges.json's bytes: pretty JSON and a final newline.
+    pub fn to_json(&self) -> Result<Vec<u8>, AnalyzeError> {
+        let mut json =
+            serde_json::to_vec_pretty(self).map_err(|source| AnalyzeError::Json { file: "ranges.json", source })?;
+        json.push(b'\n');
+        Ok(json)
+    }
+}
+
 /// Everything `analyze` produces, in memory.
 pub struct Analysis {
     /// ranges.json's contents.
@@ -296,17 +306,9 @@ impl Analysis {
         std::fs::create_dir_all(dir).map_err(|source| AnalyzeError::Io { path: dir.into(), source })?;
         graph::save_model(&self.model, self.qdq.clone(), &dir.join("model.qdq.onnx"))?;
         graph::write_atomic(&dir.join("calibration.cache"), self.cache.as_bytes())?;
-        graph::write_atomic(&dir.join("ranges.json"), &self.ranges_json()?)?;
+        graph::write_atomic(&dir.join("ranges.json"), &self.ranges.to_json()?)?;
         graph::write_atomic(&dir.join("ranges.csv"), &self.ranges_csv()?)?;
         Ok(())
-    }
-
-    /// ranges.json's bytes: pretty JSON and a final newline.
-    pub fn ranges_json(&self) -> Result<Vec<u8>, AnalyzeError> {
-        let mut json = serde_json::to_vec_pretty(&self.ranges)
-            .map_err(|source| AnalyzeError::Json { file: "ranges.json", source })?;
-        json.push(b'\n');
-        Ok(json)
     }
 
     /// ranges.csv's bytes.

@@ -1,0 +1,55 @@
+//! ranges.json is versioned (FORMATS.md): this golden file pins its bytes, so that a renamed Rust field cannot
+//! silently change it. A deliberate change bumps `RANGES_VERSION`, updates FORMATS.md and re-blesses
+//! (`INT8KIT_BLESS=1`).
+
+use analyze::precision::{Decision, PrecisionFile, Selection};
+use analyze::{NodeReport, Ranges, TensorRange, WeightRange};
+
+#[test]
+fn ranges_json_matches_the_golden_file() {
+    let ranges = Ranges {
+        format: analyze::RANGES_FORMAT,
+        version: analyze::RANGES_VERSION,
+        model: histograms::ModelInfo { file: "m.onnx".into(), sha256: "ab".repeat(32) },
+        calibration_images: 1000,
+        method: "entropy".into(),
+        precision: PrecisionFile {
+            deny: Selection { nodes: vec!["/head/*".into()], ops: vec![] },
+            allow: Selection::default(),
+        },
+        int8_flop_share: 0.875,
+        nodes: vec![
+            NodeReport {
+                decision: Decision {
+                    node: "/conv/Conv".into(),
+                    op: "Conv".into(),
+                    int8: true,
+                    reason: "default".into(),
+                },
+                flops: Some(1.5e6),
+            },
+            NodeReport {
+                decision: Decision {
+                    node: "/head/Gemm".into(),
+                    op: "Gemm".into(),
+                    int8: false,
+                    reason: "deny.nodes /head/*".into(),
+                },
+                flops: None,
+            },
+        ],
+        tensors: vec![TensorRange {
+            name: "input".into(),
+            op: None,
+            quantized: true,
+            method: "max".into(),
+            amax: 2.5,
+            scale: 2.5 / 127.0,
+            clipped: 0.0,
+            amax_by_method: vec![("entropy".into(), 2.0), ("max".into(), 2.5)],
+        }],
+        weights: vec![WeightRange { name: "conv.weight".into(), axis: 0, channels: 4, amax_min: 0.25, amax_max: 1.5 }],
+    };
+    let bytes = ranges.to_json().unwrap();
+    test_support::assert_golden(&test_support::golden(env!("CARGO_MANIFEST_DIR"), "ranges.json"), &bytes);
+}

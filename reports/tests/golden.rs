@@ -1,0 +1,65 @@
+//! report.json is versioned (FORMATS.md) and read back as a baseline: this golden file pins its bytes.
+//! A deliberate change bumps `REPORT_VERSION`, updates FORMATS.md and re-blesses (`INT8KIT_BLESS=1`).
+
+use reports::{Comparison, Criterion, ModelMetrics, Report, SensitivityRow, TensorPlot};
+
+fn sample() -> Report {
+    let metrics = |top1: f64| ModelMetrics { top1, top5: 1.0, per_class: vec![(3, 4), (4, 4)], images_per_s: 100.5 };
+    Report {
+        format: reports::REPORT_FORMAT.into(),
+        version: reports::REPORT_VERSION,
+        tools: vec![("int8kit".into(), "0.1.0".into()), ("onnxruntime".into(), "1.32.0".into())],
+        model: "m.onnx".into(),
+        model_sha256: "ab".repeat(32),
+        recipe: serde_json::json!({"layout": "NCHW", "size": [28, 28]}),
+        method: "entropy".into(),
+        precision: serde_json::json!({"deny": {"nodes": [], "ops": []}, "allow": {"nodes": [], "ops": []}}),
+        engine: "ort-cpu".into(),
+        calibration_images: 1000,
+        calibration_seconds: 1.25,
+        validation_folder: "val".into(),
+        classes: vec!["a".into(), "b".into()],
+        int8_flop_share: 0.9375,
+        comparison: Comparison {
+            images: 8,
+            fp32: metrics(0.875),
+            int8: metrics(0.75),
+            agreement: 0.875,
+            cosine_mean: 0.999,
+            sqnr_db: 31.5,
+        },
+        criteria: vec![Criterion {
+            name: "max-top1-drop".into(),
+            passed: false,
+            measured: 12.5,
+            limit: 1.0,
+            message: "drop 12.50 pp exceeds the allowed 1 pp".into(),
+        }],
+        passed: false,
+        tensors: vec![TensorPlot {
+            name: "input".into(),
+            quantized: true,
+            amax: 2.5,
+            max_abs: 2.5,
+            clipped: 0.0,
+            plot_range: 2.5,
+            counts: vec![1, 0, 3],
+        }],
+        sensitivity: vec![SensitivityRow {
+            node: "/head/Gemm".into(),
+            op: "Gemm".into(),
+            flop_share: 0.0625,
+            divergence: 0.0125,
+            top1_delta_pp: -0.5,
+            int8: true,
+        }],
+    }
+}
+
+#[test]
+fn report_json_matches_the_golden_file_and_reads_back() {
+    let bytes = sample().to_json().unwrap();
+    let golden = test_support::golden(env!("CARGO_MANIFEST_DIR"), "report.json");
+    test_support::assert_golden(&golden, &bytes);
+    assert_eq!(Report::read(&golden).unwrap(), sample());
+}
