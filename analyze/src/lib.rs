@@ -102,8 +102,25 @@ pub struct AnalyzeOptions {
     pub precision_origin: String,
     /// TensorRT version for the cache header.
     pub trt_version: String,
-    /// Per-tensor methods that override `method` (from `analyze sensitivity --choose-methods`).
+    /// Per-tensor methods that override `method` (from `int8kit sensitivity --choose-methods`).
     pub per_tensor: std::collections::BTreeMap<String, Method>,
+}
+
+/// The TensorRT version written in calibration cache headers unless one is asked for.
+pub const DEFAULT_TRT_VERSION: &str = "10.3.0";
+
+impl AnalyzeOptions {
+    /// `method` everywhere with the given lists (`origin` names them in messages), the default TensorRT
+    /// version in the cache header, no per-tensor methods.
+    pub fn new(method: Method, precision: PrecisionFile, origin: impl Into<String>) -> AnalyzeOptions {
+        AnalyzeOptions {
+            method,
+            precision,
+            precision_origin: origin.into(),
+            trt_version: DEFAULT_TRT_VERSION.into(),
+            per_tensor: Default::default(),
+        }
+    }
 }
 
 /// The method a tensor's amax comes from: graph inputs (preprocessed images) always use max, since their

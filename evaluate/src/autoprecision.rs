@@ -78,11 +78,8 @@ pub fn run(
     let precision_path = out.join("precision.toml");
     graph::write_atomic(&precision_path, search.precision.to_toml().as_bytes())?;
     let options = AnalyzeOptions {
-        method: inputs.method,
-        precision: search.precision.clone(),
-        precision_origin: precision_path.display().to_string(),
         trt_version: config.trt_version.clone(),
-        per_tensor: Default::default(),
+        ..AnalyzeOptions::new(inputs.method, search.precision.clone(), precision_path.display().to_string())
     };
     let analysis = analyze(&inputs.model, &inputs.hist, &options)?;
     analysis.write(out)?;

@@ -131,13 +131,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
     let analysis = analyze(
         &config.model,
         &hist,
-        &AnalyzeOptions {
-            method: config.method,
-            precision: config.precision.clone(),
-            precision_origin: config.precision_origin.clone(),
-            trt_version: "10.3.0".into(),
-            per_tensor: Default::default(),
-        },
+        &AnalyzeOptions::new(config.method, config.precision.clone(), config.precision_origin.clone()),
     )?;
     analysis.write(out)?;
     let calibration_seconds = start.elapsed().as_secs_f64();

@@ -16,13 +16,7 @@ fn hist(name: &str) -> HistFile {
 }
 
 fn options_for(method: Method, precision: PrecisionFile) -> AnalyzeOptions {
-    AnalyzeOptions {
-        method,
-        precision,
-        precision_origin: "test".into(),
-        trt_version: "10.3.0".into(),
-        per_tensor: Default::default(),
-    }
+    AnalyzeOptions::new(method, precision, "test")
 }
 
 /// Top-1 on a seeded subset of the validation images.

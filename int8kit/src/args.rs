@@ -88,6 +88,24 @@ impl From<TensorsArg> for Selection {
     }
 }
 
+/// What `calibrate` and `quantize` read: the model, the calibration images, how they are preprocessed and
+/// how statistics are collected.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CalibrationSource {
+    /// The FP32 ONNX model (external data is read from its folder).
+    #[arg(long, value_name = "M.onnx")]
+    pub model: PathBuf,
+    /// Folder of calibration images (JPEG/PNG, searched recursively).
+    #[arg(long, value_name = "DIR")]
+    pub images: PathBuf,
+    /// Preprocessing.
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    /// How statistics are collected.
+    #[command(flatten)]
+    pub collect: CollectArgs,
+}
+
 /// How calibration collects: the flags `calibrate` and `quantize` share.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CollectArgs {
@@ -144,7 +162,7 @@ pub struct ScaleArgs {
     #[arg(long, value_name = "P.toml")]
     pub precision: Option<PathBuf>,
     /// TensorRT version written in the calibration cache header.
-    #[arg(long, default_value = "10.3.0")]
+    #[arg(long, default_value = analyze::DEFAULT_TRT_VERSION)]
     pub trt_version: String,
 }
 

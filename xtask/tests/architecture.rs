@@ -32,6 +32,18 @@ fn metadata() -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The workspace members as `cargo metadata` describes them.
+fn workspace() -> Workspace {
+    let meta = metadata();
+    let members = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap().to_string(), p.clone()))
+        .collect();
+    Workspace { members }
+}
+
 struct Workspace {
     /// Member name -> its package entry.
     members: BTreeMap<String, Value>,
@@ -60,6 +72,13 @@ impl Workspace {
             }
         }
         (deps, seen)
+    }
+
+    /// Every crate `package` depends on when built alone, with the path that leads to each.
+    fn reached(&self, package: &str) -> BTreeMap<String, Vec<String>> {
+        let mut out = BTreeMap::new();
+        self.reach(package, &BTreeSet::from(["default".to_string()]), &mut out, &[package.to_string()]);
+        out
     }
 
     /// Every crate `package` depends on for a normal build with `features`, following workspace crates.
@@ -96,14 +115,7 @@ impl Workspace {
 
 #[test]
 fn no_crate_depends_on_what_architecture_md_forbids() {
-    let meta = metadata();
-    let members: BTreeMap<String, Value> = meta["packages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p["name"].as_str().unwrap().to_string(), p.clone()))
-        .collect();
-    let ws = Workspace { members };
+    let ws = workspace();
     let map = code_map();
     // Every crate has a row, and every row is a crate.
     let names: BTreeSet<&String> = ws.members.keys().collect();
@@ -120,8 +132,7 @@ fn no_crate_depends_on_what_architecture_md_forbids() {
         for f in forbidden.iter().filter(|f| !known.contains(*f)) {
             broken.push(format!("{krate}: '{f}' is not a crate of this workspace or any dependency of one"));
         }
-        let mut reached = BTreeMap::new();
-        ws.reach(krate, &BTreeSet::from(["default".to_string()]), &mut reached, &[krate.clone()]);
+        let reached = ws.reached(krate);
         for f in forbidden {
             if let Some(path) = reached.get(f) {
                 broken.push(format!("{krate} must not depend on {f}, but does: {}", path.join(" -> ")));
@@ -129,10 +140,8 @@ fn no_crate_depends_on_what_architecture_md_forbids() {
         }
     }
     // "nothing depends on it" for xtask.
-    for (krate, _) in &map {
-        let mut reached = BTreeMap::new();
-        ws.reach(krate, &BTreeSet::from(["default".to_string()]), &mut reached, &[krate.clone()]);
-        if let Some(path) = reached.get("xtask") {
+    for krate in map.keys() {
+        if let Some(path) = ws.reached(krate).get("xtask") {
             broken.push(format!("nothing may depend on xtask: {}", path.join(" -> ")));
         }
     }
@@ -143,19 +152,8 @@ fn no_crate_depends_on_what_architecture_md_forbids() {
 fn the_check_sees_edges_through_other_crates_and_through_features() {
     // runtime's `cuda` feature is what brings cudarc in: analyze (runtime without cuda) has no cudarc,
     // calibrate (runtime with cuda) has it, and evaluate reaches it through calibrate.
-    let meta = metadata();
-    let members = meta["packages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p["name"].as_str().unwrap().to_string(), p.clone()))
-        .collect();
-    let ws = Workspace { members };
-    let reached = |krate: &str| {
-        let mut out = BTreeMap::new();
-        ws.reach(krate, &BTreeSet::from(["default".to_string()]), &mut out, &[krate.to_string()]);
-        out
-    };
+    let ws = workspace();
+    let reached = |krate: &str| ws.reached(krate);
     assert!(!reached("analyze").contains_key("cudarc"), "{:?}", reached("analyze").get("cudarc"));
     assert!(reached("analyze").contains_key("ort"), "through runtime");
     assert!(reached("evaluate").contains_key("cudarc"), "through calibrate");

@@ -17,7 +17,7 @@ pub struct AutoprecisionArgs {
     #[arg(long, value_name = "PP", allow_hyphen_values = true)]
     pub max_top1_drop: f64,
     /// TensorRT version written in the calibration cache header.
-    #[arg(long, default_value = "10.3.0")]
+    #[arg(long, default_value = analyze::DEFAULT_TRT_VERSION)]
     pub trt_version: String,
 }
 

@@ -1,30 +1,21 @@
 //! `int8kit calibrate`: activation statistics of an ONNX model over a folder of images.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 use histograms::HistFile;
 
-use crate::args::{CollectArgs, RecipeArgs};
+use crate::args::CalibrationSource;
 use crate::ui::{progress_bar, reporter};
 use crate::Outcome;
 
 /// `int8kit calibrate`.
 #[derive(Debug, clap::Args)]
 pub struct CalibrateArgs {
-    /// The FP32 ONNX model (external data is read from its folder).
-    #[arg(long, value_name = "M.onnx")]
-    pub model: PathBuf,
-    /// Folder of calibration images (JPEG/PNG, searched recursively).
-    #[arg(long, value_name = "DIR")]
-    pub images: PathBuf,
-    /// Preprocessing.
+    /// Model, images, preprocessing and collection.
     #[command(flatten)]
-    pub recipe: RecipeArgs,
-    /// How statistics are collected.
-    #[command(flatten)]
-    pub collect: CollectArgs,
+    pub source: CalibrationSource,
     /// Output .hist file (written atomically).
     #[arg(long, value_name = "H.hist")]
     pub out: PathBuf,
@@ -34,13 +25,8 @@ pub struct CalibrateArgs {
 }
 
 /// Runs the calibration pass with a progress bar and prints its summary; shared with `quantize`.
-pub fn collect(
-    model: &Path,
-    images: &Path,
-    recipe: &RecipeArgs,
-    collect: &CollectArgs,
-    quiet: bool,
-) -> anyhow::Result<HistFile> {
+pub fn collect(source: &CalibrationSource, quiet: bool) -> anyhow::Result<HistFile> {
+    let CalibrationSource { model, images, recipe, collect } = source;
     let recipe = recipe.load()?;
     let bar = progress_bar("calibrate", "images", quiet);
     let start = Instant::now();
@@ -72,7 +58,7 @@ pub fn collect(
 
 /// Runs `int8kit calibrate`.
 pub fn run(args: &CalibrateArgs) -> anyhow::Result<Outcome> {
-    let hist = collect(&args.model, &args.images, &args.recipe, &args.collect, args.quiet)?;
+    let hist = collect(&args.source, args.quiet)?;
     hist.write(&args.out).with_context(|| format!("writing {}", args.out.display()))?;
     if !args.quiet {
         eprintln!("wrote {}", args.out.display());

@@ -4,25 +4,16 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::args::{CollectArgs, RecipeArgs, ScaleArgs};
+use crate::args::{CalibrationSource, ScaleArgs};
 use crate::commands::{analyze::analyze_and_write, calibrate::collect};
 use crate::Outcome;
 
 /// `int8kit quantize`.
 #[derive(Debug, clap::Args)]
 pub struct QuantizeArgs {
-    /// The FP32 ONNX model (external data is read from its folder).
-    #[arg(long, value_name = "M.onnx")]
-    pub model: PathBuf,
-    /// Folder of calibration images (JPEG/PNG, searched recursively).
-    #[arg(long, value_name = "DIR")]
-    pub images: PathBuf,
-    /// Preprocessing.
+    /// Model, images, preprocessing and collection.
     #[command(flatten)]
-    pub recipe: RecipeArgs,
-    /// How statistics are collected.
-    #[command(flatten)]
-    pub collect: CollectArgs,
+    pub source: CalibrationSource,
     /// Scale method and precision lists.
     #[command(flatten)]
     pub scales: ScaleArgs,
@@ -42,10 +33,10 @@ pub struct QuantizeArgs {
 pub fn run(args: &QuantizeArgs) -> anyhow::Result<Outcome> {
     // Checked before the calibration pass, so that a bad flag does not cost a run.
     let options = args.scales.options()?;
-    let hist = collect(&args.model, &args.images, &args.recipe, &args.collect, args.quiet)?;
+    let hist = collect(&args.source, args.quiet)?;
     if let Some(path) = &args.save_hist {
         hist.write(path).with_context(|| format!("writing {}", path.display()))?;
     }
-    analyze_and_write(&args.model, &hist, &options, &args.out, args.quiet)?;
+    analyze_and_write(&args.source.model, &hist, &options, &args.out, args.quiet)?;
     Ok(Outcome::Success)
 }
