@@ -7,7 +7,6 @@ use datasets::{BatchStream, Dataset, OnBadImage, Recipe, StreamOptions};
 use graph::proto::{TypeProto, ValueInfoProto};
 use graph::{find_activations, Activation, ElemType, Model};
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 
 use crate::CalibrateError;
 use histograms::{
@@ -261,16 +260,6 @@ impl CollectionPlan {
     }
 }
 
-fn list_hash(dataset: &Dataset) -> String {
-    let mut h = Sha256::new();
-    for item in &dataset.items {
-        let rel = item.path.strip_prefix(&dataset.root).unwrap_or(&item.path);
-        h.update(rel.to_string_lossy().as_bytes());
-        h.update(b"\n");
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn file_name(p: &Path) -> String {
     p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
 }
@@ -397,7 +386,7 @@ pub fn calibrate(
             skipped: skipped.len() as u64,
             limit: options.limit,
             seed: options.seed,
-            list_sha256: list_hash(&dataset),
+            list_sha256: dataset.list_sha256(),
         },
         onnxruntime,
         histogram: HistogramInfo { bins: BINS, values: "abs".into() },

@@ -156,6 +156,19 @@ impl Dataset {
         self
     }
 
+    /// SHA-256 over the images' paths relative to the folder, in order: identifies the image set (and, in a
+    /// labelled folder, the labels, which come from the paths).
+    pub fn list_sha256(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for item in &self.items {
+            let rel = item.path.strip_prefix(&self.root).unwrap_or(&item.path);
+            h.update(rel.to_string_lossy().as_bytes());
+            h.update(b"\n");
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Number of images.
     pub fn len(&self) -> usize {
         self.items.len()

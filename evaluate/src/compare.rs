@@ -40,6 +40,33 @@ impl Classifier {
         }
     }
 
+    /// The label of `item`, checked against an output row of `width` values: a class id the model cannot
+    /// predict, or prototypes of another dimension than the embedding, would make a silently wrong Top-1.
+    pub fn check(&self, width: usize, item: &datasets::ImageItem) -> Result<usize, EvaluateError> {
+        let bad = |message: String| EvaluateError::Input { path: item.path.clone(), message };
+        let label = item.label.ok_or_else(|| bad("the image has no label (a labelled folder is needed)".into()))?;
+        match self {
+            Classifier::Logits if label >= width => Err(bad(format!(
+                "class id {label}, but the model outputs {width} scores per image: the folder has classes the \
+                 model cannot predict (check the class folders or --classes)"
+            ))),
+            Classifier::ZeroShot { prototypes } => {
+                let dim = prototypes.first().map_or(0, Vec::len);
+                if dim != width {
+                    Err(bad(format!(
+                        "the model outputs embeddings of {width} values, the zero-shot prototypes have {dim}: \
+                         they belong to another model"
+                    )))
+                } else if label >= prototypes.len() {
+                    Err(bad(format!("class id {label}, but there are {} zero-shot prototypes", prototypes.len())))
+                } else {
+                    Ok(label)
+                }
+            }
+            Classifier::Logits => Ok(label),
+        }
+    }
+
     /// Whether outputs are embeddings (divergence is then 1 - cosine rather than a KL of softmaxes).
     pub fn is_embedding(&self) -> bool {
         matches!(self, Classifier::ZeroShot { .. })
@@ -220,11 +247,17 @@ struct OutputFidelity {
     cos_sum: f64,
     signal: f64,
     noise: f64,
+    /// NaN/Inf output values and the images that had any, per model (FP32, INT8).
+    non_finite: [(u64, u64); 2],
 }
 
 impl OutputFidelity {
     /// One image: both output rows and the class each model predicts.
     fn add(&mut self, ra: &[f32], rb: &[f32], pa: usize, pb: usize) {
+        for (count, row) in self.non_finite.iter_mut().zip([ra, rb]) {
+            let bad = row.iter().filter(|v| !v.is_finite()).count() as u64;
+            *count = (count.0 + bad, count.1 + (bad > 0) as u64);
+        }
         self.agree += (pa == pb) as u64;
         let dot: f64 = ra.iter().zip(rb).map(|(x, y)| *x as f64 * *y as f64).sum();
         let sa: f64 = ra.iter().map(|x| (*x as f64).powi(2)).sum();
@@ -236,14 +269,31 @@ impl OutputFidelity {
         self.images += 1;
     }
 
-    fn finish(&self) -> Fidelity {
-        let n = self.images.max(1) as f64;
-        Fidelity {
+    /// The fidelity, or an error when there is nothing to measure or an output was not a number: a gate must
+    /// never pass on no images or on NaN.
+    fn finish(&self, source: &Path) -> Result<Fidelity, EvaluateError> {
+        if self.images == 0 {
+            return Err(EvaluateError::NoImages { path: source.to_path_buf() });
+        }
+        let [(fp32_values, fp32_images), (int8_values, int8_images)] = self.non_finite;
+        if fp32_values + int8_values > 0 {
+            return Err(EvaluateError::NonFinite {
+                path: source.to_path_buf(),
+                images: self.images,
+                fp32_values,
+                fp32_images,
+                int8_values,
+                int8_images,
+            });
+        }
+        let n = self.images as f64;
+        Ok(Fidelity {
             images: self.images,
             agreement: self.agree as f64 / n,
             cosine_mean: self.cos_sum / n,
+            // Identical outputs: no noise at all, an infinite ratio (written as null in JSON).
             sqnr_db: if self.noise > 0.0 { 10.0 * (self.signal / self.noise).log10() } else { f64::INFINITY },
-        }
+        })
     }
 }
 
@@ -293,7 +343,7 @@ pub fn fidelity(
             acc.add(ra, rb, argmax(ra), argmax(rb));
         }
     }
-    Ok(acc.finish())
+    acc.finish(&dataset.root)
 }
 
 /// Runs both models over the same labelled batches and compares them.
@@ -312,16 +362,14 @@ pub fn compare(
         let batch = batch?;
         let (a, b, width) = batch_rows(fp32, int8, &batch, &dataset.root)?;
         for ((ra, rb), item) in a.chunks(width).zip(b.chunks(width)).zip(&batch.items) {
-            let Some(label) = item.label else {
-                return Err(EvaluateError::Model { path: item.path.clone(), message: "image has no label".into() });
-            };
+            let label = classifier.check(width, item)?;
             let (pa, pb) = (t32.add(&classifier.scores(ra), label), t8.add(&classifier.scores(rb), label));
             acc.add(ra, rb, pa, pb);
         }
         progress(acc.images, total);
     }
     let classes = dataset.classes.len();
-    let (n, f) = (acc.images, acc.finish());
+    let (n, f) = (acc.images, acc.finish(&dataset.root)?);
     Ok(Comparison {
         images: n,
         fp32: t32.metrics(n, fp32.seconds(), classes),
@@ -389,17 +437,40 @@ mod tests {
     fn fidelity_of_identical_and_of_noisy_outputs() {
         let mut same = OutputFidelity::default();
         same.add(&[1.0, 2.0], &[1.0, 2.0], 1, 1);
-        let f = same.finish();
+        let f = same.finish(Path::new("val")).unwrap();
         assert_eq!((f.images, f.agreement, f.sqnr_db), (1, 1.0, f64::INFINITY));
         assert!((f.cosine_mean - 1.0).abs() < 1e-12);
         let mut noisy = OutputFidelity::default();
         noisy.add(&[3.0, 4.0], &[3.0, 3.0], 1, 0);
         noisy.add(&[0.0, 0.0], &[0.0, 0.0], 0, 0);
-        let f = noisy.finish();
+        let f = noisy.finish(Path::new("val")).unwrap();
         // signal 25, noise 1: 10 log10(25); cosine of (3,4) and (3,3) is 21 / (5 * sqrt 18); zeros count as 1.
         assert!((f.sqnr_db - 10.0 * 25f64.log10()).abs() < 1e-9, "{}", f.sqnr_db);
         assert!((f.cosine_mean - (21.0 / (5.0 * 18f64.sqrt()) + 1.0) / 2.0).abs() < 1e-9);
         assert_eq!(f.agreement, 0.5);
+    }
+
+    #[test]
+    fn no_images_or_a_non_finite_output_is_an_error_not_a_perfect_score() {
+        let empty = OutputFidelity::default().finish(Path::new("val")).unwrap_err().to_string();
+        assert!(empty.contains("no image was evaluated"), "{empty}");
+        let mut nan = OutputFidelity::default();
+        nan.add(&[1.0, 2.0], &[1.0, 2.0], 1, 1);
+        nan.add(&[1.0, 2.0], &[f32::NAN, f32::INFINITY], 1, 0);
+        let err = nan.finish(Path::new("val")).unwrap_err().to_string();
+        assert!(err.contains("on 2 images") && err.contains("INT8 2 in 1"), "{err}");
+    }
+
+    #[test]
+    fn labels_beyond_the_output_and_prototypes_of_another_size_are_refused() {
+        let item = |label| datasets::ImageItem { path: "val/9-x/a.png".into(), label: Some(label) };
+        assert_eq!(Classifier::Logits.check(10, &item(9)).unwrap(), 9);
+        let err = Classifier::Logits.check(10, &item(10)).unwrap_err().to_string();
+        assert!(err.contains("class id 10") && err.contains("10 scores") && err.contains("a.png"), "{err}");
+        let zero_shot = Classifier::ZeroShot { prototypes: vec![vec![1.0, 0.0]; 3] };
+        assert_eq!(zero_shot.check(2, &item(2)).unwrap(), 2);
+        assert!(zero_shot.check(3, &item(0)).unwrap_err().to_string().contains("prototypes have 2"));
+        assert!(zero_shot.check(2, &item(3)).unwrap_err().to_string().contains("3 zero-shot prototypes"));
     }
 
     #[test]

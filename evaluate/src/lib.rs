@@ -67,6 +67,46 @@ pub enum EvaluateError {
         /// What is wrong.
         message: String,
     },
+    /// A gate limit is not a finite number in the accepted range.
+    #[error("{flag} {value}: a limit must be a finite number of percentage points from -100 to 100")]
+    Limit {
+        /// The flag.
+        flag: String,
+        /// The value given.
+        value: f64,
+    },
+    /// The baseline report does not describe the same model or evaluation set.
+    #[error("baseline {path}: {message}")]
+    Baseline {
+        /// The baseline report.
+        path: PathBuf,
+        /// What differs and what to do.
+        message: String,
+    },
+    /// Nothing was evaluated: a gate must not pass on no images.
+    #[error(
+        "{path}: no image was evaluated (an empty folder, a subset of 0, or every image skipped); a gate needs images"
+    )]
+    NoImages {
+        /// The evaluation folder.
+        path: PathBuf,
+    },
+    /// A model produced NaN or infinite outputs.
+    #[error("{path}: the models produced values that are not finite numbers on {images} images: FP32 {fp32_values} NaN/Inf values in {fp32_images} images, INT8 {int8_values} in {int8_images}; the comparison would be meaningless (check the model and its inputs, or the scales)")]
+    NonFinite {
+        /// The evaluation folder.
+        path: PathBuf,
+        /// Images evaluated.
+        images: u64,
+        /// NaN/Inf values in the FP32 outputs.
+        fp32_values: u64,
+        /// Images with any.
+        fp32_images: u64,
+        /// NaN/Inf values in the INT8 outputs.
+        int8_values: u64,
+        /// Images with any.
+        int8_images: u64,
+    },
     /// The zero-shot prototypes could not be read.
     #[error("{path}: cannot read the prototypes (a float32 [classes, dim] .npy is expected): {source}")]
     Prototypes {
@@ -81,6 +121,19 @@ pub enum EvaluateError {
     /// A JSON output could not be encoded.
     #[error("cannot encode JSON: {0}")]
     Encode(#[source] serde_json::Error),
+}
+
+/// Top-1 budgets are percentage points in this range; anything else (NaN, infinities, more than the whole
+/// scale) could never be what was meant, and would make a gate that always or never passes.
+pub const LIMIT_RANGE_PP: std::ops::RangeInclusive<f64> = -100.0..=100.0;
+
+/// Refuses a Top-1 limit outside [`LIMIT_RANGE_PP`] (NaN and infinities included).
+pub fn check_limit(flag: &str, value: f64) -> Result<(), EvaluateError> {
+    if LIMIT_RANGE_PP.contains(&value) {
+        Ok(())
+    } else {
+        Err(EvaluateError::Limit { flag: flag.to_string(), value })
+    }
 }
 
 /// Pretty JSON with a final newline, as every JSON artifact is written.

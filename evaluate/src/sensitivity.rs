@@ -121,10 +121,47 @@ impl<'a> Evaluator<'a> {
         let output = model.proto.graph.output.first().ok_or_else(no_output)?.name.clone();
         let batches = BatchStream::new(dataset, recipe, StreamOptions { batch_size: 100, ..Default::default() })
             .collect::<Result<Vec<_>, _>>()?;
+        if batches.is_empty() {
+            return Err(EvaluateError::NoImages { path: dataset.root.clone() });
+        }
         let (classifier, placement) = (&inputs.classifier, inputs.placement);
         let mut ev = Evaluator { model, batches, fp32: Vec::new(), input, output, classifier, placement };
         ev.fp32 = ev.outputs(&model.to_bytes()?)?;
+        ev.check_finite(&ev.fp32, true)?;
+        for (batch, rows) in ev.batches.iter().zip(&ev.fp32) {
+            let width = rows.len() / batch.items.len().max(1);
+            for item in &batch.items {
+                classifier.check(width, item)?;
+            }
+        }
         Ok(ev)
+    }
+
+    /// NaN/Inf outputs (of FP32, or of an INT8 variant) fail the run instead of scoring as a divergence.
+    fn check_finite(&self, outputs: &[Vec<f32>], fp32: bool) -> Result<(), EvaluateError> {
+        let (mut values, mut images) = (0u64, 0u64);
+        for (batch, rows) in self.batches.iter().zip(outputs) {
+            let width = (rows.len() / batch.items.len().max(1)).max(1);
+            for row in rows.chunks(width) {
+                let bad = row.iter().filter(|v| !v.is_finite()).count() as u64;
+                values += bad;
+                images += (bad > 0) as u64;
+            }
+        }
+        if values == 0 {
+            return Ok(());
+        }
+        let total = self.batches.iter().map(|b| b.items.len() as u64).sum();
+        let (fp32_values, fp32_images, int8_values, int8_images) =
+            if fp32 { (values, images, 0, 0) } else { (0, 0, values, images) };
+        Err(EvaluateError::NonFinite {
+            path: self.model.path.clone(),
+            images: total,
+            fp32_values,
+            fp32_images,
+            int8_values,
+            int8_images,
+        })
     }
 
     fn outputs(&self, bytes: &[u8]) -> Result<Vec<Vec<f32>>, EvaluateError> {
@@ -183,7 +220,9 @@ impl<'a> Evaluator<'a> {
     fn variant(&self, decisions: &[Decision], amax: &HashMap<String, f32>) -> Result<Effect, EvaluateError> {
         let (proto, _) = analyze::qdq::insert_qdq(self.model, decisions, amax)?;
         let bytes = graph::proto::Message::write_to_bytes(&proto).map_err(graph::GraphError::Encode)?;
-        Ok(self.effect(&self.outputs(&bytes)?))
+        let outputs = self.outputs(&bytes)?;
+        self.check_finite(&outputs, false)?;
+        Ok(self.effect(&outputs))
     }
 }
 
@@ -303,6 +342,7 @@ pub fn auto_precision(
     max_top1_drop: f64,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<AutoPrecision, EvaluateError> {
+    crate::check_limit("--max-top1-drop", max_top1_drop)?;
     let start = std::time::Instant::now();
     let model = Model::load(&inputs.model)?;
     let ev = Evaluator::new(&model, inputs)?;

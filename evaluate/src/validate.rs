@@ -49,6 +49,9 @@ pub struct ValidateConfig {
     pub max_top1_drop: Option<f64>,
     /// Gate: an earlier report whose INT8 Top-1 this run must not fall below (by more than the drop).
     pub baseline: Option<PathBuf>,
+    /// Compare with a baseline of another model (recorded in the report); without it such a baseline is
+    /// refused.
+    pub baseline_across_models: bool,
     /// A sensitivity.json or autoprecision.json whose ranking goes into report.html.
     pub sensitivity: Option<PathBuf>,
     /// What runs the INT8 model.
@@ -98,14 +101,20 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
     if config.engine == Engine::TensorRt && !crate::tensorrt::on_path() {
         return Err(crate::tensorrt::TensorRtError::NotOnPath.into());
     }
-    let baseline = match &config.baseline {
-        Some(p) => Some(Report::read(p)?),
-        None => None,
-    };
+    if let Some(limit) = config.max_top1_drop {
+        crate::check_limit("--max-top1-drop", limit)?;
+    }
     let mut val = Dataset::labelled(&config.val, config.classes.as_deref())?;
     if let Some(n) = config.limit_val {
         val = val.limit(n, 0);
     }
+    if val.is_empty() {
+        return Err(EvaluateError::NoImages { path: config.val.clone() });
+    }
+    let baseline = match &config.baseline {
+        Some(path) => Some(check_baseline(path, config, &val)?),
+        None => None,
+    };
     if let Some(n) = config.classifier.classes() {
         if n < val.classes.len() {
             return Err(EvaluateError::Input {
@@ -229,6 +238,16 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         calibration_images: hist.images.count,
         calibration_seconds,
         validation_folder: config.val.display().to_string(),
+        validation_list_sha256: val.list_sha256(),
+        baseline: match (&config.baseline, &baseline) {
+            (Some(path), Some(b)) => Some(reports::BaselineRef {
+                file: path.display().to_string(),
+                model: b.model.clone(),
+                model_sha256: b.model_sha256.clone(),
+                across_models: b.model_sha256 != hist.model.sha256,
+            }),
+            _ => None,
+        },
         classes: val.classes.clone(),
         int8_flop_share: analysis.ranges.int8_flop_share,
         passed: criteria.iter().all(|c| c.passed),
@@ -239,6 +258,39 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
     };
     report.write_all(out)?;
     Ok(report)
+}
+
+/// Reads the baseline report and checks, before any work, that it was evaluated on the same images and (unless
+/// asked otherwise) of the same model: a gate against another model's or another set's numbers would pass or
+/// fail by accident.
+fn check_baseline(path: &std::path::Path, config: &ValidateConfig, val: &Dataset) -> Result<Report, EvaluateError> {
+    let baseline = Report::read(path)?;
+    let bad = |message: String| EvaluateError::Baseline { path: path.to_path_buf(), message };
+    let model = graph::Model::load(&config.model)?;
+    if baseline.model_sha256 != model.sha256 && !config.baseline_across_models {
+        return Err(bad(format!(
+            "it is a report on {} (sha256 {}), not on this model (sha256 {}); pass --baseline-across-models to \
+             compare across models (the report then records it)",
+            baseline.model,
+            short(&baseline.model_sha256),
+            short(&model.sha256)
+        )));
+    }
+    if baseline.validation_list_sha256 != val.list_sha256() {
+        return Err(bad(format!(
+            "it was evaluated on {} images of {} and this run evaluates {} images of {} (another image list): \
+             use the same --val folder, --classes and --limit-val as the baseline",
+            baseline.comparison.images,
+            baseline.validation_folder,
+            val.len(),
+            config.val.display()
+        )));
+    }
+    Ok(baseline)
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
 }
 
 /// The ranking of a sensitivity.json (or of the report inside an autoprecision.json), marked with this

@@ -53,9 +53,19 @@ fn gate_exit_codes_schema_and_html_numbers() {
     // Schema of report.json.
     let report = json(&ok.join("report.json"));
     assert_eq!(report["format"], "int8kit.report");
-    assert_eq!(report["version"], 1);
-    for key in ["model_sha256", "recipe", "method", "precision", "tools", "comparison", "criteria", "passed", "tensors"]
-    {
+    assert_eq!(report["version"], 2);
+    for key in [
+        "model_sha256",
+        "recipe",
+        "method",
+        "precision",
+        "tools",
+        "comparison",
+        "criteria",
+        "passed",
+        "tensors",
+        "validation_list_sha256",
+    ] {
         assert!(report.get(key).is_some(), "report.json lacks {key}");
     }
     let c = &report["comparison"];

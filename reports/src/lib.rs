@@ -14,7 +14,7 @@ pub use html::render_html;
 /// The `format` value of report.json.
 pub const REPORT_FORMAT: &str = "int8kit.report";
 /// The report.json version; bump on any incompatible change.
-pub const REPORT_VERSION: u32 = 1;
+pub const REPORT_VERSION: u32 = 2;
 
 /// Errors writing reports or reading a baseline.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +77,9 @@ pub struct Comparison {
     pub agreement: f64,
     /// Mean cosine similarity of the FP32 and INT8 outputs (logits or embeddings), per image.
     pub cosine_mean: f64,
-    /// Signal-to-quantization-noise ratio of the outputs over all images, in dB.
+    /// Signal-to-quantization-noise ratio of the outputs over all images, in dB; infinite (JSON `null`) when
+    /// the outputs are identical.
+    #[serde(with = "infinite_as_null")]
     pub sqnr_db: f64,
 }
 
@@ -132,6 +134,19 @@ pub struct SensitivityRow {
     pub int8: bool,
 }
 
+/// The baseline report a run was compared with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaselineRef {
+    /// The baseline report's path, as given.
+    pub file: String,
+    /// The baseline's model.
+    pub model: String,
+    /// Its SHA-256.
+    pub model_sha256: String,
+    /// Whether the baseline is of another model (`--baseline-across-models`).
+    pub across_models: bool,
+}
+
 /// `report.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -159,6 +174,11 @@ pub struct Report {
     pub calibration_seconds: f64,
     /// The validation folder.
     pub validation_folder: String,
+    /// SHA-256 over the evaluated images' relative paths, in order: identifies the evaluation set (and its
+    /// labels), so that a baseline is only compared on the same images.
+    pub validation_list_sha256: String,
+    /// The baseline this run was held to, if any.
+    pub baseline: Option<BaselineRef>,
     /// Class names by index.
     pub classes: Vec<String>,
     /// Share of GEMM/Conv FLOPs in INT8.
@@ -185,8 +205,15 @@ impl Report {
         if value.get("format").and_then(|f| f.as_str()) != Some(REPORT_FORMAT) {
             return Err(bad(format!("format is not \"{REPORT_FORMAT}\"")));
         }
-        if value.get("version").and_then(|v| v.as_u64()) != Some(REPORT_VERSION as u64) {
-            return Err(bad(format!("version is not {REPORT_VERSION}")));
+        match value.get("version").and_then(|v| v.as_u64()) {
+            Some(v) if v == REPORT_VERSION as u64 => {}
+            Some(v) if v < REPORT_VERSION as u64 => {
+                return Err(bad(format!(
+                    "report version {v} does not record which images it was evaluated on; re-run validate for \
+                     the baseline with this int8kit (report version {REPORT_VERSION})"
+                )))
+            }
+            other => return Err(bad(format!("version {other:?} is not supported (reads {REPORT_VERSION})"))),
         }
         serde_json::from_value(value).map_err(|e| bad(e.to_string()))
     }
@@ -291,6 +318,23 @@ fn finish(w: csv::Writer<Vec<u8>>, file: &'static str) -> Result<String, ReportE
     let bytes = w.into_inner().map_err(|e| csv_error(e.into_error().into()))?;
     // Every field written was a Rust string, so the bytes are UTF-8.
     String::from_utf8(bytes).map_err(|e| csv_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e).into()))
+}
+
+/// +infinity as JSON `null` (JSON has no infinity), and back.
+mod infinite_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
+    }
 }
 
 /// Escapes text for XML/HTML content and attributes.

@@ -18,6 +18,13 @@ fn sample() -> Report {
         calibration_images: 1000,
         calibration_seconds: 1.25,
         validation_folder: "val".into(),
+        validation_list_sha256: "cd".repeat(32),
+        baseline: Some(reports::BaselineRef {
+            file: "old/report.json".into(),
+            model: "m.onnx".into(),
+            model_sha256: "ef".repeat(32),
+            across_models: true,
+        }),
         classes: vec!["a".into(), "b".into()],
         int8_flop_share: 0.9375,
         comparison: Comparison {

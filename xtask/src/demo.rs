@@ -37,6 +37,7 @@ pub fn fixture_config(
         classifier: Classifier::load(zero_shot.then_some(prototypes.as_path()))?,
         max_top1_drop: Some(0.5),
         baseline: None,
+        baseline_across_models: false,
         sensitivity: None,
         engine: Engine::Ort,
         classes: None,

@@ -63,6 +63,10 @@ pub struct ValidateArgs {
     /// Gate: INT8 Top-1 must not fall below this earlier report's INT8 Top-1 by more than --max-top1-drop.
     #[arg(long, value_name = "report.json")]
     pub baseline: Option<PathBuf>,
+    /// Allow a --baseline report of another model (the evaluation set must still be the same); the report
+    /// records it.
+    #[arg(long, requires = "baseline")]
+    pub baseline_across_models: bool,
     /// What runs the INT8 model.
     #[arg(long, value_enum, default_value_t = EngineArg::Ort)]
     pub engine: EngineArg,
@@ -105,6 +109,7 @@ impl ValidateArgs {
             classifier: Classifier::load(self.zero_shot.as_deref())?,
             max_top1_drop: self.max_top1_drop,
             baseline: self.baseline.clone(),
+            baseline_across_models: self.baseline_across_models,
             sensitivity: self.sensitivity.clone(),
             engine: self.engine.into(),
             classes: self.classes.clone(),
