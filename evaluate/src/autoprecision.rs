@@ -62,21 +62,22 @@ impl AutoPrecisionOutcome {
 }
 
 /// Searches, writes `autoprecision.json`, and when the subset meets the budget also `precision.toml` and the
-/// artifacts built with it, then verifies that model on the whole folder.
+/// artifacts built with it, then verifies that model on the whole folder. The set replaces `out` whole.
 pub fn run(
     config: &AutoPrecisionConfig,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<AutoPrecisionOutcome, EvaluateError> {
     let inputs = &config.inputs;
     let search = auto_precision(inputs, config.max_top1_drop, progress)?;
-    let out = &config.out;
-    std::fs::create_dir_all(out).map_err(|source| EvaluateError::Io { path: out.clone(), source })?;
+    let stage = graph::OutputDir::new(&config.out)?;
+    let out = stage.path();
     graph::write_atomic(&out.join("autoprecision.json"), &crate::pretty_json(&search)?)?;
     if !search.met {
+        stage.commit()?;
         return Ok(AutoPrecisionOutcome { search, verification: None });
     }
-    let precision_path = out.join("precision.toml");
-    graph::write_atomic(&precision_path, search.precision.to_toml().as_bytes())?;
+    let precision_path = config.out.join("precision.toml");
+    graph::write_atomic(&out.join("precision.toml"), search.precision.to_toml().as_bytes())?;
     let options = AnalyzeOptions {
         trt_version: config.trt_version.clone(),
         ..AnalyzeOptions::new(inputs.method, search.precision.clone(), precision_path.display().to_string())
@@ -84,6 +85,7 @@ pub fn run(
     let analysis = analyze(&inputs.model, &inputs.hist, &options)?;
     analysis.write(out)?;
     let verification = verify(&inputs.model, &out.join("model.qdq.onnx"), config)?;
+    stage.commit()?;
     Ok(AutoPrecisionOutcome {
         search,
         verification: Some(Verification { int8_flop_share: analysis.ranges.int8_flop_share, ..verification }),

@@ -408,12 +408,12 @@ impl SensitivityReport {
         w.into_inner().map_err(|e| EvaluateError::Csv(e.into_error().into()))
     }
 
-    /// Writes `sensitivity.json` and `sensitivity.csv` into `dir`.
+    /// Writes `sensitivity.json` and `sensitivity.csv` as a set that replaces `dir` whole.
     pub fn write(&self, dir: &Path) -> Result<(), EvaluateError> {
-        std::fs::create_dir_all(dir).map_err(|source| EvaluateError::Io { path: dir.into(), source })?;
-        graph::write_atomic(&dir.join("sensitivity.json"), &crate::pretty_json(self)?)?;
-        graph::write_atomic(&dir.join("sensitivity.csv"), &self.to_csv()?)?;
-        Ok(())
+        let stage = graph::OutputDir::new(dir)?;
+        graph::write_atomic(&stage.path().join("sensitivity.json"), &crate::pretty_json(self)?)?;
+        graph::write_atomic(&stage.path().join("sensitivity.csv"), &self.to_csv()?)?;
+        Ok(stage.commit()?)
     }
 }
 

@@ -123,8 +123,17 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
             });
         }
     }
-    let out = &config.out;
-    std::fs::create_dir_all(out).map_err(|source| EvaluateError::Io { path: out.clone(), source })?;
+    let mut inputs: Vec<&std::path::Path> = vec![&config.calib, &config.val];
+    inputs.extend(config.baseline.as_deref());
+    inputs.extend(config.sensitivity.as_deref());
+    let model_files = graph::Model::load(&config.model)?.input_files();
+    inputs.extend(model_files.iter().map(|p| p.as_path()));
+    graph::check_not_input(&config.out, &inputs)?;
+    // Everything goes into a staging folder that replaces OUTDIR whole at the end. The previous run's set is
+    // moved aside now: while this run works, and if it fails, OUTDIR holds no verdict at all.
+    let mut stage = graph::OutputDir::new(&config.out)?;
+    stage.retire_existing()?;
+    let out = stage.path();
 
     let start = Instant::now();
     let options = CalibrateOptions {
@@ -257,6 +266,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         sensitivity,
     };
     report.write_all(out)?;
+    stage.commit()?;
     Ok(report)
 }
 

@@ -11,6 +11,7 @@ mod external;
 mod index;
 mod infer;
 mod model;
+mod output;
 mod save;
 
 pub use activations::{find_activations, Activation};
@@ -20,4 +21,5 @@ pub use infer::{infer_element_types, ElemType};
 pub use model::{write_atomic, Model};
 /// The generated ONNX protobuf messages, re-exported so that callers use the same version.
 pub use onnx_protobuf as proto;
+pub use output::{check_file_target, check_not_input, check_output_dir, OutputDir, MANIFEST};
 pub use save::save_model;

@@ -59,6 +59,21 @@ impl Model {
         Ok(Model { proto, path: path.to_path_buf(), dir, sha256: hex(&hasher.finalize()), has_external_data })
     }
 
+    /// The files this model is read from: the model file and every external data file it references. An
+    /// output must not overwrite any of them.
+    pub fn input_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        for tensor in &self.proto.graph.initializer {
+            if let Ok(Some(ext)) = external::parse_ref(&self.path, tensor) {
+                let file = self.dir.join(&ext.location);
+                if !files.contains(&file) {
+                    files.push(file);
+                }
+            }
+        }
+        files
+    }
+
     /// Serialized protobuf bytes of the (possibly edited) model. External data stays referenced, so the bytes
     /// must be loaded with `dir` as the external data folder.
     pub fn to_bytes(&self) -> Result<Vec<u8>, GraphError> {
@@ -138,6 +153,7 @@ impl Model {
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so that readers never
 /// see a half-written file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), GraphError> {
+    crate::check_file_target(path)?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use analyze::{Analysis, AnalyzeOptions};
 use anyhow::Context;
+use graph::OutputDir;
 use histograms::HistFile;
 
 use crate::args::ScaleArgs;
@@ -29,16 +30,20 @@ pub struct AnalyzeArgs {
     pub quiet: bool,
 }
 
-/// Analyzes, writes the artifacts into `out` and prints the effective precision; shared with `quantize`.
+/// Analyzes, writes the artifacts into `stage` (made for `out` before any work, so that a bad target is
+/// refused first), swaps them into `out` and prints the effective precision; shared with `quantize`.
 pub fn analyze_and_write(
     model: &Path,
     hist: &HistFile,
     options: &AnalyzeOptions,
+    stage: OutputDir,
     out: &Path,
     quiet: bool,
 ) -> anyhow::Result<Analysis> {
     let analysis = analyze::analyze(model, hist, options).with_context(|| format!("analyzing {}", model.display()))?;
-    analysis.write(out).with_context(|| format!("writing artifacts to {}", out.display()))?;
+    let written = || format!("writing artifacts to {}", out.display());
+    analysis.write(stage.path()).with_context(written)?;
+    stage.commit().with_context(written)?;
     if !quiet {
         print_precision(&analysis, &options.precision_origin);
         println!("wrote model.qdq.onnx, calibration.cache, ranges.csv, ranges.json to {}", out.display());
@@ -71,7 +76,11 @@ fn print_precision(analysis: &Analysis, origin: &str) {
 
 /// Runs `int8kit analyze`.
 pub fn run(args: &AnalyzeArgs) -> anyhow::Result<Outcome> {
+    let mut inputs = graph::Model::load(&args.model)?.input_files();
+    inputs.push(args.hist.clone());
+    crate::args::check_outputs(&[&args.out], &inputs)?;
+    let stage = OutputDir::new(&args.out)?;
     let hist = HistFile::read(&args.hist).with_context(|| format!("reading {}", args.hist.display()))?;
-    analyze_and_write(&args.model, &hist, &args.scales.options()?, &args.out, args.quiet)?;
+    analyze_and_write(&args.model, &hist, &args.scales.options()?, stage, &args.out, args.quiet)?;
     Ok(Outcome::Success)
 }

@@ -24,6 +24,7 @@ pub struct AutoprecisionArgs {
 /// Runs `int8kit autoprecision`; the budget missed is a failed gate (exit 1).
 pub fn run(args: &AutoprecisionArgs) -> anyhow::Result<Outcome> {
     let common = &args.common;
+    common.check_outputs()?;
     let inputs = common.inputs()?;
     let config = AutoPrecisionConfig {
         verify_on: datasets::Dataset::labelled(&common.val, common.classes.as_deref())?,

@@ -58,6 +58,8 @@ pub fn collect(source: &CalibrationSource, quiet: bool) -> anyhow::Result<HistFi
 
 /// Runs `int8kit calibrate`.
 pub fn run(args: &CalibrateArgs) -> anyhow::Result<Outcome> {
+    args.source.check_outputs(&[&args.out])?;
+    graph::check_file_target(&args.out)?;
     let hist = collect(&args.source, args.quiet)?;
     hist.write(&args.out).with_context(|| format!("writing {}", args.out.display()))?;
     if !args.quiet {

@@ -61,6 +61,16 @@ pub struct SensitivityArgs {
 }
 
 impl SensitivityArgs {
+    /// Refuses an output folder that holds or is one of the inputs.
+    pub fn check_outputs(&self) -> anyhow::Result<()> {
+        let mut inputs = graph::Model::load(&self.model)?.input_files();
+        inputs.extend([self.hist.clone(), self.val.clone()]);
+        inputs.extend(self.precision.clone());
+        inputs.extend(self.zero_shot.clone());
+        crate::args::check_outputs(&[&self.out], &inputs)?;
+        Ok(graph::check_output_dir(&self.out)?)
+    }
+
     /// The library's inputs: everything read and checked before the long run starts. The dataset is the
     /// seeded `--limit` subset of `--val`.
     pub fn inputs(&self) -> anyhow::Result<SensitivityInputs> {
@@ -81,6 +91,7 @@ impl SensitivityArgs {
 
 /// Runs `int8kit sensitivity`.
 pub fn run(args: &SensitivityArgs) -> anyhow::Result<Outcome> {
+    args.check_outputs()?;
     let inputs = args.inputs()?;
     let bar = progress_bar("sensitivity", "nodes", args.quiet);
     let report = sensitivity(&inputs, args.choose_methods, &mut reporter(&bar))
