@@ -106,5 +106,48 @@ pub fn decide(graph: &GraphProto, file: &PrecisionFile, origin: &str) -> Result<
         };
         out.push(Decision { node: node.name.clone(), op: op.to_string(), int8, reason });
     }
+    check_entries_match(graph, file, origin, &deny_nodes, &allow_nodes)?;
     Ok(out)
+}
+
+/// Every list entry must name something in the graph: a misspelt op type or node name would otherwise be
+/// ignored, and the node it meant would silently keep its precision.
+fn check_entries_match(
+    graph: &GraphProto,
+    file: &PrecisionFile,
+    origin: &str,
+    deny_nodes: &[(String, GlobMatcher)],
+    allow_nodes: &[(String, GlobMatcher)],
+) -> Result<(), AnalyzeError> {
+    let names: Vec<&str> = graph.node.iter().map(|n| n.name.as_str()).collect();
+    let ops: std::collections::BTreeSet<&str> = graph.node.iter().map(|n| n.op_type.as_str()).collect();
+    let unmatched = |list: &str, entry: &str, candidates: &mut dyn Iterator<Item = &str>| AnalyzeError::Precision {
+        path: origin.into(),
+        message: format!("{list} entry '{entry}' matches nothing in the model{}", suggestion(entry, candidates)),
+    };
+    for (list, matchers) in [("deny.nodes", deny_nodes), ("allow.nodes", allow_nodes)] {
+        for (entry, glob) in matchers {
+            if !names.iter().any(|n| n == entry || glob.is_match(n)) {
+                return Err(unmatched(list, entry, &mut names.iter().copied()));
+            }
+        }
+    }
+    for (list, entries) in [("deny.ops", &file.deny.ops), ("allow.ops", &file.allow.ops)] {
+        for entry in entries.iter().filter(|e| !ops.contains(e.as_str())) {
+            return Err(unmatched(list, entry, &mut ops.iter().copied()));
+        }
+    }
+    Ok(())
+}
+
+/// "; did you mean 'X'?" for the closest candidate (case-insensitive edit distance), when one is close.
+fn suggestion(entry: &str, candidates: &mut dyn Iterator<Item = &str>) -> String {
+    let lower = entry.to_lowercase();
+    let best = candidates
+        .map(|c| (strsim::levenshtein(&lower, &c.to_lowercase()), c))
+        .min_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(b.1)));
+    match best {
+        Some((distance, name)) if distance <= (entry.len() / 2).max(2) => format!("; did you mean '{name}'?"),
+        _ => " (check the spelling against the model's node names and op types)".into(),
+    }
 }

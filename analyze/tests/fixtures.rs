@@ -65,3 +65,29 @@ fn allowing_a_node_without_statistics_is_refused_by_name() {
     // The default lists work from the quantizable subset.
     assert!(analyze(&model(name), &h, &options_for(Method::Entropy, PrecisionFile::default())).is_ok());
 }
+
+#[test]
+fn a_list_entry_that_matches_nothing_is_an_error_naming_the_closest_name() {
+    let name = "fmnist_vit_opset17.onnx";
+    let h = hist(name);
+    let deny = |nodes: &[&str], ops: &[&str]| PrecisionFile {
+        deny: Selection {
+            nodes: nodes.iter().map(|s| s.to_string()).collect(),
+            ops: ops.iter().map(|s| s.to_string()).collect(),
+        },
+        allow: Selection::default(),
+    };
+    let err =
+        analyze(&model(name), &h, &options_for(Method::Entropy, deny(&[], &["Matmul"]))).err().unwrap().to_string();
+    assert!(err.contains("deny.ops entry 'Matmul' matches nothing") && err.contains("did you mean 'MatMul'"), "{err}");
+    let err = analyze(&model(name), &h, &options_for(Method::Entropy, deny(&["/blocks.0/fc1/MatMull"], &[])))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("did you mean '/blocks.0/fc1/MatMul'"), "{err}");
+    let err =
+        analyze(&model(name), &h, &options_for(Method::Entropy, deny(&["/no/such/*"], &[]))).err().unwrap().to_string();
+    assert!(err.contains("'/no/such/*' matches nothing"), "{err}");
+    // Globs that match, and op types the model has, are fine.
+    assert!(analyze(&model(name), &h, &options_for(Method::Entropy, deny(&["/blocks.1/*"], &["Gemm"]))).is_ok());
+}

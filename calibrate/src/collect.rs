@@ -377,6 +377,7 @@ pub fn calibrate(
     let hist = HistFile {
         format: HIST_FORMAT.into(),
         version: HIST_VERSION,
+        content_sha256: None,
         producer: format!("int8kit calibrate {}", env!("CARGO_PKG_VERSION")),
         model: ModelInfo { file: file_name(model_path), sha256: tapped.model.sha256.clone() },
         recipe: recipe.clone(),

@@ -6,13 +6,17 @@ use std::path::Path;
 use datasets::Recipe;
 use serde::{Deserialize, Serialize};
 
-use crate::histogram::TensorStats;
+use sha2::{Digest, Sha256};
+
+use crate::histogram::{TensorStats, BINS};
 use crate::{HistError, Selection};
 
 /// The `format` value of a .hist file.
 pub const HIST_FORMAT: &str = "int8kit.hist";
-/// The .hist version this build reads and writes.
-pub const HIST_VERSION: u32 = 1;
+/// The .hist version this build writes. Version 2 added `content_sha256`; version 1 files are still read.
+pub const HIST_VERSION: u32 = 2;
+/// The oldest version this build reads.
+pub const HIST_OLDEST_READ: u32 = 1;
 
 /// Which model the statistics belong to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +74,10 @@ pub struct HistFile {
     pub format: String,
     /// [`HIST_VERSION`].
     pub version: u32,
+    /// SHA-256 of the file's content (its compact JSON without this field): an edit that keeps the JSON valid
+    /// is detected. Filled in by [`HistFile::to_json`]; absent in version 1 files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_sha256: Option<String>,
     /// The tool and version that wrote the file.
     pub producer: String,
     /// The model.
@@ -90,9 +98,17 @@ pub struct HistFile {
 }
 
 impl HistFile {
-    /// The file's bytes: compact JSON and a final newline.
+    /// SHA-256 of the content: the compact JSON of the file without `content_sha256`.
+    pub fn content_digest(&self) -> Result<String, HistError> {
+        let body = HistFile { content_sha256: None, ..self.clone() };
+        let bytes = serde_json::to_vec(&body).map_err(HistError::Encode)?;
+        Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The file's bytes: compact JSON with a fresh `content_sha256`, and a final newline.
     pub fn to_json(&self) -> Result<Vec<u8>, HistError> {
-        let mut bytes = serde_json::to_vec(self).map_err(HistError::Encode)?;
+        let sealed = HistFile { content_sha256: Some(self.content_digest()?), ..self.clone() };
+        let mut bytes = serde_json::to_vec(&sealed).map_err(HistError::Encode)?;
         bytes.push(b'\n');
         Ok(bytes)
     }
@@ -115,19 +131,98 @@ impl HistFile {
         if header.format.as_deref() != Some(HIST_FORMAT) {
             return Err(bad(format!("format is {:?}, expected \"{HIST_FORMAT}\"", header.format)));
         }
-        if header.version != Some(HIST_VERSION) {
+        let version = header.version.unwrap_or(0);
+        if !(HIST_OLDEST_READ..=HIST_VERSION).contains(&version) {
             return Err(bad(format!(
-                "version {:?} is not supported by this build (reads version {HIST_VERSION}); re-run calibrate",
+                "version {:?} is not supported by this build (reads versions {HIST_OLDEST_READ} to {HIST_VERSION}); \
+                 re-run calibrate",
                 header.version
             )));
         }
-        serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
+        let hist: HistFile = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        match (&hist.content_sha256, version) {
+            (Some(stored), _) => {
+                let actual = hist.content_digest()?;
+                if *stored != actual {
+                    return Err(bad(format!(
+                        "its content does not match its checksum (stored {}, content {}): the file was edited or \
+                         corrupted after calibrate wrote it; re-run calibrate",
+                        short(stored),
+                        short(&actual)
+                    )));
+                }
+            }
+            (None, 1) => {}
+            (None, _) => return Err(bad("version 2 file without content_sha256; re-run calibrate".into())),
+        }
+        hist.check().map_err(bad)?;
+        Ok(hist)
+    }
+
+    /// Internal consistency: what calibrate writes always satisfies these, and an edit that breaks one would
+    /// silently change scales.
+    pub fn check(&self) -> Result<(), String> {
+        if self.histogram.bins != BINS || self.histogram.values != "abs" {
+            return Err(format!(
+                "histogram layout {} bins of '{}': this build reads {BINS} bins of 'abs' only",
+                self.histogram.bins, self.histogram.values
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for t in &self.tensors {
+            if !names.insert(t.name.as_str()) {
+                return Err(format!("tensor '{}' appears twice", t.name));
+            }
+            check_stats(&t.stats).map_err(|m| format!("tensor '{}': {m}", t.name))?;
+        }
+        Ok(())
     }
 
     /// The statistics of the tensor called `name`.
     pub fn tensor(&self, name: &str) -> Option<&TensorRecord> {
         self.tensors.iter().find(|t| t.name == name)
     }
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}
+
+/// One tensor's statistics are what the histogram rules produce: counts add up, min <= max, the range is the
+/// smallest power of two above max |x|, and the highest non-empty bin is the one max |x| falls in.
+fn check_stats(s: &TensorStats) -> Result<(), String> {
+    let total = s.hist.total();
+    if total != s.count {
+        return Err(format!("count {} but the histogram holds {total} values", s.count));
+    }
+    let (lo, hi) = match (s.min, s.max) {
+        (None, None) if s.count == 0 => {
+            return if s.hist.range_exp.is_none() { Ok(()) } else { Err("a range but no values".into()) }
+        }
+        (Some(lo), Some(hi)) if s.count > 0 => (lo, hi),
+        _ => return Err(format!("count {} with min {:?} and max {:?}", s.count, s.min, s.max)),
+    };
+    if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+        return Err(format!("min {lo} and max {hi} are not an interval"));
+    }
+    let amax = s.amax();
+    if amax == 0.0 {
+        return if s.hist.range_exp.is_none() && s.hist.counts[0] == s.count {
+            Ok(())
+        } else {
+            Err("only zeros, but counts beyond bin 0 or a range".into())
+        };
+    }
+    let e = crate::histogram::range_exp_for(amax);
+    if s.hist.range_exp != Some(e) {
+        return Err(format!("range exponent {:?} but max |x| {amax} needs {e}", s.hist.range_exp));
+    }
+    let top = ((amax as f64 * (BINS as f64) / (e as f64).exp2()) as usize).min(BINS - 1);
+    let last = s.hist.counts.iter().rposition(|&c| c > 0);
+    if last != Some(top) {
+        return Err(format!("the highest non-empty bin is {last:?} but max |x| {amax} falls in bin {top}"));
+    }
+    Ok(())
 }
 
 /// Files written before `collected` existed held every activation.

@@ -14,6 +14,7 @@ fn sample() -> HistFile {
     HistFile {
         format: histograms::HIST_FORMAT.into(),
         version: histograms::HIST_VERSION,
+        content_sha256: None,
         producer: "int8kit calibrate 0.1.0".into(),
         model: ModelInfo { file: "m.onnx".into(), sha256: "ab".repeat(32) },
         recipe: datasets::Recipe::preset(datasets::Preset::Imagenet),
@@ -51,5 +52,60 @@ fn the_golden_file_reads_back_as_written() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sample.hist");
     sample().write(&path).unwrap();
-    assert_eq!(HistFile::read(&path).unwrap(), sample());
+    let back = HistFile::read(&path).unwrap();
+    assert_eq!(back.content_sha256, Some(sample().content_digest().unwrap()));
+    assert_eq!(HistFile { content_sha256: None, ..back }, sample());
+}
+
+/// `sample()` as written, edited as JSON by `edit`, then read back.
+fn read_edited(version: u32, edit: impl Fn(&mut serde_json::Value)) -> Result<HistFile, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.hist");
+    let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json().unwrap()).unwrap();
+    if version == 1 {
+        // A version-1 file has no checksum: only the consistency checks stand between an edit and the scales.
+        v.as_object_mut().unwrap().remove("content_sha256");
+        v["version"] = 1.into();
+    }
+    edit(&mut v);
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    HistFile::read(&path).map_err(|e| e.to_string())
+}
+
+#[test]
+fn edited_statistics_are_refused_by_checksum_or_by_consistency() {
+    assert!(read_edited(2, |_| {}).is_ok());
+    assert!(read_edited(1, |_| {}).is_ok());
+    let conv = |v: &mut serde_json::Value| v["tensors"][1].clone();
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let edits: Vec<(&str, Edit, &str)> = vec![
+        (
+            "all-zero counts",
+            Box::new(|v| v["tensors"][1]["hist"]["counts"] = serde_json::json!([])),
+            "histogram holds 0",
+        ),
+        ("count", Box::new(|v| v["tensors"][0]["count"] = 5.into()), "count 5 but the histogram holds 4"),
+        ("bins", Box::new(|v| v["histogram"]["bins"] = 2048.into()), "2048 bins"),
+        ("values", Box::new(|v| v["histogram"]["values"] = "signed".into()), "'signed'"),
+        ("range", Box::new(|v| v["tensors"][0]["hist"]["range_exp"] = 3.into()), "range exponent"),
+        ("min > max", Box::new(|v| v["tensors"][0]["min"] = 3.0.into()), "not an interval"),
+        ("max", Box::new(|v| v["tensors"][0]["max"] = 1.0.into()), "needs"),
+        (
+            "duplicate",
+            Box::new(move |v| {
+                let t = conv(v);
+                v["tensors"].as_array_mut().unwrap().push(t)
+            }),
+            "appears twice",
+        ),
+    ];
+    for (what, edit, why) in &edits {
+        let err = read_edited(1, edit).expect_err(what);
+        assert!(err.contains(why) && err.contains("e.hist"), "{what}: {err}");
+        let err = read_edited(2, edit).expect_err(what);
+        assert!(err.contains("checksum"), "{what}: {err}");
+    }
+    // Any count moved to another bin: the checksum sees it.
+    let err = read_edited(2, |v| v["tensors"][0]["hist"]["counts"][0] = 2.into()).unwrap_err();
+    assert!(err.contains("does not match its checksum"), "{err}");
 }

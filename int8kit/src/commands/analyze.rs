@@ -53,6 +53,13 @@ pub fn analyze_and_write(
 
 fn print_precision(analysis: &Analysis, origin: &str) {
     let r = &analysis.ranges;
+    if !r.nodes.iter().any(|n| n.decision.int8) {
+        eprintln!(
+            "note: no node runs in INT8: the precision lists ({origin}) keep all {} GEMM/Conv nodes float, so \
+             model.qdq.onnx is the float model",
+            r.nodes.len()
+        );
+    }
     println!("effective precision ({origin}):");
     for n in &r.nodes {
         let flops = n.flops.map(|f| format!("{:.2} MFLOP", f / 1e6)).unwrap_or_default();
