@@ -39,8 +39,10 @@ pub fn gemm_flops(model: &Model, recipe: &datasets::Recipe, input: &str) -> Resu
     cfg.external_data_dir = Some(model.dir.clone());
     cfg.intra_threads = 1;
     let mut session = runtime::session_from_bytes(&probe.to_bytes()?, &cfg)?;
-    let shape = recipe.batch_shape(1);
-    let zeros = vec![0f32; recipe.image_len()];
+    // One image, or the model's fixed batch; FLOPs are per image.
+    let batch = model.fixed_batch(input).unwrap_or(1);
+    let shape = recipe.batch_shape(batch);
+    let zeros = vec![0f32; recipe.image_len() * batch];
     let outputs: Vec<String> = wanted.iter().filter(|t| *t != input).cloned().collect();
     let shapes: HashMap<String, Vec<i64>> =
         runtime::run_f32_shapes(&mut session, &model.path.display().to_string(), input, &shape, &zeros, &outputs)?
@@ -65,7 +67,7 @@ pub fn gemm_flops(model: &Model, recipe: &datasets::Recipe, input: &str) -> Resu
         // ConvTranspose: every input element meets (Cout/g * kh * kw) weights.
         let base = if n.op_type == "ConvTranspose" { numel(&n.input[0]) } else { numel(&n.output[0]) };
         if let (Some(k), Some(e)) = (k, base) {
-            flops.insert(n.name.clone(), 2.0 * e * k);
+            flops.insert(n.name.clone(), 2.0 * e * k / batch as f64);
         }
     }
     Ok(flops)

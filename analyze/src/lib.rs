@@ -31,6 +31,9 @@ pub enum AnalyzeError {
     /// ONNX Runtime failed (FLOP counting runs the model on one image).
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
+    /// A file could not be read safely (missing, not a regular file, too large).
+    #[error(transparent)]
+    Input(#[from] safe_io::ReadError),
     /// A file or folder could not be read or created.
     #[error("cannot access {path}: {source}")]
     Io {

@@ -40,7 +40,7 @@ pub struct PrecisionFile {
 impl PrecisionFile {
     /// Reads a precision TOML file.
     pub fn load(path: &Path) -> Result<PrecisionFile, AnalyzeError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AnalyzeError::Io { path: path.into(), source })?;
+        let text = safe_io::read_to_string(path, safe_io::limits::TEXT, "a precision file")?;
         toml::from_str(&text).map_err(|e| AnalyzeError::Precision { path: path.into(), message: e.to_string() })
     }
 
@@ -133,7 +133,7 @@ fn check_entries_match(
         }
     }
     for (list, entries) in [("deny.ops", &file.deny.ops), ("allow.ops", &file.allow.ops)] {
-        for entry in entries.iter().filter(|e| !ops.contains(e.as_str())) {
+        if let Some(entry) = entries.iter().find(|e| !ops.contains(e.as_str())) {
             return Err(unmatched(list, entry, &mut ops.iter().copied()));
         }
     }

@@ -281,7 +281,9 @@ pub fn calibrate(
         dataset = dataset.limit(n, options.seed);
     }
     let total = dataset.len() as u64;
+    let batch_size = tapped.model.batch_size_for(&tapped.input, options.batch_size, dataset.len())?;
 
+    runtime::check_threads(options.threads)?;
     let threads = if options.threads == 0 {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     } else {
@@ -316,12 +318,7 @@ pub fn calibrate(
     let mut stream = BatchStream::new(
         &dataset,
         recipe,
-        StreamOptions {
-            batch_size: options.batch_size.max(1),
-            lookahead: 2,
-            on_bad_image: options.on_bad_image,
-            pool: None,
-        },
+        StreamOptions { batch_size, lookahead: 2, on_bad_image: options.on_bad_image, pool: None },
     );
     let mut done = 0u64;
     let mut device_memory_peak_mb = None;

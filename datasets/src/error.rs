@@ -5,6 +5,9 @@ use std::path::PathBuf;
 /// Errors reading image folders, images and recipes.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
+    /// A file could not be read safely (missing, not a regular file, too large).
+    #[error(transparent)]
+    Input(#[from] safe_io::ReadError),
     /// A file or folder could not be read.
     #[error("cannot read {path}: {source}")]
     Io {

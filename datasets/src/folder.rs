@@ -67,6 +67,10 @@ fn images_in(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<(), 
     Ok(())
 }
 
+/// The most classes a labelled folder may have: class ids from folder names must be below it, so that a
+/// folder called `99999999999-x` is an error rather than a table of a hundred billion classes.
+pub const MAX_CLASSES: usize = 1_000_000;
+
 /// `<label>-<name>` folder names, as in the fixtures (`0-t-shirt`).
 fn numbered_label(name: &str) -> Option<(usize, &str)> {
     let (num, rest) = name.split_once('-')?;
@@ -101,8 +105,7 @@ impl Dataset {
         let mut assigned: Vec<(PathBuf, usize)> = Vec::new();
         let classes: Vec<String>;
         if let Some(list) = class_list {
-            let text =
-                std::fs::read_to_string(list).map_err(|source| DatasetError::Io { path: list.into(), source })?;
+            let text = safe_io::read_to_string(list, safe_io::limits::TEXT, "a class list")?;
             classes = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
             for f in &folders {
                 let name = folder_name(f);
@@ -113,6 +116,12 @@ impl Dataset {
             }
         } else if folders.iter().all(|f| numbered_label(&folder_name(f)).is_some()) {
             let max = folders.iter().filter_map(|f| numbered_label(&folder_name(f)).map(|l| l.0)).max().unwrap_or(0);
+            if max >= MAX_CLASSES {
+                return Err(labels_err(format!(
+                    "a class folder carries class id {max}; ids from folder names must be below {MAX_CLASSES} \
+                     (rename the folders, or give a class list with --classes)"
+                )));
+            }
             let mut names = vec![String::new(); max + 1];
             for f in &folders {
                 let name = folder_name(f);
@@ -211,6 +220,29 @@ mod tests {
         // Without the list: sorted folder names.
         let ds = Dataset::labelled(d.path(), None).unwrap();
         assert_eq!(ds.classes, vec!["n01", "n02"]);
+    }
+
+    #[test]
+    fn absurd_class_ids_are_refused_not_allocated() {
+        for id in ["99999999999", "18446744073709551615", "1000000"] {
+            let d = tempfile::tempdir().unwrap();
+            touch(&d.path().join("0-a/a.png"));
+            touch(&d.path().join(format!("{id}-x/b.png")));
+            let err = Dataset::labelled(d.path(), None).unwrap_err().to_string();
+            assert!(err.contains(&format!("class id {id}")) && err.contains("below 1000000"), "{err}");
+        }
+    }
+
+    #[test]
+    fn only_regular_files_are_listed_and_symlink_loops_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        touch(&d.path().join("a.png"));
+        touch(&d.path().join("sub/b.png"));
+        assert!(std::process::Command::new("mkfifo").arg(d.path().join("c.png")).status().unwrap().success());
+        assert_eq!(Dataset::flat(d.path()).unwrap().len(), 2, "a FIFO is not an image");
+        std::os::unix::fs::symlink(d.path(), d.path().join("sub/loop")).unwrap();
+        let err = Dataset::flat(d.path()).unwrap_err().to_string();
+        assert!(err.contains("loop"), "{err}");
     }
 
     #[test]

@@ -55,6 +55,8 @@ fn gray_to(channels: Channels, width: u32, height: u32, gray: Vec<u8>) -> Pixels
 /// would (alpha is dropped, not composited).
 pub fn load_pixels(path: &Path, channels: Channels) -> Result<Pixels, DatasetError> {
     let io = |source| DatasetError::Io { path: path.to_path_buf(), source };
+    // A FIFO among the images would block the decoder forever; a huge file would be read whole.
+    safe_io::check(path, safe_io::limits::IMAGE, "an image")?;
     let reader = image::ImageReader::open(path).map_err(io)?.with_guessed_format().map_err(io)?;
     let img = reader.decode().map_err(|source| DatasetError::BadImage { path: path.to_path_buf(), source })?;
     let (w, h) = (img.width(), img.height());

@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::DatasetError;
 
+/// The largest image side a recipe may ask for (sizes and `resize_to`): 16384 pixels, already 1 GiB of float
+/// pixels per RGB image, so that a typo cannot ask for a 120 GB buffer.
+pub const MAX_SIDE: u32 = 16384;
+
 /// Tensor layout fed to the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Layout {
@@ -164,7 +168,7 @@ impl Recipe {
 
     /// Reads and checks a recipe TOML file.
     pub fn load(path: &Path) -> Result<Recipe, DatasetError> {
-        let text = std::fs::read_to_string(path).map_err(|source| DatasetError::Io { path: path.into(), source })?;
+        let text = safe_io::read_to_string(path, safe_io::limits::TEXT, "a recipe")?;
         Recipe::from_toml(&text, &path.display().to_string())
     }
 
@@ -194,8 +198,11 @@ impl Recipe {
         if !self.scale.is_finite() || self.scale == 0.0 {
             return bad(format!("scale = {} must be finite and non-zero", self.scale));
         }
-        if self.size[0] == 0 || self.size[1] == 0 {
-            return bad(format!("size = {:?} must be positive", self.size));
+        if self.size.iter().any(|&s| s == 0 || s > MAX_SIDE) {
+            return bad(format!("size = {:?}: each side must be from 1 to {MAX_SIDE} pixels", self.size));
+        }
+        if let Some(r) = self.resize_to.filter(|&r| r == 0 || r > MAX_SIDE) {
+            return bad(format!("resize_to = {r}: must be from 1 to {MAX_SIDE} pixels"));
         }
         if self.resize == ResizeMode::Shorter {
             match self.resize_to {
@@ -263,6 +270,12 @@ mod tests {
             ("[input]\nchannels = \"gray\"\nsize = [4, 4]\nmean = [0.5]\nstd = [0.5]", "needs resize_to"),
             ("[input]\nchannels = \"grey\"\nsize = [4, 4]\nmean = [0.5]\nstd = [0.5]", "unknown variant"),
             ("[input]\nchannels = \"gray\"\nsize = [4, 4]\nmean = [0.5]\nstd = [0.5]\nresize_too = 3", "unknown field"),
+            // Sizes that would ask for a 120 GB buffer.
+            (
+                "[input]\nchannels = \"gray\"\nsize = [4, 4]\nresize = \"shorter\"\nresize_to = 4294967295\nmean = [0.5]\nstd = [0.5]",
+                "resize_to = 4294967295: must be from 1 to 16384",
+            ),
+            ("[input]\nchannels = \"gray\"\nsize = [100000, 4]\nresize = \"exact\"\nmean = [0.5]\nstd = [0.5]", "from 1 to 16384"),
         ];
         for (text, want) in cases {
             let err = Recipe::from_toml(text, "t.toml").unwrap_err().to_string();

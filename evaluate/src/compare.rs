@@ -83,8 +83,10 @@ impl Classifier {
 
 /// Class prototypes from a numpy `.npy` file (float32, shape `[classes, dim]`), L2-normalised.
 pub fn load_prototypes(path: &Path) -> Result<Vec<Vec<f32>>, EvaluateError> {
-    let array: ndarray::Array2<f32> =
-        ndarray_npy::read_npy(path).map_err(|source| EvaluateError::Prototypes { path: path.into(), source })?;
+    use ndarray_npy::ReadNpyExt;
+    let file = safe_io::open(path, safe_io::limits::ARRAY, "a .npy array")?;
+    let array = ndarray::Array2::<f32>::read_npy(std::io::BufReader::new(file))
+        .map_err(|source| EvaluateError::Prototypes { path: path.into(), source })?;
     if array.ncols() == 0 || array.nrows() == 0 {
         return Err(EvaluateError::Input {
             path: path.into(),
@@ -123,7 +125,8 @@ pub fn evaluate(
 ) -> Result<EvalResult, EvaluateError> {
     let mut model = ort_model(model_path, recipe, runtime::Placement::default())?;
     let (mut right, mut n) = (0usize, 0usize);
-    for batch in BatchStream::new(dataset, recipe, StreamOptions { batch_size: 64, ..Default::default() }) {
+    let batch_size = batch_size(&[model.as_ref()], dataset)?;
+    for batch in BatchStream::new(dataset, recipe, stream_options(batch_size)) {
         let batch = batch?;
         let rows = model.run(&batch)?;
         let width = rows.len() / batch.items.len().max(1);
@@ -143,6 +146,35 @@ pub trait BatchModel {
     fn run(&mut self, batch: &datasets::Batch) -> Result<Vec<f32>, EvaluateError>;
     /// Seconds spent in `run` so far.
     fn seconds(&self) -> f64;
+    /// The batch size the model is fixed to, if any (batches must then hold exactly that many images).
+    fn fixed_batch(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// Images per batch in evaluations, unless a model fixes its batch.
+const EVAL_BATCH: usize = 64;
+
+/// The batch size every model in `models` can take for `dataset`: [`EVAL_BATCH`], or the fixed batch of a
+/// model that has one, which must then divide the number of images.
+fn batch_size(models: &[&dyn BatchModel], dataset: &Dataset) -> Result<usize, EvaluateError> {
+    let fixed: Vec<usize> = models.iter().filter_map(|m| m.fixed_batch()).collect();
+    match fixed.first() {
+        None => Ok(EVAL_BATCH),
+        Some(&b) if fixed.iter().all(|&f| f == b) && dataset.len().is_multiple_of(b) => Ok(b),
+        Some(&b) => Err(EvaluateError::Input {
+            path: dataset.root.clone(),
+            message: format!(
+                "the model has a fixed batch of {b} and {} images do not split into batches of {b}: take a \
+                 multiple of {b} (--limit-val), or export the model with a dynamic batch dimension",
+                dataset.len()
+            ),
+        }),
+    }
+}
+
+fn stream_options(batch_size: usize) -> StreamOptions {
+    StreamOptions { batch_size, ..Default::default() }
 }
 
 /// An ONNX Runtime (CPU) session over a model file, as a [`BatchModel`].
@@ -160,6 +192,7 @@ struct Runner {
     output: String,
     label: String,
     seconds: f64,
+    fixed_batch: Option<usize>,
 }
 
 impl Runner {
@@ -174,13 +207,18 @@ impl Runner {
         // Two sessions take turns: a spinning idle pool of one would steal the cores of the other.
         cfg.spinning = false;
         let session = runtime::session_from_bytes(&m.to_bytes()?, &cfg)?;
-        Ok(Runner { session, input, output, label, seconds: 0.0 })
+        let fixed_batch = m.fixed_batch(&input);
+        Ok(Runner { session, input, output, label, seconds: 0.0, fixed_batch })
     }
 }
 
 impl BatchModel for Runner {
     fn seconds(&self) -> f64 {
         self.seconds
+    }
+
+    fn fixed_batch(&self) -> Option<usize> {
+        self.fixed_batch
     }
 
     fn run(&mut self, batch: &datasets::Batch) -> Result<Vec<f32>, EvaluateError> {
@@ -336,7 +374,8 @@ pub fn fidelity(
     recipe: &Recipe,
 ) -> Result<Fidelity, EvaluateError> {
     let mut acc = OutputFidelity::default();
-    for batch in BatchStream::new(dataset, recipe, StreamOptions { batch_size: 64, ..Default::default() }) {
+    let batch_size = batch_size(&[&*fp32, &*int8], dataset)?;
+    for batch in BatchStream::new(dataset, recipe, stream_options(batch_size)) {
         let batch = batch?;
         let (a, b, width) = batch_rows(fp32, int8, &batch, &dataset.root)?;
         for (ra, rb) in a.chunks(width).zip(b.chunks(width)) {
@@ -358,7 +397,8 @@ pub fn compare(
     let (mut t32, mut t8) = (Tally::default(), Tally::default());
     let mut acc = OutputFidelity::default();
     let total = dataset.len() as u64;
-    for batch in BatchStream::new(dataset, recipe, StreamOptions { batch_size: 64, ..Default::default() }) {
+    let batch_size = batch_size(&[&*fp32, &*int8], dataset)?;
+    for batch in BatchStream::new(dataset, recipe, stream_options(batch_size)) {
         let batch = batch?;
         let (a, b, width) = batch_rows(fp32, int8, &batch, &dataset.root)?;
         for ((ra, rb), item) in a.chunks(width).zip(b.chunks(width)).zip(&batch.items) {
@@ -385,17 +425,19 @@ pub struct Recorded {
     rows: Vec<Vec<f32>>,
     next: usize,
     seconds: f64,
+    fixed_batch: Option<usize>,
 }
 
 impl Recorded {
     /// Runs `model` over `dataset` in the batches `compare`/`fidelity` use and keeps every batch's rows.
     pub fn record(model: &mut dyn BatchModel, dataset: &Dataset, recipe: &Recipe) -> Result<Recorded, EvaluateError> {
         let mut rows = Vec::new();
-        for batch in BatchStream::new(dataset, recipe, StreamOptions { batch_size: 64, ..Default::default() }) {
+        let batch_size = batch_size(&[&*model], dataset)?;
+        for batch in BatchStream::new(dataset, recipe, stream_options(batch_size)) {
             let batch = batch?;
             rows.push(model.run(&batch)?);
         }
-        Ok(Recorded { rows, next: 0, seconds: model.seconds() })
+        Ok(Recorded { rows, next: 0, seconds: model.seconds(), fixed_batch: model.fixed_batch() })
     }
 
     /// Starts the replay from the first batch again.
@@ -416,6 +458,10 @@ impl BatchModel for Recorded {
 
     fn seconds(&self) -> f64 {
         self.seconds
+    }
+
+    fn fixed_batch(&self) -> Option<usize> {
+        self.fixed_batch
     }
 }
 
@@ -476,7 +522,7 @@ mod tests {
     #[test]
     fn recorded_outputs_replay_in_order_and_rewind() {
         let batch = datasets::Batch { items: vec![], shape: [0; 4], data: vec![] };
-        let mut rec = Recorded { rows: vec![vec![1.0], vec![2.0]], next: 0, seconds: 0.0 };
+        let mut rec = Recorded { rows: vec![vec![1.0], vec![2.0]], next: 0, seconds: 0.0, fixed_batch: None };
         assert_eq!(rec.run(&batch).unwrap(), vec![1.0]);
         assert_eq!(rec.run(&batch).unwrap(), vec![2.0]);
         assert!(rec.run(&batch).unwrap_err().to_string().contains("2 recorded batches"));

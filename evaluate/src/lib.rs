@@ -43,6 +43,9 @@ pub enum EvaluateError {
     /// The TensorRT adapter failed.
     #[error(transparent)]
     TensorRt(#[from] tensorrt::TensorRtError),
+    /// A file could not be read safely (missing, not a regular file, too large).
+    #[error(transparent)]
+    Read(#[from] safe_io::ReadError),
     /// A file or folder could not be read or created.
     #[error("cannot access {path}: {source}")]
     Io {

@@ -119,7 +119,8 @@ impl<'a> Evaluator<'a> {
         let input = model.resolve_input(recipe.name.as_deref())?.name.clone();
         let no_output = || EvaluateError::Model { path: model.path.clone(), message: "the model has no output".into() };
         let output = model.proto.graph.output.first().ok_or_else(no_output)?.name.clone();
-        let batches = BatchStream::new(dataset, recipe, StreamOptions { batch_size: 100, ..Default::default() })
+        let batch_size = model.batch_size_for(&input, 100, dataset.len())?;
+        let batches = BatchStream::new(dataset, recipe, StreamOptions { batch_size, ..Default::default() })
             .collect::<Result<Vec<_>, _>>()?;
         if batches.is_empty() {
             return Err(EvaluateError::NoImages { path: dataset.root.clone() });
@@ -424,7 +425,7 @@ pub fn load_method_choices(path: &Path) -> Result<std::collections::BTreeMap<Str
         methods: Vec<MethodChoice>,
     }
     let bad = |message: String| EvaluateError::Input { path: path.into(), message };
-    let text = std::fs::read_to_string(path).map_err(|source| EvaluateError::Io { path: path.into(), source })?;
+    let text = safe_io::read_to_string(path, safe_io::limits::JSON, "a sensitivity.json")?;
     let choices: Choices = serde_json::from_str(&text).map_err(|e| bad(format!("not a sensitivity.json: {e}")))?;
     if choices.methods.is_empty() {
         return Err(bad("no per-tensor methods; run `int8kit sensitivity --choose-methods`".into()));

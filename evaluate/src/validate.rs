@@ -332,7 +332,7 @@ fn sensitivity_rows(
         Sensitivity(Ranking),
         AutoPrecision { sensitivity: Ranking },
     }
-    let text = std::fs::read_to_string(path).map_err(|source| EvaluateError::Io { path: path.into(), source })?;
+    let text = safe_io::read_to_string(path, safe_io::limits::JSON, "a sensitivity ranking")?;
     let file: RankingFile = serde_json::from_str(&text).map_err(|e| EvaluateError::Input {
         path: path.into(),
         message: format!("not a sensitivity.json or autoprecision.json from int8kit: {e}"),

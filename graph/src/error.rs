@@ -6,6 +6,9 @@ use std::path::PathBuf;
 /// Errors of the graph layer.
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
+    /// A file could not be read safely (missing, not a regular file, too large).
+    #[error(transparent)]
+    Input(#[from] safe_io::ReadError),
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
@@ -98,6 +101,18 @@ pub enum GraphError {
         tensor: String,
         /// What does not match.
         message: String,
+    },
+    /// A model with a fixed batch dimension cannot take the images in whole batches.
+    #[error("{model}: input '{input}' has a fixed batch of {batch}, and {images} images do not split into batches of {batch}: take a multiple of {batch} (--limit / --limit-val), or export the model with a dynamic batch dimension")]
+    FixedBatch {
+        /// The model file.
+        model: PathBuf,
+        /// The input.
+        input: String,
+        /// Its fixed batch.
+        batch: usize,
+        /// The images to run.
+        images: usize,
     },
     /// The recipe names an input the graph lacks.
     #[error("{model}: the graph has no input named '{name}' (inputs: {available})")]

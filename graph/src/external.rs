@@ -1,7 +1,6 @@
 //! External data: initializers whose bytes live in a file beside the model (the `location`, `offset` and
 //! `length` keys of `TensorProto.external_data`).
 
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path};
 
@@ -104,7 +103,7 @@ pub(crate) fn read(model: &Path, dir: &Path, tensor: &TensorProto, ext: &Externa
     check_bounds(model, dir, tensor, ext)?;
     let path = dir.join(&ext.location);
     let io = |source| GraphError::Read { path: path.clone(), source };
-    let mut file = File::open(&path).map_err(io)?;
+    let mut file = safe_io::open(&path, u64::MAX, "external data")?;
     let file_len = file.metadata().map_err(io)?.len();
     let len = ext.length.unwrap_or(file_len - ext.offset);
     file.seek(SeekFrom::Start(ext.offset)).map_err(io)?;

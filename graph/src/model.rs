@@ -1,6 +1,5 @@
 use std::borrow::Cow;
 use std::collections::BTreeSet;
-use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -29,7 +28,7 @@ pub struct Model {
 impl Model {
     /// Reads and checks a model. External data files are hashed but not loaded.
     pub fn load(path: &Path) -> Result<Model, GraphError> {
-        let bytes = fs::read(path).map_err(|source| GraphError::Read { path: path.to_path_buf(), source })?;
+        let bytes = safe_io::read(path, safe_io::limits::MODEL, "an ONNX model")?;
         let proto = ModelProto::parse_from_bytes(&bytes)
             .map_err(|source| GraphError::Decode { path: path.to_path_buf(), source })?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
@@ -38,7 +37,7 @@ impl Model {
         let mut hasher = Sha256::new();
         hasher.update(&bytes);
         let mut files = BTreeSet::new();
-        for tensor in &proto.graph.initializer {
+        for tensor in stored_tensors(&proto.graph) {
             if let Some(ext) = external::parse_ref(path, tensor)? {
                 external::check_inside(path, &dir, tensor, &ext)?;
                 files.insert(ext.location.clone());
@@ -46,12 +45,13 @@ impl Model {
         }
         for location in &files {
             let file = dir.join(location);
-            let data = fs::read(&file).map_err(|source| GraphError::Read { path: file.clone(), source })?;
-            hasher.update(&data);
+            // Streamed: external data can be larger than memory should hold at once.
+            let mut data = safe_io::open(&file, u64::MAX, "external data")?;
+            std::io::copy(&mut data, &mut hasher).map_err(|source| GraphError::Read { path: file.clone(), source })?;
         }
         let has_external_data = !files.is_empty();
         // Bounds are checked now so that a truncated .data file is reported before any work starts.
-        for tensor in &proto.graph.initializer {
+        for tensor in stored_tensors(&proto.graph) {
             if let Some(ext) = external::parse_ref(path, tensor)? {
                 external::check_bounds(path, &dir, tensor, &ext)?;
             }
@@ -59,11 +59,30 @@ impl Model {
         Ok(Model { proto, path: path.to_path_buf(), dir, sha256: hex(&hasher.finalize()), has_external_data })
     }
 
+    /// The batch size the input `input` is fixed to, when its first dimension is a number rather than a
+    /// symbol (some exporters write batch 1).
+    pub fn fixed_batch(&self, input: &str) -> Option<usize> {
+        let vi = self.proto.graph.input.iter().find(|i| i.name == input)?;
+        let dim = vi.type_.as_ref()?.tensor_type().shape.as_ref()?.dim.first()?;
+        (dim.has_dim_value() && dim.dim_value() > 0).then(|| dim.dim_value() as usize)
+    }
+
+    /// The batch size to run `images` images through the input `input` with: the model's fixed batch if it
+    /// has one, else `wanted`. A fixed batch above 1 must divide the number of images (a short last batch
+    /// would not fit), which is checked here, before any work.
+    pub fn batch_size_for(&self, input: &str, wanted: usize, images: usize) -> Result<usize, GraphError> {
+        match self.fixed_batch(input) {
+            None => Ok(wanted.max(1)),
+            Some(batch) if images.is_multiple_of(batch) => Ok(batch),
+            Some(batch) => Err(GraphError::FixedBatch { model: self.path.clone(), input: input.into(), batch, images }),
+        }
+    }
+
     /// The files this model is read from: the model file and every external data file it references. An
     /// output must not overwrite any of them.
     pub fn input_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];
-        for tensor in &self.proto.graph.initializer {
+        for tensor in stored_tensors(&self.proto.graph) {
             if let Ok(Some(ext)) = external::parse_ref(&self.path, tensor) {
                 let file = self.dir.join(&ext.location);
                 if !files.contains(&file) {
@@ -148,6 +167,29 @@ impl Model {
             }),
         }
     }
+}
+
+/// Every tensor the graph stores: its initializers and the tensors of its nodes' attributes (a Constant's
+/// `value`), any of which may keep its data in an external file.
+pub(crate) fn stored_tensors(graph: &onnx_protobuf::GraphProto) -> impl Iterator<Item = &TensorProto> {
+    graph.initializer.iter().chain(
+        graph
+            .node
+            .iter()
+            .flat_map(|n| n.attribute.iter().flat_map(|a| a.t.as_ref().into_iter().chain(a.tensors.iter()))),
+    )
+}
+
+/// [`stored_tensors`], to edit.
+pub(crate) fn stored_tensors_mut(graph: &mut onnx_protobuf::GraphProto) -> Vec<&mut TensorProto> {
+    let mut out: Vec<&mut TensorProto> = graph.initializer.iter_mut().collect();
+    for node in graph.node.iter_mut() {
+        for a in node.attribute.iter_mut() {
+            out.extend(a.t.as_mut());
+            out.extend(a.tensors.iter_mut());
+        }
+    }
+    out
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so that readers never

@@ -28,7 +28,8 @@ fn save_model_with_limit(
 ) -> Result<(), GraphError> {
     let graph = proto.graph.mut_or_insert_default();
     let mut total = 0u64;
-    for t in graph.initializer.iter_mut() {
+    // Constants (node attributes) too: a written model refers to no file but its own .data.
+    for t in crate::model::stored_tensors_mut(graph) {
         if t.data_location.value() == DataLocation::EXTERNAL as i32 {
             let bytes = source.tensor_raw_bytes(t)?.map(|b| b.into_owned()).unwrap_or_default();
             t.external_data.clear();

@@ -120,7 +120,7 @@ impl HistFile {
 
     /// Reads and checks a .hist file.
     pub fn read(path: &Path) -> Result<HistFile, HistError> {
-        let bytes = std::fs::read(path).map_err(|source| HistError::Io { path: path.into(), source })?;
+        let bytes = safe_io::read(path, safe_io::limits::HIST, "a .hist file")?;
         #[derive(Deserialize)]
         struct Header {
             format: Option<String>,

@@ -13,14 +13,9 @@ pub use histogram::{AbsHistogram, TensorStats, BINS};
 /// Errors reading or writing a `.hist` file.
 #[derive(Debug, thiserror::Error)]
 pub enum HistError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// The `.hist` file.
-        path: PathBuf,
-        /// What the operating system said.
-        source: std::io::Error,
-    },
+    /// The file could not be read safely (missing, not a regular file, too large).
+    #[error(transparent)]
+    Input(#[from] safe_io::ReadError),
     /// The file is not a `.hist` file this build can use.
     #[error("{path}: not a usable .hist file: {message}")]
     BadHist {

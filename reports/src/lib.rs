@@ -19,6 +19,9 @@ pub const REPORT_VERSION: u32 = 2;
 /// Errors writing reports or reading a baseline.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
+    /// A baseline could not be read safely (missing, not a regular file, too large).
+    #[error(transparent)]
+    Input(#[from] safe_io::ReadError),
     /// A report file could not be written.
     #[error(transparent)]
     Write(#[from] graph::GraphError),
@@ -200,7 +203,7 @@ impl Report {
     /// Reads a report.json (e.g. a baseline), checking its format and version.
     pub fn read(path: &Path) -> Result<Report, ReportError> {
         let bad = |message: String| ReportError::Read { path: path.into(), message };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let text = safe_io::read_to_string(path, safe_io::limits::JSON, "a report.json")?;
         let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         if value.get("format").and_then(|f| f.as_str()) != Some(REPORT_FORMAT) {
             return Err(bad(format!("format is not \"{REPORT_FORMAT}\"")));

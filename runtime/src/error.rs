@@ -37,6 +37,9 @@ pub enum RuntimeError {
     /// A CUDA device was asked for but the GPU build of ONNX Runtime is not there.
     #[error("onnxruntime-gpu {ORT_GPU_VERSION} not found (needed for --device cuda) at {0}; run `int8kit setup --gpu` (it needs CUDA 13 and cuDNN 9 on LD_LIBRARY_PATH), or point ORT_DYLIB_PATH at onnxruntime-gpu's libonnxruntime.so")]
     GpuNotFound(String),
+    /// More threads than any machine has cores.
+    #[error("--threads {0}: at most {max} threads (0 = one per core)", max = crate::MAX_THREADS)]
+    Threads(usize),
     /// No usable CUDA device.
     #[error("no usable CUDA device for --device {device}: {message}")]
     NoCuda {

@@ -82,6 +82,18 @@ pub fn init() -> Result<PathBuf, RuntimeError> {
     loaded().map(|l| l.path.clone())
 }
 
+/// The most threads a run may ask for: far beyond any machine's cores, and low enough that a typo such as
+/// `--threads 10000` is an error rather than a run that never finishes.
+pub const MAX_THREADS: usize = 1024;
+
+/// Refuses a thread count above [`MAX_THREADS`].
+pub fn check_threads(threads: usize) -> Result<(), RuntimeError> {
+    if threads > MAX_THREADS {
+        return Err(RuntimeError::Threads(threads));
+    }
+    Ok(())
+}
+
 /// How a session is built.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -142,6 +154,7 @@ fn build_session(env: &Environment, bytes: &[u8], cfg: &SessionConfig) -> ort::R
 
 /// A session over a serialized model.
 pub fn session_from_bytes(bytes: &[u8], cfg: &SessionConfig) -> Result<Session, RuntimeError> {
+    check_threads(cfg.intra_threads)?;
     if cfg.device.is_cuda() {
         use_device(cfg.device);
         cuda_device_check(cfg.device)?;
