@@ -5,25 +5,32 @@ use std::path::Path;
 
 use crate::AnalyzeError;
 
-/// TensorRT's version number in cache headers: major * 10000 + minor * 100 + patch for TensorRT 10
-/// (`10.3.0` -> `100300`).
+/// TensorRT's version number in cache headers, as TensorRT encodes `NV_TENSORRT_VERSION`: before TensorRT 10
+/// major * 1000 + minor * 100 + patch (`8.6.1` -> `8601`), from TensorRT 10 on major * 10000 + minor * 100 +
+/// patch (`10.3.0` -> `100300`). Parts that would spill into the next digit, or overflow, are refused.
 pub fn trt_version_code(version: &str) -> Result<u32, AnalyzeError> {
-    let parts: Vec<u32> = version
-        .split('.')
-        .map(|p| p.parse::<u32>())
-        .collect::<Result<_, _>>()
-        .map_err(|_| AnalyzeError::TrtVersion(version.to_string()))?;
-    match parts.as_slice() {
-        [major, minor, patch] if *minor < 100 && *patch < 100 => Ok(major * 10000 + minor * 100 + patch),
-        [major, minor] if *minor < 100 => Ok(major * 10000 + minor * 100),
-        _ => Err(AnalyzeError::TrtVersion(version.to_string())),
+    let bad = || AnalyzeError::TrtVersion(version.to_string());
+    let parts: Vec<u32> = version.split('.').map(|p| p.parse::<u32>()).collect::<Result<_, _>>().map_err(|_| bad())?;
+    let (major, minor, patch) = match parts.as_slice() {
+        [major, minor, patch] => (*major, *minor, *patch),
+        [major, minor] => (*major, *minor, 0),
+        _ => return Err(bad()),
+    };
+    match major {
+        1..=9 if minor < 10 && patch < 100 => Ok(major * 1000 + minor * 100 + patch),
+        10..=99 if minor < 100 && patch < 100 => Ok(major * 10000 + minor * 100 + patch),
+        _ => Err(bad()),
     }
 }
 
-/// The cache text for `(tensor, scale)` pairs, in the given order.
+/// The cache text for `(tensor, scale)` pairs, in the given order. A tensor name that would break the
+/// one-tensor-per-line format (a line break or another control character) is refused.
 pub fn write_cache(trt_version: &str, scales: &[(String, f32)]) -> Result<String, AnalyzeError> {
     let mut text = format!("TRT-{}-EntropyCalibration2\n", trt_version_code(trt_version)?);
     for (name, scale) in scales {
+        if name.chars().any(char::is_control) {
+            return Err(AnalyzeError::CacheName(name.clone()));
+        }
         text.push_str(&format!("{name}: {:08x}\n", scale.to_bits()));
     }
     Ok(text)
@@ -71,6 +78,25 @@ mod tests {
         assert!(text.contains("z: 3f000000\n"), "{text}");
         let parsed = parse_cache(&text, Path::new("c")).unwrap();
         assert_eq!(parsed.entries, scales);
+    }
+
+    #[test]
+    fn versions_encode_as_tensorrt_does_and_overflows_are_refused() {
+        assert_eq!(trt_version_code("8.6.1").unwrap(), 8601);
+        assert_eq!(trt_version_code("10.3.0").unwrap(), 100300);
+        assert_eq!(trt_version_code("10.13").unwrap(), 101300);
+        for bad in ["4294967295.0.0", "8.16.0", "10.100.0", "10.3.100", "0.1.0", "100.0.0", "10", "10.x.0", ""] {
+            let err = trt_version_code(bad).unwrap_err().to_string();
+            assert!(err.contains(bad) && err.contains("8.6.1 or 10.3.0"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_line_break_in_a_tensor_name_cannot_inject_cache_lines() {
+        let scales = vec![("a\nevil: 7f800000".to_string(), 0.5f32)];
+        let err = write_cache("10.3.0", &scales).unwrap_err().to_string();
+        assert!(err.contains("line break"), "{err}");
+        assert!(write_cache("10.3.0", &[("tab\there".to_string(), 0.5)]).is_err());
     }
 
     #[test]

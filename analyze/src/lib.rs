@@ -68,9 +68,12 @@ pub enum AnalyzeError {
         /// What is wrong.
         message: String,
     },
-    /// `--trt-version` is not a version number.
-    #[error("TensorRT version '{0}' is not of the form 10.3.0")]
+    /// `--trt-version` is not a TensorRT release number.
+    #[error("TensorRT version '{0}': expected MAJOR.MINOR[.PATCH] of a TensorRT release, such as 8.6.1 or 10.3.0 (before TensorRT 10 a one-digit minor)")]
     TrtVersion(String),
+    /// A tensor name cannot be written into the calibration cache.
+    #[error("tensor {0:?} has a line break or another control character in its name, which TensorRT's calibration cache (one tensor per line) cannot hold; rename the tensor in the model")]
+    CacheName(String),
     /// A CSV artifact could not be encoded.
     #[error("cannot encode {file}: {source}")]
     Csv {
@@ -354,8 +357,8 @@ impl Analysis {
         w.write_record(&header).map_err(err)?;
         for t in &self.ranges.tensors {
             let mut row = vec![
-                t.name.clone(),
-                t.op.clone().unwrap_or_default(),
+                safe_io::csv_text(&t.name).into_owned(),
+                safe_io::csv_text(t.op.as_deref().unwrap_or_default()).into_owned(),
                 t.quantized.to_string(),
                 t.method.clone(),
                 t.amax.to_string(),

@@ -17,7 +17,7 @@ pub enum DatasetError {
         source: std::io::Error,
     },
     /// An image could not be decoded.
-    #[error("{path}: cannot decode image: {source} (use --on-bad-image skip to leave such files out)")]
+    #[error("{path}: cannot decode image: {source}")]
     BadImage {
         /// The image file.
         path: PathBuf,
@@ -25,7 +25,7 @@ pub enum DatasetError {
         source: image::ImageError,
     },
     /// An image decoded to zero pixels.
-    #[error("{path}: the image has no pixels (use --on-bad-image skip to leave such files out)")]
+    #[error("{path}: the image has no pixels")]
     NoPixels {
         /// The image file.
         path: PathBuf,

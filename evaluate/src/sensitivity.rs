@@ -395,8 +395,8 @@ impl SensitivityReport {
         for (i, n) in self.nodes.iter().enumerate() {
             w.serialize(CsvRow {
                 rank: i + 1,
-                node: &n.node,
-                op: &n.op,
+                node: &safe_io::csv_text(&n.node),
+                op: &safe_io::csv_text(&n.op),
                 flop_share: n.flop_share,
                 alone_int8_top1_delta_pp: n.alone_int8.top1_delta_pp,
                 alone_int8_agreement: n.alone_int8.agreement,

@@ -25,7 +25,7 @@ impl RecipeArgs {
     /// The recipe file's contents, or the preset's.
     pub fn load(&self) -> anyhow::Result<Recipe> {
         match (&self.recipe, self.preset) {
-            (Some(path), _) => Recipe::load(path).with_context(|| format!("loading the recipe {}", path.display())),
+            (Some(path), _) => Ok(Recipe::load(path)?),
             (None, Some(p)) => Ok(Recipe::preset(p.into())),
             (None, None) => anyhow::bail!("give --recipe R.toml or --preset imagenet|clip"),
         }

@@ -31,15 +31,39 @@ pub fn exit_status(result: anyhow::Result<Outcome>) -> ExitCode {
     match result {
         Ok(outcome) => ExitCode::from(outcome.code()),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::from(ERROR_STATUS)
         }
     }
 }
 
+/// The error and its causes on one line, each cause once: library errors already quote their source
+/// ("cannot read F: No such file"), so a cause whose text is already there is not repeated.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot read m.onnx: {0}")]
+        struct Read(#[source] std::io::Error);
+        let e = anyhow::Error::new(Read(io)).context("calibrating m.onnx");
+        assert_eq!(error_text(&e), "calibrating m.onnx: cannot read m.onnx: No such file or directory");
+    }
 
     #[test]
     fn outcomes_map_to_distinct_statuses() {

@@ -88,3 +88,44 @@ fn version_and_every_subcommand_are_there() {
         assert!(help.contains(sub), "{sub} missing from --help:\n{help}");
     }
 }
+
+#[test]
+fn messages_say_each_thing_once_suggest_only_real_flags_and_stay_plain_when_piped() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let (images, recipe) = (calib_dir(), recipe_path());
+    let o = int8kit(
+        cwd,
+        args!["calibrate", "--model", "missing.onnx", "--images", &images, "--recipe", &recipe, "--out", "x.hist"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(text(&o).matches("No such file").count(), 1, "{}", text(&o));
+    // A folder with one good and one broken image.
+    let bad = cwd.join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    let first = std::fs::read_dir(&images).unwrap().next().unwrap().unwrap().path();
+    std::fs::copy(&first, bad.join("a.png")).unwrap();
+    std::fs::write(bad.join("b.png"), b"not a png").unwrap();
+    let m = model("fmnist_resnet_opset13.onnx");
+    let o = int8kit(cwd, args!["calibrate", "--model", &m, "--images", &bad, "--recipe", &recipe, "--out", "x.hist"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("b.png") && text(&o).contains("--on-bad-image skip"), "{}", text(&o));
+    // validate has no such flag, so it does not suggest one.
+    let val = test_support::val_dir();
+    let o = int8kit(
+        cwd,
+        args!["validate", "--model", &m, "--calib", &bad, "--val", &val, "--recipe", &recipe, "--quiet", "--out", "v"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("b.png") && !text(&o).contains("--on-bad-image"), "{}", text(&o));
+    // Logs piped to a file carry no colour codes.
+    let o = Command::new(env!("CARGO_BIN_EXE_int8kit"))
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .args(args!["calibrate", "--model", &m, "--images", &bad, "--recipe", &recipe, "--on-bad-image", "skip"])
+        .args(args!["--out", "y.hist"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("WARN") && !text(&o).contains('\u{1b}'), "{}", text(&o));
+}

@@ -268,7 +268,7 @@ impl Report {
             self.comparison.fp32.per_class.iter().zip(&self.comparison.int8.per_class).enumerate()
         {
             let acc = |k: u64| if *n > 0 { k as f64 / *n as f64 } else { 0.0 };
-            let name = self.classes.get(i).cloned().unwrap_or_default();
+            let name = safe_io::csv_text(self.classes.get(i).map_or("", String::as_str)).into_owned();
             w.write_record([
                 i.to_string(),
                 name,

@@ -70,3 +70,12 @@ fn report_json_matches_the_golden_file_and_reads_back() {
     test_support::assert_golden(&golden, &bytes);
     assert_eq!(Report::read(&golden).unwrap(), sample());
 }
+
+#[test]
+fn class_names_that_look_like_formulas_are_neutralised_in_csv() {
+    let mut report = sample();
+    report.classes = vec!["=HYPERLINK(\"http://x\",\"y\")".into(), "@SUM(A1)".into()];
+    let csv = report.per_class_csv().unwrap();
+    assert!(csv.contains("'=HYPERLINK") && csv.contains("'@SUM(A1)"), "{csv}");
+    assert!(!csv.lines().any(|l| l.split(',').nth(1).is_some_and(|c| c.starts_with('=') || c.starts_with("\"="))));
+}

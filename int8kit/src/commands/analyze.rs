@@ -87,7 +87,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<Outcome> {
     inputs.push(args.hist.clone());
     crate::args::check_outputs(&[&args.out], &inputs)?;
     let stage = OutputDir::new(&args.out)?;
-    let hist = HistFile::read(&args.hist).with_context(|| format!("reading {}", args.hist.display()))?;
+    let hist = HistFile::read(&args.hist)?;
     analyze_and_write(&args.model, &hist, &args.scales.options()?, stage, &args.out, args.quiet)?;
     Ok(Outcome::Success)
 }

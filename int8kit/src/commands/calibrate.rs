@@ -31,6 +31,21 @@ pub fn collect(source: &CalibrationSource, quiet: bool) -> anyhow::Result<HistFi
     let bar = progress_bar("calibrate", "images", quiet);
     let start = Instant::now();
     let (hist, summary) = calibrate::calibrate(model, images, &recipe, &collect.options(), &mut reporter(&bar))
+        .map_err(|e| {
+            // Only calibrate and quantize have the flag, so only they suggest it.
+            let unreadable = matches!(
+                e,
+                calibrate::CalibrateError::Dataset(
+                    datasets::DatasetError::BadImage { .. } | datasets::DatasetError::NoPixels { .. }
+                )
+            );
+            let e = anyhow::Error::new(e);
+            if unreadable {
+                e.context("an image cannot be used (--on-bad-image skip leaves such files out, and counts them)")
+            } else {
+                e
+            }
+        })
         .with_context(|| format!("calibrating {}", model.display()))?;
     bar.finish_and_clear();
     if !quiet {

@@ -74,7 +74,7 @@ impl SensitivityArgs {
     /// The library's inputs: everything read and checked before the long run starts. The dataset is the
     /// seeded `--limit` subset of `--val`.
     pub fn inputs(&self) -> anyhow::Result<SensitivityInputs> {
-        let hist = HistFile::read(&self.hist).with_context(|| format!("reading {}", self.hist.display()))?;
+        let hist = HistFile::read(&self.hist)?;
         let full = datasets::Dataset::labelled(&self.val, self.classes.as_deref())?;
         Ok(SensitivityInputs {
             model: self.model.clone(),
