@@ -59,6 +59,13 @@ enum Cmd {
         /// A folder written by `validate`.
         dir: PathBuf,
     },
+    /// Run the property tests over the parsers of user files (.hist, recipe and precision TOML, calibration
+    /// cache, .npy, ONNX with external data, images) for many more cases than CI does.
+    Fuzz {
+        /// Cases per parser (CI runs 48).
+        #[arg(long, default_value_t = 20_000)]
+        cases: u64,
+    },
     /// Build the int8kit wheel with maturin, install it into a fresh venv (with its onnxruntime dependency)
     /// and run `int8kit quantize` and `int8kit validate` from outside the checkout. CI runs it.
     Wheel,
@@ -121,6 +128,10 @@ fn run_task(command: Cmd) -> anyhow::Result<()> {
         }
         Cmd::BenchChild(args) => bench::child(args),
         Cmd::Wheel => wheel::run(),
+        Cmd::Fuzz { cases } => {
+            std::env::set_var("PROPTEST_CASES", cases.to_string());
+            cargo_test(&["-p".into(), "int8kit".into(), "--test".into(), "fuzz".into()])
+        }
         Cmd::GpuPack(args) => gpu::pack(&args),
         Cmd::GpuCheck(args) => gpu::check(&args),
         Cmd::GpuChild(args) => gpu::child(&args),
@@ -159,15 +170,22 @@ pub fn project_ort_dir() -> PathBuf {
     root().join(".int8kit").join(runtime::Flavor::Cpu.folder_name())
 }
 
-/// Runs `cargo test`, echoing its output, and closes with one line that totals every test binary's
-/// `test result:` line, so that a reader (or CI) sees the whole count at the end.
+/// Runs `cargo test` over the workspace, echoing its output, and closes with one line that totals every test
+/// binary's `test result:` line, so that a reader (or CI) sees the whole count at the end.
 fn test(extra: &[String]) -> anyhow::Result<()> {
+    let mut args = vec!["--workspace".to_string()];
+    args.extend_from_slice(extra);
+    cargo_test(&args)
+}
+
+/// `cargo test --release ARGS` with ONNX Runtime set up, and the total of its results as the last line.
+fn cargo_test(args: &[String]) -> anyhow::Result<()> {
     use std::io::{BufRead, BufReader};
     setup()?;
     let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut child = Command::new(cargo_bin)
-        .args(["test", "--workspace", "--release"])
-        .args(extra)
+        .args(["test", "--release"])
+        .args(args)
         .current_dir(root())
         .stdout(std::process::Stdio::piped())
         .spawn()
