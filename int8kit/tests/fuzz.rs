@@ -111,7 +111,7 @@ proptest! {
         );
         if let Ok(recipe) = datasets::Recipe::from_toml(&text, "fuzz") {
             // An accepted recipe has bounded sizes: preprocessing a real image with it must not blow up.
-            prop_assert!(recipe.size.iter().all(|&s| s >= 1 && s <= datasets::MAX_SIDE));
+            prop_assert!(recipe.size.iter().all(|s| (1..=datasets::MAX_SIDE).contains(s)));
             let image = root().join("datasets/testdata/gray_40x33.png");
             let mut out = vec![0f32; recipe.image_len()];
             let _ = datasets::preprocess_file(&image, &recipe, &mut out);
