@@ -77,6 +77,25 @@ fn matchers(patterns: &[String], origin: &str) -> Result<Vec<(String, GlobMatche
 /// Decides every node's precision. Nodes outside GEMM_OPS appear only when a list names them.
 pub fn decide(graph: &GraphProto, file: &PrecisionFile, origin: &str) -> Result<Vec<Decision>, AnalyzeError> {
     let index = GraphIndex::new(graph);
+    // Everything downstream reads a GEMM/Conv node's data input, weight and output: a malformed node is
+    // reported here rather than indexed blindly.
+    if let Some(node) = graph.node.iter().find(|n| {
+        GEMM_OPS.contains(&n.op_type.as_str())
+            && (n.input.len() < 2 || n.input[0].is_empty() || n.input[1].is_empty() || n.output.is_empty())
+    }) {
+        return Err(AnalyzeError::Model {
+            path: origin.into(),
+            message: format!(
+                "node '{}' ({}) has {} inputs and {} outputs: not a valid ONNX {} (it needs a data input, a weight \
+                 and an output)",
+                node.name,
+                node.op_type,
+                node.input.len(),
+                node.output.len(),
+                node.op_type
+            ),
+        });
+    }
     let deny_nodes = matchers(&file.deny.nodes, origin)?;
     let allow_nodes = matchers(&file.allow.nodes, origin)?;
     let mut out = Vec::new();

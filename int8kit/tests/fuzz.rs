@@ -173,6 +173,7 @@ proptest! {
             }
             let _ = graph::find_activations(&m);
             let _ = m.input_files();
+            let _ = analyze::precision::decide(&m.proto.graph, &Default::default(), "fuzz");
         }
     }
 }

@@ -169,11 +169,14 @@ impl BoundRun {
                 message: format!("{} input values for shape {shape:?}", data.len()),
             });
         }
-        if self.input.as_ref().is_none_or(|(s, _)| s != shape) {
-            let tensor = ort::value::Tensor::<f32>::new(&self.allocator, shape.to_vec()).map_err(run_err)?;
-            self.input = Some((shape.to_vec(), tensor));
-        }
-        let Some((_, tensor)) = self.input.as_mut() else { unreachable!("allocated above") };
+        // The GPU input tensor is reused while batches keep their shape, and replaced when one does not.
+        let tensor = match &mut self.input {
+            Some((s, tensor)) if s.as_slice() == shape => tensor,
+            slot => {
+                let tensor = ort::value::Tensor::<f32>::new(&self.allocator, shape.to_vec()).map_err(run_err)?;
+                &mut slot.insert((shape.to_vec(), tensor)).1
+            }
+        };
         let cuda_err =
             |e: cudarc::driver::DriverError| RuntimeError::Run { model: label.clone(), message: e.to_string() };
         self.ctx.bind_to_thread().map_err(cuda_err)?;
