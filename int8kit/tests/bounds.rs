@@ -2,34 +2,20 @@
 //! expected, absurd thread counts, models with a fixed batch, and Constants whose data is external are
 //! handled so that every written model loads on its own.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
+use common::{mkfifo, on_fixtures, resnet, text};
 use graph::proto::{tensor_proto::DataLocation, AttributeProto, NodeProto, StringStringEntryProto};
-use test_support::{calib_dir, model, recipe_path};
-
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
-}
+use test_support::model;
 
 fn quantize(model_path: &Path, out: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_int8kit"))
-        .args(["quantize", "--quiet", "--model"])
-        .arg(model_path)
-        .arg("--images")
-        .arg(calib_dir())
-        .arg("--recipe")
-        .arg(recipe_path())
-        .arg("--out")
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap()
-}
-
-fn mkfifo(path: &Path) {
-    assert!(Command::new("mkfifo").arg(path).status().unwrap().success());
+    let mut args = vec!["--quiet"];
+    args.extend_from_slice(extra);
+    on_fixtures("quantize", model_path, out, &args)
 }
 
 #[test]
@@ -55,14 +41,14 @@ fn fifos_as_model_or_external_data_are_refused_without_hanging() {
 #[test]
 fn absurd_thread_counts_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let o = quantize(&model("fmnist_resnet_opset13.onnx"), &dir.path().join("out"), &["--threads", "10000"]);
+    let o = quantize(&resnet(), &dir.path().join("out"), &["--threads", "10000"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("--threads 10000: at most 1024"), "{}", text(&o));
 }
 
 /// The ResNet with its input's batch dimension fixed to `batch`.
 fn fixed_batch_model(dir: &Path, batch: i64) -> std::path::PathBuf {
-    let mut m = graph::Model::load(&model("fmnist_resnet_opset13.onnx")).unwrap();
+    let mut m = graph::Model::load(&resnet()).unwrap();
     let graph = m.proto.graph.mut_or_insert_default();
     let shape = graph.input[0].type_.mut_or_insert_default().mut_tensor_type().shape.mut_or_insert_default();
     shape.dim[0].set_dim_value(batch);
@@ -93,7 +79,7 @@ fn a_constant_with_external_data_is_written_inline() {
     let src = dir.path().join("src");
     std::fs::create_dir(&src).unwrap();
     // The ResNet's classifier bias moved from an initializer to a Constant node whose data is external.
-    let mut m = graph::Model::load(&model("fmnist_resnet_opset13.onnx")).unwrap();
+    let mut m = graph::Model::load(&resnet()).unwrap();
     let graph = m.proto.graph.mut_or_insert_default();
     let head = graph.node.iter().find(|n| n.op_type == "Gemm").unwrap().input[2].clone();
     let at = graph.initializer.iter().position(|t| t.name == head).unwrap();

@@ -1,18 +1,17 @@
 //! The `int8kit` binary from outside the checkout: `quantize` gives the artifacts `calibrate` + `analyze`
 //! give, byte for byte; bad input exits 2 with a message naming the problem.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::text;
 use test_support::{calib_dir, model, recipe_path};
 
 /// `int8kit ARGS` run from `cwd`.
 fn int8kit(cwd: &Path, args: &[&std::ffi::OsStr]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_int8kit")).current_dir(cwd).args(args).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
 }
 
 macro_rules! args {

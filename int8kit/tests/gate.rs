@@ -2,59 +2,37 @@
 //! model or image set, classes or prototypes that do not fit the model, and NaN outputs all stop the run with
 //! exit 2 and the reason, before or instead of a verdict.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-use test_support::{calib_dir, model, recipe_path, val_dir};
+use std::path::Path;
+use std::process::Output;
 
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
-}
+use common::{calibrated, int8kit, on_fixtures, refused, resnet, text};
+use test_support::{model, recipe_path, val_dir};
 
-/// `int8kit validate` on `model_path` with small subsets.
+/// `int8kit validate` on `model_path` with small subsets, `val` as the evaluation folder.
 fn validate(model_path: &Path, val: &Path, out: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_int8kit"))
-        .arg("validate")
+    let mut args = vec!["--limit-calib", "50", "--quiet", "--val", val.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    on_fixtures("validate", model_path, out, &args)
+}
+
+/// `int8kit sensitivity` or `autoprecision` on the ResNet, calibrated into `dir`, with `extra` flags.
+fn measure(dir: &Path, subcommand: &str, extra: &[&str]) -> Output {
+    int8kit(subcommand)
         .arg("--model")
-        .arg(model_path)
-        .arg("--calib")
-        .arg(calib_dir())
-        .arg("--val")
-        .arg(val)
-        .arg("--recipe")
-        .arg(recipe_path())
-        .args(["--limit-calib", "50", "--quiet", "--out"])
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap()
-}
-
-fn refused(o: &Output, why: &str) {
-    assert_eq!(o.status.code(), Some(2), "expected exit 2 ({why}): {}", text(o));
-    assert!(text(o).contains(why), "'{why}' missing from: {}", text(o));
-}
-
-fn resnet() -> PathBuf {
-    model("fmnist_resnet_opset13.onnx")
-}
-
-/// The ResNet's statistics over 20 calibration images, in `dir`.
-fn calibrated(dir: &Path) -> PathBuf {
-    let hist = dir.join("r.hist");
-    let o = Command::new(env!("CARGO_BIN_EXE_int8kit"))
-        .args(["calibrate", "--limit", "20", "--quiet", "--model"])
         .arg(resnet())
-        .arg("--images")
-        .arg(calib_dir())
+        .arg("--hist")
+        .arg(calibrated(dir))
+        .arg("--val")
+        .arg(val_dir())
         .arg("--recipe")
         .arg(recipe_path())
         .arg("--out")
-        .arg(&hist)
+        .arg(dir.join("measured"))
+        .args(extra)
         .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    hist
+        .unwrap()
 }
 
 #[test]
@@ -62,20 +40,7 @@ fn nothing_evaluated_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let o = validate(&resnet(), &val_dir(), &dir.path().join("a"), &["--limit-val", "0", "--max-top1-drop", "1"]);
     refused(&o, "no image was evaluated");
-    let hist = calibrated(dir.path());
-    let o = Command::new(env!("CARGO_BIN_EXE_int8kit"))
-        .args(["sensitivity", "--limit", "0", "--model"])
-        .arg(resnet())
-        .arg("--hist")
-        .arg(&hist)
-        .arg("--val")
-        .arg(val_dir())
-        .arg("--recipe")
-        .arg(recipe_path())
-        .arg("--out")
-        .arg(dir.path().join("s"))
-        .output()
-        .unwrap();
+    let o = measure(dir.path(), "sensitivity", &["--limit", "0"]);
     refused(&o, "no image was evaluated");
 }
 
@@ -169,14 +134,7 @@ fn zero_shot_prototypes_of_another_dimension_are_refused() {
 fn nan_outputs_fail_the_run_with_counts() {
     let dir = tempfile::tempdir().unwrap();
     // The ResNet with a NaN in its classifier bias: every logit row holds one NaN.
-    let mut m = graph::Model::load(&resnet()).unwrap();
-    let head = m.proto.graph.node.iter().find(|n| n.op_type == "Gemm").unwrap().input[2].clone();
-    let bias = m.proto.graph.mut_or_insert_default().initializer.iter_mut().find(|t| t.name == head).unwrap();
-    let mut values: Vec<f32> = bias.raw_data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-    values[3] = f32::NAN;
-    bias.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let broken = dir.path().join("nan.onnx");
-    std::fs::write(&broken, m.to_bytes().unwrap()).unwrap();
+    let broken = common::nan_resnet(dir.path(), &[3]);
     let o = validate(&broken, &val_dir(), &dir.path().join("out"), &["--limit-val", "20", "--max-top1-drop", "1"]);
     refused(&o, "not finite numbers on 20 images: FP32 20 NaN/Inf values in 20 images");
 }
@@ -184,19 +142,6 @@ fn nan_outputs_fail_the_run_with_counts() {
 #[test]
 fn autoprecision_budgets_must_be_finite() {
     let dir = tempfile::tempdir().unwrap();
-    let hist = calibrated(dir.path());
-    let o = Command::new(env!("CARGO_BIN_EXE_int8kit"))
-        .args(["autoprecision", "--limit", "20", "--max-top1-drop", "NaN", "--model"])
-        .arg(resnet())
-        .arg("--hist")
-        .arg(&hist)
-        .arg("--val")
-        .arg(val_dir())
-        .arg("--recipe")
-        .arg(recipe_path())
-        .arg("--out")
-        .arg(dir.path().join("a"))
-        .output()
-        .unwrap();
+    let o = measure(dir.path(), "autoprecision", &["--limit", "20", "--max-top1-drop", "NaN"]);
     refused(&o, "from -100 to 100");
 }

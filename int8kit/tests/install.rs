@@ -2,12 +2,12 @@
 //! the checkout. Without ONNX Runtime it says where it looked and what to run; after `int8kit setup` into a
 //! temporary data directory it quantizes a fixture from another directory, exactly as the built binary does.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
-}
+use common::text;
 
 /// `cargo install --path int8kit --root <prefix>`, sharing the workspace's build folder so that nothing is
 /// compiled twice.

@@ -2,33 +2,21 @@
 //! inputs; an artifact folder refuses foreign files and is replaced whole, and a validate run that fails
 //! leaves no verdict behind.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use test_support::{calib_dir, model, recipe_path, val_dir};
-
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
-}
+use common::{int8kit, mkfifo, on_fixtures, resnet, text};
 
 fn calibrate(model_path: &Path, out: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_int8kit"))
-        .args(["calibrate", "--limit", "10", "--quiet", "--model"])
-        .arg(model_path)
-        .arg("--images")
-        .arg(calib_dir())
-        .arg("--recipe")
-        .arg(recipe_path())
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap()
+    on_fixtures("calibrate", model_path, out, &["--limit", "10", "--quiet"])
 }
 
 #[test]
 fn a_file_output_is_never_a_device_a_fifo_a_folder_or_an_input() {
     let dir = tempfile::tempdir().unwrap();
-    let resnet = model("fmnist_resnet_opset13.onnx");
+    let resnet = resnet();
     let o = calibrate(&resnet, Path::new("/dev/null"));
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("character device"), "{}", text(&o));
@@ -36,7 +24,7 @@ fn a_file_output_is_never_a_device_a_fifo_a_folder_or_an_input() {
     assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
 
     let fifo = dir.path().join("fifo");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    mkfifo(&fifo);
     let o = calibrate(&resnet, &fifo);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("a FIFO"), "{}", text(&o));
@@ -55,15 +43,14 @@ fn a_file_output_is_never_a_device_a_fifo_a_folder_or_an_input() {
 #[test]
 fn an_artifact_folder_with_foreign_files_is_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
-    let resnet = model("fmnist_resnet_opset13.onnx");
-    let hist = dir.path().join("r.hist");
-    assert_eq!(calibrate(&resnet, &hist).status.code(), Some(0));
+    let resnet = resnet();
+    let hist = common::calibrated(dir.path());
     let mine = dir.path().join("mine");
     std::fs::create_dir(&mine).unwrap();
     std::fs::write(mine.join("notes.txt"), "keep me").unwrap();
     let analyze = |out: &Path| {
-        Command::new(env!("CARGO_BIN_EXE_int8kit"))
-            .args(["analyze", "--quiet", "--model"])
+        int8kit("analyze")
+            .args(["--quiet", "--model"])
             .arg(&resnet)
             .arg("--hist")
             .arg(&hist)
@@ -91,33 +78,18 @@ fn a_failed_validate_leaves_no_stale_verdict() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("gate");
     let validate = |model_path: &Path| {
-        Command::new(env!("CARGO_BIN_EXE_int8kit"))
-            .args(["validate", "--limit-calib", "20", "--limit-val", "20", "--max-top1-drop", "50", "--quiet"])
-            .arg("--model")
-            .arg(model_path)
-            .arg("--calib")
-            .arg(calib_dir())
-            .arg("--val")
-            .arg(val_dir())
-            .arg("--recipe")
-            .arg(recipe_path())
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap()
+        on_fixtures(
+            "validate",
+            model_path,
+            &out,
+            &["--limit-calib", "20", "--limit-val", "20", "--max-top1-drop", "50", "--quiet"],
+        )
     };
-    let resnet = model("fmnist_resnet_opset13.onnx");
-    let o = validate(&resnet);
+    let o = validate(&resnet());
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(out.join("report.json").is_file());
     // The same model with NaN weights fails after calibration and analysis have run.
-    let mut m = graph::Model::load(&resnet).unwrap();
-    let graph = m.proto.graph.mut_or_insert_default();
-    let head = graph.node.iter().find(|n| n.op_type == "Gemm").unwrap().input[2].clone();
-    let bias = graph.initializer.iter_mut().find(|t| t.name == head).unwrap();
-    bias.raw_data = bias.raw_data.chunks(4).flat_map(|_| f32::NAN.to_le_bytes()).collect();
-    let broken = dir.path().join("nan.onnx");
-    std::fs::write(&broken, m.to_bytes().unwrap()).unwrap();
+    let broken = common::nan_resnet(dir.path(), &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
     let o = validate(&broken);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(!out.join("report.json").exists() && !out.join("junit.xml").exists(), "a stale verdict was left");

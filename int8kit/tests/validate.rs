@@ -1,31 +1,20 @@
 //! `int8kit validate` end to end: exit codes, report schema, zero-shot path, HTML numbers.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-use test_support::{calib_dir, model as fixture, recipe_path, val_dir};
+use std::path::Path;
+
+use common::{on_fixtures, text};
+use test_support::model as fixture;
 
 /// Runs validate on a fixture model with small calibration/validation subsets.
 fn validate(model: &str, out: &Path, extra: &[&str]) -> (i32, String) {
     // A model the fixtures do not have is passed as a path that does not exist.
     let model = if model.starts_with("no_such") { out.join(model) } else { fixture(model) };
-    let output = Command::new(env!("CARGO_BIN_EXE_int8kit"))
-        .arg("validate")
-        .arg("--model")
-        .arg(model)
-        .arg("--calib")
-        .arg(calib_dir())
-        .arg("--val")
-        .arg(val_dir())
-        .arg("--recipe")
-        .arg(recipe_path())
-        .args(["--limit-calib", "200", "--limit-val", "500", "--quiet", "--out"])
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
-    (output.status.code().unwrap_or(-1), text)
+    let mut args = vec!["--limit-calib", "200", "--limit-val", "500", "--quiet"];
+    args.extend_from_slice(extra);
+    let output = on_fixtures("validate", &model, out, &args);
+    (output.status.code().unwrap_or(-1), text(&output))
 }
 
 fn json(path: &Path) -> serde_json::Value {

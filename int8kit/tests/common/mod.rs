@@ -1,0 +1,77 @@
+//! What the binary's end-to-end tests share: running `int8kit` on the fixtures, and hostile inputs made from
+//! them. Each test file uses a part of it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use test_support::{calib_dir, model, recipe_path, val_dir};
+
+/// stdout and stderr of a finished run.
+pub fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+}
+
+/// `int8kit SUBCOMMAND`, not yet run.
+pub fn int8kit(subcommand: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_int8kit"));
+    cmd.arg(subcommand);
+    cmd
+}
+
+/// `int8kit SUBCOMMAND` on `model_path` with the fixture recipe and images (`--images` for calibrate and
+/// quantize; `--calib` and, unless `extra` gives another, `--val` for validate), writing to `out`, with
+/// `extra` flags; run.
+pub fn on_fixtures(subcommand: &str, model_path: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut cmd = int8kit(subcommand);
+    cmd.arg("--model").arg(model_path).arg("--recipe").arg(recipe_path()).arg("--out").arg(out);
+    if subcommand == "validate" {
+        cmd.arg("--calib").arg(calib_dir());
+        if !extra.contains(&"--val") {
+            cmd.arg("--val").arg(val_dir());
+        }
+    } else {
+        cmd.arg("--images").arg(calib_dir());
+    }
+    cmd.args(extra).output().unwrap()
+}
+
+/// The exit status was 2 and the output says `why`.
+pub fn refused(o: &Output, why: &str) {
+    assert_eq!(o.status.code(), Some(2), "expected exit 2 ({why}): {}", text(o));
+    assert!(text(o).contains(why), "'{why}' missing from: {}", text(o));
+}
+
+/// The fixture ResNet.
+pub fn resnet() -> PathBuf {
+    model("fmnist_resnet_opset13.onnx")
+}
+
+/// The ResNet's statistics over 20 calibration images, written to `dir/r.hist`.
+pub fn calibrated(dir: &Path) -> PathBuf {
+    let hist = dir.join("r.hist");
+    let o = on_fixtures("calibrate", &resnet(), &hist, &["--limit", "20", "--quiet"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    hist
+}
+
+/// The ResNet with NaN in its classifier bias at `nan_at` (every logit row then holds NaN), in `dir`.
+pub fn nan_resnet(dir: &Path, nan_at: &[usize]) -> PathBuf {
+    let mut m = graph::Model::load(&resnet()).unwrap();
+    let graph = m.proto.graph.mut_or_insert_default();
+    let head = graph.node.iter().find(|n| n.op_type == "Gemm").unwrap().input[2].clone();
+    let bias = graph.initializer.iter_mut().find(|t| t.name == head).unwrap();
+    let mut values: Vec<f32> = bias.raw_data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    for &i in nan_at {
+        values[i] = f32::NAN;
+    }
+    bias.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let path = dir.join("nan.onnx");
+    std::fs::write(&path, m.to_bytes().unwrap()).unwrap();
+    path
+}
+
+/// A FIFO at `path`.
+pub fn mkfifo(path: &Path) {
+    assert!(Command::new("mkfifo").arg(path).status().unwrap().success());
+}
