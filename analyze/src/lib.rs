@@ -251,6 +251,7 @@ pub struct Analysis {
 /// Computes scales, decides precision, and builds the artifacts.
 pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> Result<Analysis, AnalyzeError> {
     let model = Model::load(model_path)?;
+    model.check_not_quantized()?;
     if model.sha256 != hist.model.sha256 {
         return Err(AnalyzeError::Model {
             path: model_path.to_path_buf(),

@@ -60,6 +60,8 @@ pub struct CalibrationSummary {
     pub not_collected: Vec<String>,
     /// With a CUDA device: the most GPU memory in use (whole device) seen after a batch, in MB.
     pub device_memory_peak_mb: Option<f64>,
+    /// The files the model was read from (the model and its external data): outputs must not replace them.
+    pub model_files: Vec<std::path::PathBuf>,
 }
 
 /// A model copy whose activations are all graph outputs.
@@ -95,8 +97,11 @@ fn check_input_shape(model: &Model, input: &ValueInfoProto, recipe: &Recipe) -> 
         return Err(CalibrateError::Input {
             model: model.path.clone(),
             message: format!(
-                "input '{}' has ONNX element type {}; int8kit feeds float32 images",
-                input.name, tt.elem_type
+                "input '{}' is {}; int8kit feeds float32 images (a model that takes {} images needs its \
+                 float32 variant, e.g. exported with the normalisation outside the graph)",
+                input.name,
+                ElemType(tt.elem_type).name(),
+                ElemType(tt.elem_type).name()
             ),
         });
     }
@@ -134,6 +139,7 @@ impl TappedModel {
     /// Loads the model and adds every float32 activation as a graph output, in memory only.
     pub fn new(model_path: &Path, recipe: &Recipe, selection: Selection) -> Result<TappedModel, CalibrateError> {
         let mut model = Model::load(model_path)?;
+        model.check_not_quantized()?;
         let input = model.resolve_input(recipe.name.as_deref())?.clone();
         check_input_shape(&model, &input, recipe)?;
         let (mut activations, not_collected) = find_activations(&model);
@@ -397,6 +403,7 @@ pub fn calibrate(
         tensors: hist.tensors.len(),
         not_collected: tapped.not_collected.clone(),
         device_memory_peak_mb,
+        model_files: tapped.model.input_files(),
     };
     Ok((hist, summary))
 }

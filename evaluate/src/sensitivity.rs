@@ -268,6 +268,7 @@ pub fn sensitivity(
 ) -> Result<SensitivityReport, EvaluateError> {
     let start = std::time::Instant::now();
     let model = Model::load(&inputs.model)?;
+    model.check_not_quantized()?;
     let ev = Evaluator::new(&model, inputs)?;
     measure_nodes(&ev, inputs, choose_methods, progress, start)
 }
@@ -346,6 +347,7 @@ pub fn auto_precision(
     crate::check_limit("--max-top1-drop", max_top1_drop)?;
     let start = std::time::Instant::now();
     let model = Model::load(&inputs.model)?;
+    model.check_not_quantized()?;
     let ev = Evaluator::new(&model, inputs)?;
     let report = measure_nodes(&ev, inputs, false, progress, start)?;
     let (hist, method, base) = (&inputs.hist, inputs.method, &inputs.precision);

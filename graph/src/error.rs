@@ -114,6 +114,16 @@ pub enum GraphError {
         /// The images to run.
         images: usize,
     },
+    /// The model is already quantized.
+    #[error("{model} is already quantized: it holds {nodes} quantization node(s), e.g. {example}; give int8kit the float model it was made from")]
+    AlreadyQuantized {
+        /// The model file.
+        model: PathBuf,
+        /// How many quantization nodes it holds.
+        nodes: usize,
+        /// The first of them.
+        example: String,
+    },
     /// The recipe names an input the graph lacks.
     #[error("{model}: the graph has no input named '{name}' (inputs: {available})")]
     NoSuchInput {

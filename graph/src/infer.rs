@@ -25,6 +25,31 @@ impl ElemType {
         self == Self::FLOAT
     }
 
+    /// The type's name as ONNX and numpy users say it ("float32", "uint8", ...), for messages.
+    pub fn name(self) -> String {
+        let known = [
+            (DataType::FLOAT, "float32"),
+            (DataType::UINT8, "uint8"),
+            (DataType::INT8, "int8"),
+            (DataType::UINT16, "uint16"),
+            (DataType::INT16, "int16"),
+            (DataType::INT32, "int32"),
+            (DataType::INT64, "int64"),
+            (DataType::STRING, "string"),
+            (DataType::BOOL, "bool"),
+            (DataType::FLOAT16, "float16"),
+            (DataType::DOUBLE, "float64"),
+            (DataType::UINT32, "uint32"),
+            (DataType::UINT64, "uint64"),
+            (DataType::BFLOAT16, "bfloat16"),
+        ];
+        known
+            .iter()
+            .find(|(d, _)| *d as i32 == self.0)
+            .map(|(_, n)| n.to_string())
+            .unwrap_or_else(|| format!("ONNX element type {}", self.0))
+    }
+
     /// Any floating-point type (float32, float16, bfloat16, float64).
     pub fn is_floating(self) -> bool {
         [DataType::FLOAT, DataType::FLOAT16, DataType::BFLOAT16, DataType::DOUBLE].iter().any(|d| *d as i32 == self.0)

@@ -59,6 +59,30 @@ impl Model {
         Ok(Model { proto, path: path.to_path_buf(), dir, sha256: hex(&hasher.finalize()), has_external_data })
     }
 
+    /// Refuses a model that is already quantized (it holds QuantizeLinear/DequantizeLinear or integer ops):
+    /// calibrating it would measure quantized activations, and quantizing it again would stack Q/DQ pairs.
+    pub fn check_not_quantized(&self) -> Result<(), GraphError> {
+        const QUANTIZED_OPS: [&str; 7] = [
+            "QuantizeLinear",
+            "DequantizeLinear",
+            "DynamicQuantizeLinear",
+            "QLinearConv",
+            "QLinearMatMul",
+            "MatMulInteger",
+            "ConvInteger",
+        ];
+        let quantized: Vec<&onnx_protobuf::NodeProto> =
+            self.proto.graph.node.iter().filter(|n| QUANTIZED_OPS.contains(&n.op_type.as_str())).collect();
+        match quantized.first() {
+            None => Ok(()),
+            Some(first) => Err(GraphError::AlreadyQuantized {
+                model: self.path.clone(),
+                nodes: quantized.len(),
+                example: format!("{} '{}'", first.op_type, first.name),
+            }),
+        }
+    }
+
     /// The batch size the input `input` is fixed to, when its first dimension is a number rather than a
     /// symbol (some exporters write batch 1).
     pub fn fixed_batch(&self, input: &str) -> Option<usize> {

@@ -107,10 +107,11 @@ pub struct CalibrationSource {
 }
 
 impl CalibrationSource {
-    /// Refuses outputs that would overwrite the model, its external data or the images.
+    /// Refuses outputs that would overwrite the model, the images or the recipe, before any work (without
+    /// loading the model: the model's external data files are checked once it is loaded, see
+    /// `CalibrationSummary::model_files`).
     pub fn check_outputs(&self, outs: &[&Path]) -> anyhow::Result<()> {
-        let mut inputs = graph::Model::load(&self.model)?.input_files();
-        inputs.push(self.images.clone());
+        let mut inputs = vec![self.model.clone(), self.images.clone()];
         inputs.extend(self.recipe.recipe.clone());
         check_outputs(outs, &inputs)
     }

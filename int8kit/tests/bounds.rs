@@ -119,3 +119,23 @@ fn a_constant_with_external_data_is_written_inline() {
     let node = written.proto.graph.node.iter().find(|n| n.name == "bias_constant").unwrap();
     assert_eq!(node.attribute[0].t.raw_data.len(), length);
 }
+
+#[test]
+fn an_already_quantized_model_is_refused_and_element_types_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("int8");
+    let o = quantize(&resnet(), &out, &["--limit", "10"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = quantize(&out.join("model.qdq.onnx"), &dir.path().join("again"), &["--limit", "10"]);
+    common::refused(&o, "is already quantized");
+    assert!(text(&o).contains("QuantizeLinear"), "{}", text(&o));
+    // A uint8 image input is named as such, not by its ONNX code.
+    let mut m = graph::Model::load(&resnet()).unwrap();
+    let graph = m.proto.graph.mut_or_insert_default();
+    graph.input[0].type_.mut_or_insert_default().mut_tensor_type().elem_type = graph::ElemType::UINT8.0;
+    let uint8 = dir.path().join("u8.onnx");
+    std::fs::write(&uint8, m.to_bytes().unwrap()).unwrap();
+    let o = quantize(&uint8, &dir.path().join("u8"), &["--limit", "10"]);
+    common::refused(&o, "is uint8");
+    assert!(!text(&o).contains("element type 2"), "{}", text(&o));
+}

@@ -399,6 +399,8 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
         }
         let (limit, cal) = (median_run(limits), median_run(cals));
         let ours_dir = dir.join("int8kit");
+        // Scratch from an earlier run (possibly of an int8kit that wrote no manifest): start afresh.
+        let _ = std::fs::remove_dir_all(&ours_dir);
         let mut analyze_cmd = int8kit(&bin, "analyze");
         analyze_cmd
             .args(["--model".as_ref(), w.model.as_os_str()])

@@ -83,9 +83,7 @@ fn print_precision(analysis: &Analysis, origin: &str) {
 
 /// Runs `int8kit analyze`.
 pub fn run(args: &AnalyzeArgs) -> anyhow::Result<Outcome> {
-    let mut inputs = graph::Model::load(&args.model)?.input_files();
-    inputs.push(args.hist.clone());
-    crate::args::check_outputs(&[&args.out], &inputs)?;
+    crate::args::check_outputs(&[&args.out], &[args.model.clone(), args.hist.clone()])?;
     let stage = OutputDir::new(&args.out)?;
     let hist = HistFile::read(&args.hist)?;
     analyze_and_write(&args.model, &hist, &args.scales.options()?, stage, &args.out, args.quiet)?;

@@ -40,7 +40,7 @@ pub fn run(args: &QuantizeArgs) -> anyhow::Result<Outcome> {
         graph::check_file_target(path)?;
     }
     let stage = graph::OutputDir::new(&args.out)?;
-    let hist = collect(&args.source, args.quiet)?;
+    let hist = collect(&args.source, &outs, args.quiet)?;
     if let Some(path) = &args.save_hist {
         hist.write(path).with_context(|| format!("writing {}", path.display()))?;
     }
