@@ -54,6 +54,13 @@ pub fn check_not_input(out: &Path, inputs: &[&Path]) -> Result<(), GraphError> {
 /// long run.
 pub fn check_output_dir(target: &Path) -> Result<(), GraphError> {
     let Ok(meta) = std::fs::symlink_metadata(target) else { return Ok(()) };
+    if meta.file_type().is_symlink() {
+        // Swapping a folder in by rename would replace the link, not the folder it points to.
+        return Err(GraphError::NotRegular {
+            path: target.to_path_buf(),
+            kind: "a symbolic link (give the folder it points to)",
+        });
+    }
     if !meta.is_dir() {
         return Err(GraphError::NotRegular { path: target.to_path_buf(), kind: "not a folder" });
     }
@@ -220,6 +227,9 @@ mod tests {
         let err = check_file_target(Path::new("/dev/null")).unwrap_err().to_string();
         assert!(err.contains("character device"), "{err}");
         assert!(check_file_target(tmp.path()).unwrap_err().to_string().contains("a folder"));
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(tmp.path(), &link).unwrap();
+        assert!(OutputDir::new(&link).err().unwrap().to_string().contains("symbolic link"));
         let model = tmp.path().join("m.onnx");
         std::fs::write(&model, "m").unwrap();
         assert!(check_not_input(&model, &[&model]).is_err());
