@@ -236,14 +236,28 @@ impl Ranges {
     }
 }
 
+/// TensorRT's implicit-INT8 calibration cache (TensorRT 8 and 10; TensorRT 11 takes only the Q/DQ model).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cache {
+    /// The cache text: a range for every float activation of the model.
+    Written(String),
+    /// Not written, and why: the statistics do not cover every activation. TensorRT falls back to float for
+    /// any layer with a tensor lacking a range, and which tensors its fused layers keep cannot be predicted
+    /// from the ONNX graph, so a partial cache would silently lose INT8 layers.
+    Omitted {
+        /// Why, and what to do.
+        reason: String,
+    },
+}
+
 /// Everything `analyze` produces, in memory.
 pub struct Analysis {
     /// ranges.json's contents.
     pub ranges: Ranges,
     /// The Q/DQ model.
     pub qdq: graph::proto::ModelProto,
-    /// The TensorRT calibration cache text.
-    pub cache: String,
+    /// The TensorRT calibration cache, or why it is not written.
+    pub cache: Cache,
     /// The FP32 model it was built from (for writing external data).
     pub model: Model,
 }
@@ -306,9 +320,26 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
             amax_max: a.iter().copied().fold(0.0, f32::max),
         })
         .collect();
-    // The cache covers every activation (TensorRT 10's implicit mode wants a range for each tensor).
-    let cache_scales: Vec<(String, f32)> = tensors.iter().map(|t| (t.name.clone(), t.scale)).collect();
-    let cache = cache::write_cache(&options.trt_version, &cache_scales)?;
+    // The cache covers every activation (TensorRT 10's implicit mode wants a range for each tensor), so it is
+    // written only from statistics of all of them.
+    cache::trt_version_code(&options.trt_version)?;
+    let activations = graph::find_activations(&model).0.len();
+    let cache = if hist.collected == histograms::Selection::All && tensors.len() >= activations {
+        let cache_scales: Vec<(String, f32)> = tensors.iter().map(|t| (t.name.clone(), t.scale)).collect();
+        Cache::Written(cache::write_cache(&options.trt_version, &cache_scales)?)
+    } else {
+        Cache::Omitted {
+            reason: format!(
+                "calibration.cache not written: the .hist holds {} of the model's {activations} float activations \
+                 (calibrate --tensors {}), and TensorRT's implicit INT8 falls back to float for every layer with a \
+                 tensor lacking a range (which tensors its fused layers keep cannot be predicted from the ONNX \
+                 graph). Calibrate with --tensors all for a complete cache; TensorRT 11, and 10 with explicit \
+                 quantization, build from model.qdq.onnx",
+                tensors.len(),
+                hist.collected.name()
+            ),
+        }
+    };
     let ranges = Ranges {
         format: RANGES_FORMAT,
         version: RANGES_VERSION,
@@ -325,11 +356,14 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
 }
 
 impl Analysis {
-    /// Writes the four artifacts into `dir` (each through a temporary file and a rename).
+    /// Writes the artifacts into `dir` (each through a temporary file and a rename): model.qdq.onnx,
+    /// ranges.json, ranges.csv and, when the statistics cover every activation, calibration.cache.
     pub fn write(&self, dir: &Path) -> Result<(), AnalyzeError> {
         std::fs::create_dir_all(dir).map_err(|source| AnalyzeError::Io { path: dir.into(), source })?;
         graph::save_model(&self.model, self.qdq.clone(), &dir.join("model.qdq.onnx"))?;
-        graph::write_atomic(&dir.join("calibration.cache"), self.cache.as_bytes())?;
+        if let Cache::Written(text) = &self.cache {
+            graph::write_atomic(&dir.join("calibration.cache"), text.as_bytes())?;
+        }
         graph::write_atomic(&dir.join("ranges.json"), &self.ranges.to_json()?)?;
         graph::write_atomic(&dir.join("ranges.csv"), &self.ranges_csv()?)?;
         Ok(())

@@ -39,8 +39,30 @@ fn a_denied_node_gets_no_qdq_and_artifacts_are_byte_identical_on_rerun() {
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     a.write(d1.path()).unwrap();
     analyze(&model(name), &h, &options_for(Method::Entropy, precision)).unwrap().write(d2.path()).unwrap();
-    for f in ["model.qdq.onnx", "calibration.cache", "ranges.csv", "ranges.json"] {
+    for f in ["model.qdq.onnx", "ranges.csv", "ranges.json"] {
         assert_eq!(std::fs::read(d1.path().join(f)).unwrap(), std::fs::read(d2.path().join(f)).unwrap(), "{f} differs");
+    }
+}
+
+#[test]
+fn the_cache_is_written_only_from_statistics_of_every_activation() {
+    let name = "fmnist_vit_opset17.onnx";
+    let some = hist(name);
+    let a = analyze(&model(name), &some, &options_for(Method::Entropy, PrecisionFile::default())).unwrap();
+    let analyze::Cache::Omitted { reason } = &a.cache else { panic!("a cache from {} tensors", some.tensors.len()) };
+    assert!(reason.contains("--tensors all") && reason.contains("of the model's 201 float activations"), "{reason}");
+    let dir = tempfile::tempdir().unwrap();
+    a.write(dir.path()).unwrap();
+    assert!(!dir.path().join("calibration.cache").exists());
+
+    let options = CalibrateOptions { limit: Some(50), selection: histograms::Selection::All, ..Default::default() };
+    let (all, _) = calibrate(&model(name), &calib_dir(), &recipe(), &options, &mut |_, _| {}).unwrap();
+    let a = analyze(&model(name), &all, &options_for(Method::Entropy, PrecisionFile::default())).unwrap();
+    let analyze::Cache::Written(text) = &a.cache else { panic!("no cache from every activation") };
+    let cache = analyze::cache::parse_cache(text, std::path::Path::new("c")).unwrap();
+    assert_eq!(cache.entries.len(), 201);
+    for t in &all.tensors {
+        assert!(cache.entries.iter().any(|(n, _)| *n == t.name), "{} has no range in the cache", t.name);
     }
 }
 

@@ -26,13 +26,13 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Calibrate and analyze in one run: the INT8 artifacts (model.qdq.onnx, calibration.cache, ranges.*)
-    /// from the FP32 model and a folder of calibration images.
+    /// Calibrate and analyze in one run: the INT8 artifacts (model.qdq.onnx, ranges.*, and with --tensors
+    /// all calibration.cache) from the FP32 model and a folder of calibration images.
     Quantize(Box<commands::quantize::QuantizeArgs>),
     /// Stream calibration images through the FP32 model and write per-tensor activation statistics (.hist).
     Calibrate(Box<commands::calibrate::CalibrateArgs>),
-    /// Compute INT8 scales from a .hist and write model.qdq.onnx, calibration.cache, ranges.csv and
-    /// ranges.json.
+    /// Compute INT8 scales from a .hist and write model.qdq.onnx, ranges.csv, ranges.json and, from a .hist of
+    /// every activation (--tensors all), TensorRT's calibration.cache.
     Analyze(Box<commands::analyze::AnalyzeArgs>),
     /// Per node: quantize it alone, and keep it alone in float; rank by the damage (sensitivity.json/.csv).
     Sensitivity(Box<commands::sensitivity::SensitivityArgs>),

@@ -64,7 +64,7 @@ fn gate_exit_codes_schema_and_html_numbers() {
     assert_eq!(c["images"], 500);
     assert_eq!(c["fp32"]["per_class"].as_array().unwrap().len(), 10);
     assert!(c["agreement"].as_f64().unwrap() > 0.9 && c["cosine_mean"].as_f64().unwrap() > 0.99);
-    for f in ["summary.csv", "per_class.csv", "junit.xml", "report.html", "model.qdq.onnx", "calibration.cache"] {
+    for f in ["summary.csv", "per_class.csv", "junit.xml", "report.html", "model.qdq.onnx", "calibration.hist"] {
         assert!(ok.join(f).is_file(), "{f} missing");
     }
 

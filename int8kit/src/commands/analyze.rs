@@ -46,7 +46,15 @@ pub fn analyze_and_write(
     stage.commit().with_context(written)?;
     if !quiet {
         print_precision(&analysis, &options.precision_origin);
-        println!("wrote model.qdq.onnx, calibration.cache, ranges.csv, ranges.json to {}", out.display());
+        match &analysis.cache {
+            analyze::Cache::Written(_) => {
+                println!("wrote model.qdq.onnx, calibration.cache, ranges.csv, ranges.json to {}", out.display())
+            }
+            analyze::Cache::Omitted { reason } => {
+                println!("wrote model.qdq.onnx, ranges.csv, ranges.json to {}", out.display());
+                eprintln!("note: {reason}");
+            }
+        }
     }
     Ok(analysis)
 }

@@ -67,7 +67,7 @@ pub fn run(args: &AutoprecisionArgs) -> anyhow::Result<Outcome> {
         if met { "within budget" } else { "OVER budget (raise --limit so the search sees more images)" }
     );
     println!(
-        "wrote precision.toml, model.qdq.onnx, calibration.cache, ranges.*, autoprecision.json to {}",
+        "wrote precision.toml, model.qdq.onnx, ranges.*, autoprecision.json (and calibration.cache from a --tensors all .hist) to {}",
         common.out.display()
     );
     Ok(if met { Outcome::Success } else { Outcome::GateFailed })

@@ -21,7 +21,7 @@ pub struct QuantizeArgs {
     /// precision lists, without recalibrating).
     #[arg(long, value_name = "H.hist")]
     pub save_hist: Option<PathBuf>,
-    /// Output folder for model.qdq.onnx, calibration.cache, ranges.csv and ranges.json.
+    /// Output folder for model.qdq.onnx, ranges.csv, ranges.json (and calibration.cache with --tensors all).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// No progress bar, no listing.
