@@ -51,6 +51,8 @@ pub fn fixture_config(
 pub fn run(quiet: bool, methods: &[Method]) -> anyhow::Result<()> {
     let root = root();
     let out = root.join("target/int8kit-demo");
+    // The demo's own scratch: a run of an earlier int8kit (without manifests) must not block this one.
+    let _ = std::fs::remove_dir_all(&out);
     let mut rows = Vec::new();
     let mut failed = Vec::new();
     for (name, zero_shot) in FIXTURE_MODELS {

@@ -665,6 +665,7 @@ fn validate_both(args: &CheckArgs) -> anyhow::Result<Vec<ValidateRow>> {
         let mut top = Vec::new();
         for device in [Device::Cpu, args.device] {
             let dir = args.out.join("validate").join(stem).join(device.to_string().replace(':', "_"));
+            let _ = std::fs::remove_dir_all(&dir);
             let config = crate::demo::fixture_config(name, *zero_shot, analyze::scales::Method::Entropy, dir, device)?;
             let r = evaluate::validate(&config, &mut |_, _, _| {})?;
             top.push((r.comparison.fp32.top1, r.comparison.int8.top1));
