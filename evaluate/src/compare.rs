@@ -153,7 +153,7 @@ pub trait BatchModel {
 }
 
 /// Images per batch in evaluations, unless a model fixes its batch.
-const EVAL_BATCH: usize = 64;
+pub const EVAL_BATCH: usize = 64;
 
 /// The batch size every model in `models` can take for `dataset`: [`EVAL_BATCH`], or the fixed batch of a
 /// model that has one, which must then divide the number of images.

@@ -65,25 +65,83 @@ pub fn on_path() -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("trtexec").is_file()))
 }
 
+/// The engine's input: its name, one image's dimensions, and the batch sizes it must take.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineInput {
+    /// The input tensor's name.
+    pub name: String,
+    /// One image's dimensions (without the batch).
+    pub image: Vec<usize>,
+    /// The model's fixed batch, if its batch dimension is a number.
+    pub fixed_batch: Option<usize>,
+    /// The largest batch evaluation feeds (the optimisation profile's opt and max).
+    pub max_batch: usize,
+}
+
+/// trtexec's arguments to build a strongly typed engine (TensorRT 11 requires it for Q/DQ models; 10 accepts
+/// it) from `qdq` into `engine`. A dynamic batch gets an optimisation profile from 1 to `max_batch` images,
+/// which TensorRT needs to build any engine with a dynamic dimension.
+pub fn build_args(qdq: &Path, engine: &Path, input: &EngineInput) -> Vec<String> {
+    let mut args = vec![
+        format!("--onnx={}", qdq.display()),
+        "--stronglyTyped".to_string(),
+        format!("--saveEngine={}", engine.display()),
+    ];
+    if input.fixed_batch.is_none() {
+        let dims = |batch: usize| {
+            std::iter::once(batch)
+                .chain(input.image.iter().copied())
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("x")
+        };
+        for (flag, batch) in [("minShapes", 1), ("optShapes", input.max_batch), ("maxShapes", input.max_batch)] {
+            args.push(format!("--{flag}='{}':{}", input.name, dims(batch)));
+        }
+    }
+    args
+}
+
 impl TrtExec {
     /// Builds `<out>/model.engine` from the Q/DQ model.
-    pub fn build(qdq: &Path, input: &str, out: &Path) -> Result<TrtExec, TensorRtError> {
+    pub fn build(qdq: &Path, input: &EngineInput, out: &Path) -> Result<TrtExec, TensorRtError> {
         if !on_path() {
             return Err(TensorRtError::NotOnPath);
         }
         let engine = out.join("model.engine");
-        let status = Command::new("trtexec")
-            .arg(format!("--onnx={}", qdq.display()))
-            .arg("--stronglyTyped")
-            .arg(format!("--saveEngine={}", engine.display()))
-            .status()
-            .map_err(TensorRtError::Start)?;
+        let status =
+            Command::new("trtexec").args(build_args(qdq, &engine, input)).status().map_err(TensorRtError::Start)?;
         if !status.success() {
             return Err(TensorRtError::Build { model: qdq.to_path_buf(), status });
         }
         let work = out.join("trtexec-io");
         std::fs::create_dir_all(&work).map_err(|source| TensorRtError::Io { path: work.clone(), source })?;
-        Ok(TrtExec { engine, input: input.to_string(), work, seconds: 0.0 })
+        Ok(TrtExec { engine, input: input.name.clone(), work, seconds: 0.0 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dynamic_batch_gets_an_optimisation_profile_and_a_fixed_one_none() {
+        let mut input =
+            EngineInput { name: "pixel_values".into(), image: vec![3, 224, 224], fixed_batch: None, max_batch: 64 };
+        let args = build_args(Path::new("m.qdq.onnx"), Path::new("m.engine"), &input);
+        assert_eq!(
+            args,
+            [
+                "--onnx=m.qdq.onnx",
+                "--stronglyTyped",
+                "--saveEngine=m.engine",
+                "--minShapes='pixel_values':1x3x224x224",
+                "--optShapes='pixel_values':64x3x224x224",
+                "--maxShapes='pixel_values':64x3x224x224",
+            ]
+        );
+        input.fixed_batch = Some(1);
+        assert_eq!(build_args(Path::new("m.qdq.onnx"), Path::new("m.engine"), &input).len(), 3);
     }
 }
 
@@ -107,7 +165,7 @@ impl BatchModel for TrtExec {
         let status = Command::new("trtexec")
             .arg(format!("--loadEngine={}", self.engine.display()))
             .arg(format!("--loadInputs='{}':{}", self.input, input.display()))
-            .arg(format!("--shapes={}:{shape}", self.input))
+            .arg(format!("--shapes='{}':{shape}", self.input))
             .arg(format!("--exportOutput={}", output.display()))
             .args(["--iterations=1", "--warmUp=0", "--duration=0"])
             .output()

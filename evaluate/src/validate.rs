@@ -160,7 +160,13 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
     let mut int8 = match config.engine {
         Engine::Ort => ort_model(&int8_model, recipe, config.placement)?,
         Engine::TensorRt => {
-            let input = analysis.model.resolve_input(recipe.name.as_deref())?.name.clone();
+            let name = analysis.model.resolve_input(recipe.name.as_deref())?.name.clone();
+            let input = crate::tensorrt::EngineInput {
+                image: recipe.batch_shape(1)[1..].to_vec(),
+                fixed_batch: analysis.model.fixed_batch(&name),
+                max_batch: crate::compare::EVAL_BATCH,
+                name,
+            };
             Box::new(TrtExec::build(&int8_model, &input, out)?) as Box<dyn BatchModel>
         }
     };
