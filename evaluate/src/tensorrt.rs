@@ -120,31 +120,6 @@ impl TrtExec {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_dynamic_batch_gets_an_optimisation_profile_and_a_fixed_one_none() {
-        let mut input =
-            EngineInput { name: "pixel_values".into(), image: vec![3, 224, 224], fixed_batch: None, max_batch: 64 };
-        let args = build_args(Path::new("m.qdq.onnx"), Path::new("m.engine"), &input);
-        assert_eq!(
-            args,
-            [
-                "--onnx=m.qdq.onnx",
-                "--stronglyTyped",
-                "--saveEngine=m.engine",
-                "--minShapes='pixel_values':1x3x224x224",
-                "--optShapes='pixel_values':64x3x224x224",
-                "--maxShapes='pixel_values':64x3x224x224",
-            ]
-        );
-        input.fixed_batch = Some(1);
-        assert_eq!(build_args(Path::new("m.qdq.onnx"), Path::new("m.engine"), &input).len(), 3);
-    }
-}
-
 impl BatchModel for TrtExec {
     fn seconds(&self) -> f64 {
         self.seconds
@@ -184,5 +159,30 @@ impl BatchModel for TrtExec {
         let exported: Vec<Exported> = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         let first = exported.into_iter().next().ok_or_else(|| bad("no output tensor".into()))?;
         Ok(first.values)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dynamic_batch_gets_an_optimisation_profile_and_a_fixed_one_none() {
+        let mut input =
+            EngineInput { name: "pixel_values".into(), image: vec![3, 224, 224], fixed_batch: None, max_batch: 64 };
+        let args = build_args(Path::new("m.qdq.onnx"), Path::new("m.engine"), &input);
+        assert_eq!(
+            args,
+            [
+                "--onnx=m.qdq.onnx",
+                "--stronglyTyped",
+                "--saveEngine=m.engine",
+                "--minShapes='pixel_values':1x3x224x224",
+                "--optShapes='pixel_values':64x3x224x224",
+                "--maxShapes='pixel_values':64x3x224x224",
+            ]
+        );
+        input.fixed_batch = Some(1);
+        assert_eq!(build_args(Path::new("m.qdq.onnx"), Path::new("m.engine"), &input).len(), 3);
     }
 }
