@@ -9,7 +9,7 @@ pub mod precision;
 pub mod qdq;
 pub mod scales;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use graph::Model;
@@ -129,29 +129,56 @@ impl AnalyzeOptions {
     }
 }
 
-/// The method a tensor's amax comes from: graph inputs (preprocessed images) always use max, since their
-/// histogram is a few pixel-value spikes that KL/percentile/MSE searches clip (entropy clipped 29 % of the
-/// Fashion-MNIST input); then a per-tensor choice; then the global method.
+/// Ops that models put between a raw image input and the network: a cast, scaling and mean/std, and layout
+/// changes. A tensor computed from the image by these alone is still the image.
+const PREPROCESSING_OPS: [&str; 10] =
+    ["Cast", "Div", "Sub", "Mul", "Add", "Transpose", "Reshape", "Identity", "Unsqueeze", "Squeeze"];
+
+/// The preprocessed image: the fed inputs, and every tensor computed from one of them alone (other operands
+/// constant) through [`PREPROCESSING_OPS`], as in a model that takes uint8 pixels and normalises in its graph.
+pub fn image_tensors(graph: &graph::proto::GraphProto) -> BTreeSet<String> {
+    let index = graph::GraphIndex::new(graph);
+    let mut image: BTreeSet<String> =
+        graph.input.iter().filter(|i| !index.initializers.contains_key(&i.name)).map(|i| i.name.clone()).collect();
+    // ONNX graphs are topologically sorted: one pass follows every chain.
+    for node in graph.node.iter().filter(|n| PREPROCESSING_OPS.contains(&n.op_type.as_str())) {
+        let mut dynamic = node.input.iter().filter(|i| !i.is_empty() && index.constant(graph, i).is_none());
+        if let (Some(only), None) = (dynamic.next(), dynamic.next()) {
+            if image.contains(only) {
+                image.extend(node.output.iter().cloned());
+            }
+        }
+    }
+    image
+}
+
+/// The method a tensor's amax comes from: the image (graph inputs, and the image as preprocessed inside the
+/// graph, see [`image_tensors`]) always uses max, since its histogram is a few pixel-value spikes that
+/// KL/percentile/MSE searches clip (entropy clipped 29 % of the Fashion-MNIST input); then a per-tensor
+/// choice; then the global method.
 pub fn tensor_method(
     t: &TensorRecord,
+    image: &BTreeSet<String>,
     method: Method,
     per_tensor: &std::collections::BTreeMap<String, Method>,
 ) -> Method {
-    if t.producer.is_none() {
+    if t.producer.is_none() || image.contains(&t.name) {
         return Method::Max;
     }
     per_tensor.get(&t.name).copied().unwrap_or(method)
 }
 
-/// Every activation's amax under [`tensor_method`].
+/// Every activation's amax under [`tensor_method`], for the model whose graph is `graph`.
 pub fn activation_amax(
     hist: &HistFile,
+    graph: &graph::proto::GraphProto,
     method: Method,
     per_tensor: &std::collections::BTreeMap<String, Method>,
 ) -> HashMap<String, f32> {
+    let image = image_tensors(graph);
     hist.tensors
         .iter()
-        .map(|t| (t.name.clone(), scales::amax(&t.stats, tensor_method(t, method, per_tensor))))
+        .map(|t| (t.name.clone(), scales::amax(&t.stats, tensor_method(t, &image, method, per_tensor))))
         .collect()
 }
 
@@ -278,7 +305,8 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
         });
     }
     let decisions = precision::decide(&model.proto.graph, &options.precision, &options.precision_origin)?;
-    let amax = activation_amax(hist, options.method, &options.per_tensor);
+    let amax = activation_amax(hist, &model.proto.graph, options.method, &options.per_tensor);
+    let image = image_tensors(&model.proto.graph);
     let (qdq, summary) = qdq::insert_qdq(&model, &decisions, &amax)?;
     let quantized: HashMap<&str, f32> = summary.activations.iter().map(|(n, a)| (n.as_str(), *a)).collect();
 
@@ -295,7 +323,7 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
                 name: t.name.clone(),
                 op: t.op.clone(),
                 quantized: quantized.contains_key(t.name.as_str()),
-                method: tensor_method(t, options.method, &options.per_tensor).name(),
+                method: tensor_method(t, &image, options.method, &options.per_tensor).name(),
                 amax: a,
                 scale: a / 127.0,
                 clipped: scales::clipped_share(&t.stats, a),

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use datasets::{BatchStream, Dataset, OnBadImage, Recipe, StreamOptions};
+use datasets::{BatchStream, Dataset, InputType, OnBadImage, Recipe, StreamOptions};
 use graph::proto::{TypeProto, ValueInfoProto};
 use graph::{find_activations, Activation, ElemType, Model};
 use rayon::prelude::*;
@@ -93,17 +93,31 @@ fn check_input_shape(model: &Model, input: &ValueInfoProto, recipe: &Recipe) -> 
         return Ok(());
     }
     let tt = tp.tensor_type();
-    if tt.elem_type != ElemType::FLOAT.0 {
-        return Err(CalibrateError::Input {
-            model: model.path.clone(),
-            message: format!(
-                "input '{}' is {}; int8kit feeds float32 images (a model that takes {} images needs its \
-                 float32 variant, e.g. exported with the normalisation outside the graph)",
+    let takes = ElemType(tt.elem_type);
+    let mismatch = |message: String| Err(CalibrateError::Input { model: model.path.clone(), message });
+    match (takes, recipe.dtype) {
+        (ElemType::FLOAT, InputType::Float32) | (ElemType::UINT8, InputType::Uint8) => {}
+        (ElemType::UINT8, InputType::Float32) => {
+            return mismatch(format!(
+                "input '{}' is uint8 (raw pixel levels; the model normalises inside its graph): add dtype = \
+                 \"uint8\" to the recipe and remove its scale, mean and std",
+                input.name
+            ))
+        }
+        (_, InputType::Uint8) => {
+            return mismatch(format!(
+                "the recipe feeds uint8 pixels (dtype = \"uint8\") but input '{}' is {}",
                 input.name,
-                ElemType(tt.elem_type).name(),
-                ElemType(tt.elem_type).name()
-            ),
-        });
+                takes.name()
+            ))
+        }
+        _ => {
+            return mismatch(format!(
+                "input '{}' is {}; int8kit feeds float32 images, or uint8 ones with dtype = \"uint8\" in the recipe",
+                input.name,
+                takes.name()
+            ))
+        }
     }
     let Some(shape) = tt.shape.as_ref() else { return Ok(()) };
     let want = recipe.batch_shape(1);
@@ -279,6 +293,14 @@ pub fn calibrate(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(HistFile, CalibrationSummary), CalibrateError> {
     recipe.validate("recipe")?;
+    if options.device.is_cuda() && recipe.dtype == InputType::Uint8 {
+        return Err(CalibrateError::Input {
+            model: model_path.to_path_buf(),
+            message: "uint8 image inputs run on the CPU only for now (the GPU path binds float32 batches); use \
+                      --device cpu"
+                .into(),
+        });
+    }
     let tapped = TappedModel::new(model_path, recipe, options.selection)?;
     let label = tapped.model.path.display().to_string();
 

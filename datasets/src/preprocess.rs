@@ -189,12 +189,15 @@ pub fn apply_geometry(path: &Path, src: Pixels, recipe: &Recipe) -> Result<Pixel
 pub fn write_tensor(px: &Pixels, recipe: &Recipe, out: &mut [f32]) {
     let (h, w, c) = (px.height as usize, px.width as usize, px.channels);
     // Same float32 operations as ToTensor then Normalize: x / 255, then (x - mean) / std.
+    let uint8 = recipe.dtype == crate::InputType::Uint8;
     for ch in 0..c {
         let src_ch = if recipe.channels == Channels::Bgr { c - 1 - ch } else { ch };
-        let (mean, std) = (recipe.mean[ch], recipe.std[ch]);
+        // uint8 inputs take the levels as they are (whole numbers, exact in float32 and converted back when fed).
+        let (mean, std) = if uint8 { (0.0, 1.0) } else { (recipe.mean[ch], recipe.std[ch]) };
+        let scale = if uint8 { 1.0 } else { recipe.scale };
         for y in 0..h {
             for x in 0..w {
-                let v = (px.data[(y * w + x) * c + src_ch] as f32 / recipe.scale - mean) / std;
+                let v = (px.data[(y * w + x) * c + src_ch] as f32 / scale - mean) / std;
                 let idx = match recipe.layout {
                     Layout::Nchw => (ch * h + y) * w + x,
                     Layout::Nhwc => (y * w + x) * c + ch,

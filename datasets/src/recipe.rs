@@ -93,10 +93,34 @@ pub struct Recipe {
     /// Pixels are divided by this first (255 maps 8-bit images to [0, 1]).
     #[serde(default = "default_scale")]
     pub scale: f32,
-    /// Per-channel mean, after `scale`.
+    /// Per-channel mean, after `scale` (none with `dtype = "uint8"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mean: Vec<f32>,
-    /// Per-channel standard deviation.
+    /// Per-channel standard deviation (none with `dtype = "uint8"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub std: Vec<f32>,
+    /// What the model takes: float32 (scaled and normalised here) or uint8 (the decoded pixel levels, for
+    /// models that normalise inside the graph, as TF exports and many deployed embedders do).
+    #[serde(default, skip_serializing_if = "InputType::is_float32")]
+    pub dtype: InputType,
+}
+
+/// The element type of the image tensor a model takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputType {
+    /// Scaled and normalised float32 values.
+    #[default]
+    Float32,
+    /// The pixel levels 0..=255 as they are.
+    Uint8,
+}
+
+impl InputType {
+    /// Whether this is the default float32.
+    pub fn is_float32(&self) -> bool {
+        *self == InputType::Float32
+    }
 }
 
 fn default_layout() -> Layout {
@@ -142,6 +166,7 @@ impl Recipe {
                 scale: 255.0,
                 mean: vec![0.485, 0.456, 0.406],
                 std: vec![0.229, 0.224, 0.225],
+                dtype: InputType::Float32,
             },
             Preset::Clip => Recipe {
                 name: None,
@@ -154,14 +179,28 @@ impl Recipe {
                 scale: 255.0,
                 mean: vec![0.481_454_66, 0.457_827_5, 0.408_210_73],
                 std: vec![0.268_629_54, 0.261_302_6, 0.275_777_1],
+                dtype: InputType::Float32,
             },
         }
     }
 
     /// Parses a recipe file's text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Recipe, DatasetError> {
-        let file: RecipeFile =
-            toml::from_str(text).map_err(|e| DatasetError::Recipe { origin: origin.into(), message: e.to_string() })?;
+        let bad = |message: String| DatasetError::Recipe { origin: origin.into(), message };
+        let file: RecipeFile = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        if file.input.dtype == InputType::Uint8 {
+            // The keys are refused rather than ignored: a scale or normalisation the user wrote would otherwise
+            // silently not be applied.
+            let table: toml::Table = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+            let input = table.get("input").and_then(toml::Value::as_table);
+            if let Some(key) = ["scale", "mean", "std"].into_iter().find(|k| input.is_some_and(|t| t.contains_key(*k)))
+            {
+                return Err(bad(format!(
+                    "dtype = \"uint8\" feeds the pixel levels as they are, so '{key}' cannot apply: remove it (the \
+                     model normalises inside its graph), or use dtype = \"float32\""
+                )));
+            }
+        }
         file.input.validate(origin)?;
         Ok(file.input)
     }
@@ -181,7 +220,11 @@ impl Recipe {
     pub fn validate(&self, origin: &str) -> Result<(), DatasetError> {
         let bad = |message: String| Err(DatasetError::Recipe { origin: origin.into(), message });
         let c = self.channels.count();
-        if self.mean.len() != c || self.std.len() != c {
+        if self.dtype == InputType::Uint8 {
+            if !self.mean.is_empty() || !self.std.is_empty() {
+                return bad("dtype = \"uint8\" takes no mean or std".into());
+            }
+        } else if self.mean.len() != c || self.std.len() != c {
             return bad(format!(
                 "channels = {:?} needs {c} mean and {c} std values, found {} and {}",
                 self.channels,

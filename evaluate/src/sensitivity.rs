@@ -237,11 +237,16 @@ fn method_choices(
     method: Method,
     base: &Effect,
 ) -> Result<Vec<MethodChoice>, EvaluateError> {
-    let amax = analyze::activation_amax(hist, method, &Default::default());
+    let graph = &ev.model.proto.graph;
+    let amax = analyze::activation_amax(hist, graph, method, &Default::default());
     let (_, summary) = analyze::qdq::insert_qdq(ev.model, decisions, &amax)?;
+    let image = analyze::image_tensors(graph);
     let mut out = Vec::new();
     for (tensor, _) in &summary.activations {
-        let Some(record) = hist.tensor(tensor).filter(|t| t.producer.is_some()) else { continue };
+        // The image always uses max: nothing to choose.
+        let Some(record) = hist.tensor(tensor).filter(|t| t.producer.is_some() && !image.contains(&t.name)) else {
+            continue;
+        };
         let mut tried = Vec::new();
         for m in Method::ALL_DEFAULT {
             let divergence = if m == method {
@@ -282,7 +287,7 @@ fn measure_nodes(
 ) -> Result<SensitivityReport, EvaluateError> {
     let (model, hist, recipe, method, precision) =
         (ev.model, &inputs.hist, &inputs.recipe, inputs.method, &inputs.precision);
-    let amax = analyze::activation_amax(hist, method, &Default::default());
+    let amax = analyze::activation_amax(hist, &model.proto.graph, method, &Default::default());
     let decisions = decide(&model.proto.graph, precision, "precision")?;
     let fp32_top1 = ev.effect(&ev.fp32).top1;
     let int8 = ev.variant(&decisions, &amax)?;
@@ -351,7 +356,7 @@ pub fn auto_precision(
     let ev = Evaluator::new(&model, inputs)?;
     let report = measure_nodes(&ev, inputs, false, progress, start)?;
     let (hist, method, base) = (&inputs.hist, inputs.method, &inputs.precision);
-    let amax = analyze::activation_amax(hist, method, &Default::default());
+    let amax = analyze::activation_amax(hist, &model.proto.graph, method, &Default::default());
 
     let mut order: Vec<&NodeSensitivity> = report.nodes.iter().collect();
     let damage_per_flop = |n: &NodeSensitivity| n.alone_int8.divergence / n.flop_share.max(1e-9);

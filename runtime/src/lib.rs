@@ -200,8 +200,20 @@ pub fn run_f32_owned(
     outputs: &[String],
 ) -> Result<Vec<OwnedOutput>, RuntimeError> {
     let run_err = |e: ort::Error| RuntimeError::Run { model: label.to_string(), message: e.to_string() };
-    let tensor = ort::value::TensorRef::from_array_view((shape, data)).map_err(run_err)?;
-    let mut result = session.run(ort::inputs![input_name => tensor]).map_err(run_err)?;
+    // A model that takes raw pixels (uint8) gets the batch's values, which are then whole pixel levels, as
+    // uint8; every other input is fed float32.
+    let takes_uint8 = session.inputs().iter().any(|i| {
+        i.name() == input_name
+            && matches!(i.dtype(), ort::value::ValueType::Tensor { ty: ort::value::TensorElementType::Uint8, .. })
+    });
+    let mut result = if takes_uint8 {
+        let levels: Vec<u8> = data.iter().map(|&v| v.clamp(0.0, 255.0) as u8).collect();
+        let tensor = ort::value::TensorRef::from_array_view((shape, levels.as_slice())).map_err(run_err)?;
+        session.run(ort::inputs![input_name => tensor]).map_err(run_err)?
+    } else {
+        let tensor = ort::value::TensorRef::from_array_view((shape, data)).map_err(run_err)?;
+        session.run(ort::inputs![input_name => tensor]).map_err(run_err)?
+    };
     let mut owned = Vec::with_capacity(outputs.len());
     for name in outputs {
         let value = result.remove(name).ok_or_else(|| RuntimeError::Run {

@@ -1,0 +1,120 @@
+//! Real-world model inputs: a model that takes raw uint8 NHWC pixels and normalises inside its graph (as TF
+//! exports and many deployed embedders do) is calibrated, quantized and validated with a `dtype = "uint8"`
+//! recipe, and its FP32 results equal those of the float model it was made from.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{on_fixtures, refused, resnet, text};
+use graph::proto::{tensor_proto::DataType, AttributeProto, NodeProto, TensorProto};
+
+fn scalar(name: &str, value: f32) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.into();
+    t.data_type = DataType::FLOAT as i32;
+    t.raw_data = value.to_le_bytes().to_vec();
+    t
+}
+
+fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+    let mut n = NodeProto::new();
+    n.op_type = op.into();
+    n.name = format!("/pre/{op}_{output}");
+    n.input = inputs.iter().map(|s| s.to_string()).collect();
+    n.output.push(output.into());
+    n
+}
+
+fn ints(name: &str, values: &[i64]) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = graph::proto::attribute_proto::AttributeType::INTS.into();
+    a.ints = values.to_vec();
+    a
+}
+
+/// The ResNet behind `image: uint8 [N, 28, 28, 1]` -> Cast -> / 255 -> - mean -> / std -> NHWC to NCHW, the
+/// fixture recipe's float32 operations in the same order.
+fn uint8_resnet(dir: &Path) -> PathBuf {
+    let mut m = graph::Model::load(&resnet()).unwrap();
+    let graph = m.proto.graph.mut_or_insert_default();
+    let original = graph.input[0].name.clone();
+    let mut image = graph.input[0].clone();
+    image.name = "image".into();
+    let tensor = image.type_.mut_or_insert_default().mut_tensor_type();
+    tensor.elem_type = graph::ElemType::UINT8.0;
+    let shape = tensor.shape.mut_or_insert_default();
+    let (c, h, w) = (shape.dim[1].clone(), shape.dim[2].clone(), shape.dim[3].clone());
+    shape.dim.truncate(1);
+    shape.dim.extend([h, w, c]);
+    graph.input[0] = image;
+    graph.initializer.extend([scalar("/pre/scale", 255.0), scalar("/pre/mean", 0.286), scalar("/pre/std", 0.353)]);
+    let mut cast = node("Cast", &["image"], "/pre/f");
+    let mut to = AttributeProto::new();
+    to.name = "to".into();
+    to.type_ = graph::proto::attribute_proto::AttributeType::INT.into();
+    to.i = DataType::FLOAT as i64;
+    cast.attribute.push(to);
+    let mut transpose = node("Transpose", &["/pre/n"], &original);
+    transpose.attribute.push(ints("perm", &[0, 3, 1, 2]));
+    let pre = [
+        cast,
+        node("Div", &["/pre/f", "/pre/scale"], "/pre/s"),
+        node("Sub", &["/pre/s", "/pre/mean"], "/pre/c"),
+        node("Div", &["/pre/c", "/pre/std"], "/pre/n"),
+        transpose,
+    ];
+    for (i, n) in pre.into_iter().enumerate() {
+        graph.node.insert(i, n);
+    }
+    let path = dir.join("resnet_uint8.onnx");
+    std::fs::write(&path, m.to_bytes().unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn a_uint8_nhwc_model_quantizes_and_validates_like_its_float_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = uint8_resnet(dir.path());
+    // The fixture recipe feeds float32: refused, saying what to write.
+    let o = on_fixtures("quantize", &model, &dir.path().join("q0"), &["--limit", "10", "--quiet"]);
+    refused(&o, "add dtype = \"uint8\"");
+    let recipe = dir.path().join("uint8.toml");
+    std::fs::write(
+        &recipe,
+        "[input]\nlayout = \"NHWC\"\nchannels = \"gray\"\nsize = [28, 28]\nresize = \"none\"\ndtype = \"uint8\"\n",
+    )
+    .unwrap();
+    let run = |model_path: &Path, recipe_path: &Path, out: &str| {
+        let o = common::int8kit("validate")
+            .arg("--model")
+            .arg(model_path)
+            .arg("--recipe")
+            .arg(recipe_path)
+            .arg("--calib")
+            .arg(test_support::calib_dir())
+            .arg("--val")
+            .arg(test_support::val_dir())
+            .args(["--limit-calib", "200", "--limit-val", "300", "--max-top1-drop", "1", "--quiet", "--out"])
+            .arg(dir.path().join(out))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(out).join("report.json")).unwrap()).unwrap();
+        report["comparison"].clone()
+    };
+    let raw = run(&model, &recipe, "uint8");
+    let float = run(&resnet(), &test_support::recipe_path(), "float");
+    eprintln!("uint8 model: {raw}\nfloat model: {float}");
+    assert_eq!(raw["fp32"]["top1"], float["fp32"]["top1"], "the in-graph normalisation is the recipe's");
+    assert!(raw["int8"]["top1"].as_f64().unwrap() > 0.9, "{raw}");
+}
+
+#[test]
+fn a_uint8_recipe_refuses_normalisation_keys() {
+    let text = "[input]\nchannels = \"gray\"\nsize = [28, 28]\nresize = \"none\"\ndtype = \"uint8\"\nscale = 255.0\n";
+    let err = datasets::Recipe::from_toml(text, "u.toml").unwrap_err().to_string();
+    assert!(err.contains("'scale' cannot apply") && err.contains("u.toml"), "{err}");
+}
