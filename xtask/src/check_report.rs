@@ -49,6 +49,10 @@ fn lookup(report: &serde_json::Value, key: &str) -> Option<f64> {
             Err(_) => v.get(p)?,
         };
     }
+    // report.json writes an infinite SQNR (identical outputs) as null; the page shows "inf".
+    if v.is_null() {
+        return Some(f64::INFINITY);
+    }
     v.as_f64()
 }
 
@@ -106,4 +110,22 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         shot.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_found_by_key_and_a_null_sqnr_is_infinite() {
+        let report = serde_json::json!({
+            "comparison": {"sqnr_db": null, "int8": {"top1": 0.5, "per_class": [[3, 4]]}},
+            "tensors": [{"amax": 2.5}]
+        });
+        assert_eq!(lookup(&report, "comparison.sqnr_db"), Some(f64::INFINITY));
+        assert_eq!(lookup(&report, "comparison.int8.top1"), Some(0.5));
+        assert_eq!(lookup(&report, "tensors.0.amax"), Some(2.5));
+        assert_eq!(lookup(&report, "class.0.int8"), Some(0.75));
+        assert_eq!(lookup(&report, "comparison.missing"), None);
+    }
 }
