@@ -310,6 +310,17 @@ pub fn calibrate(
     }
     let total = dataset.len() as u64;
     let batch_size = tapped.model.batch_size_for(&tapped.input, options.batch_size, dataset.len())?;
+    if batch_size > 1 && tapped.model.fixed_batch(&tapped.input).is_some() && options.on_bad_image == OnBadImage::Skip {
+        // A skipped image would leave a batch short of the fixed size, which the model cannot take.
+        return Err(CalibrateError::Input {
+            model: model_path.to_path_buf(),
+            message: format!(
+                "input '{}' has a fixed batch of {batch_size}, and a skipped image would leave a batch short of it: \
+                 use --on-bad-image fail (or remove the unreadable images), or export the model with a dynamic batch",
+                tapped.input
+            ),
+        });
+    }
 
     runtime::check_threads(options.threads)?;
     let threads = if options.threads == 0 {

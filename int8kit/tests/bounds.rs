@@ -71,6 +71,9 @@ fn a_fixed_batch_is_read_up_front() {
     let o = quantize(&four, &dir.path().join("ten"), &["--limit", "10"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("fixed batch of 4") && text(&o).contains("multiple of 4"), "{}", text(&o));
+    // Skipping unreadable images could leave a short batch: refused up front too.
+    let o = quantize(&four, &dir.path().join("skip"), &["--limit", "12", "--on-bad-image", "skip"]);
+    common::refused(&o, "a skipped image would leave a batch short");
 }
 
 #[test]
