@@ -46,14 +46,6 @@ pub enum EvaluateError {
     /// A file could not be read safely (missing, not a regular file, too large).
     #[error(transparent)]
     Read(#[from] safe_io::ReadError),
-    /// A file or folder could not be read or created.
-    #[error("cannot access {path}: {source}")]
-    Io {
-        /// The file or folder.
-        path: PathBuf,
-        /// What the operating system said.
-        source: std::io::Error,
-    },
     /// An input does not fit the run.
     #[error("{path}: {message}")]
     Input {

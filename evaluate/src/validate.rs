@@ -111,8 +111,10 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
     if val.is_empty() {
         return Err(EvaluateError::NoImages { path: config.val.clone() });
     }
+    // Loaded (and hashed) once here for the baseline and output checks; calibrate and analyze load it again.
+    let model = graph::Model::load(&config.model)?;
     let baseline = match &config.baseline {
-        Some(path) => Some(check_baseline(path, config, &val)?),
+        Some(path) => Some(check_baseline(path, config, &val, &model.sha256)?),
         None => None,
     };
     if let Some(n) = config.classifier.classes() {
@@ -126,7 +128,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
     let mut inputs: Vec<&std::path::Path> = vec![&config.calib, &config.val];
     inputs.extend(config.baseline.as_deref());
     inputs.extend(config.sensitivity.as_deref());
-    let model_files = graph::Model::load(&config.model)?.input_files();
+    let model_files = model.input_files();
     inputs.extend(model_files.iter().map(|p| p.as_path()));
     graph::check_not_input(&config.out, &inputs)?;
     // Everything goes into a staging folder that replaces OUTDIR whole at the end. The previous run's set is
@@ -279,17 +281,21 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
 /// Reads the baseline report and checks, before any work, that it was evaluated on the same images and (unless
 /// asked otherwise) of the same model: a gate against another model's or another set's numbers would pass or
 /// fail by accident.
-fn check_baseline(path: &std::path::Path, config: &ValidateConfig, val: &Dataset) -> Result<Report, EvaluateError> {
+fn check_baseline(
+    path: &std::path::Path,
+    config: &ValidateConfig,
+    val: &Dataset,
+    model_sha256: &str,
+) -> Result<Report, EvaluateError> {
     let baseline = Report::read(path)?;
     let bad = |message: String| EvaluateError::Baseline { path: path.to_path_buf(), message };
-    let model = graph::Model::load(&config.model)?;
-    if baseline.model_sha256 != model.sha256 && !config.baseline_across_models {
+    if baseline.model_sha256 != model_sha256 && !config.baseline_across_models {
         return Err(bad(format!(
             "it is a report on {} (sha256 {}), not on this model (sha256 {}); pass --baseline-across-models to \
              compare across models (the report then records it)",
             baseline.model,
             short(&baseline.model_sha256),
-            short(&model.sha256)
+            short(model_sha256)
         )));
     }
     if baseline.validation_list_sha256 != val.list_sha256() {

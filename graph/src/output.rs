@@ -10,30 +10,13 @@ use crate::GraphError;
 /// replaced by a new run; a non-empty folder without it is refused.
 pub const MANIFEST: &str = "int8kit.manifest.json";
 
-/// What kind of non-regular file sits at a path, for messages.
-fn kind_of(meta: &std::fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    if t.is_dir() {
-        "a folder"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "not a regular file"
-    }
-}
-
 /// Refuses to write a file at `path` if something other than a regular file is there (a device, a FIFO, a
 /// folder): replacing it by a rename would turn `/dev/null` into a file, or a folder into nothing.
 pub fn check_file_target(path: &Path) -> Result<(), GraphError> {
     match std::fs::metadata(path) {
-        Ok(meta) if !meta.is_file() => Err(GraphError::NotRegular { path: path.to_path_buf(), kind: kind_of(&meta) }),
+        Ok(meta) if !meta.is_file() => {
+            Err(GraphError::NotRegular { path: path.to_path_buf(), kind: safe_io::kind_of(&meta) })
+        }
         _ => Ok(()),
     }
 }

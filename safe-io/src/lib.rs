@@ -66,7 +66,8 @@ pub enum ReadError {
     },
 }
 
-fn kind(meta: &std::fs::Metadata) -> &'static str {
+/// What kind of non-regular file `meta` describes, for messages ("a FIFO", "a folder", ...).
+pub fn kind_of(meta: &std::fs::Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     let t = meta.file_type();
     if t.is_dir() {
@@ -88,7 +89,7 @@ fn kind(meta: &std::fs::Metadata) -> &'static str {
 pub fn check(path: &Path, limit: u64, what: &'static str) -> Result<u64, ReadError> {
     let meta = std::fs::metadata(path).map_err(|source| ReadError::Io { path: path.to_path_buf(), source })?;
     if !meta.is_file() {
-        return Err(ReadError::NotRegular { path: path.to_path_buf(), kind: kind(&meta) });
+        return Err(ReadError::NotRegular { path: path.to_path_buf(), kind: kind_of(&meta) });
     }
     if meta.len() > limit {
         return Err(ReadError::TooLarge { path: path.to_path_buf(), size: meta.len(), limit, what });
