@@ -12,9 +12,8 @@ use crate::AnalyzeError;
 pub fn gemm_flops(model: &Model, recipe: &datasets::Recipe, input: &str) -> Result<HashMap<String, f64>, AnalyzeError> {
     let graph = &model.proto.graph;
     let index = GraphIndex::new(graph);
-    let gemm: Vec<usize> = (0..graph.node.len())
-        .filter(|&i| crate::precision::GEMM_OPS.contains(&graph.node[i].op_type.as_str()))
-        .collect();
+    let gemm: Vec<usize> =
+        (0..graph.node.len()).filter(|&i| placement::GEMM_OPS.contains(&graph.node[i].op_type.as_str())).collect();
     // Shapes needed: each node's output, and its first input (MatMul/Gemm inner dimension, ConvTranspose).
     let mut wanted: Vec<String> = Vec::new();
     for &i in &gemm {

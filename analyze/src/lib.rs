@@ -4,8 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod float_type;
 pub mod flops;
-pub mod precision;
+pub mod lint;
 pub mod qdq;
 pub mod scales;
 
@@ -16,8 +17,9 @@ use graph::Model;
 use histograms::{HistFile, ModelInfo, TensorRecord};
 use serde::Serialize;
 
-use crate::precision::{Decision, PrecisionFile};
 use crate::scales::Method;
+pub use placement::{self, PrecisionFile, Target};
+use placement::{Decision, PlacementOptions};
 
 /// Errors of `analyze`; each names the model, tensor, node or file and says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -50,14 +52,9 @@ pub enum AnalyzeError {
         /// What is wrong and what to do.
         message: String,
     },
-    /// A precision file is malformed.
-    #[error("precision file {path}: {message}")]
-    Precision {
-        /// The precision file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
+    /// The precision lists or the placement failed.
+    #[error(transparent)]
+    Placement(#[from] placement::PlacementError),
     /// A calibration cache line is malformed.
     #[error("{path}, line {line}: {message}")]
     Cache {
@@ -95,7 +92,7 @@ pub enum AnalyzeError {
 /// The `format` value of ranges.json.
 pub const RANGES_FORMAT: &str = "int8kit.ranges";
 /// The ranges.json version; bump on any incompatible change.
-pub const RANGES_VERSION: u32 = 1;
+pub const RANGES_VERSION: u32 = 2;
 
 /// How `analyze` chooses scales and precision.
 #[derive(Debug, Clone)]
@@ -110,6 +107,8 @@ pub struct AnalyzeOptions {
     pub trt_version: String,
     /// Per-tensor methods that override `method` (from `int8kit sensitivity --choose-methods`).
     pub per_tensor: std::collections::BTreeMap<String, Method>,
+    /// Target runtime and attention default for the Q/DQ placement.
+    pub placement: PlacementOptions,
 }
 
 /// The TensorRT version written in calibration cache headers unless one is asked for.
@@ -125,6 +124,7 @@ impl AnalyzeOptions {
             precision_origin: origin.into(),
             trt_version: DEFAULT_TRT_VERSION.into(),
             per_tensor: Default::default(),
+            placement: PlacementOptions::default(),
         }
     }
 }
@@ -166,6 +166,25 @@ pub fn tensor_method(
         return Method::Max;
     }
     per_tensor.get(&t.name).copied().unwrap_or(method)
+}
+
+/// The deployable Q/DQ model: Q/DQ inserted for `decisions`, then the float parts converted to the
+/// options' float type (the calibrated max |x| of `hist` keeps overflowing producers in FP32).
+pub fn build_qdq(
+    model: &Model,
+    decisions: &[Decision],
+    options: &PlacementOptions,
+    amax: &HashMap<String, f32>,
+    hist: &HistFile,
+) -> Result<(graph::proto::ModelProto, qdq::QdqSummary), AnalyzeError> {
+    let (proto, summary) = qdq::insert_qdq(model, decisions, options, amax)?;
+    let proto = float_type::convert(model, proto, options.float_type, &max_abs(hist))?;
+    Ok((proto, summary))
+}
+
+/// Calibrated max |x| of every tensor in the statistics.
+pub fn max_abs(hist: &HistFile) -> HashMap<String, f32> {
+    hist.tensors.iter().map(|t| (t.name.clone(), t.stats.amax())).collect()
 }
 
 /// Every activation's amax under [`tensor_method`], for the model whose graph is `graph`.
@@ -243,6 +262,12 @@ pub struct Ranges {
     pub method: String,
     /// The precision lists applied.
     pub precision: PrecisionFile,
+    /// The runtime the Q/DQ placement is for (`tensorrt` or `onnxruntime`).
+    pub target: &'static str,
+    /// `--attention` when given (`int8` or `float`); otherwise the precision file's, then the target's.
+    pub attention: Option<placement::AttentionPrecision>,
+    /// The float type of the parts that are not INT8 (`fp32` or `fp16`).
+    pub float_type: &'static str,
     /// Share of GEMM/Conv FLOPs that run in INT8.
     pub int8_flop_share: f64,
     /// Per node, the decision.
@@ -304,10 +329,11 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
             ),
         });
     }
-    let decisions = precision::decide(&model.proto.graph, &options.precision, &options.precision_origin)?;
+    let decisions =
+        placement::decide(&model.proto.graph, &options.precision, &options.placement, &options.precision_origin)?;
     let amax = activation_amax(hist, &model.proto.graph, options.method, &options.per_tensor);
     let image = image_tensors(&model.proto.graph);
-    let (qdq, summary) = qdq::insert_qdq(&model, &decisions, &amax)?;
+    let (qdq, summary) = build_qdq(&model, &decisions, &options.placement, &amax, hist)?;
     let quantized: HashMap<&str, f32> = summary.activations.iter().map(|(n, a)| (n.as_str(), *a)).collect();
 
     let mut methods: Vec<Method> = Method::ALL_DEFAULT.to_vec();
@@ -375,6 +401,9 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
         calibration_images: hist.images.count,
         method: options.method.name(),
         precision: options.precision.clone(),
+        target: options.placement.target.name(),
+        attention: options.placement.attention,
+        float_type: options.placement.float_type.name(),
         int8_flop_share: if total > 0.0 { int8_flops / total } else { 0.0 },
         nodes,
         tensors,

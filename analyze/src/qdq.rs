@@ -8,9 +8,9 @@ use graph::proto::{
 };
 use graph::{GraphIndex, Model};
 
-use crate::precision::{Decision, GEMM_OPS};
 use crate::scales::ZERO_RANGE_AMAX;
 use crate::AnalyzeError;
+use placement::{Decision, PlacementOptions};
 
 /// What was quantized, for the tables and the cache.
 #[derive(Debug, Clone, Default)]
@@ -19,22 +19,6 @@ pub struct QdqSummary {
     pub activations: Vec<(String, f32)>,
     /// Weight initializers stored as int8: (name, axis, per-channel amax).
     pub weights: Vec<(String, usize, Vec<f32>)>,
-}
-
-/// The weight input slot and the output-channel axis of a GEMM-like node, if its weight is a constant.
-fn weight_slot(node: &NodeProto, graph: &graph::proto::GraphProto, index: &GraphIndex) -> Option<(usize, usize)> {
-    let constant = |slot: usize| node.input.get(slot).and_then(|n| index.constant(graph, n));
-    let rank = |slot: usize| constant(slot).map(|t| t.dims.len()).unwrap_or(0);
-    match node.op_type.as_str() {
-        "Conv" => constant(1).map(|_| (1, 0)),
-        "ConvTranspose" => constant(1).map(|_| (1, 1)),
-        "MatMul" => constant(1).filter(|t| t.dims.len() >= 2).map(|_| (1, rank(1) - 1)),
-        "Gemm" => {
-            let trans_b = node.attribute.iter().find(|a| a.name == "transB").map(|a| a.i).unwrap_or(0);
-            constant(1).map(|_| (1, if trans_b != 0 { 0 } else { 1 }))
-        }
-        _ => None,
-    }
 }
 
 fn scalar_f32(name: &str, v: f32) -> TensorProto {
@@ -121,6 +105,7 @@ impl Names {
 pub fn insert_qdq(
     model: &Model,
     decisions: &[Decision],
+    options: &PlacementOptions,
     amax: &HashMap<String, f32>,
 ) -> Result<(ModelProto, QdqSummary), AnalyzeError> {
     let source = &model.proto.graph;
@@ -140,59 +125,34 @@ pub fn insert_qdq(
     let index = GraphIndex::new(source);
     let types = graph::infer_element_types(source);
     let dynamic: HashSet<String> = graph::find_activations(model).0.into_iter().map(|a| a.name).collect();
-    let node_index: HashMap<&str, usize> = source.node.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
-    let int8: std::collections::BTreeSet<usize> =
-        decisions.iter().filter(|d| d.int8).filter_map(|d| node_index.get(d.node.as_str()).copied()).collect();
-
-    // Activation tensor -> (node, slot) consumers that read its dequantized copy.
+    let plan = placement::plan(source, decisions, options);
     let mut act_uses: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
-    let mut weight_uses: Vec<(usize, usize, usize)> = Vec::new();
-    for &n in &int8 {
-        let node = &source.node[n];
-        let weight = if GEMM_OPS.contains(&node.op_type.as_str()) { weight_slot(node, source, &index) } else { None };
-        if let Some((slot, axis)) = weight {
-            weight_uses.push((n, slot, axis));
-        }
-        for (slot, input) in node.input.iter().enumerate() {
-            // Never the bias (Conv/Gemm input 2), never the weight, only tensors with statistics.
-            let is_bias = matches!(node.op_type.as_str(), "Conv" | "ConvTranspose" | "Gemm") && slot == 2;
-            if is_bias || weight.map(|w| w.0) == Some(slot) || input.is_empty() {
-                continue;
-            }
-            if !amax.contains_key(input) {
-                // A float tensor computed at run time with no statistics cannot get a scale: say so rather
-                // than leave the node half quantized.
-                let float = types.get(input).is_some_and(|t| t.is_float32());
-                if float && index.constant(source, input).is_none() && dynamic.contains(input.as_str()) {
+    for (tensor, uses) in &plan.activations {
+        if !amax.contains_key(tensor) {
+            // A float tensor computed at run time with no statistics cannot get a scale: say so rather
+            // than leave a node half quantized. Fusion-only pairs are simply left out.
+            let float = types.get(tensor).is_some_and(|t| t.is_float32());
+            if let Some(u) = uses.iter().find(|u| u.required) {
+                if float && index.constant(source, tensor).is_none() && dynamic.contains(tensor.as_str()) {
                     return Err(AnalyzeError::Model {
                         path: model.path.clone(),
                         message: format!(
-                            "node '{}' is to run in INT8 but its input '{input}' has no statistics in the .hist; \
+                            "node '{}' is to run in INT8 but its input '{tensor}' has no statistics in the .hist; \
                              calibrate with --tensors all, or deny the node in the precision file",
-                            node.name
+                            source.node[u.node].name
                         ),
                     });
                 }
-                continue;
             }
-            act_uses.entry(input.clone()).or_default().push((n, slot));
-        }
-    }
-    // Residual Add after a quantized Conv: quantize only the other (non-Conv) branch, so that TensorRT can
-    // fuse the Add into the Conv.
-    for (n, node) in source.node.iter().enumerate() {
-        if node.op_type != "Add" || node.input.len() != 2 || decisions.iter().any(|d| d.node == node.name && !d.int8) {
             continue;
         }
-        let from_conv = |i: usize| {
-            index.producer.get(&node.input[i]).is_some_and(|&p| source.node[p].op_type == "Conv" && int8.contains(&p))
-        };
-        for (conv_side, other) in [(0, 1), (1, 0)] {
-            if from_conv(conv_side) && !from_conv(other) && amax.contains_key(&node.input[other]) {
-                act_uses.entry(node.input[other].clone()).or_default().push((n, other));
-            }
-        }
+        act_uses.insert(tensor.clone(), uses.iter().map(|u| (u.node, u.slot)).collect());
     }
+    let int8: std::collections::BTreeSet<usize> = {
+        let names: HashSet<&str> = decisions.iter().filter(|d| d.int8).map(|d| d.node.as_str()).collect();
+        source.node.iter().enumerate().filter(|(_, n)| names.contains(n.name.as_str())).map(|(i, _)| i).collect()
+    };
+    let mut weight_uses = plan.weights.clone();
     // Inputs of a quantized Concat share one scale: the largest amax among them.
     let mut shared: HashMap<String, f32> = HashMap::new();
     for &n in &int8 {
@@ -261,7 +221,7 @@ pub fn insert_qdq(
             graph.node[n].input[slot] = dq_out.clone();
             continue;
         }
-        let w = index.constant(source, &w_name).ok_or_else(|| AnalyzeError::Model {
+        let w = placement::constant_behind(source, &index, &w_name).ok_or_else(|| AnalyzeError::Model {
             path: model.path.clone(),
             message: format!("weight '{w_name}' of node '{}' is not a constant", source.node[n].name),
         })?;
@@ -292,6 +252,46 @@ pub fn insert_qdq(
         done.insert((w_name.clone(), axis), dq_out);
         summary.weights.push((w_name, axis, ch_amax));
     }
+    // Drop the Cast/Identity chains that fed replaced weights (FP16 weights cast in the graph), now unread.
+    loop {
+        let read: HashSet<&str> = graph
+            .node
+            .iter()
+            .flat_map(|n| n.input.iter().map(String::as_str))
+            .chain(after.values().flatten().flat_map(|n| n.input.iter().map(String::as_str)))
+            .chain(graph.output.iter().map(|o| o.name.as_str()))
+            .collect();
+        let dead: HashSet<usize> = graph
+            .node
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| {
+                matches!(n.op_type.as_str(), "Cast" | "Identity") && n.output.iter().all(|o| !read.contains(o.as_str()))
+            })
+            .filter(|(i, _)| !after.contains_key(&Some(*i)))
+            .map(|(i, _)| i)
+            .collect();
+        if dead.is_empty() {
+            break;
+        }
+        // Removing nodes shifts indices that `after` is keyed by: rebuild it against the new positions.
+        let mut kept = Vec::new();
+        let mut moved: BTreeMap<Option<usize>, Vec<NodeProto>> = BTreeMap::new();
+        if let Some(first) = after.remove(&None) {
+            moved.insert(None, first);
+        }
+        for (i, n) in std::mem::take(&mut graph.node).into_iter().enumerate() {
+            if dead.contains(&i) {
+                continue;
+            }
+            if let Some(extra) = after.remove(&Some(i)) {
+                moved.insert(Some(kept.len()), extra);
+            }
+            kept.push(n);
+        }
+        graph.node = kept;
+        after = moved;
+    }
     // Drop float weights nobody reads any more.
     let still_read: HashSet<String> = graph
         .node
@@ -319,8 +319,8 @@ pub fn insert_qdq(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::precision::{decide, PrecisionFile, Selection};
     use graph::proto::{Message, OperatorSetIdProto, TypeProto, ValueInfoProto};
+    use placement::{decide, PrecisionFile, Selection};
 
     fn value(name: &str) -> ValueInfoProto {
         let mut v = ValueInfoProto::new();
@@ -368,10 +368,10 @@ mod tests {
         let model = residual_model(dir.path());
         let allow_concat =
             PrecisionFile { allow: Selection { nodes: vec![], ops: vec!["Concat".into()] }, ..Default::default() };
-        let decisions = decide(&model.proto.graph, &allow_concat, "test").unwrap();
+        let decisions = decide(&model.proto.graph, &allow_concat, &Default::default(), "test").unwrap();
         let amax: HashMap<String, f32> =
             [("x", 2.0f32), ("c", 1.0), ("y", 3.0)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        let (proto, summary) = insert_qdq(&model, &decisions, &amax).unwrap();
+        let (proto, summary) = insert_qdq(&model, &decisions, &Default::default(), &amax).unwrap();
         let nodes = &proto.graph.node;
         let dq_outputs: Vec<&str> =
             nodes.iter().filter(|n| n.op_type == "DequantizeLinear").map(|n| n.output[0].as_str()).collect();

@@ -1,6 +1,6 @@
 //! End to end on the fixtures: calibrate -> analyze -> the artifacts.
 
-use analyze::precision::{PrecisionFile, Selection};
+use analyze::placement::{PrecisionFile, Selection};
 use analyze::scales::Method;
 use analyze::{analyze, AnalyzeOptions};
 use calibrate::{calibrate, CalibrateOptions};
@@ -23,6 +23,7 @@ fn a_denied_node_gets_no_qdq_and_artifacts_are_byte_identical_on_rerun() {
     let precision = PrecisionFile {
         deny: Selection { nodes: vec!["/blocks.1/fc*/MatMul".into()], ops: vec!["Gemm".into()] },
         allow: Selection::default(),
+        ..Default::default()
     };
     let a = analyze(&model(name), &h, &options_for(Method::Entropy, precision.clone())).unwrap();
     let nodes = &a.qdq.graph.node;
@@ -98,6 +99,7 @@ fn a_list_entry_that_matches_nothing_is_an_error_naming_the_closest_name() {
             ops: ops.iter().map(|s| s.to_string()).collect(),
         },
         allow: Selection::default(),
+        ..Default::default()
     };
     let err =
         analyze(&model(name), &h, &options_for(Method::Entropy, deny(&[], &["Matmul"]))).err().unwrap().to_string();

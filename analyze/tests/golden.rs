@@ -2,7 +2,7 @@
 //! silently change it. A deliberate change bumps `RANGES_VERSION`, updates FORMATS.md and re-blesses
 //! (`INT8KIT_BLESS=1`).
 
-use analyze::precision::{Decision, PrecisionFile, Selection};
+use analyze::placement::{Decision, PrecisionFile, Selection};
 use analyze::{NodeReport, Ranges, TensorRange, WeightRange};
 
 #[test]
@@ -16,7 +16,11 @@ fn ranges_json_matches_the_golden_file() {
         precision: PrecisionFile {
             deny: Selection { nodes: vec!["/head/*".into()], ops: vec![] },
             allow: Selection::default(),
+            attention: Some(analyze::placement::AttentionPrecision::Float),
         },
+        target: "tensorrt",
+        attention: None,
+        float_type: "fp16",
         int8_flop_share: 0.875,
         nodes: vec![
             NodeReport {

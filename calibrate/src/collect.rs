@@ -159,7 +159,7 @@ impl TappedModel {
         let (mut activations, not_collected) = find_activations(&model);
         let mut gemm_inputs = std::collections::HashSet::new();
         if selection == Selection::Quantizable {
-            (activations, gemm_inputs) = quantizable_only(&model, activations);
+            (activations, gemm_inputs) = quantizable_only(&model, activations)?;
         }
         let existing: std::collections::HashSet<String> =
             model.proto.graph.output.iter().map(|o| o.name.clone()).collect();
@@ -178,23 +178,17 @@ impl TappedModel {
     }
 }
 
-/// Keeps the activations the default precision lists need, and the chain of rearranging ops between each
-/// of them and the tensor whose statistics it shares. Also returns the names the GEMMs read.
+/// Keeps the activations the default placements read (`placement::needed_by_defaults`, both targets), and
+/// the chain of rearranging ops between each of them and the tensor whose statistics it shares. Also returns
+/// the names the Q/DQ pairs read.
 fn quantizable_only(
     model: &Model,
     activations: Vec<Activation>,
-) -> (Vec<Activation>, std::collections::HashSet<String>) {
-    const GEMM: &[&str] = &["Conv", "ConvTranspose", "MatMul", "Gemm"];
+) -> Result<(Vec<Activation>, std::collections::HashSet<String>), CalibrateError> {
     let graph = &model.proto.graph;
+    let needed = placement::needed_by_defaults(graph)?;
     let mut wanted: std::collections::HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
-    let index_g = graph::GraphIndex::new(graph);
-    for node in graph.node.iter().filter(|n| GEMM.contains(&n.op_type.as_str())) {
-        // Attention-score MatMuls (no constant input) stay float by default: their inputs are not needed.
-        let has_weight = node.input.iter().any(|i| index_g.constant(graph, i).is_some());
-        if node.op_type != "MatMul" || has_weight {
-            wanted.extend(node.input.iter().map(String::as_str));
-        }
-    }
+    wanted.extend(needed.iter().map(String::as_str));
     let index: std::collections::HashMap<&str, usize> =
         activations.iter().enumerate().map(|(i, a)| (a.name.as_str(), i)).collect();
     let mut keep = vec![false; activations.len()];
@@ -213,7 +207,7 @@ fn quantizable_only(
         }
     }
     let gemm_inputs = wanted.iter().map(|s| s.to_string()).collect();
-    (activations.into_iter().zip(keep).filter(|(_, k)| *k).map(|(a, _)| a).collect(), gemm_inputs)
+    Ok((activations.into_iter().zip(keep).filter(|(_, k)| *k).map(|(a, _)| a).collect(), gemm_inputs))
 }
 
 /// Ops whose output holds exactly the values of their first input, rearranged: their statistics are those

@@ -26,6 +26,9 @@ pub enum CalibrateError {
     /// The statistics could not be encoded.
     #[error(transparent)]
     Hist(#[from] histograms::HistError),
+    /// The default placement could not be computed (a malformed GEMM/Conv node).
+    #[error(transparent)]
+    Placement(#[from] placement::PlacementError),
     /// The model's input does not fit what int8kit feeds it.
     #[error("{model}: {message}")]
     Input {

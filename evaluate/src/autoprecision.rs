@@ -80,6 +80,7 @@ pub fn run(
     graph::write_atomic(&out.join("precision.toml"), search.precision.to_toml().as_bytes())?;
     let options = AnalyzeOptions {
         trt_version: config.trt_version.clone(),
+        placement: inputs.qdq,
         ..AnalyzeOptions::new(inputs.method, search.precision.clone(), precision_path.display().to_string())
     };
     let analysis = analyze(&inputs.model, &inputs.hist, &options)?;

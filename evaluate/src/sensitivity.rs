@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use analyze::precision::{decide, Decision, PrecisionFile};
+use analyze::placement::{decide, Decision, PlacementOptions, PrecisionFile};
 use analyze::scales::{self, Method};
 use datasets::{Batch, BatchStream, Dataset, Recipe, StreamOptions};
 use graph::Model;
@@ -35,6 +35,8 @@ pub struct SensitivityInputs {
     pub precision: PrecisionFile,
     /// Where the variants run.
     pub placement: runtime::Placement,
+    /// Target runtime and attention default of the Q/DQ placement.
+    pub qdq: PlacementOptions,
 }
 
 /// What one model variant does to the evaluation subset, against FP32.
@@ -103,6 +105,8 @@ struct Evaluator<'a> {
     output: String,
     classifier: &'a Classifier,
     placement: runtime::Placement,
+    qdq: PlacementOptions,
+    hist: &'a HistFile,
 }
 
 fn softmax(v: &[f32]) -> Vec<f64> {
@@ -126,7 +130,17 @@ impl<'a> Evaluator<'a> {
             return Err(EvaluateError::NoImages { path: dataset.root.clone() });
         }
         let (classifier, placement) = (&inputs.classifier, inputs.placement);
-        let mut ev = Evaluator { model, batches, fp32: Vec::new(), input, output, classifier, placement };
+        let mut ev = Evaluator {
+            model,
+            batches,
+            fp32: Vec::new(),
+            input,
+            output,
+            classifier,
+            placement,
+            qdq: inputs.qdq,
+            hist: &inputs.hist,
+        };
         ev.fp32 = ev.outputs(&model.to_bytes()?)?;
         ev.check_finite(&ev.fp32, true)?;
         for (batch, rows) in ev.batches.iter().zip(&ev.fp32) {
@@ -219,7 +233,7 @@ impl<'a> Evaluator<'a> {
     }
 
     fn variant(&self, decisions: &[Decision], amax: &HashMap<String, f32>) -> Result<Effect, EvaluateError> {
-        let (proto, _) = analyze::qdq::insert_qdq(self.model, decisions, amax)?;
+        let (proto, _) = analyze::build_qdq(self.model, decisions, &self.qdq, amax, self.hist)?;
         let bytes = graph::proto::Message::write_to_bytes(&proto).map_err(graph::GraphError::Encode)?;
         let outputs = self.outputs(&bytes)?;
         self.check_finite(&outputs, false)?;
@@ -239,7 +253,7 @@ fn method_choices(
 ) -> Result<Vec<MethodChoice>, EvaluateError> {
     let graph = &ev.model.proto.graph;
     let amax = analyze::activation_amax(hist, graph, method, &Default::default());
-    let (_, summary) = analyze::qdq::insert_qdq(ev.model, decisions, &amax)?;
+    let (_, summary) = analyze::qdq::insert_qdq(ev.model, decisions, &ev.qdq, &amax)?;
     let image = analyze::image_tensors(graph);
     let mut out = Vec::new();
     for (tensor, _) in &summary.activations {
@@ -288,7 +302,8 @@ fn measure_nodes(
     let (model, hist, recipe, method, precision) =
         (ev.model, &inputs.hist, &inputs.recipe, inputs.method, &inputs.precision);
     let amax = analyze::activation_amax(hist, &model.proto.graph, method, &Default::default());
-    let decisions = decide(&model.proto.graph, precision, "precision")?;
+    let decisions =
+        decide(&model.proto.graph, precision, &inputs.qdq, "precision").map_err(analyze::AnalyzeError::from)?;
     let fp32_top1 = ev.effect(&ev.fp32).top1;
     let int8 = ev.variant(&decisions, &amax)?;
 
@@ -368,7 +383,8 @@ pub fn auto_precision(
         if let Some(n) = next {
             denied.push(n.node.clone());
             precision.deny.nodes.push(n.node.clone());
-            let decisions = decide(&model.proto.graph, &precision, "autoprecision")?;
+            let decisions = decide(&model.proto.graph, &precision, &inputs.qdq, "autoprecision")
+                .map_err(analyze::AnalyzeError::from)?;
             effect = ev.variant(&decisions, &amax)?;
         }
         if -effect.top1_delta_pp <= max_top1_drop {

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use analyze::precision::PrecisionFile;
+use analyze::placement::{PlacementOptions, PrecisionFile};
 use analyze::scales::Method;
 use analyze::{analyze, AnalyzeOptions};
 use calibrate::{calibrate, CalibrateOptions};
@@ -43,6 +43,8 @@ pub struct ValidateConfig {
     pub precision: PrecisionFile,
     /// Where `precision` came from: a file path or "defaults".
     pub precision_origin: String,
+    /// Target runtime and attention default of the Q/DQ placement.
+    pub qdq: PlacementOptions,
     /// Logits or zero-shot prototypes.
     pub classifier: Classifier,
     /// Gate: INT8 Top-1 may be at most this many percentage points below FP32.
@@ -151,7 +153,10 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
     let analysis = analyze(
         &config.model,
         &hist,
-        &AnalyzeOptions::new(config.method, config.precision.clone(), config.precision_origin.clone()),
+        &AnalyzeOptions {
+            placement: config.qdq,
+            ..AnalyzeOptions::new(config.method, config.precision.clone(), config.precision_origin.clone())
+        },
     )?;
     analysis.write(out)?;
     let calibration_seconds = start.elapsed().as_secs_f64();

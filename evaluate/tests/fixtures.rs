@@ -1,7 +1,7 @@
 //! End to end on the fixtures: the INT8 models keep FP32 accuracy in ONNX Runtime; sensitivity and
 //! autoprecision find a node planted with a wrong scale.
 
-use analyze::precision::PrecisionFile;
+use analyze::placement::PrecisionFile;
 use analyze::scales::Method;
 use analyze::{analyze, AnalyzeOptions};
 use calibrate::{calibrate, CalibrateOptions};
@@ -36,6 +36,7 @@ fn planted_inputs() -> (SensitivityInputs, String) {
         method: Method::Entropy,
         precision: PrecisionFile::default(),
         placement: Default::default(),
+        qdq: Default::default(),
     };
     (inputs, planted)
 }
@@ -74,7 +75,8 @@ fn planted_resnet_hist() -> (HistFile, String) {
     let name = "fmnist_resnet_opset13.onnx";
     let mut h = hist(name);
     let m = graph::Model::load(&model(name)).unwrap();
-    let decisions = analyze::precision::decide(&m.proto.graph, &PrecisionFile::default(), "test").unwrap();
+    let decisions =
+        analyze::placement::decide(&m.proto.graph, &PrecisionFile::default(), &Default::default(), "test").unwrap();
     let planted = decisions.iter().filter(|d| d.int8 && d.op == "Conv").nth(3).unwrap().node.clone();
     let node = m.proto.graph.node.iter().find(|n| n.name == planted).unwrap();
     let mut tiny = histograms::TensorStats::default();
@@ -130,4 +132,55 @@ fn a_node_planted_with_a_wrong_scale_is_ranked_most_sensitive() {
     );
     let flops: f64 = report.nodes.iter().map(|n| n.flop_share).sum();
     assert!((flops - 1.0).abs() < 1e-6, "FLOP shares sum to {flops}");
+}
+
+/// The FP16 rewrite alone (no Q/DQ) keeps every fixture's outputs within FP16 rounding of FP32 on 200
+/// validation images: mean cosine >= 0.9999, >= 99 % of predictions unchanged. Inputs and outputs stay
+/// FP32 under their names.
+#[test]
+fn fp16_float_parts_stay_within_tolerance_of_fp32() {
+    use analyze::float_type::{convert, FloatType};
+    let zero_shot = Classifier::load(Some(&test_support::prototypes())).unwrap();
+    for (name, entry) in test_support::models() {
+        let source = graph::Model::load(&model(&name)).unwrap();
+        let converted = convert(&source, source.proto.clone(), FloatType::Fp16, &Default::default()).unwrap();
+        let floats = |p: &graph::proto::ModelProto| {
+            let types = graph::infer_element_types(&p.graph);
+            p.graph
+                .node
+                .iter()
+                .flat_map(|n| n.output.iter())
+                .filter(|o| types.get(*o).is_some_and(|t| t.0 == 10))
+                .count()
+        };
+        assert!(floats(&converted) > 0, "{name}: nothing converted to FP16");
+        let io_types = |p: &graph::proto::ModelProto| {
+            p.graph
+                .input
+                .iter()
+                .chain(&p.graph.output)
+                .map(|v| (v.name.clone(), v.type_.tensor_type().elem_type))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(io_types(&converted), io_types(&source.proto), "{name}: inputs/outputs changed");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.fp16.onnx");
+        graph::save_model(&source, converted, &path).unwrap();
+        let classifier = if entry.zero_shot.is_some() { &zero_shot } else { &Classifier::Logits };
+        let placement = runtime::Placement::default();
+        let mut fp32 = evaluate::compare::ort_model(&model(&name), &recipe(), placement).unwrap();
+        let mut fp16 = evaluate::compare::ort_model(&path, &recipe(), placement).unwrap();
+        let c = evaluate::compare::compare(
+            &mut *fp32,
+            &mut *fp16,
+            &val_subset(200, 2),
+            &recipe(),
+            classifier,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        eprintln!("{name}: FP16 float parts: cosine {:.6}, agreement {:.4}", c.cosine_mean, c.agreement);
+        assert!(c.cosine_mean >= 0.9999, "{name}: cosine {}", c.cosine_mean);
+        assert!(c.agreement >= 0.99, "{name}: agreement {}", c.agreement);
+    }
 }

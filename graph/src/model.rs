@@ -134,25 +134,36 @@ impl Model {
         Ok(None)
     }
 
-    /// The values of a float32 initializer, from raw_data, float_data or external data.
+    /// The values of a float32 or float16 initializer (as f32), from raw_data, float_data/int32_data or
+    /// external data. FP16 weights (behind a Cast in the graph) are read this way to be quantized.
     pub fn tensor_f32(&self, tensor: &TensorProto) -> Result<Vec<f32>, GraphError> {
-        if tensor.data_type != DataType::FLOAT as i32 {
-            return Err(GraphError::TensorData {
-                tensor: tensor.name.clone(),
-                message: format!("expected float32 data, found ONNX data type {}", tensor.data_type),
-            });
-        }
+        let width = match tensor.data_type {
+            t if t == DataType::FLOAT as i32 => 4,
+            t if t == DataType::FLOAT16 as i32 => 2,
+            t => {
+                return Err(GraphError::TensorData {
+                    tensor: tensor.name.clone(),
+                    message: format!("expected float32 or float16 data, found {}", crate::ElemType(t).name()),
+                })
+            }
+        };
         let expected: i64 = tensor.dims.iter().product();
-        let values = match self.tensor_raw_bytes(tensor)? {
+        let values: Vec<f32> = match self.tensor_raw_bytes(tensor)? {
             Some(raw) => {
-                if raw.len() % 4 != 0 {
+                if raw.len() % width != 0 {
                     return Err(GraphError::TensorData {
                         tensor: tensor.name.clone(),
-                        message: format!("raw data has {} bytes, not a multiple of 4", raw.len()),
+                        message: format!("raw data has {} bytes, not a multiple of {width}", raw.len()),
                     });
                 }
-                raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+                if width == 4 {
+                    raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+                } else {
+                    raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+                }
             }
+            // ONNX stores float16 values' bits in int32_data when not raw.
+            None if width == 2 => tensor.int32_data.iter().map(|&b| half::f16::from_bits(b as u16).to_f32()).collect(),
             None => tensor.float_data.clone(),
         };
         if values.len() as i64 != expected {

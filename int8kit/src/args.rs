@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use analyze::precision::PrecisionFile;
+use analyze::placement::{AttentionPrecision, FloatType, PlacementOptions, PrecisionFile, Target};
 use analyze::scales::Method;
 use analyze::AnalyzeOptions;
 use anyhow::Context;
@@ -160,6 +160,70 @@ impl CollectArgs {
     }
 }
 
+/// `--target`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TargetArg {
+    /// TensorRT: also quantize the residual input of Adds after a GEMM/Conv and pooling inputs, so TensorRT
+    /// fuses them.
+    Tensorrt,
+    /// ONNX Runtime: only the pairs its QDQ fusions turn into integer kernels.
+    Onnxruntime,
+}
+
+/// Where Q/DQ goes: the flags of every command that builds a Q/DQ model.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlacementArgs {
+    /// The runtime the Q/DQ model is built for.
+    #[arg(long, value_enum, default_value_t = TargetArg::Tensorrt)]
+    pub target: TargetArg,
+    /// Precision of attention MatMuls (both inputs activations: Q*K^T, attn*V); overrides the precision
+    /// file's `attention`. Default: int8 for --target tensorrt, float for --target onnxruntime.
+    #[arg(long, value_enum)]
+    pub attention: Option<AttentionArg>,
+    /// Float type of everything that is not INT8 (LayerNorm, Softmax, GELU, denied nodes); inputs and
+    /// outputs stay FP32. Default: fp16 for --target tensorrt, fp32 for --target onnxruntime.
+    #[arg(long, value_enum)]
+    pub float_type: Option<FloatTypeArg>,
+}
+
+/// `--attention`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttentionArg {
+    /// Both inputs quantized.
+    Int8,
+    /// Kept in the float type.
+    Float,
+}
+
+/// `--float-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FloatTypeArg {
+    /// FP32: the graph's own type.
+    Fp32,
+    /// FP16; numerically fragile ops and overflowing tensors stay FP32.
+    Fp16,
+}
+
+impl PlacementArgs {
+    /// The library's options.
+    pub fn options(&self) -> PlacementOptions {
+        let target = match self.target {
+            TargetArg::Tensorrt => Target::TensorRt,
+            TargetArg::Onnxruntime => Target::OnnxRuntime,
+        };
+        let float_type = match self.float_type {
+            None => FloatType::default_for(target),
+            Some(FloatTypeArg::Fp32) => FloatType::Fp32,
+            Some(FloatTypeArg::Fp16) => FloatType::Fp16,
+        };
+        let attention = self.attention.map(|a| match a {
+            AttentionArg::Int8 => AttentionPrecision::Int8,
+            AttentionArg::Float => AttentionPrecision::Float,
+        });
+        PlacementOptions { target, attention, float_type }
+    }
+}
+
 /// How scales and precision are chosen: the flags `analyze` and `quantize` share.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScaleArgs {
@@ -175,6 +239,9 @@ pub struct ScaleArgs {
     /// TensorRT version written in the calibration cache header.
     #[arg(long, default_value = analyze::DEFAULT_TRT_VERSION)]
     pub trt_version: String,
+    /// Where Q/DQ goes.
+    #[command(flatten)]
+    pub placement: PlacementArgs,
 }
 
 impl ScaleArgs {
@@ -192,7 +259,14 @@ impl ScaleArgs {
             }
             (self.method.parse().map_err(anyhow::Error::msg).context("--method")?, Default::default())
         };
-        Ok(AnalyzeOptions { method, precision, precision_origin, trt_version: self.trt_version.clone(), per_tensor })
+        Ok(AnalyzeOptions {
+            method,
+            precision,
+            precision_origin,
+            trt_version: self.trt_version.clone(),
+            per_tensor,
+            placement: self.placement.options(),
+        })
     }
 }
 

@@ -43,6 +43,9 @@ pub enum Command {
     /// Release gate: calibrate, analyze, evaluate FP32 and INT8 on a labelled folder, write the reports.
     /// Exit 0: every criterion holds; 1: a gate failed; 2: bad input or a run error.
     Validate(Box<commands::validate::ValidateArgs>),
+    /// Check a Q/DQ model against TensorRT's explicit-quantization rules: what TensorRT would reject
+    /// (exit 1) and what keeps a layer out of INT8 or unfused (warnings; exit 1 with --strict).
+    Lint(commands::lint::LintArgs),
     /// Install the pinned ONNX Runtime into the user's data directory (once) and say which library
     /// int8kit will load.
     Setup(commands::setup::SetupArgs),
@@ -58,7 +61,7 @@ impl Command {
             Command::Sensitivity(a) => a.quiet,
             Command::Autoprecision(a) => a.common.quiet,
             Command::Validate(a) => a.quiet,
-            Command::Setup(_) => false,
+            Command::Setup(_) | Command::Lint(_) => false,
         }
     }
 
@@ -70,7 +73,7 @@ impl Command {
             Command::Sensitivity(a) => a.device,
             Command::Autoprecision(a) => a.common.device,
             Command::Validate(a) => a.device,
-            Command::Analyze(_) | Command::Setup(_) => runtime::Device::Cpu,
+            Command::Analyze(_) | Command::Setup(_) | Command::Lint(_) => runtime::Device::Cpu,
         }
     }
 }
@@ -88,5 +91,6 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Autoprecision(a) => commands::autoprecision::run(&a),
         Command::Validate(a) => commands::validate::run(&a),
         Command::Setup(a) => commands::setup::run(&a),
+        Command::Lint(a) => commands::lint::run(&a),
     }
 }

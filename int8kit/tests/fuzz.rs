@@ -121,9 +121,9 @@ proptest! {
     #[test]
     fn precision_files(bytes in inputs(b"[deny]\nnodes = [\"/blocks.0/*\", \"/head/Gemm\"]\nops = [\"Conv\"]\n[allow]\nnodes = []\nops = [\"MatMul\"]\n".to_vec())) {
         let (_d, path) = file("p.toml", &bytes);
-        if let Ok(p) = analyze::precision::PrecisionFile::load(&path) {
+        if let Ok(p) = analyze::placement::PrecisionFile::load(&path) {
             let m = graph::Model::load(&model("fmnist_vit_opset17.onnx")).unwrap();
-            let _ = analyze::precision::decide(&m.proto.graph, &p, "fuzz");
+            let _ = analyze::placement::decide(&m.proto.graph, &p, &Default::default(), "fuzz");
         }
     }
 
@@ -173,7 +173,12 @@ proptest! {
             }
             let _ = graph::find_activations(&m);
             let _ = m.input_files();
-            let _ = analyze::precision::decide(&m.proto.graph, &Default::default(), "fuzz");
+            for target in [analyze::Target::TensorRt, analyze::Target::OnnxRuntime] {
+                let options = analyze::placement::PlacementOptions::for_target(target);
+                if let Ok(d) = analyze::placement::decide(&m.proto.graph, &Default::default(), &options, "fuzz") {
+                    let _ = analyze::placement::plan(&m.proto.graph, &d, &options);
+                }
+            }
         }
     }
 }

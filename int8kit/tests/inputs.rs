@@ -118,3 +118,83 @@ fn a_uint8_recipe_refuses_normalisation_keys() {
     let err = datasets::Recipe::from_toml(text, "u.toml").unwrap_err().to_string();
     assert!(err.contains("'scale' cannot apply") && err.contains("u.toml"), "{err}");
 }
+
+/// The ResNet with every Conv/Gemm weight stored as FP16 behind a Cast to float (as mixed-precision exports
+/// write them).
+fn fp16_weight_resnet(dir: &Path) -> (PathBuf, usize) {
+    let mut m = graph::Model::load(&resnet()).unwrap();
+    let source = graph::Model::load(&resnet()).unwrap();
+    let graph = m.proto.graph.mut_or_insert_default();
+    let mut casts = Vec::new();
+    let weights: Vec<String> = graph
+        .node
+        .iter()
+        .filter(|n| matches!(n.op_type.as_str(), "Conv" | "Gemm"))
+        .map(|n| n.input[1].clone())
+        .collect();
+    for t in graph.initializer.iter_mut().filter(|t| weights.contains(&t.name)) {
+        let values = source.tensor_f32(t).unwrap();
+        t.raw_data = values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+        t.float_data.clear();
+        t.data_type = DataType::FLOAT16 as i32;
+        let cast_out = format!("{}_as_float", t.name);
+        let mut cast = node("Cast", &[&t.name], &cast_out);
+        let mut to = AttributeProto::new();
+        to.name = "to".into();
+        to.type_ = graph::proto::attribute_proto::AttributeType::INT.into();
+        to.i = DataType::FLOAT as i64;
+        cast.attribute.push(to);
+        casts.push((t.name.clone(), cast_out, cast));
+    }
+    for (weight, cast_out, _) in &casts {
+        for n in graph.node.iter_mut() {
+            for i in n.input.iter_mut().filter(|i| *i == weight) {
+                *i = cast_out.clone();
+            }
+        }
+    }
+    let count = casts.len();
+    for (i, (_, _, cast)) in casts.into_iter().enumerate() {
+        graph.node.insert(i, cast);
+    }
+    let path = dir.join("resnet_fp16_weights.onnx");
+    std::fs::write(&path, m.to_bytes().unwrap()).unwrap();
+    (path, count)
+}
+
+#[test]
+fn fp16_weights_behind_casts_are_quantized_as_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, weights) = fp16_weight_resnet(dir.path());
+    assert!(weights >= 10);
+    let out = dir.path().join("q");
+    let o = on_fixtures("quantize", &model, &out, &["--limit", "200", "--quiet", "--target", "onnxruntime"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let qdq = graph::Model::load(&out.join("model.qdq.onnx")).unwrap();
+    let g = &qdq.proto.graph;
+    let int8_weights: std::collections::HashSet<&str> = g
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == DataType::INT8 as i32 && !t.dims.is_empty())
+        .map(|t| t.name.as_str())
+        .collect();
+    let weight_dqs =
+        g.node.iter().filter(|n| n.op_type == "DequantizeLinear" && int8_weights.contains(n.input[0].as_str())).count();
+    assert_eq!(weight_dqs, weights, "every FP16 weight becomes an int8 weight behind a DequantizeLinear");
+    assert!(g.node.iter().all(|n| n.op_type != "Cast"), "the weight Casts are gone");
+    assert!(g.initializer.iter().all(|t| t.data_type != DataType::FLOAT16 as i32), "no FP16 weight left");
+    let o = common::int8kit("validate")
+        .arg("--model")
+        .arg(&model)
+        .arg("--recipe")
+        .arg(test_support::recipe_path())
+        .arg("--calib")
+        .arg(test_support::calib_dir())
+        .arg("--val")
+        .arg(test_support::val_dir())
+        .args(["--limit-calib", "200", "--limit-val", "300", "--max-top1-drop", "1", "--quiet", "--out"])
+        .arg(dir.path().join("v"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}

@@ -1,6 +1,6 @@
 //! `cargo xtask demo`: `validate` on every bundled fixture, summarised in one table.
 
-use analyze::precision::PrecisionFile;
+use analyze::placement::PrecisionFile;
 use analyze::scales::Method;
 use datasets::Recipe;
 use evaluate::{Classifier, Engine, ValidateConfig};
@@ -34,6 +34,7 @@ pub fn fixture_config(
         method,
         precision: PrecisionFile::default(),
         precision_origin: "defaults".into(),
+        qdq: Default::default(),
         classifier: Classifier::load(zero_shot.then_some(prototypes.as_path()))?,
         max_top1_drop: Some(0.5),
         baseline: None,

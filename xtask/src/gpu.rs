@@ -629,6 +629,7 @@ fn sensitivity_both(device: Device) -> anyhow::Result<SensitivityDiff> {
         method: analyze::scales::Method::Entropy,
         precision: Default::default(),
         placement: Default::default(),
+        qdq: Default::default(),
     };
     let run = |device: Device| {
         let inputs = evaluate::sensitivity::SensitivityInputs {

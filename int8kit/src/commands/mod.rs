@@ -3,6 +3,7 @@
 pub mod analyze;
 pub mod autoprecision;
 pub mod calibrate;
+pub mod lint;
 pub mod quantize;
 pub mod sensitivity;
 pub mod setup;

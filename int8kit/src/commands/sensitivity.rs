@@ -8,7 +8,7 @@ use evaluate::sensitivity::{sensitivity, SensitivityInputs};
 use evaluate::Classifier;
 use histograms::HistFile;
 
-use crate::args::{load_precision, RecipeArgs};
+use crate::args::{load_precision, PlacementArgs, RecipeArgs};
 use crate::ui::{progress_bar, reporter};
 use crate::Outcome;
 
@@ -39,6 +39,9 @@ pub struct SensitivityArgs {
     /// The INT8 configuration whose nodes are measured (default lists if absent).
     #[arg(long, value_name = "P.toml")]
     pub precision: Option<PathBuf>,
+    /// Where Q/DQ goes.
+    #[command(flatten)]
+    pub qdq: PlacementArgs,
     /// Also find each quantized tensor's best scale method (for `--method auto`); about three more
     /// evaluations per tensor.
     #[arg(long)]
@@ -85,6 +88,7 @@ impl SensitivityArgs {
             method: self.method,
             precision: load_precision(self.precision.as_deref())?.0,
             placement: runtime::Placement { threads: self.threads, device: self.device },
+            qdq: self.qdq.options(),
         })
     }
 }

@@ -51,6 +51,9 @@ pub struct ValidateArgs {
     /// Precision allow/deny lists (TOML).
     #[arg(long, value_name = "P.toml")]
     pub precision: Option<PathBuf>,
+    /// Where Q/DQ goes.
+    #[command(flatten)]
+    pub qdq: crate::args::PlacementArgs,
     /// Classify embeddings by cosine against these class prototypes (float32 [classes, dim] .npy).
     #[arg(long, value_name = "PROTOS.npy")]
     pub zero_shot: Option<PathBuf>,
@@ -106,6 +109,7 @@ impl ValidateArgs {
             method: self.method,
             precision,
             precision_origin,
+            qdq: self.qdq.options(),
             classifier: Classifier::load(self.zero_shot.as_deref())?,
             max_top1_drop: self.max_top1_drop,
             baseline: self.baseline.clone(),

@@ -1,4 +1,4 @@
-//! Which nodes run in INT8: defaults after NVIDIA's Q/DQ placement guidance, overridden by a precision file.
+//! Which nodes run in INT8: defaults after TensorRT's Q/DQ placement guidance, overridden by a precision file.
 
 use std::path::Path;
 
@@ -7,7 +7,7 @@ use graph::proto::GraphProto;
 use graph::GraphIndex;
 use serde::{Deserialize, Serialize};
 
-use crate::AnalyzeError;
+use crate::{PlacementError, PlacementOptions};
 
 /// Ops quantized by default: their activation inputs and weights get Q/DQ.
 pub const GEMM_OPS: &[&str] = &["Conv", "ConvTranspose", "MatMul", "Gemm"];
@@ -25,10 +25,15 @@ pub struct Selection {
 }
 
 /// The precision file: `[deny]` keeps nodes in float, `[allow]` forces them into INT8.
-/// Precedence: deny.nodes, allow.nodes, deny.ops, allow.ops, then the defaults.
+/// Precedence: deny.nodes, allow.nodes, deny.ops, allow.ops, then the defaults (`attention` sets the
+/// default of attention MatMuls).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrecisionFile {
+    /// Default precision of MatMuls whose two inputs are both activations (attention Q*K^T and attn*V):
+    /// `"int8"` or `"float"`; absent, the target's default (INT8 for TensorRT, float for ONNX Runtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<AttentionPrecision>,
     /// Kept in float.
     #[serde(default)]
     pub deny: Selection,
@@ -39,15 +44,25 @@ pub struct PrecisionFile {
 
 impl PrecisionFile {
     /// Reads a precision TOML file.
-    pub fn load(path: &Path) -> Result<PrecisionFile, AnalyzeError> {
+    pub fn load(path: &Path) -> Result<PrecisionFile, PlacementError> {
         let text = safe_io::read_to_string(path, safe_io::limits::TEXT, "a precision file")?;
-        toml::from_str(&text).map_err(|e| AnalyzeError::Precision { path: path.into(), message: e.to_string() })
+        toml::from_str(&text).map_err(|e| PlacementError::Precision { path: path.into(), message: e.to_string() })
     }
 
     /// The file as TOML, readable by [`PrecisionFile::load`].
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_default()
     }
+}
+
+/// The default precision of attention MatMuls, as a precision file writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionPrecision {
+    /// Both inputs quantized (TensorRT's fused INT8 attention, ModelOpt's default).
+    Int8,
+    /// Kept in the float type.
+    Float,
 }
 
 /// One node's precision and why.
@@ -63,19 +78,29 @@ pub struct Decision {
     pub reason: String,
 }
 
-fn matchers(patterns: &[String], origin: &str) -> Result<Vec<(String, GlobMatcher)>, AnalyzeError> {
+fn matchers(patterns: &[String], origin: &str) -> Result<Vec<(String, GlobMatcher)>, PlacementError> {
     patterns
         .iter()
         .map(|p| {
             Glob::new(p)
                 .map(|g| (p.clone(), g.compile_matcher()))
-                .map_err(|e| AnalyzeError::Precision { path: origin.into(), message: format!("pattern '{p}': {e}") })
+                .map_err(|e| PlacementError::Precision { path: origin.into(), message: format!("pattern '{p}': {e}") })
         })
         .collect()
 }
 
 /// Decides every node's precision. Nodes outside GEMM_OPS appear only when a list names them.
-pub fn decide(graph: &GraphProto, file: &PrecisionFile, origin: &str) -> Result<Vec<Decision>, AnalyzeError> {
+pub fn decide(
+    graph: &GraphProto,
+    file: &PrecisionFile,
+    options: &PlacementOptions,
+    origin: &str,
+) -> Result<Vec<Decision>, PlacementError> {
+    let (attention, attention_from) = match (options.attention, file.attention) {
+        (Some(a), _) => (a, "--attention"),
+        (None, Some(a)) => (a, "precision file attention"),
+        (None, None) => (options.target.default_attention(), "default"),
+    };
     let index = GraphIndex::new(graph);
     // Everything downstream reads a GEMM/Conv node's data input, weight and output: a malformed node is
     // reported here rather than indexed blindly.
@@ -83,7 +108,7 @@ pub fn decide(graph: &GraphProto, file: &PrecisionFile, origin: &str) -> Result<
         GEMM_OPS.contains(&n.op_type.as_str())
             && (n.input.len() < 2 || n.input[0].is_empty() || n.input[1].is_empty() || n.output.is_empty())
     }) {
-        return Err(AnalyzeError::Model {
+        return Err(PlacementError::Model {
             path: origin.into(),
             message: format!(
                 "node '{}' ({}) has {} inputs and {} outputs: not a valid ONNX {} (it needs a data input, a weight \
@@ -115,8 +140,17 @@ pub fn decide(graph: &GraphProto, file: &PrecisionFile, origin: &str) -> Result<
         } else if GEMM_OPS.contains(&op) {
             let constant_inputs =
                 node.input.iter().filter(|i| !i.is_empty() && index.constant(graph, i).is_some()).count();
-            if op == "MatMul" && constant_inputs == 0 {
-                (false, "default: attention-score MatMul (both inputs are activations) stays float".into())
+            if op == "MatMul" && constant_inputs == 0 && attention == AttentionPrecision::Float {
+                let target = options.target.name();
+                (
+                    false,
+                    format!(
+                        "{attention_from} (target {target}): attention MatMul (both inputs activations) stays float"
+                    ),
+                )
+            } else if op == "MatMul" && constant_inputs == 0 {
+                let target = options.target.name();
+                (true, format!("{attention_from} (target {target}): attention MatMul, both activation inputs in INT8"))
             } else {
                 (true, format!("default: {op} inputs and weights in INT8"))
             }
@@ -137,10 +171,10 @@ fn check_entries_match(
     origin: &str,
     deny_nodes: &[(String, GlobMatcher)],
     allow_nodes: &[(String, GlobMatcher)],
-) -> Result<(), AnalyzeError> {
+) -> Result<(), PlacementError> {
     let names: Vec<&str> = graph.node.iter().map(|n| n.name.as_str()).collect();
     let ops: std::collections::BTreeSet<&str> = graph.node.iter().map(|n| n.op_type.as_str()).collect();
-    let unmatched = |list: &str, entry: &str, candidates: &mut dyn Iterator<Item = &str>| AnalyzeError::Precision {
+    let unmatched = |list: &str, entry: &str, candidates: &mut dyn Iterator<Item = &str>| PlacementError::Precision {
         path: origin.into(),
         message: format!("{list} entry '{entry}' matches nothing in the model{}", suggestion(entry, candidates)),
     };

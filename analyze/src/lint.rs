@@ -1,0 +1,348 @@
+//! Checks a Q/DQ model (int8kit's, ModelOpt's, ONNX Runtime's) against TensorRT's explicit-quantization
+//! rules: what its ONNX parser rejects (errors) and what keeps a layer out of INT8 or unfused (warnings).
+//!
+//! Sources, cited per rule below:
+//! - [TRT-QDQ] TensorRT Developer Guide, "Working with Quantized Types": explicit quantization, Q/DQ
+//!   layer-placement recommendations (quantize all inputs of weighted ops; quantize the residual input of an
+//!   Add that follows a weighted op; per-channel weights along the output-channel axis; scales are build-time
+//!   constants).
+//! - [ONNX-TRT] onnx/onnx-tensorrt, the QuantizeLinear/DequantizeLinear importers: zero points must be
+//!   all zero (symmetric), INT8 quantized type, constant scale.
+
+use std::collections::HashSet;
+
+use graph::proto::{tensor_proto::DataType, GraphProto, NodeProto};
+use graph::{GraphIndex, Model};
+use serde::Serialize;
+
+use crate::AnalyzeError;
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// TensorRT keeps the layer in float or leaves a fusion out.
+    Warning,
+    /// TensorRT refuses the model.
+    Error,
+}
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    /// Error or warning.
+    pub severity: Severity,
+    /// Stable rule id (`zero-point`, `residual-input`, ...).
+    pub rule: &'static str,
+    /// The node it is about.
+    pub node: String,
+    /// What is wrong and what to do.
+    pub message: String,
+    /// Where the rule comes from.
+    pub source: &'static str,
+}
+
+const TRT_QDQ: &str = "TensorRT Developer Guide, Working with Quantized Types (Q/DQ layer placement)";
+const ONNX_TRT: &str = "onnx-tensorrt QuantizeLinear/DequantizeLinear importer";
+
+/// Ops that only move or reshape data: TensorRT propagates Q/DQ across them.
+const DATA_MOVEMENT: &[&str] = &["Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"];
+
+/// ONNX Runtime's QOperator format, which TensorRT does not import.
+const QOPERATOR_OPS: &[&str] = &[
+    "QLinearConv",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "ConvInteger",
+    "QLinearAdd",
+    "QLinearMul",
+    "DynamicQuantizeLinear",
+];
+
+fn is_qdq(op: &str) -> bool {
+    matches!(op, "QuantizeLinear" | "DequantizeLinear")
+}
+
+/// Every finding for `model`, errors first, then in graph order.
+pub fn lint(model: &Model) -> Result<Vec<Finding>, AnalyzeError> {
+    let graph = &model.proto.graph;
+    let index = GraphIndex::new(graph);
+    let mut out = Vec::new();
+    let mut push = |severity, rule, node: &NodeProto, message: String, source| {
+        out.push(Finding { severity, rule, node: node.name.clone(), message, source });
+    };
+    let opset = model
+        .proto
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .unwrap_or(0);
+    let dq_outputs: HashSet<&str> =
+        graph.node.iter().filter(|n| n.op_type == "DequantizeLinear").map(|n| n.output[0].as_str()).collect();
+    let has_qdq = !dq_outputs.is_empty();
+
+    for node in &graph.node {
+        let op = node.op_type.as_str();
+        if QOPERATOR_OPS.contains(&op) {
+            push(
+                Severity::Error,
+                "qoperator-format",
+                node,
+                format!("{op} is ONNX Runtime's QOperator format; TensorRT imports only QuantizeLinear/DequantizeLinear pairs (quantize with QDQ format)"),
+                TRT_QDQ,
+            );
+            continue;
+        }
+        if !is_qdq(op) {
+            continue;
+        }
+        if node.input.len() < 2 {
+            push(Severity::Error, "scale", node, format!("{op} has no scale input"), ONNX_TRT);
+            continue;
+        }
+        // [ONNX-TRT] the scale is a build-time constant, finite and positive.
+        match index.constant(graph, &node.input[1]) {
+            None => push(
+                Severity::Error,
+                "scale",
+                node,
+                format!(
+                    "scale '{}' is computed at run time; TensorRT needs a constant (an initializer)",
+                    node.input[1]
+                ),
+                ONNX_TRT,
+            ),
+            Some(t) => {
+                if let Ok(values) = model.tensor_f32(t) {
+                    if let Some(v) = values.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                        push(
+                            Severity::Error,
+                            "scale",
+                            node,
+                            format!("scale '{}' holds {v}; every scale must be finite and positive", node.input[1]),
+                            ONNX_TRT,
+                        );
+                    }
+                }
+                if t.dims.iter().product::<i64>() > 1 && opset < 13 {
+                    push(
+                        Severity::Error,
+                        "per-channel-opset",
+                        node,
+                        format!("per-channel scale at opset {opset}: the axis attribute needs opset 13 or later"),
+                        ONNX_TRT,
+                    );
+                }
+            }
+        }
+        // [ONNX-TRT] symmetric INT8: zero point all zero, of type int8.
+        match node.input.get(2).filter(|z| !z.is_empty()) {
+            None if op == "QuantizeLinear" => push(
+                Severity::Error,
+                "zero-point",
+                node,
+                "QuantizeLinear without a zero point quantizes to uint8; TensorRT needs an int8 zero point of 0".into(),
+                ONNX_TRT,
+            ),
+            None => {}
+            Some(zp) => match index.constant(graph, zp) {
+                None => {
+                    push(Severity::Error, "zero-point", node, format!("zero point '{zp}' is not a constant"), ONNX_TRT)
+                }
+                Some(t) => {
+                    if t.data_type != DataType::INT8 as i32 {
+                        push(
+                            Severity::Error,
+                            "zero-point",
+                            node,
+                            format!(
+                                "zero point '{zp}' is {}; TensorRT's INT8 Q/DQ is signed int8 (re-quantize with int8 activations and weights)",
+                                graph::ElemType(t.data_type).name()
+                            ),
+                            ONNX_TRT,
+                        );
+                    } else {
+                        let bytes = model.tensor_raw_bytes(t)?.map(|b| b.into_owned()).unwrap_or_default();
+                        if bytes.iter().any(|&b| b != 0) || t.int32_data.iter().any(|&v| v != 0) {
+                            push(
+                                Severity::Error,
+                                "zero-point",
+                                node,
+                                format!(
+                                    "zero point '{zp}' is not all zero; TensorRT supports only symmetric quantization"
+                                ),
+                                ONNX_TRT,
+                            );
+                        }
+                    }
+                }
+            },
+        }
+    }
+
+    for (n, node) in graph.node.iter().enumerate() {
+        let op = node.op_type.as_str();
+        let reads_dq = |slot: usize| node.input.get(slot).is_some_and(|i| dq_outputs.contains(i.as_str()));
+        // [TRT-QDQ] weighted ops run in INT8 only with both the data input and the weight quantized.
+        if has_qdq && matches!(op, "Conv" | "ConvTranspose" | "MatMul" | "Gemm") && node.input.len() >= 2 {
+            let (data, weight) = (reads_dq(0), reads_dq(1));
+            if data != weight {
+                let (missing, present) = if data { ("weight", "data input") } else { ("data input", "weight") };
+                push(
+                    Severity::Warning,
+                    "partial-gemm",
+                    node,
+                    format!(
+                        "{op} has a quantized {present} but a float {missing} ('{}'); TensorRT runs it in float",
+                        node.input[if data { 1 } else { 0 }]
+                    ),
+                    TRT_QDQ,
+                );
+            }
+            if data && weight {
+                check_weight_axis(graph, &index, n, &mut push);
+            }
+            if matches!(op, "Conv" | "ConvTranspose" | "Gemm") && reads_dq(2) {
+                push(
+                    Severity::Warning,
+                    "quantized-bias",
+                    node,
+                    "the bias is quantized; TensorRT fuses a float bias into the INT8 kernel, leave it float".into(),
+                    TRT_QDQ,
+                );
+            }
+        }
+        // [TRT-QDQ] an Add after a quantized weighted op fuses into it only when its other input is quantized.
+        if has_qdq && op == "Add" && node.input.len() == 2 {
+            let from_int8_gemm = |i: usize| int8_gemm_behind(graph, &index, &dq_outputs, &node.input[i]);
+            let constant = |i: usize| index.constant(graph, &node.input[i]).is_some();
+            if !constant(0) && !constant(1) {
+                let (a, b) = (from_int8_gemm(0), from_int8_gemm(1));
+                if (a.is_some() || b.is_some()) && !reads_dq(0) && !reads_dq(1) {
+                    let other = if a.is_some() { 1 } else { 0 };
+                    let gemm = a.or(b).unwrap_or_default();
+                    push(
+                        Severity::Warning,
+                        "residual-input",
+                        node,
+                        format!(
+                            "residual Add after INT8 '{gemm}' has no quantized input; TensorRT cannot fuse it into \
+                             '{gemm}': quantize its other input ('{}')",
+                            node.input[other]
+                        ),
+                        TRT_QDQ,
+                    );
+                }
+            }
+        }
+        // A QuantizeLinear fed by a DequantizeLinear through data-movement ops re-quantizes what was already
+        // INT8: TensorRT cannot drop the pair and the chain runs dequantized.
+        if op == "QuantizeLinear" {
+            let mut tensor = node.input[0].as_str();
+            let mut chain = Vec::new();
+            while let Some(&p) = index.producer.get(tensor) {
+                let producer = &graph.node[p];
+                if producer.op_type == "DequantizeLinear" {
+                    if !chain.is_empty() {
+                        push(
+                            Severity::Warning,
+                            "requantize-chain",
+                            node,
+                            format!(
+                                "re-quantizes the output of DequantizeLinear '{}' through {}: put one Q/DQ pair after \
+                                 the {} chain instead of one on each side",
+                                producer.name,
+                                chain.join(" -> "),
+                                chain.last().map(String::as_str).unwrap_or("data-movement")
+                            ),
+                            TRT_QDQ,
+                        );
+                    }
+                    break;
+                }
+                if !DATA_MOVEMENT.contains(&producer.op_type.as_str()) || producer.input.is_empty() {
+                    break;
+                }
+                chain.insert(0, producer.op_type.clone());
+                tensor = &producer.input[0];
+            }
+        }
+    }
+    out.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    Ok(out)
+}
+
+/// The name of the INT8 weighted op (both inputs dequantized) that produces `tensor`, directly or through a
+/// bias Add with a constant operand.
+fn int8_gemm_behind(graph: &GraphProto, index: &GraphIndex, dq: &HashSet<&str>, tensor: &str) -> Option<String> {
+    let int8_gemm = |p: usize| {
+        let n = &graph.node[p];
+        (matches!(n.op_type.as_str(), "Conv" | "ConvTranspose" | "MatMul" | "Gemm")
+            && n.input.len() >= 2
+            && dq.contains(n.input[0].as_str())
+            && dq.contains(n.input[1].as_str()))
+        .then(|| n.name.clone())
+    };
+    let &p = index.producer.get(tensor)?;
+    if let Some(name) = int8_gemm(p) {
+        return Some(name);
+    }
+    let producer = &graph.node[p];
+    if producer.op_type == "Add" && producer.input.len() == 2 {
+        let other = match (index.constant(graph, &producer.input[0]), index.constant(graph, &producer.input[1])) {
+            (None, Some(_)) => 0,
+            (Some(_), None) => 1,
+            _ => return None,
+        };
+        return index.producer.get(&producer.input[other]).and_then(|&g| int8_gemm(g));
+    }
+    None
+}
+
+/// [TRT-QDQ] per-channel weight scales run along the output-channel axis and have one scale per channel.
+fn check_weight_axis(
+    graph: &GraphProto,
+    index: &GraphIndex,
+    n: usize,
+    push: &mut dyn FnMut(Severity, &'static str, &NodeProto, String, &'static str),
+) {
+    let node = &graph.node[n];
+    let Some(&d) = index.producer.get(&node.input[1]) else { return };
+    let dq = &graph.node[d];
+    let Some(weight) = index.constant(graph, &dq.input[0]) else { return };
+    let Some(scale) = dq.input.get(1).and_then(|s| index.constant(graph, s)) else { return };
+    let channels: i64 = scale.dims.iter().product();
+    if scale.dims.is_empty() || channels <= 1 {
+        return;
+    }
+    let rank = weight.dims.len() as i64;
+    let expected = match node.op_type.as_str() {
+        "Conv" => 0,
+        "ConvTranspose" => 1,
+        "MatMul" => rank - 1,
+        _ => {
+            let trans_b = node.attribute.iter().find(|a| a.name == "transB").map(|a| a.i).unwrap_or(0);
+            if trans_b != 0 {
+                0
+            } else {
+                1
+            }
+        }
+    };
+    let axis = dq.attribute.iter().find(|a| a.name == "axis").map(|a| a.i).unwrap_or(1);
+    let axis = if axis < 0 { axis + rank } else { axis };
+    if axis != expected || weight.dims.get(expected as usize) != Some(&channels) {
+        push(
+            Severity::Error,
+            "weight-axis",
+            node,
+            format!(
+                "per-channel weight scale of '{}' runs along axis {axis} ({channels} scales, weight dims {:?}); {} \
+                 needs it along its output-channel axis {expected}",
+                dq.input[0], weight.dims, node.op_type
+            ),
+            TRT_QDQ,
+        );
+    }
+}
