@@ -394,30 +394,70 @@ pub fn compare(
     classifier: &Classifier,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Comparison, EvaluateError> {
-    let (mut t32, mut t8) = (Tally::default(), Tally::default());
-    let mut acc = OutputFidelity::default();
+    let mut all = compare_each(fp32, &mut [int8], dataset, recipe, classifier, progress)?;
+    Ok(all.remove(0))
+}
+
+/// Runs the reference and every candidate over the same labelled batches (the reference once) and compares
+/// each candidate with the reference: one [`Comparison`] per candidate, in order, its `fp32` the reference.
+pub fn compare_each(
+    fp32: &mut dyn BatchModel,
+    candidates: &mut [&mut dyn BatchModel],
+    dataset: &Dataset,
+    recipe: &Recipe,
+    classifier: &Classifier,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Vec<Comparison>, EvaluateError> {
+    let mut t32 = Tally::default();
+    let mut tallies: Vec<Tally> = candidates.iter().map(|_| Tally::default()).collect();
+    let mut accs: Vec<OutputFidelity> = candidates.iter().map(|_| OutputFidelity::default()).collect();
     let total = dataset.len() as u64;
-    let batch_size = batch_size(&[&*fp32, &*int8], dataset)?;
+    let mut models: Vec<&dyn BatchModel> = vec![&*fp32];
+    models.extend(candidates.iter().map(|c| &**c));
+    let batch_size = batch_size(&models, dataset)?;
+    let mut done = 0;
     for batch in BatchStream::new(dataset, recipe, stream_options(batch_size)) {
         let batch = batch?;
-        let (a, b, width) = batch_rows(fp32, int8, &batch, &dataset.root)?;
-        for ((ra, rb), item) in a.chunks(width).zip(b.chunks(width)).zip(&batch.items) {
+        let a = fp32.run(&batch)?;
+        let width = a.len() / batch.items.len().max(1);
+        let mut labels = Vec::with_capacity(batch.items.len());
+        let mut predicted = Vec::with_capacity(batch.items.len());
+        for (ra, item) in a.chunks(width.max(1)).zip(&batch.items) {
             let label = classifier.check(width, item)?;
-            let (pa, pb) = (t32.add(&classifier.scores(ra), label), t8.add(&classifier.scores(rb), label));
-            acc.add(ra, rb, pa, pb);
+            predicted.push(t32.add(&classifier.scores(ra), label));
+            labels.push(label);
         }
-        progress(acc.images, total);
+        for ((candidate, tally), acc) in candidates.iter_mut().zip(&mut tallies).zip(&mut accs) {
+            let b = candidate.run(&batch)?;
+            if width == 0 || b.len() != a.len() {
+                return Err(EvaluateError::Model {
+                    path: dataset.root.clone(),
+                    message: format!("outputs differ in size: FP32 {} values, the other model {}", a.len(), b.len()),
+                });
+            }
+            for (((ra, rb), &label), &pa) in a.chunks(width).zip(b.chunks(width)).zip(&labels).zip(&predicted) {
+                let pb = tally.add(&classifier.scores(rb), label);
+                acc.add(ra, rb, pa, pb);
+            }
+        }
+        done += batch.items.len() as u64;
+        progress(done, total);
     }
     let classes = dataset.classes.len();
-    let (n, f) = (acc.images, acc.finish(&dataset.root)?);
-    Ok(Comparison {
-        images: n,
-        fp32: t32.metrics(n, fp32.seconds(), classes),
-        int8: t8.metrics(n, int8.seconds(), classes),
-        agreement: f.agreement,
-        cosine_mean: f.cosine_mean,
-        sqnr_db: f.sqnr_db,
-    })
+    let reference = t32.metrics(done, fp32.seconds(), classes);
+    let mut out = Vec::new();
+    for ((candidate, tally), acc) in candidates.iter().zip(tallies).zip(&accs) {
+        let (n, f) = (acc.images, acc.finish(&dataset.root)?);
+        out.push(Comparison {
+            images: n,
+            fp32: reference.clone(),
+            int8: tally.metrics(n, candidate.seconds(), classes),
+            agreement: f.agreement,
+            cosine_mean: f.cosine_mean,
+            sqnr_db: f.sqnr_db,
+        });
+    }
+    Ok(out)
 }
 
 /// A [`BatchModel`] that records another's outputs, so that a reference model runs once for many comparisons.

@@ -103,18 +103,19 @@ pub fn build_args(qdq: &Path, engine: &Path, input: &EngineInput) -> Vec<String>
 }
 
 impl TrtExec {
-    /// Builds `<out>/model.engine` from the Q/DQ model.
-    pub fn build(qdq: &Path, input: &EngineInput, out: &Path) -> Result<TrtExec, TensorRtError> {
+    /// Builds `<out>/<stem>.engine` from an ONNX model (Q/DQ or plain float). Strongly typed: every layer
+    /// runs in the type the graph gives it, so an `--float-type fp16` model needs no precision flag.
+    pub fn build(qdq: &Path, input: &EngineInput, out: &Path, stem: &str) -> Result<TrtExec, TensorRtError> {
         if !on_path() {
             return Err(TensorRtError::NotOnPath);
         }
-        let engine = out.join("model.engine");
+        let engine = out.join(format!("{stem}.engine"));
         let status =
             Command::new("trtexec").args(build_args(qdq, &engine, input)).status().map_err(TensorRtError::Start)?;
         if !status.success() {
             return Err(TensorRtError::Build { model: qdq.to_path_buf(), status });
         }
-        let work = out.join("trtexec-io");
+        let work = out.join(format!("{stem}.trtexec-io"));
         std::fs::create_dir_all(&work).map_err(|source| TensorRtError::Io { path: work.clone(), source })?;
         Ok(TrtExec { engine, input: input.name.clone(), work, seconds: 0.0 })
     }

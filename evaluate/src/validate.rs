@@ -5,14 +5,15 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use analyze::placement::{PlacementOptions, PrecisionFile};
+use analyze::max_abs;
+use analyze::placement::{FloatType, PlacementOptions, PrecisionFile};
 use analyze::scales::Method;
 use analyze::{analyze, AnalyzeOptions};
 use calibrate::{calibrate, CalibrateOptions};
 use datasets::{Dataset, Recipe};
-use reports::{Criterion, Report, TensorPlot};
+use reports::{Criterion, FloatRow, Report, TensorPlot};
 
-use crate::compare::{compare, ort_model, BatchModel, Classifier};
+use crate::compare::{compare_each, ort_model, BatchModel, Classifier};
 use crate::tensorrt::TrtExec;
 use crate::EvaluateError;
 
@@ -162,24 +163,47 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
     let calibration_seconds = start.elapsed().as_secs_f64();
     let int8_model = out.join("model.qdq.onnx");
 
+    // The middle row: the FP32 model in FP16 without any Q/DQ, written beside the INT8 model.
+    let fp16_model = out.join("model.fp16.onnx");
+    let fp16_proto =
+        analyze::float_type::convert(&analysis.model, analysis.model.proto.clone(), FloatType::Fp16, &max_abs(&hist))?;
+    graph::save_model(&analysis.model, fp16_proto, &fp16_model)?;
+
     let recipe = &config.recipe;
     let mut fp32 = ort_model(&config.model, recipe, config.placement)?;
-    let mut int8 = match config.engine {
-        Engine::Ort => ort_model(&int8_model, recipe, config.placement)?,
-        Engine::TensorRt => {
-            let name = analysis.model.resolve_input(recipe.name.as_deref())?.name.clone();
-            let input = crate::tensorrt::EngineInput {
-                image: recipe.batch_shape(1)[1..].to_vec(),
-                fixed_batch: analysis.model.fixed_batch(&name),
-                max_batch: crate::compare::EVAL_BATCH,
-                name,
-            };
-            Box::new(TrtExec::build(&int8_model, &input, out)?) as Box<dyn BatchModel>
+    let engine_model = |path: &std::path::Path, stem: &str| -> Result<Box<dyn BatchModel>, EvaluateError> {
+        match config.engine {
+            Engine::Ort => ort_model(path, recipe, config.placement),
+            Engine::TensorRt => {
+                let name = analysis.model.resolve_input(recipe.name.as_deref())?.name.clone();
+                let input = crate::tensorrt::EngineInput {
+                    image: recipe.batch_shape(1)[1..].to_vec(),
+                    fixed_batch: analysis.model.fixed_batch(&name),
+                    max_batch: crate::compare::EVAL_BATCH,
+                    name,
+                };
+                Ok(Box::new(TrtExec::build(path, &input, out, stem)?) as Box<dyn BatchModel>)
+            }
         }
     };
-    let comparison = compare(fp32.as_mut(), int8.as_mut(), &val, recipe, &config.classifier, &mut |d, t| {
-        progress(Phase::Compare, d, t)
-    })?;
+    let mut int8 = engine_model(&int8_model, "model")?;
+    let mut fp16 = engine_model(&fp16_model, "model.fp16")?;
+    let mut compared = compare_each(
+        fp32.as_mut(),
+        &mut [int8.as_mut(), fp16.as_mut()],
+        &val,
+        recipe,
+        &config.classifier,
+        &mut |d, t| progress(Phase::Compare, d, t),
+    )?;
+    let fp16_row = compared.pop().map(|c| FloatRow {
+        float_type: FloatType::Fp16.name().into(),
+        metrics: c.int8,
+        agreement: c.agreement,
+        cosine_mean: c.cosine_mean,
+        sqnr_db: c.sqnr_db,
+    });
+    let comparison = compared.remove(0);
 
     let mut criteria = Vec::new();
     let drop_pp = 100.0 * (comparison.fp32.top1 - comparison.int8.top1);
@@ -272,8 +296,11 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         },
         classes: val.classes.clone(),
         int8_flop_share: analysis.ranges.int8_flop_share,
+        target: config.qdq.target.name().into(),
+        float_type: config.qdq.float_type.name().into(),
         passed: criteria.iter().all(|c| c.passed),
         comparison,
+        fp16: fp16_row,
         criteria,
         tensors,
         sensitivity,

@@ -42,7 +42,7 @@ fn gate_exit_codes_schema_and_html_numbers() {
     // Schema of report.json.
     let report = json(&ok.join("report.json"));
     assert_eq!(report["format"], "int8kit.report");
-    assert_eq!(report["version"], 2);
+    assert_eq!(report["version"], 3);
     for key in [
         "model_sha256",
         "recipe",
@@ -62,6 +62,16 @@ fn gate_exit_codes_schema_and_html_numbers() {
         assert!(c["fp32"].get(key).is_some() && c["int8"].get(key).is_some(), "comparison lacks {key}");
     }
     assert_eq!(c["images"], 500);
+    // The three rows: FP32, FP16 without Q/DQ (within FP16 rounding of FP32), INT8 with FP16 float parts.
+    assert_eq!((report["target"].as_str(), report["float_type"].as_str()), (Some("tensorrt"), Some("fp16")));
+    let fp16 = &report["fp16"];
+    assert_eq!(fp16["float_type"], "fp16");
+    assert!(fp16["cosine_mean"].as_f64().unwrap() > 0.9999 && fp16["agreement"].as_f64().unwrap() >= 0.99, "{fp16}");
+    assert!((fp16["metrics"]["top1"].as_f64().unwrap() - c["fp32"]["top1"].as_f64().unwrap()).abs() <= 0.01);
+    assert!(fp16["metrics"]["images_per_s"].as_f64().unwrap() > 0.0);
+    assert!(ok.join("model.fp16.onnx").is_file());
+    let summary = std::fs::read_to_string(ok.join("summary.csv")).unwrap();
+    assert!(summary.starts_with("metric,fp32,fp16,int8_fp16\n"), "{summary}");
     assert_eq!(c["fp32"]["per_class"].as_array().unwrap().len(), 10);
     assert!(c["agreement"].as_f64().unwrap() > 0.9 && c["cosine_mean"].as_f64().unwrap() > 0.99);
     for f in ["summary.csv", "per_class.csv", "junit.xml", "report.html", "model.qdq.onnx", "calibration.hist"] {
@@ -74,6 +84,7 @@ fn gate_exit_codes_schema_and_html_numbers() {
         ("comparison.int8.top1", &c["int8"]["top1"]),
         ("comparison.fp32.top1", &c["fp32"]["top1"]),
         ("comparison.sqnr_db", &c["sqnr_db"]),
+        ("fp16.metrics.top1", &fp16["metrics"]["top1"]),
     ] {
         let marker = format!("data-key=\"{key}\" data-value=\"");
         let start = html.find(&marker).unwrap_or_else(|| panic!("{key} not in report.html")) + marker.len();

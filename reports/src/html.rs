@@ -124,36 +124,53 @@ pub fn render_html(report: &Report) -> String {
         escape(&report.validation_folder),
         escape(&report.model_sha256)
     ));
-    page.push_str("<h2>Accuracy</h2><table><tr><th>metric</th><th>FP32</th><th>INT8</th></tr>");
+    // The source article's three rows side by side: FP32, the model in FP16 without Q/DQ, INT8.
+    let h = report.fp16.as_ref();
+    let fp16_cell = |f: &dyn Fn(&crate::FloatRow) -> String| h.map(f).unwrap_or_else(|| "not measured".into());
     page.push_str(&format!(
-        "<tr><td>Top-1</td><td>{}</td><td>{}</td></tr>",
+        "<h2>Accuracy</h2><p>INT8 model: Q/DQ placed for <b>{}</b>, float parts in <b>{}</b>.</p><table><tr><th>metric</th><th>FP32</th><th>FP16 (no Q/DQ)</th><th>INT8</th></tr>",
+        escape(&report.target),
+        escape(&report.float_type)
+    ));
+    page.push_str(&format!(
+        "<tr><td>Top-1</td><td>{}</td><td>{}</td><td>{}</td></tr>",
         pct("comparison.fp32.top1", c.fp32.top1),
+        fp16_cell(&|h| pct("fp16.metrics.top1", h.metrics.top1)),
         pct("comparison.int8.top1", c.int8.top1)
     ));
     page.push_str(&format!(
-        "<tr><td>Top-5</td><td>{}</td><td>{}</td></tr>",
+        "<tr><td>Top-5</td><td>{}</td><td>{}</td><td>{}</td></tr>",
         pct("comparison.fp32.top5", c.fp32.top5),
+        fp16_cell(&|h| pct("fp16.metrics.top5", h.metrics.top5)),
         pct("comparison.int8.top5", c.int8.top5)
     ));
     page.push_str(&format!(
-        "<tr><td>images/s</td><td>{}</td><td>{}</td></tr>",
+        "<tr><td>images/s</td><td>{}</td><td>{}</td><td>{}</td></tr>",
         num("comparison.fp32.images_per_s", c.fp32.images_per_s, format!("{:.0}", c.fp32.images_per_s)),
+        fp16_cell(&|h| num(
+            "fp16.metrics.images_per_s",
+            h.metrics.images_per_s,
+            format!("{:.0}", h.metrics.images_per_s)
+        )),
         num("comparison.int8.images_per_s", c.int8.images_per_s, format!("{:.0}", c.int8.images_per_s))
     ));
     page.push_str(&format!(
-        "<tr><td>FP32/INT8 agreement</td><td></td><td>{}</td></tr>",
+        "<tr><td>agreement with FP32</td><td></td><td>{}</td><td>{}</td></tr>",
+        fp16_cell(&|h| pct("fp16.agreement", h.agreement)),
         pct("comparison.agreement", c.agreement)
     ));
     page.push_str(&format!(
-        "<tr><td>output cosine (mean)</td><td></td><td>{}</td></tr>",
+        "<tr><td>output cosine (mean)</td><td></td><td>{}</td><td>{}</td></tr>",
+        fp16_cell(&|h| num("fp16.cosine_mean", h.cosine_mean, format!("{:.5}", h.cosine_mean))),
         num("comparison.cosine_mean", c.cosine_mean, format!("{:.5}", c.cosine_mean))
     ));
     page.push_str(&format!(
-        "<tr><td>output SQNR</td><td></td><td>{}</td></tr>",
+        "<tr><td>output SQNR</td><td></td><td>{}</td><td>{}</td></tr>",
+        fp16_cell(&|h| num("fp16.sqnr_db", h.sqnr_db, format!("{:.1} dB", h.sqnr_db))),
         num("comparison.sqnr_db", c.sqnr_db, format!("{:.1} dB", c.sqnr_db))
     ));
     page.push_str(&format!(
-        "<tr><td>GEMM/Conv FLOPs in INT8</td><td></td><td>{}</td></tr></table>",
+        "<tr><td>GEMM/Conv FLOPs in INT8</td><td></td><td></td><td>{}</td></tr></table>",
         pct("int8_flop_share", report.int8_flop_share)
     ));
 

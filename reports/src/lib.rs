@@ -14,7 +14,7 @@ pub use html::render_html;
 /// The `format` value of report.json.
 pub const REPORT_FORMAT: &str = "int8kit.report";
 /// The report.json version; bump on any incompatible change.
-pub const REPORT_VERSION: u32 = 2;
+pub const REPORT_VERSION: u32 = 3;
 
 /// Errors writing reports or reading a baseline.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +82,23 @@ pub struct Comparison {
     pub cosine_mean: f64,
     /// Signal-to-quantization-noise ratio of the outputs over all images, in dB; infinite (JSON `null`) when
     /// the outputs are identical.
+    #[serde(with = "infinite_as_null")]
+    pub sqnr_db: f64,
+}
+
+/// The model converted to a float type without any Q/DQ (the middle row of FP32 -> FP16 -> INT8), against
+/// FP32 on the same images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FloatRow {
+    /// The float type (`"fp16"`).
+    pub float_type: String,
+    /// Its accuracy and speed.
+    pub metrics: ModelMetrics,
+    /// Share of images where it and FP32 predict the same class.
+    pub agreement: f64,
+    /// Mean cosine similarity of its outputs and FP32's, per image.
+    pub cosine_mean: f64,
+    /// Signal-to-noise ratio of its outputs against FP32's, in dB; infinite (JSON `null`) when identical.
     #[serde(with = "infinite_as_null")]
     pub sqnr_db: f64,
 }
@@ -186,8 +203,14 @@ pub struct Report {
     pub classes: Vec<String>,
     /// Share of GEMM/Conv FLOPs in INT8.
     pub int8_flop_share: f64,
+    /// The runtime the INT8 model's Q/DQ placement is for (`tensorrt`, `onnxruntime`).
+    pub target: String,
+    /// The float type of the INT8 model's non-INT8 parts (`fp32`, `fp16`).
+    pub float_type: String,
     /// FP32 against INT8.
     pub comparison: Comparison,
+    /// FP32 against the model converted to FP16 without Q/DQ.
+    pub fp16: Option<FloatRow>,
     /// The release criteria.
     pub criteria: Vec<Criterion>,
     /// Whether every criterion holds.
@@ -210,6 +233,16 @@ impl Report {
         }
         match value.get("version").and_then(|v| v.as_u64()) {
             Some(v) if v == REPORT_VERSION as u64 => {}
+            // Version 3 only added the FP16 row, target and float type: a version 2 baseline still compares.
+            Some(2) => {
+                let mut value = value;
+                if let Some(map) = value.as_object_mut() {
+                    map.insert("target".into(), "unrecorded (report version 2)".into());
+                    map.insert("float_type".into(), "fp32".into());
+                    map.insert("fp16".into(), serde_json::Value::Null);
+                }
+                return serde_json::from_value(value).map_err(|e| bad(e.to_string()));
+            }
             Some(v) if v < REPORT_VERSION as u64 => {
                 return Err(bad(format!(
                     "report version {v} does not record which images it was evaluated on; re-run validate for \
@@ -228,23 +261,27 @@ impl Report {
         Ok(json)
     }
 
-    /// summary.csv: one row per model.
+    /// summary.csv: one column per model (FP32, FP16 without Q/DQ, INT8), one row per metric; fidelity
+    /// rows are against FP32.
     pub fn summary_csv(&self) -> Result<String, ReportError> {
         let c = &self.comparison;
+        let h = self.fp16.as_ref();
+        let cell = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
         let rows = [
-            ("images", c.images as f64, c.images as f64),
-            ("top1", c.fp32.top1, c.int8.top1),
-            ("top5", c.fp32.top5, c.int8.top5),
-            ("images_per_s", c.fp32.images_per_s, c.int8.images_per_s),
+            ("images", Some(c.images as f64), h.map(|_| c.images as f64), c.images as f64),
+            ("top1", Some(c.fp32.top1), h.map(|h| h.metrics.top1), c.int8.top1),
+            ("top5", Some(c.fp32.top5), h.map(|h| h.metrics.top5), c.int8.top5),
+            ("images_per_s", Some(c.fp32.images_per_s), h.map(|h| h.metrics.images_per_s), c.int8.images_per_s),
+            ("agreement", None, h.map(|h| h.agreement), c.agreement),
+            ("cosine_mean", None, h.map(|h| h.cosine_mean), c.cosine_mean),
+            ("sqnr_db", None, h.map(|h| h.sqnr_db), c.sqnr_db),
         ];
         let mut w = csv::Writer::from_writer(Vec::new());
         let err = |source| ReportError::Csv { file: "summary.csv", source };
-        w.write_record(["metric", "fp32", "int8"]).map_err(err)?;
-        for (name, a, b) in rows {
-            w.write_record([name.to_string(), a.to_string(), b.to_string()]).map_err(err)?;
-        }
-        for (name, v) in [("agreement", c.agreement), ("cosine_mean", c.cosine_mean), ("sqnr_db", c.sqnr_db)] {
-            w.write_record([name.to_string(), String::new(), v.to_string()]).map_err(err)?;
+        let int8 = format!("int8_{}", self.float_type);
+        w.write_record(["metric", "fp32", "fp16", int8.as_str()]).map_err(err)?;
+        for (name, a, f, b) in rows {
+            w.write_record([name.to_string(), cell(a), cell(f), b.to_string()]).map_err(err)?;
         }
         finish(w, "summary.csv")
     }

@@ -27,6 +27,8 @@ fn sample() -> Report {
         }),
         classes: vec!["a".into(), "b".into()],
         int8_flop_share: 0.9375,
+        target: "tensorrt".into(),
+        float_type: "fp16".into(),
         comparison: Comparison {
             images: 8,
             fp32: metrics(0.875),
@@ -35,6 +37,13 @@ fn sample() -> Report {
             cosine_mean: 0.999,
             sqnr_db: 31.5,
         },
+        fp16: Some(reports::FloatRow {
+            float_type: "fp16".into(),
+            metrics: metrics(0.875),
+            agreement: 1.0,
+            cosine_mean: 0.999999,
+            sqnr_db: f64::INFINITY,
+        }),
         criteria: vec![Criterion {
             name: "max-top1-drop".into(),
             passed: false,

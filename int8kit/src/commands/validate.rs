@@ -166,6 +166,18 @@ pub fn print_outcome(report: &Report, out: &std::path::Path) {
         c.fp32.images_per_s,
         c.int8.images_per_s
     );
+    println!("  INT8 model: Q/DQ for {}, float parts in {}", report.target, report.float_type);
+    if let Some(h) = &report.fp16 {
+        println!(
+            "  FP16 without Q/DQ: Top-1 {:.2} % / Top-5 {:.2} %; agreement {:.2} %, cosine {:.5}, SQNR {:.1} dB; images/s {:.0}",
+            100.0 * h.metrics.top1,
+            100.0 * h.metrics.top5,
+            100.0 * h.agreement,
+            h.cosine_mean,
+            h.sqnr_db,
+            h.metrics.images_per_s
+        );
+    }
     for cr in &report.criteria {
         println!("  {} {}: {}", if cr.passed { "PASS" } else { "FAIL" }, cr.name, cr.message);
     }
