@@ -152,17 +152,42 @@ pub fn image_tensors(graph: &graph::proto::GraphProto) -> BTreeSet<String> {
     image
 }
 
+/// Softmax outputs and whatever only rearranges them (Reshape, Transpose, ...): attention probabilities in
+/// [0, 1], whose few large values are the attention itself. A search clips them: entropy put the fixture
+/// ViT's first at 0.28 of a 0.63 max, and INT8 attention then cost the DINOv2 ViT-S/14 0.017 of output
+/// cosine (BENCHMARKS.md). Their range is bounded, so max calibration loses little resolution.
+pub fn probability_tensors(graph: &graph::proto::GraphProto) -> BTreeSet<String> {
+    const REARRANGING: [&str; 6] = ["Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"];
+    let mut out = BTreeSet::new();
+    for node in &graph.node {
+        let op = node.op_type.as_str();
+        let from_probabilities = REARRANGING.contains(&op) && node.input.first().is_some_and(|i| out.contains(i));
+        if op == "Softmax" || from_probabilities {
+            out.extend(node.output.iter().filter(|o| !o.is_empty()).cloned());
+        }
+    }
+    out
+}
+
+/// The tensors whose amax is always their max: the image ([`image_tensors`]) and attention probabilities
+/// ([`probability_tensors`]).
+pub fn max_calibrated(graph: &graph::proto::GraphProto) -> BTreeSet<String> {
+    let mut set = image_tensors(graph);
+    set.extend(probability_tensors(graph));
+    set
+}
+
 /// The method a tensor's amax comes from: the image (graph inputs, and the image as preprocessed inside the
 /// graph, see [`image_tensors`]) always uses max, since its histogram is a few pixel-value spikes that
-/// KL/percentile/MSE searches clip (entropy clipped 29 % of the Fashion-MNIST input); then a per-tensor
-/// choice; then the global method.
+/// KL/percentile/MSE searches clip (entropy clipped 29 % of the Fashion-MNIST input), and so do attention
+/// probabilities (`fixed` is [`max_calibrated`]); then a per-tensor choice; then the global method.
 pub fn tensor_method(
     t: &TensorRecord,
-    image: &BTreeSet<String>,
+    fixed: &BTreeSet<String>,
     method: Method,
     per_tensor: &std::collections::BTreeMap<String, Method>,
 ) -> Method {
-    if t.producer.is_none() || image.contains(&t.name) {
+    if t.producer.is_none() || fixed.contains(&t.name) {
         return Method::Max;
     }
     per_tensor.get(&t.name).copied().unwrap_or(method)
@@ -194,7 +219,7 @@ pub fn activation_amax(
     method: Method,
     per_tensor: &std::collections::BTreeMap<String, Method>,
 ) -> HashMap<String, f32> {
-    let image = image_tensors(graph);
+    let image = max_calibrated(graph);
     hist.tensors
         .iter()
         .map(|t| (t.name.clone(), scales::amax(&t.stats, tensor_method(t, &image, method, per_tensor))))
@@ -332,7 +357,7 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
     let decisions =
         placement::decide(&model.proto.graph, &options.precision, &options.placement, &options.precision_origin)?;
     let amax = activation_amax(hist, &model.proto.graph, options.method, &options.per_tensor);
-    let image = image_tensors(&model.proto.graph);
+    let image = max_calibrated(&model.proto.graph);
     let (qdq, summary) = build_qdq(&model, &decisions, &options.placement, &amax, hist)?;
     let quantized: HashMap<&str, f32> = summary.activations.iter().map(|(n, a)| (n.as_str(), *a)).collect();
 

@@ -115,3 +115,22 @@ fn a_list_entry_that_matches_nothing_is_an_error_naming_the_closest_name() {
     // Globs that match, and op types the model has, are fine.
     assert!(analyze(&model(name), &h, &options_for(Method::Entropy, deny(&["/blocks.1/*"], &["Gemm"]))).is_ok());
 }
+
+/// Attention probabilities (Softmax outputs, and their rearranged copies the attention MatMul reads) take max
+/// calibration whatever the method: a search clips the large probabilities that are the attention.
+#[test]
+fn attention_probabilities_take_max_calibration_and_are_quantized_for_tensorrt() {
+    let name = "fmnist_vit_opset17.onnx";
+    let h = hist(name);
+    let a = analyze(&model(name), &h, &options_for(Method::Entropy, PrecisionFile::default())).unwrap();
+    let probabilities: Vec<_> = a.ranges.tensors.iter().filter(|t| t.op.as_deref() == Some("Softmax")).collect();
+    assert!(!probabilities.is_empty());
+    for t in &probabilities {
+        assert_eq!(t.method, "max", "{}", t.name);
+        assert_eq!(t.amax, t.amax_by_method.iter().find(|(m, _)| m == "max").unwrap().1, "{}", t.name);
+    }
+    // The attention MatMul reads them through its Q/DQ pair (TensorRT target default).
+    assert!(probabilities.iter().all(|t| t.quantized), "Softmax outputs feed INT8 attention MatMuls");
+    let other = a.ranges.tensors.iter().find(|t| t.op.as_deref() == Some("LayerNormalization")).unwrap();
+    assert_eq!(other.method, "entropy");
+}

@@ -241,7 +241,8 @@ impl<'a> Evaluator<'a> {
     }
 }
 
-/// For each tensor the INT8 configuration quantizes (graph inputs excepted: they always use max), the
+/// For each tensor the INT8 configuration quantizes (the image and attention probabilities excepted: they
+/// always use max), the
 /// method whose amax, with every other tensor at `method`, gives the smallest output divergence. Ties keep
 /// the earlier method in entropy, mse, percentile, max order.
 fn method_choices(
@@ -254,7 +255,7 @@ fn method_choices(
     let graph = &ev.model.proto.graph;
     let amax = analyze::activation_amax(hist, graph, method, &Default::default());
     let (_, summary) = analyze::qdq::insert_qdq(ev.model, decisions, &ev.qdq, &amax)?;
-    let image = analyze::image_tensors(graph);
+    let image = analyze::max_calibrated(graph);
     let mut out = Vec::new();
     for (tensor, _) in &summary.activations {
         // The image always uses max: nothing to choose.
