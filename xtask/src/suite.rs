@@ -102,6 +102,8 @@ struct Tool {
     name: String,
     run: Run,
     quality: Option<Quality>,
+    /// Why a peer's model has no INT8 result (ONNX Runtime could not run it), when that happened.
+    quality_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -606,15 +608,26 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
         };
         let mut reference = Recorded::record(fp32.as_mut(), &eval_set, &recipe)?;
         let ours_quality = quality_of(&mut reference, &ours_dir.join("model.qdq.onnx"))?;
-        let ours =
-            Tool { name: "int8kit calibrate + analyze (entropy)".into(), run: ours_run, quality: Some(ours_quality) };
+        let ours = Tool {
+            name: "int8kit calibrate + analyze (entropy)".into(),
+            run: ours_run,
+            quality: Some(ours_quality),
+            quality_error: None,
+        };
         let mut peer_tools = Vec::new();
         for (name, run, model) in peers {
-            let quality = match model {
-                Some(m) => Some(quality_of(&mut reference, &m)?),
-                None => None,
+            // A peer's model that ONNX Runtime cannot run is a result about the peer, not a bench failure.
+            let (quality, quality_error) = match model.map(|m| quality_of(&mut reference, &m)) {
+                Some(Ok(q)) => (Some(q), None),
+                Some(Err(e)) => {
+                    let text = e.to_string().replace(&format!("{}/", root().display()), "");
+                    let first = text.lines().next().unwrap_or_default().to_string();
+                    eprintln!("  {name}: its model does not run: {first}");
+                    (None, Some(first))
+                }
+                None => (None, None),
             };
-            peer_tools.push(Tool { name, run, quality });
+            peer_tools.push(Tool { name, run, quality, quality_error });
         }
         let entropy = peer_tools.iter().find(|t| t.name.ends_with("Entropy"));
         let ratios = Ratios {
@@ -763,7 +776,14 @@ fn markdown(s: &Suite) -> String {
             row(&mut md, "int8kit calibrate --tensors all", a, &None);
         }
         for p in &w.peers {
-            row(&mut md, &p.name, &p.run, &p.quality);
+            match &p.quality_error {
+                Some(e) => {
+                    let cut: String = e.chars().take(160).collect();
+                    let name = format!("{} (its model does not run in ONNX Runtime: {cut})", p.name);
+                    row(&mut md, &name, &p.run, &None);
+                }
+                None => row(&mut md, &p.name, &p.run, &p.quality),
+            }
         }
         let r = &w.ratios;
         let _ = write!(
