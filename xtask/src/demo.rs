@@ -79,10 +79,19 @@ pub fn run(quiet: bool, methods: &[Method]) -> anyhow::Result<()> {
         let c = &r.comparison;
         if *stem != last {
             println!("| {stem} | FP32 | {:.2} % | {:.0} | | | |", 100.0 * c.fp32.top1, c.fp32.images_per_s);
+            if let Some(h) = &r.fp16 {
+                println!(
+                    "| {stem} | FP16 (no Q/DQ) | {:.2} % ({:+.2} pp) | {:.0} | | | |",
+                    100.0 * h.metrics.top1,
+                    100.0 * (h.metrics.top1 - c.fp32.top1),
+                    h.metrics.images_per_s
+                );
+            }
             last = stem;
         }
         println!(
-            "| {stem} | INT8 {method} | {:.2} % ({:+.2} pp) | {:.0} | {:.1} s | {:.1} % | {} |",
+            "| {stem} | INT8 {method} + {} | {:.2} % ({:+.2} pp) | {:.0} | {:.1} s | {:.1} % | {} |",
+            r.float_type.to_uppercase(),
             100.0 * c.int8.top1,
             100.0 * (c.int8.top1 - c.fp32.top1),
             c.int8.images_per_s,
@@ -91,7 +100,11 @@ pub fn run(quiet: bool, methods: &[Method]) -> anyhow::Result<()> {
             if r.passed { "pass" } else { "FAIL" }
         );
     }
-    println!("\nINT8 = model.qdq.onnx in ONNX Runtime (CPU provider); calibration time = calibrate + analyze.");
+    println!(
+        "\nFP16 = model.fp16.onnx, INT8 = model.qdq.onnx (Q/DQ for TensorRT, FP16 float parts), both in ONNX Runtime's \
+         CPU provider, which runs FP16 through casts (slower than FP32 here; only TensorRT or CUDA speeds mean \
+         anything for FP16); calibration time = calibrate + analyze."
+    );
     println!("Reports (report.html, report.json, junit.xml, ...) and artifacts: {}/<model>/<method>/", out.display());
     if !failed.is_empty() {
         anyhow::bail!("the accuracy gate failed for: {}", failed.join(", "));
