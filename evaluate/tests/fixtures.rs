@@ -142,7 +142,7 @@ fn fp16_float_parts_stay_within_tolerance_of_fp32() {
     use analyze::float_type::{convert, FloatType};
     let zero_shot = Classifier::load(Some(&test_support::prototypes())).unwrap();
     for (name, entry) in test_support::models() {
-        let source = graph::Model::load(&model(&name)).unwrap();
+        let source = graph::Model::load(&model(name)).unwrap();
         let converted = convert(&source, source.proto.clone(), FloatType::Fp16, &Default::default()).unwrap();
         let floats = |p: &graph::proto::ModelProto| {
             let types = graph::infer_element_types(&p.graph);
@@ -168,7 +168,7 @@ fn fp16_float_parts_stay_within_tolerance_of_fp32() {
         graph::save_model(&source, converted, &path).unwrap();
         let classifier = if entry.zero_shot.is_some() { &zero_shot } else { &Classifier::Logits };
         let placement = runtime::Placement::default();
-        let mut fp32 = evaluate::compare::ort_model(&model(&name), &recipe(), placement).unwrap();
+        let mut fp32 = evaluate::compare::ort_model(&model(name), &recipe(), placement).unwrap();
         let mut fp16 = evaluate::compare::ort_model(&path, &recipe(), placement).unwrap();
         let c = evaluate::compare::compare(
             &mut *fp32,
