@@ -203,8 +203,18 @@ pub fn build_qdq(
     hist: &HistFile,
 ) -> Result<(graph::proto::ModelProto, qdq::QdqSummary), AnalyzeError> {
     let (proto, summary) = qdq::insert_qdq(model, decisions, options, amax)?;
-    let proto = float_type::convert(model, proto, options.float_type, &max_abs(hist))?;
+    let proto = float_type::convert(model, proto, effective_float_type(model, options), &max_abs(hist))?;
     Ok((proto, summary))
+}
+
+/// The float type the artifact's non-INT8 parts get: the options', except that a model stored in FP16 stays
+/// FP16 (its Q/DQ scales FP16 too).
+pub fn effective_float_type(model: &Model, options: &PlacementOptions) -> placement::FloatType {
+    if model.low_precision_source {
+        placement::FloatType::Fp16
+    } else {
+        options.float_type
+    }
 }
 
 /// Calibrated max |x| of every tensor in the statistics.
@@ -341,8 +351,9 @@ pub struct Analysis {
 
 /// Computes scales, decides precision, and builds the artifacts.
 pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> Result<Analysis, AnalyzeError> {
-    let model = Model::load(model_path)?;
+    let mut model = Model::load(model_path)?;
     model.check_not_quantized()?;
+    model.normalize_to_float32()?;
     if model.sha256 != hist.model.sha256 {
         return Err(AnalyzeError::Model {
             path: model_path.to_path_buf(),
@@ -428,7 +439,7 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
         precision: options.precision.clone(),
         target: options.placement.target.name(),
         attention: options.placement.attention,
-        float_type: options.placement.float_type.name(),
+        float_type: effective_float_type(&model, &options.placement).name(),
         int8_flop_share: if total > 0.0 { int8_flops / total } else { 0.0 },
         nodes,
         tensors,

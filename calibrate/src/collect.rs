@@ -154,6 +154,8 @@ impl TappedModel {
     pub fn new(model_path: &Path, recipe: &Recipe, selection: Selection) -> Result<TappedModel, CalibrateError> {
         let mut model = Model::load(model_path)?;
         model.check_not_quantized()?;
+        // An FP16 model is calibrated as its float32 twin: every activation gets float statistics.
+        model.normalize_to_float32()?;
         let input = model.resolve_input(recipe.name.as_deref())?.clone();
         check_input_shape(&model, &input, recipe)?;
         let (mut activations, not_collected) = find_activations(&model);

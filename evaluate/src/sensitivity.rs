@@ -287,8 +287,9 @@ pub fn sensitivity(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<SensitivityReport, EvaluateError> {
     let start = std::time::Instant::now();
-    let model = Model::load(&inputs.model)?;
+    let mut model = Model::load(&inputs.model)?;
     model.check_not_quantized()?;
+    model.normalize_to_float32()?;
     let ev = Evaluator::new(&model, inputs)?;
     measure_nodes(&ev, inputs, choose_methods, progress, start)
 }
@@ -367,8 +368,9 @@ pub fn auto_precision(
 ) -> Result<AutoPrecision, EvaluateError> {
     crate::check_limit("--max-top1-drop", max_top1_drop)?;
     let start = std::time::Instant::now();
-    let model = Model::load(&inputs.model)?;
+    let mut model = Model::load(&inputs.model)?;
     model.check_not_quantized()?;
+    model.normalize_to_float32()?;
     let ev = Evaluator::new(&model, inputs)?;
     let report = measure_nodes(&ev, inputs, false, progress, start)?;
     let (hist, method, base) = (&inputs.hist, inputs.method, &inputs.precision);

@@ -297,7 +297,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         classes: val.classes.clone(),
         int8_flop_share: analysis.ranges.int8_flop_share,
         target: config.qdq.target.name().into(),
-        float_type: config.qdq.float_type.name().into(),
+        float_type: analysis.ranges.float_type.into(),
         passed: criteria.iter().all(|c| c.passed),
         comparison,
         fp16: fp16_row,

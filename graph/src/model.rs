@@ -23,6 +23,9 @@ pub struct Model {
     pub sha256: String,
     /// Whether any initializer keeps its data in an external file.
     pub has_external_data: bool,
+    /// The file computes in FP16/BF16 (not only stores weights so) and has been turned into float32 in
+    /// memory ([`Model::normalize_to_float32`]); what is written from it goes back to FP16.
+    pub low_precision_source: bool,
 }
 
 impl Model {
@@ -56,7 +59,120 @@ impl Model {
                 external::check_bounds(path, &dir, tensor, &ext)?;
             }
         }
-        Ok(Model { proto, path: path.to_path_buf(), dir, sha256: hex(&hasher.finalize()), has_external_data })
+        Ok(Model {
+            proto,
+            path: path.to_path_buf(),
+            dir,
+            sha256: hex(&hasher.finalize()),
+            has_external_data,
+            low_precision_source: false,
+        })
+    }
+
+    /// Turns a model stored in FP16 (or BF16), with float32 inputs and outputs, into its float32 twin in
+    /// memory: low-precision initializers and Constants become float32, Casts to FP16 become Casts to
+    /// float32, value_info follows. Calibration then measures every activation as float32 (FP16 rounding
+    /// aside, the same values), and the placement sees weights as weights. Returns whether anything changed;
+    /// `low_precision_source` records whether the graph computed in low precision (weights that only Casts
+    /// to float32 read are storage, not computation). Inputs or outputs of a low-precision type are refused: the
+    /// recipe feeds float32 and the evaluation reads float32.
+    pub fn normalize_to_float32(&mut self) -> Result<bool, GraphError> {
+        let low = [DataType::FLOAT16 as i32, DataType::BFLOAT16 as i32];
+        let inits: BTreeSet<String> = self.proto.graph.initializer.iter().map(|t| t.name.clone()).collect();
+        let graph = &self.proto.graph;
+        let io_type = |v: &onnx_protobuf::ValueInfoProto| v.type_.as_ref().map(|t| t.tensor_type().elem_type);
+        if let Some(v) = graph
+            .input
+            .iter()
+            .filter(|i| !inits.contains(&i.name))
+            .chain(&graph.output)
+            .find(|v| io_type(v).is_some_and(|t| low.contains(&t)))
+        {
+            return Err(GraphError::TensorData {
+                tensor: v.name.clone(),
+                message: format!(
+                    "{}: this model input/output is {}; int8kit feeds and reads float32. Export the model with \
+                     float32 inputs and outputs (FP16 inside is fine: e.g. onnxconverter-common's keep_io_types=True)",
+                    self.path.display(),
+                    crate::ElemType(io_type(v).unwrap_or_default()).name()
+                ),
+            });
+        }
+        let mut changed = false;
+        // Whether the graph computes in low precision, rather than only storing weights that Casts turn into
+        // float32 (then the model is float32 in all but storage, and stays so when written).
+        let mut computes_low = false;
+        let storage_only = |name: &str| {
+            graph.node.iter().filter(|n| n.input.iter().any(|i| i == name)).all(|n| {
+                n.op_type == "Cast" && n.attribute.iter().any(|a| a.name == "to" && a.i == DataType::FLOAT as i64)
+            })
+        };
+        for t in graph.initializer.iter().filter(|t| low.contains(&t.data_type)) {
+            computes_low |= !storage_only(&t.name);
+        }
+        for node in graph.node.iter().filter(|n| n.op_type == "Constant") {
+            if node.attribute.iter().any(|a| a.t.as_ref().is_some_and(|t| low.contains(&t.data_type))) {
+                computes_low |= node.output.iter().any(|o| !storage_only(o));
+            }
+        }
+        // Initializers and Constant tensors (possibly external).
+        let mut converted: Vec<(usize, Vec<f32>)> = Vec::new();
+        for (i, t) in self.proto.graph.initializer.iter().enumerate().filter(|(_, t)| low.contains(&t.data_type)) {
+            converted.push((i, self.low_tensor_f32(t)?));
+        }
+        for (i, values) in converted {
+            set_float32(&mut self.proto.graph.mut_or_insert_default().initializer[i], &values);
+            changed = true;
+        }
+        let mut constants: Vec<(usize, usize, Vec<f32>)> = Vec::new();
+        for (n, node) in self.proto.graph.node.iter().enumerate() {
+            for (a, attr) in node.attribute.iter().enumerate() {
+                if let Some(t) = attr.t.as_ref().filter(|t| low.contains(&t.data_type)) {
+                    constants.push((n, a, self.low_tensor_f32(t)?));
+                }
+            }
+        }
+        let graph = self.proto.graph.mut_or_insert_default();
+        for (n, a, values) in constants {
+            if let Some(t) = graph.node[n].attribute[a].t.as_mut() {
+                set_float32(t, &values);
+                changed = true;
+            }
+        }
+        for node in graph.node.iter_mut() {
+            for attr in node.attribute.iter_mut() {
+                let dtype_attr =
+                    matches!((node.op_type.as_str(), attr.name.as_str()), ("Cast", "to")) || attr.name == "dtype";
+                if dtype_attr && low.contains(&(attr.i as i32)) {
+                    attr.i = DataType::FLOAT as i64;
+                    changed = true;
+                    computes_low = true;
+                }
+            }
+        }
+        for vi in graph.value_info.iter_mut() {
+            if let Some(tp) = vi.type_.as_mut().filter(|t| t.has_tensor_type()) {
+                if low.contains(&tp.tensor_type().elem_type) {
+                    tp.mut_tensor_type().elem_type = DataType::FLOAT as i32;
+                    changed = true;
+                    computes_low = true;
+                }
+            }
+        }
+        self.low_precision_source |= computes_low;
+        Ok(changed)
+    }
+
+    /// The values of an FP16 or BF16 tensor as f32.
+    fn low_tensor_f32(&self, t: &TensorProto) -> Result<Vec<f32>, GraphError> {
+        if t.data_type == DataType::FLOAT16 as i32 {
+            return self.tensor_f32(t);
+        }
+        let raw = self.tensor_raw_bytes(t)?.map(|b| b.into_owned());
+        Ok(match raw {
+            Some(raw) => raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            None => t.int32_data.iter().map(|&b| half::bf16::from_bits(b as u16).to_f32()).collect(),
+        })
     }
 
     /// Refuses a model that is already quantized (it holds QuantizeLinear/DequantizeLinear or integer ops):
@@ -202,6 +318,16 @@ impl Model {
             }),
         }
     }
+}
+
+/// Rewrites a tensor as float32 with these values, inline.
+fn set_float32(t: &mut TensorProto, values: &[f32]) {
+    t.data_type = DataType::FLOAT as i32;
+    t.int32_data.clear();
+    t.float_data.clear();
+    t.external_data.clear();
+    t.data_location = onnx_protobuf::tensor_proto::DataLocation::DEFAULT.into();
+    t.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
 }
 
 /// Every tensor the graph stores: its initializers and the tensors of its nodes' attributes (a Constant's

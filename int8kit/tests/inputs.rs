@@ -198,3 +198,66 @@ fn fp16_weights_behind_casts_are_quantized_as_weights() {
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
+
+/// A model stored in FP16 inside (FP32 inputs and outputs, as `keep_io_types` exports write it) calibrates as
+/// its float32 twin and quantizes back to FP16: Q/DQ scales FP16, whatever --float-type asks. One with an
+/// FP16 input is refused, naming it.
+#[test]
+fn an_fp16_model_calibrates_and_quantizes_with_fp16_scales() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = graph::Model::load(&resnet()).unwrap();
+    let fp16 = analyze::float_type::convert(
+        &source,
+        source.proto.clone(),
+        analyze::float_type::FloatType::Fp16,
+        &Default::default(),
+    )
+    .unwrap();
+    let low = |p: &graph::proto::ModelProto| {
+        p.graph.initializer.iter().filter(|t| t.data_type == DataType::FLOAT16 as i32).count()
+    };
+    assert!(low(&fp16) >= 10, "the test model is FP16 inside");
+    let model = dir.path().join("resnet_fp16.onnx");
+    graph::save_model(&source, fp16.clone(), &model).unwrap();
+
+    let out = dir.path().join("q");
+    let o = on_fixtures("quantize", &model, &out, &["--limit", "200", "--quiet", "--target", "onnxruntime"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let ranges: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("ranges.json")).unwrap()).unwrap();
+    assert_eq!(ranges["float_type"], "fp16", "an FP16 model stays FP16");
+    assert!(ranges["tensors"].as_array().unwrap().iter().filter(|t| t["quantized"] == true).count() >= 14);
+    let qdq = graph::Model::load(&out.join("model.qdq.onnx")).unwrap();
+    let g = &qdq.proto.graph;
+    let scales: Vec<&TensorProto> = g
+        .node
+        .iter()
+        .filter(|n| n.op_type == "DequantizeLinear")
+        .filter_map(|n| g.initializer.iter().find(|t| t.name == n.input[1]))
+        .collect();
+    assert!(!scales.is_empty() && scales.iter().all(|t| t.data_type == DataType::FLOAT16 as i32), "FP16 scales");
+    let o = common::int8kit("validate")
+        .arg("--model")
+        .arg(&model)
+        .arg("--recipe")
+        .arg(test_support::recipe_path())
+        .arg("--calib")
+        .arg(test_support::calib_dir())
+        .arg("--val")
+        .arg(test_support::val_dir())
+        .args(["--limit-calib", "200", "--limit-val", "300", "--max-top1-drop", "1", "--quiet", "--out"])
+        .arg(dir.path().join("v"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    // FP16 at the model's edge: refused before any work, naming the input.
+    let mut edge = fp16;
+    let input = edge.graph.mut_or_insert_default().input[0].clone();
+    edge.graph.mut_or_insert_default().input[0].type_.mut_or_insert_default().mut_tensor_type().elem_type =
+        DataType::FLOAT16 as i32;
+    let edged = dir.path().join("edge.onnx");
+    graph::save_model(&source, edge, &edged).unwrap();
+    let o = on_fixtures("quantize", &edged, &dir.path().join("q2"), &["--limit", "20", "--quiet"]);
+    refused(&o, &format!("{}", input.name));
+    assert!(text(&o).contains("float16") && text(&o).contains("keep_io_types"), "{}", text(&o));
+}
