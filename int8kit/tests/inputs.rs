@@ -258,6 +258,6 @@ fn an_fp16_model_calibrates_and_quantizes_with_fp16_scales() {
     let edged = dir.path().join("edge.onnx");
     graph::save_model(&source, edge, &edged).unwrap();
     let o = on_fixtures("quantize", &edged, &dir.path().join("q2"), &["--limit", "20", "--quiet"]);
-    refused(&o, &format!("{}", input.name));
+    refused(&o, &input.name);
     assert!(text(&o).contains("float16") && text(&o).contains("keep_io_types"), "{}", text(&o));
 }
