@@ -179,6 +179,18 @@ proptest! {
                     let _ = analyze::placement::plan(&m.proto.graph, &d, &options);
                 }
             }
+            // The FP16 rewrite and its inverse, and the TensorRT-rules checker, on whatever loaded.
+            let fp16 = analyze::float_type::convert(
+                &m,
+                m.proto.clone(),
+                analyze::float_type::FloatType::Fp16,
+                &Default::default(),
+            );
+            let _ = analyze::lint::lint(&m);
+            if let Ok(proto) = fp16 {
+                let mut twin = graph::Model { proto, ..m };
+                let _ = twin.normalize_to_float32();
+            }
         }
     }
 }
