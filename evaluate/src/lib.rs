@@ -70,6 +70,16 @@ pub enum EvaluateError {
         /// The value given.
         value: f64,
     },
+    /// A fidelity gate's limit is not a finite number in its range.
+    #[error("{flag} {value}: the limit must be a finite number from {range}")]
+    FidelityLimit {
+        /// The flag.
+        flag: String,
+        /// The value given.
+        value: f64,
+        /// The accepted range, in words.
+        range: String,
+    },
     /// The baseline report does not describe the same model or evaluation set.
     #[error("baseline {path}: {message}")]
     Baseline {

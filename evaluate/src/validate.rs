@@ -50,6 +50,8 @@ pub struct ValidateConfig {
     pub classifier: Classifier,
     /// Gate: INT8 Top-1 may be at most this many percentage points below FP32.
     pub max_top1_drop: Option<f64>,
+    /// Gates on output fidelity against FP32 (labels not needed for what they measure).
+    pub fidelity: FidelityGates,
     /// Gate: an earlier report whose INT8 Top-1 this run must not fall below (by more than the drop).
     pub baseline: Option<PathBuf>,
     /// Compare with a baseline of another model (recorded in the report); without it such a baseline is
@@ -69,6 +71,66 @@ pub struct ValidateConfig {
     pub placement: runtime::Placement,
     /// Output folder.
     pub out: PathBuf,
+}
+
+/// Release criteria on the INT8 model's outputs against FP32's, for embedders and anything without a
+/// trustworthy Top-1: each given one is its own criterion (and JUnit case).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FidelityGates {
+    /// Mean per-image cosine of the outputs must be at least this (-1 to 1).
+    pub min_cosine: Option<f64>,
+    /// Output SQNR must be at least this many dB (-100 to 200).
+    pub min_sqnr_db: Option<f64>,
+    /// Share of images with the same predicted class must be at least this (0 to 1).
+    pub min_agreement: Option<f64>,
+}
+
+impl FidelityGates {
+    /// Refuses limits that are not finite numbers in their range, naming the flag.
+    pub fn check(&self) -> Result<(), EvaluateError> {
+        for (flag, value, range) in [
+            ("--min-cosine", self.min_cosine, -1.0..=1.0),
+            ("--min-sqnr", self.min_sqnr_db, -100.0..=200.0),
+            ("--min-agreement", self.min_agreement, 0.0..=1.0),
+        ] {
+            if let Some(v) = value.filter(|v| !range.contains(v)) {
+                return Err(EvaluateError::FidelityLimit {
+                    flag: flag.into(),
+                    value: v,
+                    range: format!("{} to {}", range.start(), range.end()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The criteria these gates give for a comparison.
+    fn criteria(&self, c: &reports::Comparison) -> Vec<Criterion> {
+        let mut out = Vec::new();
+        let mut push = |name: &str, what: &str, measured: f64, limit: f64, shown: String| {
+            let passed = measured >= limit;
+            out.push(Criterion {
+                name: name.into(),
+                passed,
+                measured,
+                limit,
+                message: format!(
+                    "INT8 {what} against FP32 {shown}: {} the minimum {limit}",
+                    if passed { "meets" } else { "below" }
+                ),
+            });
+        };
+        if let Some(limit) = self.min_cosine {
+            push("min-cosine", "output cosine (mean)", c.cosine_mean, limit, format!("{:.6}", c.cosine_mean));
+        }
+        if let Some(limit) = self.min_sqnr_db {
+            push("min-sqnr", "output SQNR", c.sqnr_db, limit, format!("{:.2} dB", c.sqnr_db));
+        }
+        if let Some(limit) = self.min_agreement {
+            push("min-agreement", "agreement", c.agreement, limit, format!("{:.4}", c.agreement));
+        }
+        out
+    }
 }
 
 /// Progress of the two long phases: (phase, done, total).
@@ -107,6 +169,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
     if let Some(limit) = config.max_top1_drop {
         crate::check_limit("--max-top1-drop", limit)?;
     }
+    config.fidelity.check()?;
     let mut val = Dataset::labelled(&config.val, config.classes.as_deref())?;
     if let Some(n) = config.limit_val {
         val = val.limit(n, 0);
@@ -222,6 +285,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
             ),
         });
     }
+    criteria.extend(config.fidelity.criteria(&comparison));
     if let Some(b) = &baseline {
         let tolerance = config.max_top1_drop.unwrap_or(0.0).max(0.0);
         let floor = 100.0 * b.comparison.int8.top1 - tolerance;

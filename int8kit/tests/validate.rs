@@ -149,3 +149,37 @@ fn zero_shot_clip_tower_passes_and_bad_input_exits_2() {
         assert!(text.contains("libcuda") && text.contains("--device cpu") && !text.contains("panicked"), "{text}");
     }
 }
+
+/// Fidelity gates: each is its own criterion and JUnit case, exit 1 below its threshold and 0 above; limits
+/// outside their range are refused (exit 2) before any work, naming the flag.
+#[test]
+fn fidelity_gates_pass_above_and_fail_below_their_thresholds() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = dir.path().join("ok");
+    let (code, text) = validate(
+        "fmnist_resnet_opset13.onnx",
+        &ok,
+        &["--min-cosine", "0.99", "--min-sqnr", "20", "--min-agreement", "0.95"],
+    );
+    assert_eq!(code, 0, "{text}");
+    let report = json(&ok.join("report.json"));
+    let names: Vec<&str> = report["criteria"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["min-cosine", "min-sqnr", "min-agreement"]);
+    let junit = std::fs::read_to_string(ok.join("junit.xml")).unwrap();
+    assert!(junit.contains("name=\"min-sqnr\"") && !junit.contains("<failure"), "{junit}");
+
+    // The same run held to an SQNR it does not reach: the gate fails, exit 1, the failing case named.
+    let strict = dir.path().join("strict");
+    let (code, text) = validate("fmnist_resnet_opset13.onnx", &strict, &["--min-cosine", "0.99", "--min-sqnr", "80"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("FAIL min-sqnr") && text.contains("PASS min-cosine"), "{text}");
+    let junit = std::fs::read_to_string(strict.join("junit.xml")).unwrap();
+    assert_eq!(junit.matches("<failure").count(), 1, "{junit}");
+
+    for (flag, value) in [("--min-cosine", "1.5"), ("--min-sqnr", "NaN"), ("--min-agreement", "-0.1")] {
+        let (code, text) = validate("fmnist_resnet_opset13.onnx", &dir.path().join("bad"), &[flag, value]);
+        assert_eq!(code, 2, "{flag} {value}: {text}");
+        assert!(text.contains(flag), "{text}");
+        assert!(!dir.path().join("bad").join("report.json").exists());
+    }
+}

@@ -37,6 +37,7 @@ pub fn fixture_config(
         qdq: Default::default(),
         classifier: Classifier::load(zero_shot.then_some(prototypes.as_path()))?,
         max_top1_drop: Some(0.5),
+        fidelity: Default::default(),
         baseline: None,
         baseline_across_models: false,
         sensitivity: None,
