@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use graph::proto::{
     attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, ModelProto, NodeProto, TensorProto,
 };
-use graph::{GraphIndex, Model};
+use graph::{GraphIndex, Model, UniqueNames};
 
 pub use placement::FloatType;
 
@@ -180,23 +180,8 @@ pub fn convert(
         }
     }
 
-    let mut names: HashSet<String> = graph
-        .node
-        .iter()
-        .flat_map(|n| std::iter::once(n.name.clone()).chain(n.output.iter().cloned()))
-        .chain(graph.initializer.iter().map(|t| t.name.clone()))
-        .chain(graph.input.iter().map(|i| i.name.clone()))
-        .collect();
-    let mut fresh = |base: &str| {
-        let mut name = base.to_string();
-        let mut k = 1;
-        while names.contains(&name) {
-            name = format!("{base}_{k}");
-            k += 1;
-        }
-        names.insert(name.clone());
-        name
-    };
+    let mut names = UniqueNames::of(graph);
+    let mut fresh = |base: &str| names.fresh(base);
     // (insert before original node index, Cast node).
     let mut added: Vec<(usize, NodeProto)> = Vec::new();
 

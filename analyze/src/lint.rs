@@ -284,20 +284,7 @@ fn int8_gemm_behind(graph: &GraphProto, index: &GraphIndex, dq: &HashSet<&str>, 
             && dq.contains(n.input[1].as_str()))
         .then(|| n.name.clone())
     };
-    let &p = index.producer.get(tensor)?;
-    if let Some(name) = int8_gemm(p) {
-        return Some(name);
-    }
-    let producer = &graph.node[p];
-    if producer.op_type == "Add" && producer.input.len() == 2 {
-        let other = match (index.constant(graph, &producer.input[0]), index.constant(graph, &producer.input[1])) {
-            (None, Some(_)) => 0,
-            (Some(_), None) => 1,
-            _ => return None,
-        };
-        return index.producer.get(&producer.input[other]).and_then(|&g| int8_gemm(g));
-    }
-    None
+    index.producers_through_bias_add(graph, tensor).into_iter().find_map(int8_gemm)
 }
 
 /// [TRT-QDQ] per-channel weight scales run along the output-channel axis and have one scale per channel.

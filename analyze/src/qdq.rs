@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use graph::proto::{
     attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, ModelProto, NodeProto, TensorProto,
 };
-use graph::{GraphIndex, Model};
+use graph::{GraphIndex, Model, UniqueNames};
 
 use crate::scales::ZERO_RANGE_AMAX;
 use crate::AnalyzeError;
@@ -85,22 +85,6 @@ pub fn quantize_weights(values: &[f32], dims: &[i64], axis: usize) -> (Vec<i8>, 
     (q, amax)
 }
 
-/// Unique names: ONNX requires node and tensor names to be unique within the graph.
-struct Names(HashSet<String>);
-
-impl Names {
-    fn fresh(&mut self, base: &str) -> String {
-        let mut name = base.to_string();
-        let mut k = 1;
-        while self.0.contains(&name) {
-            name = format!("{base}_{k}");
-            k += 1;
-        }
-        self.0.insert(name.clone());
-        name
-    }
-}
-
 /// Builds the Q/DQ model. `amax` gives every activation's threshold (from the .hist and the method).
 pub fn insert_qdq(
     model: &Model,
@@ -167,15 +151,7 @@ pub fn insert_qdq(
 
     let mut proto = model.proto.clone();
     let graph = proto.graph.mut_or_insert_default();
-    let mut names = Names(
-        graph
-            .node
-            .iter()
-            .flat_map(|n| std::iter::once(n.name.clone()).chain(n.output.iter().cloned()))
-            .chain(graph.initializer.iter().map(|t| t.name.clone()))
-            .chain(graph.input.iter().map(|i| i.name.clone()))
-            .collect(),
-    );
+    let mut names = UniqueNames::of(graph);
     let mut summary = QdqSummary::default();
     // New nodes go right after the producer of what they read (graph inputs: first), keeping topological order.
     let mut after: BTreeMap<Option<usize>, Vec<NodeProto>> = BTreeMap::new();

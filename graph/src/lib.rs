@@ -16,7 +16,7 @@ mod save;
 
 pub use activations::{find_activations, Activation};
 pub use error::GraphError;
-pub use index::GraphIndex;
+pub use index::{GraphIndex, UniqueNames};
 pub use infer::{infer_element_types, ElemType};
 pub use model::{write_atomic, Model};
 /// The generated ONNX protobuf messages, re-exported so that callers use the same version.

@@ -100,24 +100,12 @@ pub fn plan(graph: &GraphProto, decisions: &[Decision], options: &PlacementOptio
         }
     }
 
+    // An INT8 GEMM producing the tensor; a bias Add between it and the residual Add fuses as well.
     let produced_by_gemm = |tensor: &str, ops: &[&str]| -> Option<usize> {
-        let &p = index.producer.get(tensor)?;
-        let producer = &graph.node[p];
-        if ops.contains(&producer.op_type.as_str()) && int8[p] {
-            return Some(p);
-        }
-        // A bias Add (one constant operand) between the GEMM and the residual Add fuses as well.
-        if producer.op_type == "Add" && producer.input.len() == 2 {
-            let constant = |i: usize| index.constant(graph, &producer.input[i]).is_some();
-            let other = match (constant(0), constant(1)) {
-                (false, true) => 0,
-                (true, false) => 1,
-                _ => return None,
-            };
-            let &g = index.producer.get(&producer.input[other])?;
-            return (ops.contains(&graph.node[g].op_type.as_str()) && int8[g]).then_some(g);
-        }
-        None
+        index
+            .producers_through_bias_add(graph, tensor)
+            .into_iter()
+            .find(|&p| ops.contains(&graph.node[p].op_type.as_str()) && int8[p])
     };
     let depth = depths(graph, &index);
     for (n, node) in graph.node.iter().enumerate() {
