@@ -88,10 +88,6 @@ const AXES_TO_INPUT_AT_18: &[&str] = &[
 /// Opset that allows FP16 QuantizeLinear/DequantizeLinear scales.
 const QDQ_LOW_PRECISION_OPSET: i64 = 19;
 
-fn opset(proto: &ModelProto) -> i64 {
-    proto.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map(|o| o.version).unwrap_or(0)
-}
-
 /// Rewrites `proto` (the model itself or its Q/DQ version; `source` reads its external data) so that
 /// everything not INT8 runs in `float_type`. `max_abs` gives calibrated max |x| per tensor where known.
 pub fn convert(
@@ -105,7 +101,7 @@ pub fn convert(
     }
     let model_err = |message: String| AnalyzeError::Model { path: source.path.clone(), message };
     let has_qdq = proto.graph.node.iter().any(|n| matches!(n.op_type.as_str(), "QuantizeLinear" | "DequantizeLinear"));
-    if has_qdq && opset(&proto) < QDQ_LOW_PRECISION_OPSET {
+    if has_qdq && graph::default_opset(&proto) < QDQ_LOW_PRECISION_OPSET {
         upgrade_to_opset_19(&mut proto).map_err(model_err)?;
     }
     let low = float_type.data_type() as i32;
@@ -296,13 +292,13 @@ fn set_values(t: &mut TensorProto, float_type: FloatType, values: &[f32]) {
 /// becomes an input (opset 18) and RoiAlign's pre-16 default is written out. Anything else that changed
 /// meaning between the opsets is refused.
 fn upgrade_to_opset_19(proto: &mut ModelProto) -> Result<(), String> {
-    let from = opset(proto);
+    let from = graph::default_opset(proto);
     if from < 13 {
         return Err(format!("opset {from}: re-export the model with opset >= 13"));
     }
     let graph = proto.graph.mut_or_insert_default();
     let mut new_inits = Vec::new();
-    for node in graph.node.iter_mut().filter(|n| n.domain.is_empty() || n.domain == "ai.onnx") {
+    for node in graph.node.iter_mut().filter(|n| graph::is_default_domain(&n.domain)) {
         if from < 18 && AXES_TO_INPUT_AT_18.contains(&node.op_type.as_str()) {
             if let Some(pos) = node.attribute.iter().position(|a| a.name == "axes") {
                 let axes = node.attribute.remove(pos).ints;
@@ -336,7 +332,7 @@ fn upgrade_to_opset_19(proto: &mut ModelProto) -> Result<(), String> {
         }
     }
     graph.initializer.extend(new_inits);
-    for o in proto.opset_import.iter_mut().filter(|o| o.domain.is_empty() || o.domain == "ai.onnx") {
+    for o in proto.opset_import.iter_mut().filter(|o| graph::is_default_domain(&o.domain)) {
         o.version = QDQ_LOW_PRECISION_OPSET;
     }
     // Opset 19 needs IR version 9.

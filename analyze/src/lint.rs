@@ -71,13 +71,7 @@ pub fn lint(model: &Model) -> Result<Vec<Finding>, AnalyzeError> {
     let mut push = |severity, rule, node: &NodeProto, message: String, source| {
         out.push(Finding { severity, rule, node: node.name.clone(), message, source });
     };
-    let opset = model
-        .proto
-        .opset_import
-        .iter()
-        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map(|o| o.version)
-        .unwrap_or(0);
+    let opset = graph::default_opset(&model.proto);
     let dq_outputs: HashSet<&str> =
         graph.node.iter().filter(|n| n.op_type == "DequantizeLinear").map(|n| n.output[0].as_str()).collect();
     let has_qdq = !dq_outputs.is_empty();

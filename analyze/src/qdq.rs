@@ -93,13 +93,7 @@ pub fn insert_qdq(
     amax: &HashMap<String, f32>,
 ) -> Result<(ModelProto, QdqSummary), AnalyzeError> {
     let source = &model.proto.graph;
-    let opset = model
-        .proto
-        .opset_import
-        .iter()
-        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map(|o| o.version)
-        .unwrap_or(0);
+    let opset = graph::default_opset(&model.proto);
     if opset < 13 {
         return Err(AnalyzeError::Model {
             path: model.path.clone(),

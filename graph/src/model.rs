@@ -320,6 +320,16 @@ impl Model {
     }
 }
 
+/// Whether an op-set domain is ONNX's default one (written empty or as `ai.onnx`).
+pub fn is_default_domain(domain: &str) -> bool {
+    domain.is_empty() || domain == "ai.onnx"
+}
+
+/// The model's opset of the default ONNX domain (0 when it declares none).
+pub fn default_opset(proto: &ModelProto) -> i64 {
+    proto.opset_import.iter().find(|o| is_default_domain(&o.domain)).map(|o| o.version).unwrap_or(0)
+}
+
 /// Rewrites a tensor as float32 with these values, inline.
 fn set_float32(t: &mut TensorProto, values: &[f32]) {
     t.data_type = DataType::FLOAT as i32;

@@ -34,6 +34,23 @@ fn ints(name: &str, values: &[i64]) -> AttributeProto {
     a
 }
 
+/// `int8kit validate` on 200 calibration and 300 validation images of the fixtures, gate 1 pp.
+fn validate_small(model: &Path, recipe: &Path, out: &Path) -> std::process::Output {
+    common::int8kit("validate")
+        .arg("--model")
+        .arg(model)
+        .arg("--recipe")
+        .arg(recipe)
+        .arg("--calib")
+        .arg(test_support::calib_dir())
+        .arg("--val")
+        .arg(test_support::val_dir())
+        .args(["--limit-calib", "200", "--limit-val", "300", "--max-top1-drop", "1", "--quiet", "--out"])
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
 /// The ResNet behind `image: uint8 [N, 28, 28, 1]` -> Cast -> / 255 -> - mean -> / std -> NHWC to NCHW, the
 /// fixture recipe's float32 operations in the same order.
 fn uint8_resnet(dir: &Path) -> PathBuf {
@@ -87,19 +104,7 @@ fn a_uint8_nhwc_model_quantizes_and_validates_like_its_float_original() {
     )
     .unwrap();
     let run = |model_path: &Path, recipe_path: &Path, out: &str| {
-        let o = common::int8kit("validate")
-            .arg("--model")
-            .arg(model_path)
-            .arg("--recipe")
-            .arg(recipe_path)
-            .arg("--calib")
-            .arg(test_support::calib_dir())
-            .arg("--val")
-            .arg(test_support::val_dir())
-            .args(["--limit-calib", "200", "--limit-val", "300", "--max-top1-drop", "1", "--quiet", "--out"])
-            .arg(dir.path().join(out))
-            .output()
-            .unwrap();
+        let o = validate_small(model_path, recipe_path, &dir.path().join(out));
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         let report: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.path().join(out).join("report.json")).unwrap()).unwrap();
@@ -183,19 +188,7 @@ fn fp16_weights_behind_casts_are_quantized_as_weights() {
     assert_eq!(weight_dqs, weights, "every FP16 weight becomes an int8 weight behind a DequantizeLinear");
     assert!(g.node.iter().all(|n| n.op_type != "Cast"), "the weight Casts are gone");
     assert!(g.initializer.iter().all(|t| t.data_type != DataType::FLOAT16 as i32), "no FP16 weight left");
-    let o = common::int8kit("validate")
-        .arg("--model")
-        .arg(&model)
-        .arg("--recipe")
-        .arg(test_support::recipe_path())
-        .arg("--calib")
-        .arg(test_support::calib_dir())
-        .arg("--val")
-        .arg(test_support::val_dir())
-        .args(["--limit-calib", "200", "--limit-val", "300", "--max-top1-drop", "1", "--quiet", "--out"])
-        .arg(dir.path().join("v"))
-        .output()
-        .unwrap();
+    let o = validate_small(&model, &test_support::recipe_path(), &dir.path().join("v"));
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
 
@@ -235,19 +228,7 @@ fn an_fp16_model_calibrates_and_quantizes_with_fp16_scales() {
         .filter_map(|n| g.initializer.iter().find(|t| t.name == n.input[1]))
         .collect();
     assert!(!scales.is_empty() && scales.iter().all(|t| t.data_type == DataType::FLOAT16 as i32), "FP16 scales");
-    let o = common::int8kit("validate")
-        .arg("--model")
-        .arg(&model)
-        .arg("--recipe")
-        .arg(test_support::recipe_path())
-        .arg("--calib")
-        .arg(test_support::calib_dir())
-        .arg("--val")
-        .arg(test_support::val_dir())
-        .args(["--limit-calib", "200", "--limit-val", "300", "--max-top1-drop", "1", "--quiet", "--out"])
-        .arg(dir.path().join("v"))
-        .output()
-        .unwrap();
+    let o = validate_small(&model, &test_support::recipe_path(), &dir.path().join("v"));
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 
     // FP16 at the model's edge: refused before any work, naming the input.
