@@ -151,6 +151,29 @@ impl Dataset {
         Ok(Dataset { root: dir.to_path_buf(), items, classes })
     }
 
+    /// Whether `dir` looks like a labelled folder: it has sub-folders and no images of its own. A folder with
+    /// images at its top level is read as unlabelled, whatever sub-folders it also has.
+    pub fn has_class_folders(dir: &Path) -> Result<bool, DatasetError> {
+        let entries = sorted_entries(dir)?;
+        let images_here = entries.iter().any(|p| p.is_file() && is_image(p));
+        Ok(!images_here && entries.iter().any(|p| p.is_dir()))
+    }
+
+    /// An evaluation folder: labelled ([`Dataset::labelled`]) when it has class sub-folders or a class list is
+    /// given, else unlabelled ([`Dataset::flat`]).
+    pub fn labelled_or_flat(dir: &Path, class_list: Option<&Path>) -> Result<Dataset, DatasetError> {
+        if class_list.is_some() || Dataset::has_class_folders(dir)? {
+            Dataset::labelled(dir, class_list)
+        } else {
+            Dataset::flat(dir)
+        }
+    }
+
+    /// Whether the images carry class labels.
+    pub fn is_labelled(&self) -> bool {
+        !self.items.is_empty() && self.items.iter().all(|i| i.label.is_some())
+    }
+
     /// Keeps a seeded, reproducible random subset of `n` images (all of them if `n` is larger), in the
     /// original order.
     pub fn limit(mut self, n: usize, seed: u64) -> Dataset {
@@ -258,6 +281,23 @@ mod tests {
         assert_ne!(a.items, c.items);
         assert!(a.items.windows(2).all(|w| w[0].path < w[1].path));
         assert_eq!(a.len(), 10);
+    }
+
+    #[test]
+    fn evaluation_folders_are_labelled_only_with_class_folders() {
+        let d = tempfile::tempdir().unwrap();
+        touch(&d.path().join("0-a/x.png"));
+        touch(&d.path().join("1-b/y.png"));
+        let ds = Dataset::labelled_or_flat(d.path(), None).unwrap();
+        assert!(ds.is_labelled() && ds.classes == ["a", "b"]);
+        // Images at the top level: unlabelled, sub-folders included.
+        touch(&d.path().join("z.png"));
+        let ds = Dataset::labelled_or_flat(d.path(), None).unwrap();
+        assert!(!ds.is_labelled() && ds.len() == 3 && ds.classes.is_empty());
+        let d = tempfile::tempdir().unwrap();
+        touch(&d.path().join("only.png"));
+        assert!(!Dataset::has_class_folders(d.path()).unwrap());
+        assert!(!Dataset::labelled_or_flat(d.path(), None).unwrap().is_labelled());
     }
 
     #[test]

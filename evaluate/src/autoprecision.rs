@@ -7,7 +7,7 @@ use analyze::{analyze, AnalyzeOptions};
 use datasets::Dataset;
 
 use crate::compare::{compare, ort_model};
-use crate::sensitivity::{auto_precision, AutoPrecision, SensitivityInputs};
+use crate::sensitivity::{auto_precision, AutoPrecision, Budget, SensitivityInputs};
 use crate::EvaluateError;
 
 /// What `autoprecision` runs on beyond the sensitivity inputs (whose dataset is the search subset).
@@ -15,10 +15,10 @@ use crate::EvaluateError;
 pub struct AutoPrecisionConfig {
     /// The measured model, statistics, search subset and configuration.
     pub inputs: SensitivityInputs,
-    /// The whole labelled folder, for the verification.
+    /// The whole folder, for the verification.
     pub verify_on: Dataset,
-    /// Allowed Top-1 drop against FP32, percentage points.
-    pub max_top1_drop: f64,
+    /// What the INT8 model must meet against FP32.
+    pub budget: Budget,
     /// TensorRT version for the calibration cache header.
     pub trt_version: String,
     /// Output folder.
@@ -37,27 +37,37 @@ pub struct AutoPrecisionOutcome {
 /// The chosen configuration's INT8 model against FP32 on the whole folder.
 #[derive(Debug, Clone)]
 pub struct Verification {
-    /// Images evaluated.
-    pub images: u64,
-    /// FP32 Top-1 (share).
-    pub fp32_top1: f64,
-    /// INT8 Top-1 (share).
-    pub int8_top1: f64,
+    /// FP32 against INT8 (Top-1 only on a labelled folder).
+    pub comparison: reports::Comparison,
     /// Share of GEMM/Conv FLOPs in INT8.
     pub int8_flop_share: f64,
 }
 
 impl Verification {
-    /// FP32 Top-1 minus INT8 Top-1, percentage points.
-    pub fn drop_pp(&self) -> f64 {
-        100.0 * (self.fp32_top1 - self.int8_top1)
+    /// FP32 Top-1 minus INT8 Top-1, percentage points (`None` without labels).
+    pub fn drop_pp(&self) -> Option<f64> {
+        let c = &self.comparison;
+        Some(100.0 * (c.fp32.top1? - c.int8.top1?))
+    }
+
+    /// The comparison in the search's terms, for the budget.
+    fn effect(&self) -> crate::sensitivity::Effect {
+        let c = &self.comparison;
+        crate::sensitivity::Effect {
+            top1: c.int8.top1,
+            top1_delta_pp: self.drop_pp().map(|d| -d),
+            agreement: c.agreement,
+            divergence: 1.0 - c.cosine_mean,
+            cosine_mean: c.cosine_mean,
+            sqnr_db: c.sqnr_db,
+        }
     }
 }
 
 impl AutoPrecisionOutcome {
     /// Whether the budget was met on the subset and on the whole folder.
-    pub fn met(&self, max_top1_drop: f64) -> bool {
-        self.search.met && self.verification.as_ref().is_some_and(|v| v.drop_pp() <= max_top1_drop)
+    pub fn met(&self, budget: &Budget) -> bool {
+        self.search.met && self.verification.as_ref().is_some_and(|v| budget.met(&v.effect(), v.comparison.images))
     }
 }
 
@@ -68,7 +78,7 @@ pub fn run(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<AutoPrecisionOutcome, EvaluateError> {
     let inputs = &config.inputs;
-    let search = auto_precision(inputs, config.max_top1_drop, progress)?;
+    let search = auto_precision(inputs, &config.budget, progress)?;
     let stage = graph::OutputDir::new(&config.out)?;
     let out = stage.path();
     graph::write_atomic(&out.join("autoprecision.json"), &crate::pretty_json(&search)?)?;
@@ -85,19 +95,21 @@ pub fn run(
     };
     let analysis = analyze(&inputs.model, &inputs.hist, &options)?;
     analysis.write(out)?;
-    let verification = verify(&inputs.model, &out.join("model.qdq.onnx"), config)?;
+    let comparison = verify(&inputs.model, &out.join("model.qdq.onnx"), config)?;
     stage.commit()?;
     Ok(AutoPrecisionOutcome {
         search,
-        verification: Some(Verification { int8_flop_share: analysis.ranges.int8_flop_share, ..verification }),
+        verification: Some(Verification { comparison, int8_flop_share: analysis.ranges.int8_flop_share }),
     })
 }
 
-fn verify(fp32_path: &Path, int8_path: &Path, config: &AutoPrecisionConfig) -> Result<Verification, EvaluateError> {
+fn verify(
+    fp32_path: &Path,
+    int8_path: &Path,
+    config: &AutoPrecisionConfig,
+) -> Result<reports::Comparison, EvaluateError> {
     let inputs = &config.inputs;
     let mut fp32 = ort_model(fp32_path, &inputs.recipe, inputs.placement)?;
     let mut int8 = ort_model(int8_path, &inputs.recipe, inputs.placement)?;
-    let c =
-        compare(fp32.as_mut(), int8.as_mut(), &config.verify_on, &inputs.recipe, &inputs.classifier, &mut |_, _| {})?;
-    Ok(Verification { images: c.images, fp32_top1: c.fp32.top1, int8_top1: c.int8.top1, int8_flop_share: 0.0 })
+    compare(fp32.as_mut(), int8.as_mut(), &config.verify_on, &inputs.recipe, &inputs.classifier, &mut |_, _| {})
 }

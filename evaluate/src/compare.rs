@@ -40,30 +40,30 @@ impl Classifier {
         }
     }
 
-    /// The label of `item`, checked against an output row of `width` values: a class id the model cannot
-    /// predict, or prototypes of another dimension than the embedding, would make a silently wrong Top-1.
-    pub fn check(&self, width: usize, item: &datasets::ImageItem) -> Result<usize, EvaluateError> {
+    /// The label of `item` (`None` in an unlabelled folder), checked against an output row of `width` values:
+    /// a class id the model cannot predict, or prototypes of another dimension than the embedding, would make
+    /// a silently wrong Top-1.
+    pub fn check(&self, width: usize, item: &datasets::ImageItem) -> Result<Option<usize>, EvaluateError> {
         let bad = |message: String| EvaluateError::Input { path: item.path.clone(), message };
-        let label = item.label.ok_or_else(|| bad("the image has no label (a labelled folder is needed)".into()))?;
+        if let Classifier::ZeroShot { prototypes } = self {
+            let dim = prototypes.first().map_or(0, Vec::len);
+            if dim != width {
+                return Err(bad(format!(
+                    "the model outputs embeddings of {width} values, the zero-shot prototypes have {dim}: they \
+                     belong to another model"
+                )));
+            }
+        }
+        let Some(label) = item.label else { return Ok(None) };
         match self {
             Classifier::Logits if label >= width => Err(bad(format!(
                 "class id {label}, but the model outputs {width} scores per image: the folder has classes the \
                  model cannot predict (check the class folders or --classes)"
             ))),
-            Classifier::ZeroShot { prototypes } => {
-                let dim = prototypes.first().map_or(0, Vec::len);
-                if dim != width {
-                    Err(bad(format!(
-                        "the model outputs embeddings of {width} values, the zero-shot prototypes have {dim}: \
-                         they belong to another model"
-                    )))
-                } else if label >= prototypes.len() {
-                    Err(bad(format!("class id {label}, but there are {} zero-shot prototypes", prototypes.len())))
-                } else {
-                    Ok(label)
-                }
+            Classifier::ZeroShot { prototypes } if label >= prototypes.len() => {
+                Err(bad(format!("class id {label}, but there are {} zero-shot prototypes", prototypes.len())))
             }
-            Classifier::Logits => Ok(label),
+            _ => Ok(Some(label)),
         }
     }
 
@@ -246,14 +246,18 @@ fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
 
 #[derive(Default)]
 struct Tally {
+    labelled: u64,
     top1: u64,
     top5: u64,
     per_class: Vec<(u64, u64)>,
 }
 
 impl Tally {
-    fn add(&mut self, scores: &[f32], label: usize) -> usize {
+    /// One image's scores and label (none in an unlabelled folder); returns the predicted class.
+    fn add(&mut self, scores: &[f32], label: Option<usize>) -> usize {
         let top = top_k(scores, 5);
+        let Some(label) = label else { return top.first().copied().unwrap_or(0) };
+        self.labelled += 1;
         if self.per_class.len() <= label {
             self.per_class.resize(label + 1, (0, 0));
         }
@@ -266,11 +270,16 @@ impl Tally {
         top.first().copied().unwrap_or(0)
     }
 
+    /// Top-1/Top-5 over the labelled images (`None` when there were none), speed over all `n`.
     fn metrics(mut self, n: u64, seconds: f64, classes: usize) -> ModelMetrics {
-        self.per_class.resize(self.per_class.len().max(classes), (0, 0));
+        let share = |k: u64| (self.labelled > 0).then(|| k as f64 / self.labelled as f64);
+        let (top1, top5) = (share(self.top1), share(self.top5));
+        if self.labelled > 0 {
+            self.per_class.resize(self.per_class.len().max(classes), (0, 0));
+        }
         ModelMetrics {
-            top1: self.top1 as f64 / n.max(1) as f64,
-            top5: self.top5 as f64 / n.max(1) as f64,
+            top1,
+            top5,
             per_class: self.per_class,
             images_per_s: if seconds > 0.0 { n as f64 / seconds } else { 0.0 },
         }
@@ -279,7 +288,7 @@ impl Tally {
 
 /// How close the INT8 outputs are to the FP32 ones, accumulated image by image.
 #[derive(Default)]
-struct OutputFidelity {
+pub(crate) struct OutputFidelity {
     images: u64,
     agree: u64,
     cos_sum: f64,
@@ -291,7 +300,7 @@ struct OutputFidelity {
 
 impl OutputFidelity {
     /// One image: both output rows and the class each model predicts.
-    fn add(&mut self, ra: &[f32], rb: &[f32], pa: usize, pb: usize) {
+    pub(crate) fn add(&mut self, ra: &[f32], rb: &[f32], pa: usize, pb: usize) {
         for (count, row) in self.non_finite.iter_mut().zip([ra, rb]) {
             let bad = row.iter().filter(|v| !v.is_finite()).count() as u64;
             *count = (count.0 + bad, count.1 + (bad > 0) as u64);
@@ -309,7 +318,7 @@ impl OutputFidelity {
 
     /// The fidelity, or an error when there is nothing to measure or an output was not a number: a gate must
     /// never pass on no images or on NaN.
-    fn finish(&self, source: &Path) -> Result<Fidelity, EvaluateError> {
+    pub(crate) fn finish(&self, source: &Path) -> Result<Fidelity, EvaluateError> {
         if self.images == 0 {
             return Err(EvaluateError::NoImages { path: source.to_path_buf() });
         }
@@ -346,6 +355,13 @@ pub struct Fidelity {
     pub cosine_mean: f64,
     /// Signal-to-quantization-noise ratio over all outputs, in dB.
     pub sqnr_db: f64,
+}
+
+impl Fidelity {
+    /// The fidelity part of a comparison.
+    pub fn of(c: &Comparison) -> Fidelity {
+        Fidelity { images: c.images, agreement: c.agreement, cosine_mean: c.cosine_mean, sqnr_db: c.sqnr_db }
+    }
 }
 
 /// Both models' output rows for one batch, checked to have the same size.
@@ -513,10 +529,15 @@ mod tests {
     fn top_k_breaks_ties_by_index_and_tally_counts_classes() {
         assert_eq!(top_k(&[0.1, 0.9, 0.9, 0.3, 0.0, 0.2], 3), vec![1, 2, 3]);
         let mut t = Tally::default();
-        assert_eq!(t.add(&[0.0, 1.0, 0.5, 0.0, 0.0, 0.0], 2), 1);
-        t.add(&[0.0, 0.0, 1.0, 0.0, 0.0, 0.0], 2);
+        assert_eq!(t.add(&[0.0, 1.0, 0.5, 0.0, 0.0, 0.0], Some(2)), 1);
+        t.add(&[0.0, 0.0, 1.0, 0.0, 0.0, 0.0], Some(2));
         let m = t.metrics(2, 1.0, 4);
-        assert_eq!((m.top1, m.top5, m.per_class.clone()), (0.5, 1.0, vec![(0, 0), (0, 0), (1, 2), (0, 0)]));
+        assert_eq!((m.top1, m.top5, m.per_class.clone()), (Some(0.5), Some(1.0), vec![(0, 0), (0, 0), (1, 2), (0, 0)]));
+        // Unlabelled images: a prediction, no accuracy.
+        let mut t = Tally::default();
+        assert_eq!(t.add(&[0.0, 1.0], None), 1);
+        let m = t.metrics(1, 1.0, 0);
+        assert_eq!((m.top1, m.top5, m.per_class.len()), (None, None, 0));
     }
 
     #[test]
@@ -550,12 +571,16 @@ mod tests {
     #[test]
     fn labels_beyond_the_output_and_prototypes_of_another_size_are_refused() {
         let item = |label| datasets::ImageItem { path: "val/9-x/a.png".into(), label: Some(label) };
-        assert_eq!(Classifier::Logits.check(10, &item(9)).unwrap(), 9);
+        assert_eq!(Classifier::Logits.check(10, &item(9)).unwrap(), Some(9));
         let err = Classifier::Logits.check(10, &item(10)).unwrap_err().to_string();
         assert!(err.contains("class id 10") && err.contains("10 scores") && err.contains("a.png"), "{err}");
         let zero_shot = Classifier::ZeroShot { prototypes: vec![vec![1.0, 0.0]; 3] };
-        assert_eq!(zero_shot.check(2, &item(2)).unwrap(), 2);
+        assert_eq!(zero_shot.check(2, &item(2)).unwrap(), Some(2));
         assert!(zero_shot.check(3, &item(0)).unwrap_err().to_string().contains("prototypes have 2"));
+        // Unlabelled: no label, but the embedding width is still checked.
+        let unlabelled = datasets::ImageItem { path: "val/a.png".into(), label: None };
+        assert_eq!(zero_shot.check(2, &unlabelled).unwrap(), None);
+        assert!(zero_shot.check(3, &unlabelled).is_err());
         assert!(zero_shot.check(2, &item(3)).unwrap_err().to_string().contains("3 zero-shot prototypes"));
     }
 

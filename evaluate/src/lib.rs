@@ -14,6 +14,7 @@ pub mod validate;
 use std::path::PathBuf;
 
 pub use compare::Classifier;
+pub use reports::{Comparison, ModelMetrics, Report};
 pub use validate::{validate, Engine, ValidateConfig};
 
 /// Errors of the evaluation layer; each names the file, model or folder involved.

@@ -42,14 +42,110 @@ pub struct SensitivityInputs {
 /// What one model variant does to the evaluation subset, against FP32.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Effect {
-    /// Top-1 of the variant (share).
-    pub top1: f64,
-    /// INT8-variant Top-1 minus FP32 Top-1, percentage points.
-    pub top1_delta_pp: f64,
+    /// Top-1 of the variant (share); `None` on unlabelled images.
+    pub top1: Option<f64>,
+    /// INT8-variant Top-1 minus FP32 Top-1, percentage points; `None` on unlabelled images.
+    pub top1_delta_pp: Option<f64>,
     /// Share of images with the FP32 prediction.
     pub agreement: f64,
     /// Mean KL(softmax FP32 || softmax variant) for classifiers; mean 1 - cosine for embeddings.
     pub divergence: f64,
+    /// Mean per-image cosine of the outputs against FP32's.
+    #[serde(default)]
+    pub cosine_mean: f64,
+    /// SQNR of the outputs against FP32's, dB (infinite, JSON `null`, when identical).
+    #[serde(default, with = "reports::infinite_as_null")]
+    pub sqnr_db: f64,
+}
+
+impl Effect {
+    /// The output fidelity part.
+    pub fn fidelity(&self, images: u64) -> crate::compare::Fidelity {
+        crate::compare::Fidelity {
+            images,
+            agreement: self.agreement,
+            cosine_mean: self.cosine_mean,
+            sqnr_db: self.sqnr_db,
+        }
+    }
+}
+
+/// What autoprecision must meet against FP32: every limit given. At least one is needed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Budget {
+    /// Allowed Top-1 drop, percentage points (needs labelled images).
+    pub max_top1_drop: Option<f64>,
+    /// Output fidelity floors (no labels needed).
+    pub fidelity: crate::validate::FidelityGates,
+}
+
+impl Budget {
+    /// Refuses an empty budget, limits out of range, and a Top-1 budget on unlabelled images.
+    pub fn check(&self, dataset: &Dataset) -> Result<(), EvaluateError> {
+        if let Some(limit) = self.max_top1_drop {
+            crate::check_limit("--max-top1-drop", limit)?;
+            if !dataset.is_labelled() {
+                return Err(EvaluateError::Input {
+                    path: dataset.root.clone(),
+                    message: "--max-top1-drop is a Top-1 budget, which needs labels, and this folder has none \
+                              (images at its top level, no class sub-folders): give a labelled folder, or a \
+                              fidelity budget (--min-cosine, --min-sqnr), which compares with FP32 and needs no \
+                              labels"
+                        .into(),
+                });
+            }
+        }
+        self.fidelity.check()?;
+        if self.max_top1_drop.is_none() && !self.fidelity.any() {
+            return Err(EvaluateError::Input {
+                path: dataset.root.clone(),
+                message: "no budget: give --max-top1-drop, --min-cosine or --min-sqnr".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `effect` (against FP32, on `images` images) meets every limit.
+    pub fn met(&self, effect: &Effect, images: u64) -> bool {
+        let top1 = match (self.max_top1_drop, effect.top1_delta_pp) {
+            (None, _) => true,
+            (Some(limit), Some(delta)) => -delta <= limit,
+            (Some(_), None) => false,
+        };
+        top1 && self.fidelity.criteria(&effect.fidelity(images)).iter().all(|c| c.passed)
+    }
+
+    /// The damage a node's quantization does, in the budget's own measure (larger is worse): the SQNR's noise
+    /// share or 1 - cosine for a fidelity budget, else the output divergence.
+    fn damage(&self, effect: &Effect) -> f64 {
+        if self.max_top1_drop.is_none() {
+            if self.fidelity.min_sqnr_db.is_some() {
+                return 10f64.powf(-effect.sqnr_db / 10.0);
+            }
+            if self.fidelity.min_cosine.is_some() {
+                return 1.0 - effect.cosine_mean;
+            }
+        }
+        effect.divergence
+    }
+
+    /// The budget in words, for messages.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(v) = self.max_top1_drop {
+            parts.push(format!("Top-1 drop <= {v} pp"));
+        }
+        if let Some(v) = self.fidelity.min_cosine {
+            parts.push(format!("cosine >= {v}"));
+        }
+        if let Some(v) = self.fidelity.min_sqnr_db {
+            parts.push(format!("SQNR >= {v} dB"));
+        }
+        if let Some(v) = self.fidelity.min_agreement {
+            parts.push(format!("agreement >= {v}"));
+        }
+        parts.join(", ")
+    }
 }
 
 /// One node's measurements.
@@ -85,8 +181,8 @@ pub struct SensitivityReport {
     pub images: usize,
     /// Scale method of the INT8 configuration.
     pub method: String,
-    /// FP32 Top-1 (share).
-    pub fp32_top1: f64,
+    /// FP32 Top-1 (share); `None` on unlabelled images.
+    pub fp32_top1: Option<f64>,
     /// The full INT8 configuration (the precision file's, default lists if none).
     pub int8: Effect,
     /// Most sensitive first (largest divergence when quantized alone).
@@ -194,42 +290,42 @@ impl<'a> Evaluator<'a> {
             .collect()
     }
 
-    fn effect(&self, variant: &[Vec<f32>]) -> Effect {
-        let (mut right, mut right32, mut agree, mut div, mut n) = (0usize, 0usize, 0usize, 0f64, 0usize);
+    fn effect(&self, variant: &[Vec<f32>]) -> Result<Effect, EvaluateError> {
+        let (mut right, mut right32, mut labelled, mut kl) = (0usize, 0usize, 0usize, 0f64);
+        let mut fidelity = crate::compare::OutputFidelity::default();
         for ((batch, a), b) in self.batches.iter().zip(&self.fp32).zip(variant) {
             let width = a.len() / batch.items.len().max(1);
             for ((ra, rb), item) in a.chunks(width.max(1)).zip(b.chunks(width.max(1))).zip(&batch.items) {
                 let (sa, sb) = (self.classifier.scores(ra), self.classifier.scores(rb));
                 let (pa, pb) = (argmax(&sa), argmax(&sb));
-                right += (Some(pb) == item.label) as usize;
-                right32 += (Some(pa) == item.label) as usize;
-                agree += (pa == pb) as usize;
-                div += match self.classifier {
-                    Classifier::ZeroShot { .. } => {
-                        let dot: f64 = ra.iter().zip(rb).map(|(x, y)| *x as f64 * *y as f64).sum();
-                        let na = ra.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-                        let nb = rb.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-                        1.0 - if na > 0.0 && nb > 0.0 { dot / (na * nb) } else { 1.0 }
-                    }
-                    Classifier::Logits => {
-                        let (p, q) = (softmax(ra), softmax(rb));
-                        p.iter()
-                            .zip(&q)
-                            .filter(|(p, _)| **p > 0.0)
-                            .map(|(p, q)| p * (p / q.max(1e-300)).ln())
-                            .sum::<f64>()
-                    }
-                };
-                n += 1;
+                if let Some(label) = item.label {
+                    labelled += 1;
+                    right += (pb == label) as usize;
+                    right32 += (pa == label) as usize;
+                }
+                fidelity.add(ra, rb, pa, pb);
+                if let Classifier::Logits = self.classifier {
+                    let (p, q) = (softmax(ra), softmax(rb));
+                    kl += p
+                        .iter()
+                        .zip(&q)
+                        .filter(|(p, _)| **p > 0.0)
+                        .map(|(p, q)| p * (p / q.max(1e-300)).ln())
+                        .sum::<f64>();
+                }
             }
         }
-        let n = n.max(1) as f64;
-        Effect {
-            top1: right as f64 / n,
-            top1_delta_pp: 100.0 * (right as f64 - right32 as f64) / n,
-            agreement: agree as f64 / n,
-            divergence: div / n,
-        }
+        let f = fidelity.finish(&self.model.path)?;
+        let n = f.images as f64;
+        let share = |k: usize| (labelled > 0).then(|| k as f64 / labelled as f64);
+        Ok(Effect {
+            top1: share(right),
+            top1_delta_pp: (labelled > 0).then(|| 100.0 * (right as f64 - right32 as f64) / labelled as f64),
+            agreement: f.agreement,
+            divergence: if self.classifier.is_embedding() { 1.0 - f.cosine_mean } else { kl / n },
+            cosine_mean: f.cosine_mean,
+            sqnr_db: f.sqnr_db,
+        })
     }
 
     fn variant(&self, decisions: &[Decision], amax: &HashMap<String, f32>) -> Result<Effect, EvaluateError> {
@@ -237,7 +333,7 @@ impl<'a> Evaluator<'a> {
         let bytes = graph::proto::Message::write_to_bytes(&proto).map_err(graph::GraphError::Encode)?;
         let outputs = self.outputs(&bytes)?;
         self.check_finite(&outputs, false)?;
-        Ok(self.effect(&outputs))
+        self.effect(&outputs)
     }
 }
 
@@ -306,7 +402,7 @@ fn measure_nodes(
     let amax = analyze::activation_amax(hist, &model.proto.graph, method, &Default::default());
     let decisions =
         decide(&model.proto.graph, precision, &inputs.qdq, "precision").map_err(analyze::AnalyzeError::from)?;
-    let fp32_top1 = ev.effect(&ev.fp32).top1;
+    let fp32_top1 = ev.effect(&ev.fp32)?.top1;
     let int8 = ev.variant(&decisions, &amax)?;
 
     let flops = analyze::flops::gemm_flops(model, recipe, &ev.input)?;
@@ -357,27 +453,28 @@ pub struct AutoPrecision {
     pub sensitivity: SensitivityReport,
 }
 
-/// Greedy search for a small deny list meeting `max_top1_drop` (pp) on the inputs' images: nodes are denied
-/// in order of damage per FLOP when quantized alone (so cheap, harmful nodes go first and the INT8 FLOP share
-/// stays high), re-evaluating the whole configuration after each, until the budget holds or every node is
-/// float.
+/// Greedy search for a small deny list meeting `budget` on the inputs' images: nodes are denied in order of
+/// damage per FLOP when quantized alone (damage in the budget's own measure, so cheap, harmful nodes go first
+/// and the INT8 FLOP share stays high), re-evaluating the whole configuration after each, until the budget
+/// holds or every node is float.
 pub fn auto_precision(
     inputs: &SensitivityInputs,
-    max_top1_drop: f64,
+    budget: &Budget,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<AutoPrecision, EvaluateError> {
-    crate::check_limit("--max-top1-drop", max_top1_drop)?;
+    budget.check(&inputs.dataset)?;
     let start = std::time::Instant::now();
     let mut model = Model::load(&inputs.model)?;
     model.check_not_quantized()?;
     model.normalize_to_float32()?;
     let ev = Evaluator::new(&model, inputs)?;
+    let images = ev.batches.iter().map(|b| b.items.len() as u64).sum();
     let report = measure_nodes(&ev, inputs, false, progress, start)?;
     let (hist, method, base) = (&inputs.hist, inputs.method, &inputs.precision);
     let amax = analyze::activation_amax(hist, &model.proto.graph, method, &Default::default());
 
     let mut order: Vec<&NodeSensitivity> = report.nodes.iter().collect();
-    let damage_per_flop = |n: &NodeSensitivity| n.alone_int8.divergence / n.flop_share.max(1e-9);
+    let damage_per_flop = |n: &NodeSensitivity| budget.damage(&n.alone_int8) / n.flop_share.max(1e-9);
     order.sort_by(|a, b| damage_per_flop(b).total_cmp(&damage_per_flop(a)).then(a.node.cmp(&b.node)));
     let mut precision = base.clone();
     let mut denied = Vec::new();
@@ -390,11 +487,11 @@ pub fn auto_precision(
                 .map_err(analyze::AnalyzeError::from)?;
             effect = ev.variant(&decisions, &amax)?;
         }
-        if -effect.top1_delta_pp <= max_top1_drop {
+        if budget.met(&effect, images) {
             break;
         }
     }
-    let met = -effect.top1_delta_pp <= max_top1_drop;
+    let met = budget.met(&effect, images);
     let int8_flop_share = report.nodes.iter().filter(|n| !denied.contains(&n.node)).map(|n| n.flop_share).sum::<f64>();
     Ok(AutoPrecision { precision, denied, search: effect, met, int8_flop_share, sensitivity: report })
 }
@@ -406,12 +503,16 @@ struct CsvRow<'a> {
     node: &'a str,
     op: &'a str,
     flop_share: f64,
-    alone_int8_top1_delta_pp: f64,
+    alone_int8_top1_delta_pp: Option<f64>,
     alone_int8_agreement: f64,
     alone_int8_divergence: f64,
-    alone_float_top1_delta_pp: f64,
+    alone_int8_cosine: f64,
+    alone_int8_sqnr_db: f64,
+    alone_float_top1_delta_pp: Option<f64>,
     alone_float_agreement: f64,
     alone_float_divergence: f64,
+    alone_float_cosine: f64,
+    alone_float_sqnr_db: f64,
 }
 
 impl SensitivityReport {
@@ -427,9 +528,13 @@ impl SensitivityReport {
                 alone_int8_top1_delta_pp: n.alone_int8.top1_delta_pp,
                 alone_int8_agreement: n.alone_int8.agreement,
                 alone_int8_divergence: n.alone_int8.divergence,
+                alone_int8_cosine: n.alone_int8.cosine_mean,
+                alone_int8_sqnr_db: n.alone_int8.sqnr_db,
                 alone_float_top1_delta_pp: n.alone_float.top1_delta_pp,
                 alone_float_agreement: n.alone_float.agreement,
                 alone_float_divergence: n.alone_float.divergence,
+                alone_float_cosine: n.alone_float.cosine_mean,
+                alone_float_sqnr_db: n.alone_float.sqnr_db,
             })?;
         }
         w.into_inner().map_err(|e| EvaluateError::Csv(e.into_error().into()))

@@ -34,7 +34,8 @@ pub struct ValidateConfig {
     pub model: PathBuf,
     /// Calibration images (flat folder).
     pub calib: PathBuf,
-    /// Labelled validation images.
+    /// Validation images: labelled (one sub-folder per class), or unlabelled when only fidelity gates are
+    /// asked for.
     pub val: PathBuf,
     /// Preprocessing.
     pub recipe: Recipe,
@@ -104,8 +105,13 @@ impl FidelityGates {
         Ok(())
     }
 
-    /// The criteria these gates give for a comparison.
-    fn criteria(&self, c: &reports::Comparison) -> Vec<Criterion> {
+    /// Whether any gate is given.
+    pub fn any(&self) -> bool {
+        self.min_cosine.is_some() || self.min_sqnr_db.is_some() || self.min_agreement.is_some()
+    }
+
+    /// The criteria these gates give for measured output fidelity against FP32.
+    pub fn criteria(&self, f: &crate::compare::Fidelity) -> Vec<Criterion> {
         let mut out = Vec::new();
         let mut push = |name: &str, what: &str, measured: f64, limit: f64, shown: String| {
             let passed = measured >= limit;
@@ -121,13 +127,13 @@ impl FidelityGates {
             });
         };
         if let Some(limit) = self.min_cosine {
-            push("min-cosine", "output cosine (mean)", c.cosine_mean, limit, format!("{:.6}", c.cosine_mean));
+            push("min-cosine", "output cosine (mean)", f.cosine_mean, limit, format!("{:.6}", f.cosine_mean));
         }
         if let Some(limit) = self.min_sqnr_db {
-            push("min-sqnr", "output SQNR", c.sqnr_db, limit, format!("{:.2} dB", c.sqnr_db));
+            push("min-sqnr", "output SQNR", f.sqnr_db, limit, format!("{:.2} dB", f.sqnr_db));
         }
         if let Some(limit) = self.min_agreement {
-            push("min-agreement", "agreement", c.agreement, limit, format!("{:.4}", c.agreement));
+            push("min-agreement", "agreement", f.agreement, limit, format!("{:.4}", f.agreement));
         }
         out
     }
@@ -170,7 +176,24 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         crate::check_limit("--max-top1-drop", limit)?;
     }
     config.fidelity.check()?;
-    let mut val = Dataset::labelled(&config.val, config.classes.as_deref())?;
+    let mut val = Dataset::labelled_or_flat(&config.val, config.classes.as_deref())?;
+    if !val.is_labelled() {
+        // Top-1 gates need labels; fidelity gates compare with FP32 and do not.
+        let top1_gate =
+            [("--max-top1-drop", config.max_top1_drop.is_some()), ("--baseline", config.baseline.is_some())]
+                .into_iter()
+                .find(|(_, asked)| *asked);
+        if let Some((flag, _)) = top1_gate {
+            return Err(EvaluateError::Input {
+                path: config.val.clone(),
+                message: format!(
+                    "{flag} gates on Top-1, which needs labels, and this folder has none (images at its top level, \
+                     no class sub-folders): give a labelled folder (one sub-folder per class), or gate on \
+                     --min-cosine, --min-sqnr or --min-agreement, which compare with FP32 and need no labels"
+                ),
+            });
+        }
+    }
     if let Some(n) = config.limit_val {
         val = val.limit(n, 0);
     }
@@ -269,8 +292,16 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
     let comparison = compared.remove(0);
 
     let mut criteria = Vec::new();
-    let drop_pp = 100.0 * (comparison.fp32.top1 - comparison.int8.top1);
+    // Labels were checked above for every Top-1 gate: a missing Top-1 here is an error, never a pass.
+    let top1 = |m: &reports::ModelMetrics, what: &str| {
+        m.top1.ok_or_else(|| EvaluateError::Input {
+            path: config.val.clone(),
+            message: format!("no Top-1 was measured for {what} (no labelled images)"),
+        })
+    };
     if let Some(limit) = config.max_top1_drop {
+        let (fp32_top1, int8_top1) = (top1(&comparison.fp32, "FP32")?, top1(&comparison.int8, "INT8")?);
+        let drop_pp = 100.0 * (fp32_top1 - int8_top1);
         let passed = drop_pp <= limit;
         criteria.push(Criterion {
             name: "max-top1-drop".into(),
@@ -279,17 +310,17 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
             limit,
             message: format!(
                 "INT8 Top-1 {:.2} % vs FP32 {:.2} %: drop {drop_pp:.2} pp {} the allowed {limit} pp",
-                100.0 * comparison.int8.top1,
-                100.0 * comparison.fp32.top1,
+                100.0 * int8_top1,
+                100.0 * fp32_top1,
                 if passed { "within" } else { "exceeds" }
             ),
         });
     }
-    criteria.extend(config.fidelity.criteria(&comparison));
+    criteria.extend(config.fidelity.criteria(&crate::compare::Fidelity::of(&comparison)));
     if let Some(b) = &baseline {
         let tolerance = config.max_top1_drop.unwrap_or(0.0).max(0.0);
-        let floor = 100.0 * b.comparison.int8.top1 - tolerance;
-        let measured = 100.0 * comparison.int8.top1;
+        let floor = 100.0 * top1(&b.comparison.int8, "the baseline's INT8 model")? - tolerance;
+        let measured = 100.0 * top1(&comparison.int8, "INT8")?;
         let passed = measured >= floor;
         criteria.push(Criterion {
             name: "baseline".into(),
@@ -298,7 +329,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
             limit: floor,
             message: format!(
                 "INT8 Top-1 {measured:.2} % vs baseline {:.2} % (tolerance {tolerance} pp): {}",
-                100.0 * b.comparison.int8.top1,
+                floor + tolerance,
                 if passed { "not below" } else { "below the baseline" }
             ),
         });
@@ -421,7 +452,7 @@ fn sensitivity_rows(
     #[derive(serde::Deserialize)]
     struct AloneInt8 {
         divergence: f64,
-        top1_delta_pp: f64,
+        top1_delta_pp: Option<f64>,
     }
     #[derive(serde::Deserialize)]
     struct Ranked {

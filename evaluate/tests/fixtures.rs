@@ -6,7 +6,8 @@ use analyze::scales::Method;
 use analyze::{analyze, AnalyzeOptions};
 use calibrate::{calibrate, CalibrateOptions};
 use evaluate::compare::{evaluate, Classifier};
-use evaluate::sensitivity::{auto_precision, sensitivity, SensitivityInputs};
+use evaluate::sensitivity::{auto_precision, sensitivity, Budget, SensitivityInputs};
+use evaluate::validate::FidelityGates;
 use histograms::HistFile;
 use test_support::{calib_dir, model, recipe, val_subset};
 
@@ -89,7 +90,8 @@ fn planted_resnet_hist() -> (HistFile, String) {
 fn autoprecision_denies_the_planted_node_and_its_list_round_trips() {
     let name = "fmnist_resnet_opset13.onnx";
     let (inputs, planted) = planted_inputs();
-    let auto = auto_precision(&inputs, 1.0, &mut |_, _| {}).unwrap();
+    let budget = Budget { max_top1_drop: Some(1.0), ..Default::default() };
+    let auto = auto_precision(&inputs, &budget, &mut |_, _| {}).unwrap();
     let h = &inputs.hist;
     assert!(auto.met, "{:?}", auto.search);
     assert_eq!(auto.denied.first(), Some(&planted), "{:?}", auto.denied);
@@ -122,10 +124,10 @@ fn a_node_planted_with_a_wrong_scale_is_ranked_most_sensitive() {
         "ranking: {:?}",
         report.nodes.iter().map(|n| &n.node).collect::<Vec<_>>()
     );
-    assert!(report.nodes[0].alone_int8.top1_delta_pp < -5.0, "{:?}", report.nodes[0]);
+    assert!(report.nodes[0].alone_int8.top1_delta_pp.unwrap() < -5.0, "{:?}", report.nodes[0]);
     // Keeping the planted node float recovers most of the loss of the full INT8 model.
     assert!(
-        report.nodes[0].alone_float.top1 > report.int8.top1,
+        report.nodes[0].alone_float.top1.unwrap() > report.int8.top1.unwrap(),
         "{:?} vs {:?}",
         report.nodes[0].alone_float,
         report.int8
@@ -183,4 +185,29 @@ fn fp16_float_parts_stay_within_tolerance_of_fp32() {
         assert!(c.cosine_mean >= 0.9999, "{name}: cosine {}", c.cosine_mean);
         assert!(c.agreement >= 0.99, "{name}: agreement {}", c.agreement);
     }
+}
+
+#[test]
+fn a_fidelity_budget_finds_the_planted_node_without_labels_and_a_top1_budget_needs_them() {
+    let (mut inputs, planted) = planted_inputs();
+    // The same images with their labels taken away.
+    for item in &mut inputs.dataset.items {
+        item.label = None;
+    }
+    inputs.dataset.classes.clear();
+    let top1 = Budget { max_top1_drop: Some(1.0), ..Default::default() };
+    let err = auto_precision(&inputs, &top1, &mut |_, _| {}).unwrap_err().to_string();
+    assert!(err.contains("--max-top1-drop") && err.contains("needs labels") && err.contains("--min-cosine"), "{err}");
+    let none = auto_precision(&inputs, &Budget::default(), &mut |_, _| {}).unwrap_err().to_string();
+    assert!(none.contains("no budget"), "{none}");
+
+    let budget =
+        Budget { fidelity: FidelityGates { min_sqnr_db: Some(20.0), ..Default::default() }, ..Default::default() };
+    let auto = auto_precision(&inputs, &budget, &mut |_, _| {}).unwrap();
+    assert!(auto.met && auto.search.sqnr_db >= 20.0, "{:?}", auto.search);
+    assert_eq!(auto.search.top1, None, "no labels, no Top-1");
+    assert_eq!(auto.denied.first(), Some(&planted), "{:?}", auto.denied);
+    // The full INT8 configuration (planted node included) misses the budget: the search had work to do.
+    assert!(auto.sensitivity.int8.sqnr_db < 20.0, "{:?}", auto.sensitivity.int8);
+    assert!(auto.int8_flop_share > 0.8, "{}", auto.int8_flop_share);
 }

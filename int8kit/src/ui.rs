@@ -34,3 +34,13 @@ pub fn reporter<T: TryInto<u64> + Copy>(bar: &ProgressBar) -> impl FnMut(T, T) +
         bar.set_position(done.try_into().unwrap_or(0));
     }
 }
+
+/// A share as a percentage, or "n/a (no labels)" for a Top-1 measured without labels.
+pub fn percent(share: Option<f64>) -> String {
+    share.map_or_else(|| "n/a (no labels)".into(), |v| format!("{:.2} %", 100.0 * v))
+}
+
+/// A signed change in percentage points, or "n/a" without labels.
+pub fn points(pp: Option<f64>) -> String {
+    pp.map_or_else(|| "n/a".into(), |v| format!("{v:+.2} pp"))
+}

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Output;
 
 use common::{calibrated, int8kit, on_fixtures, refused, resnet, text};
-use test_support::{model, recipe_path, val_dir};
+use test_support::{calib_dir, model, recipe_path, val_dir};
 
 /// `int8kit validate` on `model_path` with small subsets, `val` as the evaluation folder.
 fn validate(model_path: &Path, val: &Path, out: &Path, extra: &[&str]) -> Output {
@@ -19,13 +19,18 @@ fn validate(model_path: &Path, val: &Path, out: &Path, extra: &[&str]) -> Output
 
 /// `int8kit sensitivity` or `autoprecision` on the ResNet, calibrated into `dir`, with `extra` flags.
 fn measure(dir: &Path, subcommand: &str, extra: &[&str]) -> Output {
+    measure_on(&val_dir(), dir, subcommand, extra)
+}
+
+/// [`measure`] with `val` as the evaluation folder.
+fn measure_on(val: &Path, dir: &Path, subcommand: &str, extra: &[&str]) -> Output {
     int8kit(subcommand)
         .arg("--model")
         .arg(resnet())
         .arg("--hist")
         .arg(calibrated(dir))
         .arg("--val")
-        .arg(val_dir())
+        .arg(val)
         .arg("--recipe")
         .arg(recipe_path())
         .arg("--out")
@@ -144,4 +149,41 @@ fn autoprecision_budgets_must_be_finite() {
     let dir = tempfile::tempdir().unwrap();
     let o = measure(dir.path(), "autoprecision", &["--limit", "20", "--max-top1-drop", "NaN"]);
     refused(&o, "from -100 to 100");
+}
+
+/// An unlabelled folder (images at its top level) serves the fidelity gates and budgets, which compare with
+/// FP32; a Top-1 gate or budget on it is refused before any work, saying what to do.
+#[test]
+fn an_unlabelled_folder_serves_fidelity_gates_and_is_refused_for_top1() {
+    let dir = tempfile::tempdir().unwrap();
+    let unlabelled = calib_dir();
+    let out = dir.path().join("fidelity");
+    let o = validate(&resnet(), &unlabelled, &out, &["--limit-val", "64", "--min-cosine", "0.99"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("Top-1 n/a (no labels)"), "{}", text(&o));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let c = &report["comparison"];
+    assert!(c["fp32"]["top1"].is_null() && c["int8"]["top5"].is_null(), "{c}");
+    assert_eq!(c["images"], 64);
+    assert!(c["cosine_mean"].as_f64().unwrap() > 0.99);
+    assert_eq!(report["criteria"][0]["name"], "min-cosine");
+
+    let top1 = dir.path().join("top1");
+    let o = validate(&resnet(), &unlabelled, &top1, &["--limit-val", "64", "--max-top1-drop", "1"]);
+    refused(&o, "--max-top1-drop gates on Top-1, which needs labels");
+    assert!(text(&o).contains("--min-cosine") && !top1.join("report.json").exists(), "{}", text(&o));
+
+    let o = measure_on(&unlabelled, dir.path(), "autoprecision", &["--limit", "20", "--max-top1-drop", "1"]);
+    refused(&o, "needs labels");
+    let o = measure_on(&unlabelled, dir.path(), "autoprecision", &["--limit", "20"]);
+    refused(&o, "no budget");
+    let o =
+        measure_on(&unlabelled, dir.path(), "autoprecision", &["--limit", "20", "--min-cosine", "0.999", "--quiet"]);
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o));
+    let auto: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("measured/autoprecision.json")).unwrap())
+            .unwrap();
+    assert!(auto["search"]["top1"].is_null() && auto["search"]["cosine_mean"].as_f64().is_some(), "{auto}");
+    assert_eq!(o.status.code() == Some(0), auto["search"]["cosine_mean"].as_f64().unwrap() >= 0.999, "{auto}");
 }

@@ -42,7 +42,7 @@ fn gate_exit_codes_schema_and_html_numbers() {
     // Schema of report.json.
     let report = json(&ok.join("report.json"));
     assert_eq!(report["format"], "int8kit.report");
-    assert_eq!(report["version"], 3);
+    assert_eq!(report["version"], 4);
     for key in [
         "model_sha256",
         "recipe",

@@ -17,6 +17,11 @@ fn pct(key: &str, v: f64) -> String {
     num(key, v, format!("{:.2} %", 100.0 * v))
 }
 
+/// A Top-1/Top-5 cell: the share, or "no labels" for an unlabelled folder (report.json holds null).
+fn accuracy(key: &str, v: Option<f64>) -> String {
+    v.map(|v| pct(key, v)).unwrap_or_else(|| "no labels".into())
+}
+
 fn class_deltas_svg(report: &Report) -> String {
     let c = &report.comparison;
     let deltas: Vec<f64> = c
@@ -104,6 +109,25 @@ fn sensitivity_svg(rows: &[crate::SensitivityRow]) -> String {
     svg
 }
 
+/// The per-class Top-1 change chart and table (labelled folders).
+fn per_class_section(report: &Report) -> String {
+    let c = &report.comparison;
+    let mut page = String::from("<h2>Per-class Top-1 change (INT8 − FP32)</h2>");
+    page.push_str(&class_deltas_svg(report));
+    page.push_str("<table><tr><th>class</th><th>images</th><th>FP32</th><th>INT8</th></tr>");
+    for (i, ((a, n), (b, _))) in c.fp32.per_class.iter().zip(&c.int8.per_class).enumerate() {
+        let acc = |k: u64| if *n > 0 { k as f64 / *n as f64 } else { 0.0 };
+        page.push_str(&format!(
+            "<tr><td>{}</td><td>{n}</td><td>{}</td><td>{}</td></tr>",
+            escape(report.classes.get(i).map(String::as_str).unwrap_or("")),
+            pct(&format!("class.{i}.fp32"), acc(*a)),
+            pct(&format!("class.{i}.int8"), acc(*b))
+        ));
+    }
+    page.push_str("</table>");
+    page
+}
+
 /// report.html: one self-contained page (inline SVG, no script) with every number from report.json.
 pub fn render_html(report: &Report) -> String {
     let c = &report.comparison;
@@ -134,15 +158,15 @@ pub fn render_html(report: &Report) -> String {
     ));
     page.push_str(&format!(
         "<tr><td>Top-1</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-        pct("comparison.fp32.top1", c.fp32.top1),
-        fp16_cell(&|h| pct("fp16.metrics.top1", h.metrics.top1)),
-        pct("comparison.int8.top1", c.int8.top1)
+        accuracy("comparison.fp32.top1", c.fp32.top1),
+        fp16_cell(&|h| accuracy("fp16.metrics.top1", h.metrics.top1)),
+        accuracy("comparison.int8.top1", c.int8.top1)
     ));
     page.push_str(&format!(
         "<tr><td>Top-5</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-        pct("comparison.fp32.top5", c.fp32.top5),
-        fp16_cell(&|h| pct("fp16.metrics.top5", h.metrics.top5)),
-        pct("comparison.int8.top5", c.int8.top5)
+        accuracy("comparison.fp32.top5", c.fp32.top5),
+        fp16_cell(&|h| accuracy("fp16.metrics.top5", h.metrics.top5)),
+        accuracy("comparison.int8.top5", c.int8.top5)
     ));
     page.push_str(&format!(
         "<tr><td>images/s</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -189,19 +213,11 @@ pub fn render_html(report: &Report) -> String {
     }
     page.push_str("</table>");
 
-    page.push_str("<h2>Per-class Top-1 change (INT8 − FP32)</h2>");
-    page.push_str(&class_deltas_svg(report));
-    page.push_str("<table><tr><th>class</th><th>images</th><th>FP32</th><th>INT8</th></tr>");
-    for (i, ((a, n), (b, _))) in c.fp32.per_class.iter().zip(&c.int8.per_class).enumerate() {
-        let acc = |k: u64| if *n > 0 { k as f64 / *n as f64 } else { 0.0 };
-        page.push_str(&format!(
-            "<tr><td>{}</td><td>{n}</td><td>{}</td><td>{}</td></tr>",
-            escape(report.classes.get(i).map(String::as_str).unwrap_or("")),
-            pct(&format!("class.{i}.fp32"), acc(*a)),
-            pct(&format!("class.{i}.int8"), acc(*b))
-        ));
+    if c.fp32.per_class.is_empty() {
+        page.push_str("<h2>Per-class Top-1</h2><p>Not measured: the validation folder has no labels.</p>");
+    } else {
+        page.push_str(&per_class_section(report));
     }
-    page.push_str("</table>");
 
     if !report.sensitivity.is_empty() {
         page.push_str("<h2>Sensitivity: nodes ranked by damage when quantized alone</h2>");
@@ -215,7 +231,9 @@ pub fn render_html(report: &Report) -> String {
                 escape(&r.op),
                 pct(&format!("sensitivity.{i}.flop_share"), r.flop_share),
                 num(&format!("sensitivity.{i}.divergence"), r.divergence, format!("{:.3e}", r.divergence)),
-                num(&format!("sensitivity.{i}.top1_delta_pp"), r.top1_delta_pp, format!("{:+.2} pp", r.top1_delta_pp)),
+                r.top1_delta_pp
+                    .map(|d| num(&format!("sensitivity.{i}.top1_delta_pp"), d, format!("{d:+.2} pp")))
+                    .unwrap_or_else(|| "no labels".into()),
                 if r.int8 { "INT8" } else { "float" }
             ));
         }

@@ -14,7 +14,7 @@ pub use html::render_html;
 /// The `format` value of report.json.
 pub const REPORT_FORMAT: &str = "int8kit.report";
 /// The report.json version; bump on any incompatible change.
-pub const REPORT_VERSION: u32 = 3;
+pub const REPORT_VERSION: u32 = 4;
 
 /// Errors writing reports or reading a baseline.
 #[derive(Debug, thiserror::Error)]
@@ -54,14 +54,14 @@ pub enum ReportError {
     },
 }
 
-/// Accuracy of one model on a labelled set.
+/// Accuracy and speed of one model on the evaluation images.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelMetrics {
-    /// Top-1 (share).
-    pub top1: f64,
-    /// Top-5 (share).
-    pub top5: f64,
-    /// Per class: (correct, images).
+    /// Top-1 (share); `None` (JSON `null`) on an unlabelled folder.
+    pub top1: Option<f64>,
+    /// Top-5 (share); `None` (JSON `null`) on an unlabelled folder.
+    pub top5: Option<f64>,
+    /// Per class: (correct, images); empty on an unlabelled folder.
     pub per_class: Vec<(u64, u64)>,
     /// Images per second of the model runs alone (decoding excluded).
     pub images_per_s: f64,
@@ -148,8 +148,8 @@ pub struct SensitivityRow {
     pub flop_share: f64,
     /// Output divergence when this node alone is INT8.
     pub divergence: f64,
-    /// Top-1 change when this node alone is INT8, pp.
-    pub top1_delta_pp: f64,
+    /// Top-1 change when this node alone is INT8, pp (`None` when measured without labels).
+    pub top1_delta_pp: Option<f64>,
     /// Whether this report's INT8 model runs the node in INT8.
     pub int8: bool,
 }
@@ -232,7 +232,8 @@ impl Report {
             return Err(bad(format!("format is not \"{REPORT_FORMAT}\"")));
         }
         match value.get("version").and_then(|v| v.as_u64()) {
-            Some(v) if v == REPORT_VERSION as u64 => {}
+            // Version 4 only allowed a null Top-1/Top-5 (unlabelled folders): a version 3 report reads as is.
+            Some(v) if v == REPORT_VERSION as u64 || v == 3 => {}
             // Version 3 only added the FP16 row, target and float type: a version 2 baseline still compares.
             Some(2) => {
                 let mut value = value;
@@ -267,21 +268,22 @@ impl Report {
         let c = &self.comparison;
         let h = self.fp16.as_ref();
         let cell = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+        // Empty cells: not measured (FP16 row absent, or no labels for Top-1/Top-5).
         let rows = [
-            ("images", Some(c.images as f64), h.map(|_| c.images as f64), c.images as f64),
-            ("top1", Some(c.fp32.top1), h.map(|h| h.metrics.top1), c.int8.top1),
-            ("top5", Some(c.fp32.top5), h.map(|h| h.metrics.top5), c.int8.top5),
-            ("images_per_s", Some(c.fp32.images_per_s), h.map(|h| h.metrics.images_per_s), c.int8.images_per_s),
-            ("agreement", None, h.map(|h| h.agreement), c.agreement),
-            ("cosine_mean", None, h.map(|h| h.cosine_mean), c.cosine_mean),
-            ("sqnr_db", None, h.map(|h| h.sqnr_db), c.sqnr_db),
+            ("images", Some(c.images as f64), h.map(|_| c.images as f64), Some(c.images as f64)),
+            ("top1", c.fp32.top1, h.and_then(|h| h.metrics.top1), c.int8.top1),
+            ("top5", c.fp32.top5, h.and_then(|h| h.metrics.top5), c.int8.top5),
+            ("images_per_s", Some(c.fp32.images_per_s), h.map(|h| h.metrics.images_per_s), Some(c.int8.images_per_s)),
+            ("agreement", None, h.map(|h| h.agreement), Some(c.agreement)),
+            ("cosine_mean", None, h.map(|h| h.cosine_mean), Some(c.cosine_mean)),
+            ("sqnr_db", None, h.map(|h| h.sqnr_db), Some(c.sqnr_db)),
         ];
         let mut w = csv::Writer::from_writer(Vec::new());
         let err = |source| ReportError::Csv { file: "summary.csv", source };
         let int8 = format!("int8_{}", self.float_type);
         w.write_record(["metric", "fp32", "fp16", int8.as_str()]).map_err(err)?;
         for (name, a, f, b) in rows {
-            w.write_record([name.to_string(), cell(a), cell(f), b.to_string()]).map_err(err)?;
+            w.write_record([name.to_string(), cell(a), cell(f), cell(b)]).map_err(err)?;
         }
         finish(w, "summary.csv")
     }
@@ -360,10 +362,11 @@ fn finish(w: csv::Writer<Vec<u8>>, file: &'static str) -> Result<String, ReportE
     String::from_utf8(bytes).map_err(|e| csv_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e).into()))
 }
 
-/// +infinity as JSON `null` (JSON has no infinity), and back.
-mod infinite_as_null {
+/// +infinity as JSON `null` (JSON has no infinity), and back: for `#[serde(with = ...)]` on an SQNR.
+pub mod infinite_as_null {
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Writes `v`, or `null` when it is not finite.
     pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
         if v.is_finite() {
             s.serialize_f64(*v)
@@ -372,6 +375,7 @@ mod infinite_as_null {
         }
     }
 
+    /// Reads a number, or `null` as +infinity.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
     }

@@ -4,7 +4,12 @@
 use reports::{Comparison, Criterion, ModelMetrics, Report, SensitivityRow, TensorPlot};
 
 fn sample() -> Report {
-    let metrics = |top1: f64| ModelMetrics { top1, top5: 1.0, per_class: vec![(3, 4), (4, 4)], images_per_s: 100.5 };
+    let metrics = |top1: f64| ModelMetrics {
+        top1: Some(top1),
+        top5: Some(1.0),
+        per_class: vec![(3, 4), (4, 4)],
+        images_per_s: 100.5,
+    };
     Report {
         format: reports::REPORT_FORMAT.into(),
         version: reports::REPORT_VERSION,
@@ -66,7 +71,7 @@ fn sample() -> Report {
             op: "Gemm".into(),
             flop_share: 0.0625,
             divergence: 0.0125,
-            top1_delta_pp: -0.5,
+            top1_delta_pp: Some(-0.5),
             int8: true,
         }],
     }
@@ -87,4 +92,51 @@ fn class_names_that_look_like_formulas_are_neutralised_in_csv() {
     let csv = report.per_class_csv().unwrap();
     assert!(csv.contains("'=HYPERLINK") && csv.contains("'@SUM(A1)"), "{csv}");
     assert!(!csv.lines().any(|l| l.split(',').nth(1).is_some_and(|c| c.starts_with('=') || c.starts_with("\"="))));
+}
+
+/// The same run on an unlabelled folder: no Top-1/Top-5 (null), no per-class counts, fidelity criteria only.
+fn unlabelled() -> Report {
+    let mut r = sample();
+    for m in [&mut r.comparison.fp32, &mut r.comparison.int8] {
+        *m = ModelMetrics { top1: None, top5: None, per_class: Vec::new(), images_per_s: m.images_per_s };
+    }
+    if let Some(h) = &mut r.fp16 {
+        h.metrics = ModelMetrics { top1: None, top5: None, per_class: Vec::new(), images_per_s: 90.0 };
+    }
+    r.classes.clear();
+    r.baseline = None;
+    r.criteria = vec![Criterion {
+        name: "min-cosine".into(),
+        passed: true,
+        measured: 0.999,
+        limit: 0.99,
+        message: "INT8 output cosine (mean) against FP32 0.999000: meets the minimum 0.99".into(),
+    }];
+    r.passed = true;
+    r.sensitivity[0].top1_delta_pp = None;
+    r
+}
+
+#[test]
+fn an_unlabelled_report_writes_null_accuracy_and_reads_back() {
+    let r = unlabelled();
+    let bytes = r.to_json().unwrap();
+    let golden = test_support::golden(env!("CARGO_MANIFEST_DIR"), "report_unlabelled.json");
+    test_support::assert_golden(&golden, &bytes);
+    assert_eq!(Report::read(&golden).unwrap(), r);
+    let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert!(json["comparison"]["int8"]["top1"].is_null() && json["fp16"]["metrics"]["top5"].is_null());
+    // summary.csv leaves the accuracy cells empty; the HTML says why instead of showing a number.
+    let csv = r.summary_csv().unwrap();
+    assert!(csv.lines().any(|l| l == "top1,,,"), "{csv}");
+    let html = reports::render_html(&r);
+    assert!(html.contains("no labels") && !html.contains("data-key=\"comparison.int8.top1\""));
+    assert!(!html.contains("Per-class Top-1 change"));
+}
+
+#[test]
+fn a_version_3_report_still_reads_as_a_baseline() {
+    let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/report.v3.json");
+    let r = Report::read(&old).unwrap();
+    assert_eq!((r.version, r.comparison.int8.top1), (3, Some(0.75)));
 }

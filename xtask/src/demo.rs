@@ -76,15 +76,17 @@ pub fn run(quiet: bool, methods: &[Method]) -> anyhow::Result<()> {
     println!("\n| model | precision | Top-1 (val, {images} images) | images/s | calibration time | INT8 GEMM FLOPs | gate (drop <= 0.5 pp) |");
     println!("|---|---|---|---|---|---|---|");
     let mut last = "";
+    // The fixtures' folders are labelled: a missing Top-1 would show as NaN, never as a number.
+    let top1 = |m: &evaluate::ModelMetrics| m.top1.unwrap_or(f64::NAN);
     for (stem, method, r, _) in &rows {
         let c = &r.comparison;
         if *stem != last {
-            println!("| {stem} | FP32 | {:.2} % | {:.0} | | | |", 100.0 * c.fp32.top1, c.fp32.images_per_s);
+            println!("| {stem} | FP32 | {:.2} % | {:.0} | | | |", 100.0 * top1(&c.fp32), c.fp32.images_per_s);
             if let Some(h) = &r.fp16 {
                 println!(
                     "| {stem} | FP16 (no Q/DQ) | {:.2} % ({:+.2} pp) | {:.0} | | | |",
-                    100.0 * h.metrics.top1,
-                    100.0 * (h.metrics.top1 - c.fp32.top1),
+                    100.0 * top1(&h.metrics),
+                    100.0 * (top1(&h.metrics) - top1(&c.fp32)),
                     h.metrics.images_per_s
                 );
             }
@@ -93,8 +95,8 @@ pub fn run(quiet: bool, methods: &[Method]) -> anyhow::Result<()> {
         println!(
             "| {stem} | INT8 {method} + {} | {:.2} % ({:+.2} pp) | {:.0} | {:.1} s | {:.1} % | {} |",
             r.float_type.to_uppercase(),
-            100.0 * c.int8.top1,
-            100.0 * (c.int8.top1 - c.fp32.top1),
+            100.0 * top1(&c.int8),
+            100.0 * (top1(&c.int8) - top1(&c.fp32)),
             c.int8.images_per_s,
             r.calibration_seconds,
             100.0 * r.int8_flop_share,

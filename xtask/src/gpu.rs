@@ -644,7 +644,9 @@ fn sensitivity_both(device: Device) -> anyhow::Result<SensitivityDiff> {
         .nodes
         .iter()
         .filter_map(|a| gpu.nodes.iter().find(|b| b.node == a.node).map(|b| (a, b)))
-        .map(|(a, b)| (a.alone_int8.top1_delta_pp - b.alone_int8.top1_delta_pp).abs())
+        .map(|(a, b)| {
+            (a.alone_int8.top1_delta_pp.unwrap_or(f64::NAN) - b.alone_int8.top1_delta_pp.unwrap_or(f64::NAN)).abs()
+        })
         .fold(0.0, f64::max);
     let d = SensitivityDiff {
         images: cpu.images,
@@ -669,7 +671,8 @@ fn validate_both(args: &CheckArgs) -> anyhow::Result<Vec<ValidateRow>> {
             let _ = std::fs::remove_dir_all(&dir);
             let config = crate::demo::fixture_config(name, *zero_shot, analyze::scales::Method::Entropy, dir, device)?;
             let r = evaluate::validate(&config, &mut |_, _, _| {})?;
-            top.push((r.comparison.fp32.top1, r.comparison.int8.top1));
+            let labelled = |m: &evaluate::ModelMetrics| m.top1.context("the fixture folder gave no Top-1");
+            top.push((labelled(&r.comparison.fp32)?, labelled(&r.comparison.int8)?));
         }
         let row = ValidateRow {
             model: stem.into(),

@@ -586,8 +586,8 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
                     )?;
                     Quality {
                         images: c.images,
-                        fp32_top1: Some(c.fp32.top1),
-                        int8_top1: Some(c.int8.top1),
+                        fp32_top1: c.fp32.top1,
+                        int8_top1: c.int8.top1,
                         agreement: c.agreement,
                         cosine_mean: c.cosine_mean,
                         sqnr_db: c.sqnr_db,

@@ -1,10 +1,12 @@
-//! `int8kit autoprecision`: the smallest deny list meeting a Top-1 budget.
+//! `int8kit autoprecision`: the smallest deny list meeting a Top-1 or fidelity budget.
 
 use anyhow::Context;
 use evaluate::autoprecision::AutoPrecisionConfig;
+use evaluate::sensitivity::Budget;
+use evaluate::validate::FidelityGates;
 
 use crate::commands::sensitivity::SensitivityArgs;
-use crate::ui::{progress_bar, reporter};
+use crate::ui::{percent, points, progress_bar, reporter};
 use crate::Outcome;
 
 /// `int8kit autoprecision`.
@@ -13,23 +15,61 @@ pub struct AutoprecisionArgs {
     /// The measurement's inputs, as `sensitivity` takes them.
     #[command(flatten)]
     pub common: SensitivityArgs,
-    /// Allowed Top-1 drop against FP32, percentage points.
+    /// Budget: allowed Top-1 drop against FP32, percentage points (needs a labelled --val).
     #[arg(long, value_name = "PP", allow_hyphen_values = true)]
-    pub max_top1_drop: f64,
+    pub max_top1_drop: Option<f64>,
+    /// Budget: the INT8 outputs' mean cosine against FP32 must be at least C (no labels needed).
+    #[arg(long, value_name = "C", allow_hyphen_values = true)]
+    pub min_cosine: Option<f64>,
+    /// Budget: the INT8 outputs' SQNR against FP32 must be at least DB (no labels needed).
+    #[arg(long, value_name = "DB", allow_hyphen_values = true)]
+    pub min_sqnr: Option<f64>,
+    /// Budget: the share of images where INT8 and FP32 predict the same class must be at least A.
+    #[arg(long, value_name = "A", allow_hyphen_values = true)]
+    pub min_agreement: Option<f64>,
     /// TensorRT version written in the calibration cache header.
     #[arg(long, default_value = analyze::DEFAULT_TRT_VERSION)]
     pub trt_version: String,
 }
 
+impl AutoprecisionArgs {
+    /// Every budget flag given.
+    pub fn budget(&self) -> Budget {
+        Budget {
+            max_top1_drop: self.max_top1_drop,
+            fidelity: FidelityGates {
+                min_cosine: self.min_cosine,
+                min_sqnr_db: self.min_sqnr,
+                min_agreement: self.min_agreement,
+            },
+        }
+    }
+}
+
+/// The measures a budget looks at, for one result.
+fn measured(e: &evaluate::sensitivity::Effect) -> String {
+    format!(
+        "Top-1 {}, cosine {:.5}, SQNR {:.1} dB, agreement {:.2} %",
+        points(e.top1_delta_pp),
+        e.cosine_mean,
+        e.sqnr_db,
+        100.0 * e.agreement
+    )
+}
+
 /// Runs `int8kit autoprecision`; the budget missed is a failed gate (exit 1).
 pub fn run(args: &AutoprecisionArgs) -> anyhow::Result<Outcome> {
     let common = &args.common;
+    let budget = args.budget();
+    let verify_on = common.dataset()?;
+    // Before any work: an empty budget, a limit out of range or a Top-1 budget without labels.
+    budget.check(&verify_on)?;
     common.check_outputs()?;
     let inputs = common.inputs()?;
     let config = AutoPrecisionConfig {
-        verify_on: datasets::Dataset::labelled(&common.val, common.classes.as_deref())?,
+        verify_on,
         inputs,
-        max_top1_drop: args.max_top1_drop,
+        budget,
         trt_version: args.trt_version.clone(),
         out: common.out.clone(),
     };
@@ -40,31 +80,35 @@ pub fn run(args: &AutoprecisionArgs) -> anyhow::Result<Outcome> {
     let search = &outcome.search;
     let Some(v) = &outcome.verification else {
         eprintln!(
-            "budget not met: even with {} of {} nodes in float, INT8 Top-1 is {:+.2} pp from FP32 on {} images (budget {} pp)",
+            "budget not met: even with {} of {} nodes in float, INT8 against FP32 on {} images: {} (budget {})",
             search.denied.len(),
             search.sensitivity.nodes.len(),
-            search.search.top1_delta_pp,
             config.inputs.dataset.len(),
-            args.max_top1_drop
+            measured(&search.search),
+            budget.describe()
         );
         return Ok(Outcome::GateFailed);
     };
-    let met = outcome.met(args.max_top1_drop);
+    let met = outcome.met(&budget);
     println!(
         "deny list: {} node(s) {:?}; INT8 share of GEMM/Conv FLOPs {:.1} %",
         search.denied.len(),
         search.denied,
         100.0 * v.int8_flop_share
     );
+    let c = &v.comparison;
     println!(
-        "search ({} images): {:+.2} pp; verification ({} images): FP32 {:.2} %, INT8 {:.2} %, drop {:.2} pp -> {}",
+        "search ({} images): {}; verification ({} images): FP32 Top-1 {}, INT8 {}, cosine {:.5}, SQNR {:.1} dB, agreement {:.2} % -> {} (budget {})",
         config.inputs.dataset.len(),
-        search.search.top1_delta_pp,
-        v.images,
-        100.0 * v.fp32_top1,
-        100.0 * v.int8_top1,
-        v.drop_pp(),
-        if met { "within budget" } else { "OVER budget (raise --limit so the search sees more images)" }
+        measured(&search.search),
+        c.images,
+        percent(c.fp32.top1),
+        percent(c.int8.top1),
+        c.cosine_mean,
+        c.sqnr_db,
+        100.0 * c.agreement,
+        if met { "within budget" } else { "OVER budget (raise --limit so the search sees more images)" },
+        budget.describe()
     );
     println!(
         "wrote precision.toml, model.qdq.onnx, ranges.*, autoprecision.json (and calibration.cache from a --tensors all .hist) to {}",

@@ -9,7 +9,7 @@ use evaluate::Classifier;
 use histograms::HistFile;
 
 use crate::args::{load_precision, PlacementArgs, RecipeArgs};
-use crate::ui::{progress_bar, reporter};
+use crate::ui::{percent, points, progress_bar, reporter};
 use crate::Outcome;
 
 /// `int8kit sensitivity`; also the measurement part of `int8kit autoprecision`.
@@ -21,7 +21,8 @@ pub struct SensitivityArgs {
     /// Its statistics from `int8kit calibrate` (or `quantize --save-hist`).
     #[arg(long, value_name = "H.hist")]
     pub hist: PathBuf,
-    /// Labelled evaluation images (one sub-folder per class).
+    /// Evaluation images: one sub-folder per class, or an unlabelled folder (images at its top level), where
+    /// only fidelity (agreement, cosine, SQNR, divergence) is measured.
     #[arg(long, value_name = "DIR")]
     pub val: PathBuf,
     /// Preprocessing.
@@ -74,11 +75,16 @@ impl SensitivityArgs {
         Ok(graph::check_output_dir(&self.out)?)
     }
 
+    /// The whole `--val` folder: labelled when it has class sub-folders (or `--classes` is given).
+    pub fn dataset(&self) -> anyhow::Result<datasets::Dataset> {
+        Ok(datasets::Dataset::labelled_or_flat(&self.val, self.classes.as_deref())?)
+    }
+
     /// The library's inputs: everything read and checked before the long run starts. The dataset is the
     /// seeded `--limit` subset of `--val`.
     pub fn inputs(&self) -> anyhow::Result<SensitivityInputs> {
         let hist = HistFile::read(&self.hist)?;
-        let full = datasets::Dataset::labelled(&self.val, self.classes.as_deref())?;
+        let full = self.dataset()?;
         Ok(SensitivityInputs {
             model: self.model.clone(),
             hist,
@@ -104,28 +110,31 @@ pub fn run(args: &SensitivityArgs) -> anyhow::Result<Outcome> {
     report.write(&args.out)?;
     if !args.quiet {
         println!(
-            "{} images: FP32 Top-1 {:.2} %, INT8 {:.2} % ({:+.2} pp); {} nodes in {:.1} s; most sensitive first:",
+            "{} images: FP32 Top-1 {}, INT8 {} ({}), cosine {:.5}, SQNR {:.1} dB; {} nodes in {:.1} s; most sensitive first:",
             report.images,
-            100.0 * report.fp32_top1,
-            100.0 * report.int8.top1,
-            report.int8.top1_delta_pp,
+            percent(report.fp32_top1),
+            percent(report.int8.top1),
+            points(report.int8.top1_delta_pp),
+            report.int8.cosine_mean,
+            report.int8.sqnr_db,
             report.nodes.len(),
             report.seconds
         );
         println!(
-            "  {:<40} {:<8} {:>6}  {:>22}  {:>22}",
-            "node", "op", "FLOPs", "alone INT8: dTop1 / div", "alone float: dTop1 / div"
+            "  {:<40} {:<8} {:>6}  {:>33}  {:>33}",
+            "node", "op", "FLOPs", "alone INT8: dTop1 / div / SQNR", "alone float: dTop1 / div / SQNR"
         );
         for n in &report.nodes {
+            let effect = |e: &evaluate::sensitivity::Effect| {
+                format!("{:>9} / {:<9.2e} / {:>5.1} dB", points(e.top1_delta_pp), e.divergence, e.sqnr_db)
+            };
             println!(
-                "  {:<40} {:<8} {:>5.1}%  {:>+9.2} pp / {:<9.2e}  {:>+9.2} pp / {:<9.2e}",
+                "  {:<40} {:<8} {:>5.1}%  {:>33}  {:>33}",
                 n.node,
                 n.op,
                 100.0 * n.flop_share,
-                n.alone_int8.top1_delta_pp,
-                n.alone_int8.divergence,
-                n.alone_float.top1_delta_pp,
-                n.alone_float.divergence
+                effect(&n.alone_int8),
+                effect(&n.alone_float)
             );
         }
         println!("wrote sensitivity.json and sensitivity.csv to {}", args.out.display());

@@ -8,7 +8,7 @@ use evaluate::{Classifier, Engine};
 use reports::Report;
 
 use crate::args::{load_precision, RecipeArgs};
-use crate::ui::progress_bar;
+use crate::ui::{percent, progress_bar};
 use crate::Outcome;
 
 /// `--engine`.
@@ -39,7 +39,8 @@ pub struct ValidateArgs {
     /// Calibration images (flat folder).
     #[arg(long, value_name = "DIR")]
     pub calib: PathBuf,
-    /// Labelled validation images (one sub-folder per class).
+    /// Validation images: one sub-folder per class, or (for --min-cosine/--min-sqnr/--min-agreement only) an
+    /// unlabelled folder with images at its top level.
     #[arg(long, value_name = "DIR")]
     pub val: PathBuf,
     /// Preprocessing.
@@ -168,12 +169,12 @@ pub fn validate(args: &ValidateArgs) -> anyhow::Result<Report> {
 pub fn print_outcome(report: &Report, out: &std::path::Path) {
     let c = &report.comparison;
     println!(
-        "{}: FP32 Top-1 {:.2} % / Top-5 {:.2} %, INT8 Top-1 {:.2} % / Top-5 {:.2} % on {} images; agreement {:.2} %, cosine {:.5}, SQNR {:.1} dB; images/s FP32 {:.0}, INT8 {:.0}",
+        "{}: FP32 Top-1 {} / Top-5 {}, INT8 Top-1 {} / Top-5 {} on {} images; agreement {:.2} %, cosine {:.5}, SQNR {:.1} dB; images/s FP32 {:.0}, INT8 {:.0}",
         report.model,
-        100.0 * c.fp32.top1,
-        100.0 * c.fp32.top5,
-        100.0 * c.int8.top1,
-        100.0 * c.int8.top5,
+        percent(c.fp32.top1),
+        percent(c.fp32.top5),
+        percent(c.int8.top1),
+        percent(c.int8.top5),
         c.images,
         100.0 * c.agreement,
         c.cosine_mean,
@@ -184,9 +185,9 @@ pub fn print_outcome(report: &Report, out: &std::path::Path) {
     println!("  INT8 model: Q/DQ for {}, float parts in {}", report.target, report.float_type);
     if let Some(h) = &report.fp16 {
         println!(
-            "  FP16 without Q/DQ: Top-1 {:.2} % / Top-5 {:.2} %; agreement {:.2} %, cosine {:.5}, SQNR {:.1} dB; images/s {:.0}",
-            100.0 * h.metrics.top1,
-            100.0 * h.metrics.top5,
+            "  FP16 without Q/DQ: Top-1 {} / Top-5 {}; agreement {:.2} %, cosine {:.5}, SQNR {:.1} dB; images/s {:.0}",
+            percent(h.metrics.top1),
+            percent(h.metrics.top5),
             100.0 * h.agreement,
             h.cosine_mean,
             h.sqnr_db,
