@@ -31,6 +31,8 @@ pub struct CalibrateOptions {
     pub selection: Selection,
     /// Where the model runs. With CUDA the activations stay in GPU memory and are reduced there.
     pub device: runtime::Device,
+    /// Also collect max |x| per channel of the inputs of GEMMs with a constant weight (for `--smooth`).
+    pub channel_max: bool,
 }
 
 impl Default for CalibrateOptions {
@@ -43,6 +45,7 @@ impl Default for CalibrateOptions {
             on_bad_image: OnBadImage::Fail,
             selection: Selection::default(),
             device: runtime::Device::Cpu,
+            channel_max: false,
         }
     }
 }
@@ -75,6 +78,8 @@ pub struct TappedModel {
     /// The input to feed.
     pub input: String,
     plan: CollectionPlan,
+    /// Per measured tensor (in `output_names` order): whether its per-channel maxima are collected.
+    channel_max: Vec<bool>,
 }
 
 fn float_output(name: &str) -> ValueInfoProto {
@@ -151,7 +156,12 @@ fn check_input_shape(model: &Model, input: &ValueInfoProto, recipe: &Recipe) -> 
 
 impl TappedModel {
     /// Loads the model and adds every float32 activation as a graph output, in memory only.
-    pub fn new(model_path: &Path, recipe: &Recipe, selection: Selection) -> Result<TappedModel, CalibrateError> {
+    pub fn new(
+        model_path: &Path,
+        recipe: &Recipe,
+        selection: Selection,
+        channel_max: bool,
+    ) -> Result<TappedModel, CalibrateError> {
         let mut model = Model::load(model_path)?;
         model.check_not_quantized()?;
         // An FP16 model is calibrated as its float32 twin: every activation gets float statistics.
@@ -165,13 +175,22 @@ impl TappedModel {
         }
         let existing: std::collections::HashSet<String> =
             model.proto.graph.output.iter().map(|o| o.name.clone()).collect();
+        // Per-channel maxima are taken on the very tensor the GEMM reads (a Transpose before it moves the
+        // channels), so those tensors are the ones measured in their same-valued group.
+        let smoothable: std::collections::HashSet<String> = if channel_max {
+            placement::smoothable_gemms(&model.proto.graph).into_iter().map(|g| g.input).collect()
+        } else {
+            Default::default()
+        };
+        gemm_inputs.extend(smoothable.iter().cloned());
         let plan = CollectionPlan::new(&activations, &gemm_inputs);
+        let channel_max = plan.measured.iter().map(|&i| smoothable.contains(&activations[i].name)).collect();
         for &i in &plan.measured {
             if !existing.contains(&activations[i].name) {
                 model.proto.graph.mut_or_insert_default().output.push(float_output(&activations[i].name));
             }
         }
-        Ok(TappedModel { model, activations, not_collected, input: input.name, plan })
+        Ok(TappedModel { model, activations, not_collected, input: input.name, plan, channel_max })
     }
 
     /// Names of the activations read back from ONNX Runtime, in graph order.
@@ -297,7 +316,15 @@ pub fn calibrate(
                 .into(),
         });
     }
-    let tapped = TappedModel::new(model_path, recipe, options.selection)?;
+    if options.device.is_cuda() && options.channel_max {
+        return Err(CalibrateError::Input {
+            model: model_path.to_path_buf(),
+            message: "per-channel maxima (--channel-max, for --smooth) are collected on the CPU only for now; use \
+                      --device cpu"
+                .into(),
+        });
+    }
+    let tapped = TappedModel::new(model_path, recipe, options.selection, options.channel_max)?;
     let label = tapped.model.path.display().to_string();
 
     let mut dataset = Dataset::flat(images)?;
@@ -357,7 +384,7 @@ pub fn calibrate(
     );
     let mut done = 0u64;
     let mut device_memory_peak_mb = None;
-    let measured_stats = if options.device.is_cuda() {
+    let (measured_stats, measured_channels) = if options.device.is_cuda() {
         // Activations stay on the GPU: ONNX Runtime writes them to device memory (IoBinding) and the kernels
         // of `gpu` reduce them there; only the final statistics come back.
         let mut gpu = crate::gpu::GpuStats::new(options.device, outputs.len())?;
@@ -373,7 +400,7 @@ pub fn calibrate(
             progress(done, total);
         }
         device_memory_peak_mb = Some(gpu.memory_peak_mb());
-        gpu.finish()?
+        (gpu.finish()?, vec![None; outputs.len()])
     } else {
         collect_on_cpu(
             &mut session,
@@ -390,6 +417,25 @@ pub fn calibrate(
         )?
     };
     let stats = tapped.plan.assemble(tapped.activations.len(), input_slot, input_stats, measured_stats);
+    let mut channels: std::collections::HashMap<&str, histograms::ChannelMax> = std::collections::HashMap::new();
+    for (name, c) in outputs.iter().zip(measured_channels) {
+        match c {
+            Some(Ok(c)) if !c.max.is_empty() => {
+                channels.insert(name.as_str(), c);
+            }
+            Some(Err(m)) => {
+                return Err(CalibrateError::Input {
+                    model: model_path.to_path_buf(),
+                    message: format!(
+                        "tensor '{name}' changed its last axis from {} to {} channels between batches: per-channel \
+                         maxima need a fixed channel count",
+                        m.had, m.got
+                    ),
+                })
+            }
+            _ => {}
+        }
+    }
     let skipped = stream.skipped();
     if done == 0 {
         return Err(CalibrateError::NoImages { dir: images.to_path_buf(), skipped: skipped.len() });
@@ -403,6 +449,7 @@ pub fn calibrate(
             name: a.name.clone(),
             producer: a.producer.clone(),
             op: a.producer_op.clone(),
+            channel_max: channels.remove(a.name.as_str()),
             stats,
         })
         .collect::<Vec<_>>();
@@ -437,6 +484,10 @@ pub fn calibrate(
     Ok((hist, summary))
 }
 
+/// Statistics of the measured tensors, and the per-channel maxima of those that collect them (`None` for the
+/// others; an error when the channel count changed between batches).
+type MeasuredStats = (Vec<TensorStats>, Vec<Option<Result<histograms::ChannelMax, histograms::ChannelMismatch>>>);
+
 /// The CPU pass: ONNX Runtime and the histograms run at the same time on consecutive batches.
 #[allow(clippy::too_many_arguments)]
 fn collect_on_cpu(
@@ -448,24 +499,33 @@ fn collect_on_cpu(
     pool: rayon::ThreadPool,
     mut input_stats: Option<&mut TensorStats>,
     batch_done: &mut dyn FnMut(u64),
-) -> Result<Vec<TensorStats>, CalibrateError> {
+) -> Result<MeasuredStats, CalibrateError> {
     // A rendezvous channel: at most two batches of activations exist at once (one being histogrammed, one
     // being computed), which bounds memory whatever the number of images.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<runtime::OwnedOutput>>(0);
     let measured_count = outputs.len();
     let (run_result, measured_stats) = std::thread::scope(|scope| {
+        let wanted = &tapped.channel_max;
         let histograms = scope.spawn(move || {
             let mut stats = vec![TensorStats::default(); measured_count];
+            let mut channels: Vec<Option<Result<histograms::ChannelMax, histograms::ChannelMismatch>>> =
+                wanted.iter().map(|&w| w.then(|| Ok(Default::default()))).collect();
             for outs in rx {
                 pool.install(|| {
-                    stats.par_iter_mut().zip(outs.par_iter()).for_each(|(s, o)| {
+                    stats.par_iter_mut().zip(channels.par_iter_mut()).zip(outs.par_iter()).for_each(|((s, c), o)| {
                         if let Some(values) = o.as_f32() {
                             s.add(values);
+                            if let Some(Ok(acc)) = c {
+                                let last = o.shape().last().copied().unwrap_or(0).max(0) as usize;
+                                if let Err(e) = acc.add(values, last) {
+                                    *c = Some(Err(e));
+                                }
+                            }
                         }
                     })
                 });
             }
-            stats
+            (stats, channels)
         });
         let run = (|| -> Result<(), CalibrateError> {
             for batch in stream.by_ref() {

@@ -13,8 +13,9 @@ use crate::{HistError, Selection};
 
 /// The `format` value of a .hist file.
 pub const HIST_FORMAT: &str = "int8kit.hist";
-/// The .hist version this build writes. Version 2 added `content_sha256`; version 1 files are still read.
-pub const HIST_VERSION: u32 = 2;
+/// The .hist version this build writes. Version 3 added the optional per-tensor `channel_max`; version 2
+/// added `content_sha256`. Versions 1 and 2 are still read.
+pub const HIST_VERSION: u32 = 3;
 /// The oldest version this build reads.
 pub const HIST_OLDEST_READ: u32 = 1;
 
@@ -65,6 +66,10 @@ pub struct TensorRecord {
     /// The statistics.
     #[serde(flatten)]
     pub stats: TensorStats,
+    /// Max |x| per channel of the last axis: collected (`calibrate --channel-max`) for the inputs of GEMMs
+    /// with a constant weight, which smoothing rescales per channel; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_max: Option<crate::ChannelMax>,
 }
 
 /// A `.hist` file: calibration statistics of one model over one image set.
@@ -153,7 +158,7 @@ impl HistFile {
                 }
             }
             (None, 1) => {}
-            (None, _) => return Err(bad("version 2 file without content_sha256; re-run calibrate".into())),
+            (None, v) => return Err(bad(format!("version {v} file without content_sha256; re-run calibrate"))),
         }
         hist.check().map_err(bad)?;
         Ok(hist)
@@ -174,6 +179,9 @@ impl HistFile {
                 return Err(format!("tensor '{}' appears twice", t.name));
             }
             check_stats(&t.stats).map_err(|m| format!("tensor '{}': {m}", t.name))?;
+            if let Some(c) = &t.channel_max {
+                check_channels(c, &t.stats).map_err(|m| format!("tensor '{}': {m}", t.name))?;
+            }
         }
         Ok(())
     }
@@ -221,6 +229,17 @@ fn check_stats(s: &TensorStats) -> Result<(), String> {
     let last = s.hist.counts.iter().rposition(|&c| c > 0);
     if last != Some(top) {
         return Err(format!("the highest non-empty bin is {last:?} but max |x| {amax} falls in bin {top}"));
+    }
+    Ok(())
+}
+
+/// Per-channel maxima are finite, non-negative and their largest is the tensor's max |x|.
+fn check_channels(c: &crate::ChannelMax, s: &TensorStats) -> Result<(), String> {
+    if c.max.is_empty() || c.max.iter().any(|m| !m.is_finite() || *m < 0.0) {
+        return Err("channel_max must hold finite, non-negative values".into());
+    }
+    if c.amax() != s.amax() {
+        return Err(format!("the largest channel max {} is not the tensor's max |x| {}", c.amax(), s.amax()));
     }
     Ok(())
 }

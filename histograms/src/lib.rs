@@ -2,11 +2,13 @@
 //! whose merge is exact ([`histogram`]) and the versioned `.hist` file that carries them ([`hist_file`],
 //! format in FORMATS.md). Reading statistics needs nothing of the collection code, ONNX Runtime or CUDA.
 
+pub mod channels;
 pub mod hist_file;
 pub mod histogram;
 
 use std::path::PathBuf;
 
+pub use channels::{ChannelMax, ChannelMismatch};
 pub use hist_file::{HistFile, HistogramInfo, ImagesInfo, ModelInfo, TensorRecord, HIST_FORMAT, HIST_VERSION};
 pub use histogram::{AbsHistogram, TensorStats, BINS};
 

@@ -30,12 +30,19 @@ fn sample() -> HistFile {
         histogram: HistogramInfo { bins: histograms::BINS, values: "abs".into() },
         collected: Selection::Quantizable,
         tensors: vec![
-            TensorRecord { name: "input".into(), producer: None, op: None, stats: stats(&[0.0, -1.5, 2.25, 0.5]) },
+            TensorRecord {
+                name: "input".into(),
+                producer: None,
+                op: None,
+                stats: stats(&[0.0, -1.5, 2.25, 0.5]),
+                channel_max: None,
+            },
             TensorRecord {
                 name: "/conv/Conv_output_0".into(),
                 producer: Some("/conv/Conv".into()),
                 op: Some("Conv".into()),
                 stats: stats(&[f32::NAN, f32::INFINITY, -3.0, 1e-3, -0.0]),
+                channel_max: Some(histograms::ChannelMax { max: vec![1e-3, 3.0] }),
             },
         ],
     }
@@ -73,6 +80,13 @@ fn read_edited(version: u32, edit: impl Fn(&mut serde_json::Value)) -> Result<Hi
 }
 
 #[test]
+fn a_version_2_file_still_reads() {
+    let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/sample.v2.hist");
+    let h = HistFile::read(&old).unwrap();
+    assert_eq!((h.version, h.tensors.len(), h.tensors[1].channel_max.is_none()), (2, 2, true));
+}
+
+#[test]
 fn edited_statistics_are_refused_by_checksum_or_by_consistency() {
     assert!(read_edited(2, |_| {}).is_ok());
     assert!(read_edited(1, |_| {}).is_ok());
@@ -90,6 +104,12 @@ fn edited_statistics_are_refused_by_checksum_or_by_consistency() {
         ("range", Box::new(|v| v["tensors"][0]["hist"]["range_exp"] = 3.into()), "range exponent"),
         ("min > max", Box::new(|v| v["tensors"][0]["min"] = 3.0.into()), "not an interval"),
         ("max", Box::new(|v| v["tensors"][0]["max"] = 1.0.into()), "needs"),
+        ("channel max", Box::new(|v| v["tensors"][1]["channel_max"] = serde_json::json!([1e-3, 2.0])), "channel max 2"),
+        (
+            "channel max negative",
+            Box::new(|v| v["tensors"][1]["channel_max"] = serde_json::json!([-1.0, 3.0])),
+            "non-negative",
+        ),
         (
             "duplicate",
             Box::new(move |v| {

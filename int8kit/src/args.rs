@@ -143,6 +143,10 @@ pub struct CollectArgs {
     /// GPU memory and their statistics are computed there). Needs onnxruntime-gpu (`int8kit setup --gpu`).
     #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
     pub device: runtime::Device,
+    /// Also record max |x| per input channel of every GEMM with a constant weight (what `analyze --smooth`
+    /// needs; CPU only). Costs one more pass over those tensors, no memory that grows with the images.
+    #[arg(long)]
+    pub channel_max: bool,
 }
 
 impl CollectArgs {
@@ -156,6 +160,7 @@ impl CollectArgs {
             on_bad_image: self.on_bad_image.into(),
             selection: self.tensors.into(),
             device: self.device,
+            channel_max: self.channel_max,
         }
     }
 }

@@ -161,6 +161,45 @@ fn depths(graph: &GraphProto, index: &GraphIndex) -> Vec<usize> {
     depth
 }
 
+/// A GEMM whose input channels smoothing can rescale: the activation it reads, with that activation's
+/// channels on its last axis, and a constant 2-D weight with the matching input-channel axis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmoothableGemm {
+    /// Index of the node in `graph.node`.
+    pub node: usize,
+    /// The activation input (slot 0); its last axis holds the input channels.
+    pub input: String,
+    /// The weight as the node reads it (slot 1).
+    pub weight: String,
+    /// The weight's input-channel axis.
+    pub channel_axis: usize,
+}
+
+/// MatMul/Gemm nodes whose first input is an activation (not a constant) with channels on its last axis and
+/// whose second input is a constant 2-D weight: a MatMul's `[K, N]`, a Gemm's `[K, N]` or, with `transB`,
+/// `[N, K]` (a Gemm with `transA` reads its channels on the first axis and is left out).
+pub fn smoothable_gemms(graph: &GraphProto) -> Vec<SmoothableGemm> {
+    let index = GraphIndex::new(graph);
+    let flag = |n: &NodeProto, name: &str| n.attribute.iter().find(|a| a.name == name).map_or(0, |a| a.i);
+    let mut out = Vec::new();
+    for (i, node) in graph.node.iter().enumerate() {
+        let (Some(input), Some(weight)) = (node.input.first(), node.input.get(1)) else { continue };
+        if constant_behind(graph, &index, input).is_some() {
+            continue;
+        }
+        if constant_behind(graph, &index, weight).is_none_or(|w| w.dims.len() != 2) {
+            continue;
+        }
+        let channel_axis = match node.op_type.as_str() {
+            "MatMul" => 0,
+            "Gemm" if flag(node, "transA") == 0 => usize::from(flag(node, "transB") != 0),
+            _ => continue,
+        };
+        out.push(SmoothableGemm { node: i, input: input.clone(), weight: weight.clone(), channel_axis });
+    }
+    out
+}
+
 /// Every tensor the default plans read, for either target, with attention in INT8: what
 /// `calibrate --tensors quantizable` collects.
 pub fn needed_by_defaults(graph: &GraphProto) -> Result<HashSet<String>, PlacementError> {

@@ -261,7 +261,7 @@ fn real_activation_batches() -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
     let root = root();
     let recipe = Recipe::load(&root.join("fixtures/fmnist.toml"))?;
     let model_path = root.join("fixtures/models/fmnist_vit_opset17.onnx");
-    let tapped = calibrate::TappedModel::new(&model_path, &recipe, histograms::Selection::All)?;
+    let tapped = calibrate::TappedModel::new(&model_path, &recipe, histograms::Selection::All, false)?;
     let cfg = runtime::SessionConfig::new("fixture ViT (CPU EP)");
     let mut session = runtime::session_from_bytes(&tapped.model.to_bytes()?, &cfg)?;
     let outputs = tapped.output_names();
@@ -471,7 +471,7 @@ pub fn child(args: &ChildArgs) -> anyhow::Result<()> {
     let pass = &args.pass;
     let recipe = Recipe::load(&pass.recipe)?;
     let dataset = Dataset::flat(&pass.images)?;
-    let tapped = calibrate::TappedModel::new(&pass.model, &recipe, histograms::Selection::Quantizable)?;
+    let tapped = calibrate::TappedModel::new(&pass.model, &recipe, histograms::Selection::Quantizable, false)?;
     // plain: the unmodified model, its outputs copied to the host (the limit). plain-bound: the same, outputs
     // left on the GPU. tapped-bound: the calibration model (activations exposed) without statistics.
     // calibrate: tapped-bound plus the statistics kernels (what `calibrate --device cuda` does).

@@ -1,0 +1,89 @@
+//! Per-channel max |x| along a tensor's last axis: what SmoothQuant-style smoothing needs of the inputs of
+//! quantized GEMMs. The merge is an elementwise max, so it is exact whatever the batching.
+
+use serde::{Deserialize, Serialize};
+
+/// The largest |x| seen in each channel of the last axis; NaN/Inf are left out, as in [`crate::TensorStats`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ChannelMax {
+    /// One maximum per channel; empty before the first values.
+    pub max: Vec<f32>,
+}
+
+/// Values whose last axis does not have the channel count seen before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelMismatch {
+    /// Channels seen so far.
+    pub had: usize,
+    /// Channels of the new values.
+    pub got: usize,
+}
+
+impl ChannelMax {
+    /// Folds in `values`, rows of `channels` values each (a tensor whose last axis has `channels` entries).
+    pub fn add(&mut self, values: &[f32], channels: usize) -> Result<(), ChannelMismatch> {
+        if channels == 0 || !values.len().is_multiple_of(channels) {
+            return Err(ChannelMismatch { had: self.max.len(), got: channels });
+        }
+        if self.max.is_empty() {
+            self.max = vec![0.0; channels];
+        } else if self.max.len() != channels {
+            return Err(ChannelMismatch { had: self.max.len(), got: channels });
+        }
+        for row in values.chunks_exact(channels) {
+            for (m, v) in self.max.iter_mut().zip(row) {
+                let a = v.abs();
+                // NaN and Inf fail `is_finite`; a signed zero has abs +0.0.
+                if a.is_finite() && a > *m {
+                    *m = a;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The elementwise max with `other` (the statistics of another chunk of images).
+    pub fn merge(&mut self, other: &ChannelMax) -> Result<(), ChannelMismatch> {
+        if self.max.is_empty() {
+            self.max = other.max.clone();
+            return Ok(());
+        }
+        if other.max.is_empty() {
+            return Ok(());
+        }
+        if other.max.len() != self.max.len() {
+            return Err(ChannelMismatch { had: self.max.len(), got: other.max.len() });
+        }
+        for (m, o) in self.max.iter_mut().zip(&other.max) {
+            *m = m.max(*o);
+        }
+        Ok(())
+    }
+
+    /// The largest channel maximum (0 when empty).
+    pub fn amax(&self) -> f32 {
+        self.max.iter().copied().fold(0.0, f32::max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_channel_maxima_merge_exactly_and_skip_non_finite_values() {
+        let rows = [1.0, -5.0, 0.5, -2.0, 3.0, f32::NAN, 0.25, f32::INFINITY, -1.0];
+        let mut whole = ChannelMax::default();
+        whole.add(&rows, 3).unwrap();
+        assert_eq!(whole.max, vec![2.0, 5.0, 1.0]);
+        let (mut a, mut b) = (ChannelMax::default(), ChannelMax::default());
+        a.add(&rows[..3], 3).unwrap();
+        b.add(&rows[3..], 3).unwrap();
+        a.merge(&b).unwrap();
+        assert_eq!(a, whole);
+        assert_eq!(whole.amax(), 5.0);
+        assert_eq!(whole.add(&[1.0, 2.0], 2), Err(ChannelMismatch { had: 3, got: 2 }));
+        assert!(whole.add(&[1.0, 2.0], 3).is_err(), "a partial row");
+    }
+}
