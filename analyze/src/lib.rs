@@ -9,6 +9,7 @@ pub mod flops;
 pub mod lint;
 pub mod qdq;
 pub mod scales;
+pub mod smooth;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -91,8 +92,11 @@ pub enum AnalyzeError {
 
 /// The `format` value of ranges.json.
 pub const RANGES_FORMAT: &str = "int8kit.ranges";
-/// The ranges.json version; bump on any incompatible change.
-pub const RANGES_VERSION: u32 = 2;
+/// The ranges.json version; bump on any incompatible change. Version 3 added `smoothing`.
+pub const RANGES_VERSION: u32 = 3;
+
+/// The `method` of a smoothed activation in ranges.json: max calibration of `X / s`.
+pub const SMOOTHED_METHOD: &str = "smooth-max";
 
 /// How `analyze` chooses scales and precision.
 #[derive(Debug, Clone)]
@@ -109,6 +113,9 @@ pub struct AnalyzeOptions {
     pub per_tensor: std::collections::BTreeMap<String, Method>,
     /// Target runtime and attention default for the Q/DQ placement.
     pub placement: PlacementOptions,
+    /// SmoothQuant migration strength alpha for the inputs of INT8 GEMMs (needs a `--channel-max` .hist);
+    /// off when `None`.
+    pub smooth: Option<f32>,
 }
 
 /// The TensorRT version written in calibration cache headers unless one is asked for.
@@ -125,6 +132,7 @@ impl AnalyzeOptions {
             trt_version: DEFAULT_TRT_VERSION.into(),
             per_tensor: Default::default(),
             placement: PlacementOptions::default(),
+            smooth: None,
         }
     }
 }
@@ -194,16 +202,17 @@ pub fn tensor_method(
 }
 
 /// The deployable Q/DQ model: Q/DQ inserted for `decisions`, then the float parts converted to the
-/// options' float type (the calibrated max |x| of `hist` keeps overflowing producers in FP32).
+/// options' float type (the calibrated max |x| of each tensor, `max_abs`, keeps overflowing producers in
+/// FP32).
 pub fn build_qdq(
     model: &Model,
     decisions: &[Decision],
     options: &PlacementOptions,
     amax: &HashMap<String, f32>,
-    hist: &HistFile,
+    max_abs: &HashMap<String, f32>,
 ) -> Result<(graph::proto::ModelProto, qdq::QdqSummary), AnalyzeError> {
     let (proto, summary) = qdq::insert_qdq(model, decisions, options, amax)?;
-    let proto = float_type::convert(model, proto, effective_float_type(model, options), &max_abs(hist))?;
+    let proto = float_type::convert(model, proto, effective_float_type(model, options), max_abs)?;
     Ok((proto, summary))
 }
 
@@ -311,6 +320,9 @@ pub struct Ranges {
     pub tensors: Vec<TensorRange>,
     /// Per quantized weight, the channel ranges.
     pub weights: Vec<WeightRange>,
+    /// With `--smooth`: what was smoothed (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smoothing: Option<smooth::Smoothing>,
 }
 
 impl Ranges {
@@ -367,32 +379,60 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
     }
     let decisions =
         placement::decide(&model.proto.graph, &options.precision, &options.placement, &options.precision_origin)?;
-    let amax = activation_amax(hist, &model.proto.graph, options.method, &options.per_tensor);
     let image = max_calibrated(&model.proto.graph);
-    let (qdq, summary) = build_qdq(&model, &decisions, &options.placement, &amax, hist)?;
+    let mut amax = activation_amax(hist, &model.proto.graph, options.method, &options.per_tensor);
+    let mut maxima = max_abs(hist);
+    let smoothing = match options.smooth {
+        Some(alpha) => Some(smooth::smooth(&mut model, &decisions, hist, alpha)?),
+        None => None,
+    };
+    // A smoothed activation holds X / s: its amax (max calibration) and max |x| come from the channel maxima.
+    let smoothed = smoothing.as_ref().map(smooth::Smoothing::amax).unwrap_or_default();
+    amax.extend(smoothed.clone());
+    maxima.extend(smoothed.clone());
+    let (qdq, summary) = build_qdq(&model, &decisions, &options.placement, &amax, &maxima)?;
     let quantized: HashMap<&str, f32> = summary.activations.iter().map(|(n, a)| (n.as_str(), *a)).collect();
 
     let mut methods: Vec<Method> = Method::ALL_DEFAULT.to_vec();
     if !methods.contains(&options.method) {
         methods.push(options.method);
     }
-    let tensors: Vec<TensorRange> = hist
+    let mut tensors: Vec<TensorRange> = hist
         .tensors
         .iter()
         .map(|t| {
             let a = quantized.get(t.name.as_str()).copied().unwrap_or(amax[&t.name]);
+            let smooth = smoothed.contains_key(&t.name);
             TensorRange {
                 name: t.name.clone(),
                 op: t.op.clone(),
                 quantized: quantized.contains_key(t.name.as_str()),
-                method: tensor_method(t, &image, options.method, &options.per_tensor).name(),
+                method: if smooth {
+                    SMOOTHED_METHOD.into()
+                } else {
+                    tensor_method(t, &image, options.method, &options.per_tensor).name()
+                },
                 amax: a,
                 scale: a / 127.0,
-                clipped: scales::clipped_share(&t.stats, a),
+                // Max calibration of the smoothed values: nothing beyond amax.
+                clipped: if smooth { 0.0 } else { scales::clipped_share(&t.stats, a) },
                 amax_by_method: methods.iter().map(|m| (m.name(), scales::amax(&t.stats, *m))).collect(),
             }
         })
         .collect();
+    // Smoothed activations that are new tensors (the output of an inserted Mul) have no histogram.
+    for t in smoothing.iter().flat_map(|s| &s.tensors).filter(|t| hist.tensor(&t.quantized).is_none()) {
+        tensors.push(TensorRange {
+            name: t.quantized.clone(),
+            op: Some("Mul".into()),
+            quantized: quantized.contains_key(t.quantized.as_str()),
+            method: SMOOTHED_METHOD.into(),
+            amax: t.amax,
+            scale: t.amax / 127.0,
+            clipped: 0.0,
+            amax_by_method: Vec::new(),
+        });
+    }
     let input = model.resolve_input(hist.recipe.name.as_deref())?.name.clone();
     let flops = flops::gemm_flops(&model, &hist.recipe, &input)?;
     let total: f64 = flops.values().sum();
@@ -414,7 +454,15 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
     // written only from statistics of all of them.
     cache::trt_version_code(&options.trt_version)?;
     let activations = graph::find_activations(&model).0.len();
-    let cache = if hist.collected == histograms::Selection::All && tensors.len() >= activations {
+    let cache = if let Some(s) = &smoothing {
+        Cache::Omitted {
+            reason: format!(
+                "calibration.cache not written: --smooth {} rewrote the model's weights and LayerNorms, and the \
+                 cache would serve the unmodified model; TensorRT builds from model.qdq.onnx",
+                s.alpha
+            ),
+        }
+    } else if hist.collected == histograms::Selection::All && tensors.len() >= activations {
         let cache_scales: Vec<(String, f32)> = tensors.iter().map(|t| (t.name.clone(), t.scale)).collect();
         Cache::Written(cache::write_cache(&options.trt_version, &cache_scales)?)
     } else {
@@ -444,6 +492,7 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
         nodes,
         tensors,
         weights,
+        smoothing,
     };
     Ok(Analysis { ranges, qdq, cache, model })
 }
@@ -494,6 +543,8 @@ impl Analysis {
                 format!("{:.6e}", t.clipped),
             ];
             row.extend(t.amax_by_method.iter().map(|(_, a)| a.to_string()));
+            // A smoothed tensor without a histogram has no amax by method: empty cells.
+            row.resize(header.len(), String::new());
             w.write_record(&row).map_err(err)?;
         }
         w.into_inner().map_err(|e| err(e.into_error().into()))

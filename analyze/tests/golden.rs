@@ -53,6 +53,22 @@ fn ranges_json_matches_the_golden_file() {
             amax_by_method: vec![("entropy".into(), 2.0), ("max".into(), 2.5)],
         }],
         weights: vec![WeightRange { name: "conv.weight".into(), axis: 0, channels: 4, amax_min: 0.25, amax_max: 1.5 }],
+        smoothing: Some(analyze::smooth::Smoothing {
+            alpha: 0.5,
+            tensors: vec![analyze::smooth::SmoothedTensor {
+                tensor: "/ln/LayerNormalization_output_0".into(),
+                quantized: "/ln/LayerNormalization_output_0".into(),
+                applied: "layernorm".into(),
+                node: "/ln/LayerNormalization".into(),
+                gemms: vec!["/qkv/MatMul".into()],
+                channels: 4,
+                amax_before: 40.0,
+                amax: 3.5,
+                scale_min: 0.5,
+                scale_max: 8.0,
+            }],
+            skipped: vec![("/fc2/MatMul_input".into(), "no per-channel maxima in the .hist".into())],
+        }),
     };
     let bytes = ranges.to_json().unwrap();
     test_support::assert_golden(&test_support::golden(env!("CARGO_MANIFEST_DIR"), "ranges.json"), &bytes);

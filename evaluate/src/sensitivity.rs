@@ -329,7 +329,7 @@ impl<'a> Evaluator<'a> {
     }
 
     fn variant(&self, decisions: &[Decision], amax: &HashMap<String, f32>) -> Result<Effect, EvaluateError> {
-        let (proto, _) = analyze::build_qdq(self.model, decisions, &self.qdq, amax, self.hist)?;
+        let (proto, _) = analyze::build_qdq(self.model, decisions, &self.qdq, amax, &analyze::max_abs(self.hist))?;
         let bytes = graph::proto::Message::write_to_bytes(&proto).map_err(graph::GraphError::Encode)?;
         let outputs = self.outputs(&bytes)?;
         self.check_finite(&outputs, false)?;

@@ -41,6 +41,8 @@ pub struct ValidateConfig {
     pub recipe: Recipe,
     /// Scale method.
     pub method: Method,
+    /// SmoothQuant alpha for the inputs of INT8 GEMMs (calibration then also collects per-channel maxima).
+    pub smooth: Option<f32>,
     /// Precision allow/deny lists, and where they came from (for messages).
     pub precision: PrecisionFile,
     /// Where `precision` came from: a file path or "defaults".
@@ -231,6 +233,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         limit: config.limit_calib,
         threads: config.placement.threads,
         device: config.placement.device,
+        channel_max: config.smooth.is_some(),
         ..Default::default()
     };
     let (hist, _) = calibrate(&config.model, &config.calib, &config.recipe, &options, &mut |done, total| {
@@ -242,6 +245,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         &hist,
         &AnalyzeOptions {
             placement: config.qdq,
+            smooth: config.smooth,
             ..AnalyzeOptions::new(config.method, config.precision.clone(), config.precision_origin.clone())
         },
     )?;

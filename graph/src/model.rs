@@ -330,8 +330,8 @@ pub fn default_opset(proto: &ModelProto) -> i64 {
     proto.opset_import.iter().find(|o| is_default_domain(&o.domain)).map(|o| o.version).unwrap_or(0)
 }
 
-/// Rewrites a tensor as float32 with these values, inline.
-fn set_float32(t: &mut TensorProto, values: &[f32]) {
+/// Rewrites a tensor as float32 with these values, inline (any external data reference dropped).
+pub fn set_float32(t: &mut TensorProto, values: &[f32]) {
     t.data_type = DataType::FLOAT as i32;
     t.int32_data.clear();
     t.float_data.clear();

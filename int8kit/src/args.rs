@@ -247,6 +247,11 @@ pub struct ScaleArgs {
     /// Where Q/DQ goes.
     #[command(flatten)]
     pub placement: PlacementArgs,
+    /// SmoothQuant smoothing with migration strength ALPHA (0 to 1; 0.5 is the paper's default) for the
+    /// inputs of INT8 MatMul/Gemm: outlier channels move into the weights, folded into the LayerNorm before
+    /// them where there is one. Needs a .hist from `calibrate --channel-max` (quantize collects it itself).
+    #[arg(long, value_name = "ALPHA")]
+    pub smooth: Option<f32>,
 }
 
 impl ScaleArgs {
@@ -271,6 +276,7 @@ impl ScaleArgs {
             trt_version: self.trt_version.clone(),
             per_tensor,
             placement: self.placement.options(),
+            smooth: self.smooth,
         })
     }
 }

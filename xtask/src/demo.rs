@@ -32,6 +32,7 @@ pub fn fixture_config(
         val: root.join("fixtures/fmnist/val"),
         recipe: Recipe::load(&root.join("fixtures/fmnist.toml"))?,
         method,
+        smooth: None,
         precision: PrecisionFile::default(),
         precision_origin: "defaults".into(),
         qdq: Default::default(),

@@ -49,6 +49,10 @@ pub struct ValidateArgs {
     /// Scale method: entropy | mse | percentile[:P] | max.
     #[arg(long, default_value = "entropy")]
     pub method: Method,
+    /// SmoothQuant smoothing with migration strength ALPHA (0 to 1) for the inputs of INT8 MatMul/Gemm
+    /// (see `analyze --smooth`); calibration then also collects per-channel maxima.
+    #[arg(long, value_name = "ALPHA")]
+    pub smooth: Option<f32>,
     /// Precision allow/deny lists (TOML).
     #[arg(long, value_name = "P.toml")]
     pub precision: Option<PathBuf>,
@@ -118,6 +122,7 @@ impl ValidateArgs {
             val: self.val.clone(),
             recipe: self.recipe.load()?,
             method: self.method,
+            smooth: self.smooth,
             precision,
             precision_origin,
             qdq: self.qdq.options(),

@@ -1,0 +1,122 @@
+//! SmoothQuant smoothing (`analyze --smooth`) on the fixture ViTs: it leaves the FP32 function unchanged,
+//! and it repairs an outlier channel planted into a LayerNorm.
+
+use std::path::{Path, PathBuf};
+
+use analyze::placement::PrecisionFile;
+use analyze::scales::Method;
+use analyze::{analyze, AnalyzeOptions};
+use calibrate::{calibrate, CalibrateOptions};
+use datasets::{BatchStream, StreamOptions};
+use evaluate::compare::{fidelity, ort_model, Fidelity};
+use histograms::HistFile;
+use test_support::{calib_dir, model, recipe, val_subset};
+
+fn hist_of(path: &Path) -> HistFile {
+    let options = CalibrateOptions { limit: Some(200), channel_max: true, ..Default::default() };
+    calibrate(path, &calib_dir(), &recipe(), &options, &mut |_, _| {}).unwrap().0
+}
+
+/// The model's outputs on 64 validation images, batch by batch.
+fn outputs(path: &Path) -> Vec<Vec<f32>> {
+    let mut m = ort_model(path, &recipe(), Default::default()).unwrap();
+    let images = val_subset(64, 5);
+    BatchStream::new(&images, &recipe(), StreamOptions { batch_size: 32, ..Default::default() })
+        .map(|b| m.run(&b.unwrap()).unwrap())
+        .collect()
+}
+
+/// INT8 (`smooth` or not) against FP32 on 500 held-out images.
+fn int8_fidelity(fp32: &Path, hist: &HistFile, smooth: Option<f32>, dir: &Path) -> Fidelity {
+    let options = AnalyzeOptions { smooth, ..AnalyzeOptions::new(Method::Entropy, PrecisionFile::default(), "test") };
+    let a = analyze(fp32, hist, &options).unwrap();
+    let out = dir.join(format!("smooth-{smooth:?}"));
+    a.write(&out).unwrap();
+    let mut reference = ort_model(fp32, &recipe(), Default::default()).unwrap();
+    let mut int8 = ort_model(&out.join("model.qdq.onnx"), &recipe(), Default::default()).unwrap();
+    fidelity(reference.as_mut(), int8.as_mut(), &val_subset(500, 9), &recipe()).unwrap()
+}
+
+#[test]
+fn smoothing_leaves_the_fp32_outputs_unchanged() {
+    // opset 17: LayerNormalization (scale and bias take 1/s); opset 13: the decomposed LayerNorm's
+    // trailing Mul/Add take it. Both also get Muls in front of GEMMs without a foldable producer.
+    for name in ["fmnist_vit_opset17.onnx", "fmnist_vit_opset13.onnx"] {
+        let hist = hist_of(&model(name));
+        let mut m = graph::Model::load(&model(name)).unwrap();
+        let decisions =
+            analyze::placement::decide(&m.proto.graph, &PrecisionFile::default(), &Default::default(), "test").unwrap();
+        let s = analyze::smooth::smooth(&mut m, &decisions, &hist, 0.5).unwrap();
+        let folded = s.tensors.iter().filter(|t| t.applied != "mul").count();
+        assert!(folded >= 12 && s.tensors.len() > folded, "{name}: {:?}", s.tensors);
+        assert!(s.tensors.iter().all(|t| t.scale_max > 1.0), "{name}: factors moved nothing");
+        let dir = tempfile::tempdir().unwrap();
+        let smoothed = dir.path().join("smoothed.onnx");
+        graph::save_model(&m, m.proto.clone(), &smoothed).unwrap();
+        let (a, b) = (outputs(&model(name)), outputs(&smoothed));
+        let peak = a.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = a.iter().flatten().zip(b.iter().flatten()).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(worst <= 1e-5 * peak, "{name}: outputs moved by {worst} (largest logit {peak})");
+    }
+}
+
+/// The opset-17 ViT with channel `channel` of its first LayerNorm scaled up by `factor` (scale and bias)
+/// and the matching input rows of the GEMMs reading it scaled down: the same function, with an outlier
+/// channel of the kind real ViTs and CLIP towers carry.
+fn planted_outlier(dir: &Path, channel: usize, factor: f32) -> PathBuf {
+    let mut m = graph::Model::load(&model("fmnist_vit_opset17.onnx")).unwrap();
+    let g = m.proto.graph.mut_or_insert_default();
+    let ln = g.node.iter().find(|n| n.op_type == "LayerNormalization").unwrap().clone();
+    let readers: Vec<String> = g
+        .node
+        .iter()
+        .filter(|n| n.op_type == "MatMul" && n.input[0] == ln.output[0])
+        .map(|n| n.input[1].clone())
+        .collect();
+    assert!(!readers.is_empty());
+    let values = |t: &graph::proto::TensorProto| -> Vec<f32> {
+        t.raw_data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    };
+    for (name, rows) in ln.input[1..].iter().map(|n| (n, false)).chain(readers.iter().map(|n| (n, true))) {
+        let t = g.initializer.iter_mut().find(|t| &t.name == name).unwrap();
+        let mut v = values(t);
+        if rows {
+            let cols = t.dims[1] as usize;
+            v[channel * cols..(channel + 1) * cols].iter_mut().for_each(|x| *x /= factor);
+        } else {
+            v[channel] *= factor;
+        }
+        graph::set_float32(t, &v);
+    }
+    let path = dir.join("outlier.onnx");
+    std::fs::write(&path, m.to_bytes().unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn smoothing_repairs_a_planted_outlier_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let planted = planted_outlier(dir.path(), 7, 64.0);
+    let hist = hist_of(&planted);
+    let plain = int8_fidelity(&planted, &hist, None, dir.path());
+    let smoothed = int8_fidelity(&planted, &hist, Some(0.5), dir.path());
+    eprintln!("planted outlier: SQNR {:.2} dB plain, {:.2} dB smoothed", plain.sqnr_db, smoothed.sqnr_db);
+    // Stated margin: smoothing wins back at least 3 dB of output SQNR on the planted model.
+    assert!(smoothed.sqnr_db >= plain.sqnr_db + 3.0, "plain {plain:?}, smoothed {smoothed:?}");
+    assert!(smoothed.cosine_mean > plain.cosine_mean, "plain {plain:?}, smoothed {smoothed:?}");
+}
+
+#[test]
+fn smoothing_without_channel_maxima_or_with_alpha_out_of_range_is_refused() {
+    let name = "fmnist_vit_opset17.onnx";
+    let options = CalibrateOptions { limit: Some(20), ..Default::default() };
+    let hist = calibrate(&model(name), &calib_dir(), &recipe(), &options, &mut |_, _| {}).unwrap().0;
+    let with = |alpha| AnalyzeOptions {
+        smooth: Some(alpha),
+        ..AnalyzeOptions::new(Method::Entropy, PrecisionFile::default(), "test")
+    };
+    let err = analyze(&model(name), &hist, &with(0.5)).err().unwrap().to_string();
+    assert!(err.contains("--channel-max"), "{err}");
+    let err = analyze(&model(name), &hist_of(&model(name)), &with(1.5)).err().unwrap().to_string();
+    assert!(err.contains("alpha must be from 0 to 1"), "{err}");
+}
