@@ -9,7 +9,6 @@ pub mod flops;
 pub mod lint;
 pub mod qdq;
 pub mod scales;
-pub mod smooth;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -53,6 +52,9 @@ pub enum AnalyzeError {
         /// What is wrong and what to do.
         message: String,
     },
+    /// Re-applying the .hist's smoothing failed.
+    #[error(transparent)]
+    Smooth(#[from] smoothquant::SmoothError),
     /// The precision lists or the placement failed.
     #[error(transparent)]
     Placement(#[from] placement::PlacementError),
@@ -92,11 +94,9 @@ pub enum AnalyzeError {
 
 /// The `format` value of ranges.json.
 pub const RANGES_FORMAT: &str = "int8kit.ranges";
-/// The ranges.json version; bump on any incompatible change. Version 3 added `smoothing`.
+/// The ranges.json version; bump on any incompatible change. Version 3 added `smoothing` and the weights'
+/// `clip` and `clip_ratio_min`.
 pub const RANGES_VERSION: u32 = 3;
-
-/// The `method` of a smoothed activation in ranges.json: max calibration of `X / s`.
-pub const SMOOTHED_METHOD: &str = "smooth-max";
 
 /// How `analyze` chooses scales and precision.
 #[derive(Debug, Clone)]
@@ -113,9 +113,8 @@ pub struct AnalyzeOptions {
     pub per_tensor: std::collections::BTreeMap<String, Method>,
     /// Target runtime and attention default for the Q/DQ placement.
     pub placement: PlacementOptions,
-    /// SmoothQuant migration strength alpha for the inputs of INT8 GEMMs (needs a `--channel-max` .hist);
-    /// off when `None`.
-    pub smooth: Option<f32>,
+    /// How weight channels' amax is chosen.
+    pub weight_clip: qdq::WeightClip,
 }
 
 /// The TensorRT version written in calibration cache headers unless one is asked for.
@@ -132,7 +131,7 @@ impl AnalyzeOptions {
             trt_version: DEFAULT_TRT_VERSION.into(),
             per_tensor: Default::default(),
             placement: PlacementOptions::default(),
-            smooth: None,
+            weight_clip: qdq::WeightClip::Max,
         }
     }
 }
@@ -210,8 +209,9 @@ pub fn build_qdq(
     options: &PlacementOptions,
     amax: &HashMap<String, f32>,
     max_abs: &HashMap<String, f32>,
+    weight_clip: qdq::WeightClip,
 ) -> Result<(graph::proto::ModelProto, qdq::QdqSummary), AnalyzeError> {
-    let (proto, summary) = qdq::insert_qdq(model, decisions, options, amax)?;
+    let (proto, summary) = qdq::insert_qdq(model, decisions, options, amax, weight_clip)?;
     let proto = float_type::convert(model, proto, effective_float_type(model, options), max_abs)?;
     Ok((proto, summary))
 }
@@ -289,6 +289,11 @@ pub struct WeightRange {
     pub amax_min: f32,
     /// Largest channel amax.
     pub amax_max: f32,
+    /// How the channels' amax was chosen (`max`, `mse`).
+    pub clip: &'static str,
+    /// With `mse`: the smallest channel amax as a share of that channel's max |w| (1 when nothing was
+    /// clipped).
+    pub clip_ratio_min: f32,
 }
 
 /// `ranges.json`.
@@ -320,9 +325,9 @@ pub struct Ranges {
     pub tensors: Vec<TensorRange>,
     /// Per quantized weight, the channel ranges.
     pub weights: Vec<WeightRange>,
-    /// With `--smooth`: what was smoothed (absent otherwise).
+    /// With a .hist from `calibrate --smooth`: what was smoothed (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub smoothing: Option<smooth::Smoothing>,
+    pub smoothing: Option<smoothquant::Smoothing>,
 }
 
 impl Ranges {
@@ -361,8 +366,13 @@ pub struct Analysis {
     pub model: Model,
 }
 
-/// Computes scales, decides precision, and builds the artifacts.
-pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> Result<Analysis, AnalyzeError> {
+/// The model a .hist describes, ready for scales: loaded, refused if already quantized or if it is not the
+/// model the statistics were collected on, an FP16 model as its float32 twin, and smoothed as calibration
+/// smoothed it (`calibrate --smooth`: the statistics are then the smoothed model's), with what smoothing did.
+pub fn load_calibrated(
+    model_path: &Path,
+    hist: &HistFile,
+) -> Result<(Model, Option<smoothquant::Smoothing>), AnalyzeError> {
     let mut model = Model::load(model_path)?;
     model.check_not_quantized()?;
     model.normalize_to_float32()?;
@@ -377,62 +387,44 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
             ),
         });
     }
+    let smoothing = match &hist.smoothing {
+        Some(record) => Some(smoothquant::smooth(&mut model, &record.channel_max, record.alpha)?),
+        None => None,
+    };
+    Ok((model, smoothing))
+}
+
+/// Computes scales, decides precision, and builds the artifacts.
+pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> Result<Analysis, AnalyzeError> {
+    let (model, smoothing) = load_calibrated(model_path, hist)?;
     let decisions =
         placement::decide(&model.proto.graph, &options.precision, &options.placement, &options.precision_origin)?;
     let image = max_calibrated(&model.proto.graph);
-    let mut amax = activation_amax(hist, &model.proto.graph, options.method, &options.per_tensor);
-    let mut maxima = max_abs(hist);
-    let smoothing = match options.smooth {
-        Some(alpha) => Some(smooth::smooth(&mut model, &decisions, hist, alpha)?),
-        None => None,
-    };
-    // A smoothed activation holds X / s: its amax (max calibration) and max |x| come from the channel maxima.
-    let smoothed = smoothing.as_ref().map(smooth::Smoothing::amax).unwrap_or_default();
-    amax.extend(smoothed.clone());
-    maxima.extend(smoothed.clone());
-    let (qdq, summary) = build_qdq(&model, &decisions, &options.placement, &amax, &maxima)?;
+    let amax = activation_amax(hist, &model.proto.graph, options.method, &options.per_tensor);
+    let (qdq, summary) = build_qdq(&model, &decisions, &options.placement, &amax, &max_abs(hist), options.weight_clip)?;
     let quantized: HashMap<&str, f32> = summary.activations.iter().map(|(n, a)| (n.as_str(), *a)).collect();
 
     let mut methods: Vec<Method> = Method::ALL_DEFAULT.to_vec();
     if !methods.contains(&options.method) {
         methods.push(options.method);
     }
-    let mut tensors: Vec<TensorRange> = hist
+    let tensors: Vec<TensorRange> = hist
         .tensors
         .iter()
         .map(|t| {
             let a = quantized.get(t.name.as_str()).copied().unwrap_or(amax[&t.name]);
-            let smooth = smoothed.contains_key(&t.name);
             TensorRange {
                 name: t.name.clone(),
                 op: t.op.clone(),
                 quantized: quantized.contains_key(t.name.as_str()),
-                method: if smooth {
-                    SMOOTHED_METHOD.into()
-                } else {
-                    tensor_method(t, &image, options.method, &options.per_tensor).name()
-                },
+                method: tensor_method(t, &image, options.method, &options.per_tensor).name(),
                 amax: a,
                 scale: a / 127.0,
-                // Max calibration of the smoothed values: nothing beyond amax.
-                clipped: if smooth { 0.0 } else { scales::clipped_share(&t.stats, a) },
+                clipped: scales::clipped_share(&t.stats, a),
                 amax_by_method: methods.iter().map(|m| (m.name(), scales::amax(&t.stats, *m))).collect(),
             }
         })
         .collect();
-    // Smoothed activations that are new tensors (the output of an inserted Mul) have no histogram.
-    for t in smoothing.iter().flat_map(|s| &s.tensors).filter(|t| hist.tensor(&t.quantized).is_none()) {
-        tensors.push(TensorRange {
-            name: t.quantized.clone(),
-            op: Some("Mul".into()),
-            quantized: quantized.contains_key(t.quantized.as_str()),
-            method: SMOOTHED_METHOD.into(),
-            amax: t.amax,
-            scale: t.amax / 127.0,
-            clipped: 0.0,
-            amax_by_method: Vec::new(),
-        });
-    }
     let input = model.resolve_input(hist.recipe.name.as_deref())?.name.clone();
     let flops = flops::gemm_flops(&model, &hist.recipe, &input)?;
     let total: f64 = flops.values().sum();
@@ -442,12 +434,20 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
     let weights = summary
         .weights
         .iter()
-        .map(|(name, axis, a)| WeightRange {
+        .map(|(name, axis, w)| WeightRange {
             name: name.clone(),
             axis: *axis,
-            channels: a.len(),
-            amax_min: a.iter().copied().fold(f32::INFINITY, f32::min),
-            amax_max: a.iter().copied().fold(0.0, f32::max),
+            channels: w.amax.len(),
+            amax_min: w.amax.iter().copied().fold(f32::INFINITY, f32::min),
+            amax_max: w.amax.iter().copied().fold(0.0, f32::max),
+            clip: options.weight_clip.name(),
+            clip_ratio_min: w
+                .amax
+                .iter()
+                .zip(&w.max)
+                .filter(|(_, m)| **m > 0.0)
+                .map(|(a, m)| a / m)
+                .fold(1.0, f32::min),
         })
         .collect();
     // The cache covers every activation (TensorRT 10's implicit mode wants a range for each tensor), so it is
@@ -457,8 +457,8 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
     let cache = if let Some(s) = &smoothing {
         Cache::Omitted {
             reason: format!(
-                "calibration.cache not written: --smooth {} rewrote the model's weights and LayerNorms, and the \
-                 cache would serve the unmodified model; TensorRT builds from model.qdq.onnx",
+                "calibration.cache not written: calibrate --smooth {} rewrote the model's weights and LayerNorms, \
+                 and the cache would serve the unmodified model; TensorRT builds from model.qdq.onnx",
                 s.alpha
             ),
         }
@@ -543,8 +543,6 @@ impl Analysis {
                 format!("{:.6e}", t.clipped),
             ];
             row.extend(t.amax_by_method.iter().map(|(_, a)| a.to_string()));
-            // A smoothed tensor without a histogram has no amax by method: empty cells.
-            row.resize(header.len(), String::new());
             w.write_record(&row).map_err(err)?;
         }
         w.into_inner().map_err(|e| err(e.into_error().into()))

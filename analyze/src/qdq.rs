@@ -17,8 +17,8 @@ use placement::{Decision, PlacementOptions};
 pub struct QdqSummary {
     /// Activation tensors given Q/DQ, with their amax, in graph order.
     pub activations: Vec<(String, f32)>,
-    /// Weight initializers stored as int8: (name, axis, per-channel amax).
-    pub weights: Vec<(String, usize, Vec<f32>)>,
+    /// Weight initializers stored as int8: (name, axis, the quantization).
+    pub weights: Vec<(String, usize, QuantizedWeights)>,
 }
 
 fn scalar_f32(name: &str, v: f32) -> TensorProto {
@@ -58,8 +58,19 @@ fn node(op: &str, name: &str, inputs: &[&str], output: &str, axis: Option<usize>
     n
 }
 
-/// Symmetric per-channel int8 weights along `axis`: (int8 values, per-channel amax).
-pub fn quantize_weights(values: &[f32], dims: &[i64], axis: usize) -> (Vec<i8>, Vec<f32>) {
+/// A weight quantized per channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedWeights {
+    /// The int8 values.
+    pub q: Vec<i8>,
+    /// Per channel, the amax its scale is amax/127 of.
+    pub amax: Vec<f32>,
+    /// Per channel, max |w| (equal to `amax` unless clipped).
+    pub max: Vec<f32>,
+}
+
+/// Symmetric per-channel int8 weights along `axis`.
+pub fn quantize_weights(values: &[f32], dims: &[i64], axis: usize, clip: WeightClip) -> QuantizedWeights {
     let channels = dims[axis] as usize;
     let inner: usize = dims[axis + 1..].iter().product::<i64>() as usize;
     let channel_of = |i: usize| (i / inner.max(1)) % channels.max(1);
@@ -67,6 +78,16 @@ pub fn quantize_weights(values: &[f32], dims: &[i64], axis: usize) -> (Vec<i8>, 
     for (i, v) in values.iter().enumerate() {
         let c = channel_of(i);
         amax[c] = amax[c].max(v.abs());
+    }
+    let max = amax.clone();
+    if clip == WeightClip::Mse {
+        let mut by_channel: Vec<Vec<f32>> = vec![Vec::new(); channels];
+        for (i, v) in values.iter().enumerate() {
+            by_channel[channel_of(i)].push(*v);
+        }
+        for (a, w) in amax.iter_mut().zip(&by_channel) {
+            *a = mse_clip(w, *a);
+        }
     }
     for a in amax.iter_mut() {
         if !(*a > 0.0 && a.is_finite()) {
@@ -82,7 +103,70 @@ pub fn quantize_weights(values: &[f32], dims: &[i64], axis: usize) -> (Vec<i8>, 
             (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8
         })
         .collect();
-    (q, amax)
+    QuantizedWeights { q, amax, max }
+}
+
+/// How a weight channel's amax is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightClip {
+    /// The channel's max |w|: nothing clipped.
+    #[default]
+    Max,
+    /// The clip, from max |w| down to half of it in 1 % steps, with the least squared error of the int8
+    /// round trip (the search TensorRT's and ModelOpt's tooling offer for weights).
+    Mse,
+}
+
+impl WeightClip {
+    /// The name on the command line and in ranges.json.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightClip::Max => "max",
+            WeightClip::Mse => "mse",
+        }
+    }
+}
+
+impl std::str::FromStr for WeightClip {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "max" => Ok(WeightClip::Max),
+            "mse" => Ok(WeightClip::Mse),
+            other => Err(format!("'{other}': expected 'max' or 'mse'")),
+        }
+    }
+}
+
+/// Candidate clips of the MSE search, as shares of max |w|: 1.00, 0.99, ..., 0.50.
+const CLIP_STEPS: usize = 51;
+
+/// The amax in (0.5, 1] x `max` whose int8 round trip of `w` has the least squared error; the largest on
+/// ties, so that a channel that gains nothing keeps its max.
+pub fn mse_clip(w: &[f32], max: f32) -> f32 {
+    if !(max > 0.0 && max.is_finite()) {
+        return max;
+    }
+    let error = |amax: f32| -> f64 {
+        let scale = amax / 127.0;
+        w.iter()
+            .filter(|v| v.is_finite())
+            .map(|v| {
+                let q = (v / scale).round_ties_even().clamp(-127.0, 127.0) * scale;
+                ((v - q) as f64).powi(2)
+            })
+            .sum()
+    };
+    let mut best = (error(max), max);
+    for step in 1..CLIP_STEPS {
+        let amax = max * (1.0 - step as f32 / 100.0);
+        let e = error(amax);
+        if e < best.0 {
+            best = (e, amax);
+        }
+    }
+    best.1
 }
 
 /// Builds the Q/DQ model. `amax` gives every activation's threshold (from the .hist and the method).
@@ -91,6 +175,7 @@ pub fn insert_qdq(
     decisions: &[Decision],
     options: &PlacementOptions,
     amax: &HashMap<String, f32>,
+    weight_clip: WeightClip,
 ) -> Result<(ModelProto, QdqSummary), AnalyzeError> {
     let source = &model.proto.graph;
     let opset = graph::default_opset(&model.proto);
@@ -196,7 +281,8 @@ pub fn insert_qdq(
             message: format!("weight '{w_name}' of node '{}' is not a constant", source.node[n].name),
         })?;
         let values = model.tensor_f32(w)?;
-        let (q, ch_amax) = quantize_weights(&values, &w.dims, axis);
+        let quantized = quantize_weights(&values, &w.dims, axis, weight_clip);
+        let (q, ch_amax) = (&quantized.q, &quantized.amax);
         let mut qt = TensorProto::new();
         qt.name = names.fresh(&format!("{w_name}_quantized"));
         qt.data_type = DataType::INT8 as i32;
@@ -220,7 +306,7 @@ pub fn insert_qdq(
         graph.initializer.extend([qt, st, zp]);
         graph.node[n].input[slot] = dq_out.clone();
         done.insert((w_name.clone(), axis), dq_out);
-        summary.weights.push((w_name, axis, ch_amax));
+        summary.weights.push((w_name, axis, quantized));
     }
     // Drop the Cast/Identity chains that fed replaced weights (FP16 weights cast in the graph), now unread.
     loop {
@@ -341,7 +427,7 @@ mod tests {
         let decisions = decide(&model.proto.graph, &allow_concat, &Default::default(), "test").unwrap();
         let amax: HashMap<String, f32> =
             [("x", 2.0f32), ("c", 1.0), ("y", 3.0)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        let (proto, summary) = insert_qdq(&model, &decisions, &Default::default(), &amax).unwrap();
+        let (proto, summary) = insert_qdq(&model, &decisions, &Default::default(), &amax, WeightClip::Max).unwrap();
         let nodes = &proto.graph.node;
         let dq_outputs: Vec<&str> =
             nodes.iter().filter(|n| n.op_type == "DequantizeLinear").map(|n| n.output[0].as_str()).collect();
@@ -364,15 +450,35 @@ mod tests {
         let values: Vec<f32> = (0..12).map(|i| ((i * 37) % 11) as f32 * 0.173 - 0.8).chain([]).collect();
         let mut values = values;
         values[4..8].iter_mut().for_each(|v| *v = 0.0); // an all-zero channel
-        let (q, amax) = quantize_weights(&values, &dims, 0);
+        let QuantizedWeights { q, amax, .. } = quantize_weights(&values, &dims, 0, WeightClip::Max);
         assert_eq!(amax[1], ZERO_RANGE_AMAX);
         for (i, (&v, &qv)) in values.iter().zip(&q).enumerate() {
             let scale = amax[i / 4] / 127.0;
             assert!((qv as f32 * scale - v).abs() <= scale / 2.0 + 1e-7, "{i}: {v} -> {qv}");
         }
         // Axis 1 of a [2, 3] matrix: per column.
-        let (q, amax) = quantize_weights(&[1.0, -2.0, 0.5, -1.0, 4.0, 0.25], &[2, 3], 1);
+        let QuantizedWeights { q, amax, .. } =
+            quantize_weights(&[1.0, -2.0, 0.5, -1.0, 4.0, 0.25], &[2, 3], 1, WeightClip::Max);
         assert_eq!(amax, vec![1.0, 4.0, 0.5]);
         assert_eq!(q, vec![127, -64, 127, -127, 127, 64]);
+    }
+
+    #[test]
+    fn the_mse_clip_lowers_the_round_trip_error_of_a_heavy_tailed_channel_and_keeps_a_flat_one() {
+        let round_trip = |w: &[f32], amax: f32| -> f64 {
+            let s = amax / 127.0;
+            w.iter().map(|v| ((v - (v / s).round_ties_even().clamp(-127.0, 127.0) * s) as f64).powi(2)).sum()
+        };
+        // Many small weights and one outlier: clipping the outlier buys resolution for the rest.
+        let mut tailed: Vec<f32> = (0..400).map(|i| ((i * 7919) % 200) as f32 / 200.0 - 0.5).collect();
+        tailed.push(6.0);
+        let clip = mse_clip(&tailed, 6.0);
+        assert!((3.0..6.0).contains(&clip), "{clip}");
+        assert!(round_trip(&tailed, clip) < round_trip(&tailed, 6.0));
+        // Evenly spread weights: max is already the best, and ties keep it.
+        let flat: Vec<f32> = (-127..=127).map(|i| i as f32 / 127.0).collect();
+        assert_eq!(mse_clip(&flat, 1.0), 1.0);
+        let w = quantize_weights(&tailed, &[1, tailed.len() as i64], 0, WeightClip::Mse);
+        assert_eq!((w.amax, w.max), (vec![clip], vec![6.0]));
     }
 }

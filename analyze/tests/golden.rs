@@ -52,10 +52,18 @@ fn ranges_json_matches_the_golden_file() {
             clipped: 0.0,
             amax_by_method: vec![("entropy".into(), 2.0), ("max".into(), 2.5)],
         }],
-        weights: vec![WeightRange { name: "conv.weight".into(), axis: 0, channels: 4, amax_min: 0.25, amax_max: 1.5 }],
-        smoothing: Some(analyze::smooth::Smoothing {
+        weights: vec![WeightRange {
+            name: "conv.weight".into(),
+            axis: 0,
+            channels: 4,
+            amax_min: 0.25,
+            amax_max: 1.5,
+            clip: "mse",
+            clip_ratio_min: 0.75,
+        }],
+        smoothing: Some(smoothquant::Smoothing {
             alpha: 0.5,
-            tensors: vec![analyze::smooth::SmoothedTensor {
+            tensors: vec![smoothquant::SmoothedTensor {
                 tensor: "/ln/LayerNormalization_output_0".into(),
                 quantized: "/ln/LayerNormalization_output_0".into(),
                 applied: "layernorm".into(),

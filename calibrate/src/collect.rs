@@ -31,8 +31,9 @@ pub struct CalibrateOptions {
     pub selection: Selection,
     /// Where the model runs. With CUDA the activations stay in GPU memory and are reduced there.
     pub device: runtime::Device,
-    /// Also collect max |x| per channel of the inputs of GEMMs with a constant weight (for `--smooth`).
-    pub channel_max: bool,
+    /// SmoothQuant alpha: smooth the model's GEMM inputs (a first pass measures their per-channel maxima)
+    /// and collect the statistics of the smoothed model; `None`: no smoothing.
+    pub smooth: Option<f32>,
 }
 
 impl Default for CalibrateOptions {
@@ -45,7 +46,7 @@ impl Default for CalibrateOptions {
             on_bad_image: OnBadImage::Fail,
             selection: Selection::default(),
             device: runtime::Device::Cpu,
-            channel_max: false,
+            smooth: None,
         }
     }
 }
@@ -154,18 +155,34 @@ fn check_input_shape(model: &Model, input: &ValueInfoProto, recipe: &Recipe) -> 
     Ok(())
 }
 
+/// The model as calibration sees it: loaded, refused if already quantized, and an FP16 model as its float32
+/// twin (every activation gets float statistics).
+fn load_for_calibration(model_path: &Path) -> Result<Model, CalibrateError> {
+    let mut model = Model::load(model_path)?;
+    model.check_not_quantized()?;
+    model.normalize_to_float32()?;
+    Ok(model)
+}
+
 impl TappedModel {
-    /// Loads the model and adds every float32 activation as a graph output, in memory only.
+    /// Loads the model and adds every float32 activation as a graph output, in memory only; with
+    /// `channel_max`, the inputs of smoothable GEMMs also get per-channel maxima.
     pub fn new(
         model_path: &Path,
         recipe: &Recipe,
         selection: Selection,
         channel_max: bool,
     ) -> Result<TappedModel, CalibrateError> {
-        let mut model = Model::load(model_path)?;
-        model.check_not_quantized()?;
-        // An FP16 model is calibrated as its float32 twin: every activation gets float statistics.
-        model.normalize_to_float32()?;
+        TappedModel::from_model(load_for_calibration(model_path)?, recipe, selection, channel_max)
+    }
+
+    /// [`TappedModel::new`] for a model already in memory (float32, not quantized).
+    pub fn from_model(
+        mut model: Model,
+        recipe: &Recipe,
+        selection: Selection,
+        channel_max: bool,
+    ) -> Result<TappedModel, CalibrateError> {
         let input = model.resolve_input(recipe.name.as_deref())?.clone();
         check_input_shape(&model, &input, recipe)?;
         let (mut activations, not_collected) = find_activations(&model);
@@ -299,7 +316,23 @@ fn file_name(p: &Path) -> String {
     p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
 }
 
-/// Runs the calibration pass. `progress(done, total)` is called after each batch.
+/// What one pass over the images gives.
+struct Pass {
+    /// Per activation of the tapped model, in its order.
+    stats: Vec<TensorStats>,
+    /// Per-channel maxima by tensor name (only when the tapped model collects them).
+    channel_max: std::collections::BTreeMap<String, histograms::ChannelMax>,
+    /// Images that went through the model.
+    done: u64,
+    /// Images skipped as unreadable.
+    skipped: Vec<(std::path::PathBuf, String)>,
+    /// With CUDA: peak device memory, MB.
+    device_memory_peak_mb: Option<f64>,
+}
+
+/// Runs the calibration pass: with `options.smooth`, first a pass that measures the per-channel maxima of the
+/// smoothable GEMM inputs, then the smoothing (in memory), then the statistics of the smoothed model.
+/// `progress(done, total)` is called after each batch.
 pub fn calibrate(
     model_path: &Path,
     images: &Path,
@@ -308,30 +341,97 @@ pub fn calibrate(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(HistFile, CalibrationSummary), CalibrateError> {
     recipe.validate("recipe")?;
+    let refuse = |message: &str| CalibrateError::Input { model: model_path.to_path_buf(), message: message.into() };
     if options.device.is_cuda() && recipe.dtype == InputType::Uint8 {
-        return Err(CalibrateError::Input {
-            model: model_path.to_path_buf(),
-            message: "uint8 image inputs run on the CPU only for now (the GPU path binds float32 batches); use \
-                      --device cpu"
-                .into(),
-        });
+        return Err(refuse(
+            "uint8 image inputs run on the CPU only for now (the GPU path binds float32 batches); use --device cpu",
+        ));
     }
-    if options.device.is_cuda() && options.channel_max {
-        return Err(CalibrateError::Input {
-            model: model_path.to_path_buf(),
-            message: "per-channel maxima (--channel-max, for --smooth) are collected on the CPU only for now; use \
-                      --device cpu"
-                .into(),
-        });
+    if options.device.is_cuda() && options.smooth.is_some() {
+        return Err(refuse("--smooth measures per-channel maxima on the CPU only for now; use --device cpu"));
     }
-    let tapped = TappedModel::new(model_path, recipe, options.selection, options.channel_max)?;
-    let label = tapped.model.path.display().to_string();
-
+    let mut model = load_for_calibration(model_path)?;
     let mut dataset = Dataset::flat(images)?;
     if let Some(n) = options.limit {
         dataset = dataset.limit(n, options.seed);
     }
-    let total = dataset.len() as u64;
+    let passes = if options.smooth.is_some() { 2 } else { 1 };
+    let total = passes * dataset.len() as u64;
+    let mut done_before = 0;
+    let mut report = |done: u64| progress(done_before + done, total);
+    let smoothing = match options.smooth {
+        Some(alpha) => {
+            let tapped = TappedModel::from_model(model.clone(), recipe, Selection::Quantizable, true)?;
+            let first = run_pass(&tapped, &dataset, recipe, options, &mut report)?;
+            let record = histograms::SmoothingRecord { alpha, channel_max: first.channel_max };
+            smoothquant::smooth(&mut model, &record.channel_max, alpha)?;
+            Some((record, first.done))
+        }
+        None => None,
+    };
+    if let Some((_, first_done)) = &smoothing {
+        done_before = *first_done;
+    }
+    let mut report = |done: u64| progress(done_before + done, total);
+    let tapped = TappedModel::from_model(model, recipe, options.selection, false)?;
+    let pass = run_pass(&tapped, &dataset, recipe, options, &mut report)?;
+    if pass.done == 0 {
+        return Err(CalibrateError::NoImages { dir: images.to_path_buf(), skipped: pass.skipped.len() });
+    }
+    let tensors = tapped
+        .activations
+        .iter()
+        .zip(pass.stats)
+        .map(|(a, stats)| TensorRecord {
+            name: a.name.clone(),
+            producer: a.producer.clone(),
+            op: a.producer_op.clone(),
+            stats,
+        })
+        .collect::<Vec<_>>();
+    let hist = HistFile {
+        format: HIST_FORMAT.into(),
+        version: HIST_VERSION,
+        content_sha256: None,
+        producer: format!("int8kit calibrate {}", env!("CARGO_PKG_VERSION")),
+        model: ModelInfo { file: file_name(model_path), sha256: tapped.model.sha256.clone() },
+        recipe: recipe.clone(),
+        images: ImagesInfo {
+            folder: file_name(images),
+            count: pass.done,
+            skipped: pass.skipped.len() as u64,
+            limit: options.limit,
+            seed: options.seed,
+            list_sha256: dataset.list_sha256(),
+        },
+        onnxruntime: runtime::version()?,
+        histogram: HistogramInfo { bins: BINS, values: "abs".into() },
+        collected: options.selection,
+        smoothing: smoothing.map(|(record, _)| record),
+        tensors,
+    };
+    let summary = CalibrationSummary {
+        images: pass.done,
+        skipped: pass.skipped,
+        tensors: hist.tensors.len(),
+        not_collected: tapped.not_collected.clone(),
+        device_memory_peak_mb: pass.device_memory_peak_mb,
+        model_files: tapped.model.input_files(),
+    };
+    Ok((hist, summary))
+}
+
+/// One pass of the images through the tapped model: statistics of every activation (measured or copied) and
+/// the per-channel maxima it collects. `batch_done(images so far)` is called after each batch.
+fn run_pass(
+    tapped: &TappedModel,
+    dataset: &Dataset,
+    recipe: &Recipe,
+    options: &CalibrateOptions,
+    batch_done: &mut dyn FnMut(u64),
+) -> Result<Pass, CalibrateError> {
+    let model_path = &tapped.model.path;
+    let label = model_path.display().to_string();
     let batch_size = tapped.model.batch_size_for(&tapped.input, options.batch_size, dataset.len())?;
     if batch_size > 1 && tapped.model.fixed_batch(&tapped.input).is_some() && options.on_bad_image == OnBadImage::Skip {
         // A skipped image would leave a batch short of the fixed size, which the model cannot take.
@@ -371,14 +471,13 @@ pub fn calibrate(
     cfg.spinning = false;
     cfg.device = options.device;
     let mut session = runtime::session_from_bytes(&tapped.model.to_bytes()?, &cfg)?;
-    let onnxruntime = runtime::version()?;
 
     let outputs = tapped.output_names();
     let input_slot = tapped.activations.iter().position(|a| a.producer.is_none());
     let mut input_stats = TensorStats::default();
 
     let mut stream = BatchStream::new(
-        &dataset,
+        dataset,
         recipe,
         StreamOptions { batch_size, lookahead: 2, on_bad_image: options.on_bad_image, pool: None },
     );
@@ -397,7 +496,7 @@ pub fn calibrate(
             let tensors = bound.run(&mut session, &tapped.input, &batch.shape, &batch.data)?;
             gpu.add(&tensors)?;
             done += batch.items.len() as u64;
-            progress(done, total);
+            batch_done(done);
         }
         device_memory_peak_mb = Some(gpu.memory_peak_mb());
         (gpu.finish()?, vec![None; outputs.len()])
@@ -405,23 +504,23 @@ pub fn calibrate(
         collect_on_cpu(
             &mut session,
             &label,
-            &tapped,
+            tapped,
             &outputs,
             &mut stream,
             pool,
             input_slot.is_some().then_some(&mut input_stats),
             &mut |n| {
                 done += n;
-                progress(done, total);
+                batch_done(done);
             },
         )?
     };
     let stats = tapped.plan.assemble(tapped.activations.len(), input_slot, input_stats, measured_stats);
-    let mut channels: std::collections::HashMap<&str, histograms::ChannelMax> = std::collections::HashMap::new();
+    let mut channel_max = std::collections::BTreeMap::new();
     for (name, c) in outputs.iter().zip(measured_channels) {
         match c {
             Some(Ok(c)) if !c.max.is_empty() => {
-                channels.insert(name.as_str(), c);
+                channel_max.insert(name.clone(), c);
             }
             Some(Err(m)) => {
                 return Err(CalibrateError::Input {
@@ -436,52 +535,7 @@ pub fn calibrate(
             _ => {}
         }
     }
-    let skipped = stream.skipped();
-    if done == 0 {
-        return Err(CalibrateError::NoImages { dir: images.to_path_buf(), skipped: skipped.len() });
-    }
-
-    let tensors = tapped
-        .activations
-        .iter()
-        .zip(stats)
-        .map(|(a, stats)| TensorRecord {
-            name: a.name.clone(),
-            producer: a.producer.clone(),
-            op: a.producer_op.clone(),
-            channel_max: channels.remove(a.name.as_str()),
-            stats,
-        })
-        .collect::<Vec<_>>();
-    let hist = HistFile {
-        format: HIST_FORMAT.into(),
-        version: HIST_VERSION,
-        content_sha256: None,
-        producer: format!("int8kit calibrate {}", env!("CARGO_PKG_VERSION")),
-        model: ModelInfo { file: file_name(model_path), sha256: tapped.model.sha256.clone() },
-        recipe: recipe.clone(),
-        images: ImagesInfo {
-            folder: file_name(images),
-            count: done,
-            skipped: skipped.len() as u64,
-            limit: options.limit,
-            seed: options.seed,
-            list_sha256: dataset.list_sha256(),
-        },
-        onnxruntime,
-        histogram: HistogramInfo { bins: BINS, values: "abs".into() },
-        collected: options.selection,
-        tensors,
-    };
-    let summary = CalibrationSummary {
-        images: done,
-        skipped,
-        tensors: hist.tensors.len(),
-        not_collected: tapped.not_collected.clone(),
-        device_memory_peak_mb,
-        model_files: tapped.model.input_files(),
-    };
-    Ok((hist, summary))
+    Ok(Pass { stats, channel_max, done, skipped: stream.skipped(), device_memory_peak_mb })
 }
 
 /// Statistics of the measured tensors, and the per-channel maxima of those that collect them (`None` for the

@@ -48,6 +48,9 @@ pub enum CalibrateError {
         /// How many images were skipped.
         skipped: usize,
     },
+    /// Smoothing failed (alpha out of range, an unreadable weight).
+    #[error(transparent)]
+    Smooth(#[from] smoothquant::SmoothError),
     /// The device statistics failed.
     #[error(transparent)]
     Gpu(#[from] gpu::GpuError),

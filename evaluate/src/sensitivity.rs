@@ -37,6 +37,8 @@ pub struct SensitivityInputs {
     pub placement: runtime::Placement,
     /// Target runtime and attention default of the Q/DQ placement.
     pub qdq: PlacementOptions,
+    /// How weight channels' amax is chosen.
+    pub weight_clip: analyze::qdq::WeightClip,
 }
 
 /// What one model variant does to the evaluation subset, against FP32.
@@ -202,6 +204,7 @@ struct Evaluator<'a> {
     classifier: &'a Classifier,
     placement: runtime::Placement,
     qdq: PlacementOptions,
+    weight_clip: analyze::qdq::WeightClip,
     hist: &'a HistFile,
 }
 
@@ -235,6 +238,7 @@ impl<'a> Evaluator<'a> {
             classifier,
             placement,
             qdq: inputs.qdq,
+            weight_clip: inputs.weight_clip,
             hist: &inputs.hist,
         };
         ev.fp32 = ev.outputs(&model.to_bytes()?)?;
@@ -329,7 +333,8 @@ impl<'a> Evaluator<'a> {
     }
 
     fn variant(&self, decisions: &[Decision], amax: &HashMap<String, f32>) -> Result<Effect, EvaluateError> {
-        let (proto, _) = analyze::build_qdq(self.model, decisions, &self.qdq, amax, &analyze::max_abs(self.hist))?;
+        let maxima = analyze::max_abs(self.hist);
+        let (proto, _) = analyze::build_qdq(self.model, decisions, &self.qdq, amax, &maxima, self.weight_clip)?;
         let bytes = graph::proto::Message::write_to_bytes(&proto).map_err(graph::GraphError::Encode)?;
         let outputs = self.outputs(&bytes)?;
         self.check_finite(&outputs, false)?;
@@ -350,7 +355,7 @@ fn method_choices(
 ) -> Result<Vec<MethodChoice>, EvaluateError> {
     let graph = &ev.model.proto.graph;
     let amax = analyze::activation_amax(hist, graph, method, &Default::default());
-    let (_, summary) = analyze::qdq::insert_qdq(ev.model, decisions, &ev.qdq, &amax)?;
+    let (_, summary) = analyze::qdq::insert_qdq(ev.model, decisions, &ev.qdq, &amax, ev.weight_clip)?;
     let image = analyze::max_calibrated(graph);
     let mut out = Vec::new();
     for (tensor, _) in &summary.activations {
@@ -383,9 +388,7 @@ pub fn sensitivity(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<SensitivityReport, EvaluateError> {
     let start = std::time::Instant::now();
-    let mut model = Model::load(&inputs.model)?;
-    model.check_not_quantized()?;
-    model.normalize_to_float32()?;
+    let (model, _) = analyze::load_calibrated(&inputs.model, &inputs.hist)?;
     let ev = Evaluator::new(&model, inputs)?;
     measure_nodes(&ev, inputs, choose_methods, progress, start)
 }
@@ -464,9 +467,7 @@ pub fn auto_precision(
 ) -> Result<AutoPrecision, EvaluateError> {
     budget.check(&inputs.dataset)?;
     let start = std::time::Instant::now();
-    let mut model = Model::load(&inputs.model)?;
-    model.check_not_quantized()?;
-    model.normalize_to_float32()?;
+    let (model, _) = analyze::load_calibrated(&inputs.model, &inputs.hist)?;
     let ev = Evaluator::new(&model, inputs)?;
     let images = ev.batches.iter().map(|b| b.items.len() as u64).sum();
     let report = measure_nodes(&ev, inputs, false, progress, start)?;

@@ -41,8 +41,10 @@ pub struct ValidateConfig {
     pub recipe: Recipe,
     /// Scale method.
     pub method: Method,
-    /// SmoothQuant alpha for the inputs of INT8 GEMMs (calibration then also collects per-channel maxima).
+    /// SmoothQuant alpha: calibration smooths the model's GEMM inputs first (`calibrate --smooth`).
     pub smooth: Option<f32>,
+    /// How weight channels' amax is chosen.
+    pub weight_clip: analyze::qdq::WeightClip,
     /// Precision allow/deny lists, and where they came from (for messages).
     pub precision: PrecisionFile,
     /// Where `precision` came from: a file path or "defaults".
@@ -233,7 +235,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         limit: config.limit_calib,
         threads: config.placement.threads,
         device: config.placement.device,
-        channel_max: config.smooth.is_some(),
+        smooth: config.smooth,
         ..Default::default()
     };
     let (hist, _) = calibrate(&config.model, &config.calib, &config.recipe, &options, &mut |done, total| {
@@ -245,7 +247,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         &hist,
         &AnalyzeOptions {
             placement: config.qdq,
-            smooth: config.smooth,
+            weight_clip: config.weight_clip,
             ..AnalyzeOptions::new(config.method, config.precision.clone(), config.precision_origin.clone())
         },
     )?;

@@ -38,6 +38,7 @@ fn planted_inputs() -> (SensitivityInputs, String) {
         precision: PrecisionFile::default(),
         placement: Default::default(),
         qdq: Default::default(),
+        weight_clip: Default::default(),
     };
     (inputs, planted)
 }

@@ -1,5 +1,6 @@
-//! SmoothQuant smoothing (`analyze --smooth`) on the fixture ViTs: it leaves the FP32 function unchanged,
-//! and it repairs an outlier channel planted into a LayerNorm.
+//! SmoothQuant smoothing (`calibrate --smooth`) on the fixture ViTs: it leaves the FP32 function unchanged,
+//! it repairs an outlier channel planted into a LayerNorm, and a smoothed .hist gives the same artifacts
+//! whatever the batch size.
 
 use std::path::{Path, PathBuf};
 
@@ -12,8 +13,9 @@ use evaluate::compare::{fidelity, ort_model, Fidelity};
 use histograms::HistFile;
 use test_support::{calib_dir, model, recipe, val_subset};
 
-fn hist_of(path: &Path) -> HistFile {
-    let options = CalibrateOptions { limit: Some(200), channel_max: true, ..Default::default() };
+/// Statistics over 200 calibration images, smoothed with `smooth` first when given.
+fn hist_of(path: &Path, smooth: Option<f32>) -> HistFile {
+    let options = CalibrateOptions { limit: Some(200), smooth, ..Default::default() };
     calibrate(path, &calib_dir(), &recipe(), &options, &mut |_, _| {}).unwrap().0
 }
 
@@ -26,10 +28,11 @@ fn outputs(path: &Path) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// INT8 (`smooth` or not) against FP32 on 500 held-out images.
-fn int8_fidelity(fp32: &Path, hist: &HistFile, smooth: Option<f32>, dir: &Path) -> Fidelity {
-    let options = AnalyzeOptions { smooth, ..AnalyzeOptions::new(Method::Entropy, PrecisionFile::default(), "test") };
-    let a = analyze(fp32, hist, &options).unwrap();
+/// INT8 (calibrated with `smooth` or not) against FP32 on 500 held-out images.
+fn int8_fidelity(fp32: &Path, smooth: Option<f32>, dir: &Path) -> Fidelity {
+    let options = AnalyzeOptions::new(Method::Entropy, PrecisionFile::default(), "test");
+    let a = analyze(fp32, &hist_of(fp32, smooth), &options).unwrap();
+    assert_eq!(a.ranges.smoothing.is_some(), smooth.is_some());
     let out = dir.join(format!("smooth-{smooth:?}"));
     a.write(&out).unwrap();
     let mut reference = ort_model(fp32, &recipe(), Default::default()).unwrap();
@@ -42,11 +45,10 @@ fn smoothing_leaves_the_fp32_outputs_unchanged() {
     // opset 17: LayerNormalization (scale and bias take 1/s); opset 13: the decomposed LayerNorm's
     // trailing Mul/Add take it. Both also get Muls in front of GEMMs without a foldable producer.
     for name in ["fmnist_vit_opset17.onnx", "fmnist_vit_opset13.onnx"] {
-        let hist = hist_of(&model(name));
+        let hist = hist_of(&model(name), Some(0.5));
+        let record = hist.smoothing.as_ref().unwrap();
         let mut m = graph::Model::load(&model(name)).unwrap();
-        let decisions =
-            analyze::placement::decide(&m.proto.graph, &PrecisionFile::default(), &Default::default(), "test").unwrap();
-        let s = analyze::smooth::smooth(&mut m, &decisions, &hist, 0.5).unwrap();
+        let s = smoothquant::smooth(&mut m, &record.channel_max, record.alpha).unwrap();
         let folded = s.tensors.iter().filter(|t| t.applied != "mul").count();
         assert!(folded >= 12 && s.tensors.len() > folded, "{name}: {:?}", s.tensors);
         assert!(s.tensors.iter().all(|t| t.scale_max > 1.0), "{name}: factors moved nothing");
@@ -97,9 +99,8 @@ fn planted_outlier(dir: &Path, channel: usize, factor: f32) -> PathBuf {
 fn smoothing_repairs_a_planted_outlier_channel() {
     let dir = tempfile::tempdir().unwrap();
     let planted = planted_outlier(dir.path(), 7, 64.0);
-    let hist = hist_of(&planted);
-    let plain = int8_fidelity(&planted, &hist, None, dir.path());
-    let smoothed = int8_fidelity(&planted, &hist, Some(0.5), dir.path());
+    let plain = int8_fidelity(&planted, None, dir.path());
+    let smoothed = int8_fidelity(&planted, Some(0.5), dir.path());
     eprintln!("planted outlier: SQNR {:.2} dB plain, {:.2} dB smoothed", plain.sqnr_db, smoothed.sqnr_db);
     // Stated margin: smoothing wins back at least 3 dB of output SQNR on the planted model.
     assert!(smoothed.sqnr_db >= plain.sqnr_db + 3.0, "plain {plain:?}, smoothed {smoothed:?}");
@@ -107,16 +108,17 @@ fn smoothing_repairs_a_planted_outlier_channel() {
 }
 
 #[test]
-fn smoothing_without_channel_maxima_or_with_alpha_out_of_range_is_refused() {
-    let name = "fmnist_vit_opset17.onnx";
-    let options = CalibrateOptions { limit: Some(20), ..Default::default() };
-    let hist = calibrate(&model(name), &calib_dir(), &recipe(), &options, &mut |_, _| {}).unwrap().0;
-    let with = |alpha| AnalyzeOptions {
-        smooth: Some(alpha),
-        ..AnalyzeOptions::new(Method::Entropy, PrecisionFile::default(), "test")
+fn a_smoothed_hist_is_batch_independent_and_alpha_out_of_range_is_refused() {
+    let name = "fmnist_vit_opset13.onnx";
+    let run = |batch_size| {
+        let options = CalibrateOptions { limit: Some(48), smooth: Some(0.5), batch_size, ..Default::default() };
+        calibrate(&model(name), &calib_dir(), &recipe(), &options, &mut |_, _| {}).unwrap().0
     };
-    let err = analyze(&model(name), &hist, &with(0.5)).err().unwrap().to_string();
-    assert!(err.contains("--channel-max"), "{err}");
-    let err = analyze(&model(name), &hist_of(&model(name)), &with(1.5)).err().unwrap().to_string();
+    let (a, b) = (run(16), run(5));
+    assert_eq!(a.to_json().unwrap(), b.to_json().unwrap());
+    // The smoothed model's own tensors: the inserted Muls' outputs have statistics.
+    assert!(a.tensors.iter().any(|t| t.name.ends_with("_smoothed")), "no smoothed tensor collected");
+    let options = CalibrateOptions { limit: Some(8), smooth: Some(1.5), ..Default::default() };
+    let err = calibrate(&model(name), &calib_dir(), &recipe(), &options, &mut |_, _| {}).err().unwrap().to_string();
     assert!(err.contains("alpha must be from 0 to 1"), "{err}");
 }

@@ -9,7 +9,9 @@ pub mod histogram;
 use std::path::PathBuf;
 
 pub use channels::{ChannelMax, ChannelMismatch};
-pub use hist_file::{HistFile, HistogramInfo, ImagesInfo, ModelInfo, TensorRecord, HIST_FORMAT, HIST_VERSION};
+pub use hist_file::{
+    HistFile, HistogramInfo, ImagesInfo, ModelInfo, SmoothingRecord, TensorRecord, HIST_FORMAT, HIST_VERSION,
+};
 pub use histogram::{AbsHistogram, TensorStats, BINS};
 
 /// Errors reading or writing a `.hist` file.

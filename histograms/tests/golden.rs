@@ -30,21 +30,22 @@ fn sample() -> HistFile {
         histogram: HistogramInfo { bins: histograms::BINS, values: "abs".into() },
         collected: Selection::Quantizable,
         tensors: vec![
-            TensorRecord {
-                name: "input".into(),
-                producer: None,
-                op: None,
-                stats: stats(&[0.0, -1.5, 2.25, 0.5]),
-                channel_max: None,
-            },
+            TensorRecord { name: "input".into(), producer: None, op: None, stats: stats(&[0.0, -1.5, 2.25, 0.5]) },
             TensorRecord {
                 name: "/conv/Conv_output_0".into(),
                 producer: Some("/conv/Conv".into()),
                 op: Some("Conv".into()),
                 stats: stats(&[f32::NAN, f32::INFINITY, -3.0, 1e-3, -0.0]),
-                channel_max: Some(histograms::ChannelMax { max: vec![1e-3, 3.0] }),
             },
         ],
+        smoothing: Some(histograms::SmoothingRecord {
+            alpha: 0.5,
+            channel_max: [(
+                "/ln/LayerNormalization_output_0".to_string(),
+                histograms::ChannelMax { max: vec![1e-3, 3.0] },
+            )]
+            .into(),
+        }),
     }
 }
 
@@ -83,7 +84,7 @@ fn read_edited(version: u32, edit: impl Fn(&mut serde_json::Value)) -> Result<Hi
 fn a_version_2_file_still_reads() {
     let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/sample.v2.hist");
     let h = HistFile::read(&old).unwrap();
-    assert_eq!((h.version, h.tensors.len(), h.tensors[1].channel_max.is_none()), (2, 2, true));
+    assert_eq!((h.version, h.tensors.len(), h.smoothing.is_none()), (2, 2, true));
 }
 
 #[test]
@@ -104,10 +105,10 @@ fn edited_statistics_are_refused_by_checksum_or_by_consistency() {
         ("range", Box::new(|v| v["tensors"][0]["hist"]["range_exp"] = 3.into()), "range exponent"),
         ("min > max", Box::new(|v| v["tensors"][0]["min"] = 3.0.into()), "not an interval"),
         ("max", Box::new(|v| v["tensors"][0]["max"] = 1.0.into()), "needs"),
-        ("channel max", Box::new(|v| v["tensors"][1]["channel_max"] = serde_json::json!([1e-3, 2.0])), "channel max 2"),
+        ("alpha", Box::new(|v| v["smoothing"]["alpha"] = 1.5.into()), "alpha 1.5"),
         (
             "channel max negative",
-            Box::new(|v| v["tensors"][1]["channel_max"] = serde_json::json!([-1.0, 3.0])),
+            Box::new(|v| v["smoothing"]["channel_max"]["/ln/LayerNormalization_output_0"] = serde_json::json!([-1.0])),
             "non-negative",
         ),
         (

@@ -143,10 +143,12 @@ pub struct CollectArgs {
     /// GPU memory and their statistics are computed there). Needs onnxruntime-gpu (`int8kit setup --gpu`).
     #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
     pub device: runtime::Device,
-    /// Also record max |x| per input channel of every GEMM with a constant weight (what `analyze --smooth`
-    /// needs; CPU only). Costs one more pass over those tensors, no memory that grows with the images.
-    #[arg(long)]
-    pub channel_max: bool,
+    /// SmoothQuant smoothing with migration strength ALPHA (0 to 1; the paper's default is 0.5): a first pass
+    /// measures max |x| per input channel of every MatMul/Gemm with a constant weight, outlier channels move
+    /// into the weights (folded into the LayerNorm before them where there is one, else one Mul), and the
+    /// statistics are those of the smoothed model. Twice the calibration time; CPU only.
+    #[arg(long, value_name = "ALPHA")]
+    pub smooth: Option<f32>,
 }
 
 impl CollectArgs {
@@ -160,7 +162,7 @@ impl CollectArgs {
             on_bad_image: self.on_bad_image.into(),
             selection: self.tensors.into(),
             device: self.device,
-            channel_max: self.channel_max,
+            smooth: self.smooth,
         }
     }
 }
@@ -247,11 +249,10 @@ pub struct ScaleArgs {
     /// Where Q/DQ goes.
     #[command(flatten)]
     pub placement: PlacementArgs,
-    /// SmoothQuant smoothing with migration strength ALPHA (0 to 1; 0.5 is the paper's default) for the
-    /// inputs of INT8 MatMul/Gemm: outlier channels move into the weights, folded into the LayerNorm before
-    /// them where there is one. Needs a .hist from `calibrate --channel-max` (quantize collects it itself).
-    #[arg(long, value_name = "ALPHA")]
-    pub smooth: Option<f32>,
+    /// How each weight channel's amax is chosen: max (nothing clipped) or mse (the clip with the least
+    /// squared int8 error, searched from max |w| down to half of it).
+    #[arg(long, default_value = "max", value_name = "max|mse")]
+    pub weight_clip: analyze::qdq::WeightClip,
 }
 
 impl ScaleArgs {
@@ -276,7 +277,7 @@ impl ScaleArgs {
             trt_version: self.trt_version.clone(),
             per_tensor,
             placement: self.placement.options(),
-            smooth: self.smooth,
+            weight_clip: self.weight_clip,
         })
     }
 }

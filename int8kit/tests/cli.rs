@@ -26,22 +26,39 @@ fn quantize_equals_calibrate_then_analyze_byte_for_byte() {
     let (images, recipe) = (calib_dir(), recipe_path());
     let common: &[&std::ffi::OsStr] =
         args!["--model", &m, "--images", &images, "--recipe", &recipe, "--limit", "120", "--quiet"];
-    let q = int8kit(cwd, &[args!["quantize"] as &[_], common, args!["--save-hist", "q.hist", "--out", "q"]].concat());
-    assert_eq!(q.status.code(), Some(0), "{}", text(&q));
-    let c = int8kit(cwd, &[args!["calibrate"] as &[_], common, args!["--out", "c.hist"]].concat());
-    assert_eq!(c.status.code(), Some(0), "{}", text(&c));
-    let a = int8kit(cwd, args!["analyze", "--model", &m, "--hist", "c.hist", "--out", "a", "--quiet"]);
-    assert_eq!(a.status.code(), Some(0), "{}", text(&a));
-    let read = |p: &str| std::fs::read(cwd.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
-    assert_eq!(read("q.hist"), read("c.hist"), "--save-hist differs from calibrate's .hist");
-    for f in ["model.qdq.onnx", "ranges.csv", "ranges.json"] {
-        assert_eq!(read(&format!("q/{f}")), read(&format!("a/{f}")), "{f} differs between quantize and analyze");
+    // Plain, and with smoothing (calibration flag) and MSE weight clips (analysis flag).
+    let variants: [(&str, &[&std::ffi::OsStr], &[&std::ffi::OsStr]); 2] =
+        [("", args![], args![]), ("s", args!["--smooth", "0.5"], args!["--weight-clip", "mse"])];
+    for (tag, calibration, analysis) in variants {
+        let name = |base: &str| format!("{base}{tag}");
+        let (qh, q, ch, a) = (name("q.hist"), name("q"), name("c.hist"), name("a"));
+        let quantize =
+            [args!["quantize"] as &[_], common, calibration, analysis, args!["--save-hist", &qh, "--out", &q]];
+        let o = int8kit(cwd, &quantize.concat());
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let o = int8kit(cwd, &[args!["calibrate"] as &[_], common, calibration, args!["--out", &ch]].concat());
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let analyze = [args!["analyze", "--model", &m, "--hist", &ch, "--out", &a, "--quiet"] as &[_], analysis];
+        let o = int8kit(cwd, &analyze.concat());
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let read = |p: &str| std::fs::read(cwd.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+        assert_eq!(read(&qh), read(&ch), "--save-hist differs from calibrate's .hist");
+        for f in ["model.qdq.onnx", "ranges.csv", "ranges.json"] {
+            assert_eq!(
+                read(&format!("{q}/{f}")),
+                read(&format!("{a}/{f}")),
+                "{f} differs between quantize and analyze"
+            );
+        }
+        let ranges = String::from_utf8(read(&format!("{a}/ranges.json"))).unwrap();
+        assert_eq!(ranges.contains("\"smoothing\""), !tag.is_empty(), "ranges.json records the smoothing");
+        assert_eq!(ranges.contains("\"clip\": \"mse\""), !tag.is_empty(), "ranges.json records the weight clip");
     }
     // Nothing but the outputs was written.
     let mut written: Vec<String> =
         std::fs::read_dir(cwd).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     written.sort();
-    assert_eq!(written, ["a", "c.hist", "q", "q.hist"]);
+    assert_eq!(written, ["a", "as", "c.hist", "c.hists", "q", "q.hist", "q.hists", "qs"]);
 }
 
 #[test]

@@ -33,6 +33,7 @@ pub fn fixture_config(
         recipe: Recipe::load(&root.join("fixtures/fmnist.toml"))?,
         method,
         smooth: None,
+        weight_clip: Default::default(),
         precision: PrecisionFile::default(),
         precision_origin: "defaults".into(),
         qdq: Default::default(),

@@ -630,6 +630,7 @@ fn sensitivity_both(device: Device) -> anyhow::Result<SensitivityDiff> {
         precision: Default::default(),
         placement: Default::default(),
         qdq: Default::default(),
+        weight_clip: Default::default(),
     };
     let run = |device: Device| {
         let inputs = evaluate::sensitivity::SensitivityInputs {

@@ -40,10 +40,7 @@ pub fn run(args: &QuantizeArgs) -> anyhow::Result<Outcome> {
         graph::check_file_target(path)?;
     }
     let stage = graph::OutputDir::new(&args.out)?;
-    // Smoothing needs the per-channel maxima: collect them in the same pass.
-    let mut source = args.source.clone();
-    source.collect.channel_max |= options.smooth.is_some();
-    let hist = collect(&source, &outs, args.quiet)?;
+    let hist = collect(&args.source, &outs, args.quiet)?;
     if let Some(path) = &args.save_hist {
         hist.write(path).with_context(|| format!("writing {}", path.display()))?;
     }

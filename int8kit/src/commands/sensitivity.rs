@@ -43,6 +43,9 @@ pub struct SensitivityArgs {
     /// Where Q/DQ goes.
     #[command(flatten)]
     pub qdq: PlacementArgs,
+    /// How each weight channel's amax is chosen: max or mse (see `analyze --weight-clip`).
+    #[arg(long, default_value = "max", value_name = "max|mse")]
+    pub weight_clip: analyze::qdq::WeightClip,
     /// Also find each quantized tensor's best scale method (for `--method auto`); about three more
     /// evaluations per tensor.
     #[arg(long)]
@@ -95,6 +98,7 @@ impl SensitivityArgs {
             precision: load_precision(self.precision.as_deref())?.0,
             placement: runtime::Placement { threads: self.threads, device: self.device },
             qdq: self.qdq.options(),
+            weight_clip: self.weight_clip,
         })
     }
 }

@@ -49,10 +49,13 @@ pub struct ValidateArgs {
     /// Scale method: entropy | mse | percentile[:P] | max.
     #[arg(long, default_value = "entropy")]
     pub method: Method,
-    /// SmoothQuant smoothing with migration strength ALPHA (0 to 1) for the inputs of INT8 MatMul/Gemm
-    /// (see `analyze --smooth`); calibration then also collects per-channel maxima.
+    /// SmoothQuant smoothing with migration strength ALPHA (0 to 1) of the inputs of MatMul/Gemm before
+    /// calibration (see `calibrate --smooth`).
     #[arg(long, value_name = "ALPHA")]
     pub smooth: Option<f32>,
+    /// How each weight channel's amax is chosen: max or mse (see `analyze --weight-clip`).
+    #[arg(long, default_value = "max", value_name = "max|mse")]
+    pub weight_clip: analyze::qdq::WeightClip,
     /// Precision allow/deny lists (TOML).
     #[arg(long, value_name = "P.toml")]
     pub precision: Option<PathBuf>,
@@ -123,6 +126,7 @@ impl ValidateArgs {
             recipe: self.recipe.load()?,
             method: self.method,
             smooth: self.smooth,
+            weight_clip: self.weight_clip,
             precision,
             precision_origin,
             qdq: self.qdq.options(),

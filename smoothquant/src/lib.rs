@@ -12,19 +12,32 @@
 //! op that produces X when it is a per-channel affine (a LayerNormalization's scale and bias, or a
 //! decomposed LayerNorm's trailing Mul/Add), so TensorRT sees a plain LayerNorm -> Q/DQ -> MatMul; otherwise
 //! one Mul by `1/s` goes in front of the GEMMs. GEMMs reading the same X share one `s` (their weights'
-//! channel maxima are pooled). The smoothed activation's amax is `max_j(max|X_j| / s_j)`, exact from the
-//! per-channel maxima that `calibrate --channel-max` collected: its histogram was never measured, so it
-//! takes max calibration, as in the paper.
+//! channel maxima are pooled). `max|X_j|` are the per-channel maxima `calibrate --smooth` measures on the
+//! unsmoothed model before it collects the statistics of the smoothed one.
+//!
+//! Every GEMM that can be smoothed is, whatever its precision will be: the function does not change, so a
+//! GEMM left in float is unaffected, and `calibrate --smooth` and `analyze` (which re-applies the smoothing
+//! recorded in the .hist) produce the same model whatever precision list comes later.
 
-use std::collections::{BTreeMap, HashMap};
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
 
 use graph::proto::{tensor_proto::DataType, NodeProto, TensorProto};
 use graph::{GraphIndex, Model, UniqueNames};
-use histograms::HistFile;
-use placement::Decision;
+use histograms::ChannelMax;
 use serde::Serialize;
 
-use crate::AnalyzeError;
+/// Errors of smoothing; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SmoothError {
+    /// A weight or LayerNorm constant could not be read.
+    #[error(transparent)]
+    Graph(#[from] graph::GraphError),
+    /// alpha outside [0, 1].
+    #[error("--smooth {0}: alpha must be from 0 to 1 (SmoothQuant uses 0.5 for most models)")]
+    Alpha(f32),
+}
 
 /// Smoothing factors are kept within [1/LIMIT, LIMIT]: a channel that is all zeros (in X or in W) would
 /// otherwise get 0 or infinity.
@@ -35,8 +48,8 @@ const SCALE_LIMIT: f32 = 1e5;
 pub struct SmoothedTensor {
     /// The activation the GEMMs read before smoothing.
     pub tensor: String,
-    /// The tensor that now carries `X / s` and is quantized: the same name when `1/s` was folded into its
-    /// producer, else the output of the inserted Mul.
+    /// The tensor that now carries `X / s`, which the GEMMs read: the same name when `1/s` was folded into
+    /// its producer, else the output of the inserted Mul.
     pub quantized: String,
     /// How `1/s` was applied: `"layernorm"`, `"affine"` (a Mul and/or Add with per-channel constants) or
     /// `"mul"` (a Mul node inserted).
@@ -49,7 +62,7 @@ pub struct SmoothedTensor {
     pub channels: usize,
     /// max |X| before smoothing.
     pub amax_before: f32,
-    /// max |X / s|: the quantized tensor's amax.
+    /// max |X / s| over the calibration images.
     pub amax: f32,
     /// Smallest and largest smoothing factor.
     pub scale_min: f32,
@@ -64,15 +77,8 @@ pub struct Smoothing {
     pub alpha: f32,
     /// Every smoothed activation, in graph order.
     pub tensors: Vec<SmoothedTensor>,
-    /// Activations read by INT8 GEMMs that were left alone, and why.
+    /// GEMM inputs left alone, and why.
     pub skipped: Vec<(String, String)>,
-}
-
-impl Smoothing {
-    /// Quantized tensor -> amax, for the smoothed activations.
-    pub fn amax(&self) -> HashMap<String, f32> {
-        self.tensors.iter().map(|t| (t.quantized.clone(), t.amax)).collect()
-    }
 }
 
 /// The SmoothQuant factors: `s_j = x_j^alpha / w_j^(1 - alpha)`, 1 where a channel is all zeros.
@@ -159,34 +165,21 @@ fn fold_site(
     }
 }
 
-/// Smooths the inputs of every INT8 MatMul/Gemm with a constant weight whose per-channel maxima are in
-/// `hist`, rewriting `model` in place. The FP32 function is unchanged (up to float rounding).
+/// Smooths the input of every MatMul/Gemm with a constant weight whose per-channel maxima are in
+/// `channel_max`, rewriting `model` in place. The FP32 function is unchanged (up to float rounding).
 pub fn smooth(
     model: &mut Model,
-    decisions: &[Decision],
-    hist: &HistFile,
+    channel_max: &BTreeMap<String, ChannelMax>,
     alpha: f32,
-) -> Result<Smoothing, AnalyzeError> {
+) -> Result<Smoothing, SmoothError> {
     if !(0.0..=1.0).contains(&alpha) {
-        return Err(AnalyzeError::Model {
-            path: model.path.clone(),
-            message: format!("--smooth {alpha}: alpha must be from 0 to 1 (SmoothQuant uses 0.5 for most models)"),
-        });
+        return Err(SmoothError::Alpha(alpha));
     }
-    if !hist.tensors.iter().any(|t| t.channel_max.is_some()) {
-        return Err(AnalyzeError::Model {
-            path: model.path.clone(),
-            message: "--smooth needs per-channel maxima, and the .hist has none: calibrate with --channel-max".into(),
-        });
-    }
-    let int8: std::collections::HashSet<&str> = decisions.iter().filter(|d| d.int8).map(|d| d.node.as_str()).collect();
     let graph = &model.proto.graph;
     let index = GraphIndex::new(graph);
     let mut groups: BTreeMap<String, Vec<placement::SmoothableGemm>> = BTreeMap::new();
     for g in placement::smoothable_gemms(graph) {
-        if int8.contains(graph.node[g.node].name.as_str()) {
-            groups.entry(g.input.clone()).or_default().push(g);
-        }
+        groups.entry(g.input.clone()).or_default().push(g);
     }
     let weight_readers = |w: &str| index.consumers.get(w).map_or(0, Vec::len);
 
@@ -204,8 +197,8 @@ pub fn smooth(
     let mut edits = Vec::new();
     let mut skipped = Vec::new();
     for (x, gemms) in groups {
-        let Some(x_max) = hist.tensor(&x).and_then(|t| t.channel_max.as_ref()).map(|c| c.max.clone()) else {
-            skipped.push((x, "no per-channel maxima in the .hist".into()));
+        let Some(x_max) = channel_max.get(&x).map(|c| c.max.clone()) else {
+            skipped.push((x, "no per-channel maxima".into()));
             continue;
         };
         let k = x_max.len();
