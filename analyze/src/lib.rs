@@ -113,8 +113,8 @@ pub struct AnalyzeOptions {
     pub per_tensor: std::collections::BTreeMap<String, Method>,
     /// Target runtime and attention default for the Q/DQ placement.
     pub placement: PlacementOptions,
-    /// How weight channels' amax is chosen.
-    pub weight_clip: qdq::WeightClip,
+    /// How weight channels' amax is chosen, per node.
+    pub weight_clip: qdq::WeightClips,
 }
 
 /// The TensorRT version written in calibration cache headers unless one is asked for.
@@ -131,7 +131,7 @@ impl AnalyzeOptions {
             trt_version: DEFAULT_TRT_VERSION.into(),
             per_tensor: Default::default(),
             placement: PlacementOptions::default(),
-            weight_clip: qdq::WeightClip::Max,
+            weight_clip: qdq::WeightClips::default(),
         }
     }
 }
@@ -209,9 +209,9 @@ pub fn build_qdq(
     options: &PlacementOptions,
     amax: &HashMap<String, f32>,
     max_abs: &HashMap<String, f32>,
-    weight_clip: qdq::WeightClip,
+    weight_clips: &qdq::WeightClips,
 ) -> Result<(graph::proto::ModelProto, qdq::QdqSummary), AnalyzeError> {
-    let (proto, summary) = qdq::insert_qdq(model, decisions, options, amax, weight_clip)?;
+    let (proto, summary) = qdq::insert_qdq(model, decisions, options, amax, weight_clips)?;
     let proto = float_type::convert(model, proto, effective_float_type(model, options), max_abs)?;
     Ok((proto, summary))
 }
@@ -289,7 +289,7 @@ pub struct WeightRange {
     pub amax_min: f32,
     /// Largest channel amax.
     pub amax_max: f32,
-    /// How the channels' amax was chosen (`max`, `mse`).
+    /// How the channels' amax was chosen: `max`, or `mse` when the search clipped a channel.
     pub clip: &'static str,
     /// With `mse`: the smallest channel amax as a share of that channel's max |w| (1 when nothing was
     /// clipped).
@@ -317,6 +317,8 @@ pub struct Ranges {
     pub attention: Option<placement::AttentionPrecision>,
     /// The float type of the parts that are not INT8 (`fp32` or `fp16`).
     pub float_type: &'static str,
+    /// How weight clips were chosen: `max`, `mse`, or `auto` (per node, from a sensitivity.json).
+    pub weight_clip: &'static str,
     /// Share of GEMM/Conv FLOPs that run in INT8.
     pub int8_flop_share: f64,
     /// Per node, the decision.
@@ -401,7 +403,8 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
         placement::decide(&model.proto.graph, &options.precision, &options.placement, &options.precision_origin)?;
     let image = max_calibrated(&model.proto.graph);
     let amax = activation_amax(hist, &model.proto.graph, options.method, &options.per_tensor);
-    let (qdq, summary) = build_qdq(&model, &decisions, &options.placement, &amax, &max_abs(hist), options.weight_clip)?;
+    let (qdq, summary) =
+        build_qdq(&model, &decisions, &options.placement, &amax, &max_abs(hist), &options.weight_clip)?;
     let quantized: HashMap<&str, f32> = summary.activations.iter().map(|(n, a)| (n.as_str(), *a)).collect();
 
     let mut methods: Vec<Method> = Method::ALL_DEFAULT.to_vec();
@@ -440,7 +443,7 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
             channels: w.amax.len(),
             amax_min: w.amax.iter().copied().fold(f32::INFINITY, f32::min),
             amax_max: w.amax.iter().copied().fold(0.0, f32::max),
-            clip: options.weight_clip.name(),
+            clip: if w.amax == w.max { "max" } else { "mse" },
             clip_ratio_min: w
                 .amax
                 .iter()
@@ -488,6 +491,7 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
         target: options.placement.target.name(),
         attention: options.placement.attention,
         float_type: effective_float_type(&model, &options.placement).name(),
+        weight_clip: options.weight_clip.name(),
         int8_flop_share: if total > 0.0 { int8_flops / total } else { 0.0 },
         nodes,
         tensors,

@@ -17,7 +17,7 @@ use placement::{Decision, PlacementOptions};
 pub struct QdqSummary {
     /// Activation tensors given Q/DQ, with their amax, in graph order.
     pub activations: Vec<(String, f32)>,
-    /// Weight initializers stored as int8: (name, axis, the quantization).
+    /// Weight initializers stored as int8: (name, axis, the quantization), in node order.
     pub weights: Vec<(String, usize, QuantizedWeights)>,
 }
 
@@ -139,6 +139,36 @@ impl std::str::FromStr for WeightClip {
     }
 }
 
+/// Each weighted node's clip: a default and per-node choices (from `sensitivity --choose-methods`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WeightClips {
+    /// For nodes without a choice of their own.
+    pub default: WeightClip,
+    /// Node name -> its clip.
+    pub per_node: BTreeMap<String, WeightClip>,
+}
+
+impl WeightClips {
+    /// `clip` for every node.
+    pub fn all(clip: WeightClip) -> WeightClips {
+        WeightClips { default: clip, per_node: BTreeMap::new() }
+    }
+
+    /// The clip of the node called `node`.
+    pub fn of(&self, node: &str) -> WeightClip {
+        self.per_node.get(node).copied().unwrap_or(self.default)
+    }
+
+    /// How ranges.json names the configuration: the clip, or `auto` with per-node choices.
+    pub fn name(&self) -> &'static str {
+        if self.per_node.is_empty() {
+            self.default.name()
+        } else {
+            "auto"
+        }
+    }
+}
+
 /// Candidate clips of the MSE search, as shares of max |w|: 1.00, 0.99, ..., 0.50.
 const CLIP_STEPS: usize = 51;
 
@@ -175,7 +205,7 @@ pub fn insert_qdq(
     decisions: &[Decision],
     options: &PlacementOptions,
     amax: &HashMap<String, f32>,
-    weight_clip: WeightClip,
+    weight_clips: &WeightClips,
 ) -> Result<(ModelProto, QdqSummary), AnalyzeError> {
     let source = &model.proto.graph;
     let opset = graph::default_opset(&model.proto);
@@ -281,7 +311,7 @@ pub fn insert_qdq(
             message: format!("weight '{w_name}' of node '{}' is not a constant", source.node[n].name),
         })?;
         let values = model.tensor_f32(w)?;
-        let quantized = quantize_weights(&values, &w.dims, axis, weight_clip);
+        let quantized = quantize_weights(&values, &w.dims, axis, weight_clips.of(&source.node[n].name));
         let (q, ch_amax) = (&quantized.q, &quantized.amax);
         let mut qt = TensorProto::new();
         qt.name = names.fresh(&format!("{w_name}_quantized"));
@@ -427,7 +457,8 @@ mod tests {
         let decisions = decide(&model.proto.graph, &allow_concat, &Default::default(), "test").unwrap();
         let amax: HashMap<String, f32> =
             [("x", 2.0f32), ("c", 1.0), ("y", 3.0)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        let (proto, summary) = insert_qdq(&model, &decisions, &Default::default(), &amax, WeightClip::Max).unwrap();
+        let (proto, summary) =
+            insert_qdq(&model, &decisions, &Default::default(), &amax, &WeightClips::default()).unwrap();
         let nodes = &proto.graph.node;
         let dq_outputs: Vec<&str> =
             nodes.iter().filter(|n| n.op_type == "DequantizeLinear").map(|n| n.output[0].as_str()).collect();

@@ -21,6 +21,7 @@ fn ranges_json_matches_the_golden_file() {
         target: "tensorrt",
         attention: None,
         float_type: "fp16",
+        weight_clip: "auto",
         int8_flop_share: 0.875,
         nodes: vec![
             NodeReport {

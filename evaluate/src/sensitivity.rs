@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use analyze::placement::{decide, Decision, PlacementOptions, PrecisionFile};
+use analyze::qdq::{WeightClip, WeightClips};
 use analyze::scales::{self, Method};
 use datasets::{Batch, BatchStream, Dataset, Recipe, StreamOptions};
 use graph::Model;
@@ -37,8 +38,8 @@ pub struct SensitivityInputs {
     pub placement: runtime::Placement,
     /// Target runtime and attention default of the Q/DQ placement.
     pub qdq: PlacementOptions,
-    /// How weight channels' amax is chosen.
-    pub weight_clip: analyze::qdq::WeightClip,
+    /// How weight channels' amax is chosen, per node.
+    pub weight_clip: WeightClips,
 }
 
 /// What one model variant does to the evaluation subset, against FP32.
@@ -176,6 +177,17 @@ pub struct MethodChoice {
     pub divergence_by_method: Vec<(String, f64)>,
 }
 
+/// Whether a weighted node's output is closer to FP32 with MSE-searched weight clips than with max.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct WeightClipChoice {
+    /// Node name.
+    pub node: String,
+    /// The chosen clip (`max` or `mse`).
+    pub clip: String,
+    /// (clip, divergence of the full INT8 configuration with this node's weights clipped so).
+    pub divergence_by_clip: Vec<(String, f64)>,
+}
+
 /// The sensitivity of every INT8 node (sensitivity.json).
 #[derive(Debug, Clone, Serialize)]
 pub struct SensitivityReport {
@@ -191,6 +203,10 @@ pub struct SensitivityReport {
     pub nodes: Vec<NodeSensitivity>,
     /// Per quantized tensor, the method giving the best output fidelity (empty unless asked for).
     pub methods: Vec<MethodChoice>,
+    /// Per INT8 node with a weight, the weight clip giving the better output fidelity (empty unless asked
+    /// for).
+    #[serde(default)]
+    pub weight_clips: Vec<WeightClipChoice>,
     /// Wall time of the measurement.
     pub seconds: f64,
 }
@@ -204,7 +220,7 @@ struct Evaluator<'a> {
     classifier: &'a Classifier,
     placement: runtime::Placement,
     qdq: PlacementOptions,
-    weight_clip: analyze::qdq::WeightClip,
+    weight_clip: &'a WeightClips,
     hist: &'a HistFile,
 }
 
@@ -238,7 +254,7 @@ impl<'a> Evaluator<'a> {
             classifier,
             placement,
             qdq: inputs.qdq,
-            weight_clip: inputs.weight_clip,
+            weight_clip: &inputs.weight_clip,
             hist: &inputs.hist,
         };
         ev.fp32 = ev.outputs(&model.to_bytes()?)?;
@@ -333,8 +349,18 @@ impl<'a> Evaluator<'a> {
     }
 
     fn variant(&self, decisions: &[Decision], amax: &HashMap<String, f32>) -> Result<Effect, EvaluateError> {
+        self.variant_with(decisions, amax, self.weight_clip)
+    }
+
+    /// [`Evaluator::variant`] with other weight clips.
+    fn variant_with(
+        &self,
+        decisions: &[Decision],
+        amax: &HashMap<String, f32>,
+        clips: &WeightClips,
+    ) -> Result<Effect, EvaluateError> {
         let maxima = analyze::max_abs(self.hist);
-        let (proto, _) = analyze::build_qdq(self.model, decisions, &self.qdq, amax, &maxima, self.weight_clip)?;
+        let (proto, _) = analyze::build_qdq(self.model, decisions, &self.qdq, amax, &maxima, clips)?;
         let bytes = graph::proto::Message::write_to_bytes(&proto).map_err(graph::GraphError::Encode)?;
         let outputs = self.outputs(&bytes)?;
         self.check_finite(&outputs, false)?;
@@ -376,6 +402,38 @@ fn method_choices(
         }
         let best = tried.iter().fold(&tried[0], |b, t| if t.1 < b.1 { t } else { b });
         out.push(MethodChoice { tensor: tensor.clone(), method: best.0.clone(), divergence_by_method: tried.clone() });
+    }
+    Ok(out)
+}
+
+/// For each INT8 node with a weight: the full INT8 configuration with that node's weights MSE-clipped (the
+/// others as configured) against the configuration itself; `mse` only when it lowers the output divergence.
+fn clip_choices(
+    ev: &Evaluator,
+    decisions: &[Decision],
+    amax: &HashMap<String, f32>,
+    base: &Effect,
+) -> Result<Vec<WeightClipChoice>, EvaluateError> {
+    let graph = &ev.model.proto.graph;
+    let index = graph::GraphIndex::new(graph);
+    let mut out = Vec::new();
+    for d in decisions.iter().filter(|d| d.int8) {
+        let Some(node) = graph.node.iter().find(|n| n.name == d.node) else { continue };
+        if analyze::placement::weight_slot(node, graph, &index).is_none() {
+            continue;
+        }
+        let mut tried = vec![(ev.weight_clip.of(&d.node), base.divergence)];
+        let other = if tried[0].0 == WeightClip::Mse { WeightClip::Max } else { WeightClip::Mse };
+        let mut clips = ev.weight_clip.clone();
+        clips.per_node.insert(d.node.clone(), other);
+        tried.push((other, ev.variant_with(decisions, amax, &clips)?.divergence));
+        tried.sort_by_key(|(c, _)| *c != WeightClip::Max);
+        let best = if tried[1].1 < tried[0].1 { tried[1].0 } else { tried[0].0 };
+        out.push(WeightClipChoice {
+            node: d.node.clone(),
+            clip: best.name().into(),
+            divergence_by_clip: tried.iter().map(|(c, d)| (c.name().to_string(), *d)).collect(),
+        });
     }
     Ok(out)
 }
@@ -428,6 +486,7 @@ fn measure_nodes(
     }
     nodes.sort_by(|a, b| b.alone_int8.divergence.total_cmp(&a.alone_int8.divergence).then(a.node.cmp(&b.node)));
     let methods = if choose_methods { method_choices(ev, &decisions, hist, method, &int8)? } else { Vec::new() };
+    let weight_clips = if choose_methods { clip_choices(ev, &decisions, &amax, &int8)? } else { Vec::new() };
     Ok(SensitivityReport {
         images: ev.batches.iter().map(|b| b.items.len()).sum(),
         method: method.name(),
@@ -435,6 +494,7 @@ fn measure_nodes(
         int8,
         nodes,
         methods,
+        weight_clips,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -551,23 +611,41 @@ impl SensitivityReport {
 }
 
 /// Each tensor's chosen method from a sensitivity.json written with `--choose-methods` (for `--method auto`).
-pub fn load_method_choices(path: &Path) -> Result<std::collections::BTreeMap<String, Method>, EvaluateError> {
+pub fn load_method_choices(path: &Path) -> Result<MethodChoices, EvaluateError> {
     #[derive(serde::Deserialize)]
     struct Choices {
         methods: Vec<MethodChoice>,
+        #[serde(default)]
+        weight_clips: Vec<WeightClipChoice>,
     }
     let bad = |message: String| EvaluateError::Input { path: path.into(), message };
     let text = safe_io::read_to_string(path, safe_io::limits::JSON, "a sensitivity.json")?;
     let choices: Choices = serde_json::from_str(&text).map_err(|e| bad(format!("not a sensitivity.json: {e}")))?;
-    if choices.methods.is_empty() {
+    if choices.methods.is_empty() && choices.weight_clips.is_empty() {
         return Err(bad("no per-tensor methods; run `int8kit sensitivity --choose-methods`".into()));
     }
-    choices
+    let methods = choices
         .methods
         .into_iter()
         .map(|c| {
             let method = c.method.parse::<Method>().map_err(|e| bad(format!("tensor {}: {e}", c.tensor)))?;
             Ok((c.tensor, method))
         })
-        .collect()
+        .collect::<Result<_, EvaluateError>>()?;
+    let weight_clips = choices
+        .weight_clips
+        .into_iter()
+        .map(|c| Ok((c.clip.parse::<WeightClip>().map_err(|e| bad(format!("node {}: {e}", c.node)))?, c.node)))
+        .map(|r: Result<_, EvaluateError>| r.map(|(clip, node)| (node, clip)))
+        .collect::<Result<_, EvaluateError>>()?;
+    Ok(MethodChoices { methods, weight_clips })
+}
+
+/// What `--method auto` / `--weight-clip auto` read from a sensitivity.json.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MethodChoices {
+    /// Tensor -> scale method.
+    pub methods: std::collections::BTreeMap<String, Method>,
+    /// Node -> weight clip.
+    pub weight_clips: std::collections::BTreeMap<String, WeightClip>,
 }

@@ -247,7 +247,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         &hist,
         &AnalyzeOptions {
             placement: config.qdq,
-            weight_clip: config.weight_clip,
+            weight_clip: analyze::qdq::WeightClips::all(config.weight_clip),
             ..AnalyzeOptions::new(config.method, config.precision.clone(), config.precision_origin.clone())
         },
     )?;

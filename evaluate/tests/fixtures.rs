@@ -119,6 +119,15 @@ fn a_node_planted_with_a_wrong_scale_is_ranked_most_sensitive() {
     let planted_input = &a.qdq.graph.node.iter().find(|n| n.name == planted).unwrap().input[0];
     let choice = report.methods.iter().find(|m| planted_input.starts_with(&m.tensor)).unwrap();
     assert!(choice.divergence_by_method.iter().all(|(_, d)| d.is_finite()), "{choice:?}");
+    // Every INT8 Conv/Gemm got a weight clip choice: the clip with the smaller divergence, max on a tie.
+    let weighted = a.ranges.nodes.iter().filter(|n| n.decision.int8 && n.flops.is_some()).count();
+    assert_eq!(report.weight_clips.len(), weighted);
+    for c in &report.weight_clips {
+        let d: std::collections::HashMap<&str, f64> =
+            c.divergence_by_clip.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let best = if d["mse"] < d["max"] { "mse" } else { "max" };
+        assert_eq!(c.clip, best, "{c:?}");
+    }
     assert_eq!(
         report.nodes[0].node,
         planted,

@@ -237,7 +237,8 @@ pub struct ScaleArgs {
     /// entropy | mse | percentile[:P] (default 99.99) | max | auto (per tensor, from --sensitivity).
     #[arg(long, default_value = "entropy")]
     pub method: String,
-    /// With --method auto: a sensitivity.json from `int8kit sensitivity --choose-methods`.
+    /// With --method auto or --weight-clip auto: a sensitivity.json from `int8kit sensitivity
+    /// --choose-methods`.
     #[arg(long, value_name = "S.json")]
     pub sensitivity: Option<PathBuf>,
     /// TOML with [deny] / [allow] tables of node names (globs) and op types.
@@ -249,26 +250,38 @@ pub struct ScaleArgs {
     /// Where Q/DQ goes.
     #[command(flatten)]
     pub placement: PlacementArgs,
-    /// How each weight channel's amax is chosen: max (nothing clipped) or mse (the clip with the least
-    /// squared int8 error, searched from max |w| down to half of it).
-    #[arg(long, default_value = "max", value_name = "max|mse")]
-    pub weight_clip: analyze::qdq::WeightClip,
+    /// How each weight channel's amax is chosen: max (nothing clipped), mse (the clip with the least
+    /// squared int8 error, searched from max |w| down to half of it) or auto (per node, whichever gave the
+    /// better output fidelity in --sensitivity S.json; max for nodes it does not list).
+    #[arg(long, default_value = "max", value_name = "max|mse|auto")]
+    pub weight_clip: String,
 }
 
 impl ScaleArgs {
     /// The library's options: the method (or each tensor's, for `auto`) and the precision file.
     pub fn options(&self) -> anyhow::Result<AnalyzeOptions> {
         let (precision, precision_origin) = load_precision(self.precision.as_deref())?;
-        let (method, per_tensor) = if self.method == "auto" {
-            let Some(path) = &self.sensitivity else {
-                anyhow::bail!("--method auto needs --sensitivity S.json from `int8kit sensitivity --choose-methods`");
-            };
-            (Method::Entropy, evaluate::sensitivity::load_method_choices(path)?)
+        let auto_method = self.method == "auto";
+        let auto_clip = self.weight_clip == "auto";
+        let choices = match (&self.sensitivity, auto_method || auto_clip) {
+            (Some(path), true) => evaluate::sensitivity::load_method_choices(path)?,
+            (None, true) => anyhow::bail!(
+                "--method auto and --weight-clip auto need --sensitivity S.json from `int8kit sensitivity --choose-methods`"
+            ),
+            (Some(_), false) => anyhow::bail!("--sensitivity goes with --method auto or --weight-clip auto"),
+            (None, false) => Default::default(),
+        };
+        let (method, per_tensor) = if auto_method {
+            (Method::Entropy, choices.methods)
         } else {
-            if self.sensitivity.is_some() {
-                anyhow::bail!("--sensitivity goes with --method auto");
-            }
             (self.method.parse().map_err(anyhow::Error::msg).context("--method")?, Default::default())
+        };
+        let weight_clip = if auto_clip {
+            analyze::qdq::WeightClips { default: analyze::qdq::WeightClip::Max, per_node: choices.weight_clips }
+        } else {
+            analyze::qdq::WeightClips::all(
+                self.weight_clip.parse().map_err(anyhow::Error::msg).context("--weight-clip")?,
+            )
         };
         Ok(AnalyzeOptions {
             method,
@@ -277,7 +290,7 @@ impl ScaleArgs {
             trt_version: self.trt_version.clone(),
             per_tensor,
             placement: self.placement.options(),
-            weight_clip: self.weight_clip,
+            weight_clip,
         })
     }
 }

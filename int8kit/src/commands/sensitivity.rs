@@ -46,8 +46,9 @@ pub struct SensitivityArgs {
     /// How each weight channel's amax is chosen: max or mse (see `analyze --weight-clip`).
     #[arg(long, default_value = "max", value_name = "max|mse")]
     pub weight_clip: analyze::qdq::WeightClip,
-    /// Also find each quantized tensor's best scale method (for `--method auto`); about three more
-    /// evaluations per tensor.
+    /// Also find each quantized tensor's best scale method (for `--method auto`) and each weighted node's
+    /// better weight clip, max or mse (for `--weight-clip auto`); about three more evaluations per tensor
+    /// and one per node.
     #[arg(long)]
     pub choose_methods: bool,
     /// Class list for ImageNet-style folders.
@@ -98,7 +99,7 @@ impl SensitivityArgs {
             precision: load_precision(self.precision.as_deref())?.0,
             placement: runtime::Placement { threads: self.threads, device: self.device },
             qdq: self.qdq.options(),
-            weight_clip: self.weight_clip,
+            weight_clip: analyze::qdq::WeightClips::all(self.weight_clip),
         })
     }
 }
