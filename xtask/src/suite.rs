@@ -84,6 +84,32 @@ struct Workload {
     /// Run ModelOpt's INT8 PTQ (entropy) on this workload.
     modelopt: bool,
     eval: Eval,
+    /// int8kit's quality options measured beside the defaults.
+    variants: Option<Variants>,
+}
+
+/// The quality options of issue 14 measured on one workload: MSE weight clips, smoothing at several alphas,
+/// per-tensor methods and weight clips chosen by sensitivity (`--method auto --weight-clip auto`), and the
+/// fidelity-budget autoprecision on the best smoothing.
+struct Variants {
+    alphas: &'static [f32],
+    /// The autoprecision budget: `--min-cosine` value.
+    min_cosine: f64,
+    /// Images of the calibration folder the sensitivity searches use (`--limit`).
+    search_limit: usize,
+}
+
+/// One variant's cost and result.
+#[derive(Debug, Clone, Serialize)]
+struct VariantResult {
+    name: String,
+    /// Every command of the variant, run one after the other (wall times add, peak RSS the largest).
+    run: Run,
+    quality: Option<Quality>,
+    /// Share of GEMM/Conv FLOPs in INT8 (ranges.json).
+    int8_flop_share: Option<f64>,
+    /// Why there is no model (autoprecision missed its budget), when that happened.
+    note: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -123,6 +149,8 @@ struct WorkloadResult {
     peers: Vec<Tool>,
     /// int8kit's Q/DQ placement against ModelOpt's, when ModelOpt ran.
     placement: Option<PlacementDiff>,
+    /// int8kit's quality options (issue 14), when measured on this workload.
+    variants: Vec<VariantResult>,
     ratios: Ratios,
     /// Every measured command, in the order run (paths relative to the repository).
     commands: Vec<String>,
@@ -376,6 +404,112 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(ctx.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Runs and measures every variant of `v` on workload `w` (its plain `.hist` is `hist`), each into its own
+/// folder under `dir`; `quality` evaluates a Q/DQ model like the defaults'.
+fn run_variants(
+    w: &Workload,
+    v: &Variants,
+    bin: &Path,
+    dir: &Path,
+    hist: &Path,
+    shown_commands: &mut Vec<String>,
+    quality: &mut dyn FnMut(&Path) -> anyhow::Result<Quality>,
+) -> anyhow::Result<Vec<VariantResult>> {
+    let model: [&std::ffi::OsStr; 2] = ["--model".as_ref(), w.model.as_os_str()];
+    let recipe: [&std::ffi::OsStr; 2] = ["--recipe".as_ref(), w.recipe.as_os_str()];
+    let mut results = Vec::new();
+    // Runs the commands in turn; the variant's model is `out/model.qdq.onnx`.
+    let mut measure = |name: String, cmds: Vec<Command>, out: &Path| -> anyhow::Result<VariantResult> {
+        let _ = std::fs::remove_dir_all(out);
+        let mut run: Option<Run> = None;
+        let mut note = None;
+        for (i, mut cmd) in cmds.into_iter().enumerate() {
+            shown_commands.push(shown(&cmd));
+            let log = dir.join(format!("{}-{i}.log", out.file_name().unwrap_or_default().to_string_lossy()));
+            let r = measure_tree(&mut cmd, &log, None)?;
+            if r.outcome != "ok" {
+                note = Some(format!("{}: {}", name, r.outcome));
+            }
+            run = Some(match run {
+                None => r,
+                Some(prev) => Run::combined(&prev, &r),
+            });
+        }
+        let run = run.context("a variant without commands")?;
+        let qdq = out.join("model.qdq.onnx");
+        let ranges: Option<serde_json::Value> =
+            std::fs::read_to_string(out.join("ranges.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+        let result = VariantResult {
+            quality: if qdq.is_file() { Some(quality(&qdq)?) } else { None },
+            int8_flop_share: ranges.and_then(|r| r["int8_flop_share"].as_f64()),
+            note: if qdq.is_file() { None } else { note.or(Some("no model written".into())) },
+            name,
+            run,
+        };
+        eprintln!("  {}: {} -> {}", result.name, result.run.summary(), quality_cell(&result.quality));
+        Ok(result)
+    };
+    let analyze = |h: &Path, out: &Path, extra: &[&str]| {
+        let mut cmd = int8kit(bin, "analyze");
+        cmd.args(model).args(["--hist".as_ref(), h.as_os_str()]).args(extra).args(["--quiet", "--out"]).arg(out);
+        cmd
+    };
+    let out = dir.join("v-mse");
+    results.push(measure("weight clip mse".into(), vec![analyze(hist, &out, &["--weight-clip", "mse"])], &out)?);
+    let mut best: Option<(f32, PathBuf, f64)> = None;
+    for &alpha in v.alphas {
+        let smoothed = dir.join(format!("smooth-{alpha}.hist"));
+        let mut cal = int8kit(bin, "calibrate");
+        cal.args(model)
+            .args(recipe)
+            .args(["--images".as_ref(), w.calib.as_os_str()])
+            .args(["--batch-size", &w.batch.to_string(), "--smooth", &alpha.to_string(), "--quiet", "--out"])
+            .arg(&smoothed);
+        let out = dir.join(format!("v-smooth-{alpha}"));
+        let r = measure(format!("calibrate --smooth {alpha}"), vec![cal, analyze(&smoothed, &out, &[])], &out)?;
+        let sqnr = r.quality.as_ref().map_or(f64::NEG_INFINITY, |q| q.sqnr_db);
+        if best.as_ref().is_none_or(|b| sqnr > b.2) {
+            best = Some((alpha, smoothed, sqnr));
+        }
+        results.push(r);
+    }
+    // Per-tensor methods and per-node weight clips, searched on calibration images (never the held-out ones).
+    let search = |sub: &str, h: &Path, out: &Path, extra: &[&str]| {
+        let mut cmd = int8kit(bin, sub);
+        cmd.args(model)
+            .args(recipe)
+            .args(["--hist".as_ref(), h.as_os_str()])
+            .args(["--val".as_ref(), w.calib.as_os_str()])
+            .args(["--limit", &v.search_limit.to_string()])
+            .args(extra)
+            .args(["--quiet", "--out"])
+            .arg(out);
+        cmd
+    };
+    let sens = dir.join("v-sensitivity");
+    let out = dir.join("v-auto");
+    let sens_json = sens.join("sensitivity.json");
+    let sens_arg = sens_json.to_string_lossy().into_owned();
+    results.push(measure(
+        format!("--method auto --weight-clip auto (searched on {} calibration images)", v.search_limit),
+        vec![
+            search("sensitivity", hist, &sens, &["--choose-methods"]),
+            analyze(hist, &out, &["--method", "auto", "--weight-clip", "auto", "--sensitivity", &sens_arg]),
+        ],
+        &out,
+    )?);
+    if let Some((alpha, smoothed, _)) = best {
+        let out = dir.join("v-autoprecision");
+        let budget = v.min_cosine.to_string();
+        results.push(measure(
+            format!("autoprecision --min-cosine {budget} on --smooth {alpha} (searched on {} images)", v.search_limit),
+            vec![search("autoprecision", &smoothed, &out, &["--min-cosine", &budget])],
+            &out,
+        )?);
+    }
+    Ok(results)
+}
+
 fn display(p: &Path) -> String {
     p.strip_prefix(root()).unwrap_or(p).display().to_string()
 }
@@ -406,8 +540,23 @@ fn workloads(args: &SuiteArgs) -> anyhow::Result<Vec<Workload>> {
             peer_methods,
             modelopt,
             eval: Eval::Top1 { val: val.clone(), limit: val_limit },
+            variants: None,
         });
     }
+    // The CLIP image tower without labels: fidelity on the validation images, the quality options measured.
+    list.push(Workload {
+        name: "fmnist_clip_image_opset17".into(),
+        model: root.join("fixtures/models/fmnist_clip_image_opset17.onnx"),
+        calib: root.join("fixtures/fmnist/calib"),
+        recipe: fixtures_recipe.clone(),
+        batch: 40,
+        repeat: 1,
+        also_all_tensors: false,
+        peer_methods: if args.quick { vec![] } else { all_methods.clone() },
+        modelopt: !args.quick && !args.skip_modelopt,
+        eval: Eval::Fidelity { images: val.clone() },
+        variants: Some(Variants { alphas: &[0.3, 0.5, 0.7], min_cosine: 0.999, search_limit: 200 }),
+    });
     let vits = fetch_vits14()?;
     let photos = fetch_photos()?;
     let held_out = make_crops(&photos, &bench_home().join("crops/held-out-64"), HELD_OUT_IMAGES, HELD_OUT_SEED)?;
@@ -425,6 +574,7 @@ fn workloads(args: &SuiteArgs) -> anyhow::Result<Vec<Workload>> {
             peer_methods: if args.quick { vec![] } else { all_methods.clone() },
             modelopt: !args.quick && !args.skip_modelopt,
             eval: Eval::Fidelity { images: held_out.clone() },
+            variants: (n == 64).then_some(Variants { alphas: &[0.3, 0.5, 0.7], min_cosine: 0.995, search_limit: 8 }),
         });
     }
     Ok(list)
@@ -629,6 +779,12 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
             };
             peer_tools.push(Tool { name, run, quality, quality_error });
         }
+        let variants = match &w.variants {
+            Some(v) => {
+                run_variants(w, v, &bin, &dir, &hist, &mut shown_commands, &mut |m| quality_of(&mut reference, m))?
+            }
+            None => Vec::new(),
+        };
         let entropy = peer_tools.iter().find(|t| t.name.ends_with("Entropy"));
         let ratios = Ratios {
             calibrate_over_limit: cal.wall_s / limit.wall_s,
@@ -652,6 +808,7 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
             all_tensors,
             peers: peer_tools,
             placement,
+            variants,
             ratios,
             commands: shown_commands,
         });
@@ -783,6 +940,40 @@ fn markdown(s: &Suite) -> String {
                     row(&mut md, &name, &p.run, &None);
                 }
                 None => row(&mut md, &p.name, &p.run, &p.quality),
+            }
+        }
+        if !w.variants.is_empty() {
+            let _ = writeln!(md, "\nint8kit's quality options on this workload (same evaluation as above):\n");
+            let _ = writeln!(md, "| int8kit variant | wall s | INT8 GEMM FLOPs | INT8 result |");
+            let _ = writeln!(md, "|---|---|---|---|");
+            let _ = writeln!(
+                md,
+                "| entropy (defaults, above) | {:.2} | | {} |",
+                w.ours.run.wall_s,
+                quality_cell(&w.ours.quality)
+            );
+            for v in &w.variants {
+                let share = v.int8_flop_share.map(|s| format!("{:.1} %", 100.0 * s)).unwrap_or_default();
+                let result = match (&v.quality, &v.note) {
+                    (Some(_), _) => quality_cell(&v.quality),
+                    (None, Some(n)) => n.clone(),
+                    (None, None) => "-".into(),
+                };
+                let _ = writeln!(md, "| {} | {:.2} | {share} | {result} |", v.name, v.run.wall_s);
+            }
+            let best_peer = w
+                .peers
+                .iter()
+                .filter_map(|p| p.quality.as_ref().map(|q| (p, q)))
+                .max_by(|a, b| a.1.sqnr_db.total_cmp(&b.1.sqnr_db));
+            if let Some((p, q)) = best_peer {
+                let _ = writeln!(
+                    md,
+                    "| peer's best: {} | {:.2} | | {} |",
+                    p.name,
+                    p.run.wall_s,
+                    quality_cell(&Some(q.clone()))
+                );
             }
         }
         let r = &w.ratios;
