@@ -138,7 +138,11 @@ fn hist_file_round_trips_and_rejects_other_versions() {
     let back = HistFile::read(&path).unwrap();
     assert_eq!(back.content_sha256, Some(hist.content_digest().unwrap()));
     assert_eq!(HistFile { content_sha256: None, ..back }, hist);
-    let text = std::fs::read_to_string(&path).unwrap().replacen("\"version\":2", "\"version\":99", 1);
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        &format!("\"version\":{}", histograms::HIST_VERSION),
+        "\"version\":99",
+        1,
+    );
     std::fs::write(&path, text).unwrap();
     let err = HistFile::read(&path).unwrap_err().to_string();
     assert!(err.contains("version") && err.contains("x.hist"), "{err}");

@@ -38,15 +38,25 @@ impl Default for StreamOptions {
     }
 }
 
-/// Preprocessed images, ready to feed: `data` has `shape` = the recipe's batch shape for `items.len()`.
+/// Samples ready to feed: preprocessed images (`data` has `shape` = the recipe's batch shape for
+/// `items.len()`), or, from a folder of `.npz` samples, one stacked array per model input (`tensors`; `data` is
+/// then empty and `shape` is `[N, 0, 0, 0]`).
 #[derive(Debug)]
 pub struct Batch {
     /// Preprocessed values, in the recipe's layout.
     pub data: Vec<f32>,
     /// Batch shape: [N, C, H, W] or [N, H, W, C].
     pub shape: [usize; 4],
-    /// The images, in batch order.
+    /// The samples, in batch order.
     pub items: Vec<ImageItem>,
+    /// Tensor samples: one array per model input, stacked along the batch axis; empty for images.
+    pub tensors: Vec<crate::NamedArray>,
+}
+
+/// A decoded sample: an image's preprocessed values, or an `.npz` sample's arrays.
+enum Sample {
+    Image(Vec<f32>),
+    Tensors(Vec<crate::NamedArray>),
 }
 
 /// An iterator over batches, decoded on a background thread at most `lookahead` batches ahead.
@@ -67,12 +77,15 @@ impl BatchStream {
         let worker = std::thread::spawn(move || {
             let batch_size = options.batch_size.max(1);
             let per_image = recipe.image_len();
-            let decode = |chunk: &[ImageItem]| -> Vec<Result<Vec<f32>, DatasetError>> {
+            let decode = |chunk: &[ImageItem]| -> Vec<Result<Sample, DatasetError>> {
                 chunk
                     .par_iter()
                     .map(|item| {
+                        if crate::folder::is_npz(&item.path) {
+                            return crate::tensors::read_npz(&item.path).map(Sample::Tensors);
+                        }
                         let mut buf = vec![0f32; per_image];
-                        preprocess_file(&item.path, &recipe, &mut buf).map(|_| buf)
+                        preprocess_file(&item.path, &recipe, &mut buf).map(|_| Sample::Image(buf))
                     })
                     .collect()
             };
@@ -82,11 +95,15 @@ impl BatchStream {
                     None => decode(chunk),
                 };
                 let mut data = Vec::with_capacity(chunk.len() * per_image);
+                let mut samples = Vec::new();
                 let mut kept = Vec::with_capacity(chunk.len());
                 for (item, result) in chunk.iter().zip(decoded) {
                     match result {
-                        Ok(buf) => {
-                            data.extend_from_slice(&buf);
+                        Ok(sample) => {
+                            match sample {
+                                Sample::Image(buf) => data.extend_from_slice(&buf),
+                                Sample::Tensors(arrays) => samples.push((item.path.clone(), arrays)),
+                            }
                             kept.push(item.clone());
                         }
                         Err(e) if options.on_bad_image == OnBadImage::Skip => {
@@ -104,7 +121,17 @@ impl BatchStream {
                 if kept.is_empty() {
                     continue;
                 }
-                let batch = Batch { shape: recipe.batch_shape(kept.len()), data, items: kept };
+                let batch = if samples.is_empty() {
+                    Batch { shape: recipe.batch_shape(kept.len()), data, items: kept, tensors: Vec::new() }
+                } else {
+                    match crate::tensors::stack(&samples) {
+                        Ok(tensors) => Batch { shape: [kept.len(), 0, 0, 0], data, items: kept, tensors },
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                };
                 if tx.send(Ok(batch)).is_err() {
                     return; // the consumer stopped early
                 }

@@ -52,6 +52,14 @@ pub enum DatasetError {
         /// What is wrong and what to write instead.
         message: String,
     },
+    /// An `.npz` sample cannot be used.
+    #[error("{path}: {message}")]
+    Tensors {
+        /// The `.npz` file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// A folder holds no image.
     #[error("{dir}: no JPEG or PNG images found")]
     Empty {

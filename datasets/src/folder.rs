@@ -27,6 +27,11 @@ pub struct Dataset {
     pub classes: Vec<String>,
 }
 
+/// Whether the file is an `.npz` tensor sample.
+pub(crate) fn is_npz(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("npz"))
+}
+
 fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
@@ -60,6 +65,8 @@ fn images_in(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<(), 
                 None => DatasetError::Loop { path },
             }
         })?;
+        // `.npz` tensor samples are read by `tensors` and batched by `BatchStream`, but listed only once every
+        // command can feed them (issue 14, item 4); until then a folder of them has no samples.
         if entry.file_type().is_file() && is_image(entry.path()) {
             out.push(entry.into_path());
         }
@@ -77,6 +84,21 @@ fn numbered_label(name: &str) -> Option<(usize, &str)> {
     Some((num.parse().ok()?, rest))
 }
 
+/// Refuses a folder that mixes images and `.npz` samples: one model takes one kind.
+fn one_kind(dir: &Path, items: &[ImageItem]) -> Result<(), DatasetError> {
+    let npz = items.iter().filter(|i| is_npz(&i.path)).count();
+    if npz > 0 && npz < items.len() {
+        return Err(DatasetError::Labels {
+            dir: dir.to_path_buf(),
+            message: format!(
+                "mixes {npz} .npz samples with {} images; a model takes one kind: keep them in separate folders",
+                items.len() - npz
+            ),
+        });
+    }
+    Ok(())
+}
+
 impl Dataset {
     /// Every JPEG/PNG under `dir` (recursively), unlabelled, sorted by path.
     pub fn flat(dir: &Path) -> Result<Dataset, DatasetError> {
@@ -85,11 +107,9 @@ impl Dataset {
         if paths.is_empty() {
             return Err(DatasetError::Empty { dir: dir.to_path_buf() });
         }
-        Ok(Dataset {
-            root: dir.to_path_buf(),
-            items: paths.into_iter().map(|path| ImageItem { path, label: None }).collect(),
-            classes: Vec::new(),
-        })
+        let items: Vec<ImageItem> = paths.into_iter().map(|path| ImageItem { path, label: None }).collect();
+        one_kind(dir, &items)?;
+        Ok(Dataset { root: dir.to_path_buf(), items, classes: Vec::new() })
     }
 
     /// A folder with one sub-folder per class. Labels come from, in order of preference: a class list file
@@ -148,6 +168,7 @@ impl Dataset {
             return Err(DatasetError::Empty { dir: dir.to_path_buf() });
         }
         items.sort_by(|a, b| a.path.cmp(&b.path));
+        one_kind(dir, &items)?;
         Ok(Dataset { root: dir.to_path_buf(), items, classes })
     }
 
@@ -167,6 +188,11 @@ impl Dataset {
         } else {
             Dataset::flat(dir)
         }
+    }
+
+    /// Whether the samples are `.npz` tensor files rather than images.
+    pub fn holds_tensors(&self) -> bool {
+        self.items.first().is_some_and(|i| is_npz(&i.path))
     }
 
     /// Whether the images carry class labels.

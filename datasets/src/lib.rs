@@ -11,9 +11,11 @@ mod error;
 mod folder;
 mod preprocess;
 mod recipe;
+pub mod tensors;
 
 pub use batches::{Batch, BatchStream, OnBadImage, StreamOptions};
 pub use error::DatasetError;
 pub use folder::{Dataset, ImageItem, MAX_CLASSES};
 pub use preprocess::{apply_geometry, load_pixels, preprocess_file, write_tensor, Pixels};
 pub use recipe::{Channels, InputType, Interpolation, Layout, Preset, Recipe, ResizeMode, MAX_SIDE};
+pub use tensors::{ArrayData, NamedArray};

@@ -586,7 +586,7 @@ mod tests {
 
     #[test]
     fn recorded_outputs_replay_in_order_and_rewind() {
-        let batch = datasets::Batch { items: vec![], shape: [0; 4], data: vec![] };
+        let batch = datasets::Batch { items: vec![], shape: [0; 4], data: vec![], tensors: vec![] };
         let mut rec = Recorded { rows: vec![vec![1.0], vec![2.0]], next: 0, seconds: 0.0, fixed_batch: None };
         assert_eq!(rec.run(&batch).unwrap(), vec![1.0]);
         assert_eq!(rec.run(&batch).unwrap(), vec![2.0]);
