@@ -295,6 +295,32 @@ impl ScaleArgs {
     }
 }
 
+/// Output fidelity limits against FP32 (no labels needed): the gates of `validate` and the fidelity budget
+/// of `autoprecision`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FidelityArgs {
+    /// The INT8 outputs' mean cosine against FP32 must be at least C (-1 to 1).
+    #[arg(long, value_name = "C", allow_hyphen_values = true)]
+    pub min_cosine: Option<f64>,
+    /// The INT8 outputs' SQNR against FP32 must be at least DB.
+    #[arg(long, value_name = "DB", allow_hyphen_values = true)]
+    pub min_sqnr: Option<f64>,
+    /// The share of images where INT8 and FP32 predict the same class must be at least A (0 to 1).
+    #[arg(long, value_name = "A", allow_hyphen_values = true)]
+    pub min_agreement: Option<f64>,
+}
+
+impl FidelityArgs {
+    /// The library's limits.
+    pub fn gates(&self) -> evaluate::validate::FidelityGates {
+        evaluate::validate::FidelityGates {
+            min_cosine: self.min_cosine,
+            min_sqnr_db: self.min_sqnr,
+            min_agreement: self.min_agreement,
+        }
+    }
+}
+
 /// A precision file and where it came from, or the default lists.
 pub fn load_precision(path: Option<&Path>) -> anyhow::Result<(PrecisionFile, String)> {
     Ok(match path {

@@ -3,8 +3,8 @@
 use anyhow::Context;
 use evaluate::autoprecision::AutoPrecisionConfig;
 use evaluate::sensitivity::Budget;
-use evaluate::validate::FidelityGates;
 
+use crate::args::FidelityArgs;
 use crate::commands::sensitivity::SensitivityArgs;
 use crate::ui::{percent, points, progress_bar, reporter};
 use crate::Outcome;
@@ -18,15 +18,9 @@ pub struct AutoprecisionArgs {
     /// Budget: allowed Top-1 drop against FP32, percentage points (needs a labelled --val).
     #[arg(long, value_name = "PP", allow_hyphen_values = true)]
     pub max_top1_drop: Option<f64>,
-    /// Budget: the INT8 outputs' mean cosine against FP32 must be at least C (no labels needed).
-    #[arg(long, value_name = "C", allow_hyphen_values = true)]
-    pub min_cosine: Option<f64>,
-    /// Budget: the INT8 outputs' SQNR against FP32 must be at least DB (no labels needed).
-    #[arg(long, value_name = "DB", allow_hyphen_values = true)]
-    pub min_sqnr: Option<f64>,
-    /// Budget: the share of images where INT8 and FP32 predict the same class must be at least A.
-    #[arg(long, value_name = "A", allow_hyphen_values = true)]
-    pub min_agreement: Option<f64>,
+    /// Budget: output fidelity against FP32 (no labels needed).
+    #[command(flatten)]
+    pub fidelity: FidelityArgs,
     /// TensorRT version written in the calibration cache header.
     #[arg(long, default_value = analyze::DEFAULT_TRT_VERSION)]
     pub trt_version: String,
@@ -35,14 +29,7 @@ pub struct AutoprecisionArgs {
 impl AutoprecisionArgs {
     /// Every budget flag given.
     pub fn budget(&self) -> Budget {
-        Budget {
-            max_top1_drop: self.max_top1_drop,
-            fidelity: FidelityGates {
-                min_cosine: self.min_cosine,
-                min_sqnr_db: self.min_sqnr,
-                min_agreement: self.min_agreement,
-            },
-        }
+        Budget { max_top1_drop: self.max_top1_drop, fidelity: self.fidelity.gates() }
     }
 }
 

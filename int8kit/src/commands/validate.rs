@@ -68,16 +68,9 @@ pub struct ValidateArgs {
     /// Gate: INT8 Top-1 may be at most this many percentage points below FP32.
     #[arg(long, value_name = "PP", allow_hyphen_values = true)]
     pub max_top1_drop: Option<f64>,
-    /// Gate: the INT8 outputs' mean cosine against FP32 must be at least C (for embedders: no labels needed
-    /// for what it measures).
-    #[arg(long, value_name = "C", allow_hyphen_values = true)]
-    pub min_cosine: Option<f64>,
-    /// Gate: the INT8 outputs' SQNR against FP32 must be at least DB.
-    #[arg(long, value_name = "DB", allow_hyphen_values = true)]
-    pub min_sqnr: Option<f64>,
-    /// Gate: the share of images where INT8 and FP32 predict the same class must be at least A (0 to 1).
-    #[arg(long, value_name = "A", allow_hyphen_values = true)]
-    pub min_agreement: Option<f64>,
+    /// Gates on output fidelity against FP32 (for embedders: no labels needed for what they measure).
+    #[command(flatten)]
+    pub fidelity: crate::args::FidelityArgs,
     /// Add this sensitivity ranking (sensitivity.json or autoprecision.json) to report.html.
     #[arg(long, value_name = "S.json")]
     pub sensitivity: Option<PathBuf>,
@@ -132,11 +125,7 @@ impl ValidateArgs {
             qdq: self.qdq.options(),
             classifier: Classifier::load(self.zero_shot.as_deref())?,
             max_top1_drop: self.max_top1_drop,
-            fidelity: evaluate::validate::FidelityGates {
-                min_cosine: self.min_cosine,
-                min_sqnr_db: self.min_sqnr,
-                min_agreement: self.min_agreement,
-            },
+            fidelity: self.fidelity.gates(),
             baseline: self.baseline.clone(),
             baseline_across_models: self.baseline_across_models,
             sensitivity: self.sensitivity.clone(),
