@@ -87,6 +87,17 @@ fn print_precision(analysis: &Analysis, origin: &str) {
         100.0 * r.int8_flop_share,
         r.method
     );
+    if let Some(sm) = &r.smoothing {
+        let folded = sm.tensors.iter().filter(|t| t.applied != "mul").count();
+        println!(
+            "smoothing from the .hist (alpha {}): {} GEMM inputs, {folded} folded into a LayerNorm, {} behind a Mul; \
+             {} left alone (ranges.json \"smoothing\")",
+            sm.alpha,
+            sm.tensors.len(),
+            sm.tensors.len() - folded,
+            sm.skipped.len()
+        );
+    }
 }
 
 /// Runs `int8kit analyze`.

@@ -62,6 +62,14 @@ pub fn collect(source: &CalibrationSource, outs: &[&std::path::Path], quiet: boo
         for (path, why) in &summary.skipped {
             eprintln!("  skipped {}: {why}", path.display());
         }
+        if let Some(sm) = &hist.smoothing {
+            eprintln!(
+                "  smoothed first (alpha {}, per-channel maxima of {} GEMM inputs); the statistics are the smoothed \
+                 model's (two passes over the images)",
+                sm.alpha,
+                sm.channel_max.len()
+            );
+        }
         if let Some(mb) = summary.device_memory_peak_mb {
             eprintln!("  GPU memory in use at most {mb:.0} MB ({})", collect.device);
         }
