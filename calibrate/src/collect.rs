@@ -34,6 +34,9 @@ pub struct CalibrateOptions {
     /// SmoothQuant alpha: smooth the model's GEMM inputs (a first pass measures their per-channel maxima)
     /// and collect the statistics of the smoothed model; `None`: no smoothing.
     pub smooth: Option<f32>,
+    /// `(I, N)`: only the I-th (1-based) of N contiguous parts of the sorted (and `limit`ed) image list; the
+    /// merge of all N (`histograms::merge`) is the whole run's `.hist` byte for byte.
+    pub shard: Option<(usize, usize)>,
 }
 
 impl Default for CalibrateOptions {
@@ -47,6 +50,7 @@ impl Default for CalibrateOptions {
             selection: Selection::default(),
             device: runtime::Device::Cpu,
             smooth: None,
+            shard: None,
         }
     }
 }
@@ -355,6 +359,28 @@ pub fn calibrate(
     if let Some(n) = options.limit {
         dataset = dataset.limit(n, options.seed);
     }
+    // The whole list identifies the calibration set; a shard keeps its own part and says which.
+    let list_sha256 = dataset.list_sha256();
+    let shard = match options.shard {
+        None => None,
+        Some((index, count)) => {
+            if options.smooth.is_some() {
+                return Err(refuse(
+                    "--smooth needs every image's channel maxima before the model is smoothed, so it cannot run \
+                     sharded: calibrate with --smooth in one process",
+                ));
+            }
+            if index == 0 || index > count || count > dataset.len() {
+                return Err(refuse(&format!(
+                    "--shard {index}/{count}: shards are numbered 1 to N, and N may not exceed the {} images",
+                    dataset.len()
+                )));
+            }
+            let len = dataset.len();
+            dataset.items = dataset.items[(index - 1) * len / count..index * len / count].to_vec();
+            Some(histograms::ShardInfo { index, count, list_sha256: dataset.list_sha256() })
+        }
+    };
     let passes = if options.smooth.is_some() { 2 } else { 1 };
     let total = passes * dataset.len() as u64;
     let mut done_before = 0;
@@ -402,12 +428,13 @@ pub fn calibrate(
             skipped: pass.skipped.len() as u64,
             limit: options.limit,
             seed: options.seed,
-            list_sha256: dataset.list_sha256(),
+            list_sha256,
         },
         onnxruntime: runtime::version()?,
         histogram: HistogramInfo { bins: BINS, values: "abs".into() },
         collected: options.selection,
         smoothing: smoothing.map(|(record, _)| record),
+        shard,
         tensors,
     };
     let summary = CalibrationSummary {

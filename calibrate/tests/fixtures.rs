@@ -183,3 +183,58 @@ fn quantizable_selection_keeps_what_the_default_lists_need() {
         some.tensor("/blocks.0/fc1/Add_output_0").is_none() || some.tensors.iter().all(|t| !t.name.contains("Erf"))
     );
 }
+
+/// `calibrate --shard I/N` for every I, merged: the one-process .hist byte for byte, for N = 1, 3 and 7 (the
+/// 7 parts are uneven: 100 images do not split by 7).
+#[test]
+fn shards_merge_byte_identically_to_one_process() {
+    let name = "fmnist_vit_opset17.onnx";
+    let options = |shard| CalibrateOptions { limit: Some(100), shard, ..Default::default() };
+    let whole = calibrate(&model(name), &calib(), &recipe(), &options(None), &mut |_, _| {}).unwrap().0;
+    for n in [1, 3, 7] {
+        let parts: Vec<(std::path::PathBuf, HistFile)> = (1..=n)
+            .rev() // any order
+            .map(|i| {
+                let h = calibrate(&model(name), &calib(), &recipe(), &options(Some((i, n))), &mut |_, _| {}).unwrap().0;
+                (format!("shard-{i}.hist").into(), h)
+            })
+            .collect();
+        assert!(parts.iter().all(|(_, h)| h.images.count < 100 || n == 1));
+        let merged = histograms::merge(&parts).unwrap();
+        assert_eq!(merged.to_json().unwrap(), whole.to_json().unwrap(), "N = {n}");
+    }
+}
+
+/// Shards of another model, a shard given twice or missing, and a whole run are refused, naming the file.
+#[test]
+fn merging_mismatched_overlapping_or_incomplete_shards_is_refused() {
+    let options = |shard| CalibrateOptions { limit: Some(30), shard, ..Default::default() };
+    let shard = |name: &str, i: usize, n: usize| {
+        let h = calibrate(&model(name), &calib(), &recipe(), &options(Some((i, n))), &mut |_, _| {}).unwrap().0;
+        (std::path::PathBuf::from(format!("{name}-{i}.hist")), h)
+    };
+    let vit = "fmnist_vit_opset17.onnx";
+    let err = |parts: &[(std::path::PathBuf, HistFile)]| histograms::merge(parts).unwrap_err().to_string();
+    let (a, b) = (shard(vit, 1, 2), shard(vit, 2, 2));
+    let other = shard("fmnist_resnet_opset13.onnx", 2, 2);
+    assert!(err(&[a.clone(), other]).contains("the model differs"));
+    let e = err(&[a.clone(), a.clone(), b.clone()]);
+    assert!(e.contains("given twice") && e.contains("overlap"), "{e}");
+    let e = err(std::slice::from_ref(&b));
+    assert!(e.contains("shard 1/2 is missing"), "{e}");
+    let whole = calibrate(&model(vit), &calib(), &recipe(), &options(None), &mut |_, _| {}).unwrap().0;
+    let e = err(&[("whole.hist".into(), whole), b.clone()]);
+    assert!(e.contains("whole.hist") && e.contains("is not a shard"), "{e}");
+    // Another image subset (another --limit): the list differs.
+    let other_list = {
+        let o = CalibrateOptions { limit: Some(31), shard: Some((1, 2)), ..Default::default() };
+        ("l.hist".into(), calibrate(&model(vit), &calib(), &recipe(), &o, &mut |_, _| {}).unwrap().0)
+    };
+    assert!(err(&[other_list, b]).contains("the image list differs"));
+    // Out of range, and with --smooth: refused before any work.
+    let bad = CalibrateOptions { shard: Some((3, 2)), ..Default::default() };
+    assert!(calibrate(&model(vit), &calib(), &recipe(), &bad, &mut |_, _| {}).is_err());
+    let smooth = CalibrateOptions { shard: Some((1, 2)), smooth: Some(0.5), ..Default::default() };
+    let e = calibrate(&model(vit), &calib(), &recipe(), &smooth, &mut |_, _| {}).err().unwrap().to_string();
+    assert!(e.contains("--smooth") && e.contains("sharded"), "{e}");
+}

@@ -68,6 +68,18 @@ pub struct TensorRecord {
     pub stats: TensorStats,
 }
 
+/// Which part of the image list a `.hist` covers (`calibrate --shard I/N`): `images.list_sha256` is then the
+/// whole list's, so that the merge of every shard (`int8kit merge`) is the one-process file byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    /// 1-based shard number.
+    pub index: usize,
+    /// Shards the list is split into.
+    pub count: usize,
+    /// SHA-256 over this shard's relative image paths, in order.
+    pub list_sha256: String,
+}
+
 /// How the model was smoothed before its statistics were collected (`calibrate --smooth`): the migration
 /// strength and the per-channel maxima of the smoothed GEMM inputs, measured on the unsmoothed model, from
 /// which the smoothing factors follow. `analyze` re-applies the same smoothing before reading the tensors.
@@ -109,6 +121,10 @@ pub struct HistFile {
     /// smoothed model. Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smoothing: Option<SmoothingRecord>,
+    /// With `calibrate --shard I/N`: the part of the image list covered; absent for a whole run (and after
+    /// `int8kit merge`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardInfo>,
     /// Activations in graph order.
     pub tensors: Vec<TensorRecord>,
 }
@@ -191,6 +207,11 @@ impl HistFile {
             }
             check_stats(&t.stats).map_err(|m| format!("tensor '{}': {m}", t.name))?;
         }
+        if let Some(sh) = &self.shard {
+            if sh.index == 0 || sh.index > sh.count {
+                return Err(format!("shard {}/{} is not a shard number from 1 to {}", sh.index, sh.count, sh.count));
+            }
+        }
         if let Some(sm) = &self.smoothing {
             if !(0.0..=1.0).contains(&sm.alpha) {
                 return Err(format!("smoothing alpha {} is not from 0 to 1", sm.alpha));
@@ -207,6 +228,111 @@ impl HistFile {
     /// The statistics of the tensor called `name`.
     pub fn tensor(&self, name: &str) -> Option<&TensorRecord> {
         self.tensors.iter().find(|t| t.name == name)
+    }
+}
+
+/// Merges the `.hist` files of every shard of one calibration (`calibrate --shard I/N` for I = 1..N) into the
+/// file one process over the whole list writes, byte for byte: the statistics merge exactly. Refuses, saying
+/// which file and what differs, parts of another model, recipe, image list, collection or ONNX Runtime, a
+/// shard given twice or missing, and files that are not shards.
+pub fn merge(parts: &[(std::path::PathBuf, HistFile)]) -> Result<HistFile, crate::HistError> {
+    let bad = |path: &std::path::Path, message: String| crate::HistError::Merge { path: path.to_path_buf(), message };
+    let Some((first_path, first)) = parts.first() else {
+        return Err(bad(std::path::Path::new("."), "no .hist files to merge".into()));
+    };
+    let shard_of = |path: &std::path::Path, h: &HistFile| {
+        h.shard.clone().ok_or_else(|| {
+            bad(path, "is not a shard (calibrate --shard I/N writes shards; a whole run needs no merge)".into())
+        })
+    };
+    let count = shard_of(first_path, first)?.count;
+    let mut seen: Vec<Option<&std::path::Path>> = vec![None; count];
+    for (path, h) in parts {
+        let shard = shard_of(path, h)?;
+        if shard.count != count {
+            return Err(bad(
+                path,
+                format!("is shard {}/{} but {} is of {count} shards", shard.index, shard.count, first_path.display()),
+            ));
+        }
+        let slot = shard
+            .index
+            .checked_sub(1)
+            .and_then(|i| seen.get_mut(i))
+            .ok_or_else(|| bad(path, format!("shard number {} is outside 1..{count}", shard.index)))?;
+        if let Some(other) = slot {
+            return Err(bad(
+                path,
+                format!(
+                    "shard {}/{count} is given twice (also {}): shards would overlap",
+                    shard.index,
+                    other.display()
+                ),
+            ));
+        }
+        *slot = Some(path.as_path());
+        let same = |what: &str, a: String, b: String| {
+            if a == b {
+                Ok(())
+            } else {
+                Err(bad(
+                    path,
+                    format!(
+                        "{what} differs from {}'s ({b} here, {a} there): shards of one calibration only",
+                        first_path.display()
+                    ),
+                ))
+            }
+        };
+        let json = |v: &dyn erased::Json| v.json();
+        same("the model", json(&first.model), json(&h.model))?;
+        same("the recipe", json(&first.recipe), json(&h.recipe))?;
+        same("the image list", json(&erased::List(&first.images)), json(&erased::List(&h.images)))?;
+        same("the collection (--tensors)", first.collected.name().into(), h.collected.name().into())?;
+        same("the ONNX Runtime version", first.onnxruntime.clone(), h.onnxruntime.clone())?;
+        same("the histogram layout", json(&first.histogram), json(&h.histogram))?;
+        same("the format version", first.version.to_string(), h.version.to_string())?;
+        let names = |h: &HistFile| {
+            h.tensors.iter().map(|t| format!("{}<{:?}", t.name, t.producer)).collect::<Vec<_>>().join(",")
+        };
+        if names(first) != names(h) {
+            return Err(bad(path, format!("holds other tensors than {}", first_path.display())));
+        }
+    }
+    if let Some(missing) = seen.iter().position(Option::is_none) {
+        return Err(bad(
+            first_path,
+            format!("shard {}/{count} is missing: every shard is needed for the whole list", missing + 1),
+        ));
+    }
+    let mut merged = HistFile { content_sha256: None, shard: None, ..first.clone() };
+    merged.images.count = parts.iter().map(|(_, h)| h.images.count).sum();
+    merged.images.skipped = parts.iter().map(|(_, h)| h.images.skipped).sum();
+    for (_, h) in &parts[1..] {
+        for (m, t) in merged.tensors.iter_mut().zip(&h.tensors) {
+            m.stats.merge(&t.stats);
+        }
+    }
+    Ok(merged)
+}
+
+/// Comparable JSON of the parts of a .hist that must agree between shards.
+mod erased {
+    /// A value as compact JSON.
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_default()
+        }
+    }
+    /// The image list's identity, without the per-shard counts.
+    pub struct List<'a>(pub &'a super::ImagesInfo);
+    impl serde::Serialize for List<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            (&self.0.folder, self.0.limit, self.0.seed, &self.0.list_sha256).serialize(s)
+        }
     }
 }
 

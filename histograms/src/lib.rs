@@ -10,7 +10,8 @@ use std::path::PathBuf;
 
 pub use channels::{ChannelMax, ChannelMismatch};
 pub use hist_file::{
-    HistFile, HistogramInfo, ImagesInfo, ModelInfo, SmoothingRecord, TensorRecord, HIST_FORMAT, HIST_VERSION,
+    merge, HistFile, HistogramInfo, ImagesInfo, ModelInfo, ShardInfo, SmoothingRecord, TensorRecord, HIST_FORMAT,
+    HIST_VERSION,
 };
 pub use histogram::{AbsHistogram, TensorStats, BINS};
 
@@ -31,6 +32,14 @@ pub enum HistError {
     /// The statistics could not be serialized.
     #[error("cannot encode the .hist file: {0}")]
     Encode(#[source] serde_json::Error),
+    /// Shards that cannot be merged.
+    #[error("{path}: cannot merge: {message}")]
+    Merge {
+        /// The offending `.hist` file.
+        path: PathBuf,
+        /// What differs, and what to do.
+        message: String,
+    },
     /// The file could not be written.
     #[error(transparent)]
     Write(#[from] graph::GraphError),

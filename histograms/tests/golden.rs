@@ -38,6 +38,7 @@ fn sample() -> HistFile {
                 stats: stats(&[f32::NAN, f32::INFINITY, -3.0, 1e-3, -0.0]),
             },
         ],
+        shard: Some(histograms::ShardInfo { index: 2, count: 3, list_sha256: "ef".repeat(32) }),
         smoothing: Some(histograms::SmoothingRecord {
             alpha: 0.5,
             channel_max: [(

@@ -149,6 +149,21 @@ pub struct CollectArgs {
     /// statistics are those of the smoothed model. Twice the calibration time; CPU only.
     #[arg(long, value_name = "ALPHA")]
     pub smooth: Option<f32>,
+    /// Only the I-th of N contiguous parts of the sorted image list (after --limit), for N processes or
+    /// machines; `int8kit merge` turns the N .hist files into the one-process .hist, byte for byte.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<(usize, usize)>,
+}
+
+/// `--shard I/N`.
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("'{s}': expected I/N with 1 <= I <= N, such as 2/4");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+    if i == 0 || i > n {
+        return Err(bad());
+    }
+    Ok((i, n))
 }
 
 impl CollectArgs {
@@ -163,6 +178,7 @@ impl CollectArgs {
             selection: self.tensors.into(),
             device: self.device,
             smooth: self.smooth,
+            shard: self.shard,
         }
     }
 }

@@ -31,6 +31,9 @@ pub enum Command {
     Quantize(Box<commands::quantize::QuantizeArgs>),
     /// Stream calibration images through the FP32 model and write per-tensor activation statistics (.hist).
     Calibrate(Box<commands::calibrate::CalibrateArgs>),
+    /// Merge the .hist files of every shard of one calibration (`calibrate --shard I/N`) into the .hist one
+    /// process over the whole image list writes, byte for byte.
+    Merge(commands::merge::MergeArgs),
     /// Compute INT8 scales from a .hist and write model.qdq.onnx, ranges.csv, ranges.json and, from a .hist of
     /// every activation (--tensors all), TensorRT's calibration.cache.
     Analyze(Box<commands::analyze::AnalyzeArgs>),
@@ -61,7 +64,7 @@ impl Command {
             Command::Sensitivity(a) => a.quiet,
             Command::Autoprecision(a) => a.common.quiet,
             Command::Validate(a) => a.quiet,
-            Command::Setup(_) | Command::Lint(_) => false,
+            Command::Setup(_) | Command::Lint(_) | Command::Merge(_) => false,
         }
     }
 
@@ -73,7 +76,7 @@ impl Command {
             Command::Sensitivity(a) => a.device,
             Command::Autoprecision(a) => a.common.device,
             Command::Validate(a) => a.device,
-            Command::Analyze(_) | Command::Setup(_) | Command::Lint(_) => runtime::Device::Cpu,
+            Command::Analyze(_) | Command::Setup(_) | Command::Lint(_) | Command::Merge(_) => runtime::Device::Cpu,
         }
     }
 }
@@ -92,5 +95,6 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Validate(a) => commands::validate::run(&a),
         Command::Setup(a) => commands::setup::run(&a),
         Command::Lint(a) => commands::lint::run(&a),
+        Command::Merge(a) => commands::merge::run(&a),
     }
 }

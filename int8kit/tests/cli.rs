@@ -100,7 +100,9 @@ fn version_and_every_subcommand_are_there() {
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(text(&o).trim(), format!("int8kit {}", env!("CARGO_PKG_VERSION")));
     let help = text(&int8kit(&cwd, args!["--help"]));
-    for sub in ["quantize", "calibrate", "analyze", "sensitivity", "autoprecision", "validate", "setup"] {
+    for sub in
+        ["quantize", "calibrate", "analyze", "sensitivity", "autoprecision", "validate", "setup", "merge", "lint"]
+    {
         assert!(help.contains(sub), "{sub} missing from --help:\n{help}");
     }
 }
@@ -144,4 +146,33 @@ fn messages_say_each_thing_once_suggest_only_real_flags_and_stay_plain_when_pipe
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("WARN") && !text(&o).contains('\u{1b}'), "{}", text(&o));
+}
+
+#[test]
+fn calibrate_shards_merge_into_the_one_process_hist() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let m = model("fmnist_resnet_opset13.onnx");
+    let (images, recipe) = (calib_dir(), recipe_path());
+    let common: &[&std::ffi::OsStr] =
+        args!["calibrate", "--model", &m, "--images", &images, "--recipe", &recipe, "--limit", "40", "--quiet"];
+    for (shard, out) in [(None, "whole.hist"), (Some("2/2"), "b.hist"), (Some("1/2"), "a.hist")] {
+        let extra: &[&std::ffi::OsStr] = match shard {
+            Some(s) => args!["--shard", s, "--out", out],
+            None => args!["--out", out],
+        };
+        let o = int8kit(cwd, &[common, extra].concat());
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let o = int8kit(cwd, args!["merge", "b.hist", "a.hist", "--out", "merged.hist"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let read = |p: &str| std::fs::read(cwd.join(p)).unwrap();
+    assert_eq!(read("merged.hist"), read("whole.hist"));
+    // One shard alone is refused with exit 2, naming what is missing; nothing is written.
+    let o = int8kit(cwd, args!["merge", "a.hist", "--out", "half.hist"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("shard 2/2 is missing") && !cwd.join("half.hist").exists(), "{}", text(&o));
+    let o = int8kit(cwd, &[common, args!["--shard", "3/2", "--out", "x.hist"]].concat());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("expected I/N"), "{}", text(&o));
 }

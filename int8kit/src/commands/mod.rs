@@ -4,6 +4,7 @@ pub mod analyze;
 pub mod autoprecision;
 pub mod calibrate;
 pub mod lint;
+pub mod merge;
 pub mod quantize;
 pub mod sensitivity;
 pub mod setup;
