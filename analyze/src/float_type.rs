@@ -343,16 +343,8 @@ fn upgrade_to_opset_19(proto: &mut ModelProto) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use graph::proto::{Message, OperatorSetIdProto, TypeProto, ValueInfoProto};
-
-    fn value(name: &str) -> ValueInfoProto {
-        let mut v = ValueInfoProto::new();
-        v.name = name.into();
-        let mut t = TypeProto::new();
-        t.mut_tensor_type().elem_type = DataType::FLOAT as i32;
-        v.type_ = Some(t).into();
-        v
-    }
+    use crate::qdq::scalar_f32 as scalar;
+    use crate::test_models::{empty_model, float_value as value, load_written};
 
     fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
         let mut n = NodeProto::new();
@@ -363,21 +355,10 @@ mod tests {
         n
     }
 
-    fn scalar(name: &str, v: f32) -> TensorProto {
-        let mut t = TensorProto::new();
-        t.name = name.into();
-        t.data_type = DataType::FLOAT as i32;
-        t.float_data = vec![v];
-        t
-    }
-
     /// y = (x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) * gamma, opset 13 with ReduceMean axes attributes,
     /// followed by a Q/DQ pair (so the model must move to opset 19).
     fn decomposed_layernorm(dir: &std::path::Path) -> Model {
-        let mut m = ModelProto::new();
-        let mut opset = OperatorSetIdProto::new();
-        opset.version = 13;
-        m.opset_import.push(opset);
+        let mut m = empty_model(13);
         m.ir_version = 7;
         let g = m.graph.mut_or_insert_default();
         g.input.push(value("x"));
@@ -406,9 +387,7 @@ mod tests {
         g.node.push(node("QuantizeLinear", &["n", "s", "zp"], "nq"));
         g.node.push(node("DequantizeLinear", &["nq", "s", "zp"], "ndq"));
         g.node.push(node("Mul", &["ndq", "gamma"], "y"));
-        let path = dir.join("ln.onnx");
-        std::fs::write(&path, m.write_to_bytes().unwrap()).unwrap();
-        Model::load(&path).unwrap()
+        load_written(&m, &dir.join("ln.onnx"))
     }
 
     #[test]

@@ -9,6 +9,8 @@ pub mod flops;
 pub mod lint;
 pub mod qdq;
 pub mod scales;
+#[cfg(test)]
+mod test_models;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

@@ -21,7 +21,7 @@ pub struct QdqSummary {
     pub weights: Vec<(String, usize, QuantizedWeights)>,
 }
 
-fn scalar_f32(name: &str, v: f32) -> TensorProto {
+pub(crate) fn scalar_f32(name: &str, v: f32) -> TensorProto {
     let mut t = TensorProto::new();
     t.name = name.into();
     t.data_type = DataType::FLOAT as i32;
@@ -405,24 +405,12 @@ pub fn insert_qdq(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use graph::proto::{Message, OperatorSetIdProto, TypeProto, ValueInfoProto};
+    use crate::test_models::{empty_model, float_value as value, load_written};
     use placement::{decide, PrecisionFile, Selection};
-
-    fn value(name: &str) -> ValueInfoProto {
-        let mut v = ValueInfoProto::new();
-        v.name = name.into();
-        let mut t = TypeProto::new();
-        t.mut_tensor_type().elem_type = DataType::FLOAT as i32;
-        v.type_ = Some(t).into();
-        v
-    }
 
     /// x -> Conv(w) -> c; y = Add(c, x); z = Concat(y, x).
     fn residual_model(dir: &std::path::Path) -> Model {
-        let mut m = ModelProto::new();
-        let mut opset = OperatorSetIdProto::new();
-        opset.version = 17;
-        m.opset_import.push(opset);
+        let mut m = empty_model(17);
         let g = m.graph.mut_or_insert_default();
         g.input.push(value("x"));
         g.output.push(value("z"));
@@ -443,9 +431,7 @@ mod tests {
             a
         });
         g.node.push(concat);
-        let path = dir.join("residual.onnx");
-        std::fs::write(&path, m.write_to_bytes().unwrap()).unwrap();
-        Model::load(&path).unwrap()
+        load_written(&m, &dir.join("residual.onnx"))
     }
 
     #[test]

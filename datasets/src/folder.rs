@@ -84,21 +84,6 @@ fn numbered_label(name: &str) -> Option<(usize, &str)> {
     Some((num.parse().ok()?, rest))
 }
 
-/// Refuses a folder that mixes images and `.npz` samples: one model takes one kind.
-fn one_kind(dir: &Path, items: &[ImageItem]) -> Result<(), DatasetError> {
-    let npz = items.iter().filter(|i| is_npz(&i.path)).count();
-    if npz > 0 && npz < items.len() {
-        return Err(DatasetError::Labels {
-            dir: dir.to_path_buf(),
-            message: format!(
-                "mixes {npz} .npz samples with {} images; a model takes one kind: keep them in separate folders",
-                items.len() - npz
-            ),
-        });
-    }
-    Ok(())
-}
-
 impl Dataset {
     /// Every JPEG/PNG under `dir` (recursively), unlabelled, sorted by path.
     pub fn flat(dir: &Path) -> Result<Dataset, DatasetError> {
@@ -107,8 +92,7 @@ impl Dataset {
         if paths.is_empty() {
             return Err(DatasetError::Empty { dir: dir.to_path_buf() });
         }
-        let items: Vec<ImageItem> = paths.into_iter().map(|path| ImageItem { path, label: None }).collect();
-        one_kind(dir, &items)?;
+        let items = paths.into_iter().map(|path| ImageItem { path, label: None }).collect();
         Ok(Dataset { root: dir.to_path_buf(), items, classes: Vec::new() })
     }
 
@@ -168,7 +152,6 @@ impl Dataset {
             return Err(DatasetError::Empty { dir: dir.to_path_buf() });
         }
         items.sort_by(|a, b| a.path.cmp(&b.path));
-        one_kind(dir, &items)?;
         Ok(Dataset { root: dir.to_path_buf(), items, classes })
     }
 
@@ -188,11 +171,6 @@ impl Dataset {
         } else {
             Dataset::flat(dir)
         }
-    }
-
-    /// Whether the samples are `.npz` tensor files rather than images.
-    pub fn holds_tensors(&self) -> bool {
-        self.items.first().is_some_and(|i| is_npz(&i.path))
     }
 
     /// Whether the images carry class labels.

@@ -221,7 +221,8 @@ struct Evaluator<'a> {
     placement: runtime::Placement,
     qdq: PlacementOptions,
     weight_clip: &'a WeightClips,
-    hist: &'a HistFile,
+    /// Calibrated max |x| per tensor (which producers must stay FP32), computed once for every variant.
+    max_abs: HashMap<String, f32>,
 }
 
 fn softmax(v: &[f32]) -> Vec<f64> {
@@ -255,7 +256,7 @@ impl<'a> Evaluator<'a> {
             placement,
             qdq: inputs.qdq,
             weight_clip: &inputs.weight_clip,
-            hist: &inputs.hist,
+            max_abs: analyze::max_abs(&inputs.hist),
         };
         ev.fp32 = ev.outputs(&model.to_bytes()?)?;
         ev.check_finite(&ev.fp32, true)?;
@@ -359,8 +360,7 @@ impl<'a> Evaluator<'a> {
         amax: &HashMap<String, f32>,
         clips: &WeightClips,
     ) -> Result<Effect, EvaluateError> {
-        let maxima = analyze::max_abs(self.hist);
-        let (proto, _) = analyze::build_qdq(self.model, decisions, &self.qdq, amax, &maxima, clips)?;
+        let (proto, _) = analyze::build_qdq(self.model, decisions, &self.qdq, amax, &self.max_abs, clips)?;
         let bytes = graph::proto::Message::write_to_bytes(&proto).map_err(graph::GraphError::Encode)?;
         let outputs = self.outputs(&bytes)?;
         self.check_finite(&outputs, false)?;

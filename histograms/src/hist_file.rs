@@ -284,10 +284,11 @@ pub fn merge(parts: &[(std::path::PathBuf, HistFile)]) -> Result<HistFile, crate
                 ))
             }
         };
-        let json = |v: &dyn erased::Json| v.json();
+        // The image list's identity, without the per-shard counts.
+        let list = |i: &ImagesInfo| (i.folder.clone(), i.limit, i.seed, i.list_sha256.clone());
         same("the model", json(&first.model), json(&h.model))?;
         same("the recipe", json(&first.recipe), json(&h.recipe))?;
-        same("the image list", json(&erased::List(&first.images)), json(&erased::List(&h.images)))?;
+        same("the image list", json(&list(&first.images)), json(&list(&h.images)))?;
         same("the collection (--tensors)", first.collected.name().into(), h.collected.name().into())?;
         same("the ONNX Runtime version", first.onnxruntime.clone(), h.onnxruntime.clone())?;
         same("the histogram layout", json(&first.histogram), json(&h.histogram))?;
@@ -316,24 +317,9 @@ pub fn merge(parts: &[(std::path::PathBuf, HistFile)]) -> Result<HistFile, crate
     Ok(merged)
 }
 
-/// Comparable JSON of the parts of a .hist that must agree between shards.
-mod erased {
-    /// A value as compact JSON.
-    pub trait Json {
-        fn json(&self) -> String;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> String {
-            serde_json::to_string(self).unwrap_or_default()
-        }
-    }
-    /// The image list's identity, without the per-shard counts.
-    pub struct List<'a>(pub &'a super::ImagesInfo);
-    impl serde::Serialize for List<'_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            (&self.0.folder, self.0.limit, self.0.seed, &self.0.list_sha256).serialize(s)
-        }
-    }
+/// A value as compact JSON, to compare the parts of two .hist files that must agree and to show them.
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
 }
 
 fn short(sha: &str) -> &str {
