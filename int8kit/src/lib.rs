@@ -39,11 +39,12 @@ pub enum Command {
     Analyze(Box<commands::analyze::AnalyzeArgs>),
     /// Per node: quantize it alone, and keep it alone in float; rank by the damage (sensitivity.json/.csv).
     Sensitivity(Box<commands::sensitivity::SensitivityArgs>),
-    /// Smallest deny list meeting a Top-1 budget: greedy on the sensitivity ranking over --limit images, then
-    /// verified on the whole --val folder. Writes precision.toml and the artifacts built with it.
+    /// Smallest deny list meeting a budget (Top-1 drop, or output cosine/SQNR/agreement without labels):
+    /// greedy on the sensitivity ranking over --limit images, then verified on the whole --val folder. Writes precision.toml and the artifacts built with it.
     /// Exit 1 when the budget cannot be met.
     Autoprecision(Box<commands::autoprecision::AutoprecisionArgs>),
-    /// Release gate: calibrate, analyze, evaluate FP32 and INT8 on a labelled folder, write the reports.
+    /// Release gate: calibrate, analyze, evaluate FP32 and INT8 on a labelled folder (or an unlabelled one for
+    /// fidelity gates only), write the reports.
     /// Exit 0: every criterion holds; 1: a gate failed; 2: bad input or a run error.
     Validate(Box<commands::validate::ValidateArgs>),
     /// Check a Q/DQ model against TensorRT's explicit-quantization rules: what TensorRT would reject

@@ -7,28 +7,19 @@ calibration (ONNX Runtime's histogram calibrator underneath). Run by xtask insid
 time and peak RSS are measured from outside.
 """
 
-import argparse
-import sys
 import time
 
 import numpy as np
 import onnx
 
+import peer_args
+
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--model", required=True)
-    p.add_argument("--inputs", required=True, help="raw float32 file of N*C*H*W values")
-    p.add_argument("--shape", required=True, help="N,C,H,W")
-    p.add_argument("--input-name", required=True)
-    p.add_argument("--batch", type=int, required=True)
-    p.add_argument("--method", choices=["entropy", "max"], required=True)
-    p.add_argument("--float-type", choices=["fp16", "fp32"], default="fp16")
-    p.add_argument("--out", required=True)
-    a = p.parse_args()
-    shape = tuple(int(x) for x in a.shape.split(","))
-    if shape[0] % a.batch != 0:
-        sys.exit(f"batch {a.batch} does not divide {shape[0]} images")
+    a, shape = peer_args.parse(
+        ["entropy", "max"],
+        lambda p: p.add_argument("--float-type", choices=["fp16", "fp32"], default="fp16"),
+    )
     # ModelOpt's own entry point does not log to stdout when imported this way; keep it quiet and timed.
     from modelopt.onnx.quantization import quantize
     import modelopt

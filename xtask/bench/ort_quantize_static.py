@@ -6,8 +6,6 @@ weights, symmetric INT8 activations and weights; everything else is quantize_sta
 Run by xtask inside its own venv; its wall time and peak RSS are measured from outside.
 """
 
-import argparse
-import sys
 import time
 
 import numpy as np
@@ -20,6 +18,8 @@ from onnxruntime.quantization import (
     QuantType,
     quantize_static,
 )
+
+import peer_args
 
 
 class RawBatches(CalibrationDataReader):
@@ -43,18 +43,7 @@ class RawBatches(CalibrationDataReader):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--model", required=True)
-    p.add_argument("--inputs", required=True, help="raw float32 file of N*C*H*W values")
-    p.add_argument("--shape", required=True, help="N,C,H,W")
-    p.add_argument("--input-name", required=True)
-    p.add_argument("--batch", type=int, required=True)
-    p.add_argument("--method", choices=["Entropy", "Percentile", "MinMax"], required=True)
-    p.add_argument("--out", required=True)
-    a = p.parse_args()
-    shape = tuple(int(x) for x in a.shape.split(","))
-    if shape[0] % a.batch != 0:
-        sys.exit(f"batch {a.batch} does not divide {shape[0]} images")
+    a, shape = peer_args.parse(["Entropy", "Percentile", "MinMax"])
     data = np.memmap(a.inputs, dtype="<f4", mode="r", shape=shape)
     start = time.monotonic()
     quantize_static(
