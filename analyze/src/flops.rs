@@ -1,15 +1,62 @@
-//! Multiply-accumulate counts of GEMM/Conv nodes for one image, from tensor shapes that ONNX Runtime
-//! reports on a single-image run (shape inference on every exporter's output is ONNX Runtime's job).
+//! Multiply-accumulate counts of GEMM/Conv nodes for one sample, from tensor shapes that ONNX Runtime
+//! reports on a run over one sample of zeros (shape inference on every exporter's output is ONNX Runtime's
+//! job): an image as the calibration's recipe makes it, or the arrays its `.npz` samples held.
 
 use std::collections::HashMap;
 
 use graph::proto::{TypeProto, ValueInfoProto};
 use graph::{GraphIndex, Model};
 
+use datasets::{ArrayData, NamedArray};
+use histograms::HistFile;
+
 use crate::AnalyzeError;
 
-/// FLOPs (2 x MACs) per node name, for Conv/ConvTranspose/MatMul/Gemm nodes.
-pub fn gemm_flops(model: &Model, recipe: &datasets::Recipe, input: &str) -> Result<HashMap<String, f64>, AnalyzeError> {
+/// One batch of zeros shaped like the calibration's samples (the model's fixed batch, else one sample), and
+/// that batch's size.
+fn zero_batch(model: &Model, hist: &HistFile) -> Result<(Vec<NamedArray>, usize), AnalyzeError> {
+    let zeros = |name: String, dtype: &str, shape: Vec<usize>| {
+        let data = ArrayData::zeros(dtype, shape.iter().product()).ok_or_else(|| AnalyzeError::Model {
+            path: model.path.clone(),
+            message: format!("the .hist's array '{name}' has element type '{dtype}', which int8kit does not feed"),
+        })?;
+        Ok::<_, AnalyzeError>(NamedArray { name, shape, data })
+    };
+    match (&hist.recipe, &hist.arrays) {
+        (Some(recipe), _) => {
+            let input = model.resolve_input(recipe.name.as_deref())?.name.clone();
+            let batch = model.fixed_batch(&input).unwrap_or(1);
+            let dtype = if recipe.dtype.is_float32() { "float32" } else { "uint8" };
+            Ok((vec![zeros(input, dtype, recipe.batch_shape(batch).to_vec())?], batch))
+        }
+        (None, Some(arrays)) => {
+            let batch = arrays.first().and_then(|a| model.fixed_batch(&a.name)).unwrap_or(1);
+            let arrays = arrays
+                .iter()
+                .map(|a| {
+                    let mut shape = a.shape.clone();
+                    if let Some(b) = shape.first_mut() {
+                        *b = batch;
+                    }
+                    zeros(a.name.clone(), &a.dtype, shape)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((arrays, batch))
+        }
+        (None, None) => Err(AnalyzeError::Model {
+            path: model.path.clone(),
+            message: "its .hist names neither a recipe nor .npz arrays, so no sample can be made to measure FLOPs: \
+                      calibrate again with int8kit"
+                .into(),
+        }),
+    }
+}
+
+/// FLOPs (2 x MACs) per sample and node name, for Conv/ConvTranspose/MatMul/Gemm nodes, for samples like the
+/// calibration's.
+pub fn gemm_flops(model: &Model, hist: &HistFile) -> Result<HashMap<String, f64>, AnalyzeError> {
+    let (fed, batch) = zero_batch(model, hist)?;
+    let is_fed = |t: &str| fed.iter().any(|a| a.name == t);
     let graph = &model.proto.graph;
     let index = GraphIndex::new(graph);
     let gemm: Vec<usize> =
@@ -26,7 +73,7 @@ pub fn gemm_flops(model: &Model, recipe: &datasets::Recipe, input: &str) -> Resu
     }
     let mut probe = model.clone();
     let existing: Vec<String> = probe.proto.graph.output.iter().map(|o| o.name.clone()).collect();
-    for t in wanted.iter().filter(|t| !existing.contains(t) && *t != input) {
+    for t in wanted.iter().filter(|t| !existing.contains(t) && !is_fed(t)) {
         let mut vi = ValueInfoProto::new();
         vi.name = t.clone();
         let mut tp = TypeProto::new();
@@ -38,15 +85,12 @@ pub fn gemm_flops(model: &Model, recipe: &datasets::Recipe, input: &str) -> Resu
     cfg.external_data_dir = Some(model.dir.clone());
     cfg.intra_threads = 1;
     let mut session = runtime::session_from_bytes(&probe.to_bytes()?, &cfg)?;
-    // One image, or the model's fixed batch; FLOPs are per image.
-    let batch = model.fixed_batch(input).unwrap_or(1);
-    let shape = recipe.batch_shape(batch);
-    let zeros = vec![0f32; recipe.image_len() * batch];
-    let outputs: Vec<String> = wanted.iter().filter(|t| *t != input).cloned().collect();
+    let outputs: Vec<String> = wanted.iter().filter(|t| !is_fed(t)).cloned().collect();
+    let inputs: Vec<runtime::Input<'_>> = fed.iter().map(NamedArray::input).collect();
     let shapes: HashMap<String, Vec<i64>> =
-        runtime::run_f32_shapes(&mut session, &model.path.display().to_string(), input, &shape, &zeros, &outputs)?
+        runtime::run_shapes(&mut session, &model.path.display().to_string(), &inputs, &outputs)?
             .into_iter()
-            .chain(std::iter::once((input.to_string(), shape.iter().map(|&d| d as i64).collect())))
+            .chain(fed.iter().map(|a| (a.name.clone(), a.shape.iter().map(|&d| d as i64).collect())))
             .collect();
     let numel = |t: &str| shapes.get(t).map(|s| s.iter().product::<i64>() as f64);
     let mut flops = HashMap::new();

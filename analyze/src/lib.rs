@@ -430,8 +430,7 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
             }
         })
         .collect();
-    let input = model.resolve_input(hist.recipe.name.as_deref())?.name.clone();
-    let flops = flops::gemm_flops(&model, &hist.recipe, &input)?;
+    let flops = flops::gemm_flops(&model, hist)?;
     let total: f64 = flops.values().sum();
     let int8_flops: f64 = decisions.iter().filter(|d| d.int8).filter_map(|d| flops.get(&d.node)).sum();
     let nodes =

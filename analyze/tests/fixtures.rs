@@ -5,11 +5,11 @@ use analyze::scales::Method;
 use analyze::{analyze, AnalyzeOptions};
 use calibrate::{calibrate, CalibrateOptions};
 use histograms::HistFile;
-use test_support::{calib_dir, model, recipe};
+use test_support::{calib_dir, feed, model};
 
 fn hist(name: &str) -> HistFile {
     let options = CalibrateOptions { limit: Some(300), ..Default::default() };
-    calibrate(&model(name), &calib_dir(), &recipe(), &options, &mut |_, _| {}).unwrap().0
+    calibrate(&model(name), &calib_dir(), &feed(), &options, &mut |_, _| {}).unwrap().0
 }
 
 fn options_for(method: Method, precision: PrecisionFile) -> AnalyzeOptions {
@@ -57,7 +57,7 @@ fn the_cache_is_written_only_from_statistics_of_every_activation() {
     assert!(!dir.path().join("calibration.cache").exists());
 
     let options = CalibrateOptions { limit: Some(50), selection: histograms::Selection::All, ..Default::default() };
-    let (all, _) = calibrate(&model(name), &calib_dir(), &recipe(), &options, &mut |_, _| {}).unwrap();
+    let (all, _) = calibrate(&model(name), &calib_dir(), &feed(), &options, &mut |_, _| {}).unwrap();
     let a = analyze(&model(name), &all, &options_for(Method::Entropy, PrecisionFile::default())).unwrap();
     let analyze::Cache::Written(text) = &a.cache else { panic!("no cache from every activation") };
     let cache = analyze::cache::parse_cache(text, std::path::Path::new("c")).unwrap();
@@ -81,7 +81,7 @@ fn allowing_a_node_without_statistics_is_refused_by_name() {
     let name = "fmnist_vit_opset17.onnx";
     let options =
         CalibrateOptions { limit: Some(50), selection: histograms::Selection::Quantizable, ..Default::default() };
-    let (h, _) = calibrate(&model(name), &calib_dir(), &recipe(), &options, &mut |_, _| {}).unwrap();
+    let (h, _) = calibrate(&model(name), &calib_dir(), &feed(), &options, &mut |_, _| {}).unwrap();
     let allow = PrecisionFile { allow: Selection { nodes: vec![], ops: vec!["Softmax".into()] }, ..Default::default() };
     let err = analyze(&model(name), &h, &options_for(Method::Entropy, allow)).err().unwrap().to_string();
     assert!(err.contains("/blocks.0/Softmax") && err.contains("--tensors all"), "{err}");

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use datasets::{BatchStream, Dataset, InputType, OnBadImage, Recipe, StreamOptions};
+use datasets::{Batch, BatchStream, Dataset, Feed, InputType, OnBadImage, Recipe, StreamOptions};
 use graph::proto::{TypeProto, ValueInfoProto};
 use graph::{find_activations, Activation, ElemType, Model};
 use rayon::prelude::*;
@@ -80,8 +80,12 @@ pub struct TappedModel {
     pub activations: Vec<Activation>,
     /// Float tensors that are not collected.
     pub not_collected: Vec<String>,
-    /// The input to feed.
+    /// The image input (the recipe's), or for `.npz` samples the model's first input: the one whose batch axis
+    /// sets the batch size.
     pub input: String,
+    /// Activations fed from the host (float graph inputs): index and name; their statistics come from the
+    /// batch, not from ONNX Runtime.
+    fed: Vec<(usize, String)>,
     plan: CollectionPlan,
     /// Per measured tensor (in `output_names` order): whether its per-channel maxima are collected.
     channel_max: Vec<bool>,
@@ -159,6 +163,18 @@ fn check_input_shape(model: &Model, input: &ValueInfoProto, recipe: &Recipe) -> 
     Ok(())
 }
 
+/// The input whose batch axis sets the batch size: the recipe's image input, or for `.npz` samples (which
+/// name their own arrays; `runtime::run` checks them against the model's inputs) the model's first input.
+pub fn batch_input(model: &Model, feed: &Feed) -> Result<String, CalibrateError> {
+    match feed {
+        Feed::Images(recipe) => Ok(model.resolve_input(recipe.name.as_deref())?.name.clone()),
+        Feed::Tensors => model.feed_inputs().first().map(|i| i.name.clone()).ok_or_else(|| CalibrateError::Input {
+            model: model.path.clone(),
+            message: "the model has no input to feed".into(),
+        }),
+    }
+}
+
 /// The model as calibration sees it: loaded, refused if already quantized, and an FP16 model as its float32
 /// twin (every activation gets float statistics).
 fn load_for_calibration(model_path: &Path) -> Result<Model, CalibrateError> {
@@ -173,22 +189,28 @@ impl TappedModel {
     /// `channel_max`, the inputs of smoothable GEMMs also get per-channel maxima.
     pub fn new(
         model_path: &Path,
-        recipe: &Recipe,
+        feed: &Feed,
         selection: Selection,
         channel_max: bool,
     ) -> Result<TappedModel, CalibrateError> {
-        TappedModel::from_model(load_for_calibration(model_path)?, recipe, selection, channel_max)
+        TappedModel::from_model(load_for_calibration(model_path)?, feed, selection, channel_max)
     }
 
     /// [`TappedModel::new`] for a model already in memory (float32, not quantized).
     pub fn from_model(
         mut model: Model,
-        recipe: &Recipe,
+        feed: &Feed,
         selection: Selection,
         channel_max: bool,
     ) -> Result<TappedModel, CalibrateError> {
-        let input = model.resolve_input(recipe.name.as_deref())?.clone();
-        check_input_shape(&model, &input, recipe)?;
+        let input = match feed {
+            Feed::Images(recipe) => {
+                let input = model.resolve_input(recipe.name.as_deref())?.clone();
+                check_input_shape(&model, &input, recipe)?;
+                input.name
+            }
+            Feed::Tensors => batch_input(&model, feed)?,
+        };
         let (mut activations, not_collected) = find_activations(&model);
         let mut gemm_inputs = std::collections::HashSet::new();
         if selection == Selection::Quantizable {
@@ -211,7 +233,13 @@ impl TappedModel {
                 model.proto.graph.mut_or_insert_default().output.push(float_output(&activations[i].name));
             }
         }
-        Ok(TappedModel { model, activations, not_collected, input: input.name, plan, channel_max })
+        let fed = activations
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.producer.is_none())
+            .map(|(i, a)| (i, a.name.clone()))
+            .collect();
+        Ok(TappedModel { model, activations, not_collected, input, fed, plan, channel_max })
     }
 
     /// Names of the activations read back from ONNX Runtime, in graph order.
@@ -298,16 +326,11 @@ impl CollectionPlan {
         CollectionPlan { source, measured }
     }
 
-    fn assemble(
-        &self,
-        n: usize,
-        input_slot: Option<usize>,
-        input: TensorStats,
-        measured: Vec<TensorStats>,
-    ) -> Vec<TensorStats> {
+    /// Every activation's statistics from those of the fed inputs (`(index, stats)`) and the measured ones.
+    fn assemble(&self, n: usize, fed: Vec<(usize, TensorStats)>, measured: Vec<TensorStats>) -> Vec<TensorStats> {
         let mut own: Vec<Option<TensorStats>> = vec![None; n];
-        if let Some(i) = input_slot {
-            own[i] = Some(input);
+        for (i, stats) in fed {
+            own[i] = Some(stats);
         }
         for (&i, s) in self.measured.iter().zip(measured) {
             own[i] = Some(s);
@@ -340,15 +363,21 @@ struct Pass {
 pub fn calibrate(
     model_path: &Path,
     images: &Path,
-    recipe: &Recipe,
+    feed: &Feed,
     options: &CalibrateOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(HistFile, CalibrationSummary), CalibrateError> {
-    recipe.validate("recipe")?;
+    feed.validate("recipe")?;
     let refuse = |message: &str| CalibrateError::Input { model: model_path.to_path_buf(), message: message.into() };
-    if options.device.is_cuda() && recipe.dtype == InputType::Uint8 {
+    if options.device.is_cuda() && feed.recipe().is_some_and(|r| r.dtype == InputType::Uint8) {
         return Err(refuse(
             "uint8 image inputs run on the CPU only for now (the GPU path binds float32 batches); use --device cpu",
+        ));
+    }
+    if options.device.is_cuda() && *feed == Feed::Tensors {
+        return Err(refuse(
+            ".npz tensor samples run on the CPU only for now (the GPU path binds one float32 image batch); use \
+             --device cpu",
         ));
     }
     if options.device.is_cuda() && options.smooth.is_some() {
@@ -356,6 +385,17 @@ pub fn calibrate(
     }
     let mut model = load_for_calibration(model_path)?;
     let mut dataset = Dataset::flat(images)?;
+    // A folder of the other kind is refused here, before any work.
+    Feed::for_dataset(&dataset, feed.recipe().cloned())?;
+    let arrays = match feed {
+        Feed::Images(_) => None,
+        Feed::Tensors => Some(
+            datasets::tensors::read_npz(&dataset.items[0].path)?
+                .into_iter()
+                .map(|a| histograms::ArraySpec { name: a.name, dtype: a.data.dtype().into(), shape: a.shape })
+                .collect(),
+        ),
+    };
     if let Some(n) = options.limit {
         dataset = dataset.limit(n, options.seed);
     }
@@ -387,8 +427,8 @@ pub fn calibrate(
     let mut report = |done: u64| progress(done_before + done, total);
     let smoothing = match options.smooth {
         Some(alpha) => {
-            let tapped = TappedModel::from_model(model.clone(), recipe, Selection::Quantizable, true)?;
-            let first = run_pass(&tapped, &dataset, recipe, options, &mut report)?;
+            let tapped = TappedModel::from_model(model.clone(), feed, Selection::Quantizable, true)?;
+            let first = run_pass(&tapped, &dataset, feed, options, &mut report)?;
             let record = histograms::SmoothingRecord { alpha, channel_max: first.channel_max };
             smoothquant::smooth(&mut model, &record.channel_max, alpha)?;
             Some((record, first.done))
@@ -399,8 +439,8 @@ pub fn calibrate(
         done_before = *first_done;
     }
     let mut report = |done: u64| progress(done_before + done, total);
-    let tapped = TappedModel::from_model(model, recipe, options.selection, false)?;
-    let pass = run_pass(&tapped, &dataset, recipe, options, &mut report)?;
+    let tapped = TappedModel::from_model(model, feed, options.selection, false)?;
+    let pass = run_pass(&tapped, &dataset, feed, options, &mut report)?;
     if pass.done == 0 {
         return Err(CalibrateError::NoImages { dir: images.to_path_buf(), skipped: pass.skipped.len() });
     }
@@ -421,7 +461,8 @@ pub fn calibrate(
         content_sha256: None,
         producer: format!("int8kit calibrate {}", env!("CARGO_PKG_VERSION")),
         model: ModelInfo { file: file_name(model_path), sha256: tapped.model.sha256.clone() },
-        recipe: recipe.clone(),
+        recipe: feed.recipe().cloned(),
+        arrays,
         images: ImagesInfo {
             folder: file_name(images),
             count: pass.done,
@@ -453,7 +494,7 @@ pub fn calibrate(
 fn run_pass(
     tapped: &TappedModel,
     dataset: &Dataset,
-    recipe: &Recipe,
+    feed: &Feed,
     options: &CalibrateOptions,
     batch_done: &mut dyn FnMut(u64),
 ) -> Result<Pass, CalibrateError> {
@@ -500,12 +541,11 @@ fn run_pass(
     let mut session = runtime::session_from_bytes(&tapped.model.to_bytes()?, &cfg)?;
 
     let outputs = tapped.output_names();
-    let input_slot = tapped.activations.iter().position(|a| a.producer.is_none());
-    let mut input_stats = TensorStats::default();
+    let mut fed_stats = FedStats::new(tapped);
 
     let mut stream = BatchStream::new(
         dataset,
-        recipe,
+        feed,
         StreamOptions { batch_size, lookahead: 2, on_bad_image: options.on_bad_image, pool: None },
     );
     let mut done = 0u64;
@@ -517,9 +557,7 @@ fn run_pass(
         let mut bound = runtime::BoundRun::new(&session, options.device, &outputs, &label)?;
         for batch in stream.by_ref() {
             let batch = batch?;
-            if input_slot.is_some() {
-                input_stats.add(&batch.data);
-            }
+            fed_stats.add(&batch);
             let tensors = bound.run(&mut session, &tapped.input, &batch.shape, &batch.data)?;
             gpu.add(&tensors)?;
             done += batch.items.len() as u64;
@@ -528,21 +566,12 @@ fn run_pass(
         device_memory_peak_mb = Some(gpu.memory_peak_mb());
         (gpu.finish()?, vec![None; outputs.len()])
     } else {
-        collect_on_cpu(
-            &mut session,
-            &label,
-            tapped,
-            &outputs,
-            &mut stream,
-            pool,
-            input_slot.is_some().then_some(&mut input_stats),
-            &mut |n| {
-                done += n;
-                batch_done(done);
-            },
-        )?
+        collect_on_cpu(&mut session, &label, tapped, &outputs, &mut stream, pool, &mut fed_stats, &mut |n| {
+            done += n;
+            batch_done(done);
+        })?
     };
-    let stats = tapped.plan.assemble(tapped.activations.len(), input_slot, input_stats, measured_stats);
+    let stats = tapped.plan.assemble(tapped.activations.len(), fed_stats.into_slots(), measured_stats);
     let mut channel_max = std::collections::BTreeMap::new();
     for (name, c) in outputs.iter().zip(measured_channels) {
         match c {
@@ -565,6 +594,33 @@ fn run_pass(
     Ok(Pass { stats, channel_max, done, skipped: stream.skipped(), device_memory_peak_mb })
 }
 
+/// Statistics of the float inputs the host feeds (the image, or float arrays of `.npz` samples), taken from
+/// each batch's values rather than read back from ONNX Runtime.
+struct FedStats<'t> {
+    tapped: &'t TappedModel,
+    stats: Vec<TensorStats>,
+}
+
+impl<'t> FedStats<'t> {
+    fn new(tapped: &'t TappedModel) -> FedStats<'t> {
+        FedStats { tapped, stats: vec![TensorStats::default(); tapped.fed.len()] }
+    }
+
+    fn add(&mut self, batch: &Batch) {
+        let inputs = batch.inputs(&self.tapped.input);
+        for ((_, name), stats) in self.tapped.fed.iter().zip(&mut self.stats) {
+            if let Some(values) = inputs.iter().find(|i| i.name == name).and_then(|i| i.values.as_f32()) {
+                stats.add(values);
+            }
+        }
+    }
+
+    /// `(activation index, statistics)` per fed input.
+    fn into_slots(self) -> Vec<(usize, TensorStats)> {
+        self.tapped.fed.iter().map(|(i, _)| *i).zip(self.stats).collect()
+    }
+}
+
 /// Statistics of the measured tensors, and the per-channel maxima of those that collect them (`None` for the
 /// others; an error when the channel count changed between batches).
 type MeasuredStats = (Vec<TensorStats>, Vec<Option<Result<histograms::ChannelMax, histograms::ChannelMismatch>>>);
@@ -578,7 +634,7 @@ fn collect_on_cpu(
     outputs: &[String],
     stream: &mut BatchStream,
     pool: rayon::ThreadPool,
-    mut input_stats: Option<&mut TensorStats>,
+    fed_stats: &mut FedStats<'_>,
     batch_done: &mut dyn FnMut(u64),
 ) -> Result<MeasuredStats, CalibrateError> {
     // A rendezvous channel: at most two batches of activations exist at once (one being histogrammed, one
@@ -611,10 +667,8 @@ fn collect_on_cpu(
         let run = (|| -> Result<(), CalibrateError> {
             for batch in stream.by_ref() {
                 let batch = batch?;
-                if let Some(s) = input_stats.as_deref_mut() {
-                    s.add(&batch.data);
-                }
-                let outs = runtime::run_f32_owned(session, label, &tapped.input, &batch.shape, &batch.data, outputs)?;
+                fed_stats.add(&batch);
+                let outs = runtime::run(session, label, &batch.inputs(&tapped.input), outputs)?;
                 if tx.send(outs).is_err() {
                     break; // the histogram thread died; joining it below reports why
                 }
@@ -664,7 +718,7 @@ mod tests {
             t.add(&[v]);
             t
         };
-        let all = plan.assemble(5, Some(0), s(1.0), vec![s(2.0)]);
+        let all = plan.assemble(5, vec![(0, s(1.0))], vec![s(2.0)]);
         assert_eq!(all.iter().map(|t| t.max.unwrap()).collect::<Vec<_>>(), vec![1.0, 2.0, 2.0, 2.0, 1.0]);
     }
 }

@@ -8,7 +8,7 @@ pub mod gpu;
 
 use std::path::PathBuf;
 
-pub use collect::{calibrate, CalibrateOptions, CalibrationSummary, TappedModel};
+pub use collect::{batch_input, calibrate, CalibrateOptions, CalibrationSummary, TappedModel};
 pub use histograms::Selection;
 
 /// Errors of a calibration run; each names the model, folder or file involved.

@@ -3,12 +3,12 @@
 use calibrate::{calibrate, CalibrateOptions};
 use datasets::{BatchStream, Dataset, OnBadImage, StreamOptions};
 use histograms::{HistFile, Selection};
-use test_support::{calib_dir as calib, model, recipe};
+use test_support::{calib_dir as calib, feed, model};
 
 fn run(model_name: &str, limit: usize, batch_size: usize, threads: usize) -> HistFile {
     let options =
         CalibrateOptions { batch_size, threads, limit: Some(limit), selection: Selection::All, ..Default::default() };
-    calibrate(&model(model_name), &calib(), &recipe(), &options, &mut |_, _| {}).unwrap().0
+    calibrate(&model(model_name), &calib(), &feed(), &options, &mut |_, _| {}).unwrap().0
 }
 
 /// Min and max of a model output over the same images, from a plain session on the unmodified model.
@@ -21,23 +21,12 @@ fn plain_output_range(model_name: &str, limit: usize) -> (String, f32, f32) {
     let input = m.resolve_input(None).unwrap().name.clone();
     let dataset = Dataset::flat(&calib()).unwrap().limit(limit, 0);
     let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-    for batch in BatchStream::new(&dataset, &recipe(), StreamOptions::default()) {
+    for batch in BatchStream::new(&dataset, &feed(), StreamOptions::default()) {
         let batch = batch.unwrap();
-        runtime::run_f32(
-            &mut session,
-            model_name,
-            &input,
-            &batch.shape,
-            &batch.data,
-            std::slice::from_ref(&output),
-            |o| {
-                for &v in o[0] {
-                    lo = lo.min(v);
-                    hi = hi.max(v);
-                }
-            },
-        )
-        .unwrap();
+        for v in runtime::run_rows(&mut session, model_name, &batch.inputs(&input), &output).unwrap() {
+            lo = lo.min(v);
+            hi = hi.max(v);
+        }
     }
     (output, lo, hi)
 }
@@ -111,21 +100,27 @@ fn a_corrupt_image_fails_by_path_or_is_skipped_and_counted() {
     let bad = dir.path().join("broken.png");
     std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").unwrap();
     let m = model("fmnist_resnet_opset13.onnx");
-    let err = calibrate(&m, dir.path(), &recipe(), &CalibrateOptions::default(), &mut |_, _| {}).unwrap_err();
+    let err = calibrate(&m, dir.path(), &feed(), &CalibrateOptions::default(), &mut |_, _| {}).unwrap_err();
     assert!(err.to_string().contains("broken.png"), "{err}");
     let options = CalibrateOptions { on_bad_image: OnBadImage::Skip, ..Default::default() };
-    let (hist, summary) = calibrate(&m, dir.path(), &recipe(), &options, &mut |_, _| {}).unwrap();
+    let (hist, summary) = calibrate(&m, dir.path(), &feed(), &options, &mut |_, _| {}).unwrap();
     assert_eq!((hist.images.count, hist.images.skipped, summary.skipped.len()), (5, 1, 1));
 }
 
 #[test]
 fn a_recipe_that_does_not_fit_the_model_input_is_refused_with_both_shapes() {
-    let mut r = recipe();
+    let mut r = test_support::recipe();
     r.size = [32, 32];
     r.resize = datasets::ResizeMode::Exact;
-    let err = calibrate(&model("fmnist_vit_opset17.onnx"), &calib(), &r, &CalibrateOptions::default(), &mut |_, _| {})
-        .unwrap_err()
-        .to_string();
+    let err = calibrate(
+        &model("fmnist_vit_opset17.onnx"),
+        &calib(),
+        &datasets::Feed::Images(r),
+        &CalibrateOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("input") && err.contains("28") && err.contains("32"), "{err}");
 }
 
@@ -151,8 +146,7 @@ fn hist_file_round_trips_and_rejects_other_versions() {
 #[test]
 fn quantizable_selection_keeps_what_the_default_lists_need() {
     let options = CalibrateOptions { limit: Some(50), selection: Selection::Quantizable, ..Default::default() };
-    let (some, _) =
-        calibrate(&model("fmnist_vit_opset17.onnx"), &calib(), &recipe(), &options, &mut |_, _| {}).unwrap();
+    let (some, _) = calibrate(&model("fmnist_vit_opset17.onnx"), &calib(), &feed(), &options, &mut |_, _| {}).unwrap();
     let all = run("fmnist_vit_opset17.onnx", 50, 16, 0);
     assert!(some.tensors.len() < all.tensors.len() / 2, "{} of {}", some.tensors.len(), all.tensors.len());
     assert_eq!(some.collected, Selection::Quantizable);
@@ -190,12 +184,12 @@ fn quantizable_selection_keeps_what_the_default_lists_need() {
 fn shards_merge_byte_identically_to_one_process() {
     let name = "fmnist_vit_opset17.onnx";
     let options = |shard| CalibrateOptions { limit: Some(100), shard, ..Default::default() };
-    let whole = calibrate(&model(name), &calib(), &recipe(), &options(None), &mut |_, _| {}).unwrap().0;
+    let whole = calibrate(&model(name), &calib(), &feed(), &options(None), &mut |_, _| {}).unwrap().0;
     for n in [1, 3, 7] {
         let parts: Vec<(std::path::PathBuf, HistFile)> = (1..=n)
             .rev() // any order
             .map(|i| {
-                let h = calibrate(&model(name), &calib(), &recipe(), &options(Some((i, n))), &mut |_, _| {}).unwrap().0;
+                let h = calibrate(&model(name), &calib(), &feed(), &options(Some((i, n))), &mut |_, _| {}).unwrap().0;
                 (format!("shard-{i}.hist").into(), h)
             })
             .collect();
@@ -210,7 +204,7 @@ fn shards_merge_byte_identically_to_one_process() {
 fn merging_mismatched_overlapping_or_incomplete_shards_is_refused() {
     let options = |shard| CalibrateOptions { limit: Some(30), shard, ..Default::default() };
     let shard = |name: &str, i: usize, n: usize| {
-        let h = calibrate(&model(name), &calib(), &recipe(), &options(Some((i, n))), &mut |_, _| {}).unwrap().0;
+        let h = calibrate(&model(name), &calib(), &feed(), &options(Some((i, n))), &mut |_, _| {}).unwrap().0;
         (std::path::PathBuf::from(format!("{name}-{i}.hist")), h)
     };
     let vit = "fmnist_vit_opset17.onnx";
@@ -222,19 +216,19 @@ fn merging_mismatched_overlapping_or_incomplete_shards_is_refused() {
     assert!(e.contains("given twice") && e.contains("overlap"), "{e}");
     let e = err(std::slice::from_ref(&b));
     assert!(e.contains("shard 1/2 is missing"), "{e}");
-    let whole = calibrate(&model(vit), &calib(), &recipe(), &options(None), &mut |_, _| {}).unwrap().0;
+    let whole = calibrate(&model(vit), &calib(), &feed(), &options(None), &mut |_, _| {}).unwrap().0;
     let e = err(&[("whole.hist".into(), whole), b.clone()]);
     assert!(e.contains("whole.hist") && e.contains("is not a shard"), "{e}");
     // Another image subset (another --limit): the list differs.
     let other_list = {
         let o = CalibrateOptions { limit: Some(31), shard: Some((1, 2)), ..Default::default() };
-        ("l.hist".into(), calibrate(&model(vit), &calib(), &recipe(), &o, &mut |_, _| {}).unwrap().0)
+        ("l.hist".into(), calibrate(&model(vit), &calib(), &feed(), &o, &mut |_, _| {}).unwrap().0)
     };
     assert!(err(&[other_list, b]).contains("the image list differs"));
     // Out of range, and with --smooth: refused before any work.
     let bad = CalibrateOptions { shard: Some((3, 2)), ..Default::default() };
-    assert!(calibrate(&model(vit), &calib(), &recipe(), &bad, &mut |_, _| {}).is_err());
+    assert!(calibrate(&model(vit), &calib(), &feed(), &bad, &mut |_, _| {}).is_err());
     let smooth = CalibrateOptions { shard: Some((1, 2)), smooth: Some(0.5), ..Default::default() };
-    let e = calibrate(&model(vit), &calib(), &recipe(), &smooth, &mut |_, _| {}).err().unwrap().to_string();
+    let e = calibrate(&model(vit), &calib(), &feed(), &smooth, &mut |_, _| {}).err().unwrap().to_string();
     assert!(e.contains("--smooth") && e.contains("sharded"), "{e}");
 }

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use rayon::prelude::*;
 
 use crate::preprocess::preprocess_file;
-use crate::{Dataset, DatasetError, ImageItem, Recipe};
+use crate::{Dataset, DatasetError, Feed, ImageItem};
 
 /// What to do with an unreadable image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +53,28 @@ pub struct Batch {
     pub tensors: Vec<crate::NamedArray>,
 }
 
+impl Batch {
+    /// The batch as a run's inputs: the images as `image_input` (the model input the recipe feeds), or the
+    /// stacked arrays under their own names.
+    pub fn inputs<'a>(&'a self, image_input: &'a str) -> Vec<feeds::Input<'a>> {
+        if self.tensors.is_empty() {
+            vec![feeds::Input { name: image_input, shape: &self.shape, values: feeds::Values::Pixels(&self.data) }]
+        } else {
+            self.tensors.iter().map(|a| a.input()).collect()
+        }
+    }
+
+    /// Samples in the batch.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether the batch holds no sample.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
 /// A decoded sample: an image's preprocessed values, or an `.npz` sample's arrays.
 enum Sample {
     Image(Vec<f32>),
@@ -67,25 +89,38 @@ pub struct BatchStream {
 }
 
 impl BatchStream {
-    /// Decodes the dataset's images in batches, ahead of the consumer, in parallel.
-    pub fn new(dataset: &Dataset, recipe: &Recipe, options: StreamOptions) -> BatchStream {
+    /// Decodes the dataset's samples in batches, ahead of the consumer, in parallel: images through the feed's
+    /// recipe, `.npz` samples as stored (a sample of the other kind is an error naming it).
+    pub fn new(dataset: &Dataset, feed: &Feed, options: StreamOptions) -> BatchStream {
         let (tx, rx) = sync_channel(options.lookahead.max(1));
         let skipped = Arc::new(Mutex::new(Vec::new()));
         let items = dataset.items.clone();
-        let recipe = recipe.clone();
+        let feed = feed.clone();
         let skipped_w = Arc::clone(&skipped);
         let worker = std::thread::spawn(move || {
             let batch_size = options.batch_size.max(1);
-            let per_image = recipe.image_len();
+            let per_image = feed.recipe().map_or(0, |r| r.image_len());
             let decode = |chunk: &[ImageItem]| -> Vec<Result<Sample, DatasetError>> {
                 chunk
                     .par_iter()
                     .map(|item| {
-                        if crate::folder::is_npz(&item.path) {
-                            return crate::tensors::read_npz(&item.path).map(Sample::Tensors);
+                        let wrong = |message: &str| DatasetError::Tensors {
+                            path: item.path.clone(),
+                            message: message.to_string(),
+                        };
+                        match (&feed, crate::folder::is_npz(&item.path)) {
+                            (Feed::Tensors, true) => crate::tensors::read_npz(&item.path).map(Sample::Tensors),
+                            (Feed::Images(recipe), false) => {
+                                let mut buf = vec![0f32; per_image];
+                                preprocess_file(&item.path, recipe, &mut buf).map(|_| Sample::Image(buf))
+                            }
+                            (Feed::Images(_), true) => Err(wrong(
+                                "an .npz tensor sample where images are fed through a recipe; give a folder of images",
+                            )),
+                            (Feed::Tensors, false) => Err(wrong(
+                                "an image where .npz tensor samples are fed; give a folder of .npz files, or a recipe                                  for images",
+                            )),
                         }
-                        let mut buf = vec![0f32; per_image];
-                        preprocess_file(&item.path, &recipe, &mut buf).map(|_| Sample::Image(buf))
                     })
                     .collect()
             };
@@ -121,7 +156,7 @@ impl BatchStream {
                 if kept.is_empty() {
                     continue;
                 }
-                let batch = if samples.is_empty() {
+                let batch = if let Feed::Images(recipe) = &feed {
                     Batch { shape: recipe.batch_shape(kept.len()), data, items: kept, tensors: Vec::new() }
                 } else {
                     match crate::tensors::stack(&samples) {

@@ -60,8 +60,21 @@ pub enum DatasetError {
         /// What is wrong and what to do.
         message: String,
     },
-    /// A folder holds no image.
-    #[error("{dir}: no JPEG or PNG images found")]
+    /// A folder holds both images and `.npz` samples.
+    #[error(
+        "{dir}: holds both images ({image}) and .npz tensor samples ({npz}); a folder feeds one kind: move one \
+         of them to a folder of its own"
+    )]
+    Mixed {
+        /// The folder.
+        dir: PathBuf,
+        /// One of its images.
+        image: PathBuf,
+        /// One of its `.npz` files.
+        npz: PathBuf,
+    },
+    /// A folder holds no sample.
+    #[error("{dir}: no JPEG or PNG images (or .npz tensor samples) found")]
     Empty {
         /// The folder.
         dir: PathBuf,

@@ -39,6 +39,21 @@ fn is_image(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether the file is a sample: an image or an `.npz` of tensors.
+fn is_sample(path: &Path) -> bool {
+    is_image(path) || is_npz(path)
+}
+
+/// A folder's samples are all images or all `.npz` files: a mixture is refused, naming one of each.
+fn check_one_kind(dir: &Path, paths: &[PathBuf]) -> Result<(), DatasetError> {
+    let npz = paths.iter().find(|p| is_npz(p));
+    let image = paths.iter().find(|p| !is_npz(p));
+    if let (Some(npz), Some(image)) = (npz, image) {
+        return Err(DatasetError::Mixed { dir: dir.to_path_buf(), image: image.clone(), npz: npz.clone() });
+    }
+    Ok(())
+}
+
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
     let io = |source| DatasetError::Io { path: dir.to_path_buf(), source };
     let mut entries = Vec::new();
@@ -49,7 +64,7 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
     Ok(entries)
 }
 
-/// The images below `dir` (all levels when `recursive`), in sorted path order. Symlinked folders are
+/// The samples (images and `.npz` files) below `dir` (all levels when `recursive`), in sorted path order. Symlinked folders are
 /// followed; a symlink loop is an error naming it instead of an endless walk.
 fn images_in(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<(), DatasetError> {
     let walk = walkdir::WalkDir::new(dir)
@@ -65,9 +80,7 @@ fn images_in(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<(), 
                 None => DatasetError::Loop { path },
             }
         })?;
-        // `.npz` tensor samples are read by `tensors` and batched by `BatchStream`, but listed only once every
-        // command can feed them (issue 14, item 4); until then a folder of them has no samples.
-        if entry.file_type().is_file() && is_image(entry.path()) {
+        if entry.file_type().is_file() && is_sample(entry.path()) {
             out.push(entry.into_path());
         }
     }
@@ -85,13 +98,14 @@ fn numbered_label(name: &str) -> Option<(usize, &str)> {
 }
 
 impl Dataset {
-    /// Every JPEG/PNG under `dir` (recursively), unlabelled, sorted by path.
+    /// Every JPEG/PNG (or every `.npz` sample) under `dir` (recursively), unlabelled, sorted by path.
     pub fn flat(dir: &Path) -> Result<Dataset, DatasetError> {
         let mut paths = Vec::new();
         images_in(dir, true, &mut paths)?;
         if paths.is_empty() {
             return Err(DatasetError::Empty { dir: dir.to_path_buf() });
         }
+        check_one_kind(dir, &paths)?;
         let items = paths.into_iter().map(|path| ImageItem { path, label: None }).collect();
         Ok(Dataset { root: dir.to_path_buf(), items, classes: Vec::new() })
     }
@@ -152,6 +166,7 @@ impl Dataset {
             return Err(DatasetError::Empty { dir: dir.to_path_buf() });
         }
         items.sort_by(|a, b| a.path.cmp(&b.path));
+        check_one_kind(dir, &items.iter().map(|i| i.path.clone()).collect::<Vec<_>>())?;
         Ok(Dataset { root: dir.to_path_buf(), items, classes })
     }
 
@@ -159,7 +174,7 @@ impl Dataset {
     /// images at its top level is read as unlabelled, whatever sub-folders it also has.
     pub fn has_class_folders(dir: &Path) -> Result<bool, DatasetError> {
         let entries = sorted_entries(dir)?;
-        let images_here = entries.iter().any(|p| p.is_file() && is_image(p));
+        let images_here = entries.iter().any(|p| p.is_file() && is_sample(p));
         Ok(!images_here && entries.iter().any(|p| p.is_dir()))
     }
 
@@ -171,6 +186,11 @@ impl Dataset {
         } else {
             Dataset::flat(dir)
         }
+    }
+
+    /// Whether the samples are `.npz` tensor files rather than images (a folder holds one kind only).
+    pub fn holds_tensors(&self) -> bool {
+        self.items.first().is_some_and(|i| is_npz(&i.path))
     }
 
     /// Whether the images carry class labels.

@@ -8,6 +8,7 @@
 
 mod batches;
 mod error;
+mod feed;
 mod folder;
 mod preprocess;
 mod recipe;
@@ -15,6 +16,7 @@ pub mod tensors;
 
 pub use batches::{Batch, BatchStream, OnBadImage, StreamOptions};
 pub use error::DatasetError;
+pub use feed::Feed;
 pub use folder::{Dataset, ImageItem, MAX_CLASSES};
 pub use preprocess::{apply_geometry, load_pixels, preprocess_file, write_tensor, Pixels};
 pub use recipe::{Channels, InputType, Interpolation, Layout, Preset, Recipe, ResizeMode, MAX_SIDE};

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use datasets::{BatchStream, Dataset, Recipe, StreamOptions};
+use datasets::{BatchStream, Dataset, Feed, StreamOptions};
 
 use crate::EvaluateError;
 
@@ -120,13 +120,13 @@ pub struct EvalResult {
 pub fn evaluate(
     model_path: &Path,
     dataset: &Dataset,
-    recipe: &Recipe,
+    feed: &Feed,
     classifier: &Classifier,
 ) -> Result<EvalResult, EvaluateError> {
-    let mut model = ort_model(model_path, recipe, runtime::Placement::default())?;
+    let mut model = ort_model(model_path, feed, runtime::Placement::default())?;
     let (mut right, mut n) = (0usize, 0usize);
     let batch_size = batch_size(&[model.as_ref()], dataset)?;
-    for batch in BatchStream::new(dataset, recipe, stream_options(batch_size)) {
+    for batch in BatchStream::new(dataset, feed, stream_options(batch_size)) {
         let batch = batch?;
         let rows = model.run(&batch)?;
         let width = rows.len() / batch.items.len().max(1);
@@ -180,10 +180,10 @@ fn stream_options(batch_size: usize) -> StreamOptions {
 /// An ONNX Runtime (CPU) session over a model file, as a [`BatchModel`].
 pub fn ort_model(
     path: &Path,
-    recipe: &Recipe,
+    feed: &Feed,
     placement: runtime::Placement,
 ) -> Result<Box<dyn BatchModel>, EvaluateError> {
-    Ok(Box::new(Runner::new(path, recipe, placement)?))
+    Ok(Box::new(Runner::new(path, feed, placement)?))
 }
 
 struct Runner {
@@ -196,11 +196,11 @@ struct Runner {
 }
 
 impl Runner {
-    fn new(path: &Path, recipe: &Recipe, placement: runtime::Placement) -> Result<Runner, EvaluateError> {
+    fn new(path: &Path, feed: &Feed, placement: runtime::Placement) -> Result<Runner, EvaluateError> {
         let m = graph::Model::load(path)?;
         let no_output = || EvaluateError::Model { path: path.into(), message: "the model has no output".into() };
         let output = m.proto.graph.output.first().ok_or_else(no_output)?.name.clone();
-        let input = m.resolve_input(recipe.name.as_deref())?.name.clone();
+        let input = calibrate::batch_input(&m, feed)?;
         let label = path.display().to_string();
         let mut cfg = runtime::SessionConfig::new(&label).place(placement);
         cfg.external_data_dir = Some(m.dir.clone());
@@ -223,15 +223,7 @@ impl BatchModel for Runner {
 
     fn run(&mut self, batch: &datasets::Batch) -> Result<Vec<f32>, EvaluateError> {
         let start = std::time::Instant::now();
-        let out = runtime::run_f32(
-            &mut self.session,
-            &self.label,
-            &self.input,
-            &batch.shape,
-            &batch.data,
-            std::slice::from_ref(&self.output),
-            |o| o[0].to_vec(),
-        )?;
+        let out = runtime::run_rows(&mut self.session, &self.label, &batch.inputs(&self.input), &self.output)?;
         self.seconds += start.elapsed().as_secs_f64();
         Ok(out)
     }
@@ -387,11 +379,11 @@ pub fn fidelity(
     fp32: &mut dyn BatchModel,
     int8: &mut dyn BatchModel,
     dataset: &Dataset,
-    recipe: &Recipe,
+    feed: &Feed,
 ) -> Result<Fidelity, EvaluateError> {
     let mut acc = OutputFidelity::default();
     let batch_size = batch_size(&[&*fp32, &*int8], dataset)?;
-    for batch in BatchStream::new(dataset, recipe, stream_options(batch_size)) {
+    for batch in BatchStream::new(dataset, feed, stream_options(batch_size)) {
         let batch = batch?;
         let (a, b, width) = batch_rows(fp32, int8, &batch, &dataset.root)?;
         for (ra, rb) in a.chunks(width).zip(b.chunks(width)) {
@@ -406,11 +398,11 @@ pub fn compare(
     fp32: &mut dyn BatchModel,
     int8: &mut dyn BatchModel,
     dataset: &Dataset,
-    recipe: &Recipe,
+    feed: &Feed,
     classifier: &Classifier,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Comparison, EvaluateError> {
-    let mut all = compare_each(fp32, &mut [int8], dataset, recipe, classifier, progress)?;
+    let mut all = compare_each(fp32, &mut [int8], dataset, feed, classifier, progress)?;
     Ok(all.remove(0))
 }
 
@@ -420,7 +412,7 @@ pub fn compare_each(
     fp32: &mut dyn BatchModel,
     candidates: &mut [&mut dyn BatchModel],
     dataset: &Dataset,
-    recipe: &Recipe,
+    feed: &Feed,
     classifier: &Classifier,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Vec<Comparison>, EvaluateError> {
@@ -432,7 +424,7 @@ pub fn compare_each(
     models.extend(candidates.iter().map(|c| &**c));
     let batch_size = batch_size(&models, dataset)?;
     let mut done = 0;
-    for batch in BatchStream::new(dataset, recipe, stream_options(batch_size)) {
+    for batch in BatchStream::new(dataset, feed, stream_options(batch_size)) {
         let batch = batch?;
         let a = fp32.run(&batch)?;
         let width = a.len() / batch.items.len().max(1);
@@ -486,10 +478,10 @@ pub struct Recorded {
 
 impl Recorded {
     /// Runs `model` over `dataset` in the batches `compare`/`fidelity` use and keeps every batch's rows.
-    pub fn record(model: &mut dyn BatchModel, dataset: &Dataset, recipe: &Recipe) -> Result<Recorded, EvaluateError> {
+    pub fn record(model: &mut dyn BatchModel, dataset: &Dataset, feed: &Feed) -> Result<Recorded, EvaluateError> {
         let mut rows = Vec::new();
         let batch_size = batch_size(&[&*model], dataset)?;
-        for batch in BatchStream::new(dataset, recipe, stream_options(batch_size)) {
+        for batch in BatchStream::new(dataset, feed, stream_options(batch_size)) {
             let batch = batch?;
             rows.push(model.run(&batch)?);
         }

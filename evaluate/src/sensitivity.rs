@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use analyze::placement::{decide, Decision, PlacementOptions, PrecisionFile};
 use analyze::qdq::{WeightClip, WeightClips};
 use analyze::scales::{self, Method};
-use datasets::{Batch, BatchStream, Dataset, Recipe, StreamOptions};
+use datasets::{Batch, BatchStream, Dataset, Feed, StreamOptions};
 use graph::Model;
 use histograms::HistFile;
 use serde::Serialize;
@@ -26,8 +26,8 @@ pub struct SensitivityInputs {
     pub hist: HistFile,
     /// The labelled images the variants are evaluated on (the search subset for autoprecision).
     pub dataset: Dataset,
-    /// Preprocessing.
-    pub recipe: Recipe,
+    /// How samples become inputs: images through a recipe, or `.npz` samples.
+    pub feed: Feed,
     /// Logits or zero-shot prototypes.
     pub classifier: Classifier,
     /// Scale method for every activation.
@@ -235,12 +235,12 @@ fn softmax(v: &[f32]) -> Vec<f64> {
 impl<'a> Evaluator<'a> {
     /// Decodes the evaluation images once and runs the FP32 model over them once.
     fn new(model: &'a Model, inputs: &'a SensitivityInputs) -> Result<Evaluator<'a>, EvaluateError> {
-        let (dataset, recipe) = (&inputs.dataset, &inputs.recipe);
-        let input = model.resolve_input(recipe.name.as_deref())?.name.clone();
+        let (dataset, feed) = (&inputs.dataset, &inputs.feed);
+        let input = calibrate::batch_input(model, feed)?;
         let no_output = || EvaluateError::Model { path: model.path.clone(), message: "the model has no output".into() };
         let output = model.proto.graph.output.first().ok_or_else(no_output)?.name.clone();
         let batch_size = model.batch_size_for(&input, 100, dataset.len())?;
-        let batches = BatchStream::new(dataset, recipe, StreamOptions { batch_size, ..Default::default() })
+        let batches = BatchStream::new(dataset, feed, StreamOptions { batch_size, ..Default::default() })
             .collect::<Result<Vec<_>, _>>()?;
         if batches.is_empty() {
             return Err(EvaluateError::NoImages { path: dataset.root.clone() });
@@ -301,13 +301,9 @@ impl<'a> Evaluator<'a> {
         let mut cfg = runtime::SessionConfig::new(&label).place(self.placement);
         cfg.external_data_dir = Some(self.model.dir.clone());
         let mut session = runtime::session_from_bytes(bytes, &cfg)?;
-        let out = std::slice::from_ref(&self.output);
         self.batches
             .iter()
-            .map(|b| {
-                runtime::run_f32(&mut session, &label, &self.input, &b.shape, &b.data, out, |o| o[0].to_vec())
-                    .map_err(Into::into)
-            })
+            .map(|b| runtime::run_rows(&mut session, &label, &b.inputs(&self.input), &self.output).map_err(Into::into))
             .collect()
     }
 
@@ -458,15 +454,14 @@ fn measure_nodes(
     progress: &mut dyn FnMut(usize, usize),
     start: std::time::Instant,
 ) -> Result<SensitivityReport, EvaluateError> {
-    let (model, hist, recipe, method, precision) =
-        (ev.model, &inputs.hist, &inputs.recipe, inputs.method, &inputs.precision);
+    let (model, hist, method, precision) = (ev.model, &inputs.hist, inputs.method, &inputs.precision);
     let amax = analyze::activation_amax(hist, &model.proto.graph, method, &Default::default());
     let decisions =
         decide(&model.proto.graph, precision, &inputs.qdq, "precision").map_err(analyze::AnalyzeError::from)?;
     let fp32_top1 = ev.effect(&ev.fp32)?.top1;
     let int8 = ev.variant(&decisions, &amax)?;
 
-    let flops = analyze::flops::gemm_flops(model, recipe, &ev.input)?;
+    let flops = analyze::flops::gemm_flops(model, hist)?;
     let total_flops: f64 = flops.values().sum();
     let targets: Vec<&Decision> = decisions.iter().filter(|d| d.int8).collect();
     let mut nodes = Vec::new();

@@ -10,7 +10,7 @@ use analyze::placement::{FloatType, PlacementOptions, PrecisionFile};
 use analyze::scales::Method;
 use analyze::{analyze, AnalyzeOptions};
 use calibrate::{calibrate, CalibrateOptions};
-use datasets::{Dataset, Recipe};
+use datasets::{Dataset, Feed};
 use reports::{Criterion, FloatRow, Report, TensorPlot};
 
 use crate::compare::{compare_each, ort_model, BatchModel, Classifier};
@@ -37,8 +37,8 @@ pub struct ValidateConfig {
     /// Validation images: labelled (one sub-folder per class), or unlabelled when only fidelity gates are
     /// asked for.
     pub val: PathBuf,
-    /// Preprocessing.
-    pub recipe: Recipe,
+    /// How samples become inputs: images through a recipe, or `.npz` samples (then both folders hold them).
+    pub feed: Feed,
     /// Scale method.
     pub method: Method,
     /// SmoothQuant alpha: calibration smooths the model's GEMM inputs first (`calibrate --smooth`).
@@ -238,7 +238,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         smooth: config.smooth,
         ..Default::default()
     };
-    let (hist, _) = calibrate(&config.model, &config.calib, &config.recipe, &options, &mut |done, total| {
+    let (hist, _) = calibrate(&config.model, &config.calib, &config.feed, &options, &mut |done, total| {
         progress(Phase::Calibrate, done, total)
     })?;
     hist.write(&out.join("calibration.hist"))?;
@@ -261,12 +261,19 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         analyze::float_type::convert(&analysis.model, analysis.model.proto.clone(), FloatType::Fp16, &max_abs(&hist))?;
     graph::save_model(&analysis.model, fp16_proto, &fp16_model)?;
 
-    let recipe = &config.recipe;
-    let mut fp32 = ort_model(&config.model, recipe, config.placement)?;
+    let feed = &config.feed;
+    let mut fp32 = ort_model(&config.model, feed, config.placement)?;
     let engine_model = |path: &std::path::Path, stem: &str| -> Result<Box<dyn BatchModel>, EvaluateError> {
         match config.engine {
-            Engine::Ort => ort_model(path, recipe, config.placement),
+            Engine::Ort => ort_model(path, feed, config.placement),
             Engine::TensorRt => {
+                let Feed::Images(recipe) = feed else {
+                    return Err(EvaluateError::Input {
+                        path: config.val.clone(),
+                        message: "--engine tensorrt feeds one image input; .npz samples run with --engine onnxruntime"
+                            .into(),
+                    });
+                };
                 let name = analysis.model.resolve_input(recipe.name.as_deref())?.name.clone();
                 let input = crate::tensorrt::EngineInput {
                     image: recipe.batch_shape(1)[1..].to_vec(),
@@ -284,7 +291,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         fp32.as_mut(),
         &mut [int8.as_mut(), fp16.as_mut()],
         &val,
-        recipe,
+        feed,
         &config.classifier,
         &mut |d, t| progress(Phase::Compare, d, t),
     )?;
@@ -372,7 +379,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         ],
         model: hist.model.file.clone(),
         model_sha256: hist.model.sha256.clone(),
-        recipe: serde_json::to_value(recipe).map_err(EvaluateError::Encode)?,
+        recipe: serde_json::to_value(feed.recipe()).map_err(EvaluateError::Encode)?,
         method: config.method.name(),
         precision: serde_json::to_value(&analysis.ranges.precision).map_err(EvaluateError::Encode)?,
         engine: match config.engine {

@@ -9,11 +9,11 @@ use evaluate::compare::{evaluate, Classifier};
 use evaluate::sensitivity::{auto_precision, sensitivity, Budget, SensitivityInputs};
 use evaluate::validate::FidelityGates;
 use histograms::HistFile;
-use test_support::{calib_dir, model, recipe, val_subset};
+use test_support::{calib_dir, feed, model, val_subset};
 
 fn hist(name: &str) -> HistFile {
     let options = CalibrateOptions { limit: Some(300), ..Default::default() };
-    calibrate(&model(name), &calib_dir(), &recipe(), &options, &mut |_, _| {}).unwrap().0
+    calibrate(&model(name), &calib_dir(), &feed(), &options, &mut |_, _| {}).unwrap().0
 }
 
 fn options_for(method: Method, precision: PrecisionFile) -> AnalyzeOptions {
@@ -22,7 +22,7 @@ fn options_for(method: Method, precision: PrecisionFile) -> AnalyzeOptions {
 
 /// Top-1 on a seeded subset of the validation images.
 fn top1(path: &std::path::Path, images: usize, classifier: &Classifier) -> f64 {
-    evaluate(path, &val_subset(images, 1), &recipe(), classifier).unwrap().top1
+    evaluate(path, &val_subset(images, 1), &feed(), classifier).unwrap().top1
 }
 
 /// The planted ResNet's sensitivity inputs on 200 validation images.
@@ -32,7 +32,7 @@ fn planted_inputs() -> (SensitivityInputs, String) {
         model: model("fmnist_resnet_opset13.onnx"),
         hist,
         dataset: val_subset(200, 3),
-        recipe: recipe(),
+        feed: feed(),
         classifier: Classifier::Logits,
         method: Method::Entropy,
         precision: PrecisionFile::default(),
@@ -180,13 +180,13 @@ fn fp16_float_parts_stay_within_tolerance_of_fp32() {
         graph::save_model(&source, converted, &path).unwrap();
         let classifier = if entry.zero_shot.is_some() { &zero_shot } else { &Classifier::Logits };
         let placement = runtime::Placement::default();
-        let mut fp32 = evaluate::compare::ort_model(&model(name), &recipe(), placement).unwrap();
-        let mut fp16 = evaluate::compare::ort_model(&path, &recipe(), placement).unwrap();
+        let mut fp32 = evaluate::compare::ort_model(&model(name), &feed(), placement).unwrap();
+        let mut fp16 = evaluate::compare::ort_model(&path, &feed(), placement).unwrap();
         let c = evaluate::compare::compare(
             &mut *fp32,
             &mut *fp16,
             &val_subset(200, 2),
-            &recipe(),
+            &feed(),
             classifier,
             &mut |_, _| {},
         )

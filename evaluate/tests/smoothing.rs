@@ -11,19 +11,19 @@ use calibrate::{calibrate, CalibrateOptions};
 use datasets::{BatchStream, StreamOptions};
 use evaluate::compare::{fidelity, ort_model, Fidelity};
 use histograms::HistFile;
-use test_support::{calib_dir, model, recipe, val_subset};
+use test_support::{calib_dir, feed, model, val_subset};
 
 /// Statistics over 200 calibration images, smoothed with `smooth` first when given.
 fn hist_of(path: &Path, smooth: Option<f32>) -> HistFile {
     let options = CalibrateOptions { limit: Some(200), smooth, ..Default::default() };
-    calibrate(path, &calib_dir(), &recipe(), &options, &mut |_, _| {}).unwrap().0
+    calibrate(path, &calib_dir(), &feed(), &options, &mut |_, _| {}).unwrap().0
 }
 
 /// The model's outputs on 64 validation images, batch by batch.
 fn outputs(path: &Path) -> Vec<Vec<f32>> {
-    let mut m = ort_model(path, &recipe(), Default::default()).unwrap();
+    let mut m = ort_model(path, &feed(), Default::default()).unwrap();
     let images = val_subset(64, 5);
-    BatchStream::new(&images, &recipe(), StreamOptions { batch_size: 32, ..Default::default() })
+    BatchStream::new(&images, &feed(), StreamOptions { batch_size: 32, ..Default::default() })
         .map(|b| m.run(&b.unwrap()).unwrap())
         .collect()
 }
@@ -35,9 +35,9 @@ fn int8_fidelity(fp32: &Path, smooth: Option<f32>, dir: &Path) -> Fidelity {
     assert_eq!(a.ranges.smoothing.is_some(), smooth.is_some());
     let out = dir.join(format!("smooth-{smooth:?}"));
     a.write(&out).unwrap();
-    let mut reference = ort_model(fp32, &recipe(), Default::default()).unwrap();
-    let mut int8 = ort_model(&out.join("model.qdq.onnx"), &recipe(), Default::default()).unwrap();
-    fidelity(reference.as_mut(), int8.as_mut(), &val_subset(500, 9), &recipe()).unwrap()
+    let mut reference = ort_model(fp32, &feed(), Default::default()).unwrap();
+    let mut int8 = ort_model(&out.join("model.qdq.onnx"), &feed(), Default::default()).unwrap();
+    fidelity(reference.as_mut(), int8.as_mut(), &val_subset(500, 9), &feed()).unwrap()
 }
 
 #[test]
@@ -112,13 +112,13 @@ fn a_smoothed_hist_is_batch_independent_and_alpha_out_of_range_is_refused() {
     let name = "fmnist_vit_opset13.onnx";
     let run = |batch_size| {
         let options = CalibrateOptions { limit: Some(48), smooth: Some(0.5), batch_size, ..Default::default() };
-        calibrate(&model(name), &calib_dir(), &recipe(), &options, &mut |_, _| {}).unwrap().0
+        calibrate(&model(name), &calib_dir(), &feed(), &options, &mut |_, _| {}).unwrap().0
     };
     let (a, b) = (run(16), run(5));
     assert_eq!(a.to_json().unwrap(), b.to_json().unwrap());
     // The smoothed model's own tensors: the inserted Muls' outputs have statistics.
     assert!(a.tensors.iter().any(|t| t.name.ends_with("_smoothed")), "no smoothed tensor collected");
     let options = CalibrateOptions { limit: Some(8), smooth: Some(1.5), ..Default::default() };
-    let err = calibrate(&model(name), &calib_dir(), &recipe(), &options, &mut |_, _| {}).err().unwrap().to_string();
+    let err = calibrate(&model(name), &calib_dir(), &feed(), &options, &mut |_, _| {}).err().unwrap().to_string();
     assert!(err.contains("alpha must be from 0 to 1"), "{err}");
 }

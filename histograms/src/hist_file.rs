@@ -13,9 +13,9 @@ use crate::{HistError, Selection};
 
 /// The `format` value of a .hist file.
 pub const HIST_FORMAT: &str = "int8kit.hist";
-/// The .hist version this build writes. Version 3 added the optional `smoothing`; version 2 added
-/// `content_sha256`. Versions 1 and 2 are still read.
-pub const HIST_VERSION: u32 = 3;
+/// The .hist version this build writes. Version 4 made `recipe` optional and added `arrays` (`.npz` samples);
+/// version 3 added the optional `smoothing`; version 2 added `content_sha256`. Versions 1 to 3 are still read.
+pub const HIST_VERSION: u32 = 4;
 /// The oldest version this build reads.
 pub const HIST_OLDEST_READ: u32 = 1;
 
@@ -52,6 +52,18 @@ pub struct HistogramInfo {
     pub bins: usize,
     /// What is binned: `"abs"` (|x|).
     pub values: String,
+}
+
+/// One array of the `.npz` samples a calibration was fed: a model input's name, element type and shape per
+/// sample (batch axis 1), as the first sample has them (every sample has the same arrays).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArraySpec {
+    /// The model input.
+    pub name: String,
+    /// numpy's name of the element type (`int64`, `float32`, ...).
+    pub dtype: String,
+    /// Dimensions of one sample.
+    pub shape: Vec<usize>,
 }
 
 /// One activation's statistics.
@@ -106,8 +118,12 @@ pub struct HistFile {
     pub producer: String,
     /// The model.
     pub model: ModelInfo,
-    /// The preprocessing the images went through.
-    pub recipe: Recipe,
+    /// The preprocessing the images went through; absent when the samples were `.npz` arrays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<Recipe>,
+    /// The arrays of each `.npz` sample (fed as stored, one per model input); absent for images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrays: Option<Vec<ArraySpec>>,
     /// The images.
     pub images: ImagesInfo,
     /// ONNX Runtime version that computed the activations.
@@ -288,6 +304,7 @@ pub fn merge(parts: &[(std::path::PathBuf, HistFile)]) -> Result<HistFile, crate
         let list = |i: &ImagesInfo| (i.folder.clone(), i.limit, i.seed, i.list_sha256.clone());
         same("the model", json(&first.model), json(&h.model))?;
         same("the recipe", json(&first.recipe), json(&h.recipe))?;
+        same("the .npz arrays", json(&first.arrays), json(&h.arrays))?;
         same("the image list", json(&list(&first.images)), json(&list(&h.images)))?;
         same("the collection (--tensors)", first.collected.name().into(), h.collected.name().into())?;
         same("the ONNX Runtime version", first.onnxruntime.clone(), h.onnxruntime.clone())?;

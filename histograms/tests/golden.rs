@@ -17,7 +17,8 @@ fn sample() -> HistFile {
         content_sha256: None,
         producer: "int8kit calibrate 0.1.0".into(),
         model: ModelInfo { file: "m.onnx".into(), sha256: "ab".repeat(32) },
-        recipe: datasets::Recipe::preset(datasets::Preset::Imagenet),
+        recipe: Some(datasets::Recipe::preset(datasets::Preset::Imagenet)),
+        arrays: None,
         images: ImagesInfo {
             folder: "calib".into(),
             count: 2,
@@ -54,6 +55,30 @@ fn sample() -> HistFile {
 fn hist_bytes_match_the_golden_file() {
     let bytes = sample().to_json().unwrap();
     test_support::assert_golden(&test_support::golden(env!("CARGO_MANIFEST_DIR"), "sample.hist"), &bytes);
+}
+
+/// A calibration fed `.npz` samples: no recipe, the arrays instead.
+fn sample_npz() -> HistFile {
+    HistFile {
+        recipe: None,
+        arrays: Some(vec![
+            histograms::ArraySpec { name: "attention_mask".into(), dtype: "int64".into(), shape: vec![1, 16] },
+            histograms::ArraySpec { name: "input_ids".into(), dtype: "int64".into(), shape: vec![1, 16] },
+        ]),
+        smoothing: None,
+        shard: None,
+        ..sample()
+    }
+}
+
+#[test]
+fn npz_hist_bytes_match_the_golden_file() {
+    let bytes = sample_npz().to_json().unwrap();
+    test_support::assert_golden(&test_support::golden(env!("CARGO_MANIFEST_DIR"), "sample_npz.hist"), &bytes);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("n.hist");
+    sample_npz().write(&path).unwrap();
+    assert_eq!(HistFile { content_sha256: None, ..HistFile::read(&path).unwrap() }, sample_npz());
 }
 
 #[test]

@@ -6,14 +6,14 @@ use analyze::placement::{AttentionPrecision, FloatType, PlacementOptions, Precis
 use analyze::scales::Method;
 use analyze::AnalyzeOptions;
 use anyhow::Context;
-use datasets::{OnBadImage, Preset, Recipe};
+use datasets::{Feed, OnBadImage, Preset, Recipe};
 use histograms::Selection;
 
-/// `--recipe R.toml | --preset P`.
+/// `--recipe R.toml | --preset P`: needed for image folders; a folder of `.npz` samples takes neither.
 #[derive(Debug, Clone, clap::Args)]
-#[group(required = true, multiple = false)]
+#[group(required = false, multiple = false)]
 pub struct RecipeArgs {
-    /// Preprocessing recipe (TOML with an [input] table; see README).
+    /// Preprocessing recipe for image folders (TOML with an [input] table; see README); none for .npz samples.
     #[arg(long, value_name = "R.toml")]
     pub recipe: Option<PathBuf>,
     /// Named preprocessing.
@@ -22,13 +22,20 @@ pub struct RecipeArgs {
 }
 
 impl RecipeArgs {
-    /// The recipe file's contents, or the preset's.
-    pub fn load(&self) -> anyhow::Result<Recipe> {
-        match (&self.recipe, self.preset) {
-            (Some(path), _) => Ok(Recipe::load(path)?),
-            (None, Some(p)) => Ok(Recipe::preset(p.into())),
-            (None, None) => anyhow::bail!("give --recipe R.toml or --preset imagenet|clip"),
-        }
+    /// The recipe file's contents, or the preset's; `None` when neither is given.
+    pub fn load(&self) -> anyhow::Result<Option<Recipe>> {
+        Ok(match (&self.recipe, self.preset) {
+            (Some(path), _) => Some(Recipe::load(path)?),
+            (None, Some(p)) => Some(Recipe::preset(p.into())),
+            (None, None) => None,
+        })
+    }
+
+    /// How `folder`'s samples are fed: images through the recipe (which must then be given), `.npz` samples
+    /// as stored (a recipe given for them is refused, not ignored).
+    pub fn feed(&self, folder: &Path) -> anyhow::Result<Feed> {
+        let dataset = datasets::Dataset::flat(folder)?;
+        Ok(Feed::for_dataset(&dataset, self.load()?)?)
     }
 }
 
@@ -95,7 +102,8 @@ pub struct CalibrationSource {
     /// The FP32 ONNX model (external data is read from its folder).
     #[arg(long, value_name = "M.onnx")]
     pub model: PathBuf,
-    /// Folder of calibration images (JPEG/PNG, searched recursively).
+    /// Folder of calibration images (JPEG/PNG, searched recursively), or of `.npz` samples (one array per
+    /// model input, by name; then no recipe).
     #[arg(long, value_name = "DIR")]
     pub images: PathBuf,
     /// Preprocessing.

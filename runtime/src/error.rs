@@ -48,6 +48,14 @@ pub enum RuntimeError {
         /// What is missing.
         message: String,
     },
+    /// The values given do not fit the model's inputs (a missing or unknown input, another element type).
+    #[error("{model}: {message}")]
+    Feed {
+        /// The model.
+        model: String,
+        /// Which input and what it takes.
+        message: String,
+    },
     /// The library exists but could not be loaded.
     #[error("cannot load ONNX Runtime from {path}: {message}")]
     Load {

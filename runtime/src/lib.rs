@@ -24,6 +24,7 @@ mod locate;
 pub use device::BoundRun;
 pub use device::{cuda_device_check, Device, DeviceTensor, Placement};
 pub use error::RuntimeError;
+pub use feeds::{Input, Values};
 pub use locate::{data_dir, install, install_command_line, locate, Flavor};
 
 /// Set before the library is loaded when a CUDA device is wanted: the CPU wheel has no CUDA EP.
@@ -189,31 +190,135 @@ impl OwnedOutput {
     }
 }
 
-/// Runs a single-input session on a float32 batch and returns the requested outputs, in order, as values
-/// that outlive the run.
-pub fn run_f32_owned(
+/// The numpy name of an ONNX element type (`float32`, `int64`, ...), for messages and checks.
+fn dtype_name(ty: ort::value::TensorElementType) -> String {
+    use ort::value::TensorElementType as T;
+    match ty {
+        T::Float32 => "float32".into(),
+        T::Float64 => "float64".into(),
+        T::Int64 => "int64".into(),
+        T::Int32 => "int32".into(),
+        T::Int16 => "int16".into(),
+        T::Int8 => "int8".into(),
+        T::Uint8 => "uint8".into(),
+        T::Uint16 => "uint16".into(),
+        T::Bool => "bool".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// Each model input gets exactly one of `inputs`, of its element type; anything else is an error naming the
+/// input and what the model takes.
+fn check_inputs(session: &Session, label: &str, inputs: &[Input<'_>]) -> Result<(), RuntimeError> {
+    let refuse = |message: String| RuntimeError::Feed { model: label.to_string(), message };
+    let takes: Vec<(String, Option<String>)> = session
+        .inputs()
+        .iter()
+        .map(|i| {
+            let ty = match i.dtype() {
+                ort::value::ValueType::Tensor { ty, .. } => Some(dtype_name(*ty)),
+                _ => None,
+            };
+            (i.name().to_string(), ty)
+        })
+        .collect();
+    let listing = || {
+        takes
+            .iter()
+            .map(|(n, t)| format!("{n} ({})", t.as_deref().unwrap_or("not a tensor")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for input in inputs {
+        let Some((_, ty)) = takes.iter().find(|(n, _)| n == input.name) else {
+            return Err(refuse(format!(
+                "'{}' is not an input of the model; its inputs are: {}",
+                input.name,
+                listing()
+            )));
+        };
+        let given = input.values.dtype();
+        // Pixels go to a uint8 input as whole levels.
+        let fits = ty.as_deref() == Some(given)
+            || (matches!(input.values, Values::Pixels(_)) && ty.as_deref() == Some("uint8"));
+        if !fits {
+            return Err(refuse(format!(
+                "input '{}' takes {} but is given {given} values: store it as {} (numpy: x.astype(...))",
+                input.name,
+                ty.as_deref().unwrap_or("a non-tensor value"),
+                ty.as_deref().unwrap_or("a tensor")
+            )));
+        }
+        if input.values.len() != input.shape.iter().product::<usize>() {
+            return Err(refuse(format!(
+                "input '{}': {} values for shape {:?}",
+                input.name,
+                input.values.len(),
+                input.shape
+            )));
+        }
+    }
+    if let Some((missing, ty)) = takes.iter().find(|(n, _)| !inputs.iter().any(|i| i.name == n)) {
+        return Err(refuse(format!(
+            "model input '{missing}' ({}) gets no values: every sample needs an array of that name",
+            ty.as_deref().unwrap_or("not a tensor")
+        )));
+    }
+    Ok(())
+}
+
+/// Runs a session on one batch (one value per model input) and returns the requested outputs, in order, as
+/// float32 values that outlive the run.
+pub fn run(
     session: &mut Session,
     label: &str,
-    input_name: &str,
-    shape: &[usize],
-    data: &[f32],
+    inputs: &[Input<'_>],
     outputs: &[String],
 ) -> Result<Vec<OwnedOutput>, RuntimeError> {
     let run_err = |e: ort::Error| RuntimeError::Run { model: label.to_string(), message: e.to_string() };
-    // A model that takes raw pixels (uint8) gets the batch's values, which are then whole pixel levels, as
-    // uint8; every other input is fed float32.
-    let takes_uint8 = session.inputs().iter().any(|i| {
-        i.name() == input_name
-            && matches!(i.dtype(), ort::value::ValueType::Tensor { ty: ort::value::TensorElementType::Uint8, .. })
-    });
-    let mut result = if takes_uint8 {
-        let levels: Vec<u8> = data.iter().map(|&v| v.clamp(0.0, 255.0) as u8).collect();
-        let tensor = ort::value::TensorRef::from_array_view((shape, levels.as_slice())).map_err(run_err)?;
-        session.run(ort::inputs![input_name => tensor]).map_err(run_err)?
-    } else {
-        let tensor = ort::value::TensorRef::from_array_view((shape, data)).map_err(run_err)?;
-        session.run(ort::inputs![input_name => tensor]).map_err(run_err)?
-    };
+    check_inputs(session, label, inputs)?;
+    let uint8_inputs: Vec<String> = session
+        .inputs()
+        .iter()
+        .filter(|i| matches!(i.dtype(), ort::value::ValueType::Tensor { ty: ort::value::TensorElementType::Uint8, .. }))
+        .map(|i| i.name().to_string())
+        .collect();
+    // Pixels for a uint8 input (raw pixel levels) are whole levels: converted here, kept until the run ends.
+    let levels: Vec<Option<Vec<u8>>> = inputs
+        .iter()
+        .map(|i| match i.values {
+            Values::Pixels(v) if uint8_inputs.iter().any(|n| n == i.name) => {
+                Some(v.iter().map(|&x| x.clamp(0.0, 255.0) as u8).collect())
+            }
+            _ => None,
+        })
+        .collect();
+    let mut feed: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
+        Vec::with_capacity(inputs.len());
+    for (input, levels) in inputs.iter().zip(&levels) {
+        fn view<'v, T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static>(
+            shape: &'v [usize],
+            data: &'v [T],
+        ) -> ort::Result<ort::session::SessionInputValue<'v>> {
+            Ok(ort::value::TensorRef::from_array_view((shape, data))?.into_dyn().into())
+        }
+        let shape = input.shape;
+        let value = match (input.values, levels) {
+            (_, Some(levels)) => view(shape, levels.as_slice()),
+            (Values::Pixels(v) | Values::F32(v), None) => view(shape, v),
+            (Values::F64(v), None) => view(shape, v),
+            (Values::I64(v), None) => view(shape, v),
+            (Values::I32(v), None) => view(shape, v),
+            (Values::I16(v), None) => view(shape, v),
+            (Values::I8(v), None) => view(shape, v),
+            (Values::U8(v), None) => view(shape, v),
+            (Values::U16(v), None) => view(shape, v),
+            (Values::Bool(v), None) => view(shape, v),
+        }
+        .map_err(run_err)?;
+        feed.push((input.name.into(), value));
+    }
+    let mut result = session.run(feed).map_err(run_err)?;
     let mut owned = Vec::with_capacity(outputs.len());
     for name in outputs {
         let value = result.remove(name).ok_or_else(|| RuntimeError::Run {
@@ -232,32 +337,25 @@ pub fn run_f32_owned(
     Ok(owned)
 }
 
-/// Runs a single-input session and returns the shape of each requested output.
-pub fn run_f32_shapes(
+/// Runs a session on one batch and returns the shape of each requested output.
+pub fn run_shapes(
     session: &mut Session,
     label: &str,
-    input_name: &str,
-    shape: &[usize],
-    data: &[f32],
+    inputs: &[Input<'_>],
     outputs: &[String],
 ) -> Result<Vec<(String, Vec<i64>)>, RuntimeError> {
-    let owned = run_f32_owned(session, label, input_name, shape, data, outputs)?;
+    let owned = run(session, label, inputs, outputs)?;
     Ok(outputs.iter().cloned().zip(owned.iter().map(|o| o.shape())).collect())
 }
 
-/// Runs a single-input session on a float32 batch and hands the requested float32 outputs, as flat slices
-/// in the order of `outputs`, to `consume`. The slices live in ONNX Runtime's buffers: nothing is copied.
-pub fn run_f32<R>(
+/// Runs a session on one batch and returns its first requested output's values.
+pub fn run_rows(
     session: &mut Session,
     label: &str,
-    input_name: &str,
-    shape: &[usize],
-    data: &[f32],
-    outputs: &[String],
-    consume: impl FnOnce(Vec<&[f32]>) -> R,
-) -> Result<R, RuntimeError> {
-    let owned = run_f32_owned(session, label, input_name, shape, data, outputs)?;
-    // run_f32_owned checked that every output is float32.
-    let slices = owned.iter().map(|o| o.as_f32().unwrap_or(&[])).collect();
-    Ok(consume(slices))
+    inputs: &[Input<'_>],
+    output: &str,
+) -> Result<Vec<f32>, RuntimeError> {
+    let owned = run(session, label, inputs, &[output.to_string()])?;
+    // `run` checked that every output is float32.
+    Ok(owned.first().and_then(|o| o.as_f32()).unwrap_or(&[]).to_vec())
 }

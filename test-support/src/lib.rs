@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 
 use datasets::{Dataset, Recipe};
 
+pub mod text_tower;
+
 /// The workspace root (this crate lives one level below it).
 pub fn root() -> PathBuf {
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -74,6 +76,11 @@ pub fn recipe_path() -> PathBuf {
 /// The fixtures' preprocessing recipe.
 pub fn recipe() -> Recipe {
     Recipe::load(&recipe_path()).expect("fixtures/fmnist.toml loads")
+}
+
+/// The fixtures' images fed through their recipe.
+pub fn feed() -> datasets::Feed {
+    datasets::Feed::Images(recipe())
 }
 
 /// The flat calibration folder.

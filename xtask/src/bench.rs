@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use datasets::{BatchStream, Dataset, Recipe, StreamOptions};
+use datasets::{BatchStream, Dataset, Feed, Recipe, StreamOptions};
 use serde::Serialize;
 
 use crate::root;
@@ -68,17 +68,18 @@ pub fn child(args: ChildArgs) -> anyhow::Result<()> {
     }
     let model = graph::Model::load(&args.pass.model)?;
     let input = model.resolve_input(recipe.name.as_deref())?.name.clone();
+    let feed = Feed::Images(recipe);
     let outputs: Vec<String> = model.proto.graph.output.iter().map(|o| o.name.clone()).collect();
     let mut cfg = runtime::SessionConfig::new(args.pass.model.display().to_string());
     cfg.external_data_dir = Some(model.dir.clone());
     let mut session = runtime::session_from_bytes(&model.to_bytes()?, &cfg)?;
     let dataset = Dataset::flat(&args.pass.images)?;
     let stream =
-        BatchStream::new(&dataset, &recipe, StreamOptions { batch_size: args.pass.batch_size, ..Default::default() });
+        BatchStream::new(&dataset, &feed, StreamOptions { batch_size: args.pass.batch_size, ..Default::default() });
     let mut n = 0usize;
     for batch in stream {
         let batch = batch?;
-        runtime::run_f32(&mut session, "plain", &input, &batch.shape, &batch.data, &outputs, |_| ())?;
+        runtime::run(&mut session, "plain", &batch.inputs(&input), &outputs)?;
         n += batch.items.len();
     }
     eprintln!("plain pass over {n} images");
@@ -90,9 +91,11 @@ fn dump_raw(args: &ChildArgs, recipe: &Recipe, path: &Path) -> anyhow::Result<()
     let dataset = Dataset::flat(&args.pass.images)?;
     let tmp = path.with_extension("tmp");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("{}", tmp.display()))?);
-    for batch in
-        BatchStream::new(&dataset, recipe, StreamOptions { batch_size: args.pass.batch_size, ..Default::default() })
-    {
+    for batch in BatchStream::new(
+        &dataset,
+        &Feed::Images(recipe.clone()),
+        StreamOptions { batch_size: args.pass.batch_size, ..Default::default() },
+    ) {
         for v in batch?.data {
             out.write_all(&v.to_le_bytes())?;
         }
@@ -362,12 +365,12 @@ fn bench_analyze(args: &AnalyzeBenchArgs) -> anyhow::Result<()> {
     let hist = match &args.hist {
         Some(p) => histograms::HistFile::read(p)?,
         None => {
-            let recipe = Recipe::load(&root.join("fixtures/fmnist.toml"))?;
+            let feed = Feed::Images(Recipe::load(&root.join("fixtures/fmnist.toml"))?);
             let options = calibrate::CalibrateOptions::default();
             calibrate::calibrate(
                 &root.join(&args.model),
                 &root.join("fixtures/fmnist/calib"),
-                &recipe,
+                &feed,
                 &options,
                 &mut |_, _| {},
             )?

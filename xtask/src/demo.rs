@@ -2,7 +2,7 @@
 
 use analyze::placement::PrecisionFile;
 use analyze::scales::Method;
-use datasets::Recipe;
+use datasets::{Feed, Recipe};
 use evaluate::{Classifier, Engine, ValidateConfig};
 
 use crate::root;
@@ -30,7 +30,7 @@ pub fn fixture_config(
         model: root.join("fixtures/models").join(name),
         calib: root.join("fixtures/fmnist/calib"),
         val: root.join("fixtures/fmnist/val"),
-        recipe: Recipe::load(&root.join("fixtures/fmnist.toml"))?,
+        feed: Feed::Images(Recipe::load(&root.join("fixtures/fmnist.toml"))?),
         method,
         smooth: None,
         weight_clip: Default::default(),

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use datasets::{BatchStream, Dataset, Recipe, StreamOptions};
+use datasets::{BatchStream, Dataset, Feed, Recipe, StreamOptions};
 use histograms::TensorStats;
 use rand::{Rng, SeedableRng};
 use runtime::Device;
@@ -259,7 +259,7 @@ fn compare_case(name: &str, device: Device, batches: &[Vec<Vec<f32>>]) -> anyhow
 /// Real activations: the fixture ViT's quantizable tensors computed on the CPU, reduced by both devices.
 fn real_activation_batches() -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
     let root = root();
-    let recipe = Recipe::load(&root.join("fixtures/fmnist.toml"))?;
+    let recipe = Feed::Images(Recipe::load(&root.join("fixtures/fmnist.toml"))?);
     let model_path = root.join("fixtures/models/fmnist_vit_opset17.onnx");
     let tapped = calibrate::TappedModel::new(&model_path, &recipe, histograms::Selection::All, false)?;
     let cfg = runtime::SessionConfig::new("fixture ViT (CPU EP)");
@@ -269,7 +269,7 @@ fn real_activation_batches() -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
     let mut batches = Vec::new();
     for batch in BatchStream::new(&dataset, &recipe, StreamOptions { batch_size: 64, ..Default::default() }) {
         let batch = batch?;
-        let outs = runtime::run_f32_owned(&mut session, "vit", &tapped.input, &batch.shape, &batch.data, &outputs)?;
+        let outs = runtime::run(&mut session, "vit", &batch.inputs(&tapped.input), &outputs)?;
         batches.push(outs.iter().map(|o| o.as_f32().unwrap_or(&[]).to_vec()).collect());
     }
     Ok(batches)
@@ -469,7 +469,7 @@ struct ChildResult {
 pub fn child(args: &ChildArgs) -> anyhow::Result<()> {
     runtime::use_device(args.device);
     let pass = &args.pass;
-    let recipe = Recipe::load(&pass.recipe)?;
+    let recipe = Feed::Images(Recipe::load(&pass.recipe)?);
     let dataset = Dataset::flat(&pass.images)?;
     let tapped = calibrate::TappedModel::new(&pass.model, &recipe, histograms::Selection::Quantizable, false)?;
     // plain: the unmodified model, its outputs copied to the host (the limit). plain-bound: the same, outputs
@@ -513,15 +513,7 @@ pub fn child(args: &ChildArgs) -> anyhow::Result<()> {
                 b.run(&mut session, &tapped.input, &batch.shape, &batch.data)?;
             }
             _ => {
-                runtime::run_f32(
-                    &mut session,
-                    "plain",
-                    &tapped.input,
-                    &batch.shape,
-                    &batch.data,
-                    &plain_outputs,
-                    |_| (),
-                )?;
+                runtime::run(&mut session, "plain", &batch.inputs(&tapped.input), &plain_outputs)?;
             }
         }
         if let Ok((free, total)) = ctx.mem_get_info() {
@@ -571,7 +563,7 @@ fn diagnose(args: &CheckArgs) -> anyhow::Result<()> {
 fn hist_diff(device: Device) -> anyhow::Result<HistDiff> {
     use analyze::scales::{amax, Method};
     let root = root();
-    let recipe = Recipe::load(&root.join("fixtures/fmnist.toml"))?;
+    let recipe = Feed::Images(Recipe::load(&root.join("fixtures/fmnist.toml"))?);
     let model = root.join("fixtures/models/fmnist_vit_opset17.onnx");
     let images = root.join("fixtures/fmnist/calib");
     let run = |device: Device| {
@@ -614,17 +606,16 @@ fn hist_diff(device: Device) -> anyhow::Result<HistDiff> {
 /// `analyze sensitivity` of the fixture ViT on 1000 validation images, on the CPU and on the GPU.
 fn sensitivity_both(device: Device) -> anyhow::Result<SensitivityDiff> {
     let root = root();
-    let recipe = Recipe::load(&root.join("fixtures/fmnist.toml"))?;
+    let feed = Feed::Images(Recipe::load(&root.join("fixtures/fmnist.toml"))?);
     let model = root.join("fixtures/models/fmnist_vit_opset17.onnx");
     let options = calibrate::CalibrateOptions::default();
-    let (hist, _) =
-        calibrate::calibrate(&model, &root.join("fixtures/fmnist/calib"), &recipe, &options, &mut |_, _| {})?;
+    let (hist, _) = calibrate::calibrate(&model, &root.join("fixtures/fmnist/calib"), &feed, &options, &mut |_, _| {})?;
     let val = Dataset::labelled(&root.join("fixtures/fmnist/val"), None)?.limit(1000, 0);
     let inputs = evaluate::sensitivity::SensitivityInputs {
         model,
         hist,
         dataset: val,
-        recipe,
+        feed,
         classifier: evaluate::Classifier::Logits,
         method: analyze::scales::Method::Entropy,
         precision: Default::default(),

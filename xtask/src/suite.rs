@@ -709,7 +709,7 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
         };
 
         // INT8 results: the FP32 reference runs once and is replayed for every INT8 model.
-        let recipe = Recipe::load(&w.recipe)?;
+        let recipe = datasets::Feed::Images(Recipe::load(&w.recipe)?);
         let mut fp32 = evaluation::ort_model(&w.model, &recipe, Default::default())?;
         let eval_set = match &w.eval {
             Eval::Top1 { val, limit } => {

@@ -28,10 +28,10 @@ pub struct CalibrateArgs {
 /// checked against the model's files (external data included) before anything is written.
 pub fn collect(source: &CalibrationSource, outs: &[&std::path::Path], quiet: bool) -> anyhow::Result<HistFile> {
     let CalibrationSource { model, images, recipe, collect } = source;
-    let recipe = recipe.load()?;
+    let feed = recipe.feed(images)?;
     let bar = progress_bar("calibrate", "images", quiet);
     let start = Instant::now();
-    let (hist, summary) = calibrate::calibrate(model, images, &recipe, &collect.options(), &mut reporter(&bar))
+    let (hist, summary) = calibrate::calibrate(model, images, &feed, &collect.options(), &mut reporter(&bar))
         .map_err(|e| {
             // Only calibrate and quantize have the flag, so only they suggest it.
             let unreadable = matches!(

@@ -89,11 +89,12 @@ impl SensitivityArgs {
     pub fn inputs(&self) -> anyhow::Result<SensitivityInputs> {
         let hist = HistFile::read(&self.hist)?;
         let full = self.dataset()?;
+        let feed = datasets::Feed::for_dataset(&full, self.recipe.load()?)?;
         Ok(SensitivityInputs {
             model: self.model.clone(),
             hist,
             dataset: full.limit(self.limit, 0),
-            recipe: self.recipe.load()?,
+            feed,
             classifier: Classifier::load(self.zero_shot.as_deref())?,
             method: self.method,
             precision: load_precision(self.precision.as_deref())?.0,

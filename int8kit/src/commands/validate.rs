@@ -1,5 +1,6 @@
 //! `int8kit validate`: the release gate.
 
+use anyhow::Context;
 use std::path::PathBuf;
 
 use analyze::scales::Method;
@@ -36,7 +37,8 @@ pub struct ValidateArgs {
     /// FP32 ONNX model.
     #[arg(long, value_name = "M.onnx")]
     pub model: PathBuf,
-    /// Calibration images (flat folder).
+    /// Calibration images (flat folder), or `.npz` samples (one array per model input; then --val holds
+    /// them too, and no recipe is given).
     #[arg(long, value_name = "DIR")]
     pub calib: PathBuf,
     /// Validation images: one sub-folder per class, or (for --min-cosine/--min-sqnr/--min-agreement only) an
@@ -109,6 +111,23 @@ pub struct ValidateArgs {
 }
 
 impl ValidateArgs {
+    /// How both folders' samples are fed; they must hold the same kind (images, or `.npz` samples).
+    fn feed(&self) -> anyhow::Result<datasets::Feed> {
+        let feed = self.recipe.feed(&self.calib).with_context(|| format!("--calib {}", self.calib.display()))?;
+        let val = datasets::Dataset::labelled_or_flat(&self.val, self.classes.as_deref())?;
+        if val.holds_tensors() != (feed == datasets::Feed::Tensors) {
+            let kind = |tensors: bool| if tensors { ".npz tensor samples" } else { "images" };
+            anyhow::bail!(
+                "--calib {} holds {} but --val {} holds {}: both folders must hold the same kind of samples",
+                self.calib.display(),
+                feed.samples(),
+                self.val.display(),
+                kind(val.holds_tensors())
+            );
+        }
+        Ok(feed)
+    }
+
     /// The library's configuration: every input read and checked.
     pub fn config(&self) -> anyhow::Result<ValidateConfig> {
         let (precision, precision_origin) = load_precision(self.precision.as_deref())?;
@@ -116,7 +135,7 @@ impl ValidateArgs {
             model: self.model.clone(),
             calib: self.calib.clone(),
             val: self.val.clone(),
-            recipe: self.recipe.load()?,
+            feed: self.feed()?,
             method: self.method,
             smooth: self.smooth,
             weight_clip: self.weight_clip,

@@ -1,0 +1,221 @@
+//! The values fed to a model's inputs. `datasets` makes them (preprocessed images, `.npz` samples) and
+//! `runtime` hands them to ONNX Runtime; this crate is what the two share without depending on each other.
+
+/// An array's values, in the element type they are stored in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArrayData {
+    /// float32.
+    F32(Vec<f32>),
+    /// float64.
+    F64(Vec<f64>),
+    /// int64 (token ids, masks).
+    I64(Vec<i64>),
+    /// int32.
+    I32(Vec<i32>),
+    /// int16.
+    I16(Vec<i16>),
+    /// int8.
+    I8(Vec<i8>),
+    /// uint8.
+    U8(Vec<u8>),
+    /// uint16.
+    U16(Vec<u16>),
+    /// bool.
+    Bool(Vec<bool>),
+}
+
+impl ArrayData {
+    /// The element type's name, as numpy and ONNX spell it (`float32`, `int64`, ...).
+    pub fn dtype(&self) -> &'static str {
+        self.view().dtype()
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.view().len()
+    }
+
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends `other`'s values; false (and nothing appended) when the element types differ.
+    pub fn extend(&mut self, other: &ArrayData) -> bool {
+        match (self, other) {
+            (ArrayData::F32(a), ArrayData::F32(b)) => a.extend_from_slice(b),
+            (ArrayData::F64(a), ArrayData::F64(b)) => a.extend_from_slice(b),
+            (ArrayData::I64(a), ArrayData::I64(b)) => a.extend_from_slice(b),
+            (ArrayData::I32(a), ArrayData::I32(b)) => a.extend_from_slice(b),
+            (ArrayData::I16(a), ArrayData::I16(b)) => a.extend_from_slice(b),
+            (ArrayData::I8(a), ArrayData::I8(b)) => a.extend_from_slice(b),
+            (ArrayData::U8(a), ArrayData::U8(b)) => a.extend_from_slice(b),
+            (ArrayData::U16(a), ArrayData::U16(b)) => a.extend_from_slice(b),
+            (ArrayData::Bool(a), ArrayData::Bool(b)) => a.extend_from_slice(b),
+            _ => return false,
+        }
+        true
+    }
+
+    /// `n` zeros (false for bool) of `dtype` (a name [`ArrayData::dtype`] gives); `None` for another name.
+    pub fn zeros(dtype: &str, n: usize) -> Option<ArrayData> {
+        Some(match dtype {
+            "float32" => ArrayData::F32(vec![0.0; n]),
+            "float64" => ArrayData::F64(vec![0.0; n]),
+            "int64" => ArrayData::I64(vec![0; n]),
+            "int32" => ArrayData::I32(vec![0; n]),
+            "int16" => ArrayData::I16(vec![0; n]),
+            "int8" => ArrayData::I8(vec![0; n]),
+            "uint8" => ArrayData::U8(vec![0; n]),
+            "uint16" => ArrayData::U16(vec![0; n]),
+            "bool" => ArrayData::Bool(vec![false; n]),
+            _ => return None,
+        })
+    }
+
+    /// The values, borrowed.
+    pub fn view(&self) -> Values<'_> {
+        match self {
+            ArrayData::F32(v) => Values::F32(v),
+            ArrayData::F64(v) => Values::F64(v),
+            ArrayData::I64(v) => Values::I64(v),
+            ArrayData::I32(v) => Values::I32(v),
+            ArrayData::I16(v) => Values::I16(v),
+            ArrayData::I8(v) => Values::I8(v),
+            ArrayData::U8(v) => Values::U8(v),
+            ArrayData::U16(v) => Values::U16(v),
+            ArrayData::Bool(v) => Values::Bool(v),
+        }
+    }
+}
+
+/// One model input's values for a sample or a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedArray {
+    /// The model input it feeds.
+    pub name: String,
+    /// Its dimensions, the batch axis first.
+    pub shape: Vec<usize>,
+    /// The values, row-major.
+    pub data: ArrayData,
+}
+
+impl NamedArray {
+    /// The array as one input of a run.
+    pub fn input(&self) -> Input<'_> {
+        Input { name: &self.name, shape: &self.shape, values: self.data.view() }
+    }
+}
+
+/// Borrowed values of one input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Values<'a> {
+    /// Preprocessed image values: fed as float32, or as uint8 levels to a model whose input is uint8 (raw
+    /// pixels, normalised inside the graph).
+    Pixels(&'a [f32]),
+    /// float32.
+    F32(&'a [f32]),
+    /// float64.
+    F64(&'a [f64]),
+    /// int64.
+    I64(&'a [i64]),
+    /// int32.
+    I32(&'a [i32]),
+    /// int16.
+    I16(&'a [i16]),
+    /// int8.
+    I8(&'a [i8]),
+    /// uint8.
+    U8(&'a [u8]),
+    /// uint16.
+    U16(&'a [u16]),
+    /// bool.
+    Bool(&'a [bool]),
+}
+
+impl Values<'_> {
+    /// The element type's name (`float32` for pixels).
+    pub fn dtype(&self) -> &'static str {
+        match self {
+            Values::Pixels(_) | Values::F32(_) => "float32",
+            Values::F64(_) => "float64",
+            Values::I64(_) => "int64",
+            Values::I32(_) => "int32",
+            Values::I16(_) => "int16",
+            Values::I8(_) => "int8",
+            Values::U8(_) => "uint8",
+            Values::U16(_) => "uint16",
+            Values::Bool(_) => "bool",
+        }
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            Values::Pixels(v) | Values::F32(v) => v.len(),
+            Values::F64(v) => v.len(),
+            Values::I64(v) => v.len(),
+            Values::I32(v) => v.len(),
+            Values::I16(v) => v.len(),
+            Values::I8(v) => v.len(),
+            Values::U8(v) => v.len(),
+            Values::U16(v) => v.len(),
+            Values::Bool(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The float32 values (of pixels too), if the values are float32.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match self {
+            Values::Pixels(v) | Values::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// One input of a run: the model input's name, the batch's dimensions and its row-major values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Input<'a> {
+    /// The model input.
+    pub name: &'a str,
+    /// Dimensions, the batch axis first.
+    pub shape: &'a [usize],
+    /// The values.
+    pub values: Values<'a>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extend_keeps_the_type_and_refuses_another() {
+        let mut a = ArrayData::I64(vec![1, 2]);
+        assert!(a.extend(&ArrayData::I64(vec![3])));
+        assert_eq!(a, ArrayData::I64(vec![1, 2, 3]));
+        assert!(!a.extend(&ArrayData::I32(vec![4])));
+        assert_eq!(a.len(), 3, "nothing appended on a type mismatch");
+    }
+
+    #[test]
+    fn zeros_round_trip_every_dtype_name() {
+        for d in ["float32", "float64", "int64", "int32", "int16", "int8", "uint8", "uint16", "bool"] {
+            let z = ArrayData::zeros(d, 3).unwrap();
+            assert_eq!((z.dtype(), z.len()), (d, 3));
+        }
+        assert!(ArrayData::zeros("complex64", 1).is_none());
+    }
+
+    #[test]
+    fn pixels_are_float32_values() {
+        let v = [1.0f32, 2.0];
+        assert_eq!(Values::Pixels(&v).as_f32(), Some(&v[..]));
+        assert_eq!(Values::Pixels(&v).dtype(), "float32");
+        assert_eq!(Values::I64(&[1]).as_f32(), None);
+    }
+}

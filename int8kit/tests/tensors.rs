@@ -1,0 +1,191 @@
+//! Tensors as calibration and evaluation data: a folder of `.npz` samples (one array per model input, by
+//! name) feeds a model that does not take one image, here a text-tower-shaped model with two int64 inputs
+//! built in the test. calibrate, quantize, validate (fidelity gates) and autoprecision (fidelity budget) run
+//! on it without a recipe; a recipe, a mixed folder, a missing input or a wrong element type are refused.
+
+mod common;
+
+use std::path::Path;
+
+use common::{int8kit, refused, text};
+use test_support::text_tower::{sample, write_model, write_npz, write_samples};
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn npz_samples_calibrate_quantize_and_gate_a_text_tower() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path());
+    let calib = write_samples(&dir.path().join("calib"), 0, 40);
+    let val = write_samples(&dir.path().join("val"), 1000, 48);
+
+    // calibrate: no recipe; the .hist names the arrays instead.
+    let hist = dir.path().join("t.hist");
+    let o = int8kit("calibrate")
+        .arg("--model")
+        .arg(&model)
+        .arg("--images")
+        .arg(&calib)
+        .args(["--batch-size", "16", "--quiet", "--out"])
+        .arg(&hist)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let h = read_json(&hist);
+    assert!(h.get("recipe").is_none(), "{}", h["arrays"]);
+    assert_eq!(h["arrays"][1]["name"], "input_ids");
+    assert_eq!(h["arrays"][1]["dtype"], "int64");
+    assert_eq!(h["arrays"][1]["shape"], serde_json::json!([1, 12]));
+    assert_eq!(h["images"]["count"], 40);
+    let names: Vec<&str> = h["tensors"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"normed") && names.contains(&"activated"), "{names:?}");
+    let embedded = h["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "normed").unwrap();
+    assert!(embedded["count"].as_u64().unwrap() == 40 * 12 * 32, "every token's values: {embedded}");
+
+    // A recipe for .npz samples is refused, not ignored.
+    let o = int8kit("calibrate")
+        .arg("--model")
+        .arg(&model)
+        .arg("--images")
+        .arg(&calib)
+        .args(["--preset", "imagenet", "--quiet", "--out"])
+        .arg(dir.path().join("x.hist"))
+        .output()
+        .unwrap();
+    refused(&o, "fed as stored");
+
+    // quantize: the MatMuls go INT8 and FLOPs come from a probe with int64 zeros.
+    let q = dir.path().join("q");
+    let o = int8kit("quantize")
+        .arg("--model")
+        .arg(&model)
+        .arg("--images")
+        .arg(&calib)
+        .args(["--quiet", "--out"])
+        .arg(&q)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let ranges = read_json(&q.join("ranges.json"));
+    let share = ranges["int8_flop_share"].as_f64().unwrap_or_else(|| panic!("{}", ranges["int8_flop_share"]));
+    eprintln!("text tower: {share} of GEMM FLOPs INT8");
+    assert!(share > 0.9, "{share}");
+
+    // validate with fidelity gates: passes at a reachable bar, fails (exit 1) at an unreachable one.
+    let validate = |out: &str, gates: &[&str]| {
+        int8kit("validate")
+            .arg("--model")
+            .arg(&model)
+            .arg("--calib")
+            .arg(&calib)
+            .arg("--val")
+            .arg(&val)
+            .args(gates)
+            .args(["--quiet", "--out"])
+            .arg(dir.path().join(out))
+            .output()
+            .unwrap()
+    };
+    let o = validate("pass", &["--min-cosine", "0.99", "--min-sqnr", "15"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let report = read_json(&dir.path().join("pass/report.json"));
+    let c = &report["comparison"];
+    eprintln!("text tower, INT8 vs FP32 on 48 samples: {c}");
+    assert_eq!(c["images"], 48);
+    assert!(c["fp32"]["top1"].is_null(), "{c}");
+    assert!(report["recipe"].is_null(), "{}", report["recipe"]);
+    let cosine = c["cosine_mean"].as_f64().unwrap();
+    assert!(cosine > 0.99 && cosine < 1.0, "{c}");
+    let o = validate("fail", &["--min-cosine", "0.9999999"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    refused(&validate("top1", &["--max-top1-drop", "1"]), "needs labels");
+
+    // autoprecision with a fidelity budget: finds a list and verifies it on the samples.
+    let auto = dir.path().join("auto");
+    let o = int8kit("autoprecision")
+        .arg("--model")
+        .arg(&model)
+        .arg("--hist")
+        .arg(&hist)
+        .arg("--val")
+        .arg(&val)
+        .args(["--limit", "48", "--min-cosine", "0.9995", "--quiet", "--out"])
+        .arg(&auto)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let a = read_json(&auto.join("autoprecision.json"));
+    eprintln!("autoprecision: {} denied {} ({} of GEMM FLOPs INT8)", a["search"], a["denied"], a["int8_flop_share"]);
+    assert!(a["search"]["cosine_mean"].as_f64().unwrap() >= 0.9995, "{a}");
+    assert!(
+        !a["denied"].as_array().unwrap().is_empty(),
+        "the FP32 comparison above misses 0.9995: something is denied: {a}"
+    );
+}
+
+#[test]
+fn samples_that_do_not_fit_the_model_are_refused_naming_the_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path());
+    let calibrate = |images: &Path| {
+        int8kit("calibrate")
+            .arg("--model")
+            .arg(&model)
+            .arg("--images")
+            .arg(images)
+            .args(["--quiet", "--out"])
+            .arg(dir.path().join("x.hist"))
+            .output()
+            .unwrap()
+    };
+    let (ids, mask) = sample(1);
+
+    // An input missing from the samples.
+    let missing = dir.path().join("missing");
+    std::fs::create_dir_all(&missing).unwrap();
+    write_npz(&missing.join("a.npz"), &[("input_ids", &ids)]);
+    let o = calibrate(&missing);
+    refused(&o, "model input 'attention_mask' (int64) gets no values");
+
+    // An array of another name.
+    let extra = dir.path().join("extra");
+    std::fs::create_dir_all(&extra).unwrap();
+    write_npz(&extra.join("a.npz"), &[("input_ids", &ids), ("attention_mask", &mask), ("token_type_ids", &mask)]);
+    let o = calibrate(&extra);
+    refused(&o, "'token_type_ids' is not an input of the model");
+
+    // A mixed folder: images beside .npz samples.
+    let mixed = write_samples(&dir.path().join("mixed"), 0, 2);
+    std::fs::copy(
+        std::fs::read_dir(test_support::calib_dir()).unwrap().next().unwrap().unwrap().path(),
+        mixed.join("image.png"),
+    )
+    .unwrap();
+    let o = calibrate(&mixed);
+    refused(&o, "holds both images");
+
+    // The wrong element type.
+    let wrong = dir.path().join("int32");
+    std::fs::create_dir_all(&wrong).unwrap();
+    let mut npz = ndarray_npy::NpzWriter::new(std::fs::File::create(wrong.join("a.npz")).unwrap());
+    let ids32: Vec<i32> = ids.iter().map(|&v| v as i32).collect();
+    npz.add_array("input_ids", &ndarray::Array2::from_shape_vec((1, ids32.len()), ids32).unwrap()).unwrap();
+    npz.add_array("attention_mask", &ndarray::Array2::from_shape_vec((1, mask.len()), mask.clone()).unwrap()).unwrap();
+    npz.finish().unwrap();
+    let o = calibrate(&wrong);
+    refused(&o, "input 'input_ids' takes int64 but is given int32");
+
+    // Images need a recipe; its absence is named.
+    let o = int8kit("calibrate")
+        .arg("--model")
+        .arg(&model)
+        .arg("--images")
+        .arg(test_support::calib_dir())
+        .args(["--quiet", "--out"])
+        .arg(dir.path().join("y.hist"))
+        .output()
+        .unwrap();
+    refused(&o, "need a preprocessing recipe");
+}

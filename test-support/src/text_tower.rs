@@ -1,0 +1,169 @@
+//! A small text-tower-shaped model and `.npz` samples for it, built in the tests: what a CLIP text encoder
+//! looks like to int8kit (two int64 inputs, `input_ids` and `attention_mask`, an embedding lookup, a
+//! LayerNorm, an MLP block with a residual, masked mean pooling and a projection), with seeded random weights.
+
+use std::path::{Path, PathBuf};
+
+use graph::proto::tensor_proto::DataType;
+use graph::proto::{
+    attribute_proto::AttributeType, AttributeProto, Message, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TypeProto, ValueInfoProto,
+};
+
+/// Token vocabulary.
+pub const VOCAB: usize = 64;
+/// Tokens per sample.
+pub const SEQ: usize = 12;
+/// Hidden width.
+pub const WIDTH: usize = 32;
+/// Width of the output embedding.
+pub const EMBED: usize = 16;
+
+/// Seeded uniform values in [-scale, scale) (xorshift; the tests need reproducible, not good, randomness).
+fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+fn floats(name: &str, dims: &[usize], values: Vec<f32>) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.into();
+    t.data_type = DataType::FLOAT as i32;
+    t.dims = dims.iter().map(|&d| d as i64).collect();
+    t.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    t
+}
+
+fn int64s(name: &str, values: &[i64]) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.into();
+    t.data_type = DataType::INT64 as i32;
+    t.dims = vec![values.len() as i64];
+    t.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    t
+}
+
+fn node(op: &str, inputs: &[&str], output: &str, attributes: Vec<AttributeProto>) -> NodeProto {
+    let mut n = NodeProto::new();
+    n.op_type = op.into();
+    n.name = format!("/text/{op}_{output}");
+    n.input = inputs.iter().map(|s| s.to_string()).collect();
+    n.output.push(output.into());
+    n.attribute = attributes;
+    n
+}
+
+fn int_attribute(name: &str, value: i64) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::INT.into();
+    a.i = value;
+    a
+}
+
+/// A graph input or output of `elem_type` with a symbolic batch and the given further dimensions.
+fn value(name: &str, elem_type: DataType, dims: &[usize]) -> ValueInfoProto {
+    let mut v = ValueInfoProto::new();
+    v.name = name.into();
+    let mut t = TypeProto::new();
+    let tensor = t.mut_tensor_type();
+    tensor.elem_type = elem_type as i32;
+    let shape = tensor.shape.mut_or_insert_default();
+    let mut batch = graph::proto::tensor_shape_proto::Dimension::new();
+    batch.set_dim_param("batch".into());
+    shape.dim.push(batch);
+    for &d in dims {
+        let mut dim = graph::proto::tensor_shape_proto::Dimension::new();
+        dim.set_dim_value(d as i64);
+        shape.dim.push(dim);
+    }
+    v.type_ = Some(t).into();
+    v
+}
+
+/// The model (opset 17): `input_ids`, `attention_mask` (int64 [batch, SEQ]) -> `text_embeds` (float32
+/// [batch, EMBED]). Written to `dir/text_tower.onnx`.
+pub fn write_model(dir: &Path) -> PathBuf {
+    let mut m = ModelProto::new();
+    m.ir_version = 8;
+    let mut opset = OperatorSetIdProto::new();
+    opset.version = 17;
+    m.opset_import.push(opset);
+    let g = m.graph.mut_or_insert_default();
+    g.name = "text_tower".into();
+    g.input.push(value("input_ids", DataType::INT64, &[SEQ]));
+    g.input.push(value("attention_mask", DataType::INT64, &[SEQ]));
+    g.output.push(value("text_embeds", DataType::FLOAT, &[EMBED]));
+    g.initializer.extend([
+        floats("token_embedding", &[VOCAB, WIDTH], random(VOCAB * WIDTH, 1, 1.0)),
+        floats("ln.weight", &[WIDTH], random(WIDTH, 2, 0.2).iter().map(|v| 1.0 + v).collect()),
+        floats("ln.bias", &[WIDTH], random(WIDTH, 3, 0.1)),
+        floats("fc1.weight", &[WIDTH, 2 * WIDTH], random(2 * WIDTH * WIDTH, 4, 0.3)),
+        floats("fc1.bias", &[2 * WIDTH], random(2 * WIDTH, 5, 0.1)),
+        floats("fc2.weight", &[2 * WIDTH, WIDTH], random(2 * WIDTH * WIDTH, 6, 0.2)),
+        floats("projection", &[WIDTH, EMBED], random(WIDTH * EMBED, 7, 0.3)),
+        int64s("axis_1", &[1]),
+        int64s("axis_2", &[2]),
+    ]);
+    let mut ln = node("LayerNormalization", &["embedded", "ln.weight", "ln.bias"], "normed", vec![]);
+    ln.attribute.push(int_attribute("axis", -1));
+    g.node.extend([
+        node("Gather", &["token_embedding", "input_ids"], "embedded", vec![]),
+        ln,
+        node("MatMul", &["normed", "fc1.weight"], "fc1", vec![]),
+        node("Add", &["fc1", "fc1.bias"], "fc1_biased", vec![]),
+        node("Relu", &["fc1_biased"], "activated", vec![]),
+        node("MatMul", &["activated", "fc2.weight"], "fc2", vec![]),
+        node("Add", &["fc2", "embedded"], "hidden", vec![]),
+        node("Cast", &["attention_mask"], "mask", vec![int_attribute("to", DataType::FLOAT as i64)]),
+        node("Unsqueeze", &["mask", "axis_2"], "mask_3d", vec![]),
+        node("Mul", &["hidden", "mask_3d"], "masked", vec![]),
+        node("ReduceSum", &["masked", "axis_1"], "summed", vec![int_attribute("keepdims", 0)]),
+        node("ReduceSum", &["mask_3d", "axis_1"], "count", vec![int_attribute("keepdims", 0)]),
+        node("Div", &["summed", "count"], "pooled", vec![]),
+        node("MatMul", &["pooled", "projection"], "text_embeds", vec![]),
+    ]);
+    let path = dir.join("text_tower.onnx");
+    std::fs::write(&path, m.write_to_bytes().expect("the model encodes")).expect("the model is written");
+    path
+}
+
+/// One sample's arrays: random token ids after a start token, padded with 0 past a random length, and the
+/// mask that says which tokens are real.
+pub fn sample(seed: u64) -> (Vec<i64>, Vec<i64>) {
+    let r = random(SEQ + 1, seed + 100, 1.0);
+    let len = 3 + ((r[SEQ] + 1.0) / 2.0 * (SEQ - 3) as f32) as usize;
+    let ids = (0..SEQ)
+        .map(|i| if i < len.min(SEQ) { 1 + ((r[i] + 1.0) / 2.0 * (VOCAB - 2) as f32) as i64 } else { 0 })
+        .collect();
+    let mask = (0..SEQ).map(|i| (i < len.min(SEQ)) as i64).collect();
+    (ids, mask)
+}
+
+/// Writes the named arrays, each with a leading batch axis of 1, to an `.npz` file.
+pub fn write_npz(path: &Path, arrays: &[(&str, &[i64])]) {
+    let mut npz = ndarray_npy::NpzWriter::new(std::fs::File::create(path).expect("the .npz is created"));
+    for (name, values) in arrays {
+        let a = ndarray::Array2::from_shape_vec((1, values.len()), values.to_vec()).expect("a row");
+        npz.add_array(*name, &a).expect("the array is written");
+    }
+    npz.finish().expect("the .npz is finished");
+}
+
+/// `n` samples (seeds `first..first + n`) as `.npz` files in `dir` (created), named so that they sort in
+/// seed order.
+pub fn write_samples(dir: &Path, first: u64, n: u64) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("the sample folder is created");
+    for seed in first..first + n {
+        let (ids, mask) = sample(seed);
+        write_npz(&dir.join(format!("{seed:05}.npz")), &[("input_ids", &ids), ("attention_mask", &mask)]);
+    }
+    dir.to_path_buf()
+}
