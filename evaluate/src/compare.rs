@@ -236,8 +236,9 @@ fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
-#[derive(Default)]
-struct Tally {
+/// Top-1/Top-5 counts of one model; integers, so shards add up exactly.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Tally {
     labelled: u64,
     top1: u64,
     top5: u64,
@@ -245,6 +246,19 @@ struct Tally {
 }
 
 impl Tally {
+    /// Adds another part's counts.
+    fn absorb(&mut self, other: &Tally) {
+        self.labelled += other.labelled;
+        self.top1 += other.top1;
+        self.top5 += other.top5;
+        if self.per_class.len() < other.per_class.len() {
+            self.per_class.resize(other.per_class.len(), (0, 0));
+        }
+        for (a, b) in self.per_class.iter_mut().zip(&other.per_class) {
+            *a = (a.0 + b.0, a.1 + b.1);
+        }
+    }
+
     /// One image's scores and label (none in an unlabelled folder); returns the predicted class.
     fn add(&mut self, scores: &[f32], label: Option<usize>) -> usize {
         let top = top_k(scores, 5);
@@ -278,6 +292,45 @@ impl Tally {
     }
 }
 
+/// One image's share of the fidelity sums. Float sums depend on their order, so a shard keeps these and the
+/// merge adds them up in the order one process would (`f64` stored as its bits, so JSON cannot round them).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ImageFidelity {
+    /// Whether both models predict the same class.
+    pub agree: bool,
+    /// Cosine of the two output rows.
+    #[serde(with = "f64_bits")]
+    pub cosine: f64,
+    /// Sum of squares of the FP32 row.
+    #[serde(with = "f64_bits")]
+    pub signal: f64,
+    /// Sum of squared differences.
+    #[serde(with = "f64_bits")]
+    pub noise: f64,
+}
+
+/// An `f64` as the integer of its bits: exact through any JSON reader.
+mod f64_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(v.to_bits())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(f64::from_bits(u64::deserialize(d)?))
+    }
+}
+
+/// What a shard keeps of one comparison's fidelity: every image's share, and the NaN/Inf counts.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FidelityParts {
+    /// Per image, in evaluation order.
+    pub images: Vec<ImageFidelity>,
+    /// NaN/Inf output values and the images that had any, per model (FP32, INT8).
+    pub non_finite: [(u64, u64); 2],
+}
+
 /// How close the INT8 outputs are to the FP32 ones, accumulated image by image.
 #[derive(Default)]
 pub(crate) struct OutputFidelity {
@@ -288,24 +341,58 @@ pub(crate) struct OutputFidelity {
     noise: f64,
     /// NaN/Inf output values and the images that had any, per model (FP32, INT8).
     non_finite: [(u64, u64); 2],
+    /// Every image's share, when a shard keeps them for the merge.
+    kept: Option<Vec<ImageFidelity>>,
 }
 
 impl OutputFidelity {
+    /// An accumulator that also keeps every image's share ([`OutputFidelity::parts`]).
+    fn keeping() -> OutputFidelity {
+        OutputFidelity { kept: Some(Vec::new()), ..Default::default() }
+    }
+
     /// One image: both output rows and the class each model predicts.
     pub(crate) fn add(&mut self, ra: &[f32], rb: &[f32], pa: usize, pb: usize) {
         for (count, row) in self.non_finite.iter_mut().zip([ra, rb]) {
             let bad = row.iter().filter(|v| !v.is_finite()).count() as u64;
             *count = (count.0 + bad, count.1 + (bad > 0) as u64);
         }
-        self.agree += (pa == pb) as u64;
         let dot: f64 = ra.iter().zip(rb).map(|(x, y)| *x as f64 * *y as f64).sum();
         let sa: f64 = ra.iter().map(|x| (*x as f64).powi(2)).sum();
         let sb: f64 = rb.iter().map(|x| (*x as f64).powi(2)).sum();
         let (na, nb) = (sa.sqrt(), sb.sqrt());
-        self.cos_sum += if na > 0.0 && nb > 0.0 { dot / (na * nb) } else { (na == nb) as u8 as f64 };
-        self.signal += sa;
-        self.noise += ra.iter().zip(rb).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>();
+        self.push(ImageFidelity {
+            agree: pa == pb,
+            cosine: if na > 0.0 && nb > 0.0 { dot / (na * nb) } else { (na == nb) as u8 as f64 },
+            signal: sa,
+            noise: ra.iter().zip(rb).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>(),
+        });
+    }
+
+    /// Adds one image's share: the one place the sums grow, for a run and for a merge alike.
+    fn push(&mut self, image: ImageFidelity) {
+        self.agree += image.agree as u64;
+        self.cos_sum += image.cosine;
+        self.signal += image.signal;
+        self.noise += image.noise;
         self.images += 1;
+        if let Some(kept) = &mut self.kept {
+            kept.push(image);
+        }
+    }
+
+    /// What a shard keeps (every image's share: only from [`OutputFidelity::keeping`]).
+    fn parts(&self) -> FidelityParts {
+        FidelityParts { images: self.kept.clone().unwrap_or_default(), non_finite: self.non_finite }
+    }
+
+    /// The accumulator after the kept images, in order: the sums one process makes.
+    fn replay(parts: &FidelityParts) -> OutputFidelity {
+        let mut acc = OutputFidelity { non_finite: parts.non_finite, ..Default::default() };
+        for image in &parts.images {
+            acc.push(*image);
+        }
+        acc
     }
 
     /// The fidelity, or an error when there is nothing to measure or an output was not a number: a gate must
@@ -416,9 +503,92 @@ pub fn compare_each(
     classifier: &Classifier,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Vec<Comparison>, EvaluateError> {
+    compare_each_parts(fp32, candidates, dataset, feed, classifier, progress)?.finish(&dataset.root)
+}
+
+/// The counts and sums behind [`compare_each`]'s comparisons. Those of contiguous parts of an image list,
+/// joined in order ([`ComparisonParts::join`]), finish into exactly the whole list's comparisons.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ComparisonParts {
+    /// Images evaluated.
+    pub images: u64,
+    /// Classes of the folder.
+    pub classes: usize,
+    /// The reference's counts.
+    pub reference: Tally,
+    /// Seconds the reference ran.
+    pub reference_seconds: f64,
+    /// Per candidate: its counts, its fidelity against the reference and its seconds.
+    pub candidates: Vec<CandidateParts>,
+}
+
+/// One candidate's part of a [`ComparisonParts`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CandidateParts {
+    /// Top-1/Top-5 counts.
+    pub tally: Tally,
+    /// Every image's fidelity share.
+    pub fidelity: FidelityParts,
+    /// Seconds it ran.
+    pub seconds: f64,
+}
+
+impl ComparisonParts {
+    /// The comparisons, one per candidate (an error on no images or NaN/Inf outputs).
+    pub fn finish(&self, root: &Path) -> Result<Vec<Comparison>, EvaluateError> {
+        let reference = self.reference.clone().metrics(self.images, self.reference_seconds, self.classes);
+        self.candidates
+            .iter()
+            .map(|c| {
+                let f = OutputFidelity::replay(&c.fidelity).finish(root)?;
+                Ok(Comparison {
+                    images: f.images,
+                    fp32: reference.clone(),
+                    int8: c.tally.clone().metrics(f.images, c.seconds, self.classes),
+                    agreement: f.agreement,
+                    cosine_mean: f.cosine_mean,
+                    sqnr_db: f.sqnr_db,
+                })
+            })
+            .collect()
+    }
+
+    /// The parts of contiguous pieces of one list, in list order, as one: counts and seconds add, every
+    /// image's fidelity share follows the previous piece's.
+    pub fn join(parts: &[&ComparisonParts]) -> Option<ComparisonParts> {
+        let (first, rest) = parts.split_first()?;
+        let mut all = (*first).clone();
+        for p in rest {
+            all.images += p.images;
+            all.classes = all.classes.max(p.classes);
+            all.reference.absorb(&p.reference);
+            all.reference_seconds += p.reference_seconds;
+            for (a, b) in all.candidates.iter_mut().zip(&p.candidates) {
+                a.tally.absorb(&b.tally);
+                a.fidelity.images.extend_from_slice(&b.fidelity.images);
+                for (x, y) in a.fidelity.non_finite.iter_mut().zip(b.fidelity.non_finite) {
+                    *x = (x.0 + y.0, x.1 + y.1);
+                }
+                a.seconds += b.seconds;
+            }
+        }
+        Some(all)
+    }
+}
+
+/// [`compare_each`]'s counts and every image's fidelity share (32 bytes per image and candidate, the size of
+/// the image list itself): what a shard hands to the merge, and what one process finishes directly.
+pub fn compare_each_parts(
+    fp32: &mut dyn BatchModel,
+    candidates: &mut [&mut dyn BatchModel],
+    dataset: &Dataset,
+    feed: &Feed,
+    classifier: &Classifier,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ComparisonParts, EvaluateError> {
     let mut t32 = Tally::default();
     let mut tallies: Vec<Tally> = candidates.iter().map(|_| Tally::default()).collect();
-    let mut accs: Vec<OutputFidelity> = candidates.iter().map(|_| OutputFidelity::default()).collect();
+    let mut accs: Vec<OutputFidelity> = candidates.iter().map(|_| OutputFidelity::keeping()).collect();
     let total = dataset.len() as u64;
     let mut models: Vec<&dyn BatchModel> = vec![&*fp32];
     models.extend(candidates.iter().map(|c| &**c));
@@ -451,21 +621,18 @@ pub fn compare_each(
         done += batch.items.len() as u64;
         progress(done, total);
     }
-    let classes = dataset.classes.len();
-    let reference = t32.metrics(done, fp32.seconds(), classes);
-    let mut out = Vec::new();
-    for ((candidate, tally), acc) in candidates.iter().zip(tallies).zip(&accs) {
-        let (n, f) = (acc.images, acc.finish(&dataset.root)?);
-        out.push(Comparison {
-            images: n,
-            fp32: reference.clone(),
-            int8: tally.metrics(n, candidate.seconds(), classes),
-            agreement: f.agreement,
-            cosine_mean: f.cosine_mean,
-            sqnr_db: f.sqnr_db,
-        });
-    }
-    Ok(out)
+    Ok(ComparisonParts {
+        images: done,
+        classes: dataset.classes.len(),
+        reference: t32,
+        reference_seconds: fp32.seconds(),
+        candidates: candidates
+            .iter()
+            .zip(tallies)
+            .zip(&accs)
+            .map(|((c, tally), acc)| CandidateParts { tally, fidelity: acc.parts(), seconds: c.seconds() })
+            .collect(),
+    })
 }
 
 /// A [`BatchModel`] that records another's outputs, so that a reference model runs once for many comparisons.

@@ -8,6 +8,7 @@
 pub mod autoprecision;
 pub mod compare;
 pub mod sensitivity;
+pub mod shards;
 pub mod tensorrt;
 pub mod validate;
 

@@ -13,7 +13,8 @@ use calibrate::{calibrate, CalibrateOptions};
 use datasets::{Dataset, Feed};
 use reports::{Criterion, FloatRow, Report, TensorPlot};
 
-use crate::compare::{compare_each, ort_model, BatchModel, Classifier};
+use crate::compare::{compare_each_parts, ort_model, BatchModel, Classifier};
+use crate::shards::{Gates, ValidatePart};
 use crate::tensorrt::TrtExec;
 use crate::EvaluateError;
 
@@ -76,11 +77,25 @@ pub struct ValidateConfig {
     pub placement: runtime::Placement,
     /// Output folder.
     pub out: PathBuf,
+    /// Evaluate one part of the validation list and write what the report needs from it, instead of the
+    /// reports (`int8kit merge` joins the parts).
+    pub shard: Option<ShardRequest>,
+}
+
+/// `--shard I/N --partial-out P.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardRequest {
+    /// 1-based part number.
+    pub index: usize,
+    /// Parts the validation list is split into (contiguous, in list order).
+    pub count: usize,
+    /// Where the part is written (outside the output folder).
+    pub partial_out: PathBuf,
 }
 
 /// Release criteria on the INT8 model's outputs against FP32's, for embedders and anything without a
 /// trustworthy Top-1: each given one is its own criterion (and JUnit case).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FidelityGates {
     /// Mean per-image cosine of the outputs must be at least this (-1 to 1).
     pub min_cosine: Option<f64>,
@@ -204,6 +219,33 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
     if val.is_empty() {
         return Err(EvaluateError::NoImages { path: config.val.clone() });
     }
+    // The whole list identifies the evaluation set; a shard evaluates its own contiguous part of it.
+    let validation_list_sha256 = val.list_sha256();
+    let shard_info = match &config.shard {
+        None => None,
+        Some(s) => {
+            if s.index == 0 || s.index > s.count || s.count > val.len() {
+                return Err(EvaluateError::Input {
+                    path: config.val.clone(),
+                    message: format!(
+                        "--shard {}/{}: shards are numbered 1 to N, and N may not exceed the {} images",
+                        s.index,
+                        s.count,
+                        val.len()
+                    ),
+                });
+            }
+            if s.partial_out.starts_with(&config.out) {
+                return Err(EvaluateError::Input {
+                    path: s.partial_out.clone(),
+                    message: "--partial-out must lie outside --out, which is replaced whole".into(),
+                });
+            }
+            let len = val.len();
+            val.items = val.items[(s.index - 1) * len / s.count..s.index * len / s.count].to_vec();
+            Some(histograms::ShardInfo { index: s.index, count: s.count, list_sha256: val.list_sha256() })
+        }
+    };
     // Loaded (and hashed) once here for the baseline and output checks; calibrate and analyze load it again.
     let model = graph::Model::load(&config.model)?;
     let baseline = match &config.baseline {
@@ -221,6 +263,9 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
     let mut inputs: Vec<&std::path::Path> = vec![&config.calib, &config.val];
     inputs.extend(config.baseline.as_deref());
     inputs.extend(config.sensitivity.as_deref());
+    if let Some(s) = &config.shard {
+        graph::check_not_input(&s.partial_out, &inputs)?;
+    }
     let model_files = model.input_files();
     inputs.extend(model_files.iter().map(|p| p.as_path()));
     graph::check_not_input(&config.out, &inputs)?;
@@ -287,7 +332,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
     };
     let mut int8 = engine_model(&int8_model, "model")?;
     let mut fp16 = engine_model(&fp16_model, "model.fp16")?;
-    let mut compared = compare_each(
+    let parts = compare_each_parts(
         fp32.as_mut(),
         &mut [int8.as_mut(), fp16.as_mut()],
         &val,
@@ -295,6 +340,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         &config.classifier,
         &mut |d, t| progress(Phase::Compare, d, t),
     )?;
+    let mut compared = parts.finish(&val.root)?;
     let fp16_row = compared.pop().map(|c| FloatRow {
         float_type: FloatType::Fp16.name().into(),
         metrics: c.int8,
@@ -304,49 +350,18 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
     });
     let comparison = compared.remove(0);
 
-    let mut criteria = Vec::new();
-    // Labels were checked above for every Top-1 gate: a missing Top-1 here is an error, never a pass.
-    let top1 = |m: &reports::ModelMetrics, what: &str| {
-        m.top1.ok_or_else(|| EvaluateError::Input {
-            path: config.val.clone(),
-            message: format!("no Top-1 was measured for {what} (no labelled images)"),
-        })
+    let gates = Gates {
+        max_top1_drop: config.max_top1_drop,
+        fidelity: config.fidelity,
+        baseline_int8_top1: match &baseline {
+            Some(b) => Some(b.comparison.int8.top1.ok_or_else(|| EvaluateError::Input {
+                path: config.val.clone(),
+                message: "the baseline report has no INT8 Top-1 (it was evaluated without labels)".into(),
+            })?),
+            None => None,
+        },
     };
-    if let Some(limit) = config.max_top1_drop {
-        let (fp32_top1, int8_top1) = (top1(&comparison.fp32, "FP32")?, top1(&comparison.int8, "INT8")?);
-        let drop_pp = 100.0 * (fp32_top1 - int8_top1);
-        let passed = drop_pp <= limit;
-        criteria.push(Criterion {
-            name: "max-top1-drop".into(),
-            passed,
-            measured: drop_pp,
-            limit,
-            message: format!(
-                "INT8 Top-1 {:.2} % vs FP32 {:.2} %: drop {drop_pp:.2} pp {} the allowed {limit} pp",
-                100.0 * int8_top1,
-                100.0 * fp32_top1,
-                if passed { "within" } else { "exceeds" }
-            ),
-        });
-    }
-    criteria.extend(config.fidelity.criteria(&crate::compare::Fidelity::of(&comparison)));
-    if let Some(b) = &baseline {
-        let tolerance = config.max_top1_drop.unwrap_or(0.0).max(0.0);
-        let floor = 100.0 * top1(&b.comparison.int8, "the baseline's INT8 model")? - tolerance;
-        let measured = 100.0 * top1(&comparison.int8, "INT8")?;
-        let passed = measured >= floor;
-        criteria.push(Criterion {
-            name: "baseline".into(),
-            passed,
-            measured,
-            limit: floor,
-            message: format!(
-                "INT8 Top-1 {measured:.2} % vs baseline {:.2} % (tolerance {tolerance} pp): {}",
-                floor + tolerance,
-                if passed { "not below" } else { "below the baseline" }
-            ),
-        });
-    }
+    let criteria = gates.criteria(&comparison, &config.val)?;
     let tensors = analysis
         .ranges
         .tensors
@@ -392,7 +407,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         calibration_images: hist.images.count,
         calibration_seconds,
         validation_folder: config.val.display().to_string(),
-        validation_list_sha256: val.list_sha256(),
+        validation_list_sha256,
         baseline: match (&config.baseline, &baseline) {
             (Some(path), Some(b)) => Some(reports::BaselineRef {
                 file: path.display().to_string(),
@@ -412,8 +427,22 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         criteria,
         tensors,
         sensitivity,
+        shards: Vec::new(),
     };
-    report.write_all(out)?;
+    match (&config.shard, shard_info) {
+        (Some(request), Some(shard)) => {
+            let part = ValidatePart {
+                format: crate::shards::PART_FORMAT.into(),
+                version: crate::shards::PART_VERSION,
+                shard,
+                gates,
+                parts,
+                report: report.clone(),
+            };
+            graph::write_atomic(&request.partial_out, &part.to_json()?)?;
+        }
+        _ => report.write_all(out)?,
+    }
     stage.commit()?;
     Ok(report)
 }

@@ -164,7 +164,7 @@ pub struct CollectArgs {
 }
 
 /// `--shard I/N`.
-fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+pub fn parse_shard(s: &str) -> Result<(usize, usize), String> {
     let bad = || format!("'{s}': expected I/N with 1 <= I <= N, such as 2/4");
     let (i, n) = s.split_once('/').ok_or_else(bad)?;
     let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);

@@ -220,6 +220,23 @@ pub struct Report {
     /// Sensitivity ranking, most damaging first (from `validate --sensitivity`); empty otherwise.
     #[serde(default)]
     pub sensitivity: Vec<SensitivityRow>,
+    /// A report merged from shards (`validate --shard`, `int8kit merge`): each shard's speeds, which the
+    /// comparison's images/s (all images over all shards' seconds) sums up. Absent for one process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardSpeed>,
+}
+
+/// One shard's share of a merged validation and the speeds it measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardSpeed {
+    /// 1-based shard number.
+    pub index: usize,
+    /// Images it evaluated.
+    pub images: u64,
+    /// FP32 images/s on its machine.
+    pub fp32_images_per_s: f64,
+    /// INT8 images/s on its machine.
+    pub int8_images_per_s: f64,
 }
 
 impl Report {

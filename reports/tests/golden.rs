@@ -74,7 +74,23 @@ fn sample() -> Report {
             top1_delta_pp: Some(-0.5),
             int8: true,
         }],
+        shards: Vec::new(),
     }
+}
+
+/// A report merged from two validation shards: each shard's speeds kept.
+#[test]
+fn a_merged_report_keeps_each_shards_speeds() {
+    let mut r = sample();
+    r.shards = vec![
+        reports::ShardSpeed { index: 1, images: 3, fp32_images_per_s: 100.0, int8_images_per_s: 150.0 },
+        reports::ShardSpeed { index: 2, images: 2, fp32_images_per_s: 90.0, int8_images_per_s: 140.0 },
+    ];
+    let bytes = r.to_json().unwrap();
+    let golden = test_support::golden(env!("CARGO_MANIFEST_DIR"), "report_merged.json");
+    test_support::assert_golden(&golden, &bytes);
+    assert_eq!(Report::read(&golden).unwrap(), r);
+    assert!(!String::from_utf8(sample().to_json().unwrap()).unwrap().contains("\"shards\""), "absent for one process");
 }
 
 #[test]

@@ -49,6 +49,7 @@ pub fn fixture_config(
         limit_val: None,
         placement: runtime::Placement { threads: 0, device },
         out,
+        shard: None,
     })
 }
 

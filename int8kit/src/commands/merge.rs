@@ -1,4 +1,5 @@
-//! `int8kit merge`: the `.hist` files of every shard of one calibration into the whole run's `.hist`.
+//! `int8kit merge`: the parts of a sharded run into the whole run's result: the `.hist` files of every shard
+//! of one calibration into its `.hist`, or the parts of a sharded `validate` into its reports and verdict.
 
 use std::path::PathBuf;
 
@@ -9,17 +10,26 @@ use crate::Outcome;
 /// `int8kit merge`.
 #[derive(Debug, clap::Args)]
 pub struct MergeArgs {
-    /// The shards' .hist files (`calibrate --shard I/N`, every I from 1 to N), in any order.
-    #[arg(required = true, value_name = "SHARD.hist")]
+    /// Every shard's file, in any order: the .hist files of `calibrate --shard I/N`, or the parts of `validate
+    /// --shard I/N --partial-out P.json` (every I from 1 to N).
+    #[arg(required = true, value_name = "PART")]
     pub parts: Vec<PathBuf>,
-    /// The merged .hist (written atomically): byte for byte what one `calibrate` over the whole list writes.
-    #[arg(long, value_name = "H.hist")]
+    /// The merged .hist (written atomically; byte for byte what one `calibrate` writes), or for validation
+    /// parts the report folder (report.json, summary.csv, per_class.csv, junit.xml, report.html, as one
+    /// `validate` writes them, with each shard's speeds added).
+    #[arg(long, value_name = "H.hist|DIR")]
     pub out: PathBuf,
+    /// No summary.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
-/// Runs `int8kit merge`.
+/// Runs `int8kit merge`: for validation parts, exit 0 when every criterion holds and 1 when one fails.
 pub fn run(args: &MergeArgs) -> anyhow::Result<Outcome> {
     crate::args::check_outputs(&[&args.out], &args.parts)?;
+    if args.parts.iter().any(|p| evaluate::shards::is_part(p)) {
+        return merge_validation(args);
+    }
     graph::check_file_target(&args.out)?;
     let parts = args
         .parts
@@ -28,12 +38,33 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<Outcome> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let merged = histograms::merge(&parts)?;
     merged.write(&args.out).with_context(|| format!("writing {}", args.out.display()))?;
-    eprintln!(
-        "merged {} shards: {} images, {} tensors -> {}",
-        parts.len(),
-        merged.images.count,
-        merged.tensors.len(),
-        args.out.display()
-    );
+    if !args.quiet {
+        eprintln!(
+            "merged {} shards: {} images, {} tensors -> {}",
+            parts.len(),
+            merged.images.count,
+            merged.tensors.len(),
+            args.out.display()
+        );
+    }
     Ok(Outcome::Success)
+}
+
+/// The parts of a sharded validation into its report folder, replaced whole.
+fn merge_validation(args: &MergeArgs) -> anyhow::Result<Outcome> {
+    let parts = args
+        .parts
+        .iter()
+        .map(|p| Ok((p.clone(), evaluate::shards::ValidatePart::read(p)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let report = evaluate::shards::merge(&parts)?;
+    graph::check_output_dir(&args.out)?;
+    let mut stage = graph::OutputDir::new(&args.out)?;
+    stage.retire_existing()?;
+    report.write_all(stage.path()).with_context(|| format!("writing the reports to {}", args.out.display()))?;
+    stage.commit()?;
+    if !args.quiet {
+        crate::commands::validate::print_outcome(&report, &args.out);
+    }
+    Ok(if report.passed { Outcome::Success } else { Outcome::GateFailed })
 }

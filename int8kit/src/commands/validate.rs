@@ -105,6 +105,13 @@ pub struct ValidateArgs {
     /// Output folder for the artifacts and reports.
     #[arg(long, value_name = "OUTDIR")]
     pub out: PathBuf,
+    /// Evaluate only the I-th of N contiguous parts of the validation list (after --limit-val) and write
+    /// --partial-out instead of the reports; `int8kit merge` joins the N parts into the one-process report.
+    #[arg(long, value_name = "I/N", value_parser = crate::args::parse_shard, requires = "partial_out")]
+    pub shard: Option<(usize, usize)>,
+    /// With --shard: where this part is written (outside --out).
+    #[arg(long, value_name = "P.json", requires = "shard")]
+    pub partial_out: Option<PathBuf>,
     /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
@@ -152,6 +159,10 @@ impl ValidateArgs {
             classes: self.classes.clone(),
             limit_calib: self.limit_calib,
             limit_val: self.limit_val,
+            shard: self
+                .shard
+                .zip(self.partial_out.clone())
+                .map(|((index, count), partial_out)| evaluate::validate::ShardRequest { index, count, partial_out }),
             placement: runtime::Placement { threads: self.threads, device: self.device },
             out: self.out.clone(),
         })
@@ -224,6 +235,17 @@ pub fn print_outcome(report: &Report, out: &std::path::Path) {
 /// Runs `int8kit validate`: exit 0 when every criterion holds, 1 when one fails.
 pub fn run(args: &ValidateArgs) -> anyhow::Result<Outcome> {
     let report = validate(args)?;
+    if let (Some((i, n)), Some(part)) = (args.shard, &args.partial_out) {
+        // A part has no verdict: the gate holds for the whole list, after `int8kit merge`.
+        eprintln!(
+            "shard {i}/{n}: {} images evaluated; wrote {} (artifacts in {}); join all {n} parts with `int8kit merge \
+             P1.json ... --out DIR` for the report and the verdict",
+            report.comparison.images,
+            part.display(),
+            args.out.display()
+        );
+        return Ok(Outcome::Success);
+    }
     print_outcome(&report, &args.out);
     Ok(if report.passed { Outcome::Success } else { Outcome::GateFailed })
 }

@@ -1,0 +1,235 @@
+//! Validation in shards: `validate --shard I/N --partial-out P.json` evaluates the I-th of N contiguous parts
+//! of the validation list and writes what the report needs from it (integer counts, every image's fidelity
+//! share, its seconds, the gates); [`merge`] joins the N parts into the report one process would write (every
+//! number the same; only the speeds, which each shard measures, differ, and each shard's is kept).
+
+use std::path::{Path, PathBuf};
+
+use histograms::ShardInfo;
+use reports::{Criterion, FloatRow, Report, ShardSpeed};
+use serde::{Deserialize, Serialize};
+
+use crate::compare::{ComparisonParts, Fidelity};
+use crate::validate::FidelityGates;
+use crate::EvaluateError;
+
+/// The `format` of a partial file.
+pub const PART_FORMAT: &str = "int8kit.validate-part";
+/// Its version.
+pub const PART_VERSION: u32 = 1;
+
+/// What the criteria are held to: the same in every shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gates {
+    /// `--max-top1-drop`.
+    pub max_top1_drop: Option<f64>,
+    /// `--min-cosine`, `--min-sqnr`, `--min-agreement`.
+    pub fidelity: FidelityGates,
+    /// With `--baseline`: the baseline's INT8 Top-1 (share).
+    pub baseline_int8_top1: Option<f64>,
+}
+
+impl Gates {
+    /// The criteria for `comparison` (FP32 against INT8) on the folder `val`. A Top-1 gate without a measured
+    /// Top-1 is an error, never a pass.
+    pub fn criteria(&self, comparison: &reports::Comparison, val: &Path) -> Result<Vec<Criterion>, EvaluateError> {
+        let top1 = |m: &reports::ModelMetrics, what: &str| {
+            m.top1.ok_or_else(|| EvaluateError::Input {
+                path: val.to_path_buf(),
+                message: format!("no Top-1 was measured for {what} (no labelled images)"),
+            })
+        };
+        let mut criteria = Vec::new();
+        if let Some(limit) = self.max_top1_drop {
+            let (fp32_top1, int8_top1) = (top1(&comparison.fp32, "FP32")?, top1(&comparison.int8, "INT8")?);
+            let drop_pp = 100.0 * (fp32_top1 - int8_top1);
+            let passed = drop_pp <= limit;
+            criteria.push(Criterion {
+                name: "max-top1-drop".into(),
+                passed,
+                measured: drop_pp,
+                limit,
+                message: format!(
+                    "INT8 Top-1 {:.2} % vs FP32 {:.2} %: drop {drop_pp:.2} pp {} the allowed {limit} pp",
+                    100.0 * int8_top1,
+                    100.0 * fp32_top1,
+                    if passed { "within" } else { "exceeds" }
+                ),
+            });
+        }
+        criteria.extend(self.fidelity.criteria(&Fidelity::of(comparison)));
+        if let Some(baseline_top1) = self.baseline_int8_top1 {
+            let tolerance = self.max_top1_drop.unwrap_or(0.0).max(0.0);
+            let floor = 100.0 * baseline_top1 - tolerance;
+            let measured = 100.0 * top1(&comparison.int8, "INT8")?;
+            let passed = measured >= floor;
+            criteria.push(Criterion {
+                name: "baseline".into(),
+                passed,
+                measured,
+                limit: floor,
+                message: format!(
+                    "INT8 Top-1 {measured:.2} % vs baseline {:.2} % (tolerance {tolerance} pp): {}",
+                    floor + tolerance,
+                    if passed { "not below" } else { "below the baseline" }
+                ),
+            });
+        }
+        Ok(criteria)
+    }
+}
+
+/// A shard's part of a validation (`P.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidatePart {
+    /// Always [`PART_FORMAT`].
+    pub format: String,
+    /// [`PART_VERSION`].
+    pub version: u32,
+    /// Which part of the validation list (its `list_sha256` is this part's; the report's
+    /// `validation_list_sha256` is the whole list's).
+    pub shard: ShardInfo,
+    /// The gates.
+    pub gates: Gates,
+    /// Counts, every image's fidelity share and seconds, for INT8 and then (if any) the FP16 row.
+    pub parts: ComparisonParts,
+    /// The report of this shard's images alone: everything but the comparison, criteria and speeds is the
+    /// whole run's.
+    pub report: Report,
+}
+
+impl ValidatePart {
+    /// Reads a part, checking its format and version.
+    pub fn read(path: &Path) -> Result<ValidatePart, EvaluateError> {
+        let bad = |message: String| EvaluateError::Input { path: path.to_path_buf(), message };
+        let text = safe_io::read_to_string(path, safe_io::limits::JSON, "a validation part")?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        if value.get("format").and_then(|f| f.as_str()) != Some(PART_FORMAT) {
+            return Err(bad(format!("format is not \"{PART_FORMAT}\": not written by validate --partial-out")));
+        }
+        if value.get("version").and_then(|v| v.as_u64()) != Some(PART_VERSION as u64) {
+            return Err(bad(format!("version {:?} is not supported (reads {PART_VERSION})", value.get("version"))));
+        }
+        serde_json::from_value(value).map_err(|e| bad(e.to_string()))
+    }
+
+    /// The bytes: pretty JSON with a final newline.
+    pub fn to_json(&self) -> Result<Vec<u8>, EvaluateError> {
+        crate::pretty_json(self)
+    }
+}
+
+/// Whether a file is a validation part (by its `format`), so that `int8kit merge` can tell parts from `.hist`s.
+pub fn is_part(path: &Path) -> bool {
+    safe_io::read_to_string(path, safe_io::limits::JSON, "a validation part")
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v.get("format").and_then(|f| f.as_str()) == Some(PART_FORMAT))
+}
+
+/// The report fields every shard must share: the report without what each shard measures.
+fn shared(report: &Report) -> Result<serde_json::Map<String, serde_json::Value>, EvaluateError> {
+    let value = serde_json::to_value(report).map_err(EvaluateError::Encode)?;
+    let mut map = match value {
+        serde_json::Value::Object(m) => m,
+        _ => Default::default(),
+    };
+    for measured in ["comparison", "fp16", "criteria", "passed", "calibration_seconds", "shards"] {
+        map.remove(measured);
+    }
+    Ok(map)
+}
+
+/// Joins the parts of one validation into its report. Refused, naming the file: parts of another model,
+/// configuration, image list or gates; a part given twice; a missing part; a part count that is not the
+/// shards'.
+pub fn merge(parts: &[(PathBuf, ValidatePart)]) -> Result<Report, EvaluateError> {
+    let bad = |path: &Path, message: String| EvaluateError::Input { path: path.to_path_buf(), message };
+    let Some((first_path, first)) = parts.first() else {
+        return Err(EvaluateError::Input { path: PathBuf::from("."), message: "no part to merge".into() });
+    };
+    let count = first.shard.count;
+    let reference = shared(&first.report)?;
+    let mut slots: Vec<Option<&(PathBuf, ValidatePart)>> = vec![None; count];
+    for entry in parts {
+        let (path, part) = entry;
+        if part.shard.count != count || part.shard.index == 0 || part.shard.index > count {
+            return Err(bad(
+                path,
+                format!(
+                    "shard {}/{} does not belong with {}'s {count} shards",
+                    part.shard.index,
+                    part.shard.count,
+                    first_path.display()
+                ),
+            ));
+        }
+        if let Some((other, _)) = slots[part.shard.index - 1] {
+            return Err(bad(
+                path,
+                format!(
+                    "shard {}/{count} is given twice (also {}): parts would overlap",
+                    part.shard.index,
+                    other.display()
+                ),
+            ));
+        }
+        slots[part.shard.index - 1] = Some(entry);
+        if part.gates != first.gates {
+            return Err(bad(
+                path,
+                format!("its gates differ from {}'s: parts of one validation only", first_path.display()),
+            ));
+        }
+        let here = shared(&part.report)?;
+        if let Some(key) = reference.keys().chain(here.keys()).find(|k| reference.get(*k) != here.get(*k)) {
+            return Err(bad(
+                path,
+                format!(
+                    "its `{key}` differs from {}'s (another model, configuration or image list): parts of one \
+                     validation only",
+                    first_path.display()
+                ),
+            ));
+        }
+    }
+    if let Some(missing) = slots.iter().position(Option::is_none) {
+        return Err(bad(
+            first_path,
+            format!("shard {}/{count} is missing: every part 1 to {count} is needed for the whole list", missing + 1),
+        ));
+    }
+    let ordered: Vec<&(PathBuf, ValidatePart)> = slots.into_iter().flatten().collect();
+    let joined = ComparisonParts::join(&ordered.iter().map(|(_, p)| &p.parts).collect::<Vec<_>>())
+        .ok_or_else(|| bad(first_path, "no part to merge".into()))?;
+    let val = PathBuf::from(&first.report.validation_folder);
+    let mut comparisons = joined.finish(&val)?;
+    let fp16 = (comparisons.len() > 1).then(|| comparisons.pop()).flatten().map(|c| FloatRow {
+        float_type: first.report.fp16.as_ref().map_or("fp16".into(), |f| f.float_type.clone()),
+        metrics: c.int8,
+        agreement: c.agreement,
+        cosine_mean: c.cosine_mean,
+        sqnr_db: c.sqnr_db,
+    });
+    let comparison =
+        comparisons.into_iter().next().ok_or_else(|| bad(first_path, "no comparison in the parts".into()))?;
+    let criteria = first.gates.criteria(&comparison, &val)?;
+    let shards = ordered
+        .iter()
+        .map(|(_, p)| ShardSpeed {
+            index: p.shard.index,
+            images: p.report.comparison.images,
+            fp32_images_per_s: p.report.comparison.fp32.images_per_s,
+            int8_images_per_s: p.report.comparison.int8.images_per_s,
+        })
+        .collect();
+    Ok(Report {
+        passed: criteria.iter().all(|c| c.passed),
+        calibration_seconds: ordered.iter().map(|(_, p)| p.report.calibration_seconds).fold(0.0, f64::max),
+        comparison,
+        fp16,
+        criteria,
+        shards,
+        ..first.report.clone()
+    })
+}

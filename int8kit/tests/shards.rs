@@ -1,0 +1,111 @@
+//! Validation in shards: `validate --shard I/N --partial-out P.json` for every I, joined by `int8kit merge`,
+//! gives the report one process writes (every number; only the measured speeds differ) for N = 1, 3, 7; parts
+//! of another split, another image list, a part given twice and a missing part are refused.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{int8kit, refused, resnet, text};
+
+/// `int8kit validate` on the ResNet, 40 calibration and 70 validation images, with a Top-1 and a cosine gate.
+fn validate(out: &Path, extra: &[&str]) -> std::process::Output {
+    int8kit("validate")
+        .arg("--model")
+        .arg(resnet())
+        .arg("--recipe")
+        .arg(test_support::recipe_path())
+        .arg("--calib")
+        .arg(test_support::calib_dir())
+        .arg("--val")
+        .arg(test_support::val_dir())
+        .args(["--limit-calib", "40", "--max-top1-drop", "5", "--min-cosine", "0.9", "--quiet", "--out"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// The shard's part file, after running it.
+fn part(dir: &Path, index: usize, count: usize, limit_val: &str) -> PathBuf {
+    let p = dir.join(format!("part-{count}-{index}-{limit_val}.json"));
+    let shard = format!("{index}/{count}");
+    let o = validate(
+        &dir.join(format!("artifacts-{count}-{index}")),
+        &["--limit-val", limit_val, "--shard", &shard, "--partial-out", p.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    p
+}
+
+fn merge(parts: &[PathBuf], out: &Path) -> std::process::Output {
+    int8kit("merge").args(parts).arg("--out").arg(out).arg("--quiet").output().unwrap()
+}
+
+/// report.json without what each run measures for itself (its speeds), and without the shards' list.
+fn numbers(dir: &Path) -> serde_json::Value {
+    let mut r: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+    let o = r.as_object_mut().unwrap();
+    o.remove("shards");
+    o.insert("calibration_seconds".into(), 0.into());
+    for m in ["fp32", "int8"] {
+        r["comparison"][m]["images_per_s"] = 0.into();
+    }
+    r["fp16"]["metrics"]["images_per_s"] = 0.into();
+    r
+}
+
+#[test]
+fn merged_validation_parts_equal_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole");
+    let o = validate(&whole, &["--limit-val", "70"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let reference = numbers(&whole);
+    assert_eq!(reference["comparison"]["images"], 70);
+    for n in [1usize, 3, 7] {
+        // In reverse: the merge orders the parts itself.
+        let parts: Vec<PathBuf> = (1..=n).rev().map(|i| part(dir.path(), i, n, "70")).collect();
+        let merged = dir.path().join(format!("merged-{n}"));
+        let o = merge(&parts, &merged);
+        assert_eq!(o.status.code(), Some(0), "{n} shards: {}", text(&o));
+        assert_eq!(numbers(&merged), reference, "{n} shards");
+        for file in ["per_class.csv", "junit.xml"] {
+            assert_eq!(
+                std::fs::read(merged.join(file)).unwrap(),
+                std::fs::read(whole.join(file)).unwrap(),
+                "{file}, {n} shards"
+            );
+        }
+        let shards = serde_json::from_slice::<serde_json::Value>(&std::fs::read(merged.join("report.json")).unwrap())
+            .unwrap()["shards"]
+            .clone();
+        assert_eq!(shards.as_array().unwrap().len(), n, "each shard's speeds kept: {shards}");
+    }
+
+    // Refusals: a missing part, a part given twice, a part of another split, of another image list.
+    let three: Vec<PathBuf> = (1..=3).map(|i| dir.path().join(format!("part-3-{i}-70.json"))).collect();
+    refused(&merge(&three[..2], &dir.path().join("m1")), "shard 3/3 is missing");
+    refused(&merge(&[three[0].clone(), three[0].clone(), three[1].clone()], &dir.path().join("m2")), "given twice");
+    let seven = dir.path().join("part-7-3-70.json");
+    refused(&merge(&[three[0].clone(), three[1].clone(), seven], &dir.path().join("m3")), "does not belong");
+    let other_list = part(dir.path(), 3, 3, "71");
+    refused(
+        &merge(&[three[0].clone(), three[1].clone(), other_list], &dir.path().join("m4")),
+        "`validation_list_sha256` differs",
+    );
+    assert!(!dir.path().join("m4").exists(), "a refused merge writes nothing");
+}
+
+#[test]
+fn a_shard_needs_its_part_file_outside_the_output_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let inside = out.join("p.json");
+    let o = validate(&out, &["--limit-val", "10", "--shard", "1/2", "--partial-out", inside.to_str().unwrap()]);
+    refused(&o, "--partial-out must lie outside --out");
+    let o = validate(&out, &["--limit-val", "10", "--shard", "1/2"]);
+    assert_eq!(o.status.code(), Some(2), "--shard without --partial-out: {}", text(&o));
+    let o = validate(&out, &["--limit-val", "10", "--shard", "3/11", "--partial-out", "p.json"]);
+    refused(&o, "N may not exceed the 10 images");
+}
