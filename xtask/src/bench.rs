@@ -25,6 +25,9 @@ pub enum Which {
     /// Scale computation for every tensor of a .hist, per method (target: entropy under 1 s for
     /// fmnist_vit_opset17).
     Analyze(AnalyzeBenchArgs),
+    /// Random-weight ViT-L/14 (1.2 GB) and ViT-H/14 (2.5 GB, external data) through calibrate, analyze and
+    /// validate: time and peak RSS against the model's size.
+    Large,
 }
 
 #[derive(Debug, clap::Args)]
@@ -250,6 +253,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Calibrate { model, repeat } => bench_calibrate(&model, repeat.max(1)),
         Which::Analyze(args) => bench_analyze(&args),
+        Which::Large => crate::large::run(),
     }
 }
 

@@ -4,6 +4,7 @@ mod bench;
 mod check_report;
 mod demo;
 mod gpu;
+mod large;
 mod suite;
 mod wheel;
 

@@ -18,7 +18,7 @@ use crate::bench::{build_int8kit, int8kit, measure_tree, median_run, Run};
 use crate::root;
 
 /// The peer's pinned environment, installed by the bench into its own venv.
-const PEER_PINS: &[&str] = &["onnxruntime==1.32.0", "onnx==1.23.2", "numpy==2.4.6"];
+pub const PEER_PINS: &[&str] = &["onnxruntime==1.32.0", "onnx==1.23.2", "numpy==2.4.6"];
 /// The second peer, NVIDIA ModelOpt's ONNX PTQ (with torch about 6 GB), in a venv of its own.
 const MODELOPT_PINS: &[&str] = &["nvidia-modelopt[onnx]==0.47.0"];
 /// The real ViT-S/14 (DINOv2 backbone with an importance head, MIT), fetched at bench time, never committed.
@@ -221,7 +221,7 @@ pub fn meminfo_kb(key: &str) -> Option<u64> {
 }
 
 /// Where fetched models, generated images and venvs live (ignored by git).
-fn bench_home() -> PathBuf {
+pub fn bench_home() -> PathBuf {
     root().join(".int8kit/bench")
 }
 
@@ -325,7 +325,7 @@ pub fn make_crops(photos: &[PathBuf], dir: &Path, n: usize, seed: u64) -> anyhow
 }
 
 /// A venv under the bench home with these pinned packages (installed once); returns its python.
-fn venv_python(name: &str, pins: &[&str]) -> anyhow::Result<PathBuf> {
+pub fn venv_python(name: &str, pins: &[&str]) -> anyhow::Result<PathBuf> {
     let venv = bench_home().join(name);
     let python = venv.join("bin/python");
     let stamp = venv.join("pins.txt");
