@@ -29,8 +29,10 @@ pub struct CalibrateOptions {
     pub on_bad_image: OnBadImage,
     /// Which activations to collect.
     pub selection: Selection,
-    /// Where the model runs. With CUDA the activations stay in GPU memory and are reduced there.
-    pub device: runtime::Device,
+    /// Where the model runs. With CUDA the activations stay in GPU memory and are reduced there; with several
+    /// GPUs (`cuda:0,1`) each runs its own session and batches are dealt to them in turn, and their
+    /// statistics merge exactly (the `.hist` is the one-GPU file).
+    pub device: runtime::Devices,
     /// SmoothQuant alpha: smooth the model's GEMM inputs (a first pass measures their per-channel maxima)
     /// and collect the statistics of the smoothed model; `None`: no smoothing.
     pub smooth: Option<f32>,
@@ -48,7 +50,7 @@ impl Default for CalibrateOptions {
             seed: 0,
             on_bad_image: OnBadImage::Fail,
             selection: Selection::default(),
-            device: runtime::Device::Cpu,
+            device: runtime::Devices::default(),
             smooth: None,
             shard: None,
         }
@@ -537,8 +539,8 @@ fn run_pass(
     cfg.external_data_dir = Some(tapped.model.dir.clone());
     // Other work shares the cores: idle ORT workers must not spin.
     cfg.spinning = false;
-    cfg.device = options.device;
-    let mut session = runtime::session_from_bytes(&tapped.model.to_bytes()?, &cfg)?;
+    cfg.device = options.device.first();
+    let bytes = tapped.model.to_bytes()?;
 
     let outputs = tapped.output_names();
     let mut fed_stats = FedStats::new(tapped);
@@ -551,21 +553,23 @@ fn run_pass(
     let mut done = 0u64;
     let mut device_memory_peak_mb = None;
     let (measured_stats, measured_channels) = if options.device.is_cuda() {
-        // Activations stay on the GPU: ONNX Runtime writes them to device memory (IoBinding) and the kernels
-        // of `gpu` reduce them there; only the final statistics come back.
-        let mut gpu = crate::gpu::GpuStats::new(options.device, outputs.len())?;
-        let mut bound = runtime::BoundRun::new(&session, options.device, &outputs, &label)?;
-        for batch in stream.by_ref() {
-            let batch = batch?;
-            fed_stats.add(&batch);
-            let tensors = bound.run(&mut session, &tapped.input, &batch.shape, &batch.data)?;
-            gpu.add(&tensors)?;
-            done += batch.items.len() as u64;
-            batch_done(done);
-        }
-        device_memory_peak_mb = Some(gpu.memory_peak_mb());
-        (gpu.finish()?, vec![None; outputs.len()])
+        let (stats, peak) = collect_on_gpus(
+            &bytes,
+            &cfg,
+            options.device.list(),
+            tapped,
+            &outputs,
+            &mut |batch| {
+                fed_stats.add(batch);
+                done += batch.items.len() as u64;
+                batch_done(done);
+            },
+            &mut stream,
+        )?;
+        device_memory_peak_mb = Some(peak);
+        (stats, vec![None; outputs.len()])
     } else {
+        let mut session = runtime::session_from_bytes(&bytes, &cfg)?;
         collect_on_cpu(&mut session, &label, tapped, &outputs, &mut stream, pool, &mut fed_stats, &mut |n| {
             done += n;
             batch_done(done);
@@ -592,6 +596,70 @@ fn run_pass(
         }
     }
     Ok(Pass { stats, channel_max, done, skipped: stream.skipped(), device_memory_peak_mb })
+}
+
+/// The GPU pass: activations stay on the GPU (ONNX Runtime writes them to device memory through an IoBinding
+/// and the kernels of `gpu` reduce them there; only the final statistics come back). One session per entry
+/// of `devices`, each on a thread of its own; batches are dealt to them in turn, and their statistics merge
+/// exactly, so any device list gives the one-GPU `.hist`. `dealt(batch)` runs on this thread as each batch
+/// is handed out. Returns the statistics and the peak device memory (MB, the largest of the devices).
+fn collect_on_gpus(
+    bytes: &[u8],
+    cfg: &runtime::SessionConfig,
+    devices: &[runtime::Device],
+    tapped: &TappedModel,
+    outputs: &[String],
+    dealt: &mut dyn FnMut(&Batch),
+    stream: &mut BatchStream,
+) -> Result<(Vec<TensorStats>, f64), CalibrateError> {
+    let label = cfg.label.clone();
+    std::thread::scope(|scope| {
+        let mut senders = Vec::with_capacity(devices.len());
+        let mut workers = Vec::with_capacity(devices.len());
+        for &device in devices {
+            // One batch in flight per device and one waiting: memory stays bounded whatever the image count.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(1);
+            senders.push(tx);
+            let (label, input) = (label.clone(), &tapped.input);
+            let mut cfg = cfg.clone();
+            cfg.device = device;
+            workers.push(scope.spawn(move || -> Result<(Vec<TensorStats>, f64), CalibrateError> {
+                let mut session = runtime::session_from_bytes(bytes, &cfg)?;
+                let mut gpu = crate::gpu::GpuStats::new(device, outputs.len())?;
+                let mut bound = runtime::BoundRun::new(&session, device, outputs, &label)?;
+                for batch in rx {
+                    let tensors = bound.run(&mut session, input, &batch.shape, &batch.data)?;
+                    gpu.add(&tensors)?;
+                }
+                Ok((gpu.finish()?, gpu.memory_peak_mb()))
+            }));
+        }
+        let mut dealing = || -> Result<(), CalibrateError> {
+            for (i, batch) in stream.by_ref().enumerate() {
+                let batch = batch?;
+                dealt(&batch);
+                if senders[i % senders.len()].send(batch).is_err() {
+                    break; // that device's thread stopped; joining it below reports why
+                }
+            }
+            Ok(())
+        };
+        let dealt_all = dealing();
+        drop(senders);
+        let mut merged: Option<Vec<TensorStats>> = None;
+        let mut peak = 0f64;
+        for worker in workers {
+            let (stats, device_peak) =
+                worker.join().map_err(|_| CalibrateError::Threads("a GPU thread panicked".into()))??;
+            peak = peak.max(device_peak);
+            match &mut merged {
+                None => merged = Some(stats),
+                Some(all) => all.iter_mut().zip(&stats).for_each(|(a, b)| a.merge(b)),
+            }
+        }
+        dealt_all?;
+        Ok((merged.unwrap_or_default(), peak))
+    })
 }
 
 /// Statistics of the float inputs the host feeds (the image, or float arrays of `.npz` samples), taken from

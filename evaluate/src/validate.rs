@@ -279,7 +279,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
     let options = CalibrateOptions {
         limit: config.limit_calib,
         threads: config.placement.threads,
-        device: config.placement.device,
+        device: runtime::Devices::one(config.placement.device),
         smooth: config.smooth,
         ..Default::default()
     };

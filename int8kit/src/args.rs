@@ -148,9 +148,11 @@ pub struct CollectArgs {
     #[arg(long, value_enum, default_value_t = TensorsArg::Quantizable)]
     pub tensors: TensorsArg,
     /// Where the model runs: cpu, or cuda[:N] (ONNX Runtime's CUDA EP with TF32 off; the activations stay in
-    /// GPU memory and their statistics are computed there). Needs onnxruntime-gpu (`int8kit setup --gpu`).
-    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
-    pub device: runtime::Device,
+    /// GPU memory and their statistics are computed there), or several GPUs, cuda:0,1,... or cuda:all (one
+    /// session each, batches dealt in turn, statistics merged exactly: the same .hist). Needs onnxruntime-gpu
+    /// (`int8kit setup --gpu`).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]|cuda:N,M,...|cuda:all")]
+    pub device: runtime::Devices,
     /// SmoothQuant smoothing with migration strength ALPHA (0 to 1; the paper's default is 0.5): a first pass
     /// measures max |x| per input channel of every MatMul/Gemm with a constant weight, outlier channels move
     /// into the weights (folded into the LayerNorm before them where there is one, else one Mul), and the
@@ -184,7 +186,7 @@ impl CollectArgs {
             seed: self.seed,
             on_bad_image: self.on_bad_image.into(),
             selection: self.tensors.into(),
-            device: self.device,
+            device: self.device.clone(),
             smooth: self.smooth,
             shard: self.shard,
         }

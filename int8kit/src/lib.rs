@@ -72,8 +72,8 @@ impl Command {
     /// The device the subcommand runs models on (ONNX Runtime's GPU build is looked up for CUDA).
     fn device(&self) -> runtime::Device {
         match self {
-            Command::Quantize(a) => a.source.collect.device,
-            Command::Calibrate(a) => a.source.collect.device,
+            Command::Quantize(a) => a.source.collect.device.first(),
+            Command::Calibrate(a) => a.source.collect.device.first(),
             Command::Sensitivity(a) => a.device,
             Command::Autoprecision(a) => a.common.device,
             Command::Validate(a) => a.device,

@@ -48,6 +48,95 @@ impl std::str::FromStr for Device {
     }
 }
 
+/// The devices a run spreads its batches over, one session each: `cpu`, `cuda`, `cuda:N`, a list of GPUs
+/// `cuda:0,1,...` (a GPU named twice gets two sessions) or `cuda:all` (every GPU of the machine). Never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Devices(Vec<Device>);
+
+impl Devices {
+    /// One device.
+    pub fn one(device: Device) -> Devices {
+        Devices(vec![device])
+    }
+
+    /// The first device (the only one, mostly).
+    pub fn first(&self) -> Device {
+        self.0[0]
+    }
+
+    /// Every device, in the order batches are dealt to them.
+    pub fn list(&self) -> &[Device] {
+        &self.0
+    }
+
+    /// Whether these are GPUs.
+    pub fn is_cuda(&self) -> bool {
+        self.first().is_cuda()
+    }
+}
+
+impl Default for Devices {
+    fn default() -> Self {
+        Devices::one(Device::Cpu)
+    }
+}
+
+impl std::fmt::Display for Devices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_slice() {
+            [one] => write!(f, "{one}"),
+            many => {
+                let ids: Vec<String> =
+                    many.iter().map(|d| if let Device::Cuda(n) = d { n.to_string() } else { d.to_string() }).collect();
+                write!(f, "cuda:{}", ids.join(","))
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for Devices {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let Some(list) = s.strip_prefix("cuda:").filter(|l| l.contains(',') || *l == "all") else {
+            return s.parse::<Device>().map(Devices::one);
+        };
+        if list == "all" {
+            let count = cuda_device_count().map_err(|e| format!("'{s}': {e}"))?;
+            if count == 0 {
+                return Err(format!("'{s}': this machine has no CUDA device"));
+            }
+            return Ok(Devices((0..count as u32).map(Device::Cuda).collect()));
+        }
+        list.split(',')
+            .map(|n| n.trim().parse().map(Device::Cuda))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Devices)
+            .map_err(|_| format!("'{s}': expected cuda:N,M,... (GPU indexes), cuda:all, cuda:N, cuda or cpu"))
+    }
+}
+
+/// GPUs the CUDA driver sees.
+#[cfg(feature = "cuda")]
+pub fn cuda_device_count() -> Result<usize, RuntimeError> {
+    let err = |message: String| RuntimeError::NoCuda { device: "cuda:all".into(), message };
+    // SAFETY: only tries to open the driver library by its usual names.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(err("the NVIDIA driver library (libcuda.so) is not on this machine".into()));
+    }
+    cudarc::driver::result::init().map_err(|e| err(format!("the CUDA driver did not initialise: {e}")))?;
+    let count = cudarc::driver::result::device::get_count().map_err(|e| err(format!("counting GPUs: {e}")))?;
+    Ok(count.max(0) as usize)
+}
+
+/// Without the `cuda` feature there are no GPUs to count.
+#[cfg(not(feature = "cuda"))]
+pub fn cuda_device_count() -> Result<usize, RuntimeError> {
+    Err(RuntimeError::NoCuda {
+        device: "cuda:all".into(),
+        message: "this build has no CUDA support (the runtime crate's `cuda` feature is off)".into(),
+    })
+}
+
 /// Where and with how many CPU threads a session runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Placement {
@@ -218,6 +307,20 @@ impl BoundRun {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_lists_parse_and_print_back() {
+        let d: Devices = "cuda:0,1".parse().unwrap();
+        assert_eq!(d.list(), &[Device::Cuda(0), Device::Cuda(1)]);
+        assert_eq!(d.to_string(), "cuda:0,1");
+        let twice: Devices = "cuda:0,0".parse().unwrap();
+        assert_eq!(twice.list().len(), 2, "a GPU named twice gets two sessions");
+        assert_eq!("cuda:3".parse::<Devices>().unwrap(), Devices::one(Device::Cuda(3)));
+        assert_eq!("cpu".parse::<Devices>().unwrap().to_string(), "cpu");
+        for bad in ["cuda:0,x", "cuda:,1", "cpu,cpu", "gpu"] {
+            assert!(bad.parse::<Devices>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn devices_parse_and_print() {

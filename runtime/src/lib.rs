@@ -22,7 +22,7 @@ mod error;
 mod locate;
 #[cfg(feature = "cuda")]
 pub use device::BoundRun;
-pub use device::{cuda_device_check, Device, DeviceTensor, Placement};
+pub use device::{cuda_device_check, cuda_device_count, Device, DeviceTensor, Devices, Placement};
 pub use error::RuntimeError;
 pub use feeds::{Input, Values};
 pub use locate::{data_dir, install, install_command_line, locate, Flavor};

@@ -22,6 +22,10 @@ pub struct PackArgs {
     /// a device call's 64 MiB.
     #[arg(long, default_value_t = 24)]
     chunk_mb: u64,
+    /// Leave out the ViT-S/14 and the photos (88 MB): enough for the steps that use only the fixtures
+    /// (equality, kernels, hist, validate, sensitivity, devices), in fewer device calls.
+    #[arg(long)]
+    fixtures_only: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -34,8 +38,8 @@ pub struct CheckArgs {
     /// Where gpu-check.json, gpu-check.md and the per-step logs go.
     #[arg(long)]
     out: PathBuf,
-    /// Steps to run (comma-separated): equality, kernels, speed, hist, validate, sensitivity; diagnose runs
-    /// only when named. Default: all the others.
+    /// Steps to run (comma-separated): equality, kernels, speed, hist, validate, sensitivity, devices
+    /// (`cuda:N` against `cuda:N,N`: the same .hist); diagnose runs only when named. Default: all the others.
     #[arg(long, value_delimiter = ',')]
     steps: Vec<String>,
 }
@@ -82,11 +86,13 @@ pub fn pack(args: &PackArgs) -> anyhow::Result<()> {
     let pin = crate::suite::linux_wheel("3.12");
     let spec = format!("onnxruntime-gpu=={}", runtime::ORT_GPU_VERSION);
     crate::suite::wheel_members(&spec, &pin, &members, &bundle)?;
-    std::fs::create_dir_all(bundle.join("vits14"))?;
-    std::fs::copy(crate::suite::fetch_vits14()?, bundle.join("vits14/vit_s_focus.onnx"))?;
-    for p in crate::suite::fetch_photos()? {
-        let name = p.file_name().context("photo name")?;
-        std::fs::copy(&p, bundle.join("photos").join(name))?;
+    if !args.fixtures_only {
+        std::fs::create_dir_all(bundle.join("vits14"))?;
+        std::fs::copy(crate::suite::fetch_vits14()?, bundle.join("vits14/vit_s_focus.onnx"))?;
+        for p in crate::suite::fetch_photos()? {
+            let name = p.file_name().context("photo name")?;
+            std::fs::copy(&p, bundle.join("photos").join(name))?;
+        }
     }
     let carry = carry_dir();
     let _ = std::fs::remove_dir_all(&carry);
@@ -141,6 +147,19 @@ struct CheckReport {
     hist: Option<HistDiff>,
     validate: Vec<ValidateRow>,
     sensitivity: Option<SensitivityDiff>,
+    devices: Option<DeviceListCase>,
+}
+
+/// `calibrate --device` with one session on the GPU against a list naming it twice (two sessions, batches
+/// dealt in turn, statistics merged): the .hist must be the same bytes.
+#[derive(Debug, Serialize)]
+struct DeviceListCase {
+    one: String,
+    list: String,
+    images: u64,
+    identical: bool,
+    one_s: f64,
+    list_s: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -319,17 +338,22 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
     if want("sensitivity") {
         report.sensitivity = Some(sensitivity_both(args.device)?);
     }
+    if want("devices") {
+        report.devices = Some(device_list(args.device)?);
+    }
     std::fs::write(args.out.join("gpu-check.json"), serde_json::to_vec_pretty(&report)?)?;
     let md = markdown(&report);
     std::fs::write(args.out.join("gpu-check.md"), &md)?;
     println!("{md}");
     let unequal: Vec<&EqualityCase> = report.equality.iter().filter(|c| c.identical != c.tensors).collect();
     let off: Vec<&ValidateRow> = report.validate.iter().filter(|v| v.max_diff_pp > 0.05).collect();
-    if !unequal.is_empty() || !off.is_empty() {
+    let list_differs = report.devices.as_ref().is_some_and(|d| !d.identical);
+    if !unequal.is_empty() || !off.is_empty() || list_differs {
         bail!(
-            "GPU check failed: {} equality cases differ, {} models differ by more than 0.05 pp",
+            "GPU check failed: {} equality cases differ, {} models differ by more than 0.05 pp{}",
             unequal.len(),
-            off.len()
+            off.len(),
+            if list_differs { ", and a device list changed the .hist" } else { "" }
         );
     }
     Ok(())
@@ -559,6 +583,29 @@ fn diagnose(args: &CheckArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The fixture ViT's .hist (1000 images, batch 16) from one session on `device` and from two on it.
+fn device_list(device: Device) -> anyhow::Result<DeviceListCase> {
+    let root = root();
+    let feed = Feed::Images(Recipe::load(&root.join("fixtures/fmnist.toml"))?);
+    let model = root.join("fixtures/models/fmnist_vit_opset17.onnx");
+    let images = root.join("fixtures/fmnist/calib");
+    let run = |devices: runtime::Devices| -> anyhow::Result<(Vec<u8>, u64, f64)> {
+        let options = calibrate::CalibrateOptions { device: devices, ..Default::default() };
+        let start = Instant::now();
+        let (hist, _) = calibrate::calibrate(&model, &images, &feed, &options, &mut |_, _| {})?;
+        Ok((hist.to_json()?, hist.images.count, start.elapsed().as_secs_f64()))
+    };
+    let one = runtime::Devices::one(device);
+    let list: runtime::Devices =
+        format!("{one},{}", one.to_string().trim_start_matches("cuda:")).parse().map_err(anyhow::Error::msg)?;
+    let (a, images, one_s) = run(one.clone())?;
+    let (b, _, list_s) = run(list.clone())?;
+    let case =
+        DeviceListCase { one: one.to_string(), list: list.to_string(), images, identical: a == b, one_s, list_s };
+    eprintln!("device list: {case:?}");
+    Ok(case)
+}
+
 /// The fixture ViT's .hist from both devices over the same 1000 images.
 fn hist_diff(device: Device) -> anyhow::Result<HistDiff> {
     use analyze::scales::{amax, Method};
@@ -567,7 +614,7 @@ fn hist_diff(device: Device) -> anyhow::Result<HistDiff> {
     let model = root.join("fixtures/models/fmnist_vit_opset17.onnx");
     let images = root.join("fixtures/fmnist/calib");
     let run = |device: Device| {
-        let options = calibrate::CalibrateOptions { device, ..Default::default() };
+        let options = calibrate::CalibrateOptions { device: runtime::Devices::one(device), ..Default::default() };
         calibrate::calibrate(&model, &images, &recipe, &options, &mut |_, _| {}).map(|r| r.0)
     };
     let (cpu, gpu) = (run(Device::Cpu)?, run(device)?);
@@ -690,6 +737,18 @@ fn markdown(r: &CheckReport) -> String {
             let _ = writeln!(md, "| {} | {} | {} | {} |", c.name, c.tensors, c.values, c.identical);
         }
         md.push('\n');
+    }
+    if let Some(d) = &r.devices {
+        let _ = writeln!(
+            md,
+            "Device list: `calibrate --device {}` and `--device {}` over {} images: .hist {} ({:.2} s vs {:.2} s).\n",
+            d.one,
+            d.list,
+            d.images,
+            if d.identical { "byte-identical" } else { "DIFFERENT" },
+            d.one_s,
+            d.list_s
+        );
     }
     if let Some(k) = &r.kernels {
         let _ = writeln!(md, "{}\n", kernels_line(k));
