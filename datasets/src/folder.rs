@@ -246,6 +246,30 @@ mod tests {
     }
 
     #[test]
+    fn npz_samples_are_listed_labelled_or_not_and_never_mixed_with_images() {
+        let d = tempfile::tempdir().unwrap();
+        touch(&d.path().join("0-cat/a.npz"));
+        touch(&d.path().join("1-dog/b.NPZ"));
+        let ds = Dataset::labelled_or_flat(d.path(), None).unwrap();
+        assert!(ds.holds_tensors() && ds.is_labelled());
+        assert_eq!(ds.items.iter().map(|i| i.label.unwrap()).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(crate::Feed::for_dataset(&ds, None).unwrap(), crate::Feed::Tensors);
+        let with_recipe = crate::Feed::for_dataset(&ds, Some(crate::Recipe::preset(crate::Preset::Imagenet)));
+        assert!(with_recipe.unwrap_err().to_string().contains("fed as stored"));
+
+        let flat = tempfile::tempdir().unwrap();
+        touch(&flat.path().join("x.npz"));
+        touch(&flat.path().join("y.png"));
+        let err = Dataset::flat(flat.path()).unwrap_err().to_string();
+        assert!(err.contains("holds both images") && err.contains("y.png") && err.contains("x.npz"), "{err}");
+        let only_images = tempfile::tempdir().unwrap();
+        touch(&only_images.path().join("y.png"));
+        let ds = Dataset::flat(only_images.path()).unwrap();
+        assert!(!ds.holds_tensors());
+        assert!(crate::Feed::for_dataset(&ds, None).unwrap_err().to_string().contains("need a preprocessing recipe"));
+    }
+
+    #[test]
     fn numbered_and_class_list_labels() {
         let d = tempfile::tempdir().unwrap();
         touch(&d.path().join("1-trouser/b.png"));

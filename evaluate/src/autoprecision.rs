@@ -109,7 +109,8 @@ fn verify(
     config: &AutoPrecisionConfig,
 ) -> Result<reports::Comparison, EvaluateError> {
     let inputs = &config.inputs;
-    let mut fp32 = ort_model(fp32_path, &inputs.feed, inputs.placement)?;
-    let mut int8 = ort_model(int8_path, &inputs.feed, inputs.placement)?;
+    let placement = runtime::Placement { threads: inputs.threads, device: inputs.device.first() };
+    let mut fp32 = ort_model(fp32_path, &inputs.feed, placement)?;
+    let mut int8 = ort_model(int8_path, &inputs.feed, placement)?;
     compare(fp32.as_mut(), int8.as_mut(), &config.verify_on, &inputs.feed, &inputs.classifier, &mut |_, _| {})
 }

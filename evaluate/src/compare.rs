@@ -141,7 +141,8 @@ pub fn evaluate(
 use reports::{Comparison, ModelMetrics};
 
 /// Something that maps a batch of preprocessed images to its output rows (flattened, one row per image).
-pub trait BatchModel {
+/// `Send`: with several devices each device's models run on a thread of their own.
+pub trait BatchModel: Send {
     /// The output rows of one batch, flattened (one row per image).
     fn run(&mut self, batch: &datasets::Batch) -> Result<Vec<f32>, EvaluateError>;
     /// Seconds spent in `run` so far.
@@ -586,53 +587,211 @@ pub fn compare_each_parts(
     classifier: &Classifier,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ComparisonParts, EvaluateError> {
-    let mut t32 = Tally::default();
-    let mut tallies: Vec<Tally> = candidates.iter().map(|_| Tally::default()).collect();
-    let mut accs: Vec<OutputFidelity> = candidates.iter().map(|_| OutputFidelity::keeping()).collect();
-    let total = dataset.len() as u64;
     let mut models: Vec<&dyn BatchModel> = vec![&*fp32];
     models.extend(candidates.iter().map(|c| &**c));
     let batch_size = batch_size(&models, dataset)?;
-    let mut done = 0;
+    let acc = in_order(batch_size, candidates.len(), dataset, feed, classifier, progress, &mut |batch| {
+        let mut rows = vec![fp32.run(batch)?];
+        for c in candidates.iter_mut() {
+            rows.push(c.run(batch)?);
+        }
+        Ok(rows)
+    })?;
+    let mut seconds = vec![fp32.seconds()];
+    seconds.extend(candidates.iter().map(|c| c.seconds()));
+    Ok(acc.parts(&seconds))
+}
+
+/// Runs one batch: the reference's output rows, then each candidate's.
+type RunBatch<'r> = dyn FnMut(&datasets::Batch) -> Result<Vec<Vec<f32>>, EvaluateError> + 'r;
+
+/// The batches of `dataset`, run by `run_batch` (the reference's rows, then each candidate's) and added up in
+/// list order.
+fn in_order<'a>(
+    batch_size: usize,
+    candidates: usize,
+    dataset: &'a Dataset,
+    feed: &Feed,
+    classifier: &'a Classifier,
+    progress: &mut dyn FnMut(u64, u64),
+    run_batch: &mut RunBatch<'_>,
+) -> Result<Accumulation<'a>, EvaluateError> {
+    let mut acc = Accumulation::new(candidates, dataset, classifier);
     for batch in BatchStream::new(dataset, feed, stream_options(batch_size)) {
         let batch = batch?;
-        let a = fp32.run(&batch)?;
+        let rows = run_batch(&batch)?;
+        acc.add(&batch, &rows)?;
+        progress(acc.done, dataset.len() as u64);
+    }
+    Ok(acc)
+}
+
+/// [`compare_each_parts`] with one set of models per device (each `[reference, candidates...]`, the same
+/// models on another device): each set runs on a thread of its own, batches are dealt to them in turn, and
+/// the rows are taken in list order, so the result is the one-device result (speeds aside: seconds add).
+pub fn compare_each_spread(
+    sets: &mut [Vec<Box<dyn BatchModel>>],
+    dataset: &Dataset,
+    feed: &Feed,
+    classifier: &Classifier,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ComparisonParts, EvaluateError> {
+    let all: Vec<&dyn BatchModel> = sets.iter().flatten().map(|m| &**m).collect();
+    let batch_size = batch_size(&all, dataset)?;
+    let candidates = sets.first().map_or(0, |s| s.len().saturating_sub(1));
+    if let [one] = sets {
+        let acc = in_order(batch_size, candidates, dataset, feed, classifier, progress, &mut |batch| {
+            one.iter_mut().map(|m| m.run(batch)).collect()
+        })?;
+        return Ok(acc.parts(&one.iter().map(|m| m.seconds()).collect::<Vec<_>>()));
+    }
+    let mut acc = Accumulation::new(candidates, dataset, classifier);
+    type Done = (usize, datasets::Batch, Result<Vec<Vec<f32>>, EvaluateError>);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Done>();
+    let seconds = std::thread::scope(|scope| -> Result<Vec<f64>, EvaluateError> {
+        let mut senders = Vec::new();
+        let mut workers = Vec::new();
+        for set in sets.iter_mut() {
+            // One batch running and one waiting per device: memory stays bounded.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, datasets::Batch)>(1);
+            senders.push(tx);
+            let done_tx = done_tx.clone();
+            workers.push(scope.spawn(move || {
+                for (i, batch) in rx {
+                    let rows = set.iter_mut().map(|m| m.run(&batch)).collect::<Result<Vec<_>, _>>();
+                    let failed = rows.is_err();
+                    if done_tx.send((i, batch, rows)).is_err() || failed {
+                        break;
+                    }
+                }
+                set.iter().map(|m| m.seconds()).collect::<Vec<f64>>()
+            }));
+        }
+        drop(done_tx);
+        // Rows come back in any order; they are added in list order.
+        let mut waiting = std::collections::BTreeMap::new();
+        let mut next = 0usize;
+        let mut take = |result: Done, acc: &mut Accumulation| -> Result<(), EvaluateError> {
+            waiting.insert(result.0, (result.1, result.2));
+            while let Some((batch, rows)) = waiting.remove(&next) {
+                acc.add(&batch, &rows?)?;
+                progress(acc.done, dataset.len() as u64);
+                next += 1;
+            }
+            Ok(())
+        };
+        let mut dealt = 0usize;
+        let mut outcome = Ok(());
+        for (i, batch) in BatchStream::new(dataset, feed, stream_options(batch_size)).enumerate() {
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    outcome = Err(e.into());
+                    break;
+                }
+            };
+            if senders[i % senders.len()].send((i, batch)).is_err() {
+                break; // that device's thread stopped on an error, which comes back below
+            }
+            dealt += 1;
+            while let Ok(result) = done_rx.try_recv() {
+                take(result, &mut acc)?;
+            }
+        }
+        drop(senders);
+        for result in done_rx.iter() {
+            if outcome.is_ok() {
+                outcome = take(result, &mut acc);
+            }
+        }
+        let mut seconds = vec![0.0; candidates + 1];
+        for worker in workers {
+            let s = worker.join().map_err(|_| EvaluateError::Model {
+                path: dataset.root.clone(),
+                message: "a device's evaluation thread panicked".into(),
+            })?;
+            seconds.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+        }
+        outcome?;
+        if next != dealt {
+            return Err(EvaluateError::Model {
+                path: dataset.root.clone(),
+                message: format!("{} of {dealt} batches came back from the devices", next),
+            });
+        }
+        Ok(seconds)
+    })?;
+    Ok(acc.parts(&seconds))
+}
+
+/// The counts and fidelity shares of a comparison, added batch by batch in list order (the only order that
+/// gives the same float sums whatever ran the batches).
+struct Accumulation<'a> {
+    classifier: &'a Classifier,
+    root: &'a Path,
+    classes: usize,
+    reference: Tally,
+    tallies: Vec<Tally>,
+    fidelity: Vec<OutputFidelity>,
+    done: u64,
+}
+
+impl<'a> Accumulation<'a> {
+    fn new(candidates: usize, dataset: &'a Dataset, classifier: &'a Classifier) -> Accumulation<'a> {
+        Accumulation {
+            classifier,
+            root: &dataset.root,
+            classes: dataset.classes.len(),
+            reference: Tally::default(),
+            tallies: vec![Tally::default(); candidates],
+            fidelity: (0..candidates).map(|_| OutputFidelity::keeping()).collect(),
+            done: 0,
+        }
+    }
+
+    /// One batch: `rows[0]` the reference's output rows, then each candidate's.
+    fn add(&mut self, batch: &datasets::Batch, rows: &[Vec<f32>]) -> Result<(), EvaluateError> {
+        let Some((a, candidates)) = rows.split_first() else { return Ok(()) };
         let width = a.len() / batch.items.len().max(1);
         let mut labels = Vec::with_capacity(batch.items.len());
         let mut predicted = Vec::with_capacity(batch.items.len());
         for (ra, item) in a.chunks(width.max(1)).zip(&batch.items) {
-            let label = classifier.check(width, item)?;
-            predicted.push(t32.add(&classifier.scores(ra), label));
+            let label = self.classifier.check(width, item)?;
+            predicted.push(self.reference.add(&self.classifier.scores(ra), label));
             labels.push(label);
         }
-        for ((candidate, tally), acc) in candidates.iter_mut().zip(&mut tallies).zip(&mut accs) {
-            let b = candidate.run(&batch)?;
+        for ((b, tally), acc) in candidates.iter().zip(&mut self.tallies).zip(&mut self.fidelity) {
             if width == 0 || b.len() != a.len() {
                 return Err(EvaluateError::Model {
-                    path: dataset.root.clone(),
+                    path: self.root.to_path_buf(),
                     message: format!("outputs differ in size: FP32 {} values, the other model {}", a.len(), b.len()),
                 });
             }
             for (((ra, rb), &label), &pa) in a.chunks(width).zip(b.chunks(width)).zip(&labels).zip(&predicted) {
-                let pb = tally.add(&classifier.scores(rb), label);
+                let pb = tally.add(&self.classifier.scores(rb), label);
                 acc.add(ra, rb, pa, pb);
             }
         }
-        done += batch.items.len() as u64;
-        progress(done, total);
+        self.done += batch.items.len() as u64;
+        Ok(())
     }
-    Ok(ComparisonParts {
-        images: done,
-        classes: dataset.classes.len(),
-        reference: t32,
-        reference_seconds: fp32.seconds(),
-        candidates: candidates
-            .iter()
-            .zip(tallies)
-            .zip(&accs)
-            .map(|((c, tally), acc)| CandidateParts { tally, fidelity: acc.parts(), seconds: c.seconds() })
-            .collect(),
-    })
+
+    /// The parts, with each model's seconds (`seconds[0]` the reference's).
+    fn parts(self, seconds: &[f64]) -> ComparisonParts {
+        ComparisonParts {
+            images: self.done,
+            classes: self.classes,
+            reference: self.reference,
+            reference_seconds: seconds.first().copied().unwrap_or(0.0),
+            candidates: self
+                .tallies
+                .into_iter()
+                .zip(&self.fidelity)
+                .zip(seconds.iter().skip(1))
+                .map(|((tally, acc), &seconds)| CandidateParts { tally, fidelity: acc.parts(), seconds })
+                .collect(),
+        }
+    }
 }
 
 /// A [`BatchModel`] that records another's outputs, so that a reference model runs once for many comparisons.

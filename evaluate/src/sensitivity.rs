@@ -34,8 +34,11 @@ pub struct SensitivityInputs {
     pub method: Method,
     /// The INT8 configuration (default lists when empty).
     pub precision: PrecisionFile,
-    /// Where the variants run.
-    pub placement: runtime::Placement,
+    /// CPU threads per session (0 = one per core).
+    pub threads: usize,
+    /// Where the variants run; with several GPUs the nodes are dealt to them in turn, each node's variants
+    /// measured on one of them.
+    pub device: runtime::Devices,
     /// Target runtime and attention default of the Q/DQ placement.
     pub qdq: PlacementOptions,
     /// How weight channels' amax is chosen, per node.
@@ -218,7 +221,8 @@ struct Evaluator<'a> {
     input: String,
     output: String,
     classifier: &'a Classifier,
-    placement: runtime::Placement,
+    threads: usize,
+    devices: &'a [runtime::Device],
     qdq: PlacementOptions,
     weight_clip: &'a WeightClips,
     /// Calibrated max |x| per tensor (which producers must stay FP32), computed once for every variant.
@@ -245,7 +249,7 @@ impl<'a> Evaluator<'a> {
         if batches.is_empty() {
             return Err(EvaluateError::NoImages { path: dataset.root.clone() });
         }
-        let (classifier, placement) = (&inputs.classifier, inputs.placement);
+        let classifier = &inputs.classifier;
         let mut ev = Evaluator {
             model,
             batches,
@@ -253,7 +257,8 @@ impl<'a> Evaluator<'a> {
             input,
             output,
             classifier,
-            placement,
+            threads: inputs.threads,
+            devices: inputs.device.list(),
             qdq: inputs.qdq,
             weight_clip: &inputs.weight_clip,
             max_abs: analyze::max_abs(&inputs.hist),
@@ -297,8 +302,14 @@ impl<'a> Evaluator<'a> {
     }
 
     fn outputs(&self, bytes: &[u8]) -> Result<Vec<Vec<f32>>, EvaluateError> {
+        self.outputs_on(bytes, self.devices[0])
+    }
+
+    /// The outputs of a model variant on one device.
+    fn outputs_on(&self, bytes: &[u8], device: runtime::Device) -> Result<Vec<Vec<f32>>, EvaluateError> {
         let label = self.model.path.display().to_string();
-        let mut cfg = runtime::SessionConfig::new(&label).place(self.placement);
+        let placement = runtime::Placement { threads: self.threads, device };
+        let mut cfg = runtime::SessionConfig::new(&label).place(placement);
         cfg.external_data_dir = Some(self.model.dir.clone());
         let mut session = runtime::session_from_bytes(bytes, &cfg)?;
         self.batches
@@ -347,6 +358,20 @@ impl<'a> Evaluator<'a> {
 
     fn variant(&self, decisions: &[Decision], amax: &HashMap<String, f32>) -> Result<Effect, EvaluateError> {
         self.variant_with(decisions, amax, self.weight_clip)
+    }
+
+    /// [`Evaluator::variant`] on one device.
+    fn variant_on(
+        &self,
+        decisions: &[Decision],
+        amax: &HashMap<String, f32>,
+        device: runtime::Device,
+    ) -> Result<Effect, EvaluateError> {
+        let (proto, _) = analyze::build_qdq(self.model, decisions, &self.qdq, amax, &self.max_abs, self.weight_clip)?;
+        let bytes = graph::proto::Message::write_to_bytes(&proto).map_err(graph::GraphError::Encode)?;
+        let outputs = self.outputs_on(&bytes, device)?;
+        self.check_finite(&outputs, false)?;
+        self.effect(&outputs)
     }
 
     /// [`Evaluator::variant`] with other weight clips.
@@ -464,20 +489,54 @@ fn measure_nodes(
     let flops = analyze::flops::gemm_flops(model, hist)?;
     let total_flops: f64 = flops.values().sum();
     let targets: Vec<&Decision> = decisions.iter().filter(|d| d.int8).collect();
-    let mut nodes = Vec::new();
-    for (i, target) in targets.iter().enumerate() {
+    let measure = |target: &Decision, device: runtime::Device| -> Result<NodeSensitivity, EvaluateError> {
         let only: Vec<Decision> =
             decisions.iter().map(|d| Decision { int8: d.node == target.node, ..d.clone() }).collect();
         let all_but: Vec<Decision> =
             decisions.iter().map(|d| Decision { int8: d.int8 && d.node != target.node, ..d.clone() }).collect();
-        nodes.push(NodeSensitivity {
+        Ok(NodeSensitivity {
             node: target.node.clone(),
             op: target.op.clone(),
             flop_share: flops.get(&target.node).map_or(0.0, |f| f / total_flops.max(1.0)),
-            alone_int8: ev.variant(&only, &amax)?,
-            alone_float: ev.variant(&all_but, &amax)?,
-        });
-        progress(i + 1, targets.len());
+            alone_int8: ev.variant_on(&only, &amax, device)?,
+            alone_float: ev.variant_on(&all_but, &amax, device)?,
+        })
+    };
+    let mut nodes = Vec::new();
+    if let [device] = ev.devices {
+        for (i, target) in targets.iter().enumerate() {
+            nodes.push(measure(target, *device)?);
+            progress(i + 1, targets.len());
+        }
+    } else {
+        // Nodes dealt to the devices in turn, each on a thread of its own; the ranking below sorts them.
+        let (tx, rx) = std::sync::mpsc::channel::<Result<NodeSensitivity, EvaluateError>>();
+        std::thread::scope(|scope| {
+            for (d, &device) in ev.devices.iter().enumerate() {
+                let (tx, targets, measure) = (tx.clone(), &targets, &measure);
+                scope.spawn(move || {
+                    for target in targets.iter().skip(d).step_by(ev.devices.len()) {
+                        let result = measure(target, device);
+                        let failed = result.is_err();
+                        if tx.send(result).is_err() || failed {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            for result in rx {
+                nodes.push(result?);
+                progress(nodes.len(), targets.len());
+            }
+            Ok::<(), EvaluateError>(())
+        })?;
+        if nodes.len() != targets.len() {
+            return Err(EvaluateError::Model {
+                path: model.path.clone(),
+                message: format!("{} of {} nodes came back from the devices", nodes.len(), targets.len()),
+            });
+        }
     }
     nodes.sort_by(|a, b| b.alone_int8.divergence.total_cmp(&a.alone_int8.divergence).then(a.node.cmp(&b.node)));
     let methods = if choose_methods { method_choices(ev, &decisions, hist, method, &int8)? } else { Vec::new() };

@@ -13,7 +13,7 @@ use calibrate::{calibrate, CalibrateOptions};
 use datasets::{Dataset, Feed};
 use reports::{Criterion, FloatRow, Report, TensorPlot};
 
-use crate::compare::{compare_each_parts, ort_model, BatchModel, Classifier};
+use crate::compare::{compare_each_spread, ort_model, BatchModel, Classifier};
 use crate::shards::{Gates, ValidatePart};
 use crate::tensorrt::TrtExec;
 use crate::EvaluateError;
@@ -73,8 +73,11 @@ pub struct ValidateConfig {
     pub limit_calib: Option<usize>,
     /// Seeded subset of the validation images.
     pub limit_val: Option<usize>,
-    /// Threads and device for calibration and both models.
-    pub placement: runtime::Placement,
+    /// CPU threads per session (0 = one per core).
+    pub threads: usize,
+    /// Where calibration and the models run; with several GPUs each evaluates its share of the batches
+    /// (calibration runs on them too), and the report is the one-device report (speeds aside).
+    pub device: runtime::Devices,
     /// Output folder.
     pub out: PathBuf,
     /// Evaluate one part of the validation list and write what the report needs from it, instead of the
@@ -188,6 +191,12 @@ fn plot_counts(stats: &histograms::TensorStats, bins: usize) -> (f64, Vec<u64>) 
 /// Runs the pipeline and writes the artifacts and reports into `config.out`. Returns the report; the
 /// caller turns `passed` into the exit status.
 pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, EvaluateError> {
+    if config.engine == Engine::TensorRt && config.device.list().len() > 1 {
+        return Err(EvaluateError::Input {
+            path: config.model.clone(),
+            message: format!("--engine tensorrt runs on one device; --device {} lists several", config.device),
+        });
+    }
     if config.engine == Engine::TensorRt && !crate::tensorrt::on_path() {
         return Err(crate::tensorrt::TensorRtError::NotOnPath.into());
     }
@@ -278,8 +287,8 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
     let start = Instant::now();
     let options = CalibrateOptions {
         limit: config.limit_calib,
-        threads: config.placement.threads,
-        device: runtime::Devices::one(config.placement.device),
+        threads: config.threads,
+        device: config.device.clone(),
         smooth: config.smooth,
         ..Default::default()
     };
@@ -307,39 +316,46 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
     graph::save_model(&analysis.model, fp16_proto, &fp16_model)?;
 
     let feed = &config.feed;
-    let mut fp32 = ort_model(&config.model, feed, config.placement)?;
-    let engine_model = |path: &std::path::Path, stem: &str| -> Result<Box<dyn BatchModel>, EvaluateError> {
-        match config.engine {
-            Engine::Ort => ort_model(path, feed, config.placement),
-            Engine::TensorRt => {
-                let Feed::Images(recipe) = feed else {
-                    return Err(EvaluateError::Input {
-                        path: config.val.clone(),
-                        message: "--engine tensorrt feeds one image input; .npz samples run with --engine onnxruntime"
-                            .into(),
-                    });
-                };
-                let name = analysis.model.resolve_input(recipe.name.as_deref())?.name.clone();
-                let input = crate::tensorrt::EngineInput {
-                    image: recipe.batch_shape(1)[1..].to_vec(),
-                    fixed_batch: analysis.model.fixed_batch(&name),
-                    max_batch: crate::compare::EVAL_BATCH,
-                    name,
-                };
-                Ok(Box::new(TrtExec::build(path, &input, out, stem)?) as Box<dyn BatchModel>)
+    let placement = |device| runtime::Placement { threads: config.threads, device };
+    let engine_model =
+        |path: &std::path::Path, stem: &str, device: runtime::Device| -> Result<Box<dyn BatchModel>, EvaluateError> {
+            match config.engine {
+                Engine::Ort => ort_model(path, feed, placement(device)),
+                Engine::TensorRt => {
+                    let Feed::Images(recipe) = feed else {
+                        return Err(EvaluateError::Input {
+                            path: config.val.clone(),
+                            message:
+                                "--engine tensorrt feeds one image input; .npz samples run with --engine onnxruntime"
+                                    .into(),
+                        });
+                    };
+                    let name = analysis.model.resolve_input(recipe.name.as_deref())?.name.clone();
+                    let input = crate::tensorrt::EngineInput {
+                        image: recipe.batch_shape(1)[1..].to_vec(),
+                        fixed_batch: analysis.model.fixed_batch(&name),
+                        max_batch: crate::compare::EVAL_BATCH,
+                        name,
+                    };
+                    Ok(Box::new(TrtExec::build(path, &input, out, stem)?) as Box<dyn BatchModel>)
+                }
             }
-        }
-    };
-    let mut int8 = engine_model(&int8_model, "model")?;
-    let mut fp16 = engine_model(&fp16_model, "model.fp16")?;
-    let parts = compare_each_parts(
-        fp32.as_mut(),
-        &mut [int8.as_mut(), fp16.as_mut()],
-        &val,
-        feed,
-        &config.classifier,
-        &mut |d, t| progress(Phase::Compare, d, t),
-    )?;
+        };
+    // One set of sessions per device: FP32, then INT8 and FP16 against it.
+    let mut sets = config
+        .device
+        .list()
+        .iter()
+        .map(|&device| {
+            Ok(vec![
+                ort_model(&config.model, feed, placement(device))?,
+                engine_model(&int8_model, "model", device)?,
+                engine_model(&fp16_model, "model.fp16", device)?,
+            ])
+        })
+        .collect::<Result<Vec<_>, EvaluateError>>()?;
+    let parts =
+        compare_each_spread(&mut sets, &val, feed, &config.classifier, &mut |d, t| progress(Phase::Compare, d, t))?;
     let mut compared = parts.finish(&val.root)?;
     let fp16_row = compared.pop().map(|c| FloatRow {
         float_type: FloatType::Fp16.name().into(),
@@ -398,8 +414,8 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         method: config.method.name(),
         precision: serde_json::to_value(&analysis.ranges.precision).map_err(EvaluateError::Encode)?,
         engine: match config.engine {
-            Engine::Ort if config.placement.device.is_cuda() => {
-                format!("onnxruntime {} ({})", runtime::version()?, config.placement.device)
+            Engine::Ort if config.device.is_cuda() => {
+                format!("onnxruntime {} ({})", runtime::version()?, config.device)
             }
             Engine::Ort => "ort-cpu".into(),
             Engine::TensorRt => "tensorrt (trtexec)".into(),

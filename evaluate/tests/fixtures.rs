@@ -36,7 +36,8 @@ fn planted_inputs() -> (SensitivityInputs, String) {
         classifier: Classifier::Logits,
         method: Method::Entropy,
         precision: PrecisionFile::default(),
-        placement: Default::default(),
+        threads: 0,
+        device: Default::default(),
         qdq: Default::default(),
         weight_clip: Default::default(),
     };
@@ -220,4 +221,42 @@ fn a_fidelity_budget_finds_the_planted_node_without_labels_and_a_top1_budget_nee
     // The full INT8 configuration (planted node included) misses the budget: the search had work to do.
     assert!(auto.sensitivity.int8.sqnr_db < 20.0, "{:?}", auto.sensitivity.int8);
     assert!(auto.int8_flop_share > 0.8, "{}", auto.int8_flop_share);
+}
+
+/// Several sessions (here CPU ones; GPUs on a GPU machine, `xtask gpu-check --steps devices`) share a
+/// comparison batch by batch and a sensitivity node by node: the results are those of one session.
+#[test]
+fn work_spread_over_several_sessions_gives_the_one_session_result() {
+    use evaluate::compare::{compare_each_spread, ort_model, ComparisonParts};
+    let val = val_subset(300, 5);
+    let placement = runtime::Placement { threads: 1, device: runtime::Device::Cpu };
+    let set = || {
+        ["fmnist_resnet_opset13.onnx", "fmnist_vit_opset17.onnx"]
+            .map(|m| ort_model(&model(m), &feed(), placement).unwrap())
+            .into_iter()
+            .collect::<Vec<_>>()
+    };
+    let spread = |sets: usize| {
+        let mut sets: Vec<_> = (0..sets).map(|_| set()).collect();
+        let mut p = compare_each_spread(&mut sets, &val, &feed(), &Classifier::Logits, &mut |_, _| {}).unwrap();
+        (p.reference_seconds, p.candidates[0].seconds) = (0.0, 0.0);
+        p
+    };
+    let one: ComparisonParts = spread(1);
+    assert_eq!(one.images, 300);
+    assert_eq!(spread(3), one, "5 batches dealt to 3 sessions");
+
+    let (inputs, _) = planted_inputs();
+    let two_cpus = SensitivityInputs {
+        device: runtime::Devices::new(vec![runtime::Device::Cpu; 2]).unwrap(),
+        threads: 1,
+        ..inputs.clone()
+    };
+    let (a, b) =
+        (sensitivity(&inputs, false, &mut |_, _| {}).unwrap(), sensitivity(&two_cpus, false, &mut |_, _| {}).unwrap());
+    let effects = |r: &evaluate::sensitivity::SensitivityReport| {
+        r.nodes.iter().map(|n| (n.node.clone(), n.alone_int8.clone(), n.alone_float.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(effects(&a), effects(&b));
+    assert!(a.nodes.len() > 2, "{}", a.nodes.len());
 }

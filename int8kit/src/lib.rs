@@ -74,9 +74,9 @@ impl Command {
         match self {
             Command::Quantize(a) => a.source.collect.device.first(),
             Command::Calibrate(a) => a.source.collect.device.first(),
-            Command::Sensitivity(a) => a.device,
-            Command::Autoprecision(a) => a.common.device,
-            Command::Validate(a) => a.device,
+            Command::Sensitivity(a) => a.device.first(),
+            Command::Autoprecision(a) => a.common.device.first(),
+            Command::Validate(a) => a.device.first(),
             Command::Analyze(_) | Command::Setup(_) | Command::Lint(_) | Command::Merge(_) => runtime::Device::Cpu,
         }
     }

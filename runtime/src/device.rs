@@ -54,6 +54,12 @@ impl std::str::FromStr for Device {
 pub struct Devices(Vec<Device>);
 
 impl Devices {
+    /// These devices, in order (`None` for none). The command line takes GPU lists only; a library caller
+    /// may also spread over several CPU sessions (the tests do, to check the dealing without a GPU).
+    pub fn new(list: Vec<Device>) -> Option<Devices> {
+        (!list.is_empty()).then_some(Devices(list))
+    }
+
     /// One device.
     pub fn one(device: Device) -> Devices {
         Devices(vec![device])

@@ -47,7 +47,8 @@ pub fn fixture_config(
         classes: None,
         limit_calib: None,
         limit_val: None,
-        placement: runtime::Placement { threads: 0, device },
+        threads: 0,
+        device: runtime::Devices::one(device),
         out,
         shard: None,
     })

@@ -160,6 +160,10 @@ struct DeviceListCase {
     identical: bool,
     one_s: f64,
     list_s: f64,
+    /// `validate` of the fixture ViT on both: the report's comparison, FP16 row and criteria (speeds aside).
+    validate_identical: bool,
+    /// `sensitivity` of the fixture ViT on 200 images on both: every node's effects.
+    sensitivity_identical: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -347,7 +351,8 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
     println!("{md}");
     let unequal: Vec<&EqualityCase> = report.equality.iter().filter(|c| c.identical != c.tensors).collect();
     let off: Vec<&ValidateRow> = report.validate.iter().filter(|v| v.max_diff_pp > 0.05).collect();
-    let list_differs = report.devices.as_ref().is_some_and(|d| !d.identical);
+    let list_differs =
+        report.devices.as_ref().is_some_and(|d| !(d.identical && d.validate_identical && d.sensitivity_identical));
     if !unequal.is_empty() || !off.is_empty() || list_differs {
         bail!(
             "GPU check failed: {} equality cases differ, {} models differ by more than 0.05 pp{}",
@@ -600,8 +605,60 @@ fn device_list(device: Device) -> anyhow::Result<DeviceListCase> {
         format!("{one},{}", one.to_string().trim_start_matches("cuda:")).parse().map_err(anyhow::Error::msg)?;
     let (a, images, one_s) = run(one.clone())?;
     let (b, _, list_s) = run(list.clone())?;
-    let case =
-        DeviceListCase { one: one.to_string(), list: list.to_string(), images, identical: a == b, one_s, list_s };
+    let report = |devices: &runtime::Devices| -> anyhow::Result<serde_json::Value> {
+        let dir = root.join("target/gpu-check-devices").join(devices.to_string().replace([':', ','], "_"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = crate::demo::fixture_config(
+            "fmnist_vit_opset17.onnx",
+            false,
+            analyze::scales::Method::Entropy,
+            dir,
+            device,
+        )?;
+        config.device = devices.clone();
+        let r = evaluate::validate(&config, &mut |_, _, _| {})?;
+        let mut v = serde_json::to_value((&r.comparison, &r.fp16, &r.criteria))?;
+        for (i, row) in [(0, "fp32"), (0, "int8"), (1, "metrics")] {
+            v[i][row]["images_per_s"] = 0.into();
+        }
+        Ok(v)
+    };
+    let validate_identical = report(&one)? == report(&list)?;
+    let sensitivity = |devices: &runtime::Devices| -> anyhow::Result<Vec<serde_json::Value>> {
+        let (hist, _) = calibrate::calibrate(
+            &model,
+            &root.join("fixtures/fmnist/calib"),
+            &feed,
+            &Default::default(),
+            &mut |_, _| {},
+        )?;
+        let inputs = evaluate::sensitivity::SensitivityInputs {
+            model: model.clone(),
+            hist,
+            dataset: Dataset::labelled(&root.join("fixtures/fmnist/val"), None)?.limit(200, 0),
+            feed: feed.clone(),
+            classifier: evaluate::Classifier::Logits,
+            method: analyze::scales::Method::Entropy,
+            precision: Default::default(),
+            threads: 0,
+            device: devices.clone(),
+            qdq: Default::default(),
+            weight_clip: Default::default(),
+        };
+        let r = evaluate::sensitivity::sensitivity(&inputs, false, &mut |_, _| {})?;
+        r.nodes.iter().map(|n| Ok(serde_json::to_value((&n.node, &n.alone_int8, &n.alone_float))?)).collect()
+    };
+    let sensitivity_identical = sensitivity(&one)? == sensitivity(&list)?;
+    let case = DeviceListCase {
+        one: one.to_string(),
+        list: list.to_string(),
+        images,
+        identical: a == b,
+        one_s,
+        list_s,
+        validate_identical,
+        sensitivity_identical,
+    };
     eprintln!("device list: {case:?}");
     Ok(case)
 }
@@ -666,15 +723,14 @@ fn sensitivity_both(device: Device) -> anyhow::Result<SensitivityDiff> {
         classifier: evaluate::Classifier::Logits,
         method: analyze::scales::Method::Entropy,
         precision: Default::default(),
-        placement: Default::default(),
+        threads: 0,
+        device: Default::default(),
         qdq: Default::default(),
         weight_clip: Default::default(),
     };
     let run = |device: Device| {
-        let inputs = evaluate::sensitivity::SensitivityInputs {
-            placement: runtime::Placement { threads: 0, device },
-            ..inputs.clone()
-        };
+        let inputs =
+            evaluate::sensitivity::SensitivityInputs { device: runtime::Devices::one(device), ..inputs.clone() };
         evaluate::sensitivity::sensitivity(&inputs, false, &mut |_, _| {})
     };
     let (cpu, gpu) = (run(Device::Cpu)?, run(device)?);
@@ -741,13 +797,16 @@ fn markdown(r: &CheckReport) -> String {
     if let Some(d) = &r.devices {
         let _ = writeln!(
             md,
-            "Device list: `calibrate --device {}` and `--device {}` over {} images: .hist {} ({:.2} s vs {:.2} s).\n",
+            "Device list: `calibrate --device {}` and `--device {}` over {} images: .hist {} ({:.2} s vs {:.2} s); \
+             `validate` report numbers {}; `sensitivity` effects {}.\n",
             d.one,
             d.list,
             d.images,
             if d.identical { "byte-identical" } else { "DIFFERENT" },
             d.one_s,
-            d.list_s
+            d.list_s,
+            if d.validate_identical { "identical" } else { "DIFFERENT" },
+            if d.sensitivity_identical { "identical" } else { "DIFFERENT" }
         );
     }
     if let Some(k) = &r.kernels {

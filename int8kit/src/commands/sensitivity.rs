@@ -57,9 +57,10 @@ pub struct SensitivityArgs {
     /// Threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// Where the evaluations run: cpu, or cuda[:N] (ONNX Runtime's CUDA EP, TF32 off; needs onnxruntime-gpu).
-    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
-    pub device: runtime::Device,
+    /// Where the evaluations run: cpu, or cuda[:N] (ONNX Runtime's CUDA EP, TF32 off; needs onnxruntime-gpu),
+    /// or several GPUs, cuda:0,1,... or cuda:all (nodes dealt to them in turn).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]|cuda:N,M,...|cuda:all")]
+    pub device: runtime::Devices,
     /// Output folder.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -98,7 +99,8 @@ impl SensitivityArgs {
             classifier: Classifier::load(self.zero_shot.as_deref())?,
             method: self.method,
             precision: load_precision(self.precision.as_deref())?.0,
-            placement: runtime::Placement { threads: self.threads, device: self.device },
+            threads: self.threads,
+            device: self.device.clone(),
             qdq: self.qdq.options(),
             weight_clip: analyze::qdq::WeightClips::all(self.weight_clip),
         })

@@ -98,10 +98,11 @@ pub struct ValidateArgs {
     /// Threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// Where calibration and both models run: cpu, or cuda[:N] (ONNX Runtime's CUDA EP with TF32 off;
-    /// needs onnxruntime-gpu: `int8kit setup --gpu`).
-    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
-    pub device: runtime::Device,
+    /// Where calibration and the models run: cpu, or cuda[:N] (ONNX Runtime's CUDA EP with TF32 off; needs
+    /// onnxruntime-gpu: `int8kit setup --gpu`), or several GPUs, cuda:0,1,... or cuda:all (one session set per
+    /// GPU, batches dealt in turn; the report's numbers are the one-GPU report's).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]|cuda:N,M,...|cuda:all")]
+    pub device: runtime::Devices,
     /// Output folder for the artifacts and reports.
     #[arg(long, value_name = "OUTDIR")]
     pub out: PathBuf,
@@ -163,7 +164,8 @@ impl ValidateArgs {
                 .shard
                 .zip(self.partial_out.clone())
                 .map(|((index, count), partial_out)| evaluate::validate::ShardRequest { index, count, partial_out }),
-            placement: runtime::Placement { threads: self.threads, device: self.device },
+            threads: self.threads,
+            device: self.device.clone(),
             out: self.out.clone(),
         })
     }
@@ -172,7 +174,7 @@ impl ValidateArgs {
 /// Runs the gate with progress bars; returns the report (written to `--out`).
 pub fn validate(args: &ValidateArgs) -> anyhow::Result<Report> {
     if args.device.is_cuda() {
-        runtime::cuda_device_check(args.device)?;
+        runtime::cuda_device_check(args.device.first())?;
         runtime::init()?;
     }
     let config = args.config()?;
