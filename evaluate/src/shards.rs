@@ -182,7 +182,10 @@ pub fn merge(parts: &[(PathBuf, ValidatePart)]) -> Result<Report, EvaluateError>
             ));
         }
         let here = shared(&part.report)?;
-        if let Some(key) = reference.keys().chain(here.keys()).find(|k| reference.get(*k) != here.get(*k)) {
+        // What identifies a run first (the clearest message), then everything else.
+        let first_keys = ["model_sha256", "validation_list_sha256", "recipe", "method", "precision", "target"];
+        let keys = first_keys.iter().map(|k| k.to_string()).chain(reference.keys().chain(here.keys()).cloned());
+        if let Some(key) = keys.into_iter().find(|k| reference.get(k) != here.get(k)) {
             return Err(bad(
                 path,
                 format!(

@@ -95,6 +95,24 @@ fn merged_validation_parts_equal_one_process() {
         "`validation_list_sha256` differs",
     );
     assert!(!dir.path().join("m4").exists(), "a refused merge writes nothing");
+    // A part of another model.
+    let vit = dir.path().join("vit-3-3.json");
+    let o = int8kit("validate")
+        .arg("--model")
+        .arg(test_support::model("fmnist_vit_opset17.onnx"))
+        .arg("--recipe")
+        .arg(test_support::recipe_path())
+        .arg("--calib")
+        .arg(test_support::calib_dir())
+        .arg("--val")
+        .arg(test_support::val_dir())
+        .args(["--limit-calib", "40", "--max-top1-drop", "5", "--min-cosine", "0.9", "--limit-val", "70"])
+        .args(["--shard", "3/3", "--partial-out", vit.to_str().unwrap(), "--quiet", "--out"])
+        .arg(dir.path().join("vit-artifacts"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    refused(&merge(&[three[0].clone(), three[1].clone(), vit], &dir.path().join("m5")), "`model_sha256` differs");
 }
 
 #[test]
