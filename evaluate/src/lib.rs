@@ -7,6 +7,7 @@
 
 pub mod autoprecision;
 pub mod compare;
+pub mod gates;
 pub mod sensitivity;
 pub mod shards;
 pub mod tensorrt;

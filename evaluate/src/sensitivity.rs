@@ -82,7 +82,7 @@ pub struct Budget {
     /// Allowed Top-1 drop, percentage points (needs labelled images).
     pub max_top1_drop: Option<f64>,
     /// Output fidelity floors (no labels needed).
-    pub fidelity: crate::validate::FidelityGates,
+    pub fidelity: crate::gates::FidelityGates,
 }
 
 impl Budget {

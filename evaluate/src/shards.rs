@@ -6,78 +6,17 @@
 use std::path::{Path, PathBuf};
 
 use histograms::ShardInfo;
-use reports::{Criterion, FloatRow, Report, ShardSpeed};
+use reports::{FloatRow, Report, ShardSpeed};
 use serde::{Deserialize, Serialize};
 
-use crate::compare::{ComparisonParts, Fidelity};
-use crate::validate::FidelityGates;
+use crate::compare::ComparisonParts;
+use crate::gates::Gates;
 use crate::EvaluateError;
 
 /// The `format` of a partial file.
 pub const PART_FORMAT: &str = "int8kit.validate-part";
 /// Its version.
 pub const PART_VERSION: u32 = 1;
-
-/// What the criteria are held to: the same in every shard.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Gates {
-    /// `--max-top1-drop`.
-    pub max_top1_drop: Option<f64>,
-    /// `--min-cosine`, `--min-sqnr`, `--min-agreement`.
-    pub fidelity: FidelityGates,
-    /// With `--baseline`: the baseline's INT8 Top-1 (share).
-    pub baseline_int8_top1: Option<f64>,
-}
-
-impl Gates {
-    /// The criteria for `comparison` (FP32 against INT8) on the folder `val`. A Top-1 gate without a measured
-    /// Top-1 is an error, never a pass.
-    pub fn criteria(&self, comparison: &reports::Comparison, val: &Path) -> Result<Vec<Criterion>, EvaluateError> {
-        let top1 = |m: &reports::ModelMetrics, what: &str| {
-            m.top1.ok_or_else(|| EvaluateError::Input {
-                path: val.to_path_buf(),
-                message: format!("no Top-1 was measured for {what} (no labelled images)"),
-            })
-        };
-        let mut criteria = Vec::new();
-        if let Some(limit) = self.max_top1_drop {
-            let (fp32_top1, int8_top1) = (top1(&comparison.fp32, "FP32")?, top1(&comparison.int8, "INT8")?);
-            let drop_pp = 100.0 * (fp32_top1 - int8_top1);
-            let passed = drop_pp <= limit;
-            criteria.push(Criterion {
-                name: "max-top1-drop".into(),
-                passed,
-                measured: drop_pp,
-                limit,
-                message: format!(
-                    "INT8 Top-1 {:.2} % vs FP32 {:.2} %: drop {drop_pp:.2} pp {} the allowed {limit} pp",
-                    100.0 * int8_top1,
-                    100.0 * fp32_top1,
-                    if passed { "within" } else { "exceeds" }
-                ),
-            });
-        }
-        criteria.extend(self.fidelity.criteria(&Fidelity::of(comparison)));
-        if let Some(baseline_top1) = self.baseline_int8_top1 {
-            let tolerance = self.max_top1_drop.unwrap_or(0.0).max(0.0);
-            let floor = 100.0 * baseline_top1 - tolerance;
-            let measured = 100.0 * top1(&comparison.int8, "INT8")?;
-            let passed = measured >= floor;
-            criteria.push(Criterion {
-                name: "baseline".into(),
-                passed,
-                measured,
-                limit: floor,
-                message: format!(
-                    "INT8 Top-1 {measured:.2} % vs baseline {:.2} % (tolerance {tolerance} pp): {}",
-                    floor + tolerance,
-                    if passed { "not below" } else { "below the baseline" }
-                ),
-            });
-        }
-        Ok(criteria)
-    }
-}
 
 /// A shard's part of a validation (`P.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

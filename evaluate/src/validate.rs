@@ -11,10 +11,12 @@ use analyze::scales::Method;
 use analyze::{analyze, AnalyzeOptions};
 use calibrate::{calibrate, CalibrateOptions};
 use datasets::{Dataset, Feed};
-use reports::{Criterion, FloatRow, Report, TensorPlot};
+use reports::{FloatRow, Report, TensorPlot};
 
 use crate::compare::{compare_each_spread, ort_model, BatchModel, Classifier};
-use crate::shards::{Gates, ValidatePart};
+use crate::gates::FidelityGates;
+use crate::gates::Gates;
+use crate::shards::ValidatePart;
 use crate::tensorrt::TrtExec;
 use crate::EvaluateError;
 
@@ -94,71 +96,6 @@ pub struct ShardRequest {
     pub count: usize,
     /// Where the part is written (outside the output folder).
     pub partial_out: PathBuf,
-}
-
-/// Release criteria on the INT8 model's outputs against FP32's, for embedders and anything without a
-/// trustworthy Top-1: each given one is its own criterion (and JUnit case).
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct FidelityGates {
-    /// Mean per-image cosine of the outputs must be at least this (-1 to 1).
-    pub min_cosine: Option<f64>,
-    /// Output SQNR must be at least this many dB (-100 to 200).
-    pub min_sqnr_db: Option<f64>,
-    /// Share of images with the same predicted class must be at least this (0 to 1).
-    pub min_agreement: Option<f64>,
-}
-
-impl FidelityGates {
-    /// Refuses limits that are not finite numbers in their range, naming the flag.
-    pub fn check(&self) -> Result<(), EvaluateError> {
-        for (flag, value, range) in [
-            ("--min-cosine", self.min_cosine, -1.0..=1.0),
-            ("--min-sqnr", self.min_sqnr_db, -100.0..=200.0),
-            ("--min-agreement", self.min_agreement, 0.0..=1.0),
-        ] {
-            if let Some(v) = value.filter(|v| !range.contains(v)) {
-                return Err(EvaluateError::FidelityLimit {
-                    flag: flag.into(),
-                    value: v,
-                    range: format!("{} to {}", range.start(), range.end()),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether any gate is given.
-    pub fn any(&self) -> bool {
-        self.min_cosine.is_some() || self.min_sqnr_db.is_some() || self.min_agreement.is_some()
-    }
-
-    /// The criteria these gates give for measured output fidelity against FP32.
-    pub fn criteria(&self, f: &crate::compare::Fidelity) -> Vec<Criterion> {
-        let mut out = Vec::new();
-        let mut push = |name: &str, what: &str, measured: f64, limit: f64, shown: String| {
-            let passed = measured >= limit;
-            out.push(Criterion {
-                name: name.into(),
-                passed,
-                measured,
-                limit,
-                message: format!(
-                    "INT8 {what} against FP32 {shown}: {} the minimum {limit}",
-                    if passed { "meets" } else { "below" }
-                ),
-            });
-        };
-        if let Some(limit) = self.min_cosine {
-            push("min-cosine", "output cosine (mean)", f.cosine_mean, limit, format!("{:.6}", f.cosine_mean));
-        }
-        if let Some(limit) = self.min_sqnr_db {
-            push("min-sqnr", "output SQNR", f.sqnr_db, limit, format!("{:.2} dB", f.sqnr_db));
-        }
-        if let Some(limit) = self.min_agreement {
-            push("min-agreement", "agreement", f.agreement, limit, format!("{:.4}", f.agreement));
-        }
-        out
-    }
 }
 
 /// Progress of the two long phases: (phase, done, total).

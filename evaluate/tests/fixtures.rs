@@ -7,7 +7,7 @@ use analyze::{analyze, AnalyzeOptions};
 use calibrate::{calibrate, CalibrateOptions};
 use evaluate::compare::{evaluate, Classifier};
 use evaluate::sensitivity::{auto_precision, sensitivity, Budget, SensitivityInputs};
-use evaluate::validate::FidelityGates;
+use evaluate::gates::FidelityGates;
 use histograms::HistFile;
 use test_support::{calib_dir, feed, model, val_subset};
 

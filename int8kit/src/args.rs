@@ -338,8 +338,8 @@ pub struct FidelityArgs {
 
 impl FidelityArgs {
     /// The library's limits.
-    pub fn gates(&self) -> evaluate::validate::FidelityGates {
-        evaluate::validate::FidelityGates {
+    pub fn gates(&self) -> evaluate::gates::FidelityGates {
+        evaluate::gates::FidelityGates {
             min_cosine: self.min_cosine,
             min_sqnr_db: self.min_sqnr,
             min_agreement: self.min_agreement,

@@ -253,7 +253,8 @@ pub fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Calibrate { model, repeat } => bench_calibrate(&model, repeat.max(1)),
         Which::Analyze(args) => bench_analyze(&args),
-        Which::Large => crate::large::run(),
+        // Dispatched by main, beside the suite it shares its helpers with.
+        Which::Large => bail!("internal: `bench large` is dispatched by main"),
     }
 }
 

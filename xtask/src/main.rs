@@ -123,6 +123,7 @@ fn run_task(command: Cmd) -> anyhow::Result<()> {
         Cmd::Bench { which, suite } => {
             setup()?;
             match which {
+                Some(bench::Which::Large) => large::run(),
                 Some(which) => bench::run(which),
                 None => suite::run(&suite),
             }
