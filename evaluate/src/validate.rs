@@ -213,6 +213,8 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         graph::check_not_input(&s.partial_out, &inputs)?;
     }
     let model_files = model.input_files();
+    // Its weights are not needed again here: a large model must not stay in memory beside the sessions.
+    drop(model);
     inputs.extend(model_files.iter().map(|p| p.as_path()));
     graph::check_not_input(&config.out, &inputs)?;
     // Everything goes into a staging folder that replaces OUTDIR whole at the end. The previous run's set is
@@ -291,6 +293,8 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
             ])
         })
         .collect::<Result<Vec<_>, EvaluateError>>()?;
+    // The sessions hold their own copies: the protos go before the comparison (only the ranges are reported).
+    let analyze::Analysis { ranges, .. } = { analysis };
     let parts =
         compare_each_spread(&mut sets, &val, feed, &config.classifier, &mut |d, t| progress(Phase::Compare, d, t))?;
     let mut compared = parts.finish(&val.root)?;
@@ -315,8 +319,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         },
     };
     let criteria = gates.criteria(&comparison, &config.val)?;
-    let tensors = analysis
-        .ranges
+    let tensors = ranges
         .tensors
         .iter()
         .filter(|t| t.quantized)
@@ -335,7 +338,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         })
         .collect();
     let sensitivity = match &config.sensitivity {
-        Some(p) => sensitivity_rows(p, &analysis.ranges.nodes)?,
+        Some(p) => sensitivity_rows(p, &ranges.nodes)?,
         None => Vec::new(),
     };
     let report = Report {
@@ -349,7 +352,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         model_sha256: hist.model.sha256.clone(),
         recipe: serde_json::to_value(feed.recipe()).map_err(EvaluateError::Encode)?,
         method: config.method.name(),
-        precision: serde_json::to_value(&analysis.ranges.precision).map_err(EvaluateError::Encode)?,
+        precision: serde_json::to_value(&ranges.precision).map_err(EvaluateError::Encode)?,
         engine: match config.engine {
             Engine::Ort if config.device.is_cuda() => {
                 format!("onnxruntime {} ({})", runtime::version()?, config.device)
@@ -371,9 +374,9 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
             _ => None,
         },
         classes: val.classes.clone(),
-        int8_flop_share: analysis.ranges.int8_flop_share,
+        int8_flop_share: ranges.int8_flop_share,
         target: config.qdq.target.name().into(),
-        float_type: analysis.ranges.float_type.into(),
+        float_type: ranges.float_type.into(),
         passed: criteria.iter().all(|c| c.passed),
         comparison,
         fp16: fp16_row,
