@@ -6,8 +6,8 @@ use analyze::scales::Method;
 use analyze::{analyze, AnalyzeOptions};
 use calibrate::{calibrate, CalibrateOptions};
 use evaluate::compare::{evaluate, Classifier};
-use evaluate::sensitivity::{auto_precision, sensitivity, Budget, SensitivityInputs};
 use evaluate::gates::FidelityGates;
+use evaluate::sensitivity::{auto_precision, sensitivity, Budget, SensitivityInputs};
 use histograms::HistFile;
 use test_support::{calib_dir, feed, model, val_subset};
 
