@@ -35,8 +35,8 @@ pub enum Engine {
 pub struct ValidateConfig {
     /// FP32 ONNX model.
     pub model: PathBuf,
-    /// Calibration images (flat folder).
-    pub calib: PathBuf,
+    /// Where the INT8 model's statistics come from.
+    pub calib: Calibration,
     /// Validation images: labelled (one sub-folder per class), or unlabelled when only fidelity gates are
     /// asked for.
     pub val: PathBuf,
@@ -85,6 +85,24 @@ pub struct ValidateConfig {
     /// Evaluate one part of the validation list and write what the report needs from it, instead of the
     /// reports (`int8kit merge` joins the parts).
     pub shard: Option<ShardRequest>,
+}
+
+/// Where a validation's statistics come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Calibration {
+    /// Calibrate over this flat folder (`--calib`).
+    Folder(PathBuf),
+    /// These statistics (`--hist`): from `calibrate`, or merged shards of it; made for this model and feed.
+    Hist(PathBuf),
+}
+
+impl Calibration {
+    /// The folder or the file.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            Calibration::Folder(p) | Calibration::Hist(p) => p,
+        }
+    }
 }
 
 /// `--shard I/N --partial-out P.json`.
@@ -206,7 +224,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
             });
         }
     }
-    let mut inputs: Vec<&std::path::Path> = vec![&config.calib, &config.val];
+    let mut inputs: Vec<&std::path::Path> = vec![config.calib.path(), &config.val];
     inputs.extend(config.baseline.as_deref());
     inputs.extend(config.sensitivity.as_deref());
     if let Some(s) = &config.shard {
@@ -231,9 +249,15 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         smooth: config.smooth,
         ..Default::default()
     };
-    let (hist, _) = calibrate(&config.model, &config.calib, &config.feed, &options, &mut |done, total| {
-        progress(Phase::Calibrate, done, total)
-    })?;
+    let hist = match &config.calib {
+        Calibration::Folder(folder) => {
+            calibrate(&config.model, folder, &config.feed, &options, &mut |done, total| {
+                progress(Phase::Calibrate, done, total)
+            })?
+            .0
+        }
+        Calibration::Hist(path) => given_hist(path, config)?,
+    };
     hist.write(&out.join("calibration.hist"))?;
     let analysis = analyze(
         &config.model,
@@ -401,6 +425,36 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
     }
     stage.commit()?;
     Ok(report)
+}
+
+/// Statistics given with `--hist` instead of a calibration: read and checked against the run's feed (the model
+/// is checked by `analyze`). Calibration options have nothing to act on, so they are refused, not ignored.
+fn given_hist(path: &std::path::Path, config: &ValidateConfig) -> Result<histograms::HistFile, EvaluateError> {
+    let bad = |message: String| EvaluateError::Input { path: path.to_path_buf(), message };
+    for (flag, given) in [("--limit-calib", config.limit_calib.is_some()), ("--smooth", config.smooth.is_some())] {
+        if given {
+            return Err(bad(format!(
+                "{flag} applies when validate calibrates (--calib); these statistics are made already (calibrate \
+                 with {flag} instead)"
+            )));
+        }
+    }
+    let hist = histograms::HistFile::read(path)?;
+    if hist.shard.is_some() {
+        return Err(bad("is one shard of a calibration: merge every shard first (int8kit merge)".into()));
+    }
+    let same_feed = match &config.feed {
+        Feed::Images(recipe) => hist.recipe.as_ref() == Some(recipe),
+        Feed::Tensors => hist.arrays.is_some(),
+    };
+    if !same_feed {
+        return Err(bad(format!(
+            "was calibrated on {} with another preprocessing than this run's {}: give the recipe it was made with",
+            if hist.arrays.is_some() { ".npz samples" } else { "images" },
+            config.feed.samples()
+        )));
+    }
+    Ok(hist)
 }
 
 /// Reads the baseline report and checks, before any work, that it was evaluated on the same images and (unless

@@ -83,6 +83,55 @@ fn merged_validation_parts_equal_one_process() {
         assert_eq!(shards.as_array().unwrap().len(), n, "each shard's speeds kept: {shards}");
     }
 
+    // Statistics made beforehand (what a cluster's calibration shards merge into) serve validate and its
+    // shards through --hist: the same numbers as calibrating there.
+    let hist = dir.path().join("calib.hist");
+    let o = int8kit("calibrate")
+        .arg("--model")
+        .arg(resnet())
+        .arg("--recipe")
+        .arg(test_support::recipe_path())
+        .arg("--images")
+        .arg(test_support::calib_dir())
+        .args(["--limit", "40", "--quiet", "--out"])
+        .arg(&hist)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let with_hist = |out: &Path, extra: &[&str]| {
+        int8kit("validate")
+            .arg("--model")
+            .arg(resnet())
+            .arg("--recipe")
+            .arg(test_support::recipe_path())
+            .arg("--hist")
+            .arg(&hist)
+            .arg("--val")
+            .arg(test_support::val_dir())
+            .args(["--limit-val", "70", "--max-top1-drop", "5", "--min-cosine", "0.9", "--quiet", "--out"])
+            .arg(out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let from_hist = dir.path().join("from-hist");
+    let o = with_hist(&from_hist, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(numbers(&from_hist), reference);
+    refused(&with_hist(&dir.path().join("h1"), &["--smooth", "0.5"]), "--smooth applies when validate calibrates");
+    let o = int8kit("validate")
+        .arg("--model")
+        .arg(resnet())
+        .args(["--preset", "imagenet", "--hist"])
+        .arg(&hist)
+        .arg("--val")
+        .arg(test_support::val_dir())
+        .arg("--out")
+        .arg(dir.path().join("h2"))
+        .output()
+        .unwrap();
+    refused(&o, "another preprocessing");
+
     // Refusals: a missing part, a part given twice, a part of another split, of another image list.
     let three: Vec<PathBuf> = (1..=3).map(|i| dir.path().join(format!("part-3-{i}-70.json"))).collect();
     refused(&merge(&three[..2], &dir.path().join("m1")), "shard 3/3 is missing");

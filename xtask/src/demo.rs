@@ -28,7 +28,7 @@ pub fn fixture_config(
     let prototypes = root.join("fixtures/models/fmnist_clip_text_prototypes.npy");
     Ok(ValidateConfig {
         model: root.join("fixtures/models").join(name),
-        calib: root.join("fixtures/fmnist/calib"),
+        calib: evaluate::validate::Calibration::Folder(root.join("fixtures/fmnist/calib")),
         val: root.join("fixtures/fmnist/val"),
         feed: Feed::Images(Recipe::load(&root.join("fixtures/fmnist.toml"))?),
         method,

@@ -39,8 +39,12 @@ pub struct ValidateArgs {
     pub model: PathBuf,
     /// Calibration images (flat folder), or `.npz` samples (one array per model input; then --val holds
     /// them too, and no recipe is given).
-    #[arg(long, value_name = "DIR")]
-    pub calib: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "hist", conflicts_with = "hist")]
+    pub calib: Option<PathBuf>,
+    /// Statistics made already, instead of --calib: a `calibrate` .hist (or shards joined by `int8kit merge`)
+    /// of this model, with the same recipe.
+    #[arg(long, value_name = "H.hist")]
+    pub hist: Option<PathBuf>,
     /// Validation images: one sub-folder per class, or (for --min-cosine/--min-sqnr/--min-agreement only) an
     /// unlabelled folder with images at its top level.
     #[arg(long, value_name = "DIR")]
@@ -121,13 +125,16 @@ pub struct ValidateArgs {
 impl ValidateArgs {
     /// How both folders' samples are fed; they must hold the same kind (images, or `.npz` samples).
     fn feed(&self) -> anyhow::Result<datasets::Feed> {
-        let feed = self.recipe.feed(&self.calib).with_context(|| format!("--calib {}", self.calib.display()))?;
         let val = datasets::Dataset::labelled_or_flat(&self.val, self.classes.as_deref())?;
+        let Some(calib) = &self.calib else {
+            return Ok(datasets::Feed::for_dataset(&val, self.recipe.load()?)?);
+        };
+        let feed = self.recipe.feed(calib).with_context(|| format!("--calib {}", calib.display()))?;
         if val.holds_tensors() != (feed == datasets::Feed::Tensors) {
             let kind = |tensors: bool| if tensors { ".npz tensor samples" } else { "images" };
             anyhow::bail!(
                 "--calib {} holds {} but --val {} holds {}: both folders must hold the same kind of samples",
-                self.calib.display(),
+                calib.display(),
                 feed.samples(),
                 self.val.display(),
                 kind(val.holds_tensors())
@@ -141,7 +148,11 @@ impl ValidateArgs {
         let (precision, precision_origin) = load_precision(self.precision.as_deref())?;
         Ok(ValidateConfig {
             model: self.model.clone(),
-            calib: self.calib.clone(),
+            calib: match (&self.calib, &self.hist) {
+                (Some(folder), _) => evaluate::validate::Calibration::Folder(folder.clone()),
+                (None, Some(hist)) => evaluate::validate::Calibration::Hist(hist.clone()),
+                (None, None) => anyhow::bail!("give --calib DIR (calibrate here) or --hist H.hist"),
+            },
             val: self.val.clone(),
             feed: self.feed()?,
             method: self.method,
