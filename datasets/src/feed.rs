@@ -1,5 +1,7 @@
 //! How a dataset's samples become a model's inputs.
 
+use std::path::Path;
+
 use crate::{Dataset, DatasetError, Recipe};
 
 /// How samples become model inputs: images through a preprocessing recipe, or `.npz` samples as stored.
@@ -12,19 +14,29 @@ pub enum Feed {
 }
 
 impl Feed {
-    /// The feed a folder's samples need: `recipe` for images; a folder of `.npz` samples takes none (they are
-    /// fed as stored), so a recipe given for one is refused rather than ignored.
+    /// The feed a listed folder's samples need: `recipe` for images; a folder of `.npz` samples takes none
+    /// (they are fed as stored), so a recipe given for one is refused rather than ignored.
     pub fn for_dataset(dataset: &Dataset, recipe: Option<Recipe>) -> Result<Feed, DatasetError> {
-        match (dataset.holds_tensors(), recipe) {
+        Feed::choose(&dataset.root, dataset.holds_tensors(), recipe)
+    }
+
+    /// [`Feed::for_dataset`] for a folder not listed yet: its first sample tells the kind, so the command
+    /// that lists it later does not list it twice.
+    pub fn for_folder(dir: &Path, recipe: Option<Recipe>) -> Result<Feed, DatasetError> {
+        Feed::choose(dir, Dataset::holds_tensors_below(dir)?, recipe)
+    }
+
+    fn choose(folder: &Path, tensors: bool, recipe: Option<Recipe>) -> Result<Feed, DatasetError> {
+        match (tensors, recipe) {
             (false, Some(recipe)) => Ok(Feed::Images(recipe)),
             (true, None) => Ok(Feed::Tensors),
             (false, None) => Err(DatasetError::Recipe {
-                origin: dataset.root.display().to_string(),
+                origin: folder.display().to_string(),
                 message: "the folder holds images, which need a preprocessing recipe (--recipe R.toml or --preset)"
                     .into(),
             }),
             (true, Some(_)) => Err(DatasetError::Recipe {
-                origin: dataset.root.display().to_string(),
+                origin: folder.display().to_string(),
                 message: "the folder holds .npz tensor samples, which are fed as stored: a recipe applies to images \
                           only, so leave --recipe/--preset out"
                     .into(),

@@ -64,25 +64,32 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
     Ok(entries)
 }
 
-/// The samples (images and `.npz` files) below `dir` (all levels when `recursive`), in sorted path order. Symlinked folders are
-/// followed; a symlink loop is an error naming it instead of an endless walk.
-fn images_in(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<(), DatasetError> {
-    let walk = walkdir::WalkDir::new(dir)
+/// The samples (images and `.npz` files) below `dir` (all levels when `recursive`), in sorted path order, as
+/// the walk finds them. Symlinked folders are followed; a symlink loop is an error naming it instead of an
+/// endless walk.
+fn samples_below(dir: &Path, recursive: bool) -> impl Iterator<Item = Result<PathBuf, DatasetError>> + '_ {
+    walkdir::WalkDir::new(dir)
         .min_depth(1)
         .max_depth(if recursive { usize::MAX } else { 1 })
         .follow_links(true)
-        .sort_by_file_name();
-    for entry in walk {
-        let entry = entry.map_err(|e| {
-            let path = e.path().unwrap_or(dir).to_path_buf();
-            match e.into_io_error() {
-                Some(source) => DatasetError::Io { path, source },
-                None => DatasetError::Loop { path },
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(move |entry| match entry {
+            Err(e) => {
+                let path = e.path().unwrap_or(dir).to_path_buf();
+                Some(Err(match e.into_io_error() {
+                    Some(source) => DatasetError::Io { path, source },
+                    None => DatasetError::Loop { path },
+                }))
             }
-        })?;
-        if entry.file_type().is_file() && is_sample(entry.path()) {
-            out.push(entry.into_path());
-        }
+            Ok(entry) => (entry.file_type().is_file() && is_sample(entry.path())).then(|| Ok(entry.into_path())),
+        })
+}
+
+/// [`samples_below`], collected into `out`.
+fn images_in(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<(), DatasetError> {
+    for path in samples_below(dir, recursive) {
+        out.push(path?);
     }
     Ok(())
 }
@@ -185,6 +192,16 @@ impl Dataset {
             Dataset::labelled(dir, class_list)
         } else {
             Dataset::flat(dir)
+        }
+    }
+
+    /// Whether the folder below `dir` (at any depth, labelled or not) holds `.npz` samples rather than images,
+    /// from its first sample alone: what a command needs to choose its feed before the full listing (which
+    /// refuses a mixture).
+    pub fn holds_tensors_below(dir: &Path) -> Result<bool, DatasetError> {
+        match samples_below(dir, true).next() {
+            Some(first) => Ok(is_npz(&first?)),
+            None => Err(DatasetError::Empty { dir: dir.to_path_buf() }),
         }
     }
 

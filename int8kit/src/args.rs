@@ -34,8 +34,7 @@ impl RecipeArgs {
     /// How `folder`'s samples are fed: images through the recipe (which must then be given), `.npz` samples
     /// as stored (a recipe given for them is refused, not ignored).
     pub fn feed(&self, folder: &Path) -> anyhow::Result<Feed> {
-        let dataset = datasets::Dataset::flat(folder)?;
-        Ok(Feed::for_dataset(&dataset, self.load()?)?)
+        Ok(Feed::for_folder(folder, self.load()?)?)
     }
 }
 

@@ -5,21 +5,24 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use common::{int8kit, refused, resnet, text};
 
-/// `int8kit validate` on the ResNet, 40 calibration and 70 validation images, with a Top-1 and a cosine gate.
+/// `int8kit validate` of `model` with the fixture recipe on the fixture validation folder, its statistics
+/// from `stats` (`("--calib", DIR)` or `("--hist", FILE)`), held to a Top-1 and a cosine gate; not yet run.
+fn validate_cmd(model: &Path, stats: (&str, &Path)) -> Command {
+    let mut cmd = int8kit("validate");
+    cmd.arg("--model").arg(model).arg("--recipe").arg(test_support::recipe_path());
+    cmd.arg(stats.0).arg(stats.1).arg("--val").arg(test_support::val_dir());
+    cmd.args(["--max-top1-drop", "5", "--min-cosine", "0.9", "--quiet"]);
+    cmd
+}
+
+/// `int8kit validate` on the ResNet, 40 calibration images and the fixture validation folder.
 fn validate(out: &Path, extra: &[&str]) -> std::process::Output {
-    int8kit("validate")
-        .arg("--model")
-        .arg(resnet())
-        .arg("--recipe")
-        .arg(test_support::recipe_path())
-        .arg("--calib")
-        .arg(test_support::calib_dir())
-        .arg("--val")
-        .arg(test_support::val_dir())
-        .args(["--limit-calib", "40", "--max-top1-drop", "5", "--min-cosine", "0.9", "--quiet", "--out"])
+    validate_cmd(&resnet(), ("--calib", &test_support::calib_dir()))
+        .args(["--limit-calib", "40", "--out"])
         .arg(out)
         .args(extra)
         .output()
@@ -99,16 +102,8 @@ fn merged_validation_parts_equal_one_process() {
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let with_hist = |out: &Path, extra: &[&str]| {
-        int8kit("validate")
-            .arg("--model")
-            .arg(resnet())
-            .arg("--recipe")
-            .arg(test_support::recipe_path())
-            .arg("--hist")
-            .arg(&hist)
-            .arg("--val")
-            .arg(test_support::val_dir())
-            .args(["--limit-val", "70", "--max-top1-drop", "5", "--min-cosine", "0.9", "--quiet", "--out"])
+        validate_cmd(&resnet(), ("--hist", &hist))
+            .args(["--limit-val", "70", "--out"])
             .arg(out)
             .args(extra)
             .output()
@@ -146,17 +141,9 @@ fn merged_validation_parts_equal_one_process() {
     assert!(!dir.path().join("m4").exists(), "a refused merge writes nothing");
     // A part of another model.
     let vit = dir.path().join("vit-3-3.json");
-    let o = int8kit("validate")
-        .arg("--model")
-        .arg(test_support::model("fmnist_vit_opset17.onnx"))
-        .arg("--recipe")
-        .arg(test_support::recipe_path())
-        .arg("--calib")
-        .arg(test_support::calib_dir())
-        .arg("--val")
-        .arg(test_support::val_dir())
-        .args(["--limit-calib", "40", "--max-top1-drop", "5", "--min-cosine", "0.9", "--limit-val", "70"])
-        .args(["--shard", "3/3", "--partial-out", vit.to_str().unwrap(), "--quiet", "--out"])
+    let o = validate_cmd(&test_support::model("fmnist_vit_opset17.onnx"), ("--calib", &test_support::calib_dir()))
+        .args(["--limit-calib", "40", "--limit-val", "70", "--shard", "3/3", "--partial-out", vit.to_str().unwrap()])
+        .arg("--out")
         .arg(dir.path().join("vit-artifacts"))
         .output()
         .unwrap();

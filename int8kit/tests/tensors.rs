@@ -10,6 +10,20 @@ use std::path::Path;
 use common::{int8kit, refused, text};
 use test_support::text_tower::{sample, write_model, write_npz, write_samples};
 
+/// `int8kit SUBCOMMAND --model MODEL --images SAMPLES EXTRA --quiet --out OUT` (no recipe), run.
+fn on_samples(subcommand: &str, model: &Path, samples: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    int8kit(subcommand)
+        .arg("--model")
+        .arg(model)
+        .arg("--images")
+        .arg(samples)
+        .args(extra)
+        .args(["--quiet", "--out"])
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
 fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -23,15 +37,7 @@ fn npz_samples_calibrate_quantize_and_gate_a_text_tower() {
 
     // calibrate: no recipe; the .hist names the arrays instead.
     let hist = dir.path().join("t.hist");
-    let o = int8kit("calibrate")
-        .arg("--model")
-        .arg(&model)
-        .arg("--images")
-        .arg(&calib)
-        .args(["--batch-size", "16", "--quiet", "--out"])
-        .arg(&hist)
-        .output()
-        .unwrap();
+    let o = on_samples("calibrate", &model, &calib, &hist, &["--batch-size", "16"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let h = read_json(&hist);
     assert!(h.get("recipe").is_none(), "{}", h["arrays"]);
@@ -45,28 +51,12 @@ fn npz_samples_calibrate_quantize_and_gate_a_text_tower() {
     assert!(embedded["count"].as_u64().unwrap() == 40 * 12 * 32, "every token's values: {embedded}");
 
     // A recipe for .npz samples is refused, not ignored.
-    let o = int8kit("calibrate")
-        .arg("--model")
-        .arg(&model)
-        .arg("--images")
-        .arg(&calib)
-        .args(["--preset", "imagenet", "--quiet", "--out"])
-        .arg(dir.path().join("x.hist"))
-        .output()
-        .unwrap();
+    let o = on_samples("calibrate", &model, &calib, &dir.path().join("x.hist"), &["--preset", "imagenet"]);
     refused(&o, "fed as stored");
 
     // quantize: the MatMuls go INT8 and FLOPs come from a probe with int64 zeros.
     let q = dir.path().join("q");
-    let o = int8kit("quantize")
-        .arg("--model")
-        .arg(&model)
-        .arg("--images")
-        .arg(&calib)
-        .args(["--quiet", "--out"])
-        .arg(&q)
-        .output()
-        .unwrap();
+    let o = on_samples("quantize", &model, &calib, &q, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let ranges = read_json(&q.join("ranges.json"));
     let share = ranges["int8_flop_share"].as_f64().unwrap_or_else(|| panic!("{}", ranges["int8_flop_share"]));
@@ -129,17 +119,7 @@ fn npz_samples_calibrate_quantize_and_gate_a_text_tower() {
 fn samples_that_do_not_fit_the_model_are_refused_naming_the_input() {
     let dir = tempfile::tempdir().unwrap();
     let model = write_model(dir.path());
-    let calibrate = |images: &Path| {
-        int8kit("calibrate")
-            .arg("--model")
-            .arg(&model)
-            .arg("--images")
-            .arg(images)
-            .args(["--quiet", "--out"])
-            .arg(dir.path().join("x.hist"))
-            .output()
-            .unwrap()
-    };
+    let calibrate = |samples: &Path| on_samples("calibrate", &model, samples, &dir.path().join("x.hist"), &[]);
     let (ids, mask) = sample(1);
 
     // An input missing from the samples.
@@ -178,14 +158,6 @@ fn samples_that_do_not_fit_the_model_are_refused_naming_the_input() {
     refused(&o, "input 'input_ids' takes int64 but is given int32");
 
     // Images need a recipe; its absence is named.
-    let o = int8kit("calibrate")
-        .arg("--model")
-        .arg(&model)
-        .arg("--images")
-        .arg(test_support::calib_dir())
-        .args(["--quiet", "--out"])
-        .arg(dir.path().join("y.hist"))
-        .output()
-        .unwrap();
+    let o = on_samples("calibrate", &model, &test_support::calib_dir(), &dir.path().join("y.hist"), &[]);
     refused(&o, "need a preprocessing recipe");
 }

@@ -208,8 +208,9 @@ fn dtype_name(ty: ort::value::TensorElementType) -> String {
 }
 
 /// Each model input gets exactly one of `inputs`, of its element type; anything else is an error naming the
-/// input and what the model takes.
-fn check_inputs(session: &Session, label: &str, inputs: &[Input<'_>]) -> Result<(), RuntimeError> {
+/// input and what the model takes. Returns, per input, whether it is pixels going to a uint8 input (fed as
+/// whole levels).
+fn check_inputs(session: &Session, label: &str, inputs: &[Input<'_>]) -> Result<Vec<bool>, RuntimeError> {
     let refuse = |message: String| RuntimeError::Feed { model: label.to_string(), message };
     let takes: Vec<(String, Option<String>)> = session
         .inputs()
@@ -229,6 +230,7 @@ fn check_inputs(session: &Session, label: &str, inputs: &[Input<'_>]) -> Result<
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let mut as_levels = Vec::with_capacity(inputs.len());
     for input in inputs {
         let Some((_, ty)) = takes.iter().find(|(n, _)| n == input.name) else {
             return Err(refuse(format!(
@@ -239,9 +241,9 @@ fn check_inputs(session: &Session, label: &str, inputs: &[Input<'_>]) -> Result<
         };
         let given = input.values.dtype();
         // Pixels go to a uint8 input as whole levels.
-        let fits = ty.as_deref() == Some(given)
-            || (matches!(input.values, Values::Pixels(_)) && ty.as_deref() == Some("uint8"));
-        if !fits {
+        let levels = matches!(input.values, Values::Pixels(_)) && ty.as_deref() == Some("uint8");
+        as_levels.push(levels);
+        if ty.as_deref() != Some(given) && !levels {
             return Err(refuse(format!(
                 "input '{}' takes {} but is given {given} values: store it as {} (numpy: x.astype(...))",
                 input.name,
@@ -264,7 +266,7 @@ fn check_inputs(session: &Session, label: &str, inputs: &[Input<'_>]) -> Result<
             ty.as_deref().unwrap_or("not a tensor")
         )));
     }
-    Ok(())
+    Ok(as_levels)
 }
 
 /// Runs a session on one batch (one value per model input) and returns the requested outputs, in order, as
@@ -276,20 +278,13 @@ pub fn run(
     outputs: &[String],
 ) -> Result<Vec<OwnedOutput>, RuntimeError> {
     let run_err = |e: ort::Error| RuntimeError::Run { model: label.to_string(), message: e.to_string() };
-    check_inputs(session, label, inputs)?;
-    let uint8_inputs: Vec<String> = session
-        .inputs()
-        .iter()
-        .filter(|i| matches!(i.dtype(), ort::value::ValueType::Tensor { ty: ort::value::TensorElementType::Uint8, .. }))
-        .map(|i| i.name().to_string())
-        .collect();
+    let as_levels = check_inputs(session, label, inputs)?;
     // Pixels for a uint8 input (raw pixel levels) are whole levels: converted here, kept until the run ends.
     let levels: Vec<Option<Vec<u8>>> = inputs
         .iter()
-        .map(|i| match i.values {
-            Values::Pixels(v) if uint8_inputs.iter().any(|n| n == i.name) => {
-                Some(v.iter().map(|&x| x.clamp(0.0, 255.0) as u8).collect())
-            }
+        .zip(as_levels)
+        .map(|(i, as_levels)| match i.values {
+            Values::Pixels(v) if as_levels => Some(v.iter().map(|&x| x.clamp(0.0, 255.0) as u8).collect()),
             _ => None,
         })
         .collect();

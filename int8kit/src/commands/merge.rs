@@ -27,7 +27,8 @@ pub struct MergeArgs {
 /// Runs `int8kit merge`: for validation parts, exit 0 when every criterion holds and 1 when one fails.
 pub fn run(args: &MergeArgs) -> anyhow::Result<Outcome> {
     crate::args::check_outputs(&[&args.out], &args.parts)?;
-    if args.parts.iter().any(|p| evaluate::shards::is_part(p)) {
+    // One merge joins one kind; a file of the other kind is refused by its reader, naming it.
+    if args.parts.first().is_some_and(|p| evaluate::shards::is_part(p)) {
         return merge_validation(args);
     }
     graph::check_file_target(&args.out)?;

@@ -125,19 +125,19 @@ pub struct ValidateArgs {
 impl ValidateArgs {
     /// How both folders' samples are fed; they must hold the same kind (images, or `.npz` samples).
     fn feed(&self) -> anyhow::Result<datasets::Feed> {
-        let val = datasets::Dataset::labelled_or_flat(&self.val, self.classes.as_deref())?;
         let Some(calib) = &self.calib else {
-            return Ok(datasets::Feed::for_dataset(&val, self.recipe.load()?)?);
+            return self.recipe.feed(&self.val).with_context(|| format!("--val {}", self.val.display()));
         };
         let feed = self.recipe.feed(calib).with_context(|| format!("--calib {}", calib.display()))?;
-        if val.holds_tensors() != (feed == datasets::Feed::Tensors) {
+        let val_tensors = datasets::Dataset::holds_tensors_below(&self.val)?;
+        if val_tensors != (feed == datasets::Feed::Tensors) {
             let kind = |tensors: bool| if tensors { ".npz tensor samples" } else { "images" };
             anyhow::bail!(
                 "--calib {} holds {} but --val {} holds {}: both folders must hold the same kind of samples",
                 calib.display(),
                 feed.samples(),
                 self.val.display(),
-                kind(val.holds_tensors())
+                kind(val_tensors)
             );
         }
         Ok(feed)
