@@ -29,6 +29,9 @@ pub enum AnalyzeError {
     /// The model could not be read, rewritten or written.
     #[error(transparent)]
     Graph(#[from] graph::GraphError),
+    /// An output could not be written safely.
+    #[error(transparent)]
+    Output(#[from] safe_io::WriteError),
     /// The `.hist` file could not be read.
     #[error(transparent)]
     Hist(#[from] histograms::HistError),
@@ -509,10 +512,10 @@ impl Analysis {
         std::fs::create_dir_all(dir).map_err(|source| AnalyzeError::Io { path: dir.into(), source })?;
         graph::save_model(&self.model, self.qdq.clone(), &dir.join("model.qdq.onnx"))?;
         if let Cache::Written(text) = &self.cache {
-            graph::write_atomic(&dir.join("calibration.cache"), text.as_bytes())?;
+            safe_io::write_atomic(&dir.join("calibration.cache"), text.as_bytes())?;
         }
-        graph::write_atomic(&dir.join("ranges.json"), &self.ranges.to_json()?)?;
-        graph::write_atomic(&dir.join("ranges.csv"), &self.ranges_csv()?)?;
+        safe_io::write_atomic(&dir.join("ranges.json"), &self.ranges.to_json()?)?;
+        safe_io::write_atomic(&dir.join("ranges.csv"), &self.ranges_csv()?)?;
         Ok(())
     }
 

@@ -3,33 +3,68 @@
 //! model input under the input's name, with a leading batch axis of 1. Batches stack the samples along that
 //! axis.
 
+use std::io::Read;
 use std::path::Path;
 
-use ndarray::{ArrayD, IxDyn, OwnedRepr};
-use ndarray_npy::NpzReader;
+use ndarray_npy::npy::header::Header;
 
 use crate::DatasetError;
 pub use feeds::{ArrayData, NamedArray};
 
+/// Most arrays one `.npz` sample may hold.
+const MAX_MEMBERS: usize = 256;
+/// Largest `.npy` header accepted (numpy writes under 1 KiB).
+const MAX_HEADER: usize = 64 << 10;
+
 /// Reads one sample: every array of the `.npz` (plain or compressed), sorted by name, each with a leading
-/// batch axis of 1.
+/// batch axis of 1. Bounded before anything is decompressed: every member is checked by name and by its
+/// declared size (all together at most [`safe_io::limits::ARRAY`]), its header's shape and type must need
+/// exactly the bytes the member declares, decompression stops at that size, and float values must be finite.
 pub fn read_npz(path: &Path) -> Result<Vec<NamedArray>, DatasetError> {
     let bad = |message: String| DatasetError::Tensors { path: path.to_path_buf(), message };
     let file = safe_io::open(path, safe_io::limits::ARRAY, "an .npz sample")?;
-    let mut npz = NpzReader::new(std::io::BufReader::new(file)).map_err(|e| bad(format!("not an .npz file: {e}")))?;
-    let mut names = npz.names().map_err(|e| bad(e.to_string()))?;
-    names.sort();
-    if names.is_empty() {
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| bad(format!("not an .npz file (a zip archive of .npy arrays): {e}")))?;
+    if zip.len() > MAX_MEMBERS {
+        return Err(bad(format!("holds {} members; a sample holds one array per model input", zip.len())));
+    }
+    let mut members = Vec::with_capacity(zip.len());
+    let mut declared_total = 0u64;
+    for index in 0..zip.len() {
+        let entry = zip.by_index_raw(index).map_err(|e| bad(format!("member {index}: {e}")))?;
+        let member = entry.name().to_string();
+        let Some(name) = member.strip_suffix(".npy").filter(|n| !n.is_empty() && !n.contains('/')) else {
+            return Err(bad(format!("member '{member}' is not an array (.npz members are NAME.npy)")));
+        };
+        declared_total = declared_total.saturating_add(entry.size());
+        if declared_total > safe_io::limits::ARRAY {
+            return Err(bad(format!(
+                "its arrays declare {declared_total} bytes once decompressed, more than the {} allowed for a sample",
+                safe_io::limits::ARRAY
+            )));
+        }
+        members.push((name.to_string(), index));
+    }
+    members.sort();
+    if let Some(pair) = members.windows(2).find(|p| p[0].0 == p[1].0) {
+        return Err(bad(format!("holds the array '{}' twice", pair[0].0)));
+    }
+    if members.is_empty() {
         return Err(bad("holds no array; one array per model input is expected".into()));
     }
-    let mut out = Vec::with_capacity(names.len());
-    for member in names {
-        let name = member.strip_suffix(".npy").unwrap_or(&member).to_string();
-        let (shape, data) = read_member(&mut npz, &member).map_err(|m| bad(format!("array '{name}': {m}")))?;
+    let mut out = Vec::with_capacity(members.len());
+    for (name, index) in members {
+        let (shape, data) = read_member(&mut zip, index).map_err(|m| bad(format!("array '{name}': {m}")))?;
         if shape.first() != Some(&1) {
             return Err(bad(format!(
                 "array '{name}' has shape {shape:?}: each .npz holds one sample, so every array needs a leading \
                  batch axis of 1 (numpy: x[None])"
+            )));
+        }
+        if let Some((i, v)) = data.first_non_finite() {
+            return Err(bad(format!(
+                "array '{name}' holds {v} at flat index {i}: sample values must be finite (a NaN or Inf would \
+                 poison every statistic computed from it)"
             )));
         }
         out.push(NamedArray { name, shape, data });
@@ -37,29 +72,138 @@ pub fn read_npz(path: &Path) -> Result<Vec<NamedArray>, DatasetError> {
     Ok(out)
 }
 
-/// An array member in whichever element type it has.
-fn read_member<R: std::io::Read + std::io::Seek>(
-    npz: &mut NpzReader<R>,
-    member: &str,
+/// One member's array: its header read first (bounded), its shape and type checked against the bytes it
+/// declares, then exactly those bytes decompressed.
+fn read_member<R: Read + std::io::Seek>(
+    zip: &mut zip::ZipArchive<R>,
+    index: usize,
 ) -> Result<(Vec<usize>, ArrayData), String> {
-    fn take<R: std::io::Read + std::io::Seek, T: ndarray_npy::ReadableElement + Clone>(
-        npz: &mut NpzReader<R>,
-        member: &str,
-    ) -> Option<(Vec<usize>, Vec<T>)> {
-        let a: ArrayD<T> = npz.by_name::<OwnedRepr<T>, IxDyn>(member).ok()?;
-        let shape = a.shape().to_vec();
-        // Row-major values whatever the file's order.
-        Some((shape, a.as_standard_layout().iter().cloned().collect()))
+    let entry = zip.by_index(index).map_err(|e| format!("cannot open: {e}"))?;
+    let declared = entry.size();
+    // Whatever the archive claims, no more than the declared size is ever decompressed.
+    let mut reader = entry.take(declared);
+    let mut prefix = [0u8; 12];
+    reader.read_exact(&mut prefix[..10]).map_err(|_| "truncated: no complete .npy header".to_string())?;
+    if &prefix[..6] != b"\x93NUMPY" {
+        return Err("not an .npy array (no \\x93NUMPY magic)".into());
     }
-    macro_rules! try_types {
-        ($($t:ty => $variant:ident),*) => {
-            $(if let Some((s, v)) = take::<R, $t>(npz, member) {
-                return Ok((s, ArrayData::$variant(v)));
-            })*
+    let (fixed, header_len) = match prefix[6] {
+        1 => (10, u16::from_le_bytes([prefix[8], prefix[9]]) as usize),
+        2 | 3 => {
+            reader.read_exact(&mut prefix[10..12]).map_err(|_| "truncated: no complete .npy header".to_string())?;
+            (12, u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]) as usize)
+        }
+        v => return Err(format!(".npy format version {v} is not one numpy writes (1, 2 or 3)")),
+    };
+    if header_len > MAX_HEADER {
+        return Err(format!("its .npy header declares {header_len} bytes; numpy writes under {MAX_HEADER}"));
+    }
+    let mut head = prefix[..fixed].to_vec();
+    head.resize(fixed + header_len, 0);
+    reader.read_exact(&mut head[fixed..]).map_err(|_| "truncated: the .npy header is cut short".to_string())?;
+    let header = Header::from_reader(&mut std::io::Cursor::new(&head)).map_err(|e| format!("bad .npy header: {e}"))?;
+    // A plain type is a Python string literal ('<f4'); structured types are lists.
+    let descr = header.type_descriptor.to_string().trim_matches(|c| c == '\'' || c == '"').to_string();
+    let element = Element::parse(&descr).ok_or_else(|| {
+        format!("element type '{descr}' is not float32, float64, int64, int32, int16, int8, uint16, uint8 or bool")
+    })?;
+    let count = header.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    let needed = count.and_then(|n| n.checked_mul(element.size)).map(|b| b as u64);
+    let present = declared.saturating_sub(head.len() as u64);
+    match needed {
+        Some(n) if n == present => {}
+        Some(n) if n > present => {
+            return Err(format!(
+                "truncated: shape {:?} of {descr} needs {n} bytes of data, the member holds {present}",
+                header.shape
+            ))
+        }
+        Some(n) => {
+            return Err(format!(
+                "shape {:?} of {descr} needs {n} bytes of data, but the member holds {present}: not one array",
+                header.shape
+            ))
+        }
+        None => return Err(format!("shape {:?} has more elements than memory can address", header.shape)),
+    }
+    let mut bytes = Vec::with_capacity(present as usize);
+    reader.read_to_end(&mut bytes).map_err(|e| format!("cannot decompress its data: {e}"))?;
+    if bytes.len() as u64 != present {
+        return Err(format!(
+            "truncated: shape {:?} of {descr} needs {present} bytes of data, {} could be read",
+            header.shape,
+            bytes.len()
+        ));
+    }
+    let data = element.decode(&bytes)?;
+    let data = if header.layout.is_fortran() { data.to_row_major(&header.shape) } else { data };
+    Ok((header.shape, data))
+}
+
+/// A numpy element type as stored: which array it becomes, its size, its byte order.
+struct Element {
+    kind: char,
+    size: usize,
+    big_endian: bool,
+}
+
+impl Element {
+    fn parse(descr: &str) -> Option<Element> {
+        let (order, code) = descr.split_at_checked(1)?;
+        let big_endian = match order {
+            "<" | "|" | "=" => false,
+            ">" => true,
+            _ => return None,
         };
+        let (kind, size) = match code {
+            "f4" => ('f', 4),
+            "f8" => ('f', 8),
+            "i8" => ('i', 8),
+            "i4" => ('i', 4),
+            "i2" => ('i', 2),
+            "i1" => ('i', 1),
+            "u1" => ('u', 1),
+            "u2" => ('u', 2),
+            "b1" => ('b', 1),
+            _ => return None,
+        };
+        Some(Element { kind, size, big_endian })
     }
-    try_types!(f32 => F32, i64 => I64, i32 => I32, f64 => F64, u8 => U8, i8 => I8, i16 => I16, u16 => U16, bool => Bool);
-    Err("not an array of float32, float64, int64, int32, int16, int8, uint16, uint8 or bool".into())
+
+    fn decode(&self, bytes: &[u8]) -> Result<ArrayData, String> {
+        macro_rules! values {
+            ($t:ty, $n:literal) => {
+                bytes
+                    .chunks_exact($n)
+                    .map(|c| {
+                        let a: [u8; $n] = c.try_into().expect("chunks_exact");
+                        if self.big_endian {
+                            <$t>::from_be_bytes(a)
+                        } else {
+                            <$t>::from_le_bytes(a)
+                        }
+                    })
+                    .collect()
+            };
+        }
+        Ok(match (self.kind, self.size) {
+            ('f', 4) => ArrayData::F32(values!(f32, 4)),
+            ('f', 8) => ArrayData::F64(values!(f64, 8)),
+            ('i', 8) => ArrayData::I64(values!(i64, 8)),
+            ('i', 4) => ArrayData::I32(values!(i32, 4)),
+            ('i', 2) => ArrayData::I16(values!(i16, 2)),
+            ('i', 1) => ArrayData::I8(values!(i8, 1)),
+            ('u', 1) => ArrayData::U8(bytes.to_vec()),
+            ('u', 2) => ArrayData::U16(values!(u16, 2)),
+            ('b', 1) => {
+                if let Some(i) = bytes.iter().position(|&b| b > 1) {
+                    return Err(format!("bool value {} at flat index {i} is neither 0 nor 1", bytes[i]));
+                }
+                ArrayData::Bool(bytes.iter().map(|&b| b == 1).collect())
+            }
+            _ => unreachable!("Element::parse makes only these"),
+        })
+    }
 }
 
 /// Stacks samples into one batch: the same arrays (names, element types, shapes past the batch axis) in every

@@ -79,15 +79,15 @@ pub fn run(
 ) -> Result<AutoPrecisionOutcome, EvaluateError> {
     let inputs = &config.inputs;
     let search = auto_precision(inputs, &config.budget, progress)?;
-    let stage = graph::OutputDir::new(&config.out)?;
+    let stage = safe_io::OutputDir::new(&config.out)?;
     let out = stage.path();
-    graph::write_atomic(&out.join("autoprecision.json"), &crate::pretty_json(&search)?)?;
+    safe_io::write_atomic(&out.join("autoprecision.json"), &crate::pretty_json(&search)?)?;
     if !search.met {
         stage.commit()?;
         return Ok(AutoPrecisionOutcome { search, verification: None });
     }
     let precision_path = config.out.join("precision.toml");
-    graph::write_atomic(&out.join("precision.toml"), search.precision.to_toml().as_bytes())?;
+    safe_io::write_atomic(&out.join("precision.toml"), search.precision.to_toml().as_bytes())?;
     let options = AnalyzeOptions {
         trt_version: config.trt_version.clone(),
         placement: inputs.qdq,

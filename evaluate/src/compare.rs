@@ -247,17 +247,48 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Adds another part's counts.
-    fn absorb(&mut self, other: &Tally) {
-        self.labelled += other.labelled;
-        self.top1 += other.top1;
-        self.top5 += other.top5;
+    /// What counts of `images` images over `classes` classes always satisfy: Top-1 <= Top-5 <= the labelled
+    /// images <= the images, each class's correct <= its images, and the per-class counts add up to the
+    /// totals. A part that breaks one was edited, and merging it could flip a verdict.
+    fn check(&self, images: u64, classes: usize) -> Result<(), String> {
+        if self.labelled > images || self.top5 > self.labelled || self.top1 > self.top5 {
+            return Err(format!(
+                "Top-1 {} <= Top-5 {} <= labelled {} <= images {images} does not hold",
+                self.top1, self.top5, self.labelled
+            ));
+        }
+        if self.per_class.len() > classes {
+            return Err(format!("{} per-class counts for {classes} classes", self.per_class.len()));
+        }
+        let (mut correct, mut total) = (0u64, 0u64);
+        for (i, &(c, n)) in self.per_class.iter().enumerate() {
+            if c > n {
+                return Err(format!("class {i}: {c} correct of {n} images"));
+            }
+            correct = correct.checked_add(c).ok_or("per-class counts overflow")?;
+            total = total.checked_add(n).ok_or("per-class counts overflow")?;
+        }
+        if correct != self.top1 || total != self.labelled {
+            return Err(format!(
+                "the per-class counts add up to {correct} correct of {total}, but Top-1 is {} of {}",
+                self.top1, self.labelled
+            ));
+        }
+        Ok(())
+    }
+
+    /// Adds another part's counts, refusing an overflow (only edited parts can reach one).
+    fn checked_absorb(&mut self, other: &Tally) -> Option<()> {
+        self.labelled = self.labelled.checked_add(other.labelled)?;
+        self.top1 = self.top1.checked_add(other.top1)?;
+        self.top5 = self.top5.checked_add(other.top5)?;
         if self.per_class.len() < other.per_class.len() {
             self.per_class.resize(other.per_class.len(), (0, 0));
         }
         for (a, b) in self.per_class.iter_mut().zip(&other.per_class) {
-            *a = (a.0 + b.0, a.1 + b.1);
+            *a = (a.0.checked_add(b.0)?, a.1.checked_add(b.1)?);
         }
+        Some(())
     }
 
     /// One image's scores and label (none in an unlabelled folder); returns the predicted class.
@@ -554,21 +585,78 @@ impl ComparisonParts {
             .collect()
     }
 
+    /// What one process's parts always satisfy, so that a merge of parts that pass can only give a verdict
+    /// one process could have given on some consistent input: every count within its images (see
+    /// [`Tally`]), one fidelity share per image, cosines in [-1, 1], sums of squares finite and >= 0, NaN/Inf
+    /// counts within the images, seconds finite and >= 0, and `classes` the folder's class count.
+    pub fn check(&self, folder_classes: usize) -> Result<(), String> {
+        if self.classes != folder_classes {
+            return Err(format!("{} classes, but the validation folder has {folder_classes}", self.classes));
+        }
+        self.reference.check(self.images, self.classes).map_err(|e| format!("FP32 counts: {e}"))?;
+        let seconds_ok = |s: f64| s.is_finite() && s >= 0.0;
+        if !seconds_ok(self.reference_seconds) {
+            return Err(format!("FP32 seconds {} are not a duration", self.reference_seconds));
+        }
+        if self.candidates.is_empty() {
+            return Err("no candidate (INT8) counts".into());
+        }
+        for (k, c) in self.candidates.iter().enumerate() {
+            let what = if k == 0 { "INT8".to_string() } else { format!("candidate {}", k + 1) };
+            c.tally.check(self.images, self.classes).map_err(|e| format!("{what} counts: {e}"))?;
+            if !seconds_ok(c.seconds) {
+                return Err(format!("{what} seconds {} are not a duration", c.seconds));
+            }
+            if c.fidelity.images.len() as u64 != self.images {
+                return Err(format!("{what}: {} fidelity shares for {} images", c.fidelity.images.len(), self.images));
+            }
+            for (i, f) in c.fidelity.images.iter().enumerate() {
+                let ok = (-1.0 - 1e-6..=1.0 + 1e-6).contains(&f.cosine)
+                    && f.signal.is_finite()
+                    && f.signal >= 0.0
+                    && f.noise.is_finite()
+                    && f.noise >= 0.0;
+                if !ok {
+                    return Err(format!(
+                        "{what}: image {} of the part has cosine {}, signal {}, noise {} (a cosine is from -1 to 1, \
+                         sums of squares are finite and >= 0)",
+                        i + 1,
+                        f.cosine,
+                        f.signal,
+                        f.noise
+                    ));
+                }
+            }
+            for (model, (values, images)) in ["FP32", "INT8"].iter().zip(c.fidelity.non_finite) {
+                if images > self.images || (images > 0) != (values > 0) || values < images {
+                    return Err(format!(
+                        "{what}: {values} non-finite {model} values in {images} of {} images is impossible",
+                        self.images
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The parts of contiguous pieces of one list, in list order, as one: counts and seconds add, every
-    /// image's fidelity share follows the previous piece's.
+    /// image's fidelity share follows the previous piece's. `None` when there are none, when the parts do not
+    /// have the same candidates and classes, or when a count overflows.
     pub fn join(parts: &[&ComparisonParts]) -> Option<ComparisonParts> {
         let (first, rest) = parts.split_first()?;
         let mut all = (*first).clone();
         for p in rest {
-            all.images += p.images;
-            all.classes = all.classes.max(p.classes);
-            all.reference.absorb(&p.reference);
+            if p.classes != all.classes || p.candidates.len() != all.candidates.len() {
+                return None;
+            }
+            all.images = all.images.checked_add(p.images)?;
+            all.reference.checked_absorb(&p.reference)?;
             all.reference_seconds += p.reference_seconds;
             for (a, b) in all.candidates.iter_mut().zip(&p.candidates) {
-                a.tally.absorb(&b.tally);
+                a.tally.checked_absorb(&b.tally)?;
                 a.fidelity.images.extend_from_slice(&b.fidelity.images);
                 for (x, y) in a.fidelity.non_finite.iter_mut().zip(b.fidelity.non_finite) {
-                    *x = (x.0 + y.0, x.1 + y.1);
+                    *x = (x.0.checked_add(y.0)?, x.1.checked_add(y.1)?);
                 }
                 a.seconds += b.seconds;
             }

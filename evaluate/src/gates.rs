@@ -87,6 +87,22 @@ pub struct Gates {
 }
 
 impl Gates {
+    /// The limits in range, as the command line checks them: a part file's gates are refused as the flags
+    /// would be (a limit of -1e308 would pass anything).
+    pub fn check(&self) -> Result<(), EvaluateError> {
+        if let Some(limit) = self.max_top1_drop {
+            crate::check_limit("--max-top1-drop", limit)?;
+        }
+        self.fidelity.check()?;
+        if let Some(top1) = self.baseline_int8_top1.filter(|t| !(0.0..=1.0).contains(t)) {
+            return Err(EvaluateError::Input {
+                path: "--baseline".into(),
+                message: format!("its INT8 Top-1 {top1} is not a share from 0 to 1"),
+            });
+        }
+        Ok(())
+    }
+
     /// The criteria for `comparison` (FP32 against INT8) on the folder `val`. A Top-1 gate without a measured
     /// Top-1 is an error, never a pass.
     pub fn criteria(&self, comparison: &reports::Comparison, val: &Path) -> Result<Vec<Criterion>, EvaluateError> {

@@ -25,6 +25,9 @@ pub enum EvaluateError {
     /// A model could not be read or rewritten.
     #[error(transparent)]
     Graph(#[from] graph::GraphError),
+    /// An output could not be written safely.
+    #[error(transparent)]
+    Output(#[from] safe_io::WriteError),
     /// ONNX Runtime could not be loaded or failed.
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),

@@ -657,9 +657,9 @@ impl SensitivityReport {
 
     /// Writes `sensitivity.json` and `sensitivity.csv` as a set that replaces `dir` whole.
     pub fn write(&self, dir: &Path) -> Result<(), EvaluateError> {
-        let stage = graph::OutputDir::new(dir)?;
-        graph::write_atomic(&stage.path().join("sensitivity.json"), &crate::pretty_json(self)?)?;
-        graph::write_atomic(&stage.path().join("sensitivity.csv"), &self.to_csv()?)?;
+        let stage = safe_io::OutputDir::new(dir)?;
+        safe_io::write_atomic(&stage.path().join("sensitivity.json"), &crate::pretty_json(self)?)?;
+        safe_io::write_atomic(&stage.path().join("sensitivity.csv"), &self.to_csv()?)?;
         Ok(stage.commit()?)
     }
 }

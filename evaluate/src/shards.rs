@@ -46,10 +46,40 @@ impl ValidatePart {
         if value.get("format").and_then(|f| f.as_str()) != Some(PART_FORMAT) {
             return Err(bad(format!("format is not \"{PART_FORMAT}\": not written by validate --partial-out")));
         }
-        if value.get("version").and_then(|v| v.as_u64()) != Some(PART_VERSION as u64) {
-            return Err(bad(format!("version {:?} is not supported (reads {PART_VERSION})", value.get("version"))));
+        match value.get("version") {
+            Some(v) if v.as_u64() == Some(PART_VERSION as u64) => {}
+            Some(v) => {
+                return Err(bad(format!(
+                    "validation part version {v} is not supported (this int8kit reads version {PART_VERSION})"
+                )))
+            }
+            None => return Err(bad("a validation part without a version".into())),
         }
-        serde_json::from_value(value).map_err(|e| bad(e.to_string()))
+        let part: ValidatePart =
+            serde_json::from_value(value).map_err(|e| bad(format!("not a valid validation part: {e}")))?;
+        part.check().map_err(|m| bad(format!("an impossible validation part ({m}): it was edited or damaged")))?;
+        Ok(part)
+    }
+
+    /// What every part `validate --partial-out` writes satisfies; a part that breaks one could flip a merged
+    /// verdict.
+    pub fn check(&self) -> Result<(), String> {
+        let s = &self.shard;
+        if s.index == 0 || s.index > s.count {
+            return Err(format!("shard {}/{} is not a shard number from 1 to {}", s.index, s.count, s.count));
+        }
+        self.gates.check().map_err(|e| format!("gates: {e}"))?;
+        self.parts.check(self.report.classes.len())?;
+        if self.report.comparison.images != self.parts.images {
+            return Err(format!(
+                "its report counts {} images, its parts {}",
+                self.report.comparison.images, self.parts.images
+            ));
+        }
+        if self.parts.images == 0 {
+            return Err("no images".into());
+        }
+        Ok(())
     }
 
     /// The bytes: pretty JSON with a final newline.
@@ -89,9 +119,36 @@ pub fn merge(parts: &[(PathBuf, ValidatePart)]) -> Result<Report, EvaluateError>
     };
     let count = first.shard.count;
     let reference = shared(&first.report)?;
+    // Every part once: a count beyond the files given is a missing part, found without allocating `count`.
+    if count > parts.len() {
+        let mut given: Vec<usize> = parts.iter().map(|(_, p)| p.shard.index).collect();
+        given.sort_unstable();
+        given.dedup();
+        let missing = (1..=count).zip(given.iter().chain(std::iter::repeat(&0))).find(|(i, g)| i != *g);
+        return Err(bad(
+            first_path,
+            format!(
+                "shard {}/{count} is missing: every part 1 to {count} is needed for the whole list ({} given)",
+                missing.map_or(count, |(i, _)| i),
+                parts.len()
+            ),
+        ));
+    }
     let mut slots: Vec<Option<&(PathBuf, ValidatePart)>> = vec![None; count];
-    for entry in parts {
+    for (k, entry) in parts.iter().enumerate() {
         let (path, part) = entry;
+        part.check().map_err(|m| bad(path, format!("an impossible validation part ({m})")))?;
+        if let Some((other, _)) =
+            parts[..k].iter().find(|(_, o)| o.parts == part.parts || o.shard.list_sha256 == part.shard.list_sha256)
+        {
+            return Err(bad(
+                path,
+                format!(
+                    "holds the same images as {} under another shard number: one part copied, not two parts",
+                    other.display()
+                ),
+            ));
+        }
         if part.shard.count != count || part.shard.index == 0 || part.shard.index > count {
             return Err(bad(
                 path,
@@ -142,8 +199,10 @@ pub fn merge(parts: &[(PathBuf, ValidatePart)]) -> Result<Report, EvaluateError>
         ));
     }
     let ordered: Vec<&(PathBuf, ValidatePart)> = slots.into_iter().flatten().collect();
-    let joined = ComparisonParts::join(&ordered.iter().map(|(_, p)| &p.parts).collect::<Vec<_>>())
-        .ok_or_else(|| bad(first_path, "no part to merge".into()))?;
+    let joined =
+        ComparisonParts::join(&ordered.iter().map(|(_, p)| &p.parts).collect::<Vec<_>>()).ok_or_else(|| {
+            bad(first_path, "the parts do not add up (other candidates or classes, or counts that overflow)".into())
+        })?;
     let val = PathBuf::from(&first.report.validation_folder);
     let mut comparisons = joined.finish(&val)?;
     let fp16 = (comparisons.len() > 1).then(|| comparisons.pop()).flatten().map(|c| FloatRow {

@@ -128,6 +128,29 @@ pub enum Phase {
     Compare,
 }
 
+impl ValidateConfig {
+    /// Every file and folder the run reads or writes, for the check that no output is, holds or sits inside
+    /// an input (`int8kit validate` declares the same through its command line).
+    pub fn run_files(&self) -> safe_io::RunFiles {
+        use safe_io::Kind;
+        let mut files = safe_io::RunFiles::new();
+        let calib = match &self.calib {
+            Calibration::Folder(p) => ("--calib", p, Kind::Samples),
+            Calibration::Hist(p) => ("--hist", p, Kind::File),
+        };
+        files
+            .add("--model", &self.model, Kind::Model)
+            .add(calib.0, calib.1, calib.2)
+            .add("--val", &self.val, Kind::Samples)
+            .add_some("--baseline", self.baseline.as_deref(), Kind::File)
+            .add_some("--sensitivity", self.sensitivity.as_deref(), Kind::File)
+            .add_some("--classes", self.classes.as_deref(), Kind::File)
+            .add("--out", &self.out, Kind::OutFolder)
+            .add_some("--partial-out", self.shard.as_ref().map(|s| s.partial_out.as_path()), Kind::OutFile);
+        files
+    }
+}
+
 /// Coarse |x| histogram over [0, max |x|] for the report's plots.
 fn plot_counts(stats: &histograms::TensorStats, bins: usize) -> (f64, Vec<u64>) {
     let range = stats.amax() as f64;
@@ -199,12 +222,6 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
                     ),
                 });
             }
-            if s.partial_out.starts_with(&config.out) {
-                return Err(EvaluateError::Input {
-                    path: s.partial_out.clone(),
-                    message: "--partial-out must lie outside --out, which is replaced whole".into(),
-                });
-            }
             let len = val.len();
             val.items = val.items[(s.index - 1) * len / s.count..s.index * len / s.count].to_vec();
             Some(histograms::ShardInfo { index: s.index, count: s.count, list_sha256: val.list_sha256() })
@@ -224,21 +241,20 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
             });
         }
     }
-    let mut inputs: Vec<&std::path::Path> = vec![config.calib.path(), &config.val];
-    inputs.extend(config.baseline.as_deref());
-    inputs.extend(config.sensitivity.as_deref());
-    if let Some(s) = &config.shard {
-        graph::check_not_input(&s.partial_out, &inputs)?;
-    }
+    // Refusals come first and leave OUTDIR untouched: the statistics given are checked before the stage.
+    let given = match &config.calib {
+        Calibration::Folder(_) => None,
+        Calibration::Hist(path) => Some(given_hist(path, config)?),
+    };
     let model_files = model.input_files();
     // Its weights are not needed again here: a large model must not stay in memory beside the sessions.
     drop(model);
-    inputs.extend(model_files.iter().map(|p| p.as_path()));
-    graph::check_not_input(&config.out, &inputs)?;
-    // Everything goes into a staging folder that replaces OUTDIR whole at the end. The previous run's set is
-    // moved aside now: while this run works, and if it fails, OUTDIR holds no verdict at all.
-    let mut stage = graph::OutputDir::new(&config.out)?;
-    stage.retire_existing()?;
+    config.run_files().check(&|_| Ok(model_files.clone()))?;
+    // Everything goes into a staging folder that replaces OUTDIR whole at the end. From here a failed run
+    // removes the previous verdict (int8kit's own files, proven by their SHA-256), so that OUTDIR never holds
+    // a stale one; a kill leaves it as it was.
+    let mut stage = safe_io::OutputDir::new(&config.out)?;
+    stage.discard_existing_on_failure();
     let out = stage.path();
 
     let start = Instant::now();
@@ -249,14 +265,14 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         smooth: config.smooth,
         ..Default::default()
     };
-    let hist = match &config.calib {
-        Calibration::Folder(folder) => {
+    let hist = match (&config.calib, given) {
+        (_, Some(hist)) => hist,
+        (Calibration::Folder(folder), None) | (Calibration::Hist(folder), None) => {
             calibrate(&config.model, folder, &config.feed, &options, &mut |done, total| {
                 progress(Phase::Calibrate, done, total)
             })?
             .0
         }
-        Calibration::Hist(path) => given_hist(path, config)?,
     };
     hist.write(&out.join("calibration.hist"))?;
     let analysis = analyze(
@@ -419,7 +435,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
                 parts,
                 report: report.clone(),
             };
-            graph::write_atomic(&request.partial_out, &part.to_json()?)?;
+            safe_io::write_atomic(&request.partial_out, &part.to_json()?)?;
         }
         _ => report.write_all(out)?,
     }

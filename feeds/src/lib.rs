@@ -74,6 +74,55 @@ impl ArrayData {
     }
 
     /// The values, borrowed.
+    /// The first NaN or Inf of a float array (its flat index and value), if any.
+    pub fn first_non_finite(&self) -> Option<(usize, f64)> {
+        match self {
+            ArrayData::F32(v) => v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i] as f64)),
+            ArrayData::F64(v) => v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i])),
+            _ => None,
+        }
+    }
+
+    /// The values of an array stored in column-major (Fortran) order with these dimensions, in row-major
+    /// order, as everything else holds them.
+    pub fn to_row_major(self, shape: &[usize]) -> ArrayData {
+        fn reorder<T: Clone>(v: Vec<T>, shape: &[usize]) -> Vec<T> {
+            if shape.len() < 2 {
+                return v;
+            }
+            // Column-major strides; walk the row-major indices in order.
+            let mut strides = vec![1usize; shape.len()];
+            for k in 1..shape.len() {
+                strides[k] = strides[k - 1] * shape[k - 1];
+            }
+            let mut index = vec![0usize; shape.len()];
+            let mut out = Vec::with_capacity(v.len());
+            for _ in 0..v.len() {
+                out.push(v[index.iter().zip(&strides).map(|(i, s)| i * s).sum::<usize>()].clone());
+                for k in (0..shape.len()).rev() {
+                    index[k] += 1;
+                    if index[k] < shape[k] {
+                        break;
+                    }
+                    index[k] = 0;
+                }
+            }
+            out
+        }
+        match self {
+            ArrayData::F32(v) => ArrayData::F32(reorder(v, shape)),
+            ArrayData::F64(v) => ArrayData::F64(reorder(v, shape)),
+            ArrayData::I64(v) => ArrayData::I64(reorder(v, shape)),
+            ArrayData::I32(v) => ArrayData::I32(reorder(v, shape)),
+            ArrayData::I16(v) => ArrayData::I16(reorder(v, shape)),
+            ArrayData::I8(v) => ArrayData::I8(reorder(v, shape)),
+            ArrayData::U8(v) => ArrayData::U8(reorder(v, shape)),
+            ArrayData::U16(v) => ArrayData::U16(reorder(v, shape)),
+            ArrayData::Bool(v) => ArrayData::Bool(reorder(v, shape)),
+        }
+    }
+
+    /// Borrowed values.
     pub fn view(&self) -> Values<'_> {
         match self {
             ArrayData::F32(v) => Values::F32(v),
@@ -192,6 +241,15 @@ pub struct Input<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn column_major_values_become_row_major() {
+        // [[1, 2, 3], [4, 5, 6]] stored column by column.
+        let f = ArrayData::I32(vec![1, 4, 2, 5, 3, 6]);
+        assert_eq!(f.to_row_major(&[2, 3]), ArrayData::I32(vec![1, 2, 3, 4, 5, 6]));
+        assert_eq!(ArrayData::F32(vec![1.0, f32::NAN]).first_non_finite().map(|(i, _)| i), Some(1));
+        assert_eq!(ArrayData::I64(vec![1]).first_non_finite(), None);
+    }
 
     #[test]
     fn extend_keeps_the_type_and_refuses_another() {

@@ -25,28 +25,9 @@ pub enum GraphError {
         /// What the operating system said.
         source: std::io::Error,
     },
-    /// An output path holds something that is not a regular file.
-    #[error("{path} is {kind}: int8kit writes only regular files and folders it made; choose another output path")]
-    NotRegular {
-        /// The output path.
-        path: PathBuf,
-        /// What is there.
-        kind: &'static str,
-    },
-    /// An output folder holds files int8kit did not write.
-    #[error("{path} holds files int8kit did not write (no int8kit.manifest.json): they would be replaced; choose a new or empty folder")]
-    ForeignFolder {
-        /// The output folder.
-        path: PathBuf,
-    },
-    /// An output path is one of the inputs.
-    #[error("the output {out} would overwrite the input {input}; choose another output path")]
-    OutputIsInput {
-        /// The output path.
-        out: PathBuf,
-        /// The input it would overwrite.
-        input: PathBuf,
-    },
+    /// An output could not be written safely (see `safe_io::outputs`).
+    #[error(transparent)]
+    Output(#[from] safe_io::WriteError),
     /// The file is not an ONNX model.
     #[error("{path} is not a valid ONNX model (protobuf decode failed: {source}); check that the file is a complete .onnx export")]
     Decode {

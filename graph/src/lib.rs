@@ -11,15 +11,13 @@ mod external;
 mod index;
 mod infer;
 mod model;
-mod output;
 mod save;
 
 pub use activations::{find_activations, Activation};
 pub use error::GraphError;
 pub use index::{GraphIndex, UniqueNames};
 pub use infer::{infer_element_types, ElemType};
-pub use model::{default_opset, is_default_domain, set_float32, write_atomic, Model};
+pub use model::{default_opset, is_default_domain, set_float32, Model};
 /// The generated ONNX protobuf messages, re-exported so that callers use the same version.
 pub use onnx_protobuf as proto;
-pub use output::{check_file_target, check_not_input, check_output_dir, OutputDir, MANIFEST};
 pub use save::save_model;

@@ -1,6 +1,5 @@
 use std::borrow::Cow;
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use onnx_protobuf::{tensor_proto::DataType, Message, ModelProto, TensorProto};
@@ -361,28 +360,6 @@ pub(crate) fn stored_tensors_mut(graph: &mut onnx_protobuf::GraphProto) -> Vec<&
         }
     }
     out
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so that readers never
-/// see a half-written file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), GraphError> {
-    crate::check_file_target(path)?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let err = |source| GraphError::Write { path: path.to_path_buf(), source };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
-    tmp.write_all(bytes).map_err(err)?;
-    tmp.as_file().sync_all().map_err(err)?;
-    // Temporary files are created private (0600); an artifact gets ordinary permissions.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(err)?;
-    }
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    Ok(())
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

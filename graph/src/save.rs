@@ -5,7 +5,7 @@ use std::path::Path;
 
 use onnx_protobuf::{tensor_proto::DataLocation, Message, ModelProto, StringStringEntryProto};
 
-use crate::{write_atomic, GraphError, Model};
+use crate::{GraphError, Model};
 
 /// Above this many bytes of initializer data, protobuf's 2 GiB message limit is near: tensors go to an
 /// external data file instead.
@@ -43,6 +43,7 @@ fn save_model_with_limit(
             format!("{}.data", out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
         let data_path = out.with_file_name(&file_name);
         let dir = data_path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        safe_io::check_file_target(&data_path)?;
         let err = |source| GraphError::Write { path: data_path.clone(), source };
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
         let mut offset = 0u64;
@@ -64,7 +65,7 @@ fn save_model_with_limit(
         tmp.persist(&data_path).map_err(|e| err(e.error))?;
     }
     let bytes = proto.write_to_bytes().map_err(GraphError::Encode)?;
-    write_atomic(out, &bytes)
+    Ok(safe_io::write_atomic(out, &bytes)?)
 }
 
 #[cfg(test)]

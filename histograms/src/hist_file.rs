@@ -163,7 +163,7 @@ impl HistFile {
 
     /// Writes through a temporary file and a rename.
     pub fn write(&self, path: &Path) -> Result<(), HistError> {
-        Ok(graph::write_atomic(path, &self.to_json()?)?)
+        Ok(safe_io::write_atomic(path, &self.to_json()?)?)
     }
 
     /// Reads and checks a .hist file.
@@ -228,6 +228,21 @@ impl HistFile {
                 return Err(format!("shard {}/{} is not a shard number from 1 to {}", sh.index, sh.count, sh.count));
             }
         }
+        // A fed input holds the same number of values for every image, so its count is a multiple of the
+        // images: an `images.count` edited apart from the tensors is caught here.
+        for t in self.tensors.iter().filter(|t| t.producer.is_none()) {
+            let elements = t.stats.elements().unwrap_or(u64::MAX);
+            let consistent = match self.images.count {
+                0 => elements == 0,
+                n => elements % n == 0 && elements >= n,
+            };
+            if !consistent {
+                return Err(format!(
+                    "the fed input '{}' holds {elements} values, which {} images cannot give",
+                    t.name, self.images.count
+                ));
+            }
+        }
         if let Some(sm) = &self.smoothing {
             if !(0.0..=1.0).contains(&sm.alpha) {
                 return Err(format!("smoothing alpha {} is not from 0 to 1", sm.alpha));
@@ -262,9 +277,37 @@ pub fn merge(parts: &[(std::path::PathBuf, HistFile)]) -> Result<HistFile, crate
         })
     };
     let count = shard_of(first_path, first)?.count;
+    // Every shard once: a count beyond the files given is a missing shard, found without allocating `count`.
+    if count > parts.len() {
+        let mut given: Vec<usize> = parts.iter().filter_map(|(_, h)| h.shard.as_ref().map(|s| s.index)).collect();
+        given.sort_unstable();
+        given.dedup();
+        let missing = (1..=count).zip(given.iter().chain(std::iter::repeat(&0))).find(|(i, g)| i != *g);
+        return Err(bad(
+            first_path,
+            format!(
+                "shard {}/{count} is missing: every shard is needed for the whole list ({} given)",
+                missing.map_or(count, |(i, _)| i),
+                parts.len()
+            ),
+        ));
+    }
     let mut seen: Vec<Option<&std::path::Path>> = vec![None; count];
-    for (path, h) in parts {
+    for (k, (path, h)) in parts.iter().enumerate() {
         let shard = shard_of(path, h)?;
+        let copy = parts[..k].iter().find(|(_, o)| {
+            o.shard.as_ref().is_some_and(|s| s.list_sha256 == shard.list_sha256) || o.tensors == h.tensors
+        });
+        if let Some((other, _)) = copy {
+            return Err(bad(
+                path,
+                format!(
+                    "holds the same images or the same statistics as {} under another shard number: one shard \
+                     copied, not two shards",
+                    other.display()
+                ),
+            ));
+        }
         if shard.count != count {
             return Err(bad(
                 path,
@@ -323,9 +366,34 @@ pub fn merge(parts: &[(std::path::PathBuf, HistFile)]) -> Result<HistFile, crate
             format!("shard {}/{count} is missing: every shard is needed for the whole list", missing + 1),
         ));
     }
+    // Checked sums: a count beyond 2^64 is an error, never a wrap. Every bin is at most its tensor's count,
+    // so once the counts add up, the bins do too.
+    let overflow = |what: &str| bad(first_path, format!("the shards' {what} add up beyond 2^64"));
+    let sum = |f: &dyn Fn(&HistFile) -> u64| parts.iter().try_fold(0u64, |s, (_, h)| s.checked_add(f(h)));
     let mut merged = HistFile { content_sha256: None, shard: None, ..first.clone() };
-    merged.images.count = parts.iter().map(|(_, h)| h.images.count).sum();
-    merged.images.skipped = parts.iter().map(|(_, h)| h.images.skipped).sum();
+    merged.images.count = sum(&|h| h.images.count).ok_or_else(|| overflow("image counts"))?;
+    merged.images.skipped = sum(&|h| h.images.skipped).ok_or_else(|| overflow("skipped counts"))?;
+    for i in 0..first.tensors.len() {
+        sum(&|h| h.tensors[i].stats.elements().unwrap_or(u64::MAX)).ok_or_else(|| overflow("value counts"))?;
+        // A fed input's values per image are the same in every shard.
+        if first.tensors[i].producer.is_none() {
+            let per_image = |h: &HistFile| {
+                (h.images.count > 0).then(|| h.tensors[i].stats.elements().unwrap_or(0) / h.images.count)
+            };
+            let rates: Vec<(usize, u64)> =
+                parts.iter().enumerate().filter_map(|(k, (_, h))| per_image(h).map(|r| (k, r))).collect();
+            if let Some((k, _)) = rates.iter().find(|(_, r)| Some(*r) != rates.first().map(|f| f.1)) {
+                return Err(bad(
+                    &parts[*k].0,
+                    format!(
+                        "its fed input '{}' holds another number of values per image than {}'s",
+                        first.tensors[i].name,
+                        first_path.display()
+                    ),
+                ));
+            }
+        }
+    }
     for (_, h) in &parts[1..] {
         for (m, t) in merged.tensors.iter_mut().zip(&h.tensors) {
             m.stats.merge(&t.stats);
@@ -346,7 +414,12 @@ fn short(sha: &str) -> &str {
 /// One tensor's statistics are what the histogram rules produce: counts add up, min <= max, the range is the
 /// smallest power of two above max |x|, and the highest non-empty bin is the one max |x| falls in.
 fn check_stats(s: &TensorStats) -> Result<(), String> {
-    let total = s.hist.total();
+    let Some(total) = s.hist.checked_total() else {
+        return Err("its bin counts add up beyond 2^64".into());
+    };
+    if s.elements().is_none() {
+        return Err("its value, NaN and Inf counts add up beyond 2^64".into());
+    }
     if total != s.count {
         return Err(format!("count {} but the histogram holds {total} values", s.count));
     }

@@ -144,6 +144,12 @@ impl AbsHistogram {
     pub fn total(&self) -> u64 {
         self.counts.iter().sum()
     }
+
+    /// Number of values counted, or `None` when the counts add up beyond `u64` (only an edited file can hold
+    /// such counts; a wrapped sum would pass a check it should fail).
+    pub fn checked_total(&self) -> Option<u64> {
+        self.counts.iter().try_fold(0u64, |sum, &c| sum.checked_add(c))
+    }
 }
 
 mod trimmed_counts {
@@ -361,6 +367,11 @@ impl TensorStats {
     fn range_grows(&self, lo: f32, hi: f32) -> bool {
         let a = lo.abs().max(hi.abs());
         a > 0.0 && self.hist.range_exp.is_none_or(|e| range_exp_for(a) > e)
+    }
+
+    /// Values seen, NaN and Inf included; `None` beyond `u64`.
+    pub fn elements(&self) -> Option<u64> {
+        self.count.checked_add(self.nan)?.checked_add(self.pos_inf)?.checked_add(self.neg_inf)
     }
 
     /// Combines statistics of two disjoint sets of values.

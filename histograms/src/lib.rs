@@ -42,7 +42,7 @@ pub enum HistError {
     },
     /// The file could not be written.
     #[error(transparent)]
-    Write(#[from] graph::GraphError),
+    Write(#[from] safe_io::WriteError),
 }
 
 /// Which activations a calibration collected.

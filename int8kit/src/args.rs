@@ -113,17 +113,6 @@ pub struct CalibrationSource {
     pub collect: CollectArgs,
 }
 
-impl CalibrationSource {
-    /// Refuses outputs that would overwrite the model, the images or the recipe, before any work (without
-    /// loading the model: the model's external data files are checked once it is loaded, see
-    /// `CalibrationSummary::model_files`).
-    pub fn check_outputs(&self, outs: &[&Path]) -> anyhow::Result<()> {
-        let mut inputs = vec![self.model.clone(), self.images.clone()];
-        inputs.extend(self.recipe.recipe.clone());
-        check_outputs(outs, &inputs)
-    }
-}
-
 /// How calibration collects: the flags `calibrate` and `quantize` share.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CollectArgs {
@@ -352,14 +341,4 @@ pub fn load_precision(path: Option<&Path>) -> anyhow::Result<(PrecisionFile, Str
         Some(p) => (PrecisionFile::load(p)?, p.display().to_string()),
         None => (PrecisionFile::default(), "defaults".into()),
     })
-}
-
-/// Refuses outputs that would overwrite an input (or, for a folder, hold one), and file outputs over
-/// something other than a regular file, before any work starts.
-pub fn check_outputs(outs: &[&Path], inputs: &[PathBuf]) -> anyhow::Result<()> {
-    let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
-    for out in outs {
-        graph::check_not_input(out, &inputs)?;
-    }
-    Ok(())
 }

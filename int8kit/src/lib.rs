@@ -8,6 +8,7 @@
 pub mod args;
 pub mod commands;
 pub mod exit;
+pub mod files;
 pub mod ui;
 
 use clap::{Parser, Subcommand};
@@ -87,6 +88,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     ui::init_logging(cli.command.quiet());
     // Before anything loads ONNX Runtime: CUDA needs the onnxruntime-gpu library.
     runtime::use_device(cli.command.device());
+    // Before any work: no output may be, hold or sit inside an input or another output.
+    files::check(&cli.command)?;
     match cli.command {
         Command::Quantize(a) => commands::quantize::run(&a),
         Command::Calibrate(a) => commands::calibrate::run(&a),

@@ -24,7 +24,7 @@ pub enum ReportError {
     Input(#[from] safe_io::ReadError),
     /// A report file could not be written.
     #[error(transparent)]
-    Write(#[from] graph::GraphError),
+    Write(#[from] safe_io::WriteError),
     /// The output folder could not be created.
     #[error("cannot create {path}: {source}")]
     CreateDir {
@@ -407,5 +407,5 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| ReportError::CreateDir { path: dir.into(), source })?;
     }
-    Ok(graph::write_atomic(path, bytes)?)
+    Ok(safe_io::write_atomic(path, bytes)?)
 }

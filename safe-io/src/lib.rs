@@ -4,9 +4,18 @@
 //! and a huge file read whole would exhaust memory, so every file a user names is checked to be a regular
 //! file and no larger than a limit for its kind before it is opened ([`read`], [`read_to_string`],
 //! [`open`]). Writing: a CSV cell that starts like a formula (`=`, `+`, `-`, `@`, tab, carriage return) is
-//! run by spreadsheets that open the file, so such text is neutralised ([`csv_text`]).
+//! run by spreadsheets that open the file, so such text is neutralised ([`csv_text`]). Outputs: files are
+//! written atomically and only over regular files, artifact folders are replaced only when proven
+//! int8kit's ([`outputs`]), and no output may be, hold or sit inside an input or another output
+//! ([`run_files`]).
 
 #![forbid(unsafe_code)]
+
+pub mod outputs;
+pub mod run_files;
+
+pub use outputs::{check_file_target, check_output_dir, write_atomic, OutputDir, WriteError, MANIFEST};
+pub use run_files::{Kind, RunFiles};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

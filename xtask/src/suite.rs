@@ -835,10 +835,10 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
     } else {
         (root().join("bench.json"), root().join("BENCHMARKS.md"))
     };
-    graph::write_atomic(&json_path, &serde_json::to_vec_pretty(&suite)?)?;
+    safe_io::write_atomic(&json_path, &serde_json::to_vec_pretty(&suite)?)?;
     let generated = markdown(&suite);
     let doc = std::fs::read_to_string(&md_path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    graph::write_atomic(&md_path, splice(&doc, &generated).as_bytes())?;
+    safe_io::write_atomic(&md_path, splice(&doc, &generated).as_bytes())?;
     println!("{generated}");
     println!("wrote {} and {}", json_path.display(), md_path.display());
     Ok(())

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use analyze::{Analysis, AnalyzeOptions};
 use anyhow::Context;
-use graph::OutputDir;
 use histograms::HistFile;
+use safe_io::OutputDir;
 
 use crate::args::ScaleArgs;
 use crate::Outcome;
@@ -102,7 +102,6 @@ fn print_precision(analysis: &Analysis, origin: &str) {
 
 /// Runs `int8kit analyze`.
 pub fn run(args: &AnalyzeArgs) -> anyhow::Result<Outcome> {
-    crate::args::check_outputs(&[&args.out], &[args.model.clone(), args.hist.clone()])?;
     let stage = OutputDir::new(&args.out)?;
     let hist = HistFile::read(&args.hist)?;
     analyze_and_write(&args.model, &hist, &args.scales.options()?, stage, &args.out, args.quiet)?;

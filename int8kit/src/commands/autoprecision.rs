@@ -51,7 +51,6 @@ pub fn run(args: &AutoprecisionArgs) -> anyhow::Result<Outcome> {
     let verify_on = common.dataset()?;
     // Before any work: an empty budget, a limit out of range or a Top-1 budget without labels.
     budget.check(&verify_on)?;
-    common.check_outputs()?;
     let inputs = common.inputs()?;
     let config = AutoPrecisionConfig {
         verify_on,

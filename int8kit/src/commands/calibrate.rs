@@ -24,9 +24,8 @@ pub struct CalibrateArgs {
     pub quiet: bool,
 }
 
-/// Runs the calibration pass with a progress bar and prints its summary; shared with `quantize`. `outs` are
-/// checked against the model's files (external data included) before anything is written.
-pub fn collect(source: &CalibrationSource, outs: &[&std::path::Path], quiet: bool) -> anyhow::Result<HistFile> {
+/// Runs the calibration pass with a progress bar and prints its summary; shared with `quantize`.
+pub fn collect(source: &CalibrationSource, quiet: bool) -> anyhow::Result<HistFile> {
     let CalibrationSource { model, images, recipe, collect } = source;
     let feed = recipe.feed(images)?;
     let bar = progress_bar("calibrate", "images", quiet);
@@ -77,15 +76,12 @@ pub fn collect(source: &CalibrationSource, outs: &[&std::path::Path], quiet: boo
             eprintln!("  not collected (not float32): {}", summary.not_collected.join(", "));
         }
     }
-    crate::args::check_outputs(outs, &summary.model_files)?;
     Ok(hist)
 }
 
 /// Runs `int8kit calibrate`.
 pub fn run(args: &CalibrateArgs) -> anyhow::Result<Outcome> {
-    args.source.check_outputs(&[&args.out])?;
-    graph::check_file_target(&args.out)?;
-    let hist = collect(&args.source, &[&args.out], args.quiet)?;
+    let hist = collect(&args.source, args.quiet)?;
     hist.write(&args.out).with_context(|| format!("writing {}", args.out.display()))?;
     if !args.quiet {
         eprintln!("wrote {}", args.out.display());

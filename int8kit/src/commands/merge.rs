@@ -26,12 +26,10 @@ pub struct MergeArgs {
 
 /// Runs `int8kit merge`: for validation parts, exit 0 when every criterion holds and 1 when one fails.
 pub fn run(args: &MergeArgs) -> anyhow::Result<Outcome> {
-    crate::args::check_outputs(&[&args.out], &args.parts)?;
     // One merge joins one kind; a file of the other kind is refused by its reader, naming it.
     if args.parts.first().is_some_and(|p| evaluate::shards::is_part(p)) {
         return merge_validation(args);
     }
-    graph::check_file_target(&args.out)?;
     let parts = args
         .parts
         .iter()
@@ -59,9 +57,9 @@ fn merge_validation(args: &MergeArgs) -> anyhow::Result<Outcome> {
         .map(|p| Ok((p.clone(), evaluate::shards::ValidatePart::read(p)?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let report = evaluate::shards::merge(&parts)?;
-    graph::check_output_dir(&args.out)?;
-    let mut stage = graph::OutputDir::new(&args.out)?;
-    stage.retire_existing()?;
+    let mut stage = safe_io::OutputDir::new(&args.out)?;
+    // A merge whose writing fails leaves no stale verdict (refusals above leave the folder untouched).
+    stage.discard_existing_on_failure();
     report.write_all(stage.path()).with_context(|| format!("writing the reports to {}", args.out.display()))?;
     stage.commit()?;
     if !args.quiet {

@@ -33,14 +33,8 @@ pub struct QuantizeArgs {
 pub fn run(args: &QuantizeArgs) -> anyhow::Result<Outcome> {
     // Checked before the calibration pass, so that a bad flag does not cost a run.
     let options = args.scales.options()?;
-    let mut outs = vec![args.out.as_path()];
-    outs.extend(args.save_hist.as_deref());
-    args.source.check_outputs(&outs)?;
-    if let Some(path) = &args.save_hist {
-        graph::check_file_target(path)?;
-    }
-    let stage = graph::OutputDir::new(&args.out)?;
-    let hist = collect(&args.source, &outs, args.quiet)?;
+    let stage = safe_io::OutputDir::new(&args.out)?;
+    let hist = collect(&args.source, args.quiet)?;
     if let Some(path) = &args.save_hist {
         hist.write(path).with_context(|| format!("writing {}", path.display()))?;
     }

@@ -70,16 +70,6 @@ pub struct SensitivityArgs {
 }
 
 impl SensitivityArgs {
-    /// Refuses an output folder that holds or is one of the inputs.
-    pub fn check_outputs(&self) -> anyhow::Result<()> {
-        let mut inputs = graph::Model::load(&self.model)?.input_files();
-        inputs.extend([self.hist.clone(), self.val.clone()]);
-        inputs.extend(self.precision.clone());
-        inputs.extend(self.zero_shot.clone());
-        crate::args::check_outputs(&[&self.out], &inputs)?;
-        Ok(graph::check_output_dir(&self.out)?)
-    }
-
     /// The whole `--val` folder: labelled when it has class sub-folders (or `--classes` is given).
     pub fn dataset(&self) -> anyhow::Result<datasets::Dataset> {
         Ok(datasets::Dataset::labelled_or_flat(&self.val, self.classes.as_deref())?)
@@ -109,7 +99,6 @@ impl SensitivityArgs {
 
 /// Runs `int8kit sensitivity`.
 pub fn run(args: &SensitivityArgs) -> anyhow::Result<Outcome> {
-    args.check_outputs()?;
     let inputs = args.inputs()?;
     let bar = progress_bar("sensitivity", "nodes", args.quiet);
     let report = sensitivity(&inputs, args.choose_methods, &mut reporter(&bar))
