@@ -72,8 +72,13 @@ pub fn lint(model: &Model) -> Result<Vec<Finding>, AnalyzeError> {
         out.push(Finding { severity, rule, node: node.name.clone(), message, source });
     };
     let opset = graph::default_opset(&model.proto);
-    let dq_outputs: HashSet<&str> =
-        graph.node.iter().filter(|n| n.op_type == "DequantizeLinear").map(|n| n.output[0].as_str()).collect();
+    let dq_outputs: HashSet<&str> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "DequantizeLinear")
+        .filter_map(|n| n.output.first())
+        .map(String::as_str)
+        .collect();
     let has_qdq = !dq_outputs.is_empty();
 
     for node in &graph.node {
@@ -94,6 +99,9 @@ pub fn lint(model: &Model) -> Result<Vec<Finding>, AnalyzeError> {
         if node.input.len() < 2 {
             push(Severity::Error, "scale", node, format!("{op} has no scale input"), ONNX_TRT);
             continue;
+        }
+        if node.output.is_empty() {
+            push(Severity::Error, "malformed", node, format!("{op} has no output"), ONNX_TRT);
         }
         // [ONNX-TRT] the scale is a build-time constant, finite and positive.
         match index.constant(graph, &node.input[1]) {
@@ -233,7 +241,8 @@ pub fn lint(model: &Model) -> Result<Vec<Finding>, AnalyzeError> {
         // A QuantizeLinear fed by a DequantizeLinear through data-movement ops re-quantizes what was already
         // INT8: TensorRT cannot drop the pair and the chain runs dequantized.
         if op == "QuantizeLinear" {
-            let mut tensor = node.input[0].as_str();
+            let Some(first) = node.input.first() else { continue };
+            let mut tensor = first.as_str();
             let mut chain = Vec::new();
             while let Some(&p) = index.producer.get(tensor) {
                 let producer = &graph.node[p];
@@ -291,7 +300,7 @@ fn check_weight_axis(
     let node = &graph.node[n];
     let Some(&d) = index.producer.get(&node.input[1]) else { return };
     let dq = &graph.node[d];
-    let Some(weight) = index.constant(graph, &dq.input[0]) else { return };
+    let Some(weight) = dq.input.first().and_then(|w| index.constant(graph, w)) else { return };
     let Some(scale) = dq.input.get(1).and_then(|s| index.constant(graph, s)) else { return };
     let channels: i64 = scale.dims.iter().product();
     if scale.dims.is_empty() || channels <= 1 {

@@ -216,6 +216,28 @@ fn merging_mismatched_overlapping_or_incomplete_shards_is_refused() {
     assert!(e.contains("given twice") && e.contains("overlap"), "{e}");
     let e = err(std::slice::from_ref(&b));
     assert!(e.contains("shard 1/2 is missing"), "{e}");
+    // One shard copied under the other's number: the same images and statistics.
+    let mut copy = a.clone();
+    copy.0 = "copy.hist".into();
+    copy.1.shard.as_mut().unwrap().index = 2;
+    let e = err(&[a.clone(), copy]);
+    assert!(e.contains("copy.hist") && e.contains("copied"), "{e}");
+    // A shard count far beyond the files given is a missing shard, not an allocation.
+    let mut huge = b.clone();
+    huge.1.shard.as_mut().unwrap().count = 1_000_000_000_000_000;
+    assert!(err(&[huge]).contains("shard 1/1000000000000000 is missing"));
+    // Counts that wrap at 2^64 once two bins gain 2^63 each, and an image count apart from the tensors: each
+    // breaks a check that a wrapping sum would pass.
+    let mut wrapped = b.1.clone();
+    let t = wrapped.tensors.iter_mut().find(|t| t.stats.count > 0).unwrap();
+    let bins: Vec<usize> = (0..t.stats.hist.counts.len()).filter(|&i| t.stats.hist.counts[i] > 0).take(2).collect();
+    for &i in &bins {
+        t.stats.hist.counts[i] = t.stats.hist.counts[i].wrapping_add(1 << 63);
+    }
+    assert!(wrapped.check().unwrap_err().contains("beyond 2^64"));
+    let mut recounted = b.1.clone();
+    recounted.images.count += 1;
+    assert!(recounted.check().unwrap_err().contains("images cannot give"));
     let whole = calibrate(&model(vit), &calib(), &feed(), &options(None), &mut |_, _| {}).unwrap().0;
     let e = err(&[("whole.hist".into(), whole), b.clone()]);
     assert!(e.contains("whole.hist") && e.contains("is not a shard"), "{e}");

@@ -167,6 +167,19 @@ impl Dataset {
         for (folder, label) in assigned {
             let mut paths = Vec::new();
             images_in(&folder, true, &mut paths)?;
+            if paths.is_empty() {
+                // An empty class would shift no label but reads as a class with no images, and an output
+                // folder left inside --val would shift every label after it.
+                let what = if folder.join("int8kit.manifest.json").exists() {
+                    "is an int8kit output folder, not a class"
+                } else {
+                    "holds no images or .npz samples"
+                };
+                return Err(labels_err(format!(
+                    "sub-folder '{}' {what}: every class sub-folder needs samples; move it out of the folder",
+                    folder_name(&folder)
+                )));
+            }
             items.extend(paths.into_iter().map(|path| ImageItem { path, label: Some(label) }));
         }
         if items.is_empty() {

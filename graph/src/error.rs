@@ -36,6 +36,14 @@ pub enum GraphError {
         /// The protobuf decoder's error.
         source: protobuf::Error,
     },
+    /// The file parses as a model that holds no graph.
+    #[error("{path} ({bytes} bytes) holds no graph (no nodes, no outputs): it is empty, truncated or not an ONNX model; give the complete .onnx export")]
+    EmptyModel {
+        /// The model file.
+        path: PathBuf,
+        /// Its size.
+        bytes: usize,
+    },
     /// A model could not be serialized.
     #[error("cannot serialize the model: {0}")]
     Encode(#[source] protobuf::Error),

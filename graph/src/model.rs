@@ -33,6 +33,11 @@ impl Model {
         let bytes = safe_io::read(path, safe_io::limits::MODEL, "an ONNX model")?;
         let proto = ModelProto::parse_from_bytes(&bytes)
             .map_err(|source| GraphError::Decode { path: path.to_path_buf(), source })?;
+        // Protobuf reads an empty (or nearly empty) file as a valid, empty model: a check on it would pass on
+        // nothing.
+        if proto.graph.node.is_empty() && proto.graph.output.is_empty() {
+            return Err(GraphError::EmptyModel { path: path.to_path_buf(), bytes: bytes.len() });
+        }
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
         let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
 

@@ -228,13 +228,24 @@ impl HistFile {
                 return Err(format!("shard {}/{} is not a shard number from 1 to {}", sh.index, sh.count, sh.count));
             }
         }
-        // A fed input holds the same number of values for every image, so its count is a multiple of the
-        // images: an `images.count` edited apart from the tensors is caught here.
-        for t in self.tensors.iter().filter(|t| t.producer.is_none()) {
+        // A fed input holds the same number of values for every sample (what the recipe or the recorded
+        // arrays say, where they say it), so an `images.count` edited apart from the tensors is caught here.
+        let fed: Vec<&TensorRecord> = self.tensors.iter().filter(|t| t.producer.is_none()).collect();
+        for t in &fed {
             let elements = t.stats.elements().unwrap_or(u64::MAX);
-            let consistent = match self.images.count {
-                0 => elements == 0,
-                n => elements % n == 0 && elements >= n,
+            let per_sample = match (&self.arrays, &self.recipe) {
+                (Some(arrays), _) => {
+                    arrays.iter().find(|a| a.name == t.name).map(|a| a.shape.iter().product::<usize>() as u64)
+                }
+                (None, Some(recipe)) if recipe.name.as_deref().map_or(fed.len() == 1, |n| n == t.name) => {
+                    Some(recipe.batch_shape(1).iter().product::<usize>() as u64)
+                }
+                _ => None,
+            };
+            let consistent = match (self.images.count, per_sample) {
+                (0, _) => elements == 0,
+                (n, Some(k)) => n.checked_mul(k) == Some(elements),
+                (n, None) => elements % n == 0 && elements >= n,
             };
             if !consistent {
                 return Err(format!(
@@ -296,7 +307,8 @@ pub fn merge(parts: &[(std::path::PathBuf, HistFile)]) -> Result<HistFile, crate
     for (k, (path, h)) in parts.iter().enumerate() {
         let shard = shard_of(path, h)?;
         let copy = parts[..k].iter().find(|(_, o)| {
-            o.shard.as_ref().is_some_and(|s| s.list_sha256 == shard.list_sha256) || o.tensors == h.tensors
+            o.shard.as_ref().is_some_and(|s| s.index != shard.index)
+                && (o.shard.as_ref().is_some_and(|s| s.list_sha256 == shard.list_sha256) || o.tensors == h.tensors)
         });
         if let Some((other, _)) = copy {
             return Err(bad(
