@@ -21,6 +21,11 @@ const MAX_HEADER: usize = 64 << 10;
 /// declared size (all together at most [`safe_io::limits::ARRAY`]), its header's shape and type must need
 /// exactly the bytes the member declares, decompression stops at that size, and float values must be finite.
 pub fn read_npz(path: &Path) -> Result<Vec<NamedArray>, DatasetError> {
+    read_npz_within(path, safe_io::limits::ARRAY)
+}
+
+/// [`read_npz`] with `cap` bytes allowed once decompressed.
+fn read_npz_within(path: &Path, cap: u64) -> Result<Vec<NamedArray>, DatasetError> {
     let bad = |message: String| DatasetError::Tensors { path: path.to_path_buf(), message };
     let file = safe_io::open(path, safe_io::limits::ARRAY, "an .npz sample")?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
@@ -37,10 +42,10 @@ pub fn read_npz(path: &Path) -> Result<Vec<NamedArray>, DatasetError> {
             return Err(bad(format!("member '{member}' is not an array (.npz members are NAME.npy)")));
         };
         declared_total = declared_total.saturating_add(entry.size());
-        if declared_total > safe_io::limits::ARRAY {
+        if declared_total > cap {
             return Err(bad(format!(
-                "its arrays declare {declared_total} bytes once decompressed, more than the {} allowed for a sample",
-                safe_io::limits::ARRAY
+                "its arrays declare {declared_total} bytes once decompressed, more than the {cap} allowed for a \
+                 sample; nothing was decompressed"
             )));
         }
         members.push((name.to_string(), index));
@@ -265,6 +270,73 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("c.npz") && err.contains("attention_mask") && err.contains("[1, 2]"), "{err}");
+    }
+
+    /// A zip of one stored member `name` with these bytes.
+    fn zip_of(path: &Path, name: &str, bytes: &[u8]) {
+        use std::io::Write;
+        let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+        let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        z.start_file(name, stored).unwrap();
+        z.write_all(bytes).unwrap();
+        z.finish().unwrap();
+    }
+
+    /// An .npy version 1 header for `descr` and `shape`, padded as numpy pads it.
+    fn npy_header(descr: &str, shape: &str) -> Vec<u8> {
+        let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + dict.len() + 1) % 64 != 0 {
+            dict.push(' ');
+        }
+        dict.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend((dict.len() as u16).to_le_bytes());
+        out.extend(dict.as_bytes());
+        out
+    }
+
+    #[test]
+    fn sizes_are_checked_before_anything_is_allocated_or_decompressed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.npz");
+        // A shape of 2.2e10 floats with 3 KB of data: refused from the header, nothing allocated.
+        let mut bytes = npy_header("<f4", "(1, 1, 28, 28000000000)");
+        bytes.extend(vec![0u8; 3136]);
+        zip_of(&p, "x.npy", &bytes);
+        let err = read_npz(&p).unwrap_err().to_string();
+        assert!(err.contains("truncated") && err.contains("28000000000"), "{err}");
+        // Data cut short of its shape: said as such, not as a type problem.
+        let mut bytes = npy_header("<f4", "(1, 4)");
+        bytes.extend([0u8; 12]);
+        zip_of(&p, "x.npy", &bytes);
+        let err = read_npz(&p).unwrap_err().to_string();
+        assert!(err.contains("truncated") && err.contains("needs 16 bytes"), "{err}");
+        // A member that inflates beyond the cap is refused by its declared size, before decompression.
+        let mut npz = NpzWriter::new_compressed(std::fs::File::create(&p).unwrap());
+        npz.add_array("x", &ndarray::Array2::<f32>::zeros((1, 1 << 20))).unwrap();
+        npz.finish().unwrap();
+        assert!(std::fs::metadata(&p).unwrap().len() < 100_000, "compressed");
+        let err = read_npz_within(&p, 1 << 20).unwrap_err().to_string();
+        assert!(err.contains("nothing was decompressed"), "{err}");
+        assert_eq!(read_npz(&p).unwrap()[0].data.len(), 1 << 20);
+        // NaN and Inf samples are refused, naming the array and the index.
+        let mut npz = NpzWriter::new(std::fs::File::create(&p).unwrap());
+        npz.add_array(
+            "pixel_values",
+            &ndarray::Array2::from_shape_vec((1, 3), vec![0.0f32, f32::INFINITY, 1.0]).unwrap(),
+        )
+        .unwrap();
+        npz.finish().unwrap();
+        let err = read_npz(&p).unwrap_err().to_string();
+        assert!(err.contains("'pixel_values'") && err.contains("inf at flat index 1"), "{err}");
+        // Column-major arrays are read in row-major order.
+        let mut npz = NpzWriter::new(std::fs::File::create(&p).unwrap());
+        use ndarray::ShapeBuilder;
+        let a = ndarray::Array3::from_shape_vec((1, 2, 3).f(), vec![1i64, 4, 2, 5, 3, 6]).unwrap();
+        assert!(!a.is_standard_layout());
+        npz.add_array("ids", &a).unwrap();
+        npz.finish().unwrap();
+        assert_eq!(read_npz(&p).unwrap()[0].data, ArrayData::I64(vec![1, 2, 3, 4, 5, 6]));
     }
 
     #[test]

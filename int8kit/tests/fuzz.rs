@@ -194,3 +194,198 @@ proptest! {
         }
     }
 }
+
+/// Numbers of the JSON text replaced at random digits by `edits` (digit index, replacement).
+fn edit_numbers(mut text: String, edits: &[(usize, String)]) -> String {
+    for (at, number) in edits {
+        let digits: Vec<usize> = text.char_indices().filter(|(_, c)| c.is_ascii_digit()).map(|(i, _)| i).collect();
+        if let Some(&i) = digits.get(at % digits.len().max(1)) {
+            text.replace_range(i..i + 1, number);
+        }
+    }
+    text
+}
+
+/// Counts that break naive arithmetic: 0, 1, near and at 2^63 and 2^64, huge shard and class counts.
+fn nasty_count() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(0u64),
+        Just(1),
+        Just(1 << 63),
+        Just(u64::MAX),
+        Just(u64::MAX - 1),
+        Just(1_000_000_000_000_000),
+        any::<u64>()
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Validation parts with edited numbers, merged alone and beside a copy under another shard number: an
+    /// error or a report, never a panic or an abort; and a merged report never passes on non-finite numbers.
+    #[test]
+    fn validation_parts_with_edited_numbers(edits in prop::collection::vec((0usize..8192, nasty_number()), 1..6)) {
+        let text = edit_numbers(String::from_utf8(read("evaluate/testdata/golden/part.json")).unwrap(), &edits);
+        let (_d, path) = file("p.json", text.as_bytes());
+        if let Ok(part) = evaluate::shards::ValidatePart::read(&path) {
+            let mut alone = part.clone();
+            alone.shard.index = 1;
+            alone.shard.count = 1;
+            if let Ok(report) = evaluate::shards::merge(&[(path.clone(), alone)]) {
+                let c = &report.comparison;
+                prop_assert!(!report.passed || (c.cosine_mean.is_finite() && c.sqnr_db.is_finite()));
+            }
+            let mut copy = part.clone();
+            copy.shard.index = part.shard.index % part.shard.count.max(1) + 1;
+            let _ = evaluate::shards::merge(&[(path.clone(), part), ("copy.json".into(), copy)]);
+        }
+    }
+
+    /// `.hist` shards whose counts are edited and the checksum resealed: the consistency checks (not the
+    /// checksum) must refuse wrapped or impossible counts, and a merge must never wrap.
+    #[test]
+    fn hist_shards_resealed(
+        tensor in 0usize..64,
+        bin in 0usize..4096,
+        add in nasty_count(),
+        images in nasty_count(),
+        shard_count in nasty_count(),
+    ) {
+        let (_d0, golden) = file("g.hist", &read("histograms/testdata/golden/sample.hist"));
+        let base = histograms::HistFile::read(&golden).unwrap();
+        let shard = |index: usize, count: usize, list: &str| histograms::ShardInfo { index, count, list_sha256: list.into() };
+        let mut a = base.clone();
+        a.shard = Some(shard(1, 2, "a"));
+        let mut b = base.clone();
+        b.shard = Some(shard(2, 2, "b"));
+        if !b.tensors.is_empty() {
+            let n = b.tensors.len();
+            let t = &mut b.tensors[tensor % n].stats;
+            t.hist.counts[bin] = t.hist.counts[bin].wrapping_add(add);
+            t.count = t.count.wrapping_add(add);
+        }
+        b.images.count = images;
+        a.shard.as_mut().unwrap().count = (shard_count as usize).max(1);
+        let (_d1, pa) = file("a.hist", &a.to_json().unwrap());
+        let (_d2, pb) = file("b.hist", &b.to_json().unwrap());
+        let read_a = histograms::HistFile::read(&pa);
+        let read_b = histograms::HistFile::read(&pb);
+        if let (Ok(ra), Ok(rb)) = (read_a, read_b) {
+            if let Ok(m) = histograms::merge(&[(pa, ra), (pb, rb)]) {
+                // What merged is consistent: it reads back through every check.
+                prop_assert!(m.check().is_ok(), "{:?}", m.check());
+            }
+        }
+    }
+
+    /// `.npz` samples with arbitrary headers (shapes, types, versions) and data lengths, stored or deflated:
+    /// an error or arrays whose lengths match their shapes, never an abort from a declared size.
+    #[test]
+    fn npz_headers_and_entries(
+        dims in prop::collection::vec(prop_oneof![Just(0u64), Just(1), 1u64..64, Just(28_000_000_000), Just(u64::MAX)], 0..5),
+        descr in prop::sample::select(vec!["<f4", "<f8", "<i8", "|u1", "|b1", ">f4", "<c8", "O", "<U3"]),
+        data_len in 0usize..4096,
+        version in prop::sample::select(vec![1u8, 2, 3, 9]),
+        fortran in any::<bool>(),
+        name in prop::sample::select(vec!["x.npy", "x", "../x.npy", "a/x.npy", ".npy"]),
+        deflate in any::<bool>(),
+    ) {
+        use std::io::Write;
+        let shape: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+        let shape = if shape.len() == 1 { format!("({},)", shape[0]) } else { format!("({})", shape.join(", ")) };
+        let fortran = if fortran { "True" } else { "False" };
+        let dict = format!("{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {shape}, }}\n");
+        let mut npy = b"\x93NUMPY".to_vec();
+        npy.push(version);
+        npy.push(0);
+        if version == 1 {
+            npy.extend((dict.len() as u16).to_le_bytes());
+        } else {
+            npy.extend((dict.len() as u32).to_le_bytes());
+        }
+        npy.extend(dict.as_bytes());
+        npy.extend(std::iter::repeat_n(1u8, data_len));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.npz");
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        let method = if deflate { zip::CompressionMethod::Deflated } else { zip::CompressionMethod::Stored };
+        z.start_file(name, zip::write::SimpleFileOptions::default().compression_method(method)).unwrap();
+        z.write_all(&npy).unwrap();
+        z.finish().unwrap();
+        if let Ok(arrays) = datasets::read_npz(&path) {
+            for a in arrays {
+                prop_assert_eq!(a.shape.iter().product::<usize>(), a.data.len());
+            }
+        }
+    }
+
+    /// Random OUTDIR layouts (files, folders, symlinks, manifests true, stale or foreign): a set is either
+    /// refused with nothing changed, or written, and then the folder held nothing int8kit did not write.
+    #[test]
+    fn output_folder_layouts(
+        entries in prop::collection::vec((0u8..6, 0u8..4), 0..6),
+        owned_first in any::<bool>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out");
+        if owned_first {
+            let set = safe_io::OutputDir::new(&target).unwrap();
+            std::fs::write(set.path().join("ranges.json"), "{}").unwrap();
+            set.commit().unwrap();
+        }
+        std::fs::create_dir_all(&target).unwrap();
+        for (i, (kind, name)) in entries.iter().enumerate() {
+            let names = ["ranges.json", "int8kit.manifest.json", "notes.txt", "src"];
+            let path = target.join(names[*name as usize]);
+            let _ = match kind {
+                0 => std::fs::write(&path, format!("user {i}")),
+                1 => std::fs::create_dir_all(path.join("sub")).and_then(|()| std::fs::write(path.join("sub/f"), "x")),
+                2 => std::os::unix::fs::symlink(dir.path(), &path),
+                3 => std::fs::write(&path, ""),
+                4 => std::fs::write(&path, r#"{"format":"int8kit.outputs","version":2,"files":[]}"#),
+                _ => std::fs::remove_file(&path),
+            };
+        }
+        let before = safe_io::outputs::inspect(&target);
+        let snapshot = |d: &Path| -> Vec<(String, Vec<u8>)> {
+            let mut out = Vec::new();
+            for e in walk(d) {
+                let bytes = if e.is_file() { std::fs::read(&e).unwrap_or_default() } else { Vec::new() };
+                out.push((e.strip_prefix(d).unwrap().to_string_lossy().into_owned(), bytes));
+            }
+            out.sort();
+            out
+        };
+        let tree = snapshot(dir.path());
+        match safe_io::OutputDir::new(&target) {
+            Err(_) => {
+                prop_assert!(before.is_err());
+                prop_assert_eq!(snapshot(dir.path()), tree, "a refusal changed something");
+            }
+            Ok(set) => {
+                prop_assert!(before.is_ok(), "accepted a folder inspect refuses");
+                std::fs::write(set.path().join("model.qdq.onnx"), "new").unwrap();
+                set.commit().unwrap();
+                let after: Vec<String> = snapshot(dir.path()).into_iter().map(|(n, _)| n).collect();
+                prop_assert_eq!(after, vec!["out".to_string(), "out/int8kit.manifest.json".into(), "out/model.qdq.onnx".into()]);
+            }
+        }
+    }
+}
+
+/// Every path below `dir` (symlinks not followed).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}

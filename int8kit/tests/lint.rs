@@ -71,3 +71,33 @@ fn our_artifacts_lint_clean_and_planted_violations_are_flagged() {
     }
     assert_eq!(findings[0]["severity"], "error", "errors come first");
 }
+
+/// An empty or 2-byte file is not a model that passes, and a QuantizeLinear with no inputs is a finding,
+/// never a panic.
+#[test]
+fn empty_files_and_malformed_nodes_are_errors_not_passes_or_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in [("empty.onnx", &b""[..]), ("two.onnx", &b"\x08\x07"[..])] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let o = lint(&path, &["--strict"]);
+        common::refused(&o, "holds no graph");
+    }
+    let mut m = graph::Model::load(&resnet()).unwrap();
+    let g = m.proto.graph.mut_or_insert_default();
+    let mut q = graph::proto::NodeProto::new();
+    q.op_type = "QuantizeLinear".into();
+    q.name = "bare_q".into();
+    q.output.push("bare_q_out".into());
+    g.node.push(q);
+    let mut dq = graph::proto::NodeProto::new();
+    dq.op_type = "DequantizeLinear".into();
+    dq.name = "bare_dq".into();
+    g.node.push(dq);
+    let path = dir.path().join("bare.onnx");
+    std::fs::write(&path, m.to_bytes().unwrap()).unwrap();
+    let o = lint(&path, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("bare_q: QuantizeLinear has no scale input"), "{}", text(&o));
+    assert!(!text(&o).contains("panicked"), "{}", text(&o));
+}

@@ -149,6 +149,36 @@ fn merged_validation_parts_equal_one_process() {
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     refused(&merge(&[three[0].clone(), three[1].clone(), vit], &dir.path().join("m5")), "`model_sha256` differs");
+
+    // Forged parts: each edit gives counts or shares that no run produces, and is refused, naming the file.
+    let forged = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&three[0]).unwrap()).unwrap();
+        edit(&mut v);
+        let path = dir.path().join(name);
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        merge(&[path, three[1].clone(), three[2].clone()], &dir.path().join("forged"))
+    };
+    let add = |v: &mut serde_json::Value, by: u64| *v = (v.as_u64().unwrap() + by).into();
+    let o = forged("top1.json", &|v| add(&mut v["parts"]["candidates"][0]["tally"]["top1"], 2));
+    refused(&o, "impossible validation part");
+    refused(&o, "top1.json");
+    let o = forged("nan.json", &|v| {
+        v["parts"]["candidates"][0]["fidelity"]["images"][0]["noise"] = f64::NAN.to_bits().into()
+    });
+    refused(&o, "sums of squares are finite");
+    let o =
+        forged("cos.json", &|v| v["parts"]["candidates"][0]["fidelity"]["images"][0]["cosine"] = 2f64.to_bits().into());
+    refused(&o, "cosine is from -1 to 1");
+    refused(&forged("gate.json", &|v| v["gates"]["max_top1_drop"] = (-1e308).into()), "--max-top1-drop");
+    refused(&forged("classes.json", &|v| v["parts"]["classes"] = 1_000_000_000_000u64.into()), "classes");
+    refused(&forged("count.json", &|v| v["shard"]["count"] = 1_000_000_000_000_000u64.into()), "is missing");
+    refused(&forged("short.json", &|v| v["parts"]["images"] = 1.into()), "impossible validation part");
+    let copy = dir.path().join("copy.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&three[0]).unwrap()).unwrap();
+    v["shard"]["index"] = 2.into();
+    std::fs::write(&copy, serde_json::to_vec(&v).unwrap()).unwrap();
+    refused(&merge(&[three[0].clone(), copy, three[2].clone()], &dir.path().join("copied")), "copied");
+    assert!(!dir.path().join("forged").exists() && !dir.path().join("copied").exists());
 }
 
 #[test]
@@ -157,7 +187,7 @@ fn a_shard_needs_its_part_file_outside_the_output_folder() {
     let out = dir.path().join("out");
     let inside = out.join("p.json");
     let o = validate(&out, &["--limit-val", "10", "--shard", "1/2", "--partial-out", inside.to_str().unwrap()]);
-    refused(&o, "--partial-out must lie outside --out");
+    refused(&o, "overlaps the output --partial-out");
     let o = validate(&out, &["--limit-val", "10", "--shard", "1/2"]);
     assert_eq!(o.status.code(), Some(2), "--shard without --partial-out: {}", text(&o));
     let o = validate(&out, &["--limit-val", "10", "--shard", "3/11", "--partial-out", "p.json"]);

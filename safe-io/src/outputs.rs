@@ -666,6 +666,20 @@ mod tests {
         assert_eq!(names, ["out"], "no staging folder is left");
     }
 
+    /// The manifest format is pinned: a change of its bytes is a format change (FORMATS.md).
+    #[test]
+    fn the_manifest_matches_its_golden_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("out");
+        write_set(&target, &[("ranges.json", "{}\n"), ("model.qdq.onnx", "onnx")]);
+        let written = std::fs::read_to_string(target.join(MANIFEST)).unwrap();
+        let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/manifest.json");
+        if std::env::var_os("INT8KIT_BLESS").is_some() {
+            std::fs::write(golden, &written).unwrap();
+        }
+        assert_eq!(written, std::fs::read_to_string(golden).unwrap(), "INT8KIT_BLESS=1 rewrites {golden}");
+    }
+
     #[test]
     fn devices_fifos_folders_and_links_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
