@@ -138,9 +138,10 @@ pub fn merge(parts: &[(PathBuf, ValidatePart)]) -> Result<Report, EvaluateError>
     for (k, entry) in parts.iter().enumerate() {
         let (path, part) = entry;
         part.check().map_err(|m| bad(path, format!("an impossible validation part ({m})")))?;
-        if let Some((other, _)) =
-            parts[..k].iter().find(|(_, o)| o.parts == part.parts || o.shard.list_sha256 == part.shard.list_sha256)
-        {
+        if let Some((other, _)) = parts[..k].iter().find(|(_, o)| {
+            o.shard.index != part.shard.index
+                && (o.parts == part.parts || o.shard.list_sha256 == part.shard.list_sha256)
+        }) {
             return Err(bad(
                 path,
                 format!(

@@ -35,7 +35,8 @@ impl Model {
             .map_err(|source| GraphError::Decode { path: path.to_path_buf(), source })?;
         // Protobuf reads an empty (or nearly empty) file as a valid, empty model: a check on it would pass on
         // nothing.
-        if proto.graph.node.is_empty() && proto.graph.output.is_empty() {
+        let g = &proto.graph;
+        if g.node.is_empty() && g.output.is_empty() && g.input.is_empty() && g.initializer.is_empty() {
             return Err(GraphError::EmptyModel { path: path.to_path_buf(), bytes: bytes.len() });
         }
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));

@@ -228,24 +228,14 @@ impl HistFile {
                 return Err(format!("shard {}/{} is not a shard number from 1 to {}", sh.index, sh.count, sh.count));
             }
         }
-        // A fed input holds the same number of values for every sample (what the recipe or the recorded
-        // arrays say, where they say it), so an `images.count` edited apart from the tensors is caught here.
-        let fed: Vec<&TensorRecord> = self.tensors.iter().filter(|t| t.producer.is_none()).collect();
-        for t in &fed {
+        // A fed input holds the same number of values for every sample, so its count is a multiple of the
+        // images (and a merge checks that every shard has the same number per image): an `images.count`
+        // edited apart from the tensors is caught here.
+        for t in self.tensors.iter().filter(|t| t.producer.is_none()) {
             let elements = t.stats.elements().unwrap_or(u64::MAX);
-            let per_sample = match (&self.arrays, &self.recipe) {
-                (Some(arrays), _) => {
-                    arrays.iter().find(|a| a.name == t.name).map(|a| a.shape.iter().product::<usize>() as u64)
-                }
-                (None, Some(recipe)) if recipe.name.as_deref().map_or(fed.len() == 1, |n| n == t.name) => {
-                    Some(recipe.batch_shape(1).iter().product::<usize>() as u64)
-                }
-                _ => None,
-            };
-            let consistent = match (self.images.count, per_sample) {
-                (0, _) => elements == 0,
-                (n, Some(k)) => n.checked_mul(k) == Some(elements),
-                (n, None) => elements % n == 0 && elements >= n,
+            let consistent = match self.images.count {
+                0 => elements == 0,
+                n => elements % n == 0 && elements >= n,
             };
             if !consistent {
                 return Err(format!(

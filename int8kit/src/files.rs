@@ -128,7 +128,7 @@ mod tests {
                 ],
             ],
             "merge" => vec![vec!["/t/part", "--out", "/t/out"]],
-            "lint" => vec![vec!["/t/model"]],
+            "lint" => vec![vec![]],
             _ => vec![vec![]],
         }
     }
