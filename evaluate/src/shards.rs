@@ -121,15 +121,12 @@ pub fn merge(parts: &[(PathBuf, ValidatePart)]) -> Result<Report, EvaluateError>
     let reference = shared(&first.report)?;
     // Every part once: a count beyond the files given is a missing part, found without allocating `count`.
     if count > parts.len() {
-        let mut given: Vec<usize> = parts.iter().map(|(_, p)| p.shard.index).collect();
-        given.sort_unstable();
-        given.dedup();
-        let missing = (1..=count).zip(given.iter().chain(std::iter::repeat(&0))).find(|(i, g)| i != *g);
+        let missing = histograms::first_missing_shard(parts.iter().map(|(_, p)| p.shard.index));
         return Err(bad(
             first_path,
             format!(
                 "shard {}/{count} is missing: every part 1 to {count} is needed for the whole list ({} given)",
-                missing.map_or(count, |(i, _)| i),
+                missing,
                 parts.len()
             ),
         ));

@@ -280,15 +280,12 @@ pub fn merge(parts: &[(std::path::PathBuf, HistFile)]) -> Result<HistFile, crate
     let count = shard_of(first_path, first)?.count;
     // Every shard once: a count beyond the files given is a missing shard, found without allocating `count`.
     if count > parts.len() {
-        let mut given: Vec<usize> = parts.iter().filter_map(|(_, h)| h.shard.as_ref().map(|s| s.index)).collect();
-        given.sort_unstable();
-        given.dedup();
-        let missing = (1..=count).zip(given.iter().chain(std::iter::repeat(&0))).find(|(i, g)| i != *g);
+        let missing = first_missing_shard(parts.iter().filter_map(|(_, h)| h.shard.as_ref().map(|s| s.index)));
         return Err(bad(
             first_path,
             format!(
                 "shard {}/{count} is missing: every shard is needed for the whole list ({} given)",
-                missing.map_or(count, |(i, _)| i),
+                missing,
                 parts.len()
             ),
         ));
@@ -402,6 +399,15 @@ pub fn merge(parts: &[(std::path::PathBuf, HistFile)]) -> Result<HistFile, crate
         }
     }
     Ok(merged)
+}
+
+/// The lowest shard number from 1 that `given` lacks: which shard is missing when a shard count exceeds the
+/// files given, found without allocating anything of the (untrusted) count.
+pub fn first_missing_shard(given: impl Iterator<Item = usize>) -> usize {
+    let mut given: Vec<usize> = given.collect();
+    given.sort_unstable();
+    given.dedup();
+    (1..).zip(given.iter().chain(std::iter::repeat(&0))).find(|(i, g)| i != *g).map_or(1, |(i, _)| i)
 }
 
 /// A value as compact JSON, to compare the parts of two .hist files that must agree and to show them.
