@@ -70,8 +70,6 @@ pub struct CalibrationSummary {
     pub not_collected: Vec<String>,
     /// With a CUDA device: the most GPU memory in use (whole device) seen after a batch, in MB.
     pub device_memory_peak_mb: Option<f64>,
-    /// The files the model was read from (the model and its external data): outputs must not replace them.
-    pub model_files: Vec<std::path::PathBuf>,
 }
 
 /// A model copy whose activations are all graph outputs.
@@ -486,7 +484,6 @@ pub fn calibrate(
         tensors: hist.tensors.len(),
         not_collected: tapped.not_collected.clone(),
         device_memory_peak_mb: pass.device_memory_peak_mb,
-        model_files: tapped.model.input_files(),
     };
     Ok((hist, summary))
 }

@@ -265,10 +265,11 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         smooth: config.smooth,
         ..Default::default()
     };
-    let hist = match (&config.calib, given) {
-        (_, Some(hist)) => hist,
-        (Calibration::Folder(folder), None) | (Calibration::Hist(folder), None) => {
-            calibrate(&config.model, folder, &config.feed, &options, &mut |done, total| {
+    // Without given statistics, `calib` is the calibration folder.
+    let hist = match given {
+        Some(hist) => hist,
+        None => {
+            calibrate(&config.model, config.calib.path(), &config.feed, &options, &mut |done, total| {
                 progress(Phase::Calibrate, done, total)
             })?
             .0

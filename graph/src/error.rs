@@ -37,7 +37,7 @@ pub enum GraphError {
         source: protobuf::Error,
     },
     /// The file parses as a model that holds no graph.
-    #[error("{path} ({bytes} bytes) holds no graph (no nodes, no outputs): it is empty, truncated or not an ONNX model; give the complete .onnx export")]
+    #[error("{path} ({bytes} bytes) holds no graph (no nodes, inputs, outputs or initializers): it is empty, truncated or not an ONNX model; give the complete .onnx export")]
     EmptyModel {
         /// The model file.
         path: PathBuf,

@@ -39,8 +39,7 @@ impl Model {
         if g.node.is_empty() && g.output.is_empty() && g.input.is_empty() && g.initializer.is_empty() {
             return Err(GraphError::EmptyModel { path: path.to_path_buf(), bytes: bytes.len() });
         }
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        let dir = model_dir(path);
 
         let mut hasher = Sha256::new();
         hasher.update(&bytes);
@@ -226,16 +225,16 @@ impl Model {
     /// The files this model is read from: the model file and every external data file it references. An
     /// output must not overwrite any of them.
     pub fn input_files(&self) -> Vec<PathBuf> {
-        let mut files = vec![self.path.clone()];
-        for tensor in stored_tensors(&self.proto.graph) {
-            if let Ok(Some(ext)) = external::parse_ref(&self.path, tensor) {
-                let file = self.dir.join(&ext.location);
-                if !files.contains(&file) {
-                    files.push(file);
-                }
-            }
-        }
-        files
+        referenced_files(&self.path, &self.dir, &self.proto.graph)
+    }
+
+    /// [`Model::input_files`] of the model at `path`, from its protobuf alone: the external data is neither
+    /// read nor hashed (for the check of a command line's outputs, before any work).
+    pub fn files_of(path: &Path) -> Result<Vec<PathBuf>, GraphError> {
+        let bytes = safe_io::read(path, safe_io::limits::MODEL, "an ONNX model")?;
+        let proto = ModelProto::parse_from_bytes(&bytes)
+            .map_err(|source| GraphError::Decode { path: path.to_path_buf(), source })?;
+        Ok(referenced_files(path, &model_dir(path), &proto.graph))
     }
 
     /// Serialized protobuf bytes of the (possibly edited) model. External data stays referenced, so the bytes
@@ -366,6 +365,28 @@ pub(crate) fn stored_tensors_mut(graph: &mut onnx_protobuf::GraphProto) -> Vec<&
         }
     }
     out
+}
+
+/// The folder external data is read from: the model's own.
+fn model_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// The model file and every external data file its tensors reference, each once.
+fn referenced_files(path: &Path, dir: &Path, graph: &onnx_protobuf::GraphProto) -> Vec<PathBuf> {
+    let mut files = vec![path.to_path_buf()];
+    for tensor in stored_tensors(graph) {
+        if let Ok(Some(ext)) = external::parse_ref(path, tensor) {
+            let file = dir.join(&ext.location);
+            if !files.contains(&file) {
+                files.push(file);
+            }
+        }
+    }
+    files
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

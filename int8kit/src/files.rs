@@ -92,9 +92,10 @@ impl Command {
     }
 }
 
-/// The files a model is read from (the model and its external data), for [`RunFiles::check`].
+/// The files a model is read from (the model and its external data), for [`RunFiles::check`]: listed from the
+/// protobuf, without reading or hashing the data.
 fn model_files(model: &Path) -> Result<Vec<PathBuf>, String> {
-    graph::Model::load(model).map(|m| m.input_files()).map_err(|e| e.to_string())
+    graph::Model::files_of(model).map_err(|e| e.to_string())
 }
 
 /// Refuses the command line before any work when an output would be, hold or sit inside an input or another

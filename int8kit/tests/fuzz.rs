@@ -348,44 +348,19 @@ proptest! {
             };
         }
         let before = safe_io::outputs::inspect(&target);
-        let snapshot = |d: &Path| -> Vec<(String, Vec<u8>)> {
-            let mut out = Vec::new();
-            for e in walk(d) {
-                let bytes = if e.is_file() { std::fs::read(&e).unwrap_or_default() } else { Vec::new() };
-                out.push((e.strip_prefix(d).unwrap().to_string_lossy().into_owned(), bytes));
-            }
-            out.sort();
-            out
-        };
-        let tree = snapshot(dir.path());
+        let tree = test_support::tree(dir.path());
         match safe_io::OutputDir::new(&target) {
             Err(_) => {
                 prop_assert!(before.is_err());
-                prop_assert_eq!(snapshot(dir.path()), tree, "a refusal changed something");
+                prop_assert_eq!(test_support::tree(dir.path()), tree, "a refusal changed something");
             }
             Ok(set) => {
                 prop_assert!(before.is_ok(), "accepted a folder inspect refuses");
                 std::fs::write(set.path().join("model.qdq.onnx"), "new").unwrap();
                 set.commit().unwrap();
-                let after: Vec<String> = snapshot(dir.path()).into_iter().map(|(n, _)| n).collect();
+                let after: Vec<String> = test_support::tree(dir.path()).into_keys().collect();
                 prop_assert_eq!(after, vec!["out".to_string(), "out/int8kit.manifest.json".into(), "out/model.qdq.onnx".into()]);
             }
         }
     }
-}
-
-/// Every path below `dir` (symlinks not followed).
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
-                stack.push(p.clone());
-            }
-            out.push(p);
-        }
-    }
-    out
 }

@@ -97,27 +97,10 @@ fn a_failed_validate_leaves_no_stale_verdict() {
     assert_eq!(leftovers.len(), 1, "staging folders were left: {leftovers:?}");
 }
 
-/// Every file under `dir` (relative path -> bytes; folders as `None`), skipping what `skip` names (the run's
-/// own outputs and staging folders).
+/// Every entry under `dir` ([`test_support::tree`]) but what `skip` names (the run's own outputs and staging
+/// folders).
 fn snapshot(dir: &Path, skip: &dyn Fn(&str) -> bool) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            let rel = path.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-            if skip(&rel) {
-                continue;
-            }
-            if std::fs::symlink_metadata(&path).unwrap().is_dir() {
-                out.insert(rel, None);
-                stack.push(path);
-            } else {
-                out.insert(rel, Some(std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    out
+    test_support::tree(dir).into_iter().filter(|(rel, _)| !skip(rel)).collect()
 }
 
 /// A small copy of the fixture images (10 calibration images; 2 classes of 5 validation images) and the
@@ -156,43 +139,27 @@ fn writers(t: &Path, out: &Path) -> Vec<(&'static str, Vec<std::ffi::OsString>)>
         v.extend(common.clone());
         v
     };
+    let sensitivity: Vec<std::ffi::OsString> = os(&[
+        &"sensitivity",
+        &"--model",
+        &model,
+        &"--hist",
+        &hist,
+        &"--val",
+        &val,
+        &"--recipe",
+        &recipe,
+        &"--limit",
+        &"4",
+    ]);
     vec![
         ("calibrate", with(os(&[&"calibrate", &"--model", &model, &"--images", &calib, &"--recipe", &recipe]))),
         ("quantize", with(os(&[&"quantize", &"--model", &model, &"--images", &calib, &"--recipe", &recipe]))),
         ("analyze", with(os(&[&"analyze", &"--model", &model, &"--hist", &hist]))),
-        (
-            "sensitivity",
-            with(os(&[
-                &"sensitivity",
-                &"--model",
-                &model,
-                &"--hist",
-                &hist,
-                &"--val",
-                &val,
-                &"--recipe",
-                &recipe,
-                &"--limit",
-                &"4",
-            ])),
-        ),
+        ("sensitivity", with(sensitivity.clone())),
         (
             "autoprecision",
-            with(os(&[
-                &"autoprecision",
-                &"--model",
-                &model,
-                &"--hist",
-                &hist,
-                &"--val",
-                &val,
-                &"--recipe",
-                &recipe,
-                &"--limit",
-                &"4",
-                &"--min-cosine",
-                &"0.5",
-            ])),
+            with([&["autoprecision".into()], &sensitivity[1..], &os(&[&"--min-cosine", &"0.5"])].concat()),
         ),
         (
             "validate",

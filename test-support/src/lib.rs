@@ -12,6 +12,32 @@ use datasets::{Dataset, Recipe};
 
 pub mod text_tower;
 
+/// Every entry below `dir`, symlinks not followed: its path relative to `dir` -> the bytes of a file, the
+/// target of a symlink (prefixed `-> `), or `None` for a folder. Tests compare two of these to prove that
+/// nothing changed.
+pub fn tree(dir: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let rel = path.strip_prefix(dir).expect("below dir").to_string_lossy().into_owned();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            let value = if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+                Some(format!("-> {target}").into_bytes())
+            } else if meta.is_dir() {
+                stack.push(path);
+                None
+            } else {
+                Some(std::fs::read(entry.path()).unwrap_or_default())
+            };
+            out.insert(rel, value);
+        }
+    }
+    out
+}
+
 /// The workspace root (this crate lives one level below it).
 pub fn root() -> PathBuf {
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
