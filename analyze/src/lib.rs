@@ -79,6 +79,14 @@ pub enum AnalyzeError {
     /// A tensor name cannot be written into the calibration cache.
     #[error("tensor {0:?} has a line break or another control character in its name, which TensorRT's calibration cache (one tensor per line) cannot hold; rename the tensor in the model")]
     CacheName(String),
+    /// The Q/DQ model built would break TensorRT's rules ([`lint`]): nothing is written.
+    #[error("{}: the Q/DQ model built for it breaks {} of TensorRT's rules, so nothing was written (a bug in int8kit: please report it with the model's opset and these lines):{}", path.display(), errors.len(), errors.iter().map(|f| format!("\n  error[{}] {}: {} (rule: {})", f.rule, f.node, f.message, f.source)).collect::<String>())]
+    Lint {
+        /// The model the artifacts are for.
+        path: PathBuf,
+        /// The errors, each naming the node and the rule.
+        errors: Vec<lint::Finding>,
+    },
     /// A CSV artifact could not be encoded.
     #[error("cannot encode {file}: {source}")]
     Csv {
@@ -216,8 +224,9 @@ pub fn build_qdq(
     max_abs: &HashMap<String, f32>,
     weight_clips: &qdq::WeightClips,
 ) -> Result<(graph::proto::ModelProto, qdq::QdqSummary), AnalyzeError> {
-    let (proto, summary) = qdq::insert_qdq(model, decisions, options, amax, weight_clips)?;
-    let proto = float_type::convert(model, proto, effective_float_type(model, options), max_abs)?;
+    let float_type = effective_float_type(model, options);
+    let (proto, summary) = qdq::insert_qdq(model, decisions, options, amax, weight_clips, float_type)?;
+    let proto = float_type::convert(model, proto, float_type, max_abs)?;
     Ok((proto, summary))
 }
 
@@ -263,7 +272,8 @@ pub struct TensorRange {
     pub method: String,
     /// The clipping threshold.
     pub amax: f32,
-    /// The Q/DQ scale: amax / 127 in float32.
+    /// The Q/DQ scale as the model stores it: amax / 127, kept within the scale type's normal range and
+    /// rounded to it (`qdq::stored_scale`).
     pub scale: f32,
     /// Share of values beyond amax (from the histogram).
     pub clipped: f64,
@@ -410,7 +420,9 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
     let amax = activation_amax(hist, &model.proto.graph, options.method, &options.per_tensor);
     let (qdq, summary) =
         build_qdq(&model, &decisions, &options.placement, &amax, &max_abs(hist), &options.weight_clip)?;
-    let quantized: HashMap<&str, f32> = summary.activations.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+    let quantized: HashMap<&str, (f32, f32)> =
+        summary.activations.iter().map(|(n, a, scale)| (n.as_str(), (*a, *scale))).collect();
+    let scale_type = effective_float_type(&model, &options.placement);
 
     let mut methods: Vec<Method> = Method::ALL_DEFAULT.to_vec();
     if !methods.contains(&options.method) {
@@ -420,14 +432,17 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
         .tensors
         .iter()
         .map(|t| {
-            let a = quantized.get(t.name.as_str()).copied().unwrap_or(amax[&t.name]);
+            let (a, scale) = quantized
+                .get(t.name.as_str())
+                .copied()
+                .unwrap_or_else(|| (amax[&t.name], qdq::stored_scale(amax[&t.name], scale_type)));
             TensorRange {
                 name: t.name.clone(),
                 op: t.op.clone(),
                 quantized: quantized.contains_key(t.name.as_str()),
                 method: tensor_method(t, &image, options.method, &options.per_tensor).name(),
                 amax: a,
-                scale: a / 127.0,
+                scale,
                 clipped: scales::clipped_share(&t.stats, a),
                 amax_by_method: methods.iter().map(|m| (m.name(), scales::amax(&t.stats, *m))).collect(),
             }
@@ -507,8 +522,21 @@ pub fn analyze(model_path: &Path, hist: &HistFile, options: &AnalyzeOptions) -> 
 
 impl Analysis {
     /// Writes the artifacts into `dir` (each through a temporary file and a rename): model.qdq.onnx,
-    /// ranges.json, ranges.csv and, when the statistics cover every activation, calibration.cache.
-    pub fn write(&self, dir: &Path) -> Result<(), AnalyzeError> {
+    /// ranges.json, ranges.csv and, when the statistics cover every activation, calibration.cache. The Q/DQ
+    /// model is linted first: with an error nothing is written ([`AnalyzeError::Lint`]); warnings are logged
+    /// and returned.
+    pub fn write(&self, dir: &Path) -> Result<Vec<lint::Finding>, AnalyzeError> {
+        let findings = lint::lint_proto(&self.qdq, &self.model)?;
+        let (errors, warnings): (Vec<_>, Vec<_>) =
+            findings.into_iter().partition(|f| f.severity == lint::Severity::Error);
+        if !errors.is_empty() {
+            return Err(AnalyzeError::Lint { path: self.model.path.clone(), errors });
+        }
+        // The warnings are about TensorRT's fusions: a model placed for ONNX Runtime leaves those out on purpose.
+        let for_tensorrt = self.ranges.target == Target::TensorRt.name();
+        for w in warnings.iter().filter(|_| for_tensorrt) {
+            tracing::warn!("model.qdq.onnx: warning[{}] {}: {}", w.rule, w.node, w.message);
+        }
         std::fs::create_dir_all(dir).map_err(|source| AnalyzeError::Io { path: dir.into(), source })?;
         graph::save_model(&self.model, self.qdq.clone(), &dir.join("model.qdq.onnx"))?;
         if let Cache::Written(text) = &self.cache {
@@ -516,7 +544,7 @@ impl Analysis {
         }
         safe_io::write_atomic(&dir.join("ranges.json"), &self.ranges.to_json()?)?;
         safe_io::write_atomic(&dir.join("ranges.csv"), &self.ranges_csv()?)?;
-        Ok(())
+        Ok(warnings)
     }
 
     /// ranges.csv's bytes.

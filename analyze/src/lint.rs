@@ -65,13 +65,20 @@ fn is_qdq(op: &str) -> bool {
 
 /// Every finding for `model`, errors first, then in graph order.
 pub fn lint(model: &Model) -> Result<Vec<Finding>, AnalyzeError> {
-    let graph = &model.proto.graph;
+    lint_proto(&model.proto, model)
+}
+
+/// [`lint`] of a model built in memory (`proto`), whose external data, if any, is `data`'s: what `analyze`
+/// checks before it writes anything.
+pub fn lint_proto(proto: &graph::proto::ModelProto, data: &Model) -> Result<Vec<Finding>, AnalyzeError> {
+    let model = data;
+    let graph = &proto.graph;
     let index = GraphIndex::new(graph);
     let mut out = Vec::new();
     let mut push = |severity, rule, node: &NodeProto, message: String, source| {
         out.push(Finding { severity, rule, node: node.name.clone(), message, source });
     };
-    let opset = graph::default_opset(&model.proto);
+    let opset = graph::default_opset(proto);
     let dq_outputs: HashSet<&str> = graph
         .node
         .iter()
@@ -125,6 +132,26 @@ pub fn lint(model: &Model) -> Result<Vec<Finding>, AnalyzeError> {
                             format!("scale '{}' holds {v}; every scale must be finite and positive", node.input[1]),
                             ONNX_TRT,
                         );
+                    } else if t.data_type == DataType::FLOAT16 as i32 {
+                        // Positive, so TensorRT's parser takes it, but an FP16 subnormal keeps few significant
+                        // bits (or is flushed to zero where denormals are off): the int8 values no longer
+                        // mean what they were quantized for.
+                        let subnormal = values.iter().filter(|v| **v < crate::qdq::FP16_MIN_NORMAL).count();
+                        if subnormal > 0 {
+                            push(
+                                Severity::Warning,
+                                "scale-subnormal",
+                                node,
+                                format!(
+                                    "{subnormal} of the {} values of FP16 scale '{}' are FP16 subnormals (below \
+                                     2^-14): they keep few significant bits; quantize with scales of at least \
+                                     2^-14, or keep the scales in FP32",
+                                    values.len(),
+                                    node.input[1]
+                                ),
+                                ONNX_TRT,
+                            );
+                        }
                     }
                 }
                 if t.dims.iter().product::<i64>() > 1 && opset < 13 {

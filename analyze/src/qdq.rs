@@ -10,13 +10,13 @@ use graph::{GraphIndex, Model, UniqueNames};
 
 use crate::scales::ZERO_RANGE_AMAX;
 use crate::AnalyzeError;
-use placement::{Decision, PlacementOptions};
+use placement::{Decision, FloatType, PlacementOptions};
 
 /// What was quantized, for the tables and the cache.
 #[derive(Debug, Clone, Default)]
 pub struct QdqSummary {
-    /// Activation tensors given Q/DQ, with their amax, in graph order.
-    pub activations: Vec<(String, f32)>,
+    /// Activation tensors given Q/DQ, with their amax and the scale stored for it, in graph order.
+    pub activations: Vec<(String, f32, f32)>,
     /// Weight initializers stored as int8: (name, axis, the quantization), in node order.
     pub weights: Vec<(String, usize, QuantizedWeights)>,
 }
@@ -58,19 +58,47 @@ fn node(op: &str, name: &str, inputs: &[&str], output: &str, axis: Option<usize>
     n
 }
 
+/// FP16's smallest normal value, 2^-14. A smaller scale is an FP16 subnormal (fewer significant bits, flushed
+/// to zero where denormals are off) or, below 2^-25, zero, which TensorRT's ONNX parser refuses ("Scale
+/// coefficients must all be positive", onnx-tensorrt's QuantizeLinear/DequantizeLinear importer).
+pub const FP16_MIN_NORMAL: f32 = 6.103_515_6e-5;
+/// FP16's largest finite value.
+pub const FP16_MAX: f32 = 65504.0;
+
+/// The Q/DQ scale for `amax` as the model stores it in `scale_type`: amax/127, kept within the type's
+/// normal range (never 0, never subnormal, never infinite) and rounded to the type, so that the int8 values
+/// are computed with exactly the scale that TensorRT and ONNX Runtime read back. In strongly typed TensorRT a
+/// DequantizeLinear's output type is its scale's type (onnx-tensorrt's importer passes the scale type to
+/// addDequantize), so an FP16 model's scales must be FP16 values.
+pub fn stored_scale(amax: f32, scale_type: FloatType) -> f32 {
+    let scale = amax / 127.0;
+    match scale_type {
+        FloatType::Fp32 => scale.clamp(f32::MIN_POSITIVE, f32::MAX),
+        FloatType::Fp16 => half::f16::from_f32(scale.clamp(FP16_MIN_NORMAL, FP16_MAX)).to_f32(),
+    }
+}
+
 /// A weight quantized per channel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantizedWeights {
     /// The int8 values.
     pub q: Vec<i8>,
-    /// Per channel, the amax its scale is amax/127 of.
+    /// Per channel, the amax chosen (max |w| or the clip), before it became a stored scale.
     pub amax: Vec<f32>,
     /// Per channel, max |w| (equal to `amax` unless clipped).
     pub max: Vec<f32>,
+    /// Per channel, the scale stored in the model ([`stored_scale`] of `amax`), which `q` is quantized with.
+    pub scale: Vec<f32>,
 }
 
-/// Symmetric per-channel int8 weights along `axis`.
-pub fn quantize_weights(values: &[f32], dims: &[i64], axis: usize, clip: WeightClip) -> QuantizedWeights {
+/// Symmetric per-channel int8 weights along `axis`, with scales stored in `scale_type`.
+pub fn quantize_weights(
+    values: &[f32],
+    dims: &[i64],
+    axis: usize,
+    clip: WeightClip,
+    scale_type: FloatType,
+) -> QuantizedWeights {
     let channels = dims[axis] as usize;
     let inner: usize = dims[axis + 1..].iter().product::<i64>() as usize;
     let channel_of = |i: usize| (i / inner.max(1)) % channels.max(1);
@@ -94,16 +122,14 @@ pub fn quantize_weights(values: &[f32], dims: &[i64], axis: usize, clip: WeightC
             *a = ZERO_RANGE_AMAX;
         }
     }
+    let scale: Vec<f32> = amax.iter().map(|&a| stored_scale(a, scale_type)).collect();
     let q = values
         .iter()
         .enumerate()
-        .map(|(i, v)| {
-            let scale = amax[channel_of(i)] / 127.0;
-            // QuantizeLinear rounds half to even and saturates.
-            (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8
-        })
+        // QuantizeLinear rounds half to even and saturates.
+        .map(|(i, v)| (v / scale[channel_of(i)]).round_ties_even().clamp(-127.0, 127.0) as i8)
         .collect();
-    QuantizedWeights { q, amax, max }
+    QuantizedWeights { q, amax, max, scale }
 }
 
 /// How a weight channel's amax is chosen.
@@ -199,13 +225,16 @@ pub fn mse_clip(w: &[f32], max: f32) -> f32 {
     best.1
 }
 
-/// Builds the Q/DQ model. `amax` gives every activation's threshold (from the .hist and the method).
+/// Builds the Q/DQ model. `amax` gives every activation's threshold (from the .hist and the method); the
+/// scales are computed for storage in `scale_type` (see [`stored_scale`]) and written as float32, which the
+/// float-type conversion then turns into that type without rounding.
 pub fn insert_qdq(
     model: &Model,
     decisions: &[Decision],
     options: &PlacementOptions,
     amax: &HashMap<String, f32>,
     weight_clips: &WeightClips,
+    scale_type: FloatType,
 ) -> Result<(ModelProto, QdqSummary), AnalyzeError> {
     let source = &model.proto.graph;
     let opset = graph::default_opset(&model.proto);
@@ -274,7 +303,8 @@ pub fn insert_qdq(
         let zp_name = names.fresh(&format!("{tensor}_zero_point"));
         let q_out = names.fresh(&format!("{tensor}_quantized"));
         let dq_out = names.fresh(&format!("{tensor}_dequantized"));
-        graph.initializer.push(scalar_f32(&scale_name, a / 127.0));
+        let scale = stored_scale(a, scale_type);
+        graph.initializer.push(scalar_f32(&scale_name, scale));
         graph.initializer.push(zero_points(&zp_name, None));
         let q = node(
             "QuantizeLinear",
@@ -294,7 +324,7 @@ pub fn insert_qdq(
         for &(n, slot) in uses {
             graph.node[n].input[slot] = dq_out.clone();
         }
-        summary.activations.push((tensor.clone(), a));
+        summary.activations.push((tensor.clone(), a, scale));
     }
 
     // Weights: int8 initializers behind a per-channel DequantizeLinear.
@@ -311,8 +341,8 @@ pub fn insert_qdq(
             message: format!("weight '{w_name}' of node '{}' is not a constant", source.node[n].name),
         })?;
         let values = model.tensor_f32(w)?;
-        let quantized = quantize_weights(&values, &w.dims, axis, weight_clips.of(&source.node[n].name));
-        let (q, ch_amax) = (&quantized.q, &quantized.amax);
+        let quantized = quantize_weights(&values, &w.dims, axis, weight_clips.of(&source.node[n].name), scale_type);
+        let (q, ch_scale) = (&quantized.q, &quantized.scale);
         let mut qt = TensorProto::new();
         qt.name = names.fresh(&format!("{w_name}_quantized"));
         qt.data_type = DataType::INT8 as i32;
@@ -321,9 +351,9 @@ pub fn insert_qdq(
         let mut st = TensorProto::new();
         st.name = names.fresh(&format!("{w_name}_scale"));
         st.data_type = DataType::FLOAT as i32;
-        st.dims = vec![ch_amax.len() as i64];
-        st.float_data = ch_amax.iter().map(|a| a / 127.0).collect();
-        let zp = zero_points(&names.fresh(&format!("{w_name}_zero_point")), Some(ch_amax.len()));
+        st.dims = vec![ch_scale.len() as i64];
+        st.float_data = ch_scale.clone();
+        let zp = zero_points(&names.fresh(&format!("{w_name}_zero_point")), Some(ch_scale.len()));
         let dq_out = names.fresh(&format!("{w_name}_dequantized"));
         let dq = node(
             "DequantizeLinear",
@@ -444,7 +474,8 @@ mod tests {
         let amax: HashMap<String, f32> =
             [("x", 2.0f32), ("c", 1.0), ("y", 3.0)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
         let (proto, summary) =
-            insert_qdq(&model, &decisions, &Default::default(), &amax, &WeightClips::default()).unwrap();
+            insert_qdq(&model, &decisions, &Default::default(), &amax, &WeightClips::default(), FloatType::Fp32)
+                .unwrap();
         let nodes = &proto.graph.node;
         let dq_outputs: Vec<&str> =
             nodes.iter().filter(|n| n.op_type == "DequantizeLinear").map(|n| n.output[0].as_str()).collect();
@@ -455,7 +486,7 @@ mod tests {
         let concat = nodes.iter().find(|n| n.name == "concat").unwrap();
         assert!(concat.input.iter().all(|i| dq_outputs.contains(&i.as_str())));
         let shared: Vec<f32> =
-            summary.activations.iter().filter(|(n, _)| n == "x" || n == "y").map(|(_, a)| *a).collect();
+            summary.activations.iter().filter(|(n, ..)| n == "x" || n == "y").map(|(_, a, _)| *a).collect();
         assert_eq!(shared, vec![3.0, 3.0]);
         // The float weight is gone, replaced by its int8 copy.
         assert!(proto.graph.initializer.iter().all(|t| t.name != "w"));
@@ -467,7 +498,7 @@ mod tests {
         let values: Vec<f32> = (0..12).map(|i| ((i * 37) % 11) as f32 * 0.173 - 0.8).chain([]).collect();
         let mut values = values;
         values[4..8].iter_mut().for_each(|v| *v = 0.0); // an all-zero channel
-        let QuantizedWeights { q, amax, .. } = quantize_weights(&values, &dims, 0, WeightClip::Max);
+        let QuantizedWeights { q, amax, .. } = quantize_weights(&values, &dims, 0, WeightClip::Max, FloatType::Fp32);
         assert_eq!(amax[1], ZERO_RANGE_AMAX);
         for (i, (&v, &qv)) in values.iter().zip(&q).enumerate() {
             let scale = amax[i / 4] / 127.0;
@@ -475,7 +506,7 @@ mod tests {
         }
         // Axis 1 of a [2, 3] matrix: per column.
         let QuantizedWeights { q, amax, .. } =
-            quantize_weights(&[1.0, -2.0, 0.5, -1.0, 4.0, 0.25], &[2, 3], 1, WeightClip::Max);
+            quantize_weights(&[1.0, -2.0, 0.5, -1.0, 4.0, 0.25], &[2, 3], 1, WeightClip::Max, FloatType::Fp32);
         assert_eq!(amax, vec![1.0, 4.0, 0.5]);
         assert_eq!(q, vec![127, -64, 127, -127, 127, 64]);
     }
@@ -502,7 +533,30 @@ mod tests {
         // Evenly spread weights: max is already the best, and ties keep it.
         let flat: Vec<f32> = (-127..=127).map(|i| i as f32 / 127.0).collect();
         assert_eq!(mse_clip(&flat, 1.0), 1.0);
-        let w = quantize_weights(&tailed, &[1, tailed.len() as i64], 0, WeightClip::Mse);
+        let w = quantize_weights(&tailed, &[1, tailed.len() as i64], 0, WeightClip::Mse, FloatType::Fp32);
         assert_eq!((w.amax, w.max), (vec![clip], vec![max]));
+    }
+
+    #[test]
+    fn fp16_scales_are_normal_fp16_values_and_the_weights_use_exactly_them() {
+        // amax 1e-6 would give a scale of 7.9e-9, which FP16 stores as 0; 1e-3 a subnormal.
+        let scales: Vec<f32> = [1e-6f32, 1e-3, 0.5, 1e7].iter().map(|&a| stored_scale(a, FloatType::Fp16)).collect();
+        for &s in &scales {
+            let h = half::f16::from_f32(s);
+            assert!(h.is_normal() && h.to_f32() == s, "{s} is not a normal FP16 value");
+        }
+        assert_eq!(scales[0], FP16_MIN_NORMAL);
+        assert_eq!(scales[3], FP16_MAX);
+        assert!(stored_scale(0.0, FloatType::Fp32) > 0.0);
+        assert_eq!(stored_scale(0.5, FloatType::Fp32), 0.5 / 127.0);
+        // A channel of tiny weights: quantized with the stored scale, not with amax/127, so dequantizing the
+        // stored bytes gives the weights within half a stored step.
+        let values = [1e-3f32, -5e-4, 2.5e-4, 0.7, -0.3, 0.1];
+        let w = quantize_weights(&values, &[2, 3], 0, WeightClip::Max, FloatType::Fp16);
+        for (i, (&v, &q)) in values.iter().zip(&w.q).enumerate() {
+            let scale = w.scale[i / 3];
+            assert!((q as f32 * scale - v).abs() <= scale / 2.0 + 1e-9, "{i}: {v} -> {q} x {scale}");
+        }
+        assert_eq!(w.scale[0], FP16_MIN_NORMAL);
     }
 }

@@ -151,6 +151,8 @@ pub trait BatchModel: Send {
     fn fixed_batch(&self) -> Option<usize> {
         None
     }
+    /// What computes the outputs, for the report (`onnxruntime, graph optimization all`, ...).
+    fn evaluation(&self) -> String;
 }
 
 /// Images per batch in evaluations, unless a model fixes its batch.
@@ -178,6 +180,23 @@ fn stream_options(batch_size: usize) -> StreamOptions {
     StreamOptions { batch_size, ..Default::default() }
 }
 
+/// The session that evaluates `graph` as it is written. A graph that computes in FP16 or BF16 runs with ONNX
+/// Runtime's graph rewrites off: its CPU provider has no FP16 kernels for most ops and runs such layers in
+/// float32 between inserted Casts, and which FP16 roundings survive depends on the rewrites (constant folding
+/// of Constant -> Cast chains, for one, merges float32 islands and drops roundings the graph has), so an
+/// optimized session computes another function than the graph's (README, "Evaluating FP16 graphs").
+pub fn evaluation_config(
+    label: &str,
+    placement: runtime::Placement,
+    graph: &graph::proto::GraphProto,
+) -> runtime::SessionConfig {
+    let mut cfg = runtime::SessionConfig::new(label).place(placement);
+    if graph::computes_in_low_precision(graph) {
+        cfg.graph_optimization = runtime::GraphOptimization::Disabled;
+    }
+    cfg
+}
+
 /// An ONNX Runtime (CPU) session over a model file, as a [`BatchModel`].
 pub fn ort_model(
     path: &Path,
@@ -194,6 +213,7 @@ struct Runner {
     label: String,
     seconds: f64,
     fixed_batch: Option<usize>,
+    graph_optimization: runtime::GraphOptimization,
 }
 
 impl Runner {
@@ -203,13 +223,14 @@ impl Runner {
         let output = m.proto.graph.output.first().ok_or_else(no_output)?.name.clone();
         let input = calibrate::batch_input(&m, feed)?;
         let label = path.display().to_string();
-        let mut cfg = runtime::SessionConfig::new(&label).place(placement);
+        let mut cfg = evaluation_config(&label, placement, &m.proto.graph);
         cfg.external_data_dir = Some(m.dir.clone());
         // Two sessions take turns: a spinning idle pool of one would steal the cores of the other.
         cfg.spinning = false;
         let session = runtime::session_from_bytes(&m.to_bytes()?, &cfg)?;
         let fixed_batch = m.fixed_batch(&input);
-        Ok(Runner { session, input, output, label, seconds: 0.0, fixed_batch })
+        let graph_optimization = cfg.graph_optimization;
+        Ok(Runner { session, input, output, label, seconds: 0.0, fixed_batch, graph_optimization })
     }
 }
 
@@ -220,6 +241,10 @@ impl BatchModel for Runner {
 
     fn fixed_batch(&self) -> Option<usize> {
         self.fixed_batch
+    }
+
+    fn evaluation(&self) -> String {
+        format!("onnxruntime, graph optimization {}", self.graph_optimization.name())
     }
 
     fn run(&mut self, batch: &datasets::Batch) -> Result<Vec<f32>, EvaluateError> {
@@ -888,6 +913,7 @@ pub struct Recorded {
     next: usize,
     seconds: f64,
     fixed_batch: Option<usize>,
+    evaluation: String,
 }
 
 impl Recorded {
@@ -899,7 +925,13 @@ impl Recorded {
             let batch = batch?;
             rows.push(model.run(&batch)?);
         }
-        Ok(Recorded { rows, next: 0, seconds: model.seconds(), fixed_batch: model.fixed_batch() })
+        Ok(Recorded {
+            rows,
+            next: 0,
+            seconds: model.seconds(),
+            fixed_batch: model.fixed_batch(),
+            evaluation: model.evaluation(),
+        })
     }
 
     /// Starts the replay from the first batch again.
@@ -924,6 +956,10 @@ impl BatchModel for Recorded {
 
     fn fixed_batch(&self) -> Option<usize> {
         self.fixed_batch
+    }
+
+    fn evaluation(&self) -> String {
+        self.evaluation.clone()
     }
 }
 
@@ -993,7 +1029,13 @@ mod tests {
     #[test]
     fn recorded_outputs_replay_in_order_and_rewind() {
         let batch = datasets::Batch { items: vec![], shape: [0; 4], data: vec![], tensors: vec![] };
-        let mut rec = Recorded { rows: vec![vec![1.0], vec![2.0]], next: 0, seconds: 0.0, fixed_batch: None };
+        let mut rec = Recorded {
+            rows: vec![vec![1.0], vec![2.0]],
+            next: 0,
+            seconds: 0.0,
+            fixed_batch: None,
+            evaluation: String::new(),
+        };
         assert_eq!(rec.run(&batch).unwrap(), vec![1.0]);
         assert_eq!(rec.run(&batch).unwrap(), vec![2.0]);
         assert!(rec.run(&batch).unwrap_err().to_string().contains("2 recorded batches"));

@@ -263,7 +263,7 @@ impl<'a> Evaluator<'a> {
             weight_clip: &inputs.weight_clip,
             max_abs: analyze::max_abs(&inputs.hist),
         };
-        ev.fp32 = ev.outputs(&model.to_bytes()?)?;
+        ev.fp32 = ev.outputs(&model.proto)?;
         ev.check_finite(&ev.fp32, true)?;
         for (batch, rows) in ev.batches.iter().zip(&ev.fp32) {
             let width = rows.len() / batch.items.len().max(1);
@@ -301,17 +301,22 @@ impl<'a> Evaluator<'a> {
         })
     }
 
-    fn outputs(&self, bytes: &[u8]) -> Result<Vec<Vec<f32>>, EvaluateError> {
-        self.outputs_on(bytes, self.devices[0])
+    fn outputs(&self, proto: &graph::proto::ModelProto) -> Result<Vec<Vec<f32>>, EvaluateError> {
+        self.outputs_on(proto, self.devices[0])
     }
 
     /// The outputs of a model variant on one device.
-    fn outputs_on(&self, bytes: &[u8], device: runtime::Device) -> Result<Vec<Vec<f32>>, EvaluateError> {
+    fn outputs_on(
+        &self,
+        proto: &graph::proto::ModelProto,
+        device: runtime::Device,
+    ) -> Result<Vec<Vec<f32>>, EvaluateError> {
         let label = self.model.path.display().to_string();
         let placement = runtime::Placement { threads: self.threads, device };
-        let mut cfg = runtime::SessionConfig::new(&label).place(placement);
+        let mut cfg = crate::compare::evaluation_config(&label, placement, &proto.graph);
         cfg.external_data_dir = Some(self.model.dir.clone());
-        let mut session = runtime::session_from_bytes(bytes, &cfg)?;
+        let bytes = graph::proto::Message::write_to_bytes(proto).map_err(graph::GraphError::Encode)?;
+        let mut session = runtime::session_from_bytes(&bytes, &cfg)?;
         self.batches
             .iter()
             .map(|b| runtime::run_rows(&mut session, &label, &b.inputs(&self.input), &self.output).map_err(Into::into))
@@ -368,8 +373,7 @@ impl<'a> Evaluator<'a> {
         device: runtime::Device,
     ) -> Result<Effect, EvaluateError> {
         let (proto, _) = analyze::build_qdq(self.model, decisions, &self.qdq, amax, &self.max_abs, self.weight_clip)?;
-        let bytes = graph::proto::Message::write_to_bytes(&proto).map_err(graph::GraphError::Encode)?;
-        let outputs = self.outputs_on(&bytes, device)?;
+        let outputs = self.outputs_on(&proto, device)?;
         self.check_finite(&outputs, false)?;
         self.effect(&outputs)
     }
@@ -382,8 +386,7 @@ impl<'a> Evaluator<'a> {
         clips: &WeightClips,
     ) -> Result<Effect, EvaluateError> {
         let (proto, _) = analyze::build_qdq(self.model, decisions, &self.qdq, amax, &self.max_abs, clips)?;
-        let bytes = graph::proto::Message::write_to_bytes(&proto).map_err(graph::GraphError::Encode)?;
-        let outputs = self.outputs(&bytes)?;
+        let outputs = self.outputs(&proto)?;
         self.check_finite(&outputs, false)?;
         self.effect(&outputs)
     }
@@ -402,10 +405,11 @@ fn method_choices(
 ) -> Result<Vec<MethodChoice>, EvaluateError> {
     let graph = &ev.model.proto.graph;
     let amax = analyze::activation_amax(hist, graph, method, &Default::default());
-    let (_, summary) = analyze::qdq::insert_qdq(ev.model, decisions, &ev.qdq, &amax, ev.weight_clip)?;
+    let scale_type = analyze::effective_float_type(ev.model, &ev.qdq);
+    let (_, summary) = analyze::qdq::insert_qdq(ev.model, decisions, &ev.qdq, &amax, ev.weight_clip, scale_type)?;
     let image = analyze::max_calibrated(graph);
     let mut out = Vec::new();
-    for (tensor, _) in &summary.activations {
+    for (tensor, ..) in &summary.activations {
         // The image always uses max: nothing to choose.
         let Some(record) = hist.tensor(tensor).filter(|t| t.producer.is_some() && !image.contains(&t.name)) else {
             continue;

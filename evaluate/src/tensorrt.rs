@@ -126,6 +126,10 @@ impl BatchModel for TrtExec {
         self.seconds
     }
 
+    fn evaluation(&self) -> String {
+        "tensorrt (trtexec)".into()
+    }
+
     fn run(&mut self, batch: &datasets::Batch) -> Result<Vec<f32>, EvaluateError> {
         let input = self.work.join("input.bin");
         let output = self.work.join("output.json");

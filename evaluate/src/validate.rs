@@ -334,6 +334,12 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
             ])
         })
         .collect::<Result<Vec<_>, EvaluateError>>()?;
+    // Every device runs the same kinds of sessions: the first set says how each row is computed.
+    let evaluation = reports::Evaluation {
+        fp32: sets[0][0].evaluation(),
+        int8: sets[0][1].evaluation(),
+        fp16: sets[0][2].evaluation(),
+    };
     // The sessions hold their own copies: the protos go before the comparison (only the ranges are reported).
     let analyze::Analysis { ranges, .. } = { analysis };
     let parts =
@@ -419,6 +425,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         target: config.qdq.target.name().into(),
         float_type: ranges.float_type.into(),
         passed: criteria.iter().all(|c| c.passed),
+        evaluation,
         comparison,
         fp16: fp16_row,
         criteria,

@@ -56,6 +56,17 @@ impl ElemType {
     }
 }
 
+/// Whether a node of `graph` computes in FP16 or BF16: one that is not a Cast or a Constant has such an
+/// output (an FP16 layer, or a DequantizeLinear with an FP16 scale). Weights that are FP16 only in storage,
+/// read through a Cast to float32, do not count: the model computes in float32.
+pub fn computes_in_low_precision(graph: &GraphProto) -> bool {
+    let low = [DataType::FLOAT16 as i32, DataType::BFLOAT16 as i32];
+    let types = infer_element_types(graph);
+    graph.node.iter().filter(|n| !matches!(n.op_type.as_str(), "Cast" | "Constant")).any(|n| {
+        n.output.iter().any(|o| types.get(o).is_some_and(|t| low.contains(&t.0)))
+    })
+}
+
 fn type_of(tp: &TypeProto) -> Option<ElemType> {
     if tp.has_tensor_type() && tp.tensor_type().elem_type != 0 {
         Some(ElemType(tp.tensor_type().elem_type))
@@ -190,5 +201,38 @@ mod tests {
         assert_eq!(t["c"], ElemType::FLOAT);
         assert_eq!(t["e"], ElemType::BOOL);
         assert_eq!(t["w"], ElemType::FLOAT);
+    }
+
+    fn cast(input: &str, output: &str, to: DataType) -> NodeProto {
+        let mut c = node("Cast", &[input], &[output]);
+        let mut a = onnx_protobuf::AttributeProto::new();
+        a.name = "to".into();
+        a.i = to as i64;
+        a.type_ = AttributeType::INT.into();
+        c.attribute.push(a);
+        c
+    }
+
+    #[test]
+    fn low_precision_means_a_layer_computes_in_it_not_that_a_weight_is_stored_in_it() {
+        let mut g = GraphProto::new();
+        let mut x = onnx_protobuf::ValueInfoProto::new();
+        x.name = "x".into();
+        let mut tp = TypeProto::new();
+        tp.mut_tensor_type().elem_type = DataType::FLOAT as i32;
+        x.type_ = Some(tp).into();
+        g.input.push(x);
+        let mut w = onnx_protobuf::TensorProto::new();
+        w.name = "w16".into();
+        w.data_type = DataType::FLOAT16 as i32;
+        g.initializer.push(w);
+        // FP16 storage read through a Cast: float32 computation.
+        g.node.push(cast("w16", "w", DataType::FLOAT));
+        g.node.push(node("Mul", &["x", "w"], &["y"]));
+        assert!(!computes_in_low_precision(&g));
+        // An FP16 layer.
+        g.node.push(cast("y", "y16", DataType::FLOAT16));
+        g.node.push(node("Relu", &["y16"], &["r16"]));
+        assert!(computes_in_low_precision(&g));
     }
 }

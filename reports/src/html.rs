@@ -148,6 +148,13 @@ pub fn render_html(report: &Report) -> String {
         escape(&report.validation_folder),
         escape(&report.model_sha256)
     ));
+    let e = &report.evaluation;
+    page.push_str(&format!(
+        "<p>Computed by: FP32 <b>{}</b>; FP16 <b>{}</b>; INT8 <b>{}</b>.</p>",
+        escape(&e.fp32),
+        escape(&e.fp16),
+        escape(&e.int8)
+    ));
     // The source article's three rows side by side: FP32, the model in FP16 without Q/DQ, INT8.
     let h = report.fp16.as_ref();
     let fp16_cell = |f: &dyn Fn(&crate::FloatRow) -> String| h.map(f).unwrap_or_else(|| "not measured".into());

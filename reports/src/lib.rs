@@ -14,7 +14,7 @@ pub use html::render_html;
 /// The `format` value of report.json.
 pub const REPORT_FORMAT: &str = "int8kit.report";
 /// The report.json version; bump on any incompatible change.
-pub const REPORT_VERSION: u32 = 4;
+pub const REPORT_VERSION: u32 = 5;
 
 /// Errors writing reports or reading a baseline.
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +167,27 @@ pub struct BaselineRef {
     pub across_models: bool,
 }
 
+/// What computed each row of a report: `onnxruntime, graph optimization all` (ONNX Runtime with its graph
+/// rewrites), `onnxruntime, graph optimization disabled` (the graph's nodes as written: FP16 graphs, whose
+/// results ONNX Runtime's CPU rewrites change) or `tensorrt (trtexec)`. `unrecorded` in reports before
+/// version 5.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// The FP32 reference.
+    pub fp32: String,
+    /// The INT8 (Q/DQ) model.
+    pub int8: String,
+    /// The FP16 model without Q/DQ.
+    pub fp16: String,
+}
+
+impl Default for Evaluation {
+    fn default() -> Evaluation {
+        let unrecorded = || "unrecorded".to_string();
+        Evaluation { fp32: unrecorded(), int8: unrecorded(), fp16: unrecorded() }
+    }
+}
+
 /// `report.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -207,6 +228,9 @@ pub struct Report {
     pub target: String,
     /// The float type of the INT8 model's non-INT8 parts (`fp32`, `fp16`).
     pub float_type: String,
+    /// How each row's outputs were computed (the ONNX Runtime graph optimization level, or trtexec).
+    #[serde(default)]
+    pub evaluation: Evaluation,
     /// FP32 against INT8.
     pub comparison: Comparison,
     /// FP32 against the model converted to FP16 without Q/DQ.
@@ -249,8 +273,9 @@ impl Report {
             return Err(bad(format!("format is not \"{REPORT_FORMAT}\"")));
         }
         match value.get("version").and_then(|v| v.as_u64()) {
-            // Version 4 only allowed a null Top-1/Top-5 (unlabelled folders): a version 3 report reads as is.
-            Some(v) if v == REPORT_VERSION as u64 || v == 3 => {}
+            // Version 5 only added `evaluation`, version 4 only allowed a null Top-1/Top-5 (unlabelled folders):
+            // version 3 and 4 reports read as is (`evaluation` unrecorded).
+            Some(v) if v == REPORT_VERSION as u64 || v == 3 || v == 4 => {}
             // Version 3 only added the FP16 row, target and float type: a version 2 baseline still compares.
             Some(2) => {
                 let mut value = value;

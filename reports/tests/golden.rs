@@ -34,6 +34,11 @@ fn sample() -> Report {
         int8_flop_share: 0.9375,
         target: "tensorrt".into(),
         float_type: "fp16".into(),
+        evaluation: reports::Evaluation {
+            fp32: "onnxruntime, graph optimization all".into(),
+            int8: "onnxruntime, graph optimization disabled".into(),
+            fp16: "onnxruntime, graph optimization disabled".into(),
+        },
         comparison: Comparison {
             images: 8,
             fp32: metrics(0.875),
@@ -155,4 +160,13 @@ fn a_version_3_report_still_reads_as_a_baseline() {
     let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/report.v3.json");
     let r = Report::read(&old).unwrap();
     assert_eq!((r.version, r.comparison.int8.top1), (3, Some(0.75)));
+    assert_eq!(r.evaluation, reports::Evaluation::default(), "a report before version 5 has it unrecorded");
+}
+
+#[test]
+fn a_version_4_report_reads_with_its_evaluation_unrecorded() {
+    let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/report.v4.json");
+    let r = Report::read(&old).unwrap();
+    assert_eq!(r.version, 4);
+    assert_eq!(r.evaluation.int8, "unrecorded");
 }

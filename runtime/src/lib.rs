@@ -108,6 +108,30 @@ pub struct SessionConfig {
     pub label: String,
     /// Where the model runs: ONNX Runtime's CPU EP, or its CUDA EP (TF32 off) on one GPU.
     pub device: Device,
+    /// Whether ONNX Runtime rewrites the graph before running it.
+    pub graph_optimization: GraphOptimization,
+}
+
+/// How much ONNX Runtime may rewrite a graph before it runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GraphOptimization {
+    /// Every level of rewrites (fusions, constant folding, layout changes): the fast path, for graphs whose
+    /// result the rewrites do not change.
+    #[default]
+    All,
+    /// None: the nodes run as the graph lists them. For graphs that compute in FP16/BF16, whose result ONNX
+    /// Runtime's CPU rewrites change (README, "Evaluating FP16 graphs").
+    Disabled,
+}
+
+impl GraphOptimization {
+    /// The name reports use: `all` or `disabled`.
+    pub fn name(self) -> &'static str {
+        match self {
+            GraphOptimization::All => "all",
+            GraphOptimization::Disabled => "disabled",
+        }
+    }
 }
 
 impl SessionConfig {
@@ -126,14 +150,19 @@ impl SessionConfig {
             spinning: true,
             label: label.into(),
             device: Device::Cpu,
+            graph_optimization: GraphOptimization::All,
         }
     }
 }
 
 fn build_session(env: &Environment, bytes: &[u8], cfg: &SessionConfig) -> ort::Result<Session> {
     // Builder errors carry the builder and are not Send/Sync: keep them inside this function.
+    let level = match cfg.graph_optimization {
+        GraphOptimization::All => GraphOptimizationLevel::All,
+        GraphOptimization::Disabled => GraphOptimizationLevel::Disable,
+    };
     let mut builder = Session::builder(env)?
-        .with_optimization_level(GraphOptimizationLevel::All)?
+        .with_optimization_level(level)?
         .with_inter_threads(1)?
         .with_intra_op_spinning(cfg.spinning)?;
     if cfg.intra_threads > 0 {
