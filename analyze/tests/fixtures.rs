@@ -134,3 +134,22 @@ fn attention_probabilities_take_max_calibration_and_are_quantized_for_tensorrt()
     let other = a.ranges.tensors.iter().find(|t| t.op.as_deref() == Some("LayerNormalization")).unwrap();
     assert_eq!(other.method, "entropy");
 }
+
+#[test]
+fn a_qdq_model_with_a_lint_error_is_never_written() {
+    let name = "fmnist_resnet_opset13.onnx";
+    let mut a = analyze(&model(name), &hist(name), &options_for(Method::Entropy, PrecisionFile::default())).unwrap();
+    // A weight scale of 0, as FP16 storage made of a tiny channel's amax/127 before scales fit their type.
+    let g = a.qdq.graph.mut_or_insert_default();
+    let dq = g.node.iter().find(|n| n.op_type == "DequantizeLinear" && n.input[0].ends_with("_quantized")).unwrap();
+    let (node, scale) = (dq.name.clone(), dq.input[1].clone());
+    let t = g.initializer.iter_mut().find(|t| t.name == scale).unwrap();
+    // FP16 float parts (the default): FP16 scales.
+    assert_eq!(t.data_type, graph::proto::tensor_proto::DataType::FLOAT16 as i32);
+    t.raw_data[..2].fill(0);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let err = a.write(&out).unwrap_err().to_string();
+    assert!(err.contains("nothing was written") && err.contains(&format!("error[scale] {node}")), "{err}");
+    assert!(!out.exists(), "a refused artifact set left {out:?} behind");
+}

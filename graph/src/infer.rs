@@ -62,9 +62,11 @@ impl ElemType {
 pub fn computes_in_low_precision(graph: &GraphProto) -> bool {
     let low = [DataType::FLOAT16 as i32, DataType::BFLOAT16 as i32];
     let types = infer_element_types(graph);
-    graph.node.iter().filter(|n| !matches!(n.op_type.as_str(), "Cast" | "Constant")).any(|n| {
-        n.output.iter().any(|o| types.get(o).is_some_and(|t| low.contains(&t.0)))
-    })
+    graph
+        .node
+        .iter()
+        .filter(|n| !matches!(n.op_type.as_str(), "Cast" | "Constant"))
+        .any(|n| n.output.iter().any(|o| types.get(o).is_some_and(|t| low.contains(&t.0))))
 }
 
 fn type_of(tp: &TypeProto) -> Option<ElemType> {

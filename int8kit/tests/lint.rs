@@ -33,7 +33,7 @@ fn our_artifacts_lint_clean_and_planted_violations_are_flagged() {
     assert_eq!(lint(&ort.join("model.qdq.onnx"), &["--strict"]).status.code(), Some(1));
 
     // Planted: a non-zero activation zero point and a weight scale along the wrong axis (errors), and a
-    // Conv whose weight lost its Q/DQ (warning).
+    // Conv whose weight lost its Q/DQ and an FP16 subnormal scale (warnings).
     let mut m = graph::Model::load(&dir.path().join("resnet/model.qdq.onnx")).unwrap();
     let g = m.proto.graph.mut_or_insert_default();
     let q = g.node.iter().find(|n| n.op_type == "QuantizeLinear").unwrap().clone();
@@ -47,6 +47,11 @@ fn our_artifacts_lint_clean_and_planted_violations_are_flagged() {
         .unwrap();
     weight_dq.attribute.iter_mut().find(|a| a.name == "axis").unwrap().i = 1;
     let planted_axis = weight_dq.output[0].clone();
+    // ...and an FP16 subnormal among that weight's scales (warning), as a tiny channel's amax/127 gives.
+    let subnormal_scale = weight_dq.input[1].clone();
+    let s = g.initializer.iter_mut().find(|t| t.name == subnormal_scale).unwrap();
+    assert_eq!(s.data_type, DataType::FLOAT16 as i32);
+    s.raw_data[..2].copy_from_slice(&half::f16::from_f32(1e-6).to_le_bytes());
     let conv = g.node.iter().position(|n| n.op_type == "Conv" && n.input[1] != planted_axis).unwrap();
     let float_weight = {
         let dq_out = g.node[conv].input[1].clone();
@@ -66,7 +71,7 @@ fn our_artifacts_lint_clean_and_planted_violations_are_flagged() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let findings: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let rules: Vec<&str> = findings.as_array().unwrap().iter().map(|f| f["rule"].as_str().unwrap()).collect();
-    for rule in ["zero-point", "weight-axis", "partial-gemm"] {
+    for rule in ["zero-point", "weight-axis", "partial-gemm", "scale-subnormal"] {
         assert!(rules.contains(&rule), "{rule} not in {rules:?}");
     }
     assert_eq!(findings[0]["severity"], "error", "errors come first");

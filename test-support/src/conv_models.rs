@@ -1,0 +1,239 @@
+//! Small convolutional models built in the tests, with seeded weights and `.npz` samples, for what the
+//! fixtures cannot show: weight channels whose scales leave FP16's normal range (all zero, tiny, tiny but
+//! amplified by a BatchNormalization left unfolded, as Paddle and TensorFlow exports keep it), and an FP16
+//! Q/DQ graph that ONNX Runtime's optimized CPU session computes differently from the graph.
+
+use std::path::{Path, PathBuf};
+
+use graph::proto::tensor_proto::DataType;
+use graph::proto::{
+    attribute_proto::AttributeType, AttributeProto, Message, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TypeProto, ValueInfoProto,
+};
+
+/// Channels of the models' input and of every Conv.
+pub const CHANNELS: usize = 8;
+/// Height and width of the models' input.
+pub const SIDE: usize = 12;
+/// The models' input name.
+pub const INPUT: &str = "x";
+
+/// Seeded values in [-scale, scale) (xorshift: reproducible, not good, randomness).
+pub fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+fn tensor(name: &str, data_type: DataType, dims: &[usize], raw: Vec<u8>) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.into();
+    t.data_type = data_type as i32;
+    t.dims = dims.iter().map(|&d| d as i64).collect();
+    t.raw_data = raw;
+    t
+}
+
+fn floats(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
+    tensor(name, DataType::FLOAT, dims, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+}
+
+fn halves(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
+    let raw = values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+    tensor(name, DataType::FLOAT16, dims, raw)
+}
+
+fn node(op: &str, inputs: &[&str], output: &str, attributes: Vec<AttributeProto>) -> NodeProto {
+    let mut n = NodeProto::new();
+    n.op_type = op.into();
+    n.name = format!("{op}_{output}");
+    n.input = inputs.iter().map(|s| s.to_string()).collect();
+    n.output.push(output.into());
+    n.attribute = attributes;
+    n
+}
+
+fn ints(name: &str, values: &[i64]) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::INTS.into();
+    a.ints = values.to_vec();
+    a
+}
+
+fn int(name: &str, value: i64) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::INT.into();
+    a.i = value;
+    a
+}
+
+fn tensor_attribute(name: &str, t: TensorProto) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::TENSOR.into();
+    a.t = Some(t).into();
+    a
+}
+
+/// A float32 tensor [batch, CHANNELS, SIDE, SIDE].
+fn image_value(name: &str) -> ValueInfoProto {
+    let mut v = ValueInfoProto::new();
+    v.name = name.into();
+    let mut t = TypeProto::new();
+    let tensor = t.mut_tensor_type();
+    tensor.elem_type = DataType::FLOAT as i32;
+    let shape = tensor.shape.mut_or_insert_default();
+    let mut batch = graph::proto::tensor_shape_proto::Dimension::new();
+    batch.set_dim_param("batch".into());
+    shape.dim.push(batch);
+    for d in [CHANNELS, SIDE, SIDE] {
+        let mut dim = graph::proto::tensor_shape_proto::Dimension::new();
+        dim.set_dim_value(d as i64);
+        shape.dim.push(dim);
+    }
+    v.type_ = Some(t).into();
+    v
+}
+
+fn model(opset: i64, ir_version: i64) -> ModelProto {
+    let mut m = ModelProto::new();
+    m.ir_version = ir_version;
+    let mut o = OperatorSetIdProto::new();
+    o.version = opset;
+    m.opset_import.push(o);
+    let g = m.graph.mut_or_insert_default();
+    g.name = "conv".into();
+    g.input.push(image_value(INPUT));
+    g.output.push(image_value("y"));
+    m
+}
+
+fn write(m: &ModelProto, path: PathBuf) -> PathBuf {
+    std::fs::write(&path, m.write_to_bytes().expect("the model encodes")).expect("the model is written");
+    path
+}
+
+/// 3x3 Conv weights [CHANNELS, CHANNELS, 3, 3] whose output channels have max |w| of `amax[c]` (0: all zero).
+fn conv_weights(seed: u64, amax: &[f32]) -> Vec<f32> {
+    let per = CHANNELS * 9;
+    let mut w = random(CHANNELS * per, seed, 1.0);
+    for (c, &a) in amax.iter().enumerate() {
+        let ch = &mut w[c * per..(c + 1) * per];
+        let m = ch.iter().fold(0f32, |m, v| m.max(v.abs()));
+        ch.iter_mut().for_each(|v| *v *= a / m);
+    }
+    w
+}
+
+/// An FP32 CNN (opset 13) whose first Conv has an all-zero output channel, one of max |w| 1e-6 (its FP16 scale
+/// amax/127 underflows to 0), two of 2e-4 and 1e-3 (FP16 subnormal scales), the rest ordinary; a
+/// BatchNormalization left unfolded amplifies the 2e-4 and 1e-3 channels back to the others' size, a ReLU,
+/// a second Conv, and the output. Written to `dir/tiny_channels.onnx`.
+pub fn tiny_channel_cnn(dir: &Path) -> PathBuf {
+    let mut m = model(13, 7);
+    let g = m.graph.mut_or_insert_default();
+    let mut amax1 = vec![0.4f32; CHANNELS];
+    amax1[1] = 0.0;
+    amax1[2] = 1e-6;
+    amax1[3] = 2e-4;
+    amax1[4] = 1e-3;
+    // BN: y = gamma (x - mean) / sqrt(var + eps) + beta; gamma brings the small channels to the others' size.
+    let mut gamma = vec![1.0f32; CHANNELS];
+    gamma[3] = 0.4 / 2e-4;
+    gamma[4] = 0.4 / 1e-3;
+    let var = vec![1.0f32; CHANNELS];
+    let mean = vec![0.0f32; CHANNELS];
+    let beta = random(CHANNELS, 11, 0.05);
+    g.initializer.extend([
+        floats("w1", &[CHANNELS, CHANNELS, 3, 3], &conv_weights(1, &amax1)),
+        floats("b1", &[CHANNELS], &random(CHANNELS, 2, 0.01)),
+        floats("gamma", &[CHANNELS], &gamma),
+        floats("beta", &[CHANNELS], &beta),
+        floats("mean", &[CHANNELS], &mean),
+        floats("var", &[CHANNELS], &var),
+        floats("w2", &[CHANNELS, CHANNELS, 3, 3], &conv_weights(3, &[0.3; CHANNELS])),
+        floats("b2", &[CHANNELS], &random(CHANNELS, 4, 0.01)),
+    ]);
+    let pads = || vec![ints("pads", &[1, 1, 1, 1]), ints("kernel_shape", &[3, 3])];
+    g.node.extend([
+        node("Conv", &[INPUT, "w1", "b1"], "c1", pads()),
+        node("BatchNormalization", &["c1", "gamma", "beta", "mean", "var"], "bn", vec![]),
+        node("Relu", &["bn"], "r", vec![]),
+        node("Conv", &["r", "w2", "b2"], "y", pads()),
+    ]);
+    write(&m, dir.join("tiny_channels.onnx"))
+}
+
+/// An FP16 Q/DQ graph (opset 19) as a Paddle export quantized with FP16 float parts looks: x -> Cast FP16 ->
+/// Q/DQ -> Conv (int8 weights behind a DequantizeLinear with FP16 scales) -> HardSwish written out
+/// (x * Clip(x + 3, 0, 6) / 6, its constants Constant -> Cast FP16 nodes) -> Q/DQ -> Conv -> Cast float32 -> y.
+/// ONNX Runtime's CPU provider has no FP16 kernels for these ops; with its graph rewrites on, constant folding
+/// turns the Constant -> Cast chains into initializers and the float32 islands it runs the FP16 layers in
+/// grow, dropping FP16 roundings the graph has: the optimized session's outputs differ from the graph's.
+/// Written to `dir/fp16_qdq_hardswish.onnx`.
+pub fn fp16_qdq_hardswish(dir: &Path) -> PathBuf {
+    let mut m = model(19, 9);
+    let g = m.graph.mut_or_insert_default();
+    let weights = |seed: u64| -> Vec<u8> {
+        random(CHANNELS * CHANNELS * 9, seed, 127.0).iter().map(|v| v.round() as i8 as u8).collect()
+    };
+    g.initializer.extend([
+        tensor("wq", DataType::INT8, &[CHANNELS, CHANNELS, 3, 3], weights(5)),
+        tensor("wq2", DataType::INT8, &[CHANNELS, CHANNELS, 3, 3], weights(6)),
+        halves("w_scale", &[CHANNELS], &[0.002; CHANNELS]),
+        tensor("w_zero", DataType::INT8, &[CHANNELS], vec![0; CHANNELS]),
+        tensor("zero_point", DataType::INT8, &[], vec![0]),
+        halves("x_scale", &[], &[3.0 / 127.0]),
+        halves("a_scale", &[], &[4.0 / 127.0]),
+    ]);
+    let to16 = || vec![int("to", DataType::FLOAT16 as i64)];
+    let pads = || vec![ints("pads", &[1, 1, 1, 1])];
+    let mut nodes = vec![
+        node("Cast", &[INPUT], "x16", to16()),
+        node("QuantizeLinear", &["x16", "x_scale", "zero_point"], "xq", vec![]),
+        node("DequantizeLinear", &["xq", "x_scale", "zero_point"], "xd", vec![]),
+        node("DequantizeLinear", &["wq", "w_scale", "w_zero"], "wd", vec![int("axis", 0)]),
+        node("Conv", &["xd", "wd"], "c", pads()),
+    ];
+    for (name, v) in [("three", 3.0f32), ("low", 0.0), ("six", 6.0)] {
+        let constant = format!("{name}_f32");
+        nodes.push(node("Constant", &[], &constant, vec![tensor_attribute("value", floats(name, &[], &[v]))]));
+        nodes.push(node("Cast", &[&constant], name, to16()));
+    }
+    nodes.extend([
+        node("Add", &["c", "three"], "shifted", vec![]),
+        node("Clip", &["shifted", "low", "six"], "clipped", vec![]),
+        node("Mul", &["c", "clipped"], "gated", vec![]),
+        node("Div", &["gated", "six"], "hardswish", vec![]),
+        node("QuantizeLinear", &["hardswish", "a_scale", "zero_point"], "aq", vec![]),
+        node("DequantizeLinear", &["aq", "a_scale", "zero_point"], "ad", vec![]),
+        node("DequantizeLinear", &["wq2", "w_scale", "w_zero"], "wd2", vec![int("axis", 0)]),
+        node("Conv", &["ad", "wd2"], "c2", pads()),
+        node("Cast", &["c2"], "y", vec![int("to", DataType::FLOAT as i64)]),
+    ]);
+    g.node.extend(nodes);
+    write(&m, dir.join("fp16_qdq_hardswish.onnx"))
+}
+
+/// `n` samples of the models' input (seeds `first..first + n`, values in [-2, 2)) as `.npz` files in `dir`
+/// (created), named so that they sort in seed order.
+pub fn write_samples(dir: &Path, first: u64, n: u64) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("the sample folder is created");
+    for seed in first..first + n {
+        let values = random(CHANNELS * SIDE * SIDE, seed + 1000, 2.0);
+        let a = ndarray::Array4::from_shape_vec((1, CHANNELS, SIDE, SIDE), values).expect("a sample");
+        let file = std::fs::File::create(dir.join(format!("{seed:05}.npz"))).expect("the .npz is created");
+        let mut npz = ndarray_npy::NpzWriter::new(file);
+        npz.add_array(INPUT, &a).expect("the array is written");
+        npz.finish().expect("the .npz is finished");
+    }
+    dir.to_path_buf()
+}
