@@ -210,8 +210,21 @@ pub struct SensitivityReport {
     /// for).
     #[serde(default)]
     pub weight_clips: Vec<WeightClipChoice>,
+    /// How the outputs were computed: ONNX Runtime's graph optimization level for the FP32 model and for the
+    /// INT8 variants (`all`, or `disabled` for graphs that compute in FP16).
+    #[serde(default)]
+    pub evaluation: SensitivityEvaluation,
     /// Wall time of the measurement.
     pub seconds: f64,
+}
+
+/// ONNX Runtime's graph optimization level of the sessions behind a sensitivity measurement.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, serde::Deserialize)]
+pub struct SensitivityEvaluation {
+    /// The FP32 reference.
+    pub fp32: String,
+    /// Every INT8 variant (their float parts share one type).
+    pub int8: String,
 }
 
 struct Evaluator<'a> {
@@ -545,6 +558,11 @@ fn measure_nodes(
     nodes.sort_by(|a, b| b.alone_int8.divergence.total_cmp(&a.alone_int8.divergence).then(a.node.cmp(&b.node)));
     let methods = if choose_methods { method_choices(ev, &decisions, hist, method, &int8)? } else { Vec::new() };
     let weight_clips = if choose_methods { clip_choices(ev, &decisions, &amax, &int8)? } else { Vec::new() };
+    let (full, _) = analyze::build_qdq(model, &decisions, &ev.qdq, &amax, &ev.max_abs, ev.weight_clip)?;
+    let level = |g: &graph::proto::GraphProto| {
+        crate::compare::evaluation_config("", runtime::Placement::default(), g).graph_optimization.name().to_string()
+    };
+    let evaluation = SensitivityEvaluation { fp32: level(&model.proto.graph), int8: level(&full.graph) };
     Ok(SensitivityReport {
         images: ev.batches.iter().map(|b| b.items.len()).sum(),
         method: method.name(),
@@ -553,6 +571,7 @@ fn measure_nodes(
         nodes,
         methods,
         weight_clips,
+        evaluation,
         seconds: start.elapsed().as_secs_f64(),
     })
 }

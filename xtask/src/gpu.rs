@@ -39,7 +39,9 @@ pub struct CheckArgs {
     #[arg(long)]
     out: PathBuf,
     /// Steps to run (comma-separated): equality, kernels, speed, hist, validate, sensitivity, devices
-    /// (`cuda:N` against `cuda:N,N`: the same .hist); diagnose runs only when named. Default: all the others.
+    /// (`cuda:N` against `cuda:N,N`: the same .hist), fp16-evaluation (the validate step's FP16 artifacts with
+    /// ONNX Runtime's rewrites on and off; after validate); diagnose runs only when named. Default: all the
+    /// others.
     #[arg(long, value_delimiter = ',')]
     steps: Vec<String>,
 }
@@ -148,6 +150,22 @@ struct CheckReport {
     validate: Vec<ValidateRow>,
     sensitivity: Option<SensitivityDiff>,
     devices: Option<DeviceListCase>,
+    fp16_evaluation: Vec<Fp16EvaluationRow>,
+}
+
+/// One FP16 artifact of the validate step (the INT8 Q/DQ model or the FP16 model) run on one device with
+/// ONNX Runtime's graph rewrites on and off over the same images: whether the rewrites change the outputs
+/// (README, "Evaluating FP16 graphs").
+#[derive(Debug, Serialize)]
+struct Fp16EvaluationRow {
+    model: String,
+    artifact: String,
+    device: String,
+    values: usize,
+    /// Outputs that differ between the two sessions.
+    differing: usize,
+    max_abs_diff: f32,
+    max_abs: f32,
 }
 
 /// `calibrate --device` with one session on the GPU against a list naming it twice (two sessions, batches
@@ -344,6 +362,9 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
     }
     if want("devices") {
         report.devices = Some(device_list(args.device)?);
+    }
+    if want("fp16-evaluation") {
+        report.fp16_evaluation = fp16_evaluation(args)?;
     }
     std::fs::write(args.out.join("gpu-check.json"), serde_json::to_vec_pretty(&report)?)?;
     let md = markdown(&report);
@@ -783,6 +804,60 @@ fn validate_both(args: &CheckArgs) -> anyhow::Result<Vec<ValidateRow>> {
     Ok(rows)
 }
 
+/// The validate step's FP16 artifacts (written for the GPU run) on the CPU and the GPU, each with ONNX
+/// Runtime's graph rewrites on and off, over the first 256 validation images.
+fn fp16_evaluation(args: &CheckArgs) -> anyhow::Result<Vec<Fp16EvaluationRow>> {
+    let mut rows = Vec::new();
+    for (name, zero_shot) in crate::demo::FIXTURE_MODELS {
+        let stem = name.trim_end_matches(".onnx");
+        let written = args.out.join("validate").join(stem).join(args.device.to_string().replace(':', "_"));
+        let config = crate::demo::fixture_config(
+            name,
+            *zero_shot,
+            analyze::scales::Method::Entropy,
+            written.clone(),
+            args.device,
+        )?;
+        let val = datasets::Dataset::labelled_or_flat(&config.val, None)?.limit(256, 0);
+        for artifact in ["model.qdq.onnx", "model.fp16.onnx"] {
+            let path = written.join(artifact);
+            let model = graph::Model::load(&path)
+                .with_context(|| format!("{}: run the validate step first", path.display()))?;
+            let input = calibrate::batch_input(&model, &config.feed)?;
+            let bytes = model.to_bytes()?;
+            for device in [Device::Cpu, args.device] {
+                let run = |level: runtime::GraphOptimization| -> anyhow::Result<Vec<f32>> {
+                    let mut cfg = runtime::SessionConfig::new(path.display().to_string());
+                    cfg.device = device;
+                    cfg.graph_optimization = level;
+                    let mut session = runtime::session_from_bytes(&bytes, &cfg)?;
+                    let output = model.proto.graph.output[0].name.clone();
+                    let mut out = Vec::new();
+                    let options = datasets::StreamOptions { batch_size: 64, ..Default::default() };
+                    for batch in datasets::BatchStream::new(&val, &config.feed, options) {
+                        let batch = batch?;
+                        out.extend(runtime::run_rows(&mut session, "fp16", &batch.inputs(&input), &output)?);
+                    }
+                    Ok(out)
+                };
+                let (all, off) = (run(runtime::GraphOptimization::All)?, run(runtime::GraphOptimization::Disabled)?);
+                let row = Fp16EvaluationRow {
+                    model: stem.into(),
+                    artifact: artifact.into(),
+                    device: device.to_string(),
+                    values: off.len(),
+                    differing: all.iter().zip(&off).filter(|(a, b)| a != b).count(),
+                    max_abs_diff: all.iter().zip(&off).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max),
+                    max_abs: off.iter().map(|v| v.abs()).fold(0.0, f32::max),
+                };
+                eprintln!("fp16-evaluation {row:?}");
+                rows.push(row);
+            }
+        }
+    }
+    Ok(rows)
+}
+
 fn markdown(r: &CheckReport) -> String {
     use std::fmt::Write;
     let mut md = String::new();
@@ -808,6 +883,21 @@ fn markdown(r: &CheckReport) -> String {
             if d.validate_identical { "identical" } else { "DIFFERENT" },
             if d.sensitivity_identical { "identical" } else { "DIFFERENT" }
         );
+    }
+    if !r.fp16_evaluation.is_empty() {
+        let _ = writeln!(
+            md,
+            "FP16 artifacts, ONNX Runtime's graph rewrites on against off (256 validation images):\n\n\
+             | model | artifact | device | outputs differing | max abs difference | max abs output |\n|---|---|---|---|---|---|"
+        );
+        for f in &r.fp16_evaluation {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} of {} | {:.3e} | {:.3} |",
+                f.model, f.artifact, f.device, f.differing, f.values, f.max_abs_diff, f.max_abs
+            );
+        }
+        md.push('\n');
     }
     if let Some(k) = &r.kernels {
         let _ = writeln!(md, "{}\n", kernels_line(k));
