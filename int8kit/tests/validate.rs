@@ -42,7 +42,7 @@ fn gate_exit_codes_schema_and_html_numbers() {
     // Schema of report.json.
     let report = json(&ok.join("report.json"));
     assert_eq!(report["format"], "int8kit.report");
-    assert_eq!(report["version"], 4);
+    assert_eq!(report["version"], 5);
     for key in [
         "model_sha256",
         "recipe",
@@ -54,9 +54,14 @@ fn gate_exit_codes_schema_and_html_numbers() {
         "passed",
         "tensors",
         "validation_list_sha256",
+        "evaluation",
     ] {
         assert!(report.get(key).is_some(), "report.json lacks {key}");
     }
+    // The default artifacts have FP16 float parts: evaluated as written, the FP32 reference optimized.
+    assert_eq!(report["evaluation"]["int8"], "onnxruntime, graph optimization disabled");
+    assert_eq!(report["evaluation"]["fp16"], "onnxruntime, graph optimization disabled");
+    assert_eq!(report["evaluation"]["fp32"], "onnxruntime, graph optimization all");
     let c = &report["comparison"];
     for key in ["top1", "top5", "per_class", "images_per_s"] {
         assert!(c["fp32"].get(key).is_some() && c["int8"].get(key).is_some(), "comparison lacks {key}");

@@ -371,12 +371,19 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
     std::fs::write(args.out.join("gpu-check.md"), &md)?;
     println!("{md}");
     let unequal: Vec<&EqualityCase> = report.equality.iter().filter(|c| c.identical != c.tensors).collect();
-    let off: Vec<&ValidateRow> = report.validate.iter().filter(|v| v.max_diff_pp > 0.05).collect();
+    // FP32 must agree closely. INT8 models have FP16 float parts, which the CUDA EP computes in FP16 and the
+    // CPU provider in float32 between Casts (README, "Evaluating FP16 graphs"); measured on an H200 with the
+    // graphs evaluated as written: up to 0.10 pp (5 of 5000 images) apart.
+    let off: Vec<&ValidateRow> = report
+        .validate
+        .iter()
+        .filter(|v| 100.0 * (v.cpu_fp32 - v.cuda_fp32).abs() > 0.05 || 100.0 * (v.cpu_int8 - v.cuda_int8).abs() > 0.2)
+        .collect();
     let list_differs =
         report.devices.as_ref().is_some_and(|d| !(d.identical && d.validate_identical && d.sensitivity_identical));
     if !unequal.is_empty() || !off.is_empty() || list_differs {
         bail!(
-            "GPU check failed: {} equality cases differ, {} models differ by more than 0.05 pp{}",
+            "GPU check failed: {} equality cases differ, {} models differ by more than 0.05 pp (FP32) or 0.2 pp (INT8){}",
             unequal.len(),
             off.len(),
             if list_differs { ", and a device list changed the .hist" } else { "" }
