@@ -18,7 +18,7 @@ pub const SIDE: usize = 12;
 /// The models' input name.
 pub const INPUT: &str = "x";
 
-/// Seeded values in [-scale, scale) (xorshift: reproducible, not good, randomness).
+/// Seeded values in [-scale, scale) (xorshift: reproducible, not good, randomness); the text tower's too.
 pub fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)

@@ -19,18 +19,7 @@ pub const WIDTH: usize = 32;
 /// Width of the output embedding.
 pub const EMBED: usize = 16;
 
-/// Seeded uniform values in [-scale, scale) (xorshift; the tests need reproducible, not good, randomness).
-fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
+use crate::conv_models::random;
 
 fn floats(name: &str, dims: &[usize], values: Vec<f32>) -> TensorProto {
     let mut t = TensorProto::new();
