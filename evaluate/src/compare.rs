@@ -191,10 +191,17 @@ pub fn evaluation_config(
     graph: &graph::proto::GraphProto,
 ) -> runtime::SessionConfig {
     let mut cfg = runtime::SessionConfig::new(label).place(placement);
-    if graph::computes_in_low_precision(graph) {
-        cfg.graph_optimization = runtime::GraphOptimization::Disabled;
-    }
+    cfg.graph_optimization = graph_optimization_for(graph);
     cfg
+}
+
+/// How much ONNX Runtime may rewrite `graph` in an evaluation (see [`evaluation_config`]).
+pub fn graph_optimization_for(graph: &graph::proto::GraphProto) -> runtime::GraphOptimization {
+    if graph::computes_in_low_precision(graph) {
+        runtime::GraphOptimization::Disabled
+    } else {
+        runtime::GraphOptimization::All
+    }
 }
 
 /// An ONNX Runtime (CPU) session over a model file, as a [`BatchModel`].

@@ -386,9 +386,7 @@ impl<'a> Evaluator<'a> {
         device: runtime::Device,
     ) -> Result<Effect, EvaluateError> {
         let (proto, _) = analyze::build_qdq(self.model, decisions, &self.qdq, amax, &self.max_abs, self.weight_clip)?;
-        let outputs = self.outputs_on(&proto, device)?;
-        self.check_finite(&outputs, false)?;
-        self.effect(&outputs)
+        self.measure(&proto, device)
     }
 
     /// [`Evaluator::variant`] with other weight clips.
@@ -399,7 +397,12 @@ impl<'a> Evaluator<'a> {
         clips: &WeightClips,
     ) -> Result<Effect, EvaluateError> {
         let (proto, _) = analyze::build_qdq(self.model, decisions, &self.qdq, amax, &self.max_abs, clips)?;
-        let outputs = self.outputs(&proto)?;
+        self.measure(&proto, self.devices[0])
+    }
+
+    /// The effect of a built INT8 variant on one device.
+    fn measure(&self, proto: &graph::proto::ModelProto, device: runtime::Device) -> Result<Effect, EvaluateError> {
+        let outputs = self.outputs_on(proto, device)?;
         self.check_finite(&outputs, false)?;
         self.effect(&outputs)
     }
@@ -501,7 +504,12 @@ fn measure_nodes(
     let decisions =
         decide(&model.proto.graph, precision, &inputs.qdq, "precision").map_err(analyze::AnalyzeError::from)?;
     let fp32_top1 = ev.effect(&ev.fp32)?.top1;
-    let int8 = ev.variant(&decisions, &amax)?;
+    // The full configuration is built here once: its graph also says how every variant is evaluated.
+    let (full, _) = analyze::build_qdq(model, &decisions, &ev.qdq, &amax, &ev.max_abs, ev.weight_clip)?;
+    let int8 = ev.measure(&full, ev.devices[0])?;
+    let level = |g: &graph::proto::GraphProto| crate::compare::graph_optimization_for(g).name().to_string();
+    let evaluation = SensitivityEvaluation { fp32: level(&model.proto.graph), int8: level(&full.graph) };
+    drop(full);
 
     let flops = analyze::flops::gemm_flops(model, hist)?;
     let total_flops: f64 = flops.values().sum();
@@ -558,11 +566,6 @@ fn measure_nodes(
     nodes.sort_by(|a, b| b.alone_int8.divergence.total_cmp(&a.alone_int8.divergence).then(a.node.cmp(&b.node)));
     let methods = if choose_methods { method_choices(ev, &decisions, hist, method, &int8)? } else { Vec::new() };
     let weight_clips = if choose_methods { clip_choices(ev, &decisions, &amax, &int8)? } else { Vec::new() };
-    let (full, _) = analyze::build_qdq(model, &decisions, &ev.qdq, &amax, &ev.max_abs, ev.weight_clip)?;
-    let level = |g: &graph::proto::GraphProto| {
-        crate::compare::evaluation_config("", runtime::Placement::default(), g).graph_optimization.name().to_string()
-    };
-    let evaluation = SensitivityEvaluation { fp32: level(&model.proto.graph), int8: level(&full.graph) };
     Ok(SensitivityReport {
         images: ev.batches.iter().map(|b| b.items.len()).sum(),
         method: method.name(),

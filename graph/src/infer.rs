@@ -177,24 +177,22 @@ mod tests {
         n
     }
 
-    #[test]
-    fn infers_through_shape_ops_and_casts() {
-        let mut g = GraphProto::new();
+    fn float_input(name: &str) -> onnx_protobuf::ValueInfoProto {
         let mut x = onnx_protobuf::ValueInfoProto::new();
-        x.name = "x".into();
+        x.name = name.into();
         let mut tp = TypeProto::new();
         tp.mut_tensor_type().elem_type = DataType::FLOAT as i32;
         x.type_ = Some(tp).into();
-        g.input.push(x);
+        x
+    }
+
+    #[test]
+    fn infers_through_shape_ops_and_casts() {
+        let mut g = GraphProto::new();
+        g.input.push(float_input("x"));
         g.node.push(node("Relu", &["x"], &["r"]));
         g.node.push(node("Shape", &["r"], &["s"]));
-        let mut cast = node("Cast", &["s"], &["c"]);
-        let mut a = onnx_protobuf::AttributeProto::new();
-        a.name = "to".into();
-        a.i = DataType::FLOAT as i64;
-        a.type_ = AttributeType::INT.into();
-        cast.attribute.push(a);
-        g.node.push(cast);
+        g.node.push(cast("s", "c", DataType::FLOAT));
         g.node.push(node("Equal", &["c", "r"], &["e"]));
         g.node.push(node("Where", &["e", "r", "c"], &["w"]));
         let t = infer_element_types(&g);
@@ -218,12 +216,7 @@ mod tests {
     #[test]
     fn low_precision_means_a_layer_computes_in_it_not_that_a_weight_is_stored_in_it() {
         let mut g = GraphProto::new();
-        let mut x = onnx_protobuf::ValueInfoProto::new();
-        x.name = "x".into();
-        let mut tp = TypeProto::new();
-        tp.mut_tensor_type().elem_type = DataType::FLOAT as i32;
-        x.type_ = Some(tp).into();
-        g.input.push(x);
+        g.input.push(float_input("x"));
         let mut w = onnx_protobuf::TensorProto::new();
         w.name = "w16".into();
         w.data_type = DataType::FLOAT16 as i32;

@@ -7,12 +7,8 @@
 
 mod common;
 
-use common::{int8kit, text};
+use common::{int8kit, read_json, text, validate_samples};
 use test_support::conv_models::{tiny_channel_cnn, write_samples};
-
-fn read_json(path: &std::path::Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 #[test]
 fn zero_and_tiny_weight_channels_get_normal_fp16_scales_lint_clean_and_keep_the_output() {
@@ -21,17 +17,7 @@ fn zero_and_tiny_weight_channels_get_normal_fp16_scales_lint_clean_and_keep_the_
     let calib = write_samples(&dir.path().join("calib"), 0, 32);
     let val = write_samples(&dir.path().join("val"), 500, 48);
     let out = dir.path().join("v");
-    let o = int8kit("validate")
-        .arg("--model")
-        .arg(&model)
-        .arg("--calib")
-        .arg(&calib)
-        .arg("--val")
-        .arg(&val)
-        .args(["--min-cosine", "0.999", "--quiet", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = validate_samples(&model, &calib, &val, &["--min-cosine", "0.999"], &out);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let report = read_json(&out.join("report.json"));
     assert_eq!(report["float_type"], "fp16");

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{int8kit, refused, text};
+use common::{int8kit, read_json, refused, text, validate_samples};
 use test_support::text_tower::{sample, write_model, write_npz, write_samples};
 
 /// `int8kit SUBCOMMAND --model MODEL --images SAMPLES EXTRA --quiet --out OUT` (no recipe), run.
@@ -22,10 +22,6 @@ fn on_samples(subcommand: &str, model: &Path, samples: &Path, out: &Path, extra:
         .arg(out)
         .output()
         .unwrap()
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 #[test]
@@ -64,20 +60,7 @@ fn npz_samples_calibrate_quantize_and_gate_a_text_tower() {
     assert!(share > 0.9, "{share}");
 
     // validate with fidelity gates: passes at a reachable bar, fails (exit 1) at an unreachable one.
-    let validate = |out: &str, gates: &[&str]| {
-        int8kit("validate")
-            .arg("--model")
-            .arg(&model)
-            .arg("--calib")
-            .arg(&calib)
-            .arg("--val")
-            .arg(&val)
-            .args(gates)
-            .args(["--quiet", "--out"])
-            .arg(dir.path().join(out))
-            .output()
-            .unwrap()
-    };
+    let validate = |out: &str, gates: &[&str]| validate_samples(&model, &calib, &val, gates, &dir.path().join(out));
     let o = validate("pass", &["--min-cosine", "0.99", "--min-sqnr", "15"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let report = read_json(&dir.path().join("pass/report.json"));

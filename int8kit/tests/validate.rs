@@ -4,7 +4,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{on_fixtures, text};
+use common::{on_fixtures, read_json, text};
 use test_support::model as fixture;
 
 /// Runs validate on a fixture model with small calibration/validation subsets.
@@ -15,10 +15,6 @@ fn validate(model: &str, out: &Path, extra: &[&str]) -> (i32, String) {
     args.extend_from_slice(extra);
     let output = on_fixtures("validate", &model, out, &args);
     (output.status.code().unwrap_or(-1), text(&output))
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 #[test]
@@ -40,7 +36,7 @@ fn gate_exit_codes_schema_and_html_numbers() {
     assert_eq!(code, 0, "{text}");
 
     // Schema of report.json.
-    let report = json(&ok.join("report.json"));
+    let report = read_json(&ok.join("report.json"));
     assert_eq!(report["format"], "int8kit.report");
     assert_eq!(report["version"], 5);
     for key in [
@@ -132,7 +128,7 @@ fn zero_shot_clip_tower_passes_and_bad_input_exits_2() {
         &["--max-top1-drop", "1.0", "--zero-shot", protos.to_str().unwrap()],
     );
     assert_eq!(code, 0, "{text}");
-    let report = json(&dir.path().join("clip/report.json"));
+    let report = read_json(&dir.path().join("clip/report.json"));
     // Zero-shot accuracy of the fixture tower is about 90 %; argmax of raw embeddings would be near chance.
     assert!(report["comparison"]["fp32"]["top1"].as_f64().unwrap() > 0.8, "{report}");
 
@@ -167,7 +163,7 @@ fn fidelity_gates_pass_above_and_fail_below_their_thresholds() {
         &["--min-cosine", "0.99", "--min-sqnr", "20", "--min-agreement", "0.95"],
     );
     assert_eq!(code, 0, "{text}");
-    let report = json(&ok.join("report.json"));
+    let report = read_json(&ok.join("report.json"));
     let names: Vec<&str> = report["criteria"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["min-cosine", "min-sqnr", "min-agreement"]);
     let junit = std::fs::read_to_string(ok.join("junit.xml")).unwrap();

@@ -31,7 +31,7 @@ pub fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-fn tensor(name: &str, data_type: DataType, dims: &[usize], raw: Vec<u8>) -> TensorProto {
+pub(crate) fn tensor(name: &str, data_type: DataType, dims: &[usize], raw: Vec<u8>) -> TensorProto {
     let mut t = TensorProto::new();
     t.name = name.into();
     t.data_type = data_type as i32;
@@ -40,7 +40,7 @@ fn tensor(name: &str, data_type: DataType, dims: &[usize], raw: Vec<u8>) -> Tens
     t
 }
 
-fn floats(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
+pub(crate) fn floats(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
     tensor(name, DataType::FLOAT, dims, values.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
@@ -67,7 +67,7 @@ fn ints(name: &str, values: &[i64]) -> AttributeProto {
     a
 }
 
-fn int(name: &str, value: i64) -> AttributeProto {
+pub(crate) fn int(name: &str, value: i64) -> AttributeProto {
     let mut a = AttributeProto::new();
     a.name = name.into();
     a.type_ = AttributeType::INT.into();

@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 
 use graph::proto::tensor_proto::DataType;
 use graph::proto::{
-    attribute_proto::AttributeType, AttributeProto, Message, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TypeProto, ValueInfoProto,
+    AttributeProto, Message, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TypeProto, ValueInfoProto,
 };
 
 /// Token vocabulary.
@@ -19,24 +18,10 @@ pub const WIDTH: usize = 32;
 /// Width of the output embedding.
 pub const EMBED: usize = 16;
 
-use crate::conv_models::random;
-
-fn floats(name: &str, dims: &[usize], values: Vec<f32>) -> TensorProto {
-    let mut t = TensorProto::new();
-    t.name = name.into();
-    t.data_type = DataType::FLOAT as i32;
-    t.dims = dims.iter().map(|&d| d as i64).collect();
-    t.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    t
-}
+use crate::conv_models::{floats, int as int_attribute, random, tensor};
 
 fn int64s(name: &str, values: &[i64]) -> TensorProto {
-    let mut t = TensorProto::new();
-    t.name = name.into();
-    t.data_type = DataType::INT64 as i32;
-    t.dims = vec![values.len() as i64];
-    t.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    t
+    tensor(name, DataType::INT64, &[values.len()], values.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
 fn node(op: &str, inputs: &[&str], output: &str, attributes: Vec<AttributeProto>) -> NodeProto {
@@ -47,14 +32,6 @@ fn node(op: &str, inputs: &[&str], output: &str, attributes: Vec<AttributeProto>
     n.output.push(output.into());
     n.attribute = attributes;
     n
-}
-
-fn int_attribute(name: &str, value: i64) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.type_ = AttributeType::INT.into();
-    a.i = value;
-    a
 }
 
 /// A graph input or output of `elem_type` with a symbolic batch and the given further dimensions.
@@ -91,13 +68,13 @@ pub fn write_model(dir: &Path) -> PathBuf {
     g.input.push(value("attention_mask", DataType::INT64, &[SEQ]));
     g.output.push(value("text_embeds", DataType::FLOAT, &[EMBED]));
     g.initializer.extend([
-        floats("token_embedding", &[VOCAB, WIDTH], random(VOCAB * WIDTH, 1, 1.0)),
-        floats("ln.weight", &[WIDTH], random(WIDTH, 2, 0.2).iter().map(|v| 1.0 + v).collect()),
-        floats("ln.bias", &[WIDTH], random(WIDTH, 3, 0.1)),
-        floats("fc1.weight", &[WIDTH, 2 * WIDTH], random(2 * WIDTH * WIDTH, 4, 0.3)),
-        floats("fc1.bias", &[2 * WIDTH], random(2 * WIDTH, 5, 0.1)),
-        floats("fc2.weight", &[2 * WIDTH, WIDTH], random(2 * WIDTH * WIDTH, 6, 0.2)),
-        floats("projection", &[WIDTH, EMBED], random(WIDTH * EMBED, 7, 0.3)),
+        floats("token_embedding", &[VOCAB, WIDTH], &random(VOCAB * WIDTH, 1, 1.0)),
+        floats("ln.weight", &[WIDTH], &random(WIDTH, 2, 0.2).iter().map(|v| 1.0 + v).collect::<Vec<f32>>()),
+        floats("ln.bias", &[WIDTH], &random(WIDTH, 3, 0.1)),
+        floats("fc1.weight", &[WIDTH, 2 * WIDTH], &random(2 * WIDTH * WIDTH, 4, 0.3)),
+        floats("fc1.bias", &[2 * WIDTH], &random(2 * WIDTH, 5, 0.1)),
+        floats("fc2.weight", &[2 * WIDTH, WIDTH], &random(2 * WIDTH * WIDTH, 6, 0.2)),
+        floats("projection", &[WIDTH, EMBED], &random(WIDTH * EMBED, 7, 0.3)),
         int64s("axis_1", &[1]),
         int64s("axis_2", &[2]),
     ]);

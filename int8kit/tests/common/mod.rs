@@ -36,6 +36,27 @@ pub fn on_fixtures(subcommand: &str, model_path: &Path, out: &Path, extra: &[&st
     cmd.args(extra).output().unwrap()
 }
 
+/// `int8kit validate` of `model` on `.npz` sample folders (no recipe), with `extra` flags, quiet, into `out`; run.
+pub fn validate_samples(model: &Path, calib: &Path, val: &Path, extra: &[&str], out: &Path) -> Output {
+    int8kit("validate")
+        .arg("--model")
+        .arg(model)
+        .arg("--calib")
+        .arg(calib)
+        .arg("--val")
+        .arg(val)
+        .args(extra)
+        .args(["--quiet", "--out"])
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+/// A JSON file, parsed; a failure names the file.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// The exit status was 2 and the output says `why`.
 pub fn refused(o: &Output, why: &str) {
     assert_eq!(o.status.code(), Some(2), "expected exit 2 ({why}): {}", text(o));
