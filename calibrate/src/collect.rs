@@ -177,7 +177,10 @@ pub fn batch_input(model: &Model, feed: &Feed) -> Result<String, CalibrateError>
 
 /// The model as calibration sees it: loaded, refused if already quantized, and an FP16 model as its float32
 /// twin (every activation gets float statistics).
-fn load_for_calibration(model_path: &Path) -> Result<Model, CalibrateError> {
+/// Loads a model as every pass over it sees it: read and hashed once, refused if it already holds
+/// quantization ops, an FP16 model as its float32 twin. [`calibrate_model`] calibrates it and
+/// `quantizer::Quantizer::new` builds from it, so that `quantize` opens the file once.
+pub fn load_model(model_path: &Path) -> Result<Model, CalibrateError> {
     let mut model = Model::load(model_path)?;
     model.check_not_quantized()?;
     model.normalize_to_float32()?;
@@ -193,7 +196,7 @@ impl TappedModel {
         selection: Selection,
         channel_max: bool,
     ) -> Result<TappedModel, CalibrateError> {
-        TappedModel::from_model(load_for_calibration(model_path)?, feed, selection, channel_max)
+        TappedModel::from_model(load_model(model_path)?, feed, selection, channel_max)
     }
 
     /// [`TappedModel::new`] for a model already in memory (float32, not quantized).
@@ -282,7 +285,7 @@ fn quantizable_only(
 
 /// Ops whose output holds exactly the values of their first input, rearranged: their statistics are those
 /// of the input, so they are copied rather than measured again (about a fifth of a ViT's activations).
-const SAME_VALUES: &[&str] = &["Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Dropout"];
+const SAME_VALUES: &[&str] = graph::REARRANGING_OPS;
 
 /// Which activations are read back from ONNX Runtime and which copy another's statistics.
 struct CollectionPlan {
@@ -367,6 +370,18 @@ pub fn calibrate(
     options: &CalibrateOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(HistFile, CalibrationSummary), CalibrateError> {
+    calibrate_model(&load_model(model_path)?, images, feed, options, progress)
+}
+
+/// [`calibrate`] of a model already loaded by [`load_model`].
+pub fn calibrate_model(
+    model: &Model,
+    images: &Path,
+    feed: &Feed,
+    options: &CalibrateOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(HistFile, CalibrationSummary), CalibrateError> {
+    let model_path = model.path.as_path();
     feed.validate("recipe")?;
     let refuse = |message: &str| CalibrateError::Input { model: model_path.to_path_buf(), message: message.into() };
     if options.device.is_cuda() && feed.recipe().is_some_and(|r| r.dtype == InputType::Uint8) {
@@ -383,7 +398,7 @@ pub fn calibrate(
     if options.device.is_cuda() && options.smooth.is_some() {
         return Err(refuse("--smooth measures per-channel maxima on the CPU only for now; use --device cpu"));
     }
-    let mut model = load_for_calibration(model_path)?;
+    let mut model = model.clone();
     let mut dataset = Dataset::flat(images)?;
     // A folder of the other kind is refused here, before any work.
     Feed::for_dataset(&dataset, feed.recipe().cloned())?;
@@ -410,14 +425,7 @@ pub fn calibrate(
                      sharded: calibrate with --smooth in one process",
                 ));
             }
-            if index == 0 || index > count || count > dataset.len() {
-                return Err(refuse(&format!(
-                    "--shard {index}/{count}: shards are numbered 1 to N, and N may not exceed the {} images",
-                    dataset.len()
-                )));
-            }
-            let len = dataset.len();
-            dataset.items = dataset.items[(index - 1) * len / count..index * len / count].to_vec();
+            dataset = dataset.shard(index, count)?;
             Some(histograms::ShardInfo { index, count, list_sha256: dataset.list_sha256() })
         }
     };

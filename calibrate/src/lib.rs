@@ -1,6 +1,6 @@
 //! Streams calibration images through the FP32 model and collects per-tensor activation statistics.
 //!
-//! Collecting statistics is separate from turning them into scales (the `analyze` crate): the `.hist` file
+//! Collecting statistics is separate from turning them into scales (the `analyze` crate) and models (`quantizer`): the `.hist` file
 //! of the `histograms` crate is the hand-over. [`gpu`] is the device-side twin of the CPU statistics.
 
 mod collect;
@@ -8,7 +8,9 @@ pub mod gpu;
 
 use std::path::PathBuf;
 
-pub use collect::{batch_input, calibrate, CalibrateOptions, CalibrationSummary, TappedModel};
+pub use collect::{
+    batch_input, calibrate, calibrate_model, load_model, CalibrateOptions, CalibrationSummary, TappedModel,
+};
 pub use histograms::Selection;
 
 /// Errors of a calibration run; each names the model, folder or file involved.

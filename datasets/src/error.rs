@@ -5,6 +5,18 @@ use std::path::PathBuf;
 /// Errors reading image folders, images and recipes.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
+    /// `--shard I/N` does not name a part of the list.
+    #[error("{root}: --shard {index}/{count}: shards are numbered 1 to N, and N may not exceed the {samples} samples")]
+    Shard {
+        /// The folder.
+        root: PathBuf,
+        /// The part asked for (1-based).
+        index: usize,
+        /// The parts the list was to be split into.
+        count: usize,
+        /// Samples in the list.
+        samples: usize,
+    },
     /// A file could not be read safely (missing, not a regular file, too large).
     #[error(transparent)]
     Input(#[from] safe_io::ReadError),

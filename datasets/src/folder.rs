@@ -242,6 +242,17 @@ impl Dataset {
         self
     }
 
+    /// Keeps the `index`-th (1-based) of `count` contiguous parts of the list, in order: what one of `count`
+    /// processes takes (`--shard I/N`), so that the parts joined in order are the whole list.
+    pub fn shard(mut self, index: usize, count: usize) -> Result<Dataset, DatasetError> {
+        let len = self.items.len();
+        if index == 0 || index > count || count > len {
+            return Err(DatasetError::Shard { root: self.root.clone(), index, count, samples: len });
+        }
+        self.items = self.items[(index - 1) * len / count..index * len / count].to_vec();
+        Ok(self)
+    }
+
     /// SHA-256 over the images' paths relative to the folder, in order: identifies the image set (and, in a
     /// labelled folder, the labels, which come from the paths).
     pub fn list_sha256(&self) -> String {

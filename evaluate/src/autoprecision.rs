@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use analyze::{analyze, AnalyzeOptions};
 use datasets::Dataset;
+use quantizer::{Quantizer, Scheme};
 
 use crate::compare::{compare, ort_model};
-use crate::sensitivity::{auto_precision, AutoPrecision, Budget, SensitivityInputs};
+use crate::sensitivity::{auto_precision_with, AutoPrecision, Budget, SensitivityInputs};
 use crate::EvaluateError;
 
 /// What `autoprecision` runs on beyond the sensitivity inputs (whose dataset is the search subset).
@@ -19,8 +19,6 @@ pub struct AutoPrecisionConfig {
     pub verify_on: Dataset,
     /// What the INT8 model must meet against FP32.
     pub budget: Budget,
-    /// TensorRT version for the calibration cache header.
-    pub trt_version: String,
     /// Output folder.
     pub out: PathBuf,
 }
@@ -78,7 +76,8 @@ pub fn run(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<AutoPrecisionOutcome, EvaluateError> {
     let inputs = &config.inputs;
-    let search = auto_precision(inputs, &config.budget, progress)?;
+    let quantizer = Quantizer::load(&inputs.model, inputs.hist.clone())?;
+    let search = auto_precision_with(&quantizer, inputs, &config.budget, progress)?;
     let stage = safe_io::OutputDir::new(&config.out)?;
     let out = stage.path();
     safe_io::write_atomic(&out.join("autoprecision.json"), &crate::pretty_json(&search)?)?;
@@ -88,12 +87,12 @@ pub fn run(
     }
     let precision_path = config.out.join("precision.toml");
     safe_io::write_atomic(&out.join("precision.toml"), search.precision.to_toml().as_bytes())?;
-    let options = AnalyzeOptions {
-        trt_version: config.trt_version.clone(),
-        placement: inputs.qdq,
-        ..AnalyzeOptions::new(inputs.method, search.precision.clone(), precision_path.display().to_string())
+    let scheme = Scheme {
+        precision: search.precision.clone(),
+        precision_origin: precision_path.display().to_string(),
+        ..inputs.scheme.clone()
     };
-    let analysis = analyze(&inputs.model, &inputs.hist, &options)?;
+    let analysis = quantizer.artifacts(&scheme)?;
     analysis.write(out)?;
     let comparison = verify(&inputs.model, &out.join("model.qdq.onnx"), config)?;
     stage.commit()?;

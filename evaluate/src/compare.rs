@@ -161,9 +161,14 @@ pub const EVAL_BATCH: usize = 64;
 /// The batch size every model in `models` can take for `dataset`: [`EVAL_BATCH`], or the fixed batch of a
 /// model that has one, which must then divide the number of images.
 fn batch_size(models: &[&dyn BatchModel], dataset: &Dataset) -> Result<usize, EvaluateError> {
+    batch_size_or(models, dataset, EVAL_BATCH)
+}
+
+/// [`batch_size`] with `wanted` images per batch where no model fixes its batch.
+fn batch_size_or(models: &[&dyn BatchModel], dataset: &Dataset, wanted: usize) -> Result<usize, EvaluateError> {
     let fixed: Vec<usize> = models.iter().filter_map(|m| m.fixed_batch()).collect();
     match fixed.first() {
-        None => Ok(EVAL_BATCH),
+        None => Ok(wanted),
         Some(&b) if fixed.iter().all(|&f| f == b) && dataset.len().is_multiple_of(b) => Ok(b),
         Some(&b) => Err(EvaluateError::Input {
             path: dataset.root.clone(),
@@ -754,10 +759,11 @@ pub fn compare_each_spread(
     dataset: &Dataset,
     feed: &Feed,
     classifier: &Classifier,
+    batch_size: Option<usize>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ComparisonParts, EvaluateError> {
     let all: Vec<&dyn BatchModel> = sets.iter().flatten().map(|m| &**m).collect();
-    let batch_size = batch_size(&all, dataset)?;
+    let batch_size = batch_size_or(&all, dataset, batch_size.unwrap_or(EVAL_BATCH))?;
     let candidates = sets.first().map_or(0, |s| s.len().saturating_sub(1));
     if let [one] = sets {
         let acc = in_order(batch_size, candidates, dataset, feed, classifier, progress, &mut |batch| {

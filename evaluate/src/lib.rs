@@ -42,7 +42,7 @@ pub enum EvaluateError {
     Calibrate(#[from] calibrate::CalibrateError),
     /// Scales, precision lists or artifacts failed.
     #[error(transparent)]
-    Analyze(#[from] analyze::AnalyzeError),
+    Quantize(#[from] quantizer::QuantizeError),
     /// A report could not be written or a baseline read.
     #[error(transparent)]
     Report(#[from] reports::ReportError),

@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use analyze::placement::{decide, Decision, PlacementOptions, PrecisionFile};
-use analyze::qdq::{WeightClip, WeightClips};
 use analyze::scales::{self, Method};
 use datasets::{Batch, BatchStream, Dataset, Feed, StreamOptions};
-use graph::Model;
 use histograms::HistFile;
+use placement::{decide, Decision, PrecisionFile};
+use quantizer::qdq::{WeightClip, WeightClips};
+use quantizer::{Quantizer, Scheme};
 use serde::Serialize;
 
 use crate::compare::{argmax, Classifier};
@@ -30,19 +30,15 @@ pub struct SensitivityInputs {
     pub feed: Feed,
     /// Logits or zero-shot prototypes.
     pub classifier: Classifier,
-    /// Scale method for every activation.
-    pub method: Method,
-    /// The INT8 configuration (default lists when empty).
-    pub precision: PrecisionFile,
+    /// The INT8 configuration whose nodes are measured.
+    pub scheme: Scheme,
+    /// Images per ONNX Runtime call (default 100; a model's fixed batch wins).
+    pub batch_size: Option<usize>,
     /// CPU threads per session (0 = one per core).
     pub threads: usize,
     /// Where the variants run; with several GPUs the nodes are dealt to them in turn, each node's variants
     /// measured on one of them.
     pub device: runtime::Devices,
-    /// Target runtime and attention default of the Q/DQ placement.
-    pub qdq: PlacementOptions,
-    /// How weight channels' amax is chosen, per node.
-    pub weight_clip: WeightClips,
 }
 
 /// What one model variant does to the evaluation subset, against FP32.
@@ -228,7 +224,8 @@ pub struct SensitivityEvaluation {
 }
 
 struct Evaluator<'a> {
-    model: &'a Model,
+    quantizer: &'a Quantizer,
+    scheme: &'a Scheme,
     batches: Vec<Batch>,
     fp32: Vec<Vec<f32>>,
     input: String,
@@ -236,10 +233,6 @@ struct Evaluator<'a> {
     classifier: &'a Classifier,
     threads: usize,
     devices: &'a [runtime::Device],
-    qdq: PlacementOptions,
-    weight_clip: &'a WeightClips,
-    /// Calibrated max |x| per tensor (which producers must stay FP32), computed once for every variant.
-    max_abs: HashMap<String, f32>,
 }
 
 fn softmax(v: &[f32]) -> Vec<f64> {
@@ -251,12 +244,13 @@ fn softmax(v: &[f32]) -> Vec<f64> {
 
 impl<'a> Evaluator<'a> {
     /// Decodes the evaluation images once and runs the FP32 model over them once.
-    fn new(model: &'a Model, inputs: &'a SensitivityInputs) -> Result<Evaluator<'a>, EvaluateError> {
+    fn new(quantizer: &'a Quantizer, inputs: &'a SensitivityInputs) -> Result<Evaluator<'a>, EvaluateError> {
+        let model = quantizer.model();
         let (dataset, feed) = (&inputs.dataset, &inputs.feed);
         let input = calibrate::batch_input(model, feed)?;
         let no_output = || EvaluateError::Model { path: model.path.clone(), message: "the model has no output".into() };
         let output = model.proto.graph.output.first().ok_or_else(no_output)?.name.clone();
-        let batch_size = model.batch_size_for(&input, 100, dataset.len())?;
+        let batch_size = model.batch_size_for(&input, inputs.batch_size.unwrap_or(100), dataset.len())?;
         let batches = BatchStream::new(dataset, feed, StreamOptions { batch_size, ..Default::default() })
             .collect::<Result<Vec<_>, _>>()?;
         if batches.is_empty() {
@@ -264,7 +258,8 @@ impl<'a> Evaluator<'a> {
         }
         let classifier = &inputs.classifier;
         let mut ev = Evaluator {
-            model,
+            quantizer,
+            scheme: &inputs.scheme,
             batches,
             fp32: Vec::new(),
             input,
@@ -272,9 +267,6 @@ impl<'a> Evaluator<'a> {
             classifier,
             threads: inputs.threads,
             devices: inputs.device.list(),
-            qdq: inputs.qdq,
-            weight_clip: &inputs.weight_clip,
-            max_abs: analyze::max_abs(&inputs.hist),
         };
         ev.fp32 = ev.outputs(&model.proto)?;
         ev.check_finite(&ev.fp32, true)?;
@@ -305,7 +297,7 @@ impl<'a> Evaluator<'a> {
         let (fp32_values, fp32_images, int8_values, int8_images) =
             if fp32 { (values, images, 0, 0) } else { (0, 0, values, images) };
         Err(EvaluateError::NonFinite {
-            path: self.model.path.clone(),
+            path: self.quantizer.model().path.clone(),
             images: total,
             fp32_values,
             fp32_images,
@@ -324,10 +316,11 @@ impl<'a> Evaluator<'a> {
         proto: &graph::proto::ModelProto,
         device: runtime::Device,
     ) -> Result<Vec<Vec<f32>>, EvaluateError> {
-        let label = self.model.path.display().to_string();
+        let model = self.quantizer.model();
+        let label = model.path.display().to_string();
         let placement = runtime::Placement { threads: self.threads, device };
         let mut cfg = crate::compare::evaluation_config(&label, placement, &proto.graph);
-        cfg.external_data_dir = Some(self.model.dir.clone());
+        cfg.external_data_dir = Some(model.dir.clone());
         let bytes = graph::proto::Message::write_to_bytes(proto).map_err(graph::GraphError::Encode)?;
         let mut session = runtime::session_from_bytes(&bytes, &cfg)?;
         self.batches
@@ -361,7 +354,7 @@ impl<'a> Evaluator<'a> {
                 }
             }
         }
-        let f = fidelity.finish(&self.model.path)?;
+        let f = fidelity.finish(&self.quantizer.model().path)?;
         let n = f.images as f64;
         let share = |k: usize| (labelled > 0).then(|| k as f64 / labelled as f64);
         Ok(Effect {
@@ -375,7 +368,17 @@ impl<'a> Evaluator<'a> {
     }
 
     fn variant(&self, decisions: &[Decision], amax: &HashMap<String, f32>) -> Result<Effect, EvaluateError> {
-        self.variant_with(decisions, amax, self.weight_clip)
+        self.variant_with(decisions, amax, &self.scheme.weight_clip)
+    }
+
+    /// The INT8 model of `decisions` with activation ranges `amax` and weight clips `clips`.
+    fn build(
+        &self,
+        decisions: &[Decision],
+        amax: &HashMap<String, f32>,
+        clips: &WeightClips,
+    ) -> Result<graph::proto::ModelProto, EvaluateError> {
+        Ok(self.quantizer.build(decisions, &self.scheme.placement, amax, clips)?.0)
     }
 
     /// [`Evaluator::variant`] on one device.
@@ -385,8 +388,7 @@ impl<'a> Evaluator<'a> {
         amax: &HashMap<String, f32>,
         device: runtime::Device,
     ) -> Result<Effect, EvaluateError> {
-        let (proto, _) = analyze::build_qdq(self.model, decisions, &self.qdq, amax, &self.max_abs, self.weight_clip)?;
-        self.measure(&proto, device)
+        self.measure(&self.build(decisions, amax, &self.scheme.weight_clip)?, device)
     }
 
     /// [`Evaluator::variant`] with other weight clips.
@@ -396,8 +398,7 @@ impl<'a> Evaluator<'a> {
         amax: &HashMap<String, f32>,
         clips: &WeightClips,
     ) -> Result<Effect, EvaluateError> {
-        let (proto, _) = analyze::build_qdq(self.model, decisions, &self.qdq, amax, &self.max_abs, clips)?;
-        self.measure(&proto, self.devices[0])
+        self.measure(&self.build(decisions, amax, clips)?, self.devices[0])
     }
 
     /// The effect of a built INT8 variant on one device.
@@ -419,10 +420,12 @@ fn method_choices(
     method: Method,
     base: &Effect,
 ) -> Result<Vec<MethodChoice>, EvaluateError> {
-    let graph = &ev.model.proto.graph;
-    let amax = analyze::activation_amax(hist, graph, method, &Default::default());
-    let scale_type = analyze::effective_float_type(ev.model, &ev.qdq);
-    let (_, summary) = analyze::qdq::insert_qdq(ev.model, decisions, &ev.qdq, &amax, ev.weight_clip, scale_type)?;
+    let (model, scheme) = (ev.quantizer.model(), ev.scheme);
+    let graph = &model.proto.graph;
+    let amax = ev.quantizer.amax(scheme);
+    let scale_type = ev.quantizer.float_type(&scheme.placement);
+    let (_, summary) =
+        quantizer::qdq::insert_qdq(model, decisions, &scheme.placement, &amax, &scheme.weight_clip, scale_type)?;
     let image = analyze::max_calibrated(graph);
     let mut out = Vec::new();
     for (tensor, ..) in &summary.activations {
@@ -455,17 +458,17 @@ fn clip_choices(
     amax: &HashMap<String, f32>,
     base: &Effect,
 ) -> Result<Vec<WeightClipChoice>, EvaluateError> {
-    let graph = &ev.model.proto.graph;
+    let graph = &ev.quantizer.model().proto.graph;
     let index = graph::GraphIndex::new(graph);
     let mut out = Vec::new();
     for d in decisions.iter().filter(|d| d.int8) {
         let Some(node) = graph.node.iter().find(|n| n.name == d.node) else { continue };
-        if analyze::placement::weight_slot(node, graph, &index).is_none() {
+        if placement::weight_slot(node, graph, &index).is_none() {
             continue;
         }
-        let mut tried = vec![(ev.weight_clip.of(&d.node), base.divergence)];
+        let mut tried = vec![(ev.scheme.weight_clip.of(&d.node), base.divergence)];
         let other = if tried[0].0 == WeightClip::Mse { WeightClip::Max } else { WeightClip::Mse };
-        let mut clips = ev.weight_clip.clone();
+        let mut clips = ev.scheme.weight_clip.clone();
         clips.per_node.insert(d.node.clone(), other);
         tried.push((other, ev.variant_with(decisions, amax, &clips)?.divergence));
         tried.sort_by_key(|(c, _)| *c != WeightClip::Max);
@@ -487,8 +490,8 @@ pub fn sensitivity(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<SensitivityReport, EvaluateError> {
     let start = std::time::Instant::now();
-    let (model, _) = analyze::load_calibrated(&inputs.model, &inputs.hist)?;
-    let ev = Evaluator::new(&model, inputs)?;
+    let quantizer = Quantizer::load(&inputs.model, inputs.hist.clone())?;
+    let ev = Evaluator::new(&quantizer, inputs)?;
     measure_nodes(&ev, inputs, choose_methods, progress, start)
 }
 
@@ -499,19 +502,20 @@ fn measure_nodes(
     progress: &mut dyn FnMut(usize, usize),
     start: std::time::Instant,
 ) -> Result<SensitivityReport, EvaluateError> {
-    let (model, hist, method, precision) = (ev.model, &inputs.hist, inputs.method, &inputs.precision);
-    let amax = analyze::activation_amax(hist, &model.proto.graph, method, &Default::default());
-    let decisions =
-        decide(&model.proto.graph, precision, &inputs.qdq, "precision").map_err(analyze::AnalyzeError::from)?;
+    let (model, hist, scheme) = (ev.quantizer.model(), &inputs.hist, &inputs.scheme);
+    let method = scheme.method;
+    let amax = ev.quantizer.amax(scheme);
+    let decisions = decide(&model.proto.graph, &scheme.precision, &scheme.placement, "precision")
+        .map_err(quantizer::QuantizeError::from)?;
     let fp32_top1 = ev.effect(&ev.fp32)?.top1;
     // The full configuration is built here once: its graph also says how every variant is evaluated.
-    let (full, _) = analyze::build_qdq(model, &decisions, &ev.qdq, &amax, &ev.max_abs, ev.weight_clip)?;
+    let full = ev.build(&decisions, &amax, &scheme.weight_clip)?;
     let int8 = ev.measure(&full, ev.devices[0])?;
     let level = |g: &graph::proto::GraphProto| crate::compare::graph_optimization_for(g).name().to_string();
     let evaluation = SensitivityEvaluation { fp32: level(&model.proto.graph), int8: level(&full.graph) };
     drop(full);
 
-    let flops = analyze::flops::gemm_flops(model, hist)?;
+    let flops = ev.quantizer.flops()?;
     let total_flops: f64 = flops.values().sum();
     let targets: Vec<&Decision> = decisions.iter().filter(|d| d.int8).collect();
     let measure = |target: &Decision, device: runtime::Device| -> Result<NodeSensitivity, EvaluateError> {
@@ -605,14 +609,25 @@ pub fn auto_precision(
     budget: &Budget,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<AutoPrecision, EvaluateError> {
+    let quantizer = Quantizer::load(&inputs.model, inputs.hist.clone())?;
+    auto_precision_with(&quantizer, inputs, budget, progress)
+}
+
+/// [`auto_precision`] on a model prepared already (`inputs.model` and `inputs.hist` are `quantizer`'s).
+pub fn auto_precision_with(
+    quantizer: &Quantizer,
+    inputs: &SensitivityInputs,
+    budget: &Budget,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<AutoPrecision, EvaluateError> {
     budget.check(&inputs.dataset)?;
     let start = std::time::Instant::now();
-    let (model, _) = analyze::load_calibrated(&inputs.model, &inputs.hist)?;
-    let ev = Evaluator::new(&model, inputs)?;
+    let model = quantizer.model();
+    let ev = Evaluator::new(quantizer, inputs)?;
     let images = ev.batches.iter().map(|b| b.items.len() as u64).sum();
     let report = measure_nodes(&ev, inputs, false, progress, start)?;
-    let (hist, method, base) = (&inputs.hist, inputs.method, &inputs.precision);
-    let amax = analyze::activation_amax(hist, &model.proto.graph, method, &Default::default());
+    let base = &inputs.scheme.precision;
+    let amax = quantizer.amax(&inputs.scheme);
 
     let mut order: Vec<&NodeSensitivity> = report.nodes.iter().collect();
     let damage_per_flop = |n: &NodeSensitivity| budget.damage(&n.alone_int8) / n.flop_share.max(1e-9);
@@ -624,8 +639,8 @@ pub fn auto_precision(
         if let Some(n) = next {
             denied.push(n.node.clone());
             precision.deny.nodes.push(n.node.clone());
-            let decisions = decide(&model.proto.graph, &precision, &inputs.qdq, "autoprecision")
-                .map_err(analyze::AnalyzeError::from)?;
+            let decisions = decide(&model.proto.graph, &precision, &inputs.scheme.placement, "autoprecision")
+                .map_err(quantizer::QuantizeError::from)?;
             effect = ev.variant(&decisions, &amax)?;
         }
         if budget.met(&effect, images) {

@@ -5,12 +5,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use analyze::max_abs;
-use analyze::placement::{FloatType, PlacementOptions, PrecisionFile};
-use analyze::scales::Method;
-use analyze::{analyze, AnalyzeOptions};
-use calibrate::{calibrate, CalibrateOptions};
+use calibrate::{calibrate_model, CalibrateOptions};
 use datasets::{Dataset, Feed};
+use placement::FloatType;
+use quantizer::{Quantizer, Scheme};
 use reports::{FloatRow, Report, TensorPlot};
 
 use crate::compare::{compare_each_spread, ort_model, BatchModel, Classifier};
@@ -42,18 +40,13 @@ pub struct ValidateConfig {
     pub val: PathBuf,
     /// How samples become inputs: images through a recipe, or `.npz` samples (then both folders hold them).
     pub feed: Feed,
-    /// Scale method.
-    pub method: Method,
-    /// SmoothQuant alpha: calibration smooths the model's GEMM inputs first (`calibrate --smooth`).
-    pub smooth: Option<f32>,
-    /// How weight channels' amax is chosen.
-    pub weight_clip: analyze::qdq::WeightClip,
-    /// Precision allow/deny lists, and where they came from (for messages).
-    pub precision: PrecisionFile,
-    /// Where `precision` came from: a file path or "defaults".
-    pub precision_origin: String,
-    /// Target runtime and attention default of the Q/DQ placement.
-    pub qdq: PlacementOptions,
+    /// Which INT8 model is built.
+    pub scheme: Scheme,
+    /// How samples run through the models: device, threads, calibration batch size, the calibration subset
+    /// (limit, seed) and smoothing.
+    pub collect: CalibrateOptions,
+    /// Images per evaluation batch (default [`crate::compare::EVAL_BATCH`]; a model's fixed batch wins).
+    pub eval_batch: Option<usize>,
     /// Logits or zero-shot prototypes.
     pub classifier: Classifier,
     /// Gate: INT8 Top-1 may be at most this many percentage points below FP32.
@@ -65,21 +58,15 @@ pub struct ValidateConfig {
     /// Compare with a baseline of another model (recorded in the report); without it such a baseline is
     /// refused.
     pub baseline_across_models: bool,
-    /// A sensitivity.json or autoprecision.json whose ranking goes into report.html.
+    /// A sensitivity.json or autoprecision.json whose ranking goes into report.html (the scheme's per-tensor
+    /// choices may come from the same file).
     pub sensitivity: Option<PathBuf>,
     /// What runs the INT8 model.
     pub engine: Engine,
     /// Class list for ImageNet-style folders.
     pub classes: Option<PathBuf>,
-    /// Seeded subset of the calibration images.
-    pub limit_calib: Option<usize>,
     /// Seeded subset of the validation images.
     pub limit_val: Option<usize>,
-    /// CPU threads per session (0 = one per core).
-    pub threads: usize,
-    /// Where calibration and the models run; with several GPUs each evaluates its share of the batches
-    /// (calibration runs on them too), and the report is the one-device report (speeds aside).
-    pub device: runtime::Devices,
     /// Output folder.
     pub out: PathBuf,
     /// Evaluate one part of the validation list and write what the report needs from it, instead of the
@@ -167,12 +154,64 @@ fn plot_counts(stats: &histograms::TensorStats, bins: usize) -> (f64, Vec<u64>) 
 }
 
 /// Runs the pipeline and writes the artifacts and reports into `config.out`. Returns the report; the
-/// caller turns `passed` into the exit status.
+/// caller turns `passed` into the exit status. Four steps: the inputs checked before any work, the artifacts
+/// built, the three models compared, the report assembled.
 pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, EvaluateError> {
-    if config.engine == Engine::TensorRt && config.device.list().len() > 1 {
+    let inputs = check_inputs(config)?;
+    let model_files = inputs.model.input_files();
+    config.run_files().check(&|_| Ok(model_files.clone()))?;
+    // Everything goes into a staging folder that replaces OUTDIR whole at the end. From here a failed run
+    // removes the previous verdict (int8kit's own files, proven by their SHA-256), so that OUTDIR never holds
+    // a stale one; a kill leaves it as it was.
+    let mut stage = safe_io::OutputDir::new(&config.out)?;
+    stage.discard_existing_on_failure();
+    let out = stage.path();
+    let Checked { val, validation_list_sha256, shard, baseline, given, model } = inputs;
+    let built = build_artifacts(config, model, given, out, progress)?;
+    let rows = compare_rows(config, &built, &val, out, progress)?;
+    let (report, gates) = assemble_report(config, &built, &rows, &val, validation_list_sha256, baseline.as_ref())?;
+    match (&config.shard, shard) {
+        (Some(request), Some(shard)) => {
+            let part = ValidatePart {
+                format: crate::shards::PART_FORMAT.into(),
+                version: crate::shards::PART_VERSION,
+                shard,
+                gates,
+                parts: rows.parts,
+                report: report.clone(),
+            };
+            safe_io::write_atomic(&request.partial_out, &part.to_json()?)?;
+        }
+        _ => report.write_all(out)?,
+    }
+    stage.commit()?;
+    Ok(report)
+}
+
+/// What [`check_inputs`] read and proved before any work.
+struct Checked {
+    /// The images evaluated (this shard's part, with `--shard`).
+    val: Dataset,
+    /// The whole evaluation list's hash (a shard's report names the whole list).
+    validation_list_sha256: String,
+    /// With `--shard`: which part this is.
+    shard: Option<histograms::ShardInfo>,
+    /// The baseline report, checked against this run.
+    baseline: Option<Report>,
+    /// Statistics given with `--hist`.
+    given: Option<histograms::HistFile>,
+    /// The model, loaded and hashed once.
+    model: graph::Model,
+}
+
+/// Every refusal that needs no work: engine and device, gate limits, labels for Top-1 gates, the image list
+/// and its shard, the baseline, the zero-shot prototypes, the given statistics. OUTDIR is not touched yet.
+fn check_inputs(config: &ValidateConfig) -> Result<Checked, EvaluateError> {
+    let device = &config.collect.device;
+    if config.engine == Engine::TensorRt && device.list().len() > 1 {
         return Err(EvaluateError::Input {
             path: config.model.clone(),
-            message: format!("--engine tensorrt runs on one device; --device {} lists several", config.device),
+            message: format!("--engine tensorrt runs on one device; --device {device} lists several"),
         });
     }
     if config.engine == Engine::TensorRt && !crate::tensorrt::on_path() {
@@ -211,24 +250,12 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
     let shard_info = match &config.shard {
         None => None,
         Some(s) => {
-            if s.index == 0 || s.index > s.count || s.count > val.len() {
-                return Err(EvaluateError::Input {
-                    path: config.val.clone(),
-                    message: format!(
-                        "--shard {}/{}: shards are numbered 1 to N, and N may not exceed the {} images",
-                        s.index,
-                        s.count,
-                        val.len()
-                    ),
-                });
-            }
-            let len = val.len();
-            val.items = val.items[(s.index - 1) * len / s.count..s.index * len / s.count].to_vec();
+            val = val.shard(s.index, s.count)?;
             Some(histograms::ShardInfo { index: s.index, count: s.count, list_sha256: val.list_sha256() })
         }
     };
-    // Loaded (and hashed) once here for the baseline and output checks; calibrate and analyze load it again.
-    let model = graph::Model::load(&config.model)?;
+    // Loaded (and hashed) once: the baseline and output checks, the calibration and the builds share it.
+    let model = calibrate::load_model(&config.model)?;
     let baseline = match &config.baseline {
         Some(path) => Some(check_baseline(path, config, &val, &model.sha256)?),
         None => None,
@@ -246,57 +273,75 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         Calibration::Folder(_) => None,
         Calibration::Hist(path) => Some(given_hist(path, config)?),
     };
-    let model_files = model.input_files();
-    // Its weights are not needed again here: a large model must not stay in memory beside the sessions.
-    drop(model);
-    config.run_files().check(&|_| Ok(model_files.clone()))?;
-    // Everything goes into a staging folder that replaces OUTDIR whole at the end. From here a failed run
-    // removes the previous verdict (int8kit's own files, proven by their SHA-256), so that OUTDIR never holds
-    // a stale one; a kill leaves it as it was.
-    let mut stage = safe_io::OutputDir::new(&config.out)?;
-    stage.discard_existing_on_failure();
-    let out = stage.path();
+    Ok(Checked { val, validation_list_sha256, shard: shard_info, baseline, given, model })
+}
 
+/// The INT8 model and everything built beside it.
+struct Built {
+    /// The prepared model and its statistics.
+    quantizer: Quantizer,
+    /// ranges.json's contents.
+    ranges: quantizer::Ranges,
+    /// Calibration and the build, seconds.
+    calibration_seconds: f64,
+}
+
+/// Calibrates (or takes the given statistics), builds and writes the artifacts into `out`: calibration.hist,
+/// the INT8 artifact set and model.fp16.onnx (the FP32 model in FP16 without Q/DQ).
+fn build_artifacts(
+    config: &ValidateConfig,
+    model: graph::Model,
+    given: Option<histograms::HistFile>,
+    out: &std::path::Path,
+    progress: Progress,
+) -> Result<Built, EvaluateError> {
     let start = Instant::now();
-    let options = CalibrateOptions {
-        limit: config.limit_calib,
-        threads: config.threads,
-        device: config.device.clone(),
-        smooth: config.smooth,
-        ..Default::default()
-    };
     // Without given statistics, `calib` is the calibration folder.
     let hist = match given {
         Some(hist) => hist,
         None => {
-            calibrate(&config.model, config.calib.path(), &config.feed, &options, &mut |done, total| {
+            calibrate_model(&model, config.calib.path(), &config.feed, &config.collect, &mut |done, total| {
                 progress(Phase::Calibrate, done, total)
             })?
             .0
         }
     };
     hist.write(&out.join("calibration.hist"))?;
-    let analysis = analyze(
-        &config.model,
-        &hist,
-        &AnalyzeOptions {
-            placement: config.qdq,
-            weight_clip: analyze::qdq::WeightClips::all(config.weight_clip),
-            ..AnalyzeOptions::new(config.method, config.precision.clone(), config.precision_origin.clone())
-        },
-    )?;
-    analysis.write(out)?;
+    let quantizer = Quantizer::new(model, hist)?;
+    let artifacts = quantizer.artifacts(&config.scheme)?;
+    artifacts.write(out)?;
     let calibration_seconds = start.elapsed().as_secs_f64();
-    let int8_model = out.join("model.qdq.onnx");
+    // The protos go before the comparison: only the ranges are reported.
+    let ranges = artifacts.ranges;
+    graph::save_model(quantizer.model(), quantizer.float_model(FloatType::Fp16)?, &out.join("model.fp16.onnx"))?;
+    Ok(Built { quantizer, ranges, calibration_seconds })
+}
 
-    // The middle row: the FP32 model in FP16 without any Q/DQ, written beside the INT8 model.
-    let fp16_model = out.join("model.fp16.onnx");
-    let fp16_proto =
-        analyze::float_type::convert(&analysis.model, analysis.model.proto.clone(), FloatType::Fp16, &max_abs(&hist))?;
-    graph::save_model(&analysis.model, fp16_proto, &fp16_model)?;
+/// What the three models did on the evaluation images.
+struct Rows {
+    /// The counts and sums behind the comparisons (what a shard's part holds).
+    parts: crate::compare::ComparisonParts,
+    /// FP32 against INT8.
+    comparison: reports::Comparison,
+    /// FP32 against the FP16 model without Q/DQ.
+    fp16: Option<FloatRow>,
+    /// How each row was computed.
+    evaluation: reports::Evaluation,
+}
 
+/// Runs FP32, INT8 and FP16 over the evaluation images (one set of sessions per device) and compares.
+fn compare_rows(
+    config: &ValidateConfig,
+    built: &Built,
+    val: &Dataset,
+    out: &std::path::Path,
+    progress: Progress,
+) -> Result<Rows, EvaluateError> {
+    let device = &config.collect.device;
+    let quantizer = &built.quantizer;
+    let (int8_model, fp16_model) = (out.join("model.qdq.onnx"), out.join("model.fp16.onnx"));
     let feed = &config.feed;
-    let placement = |device| runtime::Placement { threads: config.threads, device };
+    let placement = |device| runtime::Placement { threads: config.collect.threads, device };
     let engine_model =
         |path: &std::path::Path, stem: &str, device: runtime::Device| -> Result<Box<dyn BatchModel>, EvaluateError> {
             match config.engine {
@@ -310,11 +355,12 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
                                     .into(),
                         });
                     };
-                    let name = analysis.model.resolve_input(recipe.name.as_deref())?.name.clone();
+                    let model = quantizer.model();
+                    let name = model.resolve_input(recipe.name.as_deref())?.name.clone();
                     let input = crate::tensorrt::EngineInput {
                         image: recipe.batch_shape(1)[1..].to_vec(),
-                        fixed_batch: analysis.model.fixed_batch(&name),
-                        max_batch: crate::compare::EVAL_BATCH,
+                        fixed_batch: model.fixed_batch(&name),
+                        max_batch: config.eval_batch.unwrap_or(crate::compare::EVAL_BATCH),
                         name,
                     };
                     Ok(Box::new(TrtExec::build(path, &input, out, stem)?) as Box<dyn BatchModel>)
@@ -322,8 +368,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
             }
         };
     // One set of sessions per device: FP32, then INT8 and FP16 against it.
-    let mut sets = config
-        .device
+    let mut sets = device
         .list()
         .iter()
         .map(|&device| {
@@ -340,10 +385,9 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         int8: sets[0][1].evaluation(),
         fp16: sets[0][2].evaluation(),
     };
-    // The sessions hold their own copies: the protos go before the comparison (only the ranges are reported).
-    let analyze::Analysis { ranges, .. } = { analysis };
-    let parts =
-        compare_each_spread(&mut sets, &val, feed, &config.classifier, &mut |d, t| progress(Phase::Compare, d, t))?;
+    let parts = compare_each_spread(&mut sets, val, feed, &config.classifier, config.eval_batch, &mut |d, t| {
+        progress(Phase::Compare, d, t)
+    })?;
     let mut compared = parts.finish(&val.root)?;
     let fp16_row = compared.pop().map(|c| FloatRow {
         float_type: FloatType::Fp16.name().into(),
@@ -354,6 +398,21 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
     });
     let comparison = compared.remove(0);
 
+    Ok(Rows { parts, comparison, fp16: fp16_row, evaluation })
+}
+
+/// The report of the rows against the gates (and the gates, which a shard's part keeps).
+fn assemble_report(
+    config: &ValidateConfig,
+    built: &Built,
+    rows: &Rows,
+    val: &Dataset,
+    validation_list_sha256: String,
+    baseline: Option<&Report>,
+) -> Result<(Report, Gates), EvaluateError> {
+    let (device, feed, ranges) = (&config.collect.device, &config.feed, &built.ranges);
+    let hist = built.quantizer.hist();
+    let (comparison, fp16_row, evaluation) = (rows.comparison.clone(), rows.fp16.clone(), rows.evaluation.clone());
     let gates = Gates {
         max_top1_drop: config.max_top1_drop,
         fidelity: config.fidelity,
@@ -398,17 +457,15 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         model: hist.model.file.clone(),
         model_sha256: hist.model.sha256.clone(),
         recipe: serde_json::to_value(feed.recipe()).map_err(EvaluateError::Encode)?,
-        method: config.method.name(),
+        method: config.scheme.method.name(),
         precision: serde_json::to_value(&ranges.precision).map_err(EvaluateError::Encode)?,
         engine: match config.engine {
-            Engine::Ort if config.device.is_cuda() => {
-                format!("onnxruntime {} ({})", runtime::version()?, config.device)
-            }
+            Engine::Ort if device.is_cuda() => format!("onnxruntime {} ({device})", runtime::version()?),
             Engine::Ort => "ort-cpu".into(),
             Engine::TensorRt => "tensorrt (trtexec)".into(),
         },
         calibration_images: hist.images.count,
-        calibration_seconds,
+        calibration_seconds: built.calibration_seconds,
         validation_folder: config.val.display().to_string(),
         validation_list_sha256,
         baseline: match (&config.baseline, &baseline) {
@@ -422,7 +479,7 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         },
         classes: val.classes.clone(),
         int8_flop_share: ranges.int8_flop_share,
-        target: config.qdq.target.name().into(),
+        target: config.scheme.placement.target.name().into(),
         float_type: ranges.float_type.into(),
         passed: criteria.iter().all(|c| c.passed),
         evaluation,
@@ -433,29 +490,14 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
         sensitivity,
         shards: Vec::new(),
     };
-    match (&config.shard, shard_info) {
-        (Some(request), Some(shard)) => {
-            let part = ValidatePart {
-                format: crate::shards::PART_FORMAT.into(),
-                version: crate::shards::PART_VERSION,
-                shard,
-                gates,
-                parts,
-                report: report.clone(),
-            };
-            safe_io::write_atomic(&request.partial_out, &part.to_json()?)?;
-        }
-        _ => report.write_all(out)?,
-    }
-    stage.commit()?;
-    Ok(report)
+    Ok((report, gates))
 }
 
 /// Statistics given with `--hist` instead of a calibration: read and checked against the run's feed (the model
 /// is checked by `analyze`). Calibration options have nothing to act on, so they are refused, not ignored.
 fn given_hist(path: &std::path::Path, config: &ValidateConfig) -> Result<histograms::HistFile, EvaluateError> {
     let bad = |message: String| EvaluateError::Input { path: path.to_path_buf(), message };
-    for (flag, given) in [("--limit-calib", config.limit_calib.is_some()), ("--smooth", config.smooth.is_some())] {
+    for (flag, given) in [("--limit", config.collect.limit.is_some()), ("--smooth", config.collect.smooth.is_some())] {
         if given {
             return Err(bad(format!(
                 "{flag} applies when validate calibrates (--calib); these statistics are made already (calibrate \
@@ -522,7 +564,7 @@ fn short(sha: &str) -> &str {
 /// model's precision.
 fn sensitivity_rows(
     path: &std::path::Path,
-    nodes: &[analyze::NodeReport],
+    nodes: &[quantizer::NodeReport],
 ) -> Result<Vec<reports::SensitivityRow>, EvaluateError> {
     // Only what the chart shows is required.
     #[derive(serde::Deserialize)]

@@ -1,14 +1,14 @@
 //! End to end on the fixtures: the INT8 models keep FP32 accuracy in ONNX Runtime; sensitivity and
 //! autoprecision find a node planted with a wrong scale.
 
-use analyze::placement::PrecisionFile;
 use analyze::scales::Method;
-use analyze::{analyze, AnalyzeOptions};
 use calibrate::{calibrate, CalibrateOptions};
 use evaluate::compare::{evaluate, Classifier};
 use evaluate::gates::FidelityGates;
 use evaluate::sensitivity::{auto_precision, sensitivity, Budget, SensitivityInputs};
 use histograms::HistFile;
+use placement::PrecisionFile;
+use quantizer::{Quantizer, Scheme};
 use test_support::{calib_dir, feed, model, val_subset};
 
 fn hist(name: &str) -> HistFile {
@@ -16,8 +16,8 @@ fn hist(name: &str) -> HistFile {
     calibrate(&model(name), &calib_dir(), &feed(), &options, &mut |_, _| {}).unwrap().0
 }
 
-fn options_for(method: Method, precision: PrecisionFile) -> AnalyzeOptions {
-    AnalyzeOptions::new(method, precision, "test")
+fn options_for(method: Method, precision: PrecisionFile) -> Scheme {
+    Scheme::new(method, precision, "test")
 }
 
 /// Top-1 on a seeded subset of the validation images.
@@ -34,12 +34,10 @@ fn planted_inputs() -> (SensitivityInputs, String) {
         dataset: val_subset(200, 3),
         feed: feed(),
         classifier: Classifier::Logits,
-        method: Method::Entropy,
-        precision: PrecisionFile::default(),
+        scheme: Scheme::default(),
+        batch_size: None,
         threads: 0,
         device: Default::default(),
-        qdq: Default::default(),
-        weight_clip: Default::default(),
     };
     (inputs, planted)
 }
@@ -50,7 +48,8 @@ fn qdq_models_run_in_onnx_runtime_and_keep_fp32_accuracy() {
     for (name, entry) in test_support::models() {
         let name = name.as_str();
         let h = hist(name);
-        let a = analyze(&model(name), &h, &options_for(Method::Entropy, PrecisionFile::default())).unwrap();
+        let q = Quantizer::load(&model(name), h.clone()).unwrap();
+        let a = q.artifacts(&options_for(Method::Entropy, PrecisionFile::default())).unwrap();
         let dir = tempfile::tempdir().unwrap();
         a.write(dir.path()).unwrap();
         let qdq_path = dir.path().join("model.qdq.onnx");
@@ -78,8 +77,7 @@ fn planted_resnet_hist() -> (HistFile, String) {
     let name = "fmnist_resnet_opset13.onnx";
     let mut h = hist(name);
     let m = graph::Model::load(&model(name)).unwrap();
-    let decisions =
-        analyze::placement::decide(&m.proto.graph, &PrecisionFile::default(), &Default::default(), "test").unwrap();
+    let decisions = placement::decide(&m.proto.graph, &PrecisionFile::default(), &Default::default(), "test").unwrap();
     let planted = decisions.iter().filter(|d| d.int8 && d.op == "Conv").nth(3).unwrap().node.clone();
     let node = m.proto.graph.node.iter().find(|n| n.name == planted).unwrap();
     let mut tiny = histograms::TensorStats::default();
@@ -102,7 +100,8 @@ fn autoprecision_denies_the_planted_node_and_its_list_round_trips() {
     let text = auto.precision.to_toml();
     let back: PrecisionFile = toml::from_str(&text).unwrap();
     assert_eq!(back, auto.precision);
-    let a = analyze(&model(name), h, &options_for(Method::Entropy, back)).unwrap();
+    let q = Quantizer::load(&model(name), h.clone()).unwrap();
+    let a = q.artifacts(&options_for(Method::Entropy, back)).unwrap();
     let node = a.qdq.graph.node.iter().find(|n| n.name == planted).unwrap();
     assert!(!a.qdq.graph.node.iter().any(|n| n.op_type == "DequantizeLinear" && node.input.contains(&n.output[0])));
 }
@@ -114,7 +113,8 @@ fn a_node_planted_with_a_wrong_scale_is_ranked_most_sensitive() {
     let report = sensitivity(&inputs, true, &mut |_, _| {}).unwrap();
     let h = &inputs.hist;
     // A method was chosen for every quantized tensor but the graph input (always max).
-    let a = analyze(&model(name), h, &options_for(Method::Entropy, PrecisionFile::default())).unwrap();
+    let q = Quantizer::load(&model(name), h.clone()).unwrap();
+    let a = q.artifacts(&options_for(Method::Entropy, PrecisionFile::default())).unwrap();
     let quantized = a.ranges.tensors.iter().filter(|t| t.quantized && t.op.is_some()).count();
     assert_eq!(report.methods.len(), quantized);
     let planted_input = &a.qdq.graph.node.iter().find(|n| n.name == planted).unwrap().input[0];
@@ -152,7 +152,8 @@ fn a_node_planted_with_a_wrong_scale_is_ranked_most_sensitive() {
 /// FP32 under their names.
 #[test]
 fn fp16_float_parts_stay_within_tolerance_of_fp32() {
-    use analyze::float_type::{convert, FloatType};
+    use placement::FloatType;
+    use quantizer::float_type::convert;
     let zero_shot = Classifier::load(Some(&test_support::prototypes())).unwrap();
     for (name, entry) in test_support::models() {
         let source = graph::Model::load(&model(name)).unwrap();
@@ -238,7 +239,7 @@ fn work_spread_over_several_sessions_gives_the_one_session_result() {
     };
     let spread = |sets: usize| {
         let mut sets: Vec<_> = (0..sets).map(|_| set()).collect();
-        let mut p = compare_each_spread(&mut sets, &val, &feed(), &Classifier::Logits, &mut |_, _| {}).unwrap();
+        let mut p = compare_each_spread(&mut sets, &val, &feed(), &Classifier::Logits, None, &mut |_, _| {}).unwrap();
         (p.reference_seconds, p.candidates[0].seconds) = (0.0, 0.0);
         p
     };

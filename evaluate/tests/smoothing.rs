@@ -4,13 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
-use analyze::placement::PrecisionFile;
 use analyze::scales::Method;
-use analyze::{analyze, AnalyzeOptions};
 use calibrate::{calibrate, CalibrateOptions};
 use datasets::{BatchStream, StreamOptions};
 use evaluate::compare::{fidelity, ort_model, Fidelity};
 use histograms::HistFile;
+use placement::PrecisionFile;
+use quantizer::{Quantizer, Scheme};
 use test_support::{calib_dir, feed, model, val_subset};
 
 /// Statistics over 200 calibration images, smoothed with `smooth` first when given.
@@ -30,8 +30,9 @@ fn outputs(path: &Path) -> Vec<Vec<f32>> {
 
 /// INT8 (calibrated with `smooth` or not) against FP32 on 500 held-out images.
 fn int8_fidelity(fp32: &Path, smooth: Option<f32>, dir: &Path) -> Fidelity {
-    let options = AnalyzeOptions::new(Method::Entropy, PrecisionFile::default(), "test");
-    let a = analyze(fp32, &hist_of(fp32, smooth), &options).unwrap();
+    let options = Scheme::new(Method::Entropy, PrecisionFile::default(), "test");
+    let q = Quantizer::load(fp32, hist_of(fp32, smooth)).unwrap();
+    let a = q.artifacts(&options).unwrap();
     assert_eq!(a.ranges.smoothing.is_some(), smooth.is_some());
     let out = dir.join(format!("smooth-{smooth:?}"));
     a.write(&out).unwrap();

@@ -30,6 +30,8 @@ pub struct Model {
 impl Model {
     /// Reads and checks a model. External data files are hashed but not loaded.
     pub fn load(path: &Path) -> Result<Model, GraphError> {
+        // For `RUST_LOG=int8kit::files=debug`: a test checks that `quantize` reads its model once.
+        tracing::debug!(target: "int8kit::files", path = %path.display(), "model read");
         let bytes = safe_io::read(path, safe_io::limits::MODEL, "an ONNX model")?;
         let proto = ModelProto::parse_from_bytes(&bytes)
             .map_err(|source| GraphError::Decode { path: path.to_path_buf(), source })?;

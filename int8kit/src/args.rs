@@ -2,12 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use analyze::placement::{AttentionPrecision, FloatType, PlacementOptions, PrecisionFile, Target};
 use analyze::scales::Method;
-use analyze::AnalyzeOptions;
-use anyhow::Context;
 use datasets::{Feed, OnBadImage, Preset, Recipe};
 use histograms::Selection;
+use quantizer::placement::{AttentionPrecision, FloatType, PlacementOptions, PrecisionFile, Target};
+use quantizer::qdq::{WeightClip, WeightClips};
+use quantizer::Scheme;
 
 /// `--recipe R.toml | --preset P`: needed for image folders; a folder of `.npz` samples takes neither.
 #[derive(Debug, Clone, clap::Args)]
@@ -98,7 +98,7 @@ impl From<TensorsArg> for Selection {
 /// how statistics are collected.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CalibrationSource {
-    /// The FP32 ONNX model (external data is read from its folder).
+    /// The ONNX model (FP32, or FP16 storage; external data is read from its folder).
     #[arg(long, value_name = "M.onnx")]
     pub model: PathBuf,
     /// Folder of calibration images (JPEG/PNG, searched recursively), or of `.npz` samples (one array per
@@ -108,20 +108,25 @@ pub struct CalibrationSource {
     /// Preprocessing.
     #[command(flatten)]
     pub recipe: RecipeArgs,
-    /// How statistics are collected.
+    /// How samples run through the model.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// How the calibration pass collects.
     #[command(flatten)]
     pub collect: CollectArgs,
 }
 
-/// How calibration collects: the flags `calibrate` and `quantize` share.
+/// How samples run through models: the flags of every command that runs one (`calibrate`, `quantize`,
+/// `validate`, `sensitivity`, `autoprecision`), defined here once.
 #[derive(Debug, Clone, clap::Args)]
-pub struct CollectArgs {
-    /// Images per ONNX Runtime call. Does not change the result; memory grows with it (two batches of
-    /// activations are alive at once).
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
-    /// Use a seeded random subset of N calibration images.
+pub struct RunArgs {
+    /// Samples per ONNX Runtime call (default 16 in calibration, 64 in validate's evaluation, 100 in
+    /// sensitivity's). Does not change the statistics; memory grows with it.
     #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// Use a seeded random subset of N samples: of the calibration images (calibrate, quantize, validate), or
+    /// of the evaluation images (sensitivity, autoprecision: default 1000).
+    #[arg(long, value_name = "N", alias = "limit-calib")]
     pub limit: Option<usize>,
     /// Seed for --limit.
     #[arg(long, default_value_t = 0)]
@@ -129,24 +134,43 @@ pub struct CollectArgs {
     /// Threads for ONNX Runtime and histograms (0 = one per core). Does not change the result.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Where the model runs: cpu, or cuda[:N] (ONNX Runtime's CUDA EP with TF32 off; calibration statistics
+    /// are computed in GPU memory), or several GPUs, cuda:0,1,... or cuda:all (one session each, batches or
+    /// nodes dealt in turn, results merged exactly). Needs onnxruntime-gpu (`int8kit setup --gpu`).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]|cuda:N,M,...|cuda:all")]
+    pub device: runtime::Devices,
+    /// SmoothQuant smoothing with migration strength ALPHA (0 to 1; the paper's default is 0.5) before
+    /// calibration: a first pass measures max |x| per input channel of every MatMul/Gemm with a constant
+    /// weight, outlier channels move into the weights (folded into the LayerNorm before them where there is
+    /// one, else one Mul), and the statistics are those of the smoothed model. Twice the calibration time;
+    /// CPU only. Commands that read a .hist take the smoothing it records.
+    #[arg(long, value_name = "ALPHA")]
+    pub smooth: Option<f32>,
+}
+
+impl RunArgs {
+    /// Refuses the flags that act only when samples are calibrated here, for a command that reads its
+    /// statistics from a .hist (`what`: the flag that gives it): they would have nothing to act on.
+    pub fn refuse_calibration_flags(&self, what: &str) -> anyhow::Result<()> {
+        if let Some(alpha) = self.smooth {
+            anyhow::bail!(
+                "--smooth {alpha} applies when calibrating; {what} already holds its statistics and records the \
+                 smoothing they were made with: calibrate with --smooth instead"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// How the calibration pass collects: the flags only `calibrate` and `quantize` have.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CollectArgs {
     /// What to do with an unreadable image.
     #[arg(long, value_enum, default_value_t = OnBadImageArg::Fail)]
     pub on_bad_image: OnBadImageArg,
     /// Which activations to collect.
     #[arg(long, value_enum, default_value_t = TensorsArg::Quantizable)]
     pub tensors: TensorsArg,
-    /// Where the model runs: cpu, or cuda[:N] (ONNX Runtime's CUDA EP with TF32 off; the activations stay in
-    /// GPU memory and their statistics are computed there), or several GPUs, cuda:0,1,... or cuda:all (one
-    /// session each, batches dealt in turn, statistics merged exactly: the same .hist). Needs onnxruntime-gpu
-    /// (`int8kit setup --gpu`).
-    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]|cuda:N,M,...|cuda:all")]
-    pub device: runtime::Devices,
-    /// SmoothQuant smoothing with migration strength ALPHA (0 to 1; the paper's default is 0.5): a first pass
-    /// measures max |x| per input channel of every MatMul/Gemm with a constant weight, outlier channels move
-    /// into the weights (folded into the LayerNorm before them where there is one, else one Mul), and the
-    /// statistics are those of the smoothed model. Twice the calibration time; CPU only.
-    #[arg(long, value_name = "ALPHA")]
-    pub smooth: Option<f32>,
     /// Only the I-th of N contiguous parts of the sorted image list (after --limit), for N processes or
     /// machines; `int8kit merge` turns the N .hist files into the one-process .hist, byte for byte.
     #[arg(long, value_name = "I/N", value_parser = parse_shard)]
@@ -164,19 +188,30 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize), String> {
     Ok((i, n))
 }
 
-impl CollectArgs {
-    /// The library's options.
+impl CalibrationSource {
+    /// The calibration library's options.
     pub fn options(&self) -> calibrate::CalibrateOptions {
         calibrate::CalibrateOptions {
-            batch_size: self.batch_size,
+            on_bad_image: self.collect.on_bad_image.into(),
+            selection: self.collect.tensors.into(),
+            shard: self.collect.shard,
+            ..self.run.calibrate_options()
+        }
+    }
+}
+
+impl RunArgs {
+    /// Calibration options from these flags (the defaults for the rest).
+    pub fn calibrate_options(&self) -> calibrate::CalibrateOptions {
+        let defaults = calibrate::CalibrateOptions::default();
+        calibrate::CalibrateOptions {
+            batch_size: self.batch_size.unwrap_or(defaults.batch_size),
             threads: self.threads,
             limit: self.limit,
             seed: self.seed,
-            on_bad_image: self.on_bad_image.into(),
-            selection: self.tensors.into(),
             device: self.device.clone(),
             smooth: self.smooth,
-            shard: self.shard,
+            ..defaults
         }
     }
 }
@@ -245,21 +280,23 @@ impl PlacementArgs {
     }
 }
 
-/// How scales and precision are chosen: the flags `analyze` and `quantize` share.
+/// The quantization scheme: the flags of every command that builds an INT8 model (`quantize`, `analyze`,
+/// `validate`, `sensitivity`, `autoprecision`), defined here once and converted once ([`SchemeArgs::scheme`]).
 #[derive(Debug, Clone, clap::Args)]
-pub struct ScaleArgs {
-    /// entropy | mse | percentile[:P] (default 99.99) | max | auto (per tensor, from --sensitivity).
-    #[arg(long, default_value = "entropy")]
-    pub method: String,
-    /// With --method auto or --weight-clip auto: a sensitivity.json from `int8kit sensitivity
-    /// --choose-methods`.
+pub struct SchemeArgs {
+    /// Scale method of the activations: entropy | mse | percentile[:P] (default 99.99) | max | auto (per
+    /// tensor, from --sensitivity).
+    #[arg(long, default_value = "entropy", value_name = "METHOD")]
+    pub method: MethodArg,
+    /// A sensitivity.json from `int8kit sensitivity --choose-methods`: the per-tensor methods of --method auto
+    /// and the per-node clips of --weight-clip auto (validate also charts its ranking in report.html).
     #[arg(long, value_name = "S.json")]
     pub sensitivity: Option<PathBuf>,
     /// TOML with [deny] / [allow] tables of node names (globs) and op types.
     #[arg(long, value_name = "P.toml")]
     pub precision: Option<PathBuf>,
     /// TensorRT version written in the calibration cache header.
-    #[arg(long, default_value = analyze::DEFAULT_TRT_VERSION)]
+    #[arg(long, default_value = quantizer::DEFAULT_TRT_VERSION)]
     pub trt_version: String,
     /// Where Q/DQ goes.
     #[command(flatten)]
@@ -268,43 +305,82 @@ pub struct ScaleArgs {
     /// squared int8 error, searched from max |w| down to half of it) or auto (per node, whichever gave the
     /// better output fidelity in --sensitivity S.json; max for nodes it does not list).
     #[arg(long, default_value = "max", value_name = "max|mse|auto")]
-    pub weight_clip: String,
+    pub weight_clip: WeightClipArg,
 }
 
-impl ScaleArgs {
-    /// The library's options: the method (or each tensor's, for `auto`) and the precision file.
-    pub fn options(&self) -> anyhow::Result<AnalyzeOptions> {
+/// `--method`: a scale method, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MethodArg {
+    /// One method for every activation.
+    One(Method),
+    /// Per tensor, from a sensitivity.json.
+    Auto,
+}
+
+impl std::str::FromStr for MethodArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<MethodArg, String> {
+        match s {
+            "auto" => Ok(MethodArg::Auto),
+            other => Ok(MethodArg::One(other.parse()?)),
+        }
+    }
+}
+
+/// `--weight-clip`: a clip for every weight, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WeightClipArg {
+    /// One clip for every weight.
+    One(WeightClip),
+    /// Per node, from a sensitivity.json.
+    Auto,
+}
+
+impl std::str::FromStr for WeightClipArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<WeightClipArg, String> {
+        match s {
+            "auto" => Ok(WeightClipArg::Auto),
+            other => Ok(WeightClipArg::One(other.parse()?)),
+        }
+    }
+}
+
+impl SchemeArgs {
+    /// The library's scheme: the method (or each tensor's, for `auto`), the weight clips (or each node's),
+    /// the precision file, the placement and the TensorRT version. `--sensitivity` is refused without an
+    /// `auto` to feed unless the command also uses it otherwise (`ranking_shown`: validate's report).
+    pub fn scheme(&self, ranking_shown: bool) -> anyhow::Result<Scheme> {
         let (precision, precision_origin) = load_precision(self.precision.as_deref())?;
-        let auto_method = self.method == "auto";
-        let auto_clip = self.weight_clip == "auto";
+        let auto_method = self.method == MethodArg::Auto;
+        let auto_clip = self.weight_clip == WeightClipArg::Auto;
         let choices = match (&self.sensitivity, auto_method || auto_clip) {
             (Some(path), true) => evaluate::sensitivity::load_method_choices(path)?,
             (None, true) => anyhow::bail!(
                 "--method auto and --weight-clip auto need --sensitivity S.json from `int8kit sensitivity --choose-methods`"
             ),
-            (Some(_), false) => anyhow::bail!("--sensitivity goes with --method auto or --weight-clip auto"),
-            (None, false) => Default::default(),
+            (Some(_), false) if !ranking_shown => {
+                anyhow::bail!("--sensitivity goes with --method auto or --weight-clip auto")
+            }
+            (_, false) => Default::default(),
         };
-        let (method, per_tensor) = if auto_method {
-            (Method::Entropy, choices.methods)
-        } else {
-            (self.method.parse().map_err(anyhow::Error::msg).context("--method")?, Default::default())
+        let (method, per_tensor) = match self.method {
+            MethodArg::Auto => (Method::Entropy, choices.methods),
+            MethodArg::One(m) => (m, Default::default()),
         };
-        let weight_clip = if auto_clip {
-            analyze::qdq::WeightClips { default: analyze::qdq::WeightClip::Max, per_node: choices.weight_clips }
-        } else {
-            analyze::qdq::WeightClips::all(
-                self.weight_clip.parse().map_err(anyhow::Error::msg).context("--weight-clip")?,
-            )
+        let weight_clip = match self.weight_clip {
+            WeightClipArg::Auto => WeightClips { default: WeightClip::Max, per_node: choices.weight_clips },
+            WeightClipArg::One(clip) => WeightClips::all(clip),
         };
-        Ok(AnalyzeOptions {
+        quantizer::cache::trt_version_code(&self.trt_version)?;
+        Ok(Scheme {
             method,
+            per_tensor,
+            weight_clip,
             precision,
             precision_origin,
-            trt_version: self.trt_version.clone(),
-            per_tensor,
             placement: self.placement.options(),
-            weight_clip,
+            trt_version: self.trt_version.clone(),
         })
     }
 }
@@ -341,4 +417,59 @@ pub fn load_precision(path: Option<&Path>) -> anyhow::Result<(PrecisionFile, Str
         Some(p) => (PrecisionFile::load(p)?, p.display().to_string()),
         None => (PrecisionFile::default(), "defaults".into()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// The long flags a group defines.
+    fn flags_of<A: clap::Args>() -> Vec<String> {
+        A::augment_args(clap::Command::new("group"))
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .collect()
+    }
+
+    /// Every command that builds a model takes the whole scheme group, every command that runs one the whole
+    /// run group: read from each command's `--help`, so a command that lacks a flag of its group fails here.
+    #[test]
+    fn every_command_that_builds_or_runs_a_model_has_every_flag_of_its_groups() {
+        let (scheme, run) = (flags_of::<SchemeArgs>(), flags_of::<RunArgs>());
+        assert!(scheme.contains(&"--method".into()) && scheme.contains(&"--float-type".into()), "{scheme:?}");
+        assert!(run.contains(&"--batch-size".into()) && run.contains(&"--smooth".into()), "{run:?}");
+        let groups: [(&str, &[&Vec<String>]); 6] = [
+            ("quantize", &[&scheme, &run]),
+            ("analyze", &[&scheme]),
+            ("validate", &[&scheme, &run]),
+            ("sensitivity", &[&scheme, &run]),
+            ("autoprecision", &[&scheme, &run]),
+            ("calibrate", &[&run]),
+        ];
+        let mut cli = crate::Cli::command();
+        let names: Vec<String> = cli.get_subcommands().map(|c| c.get_name().to_string()).collect();
+        for name in &names {
+            // Only these neither build nor run a model.
+            let listed = groups.iter().any(|(g, _)| g == name) || ["merge", "lint", "setup"].contains(&name.as_str());
+            assert!(listed, "subcommand {name} is not checked here: give it its groups");
+        }
+        for (name, wanted) in groups {
+            let help = cli.find_subcommand_mut(name).unwrap().render_long_help().to_string();
+            let tokens: Vec<&str> = help.split_whitespace().map(|t| t.trim_end_matches(',')).collect();
+            for flag in wanted.iter().flat_map(|g| g.iter()) {
+                assert!(tokens.contains(&flag.as_str()), "`int8kit {name} --help` lacks {flag}:\n{help}");
+            }
+        }
+    }
+
+    #[test]
+    fn method_and_weight_clip_take_auto_or_one_choice() {
+        assert_eq!("auto".parse::<MethodArg>().unwrap(), MethodArg::Auto);
+        assert_eq!("mse".parse::<MethodArg>().unwrap(), MethodArg::One(Method::Mse));
+        assert!("kl".parse::<MethodArg>().unwrap_err().contains("entropy, mse"));
+        assert_eq!("auto".parse::<WeightClipArg>().unwrap(), WeightClipArg::Auto);
+        assert_eq!("mse".parse::<WeightClipArg>().unwrap(), WeightClipArg::One(WeightClip::Mse));
+    }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use safe_io::{Kind, RunFiles};
 
-use crate::args::{CalibrationSource, RecipeArgs, ScaleArgs};
+use crate::args::{CalibrationSource, RecipeArgs, SchemeArgs};
 use crate::commands::sensitivity::SensitivityArgs;
 use crate::Command;
 
@@ -19,7 +19,7 @@ fn source(files: &mut RunFiles, args: &CalibrationSource) {
     recipe(files, &args.recipe);
 }
 
-fn scales(files: &mut RunFiles, args: &ScaleArgs) {
+fn scheme(files: &mut RunFiles, args: &SchemeArgs) {
     files.add_some("--sensitivity", args.sensitivity.as_deref(), Kind::File).add_some(
         "--precision",
         args.precision.as_deref(),
@@ -33,9 +33,9 @@ fn sensitivity(files: &mut RunFiles, a: &SensitivityArgs) {
         .add("--hist", &a.hist, Kind::File)
         .add("--val", &a.val, Kind::Samples)
         .add_some("--zero-shot", a.zero_shot.as_deref(), Kind::File)
-        .add_some("--precision", a.precision.as_deref(), Kind::File)
         .add_some("--classes", a.classes.as_deref(), Kind::File)
         .add("--out", &a.out, Kind::OutFolder);
+    scheme(files, &a.scheme);
     recipe(files, &a.recipe);
 }
 
@@ -47,7 +47,7 @@ impl Command {
         match self {
             Command::Quantize(a) => {
                 source(f, &a.source);
-                scales(f, &a.scales);
+                scheme(f, &a.scheme);
                 f.add_some("--save-hist", a.save_hist.as_deref(), Kind::OutFile).add("--out", &a.out, Kind::OutFolder);
             }
             Command::Calibrate(a) => {
@@ -56,7 +56,7 @@ impl Command {
             }
             Command::Analyze(a) => {
                 f.add("--model", &a.model, Kind::Model).add("--hist", &a.hist, Kind::File);
-                scales(f, &a.scales);
+                scheme(f, &a.scheme);
                 f.add("--out", &a.out, Kind::OutFolder);
             }
             Command::Sensitivity(a) => sensitivity(f, a),
@@ -66,13 +66,12 @@ impl Command {
                     .add_some("--calib", a.calib.as_deref(), Kind::Samples)
                     .add_some("--hist", a.hist.as_deref(), Kind::File)
                     .add("--val", &a.val, Kind::Samples)
-                    .add_some("--precision", a.precision.as_deref(), Kind::File)
                     .add_some("--zero-shot", a.zero_shot.as_deref(), Kind::File)
-                    .add_some("--sensitivity", a.sensitivity.as_deref(), Kind::File)
                     .add_some("--baseline", a.baseline.as_deref(), Kind::File)
                     .add_some("--classes", a.classes.as_deref(), Kind::File)
                     .add("--out", &a.out, Kind::OutFolder)
                     .add_some("--partial-out", a.partial_out.as_deref(), Kind::OutFile);
+                scheme(f, &a.scheme);
                 recipe(f, &a.recipe);
             }
             Command::Merge(a) => {

@@ -73,11 +73,11 @@ impl Command {
     /// The device the subcommand runs models on (ONNX Runtime's GPU build is looked up for CUDA).
     fn device(&self) -> runtime::Device {
         match self {
-            Command::Quantize(a) => a.source.collect.device.first(),
-            Command::Calibrate(a) => a.source.collect.device.first(),
-            Command::Sensitivity(a) => a.device.first(),
-            Command::Autoprecision(a) => a.common.device.first(),
-            Command::Validate(a) => a.device.first(),
+            Command::Quantize(a) => a.source.run.device.first(),
+            Command::Calibrate(a) => a.source.run.device.first(),
+            Command::Sensitivity(a) => a.run.device.first(),
+            Command::Autoprecision(a) => a.common.run.device.first(),
+            Command::Validate(a) => a.run.device.first(),
             Command::Analyze(_) | Command::Setup(_) | Command::Lint(_) | Command::Merge(_) => runtime::Device::Cpu,
         }
     }

@@ -1,11 +1,13 @@
 //! Where INT8 goes: which nodes run in INT8 (the defaults, overridden by a precision file) and which tensors
 //! get a QuantizeLinear/DequantizeLinear pair in front of which node input, for a deployment target.
 //!
-//! `analyze` builds the Q/DQ model from a [`Plan`]; `calibrate --tensors quantizable` collects exactly the
-//! tensors the default plans read ([`needed_by_defaults`]), so the two can never disagree.
+//! TensorRT's Q/DQ rules live here once: [`plan`] follows them to place Q/DQ, and [`lint`] checks any Q/DQ
+//! model against them. `quantizer` builds the Q/DQ model from a [`Plan`]; `calibrate --tensors quantizable`
+//! collects exactly the tensors the default plans read ([`needed_by_defaults`]), so the two can never disagree.
 
 #![forbid(unsafe_code)]
 
+pub mod lint;
 pub mod precision;
 mod rules;
 

@@ -182,6 +182,15 @@ fn build_session(env: &Environment, bytes: &[u8], cfg: &SessionConfig) -> ort::R
     builder.commit_from_memory(bytes)
 }
 
+/// A short identity of a serialized model: equal bytes, equal id (std's SipHash with fixed keys, not a
+/// cryptographic hash; for logs only).
+fn graph_id(bytes: &[u8]) -> String {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(bytes);
+    format!("{:016x}", h.finish())
+}
+
 /// A session over a serialized model.
 pub fn session_from_bytes(bytes: &[u8], cfg: &SessionConfig) -> Result<Session, RuntimeError> {
     check_threads(cfg.intra_threads)?;
@@ -190,6 +199,8 @@ pub fn session_from_bytes(bytes: &[u8], cfg: &SessionConfig) -> Result<Session, 
         cuda_device_check(cfg.device)?;
     }
     let rt = loaded()?;
+    // Which graph each session runs, for `RUST_LOG=int8kit::sessions=debug`: a test counts them per graph.
+    tracing::debug!(target: "int8kit::sessions", model = %cfg.label, graph = %graph_id(bytes), device = %cfg.device, "session");
     build_session(&rt.env, bytes, cfg).map_err(|e| {
         let mut message = e.to_string();
         if cfg.device.is_cuda() {

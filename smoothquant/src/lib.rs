@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 
 use graph::proto::{tensor_proto::DataType, NodeProto, TensorProto};
-use graph::{GraphIndex, Model, UniqueNames};
+use graph::{GraphIndex, GraphPatch, Model};
 use histograms::ChannelMax;
 use serde::Serialize;
 
@@ -264,9 +264,9 @@ pub fn smooth(
         edits.push(Edit { x, s, x_max, gemms: nodes, weights, fold });
     }
 
-    let mut names = UniqueNames::of(&model.proto.graph);
+    // Inserted Muls go right after the producer of what they read (graph inputs: first): still sorted.
+    let mut patch = GraphPatch::new(&model.proto.graph);
     let mut tensors = Vec::new();
-    let mut inserted: Vec<(Option<usize>, NodeProto)> = Vec::new();
     let graph = model.proto.graph.mut_or_insert_default();
     for e in edits {
         for (i, values) in &e.weights {
@@ -280,10 +280,10 @@ pub fn smooth(
                     // A constant other nodes also read gets a copy of its own.
                     if index.consumers.get(&name).map_or(0, Vec::len) > 1 {
                         let mut copy = graph.initializer[i].clone();
-                        copy.name = names.fresh(&format!("{name}_smoothed"));
+                        copy.name = patch.fresh(&format!("{name}_smoothed"));
                         graph::set_float32(&mut copy, &values);
-                        graph.node[n].input[slot] = copy.name.clone();
-                        graph.initializer.push(copy);
+                        GraphPatch::rewire(graph, n, slot, &copy.name);
+                        patch.add_initializer(copy);
                     } else {
                         graph::set_float32(&mut graph.initializer[i], &values);
                     }
@@ -291,23 +291,23 @@ pub fn smooth(
                 (e.x.clone(), how.to_string(), graph.node[p].name.clone())
             }
             None => {
-                let factor = names.fresh(&format!("{}_smooth_factor", e.x));
-                let out = names.fresh(&format!("{}_smoothed", e.x));
+                let factor = patch.fresh(&format!("{}_smooth_factor", e.x));
+                let out = patch.fresh(&format!("{}_smoothed", e.x));
                 let mut t = TensorProto::new();
                 t.name = factor.clone();
                 t.dims = vec![e.s.len() as i64];
                 graph::set_float32(&mut t, &e.s.iter().map(|s| 1.0 / s).collect::<Vec<_>>());
-                graph.initializer.push(t);
+                patch.add_initializer(t);
                 let mut mul = NodeProto::new();
                 mul.op_type = "Mul".into();
-                mul.name = names.fresh(&format!("{}_Smooth", e.x));
+                mul.name = patch.fresh(&format!("{}_Smooth", e.x));
                 mul.input = vec![e.x.clone(), factor];
                 mul.output = vec![out.clone()];
                 for &n in &e.gemms {
-                    graph.node[n].input[0] = out.clone();
+                    GraphPatch::rewire(graph, n, 0, &out);
                 }
                 let name = mul.name.clone();
-                inserted.push((index.producer.get(&e.x).copied(), mul));
+                patch.insert_after_producer_of(&e.x, mul);
                 (out, "mul".into(), name)
             }
         };
@@ -325,19 +325,7 @@ pub fn smooth(
             tensor: e.x,
         });
     }
-    // Inserted Muls go right after the producer of what they read (graph inputs: first): still sorted.
-    if !inserted.is_empty() {
-        let mut after: BTreeMap<Option<usize>, Vec<NodeProto>> = BTreeMap::new();
-        for (p, n) in inserted {
-            after.entry(p).or_default().push(n);
-        }
-        let mut nodes = after.remove(&None).unwrap_or_default();
-        for (i, n) in std::mem::take(&mut graph.node).into_iter().enumerate() {
-            nodes.push(n);
-            nodes.extend(after.remove(&Some(i)).unwrap_or_default());
-        }
-        graph.node = nodes;
-    }
+    patch.apply(graph);
     Ok(Smoothing { alpha, tensors, skipped })
 }
 

@@ -1,6 +1,5 @@
 //! `cargo xtask demo`: `validate` on every bundled fixture, summarised in one table.
 
-use analyze::placement::PrecisionFile;
 use analyze::scales::Method;
 use datasets::{Feed, Recipe};
 use evaluate::{Classifier, Engine, ValidateConfig};
@@ -31,12 +30,9 @@ pub fn fixture_config(
         calib: evaluate::validate::Calibration::Folder(root.join("fixtures/fmnist/calib")),
         val: root.join("fixtures/fmnist/val"),
         feed: Feed::Images(Recipe::load(&root.join("fixtures/fmnist.toml"))?),
-        method,
-        smooth: None,
-        weight_clip: Default::default(),
-        precision: PrecisionFile::default(),
-        precision_origin: "defaults".into(),
-        qdq: Default::default(),
+        scheme: quantizer::Scheme { method, ..Default::default() },
+        collect: calibrate::CalibrateOptions { device: runtime::Devices::one(device), ..Default::default() },
+        eval_batch: None,
         classifier: Classifier::load(zero_shot.then_some(prototypes.as_path()))?,
         max_top1_drop: Some(0.5),
         fidelity: Default::default(),
@@ -45,10 +41,7 @@ pub fn fixture_config(
         sensitivity: None,
         engine: Engine::Ort,
         classes: None,
-        limit_calib: None,
         limit_val: None,
-        threads: 0,
-        device: runtime::Devices::one(device),
         out,
         shard: None,
     })

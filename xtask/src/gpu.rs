@@ -643,7 +643,7 @@ fn device_list(device: Device) -> anyhow::Result<DeviceListCase> {
             dir,
             device,
         )?;
-        config.device = devices.clone();
+        config.collect.device = devices.clone();
         let r = evaluate::validate(&config, &mut |_, _, _| {})?;
         let mut v = serde_json::to_value((&r.comparison, &r.fp16, &r.criteria))?;
         for (i, row) in [(0, "fp32"), (0, "int8"), (1, "metrics")] {
@@ -666,12 +666,10 @@ fn device_list(device: Device) -> anyhow::Result<DeviceListCase> {
             dataset: Dataset::labelled(&root.join("fixtures/fmnist/val"), None)?.limit(200, 0),
             feed: feed.clone(),
             classifier: evaluate::Classifier::Logits,
-            method: analyze::scales::Method::Entropy,
-            precision: Default::default(),
+            scheme: Default::default(),
+            batch_size: None,
             threads: 0,
             device: devices.clone(),
-            qdq: Default::default(),
-            weight_clip: Default::default(),
         };
         let r = evaluate::sensitivity::sensitivity(&inputs, false, &mut |_, _| {})?;
         r.nodes.iter().map(|n| Ok(serde_json::to_value((&n.node, &n.alone_int8, &n.alone_float))?)).collect()
@@ -749,12 +747,10 @@ fn sensitivity_both(device: Device) -> anyhow::Result<SensitivityDiff> {
         dataset: val,
         feed,
         classifier: evaluate::Classifier::Logits,
-        method: analyze::scales::Method::Entropy,
-        precision: Default::default(),
+        scheme: Default::default(),
+        batch_size: None,
         threads: 0,
         device: Default::default(),
-        qdq: Default::default(),
-        weight_clip: Default::default(),
     };
     let run = |device: Device| {
         let inputs =

@@ -92,7 +92,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<int8kit::Outcome> {
     match cli.command {
         Cmd::Validate(args) => {
-            if !args.device.is_cuda() {
+            if !args.run.device.is_cuda() {
                 setup()?;
             }
             int8kit::run(int8kit::Cli { command: int8kit::Command::Validate(args) })
@@ -132,7 +132,7 @@ fn run_task(command: Cmd) -> anyhow::Result<()> {
         Cmd::Wheel => wheel::run(),
         Cmd::Fuzz { cases } => {
             std::env::set_var("PROPTEST_CASES", cases.to_string());
-            cargo_test(&["-p".into(), "int8kit".into(), "--test".into(), "fuzz".into()])
+            cargo_test(&["-p".into(), "int8kit".into(), "--test".into(), "it".into(), "fuzz::".into()])
         }
         Cmd::GpuPack(args) => gpu::pack(&args),
         Cmd::GpuCheck(args) => gpu::check(&args),

@@ -150,12 +150,21 @@ fn no_crate_depends_on_what_architecture_md_forbids() {
 
 #[test]
 fn the_check_sees_edges_through_other_crates_and_through_features() {
-    // runtime's `cuda` feature is what brings cudarc in: analyze (runtime without cuda) has no cudarc,
-    // calibrate (runtime with cuda) has it, and evaluate reaches it through calibrate.
+    // runtime's `cuda` feature is what brings cudarc in: runtime alone has no cudarc, calibrate (runtime
+    // with cuda) has it, and evaluate reaches it through calibrate; quantizer reaches ort through runtime.
     let ws = workspace();
     let reached = |krate: &str| ws.reached(krate);
-    assert!(!reached("analyze").contains_key("cudarc"), "{:?}", reached("analyze").get("cudarc"));
-    assert!(reached("analyze").contains_key("ort"), "through runtime");
+    assert!(!reached("runtime").contains_key("cudarc"), "{:?}", reached("runtime").get("cudarc"));
+    assert!(reached("calibrate").contains_key("cudarc"), "calibrate switches runtime's cuda on");
+    assert!(reached("quantizer").contains_key("ort"), "through runtime");
     assert!(reached("evaluate").contains_key("cudarc"), "through calibrate");
     assert_eq!(reached("evaluate")["histograms"][0], "evaluate");
+}
+
+#[test]
+fn every_crate_has_a_paragraph_in_the_code_map() {
+    let text = std::fs::read_to_string(test_support::root().join("ARCHITECTURE.md")).unwrap();
+    for krate in code_map().keys() {
+        assert!(text.contains(&format!("### `{krate}`")), "ARCHITECTURE.md has no paragraph for {krate}");
+    }
 }

@@ -2,12 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use analyze::{Analysis, AnalyzeOptions};
 use anyhow::Context;
-use histograms::HistFile;
-use safe_io::OutputDir;
 
-use crate::args::ScaleArgs;
+use crate::args::SchemeArgs;
 use crate::Outcome;
 
 /// `int8kit analyze`.
@@ -19,9 +16,9 @@ pub struct AnalyzeArgs {
     /// Statistics from `int8kit calibrate`.
     #[arg(long, value_name = "H.hist")]
     pub hist: PathBuf,
-    /// Scale method and precision lists.
+    /// Scale method, precision lists and placement.
     #[command(flatten)]
-    pub scales: ScaleArgs,
+    pub scheme: SchemeArgs,
     /// Output folder.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -30,37 +27,21 @@ pub struct AnalyzeArgs {
     pub quiet: bool,
 }
 
-/// Analyzes, writes the artifacts into `stage` (made for `out` before any work, so that a bad target is
-/// refused first), swaps them into `out` and prints the effective precision; shared with `quantize`.
-pub fn analyze_and_write(
-    model: &Path,
-    hist: &HistFile,
-    options: &AnalyzeOptions,
-    stage: OutputDir,
-    out: &Path,
-    quiet: bool,
-) -> anyhow::Result<Analysis> {
-    let analysis = analyze::analyze(model, hist, options).with_context(|| format!("analyzing {}", model.display()))?;
-    let written = || format!("writing artifacts to {}", out.display());
-    analysis.write(stage.path()).with_context(written)?;
-    stage.commit().with_context(written)?;
-    if !quiet {
-        print_precision(&analysis, &options.precision_origin);
-        match &analysis.cache {
-            analyze::Cache::Written(_) => {
-                println!("wrote model.qdq.onnx, calibration.cache, ranges.csv, ranges.json to {}", out.display())
-            }
-            analyze::Cache::Omitted { reason } => {
-                println!("wrote model.qdq.onnx, ranges.csv, ranges.json to {}", out.display());
-                eprintln!("note: {reason}");
-            }
+/// Prints what an artifact set holds: the effective precision and the files; shared with `quantize`.
+pub fn print_written(written: &quantizer::Written, origin: &str, out: &Path) {
+    print_precision(&written.ranges, origin);
+    match &written.cache {
+        quantizer::Cache::Written(_) => {
+            println!("wrote model.qdq.onnx, calibration.cache, ranges.csv, ranges.json to {}", out.display())
+        }
+        quantizer::Cache::Omitted { reason } => {
+            println!("wrote model.qdq.onnx, ranges.csv, ranges.json to {}", out.display());
+            eprintln!("note: {reason}");
         }
     }
-    Ok(analysis)
 }
 
-fn print_precision(analysis: &Analysis, origin: &str) {
-    let r = &analysis.ranges;
+fn print_precision(r: &quantizer::Ranges, origin: &str) {
     if !r.nodes.iter().any(|n| n.decision.int8) {
         eprintln!(
             "note: no node runs in INT8: the precision lists ({origin}) keep all {} GEMM/Conv nodes float, so \
@@ -102,8 +83,11 @@ fn print_precision(analysis: &Analysis, origin: &str) {
 
 /// Runs `int8kit analyze`.
 pub fn run(args: &AnalyzeArgs) -> anyhow::Result<Outcome> {
-    let stage = OutputDir::new(&args.out)?;
-    let hist = HistFile::read(&args.hist)?;
-    analyze_and_write(&args.model, &hist, &args.scales.options()?, stage, &args.out, args.quiet)?;
+    let scheme = args.scheme.scheme(false)?;
+    let written = quantizer::analyze_hist(&args.model, &args.hist, &scheme, &args.out)
+        .with_context(|| format!("analyzing {}", args.model.display()))?;
+    if !args.quiet {
+        print_written(&written, &scheme.precision_origin, &args.out);
+    }
     Ok(Outcome::Success)
 }

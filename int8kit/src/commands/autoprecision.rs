@@ -21,9 +21,6 @@ pub struct AutoprecisionArgs {
     /// Budget: output fidelity against FP32 (no labels needed).
     #[command(flatten)]
     pub fidelity: FidelityArgs,
-    /// TensorRT version written in the calibration cache header.
-    #[arg(long, default_value = analyze::DEFAULT_TRT_VERSION)]
-    pub trt_version: String,
 }
 
 impl AutoprecisionArgs {
@@ -52,13 +49,7 @@ pub fn run(args: &AutoprecisionArgs) -> anyhow::Result<Outcome> {
     // Before any work: an empty budget, a limit out of range or a Top-1 budget without labels.
     budget.check(&verify_on)?;
     let inputs = common.inputs()?;
-    let config = AutoPrecisionConfig {
-        verify_on,
-        inputs,
-        budget,
-        trt_version: args.trt_version.clone(),
-        out: common.out.clone(),
-    };
+    let config = AutoPrecisionConfig { verify_on, inputs, budget, out: common.out.clone() };
     let bar = progress_bar("sensitivity", "nodes", common.quiet);
     let outcome = evaluate::autoprecision::run(&config, &mut reporter(&bar))
         .with_context(|| format!("searching a precision list for {}", common.model.display()))?;

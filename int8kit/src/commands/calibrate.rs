@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use histograms::HistFile;
 
 use crate::args::CalibrationSource;
 use crate::ui::{progress_bar, reporter};
@@ -24,64 +23,78 @@ pub struct CalibrateArgs {
     pub quiet: bool,
 }
 
-/// Runs the calibration pass with a progress bar and prints its summary; shared with `quantize`.
-pub fn collect(source: &CalibrationSource, quiet: bool) -> anyhow::Result<HistFile> {
-    let CalibrationSource { model, images, recipe, collect } = source;
-    let feed = recipe.feed(images)?;
-    let bar = progress_bar("calibrate", "images", quiet);
-    let start = Instant::now();
-    let (hist, summary) = calibrate::calibrate(model, images, &feed, &collect.options(), &mut reporter(&bar))
-        .map_err(|e| {
-            // Only calibrate and quantize have the flag, so only they suggest it.
-            let unreadable = matches!(
-                e,
-                calibrate::CalibrateError::Dataset(
-                    datasets::DatasetError::BadImage { .. } | datasets::DatasetError::NoPixels { .. }
-                )
-            );
-            let e = anyhow::Error::new(e);
-            if unreadable {
-                e.context("an image cannot be used (--on-bad-image skip leaves such files out, and counts them)")
-            } else {
-                e
-            }
-        })
-        .with_context(|| format!("calibrating {}", model.display()))?;
-    bar.finish_and_clear();
-    if !quiet {
-        let secs = start.elapsed().as_secs_f64();
-        eprintln!(
-            "calibrated {} tensors over {} images in {:.2} s ({:.0} images/s); {} skipped",
-            summary.tensors,
-            summary.images,
-            secs,
-            summary.images as f64 / secs,
-            summary.skipped.len(),
-        );
-        for (path, why) in &summary.skipped {
-            eprintln!("  skipped {}: {why}", path.display());
-        }
-        if let Some(sm) = &hist.smoothing {
-            eprintln!(
-                "  smoothed first (alpha {}, per-channel maxima of {} GEMM inputs); the statistics are the smoothed \
-                 model's (two passes over the images)",
-                sm.alpha,
-                sm.channel_max.len()
-            );
-        }
-        if let Some(mb) = summary.device_memory_peak_mb {
-            eprintln!("  GPU memory in use at most {mb:.0} MB ({})", collect.device);
-        }
-        if !summary.not_collected.is_empty() {
-            eprintln!("  not collected (not float32): {}", summary.not_collected.join(", "));
-        }
+/// A calibration error, with the `--on-bad-image` hint where an image could not be used (only calibrate
+/// and quantize have the flag, so only they suggest it).
+pub fn hint_calibration(e: calibrate::CalibrateError) -> anyhow::Error {
+    let unreadable = matches!(
+        e,
+        calibrate::CalibrateError::Dataset(
+            datasets::DatasetError::BadImage { .. } | datasets::DatasetError::NoPixels { .. }
+        )
+    );
+    let e = anyhow::Error::new(e);
+    if unreadable {
+        e.context("an image cannot be used (--on-bad-image skip leaves such files out, and counts them)")
+    } else {
+        e
     }
-    Ok(hist)
+}
+
+/// [`hint_calibration`] for the whole pipeline's errors.
+pub fn hint_bad_image(e: quantizer::QuantizeError) -> anyhow::Error {
+    match e {
+        quantizer::QuantizeError::Calibrate(e) => hint_calibration(e),
+        other => other.into(),
+    }
+}
+
+/// Prints what a calibration pass did; shared with `quantize`.
+pub fn print_calibration(
+    summary: &calibrate::CalibrationSummary,
+    smoothed: Option<(f32, usize)>,
+    device: &runtime::Devices,
+    secs: f64,
+) {
+    eprintln!(
+        "calibrated {} tensors over {} images in {:.2} s ({:.0} images/s); {} skipped",
+        summary.tensors,
+        summary.images,
+        secs,
+        summary.images as f64 / secs,
+        summary.skipped.len(),
+    );
+    for (path, why) in &summary.skipped {
+        eprintln!("  skipped {}: {why}", path.display());
+    }
+    if let Some((alpha, gemm_inputs)) = smoothed {
+        eprintln!(
+            "  smoothed first (alpha {alpha}, per-channel maxima of {gemm_inputs} GEMM inputs); the statistics are \
+             the smoothed model's (two passes over the images)"
+        );
+    }
+    if let Some(mb) = summary.device_memory_peak_mb {
+        eprintln!("  GPU memory in use at most {mb:.0} MB ({device})");
+    }
+    if !summary.not_collected.is_empty() {
+        eprintln!("  not collected (not float32): {}", summary.not_collected.join(", "));
+    }
 }
 
 /// Runs `int8kit calibrate`.
 pub fn run(args: &CalibrateArgs) -> anyhow::Result<Outcome> {
-    let hist = collect(&args.source, args.quiet)?;
+    let source = &args.source;
+    let feed = source.recipe.feed(&source.images)?;
+    let bar = progress_bar("calibrate", "images", args.quiet);
+    let start = Instant::now();
+    let (hist, summary) =
+        calibrate::calibrate(&source.model, &source.images, &feed, &source.options(), &mut reporter(&bar))
+            .map_err(hint_calibration)
+            .with_context(|| format!("calibrating {}", source.model.display()))?;
+    bar.finish_and_clear();
+    if !args.quiet {
+        let smoothed = hist.smoothing.as_ref().map(|s| (s.alpha, s.channel_max.len()));
+        print_calibration(&summary, smoothed, &source.run.device, start.elapsed().as_secs_f64());
+    }
     hist.write(&args.out).with_context(|| format!("writing {}", args.out.display()))?;
     if !args.quiet {
         eprintln!("wrote {}", args.out.display());

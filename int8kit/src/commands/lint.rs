@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use analyze::lint::{lint, Severity};
 use anyhow::Context;
+use quantizer::placement::lint::{lint, Severity};
 
 use crate::Outcome;
 

@@ -1,11 +1,12 @@
-//! `int8kit quantize`: calibrate and analyze in one run, the statistics kept in memory.
+//! `int8kit quantize`: calibrate and build in one run, the statistics kept in memory.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::args::{CalibrationSource, ScaleArgs};
-use crate::commands::{analyze::analyze_and_write, calibrate::collect};
+use crate::args::{CalibrationSource, SchemeArgs};
+use crate::commands::{analyze::print_written, calibrate::print_calibration};
+use crate::ui::{progress_bar, reporter};
 use crate::Outcome;
 
 /// `int8kit quantize`.
@@ -14,9 +15,9 @@ pub struct QuantizeArgs {
     /// Model, images, preprocessing and collection.
     #[command(flatten)]
     pub source: CalibrationSource,
-    /// Scale method and precision lists.
+    /// Scale method, precision lists and placement.
     #[command(flatten)]
-    pub scales: ScaleArgs,
+    pub scheme: SchemeArgs,
     /// Also write the calibration statistics to this .hist file (for `analyze` later, with other methods or
     /// precision lists, without recalibrating).
     #[arg(long, value_name = "H.hist")]
@@ -31,13 +32,26 @@ pub struct QuantizeArgs {
 
 /// Runs `int8kit quantize`.
 pub fn run(args: &QuantizeArgs) -> anyhow::Result<Outcome> {
+    let source = &args.source;
     // Checked before the calibration pass, so that a bad flag does not cost a run.
-    let options = args.scales.options()?;
-    let stage = safe_io::OutputDir::new(&args.out)?;
-    let hist = collect(&args.source, args.quiet)?;
-    if let Some(path) = &args.save_hist {
-        hist.write(path).with_context(|| format!("writing {}", path.display()))?;
+    let config = quantizer::QuantizeConfig {
+        model: source.model.clone(),
+        images: source.images.clone(),
+        feed: source.recipe.feed(&source.images)?,
+        collect: source.options(),
+        scheme: args.scheme.scheme(false)?,
+        save_hist: args.save_hist.clone(),
+        out: args.out.clone(),
+    };
+    let bar = progress_bar("calibrate", "images", args.quiet);
+    let start = std::time::Instant::now();
+    let done = quantizer::quantize(&config, &mut reporter(&bar))
+        .map_err(crate::commands::calibrate::hint_bad_image)
+        .with_context(|| format!("quantizing {}", source.model.display()))?;
+    bar.finish_and_clear();
+    if !args.quiet {
+        print_calibration(&done.calibration, done.smoothed, &source.run.device, start.elapsed().as_secs_f64());
+        print_written(&done.written, &config.scheme.precision_origin, &args.out);
     }
-    analyze_and_write(&args.source.model, &hist, &options, stage, &args.out, args.quiet)?;
     Ok(Outcome::Success)
 }

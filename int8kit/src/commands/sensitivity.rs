@@ -2,13 +2,12 @@
 
 use std::path::PathBuf;
 
-use analyze::scales::Method;
 use anyhow::Context;
 use evaluate::sensitivity::{sensitivity, SensitivityInputs};
 use evaluate::Classifier;
 use histograms::HistFile;
 
-use crate::args::{load_precision, PlacementArgs, RecipeArgs};
+use crate::args::{RecipeArgs, RunArgs, SchemeArgs};
 use crate::ui::{percent, points, progress_bar, reporter};
 use crate::Outcome;
 
@@ -28,24 +27,15 @@ pub struct SensitivityArgs {
     /// Preprocessing.
     #[command(flatten)]
     pub recipe: RecipeArgs,
-    /// Seeded subset of the evaluation images.
-    #[arg(long, default_value_t = 1000)]
-    pub limit: usize,
     /// Classify embeddings by cosine against these prototypes (float32 [classes, dim] .npy).
     #[arg(long, value_name = "PROTOS.npy")]
     pub zero_shot: Option<PathBuf>,
-    /// Scale method for every activation: entropy | mse | percentile[:P] | max.
-    #[arg(long, default_value = "entropy")]
-    pub method: Method,
-    /// The INT8 configuration whose nodes are measured (default lists if absent).
-    #[arg(long, value_name = "P.toml")]
-    pub precision: Option<PathBuf>,
-    /// Where Q/DQ goes.
+    /// The INT8 configuration whose nodes are measured.
     #[command(flatten)]
-    pub qdq: PlacementArgs,
-    /// How each weight channel's amax is chosen: max or mse (see `analyze --weight-clip`).
-    #[arg(long, default_value = "max", value_name = "max|mse")]
-    pub weight_clip: analyze::qdq::WeightClip,
+    pub scheme: SchemeArgs,
+    /// How the evaluation images run (--limit: of the evaluation images, default 1000).
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Also find each quantized tensor's best scale method (for `--method auto`) and each weighted node's
     /// better weight clip, max or mse (for `--weight-clip auto`); about three more evaluations per tensor
     /// and one per node.
@@ -54,13 +44,6 @@ pub struct SensitivityArgs {
     /// Class list for ImageNet-style folders.
     #[arg(long, value_name = "FILE")]
     pub classes: Option<PathBuf>,
-    /// Threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Where the evaluations run: cpu, or cuda[:N] (ONNX Runtime's CUDA EP, TF32 off; needs onnxruntime-gpu),
-    /// or several GPUs, cuda:0,1,... or cuda:all (nodes dealt to them in turn).
-    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]|cuda:N,M,...|cuda:all")]
-    pub device: runtime::Devices,
     /// Output folder.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -78,21 +61,21 @@ impl SensitivityArgs {
     /// The library's inputs: everything read and checked before the long run starts. The dataset is the
     /// seeded `--limit` subset of `--val`.
     pub fn inputs(&self) -> anyhow::Result<SensitivityInputs> {
+        self.run.refuse_calibration_flags(&format!("--hist {}", self.hist.display()))?;
+        let scheme = self.scheme.scheme(false)?;
         let hist = HistFile::read(&self.hist)?;
         let full = self.dataset()?;
         let feed = datasets::Feed::for_dataset(&full, self.recipe.load()?)?;
         Ok(SensitivityInputs {
             model: self.model.clone(),
             hist,
-            dataset: full.limit(self.limit, 0),
+            dataset: full.limit(self.run.limit.unwrap_or(1000), self.run.seed),
             feed,
             classifier: Classifier::load(self.zero_shot.as_deref())?,
-            method: self.method,
-            precision: load_precision(self.precision.as_deref())?.0,
-            threads: self.threads,
-            device: self.device.clone(),
-            qdq: self.qdq.options(),
-            weight_clip: analyze::qdq::WeightClips::all(self.weight_clip),
+            scheme,
+            batch_size: self.run.batch_size,
+            threads: self.run.threads,
+            device: self.run.device.clone(),
         })
     }
 }

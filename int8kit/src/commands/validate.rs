@@ -3,12 +3,11 @@
 use anyhow::Context;
 use std::path::PathBuf;
 
-use analyze::scales::Method;
 use evaluate::validate::{Phase, ValidateConfig};
 use evaluate::{Classifier, Engine};
 use reports::Report;
 
-use crate::args::{load_precision, RecipeArgs};
+use crate::args::{RecipeArgs, RunArgs, SchemeArgs};
 use crate::ui::{percent, progress_bar};
 use crate::Outcome;
 
@@ -52,22 +51,12 @@ pub struct ValidateArgs {
     /// Preprocessing.
     #[command(flatten)]
     pub recipe: RecipeArgs,
-    /// Scale method: entropy | mse | percentile[:P] | max.
-    #[arg(long, default_value = "entropy")]
-    pub method: Method,
-    /// SmoothQuant smoothing with migration strength ALPHA (0 to 1) of the inputs of MatMul/Gemm before
-    /// calibration (see `calibrate --smooth`).
-    #[arg(long, value_name = "ALPHA")]
-    pub smooth: Option<f32>,
-    /// How each weight channel's amax is chosen: max or mse (see `analyze --weight-clip`).
-    #[arg(long, default_value = "max", value_name = "max|mse")]
-    pub weight_clip: analyze::qdq::WeightClip,
-    /// Precision allow/deny lists (TOML).
-    #[arg(long, value_name = "P.toml")]
-    pub precision: Option<PathBuf>,
-    /// Where Q/DQ goes.
+    /// Scale method, precision lists and placement.
     #[command(flatten)]
-    pub qdq: crate::args::PlacementArgs,
+    pub scheme: SchemeArgs,
+    /// How samples run through the models (--limit: of the calibration images).
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Classify embeddings by cosine against these class prototypes (float32 [classes, dim] .npy).
     #[arg(long, value_name = "PROTOS.npy")]
     pub zero_shot: Option<PathBuf>,
@@ -77,9 +66,6 @@ pub struct ValidateArgs {
     /// Gates on output fidelity against FP32 (for embedders: no labels needed for what they measure).
     #[command(flatten)]
     pub fidelity: crate::args::FidelityArgs,
-    /// Add this sensitivity ranking (sensitivity.json or autoprecision.json) to report.html.
-    #[arg(long, value_name = "S.json")]
-    pub sensitivity: Option<PathBuf>,
     /// Gate: INT8 Top-1 must not fall below this earlier report's INT8 Top-1 by more than --max-top1-drop.
     #[arg(long, value_name = "report.json")]
     pub baseline: Option<PathBuf>,
@@ -93,20 +79,9 @@ pub struct ValidateArgs {
     /// Class list for ImageNet-style folders (one folder name per line).
     #[arg(long, value_name = "FILE")]
     pub classes: Option<PathBuf>,
-    /// Use a seeded subset of N calibration images.
-    #[arg(long, value_name = "N")]
-    pub limit_calib: Option<usize>,
     /// Use a seeded subset of N validation images.
     #[arg(long, value_name = "N")]
     pub limit_val: Option<usize>,
-    /// Threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Where calibration and the models run: cpu, or cuda[:N] (ONNX Runtime's CUDA EP with TF32 off; needs
-    /// onnxruntime-gpu: `int8kit setup --gpu`), or several GPUs, cuda:0,1,... or cuda:all (one session set per
-    /// GPU, batches dealt in turn; the report's numbers are the one-GPU report's).
-    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]|cuda:N,M,...|cuda:all")]
-    pub device: runtime::Devices,
     /// Output folder for the artifacts and reports.
     #[arg(long, value_name = "OUTDIR")]
     pub out: PathBuf,
@@ -145,7 +120,6 @@ impl ValidateArgs {
 
     /// The library's configuration: every input read and checked.
     pub fn config(&self) -> anyhow::Result<ValidateConfig> {
-        let (precision, precision_origin) = load_precision(self.precision.as_deref())?;
         Ok(ValidateConfig {
             model: self.model.clone(),
             calib: match (&self.calib, &self.hist) {
@@ -155,28 +129,22 @@ impl ValidateArgs {
             },
             val: self.val.clone(),
             feed: self.feed()?,
-            method: self.method,
-            smooth: self.smooth,
-            weight_clip: self.weight_clip,
-            precision,
-            precision_origin,
-            qdq: self.qdq.options(),
+            scheme: self.scheme.scheme(true)?,
+            collect: self.run.calibrate_options(),
+            eval_batch: self.run.batch_size,
             classifier: Classifier::load(self.zero_shot.as_deref())?,
             max_top1_drop: self.max_top1_drop,
             fidelity: self.fidelity.gates(),
             baseline: self.baseline.clone(),
             baseline_across_models: self.baseline_across_models,
-            sensitivity: self.sensitivity.clone(),
+            sensitivity: self.scheme.sensitivity.clone(),
             engine: self.engine.into(),
             classes: self.classes.clone(),
-            limit_calib: self.limit_calib,
             limit_val: self.limit_val,
             shard: self
                 .shard
                 .zip(self.partial_out.clone())
                 .map(|((index, count), partial_out)| evaluate::validate::ShardRequest { index, count, partial_out }),
-            threads: self.threads,
-            device: self.device.clone(),
             out: self.out.clone(),
         })
     }
@@ -184,8 +152,8 @@ impl ValidateArgs {
 
 /// Runs the gate with progress bars; returns the report (written to `--out`).
 pub fn validate(args: &ValidateArgs) -> anyhow::Result<Report> {
-    if args.device.is_cuda() {
-        runtime::cuda_device_check(args.device.first())?;
+    if args.run.device.is_cuda() {
+        runtime::cuda_device_check(args.run.device.first())?;
         runtime::init()?;
     }
     let config = args.config()?;

@@ -10,17 +10,17 @@ use graph::{GraphIndex, Model};
 use datasets::{ArrayData, NamedArray};
 use histograms::HistFile;
 
-use crate::AnalyzeError;
+use crate::QuantizeError;
 
 /// One batch of zeros shaped like the calibration's samples (the model's fixed batch, else one sample), and
 /// that batch's size.
-fn zero_batch(model: &Model, hist: &HistFile) -> Result<(Vec<NamedArray>, usize), AnalyzeError> {
+fn zero_batch(model: &Model, hist: &HistFile) -> Result<(Vec<NamedArray>, usize), QuantizeError> {
     let zeros = |name: String, dtype: &str, shape: Vec<usize>| {
-        let data = ArrayData::zeros(dtype, shape.iter().product()).ok_or_else(|| AnalyzeError::Model {
+        let data = ArrayData::zeros(dtype, shape.iter().product()).ok_or_else(|| QuantizeError::Model {
             path: model.path.clone(),
             message: format!("the .hist's array '{name}' has element type '{dtype}', which int8kit does not feed"),
         })?;
-        Ok::<_, AnalyzeError>(NamedArray { name, shape, data })
+        Ok::<_, QuantizeError>(NamedArray { name, shape, data })
     };
     match (&hist.recipe, &hist.arrays) {
         (Some(recipe), _) => {
@@ -43,7 +43,7 @@ fn zero_batch(model: &Model, hist: &HistFile) -> Result<(Vec<NamedArray>, usize)
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((arrays, batch))
         }
-        (None, None) => Err(AnalyzeError::Model {
+        (None, None) => Err(QuantizeError::Model {
             path: model.path.clone(),
             message: "its .hist names neither a recipe nor .npz arrays, so no sample can be made to measure FLOPs: \
                       calibrate again with int8kit"
@@ -54,7 +54,7 @@ fn zero_batch(model: &Model, hist: &HistFile) -> Result<(Vec<NamedArray>, usize)
 
 /// FLOPs (2 x MACs) per sample and node name, for Conv/ConvTranspose/MatMul/Gemm nodes, for samples like the
 /// calibration's.
-pub fn gemm_flops(model: &Model, hist: &HistFile) -> Result<HashMap<String, f64>, AnalyzeError> {
+pub fn gemm_flops(model: &Model, hist: &HistFile) -> Result<HashMap<String, f64>, QuantizeError> {
     let (fed, batch) = zero_batch(model, hist)?;
     let is_fed = |t: &str| fed.iter().any(|a| a.name == t);
     let graph = &model.proto.graph;

@@ -1,6 +1,6 @@
 //! `int8kit validate` end to end: exit codes, report schema, zero-shot path, HTML numbers.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
@@ -11,7 +11,7 @@ use test_support::model as fixture;
 fn validate(model: &str, out: &Path, extra: &[&str]) -> (i32, String) {
     // A model the fixtures do not have is passed as a path that does not exist.
     let model = if model.starts_with("no_such") { out.join(model) } else { fixture(model) };
-    let mut args = vec!["--limit-calib", "200", "--limit-val", "500", "--quiet"];
+    let mut args = vec!["--limit", "200", "--limit-val", "500", "--quiet"];
     args.extend_from_slice(extra);
     let output = on_fixtures("validate", &model, out, &args);
     (output.status.code().unwrap_or(-1), text(&output))
@@ -183,4 +183,28 @@ fn fidelity_gates_pass_above_and_fail_below_their_thresholds() {
         assert!(text.contains(flag), "{text}");
         assert!(!dir.path().join("bad").join("report.json").exists());
     }
+}
+
+/// The scheme and run groups work in validate as in quantize: per-tensor methods from a sensitivity.json
+/// (`--method auto`, which validate refused before the flags were defined once), and `--batch-size`.
+#[test]
+fn validate_takes_method_auto_and_a_batch_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let choices = dir.path().join("choices.json");
+    // The shape `sensitivity --choose-methods` writes, for one tensor of the ResNet.
+    let chosen = serde_json::json!({"nodes": [], "methods": [
+        {"tensor": "/layers/layers.0/Relu_output_0", "method": "mse", "divergence_by_method": [["mse", 0.0]]}
+    ]});
+    std::fs::write(&choices, chosen.to_string()).unwrap();
+    let out = dir.path().join("auto");
+    let args = ["--method", "auto", "--sensitivity", choices.to_str().unwrap(), "--batch-size", "7"];
+    let (code, text) = validate("fmnist_resnet_opset13.onnx", &out, &[&args[..], &["--max-top1-drop", "5"]].concat());
+    assert_eq!(code, 0, "{text}");
+    let ranges = read_json(&out.join("ranges.json"));
+    let method_of = |name: &str| {
+        ranges["tensors"].as_array().unwrap().iter().find(|t| t["name"] == name).map(|t| t["method"].clone())
+    };
+    assert_eq!(method_of("/layers/layers.0/Relu_output_0"), Some("mse".into()), "{ranges}");
+    assert_eq!(method_of("/layers/layers.1/Relu_output_0"), Some("entropy".into()));
+    assert_eq!(read_json(&out.join("report.json"))["comparison"]["images"], 500);
 }

@@ -21,11 +21,11 @@ use std::collections::{HashMap, HashSet};
 use graph::proto::{
     attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, ModelProto, NodeProto, TensorProto,
 };
-use graph::{GraphIndex, Model, UniqueNames};
+use graph::{GraphIndex, GraphPatch, Model};
 
 pub use placement::FloatType;
 
-use crate::AnalyzeError;
+use crate::QuantizeError;
 
 trait Encoding {
     fn data_type(self) -> DataType;
@@ -95,11 +95,11 @@ pub fn convert(
     mut proto: ModelProto,
     float_type: FloatType,
     max_abs: &HashMap<String, f32>,
-) -> Result<ModelProto, AnalyzeError> {
+) -> Result<ModelProto, QuantizeError> {
     if float_type == FloatType::Fp32 {
         return Ok(proto);
     }
-    let model_err = |message: String| AnalyzeError::Model { path: source.path.clone(), message };
+    let model_err = |message: String| QuantizeError::Model { path: source.path.clone(), message };
     let has_qdq = proto.graph.node.iter().any(|n| matches!(n.op_type.as_str(), "QuantizeLinear" | "DequantizeLinear"));
     if has_qdq && graph::default_opset(&proto) < QDQ_LOW_PRECISION_OPSET {
         upgrade_to_opset_19(&mut proto).map_err(model_err)?;
@@ -176,10 +176,8 @@ pub fn convert(
         }
     }
 
-    let mut names = UniqueNames::of(graph);
-    let mut fresh = |base: &str| names.fresh(base);
-    // (insert before original node index, Cast node).
-    let mut added: Vec<(usize, NodeProto)> = Vec::new();
+    // Casts go right after the producer of what they read; graph order is otherwise kept.
+    let mut patch = GraphPatch::new(graph);
 
     // Graph outputs keep their FP32 type and names: the producer writes a renamed tensor, a Cast restores it.
     let outputs: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
@@ -188,7 +186,7 @@ pub fn convert(
         if now.get(&out) != Some(&low) {
             continue;
         }
-        let renamed = fresh(&format!("{out}_{}", float_type.name()));
+        let renamed = patch.fresh(&format!("{out}_{}", float_type.name()));
         for o in graph.node[p].output.iter_mut().filter(|o| **o == out) {
             *o = renamed.clone();
         }
@@ -197,7 +195,8 @@ pub fn convert(
                 *i = renamed.clone();
             }
         }
-        added.push((p + 1, cast_node(&fresh(&format!("{out}_Cast")), &renamed, &out, float)));
+        let cast = cast_node(&patch.fresh(&format!("{out}_Cast")), &renamed, &out, float);
+        patch.insert_after(Some(p), cast);
         producer.insert(renamed.clone(), p);
         original.insert(renamed.clone(), float);
         now.insert(renamed, low);
@@ -224,9 +223,10 @@ pub fn convert(
             let cast_out = casts
                 .entry((input.clone(), want))
                 .or_insert_with(|| {
-                    let out = fresh(&format!("{input}_{}", if want == float { "fp32" } else { float_type.name() }));
-                    let at = producer.get(input).map_or(0, |&p| p + 1);
-                    added.push((at, cast_node(&fresh(&format!("{input}_Cast")), input, &out, want)));
+                    let out =
+                        patch.fresh(&format!("{input}_{}", if want == float { "fp32" } else { float_type.name() }));
+                    let cast = cast_node(&patch.fresh(&format!("{input}_Cast")), input, &out, want);
+                    patch.insert_after(producer.get(input).copied(), cast);
                     out
                 })
                 .clone();
@@ -237,17 +237,7 @@ pub fn convert(
         }
     }
 
-    // Splice the Casts in right after their producers; graph order is otherwise kept.
-    added.sort_by_key(|(at, _)| *at);
-    let old = std::mem::take(&mut graph.node);
-    let mut extra = added.into_iter().peekable();
-    for (i, node) in old.into_iter().enumerate() {
-        while let Some((_, cast)) = extra.next_if(|(at, _)| *at == i) {
-            graph.node.push(cast);
-        }
-        graph.node.push(node);
-    }
-    graph.node.extend(extra.map(|(_, n)| n));
+    patch.apply(graph);
     // value_info: the recorded element types follow the rewrite.
     for vi in graph.value_info.iter_mut() {
         if let (Some(&t), Some(tp)) = (now.get(&vi.name), vi.type_.as_mut()) {
@@ -273,7 +263,7 @@ fn cast_node(name: &str, input: &str, output: &str, to: i32) -> NodeProto {
     n
 }
 
-fn tensor_f32_inline(t: &TensorProto) -> Result<Vec<f32>, AnalyzeError> {
+fn tensor_f32_inline(t: &TensorProto) -> Result<Vec<f32>, QuantizeError> {
     if !t.raw_data.is_empty() {
         return Ok(t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
     }

@@ -2,7 +2,7 @@
 //! exports and many deployed embedders do) is calibrated, quantized and validated with a `dtype = "uint8"`
 //! recipe, and its FP32 results equal those of the float model it was made from.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
@@ -199,10 +199,10 @@ fn fp16_weights_behind_casts_are_quantized_as_weights() {
 fn an_fp16_model_calibrates_and_quantizes_with_fp16_scales() {
     let dir = tempfile::tempdir().unwrap();
     let source = graph::Model::load(&resnet()).unwrap();
-    let fp16 = analyze::float_type::convert(
+    let fp16 = quantizer::float_type::convert(
         &source,
         source.proto.clone(),
-        analyze::float_type::FloatType::Fp16,
+        quantizer::placement::FloatType::Fp16,
         &Default::default(),
     )
     .unwrap();

@@ -3,13 +3,13 @@
 
 use std::path::Path;
 
-use crate::AnalyzeError;
+use crate::QuantizeError;
 
 /// TensorRT's version number in cache headers, as TensorRT encodes `NV_TENSORRT_VERSION`: before TensorRT 10
 /// major * 1000 + minor * 100 + patch (`8.6.1` -> `8601`), from TensorRT 10 on major * 10000 + minor * 100 +
 /// patch (`10.3.0` -> `100300`). Parts that would spill into the next digit, or overflow, are refused.
-pub fn trt_version_code(version: &str) -> Result<u32, AnalyzeError> {
-    let bad = || AnalyzeError::TrtVersion(version.to_string());
+pub fn trt_version_code(version: &str) -> Result<u32, QuantizeError> {
+    let bad = || QuantizeError::TrtVersion(version.to_string());
     let parts: Vec<u32> = version.split('.').map(|p| p.parse::<u32>()).collect::<Result<_, _>>().map_err(|_| bad())?;
     let (major, minor, patch) = match parts.as_slice() {
         [major, minor, patch] => (*major, *minor, *patch),
@@ -25,11 +25,11 @@ pub fn trt_version_code(version: &str) -> Result<u32, AnalyzeError> {
 
 /// The cache text for `(tensor, scale)` pairs, in the given order. A tensor name that would break the
 /// one-tensor-per-line format (a line break or another control character) is refused.
-pub fn write_cache(trt_version: &str, scales: &[(String, f32)]) -> Result<String, AnalyzeError> {
+pub fn write_cache(trt_version: &str, scales: &[(String, f32)]) -> Result<String, QuantizeError> {
     let mut text = format!("TRT-{}-EntropyCalibration2\n", trt_version_code(trt_version)?);
     for (name, scale) in scales {
         if name.chars().any(char::is_control) {
-            return Err(AnalyzeError::CacheName(name.clone()));
+            return Err(QuantizeError::CacheName(name.clone()));
         }
         text.push_str(&format!("{name}: {:08x}\n", scale.to_bits()));
     }
@@ -47,8 +47,8 @@ pub struct CalibrationCache {
 
 /// Reads a cache written by TensorRT or by int8kit. A bare `0` value (which TensorRT writes for some tensors)
 /// reads as scale 0.
-pub fn parse_cache(text: &str, origin: &Path) -> Result<CalibrationCache, AnalyzeError> {
-    let bad = |line: usize, message: String| AnalyzeError::Cache { path: origin.to_path_buf(), line, message };
+pub fn parse_cache(text: &str, origin: &Path) -> Result<CalibrationCache, QuantizeError> {
+    let bad = |line: usize, message: String| QuantizeError::Cache { path: origin.to_path_buf(), line, message };
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
     let (_, header) = lines.next().ok_or_else(|| bad(1, "empty file".into()))?;
     if !header.starts_with("TRT-") {

@@ -3,7 +3,7 @@
 //! built in the test. calibrate, quantize, validate (fidelity gates) and autoprecision (fidelity budget) run
 //! on it without a recipe; a recipe, a mixed folder, a missing input or a wrong element type are refused.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

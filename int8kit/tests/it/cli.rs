@@ -1,7 +1,7 @@
 //! The `int8kit` binary from outside the checkout: `quantize` gives the artifacts `calibrate` + `analyze`
 //! give, byte for byte; bad input exits 2 with a message naming the problem.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -175,4 +175,35 @@ fn calibrate_shards_merge_into_the_one_process_hist() {
     let o = int8kit(cwd, &[common, args!["--shard", "3/2", "--out", "x.hist"]].concat());
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("expected I/N"), "{}", text(&o));
+}
+
+/// `quantize` reads its model file once and runs each graph in at most one ONNX Runtime session (the
+/// calibration's tapped model, the one-sample FLOPs probe), as its debug logs say.
+#[test]
+fn quantize_reads_the_model_once_and_opens_one_session_per_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model("fmnist_vit_opset17.onnx");
+    let (images, recipe) = (calib_dir(), recipe_path());
+    for smooth in [None, Some("0.5")] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_int8kit"));
+        cmd.current_dir(dir.path()).env("RUST_LOG", "int8kit::sessions=debug,int8kit::files=debug");
+        cmd.args(args!["quantize", "--model", &m, "--images", &images, "--recipe", &recipe, "--limit", "20"]);
+        if let Some(alpha) = smooth {
+            cmd.args(["--smooth", alpha]);
+        }
+        let o = cmd.args(["--quiet", "--out", "q"]).output().unwrap();
+        let log = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{log}");
+        let reads = log.lines().filter(|l| l.contains("model read") && l.contains("fmnist_vit_opset17.onnx")).count();
+        assert_eq!(reads, 1, "smooth {smooth:?}: the model file was read {reads} times:\n{log}");
+        let graphs: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("int8kit::sessions"))
+            .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("graph=")))
+            .collect();
+        // Calibration (with --smooth: the maxima pass and the smoothed model's pass) and the FLOPs probe.
+        assert_eq!(graphs.len(), if smooth.is_some() { 3 } else { 2 }, "smooth {smooth:?}:\n{log}");
+        let distinct: std::collections::BTreeSet<&&str> = graphs.iter().collect();
+        assert_eq!(distinct.len(), graphs.len(), "smooth {smooth:?}: a graph got two sessions:\n{log}");
+    }
 }

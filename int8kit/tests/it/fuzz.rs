@@ -121,15 +121,15 @@ proptest! {
     #[test]
     fn precision_files(bytes in inputs(b"[deny]\nnodes = [\"/blocks.0/*\", \"/head/Gemm\"]\nops = [\"Conv\"]\n[allow]\nnodes = []\nops = [\"MatMul\"]\n".to_vec())) {
         let (_d, path) = file("p.toml", &bytes);
-        if let Ok(p) = analyze::placement::PrecisionFile::load(&path) {
+        if let Ok(p) = quantizer::placement::PrecisionFile::load(&path) {
             let m = graph::Model::load(&model("fmnist_vit_opset17.onnx")).unwrap();
-            let _ = analyze::placement::decide(&m.proto.graph, &p, &Default::default(), "fuzz");
+            let _ = quantizer::placement::decide(&m.proto.graph, &p, &Default::default(), "fuzz");
         }
     }
 
     #[test]
     fn calibration_caches(bytes in inputs(b"TRT-8601-EntropyCalibration2\ninput: 3c010a14\n(Unnamed Layer* 3) [Shuffle]_output: 0\n".to_vec())) {
-        let _ = analyze::cache::parse_cache(&String::from_utf8_lossy(&bytes), Path::new("fuzz.cache"));
+        let _ = quantizer::cache::parse_cache(&String::from_utf8_lossy(&bytes), Path::new("fuzz.cache"));
     }
 
     #[test]
@@ -173,20 +173,20 @@ proptest! {
             }
             let _ = graph::find_activations(&m);
             let _ = m.input_files();
-            for target in [analyze::Target::TensorRt, analyze::Target::OnnxRuntime] {
-                let options = analyze::placement::PlacementOptions::for_target(target);
-                if let Ok(d) = analyze::placement::decide(&m.proto.graph, &Default::default(), &options, "fuzz") {
-                    let _ = analyze::placement::plan(&m.proto.graph, &d, &options);
+            for target in [quantizer::Target::TensorRt, quantizer::Target::OnnxRuntime] {
+                let options = quantizer::placement::PlacementOptions::for_target(target);
+                if let Ok(d) = quantizer::placement::decide(&m.proto.graph, &Default::default(), &options, "fuzz") {
+                    let _ = quantizer::placement::plan(&m.proto.graph, &d, &options);
                 }
             }
             // The FP16 rewrite and its inverse, and the TensorRT-rules checker, on whatever loaded.
-            let fp16 = analyze::float_type::convert(
+            let fp16 = quantizer::float_type::convert(
                 &m,
                 m.proto.clone(),
-                analyze::float_type::FloatType::Fp16,
+                quantizer::placement::FloatType::Fp16,
                 &Default::default(),
             );
-            let _ = analyze::lint::lint(&m);
+            let _ = quantizer::placement::lint::lint(&m);
             if let Ok(proto) = fp16 {
                 let mut twin = graph::Model { proto, ..m };
                 let _ = twin.normalize_to_float32();

@@ -2,7 +2,7 @@
 //! gives the report one process writes (every number; only the measured speeds differ) for N = 1, 3, 7; parts
 //! of another split, another image list, a part given twice and a missing part are refused.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -191,5 +191,5 @@ fn a_shard_needs_its_part_file_outside_the_output_folder() {
     let o = validate(&out, &["--limit-val", "10", "--shard", "1/2"]);
     assert_eq!(o.status.code(), Some(2), "--shard without --partial-out: {}", text(&o));
     let o = validate(&out, &["--limit-val", "10", "--shard", "3/11", "--partial-out", "p.json"]);
-    refused(&o, "N may not exceed the 10 images");
+    refused(&o, "N may not exceed the 10 samples");
 }

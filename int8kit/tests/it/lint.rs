@@ -1,7 +1,7 @@
 //! `int8kit lint`: int8kit's TensorRT artifacts lint clean; planted violations are found, named and turn the
 //! exit status to 1.
 
-mod common;
+use crate::common;
 
 use common::{int8kit, on_fixtures, resnet, text};
 use graph::proto::tensor_proto::DataType;

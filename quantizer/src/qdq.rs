@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use graph::proto::{
     attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, ModelProto, NodeProto, TensorProto,
 };
-use graph::{GraphIndex, Model, UniqueNames};
+use graph::{GraphIndex, GraphPatch, Model};
 
-use crate::scales::ZERO_RANGE_AMAX;
-use crate::AnalyzeError;
+use crate::QuantizeError;
+use analyze::scales::ZERO_RANGE_AMAX;
 use placement::{Decision, FloatType, PlacementOptions};
 
 /// What was quantized, for the tables and the cache.
@@ -58,12 +58,7 @@ fn node(op: &str, name: &str, inputs: &[&str], output: &str, axis: Option<usize>
     n
 }
 
-/// FP16's smallest normal value, 2^-14. A smaller scale is an FP16 subnormal (fewer significant bits, flushed
-/// to zero where denormals are off) or, below 2^-25, zero, which TensorRT's ONNX parser refuses ("Scale
-/// coefficients must all be positive", onnx-tensorrt's QuantizeLinear/DequantizeLinear importer).
-pub const FP16_MIN_NORMAL: f32 = 6.103_515_6e-5;
-/// FP16's largest finite value.
-pub const FP16_MAX: f32 = 65504.0;
+pub use graph::{FP16_MAX, FP16_MIN_NORMAL};
 
 /// The Q/DQ scale for `amax` as the model stores it in `scale_type`: amax/127, kept within the type's
 /// normal range (never 0, never subnormal, never infinite) and rounded to the type, so that the int8 values
@@ -235,11 +230,11 @@ pub fn insert_qdq(
     amax: &HashMap<String, f32>,
     weight_clips: &WeightClips,
     scale_type: FloatType,
-) -> Result<(ModelProto, QdqSummary), AnalyzeError> {
+) -> Result<(ModelProto, QdqSummary), QuantizeError> {
     let source = &model.proto.graph;
     let opset = graph::default_opset(&model.proto);
     if opset < 13 {
-        return Err(AnalyzeError::Model {
+        return Err(QuantizeError::Model {
             path: model.path.clone(),
             message: format!("opset {opset}: per-channel DequantizeLinear needs opset 13 or later; re-export the model with opset >= 13"),
         });
@@ -256,7 +251,7 @@ pub fn insert_qdq(
             let float = types.get(tensor).is_some_and(|t| t.is_float32());
             if let Some(u) = uses.iter().find(|u| u.required) {
                 if float && index.constant(source, tensor).is_none() && dynamic.contains(tensor.as_str()) {
-                    return Err(AnalyzeError::Model {
+                    return Err(QuantizeError::Model {
                         path: model.path.clone(),
                         message: format!(
                             "node '{}' is to run in INT8 but its input '{tensor}' has no statistics in the .hist; \
@@ -289,40 +284,40 @@ pub fn insert_qdq(
 
     let mut proto = model.proto.clone();
     let graph = proto.graph.mut_or_insert_default();
-    let mut names = UniqueNames::of(graph);
-    let mut summary = QdqSummary::default();
     // New nodes go right after the producer of what they read (graph inputs: first), keeping topological order.
-    let mut after: BTreeMap<Option<usize>, Vec<NodeProto>> = BTreeMap::new();
+    let mut patch = GraphPatch::new(graph);
+    let mut summary = QdqSummary::default();
 
     // Activations, in graph order of their producers for deterministic output.
     let mut acts: Vec<(&String, &Vec<(usize, usize)>)> = act_uses.iter().collect();
     acts.sort_by_key(|(t, _)| (index.producer.get(*t).map(|&p| p + 1).unwrap_or(0), t.to_string()));
     for (tensor, uses) in acts {
         let a = shared.get(tensor).or_else(|| amax.get(tensor)).copied().unwrap_or(ZERO_RANGE_AMAX);
-        let scale_name = names.fresh(&format!("{tensor}_scale"));
-        let zp_name = names.fresh(&format!("{tensor}_zero_point"));
-        let q_out = names.fresh(&format!("{tensor}_quantized"));
-        let dq_out = names.fresh(&format!("{tensor}_dequantized"));
+        let scale_name = patch.fresh(&format!("{tensor}_scale"));
+        let zp_name = patch.fresh(&format!("{tensor}_zero_point"));
+        let q_out = patch.fresh(&format!("{tensor}_quantized"));
+        let dq_out = patch.fresh(&format!("{tensor}_dequantized"));
         let scale = stored_scale(a, scale_type);
-        graph.initializer.push(scalar_f32(&scale_name, scale));
-        graph.initializer.push(zero_points(&zp_name, None));
+        patch.add_initializer(scalar_f32(&scale_name, scale));
+        patch.add_initializer(zero_points(&zp_name, None));
         let q = node(
             "QuantizeLinear",
-            &names.fresh(&format!("{tensor}_QuantizeLinear")),
+            &patch.fresh(&format!("{tensor}_QuantizeLinear")),
             &[tensor, &scale_name, &zp_name],
             &q_out,
             None,
         );
         let dq = node(
             "DequantizeLinear",
-            &names.fresh(&format!("{tensor}_DequantizeLinear")),
+            &patch.fresh(&format!("{tensor}_DequantizeLinear")),
             &[&q_out, &scale_name, &zp_name],
             &dq_out,
             None,
         );
-        after.entry(index.producer.get(tensor).copied()).or_default().extend([q, dq]);
+        patch.insert_after_producer_of(tensor, q);
+        patch.insert_after_producer_of(tensor, dq);
         for &(n, slot) in uses {
-            graph.node[n].input[slot] = dq_out.clone();
+            GraphPatch::rewire(graph, n, slot, &dq_out);
         }
         summary.activations.push((tensor.clone(), a, scale));
     }
@@ -333,10 +328,10 @@ pub fn insert_qdq(
     for (n, slot, axis) in weight_uses {
         let w_name = source.node[n].input[slot].clone();
         if let Some(dq_out) = done.get(&(w_name.clone(), axis)) {
-            graph.node[n].input[slot] = dq_out.clone();
+            GraphPatch::rewire(graph, n, slot, dq_out);
             continue;
         }
-        let w = placement::constant_behind(source, &index, &w_name).ok_or_else(|| AnalyzeError::Model {
+        let w = placement::constant_behind(source, &index, &w_name).ok_or_else(|| QuantizeError::Model {
             path: model.path.clone(),
             message: format!("weight '{w_name}' of node '{}' is not a constant", source.node[n].name),
         })?;
@@ -344,91 +339,36 @@ pub fn insert_qdq(
         let quantized = quantize_weights(&values, &w.dims, axis, weight_clips.of(&source.node[n].name), scale_type);
         let (q, ch_scale) = (&quantized.q, &quantized.scale);
         let mut qt = TensorProto::new();
-        qt.name = names.fresh(&format!("{w_name}_quantized"));
+        qt.name = patch.fresh(&format!("{w_name}_quantized"));
         qt.data_type = DataType::INT8 as i32;
         qt.dims = w.dims.clone();
         qt.raw_data = q.iter().map(|&v| v as u8).collect();
         let mut st = TensorProto::new();
-        st.name = names.fresh(&format!("{w_name}_scale"));
+        st.name = patch.fresh(&format!("{w_name}_scale"));
         st.data_type = DataType::FLOAT as i32;
         st.dims = vec![ch_scale.len() as i64];
         st.float_data = ch_scale.clone();
-        let zp = zero_points(&names.fresh(&format!("{w_name}_zero_point")), Some(ch_scale.len()));
-        let dq_out = names.fresh(&format!("{w_name}_dequantized"));
+        let zp = zero_points(&patch.fresh(&format!("{w_name}_zero_point")), Some(ch_scale.len()));
+        let dq_out = patch.fresh(&format!("{w_name}_dequantized"));
         let dq = node(
             "DequantizeLinear",
-            &names.fresh(&format!("{w_name}_DequantizeLinear")),
+            &patch.fresh(&format!("{w_name}_DequantizeLinear")),
             &[&qt.name, &st.name, &zp.name],
             &dq_out,
             Some(axis),
         );
-        after.entry(None).or_default().push(dq);
-        graph.initializer.extend([qt, st, zp]);
-        graph.node[n].input[slot] = dq_out.clone();
+        patch.insert_after(None, dq);
+        for t in [qt, st, zp] {
+            patch.add_initializer(t);
+        }
+        GraphPatch::rewire(graph, n, slot, &dq_out);
         done.insert((w_name.clone(), axis), dq_out);
         summary.weights.push((w_name, axis, quantized));
     }
-    // Drop the Cast/Identity chains that fed replaced weights (FP16 weights cast in the graph), now unread.
-    loop {
-        let read: HashSet<&str> = graph
-            .node
-            .iter()
-            .flat_map(|n| n.input.iter().map(String::as_str))
-            .chain(after.values().flatten().flat_map(|n| n.input.iter().map(String::as_str)))
-            .chain(graph.output.iter().map(|o| o.name.as_str()))
-            .collect();
-        let dead: HashSet<usize> = graph
-            .node
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| {
-                matches!(n.op_type.as_str(), "Cast" | "Identity") && n.output.iter().all(|o| !read.contains(o.as_str()))
-            })
-            .filter(|(i, _)| !after.contains_key(&Some(*i)))
-            .map(|(i, _)| i)
-            .collect();
-        if dead.is_empty() {
-            break;
-        }
-        // Removing nodes shifts indices that `after` is keyed by: rebuild it against the new positions.
-        let mut kept = Vec::new();
-        let mut moved: BTreeMap<Option<usize>, Vec<NodeProto>> = BTreeMap::new();
-        if let Some(first) = after.remove(&None) {
-            moved.insert(None, first);
-        }
-        for (i, n) in std::mem::take(&mut graph.node).into_iter().enumerate() {
-            if dead.contains(&i) {
-                continue;
-            }
-            if let Some(extra) = after.remove(&Some(i)) {
-                moved.insert(Some(kept.len()), extra);
-            }
-            kept.push(n);
-        }
-        graph.node = kept;
-        after = moved;
-    }
-    // Drop float weights nobody reads any more.
-    let still_read: HashSet<String> = graph
-        .node
-        .iter()
-        .flat_map(|n| n.input.iter().cloned())
-        .chain(graph.output.iter().map(|o| o.name.clone()))
-        .collect();
-    graph
-        .initializer
-        .retain(|t| still_read.contains(&t.name) || after.values().flatten().any(|n| n.input.contains(&t.name)));
-
-    // Splice the new nodes in.
-    let old = std::mem::take(&mut graph.node);
-    let mut nodes = after.remove(&None).unwrap_or_default();
-    for (i, n) in old.into_iter().enumerate() {
-        nodes.push(n);
-        if let Some(extra) = after.remove(&Some(i)) {
-            nodes.extend(extra);
-        }
-    }
-    graph.node = nodes;
+    // Drop the Cast/Identity chains that fed replaced weights (FP16 weights cast in the graph), now unread,
+    // and the float weights nobody reads any more.
+    patch.prune(graph, |n| matches!(n.op_type.as_str(), "Cast" | "Identity"));
+    patch.apply(graph);
     Ok((proto, summary))
 }
 

@@ -1,10 +1,10 @@
 //! End to end on the fixtures: calibrate -> analyze -> the artifacts.
 
-use analyze::placement::{PrecisionFile, Selection};
 use analyze::scales::Method;
-use analyze::{analyze, AnalyzeOptions};
 use calibrate::{calibrate, CalibrateOptions};
 use histograms::HistFile;
+use placement::{PrecisionFile, Selection};
+use quantizer::{QuantizeError, Quantizer, Scheme};
 use test_support::{calib_dir, feed, model};
 
 fn hist(name: &str) -> HistFile {
@@ -12,8 +12,21 @@ fn hist(name: &str) -> HistFile {
     calibrate(&model(name), &calib_dir(), &feed(), &options, &mut |_, _| {}).unwrap().0
 }
 
-fn options_for(method: Method, precision: PrecisionFile) -> AnalyzeOptions {
-    AnalyzeOptions::new(method, precision, "test")
+fn options_for(method: Method, precision: PrecisionFile) -> Scheme {
+    Scheme::new(method, precision, "test")
+}
+
+fn quantizer(name: &str, h: &HistFile) -> Quantizer {
+    Quantizer::load(&model(name), h.clone()).unwrap()
+}
+
+/// The error of building `scheme` from `name`'s statistics `h`.
+fn refusal(name: &str, h: &HistFile, scheme: &Scheme) -> String {
+    let err: QuantizeError = match Quantizer::load(&model(name), h.clone()) {
+        Err(e) => e,
+        Ok(q) => q.artifacts(scheme).err().expect("built"),
+    };
+    err.to_string()
 }
 
 #[test]
@@ -25,7 +38,8 @@ fn a_denied_node_gets_no_qdq_and_artifacts_are_byte_identical_on_rerun() {
         allow: Selection::default(),
         ..Default::default()
     };
-    let a = analyze(&model(name), &h, &options_for(Method::Entropy, precision.clone())).unwrap();
+    let q = quantizer(name, &h);
+    let a = q.artifacts(&options_for(Method::Entropy, precision.clone())).unwrap();
     let nodes = &a.qdq.graph.node;
     let is_dq_output = |t: &str| nodes.iter().any(|n| n.op_type == "DequantizeLinear" && n.output[0] == t);
     for denied in ["/blocks.1/fc1/MatMul", "/blocks.1/fc2/MatMul", "/head/Gemm"] {
@@ -39,7 +53,7 @@ fn a_denied_node_gets_no_qdq_and_artifacts_are_byte_identical_on_rerun() {
 
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     a.write(d1.path()).unwrap();
-    analyze(&model(name), &h, &options_for(Method::Entropy, precision)).unwrap().write(d2.path()).unwrap();
+    q.artifacts(&options_for(Method::Entropy, precision)).unwrap().write(d2.path()).unwrap();
     for f in ["model.qdq.onnx", "ranges.csv", "ranges.json"] {
         assert_eq!(std::fs::read(d1.path().join(f)).unwrap(), std::fs::read(d2.path().join(f)).unwrap(), "{f} differs");
     }
@@ -49,8 +63,9 @@ fn a_denied_node_gets_no_qdq_and_artifacts_are_byte_identical_on_rerun() {
 fn the_cache_is_written_only_from_statistics_of_every_activation() {
     let name = "fmnist_vit_opset17.onnx";
     let some = hist(name);
-    let a = analyze(&model(name), &some, &options_for(Method::Entropy, PrecisionFile::default())).unwrap();
-    let analyze::Cache::Omitted { reason } = &a.cache else { panic!("a cache from {} tensors", some.tensors.len()) };
+    let q = quantizer(name, &some);
+    let a = q.artifacts(&options_for(Method::Entropy, PrecisionFile::default())).unwrap();
+    let quantizer::Cache::Omitted { reason } = &a.cache else { panic!("a cache from {} tensors", some.tensors.len()) };
     assert!(reason.contains("--tensors all") && reason.contains("of the model's 201 float activations"), "{reason}");
     let dir = tempfile::tempdir().unwrap();
     a.write(dir.path()).unwrap();
@@ -58,9 +73,10 @@ fn the_cache_is_written_only_from_statistics_of_every_activation() {
 
     let options = CalibrateOptions { limit: Some(50), selection: histograms::Selection::All, ..Default::default() };
     let (all, _) = calibrate(&model(name), &calib_dir(), &feed(), &options, &mut |_, _| {}).unwrap();
-    let a = analyze(&model(name), &all, &options_for(Method::Entropy, PrecisionFile::default())).unwrap();
-    let analyze::Cache::Written(text) = &a.cache else { panic!("no cache from every activation") };
-    let cache = analyze::cache::parse_cache(text, std::path::Path::new("c")).unwrap();
+    let q = quantizer(name, &all);
+    let a = q.artifacts(&options_for(Method::Entropy, PrecisionFile::default())).unwrap();
+    let quantizer::Cache::Written(text) = &a.cache else { panic!("no cache from every activation") };
+    let cache = quantizer::cache::parse_cache(text, std::path::Path::new("c")).unwrap();
     assert_eq!(cache.entries.len(), 201);
     for t in &all.tensors {
         assert!(cache.entries.iter().any(|(n, _)| *n == t.name), "{} has no range in the cache", t.name);
@@ -70,9 +86,7 @@ fn the_cache_is_written_only_from_statistics_of_every_activation() {
 #[test]
 fn a_hist_from_another_model_is_refused() {
     let h = hist("fmnist_vit_opset17.onnx");
-    let err = analyze(&model("fmnist_vit_opset13.onnx"), &h, &options_for(Method::Max, PrecisionFile::default()))
-        .err()
-        .unwrap();
+    let err = refusal("fmnist_vit_opset13.onnx", &h, &options_for(Method::Max, PrecisionFile::default()));
     assert!(err.to_string().contains("re-run calibrate"), "{err}");
 }
 
@@ -83,10 +97,10 @@ fn allowing_a_node_without_statistics_is_refused_by_name() {
         CalibrateOptions { limit: Some(50), selection: histograms::Selection::Quantizable, ..Default::default() };
     let (h, _) = calibrate(&model(name), &calib_dir(), &feed(), &options, &mut |_, _| {}).unwrap();
     let allow = PrecisionFile { allow: Selection { nodes: vec![], ops: vec!["Softmax".into()] }, ..Default::default() };
-    let err = analyze(&model(name), &h, &options_for(Method::Entropy, allow)).err().unwrap().to_string();
+    let err = refusal(name, &h, &options_for(Method::Entropy, allow));
     assert!(err.contains("/blocks.0/Softmax") && err.contains("--tensors all"), "{err}");
     // The default lists work from the quantizable subset.
-    assert!(analyze(&model(name), &h, &options_for(Method::Entropy, PrecisionFile::default())).is_ok());
+    assert!(quantizer(name, &h).artifacts(&options_for(Method::Entropy, PrecisionFile::default())).is_ok());
 }
 
 #[test]
@@ -101,19 +115,14 @@ fn a_list_entry_that_matches_nothing_is_an_error_naming_the_closest_name() {
         allow: Selection::default(),
         ..Default::default()
     };
-    let err =
-        analyze(&model(name), &h, &options_for(Method::Entropy, deny(&[], &["Matmul"]))).err().unwrap().to_string();
+    let err = refusal(name, &h, &options_for(Method::Entropy, deny(&[], &["Matmul"])));
     assert!(err.contains("deny.ops entry 'Matmul' matches nothing") && err.contains("did you mean 'MatMul'"), "{err}");
-    let err = analyze(&model(name), &h, &options_for(Method::Entropy, deny(&["/blocks.0/fc1/MatMull"], &[])))
-        .err()
-        .unwrap()
-        .to_string();
+    let err = refusal(name, &h, &options_for(Method::Entropy, deny(&["/blocks.0/fc1/MatMull"], &[])));
     assert!(err.contains("did you mean '/blocks.0/fc1/MatMul'"), "{err}");
-    let err =
-        analyze(&model(name), &h, &options_for(Method::Entropy, deny(&["/no/such/*"], &[]))).err().unwrap().to_string();
+    let err = refusal(name, &h, &options_for(Method::Entropy, deny(&["/no/such/*"], &[])));
     assert!(err.contains("'/no/such/*' matches nothing"), "{err}");
     // Globs that match, and op types the model has, are fine.
-    assert!(analyze(&model(name), &h, &options_for(Method::Entropy, deny(&["/blocks.1/*"], &["Gemm"]))).is_ok());
+    assert!(quantizer(name, &h).artifacts(&options_for(Method::Entropy, deny(&["/blocks.1/*"], &["Gemm"]))).is_ok());
 }
 
 /// Attention probabilities (Softmax outputs, and their rearranged copies the attention MatMul reads) take max
@@ -122,7 +131,8 @@ fn a_list_entry_that_matches_nothing_is_an_error_naming_the_closest_name() {
 fn attention_probabilities_take_max_calibration_and_are_quantized_for_tensorrt() {
     let name = "fmnist_vit_opset17.onnx";
     let h = hist(name);
-    let a = analyze(&model(name), &h, &options_for(Method::Entropy, PrecisionFile::default())).unwrap();
+    let q = quantizer(name, &h);
+    let a = q.artifacts(&options_for(Method::Entropy, PrecisionFile::default())).unwrap();
     let probabilities: Vec<_> = a.ranges.tensors.iter().filter(|t| t.op.as_deref() == Some("Softmax")).collect();
     assert!(!probabilities.is_empty());
     for t in &probabilities {
@@ -138,7 +148,8 @@ fn attention_probabilities_take_max_calibration_and_are_quantized_for_tensorrt()
 #[test]
 fn a_qdq_model_with_a_lint_error_is_never_written() {
     let name = "fmnist_resnet_opset13.onnx";
-    let mut a = analyze(&model(name), &hist(name), &options_for(Method::Entropy, PrecisionFile::default())).unwrap();
+    let q = quantizer(name, &hist(name));
+    let mut a = q.artifacts(&options_for(Method::Entropy, PrecisionFile::default())).unwrap();
     // A weight scale of 0, as FP16 storage made of a tiny channel's amax/127 before scales fit their type.
     let g = a.qdq.graph.mut_or_insert_default();
     let dq = g.node.iter().find(|n| n.op_type == "DequantizeLinear" && n.input[0].ends_with("_quantized")).unwrap();

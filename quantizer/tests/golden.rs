@@ -2,21 +2,21 @@
 //! silently change it. A deliberate change bumps `RANGES_VERSION`, updates FORMATS.md and re-blesses
 //! (`INT8KIT_BLESS=1`).
 
-use analyze::placement::{Decision, PrecisionFile, Selection};
-use analyze::{NodeReport, Ranges, TensorRange, WeightRange};
+use placement::{Decision, PrecisionFile, Selection};
+use quantizer::{NodeReport, Ranges, TensorRange, WeightRange};
 
 #[test]
 fn ranges_json_matches_the_golden_file() {
     let ranges = Ranges {
-        format: analyze::RANGES_FORMAT,
-        version: analyze::RANGES_VERSION,
+        format: quantizer::RANGES_FORMAT,
+        version: quantizer::RANGES_VERSION,
         model: histograms::ModelInfo { file: "m.onnx".into(), sha256: "ab".repeat(32) },
         calibration_images: 1000,
         method: "entropy".into(),
         precision: PrecisionFile {
             deny: Selection { nodes: vec!["/head/*".into()], ops: vec![] },
             allow: Selection::default(),
-            attention: Some(analyze::placement::AttentionPrecision::Float),
+            attention: Some(placement::AttentionPrecision::Float),
         },
         target: "tensorrt",
         attention: None,

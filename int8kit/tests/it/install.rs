@@ -2,7 +2,7 @@
 //! the checkout. Without ONNX Runtime it says where it looked and what to run; after `int8kit setup` into a
 //! temporary data directory it quantizes a fixture from another directory, exactly as the built binary does.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

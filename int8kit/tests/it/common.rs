@@ -1,6 +1,5 @@
 //! What the binary's end-to-end tests share: running `int8kit` on the fixtures, and hostile inputs made from
-//! them. Each test file uses a part of it.
-#![allow(dead_code)]
+//! them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

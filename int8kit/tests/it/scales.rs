@@ -5,7 +5,7 @@
 //! the output within cosine 0.999 of FP32 on samples the calibration never saw, as validate measures it (with
 //! the FP16 rows computed as the graph says).
 
-mod common;
+use crate::common;
 
 use common::{int8kit, read_json, text, validate_samples};
 use test_support::conv_models::{tiny_channel_cnn, write_samples};

@@ -2,7 +2,7 @@
 //! model or image set, classes or prototypes that do not fit the model, and NaN outputs all stop the run with
 //! exit 2 and the reason, before or instead of a verdict.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Output;

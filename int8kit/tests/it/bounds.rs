@@ -2,7 +2,7 @@
 //! expected, absurd thread counts, models with a fixed batch, and Constants whose data is external are
 //! handled so that every written model loads on its own.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Output;

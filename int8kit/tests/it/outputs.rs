@@ -2,7 +2,7 @@
 //! inputs; an artifact folder refuses foreign files and is replaced whole, and a validate run that fails
 //! leaves no verdict behind.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Output;

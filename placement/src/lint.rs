@@ -15,8 +15,6 @@ use graph::proto::{tensor_proto::DataType, GraphProto, NodeProto};
 use graph::{GraphIndex, Model};
 use serde::Serialize;
 
-use crate::AnalyzeError;
-
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,7 +44,7 @@ const TRT_QDQ: &str = "TensorRT Developer Guide, Working with Quantized Types (Q
 const ONNX_TRT: &str = "onnx-tensorrt QuantizeLinear/DequantizeLinear importer";
 
 /// Ops that only move or reshape data: TensorRT propagates Q/DQ across them.
-const DATA_MOVEMENT: &[&str] = &["Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"];
+const DATA_MOVEMENT: &[&str] = graph::REARRANGING_OPS;
 
 /// ONNX Runtime's QOperator format, which TensorRT does not import.
 const QOPERATOR_OPS: &[&str] = &[
@@ -64,13 +62,13 @@ fn is_qdq(op: &str) -> bool {
 }
 
 /// Every finding for `model`, errors first, then in graph order.
-pub fn lint(model: &Model) -> Result<Vec<Finding>, AnalyzeError> {
+pub fn lint(model: &Model) -> Result<Vec<Finding>, graph::GraphError> {
     lint_proto(&model.proto, model)
 }
 
 /// [`lint`] of a model built in memory (`proto`), whose external data, if any, is `data`'s: what `analyze`
 /// checks before it writes anything.
-pub fn lint_proto(proto: &graph::proto::ModelProto, data: &Model) -> Result<Vec<Finding>, AnalyzeError> {
+pub fn lint_proto(proto: &graph::proto::ModelProto, data: &Model) -> Result<Vec<Finding>, graph::GraphError> {
     let model = data;
     let graph = &proto.graph;
     let index = GraphIndex::new(graph);
@@ -136,7 +134,7 @@ pub fn lint_proto(proto: &graph::proto::ModelProto, data: &Model) -> Result<Vec<
                         // Positive, so TensorRT's parser takes it, but an FP16 subnormal keeps few significant
                         // bits (or is flushed to zero where denormals are off): the int8 values no longer
                         // mean what they were quantized for.
-                        let subnormal = values.iter().filter(|v| **v < crate::qdq::FP16_MIN_NORMAL).count();
+                        let subnormal = values.iter().filter(|v| **v < graph::FP16_MIN_NORMAL).count();
                         if subnormal > 0 {
                             push(
                                 Severity::Warning,
