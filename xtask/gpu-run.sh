@@ -1,6 +1,7 @@
 #!/bin/bash
 # Runs on the lent GPU machine, from the repository copy, once the last chunk of `cargo xtask gpu-pack`
-# has been appended to /tmp/i8/blob (see .int8kit/carry/plan.txt). Extra arguments go to `xtask gpu-check`.
+# has been appended to /tmp/i8/blob (see .int8kit/carry/plan.txt). `gpu-run.sh tests` runs the crates' device
+# tests (the invariants); otherwise the arguments go to `xtask gpu-check` (the measurements).
 set -euo pipefail
 here=$(pwd)
 if [ ! -x /tmp/i8/bundle/xtask ]; then
@@ -12,4 +13,12 @@ nv=/opt/torch/.venv/lib/python3.12/site-packages/nvidia
 export LD_LIBRARY_PATH=/tmp/i8/bundle/onnxruntime/capi:$nv/cu13/lib:$nv/cudnn/lib:/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
 export ORT_DYLIB_PATH=/tmp/i8/bundle/onnxruntime/capi/libonnxruntime.so.1.31.1
 export INT8KIT_ROOT=$here
+if [ "${1:-}" = tests ]; then
+  shift
+  export INT8KIT_TEST_DEVICE=${INT8KIT_TEST_DEVICE:-cuda:0}
+  status=0
+  /tmp/i8/bundle/tests/calibrate-device device_tests --test-threads 1 "$@" || status=1
+  /tmp/i8/bundle/tests/evaluate-device --test-threads 1 "$@" || status=1
+  exit $status
+fi
 exec /tmp/i8/bundle/xtask gpu-check --bundle /tmp/i8/bundle --out "${OUT:-/tmp/i8/out}" "$@"

@@ -291,32 +291,6 @@ pub fn bench_kernels(device: runtime::Device, values: &[f32], repeats: usize) ->
     })
 }
 
-/// Runs the device statistics over host data (uploaded first): for tests and the device self-check.
-/// `batches[b][t]` holds tensor t's values in batch b.
-pub fn stats_of_host_batches(device: runtime::Device, batches: &[Vec<Vec<f32>>]) -> Result<Vec<TensorStats>, GpuError> {
-    let tensors = batches.first().map_or(0, Vec::len);
-    let mut gpu = GpuStats::new(device, tensors)?;
-    for batch in batches {
-        let uploaded: Vec<CudaSlice<f32>> = batch
-            .iter()
-            .map(|v| gpu.stream.clone_htod(&if v.is_empty() { vec![0f32; 0] } else { v.clone() }))
-            .collect::<Result<_, _>>()
-            .map_err(driver("uploading test values"))?;
-        let tensors: Vec<DeviceTensor> = uploaded
-            .iter()
-            .zip(batch)
-            .map(|(d, v)| {
-                use cudarc::driver::DevicePtr;
-                let (ptr, _sync) = d.device_ptr(&gpu.stream);
-                DeviceTensor { ptr, len: v.len() }
-            })
-            .collect();
-        gpu.add(&tensors)?;
-        drop(uploaded);
-    }
-    gpu.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,5 +329,151 @@ mod tests {
         assert_eq!(rows[4], &[8, 7, 2]);
         let per_tensor0: u64 = rows.iter().filter(|r| r[2] == 0).map(|r| r[1]).sum();
         assert_eq!(per_tensor0, 3 * CHUNK + 5);
+    }
+}
+
+/// The device invariants, on a GPU (`cargo test -p calibrate --features cuda`, device `INT8KIT_TEST_DEVICE`,
+/// default `cuda:0`; `cargo xtask gpu-pack` carries the test binary to a GPU machine without Rust): the GPU
+/// statistics follow the CPU rules exactly, so equal activations give equal statistics, and a device list
+/// gives the one-device `.hist`.
+#[cfg(all(test, feature = "cuda"))]
+mod device_tests {
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// The device statistics of host data (uploaded first): `batches[b][t]` holds tensor t's values in batch b.
+    fn stats_of_host_batches(device: runtime::Device, batches: &[Vec<Vec<f32>>]) -> Result<Vec<TensorStats>, GpuError> {
+        let tensors = batches.first().map_or(0, Vec::len);
+        let mut gpu = GpuStats::new(device, tensors)?;
+        for batch in batches {
+            let uploaded: Vec<CudaSlice<f32>> = batch
+                .iter()
+                .map(|v| gpu.stream.clone_htod(&if v.is_empty() { vec![0f32; 0] } else { v.clone() }))
+                .collect::<Result<_, _>>()
+                .map_err(driver("uploading test values"))?;
+            let tensors: Vec<DeviceTensor> = uploaded
+                .iter()
+                .zip(batch)
+                .map(|(d, v)| {
+                    use cudarc::driver::DevicePtr;
+                    let (ptr, _sync) = d.device_ptr(&gpu.stream);
+                    DeviceTensor { ptr, len: v.len() }
+                })
+                .collect();
+            gpu.add(&tensors)?;
+            drop(uploaded);
+        }
+        gpu.finish()
+    }
+
+    fn device() -> runtime::Device {
+        let device = std::env::var("INT8KIT_TEST_DEVICE").unwrap_or_else(|_| "cuda:0".into());
+        let device: runtime::Device = device.parse().expect("INT8KIT_TEST_DEVICE: cuda[:N]");
+        runtime::use_device(device);
+        runtime::cuda_device_check(device).expect("a CUDA device");
+        device
+    }
+
+    fn cpu_stats(batches: &[Vec<Vec<f32>>]) -> Vec<TensorStats> {
+        let mut stats = vec![TensorStats::default(); batches.first().map_or(0, Vec::len)];
+        for batch in batches {
+            for (s, v) in stats.iter_mut().zip(batch) {
+                s.add(v);
+            }
+        }
+        stats
+    }
+
+    /// The tensors whose statistics differ between the CPU and the device, as their JSON says.
+    fn differing(batches: &[Vec<Vec<f32>>]) -> Vec<String> {
+        let json = |s: &TensorStats| serde_json::to_string(s).unwrap();
+        let (cpu, gpu) = (cpu_stats(batches), stats_of_host_batches(device(), batches).unwrap());
+        assert_eq!(cpu.len(), gpu.len());
+        cpu.iter()
+            .zip(&gpu)
+            .enumerate()
+            .filter(|(_, (a, b))| json(a) != json(b))
+            .map(|(i, (a, b))| {
+                let brief = |s: &TensorStats| {
+                    format!("count {} min {:?} max {:?} e {:?}", s.count, s.min, s.max, s.hist.range_exp)
+                };
+                format!("tensor {i}: cpu {}, gpu {}", brief(a), brief(b))
+            })
+            .collect()
+    }
+
+    /// Values that exercise every rule: signs, zeros of both signs, NaN/Inf, subnormals, huge and tiny ranges,
+    /// and ranges that grow across batches (pair merges of 1 step, several steps and more than 12).
+    fn synthetic_batches(seed: u64) -> Vec<Vec<Vec<f32>>> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut normal = |scale: f32, n: usize| -> Vec<f32> {
+            (0..n).map(|_| (rng.gen::<f32>() + rng.gen::<f32>() + rng.gen::<f32>() - 1.5) * scale).collect()
+        };
+        (0..3)
+            .map(|b| {
+                let grow = [1.0f32, 3.0, 1e5][b];
+                let mut specials = normal(grow, 70_001);
+                specials.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.0, 1e-45, -3e-39]);
+                vec![
+                    normal(grow, 1 << 20),
+                    specials,
+                    vec![0.0; 1000 * (b + 1)],
+                    normal(1e-40 * grow, 5000),
+                    normal(1e37, 3000),
+                    vec![],
+                    normal(grow * 0.01, 65_536 * 2 + 17),
+                ]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn device_statistics_equal_the_cpu_statistics_on_every_rule() {
+        let differ = differing(&synthetic_batches(1));
+        assert!(differ.is_empty(), "{}", differ.join("\n"));
+    }
+
+    #[test]
+    fn device_statistics_equal_the_cpu_statistics_on_real_activations() {
+        // The fixture ViT's activations, computed once on the CPU, reduced by both devices.
+        let feed = datasets::Feed::Images(datasets::Recipe::load(&test_support::recipe_path()).unwrap());
+        let tapped = crate::TappedModel::new(
+            &test_support::model("fmnist_vit_opset17.onnx"),
+            &feed,
+            histograms::Selection::All,
+            false,
+        )
+        .unwrap();
+        let cfg = runtime::SessionConfig::new("fixture ViT (CPU EP)");
+        let mut session = runtime::session_from_bytes(&tapped.model.to_bytes().unwrap(), &cfg).unwrap();
+        let outputs = tapped.output_names();
+        let dataset = datasets::Dataset::flat(&test_support::calib_dir()).unwrap().limit(192, 1);
+        let options = datasets::StreamOptions { batch_size: 64, ..Default::default() };
+        let mut batches = Vec::new();
+        for batch in datasets::BatchStream::new(&dataset, &feed, options) {
+            let batch = batch.unwrap();
+            let outs = runtime::run(&mut session, "vit", &batch.inputs(&tapped.input), &outputs).unwrap();
+            batches.push(outs.iter().map(|o| o.as_f32().unwrap_or(&[]).to_vec()).collect());
+        }
+        let differ = differing(&batches);
+        assert!(differ.is_empty(), "{}", differ.join("\n"));
+    }
+
+    #[test]
+    fn a_device_list_gives_the_one_device_hist() {
+        let one = runtime::Devices::one(device());
+        let list: runtime::Devices = format!("{one},{}", one.to_string().trim_start_matches("cuda:")).parse().unwrap();
+        let feed = datasets::Feed::Images(datasets::Recipe::load(&test_support::recipe_path()).unwrap());
+        let hist = |devices: runtime::Devices| {
+            let options = crate::CalibrateOptions { device: devices, limit: Some(400), ..Default::default() };
+            let model = test_support::model("fmnist_vit_opset17.onnx");
+            crate::calibrate(&model, &test_support::calib_dir(), &feed, &options, &mut |_, _| {})
+                .unwrap()
+                .0
+                .to_json()
+                .unwrap()
+        };
+        assert!(hist(one) == hist(list), "a device list changed the .hist");
     }
 }

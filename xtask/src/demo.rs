@@ -6,14 +6,10 @@ use evaluate::{Classifier, Engine, ValidateConfig};
 
 use crate::root;
 
-/// The five fixture models, and whether each is evaluated zero-shot.
-pub const FIXTURE_MODELS: &[(&str, bool)] = &[
-    ("fmnist_vit_opset13.onnx", false),
-    ("fmnist_vit_opset17.onnx", false),
-    ("fmnist_vit_opset18.onnx", false),
-    ("fmnist_resnet_opset13.onnx", false),
-    ("fmnist_clip_image_opset17.onnx", true),
-];
+/// The fixture models as `fixtures/models/models.json` lists them, and whether each is evaluated zero-shot.
+pub fn fixture_models() -> Vec<(String, bool)> {
+    test_support::models().iter().map(|(name, entry)| (name.clone(), entry.zero_shot.is_some())).collect()
+}
 
 /// The release gate's configuration for one fixture model with the fixture images, gated at 0.5 pp.
 pub fn fixture_config(
@@ -23,13 +19,12 @@ pub fn fixture_config(
     out: std::path::PathBuf,
     device: runtime::Device,
 ) -> anyhow::Result<ValidateConfig> {
-    let root = root();
-    let prototypes = root.join("fixtures/models/fmnist_clip_text_prototypes.npy");
+    let prototypes = test_support::prototypes();
     Ok(ValidateConfig {
-        model: root.join("fixtures/models").join(name),
-        calib: evaluate::validate::Calibration::Folder(root.join("fixtures/fmnist/calib")),
-        val: root.join("fixtures/fmnist/val"),
-        feed: Feed::Images(Recipe::load(&root.join("fixtures/fmnist.toml"))?),
+        model: test_support::model(name),
+        calib: evaluate::validate::Calibration::Folder(test_support::calib_dir()),
+        val: test_support::val_dir(),
+        feed: Feed::Images(Recipe::load(&test_support::recipe_path())?),
         scheme: quantizer::Scheme { method, ..Default::default() },
         collect: calibrate::CalibrateOptions { device: runtime::Devices::one(device), ..Default::default() },
         eval_batch: None,
@@ -54,7 +49,8 @@ pub fn run(quiet: bool, methods: &[Method]) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&out);
     let mut rows = Vec::new();
     let mut failed = Vec::new();
-    for (name, zero_shot) in FIXTURE_MODELS {
+    let models = fixture_models();
+    for (name, zero_shot) in &models {
         let stem = name.trim_end_matches(".onnx");
         for method in methods {
             let dir = out.join(stem).join(method.name().replace(':', "_"));
