@@ -99,7 +99,7 @@ pub fn run() -> anyhow::Result<()> {
     let v = int8kit(
         &[
             &["validate", "--calib", "{root}/fixtures/fmnist/calib", "--val", "{root}/fixtures/fmnist/val"][..],
-            &["--limit-calib", "200", "--limit-val", "500", "--max-top1-drop", "1.0", "--quiet", "--out", "v"],
+            &["--limit", "200", "--limit-val", "500", "--max-top1-drop", "1.0", "--quiet", "--out", "v"],
             &fixture[..],
         ]
         .concat(),
