@@ -494,7 +494,7 @@ fn assemble_report(
 }
 
 /// Statistics given with `--hist` instead of a calibration: read and checked against the run's feed (the model
-/// is checked by `analyze`). Calibration options have nothing to act on, so they are refused, not ignored.
+/// is checked by `Quantizer::new`). Calibration options have nothing to act on, so they are refused, not ignored.
 fn given_hist(path: &std::path::Path, config: &ValidateConfig) -> Result<histograms::HistFile, EvaluateError> {
     let bad = |message: String| EvaluateError::Input { path: path.to_path_buf(), message };
     for (flag, given) in [("--limit", config.collect.limit.is_some()), ("--smooth", config.collect.smooth.is_some())] {

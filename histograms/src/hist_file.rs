@@ -94,7 +94,7 @@ pub struct ShardInfo {
 
 /// How the model was smoothed before its statistics were collected (`calibrate --smooth`): the migration
 /// strength and the per-channel maxima of the smoothed GEMM inputs, measured on the unsmoothed model, from
-/// which the smoothing factors follow. `analyze` re-applies the same smoothing before reading the tensors.
+/// which the smoothing factors follow. `quantizer::Quantizer` re-applies the same smoothing before reading the tensors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SmoothingRecord {
     /// SmoothQuant's alpha.

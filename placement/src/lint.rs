@@ -66,7 +66,7 @@ pub fn lint(model: &Model) -> Result<Vec<Finding>, graph::GraphError> {
     lint_proto(&model.proto, model)
 }
 
-/// [`lint`] of a model built in memory (`proto`), whose external data, if any, is `data`'s: what `analyze`
+/// [`lint`] of a model built in memory (`proto`), whose external data, if any, is `data`'s: what `quantizer`
 /// checks before it writes anything.
 pub fn lint_proto(proto: &graph::proto::ModelProto, data: &Model) -> Result<Vec<Finding>, graph::GraphError> {
     let model = data;
