@@ -302,17 +302,14 @@ pub fn lint_proto(proto: &graph::proto::ModelProto, data: &Model) -> Result<Vec<
 }
 
 /// The name of the INT8 weighted op (both inputs dequantized) that produces `tensor`, directly or through a
-/// bias Add with a constant operand.
+/// bias Add with a constant operand: the placement's own residual rule ([`crate::rules::int8_gemm_behind`]).
 fn int8_gemm_behind(graph: &GraphProto, index: &GraphIndex, dq: &HashSet<&str>, tensor: &str) -> Option<String> {
-    let int8_gemm = |p: usize| {
+    let both_dequantized = |p: usize| {
         let n = &graph.node[p];
-        (matches!(n.op_type.as_str(), "Conv" | "ConvTranspose" | "MatMul" | "Gemm")
-            && n.input.len() >= 2
-            && dq.contains(n.input[0].as_str())
-            && dq.contains(n.input[1].as_str()))
-        .then(|| n.name.clone())
+        n.input.len() >= 2 && dq.contains(n.input[0].as_str()) && dq.contains(n.input[1].as_str())
     };
-    index.producers_through_bias_add(graph, tensor).into_iter().find_map(int8_gemm)
+    crate::rules::int8_gemm_behind(graph, index, tensor, crate::GEMM_OPS, both_dequantized)
+        .map(|p| graph.node[p].name.clone())
 }
 
 /// [TRT-QDQ] per-channel weight scales run along the output-channel axis and have one scale per channel.

@@ -100,13 +100,7 @@ pub fn plan(graph: &GraphProto, decisions: &[Decision], options: &PlacementOptio
         }
     }
 
-    // An INT8 GEMM producing the tensor; a bias Add between it and the residual Add fuses as well.
-    let produced_by_gemm = |tensor: &str, ops: &[&str]| -> Option<usize> {
-        index
-            .producers_through_bias_add(graph, tensor)
-            .into_iter()
-            .find(|&p| ops.contains(&graph.node[p].op_type.as_str()) && int8[p])
-    };
+    let produced_by_gemm = |tensor: &str, ops: &[&str]| int8_gemm_behind(graph, &index, tensor, ops, |p| int8[p]);
     let depth = depths(graph, &index);
     for (n, node) in graph.node.iter().enumerate() {
         if node.op_type != "Add" || node.input.len() != 2 || denied(n) || node.input.iter().any(|i| i.is_empty()) {
@@ -149,6 +143,23 @@ pub fn plan(graph: &GraphProto, decisions: &[Decision], options: &PlacementOptio
         }
     }
     plan
+}
+
+/// TensorRT's residual rule, used both to place Q/DQ (`plan`) and to check a Q/DQ model (`lint`): an Add fuses
+/// into the INT8 GEMM/Conv (one of `ops`, INT8 by `is_int8`) that produces one of its inputs, directly or
+/// through a bias Add with a constant operand, when its other input is quantized. This is that producer of
+/// `tensor`, if any.
+pub(crate) fn int8_gemm_behind(
+    graph: &GraphProto,
+    index: &GraphIndex,
+    tensor: &str,
+    ops: &[&str],
+    is_int8: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    index
+        .producers_through_bias_add(graph, tensor)
+        .into_iter()
+        .find(|&p| ops.contains(&graph.node[p].op_type.as_str()) && is_int8(p))
 }
 
 /// Longest path (in nodes) from the graph inputs to each node; graphs are topologically sorted.
