@@ -1,17 +1,13 @@
-//! `cargo xtask`: project automation. Run `cargo xtask --help`.
+//! `cargo xtask`: project automation. Run `cargo xtask --help`. It depends on no crate of the product, so that
+//! `cargo xtask ci` checks formatting before building anything: the release gate runs the `int8kit` binary,
+//! and the benchmarks, the demo and the GPU steps run the `bench` binary (`cargo run -p bench`).
 
-mod bench;
 mod check_report;
-mod demo;
-mod gpu;
-mod large;
-mod suite;
 mod wheel;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use analyze::scales::Method;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
@@ -26,14 +22,12 @@ struct Cli {
 enum Cmd {
     /// Install the pinned ONNX Runtime into .int8kit/ (once) and print where it is.
     Setup,
-    /// Run the whole pipeline on the bundled fixtures and print a summary table.
+    /// Run the whole pipeline on the bundled fixtures and print a summary table (`bench demo`; `--help` for
+    /// its flags).
+    #[command(disable_help_flag = true)]
     Demo {
-        /// No progress bars.
-        #[arg(long, short)]
-        quiet: bool,
-        /// Evaluate every scale method (entropy, mse, percentile, max), not only entropy.
-        #[arg(long)]
-        all_methods: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Run every test (installs ONNX Runtime first if needed). Extra arguments go to `cargo test`.
     Test {
@@ -42,19 +36,21 @@ enum Cmd {
     },
     /// Formatting, lints, the wheel check and the tests, as CI runs them (CI also checks a report in Chromium).
     Ci,
-    /// Benchmarks (speed and memory targets live here, not in tests). Without a subcommand: int8kit against
-    /// a plain FP32 pass and ONNX Runtime's quantize_static, written to BENCHMARKS.md and bench.json.
-    #[command(args_conflicts_with_subcommands = true)]
+    /// Benchmarks (speed and memory targets live here, not in tests): `bench bench`, `--help` for its flags.
+    /// Without a subcommand: int8kit against a plain FP32 pass and the peers, written to BENCHMARKS.md and
+    /// bench.json.
+    #[command(disable_help_flag = true)]
     Bench {
-        #[command(subcommand)]
-        which: Option<bench::Which>,
-        #[command(flatten)]
-        suite: suite::SuiteArgs,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
-    /// `int8kit validate` from the checkout (installs ONNX Runtime first if needed): calibrate, analyze,
-    /// evaluate FP32 and INT8 on a labelled folder, and gate a release.
-    /// Exit 0: every criterion holds; 1: a gate failed; 2: bad input or a run error.
-    Validate(Box<int8kit::commands::validate::ValidateArgs>),
+    /// `int8kit validate` from the checkout (installs ONNX Runtime first if needed): the same command, flags,
+    /// outcome and exit status (0: every criterion holds; 1: a gate failed; 2: bad input or a run error).
+    #[command(disable_help_flag = true)]
+    Validate {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Open a validate report in headless Chromium: it renders and its numbers match report.json.
     CheckReport {
         /// A folder written by `validate`.
@@ -70,78 +66,80 @@ enum Cmd {
     /// Build the int8kit wheel with maturin, install it into a fresh venv (with its onnxruntime dependency)
     /// and run `int8kit quantize` and `int8kit validate` from outside the checkout. CI runs it.
     Wheel,
-    /// Internal: one measured workload, run as a child process by `bench` so that its peak RSS is its own.
-    #[command(hide = true)]
-    BenchChild(bench::ChildArgs),
-    /// Pack what the lent GPU machine needs (xtask, onnxruntime-gpu, the ViT-S/14, photos) into chunks that
-    /// fit device calls, and print the calls to make (.int8kit/carry/plan.txt).
-    GpuPack(gpu::PackArgs),
-    /// On a GPU machine: device tests (GPU statistics equal the CPU's), kernel throughput, calibration speed
-    /// against a plain CUDA EP pass, and validate on both devices. Writes gpu-check.json/.md.
-    GpuCheck(gpu::CheckArgs),
-    /// Internal: one measured GPU pass, run as a child process by `gpu-check`.
-    #[command(hide = true)]
-    GpuChild(gpu::ChildArgs),
+    /// Pack what the lent GPU machine needs into chunks that fit device calls (`bench gpu-pack`).
+    #[command(disable_help_flag = true)]
+    GpuPack {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// On a GPU machine with a Rust toolchain: the measurements (`bench gpu-check`).
+    #[command(disable_help_flag = true)]
+    GpuCheck {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
-    int8kit::exit_status(run(Cli::parse()))
-}
-
-/// Runs a command; `validate` may end in a failed gate, everything else succeeds or fails with an error.
-fn run(cli: Cli) -> anyhow::Result<int8kit::Outcome> {
-    match cli.command {
-        Cmd::Validate(args) => {
-            if !args.run.device.is_cuda() {
-                setup()?;
-            }
-            int8kit::run(int8kit::Cli { command: int8kit::Command::Validate(args) })
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
         }
-        other => run_task(other).map(|()| int8kit::Outcome::Success),
     }
 }
 
-fn run_task(command: Cmd) -> anyhow::Result<()> {
-    match command {
+/// Runs a task; a delegated command's exit status is passed on (validate's 1 is a failed gate).
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
         Cmd::Setup => {
             let lib = setup()?;
             println!("ONNX Runtime {}: {}", runtime::ORT_VERSION, lib.display());
-            Ok(())
         }
-        Cmd::Demo { quiet, all_methods } => {
-            setup()?;
-            let methods = if all_methods { Method::ALL_DEFAULT.to_vec() } else { vec![Method::Entropy] };
-            demo::run(quiet, &methods)
-        }
-        Cmd::Test { args } => test(&args),
+        Cmd::Demo { args } => return delegate("bench", "demo", &args, true),
+        Cmd::Test { args } => test(&args)?,
         Cmd::Ci => {
             cargo(&["fmt", "--all", "--", "--check"]).context("cargo fmt --check (run `cargo fmt --all`)")?;
             cargo(&["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"])?;
             wheel::run()?;
-            test(&[])
+            test(&[])?;
         }
-        Cmd::Bench { which, suite } => {
-            setup()?;
-            match which {
-                Some(bench::Which::Large) => large::run(),
-                Some(which) => bench::run(which),
-                None => suite::run(&suite),
-            }
+        Cmd::Bench { args } => return delegate("bench", "bench", &args, true),
+        // The GPU build of ONNX Runtime is found by int8kit itself.
+        Cmd::Validate { args } => {
+            let cuda = args.iter().any(|a| a.starts_with("cuda") || a.starts_with("--device=cuda"));
+            return delegate("int8kit", "validate", &args, !cuda);
         }
-        Cmd::BenchChild(args) => bench::child(args),
-        Cmd::Wheel => wheel::run(),
+        Cmd::CheckReport { dir } => check_report::run(&dir)?,
         Cmd::Fuzz { cases } => {
             std::env::set_var("PROPTEST_CASES", cases.to_string());
-            cargo_test(&["-p".into(), "int8kit".into(), "--test".into(), "it".into(), "fuzz::".into()])
+            cargo_test(&["-p".into(), "int8kit".into(), "--test".into(), "it".into(), "fuzz::".into()])?;
         }
-        Cmd::GpuPack(args) => gpu::pack(&args),
-        Cmd::GpuCheck(args) => gpu::check(&args),
-        Cmd::GpuChild(args) => gpu::child(&args),
-        Cmd::Validate(args) => {
-            bail!("internal: validate ({}) is dispatched by run()", args.out.display())
-        }
-        Cmd::CheckReport { dir } => check_report::run(&dir),
+        Cmd::Wheel => wheel::run()?,
+        Cmd::GpuPack { args } => return delegate("bench", "gpu-pack", &args, false),
+        Cmd::GpuCheck { args } => return delegate("bench", "gpu-check", &args, false),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cargo run --release -p PACKAGE -- SUBCOMMAND ARGS` from the checkout (ONNX Runtime set up first when
+/// `needs_ort`), with its exit status.
+fn delegate(package: &str, subcommand: &str, args: &[String], needs_ort: bool) -> anyhow::Result<ExitCode> {
+    if needs_ort {
+        setup()?;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["run", "--release", "--quiet", "-p", package, "--", subcommand])
+        .args(args)
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("starting {package} {subcommand}"))?;
+    Ok(match status.code() {
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(2)),
+        None => bail!("{package} {subcommand} was stopped by a signal ({status})"),
+    })
 }
 
 /// The workspace root (xtask lives one level below it). A binary carried to another machine finds it

@@ -204,7 +204,7 @@ pub(super) fn workloads(args: &SuiteArgs) -> anyhow::Result<Vec<Workload>> {
             name: format!("dinov2_vits14_224_n{n}"),
             model: vits.clone(),
             calib,
-            recipe: root.join("xtask/bench/dinov2_vits14.toml"),
+            recipe: root.join("bench/scripts/dinov2_vits14.toml"),
             batch: 16,
             repeat: 1,
             also_all_tensors: n == 64,

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::bench::{build_int8kit, int8kit, measure_tree, median_run, Run};
+use crate::measure::{build_int8kit, int8kit, measure_tree, median_run, Run};
 use crate::root;
 
 mod peers;

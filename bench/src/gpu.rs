@@ -1,7 +1,7 @@
-//! GPU work on a machine without Rust: `cargo xtask gpu-pack` (here) bundles the xtask binary, the crates'
+//! GPU work on a machine without Rust: `cargo xtask gpu-pack` (here) bundles the bench binary, the crates'
 //! device test binaries (`calibrate` and `evaluate` built with their `cuda` feature), onnxruntime-gpu, the
 //! ViT-S/14 and the benchmark photos into chunks that fit device calls. On the GPU machine `gpu-run.sh tests`
-//! runs the device tests (the invariants: they pass or fail), and `gpu-run.sh` runs `xtask gpu-check`, the
+//! runs the device tests (the invariants: they pass or fail), and `gpu-run.sh` runs `bench gpu-check`, the
 //! measurements (speeds, CPU-vs-GPU differences), into gpu-check.json / gpu-check.md.
 
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use runtime::Device;
 use serde::Serialize;
 
-use crate::bench::{measure_tree, Run};
+use crate::measure::{measure_tree, Run};
 use crate::root;
 
 #[derive(Debug, clap::Args)]
@@ -32,7 +32,7 @@ pub struct PackArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
-    /// The unpacked bundle (holds xtask, onnxruntime/capi, vits14/, photos/).
+    /// The unpacked bundle (holds bench, tests/, onnxruntime/capi, vits14/, photos/).
     #[arg(long)]
     bundle: PathBuf,
     #[arg(long, default_value = "cuda")]
@@ -50,7 +50,7 @@ pub struct CheckArgs {
 #[derive(Debug, clap::Args)]
 pub struct ChildArgs {
     #[command(flatten)]
-    pass: crate::bench::PassArgs,
+    pass: crate::measure::PassArgs,
     #[arg(long)]
     device: Device,
     /// plain (the model's own outputs, copied to the host: the limit), plain-bound (the same through IoBinding,
@@ -80,10 +80,10 @@ pub fn pack(args: &PackArgs) -> anyhow::Result<()> {
     let bundle = staging.join("bundle");
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(bundle.join("photos"))?;
-    // The xtask binary does everything on the device (no Rust there); stripped, it is a few MB.
-    let bin = crate::bench::build_release("xtask")?;
-    std::fs::copy(&bin, bundle.join("xtask"))?;
-    ok(Command::new("strip").arg(bundle.join("xtask")), "strip xtask")?;
+    // The bench binary does everything on the device (no Rust there); stripped, it is a few MB.
+    let bin = crate::measure::build_release("bench")?;
+    std::fs::copy(&bin, bundle.join("bench"))?;
+    ok(Command::new("strip").arg(bundle.join("bench")), "strip bench")?;
     std::fs::create_dir_all(bundle.join("tests"))?;
     for (name, test) in device_tests()? {
         let to = bundle.join("tests").join(name);
@@ -353,7 +353,7 @@ impl GpuWorkload {
             name: format!("dinov2_vits14_224 N={n} ({how})"),
             model: args.bundle.join("vits14/vit_s_focus.onnx"),
             images,
-            recipe: root().join("xtask/bench/dinov2_vits14.toml"),
+            recipe: root().join("bench/scripts/dinov2_vits14.toml"),
             batch: 64,
             passes,
         })

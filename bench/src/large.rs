@@ -1,4 +1,4 @@
-//! `cargo xtask bench large`: random-weight ViTs of real sizes (`xtask/bench/make_large_vit.py`: ViT-L/14,
+//! `cargo xtask bench large`: random-weight ViTs of real sizes (`bench/scripts/make_large_vit.py`: ViT-L/14,
 //! 1.2 GB in one file; ViT-H/14, 2.5 GB, above protobuf's 2 GiB limit, with external data) through
 //! `calibrate`, `analyze` and `validate`: wall time, peak RSS, and RSS as a multiple of the model's size.
 //! `validate` runs the written Q/DQ model (and the FP16 one) in ONNX Runtime, so a model that does not load
@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::bench::{build_int8kit, int8kit, measure_tree, Run};
+use crate::measure::{build_int8kit, int8kit, measure_tree, Run};
 use crate::suite::{bench_home, make_crops, venv_python, PEER_PINS};
 
 /// Calibration images per model (and validation images): enough to exercise the streaming, few enough for a
@@ -46,7 +46,7 @@ pub fn run() -> anyhow::Result<()> {
     let photos = crate::suite::fetch_photos()?;
     let images =
         make_crops(&photos, &bench_home().join(format!("crops/calib-{IMAGES}")), IMAGES, crate::suite::CALIB_SEED)?;
-    let script = crate::root().join("xtask/bench/make_large_vit.py");
+    let script = crate::root().join("bench/scripts/make_large_vit.py");
     let mut results = Vec::new();
     for preset in ["vit_l14", "vit_h14"] {
         eprintln!("== {preset} ==");

@@ -126,7 +126,7 @@ pub(super) fn run_peers(
             let out = dir.join(format!("peer-{}.onnx", method.to_lowercase()));
             let _ = std::fs::remove_file(&out);
             let mut cmd = Command::new(ort_peer.unwrap_or(Path::new("")));
-            cmd.arg(root().join("xtask/bench/ort_quantize_static.py"));
+            cmd.arg(root().join("bench/scripts/ort_quantize_static.py"));
             peer_args(&mut cmd);
             cmd.args(["--method", method, "--out"]).arg(&out);
             let log = dir.join(format!("peer-{}.log", method.to_lowercase()));
@@ -140,7 +140,7 @@ pub(super) fn run_peers(
             let out = dir.join("modelopt-entropy.onnx");
             let _ = std::fs::remove_file(&out);
             let mut cmd = Command::new(mo);
-            cmd.arg(root().join("xtask/bench/modelopt_quantize.py"));
+            cmd.arg(root().join("bench/scripts/modelopt_quantize.py"));
             peer_args(&mut cmd);
             cmd.args(["--method", "entropy", "--out"]).arg(&out);
             commands.push(shown(&cmd));
