@@ -287,7 +287,7 @@ pub struct SchemeArgs {
     /// Scale method of the activations: entropy | mse | percentile[:P] (default 99.99) | max | auto (per
     /// tensor, from --sensitivity).
     #[arg(long, default_value = "entropy", value_name = "METHOD")]
-    pub method: MethodArg,
+    pub method: OrAuto<Method>,
     /// A sensitivity.json from `int8kit sensitivity --choose-methods`: the per-tensor methods of --method auto
     /// and the per-node clips of --weight-clip auto (validate also charts its ranking in report.html).
     #[arg(long, value_name = "S.json")]
@@ -305,43 +305,25 @@ pub struct SchemeArgs {
     /// squared int8 error, searched from max |w| down to half of it) or auto (per node, whichever gave the
     /// better output fidelity in --sensitivity S.json; max for nodes it does not list).
     #[arg(long, default_value = "max", value_name = "max|mse|auto")]
-    pub weight_clip: WeightClipArg,
+    pub weight_clip: OrAuto<WeightClip>,
 }
 
-/// `--method`: a scale method, or `auto`.
+/// `--method` and `--weight-clip`: one choice for every tensor or node, or `auto` (each its own, from a
+/// sensitivity.json).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum MethodArg {
-    /// One method for every activation.
-    One(Method),
-    /// Per tensor, from a sensitivity.json.
+pub enum OrAuto<T> {
+    /// One choice for all.
+    One(T),
+    /// Per tensor or node, from a sensitivity.json.
     Auto,
 }
 
-impl std::str::FromStr for MethodArg {
+impl<T: std::str::FromStr<Err = String>> std::str::FromStr for OrAuto<T> {
     type Err = String;
-    fn from_str(s: &str) -> Result<MethodArg, String> {
+    fn from_str(s: &str) -> Result<OrAuto<T>, String> {
         match s {
-            "auto" => Ok(MethodArg::Auto),
-            other => Ok(MethodArg::One(other.parse()?)),
-        }
-    }
-}
-
-/// `--weight-clip`: a clip for every weight, or `auto`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum WeightClipArg {
-    /// One clip for every weight.
-    One(WeightClip),
-    /// Per node, from a sensitivity.json.
-    Auto,
-}
-
-impl std::str::FromStr for WeightClipArg {
-    type Err = String;
-    fn from_str(s: &str) -> Result<WeightClipArg, String> {
-        match s {
-            "auto" => Ok(WeightClipArg::Auto),
-            other => Ok(WeightClipArg::One(other.parse()?)),
+            "auto" => Ok(OrAuto::Auto),
+            other => Ok(OrAuto::One(other.parse()?)),
         }
     }
 }
@@ -352,8 +334,8 @@ impl SchemeArgs {
     /// `auto` to feed unless the command also uses it otherwise (`ranking_shown`: validate's report).
     pub fn scheme(&self, ranking_shown: bool) -> anyhow::Result<Scheme> {
         let (precision, precision_origin) = load_precision(self.precision.as_deref())?;
-        let auto_method = self.method == MethodArg::Auto;
-        let auto_clip = self.weight_clip == WeightClipArg::Auto;
+        let auto_method = self.method == OrAuto::Auto;
+        let auto_clip = self.weight_clip == OrAuto::Auto;
         let choices = match (&self.sensitivity, auto_method || auto_clip) {
             (Some(path), true) => evaluate::sensitivity::load_method_choices(path)?,
             (None, true) => anyhow::bail!(
@@ -365,12 +347,12 @@ impl SchemeArgs {
             (_, false) => Default::default(),
         };
         let (method, per_tensor) = match self.method {
-            MethodArg::Auto => (Method::Entropy, choices.methods),
-            MethodArg::One(m) => (m, Default::default()),
+            OrAuto::Auto => (Method::Entropy, choices.methods),
+            OrAuto::One(m) => (m, Default::default()),
         };
         let weight_clip = match self.weight_clip {
-            WeightClipArg::Auto => WeightClips { default: WeightClip::Max, per_node: choices.weight_clips },
-            WeightClipArg::One(clip) => WeightClips::all(clip),
+            OrAuto::Auto => WeightClips { default: WeightClip::Max, per_node: choices.weight_clips },
+            OrAuto::One(clip) => WeightClips::all(clip),
         };
         quantizer::cache::trt_version_code(&self.trt_version)?;
         Ok(Scheme {
@@ -466,10 +448,10 @@ mod tests {
 
     #[test]
     fn method_and_weight_clip_take_auto_or_one_choice() {
-        assert_eq!("auto".parse::<MethodArg>().unwrap(), MethodArg::Auto);
-        assert_eq!("mse".parse::<MethodArg>().unwrap(), MethodArg::One(Method::Mse));
-        assert!("kl".parse::<MethodArg>().unwrap_err().contains("entropy, mse"));
-        assert_eq!("auto".parse::<WeightClipArg>().unwrap(), WeightClipArg::Auto);
-        assert_eq!("mse".parse::<WeightClipArg>().unwrap(), WeightClipArg::One(WeightClip::Mse));
+        assert_eq!("auto".parse::<OrAuto<Method>>().unwrap(), OrAuto::Auto);
+        assert_eq!("mse".parse::<OrAuto<Method>>().unwrap(), OrAuto::One(Method::Mse));
+        assert!("kl".parse::<OrAuto<Method>>().unwrap_err().contains("entropy, mse"));
+        assert_eq!("auto".parse::<OrAuto<WeightClip>>().unwrap(), OrAuto::Auto);
+        assert_eq!("mse".parse::<OrAuto<WeightClip>>().unwrap(), OrAuto::One(WeightClip::Mse));
     }
 }

@@ -46,6 +46,8 @@ pub struct Written {
 pub struct Quantized {
     /// The calibration pass's summary.
     pub calibration: CalibrationSummary,
+    /// Seconds the calibration pass took (the build and the writing not included).
+    pub calibration_seconds: f64,
     /// Whether the statistics came from a smoothed model (alpha, and how many GEMM inputs).
     pub smoothed: Option<(f32, usize)>,
     /// The artifact set.
@@ -60,15 +62,17 @@ pub fn quantize(config: &QuantizeConfig, progress: &mut dyn FnMut(u64, u64)) -> 
     crate::cache::trt_version_code(&config.scheme.trt_version)?;
     let stage = OutputDir::new(&config.out)?;
     let model = calibrate::load_model(&config.model)?;
+    let start = std::time::Instant::now();
     let (hist, calibration) =
         calibrate::calibrate_model(&model, &config.images, &config.feed, &config.collect, progress)?;
+    let calibration_seconds = start.elapsed().as_secs_f64();
     if let Some(path) = &config.save_hist {
         hist.write(path)?;
     }
     let smoothed = hist.smoothing.as_ref().map(|s| (s.alpha, s.channel_max.len()));
     let quantizer = Quantizer::new(model, hist)?;
     let written = write_artifacts(&quantizer, &config.scheme, stage)?;
-    Ok(Quantized { calibration, smoothed, written })
+    Ok(Quantized { calibration, calibration_seconds, smoothed, written })
 }
 
 /// Builds `scheme`'s artifacts and writes them into `stage` (an [`OutputDir`] made before any long work, so

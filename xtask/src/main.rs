@@ -108,8 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Bench { args } => return delegate("bench", "bench", &args, true),
         // The GPU build of ONNX Runtime is found by int8kit itself.
         Cmd::Validate { args } => {
-            let cuda = args.iter().any(|a| a.starts_with("cuda") || a.starts_with("--device=cuda"));
-            return delegate("int8kit", "validate", &args, !cuda);
+            return delegate("int8kit", "validate", &args, !on_cuda(&args));
         }
         Cmd::CheckReport { dir } => check_report::run(&dir)?,
         Cmd::Fuzz { cases } => {
@@ -121,6 +120,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::GpuCheck { args } => return delegate("bench", "gpu-check", &args, false),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `--device` (as `--device D` or `--device=D`) names a CUDA device.
+fn on_cuda(args: &[String]) -> bool {
+    let value = args.iter().zip(args.iter().skip(1)).find(|(flag, _)| *flag == "--device").map(|(_, v)| v.as_str());
+    let value = value.or_else(|| args.iter().find_map(|a| a.strip_prefix("--device=")));
+    value.is_some_and(|d| d.starts_with("cuda"))
 }
 
 /// `cargo run --release -p PACKAGE -- SUBCOMMAND ARGS` from the checkout (ONNX Runtime set up first when
@@ -231,4 +237,18 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
         bail!("`cargo {}` failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::on_cuda;
+
+    #[test]
+    fn only_the_device_flag_says_cuda() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(on_cuda(&args(&["--model", "m.onnx", "--device", "cuda:0"])));
+        assert!(on_cuda(&args(&["--device=cuda:all"])));
+        assert!(!on_cuda(&args(&["--model", "cuda_models/m.onnx", "--device", "cpu"])));
+        assert!(!on_cuda(&args(&["--out", "cuda"])));
+    }
 }

@@ -44,13 +44,12 @@ pub fn run(args: &QuantizeArgs) -> anyhow::Result<Outcome> {
         out: args.out.clone(),
     };
     let bar = progress_bar("calibrate", "images", args.quiet);
-    let start = std::time::Instant::now();
     let done = quantizer::quantize(&config, &mut reporter(&bar))
         .map_err(crate::commands::calibrate::hint_bad_image)
         .with_context(|| format!("quantizing {}", source.model.display()))?;
     bar.finish_and_clear();
     if !args.quiet {
-        print_calibration(&done.calibration, done.smoothed, &source.run.device, start.elapsed().as_secs_f64());
+        print_calibration(&done.calibration, done.smoothed, &source.run.device, done.calibration_seconds);
         print_written(&done.written, &config.scheme.precision_origin, &args.out);
     }
     Ok(Outcome::Success)
