@@ -39,6 +39,35 @@ pub struct CalibrateOptions {
     /// `(I, N)`: only the I-th (1-based) of N contiguous parts of the sorted (and `limit`ed) image list; the
     /// merge of all N (`histograms::merge`) is the whole run's `.hist` byte for byte.
     pub shard: Option<(usize, usize)>,
+    /// How many samples of the calibration set (after `limit`) are held back from the statistics, for the
+    /// self-check of what is built from them.
+    pub hold_out: HoldOut,
+}
+
+/// How many calibration samples are kept out of the statistics and measured on instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HoldOut {
+    /// A tenth of the calibration set, 2 to 64 samples; none below 20 samples (too few to spare).
+    #[default]
+    Auto,
+    /// Exactly this many (0: none), at most all samples but one.
+    Count(usize),
+}
+
+impl HoldOut {
+    /// Smallest calibration set [`HoldOut::Auto`] takes samples from.
+    pub const AUTO_FROM: usize = 20;
+    /// Most samples [`HoldOut::Auto`] takes.
+    pub const AUTO_MAX: usize = 64;
+
+    /// Samples held back from a calibration set of `samples`.
+    pub fn count(self, samples: usize) -> usize {
+        match self {
+            HoldOut::Auto if samples < HoldOut::AUTO_FROM => 0,
+            HoldOut::Auto => (samples / 10).clamp(2, HoldOut::AUTO_MAX),
+            HoldOut::Count(n) => n.min(samples.saturating_sub(1)),
+        }
+    }
 }
 
 impl Default for CalibrateOptions {
@@ -53,6 +82,7 @@ impl Default for CalibrateOptions {
             device: runtime::Devices::default(),
             smooth: None,
             shard: None,
+            hold_out: HoldOut::Auto,
         }
     }
 }
@@ -70,6 +100,8 @@ pub struct CalibrationSummary {
     pub not_collected: Vec<String>,
     /// With a CUDA device: the most GPU memory in use (whole device) seen after a batch, in MB.
     pub device_memory_peak_mb: Option<f64>,
+    /// The samples held back from the statistics ([`CalibrateOptions::hold_out`]), if any.
+    pub held_out: Option<Dataset>,
 }
 
 /// A model copy whose activations are all graph outputs.
@@ -414,8 +446,17 @@ pub fn calibrate_model(
     if let Some(n) = options.limit {
         dataset = dataset.limit(n, options.seed);
     }
-    // The whole list identifies the calibration set; a shard keeps its own part and says which.
+    // The whole list identifies the calibration set; the held-back slice is chosen from it before any shard
+    // (every shard holds back the same slice), and a shard keeps its own part of the rest and says which.
     let list_sha256 = dataset.list_sha256();
+    let hold = options.hold_out.count(dataset.len());
+    let (rest, held) = dataset.hold_out(hold, options.seed);
+    dataset = rest;
+    let held_out = (!held.is_empty()).then(|| histograms::HeldOut {
+        count: held.len() as u64,
+        seed: options.seed,
+        list_sha256: held.list_sha256(),
+    });
     let shard = match options.shard {
         None => None,
         Some((index, count)) => {
@@ -478,6 +519,7 @@ pub fn calibrate_model(
             limit: options.limit,
             seed: options.seed,
             list_sha256,
+            held_out,
         },
         onnxruntime: runtime::version()?,
         histogram: HistogramInfo { bins: BINS, values: "abs".into() },
@@ -492,8 +534,35 @@ pub fn calibrate_model(
         tensors: hist.tensors.len(),
         not_collected: tapped.not_collected.clone(),
         device_memory_peak_mb: pass.device_memory_peak_mb,
+        held_out: (!held.is_empty()).then_some(held),
     };
     Ok((hist, summary))
+}
+
+/// The samples `hist`'s calibration held back, found again in `images` (the calibration folder): the same
+/// list, `limit` and seed give the same slice. Refused when the folder's list is not the one calibrated on.
+pub fn held_out_slice(images: &Path, hist: &HistFile) -> Result<Option<Dataset>, CalibrateError> {
+    let Some(record) = &hist.images.held_out else { return Ok(None) };
+    let mut dataset = Dataset::flat(images)?;
+    if let Some(n) = hist.images.limit {
+        dataset = dataset.limit(n, hist.images.seed);
+    }
+    let differs = |what: &str| CalibrateError::Input {
+        model: images.to_path_buf(),
+        message: format!(
+            "{what} is not the one the .hist's held-back samples came from (calibrated on folder '{}', {} samples \
+             held back); pass the calibration folder unchanged",
+            hist.images.folder, record.count
+        ),
+    };
+    if dataset.list_sha256() != hist.images.list_sha256 {
+        return Err(differs("this folder's sample list"));
+    }
+    let held = dataset.hold_out(record.count as usize, record.seed).1;
+    if held.list_sha256() != record.list_sha256 {
+        return Err(differs("the slice chosen from this folder"));
+    }
+    Ok(Some(held))
 }
 
 /// One pass of the images through the tapped model: statistics of every activation (measured or copied) and

@@ -9,7 +9,8 @@ pub mod gpu;
 use std::path::PathBuf;
 
 pub use collect::{
-    batch_input, calibrate, calibrate_model, load_model, CalibrateOptions, CalibrationSummary, TappedModel,
+    batch_input, calibrate, calibrate_model, held_out_slice, load_model, CalibrateOptions, CalibrationSummary, HoldOut,
+    TappedModel,
 };
 pub use histograms::Selection;
 

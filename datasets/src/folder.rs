@@ -7,6 +7,9 @@ use rand::SeedableRng;
 
 use crate::DatasetError;
 
+/// Mixed into the seed of [`Dataset::hold_out`]'s shuffle.
+const HOLD_OUT_STREAM: u64 = 0x686f_6c64_6f75_7421;
+
 /// One image file and, in a labelled folder, its class index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageItem {
@@ -242,6 +245,32 @@ impl Dataset {
         self
     }
 
+    /// Splits off a seeded, reproducible slice of `count` samples (none when `count` is 0; all but one at
+    /// most, so something is left to calibrate on): returns the rest and the slice, both in the original
+    /// order. The slice is chosen from the list alone (never from what the files hold), so it is the same
+    /// for every thread count, batch size and shard.
+    pub fn hold_out(mut self, count: usize, seed: u64) -> (Dataset, Dataset) {
+        let count = count.min(self.items.len().saturating_sub(1));
+        let mut order: Vec<usize> = (0..self.items.len()).collect();
+        // Another stream than `limit`'s, so that a limit and a hold-out with the same seed do not pick alike.
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ HOLD_OUT_STREAM));
+        let mut held = vec![false; self.items.len()];
+        for &i in &order[..count] {
+            held[i] = true;
+        }
+        let (mut slice, mut rest) = (Vec::with_capacity(count), Vec::with_capacity(self.items.len() - count));
+        for (item, h) in std::mem::take(&mut self.items).into_iter().zip(held) {
+            if h {
+                slice.push(item)
+            } else {
+                rest.push(item)
+            }
+        }
+        let held_set = Dataset { root: self.root.clone(), items: slice, classes: self.classes.clone() };
+        self.items = rest;
+        (self, held_set)
+    }
+
     /// Keeps the `index`-th (1-based) of `count` contiguous parts of the list, in order: what one of `count`
     /// processes takes (`--shard I/N`), so that the parts joined in order are the whole list.
     pub fn shard(mut self, index: usize, count: usize) -> Result<Dataset, DatasetError> {
@@ -355,6 +384,27 @@ mod tests {
         std::os::unix::fs::symlink(d.path(), d.path().join("sub/loop")).unwrap();
         let err = Dataset::flat(d.path()).unwrap_err().to_string();
         assert!(err.contains("loop"), "{err}");
+    }
+
+    #[test]
+    fn hold_out_is_seeded_disjoint_ordered_and_leaves_one() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..30 {
+            touch(&d.path().join(format!("{i:02}.png")));
+        }
+        let all = Dataset::flat(d.path()).unwrap();
+        let (rest, held) = all.clone().hold_out(5, 3);
+        assert_eq!((rest.len(), held.len()), (25, 5));
+        assert!(held.items.iter().all(|i| !rest.items.contains(i)));
+        assert!(
+            held.items.windows(2).all(|w| w[0].path < w[1].path)
+                && rest.items.windows(2).all(|w| w[0].path < w[1].path)
+        );
+        assert_eq!(all.clone().hold_out(5, 3).1.items, held.items);
+        assert_ne!(all.clone().hold_out(5, 4).1.items, held.items);
+        // Not the images a limit with the same seed keeps first.
+        assert_eq!(all.clone().hold_out(0, 3).0.len(), 30);
+        assert_eq!(all.hold_out(99, 3).0.len(), 1);
     }
 
     #[test]

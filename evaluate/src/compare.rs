@@ -6,6 +6,30 @@ use std::path::Path;
 use datasets::{BatchStream, Dataset, Feed, StreamOptions};
 
 use crate::EvaluateError;
+use quantizer::measure::{OutputFidelity, Unmeasured};
+pub use quantizer::measure::{argmax, evaluation_config, graph_optimization_for, Fidelity, FidelityParts, ImageFidelity};
+
+/// [`Unmeasured`] as the evaluation's error, naming the folder evaluated.
+pub(crate) fn unmeasured(source: &Path) -> impl Fn(Unmeasured) -> EvaluateError + '_ {
+    move |u| match u {
+        Unmeasured::NoImages => EvaluateError::NoImages { path: source.to_path_buf() },
+        Unmeasured::NonFinite { images, fp32_values, fp32_images, int8_values, int8_images } => {
+            EvaluateError::NonFinite {
+                path: source.to_path_buf(),
+                images,
+                fp32_values,
+                fp32_images,
+                int8_values,
+                int8_images,
+            }
+        }
+    }
+}
+
+/// The fidelity part of a comparison.
+pub fn fidelity_of(c: &Comparison) -> Fidelity {
+    Fidelity { images: c.images, agreement: c.agreement, cosine_mean: c.cosine_mean, sqnr_db: c.sqnr_db }
+}
 
 /// How an output row becomes class scores: a classifier's logits as they are, or an embedding's cosine
 /// against one prototype per class (CLIP zero-shot).
@@ -101,11 +125,6 @@ fn normalised(v: &[f32]) -> Vec<f32> {
     v.iter().map(|x| if n > 0.0 { x / n } else { *x }).collect()
 }
 
-/// Index of the largest score (the first one on ties).
-pub fn argmax(v: &[f32]) -> usize {
-    (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b]).then(b.cmp(&a))).unwrap_or(0)
-}
-
 /// Top-1 of one model on a labelled folder.
 pub struct EvalResult {
     /// Share of images whose predicted class is the label.
@@ -183,30 +202,6 @@ fn batch_size_or(models: &[&dyn BatchModel], dataset: &Dataset, wanted: usize) -
 
 fn stream_options(batch_size: usize) -> StreamOptions {
     StreamOptions { batch_size, ..Default::default() }
-}
-
-/// The session that evaluates `graph` as it is written. A graph that computes in FP16 or BF16 runs with ONNX
-/// Runtime's graph rewrites off: its CPU provider has no FP16 kernels for most ops and runs such layers in
-/// float32 between inserted Casts, and which FP16 roundings survive depends on the rewrites (constant folding
-/// of Constant -> Cast chains, for one, merges float32 islands and drops roundings the graph has), so an
-/// optimized session computes another function than the graph's (README, "Evaluating FP16 graphs").
-pub fn evaluation_config(
-    label: &str,
-    placement: runtime::Placement,
-    graph: &graph::proto::GraphProto,
-) -> runtime::SessionConfig {
-    let mut cfg = runtime::SessionConfig::new(label).place(placement);
-    cfg.graph_optimization = graph_optimization_for(graph);
-    cfg
-}
-
-/// How much ONNX Runtime may rewrite `graph` in an evaluation (see [`evaluation_config`]).
-pub fn graph_optimization_for(graph: &graph::proto::GraphProto) -> runtime::GraphOptimization {
-    if graph::computes_in_low_precision(graph) {
-        runtime::GraphOptimization::Disabled
-    } else {
-        runtime::GraphOptimization::All
-    }
 }
 
 /// An ONNX Runtime (CPU) session over a model file, as a [`BatchModel`].
@@ -361,156 +356,6 @@ impl Tally {
     }
 }
 
-/// One image's share of the fidelity sums. Float sums depend on their order, so a shard keeps these and the
-/// merge adds them up in the order one process would (`f64` stored as its bits, so JSON cannot round them).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ImageFidelity {
-    /// Whether both models predict the same class.
-    pub agree: bool,
-    /// Cosine of the two output rows.
-    #[serde(with = "f64_bits")]
-    pub cosine: f64,
-    /// Sum of squares of the FP32 row.
-    #[serde(with = "f64_bits")]
-    pub signal: f64,
-    /// Sum of squared differences.
-    #[serde(with = "f64_bits")]
-    pub noise: f64,
-}
-
-/// An `f64` as the integer of its bits: exact through any JSON reader.
-mod f64_bits {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(v.to_bits())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        Ok(f64::from_bits(u64::deserialize(d)?))
-    }
-}
-
-/// What a shard keeps of one comparison's fidelity: every image's share, and the NaN/Inf counts.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct FidelityParts {
-    /// Per image, in evaluation order.
-    pub images: Vec<ImageFidelity>,
-    /// NaN/Inf output values and the images that had any, per model (FP32, INT8).
-    pub non_finite: [(u64, u64); 2],
-}
-
-/// How close the INT8 outputs are to the FP32 ones, accumulated image by image.
-#[derive(Default)]
-pub(crate) struct OutputFidelity {
-    images: u64,
-    agree: u64,
-    cos_sum: f64,
-    signal: f64,
-    noise: f64,
-    /// NaN/Inf output values and the images that had any, per model (FP32, INT8).
-    non_finite: [(u64, u64); 2],
-    /// Every image's share, when a shard keeps them for the merge.
-    kept: Option<Vec<ImageFidelity>>,
-}
-
-impl OutputFidelity {
-    /// An accumulator that also keeps every image's share ([`OutputFidelity::parts`]).
-    fn keeping() -> OutputFidelity {
-        OutputFidelity { kept: Some(Vec::new()), ..Default::default() }
-    }
-
-    /// One image: both output rows and the class each model predicts.
-    pub(crate) fn add(&mut self, ra: &[f32], rb: &[f32], pa: usize, pb: usize) {
-        for (count, row) in self.non_finite.iter_mut().zip([ra, rb]) {
-            let bad = row.iter().filter(|v| !v.is_finite()).count() as u64;
-            *count = (count.0 + bad, count.1 + (bad > 0) as u64);
-        }
-        let dot: f64 = ra.iter().zip(rb).map(|(x, y)| *x as f64 * *y as f64).sum();
-        let sa: f64 = ra.iter().map(|x| (*x as f64).powi(2)).sum();
-        let sb: f64 = rb.iter().map(|x| (*x as f64).powi(2)).sum();
-        let (na, nb) = (sa.sqrt(), sb.sqrt());
-        self.push(ImageFidelity {
-            agree: pa == pb,
-            cosine: if na > 0.0 && nb > 0.0 { dot / (na * nb) } else { (na == nb) as u8 as f64 },
-            signal: sa,
-            noise: ra.iter().zip(rb).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>(),
-        });
-    }
-
-    /// Adds one image's share: the one place the sums grow, for a run and for a merge alike.
-    fn push(&mut self, image: ImageFidelity) {
-        self.agree += image.agree as u64;
-        self.cos_sum += image.cosine;
-        self.signal += image.signal;
-        self.noise += image.noise;
-        self.images += 1;
-        if let Some(kept) = &mut self.kept {
-            kept.push(image);
-        }
-    }
-
-    /// What a shard keeps (every image's share: only from [`OutputFidelity::keeping`]).
-    fn parts(&self) -> FidelityParts {
-        FidelityParts { images: self.kept.clone().unwrap_or_default(), non_finite: self.non_finite }
-    }
-
-    /// The accumulator after the kept images, in order: the sums one process makes.
-    fn replay(parts: &FidelityParts) -> OutputFidelity {
-        let mut acc = OutputFidelity { non_finite: parts.non_finite, ..Default::default() };
-        for image in &parts.images {
-            acc.push(*image);
-        }
-        acc
-    }
-
-    /// The fidelity, or an error when there is nothing to measure or an output was not a number: a gate must
-    /// never pass on no images or on NaN.
-    pub(crate) fn finish(&self, source: &Path) -> Result<Fidelity, EvaluateError> {
-        if self.images == 0 {
-            return Err(EvaluateError::NoImages { path: source.to_path_buf() });
-        }
-        let [(fp32_values, fp32_images), (int8_values, int8_images)] = self.non_finite;
-        if fp32_values + int8_values > 0 {
-            return Err(EvaluateError::NonFinite {
-                path: source.to_path_buf(),
-                images: self.images,
-                fp32_values,
-                fp32_images,
-                int8_values,
-                int8_images,
-            });
-        }
-        let n = self.images as f64;
-        Ok(Fidelity {
-            images: self.images,
-            agreement: self.agree as f64 / n,
-            cosine_mean: self.cos_sum / n,
-            // Identical outputs: no noise at all, an infinite ratio (written as null in JSON).
-            sqnr_db: if self.noise > 0.0 { 10.0 * (self.signal / self.noise).log10() } else { f64::INFINITY },
-        })
-    }
-}
-
-/// Output fidelity of INT8 against FP32 on the same images (labels not needed).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Fidelity {
-    /// Images compared.
-    pub images: u64,
-    /// Share of images whose output argmax is the same.
-    pub agreement: f64,
-    /// Mean per-image cosine similarity of the output rows.
-    pub cosine_mean: f64,
-    /// Signal-to-quantization-noise ratio over all outputs, in dB.
-    pub sqnr_db: f64,
-}
-
-impl Fidelity {
-    /// The fidelity part of a comparison.
-    pub fn of(c: &Comparison) -> Fidelity {
-        Fidelity { images: c.images, agreement: c.agreement, cosine_mean: c.cosine_mean, sqnr_db: c.sqnr_db }
-    }
-}
 
 /// Both models' output rows for one batch, checked to have the same size.
 fn batch_rows(
@@ -546,7 +391,7 @@ pub fn fidelity(
             acc.add(ra, rb, argmax(ra), argmax(rb));
         }
     }
-    acc.finish(&dataset.root)
+    acc.finish().map_err(unmeasured(&dataset.root))
 }
 
 /// Runs both models over the same labelled batches and compares them.
@@ -609,7 +454,7 @@ impl ComparisonParts {
         self.candidates
             .iter()
             .map(|c| {
-                let f = OutputFidelity::replay(&c.fidelity).finish(root)?;
+                let f = OutputFidelity::replay(&c.fidelity).finish().map_err(unmeasured(root))?;
                 Ok(Comparison {
                     images: f.images,
                     fp32: reference.clone(),
@@ -999,13 +844,13 @@ mod tests {
     fn fidelity_of_identical_and_of_noisy_outputs() {
         let mut same = OutputFidelity::default();
         same.add(&[1.0, 2.0], &[1.0, 2.0], 1, 1);
-        let f = same.finish(Path::new("val")).unwrap();
+        let f = same.finish().map_err(unmeasured(Path::new("val"))).unwrap();
         assert_eq!((f.images, f.agreement, f.sqnr_db), (1, 1.0, f64::INFINITY));
         assert!((f.cosine_mean - 1.0).abs() < 1e-12);
         let mut noisy = OutputFidelity::default();
         noisy.add(&[3.0, 4.0], &[3.0, 3.0], 1, 0);
         noisy.add(&[0.0, 0.0], &[0.0, 0.0], 0, 0);
-        let f = noisy.finish(Path::new("val")).unwrap();
+        let f = noisy.finish().map_err(unmeasured(Path::new("val"))).unwrap();
         // signal 25, noise 1: 10 log10(25); cosine of (3,4) and (3,3) is 21 / (5 * sqrt 18); zeros count as 1.
         assert!((f.sqnr_db - 10.0 * 25f64.log10()).abs() < 1e-9, "{}", f.sqnr_db);
         assert!((f.cosine_mean - (21.0 / (5.0 * 18f64.sqrt()) + 1.0) / 2.0).abs() < 1e-9);
@@ -1014,12 +859,12 @@ mod tests {
 
     #[test]
     fn no_images_or_a_non_finite_output_is_an_error_not_a_perfect_score() {
-        let empty = OutputFidelity::default().finish(Path::new("val")).unwrap_err().to_string();
+        let empty = OutputFidelity::default().finish().map_err(unmeasured(Path::new("val"))).unwrap_err().to_string();
         assert!(empty.contains("no image was evaluated"), "{empty}");
         let mut nan = OutputFidelity::default();
         nan.add(&[1.0, 2.0], &[1.0, 2.0], 1, 1);
         nan.add(&[1.0, 2.0], &[f32::NAN, f32::INFINITY], 1, 0);
-        let err = nan.finish(Path::new("val")).unwrap_err().to_string();
+        let err = nan.finish().map_err(unmeasured(Path::new("val"))).unwrap_err().to_string();
         assert!(err.contains("on 2 images") && err.contains("INT8 2 in 1"), "{err}");
     }
 

@@ -130,7 +130,7 @@ impl Gates {
                 ),
             });
         }
-        criteria.extend(self.fidelity.criteria(&Fidelity::of(comparison)));
+        criteria.extend(self.fidelity.criteria(&crate::compare::fidelity_of(comparison)));
         if let Some(baseline_top1) = self.baseline_int8_top1 {
             let tolerance = self.max_top1_drop.unwrap_or(0.0).max(0.0);
             let floor = 100.0 * baseline_top1 - tolerance;

@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use analyze::scales::{self, Method};
-use datasets::{Batch, BatchStream, Dataset, Feed, StreamOptions};
+use datasets::{Dataset, Feed, OnBadImage};
 use histograms::HistFile;
 use placement::{decide, Decision, PrecisionFile};
 use quantizer::qdq::{WeightClip, WeightClips};
+use quantizer::measure::{Probe, ProbeOptions};
 use quantizer::{Quantizer, Scheme};
 use serde::Serialize;
 
@@ -226,12 +227,8 @@ pub struct SensitivityEvaluation {
 struct Evaluator<'a> {
     quantizer: &'a Quantizer,
     scheme: &'a Scheme,
-    batches: Vec<Batch>,
-    fp32: Vec<Vec<f32>>,
-    input: String,
-    output: String,
+    probe: Probe,
     classifier: &'a Classifier,
-    threads: usize,
     devices: &'a [runtime::Device],
 }
 
@@ -248,29 +245,18 @@ impl<'a> Evaluator<'a> {
         let model = quantizer.model();
         let (dataset, feed) = (&inputs.dataset, &inputs.feed);
         let input = calibrate::batch_input(model, feed)?;
-        let no_output = || EvaluateError::Model { path: model.path.clone(), message: "the model has no output".into() };
-        let output = model.proto.graph.output.first().ok_or_else(no_output)?.name.clone();
         let batch_size = model.batch_size_for(&input, inputs.batch_size.unwrap_or(100), dataset.len())?;
-        let batches = BatchStream::new(dataset, feed, StreamOptions { batch_size, ..Default::default() })
-            .collect::<Result<Vec<_>, _>>()?;
-        if batches.is_empty() {
+        let devices = inputs.device.list();
+        let options =
+            ProbeOptions { batch_size, threads: inputs.threads, on_bad_image: OnBadImage::Fail, device: devices[0] };
+        let probe = Probe::new(model, dataset, feed, options)?;
+        if probe.batches().is_empty() {
             return Err(EvaluateError::NoImages { path: dataset.root.clone() });
         }
         let classifier = &inputs.classifier;
-        let mut ev = Evaluator {
-            quantizer,
-            scheme: &inputs.scheme,
-            batches,
-            fp32: Vec::new(),
-            input,
-            output,
-            classifier,
-            threads: inputs.threads,
-            devices: inputs.device.list(),
-        };
-        ev.fp32 = ev.outputs(&model.proto)?;
-        ev.check_finite(&ev.fp32, true)?;
-        for (batch, rows) in ev.batches.iter().zip(&ev.fp32) {
+        let ev = Evaluator { quantizer, scheme: &inputs.scheme, probe, classifier, devices };
+        ev.check_finite(ev.probe.reference(), true)?;
+        for (batch, rows) in ev.probe.batches().iter().zip(ev.probe.reference()) {
             let width = rows.len() / batch.items.len().max(1);
             for item in &batch.items {
                 classifier.check(width, item)?;
@@ -282,7 +268,7 @@ impl<'a> Evaluator<'a> {
     /// NaN/Inf outputs (of FP32, or of an INT8 variant) fail the run instead of scoring as a divergence.
     fn check_finite(&self, outputs: &[Vec<f32>], fp32: bool) -> Result<(), EvaluateError> {
         let (mut values, mut images) = (0u64, 0u64);
-        for (batch, rows) in self.batches.iter().zip(outputs) {
+        for (batch, rows) in self.probe.batches().iter().zip(outputs) {
             let width = (rows.len() / batch.items.len().max(1)).max(1);
             for row in rows.chunks(width) {
                 let bad = row.iter().filter(|v| !v.is_finite()).count() as u64;
@@ -293,7 +279,7 @@ impl<'a> Evaluator<'a> {
         if values == 0 {
             return Ok(());
         }
-        let total = self.batches.iter().map(|b| b.items.len() as u64).sum();
+        let total = self.probe.batches().iter().map(|b| b.items.len() as u64).sum();
         let (fp32_values, fp32_images, int8_values, int8_images) =
             if fp32 { (values, images, 0, 0) } else { (0, 0, values, images) };
         Err(EvaluateError::NonFinite {
@@ -306,33 +292,19 @@ impl<'a> Evaluator<'a> {
         })
     }
 
-    fn outputs(&self, proto: &graph::proto::ModelProto) -> Result<Vec<Vec<f32>>, EvaluateError> {
-        self.outputs_on(proto, self.devices[0])
-    }
-
     /// The outputs of a model variant on one device.
     fn outputs_on(
         &self,
         proto: &graph::proto::ModelProto,
         device: runtime::Device,
     ) -> Result<Vec<Vec<f32>>, EvaluateError> {
-        let model = self.quantizer.model();
-        let label = model.path.display().to_string();
-        let placement = runtime::Placement { threads: self.threads, device };
-        let mut cfg = crate::compare::evaluation_config(&label, placement, &proto.graph);
-        cfg.external_data_dir = Some(model.dir.clone());
-        let bytes = graph::proto::Message::write_to_bytes(proto).map_err(graph::GraphError::Encode)?;
-        let mut session = runtime::session_from_bytes(&bytes, &cfg)?;
-        self.batches
-            .iter()
-            .map(|b| runtime::run_rows(&mut session, &label, &b.inputs(&self.input), &self.output).map_err(Into::into))
-            .collect()
+        Ok(self.probe.outputs_on(proto, device, usize::MAX)?)
     }
 
     fn effect(&self, variant: &[Vec<f32>]) -> Result<Effect, EvaluateError> {
         let (mut right, mut right32, mut labelled, mut kl) = (0usize, 0usize, 0usize, 0f64);
-        let mut fidelity = crate::compare::OutputFidelity::default();
-        for ((batch, a), b) in self.batches.iter().zip(&self.fp32).zip(variant) {
+        let mut fidelity = quantizer::measure::OutputFidelity::default();
+        for ((batch, a), b) in self.probe.batches().iter().zip(self.probe.reference()).zip(variant) {
             let width = a.len() / batch.items.len().max(1);
             for ((ra, rb), item) in a.chunks(width.max(1)).zip(b.chunks(width.max(1))).zip(&batch.items) {
                 let (sa, sb) = (self.classifier.scores(ra), self.classifier.scores(rb));
@@ -354,7 +326,7 @@ impl<'a> Evaluator<'a> {
                 }
             }
         }
-        let f = fidelity.finish(&self.quantizer.model().path)?;
+        let f = fidelity.finish().map_err(crate::compare::unmeasured(&self.quantizer.model().path))?;
         let n = f.images as f64;
         let share = |k: usize| (labelled > 0).then(|| k as f64 / labelled as f64);
         Ok(Effect {
@@ -507,7 +479,7 @@ fn measure_nodes(
     let amax = ev.quantizer.amax(scheme);
     let decisions = decide(&model.proto.graph, &scheme.precision, &scheme.placement, "precision")
         .map_err(quantizer::QuantizeError::from)?;
-    let fp32_top1 = ev.effect(&ev.fp32)?.top1;
+    let fp32_top1 = ev.effect(ev.probe.reference())?.top1;
     // The full configuration is built here once: its graph also says how every variant is evaluated.
     let full = ev.build(&decisions, &amax, &scheme.weight_clip)?;
     let int8 = ev.measure(&full, ev.devices[0])?;
@@ -571,7 +543,7 @@ fn measure_nodes(
     let methods = if choose_methods { method_choices(ev, &decisions, hist, method, &int8)? } else { Vec::new() };
     let weight_clips = if choose_methods { clip_choices(ev, &decisions, &amax, &int8)? } else { Vec::new() };
     Ok(SensitivityReport {
-        images: ev.batches.iter().map(|b| b.items.len()).sum(),
+        images: ev.probe.batches().iter().map(|b| b.items.len()).sum(),
         method: method.name(),
         fp32_top1,
         int8,
@@ -624,7 +596,7 @@ pub fn auto_precision_with(
     let start = std::time::Instant::now();
     let model = quantizer.model();
     let ev = Evaluator::new(quantizer, inputs)?;
-    let images = ev.batches.iter().map(|b| b.items.len() as u64).sum();
+    let images = ev.probe.batches().iter().map(|b| b.items.len() as u64).sum();
     let report = measure_nodes(&ev, inputs, false, progress, start)?;
     let base = &inputs.scheme.precision;
     let amax = quantizer.amax(&inputs.scheme);

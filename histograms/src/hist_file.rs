@@ -13,9 +13,10 @@ use crate::{HistError, Selection};
 
 /// The `format` value of a .hist file.
 pub const HIST_FORMAT: &str = "int8kit.hist";
-/// The .hist version this build writes. Version 4 made `recipe` optional and added `arrays` (`.npz` samples);
+/// The .hist version this build writes. Version 5 added `images.held_out` (the slice kept out of the
+/// statistics for the self-check); version 4 made `recipe` optional and added `arrays` (`.npz` samples);
 /// version 3 added the optional `smoothing`; version 2 added `content_sha256`. Versions 1 to 3 are still read.
-pub const HIST_VERSION: u32 = 4;
+pub const HIST_VERSION: u32 = 5;
 /// The oldest version this build reads.
 pub const HIST_OLDEST_READ: u32 = 1;
 
@@ -41,7 +42,24 @@ pub struct ImagesInfo {
     pub limit: Option<usize>,
     /// Seed of the `limit` subset.
     pub seed: u64,
-    /// SHA-256 over the relative paths of the images used, in order: identifies the calibration set.
+    /// SHA-256 over the relative paths of the calibration set (after `limit`, before the hold-out), in order:
+    /// identifies it.
+    pub list_sha256: String,
+    /// The slice of the calibration set held back from the statistics, for measuring the INT8 model on
+    /// samples it was not calibrated on; absent when none was (and in files before version 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_out: Option<HeldOut>,
+}
+
+/// The samples `calibrate` kept out of the statistics: `count` of the calibration set, chosen by `seed`
+/// from the list alone ([`HeldOut::list_sha256`] names them without storing a path).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldOut {
+    /// Samples held back.
+    pub count: u64,
+    /// Seed of the choice.
+    pub seed: u64,
+    /// SHA-256 over their relative paths, in order.
     pub list_sha256: String,
 }
 
@@ -343,7 +361,7 @@ pub fn merge(parts: &[(std::path::PathBuf, HistFile)]) -> Result<HistFile, crate
             }
         };
         // The image list's identity, without the per-shard counts.
-        let list = |i: &ImagesInfo| (i.folder.clone(), i.limit, i.seed, i.list_sha256.clone());
+        let list = |i: &ImagesInfo| (i.folder.clone(), i.limit, i.seed, i.list_sha256.clone(), i.held_out.clone());
         same("the model", json(&first.model), json(&h.model))?;
         same("the recipe", json(&first.recipe), json(&h.recipe))?;
         same("the .npz arrays", json(&first.arrays), json(&h.arrays))?;

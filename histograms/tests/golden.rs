@@ -26,6 +26,7 @@ fn sample() -> HistFile {
             limit: Some(2),
             seed: 7,
             list_sha256: "cd".repeat(32),
+            held_out: Some(histograms::HeldOut { count: 1, seed: 7, list_sha256: "12".repeat(32) }),
         },
         onnxruntime: "1.32.0".into(),
         histogram: HistogramInfo { bins: histograms::BINS, values: "abs".into() },

@@ -146,6 +146,19 @@ pub struct RunArgs {
     /// CPU only. Commands that read a .hist take the smoothing it records.
     #[arg(long, value_name = "ALPHA")]
     pub smooth: Option<f32>,
+    /// Calibration samples held back from the statistics and measured on instead (the self-check, and the
+    /// measurements behind every `auto` choice): auto (a tenth of them, 2 to 64; none below 20) or a count
+    /// (0: none, and the auto choices fall back to fixed defaults).
+    #[arg(long, value_name = "N|auto", value_parser = parse_hold_out)]
+    pub hold_out: Option<calibrate::HoldOut>,
+}
+
+/// `--hold-out N|auto`.
+pub fn parse_hold_out(s: &str) -> Result<calibrate::HoldOut, String> {
+    match s {
+        "auto" => Ok(calibrate::HoldOut::Auto),
+        n => n.parse().map(calibrate::HoldOut::Count).map_err(|_| format!("'{s}': expected auto or a count such as 64")),
+    }
 }
 
 impl RunArgs {
@@ -156,6 +169,12 @@ impl RunArgs {
             anyhow::bail!(
                 "--smooth {alpha} applies when calibrating; {what} already holds its statistics and records the \
                  smoothing they were made with: calibrate with --smooth instead"
+            );
+        }
+        if self.hold_out.is_some() {
+            anyhow::bail!(
+                "--hold-out applies when calibrating; {what} already records which samples its calibration held \
+                 back: calibrate with --hold-out instead"
             );
         }
         Ok(())
@@ -211,6 +230,7 @@ impl RunArgs {
             seed: self.seed,
             device: self.device.clone(),
             smooth: self.smooth,
+            hold_out: self.hold_out.unwrap_or_default(),
             ..defaults
         }
     }
@@ -233,11 +253,13 @@ pub struct PlacementArgs {
     #[arg(long, value_enum, default_value_t = TargetArg::Tensorrt)]
     pub target: TargetArg,
     /// Precision of attention MatMuls (both inputs activations: Q*K^T, attn*V); overrides the precision
-    /// file's `attention`. Default: int8 for --target tensorrt, float for --target onnxruntime.
+    /// file's `attention`. Default: for --target tensorrt chosen by measurement (int8 where nothing is
+    /// measured), float for --target onnxruntime.
     #[arg(long, value_enum)]
     pub attention: Option<AttentionArg>,
     /// Float type of everything that is not INT8 (LayerNorm, Softmax, GELU, denied nodes); inputs and
-    /// outputs stay FP32. Default: fp16 for --target tensorrt, fp32 for --target onnxruntime.
+    /// outputs stay FP32. Default: for --target tensorrt chosen by measurement (fp16 where nothing is
+    /// measured; a model stored in FP16 stays FP16), fp32 for --target onnxruntime.
     #[arg(long, value_enum)]
     pub float_type: Option<FloatTypeArg>,
 }
@@ -284,9 +306,11 @@ impl PlacementArgs {
 /// `validate`, `sensitivity`, `autoprecision`), defined here once and converted once ([`SchemeArgs::scheme`]).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SchemeArgs {
-    /// Scale method of the activations: entropy | mse | percentile[:P] (default 99.99) | max | auto (per
-    /// tensor, from --sensitivity).
-    #[arg(long, default_value = "entropy", value_name = "METHOD")]
+    /// Scale method of the activations: entropy | mse | percentile[:P] (default 99.99) | max | auto. auto
+    /// (the default) builds a candidate per method and keeps the one whose outputs are closest to the float
+    /// model's on the held-back calibration samples (README, "Choices by measurement"); with --sensitivity,
+    /// each tensor's method from that file instead.
+    #[arg(long, default_value = "auto", value_name = "METHOD")]
     pub method: OrAuto<Method>,
     /// A sensitivity.json from `int8kit sensitivity --choose-methods`: the per-tensor methods of --method auto
     /// and the per-node clips of --weight-clip auto (validate also charts its ranking in report.html).
@@ -338,11 +362,12 @@ impl SchemeArgs {
         let auto_clip = self.weight_clip == OrAuto::Auto;
         let choices = match (&self.sensitivity, auto_method || auto_clip) {
             (Some(path), true) => evaluate::sensitivity::load_method_choices(path)?,
-            (None, true) => anyhow::bail!(
-                "--method auto and --weight-clip auto need --sensitivity S.json from `int8kit sensitivity --choose-methods`"
+            (None, true) if auto_clip => anyhow::bail!(
+                "--weight-clip auto needs --sensitivity S.json from `int8kit sensitivity --choose-methods`"
             ),
+            (None, true) => Default::default(),
             (Some(_), false) if !ranking_shown => {
-                anyhow::bail!("--sensitivity goes with --method auto or --weight-clip auto")
+                anyhow::bail!("--sensitivity goes with --method auto (its default) or --weight-clip auto")
             }
             (_, false) => Default::default(),
         };
@@ -355,14 +380,24 @@ impl SchemeArgs {
             OrAuto::One(clip) => WeightClips::all(clip),
         };
         quantizer::cache::trt_version_code(&self.trt_version)?;
+        let placement = self.placement.options();
+        let tensorrt = placement.target == Target::TensorRt;
+        let auto = quantizer::search::AutoChoices {
+            method: auto_method && self.sensitivity.is_none(),
+            // Only for TensorRT: for ONNX Runtime's CPU kernels, float attention and FP32 are the fast choices,
+            // and the measurement weighs accuracy alone.
+            attention: tensorrt && self.placement.attention.is_none() && precision.attention.is_none(),
+            float_type: tensorrt && self.placement.float_type.is_none(),
+        };
         Ok(Scheme {
             method,
             per_tensor,
             weight_clip,
             precision,
             precision_origin,
-            placement: self.placement.options(),
+            placement,
             trt_version: self.trt_version.clone(),
+            auto,
         })
     }
 }

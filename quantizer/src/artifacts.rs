@@ -12,9 +12,10 @@ use crate::QuantizeError;
 
 /// The `format` value of ranges.json.
 pub const RANGES_FORMAT: &str = "int8kit.ranges";
-/// The ranges.json version; bump on any incompatible change. Version 3 added `smoothing` and the weights'
+/// The ranges.json version; bump on any incompatible change. Version 4 added `self_check`, `chosen_by` and
+/// `search`; version 3 added `smoothing` and the weights'
 /// `clip` and `clip_ratio_min`.
-pub const RANGES_VERSION: u32 = 3;
+pub const RANGES_VERSION: u32 = 4;
 
 /// One activation's range.
 #[derive(Debug, Clone, Serialize)]
@@ -102,6 +103,34 @@ pub struct Ranges {
     /// With a .hist from `calibrate --smooth`: what was smoothed (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub smoothing: Option<smoothquant::Smoothing>,
+    /// How the method, attention precision and float type above were chosen: `measurement` (the `search`
+    /// below), `flags` (all given), or `defaults` (`auto` asked, but there was nothing to measure on).
+    pub chosen_by: &'static str,
+    /// The written model measured against the float model on samples the statistics never saw.
+    pub self_check: SelfCheck,
+    /// The `auto` search: what was tried, measured, and why the winner won (absent without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search: Option<crate::search::SearchRecord>,
+}
+
+/// What a run measured of the model it wrote (ranges.json `self_check`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SelfCheck {
+    /// `measured` or `skipped`.
+    pub status: &'static str,
+    /// The samples: which, and how many.
+    pub samples: String,
+    /// Agreement, cosine and SQNR of the written model's first output against the float model's.
+    pub fidelity: Option<crate::measure::Fidelity>,
+    /// How ONNX Runtime ran the written model (graph optimizations off for FP16 graphs).
+    pub evaluation: Option<String>,
+}
+
+impl SelfCheck {
+    /// Nothing measured, and why.
+    pub fn skipped(why: impl Into<String>) -> SelfCheck {
+        SelfCheck { status: "skipped", samples: why.into(), fidelity: None, evaluation: None }
+    }
 }
 
 impl Ranges {

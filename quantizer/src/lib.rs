@@ -9,8 +9,10 @@ pub mod artifacts;
 pub mod cache;
 pub mod float_type;
 pub mod flops;
+pub mod measure;
 mod pipeline;
 pub mod qdq;
+pub mod search;
 #[cfg(test)]
 mod test_models;
 
@@ -26,8 +28,12 @@ use placement::lint;
 use placement::{Decision, FloatType, PlacementOptions};
 
 pub use analyze;
-pub use artifacts::{Artifacts, Cache, NodeReport, Ranges, TensorRange, WeightRange, RANGES_FORMAT, RANGES_VERSION};
-pub use pipeline::{analyze_hist, quantize, write_artifacts, QuantizeConfig, Quantized, Written};
+pub use artifacts::{
+    Artifacts, Cache, NodeReport, Ranges, SelfCheck, TensorRange, WeightRange, RANGES_FORMAT, RANGES_VERSION,
+};
+pub use pipeline::{
+    analyze_hist, probe_options, quantize, write_artifacts, QuantizeConfig, Quantized, Step, Written, Yardstick,
+};
 pub use placement::{self, PrecisionFile, Target};
 
 /// Errors of building INT8 models; each names the model, tensor, node or file and says what to do.
@@ -42,6 +48,9 @@ pub enum QuantizeError {
     /// The `.hist` file could not be read or written.
     #[error(transparent)]
     Hist(#[from] histograms::HistError),
+    /// The samples measured on could not be read.
+    #[error(transparent)]
+    Dataset(#[from] datasets::DatasetError),
     /// The calibration pass failed.
     #[error(transparent)]
     Calibrate(#[from] calibrate::CalibrateError),
@@ -105,6 +114,14 @@ pub enum QuantizeError {
         /// The CSV writer's error.
         source: csv::Error,
     },
+    /// A built model could not be measured against the float model.
+    #[error("{}: cannot measure the INT8 model against the float model on these samples: {source}", path.display())]
+    Measure {
+        /// Where the samples came from.
+        path: PathBuf,
+        /// Why.
+        source: measure::Unmeasured,
+    },
     /// A JSON artifact could not be encoded.
     #[error("cannot encode {file}: {source}")]
     Json {
@@ -136,6 +153,9 @@ pub struct Scheme {
     pub placement: PlacementOptions,
     /// TensorRT version for the cache header.
     pub trt_version: String,
+    /// The choices made by measurement on held-back samples ([`search`]); the fields above hold what is
+    /// used where nothing can be measured.
+    pub auto: search::AutoChoices,
 }
 
 impl Scheme {
@@ -150,6 +170,7 @@ impl Scheme {
             precision_origin: origin.into(),
             placement: PlacementOptions::default(),
             trt_version: DEFAULT_TRT_VERSION.into(),
+            auto: search::AutoChoices::default(),
         }
     }
 }
@@ -369,6 +390,9 @@ impl Quantizer {
             tensors,
             weights,
             smoothing,
+            chosen_by: if scheme.auto.any() { "defaults" } else { "flags" },
+            self_check: SelfCheck::skipped("not measured"),
+            search: None,
         };
         Ok(Artifacts { ranges, qdq, cache, model })
     }

@@ -9,7 +9,39 @@ use datasets::Feed;
 use histograms::HistFile;
 use safe_io::OutputDir;
 
-use crate::{Cache, QuantizeError, Quantizer, Ranges, Scheme};
+use crate::measure::{Probe, ProbeOptions};
+use crate::{Cache, QuantizeError, Quantizer, Ranges, Scheme, SelfCheck};
+
+/// Samples per ONNX Runtime call when measuring on held-back samples: small, so that the search's coarse
+/// stage (a quarter of the batches) has whole batches to run.
+const PROBE_BATCH: usize = 8;
+
+/// What a long step of [`quantize`] reports progress on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The calibration pass (samples).
+    Calibrate,
+    /// The `auto` search (candidate models measured).
+    Search,
+}
+
+/// What the written model is measured on: held-back samples, or nothing and why.
+pub enum Yardstick<'a> {
+    /// A probe of held-back samples.
+    Probe(&'a Probe),
+    /// Nothing to measure on: why (printed and recorded in ranges.json).
+    Missing(String),
+}
+
+impl Yardstick<'_> {
+    /// No held-back samples: what the .hist says about why.
+    pub fn missing_for(hist: &HistFile) -> String {
+        match &hist.images.held_out {
+            Some(h) => format!("the calibration held back {} samples, but their folder was not given", h.count),
+            None => "the calibration held back no samples (--hold-out 0, or fewer than 20 samples)".into(),
+        }
+    }
+}
 
 /// Everything [`quantize`] needs.
 #[derive(Debug, Clone)]
@@ -54,41 +86,141 @@ pub struct Quantized {
     pub written: Written,
 }
 
-/// Calibrate -> build -> write: loads the model once, collects its statistics, builds the INT8 model of the
-/// scheme and writes the artifact set into `out` (staged beside it and swapped in whole; an existing `out` is
-/// replaced only when it is int8kit's). `progress(done, total)` follows the calibration pass.
-pub fn quantize(config: &QuantizeConfig, progress: &mut dyn FnMut(u64, u64)) -> Result<Quantized, QuantizeError> {
+/// Calibrate -> choose -> build -> measure -> write: loads the model once, collects its statistics on all
+/// but the held-back samples, makes the scheme's `auto` choices by measuring candidates on those, builds the
+/// INT8 model, measures it there too and writes the artifact set into `out` (staged beside it and swapped in
+/// whole; an existing `out` is replaced only when it is int8kit's). `progress(step, done, total)` follows the
+/// calibration pass and the search.
+pub fn quantize(config: &QuantizeConfig, progress: &mut dyn FnMut(Step, u64, u64)) -> Result<Quantized, QuantizeError> {
     // A bad output folder is refused before the calibration pass, and so is a bad TensorRT version.
     crate::cache::trt_version_code(&config.scheme.trt_version)?;
     let stage = OutputDir::new(&config.out)?;
     let model = calibrate::load_model(&config.model)?;
     let start = std::time::Instant::now();
-    let (hist, calibration) =
-        calibrate::calibrate_model(&model, &config.images, &config.feed, &config.collect, progress)?;
+    let (hist, calibration) = calibrate::calibrate_model(
+        &model,
+        &config.images,
+        &config.feed,
+        &config.collect,
+        &mut |d, t| progress(Step::Calibrate, d, t),
+    )?;
     let calibration_seconds = start.elapsed().as_secs_f64();
     if let Some(path) = &config.save_hist {
         hist.write(path)?;
     }
     let smoothed = hist.smoothing.as_ref().map(|s| (s.alpha, s.channel_max.len()));
     let quantizer = Quantizer::new(model, hist)?;
-    let written = write_artifacts(&quantizer, &config.scheme, stage)?;
+    let options = probe_options(&config.collect);
+    let probe = match &calibration.held_out {
+        Some(held) => Some(Probe::new(quantizer.model(), held, &config.feed, options)?),
+        None => None,
+    };
+    let yardstick = match &probe {
+        Some(p) => Yardstick::Probe(p),
+        None => Yardstick::Missing(Yardstick::missing_for(quantizer.hist())),
+    };
+    let written =
+        write_artifacts(&quantizer, &config.scheme, &yardstick, stage, &mut |d, t| progress(Step::Search, d, t))?;
     Ok(Quantized { calibration, calibration_seconds, smoothed, written })
 }
 
+/// How held-back samples are read and run: as the calibration read them, on the CPU (where every candidate
+/// runs: the measurement must not depend on the device).
+pub fn probe_options(collect: &CalibrateOptions) -> ProbeOptions {
+    ProbeOptions {
+        batch_size: PROBE_BATCH,
+        threads: collect.threads,
+        on_bad_image: collect.on_bad_image,
+        device: runtime::Device::Cpu,
+    }
+}
+
 /// Builds `scheme`'s artifacts and writes them into `stage` (an [`OutputDir`] made before any long work, so
-/// that a bad target is refused first), then swaps them into place.
-pub fn write_artifacts(quantizer: &Quantizer, scheme: &Scheme, stage: OutputDir) -> Result<Written, QuantizeError> {
-    let artifacts = quantizer.artifacts(scheme)?;
+/// that a bad target is refused first), then swaps them into place. With a probe, `auto` choices are made by
+/// measurement ([`crate::search`], `progress` follows it) and the written model is measured
+/// (ranges.json `self_check`); without one, the scheme's fixed choices are used and the reason recorded.
+pub fn write_artifacts(
+    quantizer: &Quantizer,
+    scheme: &Scheme,
+    yardstick: &Yardstick,
+    stage: OutputDir,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Written, QuantizeError> {
+    let (scheme, search) = match yardstick {
+        Yardstick::Probe(probe) if scheme.auto.any() => {
+            let (chosen, record) = crate::search::search(quantizer, scheme, scheme.auto, probe, progress)?;
+            (chosen, Some(record))
+        }
+        _ => (scheme.clone(), None),
+    };
+    let mut artifacts = quantizer.artifacts(&scheme)?;
+    artifacts.ranges.self_check = match yardstick {
+        Yardstick::Probe(probe) => {
+            // The winner of a search is the model written: its fine-stage measurement is the self-check.
+            let fidelity = match &search {
+                Some(r) => r.trials[r.chosen].fidelity.clone(),
+                None => Some(probe.measure(&artifacts.qdq, usize::MAX)?),
+            };
+            SelfCheck {
+                status: "measured",
+                samples: format!(
+                    "{} calibration samples held back from the statistics ({})",
+                    probe.samples(),
+                    probe.source().display()
+                ),
+                fidelity,
+                evaluation: Some(Probe::evaluation()),
+            }
+        }
+        Yardstick::Missing(why) => SelfCheck::skipped(why.clone()),
+    };
+    if search.is_some() {
+        artifacts.ranges.chosen_by = "measurement";
+    }
+    artifacts.ranges.search = search;
     let warnings = artifacts.write(stage.path())?;
     stage.commit()?;
     let crate::Artifacts { ranges, cache, .. } = artifacts;
     Ok(Written { ranges, cache, warnings })
 }
 
-/// [`write_artifacts`] from a `.hist` file: `int8kit analyze`.
-pub fn analyze_hist(model: &Path, hist: &Path, scheme: &Scheme, out: &Path) -> Result<Written, QuantizeError> {
+/// [`write_artifacts`] from a `.hist` file: `int8kit analyze`. With `images` (the calibration folder), the
+/// samples the calibration held back are found there, fed as the calibration fed them, and measured on
+/// (`threads` for their sessions).
+pub fn analyze_hist(
+    model: &Path,
+    hist: &Path,
+    images: Option<&Path>,
+    threads: usize,
+    scheme: &Scheme,
+    out: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Written, QuantizeError> {
     crate::cache::trt_version_code(&scheme.trt_version)?;
     let stage = OutputDir::new(out)?;
     let quantizer = Quantizer::load(model, HistFile::read(hist)?)?;
-    write_artifacts(&quantizer, scheme, stage)
+    let held = match images {
+        Some(dir) => calibrate::held_out_slice(dir, quantizer.hist())?,
+        None => None,
+    };
+    let probe = match held {
+        Some(held) => {
+            let feed = match &quantizer.hist().recipe {
+                Some(recipe) => Feed::Images(recipe.clone()),
+                None => Feed::Tensors,
+            };
+            let collect = CalibrateOptions { threads, ..Default::default() };
+            Some(Probe::new(quantizer.model(), &held, &feed, probe_options(&collect))?)
+        }
+        None => None,
+    };
+    let yardstick = match &probe {
+        Some(p) => Yardstick::Probe(p),
+        None if images.is_none() && quantizer.hist().images.held_out.is_some() => Yardstick::Missing(format!(
+            "{}; give --images with the calibration folder to measure",
+            Yardstick::missing_for(quantizer.hist())
+        )),
+        None => Yardstick::Missing(Yardstick::missing_for(quantizer.hist())),
+    };
+    write_artifacts(&quantizer, scheme, &yardstick, stage, progress)
 }

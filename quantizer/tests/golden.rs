@@ -78,6 +78,39 @@ fn ranges_json_matches_the_golden_file() {
             }],
             skipped: vec![("/fc2/MatMul_input".into(), "no per-channel maxima in the .hist".into())],
         }),
+        chosen_by: "measurement",
+        self_check: quantizer::SelfCheck {
+            status: "measured",
+            samples: "4 calibration samples held back from the statistics (calib)".into(),
+            fidelity: Some(quantizer::measure::Fidelity { images: 4, agreement: 0.75, cosine_mean: 0.99, sqnr_db: 20.5 }),
+            evaluation: Some("onnxruntime, graph optimization disabled".into()),
+        },
+        search: Some(quantizer::search::SearchRecord {
+            axes: vec!["method", "float_type"],
+            samples: (0, 4),
+            tolerance_db: quantizer::search::TOLERANCE_DB,
+            trials: vec![
+                quantizer::search::Trial {
+                    method: "entropy".into(),
+                    attention: "default",
+                    float_type: "fp16",
+                    stage: "fine",
+                    fidelity: Some(quantizer::measure::Fidelity { images: 4, agreement: 0.75, cosine_mean: 0.99, sqnr_db: 20.5 }),
+                    failed: None,
+                },
+                quantizer::search::Trial {
+                    method: "max".into(),
+                    attention: "default",
+                    float_type: "fp32",
+                    stage: "fine",
+                    fidelity: None,
+                    failed: Some("not finite".into()),
+                },
+            ],
+            chosen: 0,
+            reason: "the best output SQNR".into(),
+            seconds: 0.5,
+        }),
     };
     let bytes = ranges.to_json().unwrap();
     test_support::assert_golden(&test_support::golden(env!("CARGO_MANIFEST_DIR"), "ranges.json"), &bytes);

@@ -16,6 +16,13 @@ pub struct AnalyzeArgs {
     /// Statistics from `int8kit calibrate`.
     #[arg(long, value_name = "H.hist")]
     pub hist: PathBuf,
+    /// The calibration folder: the samples the calibration held back are found there and measured on (the
+    /// self-check, and the `auto` choices; without it those use fixed defaults).
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+    /// Threads for the measurements (0 = one per core). Does not change the result.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
     /// Scale method, precision lists and placement.
     #[command(flatten)]
     pub scheme: SchemeArgs,
@@ -27,9 +34,11 @@ pub struct AnalyzeArgs {
     pub quiet: bool,
 }
 
-/// Prints what an artifact set holds: the effective precision and the files; shared with `quantize`.
+/// Prints what an artifact set holds: the effective precision, the choices and what was measured, and the
+/// files; shared with `quantize`.
 pub fn print_written(written: &quantizer::Written, origin: &str, out: &Path) {
     print_precision(&written.ranges, origin);
+    print_measured(&written.ranges);
     match &written.cache {
         quantizer::Cache::Written(_) => {
             println!("wrote model.qdq.onnx, calibration.cache, ranges.csv, ranges.json to {}", out.display())
@@ -81,11 +90,69 @@ fn print_precision(r: &quantizer::Ranges, origin: &str) {
     }
 }
 
+/// The `auto` search's table and the self-check.
+fn print_measured(r: &quantizer::Ranges) {
+    let fidelity = |f: &Option<quantizer::measure::Fidelity>| match f {
+        Some(f) => format!("{:>8.2} {:>8.4} {:>7.1}", f.sqnr_db, f.cosine_mean, 100.0 * f.agreement),
+        None => format!("{:>8} {:>8} {:>7}", "n/a", "n/a", "n/a"),
+    };
+    if let Some(search) = &r.search {
+        println!(
+            "auto: {} candidates measured in {:.1} s ({} then {} held-back samples):",
+            search.trials.len(),
+            search.seconds,
+            search.samples.0,
+            search.samples.1
+        );
+        println!("    {:<18} {:<9} {:<6} {:<7} {:>8} {:>8} {:>7}", "method", "attention", "float", "stage", "SQNR dB", "cosine", "agree %");
+        for (i, t) in search.trials.iter().enumerate() {
+            println!(
+                "  {} {:<18} {:<9} {:<6} {:<7} {}{}",
+                if i == search.chosen { "*" } else { " " },
+                t.method,
+                t.attention,
+                t.float_type,
+                t.stage,
+                fidelity(&t.fidelity),
+                t.failed.as_deref().map(|e| format!("  ({e})")).unwrap_or_default()
+            );
+        }
+        println!("chosen: {}", search.reason);
+    } else if r.chosen_by == "defaults" {
+        eprintln!(
+            "note: the auto choices took fixed defaults (method {}, float type {}): {}",
+            r.method, r.float_type, r.self_check.samples
+        );
+    }
+    match &r.self_check.fidelity {
+        Some(f) => println!(
+            "self-check on {}: SQNR {:.2} dB, cosine {:.4}, agreement {:.1} % ({})",
+            r.self_check.samples,
+            f.sqnr_db,
+            f.cosine_mean,
+            100.0 * f.agreement,
+            r.self_check.evaluation.as_deref().unwrap_or("")
+        ),
+        None if r.chosen_by != "defaults" => eprintln!("note: not measured: {}", r.self_check.samples),
+        None => {}
+    }
+}
+
 /// Runs `int8kit analyze`.
 pub fn run(args: &AnalyzeArgs) -> anyhow::Result<Outcome> {
     let scheme = args.scheme.scheme(false)?;
-    let written = quantizer::analyze_hist(&args.model, &args.hist, &scheme, &args.out)
-        .with_context(|| format!("analyzing {}", args.model.display()))?;
+    let bar = crate::ui::progress_bar("auto", "models", args.quiet);
+    let written = quantizer::analyze_hist(
+        &args.model,
+        &args.hist,
+        args.images.as_deref(),
+        args.threads,
+        &scheme,
+        &args.out,
+        &mut crate::ui::reporter(&bar),
+    )
+    .with_context(|| format!("analyzing {}", args.model.display()))?;
+    bar.finish_and_clear();
     if !args.quiet {
         print_written(&written, &scheme.precision_origin, &args.out);
     }

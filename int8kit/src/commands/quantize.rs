@@ -44,10 +44,19 @@ pub fn run(args: &QuantizeArgs) -> anyhow::Result<Outcome> {
         out: args.out.clone(),
     };
     let bar = progress_bar("calibrate", "images", args.quiet);
-    let done = quantizer::quantize(&config, &mut reporter(&bar))
-        .map_err(crate::commands::calibrate::hint_bad_image)
-        .with_context(|| format!("quantizing {}", source.model.display()))?;
+    let search = progress_bar("auto", "models", args.quiet);
+    let (mut calibrating, mut searching) = (reporter(&bar), reporter(&search));
+    let done = quantizer::quantize(&config, &mut |step, d, t| match step {
+        quantizer::Step::Calibrate => calibrating(d, t),
+        quantizer::Step::Search => {
+            bar.finish_and_clear();
+            searching(d, t)
+        }
+    })
+    .map_err(crate::commands::calibrate::hint_bad_image)
+    .with_context(|| format!("quantizing {}", source.model.display()))?;
     bar.finish_and_clear();
+    search.finish_and_clear();
     if !args.quiet {
         print_calibration(&done.calibration, done.smoothed, &source.run.device, done.calibration_seconds);
         print_written(&done.written, &config.scheme.precision_origin, &args.out);

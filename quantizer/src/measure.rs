@@ -1,0 +1,337 @@
+//! How close a built model's outputs are to the float model's: the sessions that compute what an ONNX graph
+//! means ([`evaluation_config`]), the fidelity sums (agreement, cosine, SQNR; [`OutputFidelity`]) and a
+//! [`Probe`], samples decoded once with the float model's outputs on them, that any number of candidate
+//! models are measured against (the self-check, the `auto` search, sensitivity).
+
+use std::path::{Path, PathBuf};
+
+use datasets::{Batch, BatchStream, Dataset, Feed, OnBadImage, StreamOptions};
+use graph::Model;
+use serde::{Deserialize, Serialize};
+
+use crate::QuantizeError;
+
+/// The session that evaluates `graph` as it is written. A graph that computes in FP16 or BF16 runs with ONNX
+/// Runtime's graph rewrites off: its CPU provider has no FP16 kernels for most ops and runs such layers in
+/// float32 between inserted Casts, and which FP16 roundings survive depends on the rewrites (constant folding
+/// of Constant -> Cast chains, for one, merges float32 islands and drops roundings the graph has), so an
+/// optimized session computes another function than the graph's (README, "Evaluating FP16 graphs").
+pub fn evaluation_config(
+    label: &str,
+    placement: runtime::Placement,
+    graph: &graph::proto::GraphProto,
+) -> runtime::SessionConfig {
+    let mut cfg = runtime::SessionConfig::new(label).place(placement);
+    cfg.graph_optimization = graph_optimization_for(graph);
+    cfg
+}
+
+/// How much ONNX Runtime may rewrite `graph` in an evaluation (see [`evaluation_config`]).
+pub fn graph_optimization_for(graph: &graph::proto::GraphProto) -> runtime::GraphOptimization {
+    if graph::computes_in_low_precision(graph) {
+        runtime::GraphOptimization::Disabled
+    } else {
+        runtime::GraphOptimization::All
+    }
+}
+
+/// Index of the largest score (the first one on ties).
+pub fn argmax(v: &[f32]) -> usize {
+    (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b]).then(b.cmp(&a))).unwrap_or(0)
+}
+
+/// One image's share of the fidelity sums. Float sums depend on their order, so a shard keeps these and the
+/// merge adds them up in the order one process would (`f64` stored as its bits, so JSON cannot round them).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ImageFidelity {
+    /// Whether both models predict the same class.
+    pub agree: bool,
+    /// Cosine of the two output rows.
+    #[serde(with = "f64_bits")]
+    pub cosine: f64,
+    /// Sum of squares of the FP32 row.
+    #[serde(with = "f64_bits")]
+    pub signal: f64,
+    /// Sum of squared differences.
+    #[serde(with = "f64_bits")]
+    pub noise: f64,
+}
+
+/// An `f64` as the integer of its bits: exact through any JSON reader.
+mod f64_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(v.to_bits())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(f64::from_bits(u64::deserialize(d)?))
+    }
+}
+
+/// What a shard keeps of one comparison's fidelity: every image's share, and the NaN/Inf counts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FidelityParts {
+    /// Per image, in evaluation order.
+    pub images: Vec<ImageFidelity>,
+    /// NaN/Inf output values and the images that had any, per model (FP32, INT8).
+    pub non_finite: [(u64, u64); 2],
+}
+
+/// Why a fidelity could not be measured: a gate or a choice must never rest on no images or on NaN.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Unmeasured {
+    /// No image was compared.
+    #[error("no image was compared")]
+    NoImages,
+    /// An output was NaN or infinite.
+    #[error("the models produced values that are not finite numbers on {images} images: FP32 {fp32_values} NaN/Inf values in {fp32_images} images, INT8 {int8_values} in {int8_images}")]
+    NonFinite {
+        /// Images compared.
+        images: u64,
+        /// NaN/Inf values in the FP32 outputs.
+        fp32_values: u64,
+        /// Images with any.
+        fp32_images: u64,
+        /// NaN/Inf values in the INT8 outputs.
+        int8_values: u64,
+        /// Images with any.
+        int8_images: u64,
+    },
+}
+
+/// How close the INT8 outputs are to the FP32 ones, accumulated image by image.
+#[derive(Debug, Default)]
+pub struct OutputFidelity {
+    images: u64,
+    agree: u64,
+    cos_sum: f64,
+    signal: f64,
+    noise: f64,
+    /// NaN/Inf output values and the images that had any, per model (FP32, INT8).
+    non_finite: [(u64, u64); 2],
+    /// Every image's share, when a shard keeps them for the merge.
+    kept: Option<Vec<ImageFidelity>>,
+}
+
+impl OutputFidelity {
+    /// An accumulator that also keeps every image's share ([`OutputFidelity::parts`]).
+    pub fn keeping() -> OutputFidelity {
+        OutputFidelity { kept: Some(Vec::new()), ..Default::default() }
+    }
+
+    /// One image: both output rows and the class each model predicts.
+    pub fn add(&mut self, ra: &[f32], rb: &[f32], pa: usize, pb: usize) {
+        for (count, row) in self.non_finite.iter_mut().zip([ra, rb]) {
+            let bad = row.iter().filter(|v| !v.is_finite()).count() as u64;
+            *count = (count.0 + bad, count.1 + (bad > 0) as u64);
+        }
+        let dot: f64 = ra.iter().zip(rb).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let sa: f64 = ra.iter().map(|x| (*x as f64).powi(2)).sum();
+        let sb: f64 = rb.iter().map(|x| (*x as f64).powi(2)).sum();
+        let (na, nb) = (sa.sqrt(), sb.sqrt());
+        self.push(ImageFidelity {
+            agree: pa == pb,
+            cosine: if na > 0.0 && nb > 0.0 { dot / (na * nb) } else { (na == nb) as u8 as f64 },
+            signal: sa,
+            noise: ra.iter().zip(rb).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>(),
+        });
+    }
+
+    /// Adds one image's share: the one place the sums grow, for a run and for a merge alike.
+    fn push(&mut self, image: ImageFidelity) {
+        self.agree += image.agree as u64;
+        self.cos_sum += image.cosine;
+        self.signal += image.signal;
+        self.noise += image.noise;
+        self.images += 1;
+        if let Some(kept) = &mut self.kept {
+            kept.push(image);
+        }
+    }
+
+    /// What a shard keeps (every image's share: only from [`OutputFidelity::keeping`]).
+    pub fn parts(&self) -> FidelityParts {
+        FidelityParts { images: self.kept.clone().unwrap_or_default(), non_finite: self.non_finite }
+    }
+
+    /// The accumulator after the kept images, in order: the sums one process makes.
+    pub fn replay(parts: &FidelityParts) -> OutputFidelity {
+        let mut acc = OutputFidelity { non_finite: parts.non_finite, ..Default::default() };
+        for image in &parts.images {
+            acc.push(*image);
+        }
+        acc
+    }
+
+    /// The fidelity, or why there is none: no image, or an output that was not a number.
+    pub fn finish(&self) -> Result<Fidelity, Unmeasured> {
+        if self.images == 0 {
+            return Err(Unmeasured::NoImages);
+        }
+        let [(fp32_values, fp32_images), (int8_values, int8_images)] = self.non_finite;
+        if fp32_values + int8_values > 0 {
+            return Err(Unmeasured::NonFinite { images: self.images, fp32_values, fp32_images, int8_values, int8_images });
+        }
+        let n = self.images as f64;
+        Ok(Fidelity {
+            images: self.images,
+            agreement: self.agree as f64 / n,
+            cosine_mean: self.cos_sum / n,
+            // Identical outputs: no noise at all, an infinite ratio (written as null in JSON).
+            sqnr_db: if self.noise > 0.0 { 10.0 * (self.signal / self.noise).log10() } else { f64::INFINITY },
+        })
+    }
+}
+
+/// Output fidelity of INT8 against FP32 on the same images (labels not needed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fidelity {
+    /// Images compared.
+    pub images: u64,
+    /// Share of images whose output argmax is the same.
+    pub agreement: f64,
+    /// Mean per-image cosine similarity of the output rows.
+    pub cosine_mean: f64,
+    /// Signal-to-quantization-noise ratio over all outputs, in dB.
+    pub sqnr_db: f64,
+}
+
+/// Samples decoded once, with the float model's outputs on them: the yardstick that candidate models built
+/// from one [`crate::Quantizer`] are measured against, each in its own unoptimized session. Models are
+/// compared on their first output.
+pub struct Probe {
+    batches: Vec<Batch>,
+    fp32: Vec<Vec<f32>>,
+    input: String,
+    output: String,
+    threads: usize,
+    external_data_dir: PathBuf,
+    label: String,
+    source: PathBuf,
+}
+
+/// How a [`Probe`] reads its samples and runs its sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeOptions {
+    /// Samples per ONNX Runtime call (a model's fixed batch wins).
+    pub batch_size: usize,
+    /// Intra-op threads (0: one per core).
+    pub threads: usize,
+    /// What to do with an unreadable sample.
+    pub on_bad_image: OnBadImage,
+    /// Where the float model runs ([`Probe::measure`] runs candidates on the CPU).
+    pub device: runtime::Device,
+}
+
+impl Probe {
+    /// Decodes `dataset` and runs `reference` (the float model the candidates are built from) over it once.
+    /// A model with a fixed batch above 1 is measured on the whole batches the samples fill.
+    pub fn new(reference: &Model, dataset: &Dataset, feed: &Feed, options: ProbeOptions) -> Result<Probe, QuantizeError> {
+        let input = calibrate::batch_input(reference, feed)?;
+        let output = reference
+            .proto
+            .graph
+            .output
+            .first()
+            .ok_or_else(|| QuantizeError::Model { path: reference.path.clone(), message: "the model has no output".into() })?
+            .name
+            .clone();
+        let mut dataset = dataset.clone();
+        let batch_size = match reference.fixed_batch(&input) {
+            Some(fixed) => {
+                dataset.items.truncate(dataset.len() / fixed * fixed);
+                fixed
+            }
+            None => options.batch_size.max(1),
+        };
+        let stream = StreamOptions { batch_size, on_bad_image: options.on_bad_image, ..Default::default() };
+        let batches = BatchStream::new(&dataset, feed, stream).collect::<Result<Vec<_>, _>>()?;
+        let mut probe = Probe {
+            batches,
+            fp32: Vec::new(),
+            input,
+            output,
+            threads: options.threads,
+            external_data_dir: reference.dir.clone(),
+            label: reference.path.display().to_string(),
+            source: dataset.root.clone(),
+        };
+        probe.fp32 = probe.outputs_on(&reference.proto, options.device, probe.batches.len())?;
+        Ok(probe)
+    }
+
+    /// Samples measured on.
+    pub fn samples(&self) -> usize {
+        self.batches.iter().map(Batch::len).sum()
+    }
+
+    /// The decoded batches.
+    pub fn batches(&self) -> &[Batch] {
+        &self.batches
+    }
+
+    /// The float model's outputs, per batch.
+    pub fn reference(&self) -> &[Vec<f32>] {
+        &self.fp32
+    }
+
+    /// The folder the samples came from (for messages).
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// `proto`'s outputs on the first `batches` batches, on `device`.
+    pub fn outputs_on(
+        &self,
+        proto: &graph::proto::ModelProto,
+        device: runtime::Device,
+        batches: usize,
+    ) -> Result<Vec<Vec<f32>>, QuantizeError> {
+        let placement = runtime::Placement { threads: self.threads, device };
+        // Every candidate runs unoptimized, so all are measured the same way: what the graph means (Q/DQ as
+        // simulated quantization), not what ONNX Runtime's integer kernels or FP16 rewrites make of it, which
+        // differ between FP32 and FP16 float parts and would tilt the comparison.
+        let mut cfg = runtime::SessionConfig::new(&self.label).place(placement);
+        cfg.graph_optimization = runtime::GraphOptimization::Disabled;
+        cfg.external_data_dir = Some(self.external_data_dir.clone());
+        let bytes = graph::proto::Message::write_to_bytes(proto).map_err(graph::GraphError::Encode)?;
+        let mut session = runtime::session_from_bytes(&bytes, &cfg)?;
+        self.batches
+            .iter()
+            .take(batches)
+            .map(|b| runtime::run_rows(&mut session, &self.label, &b.inputs(&self.input), &self.output).map_err(Into::into))
+            .collect()
+    }
+
+    /// How close `outputs` (of the first `outputs.len()` batches) are to the float model's; agreement is on
+    /// the raw outputs' argmax.
+    pub fn fidelity(&self, outputs: &[Vec<f32>]) -> Result<Fidelity, Unmeasured> {
+        let mut acc = OutputFidelity::default();
+        for ((batch, a), b) in self.batches.iter().zip(&self.fp32).zip(outputs) {
+            let width = (a.len() / batch.len().max(1)).max(1);
+            for (ra, rb) in a.chunks(width).zip(b.chunks(width)) {
+                acc.add(ra, rb, argmax(ra), argmax(rb));
+            }
+        }
+        acc.finish()
+    }
+
+    /// Runs `proto` on the first `batches` batches (all: `usize::MAX`) on the CPU and measures it.
+    pub fn measure(&self, proto: &graph::proto::ModelProto, batches: usize) -> Result<Fidelity, QuantizeError> {
+        let outputs = self.outputs_on(proto, runtime::Device::Cpu, batches)?;
+        if outputs.iter().zip(&self.fp32).any(|(b, a)| a.len() != b.len()) {
+            return Err(QuantizeError::Model {
+                path: self.label.clone().into(),
+                message: "the INT8 model's output differs in size from the float model's".into(),
+            });
+        }
+        self.fidelity(&outputs).map_err(|source| QuantizeError::Measure { path: self.source.clone(), source })
+    }
+
+    /// How the probe's sessions run a candidate (for reports).
+    pub fn evaluation() -> String {
+        format!("onnxruntime, graph optimization {}", runtime::GraphOptimization::Disabled.name())
+    }
+}

@@ -1,0 +1,305 @@
+//! Choices by measurement: the `auto` scale method, attention precision and float type. From one
+//! calibration, candidate INT8 models are built in memory and measured on the held-back samples against the
+//! float model's outputs (computed once, [`Probe`]); the best output fidelity wins, and among candidates
+//! within [`TOLERANCE_DB`] of it the one with more INT8 and FP16 (more of TensorRT's fast kernels).
+//!
+//! The axes are searched together, not one at a time (on the ViT-S/14, MSE scales and float attention each
+//! gain little alone and 10.8 dB together), coarse to fine: every scale method with every attention
+//! precision on a quarter of the samples in FP32 float parts (the cheapest session), then the best few of
+//! those in every float type on all of them. Candidates that build the same model are measured once.
+
+use std::collections::HashMap;
+
+use analyze::scales::Method;
+use placement::{AttentionPrecision, FloatType, Target};
+use serde::Serialize;
+
+use crate::measure::{Fidelity, Probe, Unmeasured};
+use crate::{QuantizeError, Quantizer, Scheme};
+
+/// Candidates whose output SQNR is within this many dB of the best are counted equal, and the one with more
+/// INT8 (then FP16) wins among them: differences this small do not survive another set of photos.
+pub const TOLERANCE_DB: f64 = 0.25;
+
+/// Coarse-stage candidates that go on to the fine stage.
+const FINE_CANDIDATES: usize = 2;
+
+/// Which of a scheme's choices are made by measurement rather than fixed (an explicit flag fixes its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct AutoChoices {
+    /// The activations' scale method (entropy, percentile, MSE, max).
+    pub method: bool,
+    /// Attention MatMuls INT8 or float (models without any have nothing to choose).
+    pub attention: bool,
+    /// FP16 or FP32 float parts (TensorRT target; a model stored in FP16 stays FP16).
+    pub float_type: bool,
+}
+
+impl AutoChoices {
+    /// Every choice by measurement: `int8kit`'s default.
+    pub const ALL: AutoChoices = AutoChoices { method: true, attention: true, float_type: true };
+
+    /// Whether anything is left to measure.
+    pub fn any(self) -> bool {
+        self.method || self.attention || self.float_type
+    }
+}
+
+/// One candidate measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Trial {
+    /// Scale method.
+    pub method: String,
+    /// Attention MatMuls: `int8`, `float`, or `default` (the precision file's, then the target's).
+    pub attention: &'static str,
+    /// Float parts.
+    pub float_type: &'static str,
+    /// `coarse` (a quarter of the samples) or `fine` (all of them).
+    pub stage: &'static str,
+    /// The measurement; absent when the model's outputs were not finite numbers.
+    pub fidelity: Option<Fidelity>,
+    /// Why there is no measurement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+}
+
+/// What the search tried and why the winner won (ranges.json `search`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchRecord {
+    /// The axes searched (`method`, `attention`, `float_type`).
+    pub axes: Vec<&'static str>,
+    /// Samples of the coarse and of the fine stage.
+    pub samples: (usize, usize),
+    /// [`TOLERANCE_DB`].
+    pub tolerance_db: f64,
+    /// Every measurement, in the order made.
+    pub trials: Vec<Trial>,
+    /// Index into `trials` of the winner (a fine-stage trial).
+    pub chosen: usize,
+    /// Why it won.
+    pub reason: String,
+    /// Seconds the search took (printed, not written: artifacts are the same bytes on every run).
+    #[serde(skip)]
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Candidate {
+    method: Method,
+    attention: Option<AttentionPrecision>,
+    float_type: FloatType,
+}
+
+impl Candidate {
+    fn attention_name(&self) -> &'static str {
+        match self.attention {
+            None => "default",
+            Some(AttentionPrecision::Int8) => "int8",
+            Some(AttentionPrecision::Float) => "float",
+        }
+    }
+
+    /// Sort key of the preference among near-equal candidates: INT8 attention, then FP16, then the method
+    /// order of [`Method::ALL_DEFAULT`] (a fixed order, so that ties are decided the same way every run).
+    fn preference(&self) -> (u8, u8, usize) {
+        let attention = (self.attention == Some(AttentionPrecision::Float)) as u8;
+        let float = (self.float_type == FloatType::Fp32) as u8;
+        let method = Method::ALL_DEFAULT.iter().position(|m| *m == self.method).unwrap_or(usize::MAX);
+        (attention, float, method)
+    }
+
+    fn scheme(&self, base: &Scheme) -> Scheme {
+        let mut s = base.clone();
+        s.method = self.method;
+        s.placement.attention = self.attention;
+        s.placement.float_type = self.float_type;
+        s
+    }
+}
+
+struct Searcher<'a> {
+    quantizer: &'a Quantizer,
+    base: &'a Scheme,
+    probe: &'a Probe,
+    /// Measured models by their bytes' hash and the batches measured: one measurement per distinct model.
+    seen: HashMap<(u64, usize), Result<Fidelity, String>>,
+    trials: Vec<Trial>,
+    candidates: Vec<Candidate>,
+}
+
+impl Searcher<'_> {
+    /// Builds and measures one candidate on the first `batches` batches.
+    fn trial(&mut self, c: Candidate, batches: usize, stage: &'static str) -> Result<usize, QuantizeError> {
+        let scheme = c.scheme(self.base);
+        let decisions = self.quantizer.decide(&scheme)?;
+        let amax = self.quantizer.amax(&scheme);
+        let (proto, _) = self.quantizer.build(&decisions, &scheme.placement, &amax, &scheme.weight_clip)?;
+        let bytes = graph::proto::Message::write_to_bytes(&proto).map_err(graph::GraphError::Encode)?;
+        let key = (siphash(&bytes), batches);
+        let result = match self.seen.get(&key) {
+            Some(r) => r.clone(),
+            None => {
+                let r = match self.probe.measure(&proto, batches) {
+                    Ok(f) => Ok(f),
+                    Err(QuantizeError::Measure { source: u @ Unmeasured::NonFinite { .. }, .. }) => Err(u.to_string()),
+                    Err(e) => return Err(e),
+                };
+                self.seen.insert(key, r.clone());
+                r
+            }
+        };
+        tracing::info!(target: "int8kit::search", method = %c.method.name(), attention = c.attention_name(),
+            float_type = c.float_type.name(), stage, sqnr_db = result.as_ref().map(|f| f.sqnr_db).unwrap_or(f64::NAN));
+        let (fidelity, failed) = match result {
+            Ok(f) => (Some(f), None),
+            Err(e) => (None, Some(e)),
+        };
+        self.trials.push(Trial {
+            method: c.method.name(),
+            attention: c.attention_name(),
+            float_type: c.float_type.name(),
+            stage,
+            fidelity,
+            failed,
+        });
+        self.candidates.push(c);
+        Ok(self.trials.len() - 1)
+    }
+
+    fn sqnr(&self, trial: usize) -> f64 {
+        self.trials[trial].fidelity.as_ref().map_or(f64::NEG_INFINITY, |f| f.sqnr_db)
+    }
+}
+
+fn siphash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// Chooses `scheme`'s `auto` choices by measuring candidates on `probe`: returns the scheme with every
+/// choice fixed, and what was tried. `progress(done, total)` follows the measurements.
+pub fn search(
+    quantizer: &Quantizer,
+    scheme: &Scheme,
+    auto: AutoChoices,
+    probe: &Probe,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(Scheme, SearchRecord), QuantizeError> {
+    let start = std::time::Instant::now();
+    let methods: Vec<Method> = if auto.method { Method::ALL_DEFAULT.to_vec() } else { vec![scheme.method] };
+    let mut attentions = vec![scheme.placement.attention];
+    if auto.attention {
+        let with = |a| {
+            let mut s = scheme.clone();
+            s.placement.attention = Some(a);
+            quantizer.decide(&s)
+        };
+        // Only where the choice changes a decision: a model without attention MatMuls has nothing to choose.
+        let (int8, float) = (with(AttentionPrecision::Int8)?, with(AttentionPrecision::Float)?);
+        if int8 != float {
+            attentions = vec![Some(AttentionPrecision::Int8), Some(AttentionPrecision::Float)];
+        }
+    }
+    let floats = if auto.float_type && !quantizer.model().low_precision_source && scheme.placement.target == Target::TensorRt {
+        vec![FloatType::Fp16, FloatType::Fp32]
+    } else {
+        vec![scheme.placement.float_type]
+    };
+    let mut axes = Vec::new();
+    for (name, n) in [("method", methods.len()), ("attention", attentions.len()), ("float_type", floats.len())] {
+        if n > 1 {
+            axes.push(name);
+        }
+    }
+
+    let all = probe.batches().len();
+    let coarse_batches = (all / 4).max(1);
+    let pairs: Vec<(Method, Option<AttentionPrecision>)> =
+        methods.iter().flat_map(|&m| attentions.iter().map(move |&a| (m, a))).collect();
+    let coarse = pairs.len() > FINE_CANDIDATES && coarse_batches < all;
+    let finalists = if coarse { FINE_CANDIDATES } else { pairs.len() };
+    let total = if coarse { pairs.len() } else { 0 } + finalists * floats.len();
+    let mut s = Searcher {
+        quantizer,
+        base: scheme,
+        probe,
+        seen: HashMap::new(),
+        trials: Vec::new(),
+        candidates: Vec::new(),
+    };
+    let mut done = 0u64;
+    let mut tick = |done: &mut u64| {
+        *done += 1;
+        progress(*done, total as u64)
+    };
+
+    // Coarse: every method with every attention precision, in the cheapest float type (FP32 runs optimized).
+    let cheap = *floats.last().unwrap_or(&scheme.placement.float_type);
+    let mut ranked = pairs.clone();
+    if coarse {
+        let mut measured = Vec::new();
+        for &(method, attention) in &pairs {
+            let t = s.trial(Candidate { method, attention, float_type: cheap }, coarse_batches, "coarse")?;
+            measured.push(((method, attention), s.sqnr(t)));
+            tick(&mut done);
+        }
+        // Stable: equal scores keep the candidates' order.
+        measured.sort_by(|a, b| b.1.total_cmp(&a.1));
+        ranked = measured.into_iter().map(|(p, _)| p).collect();
+    }
+    // Fine: the finalists in every float type, on every sample.
+    let mut fine = Vec::new();
+    for &(method, attention) in ranked.iter().take(finalists) {
+        for &float_type in &floats {
+            fine.push(s.trial(Candidate { method, attention, float_type }, all, "fine")?);
+            tick(&mut done);
+        }
+    }
+    let best = fine.iter().map(|&t| s.sqnr(t)).fold(f64::NEG_INFINITY, f64::max);
+    if best == f64::NEG_INFINITY {
+        return Err(QuantizeError::Model {
+            path: quantizer.model().path.clone(),
+            message: format!(
+                "no candidate INT8 model gave finite outputs on the {} held-back samples ({}); check the model \
+                 and its inputs, or pick the options by hand",
+                probe.samples(),
+                s.trials.iter().filter_map(|t| t.failed.as_deref()).next().unwrap_or("")
+            ),
+        });
+    }
+    let near: Vec<usize> = fine.iter().copied().filter(|&t| s.sqnr(t) >= best - TOLERANCE_DB).collect();
+    let chosen = *near
+        .iter()
+        .min_by(|&&a, &&b| {
+            s.candidates[a].preference().cmp(&s.candidates[b].preference()).then(s.sqnr(b).total_cmp(&s.sqnr(a)))
+        })
+        .expect("the best trial is near itself");
+    let winner = s.candidates[chosen];
+    let reason = if near.len() == 1 {
+        format!("the best output SQNR ({best:.2} dB); every other candidate was more than {TOLERANCE_DB} dB below it")
+    } else {
+        format!(
+            "{:.2} dB, within {TOLERANCE_DB} dB of the best ({best:.2} dB) with {} candidates, of which it keeps the most \
+             INT8 (attention {}) and float type {}",
+            s.sqnr(chosen),
+            near.len(),
+            winner.attention_name(),
+            winner.float_type.name()
+        )
+    };
+    let record = SearchRecord {
+        axes,
+        samples: (
+            probe.batches().iter().take(coarse_batches).map(|b| b.len()).sum::<usize>() * coarse as usize,
+            probe.samples(),
+        ),
+        tolerance_db: TOLERANCE_DB,
+        trials: s.trials,
+        chosen,
+        reason,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    Ok((winner.scheme(scheme), record))
+}
