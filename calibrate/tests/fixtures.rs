@@ -1,13 +1,20 @@
-//! End to end on the bundled fixture models (needs ONNX Runtime: run through `cargo xtask test`).
+//! End to end on the bundled fixture models and on models built in the tests (needs ONNX Runtime: run through
+//! `cargo xtask test`).
 
-use calibrate::{calibrate, CalibrateOptions};
+use calibrate::{calibrate, CalibrateOptions, HoldOut};
 use datasets::{BatchStream, Dataset, OnBadImage, StreamOptions};
 use histograms::{HistFile, Selection};
 use test_support::{calib_dir as calib, feed, model};
 
 fn run(model_name: &str, limit: usize, batch_size: usize, threads: usize) -> HistFile {
-    let options =
-        CalibrateOptions { batch_size, threads, limit: Some(limit), selection: Selection::All, ..Default::default() };
+    let options = CalibrateOptions {
+        batch_size,
+        threads,
+        limit: Some(limit),
+        selection: Selection::All,
+        hold_out: HoldOut::Count(0),
+        ..Default::default()
+    };
     calibrate(&model(model_name), &calib(), &feed(), &options, &mut |_, _| {}).unwrap().0
 }
 
@@ -145,7 +152,12 @@ fn hist_file_round_trips_and_rejects_other_versions() {
 
 #[test]
 fn quantizable_selection_keeps_what_the_default_lists_need() {
-    let options = CalibrateOptions { limit: Some(50), selection: Selection::Quantizable, ..Default::default() };
+    let options = CalibrateOptions {
+        limit: Some(50),
+        selection: Selection::Quantizable,
+        hold_out: HoldOut::Count(0),
+        ..Default::default()
+    };
     let (some, _) = calibrate(&model("fmnist_vit_opset17.onnx"), &calib(), &feed(), &options, &mut |_, _| {}).unwrap();
     let all = run("fmnist_vit_opset17.onnx", 50, 16, 0);
     assert!(some.tensors.len() < all.tensors.len() / 2, "{} of {}", some.tensors.len(), all.tensors.len());
@@ -202,7 +214,9 @@ fn shards_merge_byte_identically_to_one_process() {
 /// Shards of another model, a shard given twice or missing, and a whole run are refused, naming the file.
 #[test]
 fn merging_mismatched_overlapping_or_incomplete_shards_is_refused() {
-    let options = |shard| CalibrateOptions { limit: Some(30), shard, ..Default::default() };
+    // Nothing held back: the image counts below are the limit's.
+    let options =
+        |shard| CalibrateOptions { limit: Some(30), shard, hold_out: HoldOut::Count(0), ..Default::default() };
     let shard = |name: &str, i: usize, n: usize| {
         let h = calibrate(&model(name), &calib(), &feed(), &options(Some((i, n))), &mut |_, _| {}).unwrap().0;
         (std::path::PathBuf::from(format!("{name}-{i}.hist")), h)
@@ -254,4 +268,40 @@ fn merging_mismatched_overlapping_or_incomplete_shards_is_refused() {
     let smooth = CalibrateOptions { shard: Some((1, 2)), smooth: Some(0.5), ..Default::default() };
     let e = calibrate(&model(vit), &calib(), &feed(), &smooth, &mut |_, _| {}).err().unwrap().to_string();
     assert!(e.contains("--smooth") && e.contains("sharded"), "{e}");
+}
+
+/// The samples held back for the self-check and the `auto` search never reach the statistics: rewriting their
+/// contents leaves the .hist byte-identical, rewriting one calibrated sample does not.
+#[test]
+fn the_held_back_slice_never_enters_the_statistics() {
+    use test_support::conv_models::{tiny_channel_cnn, write_outlier_samples, write_samples};
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_channel_cnn(dir.path());
+    let samples = write_samples(&dir.path().join("samples"), 0, 40);
+    let feed = datasets::Feed::for_folder(&samples, None).unwrap();
+    let options = CalibrateOptions { hold_out: HoldOut::Count(8), ..Default::default() };
+    let run = || calibrate(&model, &samples, &feed, &options, &mut |_, _| {}).unwrap();
+    let (before, summary) = run();
+    let held = summary.held_out.expect("8 samples held back");
+    assert_eq!(held.len(), 8);
+    assert_eq!(before.images.count, 32);
+    assert_eq!(before.images.held_out.as_ref().map(|h| h.count), Some(8));
+
+    // Other contents under the held-back names (the outlier samples differ from these everywhere).
+    let seed = |p: &std::path::Path| p.file_stem().unwrap().to_str().unwrap().parse::<u64>().unwrap();
+    let other = dir.path().join("other");
+    for item in &held.items {
+        let s = seed(&item.path);
+        write_outlier_samples(&other, s, 1);
+        std::fs::copy(other.join(item.path.file_name().unwrap()), &item.path).unwrap();
+    }
+    let (after, _) = run();
+    assert_eq!(after.to_json().unwrap(), before.to_json().unwrap(), "a held-back sample reached the statistics");
+
+    // The same change to one calibrated sample shows: the comparison above can fail.
+    let calibrated = (0..40).find(|s| !held.items.iter().any(|i| seed(&i.path) == *s)).unwrap();
+    write_outlier_samples(&other, calibrated, 1);
+    let name = format!("{calibrated:05}.npz");
+    std::fs::copy(other.join(&name), samples.join(&name)).unwrap();
+    assert_ne!(run().0.to_json().unwrap(), before.to_json().unwrap());
 }

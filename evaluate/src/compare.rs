@@ -6,8 +6,10 @@ use std::path::Path;
 use datasets::{BatchStream, Dataset, Feed, StreamOptions};
 
 use crate::EvaluateError;
+pub use quantizer::measure::{
+    argmax, evaluation_config, graph_optimization_for, Fidelity, FidelityParts, ImageFidelity,
+};
 use quantizer::measure::{OutputFidelity, Unmeasured};
-pub use quantizer::measure::{argmax, evaluation_config, graph_optimization_for, Fidelity, FidelityParts, ImageFidelity};
 
 /// [`Unmeasured`] as the evaluation's error, naming the folder evaluated.
 pub(crate) fn unmeasured(source: &Path) -> impl Fn(Unmeasured) -> EvaluateError + '_ {
@@ -355,7 +357,6 @@ impl Tally {
         }
     }
 }
-
 
 /// Both models' output rows for one batch, checked to have the same size.
 fn batch_rows(

@@ -9,8 +9,8 @@ use analyze::scales::{self, Method};
 use datasets::{Dataset, Feed, OnBadImage};
 use histograms::HistFile;
 use placement::{decide, Decision, PrecisionFile};
-use quantizer::qdq::{WeightClip, WeightClips};
 use quantizer::measure::{Probe, ProbeOptions};
+use quantizer::qdq::{WeightClip, WeightClips};
 use quantizer::{Quantizer, Scheme};
 use serde::Serialize;
 

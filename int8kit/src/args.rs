@@ -157,7 +157,9 @@ pub struct RunArgs {
 pub fn parse_hold_out(s: &str) -> Result<calibrate::HoldOut, String> {
     match s {
         "auto" => Ok(calibrate::HoldOut::Auto),
-        n => n.parse().map(calibrate::HoldOut::Count).map_err(|_| format!("'{s}': expected auto or a count such as 64")),
+        n => {
+            n.parse().map(calibrate::HoldOut::Count).map_err(|_| format!("'{s}': expected auto or a count such as 64"))
+        }
     }
 }
 

@@ -172,7 +172,13 @@ impl OutputFidelity {
         }
         let [(fp32_values, fp32_images), (int8_values, int8_images)] = self.non_finite;
         if fp32_values + int8_values > 0 {
-            return Err(Unmeasured::NonFinite { images: self.images, fp32_values, fp32_images, int8_values, int8_images });
+            return Err(Unmeasured::NonFinite {
+                images: self.images,
+                fp32_values,
+                fp32_images,
+                int8_values,
+                int8_images,
+            });
         }
         let n = self.images as f64;
         Ok(Fidelity {
@@ -228,14 +234,22 @@ pub struct ProbeOptions {
 impl Probe {
     /// Decodes `dataset` and runs `reference` (the float model the candidates are built from) over it once.
     /// A model with a fixed batch above 1 is measured on the whole batches the samples fill.
-    pub fn new(reference: &Model, dataset: &Dataset, feed: &Feed, options: ProbeOptions) -> Result<Probe, QuantizeError> {
+    pub fn new(
+        reference: &Model,
+        dataset: &Dataset,
+        feed: &Feed,
+        options: ProbeOptions,
+    ) -> Result<Probe, QuantizeError> {
         let input = calibrate::batch_input(reference, feed)?;
         let output = reference
             .proto
             .graph
             .output
             .first()
-            .ok_or_else(|| QuantizeError::Model { path: reference.path.clone(), message: "the model has no output".into() })?
+            .ok_or_else(|| QuantizeError::Model {
+                path: reference.path.clone(),
+                message: "the model has no output".into(),
+            })?
             .name
             .clone();
         let mut dataset = dataset.clone();
@@ -301,7 +315,9 @@ impl Probe {
         self.batches
             .iter()
             .take(batches)
-            .map(|b| runtime::run_rows(&mut session, &self.label, &b.inputs(&self.input), &self.output).map_err(Into::into))
+            .map(|b| {
+                runtime::run_rows(&mut session, &self.label, &b.inputs(&self.input), &self.output).map_err(Into::into)
+            })
             .collect()
     }
 

@@ -97,13 +97,10 @@ pub fn quantize(config: &QuantizeConfig, progress: &mut dyn FnMut(Step, u64, u64
     let stage = OutputDir::new(&config.out)?;
     let model = calibrate::load_model(&config.model)?;
     let start = std::time::Instant::now();
-    let (hist, calibration) = calibrate::calibrate_model(
-        &model,
-        &config.images,
-        &config.feed,
-        &config.collect,
-        &mut |d, t| progress(Step::Calibrate, d, t),
-    )?;
+    let (hist, calibration) =
+        calibrate::calibrate_model(&model, &config.images, &config.feed, &config.collect, &mut |d, t| {
+            progress(Step::Calibrate, d, t)
+        })?;
     let calibration_seconds = start.elapsed().as_secs_f64();
     if let Some(path) = &config.save_hist {
         hist.write(path)?;

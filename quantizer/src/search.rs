@@ -202,11 +202,12 @@ pub fn search(
             attentions = vec![Some(AttentionPrecision::Int8), Some(AttentionPrecision::Float)];
         }
     }
-    let floats = if auto.float_type && !quantizer.model().low_precision_source && scheme.placement.target == Target::TensorRt {
-        vec![FloatType::Fp16, FloatType::Fp32]
-    } else {
-        vec![scheme.placement.float_type]
-    };
+    let floats =
+        if auto.float_type && !quantizer.model().low_precision_source && scheme.placement.target == Target::TensorRt {
+            vec![FloatType::Fp16, FloatType::Fp32]
+        } else {
+            vec![scheme.placement.float_type]
+        };
     let mut axes = Vec::new();
     for (name, n) in [("method", methods.len()), ("attention", attentions.len()), ("float_type", floats.len())] {
         if n > 1 {
@@ -221,14 +222,8 @@ pub fn search(
     let coarse = pairs.len() > FINE_CANDIDATES && coarse_batches < all;
     let finalists = if coarse { FINE_CANDIDATES } else { pairs.len() };
     let total = if coarse { pairs.len() } else { 0 } + finalists * floats.len();
-    let mut s = Searcher {
-        quantizer,
-        base: scheme,
-        probe,
-        seen: HashMap::new(),
-        trials: Vec::new(),
-        candidates: Vec::new(),
-    };
+    let mut s =
+        Searcher { quantizer, base: scheme, probe, seen: HashMap::new(), trials: Vec::new(), candidates: Vec::new() };
     let mut done = 0u64;
     let mut tick = |done: &mut u64| {
         *done += 1;

@@ -82,7 +82,12 @@ fn ranges_json_matches_the_golden_file() {
         self_check: quantizer::SelfCheck {
             status: "measured",
             samples: "4 calibration samples held back from the statistics (calib)".into(),
-            fidelity: Some(quantizer::measure::Fidelity { images: 4, agreement: 0.75, cosine_mean: 0.99, sqnr_db: 20.5 }),
+            fidelity: Some(quantizer::measure::Fidelity {
+                images: 4,
+                agreement: 0.75,
+                cosine_mean: 0.99,
+                sqnr_db: 20.5,
+            }),
             evaluation: Some("onnxruntime, graph optimization disabled".into()),
         },
         search: Some(quantizer::search::SearchRecord {
@@ -95,7 +100,12 @@ fn ranges_json_matches_the_golden_file() {
                     attention: "default",
                     float_type: "fp16",
                     stage: "fine",
-                    fidelity: Some(quantizer::measure::Fidelity { images: 4, agreement: 0.75, cosine_mean: 0.99, sqnr_db: 20.5 }),
+                    fidelity: Some(quantizer::measure::Fidelity {
+                        images: 4,
+                        agreement: 0.75,
+                        cosine_mean: 0.99,
+                        sqnr_db: 20.5,
+                    }),
                     failed: None,
                 },
                 quantizer::search::Trial {

@@ -226,14 +226,56 @@ pub fn fp16_qdq_hardswish(dir: &Path) -> PathBuf {
 /// `n` samples of the models' input (seeds `first..first + n`, values in [-2, 2)) as `.npz` files in `dir`
 /// (created), named so that they sort in seed order.
 pub fn write_samples(dir: &Path, first: u64, n: u64) -> PathBuf {
+    write_sample_files(dir, first, n, |seed| random(CHANNELS * SIDE * SIDE, seed + 1000, 2.0))
+}
+
+fn write_sample_files(dir: &Path, first: u64, n: u64, values: impl Fn(u64) -> Vec<f32>) -> PathBuf {
     std::fs::create_dir_all(dir).expect("the sample folder is created");
     for seed in first..first + n {
-        let values = random(CHANNELS * SIDE * SIDE, seed + 1000, 2.0);
-        let a = ndarray::Array4::from_shape_vec((1, CHANNELS, SIDE, SIDE), values).expect("a sample");
+        let a = ndarray::Array4::from_shape_vec((1, CHANNELS, SIDE, SIDE), values(seed)).expect("a sample");
         let file = std::fs::File::create(dir.join(format!("{seed:05}.npz"))).expect("the .npz is created");
         let mut npz = ndarray_npy::NpzWriter::new(file);
         npz.add_array(INPUT, &a).expect("the array is written");
         npz.finish().expect("the .npz is finished");
     }
     dir.to_path_buf()
+}
+
+/// An FP32 model (opset 13) for the scale methods' trade-off: Neg, then a 3x3 Conv as the output (the Neg makes
+/// the Conv's input an activation: a graph input is the image, whose range is always its max). Fed
+/// [`write_outlier_samples`], the Conv's quantized input is a dense bulk with rare large values in channel 0.
+/// With `reads_outliers` the output needs them (a method that clips them, entropy here, loses them); without,
+/// the Conv's weights for channel 0 are zero, so only the bulk's resolution counts (max calibration spends it
+/// on the outliers). Written to `dir/outlier_conv.onnx` or `dir/outlier_conv_ignored.onnx`.
+pub fn outlier_conv(dir: &Path, reads_outliers: bool) -> PathBuf {
+    let mut m = model(13, 7);
+    let g = m.graph.mut_or_insert_default();
+    let mut w = conv_weights(21, &[0.3; CHANNELS]);
+    if !reads_outliers {
+        for per_output in w.chunks_mut(CHANNELS * 9) {
+            per_output[..9].fill(0.0);
+        }
+    }
+    g.initializer
+        .extend([floats("w", &[CHANNELS, CHANNELS, 3, 3], &w), floats("b", &[CHANNELS], &random(CHANNELS, 22, 0.01))]);
+    let attrs = vec![ints("pads", &[1, 1, 1, 1]), ints("kernel_shape", &[3, 3])];
+    g.node.extend([node("Neg", &[INPUT], "activation", vec![]), node("Conv", &["activation", "w", "b"], "y", attrs)]);
+    write(&m, dir.join(if reads_outliers { "outlier_conv.onnx" } else { "outlier_conv_ignored.onnx" }))
+}
+
+/// Like [`write_samples`], but values in [-0.2, 0.2), and in channel 0 about one in 250 replaced by one of
+/// magnitude 0.5 to 6: a bulk with a sparse tail reaching 30 times its edge.
+pub fn write_outlier_samples(dir: &Path, first: u64, n: u64) -> PathBuf {
+    write_sample_files(dir, first, n, |seed| {
+        let mut values = random(CHANNELS * SIDE * SIDE, seed + 5000, 0.2);
+        let channel = SIDE * SIDE;
+        let picks = random(channel, seed + 9000, 1.0);
+        let sizes = random(channel, seed + 13000, 1.0);
+        for ((v, p), size) in values[..channel].iter_mut().zip(picks).zip(sizes) {
+            if p.abs() > 0.996 {
+                *v = (0.5 + 5.5 * size.abs()) * p.signum();
+            }
+        }
+        values
+    })
 }

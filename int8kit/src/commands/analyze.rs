@@ -104,7 +104,10 @@ fn print_measured(r: &quantizer::Ranges) {
             search.samples.0,
             search.samples.1
         );
-        println!("    {:<18} {:<9} {:<6} {:<7} {:>8} {:>8} {:>7}", "method", "attention", "float", "stage", "SQNR dB", "cosine", "agree %");
+        println!(
+            "    {:<18} {:<9} {:<6} {:<7} {:>8} {:>8} {:>7}",
+            "method", "attention", "float", "stage", "SQNR dB", "cosine", "agree %"
+        );
         for (i, t) in search.trials.iter().enumerate() {
             println!(
                 "  {} {:<18} {:<9} {:<6} {:<7} {}{}",
