@@ -679,8 +679,18 @@ impl SensitivityReport {
 
 /// Each tensor's chosen method from a sensitivity.json written with `--choose-methods` (for `--method auto`).
 pub fn load_method_choices(path: &Path) -> Result<MethodChoices, EvaluateError> {
+    load_method_choices_if_any(path)?.ok_or_else(|| EvaluateError::Input {
+        path: path.into(),
+        message: "no per-tensor methods; run `int8kit sensitivity --choose-methods`".into(),
+    })
+}
+
+/// [`load_method_choices`], or `None` for a sensitivity.json that is a ranking only (written without
+/// `--choose-methods`): `validate` charts such a file and makes its own choices.
+pub fn load_method_choices_if_any(path: &Path) -> Result<Option<MethodChoices>, EvaluateError> {
     #[derive(serde::Deserialize)]
     struct Choices {
+        #[serde(default)]
         methods: Vec<MethodChoice>,
         #[serde(default)]
         weight_clips: Vec<WeightClipChoice>,
@@ -689,7 +699,7 @@ pub fn load_method_choices(path: &Path) -> Result<MethodChoices, EvaluateError> 
     let text = safe_io::read_to_string(path, safe_io::limits::JSON, "a sensitivity.json")?;
     let choices: Choices = serde_json::from_str(&text).map_err(|e| bad(format!("not a sensitivity.json: {e}")))?;
     if choices.methods.is_empty() && choices.weight_clips.is_empty() {
-        return Err(bad("no per-tensor methods; run `int8kit sensitivity --choose-methods`".into()));
+        return Ok(None);
     }
     let methods = choices
         .methods
@@ -705,7 +715,7 @@ pub fn load_method_choices(path: &Path) -> Result<MethodChoices, EvaluateError> 
         .map(|c| Ok((c.clip.parse::<WeightClip>().map_err(|e| bad(format!("node {}: {e}", c.node)))?, c.node)))
         .map(|r: Result<_, EvaluateError>| r.map(|(clip, node)| (node, clip)))
         .collect::<Result<_, EvaluateError>>()?;
-    Ok(MethodChoices { methods, weight_clips })
+    Ok(Some(MethodChoices { methods, weight_clips }))
 }
 
 /// What `--method auto` / `--weight-clip auto` read from a sensitivity.json.

@@ -8,7 +8,8 @@ use std::time::Instant;
 use calibrate::{calibrate_model, CalibrateOptions};
 use datasets::{Dataset, Feed};
 use placement::FloatType;
-use quantizer::{Quantizer, Scheme};
+use quantizer::measure::Probe;
+use quantizer::{Quantizer, Scheme, Yardstick};
 use reports::{FloatRow, Report, TensorPlot};
 
 use crate::compare::{compare_each_spread, ort_model, BatchModel, Classifier};
@@ -111,6 +112,8 @@ pub type Progress<'a> = &'a mut dyn FnMut(Phase, u64, u64);
 pub enum Phase {
     /// Images through the calibration pass.
     Calibrate,
+    /// Candidate INT8 models measured by the `auto` search.
+    Search,
     /// Images through FP32 and INT8.
     Compare,
 }
@@ -282,7 +285,7 @@ struct Built {
     quantizer: Quantizer,
     /// ranges.json's contents.
     ranges: quantizer::Ranges,
-    /// Calibration and the build, seconds.
+    /// The calibration pass, seconds.
     calibration_seconds: f64,
 }
 
@@ -296,21 +299,39 @@ fn build_artifacts(
     progress: Progress,
 ) -> Result<Built, EvaluateError> {
     let start = Instant::now();
-    // Without given statistics, `calib` is the calibration folder.
-    let hist = match given {
-        Some(hist) => hist,
+    // Without given statistics, `calib` is the calibration folder; its held-back samples are the yardstick.
+    let (hist, held_out) = match given {
+        Some(hist) => (hist, None),
         None => {
-            calibrate_model(&model, config.calib.path(), &config.feed, &config.collect, &mut |done, total| {
-                progress(Phase::Calibrate, done, total)
-            })?
-            .0
+            let (hist, summary) =
+                calibrate_model(&model, config.calib.path(), &config.feed, &config.collect, &mut |done, total| {
+                    progress(Phase::Calibrate, done, total)
+                })?;
+            (hist, summary.held_out)
         }
     };
     hist.write(&out.join("calibration.hist"))?;
-    let quantizer = Quantizer::new(model, hist)?;
-    let artifacts = quantizer.artifacts(&config.scheme)?;
-    artifacts.write(out)?;
     let calibration_seconds = start.elapsed().as_secs_f64();
+    let quantizer = Quantizer::new(model, hist)?;
+    let probe = match &held_out {
+        Some(held) => {
+            Some(Probe::new(quantizer.model(), held, &config.feed, quantizer::probe_options(&config.collect))?)
+        }
+        None => None,
+    };
+    let yardstick = match (&probe, &config.calib) {
+        (Some(p), _) => Yardstick::Probe(p),
+        (None, Calibration::Hist(_)) => Yardstick::Missing(
+            "statistics given with --hist: the samples they held back are not at hand (the evaluation rows measure \
+             the model)"
+                .into(),
+        ),
+        (None, Calibration::Folder(_)) => Yardstick::Missing(Yardstick::missing_for(quantizer.hist())),
+    };
+    let artifacts = quantizer::choose_and_measure(&quantizer, &config.scheme, &yardstick, &mut |done, total| {
+        progress(Phase::Search, done, total)
+    })?;
+    artifacts.write(out)?;
     // The protos go before the comparison: only the ranges are reported.
     let ranges = artifacts.ranges;
     graph::save_model(quantizer.model(), quantizer.float_model(FloatType::Fp16)?, &out.join("model.fp16.onnx"))?;
@@ -457,7 +478,9 @@ fn assemble_report(
         model: hist.model.file.clone(),
         model_sha256: hist.model.sha256.clone(),
         recipe: serde_json::to_value(feed.recipe()).map_err(EvaluateError::Encode)?,
-        method: config.scheme.method.name(),
+        method: ranges.method.clone(),
+        chosen_by: ranges.chosen_by.into(),
+        self_check: serde_json::to_value(&ranges.self_check).map_err(EvaluateError::Encode)?,
         precision: serde_json::to_value(&ranges.precision).map_err(EvaluateError::Encode)?,
         engine: match config.engine {
             Engine::Ort if device.is_cuda() => format!("onnxruntime {} ({device})", runtime::version()?),

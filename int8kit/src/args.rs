@@ -362,7 +362,15 @@ impl SchemeArgs {
         let (precision, precision_origin) = load_precision(self.precision.as_deref())?;
         let auto_method = self.method == OrAuto::Auto;
         let auto_clip = self.weight_clip == OrAuto::Auto;
+        // Per-tensor choices from a sensitivity.json replace the search; validate also takes a ranking alone
+        // (for its chart), and then searches.
+        let mut from_file = self.sensitivity.is_some() && (auto_method || auto_clip);
         let choices = match (&self.sensitivity, auto_method || auto_clip) {
+            (Some(path), true) if ranking_shown && !auto_clip => {
+                let choices = evaluate::sensitivity::load_method_choices_if_any(path)?;
+                from_file = choices.is_some();
+                choices.unwrap_or_default()
+            }
             (Some(path), true) => evaluate::sensitivity::load_method_choices(path)?,
             (None, true) if auto_clip => anyhow::bail!(
                 "--weight-clip auto needs --sensitivity S.json from `int8kit sensitivity --choose-methods`"
@@ -385,7 +393,7 @@ impl SchemeArgs {
         let placement = self.placement.options();
         let tensorrt = placement.target == Target::TensorRt;
         let auto = quantizer::search::AutoChoices {
-            method: auto_method && self.sensitivity.is_none(),
+            method: auto_method && !from_file,
             // Only for TensorRT: for ONNX Runtime's CPU kernels, float attention and FP32 are the fast choices,
             // and the measurement weighs accuracy alone.
             attention: tensorrt && self.placement.attention.is_none() && precision.attention.is_none(),

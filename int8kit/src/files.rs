@@ -55,7 +55,11 @@ impl Command {
                 f.add("--out", &a.out, Kind::OutFile);
             }
             Command::Analyze(a) => {
-                f.add("--model", &a.model, Kind::Model).add("--hist", &a.hist, Kind::File);
+                f.add("--model", &a.model, Kind::Model).add("--hist", &a.hist, Kind::File).add_some(
+                    "--images",
+                    a.images.as_deref(),
+                    Kind::Samples,
+                );
                 scheme(f, &a.scheme);
                 f.add("--out", &a.out, Kind::OutFolder);
             }

@@ -273,6 +273,27 @@ impl Probe {
             source: dataset.root.clone(),
         };
         probe.fp32 = probe.outputs_on(&reference.proto, options.device, probe.batches.len())?;
+        // A reference that is not finite measures nothing: say so here, not as every candidate failing.
+        let (mut values, mut samples) = (0usize, 0usize);
+        for (batch, out) in probe.batches.iter().zip(&probe.fp32) {
+            let width = (out.len() / batch.len().max(1)).max(1);
+            for row in out.chunks(width) {
+                let bad = row.iter().filter(|v| !v.is_finite()).count();
+                values += bad;
+                samples += (bad > 0) as usize;
+            }
+        }
+        if values > 0 {
+            return Err(QuantizeError::Model {
+                path: reference.path.clone(),
+                message: format!(
+                    "the float model's outputs are not finite numbers on {samples} of the {} held-back calibration \
+                     samples ({values} NaN/Inf values), so no INT8 model can be measured against them; check the \
+                     model and its inputs",
+                    probe.samples()
+                ),
+            });
+        }
         Ok(probe)
     }
 

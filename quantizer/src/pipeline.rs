@@ -133,9 +133,7 @@ pub fn probe_options(collect: &CalibrateOptions) -> ProbeOptions {
 }
 
 /// Builds `scheme`'s artifacts and writes them into `stage` (an [`OutputDir`] made before any long work, so
-/// that a bad target is refused first), then swaps them into place. With a probe, `auto` choices are made by
-/// measurement ([`crate::search`], `progress` follows it) and the written model is measured
-/// (ranges.json `self_check`); without one, the scheme's fixed choices are used and the reason recorded.
+/// that a bad target is refused first), then swaps them into place; see [`choose_and_measure`].
 pub fn write_artifacts(
     quantizer: &Quantizer,
     scheme: &Scheme,
@@ -143,6 +141,22 @@ pub fn write_artifacts(
     stage: OutputDir,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Written, QuantizeError> {
+    let artifacts = choose_and_measure(quantizer, scheme, yardstick, progress)?;
+    let warnings = artifacts.write(stage.path())?;
+    stage.commit()?;
+    let crate::Artifacts { ranges, cache, .. } = artifacts;
+    Ok(Written { ranges, cache, warnings })
+}
+
+/// Builds `scheme`'s artifacts in memory. With a probe, `auto` choices are made by measurement
+/// ([`crate::search`], `progress` follows it) and the model built is measured (ranges.json `self_check`);
+/// without one, the scheme's fixed choices are used and the reason recorded.
+pub fn choose_and_measure<'q>(
+    quantizer: &'q Quantizer,
+    scheme: &Scheme,
+    yardstick: &Yardstick,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<crate::Artifacts<'q>, QuantizeError> {
     let (scheme, search) = match yardstick {
         Yardstick::Probe(probe) if scheme.auto.any() => {
             let (chosen, record) = crate::search::search(quantizer, scheme, scheme.auto, probe, progress)?;
@@ -175,10 +189,7 @@ pub fn write_artifacts(
         artifacts.ranges.chosen_by = "measurement";
     }
     artifacts.ranges.search = search;
-    let warnings = artifacts.write(stage.path())?;
-    stage.commit()?;
-    let crate::Artifacts { ranges, cache, .. } = artifacts;
-    Ok(Written { ranges, cache, warnings })
+    Ok(artifacts)
 }
 
 /// [`write_artifacts`] from a `.hist` file: `int8kit analyze`. With `images` (the calibration folder), the

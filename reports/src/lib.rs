@@ -14,7 +14,7 @@ pub use html::render_html;
 /// The `format` value of report.json.
 pub const REPORT_FORMAT: &str = "int8kit.report";
 /// The report.json version; bump on any incompatible change.
-pub const REPORT_VERSION: u32 = 5;
+pub const REPORT_VERSION: u32 = 6;
 
 /// Errors writing reports or reading a baseline.
 #[derive(Debug, thiserror::Error)]
@@ -203,15 +203,23 @@ pub struct Report {
     pub model_sha256: String,
     /// The preprocessing recipe.
     pub recipe: serde_json::Value,
-    /// Scale method.
+    /// Scale method (the global one; per-tensor choices are in ranges.json).
     pub method: String,
+    /// How the method, attention precision and float type were chosen: `measurement` (the `auto` search on
+    /// held-back calibration samples), `flags`, or `defaults` (ranges.json says why).
+    #[serde(default)]
+    pub chosen_by: String,
+    /// The INT8 model measured against the float model on calibration samples held back from the statistics:
+    /// ranges.json's `self_check` (null in reports before version 6).
+    #[serde(default)]
+    pub self_check: serde_json::Value,
     /// Precision lists applied.
     pub precision: serde_json::Value,
     /// What ran the INT8 model.
     pub engine: String,
     /// Calibration images.
     pub calibration_images: u64,
-    /// Seconds for calibration and analysis.
+    /// Seconds of the calibration pass.
     pub calibration_seconds: f64,
     /// The validation folder.
     pub validation_folder: String,
@@ -273,9 +281,9 @@ impl Report {
             return Err(bad(format!("format is not \"{REPORT_FORMAT}\"")));
         }
         match value.get("version").and_then(|v| v.as_u64()) {
-            // Version 5 only added `evaluation`, version 4 only allowed a null Top-1/Top-5 (unlabelled folders):
-            // version 3 and 4 reports read as is (`evaluation` unrecorded).
-            Some(v) if v == REPORT_VERSION as u64 || v == 3 || v == 4 => {}
+            // Version 6 only added `chosen_by` and `self_check`, 5 `evaluation`, 4 only allowed a null
+            // Top-1/Top-5 (unlabelled folders): versions 3 to 5 read as is (those fields unrecorded).
+            Some(v) if (3..=REPORT_VERSION as u64).contains(&v) => {}
             // Version 3 only added the FP16 row, target and float type: a version 2 baseline still compares.
             Some(2) => {
                 let mut value = value;

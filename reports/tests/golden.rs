@@ -18,6 +18,13 @@ fn sample() -> Report {
         model_sha256: "ab".repeat(32),
         recipe: serde_json::json!({"layout": "NCHW", "size": [28, 28]}),
         method: "entropy".into(),
+        chosen_by: "measurement".into(),
+        self_check: serde_json::json!({
+            "status": "measured",
+            "samples": "64 calibration samples held back from the statistics (calib)",
+            "fidelity": {"images": 64, "agreement": 1.0, "cosine_mean": 0.9995, "sqnr_db": 31.5},
+            "evaluation": "onnxruntime, graph optimization disabled"
+        }),
         precision: serde_json::json!({"deny": {"nodes": [], "ops": []}, "allow": {"nodes": [], "ops": []}}),
         engine: "ort-cpu".into(),
         calibration_images: 1000,

@@ -158,12 +158,18 @@ pub fn validate(args: &ValidateArgs) -> anyhow::Result<Report> {
     }
     let config = args.config()?;
     let calibrating = progress_bar("calibrate", "images", args.quiet);
+    let searching = progress_bar("auto", "models", args.quiet);
     let comparing = progress_bar("FP32 vs INT8", "images", args.quiet);
     let report = evaluate::validate(&config, &mut |phase, done, total| {
         let bar = match phase {
             Phase::Calibrate => &calibrating,
+            Phase::Search => {
+                calibrating.finish_and_clear();
+                &searching
+            }
             Phase::Compare => {
                 calibrating.finish_and_clear();
+                searching.finish_and_clear();
                 &comparing
             }
         };
@@ -191,7 +197,21 @@ pub fn print_outcome(report: &Report, out: &std::path::Path) {
         c.fp32.images_per_s,
         c.int8.images_per_s
     );
-    println!("  INT8 model: Q/DQ for {}, float parts in {}", report.target, report.float_type);
+    println!(
+        "  INT8 model: Q/DQ for {}, float parts in {}, method {} (chosen by {}; ranges.json has the search)",
+        report.target, report.float_type, report.method, report.chosen_by
+    );
+    let check = &report.self_check;
+    match check.get("fidelity").filter(|f| !f.is_null()) {
+        Some(f) => println!(
+            "  self-check on {}: SQNR {:.2} dB, cosine {:.4}, agreement {:.1} %",
+            check["samples"].as_str().unwrap_or("held-back samples"),
+            f["sqnr_db"].as_f64().unwrap_or(f64::NAN),
+            f["cosine_mean"].as_f64().unwrap_or(f64::NAN),
+            100.0 * f["agreement"].as_f64().unwrap_or(f64::NAN)
+        ),
+        None => println!("  self-check skipped: {}", check["samples"].as_str().unwrap_or("not recorded")),
+    }
     if let Some(h) = &report.fp16 {
         println!(
             "  FP16 without Q/DQ: Top-1 {} / Top-5 {}; agreement {:.2} %, cosine {:.5}, SQNR {:.1} dB; images/s {:.0}",

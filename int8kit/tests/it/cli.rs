@@ -38,7 +38,11 @@ fn quantize_equals_calibrate_then_analyze_byte_for_byte() {
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         let o = int8kit(cwd, &[args!["calibrate"] as &[_], common, calibration, args!["--out", &ch]].concat());
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-        let analyze = [args!["analyze", "--model", &m, "--hist", &ch, "--out", &a, "--quiet"] as &[_], analysis];
+        // With the calibration folder, analyze finds the held-back samples and makes the same auto choices.
+        let analyze = [
+            args!["analyze", "--model", &m, "--hist", &ch, "--images", &images, "--out", &a, "--quiet"] as &[_],
+            analysis,
+        ];
         let o = int8kit(cwd, &analyze.concat());
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         let read = |p: &str| std::fs::read(cwd.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
@@ -67,10 +71,22 @@ fn bad_input_exits_2_naming_the_problem() {
     let cwd = dir.path();
     let m = model("fmnist_resnet_opset13.onnx");
     let (images, recipe) = (calib_dir(), recipe_path());
-    // --method auto without the sensitivity file, refused before any calibration.
+    // --weight-clip auto without the sensitivity file, refused before any calibration.
     let o = int8kit(
         cwd,
-        args!["quantize", "--model", &m, "--images", &images, "--recipe", &recipe, "--method", "auto", "--out", "x"],
+        args![
+            "quantize",
+            "--model",
+            &m,
+            "--images",
+            &images,
+            "--recipe",
+            &recipe,
+            "--weight-clip",
+            "auto",
+            "--out",
+            "x"
+        ],
     );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("--sensitivity"), "{}", text(&o));
@@ -201,8 +217,17 @@ fn quantize_reads_the_model_once_and_opens_one_session_per_graph() {
             .filter(|l| l.contains("int8kit::sessions"))
             .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("graph=")))
             .collect();
-        // Calibration (with --smooth: the maxima pass and the smoothed model's pass) and the FLOPs probe.
-        assert_eq!(graphs.len(), if smooth.is_some() { 3 } else { 2 }, "smooth {smooth:?}:\n{log}");
+        // Calibration (with --smooth: the maxima pass and the smoothed model's pass), the FLOPs probe, the
+        // float model on the held-back samples, and one session per distinct candidate of the auto search.
+        let base = if smooth.is_some() { 3 } else { 2 };
+        let ranges: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("q/ranges.json")).unwrap()).unwrap();
+        let trials = ranges["search"]["trials"].as_array().unwrap().len();
+        assert!(
+            (base + 2..=base + 1 + trials).contains(&graphs.len()),
+            "smooth {smooth:?}: {} sessions for {trials} trials:\n{log}",
+            graphs.len()
+        );
         let distinct: std::collections::BTreeSet<&&str> = graphs.iter().collect();
         assert_eq!(distinct.len(), graphs.len(), "smooth {smooth:?}: a graph got two sessions:\n{log}");
     }

@@ -38,7 +38,7 @@ fn gate_exit_codes_schema_and_html_numbers() {
     // Schema of report.json.
     let report = read_json(&ok.join("report.json"));
     assert_eq!(report["format"], "int8kit.report");
-    assert_eq!(report["version"], 5);
+    assert_eq!(report["version"], 6);
     for key in [
         "model_sha256",
         "recipe",
@@ -51,11 +51,27 @@ fn gate_exit_codes_schema_and_html_numbers() {
         "tensors",
         "validation_list_sha256",
         "evaluation",
+        "chosen_by",
+        "self_check",
     ] {
         assert!(report.get(key).is_some(), "report.json lacks {key}");
     }
-    // The default artifacts have FP16 float parts: evaluated as written, the FP32 reference optimized.
-    assert_eq!(report["evaluation"]["int8"], "onnxruntime, graph optimization disabled");
+    // The run measured what it wrote on calibration images it held back, and chose by that measurement.
+    let check = &report["self_check"];
+    assert_eq!(check["status"], "measured", "{check}");
+    assert!(check["samples"].as_str().unwrap().starts_with("20 calibration samples held back"), "{check}");
+    assert!(check["fidelity"]["cosine_mean"].as_f64().unwrap() > 0.99, "{check}");
+    assert_eq!(report["chosen_by"], "measurement");
+    let ranges = read_json(&ok.join("ranges.json"));
+    assert_eq!(ranges["self_check"], *check);
+    let search = &ranges["search"];
+    let chosen = &search["trials"][search["chosen"].as_u64().unwrap() as usize];
+    assert_eq!(chosen["method"], report["method"], "{search}");
+    assert_eq!(chosen["float_type"], report["float_type"], "{search}");
+    assert_eq!(chosen["fidelity"], check["fidelity"]);
+    // An INT8 model with FP16 float parts is evaluated as written, the FP32 reference optimized.
+    let int8 = if report["float_type"] == "fp16" { "disabled" } else { "all" };
+    assert_eq!(report["evaluation"]["int8"], format!("onnxruntime, graph optimization {int8}"));
     assert_eq!(report["evaluation"]["fp16"], "onnxruntime, graph optimization disabled");
     assert_eq!(report["evaluation"]["fp32"], "onnxruntime, graph optimization all");
     let c = &report["comparison"];
