@@ -90,7 +90,7 @@ pub fn run(
     let scheme = Scheme {
         precision: search.precision.clone(),
         precision_origin: precision_path.display().to_string(),
-        ..inputs.scheme.clone()
+        ..search.scheme.clone()
     };
     let analysis = quantizer.artifacts(&scheme)?;
     analysis.write(out)?;

@@ -226,7 +226,8 @@ pub struct SensitivityEvaluation {
 
 struct Evaluator<'a> {
     quantizer: &'a Quantizer,
-    scheme: &'a Scheme,
+    /// The inputs' scheme with its `auto` choices made (measured on the evaluation images).
+    scheme: Scheme,
     probe: Probe,
     classifier: &'a Classifier,
     devices: &'a [runtime::Device],
@@ -254,8 +255,14 @@ impl<'a> Evaluator<'a> {
             return Err(EvaluateError::NoImages { path: dataset.root.clone() });
         }
         let classifier = &inputs.classifier;
-        let ev = Evaluator { quantizer, scheme: &inputs.scheme, probe, classifier, devices };
+        let mut ev = Evaluator { quantizer, scheme: inputs.scheme.clone(), probe, classifier, devices };
         ev.check_finite(ev.probe.reference(), true)?;
+        // The `auto` choices, made on the images every node is measured on: a ranking under another method
+        // or float type than the artifacts get would rank the wrong model.
+        if inputs.scheme.auto.any() {
+            let auto = inputs.scheme.auto;
+            ev.scheme = quantizer::search::search(quantizer, &inputs.scheme, auto, &ev.probe, &mut |_, _| {})?.0;
+        }
         for (batch, rows) in ev.probe.batches().iter().zip(ev.probe.reference()) {
             let width = rows.len() / batch.items.len().max(1);
             for item in &batch.items {
@@ -392,7 +399,7 @@ fn method_choices(
     method: Method,
     base: &Effect,
 ) -> Result<Vec<MethodChoice>, EvaluateError> {
-    let (model, scheme) = (ev.quantizer.model(), ev.scheme);
+    let (model, scheme) = (ev.quantizer.model(), &ev.scheme);
     let graph = &model.proto.graph;
     let amax = ev.quantizer.amax(scheme);
     let scale_type = ev.quantizer.float_type(&scheme.placement);
@@ -474,7 +481,7 @@ fn measure_nodes(
     progress: &mut dyn FnMut(usize, usize),
     start: std::time::Instant,
 ) -> Result<SensitivityReport, EvaluateError> {
-    let (model, hist, scheme) = (ev.quantizer.model(), &inputs.hist, &inputs.scheme);
+    let (model, hist, scheme) = (ev.quantizer.model(), &inputs.hist, &ev.scheme);
     let method = scheme.method;
     let amax = ev.quantizer.amax(scheme);
     let decisions = decide(&model.proto.graph, &scheme.precision, &scheme.placement, "precision")
@@ -570,6 +577,9 @@ pub struct AutoPrecision {
     pub int8_flop_share: f64,
     /// The measurement the search ranked by.
     pub sensitivity: SensitivityReport,
+    /// The scheme searched under (the `auto` choices made): the artifacts are built with it.
+    #[serde(skip)]
+    pub scheme: Scheme,
 }
 
 /// Greedy search for a small deny list meeting `budget` on the inputs' images: nodes are denied in order of
@@ -598,8 +608,8 @@ pub fn auto_precision_with(
     let ev = Evaluator::new(quantizer, inputs)?;
     let images = ev.probe.batches().iter().map(|b| b.items.len() as u64).sum();
     let report = measure_nodes(&ev, inputs, false, progress, start)?;
-    let base = &inputs.scheme.precision;
-    let amax = quantizer.amax(&inputs.scheme);
+    let base = &ev.scheme.precision;
+    let amax = quantizer.amax(&ev.scheme);
 
     let mut order: Vec<&NodeSensitivity> = report.nodes.iter().collect();
     let damage_per_flop = |n: &NodeSensitivity| budget.damage(&n.alone_int8) / n.flop_share.max(1e-9);
@@ -611,7 +621,7 @@ pub fn auto_precision_with(
         if let Some(n) = next {
             denied.push(n.node.clone());
             precision.deny.nodes.push(n.node.clone());
-            let decisions = decide(&model.proto.graph, &precision, &inputs.scheme.placement, "autoprecision")
+            let decisions = decide(&model.proto.graph, &precision, &ev.scheme.placement, "autoprecision")
                 .map_err(quantizer::QuantizeError::from)?;
             effect = ev.variant(&decisions, &amax)?;
         }
@@ -621,7 +631,8 @@ pub fn auto_precision_with(
     }
     let met = budget.met(&effect, images);
     let int8_flop_share = report.nodes.iter().filter(|n| !denied.contains(&n.node)).map(|n| n.flop_share).sum::<f64>();
-    Ok(AutoPrecision { precision, denied, search: effect, met, int8_flop_share, sensitivity: report })
+    let scheme = ev.scheme.clone();
+    Ok(AutoPrecision { precision, denied, search: effect, met, int8_flop_share, sensitivity: report, scheme })
 }
 
 /// One row of `sensitivity.csv`.
