@@ -345,18 +345,32 @@ impl Probe {
     /// How close `outputs` (of the first `outputs.len()` batches) are to the float model's; agreement is on
     /// the raw outputs' argmax.
     pub fn fidelity(&self, outputs: &[Vec<f32>]) -> Result<Fidelity, Unmeasured> {
-        let mut acc = OutputFidelity::default();
+        self.sums(outputs).finish()
+    }
+
+    /// The fidelity sums of `outputs`, keeping every sample's share.
+    fn sums(&self, outputs: &[Vec<f32>]) -> OutputFidelity {
+        let mut acc = OutputFidelity::keeping();
         for ((batch, a), b) in self.batches.iter().zip(&self.fp32).zip(outputs) {
             let width = (a.len() / batch.len().max(1)).max(1);
             for (ra, rb) in a.chunks(width).zip(b.chunks(width)) {
                 acc.add(ra, rb, argmax(ra), argmax(rb));
             }
         }
-        acc.finish()
+        acc
     }
 
     /// Runs `proto` on the first `batches` batches (all: `usize::MAX`) on the CPU and measures it.
     pub fn measure(&self, proto: &graph::proto::ModelProto, batches: usize) -> Result<Fidelity, QuantizeError> {
+        Ok(self.measure_per_sample(proto, batches)?.0)
+    }
+
+    /// [`Probe::measure`], with every sample's share of the sums (for how certain a comparison is).
+    pub fn measure_per_sample(
+        &self,
+        proto: &graph::proto::ModelProto,
+        batches: usize,
+    ) -> Result<(Fidelity, Vec<ImageFidelity>), QuantizeError> {
         let outputs = self.outputs_on(proto, runtime::Device::Cpu, batches)?;
         if outputs.iter().zip(&self.fp32).any(|(b, a)| a.len() != b.len()) {
             return Err(QuantizeError::Model {
@@ -364,7 +378,9 @@ impl Probe {
                 message: "the INT8 model's output differs in size from the float model's".into(),
             });
         }
-        self.fidelity(&outputs).map_err(|source| QuantizeError::Measure { path: self.source.clone(), source })
+        let sums = self.sums(&outputs);
+        let fidelity = sums.finish().map_err(|source| QuantizeError::Measure { path: self.source.clone(), source })?;
+        Ok((fidelity, sums.parts().images))
     }
 
     /// How the probe's sessions run a candidate (for reports).

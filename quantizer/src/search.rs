@@ -1,7 +1,9 @@
 //! Choices by measurement: the `auto` scale method, attention precision and float type. From one
 //! calibration, candidate INT8 models are built in memory and measured on the held-back samples against the
 //! float model's outputs (computed once, [`Probe`]); the best output fidelity wins, and among candidates
-//! within [`TOLERANCE_DB`] of it the one with more INT8 and FP16 (more of TensorRT's fast kernels).
+//! that measure no worse than it beyond the measurement's own uncertainty ([`TOLERANCE_DB`], or one standard
+//! error of the paired difference, whichever is larger) the one with more INT8 and FP16 (more of TensorRT's
+//! fast kernels): Breiman's one-standard-error rule, with the simpler model read as the faster one.
 //!
 //! The axes are searched together, not one at a time (on the ViT-S/14, MSE scales and float attention each
 //! gain little alone and 10.8 dB together), coarse to fine: every scale method with every attention
@@ -14,11 +16,12 @@ use analyze::scales::Method;
 use placement::{AttentionPrecision, FloatType, Target};
 use serde::Serialize;
 
-use crate::measure::{Fidelity, Probe, Unmeasured};
+use crate::measure::{Fidelity, ImageFidelity, Probe, Unmeasured};
 use crate::{QuantizeError, Quantizer, Scheme};
 
-/// Candidates whose output SQNR is within this many dB of the best are counted equal, and the one with more
-/// INT8 (then FP16) wins among them: differences this small do not survive another set of photos.
+/// Candidates whose output SQNR is within this many dB of the best (or within one standard error of the
+/// difference, when that is larger) are counted equal, and the one with more INT8 (then FP16) wins among
+/// them: differences this small do not survive another set of photos.
 pub const TOLERANCE_DB: f64 = 0.25;
 
 /// Coarse-stage candidates that go on to the fine stage.
@@ -61,6 +64,10 @@ pub struct Trial {
     /// Why there is no measurement.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
+    /// Fine stage: the standard error, in dB, of this candidate's SQNR gap to the best one (jackknife over
+    /// the samples, both measured on the same ones); 0 for the best.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gap_standard_error_db: Option<f64>,
 }
 
 /// What the search tried and why the winner won (ranges.json `search`).
@@ -122,9 +129,11 @@ struct Searcher<'a> {
     base: &'a Scheme,
     probe: &'a Probe,
     /// Measured models by their bytes' hash and the batches measured: one measurement per distinct model.
-    seen: HashMap<(u64, usize), Result<Fidelity, String>>,
+    seen: HashMap<(u64, usize), Result<(Fidelity, Vec<ImageFidelity>), String>>,
     trials: Vec<Trial>,
     candidates: Vec<Candidate>,
+    /// Per trial, every sample's share of its sums (empty when it failed).
+    per_sample: Vec<Vec<ImageFidelity>>,
 }
 
 impl Searcher<'_> {
@@ -139,7 +148,7 @@ impl Searcher<'_> {
         let result = match self.seen.get(&key) {
             Some(r) => r.clone(),
             None => {
-                let r = match self.probe.measure(&proto, batches) {
+                let r = match self.probe.measure_per_sample(&proto, batches) {
                     Ok(f) => Ok(f),
                     Err(QuantizeError::Measure { source: u @ Unmeasured::NonFinite { .. }, .. }) => Err(u.to_string()),
                     Err(e) => return Err(e),
@@ -149,10 +158,10 @@ impl Searcher<'_> {
             }
         };
         tracing::info!(target: "int8kit::search", method = %c.method.name(), attention = c.attention_name(),
-            float_type = c.float_type.name(), stage, sqnr_db = result.as_ref().map(|f| f.sqnr_db).unwrap_or(f64::NAN));
-        let (fidelity, failed) = match result {
-            Ok(f) => (Some(f), None),
-            Err(e) => (None, Some(e)),
+            float_type = c.float_type.name(), stage, sqnr_db = result.as_ref().map(|f| f.0.sqnr_db).unwrap_or(f64::NAN));
+        let (fidelity, failed, samples) = match result {
+            Ok((f, samples)) => (Some(f), None, samples),
+            Err(e) => (None, Some(e), Vec::new()),
         };
         self.trials.push(Trial {
             method: c.method.name(),
@@ -161,7 +170,9 @@ impl Searcher<'_> {
             stage,
             fidelity,
             failed,
+            gap_standard_error_db: None,
         });
+        self.per_sample.push(samples);
         self.candidates.push(c);
         Ok(self.trials.len() - 1)
     }
@@ -169,6 +180,25 @@ impl Searcher<'_> {
     fn sqnr(&self, trial: usize) -> f64 {
         self.trials[trial].fidelity.as_ref().map_or(f64::NEG_INFINITY, |f| f.sqnr_db)
     }
+}
+
+/// The jackknife standard error, in dB, of the SQNR difference between two models measured on the same
+/// samples: the signal is the same, so the difference is 10 log10 of the ratio of their noise sums, recomputed
+/// with each sample left out in turn.
+fn gap_standard_error(best: &[ImageFidelity], other: &[ImageFidelity]) -> f64 {
+    let n = best.len().min(other.len());
+    if n < 2 {
+        return 0.0;
+    }
+    let (nb, no) = (best.iter().map(|i| i.noise).sum::<f64>(), other.iter().map(|i| i.noise).sum::<f64>());
+    let left_out: Vec<f64> = best
+        .iter()
+        .zip(other)
+        .map(|(b, o)| 10.0 * ((no - o.noise).max(f64::MIN_POSITIVE) / (nb - b.noise).max(f64::MIN_POSITIVE)).log10())
+        .collect();
+    let mean = left_out.iter().sum::<f64>() / n as f64;
+    let spread = left_out.iter().map(|d| (d - mean).powi(2)).sum::<f64>();
+    ((n as f64 - 1.0) / n as f64 * spread).sqrt()
 }
 
 fn siphash(bytes: &[u8]) -> u64 {
@@ -222,8 +252,15 @@ pub fn search(
     let coarse = pairs.len() > FINE_CANDIDATES && coarse_batches < all;
     let finalists = if coarse { FINE_CANDIDATES } else { pairs.len() };
     let total = if coarse { pairs.len() } else { 0 } + finalists * floats.len();
-    let mut s =
-        Searcher { quantizer, base: scheme, probe, seen: HashMap::new(), trials: Vec::new(), candidates: Vec::new() };
+    let mut s = Searcher {
+        quantizer,
+        base: scheme,
+        probe,
+        seen: HashMap::new(),
+        trials: Vec::new(),
+        candidates: Vec::new(),
+        per_sample: Vec::new(),
+    };
     let mut done = 0u64;
     let mut tick = |done: &mut u64| {
         *done += 1;
@@ -264,7 +301,18 @@ pub fn search(
             ),
         });
     }
-    let near: Vec<usize> = fine.iter().copied().filter(|&t| s.sqnr(t) >= best - TOLERANCE_DB).collect();
+    let leader = *fine.iter().find(|&&t| s.sqnr(t) == best).expect("the best is a fine trial");
+    let mut near = Vec::new();
+    for &t in &fine {
+        if s.trials[t].fidelity.is_none() {
+            continue;
+        }
+        let se = gap_standard_error(&s.per_sample[leader], &s.per_sample[t]);
+        s.trials[t].gap_standard_error_db = Some(se);
+        if s.sqnr(t) >= best - TOLERANCE_DB.max(se) {
+            near.push(t);
+        }
+    }
     let chosen = *near
         .iter()
         .min_by(|&&a, &&b| {
@@ -273,11 +321,14 @@ pub fn search(
         .expect("the best trial is near itself");
     let winner = s.candidates[chosen];
     let reason = if near.len() == 1 {
-        format!("the best output SQNR ({best:.2} dB); every other candidate was more than {TOLERANCE_DB} dB below it")
+        format!(
+            "the best output SQNR ({best:.2} dB); every other candidate was below it by more than {TOLERANCE_DB} dB \
+             and one standard error"
+        )
     } else {
         format!(
-            "{:.2} dB, within {TOLERANCE_DB} dB of the best ({best:.2} dB) with {} candidates, of which it keeps the most \
-             INT8 (attention {}) and float type {}",
+            "{:.2} dB, within {TOLERANCE_DB} dB or one standard error of the best ({best:.2} dB) with {} candidates, of \
+             which it keeps the most INT8 (attention {}) and float type {}",
             s.sqnr(chosen),
             near.len(),
             winner.attention_name(),
@@ -297,4 +348,27 @@ pub fn search(
         seconds: start.elapsed().as_secs_f64(),
     };
     Ok((winner.scheme(scheme), record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples(noise: &[f64]) -> Vec<ImageFidelity> {
+        noise.iter().map(|&noise| ImageFidelity { agree: true, cosine: 1.0, signal: 1.0, noise }).collect()
+    }
+
+    #[test]
+    fn the_gap_is_certain_when_every_sample_agrees_and_uncertain_when_one_sample_makes_it() {
+        let best = samples(&[1.0, 2.0, 1.5, 1.0]);
+        // Twice the noise on every sample: every leave-one-out gap is 3.01 dB, no spread.
+        let double = samples(&[2.0, 4.0, 3.0, 2.0]);
+        assert!(gap_standard_error(&best, &double) < 1e-9);
+        assert_eq!(gap_standard_error(&best, &best), 0.0);
+        // The same total gap made by one sample: leaving it out closes the gap, a large standard error.
+        let one = samples(&[1.0, 2.0, 1.5, 6.5]);
+        let se = gap_standard_error(&best, &one);
+        assert!(se > 1.0, "{se}");
+        assert_eq!(gap_standard_error(&best[..1], &one[..1]), 0.0, "one sample has no spread to measure");
+    }
 }

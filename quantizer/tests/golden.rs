@@ -107,6 +107,7 @@ fn ranges_json_matches_the_golden_file() {
                         sqnr_db: 20.5,
                     }),
                     failed: None,
+                    gap_standard_error_db: Some(0.0),
                 },
                 quantizer::search::Trial {
                     method: "max".into(),
@@ -115,6 +116,7 @@ fn ranges_json_matches_the_golden_file() {
                     stage: "fine",
                     fidelity: None,
                     failed: Some("not finite".into()),
+                    gap_standard_error_db: None,
                 },
             ],
             chosen: 0,
