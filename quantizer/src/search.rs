@@ -124,12 +124,15 @@ impl Candidate {
     }
 }
 
+/// One candidate's measurement with every sample's share, or why its outputs could not be measured.
+type Measured = Result<(Fidelity, Vec<ImageFidelity>), String>;
+
 struct Searcher<'a> {
     quantizer: &'a Quantizer,
     base: &'a Scheme,
     probe: &'a Probe,
     /// Measured models by their bytes' hash and the batches measured: one measurement per distinct model.
-    seen: HashMap<(u64, usize), Result<(Fidelity, Vec<ImageFidelity>), String>>,
+    seen: HashMap<(u64, usize), Measured>,
     trials: Vec<Trial>,
     candidates: Vec<Candidate>,
     /// Per trial, every sample's share of its sums (empty when it failed).
@@ -320,15 +323,21 @@ pub fn search(
         })
         .expect("the best trial is near itself");
     let winner = s.candidates[chosen];
+    let margin = format!("by no more than {TOLERANCE_DB} dB or one standard error");
     let reason = if near.len() == 1 {
+        format!("the best output SQNR ({best:.2} dB); every other candidate was below it by more than {TOLERANCE_DB} dB and one standard error")
+    } else if chosen == leader {
         format!(
-            "the best output SQNR ({best:.2} dB); every other candidate was below it by more than {TOLERANCE_DB} dB \
-             and one standard error"
+            "the best output SQNR ({best:.2} dB); of the {} candidates below it {margin}, it also keeps the most INT8 \
+             (attention {}) and float type {}",
+            near.len(),
+            winner.attention_name(),
+            winner.float_type.name()
         )
     } else {
         format!(
-            "{:.2} dB, within {TOLERANCE_DB} dB or one standard error of the best ({best:.2} dB) with {} candidates, of \
-             which it keeps the most INT8 (attention {}) and float type {}",
+            "{:.2} dB, below the best ({best:.2} dB) {margin}; of the {} such candidates it keeps the most INT8 \
+             (attention {}) and float type {}",
             s.sqnr(chosen),
             near.len(),
             winner.attention_name(),
