@@ -10,6 +10,7 @@ pub mod cache;
 pub mod float_type;
 pub mod flops;
 pub mod measure;
+pub mod opset;
 mod pipeline;
 pub mod qdq;
 pub mod search;
@@ -219,6 +220,12 @@ impl Quantizer {
             Some(record) => Some(smoothquant::smooth(&mut model, &record.channel_max, record.alpha)?),
             None => None,
         };
+        // Calibration ran the model as exported; the INT8 model needs opset 13 (per-channel Q/DQ).
+        if opset::upgrade_to_opset_13(&mut model.proto)
+            .map_err(|message| QuantizeError::Model { path: model.path.clone(), message })?
+        {
+            tracing::info!(target: "int8kit::quantize", model = %model.path.display(), "moved to opset 13");
+        }
         let max_abs = hist.tensors.iter().map(|t| (t.name.clone(), t.stats.amax())).collect();
         Ok(Quantizer { model, hist, smoothing, max_abs, flops: OnceLock::new() })
     }

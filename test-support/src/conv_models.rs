@@ -49,7 +49,8 @@ fn halves(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
     tensor(name, DataType::FLOAT16, dims, raw)
 }
 
-fn node(op: &str, inputs: &[&str], output: &str, attributes: Vec<AttributeProto>) -> NodeProto {
+/// A node named `<op>_<output>` with one output.
+pub fn node(op: &str, inputs: &[&str], output: &str, attributes: Vec<AttributeProto>) -> NodeProto {
     let mut n = NodeProto::new();
     n.op_type = op.into();
     n.name = format!("{op}_{output}");
@@ -59,7 +60,8 @@ fn node(op: &str, inputs: &[&str], output: &str, attributes: Vec<AttributeProto>
     n
 }
 
-fn ints(name: &str, values: &[i64]) -> AttributeProto {
+/// An ints attribute.
+pub fn ints(name: &str, values: &[i64]) -> AttributeProto {
     let mut a = AttributeProto::new();
     a.name = name.into();
     a.type_ = AttributeType::INTS.into();
