@@ -99,7 +99,7 @@ pub fn run(quiet: bool, methods: &[Method]) -> anyhow::Result<()> {
     println!(
         "\nFP16 = model.fp16.onnx, INT8 = model.qdq.onnx (Q/DQ for TensorRT, FP16 float parts), both in ONNX Runtime's \
          CPU provider, which runs FP16 through casts (slower than FP32 here; only TensorRT or CUDA speeds mean \
-         anything for FP16); calibration time = calibrate + analyze."
+         anything for FP16); calibration time = the calibration pass."
     );
     println!("Reports (report.html, report.json, junit.xml, ...) and artifacts: {}/<model>/<method>/", out.display());
     if !failed.is_empty() {

@@ -139,6 +139,17 @@ fn print_measured(r: &quantizer::Ranges) {
         None if r.chosen_by != "defaults" => eprintln!("note: not measured: {}", r.self_check.samples),
         None => {}
     }
+    // A choice fixed by a flag is not compared with the others: say so, so a poor one is not silent.
+    if r.self_check.fidelity.is_some() {
+        let searched = r.search.as_ref().map(|s| s.axes.clone()).unwrap_or_default();
+        if !searched.contains(&"method") {
+            eprintln!(
+                "note: the scale method was fixed ({}); without --method, int8kit measures entropy, mse, \
+                 percentile and max on these samples and keeps the best",
+                r.method
+            );
+        }
+    }
 }
 
 /// Runs `int8kit analyze`.
