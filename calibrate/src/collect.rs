@@ -50,7 +50,7 @@ pub enum HoldOut {
     /// A tenth of the calibration set, 2 to 64 samples; none below 20 samples (too few to spare).
     #[default]
     Auto,
-    /// Exactly this many (0: none), at most all samples but one.
+    /// Exactly this many (0: none); [`Dataset::hold_out`] leaves at least one sample to calibrate on.
     Count(usize),
 }
 
@@ -65,7 +65,7 @@ impl HoldOut {
         match self {
             HoldOut::Auto if samples < HoldOut::AUTO_FROM => 0,
             HoldOut::Auto => (samples / 10).clamp(2, HoldOut::AUTO_MAX),
-            HoldOut::Count(n) => n.min(samples.saturating_sub(1)),
+            HoldOut::Count(n) => n,
         }
     }
 }

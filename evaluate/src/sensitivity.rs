@@ -255,8 +255,8 @@ impl<'a> Evaluator<'a> {
             return Err(EvaluateError::NoImages { path: dataset.root.clone() });
         }
         let classifier = &inputs.classifier;
+        // The probe refused a float model whose outputs are not finite.
         let mut ev = Evaluator { quantizer, scheme: inputs.scheme.clone(), probe, classifier, devices };
-        ev.check_finite(ev.probe.reference(), true)?;
         // The `auto` choices, made on the images every node is measured on: a ranking under another method
         // or float type than the artifacts get would rank the wrong model.
         if inputs.scheme.auto.any() {
@@ -272,28 +272,18 @@ impl<'a> Evaluator<'a> {
         Ok(ev)
     }
 
-    /// NaN/Inf outputs (of FP32, or of an INT8 variant) fail the run instead of scoring as a divergence.
-    fn check_finite(&self, outputs: &[Vec<f32>], fp32: bool) -> Result<(), EvaluateError> {
-        let (mut values, mut images) = (0u64, 0u64);
-        for (batch, rows) in self.probe.batches().iter().zip(outputs) {
-            let width = (rows.len() / batch.items.len().max(1)).max(1);
-            for row in rows.chunks(width) {
-                let bad = row.iter().filter(|v| !v.is_finite()).count() as u64;
-                values += bad;
-                images += (bad > 0) as u64;
-            }
-        }
-        if values == 0 {
+    /// NaN/Inf outputs of an INT8 variant fail the run instead of scoring as a divergence (the probe refuses a
+    /// float model whose outputs are not finite).
+    fn check_finite(&self, outputs: &[Vec<f32>]) -> Result<(), EvaluateError> {
+        let (int8_values, int8_images) = self.probe.non_finite(outputs);
+        if int8_values == 0 {
             return Ok(());
         }
-        let total = self.probe.batches().iter().map(|b| b.items.len() as u64).sum();
-        let (fp32_values, fp32_images, int8_values, int8_images) =
-            if fp32 { (values, images, 0, 0) } else { (0, 0, values, images) };
         Err(EvaluateError::NonFinite {
             path: self.quantizer.model().path.clone(),
-            images: total,
-            fp32_values,
-            fp32_images,
+            images: self.probe.samples() as u64,
+            fp32_values: 0,
+            fp32_images: 0,
             int8_values,
             int8_images,
         })
@@ -383,7 +373,7 @@ impl<'a> Evaluator<'a> {
     /// The effect of a built INT8 variant on one device.
     fn measure(&self, proto: &graph::proto::ModelProto, device: runtime::Device) -> Result<Effect, EvaluateError> {
         let outputs = self.outputs_on(proto, device)?;
-        self.check_finite(&outputs, false)?;
+        self.check_finite(&outputs)?;
         self.effect(&outputs)
     }
 }

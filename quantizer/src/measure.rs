@@ -274,23 +274,16 @@ impl Probe {
         };
         probe.fp32 = probe.outputs_on(&reference.proto, options.device, probe.batches.len())?;
         // A reference that is not finite measures nothing: say so here, not as every candidate failing.
-        let (mut values, mut samples) = (0usize, 0usize);
-        for (batch, out) in probe.batches.iter().zip(&probe.fp32) {
-            let width = (out.len() / batch.len().max(1)).max(1);
-            for row in out.chunks(width) {
-                let bad = row.iter().filter(|v| !v.is_finite()).count();
-                values += bad;
-                samples += (bad > 0) as usize;
-            }
-        }
+        let (values, samples) = probe.non_finite(&probe.fp32);
         if values > 0 {
             return Err(QuantizeError::Model {
                 path: reference.path.clone(),
                 message: format!(
-                    "the float model's outputs are not finite numbers on {samples} of the {} held-back calibration \
-                     samples ({values} NaN/Inf values), so no INT8 model can be measured against them; check the \
-                     model and its inputs",
-                    probe.samples()
+                    "the float model's outputs are not finite numbers on {samples} of the {} samples from {} \
+                     ({values} NaN/Inf values), so no INT8 model can be measured against them; check the model \
+                     and its inputs",
+                    probe.samples(),
+                    probe.source.display()
                 ),
             });
         }
@@ -300,6 +293,20 @@ impl Probe {
     /// Samples measured on.
     pub fn samples(&self) -> usize {
         self.batches.iter().map(Batch::len).sum()
+    }
+
+    /// NaN/Inf values in `outputs` (of the first `outputs.len()` batches) and the samples that have any.
+    pub fn non_finite(&self, outputs: &[Vec<f32>]) -> (u64, u64) {
+        let (mut values, mut samples) = (0u64, 0u64);
+        for (batch, rows) in self.batches.iter().zip(outputs) {
+            let width = (rows.len() / batch.len().max(1)).max(1);
+            for row in rows.chunks(width) {
+                let bad = row.iter().filter(|v| !v.is_finite()).count() as u64;
+                values += bad;
+                samples += (bad > 0) as u64;
+            }
+        }
+        (values, samples)
     }
 
     /// The decoded batches.

@@ -1,6 +1,6 @@
 //! The `auto` search on models built in the tests, where the right scale method is known from how the model
 //! uses its quantized tensor: a Conv whose output needs the rare large inputs (entropy calibration clips them
-//! away) and the same Conv behind a Clip that saturates them anyway (max calibration wastes the bulk's
+//! away) and the same Conv with zero weights on the channel that holds them (max calibration wastes the bulk's
 //! resolution on them).
 
 use analyze::scales::Method;
@@ -11,8 +11,12 @@ use quantizer::search::{search, AutoChoices, SearchRecord, TOLERANCE_DB};
 use quantizer::{Quantizer, Scheme};
 use test_support::conv_models::{outlier_conv, write_outlier_samples};
 
-/// Calibrates `model` on 80 outlier samples (16 held back) and runs the method search on the held-back ones.
-fn searched(model: &std::path::Path, samples: &std::path::Path) -> (Method, SearchRecord) {
+/// Builds [`outlier_conv`], calibrates it on 80 outlier samples (16 held back) and runs the method search on
+/// the held-back ones: the method chosen, the record, and its trials as text for failure messages.
+fn searched(reads_outliers: bool) -> (Method, SearchRecord, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = &write_outlier_samples(&dir.path().join("samples"), 0, 80);
+    let model = &outlier_conv(dir.path(), reads_outliers);
     let feed = Feed::for_folder(samples, None).unwrap();
     let options = CalibrateOptions { hold_out: HoldOut::Count(16), ..Default::default() };
     let (hist, summary) = calibrate(model, samples, &feed, &options, &mut |_, _| {}).unwrap();
@@ -28,7 +32,8 @@ fn searched(model: &std::path::Path, samples: &std::path::Path) -> (Method, Sear
     let probe = Probe::new(quantizer.model(), &held, &feed, probe_options).unwrap();
     let auto = AutoChoices { method: true, ..Default::default() };
     let (scheme, record) = search(&quantizer, &Scheme::default(), auto, &probe, &mut |_, _| {}).unwrap();
-    (scheme.method, record)
+    let table = table(&record);
+    (scheme.method, record, table)
 }
 
 /// The SQNR of `method` in the coarse stage, where every method is measured on the same samples.
@@ -47,10 +52,7 @@ fn table(record: &SearchRecord) -> String {
 
 #[test]
 fn auto_keeps_the_tail_a_linear_output_needs_where_entropy_clips_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let samples = write_outlier_samples(&dir.path().join("samples"), 0, 80);
-    let (method, record) = searched(&outlier_conv(dir.path(), true), &samples);
-    let t = table(&record);
+    let (method, record, t) = searched(true);
     assert_ne!(method, Method::Entropy, "{t}");
     assert!(coarse(&record, method) > coarse(&record, Method::Entropy) + 3.0, "entropy should lose clearly:\n{t}");
     assert_eq!(record.axes, ["method"]);
@@ -59,10 +61,7 @@ fn auto_keeps_the_tail_a_linear_output_needs_where_entropy_clips_it() {
 
 #[test]
 fn auto_keeps_entropy_where_the_output_ignores_the_tail() {
-    let dir = tempfile::tempdir().unwrap();
-    let samples = write_outlier_samples(&dir.path().join("samples"), 0, 80);
-    let (method, record) = searched(&outlier_conv(dir.path(), false), &samples);
-    let t = table(&record);
+    let (method, record, t) = searched(false);
     assert_eq!(method, Method::Entropy, "{t}");
     let fine = |t: &&quantizer::search::Trial| t.stage == "fine";
     let best = record
