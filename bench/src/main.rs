@@ -77,6 +77,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Bench { which, suite } => match which {
             Some(measure::Which::Large) => large::run(),
+            Some(measure::Which::Zoo(args)) => suite::zoo(&args),
             Some(which) => measure::run(which),
             None => suite::run(&suite),
         },

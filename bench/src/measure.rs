@@ -28,6 +28,10 @@ pub enum Which {
     /// Random-weight ViT-L/14 (1.2 GB) and ViT-H/14 (2.5 GB, external data) through calibrate, analyze and
     /// validate: time and peak RSS against the model's size.
     Large,
+    /// The real-model zoo (bench/zoo/zoo.toml): per model, every explicit combination of int8kit's options,
+    /// its default (auto), ONNX Runtime's quantize_static and ModelOpt on crops of photos calibration never
+    /// saw; writes zoo.json and the zoo table of BENCHMARKS.md.
+    Zoo(crate::suite::ZooArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -109,7 +113,7 @@ fn dump_raw(args: &ChildArgs, recipe: &Recipe, path: &Path) -> anyhow::Result<()
 }
 
 /// One measured process: wall time, peak RSS of its whole process tree, and how it ended.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Run {
     pub wall_s: f64,
     pub peak_rss_mb: f64,
@@ -254,7 +258,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Calibrate { model, repeat } => bench_calibrate(&model, repeat.max(1)),
         Which::Analyze(args) => bench_analyze(&args),
         // Dispatched by main, beside the suite it shares its helpers with.
-        Which::Large => bail!("internal: `bench large` is dispatched by main"),
+        Which::Large | Which::Zoo(_) => bail!("internal: `bench large` and `bench zoo` are dispatched by main"),
     }
 }
 

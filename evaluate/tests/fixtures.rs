@@ -143,8 +143,10 @@ fn a_node_planted_with_a_wrong_scale_is_ranked_most_sensitive() {
         report.nodes[0].alone_float,
         report.int8
     );
+    // Shares of all GEMM/Conv FLOPs: the ranked (INT8) nodes carry all but the 10-class head's sliver (N = 10,
+    // float by default for TensorRT, too narrow for its INT8 kernels).
     let flops: f64 = report.nodes.iter().map(|n| n.flop_share).sum();
-    assert!((flops - 1.0).abs() < 1e-6, "FLOP shares sum to {flops}");
+    assert!(flops <= 1.0 + 1e-9 && flops > 0.999, "FLOP shares sum to {flops}");
 }
 
 /// The FP16 rewrite alone (no Q/DQ) keeps every fixture's outputs within FP16 rounding of FP32 on 200

@@ -72,6 +72,7 @@ pub fn lint_proto(proto: &graph::proto::ModelProto, data: &Model) -> Result<Vec<
     let model = data;
     let graph = &proto.graph;
     let index = GraphIndex::new(graph);
+    let input_independent = crate::rules::input_independent(graph);
     let mut out = Vec::new();
     let mut push = |severity, rule, node: &NodeProto, message: String, source| {
         out.push(Finding { severity, rule, node: node.name.clone(), message, source });
@@ -243,7 +244,7 @@ pub fn lint_proto(proto: &graph::proto::ModelProto, data: &Model) -> Result<Vec<
         // [TRT-QDQ] an Add after a quantized weighted op fuses into it only when its other input is quantized.
         if has_qdq && op == "Add" && node.input.len() == 2 {
             let from_int8_gemm = |i: usize| int8_gemm_behind(graph, &index, &dq_outputs, &node.input[i]);
-            let constant = |i: usize| index.constant(graph, &node.input[i]).is_some();
+            let constant = |i: usize| input_independent.contains(&node.input[i]);
             if !constant(0) && !constant(1) {
                 let (a, b) = (from_int8_gemm(0), from_int8_gemm(1));
                 if (a.is_some() || b.is_some()) && !reads_dq(0) && !reads_dq(1) {

@@ -3,11 +3,11 @@
 use std::path::Path;
 
 use globset::{Glob, GlobMatcher};
-use graph::proto::GraphProto;
+use graph::proto::{GraphProto, NodeProto};
 use graph::GraphIndex;
 use serde::{Deserialize, Serialize};
 
-use crate::{PlacementError, PlacementOptions};
+use crate::{PlacementError, PlacementOptions, Target};
 
 /// Ops quantized by default: their activation inputs and weights get Q/DQ.
 pub const GEMM_OPS: &[&str] = &["Conv", "ConvTranspose", "MatMul", "Gemm"];
@@ -151,6 +151,8 @@ pub fn decide(
             } else if op == "MatMul" && constant_inputs == 0 {
                 let target = options.target.name();
                 (true, format!("{attention_from} (target {target}): attention MatMul, both activation inputs in INT8"))
+            } else if let Some(why) = tensorrt_kernel_misfit(node, graph, &index, options.target) {
+                (false, format!("default (target tensorrt): {why}"))
             } else {
                 (true, format!("default: {op} inputs and weights in INT8"))
             }
@@ -161,6 +163,64 @@ pub fn decide(
     }
     check_entries_match(graph, file, origin, &deny_nodes, &allow_nodes)?;
     Ok(out)
+}
+
+/// The smallest GEMM dimension and channel count TensorRT's INT8 Tensor Core kernels take well: a smaller
+/// layer gets Q/DQ overhead and no INT8 kernel (ModelOpt 0.47 leaves such layers out of INT8 for the same
+/// reason, `_MIN_MATMUL_DIM` and the small-channel Conv check in its graph_utils). Such a layer is typically a
+/// classifier head or a stem, where INT8 also costs the most output fidelity (on the zoo's OriNet, the 4-class
+/// head in INT8 cost 10 dB of output SQNR).
+pub const TENSORRT_MIN_CHANNELS: i64 = 16;
+
+/// Why TensorRT has no good INT8 kernel for this GEMM-like node with a constant weight, if so (target
+/// TensorRT only): a MatMul/Gemm with K or N below 16; a Conv with fewer than 16 input (per group) or output
+/// channels, unless it is a plain Conv with a square kernel and a channel count that is a multiple of 8 that
+/// reads the graph input or has 16 channels on its other side, or a grouped Conv with a multiple of 8 output
+/// channels and kernels of at least 3.
+fn tensorrt_kernel_misfit(node: &NodeProto, graph: &GraphProto, index: &GraphIndex, target: Target) -> Option<String> {
+    if target != Target::TensorRt {
+        return None;
+    }
+    let min = TENSORRT_MIN_CHANNELS;
+    let weight = node.input.get(1).and_then(|w| crate::rules::constant_behind(graph, index, w))?;
+    let dims = &weight.dims;
+    let int_attribute = |name: &str| node.attribute.iter().find(|a| a.name == name);
+    match node.op_type.as_str() {
+        "MatMul" | "Gemm" if dims.len() == 2 => {
+            let trans_b = node.op_type == "Gemm" && int_attribute("transB").is_some_and(|a| a.i != 0);
+            let (k, n) = if trans_b { (dims[1], dims[0]) } else { (dims[0], dims[1]) };
+            (k < min || n < min).then(|| {
+                format!(
+                    "{} with K = {k}, N = {n} stays float (TensorRT's INT8 GEMM kernels need K and N >= {min})",
+                    node.op_type
+                )
+            })
+        }
+        "Conv" if dims.len() >= 3 => {
+            let (out_channels, in_channels) = (dims[0], dims[1]);
+            if out_channels >= min && in_channels >= min {
+                return None;
+            }
+            let group = int_attribute("group").map_or(1, |a| a.i);
+            let kernel: Vec<i64> = int_attribute("kernel_shape").map_or_else(|| dims[2..].to_vec(), |a| a.ints.clone());
+            let reads_graph_input = node.input.first().is_some_and(|i| graph.input.iter().any(|g| &g.name == i));
+            let supported = if group == 1 {
+                (out_channels % 8 == 0 || in_channels % 8 == 0)
+                    && (reads_graph_input || out_channels >= min || in_channels >= min)
+                    && kernel.windows(2).all(|k| k[0] == k[1])
+            } else {
+                out_channels % 8 == 0 && kernel.iter().all(|&k| k >= 3)
+            };
+            (!supported).then(|| {
+                format!(
+                    "Conv with {out_channels} output and {in_channels} input channels per group (group {group}) stays \
+                     float (TensorRT's INT8 convolutions need {min} channels, or a multiple of 8 in the shapes it \
+                     supports)"
+                )
+            })
+        }
+        _ => None,
+    }
 }
 
 /// Every list entry must name something in the graph: a misspelt op type or node name would otherwise be
@@ -202,5 +262,86 @@ fn suggestion(entry: &str, candidates: &mut dyn Iterator<Item = &str>) -> String
     match best {
         Some((distance, name)) if distance <= (entry.len() / 2).max(2) => format!("; did you mean '{name}'?"),
         _ => " (check the spelling against the model's node names and op types)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use graph::proto::tensor_proto::DataType;
+    use graph::proto::{attribute_proto::AttributeType, AttributeProto, TensorProto, ValueInfoProto};
+
+    fn layer(
+        g: &mut GraphProto,
+        op: &str,
+        name: &str,
+        input: &str,
+        weight_dims: &[i64],
+        attributes: &[(&str, &[i64])],
+    ) {
+        let mut w = TensorProto::new();
+        w.name = format!("{name}_w");
+        w.data_type = DataType::FLOAT as i32;
+        w.dims = weight_dims.to_vec();
+        w.float_data = vec![0.5; weight_dims.iter().product::<i64>() as usize];
+        g.initializer.push(w);
+        let mut n = NodeProto::new();
+        n.op_type = op.into();
+        n.name = name.into();
+        n.input = vec![input.into(), format!("{name}_w")];
+        n.output = vec![format!("{name}_out")];
+        for (key, values) in attributes {
+            let mut a = AttributeProto::new();
+            a.name = key.to_string();
+            if values.len() == 1 && *key != "kernel_shape" {
+                a.type_ = AttributeType::INT.into();
+                a.i = values[0];
+            } else {
+                a.type_ = AttributeType::INTS.into();
+                a.ints = values.to_vec();
+            }
+            n.attribute.push(a);
+        }
+        g.node.push(n);
+    }
+
+    /// A stem on the RGB input, a depthwise and a pointwise Conv, a narrow Conv, a pooled classifier.
+    fn small_cnn() -> GraphProto {
+        let mut g = GraphProto::new();
+        let mut x = ValueInfoProto::new();
+        x.name = "x".into();
+        g.input.push(x);
+        layer(&mut g, "Conv", "stem", "x", &[16, 3, 3, 3], &[]);
+        layer(&mut g, "Conv", "depthwise", "stem_out", &[16, 1, 3, 3], &[("group", &[16])]);
+        layer(&mut g, "Conv", "narrow", "depthwise_out", &[4, 12, 1, 1], &[]);
+        layer(&mut g, "Conv", "narrow_depthwise", "narrow_out", &[4, 1, 3, 3], &[("group", &[4])]);
+        layer(&mut g, "Gemm", "hidden", "narrow_depthwise_out", &[32, 16], &[("transB", &[1])]);
+        layer(&mut g, "Gemm", "head", "hidden_out", &[4, 32], &[("transB", &[1])]);
+        layer(&mut g, "MatMul", "projection", "head_out", &[4, 64], &[]);
+        g
+    }
+
+    fn int8_nodes(target: Target) -> Vec<String> {
+        let options = PlacementOptions::for_target(target);
+        let decisions = decide(&small_cnn(), &PrecisionFile::default(), &options, "test").unwrap();
+        decisions.into_iter().filter(|d| d.int8).map(|d| d.node).collect()
+    }
+
+    #[test]
+    fn layers_too_narrow_for_tensorrt_int8_kernels_stay_float_for_tensorrt_only() {
+        // The stem reads the graph input with 16 output channels and a square kernel, the depthwise Conv has 16
+        // channels and a 3x3 kernel, the hidden Gemm K = 16, N = 32: INT8. The 4-channel Convs, the 4-class head
+        // (N = 4) and the MatMul with K = 4 stay float.
+        assert_eq!(int8_nodes(Target::TensorRt), ["stem", "depthwise", "hidden"]);
+        let all = ["stem", "depthwise", "narrow", "narrow_depthwise", "hidden", "head", "projection"];
+        assert_eq!(int8_nodes(Target::OnnxRuntime), all);
+        let options = PlacementOptions::for_target(Target::TensorRt);
+        let decisions = decide(&small_cnn(), &PrecisionFile::default(), &options, "test").unwrap();
+        let head = decisions.iter().find(|d| d.node == "head").unwrap();
+        assert!(head.reason.contains("K = 32, N = 4"), "{}", head.reason);
+        // A precision file still forces such a layer into INT8.
+        let file = PrecisionFile { allow: Selection { nodes: vec!["head".into()], ops: vec![] }, ..Default::default() };
+        let forced = decide(&small_cnn(), &file, &options, "test").unwrap();
+        assert!(forced.iter().any(|d| d.node == "head" && d.int8));
     }
 }

@@ -52,6 +52,25 @@ pub fn constant_behind<'g>(graph: &'g GraphProto, index: &GraphIndex, name: &str
     None
 }
 
+/// Tensors that depend on no graph input: initializers, Constant outputs, and what nodes compute from those
+/// alone (a constant reshaped, cast or broadcast in the graph, as paddle2onnx writes HardSwish's 3 and 6).
+/// An Add with such an operand is a bias or offset Add, not a residual one. Graphs are topologically sorted.
+pub fn input_independent(graph: &GraphProto) -> std::collections::HashSet<String> {
+    let mut constant: std::collections::HashSet<String> = graph.initializer.iter().map(|t| t.name.clone()).collect();
+    for node in &graph.node {
+        // Ops without inputs other than Constant (random generators) are not constants.
+        let derived = if node.input.iter().all(|i| i.is_empty()) {
+            node.op_type == "Constant"
+        } else {
+            node.input.iter().all(|i| i.is_empty() || constant.contains(i))
+        };
+        if derived {
+            constant.extend(node.output.iter().cloned());
+        }
+    }
+    constant
+}
+
 /// The weight input slot and the output-channel axis of a GEMM-like node, if its weight is a constant.
 pub fn weight_slot(node: &NodeProto, graph: &GraphProto, index: &GraphIndex) -> Option<(usize, usize)> {
     let constant = |slot: usize| node.input.get(slot).and_then(|n| constant_behind(graph, index, n));
@@ -102,11 +121,12 @@ pub fn plan(graph: &GraphProto, decisions: &[Decision], options: &PlacementOptio
 
     let produced_by_gemm = |tensor: &str, ops: &[&str]| int8_gemm_behind(graph, &index, tensor, ops, |p| int8[p]);
     let depth = depths(graph, &index);
+    let constant = input_independent(graph);
     for (n, node) in graph.node.iter().enumerate() {
         if node.op_type != "Add" || node.input.len() != 2 || denied(n) || node.input.iter().any(|i| i.is_empty()) {
             continue;
         }
-        if node.input.iter().any(|i| index.constant(graph, i).is_some()) {
+        if node.input.iter().any(|i| constant.contains(i)) {
             continue;
         }
         match options.target {
@@ -265,7 +285,7 @@ mod tests {
     fn projection_block() -> GraphProto {
         let mut g = GraphProto::new();
         for w in ["wa1", "wa2", "ws"] {
-            weight(&mut g, w, &[4, 4, 1, 1]);
+            weight(&mut g, w, &[16, 16, 1, 1]);
         }
         node(&mut g, "Conv", "a1", &["x", "wa1"], "a1_out");
         node(&mut g, "Relu", "relu", &["a1_out"], "r");
@@ -310,9 +330,9 @@ mod tests {
     fn attention_block() -> GraphProto {
         let mut g = GraphProto::new();
         for w in ["wq", "wk", "wv", "wo"] {
-            weight(&mut g, w, &[8, 8]);
+            weight(&mut g, w, &[16, 16]);
         }
-        weight(&mut g, "bo", &[8]);
+        weight(&mut g, "bo", &[16]);
         node(&mut g, "MatMul", "q", &["x", "wq"], "q_out");
         node(&mut g, "MatMul", "k", &["x", "wk"], "k_out");
         node(&mut g, "MatMul", "v", &["x", "wv"], "v_out");
@@ -372,6 +392,24 @@ mod tests {
             assert!(needed.contains(t), "{t} missing from {needed:?}");
         }
         assert!(!needed.contains("a2_out"), "the main branch is fused, not quantized");
+    }
+
+    #[test]
+    fn an_add_of_a_reshaped_constant_is_no_residual_add() {
+        // paddle2onnx's HardSwish offset: Conv output + Reshape(Constant 3): a bias-like Add, nothing to fuse.
+        let mut g = GraphProto::new();
+        weight(&mut g, "w", &[16, 16, 1, 1]);
+        weight(&mut g, "three", &[1]);
+        weight(&mut g, "shape", &[1]);
+        node(&mut g, "Conv", "conv", &["x", "w"], "c");
+        node(&mut g, "Reshape", "reshape", &["three", "shape"], "three_reshaped");
+        node(&mut g, "Add", "offset", &["c", "three_reshaped"], "y");
+        node(&mut g, "Add", "residual", &["c", "x"], "z");
+        let constant = input_independent(&g);
+        assert!(constant.contains("three_reshaped") && !constant.contains("c") && !constant.contains("y"));
+        let trt = planned(&g, Target::TensorRt, &PrecisionFile::default());
+        assert!(quantized_slots(&trt, &g, "offset").is_empty());
+        assert_eq!(quantized_slots(&trt, &g, "residual"), vec![1]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::measure::{Probe, ProbeOptions};
 use crate::{Cache, QuantizeError, Quantizer, Ranges, Scheme, SelfCheck};
 
 /// Samples per ONNX Runtime call when measuring on held-back samples: small, so that the search's coarse
-/// stage (a quarter of the batches) has whole batches to run.
+/// stage (a quarter of the samples, at least 32) runs whole batches close to that count.
 const PROBE_BATCH: usize = 8;
 
 /// What a long step of [`quantize`] reports progress on.

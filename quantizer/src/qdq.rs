@@ -378,7 +378,7 @@ mod tests {
     use crate::test_models::{empty_model, float_value as value, load_written};
     use placement::{decide, PrecisionFile, Selection};
 
-    /// x -> Conv(w) -> c; y = Add(c, x); z = Concat(y, x).
+    /// x -> Conv(w, 8 output channels) -> c; y = Add(c, x); z = Concat(y, x).
     fn residual_model(dir: &std::path::Path) -> Model {
         let mut m = empty_model(17);
         let g = m.graph.mut_or_insert_default();
@@ -387,8 +387,10 @@ mod tests {
         let mut w = TensorProto::new();
         w.name = "w".into();
         w.data_type = DataType::FLOAT as i32;
-        w.dims = vec![1, 1, 1, 1];
-        w.float_data = vec![0.5];
+        // 8 output channels on the graph input: a Conv TensorRT has INT8 kernels for (the default placement
+        // keeps narrower ones float).
+        w.dims = vec![8, 1, 1, 1];
+        w.float_data = vec![0.5; 8];
         g.initializer.push(w);
         g.node.push(node("Conv", "conv", &["x", "w"], "c", None));
         g.node.push(node("Add", "add", &["c", "x"], "y", None));

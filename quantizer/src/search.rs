@@ -7,7 +7,8 @@
 //!
 //! The axes are searched together, not one at a time (on the ViT-S/14, MSE scales and float attention each
 //! gain little alone and 10.8 dB together), coarse to fine: every scale method with every attention
-//! precision on a quarter of the samples in FP32 float parts (the cheapest session), then the best few of
+//! precision on a quarter of the samples (at least 32; a smaller probe skips this stage) in FP32 float parts
+//! (the cheapest session), then the best few of
 //! those in every float type on all of them. Candidates that build the same model are measured once.
 
 use std::collections::HashMap;
@@ -20,9 +21,17 @@ use crate::measure::{Fidelity, ImageFidelity, Probe, Unmeasured};
 use crate::{QuantizeError, Quantizer, Scheme};
 
 /// Candidates whose output SQNR is within this many dB of the best (or within one standard error of the
-/// difference, when that is larger) are counted equal, and the one with more INT8 (then FP16) wins among
-/// them: differences this small do not survive another set of photos.
+/// difference, when that is larger, up to [`MAX_TOLERANCE_DB`]) are counted equal, and the one with more INT8
+/// (then FP16) wins among them: differences this small do not survive another set of photos.
 pub const TOLERANCE_DB: f64 = 0.25;
+
+/// The most measured fidelity auto gives up for speed, however noisy the measurement: on outputs whose
+/// per-sample error varies widely (a detector's map over photos with and without text) one standard error
+/// reached 7 dB, and the preference for FP16 then chose a candidate 1 dB below the best.
+pub const MAX_TOLERANCE_DB: f64 = 0.5;
+
+/// The fewest samples the coarse stage ranks candidates on.
+const MIN_COARSE_SAMPLES: usize = 32;
 
 /// Coarse-stage candidates that go on to the fine stage.
 const FINE_CANDIDATES: usize = 2;
@@ -106,13 +115,18 @@ impl Candidate {
         }
     }
 
-    /// Sort key of the preference among near-equal candidates: INT8 attention, then FP16, then the method
-    /// order of [`Method::ALL_DEFAULT`] (a fixed order, so that ties are decided the same way every run).
-    fn preference(&self) -> (u8, u8, usize) {
+    /// Sort key of the preference among near-equal candidates: INT8 attention, then FP16, the choices that
+    /// make the engine faster. The scale method changes no speed, so it is left to the measurement.
+    fn preference(&self) -> (u8, u8) {
         let attention = (self.attention == Some(AttentionPrecision::Float)) as u8;
         let float = (self.float_type == FloatType::Fp32) as u8;
-        let method = Method::ALL_DEFAULT.iter().position(|m| *m == self.method).unwrap_or(usize::MAX);
-        (attention, float, method)
+        (attention, float)
+    }
+
+    /// The method order of [`Method::ALL_DEFAULT`]: the last tie-break, so that equal measurements are
+    /// decided the same way every run.
+    fn method_rank(&self) -> usize {
+        Method::ALL_DEFAULT.iter().position(|m| *m == self.method).unwrap_or(usize::MAX)
     }
 
     fn scheme(&self, base: &Scheme) -> Scheme {
@@ -249,7 +263,18 @@ pub fn search(
     }
 
     let all = probe.batches().len();
-    let coarse_batches = (all / 4).max(1);
+    // A quarter of the samples, but never fewer than MIN_COARSE_SAMPLES: ranking methods on a handful of
+    // samples ranks the samples, not the methods. A probe too small for that has no coarse stage.
+    let wanted = (probe.samples() / 4).max(MIN_COARSE_SAMPLES);
+    let mut coarse_batches = 0;
+    let mut covered = 0;
+    for b in probe.batches() {
+        if covered >= wanted {
+            break;
+        }
+        covered += b.len();
+        coarse_batches += 1;
+    }
     let pairs: Vec<(Method, Option<AttentionPrecision>)> =
         methods.iter().flat_map(|&m| attentions.iter().map(move |&a| (m, a))).collect();
     let coarse = pairs.len() > FINE_CANDIDATES && coarse_batches < all;
@@ -312,20 +337,27 @@ pub fn search(
         }
         let se = gap_standard_error(&s.per_sample[leader], &s.per_sample[t]);
         s.trials[t].gap_standard_error_db = Some(se);
-        if s.sqnr(t) >= best - TOLERANCE_DB.max(se) {
+        if s.sqnr(t) >= best - se.clamp(TOLERANCE_DB, MAX_TOLERANCE_DB) {
             near.push(t);
         }
     }
     let chosen = *near
         .iter()
         .min_by(|&&a, &&b| {
-            s.candidates[a].preference().cmp(&s.candidates[b].preference()).then(s.sqnr(b).total_cmp(&s.sqnr(a)))
+            let (ca, cb) = (&s.candidates[a], &s.candidates[b]);
+            ca.preference()
+                .cmp(&cb.preference())
+                .then(s.sqnr(b).total_cmp(&s.sqnr(a)))
+                .then(ca.method_rank().cmp(&cb.method_rank()))
         })
         .expect("the best trial is near itself");
     let winner = s.candidates[chosen];
-    let margin = format!("by no more than {TOLERANCE_DB} dB or one standard error");
+    let margin = format!("by no more than {TOLERANCE_DB} dB or one standard error (at most {MAX_TOLERANCE_DB} dB)");
     let reason = if near.len() == 1 {
-        format!("the best output SQNR ({best:.2} dB); every other candidate was below it by more than {TOLERANCE_DB} dB and one standard error")
+        format!(
+            "the best output SQNR ({best:.2} dB); every other candidate was below it by more than {TOLERANCE_DB} dB \
+             and one standard error (or {MAX_TOLERANCE_DB} dB)"
+        )
     } else if chosen == leader {
         format!(
             "the best output SQNR ({best:.2} dB); of the {} candidates below it {margin}, it also keeps the most INT8 \

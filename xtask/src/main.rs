@@ -179,6 +179,13 @@ pub fn project_ort_dir() -> PathBuf {
 /// Runs `cargo test` over the workspace, echoing its output, and closes with one line that totals every test
 /// binary's `test result:` line, so that a reader (or CI) sees the whole count at the end.
 fn test(extra: &[String]) -> anyhow::Result<()> {
+    // The end-to-end tests on real models (int8kit/tests/it/zoo.rs) read what this fetches (hash-checked) and
+    // writes: the zoo's CI models and crops of real photos.
+    setup()?;
+    let zoo = ["zoo", "--prepare", "--ci", "--calib", "160", "--eval", "48"].map(String::from);
+    if delegate("bench", "bench", &zoo, true)? != ExitCode::SUCCESS {
+        bail!("preparing the zoo's test models (`cargo xtask bench zoo --prepare --ci`) failed");
+    }
     let mut args = vec!["--workspace".to_string()];
     args.extend_from_slice(extra);
     cargo_test(&args)

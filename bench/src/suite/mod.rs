@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use datasets::{Dataset, Recipe};
 use evaluate::compare::{self as evaluation, Classifier, Recorded};
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::measure::{build_int8kit, int8kit, measure_tree, median_run, Run};
@@ -21,6 +21,7 @@ mod peers;
 mod running;
 mod tables;
 mod workloads;
+mod zoo;
 
 use peers::*;
 pub use peers::{venv_python, PEER_PINS};
@@ -29,6 +30,7 @@ use running::*;
 use tables::*;
 use workloads::*;
 pub use workloads::{bench_home, fetch_photos, fetch_vits14, linux_wheel, make_crops, wheel_members, CALIB_SEED};
+pub use zoo::{run as zoo, ZooArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct SuiteArgs {
@@ -91,7 +93,7 @@ struct VariantResult {
     note: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Quality {
     images: u64,
     /// Top-1 of FP32 and INT8 on labelled images; absent for fidelity-only workloads.
@@ -173,7 +175,7 @@ struct Suite {
     rss_640_over_64: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Machine {
     cpu: String,
     cores: usize,

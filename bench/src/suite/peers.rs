@@ -114,20 +114,26 @@ pub(super) fn run_peers(
             s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
         };
         let input_name = graph::Model::load(&w.model)?.resolve_input(None)?.name.clone();
+        // ModelOpt 0.47 writes its input model back in place (shape-inferred): each peer gets a copy, so that the
+        // file int8kit and the FP32 reference read stays the one pinned.
+        let peer_input = dir.join("peer-input.onnx");
         // Leave the rest of the machine a margin: past it a peer is stopped and recorded as out of memory.
         let cap_mb = meminfo_kb("MemAvailable").map(|kb| kb as f64 / 1024.0 - 768.0);
         let peer_args =
-            |cmd: &mut Command| {
-                cmd.args(["--model".as_ref(), w.model.as_os_str()])
+            |cmd: &mut Command| -> anyhow::Result<()> {
+                std::fs::copy(&w.model, &peer_input)
+                    .with_context(|| format!("copying {} for a peer", w.model.display()))?;
+                cmd.args(["--model".as_ref(), peer_input.as_os_str()])
                     .args(["--inputs".as_ref(), raw.as_os_str()])
                     .args(["--shape", &shape, "--input-name", &input_name, "--batch", &w.batch.to_string()]);
+                Ok(())
             };
         for method in ort_peer.map(|_| w.peer_methods.as_slice()).unwrap_or_default() {
             let out = dir.join(format!("peer-{}.onnx", method.to_lowercase()));
             let _ = std::fs::remove_file(&out);
             let mut cmd = Command::new(ort_peer.unwrap_or(Path::new("")));
             cmd.arg(root().join("bench/scripts/ort_quantize_static.py"));
-            peer_args(&mut cmd);
+            peer_args(&mut cmd)?;
             cmd.args(["--method", method, "--out"]).arg(&out);
             let log = dir.join(format!("peer-{}.log", method.to_lowercase()));
             commands.push(shown(&cmd));
@@ -141,7 +147,7 @@ pub(super) fn run_peers(
             let _ = std::fs::remove_file(&out);
             let mut cmd = Command::new(mo);
             cmd.arg(root().join("bench/scripts/modelopt_quantize.py"));
-            peer_args(&mut cmd);
+            peer_args(&mut cmd)?;
             cmd.args(["--method", "entropy", "--out"]).arg(&out);
             commands.push(shown(&cmd));
             let r = measure_tree(&mut cmd, &dir.join("modelopt.log"), cap_mb)?;
@@ -151,6 +157,7 @@ pub(super) fn run_peers(
             peers.push(("ModelOpt 0.47 entropy (FP16 float parts)".into(), r, ok.then_some(out)));
         }
         let _ = std::fs::remove_file(&raw);
+        let _ = std::fs::remove_file(&peer_input);
     }
     Ok((peers, modelopt_model))
 }

