@@ -22,6 +22,34 @@ fn accuracy(key: &str, v: Option<f64>) -> String {
     v.map(|v| pct(key, v)).unwrap_or_else(|| "no labels".into())
 }
 
+/// How the options were chosen and what the written model measured on the held-back calibration samples.
+fn self_check_section(report: &Report) -> String {
+    let mut page = format!(
+        "<h2>Self-check</h2><p>Method <b>{}</b>, attention and float type chosen by <b>{}</b>.</p>",
+        escape(&report.method),
+        escape(if report.chosen_by.is_empty() { "not recorded" } else { &report.chosen_by })
+    );
+    let check = &report.self_check;
+    let fidelity = &check["fidelity"];
+    let value = |key: &str| fidelity[key].as_f64();
+    match (value("sqnr_db"), value("cosine_mean"), value("agreement")) {
+        (Some(sqnr), Some(cosine), Some(agreement)) => page.push_str(&format!(
+            "<p>The written model against the float model on {} ({}): output SQNR {}, cosine {}, agreement {}.</p>",
+            escape(check["samples"].as_str().unwrap_or("held-back samples")),
+            escape(check["evaluation"].as_str().unwrap_or("")),
+            num("self_check.fidelity.sqnr_db", sqnr, format!("{sqnr:.1} dB")),
+            num("self_check.fidelity.cosine_mean", cosine, format!("{cosine:.5}")),
+            pct("self_check.fidelity.agreement", agreement)
+        )),
+        _ => page.push_str(&format!(
+            "<p>Not measured: {}.</p>",
+            // A skipped self-check says why in `samples`.
+            escape(check["samples"].as_str().unwrap_or("no held-back samples"))
+        )),
+    }
+    page
+}
+
 fn class_deltas_svg(report: &Report) -> String {
     let c = &report.comparison;
     let deltas: Vec<f64> = c
@@ -204,6 +232,8 @@ pub fn render_html(report: &Report) -> String {
         "<tr><td>GEMM/Conv FLOPs in INT8</td><td></td><td></td><td>{}</td></tr></table>",
         pct("int8_flop_share", report.int8_flop_share)
     ));
+
+    page.push_str(&self_check_section(report));
 
     page.push_str(
         "<h2>Release criteria</h2><table><tr><th>criterion</th><th>measured</th><th>limit</th><th>result</th></tr>",

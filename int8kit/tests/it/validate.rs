@@ -102,6 +102,7 @@ fn gate_exit_codes_schema_and_html_numbers() {
         ("comparison.fp32.top1", &c["fp32"]["top1"]),
         ("comparison.sqnr_db", &c["sqnr_db"]),
         ("fp16.metrics.top1", &fp16["metrics"]["top1"]),
+        ("self_check.fidelity.sqnr_db", &report["self_check"]["fidelity"]["sqnr_db"]),
     ] {
         let marker = format!("data-key=\"{key}\" data-value=\"");
         let start = html.find(&marker).unwrap_or_else(|| panic!("{key} not in report.html")) + marker.len();
