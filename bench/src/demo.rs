@@ -11,11 +11,12 @@ pub fn fixture_models() -> Vec<(String, bool)> {
     test_support::models().iter().map(|(name, entry)| (name.clone(), entry.zero_shot.is_some())).collect()
 }
 
-/// The release gate's configuration for one fixture model with the fixture images, gated at 0.5 pp.
+/// The release gate's configuration for one fixture model with the fixture images, gated at 0.5 pp: with
+/// `method` fixed, or (None) every choice made by measurement, as the command line's defaults do.
 pub fn fixture_config(
     name: &str,
     zero_shot: bool,
-    method: Method,
+    method: Option<Method>,
     out: std::path::PathBuf,
     device: runtime::Device,
 ) -> anyhow::Result<ValidateConfig> {
@@ -25,7 +26,14 @@ pub fn fixture_config(
         calib: evaluate::validate::Calibration::Folder(test_support::calib_dir()),
         val: test_support::val_dir(),
         feed: Feed::Images(Recipe::load(&test_support::recipe_path())?),
-        scheme: quantizer::Scheme { method, ..Default::default() },
+        scheme: quantizer::Scheme {
+            method: method.unwrap_or(Method::Entropy),
+            auto: match method {
+                None => quantizer::search::AutoChoices { method: true, attention: true, float_type: true },
+                Some(_) => Default::default(),
+            },
+            ..Default::default()
+        },
         collect: calibrate::CalibrateOptions { device: runtime::Devices::one(device), ..Default::default() },
         eval_batch: None,
         classifier: Classifier::load(zero_shot.then_some(prototypes.as_path()))?,
@@ -42,7 +50,8 @@ pub fn fixture_config(
     })
 }
 
-pub fn run(quiet: bool, methods: &[Method]) -> anyhow::Result<()> {
+/// `methods`: None for the defaults (every choice by measurement), else the scale method fixed.
+pub fn run(quiet: bool, methods: &[Option<Method>]) -> anyhow::Result<()> {
     let root = root();
     let out = root.join("target/int8kit-demo");
     // The demo's own scratch: a run of an earlier int8kit (without manifests) must not block this one.
@@ -53,16 +62,19 @@ pub fn run(quiet: bool, methods: &[Method]) -> anyhow::Result<()> {
     for (name, zero_shot) in &models {
         let stem = name.trim_end_matches(".onnx");
         for method in methods {
-            let dir = out.join(stem).join(method.name().replace(':', "_"));
+            let label = method.map_or_else(|| "auto".to_string(), |m| m.name());
+            let dir = out.join(stem).join(label.replace(':', "_"));
             let config = fixture_config(name, *zero_shot, *method, dir.clone(), runtime::Device::Cpu)?;
             if !quiet {
-                eprintln!("validating {stem} ({})...", method.name());
+                eprintln!("validating {stem} ({label})...");
             }
             let report = evaluate::validate(&config, &mut |_, _, _| {})?;
             if !report.passed {
-                failed.push(format!("{stem} {}", method.name()));
+                failed.push(format!("{stem} {label}"));
             }
-            rows.push((stem, method.name(), report, dir));
+            // What auto chose is what the row shows.
+            let label = if method.is_none() { format!("auto ({})", report.method) } else { label };
+            rows.push((stem, label, report, dir));
         }
     }
     let images = rows.first().map(|r| r.2.comparison.images).unwrap_or(0);
@@ -97,7 +109,8 @@ pub fn run(quiet: bool, methods: &[Method]) -> anyhow::Result<()> {
         );
     }
     println!(
-        "\nFP16 = model.fp16.onnx, INT8 = model.qdq.onnx (Q/DQ for TensorRT, FP16 float parts), both in ONNX Runtime's \
+        "\nFP16 = model.fp16.onnx, INT8 = model.qdq.onnx (Q/DQ for TensorRT; auto = the defaults: method, attention and \
+         float type chosen by measurement on held-back calibration images), both in ONNX Runtime's \
          CPU provider, which runs FP16 through casts (slower than FP32 here; only TensorRT or CUDA speeds mean \
          anything for FP16); calibration time = the calibration pass."
     );

@@ -622,7 +622,8 @@ fn validate_both(args: &CheckArgs) -> anyhow::Result<Vec<ValidateRow>> {
         for device in [Device::Cpu, args.device] {
             let dir = args.out.join("validate").join(stem).join(device.to_string().replace(':', "_"));
             let _ = std::fs::remove_dir_all(&dir);
-            let config = crate::demo::fixture_config(name, *zero_shot, analyze::scales::Method::Entropy, dir, device)?;
+            let config =
+                crate::demo::fixture_config(name, *zero_shot, Some(analyze::scales::Method::Entropy), dir, device)?;
             let r = evaluate::validate(&config, &mut |_, _, _| {})?;
             let labelled = |m: &evaluate::ModelMetrics| m.top1.context("the fixture folder gave no Top-1");
             top.push((labelled(&r.comparison.fp32)?, labelled(&r.comparison.int8)?));
@@ -651,7 +652,7 @@ fn fp16_evaluation(args: &CheckArgs) -> anyhow::Result<Vec<Fp16EvaluationRow>> {
         let config = crate::demo::fixture_config(
             name,
             *zero_shot,
-            analyze::scales::Method::Entropy,
+            Some(analyze::scales::Method::Entropy),
             written.clone(),
             args.device,
         )?;

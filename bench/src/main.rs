@@ -30,7 +30,7 @@ enum Cmd {
         /// No progress bars.
         #[arg(long, short)]
         quiet: bool,
-        /// Evaluate every scale method (entropy, mse, percentile, max), not only entropy.
+        /// Also evaluate every scale method fixed (entropy, mse, percentile, max), beside the defaults (auto).
         #[arg(long)]
         all_methods: bool,
     },
@@ -72,7 +72,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Demo { quiet, all_methods } => {
-            let methods = if all_methods { Method::ALL_DEFAULT.to_vec() } else { vec![Method::Entropy] };
+            let mut methods = vec![None];
+            if all_methods {
+                methods.extend(Method::ALL_DEFAULT.map(Some));
+            }
             demo::run(quiet, &methods)
         }
         Cmd::Bench { which, suite } => match which {
