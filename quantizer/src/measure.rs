@@ -204,6 +204,10 @@ pub struct Fidelity {
     pub sqnr_db: f64,
 }
 
+/// A measurement with every sample's share, and the outputs it was made on (per batch), for a later
+/// measurement of the same model on more batches.
+pub type MeasuredOutputs = ((Fidelity, Vec<ImageFidelity>), Vec<Vec<f32>>);
+
 /// Samples decoded once, with the float model's outputs on them: the yardstick that candidate models built
 /// from one [`crate::Quantizer`] are measured against, each in its own unoptimized session. Models are
 /// compared on their first output.
@@ -331,6 +335,17 @@ impl Probe {
         device: runtime::Device,
         batches: usize,
     ) -> Result<Vec<Vec<f32>>, QuantizeError> {
+        self.outputs_between(proto, device, 0, batches)
+    }
+
+    /// [`Probe::outputs_on`] for batches `skip..batches` only.
+    fn outputs_between(
+        &self,
+        proto: &graph::proto::ModelProto,
+        device: runtime::Device,
+        skip: usize,
+        batches: usize,
+    ) -> Result<Vec<Vec<f32>>, QuantizeError> {
         let placement = runtime::Placement { threads: self.threads, device };
         // Every candidate runs unoptimized, so all are measured the same way: what the graph means (Q/DQ as
         // simulated quantization), not what ONNX Runtime's integer kernels or FP16 rewrites make of it, which
@@ -343,6 +358,7 @@ impl Probe {
         self.batches
             .iter()
             .take(batches)
+            .skip(skip)
             .map(|b| {
                 runtime::run_rows(&mut session, &self.label, &b.inputs(&self.input), &self.output).map_err(Into::into)
             })
@@ -378,7 +394,23 @@ impl Probe {
         proto: &graph::proto::ModelProto,
         batches: usize,
     ) -> Result<(Fidelity, Vec<ImageFidelity>), QuantizeError> {
-        let outputs = self.outputs_on(proto, runtime::Device::Cpu, batches)?;
+        Ok(self.measure_continuing(proto, Vec::new(), batches)?.0)
+    }
+
+    /// [`Probe::measure_per_sample`] of a model whose outputs on the first `earlier.len()` batches are known
+    /// (from a measurement on fewer batches): only the rest run. Also returns the outputs of all of them.
+    pub fn measure_continuing(
+        &self,
+        proto: &graph::proto::ModelProto,
+        earlier: Vec<Vec<f32>>,
+        batches: usize,
+    ) -> Result<MeasuredOutputs, QuantizeError> {
+        let mut outputs = earlier;
+        let known = outputs.len().min(batches);
+        outputs.truncate(known);
+        if known < batches.min(self.batches.len()) {
+            outputs.extend(self.outputs_between(proto, runtime::Device::Cpu, known, batches)?);
+        }
         if outputs.iter().zip(&self.fp32).any(|(b, a)| a.len() != b.len()) {
             return Err(QuantizeError::Model {
                 path: self.label.clone().into(),
@@ -387,7 +419,7 @@ impl Probe {
         }
         let sums = self.sums(&outputs);
         let fidelity = sums.finish().map_err(|source| QuantizeError::Measure { path: self.source.clone(), source })?;
-        Ok((fidelity, sums.parts().images))
+        Ok(((fidelity, sums.parts().images), outputs))
     }
 
     /// How the probe's sessions run a candidate (for reports).

@@ -30,6 +30,9 @@ pub const TOLERANCE_DB: f64 = 0.25;
 /// reached 7 dB, and the preference for FP16 then chose a candidate 1 dB below the best.
 pub const MAX_TOLERANCE_DB: f64 = 0.5;
 
+/// Candidates' outputs kept for the fine stage beyond the float reference's size: 256 MB of float32.
+const CACHED_OUTPUTS_MAX_FLOATS: usize = 64 << 20;
+
 /// The fewest samples the coarse stage ranks candidates on.
 const MIN_COARSE_SAMPLES: usize = 32;
 
@@ -147,6 +150,8 @@ struct Searcher<'a> {
     probe: &'a Probe,
     /// Measured models by their bytes' hash and the batches measured: one measurement per distinct model.
     seen: HashMap<(u64, usize), Measured>,
+    /// The outputs each measured model gave, per batch, by its bytes' hash.
+    outputs: HashMap<u64, Vec<Vec<f32>>>,
     trials: Vec<Trial>,
     candidates: Vec<Candidate>,
     /// Per trial, every sample's share of its sums (empty when it failed).
@@ -161,12 +166,26 @@ impl Searcher<'_> {
         let amax = self.quantizer.amax(&scheme);
         let (proto, _) = self.quantizer.build(&decisions, &scheme.placement, &amax, &scheme.weight_clip)?;
         let bytes = graph::proto::Message::write_to_bytes(&proto).map_err(graph::GraphError::Encode)?;
-        let key = (siphash(&bytes), batches);
+        let hash = siphash(&bytes);
+        let key = (hash, batches);
         let result = match self.seen.get(&key) {
             Some(r) => r.clone(),
             None => {
-                let r = match self.probe.measure_per_sample(&proto, batches) {
-                    Ok(f) => Ok(f),
+                // A model the coarse stage measured on fewer batches runs only the rest in the fine stage.
+                let earlier = self.outputs.remove(&hash).unwrap_or_default();
+                let r = match self.probe.measure_continuing(&proto, earlier, batches) {
+                    Ok((f, outputs)) => {
+                        // Kept within 4 times the float reference's size and at most 256 MB more, so that a
+                        // model with large outputs (a segmentation map) does not multiply the probe's memory:
+                        // past it, the fine stage re-runs the batches.
+                        let size = |o: &Vec<Vec<f32>>| o.iter().map(Vec::len).sum::<usize>();
+                        let reference = self.probe.reference().iter().map(Vec::len).sum::<usize>();
+                        let budget = reference + (3 * reference).min(CACHED_OUTPUTS_MAX_FLOATS);
+                        if self.outputs.values().map(size).sum::<usize>() + size(&outputs) <= budget {
+                            self.outputs.insert(hash, outputs);
+                        }
+                        Ok(f)
+                    }
                     Err(QuantizeError::Measure { source: u @ Unmeasured::NonFinite { .. }, .. }) => Err(u.to_string()),
                     Err(e) => return Err(e),
                 };
@@ -285,6 +304,7 @@ pub fn search(
         base: scheme,
         probe,
         seen: HashMap::new(),
+        outputs: HashMap::new(),
         trials: Vec::new(),
         candidates: Vec::new(),
         per_sample: Vec::new(),

@@ -11,18 +11,28 @@ use quantizer::search::{search, AutoChoices, SearchRecord, TOLERANCE_DB};
 use quantizer::{Quantizer, Scheme};
 use test_support::conv_models::{outlier_conv, write_outlier_samples};
 
-/// Builds [`outlier_conv`], calibrates it on 80 outlier samples (16 held back) and runs the method search on
-/// the held-back ones: the method chosen, the record, and its trials as text for failure messages.
-fn searched(reads_outliers: bool) -> (Method, SearchRecord, String) {
+/// A search on [`outlier_conv`] calibrated on outlier samples, some held back, with what it ran on.
+struct Searched {
+    method: Method,
+    record: SearchRecord,
+    table: String,
+    quantizer: Quantizer,
+    probe: Probe,
+    _dir: tempfile::TempDir,
+}
+
+/// Builds [`outlier_conv`], calibrates it on `held + 64` outlier samples (`held` held back) and runs the method
+/// search on the held-back ones.
+fn searched_with(reads_outliers: bool, held: u64) -> Searched {
     let dir = tempfile::tempdir().unwrap();
-    let samples = &write_outlier_samples(&dir.path().join("samples"), 0, 80);
+    let samples = &write_outlier_samples(&dir.path().join("samples"), 0, held + 64);
     let model = &outlier_conv(dir.path(), reads_outliers);
     let feed = Feed::for_folder(samples, None).unwrap();
-    let options = CalibrateOptions { hold_out: HoldOut::Count(16), ..Default::default() };
+    let options = CalibrateOptions { hold_out: HoldOut::Count(held as usize), ..Default::default() };
     let (hist, summary) = calibrate(model, samples, &feed, &options, &mut |_, _| {}).unwrap();
     let quantizer = Quantizer::load(model, hist).unwrap();
 
-    let held = summary.held_out.expect("16 samples held back");
+    let held = summary.held_out.expect("samples held back");
     let probe_options = ProbeOptions {
         batch_size: 4,
         threads: 1,
@@ -38,7 +48,13 @@ fn searched(reads_outliers: bool) -> (Method, SearchRecord, String) {
     };
     let (scheme, record) = search(&quantizer, &scheme, auto, &probe, &mut |_, _| {}).unwrap();
     let table = table(&record);
-    (scheme.method, record, table)
+    Searched { method: scheme.method, record, table, quantizer, probe, _dir: dir }
+}
+
+/// The search with 16 held-back samples: the method chosen, the record, and its trials as text.
+fn searched(reads_outliers: bool) -> (Method, SearchRecord, String) {
+    let s = searched_with(reads_outliers, 16);
+    (s.method, s.record, s.table)
 }
 
 /// The SQNR of `method` in the first stage, where every method is measured on the same samples (16 held-back
@@ -80,4 +96,27 @@ fn auto_keeps_entropy_where_the_output_ignores_the_tail() {
     let chosen = record.trials[record.chosen].fidelity.as_ref().unwrap().sqnr_db;
     assert!(chosen >= best - TOLERANCE_DB, "{t}");
     assert!(coarse(&record, Method::Entropy) > coarse(&record, Method::Max) + 3.0, "max should lose clearly:\n{t}");
+}
+
+#[test]
+fn the_fine_stage_continues_the_coarse_measurement_exactly() {
+    // 40 held-back samples in batches of 4: the coarse stage ranks every method on the first 32, and the fine
+    // stage measures the best two on all 40, running only the last 8 of each.
+    let s = searched_with(true, 40);
+    assert_eq!(s.record.samples, (32, 40), "{}", s.table);
+    let fine: Vec<_> = s.record.trials.iter().filter(|t| t.stage == "fine").collect();
+    assert_eq!(fine.len(), 2, "{}", s.table);
+    for trial in fine {
+        let method = Method::ALL_DEFAULT.into_iter().find(|m| m.name() == trial.method).unwrap();
+        let scheme = Scheme {
+            method,
+            placement: placement::PlacementOptions::for_target(placement::Target::OnnxRuntime),
+            ..Default::default()
+        };
+        let decisions = s.quantizer.decide(&scheme).unwrap();
+        let amax = s.quantizer.amax(&scheme);
+        let (proto, _) = s.quantizer.build(&decisions, &scheme.placement, &amax, &scheme.weight_clip).unwrap();
+        let fresh = s.probe.measure(&proto, usize::MAX).unwrap();
+        assert_eq!(trial.fidelity.as_ref(), Some(&fresh), "{}: {}", trial.method, s.table);
+    }
 }
