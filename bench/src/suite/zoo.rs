@@ -89,6 +89,7 @@ pub fn zoo_home() -> PathBuf {
     bench_home().join("zoo")
 }
 
+/// Samples per ONNX Runtime call, unless the model fixes its batch (the layout detector takes 1).
 const BATCH: usize = 16;
 
 const EVAL_SEED: u64 = 11;
@@ -223,20 +224,49 @@ pub fn run(args: &ZooArgs) -> anyhow::Result<()> {
     let pythons = Pythons { ort: python.as_deref(), modelopt: modelopt_python.as_deref() };
     let work = root().join("target/bench/zoo");
     let mut results = Vec::new();
+    let mut failed = Vec::new();
     for p in &prepared {
         eprintln!("== {} ({}) ==", p.spec.name, p.spec.what);
-        results.push(run_model(p, args, &bin, &me, &work.join(&p.spec.name), &pythons)?);
+        match run_model(p, args, &bin, &me, &work.join(&p.spec.name), &pythons) {
+            Ok(r) => results.push(r),
+            // One model's failure is a result to fix, not a reason to lose the others' hour of measurements.
+            Err(e) => {
+                eprintln!("  {}: {e:#}", p.spec.name);
+                failed.push(format!("{}: {e:#}", p.spec.name));
+            }
+        }
+        // Written after every model, so that an interrupted run keeps what it measured.
+        write_zoo(args, &manifest_order, &results)?;
     }
-    // A run of some models replaces their rows in the last zoo.json and keeps the others.
+    if !failed.is_empty() {
+        bail!("the zoo could not measure {} model(s):\n{}", failed.len(), failed.join("\n"));
+    }
+    Ok(())
+}
+
+/// zoo.json and the zoo part of BENCHMARKS.md from `results`, with the earlier zoo.json's rows of the models
+/// this run has not measured (yet), which the command line then says.
+fn write_zoo(args: &ZooArgs, manifest_order: &[String], results: &[ZooResult]) -> anyhow::Result<()> {
     let json_path = root().join("zoo.json");
     let earlier: Option<Zoo> = std::fs::read(&json_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
-    if let Some(earlier) = earlier.filter(|_| !args.models.is_empty()) {
-        let order = |name: &str| manifest_order.iter().position(|n| n == name).unwrap_or(usize::MAX);
-        let fresh: Vec<String> = results.iter().map(|r| r.name.clone()).collect();
-        results.extend(earlier.models.into_iter().filter(|m| !fresh.contains(&m.name)));
-        results.sort_by_key(|r| order(&r.name));
-    }
+    let mut models = results.to_vec();
+    let kept: Vec<ZooResult> = earlier
+        .map(|z| z.models.into_iter().filter(|m| !results.iter().any(|r| r.name == m.name)).collect())
+        .unwrap_or_default();
+    let kept_names: Vec<String> = kept.iter().map(|m| m.name.clone()).collect();
+    models.extend(kept);
+    models.sort_by_key(|r| manifest_order.iter().position(|n| *n == r.name).unwrap_or(usize::MAX));
     let pins = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut command = format!("cargo xtask bench zoo --calib {} --eval {}", args.calib, args.eval);
+    if !args.models.is_empty() {
+        command += &format!(" --models {}", args.models.join(","));
+    }
+    if args.skip_modelopt {
+        command += " --skip-modelopt";
+    }
+    if !kept_names.is_empty() {
+        command += &format!("; the rows of {} from an earlier run", kept_names.join(", "));
+    }
     let zoo = Zoo {
         format: "int8kit-bench-zoo".into(),
         version: 1,
@@ -244,26 +274,15 @@ pub fn run(args: &ZooArgs) -> anyhow::Result<()> {
         onnxruntime: runtime::version()?,
         peer: pins(PEER_PINS),
         modelopt: if args.skip_modelopt { vec![] } else { pins(MODELOPT_PINS) },
-        command: format!(
-            "cargo xtask bench zoo --calib {} --eval {}{}{}",
-            args.calib,
-            args.eval,
-            if args.models.is_empty() {
-                String::new()
-            } else {
-                format!(" --models {} (rows of other models from earlier runs)", args.models.join(","))
-            },
-            if args.skip_modelopt { " --skip-modelopt" } else { "" }
-        ),
-        models: results,
+        command,
+        models,
     };
     safe_io::write_atomic(&json_path, &serde_json::to_vec_pretty(&zoo)?)?;
     let generated = zoo_markdown(&zoo);
     let md_path = root().join("BENCHMARKS.md");
     let doc = std::fs::read_to_string(&md_path).unwrap_or_else(|_| "# Benchmarks\n".into());
     safe_io::write_atomic(&md_path, splice_between(&doc, ZOO_BEGIN, ZOO_END, &generated).as_bytes())?;
-    println!("{generated}");
-    println!("wrote {} and {}", json_path.display(), md_path.display());
+    eprintln!("  wrote {} and {}", json_path.display(), md_path.display());
     Ok(())
 }
 
@@ -291,7 +310,7 @@ struct Measured {
     lint: Option<(usize, usize)>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct ZooResult {
     name: String,
     what: String,
@@ -322,11 +341,13 @@ fn run_model(
     pythons: &Pythons,
 ) -> anyhow::Result<ZooResult> {
     std::fs::create_dir_all(dir)?;
+    let loaded = graph::Model::load(&p.model)?;
+    let batch = loaded.fixed_batch(&loaded.resolve_input(None)?.name).unwrap_or(BATCH);
     let common = |cmd: &mut Command| {
         cmd.args(["--model".as_ref(), p.model.as_os_str()])
             .args(["--images".as_ref(), p.calib.as_os_str()])
             .args(["--recipe".as_ref(), p.recipe.as_os_str()])
-            .args(["--batch-size", &BATCH.to_string()]);
+            .args(["--batch-size", &batch.to_string()]);
     };
     let mut plain = Command::new(me);
     plain.arg("bench-child");
@@ -381,7 +402,7 @@ fn run_model(
         model: p.model.clone(),
         calib: p.calib.clone(),
         recipe: p.recipe.clone(),
-        batch: BATCH,
+        batch,
         repeat: 1,
         also_all_tensors: false,
         peer_methods: if args.skip_peer { vec![] } else { vec!["Entropy", "Percentile", "MinMax"] },
