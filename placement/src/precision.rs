@@ -139,7 +139,11 @@ pub fn decide(
             (true, format!("allow.ops '{op}'"))
         } else if GEMM_OPS.contains(&op) {
             let constant_inputs =
-                node.input.iter().filter(|i| !i.is_empty() && index.constant(graph, i).is_some()).count();
+                // Through Cast/Identity: FP16-stored weights read through a Cast are weights, not attention.
+                node.input
+                    .iter()
+                    .filter(|i| !i.is_empty() && crate::rules::constant_behind(graph, &index, i).is_some())
+                    .count();
             if op == "MatMul" && constant_inputs == 0 && attention == AttentionPrecision::Float {
                 let target = options.target.name();
                 (
@@ -343,5 +347,26 @@ mod tests {
         let file = PrecisionFile { allow: Selection { nodes: vec!["head".into()], ops: vec![] }, ..Default::default() };
         let forced = decide(&small_cnn(), &file, &options, "test").unwrap();
         assert!(forced.iter().any(|d| d.node == "head" && d.int8));
+    }
+
+    #[test]
+    fn a_matmul_with_fp16_weights_behind_a_cast_is_no_attention_matmul() {
+        let mut g = GraphProto::new();
+        layer(&mut g, "MatMul", "fc", "x", &[64, 32], &[]);
+        // The weight stored as FP16 and cast to float in the graph, as FP16-storage exporters write it.
+        g.initializer[0].name = "fc_w16".into();
+        let mut cast = NodeProto::new();
+        cast.op_type = "Cast".into();
+        cast.name = "fc_w_cast".into();
+        cast.input = vec!["fc_w16".into()];
+        cast.output = vec!["fc_w".into()];
+        g.node.insert(0, cast);
+        let float_attention = PlacementOptions {
+            attention: Some(AttentionPrecision::Float),
+            ..PlacementOptions::for_target(Target::TensorRt)
+        };
+        let d = decide(&g, &PrecisionFile::default(), &float_attention, "test").unwrap();
+        let fc = d.iter().find(|d| d.node == "fc").unwrap();
+        assert!(fc.int8 && !fc.reason.contains("attention"), "{}", fc.reason);
     }
 }

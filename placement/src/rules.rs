@@ -415,7 +415,7 @@ mod tests {
     #[test]
     fn weights_behind_a_cast_are_weights() {
         let mut g = GraphProto::new();
-        weight(&mut g, "w16", &[4, 4]);
+        weight(&mut g, "w16", &[16, 16]);
         node(&mut g, "Cast", "cast", &["w16"], "w");
         node(&mut g, "MatMul", "mm", &["x", "w"], "y");
         let p = planned(&g, Target::TensorRt, &PrecisionFile::default());
