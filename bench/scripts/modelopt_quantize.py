@@ -24,7 +24,7 @@ def main():
     from modelopt.onnx.quantization import quantize
     import modelopt
 
-    data = np.fromfile(a.inputs, dtype="<f4").reshape(shape)
+    data = peer_args.as_input_type(np.fromfile(a.inputs, dtype="<f4").reshape(shape), a.model, a.input_name)
     start = time.monotonic()
     quantize(
         onnx_path=a.model,

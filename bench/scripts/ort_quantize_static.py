@@ -44,7 +44,7 @@ class RawBatches(CalibrationDataReader):
 
 def main():
     a, shape = peer_args.parse(["Entropy", "Percentile", "MinMax"])
-    data = np.memmap(a.inputs, dtype="<f4", mode="r", shape=shape)
+    data = peer_args.as_input_type(np.memmap(a.inputs, dtype="<f4", mode="r", shape=shape), a.model, a.input_name)
     start = time.monotonic()
     quantize_static(
         a.model,

@@ -24,3 +24,16 @@ def parse(methods, extra=lambda p: None):
     if shape[0] % a.batch != 0:
         sys.exit(f"batch {a.batch} does not divide {shape[0]} images")
     return a, shape
+
+
+def as_input_type(data, model_path, input_name):
+    """The preprocessed images (float32, as int8kit dumps them) in the element type the model's input takes:
+    a model with a uint8 input gets the pixel levels as uint8 (they are whole numbers in float32)."""
+    import numpy as np
+    import onnx
+
+    model = onnx.load(model_path, load_external_data=False)
+    for i in model.graph.input:
+        if i.name == input_name and i.type.tensor_type.elem_type == onnx.TensorProto.UINT8:
+            return np.asarray(data).astype(np.uint8)
+    return data
