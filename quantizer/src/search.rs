@@ -33,6 +33,10 @@ pub const MAX_TOLERANCE_DB: f64 = 0.5;
 /// Candidates' outputs kept for the fine stage beyond the float reference's size: 256 MB of float32.
 const CACHED_OUTPUTS_MAX_FLOATS: usize = 64 << 20;
 
+/// A best output SQNR below this on the held-back samples (the INT8 error about as large as the signal) is
+/// said in the search's reason.
+const LOW_FIDELITY_DB: f64 = 3.0;
+
 /// The fewest samples the coarse stage ranks candidates on.
 const MIN_COARSE_SAMPLES: usize = 32;
 
@@ -395,6 +399,19 @@ pub fn search(
             winner.attention_name(),
             winner.float_type.name()
         )
+    };
+    // No candidate close to the float model on the held-back samples: either their float outputs carry almost
+    // no signal (a text detector on photos without text sees near-empty maps) and the samples cannot rank the
+    // candidates, or the model quantizes poorly. Said, not hidden.
+    let reason = if best < LOW_FIDELITY_DB {
+        tracing::warn!(target: "int8kit::search", best_db = best, "no candidate reached {LOW_FIDELITY_DB} dB");
+        format!(
+            "{reason}. No candidate reached {LOW_FIDELITY_DB} dB on the held-back samples: if their float outputs \
+             carry little signal (images unlike what the model serves), they cannot rank the candidates; check \
+             the calibration images, then validate on representative ones"
+        )
+    } else {
+        reason
     };
     let record = SearchRecord {
         axes,
