@@ -250,16 +250,40 @@ fn write_zoo(args: &ZooArgs, manifest_order: &[String], results: &[ZooResult]) -
     let json_path = root().join("zoo.json");
     let earlier: Option<Zoo> = std::fs::read(&json_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
     let mut models = results.to_vec();
-    let kept: Vec<ZooResult> = earlier
-        .map(|z| z.models.into_iter().filter(|m| !results.iter().any(|r| r.name == m.name)).collect())
-        .unwrap_or_default();
+    let pins = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // Rows kept from an earlier run keep the peers that run had.
+    let (mut peer, mut modelopt) = (pins(PEER_PINS), pins(MODELOPT_PINS));
+    let kept: Vec<ZooResult> = match earlier {
+        Some(z) => {
+            let kept: Vec<ZooResult> =
+                z.models.into_iter().filter(|m| !results.iter().any(|r| r.name == m.name)).collect();
+            if args.skip_peer && (kept.is_empty() || z.peer.is_empty()) {
+                peer.clear();
+            }
+            if args.skip_modelopt && (kept.is_empty() || z.modelopt.is_empty()) {
+                modelopt.clear();
+            }
+            kept
+        }
+        None => {
+            if args.skip_peer {
+                peer.clear();
+            }
+            if args.skip_modelopt {
+                modelopt.clear();
+            }
+            Vec::new()
+        }
+    };
     let kept_names: Vec<String> = kept.iter().map(|m| m.name.clone()).collect();
     models.extend(kept);
     models.sort_by_key(|r| manifest_order.iter().position(|n| *n == r.name).unwrap_or(usize::MAX));
-    let pins = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let mut command = format!("cargo xtask bench zoo --calib {} --eval {}", args.calib, args.eval);
     if !args.models.is_empty() {
         command += &format!(" --models {}", args.models.join(","));
+    }
+    if args.skip_peer {
+        command += " --skip-peer";
     }
     if args.skip_modelopt {
         command += " --skip-modelopt";
@@ -272,8 +296,8 @@ fn write_zoo(args: &ZooArgs, manifest_order: &[String], results: &[ZooResult]) -
         version: 1,
         machine: machine(),
         onnxruntime: runtime::version()?,
-        peer: pins(PEER_PINS),
-        modelopt: if args.skip_modelopt { vec![] } else { pins(MODELOPT_PINS) },
+        peer,
+        modelopt,
         command,
         models,
     };
