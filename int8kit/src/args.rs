@@ -242,7 +242,7 @@ impl RunArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TargetArg {
     /// TensorRT: also quantize the residual input of Adds after a GEMM/Conv and pooling inputs, so TensorRT
-    /// fuses them.
+    /// fuses them; GEMMs and Convs too narrow for its INT8 kernels (K or N, or channels, below 16) stay float.
     Tensorrt,
     /// ONNX Runtime: only the pairs its QDQ fusions turn into integer kernels.
     Onnxruntime,

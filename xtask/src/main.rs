@@ -180,8 +180,7 @@ pub fn project_ort_dir() -> PathBuf {
 /// binary's `test result:` line, so that a reader (or CI) sees the whole count at the end.
 fn test(extra: &[String]) -> anyhow::Result<()> {
     // The end-to-end tests on real models (int8kit/tests/it/zoo.rs) read what this fetches (hash-checked) and
-    // writes: the zoo's CI models and crops of real photos.
-    setup()?;
+    // writes: the zoo's CI models and crops of real photos (`delegate` sets up ONNX Runtime first).
     let zoo = ["zoo", "--prepare", "--ci", "--calib", "160", "--eval", "48"].map(String::from);
     if delegate("bench", "bench", &zoo, true)? != ExitCode::SUCCESS {
         bail!("preparing the zoo's test models (`cargo xtask bench zoo --prepare --ci`) failed");
