@@ -56,10 +56,14 @@ pub const ZERO_RANGE_AMAX: f32 = 1.0;
 /// Clipping threshold for a tensor. Never zero, never NaN (see [`ZERO_RANGE_AMAX`]).
 pub fn amax(stats: &TensorStats, method: Method) -> f32 {
     let max_abs = stats.amax();
-    let Some(_) = stats.hist.range_exp else { return ZERO_RANGE_AMAX };
     if !(max_abs > 0.0 && max_abs.is_finite()) {
         return ZERO_RANGE_AMAX;
     }
+    // Range-only statistics (tensors that are always max-calibrated) have no histogram to search.
+    if matches!(method, Method::Max) || stats.max_only {
+        return max_abs;
+    }
+    let Some(_) = stats.hist.range_exp else { return ZERO_RANGE_AMAX };
     let width = stats.hist.bin_width();
     let counts = trimmed(&stats.hist.counts);
     let a = match method {

@@ -121,6 +121,9 @@ pub struct TappedModel {
     plan: CollectionPlan,
     /// Per measured tensor (in `output_names` order): whether its per-channel maxima are collected.
     channel_max: Vec<bool>,
+    /// Per activation: whether its statistics keep the range only (it and every tensor that copies its
+    /// statistics are always max-calibrated, `graph::roles::max_calibrated`).
+    range_only: Vec<bool>,
 }
 
 fn float_output(name: &str) -> ValueInfoProto {
@@ -263,6 +266,7 @@ impl TappedModel {
         gemm_inputs.extend(smoothable.iter().cloned());
         let plan = CollectionPlan::new(&activations, &gemm_inputs);
         let channel_max = plan.measured.iter().map(|&i| smoothable.contains(&activations[i].name)).collect();
+        let range_only = plan.range_only(&activations, &graph::roles::max_calibrated(&model.proto.graph));
         for &i in &plan.measured {
             if !existing.contains(&activations[i].name) {
                 model.proto.graph.mut_or_insert_default().output.push(float_output(&activations[i].name));
@@ -274,12 +278,26 @@ impl TappedModel {
             .filter(|(_, a)| a.producer.is_none())
             .map(|(i, a)| (i, a.name.clone()))
             .collect();
-        Ok(TappedModel { model, activations, not_collected, input, fed, plan, channel_max })
+        Ok(TappedModel { model, activations, not_collected, input, fed, plan, channel_max, range_only })
     }
 
     /// Names of the activations read back from ONNX Runtime, in graph order.
     pub fn output_names(&self) -> Vec<String> {
         self.plan.measured.iter().map(|&i| self.activations[i].name.clone()).collect()
+    }
+
+    /// Empty statistics for each measured tensor (in `output_names` order): range-only where that is all
+    /// analysis reads.
+    fn empty_measured_stats(&self) -> Vec<TensorStats> {
+        self.plan.measured.iter().map(|&i| self.empty_stats(i)).collect()
+    }
+
+    fn empty_stats(&self, activation: usize) -> TensorStats {
+        if self.range_only[activation] {
+            TensorStats::range_only()
+        } else {
+            TensorStats::default()
+        }
     }
 }
 
@@ -359,6 +377,17 @@ impl CollectionPlan {
         let measured =
             (0..activations.len()).filter(|&i| source[i] == i && activations[i].producer.is_some()).collect();
         CollectionPlan { source, measured }
+    }
+
+    /// Per activation: whether every member of the group it heads is in `fixed` (the max-calibrated tensors).
+    fn range_only(&self, activations: &[Activation], fixed: &std::collections::BTreeSet<String>) -> Vec<bool> {
+        let mut all_fixed = vec![true; activations.len()];
+        for (a, &root) in activations.iter().zip(&self.source) {
+            if !fixed.contains(&a.name) {
+                all_fixed[root] = false;
+            }
+        }
+        (0..activations.len()).map(|i| self.source[i] == i && all_fixed[i]).collect()
     }
 
     /// Every activation's statistics from those of the fed inputs (`(index, stats)`) and the measured ones.
@@ -641,6 +670,12 @@ fn run_pass(
             &mut stream,
         )?;
         device_memory_peak_mb = Some(peak);
+        // The GPU kernels bin every tensor; the range-only ones keep what the CPU pass keeps.
+        let stats = stats
+            .into_iter()
+            .zip(tapped.empty_measured_stats())
+            .map(|(s, empty)| if empty.max_only { s.into_range_only() } else { s })
+            .collect();
         (stats, vec![None; outputs.len()])
     } else {
         let mut session = runtime::session_from_bytes(&bytes, &cfg)?;
@@ -745,7 +780,7 @@ struct FedStats<'t> {
 
 impl<'t> FedStats<'t> {
     fn new(tapped: &'t TappedModel) -> FedStats<'t> {
-        FedStats { tapped, stats: vec![TensorStats::default(); tapped.fed.len()] }
+        FedStats { tapped, stats: tapped.fed.iter().map(|&(i, _)| tapped.empty_stats(i)).collect() }
     }
 
     fn add(&mut self, batch: &Batch) {
@@ -782,11 +817,10 @@ fn collect_on_cpu(
     // A rendezvous channel: at most two batches of activations exist at once (one being histogrammed, one
     // being computed), which bounds memory whatever the number of images.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<runtime::OwnedOutput>>(0);
-    let measured_count = outputs.len();
+    let mut stats = tapped.empty_measured_stats();
     let (run_result, measured_stats) = std::thread::scope(|scope| {
         let wanted = &tapped.channel_max;
         let histograms = scope.spawn(move || {
-            let mut stats = vec![TensorStats::default(); measured_count];
             let mut channels: Vec<Option<Result<histograms::ChannelMax, histograms::ChannelMismatch>>> =
                 wanted.iter().map(|&w| w.then(|| Ok(Default::default()))).collect();
             for outs in rx {

@@ -209,6 +209,7 @@ impl GpuStats {
                         range_exp: (st[0] != NO_RANGE).then_some(st[0] as i32),
                         counts: hist[BINS * t..BINS * (t + 1)].to_vec(),
                     },
+                    max_only: false,
                 }
             })
             .collect())

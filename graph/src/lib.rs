@@ -12,6 +12,7 @@ mod index;
 mod infer;
 mod model;
 mod patch;
+pub mod roles;
 mod save;
 
 pub use activations::{find_activations, Activation};

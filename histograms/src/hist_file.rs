@@ -13,10 +13,11 @@ use crate::{HistError, Selection};
 
 /// The `format` value of a .hist file.
 pub const HIST_FORMAT: &str = "int8kit.hist";
-/// The .hist version this build writes. Version 5 added `images.held_out` (the slice kept out of the
+/// The .hist version this build writes. Version 6 added `max_only` (range-only statistics of the tensors
+/// that are always max-calibrated); version 5 added `images.held_out` (the slice kept out of the
 /// statistics for the self-check); version 4 made `recipe` optional and added `arrays` (`.npz` samples);
 /// version 3 added the optional `smoothing`; version 2 added `content_sha256`. Versions 1 to 3 are still read.
-pub const HIST_VERSION: u32 = 5;
+pub const HIST_VERSION: u32 = 6;
 /// The oldest version this build reads.
 pub const HIST_OLDEST_READ: u32 = 1;
 
@@ -445,6 +446,16 @@ fn check_stats(s: &TensorStats) -> Result<(), String> {
     };
     if s.elements().is_none() {
         return Err("its value, NaN and Inf counts add up beyond 2^64".into());
+    }
+    if s.max_only {
+        if total != 0 || s.hist.range_exp.is_some() {
+            return Err("range-only statistics that hold a histogram".into());
+        }
+        return match (s.min, s.max) {
+            (None, None) if s.count == 0 => Ok(()),
+            (Some(lo), Some(hi)) if s.count > 0 && lo.is_finite() && hi.is_finite() && lo <= hi => Ok(()),
+            _ => Err(format!("count {} with min {:?} and max {:?}", s.count, s.min, s.max)),
+        };
     }
     if total != s.count {
         return Err(format!("count {} but the histogram holds {total} values", s.count));

@@ -293,11 +293,26 @@ pub struct TensorStats {
     pub pos_inf: u64,
     /// -Inf values seen.
     pub neg_inf: u64,
-    /// Histogram of |x| over the finite values.
+    /// Histogram of |x| over the finite values; empty when `max_only`.
     pub hist: AbsHistogram,
+    /// Only the range is kept (count, min, max, non-finite counts), no histogram: the tensor is always
+    /// max-calibrated (the image, attention probabilities), so binning it would be work nobody reads.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub max_only: bool,
 }
 
 impl TensorStats {
+    /// Statistics that keep the range only (see [`TensorStats::max_only`]).
+    pub fn range_only() -> TensorStats {
+        TensorStats { max_only: true, ..Default::default() }
+    }
+
+    /// These statistics with the histogram dropped: exactly what [`TensorStats::range_only`] gives for the
+    /// same values.
+    pub fn into_range_only(self) -> TensorStats {
+        TensorStats { hist: AbsHistogram::default(), max_only: true, ..self }
+    }
+
     /// Largest finite |x|, or 0.
     pub fn amax(&self) -> f32 {
         match (self.min, self.max) {
@@ -313,7 +328,7 @@ impl TensorStats {
         self.min = Some(self.min.map_or(lo, |m| m.min(lo)));
         self.max = Some(self.max.map_or(hi, |m| m.max(hi)));
         let a = lo.abs().max(hi.abs());
-        if a > 0.0 {
+        if a > 0.0 && !self.max_only {
             self.hist.grow_to(range_exp_for(a));
         }
     }
@@ -327,6 +342,10 @@ impl TensorStats {
         // Blocks small enough to stay in L1 between the range scan and the binning pass.
         for block in values.chunks(4096) {
             let (lo, hi, non_finite) = kernels::scan(block);
+            if non_finite == 0 && self.max_only {
+                self.note_range(lo, hi, block.len() as u64);
+                continue;
+            }
             if non_finite == 0 {
                 if self.range_grows(lo, hi) {
                     self.hist.flush(scratch);
@@ -353,6 +372,10 @@ impl TensorStats {
                 continue;
             }
             let (lo, hi, _) = kernels::scan(&finite);
+            if self.max_only {
+                self.note_range(lo, hi, finite.len() as u64);
+                continue;
+            }
             if self.range_grows(lo, hi) {
                 self.hist.flush(scratch);
             }
@@ -388,7 +411,12 @@ impl TensorStats {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
-        self.hist.merge(&other.hist);
+        if self.max_only || other.max_only {
+            self.max_only = true;
+            self.hist = AbsHistogram::default();
+        } else {
+            self.hist.merge(&other.hist);
+        }
     }
 }
 
@@ -546,6 +574,25 @@ mod tests {
                 }
             }
             prop_assert_eq!(bytes(&whole), bytes(&stats_of(&[&v])));
+        }
+
+        /// Range-only statistics are the full ones without the histogram, for any batching and merge order.
+        #[test]
+        fn range_only_keeps_exactly_the_range(v in values(), split in 1usize..500) {
+            let full = stats_of(&[&v]);
+            let mut ranged = TensorStats::range_only();
+            let mut merged = TensorStats::range_only();
+            for c in v.chunks(split) {
+                ranged.add(c);
+                let mut part = TensorStats::range_only();
+                part.add(c);
+                merged.merge(&part);
+            }
+            prop_assert_eq!(bytes(&full.clone().into_range_only()), bytes(&ranged));
+            prop_assert_eq!(bytes(&ranged), bytes(&merged));
+            prop_assert_eq!(ranged.hist.range_exp, None);
+            prop_assert!(ranged.hist.counts.iter().all(|&c| c == 0));
+            prop_assert_eq!(ranged.amax(), full.amax());
         }
 
         /// Every finite value is in exactly one bin whose interval contains |x|.

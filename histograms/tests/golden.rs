@@ -10,6 +10,13 @@ fn stats(values: &[f32]) -> TensorStats {
     s
 }
 
+/// The image and attention probabilities keep their range only (`max_only`).
+fn range_only(values: &[f32]) -> TensorStats {
+    let mut s = TensorStats::range_only();
+    s.add(values);
+    s
+}
+
 fn sample() -> HistFile {
     HistFile {
         format: histograms::HIST_FORMAT.into(),
@@ -38,6 +45,12 @@ fn sample() -> HistFile {
                 producer: Some("/conv/Conv".into()),
                 op: Some("Conv".into()),
                 stats: stats(&[f32::NAN, f32::INFINITY, -3.0, 1e-3, -0.0]),
+            },
+            TensorRecord {
+                name: "/attn/Softmax_output_0".into(),
+                producer: Some("/attn/Softmax".into()),
+                op: Some("Softmax".into()),
+                stats: range_only(&[0.25, 0.75, 0.0, 1.0]),
             },
         ],
         shard: Some(histograms::ShardInfo { index: 2, count: 3, list_sha256: "ef".repeat(32) }),
@@ -133,6 +146,12 @@ fn edited_statistics_are_refused_by_checksum_or_by_consistency() {
         ("min > max", Box::new(|v| v["tensors"][0]["min"] = 3.0.into()), "not an interval"),
         ("max", Box::new(|v| v["tensors"][0]["max"] = 1.0.into()), "needs"),
         ("alpha", Box::new(|v| v["smoothing"]["alpha"] = 1.5.into()), "alpha 1.5"),
+        (
+            "range-only with bins",
+            Box::new(|v| v["tensors"][2]["hist"]["counts"] = serde_json::json!([4])),
+            "range-only statistics that hold a histogram",
+        ),
+        ("range-only min > max", Box::new(|v| v["tensors"][2]["min"] = 2.0.into()), "count 4 with min"),
         (
             "channel max negative",
             Box::new(|v| v["smoothing"]["channel_max"]["/ln/LayerNormalization_output_0"] = serde_json::json!([-1.0])),
