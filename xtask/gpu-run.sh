@@ -13,6 +13,8 @@ nv=/opt/torch/.venv/lib/python3.12/site-packages/nvidia
 export LD_LIBRARY_PATH=/tmp/i8/bundle/onnxruntime/capi:$nv/cu13/lib:$nv/cudnn/lib:/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
 export ORT_DYLIB_PATH=/tmp/i8/bundle/onnxruntime/capi/libonnxruntime.so.1.31.1
 export INT8KIT_ROOT=$here
+# Every CUDA stream capture logged with its thread and backtrace (bench/scripts/capture_trace.c).
+if [ "${INT8KIT_TRACE_CAPTURES:-}" = 1 ]; then export LD_PRELOAD=/tmp/i8/bundle/capture_trace.so; fi
 if [ "${1:-}" = tests ]; then
   shift
   export INT8KIT_TEST_DEVICE=${INT8KIT_TEST_DEVICE:-cuda:0}

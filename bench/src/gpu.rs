@@ -40,12 +40,22 @@ pub struct CheckArgs {
     /// Where gpu-check.json, gpu-check.md and the per-step logs go.
     #[arg(long)]
     out: PathBuf,
-    /// Measurements to run (comma-separated): kernels, speed, hist, validate, sensitivity, fp16-evaluation (the
-    /// validate step's FP16 artifacts with ONNX Runtime's rewrites on and off; after validate); diagnose runs
-    /// only when named. Default: all the others. The invariants are the crates' device tests.
+    /// Measurements to run (comma-separated): kernels, speed, hist, validate, sensitivity, devices (one GPU
+    /// against a device list naming it twice: same .hist, same report), fp16-evaluation (the validate step's
+    /// FP16 artifacts with ONNX Runtime's rewrites on and off; after validate); diagnose runs only when named.
+    /// Default: all the others. The invariants are the crates' device tests.
     #[arg(long, value_delimiter = ',')]
     steps: Vec<String>,
+    /// Runs of the steps in this one process: the first in the order above, each later one in a seeded random
+    /// order. A failing step is recorded (round, step, error) and the others go on; any failure fails the check.
+    /// Sessions of earlier steps stay alive in ONNX Runtime and CUDA, as in a long-running user process.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
+
+/// The measurements of `gpu-check`, in their default order.
+const STEPS: &[&str] =
+    &["kernels", "speed", "diagnose", "hist", "validate", "sensitivity", "devices", "fp16-evaluation"];
 
 #[derive(Debug, clap::Args)]
 pub struct ChildArgs {
@@ -90,6 +100,18 @@ pub fn pack(args: &PackArgs) -> anyhow::Result<()> {
         std::fs::copy(&test, &to)?;
         ok(Command::new("strip").arg(&to), "strip a device test")?;
     }
+    // A diagnostic preload library that logs every CUDA stream capture with its thread and backtrace
+    // (`INT8KIT_TRACE_CAPTURES=1 gpu-run.sh ...`): what to run when "operation not permitted when stream is
+    // capturing" appears.
+    let cc = which("cc").context("a C compiler (cc) is needed to pack the capture tracer")?;
+    ok(
+        Command::new(cc)
+            .args(["-O1", "-g", "-shared", "-fPIC", "-o"])
+            .arg(bundle.join("capture_trace.so"))
+            .arg(root().join("bench/scripts/capture_trace.c"))
+            .args(["-ldl", "-lpthread"]),
+        "compile bench/scripts/capture_trace.c",
+    )?;
     // onnxruntime-gpu's libraries (CUDA 13 build); the GPU machine provides CUDA, cuBLAS and cuDNN.
     let members: Vec<String> = ORT_GPU_LIBS.iter().map(|s| s.to_string()).collect();
     let pin = crate::suite::linux_wheel("3.12");
@@ -185,7 +207,18 @@ struct CheckReport {
     hist: Option<HistDiff>,
     validate: Vec<ValidateRow>,
     sensitivity: Option<SensitivityDiff>,
+    devices: Option<String>,
     fp16_evaluation: Vec<Fp16EvaluationRow>,
+    /// Every step run, in order, with its time and error (`--rounds`).
+    steps: Vec<StepRun>,
+}
+
+#[derive(Debug, Serialize)]
+struct StepRun {
+    round: usize,
+    step: String,
+    seconds: f64,
+    error: Option<String>,
 }
 
 /// One FP16 artifact of the validate step (the INT8 Q/DQ model or the FP16 model) run on one device with
@@ -259,47 +292,130 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)?;
     runtime::use_device(args.device);
     runtime::cuda_device_check(args.device)?;
-    let want = |s: &str| args.steps.is_empty() || args.steps.iter().any(|x| x == s);
+    let chosen: Vec<&str> = STEPS
+        .iter()
+        .copied()
+        .filter(|s| {
+            if *s == "diagnose" {
+                args.steps.iter().any(|x| x == s)
+            } else {
+                args.steps.is_empty() || args.steps.iter().any(|x| x == s)
+            }
+        })
+        .collect();
+    if let Some(unknown) = args.steps.iter().find(|s| !STEPS.contains(&s.as_str())) {
+        bail!("unknown step '{unknown}'; the steps are {}", STEPS.join(", "));
+    }
     let mut report = CheckReport { device: args.device.to_string(), ..Default::default() };
     report.onnxruntime = runtime::version()?;
     report.gpu = gpu_name();
     eprintln!("GPU: {}, ONNX Runtime {}", report.gpu, report.onnxruntime);
-    if want("kernels") {
-        // A GELU-like activation: most values near zero (many hits on few bins), a long positive tail.
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let values: Vec<f32> = (0..(256usize << 20))
-            .map(|_| {
-                let x: f32 = (rng.gen::<f32>() + rng.gen::<f32>() + rng.gen::<f32>() - 1.5) * 2.0;
-                x * 0.5 * (1.0 + (x * 0.8).tanh())
-            })
-            .collect();
-        let k = calibrate::gpu::bench_kernels(args.device, &values, 5)?;
-        eprintln!("{}", kernels_line(&k));
-        report.kernels = Some(k);
-    }
-    if want("speed") {
-        report.speed = speed(args)?;
-    }
-    if args.steps.iter().any(|x| x == "diagnose") {
-        diagnose(args)?;
-    }
-    if want("hist") {
-        report.hist = Some(hist_diff(args.device)?);
-    }
-    if want("validate") {
-        report.validate = validate_both(args)?;
-    }
-    if want("sensitivity") {
-        report.sensitivity = Some(sensitivity_both(args.device)?);
-    }
-    if want("fp16-evaluation") {
-        report.fp16_evaluation = fp16_evaluation(args)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    for round in 1..=args.rounds.max(1) {
+        let mut order = chosen.clone();
+        if round > 1 {
+            // fp16-evaluation reads what validate wrote: it stays after it.
+            rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rng);
+            if let (Some(v), Some(f)) =
+                (order.iter().position(|s| *s == "validate"), order.iter().position(|s| *s == "fp16-evaluation"))
+            {
+                if f < v {
+                    order.swap(v, f);
+                }
+            }
+        }
+        eprintln!("round {round}: {}", order.join(", "));
+        for step in order {
+            let started = Instant::now();
+            let outcome = run_step(step, args, &mut report);
+            let seconds = started.elapsed().as_secs_f64();
+            if let Err(e) = &outcome {
+                eprintln!("round {round}, step {step} FAILED after {seconds:.1} s: {e:#}");
+            }
+            report.steps.push(StepRun {
+                round,
+                step: step.into(),
+                seconds,
+                error: outcome.err().map(|e| format!("{e:#}")),
+            });
+        }
     }
     std::fs::write(args.out.join("gpu-check.json"), serde_json::to_vec_pretty(&report)?)?;
     let md = markdown(&report);
     std::fs::write(args.out.join("gpu-check.md"), &md)?;
     println!("{md}");
+    let failed: Vec<String> =
+        report.steps.iter().filter(|s| s.error.is_some()).map(|s| format!("{} (round {})", s.step, s.round)).collect();
+    if !failed.is_empty() {
+        bail!("{} of {} step runs failed: {}", failed.len(), report.steps.len(), failed.join(", "));
+    }
     Ok(())
+}
+
+/// One step of `gpu-check`, its result stored in `report` (a later round overwrites an earlier one's).
+fn run_step(step: &str, args: &CheckArgs, report: &mut CheckReport) -> anyhow::Result<()> {
+    match step {
+        "kernels" => {
+            // A GELU-like activation: most values near zero (many hits on few bins), a long positive tail.
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+            let values: Vec<f32> = (0..(256usize << 20))
+                .map(|_| {
+                    let x: f32 = (rng.gen::<f32>() + rng.gen::<f32>() + rng.gen::<f32>() - 1.5) * 2.0;
+                    x * 0.5 * (1.0 + (x * 0.8).tanh())
+                })
+                .collect();
+            let k = calibrate::gpu::bench_kernels(args.device, &values, 5)?;
+            eprintln!("{}", kernels_line(&k));
+            report.kernels = Some(k);
+        }
+        "speed" => report.speed = speed(args)?,
+        "diagnose" => diagnose(args)?,
+        "hist" => report.hist = Some(hist_diff(args.device)?),
+        "validate" => report.validate = validate_both(args)?,
+        "sensitivity" => report.sensitivity = Some(sensitivity_both(args.device)?),
+        "devices" => report.devices = Some(devices_agree(args)?),
+        "fp16-evaluation" => report.fp16_evaluation = fp16_evaluation(args)?,
+        other => bail!("unknown step '{other}'"),
+    }
+    Ok(())
+}
+
+/// The fixture ViT calibrated and validated on one GPU and on a device list that names it twice (two
+/// sessions on two threads of this process, as `--device cuda:0,1` runs them): the `.hist` bytes and the
+/// report's rows must be the same.
+fn devices_agree(args: &CheckArgs) -> anyhow::Result<String> {
+    let one = runtime::Devices::one(args.device);
+    let twice: runtime::Devices =
+        format!("{one},{}", one.to_string().trim_start_matches("cuda:")).parse().map_err(anyhow::Error::msg)?;
+    let feed = Feed::Images(Recipe::load(&test_support::recipe_path())?);
+    let model = test_support::model("fmnist_vit_opset17.onnx");
+    let hist = |devices: &runtime::Devices| -> anyhow::Result<Vec<u8>> {
+        let options = calibrate::CalibrateOptions { device: devices.clone(), ..Default::default() };
+        let (h, _) = calibrate::calibrate(&model, &test_support::calib_dir(), &feed, &options, &mut |_, _| {})?;
+        Ok(h.to_json()?)
+    };
+    if hist(&one)? != hist(&twice)? {
+        bail!("calibrate on {one} and on {twice} wrote different .hist files");
+    }
+    let report = |devices: &runtime::Devices| -> anyhow::Result<serde_json::Value> {
+        let dir = args.out.join("devices").join(devices.to_string().replace([':', ','], "_"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = crate::demo::fixture_config("fmnist_vit_opset17.onnx", false, None, dir, args.device)?;
+        config.collect.device = devices.clone();
+        config.limit_val = Some(1000);
+        let r = evaluate::validate(&config, &mut |_, _, _| {})?;
+        let mut v = serde_json::to_value((&r.comparison, &r.fp16, &r.criteria))?;
+        for (i, row) in [(0, "fp32"), (0, "int8"), (1, "metrics")] {
+            v[i][row]["images_per_s"] = 0.into();
+        }
+        Ok(v)
+    };
+    if report(&one)? != report(&twice)? {
+        bail!("validate on {one} and on {twice} reported different rows");
+    }
+    let line = format!("{one} and {twice}: the same .hist bytes and the same validate rows");
+    eprintln!("devices: {line}");
+    Ok(line)
 }
 
 fn kernels_line(k: &calibrate::gpu::KernelBench) -> String {
@@ -717,6 +833,24 @@ fn markdown(r: &CheckReport) -> String {
     }
     if let Some(k) = &r.kernels {
         let _ = writeln!(md, "{}\n", kernels_line(k));
+    }
+    if let Some(d) = &r.devices {
+        let _ = writeln!(md, "Device lists: {d}.\n");
+    }
+    let rounds = r.steps.iter().map(|s| s.round).max().unwrap_or(0);
+    if rounds > 1 || r.steps.iter().any(|s| s.error.is_some()) {
+        let failed = r.steps.iter().filter(|s| s.error.is_some()).count();
+        let _ = writeln!(
+            md,
+            "Steps in one process, {rounds} round(s) (round 1 in order, later rounds shuffled): {} runs, {failed} failed.\n\n\
+             | round | step | seconds | error |\n|---|---|---|---|",
+            r.steps.len()
+        );
+        for s in &r.steps {
+            let _ =
+                writeln!(md, "| {} | {} | {:.1} | {} |", s.round, s.step, s.seconds, s.error.as_deref().unwrap_or(""));
+        }
+        md.push('\n');
     }
     if !r.speed.is_empty() {
         let _ = writeln!(
