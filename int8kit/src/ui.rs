@@ -4,7 +4,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 /// Logs to stderr through `tracing`; `RUST_LOG` overrides the level. `--quiet` keeps only errors.
 pub fn init_logging(quiet: bool) {
-    let default = if quiet { "error" } else { "warn" };
+    // onnxruntime=info: the one plain line about a cuDNN fallback (runtime::log_onnxruntime); ONNX Runtime
+    // itself passes on warnings and errors only.
+    let default = if quiet { "error" } else { "warn,onnxruntime=info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Colour codes only on a terminal: logs piped into a CI log or a file stay plain text.

@@ -221,6 +221,7 @@ impl BoundRun {
             });
         };
         let run_err = |e: ort::Error| RuntimeError::Run { model: label.to_string(), message: e.to_string() };
+        let _exclusive = crate::setting_up_cuda();
         let binding = session.create_binding().map_err(run_err)?;
         let memory = MemoryInfo::new(AllocationDevice::CUDA, id as i32, AllocatorType::Device, MemoryType::Default)
             .map_err(run_err)?;
@@ -274,6 +275,7 @@ impl BoundRun {
         };
         let cuda_err =
             |e: cudarc::driver::DriverError| RuntimeError::Run { model: label.clone(), message: e.to_string() };
+        let _shared = crate::running();
         self.ctx.bind_to_thread().map_err(cuda_err)?;
         // SAFETY: the tensor holds shape.product() == data.len() float32 values in GPU memory on this context.
         unsafe { cudarc::driver::result::memcpy_htod_sync(tensor.data_ptr_mut() as u64, data) }.map_err(cuda_err)?;
@@ -303,8 +305,9 @@ impl BoundRun {
             out.push(DeviceTensor { ptr: tensor.data_ptr() as u64, len });
             values.push(tensor.into_dyn());
         }
+        // No `synchronize_outputs`: on the CUDA EP it synchronises the whole device, which fails while another
+        // thread's run has a stream captured (see `CUDA_WORK`); the run already synchronised its streams.
         drop(result);
-        self.binding.synchronize_outputs().map_err(run_err)?;
         self.values = values;
         Ok(out)
     }

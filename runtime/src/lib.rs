@@ -56,7 +56,57 @@ static RUNTIME: OnceLock<Result<Loaded, String>> = OnceLock::new();
 
 fn load(path: &Path) -> ort::Result<Environment> {
     let builder = ort::init_from(path).map_err(|e| ort::Error::new(e.to_string()))?;
-    builder.with_name("int8kit").with_telemetry(false).build()
+    let env =
+        builder.with_name("int8kit").with_telemetry(false).with_logger(std::sync::Arc::new(log_onnxruntime)).build()?;
+    // What ONNX Runtime printed before the logger was ours: warnings and errors.
+    env.set_log_level(ort::logging::LogLevel::Warning);
+    Ok(env)
+}
+
+/// ONNX Runtime's log lines go to `tracing` (target `onnxruntime`) instead of its own coloured stderr. One
+/// kind is not an error for int8kit's users: the CUDA EP first asks cuDNN's graph API for a Conv plan and,
+/// when none fits (`[cudnn_frontend] Error: No execution plans support the graph`, four lines on the
+/// fixture ResNet's FP16 model), runs that Conv through cuDNN's other API; the run goes on and its results
+/// are what the graph means. That is said once, plainly, and the lines stay at debug level.
+fn log_onnxruntime(level: ort::logging::LogLevel, category: &str, _id: &str, location: &str, message: &str) {
+    use ort::logging::LogLevel;
+    static CUDNN_FALLBACK_SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if message.contains("[cudnn_frontend]") && message.contains("No execution plans support the graph") {
+        if !CUDNN_FALLBACK_SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::info!(
+                target: "onnxruntime",
+                "cuDNN's graph API has no plan for some Conv shapes of this model on this GPU; ONNX Runtime runs \
+                 those Convs through cuDNN's legacy API instead (same results)"
+            );
+        }
+        tracing::debug!(target: "onnxruntime", %location, "{message}");
+        return;
+    }
+    match level {
+        LogLevel::Fatal | LogLevel::Error => tracing::error!(target: "onnxruntime", %category, %location, "{message}"),
+        LogLevel::Warning => tracing::warn!(target: "onnxruntime", %category, %location, "{message}"),
+        LogLevel::Info | LogLevel::Verbose => tracing::debug!(target: "onnxruntime", %category, %location, "{message}"),
+    }
+}
+
+/// Orders CUDA work between the threads of one process. cuDNN's engine heuristics (queried inside a run,
+/// the first time a Conv meets an input shape) capture the session's stream for a moment
+/// (`cuda_graph_util::CudaGraphInfo::init` under `cudnnBackendFinalize`, thread-local mode; seen with
+/// bench/scripts/capture_trace.c on an H200, onnxruntime-gpu 1.31.1, cuDNN 9), and any device-wide
+/// synchronisation in another thread during that capture fails with CUDA error 900 ("operation not permitted
+/// when stream is capturing"). Runs hold this shared and never synchronise the whole device (outputs are
+/// complete when a run returns: ONNX Runtime synchronises the session's streams at the end of every run);
+/// creating a CUDA session, which may synchronise the device, holds it exclusively.
+static CUDA_WORK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Held while a session runs (see [`CUDA_WORK`]).
+pub(crate) fn running() -> std::sync::RwLockReadGuard<'static, ()> {
+    CUDA_WORK.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Held while CUDA state that may synchronise the device is set up (see [`CUDA_WORK`]).
+pub(crate) fn setting_up_cuda() -> std::sync::RwLockWriteGuard<'static, ()> {
+    CUDA_WORK.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn loaded() -> Result<&'static Loaded, RuntimeError> {
@@ -201,6 +251,7 @@ pub fn session_from_bytes(bytes: &[u8], cfg: &SessionConfig) -> Result<Session, 
     let rt = loaded()?;
     // Which graph each session runs, for `RUST_LOG=int8kit::sessions=debug`: a test counts them per graph.
     tracing::debug!(target: "int8kit::sessions", model = %cfg.label, graph = %graph_id(bytes), device = %cfg.device, "session");
+    let _exclusive = cfg.device.is_cuda().then(setting_up_cuda);
     build_session(&rt.env, bytes, cfg).map_err(|e| {
         let mut message = e.to_string();
         if cfg.device.is_cuda() {
@@ -353,7 +404,10 @@ pub fn run(
         .map_err(run_err)?;
         feed.push((input.name.into(), value));
     }
-    let mut result = session.run(feed).map_err(run_err)?;
+    let mut result = {
+        let _shared = running();
+        session.run(feed).map_err(run_err)?
+    };
     let mut owned = Vec::with_capacity(outputs.len());
     for name in outputs {
         let value = result.remove(name).ok_or_else(|| RuntimeError::Run {
