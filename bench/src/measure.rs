@@ -65,6 +65,10 @@ pub struct ChildArgs {
     /// the peer, so that both tools see exactly the same tensors.
     #[arg(long)]
     dump_raw: Option<PathBuf>,
+    /// Decode every image first, then time the forward passes alone and write their seconds here: the limit
+    /// of issue 24 (the FP32 forward pass over preloaded images, same threads).
+    #[arg(long)]
+    preloaded_seconds: Option<PathBuf>,
 }
 
 /// A plain FP32 pass: the same images, decoded the same way, through the unmodified model with all threads.
@@ -84,6 +88,18 @@ pub fn child(args: ChildArgs) -> anyhow::Result<()> {
     let stream =
         BatchStream::new(&dataset, &feed, StreamOptions { batch_size: args.pass.batch_size, ..Default::default() });
     let mut n = 0usize;
+    if let Some(out) = &args.preloaded_seconds {
+        let batches = stream.collect::<Result<Vec<_>, _>>()?;
+        let started = Instant::now();
+        for batch in &batches {
+            runtime::run(&mut session, "plain", &batch.inputs(&input), &outputs)?;
+            n += batch.items.len();
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        std::fs::write(out, format!("{seconds}\n")).with_context(|| format!("{}", out.display()))?;
+        eprintln!("forward passes over {n} preloaded images: {seconds:.2} s");
+        return Ok(());
+    }
     for batch in stream {
         let batch = batch?;
         runtime::run(&mut session, "plain", &batch.inputs(&input), &outputs)?;
