@@ -670,12 +670,6 @@ fn run_pass(
             &mut stream,
         )?;
         device_memory_peak_mb = Some(peak);
-        // The GPU kernels bin every tensor; the range-only ones keep what the CPU pass keeps.
-        let stats = stats
-            .into_iter()
-            .zip(tapped.empty_measured_stats())
-            .map(|(s, empty)| if empty.max_only { s.into_range_only() } else { s })
-            .collect();
         (stats, vec![None; outputs.len()])
     } else {
         let mut session = runtime::session_from_bytes(&bytes, &cfg)?;
@@ -730,11 +724,13 @@ fn collect_on_gpus(
             let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(1);
             senders.push(tx);
             let (label, input) = (label.clone(), &tapped.input);
+            let range_only: Vec<bool> = tapped.empty_measured_stats().iter().map(|s| s.max_only).collect();
             let mut cfg = cfg.clone();
             cfg.device = device;
             workers.push(scope.spawn(move || -> Result<(Vec<TensorStats>, f64), CalibrateError> {
                 let mut session = runtime::session_from_bytes(bytes, &cfg)?;
                 let mut gpu = crate::gpu::GpuStats::new(device, outputs.len())?;
+                gpu.keep_range_only(&range_only);
                 let mut bound = runtime::BoundRun::new(&session, device, outputs, &label)?;
                 for batch in rx {
                     let tensors = bound.run(&mut session, input, &batch.shape, &batch.data)?;

@@ -66,7 +66,11 @@ pub struct GpuStats {
     state: CudaSlice<i64>,
     hist: CudaSlice<u64>,
     chunks: CudaSlice<u64>,
+    /// The chunk table of the binned tensors only (`range_only` ones left out).
+    bin_chunks: CudaSlice<u64>,
     tensors: usize,
+    /// Per tensor: whether only its range is kept (no histogram kernel runs over it).
+    range_only: Vec<bool>,
     /// Most device memory in use (bytes, whole device) seen after a batch.
     memory_peak: usize,
 }
@@ -107,7 +111,29 @@ impl GpuStats {
         let state = stream.clone_htod(&state_init).map_err(driver("allocating the state"))?;
         let hist = stream.alloc_zeros::<u64>(BINS * tensors.max(1)).map_err(driver("allocating histograms"))?;
         let chunks = stream.alloc_zeros::<u64>(3 * 1024).map_err(driver("allocating the chunk table"))?;
-        Ok(GpuStats { stream, reduce, update, bin, batch, state, hist, chunks, tensors, memory_peak: 0 })
+        let bin_chunks = stream.alloc_zeros::<u64>(3 * 1024).map_err(driver("allocating the chunk table"))?;
+        let range_only = vec![false; tensors];
+        Ok(GpuStats {
+            stream,
+            reduce,
+            update,
+            bin,
+            batch,
+            state,
+            hist,
+            chunks,
+            bin_chunks,
+            tensors,
+            range_only,
+            memory_peak: 0,
+        })
+    }
+
+    /// Keeps only the range of the tensors marked `true` (`TensorStats::range_only`): the histogram kernel
+    /// skips them, and [`GpuStats::finish`] gives exactly what the CPU pass gives for them.
+    pub fn keep_range_only(&mut self, which: &[bool]) {
+        assert_eq!(which.len(), self.tensors, "one flag per tracked tensor");
+        self.range_only = which.to_vec();
     }
 
     /// Folds one batch: `values[t]` holds tensor t's values for this batch. Waits until the GPU is done, so
@@ -123,13 +149,18 @@ impl GpuStats {
 
     fn launch(&mut self, values: &[DeviceTensor], timed: bool) -> Result<Option<[f32; 3]>, GpuError> {
         assert_eq!(values.len(), self.tensors, "one device tensor per tracked tensor");
-        let table = chunk_table(values);
+        let table = chunk_table(values, |_| true);
         let count = table.len() / 3;
-        if count > 0 {
-            if self.chunks.len() < table.len() {
-                self.chunks = self.stream.alloc_zeros::<u64>(table.len()).map_err(driver("growing the chunk table"))?;
+        let bin_table = chunk_table(values, |t| !self.range_only[t]);
+        let bin_count = bin_table.len() / 3;
+        for (table, slot) in [(&table, &mut self.chunks), (&bin_table, &mut self.bin_chunks)] {
+            if table.is_empty() {
+                continue;
             }
-            self.stream.memcpy_htod(&table, &mut self.chunks).map_err(driver("uploading the chunk table"))?;
+            if slot.len() < table.len() {
+                *slot = self.stream.alloc_zeros::<u64>(table.len()).map_err(driver("growing the chunk table"))?;
+            }
+            self.stream.memcpy_htod(table, slot).map_err(driver("uploading the chunk table"))?;
         }
         let grid =
             |n: usize| LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
@@ -162,13 +193,13 @@ impl GpuStats {
                 .launch(grid(self.tensors))
                 .map_err(driver("update_state"))?;
             mark(&self.stream)?;
-            if count > 0 {
+            if bin_count > 0 {
                 self.stream
                     .launch_builder(&self.bin)
-                    .arg(&self.chunks)
+                    .arg(&self.bin_chunks)
                     .arg(&self.state)
                     .arg(&mut self.hist)
-                    .launch(grid(count))
+                    .launch(grid(bin_count))
                     .map_err(driver("bin_values"))?;
             }
             mark(&self.stream)?;
@@ -198,7 +229,7 @@ impl GpuStats {
                 let st = &state[WORDS * t..WORDS * (t + 1)];
                 let finite = st[3] as u64;
                 let key = |k: i64| float_of_key(k as u32);
-                TensorStats {
+                let stats = TensorStats {
                     count: finite,
                     min: (finite > 0).then(|| key(st[1])),
                     max: (finite > 0).then(|| key(st[2])),
@@ -210,6 +241,11 @@ impl GpuStats {
                         counts: hist[BINS * t..BINS * (t + 1)].to_vec(),
                     },
                     max_only: false,
+                };
+                if self.range_only[t] {
+                    stats.into_range_only()
+                } else {
+                    stats
                 }
             })
             .collect())
@@ -226,10 +262,11 @@ fn float_of_key(k: u32) -> f32 {
     f32::from_bits(if k & 0x8000_0000 != 0 { k & 0x7fff_ffff } else { !k })
 }
 
-/// Splits every tensor into chunks of at most [`CHUNK`] values: (address, length, tensor index) triples.
-fn chunk_table(values: &[DeviceTensor]) -> Vec<u64> {
+/// Splits every tensor that `keep(index)` accepts into chunks of at most [`CHUNK`] values: (address, length,
+/// tensor index) triples.
+fn chunk_table(values: &[DeviceTensor], keep: impl Fn(usize) -> bool) -> Vec<u64> {
     let mut table = Vec::new();
-    for (t, v) in values.iter().enumerate() {
+    for (t, v) in values.iter().enumerate().filter(|(t, _)| keep(*t)) {
         let mut start = 0u64;
         while start < v.len as u64 {
             let len = CHUNK.min(v.len as u64 - start);
@@ -323,13 +360,16 @@ mod tests {
             DeviceTensor { ptr: 1 << 40, len: 0 },
             DeviceTensor { ptr: 8, len: 7 },
         ];
-        let table = chunk_table(&values);
+        let table = chunk_table(&values, |_| true);
         let rows: Vec<&[u64]> = table.chunks(3).collect();
         assert_eq!(rows.len(), 5);
         assert_eq!(rows[3], &[1000 + 4 * 3 * CHUNK, 5, 0]);
         assert_eq!(rows[4], &[8, 7, 2]);
         let per_tensor0: u64 = rows.iter().filter(|r| r[2] == 0).map(|r| r[1]).sum();
         assert_eq!(per_tensor0, 3 * CHUNK + 5);
+        // The binning table leaves out the range-only tensors, and only them.
+        let binned = chunk_table(&values, |t| t != 0);
+        assert_eq!(binned, vec![8, 7, 2]);
     }
 }
 
@@ -345,8 +385,18 @@ mod device_tests {
 
     /// The device statistics of host data (uploaded first): `batches[b][t]` holds tensor t's values in batch b.
     fn stats_of_host_batches(device: runtime::Device, batches: &[Vec<Vec<f32>>]) -> Result<Vec<TensorStats>, GpuError> {
+        stats_with_range_only(device, batches, &vec![false; batches.first().map_or(0, Vec::len)])
+    }
+
+    /// [`stats_of_host_batches`] keeping only the range of the tensors marked in `range_only`.
+    fn stats_with_range_only(
+        device: runtime::Device,
+        batches: &[Vec<Vec<f32>>],
+        range_only: &[bool],
+    ) -> Result<Vec<TensorStats>, GpuError> {
         let tensors = batches.first().map_or(0, Vec::len);
         let mut gpu = GpuStats::new(device, tensors)?;
+        gpu.keep_range_only(range_only);
         for batch in batches {
             let uploaded: Vec<CudaSlice<f32>> = batch
                 .iter()
@@ -433,6 +483,23 @@ mod device_tests {
     fn device_statistics_equal_the_cpu_statistics_on_every_rule() {
         let differ = differing(&synthetic_batches(1));
         assert!(differ.is_empty(), "{}", differ.join("\n"));
+    }
+
+    /// Range-only tensors (every other one here) are not binned on the device and give exactly the CPU's
+    /// range-only statistics; the binned ones are unaffected.
+    #[test]
+    fn range_only_tensors_equal_the_cpu_range_only_statistics() {
+        let batches = synthetic_batches(2);
+        let range_only: Vec<bool> = (0..batches[0].len()).map(|t| t % 2 == 0).collect();
+        let gpu = stats_with_range_only(device(), &batches, &range_only).unwrap();
+        let cpu: Vec<TensorStats> = cpu_stats(&batches)
+            .into_iter()
+            .zip(&range_only)
+            .map(|(s, &r)| if r { s.into_range_only() } else { s })
+            .collect();
+        let json = |s: &[TensorStats]| serde_json::to_string(s).unwrap();
+        assert_eq!(json(&cpu), json(&gpu));
+        assert!(gpu.iter().zip(&range_only).all(|(s, &r)| s.max_only == r && (!r || s.hist.range_exp.is_none())));
     }
 
     #[test]
