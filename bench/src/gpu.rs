@@ -312,18 +312,7 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
     eprintln!("GPU: {}, ONNX Runtime {}", report.gpu, report.onnxruntime);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
     for round in 1..=args.rounds.max(1) {
-        let mut order = chosen.clone();
-        if round > 1 {
-            // fp16-evaluation reads what validate wrote: it stays after it.
-            rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rng);
-            if let (Some(v), Some(f)) =
-                (order.iter().position(|s| *s == "validate"), order.iter().position(|s| *s == "fp16-evaluation"))
-            {
-                if f < v {
-                    order.swap(v, f);
-                }
-            }
-        }
+        let order = round_order(&chosen, round, &mut rng);
         eprintln!("round {round}: {}", order.join(", "));
         for step in order {
             let started = Instant::now();
@@ -350,6 +339,22 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
         bail!("{} of {} step runs failed: {}", failed.len(), report.steps.len(), failed.join(", "));
     }
     Ok(())
+}
+
+/// The steps of one round: round 1 in the given order, later rounds shuffled by `rng`, with fp16-evaluation
+/// (which reads what validate wrote) kept after validate.
+fn round_order<'s>(chosen: &[&'s str], round: usize, rng: &mut impl rand::Rng) -> Vec<&'s str> {
+    let mut order = chosen.to_vec();
+    if round > 1 {
+        rand::seq::SliceRandom::shuffle(order.as_mut_slice(), rng);
+        let at = |order: &[&str], step: &str| order.iter().position(|s| *s == step);
+        if let (Some(v), Some(f)) = (at(&order, "validate"), at(&order, "fp16-evaluation")) {
+            if f < v {
+                order.swap(v, f);
+            }
+        }
+    }
+    order
 }
 
 /// One step of `gpu-check`, its result stored in `report` (a later round overwrites an earlier one's).
@@ -906,4 +911,29 @@ fn markdown(r: &CheckReport) -> String {
         }
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_rounds_shuffle_every_step_and_keep_fp16_evaluation_after_validate() {
+        let chosen: Vec<&str> = STEPS.iter().copied().filter(|s| *s != "diagnose").collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        assert_eq!(round_order(&chosen, 1, &mut rng), chosen, "round 1 runs in the given order");
+        let mut orders = std::collections::BTreeSet::new();
+        for round in 2..40 {
+            let order = round_order(&chosen, round, &mut rng);
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            let mut expected = chosen.clone();
+            expected.sort_unstable();
+            assert_eq!(sorted, expected, "every step once");
+            let at = |s: &str| order.iter().position(|x| *x == s).unwrap();
+            assert!(at("validate") < at("fp16-evaluation"), "{order:?}");
+            orders.insert(order);
+        }
+        assert!(orders.len() > 10, "the rounds are shuffled: {} distinct orders", orders.len());
+    }
 }
