@@ -292,6 +292,11 @@ impl TappedModel {
         self.plan.measured.iter().map(|&i| self.empty_stats(i)).collect()
     }
 
+    /// Per measured tensor (in `output_names` order): whether it keeps its range only.
+    fn measured_range_only(&self) -> Vec<bool> {
+        self.plan.measured.iter().map(|&i| self.range_only[i]).collect()
+    }
+
     fn empty_stats(&self, activation: usize) -> TensorStats {
         if self.range_only[activation] {
             TensorStats::range_only()
@@ -716,6 +721,7 @@ fn collect_on_gpus(
     stream: &mut BatchStream,
 ) -> Result<(Vec<TensorStats>, f64), CalibrateError> {
     let label = cfg.label.clone();
+    let range_only = tapped.measured_range_only();
     std::thread::scope(|scope| {
         let mut senders = Vec::with_capacity(devices.len());
         let mut workers = Vec::with_capacity(devices.len());
@@ -724,13 +730,13 @@ fn collect_on_gpus(
             let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(1);
             senders.push(tx);
             let (label, input) = (label.clone(), &tapped.input);
-            let range_only: Vec<bool> = tapped.empty_measured_stats().iter().map(|s| s.max_only).collect();
             let mut cfg = cfg.clone();
             cfg.device = device;
+            let range_only = &range_only;
             workers.push(scope.spawn(move || -> Result<(Vec<TensorStats>, f64), CalibrateError> {
                 let mut session = runtime::session_from_bytes(bytes, &cfg)?;
                 let mut gpu = crate::gpu::GpuStats::new(device, outputs.len())?;
-                gpu.keep_range_only(&range_only);
+                gpu.keep_range_only(range_only);
                 let mut bound = runtime::BoundRun::new(&session, device, outputs, &label)?;
                 for batch in rx {
                     let tensors = bound.run(&mut session, input, &batch.shape, &batch.data)?;
