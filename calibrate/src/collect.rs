@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use datasets::{Batch, BatchStream, Dataset, Feed, InputType, OnBadImage, Recipe, StreamOptions};
+use datasets::{Batch, BatchSource, BatchStream, Dataset, Feed, InputType, OnBadImage, Recipe, StreamOptions};
 use graph::proto::{TypeProto, ValueInfoProto};
 use graph::{find_activations, Activation, ElemType, Model};
 use rayon::prelude::*;
@@ -426,6 +426,27 @@ struct Pass {
     device_memory_peak_mb: Option<f64>,
 }
 
+/// Refuses, before any work, what the device cannot run: the GPU path binds one float32 image batch.
+fn check_device(model: &Model, feed: &Feed, options: &CalibrateOptions) -> Result<(), CalibrateError> {
+    feed.validate("recipe")?;
+    let refuse = |message: &str| Err(CalibrateError::Input { model: model.path.clone(), message: message.into() });
+    if options.device.is_cuda() && feed.recipe().is_some_and(|r| r.dtype == InputType::Uint8) {
+        return refuse(
+            "uint8 image inputs run on the CPU only for now (the GPU path binds float32 batches); use --device cpu",
+        );
+    }
+    if options.device.is_cuda() && *feed == Feed::Tensors {
+        return refuse(
+            ".npz tensor samples run on the CPU only for now (the GPU path binds one float32 image batch); use \
+             --device cpu",
+        );
+    }
+    if options.device.is_cuda() && options.smooth.is_some() {
+        return refuse("--smooth measures per-channel maxima on the CPU only for now; use --device cpu");
+    }
+    Ok(())
+}
+
 /// Runs the calibration pass: with `options.smooth`, first a pass that measures the per-channel maxima of the
 /// smoothable GEMM inputs, then the smoothing (in memory), then the statistics of the smoothed model.
 /// `progress(done, total)` is called after each batch.
@@ -448,22 +469,8 @@ pub fn calibrate_model(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(HistFile, CalibrationSummary), CalibrateError> {
     let model_path = model.path.as_path();
-    feed.validate("recipe")?;
+    check_device(model, feed, options)?;
     let refuse = |message: &str| CalibrateError::Input { model: model_path.to_path_buf(), message: message.into() };
-    if options.device.is_cuda() && feed.recipe().is_some_and(|r| r.dtype == InputType::Uint8) {
-        return Err(refuse(
-            "uint8 image inputs run on the CPU only for now (the GPU path binds float32 batches); use --device cpu",
-        ));
-    }
-    if options.device.is_cuda() && *feed == Feed::Tensors {
-        return Err(refuse(
-            ".npz tensor samples run on the CPU only for now (the GPU path binds one float32 image batch); use \
-             --device cpu",
-        ));
-    }
-    if options.device.is_cuda() && options.smooth.is_some() {
-        return Err(refuse("--smooth measures per-channel maxima on the CPU only for now; use --device cpu"));
-    }
     let mut model = model.clone();
     let mut dataset = Dataset::flat(images)?;
     // A folder of the other kind is refused here, before any work.
@@ -511,7 +518,7 @@ pub fn calibrate_model(
     let smoothing = match options.smooth {
         Some(alpha) => {
             let tapped = TappedModel::from_model(model.clone(), feed, Selection::Quantizable, true)?;
-            let first = run_pass(&tapped, &dataset, feed, options, &mut report)?;
+            let first = run_pass(&tapped, PassInput::Folder(&dataset, feed), options, &mut report)?;
             let record = histograms::SmoothingRecord { alpha, channel_max: first.channel_max };
             smoothquant::smooth(&mut model, &record.channel_max, alpha)?;
             Some((record, first.done))
@@ -523,10 +530,38 @@ pub fn calibrate_model(
     }
     let mut report = |done: u64| progress(done_before + done, total);
     let tapped = TappedModel::from_model(model, feed, options.selection, false)?;
-    let pass = run_pass(&tapped, &dataset, feed, options, &mut report)?;
+    let pass = run_pass(&tapped, PassInput::Folder(&dataset, feed), options, &mut report)?;
     if pass.done == 0 {
         return Err(CalibrateError::NoImages { dir: images.to_path_buf(), skipped: pass.skipped.len() });
     }
+    let images = ImagesInfo {
+        folder: file_name(images),
+        count: pass.done,
+        skipped: pass.skipped.len() as u64,
+        limit: options.limit,
+        seed: options.seed,
+        list_sha256,
+        held_out,
+    };
+    let shard_info = shard;
+    let smoothing = smoothing.map(|(record, _)| record);
+    let held_out = (!held.is_empty()).then_some(held);
+    statistics(&tapped, pass, feed, arrays, images, options, smoothing, shard_info, held_out)
+}
+
+/// The `.hist` and the summary of a finished pass.
+#[allow(clippy::too_many_arguments)]
+fn statistics(
+    tapped: &TappedModel,
+    pass: Pass,
+    feed: &Feed,
+    arrays: Option<Vec<histograms::ArraySpec>>,
+    images: ImagesInfo,
+    options: &CalibrateOptions,
+    smoothing: Option<histograms::SmoothingRecord>,
+    shard: Option<histograms::ShardInfo>,
+    held_out: Option<Dataset>,
+) -> Result<(HistFile, CalibrationSummary), CalibrateError> {
     let tensors = tapped
         .activations
         .iter()
@@ -543,22 +578,14 @@ pub fn calibrate_model(
         version: HIST_VERSION,
         content_sha256: None,
         producer: format!("int8kit calibrate {}", env!("CARGO_PKG_VERSION")),
-        model: ModelInfo { file: file_name(model_path), sha256: tapped.model.sha256.clone() },
+        model: ModelInfo { file: file_name(&tapped.model.path), sha256: tapped.model.sha256.clone() },
         recipe: feed.recipe().cloned(),
         arrays,
-        images: ImagesInfo {
-            folder: file_name(images),
-            count: pass.done,
-            skipped: pass.skipped.len() as u64,
-            limit: options.limit,
-            seed: options.seed,
-            list_sha256,
-            held_out,
-        },
+        images,
         onnxruntime: runtime::version()?,
         histogram: HistogramInfo { bins: BINS, values: "abs".into() },
         collected: options.selection,
-        smoothing: smoothing.map(|(record, _)| record),
+        smoothing,
         shard,
         tensors,
     };
@@ -568,9 +595,165 @@ pub fn calibrate_model(
         tensors: hist.tensors.len(),
         not_collected: tapped.not_collected.clone(),
         device_memory_peak_mb: pass.device_memory_peak_mb,
-        held_out: (!held.is_empty()).then_some(held),
+        held_out,
     };
     Ok((hist, summary))
+}
+
+/// Samples a caller makes (the Python API's iterables), fed whole and in the order they come.
+pub struct GivenSamples<'a> {
+    /// What the `.hist` calls them (`images.folder`).
+    pub name: String,
+    /// The batches: preprocessed images in the recipe's batch shape (`Feed::Images`), or one array per model
+    /// input (`Feed::Tensors`).
+    pub batches: &'a mut dyn BatchSource,
+    /// Samples expected, for progress (`None`: unknown).
+    pub total: Option<u64>,
+}
+
+/// [`calibrate_model`] over batches the caller makes. Every sample is used, in order: nothing is held back,
+/// limited or sharded (those choose from a listed folder), and smoothing, which reads the samples twice, is
+/// refused. The `.hist` records `name` as the folder and, as the sample list's identity, the SHA-256 of the
+/// bytes fed (sample by sample, arrays by name), so its statistics equal a folder run's over the same values
+/// byte for byte whatever the batch sizes.
+pub fn calibrate_batches(
+    model: &Model,
+    samples: GivenSamples<'_>,
+    feed: &Feed,
+    options: &CalibrateOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(HistFile, CalibrationSummary), CalibrateError> {
+    check_device(model, feed, options)?;
+    let refuse = |message: &str| Err(CalibrateError::Input { model: model.path.clone(), message: message.into() });
+    if options.limit.is_some() {
+        return refuse("limit picks a seeded subset of a listed folder; from an iterable, take fewer batches");
+    }
+    if options.shard.is_some() {
+        return refuse("shards split a listed folder; give each process its own part of the iterable instead");
+    }
+    if options.smooth.is_some() {
+        return refuse("smoothing reads the samples twice and an iterable is read once: calibrate from a folder");
+    }
+    if matches!(options.hold_out, HoldOut::Count(n) if n > 0) {
+        return refuse("samples are held back from a listed folder only; pass the check samples separately");
+    }
+    let tapped = TappedModel::from_model(model.clone(), feed, options.selection, false)?;
+    let total = samples.total.unwrap_or(0);
+    let mut recorded = Recorded::new(samples.batches, feed, &samples.name);
+    let pass = run_pass(&tapped, PassInput::Given(&mut recorded), options, &mut |done| progress(done, total))?;
+    if pass.done == 0 {
+        return refuse(&format!("'{}' gave no samples", samples.name));
+    }
+    let images = ImagesInfo {
+        folder: samples.name.clone(),
+        count: pass.done,
+        skipped: 0,
+        limit: None,
+        seed: options.seed,
+        list_sha256: recorded.sha256(),
+        held_out: None,
+    };
+    let arrays = recorded.arrays.take();
+    statistics(&tapped, pass, feed, arrays, images, options, None, None, None)
+}
+
+/// Given batches, checked against the feed and hashed as they pass.
+struct Recorded<'a> {
+    inner: &'a mut dyn BatchSource,
+    feed: &'a Feed,
+    name: &'a str,
+    batches: usize,
+    hasher: sha2::Sha256,
+    /// For tensors: the arrays of one sample, as the first batch held them.
+    arrays: Option<Vec<histograms::ArraySpec>>,
+}
+
+impl<'a> Recorded<'a> {
+    fn new(inner: &'a mut dyn BatchSource, feed: &'a Feed, name: &'a str) -> Recorded<'a> {
+        Recorded { inner, feed, name, batches: 0, hasher: sha2::Digest::new(), arrays: None }
+    }
+
+    fn sha256(&self) -> String {
+        sha2::Digest::finalize(self.hasher.clone()).iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Checks one batch and hashes its values sample by sample (arrays in name order).
+    fn record(&mut self, batch: &Batch) -> Result<(), datasets::DatasetError> {
+        use sha2::Digest;
+        let n = batch.len();
+        let wrong = |message: String| datasets::DatasetError::Tensors {
+            path: std::path::PathBuf::from(format!("{} (batch {})", self.name, self.batches)),
+            message,
+        };
+        match self.feed {
+            Feed::Images(recipe) => {
+                let want = recipe.batch_shape(n);
+                if batch.shape != want
+                    || batch.data.len() != want.iter().product::<usize>()
+                    || !batch.tensors.is_empty()
+                {
+                    return Err(wrong(format!(
+                        "shape {:?}, but the recipe makes {want:?} ({:?} layout, float32) for {n} samples",
+                        batch.shape, recipe.layout
+                    )));
+                }
+                self.hasher.update(feeds::Values::Pixels(&batch.data).le_bytes(0, batch.data.len()));
+            }
+            Feed::Tensors => {
+                let mut arrays: Vec<&feeds::NamedArray> = batch.tensors.iter().collect();
+                arrays.sort_by(|a, b| a.name.cmp(&b.name));
+                for a in &arrays {
+                    if a.shape.first() != Some(&n) || a.data.len() != a.shape.iter().product::<usize>() {
+                        return Err(wrong(format!(
+                            "array '{}' has shape {:?} and {} values; every array of a batch of {n} samples needs \
+                             {n} first and one value per element",
+                            a.name,
+                            a.shape,
+                            a.data.len()
+                        )));
+                    }
+                }
+                for i in 0..n {
+                    for a in &arrays {
+                        let per = a.data.len() / n.max(1);
+                        self.hasher.update(a.data.view().le_bytes(i * per, (i + 1) * per));
+                    }
+                }
+                if self.arrays.is_none() {
+                    self.arrays = Some(
+                        batch
+                            .tensors
+                            .iter()
+                            .map(|a| {
+                                let mut shape = a.shape.clone();
+                                shape[0] = 1;
+                                histograms::ArraySpec { name: a.name.clone(), dtype: a.data.dtype().into(), shape }
+                            })
+                            .collect(),
+                    );
+                }
+            }
+        }
+        self.batches += 1;
+        Ok(())
+    }
+}
+
+impl Iterator for Recorded<'_> {
+    type Item = Result<Batch, datasets::DatasetError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let batch = match self.inner.next()? {
+            Ok(b) => b,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(self.record(&batch).map(|()| batch))
+    }
+}
+
+impl BatchSource for Recorded<'_> {
+    fn skipped(&self) -> Vec<(std::path::PathBuf, String)> {
+        self.inner.skipped()
+    }
 }
 
 /// The samples `hist`'s calibration held back, found again in `images` (the calibration folder): the same
@@ -599,29 +782,52 @@ pub fn held_out_slice(images: &Path, hist: &HistFile) -> Result<Option<Dataset>,
     Ok(Some(held))
 }
 
+/// Where a pass's batches come from.
+enum PassInput<'a> {
+    /// A listed folder, streamed in batches of the options' size.
+    Folder(&'a Dataset, &'a Feed),
+    /// Batches a caller makes, taken as they come.
+    Given(&'a mut dyn BatchSource),
+}
+
 /// One pass of the images through the tapped model: statistics of every activation (measured or copied) and
 /// the per-channel maxima it collects. `batch_done(images so far)` is called after each batch.
 fn run_pass(
     tapped: &TappedModel,
-    dataset: &Dataset,
-    feed: &Feed,
+    input: PassInput<'_>,
     options: &CalibrateOptions,
     batch_done: &mut dyn FnMut(u64),
 ) -> Result<Pass, CalibrateError> {
     let model_path = &tapped.model.path;
     let label = model_path.display().to_string();
-    let batch_size = tapped.model.batch_size_for(&tapped.input, options.batch_size, dataset.len())?;
-    if batch_size > 1 && tapped.model.fixed_batch(&tapped.input).is_some() && options.on_bad_image == OnBadImage::Skip {
-        // A skipped image would leave a batch short of the fixed size, which the model cannot take.
-        return Err(CalibrateError::Input {
-            model: model_path.to_path_buf(),
-            message: format!(
-                "input '{}' has a fixed batch of {batch_size}, and a skipped image would leave a batch short of it: \
-                 use --on-bad-image fail (or remove the unreadable images), or export the model with a dynamic batch",
-                tapped.input
-            ),
-        });
-    }
+    let mut folder_stream;
+    let stream: &mut dyn BatchSource = match input {
+        PassInput::Folder(dataset, feed) => {
+            let batch_size = tapped.model.batch_size_for(&tapped.input, options.batch_size, dataset.len())?;
+            if batch_size > 1
+                && tapped.model.fixed_batch(&tapped.input).is_some()
+                && options.on_bad_image == OnBadImage::Skip
+            {
+                // A skipped image would leave a batch short of the fixed size, which the model cannot take.
+                return Err(CalibrateError::Input {
+                    model: model_path.to_path_buf(),
+                    message: format!(
+                        "input '{}' has a fixed batch of {batch_size}, and a skipped image would leave a batch short \
+                         of it: use --on-bad-image fail (or remove the unreadable images), or export the model with \
+                         a dynamic batch",
+                        tapped.input
+                    ),
+                });
+            }
+            folder_stream = BatchStream::new(
+                dataset,
+                feed,
+                StreamOptions { batch_size, lookahead: 2, on_bad_image: options.on_bad_image, pool: None },
+            );
+            &mut folder_stream
+        }
+        PassInput::Given(batches) => batches,
+    };
 
     runtime::check_threads(options.threads)?;
     let threads = if options.threads == 0 {
@@ -653,11 +859,6 @@ fn run_pass(
     let outputs = tapped.output_names();
     let mut fed_stats = FedStats::new(tapped);
 
-    let mut stream = BatchStream::new(
-        dataset,
-        feed,
-        StreamOptions { batch_size, lookahead: 2, on_bad_image: options.on_bad_image, pool: None },
-    );
     let mut done = 0u64;
     let mut device_memory_peak_mb = None;
     let (measured_stats, measured_channels) = if options.device.is_cuda() {
@@ -672,13 +873,13 @@ fn run_pass(
                 done += batch.items.len() as u64;
                 batch_done(done);
             },
-            &mut stream,
+            stream,
         )?;
         device_memory_peak_mb = Some(peak);
         (stats, vec![None; outputs.len()])
     } else {
         let mut session = runtime::session_from_bytes(&bytes, &cfg)?;
-        collect_on_cpu(&mut session, &label, tapped, &outputs, &mut stream, pool, &mut fed_stats, &mut |n| {
+        collect_on_cpu(&mut session, &label, tapped, &outputs, stream, pool, &mut fed_stats, &mut |n| {
             done += n;
             batch_done(done);
         })?
@@ -718,7 +919,7 @@ fn collect_on_gpus(
     tapped: &TappedModel,
     outputs: &[String],
     dealt: &mut dyn FnMut(&Batch),
-    stream: &mut BatchStream,
+    stream: &mut dyn BatchSource,
 ) -> Result<(Vec<TensorStats>, f64), CalibrateError> {
     let label = cfg.label.clone();
     let range_only = tapped.measured_range_only();
@@ -746,7 +947,7 @@ fn collect_on_gpus(
             }));
         }
         let mut dealing = || -> Result<(), CalibrateError> {
-            for (i, batch) in stream.by_ref().enumerate() {
+            for (i, batch) in (&mut *stream).enumerate() {
                 let batch = batch?;
                 dealt(&batch);
                 if senders[i % senders.len()].send(batch).is_err() {
@@ -811,7 +1012,7 @@ fn collect_on_cpu(
     label: &str,
     tapped: &TappedModel,
     outputs: &[String],
-    stream: &mut BatchStream,
+    stream: &mut dyn BatchSource,
     pool: rayon::ThreadPool,
     fed_stats: &mut FedStats<'_>,
     batch_done: &mut dyn FnMut(u64),
@@ -843,7 +1044,7 @@ fn collect_on_cpu(
             (stats, channels)
         });
         let run = (|| -> Result<(), CalibrateError> {
-            for batch in stream.by_ref() {
+            for batch in &mut *stream {
                 let batch = batch?;
                 fed_stats.add(&batch);
                 let outs = runtime::run(session, label, &batch.inputs(&tapped.input), outputs)?;

@@ -9,8 +9,8 @@ pub mod gpu;
 use std::path::PathBuf;
 
 pub use collect::{
-    batch_input, calibrate, calibrate_model, held_out_slice, load_model, CalibrateOptions, CalibrationSummary, HoldOut,
-    TappedModel,
+    batch_input, calibrate, calibrate_batches, calibrate_model, held_out_slice, load_model, CalibrateOptions,
+    CalibrationSummary, GivenSamples, HoldOut, TappedModel,
 };
 pub use histograms::Selection;
 

@@ -125,6 +125,10 @@ impl BatchStream {
                     .collect()
             };
             for chunk in items.chunks(batch_size) {
+                if let Err(stop) = safe_io::interrupt::check() {
+                    let _ = tx.send(Err(stop.into()));
+                    return;
+                }
                 let decoded = match &options.pool {
                     Some(pool) => pool.install(|| decode(chunk)),
                     None => decode(chunk),
@@ -178,6 +182,21 @@ impl BatchStream {
     /// Files left out so far under `OnBadImage::Skip`, with the reason.
     pub fn skipped(&self) -> Vec<(PathBuf, String)> {
         self.skipped.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// Where a pass gets its batches: a folder's [`BatchStream`], or batches a caller makes (the Python API's
+/// iterables), in their order.
+pub trait BatchSource: Iterator<Item = Result<Batch, DatasetError>> {
+    /// Samples left out as unreadable so far, with the reason.
+    fn skipped(&self) -> Vec<(PathBuf, String)> {
+        Vec::new()
+    }
+}
+
+impl BatchSource for BatchStream {
+    fn skipped(&self) -> Vec<(PathBuf, String)> {
+        BatchStream::skipped(self)
     }
 }
 

@@ -17,6 +17,9 @@ pub enum DatasetError {
         /// Samples in the list.
         samples: usize,
     },
+    /// A stop was requested (`safe_io::interrupt`): the stream ended at a batch boundary.
+    #[error(transparent)]
+    Interrupted(#[from] safe_io::interrupt::Interrupted),
     /// A file could not be read safely (missing, not a regular file, too large).
     #[error(transparent)]
     Input(#[from] safe_io::ReadError),

@@ -14,7 +14,7 @@ mod preprocess;
 mod recipe;
 pub mod tensors;
 
-pub use batches::{Batch, BatchStream, OnBadImage, StreamOptions};
+pub use batches::{Batch, BatchSource, BatchStream, OnBadImage, StreamOptions};
 pub use error::DatasetError;
 pub use feed::Feed;
 pub use folder::{Dataset, ImageItem, MAX_CLASSES};

@@ -81,14 +81,20 @@ pub enum Calibration {
     /// Calibrate over this flat folder (`--calib`).
     Folder(PathBuf),
     /// These statistics (`--hist`): from `calibrate`, or merged shards of it; made for this model and feed.
-    Hist(PathBuf),
+    /// `check` (`--check`): samples the statistics did not see, measured on instead of the held-back ones.
+    Hist {
+        /// The `.hist` file.
+        hist: PathBuf,
+        /// Samples to measure the self-check and the `auto` choices on.
+        check: Option<PathBuf>,
+    },
 }
 
 impl Calibration {
     /// The folder or the file.
     pub fn path(&self) -> &std::path::Path {
         match self {
-            Calibration::Folder(p) | Calibration::Hist(p) => p,
+            Calibration::Folder(p) | Calibration::Hist { hist: p, .. } => p,
         }
     }
 }
@@ -126,8 +132,11 @@ impl ValidateConfig {
         let mut files = safe_io::RunFiles::new();
         let calib = match &self.calib {
             Calibration::Folder(p) => ("--calib", p, Kind::Samples),
-            Calibration::Hist(p) => ("--hist", p, Kind::File),
+            Calibration::Hist { hist, .. } => ("--hist", hist, Kind::File),
         };
+        if let Calibration::Hist { check: Some(check), .. } = &self.calib {
+            files.add("--check", check, Kind::Samples);
+        }
         files
             .add("--model", &self.model, Kind::Model)
             .add(calib.0, calib.1, calib.2)
@@ -274,7 +283,7 @@ fn check_inputs(config: &ValidateConfig) -> Result<Checked, EvaluateError> {
     // Refusals come first and leave OUTDIR untouched: the statistics given are checked before the stage.
     let given = match &config.calib {
         Calibration::Folder(_) => None,
-        Calibration::Hist(path) => Some(given_hist(path, config)?),
+        Calibration::Hist { hist, .. } => Some(given_hist(hist, config)?),
     };
     Ok(Checked { val, validation_list_sha256, shard: shard_info, baseline, given, model })
 }
@@ -313,17 +322,22 @@ fn build_artifacts(
     hist.write(&out.join("calibration.hist"))?;
     let calibration_seconds = start.elapsed().as_secs_f64();
     let quantizer = Quantizer::new(model, hist)?;
-    let probe = match &held_out {
-        Some(held) => {
-            Some(Probe::new(quantizer.model(), held, &config.feed, quantizer::probe_options(&config.collect))?)
+    let held = match (&held_out, &config.calib) {
+        (Some(held), _) => Some((held.clone(), config.feed.clone())),
+        (None, Calibration::Hist { check: Some(dir), .. }) => Some(quantizer::check_samples(dir, quantizer.hist())?),
+        (None, _) => None,
+    };
+    let probe = match &held {
+        Some((held, feed)) => {
+            Some(Probe::new(quantizer.model(), held, feed, quantizer::probe_options(&config.collect))?)
         }
         None => None,
     };
     let yardstick = match (&probe, &config.calib) {
         (Some(p), _) => Yardstick::Probe(p),
-        (None, Calibration::Hist(_)) => Yardstick::Missing(
-            "statistics given with --hist: the samples they held back are not at hand (the evaluation rows measure \
-             the model)"
+        (None, Calibration::Hist { .. }) => Yardstick::Missing(
+            "statistics given with --hist: the samples they held back are not at hand (give --check DIR with \
+             samples they did not see to measure on; the evaluation rows measure the model)"
                 .into(),
         ),
         (None, Calibration::Folder(_)) => Yardstick::Missing(Yardstick::missing_for(quantizer.hist())),

@@ -218,6 +218,24 @@ impl Values<'_> {
         self.len() == 0
     }
 
+    /// Values `start..end` as little-endian bytes (bool as one byte 0/1): what was fed, for hashing.
+    pub fn le_bytes(&self, start: usize, end: usize) -> Vec<u8> {
+        fn bytes<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
+            v.iter().flat_map(|&x| f(x)).collect()
+        }
+        match self {
+            Values::Pixels(v) | Values::F32(v) => bytes(&v[start..end], f32::to_le_bytes),
+            Values::F64(v) => bytes(&v[start..end], f64::to_le_bytes),
+            Values::I64(v) => bytes(&v[start..end], i64::to_le_bytes),
+            Values::I32(v) => bytes(&v[start..end], i32::to_le_bytes),
+            Values::I16(v) => bytes(&v[start..end], i16::to_le_bytes),
+            Values::I8(v) => bytes(&v[start..end], i8::to_le_bytes),
+            Values::U8(v) => v[start..end].to_vec(),
+            Values::U16(v) => bytes(&v[start..end], u16::to_le_bytes),
+            Values::Bool(v) => v[start..end].iter().map(|&b| b as u8).collect(),
+        }
+    }
+
     /// The float32 values (of pixels too), if the values are float32.
     pub fn as_f32(&self) -> Option<&[f32]> {
         match self {
@@ -267,6 +285,13 @@ mod tests {
             assert_eq!((z.dtype(), z.len()), (d, 3));
         }
         assert!(ArrayData::zeros("complex64", 1).is_none());
+    }
+
+    #[test]
+    fn le_bytes_cover_the_range_in_order() {
+        assert_eq!(Values::I16(&[1, -2, 3]).le_bytes(1, 3), vec![0xfe, 0xff, 3, 0]);
+        assert_eq!(Values::Bool(&[true, false]).le_bytes(0, 2), vec![1, 0]);
+        assert_eq!(Values::Pixels(&[1.0]).le_bytes(0, 1), 1.0f32.to_le_bytes().to_vec());
     }
 
     #[test]

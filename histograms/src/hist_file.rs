@@ -188,13 +188,18 @@ impl HistFile {
     /// Reads and checks a .hist file.
     pub fn read(path: &Path) -> Result<HistFile, HistError> {
         let bytes = safe_io::read(path, safe_io::limits::HIST, "a .hist file")?;
+        HistFile::from_bytes(&bytes, path)
+    }
+
+    /// [`HistFile::read`] of bytes already in memory; `path` names them in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<HistFile, HistError> {
         #[derive(Deserialize)]
         struct Header {
             format: Option<String>,
             version: Option<u32>,
         }
         let bad = |message: String| HistError::BadHist { path: path.into(), message };
-        let header: Header = serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a JSON .hist file: {e}")))?;
+        let header: Header = serde_json::from_slice(bytes).map_err(|e| bad(format!("not a JSON .hist file: {e}")))?;
         if header.format.as_deref() != Some(HIST_FORMAT) {
             return Err(bad(format!("format is {:?}, expected \"{HIST_FORMAT}\"", header.format)));
         }
@@ -206,7 +211,7 @@ impl HistFile {
                 header.version
             )));
         }
-        let hist: HistFile = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        let hist: HistFile = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
         match (&hist.content_sha256, version) {
             (Some(stored), _) => {
                 let actual = hist.content_digest()?;

@@ -412,6 +412,17 @@ impl SchemeArgs {
     }
 }
 
+/// `--check DIR`: samples to measure on when the statistics come from a `.hist` whose held-back samples are
+/// not at hand (the Python API's iterables hold theirs back into such a folder).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CheckArgs {
+    /// Samples to measure on, instead of the calibration's held-back ones: the self-check and the `auto`
+    /// choices. A folder of `.npz` samples (fed by input name) or of images (through the .hist's recipe); they
+    /// must be samples the statistics did not see.
+    #[arg(long, value_name = "DIR")]
+    pub check: Option<PathBuf>,
+}
+
 /// Output fidelity limits against FP32 (no labels needed): the gates of `validate` and the fidelity budget
 /// of `autoprecision`.
 #[derive(Debug, Clone, clap::Args)]

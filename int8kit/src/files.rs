@@ -60,6 +60,7 @@ impl Command {
                     a.images.as_deref(),
                     Kind::Samples,
                 );
+                f.add_some("--check", a.check.check.as_deref(), Kind::Samples);
                 scheme(f, &a.scheme);
                 f.add("--out", &a.out, Kind::OutFolder);
             }
@@ -69,6 +70,7 @@ impl Command {
                 f.add("--model", &a.model, Kind::Model)
                     .add_some("--calib", a.calib.as_deref(), Kind::Samples)
                     .add_some("--hist", a.hist.as_deref(), Kind::File)
+                    .add_some("--check", a.check.check.as_deref(), Kind::Samples)
                     .add("--val", &a.val, Kind::Samples)
                     .add_some("--zero-shot", a.zero_shot.as_deref(), Kind::File)
                     .add_some("--baseline", a.baseline.as_deref(), Kind::File)

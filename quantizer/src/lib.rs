@@ -33,8 +33,8 @@ pub use artifacts::{
     Artifacts, Cache, NodeReport, Ranges, SelfCheck, TensorRange, WeightRange, RANGES_FORMAT, RANGES_VERSION,
 };
 pub use pipeline::{
-    analyze_hist, choose_and_measure, probe_options, quantize, write_artifacts, QuantizeConfig, Quantized, Step,
-    Written, Yardstick,
+    analyze_hist, check_samples, choose_and_measure, probe_options, quantize, write_artifacts, QuantizeConfig,
+    Quantized, Step, Written, Yardstick,
 };
 pub use placement::{self, PrecisionFile, Target};
 

@@ -177,7 +177,11 @@ pub fn choose_and_measure<'q>(
                 samples: format!(
                     "{} calibration samples held back from the statistics ({})",
                     probe.samples(),
-                    probe.source().display()
+                    // The folder's name only: artifacts hold no absolute paths.
+                    probe
+                        .source()
+                        .file_name()
+                        .map_or_else(|| probe.source().display().to_string(), |n| n.to_string_lossy().into_owned())
                 ),
                 fidelity,
                 evaluation: Some(Probe::evaluation()),
@@ -192,13 +196,35 @@ pub fn choose_and_measure<'q>(
     Ok(artifacts)
 }
 
+/// Samples given to measure on (`--check DIR`) and how they are fed: `.npz` samples by input name, images
+/// through the statistics' recipe.
+pub fn check_samples(dir: &Path, hist: &HistFile) -> Result<(datasets::Dataset, Feed), QuantizeError> {
+    let samples = datasets::Dataset::flat(dir).map_err(calibrate::CalibrateError::from)?;
+    let feed = if samples.holds_tensors() {
+        Feed::Tensors
+    } else {
+        let recipe = hist.recipe.clone().ok_or_else(|| {
+            calibrate::CalibrateError::from(datasets::DatasetError::Recipe {
+                origin: dir.display().to_string(),
+                message: "--check holds images, but the statistics were made from arrays fed as stored (no recipe): \
+                          give .npz samples"
+                    .into(),
+            })
+        })?;
+        Feed::Images(recipe)
+    };
+    Ok((samples, feed))
+}
+
 /// [`write_artifacts`] from a `.hist` file: `int8kit analyze`. With `images` (the calibration folder), the
 /// samples the calibration held back are found there, fed as the calibration fed them, and measured on
 /// (`threads` for their sessions).
+#[allow(clippy::too_many_arguments)]
 pub fn analyze_hist(
     model: &Path,
     hist: &Path,
     images: Option<&Path>,
+    check: Option<&Path>,
     threads: usize,
     scheme: &Scheme,
     out: &Path,
@@ -207,16 +233,19 @@ pub fn analyze_hist(
     crate::cache::trt_version_code(&scheme.trt_version)?;
     let stage = OutputDir::new(out)?;
     let quantizer = Quantizer::load(model, HistFile::read(hist)?)?;
-    let held = match images {
-        Some(dir) => calibrate::held_out_slice(dir, quantizer.hist())?,
-        None => None,
-    };
-    let probe = match held {
-        Some(held) => {
+    let held = match (images, check) {
+        (_, Some(dir)) => Some(check_samples(dir, quantizer.hist())?),
+        (Some(dir), None) => calibrate::held_out_slice(dir, quantizer.hist())?.map(|held| {
             let feed = match &quantizer.hist().recipe {
                 Some(recipe) => Feed::Images(recipe.clone()),
                 None => Feed::Tensors,
             };
+            (held, feed)
+        }),
+        (None, None) => None,
+    };
+    let probe = match held {
+        Some((held, feed)) => {
             let collect = CalibrateOptions { threads, ..Default::default() };
             Some(Probe::new(quantizer.model(), &held, &feed, probe_options(&collect))?)
         }

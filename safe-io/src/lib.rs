@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod interrupt;
 pub mod outputs;
 pub mod run_files;
 

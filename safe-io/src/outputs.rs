@@ -48,6 +48,9 @@ pub enum WriteError {
         /// What is there that proves it is not int8kit's.
         why: String,
     },
+    /// A stop was requested ([`crate::interrupt`]) before the output was committed.
+    #[error(transparent)]
+    Interrupted(#[from] crate::interrupt::Interrupted),
     /// An output would be, hold, or sit inside an input, or another output.
     #[error("{message}; nothing was written: choose another output path")]
     Clash {
@@ -74,6 +77,7 @@ pub fn check_file_target(path: &Path) -> Result<(), WriteError> {
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so that readers never
 /// see a half-written file and a kill leaves the old file or the new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+    crate::interrupt::check()?;
     check_file_target(path)?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -87,6 +91,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
         use std::os::unix::fs::PermissionsExt;
         tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(io_err(path))?;
     }
+    crate::interrupt::check()?;
     tmp.persist(path).map_err(|e| WriteError::Io { path: path.to_path_buf(), source: e.error })?;
     Ok(())
 }
@@ -337,6 +342,7 @@ impl OutputDir {
     pub fn commit_with(mut self, fault: &mut dyn FnMut(Step) -> std::io::Result<()>) -> Result<(), WriteError> {
         let staging = self.staging.clone();
         let target = self.target.clone();
+        crate::interrupt::check()?;
         fault(Step::Hash).map_err(io_err(&staging))?;
         let mut files = Vec::new();
         for entry in std::fs::read_dir(&staging).map_err(io_err(&staging))? {

@@ -63,8 +63,9 @@ enum Cmd {
         #[arg(long, default_value_t = 20_000)]
         cases: u64,
     },
-    /// Build the int8kit wheel with maturin, install it into a fresh venv (with its onnxruntime dependency)
-    /// and run `int8kit quantize` and `int8kit validate` from outside the checkout. CI runs it.
+    /// Build the int8kit wheel with maturin, install it into a fresh venv (with its onnxruntime dependency),
+    /// run `int8kit quantize` and `int8kit validate` from outside the checkout, and the Python API's tests
+    /// (pytest, python/tests). `cargo xtask test` runs it.
     Wheel,
     /// Pack what the lent GPU machine needs into chunks that fit device calls (`bench gpu-pack`).
     #[command(disable_help_flag = true)]
@@ -102,7 +103,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Ci => {
             cargo(&["fmt", "--all", "--", "--check"]).context("cargo fmt --check (run `cargo fmt --all`)")?;
             cargo(&["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"])?;
-            wheel::run()?;
             test(&[])?;
         }
         Cmd::Bench { args } => return delegate("bench", "bench", &args, true),
@@ -115,7 +115,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             std::env::set_var("PROPTEST_CASES", cases.to_string());
             cargo_test(&["-p".into(), "int8kit".into(), "--test".into(), "it".into(), "fuzz::".into()])?;
         }
-        Cmd::Wheel => wheel::run()?,
+        Cmd::Wheel => wheel::run()?.check()?,
         Cmd::GpuPack { args } => return delegate("bench", "gpu-pack", &args, false),
         Cmd::GpuCheck { args } => return delegate("bench", "gpu-check", &args, false),
     }
@@ -187,11 +187,49 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     }
     let mut args = vec!["--workspace".to_string()];
     args.extend_from_slice(extra);
-    cargo_test(&args)
+    let cargo = cargo_tests(&args)?;
+    // The Python API's tests run on the built wheel, installed into a fresh venv (python/tests).
+    let python = wheel::run()?;
+    println!(
+        "tests: {} passed, {} failed (cargo test {} passed, pytest {} passed)",
+        cargo.passed + python.passed,
+        cargo.failed + python.failed,
+        cargo.passed,
+        python.passed
+    );
+    cargo.check()?;
+    python.check()
+}
+
+/// Passed and failed tests of one runner.
+pub struct Tally {
+    /// Tests that passed.
+    pub passed: u64,
+    /// Tests that failed.
+    pub failed: u64,
+    /// The runner's own failure (a build error, a crash), if any.
+    pub error: Option<String>,
+}
+
+impl Tally {
+    fn check(&self) -> anyhow::Result<()> {
+        match &self.error {
+            Some(e) => bail!("{e}"),
+            None if self.failed > 0 => bail!("{} tests failed", self.failed),
+            None => Ok(()),
+        }
+    }
 }
 
 /// `cargo test --release ARGS` with ONNX Runtime set up, and the total of its results as the last line.
 fn cargo_test(args: &[String]) -> anyhow::Result<()> {
+    let tally = cargo_tests(args)?;
+    println!("tests: {} passed, {} failed", tally.passed, tally.failed);
+    tally.check()
+}
+
+/// `cargo test --release ARGS` with ONNX Runtime set up, echoing its output; the totals of its results.
+fn cargo_tests(args: &[String]) -> anyhow::Result<Tally> {
     use std::io::{BufRead, BufReader};
     setup()?;
     let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -220,11 +258,8 @@ fn cargo_test(args: &[String]) -> anyhow::Result<()> {
         }
     }
     let status = child.wait()?;
-    println!("tests: {passed} passed, {failed} failed");
-    if !status.success() {
-        bail!("`cargo test` failed ({status})");
-    }
-    Ok(())
+    let error = (!status.success()).then(|| format!("`cargo test` failed ({status})"));
+    Ok(Tally { passed, failed, error })
 }
 
 /// Runs a command to completion; an error names `what` and its exit status.

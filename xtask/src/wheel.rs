@@ -35,7 +35,7 @@ pub fn build() -> anyhow::Result<PathBuf> {
     run_ok(
         Command::new(tools.join("maturin"))
             .args(["build", "--release", "--locked", "--quiet", "-m"])
-            .arg(root().join("int8kit/Cargo.toml"))
+            .arg(root().join("python/Cargo.toml"))
             .arg("-o")
             .arg(&dist)
             .current_dir(root()),
@@ -51,8 +51,8 @@ pub fn build() -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Builds, installs and runs the wheel.
-pub fn run() -> anyhow::Result<()> {
+/// Builds, installs and runs the wheel, then runs the Python API's tests on it; their tally.
+pub fn run() -> anyhow::Result<crate::Tally> {
     let wheel = build()?;
     eprintln!("built {}", wheel.display());
     let bin = venv(&root().join("target/wheel/venv"))?;
@@ -114,5 +114,38 @@ pub fn run() -> anyhow::Result<()> {
         "wheel {}: installs with its onnxruntime, quantize and validate pass outside the checkout",
         wheel.display()
     );
-    Ok(())
+    pytest(&bin, outside.path())
+}
+
+/// The pinned pytest the Python API's tests run with.
+const PYTEST: &str = "pytest==8.4.2";
+
+/// Runs python/tests with pytest in the wheel's venv, from a folder outside the checkout (so that `import
+/// int8kit` is the installed wheel's), with the fixtures at INT8KIT_FIXTURES.
+fn pytest(bin: &Path, outside: &Path) -> anyhow::Result<crate::Tally> {
+    run_ok(pip(bin).arg(PYTEST), "pip install pytest")?;
+    let out = Command::new(bin.join("python"))
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE"])
+        .arg(root().join("python/tests"))
+        .current_dir(outside)
+        .env_remove("ORT_DYLIB_PATH")
+        .env("INT8KIT_FIXTURES", root().join("fixtures"))
+        .output()
+        .context("starting pytest")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}");
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    let summary = text.lines().rev().find(|l| l.contains(" passed") || l.contains(" failed")).unwrap_or("");
+    // "3 passed, 1 failed, 2 errors in 9.1s": each count is the number before its word.
+    let words: Vec<&str> = summary.split_whitespace().map(|w| w.trim_matches(|c: char| c == ',' || c == '=')).collect();
+    let count = |word: &str| -> u64 {
+        words.windows(2).filter(|w| w[1].starts_with(word)).filter_map(|w| w[0].parse::<u64>().ok()).sum()
+    };
+    let (passed, failed) = (count("passed"), count("failed") + count("error"));
+    let error = match out.status.code() {
+        Some(0) => None,
+        _ if failed > 0 => None,
+        _ => Some(format!("pytest failed ({}) with no test failure counted", out.status)),
+    };
+    Ok(crate::Tally { passed, failed, error })
 }

@@ -18,8 +18,11 @@ pub struct AnalyzeArgs {
     pub hist: PathBuf,
     /// The calibration folder: the samples the calibration held back are found there and measured on (the
     /// self-check, and the `auto` choices; without it those use fixed defaults).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "check")]
     pub images: Option<PathBuf>,
+    /// Samples to measure on instead.
+    #[command(flatten)]
+    pub check: crate::args::CheckArgs,
     /// Threads for the measurements (0 = one per core). Does not change the result.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -160,6 +163,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<Outcome> {
         &args.model,
         &args.hist,
         args.images.as_deref(),
+        args.check.check.as_deref(),
         args.threads,
         &scheme,
         &args.out,

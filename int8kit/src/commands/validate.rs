@@ -44,6 +44,9 @@ pub struct ValidateArgs {
     /// of this model, with the same recipe.
     #[arg(long, value_name = "H.hist")]
     pub hist: Option<PathBuf>,
+    /// With --hist: samples to measure on.
+    #[command(flatten)]
+    pub check: crate::args::CheckArgs,
     /// Validation images: one sub-folder per class, or (for --min-cosine/--min-sqnr/--min-agreement only) an
     /// unlabelled folder with images at its top level.
     #[arg(long, value_name = "DIR")]
@@ -123,8 +126,13 @@ impl ValidateArgs {
         Ok(ValidateConfig {
             model: self.model.clone(),
             calib: match (&self.calib, &self.hist) {
+                (Some(_), _) if self.check.check.is_some() => {
+                    anyhow::bail!("--check is for statistics given with --hist; --calib holds its samples back itself")
+                }
                 (Some(folder), _) => evaluate::validate::Calibration::Folder(folder.clone()),
-                (None, Some(hist)) => evaluate::validate::Calibration::Hist(hist.clone()),
+                (None, Some(hist)) => {
+                    evaluate::validate::Calibration::Hist { hist: hist.clone(), check: self.check.check.clone() }
+                }
                 (None, None) => anyhow::bail!("give --calib DIR (calibrate here) or --hist H.hist"),
             },
             val: self.val.clone(),

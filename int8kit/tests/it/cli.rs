@@ -18,6 +18,11 @@ macro_rules! args {
     ($($a:expr),* $(,)?) => { &[$(std::ffi::OsStr::new($a)),*] };
 }
 
+/// A scratch folder to run in, the fixture ResNet, the calibration folder and its recipe.
+fn resnet_run() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    (tempfile::tempdir().unwrap(), model("fmnist_resnet_opset13.onnx"), calib_dir(), recipe_path())
+}
+
 #[test]
 fn quantize_equals_calibrate_then_analyze_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
@@ -67,10 +72,8 @@ fn quantize_equals_calibrate_then_analyze_byte_for_byte() {
 
 #[test]
 fn bad_input_exits_2_naming_the_problem() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, m, images, recipe) = resnet_run();
     let cwd = dir.path();
-    let m = model("fmnist_resnet_opset13.onnx");
-    let (images, recipe) = (calib_dir(), recipe_path());
     // --weight-clip auto without the sensitivity file, refused before any calibration.
     let o = int8kit(
         cwd,
@@ -166,10 +169,8 @@ fn messages_say_each_thing_once_suggest_only_real_flags_and_stay_plain_when_pipe
 
 #[test]
 fn calibrate_shards_merge_into_the_one_process_hist() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, m, images, recipe) = resnet_run();
     let cwd = dir.path();
-    let m = model("fmnist_resnet_opset13.onnx");
-    let (images, recipe) = (calib_dir(), recipe_path());
     let common: &[&std::ffi::OsStr] =
         args!["calibrate", "--model", &m, "--images", &images, "--recipe", &recipe, "--limit", "40", "--quiet"];
     for (shard, out) in [(None, "whole.hist"), (Some("2/2"), "b.hist"), (Some("1/2"), "a.hist")] {
@@ -231,4 +232,83 @@ fn quantize_reads_the_model_once_and_opens_one_session_per_graph() {
         let distinct: std::collections::BTreeSet<&&str> = graphs.iter().collect();
         assert_eq!(distinct.len(), graphs.len(), "smooth {smooth:?}: a graph got two sessions:\n{log}");
     }
+}
+
+#[test]
+fn check_samples_measure_what_a_hist_without_its_held_back_samples_builds() {
+    let (dir, m, images, recipe) = resnet_run();
+    let cwd = dir.path();
+    // The check samples: images the statistics did not see (a class folder of the validation set).
+    let check = test_support::val_dir().join("0-t-shirt");
+    let o = int8kit(
+        cwd,
+        args![
+            "calibrate",
+            "--model",
+            &m,
+            "--images",
+            &images,
+            "--recipe",
+            &recipe,
+            "--limit",
+            "100",
+            "--out",
+            "c.hist"
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let analyze = |out: &str, extra: &[&std::ffi::OsStr]| {
+        let base = args!["analyze", "--model", &m, "--hist", "c.hist", "--out", out, "--quiet"];
+        let o = int8kit(cwd, &[base as &[_], extra].concat());
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        common::read_json(&cwd.join(out).join("ranges.json"))
+    };
+    let without = analyze("a", args![]);
+    assert_eq!(
+        (without["chosen_by"].as_str(), without["self_check"]["status"].as_str()),
+        (Some("defaults"), Some("skipped"))
+    );
+    let with = analyze("b", args!["--check", &check]);
+    assert_eq!(with["chosen_by"], "measurement");
+    assert_eq!(with["self_check"]["status"], "measured");
+    let samples = with["self_check"]["samples"].as_str().unwrap();
+    assert!(samples.ends_with("(0-t-shirt)"), "the folder's name only, no absolute path: {samples}");
+    // validate takes it with --hist only (--calib holds its own samples back).
+    let val = test_support::val_dir();
+    let o = int8kit(
+        cwd,
+        args![
+            "validate", "--model", &m, "--calib", &images, "--check", &check, "--val", &val, "--recipe", &recipe,
+            "--out", "v"
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--check is for statistics given with --hist"), "{}", text(&o));
+    let o = int8kit(
+        cwd,
+        args![
+            "validate",
+            "--model",
+            &m,
+            "--hist",
+            "c.hist",
+            "--check",
+            &check,
+            "--val",
+            &val,
+            "--recipe",
+            &recipe,
+            "--limit-val",
+            "200",
+            "--min-cosine",
+            "0.9",
+            "--out",
+            "v",
+            "--quiet"
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let report = common::read_json(&cwd.join("v/report.json"));
+    assert_eq!(report["chosen_by"], "measurement");
+    assert_eq!(report["self_check"]["status"], "measured");
 }

@@ -1,0 +1,434 @@
+"""int8kit from Python: the pipeline of the ``int8kit`` command, fed by folders or by your own data loader.
+
+Each function mirrors a command and takes the command's flags as keyword arguments (``batch_size=64`` is
+``--batch-size 64``, ``quiet=True`` is ``--quiet``; see ``int8kit <command> --help``). Data is a folder path,
+as on the command line, or any iterable of batches:
+
+* a numpy array (a model with one input), a dict ``{input_name: array}``, or, for validation data, an
+  ``(inputs, labels)`` pair;
+* torch tensors and any object with ``__dlpack__`` or ``__array__`` are read without a copy where their
+  memory is C-contiguous on the CPU;
+* batches may differ in size; ``len()`` of the iterable, when it has one, sizes the progress bar.
+
+Calibration pulls the iterable while ONNX Runtime runs the previous batch (a queue of two batches: memory
+stays flat however long the iterable is). Errors are :class:`InputError` with the command line's message;
+Ctrl-C stops a run at its next batch and writes nothing.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+
+def _use_package_onnxruntime() -> None:
+    """Points int8kit at the libonnxruntime.so of this environment's onnxruntime package (the wheel's
+    dependency) unless ORT_DYLIB_PATH names one already. The package is located, not imported: its Python
+    module would load a second copy of the library."""
+    if os.environ.get("ORT_DYLIB_PATH"):
+        return
+    spec = importlib.util.find_spec("onnxruntime")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        found = sorted(glob.glob(os.path.join(folder, "capi", "libonnxruntime.so*")))
+        if found:
+            os.environ["ORT_DYLIB_PATH"] = found[-1]
+            return
+
+
+_use_package_onnxruntime()
+
+from . import _native  # noqa: E402  (after the library path is set)
+from ._native import InputError, Int8kitError  # noqa: E402
+from ._data import HeldBack, PathLike, counted_batches, is_folder, spill  # noqa: E402
+
+__version__: str = _native.__version__
+
+__all__ = [
+    "Finding",
+    "GateFailed",
+    "InputError",
+    "Int8kitError",
+    "Quantized",
+    "Report",
+    "Statistics",
+    "autoprecision",
+    "calibrate",
+    "lint",
+    "merge",
+    "preprocess",
+    "quantize",
+    "sensitivity",
+    "validate",
+]
+
+
+class GateFailed(Int8kitError):
+    """A gate failed (validate's criteria, autoprecision's budget): raised only when asked
+    (``raise_on_fail=True``); otherwise the result's ``passed`` is False. ``.report`` holds the result."""
+
+    def __init__(self, message: str, report: Any):
+        super().__init__(message)
+        self.report = report
+
+
+def _flags(options: Mapping[str, Any]) -> List[str]:
+    """Keyword arguments as the command line's flags."""
+    argv: List[str] = []
+    for key, value in options.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, tuple) and len(value) == 2:  # shard=(1, 4) -> --shard 1/4
+            argv += [flag, f"{value[0]}/{value[1]}"]
+        else:
+            argv += [flag, os.fspath(value) if isinstance(value, os.PathLike) else str(value)]
+    return argv
+
+
+def _run(command: str, *args: Union[str, os.PathLike], **options: Any) -> int:
+    """Runs ``int8kit COMMAND ...`` in this process; returns 0 or 1 (a failed gate), raises InputError on 2."""
+    argv = ["int8kit", command, *[os.fspath(a) for a in args], *_flags(options)]
+    code, error = _native.run_cli(argv)
+    if code == 2:
+        raise InputError(error)
+    return code
+
+
+class Statistics:
+    """Activation statistics of one calibration: what ``int8kit calibrate`` writes as a ``.hist`` file."""
+
+    def __init__(self, hist_bytes: bytes):
+        self._bytes = bytes(hist_bytes)
+        self._dict: Optional[Dict[str, Any]] = None
+
+    @staticmethod
+    def load(path: PathLike) -> "Statistics":
+        """Reads and checks a ``.hist`` file."""
+        return Statistics(_native.read_hist(os.fspath(path)))
+
+    def save(self, path: PathLike) -> None:
+        """Writes the ``.hist`` file (atomically: a reader never sees half of it)."""
+        _native.write_hist(self._bytes, os.fspath(path))
+
+    def to_bytes(self) -> bytes:
+        """The ``.hist`` file's bytes."""
+        return self._bytes
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The ``.hist`` as a dict (FORMATS.md, ``.hist``)."""
+        if self._dict is None:
+            self._dict = json.loads(self._bytes)
+        return self._dict
+
+    @property
+    def samples(self) -> int:
+        """Samples the statistics cover."""
+        return int(self.to_dict()["images"]["count"])
+
+    @property
+    def tensors(self) -> Dict[str, Dict[str, Any]]:
+        """Per activation: ``count``, ``min``, ``max`` (and the histogram, ``hist``)."""
+        return {t["name"]: t for t in self.to_dict()["tensors"]}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Statistics) and other._bytes == self._bytes
+
+    def __repr__(self) -> str:
+        d = self.to_dict()
+        return f"Statistics(model={d['model']['file']!r}, samples={self.samples}, tensors={len(d['tensors'])})"
+
+
+def merge(parts: Sequence[Statistics]) -> Statistics:
+    """Merges the statistics of every shard of one calibration (``calibrate(..., shard=(i, n))``), as
+    ``int8kit merge`` does: the result equals one process's over the whole folder, byte for byte."""
+    return Statistics(_native.merge_hists([p.to_bytes() for p in parts]))
+
+
+def _recipe_text(recipe: Optional[PathLike], preset: Optional[str]) -> Optional[str]:
+    if recipe is not None and preset is not None:
+        raise InputError("give recipe= or preset=, not both")
+    if preset is not None:
+        return _native.preset_recipe(preset)
+    if recipe is not None:
+        return Path(recipe).read_text()
+    return None
+
+
+def calibrate(
+    model: PathLike,
+    data: Any,
+    *,
+    recipe: Optional[PathLike] = None,
+    preset: Optional[str] = None,
+    name: str = "python-iterable",
+    threads: int = 0,
+    tensors: str = "quantizable",
+    device: str = "cpu",
+    quiet: bool = False,
+    **collect: Any,
+) -> Statistics:
+    """Streams ``data`` through ``model`` and returns the activation statistics (``int8kit calibrate``).
+
+    ``data``: a folder of images or ``.npz`` samples (every ``calibrate`` flag applies: ``limit``,
+    ``seed``, ``batch_size``, ``shard``, ``smooth``, ``hold_out``, ``on_bad_image``), or an iterable of
+    batches. With ``recipe``/``preset``, an iterable's batches are the float32 arrays that recipe makes (see
+    :func:`preprocess`) and the statistics record the recipe, as a folder run's do; without, arrays are fed
+    by input name as stored, like ``.npz`` samples. An iterable is fed whole, in order (no limit, shard,
+    smoothing or held-back slice: those choose from a listed folder); ``name`` is what the ``.hist`` calls it.
+    For the same values the statistics equal the folder run's byte for byte, whatever the batch sizes.
+    """
+    if is_folder(data):
+        with tempfile.TemporaryDirectory(prefix="int8kit-") as tmp:
+            out = os.path.join(tmp, "calibration.hist")
+            _run(
+                "calibrate",
+                model=model,
+                images=data,
+                recipe=recipe,
+                preset=preset,
+                threads=threads,
+                tensors=tensors,
+                device=device,
+                quiet=quiet,
+                out=out,
+                **collect,
+            )
+            return Statistics.load(out)
+    if collect:
+        raise InputError(
+            f"{', '.join(sorted(collect))}: these choose from a listed folder; an iterable is fed whole, in order"
+        )
+    batches, total = counted_batches(data)
+    hist = _native.calibrate_iter(
+        os.fspath(model), batches, _recipe_text(recipe, preset), name, total, threads, tensors, device, quiet
+    )
+    return Statistics(hist)
+
+
+def preprocess(paths: Sequence[PathLike], *, recipe: Optional[PathLike] = None, preset: Optional[str] = None) -> Any:
+    """The float32 batch (numpy) that ``recipe``/``preset`` makes of these image files, exactly as the
+    command line's calibration does (decode, resize, crop, normalize)."""
+    import numpy as np
+
+    text = _recipe_text(recipe, preset)
+    if text is None:
+        raise InputError("preprocess needs recipe= or preset=")
+    data, shape = _native.preprocess([os.fspath(p) for p in paths], text)
+    return np.frombuffer(data, dtype="<f4").reshape(shape).copy()
+
+
+class _Calibration:
+    """Where a command's statistics come from: a folder (``--calib``/``--images``) or a ``.hist``
+    (``--hist``), made from Statistics or an iterable inside a temporary folder. From an iterable, with
+    ``hold_back``, every tenth sample (at most 64) is kept out of the statistics and written for ``--check``,
+    so that the ``auto`` choices and the self-check are measured as for a folder."""
+
+    def __init__(self, model: PathLike, data: Any, tmp: str, recipe: Optional[PathLike], preset: Optional[str],
+                 quiet: bool, device: str, hold_back: bool = False):
+        self.folder: Optional[str] = None
+        self.hist: Optional[str] = None
+        self.check: Optional[str] = None
+        if is_folder(data):
+            self.folder = os.fspath(data)
+            return
+        if isinstance(data, Statistics):
+            stats = data
+        else:
+            held = HeldBack() if hold_back else None
+            stream = held.stream(data) if held else data
+            stats = calibrate(model, stream, recipe=recipe, preset=preset, quiet=quiet, device=device)
+            if held:
+                self.check = held.write(os.path.join(tmp, "check"), _native.input_names(os.fspath(model)))
+        self.hist = os.path.join(tmp, "calibration.hist")
+        stats.save(self.hist)
+
+
+@dataclass
+class Quantized:
+    """What :func:`quantize` wrote: the artifact folder, the Q/DQ model, ranges.json's contents."""
+
+    out: Path
+    model: Path
+    ranges: Dict[str, Any]
+
+    @property
+    def scales(self) -> Dict[str, float]:
+        """The Q/DQ scale of every quantized activation, by tensor name."""
+        return {t["name"]: t["scale"] for t in self.ranges["tensors"] if t.get("quantized")}
+
+    @property
+    def self_check(self) -> Dict[str, Any]:
+        """The written model against FP32 on the held-back samples (``status``, ``fidelity``)."""
+        return self.ranges["self_check"]
+
+    @property
+    def chosen(self) -> Dict[str, Any]:
+        """What was chosen and how: method, attention, float type, ``chosen_by``, and the search if any."""
+        r = self.ranges
+        return {k: r.get(k) for k in ("method", "attention", "float_type", "chosen_by", "search")}
+
+
+def quantize(model: PathLike, data: Any, out: PathLike, *, recipe: Optional[PathLike] = None,
+             preset: Optional[str] = None, hold_out: Optional[int] = None, quiet: bool = False, device: str = "cpu",
+             **scheme: Any) -> Quantized:
+    """Calibrates and writes the INT8 artifacts into ``out`` (``int8kit quantize``).
+
+    ``data``: a calibration folder, :class:`Statistics`, or an iterable of batches. From a folder or an
+    iterable, samples are held back from the statistics (a folder: a seeded tenth, at most 64, ``hold_out=N``
+    for another count; an iterable: every tenth sample, at most 64, ``hold_out=0`` for none) and the ``auto``
+    choices and the self-check are measured on them. From :class:`Statistics` nothing is at hand to measure
+    on: the ``auto`` choices take fixed defaults. ``scheme``: the scheme flags (``method``, ``target``,
+    ``attention``, ``float_type``, ``precision``, ...)."""
+    if is_folder(data):
+        _run("quantize", model=model, images=data, recipe=recipe, preset=preset, hold_out=hold_out, quiet=quiet,
+             device=device, out=out, **scheme)
+    else:
+        if hold_out not in (None, 0):
+            raise InputError("hold_out: an iterable holds back every tenth sample (at most 64), or none with 0")
+        with tempfile.TemporaryDirectory(prefix="int8kit-") as tmp:
+            source = _Calibration(model, data, tmp, recipe, preset, quiet, device, hold_back=hold_out != 0)
+            _run("analyze", model=model, hist=source.hist, check=source.check, quiet=quiet, out=out, **scheme)
+    out = Path(out)
+    return Quantized(out=out, model=out / "model.qdq.onnx", ranges=json.loads((out / "ranges.json").read_text()))
+
+
+class Report:
+    """validate's report.json: every field as an attribute (``report.comparison``, ``report.criteria``),
+    ``passed``, ``to_dict()``, and the per-class rows."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self._dict: Dict[str, Any] = json.loads((out / "report.json").read_text())
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self.__dict__["_dict"][key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def to_dict(self) -> Dict[str, Any]:
+        """report.json as a dict (FORMATS.md, ``report.json``)."""
+        return self._dict
+
+    @property
+    def passed(self) -> bool:
+        """Whether every criterion held."""
+        return bool(self._dict["passed"])
+
+    def per_class(self) -> List[Dict[str, Any]]:
+        """One row per class: ``class``, ``name``, ``images``, ``fp32_correct``, ``int8_correct``."""
+        c = self._dict["comparison"]
+        names = self._dict.get("classes") or []
+        rows = []
+        for label, (fp32, int8) in enumerate(zip(c["fp32"]["per_class"], c["int8"]["per_class"])):
+            rows.append({"class": label, "name": names[label] if label < len(names) else str(label),
+                         "images": fp32[1], "fp32_correct": fp32[0], "int8_correct": int8[0]})
+        return rows
+
+    def __repr__(self) -> str:
+        c = self._dict["comparison"]
+        return (f"Report(passed={self.passed}, images={c['images']}, agreement={c['agreement']:.4f}, "
+                f"cosine={c['cosine_mean']:.5f}, sqnr_db={c['sqnr_db']})")
+
+
+def _val_flags(model: PathLike, val: Any, tmp: str, recipe: Optional[PathLike], preset: Optional[str]) -> Dict[str, Any]:
+    """``--val`` and the recipe flags: a folder as given (the recipe applies to image folders only), or an
+    iterable written once as ``.npz`` samples (validate reads its samples once per model)."""
+    if not is_folder(val):
+        inputs = _native.input_names(os.fspath(model))
+        return {"val": spill(val, os.path.join(tmp, "val"), labelled=True, inputs=inputs)}
+    images = not glob.glob(os.path.join(os.fspath(val), "**", "*.npz"), recursive=True)
+    return {"val": os.fspath(val), "recipe": recipe if images else None, "preset": preset if images else None}
+
+
+def _gate(code: int, result: Any, raise_on_fail: bool, what: str) -> Any:
+    if code == 1 and raise_on_fail:
+        raise GateFailed(f"{what} failed", result)
+    return result
+
+
+def validate(model: PathLike, calib: Any, val: Any, out: PathLike, *, recipe: Optional[PathLike] = None,
+             preset: Optional[str] = None, raise_on_fail: bool = False, quiet: bool = False, device: str = "cpu",
+             **gates: Any) -> Report:
+    """The release gate (``int8kit validate``): FP32, FP16 and INT8 on ``val``, the report in ``out``.
+
+    ``calib``: a folder, :class:`Statistics` or an iterable (calibrated first, every tenth sample, at most 64,
+    held back to measure the ``auto`` choices on, as :func:`quantize` does). ``val``: a folder, or an
+    iterable of ``inputs`` or ``(inputs, labels)`` batches, which is written once as ``.npz`` samples into a
+    temporary folder (validate reads its samples once per model) and removed afterwards. ``gates``:
+    ``max_top1_drop``, ``min_cosine``, ``min_sqnr``, ``min_agreement``, ``baseline``, and the scheme flags.
+    A failed gate gives ``passed == False``, or raises :class:`GateFailed` with ``raise_on_fail``."""
+    with tempfile.TemporaryDirectory(prefix="int8kit-") as tmp:
+        source = _Calibration(model, calib, tmp, recipe, preset, quiet, device, hold_back=True)
+        code = _run("validate", model=model, calib=source.folder, hist=source.hist, check=source.check, quiet=quiet,
+                    device=device,
+                    out=out, **_val_flags(model, val, tmp, recipe, preset), **gates)
+    return _gate(code, Report(Path(out)), raise_on_fail, "validate")
+
+
+def sensitivity(model: PathLike, calib: Any, val: Any, out: PathLike, *, recipe: Optional[PathLike] = None,
+                preset: Optional[str] = None, quiet: bool = False, device: str = "cpu", **options: Any) -> Dict[str, Any]:
+    """Per node, the damage of quantizing it alone (``int8kit sensitivity``); returns sensitivity.json.
+    ``calib`` and ``val`` as in :func:`validate`."""
+    with tempfile.TemporaryDirectory(prefix="int8kit-") as tmp:
+        source = _Calibration(model, calib, tmp, recipe, preset, quiet, device)
+        hist = source.hist or _hist_of_folder(model, source.folder, tmp, recipe, preset, quiet, device)
+        _run("sensitivity", model=model, hist=hist, quiet=quiet, device=device, out=out,
+             **_val_flags(model, val, tmp, recipe, preset), **options)
+    return json.loads((Path(out) / "sensitivity.json").read_text())
+
+
+def autoprecision(model: PathLike, calib: Any, val: Any, out: PathLike, *, recipe: Optional[PathLike] = None,
+                  preset: Optional[str] = None, raise_on_fail: bool = False, quiet: bool = False,
+                  device: str = "cpu", **budget: Any) -> Dict[str, Any]:
+    """The smallest deny list meeting a budget (``int8kit autoprecision``); returns ranges.json of the
+    artifacts built with it plus ``passed``. ``calib`` and ``val`` as in :func:`validate`."""
+    with tempfile.TemporaryDirectory(prefix="int8kit-") as tmp:
+        source = _Calibration(model, calib, tmp, recipe, preset, quiet, device)
+        hist = source.hist or _hist_of_folder(model, source.folder, tmp, recipe, preset, quiet, device)
+        code = _run("autoprecision", model=model, hist=hist, quiet=quiet, device=device, out=out,
+                    **_val_flags(model, val, tmp, recipe, preset), **budget)
+    result = json.loads((Path(out) / "ranges.json").read_text()) if (Path(out) / "ranges.json").exists() else {}
+    result["passed"] = code == 0
+    return _gate(code, result, raise_on_fail, "autoprecision")
+
+
+def _hist_of_folder(model: PathLike, folder: Optional[str], tmp: str, recipe: Optional[PathLike],
+                    preset: Optional[str], quiet: bool, device: str) -> str:
+    path = os.path.join(tmp, "calibration.hist")
+    calibrate(model, folder, recipe=recipe, preset=preset, quiet=quiet, device=device).save(path)
+    return path
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One lint finding: ``severity`` (``error``: TensorRT rejects the model; ``warning``: a layer stays out
+    of INT8 or unfused), ``rule``, ``node``, ``message`` and the rule's ``source``."""
+
+    severity: str
+    rule: str
+    node: str
+    message: str
+    source: str
+
+
+def lint(path: PathLike) -> List[Finding]:
+    """``int8kit lint``: a Q/DQ model's findings against TensorRT's explicit-quantization rules."""
+    return [Finding(**{k: str(v).lower() if k == "severity" else v for k, v in f.items()})
+            for f in json.loads(_native.lint_json(os.fspath(path)))]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The ``int8kit`` command, run in this process."""
+    from ._cli import main as cli_main
+
+    return cli_main(argv)
+

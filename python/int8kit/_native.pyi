@@ -1,0 +1,48 @@
+"""Type stubs of the native module (python/src/lib.rs); use the functions of `int8kit` instead."""
+
+from typing import Iterator, List, Optional, Tuple
+
+__version__: str
+
+class Int8kitError(Exception):
+    """Base class of int8kit's errors."""
+
+class InputError(Int8kitError):
+    """Bad input or a run error: what the command line exits 2 on, with its message."""
+
+def run_cli(argv: List[str]) -> Tuple[int, Optional[str]]:
+    """Runs `int8kit ARGS...` in this process: (exit status, the error text for status 2)."""
+
+def calibrate_iter(
+    model: str,
+    batches: Iterator[tuple],
+    recipe: Optional[str],
+    name: str,
+    total: Optional[int],
+    threads: int,
+    tensors: str,
+    device: str,
+    quiet: bool,
+) -> bytes:
+    """Calibrates over normalized batches; the .hist bytes."""
+
+def read_hist(path: str) -> bytes:
+    """Reads and checks a .hist file."""
+
+def write_hist(hist: bytes, path: str) -> None:
+    """Writes .hist bytes atomically, checked first."""
+
+def merge_hists(parts: List[bytes]) -> bytes:
+    """Merges the .hist bytes of every shard of one calibration."""
+
+def lint_json(path: str) -> str:
+    """The lint findings of a Q/DQ model, as JSON."""
+
+def preprocess(paths: List[str], recipe: str) -> Tuple[bytes, List[int]]:
+    """The float32 batch a recipe (TOML) makes of these image files: (little-endian bytes, shape)."""
+
+def preset_recipe(name: str) -> str:
+    """A preset recipe's TOML."""
+
+def input_names(model: str) -> List[str]:
+    """The names of the inputs a model is fed."""

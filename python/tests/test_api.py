@@ -1,0 +1,295 @@
+"""The Python API on the installed wheel (run by `cargo xtask test` through `cargo xtask wheel`, from a folder
+outside the checkout, with INT8KIT_FIXTURES naming the repository's fixtures)."""
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import int8kit
+
+FIXTURES = Path(os.environ["INT8KIT_FIXTURES"])
+MODELS = FIXTURES / "models"
+RECIPE = FIXTURES / "fmnist.toml"
+RESNET = MODELS / "fmnist_resnet_opset13.onnx"
+FIVE = [
+    "fmnist_resnet_opset13.onnx",
+    "fmnist_vit_opset13.onnx",
+    "fmnist_vit_opset17.onnx",
+    "fmnist_vit_opset18.onnx",
+    "fmnist_clip_image_opset17.onnx",
+]
+
+
+@pytest.fixture(scope="module")
+def calib_folder(tmp_path_factory):
+    """The first 48 calibration images, in a folder of their own (the folder run uses all of them)."""
+    folder = tmp_path_factory.mktemp("calib")
+    for p in sorted((FIXTURES / "fmnist" / "calib").iterdir())[:48]:
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
+def batches(values, sizes):
+    """`values` cut into batches of the given sizes, cycling."""
+    start, i = 0, 0
+    while start < len(values):
+        n = sizes[i % len(sizes)]
+        yield values[start : start + n]
+        start, i = start + n, i + 1
+
+
+def statistics_part(stats):
+    """Everything a folder run and an iterable run must share: all but the name and identity of the samples."""
+    d = json.loads(stats.to_bytes())
+    d.pop("content_sha256")
+    d["images"].pop("folder")
+    d["images"].pop("list_sha256")
+    return d
+
+
+@pytest.mark.parametrize("model", FIVE)
+def test_iterable_of_recipe_batches_gives_the_folder_statistics(model, calib_folder):
+    folder = int8kit.calibrate(MODELS / model, str(calib_folder), recipe=RECIPE, hold_out=0, quiet=True)
+    images = int8kit.preprocess(sorted(calib_folder.iterdir()), recipe=RECIPE)
+    assert images.shape == (48, 1, 28, 28)
+    given = int8kit.calibrate(MODELS / model, batches(images, [5, 16, 1]), recipe=RECIPE, quiet=True)
+    assert given.samples == folder.samples == 48
+    assert statistics_part(given) == statistics_part(folder)
+    # Another batching of the same values: the very same bytes.
+    again = int8kit.calibrate(MODELS / model, batches(images, [48]), recipe=RECIPE, quiet=True)
+    assert again == given
+
+
+def test_dict_batches_give_the_npz_folder_statistics(tmp_path, calib_folder):
+    images = int8kit.preprocess(sorted(calib_folder.iterdir()), recipe=RECIPE)
+    samples = tmp_path / "npz"
+    samples.mkdir()
+    for i, image in enumerate(images):
+        np.savez(samples / f"{i:04}.npz", input=image[None])
+    folder = int8kit.calibrate(RESNET, str(samples), hold_out=0, quiet=True)
+    given = int8kit.calibrate(RESNET, ({"input": b} for b in batches(images, [7])), quiet=True)
+    assert statistics_part(given) == statistics_part(folder)
+    # A bare array feeds the model's only input.
+    bare = int8kit.calibrate(RESNET, batches(images, [7]), quiet=True)
+    assert bare == given
+
+
+class LoaderLike:
+    """What a torch DataLoader is to int8kit (torch is not installed in CI's time): re-iterable, with len(),
+    yielding objects that expose only __array__."""
+
+    class Tensor:
+        def __init__(self, a):
+            self._a = a
+
+        def __array__(self, dtype=None, copy=None):
+            return self._a
+
+    def __init__(self, images, size):
+        self.images, self.size = images, size
+
+    def __len__(self):
+        return -(-len(self.images) // self.size)
+
+    def __iter__(self):
+        for b in batches(self.images, [self.size]):
+            yield self.Tensor(b)
+
+
+def test_array_like_and_dlpack_batches_are_read(calib_folder):
+    images = int8kit.preprocess(sorted(calib_folder.iterdir()), recipe=RECIPE)
+    plain = int8kit.calibrate(RESNET, batches(images, [8]), recipe=RECIPE, quiet=True)
+    loader = LoaderLike(images, 8)
+    assert int8kit.calibrate(RESNET, loader, recipe=RECIPE, quiet=True) == plain
+    assert int8kit.calibrate(RESNET, loader, recipe=RECIPE, quiet=True) == plain, "a loader is re-iterable"
+
+    class Dl:
+        def __init__(self, a):
+            self._a = a
+
+        def __dlpack__(self, **kwargs):
+            return self._a.__dlpack__(**kwargs)
+
+        def __dlpack_device__(self):
+            return self._a.__dlpack_device__()
+
+    assert int8kit.calibrate(RESNET, (Dl(b) for b in batches(images, [8])), recipe=RECIPE, quiet=True) == plain
+    # Not C-contiguous (a transposed view): copied, same values.
+    fortran = (np.asfortranarray(b) for b in batches(images, [8]))
+    assert int8kit.calibrate(RESNET, fortran, recipe=RECIPE, quiet=True) == plain
+
+
+def test_statistics_save_load_and_feed_quantize(tmp_path, calib_folder):
+    images = int8kit.preprocess(sorted(calib_folder.iterdir()), recipe=RECIPE)
+    stats = int8kit.calibrate(RESNET, batches(images, [16]), recipe=RECIPE, quiet=True)
+    stats.save(tmp_path / "s.hist")
+    assert int8kit.Statistics.load(tmp_path / "s.hist") == stats
+    q = int8kit.quantize(RESNET, stats, tmp_path / "q", quiet=True)
+    assert q.model.is_file()
+    assert q.scales and all(s > 0 for s in q.scales.values())
+    assert q.chosen["chosen_by"] in ("defaults", "flags")
+    assert [f for f in int8kit.lint(q.model) if f.severity == "error"] == []
+    # The same from the folder measures itself on held-back samples.
+    qf = int8kit.quantize(RESNET, str(FIXTURES / "fmnist" / "calib"), tmp_path / "qf", recipe=RECIPE, limit=200,
+                          quiet=True)
+    assert qf.self_check["status"] == "measured"
+
+
+def test_quantize_from_an_iterable_measures_on_samples_it_held_back(tmp_path):
+    images = int8kit.preprocess(sorted((FIXTURES / "fmnist" / "calib").iterdir())[:200], recipe=RECIPE)
+    q = int8kit.quantize(RESNET, batches(images, [32]), tmp_path / "q", recipe=RECIPE, quiet=True)
+    assert q.self_check["status"] == "measured", q.self_check
+    assert q.self_check["fidelity"]["images"] == 20, "every tenth of 200 samples"
+    assert q.chosen["chosen_by"] == "measurement"
+    # The statistics are those of the other 180 samples: the same as calibrating them alone.
+    rest = np.delete(images, np.arange(9, 200, 10), axis=0)
+    alone = int8kit.calibrate(RESNET, batches(rest, [50]), recipe=RECIPE, quiet=True)
+    assert alone.samples == 180
+    again = int8kit.quantize(RESNET, alone, tmp_path / "q2", recipe=RECIPE, method=q.chosen["method"],
+                             float_type=q.chosen["float_type"], quiet=True)
+    assert again.scales == q.scales
+    # hold_out=0: nothing held back, so nothing to measure the choices on.
+    none = int8kit.quantize(RESNET, batches(images, [32]), tmp_path / "q3", recipe=RECIPE, hold_out=0, quiet=True)
+    assert none.self_check["status"] == "skipped"
+
+
+def test_shards_merge_to_the_whole_run(calib_folder):
+    whole = int8kit.calibrate(RESNET, str(calib_folder), recipe=RECIPE, quiet=True)
+    parts = [int8kit.calibrate(RESNET, str(calib_folder), recipe=RECIPE, shard=(i, 3), quiet=True) for i in (1, 2, 3)]
+    assert int8kit.merge(parts) == whole
+    with pytest.raises(int8kit.InputError, match="shard"):
+        int8kit.merge(parts[:2])
+
+
+def labelled_val(n):
+    """(images, labels) batches of the first n images of every class folder of the fixture's val set."""
+    paths, labels = [], []
+    for folder in sorted((FIXTURES / "fmnist" / "val").iterdir()):
+        label = int(folder.name.split("-")[0])
+        for p in sorted(folder.iterdir())[:n]:
+            paths.append(p)
+            labels.append(label)
+    images = int8kit.preprocess(paths, recipe=RECIPE)
+    return images, np.array(labels)
+
+
+def test_generator_fed_validate(tmp_path):
+    calib = int8kit.preprocess(sorted((FIXTURES / "fmnist" / "calib").iterdir())[:200], recipe=RECIPE)
+    images, labels = labelled_val(20)
+    val = ((images[i : i + 32], labels[i : i + 32]) for i in range(0, len(images), 32))
+    report = int8kit.validate(RESNET, batches(calib, [32]), val, tmp_path / "v", min_cosine=0.99,
+                              max_top1_drop=2.0, quiet=True)
+    assert report.passed, report
+    assert report.comparison["images"] == 200
+    assert report.comparison["fp32"]["top1"] > 0.5
+    assert len(report.per_class()) == 10 and sum(r["images"] for r in report.per_class()) == 200
+    assert report.to_dict()["passed"] is True
+    # A gate that cannot hold: passed is False, or GateFailed when asked to raise.
+    strict = dict(min_cosine=0.999999999, quiet=True)
+    # Statistics of bare arrays (no recipe), as the spilled validation samples are fed.
+    calib_stats = int8kit.calibrate(RESNET, batches(calib, [32]), quiet=True)
+    val2 = lambda: ((images[i : i + 50], labels[i : i + 50]) for i in range(0, len(images), 50))  # noqa: E731
+    failed = int8kit.validate(RESNET, calib_stats, val2(), tmp_path / "v2", **strict)
+    assert failed.passed is False
+    with pytest.raises(int8kit.GateFailed) as e:
+        int8kit.validate(RESNET, calib_stats, val2(), tmp_path / "v3", raise_on_fail=True, **strict)
+    assert e.value.report.passed is False
+
+
+def test_bad_batches_raise_the_command_lines_errors(tmp_path):
+    good = np.zeros((4, 1, 28, 28), np.float32)
+    with pytest.raises(int8kit.InputError, match="'pixels' is not an input of the model"):
+        int8kit.calibrate(RESNET, [{"pixels": good}])
+    with pytest.raises(int8kit.InputError, match="takes float32 but is given float64"):
+        int8kit.calibrate(RESNET, [good.astype(np.float64)])
+    with pytest.raises(int8kit.InputError, match="the recipe makes"):
+        int8kit.calibrate(RESNET, [np.zeros((4, 3, 28, 28), np.float32)], recipe=RECIPE, quiet=True)
+    with pytest.raises(int8kit.InputError, match="float16 is not fed"):
+        int8kit.calibrate(RESNET, [good.astype(np.float16)], quiet=True)
+    with pytest.raises(int8kit.InputError, match="limit"):
+        int8kit.calibrate(RESNET, [good], limit=10)
+    with pytest.raises(int8kit.InputError, match="gave no samples"):
+        int8kit.calibrate(RESNET, [], quiet=True)
+    with pytest.raises(int8kit.InputError, match="missing.onnx"):
+        int8kit.calibrate(tmp_path / "missing.onnx", [good], quiet=True)
+    with pytest.raises(int8kit.InputError, match="unexpected argument"):
+        int8kit.quantize(RESNET, str(FIXTURES / "fmnist" / "calib"), tmp_path / "q", recipe=RECIPE, no_such_flag=1)
+    assert issubclass(int8kit.InputError, int8kit.Int8kitError)
+
+
+def test_an_iterable_that_fails_stops_the_run():
+    def broken():
+        yield np.zeros((4, 1, 28, 28), np.float32)
+        raise ValueError("the loader broke")
+
+    with pytest.raises(ValueError, match="the loader broke"):
+        int8kit.calibrate(RESNET, broken(), quiet=True)
+    # The process is fine afterwards: the stop request was cleared.
+    ok = int8kit.calibrate(RESNET, [np.zeros((4, 1, 28, 28), np.float32)], quiet=True)
+    assert ok.samples == 4
+
+
+def test_memory_stays_flat_over_a_long_generator():
+    batch = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
+
+    def generator(n):
+        for _ in range(n):
+            yield batch.copy()
+
+    int8kit.calibrate(RESNET, generator(500), threads=2, quiet=True)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    stats = int8kit.calibrate(RESNET, generator(10_000), threads=2, quiet=True)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert stats.samples == 80_000
+    assert grown_mib < 32, f"peak RSS grew {grown_mib:.0f} MiB over 20x more batches"
+
+
+def test_ctrl_c_stops_the_run_and_writes_nothing(tmp_path):
+    out = tmp_path / "q"
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np, int8kit
+        def endless():
+            b = np.zeros((8, 1, 28, 28), np.float32)
+            first = True
+            while True:
+                if first:
+                    print("started", flush=True)
+                    first = False
+                yield b
+        try:
+            int8kit.quantize({str(RESNET)!r}, endless(), {str(out)!r}, quiet=True)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            sys.exit(130)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    try:
+        code = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("Ctrl-C did not stop the run within 30 s")
+    assert (code, proc.stdout.read().strip()) == (130, "interrupted")
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == [], "nothing staged is left beside the output"
+
+
+def test_the_command_runs_in_process(tmp_path):
+    exe = Path(sys.executable).with_name("int8kit")
+    done = subprocess.run([str(exe), "lint", str(tmp_path / "missing.onnx")], capture_output=True, text=True)
+    assert done.returncode == 2 and "error:" in done.stderr and "missing.onnx" in done.stderr
+    assert subprocess.run([str(exe), "--version"], capture_output=True, text=True).stdout.startswith("int8kit ")
