@@ -433,6 +433,13 @@ fn kernels_line(k: &calibrate::gpu::KernelBench) -> String {
         k.bin_gb_s,
         100.0 * k.bin_gb_s / k.copy_gb_s,
         k.stats_gb_s
+    ) + &format!(
+        " Histogram by values per block: {}.",
+        k.bin_gb_s_by_chunk
+            .iter()
+            .map(|(chunk, gb_s)| format!("{chunk} {gb_s:.0} GB/s ({:.0} %)", 100.0 * gb_s / k.copy_gb_s))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 

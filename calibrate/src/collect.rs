@@ -42,6 +42,9 @@ pub struct CalibrateOptions {
     /// How many samples of the calibration set (after `limit`) are held back from the statistics, for the
     /// self-check of what is built from them.
     pub hold_out: HoldOut,
+    /// With a recipe of several sizes: each image goes through the model at one size, dealt over the sizes
+    /// (seeded by `seed`), instead of at every size.
+    pub deal_sizes: bool,
 }
 
 /// How many calibration samples are kept out of the statistics and measured on instead.
@@ -83,6 +86,7 @@ impl Default for CalibrateOptions {
             smooth: None,
             shard: None,
             hold_out: HoldOut::Auto,
+            deal_sizes: false,
         }
     }
 }
@@ -169,26 +173,63 @@ fn check_input_shape(model: &Model, input: &ValueInfoProto, recipe: &Recipe) -> 
         }
     }
     let Some(shape) = tt.shape.as_ref() else { return Ok(()) };
-    let want = recipe.batch_shape(1);
     if shape.dim.len() != 4 {
         return Err(CalibrateError::Input {
             model: model.path.clone(),
             message: format!("input '{}' has rank {}, expected a 4-D image batch", input.name, shape.dim.len()),
         });
     }
+    let dims = || -> String {
+        let dims: Vec<String> = shape
+            .dim
+            .iter()
+            .map(|d| if d.has_dim_value() { d.dim_value().to_string() } else { d.dim_param().to_string() })
+            .collect();
+        dims.join(", ")
+    };
+    if recipe.is_multi_size() {
+        let spatial = match recipe.layout {
+            datasets::Layout::Nchw => [2, 3],
+            datasets::Layout::Nhwc => [1, 2],
+        };
+        if spatial.iter().any(|&a| shape.dim[a].has_dim_value()) {
+            return Err(CalibrateError::Input {
+                model: model.path.clone(),
+                message: format!(
+                    "input '{}' has shape [{}]: its height and width are fixed, so it cannot take the recipe's \
+                     sizes {:?}; export the model with dynamic height and width (e.g. torch.onnx.export's \
+                     dynamic_axes), or give one size",
+                    input.name,
+                    dims(),
+                    recipe.all_sizes()
+                ),
+            });
+        }
+    }
+    for want in recipe.each_size().iter().map(|r| r.batch_shape(1)) {
+        check_dims(model, input, shape, &want, recipe, &dims)?;
+    }
+    Ok(())
+}
+
+/// One size's batch shape against the input's static dimensions.
+fn check_dims(
+    model: &Model,
+    input: &ValueInfoProto,
+    shape: &graph::proto::TensorShapeProto,
+    want: &[usize; 4],
+    recipe: &Recipe,
+    dims: &dyn Fn() -> String,
+) -> Result<(), CalibrateError> {
     for (axis, dim) in shape.dim.iter().enumerate().skip(1) {
         if dim.has_dim_value() && dim.dim_value() != want[axis] as i64 {
-            let dims: Vec<String> = shape
-                .dim
-                .iter()
-                .map(|d| if d.has_dim_value() { d.dim_value().to_string() } else { d.dim_param().to_string() })
-                .collect();
+            let dims = dims();
             return Err(CalibrateError::Input {
                 model: model.path.clone(),
                 message: format!(
                     "input '{}' has shape [{}] but the recipe makes {:?} ({:?} layout); fix size/channels/layout in the recipe",
                     input.name,
-                    dims.join(", "),
+                    dims,
                     want,
                     recipe.layout
                 ),
@@ -426,6 +467,35 @@ struct Pass {
     device_memory_peak_mb: Option<f64>,
 }
 
+impl Pass {
+    /// Folds in another pass over the same tapped model (another size): exact, as every statistic merges.
+    fn merge(&mut self, other: Pass, model: &Path) -> Result<(), CalibrateError> {
+        self.stats.iter_mut().zip(&other.stats).for_each(|(a, b)| a.merge(b));
+        for (name, c) in other.channel_max {
+            let mine = self.channel_max.entry(name.clone()).or_default();
+            mine.merge(&c).map_err(|m| CalibrateError::Input {
+                model: model.to_path_buf(),
+                message: format!(
+                    "tensor '{name}' has {} channels in its last axis at one size and {} at another: per-channel \
+                     maxima need a fixed channel count",
+                    m.had, m.got
+                ),
+            })?;
+        }
+        self.done += other.done;
+        for s in other.skipped {
+            if !self.skipped.iter().any(|(p, _)| *p == s.0) {
+                self.skipped.push(s);
+            }
+        }
+        self.device_memory_peak_mb = match (self.device_memory_peak_mb, other.device_memory_peak_mb) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(())
+    }
+}
+
 /// Refuses, before any work, what the device cannot run: the GPU path binds one float32 image batch.
 fn check_device(model: &Model, feed: &Feed, options: &CalibrateOptions) -> Result<(), CalibrateError> {
     feed.validate("recipe")?;
@@ -511,14 +581,15 @@ pub fn calibrate_model(
             Some(histograms::ShardInfo { index, count, list_sha256: dataset.list_sha256() })
         }
     };
+    let plan = size_plan(&dataset, feed, options)?;
     let passes = if options.smooth.is_some() { 2 } else { 1 };
-    let total = passes * dataset.len() as u64;
+    let total = passes * plan.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
     let mut done_before = 0;
     let mut report = |done: u64| progress(done_before + done, total);
     let smoothing = match options.smooth {
         Some(alpha) => {
             let tapped = TappedModel::from_model(model.clone(), feed, Selection::Quantizable, true)?;
-            let first = run_pass(&tapped, PassInput::Folder(&dataset, feed), options, &mut report)?;
+            let (first, _) = run_sizes(&tapped, &plan, options, &mut report)?;
             let record = histograms::SmoothingRecord { alpha, channel_max: first.channel_max };
             smoothquant::smooth(&mut model, &record.channel_max, alpha)?;
             Some((record, first.done))
@@ -530,23 +601,99 @@ pub fn calibrate_model(
     }
     let mut report = |done: u64| progress(done_before + done, total);
     let tapped = TappedModel::from_model(model, feed, options.selection, false)?;
-    let pass = run_pass(&tapped, PassInput::Folder(&dataset, feed), options, &mut report)?;
+    let (pass, per_size) = run_sizes(&tapped, &plan, options, &mut report)?;
     if pass.done == 0 {
         return Err(CalibrateError::NoImages { dir: images.to_path_buf(), skipped: pass.skipped.len() });
     }
+    let skipped = pass.skipped.len() as u64;
     let images = ImagesInfo {
         folder: file_name(images),
-        count: pass.done,
-        skipped: pass.skipped.len() as u64,
+        // Images, not passes: with several sizes an image counts once (`sizes` has the passes per size).
+        count: if plan.len() > 1 { dataset.len() as u64 - skipped } else { pass.done },
+        skipped,
         limit: options.limit,
         seed: options.seed,
         list_sha256,
         held_out,
+        sizes: if plan.len() > 1 {
+            plan.iter()
+                .zip(per_size)
+                .map(|((feed, _), count)| histograms::SizeImages {
+                    size: feed.recipe().map_or([0, 0], |r| r.size),
+                    count,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+        sizes_dealt: plan.len() > 1 && options.deal_sizes,
     };
     let shard_info = shard;
     let smoothing = smoothing.map(|(record, _)| record);
     let held_out = (!held.is_empty()).then_some(held);
     statistics(&tapped, pass, feed, arrays, images, options, smoothing, shard_info, held_out)
+}
+
+/// The passes of a calibration: one per size of the recipe, each over its images (every image, or with
+/// `deal_sizes` its dealt share); one pass for a one-size recipe or `.npz` samples.
+fn size_plan(
+    dataset: &Dataset,
+    feed: &Feed,
+    options: &CalibrateOptions,
+) -> Result<Vec<(Feed, Dataset)>, CalibrateError> {
+    let Some(recipe) = feed.recipe().filter(|r| r.is_multi_size()) else {
+        if options.deal_sizes {
+            return Err(CalibrateError::Input {
+                model: dataset.root.clone(),
+                message: "--deal-sizes deals the images over the recipe's sizes, and it has one: list several \
+                          (sizes in the recipe, or --sizes)"
+                    .into(),
+            });
+        }
+        return Ok(vec![(feed.clone(), dataset.clone())]);
+    };
+    let feeds = recipe.each_size().into_iter().map(Feed::Images);
+    Ok(if options.deal_sizes {
+        feeds.zip(dataset.deal(recipe.sizes.len(), options.seed)).collect()
+    } else {
+        feeds.map(|f| (f, dataset.clone())).collect()
+    })
+}
+
+/// [`run_pass`] over each size of `plan` in turn, the statistics folded together (exactly: the merge is the
+/// one-pass result); also the images done per size.
+fn run_sizes(
+    tapped: &TappedModel,
+    plan: &[(Feed, Dataset)],
+    options: &CalibrateOptions,
+    batch_done: &mut dyn FnMut(u64),
+) -> Result<(Pass, Vec<u64>), CalibrateError> {
+    let mut all: Option<Pass> = None;
+    let mut per_size = Vec::with_capacity(plan.len());
+    for (feed, dataset) in plan {
+        if dataset.is_empty() {
+            per_size.push(0);
+            continue;
+        }
+        let before = all.as_ref().map_or(0, |p| p.done);
+        let pass = run_pass(tapped, PassInput::Folder(dataset, feed), options, &mut |d| batch_done(before + d))?;
+        per_size.push(pass.done);
+        all = Some(match all {
+            None => pass,
+            Some(mut a) => {
+                a.merge(pass, &tapped.model.path)?;
+                a
+            }
+        });
+    }
+    let pass = all.unwrap_or(Pass {
+        stats: tapped.activations.iter().enumerate().map(|(i, _)| tapped.empty_stats(i)).collect(),
+        channel_max: Default::default(),
+        done: 0,
+        skipped: Vec::new(),
+        device_memory_peak_mb: None,
+    });
+    Ok((pass, per_size))
 }
 
 /// The `.hist` and the summary of a finished pass.
@@ -634,6 +781,13 @@ pub fn calibrate_batches(
     if options.smooth.is_some() {
         return refuse("smoothing reads the samples twice and an iterable is read once: calibrate from a folder");
     }
+    if let Some(recipe) = feed.recipe().filter(|r| r.is_multi_size()) {
+        return refuse(&format!(
+            "the recipe lists several sizes {:?}, and batches from an iterable come at the size the caller made \
+             them: calibrate from a folder to cover every size, or give a one-size recipe",
+            recipe.all_sizes()
+        ));
+    }
     if matches!(options.hold_out, HoldOut::Count(n) if n > 0) {
         return refuse("samples are held back from a listed folder only; pass the check samples separately");
     }
@@ -652,6 +806,8 @@ pub fn calibrate_batches(
         seed: options.seed,
         list_sha256: recorded.sha256(),
         held_out: None,
+        sizes: Vec::new(),
+        sizes_dealt: false,
     };
     let arrays = recorded.arrays.take();
     statistics(&tapped, pass, feed, arrays, images, options, None, None, None)

@@ -43,8 +43,14 @@ fn driver(what: &str) -> impl Fn(cudarc::driver::DriverError) -> GpuError + '_ {
     move |source| GpuError::Driver { what: what.to_string(), source }
 }
 
-/// Values per block of the reduction and binning kernels.
+/// Values per block of the reduction kernel.
 const CHUNK: u64 = 1 << 16;
+/// Values per block of the binning kernel: each block zeroes and flushes a 4096-bin table, so larger chunks spend
+/// less on that. On the H200 (gpu-check, 2026-12-03) 2^16 reached 79 % of copy bandwidth, 2^17 91 %, 2^18 98 %,
+/// 2^19 77 % (too few blocks).
+const BIN_CHUNK: u64 = 1 << 18;
+/// The binning chunks `bench_kernels` measures beside the default.
+pub const BIN_CHUNKS_MEASURED: [u64; 4] = [1 << 16, 1 << 17, 1 << 18, 1 << 19];
 const THREADS: u32 = 256;
 /// Words per tensor in the running state and in the per-batch slots.
 const WORDS: usize = 8;
@@ -68,6 +74,8 @@ pub struct GpuStats {
     chunks: CudaSlice<u64>,
     /// The chunk table of the binned tensors only (`range_only` ones left out).
     bin_chunks: CudaSlice<u64>,
+    /// Values per block of the binning kernel.
+    bin_chunk: u64,
     tensors: usize,
     /// Per tensor: whether only its range is kept (no histogram kernel runs over it).
     range_only: Vec<bool>,
@@ -123,6 +131,7 @@ impl GpuStats {
             hist,
             chunks,
             bin_chunks,
+            bin_chunk: BIN_CHUNK,
             tensors,
             range_only,
             memory_peak: 0,
@@ -149,9 +158,9 @@ impl GpuStats {
 
     fn launch(&mut self, values: &[DeviceTensor], timed: bool) -> Result<Option<[f32; 3]>, GpuError> {
         assert_eq!(values.len(), self.tensors, "one device tensor per tracked tensor");
-        let table = chunk_table(values, |_| true);
+        let table = chunk_table(values, |_| true, CHUNK);
         let count = table.len() / 3;
-        let bin_table = chunk_table(values, |t| !self.range_only[t]);
+        let bin_table = chunk_table(values, |t| !self.range_only[t], self.bin_chunk);
         let bin_count = bin_table.len() / 3;
         for (table, slot) in [(&table, &mut self.chunks), (&bin_table, &mut self.bin_chunks)] {
             if table.is_empty() {
@@ -262,14 +271,14 @@ fn float_of_key(k: u32) -> f32 {
     f32::from_bits(if k & 0x8000_0000 != 0 { k & 0x7fff_ffff } else { !k })
 }
 
-/// Splits every tensor that `keep(index)` accepts into chunks of at most [`CHUNK`] values: (address, length,
-/// tensor index) triples.
-fn chunk_table(values: &[DeviceTensor], keep: impl Fn(usize) -> bool) -> Vec<u64> {
+/// Splits every tensor that `keep(index)` accepts into chunks of at most `chunk` values (a multiple of 4, so
+/// every chunk of an aligned buffer starts 16-byte aligned): (address, length, tensor index) triples.
+fn chunk_table(values: &[DeviceTensor], keep: impl Fn(usize) -> bool, chunk: u64) -> Vec<u64> {
     let mut table = Vec::new();
     for (t, v) in values.iter().enumerate().filter(|(t, _)| keep(*t)) {
         let mut start = 0u64;
         while start < v.len as u64 {
-            let len = CHUNK.min(v.len as u64 - start);
+            let len = chunk.min(v.len as u64 - start);
             table.extend([v.ptr + 4 * start, len, t as u64]);
             start += len;
         }
@@ -290,6 +299,9 @@ pub struct KernelBench {
     pub bin_gb_s: f64,
     /// Both passes together (what a batch costs).
     pub stats_gb_s: f64,
+    /// Binning kernel throughput with each block binning this many values (`BIN_CHUNKS_MEASURED`), GB/s;
+    /// `bin_gb_s` is the one calibrate uses.
+    pub bin_gb_s_by_chunk: Vec<(u64, f64)>,
 }
 
 /// Times a device copy and the kernels over `values` (best of `repeats`).
@@ -320,7 +332,19 @@ pub fn bench_kernels(device: runtime::Device, values: &[f32], repeats: usize) ->
     }
     let bytes = 4 * values.len() as u64;
     let gb_s = |ms: f32| bytes as f64 / (ms as f64 * 1e-3) / 1e9;
+    let default_chunk = gpu.bin_chunk;
+    let mut bin_gb_s_by_chunk = Vec::new();
+    for chunk in BIN_CHUNKS_MEASURED {
+        gpu.bin_chunk = chunk;
+        let mut ms = f32::INFINITY;
+        for _ in 0..repeats.max(1) {
+            ms = ms.min(gpu.add_timed(&[tensor])?[2]);
+        }
+        bin_gb_s_by_chunk.push((chunk, gb_s(ms)));
+    }
+    gpu.bin_chunk = default_chunk;
     Ok(KernelBench {
+        bin_gb_s_by_chunk,
         bytes,
         copy_gb_s: 2.0 * gb_s(copy_ms),
         reduce_gb_s: gb_s(reduce_ms),
@@ -360,7 +384,7 @@ mod tests {
             DeviceTensor { ptr: 1 << 40, len: 0 },
             DeviceTensor { ptr: 8, len: 7 },
         ];
-        let table = chunk_table(&values, |_| true);
+        let table = chunk_table(&values, |_| true, CHUNK);
         let rows: Vec<&[u64]> = table.chunks(3).collect();
         assert_eq!(rows.len(), 5);
         assert_eq!(rows[3], &[1000 + 4 * 3 * CHUNK, 5, 0]);
@@ -368,7 +392,7 @@ mod tests {
         let per_tensor0: u64 = rows.iter().filter(|r| r[2] == 0).map(|r| r[1]).sum();
         assert_eq!(per_tensor0, 3 * CHUNK + 5);
         // The binning table leaves out the range-only tensors, and only them.
-        let binned = chunk_table(&values, |t| t != 0);
+        let binned = chunk_table(&values, |t| t != 0, CHUNK);
         assert_eq!(binned, vec![8, 7, 2]);
     }
 }

@@ -1,7 +1,7 @@
 //! Batches decoded in parallel ahead of the consumer, in a fixed order.
 
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -99,90 +99,115 @@ impl BatchStream {
         let skipped_w = Arc::clone(&skipped);
         let worker = std::thread::spawn(move || {
             let batch_size = options.batch_size.max(1);
-            let per_image = feed.recipe().map_or(0, |r| r.image_len());
-            let decode = |chunk: &[ImageItem]| -> Vec<Result<Sample, DatasetError>> {
-                chunk
-                    .par_iter()
-                    .map(|item| {
-                        let wrong = |message: &str| DatasetError::Tensors {
-                            path: item.path.clone(),
-                            message: message.to_string(),
-                        };
-                        match (&feed, crate::folder::is_npz(&item.path)) {
-                            (Feed::Tensors, true) => crate::tensors::read_npz(&item.path).map(Sample::Tensors),
-                            (Feed::Images(recipe), false) => {
-                                let mut buf = vec![0f32; per_image];
-                                preprocess_file(&item.path, recipe, &mut buf).map(|_| Sample::Image(buf))
-                            }
-                            (Feed::Images(_), true) => Err(wrong(
-                                "an .npz tensor sample where images are fed through a recipe; give a folder of images",
-                            )),
-                            (Feed::Tensors, false) => Err(wrong(
-                                "an image where .npz tensor samples are fed; give a folder of .npz files, or a recipe                                  for images",
-                            )),
-                        }
-                    })
-                    .collect()
+            // A recipe of several sizes: every sample at each size in turn, batches of one size each.
+            let feeds = match &feed {
+                Feed::Images(recipe) => recipe.each_size().into_iter().map(Feed::Images).collect(),
+                Feed::Tensors => vec![Feed::Tensors],
             };
-            for chunk in items.chunks(batch_size) {
-                if let Err(stop) = safe_io::interrupt::check() {
-                    let _ = tx.send(Err(stop.into()));
+            for feed in &feeds {
+                if !stream_one_size(&items, feed, batch_size, &options, &tx, &skipped_w) {
                     return;
-                }
-                let decoded = match &options.pool {
-                    Some(pool) => pool.install(|| decode(chunk)),
-                    None => decode(chunk),
-                };
-                let mut data = Vec::with_capacity(chunk.len() * per_image);
-                let mut samples = Vec::new();
-                let mut kept = Vec::with_capacity(chunk.len());
-                for (item, result) in chunk.iter().zip(decoded) {
-                    match result {
-                        Ok(sample) => {
-                            match sample {
-                                Sample::Image(buf) => data.extend_from_slice(&buf),
-                                Sample::Tensors(arrays) => samples.push((item.path.clone(), arrays)),
-                            }
-                            kept.push(item.clone());
-                        }
-                        Err(e) if options.on_bad_image == OnBadImage::Skip => {
-                            tracing::warn!("skipping {}: {e}", item.path.display());
-                            if let Ok(mut s) = skipped_w.lock() {
-                                s.push((item.path.clone(), e.to_string()));
-                            }
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
-                    }
-                }
-                if kept.is_empty() {
-                    continue;
-                }
-                let batch = if let Feed::Images(recipe) = &feed {
-                    Batch { shape: recipe.batch_shape(kept.len()), data, items: kept, tensors: Vec::new() }
-                } else {
-                    match crate::tensors::stack(&samples) {
-                        Ok(tensors) => Batch { shape: [kept.len(), 0, 0, 0], data, items: kept, tensors },
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
-                    }
-                };
-                if tx.send(Ok(batch)).is_err() {
-                    return; // the consumer stopped early
                 }
             }
         });
         BatchStream { rx, worker: Some(worker), skipped }
     }
 
-    /// Files left out so far under `OnBadImage::Skip`, with the reason.
+    /// Files left out so far under `OnBadImage::Skip`, with the reason. A file skipped at several sizes is listed once (with its first reason).
     pub fn skipped(&self) -> Vec<(PathBuf, String)> {
-        self.skipped.lock().map(|s| s.clone()).unwrap_or_default()
+        let mut all = self.skipped.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut seen = std::collections::HashSet::new();
+        all.retain(|(path, _)| seen.insert(path.clone()));
+        all
     }
+}
+
+/// Streams `items` through one one-size `feed` into `tx`; false when the stream has to end (an error sent,
+/// a stop, or the consumer gone).
+fn stream_one_size(
+    items: &[ImageItem],
+    feed: &Feed,
+    batch_size: usize,
+    options: &StreamOptions,
+    tx: &SyncSender<Result<Batch, DatasetError>>,
+    skipped: &Mutex<Vec<(PathBuf, String)>>,
+) -> bool {
+    let per_image = feed.recipe().map_or(0, |r| r.image_len());
+    let decode = |chunk: &[ImageItem]| -> Vec<Result<Sample, DatasetError>> {
+        chunk
+            .par_iter()
+            .map(|item| {
+                let wrong =
+                    |message: &str| DatasetError::Tensors { path: item.path.clone(), message: message.to_string() };
+                match (feed, crate::folder::is_npz(&item.path)) {
+                    (Feed::Tensors, true) => crate::tensors::read_npz(&item.path).map(Sample::Tensors),
+                    (Feed::Images(recipe), false) => {
+                        let mut buf = vec![0f32; per_image];
+                        preprocess_file(&item.path, recipe, &mut buf).map(|_| Sample::Image(buf))
+                    }
+                    (Feed::Images(_), true) => Err(wrong(
+                        "an .npz tensor sample where images are fed through a recipe; give a folder of images",
+                    )),
+                    (Feed::Tensors, false) => Err(wrong(
+                        "an image where .npz tensor samples are fed; give a folder of .npz files, or a \
+                         recipe for images",
+                    )),
+                }
+            })
+            .collect()
+    };
+    for chunk in items.chunks(batch_size) {
+        if let Err(stop) = safe_io::interrupt::check() {
+            let _ = tx.send(Err(stop.into()));
+            return false;
+        }
+        let decoded = match &options.pool {
+            Some(pool) => pool.install(|| decode(chunk)),
+            None => decode(chunk),
+        };
+        let mut data = Vec::with_capacity(chunk.len() * per_image);
+        let mut samples = Vec::new();
+        let mut kept = Vec::with_capacity(chunk.len());
+        for (item, result) in chunk.iter().zip(decoded) {
+            match result {
+                Ok(sample) => {
+                    match sample {
+                        Sample::Image(buf) => data.extend_from_slice(&buf),
+                        Sample::Tensors(arrays) => samples.push((item.path.clone(), arrays)),
+                    }
+                    kept.push(item.clone());
+                }
+                Err(e) if options.on_bad_image == OnBadImage::Skip => {
+                    tracing::warn!("skipping {}: {e}", item.path.display());
+                    if let Ok(mut s) = skipped.lock() {
+                        s.push((item.path.clone(), e.to_string()));
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return false;
+                }
+            }
+        }
+        if kept.is_empty() {
+            continue;
+        }
+        let batch = if let Feed::Images(recipe) = feed {
+            Batch { shape: recipe.batch_shape(kept.len()), data, items: kept, tensors: Vec::new() }
+        } else {
+            match crate::tensors::stack(&samples) {
+                Ok(tensors) => Batch { shape: [kept.len(), 0, 0, 0], data, items: kept, tensors },
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return false;
+                }
+            }
+        };
+        if tx.send(Ok(batch)).is_err() {
+            return false; // the consumer stopped early
+        }
+    }
+    true
 }
 
 /// Where a pass gets its batches: a folder's [`BatchStream`], or batches a caller makes (the Python API's

@@ -9,6 +9,8 @@ use crate::DatasetError;
 
 /// Mixed into the seed of [`Dataset::hold_out`]'s shuffle.
 const HOLD_OUT_STREAM: u64 = 0x686f_6c64_6f75_7421;
+/// Mixed into the seed of [`Dataset::deal`]'s shuffle.
+const DEAL_STREAM: u64 = 0x6465_616c_7369_7a65;
 
 /// One image file and, in a labelled folder, its class index.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,6 +273,25 @@ impl Dataset {
         (self, held_set)
     }
 
+    /// Deals the samples over `hands` lists (seeded, from the list alone): a shuffled order, then the first
+    /// sample to the first list, the second to the second, and so on; each list keeps the original order.
+    pub fn deal(&self, hands: usize, seed: u64) -> Vec<Dataset> {
+        let hands = hands.max(1);
+        let mut order: Vec<usize> = (0..self.items.len()).collect();
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ DEAL_STREAM));
+        let mut hand_of = vec![0; self.items.len()];
+        for (k, &i) in order.iter().enumerate() {
+            hand_of[i] = k % hands;
+        }
+        (0..hands)
+            .map(|h| Dataset {
+                root: self.root.clone(),
+                items: self.items.iter().zip(&hand_of).filter(|(_, &o)| o == h).map(|(i, _)| i.clone()).collect(),
+                classes: self.classes.clone(),
+            })
+            .collect()
+    }
+
     /// Keeps the `index`-th (1-based) of `count` contiguous parts of the list, in order: what one of `count`
     /// processes takes (`--shard I/N`), so that the parts joined in order are the whole list.
     pub fn shard(mut self, index: usize, count: usize) -> Result<Dataset, DatasetError> {
@@ -405,6 +426,25 @@ mod tests {
         // Not the images a limit with the same seed keeps first.
         assert_eq!(all.clone().hold_out(0, 3).0.len(), 30);
         assert_eq!(all.hold_out(99, 3).0.len(), 1);
+    }
+
+    #[test]
+    fn deal_splits_every_sample_into_exactly_one_ordered_hand() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..31 {
+            touch(&d.path().join(format!("{i:02}.png")));
+        }
+        let all = Dataset::flat(d.path()).unwrap();
+        let hands = all.deal(3, 5);
+        assert_eq!(hands.iter().map(Dataset::len).collect::<Vec<_>>(), vec![11, 10, 10]);
+        let mut joined: Vec<_> = hands.iter().flat_map(|h| h.items.clone()).collect();
+        joined.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(joined, all.items);
+        assert!(hands.iter().all(|h| h.items.windows(2).all(|w| w[0].path < w[1].path)));
+        assert_eq!(all.deal(3, 5)[1].items, hands[1].items);
+        assert_ne!(all.deal(3, 6)[1].items, hands[1].items);
+        // Not the first slice the hold-out takes with the same seed.
+        assert_ne!(all.clone().hold_out(11, 5).1.items, hands[0].items);
     }
 
     #[test]

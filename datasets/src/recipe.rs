@@ -9,6 +9,8 @@ use crate::DatasetError;
 /// The largest image side a recipe may ask for (sizes and `resize_to`): 16384 pixels, already 1 GiB of float
 /// pixels per RGB image, so that a typo cannot ask for a 120 GB buffer.
 pub const MAX_SIDE: u32 = 16384;
+/// The most sizes a recipe may list: each is a pass over the calibration images.
+pub const MAX_SIZES: usize = 16;
 
 /// Tensor layout fed to the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,42 +69,123 @@ pub enum Interpolation {
     Bicubic,
 }
 
-/// How an image becomes a model input. Serialized as the `[input]` table of a recipe file.
+/// How an image becomes a model input. Serialized as the `[input]` table of a recipe file, where the size is
+/// either `size = [H, W]` or, for models with dynamic height and width, `sizes = [[H, W], ...]` (every size the
+/// engine will serve; the two keys exclude each other).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RecipeTable", into = "RecipeTable")]
 pub struct Recipe {
     /// The model input to feed; `None` means the model's only input.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Layout of the tensor.
-    #[serde(default = "default_layout")]
     pub layout: Layout,
     /// Colour model.
     pub channels: Channels,
-    /// `[height, width]` of the tensor fed to the model.
+    /// `[height, width]` of the tensor this recipe makes: the only size, or the first of [`Recipe::sizes`].
     pub size: [u32; 2],
+    /// Every `[height, width]` listed with `sizes` (the first is `size`); empty for a one-size recipe. A
+    /// recipe of several sizes makes images at one of them through [`Recipe::at`].
+    pub sizes: Vec<[u32; 2]>,
     /// How the image is brought to `size`.
-    #[serde(default = "default_resize")]
     pub resize: ResizeMode,
-    /// Target of the shorter side for `resize = "shorter"`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Target of the shorter side for `resize = "shorter"`, for the first size; the others scale it with
+    /// their shorter side ([`Recipe::at`]).
     pub resize_to: Option<u32>,
     /// Resampling filter.
-    #[serde(default = "default_interpolation")]
     pub interpolation: Interpolation,
     /// Pixels are divided by this first (255 maps 8-bit images to [0, 1]).
-    #[serde(default = "default_scale")]
     pub scale: f32,
     /// Per-channel mean, after `scale` (none with `dtype = "uint8"`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mean: Vec<f32>,
     /// Per-channel standard deviation (none with `dtype = "uint8"`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub std: Vec<f32>,
     /// What the model takes: float32 (scaled and normalised here) or uint8 (the decoded pixel levels, for
     /// models that normalise inside the graph, as TF exports and many deployed embedders do).
-    #[serde(default, skip_serializing_if = "InputType::is_float32")]
     pub dtype: InputType,
+}
+
+/// The `[input]` table as written: [`Recipe`] with `size` and `sizes` as the keys they are in the file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecipeTable {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default = "default_layout")]
+    layout: Layout,
+    channels: Channels,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    size: Option<[u32; 2]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sizes: Option<Vec<[u32; 2]>>,
+    #[serde(default = "default_resize")]
+    resize: ResizeMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resize_to: Option<u32>,
+    #[serde(default = "default_interpolation")]
+    interpolation: Interpolation,
+    #[serde(default = "default_scale")]
+    scale: f32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    mean: Vec<f32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    std: Vec<f32>,
+    #[serde(default, skip_serializing_if = "InputType::is_float32")]
+    dtype: InputType,
+}
+
+impl TryFrom<RecipeTable> for Recipe {
+    type Error = String;
+    fn try_from(t: RecipeTable) -> Result<Recipe, String> {
+        let (size, sizes) = match (t.size, t.sizes) {
+            (Some(size), None) => (size, Vec::new()),
+            (None, Some(sizes)) => match sizes.as_slice() {
+                [] => return Err("sizes = []: list at least one [height, width]".into()),
+                // One listed size is the plain `size`: a recipe has one form per meaning.
+                [one] => (*one, Vec::new()),
+                [first, ..] => (*first, sizes),
+            },
+            (Some(_), Some(_)) => {
+                return Err("give either size = [H, W] or sizes = [[H, W], ...], not both".into());
+            }
+            (None, None) => {
+                return Err("missing field `size` (or `sizes` for several input sizes)".into());
+            }
+        };
+        Ok(Recipe {
+            name: t.name,
+            layout: t.layout,
+            channels: t.channels,
+            size,
+            sizes,
+            resize: t.resize,
+            resize_to: t.resize_to,
+            interpolation: t.interpolation,
+            scale: t.scale,
+            mean: t.mean,
+            std: t.std,
+            dtype: t.dtype,
+        })
+    }
+}
+
+impl From<Recipe> for RecipeTable {
+    fn from(r: Recipe) -> RecipeTable {
+        let several = r.sizes.len() > 1;
+        RecipeTable {
+            name: r.name,
+            layout: r.layout,
+            channels: r.channels,
+            size: (!several).then_some(r.size),
+            sizes: several.then_some(r.sizes),
+            resize: r.resize,
+            resize_to: r.resize_to,
+            interpolation: r.interpolation,
+            scale: r.scale,
+            mean: r.mean,
+            std: r.std,
+            dtype: r.dtype,
+        }
+    }
 }
 
 /// The element type of the image tensor a model takes.
@@ -160,6 +243,7 @@ impl Recipe {
                 layout: Layout::Nchw,
                 channels: Channels::Rgb,
                 size: [224, 224],
+                sizes: Vec::new(),
                 resize: ResizeMode::Shorter,
                 resize_to: Some(256),
                 interpolation: Interpolation::Bilinear,
@@ -173,6 +257,7 @@ impl Recipe {
                 layout: Layout::Nchw,
                 channels: Channels::Rgb,
                 size: [224, 224],
+                sizes: Vec::new(),
                 resize: ResizeMode::Shorter,
                 resize_to: Some(224),
                 interpolation: Interpolation::Bicubic,
@@ -244,8 +329,26 @@ impl Recipe {
         if self.size.iter().any(|&s| s == 0 || s > MAX_SIDE) {
             return bad(format!("size = {:?}: each side must be from 1 to {MAX_SIDE} pixels", self.size));
         }
+        if let Some(s) = self.sizes.iter().find(|s| s.iter().any(|&side| side == 0 || side > MAX_SIDE)) {
+            return bad(format!("sizes: {s:?}: each side must be from 1 to {MAX_SIDE} pixels"));
+        }
+        if !self.sizes.is_empty() && self.sizes[0] != self.size {
+            return bad(format!("size {:?} is not the first of sizes {:?}", self.size, self.sizes));
+        }
+        if let Some(s) = self.sizes.iter().enumerate().find(|(i, s)| self.sizes[..*i].contains(s)).map(|(_, s)| s) {
+            return bad(format!("sizes lists {s:?} twice"));
+        }
+        if self.sizes.len() > MAX_SIZES {
+            return bad(format!("sizes lists {} sizes; at most {MAX_SIZES}", self.sizes.len()));
+        }
         if let Some(r) = self.resize_to.filter(|&r| r == 0 || r > MAX_SIDE) {
             return bad(format!("resize_to = {r}: must be from 1 to {MAX_SIDE} pixels"));
+        }
+        for size in self.sizes.iter().skip(1) {
+            let at = self.at(*size);
+            if let Some(r) = at.resize_to.filter(|&r| r > MAX_SIDE) {
+                return bad(format!("resize_to scales to {r} at size {size:?}: must be at most {MAX_SIDE} pixels"));
+            }
         }
         if self.resize == ResizeMode::Shorter {
             match self.resize_to {
@@ -257,6 +360,48 @@ impl Recipe {
             }
         }
         Ok(())
+    }
+
+    /// Every size the recipe makes images at: `sizes`, or `[size]`.
+    pub fn all_sizes(&self) -> Vec<[u32; 2]> {
+        if self.sizes.is_empty() {
+            vec![self.size]
+        } else {
+            self.sizes.clone()
+        }
+    }
+
+    /// Whether the recipe lists several sizes.
+    pub fn is_multi_size(&self) -> bool {
+        self.sizes.len() > 1
+    }
+
+    /// The one-size recipe that makes images at `size`: with `resize = "shorter"`, `resize_to` scales with
+    /// the shorter side (256 for 224 makes 512 for 448), so every size sees the same share of the image.
+    pub fn at(&self, size: [u32; 2]) -> Recipe {
+        let base = self.size[0].min(self.size[1]).max(1) as u64;
+        let resize_to = self.resize_to.map(|r| {
+            let scaled = (r as u64 * size[0].min(size[1]) as u64 + base / 2) / base;
+            scaled.min(u32::MAX as u64) as u32
+        });
+        Recipe { size, sizes: Vec::new(), resize_to, ..self.clone() }
+    }
+
+    /// The one-size recipe of each listed size, in order (the recipe itself when it has one size).
+    pub fn each_size(&self) -> Vec<Recipe> {
+        self.all_sizes().into_iter().map(|s| self.at(s)).collect()
+    }
+
+    /// The recipe with `sizes` instead of its own size(s) (`--sizes`); `origin` names the flag in errors.
+    pub fn with_sizes(&self, sizes: &[[u32; 2]], origin: &str) -> Result<Recipe, DatasetError> {
+        let Some(&first) = sizes.first() else {
+            return Err(DatasetError::Recipe { origin: origin.into(), message: "no size given".into() });
+        };
+        // resize_to keeps its ratio to the recipe's own first size.
+        let mut r = self.at(first);
+        r.sizes = if sizes.len() > 1 { sizes.to_vec() } else { Vec::new() };
+        r.validate(origin)?;
+        Ok(r)
     }
 
     /// Shape of a batch of `n` images: `[n, C, H, W]` or `[n, H, W, C]`.

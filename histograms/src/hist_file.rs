@@ -13,11 +13,12 @@ use crate::{HistError, Selection};
 
 /// The `format` value of a .hist file.
 pub const HIST_FORMAT: &str = "int8kit.hist";
-/// The .hist version this build writes. Version 6 added `max_only` (range-only statistics of the tensors
+/// The .hist version this build writes. Version 7 added `images.sizes` and `images.sizes_dealt` (a recipe of
+/// several input sizes, whose `sizes` the recipe lists); version 6 added `max_only` (range-only statistics of the tensors
 /// that are always max-calibrated); version 5 added `images.held_out` (the slice kept out of the
 /// statistics for the self-check); version 4 made `recipe` optional and added `arrays` (`.npz` samples);
 /// version 3 added the optional `smoothing`; version 2 added `content_sha256`. Versions 1 to 3 are still read.
-pub const HIST_VERSION: u32 = 6;
+pub const HIST_VERSION: u32 = 7;
 /// The oldest version this build reads.
 pub const HIST_OLDEST_READ: u32 = 1;
 
@@ -50,6 +51,23 @@ pub struct ImagesInfo {
     /// samples it was not calibrated on; absent when none was (and in files before version 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_out: Option<HeldOut>,
+    /// With a recipe of several sizes: the images that went through the model at each size, in the recipe's
+    /// order (empty for one size, and in files before version 7).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sizes: Vec<SizeImages>,
+    /// Whether each image went through the model at one size only (dealt over the sizes, seeded by `seed`)
+    /// rather than at every size.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sizes_dealt: bool,
+}
+
+/// The images calibrated at one input size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SizeImages {
+    /// `[height, width]`.
+    pub size: [u32; 2],
+    /// Images that went through the model at this size.
+    pub count: u64,
 }
 
 /// The samples `calibrate` kept out of the statistics: `count` of the calibration set, chosen by `seed`
@@ -367,7 +385,10 @@ pub fn merge(parts: &[(std::path::PathBuf, HistFile)]) -> Result<HistFile, crate
             }
         };
         // The image list's identity, without the per-shard counts.
-        let list = |i: &ImagesInfo| (i.folder.clone(), i.limit, i.seed, i.list_sha256.clone(), i.held_out.clone());
+        let list = |i: &ImagesInfo| {
+            let sizes: Vec<[u32; 2]> = i.sizes.iter().map(|s| s.size).collect();
+            (i.folder.clone(), i.limit, i.seed, i.list_sha256.clone(), i.held_out.clone(), sizes, i.sizes_dealt)
+        };
         same("the model", json(&first.model), json(&h.model))?;
         same("the recipe", json(&first.recipe), json(&h.recipe))?;
         same("the .npz arrays", json(&first.arrays), json(&h.arrays))?;
@@ -396,10 +417,15 @@ pub fn merge(parts: &[(std::path::PathBuf, HistFile)]) -> Result<HistFile, crate
     let mut merged = HistFile { content_sha256: None, shard: None, ..first.clone() };
     merged.images.count = sum(&|h| h.images.count).ok_or_else(|| overflow("image counts"))?;
     merged.images.skipped = sum(&|h| h.images.skipped).ok_or_else(|| overflow("skipped counts"))?;
+    for k in 0..first.images.sizes.len() {
+        merged.images.sizes[k].count =
+            sum(&|h| h.images.sizes[k].count).ok_or_else(|| overflow("image counts per size"))?;
+    }
     for i in 0..first.tensors.len() {
         sum(&|h| h.tensors[i].stats.elements().unwrap_or(u64::MAX)).ok_or_else(|| overflow("value counts"))?;
-        // A fed input's values per image are the same in every shard.
-        if first.tensors[i].producer.is_none() {
+        // A fed input's values per image are the same in every shard (of one size: several sizes, dealt,
+        // give each shard its own mixture).
+        if first.tensors[i].producer.is_none() && first.images.sizes.is_empty() {
             let per_image = |h: &HistFile| {
                 (h.images.count > 0).then(|| h.tensors[i].stats.elements().unwrap_or(0) / h.images.count)
             };

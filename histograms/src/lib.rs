@@ -11,7 +11,7 @@ use std::path::PathBuf;
 pub use channels::{ChannelMax, ChannelMismatch};
 pub use hist_file::{
     first_missing_shard, merge, ArraySpec, HeldOut, HistFile, HistogramInfo, ImagesInfo, ModelInfo, ShardInfo,
-    SmoothingRecord, TensorRecord, HIST_FORMAT, HIST_VERSION,
+    SizeImages, SmoothingRecord, TensorRecord, HIST_FORMAT, HIST_VERSION,
 };
 pub use histogram::{AbsHistogram, TensorStats, BINS};
 

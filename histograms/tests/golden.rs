@@ -34,6 +34,8 @@ fn sample() -> HistFile {
             seed: 7,
             list_sha256: "cd".repeat(32),
             held_out: Some(histograms::HeldOut { count: 1, seed: 7, list_sha256: "12".repeat(32) }),
+            sizes: Vec::new(),
+            sizes_dealt: false,
         },
         onnxruntime: "1.32.0".into(),
         histogram: HistogramInfo { bins: histograms::BINS, values: "abs".into() },
@@ -93,6 +95,42 @@ fn npz_hist_bytes_match_the_golden_file() {
     let path = dir.path().join("n.hist");
     sample_npz().write(&path).unwrap();
     assert_eq!(HistFile { content_sha256: None, ..HistFile::read(&path).unwrap() }, sample_npz());
+}
+
+/// A calibration over a recipe of several sizes (version 7): the recipe's `sizes` and the images per size.
+fn sample_sizes() -> HistFile {
+    let base = sample();
+    let recipe = base.recipe.as_ref().unwrap().with_sizes(&[[224, 224], [336, 336], [448, 448]], "t").unwrap();
+    HistFile {
+        recipe: Some(recipe),
+        images: ImagesInfo {
+            sizes: vec![
+                histograms::SizeImages { size: [224, 224], count: 1 },
+                histograms::SizeImages { size: [336, 336], count: 0 },
+                histograms::SizeImages { size: [448, 448], count: 1 },
+            ],
+            sizes_dealt: true,
+            ..base.images.clone()
+        },
+        ..base
+    }
+}
+
+#[test]
+fn sizes_hist_bytes_match_the_golden_file() {
+    let bytes = sample_sizes().to_json().unwrap();
+    test_support::assert_golden(&test_support::golden(env!("CARGO_MANIFEST_DIR"), "sample_sizes.hist"), &bytes);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.hist");
+    sample_sizes().write(&path).unwrap();
+    assert_eq!(HistFile { content_sha256: None, ..HistFile::read(&path).unwrap() }, sample_sizes());
+}
+
+#[test]
+fn a_version_6_file_still_reads_as_one_size() {
+    let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/sample.v6.hist");
+    let h = HistFile::read(&old).unwrap();
+    assert_eq!((h.version, h.images.sizes.len(), h.recipe.unwrap().all_sizes()), (6, 0, vec![[224, 224]]));
 }
 
 #[test]

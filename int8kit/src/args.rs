@@ -9,25 +9,63 @@ use quantizer::placement::{AttentionPrecision, FloatType, PlacementOptions, Prec
 use quantizer::qdq::{WeightClip, WeightClips};
 use quantizer::Scheme;
 
-/// `--recipe R.toml | --preset P`: needed for image folders; a folder of `.npz` samples takes neither.
+/// `--recipe R.toml | --preset P`, and `--sizes`: needed for image folders; a folder of `.npz` samples takes
+/// none of them.
 #[derive(Debug, Clone, clap::Args)]
-#[group(required = false, multiple = false)]
 pub struct RecipeArgs {
     /// Preprocessing recipe for image folders (TOML with an [input] table; see README); none for .npz samples.
-    #[arg(long, value_name = "R.toml")]
+    #[arg(long, value_name = "R.toml", conflicts_with = "preset")]
     pub recipe: Option<PathBuf>,
     /// Named preprocessing.
     #[arg(long, value_name = "P")]
     pub preset: Option<PresetArg>,
+    /// Input sizes instead of the recipe's (HxW or one number for a square, comma-separated, e.g.
+    /// 224,336,448): every size the engine will serve, for a model with dynamic height and width. The
+    /// statistics cover every size; validate reports each. A recipe's resize_to scales with the size.
+    #[arg(long, value_name = "HxW,...", value_parser = parse_sizes)]
+    pub sizes: Option<SizeList>,
+}
+
+/// The `[height, width]` list of `--sizes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SizeList(pub Vec<[u32; 2]>);
+
+/// `--sizes 224,336x448,...`.
+pub fn parse_sizes(s: &str) -> Result<SizeList, String> {
+    let side = |v: &str| -> Result<u32, String> {
+        match v.trim().parse::<u32>() {
+            Ok(n) if (1..=datasets::MAX_SIDE).contains(&n) => Ok(n),
+            _ => Err(format!("'{v}': each side is a whole number of pixels from 1 to {}", datasets::MAX_SIDE)),
+        }
+    };
+    let sizes = s
+        .split(',')
+        .map(|one| match one.split_once(['x', 'X']) {
+            Some((h, w)) => Ok([side(h)?, side(w)?]),
+            None => side(one).map(|n| [n, n]),
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    if sizes.len() > datasets::MAX_SIZES {
+        return Err(format!("{} sizes; at most {}", sizes.len(), datasets::MAX_SIZES));
+    }
+    Ok(SizeList(sizes))
 }
 
 impl RecipeArgs {
-    /// The recipe file's contents, or the preset's; `None` when neither is given.
+    /// The recipe file's contents, or the preset's, with `--sizes` applied; `None` when neither is given.
     pub fn load(&self) -> anyhow::Result<Option<Recipe>> {
-        Ok(match (&self.recipe, self.preset) {
+        let recipe = match (&self.recipe, self.preset) {
             (Some(path), _) => Some(Recipe::load(path)?),
             (None, Some(p)) => Some(Recipe::preset(p.into())),
             (None, None) => None,
+        };
+        Ok(match (recipe, &self.sizes) {
+            (Some(r), Some(sizes)) => Some(r.with_sizes(&sizes.0, "--sizes")?),
+            (None, Some(_)) => anyhow::bail!(
+                "--sizes sets the sizes images are preprocessed to, and no recipe is given: add --recipe or \
+                 --preset (.npz samples are fed at the shapes they hold)"
+            ),
+            (r, None) => r,
         })
     }
 
@@ -196,6 +234,10 @@ pub struct CollectArgs {
     /// machines; `int8kit merge` turns the N .hist files into the one-process .hist, byte for byte.
     #[arg(long, value_name = "I/N", value_parser = parse_shard)]
     pub shard: Option<(usize, usize)>,
+    /// With several sizes (recipe `sizes`, or --sizes): each image goes through the model at one size, dealt
+    /// over the sizes (seeded by --seed), instead of at every size: a pass's time instead of one per size.
+    #[arg(long)]
+    pub deal_sizes: bool,
 }
 
 /// `--shard I/N`.
@@ -216,6 +258,7 @@ impl CalibrationSource {
             on_bad_image: self.collect.on_bad_image.into(),
             selection: self.collect.tensors.into(),
             shard: self.collect.shard,
+            deal_sizes: self.collect.deal_sizes,
             ..self.run.calibrate_options()
         }
     }

@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use datasets::{Dataset, Recipe};
 
 pub mod conv_models;
+pub mod dynamic_models;
 pub mod text_tower;
 
 /// Every entry below `dir`, symlinks not followed: its path relative to `dir` -> the bytes of a file, the
