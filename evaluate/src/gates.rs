@@ -60,6 +60,7 @@ impl FidelityGates {
                     "INT8 {what} against FP32 {shown}: {} the minimum {limit}",
                     if passed { "meets" } else { "below" }
                 ),
+                size: None,
             });
         };
         if let Some(limit) = self.min_cosine {
@@ -128,6 +129,7 @@ impl Gates {
                     100.0 * fp32_top1,
                     if passed { "within" } else { "exceeds" }
                 ),
+                size: None,
             });
         }
         criteria.extend(self.fidelity.criteria(&crate::compare::fidelity_of(comparison)));
@@ -146,7 +148,23 @@ impl Gates {
                     floor + tolerance,
                     if passed { "not below" } else { "below the baseline" }
                 ),
+                size: None,
             });
+        }
+        Ok(criteria)
+    }
+
+    /// [`Gates::criteria`] of one input size of several: each criterion names the size it holds at.
+    pub fn criteria_at(
+        &self,
+        comparison: &reports::Comparison,
+        val: &Path,
+        size: [u32; 2],
+    ) -> Result<Vec<Criterion>, EvaluateError> {
+        let mut criteria = self.criteria(comparison, val)?;
+        for c in &mut criteria {
+            c.size = Some(size);
+            c.message = format!("at {}x{}: {}", size[0], size[1], c.message);
         }
         Ok(criteria)
     }

@@ -229,6 +229,24 @@ fn check_inputs(config: &ValidateConfig) -> Result<Checked, EvaluateError> {
     if config.engine == Engine::TensorRt && !crate::tensorrt::on_path() {
         return Err(crate::tensorrt::TensorRtError::NotOnPath.into());
     }
+    if let Some(recipe) = config.feed.recipe().filter(|r| r.is_multi_size()) {
+        let refuse = |what: &str| {
+            Err(EvaluateError::Input {
+                path: config.model.clone(),
+                message: format!(
+                    "{what} evaluates one input size for now, and the recipe lists {:?}: validate each size with \
+                     its own one-size recipe, or leave it out",
+                    recipe.all_sizes()
+                ),
+            })
+        };
+        if config.engine == Engine::TensorRt {
+            return refuse("--engine tensorrt (one engine per run, built for one shape)");
+        }
+        if config.shard.is_some() {
+            return refuse("--shard");
+        }
+    }
     if let Some(limit) = config.max_top1_drop {
         crate::check_limit("--max-top1-drop", limit)?;
     }
@@ -362,6 +380,8 @@ struct Rows {
     fp16: Option<FloatRow>,
     /// How each row was computed.
     evaluation: reports::Evaluation,
+    /// With a recipe of several sizes: each size's rows (`comparison` and `fp16` are then over all of them).
+    sizes: Vec<reports::SizeRow>,
 }
 
 /// Runs FP32, INT8 and FP16 over the evaluation images (one set of sessions per device) and compares.
@@ -420,20 +440,57 @@ fn compare_rows(
         int8: sets[0][1].evaluation(),
         fp16: sets[0][2].evaluation(),
     };
-    let parts = compare_each_spread(&mut sets, val, feed, &config.classifier, config.eval_batch, &mut |d, t| {
-        progress(Phase::Compare, d, t)
+    // A recipe of several sizes: every image at each size in turn, each size's rows, and the rows of all.
+    let feeds = match feed {
+        Feed::Images(recipe) if recipe.is_multi_size() => recipe.each_size().into_iter().map(Feed::Images).collect(),
+        _ => vec![feed.clone()],
+    };
+    let total = feeds.len() as u64 * val.len() as u64;
+    let mut size_parts = Vec::with_capacity(feeds.len());
+    let mut seconds_before: Vec<f64> = Vec::new();
+    for (k, feed) in feeds.iter().enumerate() {
+        let done_before = k as u64 * val.len() as u64;
+        let mut parts =
+            compare_each_spread(&mut sets, val, feed, &config.classifier, config.eval_batch, &mut |d, _| {
+                progress(Phase::Compare, done_before + d, total)
+            })?;
+        // The sessions count their seconds over every size: each size keeps its own.
+        let cumulative: Vec<f64> =
+            std::iter::once(parts.reference_seconds).chain(parts.candidates.iter().map(|c| c.seconds)).collect();
+        if !seconds_before.is_empty() {
+            parts.reference_seconds -= seconds_before[0];
+            parts.candidates.iter_mut().zip(&seconds_before[1..]).for_each(|(c, before)| c.seconds -= before);
+        }
+        seconds_before = cumulative;
+        size_parts.push(parts);
+    }
+    let rows_of =
+        |parts: &crate::compare::ComparisonParts| -> Result<(reports::Comparison, Option<FloatRow>), EvaluateError> {
+            let mut compared = parts.finish(&val.root)?;
+            let fp16_row = compared.pop().map(|c| FloatRow {
+                float_type: FloatType::Fp16.name().into(),
+                metrics: c.int8,
+                agreement: c.agreement,
+                cosine_mean: c.cosine_mean,
+                sqnr_db: c.sqnr_db,
+            });
+            Ok((compared.remove(0), fp16_row))
+        };
+    let mut sizes = Vec::new();
+    if feeds.len() > 1 {
+        for (feed, parts) in feeds.iter().zip(&size_parts) {
+            let (comparison, fp16) = rows_of(parts)?;
+            let size = feed.recipe().map_or([0, 0], |r| r.size);
+            let calibrated = quantizer.hist().recipe.as_ref().is_some_and(|h| h.all_sizes().contains(&size));
+            sizes.push(reports::SizeRow { size, comparison, fp16, calibrated });
+        }
+    }
+    let parts = crate::compare::ComparisonParts::join(&size_parts.iter().collect::<Vec<_>>()).ok_or_else(|| {
+        EvaluateError::Model { path: val.root.clone(), message: "the sizes' counts do not add up".into() }
     })?;
-    let mut compared = parts.finish(&val.root)?;
-    let fp16_row = compared.pop().map(|c| FloatRow {
-        float_type: FloatType::Fp16.name().into(),
-        metrics: c.int8,
-        agreement: c.agreement,
-        cosine_mean: c.cosine_mean,
-        sqnr_db: c.sqnr_db,
-    });
-    let comparison = compared.remove(0);
+    let (comparison, fp16_row) = rows_of(&parts)?;
 
-    Ok(Rows { parts, comparison, fp16: fp16_row, evaluation })
+    Ok(Rows { parts, comparison, fp16: fp16_row, evaluation, sizes })
 }
 
 /// The report of the rows against the gates (and the gates, which a shard's part keeps).
@@ -459,7 +516,20 @@ fn assemble_report(
             None => None,
         },
     };
-    let criteria = gates.criteria(&comparison, &config.val)?;
+    // Several sizes: every criterion holds at each size (a baseline of the same sizes, size by size).
+    let criteria = if rows.sizes.is_empty() {
+        gates.criteria(&comparison, &config.val)?
+    } else {
+        let mut all = Vec::new();
+        for (k, row) in rows.sizes.iter().enumerate() {
+            let at_size = Gates {
+                baseline_int8_top1: baseline.and_then(|b| b.sizes.get(k)).and_then(|b| b.comparison.int8.top1),
+                ..gates.clone()
+            };
+            all.extend(at_size.criteria_at(&row.comparison, &config.val, row.size)?);
+        }
+        all
+    };
     let tensors = ranges
         .tensors
         .iter()
@@ -525,6 +595,7 @@ fn assemble_report(
         criteria,
         tensors,
         sensitivity,
+        sizes: rows.sizes.clone(),
         shards: Vec::new(),
     };
     Ok((report, gates))
@@ -546,9 +617,24 @@ fn given_hist(path: &std::path::Path, config: &ValidateConfig) -> Result<histogr
     if hist.shard.is_some() {
         return Err(bad("is one shard of a calibration: merge every shard first (int8kit merge)".into()));
     }
-    let same_feed = match &config.feed {
-        Feed::Images(recipe) => hist.recipe.as_ref() == Some(recipe),
-        Feed::Tensors => hist.arrays.is_some(),
+    // The same preprocessing; the sizes may differ (statistics of one size, gated at several, show what a
+    // calibration at one size costs at the others), and a warning names the sizes the statistics never saw.
+    let same_feed = match (&config.feed, &hist.recipe) {
+        (Feed::Images(recipe), Some(h)) => {
+            let same = h.at(h.size) == recipe.at(h.size);
+            let unseen: Vec<[u32; 2]> = recipe.all_sizes().into_iter().filter(|s| !h.all_sizes().contains(s)).collect();
+            if same && !unseen.is_empty() {
+                tracing::warn!(
+                    "{}: the statistics were measured at {:?}; this run also evaluates {:?}, which they never saw",
+                    path.display(),
+                    h.all_sizes(),
+                    unseen
+                );
+            }
+            same
+        }
+        (Feed::Images(_), None) => false,
+        (Feed::Tensors, _) => hist.arrays.is_some(),
     };
     if !same_feed {
         return Err(bad(format!(
@@ -578,6 +664,19 @@ fn check_baseline(
             baseline.model,
             short(&baseline.model_sha256),
             short(model_sha256)
+        )));
+    }
+    let sizes = |r: &Report| r.sizes.iter().map(|s| s.size).collect::<Vec<_>>();
+    let run_sizes = match config.feed.recipe() {
+        Some(r) if r.is_multi_size() => r.all_sizes(),
+        _ => Vec::new(),
+    };
+    if sizes(&baseline) != run_sizes {
+        return Err(bad(format!(
+            "it was evaluated at the input sizes {:?} and this run at {:?} (an empty list: one size): a gate holds \
+             size by size, so the baseline needs the run's sizes",
+            sizes(&baseline),
+            run_sizes
         )));
     }
     if baseline.validation_list_sha256 != val.list_sha256() {

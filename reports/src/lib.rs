@@ -14,7 +14,7 @@ pub use html::render_html;
 /// The `format` value of report.json.
 pub const REPORT_FORMAT: &str = "int8kit.report";
 /// The report.json version; bump on any incompatible change.
-pub const REPORT_VERSION: u32 = 6;
+pub const REPORT_VERSION: u32 = 7;
 
 /// Errors writing reports or reading a baseline.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +116,33 @@ pub struct Criterion {
     pub limit: f64,
     /// What was measured against what, in words.
     pub message: String,
+    /// With a recipe of several input sizes: the size it was measured at (every criterion is held at each).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<[u32; 2]>,
+}
+
+impl Criterion {
+    /// The criterion's name with its size (`min-cosine@448x448`): the JUnit test case.
+    pub fn case_name(&self) -> String {
+        match self.size {
+            Some([h, w]) => format!("{}@{h}x{w}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// FP32, INT8 and FP16 at one input size of a recipe of several.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SizeRow {
+    /// `[height, width]`.
+    pub size: [u32; 2],
+    /// FP32 against INT8 at this size.
+    pub comparison: Comparison,
+    /// FP32 against FP16 without Q/DQ at this size.
+    pub fp16: Option<FloatRow>,
+    /// Whether the INT8 model's statistics were measured at this size (false: statistics given with `--hist`
+    /// from a calibration at other sizes).
+    pub calibrated: bool,
 }
 
 /// A tensor's range, with a coarse histogram for plotting.
@@ -252,6 +279,10 @@ pub struct Report {
     /// Sensitivity ranking, most damaging first (from `validate --sensitivity`); empty otherwise.
     #[serde(default)]
     pub sensitivity: Vec<SensitivityRow>,
+    /// With a recipe of several input sizes: each size's rows, in the recipe's order (`comparison` and `fp16`
+    /// are then over every size's images together, and `criteria` hold at each size). Absent for one size.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sizes: Vec<SizeRow>,
     /// A report merged from shards (`validate --shard`, `int8kit merge`): each shard's speeds, which the
     /// comparison's images/s (all images over all shards' seconds) sums up. Absent for one process.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -281,7 +312,7 @@ impl Report {
             return Err(bad(format!("format is not \"{REPORT_FORMAT}\"")));
         }
         match value.get("version").and_then(|v| v.as_u64()) {
-            // Version 6 only added `chosen_by` and `self_check`, 5 `evaluation`, 4 only allowed a null
+            // Version 7 only added `sizes` and the criteria's `size`, 6 `chosen_by` and `self_check`, 5 `evaluation`, 4 only allowed a null
             // Top-1/Top-5 (unlabelled folders): versions 3 to 5 read as is (those fields unrecorded).
             Some(v) if (3..=REPORT_VERSION as u64).contains(&v) => {}
             // Version 3 only added the FP16 row, target and float type: a version 2 baseline still compares.
@@ -315,27 +346,42 @@ impl Report {
     /// summary.csv: one column per model (FP32, FP16 without Q/DQ, INT8), one row per metric; fidelity
     /// rows are against FP32.
     pub fn summary_csv(&self) -> Result<String, ReportError> {
-        let c = &self.comparison;
-        let h = self.fp16.as_ref();
         let cell = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
-        // Empty cells: not measured (FP16 row absent, or no labels for Top-1/Top-5).
-        let rows = [
-            ("images", Some(c.images as f64), h.map(|_| c.images as f64), Some(c.images as f64)),
-            ("top1", c.fp32.top1, h.and_then(|h| h.metrics.top1), c.int8.top1),
-            ("top5", c.fp32.top5, h.and_then(|h| h.metrics.top5), c.int8.top5),
-            ("images_per_s", Some(c.fp32.images_per_s), h.map(|h| h.metrics.images_per_s), Some(c.int8.images_per_s)),
-            ("agreement", None, h.map(|h| h.agreement), Some(c.agreement)),
-            ("cosine_mean", None, h.map(|h| h.cosine_mean), Some(c.cosine_mean)),
-            ("sqnr_db", None, h.map(|h| h.sqnr_db), Some(c.sqnr_db)),
-        ];
+        let rows = summary_rows(&self.comparison, self.fp16.as_ref());
         let mut w = csv::Writer::from_writer(Vec::new());
         let err = |source| ReportError::Csv { file: "summary.csv", source };
         let int8 = format!("int8_{}", self.float_type);
-        w.write_record(["metric", "fp32", "fp16", int8.as_str()]).map_err(err)?;
+        if self.sizes.is_empty() {
+            w.write_record(["metric", "fp32", "fp16", int8.as_str()]).map_err(err)?;
+            for (name, a, f, b) in rows {
+                w.write_record([name.to_string(), cell(a), cell(f), cell(b)]).map_err(err)?;
+            }
+            return finish(w, "summary.csv");
+        }
+        // Several sizes: a `size` column, `all` (every size's images together) then each size.
+        w.write_record(["size", "metric", "fp32", "fp16", int8.as_str()]).map_err(err)?;
         for (name, a, f, b) in rows {
-            w.write_record([name.to_string(), cell(a), cell(f), cell(b)]).map_err(err)?;
+            w.write_record(["all".to_string(), name.to_string(), cell(a), cell(f), cell(b)]).map_err(err)?;
+        }
+        for row in &self.sizes {
+            let size = format!("{}x{}", row.size[0], row.size[1]);
+            for (name, a, f, b) in summary_rows(&row.comparison, row.fp16.as_ref()) {
+                w.write_record([size.clone(), name.to_string(), cell(a), cell(f), cell(b)]).map_err(err)?;
+            }
         }
         finish(w, "summary.csv")
+    }
+
+    /// With several sizes: the one whose INT8 model does worst (most failed criteria, then the lowest output
+    /// cosine against FP32).
+    pub fn worst_size(&self) -> Option<[u32; 2]> {
+        let failed = |size: [u32; 2]| self.criteria.iter().filter(|c| c.size == Some(size) && !c.passed).count();
+        self.sizes
+            .iter()
+            .max_by(|a, b| {
+                failed(a.size).cmp(&failed(b.size)).then(b.comparison.cosine_mean.total_cmp(&a.comparison.cosine_mean))
+            })
+            .map(|r| r.size)
     }
 
     /// per_class.csv: one row per class.
@@ -383,7 +429,7 @@ impl Report {
             self.criteria.len()
         ));
         for c in &self.criteria {
-            x.push_str(&format!("  <testcase classname=\"int8kit.validate\" name=\"{}\">", escape(&c.name)));
+            x.push_str(&format!("  <testcase classname=\"int8kit.validate\" name=\"{}\">", escape(&c.case_name())));
             if !c.passed {
                 x.push_str(&format!("<failure message=\"{}\"/>", escape(&c.message)));
             }
@@ -403,6 +449,22 @@ impl Report {
         write_atomic(&dir.join("report.html"), render_html(self).as_bytes())?;
         Ok(())
     }
+}
+
+/// A summary's rows (metric, FP32, FP16, INT8); empty cells are not measured (FP16 row absent, or no labels
+/// for Top-1/Top-5).
+type SummaryRow = (&'static str, Option<f64>, Option<f64>, Option<f64>);
+
+fn summary_rows(c: &Comparison, h: Option<&FloatRow>) -> [SummaryRow; 7] {
+    [
+        ("images", Some(c.images as f64), h.map(|_| c.images as f64), Some(c.images as f64)),
+        ("top1", c.fp32.top1, h.and_then(|h| h.metrics.top1), c.int8.top1),
+        ("top5", c.fp32.top5, h.and_then(|h| h.metrics.top5), c.int8.top5),
+        ("images_per_s", Some(c.fp32.images_per_s), h.map(|h| h.metrics.images_per_s), Some(c.int8.images_per_s)),
+        ("agreement", None, h.map(|h| h.agreement), Some(c.agreement)),
+        ("cosine_mean", None, h.map(|h| h.cosine_mean), Some(c.cosine_mean)),
+        ("sqnr_db", None, h.map(|h| h.sqnr_db), Some(c.sqnr_db)),
+    ]
 }
 
 fn finish(w: csv::Writer<Vec<u8>>, file: &'static str) -> Result<String, ReportError> {

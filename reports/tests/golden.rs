@@ -67,6 +67,7 @@ fn sample() -> Report {
             measured: 12.5,
             limit: 1.0,
             message: "drop 12.50 pp exceeds the allowed 1 pp".into(),
+            size: None,
         }],
         passed: false,
         tensors: vec![TensorPlot {
@@ -86,6 +87,7 @@ fn sample() -> Report {
             top1_delta_pp: Some(-0.5),
             int8: true,
         }],
+        sizes: Vec::new(),
         shards: Vec::new(),
     }
 }
@@ -139,6 +141,7 @@ fn unlabelled() -> Report {
         measured: 0.999,
         limit: 0.99,
         message: "INT8 output cosine (mean) against FP32 0.999000: meets the minimum 0.99".into(),
+        size: None,
     }];
     r.passed = true;
     r.sensitivity[0].top1_delta_pp = None;
@@ -176,4 +179,55 @@ fn a_version_4_report_reads_with_its_evaluation_unrecorded() {
     let r = Report::read(&old).unwrap();
     assert_eq!(r.version, 4);
     assert_eq!(r.evaluation.int8, "unrecorded");
+}
+
+/// A run over a recipe of two sizes (version 7): each size's rows, each criterion per size, the worst size.
+fn two_sizes() -> Report {
+    let mut r = sample();
+    let at = |size: [u32; 2], cosine: f64| reports::SizeRow {
+        size,
+        comparison: reports::Comparison { cosine_mean: cosine, ..r.comparison.clone() },
+        fp16: r.fp16.clone(),
+        calibrated: size == [224, 224],
+    };
+    r.sizes = vec![at([224, 224], 0.9995), at([448, 448], 0.998)];
+    r.criteria = [([224, 224], true, 0.9995), ([448, 448], false, 0.998)]
+        .into_iter()
+        .map(|(size, passed, measured)| Criterion {
+            name: "min-cosine".into(),
+            passed,
+            measured,
+            limit: 0.999,
+            message: format!("at {}x{}: cosine {measured}", size[0], size[1]),
+            size: Some(size),
+        })
+        .collect();
+    r
+}
+
+#[test]
+fn a_report_of_several_sizes_has_each_sizes_rows_in_every_file() {
+    let r = two_sizes();
+    let golden = test_support::golden(env!("CARGO_MANIFEST_DIR"), "report_sizes.json");
+    test_support::assert_golden(&golden, &r.to_json().unwrap());
+    assert_eq!(Report::read(&golden).unwrap(), r);
+    assert_eq!(r.worst_size(), Some([448, 448]));
+    let junit = r.junit_xml();
+    assert!(junit.contains("name=\"min-cosine@224x224\"") && junit.contains("name=\"min-cosine@448x448\"><failure"));
+    let csv = r.summary_csv().unwrap();
+    assert!(csv.starts_with("size,metric,fp32,fp16,int8_fp16\nall,images,"), "{csv}");
+    assert!(csv.lines().any(|l| l == "448x448,cosine_mean,,0.999999,0.998"), "{csv}");
+    let html = reports::render_html(&r);
+    assert!(html.contains("Worst size: <b>448x448</b>") && html.contains("min-cosine@448x448"));
+    // One size: none of it.
+    let one: serde_json::Value = serde_json::from_slice(&sample().to_json().unwrap()).unwrap();
+    assert!(one.get("sizes").is_none() && one["criteria"][0].get("size").is_none(), "{one}");
+    assert_eq!(sample().worst_size(), None);
+}
+
+#[test]
+fn a_version_6_report_still_reads() {
+    let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/report.v6.json");
+    let r = Report::read(&old).unwrap();
+    assert_eq!((r.version, r.sizes.len()), (6, 0));
 }

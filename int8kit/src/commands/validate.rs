@@ -231,12 +231,28 @@ pub fn print_outcome(report: &Report, out: &std::path::Path) {
             h.metrics.images_per_s
         );
     }
+    for row in &report.sizes {
+        let (c, [h, w]) = (&row.comparison, row.size);
+        println!(
+            "  at {h}x{w}{}: FP32 Top-1 {}, INT8 Top-1 {}; agreement {:.2} %, cosine {:.5}, SQNR {:.1} dB{}",
+            if row.calibrated { "" } else { " (a size the statistics never saw)" },
+            percent(c.fp32.top1),
+            percent(c.int8.top1),
+            100.0 * c.agreement,
+            c.cosine_mean,
+            c.sqnr_db,
+            row.fp16.as_ref().map_or(String::new(), |f| format!("; FP16 cosine {:.5}", f.cosine_mean))
+        );
+    }
+    if let Some([h, w]) = report.worst_size() {
+        println!("  worst size: {h}x{w} (the rows above are over every size's images together)");
+    }
     for cr in &report.criteria {
-        println!("  {} {}: {}", if cr.passed { "PASS" } else { "FAIL" }, cr.name, cr.message);
+        println!("  {} {}: {}", if cr.passed { "PASS" } else { "FAIL" }, cr.case_name(), cr.message);
     }
     println!("reports in {}", out.display());
     if !report.passed {
-        let failed: Vec<&str> = report.criteria.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect();
+        let failed: Vec<String> = report.criteria.iter().filter(|c| !c.passed).map(|c| c.case_name()).collect();
         eprintln!("gate failed: {}", failed.join(", "));
     }
 }

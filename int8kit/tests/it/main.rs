@@ -13,6 +13,7 @@ mod lint;
 mod outputs;
 mod scales;
 mod shards;
+mod sizes;
 mod tensors;
 mod validate;
 mod zoo;

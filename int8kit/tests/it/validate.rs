@@ -38,7 +38,7 @@ fn gate_exit_codes_schema_and_html_numbers() {
     // Schema of report.json.
     let report = read_json(&ok.join("report.json"));
     assert_eq!(report["format"], "int8kit.report");
-    assert_eq!(report["version"], 6);
+    assert_eq!(report["version"], 7);
     for key in [
         "model_sha256",
         "recipe",
