@@ -76,6 +76,9 @@ pub struct EngineInput {
     pub fixed_batch: Option<usize>,
     /// The largest batch evaluation feeds (the optimisation profile's opt and max).
     pub max_batch: usize,
+    /// With several input sizes: the profile's min, opt and max shapes (batch first), from `profile.json`;
+    /// they replace the batch-only profile.
+    pub shapes: Option<[Vec<usize>; 3]>,
 }
 
 /// trtexec's arguments to build a strongly typed engine (TensorRT 11 requires it for Q/DQ models; 10 accepts
@@ -87,7 +90,12 @@ pub fn build_args(qdq: &Path, engine: &Path, input: &EngineInput) -> Vec<String>
         "--stronglyTyped".to_string(),
         format!("--saveEngine={}", engine.display()),
     ];
-    if input.fixed_batch.is_none() {
+    if let Some(shapes) = &input.shapes {
+        let dims = |s: &[usize]| s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
+        for (flag, shape) in ["minShapes", "optShapes", "maxShapes"].into_iter().zip(shapes) {
+            args.push(format!("--{flag}='{}':{}", input.name, dims(shape)));
+        }
+    } else if input.fixed_batch.is_none() {
         let dims = |batch: usize| {
             std::iter::once(batch)
                 .chain(input.image.iter().copied())
@@ -173,8 +181,13 @@ mod tests {
 
     #[test]
     fn a_dynamic_batch_gets_an_optimisation_profile_and_a_fixed_one_none() {
-        let mut input =
-            EngineInput { name: "pixel_values".into(), image: vec![3, 224, 224], fixed_batch: None, max_batch: 64 };
+        let mut input = EngineInput {
+            name: "pixel_values".into(),
+            image: vec![3, 224, 224],
+            fixed_batch: None,
+            max_batch: 64,
+            shapes: None,
+        };
         let args = build_args(Path::new("m.qdq.onnx"), Path::new("m.engine"), &input);
         assert_eq!(
             args,
@@ -189,5 +202,16 @@ mod tests {
         );
         input.fixed_batch = Some(1);
         assert_eq!(build_args(Path::new("m.qdq.onnx"), Path::new("m.engine"), &input).len(), 3);
+        // Several sizes: the profile's shapes, whatever the batch.
+        input.shapes = Some([vec![1, 3, 224, 224], vec![64, 3, 336, 336], vec![64, 3, 448, 448]]);
+        let args = build_args(Path::new("m.qdq.onnx"), Path::new("m.engine"), &input);
+        assert_eq!(
+            &args[3..],
+            [
+                "--minShapes='pixel_values':1x3x224x224",
+                "--optShapes='pixel_values':64x3x336x336",
+                "--maxShapes='pixel_values':64x3x448x448",
+            ]
+        );
     }
 }

@@ -240,9 +240,6 @@ fn check_inputs(config: &ValidateConfig) -> Result<Checked, EvaluateError> {
                 ),
             })
         };
-        if config.engine == Engine::TensorRt {
-            return refuse("--engine tensorrt (one engine per run, built for one shape)");
-        }
         if config.shard.is_some() {
             return refuse("--shard");
         }
@@ -412,10 +409,24 @@ fn compare_rows(
                     };
                     let model = quantizer.model();
                     let name = model.resolve_input(recipe.name.as_deref())?.name.clone();
+                    let max_batch = config.eval_batch.unwrap_or(crate::compare::EVAL_BATCH);
+                    // The sizes this run serves (the statistics' may be fewer, from --hist).
+                    let hist = quantizer.hist();
+                    let counts: Vec<u64> = match &hist.recipe {
+                        Some(h) if h.all_sizes() == recipe.all_sizes() => {
+                            hist.images.sizes.iter().map(|s| s.count).collect()
+                        }
+                        _ => Vec::new(),
+                    };
+                    let profile = recipe
+                        .is_multi_size()
+                        .then(|| quantizer::engine_profile(model, recipe, &counts, max_batch))
+                        .transpose()?;
                     let input = crate::tensorrt::EngineInput {
                         image: recipe.batch_shape(1)[1..].to_vec(),
                         fixed_batch: model.fixed_batch(&name),
-                        max_batch: config.eval_batch.unwrap_or(crate::compare::EVAL_BATCH),
+                        max_batch,
+                        shapes: profile.map(|p| [p.min, p.opt, p.max]),
                         name,
                     };
                     Ok(Box::new(TrtExec::build(path, &input, out, stem)?) as Box<dyn BatchModel>)

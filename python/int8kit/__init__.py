@@ -24,7 +24,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 
 def _use_package_onnxruntime() -> None:
@@ -213,15 +213,17 @@ def calibrate(
     return Statistics(hist)
 
 
-def preprocess(paths: Sequence[PathLike], *, recipe: Optional[PathLike] = None, preset: Optional[str] = None) -> Any:
+def preprocess(paths: Sequence[PathLike], *, recipe: Optional[PathLike] = None, preset: Optional[str] = None,
+               size: Optional[Tuple[int, int]] = None) -> Any:
     """The float32 batch (numpy) that ``recipe``/``preset`` makes of these image files, exactly as the
-    command line's calibration does (decode, resize, crop, normalize)."""
+    command line's calibration does (decode, resize, crop, normalize); ``size=(height, width)`` picks one of a
+    recipe's ``sizes`` (or any other size, with ``resize_to`` scaled as the command line scales it)."""
     import numpy as np
 
     text = _recipe_text(recipe, preset)
     if text is None:
         raise InputError("preprocess needs recipe= or preset=")
-    data, shape = _native.preprocess([os.fspath(p) for p in paths], text)
+    data, shape = _native.preprocess([os.fspath(p) for p in paths], text, tuple(size) if size is not None else None)
     return np.frombuffer(data, dtype="<f4").reshape(shape).copy()
 
 

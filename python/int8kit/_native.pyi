@@ -38,8 +38,9 @@ def merge_hists(parts: List[bytes]) -> bytes:
 def lint_json(path: str) -> str:
     """The lint findings of a Q/DQ model, as JSON."""
 
-def preprocess(paths: List[str], recipe: str) -> Tuple[bytes, List[int]]:
-    """The float32 batch a recipe (TOML) makes of these image files: (little-endian bytes, shape)."""
+def preprocess(paths: List[str], recipe: str, size: Optional[Tuple[int, int]] = None) -> Tuple[bytes, List[int]]:
+    """The float32 batch a recipe (TOML) makes of these image files at ``size`` (needed when the recipe lists
+    several sizes): (little-endian bytes, shape)."""
 
 def preset_recipe(name: str) -> str:
     """A preset recipe's TOML."""

@@ -371,10 +371,31 @@ fn lint_json(path: PathBuf) -> PyResult<String> {
     serde_json::to_string(&findings).map_err(|e| Int8kitError::new_err(e.to_string()))
 }
 
-/// The float32 values a recipe (TOML text) makes of these image files, as one batch: `(bytes, shape)`.
+/// The float32 values a recipe (TOML text) makes of these image files at `size` (needed when the recipe lists
+/// several sizes), as one batch: `(bytes, shape)`.
 #[pyfunction]
-fn preprocess(py: Python<'_>, paths: Vec<PathBuf>, recipe: String) -> PyResult<(Py<PyBytes>, Vec<usize>)> {
+#[pyo3(signature = (paths, recipe, size=None))]
+fn preprocess(
+    py: Python<'_>,
+    paths: Vec<PathBuf>,
+    recipe: String,
+    size: Option<[u32; 2]>,
+) -> PyResult<(Py<PyBytes>, Vec<usize>)> {
     let recipe = Recipe::from_toml(&recipe, "recipe").map_err(|e| input_error(e.into()))?;
+    let recipe = match size {
+        Some(size) => {
+            let one = recipe.at(size);
+            one.validate("size").map_err(|e| input_error(e.into()))?;
+            one
+        }
+        None if recipe.is_multi_size() => {
+            return Err(InputError::new_err(format!(
+                "the recipe lists several sizes {:?}: pass size=(height, width) for the one to make",
+                recipe.all_sizes()
+            )))
+        }
+        None => recipe,
+    };
     let per = recipe.image_len();
     let mut values = vec![0f32; per * paths.len()];
     py.detach(|| {

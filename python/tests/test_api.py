@@ -227,6 +227,21 @@ def test_bad_batches_raise_the_command_lines_errors(tmp_path):
     assert issubclass(int8kit.InputError, int8kit.Int8kitError)
 
 
+def test_a_recipe_of_several_sizes_preprocesses_one_size_and_is_refused_for_iterables(tmp_path):
+    sizes = tmp_path / "sizes.toml"
+    sizes.write_text(RECIPE.read_text().replace("size = [28, 28]", "sizes = [[28, 28], [20, 24]]"))
+    paths = sorted((FIXTURES / "fmnist" / "calib").iterdir())[:3]
+    with pytest.raises(int8kit.InputError, match="pass size="):
+        int8kit.preprocess(paths, recipe=sizes)
+    small = int8kit.preprocess(paths, recipe=sizes, size=(20, 24))
+    assert small.shape == (3, 1, 20, 24)
+    # The first size is the one-size recipe's batch.
+    np.testing.assert_array_equal(int8kit.preprocess(paths, recipe=sizes, size=(28, 28)), int8kit.preprocess(paths, recipe=RECIPE))
+    # Batches from an iterable come at one size: a recipe of several is refused, naming them.
+    with pytest.raises(int8kit.InputError, match="several sizes"):
+        int8kit.calibrate(RESNET, [small], recipe=sizes, quiet=True)
+
+
 def test_an_iterable_that_fails_stops_the_run():
     def broken():
         yield np.zeros((4, 1, 28, 28), np.float32)

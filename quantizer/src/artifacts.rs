@@ -167,11 +167,14 @@ pub struct Artifacts<'q> {
     pub cache: Cache,
     /// The FP32 model it was built from (for writing external data).
     pub model: &'q Model,
+    /// With statistics over several input sizes: the TensorRT optimisation profile (`profile.json`).
+    pub profile: Option<crate::profile::EngineProfile>,
 }
 
 impl Artifacts<'_> {
     /// Writes the artifacts into `dir` (each through a temporary file and a rename): model.qdq.onnx,
-    /// ranges.json, ranges.csv and, when the statistics cover every activation, calibration.cache. The Q/DQ
+    /// ranges.json, ranges.csv, when the statistics cover every activation calibration.cache, and with several
+    /// input sizes profile.json. The Q/DQ
     /// model is linted first: with an error nothing is written ([`QuantizeError::Lint`]); warnings are logged
     /// and returned.
     pub fn write(&self, dir: &Path) -> Result<Vec<lint::Finding>, QuantizeError> {
@@ -193,6 +196,9 @@ impl Artifacts<'_> {
         }
         safe_io::write_atomic(&dir.join("ranges.json"), &self.ranges.to_json()?)?;
         safe_io::write_atomic(&dir.join("ranges.csv"), &self.ranges_csv()?)?;
+        if let Some(profile) = &self.profile {
+            safe_io::write_atomic(&dir.join("profile.json"), &profile.to_json()?)?;
+        }
         Ok(warnings)
     }
 

@@ -12,6 +12,7 @@ pub mod flops;
 pub mod measure;
 pub mod opset;
 mod pipeline;
+pub mod profile;
 pub mod qdq;
 pub mod search;
 #[cfg(test)]
@@ -402,6 +403,31 @@ impl Quantizer {
             self_check: SelfCheck::skipped("not measured"),
             search: None,
         };
-        Ok(Artifacts { ranges, qdq, cache, model })
+        let profile = engine_profile_of(model, hist)?;
+        Ok(Artifacts { ranges, qdq, cache, model, profile })
     }
+}
+
+/// With statistics over several input sizes: the engine profile of the image input (none for one size, whose
+/// engine varies only the batch, and for `.npz` samples).
+fn engine_profile_of(
+    model: &Model,
+    hist: &histograms::HistFile,
+) -> Result<Option<profile::EngineProfile>, QuantizeError> {
+    let Some(recipe) = hist.recipe.as_ref().filter(|r| r.is_multi_size()) else { return Ok(None) };
+    let counts: Vec<u64> = hist.images.sizes.iter().map(|s| s.count).collect();
+    engine_profile(model, recipe, &counts, profile::PROFILE_MAX_BATCH).map(Some)
+}
+
+/// The engine profile of `recipe`'s image input over its sizes (`counts` images calibrated at each, for `opt`;
+/// empty: the first size); a dynamic batch spans 1 to `max_batch`.
+pub fn engine_profile(
+    model: &Model,
+    recipe: &datasets::Recipe,
+    counts: &[u64],
+    max_batch: usize,
+) -> Result<profile::EngineProfile, QuantizeError> {
+    let input = model.resolve_input(recipe.name.as_deref())?.name.clone();
+    let fixed = model.fixed_batch(&input);
+    profile::EngineProfile::derive(&input, fixed, recipe, counts, max_batch)
 }

@@ -127,3 +127,18 @@ fn ranges_json_matches_the_golden_file() {
     let bytes = ranges.to_json().unwrap();
     test_support::assert_golden(&test_support::golden(env!("CARGO_MANIFEST_DIR"), "ranges.json"), &bytes);
 }
+
+/// profile.json (version 1) of a CLIP-like input served at three sizes, most images calibrated at 336.
+#[test]
+fn profile_json_matches_the_golden_file_and_reads_back() {
+    let recipe = datasets::Recipe::preset(datasets::Preset::Clip)
+        .with_sizes(&[[224, 224], [336, 336], [448, 448]], "t")
+        .unwrap();
+    let profile =
+        quantizer::profile::EngineProfile::derive("pixel_values", None, &recipe, &[100, 200, 100], 64).unwrap();
+    let bytes = profile.to_json().unwrap();
+    let golden = test_support::golden(env!("CARGO_MANIFEST_DIR"), "profile.json");
+    test_support::assert_golden(&golden, &bytes);
+    let back: quantizer::profile::EngineProfile = serde_json::from_slice(&std::fs::read(&golden).unwrap()).unwrap();
+    assert_eq!(back, profile);
+}

@@ -76,6 +76,16 @@ fn validate_reports_every_size_and_a_gate_holds_only_where_it_holds_at_each() {
             && summary.contains("\n28x28,cosine_mean,")
             && summary.contains("\nall,top1,")
     );
+    // The TensorRT profile beside the Q/DQ model: batch 1..64, each side's smallest and largest size.
+    let profile = read_json(&first.join("profile.json"));
+    assert_eq!(profile["format"], "int8kit.profile");
+    assert_eq!(profile["input"], dynamic_models::INPUT);
+    assert_eq!(
+        (profile["min"].clone(), profile["opt"].clone(), profile["max"].clone()),
+        (serde_json::json!([1, 1, 28, 28]), serde_json::json!([64, 1, 28, 28]), serde_json::json!([64, 1, 56, 56]))
+    );
+    let manifest = std::fs::read_to_string(first.join("int8kit.manifest.json")).unwrap();
+    assert!(manifest.contains("profile.json"), "the artifact set lists it: {manifest}");
     let html = std::fs::read_to_string(first.join("report.html")).unwrap();
     assert!(html.contains("Per input size") && html.contains("data-key=\"sizes.1.comparison.cosine_mean\""));
 
@@ -161,6 +171,8 @@ fn statistics_of_one_size_gate_at_several_and_the_report_marks_the_sizes_they_ne
     let calibrated: Vec<bool> =
         report["sizes"].as_array().unwrap().iter().map(|s| s["calibrated"].as_bool().unwrap()).collect();
     assert_eq!(calibrated, [true, false]);
+    // Statistics of one size: no profile (a one-size engine varies only its batch).
+    assert!(!out.join("profile.json").exists());
     // Another preprocessing is still refused.
     let other = dir.path().join("other.toml");
     let mut r = dynamic_models::recipe(&[[28, 28], [56, 56]]);
