@@ -111,3 +111,34 @@ fn one_listed_size_is_the_one_size_recipe_and_a_fixed_size_model_is_refused() {
         .to_string();
     assert!(err.contains("--deal-sizes"), "{err}");
 }
+
+#[test]
+fn npz_samples_of_two_sequence_lengths_are_batched_by_length_and_fold_exactly() {
+    use test_support::text_tower::{write_dynamic_model, write_samples_of};
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_dynamic_model(dir.path());
+    let long = |seed: u64| if seed.is_multiple_of(3) { 20 } else { 12 };
+    let mixed = write_samples_of(&dir.path().join("mixed"), 0, 30, &long);
+    // The same samples split by length into two folders.
+    let (short_dir, long_dir) = (dir.path().join("short"), dir.path().join("long"));
+    for seed in 0..30u64 {
+        let to = if long(seed) == 20 { &long_dir } else { &short_dir };
+        write_samples_of(to, seed, 1, &long);
+    }
+    let run = |folder: &Path, batch_size: usize, threads: usize| {
+        let options = CalibrateOptions { batch_size, threads, hold_out: HoldOut::Count(0), ..Default::default() };
+        calibrate(&model, folder, &Feed::Tensors, &options, &mut |_, _| {}).unwrap().0
+    };
+    let all = run(&mixed, 16, 0);
+    assert_eq!(all.images.count, 30);
+    let (short, long_only) = (run(&short_dir, 16, 0), run(&long_dir, 16, 0));
+    for (i, t) in all.tensors.iter().enumerate() {
+        let mut merged = short.tensors[i].stats.clone();
+        merged.merge(&long_only.tensors[i].stats);
+        assert_eq!(t.stats, merged, "tensor {}", t.name);
+    }
+    // Every token's values: 20 samples of 12 tokens and 10 of 20, 32 values each.
+    let normed = all.tensor("normed").unwrap();
+    assert_eq!(normed.stats.count, (20 * 12 + 10 * 20) * 32);
+    assert_eq!(run(&mixed, 3, 1).tensors, all.tensors, "batch size or threads changed the statistics");
+}

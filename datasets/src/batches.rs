@@ -192,19 +192,31 @@ fn stream_one_size(
         if kept.is_empty() {
             continue;
         }
-        let batch = if let Feed::Images(recipe) = feed {
-            Batch { shape: recipe.batch_shape(kept.len()), data, items: kept, tensors: Vec::new() }
+        let batches = if let Feed::Images(recipe) = feed {
+            vec![Ok(Batch { shape: recipe.batch_shape(kept.len()), data, items: kept, tensors: Vec::new() })]
         } else {
-            match crate::tensors::stack(&samples) {
-                Ok(tensors) => Batch { shape: [kept.len(), 0, 0, 0], data, items: kept, tensors },
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return false;
-                }
+            // Samples of different shapes (sequence lengths, resolutions) go in batches of one shape each.
+            match crate::tensors::shape_runs(&samples) {
+                Ok(runs) => runs
+                    .into_iter()
+                    .map(|run| {
+                        let items = kept[run.clone()].to_vec();
+                        crate::tensors::stack(&samples[run]).map(|tensors| Batch {
+                            shape: [items.len(), 0, 0, 0],
+                            data: Vec::new(),
+                            items,
+                            tensors,
+                        })
+                    })
+                    .collect(),
+                Err(e) => vec![Err(e)],
             }
         };
-        if tx.send(Ok(batch)).is_err() {
-            return false; // the consumer stopped early
+        for batch in batches {
+            let failed = batch.is_err();
+            if tx.send(batch).is_err() || failed {
+                return false; // the consumer stopped early, or the error is sent
+            }
         }
     }
     true

@@ -211,6 +211,38 @@ impl Element {
     }
 }
 
+/// Splits samples into runs of consecutive samples whose arrays have the same shapes past the batch axis (a text
+/// tower's samples of different sequence lengths, tensors of several resolutions), each run to be stacked into
+/// a batch of its own. Every sample must hold the same arrays (names and element types) as the first.
+pub fn shape_runs(
+    samples: &[(std::path::PathBuf, Vec<NamedArray>)],
+) -> Result<Vec<std::ops::Range<usize>>, DatasetError> {
+    let Some((first_path, first)) = samples.first() else { return Ok(Vec::new()) };
+    let kinds = |s: &[NamedArray]| s.iter().map(|a| (a.name.clone(), a.data.dtype())).collect::<Vec<_>>();
+    let shapes = |s: &[NamedArray]| s.iter().map(|a| a.shape[1..].to_vec()).collect::<Vec<_>>();
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for (i, (path, sample)) in samples.iter().enumerate().skip(1) {
+        if kinds(sample) != kinds(first) {
+            return Err(DatasetError::Tensors {
+                path: path.clone(),
+                message: format!(
+                    "holds arrays {:?}, other ones than {} holds {:?} (every sample needs the same arrays)",
+                    kinds(sample),
+                    first_path.display(),
+                    kinds(first)
+                ),
+            });
+        }
+        if shapes(sample) != shapes(&samples[start].1) {
+            runs.push(start..i);
+            start = i;
+        }
+    }
+    runs.push(start..samples.len());
+    Ok(runs)
+}
+
 /// Stacks samples into one batch: the same arrays (names, element types, shapes past the batch axis) in every
 /// sample, concatenated along the batch axis.
 pub fn stack(samples: &[(std::path::PathBuf, Vec<NamedArray>)]) -> Result<Vec<NamedArray>, DatasetError> {

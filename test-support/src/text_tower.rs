@@ -34,7 +34,8 @@ fn node(op: &str, inputs: &[&str], output: &str, attributes: Vec<AttributeProto>
     n
 }
 
-/// A graph input or output of `elem_type` with a symbolic batch and the given further dimensions.
+/// A graph input or output of `elem_type` with a symbolic batch and the given further dimensions (0: the
+/// symbolic `sequence`).
 fn value(name: &str, elem_type: DataType, dims: &[usize]) -> ValueInfoProto {
     let mut v = ValueInfoProto::new();
     v.name = name.into();
@@ -47,7 +48,11 @@ fn value(name: &str, elem_type: DataType, dims: &[usize]) -> ValueInfoProto {
     shape.dim.push(batch);
     for &d in dims {
         let mut dim = graph::proto::tensor_shape_proto::Dimension::new();
-        dim.set_dim_value(d as i64);
+        if d == 0 {
+            dim.set_dim_param("sequence".into());
+        } else {
+            dim.set_dim_value(d as i64);
+        }
         shape.dim.push(dim);
     }
     v.type_ = Some(t).into();
@@ -57,6 +62,16 @@ fn value(name: &str, elem_type: DataType, dims: &[usize]) -> ValueInfoProto {
 /// The model (opset 17): `input_ids`, `attention_mask` (int64 [batch, SEQ]) -> `text_embeds` (float32
 /// [batch, EMBED]). Written to `dir/text_tower.onnx`.
 pub fn write_model(dir: &Path) -> PathBuf {
+    write_model_with(dir, SEQ, "text_tower.onnx")
+}
+
+/// [`write_model`] with a symbolic sequence length (`[batch, sequence]` inputs): it takes samples of any
+/// length. Written to `dir/text_tower_dynamic.onnx`.
+pub fn write_dynamic_model(dir: &Path) -> PathBuf {
+    write_model_with(dir, 0, "text_tower_dynamic.onnx")
+}
+
+fn write_model_with(dir: &Path, seq: usize, file: &str) -> PathBuf {
     let mut m = ModelProto::new();
     m.ir_version = 8;
     let mut opset = OperatorSetIdProto::new();
@@ -64,8 +79,8 @@ pub fn write_model(dir: &Path) -> PathBuf {
     m.opset_import.push(opset);
     let g = m.graph.mut_or_insert_default();
     g.name = "text_tower".into();
-    g.input.push(value("input_ids", DataType::INT64, &[SEQ]));
-    g.input.push(value("attention_mask", DataType::INT64, &[SEQ]));
+    g.input.push(value("input_ids", DataType::INT64, &[seq]));
+    g.input.push(value("attention_mask", DataType::INT64, &[seq]));
     g.output.push(value("text_embeds", DataType::FLOAT, &[EMBED]));
     g.initializer.extend([
         floats("token_embedding", &[VOCAB, WIDTH], &random(VOCAB * WIDTH, 1, 1.0)),
@@ -96,7 +111,7 @@ pub fn write_model(dir: &Path) -> PathBuf {
         node("Div", &["summed", "count"], "pooled", vec![]),
         node("MatMul", &["pooled", "projection"], "text_embeds", vec![]),
     ]);
-    let path = dir.join("text_tower.onnx");
+    let path = dir.join(file);
     std::fs::write(&path, m.write_to_bytes().expect("the model encodes")).expect("the model is written");
     path
 }
@@ -104,12 +119,17 @@ pub fn write_model(dir: &Path) -> PathBuf {
 /// One sample's arrays: random token ids after a start token, padded with 0 past a random length, and the
 /// mask that says which tokens are real.
 pub fn sample(seed: u64) -> (Vec<i64>, Vec<i64>) {
-    let r = random(SEQ + 1, seed + 100, 1.0);
-    let len = 3 + ((r[SEQ] + 1.0) / 2.0 * (SEQ - 3) as f32) as usize;
-    let ids = (0..SEQ)
-        .map(|i| if i < len.min(SEQ) { 1 + ((r[i] + 1.0) / 2.0 * (VOCAB - 2) as f32) as i64 } else { 0 })
+    sample_of_length(seed, SEQ)
+}
+
+/// [`sample`] of `seq` tokens (at least 4).
+pub fn sample_of_length(seed: u64, seq: usize) -> (Vec<i64>, Vec<i64>) {
+    let r = random(seq + 1, seed + 100, 1.0);
+    let len = 3 + ((r[seq] + 1.0) / 2.0 * (seq - 3) as f32) as usize;
+    let ids = (0..seq)
+        .map(|i| if i < len.min(seq) { 1 + ((r[i] + 1.0) / 2.0 * (VOCAB - 2) as f32) as i64 } else { 0 })
         .collect();
-    let mask = (0..SEQ).map(|i| (i < len.min(SEQ)) as i64).collect();
+    let mask = (0..seq).map(|i| (i < len.min(seq)) as i64).collect();
     (ids, mask)
 }
 
@@ -126,9 +146,14 @@ pub fn write_npz(path: &Path, arrays: &[(&str, &[i64])]) {
 /// `n` samples (seeds `first..first + n`) as `.npz` files in `dir` (created), named so that they sort in
 /// seed order.
 pub fn write_samples(dir: &Path, first: u64, n: u64) -> PathBuf {
+    write_samples_of(dir, first, n, &|_| SEQ)
+}
+
+/// [`write_samples`] with sample `seed` of `length(seed)` tokens.
+pub fn write_samples_of(dir: &Path, first: u64, n: u64, length: &dyn Fn(u64) -> usize) -> PathBuf {
     std::fs::create_dir_all(dir).expect("the sample folder is created");
     for seed in first..first + n {
-        let (ids, mask) = sample(seed);
+        let (ids, mask) = sample_of_length(seed, length(seed));
         write_npz(&dir.join(format!("{seed:05}.npz")), &[("input_ids", &ids), ("attention_mask", &mask)]);
     }
     dir.to_path_buf()

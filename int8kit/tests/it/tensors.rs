@@ -148,3 +148,24 @@ fn samples_that_do_not_fit_the_model_are_refused_naming_the_input() {
     let o = on_samples("calibrate", &model, &test_support::calib_dir(), &dir.path().join("y.hist"), &[]);
     refused(&o, "need a preprocessing recipe");
 }
+
+#[test]
+fn samples_of_several_sequence_lengths_calibrate_and_gate_together() {
+    use test_support::text_tower::{write_dynamic_model, write_samples_of};
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_dynamic_model(dir.path());
+    let length = |seed: u64| [8, 12, 20][(seed % 3) as usize];
+    let calib = write_samples_of(&dir.path().join("calib"), 0, 40, &length);
+    let val = write_samples_of(&dir.path().join("val"), 1000, 48, &length);
+    let out = dir.path().join("v");
+    let o = validate_samples(&model, &calib, &val, &["--min-cosine", "0.99"], &out);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let report = read_json(&out.join("report.json"));
+    assert_eq!(report["comparison"]["images"], 48, "every sample, whatever its length");
+    assert!(report["comparison"]["cosine_mean"].as_f64().unwrap() >= 0.99);
+    // The fixed-length model refuses the other lengths, naming the input.
+    let fixed = write_model(dir.path());
+    let o = on_samples("calibrate", &fixed, &calib, &dir.path().join("x.hist"), &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("input_ids") || text(&o).contains("attention_mask"), "{}", text(&o));
+}
