@@ -568,6 +568,9 @@ pub fn calibrate_model(
         seed: options.seed,
         list_sha256: held.list_sha256(),
     });
+    // Sizes are dealt over the whole list, so that every shard keeps its images' sizes and the shards merge
+    // into the one-process file.
+    let whole = dataset.clone();
     let shard = match options.shard {
         None => None,
         Some((index, count)) => {
@@ -581,7 +584,7 @@ pub fn calibrate_model(
             Some(histograms::ShardInfo { index, count, list_sha256: dataset.list_sha256() })
         }
     };
-    let plan = size_plan(&dataset, feed, options)?;
+    let plan = size_plan(&dataset, &whole, feed, options)?;
     let passes = if options.smooth.is_some() { 2 } else { 1 };
     let total = passes * plan.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
     let mut done_before = 0;
@@ -634,10 +637,12 @@ pub fn calibrate_model(
     statistics(&tapped, pass, feed, arrays, images, options, smoothing, shard_info, held_out)
 }
 
-/// The passes of a calibration: one per size of the recipe, each over its images (every image, or with
-/// `deal_sizes` its dealt share); one pass for a one-size recipe or `.npz` samples.
+/// The passes of a calibration: one per size of the recipe, each over its images (every image of `dataset`, or
+/// with `deal_sizes` those `whole`, the list before any shard, deals to that size); one pass for a one-size
+/// recipe or `.npz` samples.
 fn size_plan(
     dataset: &Dataset,
+    whole: &Dataset,
     feed: &Feed,
     options: &CalibrateOptions,
 ) -> Result<Vec<(Feed, Dataset)>, CalibrateError> {
@@ -654,7 +659,13 @@ fn size_plan(
     };
     let feeds = recipe.each_size().into_iter().map(Feed::Images);
     Ok(if options.deal_sizes {
-        feeds.zip(dataset.deal(recipe.sizes.len(), options.seed)).collect()
+        let mine: std::collections::HashSet<&std::path::Path> =
+            dataset.items.iter().map(|i| i.path.as_path()).collect();
+        let hands = whole.deal(recipe.sizes.len(), options.seed).into_iter().map(|mut hand| {
+            hand.items.retain(|i| mine.contains(i.path.as_path()));
+            hand
+        });
+        feeds.zip(hands).collect()
     } else {
         feeds.map(|f| (f, dataset.clone())).collect()
     })

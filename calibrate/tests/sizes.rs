@@ -142,3 +142,21 @@ fn npz_samples_of_two_sequence_lengths_are_batched_by_length_and_fold_exactly() 
     assert_eq!(normed.stats.count, (20 * 12 + 10 * 20) * 32);
     assert_eq!(run(&mixed, 3, 1).tensors, all.tensors, "batch size or threads changed the statistics");
 }
+
+#[test]
+fn shards_of_a_calibration_over_several_sizes_merge_into_the_whole_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dynamic_models::dynamic_cnn(dir.path());
+    for deal_sizes in [false, true] {
+        let whole = CalibrateOptions { deal_sizes, ..options(16, 0) };
+        let all = calibrate_at(&model, &SIZES, &whole);
+        let parts: Vec<(std::path::PathBuf, HistFile)> = (1..=3)
+            .map(|i| {
+                let part = CalibrateOptions { shard: Some((i, 3)), ..whole.clone() };
+                (format!("part{i}.hist").into(), calibrate_at(&model, &SIZES, &part))
+            })
+            .collect();
+        let merged = histograms::merge(&parts).unwrap();
+        assert_eq!(merged.to_json().unwrap(), all.to_json().unwrap(), "deal_sizes {deal_sizes}");
+    }
+}

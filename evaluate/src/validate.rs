@@ -411,16 +411,9 @@ fn compare_rows(
                     let name = model.resolve_input(recipe.name.as_deref())?.name.clone();
                     let max_batch = config.eval_batch.unwrap_or(crate::compare::EVAL_BATCH);
                     // The sizes this run serves (the statistics' may be fewer, from --hist).
-                    let hist = quantizer.hist();
-                    let counts: Vec<u64> = match &hist.recipe {
-                        Some(h) if h.all_sizes() == recipe.all_sizes() => {
-                            hist.images.sizes.iter().map(|s| s.count).collect()
-                        }
-                        _ => Vec::new(),
-                    };
                     let profile = recipe
                         .is_multi_size()
-                        .then(|| quantizer::engine_profile(model, recipe, &counts, max_batch))
+                        .then(|| quantizer::engine_profile(model, recipe, quantizer.hist(), max_batch))
                         .transpose()?;
                     let input = crate::tensorrt::EngineInput {
                         image: recipe.batch_shape(1)[1..].to_vec(),

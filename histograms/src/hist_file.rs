@@ -423,9 +423,9 @@ pub fn merge(parts: &[(std::path::PathBuf, HistFile)]) -> Result<HistFile, crate
     }
     for i in 0..first.tensors.len() {
         sum(&|h| h.tensors[i].stats.elements().unwrap_or(u64::MAX)).ok_or_else(|| overflow("value counts"))?;
-        // A fed input's values per image are the same in every shard (of one size: several sizes, dealt,
-        // give each shard its own mixture).
-        if first.tensors[i].producer.is_none() && first.images.sizes.is_empty() {
+        // A fed input's values per image are the same in every shard (every image at every size counts the
+        // same values too; sizes dealt give each shard its own mixture).
+        if first.tensors[i].producer.is_none() && !first.images.sizes_dealt {
             let per_image = |h: &HistFile| {
                 (h.images.count > 0).then(|| h.tensors[i].stats.elements().unwrap_or(0) / h.images.count)
             };

@@ -414,20 +414,25 @@ fn engine_profile_of(
     model: &Model,
     hist: &histograms::HistFile,
 ) -> Result<Option<profile::EngineProfile>, QuantizeError> {
-    let Some(recipe) = hist.recipe.as_ref().filter(|r| r.is_multi_size()) else { return Ok(None) };
-    let counts: Vec<u64> = hist.images.sizes.iter().map(|s| s.count).collect();
-    engine_profile(model, recipe, &counts, profile::PROFILE_MAX_BATCH).map(Some)
+    match hist.recipe.as_ref().filter(|r| r.is_multi_size()) {
+        Some(recipe) => engine_profile(model, recipe, hist, profile::PROFILE_MAX_BATCH).map(Some),
+        None => Ok(None),
+    }
 }
 
-/// The engine profile of `recipe`'s image input over its sizes (`counts` images calibrated at each, for `opt`;
-/// empty: the first size); a dynamic batch spans 1 to `max_batch`.
+/// The engine profile of `recipe`'s image input over its sizes; `opt` is the size `hist` calibrated the most
+/// images at when it covers the same sizes (else the first size); a dynamic batch spans 1 to `max_batch`.
 pub fn engine_profile(
     model: &Model,
     recipe: &datasets::Recipe,
-    counts: &[u64],
+    hist: &histograms::HistFile,
     max_batch: usize,
 ) -> Result<profile::EngineProfile, QuantizeError> {
     let input = model.resolve_input(recipe.name.as_deref())?.name.clone();
     let fixed = model.fixed_batch(&input);
-    profile::EngineProfile::derive(&input, fixed, recipe, counts, max_batch)
+    let counts: Vec<u64> = match &hist.recipe {
+        Some(h) if h.all_sizes() == recipe.all_sizes() => hist.images.sizes.iter().map(|s| s.count).collect(),
+        _ => Vec::new(),
+    };
+    Ok(profile::EngineProfile::derive(&input, fixed, recipe, &counts, max_batch))
 }

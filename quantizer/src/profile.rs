@@ -44,7 +44,7 @@ impl EngineProfile {
         recipe: &Recipe,
         counts: &[u64],
         max_batch: usize,
-    ) -> Result<EngineProfile, QuantizeError> {
+    ) -> EngineProfile {
         let sizes = recipe.all_sizes();
         let side = |pick: fn(u32, u32) -> u32, axis: usize| sizes.iter().map(|s| s[axis]).reduce(pick).unwrap_or(0);
         let smallest = [side(u32::min, 0), side(u32::min, 1)];
@@ -69,13 +69,7 @@ impl EngineProfile {
                 Layout::Nhwc => vec![batch, h, w, c],
             }
         };
-        if sizes.is_empty() {
-            return Err(QuantizeError::Model {
-                path: input.into(),
-                message: "the recipe lists no size for the engine profile".into(),
-            });
-        }
-        Ok(EngineProfile {
+        EngineProfile {
             format: PROFILE_FORMAT.into(),
             version: PROFILE_VERSION,
             input: input.into(),
@@ -83,7 +77,7 @@ impl EngineProfile {
             opt: shape(large, opt_size),
             max: shape(large, largest),
             sizes,
-        })
+        }
     }
 
     /// trtexec's `--minShapes`, `--optShapes` and `--maxShapes` arguments.
@@ -115,7 +109,7 @@ mod tests {
     #[test]
     fn min_and_max_take_each_side_apart_and_opt_the_most_common_size() {
         let r = recipe(&[[224, 224], [448, 336], [336, 448]]);
-        let p = EngineProfile::derive("pixel_values", None, &r, &[10, 30, 30], 64).unwrap();
+        let p = EngineProfile::derive("pixel_values", None, &r, &[10, 30, 30], 64);
         assert_eq!(
             (p.min.clone(), p.opt.clone(), p.max.clone()),
             (vec![1, 3, 224, 224], vec![64, 3, 448, 336], vec![64, 3, 448, 448])
@@ -129,11 +123,11 @@ mod tests {
             ]
         );
         // Equal counts (every image at every size): the first listed size.
-        let even = EngineProfile::derive("x", Some(8), &r, &[5, 5, 5], 64).unwrap();
+        let even = EngineProfile::derive("x", Some(8), &r, &[5, 5, 5], 64);
         assert_eq!((even.min[0], even.opt.clone(), even.max[0]), (8, vec![8, 3, 224, 224], 8));
         // NHWC puts the channels last.
         let mut nhwc = r.clone();
         nhwc.layout = Layout::Nhwc;
-        assert_eq!(EngineProfile::derive("x", None, &nhwc, &[], 4).unwrap().max, vec![4, 448, 448, 3]);
+        assert_eq!(EngineProfile::derive("x", None, &nhwc, &[], 4).max, vec![4, 448, 448, 3]);
     }
 }
