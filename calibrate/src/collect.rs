@@ -206,6 +206,23 @@ fn check_input_shape(model: &Model, input: &ValueInfoProto, recipe: &Recipe) -> 
             });
         }
     }
+    if recipe.is_multi_size() {
+        if let Some(pin) = graph::size_pins(&model.proto.graph).first() {
+            return Err(CalibrateError::Input {
+                model: model.path.clone(),
+                message: format!(
+                    "input '{}' has dynamic height and width, but {} '{}' reshapes to the constant shape {:?}, the \
+                     extent of one size: the model runs only at that size, not at the recipe's sizes {:?}; export \
+                     it with the shape computed from the input (a -1, or Shape-derived sizes), or give one size",
+                    input.name,
+                    pin.op,
+                    pin.node,
+                    pin.shape,
+                    recipe.all_sizes()
+                ),
+            });
+        }
+    }
     for want in recipe.each_size().iter().map(|r| r.batch_shape(1)) {
         check_dims(model, input, shape, &want, recipe, &dims)?;
     }
@@ -586,7 +603,7 @@ pub fn calibrate_model(
     };
     let plan = size_plan(&dataset, &whole, feed, options)?;
     let passes = if options.smooth.is_some() { 2 } else { 1 };
-    let total = passes * plan.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
+    let total = passes * plan.iter().map(|(_, d, _)| d.len() as u64).sum::<u64>();
     let mut done_before = 0;
     let mut report = |done: u64| progress(done_before + done, total);
     let smoothing = match options.smooth {
@@ -621,7 +638,7 @@ pub fn calibrate_model(
         sizes: if plan.len() > 1 {
             plan.iter()
                 .zip(per_size)
-                .map(|((feed, _), count)| histograms::SizeImages {
+                .map(|((feed, _, _), count)| histograms::SizeImages {
                     size: feed.recipe().map_or([0, 0], |r| r.size),
                     count,
                 })
@@ -645,7 +662,7 @@ fn size_plan(
     whole: &Dataset,
     feed: &Feed,
     options: &CalibrateOptions,
-) -> Result<Vec<(Feed, Dataset)>, CalibrateError> {
+) -> Result<Vec<(Feed, Dataset, usize)>, CalibrateError> {
     let Some(recipe) = feed.recipe().filter(|r| r.is_multi_size()) else {
         if options.deal_sizes {
             return Err(CalibrateError::Input {
@@ -655,9 +672,12 @@ fn size_plan(
                     .into(),
             });
         }
-        return Ok(vec![(feed.clone(), dataset.clone())]);
+        return Ok(vec![(feed.clone(), dataset.clone(), options.batch_size)]);
     };
-    let feeds = recipe.each_size().into_iter().map(Feed::Images);
+    let feeds = recipe.each_size().into_iter().map(|one| {
+        let batch = recipe.batch_at(options.batch_size, one.size);
+        (Feed::Images(one), batch)
+    });
     Ok(if options.deal_sizes {
         let mine: std::collections::HashSet<&std::path::Path> =
             dataset.items.iter().map(|i| i.path.as_path()).collect();
@@ -665,9 +685,9 @@ fn size_plan(
             hand.items.retain(|i| mine.contains(i.path.as_path()));
             hand
         });
-        feeds.zip(hands).collect()
+        feeds.zip(hands).map(|((f, batch), hand)| (f, hand, batch)).collect()
     } else {
-        feeds.map(|f| (f, dataset.clone())).collect()
+        feeds.map(|(f, batch)| (f, dataset.clone(), batch)).collect()
     })
 }
 
@@ -675,19 +695,20 @@ fn size_plan(
 /// one-pass result); also the images done per size.
 fn run_sizes(
     tapped: &TappedModel,
-    plan: &[(Feed, Dataset)],
+    plan: &[(Feed, Dataset, usize)],
     options: &CalibrateOptions,
     batch_done: &mut dyn FnMut(u64),
 ) -> Result<(Pass, Vec<u64>), CalibrateError> {
     let mut all: Option<Pass> = None;
     let mut per_size = Vec::with_capacity(plan.len());
-    for (feed, dataset) in plan {
+    for (feed, dataset, batch_size) in plan {
         if dataset.is_empty() {
             per_size.push(0);
             continue;
         }
         let before = all.as_ref().map_or(0, |p| p.done);
-        let pass = run_pass(tapped, PassInput::Folder(dataset, feed), options, &mut |d| batch_done(before + d))?;
+        let options = CalibrateOptions { batch_size: *batch_size, ..options.clone() };
+        let pass = run_pass(tapped, PassInput::Folder(dataset, feed), &options, &mut |d| batch_done(before + d))?;
         per_size.push(pass.done);
         all = Some(match all {
             None => pass,
@@ -989,7 +1010,8 @@ fn run_pass(
             folder_stream = BatchStream::new(
                 dataset,
                 feed,
-                StreamOptions { batch_size, lookahead: 2, on_bad_image: options.on_bad_image, pool: None },
+                // One size per pass (`run_sizes`): the batch is already the size's.
+                StreamOptions { batch_size, on_bad_image: options.on_bad_image, ..Default::default() },
             );
             &mut folder_stream
         }

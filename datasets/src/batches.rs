@@ -30,11 +30,14 @@ pub struct StreamOptions {
     pub on_bad_image: OnBadImage,
     /// Pool that decodes; `None` uses rayon's global pool.
     pub pool: Option<Arc<rayon::ThreadPool>>,
+    /// Whether the model takes exactly `batch_size` images per batch: then a recipe's larger sizes do not
+    /// take fewer ([`crate::Recipe::batch_at`]).
+    pub fixed_batch: bool,
 }
 
 impl Default for StreamOptions {
     fn default() -> Self {
-        StreamOptions { batch_size: 32, lookahead: 2, on_bad_image: OnBadImage::Fail, pool: None }
+        StreamOptions { batch_size: 32, lookahead: 2, on_bad_image: OnBadImage::Fail, pool: None, fixed_batch: false }
     }
 }
 
@@ -61,6 +64,16 @@ impl Batch {
             vec![feeds::Input { name: image_input, shape: &self.shape, values: feeds::Values::Pixels(&self.data) }]
         } else {
             self.tensors.iter().map(|a| a.input()).collect()
+        }
+    }
+
+    /// The shape of one sample past the batch axis: the image's, or each array's in input order. Batches of a
+    /// recipe's several sizes, or of `.npz` samples of several shapes, differ in it.
+    pub fn sample_shape(&self) -> Vec<Vec<usize>> {
+        if self.tensors.is_empty() {
+            vec![self.shape[1..].to_vec()]
+        } else {
+            self.tensors.iter().map(|a| a.shape.get(1..).unwrap_or_default().to_vec()).collect()
         }
     }
 
@@ -99,13 +112,22 @@ impl BatchStream {
         let skipped_w = Arc::clone(&skipped);
         let worker = std::thread::spawn(move || {
             let batch_size = options.batch_size.max(1);
-            // A recipe of several sizes: every sample at each size in turn, batches of one size each.
-            let feeds = match &feed {
-                Feed::Images(recipe) => recipe.each_size().into_iter().map(Feed::Images).collect(),
-                Feed::Tensors => vec![Feed::Tensors],
+            // A recipe of several sizes: every sample at each size in turn, batches of one size each, of no
+            // more pixels than a batch of the smallest size.
+            let feeds: Vec<(Feed, usize)> = match &feed {
+                Feed::Images(recipe) => recipe
+                    .each_size()
+                    .into_iter()
+                    .map(|one| {
+                        let batch =
+                            if options.fixed_batch { batch_size } else { recipe.batch_at(batch_size, one.size) };
+                        (Feed::Images(one), batch)
+                    })
+                    .collect(),
+                Feed::Tensors => vec![(Feed::Tensors, batch_size)],
             };
-            for feed in &feeds {
-                if !stream_one_size(&items, feed, batch_size, &options, &tx, &skipped_w) {
+            for (feed, batch_size) in &feeds {
+                if !stream_one_size(&items, feed, *batch_size, &options, &tx, &skipped_w) {
                     return;
                 }
             }

@@ -387,6 +387,17 @@ impl Recipe {
         Recipe { size, sizes: Vec::new(), resize_to, ..self.clone() }
     }
 
+    /// Images per batch at `size` when `batch_size` counts images at the recipe's smallest size: a larger size
+    /// takes proportionally fewer (at least one), so one batch holds no more pixels, and ONNX Runtime no more
+    /// memory, than a batch of the smallest size (a 960x960 batch of 16 is 9x a 320x320 one). Results do
+    /// not depend on the batch size, so this changes only memory and speed.
+    pub fn batch_at(&self, batch_size: usize, size: [u32; 2]) -> usize {
+        let pixels = |s: [u32; 2]| s[0] as u64 * s[1] as u64;
+        let smallest = self.all_sizes().into_iter().map(pixels).min().unwrap_or(1);
+        let scaled = batch_size as u64 * smallest / pixels(size).max(1);
+        (scaled as usize).clamp(1, batch_size.max(1))
+    }
+
     /// The one-size recipe of each listed size, in order (the recipe itself when it has one size).
     pub fn each_size(&self) -> Vec<Recipe> {
         self.all_sizes().into_iter().map(|s| self.at(s)).collect()
@@ -445,6 +456,27 @@ mod tests {
         assert_eq!(r.channels, Channels::Gray);
         assert_eq!(r.batch_shape(4), [4, 1, 28, 28]);
         assert_eq!(Recipe::from_toml(&r.to_toml(), "roundtrip").unwrap(), r);
+    }
+
+    #[test]
+    fn larger_sizes_take_fewer_images_per_batch_so_a_batch_holds_no_more_pixels() {
+        let r = Recipe::from_toml(
+            "[input]\nchannels = \"rgb\"\nsizes = [[640, 640], [320, 320], [960, 960], [320, 400]]\n\
+             resize = \"exact\"\nmean = [0.5, 0.5, 0.5]\nstd = [0.5, 0.5, 0.5]",
+            "sizes",
+        )
+        .unwrap();
+        // Counted at the smallest size (320x320), whatever the order.
+        assert_eq!(r.batch_at(16, [320, 320]), 16);
+        assert_eq!(r.batch_at(16, [640, 640]), 4);
+        assert_eq!(r.batch_at(16, [960, 960]), 1);
+        assert_eq!(r.batch_at(16, [320, 400]), 12);
+        assert_eq!(r.batch_at(2, [960, 960]), 1, "never below one image");
+        for size in r.all_sizes() {
+            assert!(r.batch_at(16, size) as u64 * size[0] as u64 * size[1] as u64 <= 16 * 320 * 320);
+        }
+        // One size: the batch size as given.
+        assert_eq!(r.at([960, 960]).batch_at(16, [960, 960]), 16);
     }
 
     #[test]

@@ -146,8 +146,8 @@ pub fn evaluate(
 ) -> Result<EvalResult, EvaluateError> {
     let mut model = ort_model(model_path, feed, runtime::Placement::default())?;
     let (mut right, mut n) = (0usize, 0usize);
-    let batch_size = batch_size(&[model.as_ref()], dataset)?;
-    for batch in BatchStream::new(dataset, feed, stream_options(batch_size)) {
+    let batching = batching(&[model.as_ref()], dataset, feed)?;
+    for batch in BatchStream::new(dataset, feed, batching) {
         let batch = batch?;
         let rows = model.run(&batch)?;
         let width = rows.len() / batch.items.len().max(1);
@@ -176,21 +176,34 @@ pub trait BatchModel: Send {
     fn evaluation(&self) -> String;
 }
 
-/// Images per batch in evaluations, unless a model fixes its batch.
+/// Images per batch in evaluations of images up to 224x224, unless a model fixes its batch.
 pub const EVAL_BATCH: usize = 64;
 
-/// The batch size every model in `models` can take for `dataset`: [`EVAL_BATCH`], or the fixed batch of a
-/// model that has one, which must then divide the number of images.
-fn batch_size(models: &[&dyn BatchModel], dataset: &Dataset) -> Result<usize, EvaluateError> {
-    batch_size_or(models, dataset, EVAL_BATCH)
+/// The images per evaluation batch unless told: [`EVAL_BATCH`] images of up to 224x224 (most vision models'
+/// size), proportionally fewer of larger ones (at least one), so that a default batch of 960x960 detector
+/// inputs holds no more pixels than 64 ViT inputs; `.npz` samples, whose size a recipe does not say, take
+/// [`EVAL_BATCH`]. With several sizes this counts at the smallest ([`datasets::Recipe::batch_at`] scales the rest).
+pub fn default_eval_batch(feed: &Feed) -> usize {
+    const PIXELS: u64 = EVAL_BATCH as u64 * 224 * 224;
+    let Some(recipe) = feed.recipe() else { return EVAL_BATCH };
+    let smallest = recipe.all_sizes().into_iter().map(|s| s[0] as u64 * s[1] as u64).min().unwrap_or(1);
+    ((PIXELS / smallest.max(1)) as usize).clamp(1, EVAL_BATCH)
 }
 
-/// [`batch_size`] with `wanted` images per batch where no model fixes its batch.
-fn batch_size_or(models: &[&dyn BatchModel], dataset: &Dataset, wanted: usize) -> Result<usize, EvaluateError> {
+/// How `models` take `dataset` in batches: the default evaluation batch ([`default_eval_batch`]), or the
+/// fixed batch of a model that has one, which must then divide the number of images.
+fn batching(models: &[&dyn BatchModel], dataset: &Dataset, feed: &Feed) -> Result<StreamOptions, EvaluateError> {
+    batching_of(models, dataset, default_eval_batch(feed))
+}
+
+/// [`batching`] with `wanted` images per batch where no model fixes its batch.
+fn batching_of(models: &[&dyn BatchModel], dataset: &Dataset, wanted: usize) -> Result<StreamOptions, EvaluateError> {
     let fixed: Vec<usize> = models.iter().filter_map(|m| m.fixed_batch()).collect();
     match fixed.first() {
-        None => Ok(wanted),
-        Some(&b) if fixed.iter().all(|&f| f == b) && dataset.len().is_multiple_of(b) => Ok(b),
+        None => Ok(StreamOptions { batch_size: wanted, ..Default::default() }),
+        Some(&b) if fixed.iter().all(|&f| f == b) && dataset.len().is_multiple_of(b) => {
+            Ok(StreamOptions { batch_size: b, fixed_batch: true, ..Default::default() })
+        }
         Some(&b) => Err(EvaluateError::Input {
             path: dataset.root.clone(),
             message: format!(
@@ -200,10 +213,6 @@ fn batch_size_or(models: &[&dyn BatchModel], dataset: &Dataset, wanted: usize) -
             ),
         }),
     }
-}
-
-fn stream_options(batch_size: usize) -> StreamOptions {
-    StreamOptions { batch_size, ..Default::default() }
 }
 
 /// An ONNX Runtime (CPU) session over a model file, as a [`BatchModel`].
@@ -384,8 +393,8 @@ pub fn fidelity(
     feed: &Feed,
 ) -> Result<Fidelity, EvaluateError> {
     let mut acc = OutputFidelity::default();
-    let batch_size = batch_size(&[&*fp32, &*int8], dataset)?;
-    for batch in BatchStream::new(dataset, feed, stream_options(batch_size)) {
+    let batching = batching(&[&*fp32, &*int8], dataset, feed)?;
+    for batch in BatchStream::new(dataset, feed, batching) {
         let batch = batch?;
         let (a, b, width) = batch_rows(fp32, int8, &batch, &dataset.root)?;
         for (ra, rb) in a.chunks(width).zip(b.chunks(width)) {
@@ -560,8 +569,8 @@ pub fn compare_each_parts(
 ) -> Result<ComparisonParts, EvaluateError> {
     let mut models: Vec<&dyn BatchModel> = vec![&*fp32];
     models.extend(candidates.iter().map(|c| &**c));
-    let batch_size = batch_size(&models, dataset)?;
-    let acc = in_order(batch_size, candidates.len(), dataset, feed, classifier, progress, &mut |batch| {
+    let batching = batching(&models, dataset, feed)?;
+    let acc = in_order(batching, candidates.len(), dataset, feed, classifier, progress, &mut |batch| {
         let mut rows = vec![fp32.run(batch)?];
         for c in candidates.iter_mut() {
             rows.push(c.run(batch)?);
@@ -579,7 +588,7 @@ type RunBatch<'r> = dyn FnMut(&datasets::Batch) -> Result<Vec<Vec<f32>>, Evaluat
 /// The batches of `dataset`, run by `run_batch` (the reference's rows, then each candidate's) and added up in
 /// list order.
 fn in_order<'a>(
-    batch_size: usize,
+    batching: StreamOptions,
     candidates: usize,
     dataset: &'a Dataset,
     feed: &Feed,
@@ -588,7 +597,7 @@ fn in_order<'a>(
     run_batch: &mut RunBatch<'_>,
 ) -> Result<Accumulation<'a>, EvaluateError> {
     let mut acc = Accumulation::new(candidates, dataset, classifier);
-    for batch in BatchStream::new(dataset, feed, stream_options(batch_size)) {
+    for batch in BatchStream::new(dataset, feed, batching) {
         let batch = batch?;
         let rows = run_batch(&batch)?;
         acc.add(&batch, &rows)?;
@@ -609,10 +618,10 @@ pub fn compare_each_spread(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ComparisonParts, EvaluateError> {
     let all: Vec<&dyn BatchModel> = sets.iter().flatten().map(|m| &**m).collect();
-    let batch_size = batch_size_or(&all, dataset, batch_size.unwrap_or(EVAL_BATCH))?;
+    let batching = batching_of(&all, dataset, batch_size.unwrap_or_else(|| default_eval_batch(feed)))?;
     let candidates = sets.first().map_or(0, |s| s.len().saturating_sub(1));
     if let [one] = sets {
-        let acc = in_order(batch_size, candidates, dataset, feed, classifier, progress, &mut |batch| {
+        let acc = in_order(batching, candidates, dataset, feed, classifier, progress, &mut |batch| {
             one.iter_mut().map(|m| m.run(batch)).collect()
         })?;
         return Ok(acc.parts(&one.iter().map(|m| m.seconds()).collect::<Vec<_>>()));
@@ -654,7 +663,7 @@ pub fn compare_each_spread(
         };
         let mut dealt = 0usize;
         let mut outcome = Ok(());
-        for (i, batch) in BatchStream::new(dataset, feed, stream_options(batch_size)).enumerate() {
+        for (i, batch) in BatchStream::new(dataset, feed, batching).enumerate() {
             let batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
@@ -779,8 +788,8 @@ impl Recorded {
     /// Runs `model` over `dataset` in the batches `compare`/`fidelity` use and keeps every batch's rows.
     pub fn record(model: &mut dyn BatchModel, dataset: &Dataset, feed: &Feed) -> Result<Recorded, EvaluateError> {
         let mut rows = Vec::new();
-        let batch_size = batch_size(&[&*model], dataset)?;
-        for batch in BatchStream::new(dataset, feed, stream_options(batch_size)) {
+        let batching = batching(&[&*model], dataset, feed)?;
+        for batch in BatchStream::new(dataset, feed, batching) {
             let batch = batch?;
             rows.push(model.run(&batch)?);
         }

@@ -233,6 +233,32 @@ struct Evaluator<'a> {
     devices: &'a [runtime::Device],
 }
 
+/// Each measure's worst over `effects` (one per sample shape): lowest Top-1, Top-1 change, agreement, cosine
+/// and SQNR, highest divergence. One effect is itself.
+fn worst_effect(effects: Vec<Effect>) -> Effect {
+    let mut it = effects.into_iter();
+    let first = it.next().unwrap_or(Effect {
+        top1: None,
+        top1_delta_pp: None,
+        agreement: 0.0,
+        divergence: f64::INFINITY,
+        cosine_mean: 0.0,
+        sqnr_db: f64::NEG_INFINITY,
+    });
+    let lower = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    it.fold(first, |w, e| Effect {
+        top1: lower(w.top1, e.top1),
+        top1_delta_pp: lower(w.top1_delta_pp, e.top1_delta_pp),
+        agreement: w.agreement.min(e.agreement),
+        divergence: w.divergence.max(e.divergence),
+        cosine_mean: w.cosine_mean.min(e.cosine_mean),
+        sqnr_db: w.sqnr_db.min(e.sqnr_db),
+    })
+}
+
 fn softmax(v: &[f32]) -> Vec<f64> {
     let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let e: Vec<f64> = v.iter().map(|x| (*x as f64 - m).exp()).collect();
@@ -298,10 +324,30 @@ impl<'a> Evaluator<'a> {
         Ok(self.probe.outputs_on(proto, device, usize::MAX)?)
     }
 
+    /// The variant's effect: over all images with one sample shape; with several (a recipe's sizes, `.npz`
+    /// samples of several shapes) each measure is the worst over the shapes, so a node's effect is what it
+    /// does at the size it hurts most and a budget holds only where it holds at every size.
     fn effect(&self, variant: &[Vec<f32>]) -> Result<Effect, EvaluateError> {
+        let mut groups: Vec<(Vec<Vec<usize>>, Vec<usize>)> = Vec::new();
+        for (i, batch) in self.probe.batches().iter().enumerate() {
+            let shape = batch.sample_shape();
+            match groups.iter_mut().find(|(s, _)| *s == shape) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((shape, vec![i])),
+            }
+        }
+        let effects =
+            groups.iter().map(|(_, members)| self.effect_over(variant, members)).collect::<Result<Vec<_>, _>>()?;
+        Ok(worst_effect(effects))
+    }
+
+    /// [`Evaluator::effect`] over the probe batches `members`.
+    fn effect_over(&self, variant: &[Vec<f32>], members: &[usize]) -> Result<Effect, EvaluateError> {
         let (mut right, mut right32, mut labelled, mut kl) = (0usize, 0usize, 0usize, 0f64);
         let mut fidelity = quantizer::measure::OutputFidelity::default();
-        for ((batch, a), b) in self.probe.batches().iter().zip(self.probe.reference()).zip(variant) {
+        let (batches, reference) = (self.probe.batches(), self.probe.reference());
+        for &m in members {
+            let (batch, a, b) = (&batches[m], &reference[m], &variant[m]);
             let width = a.len() / batch.items.len().max(1);
             for ((ra, rb), item) in a.chunks(width.max(1)).zip(b.chunks(width.max(1))).zip(&batch.items) {
                 let (sa, sb) = (self.classifier.scores(ra), self.classifier.scores(rb));

@@ -449,15 +449,21 @@ fn compare_rows(
         Feed::Images(recipe) if recipe.is_multi_size() => recipe.each_size().into_iter().map(Feed::Images).collect(),
         _ => vec![feed.clone()],
     };
+    let all_sizes = feed.recipe().filter(|r| r.is_multi_size());
+    let smallest_batch = crate::compare::default_eval_batch(feed);
     let total = feeds.len() as u64 * val.len() as u64;
     let mut size_parts = Vec::with_capacity(feeds.len());
     let mut seconds_before: Vec<f64> = Vec::new();
     for (k, feed) in feeds.iter().enumerate() {
         let done_before = k as u64 * val.len() as u64;
-        let mut parts =
-            compare_each_spread(&mut sets, val, feed, &config.classifier, config.eval_batch, &mut |d, _| {
-                progress(Phase::Compare, done_before + d, total)
-            })?;
+        // A batch of a larger size holds no more pixels than one of the smallest.
+        let batch = match (&all_sizes, feed.recipe()) {
+            (Some(all), Some(one)) => Some(all.batch_at(config.eval_batch.unwrap_or(smallest_batch), one.size)),
+            _ => config.eval_batch,
+        };
+        let mut parts = compare_each_spread(&mut sets, val, feed, &config.classifier, batch, &mut |d, _| {
+            progress(Phase::Compare, done_before + d, total)
+        })?;
         // The sessions count their seconds over every size: each size keeps its own.
         let cumulative: Vec<f64> =
             std::iter::once(parts.reference_seconds).chain(parts.candidates.iter().map(|c| c.seconds)).collect();

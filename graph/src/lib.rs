@@ -14,6 +14,7 @@ mod model;
 mod patch;
 pub mod roles;
 mod save;
+mod size_pins;
 
 pub use activations::{find_activations, Activation};
 pub use error::GraphError;
@@ -24,6 +25,7 @@ pub use model::{default_opset, is_default_domain, set_float32, Model};
 pub use onnx_protobuf as proto;
 pub use patch::GraphPatch;
 pub use save::save_model;
+pub use size_pins::{dynamic_inputs, size_pins, SizePin};
 
 /// FP16's smallest normal value, 2^-14. A smaller scale is an FP16 subnormal (fewer significant bits, flushed
 /// to zero where denormals are off) or, below 2^-25, zero, which TensorRT's ONNX parser refuses ("Scale

@@ -8,6 +8,8 @@
 //!   constants).
 //! - [ONNX-TRT] onnx/onnx-tensorrt, the QuantizeLinear/DequantizeLinear importers: zero points must be
 //!   all zero (symmetric), INT8 quantized type, constant scale.
+//! - [TRT-DYN] TensorRT Developer Guide, "Working with Dynamic Shapes": an engine serves every shape of its
+//!   optimization profiles, so no layer may fix an extent the profile varies.
 
 use std::collections::HashSet;
 
@@ -42,6 +44,7 @@ pub struct Finding {
 
 const TRT_QDQ: &str = "TensorRT Developer Guide, Working with Quantized Types (Q/DQ layer placement)";
 const ONNX_TRT: &str = "onnx-tensorrt QuantizeLinear/DequantizeLinear importer";
+const TRT_DYNAMIC: &str = "TensorRT Developer Guide, Working with Dynamic Shapes (optimization profiles)";
 
 /// Ops that only move or reshape data: TensorRT propagates Q/DQ across them.
 const DATA_MOVEMENT: &[&str] = graph::REARRANGING_OPS;
@@ -297,6 +300,26 @@ pub fn lint_proto(proto: &graph::proto::ModelProto, data: &Model) -> Result<Vec<
                 tensor = &producer.input[0];
             }
         }
+    }
+    // A dynamic-size model pinned to one size by a constant Reshape: TensorRT's profile over sizes fails to
+    // build (its shape checks see the constant extent against the input's range).
+    for pin in graph::size_pins(graph) {
+        out.push(Finding {
+            severity: Severity::Warning,
+            rule: "size-pinned",
+            node: pin.node.clone(),
+            message: format!(
+                "{} '{}' reshapes to the constant shape {:?}, which holds the extent of one input size, though \
+                 its input follows the size of the model's dynamic input(s) {:?}: the model runs only at that \
+                 size, and a TensorRT profile over sizes fails to build; export with the shape computed from the \
+                 input (a -1, or Shape-derived sizes), or build for one size",
+                pin.op,
+                pin.node,
+                pin.shape,
+                graph::dynamic_inputs(graph)
+            ),
+            source: TRT_DYNAMIC,
+        });
     }
     out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     Ok(out)

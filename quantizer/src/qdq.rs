@@ -365,9 +365,9 @@ pub fn insert_qdq(
         done.insert((w_name.clone(), axis), dq_out);
         summary.weights.push((w_name, axis, quantized));
     }
-    // Drop the Cast/Identity chains that fed replaced weights (FP16 weights cast in the graph), now unread,
-    // and the float weights nobody reads any more.
-    patch.prune(graph, |n| matches!(n.op_type.as_str(), "Cast" | "Identity"));
+    // Drop what fed replaced weights and nothing reads any more: Cast/Identity chains (FP16 weights cast in
+    // the graph), Constant nodes (weights stored as nodes, as Paddle exports them), the float initializers.
+    patch.prune(graph, |n| matches!(n.op_type.as_str(), "Cast" | "Identity" | "Constant"));
     patch.apply(graph);
     Ok((proto, summary))
 }
@@ -432,6 +432,46 @@ mod tests {
         assert_eq!(shared, vec![3.0, 3.0]);
         // The float weight is gone, replaced by its int8 copy.
         assert!(proto.graph.initializer.iter().all(|t| t.name != "w"));
+    }
+
+    #[test]
+    fn a_weight_stored_in_a_constant_node_leaves_no_dead_float_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = residual_model(dir.path()).proto;
+        let g = m.graph.mut_or_insert_default();
+        // The weight as a Constant node (paddle2onnx's way), plus a Constant the graph reads as it is.
+        let w = g.initializer.remove(0);
+        let constant = |t: TensorProto, out: &str| {
+            let mut n = node("Constant", &format!("{out}_node"), &[], out, None);
+            n.attribute.push({
+                let mut a = AttributeProto::new();
+                a.name = "value".into();
+                a.t = Some(t).into();
+                a.type_ = AttributeType::TENSOR.into();
+                a
+            });
+            n
+        };
+        g.node.insert(0, constant(w, "w"));
+        let model = load_written(&m, &dir.path().join("constant_weight.onnx"));
+        let decisions = decide(&model.proto.graph, &Default::default(), &Default::default(), "test").unwrap();
+        let amax: HashMap<String, f32> =
+            [("x", 2.0f32), ("c", 1.0), ("y", 3.0)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let (proto, summary) =
+            insert_qdq(&model, &decisions, &Default::default(), &amax, &WeightClips::default(), FloatType::Fp32)
+                .unwrap();
+        assert_eq!(summary.weights.len(), 1, "the Conv weight in a Constant node was not quantized");
+        let read: HashSet<&str> = proto.graph.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+        let dead: Vec<&str> = proto
+            .graph
+            .node
+            .iter()
+            .filter(|n| {
+                n.output.iter().all(|o| !read.contains(o.as_str()) && proto.graph.output.iter().all(|g| &g.name != o))
+            })
+            .map(|n| n.name.as_str())
+            .collect();
+        assert!(dead.is_empty(), "nodes nobody reads are left in the Q/DQ model: {dead:?}");
     }
 
     #[test]

@@ -110,7 +110,18 @@ pub fn dynamic_cnn(dir: &Path) -> PathBuf {
 /// Gemm -> `logits`. Input [batch, 1, height, width], height and width multiples of PATCH. Written to
 /// `dir/dynamic_vit.onnx`.
 pub fn dynamic_vit(dir: &Path) -> PathBuf {
-    let mut m = model("dynamic_vit");
+    vit(dir, "dynamic_vit", &[0, WIDTH as i64, -1])
+}
+
+/// [`dynamic_vit`] as a static export writes it: the patches reshaped to tokens with the constant shape of
+/// the 28x28 grid (`[0, WIDTH, GRID * GRID]`), so the model runs at 28x28 only though its input's height and
+/// width are symbolic. Written to `dir/pinned_vit.onnx`.
+pub fn pinned_vit(dir: &Path) -> PathBuf {
+    vit(dir, "pinned_vit", &[0, WIDTH as i64, (GRID * GRID) as i64])
+}
+
+fn vit(dir: &Path, name: &str, token_shape: &[i64]) -> PathBuf {
+    let mut m = model(name);
     let g = m.graph.mut_or_insert_default();
     let d = WIDTH;
     g.initializer.extend([
@@ -126,7 +137,7 @@ pub fn dynamic_vit(dir: &Path) -> PathBuf {
         int64s("hw_start", &[2]),
         int64s("hw_end", &[4]),
         int64s("pos_lead", &[1, d as i64]),
-        int64s("token_shape", &[0, d as i64, -1]),
+        int64s("token_shape", token_shape),
     ]);
     let patch = vec![ints("kernel_shape", &[PATCH as i64; 2]), ints("strides", &[PATCH as i64; 2])];
     let mut resize = node("Resize", &["pos_embed", "", "", "pos_sizes"], "pos", vec![string("mode", "linear")]);
@@ -154,7 +165,7 @@ pub fn dynamic_vit(dir: &Path) -> PathBuf {
         node("ReduceMean", &["hidden"], "pooled", vec![ints("axes", &[1]), int("keepdims", 0)]),
         node("Gemm", &["pooled", "head.weight", "head.bias"], "logits", vec![int("transB", 1)]),
     ]);
-    write(&m, dir.join("dynamic_vit.onnx"))
+    write(&m, dir.join(format!("{name}.onnx")))
 }
 
 /// The fixtures' preprocessing (grayscale, Fashion-MNIST mean and std) resized exactly to each of `sizes`

@@ -6,6 +6,9 @@
 
 use super::*;
 
+#[path = "zoo_sizes.rs"]
+mod sizes;
+
 /// The zoo's manifest, `bench/zoo/zoo.toml`.
 #[derive(Debug, Deserialize)]
 struct Manifest {
@@ -42,6 +45,13 @@ struct ZooModel {
     /// A storage variant of the pinned file (same network and weights), made by bench/scripts/zoo_derive.py.
     #[serde(default)]
     derive: Option<Derive>,
+    /// Sizes the model serves (dynamic height/width): `--sizes` compares calibrating at the recipe's size
+    /// with calibrating at all of them, at each.
+    #[serde(default)]
+    sizes: Vec<[u32; 2]>,
+    /// Side of the square crops for `--sizes` (the largest size's scale).
+    #[serde(default)]
+    sizes_crop: Option<u32>,
 }
 
 /// How a zoo model is derived from its package's file: FP16 storage behind Casts and/or a uint8 NHWC input
@@ -82,6 +92,11 @@ pub struct ZooArgs {
     /// Leave out NVIDIA ModelOpt.
     #[arg(long)]
     skip_modelopt: bool,
+    /// Only the dynamic-shape comparison, on the models that list `sizes`: INT8 fidelity at each size when
+    /// calibrated at the recipe's one size against at every size (writes zoo_sizes.json and its part of
+    /// BENCHMARKS.md).
+    #[arg(long)]
+    sizes: bool,
 }
 
 /// Where the zoo's models and crops live (ignored by git).
@@ -119,6 +134,7 @@ fn prepare(args: &ZooArgs) -> anyhow::Result<Vec<Prepared>> {
         .model
         .into_iter()
         .filter(|z| (args.models.is_empty() || args.models.contains(&z.name)) && (!args.ci || z.ci))
+        .filter(|z| !args.sizes || !z.sizes.is_empty())
         .collect();
     let home = zoo_home();
     let photo_dir = home.join("photos");
@@ -147,7 +163,7 @@ fn prepare(args: &ZooArgs) -> anyhow::Result<Vec<Prepared>> {
             None => model,
             Some(d) => derived(&model, &spec.name, d)?,
         };
-        let side = spec.crop;
+        let side = if args.sizes { spec.sizes_crop.unwrap_or(spec.crop) } else { spec.crop };
         let crops = |photos: &[PathBuf], set: &str, n: usize, seed: u64| {
             make_crops_sized(photos, &home.join(format!("crops/{set}-{side}-{n}")), n, seed, side)
         };
@@ -218,6 +234,9 @@ pub fn run(args: &ZooArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let bin = build_int8kit()?;
+    if args.sizes {
+        return sizes::run(&prepared, args, &bin);
+    }
     let me = std::env::current_exe()?;
     let python = if args.skip_peer { None } else { Some(venv_python("peer-venv", PEER_PINS)?) };
     let modelopt_python = if args.skip_modelopt { None } else { Some(venv_python("modelopt-venv", MODELOPT_PINS)?) };

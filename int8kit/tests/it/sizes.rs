@@ -181,3 +181,101 @@ fn statistics_of_one_size_gate_at_several_and_the_report_marks_the_sizes_they_ne
     let o = validate(&model, &other, &dir.path().join("w"), &["--hist", hist.to_str().unwrap()]);
     refused(&o, "another preprocessing");
 }
+
+#[test]
+fn a_model_pinned_to_one_size_by_a_constant_reshape_is_named_by_lint_and_refused_for_several_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pinned = dynamic_models::pinned_vit(dir.path());
+    let lint = |model: &Path| int8kit("lint").arg("--json").arg(model).output().unwrap();
+    let findings: Vec<serde_json::Value> = serde_json::from_slice(&lint(&pinned).stdout).unwrap();
+    let pins: Vec<&serde_json::Value> = findings.iter().filter(|f| f["rule"] == "size-pinned").collect();
+    assert_eq!(pins.len(), 1, "{findings:?}");
+    assert_eq!(pins[0]["severity"], "warning");
+    assert!(pins[0]["message"].as_str().unwrap().contains("[0, 16, 49]"), "{:?}", pins[0]);
+    // The same model with the token count computed from the input: nothing pinned.
+    let flexible = dynamic_models::dynamic_vit(dir.path());
+    let findings: Vec<serde_json::Value> = serde_json::from_slice(&lint(&flexible).stdout).unwrap();
+    assert!(findings.iter().all(|f| f["rule"] != "size-pinned"), "{findings:?}");
+    // Several sizes: refused before any work, naming the Reshape; one size runs.
+    let recipe = recipe_file(dir.path());
+    let calibrate = |sizes: &str, out: &Path| {
+        int8kit("calibrate")
+            .arg("--model")
+            .arg(&pinned)
+            .arg("--recipe")
+            .arg(&recipe)
+            .args(["--sizes", sizes, "--limit", "20", "--quiet", "--images"])
+            .arg(calib_dir())
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let out = dir.path().join("both.hist");
+    let o = calibrate("28,56", &out);
+    refused(&o, "reshapes to the constant shape [0, 16, 49]");
+    assert!(text(&o).contains("Reshape"), "{}", text(&o));
+    assert!(!out.exists());
+    let o = calibrate("28", &dir.path().join("one.hist"));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn sensitivity_over_several_sizes_takes_each_nodes_worst_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dynamic_models::dynamic_vit(dir.path());
+    let recipe = recipe_file(dir.path());
+    let hist = dir.path().join("both.hist");
+    let o = int8kit("calibrate")
+        .arg("--model")
+        .arg(&model)
+        .arg("--recipe")
+        .arg(&recipe)
+        .args(["--limit", "40", "--quiet", "--images"])
+        .arg(calib_dir())
+        .arg("--out")
+        .arg(&hist)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let sensitivity = |sizes: &str| {
+        let out = dir.path().join(format!("s{}", sizes.replace(',', "_")));
+        let o = int8kit("sensitivity")
+            .arg("--model")
+            .arg(&model)
+            .arg("--hist")
+            .arg(&hist)
+            .arg("--recipe")
+            .arg(&recipe)
+            .args(["--sizes", sizes, "--limit", "40", "--quiet"])
+            .args(["--method", "mse", "--attention", "int8", "--float-type", "fp32", "--val"])
+            .arg(val_dir())
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        read_json(&out.join("sensitivity.json"))
+    };
+    let (both, small, large) = (sensitivity("28,56"), sensitivity("28"), sensitivity("56"));
+    let sqnr = |report: &serde_json::Value, node: &str, which: &str| -> f64 {
+        let n = report["nodes"].as_array().unwrap().iter().find(|n| n["node"] == node).unwrap();
+        n[which]["sqnr_db"].as_f64().unwrap_or(f64::INFINITY)
+    };
+    let nodes: Vec<String> =
+        both["nodes"].as_array().unwrap().iter().map(|n| n["node"].as_str().unwrap().to_string()).collect();
+    assert!(nodes.len() >= 3, "{nodes:?}");
+    let mut sizes_differ = false;
+    for node in &nodes {
+        for which in ["alone_int8", "alone_float"] {
+            let (a, b) = (sqnr(&small, node, which), sqnr(&large, node, which));
+            sizes_differ |= (a - b).abs() > 1e-6;
+            let worst = a.min(b);
+            let got = sqnr(&both, node, which);
+            assert!((got - worst).abs() <= 1e-9 * worst.abs().max(1.0), "{node} {which}: {got} vs worst of {a}, {b}");
+        }
+    }
+    assert!(sizes_differ, "the two sizes measured every node alike: the test shows nothing");
+    let cosine = |r: &serde_json::Value| r["int8"]["cosine_mean"].as_f64().unwrap();
+    assert_eq!(cosine(&both), cosine(&small).min(cosine(&large)));
+}
