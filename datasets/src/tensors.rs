@@ -24,15 +24,22 @@ pub fn read_npz(path: &Path) -> Result<Vec<NamedArray>, DatasetError> {
     read_npz_within(path, safe_io::limits::ARRAY)
 }
 
-/// [`read_npz`] with `cap` bytes allowed once decompressed.
-fn read_npz_within(path: &Path, cap: u64) -> Result<Vec<NamedArray>, DatasetError> {
+/// An `.npz` file opened as the zip archive it is, with at most [`MAX_MEMBERS`] members.
+fn open_npz(path: &Path) -> Result<zip::ZipArchive<std::io::BufReader<std::fs::File>>, DatasetError> {
     let bad = |message: String| DatasetError::Tensors { path: path.to_path_buf(), message };
     let file = safe_io::open(path, safe_io::limits::ARRAY, "an .npz sample")?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+    let zip = zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| bad(format!("not an .npz file (a zip archive of .npy arrays): {e}")))?;
     if zip.len() > MAX_MEMBERS {
         return Err(bad(format!("holds {} members; a sample holds one array per model input", zip.len())));
     }
+    Ok(zip)
+}
+
+/// [`read_npz`] with `cap` bytes allowed once decompressed.
+fn read_npz_within(path: &Path, cap: u64) -> Result<Vec<NamedArray>, DatasetError> {
+    let bad = |message: String| DatasetError::Tensors { path: path.to_path_buf(), message };
+    let mut zip = open_npz(path)?;
     let mut members = Vec::with_capacity(zip.len());
     let mut declared_total = 0u64;
     for index in 0..zip.len() {
@@ -87,6 +94,24 @@ fn read_member<R: Read + std::io::Seek>(
     let declared = entry.size();
     // Whatever the archive claims, no more than the declared size is ever decompressed.
     let mut reader = entry.take(declared);
+    let (header, element, descr, present) = read_header(&mut reader, declared)?;
+    let mut bytes = Vec::with_capacity(present as usize);
+    reader.read_to_end(&mut bytes).map_err(|e| format!("cannot decompress its data: {e}"))?;
+    if bytes.len() as u64 != present {
+        return Err(format!(
+            "truncated: shape {:?} of {descr} needs {present} bytes of data, {} could be read",
+            header.shape,
+            bytes.len()
+        ));
+    }
+    let data = element.decode(&bytes)?;
+    let data = if header.layout.is_fortran() { data.to_row_major(&header.shape) } else { data };
+    Ok((header.shape, data))
+}
+
+/// A member's `.npy` header, read from the start of its data (bounded) and checked against the `declared`
+/// bytes: the header, the element type, its numpy descriptor and the data bytes that follow.
+fn read_header(reader: &mut impl Read, declared: u64) -> Result<(Header, Element, String, u64), String> {
     let mut prefix = [0u8; 12];
     reader.read_exact(&mut prefix[..10]).map_err(|_| "truncated: no complete .npy header".to_string())?;
     if &prefix[..6] != b"\x93NUMPY" {
@@ -131,18 +156,52 @@ fn read_member<R: Read + std::io::Seek>(
         }
         None => return Err(format!("shape {:?} has more elements than memory can address", header.shape)),
     }
-    let mut bytes = Vec::with_capacity(present as usize);
-    reader.read_to_end(&mut bytes).map_err(|e| format!("cannot decompress its data: {e}"))?;
-    if bytes.len() as u64 != present {
-        return Err(format!(
-            "truncated: shape {:?} of {descr} needs {present} bytes of data, {} could be read",
-            header.shape,
-            bytes.len()
-        ));
+    Ok((header, element, descr, present))
+}
+
+/// The shape of every array of an `.npz` sample (sorted by name, leading batch axis included), from the
+/// arrays' headers alone: a few hundred bytes decompressed per array, none of the data.
+pub fn npz_shapes(path: &Path) -> Result<Vec<(String, Vec<usize>)>, DatasetError> {
+    let bad = |message: String| DatasetError::Tensors { path: path.to_path_buf(), message };
+    let mut zip = open_npz(path)?;
+    let mut shapes = Vec::with_capacity(zip.len());
+    for index in 0..zip.len() {
+        let entry = zip.by_index(index).map_err(|e| bad(format!("member {index}: {e}")))?;
+        let name = entry.name().strip_suffix(".npy").unwrap_or(entry.name()).to_string();
+        let declared = entry.size();
+        let (header, ..) =
+            read_header(&mut entry.take(declared), declared).map_err(|m| bad(format!("array '{name}': {m}")))?;
+        shapes.push((name, header.shape));
     }
-    let data = element.decode(&bytes)?;
-    let data = if header.layout.is_fortran() { data.to_row_major(&header.shape) } else { data };
-    Ok((header.shape, data))
+    shapes.sort();
+    Ok(shapes)
+}
+
+/// One sample shape of an `.npz` folder: each array's name and shape past the batch axis.
+pub type SampleShape = Vec<(String, Vec<usize>)>;
+
+/// The `.npz` samples of `dataset` grouped by [`SampleShape`], in the order each shape first appears, each
+/// group a dataset of its samples in list order (headers read only). One group when every sample has one shape.
+pub fn shape_groups(dataset: &crate::Dataset) -> Result<Vec<(SampleShape, crate::Dataset)>, DatasetError> {
+    let mut groups: Vec<(SampleShape, crate::Dataset)> = Vec::new();
+    for item in &dataset.items {
+        let shape: SampleShape = npz_shapes(&item.path)?
+            .into_iter()
+            .map(|(name, shape)| (name, shape.get(1..).unwrap_or_default().to_vec()))
+            .collect();
+        match groups.iter_mut().find(|(s, _)| *s == shape) {
+            Some((_, group)) => group.items.push(item.clone()),
+            None => groups.push((
+                shape,
+                crate::Dataset {
+                    root: dataset.root.clone(),
+                    items: vec![item.clone()],
+                    classes: dataset.classes.clone(),
+                },
+            )),
+        }
+    }
+    Ok(groups)
 }
 
 /// A numpy element type as stored: which array it becomes, its size, its byte order.

@@ -229,6 +229,8 @@ pub fn merge(parts: &[(PathBuf, ValidatePart)]) -> Result<Report, EvaluateError>
         fp16,
         criteria,
         shards,
+        // Each shard's per-shape rows are of its own samples: a merged report has the pooled rows only.
+        shapes: Vec::new(),
         ..first.report.clone()
     })
 }

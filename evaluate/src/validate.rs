@@ -379,6 +379,8 @@ struct Rows {
     evaluation: reports::Evaluation,
     /// With a recipe of several sizes: each size's rows (`comparison` and `fp16` are then over all of them).
     sizes: Vec<reports::SizeRow>,
+    /// With `.npz` samples of several shapes: each shape's rows.
+    shapes: Vec<reports::ShapeRow>,
 }
 
 /// Runs FP32, INT8 and FP16 over the evaluation images (one set of sessions per device) and compares.
@@ -445,26 +447,37 @@ fn compare_rows(
         fp16: sets[0][2].evaluation(),
     };
     // A recipe of several sizes: every image at each size in turn, each size's rows, and the rows of all.
-    let feeds = match feed {
-        Feed::Images(recipe) if recipe.is_multi_size() => recipe.each_size().into_iter().map(Feed::Images).collect(),
-        _ => vec![feed.clone()],
+    // `.npz` samples of several shapes: each shape's samples apart, each shape's rows, and the rows of all.
+    let shape_groups = match feed {
+        Feed::Tensors => datasets::tensors::shape_groups(val)?,
+        Feed::Images(_) => Vec::new(),
+    };
+    let groups: Vec<(Feed, Dataset)> = match feed {
+        Feed::Images(recipe) if recipe.is_multi_size() => {
+            recipe.each_size().into_iter().map(|one| (Feed::Images(one), val.clone())).collect()
+        }
+        Feed::Tensors if shape_groups.len() > 1 => {
+            shape_groups.iter().map(|(_, samples)| (Feed::Tensors, samples.clone())).collect()
+        }
+        _ => vec![(feed.clone(), val.clone())],
     };
     let all_sizes = feed.recipe().filter(|r| r.is_multi_size());
     let smallest_batch = crate::compare::default_eval_batch(feed);
-    let total = feeds.len() as u64 * val.len() as u64;
-    let mut size_parts = Vec::with_capacity(feeds.len());
+    let total: u64 = groups.iter().map(|(_, d)| d.len() as u64).sum();
+    let mut size_parts = Vec::with_capacity(groups.len());
     let mut seconds_before: Vec<f64> = Vec::new();
-    for (k, feed) in feeds.iter().enumerate() {
-        let done_before = k as u64 * val.len() as u64;
+    let mut done_before = 0u64;
+    for (feed, samples) in &groups {
         // A batch of a larger size holds no more pixels than one of the smallest.
         let batch = match (&all_sizes, feed.recipe()) {
             (Some(all), Some(one)) => Some(all.batch_at(config.eval_batch.unwrap_or(smallest_batch), one.size)),
             _ => config.eval_batch,
         };
-        let mut parts = compare_each_spread(&mut sets, val, feed, &config.classifier, batch, &mut |d, _| {
+        let mut parts = compare_each_spread(&mut sets, samples, feed, &config.classifier, batch, &mut |d, _| {
             progress(Phase::Compare, done_before + d, total)
         })?;
-        // The sessions count their seconds over every size: each size keeps its own.
+        done_before += samples.len() as u64;
+        // The sessions count their seconds over every group: each group keeps its own.
         let cumulative: Vec<f64> =
             std::iter::once(parts.reference_seconds).chain(parts.candidates.iter().map(|c| c.seconds)).collect();
         if !seconds_before.is_empty() {
@@ -486,13 +499,22 @@ fn compare_rows(
             });
             Ok((compared.remove(0), fp16_row))
         };
-    let mut sizes = Vec::new();
-    if feeds.len() > 1 {
-        for (feed, parts) in feeds.iter().zip(&size_parts) {
+    let (mut sizes, mut shapes) = (Vec::new(), Vec::new());
+    if all_sizes.is_some() {
+        for ((feed, _), parts) in groups.iter().zip(&size_parts) {
             let (comparison, fp16) = rows_of(parts)?;
             let size = feed.recipe().map_or([0, 0], |r| r.size);
             let calibrated = quantizer.hist().recipe.as_ref().is_some_and(|h| h.all_sizes().contains(&size));
             sizes.push(reports::SizeRow { size, comparison, fp16, calibrated });
+        }
+    } else if shape_groups.len() > 1 {
+        for ((shape, _), parts) in shape_groups.iter().zip(&size_parts) {
+            let (comparison, fp16) = rows_of(parts)?;
+            let shape = shape
+                .iter()
+                .map(|(name, dims)| reports::ArrayShape { name: name.clone(), dims: dims.clone() })
+                .collect();
+            shapes.push(reports::ShapeRow { shape, comparison, fp16 });
         }
     }
     let parts = crate::compare::ComparisonParts::join(&size_parts.iter().collect::<Vec<_>>()).ok_or_else(|| {
@@ -500,7 +522,7 @@ fn compare_rows(
     })?;
     let (comparison, fp16_row) = rows_of(&parts)?;
 
-    Ok(Rows { parts, comparison, fp16: fp16_row, evaluation, sizes })
+    Ok(Rows { parts, comparison, fp16: fp16_row, evaluation, sizes, shapes })
 }
 
 /// The report of the rows against the gates (and the gates, which a shard's part keeps).
@@ -606,6 +628,7 @@ fn assemble_report(
         tensors,
         sensitivity,
         sizes: rows.sizes.clone(),
+        shapes: rows.shapes.clone(),
         shards: Vec::new(),
     };
     Ok((report, gates))

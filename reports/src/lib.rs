@@ -145,6 +145,33 @@ pub struct SizeRow {
     pub calibrated: bool,
 }
 
+/// FP32, INT8 and FP16 on the `.npz` samples of one shape, in a folder of samples of several shapes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShapeRow {
+    /// Each array's name and shape past the batch axis.
+    pub shape: Vec<ArrayShape>,
+    /// FP32 against INT8 on these samples.
+    pub comparison: Comparison,
+    /// FP32 against FP16 without Q/DQ on these samples.
+    pub fp16: Option<FloatRow>,
+}
+
+/// One array of a sample: its name and its shape past the batch axis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArrayShape {
+    /// The model input it feeds.
+    pub name: String,
+    /// Dimensions past the batch axis.
+    pub dims: Vec<usize>,
+}
+
+impl ShapeRow {
+    /// The shape in words: `input_ids [12], attention_mask [12]`.
+    pub fn label(&self) -> String {
+        self.shape.iter().map(|a| format!("{} {:?}", a.name, a.dims)).collect::<Vec<_>>().join(", ")
+    }
+}
+
 /// A tensor's range, with a coarse histogram for plotting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TensorPlot {
@@ -283,6 +310,10 @@ pub struct Report {
     /// are then over every size's images together, and `criteria` hold at each size). Absent for one size.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sizes: Vec<SizeRow>,
+    /// With `.npz` samples of several shapes: each shape's rows, in the order the shapes first appear in the
+    /// folder (`comparison` and `fp16` are over every sample). Absent when every sample has one shape.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shapes: Vec<ShapeRow>,
     /// A report merged from shards (`validate --shard`, `int8kit merge`): each shard's speeds, which the
     /// comparison's images/s (all images over all shards' seconds) sums up. Absent for one process.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

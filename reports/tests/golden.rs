@@ -88,6 +88,7 @@ fn sample() -> Report {
             int8: true,
         }],
         sizes: Vec::new(),
+        shapes: Vec::new(),
         shards: Vec::new(),
     }
 }

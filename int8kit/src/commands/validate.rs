@@ -232,17 +232,13 @@ pub fn print_outcome(report: &Report, out: &std::path::Path) {
         );
     }
     for row in &report.sizes {
-        let (c, [h, w]) = (&row.comparison, row.size);
-        println!(
-            "  at {h}x{w}{}: FP32 Top-1 {}, INT8 Top-1 {}; agreement {:.2} %, cosine {:.5}, SQNR {:.1} dB{}",
-            if row.calibrated { "" } else { " (a size the statistics never saw)" },
-            percent(c.fp32.top1),
-            percent(c.int8.top1),
-            100.0 * c.agreement,
-            c.cosine_mean,
-            c.sqnr_db,
-            row.fp16.as_ref().map_or(String::new(), |f| format!("; FP16 cosine {:.5}", f.cosine_mean))
-        );
+        let [h, w] = row.size;
+        let never = if row.calibrated { "" } else { " (a size the statistics never saw)" };
+        println!("  at {h}x{w}{never}: {}", group_line(&row.comparison, row.fp16.as_ref()));
+    }
+    for row in &report.shapes {
+        let samples = row.comparison.images;
+        println!("  shape {} ({samples} samples): {}", row.label(), group_line(&row.comparison, row.fp16.as_ref()));
     }
     if let Some([h, w]) = report.worst_size() {
         println!("  worst size: {h}x{w} (the rows above are over every size's images together)");
@@ -255,6 +251,19 @@ pub fn print_outcome(report: &Report, out: &std::path::Path) {
         let failed: Vec<String> = report.criteria.iter().filter(|c| !c.passed).map(|c| c.case_name()).collect();
         eprintln!("gate failed: {}", failed.join(", "));
     }
+}
+
+/// One size's or one sample shape's rows, in the summary's words.
+fn group_line(c: &reports::Comparison, fp16: Option<&reports::FloatRow>) -> String {
+    format!(
+        "FP32 Top-1 {}, INT8 Top-1 {}; agreement {:.2} %, cosine {:.5}, SQNR {:.1} dB{}",
+        percent(c.fp32.top1),
+        percent(c.int8.top1),
+        100.0 * c.agreement,
+        c.cosine_mean,
+        c.sqnr_db,
+        fp16.map_or(String::new(), |f| format!("; FP16 cosine {:.5}", f.cosine_mean))
+    )
 }
 
 /// Runs `int8kit validate`: exit 0 when every criterion holds, 1 when one fails.

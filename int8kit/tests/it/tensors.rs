@@ -71,6 +71,7 @@ fn npz_samples_calibrate_quantize_and_gate_a_text_tower() {
     assert_eq!(c["images"], 48);
     assert!(c["fp32"]["top1"].is_null(), "{c}");
     assert!(report["recipe"].is_null(), "{}", report["recipe"]);
+    assert!(report.get("shapes").is_none(), "samples of one shape need no per-shape rows");
     let cosine = c["cosine_mean"].as_f64().unwrap();
     assert!(cosine > 0.99 && cosine < 1.0, "{c}");
     let o = validate("fail", &["--min-cosine", "0.9999999"]);
@@ -163,6 +164,20 @@ fn samples_of_several_sequence_lengths_calibrate_and_gate_together() {
     let report = read_json(&out.join("report.json"));
     assert_eq!(report["comparison"]["images"], 48, "every sample, whatever its length");
     assert!(report["comparison"]["cosine_mean"].as_f64().unwrap() >= 0.99);
+    // Each length's rows: the three shapes, their samples adding up to all, every array with its length.
+    let shapes = report["shapes"].as_array().expect("per-shape rows");
+    let mut lengths: Vec<u64> = Vec::new();
+    let mut images = 0;
+    for row in shapes {
+        let arrays = row["shape"].as_array().unwrap();
+        assert!(arrays.len() >= 2 && arrays.iter().all(|a| a["dims"] == arrays[0]["dims"]), "{row}");
+        lengths.push(arrays[0]["dims"][0].as_u64().unwrap());
+        images += row["comparison"]["images"].as_u64().unwrap();
+        assert!(row["comparison"]["cosine_mean"].as_f64().unwrap() > 0.0 && row["fp16"]["sqnr_db"].is_number());
+    }
+    lengths.sort();
+    assert_eq!((lengths, images), (vec![8, 12, 20], 48));
+    assert!(text(&o).contains("shape attention_mask [8], input_ids [8] ("), "{}", text(&o));
     // The fixed-length model refuses the other lengths, naming the input.
     let fixed = write_model(dir.path());
     let o = on_samples("calibrate", &fixed, &calib, &dir.path().join("x.hist"), &[]);
