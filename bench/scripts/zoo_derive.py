@@ -2,12 +2,15 @@
 and weights as the pinned file, stored the ways deployed models often are, so that the zoo covers them with
 real weights.
 
-usage: python zoo_derive.py IN.onnx OUT.onnx [--fp16-weights] [--uint8-input MEAN,MEAN,MEAN]
+usage: python zoo_derive.py IN.onnx OUT.onnx [--fp16-weights] [--uint8-input MEAN,MEAN,MEAN] [--dynamic-size]
 
 --fp16-weights: every float32 initializer stored as float16, read through a Cast to float32 (what FP16
     "storage" exporters write: the arithmetic stays float32).
 --uint8-input: the graph input becomes the uint8 pixel levels; a Cast to float32 and a Sub of the per-channel
     MEAN (last axis, NHWC) feed what the model read before, as TF exports with in-graph preprocessing do.
+--dynamic-size: the first input's height and width (NCHW axes 2 and 3) become symbolic, for a graph that
+    computes every shape from its input (Shape ops, position embeddings resized in the graph) but was exported
+    with the size it was traced at declared fixed; the inferred value_info of that size is dropped.
 """
 import argparse
 
@@ -54,18 +57,34 @@ def uint8_input(model, mean):
     g.node.extend(pre + nodes)
 
 
+def dynamic_size(model):
+    g = model.graph
+    dims = g.input[0].type.tensor_type.shape.dim
+    for axis, name in ((2, "height"), (3, "width")):
+        dims[axis].ClearField("dim_value")
+        dims[axis].dim_param = name
+    for output in g.output:
+        for d in output.type.tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value > 1:
+                d.ClearField("dim_value")
+    del g.value_info[:]
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("input")
     p.add_argument("output")
     p.add_argument("--fp16-weights", action="store_true")
     p.add_argument("--uint8-input")
+    p.add_argument("--dynamic-size", action="store_true")
     a = p.parse_args()
     model = onnx.load(a.input)
     if a.fp16_weights:
         fp16_weights(model)
     if a.uint8_input:
         uint8_input(model, [float(v) for v in a.uint8_input.split(",")])
+    if a.dynamic_size:
+        dynamic_size(model)
     onnx.checker.check_model(model)
     onnx.save(model, a.output)
 

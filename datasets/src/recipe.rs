@@ -388,14 +388,17 @@ impl Recipe {
     }
 
     /// Images per batch at `size` when `batch_size` counts images at the recipe's smallest size: a larger size
-    /// takes proportionally fewer (at least one), so one batch holds no more pixels, and ONNX Runtime no more
-    /// memory, than a batch of the smallest size (a 960x960 batch of 16 is 9x a 320x320 one). Results do
-    /// not depend on the batch size, so this changes only memory and speed.
+    /// takes proportionally fewer, so one batch holds no more pixels, and ONNX Runtime no more memory, than a
+    /// batch of the smallest size (a 960x960 batch of 16 is 9x a 320x320 one). Never fewer than two unless
+    /// `batch_size` is one: ONNX Runtime's CPU kernels for a batch of one (GEMV instead of GEMM, another
+    /// reduction path) round the last bits otherwise, and batches of two or more give the same statistics
+    /// whatever their size (tested), so this changes only memory and speed.
     pub fn batch_at(&self, batch_size: usize, size: [u32; 2]) -> usize {
         let pixels = |s: [u32; 2]| s[0] as u64 * s[1] as u64;
         let smallest = self.all_sizes().into_iter().map(pixels).min().unwrap_or(1);
         let scaled = batch_size as u64 * smallest / pixels(size).max(1);
-        (scaled as usize).clamp(1, batch_size.max(1))
+        let batch_size = batch_size.max(1);
+        (scaled as usize).clamp(batch_size.min(2), batch_size)
     }
 
     /// The one-size recipe of each listed size, in order (the recipe itself when it has one size).
@@ -469,11 +472,12 @@ mod tests {
         // Counted at the smallest size (320x320), whatever the order.
         assert_eq!(r.batch_at(16, [320, 320]), 16);
         assert_eq!(r.batch_at(16, [640, 640]), 4);
-        assert_eq!(r.batch_at(16, [960, 960]), 1);
+        assert_eq!(r.batch_at(64, [960, 960]), 7);
         assert_eq!(r.batch_at(16, [320, 400]), 12);
-        assert_eq!(r.batch_at(2, [960, 960]), 1, "never below one image");
+        assert_eq!(r.batch_at(16, [960, 960]), 2, "never below two images");
+        assert_eq!(r.batch_at(1, [960, 960]), 1, "unless one was asked for");
         for size in r.all_sizes() {
-            assert!(r.batch_at(16, size) as u64 * size[0] as u64 * size[1] as u64 <= 16 * 320 * 320);
+            assert!(r.batch_at(64, size) as u64 * size[0] as u64 * size[1] as u64 <= 64 * 320 * 320);
         }
         // One size: the batch size as given.
         assert_eq!(r.at([960, 960]).batch_at(16, [960, 960]), 16);

@@ -180,14 +180,14 @@ pub trait BatchModel: Send {
 pub const EVAL_BATCH: usize = 64;
 
 /// The images per evaluation batch unless told: [`EVAL_BATCH`] images of up to 224x224 (most vision models'
-/// size), proportionally fewer of larger ones (at least one), so that a default batch of 960x960 detector
+/// size), proportionally fewer of larger ones (at least two: see [`datasets::Recipe::batch_at`]), so that a default batch of 960x960 detector
 /// inputs holds no more pixels than 64 ViT inputs; `.npz` samples, whose size a recipe does not say, take
 /// [`EVAL_BATCH`]. With several sizes this counts at the smallest ([`datasets::Recipe::batch_at`] scales the rest).
 pub fn default_eval_batch(feed: &Feed) -> usize {
     const PIXELS: u64 = EVAL_BATCH as u64 * 224 * 224;
     let Some(recipe) = feed.recipe() else { return EVAL_BATCH };
     let smallest = recipe.all_sizes().into_iter().map(|s| s[0] as u64 * s[1] as u64).min().unwrap_or(1);
-    ((PIXELS / smallest.max(1)) as usize).clamp(1, EVAL_BATCH)
+    ((PIXELS / smallest.max(1)) as usize).clamp(2, EVAL_BATCH)
 }
 
 /// How `models` take `dataset` in batches: the default evaluation batch ([`default_eval_batch`]), or the

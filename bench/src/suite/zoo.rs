@@ -52,6 +52,9 @@ struct ZooModel {
     /// Side of the square crops for `--sizes` (the largest size's scale).
     #[serde(default)]
     sizes_crop: Option<u32>,
+    /// Measured by `--sizes` only (a dynamic-size variant of a model the zoo already measures).
+    #[serde(default)]
+    sizes_only: bool,
 }
 
 /// How a zoo model is derived from its package's file: FP16 storage behind Casts and/or a uint8 NHWC input
@@ -62,6 +65,9 @@ struct Derive {
     fp16_weights: bool,
     #[serde(default)]
     uint8_input_mean: Option<Vec<f32>>,
+    /// The input's height and width declared dynamic (a graph that computes its shapes from its input).
+    #[serde(default)]
+    dynamic_size: bool,
     sha256: String,
 }
 
@@ -134,7 +140,7 @@ fn prepare(args: &ZooArgs) -> anyhow::Result<Vec<Prepared>> {
         .model
         .into_iter()
         .filter(|z| (args.models.is_empty() || args.models.contains(&z.name)) && (!args.ci || z.ci))
-        .filter(|z| !args.sizes || !z.sizes.is_empty())
+        .filter(|z| if args.sizes { !z.sizes.is_empty() } else { !z.sizes_only })
         .collect();
     let home = zoo_home();
     let photo_dir = home.join("photos");
@@ -189,6 +195,9 @@ fn derived(source: &Path, name: &str, d: &Derive) -> anyhow::Result<PathBuf> {
         }
         if let Some(mean) = &d.uint8_input_mean {
             cmd.arg("--uint8-input").arg(mean.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(","));
+        }
+        if d.dynamic_size {
+            cmd.arg("--dynamic-size");
         }
         run_ok(&mut cmd, &format!("deriving zoo model {name}"))?;
     }
