@@ -674,10 +674,7 @@ fn size_plan(
         }
         return Ok(vec![(feed.clone(), dataset.clone(), options.batch_size)]);
     };
-    let feeds = recipe.each_size().into_iter().map(|one| {
-        let batch = recipe.batch_at(options.batch_size, one.size);
-        (Feed::Images(one), batch)
-    });
+    let feeds = recipe.each_size_batched(options.batch_size).into_iter().map(|(one, batch)| (Feed::Images(one), batch));
     Ok(if options.deal_sizes {
         let mine: std::collections::HashSet<&std::path::Path> =
             dataset.items.iter().map(|i| i.path.as_path()).collect();

@@ -116,13 +116,9 @@ impl BatchStream {
             // more pixels than a batch of the smallest size.
             let feeds: Vec<(Feed, usize)> = match &feed {
                 Feed::Images(recipe) => recipe
-                    .each_size()
+                    .each_size_batched(batch_size)
                     .into_iter()
-                    .map(|one| {
-                        let batch =
-                            if options.fixed_batch { batch_size } else { recipe.batch_at(batch_size, one.size) };
-                        (Feed::Images(one), batch)
-                    })
+                    .map(|(one, batch)| (Feed::Images(one), if options.fixed_batch { batch_size } else { batch }))
                     .collect(),
                 Feed::Tensors => vec![(Feed::Tensors, batch_size)],
             };

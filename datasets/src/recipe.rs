@@ -394,11 +394,19 @@ impl Recipe {
     /// reduction path) round the last bits otherwise, and batches of two or more give the same statistics
     /// whatever their size (tested), so this changes only memory and speed.
     pub fn batch_at(&self, batch_size: usize, size: [u32; 2]) -> usize {
-        let pixels = |s: [u32; 2]| s[0] as u64 * s[1] as u64;
-        let smallest = self.all_sizes().into_iter().map(pixels).min().unwrap_or(1);
-        let scaled = batch_size as u64 * smallest / pixels(size).max(1);
+        let scaled = batch_size as u64 * self.smallest_pixels() / pixels(size).max(1);
         let batch_size = batch_size.max(1);
         (scaled as usize).clamp(batch_size.min(2), batch_size)
+    }
+
+    /// Pixels of an image at the recipe's smallest size.
+    pub fn smallest_pixels(&self) -> u64 {
+        self.all_sizes().into_iter().map(pixels).min().unwrap_or(1)
+    }
+
+    /// [`Recipe::each_size`], each with its images per batch ([`Recipe::batch_at`]).
+    pub fn each_size_batched(&self, batch_size: usize) -> Vec<(Recipe, usize)> {
+        self.each_size().into_iter().map(|one| (one.clone(), self.batch_at(batch_size, one.size))).collect()
     }
 
     /// The one-size recipe of each listed size, in order (the recipe itself when it has one size).
@@ -431,6 +439,11 @@ impl Recipe {
     pub fn image_len(&self) -> usize {
         self.size[0] as usize * self.size[1] as usize * self.channels.count()
     }
+}
+
+/// Pixels of an image of `size`.
+fn pixels(size: [u32; 2]) -> u64 {
+    size[0] as u64 * size[1] as u64
 }
 
 #[cfg(test)]

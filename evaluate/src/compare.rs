@@ -186,8 +186,7 @@ pub const EVAL_BATCH: usize = 64;
 pub fn default_eval_batch(feed: &Feed) -> usize {
     const PIXELS: u64 = EVAL_BATCH as u64 * 224 * 224;
     let Some(recipe) = feed.recipe() else { return EVAL_BATCH };
-    let smallest = recipe.all_sizes().into_iter().map(|s| s[0] as u64 * s[1] as u64).min().unwrap_or(1);
-    ((PIXELS / smallest.max(1)) as usize).clamp(2, EVAL_BATCH)
+    ((PIXELS / recipe.smallest_pixels().max(1)) as usize).clamp(2, EVAL_BATCH)
 }
 
 /// How `models` take `dataset` in batches: the default evaluation batch ([`default_eval_batch`]), or the

@@ -229,6 +229,8 @@ struct Evaluator<'a> {
     /// The inputs' scheme with its `auto` choices made (measured on the evaluation images).
     scheme: Scheme,
     probe: Probe,
+    /// The probe's batches grouped by sample shape (one group unless sizes or `.npz` shapes differ).
+    shape_groups: Vec<Vec<usize>>,
     classifier: &'a Classifier,
     devices: &'a [runtime::Device],
 }
@@ -282,7 +284,16 @@ impl<'a> Evaluator<'a> {
         }
         let classifier = &inputs.classifier;
         // The probe refused a float model whose outputs are not finite.
-        let mut ev = Evaluator { quantizer, scheme: inputs.scheme.clone(), probe, classifier, devices };
+        let mut groups: Vec<(Vec<Vec<usize>>, Vec<usize>)> = Vec::new();
+        for (i, batch) in probe.batches().iter().enumerate() {
+            let shape = batch.sample_shape();
+            match groups.iter_mut().find(|(s, _)| *s == shape) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((shape, vec![i])),
+            }
+        }
+        let shape_groups = groups.into_iter().map(|(_, members)| members).collect();
+        let mut ev = Evaluator { quantizer, scheme: inputs.scheme.clone(), probe, shape_groups, classifier, devices };
         // The `auto` choices, made on the images every node is measured on: a ranking under another method
         // or float type than the artifacts get would rank the wrong model.
         if inputs.scheme.auto.any() {
@@ -328,16 +339,11 @@ impl<'a> Evaluator<'a> {
     /// samples of several shapes) each measure is the worst over the shapes, so a node's effect is what it
     /// does at the size it hurts most and a budget holds only where it holds at every size.
     fn effect(&self, variant: &[Vec<f32>]) -> Result<Effect, EvaluateError> {
-        let mut groups: Vec<(Vec<Vec<usize>>, Vec<usize>)> = Vec::new();
-        for (i, batch) in self.probe.batches().iter().enumerate() {
-            let shape = batch.sample_shape();
-            match groups.iter_mut().find(|(s, _)| *s == shape) {
-                Some((_, members)) => members.push(i),
-                None => groups.push((shape, vec![i])),
-            }
-        }
-        let effects =
-            groups.iter().map(|(_, members)| self.effect_over(variant, members)).collect::<Result<Vec<_>, _>>()?;
+        let effects = self
+            .shape_groups
+            .iter()
+            .map(|members| self.effect_over(variant, members))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(worst_effect(effects))
     }
 

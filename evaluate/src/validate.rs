@@ -452,28 +452,28 @@ fn compare_rows(
         Feed::Tensors => datasets::tensors::shape_groups(val)?,
         Feed::Images(_) => Vec::new(),
     };
-    let groups: Vec<(Feed, Dataset)> = match feed {
-        Feed::Images(recipe) if recipe.is_multi_size() => {
-            recipe.each_size().into_iter().map(|one| (Feed::Images(one), val.clone())).collect()
+    let several_sizes = feed.recipe().is_some_and(|r| r.is_multi_size());
+    // Each group with its batch: a batch of a larger size holds no more pixels than one of the smallest.
+    let groups: Vec<(Feed, Dataset, Option<usize>)> = match feed {
+        Feed::Images(recipe) if several_sizes => {
+            let batch = config.eval_batch.unwrap_or_else(|| crate::compare::default_eval_batch(feed));
+            recipe
+                .each_size_batched(batch)
+                .into_iter()
+                .map(|(one, batch)| (Feed::Images(one), val.clone(), Some(batch)))
+                .collect()
         }
         Feed::Tensors if shape_groups.len() > 1 => {
-            shape_groups.iter().map(|(_, samples)| (Feed::Tensors, samples.clone())).collect()
+            shape_groups.iter().map(|(_, samples)| (Feed::Tensors, samples.clone(), config.eval_batch)).collect()
         }
-        _ => vec![(feed.clone(), val.clone())],
+        _ => vec![(feed.clone(), val.clone(), config.eval_batch)],
     };
-    let all_sizes = feed.recipe().filter(|r| r.is_multi_size());
-    let smallest_batch = crate::compare::default_eval_batch(feed);
-    let total: u64 = groups.iter().map(|(_, d)| d.len() as u64).sum();
+    let total: u64 = groups.iter().map(|(_, d, _)| d.len() as u64).sum();
     let mut size_parts = Vec::with_capacity(groups.len());
     let mut seconds_before: Vec<f64> = Vec::new();
     let mut done_before = 0u64;
-    for (feed, samples) in &groups {
-        // A batch of a larger size holds no more pixels than one of the smallest.
-        let batch = match (&all_sizes, feed.recipe()) {
-            (Some(all), Some(one)) => Some(all.batch_at(config.eval_batch.unwrap_or(smallest_batch), one.size)),
-            _ => config.eval_batch,
-        };
-        let mut parts = compare_each_spread(&mut sets, samples, feed, &config.classifier, batch, &mut |d, _| {
+    for (feed, samples, batch) in &groups {
+        let mut parts = compare_each_spread(&mut sets, samples, feed, &config.classifier, *batch, &mut |d, _| {
             progress(Phase::Compare, done_before + d, total)
         })?;
         done_before += samples.len() as u64;
@@ -500,8 +500,8 @@ fn compare_rows(
             Ok((compared.remove(0), fp16_row))
         };
     let (mut sizes, mut shapes) = (Vec::new(), Vec::new());
-    if all_sizes.is_some() {
-        for ((feed, _), parts) in groups.iter().zip(&size_parts) {
+    if several_sizes {
+        for ((feed, ..), parts) in groups.iter().zip(&size_parts) {
             let (comparison, fp16) = rows_of(parts)?;
             let size = feed.recipe().map_or([0, 0], |r| r.size);
             let calibrated = quantizer.hist().recipe.as_ref().is_some_and(|h| h.all_sizes().contains(&size));

@@ -16,6 +16,22 @@ fn recipe_file(dir: &Path) -> std::path::PathBuf {
     path
 }
 
+/// `int8kit calibrate` of `model` on the fixtures' calibration images through `recipe`, quietly, to `out`.
+fn calibrate(model: &Path, recipe: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    int8kit("calibrate")
+        .arg("--model")
+        .arg(model)
+        .arg("--recipe")
+        .arg(recipe)
+        .args(["--quiet", "--images"])
+        .arg(calib_dir())
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 fn validate(model: &Path, recipe: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     int8kit("validate")
         .arg("--model")
@@ -150,17 +166,7 @@ fn statistics_of_one_size_gate_at_several_and_the_report_marks_the_sizes_they_ne
     let model = dynamic_models::dynamic_vit(dir.path());
     let recipe = recipe_file(dir.path());
     let hist = dir.path().join("28.hist");
-    let o = int8kit("calibrate")
-        .arg("--model")
-        .arg(&model)
-        .arg("--recipe")
-        .arg(&recipe)
-        .args(["--sizes", "28", "--limit", "40", "--quiet", "--images"])
-        .arg(calib_dir())
-        .arg("--out")
-        .arg(&hist)
-        .output()
-        .unwrap();
+    let o = calibrate(&model, &recipe, &hist, &["--sizes", "28", "--limit", "40"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(read_json(&hist)["images"].get("sizes").is_none(), "one size records no sizes");
     let out = dir.path().join("v");
@@ -198,25 +204,12 @@ fn a_model_pinned_to_one_size_by_a_constant_reshape_is_named_by_lint_and_refused
     assert!(findings.iter().all(|f| f["rule"] != "size-pinned"), "{findings:?}");
     // Several sizes: refused before any work, naming the Reshape; one size runs.
     let recipe = recipe_file(dir.path());
-    let calibrate = |sizes: &str, out: &Path| {
-        int8kit("calibrate")
-            .arg("--model")
-            .arg(&pinned)
-            .arg("--recipe")
-            .arg(&recipe)
-            .args(["--sizes", sizes, "--limit", "20", "--quiet", "--images"])
-            .arg(calib_dir())
-            .arg("--out")
-            .arg(out)
-            .output()
-            .unwrap()
-    };
     let out = dir.path().join("both.hist");
-    let o = calibrate("28,56", &out);
+    let o = calibrate(&pinned, &recipe, &out, &["--sizes", "28,56", "--limit", "20"]);
     refused(&o, "reshapes to the constant shape [0, 16, 49]");
     assert!(text(&o).contains("Reshape"), "{}", text(&o));
     assert!(!out.exists());
-    let o = calibrate("28", &dir.path().join("one.hist"));
+    let o = calibrate(&pinned, &recipe, &dir.path().join("one.hist"), &["--sizes", "28", "--limit", "20"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
 
@@ -226,17 +219,7 @@ fn sensitivity_over_several_sizes_takes_each_nodes_worst_size() {
     let model = dynamic_models::dynamic_vit(dir.path());
     let recipe = recipe_file(dir.path());
     let hist = dir.path().join("both.hist");
-    let o = int8kit("calibrate")
-        .arg("--model")
-        .arg(&model)
-        .arg("--recipe")
-        .arg(&recipe)
-        .args(["--limit", "40", "--quiet", "--images"])
-        .arg(calib_dir())
-        .arg("--out")
-        .arg(&hist)
-        .output()
-        .unwrap();
+    let o = calibrate(&model, &recipe, &hist, &["--limit", "40"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let sensitivity = |sizes: &str| {
         let out = dir.path().join(format!("s{}", sizes.replace(',', "_")));
