@@ -158,8 +158,11 @@ pub struct CalibrationSource {
 /// `validate`, `sensitivity`, `autoprecision`), defined here once.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// Samples per ONNX Runtime call (default 16 in calibration, 64 in validate's evaluation, 100 in
-    /// sensitivity's). Does not change the statistics; memory grows with it.
+    /// Samples per ONNX Runtime call (default 16 in calibration, 64 in validate's evaluation of images up to
+    /// 224x224 and proportionally fewer of larger ones, 100 in sensitivity's). With several sizes it counts
+    /// images at the smallest; larger sizes take proportionally fewer (at least two). Does not change the
+    /// statistics for batches of two or more (ONNX Runtime's kernels for one image may round otherwise);
+    /// memory grows with it.
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
     /// Use a seeded random subset of N samples: of the calibration images (calibrate, quantize, validate), or
