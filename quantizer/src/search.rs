@@ -7,9 +7,9 @@
 //!
 //! The axes are searched together, not one at a time (on the ViT-S/14, MSE scales and float attention each
 //! gain little alone and 10.8 dB together), coarse to fine: every scale method with every attention
-//! precision on a quarter of the samples (at least 32; a smaller probe skips this stage) in FP32 float parts
-//! (the cheapest session), then the best few of
-//! those in every float type on all of them. Candidates that build the same model are measured once.
+//! precision in FP32 float parts (the cheapest session) on a quarter of the samples (at least 32; a smaller
+//! probe ranks on all of them), then the best two of those in every float type on all of them. Candidates
+//! that build the same model are measured once.
 
 use std::collections::HashMap;
 
@@ -40,7 +40,7 @@ const LOW_FIDELITY_DB: f64 = 3.0;
 /// The fewest samples the coarse stage ranks candidates on.
 const MIN_COARSE_SAMPLES: usize = 32;
 
-/// Coarse-stage candidates that go on to the fine stage.
+/// Ranked candidates (method and attention precision) measured in every float type.
 const FINE_CANDIDATES: usize = 2;
 
 /// Which of a scheme's choices are made by measurement rather than fixed (an explicit flag fixes its own).
@@ -301,8 +301,11 @@ pub fn search(
     let pairs: Vec<(Method, Option<AttentionPrecision>)> =
         methods.iter().flat_map(|&m| attentions.iter().map(move |&a| (m, a))).collect();
     let coarse = pairs.len() > FINE_CANDIDATES && coarse_batches < all;
-    let finalists = if coarse { FINE_CANDIDATES } else { pairs.len() };
-    let total = if coarse { pairs.len() } else { 0 } + finalists * floats.len();
+    let finalists = pairs.len().min(FINE_CANDIDATES);
+    // Without a coarse stage the ranking runs on every sample and its trials are already fine ones: only the
+    // finalists' other float types remain.
+    let ranking_batches = if coarse { coarse_batches } else { all };
+    let total = pairs.len() + finalists * (floats.len() - (!coarse) as usize);
     let mut s = Searcher {
         quantizer,
         base: scheme,
@@ -319,24 +322,29 @@ pub fn search(
         progress(*done, total as u64)
     };
 
-    // Coarse: every method with every attention precision, in the cheapest float type (FP32 runs optimized).
+    // Ranking: every method with every attention precision in the cheapest float type (the float type moves
+    // every candidate's fidelity alike, a fraction of what the method and attention precision move, so it is
+    // measured for the finalists only).
     let cheap = *floats.last().unwrap_or(&scheme.placement.float_type);
-    let mut ranked = pairs.clone();
-    if coarse {
-        let mut measured = Vec::new();
-        for &(method, attention) in &pairs {
-            let t = s.trial(Candidate { method, attention, float_type: cheap }, coarse_batches, "coarse")?;
-            measured.push(((method, attention), s.sqnr(t)));
-            tick(&mut done);
-        }
-        // Stable: equal scores keep the candidates' order.
-        measured.sort_by(|a, b| b.1.total_cmp(&a.1));
-        ranked = measured.into_iter().map(|(p, _)| p).collect();
-    }
-    // Fine: the finalists in every float type, on every sample.
+    let mut measured = Vec::new();
     let mut fine = Vec::new();
-    for &(method, attention) in ranked.iter().take(finalists) {
+    for &(method, attention) in &pairs {
+        let stage = if coarse { "coarse" } else { "fine" };
+        let t = s.trial(Candidate { method, attention, float_type: cheap }, ranking_batches, stage)?;
+        if !coarse {
+            fine.push(t);
+        }
+        measured.push(((method, attention), s.sqnr(t)));
+        tick(&mut done);
+    }
+    // Stable: equal scores keep the candidates' order.
+    measured.sort_by(|a, b| b.1.total_cmp(&a.1));
+    // Fine: the finalists in every float type, on every sample.
+    for &((method, attention), _) in measured.iter().take(finalists) {
         for &float_type in &floats {
+            if !coarse && float_type == cheap {
+                continue;
+            }
             fine.push(s.trial(Candidate { method, attention, float_type }, all, "fine")?);
             tick(&mut done);
         }

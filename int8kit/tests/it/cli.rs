@@ -234,6 +234,38 @@ fn quantize_reads_the_model_once_and_opens_one_session_per_graph() {
     }
 }
 
+/// The auto search ranks every scale method with every attention precision in FP32 float parts and measures
+/// FP16 for the two best of them only: on a coarse stage's quarter of 64 held-back samples (the finalists then
+/// measured on all of them in both float types), and on all of 24 (too few for a coarse stage, so the ranking
+/// is the fine FP32 measurement).
+#[test]
+fn the_search_measures_fp16_for_the_two_best_ranked_candidates_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqnr = |t: &serde_json::Value| t["fidelity"]["sqnr_db"].as_f64().unwrap_or(f64::NEG_INFINITY);
+    let pair = |t: &serde_json::Value| (t["method"].as_str().unwrap().to_string(), t["attention"].to_string());
+    for (held, ranking_stage, total) in [("64", "coarse", 12), ("24", "fine", 10)] {
+        let out = dir.path().join(format!("q{held}"));
+        let extra = ["--quiet", "--hold-out", held];
+        let o = common::on_fixtures("quantize", &model("fmnist_vit_opset17.onnx"), &out, &extra);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let ranges = common::read_json(&out.join("ranges.json"));
+        let trials = ranges["search"]["trials"].as_array().unwrap();
+        assert_eq!(trials.len(), total, "held back {held}: {trials:?}");
+        let (ranking, rest) = trials.split_at(8);
+        assert!(ranking.iter().all(|t| t["float_type"] == "fp32" && t["stage"] == ranking_stage), "{trials:?}");
+        let pairs: std::collections::BTreeSet<_> = ranking.iter().map(pair).collect();
+        assert_eq!(pairs.len(), 8, "4 methods x 2 attention precisions: {trials:?}");
+        let fp16: Vec<_> = rest.iter().filter(|t| t["float_type"] == "fp16").collect();
+        assert_eq!(fp16.len(), 2, "held back {held}: {trials:?}");
+        let ranked = |t: &serde_json::Value| sqnr(ranking.iter().find(|r| pair(r) == pair(t)).unwrap());
+        let worst_finalist = fp16.iter().map(|t| ranked(t)).fold(f64::INFINITY, f64::min);
+        let finalists: Vec<_> = fp16.iter().map(|t| pair(t)).collect();
+        for t in ranking.iter().filter(|t| !finalists.contains(&pair(t))) {
+            assert!(sqnr(t) <= worst_finalist, "{t} ranked above a finalist ({worst_finalist} dB)");
+        }
+    }
+}
+
 #[test]
 fn check_samples_measure_what_a_hist_without_its_held_back_samples_builds() {
     let (dir, m, images, recipe) = resnet_run();
