@@ -3,6 +3,7 @@ and weights as the pinned file, stored the ways deployed models often are, so th
 real weights.
 
 usage: python zoo_derive.py IN.onnx OUT.onnx [--fp16-weights] [--uint8-input MEAN,MEAN,MEAN] [--dynamic-size]
+                          [--embedding TENSOR]
 
 --fp16-weights: every float32 initializer stored as float16, read through a Cast to float32 (what FP16
     "storage" exporters write: the arithmetic stays float32).
@@ -11,6 +12,9 @@ usage: python zoo_derive.py IN.onnx OUT.onnx [--fp16-weights] [--uint8-input MEA
 --dynamic-size: the first input's height and width (NCHW axes 2 and 3) become symbolic, for a graph that
     computes every shape from its input (Shape ops, position embeddings resized in the graph) but was exported
     with the size it was traced at declared fixed; the inferred value_info of that size is dropped.
+--embedding: the model's only output becomes `embedding`, the first token of TENSOR ([batch, tokens, width]:
+    a ViT's class token after its last LayerNorm, what embedding users read); the nodes only the old outputs
+    needed are dropped.
 """
 import argparse
 
@@ -70,6 +74,27 @@ def dynamic_size(model):
     del g.value_info[:]
 
 
+def embedding(model, tensor):
+    g = model.graph
+    index = tensor + "_first_token"
+    g.initializer.append(numpy_helper.from_array(np.array(0, np.int64), index))
+    g.node.append(helper.make_node("Gather", [tensor, index], ["embedding"], name="embedding_gather", axis=1))
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch_size", "width"]))
+    # Keep what the new output needs, in the original order.
+    needed, kept = {"embedding"}, []
+    for node in reversed(list(g.node)):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    del g.node[:]
+    g.node.extend(reversed(kept))
+    used = [i for i in g.initializer if i.name in needed]
+    del g.initializer[:]
+    g.initializer.extend(used)
+    del g.value_info[:]
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("input")
@@ -77,6 +102,7 @@ def main():
     p.add_argument("--fp16-weights", action="store_true")
     p.add_argument("--uint8-input")
     p.add_argument("--dynamic-size", action="store_true")
+    p.add_argument("--embedding")
     a = p.parse_args()
     model = onnx.load(a.input)
     if a.fp16_weights:
@@ -85,6 +111,8 @@ def main():
         uint8_input(model, [float(v) for v in a.uint8_input.split(",")])
     if a.dynamic_size:
         dynamic_size(model)
+    if a.embedding:
+        embedding(model, a.embedding)
     onnx.checker.check_model(model)
     onnx.save(model, a.output)
 

@@ -68,6 +68,10 @@ struct Derive {
     /// The input's height and width declared dynamic (a graph that computes its shapes from its input).
     #[serde(default)]
     dynamic_size: bool,
+    /// The model cut to one output: the first token of this `[batch, tokens, width]` tensor (a ViT's class
+    /// token, the image embedding).
+    #[serde(default)]
+    embedding: Option<String>,
     sha256: String,
 }
 
@@ -170,11 +174,14 @@ fn prepare(args: &ZooArgs) -> anyhow::Result<Vec<Prepared>> {
             Some(d) => derived(&model, &spec.name, d)?,
         };
         let side = if args.sizes { spec.sizes_crop.unwrap_or(spec.crop) } else { spec.crop };
-        let crops = |photos: &[PathBuf], set: &str, n: usize, seed: u64| {
-            make_crops_sized(photos, &home.join(format!("crops/{set}-{side}-{n}")), n, seed, side)
+        // The folder names the photo list it was cut from, so that a changed split never reuses old crops.
+        let crops = |photos: &[String], paths: &[PathBuf], set: &str, n: usize, seed: u64| {
+            let digest = Sha256::digest(photos.join("\n").as_bytes());
+            let tag: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+            make_crops_sized(paths, &home.join(format!("crops/{set}-{side}-{n}-{tag}")), n, seed, side)
         };
-        let calib = crops(&calib_photos, "calib", args.calib, CALIB_SEED)?;
-        let eval = crops(&eval_photos, "eval", args.eval, EVAL_SEED)?;
+        let calib = crops(&m.photos.calibration, &calib_photos, "calib", args.calib, CALIB_SEED)?;
+        let eval = crops(&m.photos.evaluation, &eval_photos, "eval", args.eval, EVAL_SEED)?;
         let recipe = root().join(format!("bench/zoo/recipes/{}.toml", spec.name));
         Recipe::load(&recipe).with_context(|| format!("the recipe of zoo model {}", spec.name))?;
         out.push(Prepared { spec, model, recipe, calib, eval });
@@ -198,6 +205,9 @@ fn derived(source: &Path, name: &str, d: &Derive) -> anyhow::Result<PathBuf> {
         }
         if d.dynamic_size {
             cmd.arg("--dynamic-size");
+        }
+        if let Some(tensor) = &d.embedding {
+            cmd.arg("--embedding").arg(tensor);
         }
         run_ok(&mut cmd, &format!("deriving zoo model {name}"))?;
     }
@@ -237,6 +247,12 @@ pub fn run(args: &ZooArgs) -> anyhow::Result<()> {
                 min_sqnr_db: p.spec.ci_min_sqnr_db,
             })
             .collect();
+        // Only a preparation for the tests (`--ci`, its crop counts) says what the tests run on: preparing
+        // other models for a bench run leaves the tests' list alone.
+        if !args.ci {
+            eprintln!("{} zoo models ready", prepared.len());
+            return Ok(());
+        }
         let path = zoo_home().join("ci.json");
         safe_io::write_atomic(&path, &serde_json::to_vec_pretty(&cases)?)?;
         eprintln!("{} zoo models ready; {} for the tests in {}", prepared.len(), cases.len(), path.display());
