@@ -1125,9 +1125,11 @@ fn collect_on_gpus(
                 let mut gpu = crate::gpu::GpuStats::new(device, outputs.len())?;
                 gpu.keep_range_only(range_only);
                 let mut bound = runtime::BoundRun::new(&session, device, outputs, &label)?;
+                // One batch's statistics kernels run while the model runs on the next: a bound run's outputs
+                // stay valid until the run after next starts, and add_async waits for the batch before.
                 for batch in rx {
                     let tensors = bound.run(&mut session, input, &batch.shape, &batch.data)?;
-                    gpu.add(&tensors)?;
+                    gpu.add_async(&tensors)?;
                 }
                 Ok((gpu.finish()?, gpu.memory_peak_mb()))
             }));

@@ -81,6 +81,11 @@ pub struct GpuStats {
     range_only: Vec<bool>,
     /// Most device memory in use (bytes, whole device) seen after a batch.
     memory_peak: usize,
+    /// The batch whose kernels may still run, with its timing events when kernels are timed.
+    in_flight: Option<Vec<cudarc::driver::CudaEvent>>,
+    /// Whether [`GpuStats::add_async`] times its kernels ([`GpuStats::kernel_seconds`]).
+    timing: bool,
+    kernel_ms: f64,
 }
 
 impl GpuStats {
@@ -91,7 +96,9 @@ impl GpuStats {
             return Err(GpuError::NotCuda(device));
         };
         let ctx = CudaContext::new(ordinal as usize).map_err(driver("creating the CUDA context"))?;
-        let stream = ctx.default_stream();
+        // A stream of its own that does not wait for ONNX Runtime's (non-blocking): one batch's kernels run
+        // while the model runs on the next ([`GpuStats::add_async`]).
+        let stream = ctx.new_stream().map_err(driver("creating the statistics stream"))?;
         // SAFETY: only tries to open the NVRTC library by its usual names.
         if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
             return Err(GpuError::NoNvrtc);
@@ -135,6 +142,9 @@ impl GpuStats {
             tensors,
             range_only,
             memory_peak: 0,
+            in_flight: None,
+            timing: false,
+            kernel_ms: 0.0,
         })
     }
 
@@ -148,15 +158,58 @@ impl GpuStats {
     /// Folds one batch: `values[t]` holds tensor t's values for this batch. Waits until the GPU is done, so
     /// the caller may let ONNX Runtime overwrite the buffers afterwards.
     pub fn add(&mut self, values: &[DeviceTensor]) -> Result<(), GpuError> {
-        self.launch(values, false).map(|_| ())
+        self.add_async(values)?;
+        self.wait()
+    }
+
+    /// Starts folding one batch and returns while its kernels run on the statistics stream (first waiting for
+    /// the batch before, if any): `values` must stay valid until the next `add_async`, [`GpuStats::wait`] or
+    /// [`GpuStats::finish`] returns. Batches fold in the order added, so the statistics are
+    /// [`GpuStats::add`]'s.
+    pub fn add_async(&mut self, values: &[DeviceTensor]) -> Result<(), GpuError> {
+        self.wait()?;
+        let events = self.launch(values, self.timing)?;
+        self.in_flight = Some(events);
+        Ok(())
+    }
+
+    /// Waits for the kernels of the batch last added, if they may still run.
+    pub fn wait(&mut self) -> Result<(), GpuError> {
+        let Some(events) = self.in_flight.take() else {
+            return Ok(());
+        };
+        self.stream.synchronize().map_err(driver("waiting for the statistics kernels"))?;
+        if let Ok((free, total)) = self.stream.context().mem_get_info() {
+            self.memory_peak = self.memory_peak.max(total - free);
+        }
+        if let (Some(first), Some(last)) = (events.first(), events.last()) {
+            self.kernel_ms += first.elapsed_ms(last).map_err(driver("reading event times"))? as f64;
+        }
+        Ok(())
+    }
+
+    /// Times the kernels of every batch added from now on (CUDA events; [`GpuStats::kernel_seconds`]).
+    pub fn time_kernels(&mut self) {
+        self.timing = true;
+    }
+
+    /// GPU time of the timed batches' kernels, seconds.
+    pub fn kernel_seconds(&self) -> f64 {
+        self.kernel_ms / 1000.0
     }
 
     /// As [`GpuStats::add`], timing each kernel with CUDA events: (reduce, update, bin) in milliseconds.
     pub fn add_timed(&mut self, values: &[DeviceTensor]) -> Result<[f32; 3], GpuError> {
-        self.launch(values, true).map(|t| t.unwrap_or_default())
+        self.wait()?;
+        let events = self.launch(values, true)?;
+        self.in_flight = Some(Vec::new());
+        self.wait()?;
+        let ms = |a: usize| events[a].elapsed_ms(&events[a + 1]).map_err(driver("reading event times"));
+        Ok([ms(0)?, ms(1)?, ms(2)?])
     }
 
-    fn launch(&mut self, values: &[DeviceTensor], timed: bool) -> Result<Option<[f32; 3]>, GpuError> {
+    /// Enqueues the kernels over one batch; with `timed`, an event before and after each of them.
+    fn launch(&mut self, values: &[DeviceTensor], timed: bool) -> Result<Vec<cudarc::driver::CudaEvent>, GpuError> {
         assert_eq!(values.len(), self.tensors, "one device tensor per tracked tensor");
         let table = chunk_table(values, |_| true, CHUNK);
         let count = table.len() / 3;
@@ -213,15 +266,7 @@ impl GpuStats {
             }
             mark(&self.stream)?;
         }
-        self.stream.synchronize().map_err(driver("waiting for the statistics kernels"))?;
-        if let Ok((free, total)) = self.stream.context().mem_get_info() {
-            self.memory_peak = self.memory_peak.max(total - free);
-        }
-        if !timed {
-            return Ok(None);
-        }
-        let ms = |a: usize| events[a].elapsed_ms(&events[a + 1]).map_err(driver("reading event times"));
-        Ok(Some([ms(0)?, ms(1)?, ms(2)?]))
+        Ok(events)
     }
 
     /// Most GPU memory in use (whole device: ONNX Runtime's arena included) seen after a batch, in MB.
@@ -229,8 +274,9 @@ impl GpuStats {
         self.memory_peak as f64 / (1024.0 * 1024.0)
     }
 
-    /// Copies the statistics to the host.
-    pub fn finish(&self) -> Result<Vec<TensorStats>, GpuError> {
+    /// Copies the statistics to the host (after the kernels of the batch last added).
+    pub fn finish(&mut self) -> Result<Vec<TensorStats>, GpuError> {
+        self.wait()?;
         let state = self.stream.clone_dtoh(&self.state).map_err(driver("reading the state"))?;
         let hist = self.stream.clone_dtoh(&self.hist).map_err(driver("reading histograms"))?;
         Ok((0..self.tensors)
@@ -421,6 +467,7 @@ mod device_tests {
         let tensors = batches.first().map_or(0, Vec::len);
         let mut gpu = GpuStats::new(device, tensors)?;
         gpu.keep_range_only(range_only);
+        let mut previous: Option<Vec<CudaSlice<f32>>> = None;
         for batch in batches {
             let uploaded: Vec<CudaSlice<f32>> = batch
                 .iter()
@@ -436,10 +483,14 @@ mod device_tests {
                     DeviceTensor { ptr, len: v.len() }
                 })
                 .collect();
-            gpu.add(&tensors)?;
-            drop(uploaded);
+            // As calibrate folds them: each batch's kernels run while the next one uploads, and its buffers
+            // stay alive until the next batch is added.
+            gpu.add_async(&tensors)?;
+            previous = Some(uploaded);
         }
-        gpu.finish()
+        let stats = gpu.finish();
+        drop(previous);
+        stats
     }
 
     fn device() -> runtime::Device {

@@ -212,7 +212,11 @@ pub type MeasuredOutputs = ((Fidelity, Vec<ImageFidelity>), Vec<Vec<f32>>);
 /// from one [`crate::Quantizer`] are measured against, each in its own unoptimized session. Models are
 /// compared on their first output.
 pub struct Probe {
+    /// Samples of several shapes (a recipe's sizes, `.npz` lengths) take turns batch by batch, so that the
+    /// first batches (the search's coarse stage) hold every shape.
     batches: Vec<Batch>,
+    /// Per batch, the index of its sample shape (in the order first seen).
+    groups: Vec<usize>,
     fp32: Vec<Vec<f32>>,
     input: String,
     output: String,
@@ -220,6 +224,35 @@ pub struct Probe {
     external_data_dir: PathBuf,
     label: String,
     source: PathBuf,
+}
+
+/// `batches` reordered so that their sample shapes take turns (the first batch of each shape, then the second
+/// of each...), with each batch's shape index; one shape keeps its order.
+fn interleave_shapes(batches: Vec<Batch>) -> (Vec<Batch>, Vec<usize>) {
+    let mut shapes: Vec<Vec<Vec<usize>>> = Vec::new();
+    let mut queues: Vec<std::collections::VecDeque<Batch>> = Vec::new();
+    for b in batches {
+        let shape = b.sample_shape();
+        let g = match shapes.iter().position(|s| *s == shape) {
+            Some(g) => g,
+            None => {
+                shapes.push(shape);
+                queues.push(Default::default());
+                shapes.len() - 1
+            }
+        };
+        queues[g].push_back(b);
+    }
+    let (mut out, mut groups) = (Vec::new(), Vec::new());
+    while queues.iter().any(|q| !q.is_empty()) {
+        for (g, q) in queues.iter_mut().enumerate() {
+            if let Some(b) = q.pop_front() {
+                out.push(b);
+                groups.push(g);
+            }
+        }
+    }
+    (out, groups)
 }
 
 /// How a [`Probe`] reads its samples and runs its sessions.
@@ -266,8 +299,10 @@ impl Probe {
         };
         let stream = StreamOptions { batch_size, on_bad_image: options.on_bad_image, ..Default::default() };
         let batches = BatchStream::new(&dataset, feed, stream).collect::<Result<Vec<_>, _>>()?;
+        let (batches, groups) = interleave_shapes(batches);
         let mut probe = Probe {
             batches,
+            groups,
             fp32: Vec::new(),
             input,
             output,
@@ -311,6 +346,16 @@ impl Probe {
             }
         }
         (values, samples)
+    }
+
+    /// Distinct sample shapes measured on (several for a recipe of several sizes).
+    pub fn shapes(&self) -> usize {
+        self.groups.iter().max().map_or(0, |g| g + 1)
+    }
+
+    /// Per sample, in the order of [`Probe::batches`] and of the per-sample shares, the index of its shape.
+    pub fn sample_shapes(&self) -> Vec<usize> {
+        self.batches.iter().zip(&self.groups).flat_map(|(b, &g)| std::iter::repeat_n(g, b.len())).collect()
     }
 
     /// The decoded batches.
@@ -425,5 +470,30 @@ impl Probe {
     /// How the probe's sessions run a candidate (for reports).
     pub fn evaluation() -> String {
         format!("onnxruntime, graph optimization {}", runtime::GraphOptimization::Disabled.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(side: usize, n: usize) -> Batch {
+        let items = (0..n).map(|i| datasets::ImageItem { path: format!("{side}-{i}").into(), label: None }).collect();
+        Batch { data: Vec::new(), shape: [n, 3, side, side], items, tensors: Vec::new() }
+    }
+
+    #[test]
+    fn sizes_take_turns_so_that_the_first_batches_hold_every_size() {
+        // As the batch stream yields them: every sample at the first size, then at the second.
+        let stream = vec![batch(28, 4), batch(28, 4), batch(28, 2), batch(56, 2), batch(56, 2), batch(56, 2)];
+        let (batches, groups) = interleave_shapes(stream);
+        let sides: Vec<usize> = batches.iter().map(|b| b.shape[2]).collect();
+        assert_eq!(sides, vec![28, 56, 28, 56, 28, 56]);
+        assert_eq!(groups, vec![0, 1, 0, 1, 0, 1]);
+        assert_eq!(batches[4].len(), 2, "each size keeps its own batch order");
+        // One size: the order is untouched.
+        let (one, groups) = interleave_shapes(vec![batch(28, 4), batch(28, 1)]);
+        assert_eq!(one.iter().map(Batch::len).collect::<Vec<_>>(), vec![4, 1]);
+        assert_eq!(groups, vec![0, 0]);
     }
 }

@@ -84,6 +84,10 @@ pub struct Trial {
     /// the samples, both measured on the same ones); 0 for the best.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gap_standard_error_db: Option<f64>,
+    /// Samples of several shapes (a recipe's sizes): the output SQNR of the shape it does worst on, what the
+    /// candidates are ranked by, so that the choice serves every size the engine will see.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worst_shape_sqnr_db: Option<f64>,
 }
 
 /// What the search tried and why the winner won (ranges.json `search`).
@@ -160,6 +164,8 @@ struct Searcher<'a> {
     candidates: Vec<Candidate>,
     /// Per trial, every sample's share of its sums (empty when it failed).
     per_sample: Vec<Vec<ImageFidelity>>,
+    /// Per sample, the index of its shape ([`Probe::sample_shapes`]); one shape: all 0.
+    shapes: Vec<usize>,
 }
 
 impl Searcher<'_> {
@@ -203,6 +209,9 @@ impl Searcher<'_> {
             Ok((f, samples)) => (Some(f), None, samples),
             Err(e) => (None, Some(e), Vec::new()),
         };
+        let several = self.shapes.iter().any(|&g| g > 0);
+        let worst_shape_sqnr_db = (several && fidelity.is_some())
+            .then(|| shape_sqnr(&samples, &self.shapes).into_iter().fold(f64::INFINITY, f64::min));
         self.trials.push(Trial {
             method: c.method.name(),
             attention: c.attention_name(),
@@ -211,15 +220,53 @@ impl Searcher<'_> {
             fidelity,
             failed,
             gap_standard_error_db: None,
+            worst_shape_sqnr_db,
         });
         self.per_sample.push(samples);
         self.candidates.push(c);
         Ok(self.trials.len() - 1)
     }
 
+    /// What candidates are ranked by: the output SQNR, of the worst shape when there are several.
     fn sqnr(&self, trial: usize) -> f64 {
-        self.trials[trial].fidelity.as_ref().map_or(f64::NEG_INFINITY, |f| f.sqnr_db)
+        let t = &self.trials[trial];
+        match (&t.fidelity, t.worst_shape_sqnr_db) {
+            (None, _) => f64::NEG_INFINITY,
+            (Some(_), Some(worst)) => worst,
+            (Some(f), None) => f.sqnr_db,
+        }
     }
+
+    /// The samples a gap to `leader` is judged on: those of the leader's worst shape (all of them for one).
+    fn judged_samples(&self, leader: usize) -> Vec<bool> {
+        let per_shape = shape_sqnr(&self.per_sample[leader], &self.shapes);
+        let worst = (0..per_shape.len()).min_by(|&a, &b| per_shape[a].total_cmp(&per_shape[b])).unwrap_or(0);
+        let several = per_shape.len() > 1;
+        self.shapes.iter().map(|&g| !several || g == worst).collect()
+    }
+}
+
+/// Output SQNR in dB per sample shape (index: the shape's), over the samples measured (a prefix of `shapes`);
+/// a shape with no sample measured is left out (+inf, never the worst).
+fn shape_sqnr(samples: &[ImageFidelity], shapes: &[usize]) -> Vec<f64> {
+    let count = shapes.iter().max().map_or(1, |g| g + 1);
+    let mut sums = vec![(0.0f64, 0.0f64, 0usize); count];
+    for (s, &g) in samples.iter().zip(shapes) {
+        sums[g].0 += s.signal;
+        sums[g].1 += s.noise;
+        sums[g].2 += 1;
+    }
+    sums.iter()
+        .map(
+            |&(signal, noise, n)| {
+                if n == 0 {
+                    f64::INFINITY
+                } else {
+                    10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10()
+                }
+            },
+        )
+        .collect()
 }
 
 /// The jackknife standard error, in dB, of the SQNR difference between two models measured on the same
@@ -315,6 +362,7 @@ pub fn search(
         trials: Vec::new(),
         candidates: Vec::new(),
         per_sample: Vec::new(),
+        shapes: probe.sample_shapes(),
     };
     let mut done = 0u64;
     let mut tick = |done: &mut u64| {
@@ -362,12 +410,16 @@ pub fn search(
         });
     }
     let leader = *fine.iter().find(|&&t| s.sqnr(t) == best).expect("the best is a fine trial");
+    let judged = s.judged_samples(leader);
+    let on_judged = |samples: &[ImageFidelity]| -> Vec<ImageFidelity> {
+        samples.iter().zip(&judged).filter(|(_, &j)| j).map(|(x, _)| *x).collect()
+    };
     let mut near = Vec::new();
     for &t in &fine {
         if s.trials[t].fidelity.is_none() {
             continue;
         }
-        let se = gap_standard_error(&s.per_sample[leader], &s.per_sample[t]);
+        let se = gap_standard_error(&on_judged(&s.per_sample[leader]), &on_judged(&s.per_sample[t]));
         s.trials[t].gap_standard_error_db = Some(se);
         if s.sqnr(t) >= best - se.clamp(TOLERANCE_DB, MAX_TOLERANCE_DB) {
             near.push(t);
@@ -411,6 +463,15 @@ pub fn search(
     // No candidate close to the float model on the held-back samples: either their float outputs carry almost
     // no signal (a text detector on photos without text sees near-empty maps) and the samples cannot rank the
     // candidates, or the model quantizes poorly. Said, not hidden.
+    let shapes = probe.shapes();
+    let reason = if shapes > 1 {
+        format!(
+            "{reason}. With samples of {shapes} shapes (sizes), every SQNR here is that of the shape the candidate \
+             does worst on"
+        )
+    } else {
+        reason
+    };
     let reason = if best < LOW_FIDELITY_DB {
         tracing::warn!(target: "int8kit::search", best_db = best, "no candidate reached {LOW_FIDELITY_DB} dB");
         format!(
@@ -442,6 +503,18 @@ mod tests {
 
     fn samples(noise: &[f64]) -> Vec<ImageFidelity> {
         noise.iter().map(|&noise| ImageFidelity { agree: true, cosine: 1.0, signal: 1.0, noise }).collect()
+    }
+
+    #[test]
+    fn each_shape_gets_its_own_sqnr_and_a_shape_not_yet_measured_is_never_the_worst() {
+        // Two sizes taking turns: the second size's samples carry twice the noise.
+        let measured = samples(&[0.1, 0.2, 0.1, 0.2]);
+        let per_shape = shape_sqnr(&measured, &[0, 1, 0, 1]);
+        assert!((per_shape[0] - 10.0).abs() < 1e-9 && (per_shape[1] - 10.0 * 5f64.log10()).abs() < 1e-9);
+        // A prefix (the coarse stage) that has not reached the third shape.
+        let per_shape = shape_sqnr(&measured[..2], &[0, 1, 2, 0]);
+        assert_eq!(per_shape.len(), 3);
+        assert_eq!(per_shape[2], f64::INFINITY);
     }
 
     #[test]

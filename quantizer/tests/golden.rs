@@ -108,6 +108,7 @@ fn ranges_json_matches_the_golden_file() {
                     }),
                     failed: None,
                     gap_standard_error_db: Some(0.0),
+                    worst_shape_sqnr_db: None,
                 },
                 quantizer::search::Trial {
                     method: "max".into(),
@@ -117,6 +118,7 @@ fn ranges_json_matches_the_golden_file() {
                     fidelity: None,
                     failed: Some("not finite".into()),
                     gap_standard_error_db: None,
+                    worst_shape_sqnr_db: None,
                 },
             ],
             chosen: 0,

@@ -194,13 +194,15 @@ pub struct DeviceTensor {
 }
 
 #[cfg(feature = "cuda")]
-/// A session run through an IoBinding whose outputs are left in GPU memory. The outputs belong to the
-/// binding and are overwritten by its next run: read them (on the GPU) before calling [`BoundRun::run`] again.
+/// A session run through an IoBinding whose outputs are left in GPU memory. A run's outputs stay valid until
+/// the run after the next one starts, so that they can be read on another stream while the next run computes.
 pub struct BoundRun {
     binding: ort::session::IoBinding,
     memory: MemoryInfo<'static>,
     outputs: Vec<String>,
+    /// The last run's outputs, and the one's before it.
     values: Vec<ort::value::DynValue>,
+    previous: Vec<ort::value::DynValue>,
     label: String,
     /// The input batch lives in a GPU tensor that ONNX Runtime allocated (and owns); we copy each batch into
     /// it. Binding a host tensor instead made ONNX Runtime copy it at bind time, which cost a third of the
@@ -234,6 +236,7 @@ impl BoundRun {
             memory,
             outputs: outputs.to_vec(),
             values: Vec::new(),
+            previous: Vec::new(),
             label: label.to_string(),
             allocator,
             ctx,
@@ -252,7 +255,8 @@ impl BoundRun {
     ) -> Result<Vec<DeviceTensor>, RuntimeError> {
         let label = self.label.clone();
         let run_err = |e: ort::Error| RuntimeError::Run { model: label.clone(), message: e.to_string() };
-        self.values.clear();
+        // The run before last's outputs go back to ONNX Runtime's arena; the last run's stay alive.
+        self.previous = std::mem::take(&mut self.values);
         // Bound afresh every run: after a run ORT treats the outputs as pre-allocated, and a batch of another
         // size (the last, short one) would not fit them.
         self.binding.clear_outputs();

@@ -107,19 +107,29 @@ fn print_measured(r: &quantizer::Ranges) {
             search.samples.0,
             search.samples.1
         );
+        // Samples of several sizes: candidates are ranked by their worst size, shown last.
+        let sizes = search.trials.iter().any(|t| t.worst_shape_sqnr_db.is_some());
         println!(
-            "    {:<18} {:<9} {:<6} {:<7} {:>8} {:>8} {:>7}",
-            "method", "attention", "float", "stage", "SQNR dB", "cosine", "agree %"
+            "    {:<18} {:<9} {:<6} {:<7} {:>8} {:>8} {:>7}{}",
+            "method",
+            "attention",
+            "float",
+            "stage",
+            "SQNR dB",
+            "cosine",
+            "agree %",
+            if sizes { "  worst size dB" } else { "" }
         );
         for (i, t) in search.trials.iter().enumerate() {
             println!(
-                "  {} {:<18} {:<9} {:<6} {:<7} {}{}",
+                "  {} {:<18} {:<9} {:<6} {:<7} {}{}{}",
                 if i == search.chosen { "*" } else { " " },
                 t.method,
                 t.attention,
                 t.float_type,
                 t.stage,
                 fidelity(&t.fidelity),
+                t.worst_shape_sqnr_db.map(|w| format!(" {w:>14.2}")).unwrap_or_default(),
                 t.failed.as_deref().map(|e| format!("  ({e})")).unwrap_or_default()
             );
         }

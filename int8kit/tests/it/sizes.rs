@@ -262,3 +262,35 @@ fn sensitivity_over_several_sizes_takes_each_nodes_worst_size() {
     let cosine = |r: &serde_json::Value| r["int8"]["cosine_mean"].as_f64().unwrap();
     assert_eq!(cosine(&both), cosine(&small).min(cosine(&large)));
 }
+
+/// With a recipe of several sizes the auto search ranks candidates by the size each does worst on (never above
+/// its SQNR over all sizes), keeps one within the tolerance of the best such worst size, and says so.
+#[test]
+fn the_auto_search_over_several_sizes_ranks_by_each_candidates_worst_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dynamic_models::dynamic_vit(dir.path());
+    let recipe = recipe_file(dir.path());
+    let out = dir.path().join("q");
+    let o = int8kit("quantize")
+        .arg("--model")
+        .arg(&model)
+        .arg("--recipe")
+        .arg(&recipe)
+        .arg("--images")
+        .arg(calib_dir())
+        .args(["--limit", "200", "--quiet", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let search = &read_json(&out.join("ranges.json"))["search"];
+    assert!(search["reason"].as_str().unwrap().contains("2 shapes"), "{}", search["reason"]);
+    let trials = search["trials"].as_array().unwrap();
+    let worst = |t: &serde_json::Value| t["worst_shape_sqnr_db"].as_f64().unwrap();
+    for t in trials {
+        assert!(worst(t) <= t["fidelity"]["sqnr_db"].as_f64().unwrap() + 1e-9, "{t}");
+    }
+    let best = trials.iter().filter(|t| t["stage"] == "fine").map(worst).fold(f64::NEG_INFINITY, f64::max);
+    let chosen = &trials[search["chosen"].as_u64().unwrap() as usize];
+    assert!(worst(chosen) >= best - quantizer::search::MAX_TOLERANCE_DB, "{chosen} against {best}");
+}
