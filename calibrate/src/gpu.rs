@@ -178,12 +178,18 @@ impl GpuStats {
         let Some(events) = self.in_flight.take() else {
             return Ok(());
         };
+        self.synchronize()?;
+        if let (Some(first), Some(last)) = (events.first(), events.last()) {
+            self.kernel_ms += first.elapsed_ms(last).map_err(driver("reading event times"))? as f64;
+        }
+        Ok(())
+    }
+
+    /// Waits for every kernel launched so far and notes the device memory in use.
+    fn synchronize(&mut self) -> Result<(), GpuError> {
         self.stream.synchronize().map_err(driver("waiting for the statistics kernels"))?;
         if let Ok((free, total)) = self.stream.context().mem_get_info() {
             self.memory_peak = self.memory_peak.max(total - free);
-        }
-        if let (Some(first), Some(last)) = (events.first(), events.last()) {
-            self.kernel_ms += first.elapsed_ms(last).map_err(driver("reading event times"))? as f64;
         }
         Ok(())
     }
@@ -202,8 +208,7 @@ impl GpuStats {
     pub fn add_timed(&mut self, values: &[DeviceTensor]) -> Result<[f32; 3], GpuError> {
         self.wait()?;
         let events = self.launch(values, true)?;
-        self.in_flight = Some(Vec::new());
-        self.wait()?;
+        self.synchronize()?;
         let ms = |a: usize| events[a].elapsed_ms(&events[a + 1]).map_err(driver("reading event times"));
         Ok([ms(0)?, ms(1)?, ms(2)?])
     }

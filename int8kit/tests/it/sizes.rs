@@ -18,7 +18,13 @@ fn recipe_file(dir: &Path) -> std::path::PathBuf {
 
 /// `int8kit calibrate` of `model` on the fixtures' calibration images through `recipe`, quietly, to `out`.
 fn calibrate(model: &Path, recipe: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    int8kit("calibrate")
+    on_calib_images("calibrate", model, recipe, out, extra)
+}
+
+/// `int8kit SUBCOMMAND` (calibrate or quantize) of `model` on the fixtures' calibration images through
+/// `recipe`, quietly, to `out`.
+fn on_calib_images(subcommand: &str, model: &Path, recipe: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    int8kit(subcommand)
         .arg("--model")
         .arg(model)
         .arg("--recipe")
@@ -271,17 +277,7 @@ fn the_auto_search_over_several_sizes_ranks_by_each_candidates_worst_size() {
     let model = dynamic_models::dynamic_vit(dir.path());
     let recipe = recipe_file(dir.path());
     let out = dir.path().join("q");
-    let o = int8kit("quantize")
-        .arg("--model")
-        .arg(&model)
-        .arg("--recipe")
-        .arg(&recipe)
-        .arg("--images")
-        .arg(calib_dir())
-        .args(["--limit", "200", "--quiet", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = on_calib_images("quantize", &model, &recipe, &out, &["--limit", "200"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let search = &read_json(&out.join("ranges.json"))["search"];
     assert!(search["reason"].as_str().unwrap().contains("2 shapes"), "{}", search["reason"]);
