@@ -482,6 +482,8 @@ struct Pass {
     skipped: Vec<(std::path::PathBuf, String)>,
     /// With CUDA: peak device memory, MB.
     device_memory_peak_mb: Option<f64>,
+    /// The samples fed, by their bytes.
+    samples: histograms::SamplesDigest,
 }
 
 impl Pass {
@@ -500,6 +502,7 @@ impl Pass {
             })?;
         }
         self.done += other.done;
+        self.samples.add(&other.samples);
         for s in other.skipped {
             if !self.skipped.iter().any(|(p, _)| *p == s.0) {
                 self.skipped.push(s);
@@ -574,9 +577,9 @@ pub fn calibrate_model(
     if let Some(n) = options.limit {
         dataset = dataset.limit(n, options.seed);
     }
-    // The whole list identifies the calibration set; the held-back slice is chosen from it before any shard
-    // (every shard holds back the same slice), and a shard keeps its own part of the rest and says which.
-    let list_sha256 = dataset.list_sha256();
+    // The held-back slice is chosen from the whole list before any shard (every shard holds back the same
+    // slice), and a shard keeps its own part of the rest and says which, and of which whole list.
+    let whole_list_sha256 = dataset.list_sha256();
     let hold = options.hold_out.count(dataset.len());
     let (rest, held) = dataset.hold_out(hold, options.seed);
     dataset = rest;
@@ -598,7 +601,12 @@ pub fn calibrate_model(
                 ));
             }
             dataset = dataset.shard(index, count)?;
-            Some(histograms::ShardInfo { index, count, list_sha256: dataset.list_sha256() })
+            Some(histograms::ShardInfo {
+                index,
+                count,
+                list_sha256: dataset.list_sha256(),
+                whole_list_sha256: Some(whole_list_sha256),
+            })
         }
     };
     let plan = size_plan(&dataset, &whole, feed, options)?;
@@ -633,7 +641,8 @@ pub fn calibrate_model(
         skipped,
         limit: options.limit,
         seed: options.seed,
-        list_sha256,
+        list_sha256: None,
+        samples_sha256: Some(pass.samples.to_hex()),
         held_out,
         sizes: if plan.len() > 1 {
             plan.iter()
@@ -721,6 +730,7 @@ fn run_sizes(
         done: 0,
         skipped: Vec::new(),
         device_memory_peak_mb: None,
+        samples: Default::default(),
     });
     Ok((pass, per_size))
 }
@@ -789,9 +799,8 @@ pub struct GivenSamples<'a> {
 
 /// [`calibrate_model`] over batches the caller makes. Every sample is used, in order: nothing is held back,
 /// limited or sharded (those choose from a listed folder), and smoothing, which reads the samples twice, is
-/// refused. The `.hist` records `name` as the folder and, as the sample list's identity, the SHA-256 of the
-/// bytes fed (sample by sample, arrays by name), so its statistics equal a folder run's over the same values
-/// byte for byte whatever the batch sizes.
+/// refused. The `.hist` records `name` as the folder and identifies the samples by the bytes fed, as a folder
+/// run does, so it equals a folder run's over the same values byte for byte whatever the batch sizes.
 pub fn calibrate_batches(
     model: &Model,
     samples: GivenSamples<'_>,
@@ -833,7 +842,8 @@ pub fn calibrate_batches(
         skipped: 0,
         limit: None,
         seed: options.seed,
-        list_sha256: recorded.sha256(),
+        list_sha256: None,
+        samples_sha256: Some(pass.samples.to_hex()),
         held_out: None,
         sizes: Vec::new(),
         sizes_dealt: false,
@@ -842,29 +852,23 @@ pub fn calibrate_batches(
     statistics(&tapped, pass, feed, arrays, images, options, None, None, None)
 }
 
-/// Given batches, checked against the feed and hashed as they pass.
+/// Given batches, checked against the feed as they pass.
 struct Recorded<'a> {
     inner: &'a mut dyn BatchSource,
     feed: &'a Feed,
     name: &'a str,
     batches: usize,
-    hasher: sha2::Sha256,
     /// For tensors: the arrays of one sample, as the first batch held them.
     arrays: Option<Vec<histograms::ArraySpec>>,
 }
 
 impl<'a> Recorded<'a> {
     fn new(inner: &'a mut dyn BatchSource, feed: &'a Feed, name: &'a str) -> Recorded<'a> {
-        Recorded { inner, feed, name, batches: 0, hasher: sha2::Digest::new(), arrays: None }
+        Recorded { inner, feed, name, batches: 0, arrays: None }
     }
 
-    fn sha256(&self) -> String {
-        sha2::Digest::finalize(self.hasher.clone()).iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    /// Checks one batch and hashes its values sample by sample (arrays in name order).
+    /// Checks one batch, and notes the arrays of its samples.
     fn record(&mut self, batch: &Batch) -> Result<(), datasets::DatasetError> {
-        use sha2::Digest;
         let n = batch.len();
         let wrong = |message: String| datasets::DatasetError::Tensors {
             path: std::path::PathBuf::from(format!("{} (batch {})", self.name, self.batches)),
@@ -882,12 +886,9 @@ impl<'a> Recorded<'a> {
                         batch.shape, recipe.layout
                     )));
                 }
-                self.hasher.update(feeds::Values::Pixels(&batch.data).le_bytes(0, batch.data.len()));
             }
             Feed::Tensors => {
-                let mut arrays: Vec<&feeds::NamedArray> = batch.tensors.iter().collect();
-                arrays.sort_by(|a, b| a.name.cmp(&b.name));
-                for a in &arrays {
+                for a in &batch.tensors {
                     if a.shape.first() != Some(&n) || a.data.len() != a.shape.iter().product::<usize>() {
                         return Err(wrong(format!(
                             "array '{}' has shape {:?} and {} values; every array of a batch of {n} samples needs \
@@ -896,12 +897,6 @@ impl<'a> Recorded<'a> {
                             a.shape,
                             a.data.len()
                         )));
-                    }
-                }
-                for i in 0..n {
-                    for a in &arrays {
-                        let per = a.data.len() / n.max(1);
-                        self.hasher.update(a.data.view().le_bytes(i * per, (i + 1) * per));
                     }
                 }
                 if self.arrays.is_none() {
@@ -941,6 +936,55 @@ impl BatchSource for Recorded<'_> {
     }
 }
 
+/// Batches on their way to the model, each sample's bytes added to the identity of the samples fed.
+struct Digesting<'a> {
+    inner: &'a mut dyn BatchSource,
+    samples: histograms::SamplesDigest,
+}
+
+impl Digesting<'_> {
+    /// Adds each sample of `batch`: an image's values, or its arrays in input-name order.
+    fn add(&mut self, batch: &Batch) {
+        if batch.tensors.is_empty() {
+            let per: usize = batch.shape[1..].iter().product();
+            for i in 0..batch.len() {
+                let bytes = feeds::Values::Pixels(&batch.data).le_bytes(i * per, (i + 1) * per);
+                self.samples.add_sample([bytes.as_slice()]);
+            }
+        } else {
+            let mut arrays: Vec<&feeds::NamedArray> = batch.tensors.iter().collect();
+            arrays.sort_by(|a, b| a.name.cmp(&b.name));
+            for i in 0..batch.len() {
+                let parts: Vec<Vec<u8>> = arrays
+                    .iter()
+                    .map(|a| {
+                        let per = a.data.len() / batch.len();
+                        a.data.view().le_bytes(i * per, (i + 1) * per)
+                    })
+                    .collect();
+                self.samples.add_sample(parts.iter().map(Vec::as_slice));
+            }
+        }
+    }
+}
+
+impl Iterator for Digesting<'_> {
+    type Item = Result<Batch, datasets::DatasetError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let next = self.inner.next();
+        if let Some(Ok(batch)) = &next {
+            self.add(batch);
+        }
+        next
+    }
+}
+
+impl BatchSource for Digesting<'_> {
+    fn skipped(&self) -> Vec<(std::path::PathBuf, String)> {
+        self.inner.skipped()
+    }
+}
+
 /// The samples `hist`'s calibration held back, found again in `images` (the calibration folder): the same
 /// list, `limit` and seed give the same slice. Refused when the folder's list is not the one calibrated on.
 pub fn held_out_slice(images: &Path, hist: &HistFile) -> Result<Option<Dataset>, CalibrateError> {
@@ -957,10 +1001,21 @@ pub fn held_out_slice(images: &Path, hist: &HistFile) -> Result<Option<Dataset>,
             hist.images.folder, record.count
         ),
     };
-    if dataset.list_sha256() != hist.images.list_sha256 {
+    // Files before version 8 and shards name the whole list; a whole run from version 8 must fit the list's
+    // length to its counts (and the held-back slice's paths are checked below).
+    let whole_list = hist.shard.as_ref().and_then(|s| s.whole_list_sha256.as_ref());
+    let fits = match hist.images.list_sha256.as_ref().or(whole_list) {
+        Some(list) => dataset.list_sha256() == *list,
+        None => dataset.len() as u64 == hist.images.count + hist.images.skipped + record.count,
+    };
+    if !fits {
         return Err(differs("this folder's sample list"));
     }
-    let held = dataset.hold_out(record.count as usize, record.seed).1;
+    let held = if hist.version < 8 {
+        dataset.hold_out_before_v8(record.count as usize, record.seed).1
+    } else {
+        dataset.hold_out(record.count as usize, record.seed).1
+    };
     if held.list_sha256() != record.list_sha256 {
         return Err(differs("the slice chosen from this folder"));
     }
@@ -1014,6 +1069,8 @@ fn run_pass(
         }
         PassInput::Given(batches) => batches,
     };
+    let mut digesting = Digesting { inner: stream, samples: Default::default() };
+    let stream: &mut dyn BatchSource = &mut digesting;
 
     runtime::check_threads(options.threads)?;
     let threads = if options.threads == 0 {
@@ -1090,7 +1147,8 @@ fn run_pass(
             _ => {}
         }
     }
-    Ok(Pass { stats, channel_max, done, skipped: stream.skipped(), device_memory_peak_mb })
+    let skipped = stream.skipped();
+    Ok(Pass { stats, channel_max, done, skipped, device_memory_peak_mb, samples: digesting.samples })
 }
 
 /// The GPU pass: activations stay on the GPU (ONNX Runtime writes them to device memory through an IoBinding

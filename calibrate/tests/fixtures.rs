@@ -266,7 +266,15 @@ fn merging_mismatched_overlapping_or_incomplete_shards_is_refused() {
         let o = CalibrateOptions { limit: Some(31), shard: Some((1, 2)), ..Default::default() };
         ("l.hist".into(), calibrate(&model(vit), &calib(), &feed(), &o, &mut |_, _| {}).unwrap().0)
     };
-    assert!(err(&[other_list, b]).contains("the image list differs"));
+    assert!(err(&[other_list, b.clone()]).contains("the image list differs"));
+    // A shard of another whole list (the same folder name, other files).
+    let mut elsewhere = b.clone();
+    elsewhere.1.shard.as_mut().unwrap().whole_list_sha256 = Some("00".repeat(32));
+    assert!(err(&[a.clone(), elsewhere]).contains("the whole image list differs"));
+    // An identity of the samples that is not one.
+    let mut garbled = b.clone();
+    garbled.1.images.samples_sha256 = Some("not hex".into());
+    assert!(err(&[a.clone(), garbled]).contains("samples_sha256 is not 64 hex digits"));
     // Out of range, and with --smooth: refused before any work.
     let bad = CalibrateOptions { shard: Some((3, 2)), ..Default::default() };
     assert!(calibrate(&model(vit), &calib(), &feed(), &bad, &mut |_, _| {}).is_err());
@@ -309,4 +317,42 @@ fn the_held_back_slice_never_enters_the_statistics() {
     let name = format!("{calibrated:05}.npz");
     std::fs::copy(other.join(&name), samples.join(&name)).unwrap();
     assert_ne!(run().0.to_json().unwrap(), before.to_json().unwrap());
+}
+
+/// `analyze --images` finds the held-back samples again from the calibration folder, and refuses a folder with
+/// another list: one more sample, or the held-back slice renamed.
+#[test]
+fn the_held_back_slice_is_found_again_only_in_the_calibration_folder() {
+    use test_support::conv_models::{tiny_channel_cnn, write_samples};
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_channel_cnn(dir.path());
+    let samples = write_samples(&dir.path().join("samples"), 0, 40);
+    let feed = datasets::Feed::for_folder(&samples, None).unwrap();
+    let options = CalibrateOptions { hold_out: HoldOut::Count(8), ..Default::default() };
+    let (hist, summary) = calibrate(&model, &samples, &feed, &options, &mut |_, _| {}).unwrap();
+    let names = |d: &Dataset| d.items.iter().map(|i| i.path.clone()).collect::<Vec<_>>();
+    let again = calibrate::held_out_slice(&samples, &hist).unwrap().expect("a held-back slice");
+    assert_eq!(names(&again), names(&summary.held_out.unwrap()));
+
+    // A .hist before version 8 held back the first of a seeded shuffle, and names its list by paths.
+    let listed = Dataset::flat(&samples).unwrap();
+    let old_slice = listed.clone().hold_out_before_v8(8, 0).1;
+    assert_ne!(names(&old_slice), names(&again));
+    let mut v7 = hist.clone();
+    v7.version = 7;
+    v7.images.samples_sha256 = None;
+    v7.images.list_sha256 = Some(listed.list_sha256());
+    v7.images.held_out.as_mut().unwrap().list_sha256 = old_slice.list_sha256();
+    let found = calibrate::held_out_slice(&samples, &v7).unwrap().unwrap();
+    assert_eq!(names(&found), names(&old_slice));
+
+    let refused = |folder: &std::path::Path| calibrate::held_out_slice(folder, &hist).unwrap_err().to_string();
+    write_samples(&samples, 40, 1);
+    let e = refused(&samples);
+    assert!(e.contains("this folder's sample list is not the one"), "{e}");
+    std::fs::remove_file(samples.join("00040.npz")).unwrap();
+    let first = again.items[0].path.clone();
+    std::fs::rename(&first, samples.join("renamed.npz")).unwrap();
+    let e = refused(&samples);
+    assert!(e.contains("the slice chosen from this folder"), "{e}");
 }

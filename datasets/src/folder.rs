@@ -7,8 +7,19 @@ use rand::SeedableRng;
 
 use crate::DatasetError;
 
-/// Mixed into the seed of [`Dataset::hold_out`]'s shuffle.
+/// Mixed into the seed of [`hold_out_priority`] (and of the shuffle before `.hist` version 8).
 const HOLD_OUT_STREAM: u64 = 0x686f_6c64_6f75_7421;
+
+/// The hold-out priority of the sample at `index` (0-based, in list or stream order) under `seed`: the
+/// samples of lowest priority are held back ([`Dataset::hold_out`]). SplitMix64's output for that position of
+/// the seed's stream: a function of the position alone, so a stream needs no look-ahead.
+pub fn hold_out_priority(seed: u64, index: u64) -> u64 {
+    const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut z = (seed ^ HOLD_OUT_STREAM).wrapping_add(index.wrapping_add(1).wrapping_mul(GAMMA));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
 /// Mixed into the seed of [`Dataset::deal`]'s shuffle.
 const DEAL_STREAM: u64 = 0x6465_616c_7369_7a65;
 
@@ -251,11 +262,26 @@ impl Dataset {
     /// most, so something is left to calibrate on): returns the rest and the slice, both in the original
     /// order. The slice is chosen from the list alone (never from what the files hold), so it is the same
     /// for every thread count, batch size and shard.
-    pub fn hold_out(mut self, count: usize, seed: u64) -> (Dataset, Dataset) {
-        let count = count.min(self.items.len().saturating_sub(1));
+    pub fn hold_out(self, count: usize, seed: u64) -> (Dataset, Dataset) {
+        // The `count` samples of lowest priority: a seeded uniform choice that a stream of unknown length makes
+        // alike (the Python API keeps the lowest priorities seen so far), so a folder and an iterable of the
+        // same samples in the same order hold back the same ones.
         let mut order: Vec<usize> = (0..self.items.len()).collect();
-        // Another stream than `limit`'s, so that a limit and a hold-out with the same seed do not pick alike.
+        order.sort_by_key(|&i| (hold_out_priority(seed, i as u64), i));
+        self.split_off(&order, count)
+    }
+
+    /// The slice [`Dataset::hold_out`] chose before `.hist` version 8 (the first `count` of a seeded
+    /// shuffle): what `analyze --images` finds again for an older `.hist`.
+    pub fn hold_out_before_v8(self, count: usize, seed: u64) -> (Dataset, Dataset) {
+        let mut order: Vec<usize> = (0..self.items.len()).collect();
         order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ HOLD_OUT_STREAM));
+        self.split_off(&order, count)
+    }
+
+    /// The rest and the slice of the first `count` samples of `order` (at most all but one), both in list order.
+    fn split_off(mut self, order: &[usize], count: usize) -> (Dataset, Dataset) {
+        let count = count.min(self.items.len().saturating_sub(1));
         let mut held = vec![false; self.items.len()];
         for &i in &order[..count] {
             held[i] = true;
@@ -426,6 +452,33 @@ mod tests {
         // Not the images a limit with the same seed keeps first.
         assert_eq!(all.clone().hold_out(0, 3).0.len(), 30);
         assert_eq!(all.hold_out(99, 3).0.len(), 1);
+    }
+
+    /// What a stream of unknown length can do (keep the lowest priorities seen, at most `count`) holds back
+    /// the list's slice, and the slice spreads over the whole list.
+    #[test]
+    fn a_stream_keeping_the_lowest_priorities_holds_back_the_lists_slice() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..1000 {
+            touch(&d.path().join(format!("{i:04}.png")));
+        }
+        let all = Dataset::flat(d.path()).unwrap();
+        for seed in [0, 7] {
+            let held = all.clone().hold_out(64, seed).1;
+            let mut kept: Vec<(u64, usize)> = Vec::new();
+            for i in 0..all.len() {
+                kept.push((hold_out_priority(seed, i as u64), i));
+                kept.sort_unstable();
+                kept.truncate(64);
+            }
+            let mut streamed: Vec<usize> = kept.into_iter().map(|(_, i)| i).collect();
+            streamed.sort_unstable();
+            let from_list: Vec<usize> =
+                held.items.iter().map(|h| all.items.iter().position(|i| i == h).unwrap()).collect();
+            assert_eq!(streamed, from_list, "seed {seed}");
+            let first_half = from_list.iter().filter(|&&i| i < 500).count();
+            assert!((16..=48).contains(&first_half), "{first_half} of 64 in the first half");
+        }
     }
 
     #[test]

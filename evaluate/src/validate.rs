@@ -278,7 +278,13 @@ fn check_inputs(config: &ValidateConfig) -> Result<Checked, EvaluateError> {
         None => None,
         Some(s) => {
             val = val.shard(s.index, s.count)?;
-            Some(histograms::ShardInfo { index: s.index, count: s.count, list_sha256: val.list_sha256() })
+            Some(histograms::ShardInfo {
+                index: s.index,
+                count: s.count,
+                list_sha256: val.list_sha256(),
+                // The report names the whole list itself (`validation_list_sha256`).
+                whole_list_sha256: None,
+            })
         }
     };
     // Loaded (and hashed) once: the baseline and output checks, the calibration and the builds share it.

@@ -13,12 +13,14 @@ use crate::{HistError, Selection};
 
 /// The `format` value of a .hist file.
 pub const HIST_FORMAT: &str = "int8kit.hist";
-/// The .hist version this build writes. Version 7 added `images.sizes` and `images.sizes_dealt` (a recipe of
+/// The .hist version this build writes. Version 8 identifies the samples by the bytes fed
+/// (`images.samples_sha256`, see [`crate::SamplesDigest`]) instead of the folder's paths (`images.list_sha256`,
+/// now only in older files) and gave shards `whole_list_sha256`; version 7 added `images.sizes` and `images.sizes_dealt` (a recipe of
 /// several input sizes, whose `sizes` the recipe lists); version 6 added `max_only` (range-only statistics of the tensors
 /// that are always max-calibrated); version 5 added `images.held_out` (the slice kept out of the
 /// statistics for the self-check); version 4 made `recipe` optional and added `arrays` (`.npz` samples);
 /// version 3 added the optional `smoothing`; version 2 added `content_sha256`. Versions 1 to 3 are still read.
-pub const HIST_VERSION: u32 = 7;
+pub const HIST_VERSION: u32 = 8;
 /// The oldest version this build reads.
 pub const HIST_OLDEST_READ: u32 = 1;
 
@@ -44,9 +46,15 @@ pub struct ImagesInfo {
     pub limit: Option<usize>,
     /// Seed of the `limit` subset.
     pub seed: u64,
-    /// SHA-256 over the relative paths of the calibration set (after `limit`, before the hold-out), in order:
-    /// identifies it.
-    pub list_sha256: String,
+    /// Files before version 8: SHA-256 over the relative paths of the calibration set (after `limit`, before
+    /// the hold-out), in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_sha256: Option<String>,
+    /// From version 8: the samples that went into the statistics, by the bytes fed
+    /// ([`crate::SamplesDigest`] in hex): a folder and an iterable of the same values record the same, and a
+    /// shard records its own part's (the merge adds them up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples_sha256: Option<String>,
     /// The slice of the calibration set held back from the statistics, for measuring the INT8 model on
     /// samples it was not calibrated on; absent when none was (and in files before version 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,8 +125,9 @@ pub struct TensorRecord {
     pub stats: TensorStats,
 }
 
-/// Which part of the image list a `.hist` covers (`calibrate --shard I/N`): `images.list_sha256` is then the
-/// whole list's, so that the merge of every shard (`int8kit merge`) is the one-process file byte for byte.
+/// Which part of the image list a `.hist` covers (`calibrate --shard I/N`): `images` then counts and
+/// identifies this part's samples, and the merge of every shard (`int8kit merge`) adds them up into the
+/// one-process file, byte for byte.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardInfo {
     /// 1-based shard number.
@@ -127,6 +136,10 @@ pub struct ShardInfo {
     pub count: usize,
     /// SHA-256 over this shard's relative image paths, in order.
     pub list_sha256: String,
+    /// From version 8: SHA-256 over the relative paths of the whole list the shards split (every shard of one
+    /// calibration has the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whole_list_sha256: Option<String>,
 }
 
 /// How the model was smoothed before its statistics were collected (`calibrate --smooth`): the migration
@@ -265,6 +278,10 @@ impl HistFile {
             }
             check_stats(&t.stats).map_err(|m| format!("tensor '{}': {m}", t.name))?;
         }
+        if self.version >= 8 && self.images.samples_sha256.as_deref().and_then(crate::SamplesDigest::from_hex).is_none()
+        {
+            return Err("images.samples_sha256 must be 64 hex digits (the identity of the samples fed)".into());
+        }
         if let Some(sh) = &self.shard {
             if sh.index == 0 || sh.index > sh.count {
                 return Err(format!("shard {}/{} is not a shard number from 1 to {}", sh.index, sh.count, sh.count));
@@ -389,10 +406,12 @@ pub fn merge(parts: &[(std::path::PathBuf, HistFile)]) -> Result<HistFile, crate
             let sizes: Vec<[u32; 2]> = i.sizes.iter().map(|s| s.size).collect();
             (i.folder.clone(), i.limit, i.seed, i.list_sha256.clone(), i.held_out.clone(), sizes, i.sizes_dealt)
         };
+        let whole_list = |h: &HistFile| h.shard.as_ref().and_then(|s| s.whole_list_sha256.clone());
         same("the model", json(&first.model), json(&h.model))?;
         same("the recipe", json(&first.recipe), json(&h.recipe))?;
         same("the .npz arrays", json(&first.arrays), json(&h.arrays))?;
         same("the image list", json(&list(&first.images)), json(&list(&h.images)))?;
+        same("the whole image list", json(&whole_list(first)), json(&whole_list(h)))?;
         same("the collection (--tensors)", first.collected.name().into(), h.collected.name().into())?;
         same("the ONNX Runtime version", first.onnxruntime.clone(), h.onnxruntime.clone())?;
         same("the histogram layout", json(&first.histogram), json(&h.histogram))?;
@@ -417,6 +436,14 @@ pub fn merge(parts: &[(std::path::PathBuf, HistFile)]) -> Result<HistFile, crate
     let mut merged = HistFile { content_sha256: None, shard: None, ..first.clone() };
     merged.images.count = sum(&|h| h.images.count).ok_or_else(|| overflow("image counts"))?;
     merged.images.skipped = sum(&|h| h.images.skipped).ok_or_else(|| overflow("skipped counts"))?;
+    if first.images.samples_sha256.is_some() {
+        let mut samples = crate::SamplesDigest::default();
+        for (path, h) in parts {
+            let digest = h.images.samples_sha256.as_deref().and_then(crate::SamplesDigest::from_hex);
+            samples.add(&digest.ok_or_else(|| bad(path, "its images.samples_sha256 is not 64 hex digits".into()))?);
+        }
+        merged.images.samples_sha256 = Some(samples.to_hex());
+    }
     for k in 0..first.images.sizes.len() {
         merged.images.sizes[k].count =
             sum(&|h| h.images.sizes[k].count).ok_or_else(|| overflow("image counts per size"))?;

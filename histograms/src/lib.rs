@@ -5,6 +5,7 @@
 pub mod channels;
 pub mod hist_file;
 pub mod histogram;
+pub mod samples;
 
 use std::path::PathBuf;
 
@@ -14,6 +15,7 @@ pub use hist_file::{
     SizeImages, SmoothingRecord, TensorRecord, HIST_FORMAT, HIST_VERSION,
 };
 pub use histogram::{AbsHistogram, TensorStats, BINS};
+pub use samples::SamplesDigest;
 
 /// Errors reading or writing a `.hist` file.
 #[derive(Debug, thiserror::Error)]

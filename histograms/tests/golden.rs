@@ -32,7 +32,8 @@ fn sample() -> HistFile {
             skipped: 1,
             limit: Some(2),
             seed: 7,
-            list_sha256: "cd".repeat(32),
+            list_sha256: None,
+            samples_sha256: Some("cd".repeat(32)),
             held_out: Some(histograms::HeldOut { count: 1, seed: 7, list_sha256: "12".repeat(32) }),
             sizes: Vec::new(),
             sizes_dealt: false,
@@ -55,7 +56,12 @@ fn sample() -> HistFile {
                 stats: range_only(&[0.25, 0.75, 0.0, 1.0]),
             },
         ],
-        shard: Some(histograms::ShardInfo { index: 2, count: 3, list_sha256: "ef".repeat(32) }),
+        shard: Some(histograms::ShardInfo {
+            index: 2,
+            count: 3,
+            list_sha256: "ef".repeat(32),
+            whole_list_sha256: Some("34".repeat(32)),
+        }),
         smoothing: Some(histograms::SmoothingRecord {
             alpha: 0.5,
             channel_max: [(
@@ -124,6 +130,25 @@ fn sizes_hist_bytes_match_the_golden_file() {
     let path = dir.path().join("s.hist");
     sample_sizes().write(&path).unwrap();
     assert_eq!(HistFile { content_sha256: None, ..HistFile::read(&path).unwrap() }, sample_sizes());
+}
+
+#[test]
+fn a_version_7_file_still_reads_with_its_path_list() {
+    let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/sample.v7.hist");
+    let h = HistFile::read(&old).unwrap();
+    assert_eq!((h.version, h.images.list_sha256, h.images.samples_sha256), (7, Some("cd".repeat(32)), None));
+    assert_eq!(h.shard.unwrap().whole_list_sha256, None);
+}
+
+#[test]
+fn a_version_8_file_needs_the_identity_of_its_samples() {
+    let mut h = sample();
+    h.images.samples_sha256 = None;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no-identity.hist");
+    std::fs::write(&path, h.to_json().unwrap()).unwrap();
+    let e = HistFile::read(&path).unwrap_err().to_string();
+    assert!(e.contains("images.samples_sha256 must be 64 hex digits"), "{e}");
 }
 
 #[test]

@@ -182,8 +182,9 @@ def calibrate(
     batches. With ``recipe``/``preset``, an iterable's batches are the float32 arrays that recipe makes (see
     :func:`preprocess`) and the statistics record the recipe, as a folder run's do; without, arrays are fed
     by input name as stored, like ``.npz`` samples. An iterable is fed whole, in order (no limit, shard,
-    smoothing or held-back slice: those choose from a listed folder); ``name`` is what the ``.hist`` calls it.
-    For the same values the statistics equal the folder run's byte for byte, whatever the batch sizes.
+    smoothing or held-back slice: those choose from a listed folder; ``seed`` is only recorded); ``name`` is
+    what the ``.hist`` calls the data. For the same values, with ``name`` the folder's name, the ``.hist``
+    equals the folder run's byte for byte, whatever the batch sizes and order.
     """
     if is_folder(data):
         with tempfile.TemporaryDirectory(prefix="int8kit-") as tmp:
@@ -202,13 +203,14 @@ def calibrate(
                 **collect,
             )
             return Statistics.load(out)
+    seed = collect.pop("seed", 0)
     if collect:
         raise InputError(
             f"{', '.join(sorted(collect))}: these choose from a listed folder; an iterable is fed whole, in order"
         )
     batches, total = counted_batches(data)
     hist = _native.calibrate_iter(
-        os.fspath(model), batches, _recipe_text(recipe, preset), name, total, threads, tensors, device, quiet
+        os.fspath(model), batches, _recipe_text(recipe, preset), name, total, threads, tensors, device, quiet, seed
     )
     return Statistics(hist)
 
@@ -230,11 +232,13 @@ def preprocess(paths: Sequence[PathLike], *, recipe: Optional[PathLike] = None, 
 class _Calibration:
     """Where a command's statistics come from: a folder (``--calib``/``--images``) or a ``.hist``
     (``--hist``), made from Statistics or an iterable inside a temporary folder. From an iterable, with
-    ``hold_back``, every tenth sample (at most 64) is kept out of the statistics and written for ``--check``,
-    so that the ``auto`` choices and the self-check are measured as for a folder."""
+    ``hold_back``, the samples a folder run of the same samples would hold back (``hold_out``: ``None`` for a
+    tenth, at most 64, chosen by ``seed``) are kept out of the statistics and written for ``--check``, so that
+    the ``auto`` choices and the self-check are measured as for a folder."""
 
     def __init__(self, model: PathLike, data: Any, tmp: str, recipe: Optional[PathLike], preset: Optional[str],
-                 quiet: bool, device: str, hold_back: bool = False):
+                 quiet: bool, device: str, hold_back: bool = False, hold_out: Optional[int] = None,
+                 seed: int = 0):
         self.folder: Optional[str] = None
         self.hist: Optional[str] = None
         self.check: Optional[str] = None
@@ -244,9 +248,9 @@ class _Calibration:
         if isinstance(data, Statistics):
             stats = data
         else:
-            held = HeldBack() if hold_back else None
+            held = HeldBack(seed, hold_out) if hold_back else None
             stream = held.stream(data) if held else data
-            stats = calibrate(model, stream, recipe=recipe, preset=preset, quiet=quiet, device=device)
+            stats = calibrate(model, stream, recipe=recipe, preset=preset, quiet=quiet, device=device, seed=seed)
             if held:
                 self.check = held.write(os.path.join(tmp, "check"), _native.input_names(os.fspath(model)))
         self.hist = os.path.join(tmp, "calibration.hist")
@@ -284,19 +288,20 @@ def quantize(model: PathLike, data: Any, out: PathLike, *, recipe: Optional[Path
     """Calibrates and writes the INT8 artifacts into ``out`` (``int8kit quantize``).
 
     ``data``: a calibration folder, :class:`Statistics`, or an iterable of batches. From a folder or an
-    iterable, samples are held back from the statistics (a folder: a seeded tenth, at most 64, ``hold_out=N``
-    for another count; an iterable: every tenth sample, at most 64, ``hold_out=0`` for none) and the ``auto``
-    choices and the self-check are measured on them. From :class:`Statistics` nothing is at hand to measure
+    iterable, samples are held back from the statistics (a seeded tenth, at most 64, chosen by ``seed``;
+    ``hold_out=N`` for another count, 0 for none): an iterable holds back the samples a folder of the same
+    samples in the same order would, so both make the same artifacts. The ``auto`` choices and the self-check
+    are measured on them. From :class:`Statistics` nothing is at hand to measure
     on: the ``auto`` choices take fixed defaults. ``scheme``: the scheme flags (``method``, ``target``,
     ``attention``, ``float_type``, ``precision``, ...)."""
     if is_folder(data):
         _run("quantize", model=model, images=data, recipe=recipe, preset=preset, hold_out=hold_out, quiet=quiet,
              device=device, out=out, **scheme)
     else:
-        if hold_out not in (None, 0):
-            raise InputError("hold_out: an iterable holds back every tenth sample (at most 64), or none with 0")
+        seed = scheme.pop("seed", 0)
         with tempfile.TemporaryDirectory(prefix="int8kit-") as tmp:
-            source = _Calibration(model, data, tmp, recipe, preset, quiet, device, hold_back=hold_out != 0)
+            source = _Calibration(model, data, tmp, recipe, preset, quiet, device, hold_back=hold_out != 0,
+                                  hold_out=hold_out, seed=seed)
             _run("analyze", model=model, hist=source.hist, check=source.check, quiet=quiet, out=out, **scheme)
     out = Path(out)
     return Quantized(out=out, model=out / "model.qdq.onnx", ranges=json.loads((out / "ranges.json").read_text()))
@@ -362,7 +367,7 @@ def validate(model: PathLike, calib: Any, val: Any, out: PathLike, *, recipe: Op
              **gates: Any) -> Report:
     """The release gate (``int8kit validate``): FP32, FP16 and INT8 on ``val``, the report in ``out``.
 
-    ``calib``: a folder, :class:`Statistics` or an iterable (calibrated first, every tenth sample, at most 64,
+    ``calib``: a folder, :class:`Statistics` or an iterable (calibrated first, a seeded tenth, at most 64,
     held back to measure the ``auto`` choices on, as :func:`quantize` does). ``val``: a folder, or an
     iterable of ``inputs`` or ``(inputs, labels)`` batches, which is written once as ``.npz`` samples into a
     temporary folder (validate reads its samples once per model) and removed afterwards. ``gates``:

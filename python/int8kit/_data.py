@@ -122,41 +122,79 @@ def _only(inputs: List[str], index: int) -> str:
 
 
 class HeldBack:
-    """Every tenth sample of a stream (the 10th, 20th, ...), at most 64, kept out of the statistics to measure
-    on: as the command line holds back a tenth (at most 64) of a calibration folder. The kept samples stay in
-    memory (64 at most) until they are written as ``.npz`` samples for ``--check``."""
+    """The samples of a stream kept out of the statistics to measure on, chosen as the command line chooses
+    them from a folder: the ``hold_out_count`` samples of lowest ``hold_out_priority`` (seeded, by position),
+    so a folder and an iterable of the same samples in the same order hold back the same ones. The stream's
+    length is known only at its end, so the lowest priorities seen so far (at most the most any length can
+    hold back) wait in memory; a sample pushed out by a lower one goes on to the statistics at once, and at
+    the end those beyond the count for the stream's length follow."""
 
-    EVERY = 10
-    MOST = 64
+    def __init__(self, seed: int = 0, hold_out: Optional[int] = None) -> None:
+        from . import _native
 
-    def __init__(self) -> None:
+        self._native = _native
+        self.seed, self.hold_out = seed, hold_out
+        # A tenth of a long stream is capped (64); an explicit count is the count.
+        self.most = hold_out if hold_out is not None else _native.hold_out_count(1 << 40)
+        self.waiting: List[Tuple[int, int, dict]] = []  # (priority, position, sample), at most `most`
         self.samples: List[dict] = []
         self.seen = 0
 
+    def _take(self, priority: int, position: int, sample: dict) -> Optional[dict]:
+        """Offers one sample to the waiting ones; returns the sample that goes on to the statistics, if any."""
+        entry = (priority, position, sample)
+        if len(self.waiting) < self.most:
+            self.waiting.append(entry)
+            return None
+        worst = max(range(len(self.waiting)), key=lambda k: self.waiting[k][:2])
+        if self.waiting[worst][:2] < entry[:2]:
+            return sample
+        out = self.waiting[worst][2]
+        self.waiting[worst] = entry
+        return out
+
     def split(self, inputs: Any) -> Any:
-        """The batch without the samples held back (the batch itself when none of it is)."""
-        n_before = self.seen
+        """The batch's samples that go on to the statistics now (possibly with earlier ones pushed out)."""
         named = inputs if isinstance(inputs, dict) else {"": inputs}
-        arrays = {k: as_numpy(v, f"sample {n_before}") for k, v in named.items()}
+        arrays = {k: as_numpy(v, f"sample {self.seen}") for k, v in named.items()}
         n = next(iter(arrays.values())).shape[0] if arrays else 0
+        passed = []
+        for i in range(n):
+            position = self.seen + i
+            sample = {k: a[i : i + 1].copy() for k, a in arrays.items()}
+            out = self._take(self._native.hold_out_priority(self.seed, position), position, sample)
+            if out is not None:
+                passed.append(out)
         self.seen += n
-        held = [i for i in range(n) if (n_before + i) % self.EVERY == self.EVERY - 1]
-        held = held[: max(0, self.MOST - len(self.samples))]
-        if not held:
-            return inputs
-        for i in held:
-            self.samples.append({k: a[i : i + 1].copy() for k, a in arrays.items()})
-        keep = np.setdiff1d(np.arange(n), held)
-        kept = {k: a[keep] for k, a in arrays.items()}
-        return kept if isinstance(inputs, dict) else kept[""]
+        return self._batch(passed)
+
+    def finish(self) -> Any:
+        """At the end of the stream: keeps the count its length holds back, returns the rest as one batch."""
+        count = self._native.hold_out_count(self.seen, self.hold_out)
+        self.waiting.sort(key=lambda e: e[:2])
+        kept, released = self.waiting[:count], self.waiting[count:]
+        # The held-back samples in stream order, as a folder run lists its slice.
+        self.samples = [sample for _, _, sample in sorted(kept, key=lambda e: e[1])]
+        self.waiting = []
+        return self._batch([sample for _, _, sample in released])
+
+    @staticmethod
+    def _batch(samples: List[dict]) -> Any:
+        """Samples as one batch: a dict by input name, or the bare array they came as."""
+        if not samples:
+            return None
+        joined = {k: np.concatenate([s[k] for s in samples]) for k in samples[0]}
+        return joined[""] if list(joined) == [""] else joined
 
     def stream(self, data: Iterable[Any]) -> Iterator[Any]:
-        """``data`` with the held-back samples taken out; batches left empty are dropped."""
+        """``data`` with the held-back samples taken out (samples from a batch may come later)."""
         for item in data:
             rest = self.split(item)
-            first = next(iter(rest.values())) if isinstance(rest, dict) else rest
-            if np.shape(first)[0] > 0:
+            if rest is not None:
                 yield rest
+        rest = self.finish()
+        if rest is not None:
+            yield rest
 
     def write(self, folder: str, inputs: List[str]) -> Optional[str]:
         """The held-back samples as ``.npz`` files in ``folder`` (None when there are none)."""

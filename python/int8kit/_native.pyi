@@ -23,6 +23,7 @@ def calibrate_iter(
     tensors: str,
     device: str,
     quiet: bool,
+    seed: int = 0,
 ) -> bytes:
     """Calibrates over normalized batches; the .hist bytes."""
 
@@ -47,3 +48,9 @@ def preset_recipe(name: str) -> str:
 
 def input_names(model: str) -> List[str]:
     """The names of the inputs a model is fed."""
+
+def hold_out_priority(seed: int, index: int) -> int:
+    """The hold-out priority of the sample at ``index`` under ``seed``: the lowest are held back."""
+
+def hold_out_count(samples: int, hold_out: Optional[int] = None) -> int:
+    """How many of ``samples`` a run holds back (``None``: a tenth, 2 to 64, none below 20)."""

@@ -255,9 +255,10 @@ fn send(py: Python<'_>, tx: &SyncSender<Result<Batch, DatasetError>>, batch: Bat
 
 /// Calibrates `model` over batches pulled from `batches` (an iterator of the package's normalized batches)
 /// and returns the `.hist` bytes. `recipe`: the TOML of the recipe that made the batches (images), else the
-/// arrays are fed by input name. `options`: (batch_size, threads, tensors, device, seed, quiet).
+/// arrays are fed by input name. `seed` chooses nothing here and is recorded, as a folder run records its
+/// `--seed`.
 #[pyfunction]
-#[pyo3(signature = (model, batches, recipe, name, total, threads, tensors, device, quiet))]
+#[pyo3(signature = (model, batches, recipe, name, total, threads, tensors, device, quiet, seed=0))]
 #[allow(clippy::too_many_arguments)]
 fn calibrate_iter(
     py: Python<'_>,
@@ -270,6 +271,7 @@ fn calibrate_iter(
     tensors: String,
     device: String,
     quiet: bool,
+    seed: u64,
 ) -> PyResult<Py<PyBytes>> {
     int8kit::ui::init_logging(quiet);
     let feed = feed_of(recipe.as_deref())?;
@@ -286,6 +288,7 @@ fn calibrate_iter(
         selection,
         device: devices,
         hold_out: calibrate::HoldOut::Count(0),
+        seed,
         ..Default::default()
     };
     let (tx, rx) = sync_channel::<Result<Batch, DatasetError>>(2);
@@ -427,6 +430,22 @@ fn preset_recipe(name: &str) -> PyResult<String> {
     Ok(Recipe::preset(preset).to_toml())
 }
 
+/// The hold-out priority of the sample at `index` under `seed`: a stream holds back the samples of lowest
+/// priority, as a folder run does (`datasets::hold_out_priority`).
+#[pyfunction]
+fn hold_out_priority(seed: u64, index: u64) -> u64 {
+    datasets::hold_out_priority(seed, index)
+}
+
+/// How many of `samples` a run holds back: the command line's rule for `--hold-out` (`None`: auto, a tenth,
+/// 2 to 64, none below 20), at most all but one.
+#[pyfunction]
+#[pyo3(signature = (samples, hold_out=None))]
+fn hold_out_count(samples: usize, hold_out: Option<usize>) -> usize {
+    let rule = hold_out.map_or(calibrate::HoldOut::Auto, calibrate::HoldOut::Count);
+    rule.count(samples).min(samples.saturating_sub(1))
+}
+
 /// The module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -442,5 +461,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(preprocess, m)?)?;
     m.add_function(wrap_pyfunction!(preset_recipe, m)?)?;
     m.add_function(wrap_pyfunction!(input_names, m)?)?;
+    m.add_function(wrap_pyfunction!(hold_out_priority, m)?)?;
+    m.add_function(wrap_pyfunction!(hold_out_count, m)?)?;
     Ok(())
 }

@@ -48,26 +48,25 @@ def batches(values, sizes):
         start, i = start + n, i + 1
 
 
-def statistics_part(stats):
-    """Everything a folder run and an iterable run must share: all but the name and identity of the samples."""
-    d = json.loads(stats.to_bytes())
-    d.pop("content_sha256")
-    d["images"].pop("folder")
-    d["images"].pop("list_sha256")
-    return d
-
-
 @pytest.mark.parametrize("model", FIVE)
-def test_iterable_of_recipe_batches_gives_the_folder_statistics(model, calib_folder):
+def test_iterable_of_recipe_batches_gives_the_folder_hist_byte_for_byte(model, calib_folder):
     folder = int8kit.calibrate(MODELS / model, str(calib_folder), recipe=RECIPE, hold_out=0, quiet=True)
     images = int8kit.preprocess(sorted(calib_folder.iterdir()), recipe=RECIPE)
     assert images.shape == (48, 1, 28, 28)
-    given = int8kit.calibrate(MODELS / model, batches(images, [5, 16, 1]), recipe=RECIPE, quiet=True)
+    name = calib_folder.name
+    given = int8kit.calibrate(MODELS / model, batches(images, [5, 16, 1]), recipe=RECIPE, name=name, quiet=True)
     assert given.samples == folder.samples == 48
-    assert statistics_part(given) == statistics_part(folder)
-    # Another batching of the same values: the very same bytes.
-    again = int8kit.calibrate(MODELS / model, batches(images, [48]), recipe=RECIPE, quiet=True)
-    assert again == given
+    assert given.to_bytes() == folder.to_bytes()
+    # Another batching, and another order, of the same values: the very same bytes.
+    again = int8kit.calibrate(MODELS / model, batches(images[::-1], [48]), recipe=RECIPE, name=name, quiet=True)
+    assert again.to_bytes() == folder.to_bytes()
+    # One sample changed, or one left out: another identity.
+    changed = images.copy()
+    changed[3, 0, 0, 0] += 1.0
+    other = int8kit.calibrate(MODELS / model, batches(changed, [16]), recipe=RECIPE, name=name, quiet=True)
+    fewer = int8kit.calibrate(MODELS / model, batches(images[1:], [16]), recipe=RECIPE, name=name, quiet=True)
+    identity = lambda s: json.loads(s.to_bytes())["images"]["samples_sha256"]
+    assert len({identity(folder), identity(other), identity(fewer)}) == 3
 
 
 def test_dict_batches_give_the_npz_folder_statistics(tmp_path, calib_folder):
@@ -77,10 +76,10 @@ def test_dict_batches_give_the_npz_folder_statistics(tmp_path, calib_folder):
     for i, image in enumerate(images):
         np.savez(samples / f"{i:04}.npz", input=image[None])
     folder = int8kit.calibrate(RESNET, str(samples), hold_out=0, quiet=True)
-    given = int8kit.calibrate(RESNET, ({"input": b} for b in batches(images, [7])), quiet=True)
-    assert statistics_part(given) == statistics_part(folder)
+    given = int8kit.calibrate(RESNET, ({"input": b} for b in batches(images, [7])), name="npz", quiet=True)
+    assert given.to_bytes() == folder.to_bytes()
     # A bare array feeds the model's only input.
-    bare = int8kit.calibrate(RESNET, batches(images, [7]), quiet=True)
+    bare = int8kit.calibrate(RESNET, batches(images, [7]), name="npz", quiet=True)
     assert bare == given
 
 
@@ -145,22 +144,39 @@ def test_statistics_save_load_and_feed_quantize(tmp_path, calib_folder):
     assert qf.self_check["status"] == "measured"
 
 
-def test_quantize_from_an_iterable_measures_on_samples_it_held_back(tmp_path):
-    images = int8kit.preprocess(sorted((FIXTURES / "fmnist" / "calib").iterdir())[:200], recipe=RECIPE)
-    q = int8kit.quantize(RESNET, batches(images, [32]), tmp_path / "q", recipe=RECIPE, quiet=True)
+def test_quantize_from_an_iterable_holds_back_what_the_folder_run_holds_back(tmp_path):
+    paths = sorted((FIXTURES / "fmnist" / "calib").iterdir())[:200]
+    images = int8kit.preprocess(paths, recipe=RECIPE)
+    q = int8kit.quantize(RESNET, batches(images, [32, 7]), tmp_path / "q", recipe=RECIPE, quiet=True)
     assert q.self_check["status"] == "measured", q.self_check
-    assert q.self_check["fidelity"]["images"] == 20, "every tenth of 200 samples"
+    assert q.self_check["fidelity"]["images"] == 20, "a tenth of 200 samples"
     assert q.chosen["chosen_by"] == "measurement"
-    # The statistics are those of the other 180 samples: the same as calibrating them alone.
-    rest = np.delete(images, np.arange(9, 200, 10), axis=0)
+    # The statistics are those of the other 180 samples (the 20 of lowest priority held back): the same as
+    # calibrating them alone.
+    held = sorted(range(200), key=lambda i: (int8kit._native.hold_out_priority(0, i), i))[:20]
+    rest = np.delete(images, held, axis=0)
     alone = int8kit.calibrate(RESNET, batches(rest, [50]), recipe=RECIPE, quiet=True)
     assert alone.samples == 180
     again = int8kit.quantize(RESNET, alone, tmp_path / "q2", recipe=RECIPE, method=q.chosen["method"],
                              float_type=q.chosen["float_type"], quiet=True)
     assert again.scales == q.scales
-    # hold_out=0: nothing held back, so nothing to measure the choices on.
+    # A folder of the same images holds back the same samples: the same choices, the same model, byte for byte.
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for p in paths:
+        shutil.copy(p, folder / p.name)
+    qf = int8kit.quantize(RESNET, str(folder), tmp_path / "qf", recipe=RECIPE, quiet=True)
+    assert qf.self_check["fidelity"] == q.self_check["fidelity"]
+    assert qf.chosen == q.chosen
+    assert qf.model.read_bytes() == q.model.read_bytes()
+    # Another seed holds back others.
+    other = int8kit.quantize(RESNET, batches(images, [32]), tmp_path / "q4", recipe=RECIPE, seed=5, quiet=True)
+    assert other.self_check["fidelity"] != q.self_check["fidelity"]
+    # hold_out=0: nothing held back, so nothing to measure the choices on; hold_out=N: N held back.
     none = int8kit.quantize(RESNET, batches(images, [32]), tmp_path / "q3", recipe=RECIPE, hold_out=0, quiet=True)
     assert none.self_check["status"] == "skipped"
+    some = int8kit.quantize(RESNET, batches(images, [32]), tmp_path / "q5", recipe=RECIPE, hold_out=30, quiet=True)
+    assert some.self_check["fidelity"]["images"] == 30
 
 
 def test_shards_merge_to_the_whole_run(calib_folder):
@@ -169,6 +185,15 @@ def test_shards_merge_to_the_whole_run(calib_folder):
     assert int8kit.merge(parts) == whole
     with pytest.raises(int8kit.InputError, match="shard"):
         int8kit.merge(parts[:2])
+
+
+def untimed(value):
+    """A report's part without its speeds and durations (the only things two runs may differ in)."""
+    if isinstance(value, dict):
+        return {k: untimed(v) for k, v in value.items() if not k.endswith(("_per_s", "seconds"))}
+    if isinstance(value, list):
+        return [untimed(v) for v in value]
+    return value
 
 
 def labelled_val(n):
@@ -194,6 +219,19 @@ def test_generator_fed_validate(tmp_path):
     assert report.comparison["fp32"]["top1"] > 0.5
     assert len(report.per_class()) == 10 and sum(r["images"] for r in report.per_class()) == 200
     assert report.to_dict()["passed"] is True
+    # The same images from folders: the same samples held back, the same choices, the same measurements.
+    calib_dir, val_dir = tmp_path / "calib", tmp_path / "val"
+    calib_dir.mkdir()
+    for p in sorted((FIXTURES / "fmnist" / "calib").iterdir())[:200]:
+        shutil.copy(p, calib_dir / p.name)
+    for folder in sorted((FIXTURES / "fmnist" / "val").iterdir()):
+        (val_dir / folder.name).mkdir(parents=True)
+        for p in sorted(folder.iterdir())[:20]:
+            shutil.copy(p, val_dir / folder.name / p.name)
+    from_folders = int8kit.validate(RESNET, str(calib_dir), str(val_dir), tmp_path / "vf", recipe=RECIPE,
+                                    min_cosine=0.99, max_top1_drop=2.0, quiet=True)
+    for key in ("comparison", "fp16", "criteria", "passed"):
+        assert untimed(from_folders.to_dict()[key]) == untimed(report.to_dict()[key]), key
     # A gate that cannot hold: passed is False, or GateFailed when asked to raise.
     strict = dict(min_cosine=0.999999999, quiet=True)
     # Statistics of bare arrays (no recipe), as the spilled validation samples are fed.

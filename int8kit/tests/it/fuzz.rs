@@ -254,7 +254,7 @@ proptest! {
     ) {
         let (_d0, golden) = file("g.hist", &read("histograms/testdata/golden/sample.hist"));
         let base = histograms::HistFile::read(&golden).unwrap();
-        let shard = |index: usize, count: usize, list: &str| histograms::ShardInfo { index, count, list_sha256: list.into() };
+        let shard = |index: usize, count: usize, list: &str| histograms::ShardInfo { index, count, list_sha256: list.into(), whole_list_sha256: None };
         let mut a = base.clone();
         a.shard = Some(shard(1, 2, "a"));
         let mut b = base.clone();
