@@ -18,7 +18,12 @@ impl SamplesDigest {
         for part in parts {
             hasher.update(part);
         }
-        self.add(&SamplesDigest(hasher.finalize().into()));
+        self.add_sample_sha256(hasher.finalize().into());
+    }
+
+    /// Adds one sample given by its SHA-256 (a caller that hashes the bytes its own way).
+    pub fn add_sample_sha256(&mut self, sha256: [u8; 32]) {
+        self.add(&SamplesDigest(sha256));
     }
 
     /// Adds the samples of another digest (another shard, another size's pass).
