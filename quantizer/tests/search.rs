@@ -21,14 +21,14 @@ struct Searched {
     _dir: tempfile::TempDir,
 }
 
-/// Builds [`outlier_conv`], calibrates it on `held + 64` outlier samples (`held` held back) and runs the method
-/// search on the held-back ones.
-fn searched_with(reads_outliers: bool, held: u64) -> Searched {
+/// Builds [`outlier_conv`], calibrates it on `held + 64` outlier samples (`held` held back, chosen by `seed`) and
+/// runs the method search on the held-back ones.
+fn searched_with(reads_outliers: bool, held: u64, seed: u64) -> Searched {
     let dir = tempfile::tempdir().unwrap();
     let samples = &write_outlier_samples(&dir.path().join("samples"), 0, held + 64);
     let model = &outlier_conv(dir.path(), reads_outliers);
     let feed = Feed::for_folder(samples, None).unwrap();
-    let options = CalibrateOptions { hold_out: HoldOut::Count(held as usize), ..Default::default() };
+    let options = CalibrateOptions { hold_out: HoldOut::Count(held as usize), seed, ..Default::default() };
     let (hist, summary) = calibrate(model, samples, &feed, &options, &mut |_, _| {}).unwrap();
     let quantizer = Quantizer::load(model, hist).unwrap();
 
@@ -51,10 +51,16 @@ fn searched_with(reads_outliers: bool, held: u64) -> Searched {
     Searched { method: scheme.method, record, table, quantizer, probe, _dir: dir }
 }
 
-/// The search with 16 held-back samples: the method chosen, the record, and its trials as text.
-fn searched(reads_outliers: bool) -> (Method, SearchRecord, String) {
-    let s = searched_with(reads_outliers, 16);
-    (s.method, s.record, s.table)
+/// The search with 16 held-back samples, for each of eight seeds: which 16 of the 80 samples are held back
+/// moves every method's SQNR by several dB (about half the samples hold an outlier), so the tests judge the
+/// method over the seeds, not on one lucky slice.
+fn searched_over_seeds(reads_outliers: bool) -> Vec<(Method, SearchRecord, String)> {
+    (0..8)
+        .map(|seed| {
+            let s = searched_with(reads_outliers, 16, seed);
+            (s.method, s.record, format!("seed {seed}:\n{}", s.table))
+        })
+        .collect()
 }
 
 /// The SQNR of `method` in the first stage, where every method is measured on the same samples (16 held-back
@@ -74,35 +80,49 @@ fn table(record: &SearchRecord) -> String {
 
 #[test]
 fn auto_keeps_the_tail_a_linear_output_needs_where_entropy_clips_it() {
-    let (method, record, t) = searched(true);
-    assert_ne!(method, Method::Entropy, "{t}");
-    assert!(coarse(&record, method) > coarse(&record, Method::Entropy) + 3.0, "entropy should lose clearly:\n{t}");
-    assert_eq!(record.axes, ["method"]);
-    assert_eq!(record.trials[record.chosen].method, method.name());
+    let runs = searched_over_seeds(true);
+    let mut gaps = Vec::new();
+    for (method, record, t) in &runs {
+        assert_ne!(*method, Method::Entropy, "{t}");
+        let gap = coarse(record, *method) - coarse(record, Method::Entropy);
+        assert!(gap > TOLERANCE_DB, "entropy should lose:\n{t}");
+        assert_eq!(record.axes, ["method"]);
+        assert_eq!(record.trials[record.chosen].method, method.name());
+        gaps.push(gap);
+    }
+    let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+    assert!(mean > 2.0, "entropy should lose clearly on average: {gaps:?}");
 }
 
 #[test]
 fn auto_keeps_entropy_where_the_output_ignores_the_tail() {
-    let (method, record, t) = searched(false);
-    assert_eq!(method, Method::Entropy, "{t}");
-    let fine = |t: &&quantizer::search::Trial| t.stage == "fine";
-    let best = record
-        .trials
-        .iter()
-        .filter(fine)
-        .filter_map(|x| x.fidelity.as_ref())
-        .map(|f| f.sqnr_db)
-        .fold(f64::MIN, f64::max);
-    let chosen = record.trials[record.chosen].fidelity.as_ref().unwrap().sqnr_db;
-    assert!(chosen >= best - TOLERANCE_DB, "{t}");
-    assert!(coarse(&record, Method::Entropy) > coarse(&record, Method::Max) + 3.0, "max should lose clearly:\n{t}");
+    let runs = searched_over_seeds(false);
+    let mut gaps = Vec::new();
+    for (method, record, t) in &runs {
+        assert_eq!(*method, Method::Entropy, "{t}");
+        let fine = |t: &&quantizer::search::Trial| t.stage == "fine";
+        let best = record
+            .trials
+            .iter()
+            .filter(fine)
+            .filter_map(|x| x.fidelity.as_ref())
+            .map(|f| f.sqnr_db)
+            .fold(f64::MIN, f64::max);
+        let chosen = record.trials[record.chosen].fidelity.as_ref().unwrap().sqnr_db;
+        assert!(chosen >= best - TOLERANCE_DB, "{t}");
+        let gap = coarse(record, Method::Entropy) - coarse(record, Method::Max);
+        assert!(gap > 1.0, "max should lose:\n{t}");
+        gaps.push(gap);
+    }
+    let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+    assert!(mean > 2.5, "max should lose clearly on average: {gaps:?}");
 }
 
 #[test]
 fn the_fine_stage_continues_the_coarse_measurement_exactly() {
     // 40 held-back samples in batches of 4: the coarse stage ranks every method on the first 32, and the fine
     // stage measures the best two on all 40, running only the last 8 of each.
-    let s = searched_with(true, 40);
+    let s = searched_with(true, 40, 0);
     assert_eq!(s.record.samples, (32, 40), "{}", s.table);
     let fine: Vec<_> = s.record.trials.iter().filter(|t| t.stage == "fine").collect();
     assert_eq!(fine.len(), 2, "{}", s.table);
