@@ -4,6 +4,7 @@ each array ``(name, dtype, shape, address, nbytes, array)`` of a C-contiguous, n
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import os
 from typing import Any, Iterable, Iterator, List, Optional, Tuple, Union
@@ -136,51 +137,48 @@ class HeldBack:
         self.seed, self.hold_out = seed, hold_out
         # A tenth of a long stream is capped (64); an explicit count is the count.
         self.most = hold_out if hold_out is not None else _native.hold_out_count(1 << 40)
-        self.waiting: List[Tuple[int, int, dict]] = []  # (priority, position, sample), at most `most`
+        # The lowest (priority, position) seen so far, as a max-heap: (-priority, -position, sample).
+        self.waiting: List[Tuple[int, int, dict]] = []
         self.samples: List[dict] = []
         self.seen = 0
-
-    def _take(self, priority: int, position: int, sample: dict) -> Optional[dict]:
-        """Offers one sample to the waiting ones; returns the sample that goes on to the statistics, if any."""
-        entry = (priority, position, sample)
-        if len(self.waiting) < self.most:
-            self.waiting.append(entry)
-            return None
-        worst = max(range(len(self.waiting)), key=lambda k: self.waiting[k][:2])
-        if self.waiting[worst][:2] < entry[:2]:
-            return sample
-        out = self.waiting[worst][2]
-        self.waiting[worst] = entry
-        return out
 
     def split(self, inputs: Any) -> Any:
         """The batch's samples that go on to the statistics now (possibly with earlier ones pushed out)."""
         named = inputs if isinstance(inputs, dict) else {"": inputs}
         arrays = {k: as_numpy(v, f"sample {self.seen}") for k, v in named.items()}
         n = next(iter(arrays.values())).shape[0] if arrays else 0
-        passed = []
+        passed: List[int] = []
+        pushed_out: List[dict] = []
         for i in range(n):
             position = self.seen + i
-            sample = {k: a[i : i + 1].copy() for k, a in arrays.items()}
-            out = self._take(self._native.hold_out_priority(self.seed, position), position, sample)
-            if out is not None:
-                passed.append(out)
+            key = (-self._native.hold_out_priority(self.seed, position), -position)
+            if len(self.waiting) < self.most:
+                heapq.heappush(self.waiting, (*key, {k: a[i : i + 1].copy() for k, a in arrays.items()}))
+            elif key > self.waiting[0][:2]:
+                sample = {k: a[i : i + 1].copy() for k, a in arrays.items()}
+                pushed_out.append(heapq.heapreplace(self.waiting, (*key, sample))[2])
+            else:
+                passed.append(i)
         self.seen += n
-        return self._batch(passed)
+        if len(passed) == n:
+            return inputs
+        rest = {k: a[passed] for k, a in arrays.items()} if passed else None
+        return self._batch(([rest] if rest is not None else []) + pushed_out)
 
     def finish(self) -> Any:
         """At the end of the stream: keeps the count its length holds back, returns the rest as one batch."""
         count = self._native.hold_out_count(self.seen, self.hold_out)
-        self.waiting.sort(key=lambda e: e[:2])
-        kept, released = self.waiting[:count], self.waiting[count:]
+        ranked = sorted(self.waiting, key=lambda e: (-e[0], -e[1]))
+        kept, released = ranked[:count], ranked[count:]
         # The held-back samples in stream order, as a folder run lists its slice.
-        self.samples = [sample for _, _, sample in sorted(kept, key=lambda e: e[1])]
+        self.samples = [sample for _, _, sample in sorted(kept, key=lambda e: -e[1])]
         self.waiting = []
         return self._batch([sample for _, _, sample in released])
 
     @staticmethod
     def _batch(samples: List[dict]) -> Any:
-        """Samples as one batch: a dict by input name, or the bare array they came as."""
+        """Sample groups (each a dict of arrays with the batch axis) as one batch: a dict by input name, or the
+        bare array they came as."""
         if not samples:
             return None
         joined = {k: np.concatenate([s[k] for s in samples]) for k in samples[0]}
