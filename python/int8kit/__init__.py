@@ -368,13 +368,18 @@ def validate(model: PathLike, calib: Any, val: Any, out: PathLike, *, recipe: Op
     """The release gate (``int8kit validate``): FP32, FP16 and INT8 on ``val``, the report in ``out``.
 
     ``calib``: a folder, :class:`Statistics` or an iterable (calibrated first, a seeded tenth, at most 64,
-    held back to measure the ``auto`` choices on, as :func:`quantize` does). ``val``: a folder, or an
+    held back to measure the ``auto`` choices on, as :func:`quantize` does; ``seed`` and ``hold_out`` as there). ``val``: a folder, or an
     iterable of ``inputs`` or ``(inputs, labels)`` batches, which is written once as ``.npz`` samples into a
     temporary folder (validate reads its samples once per model) and removed afterwards. ``gates``:
     ``max_top1_drop``, ``min_cosine``, ``min_sqnr``, ``min_agreement``, ``baseline``, and the scheme flags.
     A failed gate gives ``passed == False``, or raises :class:`GateFailed` with ``raise_on_fail``."""
+    held: Dict[str, Any] = {}
+    if not is_folder(calib) and not isinstance(calib, Statistics):
+        # The iterable's held-back samples are chosen here, as the command line chooses a folder's.
+        held = {"hold_out": gates.pop("hold_out", None), "seed": gates.pop("seed", 0)}
     with tempfile.TemporaryDirectory(prefix="int8kit-") as tmp:
-        source = _Calibration(model, calib, tmp, recipe, preset, quiet, device, hold_back=True)
+        source = _Calibration(model, calib, tmp, recipe, preset, quiet, device,
+                              hold_back=held.get("hold_out") != 0, **held)
         code = _run("validate", model=model, calib=source.folder, hist=source.hist, check=source.check, quiet=quiet,
                     device=device,
                     out=out, **_val_flags(model, val, tmp, recipe, preset), **gates)
