@@ -945,34 +945,25 @@ struct Digesting<'a> {
 impl Digesting<'_> {
     /// Adds each sample of `batch`: an image's values, or its arrays in input-name order.
     fn add(&mut self, batch: &Batch) {
-        if batch.tensors.is_empty() {
-            use sha2::Digest;
-            let per: usize = batch.shape[1..].iter().product();
-            // Little-endian bytes through a small buffer: no copy of the batch (a 224x224 image is 602 kB).
-            let mut buffer = [0u8; 4096];
-            for sample in batch.data.chunks(per.max(1)).take(batch.len()) {
-                let mut hasher = sha2::Sha256::new();
-                for values in sample.chunks(buffer.len() / 4) {
-                    for (bytes, v) in buffer.chunks_exact_mut(4).zip(values) {
-                        bytes.copy_from_slice(&v.to_le_bytes());
-                    }
-                    hasher.update(&buffer[..values.len() * 4]);
-                }
-                self.samples.add_sample_sha256(hasher.finalize().into());
-            }
+        use sha2::Digest;
+        let n = batch.len();
+        // Each array of a sample with its values per sample.
+        let arrays: Vec<(feeds::Values<'_>, usize)> = if batch.tensors.is_empty() {
+            vec![(feeds::Values::Pixels(&batch.data), batch.shape[1..].iter().product())]
         } else {
-            let mut arrays: Vec<&feeds::NamedArray> = batch.tensors.iter().collect();
-            arrays.sort_by(|a, b| a.name.cmp(&b.name));
-            for i in 0..batch.len() {
-                let parts: Vec<Vec<u8>> = arrays
-                    .iter()
-                    .map(|a| {
-                        let per = a.data.len() / batch.len();
-                        a.data.view().le_bytes(i * per, (i + 1) * per)
-                    })
-                    .collect();
-                self.samples.add_sample(parts.iter().map(Vec::as_slice));
+            let mut named: Vec<&feeds::NamedArray> = batch.tensors.iter().collect();
+            named.sort_by(|a, b| a.name.cmp(&b.name));
+            named.iter().map(|a| (a.data.view(), a.data.len() / n.max(1))).collect()
+        };
+        for i in 0..n {
+            let mut hasher = sha2::Sha256::new();
+            for (values, per) in &arrays {
+                // A few kB at a time: no copy of a whole sample (a 224x224 image is 602 kB).
+                for from in (i * per..(i + 1) * per).step_by(1024) {
+                    hasher.update(values.le_bytes(from, (from + 1024).min((i + 1) * per)));
+                }
             }
+            self.samples.add_sample_sha256(hasher.finalize().into());
         }
     }
 }
@@ -1331,10 +1322,10 @@ mod tests {
         }
     }
 
-    /// The digest of a batch of images is that of each image's little-endian float32 bytes (FORMATS.md), also
-    /// for images longer than the hashing buffer.
+    /// The digest of a batch is that of each sample's little-endian bytes (FORMATS.md): an image's float32
+    /// values, also when longer than the hashing chunk, or an `.npz` sample's arrays by name.
     #[test]
-    fn each_image_is_digested_as_its_little_endian_bytes() {
+    fn each_sample_is_digested_as_its_little_endian_bytes() {
         let per = 3 * 40 * 40; // 19200 bytes: several rounds of the 4096-byte buffer
         let data: Vec<f32> = (0..2 * per).map(|i| (i as f32).sin()).collect();
         let items = (0..2).map(|i| datasets::ImageItem { path: format!("{i}.png").into(), label: None }).collect();
@@ -1354,6 +1345,25 @@ mod tests {
         for image in data.chunks(per) {
             let bytes: Vec<u8> = image.iter().flat_map(|v| v.to_le_bytes()).collect();
             want.add_sample([bytes.as_slice()]);
+        }
+        assert_eq!(digesting.samples, want);
+
+        // `.npz` samples: each sample's arrays in name order, whatever order the batch holds them in.
+        let ids: Vec<i64> = (0..2 * 1500).collect();
+        let mask: Vec<f32> = (0..2 * 3).map(|i| i as f32).collect();
+        let tensors = vec![
+            feeds::NamedArray { name: "mask".into(), shape: vec![2, 3], data: feeds::ArrayData::F32(mask.clone()) },
+            feeds::NamedArray { name: "ids".into(), shape: vec![2, 1500], data: feeds::ArrayData::I64(ids.clone()) },
+        ];
+        let items = (0..2).map(|i| datasets::ImageItem { path: format!("{i}.npz").into(), label: None }).collect();
+        let mut source = One(Some(Batch { data: Vec::new(), shape: [2, 0, 0, 0], items, tensors }));
+        let mut digesting = Digesting { inner: &mut source, samples: Default::default() };
+        assert!(digesting.next().is_some());
+        let mut want = histograms::SamplesDigest::default();
+        for i in 0..2 {
+            let ids: Vec<u8> = ids[i * 1500..(i + 1) * 1500].iter().flat_map(|v| v.to_le_bytes()).collect();
+            let mask: Vec<u8> = mask[i * 3..(i + 1) * 3].iter().flat_map(|v| v.to_le_bytes()).collect();
+            want.add_sample([ids.as_slice(), mask.as_slice()]);
         }
         assert_eq!(digesting.samples, want);
     }

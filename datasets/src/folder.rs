@@ -20,6 +20,7 @@ pub fn hold_out_priority(seed: u64, index: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
+
 /// Mixed into the seed of [`Dataset::deal`]'s shuffle.
 const DEAL_STREAM: u64 = 0x6465_616c_7369_7a65;
 
