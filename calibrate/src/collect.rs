@@ -936,10 +936,23 @@ impl BatchSource for Recorded<'_> {
     }
 }
 
-/// Batches on their way to the model, each sample's bytes added to the identity of the samples fed.
-struct Digesting<'a> {
+/// Batches on their way to the model, each sample's bytes added to the identity of the samples fed (the
+/// `.hist`'s `samples_sha256`, validate's `validation_samples_sha256`).
+pub struct Digesting<'a> {
     inner: &'a mut dyn BatchSource,
     samples: histograms::SamplesDigest,
+}
+
+impl<'a> Digesting<'a> {
+    /// `inner`'s batches, digested as they pass.
+    pub fn new(inner: &'a mut dyn BatchSource) -> Digesting<'a> {
+        Digesting { inner, samples: Default::default() }
+    }
+
+    /// The identity of the samples passed so far.
+    pub fn digest(&self) -> &histograms::SamplesDigest {
+        &self.samples
+    }
 }
 
 impl Digesting<'_> {
@@ -1069,7 +1082,7 @@ fn run_pass(
         }
         PassInput::Given(batches) => batches,
     };
-    let mut digesting = Digesting { inner: stream, samples: Default::default() };
+    let mut digesting = Digesting::new(stream);
     let stream: &mut dyn BatchSource = &mut digesting;
 
     runtime::check_threads(options.threads)?;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 pub use collect::{
     batch_input, calibrate, calibrate_batches, calibrate_model, held_out_slice, load_model, CalibrateOptions,
-    CalibrationSummary, GivenSamples, HoldOut, TappedModel,
+    CalibrationSummary, Digesting, GivenSamples, HoldOut, TappedModel,
 };
 pub use histograms::Selection;
 

@@ -86,6 +86,144 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
+
+    /// What batches must share to be one: each array's name and sample shape (sorted by name), or the image's
+    /// sample shape.
+    pub fn shape_key(&self) -> ShapeKey {
+        if self.tensors.is_empty() {
+            return vec![(String::new(), self.shape[1..].to_vec())];
+        }
+        let mut key: Vec<_> =
+            self.tensors.iter().map(|a| (a.name.clone(), a.shape.get(1..).unwrap_or_default().to_vec())).collect();
+        key.sort();
+        key
+    }
+
+    /// Appends `other`'s samples, of the same [`Batch::shape_key`]; `Err` naming the input whose element type
+    /// differs (nothing appended then).
+    fn append(&mut self, mut other: Batch) -> Result<(), String> {
+        for a in &self.tensors {
+            let b = other.tensors.iter().find(|b| b.name == a.name).ok_or_else(|| a.name.clone())?;
+            if a.data.dtype() != b.data.dtype() {
+                return Err(format!("'{}' is {} here and {} before", a.name, b.data.dtype(), a.data.dtype()));
+            }
+        }
+        for a in &mut self.tensors {
+            let at = other.tensors.iter().position(|b| b.name == a.name).expect("checked above");
+            let b = other.tensors.swap_remove(at);
+            a.data.extend(&b.data);
+            a.shape[0] += b.shape[0];
+        }
+        self.data.extend_from_slice(&other.data);
+        self.shape[0] += other.shape[0];
+        self.items.append(&mut other.items);
+        Ok(())
+    }
+
+    /// Splits off the samples from `at` on into a batch of their own.
+    fn split_off(&mut self, at: usize) -> Batch {
+        let n = self.len().max(1);
+        let per = self.data.len() / n;
+        let mut shape = self.shape;
+        shape[0] = shape[0].saturating_sub(at);
+        self.shape[0] = self.shape[0].min(at);
+        let tensors = self
+            .tensors
+            .iter_mut()
+            .map(|a| {
+                let per = a.data.len() / a.shape.first().copied().unwrap_or(1).max(1);
+                let mut rest = a.shape.clone();
+                rest[0] = rest[0].saturating_sub(at);
+                a.shape[0] = a.shape[0].min(at);
+                crate::NamedArray { name: a.name.clone(), shape: rest, data: a.data.split_off(at * per) }
+            })
+            .collect();
+        Batch { data: self.data.split_off(at * per), shape, items: self.items.split_off(at), tensors }
+    }
+}
+
+/// What samples must share to be batched together ([`Batch::shape_key`]).
+pub type ShapeKey = Vec<(String, Vec<usize>)>;
+
+/// A caller's batches regrouped into batches of `size` samples of one [`Batch::shape_key`] each, every
+/// shape's samples in the order they came: the batches a folder of those samples in that order makes
+/// ([`BatchStream`] with that batch size, shape by shape), so that models fed either compute the same
+/// outputs whatever sizes the caller's batches had. A shape's batch goes out as it fills; the rest, shape by
+/// shape in the order first seen, when the stream ends. Memory: fewer than `size` samples per shape wait.
+pub struct Rebatched<'a> {
+    inner: &'a mut dyn BatchSource,
+    size: usize,
+    /// Per shape, in the order first seen: the samples waiting for a full batch.
+    waiting: Vec<(ShapeKey, Option<Batch>)>,
+    ready: std::collections::VecDeque<Batch>,
+    ended: bool,
+}
+
+impl<'a> Rebatched<'a> {
+    /// Batches of `size` (at least 1) samples from `inner`.
+    pub fn new(inner: &'a mut dyn BatchSource, size: usize) -> Rebatched<'a> {
+        Rebatched { inner, size: size.max(1), waiting: Vec::new(), ready: Default::default(), ended: false }
+    }
+
+    fn add(&mut self, batch: Batch) -> Result<(), DatasetError> {
+        let key = batch.shape_key();
+        let slot = match self.waiting.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                self.waiting.push((key, None));
+                self.waiting.len() - 1
+            }
+        };
+        let waiting = &mut self.waiting[slot].1;
+        match waiting {
+            None => *waiting = Some(batch),
+            Some(w) => {
+                let first = batch.items.first().map(|i| i.path.clone()).unwrap_or_default();
+                w.append(batch).map_err(|message| DatasetError::Tensors { path: first, message })?;
+            }
+        }
+        while let Some(w) = waiting.as_mut().filter(|w| w.len() >= self.size) {
+            let rest = w.split_off(self.size);
+            self.ready.push_back(std::mem::replace(w, rest));
+        }
+        if waiting.as_ref().is_some_and(Batch::is_empty) {
+            *waiting = None;
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for Rebatched<'_> {
+    type Item = Result<Batch, DatasetError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(b) = self.ready.pop_front() {
+                return Some(Ok(b));
+            }
+            if self.ended {
+                return None;
+            }
+            match self.inner.next() {
+                Some(Ok(batch)) if batch.is_empty() => {}
+                Some(Ok(batch)) => {
+                    if let Err(e) = self.add(batch) {
+                        return Some(Err(e));
+                    }
+                }
+                Some(Err(e)) => return Some(Err(e)),
+                None => {
+                    self.ended = true;
+                    self.ready.extend(self.waiting.drain(..).filter_map(|(_, w)| w));
+                }
+            }
+        }
+    }
+}
+
+impl BatchSource for Rebatched<'_> {
+    fn skipped(&self) -> Vec<(PathBuf, String)> {
+        self.inner.skipped()
+    }
 }
 
 /// A decoded sample: an image's preprocessed values, or an `.npz` sample's arrays.
@@ -267,5 +405,64 @@ impl Iterator for BatchStream {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ImageItem, NamedArray};
+    use feeds::ArrayData;
+
+    /// A batch of `n` samples of `len` int64 values each, counting up from `first` (sample k holds k's value).
+    fn tokens(first: usize, n: usize, len: usize) -> Batch {
+        let items = (first..first + n).map(|i| ImageItem { path: format!("sample {i}").into(), label: Some(i % 3) });
+        let values = (first..first + n).flat_map(|i| std::iter::repeat_n(i as i64, len)).collect();
+        Batch {
+            data: Vec::new(),
+            shape: [n, 0, 0, 0],
+            items: items.collect(),
+            tensors: vec![NamedArray { name: "ids".into(), shape: vec![n, len], data: ArrayData::I64(values) }],
+        }
+    }
+
+    struct Given(std::vec::IntoIter<Batch>);
+    impl Iterator for Given {
+        type Item = Result<Batch, DatasetError>;
+        fn next(&mut self) -> Option<Self::Item> {
+            self.0.next().map(Ok)
+        }
+    }
+    impl BatchSource for Given {}
+
+    #[test]
+    fn a_streams_batches_are_regrouped_by_shape_into_full_batches_in_order() {
+        // Samples 0..12: lengths 4 and 7 interleaved, in batches of 3, 5, 1, 2 and 1 samples.
+        let given = vec![tokens(0, 3, 4), tokens(3, 5, 7), tokens(8, 1, 4), tokens(9, 2, 4), tokens(11, 1, 7)];
+        let mut source = Given(given.into_iter());
+        let out: Vec<Batch> = Rebatched::new(&mut source, 4).collect::<Result<_, _>>().unwrap();
+        let summary: Vec<(usize, Vec<i64>)> = out
+            .iter()
+            .map(|b| {
+                let ArrayData::I64(v) = &b.tensors[0].data else { panic!("int64") };
+                let len = b.tensors[0].shape[1];
+                assert_eq!(b.tensors[0].shape[0], b.len());
+                assert!(v.len() == b.len() * len && b.shape[0] == b.len());
+                (len, v.iter().step_by(len).copied().collect())
+            })
+            .collect();
+        // Full batches as they fill, then each shape's rest in the order the shapes were first seen.
+        assert_eq!(summary, vec![(7, vec![3, 4, 5, 6]), (4, vec![0, 1, 2, 8]), (4, vec![9, 10]), (7, vec![7, 11])]);
+        let items: Vec<String> = out[1].items.iter().map(|i| i.path.display().to_string()).collect();
+        assert_eq!(items, ["sample 0", "sample 1", "sample 2", "sample 8"]);
+    }
+
+    #[test]
+    fn a_batch_of_another_element_type_is_refused_with_the_input_named() {
+        let mut other = tokens(3, 2, 4);
+        other.tensors[0].data = ArrayData::I32(vec![0; 8]);
+        let mut source = Given(vec![tokens(0, 3, 4), other].into_iter());
+        let err = Rebatched::new(&mut source, 8).find_map(Result::err).expect("an error");
+        assert!(err.to_string().contains("'ids' is int32 here and int64 before"), "{err}");
     }
 }

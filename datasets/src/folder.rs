@@ -44,6 +44,25 @@ pub struct Dataset {
     pub classes: Vec<String>,
 }
 
+/// [`Dataset::list_sha256`] made name by name, for samples that come as a stream.
+#[derive(Default)]
+pub struct ListSha256(sha2::Sha256);
+
+impl ListSha256 {
+    /// The next sample's name (its path relative to the folder).
+    pub fn add(&mut self, name: &Path) {
+        use sha2::Digest;
+        self.0.update(name.to_string_lossy().as_bytes());
+        self.0.update(b"\n");
+    }
+
+    /// The hash, as lowercase hex.
+    pub fn finish(self) -> String {
+        use sha2::Digest;
+        self.0.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 /// Whether the file is an `.npz` tensor sample.
 pub(crate) fn is_npz(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("npz"))
@@ -333,14 +352,11 @@ impl Dataset {
     /// SHA-256 over the images' paths relative to the folder, in order: identifies the image set (and, in a
     /// labelled folder, the labels, which come from the paths).
     pub fn list_sha256(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
+        let mut h = ListSha256::default();
         for item in &self.items {
-            let rel = item.path.strip_prefix(&self.root).unwrap_or(&item.path);
-            h.update(rel.to_string_lossy().as_bytes());
-            h.update(b"\n");
+            h.add(item.path.strip_prefix(&self.root).unwrap_or(&item.path));
         }
-        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        h.finish()
     }
 
     /// Number of images.

@@ -14,10 +14,10 @@ mod preprocess;
 mod recipe;
 pub mod tensors;
 
-pub use batches::{Batch, BatchSource, BatchStream, OnBadImage, StreamOptions};
+pub use batches::{Batch, BatchSource, BatchStream, OnBadImage, Rebatched, ShapeKey, StreamOptions};
 pub use error::DatasetError;
 pub use feed::Feed;
-pub use folder::{hold_out_priority, Dataset, ImageItem, MAX_CLASSES};
+pub use folder::{hold_out_priority, Dataset, ImageItem, ListSha256, MAX_CLASSES};
 pub use preprocess::{apply_geometry, load_pixels, preprocess_file, write_tensor, Pixels};
 pub use recipe::{Channels, InputType, Interpolation, Layout, Preset, Recipe, ResizeMode, MAX_SIDE, MAX_SIZES};
 pub use tensors::{read_npz, ArrayData, NamedArray};

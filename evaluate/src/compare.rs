@@ -457,6 +457,11 @@ pub struct CandidateParts {
 }
 
 impl ComparisonParts {
+    /// Images per label (the reference's per-class totals; empty when unlabelled).
+    pub fn label_counts(&self) -> Vec<u64> {
+        self.reference.per_class.iter().map(|c| c.1).collect()
+    }
+
     /// The comparisons, one per candidate (an error on no images or NaN/Inf outputs).
     pub fn finish(&self, root: &Path) -> Result<Vec<Comparison>, EvaluateError> {
         let reference = self.reference.clone().metrics(self.images, self.reference_seconds, self.classes);
@@ -569,40 +574,26 @@ pub fn compare_each_parts(
     let mut models: Vec<&dyn BatchModel> = vec![&*fp32];
     models.extend(candidates.iter().map(|c| &**c));
     let batching = batching(&models, dataset, feed)?;
-    let acc = in_order(batching, candidates.len(), dataset, feed, classifier, progress, &mut |batch| {
-        let mut rows = vec![fp32.run(batch)?];
-        for c in candidates.iter_mut() {
-            rows.push(c.run(batch)?);
-        }
-        Ok(rows)
-    })?;
-    let mut seconds = vec![fp32.seconds()];
-    seconds.extend(candidates.iter().map(|c| c.seconds()));
-    Ok(acc.parts(&seconds))
-}
-
-/// Runs one batch: the reference's output rows, then each candidate's.
-type RunBatch<'r> = dyn FnMut(&datasets::Batch) -> Result<Vec<Vec<f32>>, EvaluateError> + 'r;
-
-/// The batches of `dataset`, run by `run_batch` (the reference's rows, then each candidate's) and added up in
-/// list order.
-fn in_order<'a>(
-    batching: StreamOptions,
-    candidates: usize,
-    dataset: &'a Dataset,
-    feed: &Feed,
-    classifier: &'a Classifier,
-    progress: &mut dyn FnMut(u64, u64),
-    run_batch: &mut RunBatch<'_>,
-) -> Result<Accumulation<'a>, EvaluateError> {
-    let mut acc = Accumulation::new(candidates, dataset, classifier);
+    let samples = Samples { root: &dataset.root, classes: dataset.classes.len(), total: dataset.len() as u64 };
+    let mut acc = Accumulation::new(candidates.len(), &samples, classifier);
     for batch in BatchStream::new(dataset, feed, batching) {
         let batch = batch?;
-        let rows = run_batch(&batch)?;
-        acc.add(&batch, &rows)?;
+        let mut rows = Vec::with_capacity(candidates.len() + 1);
+        let mut seconds = Vec::with_capacity(candidates.len() + 1);
+        let mut timed = |m: &mut dyn BatchModel| -> Result<(), EvaluateError> {
+            let before = m.seconds();
+            rows.push(m.run(&batch)?);
+            seconds.push(m.seconds() - before);
+            Ok(())
+        };
+        timed(&mut *fp32)?;
+        for c in candidates.iter_mut() {
+            timed(&mut **c)?;
+        }
+        acc.add(&batch, &rows, &seconds)?;
         progress(acc.done, dataset.len() as u64);
     }
-    Ok(acc)
+    Ok(acc.parts())
 }
 
 /// [`compare_each_parts`] with one set of models per device (each `[reference, candidates...]`, the same
@@ -618,17 +609,82 @@ pub fn compare_each_spread(
 ) -> Result<ComparisonParts, EvaluateError> {
     let all: Vec<&dyn BatchModel> = sets.iter().flatten().map(|m| &**m).collect();
     let batching = batching_of(&all, dataset, batch_size.unwrap_or_else(|| default_eval_batch(feed)))?;
-    let candidates = sets.first().map_or(0, |s| s.len().saturating_sub(1));
-    if let [one] = sets {
-        let acc = in_order(batching, candidates, dataset, feed, classifier, progress, &mut |batch| {
-            one.iter_mut().map(|m| m.run(batch)).collect()
-        })?;
-        return Ok(acc.parts(&one.iter().map(|m| m.seconds()).collect::<Vec<_>>()));
+    let mut stream = BatchStream::new(dataset, feed, batching);
+    let samples = Samples { root: &dataset.root, classes: dataset.classes.len(), total: dataset.len() as u64 };
+    let groups = compare_spread_by_shape(sets, &mut stream, &samples, classifier, progress)?;
+    // One listed folder of one shape (validate splits several shapes or sizes into lists of their own).
+    let parts: Vec<&ComparisonParts> = groups.iter().map(|(_, p)| p).collect();
+    match ComparisonParts::join(&parts) {
+        Some(all) => Ok(all),
+        None => {
+            Ok(Accumulation::new(sets.first().map_or(0, |s| s.len().saturating_sub(1)), &samples, classifier).parts())
+        }
     }
-    let mut acc = Accumulation::new(candidates, dataset, classifier);
-    type Done = (usize, datasets::Batch, Result<Vec<Vec<f32>>, EvaluateError>);
+}
+
+/// What the samples of an evaluation are, beside their batches.
+pub struct Samples<'a> {
+    /// The folder (or the stream's name), for messages.
+    pub root: &'a Path,
+    /// The folder's classes; 0 for a stream, whose labels say how many.
+    pub classes: usize,
+    /// Samples expected, for progress (0: unknown).
+    pub total: u64,
+}
+
+/// One batch's rows from every model of a set, and the seconds each took on it.
+type SetRows = Result<(Vec<Vec<f32>>, Vec<f64>), EvaluateError>;
+
+/// Runs every model of `set` on `batch`.
+fn run_set(set: &mut [Box<dyn BatchModel>], batch: &datasets::Batch) -> SetRows {
+    let mut rows = Vec::with_capacity(set.len());
+    let mut seconds = Vec::with_capacity(set.len());
+    for m in set.iter_mut() {
+        let before = m.seconds();
+        rows.push(m.run(batch)?);
+        seconds.push(m.seconds() - before);
+    }
+    Ok((rows, seconds))
+}
+
+/// [`compare_each_spread`] over any batches (a folder's, or a stream's regrouped by
+/// [`datasets::Rebatched`]): per sample shape, in the order first seen, that shape's parts, each added in the
+/// order its batches came.
+pub fn compare_spread_by_shape(
+    sets: &mut [Vec<Box<dyn BatchModel>>],
+    batches: &mut dyn Iterator<Item = Result<datasets::Batch, datasets::DatasetError>>,
+    samples: &Samples<'_>,
+    classifier: &Classifier,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Vec<(datasets::ShapeKey, ComparisonParts)>, EvaluateError> {
+    let candidates = sets.first().map_or(0, |s| s.len().saturating_sub(1));
+    let mut groups: Vec<(datasets::ShapeKey, Accumulation)> = Vec::new();
+    let mut done = 0u64;
+    let mut add = |batch: &datasets::Batch, rows: &[Vec<f32>], seconds: &[f64]| -> Result<(), EvaluateError> {
+        let key = batch.shape_key();
+        let g = match groups.iter().position(|(k, _)| *k == key) {
+            Some(g) => g,
+            None => {
+                groups.push((key, Accumulation::new(candidates, samples, classifier)));
+                groups.len() - 1
+            }
+        };
+        groups[g].1.add(batch, rows, seconds)?;
+        done += batch.len() as u64;
+        progress(done, samples.total.max(done));
+        Ok(())
+    };
+    if let [one] = sets {
+        for batch in batches {
+            let batch = batch?;
+            let (rows, seconds) = run_set(one, &batch)?;
+            add(&batch, &rows, &seconds)?;
+        }
+        return Ok(groups.into_iter().map(|(k, a)| (k, a.parts())).collect());
+    }
+    type Done = (usize, datasets::Batch, SetRows);
     let (done_tx, done_rx) = std::sync::mpsc::channel::<Done>();
-    let seconds = std::thread::scope(|scope| -> Result<Vec<f64>, EvaluateError> {
+    std::thread::scope(|scope| -> Result<(), EvaluateError> {
         let mut senders = Vec::new();
         let mut workers = Vec::new();
         for set in sets.iter_mut() {
@@ -638,31 +694,30 @@ pub fn compare_each_spread(
             let done_tx = done_tx.clone();
             workers.push(scope.spawn(move || {
                 for (i, batch) in rx {
-                    let rows = set.iter_mut().map(|m| m.run(&batch)).collect::<Result<Vec<_>, _>>();
+                    let rows = run_set(set, &batch);
                     let failed = rows.is_err();
                     if done_tx.send((i, batch, rows)).is_err() || failed {
                         break;
                     }
                 }
-                set.iter().map(|m| m.seconds()).collect::<Vec<f64>>()
             }));
         }
         drop(done_tx);
         // Rows come back in any order; they are added in list order.
         let mut waiting = std::collections::BTreeMap::new();
         let mut next = 0usize;
-        let mut take = |result: Done, acc: &mut Accumulation| -> Result<(), EvaluateError> {
+        let mut take = |result: Done| -> Result<(), EvaluateError> {
             waiting.insert(result.0, (result.1, result.2));
             while let Some((batch, rows)) = waiting.remove(&next) {
-                acc.add(&batch, &rows?)?;
-                progress(acc.done, dataset.len() as u64);
+                let (rows, seconds) = rows?;
+                add(&batch, &rows, &seconds)?;
                 next += 1;
             }
             Ok(())
         };
         let mut dealt = 0usize;
         let mut outcome = Ok(());
-        for (i, batch) in BatchStream::new(dataset, feed, batching).enumerate() {
+        for (i, batch) in batches.enumerate() {
             let batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
@@ -675,33 +730,31 @@ pub fn compare_each_spread(
             }
             dealt += 1;
             while let Ok(result) = done_rx.try_recv() {
-                take(result, &mut acc)?;
+                take(result)?;
             }
         }
         drop(senders);
         for result in done_rx.iter() {
             if outcome.is_ok() {
-                outcome = take(result, &mut acc);
+                outcome = take(result);
             }
         }
-        let mut seconds = vec![0.0; candidates + 1];
         for worker in workers {
-            let s = worker.join().map_err(|_| EvaluateError::Model {
-                path: dataset.root.clone(),
+            worker.join().map_err(|_| EvaluateError::Model {
+                path: samples.root.to_path_buf(),
                 message: "a device's evaluation thread panicked".into(),
             })?;
-            seconds.iter_mut().zip(s).for_each(|(a, b)| *a += b);
         }
         outcome?;
         if next != dealt {
             return Err(EvaluateError::Model {
-                path: dataset.root.clone(),
+                path: samples.root.to_path_buf(),
                 message: format!("{} of {dealt} batches came back from the devices", next),
             });
         }
-        Ok(seconds)
+        Ok(())
     })?;
-    Ok(acc.parts(&seconds))
+    Ok(groups.into_iter().map(|(k, a)| (k, a.parts())).collect())
 }
 
 /// The counts and fidelity shares of a comparison, added batch by batch in list order (the only order that
@@ -713,24 +766,28 @@ struct Accumulation<'a> {
     reference: Tally,
     tallies: Vec<Tally>,
     fidelity: Vec<OutputFidelity>,
+    /// Seconds each model ran on these batches (the reference first).
+    seconds: Vec<f64>,
     done: u64,
 }
 
 impl<'a> Accumulation<'a> {
-    fn new(candidates: usize, dataset: &'a Dataset, classifier: &'a Classifier) -> Accumulation<'a> {
+    fn new(candidates: usize, samples: &Samples<'a>, classifier: &'a Classifier) -> Accumulation<'a> {
         Accumulation {
             classifier,
-            root: &dataset.root,
-            classes: dataset.classes.len(),
+            root: samples.root,
+            classes: samples.classes,
             reference: Tally::default(),
             tallies: vec![Tally::default(); candidates],
             fidelity: (0..candidates).map(|_| OutputFidelity::keeping()).collect(),
+            seconds: vec![0.0; candidates + 1],
             done: 0,
         }
     }
 
-    /// One batch: `rows[0]` the reference's output rows, then each candidate's.
-    fn add(&mut self, batch: &datasets::Batch, rows: &[Vec<f32>]) -> Result<(), EvaluateError> {
+    /// One batch: `rows[0]` the reference's output rows, then each candidate's, and the seconds each took.
+    fn add(&mut self, batch: &datasets::Batch, rows: &[Vec<f32>], seconds: &[f64]) -> Result<(), EvaluateError> {
+        self.seconds.iter_mut().zip(seconds).for_each(|(a, b)| *a += b);
         let Some((a, candidates)) = rows.split_first() else { return Ok(()) };
         let width = a.len() / batch.items.len().max(1);
         let mut labels = Vec::with_capacity(batch.items.len());
@@ -756,8 +813,9 @@ impl<'a> Accumulation<'a> {
         Ok(())
     }
 
-    /// The parts, with each model's seconds (`seconds[0]` the reference's).
-    fn parts(self, seconds: &[f64]) -> ComparisonParts {
+    /// The parts, with each model's seconds.
+    fn parts(self) -> ComparisonParts {
+        let seconds = self.seconds;
         ComparisonParts {
             images: self.done,
             classes: self.classes,

@@ -169,7 +169,30 @@ fn plot_counts(stats: &histograms::TensorStats, bins: usize) -> (f64, Vec<u64>) 
 /// caller turns `passed` into the exit status. Four steps: the inputs checked before any work, the artifacts
 /// built, the three models compared, the report assembled.
 pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, EvaluateError> {
-    let inputs = check_inputs(config)?;
+    run(config, None, progress)
+}
+
+/// Evaluation samples a caller streams instead of a `--val` folder (the Python API's iterables): `.npz`-like
+/// arrays by input name, labelled or not. They are regrouped into the evaluation batches a folder of the same
+/// samples in the same order would make ([`datasets::Rebatched`]), so the rows equal that folder's, and are
+/// identified by the bytes fed (`validation_samples_sha256`). `--val` (`ValidateConfig::val`) names them.
+pub struct GivenVal<'a> {
+    /// The batches, in order.
+    pub batches: &'a mut dyn datasets::BatchSource,
+    /// Samples expected, for progress (`None`: unknown).
+    pub total: Option<u64>,
+    /// Whether every sample carries a label (Top-1 gates need them).
+    pub labelled: bool,
+}
+
+/// [`validate`] on streamed evaluation samples: a folder's checks and rows, with what needs a listing
+/// refused (`--limit-val`, `--shard`, `--classes`) and the baseline's samples checked once they are read.
+pub fn validate_given(config: &ValidateConfig, val: GivenVal<'_>, progress: Progress) -> Result<Report, EvaluateError> {
+    run(config, Some(val), progress)
+}
+
+fn run(config: &ValidateConfig, given: Option<GivenVal<'_>>, progress: Progress) -> Result<Report, EvaluateError> {
+    let inputs = check_inputs(config, given.as_ref())?;
     let model_files = inputs.model.input_files();
     config.run_files().check(&|_| Ok(model_files.clone()))?;
     // Everything goes into a staging folder that replaces OUTDIR whole at the end. From here a failed run
@@ -178,10 +201,18 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
     let mut stage = safe_io::OutputDir::new(&config.out)?;
     stage.discard_existing_on_failure();
     let out = stage.path();
-    let Checked { val, validation_list_sha256, shard, baseline, given, model } = inputs;
-    let built = build_artifacts(config, model, given, out, progress)?;
-    let rows = compare_rows(config, &built, &val, out, progress)?;
-    let (report, gates) = assemble_report(config, &built, &rows, &val, validation_list_sha256, baseline.as_ref())?;
+    let Checked { val, validation_list_sha256, shard, baseline, given: given_hist, model } = inputs;
+    let built = build_artifacts(config, model, given_hist, out, progress)?;
+    let rows = match (given, &val) {
+        (Some(stream), _) => {
+            let rows = compare_stream(config, &built, stream, out, progress)?;
+            check_after_stream(config, &rows, baseline.as_ref())?;
+            rows
+        }
+        (None, Some(val)) => compare_rows(config, &built, val, out, progress)?,
+        (None, None) => unreachable!("check_inputs lists the folder when nothing is streamed"),
+    };
+    let (report, gates) = assemble_report(config, &built, &rows, validation_list_sha256, baseline.as_ref())?;
     match (&config.shard, shard) {
         (Some(request), Some(shard)) => {
             let part = ValidatePart {
@@ -202,10 +233,11 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
 
 /// What [`check_inputs`] read and proved before any work.
 struct Checked {
-    /// The images evaluated (this shard's part, with `--shard`).
-    val: Dataset,
-    /// The whole evaluation list's hash (a shard's report names the whole list).
-    validation_list_sha256: String,
+    /// The images evaluated (this shard's part, with `--shard`); `None` for streamed samples.
+    val: Option<Dataset>,
+    /// The whole evaluation list's hash (a shard's report names the whole list); `None` for streamed samples,
+    /// whose names are hashed as they come.
+    validation_list_sha256: Option<String>,
     /// With `--shard`: which part this is.
     shard: Option<histograms::ShardInfo>,
     /// The baseline report, checked against this run.
@@ -218,7 +250,7 @@ struct Checked {
 
 /// Every refusal that needs no work: engine and device, gate limits, labels for Top-1 gates, the image list
 /// and its shard, the baseline, the zero-shot prototypes, the given statistics. OUTDIR is not touched yet.
-fn check_inputs(config: &ValidateConfig) -> Result<Checked, EvaluateError> {
+fn check_inputs(config: &ValidateConfig, given: Option<&GivenVal<'_>>) -> Result<Checked, EvaluateError> {
     let device = &config.collect.device;
     if config.engine == Engine::TensorRt && device.list().len() > 1 {
         return Err(EvaluateError::Input {
@@ -248,23 +280,39 @@ fn check_inputs(config: &ValidateConfig) -> Result<Checked, EvaluateError> {
         crate::check_limit("--max-top1-drop", limit)?;
     }
     config.fidelity.check()?;
+    let (val, validation_list_sha256, shard_info) = match given {
+        Some(stream) => {
+            check_stream(config, stream)?;
+            (None, None, None)
+        }
+        None => {
+            let (val, list, shard) = list_val(config)?;
+            (Some(val), Some(list), shard)
+        }
+    };
+    // Loaded (and hashed) once: the baseline and output checks, the calibration and the builds share it.
+    let model = calibrate::load_model(&config.model)?;
+    let baseline = match &config.baseline {
+        Some(path) => Some(check_baseline(path, config, val.as_ref(), &model.sha256)?),
+        None => None,
+    };
+    if let Some(val) = &val {
+        check_prototypes(config, val.classes.len())?;
+    }
+    // Refusals come first and leave OUTDIR untouched: the statistics given are checked before the stage.
+    let given = match &config.calib {
+        Calibration::Folder(_) => None,
+        Calibration::Hist { hist, .. } => Some(given_hist(hist, config)?),
+    };
+    Ok(Checked { val, validation_list_sha256, shard: shard_info, baseline, given, model })
+}
+
+/// The `--val` folder listed (with `--limit-val`, and this shard's part with `--shard`), the whole list's
+/// hash and the shard; refused when a Top-1 gate has no labels or nothing is left.
+fn list_val(config: &ValidateConfig) -> Result<(Dataset, String, Option<histograms::ShardInfo>), EvaluateError> {
     let mut val = Dataset::labelled_or_flat(&config.val, config.classes.as_deref())?;
     if !val.is_labelled() {
-        // Top-1 gates need labels; fidelity gates compare with FP32 and do not.
-        let top1_gate =
-            [("--max-top1-drop", config.max_top1_drop.is_some()), ("--baseline", config.baseline.is_some())]
-                .into_iter()
-                .find(|(_, asked)| *asked);
-        if let Some((flag, _)) = top1_gate {
-            return Err(EvaluateError::Input {
-                path: config.val.clone(),
-                message: format!(
-                    "{flag} gates on Top-1, which needs labels, and this folder has none (images at its top level, \
-                     no class sub-folders): give a labelled folder (one sub-folder per class), or gate on \
-                     --min-cosine, --min-sqnr or --min-agreement, which compare with FP32 and need no labels"
-                ),
-            });
-        }
+        no_labels_for_top1_gates(config)?;
     }
     if let Some(n) = config.limit_val {
         val = val.limit(n, 0);
@@ -287,26 +335,66 @@ fn check_inputs(config: &ValidateConfig) -> Result<Checked, EvaluateError> {
             })
         }
     };
-    // Loaded (and hashed) once: the baseline and output checks, the calibration and the builds share it.
-    let model = calibrate::load_model(&config.model)?;
-    let baseline = match &config.baseline {
-        Some(path) => Some(check_baseline(path, config, &val, &model.sha256)?),
-        None => None,
+    Ok((val, validation_list_sha256, shard_info))
+}
+
+/// What streamed samples cannot do, refused before any work: what needs a listing, and Top-1 gates without
+/// labels.
+fn check_stream(config: &ValidateConfig, stream: &GivenVal<'_>) -> Result<(), EvaluateError> {
+    let refuse = |what: &str, instead: &str| {
+        Err(EvaluateError::Input {
+            path: config.val.clone(),
+            message: format!("{what} needs a folder's listing; with samples from an iterable, {instead}"),
+        })
     };
-    if let Some(n) = config.classifier.classes() {
-        if n < val.classes.len() {
-            return Err(EvaluateError::Input {
-                path: config.val.clone(),
-                message: format!("{n} zero-shot prototypes for {} classes", val.classes.len()),
-            });
-        }
+    if config.limit_val.is_some() {
+        return refuse("--limit-val", "give fewer samples");
     }
-    // Refusals come first and leave OUTDIR untouched: the statistics given are checked before the stage.
-    let given = match &config.calib {
-        Calibration::Folder(_) => None,
-        Calibration::Hist { hist, .. } => Some(given_hist(hist, config)?),
-    };
-    Ok(Checked { val, validation_list_sha256, shard: shard_info, baseline, given, model })
+    if config.shard.is_some() {
+        return refuse("--shard", "split the iterable and validate each part from a folder");
+    }
+    if config.classes.is_some() {
+        return refuse("a class list", "give integer labels");
+    }
+    if config.feed != Feed::Tensors {
+        return Err(EvaluateError::Input {
+            path: config.val.clone(),
+            message: "samples from an iterable are fed as arrays by input name, without a recipe".into(),
+        });
+    }
+    if !stream.labelled {
+        no_labels_for_top1_gates(config)?;
+    }
+    Ok(())
+}
+
+/// Top-1 gates need labels; fidelity gates compare with FP32 and do not.
+fn no_labels_for_top1_gates(config: &ValidateConfig) -> Result<(), EvaluateError> {
+    let top1_gate = [("--max-top1-drop", config.max_top1_drop.is_some()), ("--baseline", config.baseline.is_some())]
+        .into_iter()
+        .find(|(_, asked)| *asked);
+    if let Some((flag, _)) = top1_gate {
+        return Err(EvaluateError::Input {
+            path: config.val.clone(),
+            message: format!(
+                "{flag} gates on Top-1, which needs labels, and these samples have none (a folder: images at its \
+                 top level, no class sub-folders; an iterable: batches without labels): give labelled samples, or \
+                 gate on --min-cosine, --min-sqnr or --min-agreement, which compare with FP32 and need no labels"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Zero-shot prototypes for at least every class.
+fn check_prototypes(config: &ValidateConfig, classes: usize) -> Result<(), EvaluateError> {
+    match config.classifier.classes() {
+        Some(n) if n < classes => Err(EvaluateError::Input {
+            path: config.val.clone(),
+            message: format!("{n} zero-shot prototypes for {classes} classes"),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The INT8 model and everything built beside it.
@@ -387,16 +475,22 @@ struct Rows {
     sizes: Vec<reports::SizeRow>,
     /// With `.npz` samples of several shapes: each shape's rows.
     shapes: Vec<reports::ShapeRow>,
+    /// Class names by index (a stream's: its labels as numbers).
+    classes: Vec<String>,
+    /// Streamed samples: the hash of their names as listed (`sample 0`, `sample 1`...) and the identity of
+    /// their bytes.
+    streamed: Option<(String, String)>,
 }
 
-/// Runs FP32, INT8 and FP16 over the evaluation images (one set of sessions per device) and compares.
-fn compare_rows(
+/// One device's sessions: FP32, then INT8 and FP16.
+type SessionSet = Vec<Box<dyn BatchModel>>;
+
+/// One set of sessions per device, FP32 then INT8 and FP16 against it, and how each row is computed.
+fn session_sets(
     config: &ValidateConfig,
     built: &Built,
-    val: &Dataset,
     out: &std::path::Path,
-    progress: Progress,
-) -> Result<Rows, EvaluateError> {
+) -> Result<(Vec<SessionSet>, reports::Evaluation), EvaluateError> {
     let device = &config.collect.device;
     let quantizer = &built.quantizer;
     let (int8_model, fp16_model) = (out.join("model.qdq.onnx"), out.join("model.fp16.onnx"));
@@ -435,7 +529,7 @@ fn compare_rows(
             }
         };
     // One set of sessions per device: FP32, then INT8 and FP16 against it.
-    let mut sets = device
+    let sets = device
         .list()
         .iter()
         .map(|&device| {
@@ -452,6 +546,20 @@ fn compare_rows(
         int8: sets[0][1].evaluation(),
         fp16: sets[0][2].evaluation(),
     };
+    Ok((sets, evaluation))
+}
+
+/// Runs FP32, INT8 and FP16 over the evaluation images (one set of sessions per device) and compares.
+fn compare_rows(
+    config: &ValidateConfig,
+    built: &Built,
+    val: &Dataset,
+    out: &std::path::Path,
+    progress: Progress,
+) -> Result<Rows, EvaluateError> {
+    let (mut sets, evaluation) = session_sets(config, built, out)?;
+    let feed = &config.feed;
+    let quantizer = &built.quantizer;
     // A recipe of several sizes: every image at each size in turn, each size's rows, and the rows of all.
     // `.npz` samples of several shapes: each shape's samples apart, each shape's rows, and the rows of all.
     let shape_groups = match feed {
@@ -493,18 +601,7 @@ fn compare_rows(
         seconds_before = cumulative;
         size_parts.push(parts);
     }
-    let rows_of =
-        |parts: &crate::compare::ComparisonParts| -> Result<(reports::Comparison, Option<FloatRow>), EvaluateError> {
-            let mut compared = parts.finish(&val.root)?;
-            let fp16_row = compared.pop().map(|c| FloatRow {
-                float_type: FloatType::Fp16.name().into(),
-                metrics: c.int8,
-                agreement: c.agreement,
-                cosine_mean: c.cosine_mean,
-                sqnr_db: c.sqnr_db,
-            });
-            Ok((compared.remove(0), fp16_row))
-        };
+    let rows_of = |parts: &crate::compare::ComparisonParts| comparison_rows(parts, &val.root);
     let (mut sizes, mut shapes) = (Vec::new(), Vec::new());
     if several_sizes {
         for ((feed, ..), parts) in groups.iter().zip(&size_parts) {
@@ -528,7 +625,170 @@ fn compare_rows(
     })?;
     let (comparison, fp16_row) = rows_of(&parts)?;
 
-    Ok(Rows { parts, comparison, fp16: fp16_row, evaluation, sizes, shapes })
+    Ok(Rows {
+        parts,
+        comparison,
+        fp16: fp16_row,
+        evaluation,
+        sizes,
+        shapes,
+        classes: val.classes.clone(),
+        streamed: None,
+    })
+}
+
+/// FP32 against INT8, and the FP16 row, of one comparison's parts.
+fn comparison_rows(
+    parts: &crate::compare::ComparisonParts,
+    root: &std::path::Path,
+) -> Result<(reports::Comparison, Option<FloatRow>), EvaluateError> {
+    let mut compared = parts.finish(root)?;
+    let fp16_row = compared.pop().map(|c| FloatRow {
+        float_type: FloatType::Fp16.name().into(),
+        metrics: c.int8,
+        agreement: c.agreement,
+        cosine_mean: c.cosine_mean,
+        sqnr_db: c.sqnr_db,
+    });
+    Ok((compared.remove(0), fp16_row))
+}
+
+/// A stream's batches checked and listed as they pass: every sample labelled as declared, the names hashed in
+/// order (what [`Dataset::list_sha256`] gives a folder).
+struct Checking<'a> {
+    inner: &'a mut dyn datasets::BatchSource,
+    labelled: bool,
+    names: Option<datasets::ListSha256>,
+    origin: &'a std::path::Path,
+}
+
+impl Iterator for Checking<'_> {
+    type Item = Result<datasets::Batch, datasets::DatasetError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let batch = match self.inner.next()? {
+            Ok(b) => b,
+            Err(e) => return Some(Err(e)),
+        };
+        for item in &batch.items {
+            if item.label.is_some() != self.labelled {
+                let (has, declared) = if self.labelled { ("no label", "labelled") } else { ("a label", "unlabelled") };
+                return Some(Err(datasets::DatasetError::Labels {
+                    dir: self.origin.to_path_buf(),
+                    message: format!(
+                        "{} has {has}, but the samples were declared {declared} (by the first batch): give every \
+                         batch labels, or none",
+                        item.path.display()
+                    ),
+                }));
+            }
+            if let Some(names) = &mut self.names {
+                names.add(&item.path);
+            }
+        }
+        Some(Ok(batch))
+    }
+}
+
+impl datasets::BatchSource for Checking<'_> {}
+
+/// [`compare_rows`] on streamed samples: checked and identified as they pass, regrouped into the evaluation
+/// batches a folder of the same samples makes, each shape's rows apart (in the order first seen, then all).
+fn compare_stream(
+    config: &ValidateConfig,
+    built: &Built,
+    given: GivenVal<'_>,
+    out: &std::path::Path,
+    progress: Progress,
+) -> Result<Rows, EvaluateError> {
+    let (mut sets, evaluation) = session_sets(config, built, out)?;
+    let fixed = sets.iter().flatten().find_map(|m| m.fixed_batch());
+    let size =
+        fixed.unwrap_or_else(|| config.eval_batch.unwrap_or_else(|| crate::compare::default_eval_batch(&config.feed)));
+    let origin = config.val.as_path();
+    let mut checking =
+        Checking { inner: given.batches, labelled: given.labelled, names: Some(Default::default()), origin };
+    let mut digesting = calibrate::Digesting::new(&mut checking);
+    let samples = crate::compare::Samples { root: origin, classes: 0, total: given.total.unwrap_or(0) };
+    let groups = {
+        let mut whole = datasets::Rebatched::new(&mut digesting, size).map(|b| match (b, fixed) {
+            (Ok(b), Some(n)) if b.len() != n => Err(datasets::DatasetError::Tensors {
+                path: origin.to_path_buf(),
+                message: format!(
+                    "the model has a fixed batch of {n}, and {} samples of one shape are left over: give a \
+                     multiple of {n} samples of each shape, or export the model with a dynamic batch dimension",
+                    b.len()
+                ),
+            }),
+            (b, _) => b,
+        });
+        crate::compare::compare_spread_by_shape(&mut sets, &mut whole, &samples, &config.classifier, &mut |d, t| {
+            progress(Phase::Compare, d, t)
+        })?
+    };
+    let samples_sha256 = digesting.digest().to_hex();
+    let names = checking.names.take().map(datasets::ListSha256::finish).unwrap_or_default();
+    if groups.is_empty() {
+        return Err(EvaluateError::NoImages { path: origin.to_path_buf() });
+    }
+    // The labels say the classes: as many as the largest label + 1, each named by its number (a folder of
+    // `<label>-<label>` class folders gives the same).
+    let mut counts: Vec<u64> = Vec::new();
+    for (_, parts) in &groups {
+        let c = parts.label_counts();
+        counts.resize(counts.len().max(c.len()), 0);
+        counts.iter_mut().zip(c).for_each(|(a, b)| *a += b);
+    }
+    let classes: Vec<String> =
+        counts.iter().enumerate().map(|(l, &n)| if n > 0 { l.to_string() } else { String::new() }).collect();
+    let mut groups = groups;
+    for (_, parts) in &mut groups {
+        parts.classes = classes.len();
+    }
+    let mut shapes = Vec::new();
+    if groups.len() > 1 {
+        for (key, parts) in &groups {
+            let (comparison, fp16) = comparison_rows(parts, origin)?;
+            let shape = key.iter().map(|(name, dims)| reports::ArrayShape { name: name.clone(), dims: dims.clone() });
+            shapes.push(reports::ShapeRow { shape: shape.collect(), comparison, fp16 });
+        }
+    }
+    let all: Vec<&crate::compare::ComparisonParts> = groups.iter().map(|(_, p)| p).collect();
+    let parts = crate::compare::ComparisonParts::join(&all).ok_or_else(|| EvaluateError::Model {
+        path: origin.to_path_buf(),
+        message: "the shapes' counts do not add up".into(),
+    })?;
+    let (comparison, fp16) = comparison_rows(&parts, origin)?;
+    Ok(Rows {
+        parts,
+        comparison,
+        fp16,
+        evaluation,
+        sizes: Vec::new(),
+        shapes,
+        classes,
+        streamed: Some((names, samples_sha256)),
+    })
+}
+
+/// What can be checked of streamed samples only once they are read: the prototypes cover their labels, and a
+/// baseline was evaluated on the same samples (the same bytes, the same count per label).
+fn check_after_stream(config: &ValidateConfig, rows: &Rows, baseline: Option<&Report>) -> Result<(), EvaluateError> {
+    check_prototypes(config, rows.classes.len())?;
+    let (Some(baseline), Some((_, samples))) = (baseline, &rows.streamed) else { return Ok(()) };
+    let per_label = |c: &reports::Comparison| c.fp32.per_class.iter().map(|p| p.1).collect::<Vec<u64>>();
+    let same = baseline.validation_samples_sha256.as_deref() == Some(samples.as_str())
+        && per_label(&baseline.comparison) == per_label(&rows.comparison);
+    if !same {
+        return Err(EvaluateError::Baseline {
+            path: config.baseline.clone().unwrap_or_default(),
+            message: format!(
+                "it was evaluated on {} samples of {} and this run on {} other samples (their bytes or labels \
+                 differ): a baseline holds only on the same samples",
+                baseline.comparison.images, baseline.validation_folder, rows.comparison.images
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The report of the rows against the gates (and the gates, which a shard's part keeps).
@@ -536,8 +796,7 @@ fn assemble_report(
     config: &ValidateConfig,
     built: &Built,
     rows: &Rows,
-    val: &Dataset,
-    validation_list_sha256: String,
+    validation_list_sha256: Option<String>,
     baseline: Option<&Report>,
 ) -> Result<(Report, Gates), EvaluateError> {
     let (device, feed, ranges) = (&config.collect.device, &config.feed, &built.ranges);
@@ -612,7 +871,10 @@ fn assemble_report(
         calibration_images: hist.images.count,
         calibration_seconds: built.calibration_seconds,
         validation_folder: config.val.display().to_string(),
-        validation_list_sha256,
+        validation_list_sha256: validation_list_sha256
+            .or_else(|| rows.streamed.as_ref().map(|(names, _)| names.clone()))
+            .unwrap_or_default(),
+        validation_samples_sha256: rows.streamed.as_ref().map(|(_, samples)| samples.clone()),
         baseline: match (&config.baseline, &baseline) {
             (Some(path), Some(b)) => Some(reports::BaselineRef {
                 file: path.display().to_string(),
@@ -622,7 +884,7 @@ fn assemble_report(
             }),
             _ => None,
         },
-        classes: val.classes.clone(),
+        classes: rows.classes.clone(),
         int8_flop_share: ranges.int8_flop_share,
         target: config.scheme.placement.target.name().into(),
         float_type: ranges.float_type.into(),
@@ -691,7 +953,7 @@ fn given_hist(path: &std::path::Path, config: &ValidateConfig) -> Result<histogr
 fn check_baseline(
     path: &std::path::Path,
     config: &ValidateConfig,
-    val: &Dataset,
+    val: Option<&Dataset>,
     model_sha256: &str,
 ) -> Result<Report, EvaluateError> {
     let baseline = Report::read(path)?;
@@ -718,6 +980,8 @@ fn check_baseline(
             run_sizes
         )));
     }
+    // Streamed samples are known once read: [`check_after_stream`] compares them.
+    let Some(val) = val else { return Ok(baseline) };
     if baseline.validation_list_sha256 != val.list_sha256() {
         return Err(bad(format!(
             "it was evaluated on {} images of {} and this run evaluates {} images of {} (another image list): \

@@ -57,6 +57,21 @@ impl ArrayData {
         true
     }
 
+    /// Splits off the values from index `at` on (the rest of the batch past its first samples).
+    pub fn split_off(&mut self, at: usize) -> ArrayData {
+        match self {
+            ArrayData::F32(v) => ArrayData::F32(v.split_off(at)),
+            ArrayData::F64(v) => ArrayData::F64(v.split_off(at)),
+            ArrayData::I64(v) => ArrayData::I64(v.split_off(at)),
+            ArrayData::I32(v) => ArrayData::I32(v.split_off(at)),
+            ArrayData::I16(v) => ArrayData::I16(v.split_off(at)),
+            ArrayData::I8(v) => ArrayData::I8(v.split_off(at)),
+            ArrayData::U8(v) => ArrayData::U8(v.split_off(at)),
+            ArrayData::U16(v) => ArrayData::U16(v.split_off(at)),
+            ArrayData::Bool(v) => ArrayData::Bool(v.split_off(at)),
+        }
+    }
+
     /// `n` zeros (false for bool) of `dtype` (a name [`ArrayData::dtype`] gives); `None` for another name.
     pub fn zeros(dtype: &str, n: usize) -> Option<ArrayData> {
         Some(match dtype {

@@ -83,6 +83,18 @@ impl Command {
     }
 }
 
+/// Runs a parsed `int8kit validate` line on evaluation samples streamed in place of its `--val` folder (the
+/// Python API's iterables; `--val` then only names them).
+pub fn run_validate_streamed(cli: Cli, val: evaluate::validate::GivenVal<'_>) -> anyhow::Result<Outcome> {
+    ui::init_logging(cli.command.quiet());
+    runtime::use_device(cli.command.device());
+    files::check(&cli.command)?;
+    match cli.command {
+        Command::Validate(a) => commands::validate::run_streamed(&a, val),
+        _ => anyhow::bail!("internal: streamed samples are for `validate` only"),
+    }
+}
+
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     ui::init_logging(cli.command.quiet());

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import itertools
 import json
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 
 def _use_package_onnxruntime() -> None:
@@ -346,9 +347,14 @@ class Report:
                 f"cosine={c['cosine_mean']:.5f}, sqnr_db={c['sqnr_db']})")
 
 
+#: What ``--val`` says (in the report's ``validation_folder``) when the samples come from an iterable.
+_STREAM_NAME = "<iterable>"
+
+
 def _val_flags(model: PathLike, val: Any, tmp: str, recipe: Optional[PathLike], preset: Optional[str]) -> Dict[str, Any]:
     """``--val`` and the recipe flags: a folder as given (the recipe applies to image folders only), or an
-    iterable written once as ``.npz`` samples (validate reads its samples once per model)."""
+    iterable written once as ``.npz`` samples (for sensitivity and autoprecision, which read their samples
+    once per model variant)."""
     if not is_folder(val):
         inputs = _native.input_names(os.fspath(model))
         return {"val": spill(val, os.path.join(tmp, "val"), labelled=True, inputs=inputs)}
@@ -369,8 +375,10 @@ def validate(model: PathLike, calib: Any, val: Any, out: PathLike, *, recipe: Op
 
     ``calib``: a folder, :class:`Statistics` or an iterable (calibrated first, a seeded tenth, at most 64,
     held back to measure the ``auto`` choices on, as :func:`quantize` does; ``seed`` and ``hold_out`` as there). ``val``: a folder, or an
-    iterable of ``inputs`` or ``(inputs, labels)`` batches, which is written once as ``.npz`` samples into a
-    temporary folder (validate reads its samples once per model) and removed afterwards. ``gates``:
+    iterable of ``inputs`` or ``(inputs, labels)`` batches (labels: integer class indexes), pulled while the
+    models run the previous batch (constant memory, nothing written to disk) and regrouped into the batches a
+    folder of the same samples would make, so the rows equal that folder's; ``--limit-val``, shards and class
+    lists need a folder. ``gates``:
     ``max_top1_drop``, ``min_cosine``, ``min_sqnr``, ``min_agreement``, ``baseline``, and the scheme flags.
     A failed gate gives ``passed == False``, or raises :class:`GateFailed` with ``raise_on_fail``."""
     held: Dict[str, Any] = {}
@@ -380,10 +388,26 @@ def validate(model: PathLike, calib: Any, val: Any, out: PathLike, *, recipe: Op
     with tempfile.TemporaryDirectory(prefix="int8kit-") as tmp:
         source = _Calibration(model, calib, tmp, recipe, preset, quiet, device,
                               hold_back=held.get("hold_out") != 0, **held)
-        code = _run("validate", model=model, calib=source.folder, hist=source.hist, check=source.check, quiet=quiet,
-                    device=device,
-                    out=out, **_val_flags(model, val, tmp, recipe, preset), **gates)
+        flags = dict(model=model, calib=source.folder, hist=source.hist, check=source.check, quiet=quiet,
+                     device=device, out=out, **gates)
+        if is_folder(val):
+            code = _run("validate", **flags, **_val_flags(model, val, tmp, recipe, preset))
+        else:
+            code = _validate_streamed(val, flags)
     return _gate(code, Report(Path(out)), raise_on_fail, "validate")
+
+
+def _validate_streamed(val: Iterable[Any], flags: Dict[str, Any]) -> int:
+    """``int8kit validate`` with the evaluation samples pulled from ``val`` while the models run (constant
+    memory, nothing written to disk); labelled when the first batch is an ``(inputs, labels)`` pair."""
+    batches, total = counted_batches(val, labelled=True)
+    first = next(batches, None)
+    labelled = first is not None and first[1] is not None
+    argv = ["int8kit", "validate", "--val", _STREAM_NAME, *_flags(flags)]
+    code, error = _native.validate_iter(argv, itertools.chain([first] if first else [], batches), total, labelled)
+    if code == 2:
+        raise InputError(error)
+    return code
 
 
 def sensitivity(model: PathLike, calib: Any, val: Any, out: PathLike, *, recipe: Optional[PathLike] = None,

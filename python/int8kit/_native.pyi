@@ -13,6 +13,12 @@ class InputError(Int8kitError):
 def run_cli(argv: List[str]) -> Tuple[int, Optional[str]]:
     """Runs `int8kit ARGS...` in this process: (exit status, the error text for status 2)."""
 
+def validate_iter(
+    argv: List[str], batches: Iterator[tuple], total: Optional[int], labelled: bool
+) -> Tuple[int, Optional[str]]:
+    """Runs `int8kit validate ARGS...` on evaluation samples pulled from normalized batches (`--val` only
+    names them): (exit status, the error text for status 2)."""
+
 def calibrate_iter(
     model: str,
     batches: Iterator[tuple],

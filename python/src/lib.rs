@@ -151,8 +151,23 @@ fn batch_from(item: &Bound<'_, PyAny>, feed: &Feed, index: usize, first_sample: 
     let arrays: Vec<NamedArray> =
         t.get_item(0)?.try_iter()?.map(|a| array_from(&a?, &origin)).collect::<PyResult<_>>()?;
     let n = arrays.first().and_then(|a| a.shape.first().copied()).unwrap_or(0);
+    let labels: Option<Vec<i64>> = t.get_item(1)?.extract()?;
+    if let Some(labels) = &labels {
+        if labels.len() != n {
+            return Err(InputError::new_err(format!("{origin}: {} labels for {n} samples", labels.len())));
+        }
+        if let Some(bad) = labels.iter().find(|&&l| l < 0 || l >= datasets::MAX_CLASSES as i64) {
+            return Err(InputError::new_err(format!(
+                "{origin}: label {bad}; labels are class indexes from 0 to {}",
+                datasets::MAX_CLASSES - 1
+            )));
+        }
+    }
     let items = (0..n)
-        .map(|i| ImageItem { path: PathBuf::from(format!("sample {}", first_sample + i)), label: None })
+        .map(|i| ImageItem {
+            path: PathBuf::from(format!("sample {}", first_sample + i)),
+            label: labels.as_ref().map(|l| l[i] as usize),
+        })
         .collect();
     match feed {
         Feed::Images(recipe) => {
@@ -253,6 +268,74 @@ fn send(py: Python<'_>, tx: &SyncSender<Result<Batch, DatasetError>>, batch: Bat
     }
 }
 
+/// Pulls the interpreter's batches into the worker's queue `tx`, then waits for the worker's result on
+/// `done`. A failing iterable (or Ctrl-C) stops the run, which must not finish on part of the samples.
+fn feed_worker<T: Send>(
+    py: Python<'_>,
+    batches: &Bound<'_, PyAny>,
+    feed: &Feed,
+    tx: SyncSender<Result<Batch, DatasetError>>,
+    done: Receiver<T>,
+) -> PyResult<T> {
+    let mut sent = 0usize;
+    let pulled = (|| -> PyResult<()> {
+        for (index, item) in batches.try_iter()?.enumerate() {
+            py.check_signals()?;
+            let batch = batch_from(&item?, feed, index, sent)?;
+            sent += batch.len();
+            if !send(py, &tx, batch)? {
+                break; // the worker stopped; its result says why
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = pulled {
+        safe_io::interrupt::request();
+        drop(tx);
+        let _ = wait(py, done);
+        return Err(e);
+    }
+    drop(tx);
+    wait(py, done)
+}
+
+/// Runs `int8kit validate ARGS...` (`argv[0]` the program name; `--val` only names the samples) on evaluation
+/// samples pulled from `batches` (the package's normalized batches: arrays by input name, with labels when
+/// `labelled`) while the models run the previous ones; returns the exit status and, for 2, the error.
+#[pyfunction]
+#[pyo3(signature = (argv, batches, total, labelled))]
+fn validate_iter(
+    py: Python<'_>,
+    argv: Vec<String>,
+    batches: Bound<'_, PyAny>,
+    total: Option<u64>,
+    labelled: bool,
+) -> PyResult<(u8, Option<String>)> {
+    let cli = match int8kit::Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        Err(e) => return Ok((int8kit::exit::ERROR_STATUS, Some(e.render().to_string().trim_end().to_string()))),
+    };
+    let model = match &cli.command {
+        int8kit::Command::Validate(a) => a.model.clone(),
+        _ => return Err(Int8kitError::new_err("internal: validate_iter runs `validate`")),
+    };
+    let (tx, rx) = sync_channel::<Result<Batch, DatasetError>>(2);
+    let (done_tx, done_rx) = sync_channel(1);
+    std::thread::spawn(move || {
+        let result = graph::Model::load(&model).map_err(anyhow::Error::new).and_then(|m| {
+            let inputs = m.feed_inputs().iter().map(|i| i.name.clone()).collect();
+            let mut queued = Queued { rx, inputs };
+            let val = evaluate::validate::GivenVal { batches: &mut queued, total, labelled };
+            int8kit::run_validate_streamed(cli, val)
+        });
+        let _ = done_tx.send(match result {
+            Ok(outcome) => (outcome.code(), None),
+            Err(e) => (int8kit::exit::ERROR_STATUS, Some(int8kit::exit::error_text(&e))),
+        });
+    });
+    feed_worker(py, &batches, &Feed::Tensors, tx, done_rx)
+}
+
 /// Calibrates `model` over batches pulled from `batches` (an iterator of the package's normalized batches)
 /// and returns the `.hist` bytes. `recipe`: the TOML of the recipe that made the batches (images), else the
 /// arrays are fed by input name. `seed` chooses nothing here and is recorded, as a folder run records its
@@ -306,27 +389,7 @@ fn calibrate_iter(
         bar.finish_and_clear();
         let _ = done_tx.send(result.map_err(|e| anyhow::Error::new(e).context(format!("calibrating {label}"))));
     });
-    let mut sent = 0usize;
-    let pulled = (|| -> PyResult<()> {
-        for (index, item) in batches.try_iter()?.enumerate() {
-            py.check_signals()?;
-            let batch = batch_from(&item?, &feed, index, sent)?;
-            sent += batch.len();
-            if !send(py, &tx, batch)? {
-                break; // the worker stopped; its result says why
-            }
-        }
-        Ok(())
-    })();
-    if let Err(e) = pulled {
-        // The iterable failed (or Ctrl-C): the run must not finish on part of the samples.
-        safe_io::interrupt::request();
-        drop(tx);
-        let _ = wait(py, done_rx);
-        return Err(e);
-    }
-    drop(tx);
-    let (hist, _summary) = wait(py, done_rx)?.map_err(input_error)?;
+    let (hist, _summary) = feed_worker(py, &batches, &feed, tx, done_rx)?.map_err(input_error)?;
     let bytes = hist.to_json().map_err(|e| input_error(e.into()))?;
     Ok(PyBytes::new(py, &bytes).unbind())
 }
@@ -453,6 +516,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("Int8kitError", m.py().get_type::<Int8kitError>())?;
     m.add("InputError", m.py().get_type::<InputError>())?;
     m.add_function(wrap_pyfunction!(run_cli, m)?)?;
+    m.add_function(wrap_pyfunction!(validate_iter, m)?)?;
     m.add_function(wrap_pyfunction!(calibrate_iter, m)?)?;
     m.add_function(wrap_pyfunction!(read_hist, m)?)?;
     m.add_function(wrap_pyfunction!(write_hist, m)?)?;

@@ -244,6 +244,46 @@ def test_generator_fed_validate(tmp_path):
     assert e.value.report.passed is False
 
 
+def test_validate_streams_an_iterable_and_equals_its_npz_folder(tmp_path, monkeypatch):
+    """The evaluation samples go from the iterable to the models, never to disk, regrouped into the batches a
+    folder of them makes: the rows equal that folder's whatever the iterable's batch sizes."""
+    def no_spill(*_args, **_kwargs):
+        raise AssertionError("validate wrote the iterable's samples to disk")
+
+    monkeypatch.setattr(int8kit, "spill", no_spill)
+    calib = int8kit.preprocess(sorted((FIXTURES / "fmnist" / "calib").iterdir())[:96], recipe=RECIPE)
+    stats = int8kit.calibrate(RESNET, batches(calib, [32]), quiet=True)
+    images, labels = labelled_val(13)
+    cuts = list(batches(np.arange(len(images)), [7, 50, 1, 13]))
+    streamed = int8kit.validate(RESNET, stats, ((images[c], labels[c]) for c in cuts), tmp_path / "s",
+                                min_cosine=0.9, quiet=True)
+    folder = tmp_path / "npz"
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (folder / f"{label}-{label}").mkdir(parents=True, exist_ok=True)
+        np.savez(folder / f"{label}-{label}" / f"{i:08d}.npz", input=image[None])
+    listed = int8kit.validate(RESNET, stats, str(folder), tmp_path / "f", min_cosine=0.9, quiet=True)
+    for key in ("comparison", "fp16", "criteria", "passed", "classes"):
+        assert untimed(listed.to_dict()[key]) == untimed(streamed.to_dict()[key]), key
+    assert streamed.comparison["images"] == 130 and streamed.validation_folder == "<iterable>"
+    assert len(streamed.validation_samples_sha256) == 64
+    assert "validation_samples_sha256" not in listed.to_dict()
+    # A baseline holds on the same samples (by their bytes), and is refused on others.
+    same = ((images[c], labels[c]) for c in batches(np.arange(len(images)), [64]))
+    again = int8kit.validate(RESNET, stats, same, tmp_path / "b", baseline=tmp_path / "s" / "report.json",
+                             max_top1_drop=1.0, quiet=True)
+    assert again.passed and again.validation_samples_sha256 == streamed.validation_samples_sha256
+    other = ((images[c][:, :, ::-1].copy(), labels[c]) for c in batches(np.arange(len(images)), [64]))
+    with pytest.raises(int8kit.InputError, match="a baseline holds only on the same samples"):
+        int8kit.validate(RESNET, stats, other, tmp_path / "o", baseline=tmp_path / "s" / "report.json",
+                         max_top1_drop=1.0, quiet=True)
+    # Labels on some batches only, and Top-1 gates without labels, are refused with the samples named.
+    mixed = iter([(images[:4], labels[:4]), images[4:8]])
+    with pytest.raises(int8kit.InputError, match="sample 4 has no label"):
+        int8kit.validate(RESNET, stats, mixed, tmp_path / "m", quiet=True)
+    with pytest.raises(int8kit.InputError, match="--max-top1-drop gates on Top-1, which needs labels"):
+        int8kit.validate(RESNET, stats, iter([images[:8]]), tmp_path / "u", max_top1_drop=1.0, quiet=True)
+
+
 def test_bad_batches_raise_the_command_lines_errors(tmp_path):
     good = np.zeros((4, 1, 28, 28), np.float32)
     with pytest.raises(int8kit.InputError, match="'pixels' is not an input of the model"):

@@ -280,6 +280,10 @@ pub struct Report {
     /// SHA-256 over the evaluated images' relative paths, in order: identifies the evaluation set (and its
     /// labels), so that a baseline is only compared on the same images.
     pub validation_list_sha256: String,
+    /// For samples streamed from a Python iterable (no folder): the identity of the bytes fed, the sum modulo
+    /// 2^256 of each sample's SHA-256 (as the `.hist`'s `samples_sha256`); a baseline is compared on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_samples_sha256: Option<String>,
     /// The baseline this run was held to, if any.
     pub baseline: Option<BaselineRef>,
     /// Class names by index.

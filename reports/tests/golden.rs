@@ -31,6 +31,7 @@ fn sample() -> Report {
         calibration_seconds: 1.25,
         validation_folder: "val".into(),
         validation_list_sha256: "cd".repeat(32),
+        validation_samples_sha256: None,
         baseline: Some(reports::BaselineRef {
             file: "old/report.json".into(),
             model: "m.onnx".into(),

@@ -123,6 +123,34 @@ impl ValidateArgs {
 
     /// The library's configuration: every input read and checked.
     pub fn config(&self) -> anyhow::Result<ValidateConfig> {
+        self.config_with(self.feed()?)
+    }
+
+    /// The configuration for samples streamed in place of `--val` (the Python API's iterables), which are fed
+    /// as arrays by input name: the calibration's samples must be too.
+    pub fn config_streamed(&self) -> anyhow::Result<ValidateConfig> {
+        let feed = match &self.calib {
+            Some(calib) => self.recipe.feed(calib).with_context(|| format!("--calib {}", calib.display()))?,
+            None if self.recipe.recipe.is_some() || self.recipe.preset.is_some() => {
+                anyhow::bail!(
+                    "validation samples from an iterable are fed as arrays by input name: leave out the recipe (and \
+                     give statistics of such arrays)"
+                )
+            }
+            None => datasets::Feed::Tensors,
+        };
+        if feed != datasets::Feed::Tensors {
+            anyhow::bail!(
+                "--calib {} holds {}, but validation samples from an iterable are arrays by input name: give the \
+                 calibration samples the same way (an iterable, or a folder of .npz samples)",
+                self.calib.as_deref().unwrap_or(std::path::Path::new("")).display(),
+                feed.samples()
+            );
+        }
+        self.config_with(feed)
+    }
+
+    fn config_with(&self, feed: datasets::Feed) -> anyhow::Result<ValidateConfig> {
         Ok(ValidateConfig {
             model: self.model.clone(),
             calib: match (&self.calib, &self.hist) {
@@ -136,7 +164,7 @@ impl ValidateArgs {
                 (None, None) => anyhow::bail!("give --calib DIR (calibrate here) or --hist H.hist"),
             },
             val: self.val.clone(),
-            feed: self.feed()?,
+            feed,
             scheme: self.scheme.scheme(true)?,
             collect: self.run.calibrate_options(),
             eval_batch: self.run.batch_size,
@@ -160,15 +188,20 @@ impl ValidateArgs {
 
 /// Runs the gate with progress bars; returns the report (written to `--out`).
 pub fn validate(args: &ValidateArgs) -> anyhow::Result<Report> {
+    gate(args, None)
+}
+
+/// [`validate`] on samples streamed in place of `--val`, or on the `--val` folder.
+fn gate(args: &ValidateArgs, streamed: Option<evaluate::validate::GivenVal<'_>>) -> anyhow::Result<Report> {
     if args.run.device.is_cuda() {
         runtime::cuda_device_check(args.run.device.first())?;
         runtime::init()?;
     }
-    let config = args.config()?;
+    let config = if streamed.is_some() { args.config_streamed()? } else { args.config()? };
     let calibrating = progress_bar("calibrate", "images", args.quiet);
     let searching = progress_bar("auto", "models", args.quiet);
     let comparing = progress_bar("FP32 vs INT8", "images", args.quiet);
-    let report = evaluate::validate(&config, &mut |phase, done, total| {
+    let mut progress = |phase, done, total| {
         let bar = match phase {
             Phase::Calibrate => &calibrating,
             Phase::Search => {
@@ -183,7 +216,11 @@ pub fn validate(args: &ValidateArgs) -> anyhow::Result<Report> {
         };
         bar.set_length(total);
         bar.set_position(done);
-    })?;
+    };
+    let report = match streamed {
+        Some(val) => evaluate::validate::validate_given(&config, val, &mut progress)?,
+        None => evaluate::validate(&config, &mut progress)?,
+    };
     comparing.finish_and_clear();
     Ok(report)
 }
@@ -268,7 +305,16 @@ fn group_line(c: &reports::Comparison, fp16: Option<&reports::FloatRow>) -> Stri
 
 /// Runs `int8kit validate`: exit 0 when every criterion holds, 1 when one fails.
 pub fn run(args: &ValidateArgs) -> anyhow::Result<Outcome> {
-    let report = validate(args)?;
+    run_on(args, None)
+}
+
+/// [`run`] with the evaluation samples streamed in place of the `--val` folder (which then only names them).
+pub fn run_streamed(args: &ValidateArgs, val: evaluate::validate::GivenVal<'_>) -> anyhow::Result<Outcome> {
+    run_on(args, Some(val))
+}
+
+fn run_on(args: &ValidateArgs, streamed: Option<evaluate::validate::GivenVal<'_>>) -> anyhow::Result<Outcome> {
+    let report = gate(args, streamed)?;
     if let (Some((i, n)), Some(part)) = (args.shard, &args.partial_out) {
         // A part has no verdict: the gate holds for the whole list, after `int8kit merge`.
         eprintln!(
