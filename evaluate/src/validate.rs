@@ -172,8 +172,8 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
     run(config, None, progress)
 }
 
-/// Evaluation samples a caller streams instead of a `--val` folder (the Python API's iterables): `.npz`-like
-/// arrays by input name, labelled or not. They are regrouped into the evaluation batches a folder of the same
+/// Evaluation samples a caller streams instead of a `--val` folder (the Python API's iterables): the float32
+/// images `ValidateConfig::feed`'s recipe makes, or arrays by input name, labelled or not. They are regrouped into the evaluation batches a folder of the same
 /// samples in the same order would make ([`datasets::Rebatched`]), so the rows equal that folder's, and are
 /// identified by the bytes fed (`validation_samples_sha256`). `--val` (`ValidateConfig::val`) names them.
 pub struct GivenVal<'a> {
@@ -355,12 +355,6 @@ fn check_stream(config: &ValidateConfig, stream: &GivenVal<'_>) -> Result<(), Ev
     }
     if config.classes.is_some() {
         return refuse("a class list", "give integer labels");
-    }
-    if config.feed != Feed::Tensors {
-        return Err(EvaluateError::Input {
-            path: config.val.clone(),
-            message: "samples from an iterable are fed as arrays by input name, without a recipe".into(),
-        });
     }
     if !stream.labelled {
         no_labels_for_top1_gates(config)?;

@@ -375,7 +375,8 @@ def validate(model: PathLike, calib: Any, val: Any, out: PathLike, *, recipe: Op
 
     ``calib``: a folder, :class:`Statistics` or an iterable (calibrated first, a seeded tenth, at most 64,
     held back to measure the ``auto`` choices on, as :func:`quantize` does; ``seed`` and ``hold_out`` as there). ``val``: a folder, or an
-    iterable of ``inputs`` or ``(inputs, labels)`` batches (labels: integer class indexes), pulled while the
+    iterable of ``inputs`` or ``(inputs, labels)`` batches (labels: integer class indexes; with ``recipe``
+    or ``preset``, inputs are the float32 images it makes, as :func:`preprocess` gives), pulled while the
     models run the previous batch (constant memory, nothing written to disk) and regrouped into the batches a
     folder of the same samples would make, so the rows equal that folder's; ``--limit-val``, shards and class
     lists need a folder. ``gates``:
@@ -393,7 +394,7 @@ def validate(model: PathLike, calib: Any, val: Any, out: PathLike, *, recipe: Op
         if is_folder(val):
             code = _run("validate", **flags, **_val_flags(model, val, tmp, recipe, preset))
         else:
-            code = _validate_streamed(val, flags)
+            code = _validate_streamed(val, dict(flags, recipe=recipe, preset=preset))
     return _gate(code, Report(Path(out)), raise_on_fail, "validate")
 
 

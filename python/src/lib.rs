@@ -300,8 +300,8 @@ fn feed_worker<T: Send>(
 }
 
 /// Runs `int8kit validate ARGS...` (`argv[0]` the program name; `--val` only names the samples) on evaluation
-/// samples pulled from `batches` (the package's normalized batches: arrays by input name, with labels when
-/// `labelled`) while the models run the previous ones; returns the exit status and, for 2, the error.
+/// samples pulled from `batches` (the package's normalized batches: the recipe's float32 images when the line
+/// gives one, else arrays by input name; with labels when `labelled`) while the models run the previous ones; returns the exit status and, for 2, the error.
 #[pyfunction]
 #[pyo3(signature = (argv, batches, total, labelled))]
 fn validate_iter(
@@ -315,8 +315,8 @@ fn validate_iter(
         Ok(cli) => cli,
         Err(e) => return Ok((int8kit::exit::ERROR_STATUS, Some(e.render().to_string().trim_end().to_string()))),
     };
-    let model = match &cli.command {
-        int8kit::Command::Validate(a) => a.model.clone(),
+    let (model, feed) = match &cli.command {
+        int8kit::Command::Validate(a) => (a.model.clone(), a.streamed_feed().map_err(input_error)?),
         _ => return Err(Int8kitError::new_err("internal: validate_iter runs `validate`")),
     };
     let (tx, rx) = sync_channel::<Result<Batch, DatasetError>>(2);
@@ -333,7 +333,7 @@ fn validate_iter(
             Err(e) => (int8kit::exit::ERROR_STATUS, Some(int8kit::exit::error_text(&e))),
         });
     });
-    feed_worker(py, &batches, &Feed::Tensors, tx, done_rx)
+    feed_worker(py, &batches, &feed, tx, done_rx)
 }
 
 /// Calibrates `model` over batches pulled from `batches` (an iterator of the package's normalized batches)

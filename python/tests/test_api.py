@@ -212,7 +212,7 @@ def test_generator_fed_validate(tmp_path):
     calib = int8kit.preprocess(sorted((FIXTURES / "fmnist" / "calib").iterdir())[:200], recipe=RECIPE)
     images, labels = labelled_val(20)
     val = ((images[i : i + 32], labels[i : i + 32]) for i in range(0, len(images), 32))
-    report = int8kit.validate(RESNET, batches(calib, [32]), val, tmp_path / "v", min_cosine=0.99,
+    report = int8kit.validate(RESNET, batches(calib, [32]), val, tmp_path / "v", recipe=RECIPE, min_cosine=0.99,
                               max_top1_drop=2.0, seed=3, quiet=True)
     assert report.passed, report
     assert report.comparison["images"] == 200
@@ -234,7 +234,7 @@ def test_generator_fed_validate(tmp_path):
         assert untimed(from_folders.to_dict()[key]) == untimed(report.to_dict()[key]), key
     # A gate that cannot hold: passed is False, or GateFailed when asked to raise.
     strict = dict(min_cosine=0.999999999, quiet=True)
-    # Statistics of bare arrays (no recipe), as the spilled validation samples are fed.
+    # Statistics of bare arrays (no recipe), for validation samples fed as arrays by input name.
     calib_stats = int8kit.calibrate(RESNET, batches(calib, [32]), quiet=True)
     val2 = lambda: ((images[i : i + 50], labels[i : i + 50]) for i in range(0, len(images), 50))  # noqa: E731
     failed = int8kit.validate(RESNET, calib_stats, val2(), tmp_path / "v2", **strict)

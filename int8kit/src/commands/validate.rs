@@ -126,28 +126,35 @@ impl ValidateArgs {
         self.config_with(self.feed()?)
     }
 
-    /// The configuration for samples streamed in place of `--val` (the Python API's iterables), which are fed
-    /// as arrays by input name: the calibration's samples must be too.
-    pub fn config_streamed(&self) -> anyhow::Result<ValidateConfig> {
-        let feed = match &self.calib {
-            Some(calib) => self.recipe.feed(calib).with_context(|| format!("--calib {}", calib.display()))?,
-            None if self.recipe.recipe.is_some() || self.recipe.preset.is_some() => {
-                anyhow::bail!(
-                    "validation samples from an iterable are fed as arrays by input name: leave out the recipe (and \
-                     give statistics of such arrays)"
-                )
-            }
+    /// How samples streamed in place of `--val` (the Python API's iterables) are fed: with a recipe, each batch
+    /// is the float32 array it makes; without, arrays by input name. A calibration folder must hold the same
+    /// kind.
+    pub fn streamed_feed(&self) -> anyhow::Result<datasets::Feed> {
+        let feed = match self.recipe.load()? {
+            Some(recipe) if recipe.is_multi_size() => anyhow::bail!(
+                "validation samples from an iterable are of one size: give a recipe of one size (the iterable's)"
+            ),
+            Some(recipe) => datasets::Feed::Images(recipe),
             None => datasets::Feed::Tensors,
         };
-        if feed != datasets::Feed::Tensors {
-            anyhow::bail!(
-                "--calib {} holds {}, but validation samples from an iterable are arrays by input name: give the \
-                 calibration samples the same way (an iterable, or a folder of .npz samples)",
-                self.calib.as_deref().unwrap_or(std::path::Path::new("")).display(),
-                feed.samples()
-            );
+        if let Some(calib) = &self.calib {
+            let tensors = datasets::Dataset::holds_tensors_below(calib)?;
+            if tensors != (feed == datasets::Feed::Tensors) {
+                anyhow::bail!(
+                    "--calib {} holds {}, but the validation samples from the iterable are {}: give both the same \
+                     way (a recipe for images, none for arrays by input name)",
+                    calib.display(),
+                    if tensors { ".npz samples" } else { "images" },
+                    feed.samples()
+                );
+            }
         }
-        self.config_with(feed)
+        Ok(feed)
+    }
+
+    /// The configuration for samples streamed in place of `--val` ([`ValidateArgs::streamed_feed`]).
+    pub fn config_streamed(&self) -> anyhow::Result<ValidateConfig> {
+        self.config_with(self.streamed_feed()?)
     }
 
     fn config_with(&self, feed: datasets::Feed) -> anyhow::Result<ValidateConfig> {
