@@ -196,6 +196,8 @@ pub struct Quantizer {
     smoothing: Option<smoothquant::Smoothing>,
     max_abs: HashMap<String, f32>,
     flops: OnceLock<HashMap<String, f64>>,
+    /// Each method's amax per tensor, computed on first need.
+    amax_cache: analyze::AmaxCache,
 }
 
 impl Quantizer {
@@ -228,7 +230,7 @@ impl Quantizer {
             tracing::info!(target: "int8kit::quantize", model = %model.path.display(), "moved to opset 13");
         }
         let max_abs = hist.tensors.iter().map(|t| (t.name.clone(), t.stats.amax())).collect();
-        Ok(Quantizer { model, hist, smoothing, max_abs, flops: OnceLock::new() })
+        Ok(Quantizer { model, hist, smoothing, max_abs, flops: OnceLock::new(), amax_cache: Default::default() })
     }
 
     /// The prepared model (float32, smoothed as the statistics were).
@@ -251,9 +253,9 @@ impl Quantizer {
         Ok(placement::decide(&self.model.proto.graph, &scheme.precision, &scheme.placement, &scheme.precision_origin)?)
     }
 
-    /// Every activation's amax under `scheme`'s methods ([`analyze::activation_amax`]).
+    /// Every activation's amax under `scheme`'s methods ([`analyze::AmaxCache::activation_amax`]).
     pub fn amax(&self, scheme: &Scheme) -> HashMap<String, f32> {
-        analyze::activation_amax(&self.hist, &self.model.proto.graph, scheme.method, &scheme.per_tensor)
+        self.amax_cache.activation_amax(&self.hist, &self.model.proto.graph, scheme.method, &scheme.per_tensor)
     }
 
     /// The float type the artifact's non-INT8 parts get: the placement's, except that a model stored in FP16
@@ -311,10 +313,12 @@ impl Quantizer {
         if !methods.contains(&scheme.method) {
             methods.push(scheme.method);
         }
+        let by_method: Vec<_> = methods.iter().map(|m| (m.name(), self.amax_cache.of(hist, *m))).collect();
         let tensors: Vec<TensorRange> = hist
             .tensors
             .iter()
-            .map(|t| {
+            .enumerate()
+            .map(|(i, t)| {
                 let (a, scale) = quantized
                     .get(t.name.as_str())
                     .copied()
@@ -327,7 +331,7 @@ impl Quantizer {
                     amax: a,
                     scale,
                     clipped: scales::clipped_share(&t.stats, a),
-                    amax_by_method: methods.iter().map(|m| (m.name(), scales::amax(&t.stats, *m))).collect(),
+                    amax_by_method: by_method.iter().map(|(name, table)| (name.clone(), table[i])).collect(),
                 }
             })
             .collect();
