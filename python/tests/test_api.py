@@ -347,6 +347,24 @@ def test_memory_stays_flat_over_a_long_generator():
     assert grown_mib < 32, f"peak RSS grew {grown_mib:.0f} MiB over 20x more batches"
 
 
+def test_validate_memory_stays_flat_over_a_long_generator(tmp_path):
+    """The evaluation samples stream through the three models: ten times the batches, the same peak RSS."""
+    calib = int8kit.preprocess(sorted((FIXTURES / "fmnist" / "calib").iterdir())[:64], recipe=RECIPE)
+    stats = int8kit.calibrate(RESNET, batches(calib, [32]), quiet=True)
+    batch = np.random.default_rng(1).standard_normal((4, 1, 28, 28)).astype(np.float32)
+
+    def generator(n):
+        for _ in range(n):
+            yield batch.copy()
+
+    int8kit.validate(RESNET, stats, generator(150), tmp_path / "short", quiet=True)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    report = int8kit.validate(RESNET, stats, generator(1500), tmp_path / "long", quiet=True)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert report.comparison["images"] == 6000
+    assert grown_mib < 32, f"peak RSS grew {grown_mib:.0f} MiB over 10x more batches"
+
+
 def test_ctrl_c_stops_the_run_and_writes_nothing(tmp_path):
     out = tmp_path / "q"
     script = textwrap.dedent(
