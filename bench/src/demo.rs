@@ -29,7 +29,7 @@ pub fn fixture_config(
         scheme: quantizer::Scheme {
             method: method.unwrap_or(Method::Entropy),
             auto: match method {
-                None => quantizer::search::AutoChoices { method: true, attention: true, float_type: true },
+                None => quantizer::search::AutoChoices::ALL,
                 Some(_) => Default::default(),
             },
             ..Default::default()

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use analyze::scales::Method;
 use datasets::{Feed, OnBadImage, Preset, Recipe};
 use histograms::Selection;
-use quantizer::placement::{AttentionPrecision, FloatType, PlacementOptions, PrecisionFile, Target};
+use quantizer::placement::{AttentionPrecision, FloatType, PlacementOptions, PrecisionFile, ResidualPrecision, Target};
 use quantizer::qdq::{WeightClip, WeightClips};
 use quantizer::Scheme;
 
@@ -310,12 +310,17 @@ pub struct PlacementArgs {
     /// measured; a model stored in FP16 stays FP16), fp32 for --target onnxruntime.
     #[arg(long, value_enum)]
     pub float_type: Option<FloatTypeArg>,
+    /// The residual input of Adds after an INT8 GEMM/Conv: int8 lets the Add fuse into the GEMM/Conv, float
+    /// keeps the residual stream unrounded there (the Add runs on its own). Default: for --target tensorrt
+    /// chosen by measurement (int8 where nothing is measured), int8 for --target onnxruntime.
+    #[arg(long, value_enum)]
+    pub residual: Option<AttentionArg>,
 }
 
-/// `--attention`.
+/// `--attention`, `--residual`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttentionArg {
-    /// Both inputs quantized.
+    /// Quantized (attention MatMuls: both inputs).
     Int8,
     /// Kept in the float type.
     Float,
@@ -346,7 +351,11 @@ impl PlacementArgs {
             AttentionArg::Int8 => AttentionPrecision::Int8,
             AttentionArg::Float => AttentionPrecision::Float,
         });
-        PlacementOptions { target, attention, float_type }
+        let residual = match self.residual {
+            None | Some(AttentionArg::Int8) => ResidualPrecision::Int8,
+            Some(AttentionArg::Float) => ResidualPrecision::Float,
+        };
+        PlacementOptions { target, attention, float_type, residual }
     }
 }
 
@@ -444,6 +453,7 @@ impl SchemeArgs {
             // and the measurement weighs accuracy alone.
             attention: tensorrt && self.placement.attention.is_none() && precision.attention.is_none(),
             float_type: tensorrt && self.placement.float_type.is_none(),
+            residual: tensorrt && self.placement.residual.is_none(),
         };
         Ok(Scheme {
             method,

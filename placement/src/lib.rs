@@ -115,12 +115,43 @@ pub struct PlacementOptions {
     pub attention: Option<AttentionPrecision>,
     /// The float type of the parts that are not INT8.
     pub float_type: FloatType,
+    /// The residual input of Adds after an INT8 GEMM/Conv: INT8 (the Add fuses into the GEMM) or float.
+    pub residual: ResidualPrecision,
+}
+
+/// The residual stream's precision at Adds that follow an INT8 GEMM/Conv: `Int8` quantizes the Add's other
+/// input so that TensorRT fuses the Add into the GEMM/Conv (ONNX Runtime: into its integer kernel after a
+/// Conv), at the cost of rounding the residual stream there; `Float` leaves it float (the Add then runs as a
+/// layer of its own). Which costs how much accuracy depends on the model (the `auto` search measures it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResidualPrecision {
+    /// Quantized where it lets the Add fuse.
+    #[default]
+    Int8,
+    /// Float.
+    Float,
+}
+
+impl ResidualPrecision {
+    /// `int8` or `float`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ResidualPrecision::Int8 => "int8",
+            ResidualPrecision::Float => "float",
+        }
+    }
 }
 
 impl PlacementOptions {
     /// The target's defaults: its attention precision and float type.
     pub fn for_target(target: Target) -> PlacementOptions {
-        PlacementOptions { target, attention: None, float_type: FloatType::default_for(target) }
+        PlacementOptions {
+            target,
+            attention: None,
+            float_type: FloatType::default_for(target),
+            residual: ResidualPrecision::Int8,
+        }
     }
 }
 

@@ -27,6 +27,9 @@ pub enum Severity {
     Error,
 }
 
+/// The rule id of a residual Add after an INT8 GEMM/Conv with no quantized input (TensorRT cannot fuse it).
+pub const RESIDUAL_INPUT: &str = "residual-input";
+
 /// One finding.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Finding {
@@ -255,7 +258,7 @@ pub fn lint_proto(proto: &graph::proto::ModelProto, data: &Model) -> Result<Vec<
                     let gemm = a.or(b).unwrap_or_default();
                     push(
                         Severity::Warning,
-                        "residual-input",
+                        RESIDUAL_INPUT,
                         node,
                         format!(
                             "residual Add after INT8 '{gemm}' has no quantized input; TensorRT cannot fuse it into \

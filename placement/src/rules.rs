@@ -122,7 +122,8 @@ pub fn plan(graph: &GraphProto, decisions: &[Decision], options: &PlacementOptio
     let produced_by_gemm = |tensor: &str, ops: &[&str]| int8_gemm_behind(graph, &index, tensor, ops, |p| int8[p]);
     let depth = depths(graph, &index);
     let constant = input_independent(graph);
-    for (n, node) in graph.node.iter().enumerate() {
+    let residual_int8 = options.residual == crate::ResidualPrecision::Int8;
+    for (n, node) in graph.node.iter().enumerate().filter(|_| residual_int8) {
         if node.op_type != "Add" || node.input.len() != 2 || denied(n) || node.input.iter().any(|i| i.is_empty()) {
             continue;
         }
@@ -358,6 +359,15 @@ mod tests {
         assert!(
             quantized_slots(&planned(&g, Target::OnnxRuntime, &PrecisionFile::default()), &g, "residual").is_empty()
         );
+        // A float residual stream: the Add keeps both inputs float, everything else as before.
+        let options = PlacementOptions {
+            residual: crate::ResidualPrecision::Float,
+            ..PlacementOptions::for_target(Target::TensorRt)
+        };
+        let float_residual = plan(&g, &decide(&g, &PrecisionFile::default(), &options, "test").unwrap(), &options);
+        assert!(quantized_slots(&float_residual, &g, "residual").is_empty());
+        assert_eq!(quantized_slots(&float_residual, &g, "scores"), vec![0, 1]);
+        assert_eq!(float_residual.weights, trt.weights);
 
         let float = PrecisionFile { attention: Some(AttentionPrecision::Float), ..Default::default() };
         let kept = planned(&g, Target::TensorRt, &float);

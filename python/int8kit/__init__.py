@@ -278,9 +278,10 @@ class Quantized:
 
     @property
     def chosen(self) -> Dict[str, Any]:
-        """What was chosen and how: method, attention, float type, ``chosen_by``, and the search if any."""
+        """What was chosen and how: method, attention, residual, float type, ``chosen_by``, and the search if
+        any."""
         r = self.ranges
-        return {k: r.get(k) for k in ("method", "attention", "float_type", "chosen_by", "search")}
+        return {k: r.get(k) for k in ("method", "attention", "residual", "float_type", "chosen_by", "search")}
 
 
 def quantize(model: PathLike, data: Any, out: PathLike, *, recipe: Optional[PathLike] = None,

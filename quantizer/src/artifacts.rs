@@ -88,6 +88,8 @@ pub struct Ranges {
     pub target: &'static str,
     /// `--attention` when given (`int8` or `float`); otherwise the precision file's, then the target's.
     pub attention: Option<placement::AttentionPrecision>,
+    /// The residual input of Adds after an INT8 GEMM/Conv: `int8` (quantized, so the Add fuses) or `float`.
+    pub residual: &'static str,
     /// The float type of the parts that are not INT8 (`fp32` or `fp16`).
     pub float_type: &'static str,
     /// How weight clips were chosen: `max`, `mse`, or `auto` (per node, from a sensitivity.json).
@@ -184,10 +186,19 @@ impl Artifacts<'_> {
         if !errors.is_empty() {
             return Err(QuantizeError::Lint { path: self.model.path.clone(), errors });
         }
-        // The warnings are about TensorRT's fusions: a model placed for ONNX Runtime leaves those out on purpose.
+        // The warnings are about TensorRT's fusions: a model placed for ONNX Runtime leaves those out on purpose,
+        // and so does a float residual stream its residual Adds (said once, not per Add).
         let for_tensorrt = self.ranges.target == Target::TensorRt.name();
-        for w in warnings.iter().filter(|_| for_tensorrt) {
+        let float_residual = self.ranges.residual == placement::ResidualPrecision::Float.name();
+        let unfused = warnings.iter().filter(|w| w.rule == lint::RESIDUAL_INPUT).count();
+        for w in warnings.iter().filter(|w| for_tensorrt && !(float_residual && w.rule == lint::RESIDUAL_INPUT)) {
             tracing::warn!("model.qdq.onnx: warning[{}] {}: {}", w.rule, w.node, w.message);
+        }
+        if for_tensorrt && float_residual && unfused > 0 {
+            tracing::info!(
+                "model.qdq.onnx: {unfused} residual Adds keep a float residual stream (residual float): TensorRT runs \
+                 them as layers of their own instead of fusing them into the GEMM/Conv before them"
+            );
         }
         std::fs::create_dir_all(dir).map_err(|source| QuantizeError::Io { path: dir.into(), source })?;
         graph::save_model(self.model, self.qdq.clone(), &dir.join("model.qdq.onnx"))?;

@@ -396,6 +396,7 @@ impl Quantizer {
             precision: scheme.precision.clone(),
             target: scheme.placement.target.name(),
             attention: scheme.placement.attention,
+            residual: scheme.placement.residual.name(),
             float_type: scale_type.name(),
             weight_clip: scheme.weight_clip.name(),
             int8_flop_share: if total > 0.0 { int8_flops / total } else { 0.0 },

@@ -1,5 +1,5 @@
-//! Choices by measurement: the `auto` scale method, attention precision and float type. From one
-//! calibration, candidate INT8 models are built in memory and measured on the held-back samples against the
+//! Choices by measurement: the `auto` scale method, attention precision, residual precision and float type.
+//! From one calibration, candidate INT8 models are built in memory and measured on the held-back samples against the
 //! float model's outputs (computed once, [`Probe`]); the best output fidelity wins, and among candidates
 //! that measure no worse than it beyond the measurement's own uncertainty ([`TOLERANCE_DB`], or one standard
 //! error of the paired difference, whichever is larger) the one with more INT8 and FP16 (more of TensorRT's
@@ -8,13 +8,14 @@
 //! The axes are searched together, not one at a time (on the ViT-S/14, MSE scales and float attention each
 //! gain little alone and 10.8 dB together), coarse to fine: every scale method with every attention
 //! precision in FP32 float parts (the cheapest session) on a quarter of the samples (at least 32; a smaller
-//! probe ranks on all of them), then the best two of those in every float type on all of them. Candidates
-//! that build the same model are measured once.
+//! probe ranks on all of them), then the best two of those on all of them with the residual input of Adds
+//! after an INT8 GEMM/Conv INT8 and float (where the model has such Adds), and the best two of these in every
+//! float type. Candidates that build the same model are measured once.
 
 use std::collections::HashMap;
 
 use analyze::scales::Method;
-use placement::{AttentionPrecision, FloatType, Target};
+use placement::{AttentionPrecision, FloatType, ResidualPrecision, Target};
 use serde::Serialize;
 
 use crate::measure::{Fidelity, ImageFidelity, Probe, Unmeasured};
@@ -52,15 +53,18 @@ pub struct AutoChoices {
     pub attention: bool,
     /// FP16 or FP32 float parts (TensorRT target; a model stored in FP16 stays FP16).
     pub float_type: bool,
+    /// The residual input of Adds after an INT8 GEMM/Conv: INT8 or float (models without such Adds have
+    /// nothing to choose).
+    pub residual: bool,
 }
 
 impl AutoChoices {
     /// Every choice by measurement: `int8kit`'s default.
-    pub const ALL: AutoChoices = AutoChoices { method: true, attention: true, float_type: true };
+    pub const ALL: AutoChoices = AutoChoices { method: true, attention: true, float_type: true, residual: true };
 
     /// Whether anything is left to measure.
     pub fn any(self) -> bool {
-        self.method || self.attention || self.float_type
+        self.method || self.attention || self.float_type || self.residual
     }
 }
 
@@ -73,6 +77,8 @@ pub struct Trial {
     pub attention: &'static str,
     /// Float parts.
     pub float_type: &'static str,
+    /// The residual input of Adds after an INT8 GEMM/Conv: `int8` or `float`.
+    pub residual: &'static str,
     /// `coarse` (a quarter of the samples) or `fine` (all of them).
     pub stage: &'static str,
     /// The measurement; absent when the model's outputs were not finite numbers.
@@ -115,6 +121,7 @@ struct Candidate {
     method: Method,
     attention: Option<AttentionPrecision>,
     float_type: FloatType,
+    residual: ResidualPrecision,
 }
 
 impl Candidate {
@@ -126,12 +133,14 @@ impl Candidate {
         }
     }
 
-    /// Sort key of the preference among near-equal candidates: INT8 attention, then FP16, the choices that
-    /// make the engine faster. The scale method changes no speed, so it is left to the measurement.
-    fn preference(&self) -> (u8, u8) {
+    /// Sort key of the preference among near-equal candidates: INT8 attention, then the INT8 residual input
+    /// (the Add fuses), then FP16, the choices that make the engine faster. The scale method changes no speed,
+    /// so it is left to the measurement.
+    fn preference(&self) -> (u8, u8, u8) {
         let attention = (self.attention == Some(AttentionPrecision::Float)) as u8;
+        let residual = (self.residual == ResidualPrecision::Float) as u8;
         let float = (self.float_type == FloatType::Fp32) as u8;
-        (attention, float)
+        (attention, residual, float)
     }
 
     /// The method order of [`Method::ALL_DEFAULT`]: the last tie-break, so that equal measurements are
@@ -145,6 +154,7 @@ impl Candidate {
         s.method = self.method;
         s.placement.attention = self.attention;
         s.placement.float_type = self.float_type;
+        s.placement.residual = self.residual;
         s
     }
 }
@@ -216,6 +226,7 @@ impl Searcher<'_> {
             method: c.method.name(),
             attention: c.attention_name(),
             float_type: c.float_type.name(),
+            residual: c.residual.name(),
             stage,
             fidelity,
             failed,
@@ -325,8 +336,27 @@ pub fn search(
         } else {
             vec![scheme.placement.float_type]
         };
+    let mut residuals = vec![scheme.placement.residual];
+    if auto.residual {
+        // Only where the model has Adds whose residual input the placement quantizes (a ViT whose projections
+        // are scaled before the Add has none).
+        let decisions = quantizer.decide(scheme)?;
+        let graph = &quantizer.model().proto.graph;
+        let with = |residual| {
+            let options = placement::PlacementOptions { residual, ..scheme.placement };
+            placement::plan(graph, &decisions, &options).activations
+        };
+        if with(ResidualPrecision::Int8) != with(ResidualPrecision::Float) {
+            residuals = vec![ResidualPrecision::Int8, ResidualPrecision::Float];
+        }
+    }
     let mut axes = Vec::new();
-    for (name, n) in [("method", methods.len()), ("attention", attentions.len()), ("float_type", floats.len())] {
+    for (name, n) in [
+        ("method", methods.len()),
+        ("attention", attentions.len()),
+        ("residual", residuals.len()),
+        ("float_type", floats.len()),
+    ] {
         if n > 1 {
             axes.push(name);
         }
@@ -352,7 +382,7 @@ pub fn search(
     // Without a coarse stage the ranking runs on every sample and its trials are already fine ones: only the
     // finalists' other float types remain.
     let ranking_batches = if coarse { coarse_batches } else { all };
-    let total = pairs.len() + finalists * (floats.len() - (!coarse) as usize);
+    let total = pairs.len() + finalists * (residuals.len() - (!coarse) as usize) + finalists * (floats.len() - 1);
     let mut s = Searcher {
         quantizer,
         base: scheme,
@@ -372,13 +402,15 @@ pub fn search(
 
     // Ranking: every method with every attention precision in the cheapest float type (the float type moves
     // every candidate's fidelity alike, a fraction of what the method and attention precision move, so it is
-    // measured for the finalists only).
+    // measured for the finalists only), the residual input INT8 (the fused layout) where that is searched.
     let cheap = *floats.last().unwrap_or(&scheme.placement.float_type);
+    let ranked_residual = residuals[0];
     let mut measured = Vec::new();
     let mut fine = Vec::new();
     for &(method, attention) in &pairs {
         let stage = if coarse { "coarse" } else { "fine" };
-        let t = s.trial(Candidate { method, attention, float_type: cheap }, ranking_batches, stage)?;
+        let c = Candidate { method, attention, float_type: cheap, residual: ranked_residual };
+        let t = s.trial(c, ranking_batches, stage)?;
         if !coarse {
             fine.push(t);
         }
@@ -387,13 +419,28 @@ pub fn search(
     }
     // Stable: equal scores keep the candidates' order.
     measured.sort_by(|a, b| b.1.total_cmp(&a.1));
-    // Fine: the finalists in every float type, on every sample.
+    // Fine: the finalists with every residual precision on every sample, in the cheapest float type; then the
+    // best of those in the other float types.
+    let mut combos = Vec::new();
     for &((method, attention), _) in measured.iter().take(finalists) {
-        for &float_type in &floats {
-            if !coarse && float_type == cheap {
-                continue;
-            }
-            fine.push(s.trial(Candidate { method, attention, float_type }, all, "fine")?);
+        for &residual in &residuals {
+            let c = Candidate { method, attention, float_type: cheap, residual };
+            let t = match fine.iter().find(|&&t| s.candidates[t] == c) {
+                Some(&t) => t,
+                None => {
+                    let t = s.trial(c, all, "fine")?;
+                    fine.push(t);
+                    tick(&mut done);
+                    t
+                }
+            };
+            combos.push((c, s.sqnr(t)));
+        }
+    }
+    combos.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for &(c, _) in combos.iter().take(finalists) {
+        for &float_type in floats.iter().filter(|&&f| f != cheap) {
+            fine.push(s.trial(Candidate { float_type, ..c }, all, "fine")?);
             tick(&mut done);
         }
     }
@@ -445,18 +492,20 @@ pub fn search(
     } else if chosen == leader {
         format!(
             "the best output SQNR ({best:.2} dB); of the {} candidates below it {margin}, it also keeps the most INT8 \
-             (attention {}) and float type {}",
+             (attention {}, residual {}) and float type {}",
             near.len(),
             winner.attention_name(),
+            winner.residual.name(),
             winner.float_type.name()
         )
     } else {
         format!(
             "{:.2} dB, below the best ({best:.2} dB) {margin}; of the {} such candidates it keeps the most INT8 \
-             (attention {}) and float type {}",
+             (attention {}, residual {}) and float type {}",
             s.sqnr(chosen),
             near.len(),
             winner.attention_name(),
+            winner.residual.name(),
             winner.float_type.name()
         )
     };

@@ -20,6 +20,7 @@ fn ranges_json_matches_the_golden_file() {
         },
         target: "tensorrt",
         attention: None,
+        residual: "int8",
         float_type: "fp16",
         weight_clip: "auto",
         int8_flop_share: 0.875,
@@ -99,6 +100,7 @@ fn ranges_json_matches_the_golden_file() {
                     method: "entropy".into(),
                     attention: "default",
                     float_type: "fp16",
+                    residual: "int8",
                     stage: "fine",
                     fidelity: Some(quantizer::measure::Fidelity {
                         images: 4,
@@ -114,6 +116,7 @@ fn ranges_json_matches_the_golden_file() {
                     method: "max".into(),
                     attention: "default",
                     float_type: "fp32",
+                    residual: "int8",
                     stage: "fine",
                     fidelity: None,
                     failed: Some("not finite".into()),

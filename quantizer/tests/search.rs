@@ -9,11 +9,12 @@ use datasets::Feed;
 use quantizer::measure::{Probe, ProbeOptions};
 use quantizer::search::{search, AutoChoices, SearchRecord, TOLERANCE_DB};
 use quantizer::{Quantizer, Scheme};
-use test_support::conv_models::{outlier_conv, write_outlier_samples};
+use test_support::conv_models::{outlier_conv, residual_conv, write_outlier_samples};
 
 /// A search on [`outlier_conv`] calibrated on outlier samples, some held back, with what it ran on.
 struct Searched {
     method: Method,
+    residual: placement::ResidualPrecision,
     record: SearchRecord,
     table: String,
     quantizer: Quantizer,
@@ -25,8 +26,14 @@ struct Searched {
 /// runs the method search on the held-back ones.
 fn searched_with(reads_outliers: bool, held: u64, seed: u64) -> Searched {
     let dir = tempfile::tempdir().unwrap();
+    let model = outlier_conv(dir.path(), reads_outliers);
+    searched_on(dir, &model, held, seed, AutoChoices { method: true, ..Default::default() })
+}
+
+/// The `auto` search (the choices `auto` leaves open) on `model` in `dir`, calibrated on `held + 64` outlier
+/// samples, `held` held back (chosen by `seed`) and measured on.
+fn searched_on(dir: tempfile::TempDir, model: &std::path::Path, held: u64, seed: u64, auto: AutoChoices) -> Searched {
     let samples = &write_outlier_samples(&dir.path().join("samples"), 0, held + 64);
-    let model = &outlier_conv(dir.path(), reads_outliers);
     let feed = Feed::for_folder(samples, None).unwrap();
     let options = CalibrateOptions { hold_out: HoldOut::Count(held as usize), seed, ..Default::default() };
     let (hist, summary) = calibrate(model, samples, &feed, &options, &mut |_, _| {}).unwrap();
@@ -40,7 +47,6 @@ fn searched_with(reads_outliers: bool, held: u64, seed: u64) -> Searched {
         device: runtime::Device::Cpu,
     };
     let probe = Probe::new(quantizer.model(), &held, &feed, probe_options).unwrap();
-    let auto = AutoChoices { method: true, ..Default::default() };
     // The ONNX Runtime target: an 8-channel Conv is too narrow for TensorRT's INT8 kernels and would stay float.
     let scheme = Scheme {
         placement: placement::PlacementOptions::for_target(placement::Target::OnnxRuntime),
@@ -48,7 +54,7 @@ fn searched_with(reads_outliers: bool, held: u64, seed: u64) -> Searched {
     };
     let (scheme, record) = search(&quantizer, &scheme, auto, &probe, &mut |_, _| {}).unwrap();
     let table = table(&record);
-    Searched { method: scheme.method, record, table, quantizer, probe, _dir: dir }
+    Searched { method: scheme.method, residual: scheme.placement.residual, record, table, quantizer, probe, _dir: dir }
 }
 
 /// The search with 16 held-back samples, for each of eight seeds: which 16 of the 80 samples are held back
@@ -74,7 +80,7 @@ fn table(record: &SearchRecord) -> String {
     record
         .trials
         .iter()
-        .map(|t| format!("{} {} {:?}\n", t.method, t.stage, t.fidelity.as_ref().map(|f| f.sqnr_db)))
+        .map(|t| format!("{} {} {} {:?}\n", t.method, t.residual, t.stage, t.fidelity.as_ref().map(|f| f.sqnr_db)))
         .collect()
 }
 
@@ -139,4 +145,36 @@ fn the_fine_stage_continues_the_coarse_measurement_exactly() {
         let fresh = s.probe.measure(&proto, usize::MAX).unwrap();
         assert_eq!(trial.fidelity.as_ref(), Some(&fresh), "{}: {}", trial.method, s.table);
     }
+}
+
+#[test]
+fn auto_keeps_the_residual_stream_float_where_rounding_it_costs_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = residual_conv(dir.path());
+    let s = searched_on(dir, &model, 16, 0, AutoChoices { method: true, residual: true, ..Default::default() });
+    let t = &s.table;
+    assert_eq!(s.record.axes, ["method", "residual"], "{t}");
+    assert_eq!(s.residual, placement::ResidualPrecision::Float, "{t}");
+    assert_eq!(s.record.trials[s.record.chosen].residual, "float", "{t}");
+    // Every method is ranked with the residual input INT8 (the fused layout), the two best also with it float.
+    let sqnr = |residual: &str| {
+        s.record
+            .trials
+            .iter()
+            .filter(|x| x.residual == residual)
+            .filter_map(|x| x.fidelity.as_ref().map(|f| f.sqnr_db))
+            .fold(f64::MIN, f64::max)
+    };
+    assert_eq!(s.record.trials.iter().filter(|x| x.residual == "int8").count(), 4, "{t}");
+    assert_eq!(s.record.trials.iter().filter(|x| x.residual == "float").count(), 2, "{t}");
+    assert!(sqnr("float") > sqnr("int8") + 3.0, "{t}");
+}
+
+#[test]
+fn a_model_without_residual_adds_has_no_residual_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = outlier_conv(dir.path(), true);
+    let s = searched_on(dir, &model, 16, 0, AutoChoices { method: true, residual: true, ..Default::default() });
+    assert_eq!(s.record.axes, ["method"], "{}", s.table);
+    assert!(s.record.trials.iter().all(|x| x.residual == "int8"), "{}", s.table);
 }

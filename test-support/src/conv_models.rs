@@ -265,6 +265,27 @@ pub fn outlier_conv(dir: &Path, reads_outliers: bool) -> PathBuf {
     write(&m, dir.join(if reads_outliers { "outlier_conv.onnx" } else { "outlier_conv_ignored.onnx" }))
 }
 
+/// A residual block on the [`outlier_conv`] input: `y = activation + Conv(activation)`, the Conv's weights
+/// small (0.02), so the output is mostly the residual stream itself. Quantizing the Add's residual input
+/// rounds the whole output at that tensor's resolution (and clips or coarsens it, whatever the method, on
+/// [`write_outlier_samples`]); kept float, only the small Conv branch carries INT8 error. Written to
+/// `dir/residual_conv.onnx`.
+pub fn residual_conv(dir: &Path) -> PathBuf {
+    let mut m = model(13, 7);
+    let g = m.graph.mut_or_insert_default();
+    g.initializer.extend([
+        floats("w", &[CHANNELS, CHANNELS, 3, 3], &conv_weights(23, &[0.02; CHANNELS])),
+        floats("b", &[CHANNELS], &random(CHANNELS, 24, 0.01)),
+    ]);
+    let attrs = vec![ints("pads", &[1, 1, 1, 1]), ints("kernel_shape", &[3, 3])];
+    g.node.extend([
+        node("Neg", &[INPUT], "activation", vec![]),
+        node("Conv", &["activation", "w", "b"], "branch", attrs),
+        node("Add", &["activation", "branch"], "y", vec![]),
+    ]);
+    write(&m, dir.join("residual_conv.onnx"))
+}
+
 /// Like [`write_samples`], but values in [-0.2, 0.2), and in channel 0 about one in 250 replaced by one of
 /// magnitude 0.5 to 6: a bulk with a sparse tail reaching 30 times its edge.
 pub fn write_outlier_samples(dir: &Path, first: u64, n: u64) -> PathBuf {

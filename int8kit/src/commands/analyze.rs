@@ -110,9 +110,10 @@ fn print_measured(r: &quantizer::Ranges) {
         // Samples of several sizes: candidates are ranked by their worst size, shown last.
         let sizes = search.trials.iter().any(|t| t.worst_shape_sqnr_db.is_some());
         println!(
-            "    {:<18} {:<9} {:<6} {:<7} {:>8} {:>8} {:>7}{}",
+            "    {:<18} {:<9} {:<8} {:<6} {:<7} {:>8} {:>8} {:>7}{}",
             "method",
             "attention",
+            "residual",
             "float",
             "stage",
             "SQNR dB",
@@ -122,10 +123,11 @@ fn print_measured(r: &quantizer::Ranges) {
         );
         for (i, t) in search.trials.iter().enumerate() {
             println!(
-                "  {} {:<18} {:<9} {:<6} {:<7} {}{}{}",
+                "  {} {:<18} {:<9} {:<8} {:<6} {:<7} {}{}{}",
                 if i == search.chosen { "*" } else { " " },
                 t.method,
                 t.attention,
+                t.residual,
                 t.float_type,
                 t.stage,
                 fidelity(&t.fidelity),
