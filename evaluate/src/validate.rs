@@ -173,9 +173,10 @@ pub fn validate(config: &ValidateConfig, progress: Progress) -> Result<Report, E
 }
 
 /// Evaluation samples a caller streams instead of a `--val` folder (the Python API's iterables): the float32
-/// images `ValidateConfig::feed`'s recipe makes, or arrays by input name, labelled or not. They are regrouped into the evaluation batches a folder of the same
-/// samples in the same order would make ([`datasets::Rebatched`]), so the rows equal that folder's, and are
-/// identified by the bytes fed (`validation_samples_sha256`). `--val` (`ValidateConfig::val`) names them.
+/// images `ValidateConfig::feed`'s recipe makes, or arrays by input name, labelled or not. They are regrouped
+/// into the evaluation batches a folder of the same samples in the same order would make
+/// ([`datasets::Rebatched`]), so the rows equal that folder's, and are identified by the bytes fed
+/// (`validation_samples_sha256`). `--val` (`ValidateConfig::val`) names them.
 pub struct GivenVal<'a> {
     /// The batches, in order.
     pub batches: &'a mut dyn datasets::BatchSource,

@@ -301,7 +301,8 @@ fn feed_worker<T: Send>(
 
 /// Runs `int8kit validate ARGS...` (`argv[0]` the program name; `--val` only names the samples) on evaluation
 /// samples pulled from `batches` (the package's normalized batches: the recipe's float32 images when the line
-/// gives one, else arrays by input name; with labels when `labelled`) while the models run the previous ones; returns the exit status and, for 2, the error.
+/// gives one, else arrays by input name; with labels when `labelled`) while the models run the previous ones;
+/// returns the exit status and, for 2, the error.
 #[pyfunction]
 #[pyo3(signature = (argv, batches, total, labelled))]
 fn validate_iter(

@@ -1,9 +1,10 @@
 //! Choices by measurement: the `auto` scale method, attention precision, residual precision and float type.
-//! From one calibration, candidate INT8 models are built in memory and measured on the held-back samples against the
-//! float model's outputs (computed once, [`Probe`]); the best output fidelity wins, and among candidates
-//! that measure no worse than it beyond the measurement's own uncertainty ([`TOLERANCE_DB`], or one standard
-//! error of the paired difference, whichever is larger) the one with more INT8 and FP16 (more of TensorRT's
-//! fast kernels): Breiman's one-standard-error rule, with the simpler model read as the faster one.
+//! From one calibration, candidate INT8 models are built in memory and measured on the held-back samples
+//! against the float model's outputs (computed once, [`Probe`]); the best output fidelity wins, and among
+//! candidates that measure no worse than it beyond the measurement's own uncertainty ([`TOLERANCE_DB`], or
+//! one standard error of the paired difference, whichever is larger) the one with more INT8 and FP16 (more
+//! of TensorRT's fast kernels): Breiman's one-standard-error rule, with the simpler model read as the faster
+//! one.
 //!
 //! The axes are searched together, not one at a time (on the ViT-S/14, MSE scales and float attention each
 //! gain little alone and 10.8 dB together), coarse to fine: every scale method with every attention
