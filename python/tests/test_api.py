@@ -158,7 +158,7 @@ def test_quantize_from_an_iterable_holds_back_what_the_folder_run_holds_back(tmp
     alone = int8kit.calibrate(RESNET, batches(rest, [50]), recipe=RECIPE, quiet=True)
     assert alone.samples == 180
     again = int8kit.quantize(RESNET, alone, tmp_path / "q2", recipe=RECIPE, method=q.chosen["method"],
-                             float_type=q.chosen["float_type"], quiet=True)
+                             float_type=q.chosen["float_type"], residual=q.chosen["residual"], quiet=True)
     assert again.scales == q.scales
     # A folder of the same images holds back the same samples: the same choices, the same model, byte for byte.
     folder = tmp_path / "calib"
