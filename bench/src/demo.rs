@@ -2,7 +2,7 @@
 
 use analyze::scales::Method;
 use datasets::{Feed, Recipe};
-use evaluate::{Classifier, Engine, ValidateConfig};
+use evaluate::{Classifier, ValidateConfig};
 
 use crate::root;
 
@@ -21,11 +21,9 @@ pub fn fixture_config(
     device: runtime::Device,
 ) -> anyhow::Result<ValidateConfig> {
     let prototypes = test_support::prototypes();
+    let calib = evaluate::validate::Calibration::Folder(test_support::calib_dir());
+    let feed = Feed::Images(Recipe::load(&test_support::recipe_path())?);
     Ok(ValidateConfig {
-        model: test_support::model(name),
-        calib: evaluate::validate::Calibration::Folder(test_support::calib_dir()),
-        val: test_support::val_dir(),
-        feed: Feed::Images(Recipe::load(&test_support::recipe_path())?),
         scheme: quantizer::Scheme {
             method: method.unwrap_or(Method::Entropy),
             auto: match method {
@@ -35,18 +33,9 @@ pub fn fixture_config(
             ..Default::default()
         },
         collect: calibrate::CalibrateOptions { device: runtime::Devices::one(device), ..Default::default() },
-        eval_batch: None,
         classifier: Classifier::load(zero_shot.then_some(prototypes.as_path()))?,
         max_top1_drop: Some(0.5),
-        fidelity: Default::default(),
-        baseline: None,
-        baseline_across_models: false,
-        sensitivity: None,
-        engine: Engine::Ort,
-        classes: None,
-        limit_val: None,
-        out,
-        shard: None,
+        ..ValidateConfig::new(test_support::model(name), calib, test_support::val_dir(), feed, out)
     })
 }
 

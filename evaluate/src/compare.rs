@@ -578,18 +578,11 @@ pub fn compare_each_parts(
     let mut acc = Accumulation::new(candidates.len(), &samples, classifier);
     for batch in BatchStream::new(dataset, feed, batching) {
         let batch = batch?;
-        let mut rows = Vec::with_capacity(candidates.len() + 1);
-        let mut seconds = Vec::with_capacity(candidates.len() + 1);
-        let mut timed = |m: &mut dyn BatchModel| -> Result<(), EvaluateError> {
-            let before = m.seconds();
-            rows.push(m.run(&batch)?);
-            seconds.push(m.seconds() - before);
-            Ok(())
-        };
-        timed(&mut *fp32)?;
+        let mut timed = vec![run_timed(&mut *fp32, &batch)?];
         for c in candidates.iter_mut() {
-            timed(&mut **c)?;
+            timed.push(run_timed(&mut **c, &batch)?);
         }
+        let (rows, seconds): (Vec<_>, Vec<_>) = timed.into_iter().unzip();
         acc.add(&batch, &rows, &seconds)?;
         progress(acc.done, dataset.len() as u64);
     }
@@ -637,14 +630,14 @@ type SetRows = Result<(Vec<Vec<f32>>, Vec<f64>), EvaluateError>;
 
 /// Runs every model of `set` on `batch`.
 fn run_set(set: &mut [Box<dyn BatchModel>], batch: &datasets::Batch) -> SetRows {
-    let mut rows = Vec::with_capacity(set.len());
-    let mut seconds = Vec::with_capacity(set.len());
-    for m in set.iter_mut() {
-        let before = m.seconds();
-        rows.push(m.run(batch)?);
-        seconds.push(m.seconds() - before);
-    }
-    Ok((rows, seconds))
+    set.iter_mut().map(|m| run_timed(&mut **m, batch)).collect::<Result<Vec<_>, _>>().map(|r| r.into_iter().unzip())
+}
+
+/// One model's output rows on `batch` and the seconds it took.
+fn run_timed(model: &mut dyn BatchModel, batch: &datasets::Batch) -> Result<(Vec<f32>, f64), EvaluateError> {
+    let before = model.seconds();
+    let rows = model.run(batch)?;
+    Ok((rows, model.seconds() - before))
 }
 
 /// [`compare_each_spread`] over any batches (a folder's, or a stream's regrouped by

@@ -125,6 +125,32 @@ pub enum Phase {
 }
 
 impl ValidateConfig {
+    /// `model` calibrated from `calib`, evaluated on `val` fed as `feed`, the reports in `out`: the default
+    /// scheme and calibration, output scores compared as logits, no gate, no baseline, ONNX Runtime, every
+    /// sample of `val` in one process. Callers set what differs with struct update syntax.
+    pub fn new(model: PathBuf, calib: Calibration, val: PathBuf, feed: Feed, out: PathBuf) -> ValidateConfig {
+        ValidateConfig {
+            model,
+            calib,
+            val,
+            feed,
+            scheme: Default::default(),
+            collect: Default::default(),
+            eval_batch: None,
+            classifier: Classifier::Logits,
+            max_top1_drop: None,
+            fidelity: Default::default(),
+            baseline: None,
+            baseline_across_models: false,
+            sensitivity: None,
+            engine: Engine::Ort,
+            classes: None,
+            limit_val: None,
+            out,
+            shard: None,
+        }
+    }
+
     /// Every file and folder the run reads or writes, for the check that no output is, holds or sits inside
     /// an input (`int8kit validate` declares the same through its command line).
     pub fn run_files(&self) -> safe_io::RunFiles {
@@ -653,7 +679,7 @@ fn comparison_rows(
 struct Checking<'a> {
     inner: &'a mut dyn datasets::BatchSource,
     labelled: bool,
-    names: Option<datasets::ListSha256>,
+    names: datasets::ListSha256,
     origin: &'a std::path::Path,
 }
 
@@ -676,9 +702,7 @@ impl Iterator for Checking<'_> {
                     ),
                 }));
             }
-            if let Some(names) = &mut self.names {
-                names.add(&item.path);
-            }
+            self.names.add(&item.path);
         }
         Some(Ok(batch))
     }
@@ -700,11 +724,10 @@ fn compare_stream(
     let size =
         fixed.unwrap_or_else(|| config.eval_batch.unwrap_or_else(|| crate::compare::default_eval_batch(&config.feed)));
     let origin = config.val.as_path();
-    let mut checking =
-        Checking { inner: given.batches, labelled: given.labelled, names: Some(Default::default()), origin };
+    let mut checking = Checking { inner: given.batches, labelled: given.labelled, names: Default::default(), origin };
     let mut digesting = calibrate::Digesting::new(&mut checking);
     let samples = crate::compare::Samples { root: origin, classes: 0, total: given.total.unwrap_or(0) };
-    let groups = {
+    let mut groups = {
         let mut whole = datasets::Rebatched::new(&mut digesting, size).map(|b| match (b, fixed) {
             (Ok(b), Some(n)) if b.len() != n => Err(datasets::DatasetError::Tensors {
                 path: origin.to_path_buf(),
@@ -721,7 +744,7 @@ fn compare_stream(
         })?
     };
     let samples_sha256 = digesting.digest().to_hex();
-    let names = checking.names.take().map(datasets::ListSha256::finish).unwrap_or_default();
+    let names = std::mem::take(&mut checking.names).finish();
     if groups.is_empty() {
         return Err(EvaluateError::NoImages { path: origin.to_path_buf() });
     }
@@ -735,7 +758,6 @@ fn compare_stream(
     }
     let classes: Vec<String> =
         counts.iter().enumerate().map(|(l, &n)| if n > 0 { l.to_string() } else { String::new() }).collect();
-    let mut groups = groups;
     for (_, parts) in &mut groups {
         parts.classes = classes.len();
     }

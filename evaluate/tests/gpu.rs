@@ -6,7 +6,7 @@
 
 use datasets::{Dataset, Feed, Recipe};
 use evaluate::validate::{Calibration, ValidateConfig};
-use evaluate::{Classifier, Engine};
+use evaluate::Classifier;
 use runtime::{Device, Devices};
 
 fn device() -> Device {
@@ -24,25 +24,12 @@ fn feed() -> Feed {
 /// The release gate on a fixture with the default scheme, every image of both folders.
 fn config(name: &str, zero_shot: bool, devices: Devices, out: std::path::PathBuf) -> ValidateConfig {
     let prototypes = test_support::prototypes();
+    let calib = Calibration::Folder(test_support::calib_dir());
     ValidateConfig {
-        model: test_support::model(name),
-        calib: Calibration::Folder(test_support::calib_dir()),
-        val: test_support::val_dir(),
-        feed: feed(),
-        scheme: Default::default(),
         collect: calibrate::CalibrateOptions { device: devices, ..Default::default() },
-        eval_batch: None,
         classifier: Classifier::load(zero_shot.then_some(prototypes.as_path())).unwrap(),
         max_top1_drop: Some(0.5),
-        fidelity: Default::default(),
-        baseline: None,
-        baseline_across_models: false,
-        sensitivity: None,
-        engine: Engine::Ort,
-        classes: None,
-        limit_val: None,
-        out,
-        shard: None,
+        ..ValidateConfig::new(test_support::model(name), calib, test_support::val_dir(), feed(), out)
     }
 }
 

@@ -3,35 +3,13 @@
 
 use datasets::{BatchStream, Dataset, Feed, StreamOptions};
 use evaluate::validate::{validate_given, Calibration, GivenVal};
-use evaluate::{validate, Classifier, Engine, Report, ValidateConfig};
+use evaluate::{validate, Report, ValidateConfig};
+use std::path::Path;
 use test_support::text_tower::{write_dynamic_model, write_samples_of};
 
-fn config(
-    model: &std::path::Path,
-    calib: &std::path::Path,
-    val: &std::path::Path,
-    out: std::path::PathBuf,
-) -> ValidateConfig {
-    ValidateConfig {
-        model: model.into(),
-        calib: Calibration::Folder(calib.into()),
-        val: val.into(),
-        feed: Feed::Tensors,
-        scheme: Default::default(),
-        collect: Default::default(),
-        eval_batch: Some(4),
-        classifier: Classifier::Logits,
-        max_top1_drop: None,
-        fidelity: Default::default(),
-        baseline: None,
-        baseline_across_models: false,
-        sensitivity: None,
-        engine: Engine::Ort,
-        classes: None,
-        limit_val: None,
-        out,
-        shard: None,
-    }
+fn config(model: &Path, calib: &Path, val: &Path, out: std::path::PathBuf) -> ValidateConfig {
+    let calib = Calibration::Folder(calib.into());
+    ValidateConfig { eval_batch: Some(4), ..ValidateConfig::new(model.into(), calib, val.into(), Feed::Tensors, out) }
 }
 
 /// A report's rows without speeds and durations (the only things two runs may differ in).
@@ -77,7 +55,7 @@ fn samples_of_several_shapes_streamed_one_by_one_give_the_folders_rows_shape_by_
     let samples = Dataset::flat(&val).unwrap();
     let mut stream = BatchStream::new(&samples, &Feed::Tensors, StreamOptions { batch_size: 1, ..Default::default() });
     let given = GivenVal { batches: &mut stream, total: Some(30), labelled: false };
-    let name = std::path::Path::new("<iterable>");
+    let name = Path::new("<iterable>");
     let streamed =
         validate_given(&config(&model, &calib, name, dir.path().join("streamed")), given, &mut |_, _, _| {}).unwrap();
 

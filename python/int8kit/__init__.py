@@ -97,7 +97,11 @@ def _flags(options: Mapping[str, Any]) -> List[str]:
 def _run(command: str, *args: Union[str, os.PathLike], **options: Any) -> int:
     """Runs ``int8kit COMMAND ...`` in this process; returns 0 or 1 (a failed gate), raises InputError on 2."""
     argv = ["int8kit", command, *[os.fspath(a) for a in args], *_flags(options)]
-    code, error = _native.run_cli(argv)
+    return _status(*_native.run_cli(argv))
+
+
+def _status(code: int, error: Optional[str]) -> int:
+    """A run's exit status: 0, or 1 for a failed gate; InputError with the command line's message for 2."""
     if code == 2:
         raise InputError(error)
     return code
@@ -406,10 +410,7 @@ def _validate_streamed(val: Iterable[Any], flags: Dict[str, Any]) -> int:
     first = next(batches, None)
     labelled = first is not None and first[1] is not None
     argv = ["int8kit", "validate", "--val", _STREAM_NAME, *_flags(flags)]
-    code, error = _native.validate_iter(argv, itertools.chain([first] if first else [], batches), total, labelled)
-    if code == 2:
-        raise InputError(error)
-    return code
+    return _status(*_native.validate_iter(argv, itertools.chain([first] if first else [], batches), total, labelled))
 
 
 def sensitivity(model: PathLike, calib: Any, val: Any, out: PathLike, *, recipe: Optional[PathLike] = None,

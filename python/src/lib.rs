@@ -73,24 +73,36 @@ fn wait<T: Send>(py: Python<'_>, mut done: Receiver<T>) -> PyResult<T> {
 /// for status 2, the error the command line prints. `--help` and `--version` print and return 0.
 #[pyfunction]
 fn run_cli(py: Python<'_>, argv: Vec<String>) -> PyResult<(u8, Option<String>)> {
-    let cli = match int8kit::Cli::try_parse_from(&argv) {
+    let cli = match parse_cli(&argv) {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            // --help, --version: printed, as the binary does.
-            let _ = e.print();
-            return Ok((0, None));
-        }
-        Err(e) => return Ok((int8kit::exit::ERROR_STATUS, Some(e.render().to_string().trim_end().to_string()))),
+        Err(status) => return Ok(status),
     };
     let (tx, rx) = sync_channel(1);
     std::thread::spawn(move || {
-        let result = int8kit::run(cli);
-        let _ = tx.send(match result {
-            Ok(outcome) => (outcome.code(), None),
-            Err(e) => (int8kit::exit::ERROR_STATUS, Some(int8kit::exit::error_text(&e))),
-        });
+        let _ = tx.send(exit_status(int8kit::run(cli)));
     });
     wait(py, rx)
+}
+
+/// The parsed command line, or the status the binary would exit with: `--help` and `--version` print and
+/// give 0, a bad line gives 2 with clap's message.
+fn parse_cli(argv: &[String]) -> Result<int8kit::Cli, (u8, Option<String>)> {
+    int8kit::Cli::try_parse_from(argv).map_err(|e| {
+        if e.use_stderr() {
+            (int8kit::exit::ERROR_STATUS, Some(e.render().to_string().trim_end().to_string()))
+        } else {
+            let _ = e.print();
+            (0, None)
+        }
+    })
+}
+
+/// A run's exit status and, for status 2, the error the command line prints.
+fn exit_status(result: anyhow::Result<int8kit::Outcome>) -> (u8, Option<String>) {
+    match result {
+        Ok(outcome) => (outcome.code(), None),
+        Err(e) => (int8kit::exit::ERROR_STATUS, Some(int8kit::exit::error_text(&e))),
+    }
 }
 
 /// One array of a batch as the package hands it over: `(name, dtype, shape, address, nbytes, array)`, the
@@ -312,9 +324,9 @@ fn validate_iter(
     total: Option<u64>,
     labelled: bool,
 ) -> PyResult<(u8, Option<String>)> {
-    let cli = match int8kit::Cli::try_parse_from(&argv) {
+    let cli = match parse_cli(&argv) {
         Ok(cli) => cli,
-        Err(e) => return Ok((int8kit::exit::ERROR_STATUS, Some(e.render().to_string().trim_end().to_string()))),
+        Err(status) => return Ok(status),
     };
     let (model, feed) = match &cli.command {
         int8kit::Command::Validate(a) => (a.model.clone(), a.streamed_feed().map_err(input_error)?),
@@ -329,10 +341,7 @@ fn validate_iter(
             let val = evaluate::validate::GivenVal { batches: &mut queued, total, labelled };
             int8kit::run_validate_streamed(cli, val)
         });
-        let _ = done_tx.send(match result {
-            Ok(outcome) => (outcome.code(), None),
-            Err(e) => (int8kit::exit::ERROR_STATUS, Some(int8kit::exit::error_text(&e))),
-        });
+        let _ = done_tx.send(exit_status(result));
     });
     feed_worker(py, &batches, &feed, tx, done_rx)
 }
