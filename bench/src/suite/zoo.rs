@@ -294,6 +294,10 @@ fn write_zoo(args: &ZooArgs, manifest_order: &[String], results: &[ZooResult]) -
     let json_path = root().join("zoo.json");
     let earlier: Option<Zoo> = std::fs::read(&json_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
     let mut models = results.to_vec();
+    let carried = match &earlier {
+        Some(z) => carry_peers(z, &mut models, args.skip_peer, args.skip_modelopt),
+        None => Vec::new(),
+    };
     let pins = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     // Rows kept from an earlier run keep the peers that run had.
     let (mut peer, mut modelopt) = (pins(PEER_PINS), pins(MODELOPT_PINS));
@@ -301,10 +305,10 @@ fn write_zoo(args: &ZooArgs, manifest_order: &[String], results: &[ZooResult]) -
         Some(z) => {
             let kept: Vec<ZooResult> =
                 z.models.into_iter().filter(|m| !results.iter().any(|r| r.name == m.name)).collect();
-            if args.skip_peer && (kept.is_empty() || z.peer.is_empty()) {
+            if args.skip_peer && ((kept.is_empty() && carried.is_empty()) || z.peer.is_empty()) {
                 peer.clear();
             }
-            if args.skip_modelopt && (kept.is_empty() || z.modelopt.is_empty()) {
+            if args.skip_modelopt && ((kept.is_empty() && carried.is_empty()) || z.modelopt.is_empty()) {
                 modelopt.clear();
             }
             kept
@@ -335,6 +339,9 @@ fn write_zoo(args: &ZooArgs, manifest_order: &[String], results: &[ZooResult]) -
     if !kept_names.is_empty() {
         command += &format!("; the rows of {} from an earlier run", kept_names.join(", "));
     }
+    if !carried.is_empty() {
+        command += &format!("; the peers' rows of {} from an earlier run on the same crops", carried.join(", "));
+    }
     let zoo = Zoo {
         format: "int8kit-bench-zoo".into(),
         version: 1,
@@ -352,6 +359,36 @@ fn write_zoo(args: &ZooArgs, manifest_order: &[String], results: &[ZooResult]) -
     safe_io::write_atomic(&md_path, splice_between(&doc, ZOO_BEGIN, ZOO_END, &generated).as_bytes())?;
     eprintln!("  wrote {} and {}", json_path.display(), md_path.display());
     Ok(())
+}
+
+/// A peer left out this run (`skip_peer`: quantize_static, `skip_modelopt`: ModelOpt) keeps its rows from
+/// `earlier` where they were measured on the same model file and crops (peers do not depend on int8kit).
+/// zoo.json files from before the crops were recorded count as the same crops: the split they were made with
+/// is the current one (BENCHMARKS.md says so). Returns the models whose rows were carried.
+fn carry_peers(earlier: &Zoo, results: &mut [ZooResult], skip_peer: bool, skip_modelopt: bool) -> Vec<String> {
+    let mut carried = Vec::new();
+    for r in results.iter_mut() {
+        let Some(e) = earlier.models.iter().find(|e| {
+            e.name == r.name
+                && e.sha256 == r.sha256
+                && e.calibration_images == r.calibration_images
+                && e.evaluation_images == r.evaluation_images
+                && e.crops.as_ref().is_none_or(|c| Some(c) == r.crops.as_ref())
+        }) else {
+            continue;
+        };
+        let before = r.peers.len();
+        r.peers.extend(
+            e.peers
+                .iter()
+                .filter(|(m, _)| if is_quantize_static(&m.label) { skip_peer } else { skip_modelopt })
+                .cloned(),
+        );
+        if r.peers.len() > before {
+            carried.push(r.name.clone());
+        }
+    }
+    carried
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -398,6 +435,15 @@ struct ZooResult {
     /// Every explicit combination of method x attention (where the model has attention MatMuls) x float type.
     combinations: Vec<Measured>,
     peers: Vec<(Measured, Run)>,
+    /// The crop folders measured on (their names hash the photo split, size and count): peers' rows carried
+    /// over from an earlier run must come from the same ones. Absent in zoo.json files before 2026-12-04.
+    #[serde(default)]
+    crops: Option<String>,
+}
+
+/// Whether a peer's row is ONNX Runtime's quantize_static (else ModelOpt's).
+fn is_quantize_static(label: &str) -> bool {
+    label.starts_with("ORT quantize_static")
 }
 
 fn run_model(
@@ -535,7 +581,14 @@ fn run_model(
         auto,
         combinations,
         peers,
+        crops: Some(crops_name(p)),
     })
+}
+
+/// `calib-.../eval-...`: the crop folders' names.
+fn crops_name(p: &Prepared) -> String {
+    let name = |d: &Path| d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    format!("{}/{}", name(&p.calib), name(&p.eval))
 }
 
 /// `int8kit lint --json`: (errors, warnings).
@@ -618,4 +671,69 @@ fn zoo_markdown(z: &Zoo) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(name: &str, crops: Option<&str>, peers: &[&str]) -> ZooResult {
+        let run = Run { wall_s: 1.0, peak_rss_mb: 1.0, outcome: "ok".into() };
+        let measured = |label: &str| Measured { label: label.into(), quality: None, error: None, lint: None };
+        ZooResult {
+            name: name.into(),
+            what: String::new(),
+            package: String::new(),
+            sha256: "abc".into(),
+            classes: false,
+            calibration_images: 256,
+            evaluation_images: 64,
+            fp32_forward: run.clone(),
+            auto_run: run.clone(),
+            auto_chose: String::new(),
+            auto_reason: String::new(),
+            auto: measured("auto"),
+            combinations: Vec::new(),
+            peers: peers.iter().map(|p| (measured(p), run.clone())).collect(),
+            crops: crops.map(str::to_string),
+        }
+    }
+
+    fn zoo(models: Vec<ZooResult>) -> Zoo {
+        Zoo {
+            format: String::new(),
+            version: 1,
+            machine: machine(),
+            onnxruntime: String::new(),
+            peer: Vec::new(),
+            modelopt: Vec::new(),
+            command: String::new(),
+            models,
+        }
+    }
+
+    #[test]
+    fn skipped_peers_keep_their_rows_only_from_the_same_model_and_crops() {
+        let peers = ["ORT quantize_static Entropy", "ModelOpt 0.47 entropy (FP16 float parts)"];
+        let earlier = zoo(vec![
+            result("same", Some("calib-a/eval-b"), &peers),
+            result("other-crops", Some("calib-x/eval-b"), &peers),
+            result("unrecorded", None, &peers),
+        ]);
+        let mut now = vec![
+            result("same", Some("calib-a/eval-b"), &[]),
+            result("other-crops", Some("calib-a/eval-b"), &[]),
+            result("unrecorded", Some("calib-a/eval-b"), &[]),
+            result("new", Some("calib-a/eval-b"), &[]),
+        ];
+        let carried = carry_peers(&earlier, &mut now, true, false);
+        assert_eq!(carried, vec!["same".to_string(), "unrecorded".to_string()]);
+        // Only the skipped peer's rows: ModelOpt ran (or will) this time.
+        let labels = |r: &ZooResult| r.peers.iter().map(|(m, _)| m.label.clone()).collect::<Vec<_>>();
+        assert_eq!(labels(&now[0]), vec![peers[0].to_string()]);
+        assert!(now[1].peers.is_empty(), "rows measured on other crops are not carried");
+        let mut changed = vec![result("same", Some("calib-a/eval-b"), &[])];
+        changed[0].sha256 = "def".into();
+        assert!(carry_peers(&earlier, &mut changed, true, true).is_empty(), "another model file carries nothing");
+    }
 }
