@@ -55,6 +55,9 @@ pub struct PassArgs {
     pub recipe: PathBuf,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
+    /// ONNX Runtime's intra-op threads (0: its own default), to match `int8kit calibrate --threads`.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -83,6 +86,7 @@ pub fn child(args: ChildArgs) -> anyhow::Result<()> {
     let outputs: Vec<String> = model.proto.graph.output.iter().map(|o| o.name.clone()).collect();
     let mut cfg = runtime::SessionConfig::new(args.pass.model.display().to_string());
     cfg.external_data_dir = Some(model.dir.clone());
+    cfg.intra_threads = args.pass.threads;
     let mut session = runtime::session_from_bytes(&model.to_bytes()?, &cfg)?;
     let dataset = Dataset::flat(&args.pass.images)?;
     let stream =

@@ -1043,6 +1043,42 @@ enum PassInput<'a> {
     Given(&'a mut dyn BatchSource),
 }
 
+/// How a CPU pass shares its threads between ONNX Runtime and the binning, which run at the same time on
+/// consecutive batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ThreadLayout {
+    /// ONNX Runtime's intra-op threads.
+    onnx_runtime: usize,
+    /// Threads that bin the activations.
+    binning: usize,
+    /// Whether ONNX Runtime's idle workers spin (only where no other work needs their cores).
+    spinning: bool,
+}
+
+impl ThreadLayout {
+    fn for_pass(selection: Selection, threads: usize) -> ThreadLayout {
+        let threads = threads.max(1);
+        match selection {
+            // Every activation: the binning is as heavy as the model, half the threads each (ORT scales poorly
+            // on small ops, so this beats taking turns with all threads each).
+            Selection::All => {
+                let onnx_runtime = threads.div_ceil(2);
+                ThreadLayout { onnx_runtime, binning: (threads - onnx_runtime).max(1), spinning: false }
+            }
+            // Four cores or more: a quarter bin on cores of their own and ONNX Runtime's workers spin on the
+            // rest. On the GPU machine's 16-core Xeon (fixture ViT, 4000 images) this took calibrate from 1.8x
+            // to 1.2x the forward pass: with one binning thread the binning could not keep up, and workers
+            // that sleep between ops cost a ViT 1.8x at 16 threads (BENCHMARKS.md).
+            Selection::Quantizable if threads >= 4 => {
+                ThreadLayout { onnx_runtime: threads - threads / 4, binning: threads / 4, spinning: true }
+            }
+            // Two or three cores: ONNX Runtime takes them all and sleeps when idle; one thread bins in its gaps
+            // (spinning workers cost 20 % here, a dedicated binning core far more).
+            Selection::Quantizable => ThreadLayout { onnx_runtime: threads, binning: 1, spinning: false },
+        }
+    }
+}
+
 /// One pass of the images through the tapped model: statistics of every activation (measured or copied) and
 /// the per-channel maxima it collects. `batch_done(images so far)` is called after each batch.
 fn run_pass(
@@ -1091,24 +1127,17 @@ fn run_pass(
     } else {
         options.threads
     };
-    // ONNX Runtime and the histograms run at the same time on different batches, each on half the threads:
-    // ORT scales poorly on small ops, so this beats taking turns with all threads each.
-    // With only the quantizable tensors the histograms are light: ONNX Runtime gets every thread.
-    let ort_threads = match options.selection {
-        Selection::All => threads.div_ceil(2).max(1),
-        Selection::Quantizable => threads,
-    };
-    let hist_threads = (threads - ort_threads).max(1);
+    let layout = ThreadLayout::for_pass(options.selection, threads);
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(hist_threads)
+        .num_threads(layout.binning)
         .thread_name(|i| format!("int8kit-hist-{i}"))
         .build()
         .map_err(|e| CalibrateError::Threads(e.to_string()))?;
     let mut cfg = runtime::SessionConfig::new(&label);
-    cfg.intra_threads = ort_threads;
+    cfg.intra_threads = layout.onnx_runtime;
     cfg.external_data_dir = Some(tapped.model.dir.clone());
-    // Other work shares the cores: idle ORT workers must not spin.
-    cfg.spinning = false;
+    // A GPU pass's CPU threads only feed the device: they never spin.
+    cfg.spinning = layout.spinning && !options.device.is_cuda();
     cfg.device = options.device.first();
     let bytes = tapped.model.to_bytes()?;
 
@@ -1332,6 +1361,28 @@ mod tests {
             producer: op.map(|o| format!("{o}_node_{name}")),
             producer_op: op.map(str::to_string),
             producer_inputs: if input.is_empty() { vec![] } else { vec![input.into()] },
+        }
+    }
+
+    #[test]
+    fn many_cores_give_the_binning_a_quarter_of_its_own_and_few_cores_share_them() {
+        let layout = |selection, threads| {
+            let l = ThreadLayout::for_pass(selection, threads);
+            (l.onnx_runtime, l.binning, l.spinning)
+        };
+        assert_eq!(layout(Selection::Quantizable, 16), (12, 4, true));
+        assert_eq!(layout(Selection::Quantizable, 8), (6, 2, true));
+        assert_eq!(layout(Selection::Quantizable, 4), (3, 1, true));
+        // Two or three cores: ORT on all of them, sleeping when idle, one binning thread in its gaps.
+        assert_eq!(layout(Selection::Quantizable, 2), (2, 1, false));
+        assert_eq!(layout(Selection::Quantizable, 1), (1, 1, false));
+        // Every activation: half each, never spinning.
+        assert_eq!(layout(Selection::All, 16), (8, 8, false));
+        assert_eq!(layout(Selection::All, 1), (1, 1, false));
+        for threads in 1..=64 {
+            let l = ThreadLayout::for_pass(Selection::Quantizable, threads);
+            assert!(l.binning >= 1 && l.onnx_runtime >= 1, "{threads} threads: {l:?}");
+            assert!(!l.spinning || l.onnx_runtime + l.binning == threads, "spinning workers share no core");
         }
     }
 
