@@ -5,7 +5,7 @@ use datasets::{BatchStream, Dataset, Feed, StreamOptions};
 use evaluate::validate::{validate_given, Calibration, GivenVal};
 use evaluate::{validate, Report, ValidateConfig};
 use std::path::Path;
-use test_support::text_tower::{write_dynamic_model, write_samples_of};
+use test_support::text_tower::write_three_length_set;
 
 fn config(model: &Path, calib: &Path, val: &Path, out: std::path::PathBuf) -> ValidateConfig {
     let calib = Calibration::Folder(calib.into());
@@ -45,10 +45,7 @@ fn rows(report: &Report) -> (Vec<ShapeRow>, serde_json::Value) {
 #[test]
 fn samples_of_several_shapes_streamed_one_by_one_give_the_folders_rows_shape_by_shape() {
     let dir = tempfile::tempdir().unwrap();
-    let model = write_dynamic_model(dir.path());
-    let length = |seed: u64| [8, 12, 20][(seed % 3) as usize];
-    let calib = write_samples_of(&dir.path().join("calib"), 0, 40, &length);
-    let val = write_samples_of(&dir.path().join("val"), 1000, 30, &length);
+    let (model, calib, val) = write_three_length_set(dir.path(), 30);
     let listed = validate(&config(&model, &calib, &val, dir.path().join("listed")), &mut |_, _, _| {}).unwrap();
 
     // The same samples in the same order, one per batch, so that the lengths take turns in the stream.

@@ -158,3 +158,14 @@ pub fn write_samples_of(dir: &Path, first: u64, n: u64, length: &dyn Fn(u64) -> 
     }
     dir.to_path_buf()
 }
+
+/// The dynamic-length tower ([`write_dynamic_model`]) in `dir` with 40 calibration samples (`dir/calib`) and
+/// `val` validation samples (`dir/val`, seeds from 1000) whose lengths take turns by seed (8, 12, 20 tokens):
+/// a model with data of several shapes. Returns (model, calib, val).
+pub fn write_three_length_set(dir: &Path, val: u64) -> (PathBuf, PathBuf, PathBuf) {
+    let length = |seed: u64| [8, 12, 20][(seed % 3) as usize];
+    let model = write_dynamic_model(dir);
+    let calib = write_samples_of(&dir.join("calib"), 0, 40, &length);
+    let val = write_samples_of(&dir.join("val"), 1000, val, &length);
+    (model, calib, val)
+}

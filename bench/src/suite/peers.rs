@@ -9,6 +9,10 @@ pub const PEER_PINS: &[&str] = &["onnxruntime==1.32.0", "onnx==1.23.2", "numpy==
 /// The second peer, NVIDIA ModelOpt's ONNX PTQ (with torch about 6 GB), in a venv of its own.
 pub(super) const MODELOPT_PINS: &[&str] = &["nvidia-modelopt[onnx]==0.47.0"];
 
+/// How quantize_static's rows are labelled (followed by the calibration method): the zoo tells them from
+/// ModelOpt's by it.
+pub(super) const QUANTIZE_STATIC_LABEL: &str = "ORT quantize_static";
+
 /// A venv under the bench home with these pinned packages (installed once); returns its python.
 pub fn venv_python(name: &str, pins: &[&str]) -> anyhow::Result<PathBuf> {
     let venv = bench_home().join(name);
@@ -140,7 +144,7 @@ pub(super) fn run_peers(
             let r = measure_tree(&mut cmd, &log, cap_mb)?;
             eprintln!("  quantize_static {method}: {}", r.summary());
             let ok = r.outcome == "ok" && out.is_file();
-            peers.push((format!("ORT quantize_static {method}"), r, ok.then_some(out)));
+            peers.push((format!("{QUANTIZE_STATIC_LABEL} {method}"), r, ok.then_some(out)));
         }
         if let Some(mo) = modelopt_peer {
             let out = dir.join("modelopt-entropy.onnx");

@@ -443,7 +443,7 @@ struct ZooResult {
 
 /// Whether a peer's row is ONNX Runtime's quantize_static (else ModelOpt's).
 fn is_quantize_static(label: &str) -> bool {
-    label.starts_with("ORT quantize_static")
+    label.starts_with(QUANTIZE_STATIC_LABEL)
 }
 
 fn run_model(
@@ -714,7 +714,8 @@ mod tests {
 
     #[test]
     fn skipped_peers_keep_their_rows_only_from_the_same_model_and_crops() {
-        let peers = ["ORT quantize_static Entropy", "ModelOpt 0.47 entropy (FP16 float parts)"];
+        let quantize_static = format!("{QUANTIZE_STATIC_LABEL} Entropy");
+        let peers = [quantize_static.as_str(), "ModelOpt 0.47 entropy (FP16 float parts)"];
         let earlier = zoo(vec![
             result("same", Some("calib-a/eval-b"), &peers),
             result("other-crops", Some("calib-x/eval-b"), &peers),

@@ -152,12 +152,8 @@ fn samples_that_do_not_fit_the_model_are_refused_naming_the_input() {
 
 #[test]
 fn samples_of_several_sequence_lengths_calibrate_and_gate_together() {
-    use test_support::text_tower::{write_dynamic_model, write_samples_of};
     let dir = tempfile::tempdir().unwrap();
-    let model = write_dynamic_model(dir.path());
-    let length = |seed: u64| [8, 12, 20][(seed % 3) as usize];
-    let calib = write_samples_of(&dir.path().join("calib"), 0, 40, &length);
-    let val = write_samples_of(&dir.path().join("val"), 1000, 48, &length);
+    let (model, calib, val) = test_support::text_tower::write_three_length_set(dir.path(), 48);
     let out = dir.path().join("v");
     let o = validate_samples(&model, &calib, &val, &["--min-cosine", "0.99"], &out);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
