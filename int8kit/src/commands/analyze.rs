@@ -109,13 +109,16 @@ fn print_measured(r: &quantizer::Ranges) {
         );
         // Samples of several sizes: candidates are ranked by their worst size, shown last.
         let sizes = search.trials.iter().any(|t| t.worst_shape_sqnr_db.is_some());
+        // Ranked by the sample-normalized SQNR ("norm. dB": every sample's noise over its own output energy);
+        // "SQNR dB" is all samples' noise over all their signal.
         println!(
-            "    {:<18} {:<9} {:<8} {:<6} {:<7} {:>8} {:>8} {:>7}{}",
+            "    {:<18} {:<9} {:<8} {:<6} {:<7} {:>9} {:>8} {:>8} {:>7}{}",
             "method",
             "attention",
             "residual",
             "float",
             "stage",
+            "norm. dB",
             "SQNR dB",
             "cosine",
             "agree %",
@@ -123,13 +126,14 @@ fn print_measured(r: &quantizer::Ranges) {
         );
         for (i, t) in search.trials.iter().enumerate() {
             println!(
-                "  {} {:<18} {:<9} {:<8} {:<6} {:<7} {}{}{}",
+                "  {} {:<18} {:<9} {:<8} {:<6} {:<7} {:>9} {}{}{}",
                 if i == search.chosen { "*" } else { " " },
                 t.method,
                 t.attention,
                 t.residual,
                 t.float_type,
                 t.stage,
+                t.normalized_sqnr_db.map(|d| format!("{d:.2}")).unwrap_or_else(|| "n/a".into()),
                 fidelity(&t.fidelity),
                 t.worst_shape_sqnr_db.map(|w| format!(" {w:>14.2}")).unwrap_or_default(),
                 t.failed.as_deref().map(|e| format!("  ({e})")).unwrap_or_default()

@@ -270,7 +270,7 @@ fn sensitivity_over_several_sizes_takes_each_nodes_worst_size() {
 }
 
 /// With a recipe of several sizes the auto search ranks candidates by the size each does worst on (never above
-/// its SQNR over all sizes), keeps one within the tolerance of the best such worst size, and says so.
+/// its normalized SQNR over all sizes), keeps one within the tolerance of the best such worst size, and says so.
 #[test]
 fn the_auto_search_over_several_sizes_ranks_by_each_candidates_worst_size() {
     let dir = tempfile::tempdir().unwrap();
@@ -284,7 +284,7 @@ fn the_auto_search_over_several_sizes_ranks_by_each_candidates_worst_size() {
     let trials = search["trials"].as_array().unwrap();
     let worst = |t: &serde_json::Value| t["worst_shape_sqnr_db"].as_f64().unwrap();
     for t in trials {
-        assert!(worst(t) <= t["fidelity"]["sqnr_db"].as_f64().unwrap() + 1e-9, "{t}");
+        assert!(worst(t) <= t["normalized_sqnr_db"].as_f64().unwrap() + 1e-9, "{t}");
     }
     let best = trials.iter().filter(|t| t["stage"] == "fine").map(worst).fold(f64::NEG_INFINITY, f64::max);
     let chosen = &trials[search["chosen"].as_u64().unwrap() as usize];
