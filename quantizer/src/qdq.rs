@@ -86,6 +86,15 @@ pub struct QuantizedWeights {
     pub scale: Vec<f32>,
 }
 
+/// QuantizeLinear's int8: `x` rounded half to even, saturated to [-127, 127] (symmetric). Clamped first (the
+/// bounds are integers, so the order does not change the result), then rounded by adding and subtracting
+/// 1.5 x 2^23, which float32's round-to-nearest-even does exactly for |x| < 2^22: the same value as
+/// `round_ties_even`, without its call into libm per weight. NaN gives 0, as `as i8` does.
+fn saturate_round(x: f32) -> i8 {
+    const ROUND: f32 = 12_582_912.0;
+    ((x.clamp(-127.0, 127.0) + ROUND) - ROUND) as i8
+}
+
 /// Symmetric per-channel int8 weights along `axis`, with scales stored in `scale_type`.
 pub fn quantize_weights(
     values: &[f32],
@@ -95,18 +104,19 @@ pub fn quantize_weights(
     scale_type: FloatType,
 ) -> QuantizedWeights {
     let channels = dims[axis] as usize;
-    let inner: usize = dims[axis + 1..].iter().product::<i64>() as usize;
-    let channel_of = |i: usize| (i / inner.max(1)) % channels.max(1);
+    let inner = (dims[axis + 1..].iter().product::<i64>() as usize).max(1);
+    // Runs of `inner` values share a channel, the channels repeating in order: no division per value (the
+    // search quantizes every weight once per candidate).
+    let runs = || values.chunks(inner).zip((0..channels.max(1)).cycle());
     let mut amax = vec![0f32; channels];
-    for (i, v) in values.iter().enumerate() {
-        let c = channel_of(i);
-        amax[c] = amax[c].max(v.abs());
+    for (run, c) in runs() {
+        amax[c] = run.iter().fold(amax[c], |m, v| m.max(v.abs()));
     }
     let max = amax.clone();
     if clip == WeightClip::Mse {
         let mut by_channel: Vec<Vec<f32>> = vec![Vec::new(); channels];
-        for (i, v) in values.iter().enumerate() {
-            by_channel[channel_of(i)].push(*v);
+        for (run, c) in runs() {
+            by_channel[c].extend_from_slice(run);
         }
         for (a, w) in amax.iter_mut().zip(&by_channel) {
             *a = mse_clip(w, *a);
@@ -118,12 +128,10 @@ pub fn quantize_weights(
         }
     }
     let scale: Vec<f32> = amax.iter().map(|&a| stored_scale(a, scale_type)).collect();
-    let q = values
-        .iter()
-        .enumerate()
-        // QuantizeLinear rounds half to even and saturates.
-        .map(|(i, v)| (v / scale[channel_of(i)]).round_ties_even().clamp(-127.0, 127.0) as i8)
-        .collect();
+    let mut q = Vec::with_capacity(values.len());
+    for (run, c) in runs() {
+        q.extend(run.iter().map(|v| saturate_round(v / scale[c])));
+    }
     QuantizedWeights { q, amax, max, scale }
 }
 
@@ -472,6 +480,23 @@ mod tests {
             .map(|n| n.name.as_str())
             .collect();
         assert!(dead.is_empty(), "nodes nobody reads are left in the Q/DQ model: {dead:?}");
+    }
+
+    #[test]
+    fn saturating_rounding_is_quantize_linears_half_to_even() {
+        let reference = |x: f32| x.round_ties_even().clamp(-127.0, 127.0) as i8;
+        let mut xs: Vec<f32> = (-600..=600).map(|i| i as f32 * 0.25).collect(); // every half: ties both ways
+        xs.extend([0.5, -0.5, 1.5, -2.5, 126.5, -126.5, 127.49, -127.5, 1e9, -1e30, f32::INFINITY]);
+        xs.extend([f32::NEG_INFINITY, f32::NAN, -0.0, f32::MIN_POSITIVE, 0.49999997, 8_388_609.0]);
+        let mut state = 0x9e37_79b9u32;
+        for _ in 0..100_000 {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let x = f32::from_bits(state >> 2 | 0x3000_0000) * if state & 1 == 0 { 1.0 } else { -1.0 };
+            xs.extend([x, x * 150.0]);
+        }
+        for x in xs {
+            assert_eq!(saturate_round(x), reference(x), "{x}");
+        }
     }
 
     #[test]

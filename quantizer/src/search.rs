@@ -116,6 +116,10 @@ pub struct Trial {
     /// the candidates are then ranked by, so that the choice serves every size the engine will see.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worst_shape_sqnr_db: Option<f64>,
+    /// Seconds the trial took, building the model included (printed, not written: artifacts are the same
+    /// bytes on every run).
+    #[serde(skip)]
+    pub seconds: f64,
 }
 
 /// What the search tried and why the winner won (ranges.json `search`).
@@ -204,12 +208,14 @@ struct Searcher<'a> {
 impl Searcher<'_> {
     /// Builds and measures one candidate on the first `batches` batches.
     fn trial(&mut self, c: Candidate, batches: usize, stage: &'static str) -> Result<usize, QuantizeError> {
+        let start = std::time::Instant::now();
         let scheme = c.scheme(self.base);
         let decisions = self.quantizer.decide(&scheme)?;
         let amax = self.quantizer.amax(&scheme);
         let (proto, _) = self.quantizer.build(&decisions, &scheme.placement, &amax, &scheme.weight_clip)?;
         let bytes = graph::proto::Message::write_to_bytes(&proto).map_err(graph::GraphError::Encode)?;
         let hash = siphash(&bytes);
+        let built = start.elapsed().as_secs_f64();
         let key = (hash, batches);
         let result = match self.seen.get(&key) {
             Some(r) => r.clone(),
@@ -237,7 +243,7 @@ impl Searcher<'_> {
             }
         };
         tracing::info!(target: "int8kit::search", method = %c.method.name(), attention = c.attention_name(),
-            float_type = c.float_type.name(), stage, sqnr_db = result.as_ref().map(|f| f.0.sqnr_db).unwrap_or(f64::NAN));
+            float_type = c.float_type.name(), stage, built_s = built, sqnr_db = result.as_ref().map(|f| f.0.sqnr_db).unwrap_or(f64::NAN));
         let (fidelity, failed, samples) = match result {
             Ok((f, samples)) => (Some(f), None, samples),
             Err(e) => (None, Some(e), Vec::new()),
@@ -258,6 +264,7 @@ impl Searcher<'_> {
             normalized_sqnr_db,
             gap_standard_error_db: None,
             worst_shape_sqnr_db,
+            seconds: start.elapsed().as_secs_f64(),
         });
         self.per_sample.push(relative);
         self.candidates.push(c);
@@ -526,17 +533,20 @@ pub fn search(
         )
     } else if chosen == leader {
         format!(
-            "the best sample-normalized SQNR ({best:.2} dB); of the {} candidates below it {margin}, it also keeps the most INT8 \
-             (attention {}, residual {}) and float type {}",
-            near.len(),
+            "the best sample-normalized SQNR ({best:.2} dB); of it and the {} below it {margin}, it also keeps the \
+             most INT8 (attention {}, residual {}) and float type {}",
+            match near.len() - 1 {
+                1 => "one candidate".to_string(),
+                n => format!("{n} candidates"),
+            },
             winner.attention_name(),
             winner.residual.name(),
             winner.float_type.name()
         )
     } else {
         format!(
-            "{:.2} dB, below the best ({best:.2} dB) {margin}; of the {} such candidates it keeps the most INT8 \
-             (attention {}, residual {}) and float type {}",
+            "sample-normalized SQNR {:.2} dB, below the best ({best:.2} dB) {margin}; of the {} candidates that \
+             close (the best included) it keeps the most INT8 (attention {}, residual {}) and float type {}",
             s.score(chosen),
             near.len(),
             winner.attention_name(),

@@ -112,6 +112,7 @@ fn ranges_json_matches_the_golden_file() {
                     normalized_sqnr_db: Some(21.25),
                     gap_standard_error_db: Some(0.0),
                     worst_shape_sqnr_db: None,
+                    seconds: 1.5,
                 },
                 quantizer::search::Trial {
                     method: "max".into(),
@@ -124,6 +125,7 @@ fn ranges_json_matches_the_golden_file() {
                     normalized_sqnr_db: None,
                     gap_standard_error_db: None,
                     worst_shape_sqnr_db: None,
+                    seconds: 1.5,
                 },
             ],
             chosen: 0,

@@ -112,7 +112,7 @@ fn print_measured(r: &quantizer::Ranges) {
         // Ranked by the sample-normalized SQNR ("norm. dB": every sample's noise over its own output energy);
         // "SQNR dB" is all samples' noise over all their signal.
         println!(
-            "    {:<18} {:<9} {:<8} {:<6} {:<7} {:>9} {:>8} {:>8} {:>7}{}",
+            "    {:<18} {:<9} {:<8} {:<6} {:<7} {:>9} {:>8} {:>8} {:>7} {:>6}{}",
             "method",
             "attention",
             "residual",
@@ -122,11 +122,12 @@ fn print_measured(r: &quantizer::Ranges) {
             "SQNR dB",
             "cosine",
             "agree %",
+            "time s",
             if sizes { "  worst size dB" } else { "" }
         );
         for (i, t) in search.trials.iter().enumerate() {
             println!(
-                "  {} {:<18} {:<9} {:<8} {:<6} {:<7} {:>9} {}{}{}",
+                "  {} {:<18} {:<9} {:<8} {:<6} {:<7} {:>9} {} {:>6.1}{}{}",
                 if i == search.chosen { "*" } else { " " },
                 t.method,
                 t.attention,
@@ -135,6 +136,7 @@ fn print_measured(r: &quantizer::Ranges) {
                 t.stage,
                 t.normalized_sqnr_db.map(|d| format!("{d:.2}")).unwrap_or_else(|| "n/a".into()),
                 fidelity(&t.fidelity),
+                t.seconds,
                 t.worst_shape_sqnr_db.map(|w| format!(" {w:>14.2}")).unwrap_or_default(),
                 t.failed.as_deref().map(|e| format!("  ({e})")).unwrap_or_default()
             );
