@@ -51,8 +51,8 @@ const LOW_FIDELITY_DB: f64 = 3.0;
 /// divide by nothing and outweigh every other sample.
 const SIGNAL_FLOOR: f64 = 0.01;
 
-/// The sample-normalized SQNR is counted as at most this many dB: float32's own rounding (2^-24) is 144 dB,
-/// so a model reproduced exactly (no noise) does not measure as infinitely good.
+/// The sample-normalized SQNR is counted as at most this many dB (and at least its negative): float32's own
+/// rounding (2^-24) is 144 dB, so a model reproduced exactly (no noise) does not measure as infinitely good.
 const SQNR_MAX_DB: f64 = 140.0;
 
 /// The fewest samples the coarse stage ranks candidates on.
@@ -299,9 +299,11 @@ fn relative_noise(samples: &[ImageFidelity]) -> Vec<f64> {
     samples.iter().map(|s| s.noise / s.signal.max(floor).max(f64::MIN_POSITIVE)).collect()
 }
 
-/// A mean relative noise as SQNR in dB, at most [`SQNR_MAX_DB`].
+/// A mean relative noise as SQNR in dB, within [`SQNR_MAX_DB`] either way: a float model whose outputs are
+/// all zeros on every sample leaves no floor, and its candidates' SQNR would be minus infinity, which reads as
+/// "no finite outputs" to the search.
 fn decibels(relative_noise: f64) -> f64 {
-    (-10.0 * relative_noise.max(f64::MIN_POSITIVE).log10()).min(SQNR_MAX_DB)
+    (-10.0 * relative_noise.max(f64::MIN_POSITIVE).log10()).clamp(-SQNR_MAX_DB, SQNR_MAX_DB)
 }
 
 fn mean(values: &[f64]) -> f64 {
@@ -632,6 +634,9 @@ mod tests {
         assert!((relative[0] - 0.01).abs() < 1e-12, "{relative:?}");
         assert!(relative.iter().all(|r| r.is_finite()));
         assert_eq!(decibels(0.0), SQNR_MAX_DB);
+        // No signal on any sample: no floor either, yet a number the search can rank and call low.
+        let relative = relative_noise(&samples(&[0.0, 0.0], &[1e-3, 0.0]));
+        assert_eq!(decibels(mean(&relative)), -SQNR_MAX_DB);
     }
 
     #[test]
