@@ -107,7 +107,7 @@ pub struct Trial {
     /// the samples; what the candidates are ranked by (with one shape). Absent when the outputs were not
     /// finite.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub normalized_sqnr_db: Option<f64>,
+    pub mean_sample_sqnr_db: Option<f64>,
     /// Fine stage: the standard error, in dB, of this candidate's normalized SQNR gap to the best one
     /// (jackknife over the samples, both measured on the same ones); 0 for the best.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -198,8 +198,7 @@ struct Searcher<'a> {
     outputs: HashMap<u64, Vec<Vec<f32>>>,
     trials: Vec<Trial>,
     candidates: Vec<Candidate>,
-    /// Per trial, every sample's noise relative to its output energy ([`relative_noise`]; empty when it
-    /// failed).
+    /// Per trial, every sample's output SQNR in dB ([`sample_sqnr_db`]; empty when it failed).
     per_sample: Vec<Vec<f64>>,
     /// Per sample, the index of its shape ([`Probe::sample_shapes`]); one shape: all 0.
     shapes: Vec<usize>,
@@ -249,10 +248,10 @@ impl Searcher<'_> {
             Err(e) => (None, Some(e), Vec::new()),
         };
         let several = self.shapes.iter().any(|&g| g > 0);
-        let relative = relative_noise(&samples);
-        let normalized_sqnr_db = fidelity.is_some().then(|| decibels(mean(&relative)));
+        let sample_db = sample_sqnr_db(&samples);
+        let mean_sample_sqnr_db = fidelity.is_some().then(|| mean(&sample_db));
         let worst_shape_sqnr_db = (several && fidelity.is_some())
-            .then(|| shape_means(&relative, &self.shapes).into_iter().map(decibels).fold(f64::INFINITY, f64::min));
+            .then(|| shape_means(&sample_db, &self.shapes).into_iter().fold(f64::INFINITY, f64::min));
         self.trials.push(Trial {
             method: c.method.name(),
             attention: c.attention_name(),
@@ -261,12 +260,12 @@ impl Searcher<'_> {
             stage,
             fidelity,
             failed,
-            normalized_sqnr_db,
+            mean_sample_sqnr_db,
             gap_standard_error_db: None,
             worst_shape_sqnr_db,
             seconds: start.elapsed().as_secs_f64(),
         });
-        self.per_sample.push(relative);
+        self.per_sample.push(sample_db);
         self.candidates.push(c);
         Ok(self.trials.len() - 1)
     }
@@ -275,7 +274,7 @@ impl Searcher<'_> {
     /// several.
     fn score(&self, trial: usize) -> f64 {
         let t = &self.trials[trial];
-        match (t.normalized_sqnr_db, t.worst_shape_sqnr_db) {
+        match (t.mean_sample_sqnr_db, t.worst_shape_sqnr_db) {
             (None, _) => f64::NEG_INFINITY,
             (Some(_), Some(worst)) => worst,
             (Some(all), None) => all,
@@ -284,26 +283,25 @@ impl Searcher<'_> {
 
     /// The samples a gap to `leader` is judged on: those of the leader's worst shape (all of them for one).
     fn judged_samples(&self, leader: usize) -> Vec<bool> {
-        // The largest mean relative noise is the lowest SQNR.
         let per_shape = shape_means(&self.per_sample[leader], &self.shapes);
-        let worst = (0..per_shape.len()).max_by(|&a, &b| per_shape[a].total_cmp(&per_shape[b])).unwrap_or(0);
+        let worst = (0..per_shape.len()).min_by(|&a, &b| per_shape[a].total_cmp(&per_shape[b])).unwrap_or(0);
         let several = per_shape.len() > 1;
         self.shapes.iter().map(|&g| !several || g == worst).collect()
     }
 }
 
-/// Each sample's noise energy over its output energy, that counted as at least [`SIGNAL_FLOOR`] of the samples'
-/// mean. Candidates measured on the same samples share the floor (the signal is the float model's).
-fn relative_noise(samples: &[ImageFidelity]) -> Vec<f64> {
+/// Each sample's output SQNR in dB, its output energy counted as at least [`SIGNAL_FLOOR`] of the samples'
+/// mean, within [`SQNR_MAX_DB`] either way. Candidates measured on the same samples share the floor (the signal
+/// is the float model's).
+fn sample_sqnr_db(samples: &[ImageFidelity]) -> Vec<f64> {
     let floor = SIGNAL_FLOOR * mean(&samples.iter().map(|s| s.signal).collect::<Vec<_>>());
-    samples.iter().map(|s| s.noise / s.signal.max(floor).max(f64::MIN_POSITIVE)).collect()
-}
-
-/// A mean relative noise as SQNR in dB, within [`SQNR_MAX_DB`] either way: a float model whose outputs are
-/// all zeros on every sample leaves no floor, and its candidates' SQNR would be minus infinity, which reads as
-/// "no finite outputs" to the search.
-fn decibels(relative_noise: f64) -> f64 {
-    (-10.0 * relative_noise.max(f64::MIN_POSITIVE).log10()).clamp(-SQNR_MAX_DB, SQNR_MAX_DB)
+    samples
+        .iter()
+        .map(|s| {
+            let signal = s.signal.max(floor).max(f64::MIN_POSITIVE);
+            (10.0 * (signal / s.noise.max(f64::MIN_POSITIVE)).log10()).clamp(-SQNR_MAX_DB, SQNR_MAX_DB)
+        })
+        .collect()
 }
 
 fn mean(values: &[f64]) -> f64 {
@@ -314,7 +312,7 @@ fn mean(values: &[f64]) -> f64 {
 }
 
 /// The mean of `values` (one per sample measured, a prefix of `shapes`) per sample shape (index: the shape's);
-/// a shape with no sample measured is left out (0 noise: never the worst).
+/// a shape with no sample measured is left out (+inf: never the worst).
 fn shape_means(values: &[f64], shapes: &[usize]) -> Vec<f64> {
     let count = shapes.iter().max().map_or(1, |g| g + 1);
     let mut sums = vec![(0.0f64, 0usize); count];
@@ -322,26 +320,20 @@ fn shape_means(values: &[f64], shapes: &[usize]) -> Vec<f64> {
         sums[g].0 += v;
         sums[g].1 += 1;
     }
-    sums.iter().map(|&(sum, n)| if n == 0 { 0.0 } else { sum / n as f64 }).collect()
+    sums.iter().map(|&(sum, n)| if n == 0 { f64::INFINITY } else { sum / n as f64 }).collect()
 }
 
-/// The jackknife standard error, in dB, of the normalized SQNR gap between two models measured on the same
-/// samples (each sample's relative noise): the difference is 10 log10 of the ratio of their sums, recomputed
-/// with each sample left out in turn.
+/// The standard error, in dB, of the mean gap between two models' per-sample SQNR measured on the same
+/// samples: the spread of the paired differences over the square root of their count.
 fn gap_standard_error(best: &[f64], other: &[f64]) -> f64 {
-    let n = best.len().min(other.len());
+    let differences: Vec<f64> = best.iter().zip(other).map(|(b, o)| b - o).collect();
+    let n = differences.len();
     if n < 2 {
         return 0.0;
     }
-    let (sb, so) = (best.iter().sum::<f64>(), other.iter().sum::<f64>());
-    let left_out: Vec<f64> = best
-        .iter()
-        .zip(other)
-        .map(|(b, o)| 10.0 * ((so - o).max(f64::MIN_POSITIVE) / (sb - b).max(f64::MIN_POSITIVE)).log10())
-        .collect();
-    let m = mean(&left_out);
-    let spread = left_out.iter().map(|d| (d - m).powi(2)).sum::<f64>();
-    ((n as f64 - 1.0) / n as f64 * spread).sqrt()
+    let m = mean(&differences);
+    let variance = differences.iter().map(|d| (d - m).powi(2)).sum::<f64>() / (n - 1) as f64;
+    (variance / n as f64).sqrt()
 }
 
 fn siphash(bytes: &[u8]) -> u64 {
@@ -607,47 +599,38 @@ mod tests {
 
     #[test]
     fn each_shape_gets_its_own_mean_and_a_shape_not_yet_measured_is_never_the_worst() {
-        // Two sizes taking turns: the second size's samples twice the relative noise.
-        let per_shape = shape_means(&[0.1, 0.2, 0.1, 0.2], &[0, 1, 0, 1]);
-        assert_eq!(per_shape, [0.1, 0.2]);
-        // A prefix (the coarse stage) that has not reached the third shape: no noise, never the worst.
-        let per_shape = shape_means(&[0.1, 0.2], &[0, 1, 2, 0]);
-        assert_eq!(per_shape, [0.1, 0.2, 0.0]);
+        let per_shape = shape_means(&[10.0, 7.0, 12.0, 9.0], &[0, 1, 0, 1]);
+        assert_eq!(per_shape, [11.0, 8.0]);
+        let per_shape = shape_means(&[10.0, 7.0], &[0, 1, 2, 0]);
+        assert_eq!(per_shape, [10.0, 7.0, f64::INFINITY]);
     }
 
     #[test]
-    fn every_sample_counts_by_its_own_energy_and_a_rare_large_error_still_counts() {
-        // One sample with a hundred times the others' energy: pooled, its 10 dB set the SQNR (10.4 dB); here
-        // each sample counts alike, so the three at 30 dB raise it to 15.9 dB, and the one at 10 dB still holds
-        // it far below 30.
-        let measured = samples(&[100.0, 1.0, 1.0, 1.0], &[10.0, 1e-3, 1e-3, 1e-3]);
-        let relative = relative_noise(&measured);
-        assert!((relative[0] - 0.1).abs() < 1e-12 && (relative[1] - 1e-3).abs() < 1e-12, "{relative:?}");
-        let db = decibels(mean(&relative));
-        assert!((db - 10.0 * (4.0 / 0.103f64).log10()).abs() < 1e-9, "{db}");
+    fn every_sample_counts_alike_whatever_its_output_energy() {
+        // One sample with a hundred times the others' energy: pooled, its 10 dB set the SQNR (10.4 dB); per
+        // sample, the three at 30 dB count as much as it does (25 dB).
+        let db = sample_sqnr_db(&samples(&[100.0, 1.0, 1.0, 1.0], &[10.0, 1e-3, 1e-3, 1e-3]));
+        assert!((db[0] - 10.0).abs() < 1e-9 && (db[1] - 30.0).abs() < 1e-9, "{db:?}");
+        assert!((mean(&db) - 25.0).abs() < 1e-9);
     }
 
     #[test]
-    fn an_empty_output_is_judged_against_the_floor_and_an_exact_model_is_capped() {
-        // Mean signal 1, so the floor is 0.01: an all-zero output with noise 1e-4 counts as relative noise 0.01.
-        let relative = relative_noise(&samples(&[0.0, 2.0, 1.0, 1.0], &[1e-4, 0.0, 1e-2, 1e-2]));
-        assert!((relative[0] - 0.01).abs() < 1e-12, "{relative:?}");
-        assert!(relative.iter().all(|r| r.is_finite()));
-        assert_eq!(decibels(0.0), SQNR_MAX_DB);
+    fn an_empty_output_is_judged_against_the_floor_and_extremes_are_capped() {
+        // Mean signal 1, so the floor is 0.01: an all-zero output with noise 1e-4 counts as 20 dB, not -inf.
+        let db = sample_sqnr_db(&samples(&[0.0, 2.0, 1.0, 1.0], &[1e-4, 0.0, 1e-2, 1e-2]));
+        assert!((db[0] - 20.0).abs() < 1e-9, "{db:?}");
+        assert_eq!(db[1], SQNR_MAX_DB);
         // No signal on any sample: no floor either, yet a number the search can rank and call low.
-        let relative = relative_noise(&samples(&[0.0, 0.0], &[1e-3, 0.0]));
-        assert_eq!(decibels(mean(&relative)), -SQNR_MAX_DB);
+        assert_eq!(sample_sqnr_db(&samples(&[0.0], &[1e-3])), [-SQNR_MAX_DB]);
     }
 
     #[test]
     fn the_gap_is_certain_when_every_sample_agrees_and_uncertain_when_one_sample_makes_it() {
-        let best = [1.0, 2.0, 1.5, 1.0];
-        // Twice the relative noise on every sample: every leave-one-out gap is 3.01 dB, no spread.
-        assert!(gap_standard_error(&best, &[2.0, 4.0, 3.0, 2.0]) < 1e-9);
+        let best = [20.0, 25.0, 30.0, 22.0];
+        assert!(gap_standard_error(&best, &[17.0, 22.0, 27.0, 19.0]) < 1e-9);
         assert_eq!(gap_standard_error(&best, &best), 0.0);
-        // The same total gap made by one sample: leaving it out closes the gap, a large standard error.
-        let se = gap_standard_error(&best, &[1.0, 2.0, 1.5, 6.5]);
-        assert!(se > 1.0, "{se}");
-        assert_eq!(gap_standard_error(&best[..1], &[6.5]), 0.0, "one sample has no spread to measure");
+        let se = gap_standard_error(&best, &[20.0, 25.0, 30.0, 10.0]);
+        assert!((se - 3.0).abs() < 1e-9, "{se}");
+        assert_eq!(gap_standard_error(&best[..1], &[10.0]), 0.0, "one sample has no spread to measure");
     }
 }

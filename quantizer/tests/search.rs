@@ -74,7 +74,7 @@ fn searched_over_seeds(reads_outliers: bool) -> Vec<(Method, SearchRecord, Strin
 /// measured in the fine one).
 fn coarse(record: &SearchRecord, method: Method) -> f64 {
     let trial = record.trials.iter().find(|t| t.method == method.name());
-    trial.and_then(|t| t.normalized_sqnr_db).expect("every method is measured")
+    trial.and_then(|t| t.mean_sample_sqnr_db).expect("every method is measured")
 }
 
 fn table(record: &SearchRecord) -> String {
@@ -87,7 +87,7 @@ fn table(record: &SearchRecord) -> String {
                 t.method,
                 t.residual,
                 t.stage,
-                t.normalized_sqnr_db,
+                t.mean_sample_sqnr_db,
                 t.fidelity.as_ref().map(|f| f.sqnr_db)
             )
         })
@@ -121,8 +121,8 @@ fn auto_keeps_entropy_where_the_output_ignores_the_tail() {
     for (method, record, t) in &runs {
         assert_eq!(*method, Method::Entropy, "{t}");
         let fine = |t: &&quantizer::search::Trial| t.stage == "fine";
-        let best = record.trials.iter().filter(fine).filter_map(|x| x.normalized_sqnr_db).fold(f64::MIN, f64::max);
-        let chosen = record.trials[record.chosen].normalized_sqnr_db.unwrap();
+        let best = record.trials.iter().filter(fine).filter_map(|x| x.mean_sample_sqnr_db).fold(f64::MIN, f64::max);
+        let chosen = record.trials[record.chosen].mean_sample_sqnr_db.unwrap();
         assert!(chosen >= best - TOLERANCE_DB, "{t}");
         let gap = coarse(record, Method::Entropy) - coarse(record, Method::Max);
         assert!(gap > 1.0, "max should lose:\n{t}");
@@ -170,7 +170,7 @@ fn auto_keeps_the_residual_stream_float_where_rounding_it_costs_the_output() {
             .trials
             .iter()
             .filter(|x| x.residual == residual)
-            .filter_map(|x| x.normalized_sqnr_db)
+            .filter_map(|x| x.mean_sample_sqnr_db)
             .fold(f64::MIN, f64::max)
     };
     assert_eq!(s.record.trials.iter().filter(|x| x.residual == "int8").count(), 4, "{t}");

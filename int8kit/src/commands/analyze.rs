@@ -134,7 +134,7 @@ fn print_measured(r: &quantizer::Ranges) {
                 t.residual,
                 t.float_type,
                 t.stage,
-                t.normalized_sqnr_db.map(|d| format!("{d:.2}")).unwrap_or_else(|| "n/a".into()),
+                t.mean_sample_sqnr_db.map(|d| format!("{d:.2}")).unwrap_or_else(|| "n/a".into()),
                 fidelity(&t.fidelity),
                 t.seconds,
                 t.worst_shape_sqnr_db.map(|w| format!(" {w:>14.2}")).unwrap_or_default(),

@@ -242,7 +242,7 @@ fn quantize_reads_the_model_once_and_opens_one_session_per_graph() {
 fn the_search_measures_fp16_for_the_two_best_ranked_candidates_only() {
     let dir = tempfile::tempdir().unwrap();
     // What the search ranks by.
-    let sqnr = |t: &serde_json::Value| t["normalized_sqnr_db"].as_f64().unwrap_or(f64::NEG_INFINITY);
+    let sqnr = |t: &serde_json::Value| t["mean_sample_sqnr_db"].as_f64().unwrap_or(f64::NEG_INFINITY);
     let pair = |t: &serde_json::Value| (t["method"].as_str().unwrap().to_string(), t["attention"].to_string());
     for (held, ranking_stage, total) in [("64", "coarse", 12), ("24", "fine", 10)] {
         let out = dir.path().join(format!("q{held}"));
