@@ -295,7 +295,7 @@ pub fn write_outlier_samples(dir: &Path, first: u64, n: u64) -> PathBuf {
         let picks = random(channel, seed + 9000, 1.0);
         let sizes = random(channel, seed + 13000, 1.0);
         for ((v, p), size) in values[..channel].iter_mut().zip(picks).zip(sizes) {
-            if p.abs() > 0.996 {
+            if p.abs() > 0.985 {
                 *v = (0.5 + 5.5 * size.abs()) * p.signum();
             }
         }
