@@ -13,7 +13,7 @@ use crate::QuantizeError;
 /// The `format` value of ranges.json.
 pub const RANGES_FORMAT: &str = "int8kit.ranges";
 /// The ranges.json version; bump on any incompatible change. Version 5 ranks the search's trials by their
-/// sample-normalized SQNR (`normalized_sqnr_db`, new; `worst_shape_sqnr_db` and `gap_standard_error_db` now of
+/// mean per-sample SQNR (`mean_sample_sqnr_db`, new; `worst_shape_sqnr_db` and `gap_standard_error_db` now of
 /// that). Version 4 added `self_check`, `chosen_by` and
 /// `search`; version 3 added `smoothing` and the weights'
 /// `clip` and `clip_ratio_min`.

@@ -6,12 +6,11 @@
 //! of TensorRT's fast kernels): Breiman's one-standard-error rule, with the simpler model read as the faster
 //! one.
 //!
-//! Fidelity here is the sample-normalized SQNR: each sample's noise energy over its own output energy,
-//! averaged over the samples, in dB. Plain SQNR (all samples' noise over all their signal) is set by the few
-//! samples with the largest outputs: on 25 held-back crops two candidates 10 dB apart on other photos measured
-//! equal (the DINOv2 ViT-S/14, BENCHMARKS.md), while per sample the better one led on most crops. Averaging
-//! ratios rather than their logarithms keeps a rare large error large: a candidate that ruins one sample in
-//! ten (a clipped outlier) is not saved by gaining a little on the other nine.
+//! Fidelity here is the mean over the samples of each sample's output SQNR in dB, not the SQNR of all samples
+//! pooled: that is set by the few samples with the largest outputs (on 25 held-back crops two candidates 10 dB
+//! apart on other photos measured equal: the DINOv2 ViT-S/14, BENCHMARKS.md). Resampling the zoo's held-back
+//! crops, the mean of per-sample dB picked closest to the best combination on other photos; averaging
+//! per-sample noise ratios instead (which weighs the worst samples more) did no better than the pooled SQNR.
 //!
 //! The axes are searched together, not one at a time (on the ViT-S/14, MSE scales and float attention each
 //! gain little alone and 10.8 dB together), coarse to fine: every scale method with every attention
@@ -29,7 +28,7 @@ use serde::Serialize;
 use crate::measure::{Fidelity, ImageFidelity, Probe, Unmeasured};
 use crate::{QuantizeError, Quantizer, Scheme};
 
-/// Candidates whose sample-normalized SQNR is within this many dB of the best (or within one standard error of the
+/// Candidates whose mean per-sample SQNR is within this many dB of the best (or within one standard error of the
 /// difference, when that is larger, up to [`MAX_TOLERANCE_DB`]) are counted equal, and the one with more INT8
 /// (then FP16) wins among them: differences this small do not survive another set of photos.
 pub const TOLERANCE_DB: f64 = 0.25;
@@ -42,17 +41,17 @@ pub const MAX_TOLERANCE_DB: f64 = 0.5;
 /// Candidates' outputs kept for the fine stage beyond the float reference's size: 256 MB of float32.
 const CACHED_OUTPUTS_MAX_FLOATS: usize = 64 << 20;
 
-/// A best sample-normalized SQNR below this on the held-back samples (the INT8 error about as large as the signal) is
+/// A best mean per-sample SQNR below this on the held-back samples (the INT8 error about as large as the signal) is
 /// said in the search's reason.
 const LOW_FIDELITY_DB: f64 = 3.0;
 
-/// A sample's output energy is counted as at least this share of the samples' mean when its noise is
-/// normalized: an output that is almost all zeros (a detector's map of a photo without text) would otherwise
-/// divide by nothing and outweigh every other sample.
+/// A sample's output energy is counted as at least this share of the samples' mean when its SQNR is taken:
+/// an output that is almost all zeros (a detector's map of a photo without text) would otherwise give minus
+/// infinity and outweigh every other sample.
 const SIGNAL_FLOOR: f64 = 0.01;
 
-/// The sample-normalized SQNR is counted as at most this many dB (and at least its negative): float32's own
-/// rounding (2^-24) is 144 dB, so a model reproduced exactly (no noise) does not measure as infinitely good.
+/// A sample's SQNR is counted as at most this many dB (and at least its negative): float32's own rounding
+/// (2^-24) is 144 dB, so an output reproduced exactly (no noise) does not count as infinitely good.
 const SQNR_MAX_DB: f64 = 140.0;
 
 /// The fewest samples the coarse stage ranks candidates on.
@@ -103,16 +102,15 @@ pub struct Trial {
     /// Why there is no measurement.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
-    /// The sample-normalized output SQNR (dB): each sample's noise over its own output energy, averaged over
-    /// the samples; what the candidates are ranked by (with one shape). Absent when the outputs were not
-    /// finite.
+    /// The mean over the samples of each sample's output SQNR (dB): what the candidates are ranked by (with
+    /// one shape). Absent when the outputs were not finite.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mean_sample_sqnr_db: Option<f64>,
-    /// Fine stage: the standard error, in dB, of this candidate's normalized SQNR gap to the best one
-    /// (jackknife over the samples, both measured on the same ones); 0 for the best.
+    /// Fine stage: the standard error, in dB, of this candidate's mean gap to the best one (the paired
+    /// per-sample differences, both measured on the same samples); 0 for the best.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gap_standard_error_db: Option<f64>,
-    /// Samples of several shapes (a recipe's sizes): the normalized SQNR of the shape it does worst on, what
+    /// Samples of several shapes (a recipe's sizes): the mean per-sample SQNR of the shape it does worst on, what
     /// the candidates are then ranked by, so that the choice serves every size the engine will see.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worst_shape_sqnr_db: Option<f64>,
@@ -270,7 +268,7 @@ impl Searcher<'_> {
         Ok(self.trials.len() - 1)
     }
 
-    /// What candidates are ranked by: the sample-normalized output SQNR, of the worst shape when there are
+    /// What candidates are ranked by: the mean per-sample output SQNR, of the worst shape when there are
     /// several.
     fn score(&self, trial: usize) -> f64 {
         let t = &self.trials[trial];
@@ -522,12 +520,12 @@ pub fn search(
     let margin = format!("by no more than {TOLERANCE_DB} dB or one standard error (at most {MAX_TOLERANCE_DB} dB)");
     let reason = if near.len() == 1 {
         format!(
-            "the best sample-normalized SQNR ({best:.2} dB); every other candidate was below it by more than {TOLERANCE_DB} dB \
+            "the best mean per-sample SQNR ({best:.2} dB); every other candidate was below it by more than {TOLERANCE_DB} dB \
              and one standard error (or {MAX_TOLERANCE_DB} dB)"
         )
     } else if chosen == leader {
         format!(
-            "the best sample-normalized SQNR ({best:.2} dB); of it and the {} below it {margin}, it also keeps the \
+            "the best mean per-sample SQNR ({best:.2} dB); of it and the {} below it {margin}, it also keeps the \
              most INT8 (attention {}, residual {}) and float type {}",
             match near.len() - 1 {
                 1 => "one candidate".to_string(),
@@ -539,7 +537,7 @@ pub fn search(
         )
     } else {
         format!(
-            "sample-normalized SQNR {:.2} dB, below the best ({best:.2} dB) {margin}; of the {} candidates that \
+            "mean per-sample SQNR {:.2} dB, below the best ({best:.2} dB) {margin}; of the {} candidates that \
              close (the best included) it keeps the most INT8 (attention {}, residual {}) and float type {}",
             s.score(chosen),
             near.len(),

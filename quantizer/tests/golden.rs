@@ -129,7 +129,7 @@ fn ranges_json_matches_the_golden_file() {
                 },
             ],
             chosen: 0,
-            reason: "the best sample-normalized SQNR".into(),
+            reason: "the best mean per-sample SQNR".into(),
             seconds: 0.5,
         }),
     };

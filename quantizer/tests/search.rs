@@ -69,7 +69,7 @@ fn searched_over_seeds(reads_outliers: bool) -> Vec<(Method, SearchRecord, Strin
         .collect()
 }
 
-/// The sample-normalized SQNR (what the search ranks by) of `method` in the first stage, where every method is
+/// The mean per-sample SQNR (what the search ranks by) of `method` in the first stage, where every method is
 /// measured on the same samples (32 held-back samples are too few for a coarse stage: every method is
 /// measured in the fine one).
 fn coarse(record: &SearchRecord, method: Method) -> f64 {
@@ -107,8 +107,8 @@ fn auto_keeps_the_tail_a_linear_output_needs_where_entropy_clips_it() {
         gaps.push(coarse(record, *method) - coarse(record, Method::Entropy));
         tables.push_str(t);
     }
-    // Every sample counts alike in the ranking (sample-normalized SQNR), so on a slice whose outliers are few
-    // and small, entropy's finer bulk can edge ahead (one seed of eight, by 0.15 dB); over the seeds it loses.
+    // Every sample counts alike in the ranking (mean per-sample SQNR), so on a slice whose outliers are few
+    // and small, entropy's finer bulk can edge ahead; over the seeds it loses.
     assert!(entropy_chosen <= 1, "entropy chosen on {entropy_chosen} of 8 slices: {gaps:?}\n{tables}");
     let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
     assert!(mean > 1.0, "entropy should lose clearly on average: {gaps:?}\n{tables}");

@@ -286,8 +286,9 @@ pub fn residual_conv(dir: &Path) -> PathBuf {
     write(&m, dir.join("residual_conv.onnx"))
 }
 
-/// Like [`write_samples`], but values in [-0.2, 0.2), and in channel 0 about one in 250 replaced by one of
-/// magnitude 0.5 to 6: a bulk with a sparse tail reaching 30 times its edge.
+/// Like [`write_samples`], but values in [-0.2, 0.2), and in channel 0 about one in 67 replaced by one of
+/// magnitude 0.5 to 6: a bulk with a sparse tail reaching 30 times its edge, in about 9 samples of 10 (2.2 per
+/// sample), so that clipping it costs most samples, not a few.
 pub fn write_outlier_samples(dir: &Path, first: u64, n: u64) -> PathBuf {
     write_sample_files(dir, first, n, |seed| {
         let mut values = random(CHANNELS * SIDE * SIDE, seed + 5000, 0.2);

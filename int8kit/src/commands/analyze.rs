@@ -109,7 +109,7 @@ fn print_measured(r: &quantizer::Ranges) {
         );
         // Samples of several sizes: candidates are ranked by their worst size, shown last.
         let sizes = search.trials.iter().any(|t| t.worst_shape_sqnr_db.is_some());
-        // Ranked by the sample-normalized SQNR ("norm. dB": every sample's noise over its own output energy);
+        // Ranked by the mean per-sample SQNR ("mean dB": every sample's noise against its own output energy);
         // "SQNR dB" is all samples' noise over all their signal.
         println!(
             "    {:<18} {:<9} {:<8} {:<6} {:<7} {:>9} {:>8} {:>8} {:>7} {:>6}{}",
@@ -118,7 +118,7 @@ fn print_measured(r: &quantizer::Ranges) {
             "residual",
             "float",
             "stage",
-            "norm. dB",
+            "mean dB",
             "SQNR dB",
             "cosine",
             "agree %",
