@@ -270,7 +270,7 @@ fn sensitivity_over_several_sizes_takes_each_nodes_worst_size() {
 }
 
 /// With a recipe of several sizes the auto search ranks candidates by the size each does worst on (never above
-/// its normalized SQNR over all sizes), keeps one within the tolerance of the best such worst size, and says so.
+/// its mean per-sample SQNR over all sizes), keeps one within the tolerance of the best such worst size, and says so.
 #[test]
 fn the_auto_search_over_several_sizes_ranks_by_each_candidates_worst_size() {
     let dir = tempfile::tempdir().unwrap();
