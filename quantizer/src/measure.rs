@@ -208,6 +208,11 @@ pub struct Fidelity {
 /// measurement of the same model on more batches.
 pub type MeasuredOutputs = ((Fidelity, Vec<ImageFidelity>), Vec<Vec<f32>>);
 
+/// `proto` as ONNX bytes, what a session is made from.
+fn encode(proto: &graph::proto::ModelProto) -> Result<Vec<u8>, QuantizeError> {
+    Ok(graph::proto::Message::write_to_bytes(proto).map_err(graph::GraphError::Encode)?)
+}
+
 /// Samples decoded once, with the float model's outputs on them: the yardstick that candidate models built
 /// from one [`crate::Quantizer`] are measured against, each in its own unoptimized session. Models are
 /// compared on their first output.
@@ -380,13 +385,13 @@ impl Probe {
         device: runtime::Device,
         batches: usize,
     ) -> Result<Vec<Vec<f32>>, QuantizeError> {
-        self.outputs_between(proto, device, 0, batches)
+        self.outputs_between(&encode(proto)?, device, 0, batches)
     }
 
-    /// [`Probe::outputs_on`] for batches `skip..batches` only.
+    /// [`Probe::outputs_on`] of an encoded model, for batches `skip..batches` only.
     fn outputs_between(
         &self,
-        proto: &graph::proto::ModelProto,
+        model: &[u8],
         device: runtime::Device,
         skip: usize,
         batches: usize,
@@ -398,8 +403,7 @@ impl Probe {
         let mut cfg = runtime::SessionConfig::new(&self.label).place(placement);
         cfg.graph_optimization = runtime::GraphOptimization::Disabled;
         cfg.external_data_dir = Some(self.external_data_dir.clone());
-        let bytes = graph::proto::Message::write_to_bytes(proto).map_err(graph::GraphError::Encode)?;
-        let mut session = runtime::session_from_bytes(&bytes, &cfg)?;
+        let mut session = runtime::session_from_bytes(model, &cfg)?;
         self.batches
             .iter()
             .take(batches)
@@ -439,14 +443,15 @@ impl Probe {
         proto: &graph::proto::ModelProto,
         batches: usize,
     ) -> Result<(Fidelity, Vec<ImageFidelity>), QuantizeError> {
-        Ok(self.measure_continuing(proto, Vec::new(), batches)?.0)
+        Ok(self.measure_continuing(&encode(proto)?, Vec::new(), batches)?.0)
     }
 
-    /// [`Probe::measure_per_sample`] of a model whose outputs on the first `earlier.len()` batches are known
-    /// (from a measurement on fewer batches): only the rest run. Also returns the outputs of all of them.
+    /// [`Probe::measure_per_sample`] of an encoded model (the search has its bytes already) whose outputs on the
+    /// first `earlier.len()` batches are known (from a measurement on fewer batches): only the rest run. Also
+    /// returns the outputs of all of them.
     pub fn measure_continuing(
         &self,
-        proto: &graph::proto::ModelProto,
+        model: &[u8],
         earlier: Vec<Vec<f32>>,
         batches: usize,
     ) -> Result<MeasuredOutputs, QuantizeError> {
@@ -454,7 +459,7 @@ impl Probe {
         let known = outputs.len().min(batches);
         outputs.truncate(known);
         if known < batches.min(self.batches.len()) {
-            outputs.extend(self.outputs_between(proto, runtime::Device::Cpu, known, batches)?);
+            outputs.extend(self.outputs_between(model, runtime::Device::Cpu, known, batches)?);
         }
         if outputs.iter().zip(&self.fp32).any(|(b, a)| a.len() != b.len()) {
             return Err(QuantizeError::Model {

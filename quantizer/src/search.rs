@@ -219,7 +219,7 @@ impl Searcher<'_> {
             None => {
                 // A model the coarse stage measured on fewer batches runs only the rest in the fine stage.
                 let earlier = self.outputs.remove(&hash).unwrap_or_default();
-                let r = match self.probe.measure_continuing(&proto, earlier, batches) {
+                let r = match self.probe.measure_continuing(&bytes, earlier, batches) {
                     Ok((f, outputs)) => {
                         // Kept within 4 times the float reference's size and at most 256 MB more, so that a
                         // model with large outputs (a segmentation map) does not multiply the probe's memory:
