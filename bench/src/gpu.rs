@@ -587,7 +587,12 @@ pub fn child(args: &ChildArgs) -> anyhow::Result<()> {
     let pass = &args.pass;
     let recipe = Feed::Images(Recipe::load(&pass.recipe)?);
     let dataset = Dataset::flat(&pass.images)?;
-    let tapped = calibrate::TappedModel::new(&pass.model, &recipe, histograms::Selection::Quantizable, false)?;
+    let tapped = calibrate::TappedModel::new(
+        &pass.model,
+        &recipe,
+        histograms::Selection::Quantizable,
+        calibrate::ChannelMaxima::None,
+    )?;
     // plain: the unmodified model, its outputs copied to the host (the limit). plain-bound: the same, outputs
     // left on the GPU. tapped-bound: the calibration model (activations exposed) without statistics.
     // calibrate: tapped-bound plus the statistics kernels (what `calibrate --device cuda` does).

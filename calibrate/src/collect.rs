@@ -36,6 +36,10 @@ pub struct CalibrateOptions {
     /// SmoothQuant alpha: smooth the model's GEMM inputs (a first pass measures their per-channel maxima)
     /// and collect the statistics of the smoothed model; `None`: no smoothing.
     pub smooth: Option<f32>,
+    /// Equalize the inputs of depthwise Convs (`smoothquant::equalize`) before collecting, from per-channel
+    /// maxima a first pass measures on [`EQUALIZE_SAMPLES`] of the calibration samples; a model without
+    /// depthwise Convs is not touched.
+    pub equalize: bool,
     /// `(I, N)`: only the I-th (1-based) of N contiguous parts of the sorted (and `limit`ed) image list; the
     /// merge of all N (`histograms::merge`) is the whole run's `.hist` byte for byte.
     pub shard: Option<(usize, usize)>,
@@ -46,6 +50,11 @@ pub struct CalibrateOptions {
     /// (seeded by `seed`), instead of at every size.
     pub deal_sizes: bool,
 }
+
+/// Samples the per-channel maxima of depthwise Conv inputs are measured on before equalization (a seeded
+/// subset of the calibration samples, the same for every shard): the factors only balance the channels, and the
+/// statistics pass over every sample then sees the ranges the subset missed.
+pub const EQUALIZE_SAMPLES: usize = 64;
 
 /// How many calibration samples are kept out of the statistics and measured on instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -84,6 +93,7 @@ impl Default for CalibrateOptions {
             selection: Selection::default(),
             device: runtime::Devices::default(),
             smooth: None,
+            equalize: true,
             shard: None,
             hold_out: HoldOut::Auto,
             deal_sizes: false,
@@ -125,6 +135,8 @@ pub struct TappedModel {
     plan: CollectionPlan,
     /// Per measured tensor (in `output_names` order): whether its per-channel maxima are collected.
     channel_max: Vec<bool>,
+    /// Whether those channels are on axis 1 (a Conv's NCHW input) rather than the last axis.
+    channel_axis_one: bool,
     /// Per activation: whether its statistics keep the range only (it and every tensor that copies its
     /// statistics are always max-calibrated, `graph::roles::max_calibrated`).
     range_only: Vec<bool>,
@@ -280,14 +292,25 @@ pub fn load_model(model_path: &Path) -> Result<Model, CalibrateError> {
     Ok(model)
 }
 
+/// Which tapped tensors also get per-channel maxima (a first pass before smoothing or equalization).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelMaxima {
+    /// None.
+    None,
+    /// The inputs of smoothable GEMMs, channels on the last axis (`--smooth`).
+    GemmInputs,
+    /// The inputs of depthwise Convs, channels on axis 1 (equalization).
+    DepthwiseInputs,
+}
+
 impl TappedModel {
-    /// Loads the model and adds every float32 activation as a graph output, in memory only; with
-    /// `channel_max`, the inputs of smoothable GEMMs also get per-channel maxima.
+    /// Loads the model and adds every float32 activation as a graph output, in memory only; `channel_max`
+    /// says which tensors also get per-channel maxima.
     pub fn new(
         model_path: &Path,
         feed: &Feed,
         selection: Selection,
-        channel_max: bool,
+        channel_max: ChannelMaxima,
     ) -> Result<TappedModel, CalibrateError> {
         TappedModel::from_model(load_model(model_path)?, feed, selection, channel_max)
     }
@@ -297,7 +320,7 @@ impl TappedModel {
         mut model: Model,
         feed: &Feed,
         selection: Selection,
-        channel_max: bool,
+        channel_max: ChannelMaxima,
     ) -> Result<TappedModel, CalibrateError> {
         let input = match feed {
             Feed::Images(recipe) => {
@@ -316,11 +339,21 @@ impl TappedModel {
             model.proto.graph.output.iter().map(|o| o.name.clone()).collect();
         // Per-channel maxima are taken on the very tensor the GEMM reads (a Transpose before it moves the
         // channels), so those tensors are the ones measured in their same-valued group.
-        let smoothable: std::collections::HashSet<String> = if channel_max {
-            placement::smoothable_gemms(&model.proto.graph).into_iter().map(|g| g.input).collect()
-        } else {
-            Default::default()
+        let smoothable: std::collections::HashSet<String> = match channel_max {
+            ChannelMaxima::None => Default::default(),
+            ChannelMaxima::GemmInputs => {
+                placement::smoothable_gemms(&model.proto.graph).into_iter().map(|g| g.input).collect()
+            }
+            ChannelMaxima::DepthwiseInputs => {
+                placement::depthwise_convs(&model.proto.graph).into_iter().map(|c| c.input).collect()
+            }
         };
+        let channel_axis_one = channel_max == ChannelMaxima::DepthwiseInputs;
+        if channel_axis_one {
+            // The pass before equalization reads the depthwise inputs' maxima and nothing else.
+            activations.retain(|a| smoothable.contains(&a.name));
+            gemm_inputs.clear();
+        }
         gemm_inputs.extend(smoothable.iter().cloned());
         let plan = CollectionPlan::new(&activations, &gemm_inputs);
         let channel_max = plan.measured.iter().map(|&i| smoothable.contains(&activations[i].name)).collect();
@@ -336,7 +369,17 @@ impl TappedModel {
             .filter(|(_, a)| a.producer.is_none())
             .map(|(i, a)| (i, a.name.clone()))
             .collect();
-        Ok(TappedModel { model, activations, not_collected, input, fed, plan, channel_max, range_only })
+        Ok(TappedModel {
+            model,
+            activations,
+            not_collected,
+            input,
+            fed,
+            plan,
+            channel_max,
+            channel_axis_one,
+            range_only,
+        })
     }
 
     /// Names of the activations read back from ONNX Runtime, in graph order.
@@ -611,12 +654,23 @@ pub fn calibrate_model(
     };
     let plan = size_plan(&dataset, &whole, feed, options)?;
     let passes = if options.smooth.is_some() { 2 } else { 1 };
-    let total = passes * plan.iter().map(|(_, d, _)| d.len() as u64).sum::<u64>();
+    // Equalization's subset comes from the whole list (every shard equalizes alike), on the CPU (its
+    // per-channel maxima are host-side).
+    let equalize_plan = if options.equalize && !placement::depthwise_convs(&model.proto.graph).is_empty() {
+        let subset = whole.clone().limit(EQUALIZE_SAMPLES, options.seed);
+        let cpu = CalibrateOptions { device: runtime::Devices::default(), ..options.clone() };
+        Some((size_plan(&subset, &subset, feed, &cpu)?, cpu))
+    } else {
+        None
+    };
+    let first_samples = equalize_plan.as_ref().map_or(0, |(p, _)| p.iter().map(|(_, d, _)| d.len() as u64).sum());
+    let total = passes * plan.iter().map(|(_, d, _)| d.len() as u64).sum::<u64>() + first_samples;
     let mut done_before = 0;
     let mut report = |done: u64| progress(done_before + done, total);
     let smoothing = match options.smooth {
         Some(alpha) => {
-            let tapped = TappedModel::from_model(model.clone(), feed, Selection::Quantizable, true)?;
+            let tapped =
+                TappedModel::from_model(model.clone(), feed, Selection::Quantizable, ChannelMaxima::GemmInputs)?;
             let (first, _) = run_sizes(&tapped, &plan, options, &mut report)?;
             let record = histograms::SmoothingRecord { alpha, channel_max: first.channel_max };
             smoothquant::smooth(&mut model, &record.channel_max, alpha)?;
@@ -627,8 +681,21 @@ pub fn calibrate_model(
     if let Some((_, first_done)) = &smoothing {
         done_before = *first_done;
     }
+    let equalization = match equalize_plan {
+        Some((eq_plan, cpu)) => {
+            let tapped =
+                TappedModel::from_model(model.clone(), feed, Selection::Quantizable, ChannelMaxima::DepthwiseInputs)?;
+            let mut report = |done: u64| progress(done_before + done, total);
+            let (first, _) = run_sizes(&tapped, &eq_plan, &cpu, &mut report)?;
+            done_before += first.done;
+            let record = histograms::EqualizationRecord { samples: first.done, channel_max: first.channel_max };
+            smoothquant::equalize(&mut model, &record.channel_max)?;
+            Some(record)
+        }
+        None => None,
+    };
     let mut report = |done: u64| progress(done_before + done, total);
-    let tapped = TappedModel::from_model(model, feed, options.selection, false)?;
+    let tapped = TappedModel::from_model(model, feed, options.selection, ChannelMaxima::None)?;
     let (pass, per_size) = run_sizes(&tapped, &plan, options, &mut report)?;
     if pass.done == 0 {
         return Err(CalibrateError::NoImages { dir: images.to_path_buf(), skipped: pass.skipped.len() });
@@ -660,7 +727,8 @@ pub fn calibrate_model(
     let shard_info = shard;
     let smoothing = smoothing.map(|(record, _)| record);
     let held_out = (!held.is_empty()).then_some(held);
-    statistics(&tapped, pass, feed, arrays, images, options, smoothing, shard_info, held_out)
+    let hist = statistics(&tapped, pass, feed, arrays, images, options, smoothing, shard_info, held_out)?;
+    Ok((HistFile { equalization, ..hist.0 }, hist.1))
 }
 
 /// The passes of a calibration: one per size of the recipe, each over its images (every image of `dataset`, or
@@ -772,6 +840,7 @@ fn statistics(
         histogram: HistogramInfo { bins: BINS, values: "abs".into() },
         collected: options.selection,
         smoothing,
+        equalization: None,
         shard,
         tensors,
     };
@@ -829,7 +898,7 @@ pub fn calibrate_batches(
     if matches!(options.hold_out, HoldOut::Count(n) if n > 0) {
         return refuse("samples are held back from a listed folder only; pass the check samples separately");
     }
-    let tapped = TappedModel::from_model(model.clone(), feed, options.selection, false)?;
+    let tapped = TappedModel::from_model(model.clone(), feed, options.selection, ChannelMaxima::None)?;
     let total = samples.total.unwrap_or(0);
     let mut recorded = Recorded::new(samples.batches, feed, &samples.name);
     let pass = run_pass(&tapped, PassInput::Given(&mut recorded), options, &mut |done| progress(done, total))?;
@@ -1311,6 +1380,7 @@ fn collect_on_cpu(
     let mut stats = tapped.empty_measured_stats();
     let (run_result, measured_stats) = std::thread::scope(|scope| {
         let wanted = &tapped.channel_max;
+        let axis_one = tapped.channel_axis_one;
         let histograms = scope.spawn(move || {
             let mut channels: Vec<Option<Result<histograms::ChannelMax, histograms::ChannelMismatch>>> =
                 wanted.iter().map(|&w| w.then(|| Ok(Default::default()))).collect();
@@ -1320,8 +1390,14 @@ fn collect_on_cpu(
                         if let Some(values) = o.as_f32() {
                             s.add(values);
                             if let Some(Ok(acc)) = c {
-                                let last = o.shape().last().copied().unwrap_or(0).max(0) as usize;
-                                if let Err(e) = acc.add(values, last) {
+                                let dims: Vec<usize> = o.shape().iter().map(|&d| d.max(0) as usize).collect();
+                                let added = if axis_one {
+                                    let inner = dims.iter().skip(2).product::<usize>();
+                                    acc.add_planes(values, dims.get(1).copied().unwrap_or(0), inner)
+                                } else {
+                                    acc.add(values, dims.last().copied().unwrap_or(0))
+                                };
+                                if let Err(e) = added {
                                     *c = Some(Err(e));
                                 }
                             }

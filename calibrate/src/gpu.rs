@@ -590,7 +590,7 @@ mod device_tests {
             &test_support::model("fmnist_vit_opset17.onnx"),
             &feed,
             histograms::Selection::All,
-            false,
+            crate::ChannelMaxima::None,
         )
         .unwrap();
         let cfg = runtime::SessionConfig::new("fixture ViT (CPU EP)");

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 pub use collect::{
     batch_input, calibrate, calibrate_batches, calibrate_model, held_out_slice, load_model, CalibrateOptions,
-    CalibrationSummary, Digesting, GivenSamples, HoldOut, TappedModel,
+    CalibrationSummary, ChannelMaxima, Digesting, GivenSamples, HoldOut, TappedModel, EQUALIZE_SAMPLES,
 };
 pub use histograms::Selection;
 

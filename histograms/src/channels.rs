@@ -43,6 +43,30 @@ impl ChannelMax {
         Ok(())
     }
 
+    /// Folds in `values` of an NCHW-like tensor: `outer` blocks of `channels` planes of `inner` values each
+    /// (the channels on axis 1, as a Conv reads them).
+    pub fn add_planes(&mut self, values: &[f32], channels: usize, inner: usize) -> Result<(), ChannelMismatch> {
+        if channels == 0 || inner == 0 || !values.len().is_multiple_of(channels * inner) {
+            return Err(ChannelMismatch { had: self.max.len(), got: channels });
+        }
+        if self.max.is_empty() {
+            self.max = vec![0.0; channels];
+        } else if self.max.len() != channels {
+            return Err(ChannelMismatch { had: self.max.len(), got: channels });
+        }
+        for block in values.chunks_exact(channels * inner) {
+            for (m, plane) in self.max.iter_mut().zip(block.chunks_exact(inner)) {
+                for v in plane {
+                    let a = v.abs();
+                    if a.is_finite() && a > *m {
+                        *m = a;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The elementwise max with `other` (the statistics of another chunk of images).
     pub fn merge(&mut self, other: &ChannelMax) -> Result<(), ChannelMismatch> {
         if self.max.is_empty() {
@@ -70,6 +94,17 @@ impl ChannelMax {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn planes_take_their_channel_from_axis_one() {
+        // Two images of 2 channels x 3 values: channel 0 then channel 1, per image.
+        let values = [1.0, -4.0, 0.5, 2.0, 0.0, -1.0, 3.0, f32::NAN, 0.0, -0.5, 7.0, 1.0];
+        let mut c = ChannelMax::default();
+        c.add_planes(&values, 2, 3).unwrap();
+        assert_eq!(c.max, vec![4.0, 7.0]);
+        assert!(c.add_planes(&values[..5], 2, 3).is_err(), "a partial image");
+        assert_eq!(c.add_planes(&values, 3, 2), Err(ChannelMismatch { had: 2, got: 3 }));
+    }
 
     #[test]
     fn per_channel_maxima_merge_exactly_and_skip_non_finite_values() {

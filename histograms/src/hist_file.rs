@@ -13,14 +13,16 @@ use crate::{HistError, Selection};
 
 /// The `format` value of a .hist file.
 pub const HIST_FORMAT: &str = "int8kit.hist";
-/// The .hist version this build writes. Version 8 identifies the samples by the bytes fed
+/// The .hist version this build writes. Version 9 added the optional `equalization` (depthwise Conv inputs
+/// equalized before the statistics were collected: a reader that ignored it would apply the statistics to
+/// the wrong model). Version 8 identifies the samples by the bytes fed
 /// (`images.samples_sha256`, see [`crate::SamplesDigest`]) instead of the folder's paths (`images.list_sha256`,
 /// now only in older files) and gave shards `whole_list_sha256`; version 7 added `images.sizes` and `images.sizes_dealt` (a recipe of
 /// several input sizes, whose `sizes` the recipe lists); version 6 added `max_only` (range-only statistics of the tensors
 /// that are always max-calibrated); version 5 added `images.held_out` (the slice kept out of the
 /// statistics for the self-check); version 4 made `recipe` optional and added `arrays` (`.npz` samples);
 /// version 3 added the optional `smoothing`; version 2 added `content_sha256`. Versions 1 to 3 are still read.
-pub const HIST_VERSION: u32 = 8;
+pub const HIST_VERSION: u32 = 9;
 /// The oldest version this build reads.
 pub const HIST_OLDEST_READ: u32 = 1;
 
@@ -142,6 +144,18 @@ pub struct ShardInfo {
     pub whole_list_sha256: Option<String>,
 }
 
+/// How the model's depthwise Conv inputs were equalized before its statistics were collected: the
+/// per-channel maxima (axis 1) of each equalized input, measured on the unmodified model over the first
+/// `samples` calibration samples, from which the factors follow (`smoothquant::equalize`).
+/// `quantizer::Quantizer` re-applies the same equalization before reading the tensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EqualizationRecord {
+    /// Samples the maxima were measured on.
+    pub samples: u64,
+    /// Depthwise Conv input (of the unmodified model) -> max |x| per channel.
+    pub channel_max: std::collections::BTreeMap<String, crate::ChannelMax>,
+}
+
 /// How the model was smoothed before its statistics were collected (`calibrate --smooth`): the migration
 /// strength and the per-channel maxima of the smoothed GEMM inputs, measured on the unsmoothed model, from
 /// which the smoothing factors follow. `quantizer::Quantizer` re-applies the same smoothing before reading the tensors.
@@ -187,6 +201,10 @@ pub struct HistFile {
     /// smoothed model. Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smoothing: Option<SmoothingRecord>,
+    /// Where the model has depthwise Convs: their inputs' equalization, applied (after any smoothing) before
+    /// collecting; the tensors are then those of the equalized model. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equalization: Option<EqualizationRecord>,
     /// With `calibrate --shard I/N`: the part of the image list covered; absent for a whole run (and after
     /// `int8kit merge`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -303,6 +321,13 @@ impl HistFile {
                 ));
             }
         }
+        if let Some(eq) = &self.equalization {
+            for (name, c) in &eq.channel_max {
+                if c.max.is_empty() || c.max.iter().any(|m| !m.is_finite() || *m < 0.0) {
+                    return Err(format!("equalization channel_max of '{name}' must hold finite, non-negative values"));
+                }
+            }
+        }
         if let Some(sm) = &self.smoothing {
             if !(0.0..=1.0).contains(&sm.alpha) {
                 return Err(format!("smoothing alpha {} is not from 0 to 1", sm.alpha));
@@ -415,6 +440,7 @@ pub fn merge(parts: &[(std::path::PathBuf, HistFile)]) -> Result<HistFile, crate
         same("the collection (--tensors)", first.collected.name().into(), h.collected.name().into())?;
         same("the ONNX Runtime version", first.onnxruntime.clone(), h.onnxruntime.clone())?;
         same("the histogram layout", json(&first.histogram), json(&h.histogram))?;
+        same("the depthwise equalization", json(&first.equalization), json(&h.equalization))?;
         same("the format version", first.version.to_string(), h.version.to_string())?;
         let names = |h: &HistFile| {
             h.tensors.iter().map(|t| format!("{}<{:?}", t.name, t.producer)).collect::<Vec<_>>().join(",")

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 pub use channels::{ChannelMax, ChannelMismatch};
 pub use hist_file::{
-    first_missing_shard, merge, ArraySpec, HeldOut, HistFile, HistogramInfo, ImagesInfo, ModelInfo, ShardInfo,
-    SizeImages, SmoothingRecord, TensorRecord, HIST_FORMAT, HIST_VERSION,
+    first_missing_shard, merge, ArraySpec, EqualizationRecord, HeldOut, HistFile, HistogramInfo, ImagesInfo, ModelInfo,
+    ShardInfo, SizeImages, SmoothingRecord, TensorRecord, HIST_FORMAT, HIST_VERSION,
 };
 pub use histogram::{AbsHistogram, TensorStats, BINS};
 pub use samples::SamplesDigest;

@@ -70,6 +70,11 @@ fn sample() -> HistFile {
             )]
             .into(),
         }),
+        equalization: Some(histograms::EqualizationRecord {
+            samples: 2,
+            channel_max: [("/dw/Relu_output_0".to_string(), histograms::ChannelMax { max: vec![0.5, 4.0, 0.0] })]
+                .into(),
+        }),
     }
 }
 

@@ -187,11 +187,26 @@ pub struct RunArgs {
     /// CPU only. Commands that read a .hist take the smoothing it records.
     #[arg(long, value_name = "ALPHA")]
     pub smooth: Option<f32>,
+    /// Depthwise Conv inputs equalized before calibration (default on): a pass over 64 of the samples measures
+    /// max |x| per input channel, one Mul brings every channel to the largest's range and the Conv's weights
+    /// are divided alike, so one INT8 scale serves every channel (README, "Depthwise equalization"). A model
+    /// without depthwise Convs is not touched. Commands that read a .hist take the equalization it records.
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    pub equalize: Option<bool>,
     /// Calibration samples held back from the statistics and measured on instead (the self-check, and the
     /// measurements behind every `auto` choice): auto (a tenth of them, 2 to 64; none below 20) or a count
     /// (0: none, and the auto choices fall back to fixed defaults).
     #[arg(long, value_name = "N|auto", value_parser = parse_hold_out)]
     pub hold_out: Option<calibrate::HoldOut>,
+}
+
+/// `--equalize on|off`.
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("'{s}': expected on or off")),
+    }
 }
 
 /// `--hold-out N|auto`.
@@ -212,6 +227,12 @@ impl RunArgs {
             anyhow::bail!(
                 "--smooth {alpha} applies when calibrating; {what} already holds its statistics and records the \
                  smoothing they were made with: calibrate with --smooth instead"
+            );
+        }
+        if self.equalize.is_some() {
+            anyhow::bail!(
+                "--equalize applies when calibrating; {what} already records the equalization its statistics were \
+                 made with: calibrate with --equalize instead"
             );
         }
         if self.hold_out.is_some() {
@@ -278,6 +299,7 @@ impl RunArgs {
             seed: self.seed,
             device: self.device.clone(),
             smooth: self.smooth,
+            equalize: self.equalize.unwrap_or(defaults.equalize),
             hold_out: self.hold_out.unwrap_or_default(),
             ..defaults
         }

@@ -14,7 +14,10 @@ mod rules;
 use std::path::PathBuf;
 
 pub use precision::{decide, AttentionPrecision, Decision, PrecisionFile, Selection, GEMM_OPS};
-pub use rules::{constant_behind, needed_by_defaults, plan, smoothable_gemms, weight_slot, Plan, SmoothableGemm, Use};
+pub use rules::{
+    constant_behind, depthwise_convs, needed_by_defaults, plan, smoothable_gemms, weight_slot, DepthwiseConv, Plan,
+    SmoothableGemm, Use,
+};
 
 /// Errors of placement; each names the file or node and says what to do.
 #[derive(Debug, thiserror::Error)]

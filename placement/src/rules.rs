@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use graph::proto::{GraphProto, NodeProto, TensorProto};
+use graph::proto::{tensor_proto::DataType, GraphProto, NodeProto, TensorProto};
 use graph::GraphIndex;
 
 use crate::precision::{decide, AttentionPrecision, Decision, PrecisionFile, GEMM_OPS};
@@ -228,6 +228,48 @@ pub fn smoothable_gemms(graph: &GraphProto) -> Vec<SmoothableGemm> {
             _ => continue,
         };
         out.push(SmoothableGemm { node: i, input: input.clone(), weight: weight.clone(), channel_axis });
+    }
+    out
+}
+
+/// A depthwise Conv whose input channels equalization can rescale: each output channel reads one input
+/// channel (`group` equal to the input channels, weight `[C_out, 1, kh, kw]`), so scaling input channel `k` by
+/// `c` and its output channels' weights by `1 / c` leaves the function unchanged and, with per-channel weight
+/// scales, the weights' quantization too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DepthwiseConv {
+    /// Index of the node in `graph.node`.
+    pub node: usize,
+    /// The activation input (slot 0), NCHW: its channels on axis 1.
+    pub input: String,
+    /// The weight (slot 1): a float32 initializer or Constant read by this node only.
+    pub weight: String,
+    /// Input channels (`group`).
+    pub channels: usize,
+}
+
+/// Depthwise Convs (see [`DepthwiseConv`]) with an activation input and a float32 constant weight of their own.
+pub fn depthwise_convs(graph: &GraphProto) -> Vec<DepthwiseConv> {
+    let index = GraphIndex::new(graph);
+    let mut out = Vec::new();
+    for (i, node) in graph.node.iter().enumerate() {
+        if node.op_type != "Conv" {
+            continue;
+        }
+        let (Some(input), Some(weight)) = (node.input.first(), node.input.get(1)) else { continue };
+        let group = node.attribute.iter().find(|a| a.name == "group").map_or(1, |a| a.i);
+        if group < 2 || constant_behind(graph, &index, input).is_some() {
+            continue;
+        }
+        let Some(w) = index.constant(graph, weight).filter(|w| w.data_type == DataType::FLOAT as i32) else {
+            continue;
+        };
+        let dims = &w.dims;
+        let own = index.consumers.get(weight.as_str()).is_some_and(|c| c.len() == 1);
+        if dims.len() < 3 || dims[1] != 1 || dims[0] % group != 0 || !own {
+            continue;
+        }
+        out.push(DepthwiseConv { node: i, input: input.clone(), weight: weight.clone(), channels: group as usize });
     }
     out
 }

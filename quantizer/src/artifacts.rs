@@ -107,6 +107,10 @@ pub struct Ranges {
     /// With a .hist from `calibrate --smooth`: what was smoothed (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub smoothing: Option<smoothquant::Smoothing>,
+    /// With a .hist of a model with depthwise Convs: which inputs were equalized, and by how much (absent
+    /// otherwise; added after version 5 without a bump: readers that ignore it read the rest as before).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub equalization: Option<smoothquant::Equalization>,
     /// How the method, attention precision and float type above were chosen: `measurement` (the `search`
     /// below), `flags` (all given), or `defaults` (`auto` asked, but there was nothing to measure on).
     pub chosen_by: &'static str,

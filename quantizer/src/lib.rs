@@ -194,6 +194,7 @@ pub struct Quantizer {
     model: Model,
     hist: HistFile,
     smoothing: Option<smoothquant::Smoothing>,
+    equalization: Option<smoothquant::Equalization>,
     max_abs: HashMap<String, f32>,
     flops: OnceLock<HashMap<String, f64>>,
     /// Each method's amax per tensor, computed on first need.
@@ -223,6 +224,10 @@ impl Quantizer {
             Some(record) => Some(smoothquant::smooth(&mut model, &record.channel_max, record.alpha)?),
             None => None,
         };
+        let equalization = match &hist.equalization {
+            Some(record) => Some(smoothquant::equalize(&mut model, &record.channel_max)?),
+            None => None,
+        };
         // Calibration ran the model as exported; the INT8 model needs opset 13 (per-channel Q/DQ).
         if opset::upgrade_to_opset_13(&mut model.proto)
             .map_err(|message| QuantizeError::Model { path: model.path.clone(), message })?
@@ -230,7 +235,15 @@ impl Quantizer {
             tracing::info!(target: "int8kit::quantize", model = %model.path.display(), "moved to opset 13");
         }
         let max_abs = hist.tensors.iter().map(|t| (t.name.clone(), t.stats.amax())).collect();
-        Ok(Quantizer { model, hist, smoothing, max_abs, flops: OnceLock::new(), amax_cache: Default::default() })
+        Ok(Quantizer {
+            model,
+            hist,
+            smoothing,
+            equalization,
+            max_abs,
+            flops: OnceLock::new(),
+            amax_cache: Default::default(),
+        })
     }
 
     /// The prepared model (float32, smoothed as the statistics were).
@@ -241,6 +254,11 @@ impl Quantizer {
     /// The statistics.
     pub fn hist(&self) -> &HistFile {
         &self.hist
+    }
+
+    /// What equalization did, with a .hist of a model with depthwise Convs.
+    pub fn equalization(&self) -> Option<&smoothquant::Equalization> {
+        self.equalization.as_ref()
     }
 
     /// What smoothing did, with a .hist from `calibrate --smooth`.
@@ -371,6 +389,13 @@ impl Quantizer {
                     s.alpha
                 ),
             }
+        } else if self.equalization.is_some() {
+            Cache::Omitted {
+                reason: "calibration.cache not written: calibration equalized the inputs of the depthwise Convs \
+                         (a Mul in front of each, their weights divided), and the cache would serve the unmodified \
+                         model; TensorRT builds from model.qdq.onnx"
+                    .into(),
+            }
         } else if hist.collected == histograms::Selection::All && tensors.len() >= activations {
             let cache_scales: Vec<(String, f32)> = tensors.iter().map(|t| (t.name.clone(), t.scale)).collect();
             Cache::Written(cache::write_cache(&scheme.trt_version, &cache_scales)?)
@@ -404,6 +429,7 @@ impl Quantizer {
             tensors,
             weights,
             smoothing,
+            equalization: self.equalization.clone(),
             chosen_by: if scheme.auto.any() { "defaults" } else { "flags" },
             self_check: SelfCheck::skipped("not measured"),
             search: None,

@@ -79,6 +79,19 @@ fn ranges_json_matches_the_golden_file() {
             }],
             skipped: vec![("/fc2/MatMul_input".into(), "no per-channel maxima in the .hist".into())],
         }),
+        equalization: Some(smoothquant::Equalization {
+            tensors: vec![smoothquant::EqualizedTensor {
+                tensor: "/dw/HardSwish_output_0".into(),
+                quantized: "/dw/HardSwish_output_0_equalized".into(),
+                node: "/dw/HardSwish_output_0_Equalize".into(),
+                convs: vec!["/dw/Conv".into()],
+                channels: 3,
+                amax: 12.0,
+                channel_min: 0.5,
+                factor_max: 24.0,
+            }],
+            skipped: vec![("/dw2/Relu_output_0".into(), "no per-channel maxima".into())],
+        }),
         chosen_by: "measurement",
         self_check: quantizer::SelfCheck {
             status: "measured",

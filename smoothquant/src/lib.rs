@@ -21,6 +21,10 @@
 
 #![forbid(unsafe_code)]
 
+mod equalize;
+
+pub use equalize::{equalize, equalizing_factors, Equalization, EqualizedTensor, EQUALIZE_LIMIT};
+
 use std::collections::BTreeMap;
 
 use graph::proto::{tensor_proto::DataType, NodeProto, TensorProto};
@@ -165,6 +169,38 @@ fn fold_site(
     }
 }
 
+/// Puts `x * factors` (a Mul with the constant `factors` of shape `dims`) in front of the nodes `readers`, which
+/// read `x` in slot 0, right after `x`'s producer. `names`: the suffixes of the constant, the Mul's output and
+/// the Mul. Returns the output's and the Mul's names.
+pub(crate) fn insert_scaling_mul(
+    patch: &mut GraphPatch,
+    graph: &mut graph::proto::GraphProto,
+    x: &str,
+    factors: &[f32],
+    dims: &[i64],
+    readers: &[usize],
+    names: [&str; 3],
+) -> (String, String) {
+    let factor = patch.fresh(&format!("{x}_{}", names[0]));
+    let out = patch.fresh(&format!("{x}_{}", names[1]));
+    let mut t = TensorProto::new();
+    t.name = factor.clone();
+    t.dims = dims.to_vec();
+    graph::set_float32(&mut t, factors);
+    patch.add_initializer(t);
+    let mut mul = NodeProto::new();
+    mul.op_type = "Mul".into();
+    mul.name = patch.fresh(&format!("{x}_{}", names[2]));
+    mul.input = vec![x.to_string(), factor];
+    mul.output = vec![out.clone()];
+    for &n in readers {
+        GraphPatch::rewire(graph, n, 0, &out);
+    }
+    let name = mul.name.clone();
+    patch.insert_after_producer_of(x, mul);
+    (out, name)
+}
+
 /// Smooths the input of every MatMul/Gemm with a constant weight whose per-channel maxima are in
 /// `channel_max`, rewriting `model` in place. The FP32 function is unchanged (up to float rounding).
 pub fn smooth(
@@ -291,23 +327,10 @@ pub fn smooth(
                 (e.x.clone(), how.to_string(), graph.node[p].name.clone())
             }
             None => {
-                let factor = patch.fresh(&format!("{}_smooth_factor", e.x));
-                let out = patch.fresh(&format!("{}_smoothed", e.x));
-                let mut t = TensorProto::new();
-                t.name = factor.clone();
-                t.dims = vec![e.s.len() as i64];
-                graph::set_float32(&mut t, &e.s.iter().map(|s| 1.0 / s).collect::<Vec<_>>());
-                patch.add_initializer(t);
-                let mut mul = NodeProto::new();
-                mul.op_type = "Mul".into();
-                mul.name = patch.fresh(&format!("{}_Smooth", e.x));
-                mul.input = vec![e.x.clone(), factor];
-                mul.output = vec![out.clone()];
-                for &n in &e.gemms {
-                    GraphPatch::rewire(graph, n, 0, &out);
-                }
-                let name = mul.name.clone();
-                patch.insert_after_producer_of(&e.x, mul);
+                let inverse: Vec<f32> = e.s.iter().map(|s| 1.0 / s).collect();
+                let names = ["smooth_factor", "smoothed", "Smooth"];
+                let (out, name) =
+                    insert_scaling_mul(&mut patch, graph, &e.x, &inverse, &[e.s.len() as i64], &e.gemms, names);
                 (out, "mul".into(), name)
             }
         };

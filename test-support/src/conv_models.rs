@@ -265,6 +265,32 @@ pub fn outlier_conv(dir: &Path, reads_outliers: bool) -> PathBuf {
     write(&m, dir.join(if reads_outliers { "outlier_conv.onnx" } else { "outlier_conv_ignored.onnx" }))
 }
 
+/// Input channels' scales of [`depthwise_cnn`]: ranges 800 times apart, as depthwise Conv inputs of real
+/// CNNs reach (on the Paddle PP-LCNet a median channel a twentieth of the largest, the smallest a hundredth).
+pub const DEPTHWISE_CHANNEL_SCALES: [f32; CHANNELS] = [4.0, 0.02, 0.3, 0.005, 1.5, 0.05, 0.8, 0.01];
+
+/// A depthwise block (opset 13): the input times [`DEPTHWISE_CHANNEL_SCALES`] per channel, a 3x3 depthwise
+/// Conv (group = channels), and the output divided by the same scales (a float Mul), so that every channel
+/// counts alike in the output. The depthwise Conv's input channels span ranges 800 times apart, so one
+/// per-tensor INT8 scale leaves the small ones almost nothing. Written to `dir/depthwise_cnn.onnx`.
+pub fn depthwise_cnn(dir: &Path) -> PathBuf {
+    let mut m = model(13, 7);
+    let g = m.graph.mut_or_insert_default();
+    let inverse: Vec<f32> = DEPTHWISE_CHANNEL_SCALES.iter().map(|s| 1.0 / s).collect();
+    g.initializer.extend([
+        floats("scales", &[1, CHANNELS, 1, 1], &DEPTHWISE_CHANNEL_SCALES),
+        floats("dw", &[CHANNELS, 1, 3, 3], &random(CHANNELS * 9, 31, 1.0)),
+        floats("inverse", &[1, CHANNELS, 1, 1], &inverse),
+    ]);
+    let dw = vec![ints("pads", &[1, 1, 1, 1]), ints("kernel_shape", &[3, 3]), int("group", CHANNELS as i64)];
+    g.node.extend([
+        node("Mul", &[INPUT, "scales"], "activation", vec![]),
+        node("Conv", &["activation", "dw"], "depthwise", dw),
+        node("Mul", &["depthwise", "inverse"], "y", vec![]),
+    ]);
+    write(&m, dir.join("depthwise_cnn.onnx"))
+}
+
 /// A residual block on the [`outlier_conv`] input: `y = activation + Conv(activation)`, the Conv's weights
 /// small (0.02), so the output is mostly the residual stream itself. Quantizing the Add's residual input
 /// rounds the whole output at that tensor's resolution (and clips or coarsens it, whatever the method, on

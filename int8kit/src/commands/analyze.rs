@@ -91,6 +91,15 @@ fn print_precision(r: &quantizer::Ranges, origin: &str) {
             sm.skipped.len()
         );
     }
+    if let Some(eq) = &r.equalization {
+        let widest = eq.tensors.iter().map(|t| t.factor_max).fold(1.0, f32::max);
+        println!(
+            "depthwise equalization from the .hist: {} depthwise Conv inputs behind a Mul (largest factor {widest:.1}); \
+             {} left alone (ranges.json \"equalization\")",
+            eq.tensors.len(),
+            eq.skipped.len()
+        );
+    }
 }
 
 /// The `auto` search's table and the self-check.
