@@ -869,7 +869,9 @@ pub struct GivenSamples<'a> {
 /// [`calibrate_model`] over batches the caller makes. Every sample is used, in order: nothing is held back,
 /// limited or sharded (those choose from a listed folder), and smoothing, which reads the samples twice, is
 /// refused. The `.hist` records `name` as the folder and identifies the samples by the bytes fed, as a folder
-/// run does, so it equals a folder run's over the same values byte for byte whatever the batch sizes.
+/// run does, so it equals a folder run's over the same values byte for byte whatever the batch sizes, for a
+/// model without depthwise Convs. With them, equalization's maxima come from the first [`EQUALIZE_SAMPLES`]
+/// samples (read ahead and kept), where a folder run takes a seeded subset of its list.
 pub fn calibrate_batches(
     model: &Model,
     samples: GivenSamples<'_>,
@@ -898,10 +900,41 @@ pub fn calibrate_batches(
     if matches!(options.hold_out, HoldOut::Count(n) if n > 0) {
         return refuse("samples are held back from a listed folder only; pass the check samples separately");
     }
-    let tapped = TappedModel::from_model(model.clone(), feed, options.selection, ChannelMaxima::None)?;
     let total = samples.total.unwrap_or(0);
     let mut recorded = Recorded::new(samples.batches, feed, &samples.name);
-    let pass = run_pass(&tapped, PassInput::Given(&mut recorded), options, &mut |done| progress(done, total))?;
+    let mut model = model.clone();
+    // Equalization's maxima come from the first EQUALIZE_SAMPLES samples exactly (whatever the batches), read
+    // ahead and kept for the statistics pass: an iterable is read once.
+    let mut ahead = std::collections::VecDeque::new();
+    let equalization = if options.equalize && !placement::depthwise_convs(&model.proto.graph).is_empty() {
+        let mut first = std::collections::VecDeque::new();
+        let mut n = 0;
+        while n < EQUALIZE_SAMPLES {
+            let Some(batch) = recorded.next() else { break };
+            let batch = batch?;
+            let mut head = batch.clone();
+            if n + head.len() > EQUALIZE_SAMPLES {
+                head.split_off(EQUALIZE_SAMPLES - n);
+            }
+            n += head.len();
+            first.push_back(head);
+            ahead.push_back(batch);
+        }
+        let tapped =
+            TappedModel::from_model(model.clone(), feed, Selection::Quantizable, ChannelMaxima::DepthwiseInputs)?;
+        let cpu = CalibrateOptions { device: runtime::Devices::default(), ..options.clone() };
+        let mut replay = ReadAhead { ahead: first, rest: None };
+        let maxima = run_pass(&tapped, PassInput::Given(&mut replay), &cpu, &mut |_| {})?;
+        let record = histograms::EqualizationRecord { samples: maxima.done, channel_max: maxima.channel_max };
+        smoothquant::equalize(&mut model, &record.channel_max)?;
+        Some(record)
+    } else {
+        None
+    };
+    let tapped = TappedModel::from_model(model, feed, options.selection, ChannelMaxima::None)?;
+    let mut source = ReadAhead { ahead, rest: Some(&mut recorded) };
+    let pass = run_pass(&tapped, PassInput::Given(&mut source), options, &mut |done| progress(done, total))?;
+    drop(source);
     if pass.done == 0 {
         return refuse(&format!("'{}' gave no samples", samples.name));
     }
@@ -918,7 +951,30 @@ pub fn calibrate_batches(
         sizes_dealt: false,
     };
     let arrays = recorded.arrays.take();
-    statistics(&tapped, pass, feed, arrays, images, options, None, None, None)
+    let (hist, summary) = statistics(&tapped, pass, feed, arrays, images, options, None, None, None)?;
+    Ok((HistFile { equalization, ..hist }, summary))
+}
+
+/// Batches read ahead of a pass, then the rest of their source.
+struct ReadAhead<'a> {
+    ahead: std::collections::VecDeque<Batch>,
+    rest: Option<&'a mut dyn BatchSource>,
+}
+
+impl Iterator for ReadAhead<'_> {
+    type Item = Result<Batch, datasets::DatasetError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.ahead.pop_front() {
+            Some(b) => Some(Ok(b)),
+            None => self.rest.as_mut()?.next(),
+        }
+    }
+}
+
+impl BatchSource for ReadAhead<'_> {
+    fn skipped(&self) -> Vec<(std::path::PathBuf, String)> {
+        self.rest.as_ref().map_or_else(Vec::new, |r| r.skipped())
+    }
 }
 
 /// Given batches, checked against the feed as they pass.

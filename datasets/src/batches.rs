@@ -44,7 +44,7 @@ impl Default for StreamOptions {
 /// Samples ready to feed: preprocessed images (`data` has `shape` = the recipe's batch shape for
 /// `items.len()`), or, from a folder of `.npz` samples, one stacked array per model input (`tensors`; `data` is
 /// then empty and `shape` is `[N, 0, 0, 0]`).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Batch {
     /// Preprocessed values, in the recipe's layout.
     pub data: Vec<f32>,
@@ -121,7 +121,7 @@ impl Batch {
     }
 
     /// Splits off the samples from `at` on into a batch of their own.
-    fn split_off(&mut self, at: usize) -> Batch {
+    pub fn split_off(&mut self, at: usize) -> Batch {
         let n = self.len().max(1);
         let per = self.data.len() / n;
         let mut shape = self.shape;

@@ -82,6 +82,8 @@ pub struct Quantized {
     pub calibration_seconds: f64,
     /// Whether the statistics came from a smoothed model (alpha, and how many GEMM inputs).
     pub smoothed: Option<(f32, usize)>,
+    /// Whether depthwise Conv inputs were equalized first (how many, and over how many samples).
+    pub equalized: Option<(usize, u64)>,
     /// The artifact set.
     pub written: Written,
 }
@@ -106,6 +108,7 @@ pub fn quantize(config: &QuantizeConfig, progress: &mut dyn FnMut(Step, u64, u64
         hist.write(path)?;
     }
     let smoothed = hist.smoothing.as_ref().map(|s| (s.alpha, s.channel_max.len()));
+    let equalized = hist.equalization.as_ref().map(|e| (e.channel_max.len(), e.samples));
     let quantizer = Quantizer::new(model, hist)?;
     let options = probe_options(&config.collect);
     let probe = match &calibration.held_out {
@@ -118,7 +121,7 @@ pub fn quantize(config: &QuantizeConfig, progress: &mut dyn FnMut(Step, u64, u64
     };
     let written =
         write_artifacts(&quantizer, &config.scheme, &yardstick, stage, &mut |d, t| progress(Step::Search, d, t))?;
-    Ok(Quantized { calibration, calibration_seconds, smoothed, written })
+    Ok(Quantized { calibration, calibration_seconds, smoothed, equalized, written })
 }
 
 /// How held-back samples are read and run: as the calibration read them, on the CPU (where every candidate

@@ -61,3 +61,25 @@ fn equalized_depthwise_inputs_keep_the_small_channels() {
     let same = probe.fidelity(&outputs).unwrap().sqnr_db;
     assert!(same > 100.0, "the float function changed: {same:.1} dB");
 }
+
+#[test]
+fn an_iterable_is_equalized_on_its_first_samples_whatever_its_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = calibrate::load_model(&depthwise_cnn(dir.path())).unwrap();
+    let samples = write_samples(&dir.path().join("samples"), 0, 100);
+    let feed = Feed::for_folder(&samples, None).unwrap();
+    let dataset = datasets::Dataset::flat(&samples).unwrap();
+    let options = CalibrateOptions { hold_out: HoldOut::Count(0), ..Default::default() };
+    let hist_in_batches_of = |size: usize| {
+        let stream_options = datasets::StreamOptions { batch_size: size, ..Default::default() };
+        let mut batches = datasets::BatchStream::new(&dataset, &feed, stream_options);
+        let given = calibrate::GivenSamples { name: "samples".into(), batches: &mut batches, total: None };
+        let (hist, _) = calibrate::calibrate_batches(&model, given, &feed, &options, &mut |_, _| {}).unwrap();
+        hist
+    };
+    let (fives, forty_eights) = (hist_in_batches_of(5), hist_in_batches_of(48));
+    let equalization = fives.equalization.as_ref().expect("equalized");
+    assert_eq!(equalization.samples, calibrate::EQUALIZE_SAMPLES as u64);
+    assert_eq!(fives.images.count, 100, "every sample in the statistics, the first 64 too");
+    assert_eq!(fives.to_json().unwrap(), forty_eights.to_json().unwrap());
+}

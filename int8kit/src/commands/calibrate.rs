@@ -52,6 +52,7 @@ pub fn hint_bad_image(e: quantizer::QuantizeError) -> anyhow::Error {
 pub fn print_calibration(
     summary: &calibrate::CalibrationSummary,
     smoothed: Option<(f32, usize)>,
+    equalized: Option<(usize, u64)>,
     device: &runtime::Devices,
     secs: f64,
 ) {
@@ -70,6 +71,12 @@ pub fn print_calibration(
         eprintln!(
             "  smoothed first (alpha {alpha}, per-channel maxima of {gemm_inputs} GEMM inputs); the statistics are \
              the smoothed model's (two passes over the images)"
+        );
+    }
+    if let Some((inputs, samples)) = equalized {
+        eprintln!(
+            "  equalized first: per-channel maxima of {inputs} depthwise Conv inputs over {samples} samples; the \
+             statistics are the equalized model's (--equalize off to skip)"
         );
     }
     if let Some(mb) = summary.device_memory_peak_mb {
@@ -93,7 +100,8 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<Outcome> {
     bar.finish_and_clear();
     if !args.quiet {
         let smoothed = hist.smoothing.as_ref().map(|s| (s.alpha, s.channel_max.len()));
-        print_calibration(&summary, smoothed, &source.run.device, start.elapsed().as_secs_f64());
+        let equalized = hist.equalization.as_ref().map(|e| (e.channel_max.len(), e.samples));
+        print_calibration(&summary, smoothed, equalized, &source.run.device, start.elapsed().as_secs_f64());
     }
     hist.write(&args.out).with_context(|| format!("writing {}", args.out.display()))?;
     if !args.quiet {

@@ -58,7 +58,13 @@ pub fn run(args: &QuantizeArgs) -> anyhow::Result<Outcome> {
     bar.finish_and_clear();
     search.finish_and_clear();
     if !args.quiet {
-        print_calibration(&done.calibration, done.smoothed, &source.run.device, done.calibration_seconds);
+        print_calibration(
+            &done.calibration,
+            done.smoothed,
+            done.equalized,
+            &source.run.device,
+            done.calibration_seconds,
+        );
         print_written(&done.written, &config.scheme.precision_origin, &args.out);
     }
     Ok(Outcome::Success)
