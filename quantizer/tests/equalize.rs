@@ -83,3 +83,21 @@ fn an_iterable_is_equalized_on_its_first_samples_whatever_its_batches() {
     assert_eq!(fives.images.count, 100, "every sample in the statistics, the first 64 too");
     assert_eq!(fives.to_json().unwrap(), forty_eights.to_json().unwrap());
 }
+
+#[test]
+fn shards_equalize_alike_and_merge_into_the_whole_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = depthwise_cnn(dir.path());
+    let samples = &write_samples(&dir.path().join("samples"), 0, 90);
+    let feed = Feed::for_folder(samples, None).unwrap();
+    let whole = CalibrateOptions { hold_out: HoldOut::Count(10), ..Default::default() };
+    let run = |options: &CalibrateOptions| calibrate(&model, samples, &feed, options, &mut |_, _| {}).unwrap().0;
+    let all = run(&whole);
+    let parts: Vec<(std::path::PathBuf, histograms::HistFile)> = (1..=3)
+        .map(|i| (format!("part{i}.hist").into(), run(&CalibrateOptions { shard: Some((i, 3)), ..whole.clone() })))
+        .collect();
+    // Every shard measured the maxima on the same 64 samples of the whole list, not on its own part.
+    assert!(parts.iter().all(|(_, p)| p.equalization == all.equalization && p.equalization.is_some()));
+    let merged = histograms::merge(&parts).unwrap();
+    assert_eq!(merged.to_json().unwrap(), all.to_json().unwrap());
+}

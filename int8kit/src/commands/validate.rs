@@ -166,6 +166,13 @@ impl ValidateArgs {
                 }
                 (Some(folder), _) => evaluate::validate::Calibration::Folder(folder.clone()),
                 (None, Some(hist)) => {
+                    if self.run.equalize.is_some() {
+                        anyhow::bail!(
+                            "--equalize applies when validate calibrates (--calib); {} records the equalization its \
+                             statistics were made with (calibrate with --equalize instead)",
+                            hist.display()
+                        )
+                    }
                     evaluate::validate::Calibration::Hist { hist: hist.clone(), check: self.check.check.clone() }
                 }
                 (None, None) => anyhow::bail!("give --calib DIR (calibrate here) or --hist H.hist"),

@@ -124,6 +124,7 @@ fn merged_validation_parts_equal_one_process() {
     assert_eq!(reference["chosen_by"], "measurement");
     assert_eq!(without_choice(numbers(&from_hist)), without_choice(reference.clone()));
     refused(&with_hist(&dir.path().join("h1"), &["--smooth", "0.5"]), "--smooth applies when validate calibrates");
+    refused(&with_hist(&dir.path().join("h1"), &["--equalize", "off"]), "--equalize applies when validate calibrates");
     let o = int8kit("validate")
         .arg("--model")
         .arg(resnet())
