@@ -51,9 +51,9 @@ pub struct CalibrateOptions {
     pub deal_sizes: bool,
 }
 
-/// Samples the per-channel maxima of depthwise Conv inputs are measured on before equalization (a seeded
-/// subset of the calibration samples, the same for every shard): the factors only balance the channels, and the
-/// statistics pass over every sample then sees the ranges the subset missed.
+/// Samples the per-channel maxima of depthwise Conv inputs are measured on before equalization (from a folder a
+/// seeded subset of its list, the same for every shard; from an iterable its first ones): the factors only
+/// balance the channels, and the statistics pass over every sample then sees the ranges the subset missed.
 pub const EQUALIZE_SAMPLES: usize = 64;
 
 /// How many calibration samples are kept out of the statistics and measured on instead.
@@ -654,16 +654,14 @@ pub fn calibrate_model(
     };
     let plan = size_plan(&dataset, &whole, feed, options)?;
     let passes = if options.smooth.is_some() { 2 } else { 1 };
-    // Equalization's subset comes from the whole list (every shard equalizes alike), on the CPU (its
-    // per-channel maxima are host-side).
-    let equalize_plan = if options.equalize && !placement::depthwise_convs(&model.proto.graph).is_empty() {
+    // Equalization's subset comes from the whole list, so that every shard equalizes alike.
+    let equalize_plan = if equalizes(&model, options) {
         let subset = whole.clone().limit(EQUALIZE_SAMPLES, options.seed);
-        let cpu = CalibrateOptions { device: runtime::Devices::default(), ..options.clone() };
-        Some((size_plan(&subset, &subset, feed, &cpu)?, cpu))
+        Some(size_plan(&subset, &subset, feed, options)?)
     } else {
         None
     };
-    let first_samples = equalize_plan.as_ref().map_or(0, |(p, _)| p.iter().map(|(_, d, _)| d.len() as u64).sum());
+    let first_samples = equalize_plan.as_ref().map_or(0, |p| p.iter().map(|(_, d, _)| d.len() as u64).sum());
     let total = passes * plan.iter().map(|(_, d, _)| d.len() as u64).sum::<u64>() + first_samples;
     let mut done_before = 0;
     let mut report = |done: u64| progress(done_before + done, total);
@@ -682,14 +680,12 @@ pub fn calibrate_model(
         done_before = *first_done;
     }
     let equalization = match equalize_plan {
-        Some((eq_plan, cpu)) => {
-            let tapped =
-                TappedModel::from_model(model.clone(), feed, Selection::Quantizable, ChannelMaxima::DepthwiseInputs)?;
+        Some(eq_plan) => {
             let mut report = |done: u64| progress(done_before + done, total);
-            let (first, _) = run_sizes(&tapped, &eq_plan, &cpu, &mut report)?;
-            done_before += first.done;
-            let record = histograms::EqualizationRecord { samples: first.done, channel_max: first.channel_max };
-            smoothquant::equalize(&mut model, &record.channel_max)?;
+            let record = equalize_measured(&mut model, feed, options, |tapped, cpu| {
+                run_sizes(tapped, &eq_plan, cpu, &mut report).map(|(pass, _)| pass)
+            })?;
+            done_before += record.samples;
             Some(record)
         }
         None => None,
@@ -906,7 +902,7 @@ pub fn calibrate_batches(
     // Equalization's maxima come from the first EQUALIZE_SAMPLES samples exactly (whatever the batches), read
     // ahead and kept for the statistics pass: an iterable is read once.
     let mut ahead = std::collections::VecDeque::new();
-    let equalization = if options.equalize && !placement::depthwise_convs(&model.proto.graph).is_empty() {
+    let equalization = if equalizes(&model, options) {
         let mut first = std::collections::VecDeque::new();
         let mut n = 0;
         while n < EQUALIZE_SAMPLES {
@@ -920,14 +916,10 @@ pub fn calibrate_batches(
             first.push_back(head);
             ahead.push_back(batch);
         }
-        let tapped =
-            TappedModel::from_model(model.clone(), feed, Selection::Quantizable, ChannelMaxima::DepthwiseInputs)?;
-        let cpu = CalibrateOptions { device: runtime::Devices::default(), ..options.clone() };
         let mut replay = ReadAhead { ahead: first, rest: None };
-        let maxima = run_pass(&tapped, PassInput::Given(&mut replay), &cpu, &mut |_| {})?;
-        let record = histograms::EqualizationRecord { samples: maxima.done, channel_max: maxima.channel_max };
-        smoothquant::equalize(&mut model, &record.channel_max)?;
-        Some(record)
+        Some(equalize_measured(&mut model, feed, options, |tapped, cpu| {
+            run_pass(tapped, PassInput::Given(&mut replay), cpu, &mut |_| {})
+        })?)
     } else {
         None
     };
@@ -953,6 +945,28 @@ pub fn calibrate_batches(
     let arrays = recorded.arrays.take();
     let (hist, summary) = statistics(&tapped, pass, feed, arrays, images, options, None, None, None)?;
     Ok((HistFile { equalization, ..hist }, summary))
+}
+
+/// Whether calibration equalizes `model`: asked to, and the model has depthwise Convs.
+fn equalizes(model: &Model, options: &CalibrateOptions) -> bool {
+    options.equalize && !placement::depthwise_convs(&model.proto.graph).is_empty()
+}
+
+/// Equalizes `model` (`smoothquant::equalize`) with the per-channel maxima of its depthwise Conv inputs that
+/// `measure` collects: a pass of the model tapped at those inputs, given the options to run it with (on the
+/// CPU, where the maxima are taken).
+fn equalize_measured(
+    model: &mut Model,
+    feed: &Feed,
+    options: &CalibrateOptions,
+    measure: impl FnOnce(&TappedModel, &CalibrateOptions) -> Result<Pass, CalibrateError>,
+) -> Result<histograms::EqualizationRecord, CalibrateError> {
+    let tapped = TappedModel::from_model(model.clone(), feed, Selection::Quantizable, ChannelMaxima::DepthwiseInputs)?;
+    let cpu = CalibrateOptions { device: runtime::Devices::default(), ..options.clone() };
+    let maxima = measure(&tapped, &cpu)?;
+    let record = histograms::EqualizationRecord { samples: maxima.done, channel_max: maxima.channel_max };
+    smoothquant::equalize(model, &record.channel_max)?;
+    Ok(record)
 }
 
 /// Batches read ahead of a pass, then the rest of their source.

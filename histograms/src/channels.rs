@@ -23,21 +23,10 @@ pub struct ChannelMismatch {
 impl ChannelMax {
     /// Folds in `values`, rows of `channels` values each (a tensor whose last axis has `channels` entries).
     pub fn add(&mut self, values: &[f32], channels: usize) -> Result<(), ChannelMismatch> {
-        if channels == 0 || !values.len().is_multiple_of(channels) {
-            return Err(ChannelMismatch { had: self.max.len(), got: channels });
-        }
-        if self.max.is_empty() {
-            self.max = vec![0.0; channels];
-        } else if self.max.len() != channels {
-            return Err(ChannelMismatch { had: self.max.len(), got: channels });
-        }
+        self.start(values, channels, 1)?;
         for row in values.chunks_exact(channels) {
-            for (m, v) in self.max.iter_mut().zip(row) {
-                let a = v.abs();
-                // NaN and Inf fail `is_finite`; a signed zero has abs +0.0.
-                if a.is_finite() && a > *m {
-                    *m = a;
-                }
+            for (m, &v) in self.max.iter_mut().zip(row) {
+                raise(m, v);
             }
         }
         Ok(())
@@ -46,6 +35,18 @@ impl ChannelMax {
     /// Folds in `values` of an NCHW-like tensor: `outer` blocks of `channels` planes of `inner` values each
     /// (the channels on axis 1, as a Conv reads them).
     pub fn add_planes(&mut self, values: &[f32], channels: usize, inner: usize) -> Result<(), ChannelMismatch> {
+        self.start(values, channels, inner)?;
+        for block in values.chunks_exact(channels * inner) {
+            for (m, plane) in self.max.iter_mut().zip(block.chunks_exact(inner)) {
+                plane.iter().for_each(|&v| raise(m, v));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `values` hold whole blocks of `channels` x `inner` and that the channel count is the one seen
+    /// before (the first values set it).
+    fn start(&mut self, values: &[f32], channels: usize, inner: usize) -> Result<(), ChannelMismatch> {
         if channels == 0 || inner == 0 || !values.len().is_multiple_of(channels * inner) {
             return Err(ChannelMismatch { had: self.max.len(), got: channels });
         }
@@ -53,16 +54,6 @@ impl ChannelMax {
             self.max = vec![0.0; channels];
         } else if self.max.len() != channels {
             return Err(ChannelMismatch { had: self.max.len(), got: channels });
-        }
-        for block in values.chunks_exact(channels * inner) {
-            for (m, plane) in self.max.iter_mut().zip(block.chunks_exact(inner)) {
-                for v in plane {
-                    let a = v.abs();
-                    if a.is_finite() && a > *m {
-                        *m = a;
-                    }
-                }
-            }
         }
         Ok(())
     }
@@ -88,6 +79,14 @@ impl ChannelMax {
     /// The largest channel maximum (0 when empty).
     pub fn amax(&self) -> f32 {
         self.max.iter().copied().fold(0.0, f32::max)
+    }
+}
+
+/// Raises a channel's maximum to |v|; NaN and Inf fail `is_finite` and are skipped, a signed zero has abs +0.0.
+fn raise(m: &mut f32, v: f32) {
+    let a = v.abs();
+    if a.is_finite() && a > *m {
+        *m = a;
     }
 }
 

@@ -8,8 +8,8 @@
 //! function, and per-output-channel weight scales quantize the divided weights exactly as well as before
 //! (Nagel et al., "Data-Free Quantization Through Weight Equalization and Bias Correction", ICCV 2019, move
 //! ranges between layers the same way). The factors come from per-channel maxima measured on calibration
-//! samples (`c_k = max_j x_j / x_k`), applied by one Mul in front of the Conv, which TensorRT fuses with the
-//! pointwise op before it and the QuantizeLinear after it.
+//! samples (`c_k = max_j x_j / x_k`), applied by one Mul in front of the Conv: a pointwise layer with a
+//! constant, the kind TensorRT merges with the activation before it (not measured: no TensorRT here).
 
 use std::collections::BTreeMap;
 
