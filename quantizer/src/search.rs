@@ -17,7 +17,9 @@
 //! precision in FP32 float parts (the cheapest session) on a quarter of the samples (at least 32; a smaller
 //! probe ranks on all of them), then the best two of those on all of them with the residual input of Adds
 //! after an INT8 GEMM/Conv INT8 and float (where the model has such Adds), and the best two of these in every
-//! float type. Candidates that build the same model are measured once.
+//! float type. Candidates that build the same model are measured once. The coarse stage starts with a first
+//! look at half its samples, and a candidate far behind a stage's leader ([`DROP_STANDARD_ERRORS`]) is measured
+//! no further: most of the search's time goes to candidates that cannot win.
 
 use std::collections::HashMap;
 
@@ -57,8 +59,18 @@ const SQNR_MAX_DB: f64 = 140.0;
 /// The fewest samples the coarse stage ranks candidates on.
 const MIN_COARSE_SAMPLES: usize = 32;
 
+/// The fewest samples of the coarse stage's first look ([`DROP_STANDARD_ERRORS`]).
+const MIN_FIRST_SAMPLES: usize = 16;
+
 /// Ranked candidates (method and attention precision) measured in every float type.
 const FINE_CANDIDATES: usize = 2;
+
+/// A runner-up is not measured further (on more samples, or in other float types) when it trails the leader of
+/// the same samples by more than [`MAX_TOLERANCE_DB`] plus this many standard errors of the paired gap: more
+/// samples or FP16 float parts would have to close a gap that large for it to come within the tolerance of the
+/// best, and each measurement it skips is another pass over the held-back samples (on the ViT-S/14 at 640
+/// images, the runner-up's FP16 trial alone was 7 % of `quantize`'s time).
+pub const DROP_STANDARD_ERRORS: f64 = 2.0;
 
 /// Which of a scheme's choices are made by measurement rather than fixed (an explicit flag fixes its own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -95,7 +107,7 @@ pub struct Trial {
     pub float_type: &'static str,
     /// The residual input of Adds after an INT8 GEMM/Conv: `int8` or `float`.
     pub residual: &'static str,
-    /// `coarse` (a quarter of the samples) or `fine` (all of them).
+    /// `first` (the coarse stage's first look), `coarse` (a quarter of the samples) or `fine` (all of them).
     pub stage: &'static str,
     /// The measurement; absent when the model's outputs were not finite numbers.
     pub fidelity: Option<Fidelity>,
@@ -127,17 +139,38 @@ pub struct SearchRecord {
     pub axes: Vec<&'static str>,
     /// Samples of the coarse and of the fine stage.
     pub samples: (usize, usize),
+    /// Samples of the coarse stage's first look (trials of stage `first`); absent without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_samples: Option<usize>,
     /// [`TOLERANCE_DB`].
     pub tolerance_db: f64,
     /// Every measurement, in the order made.
     pub trials: Vec<Trial>,
     /// Index into `trials` of the winner (a fine-stage trial).
     pub chosen: usize,
+    /// Runners-up measured no further because they trailed the leader of the same samples by far.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_continued: Vec<NotContinued>,
     /// Why it won.
     pub reason: String,
     /// Seconds the search took (printed, not written: artifacts are the same bytes on every run).
     #[serde(skip)]
     pub seconds: f64,
+}
+
+/// A runner-up left out of a later stage ([`DROP_STANDARD_ERRORS`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct NotContinued {
+    /// Index into `trials` of its last measurement.
+    pub trial: usize,
+    /// Index into `trials` of the leader it was compared with (measured on the same samples).
+    pub leader: usize,
+    /// The stage it was left out of: `fine` (all samples) or `float_type` (the other float types).
+    pub skipped: &'static str,
+    /// How far it trailed, in dB of the ranking score.
+    pub behind_db: f64,
+    /// The standard error of that gap (paired per-sample differences).
+    pub gap_standard_error_db: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -279,6 +312,31 @@ impl Searcher<'_> {
         }
     }
 
+    /// Whether trial `t` trails `leader` (measured on the same samples) by more than [`MAX_TOLERANCE_DB`] plus
+    /// [`DROP_STANDARD_ERRORS`] standard errors of the gap: then it is measured no further, and `stopped` says
+    /// so (`skipped`: the stage it leaves out). A candidate whose outputs were not finite always stops behind a
+    /// finite leader (its trial says why).
+    fn stops(&self, leader: usize, t: usize, skipped: &'static str, stopped: &mut Vec<NotContinued>) -> bool {
+        let (lead, score) = (self.score(leader), self.score(t));
+        if t == leader || lead == f64::NEG_INFINITY {
+            return false;
+        }
+        if score == f64::NEG_INFINITY {
+            return true;
+        }
+        let judged = self.judged_samples(leader);
+        let on_judged = |samples: &[f64]| -> Vec<f64> {
+            samples.iter().zip(&judged).filter(|(_, &j)| j).map(|(x, _)| *x).collect()
+        };
+        let se = gap_standard_error(&on_judged(&self.per_sample[leader]), &on_judged(&self.per_sample[t]));
+        let behind_db = lead - score;
+        let far = beyond_reach(behind_db, se);
+        if far {
+            stopped.push(NotContinued { trial: t, leader, skipped, behind_db, gap_standard_error_db: se });
+        }
+        far
+    }
+
     /// The samples a gap to `leader` is judged on: those of the leader's worst shape (all of them for one).
     fn judged_samples(&self, leader: usize) -> Vec<bool> {
         let per_shape = shape_means(&self.per_sample[leader], &self.shapes);
@@ -300,6 +358,12 @@ fn sample_sqnr_db(samples: &[ImageFidelity]) -> Vec<f64> {
             (10.0 * (signal / s.noise.max(f64::MIN_POSITIVE)).log10()).clamp(-SQNR_MAX_DB, SQNR_MAX_DB)
         })
         .collect()
+}
+
+/// Whether a runner-up `gap` dB behind (standard error `se`) is too far behind to come within the tolerance of
+/// the best on more samples: [`DROP_STANDARD_ERRORS`].
+fn beyond_reach(gap: f64, se: f64) -> bool {
+    gap > MAX_TOLERANCE_DB + DROP_STANDARD_ERRORS * se
 }
 
 fn mean(values: &[f64]) -> f64 {
@@ -417,7 +481,27 @@ pub fn search(
     // Without a coarse stage the ranking runs on every sample and its trials are already fine ones: only the
     // finalists' other float types remain.
     let ranking_batches = if coarse { coarse_batches } else { all };
-    let total = pairs.len() + finalists * (residuals.len() - (!coarse) as usize) + finalists * (floats.len() - 1);
+    // A coarse stage starts with a first look on about half its samples (at least MIN_FIRST_SAMPLES): the
+    // candidates far behind its leader stop there, the others continue to the coarse stage's samples.
+    let coarse_samples: usize = probe.batches().iter().take(coarse_batches).map(|b| b.len()).sum();
+    let first_wanted = (coarse_samples / 2).max(MIN_FIRST_SAMPLES);
+    let mut first_batches = 0;
+    let mut covered = 0;
+    for b in probe.batches() {
+        if covered >= first_wanted {
+            break;
+        }
+        covered += b.len();
+        first_batches += 1;
+    }
+    let mut rounds = Vec::new();
+    if coarse && first_batches < coarse_batches {
+        rounds.push((first_batches, "first"));
+    }
+    rounds.push((ranking_batches, if coarse { "coarse" } else { "fine" }));
+    let total = pairs.len() * rounds.len()
+        + finalists * (residuals.len() - (!coarse) as usize)
+        + finalists * (floats.len() - 1);
     let mut s = Searcher {
         quantizer,
         base: scheme,
@@ -442,22 +526,47 @@ pub fn search(
     let ranked_residual = residuals[0];
     let mut measured = Vec::new();
     let mut fine = Vec::new();
-    for &(method, attention) in &pairs {
-        let stage = if coarse { "coarse" } else { "fine" };
-        let c = Candidate { method, attention, float_type: cheap, residual: ranked_residual };
-        let t = s.trial(c, ranking_batches, stage)?;
-        if !coarse {
-            fine.push(t);
+    let mut not_continued = Vec::new();
+    let mut alive = pairs.clone();
+    for (round, &(batches, stage)) in rounds.iter().enumerate() {
+        measured.clear();
+        for &(method, attention) in &alive {
+            let c = Candidate { method, attention, float_type: cheap, residual: ranked_residual };
+            let t = s.trial(c, batches, stage)?;
+            if stage == "fine" {
+                fine.push(t);
+            }
+            measured.push(((method, attention), s.score(t), t));
+            tick(&mut done);
         }
-        measured.push(((method, attention), s.score(t)));
-        tick(&mut done);
+        // Stable: equal scores keep the candidates' order.
+        measured.sort_by(|a, b| b.1.total_cmp(&a.1));
+        if round + 1 < rounds.len() {
+            let leader = measured[0].2;
+            alive.clear();
+            for &(pair, _, t) in &measured {
+                if !s.stops(leader, t, "coarse", &mut not_continued) {
+                    alive.push(pair);
+                }
+            }
+            // The few left are the finalists anyway: the fine stage measures them on every sample.
+            if alive.len() <= finalists {
+                measured.retain(|m| alive.contains(&m.0));
+                break;
+            }
+        }
     }
-    // Stable: equal scores keep the candidates' order.
-    measured.sort_by(|a, b| b.1.total_cmp(&a.1));
     // Fine: the finalists with every residual precision on every sample, in the cheapest float type; then the
-    // best of those in the other float types.
+    // best of those in the other float types. A runner-up far behind its stage's leader goes no further.
+    let more_to_measure = coarse || residuals.len() > 1 || floats.len() > 1;
+    let ranking_leader = measured.first().map(|m| m.2);
     let mut combos = Vec::new();
-    for &((method, attention), _) in measured.iter().take(finalists) {
+    for &((method, attention), _, ranked) in measured.iter().take(finalists) {
+        if let Some(leader) = ranking_leader.filter(|_| more_to_measure) {
+            if s.stops(leader, ranked, if coarse { "fine" } else { "variants" }, &mut not_continued) {
+                continue;
+            }
+        }
         for &residual in &residuals {
             let c = Candidate { method, attention, float_type: cheap, residual };
             let t = match fine.iter().find(|&&t| s.candidates[t] == c) {
@@ -469,16 +578,24 @@ pub fn search(
                     t
                 }
             };
-            combos.push((c, s.score(t)));
+            combos.push((c, s.score(t), t));
         }
     }
     combos.sort_by(|a, b| b.1.total_cmp(&a.1));
-    for &(c, _) in combos.iter().take(finalists) {
+    let combo_leader = combos.first().map(|c| c.2);
+    for &(c, _, t) in combos.iter().take(finalists) {
+        if let Some(leader) = combo_leader.filter(|_| floats.len() > 1) {
+            if s.stops(leader, t, "float_type", &mut not_continued) {
+                continue;
+            }
+        }
         for &float_type in floats.iter().filter(|&&f| f != cheap) {
             fine.push(s.trial(Candidate { float_type, ..c }, all, "fine")?);
             tick(&mut done);
         }
     }
+    // Runners-up left out end the count early.
+    progress(total as u64, total as u64);
     let best = fine.iter().map(|&t| s.score(t)).fold(f64::NEG_INFINITY, f64::max);
     if best == f64::NEG_INFINITY {
         return Err(QuantizeError::Model {
@@ -574,9 +691,11 @@ pub fn search(
             probe.batches().iter().take(coarse_batches).map(|b| b.len()).sum::<usize>() * coarse as usize,
             probe.samples(),
         ),
+        first_samples: (rounds.len() > 1).then(|| probe.batches().iter().take(first_batches).map(|b| b.len()).sum()),
         tolerance_db: TOLERANCE_DB,
         trials: s.trials,
         chosen,
+        not_continued,
         reason,
         seconds: start.elapsed().as_secs_f64(),
     };
@@ -620,6 +739,15 @@ mod tests {
         assert_eq!(db[1], SQNR_MAX_DB);
         // No signal on any sample: no floor either, yet a number the search can rank and call low.
         assert_eq!(sample_sqnr_db(&samples(&[0.0], &[1e-3])), [-SQNR_MAX_DB]);
+    }
+
+    #[test]
+    fn a_runner_up_stops_only_when_its_gap_exceeds_the_tolerance_by_two_standard_errors() {
+        assert!(beyond_reach(0.6, 0.0), "certain and beyond the tolerance");
+        assert!(!beyond_reach(0.4, 0.0), "within the tolerance: it could still be chosen");
+        assert!(beyond_reach(3.0, 1.0));
+        assert!(!beyond_reach(2.4, 1.0), "a noisy gap keeps the runner-up in");
+        assert!(!beyond_reach(f64::NAN, 0.0));
     }
 
     #[test]

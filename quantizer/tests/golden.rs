@@ -107,6 +107,7 @@ fn ranges_json_matches_the_golden_file() {
         search: Some(quantizer::search::SearchRecord {
             axes: vec!["method", "float_type"],
             samples: (0, 4),
+            first_samples: None,
             tolerance_db: quantizer::search::TOLERANCE_DB,
             trials: vec![
                 quantizer::search::Trial {
@@ -142,6 +143,13 @@ fn ranges_json_matches_the_golden_file() {
                 },
             ],
             chosen: 0,
+            not_continued: vec![quantizer::search::NotContinued {
+                trial: 1,
+                leader: 0,
+                skipped: "float_type",
+                behind_db: 2.75,
+                gap_standard_error_db: 0.5,
+            }],
             reason: "the best mean per-sample SQNR".into(),
             seconds: 0.5,
         }),

@@ -110,9 +110,10 @@ fn print_measured(r: &quantizer::Ranges) {
     };
     if let Some(search) = &r.search {
         println!(
-            "auto: {} candidates measured in {:.1} s ({} then {} held-back samples):",
+            "auto: {} candidates measured in {:.1} s ({}{} then {} held-back samples):",
             search.trials.len(),
             search.seconds,
+            search.first_samples.map(|n| format!("{n}, ")).unwrap_or_default(),
             search.samples.0,
             search.samples.1
         );
@@ -148,6 +149,26 @@ fn print_measured(r: &quantizer::Ranges) {
                 t.seconds,
                 t.worst_shape_sqnr_db.map(|w| format!(" {w:>14.2}")).unwrap_or_default(),
                 t.failed.as_deref().map(|e| format!("  ({e})")).unwrap_or_default()
+            );
+        }
+        for n in &search.not_continued {
+            let (t, leader) = (&search.trials[n.trial], &search.trials[n.leader]);
+            let skipped = match n.skipped {
+                "coarse" | "fine" => "on more held-back samples",
+                "variants" => "with the other residual precision or float type",
+                _ => "in the other float type",
+            };
+            println!(
+                "  not measured {skipped}: {} (attention {}, residual {}), {:.2} dB behind {} (attention {}, residual {}), \
+                 standard error {:.2} dB",
+                t.method,
+                t.attention,
+                t.residual,
+                n.behind_db,
+                leader.method,
+                leader.attention,
+                leader.residual,
+                n.gap_standard_error_db
             );
         }
         println!("chosen: {}", search.reason);
