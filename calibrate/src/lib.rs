@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 pub use collect::{
     batch_input, calibrate, calibrate_batches, calibrate_model, held_out_slice, load_model, CalibrateOptions,
-    CalibrationSummary, ChannelMaxima, Digesting, GivenSamples, HoldOut, TappedModel, EQUALIZE_SAMPLES,
+    CalibrationSummary, ChannelMaxima, Digesting, GivenSamples, HoldOut, TappedModel, EQUALIZE_SAMPLES, RUN_VALUES_MAX,
 };
 pub use histograms::Selection;
 

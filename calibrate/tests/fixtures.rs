@@ -87,6 +87,24 @@ fn result_is_byte_identical_whatever_the_batch_size_and_thread_count() {
 }
 
 #[test]
+fn a_batch_run_in_parts_gives_the_same_bytes() {
+    // A budget of a few samples' activations: each batch of 40 runs as several ONNX Runtime calls (the first
+    // of one sample), as a large model's batches do under the default budget.
+    let whole = CalibrateOptions {
+        batch_size: 40,
+        limit: Some(100),
+        selection: Selection::All,
+        hold_out: HoldOut::Count(0),
+        ..Default::default()
+    };
+    let parts = CalibrateOptions { run_values_max: 300_000, ..whole.clone() };
+    let model = model("fmnist_vit_opset13.onnx");
+    let a = calibrate(&model, &calib(), &feed(), &whole, &mut |_, _| {}).unwrap().0.to_json().unwrap();
+    let b = calibrate(&model, &calib(), &feed(), &parts, &mut |_, _| {}).unwrap().0.to_json().unwrap();
+    assert!(a == b, "the .hist bytes changed when batches ran in parts");
+}
+
+#[test]
 fn external_data_model_matches_the_inline_export() {
     let inline = run("fmnist_vit_opset17.onnx", 50, 16, 0);
     let external = run("fmnist_vit_opset18.onnx", 50, 16, 0);
