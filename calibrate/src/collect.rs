@@ -1491,7 +1491,8 @@ fn collect_on_cpu(
             (stats, channels)
         });
         let run = (|| -> Result<(), CalibrateError> {
-            // Tapped output values per sample, known after the first run (of one sample).
+            // Tapped output values per sample in the last run (the first run is one sample; batches of `.npz`
+            // samples of several shapes change it).
             let mut per_sample: Option<usize> = None;
             let fixed_batch = tapped.model.fixed_batch(&tapped.input).is_some();
             'batches: for batch in &mut *stream {
@@ -1507,7 +1508,7 @@ fn collect_on_cpu(
                     let rest = batch.split_off(take);
                     let outs = runtime::run(session, label, &batch.inputs(&tapped.input), outputs)?;
                     let values: usize = outs.iter().map(|o| o.as_f32().map_or(0, <[f32]>::len)).sum();
-                    per_sample.get_or_insert(values / take.max(1));
+                    per_sample = Some(values / take.max(1));
                     if tx.send(outs).is_err() {
                         break 'batches; // the histogram thread died; joining it below reports why
                     }
