@@ -165,7 +165,9 @@ pub struct NotContinued {
     pub trial: usize,
     /// Index into `trials` of the leader it was compared with (measured on the same samples).
     pub leader: usize,
-    /// The stage it was left out of: `fine` (all samples) or `float_type` (the other float types).
+    /// What it was left out of: `coarse` (the coarse stage, after the first look), `fine` (the fine stage),
+    /// `variants` (the other residual precision and float types, when the ranking ran on every sample) or
+    /// `float_type` (the other float types).
     pub skipped: &'static str,
     /// How far it trailed, in dB of the ranking score.
     pub behind_db: f64,
