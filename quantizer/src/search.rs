@@ -326,17 +326,23 @@ impl Searcher<'_> {
         if score == f64::NEG_INFINITY {
             return true;
         }
-        let judged = self.judged_samples(leader);
-        let on_judged = |samples: &[f64]| -> Vec<f64> {
-            samples.iter().zip(&judged).filter(|(_, &j)| j).map(|(x, _)| *x).collect()
-        };
-        let se = gap_standard_error(&on_judged(&self.per_sample[leader]), &on_judged(&self.per_sample[t]));
+        let se = self.gap_standard_error(leader, t);
         let behind_db = lead - score;
         let far = beyond_reach(behind_db, se);
         if far {
             stopped.push(NotContinued { trial: t, leader, skipped, behind_db, gap_standard_error_db: se });
         }
         far
+    }
+
+    /// The standard error of trial `t`'s mean gap to `leader` (both measured on the same samples), on the
+    /// samples the gap is judged on ([`Searcher::judged_samples`]).
+    fn gap_standard_error(&self, leader: usize, t: usize) -> f64 {
+        let judged = self.judged_samples(leader);
+        let on_judged = |samples: &[f64]| -> Vec<f64> {
+            samples.iter().zip(&judged).filter(|(_, &j)| j).map(|(x, _)| *x).collect()
+        };
+        gap_standard_error(&on_judged(&self.per_sample[leader]), &on_judged(&self.per_sample[t]))
     }
 
     /// The samples a gap to `leader` is judged on: those of the leader's worst shape (all of them for one).
@@ -398,6 +404,25 @@ fn gap_standard_error(best: &[f64], other: &[f64]) -> f64 {
     let m = mean(&differences);
     let variance = differences.iter().map(|d| (d - m).powi(2)).sum::<f64>() / (n - 1) as f64;
     (variance / n as f64).sqrt()
+}
+
+/// The fewest of `probe`'s first batches that hold at least `wanted` samples (all of them when they hold fewer).
+fn batches_covering(probe: &Probe, wanted: usize) -> usize {
+    let mut covered = 0;
+    probe
+        .batches()
+        .iter()
+        .take_while(|b| {
+            let more = covered < wanted;
+            covered += b.len();
+            more
+        })
+        .count()
+}
+
+/// Samples in `probe`'s first `batches` batches.
+fn samples_in(probe: &Probe, batches: usize) -> usize {
+    probe.batches().iter().take(batches).map(|b| b.len()).sum()
 }
 
 fn siphash(bytes: &[u8]) -> u64 {
@@ -466,16 +491,7 @@ pub fn search(
     let all = probe.batches().len();
     // A quarter of the samples, but never fewer than MIN_COARSE_SAMPLES: ranking methods on a handful of
     // samples ranks the samples, not the methods. A probe too small for that has no coarse stage.
-    let wanted = (probe.samples() / 4).max(MIN_COARSE_SAMPLES);
-    let mut coarse_batches = 0;
-    let mut covered = 0;
-    for b in probe.batches() {
-        if covered >= wanted {
-            break;
-        }
-        covered += b.len();
-        coarse_batches += 1;
-    }
+    let coarse_batches = batches_covering(probe, (probe.samples() / 4).max(MIN_COARSE_SAMPLES));
     let pairs: Vec<(Method, Option<AttentionPrecision>)> =
         methods.iter().flat_map(|&m| attentions.iter().map(move |&a| (m, a))).collect();
     let coarse = pairs.len() > FINE_CANDIDATES && coarse_batches < all;
@@ -485,17 +501,7 @@ pub fn search(
     let ranking_batches = if coarse { coarse_batches } else { all };
     // A coarse stage starts with a first look on about half its samples (at least MIN_FIRST_SAMPLES): the
     // candidates far behind its leader stop there, the others continue to the coarse stage's samples.
-    let coarse_samples: usize = probe.batches().iter().take(coarse_batches).map(|b| b.len()).sum();
-    let first_wanted = (coarse_samples / 2).max(MIN_FIRST_SAMPLES);
-    let mut first_batches = 0;
-    let mut covered = 0;
-    for b in probe.batches() {
-        if covered >= first_wanted {
-            break;
-        }
-        covered += b.len();
-        first_batches += 1;
-    }
+    let first_batches = batches_covering(probe, (samples_in(probe, coarse_batches) / 2).max(MIN_FIRST_SAMPLES));
     let mut rounds = Vec::new();
     if coarse && first_batches < coarse_batches {
         rounds.push((first_batches, "first"));
@@ -611,15 +617,12 @@ pub fn search(
         });
     }
     let leader = *fine.iter().find(|&&t| s.score(t) == best).expect("the best is a fine trial");
-    let judged = s.judged_samples(leader);
-    let on_judged =
-        |samples: &[f64]| -> Vec<f64> { samples.iter().zip(&judged).filter(|(_, &j)| j).map(|(x, _)| *x).collect() };
     let mut near = Vec::new();
     for &t in &fine {
         if s.trials[t].fidelity.is_none() {
             continue;
         }
-        let se = gap_standard_error(&on_judged(&s.per_sample[leader]), &on_judged(&s.per_sample[t]));
+        let se = s.gap_standard_error(leader, t);
         s.trials[t].gap_standard_error_db = Some(se);
         if s.score(t) >= best - se.clamp(TOLERANCE_DB, MAX_TOLERANCE_DB) {
             near.push(t);
@@ -689,11 +692,8 @@ pub fn search(
     };
     let record = SearchRecord {
         axes,
-        samples: (
-            probe.batches().iter().take(coarse_batches).map(|b| b.len()).sum::<usize>() * coarse as usize,
-            probe.samples(),
-        ),
-        first_samples: (rounds.len() > 1).then(|| probe.batches().iter().take(first_batches).map(|b| b.len()).sum()),
+        samples: (samples_in(probe, coarse_batches) * coarse as usize, probe.samples()),
+        first_samples: (rounds.len() > 1).then(|| samples_in(probe, first_batches)),
         tolerance_db: TOLERANCE_DB,
         trials: s.trials,
         chosen,
