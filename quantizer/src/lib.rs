@@ -271,6 +271,14 @@ impl Quantizer {
         Ok(placement::decide(&self.model.proto.graph, &scheme.precision, &scheme.placement, &scheme.precision_origin)?)
     }
 
+    /// Computes (and keeps) every tensor's amax under each of `methods`, so that building a candidate later
+    /// finds them ready.
+    pub fn prepare_amax(&self, methods: &[Method]) {
+        for &m in methods {
+            self.amax_cache.of(&self.hist, m);
+        }
+    }
+
     /// Every activation's amax under `scheme`'s methods ([`analyze::AmaxCache::activation_amax`]).
     pub fn amax(&self, scheme: &Scheme) -> HashMap<String, f32> {
         self.amax_cache.activation_amax(&self.hist, &self.model.proto.graph, scheme.method, &scheme.per_tensor)

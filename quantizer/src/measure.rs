@@ -334,6 +334,14 @@ impl Probe {
         Ok(probe)
     }
 
+    /// The intra-op threads its sessions run on (one per core when the options said 0).
+    pub fn threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     /// Samples measured on.
     pub fn samples(&self) -> usize {
         self.batches.iter().map(Batch::len).sum()
@@ -396,7 +404,19 @@ impl Probe {
         skip: usize,
         batches: usize,
     ) -> Result<Vec<Vec<f32>>, QuantizeError> {
-        let placement = runtime::Placement { threads: self.threads, device };
+        self.outputs_with(model, device, skip, batches, self.threads)
+    }
+
+    /// [`Probe::outputs_between`] in a session of `threads` intra-op threads.
+    fn outputs_with(
+        &self,
+        model: &[u8],
+        device: runtime::Device,
+        skip: usize,
+        batches: usize,
+        threads: usize,
+    ) -> Result<Vec<Vec<f32>>, QuantizeError> {
+        let placement = runtime::Placement { threads, device };
         // Every candidate runs unoptimized, so all are measured the same way: what the graph means (Q/DQ as
         // simulated quantization), not what ONNX Runtime's integer kernels or FP16 rewrites make of it, which
         // differ between FP32 and FP16 float parts and would tilt the comparison.
@@ -443,23 +463,24 @@ impl Probe {
         proto: &graph::proto::ModelProto,
         batches: usize,
     ) -> Result<(Fidelity, Vec<ImageFidelity>), QuantizeError> {
-        Ok(self.measure_continuing(&encode(proto)?, Vec::new(), batches)?.0)
+        Ok(self.measure_continuing(&encode(proto)?, Vec::new(), batches, self.threads())?.0)
     }
 
     /// [`Probe::measure_per_sample`] of an encoded model (the search has its bytes already) whose outputs on the
-    /// first `earlier.len()` batches are known (from a measurement on fewer batches): only the rest run. Also
-    /// returns the outputs of all of them.
+    /// first `earlier.len()` batches are known (from a measurement on fewer batches): only the rest run, in a
+    /// session of `threads` intra-op threads. Also returns the outputs of all of them.
     pub fn measure_continuing(
         &self,
         model: &[u8],
         earlier: Vec<Vec<f32>>,
         batches: usize,
+        threads: usize,
     ) -> Result<MeasuredOutputs, QuantizeError> {
         let mut outputs = earlier;
         let known = outputs.len().min(batches);
         outputs.truncate(known);
         if known < batches.min(self.batches.len()) {
-            outputs.extend(self.outputs_between(model, runtime::Device::Cpu, known, batches)?);
+            outputs.extend(self.outputs_with(model, runtime::Device::Cpu, known, batches, threads)?);
         }
         if outputs.iter().zip(&self.fp32).any(|(b, a)| a.len() != b.len()) {
             return Err(QuantizeError::Model {

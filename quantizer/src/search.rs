@@ -65,6 +65,11 @@ const MIN_FIRST_SAMPLES: usize = 16;
 /// Ranked candidates (method and attention precision) measured in every float type.
 const FINE_CANDIDATES: usize = 2;
 
+/// Candidates measured at once, each in a session of its share of the threads (at least one): on small models
+/// a second intra-op thread gains nothing, two sessions at once halve the search. Two, not more: each session
+/// holds a candidate model and its activations.
+const PARALLEL_TRIALS: usize = 2;
+
 /// A runner-up is not measured further (on more samples, or in other float types) when it trails the leader of
 /// the same samples by more than [`MAX_TOLERANCE_DB`] plus this many standard errors of the paired gap: more
 /// samples or FP16 float parts would have to close a gap that large for it to come within the tolerance of the
@@ -221,14 +226,78 @@ impl Candidate {
 /// One candidate's measurement with every sample's share, or why its outputs could not be measured.
 type Measured = Result<(Fidelity, Vec<ImageFidelity>), String>;
 
-struct Searcher<'a> {
+/// What the search's trials share, read by every measuring thread: the quantizer that builds candidates, the
+/// probe that measures them, and what earlier trials measured.
+struct Lab<'a> {
     quantizer: &'a Quantizer,
     base: &'a Scheme,
     probe: &'a Probe,
+    memo: std::sync::Mutex<Memo>,
+}
+
+#[derive(Default)]
+struct Memo {
     /// Measured models by their bytes' hash and the batches measured: one measurement per distinct model.
     seen: HashMap<(u64, usize), Measured>,
     /// The outputs each measured model gave, per batch, by its bytes' hash.
     outputs: HashMap<u64, Vec<Vec<f32>>>,
+}
+
+/// A candidate built and measured, not yet recorded.
+struct Outcome {
+    candidate: Candidate,
+    hash: u64,
+    built_s: f64,
+    result: Measured,
+    /// The outputs of a fresh measurement (`None`: the result is an earlier trial's, or failed).
+    outputs: Option<Vec<Vec<f32>>>,
+    fresh: bool,
+    seconds: f64,
+}
+
+impl Lab<'_> {
+    fn memo(&self) -> std::sync::MutexGuard<'_, Memo> {
+        self.memo.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Builds candidate `c` and measures it on the first `batches` batches in a session of `threads` threads.
+    fn run(&self, c: Candidate, batches: usize, threads: usize) -> Result<Outcome, QuantizeError> {
+        let start = std::time::Instant::now();
+        let scheme = c.scheme(self.base);
+        let decisions = self.quantizer.decide(&scheme)?;
+        let amax = self.quantizer.amax(&scheme);
+        let (proto, _) = self.quantizer.build(&decisions, &scheme.placement, &amax, &scheme.weight_clip)?;
+        let bytes = graph::proto::Message::write_to_bytes(&proto).map_err(graph::GraphError::Encode)?;
+        drop(proto);
+        let hash = siphash(&bytes);
+        let built_s = start.elapsed().as_secs_f64();
+        let known = {
+            let mut memo = self.memo();
+            match memo.seen.get(&(hash, batches)) {
+                Some(r) => Err(r.clone()),
+                // A model the coarse stage measured on fewer batches runs only the rest in the fine stage.
+                None => Ok(memo.outputs.remove(&hash).unwrap_or_default()),
+            }
+        };
+        let (result, outputs, fresh) = match known {
+            Err(r) => (r, None, false),
+            Ok(earlier) => match self.probe.measure_continuing(&bytes, earlier, batches, threads) {
+                Ok((f, outputs)) => (Ok(f), Some(outputs), true),
+                Err(QuantizeError::Measure { source: u @ Unmeasured::NonFinite { .. }, .. }) => {
+                    (Err(u.to_string()), None, true)
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        Ok(Outcome { candidate: c, hash, built_s, result, outputs, fresh, seconds: start.elapsed().as_secs_f64() })
+    }
+}
+
+struct Searcher<'a> {
+    lab: &'a Lab<'a>,
+    /// Candidates measured at once, each in a session of its share of the threads: small models gain nothing
+    /// from a second intra-op thread (the fixture ViT's trials took as long on one thread as on two).
+    parallel: usize,
     trials: Vec<Trial>,
     candidates: Vec<Candidate>,
     /// Per trial, every sample's output SQNR in dB ([`sample_sqnr_db`]; empty when it failed).
@@ -238,44 +307,81 @@ struct Searcher<'a> {
 }
 
 impl Searcher<'_> {
-    /// Builds and measures one candidate on the first `batches` batches.
-    fn trial(&mut self, c: Candidate, batches: usize, stage: &'static str) -> Result<usize, QuantizeError> {
-        let start = std::time::Instant::now();
-        let scheme = c.scheme(self.base);
-        let decisions = self.quantizer.decide(&scheme)?;
-        let amax = self.quantizer.amax(&scheme);
-        let (proto, _) = self.quantizer.build(&decisions, &scheme.placement, &amax, &scheme.weight_clip)?;
-        let bytes = graph::proto::Message::write_to_bytes(&proto).map_err(graph::GraphError::Encode)?;
-        let hash = siphash(&bytes);
-        let built = start.elapsed().as_secs_f64();
-        let key = (hash, batches);
-        let result = match self.seen.get(&key) {
-            Some(r) => r.clone(),
-            None => {
-                // A model the coarse stage measured on fewer batches runs only the rest in the fine stage.
-                let earlier = self.outputs.remove(&hash).unwrap_or_default();
-                let r = match self.probe.measure_continuing(&bytes, earlier, batches) {
-                    Ok((f, outputs)) => {
-                        // Kept within 4 times the float reference's size and at most 256 MB more, so that a
-                        // model with large outputs (a segmentation map) does not multiply the probe's memory:
-                        // past it, the fine stage re-runs the batches.
-                        let size = |o: &Vec<Vec<f32>>| o.iter().map(Vec::len).sum::<usize>();
-                        let reference = self.probe.reference().iter().map(Vec::len).sum::<usize>();
-                        let budget = reference + (3 * reference).min(CACHED_OUTPUTS_MAX_FLOATS);
-                        if self.outputs.values().map(size).sum::<usize>() + size(&outputs) <= budget {
-                            self.outputs.insert(hash, outputs);
-                        }
-                        Ok(f)
-                    }
-                    Err(QuantizeError::Measure { source: u @ Unmeasured::NonFinite { .. }, .. }) => Err(u.to_string()),
-                    Err(e) => return Err(e),
-                };
-                self.seen.insert(key, r.clone());
-                r
+    /// Builds and measures `cs` on the first `batches` batches, up to [`Searcher::parallel`] at once, and
+    /// records them in their order (so the record does not depend on which finished first); `done` is called
+    /// as each is recorded.
+    fn trials(
+        &mut self,
+        cs: &[Candidate],
+        batches: usize,
+        stage: &'static str,
+        done: &mut dyn FnMut(),
+    ) -> Result<Vec<usize>, QuantizeError> {
+        let lab = self.lab;
+        // Never more sessions at once than threads asked for: `--threads 1` runs one at a time.
+        let workers = self.parallel.min(cs.len()).min(lab.probe.threads()).max(1);
+        let threads = (lab.probe.threads() / workers).max(1);
+        let mut recorded = Vec::with_capacity(cs.len());
+        if workers == 1 {
+            for &c in cs {
+                let outcome = lab.run(c, batches, lab.probe.threads())?;
+                recorded.push(self.record(outcome, batches, stage));
+                done();
             }
-        };
+            return Ok(recorded);
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            for _ in 0..workers {
+                let (tx, next) = (tx.clone(), &next);
+                scope.spawn(move || loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&c) = cs.get(i) else { break };
+                    let outcome = lab.run(c, batches, threads);
+                    let failed = outcome.is_err();
+                    // A closed channel: the recording thread returned an error and the rest is not needed.
+                    if tx.send((i, outcome)).is_err() || failed {
+                        break;
+                    }
+                });
+            }
+            drop(tx);
+            let mut pending = std::collections::BTreeMap::new();
+            for (i, outcome) in rx {
+                pending.insert(i, outcome);
+                while let Some(outcome) = pending.remove(&recorded.len()) {
+                    recorded.push(self.record(outcome?, batches, stage));
+                    done();
+                }
+            }
+            Ok::<(), QuantizeError>(())
+        })?;
+        Ok(recorded)
+    }
+
+    /// Records a measured candidate as the next trial, and what it measured for later trials.
+    fn record(&mut self, o: Outcome, batches: usize, stage: &'static str) -> usize {
+        let c = o.candidate;
+        if o.fresh {
+            let probe = self.lab.probe;
+            let mut memo = self.lab.memo();
+            memo.seen.insert((o.hash, batches), o.result.clone());
+            if let Some(outputs) = o.outputs {
+                // Kept within 4 times the float reference's size and at most 256 MB more, so that a model with
+                // large outputs (a segmentation map) does not multiply the probe's memory: past it, the fine
+                // stage re-runs the batches.
+                let size = |o: &Vec<Vec<f32>>| o.iter().map(Vec::len).sum::<usize>();
+                let reference = probe.reference().iter().map(Vec::len).sum::<usize>();
+                let budget = reference + (3 * reference).min(CACHED_OUTPUTS_MAX_FLOATS);
+                if memo.outputs.values().map(size).sum::<usize>() + size(&outputs) <= budget {
+                    memo.outputs.insert(o.hash, outputs);
+                }
+            }
+        }
+        let result = o.result;
         tracing::info!(target: "int8kit::search", method = %c.method.name(), attention = c.attention_name(),
-            float_type = c.float_type.name(), stage, built_s = built, sqnr_db = result.as_ref().map(|f| f.0.sqnr_db).unwrap_or(f64::NAN));
+            float_type = c.float_type.name(), stage, built_s = o.built_s, sqnr_db = result.as_ref().map(|f| f.0.sqnr_db).unwrap_or(f64::NAN));
         let (fidelity, failed, samples) = match result {
             Ok((f, samples)) => (Some(f), None, samples),
             Err(e) => (None, Some(e), Vec::new()),
@@ -296,11 +402,11 @@ impl Searcher<'_> {
             mean_sample_sqnr_db,
             gap_standard_error_db: None,
             worst_shape_sqnr_db,
-            seconds: start.elapsed().as_secs_f64(),
+            seconds: o.seconds,
         });
         self.per_sample.push(sample_db);
         self.candidates.push(c);
-        Ok(self.trials.len() - 1)
+        self.trials.len() - 1
     }
 
     /// What candidates are ranked by: the mean per-sample output SQNR, of the worst shape when there are
@@ -510,21 +616,19 @@ pub fn search(
     let total = pairs.len() * rounds.len()
         + finalists * (residuals.len() - (!coarse) as usize)
         + finalists * (floats.len() - 1);
+    let lab = Lab { quantizer, base: scheme, probe, memo: Default::default() };
     let mut s = Searcher {
-        quantizer,
-        base: scheme,
-        probe,
-        seen: HashMap::new(),
-        outputs: HashMap::new(),
+        lab: &lab,
+        parallel: PARALLEL_TRIALS,
         trials: Vec::new(),
         candidates: Vec::new(),
         per_sample: Vec::new(),
         shapes: probe.sample_shapes(),
     };
     let mut done = 0u64;
-    let mut tick = |done: &mut u64| {
-        *done += 1;
-        progress(*done, total as u64)
+    let mut tick = || {
+        done += 1;
+        progress(done, total as u64)
     };
 
     // Ranking: every method with every attention precision in the cheapest float type (the float type moves
@@ -538,14 +642,15 @@ pub fn search(
     let mut alive = pairs.clone();
     for (round, &(batches, stage)) in rounds.iter().enumerate() {
         measured.clear();
-        for &(method, attention) in &alive {
-            let c = Candidate { method, attention, float_type: cheap, residual: ranked_residual };
-            let t = s.trial(c, batches, stage)?;
+        let cs: Vec<Candidate> = alive
+            .iter()
+            .map(|&(method, attention)| Candidate { method, attention, float_type: cheap, residual: ranked_residual })
+            .collect();
+        for (&pair, t) in alive.iter().zip(s.trials(&cs, batches, stage, &mut tick)?) {
             if stage == "fine" {
                 fine.push(t);
             }
-            measured.push(((method, attention), s.score(t), t));
-            tick(&mut done);
+            measured.push((pair, s.score(t), t));
         }
         // Stable: equal scores keep the candidates' order.
         measured.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -568,40 +673,37 @@ pub fn search(
     // best of those in the other float types. A runner-up far behind its stage's leader goes no further.
     let more_to_measure = coarse || residuals.len() > 1 || floats.len() > 1;
     let ranking_leader = measured.first().map(|m| m.2);
-    let mut combos = Vec::new();
+    let mut variants = Vec::new();
     for &((method, attention), _, ranked) in measured.iter().take(finalists) {
         if let Some(leader) = ranking_leader.filter(|_| more_to_measure) {
             if s.stops(leader, ranked, if coarse { "fine" } else { "variants" }, &mut not_continued) {
                 continue;
             }
         }
-        for &residual in &residuals {
-            let c = Candidate { method, attention, float_type: cheap, residual };
-            let t = match fine.iter().find(|&&t| s.candidates[t] == c) {
-                Some(&t) => t,
-                None => {
-                    let t = s.trial(c, all, "fine")?;
-                    fine.push(t);
-                    tick(&mut done);
-                    t
-                }
-            };
-            combos.push((c, s.score(t), t));
-        }
+        variants.extend(residuals.iter().map(|&residual| Candidate { method, attention, float_type: cheap, residual }));
     }
+    let to_measure: Vec<Candidate> =
+        variants.iter().copied().filter(|c| !fine.iter().any(|&t| s.candidates[t] == *c)).collect();
+    fine.extend(s.trials(&to_measure, all, "fine", &mut tick)?);
+    let mut combos: Vec<(Candidate, f64, usize)> = variants
+        .iter()
+        .map(|&c| {
+            let t = *fine.iter().find(|&&t| s.candidates[t] == c).expect("every variant was measured");
+            (c, s.score(t), t)
+        })
+        .collect();
     combos.sort_by(|a, b| b.1.total_cmp(&a.1));
     let combo_leader = combos.first().map(|c| c.2);
+    let mut other_floats = Vec::new();
     for &(c, _, t) in combos.iter().take(finalists) {
         if let Some(leader) = combo_leader.filter(|_| floats.len() > 1) {
             if s.stops(leader, t, "float_type", &mut not_continued) {
                 continue;
             }
         }
-        for &float_type in floats.iter().filter(|&&f| f != cheap) {
-            fine.push(s.trial(Candidate { float_type, ..c }, all, "fine")?);
-            tick(&mut done);
-        }
+        other_floats.extend(floats.iter().filter(|&&f| f != cheap).map(|&float_type| Candidate { float_type, ..c }));
     }
+    fine.extend(s.trials(&other_floats, all, "fine", &mut tick)?);
     // Runners-up left out end the count early.
     progress(total as u64, total as u64);
     let best = fine.iter().map(|&t| s.score(t)).fold(f64::NEG_INFINITY, f64::max);

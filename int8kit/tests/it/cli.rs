@@ -280,6 +280,30 @@ fn the_search_measures_fp16_for_the_two_best_ranked_candidates_only() {
     }
 }
 
+/// With two threads the search measures two candidates at once (a session of one thread each) and records them
+/// in the order it asked for them; with one it measures them in turn. Both write the same bytes, and the
+/// trials appear in the same order whichever finished first.
+#[test]
+fn the_search_writes_the_same_artifacts_one_candidate_or_two_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |threads: &str, batch: &str| {
+        let out = dir.path().join(format!("t{threads}-b{batch}"));
+        let extra = ["--quiet", "--threads", threads, "--batch-size", batch];
+        let o = common::on_fixtures("quantize", &model("fmnist_vit_opset17.onnx"), &out, &extra);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        out
+    };
+    let one = run("1", "16");
+    let ranges = common::read_json(&one.join("ranges.json"));
+    assert!(ranges["search"]["trials"].as_array().unwrap().len() >= 8, "{ranges}");
+    for other in [run("2", "16"), run("2", "7")] {
+        for file in ["model.qdq.onnx", "ranges.json"] {
+            let (a, b) = (std::fs::read(one.join(file)).unwrap(), std::fs::read(other.join(file)).unwrap());
+            assert!(a == b, "{file} differs between {} and {}", one.display(), other.display());
+        }
+    }
+}
+
 #[test]
 fn check_samples_measure_what_a_hist_without_its_held_back_samples_builds() {
     let (dir, m, images, recipe) = resnet_run();
