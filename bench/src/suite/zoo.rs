@@ -107,6 +107,11 @@ pub struct ZooArgs {
     /// BENCHMARKS.md).
     #[arg(long)]
     sizes: bool,
+    /// Also the residual axis (issue 22: whether `--residual auto` should join the default search): `quantize
+    /// --residual auto` as a second auto row and, where the model has residual inputs to choose, every
+    /// combination again with `--residual float` (zoo.json `residual`).
+    #[arg(long)]
+    residual_axis: bool,
 }
 
 /// Where the zoo's models and crops live (ignored by git).
@@ -336,6 +341,9 @@ fn write_zoo(args: &ZooArgs, manifest_order: &[String], results: &[ZooResult]) -
     if args.skip_modelopt {
         command += " --skip-modelopt";
     }
+    if args.residual_axis {
+        command += " --residual-axis";
+    }
     if !kept_names.is_empty() {
         command += &format!("; the rows of {} from an earlier run", kept_names.join(", "));
     }
@@ -439,6 +447,23 @@ struct ZooResult {
     /// over from an earlier run must come from the same ones. Absent in zoo.json files before 2026-12-04.
     #[serde(default)]
     crops: Option<String>,
+    /// With `--residual-axis`: the search with the residual axis, and the combinations with a float residual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    residual: Option<ResidualRows>,
+}
+
+/// The residual axis measured (`--residual-axis`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ResidualRows {
+    /// `quantize --residual auto`: its run, what it chose (method/attention/float type/residual) and its
+    /// measurement.
+    auto_run: Run,
+    auto_chose: String,
+    auto: Measured,
+    /// Whether the model has residual inputs to choose (the search's axes name it); without, no combinations.
+    searched: bool,
+    /// Every combination of `combinations` again with `--residual float`.
+    combinations: Vec<Measured>,
 }
 
 /// Whether a peer's row is ONNX Runtime's quantize_static (else ModelOpt's).
@@ -485,29 +510,58 @@ fn run_model(
         ranges["search"]["axes"].as_array().is_some_and(|a| a.iter().any(|x| x.as_str() == Some("attention")));
     eprintln!("  auto {:.1} s: {auto_chose}", auto_run.wall_s);
 
+    let residual_auto = if args.residual_axis {
+        let out = dir.join("auto-residual");
+        let _ = std::fs::remove_dir_all(&out);
+        let mut quantize = int8kit(bin, "quantize");
+        common(&mut quantize);
+        quantize.args(["--residual", "auto", "--quiet", "--out"]).arg(&out);
+        let run = measure_tree(&mut quantize, &dir.join("auto-residual.log"), None)?.ok()?;
+        let ranges: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("ranges.json"))?)?;
+        let chose = ["method", "attention", "float_type", "residual"].map(|k| text(&ranges[k])).join("/");
+        let searched =
+            ranges["search"]["axes"].as_array().is_some_and(|a| a.iter().any(|x| x.as_str() == Some("residual")));
+        eprintln!("  auto with the residual axis {:.1} s: {chose} (residual searched: {searched})", run.wall_s);
+        Some((run, chose, searched, out.join("model.qdq.onnx")))
+    } else {
+        None
+    };
     let hist = dir.join("calib.hist");
     let mut calibrate = int8kit(bin, "calibrate");
     common(&mut calibrate);
     calibrate.args(["--quiet", "--out"]).arg(&hist);
     measure_tree(&mut calibrate, &dir.join("calibrate.log"), None)?.ok()?;
     let attentions: &[&str] = if searched_attention { &["int8", "float"] } else { &["default"] };
-    let mut combos = Vec::new();
-    for method in ["entropy", "mse", "percentile", "max"] {
-        for &attention in attentions {
-            for float in ["fp16", "fp32"] {
-                let label = format!("{method}/{attention}/{float}");
-                let out = dir.join(label.replace('/', "-"));
-                let _ = std::fs::remove_dir_all(&out);
-                let mut analyze = int8kit(bin, "analyze");
-                analyze
-                    .args(["--model".as_ref(), p.model.as_os_str(), "--hist".as_ref(), hist.as_os_str()])
-                    .args(["--method", method, "--float-type", float, "--quiet", "--out"])
-                    .arg(&out);
-                if attention != "default" {
-                    analyze.args(["--attention", attention]);
+    let residuals: &[&str] = match &residual_auto {
+        Some((_, _, true, _)) => &["default", "float"],
+        _ => &["default"],
+    };
+    let (mut combos, mut residual_combos) = (Vec::new(), Vec::new());
+    for &residual in residuals {
+        for method in ["entropy", "mse", "percentile", "max"] {
+            for &attention in attentions {
+                for float in ["fp16", "fp32"] {
+                    let mut label = format!("{method}/{attention}/{float}");
+                    if residual != "default" {
+                        label += &format!("/{residual}");
+                    }
+                    let out = dir.join(label.replace('/', "-"));
+                    let _ = std::fs::remove_dir_all(&out);
+                    let mut analyze = int8kit(bin, "analyze");
+                    analyze
+                        .args(["--model".as_ref(), p.model.as_os_str(), "--hist".as_ref(), hist.as_os_str()])
+                        .args(["--method", method, "--float-type", float, "--quiet", "--out"])
+                        .arg(&out);
+                    if attention != "default" {
+                        analyze.args(["--attention", attention]);
+                    }
+                    if residual != "default" {
+                        analyze.args(["--residual", residual]);
+                    }
+                    let r = measure_tree(&mut analyze, &dir.join("analyze.log"), None)?;
+                    let list = if residual == "default" { &mut combos } else { &mut residual_combos };
+                    list.push((label, r, out.join("model.qdq.onnx")));
                 }
-                let r = measure_tree(&mut analyze, &dir.join("analyze.log"), None)?;
-                combos.push((label, r, out.join("model.qdq.onnx")));
             }
         }
     }
@@ -542,15 +596,30 @@ fn run_model(
         })
     };
     let auto = measure("auto".into(), Some(&auto_dir.join("model.qdq.onnx")), true)?;
-    let mut combinations = Vec::new();
-    for (label, r, model) in &combos {
-        let written = (r.outcome == "ok").then_some(model.as_path());
-        let mut m = measure(label.clone(), written, true)?;
-        if r.outcome != "ok" {
-            m.error = Some(r.outcome.clone());
+    let mut measure_all = |list: &[(String, Run, PathBuf)]| -> anyhow::Result<Vec<Measured>> {
+        let mut measured = Vec::new();
+        for (label, r, model) in list {
+            let written = (r.outcome == "ok").then_some(model.as_path());
+            let mut m = measure(label.clone(), written, true)?;
+            if r.outcome != "ok" {
+                m.error = Some(r.outcome.clone());
+            }
+            measured.push(m);
         }
-        combinations.push(m);
-    }
+        Ok(measured)
+    };
+    let combinations = measure_all(&combos)?;
+    let residual_combinations = measure_all(&residual_combos)?;
+    let residual = match residual_auto {
+        Some((auto_run, auto_chose, searched, model)) => Some(ResidualRows {
+            auto: measure("auto, --residual auto".into(), Some(&model), true)?,
+            auto_run,
+            auto_chose,
+            searched,
+            combinations: residual_combinations,
+        }),
+        None => None,
+    };
     let mut peers = Vec::new();
     for (name, run, model) in peer_runs {
         let mut m = measure(name, model.as_deref(), false)?;
@@ -560,6 +629,14 @@ fn run_model(
         peers.push((m, run));
     }
     let sqnr = |m: &Measured| m.quality.as_ref().map_or(f64::NAN, |q| q.sqnr_db);
+    if let Some(r) = &residual {
+        eprintln!(
+            "  residual axis: auto {:.2} dB ({}); best float-residual combination {:.2} dB",
+            sqnr(&r.auto),
+            r.auto_chose,
+            r.combinations.iter().map(sqnr).fold(f64::NAN, f64::max)
+        );
+    }
     eprintln!(
         "  auto {:.2} dB; best combination {:.2} dB; best peer {:.2} dB",
         sqnr(&auto),
@@ -582,6 +659,7 @@ fn run_model(
         combinations,
         peers,
         crops: Some(crops_name(p)),
+        residual,
     })
 }
 
@@ -696,6 +774,7 @@ mod tests {
             combinations: Vec::new(),
             peers: peers.iter().map(|p| (measured(p), run.clone())).collect(),
             crops: crops.map(str::to_string),
+            residual: None,
         }
     }
 
