@@ -70,6 +70,20 @@ const FINE_CANDIDATES: usize = 2;
 /// holds a candidate model and its activations.
 const PARALLEL_TRIALS: usize = 2;
 
+/// Models with more weights than this (values of their initializers) measure one candidate at a time: a second
+/// session would hold another copy of a large model (a ViT-L/14 has 304 million weights) against the memory
+/// bounds `bench large` states, and runs that big are GEMM-bound, where intra-op threads already scale.
+const PARALLEL_TRIALS_MAX_WEIGHTS: u64 = 64 << 20;
+
+/// How many candidates to measure at once for a model of `weights` values.
+fn parallel_trials(weights: u64) -> usize {
+    if weights <= PARALLEL_TRIALS_MAX_WEIGHTS {
+        PARALLEL_TRIALS
+    } else {
+        1
+    }
+}
+
 /// A runner-up is not measured further (on more samples, or in other float types) when it trails the leader of
 /// the same samples by more than [`MAX_TOLERANCE_DB`] plus this many standard errors of the paired gap: more
 /// samples or FP16 float parts would have to close a gap that large for it to come within the tolerance of the
@@ -619,7 +633,16 @@ pub fn search(
     let lab = Lab { quantizer, base: scheme, probe, memo: Default::default() };
     let mut s = Searcher {
         lab: &lab,
-        parallel: PARALLEL_TRIALS,
+        parallel: parallel_trials(
+            quantizer
+                .model()
+                .proto
+                .graph
+                .initializer
+                .iter()
+                .map(|t| t.dims.iter().product::<i64>().max(0) as u64)
+                .sum(),
+        ),
         trials: Vec::new(),
         candidates: Vec::new(),
         per_sample: Vec::new(),
@@ -843,6 +866,15 @@ mod tests {
         assert_eq!(db[1], SQNR_MAX_DB);
         // No signal on any sample: no floor either, yet a number the search can rank and call low.
         assert_eq!(sample_sqnr_db(&samples(&[0.0], &[1e-3])), [-SQNR_MAX_DB]);
+    }
+
+    #[test]
+    fn large_models_measure_one_candidate_at_a_time() {
+        // The DINOv2 ViT-S/14 (22 million weights) measures two at once, a ViT-L/14 (304 million) one.
+        assert_eq!(parallel_trials(22_000_000), 2);
+        assert_eq!(parallel_trials(PARALLEL_TRIALS_MAX_WEIGHTS), 2);
+        assert_eq!(parallel_trials(PARALLEL_TRIALS_MAX_WEIGHTS + 1), 1);
+        assert_eq!(parallel_trials(304_000_000), 1);
     }
 
     #[test]
