@@ -9,6 +9,7 @@ pub mod artifacts;
 pub mod cache;
 pub mod float_type;
 pub mod flops;
+pub mod fp16_quantize;
 pub mod measure;
 pub mod opset;
 mod pipeline;

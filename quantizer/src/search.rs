@@ -280,8 +280,15 @@ impl Lab<'_> {
         let scheme = c.scheme(self.base);
         let decisions = self.quantizer.decide(&scheme)?;
         let amax = self.quantizer.amax(&scheme);
-        let (proto, _) = self.quantizer.build(&decisions, &scheme.placement, &amax, &scheme.weight_clip)?;
+        let (mut proto, _) = self.quantizer.build(&decisions, &scheme.placement, &amax, &scheme.weight_clip)?;
         let bytes = graph::proto::Message::write_to_bytes(&proto).map_err(graph::GraphError::Encode)?;
+        // What the session runs: an FP16 candidate quantizes in float32, the same outputs faster
+        // ([`crate::fp16_quantize`]); the record keeps the written model's hash.
+        let run_bytes = if crate::fp16_quantize::for_cpu_evaluation(&mut proto) {
+            Some(graph::proto::Message::write_to_bytes(&proto).map_err(graph::GraphError::Encode)?)
+        } else {
+            None
+        };
         drop(proto);
         let hash = siphash(&bytes);
         let built_s = start.elapsed().as_secs_f64();
@@ -295,13 +302,15 @@ impl Lab<'_> {
         };
         let (result, outputs, fresh) = match known {
             Err(r) => (r, None, false),
-            Ok(earlier) => match self.probe.measure_continuing(&bytes, earlier, batches, threads) {
-                Ok((f, outputs)) => (Ok(f), Some(outputs), true),
-                Err(QuantizeError::Measure { source: u @ Unmeasured::NonFinite { .. }, .. }) => {
-                    (Err(u.to_string()), None, true)
+            Ok(earlier) => {
+                match self.probe.measure_continuing(run_bytes.as_ref().unwrap_or(&bytes), earlier, batches, threads) {
+                    Ok((f, outputs)) => (Ok(f), Some(outputs), true),
+                    Err(QuantizeError::Measure { source: u @ Unmeasured::NonFinite { .. }, .. }) => {
+                        (Err(u.to_string()), None, true)
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
-            },
+            }
         };
         Ok(Outcome { candidate: c, hash, built_s, result, outputs, fresh, seconds: start.elapsed().as_secs_f64() })
     }
