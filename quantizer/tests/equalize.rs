@@ -5,9 +5,11 @@
 use analyze::scales::Method;
 use calibrate::{calibrate, CalibrateOptions, HoldOut};
 use datasets::Feed;
-use quantizer::measure::{Probe, ProbeOptions};
+use quantizer::measure::Probe;
 use quantizer::{Quantizer, Scheme};
 use test_support::conv_models::{depthwise_cnn, write_samples, CHANNELS, DEPTHWISE_CHANNEL_SCALES};
+
+mod common;
 
 /// The INT8 model's output SQNR (max scales, ONNX Runtime target: the 8-channel Convs are too narrow for
 /// TensorRT's INT8 kernels) on 16 held-back samples, with the quantizer and probe it was measured with.
@@ -17,17 +19,8 @@ fn quantized(equalize: bool) -> (f64, Quantizer, Probe, tempfile::TempDir) {
     let samples = &write_samples(&dir.path().join("samples"), 0, 80);
     let feed = Feed::for_folder(samples, None).unwrap();
     let options = CalibrateOptions { hold_out: HoldOut::Count(16), equalize, ..Default::default() };
-    let (hist, summary) = calibrate(&model, samples, &feed, &options, &mut |_, _| {}).unwrap();
-    assert_eq!(hist.equalization.is_some(), equalize);
-    let quantizer = Quantizer::load(&model, hist).unwrap();
-    let probe_options = ProbeOptions {
-        batch_size: 4,
-        threads: 1,
-        on_bad_image: datasets::OnBadImage::Fail,
-        device: runtime::Device::Cpu,
-    };
-    let held = summary.held_out.expect("samples held back");
-    let probe = Probe::new(quantizer.model(), &held, &feed, probe_options).unwrap();
+    let (quantizer, probe) = common::calibrated_with_probe(&model, samples, &feed, &options, 4, 1);
+    assert_eq!(quantizer.hist().equalization.is_some(), equalize);
     let scheme = Scheme {
         method: Method::Max,
         placement: placement::PlacementOptions::for_target(placement::Target::OnnxRuntime),

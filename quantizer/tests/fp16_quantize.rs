@@ -2,12 +2,13 @@
 //! ViT's FP16 Q/DQ models (every scale method, INT8 and float attention) the outputs are the written graph's
 //! bit for bit, and the rewrite leaves no float16 QuantizeLinear behind.
 
-use calibrate::{calibrate, CalibrateOptions};
+use calibrate::CalibrateOptions;
 use datasets::Feed;
 use graph::proto::tensor_proto::DataType;
 use placement::{AttentionPrecision, FloatType};
-use quantizer::measure::{Probe, ProbeOptions};
-use quantizer::{Quantizer, Scheme};
+use quantizer::Scheme;
+
+mod common;
 
 #[test]
 fn fp16_candidates_give_the_written_graphs_outputs_bit_for_bit() {
@@ -15,16 +16,7 @@ fn fp16_candidates_give_the_written_graphs_outputs_bit_for_bit() {
     let images = test_support::calib_dir();
     let feed = Feed::for_folder(&images, Some(test_support::recipe())).unwrap();
     let options = CalibrateOptions { limit: Some(96), ..Default::default() };
-    let (hist, summary) = calibrate(&model, &images, &feed, &options, &mut |_, _| {}).unwrap();
-    let quantizer = Quantizer::load(&model, hist).unwrap();
-    let held = summary.held_out.expect("samples held back");
-    let probe_options = ProbeOptions {
-        batch_size: 8,
-        threads: 2,
-        on_bad_image: datasets::OnBadImage::Fail,
-        device: runtime::Device::Cpu,
-    };
-    let probe = Probe::new(quantizer.model(), &held, &feed, probe_options).unwrap();
+    let (quantizer, probe) = common::calibrated_with_probe(&model, &images, &feed, &options, 8, 2);
     assert!(quantizer::fp16_quantize::float32_quantize_is_exact(), "this ONNX Runtime fails the rewrite's check");
     for method in analyze::scales::Method::ALL_DEFAULT {
         for attention in [AttentionPrecision::Int8, AttentionPrecision::Float] {

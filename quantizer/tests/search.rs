@@ -4,12 +4,14 @@
 //! resolution on them).
 
 use analyze::scales::Method;
-use calibrate::{calibrate, CalibrateOptions, HoldOut};
+use calibrate::{CalibrateOptions, HoldOut};
 use datasets::Feed;
-use quantizer::measure::{Probe, ProbeOptions};
+use quantizer::measure::Probe;
 use quantizer::search::{search, AutoChoices, SearchRecord, DROP_STANDARD_ERRORS, MAX_TOLERANCE_DB, TOLERANCE_DB};
 use quantizer::{Quantizer, Scheme};
 use test_support::conv_models::{outlier_conv, residual_conv, write_outlier_samples};
+
+mod common;
 
 /// A search on [`outlier_conv`] calibrated on outlier samples, some held back, with what it ran on.
 struct Searched {
@@ -36,17 +38,7 @@ fn searched_on(dir: tempfile::TempDir, model: &std::path::Path, held: u64, seed:
     let samples = &write_outlier_samples(&dir.path().join("samples"), 0, held + 64);
     let feed = Feed::for_folder(samples, None).unwrap();
     let options = CalibrateOptions { hold_out: HoldOut::Count(held as usize), seed, ..Default::default() };
-    let (hist, summary) = calibrate(model, samples, &feed, &options, &mut |_, _| {}).unwrap();
-    let quantizer = Quantizer::load(model, hist).unwrap();
-
-    let held = summary.held_out.expect("samples held back");
-    let probe_options = ProbeOptions {
-        batch_size: 4,
-        threads: 1,
-        on_bad_image: datasets::OnBadImage::Fail,
-        device: runtime::Device::Cpu,
-    };
-    let probe = Probe::new(quantizer.model(), &held, &feed, probe_options).unwrap();
+    let (quantizer, probe) = common::calibrated_with_probe(model, samples, &feed, &options, 4, 1);
     // The ONNX Runtime target: an 8-channel Conv is too narrow for TensorRT's INT8 kernels and would stay float.
     let scheme = Scheme {
         placement: placement::PlacementOptions::for_target(placement::Target::OnnxRuntime),
