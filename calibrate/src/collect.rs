@@ -1272,11 +1272,7 @@ fn run_pass(
     let stream: &mut dyn BatchSource = &mut digesting;
 
     runtime::check_threads(options.threads)?;
-    let threads = if options.threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-    } else {
-        options.threads
-    };
+    let threads = runtime::threads_or_cores(options.threads);
     let layout = ThreadLayout::for_pass(options.selection, threads);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(layout.binning)

@@ -249,7 +249,8 @@ pub fn convert(
     Ok(proto)
 }
 
-fn cast_node(name: &str, input: &str, output: &str, to: i32) -> NodeProto {
+/// A Cast of `input` to element type `to`.
+pub(crate) fn cast_node(name: &str, input: &str, output: &str, to: i32) -> NodeProto {
     let mut n = NodeProto::new();
     n.op_type = "Cast".into();
     n.name = name.into();

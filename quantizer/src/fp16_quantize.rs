@@ -15,10 +15,11 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use graph::proto::attribute_proto::AttributeType;
 use graph::proto::tensor_proto::DataType;
-use graph::proto::{AttributeProto, ModelProto, NodeProto, TensorProto};
+use graph::proto::{ModelProto, NodeProto, TensorProto};
 use graph::GraphPatch;
+
+use crate::float_type::cast_node;
 
 /// Rewrites `proto` for a CPU evaluation session, in place: every QuantizeLinear whose scale is a float16
 /// initializer reads `Cast(float32)` of `Identity` of its input and the scale's float32 value. Returns whether
@@ -91,12 +92,8 @@ fn rewrite(proto: &mut ModelProto) -> bool {
                 let kept = patch.fresh(&format!("{x}_float16"));
                 let cast = patch.fresh(&format!("{x}_float32"));
                 let identity = unary("Identity", patch.fresh(&format!("{x}_keep_float16")), &x, &kept);
-                let mut to_float = unary("Cast", patch.fresh(&format!("{x}_to_float32")), &kept, &cast);
-                let mut to = AttributeProto::new();
-                to.name = "to".into();
-                to.i = DataType::FLOAT as i64;
-                to.type_ = AttributeType::INT.into();
-                to_float.attribute.push(to);
+                let to_float =
+                    cast_node(&patch.fresh(&format!("{x}_to_float32")), &kept, &cast, DataType::FLOAT as i32);
                 patch.insert_after_producer_of(&x, identity);
                 patch.insert_after_producer_of(&x, to_float);
                 casts.insert(x, cast.clone());
@@ -161,15 +158,6 @@ fn check() -> Result<bool, runtime::RuntimeError> {
     };
     graph.input.push(value("x", DataType::FLOAT));
     graph.output.push(value("y", DataType::FLOAT));
-    let cast = |name: &str, input: &str, output: &str, to: DataType| {
-        let mut n = unary("Cast", name.into(), input, output);
-        let mut a = AttributeProto::new();
-        a.name = "to".into();
-        a.i = to as i64;
-        a.type_ = AttributeType::INT.into();
-        n.attribute.push(a);
-        n
-    };
     let mut s = TensorProto::new();
     s.name = "s".into();
     s.data_type = DataType::FLOAT16 as i32;
@@ -184,11 +172,11 @@ fn check() -> Result<bool, runtime::RuntimeError> {
     let mut dq = unary("DequantizeLinear", "dq".into(), "qy", "d");
     dq.input.extend(["s".to_string(), "z".to_string()]);
     graph.node.extend([
-        cast("c16", "x", "h", DataType::FLOAT16),
+        cast_node("c16", "x", "h", DataType::FLOAT16 as i32),
         unary("Sqrt", "sqrt".into(), "h", "r"),
         q,
         dq,
-        cast("c32", "d", "y", DataType::FLOAT),
+        cast_node("c32", "d", "y", DataType::FLOAT as i32),
     ]);
     // Squares of values on and near half-steps of the scale, so that the square roots land on ties.
     let step = scale.to_f32();

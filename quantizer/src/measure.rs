@@ -336,10 +336,7 @@ impl Probe {
 
     /// The intra-op threads its sessions run on (one per core when the options said 0).
     pub fn threads(&self) -> usize {
-        match self.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        }
+        runtime::threads_or_cores(self.threads)
     }
 
     /// Samples measured on.
@@ -393,22 +390,12 @@ impl Probe {
         device: runtime::Device,
         batches: usize,
     ) -> Result<Vec<Vec<f32>>, QuantizeError> {
-        self.outputs_between(&encode(proto)?, device, 0, batches)
+        self.outputs_between(&encode(proto)?, device, 0, batches, self.threads)
     }
 
-    /// [`Probe::outputs_on`] of an encoded model, for batches `skip..batches` only.
+    /// [`Probe::outputs_on`] of an encoded model, for batches `skip..batches` only, in a session of `threads`
+    /// intra-op threads.
     fn outputs_between(
-        &self,
-        model: &[u8],
-        device: runtime::Device,
-        skip: usize,
-        batches: usize,
-    ) -> Result<Vec<Vec<f32>>, QuantizeError> {
-        self.outputs_with(model, device, skip, batches, self.threads)
-    }
-
-    /// [`Probe::outputs_between`] in a session of `threads` intra-op threads.
-    fn outputs_with(
         &self,
         model: &[u8],
         device: runtime::Device,
@@ -485,7 +472,7 @@ impl Probe {
         let known = outputs.len().min(batches);
         outputs.truncate(known);
         if known < batches.min(self.batches.len()) {
-            outputs.extend(self.outputs_with(model, runtime::Device::Cpu, known, batches, threads)?);
+            outputs.extend(self.outputs_between(model, runtime::Device::Cpu, known, batches, threads)?);
         }
         if outputs.iter().zip(&self.fp32).any(|(b, a)| a.len() != b.len()) {
             return Err(QuantizeError::Model {

@@ -142,6 +142,14 @@ pub fn init() -> Result<PathBuf, RuntimeError> {
 /// `--threads 10000` is an error rather than a run that never finishes.
 pub const MAX_THREADS: usize = 1024;
 
+/// `threads`, or the machine's cores for 0 (the "one per core" of `--threads 0`).
+pub fn threads_or_cores(threads: usize) -> usize {
+    match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
 /// Refuses a thread count above [`MAX_THREADS`].
 pub fn check_threads(threads: usize) -> Result<(), RuntimeError> {
     if threads > MAX_THREADS {
