@@ -494,35 +494,36 @@ fn run_model(
     let fp32_forward = measure_tree(&mut plain, &dir.join("limit.log"), None)?.ok()?;
     eprintln!("  FP32 forward pass {:.1} s", fp32_forward.wall_s);
 
-    let auto_dir = dir.join("auto");
-    let _ = std::fs::remove_dir_all(&auto_dir);
-    let mut quantize = int8kit(bin, "quantize");
-    common(&mut quantize);
-    quantize.args(["--quiet", "--out"]).arg(&auto_dir);
-    let auto_run = measure_tree(&mut quantize, &dir.join("auto.log"), None)?.ok()?;
-    let ranges: serde_json::Value = serde_json::from_slice(&std::fs::read(auto_dir.join("ranges.json"))?)?;
-    // No attention MatMuls: ranges.json has null for the attention choice.
-    let text = |v: &serde_json::Value| v.as_str().map_or_else(|| "default".to_string(), str::to_string);
-    let auto_chose =
-        format!("{}/{}/{}", text(&ranges["method"]), text(&ranges["attention"]), text(&ranges["float_type"]));
-    let auto_reason = text(&ranges["search"]["reason"]);
-    let searched_attention =
-        ranges["search"]["axes"].as_array().is_some_and(|a| a.iter().any(|x| x.as_str() == Some("attention")));
-    eprintln!("  auto {:.1} s: {auto_chose}", auto_run.wall_s);
-
-    let residual_auto = if args.residual_axis {
-        let out = dir.join("auto-residual");
+    // `int8kit quantize` with the defaults and `extra` flags into `dir/name`: its run and its ranges.json.
+    let quantize = |name: &str, extra: &[&str]| -> anyhow::Result<(Run, serde_json::Value)> {
+        let out = dir.join(name);
         let _ = std::fs::remove_dir_all(&out);
         let mut quantize = int8kit(bin, "quantize");
         common(&mut quantize);
-        quantize.args(["--residual", "auto", "--quiet", "--out"]).arg(&out);
-        let run = measure_tree(&mut quantize, &dir.join("auto-residual.log"), None)?.ok()?;
-        let ranges: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("ranges.json"))?)?;
-        let chose = ["method", "attention", "float_type", "residual"].map(|k| text(&ranges[k])).join("/");
-        let searched =
-            ranges["search"]["axes"].as_array().is_some_and(|a| a.iter().any(|x| x.as_str() == Some("residual")));
+        quantize.args(extra).args(["--quiet", "--out"]).arg(&out);
+        let run = measure_tree(&mut quantize, &dir.join(format!("{name}.log")), None)?.ok()?;
+        Ok((run, serde_json::from_slice(&std::fs::read(out.join("ranges.json"))?)?))
+    };
+    // No attention MatMuls: ranges.json has null for the attention choice.
+    let text = |v: &serde_json::Value| v.as_str().map_or_else(|| "default".to_string(), str::to_string);
+    let chose =
+        |ranges: &serde_json::Value, keys: &[&str]| keys.iter().map(|k| text(&ranges[k])).collect::<Vec<_>>().join("/");
+    let searched = |ranges: &serde_json::Value, axis: &str| {
+        ranges["search"]["axes"].as_array().is_some_and(|a| a.iter().any(|x| x.as_str() == Some(axis)))
+    };
+    let auto_dir = dir.join("auto");
+    let (auto_run, ranges) = quantize("auto", &[])?;
+    let auto_chose = chose(&ranges, &["method", "attention", "float_type"]);
+    let auto_reason = text(&ranges["search"]["reason"]);
+    let searched_attention = searched(&ranges, "attention");
+    eprintln!("  auto {:.1} s: {auto_chose}", auto_run.wall_s);
+
+    let residual_auto = if args.residual_axis {
+        let (run, ranges) = quantize("auto-residual", &["--residual", "auto"])?;
+        let chose = chose(&ranges, &["method", "attention", "float_type", "residual"]);
+        let searched = searched(&ranges, "residual");
         eprintln!("  auto with the residual axis {:.1} s: {chose} (residual searched: {searched})", run.wall_s);
-        Some((run, chose, searched, out.join("model.qdq.onnx")))
+        Some((run, chose, searched, dir.join("auto-residual").join("model.qdq.onnx")))
     } else {
         None
     };
