@@ -138,6 +138,10 @@ pub fn entropy_threshold_bin(counts: &[u64]) -> usize {
         clogc[j + 1] = clogc[j] + if c > 0.0 { c * c.ln() } else { 0.0 };
     }
     let mut best = (f64::INFINITY, n);
+    // Per level: the bin span it had at the last candidate, and ln(L_k / n_k) over it. A level's span moves
+    // with i only when one of its rounded edges does (level 0's every 128 candidates, level 127's every one):
+    // reusing the logarithm while the span stays gives the same values, at half the logarithms.
+    let mut level_ln = [(usize::MAX, usize::MAX, 0f64); LEVELS];
     for i in START_BIN..=n {
         let outliers = total - cum[i];
         let last = bins[i - 1];
@@ -157,7 +161,7 @@ pub fn entropy_threshold_bin(counts: &[u64]) -> usize {
         }
         // sum_k C_k ln(L_k / n_k): level k spans bins [ceil(k i / 128), ceil((k+1) i / 128)).
         let mut cross = 0.0;
-        for k in 0..LEVELS {
+        for (k, cached) in level_ln.iter_mut().enumerate() {
             let lo = (k * i).div_ceil(LEVELS);
             let hi = ((k + 1) * i).div_ceil(LEVELS);
             if lo >= hi {
@@ -168,8 +172,11 @@ pub fn entropy_threshold_bin(counts: &[u64]) -> usize {
             if level_nonempty == 0 {
                 continue;
             }
+            if (cached.0, cached.1) != (lo, hi) {
+                *cached = (lo, hi, (level_total / level_nonempty as f64).ln());
+            }
             let mass = if hi == i { level_total + outliers } else { level_total };
-            cross += mass * (level_total / level_nonempty as f64).ln();
+            cross += mass * cached.2;
         }
         let kl = (p_log_p - total * total.ln() - cross + total * kept.ln()) / total;
         // `<=` keeps the largest i among equal minima; a relative tolerance absorbs the rounding of the
