@@ -256,6 +256,12 @@ impl Model {
         Ok(None)
     }
 
+    /// How many values the initializers hold (weights, biases and other constants stored as initializers): how
+    /// large the model is, for choices that hold copies of it.
+    pub fn weight_values(&self) -> u64 {
+        self.proto.graph.initializer.iter().map(|t| t.dims.iter().product::<i64>().max(0) as u64).sum()
+    }
+
     /// The values of a float32 or float16 initializer (as f32), from raw_data, float_data/int32_data or
     /// external data. FP16 weights (behind a Cast in the graph) are read this way to be quantized.
     pub fn tensor_f32(&self, tensor: &TensorProto) -> Result<Vec<f32>, GraphError> {

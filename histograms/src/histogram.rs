@@ -240,7 +240,6 @@ mod kernels {
         bin_scalar(v, k, tables)
     }
 
-
     pub fn bin_scalar(v: &[f32], k: f32, tables: &mut [u32]) {
         for (j, &x) in v.iter().enumerate() {
             tables[(j % TABLES) * BINS + bin_of(x, k)] += 1;

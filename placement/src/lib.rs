@@ -78,7 +78,7 @@ impl Target {
 }
 
 /// The float type of everything that is not INT8.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FloatType {
     /// The graph's own type (no conversion).

@@ -200,6 +200,8 @@ pub struct Quantizer {
     flops: OnceLock<HashMap<String, f64>>,
     /// Each method's amax per tensor, computed on first need.
     amax_cache: analyze::AmaxCache,
+    /// Quantized weights, kept for the next build.
+    weight_memo: qdq::WeightMemo,
 }
 
 impl Quantizer {
@@ -236,6 +238,7 @@ impl Quantizer {
             tracing::info!(target: "int8kit::quantize", model = %model.path.display(), "moved to opset 13");
         }
         let max_abs = hist.tensors.iter().map(|t| (t.name.clone(), t.stats.amax())).collect();
+        let weight_memo = qdq::WeightMemo::for_weights(model.weight_values());
         Ok(Quantizer {
             model,
             hist,
@@ -244,6 +247,7 @@ impl Quantizer {
             max_abs,
             flops: OnceLock::new(),
             amax_cache: Default::default(),
+            weight_memo,
         })
     }
 
@@ -306,7 +310,8 @@ impl Quantizer {
         weight_clips: &qdq::WeightClips,
     ) -> Result<(graph::proto::ModelProto, qdq::QdqSummary), QuantizeError> {
         let float_type = self.float_type(placement);
-        let (proto, summary) = qdq::insert_qdq(&self.model, decisions, placement, amax, weight_clips, float_type)?;
+        let (proto, summary) =
+            qdq::insert_qdq_kept(&self.model, decisions, placement, amax, weight_clips, float_type, &self.weight_memo)?;
         let proto = float_type::convert(&self.model, proto, float_type, &self.max_abs)?;
         Ok((proto, summary))
     }

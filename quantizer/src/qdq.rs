@@ -2,6 +2,7 @@
 //! behind DequantizeLinear. Symmetric, zero point 0, as TensorRT's strongly typed mode expects.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use graph::proto::{
     attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, ModelProto, NodeProto, TensorProto,
@@ -18,7 +19,47 @@ pub struct QdqSummary {
     /// Activation tensors given Q/DQ, with their amax and the scale stored for it, in graph order.
     pub activations: Vec<(String, f32, f32)>,
     /// Weight initializers stored as int8: (name, axis, the quantization), in node order.
-    pub weights: Vec<(String, usize, QuantizedWeights)>,
+    pub weights: Vec<(String, usize, Arc<QuantizedWeights>)>,
+}
+
+/// Which quantization of a weight a build asks for: initializer name, channel axis, clip and scale type
+/// (everything [`quantize_weights`] reads besides the model's own values).
+type WeightKey = (String, usize, WeightClip, FloatType);
+
+/// Quantized weights kept across the builds of one model: the search builds a dozen candidates and
+/// sensitivity one variant per node, and their weights differ only in the clip and the scale type. Off for
+/// models too large to hold another byte per weight ([`WeightMemo::for_weights`]).
+#[derive(Debug, Default)]
+pub struct WeightMemo {
+    kept: Option<Mutex<HashMap<WeightKey, Arc<QuantizedWeights>>>>,
+}
+
+/// Models with more weight values than this quantize their weights anew in every build: a kept int8 copy per
+/// scale type would add up to two bytes per weight (600 MB for a ViT-L/14), against `bench large`'s bounds.
+const WEIGHT_MEMO_MAX_VALUES: u64 = 64 << 20;
+
+impl WeightMemo {
+    /// A memo for a model of `values` weight values: on up to [`WEIGHT_MEMO_MAX_VALUES`].
+    pub fn for_weights(values: u64) -> WeightMemo {
+        WeightMemo { kept: (values <= WEIGHT_MEMO_MAX_VALUES).then(Default::default) }
+    }
+
+    /// The quantization of `key`, computed by `quantize` when it is not kept.
+    fn get_or(
+        &self,
+        key: WeightKey,
+        quantize: impl FnOnce() -> Result<QuantizedWeights, QuantizeError>,
+    ) -> Result<Arc<QuantizedWeights>, QuantizeError> {
+        let Some(kept) = &self.kept else { return quantize().map(Arc::new) };
+        let lock = || kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(w) = lock().get(&key) {
+            return Ok(Arc::clone(w));
+        }
+        // Computed outside the lock: two builds at once may both quantize a weight, with the same result.
+        let w = Arc::new(quantize()?);
+        lock().insert(key, Arc::clone(&w));
+        Ok(w)
+    }
 }
 
 pub(crate) fn scalar_f32(name: &str, v: f32) -> TensorProto {
@@ -136,7 +177,7 @@ pub fn quantize_weights(
 }
 
 /// How a weight channel's amax is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WeightClip {
     /// The channel's max |w|: nothing clipped.
@@ -238,6 +279,19 @@ pub fn insert_qdq(
     amax: &HashMap<String, f32>,
     weight_clips: &WeightClips,
     scale_type: FloatType,
+) -> Result<(ModelProto, QdqSummary), QuantizeError> {
+    insert_qdq_kept(model, decisions, options, amax, weight_clips, scale_type, &WeightMemo::default())
+}
+
+/// [`insert_qdq`], taking quantized weights from `memo` where an earlier build of `model` made them.
+pub fn insert_qdq_kept(
+    model: &Model,
+    decisions: &[Decision],
+    options: &PlacementOptions,
+    amax: &HashMap<String, f32>,
+    weight_clips: &WeightClips,
+    scale_type: FloatType,
+    memo: &WeightMemo,
 ) -> Result<(ModelProto, QdqSummary), QuantizeError> {
     let source = &model.proto.graph;
     let opset = graph::default_opset(&model.proto);
@@ -343,8 +397,10 @@ pub fn insert_qdq(
             path: model.path.clone(),
             message: format!("weight '{w_name}' of node '{}' is not a constant", source.node[n].name),
         })?;
-        let values = model.tensor_f32(w)?;
-        let quantized = quantize_weights(&values, &w.dims, axis, weight_clips.of(&source.node[n].name), scale_type);
+        let clip = weight_clips.of(&source.node[n].name);
+        let quantized = memo.get_or((w_name.clone(), axis, clip, scale_type), || {
+            Ok(quantize_weights(&model.tensor_f32(w)?, &w.dims, axis, clip, scale_type))
+        })?;
         let (q, ch_scale) = (&quantized.q, &quantized.scale);
         let mut qt = TensorProto::new();
         qt.name = patch.fresh(&format!("{w_name}_quantized"));
@@ -480,6 +536,35 @@ mod tests {
             .map(|n| n.name.as_str())
             .collect();
         assert!(dead.is_empty(), "nodes nobody reads are left in the Q/DQ model: {dead:?}");
+    }
+
+    #[test]
+    fn kept_weights_build_what_fresh_ones_do_for_every_scale_type_and_clip() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = residual_model(dir.path());
+        let decisions = decide(&model.proto.graph, &Default::default(), &Default::default(), "test").unwrap();
+        let amax: HashMap<String, f32> =
+            [("x", 2.0f32), ("c", 1.0), ("y", 3.0)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let memo = WeightMemo::for_weights(model.weight_values());
+        let build = |clip: WeightClip, scale_type: FloatType, memo: &WeightMemo| {
+            let clips = WeightClips::all(clip);
+            let (proto, summary) =
+                insert_qdq_kept(&model, &decisions, &Default::default(), &amax, &clips, scale_type, memo).unwrap();
+            assert!(!summary.weights.is_empty(), "nothing to keep");
+            graph::proto::Message::write_to_bytes(&proto).unwrap()
+        };
+        // Each combination asked twice of one memo, in an order where a key missing the scale type or the clip
+        // would hand the next build the last one's weights.
+        for _ in 0..2 {
+            for clip in [WeightClip::Max, WeightClip::Mse] {
+                for scale_type in [FloatType::Fp32, FloatType::Fp16] {
+                    let fresh = build(clip, scale_type, &WeightMemo::default());
+                    assert!(fresh == build(clip, scale_type, &memo), "{clip:?} {scale_type:?}");
+                }
+            }
+        }
+        assert!(memo.kept.as_ref().is_some_and(|k| k.lock().unwrap().len() == 4));
+        assert!(WeightMemo::for_weights(WEIGHT_MEMO_MAX_VALUES + 1).kept.is_none());
     }
 
     #[test]

@@ -643,16 +643,7 @@ pub fn search(
     let lab = Lab { quantizer, base: scheme, probe, memo: Default::default() };
     let mut s = Searcher {
         lab: &lab,
-        parallel: parallel_trials(
-            quantizer
-                .model()
-                .proto
-                .graph
-                .initializer
-                .iter()
-                .map(|t| t.dims.iter().product::<i64>().max(0) as u64)
-                .sum(),
-        ),
+        parallel: parallel_trials(quantizer.model().weight_values()),
         trials: Vec::new(),
         candidates: Vec::new(),
         per_sample: Vec::new(),
