@@ -213,6 +213,71 @@ fn encode(proto: &graph::proto::ModelProto) -> Result<Vec<u8>, QuantizeError> {
     Ok(graph::proto::Message::write_to_bytes(proto).map_err(graph::GraphError::Encode)?)
 }
 
+/// Activation scales taken out of a Q/DQ model to be fed at run time ([`fed_scales`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScaleFeed {
+    /// The graph inputs the scales became, in the order they were initializers.
+    pub names: Vec<String>,
+    /// Their values.
+    pub values: Vec<f32>,
+}
+
+/// Turns every float32 scalar that a QuantizeLinear or DequantizeLinear reads as its scale into a graph input,
+/// and returns their values; `None` (and `proto` unchanged) when there is none. Candidate models that differ
+/// only in those values (the scale methods of one placement) then share one session, fed each one's scales:
+/// a session costs ONNX Runtime as much as running two batches of a small model, and an unoptimized session
+/// computes the same whether a scale is an initializer or an input (no constant folding).
+pub fn fed_scales(proto: &mut graph::proto::ModelProto) -> Option<ScaleFeed> {
+    use graph::proto::tensor_proto::DataType;
+    let graph = proto.graph.mut_or_insert_default();
+    let scales: std::collections::HashSet<&str> = graph
+        .node
+        .iter()
+        .filter(|n| matches!(n.op_type.as_str(), "QuantizeLinear" | "DequantizeLinear"))
+        .filter_map(|n| n.input.get(1).map(String::as_str))
+        .collect();
+    let scalar = |t: &graph::proto::TensorProto| -> Option<f32> {
+        if t.data_type != DataType::FLOAT as i32 || !t.dims.is_empty() || !t.external_data.is_empty() {
+            return None;
+        }
+        match (t.float_data.as_slice(), t.raw_data.as_slice()) {
+            ([v], []) => Some(*v),
+            ([], raw) => Some(f32::from_le_bytes(raw.try_into().ok()?)),
+            _ => None,
+        }
+    };
+    let fed: Vec<(usize, f32)> = graph
+        .initializer
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| scales.contains(t.name.as_str()))
+        .filter_map(|(i, t)| scalar(t).map(|v| (i, v)))
+        .collect();
+    if fed.is_empty() {
+        return None;
+    }
+    let mut feed = ScaleFeed { names: Vec::with_capacity(fed.len()), values: Vec::with_capacity(fed.len()) };
+    for &(i, v) in fed.iter().rev() {
+        let t = graph.initializer.remove(i);
+        feed.names.push(t.name);
+        feed.values.push(v);
+    }
+    feed.names.reverse();
+    feed.values.reverse();
+    for name in &feed.names {
+        let mut input = graph::proto::ValueInfoProto::new();
+        input.name = name.clone();
+        let mut ty = graph::proto::TypeProto::new();
+        let tensor = ty.mut_tensor_type();
+        tensor.elem_type = DataType::FLOAT as i32;
+        // A scalar: a shape with no dimensions (no shape at all would be any rank).
+        tensor.shape = Some(graph::proto::TensorShapeProto::new()).into();
+        input.type_ = Some(ty).into();
+        graph.input.push(input);
+    }
+    Some(feed)
+}
+
 /// Samples decoded once, with the float model's outputs on them: the yardstick that candidate models built
 /// from one [`crate::Quantizer`] are measured against, each in its own unoptimized session. Models are
 /// compared on their first output.
@@ -226,9 +291,29 @@ pub struct Probe {
     input: String,
     output: String,
     threads: usize,
+    /// Values in the float model's initializers ([`Probe::layout`]).
+    weights: u64,
     external_data_dir: PathBuf,
     label: String,
     source: PathBuf,
+}
+
+/// Models with more weight values than this are measured in one session on all the threads given; smaller
+/// ones in one-thread sessions, several at once ([`Probe::layout`]). Above it, a session per thread would
+/// hold that many copies of a large model (a ViT-L/14 has 304 million weights).
+pub const ONE_THREAD_SESSIONS_MAX_WEIGHTS: u64 = 64 << 20;
+
+/// The most weight values the one-thread sessions of one measurement hold together: a ViT-S/14 (22 million)
+/// runs in at most 12 at once, whatever the thread count.
+const ONE_THREAD_SESSIONS_WEIGHTS: u64 = 256 << 20;
+
+/// How a measurement runs ([`Probe::layout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// This many one-thread sessions at once, each on a contiguous part of the batches.
+    OneThreadSessions(usize),
+    /// One session of this many intra-op threads (0: ONNX Runtime's default).
+    OneSession(usize),
 }
 
 /// `batches` reordered so that their sample shapes take turns (the first batch of each shape, then the second
@@ -273,6 +358,36 @@ pub struct ProbeOptions {
     pub device: runtime::Device,
 }
 
+/// `range` cut into `parts` contiguous ranges whose lengths differ by at most one (the longer first).
+fn parts_of(range: std::ops::Range<usize>, parts: usize) -> Vec<std::ops::Range<usize>> {
+    let (n, parts) = (range.len(), parts.max(1));
+    let mut start = range.start;
+    (0..parts)
+        .map(|i| {
+            let len = n / parts + usize::from(i < n % parts);
+            start += len;
+            start - len..start
+        })
+        .collect()
+}
+
+/// The outputs of parts of `model`'s measurement run on scoped threads, in the parts' order: the first error
+/// if any failed.
+fn collect_parts(
+    runs: Vec<std::thread::ScopedJoinHandle<'_, Result<Vec<Vec<f32>>, QuantizeError>>>,
+    model: &str,
+) -> Result<Vec<Vec<f32>>, QuantizeError> {
+    let mut outputs = Vec::new();
+    for run in runs {
+        let part = run.join().map_err(|_| QuantizeError::Model {
+            path: model.into(),
+            message: "a thread measuring the model panicked".into(),
+        })??;
+        outputs.extend(part);
+    }
+    Ok(outputs)
+}
+
 impl Probe {
     /// Decodes `dataset` and runs `reference` (the float model the candidates are built from) over it once.
     /// A model with a fixed batch above 1 is measured on the whole batches the samples fill.
@@ -312,6 +427,7 @@ impl Probe {
             input,
             output,
             threads: options.threads,
+            weights: reference.weight_values(),
             external_data_dir: reference.dir.clone(),
             label: reference.path.display().to_string(),
             source: dataset.root.clone(),
@@ -393,8 +509,8 @@ impl Probe {
         self.outputs_between(&encode(proto)?, device, 0, batches, self.threads)
     }
 
-    /// [`Probe::outputs_on`] of an encoded model, for batches `skip..batches` only, in a session of `threads`
-    /// intra-op threads.
+    /// [`Probe::outputs_on`] of an encoded model, for batches `skip..batches` only, on `threads` threads
+    /// ([`Probe::layout`]).
     fn outputs_between(
         &self,
         model: &[u8],
@@ -403,22 +519,108 @@ impl Probe {
         batches: usize,
         threads: usize,
     ) -> Result<Vec<Vec<f32>>, QuantizeError> {
+        let end = batches.min(self.batches.len());
+        let parts = match self.layout(device, threads, end.saturating_sub(skip)) {
+            Layout::OneSession(threads) => {
+                let mut session = self.session(model, device, threads)?;
+                return self.outputs_in(&mut session, &[], skip, end);
+            }
+            Layout::OneThreadSessions(n) => n,
+        };
+        let ranges = parts_of(skip..end, parts);
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = ranges
+                .into_iter()
+                .map(|r| {
+                    scope.spawn(move || {
+                        let mut session = self.session(model, device, 1)?;
+                        self.outputs_in(&mut session, &[], r.start, r.end)
+                    })
+                })
+                .collect();
+            collect_parts(runs, &self.label)
+        })
+    }
+
+    /// How `batches` batches are measured on `threads` threads (0: one per core). In one-thread sessions, as
+    /// many at once as threads (each a contiguous part of the batches), because ONNX Runtime's CPU GEMMs
+    /// round differently with another intra-op thread count (MLAS sizes its K blocks by the columns a thread
+    /// gets: the OriNet's Q/DQ models gave 25 of 64 outputs other bits on 2 threads than on 1, at batch 8):
+    /// one thread each makes a measurement the same whatever `--threads` says. A model above
+    /// [`ONE_THREAD_SESSIONS_MAX_WEIGHTS`], or one on a GPU, runs in one session of all the threads.
+    pub fn layout(&self, device: runtime::Device, threads: usize, batches: usize) -> Layout {
+        let threads = runtime::threads_or_cores(threads);
+        if device.is_cuda() || self.weights > ONE_THREAD_SESSIONS_MAX_WEIGHTS {
+            return Layout::OneSession(threads);
+        }
+        let by_memory = (ONE_THREAD_SESSIONS_WEIGHTS / self.weights.max(1)).max(1) as usize;
+        Layout::OneThreadSessions(threads.min(by_memory).min(batches).max(1))
+    }
+
+    /// A session of an encoded model as the probe runs candidates. Every candidate runs unoptimized, so all are
+    /// measured the same way: what the graph means (Q/DQ as simulated quantization), not what ONNX Runtime's
+    /// integer kernels or FP16 rewrites make of it, which differ between FP32 and FP16 float parts and would
+    /// tilt the comparison.
+    pub fn session(
+        &self,
+        model: &[u8],
+        device: runtime::Device,
+        threads: usize,
+    ) -> Result<runtime::Session, QuantizeError> {
         let placement = runtime::Placement { threads, device };
-        // Every candidate runs unoptimized, so all are measured the same way: what the graph means (Q/DQ as
-        // simulated quantization), not what ONNX Runtime's integer kernels or FP16 rewrites make of it, which
-        // differ between FP32 and FP16 float parts and would tilt the comparison.
         let mut cfg = runtime::SessionConfig::new(&self.label).place(placement);
         cfg.graph_optimization = runtime::GraphOptimization::Disabled;
         cfg.external_data_dir = Some(self.external_data_dir.clone());
-        let mut session = runtime::session_from_bytes(model, &cfg)?;
+        Ok(runtime::session_from_bytes(model, &cfg)?)
+    }
+
+    /// The outputs of batches `skip..batches` in `session`, fed `scales` beside each batch.
+    fn outputs_in(
+        &self,
+        session: &mut runtime::Session,
+        scales: &[(&str, f32)],
+        skip: usize,
+        batches: usize,
+    ) -> Result<Vec<Vec<f32>>, QuantizeError> {
+        let scalar: &[usize] = &[];
         self.batches
             .iter()
             .take(batches)
             .skip(skip)
             .map(|b| {
-                runtime::run_rows(&mut session, &self.label, &b.inputs(&self.input), &self.output).map_err(Into::into)
+                let mut inputs = b.inputs(&self.input);
+                inputs.extend(scales.iter().map(|(name, value)| runtime::Input {
+                    name,
+                    shape: scalar,
+                    values: runtime::Values::F32(std::slice::from_ref(value)),
+                }));
+                runtime::run_rows(session, &self.label, &inputs, &self.output).map_err(Into::into)
             })
             .collect()
+    }
+
+    /// The outputs of batches `skip..batches`, split into contiguous parts run at once, one per session of
+    /// `sessions` (one-thread sessions: [`Probe::layout`]), fed `scales`.
+    fn outputs_in_parts(
+        &self,
+        sessions: &mut [runtime::Session],
+        scales: &[(&str, f32)],
+        skip: usize,
+        batches: usize,
+    ) -> Result<Vec<Vec<f32>>, QuantizeError> {
+        let end = batches.min(self.batches.len());
+        if let [session] = sessions {
+            return self.outputs_in(session, scales, skip, end);
+        }
+        let ranges = parts_of(skip..end, sessions.len());
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = sessions
+                .iter_mut()
+                .zip(ranges)
+                .map(|(session, r)| scope.spawn(move || self.outputs_in(session, scales, r.start, r.end)))
+                .collect();
+            collect_parts(runs, &self.label)
+        })
     }
 
     /// How close `outputs` (of the first `outputs.len()` batches) are to the float model's; agreement is on
@@ -468,11 +670,39 @@ impl Probe {
         batches: usize,
         threads: usize,
     ) -> Result<MeasuredOutputs, QuantizeError> {
+        self.continuing(earlier, batches, |skip| {
+            self.outputs_between(model, runtime::Device::Cpu, skip, batches, threads)
+        })
+    }
+
+    /// [`Probe::measure_continuing`] in `sessions` (one-thread sessions made by [`Probe::session`], each
+    /// running a contiguous part of the batches at once, or one of any threads) of a model whose scales
+    /// [`fed_scales`] took out, fed `scales`: candidates that differ only in their scales share the sessions.
+    pub fn measure_continuing_in(
+        &self,
+        sessions: &mut [runtime::Session],
+        scales: &ScaleFeed,
+        earlier: Vec<Vec<f32>>,
+        batches: usize,
+    ) -> Result<MeasuredOutputs, QuantizeError> {
+        let fed: Vec<(&str, f32)> =
+            scales.names.iter().map(String::as_str).zip(scales.values.iter().copied()).collect();
+        self.continuing(earlier, batches, |skip| self.outputs_in_parts(sessions, &fed, skip, batches))
+    }
+
+    /// The measurement on the first `batches` batches, of which `earlier` holds the outputs of the first
+    /// ones; `rest(skip)` computes the outputs of batches `skip..batches`.
+    fn continuing(
+        &self,
+        earlier: Vec<Vec<f32>>,
+        batches: usize,
+        rest: impl FnOnce(usize) -> Result<Vec<Vec<f32>>, QuantizeError>,
+    ) -> Result<MeasuredOutputs, QuantizeError> {
         let mut outputs = earlier;
         let known = outputs.len().min(batches);
         outputs.truncate(known);
         if known < batches.min(self.batches.len()) {
-            outputs.extend(self.outputs_between(model, runtime::Device::Cpu, known, batches, threads)?);
+            outputs.extend(rest(known)?);
         }
         if outputs.iter().zip(&self.fp32).any(|(b, a)| a.len() != b.len()) {
             return Err(QuantizeError::Model {
@@ -498,6 +728,20 @@ mod tests {
     fn batch(side: usize, n: usize) -> Batch {
         let items = (0..n).map(|i| datasets::ImageItem { path: format!("{side}-{i}").into(), label: None }).collect();
         Batch { data: Vec::new(), shape: [n, 3, side, side], items, tensors: Vec::new() }
+    }
+
+    #[test]
+    fn parts_cover_the_batches_in_order_with_lengths_one_apart() {
+        assert_eq!(parts_of(3..10, 3), vec![3..6, 6..8, 8..10]);
+        assert_eq!(parts_of(0..2, 1), vec![0..2]);
+        for (n, parts) in [(8, 2), (9, 4), (1, 3), (64, 12)] {
+            let p = parts_of(5..5 + n, parts);
+            assert_eq!(p.len(), parts);
+            assert!(p.windows(2).all(|w| w[0].end == w[1].start), "{p:?}");
+            assert_eq!((p[0].start, p[parts - 1].end), (5, 5 + n));
+            let lens: Vec<usize> = p.iter().map(|r| r.len()).collect();
+            assert!(lens.iter().max().unwrap() - lens.iter().min().unwrap() <= 1, "{lens:?}");
+        }
     }
 
     #[test]

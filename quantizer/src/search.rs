@@ -28,7 +28,7 @@ use analyze::scales::Method;
 use placement::{AttentionPrecision, FloatType, ResidualPrecision, Target};
 use serde::Serialize;
 
-use crate::measure::{Fidelity, ImageFidelity, Probe, Unmeasured};
+use crate::measure::{Fidelity, ImageFidelity, Layout, Probe, Unmeasured};
 use crate::{QuantizeError, Quantizer, Scheme};
 
 /// Candidates whose mean per-sample SQNR is within this many dB of the best (or within one standard error of the
@@ -75,6 +75,11 @@ const PARALLEL_TRIALS: usize = 2;
 /// session would hold another copy of a large model (a ViT-L/14 has 304 million weights) against the memory
 /// bounds `bench large` states, and runs that big are GEMM-bound, where intra-op threads already scale.
 const PARALLEL_TRIALS_MAX_WEIGHTS: u64 = 64 << 20;
+
+/// Models with more weight values than this give every candidate sessions of its own: an idle shared session
+/// holds a copy of the model, and on models this large creating a session is a small share of a trial (on the
+/// fixture ViT, 10 ms of a 16-sample trial's 40 ms).
+const SHARED_SESSIONS_MAX_WEIGHTS: u64 = 16 << 20;
 
 /// How many candidates to measure at once for a model of `weights` values.
 fn parallel_trials(weights: u64) -> usize {
@@ -248,7 +253,14 @@ struct Lab<'a> {
     base: &'a Scheme,
     probe: &'a Probe,
     memo: std::sync::Mutex<Memo>,
+    /// Idle sessions of candidates with their scales fed ([`crate::measure::fed_scales`]), by the hash of the
+    /// model without its scales and the sessions' intra-op threads; `None`: every candidate gets sessions of its
+    /// own ([`SHARED_SESSIONS_MAX_WEIGHTS`]).
+    sessions: Option<SharedSessions>,
 }
+
+/// Idle sessions by the hash of the model they run and their intra-op threads ([`Lab::sessions`]).
+type SharedSessions = std::sync::Mutex<HashMap<(u64, usize), Vec<runtime::Session>>>;
 
 #[derive(Default)]
 struct Memo {
@@ -290,7 +302,6 @@ impl Lab<'_> {
         } else {
             None
         };
-        drop(proto);
         let hash = siphash(&bytes);
         let built_s = start.elapsed().as_secs_f64();
         let known = {
@@ -304,7 +315,14 @@ impl Lab<'_> {
         let (result, outputs, fresh) = match known {
             Err(r) => (r, None, false),
             Ok(earlier) => {
-                match self.probe.measure_continuing(run_bytes.as_ref().unwrap_or(&bytes), earlier, batches, threads) {
+                let measured = match (&self.sessions, run_bytes) {
+                    (Some(sessions), None) => self.measure_shared(sessions, proto, &bytes, earlier, batches, threads),
+                    (_, run_bytes) => {
+                        drop(proto);
+                        self.probe.measure_continuing(run_bytes.as_ref().unwrap_or(&bytes), earlier, batches, threads)
+                    }
+                };
+                match measured {
                     Ok((f, outputs)) => (Ok(f), Some(outputs), true),
                     Err(QuantizeError::Measure { source: u @ Unmeasured::NonFinite { .. }, .. }) => {
                         (Err(u.to_string()), None, true)
@@ -314,6 +332,52 @@ impl Lab<'_> {
             }
         };
         Ok(Outcome { candidate: c, hash, built_s, result, outputs, fresh, seconds: start.elapsed().as_secs_f64() })
+    }
+}
+
+impl Lab<'_> {
+    /// Measures candidate `proto` in a session shared with the candidates that differ from it only in their
+    /// activation scales, fed at run time (bit for bit what its own session gives: `quantizer/tests/fed_scales.rs`).
+    fn measure_shared(
+        &self,
+        sessions: &SharedSessions,
+        mut proto: graph::proto::ModelProto,
+        bytes: &[u8],
+        earlier: Vec<Vec<f32>>,
+        batches: usize,
+        threads: usize,
+    ) -> Result<crate::measure::MeasuredOutputs, QuantizeError> {
+        let Some(scales) = crate::measure::fed_scales(&mut proto) else {
+            return self.probe.measure_continuing(bytes, earlier, batches, threads);
+        };
+        let template = graph::proto::Message::write_to_bytes(&proto).map_err(graph::GraphError::Encode)?;
+        drop(proto);
+        let remaining = batches.min(self.probe.batches().len()).saturating_sub(earlier.len());
+        let (count, intra) = match self.probe.layout(runtime::Device::Cpu, threads, remaining) {
+            Layout::OneThreadSessions(n) => (n, 1),
+            Layout::OneSession(t) => (1, t),
+        };
+        let key = (siphash(&template), intra);
+        let lock = || sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut taken: Vec<runtime::Session> = {
+            let mut pool = lock();
+            let idle = pool.entry(key).or_default();
+            let keep = idle.len().saturating_sub(count);
+            idle.split_off(keep)
+        };
+        while taken.len() < count {
+            taken.push(self.probe.session(&template, runtime::Device::Cpu, intra)?);
+        }
+        let measured = self.probe.measure_continuing_in(&mut taken, &scales, earlier, batches);
+        lock().entry(key).or_default().extend(taken);
+        measured
+    }
+
+    /// Closes the idle shared sessions (the stages after this one measure other models).
+    fn close_idle_sessions(&self) {
+        if let Some(sessions) = &self.sessions {
+            sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+        }
     }
 }
 
@@ -640,10 +704,12 @@ pub fn search(
     let total = pairs.len() * rounds.len()
         + finalists * (residuals.len() - (!coarse) as usize)
         + finalists * (floats.len() - 1);
-    let lab = Lab { quantizer, base: scheme, probe, memo: Default::default() };
+    let weights = quantizer.model().weight_values();
+    let sessions = (weights <= SHARED_SESSIONS_MAX_WEIGHTS).then(Default::default);
+    let lab = Lab { quantizer, base: scheme, probe, memo: Default::default(), sessions };
     let mut s = Searcher {
         lab: &lab,
-        parallel: parallel_trials(quantizer.model().weight_values()),
+        parallel: parallel_trials(weights),
         trials: Vec::new(),
         candidates: Vec::new(),
         per_sample: Vec::new(),
@@ -727,6 +793,8 @@ pub fn search(
         }
         other_floats.extend(floats.iter().filter(|&&f| f != cheap).map(|&float_type| Candidate { float_type, ..c }));
     }
+    // The other float types are other graphs: the shared sessions' memory goes back first.
+    lab.close_idle_sessions();
     fine.extend(s.trials(&other_floats, all, "fine", &mut tick)?);
     // Runners-up left out end the count early.
     progress(total as u64, total as u64);

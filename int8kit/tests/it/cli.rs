@@ -195,7 +195,8 @@ fn calibrate_shards_merge_into_the_one_process_hist() {
 }
 
 /// `quantize` reads its model file once and runs each graph in at most one ONNX Runtime session (the
-/// calibration's tapped model, the one-sample FLOPs probe), as its debug logs say.
+/// calibration's tapped model, the one-sample FLOPs probe), as its debug logs say. (Its few held-back samples
+/// fill one batch; a measurement of more batches runs them in one-thread sessions at once, `Probe::layout`.)
 #[test]
 fn quantize_reads_the_model_once_and_opens_one_session_per_graph() {
     let dir = tempfile::tempdir().unwrap();
@@ -306,6 +307,26 @@ fn the_search_writes_the_same_artifacts_one_candidate_or_two_at_a_time() {
             let (a, b) = (std::fs::read(one.join(file)).unwrap(), std::fs::read(other.join(file)).unwrap());
             assert!(a == b, "{file} differs between {} and {}", one.display(), other.display());
         }
+    }
+}
+
+/// What the search and the self-check measure does not depend on `--threads`: ONNX Runtime's CPU GEMMs round
+/// differently on another intra-op thread count (here on the held-back samples' last batch, of one sample: 25
+/// = 8 + 8 + 8 + 1), so every measuring session runs on one thread and more threads run more sessions.
+#[test]
+fn the_search_measures_the_same_on_one_thread_or_four() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |threads: &str| {
+        let out = dir.path().join(format!("t{threads}"));
+        let extra = ["--quiet", "--threads", threads, "--hold-out", "25", "--limit", "300"];
+        let o = common::on_fixtures("quantize", &model("fmnist_vit_opset17.onnx"), &out, &extra);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        out
+    };
+    let (one, four) = (run("1"), run("4"));
+    for file in ["model.qdq.onnx", "ranges.json"] {
+        let (a, b) = (std::fs::read(one.join(file)).unwrap(), std::fs::read(four.join(file)).unwrap());
+        assert!(a == b, "{file} differs between one thread and four");
     }
 }
 
