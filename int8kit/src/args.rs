@@ -172,8 +172,8 @@ pub struct RunArgs {
     /// Seed for --limit.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Threads for ONNX Runtime and histograms (0 = one per core); the auto search measures two candidates at
-    /// once on half of them each. Does not change the result.
+    /// Threads for ONNX Runtime and histograms (0 = one per core). Measurements (the auto search, the
+    /// self-check) run in one-thread sessions, as many at once as threads, so that no result depends on it.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Where the model runs: cpu, or cuda[:N] (ONNX Runtime's CUDA EP with TF32 off; calibration statistics

@@ -544,8 +544,9 @@ impl Probe {
 
     /// How `batches` batches are measured on `threads` threads (0: one per core). In one-thread sessions, as
     /// many at once as threads (each a contiguous part of the batches), because ONNX Runtime's CPU GEMMs
-    /// round differently with another intra-op thread count (MLAS sizes its K blocks by the columns a thread
-    /// gets: the OriNet's Q/DQ models gave 25 of 64 outputs other bits on 2 threads than on 1, at batch 8):
+    /// round differently with another intra-op thread count (MLAS splits a wide GEMM by columns and sizes its
+    /// K blocks by the columns a thread gets: on 8 random inputs the OriNet's Q/DQ models gave 25 of 32
+    /// outputs other bits on 2 threads than on 1):
     /// one thread each makes a measurement the same whatever `--threads` says. A model above
     /// [`ONE_THREAD_SESSIONS_MAX_WEIGHTS`], or one on a GPU, runs in one session of all the threads.
     pub fn layout(&self, device: runtime::Device, threads: usize, batches: usize) -> Layout {

@@ -23,8 +23,8 @@ pub struct AnalyzeArgs {
     /// Samples to measure on instead.
     #[command(flatten)]
     pub check: crate::args::CheckArgs,
-    /// Threads for the measurements (0 = one per core); the auto search measures two candidates at once on half
-    /// of them each. Does not change the result.
+    /// Threads for the measurements (0 = one per core): one-thread sessions, as many at once as threads, so
+    /// that no result depends on it.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Scale method, precision lists and placement.
