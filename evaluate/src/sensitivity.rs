@@ -445,8 +445,10 @@ fn method_choices(
     let graph = &model.proto.graph;
     let amax = ev.quantizer.amax(scheme);
     let scale_type = ev.quantizer.float_type(&scheme.placement);
+    // Only the activations' scales are read here: no weights worth keeping.
+    let memo = quantizer::qdq::WeightMemo::default();
     let (_, summary) =
-        quantizer::qdq::insert_qdq(model, decisions, &scheme.placement, &amax, &scheme.weight_clip, scale_type)?;
+        quantizer::qdq::insert_qdq(model, decisions, &scheme.placement, &amax, &scheme.weight_clip, scale_type, &memo)?;
     let image = analyze::max_calibrated(graph);
     let mut out = Vec::new();
     for (tensor, ..) in &summary.activations {

@@ -311,7 +311,7 @@ impl Quantizer {
     ) -> Result<(graph::proto::ModelProto, qdq::QdqSummary), QuantizeError> {
         let float_type = self.float_type(placement);
         let (proto, summary) =
-            qdq::insert_qdq_kept(&self.model, decisions, placement, amax, weight_clips, float_type, &self.weight_memo)?;
+            qdq::insert_qdq(&self.model, decisions, placement, amax, weight_clips, float_type, &self.weight_memo)?;
         let proto = float_type::convert(&self.model, proto, float_type, &self.max_abs)?;
         Ok((proto, summary))
     }

@@ -271,20 +271,9 @@ pub fn mse_clip(w: &[f32], max: f32) -> f32 {
 
 /// Builds the Q/DQ model. `amax` gives every activation's threshold (from the .hist and the method); the
 /// scales are computed for storage in `scale_type` (see [`stored_scale`]) and written as float32, which the
-/// float-type conversion then turns into that type without rounding.
+/// float-type conversion then turns into that type without rounding. Quantized weights come from `memo` where
+/// an earlier build of `model` made them (`&WeightMemo::default()`: none kept).
 pub fn insert_qdq(
-    model: &Model,
-    decisions: &[Decision],
-    options: &PlacementOptions,
-    amax: &HashMap<String, f32>,
-    weight_clips: &WeightClips,
-    scale_type: FloatType,
-) -> Result<(ModelProto, QdqSummary), QuantizeError> {
-    insert_qdq_kept(model, decisions, options, amax, weight_clips, scale_type, &WeightMemo::default())
-}
-
-/// [`insert_qdq`], taking quantized weights from `memo` where an earlier build of `model` made them.
-pub fn insert_qdq_kept(
     model: &Model,
     decisions: &[Decision],
     options: &PlacementOptions,
@@ -439,6 +428,11 @@ pub fn insert_qdq_kept(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No weights kept from earlier builds.
+    fn fresh() -> WeightMemo {
+        WeightMemo::default()
+    }
     use crate::test_models::{empty_model, float_value as value, load_written};
     use placement::{decide, PrecisionFile, Selection};
 
@@ -479,9 +473,16 @@ mod tests {
         let decisions = decide(&model.proto.graph, &allow_concat, &Default::default(), "test").unwrap();
         let amax: HashMap<String, f32> =
             [("x", 2.0f32), ("c", 1.0), ("y", 3.0)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        let (proto, summary) =
-            insert_qdq(&model, &decisions, &Default::default(), &amax, &WeightClips::default(), FloatType::Fp32)
-                .unwrap();
+        let (proto, summary) = insert_qdq(
+            &model,
+            &decisions,
+            &Default::default(),
+            &amax,
+            &WeightClips::default(),
+            FloatType::Fp32,
+            &fresh(),
+        )
+        .unwrap();
         let nodes = &proto.graph.node;
         let dq_outputs: Vec<&str> =
             nodes.iter().filter(|n| n.op_type == "DequantizeLinear").map(|n| n.output[0].as_str()).collect();
@@ -521,9 +522,16 @@ mod tests {
         let decisions = decide(&model.proto.graph, &Default::default(), &Default::default(), "test").unwrap();
         let amax: HashMap<String, f32> =
             [("x", 2.0f32), ("c", 1.0), ("y", 3.0)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        let (proto, summary) =
-            insert_qdq(&model, &decisions, &Default::default(), &amax, &WeightClips::default(), FloatType::Fp32)
-                .unwrap();
+        let (proto, summary) = insert_qdq(
+            &model,
+            &decisions,
+            &Default::default(),
+            &amax,
+            &WeightClips::default(),
+            FloatType::Fp32,
+            &fresh(),
+        )
+        .unwrap();
         assert_eq!(summary.weights.len(), 1, "the Conv weight in a Constant node was not quantized");
         let read: HashSet<&str> = proto.graph.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
         let dead: Vec<&str> = proto
@@ -549,7 +557,7 @@ mod tests {
         let build = |clip: WeightClip, scale_type: FloatType, memo: &WeightMemo| {
             let clips = WeightClips::all(clip);
             let (proto, summary) =
-                insert_qdq_kept(&model, &decisions, &Default::default(), &amax, &clips, scale_type, memo).unwrap();
+                insert_qdq(&model, &decisions, &Default::default(), &amax, &clips, scale_type, memo).unwrap();
             assert!(!summary.weights.is_empty(), "nothing to keep");
             graph::proto::Message::write_to_bytes(&proto).unwrap()
         };
