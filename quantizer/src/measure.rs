@@ -527,17 +527,30 @@ impl Probe {
             }
             Layout::OneThreadSessions(n) => n,
         };
-        let ranges = parts_of(skip..end, parts);
+        self.in_parts(vec![(); parts], skip, end, |(), r| {
+            let mut session = self.session(model, device, 1)?;
+            self.outputs_in(&mut session, &[], r.start, r.end)
+        })
+    }
+
+    /// The outputs of batches `skip..end`, cut into one contiguous part per slot ([`parts_of`]), `run` on
+    /// each part with its slot at once (on scoped threads when there are several), in the parts' order.
+    fn in_parts<T: Send>(
+        &self,
+        slots: Vec<T>,
+        skip: usize,
+        end: usize,
+        run: impl Fn(T, std::ops::Range<usize>) -> Result<Vec<Vec<f32>>, QuantizeError> + Sync,
+    ) -> Result<Vec<Vec<f32>>, QuantizeError> {
+        let ranges = parts_of(skip..end, slots.len());
+        if let ([_], [range]) = (slots.as_slice(), ranges.as_slice()) {
+            let range = range.clone();
+            return run(slots.into_iter().next().expect("one slot"), range);
+        }
+        let run = &run;
         std::thread::scope(|scope| {
-            let runs: Vec<_> = ranges
-                .into_iter()
-                .map(|r| {
-                    scope.spawn(move || {
-                        let mut session = self.session(model, device, 1)?;
-                        self.outputs_in(&mut session, &[], r.start, r.end)
-                    })
-                })
-                .collect();
+            let runs: Vec<_> =
+                slots.into_iter().zip(ranges).map(|(slot, r)| scope.spawn(move || run(slot, r))).collect();
             collect_parts(runs, &self.label)
         })
     }
@@ -610,17 +623,8 @@ impl Probe {
         batches: usize,
     ) -> Result<Vec<Vec<f32>>, QuantizeError> {
         let end = batches.min(self.batches.len());
-        if let [session] = sessions {
-            return self.outputs_in(session, scales, skip, end);
-        }
-        let ranges = parts_of(skip..end, sessions.len());
-        std::thread::scope(|scope| {
-            let runs: Vec<_> = sessions
-                .iter_mut()
-                .zip(ranges)
-                .map(|(session, r)| scope.spawn(move || self.outputs_in(session, scales, r.start, r.end)))
-                .collect();
-            collect_parts(runs, &self.label)
+        self.in_parts(sessions.iter_mut().collect(), skip, end, |session, r| {
+            self.outputs_in(session, scales, r.start, r.end)
         })
     }
 
