@@ -564,11 +564,19 @@ impl Probe {
     /// [`ONE_THREAD_SESSIONS_MAX_WEIGHTS`], or one on a GPU, runs in one session of all the threads.
     pub fn layout(&self, device: runtime::Device, threads: usize, batches: usize) -> Layout {
         let threads = runtime::threads_or_cores(threads);
-        if device.is_cuda() || self.weights > ONE_THREAD_SESSIONS_MAX_WEIGHTS {
-            return Layout::OneSession(threads);
+        match self.one_thread_sessions_max(device) {
+            None => Layout::OneSession(threads),
+            Some(by_memory) => Layout::OneThreadSessions(threads.min(by_memory).min(batches).max(1)),
         }
-        let by_memory = (ONE_THREAD_SESSIONS_WEIGHTS / self.weights.max(1)).max(1) as usize;
-        Layout::OneThreadSessions(threads.min(by_memory).min(batches).max(1))
+    }
+
+    /// The most one-thread sessions of this model that one measurement holds at once (bounded by
+    /// [`ONE_THREAD_SESSIONS_WEIGHTS`]), or `None` where it runs in one session ([`Probe::layout`]).
+    pub fn one_thread_sessions_max(&self, device: runtime::Device) -> Option<usize> {
+        if device.is_cuda() || self.weights > ONE_THREAD_SESSIONS_MAX_WEIGHTS {
+            return None;
+        }
+        Some((ONE_THREAD_SESSIONS_WEIGHTS / self.weights.max(1)).max(1) as usize)
     }
 
     /// A session of an encoded model as the probe runs candidates. Every candidate runs unoptimized, so all are

@@ -18,7 +18,7 @@
 //! probe ranks on all of them), then the best two of those on all of them with the residual input of Adds
 //! after an INT8 GEMM/Conv INT8 and float (where the model has such Adds), and the best two of these in every
 //! float type. Candidates that build the same model are measured once (unless two of one stage are measured at
-//! the same time: `PARALLEL_TRIALS`). The coarse stage starts with a first look at half its samples, and a
+//! the same time: `PARALLEL_TRIALS`, more on many threads). The coarse stage starts with a first look at half its samples, and a
 //! candidate far behind a stage's leader ([`DROP_STANDARD_ERRORS`]) is measured no further: most of the search's
 //! time goes to candidates that cannot win.
 
@@ -88,6 +88,38 @@ fn parallel_trials(weights: u64) -> usize {
     } else {
         1
     }
+}
+
+/// What decides how many candidates [`Searcher::trials`] measures at once.
+#[derive(Debug, Clone, Copy)]
+struct TrialLoad {
+    /// The model's [`parallel_trials`].
+    parallel: usize,
+    /// Candidates to measure.
+    candidates: usize,
+    /// Batches each candidate has left to measure, at least.
+    new_batches: usize,
+    /// Threads given.
+    threads: usize,
+    /// [`Probe::one_thread_sessions_max`]: `None` where a measurement runs in one session of all threads.
+    one_thread_sessions_max: Option<usize>,
+}
+
+/// Candidates measured at once: the model's [`parallel_trials`], or more where one candidate's batches leave
+/// threads idle. A measurement runs one one-thread session per batch (at most), so on 16 threads a first look
+/// at 2 batches kept 4 cores busy with two candidates at once (the ViT-S/14's `quantize` took 2.9-3.3x the
+/// FP32 pass on a 16-core Xeon, 1.5x on 2 cores). More at once, never more sessions than threads nor, together,
+/// than one measurement's memory bound. Which candidates run together changes no measurement (each runs in
+/// one-thread sessions on fixed batches), so the result is the same for any count.
+fn trial_workers(load: TrialLoad) -> usize {
+    let TrialLoad { parallel, candidates, new_batches, threads, one_thread_sessions_max } = load;
+    let mut workers = parallel;
+    if let (true, Some(max_sessions)) = (parallel > 1, one_thread_sessions_max) {
+        let per_candidate = new_batches.min(threads).min(max_sessions).max(1);
+        workers = workers.max((threads / per_candidate).min(max_sessions / per_candidate));
+    }
+    // Never more sessions at once than threads asked for: `--threads 1` runs one at a time.
+    workers.min(candidates).min(threads).max(1)
 }
 
 /// A runner-up is not measured further (on more samples, or in other float types) when it trails the leader of
@@ -398,16 +430,23 @@ impl Searcher<'_> {
     /// Builds and measures `cs` on the first `batches` batches, up to [`Searcher::parallel`] at once, and
     /// records them in their order (so the record does not depend on which finished first); `done` is called
     /// as each is recorded.
+    /// `measured` is how many of the first batches every candidate of `cs` may already have measured (an
+    /// earlier round's): what is left for each says how many one-thread sessions one candidate keeps busy.
     fn trials(
         &mut self,
         cs: &[Candidate],
-        batches: usize,
+        (measured, batches): (usize, usize),
         stage: &'static str,
         done: &mut dyn FnMut(),
     ) -> Result<Vec<usize>, QuantizeError> {
         let lab = self.lab;
-        // Never more sessions at once than threads asked for: `--threads 1` runs one at a time.
-        let workers = self.parallel.min(cs.len()).min(lab.probe.threads()).max(1);
+        let workers = trial_workers(TrialLoad {
+            parallel: self.parallel,
+            candidates: cs.len(),
+            new_batches: batches.saturating_sub(measured),
+            threads: lab.probe.threads(),
+            one_thread_sessions_max: lab.probe.one_thread_sessions_max(runtime::Device::Cpu),
+        });
         let threads = (lab.probe.threads() / workers).max(1);
         let mut recorded = Vec::with_capacity(cs.len());
         if workers == 1 {
@@ -730,18 +769,20 @@ pub fn search(
     let mut fine = Vec::new();
     let mut not_continued = Vec::new();
     let mut alive = pairs.clone();
+    let mut before = 0;
     for (round, &(batches, stage)) in rounds.iter().enumerate() {
         measured.clear();
         let cs: Vec<Candidate> = alive
             .iter()
             .map(|&(method, attention)| Candidate { method, attention, float_type: cheap, residual: ranked_residual })
             .collect();
-        for (&pair, t) in alive.iter().zip(s.trials(&cs, batches, stage, &mut tick)?) {
+        for (&pair, t) in alive.iter().zip(s.trials(&cs, (before, batches), stage, &mut tick)?) {
             if stage == "fine" {
                 fine.push(t);
             }
             measured.push((pair, s.score(t), t));
         }
+        before = batches;
         // Stable: equal scores keep the candidates' order.
         measured.sort_by(|a, b| b.1.total_cmp(&a.1));
         if round + 1 < rounds.len() {
@@ -774,7 +815,8 @@ pub fn search(
     }
     let to_measure: Vec<Candidate> =
         variants.iter().copied().filter(|c| !fine.iter().any(|&t| s.candidates[t] == *c)).collect();
-    fine.extend(s.trials(&to_measure, all, "fine", &mut tick)?);
+    // The residual variants not ranked yet start from nothing.
+    fine.extend(s.trials(&to_measure, (0, all), "fine", &mut tick)?);
     let mut combos: Vec<(Candidate, f64, usize)> = variants
         .iter()
         .map(|&c| {
@@ -795,7 +837,7 @@ pub fn search(
     }
     // The other float types are other graphs: the shared sessions' memory goes back first.
     lab.close_idle_sessions();
-    fine.extend(s.trials(&other_floats, all, "fine", &mut tick)?);
+    fine.extend(s.trials(&other_floats, (0, all), "fine", &mut tick)?);
     // Runners-up left out end the count early.
     progress(total as u64, total as u64);
     let best = fine.iter().map(|&t| s.score(t)).fold(f64::NEG_INFINITY, f64::max);
@@ -944,6 +986,32 @@ mod tests {
         assert_eq!(parallel_trials(PARALLEL_TRIALS_MAX_WEIGHTS), 2);
         assert_eq!(parallel_trials(PARALLEL_TRIALS_MAX_WEIGHTS + 1), 1);
         assert_eq!(parallel_trials(304_000_000), 1);
+    }
+
+    #[test]
+    fn many_threads_measure_more_candidates_at_once_within_the_threads_and_memory() {
+        let load = |candidates, new_batches, threads, max| TrialLoad {
+            parallel: PARALLEL_TRIALS,
+            candidates,
+            new_batches,
+            threads,
+            one_thread_sessions_max: max,
+        };
+        // 2 cores: two candidates at once, one session each (as before).
+        assert_eq!(trial_workers(load(8, 2, 2, Some(12))), 2);
+        // 16 threads, a first look at 2 batches: 8 candidates of 2 sessions fill them...
+        assert_eq!(trial_workers(load(8, 2, 16, Some(64))), 8);
+        // ...but no more sessions together than one measurement's memory bound (the ViT-S/14: 12)...
+        assert_eq!(trial_workers(load(8, 2, 16, Some(12))), 6);
+        // ...nor more candidates than there are, nor more workers than threads.
+        assert_eq!(trial_workers(load(3, 2, 16, Some(64))), 3);
+        assert_eq!(trial_workers(load(8, 1, 4, Some(64))), 4);
+        // All 8 batches left: two candidates of 8 sessions.
+        assert_eq!(trial_workers(load(4, 8, 16, Some(64))), 2);
+        // One thread: one at a time; a model measured in one session: its parallel_trials.
+        assert_eq!(trial_workers(load(8, 2, 1, Some(64))), 1);
+        assert_eq!(trial_workers(load(8, 2, 16, None)), 2);
+        assert_eq!(trial_workers(TrialLoad { parallel: 1, ..load(8, 2, 16, Some(64)) }), 1);
     }
 
     #[test]

@@ -312,9 +312,10 @@ fn the_search_writes_the_same_artifacts_one_candidate_or_two_at_a_time() {
 
 /// What the search and the self-check measure does not depend on `--threads`: ONNX Runtime's CPU GEMMs round
 /// differently on another intra-op thread count (here on the held-back samples' last batch, of one sample: 25
-/// = 8 + 8 + 8 + 1), so every measuring session runs on one thread and more threads run more sessions.
+/// = 8 + 8 + 8 + 1), so every measuring session runs on one thread and more threads run more sessions; on 16
+/// threads more candidates are measured at once too (four of four batches each).
 #[test]
-fn the_search_measures_the_same_on_one_thread_or_four() {
+fn the_search_measures_the_same_on_one_four_or_sixteen_threads() {
     let dir = tempfile::tempdir().unwrap();
     let run = |threads: &str| {
         let out = dir.path().join(format!("t{threads}"));
@@ -323,10 +324,13 @@ fn the_search_measures_the_same_on_one_thread_or_four() {
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         out
     };
-    let (one, four) = (run("1"), run("4"));
-    for file in ["model.qdq.onnx", "ranges.json"] {
-        let (a, b) = (std::fs::read(one.join(file)).unwrap(), std::fs::read(four.join(file)).unwrap());
-        assert!(a == b, "{file} differs between one thread and four");
+    let one = run("1");
+    for threads in ["4", "16"] {
+        let many = run(threads);
+        for file in ["model.qdq.onnx", "ranges.json"] {
+            let (a, b) = (std::fs::read(one.join(file)).unwrap(), std::fs::read(many.join(file)).unwrap());
+            assert!(a == b, "{file} differs between one thread and {threads}");
+        }
     }
 }
 
