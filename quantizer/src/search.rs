@@ -18,8 +18,8 @@
 //! probe ranks on all of them), then the best two of those on all of them with the residual input of Adds
 //! after an INT8 GEMM/Conv INT8 and float (where the model has such Adds), and the best two of these in every
 //! float type. Candidates that build the same model are measured once (unless two of one stage are measured at
-//! the same time: `PARALLEL_TRIALS`, more on many threads). The coarse stage starts with a first look at half its samples, and a
-//! candidate far behind a stage's leader ([`DROP_STANDARD_ERRORS`]) is measured no further: most of the search's
+//! the same time: `PARALLEL_TRIALS`, more on many threads). The coarse stage starts with a first look at half
+//! its samples, and a candidate far behind a stage's leader ([`DROP_STANDARD_ERRORS`]) is measured no further: most of the search's
 //! time goes to candidates that cannot win.
 
 use std::collections::HashMap;
@@ -427,10 +427,9 @@ struct Searcher<'a> {
 }
 
 impl Searcher<'_> {
-    /// Builds and measures `cs` on the first `batches` batches, up to [`Searcher::parallel`] at once, and
+    /// Builds and measures `cs` on the first `batches` batches, several at once ([`trial_workers`]), and
     /// records them in their order (so the record does not depend on which finished first); `done` is called
-    /// as each is recorded.
-    /// `measured` is how many of the first batches every candidate of `cs` may already have measured (an
+    /// as each is recorded. `measured` is how many of the first batches every candidate of `cs` may already have measured (an
     /// earlier round's): what is left for each says how many one-thread sessions one candidate keeps busy.
     fn trials(
         &mut self,
