@@ -19,8 +19,8 @@
 //! after an INT8 GEMM/Conv INT8 and float (where the model has such Adds), and the best two of these in every
 //! float type. Candidates that build the same model are measured once (unless two of one stage are measured at
 //! the same time: `PARALLEL_TRIALS`, more on many threads). The coarse stage starts with a first look at half
-//! its samples, and a candidate far behind a stage's leader ([`DROP_STANDARD_ERRORS`]) is measured no further: most of the search's
-//! time goes to candidates that cannot win.
+//! its samples, and a candidate far behind a stage's leader ([`DROP_STANDARD_ERRORS`]) is measured no further:
+//! most of the search's time goes to candidates that cannot win.
 
 use std::collections::HashMap;
 
