@@ -571,7 +571,7 @@ impl Probe {
     }
 
     /// The most one-thread sessions of this model that one measurement holds at once (bounded by
-    /// [`ONE_THREAD_SESSIONS_WEIGHTS`]), or `None` where it runs in one session ([`Probe::layout`]).
+    /// 256 Mi weight values together), or `None` where it runs in one session ([`Probe::layout`]).
     pub fn one_thread_sessions_max(&self, device: runtime::Device) -> Option<usize> {
         if device.is_cuda() || self.weights > ONE_THREAD_SESSIONS_MAX_WEIGHTS {
             return None;

@@ -39,7 +39,7 @@ pub struct WeightMemo {
 const WEIGHT_MEMO_MAX_VALUES: u64 = 64 << 20;
 
 impl WeightMemo {
-    /// A memo for a model of `values` weight values: on up to [`WEIGHT_MEMO_MAX_VALUES`].
+    /// A memo for a model of `values` weight values: on up to `WEIGHT_MEMO_MAX_VALUES`.
     pub fn for_weights(values: u64) -> WeightMemo {
         WeightMemo { kept: (values <= WEIGHT_MEMO_MAX_VALUES).then(Default::default) }
     }
