@@ -429,9 +429,16 @@ pub fn insert_qdq(
 mod tests {
     use super::*;
 
-    /// No weights kept from earlier builds.
-    fn fresh() -> WeightMemo {
-        WeightMemo::default()
+    /// The activations' amax of [`residual_model`].
+    fn residual_amax() -> HashMap<String, f32> {
+        [("x", 2.0f32), ("c", 1.0), ("y", 3.0)].iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    /// `model` with Q/DQ inserted as `decisions` say, at [`residual_amax`], FP32 scales, no weights kept.
+    fn insert_fp32(model: &Model, decisions: &[Decision]) -> (ModelProto, QdqSummary) {
+        let (options, clips) = (Default::default(), WeightClips::default());
+        insert_qdq(model, decisions, &options, &residual_amax(), &clips, FloatType::Fp32, &WeightMemo::default())
+            .unwrap()
     }
     use crate::test_models::{empty_model, float_value as value, load_written};
     use placement::{decide, PrecisionFile, Selection};
@@ -471,18 +478,7 @@ mod tests {
         let allow_concat =
             PrecisionFile { allow: Selection { nodes: vec![], ops: vec!["Concat".into()] }, ..Default::default() };
         let decisions = decide(&model.proto.graph, &allow_concat, &Default::default(), "test").unwrap();
-        let amax: HashMap<String, f32> =
-            [("x", 2.0f32), ("c", 1.0), ("y", 3.0)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        let (proto, summary) = insert_qdq(
-            &model,
-            &decisions,
-            &Default::default(),
-            &amax,
-            &WeightClips::default(),
-            FloatType::Fp32,
-            &fresh(),
-        )
-        .unwrap();
+        let (proto, summary) = insert_fp32(&model, &decisions);
         let nodes = &proto.graph.node;
         let dq_outputs: Vec<&str> =
             nodes.iter().filter(|n| n.op_type == "DequantizeLinear").map(|n| n.output[0].as_str()).collect();
@@ -520,18 +516,7 @@ mod tests {
         g.node.insert(0, constant(w, "w"));
         let model = load_written(&m, &dir.path().join("constant_weight.onnx"));
         let decisions = decide(&model.proto.graph, &Default::default(), &Default::default(), "test").unwrap();
-        let amax: HashMap<String, f32> =
-            [("x", 2.0f32), ("c", 1.0), ("y", 3.0)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        let (proto, summary) = insert_qdq(
-            &model,
-            &decisions,
-            &Default::default(),
-            &amax,
-            &WeightClips::default(),
-            FloatType::Fp32,
-            &fresh(),
-        )
-        .unwrap();
+        let (proto, summary) = insert_fp32(&model, &decisions);
         assert_eq!(summary.weights.len(), 1, "the Conv weight in a Constant node was not quantized");
         let read: HashSet<&str> = proto.graph.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
         let dead: Vec<&str> = proto
@@ -551,8 +536,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let model = residual_model(dir.path());
         let decisions = decide(&model.proto.graph, &Default::default(), &Default::default(), "test").unwrap();
-        let amax: HashMap<String, f32> =
-            [("x", 2.0f32), ("c", 1.0), ("y", 3.0)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let amax = residual_amax();
         let memo = WeightMemo::for_weights(model.weight_values());
         let build = |clip: WeightClip, scale_type: FloatType, memo: &WeightMemo| {
             let clips = WeightClips::all(clip);
