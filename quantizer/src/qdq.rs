@@ -428,6 +428,8 @@ pub fn insert_qdq(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_models::{empty_model, float_value as value, load_written};
+    use placement::{decide, PrecisionFile, Selection};
 
     /// The activations' amax of [`residual_model`].
     fn residual_amax() -> HashMap<String, f32> {
@@ -440,8 +442,6 @@ mod tests {
         insert_qdq(model, decisions, &options, &residual_amax(), &clips, FloatType::Fp32, &WeightMemo::default())
             .unwrap()
     }
-    use crate::test_models::{empty_model, float_value as value, load_written};
-    use placement::{decide, PrecisionFile, Selection};
 
     /// x -> Conv(w, 8 output channels) -> c; y = Add(c, x); z = Concat(y, x).
     fn residual_model(dir: &std::path::Path) -> Model {

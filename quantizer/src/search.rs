@@ -429,8 +429,9 @@ struct Searcher<'a> {
 impl Searcher<'_> {
     /// Builds and measures `cs` on the first `batches` batches, several at once ([`trial_workers`]), and
     /// records them in their order (so the record does not depend on which finished first); `done` is called
-    /// as each is recorded. `measured` is how many of the first batches every candidate of `cs` may already have measured (an
-    /// earlier round's): what is left for each says how many one-thread sessions one candidate keeps busy.
+    /// as each is recorded. `measured` is how many of the first batches every candidate of `cs` may already
+    /// have measured (an earlier round's): what is left for each says how many one-thread sessions one
+    /// candidate keeps busy.
     fn trials(
         &mut self,
         cs: &[Candidate],

@@ -320,7 +320,7 @@ fn the_search_writes_the_same_artifacts_one_candidate_or_two_at_a_time() {
 /// What the search and the self-check measure does not depend on `--threads`: ONNX Runtime's CPU GEMMs round
 /// differently on another intra-op thread count (here on the held-back samples' last batch, of one sample: 25
 /// = 8 + 8 + 8 + 1), so every measuring session runs on one thread and more threads run more sessions; on 16
-/// threads more candidates are measured at once too (four of four batches each).
+/// threads more candidates are measured at once too (four, each on its four batches).
 #[test]
 fn the_search_measures_the_same_on_one_four_or_sixteen_threads() {
     let dir = tempfile::tempdir().unwrap();
