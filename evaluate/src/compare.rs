@@ -25,6 +25,7 @@ pub(crate) fn unmeasured(source: &Path) -> impl Fn(Unmeasured) -> EvaluateError 
                 int8_images,
             }
         }
+        Unmeasured::NoSignal { images } => EvaluateError::NoSignal { path: source.to_path_buf(), images },
     }
 }
 
@@ -930,6 +931,19 @@ mod tests {
         nan.add(&[1.0, 2.0], &[f32::NAN, f32::INFINITY], 1, 0);
         let err = nan.finish().map_err(unmeasured(Path::new("val"))).unwrap_err().to_string();
         assert!(err.contains("on 2 images") && err.contains("INT8 2 in 1"), "{err}");
+    }
+
+    #[test]
+    fn float_outputs_that_are_zero_on_every_image_measure_nothing() {
+        let mut zero = OutputFidelity::default();
+        zero.add(&[0.0, 0.0], &[0.0, 0.0], 0, 0);
+        zero.add(&[0.0, -0.0], &[0.5, 0.0], 0, 0);
+        let err = zero.finish().map_err(unmeasured(Path::new("val"))).unwrap_err().to_string();
+        assert!(err.contains("val: the float model's outputs are zero on all 2 images"), "{err}");
+        // One image with signal is something to judge.
+        zero.add(&[0.0, 1.0], &[0.0, 1.0], 1, 1);
+        let f = zero.finish().map_err(unmeasured(Path::new("val"))).unwrap();
+        assert!(f.sqnr_db.is_finite() && f.images == 3, "{f:?}");
     }
 
     #[test]

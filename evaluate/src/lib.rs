@@ -118,6 +118,14 @@ pub enum EvaluateError {
         /// Images with any.
         int8_images: u64,
     },
+    /// The float model's outputs were zero on every image.
+    #[error("{path}: the float model's outputs are zero on all {images} images, so there is no signal to compare the INT8 outputs with: cosine and SQNR would pass on nothing (check the model and the recipe, or evaluate images the model responds to)")]
+    NoSignal {
+        /// The evaluation folder.
+        path: PathBuf,
+        /// Images evaluated.
+        images: u64,
+    },
     /// The zero-shot prototypes could not be read.
     #[error("{path}: cannot read the prototypes (a float32 [classes, dim] .npy is expected): {source}")]
     Prototypes {

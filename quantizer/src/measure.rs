@@ -99,6 +99,13 @@ pub enum Unmeasured {
         /// Images with any.
         int8_images: u64,
     },
+    /// The float model's outputs were zero on every image: any INT8 output would measure as perfect or as
+    /// pure noise, so there is nothing to judge.
+    #[error("the float model's outputs are zero on all {images} images, so there is no signal to compare the INT8 outputs with")]
+    NoSignal {
+        /// Images compared.
+        images: u64,
+    },
 }
 
 /// How close the INT8 outputs are to the FP32 ones, accumulated image by image.
@@ -165,8 +172,20 @@ impl OutputFidelity {
         acc
     }
 
-    /// The fidelity, or why there is none: no image, or an output that was not a number.
+    /// The fidelity, or why there is none: no image, an output that was not a number, or float outputs that
+    /// are zero on every image (a gate would pass on nothing: cosine 1 and an infinite SQNR).
     pub fn finish(&self) -> Result<Fidelity, Unmeasured> {
+        let fidelity = self.finish_any_signal()?;
+        if self.signal == 0.0 {
+            return Err(Unmeasured::NoSignal { images: self.images });
+        }
+        Ok(fidelity)
+    }
+
+    /// [`OutputFidelity::finish`] that also measures float outputs that are all zero: for part of the samples
+    /// of a [`Probe`], which checked the whole for signal (a detector's maps of a few photos without text may
+    /// all be zero).
+    fn finish_any_signal(&self) -> Result<Fidelity, Unmeasured> {
         if self.images == 0 {
             return Err(Unmeasured::NoImages);
         }
@@ -447,6 +466,19 @@ impl Probe {
                 ),
             });
         }
+        // Nor does one that is zero everywhere: every candidate would measure as perfect (or as pure noise).
+        if probe.samples() > 0 && probe.fp32.iter().flatten().all(|&v| v == 0.0) {
+            return Err(QuantizeError::Model {
+                path: reference.path.clone(),
+                message: format!(
+                    "the float model's output '{}' is zero on all {} samples from {}, so no INT8 model can be \
+                     measured against it; check the model and its inputs (the recipe), or measure on other samples",
+                    probe.output,
+                    probe.samples(),
+                    probe.source.display()
+                ),
+            });
+        }
         Ok(probe)
     }
 
@@ -639,7 +671,7 @@ impl Probe {
     /// How close `outputs` (of the first `outputs.len()` batches) are to the float model's; agreement is on
     /// the raw outputs' argmax.
     pub fn fidelity(&self, outputs: &[Vec<f32>]) -> Result<Fidelity, Unmeasured> {
-        self.sums(outputs).finish()
+        self.sums(outputs).finish_any_signal()
     }
 
     /// The fidelity sums of `outputs`, keeping every sample's share.
@@ -724,7 +756,8 @@ impl Probe {
             });
         }
         let sums = self.sums(&outputs);
-        let fidelity = sums.finish().map_err(|source| QuantizeError::Measure { path: self.source.clone(), source })?;
+        let fidelity =
+            sums.finish_any_signal().map_err(|source| QuantizeError::Measure { path: self.source.clone(), source })?;
         Ok(((fidelity, sums.parts().images), outputs))
     }
 

@@ -77,16 +77,33 @@ pub fn calibrated(dir: &Path) -> PathBuf {
 
 /// The ResNet with NaN in its classifier bias at `nan_at` (every logit row then holds NaN), in `dir`.
 pub fn nan_resnet(dir: &Path, nan_at: &[usize]) -> PathBuf {
+    resnet_with_head(dir, "nan.onnx", |_, bias| nan_at.iter().for_each(|&i| bias[i] = f32::NAN))
+}
+
+/// The ResNet whose classifier's weights and bias are all zero: logits of 0 for every image, in `dir`.
+pub fn zero_head_resnet(dir: &Path) -> PathBuf {
+    resnet_with_head(dir, "zero.onnx", |weights, bias| {
+        weights.fill(0.0);
+        bias.fill(0.0);
+    })
+}
+
+/// The ResNet with its classifier's (the Gemm's) weights and bias edited by `edit`, written to `dir/name`.
+fn resnet_with_head(dir: &Path, name: &str, edit: impl FnOnce(&mut [f32], &mut [f32])) -> PathBuf {
     let mut m = graph::Model::load(&resnet()).unwrap();
     let graph = m.proto.graph.mut_or_insert_default();
-    let head = graph.node.iter().find(|n| n.op_type == "Gemm").unwrap().input[2].clone();
-    let bias = graph.initializer.iter_mut().find(|t| t.name == head).unwrap();
-    let mut values: Vec<f32> = bias.raw_data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-    for &i in nan_at {
-        values[i] = f32::NAN;
-    }
-    bias.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let path = dir.join("nan.onnx");
+    let head = graph.node.iter().find(|n| n.op_type == "Gemm").unwrap().input.clone();
+    let floats = |t: &graph::proto::TensorProto| -> Vec<f32> {
+        assert!(!t.raw_data.is_empty(), "{}: the fixture stores its weights as raw data", t.name);
+        t.raw_data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    };
+    let position = |name: &str| graph.initializer.iter().position(|t| t.name == name).unwrap();
+    let (w, b) = (position(&head[1]), position(&head[2]));
+    let (mut weights, mut bias) = (floats(&graph.initializer[w]), floats(&graph.initializer[b]));
+    edit(&mut weights, &mut bias);
+    graph.initializer[w].raw_data = weights.iter().flat_map(|v| v.to_le_bytes()).collect();
+    graph.initializer[b].raw_data = bias.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let path = dir.join(name);
     std::fs::write(&path, m.to_bytes().unwrap()).unwrap();
     path
 }

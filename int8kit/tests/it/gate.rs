@@ -145,6 +145,27 @@ fn nan_outputs_fail_the_run_with_counts() {
     refused(&o, "the float model's outputs are not finite numbers on 5 of the 5 samples from");
 }
 
+/// A float model whose outputs are zero on every image gives nothing to judge: the self-check's samples refuse it
+/// before anything is written, and an evaluation without them (`--hold-out 0`) refuses it too, instead of
+/// passing a cosine of 1 and an infinite SQNR (a classifier head zero-initialized and never trained does this).
+#[test]
+fn outputs_that_are_zero_everywhere_are_refused_not_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let zero = common::zero_head_resnet(dir.path());
+    let out = dir.path().join("out");
+    let o = validate(&zero, &val_dir(), &out, &["--limit-val", "20", "--min-cosine", "0.99", "--min-sqnr", "20"]);
+    refused(&o, "the float model's output 'logits' is zero on all 5 samples from");
+    assert!(!out.exists(), "{}", text(&o));
+    let o = validate(
+        &zero,
+        &val_dir(),
+        &out,
+        &["--limit-val", "20", "--min-cosine", "0.99", "--min-sqnr", "20", "--hold-out", "0"],
+    );
+    refused(&o, "the float model's outputs are zero on all 20 images, so there is no signal");
+    assert!(!out.join("report.json").exists(), "{}", text(&o));
+}
+
 #[test]
 fn autoprecision_budgets_must_be_finite() {
     let dir = tempfile::tempdir().unwrap();
