@@ -834,7 +834,7 @@ fn fp16_evaluation(args: &CheckArgs) -> anyhow::Result<Vec<Fp16EvaluationRow>> {
                     cfg.device = device;
                     cfg.graph_optimization = level;
                     let mut session = runtime::session_from_bytes(&bytes, &cfg)?;
-                    let output = model.proto.graph.output[0].name.clone();
+                    let output = model.measured_output()?.to_string();
                     let mut out = Vec::new();
                     let options = datasets::StreamOptions { batch_size: 64, ..Default::default() };
                     for batch in datasets::BatchStream::new(&val, &config.feed, options) {

@@ -237,8 +237,7 @@ struct Runner {
 impl Runner {
     fn new(path: &Path, feed: &Feed, placement: runtime::Placement) -> Result<Runner, EvaluateError> {
         let mut m = graph::Model::load(path)?;
-        let no_output = || EvaluateError::Model { path: path.into(), message: "the model has no output".into() };
-        let output = m.proto.graph.output.first().ok_or_else(no_output)?.name.clone();
+        let output = m.measured_output()?.to_string();
         let input = calibrate::batch_input(&m, feed)?;
         let label = path.display().to_string();
         let mut cfg = evaluation_config(&label, placement, &m.proto.graph);

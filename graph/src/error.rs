@@ -123,4 +123,12 @@ pub enum GraphError {
         /// The inputs the graph has.
         available: String,
     },
+    /// No graph output is float32, so no output can be compared.
+    #[error("{model}: no output is float32 (outputs: {available}); int8kit measures the first float32 output (a detector's scores, a classifier's logits): export one, e.g. the scores before an argmax or NMS")]
+    NoMeasurableOutput {
+        /// The model file.
+        model: PathBuf,
+        /// The graph's outputs and their element types.
+        available: String,
+    },
 }

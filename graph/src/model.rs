@@ -205,6 +205,28 @@ impl Model {
         }
     }
 
+    /// The output every evaluation compares (the self-check, the auto search, validate, sensitivity): the first
+    /// graph output that is float32 (or of unrecorded type), so that a model whose first output is a class index
+    /// or a box count (an argmax or NMS in the graph) is measured on its scores.
+    pub fn measured_output(&self) -> Result<&str, GraphError> {
+        let float = |v: &&onnx_protobuf::ValueInfoProto| {
+            v.type_.as_ref().is_none_or(|t| {
+                let elem = t.tensor_type().elem_type;
+                elem == DataType::FLOAT as i32 || elem == DataType::UNDEFINED as i32
+            })
+        };
+        match self.proto.graph.output.iter().find(float) {
+            Some(v) => Ok(&v.name),
+            None => Err(GraphError::NoMeasurableOutput {
+                model: self.path.clone(),
+                available: match self.proto.graph.output.iter().map(describe_value).collect::<Vec<_>>() {
+                    names if names.is_empty() => "none".into(),
+                    names => names.join(", "),
+                },
+            }),
+        }
+    }
+
     /// The batch size the input `input` is fixed to, when its first dimension is a number rather than a
     /// symbol (some exporters write batch 1).
     pub fn fixed_batch(&self, input: &str) -> Option<usize> {
@@ -399,4 +421,12 @@ fn referenced_files(path: &Path, dir: &Path, graph: &onnx_protobuf::GraphProto) 
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A graph input or output as `'name' (element type)`, for messages.
+fn describe_value(v: &onnx_protobuf::ValueInfoProto) -> String {
+    let elem = v.type_.as_ref().map_or(0, |t| t.tensor_type().elem_type);
+    let name = <DataType as protobuf::Enum>::from_i32(elem)
+        .map_or_else(|| format!("type {elem}"), |d| format!("{d:?}").to_lowercase());
+    format!("'{}' ({name})", v.name)
 }

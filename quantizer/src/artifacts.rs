@@ -128,7 +128,7 @@ pub struct SelfCheck {
     pub status: &'static str,
     /// The samples: which, and how many.
     pub samples: String,
-    /// Agreement, cosine and SQNR of the written model's first output against the float model's.
+    /// Agreement, cosine and SQNR of the written model's first float32 output against the float model's.
     pub fidelity: Option<crate::measure::Fidelity>,
     /// How ONNX Runtime ran the written model (graph optimizations off for FP16 graphs).
     pub evaluation: Option<String>,

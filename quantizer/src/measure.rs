@@ -299,7 +299,7 @@ pub fn fed_scales(proto: &mut graph::proto::ModelProto) -> Option<ScaleFeed> {
 
 /// Samples decoded once, with the float model's outputs on them: the yardstick that candidate models built
 /// from one [`crate::Quantizer`] are measured against, each in its own unoptimized session. Models are
-/// compared on their first output.
+/// compared on their first float32 output ([`graph::Model::measured_output`]).
 pub struct Probe {
     /// Samples of several shapes (a recipe's sizes, `.npz` lengths) take turns batch by batch, so that the
     /// first batches (the search's coarse stage) hold every shape.
@@ -417,17 +417,7 @@ impl Probe {
         options: ProbeOptions,
     ) -> Result<Probe, QuantizeError> {
         let input = calibrate::batch_input(reference, feed)?;
-        let output = reference
-            .proto
-            .graph
-            .output
-            .first()
-            .ok_or_else(|| QuantizeError::Model {
-                path: reference.path.clone(),
-                message: "the model has no output".into(),
-            })?
-            .name
-            .clone();
+        let output = reference.measured_output()?.to_string();
         let mut dataset = dataset.clone();
         let batch_size = match reference.fixed_batch(&input) {
             Some(fixed) => {

@@ -1,6 +1,7 @@
 //! The release gate cannot pass by mistake: no images, limits that are not numbers, a baseline of another
-//! model or image set, classes or prototypes that do not fit the model, and NaN outputs all stop the run with
-//! exit 2 and the reason, before or instead of a verdict.
+//! model or image set, classes or prototypes that do not fit the model, NaN outputs, float outputs that are zero
+//! everywhere and a model without a float32 output all stop the run with exit 2 and the reason, before or
+//! instead of a verdict.
 
 use crate::common;
 
@@ -164,6 +165,31 @@ fn outputs_that_are_zero_everywhere_are_refused_not_passed() {
     );
     refused(&o, "the float model's outputs are zero on all 20 images, so there is no signal");
     assert!(!out.join("report.json").exists(), "{}", text(&o));
+}
+
+/// A model whose first output is a class index (an ArgMax in the graph) is measured on its first float32
+/// output, the logits, as the unmodified model is; one without a float32 output is refused, naming its outputs.
+#[test]
+fn the_first_float32_output_is_measured_and_a_model_without_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fidelity = |model: &Path, out: &str| {
+        let out = dir.path().join(out);
+        let o = common::on_fixtures("quantize", model, &out, &["--limit", "60", "--quiet"]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let ranges: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("ranges.json")).unwrap()).unwrap();
+        ranges["self_check"]["fidelity"].clone()
+    };
+    let argmax_first = common::argmax_first_resnet(dir.path(), true);
+    let plain = fidelity(&resnet(), "plain");
+    assert!(plain["cosine_mean"].as_f64().unwrap() > 0.99, "{plain}");
+    assert_eq!(fidelity(&argmax_first, "argmax"), plain);
+
+    let only = common::argmax_first_resnet(dir.path(), false);
+    let o = common::on_fixtures("quantize", &only, &dir.path().join("only"), &["--limit", "60", "--quiet"]);
+    refused(&o, "no output is float32 (outputs: 'label' (int64))");
+    let o = validate(&only, &val_dir(), &dir.path().join("v"), &["--limit-val", "20", "--min-cosine", "0.9"]);
+    refused(&o, "no output is float32");
 }
 
 #[test]
