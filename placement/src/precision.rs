@@ -89,7 +89,8 @@ fn matchers(patterns: &[String], origin: &str) -> Result<Vec<(String, GlobMatche
         .collect()
 }
 
-/// Decides every node's precision. Nodes outside GEMM_OPS appear only when a list names them.
+/// Decides every node's precision. Nodes outside GEMM_OPS appear only when a list names them, and ONNX
+/// Attention nodes, which stay float ([`ATTENTION_OP`]).
 pub fn decide(
     graph: &GraphProto,
     file: &PrecisionFile,
@@ -160,6 +161,8 @@ pub fn decide(
             } else {
                 (true, format!("default: {op} inputs and weights in INT8"))
             }
+        } else if op == ATTENTION_OP && graph::is_default_domain(&node.domain) {
+            (false, ATTENTION_OP_REASON.to_string())
         } else {
             continue;
         };
@@ -168,6 +171,16 @@ pub fn decide(
     check_entries_match(graph, file, origin, &deny_nodes, &allow_nodes)?;
     Ok(out)
 }
+
+/// ONNX's own attention op (opset 23): Q*K^T, the softmax and attn*V in one node. Its matrix products have no
+/// tensor between them for a Q/DQ pair, so they run in the float type; the node is listed (and its FLOPs counted)
+/// so that the INT8 share and `--attention` say so rather than pass over it.
+pub const ATTENTION_OP: &str = "Attention";
+
+/// Why an ONNX Attention node stays float, whatever attention precision was asked for.
+const ATTENTION_OP_REASON: &str = "ONNX Attention op: Q*K^T and attn*V run inside the node, with no tensor between \
+                                   them for Q/DQ, so they stay in the float type whatever --attention says (export \
+                                   attention as MatMuls, opset 22 or lower, for INT8 attention)";
 
 /// The smallest GEMM dimension and channel count TensorRT's INT8 Tensor Core kernels take well: a smaller
 /// layer gets Q/DQ overhead and no INT8 kernel (ModelOpt 0.47 leaves such layers out of INT8 for the same
@@ -368,5 +381,27 @@ mod tests {
         let d = decide(&g, &PrecisionFile::default(), &float_attention, "test").unwrap();
         let fc = d.iter().find(|d| d.node == "fc").unwrap();
         assert!(fc.int8 && !fc.reason.contains("attention"), "{}", fc.reason);
+    }
+
+    #[test]
+    fn onnx_attention_nodes_are_listed_as_float_whatever_attention_is_asked() {
+        let mut g = small_cnn();
+        let mut attention = NodeProto::new();
+        attention.op_type = ATTENTION_OP.into();
+        attention.name = "sdpa".into();
+        attention.input = vec!["q".into(), "k".into(), "v".into()];
+        attention.output = vec!["y".into()];
+        g.node.push(attention.clone());
+        // A custom-domain op of the same name is not ONNX's: not listed.
+        attention.name = "custom".into();
+        attention.domain = "com.example".into();
+        g.node.push(attention);
+        for asked in [AttentionPrecision::Int8, AttentionPrecision::Float] {
+            let options = PlacementOptions { attention: Some(asked), ..PlacementOptions::for_target(Target::TensorRt) };
+            let d = decide(&g, &PrecisionFile::default(), &options, "test").unwrap();
+            let sdpa = d.iter().find(|d| d.node == "sdpa").unwrap();
+            assert!(!sdpa.int8 && sdpa.reason.contains("whatever --attention says"), "{}", sdpa.reason);
+            assert!(d.iter().all(|d| d.node != "custom"));
+        }
     }
 }

@@ -52,20 +52,26 @@ fn zero_batch(model: &Model, hist: &HistFile) -> Result<(Vec<NamedArray>, usize)
     }
 }
 
-/// FLOPs (2 x MACs) per sample and node name, for Conv/ConvTranspose/MatMul/Gemm nodes, for samples like the
-/// calibration's.
+/// FLOPs (2 x MACs) per sample and node name, for Conv/ConvTranspose/MatMul/Gemm nodes and ONNX Attention
+/// nodes (their two matrix products), for samples like the calibration's.
 pub fn gemm_flops(model: &Model, hist: &HistFile) -> Result<HashMap<String, f64>, QuantizeError> {
     let (fed, batch) = zero_batch(model, hist)?;
     let is_fed = |t: &str| fed.iter().any(|a| a.name == t);
     let graph = &model.proto.graph;
     let index = GraphIndex::new(graph);
-    let gemm: Vec<usize> =
-        (0..graph.node.len()).filter(|&i| placement::GEMM_OPS.contains(&graph.node[i].op_type.as_str())).collect();
-    // Shapes needed: each node's output, and its first input (MatMul/Gemm inner dimension, ConvTranspose).
+    let is_attention =
+        |n: &graph::proto::NodeProto| n.op_type == placement::ATTENTION_OP && graph::is_default_domain(&n.domain);
+    let gemm: Vec<usize> = (0..graph.node.len())
+        .filter(|&i| placement::GEMM_OPS.contains(&graph.node[i].op_type.as_str()) || is_attention(&graph.node[i]))
+        .filter(|&i| graph.node[i].input.len() >= 2 && !graph.node[i].output.is_empty())
+        .collect();
+    // Shapes needed: each node's output, and its first input (MatMul/Gemm inner dimension, ConvTranspose); an
+    // Attention node's key too (its sequence length).
     let mut wanted: Vec<String> = Vec::new();
     for &i in &gemm {
         let n = &graph.node[i];
-        for t in [&n.output[0], &n.input[0]] {
+        let key = is_attention(n).then(|| &n.input[1]);
+        for t in [&n.output[0], &n.input[0]].into_iter().chain(key) {
             if !wanted.contains(t) && !index.initializers.contains_key(t) {
                 wanted.push(t.clone());
             }
@@ -104,6 +110,15 @@ pub fn gemm_flops(model: &Model, hist: &HistFile) -> Result<HashMap<String, f64>
             "Gemm" => {
                 let trans_a = n.attribute.iter().find(|a| a.name == "transA").map(|a| a.i).unwrap_or(0);
                 shapes.get(&n.input[0]).and_then(|s| s.get(if trans_a != 0 { 0 } else { 1 })).map(|&d| d as f64)
+            }
+            // Q*K^T: every query value meets every key position; attn*V: every output value does too
+            // (K is [batch, heads, positions, size] or [batch, positions, heads * size]).
+            "Attention" => {
+                let positions = shapes.get(&n.input[1]).and_then(|s| s.get(if s.len() == 4 { 2 } else { 1 }));
+                if let (Some(&p), Some(q), Some(y)) = (positions, numel(&n.input[0]), numel(&n.output[0])) {
+                    flops.insert(n.name.clone(), 2.0 * p as f64 * (q + y) / batch as f64);
+                }
+                continue;
             }
             _ => None,
         };
