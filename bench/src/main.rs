@@ -3,6 +3,7 @@
 //! the product (`cargo xtask ci` checks formatting first). On a GPU machine without Rust the stripped binary
 //! runs on its own (`xtask/gpu-run.sh`).
 
+mod archs;
 mod demo;
 mod gpu;
 mod large;
@@ -80,6 +81,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Bench { which, suite } => match which {
             Some(measure::Which::Large) => large::run(),
+            Some(measure::Which::Archs) => archs::run(),
             Some(measure::Which::Zoo(args)) => suite::zoo(&args),
             Some(which) => measure::run(which),
             None => suite::run(&suite),

@@ -28,6 +28,10 @@ pub enum Which {
     /// Random-weight ViT-L/14 (1.2 GB) and ViT-H/14 (2.5 GB, external data) through calibrate, analyze and
     /// validate: time and peak RSS against the model's size.
     Large,
+    /// torchvision's architectures (random weights, BatchNorm statistics from photo crops) exported by two
+    /// PyTorch exporters, through `quantize` with the defaults, lint, and a second run at one thread and
+    /// batch 5: a robustness sweep over model families, not an accuracy benchmark.
+    Archs,
     /// The real-model zoo (bench/zoo/zoo.toml): per model, every explicit combination of int8kit's options,
     /// its default (auto), ONNX Runtime's quantize_static and ModelOpt on crops of photos calibration never
     /// saw; writes zoo.json and the zoo table of BENCHMARKS.md.
@@ -278,7 +282,9 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Calibrate { model, repeat } => bench_calibrate(&model, repeat.max(1)),
         Which::Analyze(args) => bench_analyze(&args),
         // Dispatched by main, beside the suite it shares its helpers with.
-        Which::Large | Which::Zoo(_) => bail!("internal: `bench large` and `bench zoo` are dispatched by main"),
+        Which::Large | Which::Archs | Which::Zoo(_) => {
+            bail!("internal: `bench large`, `bench archs` and `bench zoo` are dispatched by main")
+        }
     }
 }
 
