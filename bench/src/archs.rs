@@ -58,9 +58,12 @@ pub fn run() -> anyhow::Result<()> {
     }
     let models = bench_home().join("archs");
     crate::run_ok(
-        Command::new(&python)
-            .arg(root.join("bench/scripts/torchvision_archs.py"))
-            .args(["--raw".as_ref(), raw.as_os_str(), "--out".as_ref(), models.as_os_str()]),
+        Command::new(&python).arg(root.join("bench/scripts/torchvision_archs.py")).args([
+            "--raw".as_ref(),
+            raw.as_os_str(),
+            "--out".as_ref(),
+            models.as_os_str(),
+        ]),
         "exporting the torchvision architectures",
     )?;
     let mut paths: Vec<_> = std::fs::read_dir(&models)?
@@ -94,13 +97,14 @@ pub fn run() -> anyhow::Result<()> {
         eprintln!("  quantize: {} (FP32 pass {:.1} s)", quantize.summary(), fp32_pass.wall_s);
         let again = dir.join("quantize-1-thread");
         quantize_into(&again, &["--threads", "1", "--batch-size", "5"])?;
-        let same = |file: &str| std::fs::read(out.join(file)).ok().is_some_and(|a| std::fs::read(again.join(file)).ok() == Some(a));
+        let same = |file: &str| {
+            std::fs::read(out.join(file)).ok().is_some_and(|a| std::fs::read(again.join(file)).ok() == Some(a))
+        };
         let ranges: Option<serde_json::Value> =
             std::fs::read(out.join("ranges.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
-        let field = |path: &[&str]| {
-            ranges.as_ref().and_then(|r| path.iter().try_fold(r, |v, k| v.get(*k))).cloned()
-        };
-        let text = |v: Option<serde_json::Value>| v.map_or_else(|| "-".into(), |v| v.as_str().unwrap_or("-").to_string());
+        let field = |path: &[&str]| ranges.as_ref().and_then(|r| path.iter().try_fold(r, |v, k| v.get(*k))).cloned();
+        let text =
+            |v: Option<serde_json::Value>| v.map_or_else(|| "-".into(), |v| v.as_str().unwrap_or("-").to_string());
         let lint = Command::new(&bin).arg("lint").arg(out.join("model.qdq.onnx")).output()?;
         let lint_errors = String::from_utf8_lossy(&lint.stdout)
             .lines()
@@ -133,7 +137,12 @@ pub fn run() -> anyhow::Result<()> {
             "| {} | {} | {} | {} | {} | {} | {} |",
             r.model,
             if r.quantize.outcome == "ok" {
-                format!("{:.1} s / {:.1} s = {:.2}x", r.quantize.wall_s, r.fp32_pass.wall_s, r.quantize.wall_s / r.fp32_pass.wall_s)
+                format!(
+                    "{:.1} s / {:.1} s = {:.2}x",
+                    r.quantize.wall_s,
+                    r.fp32_pass.wall_s,
+                    r.quantize.wall_s / r.fp32_pass.wall_s
+                )
             } else {
                 r.quantize.outcome.clone()
             },

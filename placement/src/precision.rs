@@ -90,7 +90,7 @@ fn matchers(patterns: &[String], origin: &str) -> Result<Vec<(String, GlobMatche
 }
 
 /// Decides every node's precision. Nodes outside GEMM_OPS appear only when a list names them, and ONNX
-/// Attention nodes, which stay float ([`ATTENTION_OP`]).
+/// Attention nodes and Einsum products, which stay float ([`ATTENTION_OP`], [`is_einsum_product`]).
 pub fn decide(
     graph: &GraphProto,
     file: &PrecisionFile,
@@ -163,6 +163,8 @@ pub fn decide(
             }
         } else if op == ATTENTION_OP && graph::is_default_domain(&node.domain) {
             (false, ATTENTION_OP_REASON.to_string())
+        } else if is_einsum_product(node) {
+            (false, EINSUM_REASON.to_string())
         } else {
             continue;
         };
@@ -181,6 +183,30 @@ pub const ATTENTION_OP: &str = "Attention";
 const ATTENTION_OP_REASON: &str = "ONNX Attention op: Q*K^T and attn*V run inside the node, with no tensor between \
                                    them for Q/DQ, so they stay in the float type whatever --attention says (export \
                                    attention as MatMuls, opset 22 or lower, for INT8 attention)";
+
+/// Why an Einsum that multiplies tensors stays float.
+const EINSUM_REASON: &str = "Einsum: a matrix product int8kit places no Q/DQ on (only Conv, ConvTranspose, MatMul and \
+                             Gemm take them), so it stays in the float type (export it as a MatMul for INT8)";
+
+/// Whether `node` is an ONNX Einsum of two or more tensors that sums over an index: a matrix product (MaxViT's
+/// attention is written so), listed as float with its FLOPs rather than passed over.
+pub fn is_einsum_product(node: &NodeProto) -> bool {
+    node.op_type == "Einsum"
+        && graph::is_default_domain(&node.domain)
+        && node.input.iter().filter(|i| !i.is_empty()).count() >= 2
+        && einsum_terms(node).is_some_and(|(inputs, output)| {
+            inputs.iter().flat_map(|t| t.chars()).any(|c| c.is_ascii_alphabetic() && !output.contains(c))
+        })
+}
+
+/// An Einsum's input terms and output term, letters only (spaces dropped), or `None` without an explicit
+/// output (`->`).
+pub fn einsum_terms(node: &NodeProto) -> Option<(Vec<String>, String)> {
+    let equation = node.attribute.iter().find(|a| a.name == "equation")?;
+    let equation: String = String::from_utf8_lossy(&equation.s).chars().filter(|c| !c.is_whitespace()).collect();
+    let (inputs, output) = equation.split_once("->")?;
+    Some((inputs.split(',').map(str::to_string).collect(), output.to_string()))
+}
 
 /// The smallest GEMM dimension and channel count TensorRT's INT8 Tensor Core kernels take well: a smaller
 /// layer gets Q/DQ overhead and no INT8 kernel (ModelOpt 0.47 leaves such layers out of INT8 for the same
@@ -384,8 +410,18 @@ mod tests {
     }
 
     #[test]
-    fn onnx_attention_nodes_are_listed_as_float_whatever_attention_is_asked() {
+    fn onnx_attention_nodes_and_einsum_products_are_listed_as_float_whatever_attention_is_asked() {
         let mut g = small_cnn();
+        let mut scores = NodeProto::new();
+        scores.op_type = "Einsum".into();
+        scores.name = "scores".into();
+        scores.input = vec!["q".into(), "k".into()];
+        scores.output = vec!["s".into()];
+        let mut equation = AttributeProto::new();
+        equation.name = "equation".into();
+        equation.s = b"bhid,bhjd->bhij".to_vec();
+        scores.attribute.push(equation);
+        g.node.push(scores);
         let mut attention = NodeProto::new();
         attention.op_type = ATTENTION_OP.into();
         attention.name = "sdpa".into();
@@ -401,6 +437,8 @@ mod tests {
             let d = decide(&g, &PrecisionFile::default(), &options, "test").unwrap();
             let sdpa = d.iter().find(|d| d.node == "sdpa").unwrap();
             assert!(!sdpa.int8 && sdpa.reason.contains("whatever --attention says"), "{}", sdpa.reason);
+            let scores = d.iter().find(|d| d.node == "scores").unwrap();
+            assert!(!scores.int8 && scores.reason.starts_with("Einsum: a matrix product"), "{}", scores.reason);
             assert!(d.iter().all(|d| d.node != "custom"));
         }
     }

@@ -52,8 +52,8 @@ fn zero_batch(model: &Model, hist: &HistFile) -> Result<(Vec<NamedArray>, usize)
     }
 }
 
-/// FLOPs (2 x MACs) per sample and node name, for Conv/ConvTranspose/MatMul/Gemm nodes and ONNX Attention
-/// nodes (their two matrix products), for samples like the calibration's.
+/// FLOPs (2 x MACs) per sample and node name, for Conv/ConvTranspose/MatMul/Gemm nodes, ONNX Attention nodes
+/// (their two matrix products) and Einsum products, for samples like the calibration's.
 pub fn gemm_flops(model: &Model, hist: &HistFile) -> Result<HashMap<String, f64>, QuantizeError> {
     let (fed, batch) = zero_batch(model, hist)?;
     let is_fed = |t: &str| fed.iter().any(|a| a.name == t);
@@ -61,17 +61,27 @@ pub fn gemm_flops(model: &Model, hist: &HistFile) -> Result<HashMap<String, f64>
     let index = GraphIndex::new(graph);
     let is_attention =
         |n: &graph::proto::NodeProto| n.op_type == placement::ATTENTION_OP && graph::is_default_domain(&n.domain);
+    let einsum = |n: &graph::proto::NodeProto| placement::is_einsum_product(n);
     let gemm: Vec<usize> = (0..graph.node.len())
-        .filter(|&i| placement::GEMM_OPS.contains(&graph.node[i].op_type.as_str()) || is_attention(&graph.node[i]))
+        .filter(|&i| {
+            let n = &graph.node[i];
+            placement::GEMM_OPS.contains(&n.op_type.as_str()) || is_attention(n) || einsum(n)
+        })
         .filter(|&i| graph.node[i].input.len() >= 2 && !graph.node[i].output.is_empty())
         .collect();
-    // Shapes needed: each node's output, and its first input (MatMul/Gemm inner dimension, ConvTranspose); an
-    // Attention node's key too (its sequence length).
+    // Shapes needed: each node's output, and its first input (MatMul/Gemm inner dimension, ConvTranspose).
     let mut wanted: Vec<String> = Vec::new();
     for &i in &gemm {
         let n = &graph.node[i];
-        let key = is_attention(n).then(|| &n.input[1]);
-        for t in [&n.output[0], &n.input[0]].into_iter().chain(key) {
+        // An Attention node's key too (its sequence length), every input of an Einsum (its index sizes).
+        let more: Vec<&String> = if is_attention(n) {
+            vec![&n.input[1]]
+        } else if einsum(n) {
+            n.input.iter().filter(|i| !i.is_empty()).collect()
+        } else {
+            vec![]
+        };
+        for t in [&n.output[0], &n.input[0]].into_iter().chain(more) {
             if !wanted.contains(t) && !index.initializers.contains_key(t) {
                 wanted.push(t.clone());
             }
@@ -120,6 +130,13 @@ pub fn gemm_flops(model: &Model, hist: &HistFile) -> Result<HashMap<String, f64>
                 }
                 continue;
             }
+            // One multiply-add per combination of every index's values (those summed over included).
+            "Einsum" => {
+                if let Some(f) = einsum_flops(n, &shapes) {
+                    flops.insert(n.name.clone(), f / batch as f64);
+                }
+                continue;
+            }
             _ => None,
         };
         // ConvTranspose: every input element meets (Cout/g * kh * kw) weights.
@@ -129,4 +146,54 @@ pub fn gemm_flops(model: &Model, hist: &HistFile) -> Result<HashMap<String, f64>
         }
     }
     Ok(flops)
+}
+
+/// FLOPs of an Einsum product: 2 x the product of every index's size, the sizes read from the inputs' shapes;
+/// `None` with an ellipsis, or a shape that does not fit its term.
+fn einsum_flops(n: &graph::proto::NodeProto, shapes: &HashMap<String, Vec<i64>>) -> Option<f64> {
+    let (terms, _) = placement::einsum_terms(n)?;
+    let mut sizes: HashMap<char, i64> = HashMap::new();
+    for (term, input) in terms.iter().zip(n.input.iter().filter(|i| !i.is_empty())) {
+        let shape = shapes.get(input)?;
+        if term.contains('.') || term.chars().count() != shape.len() {
+            return None;
+        }
+        for (c, &d) in term.chars().zip(shape) {
+            sizes.insert(c, d.max(*sizes.get(&c).unwrap_or(&1)));
+        }
+    }
+    Some(2.0 * sizes.values().map(|&d| d as f64).product::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn einsum(equation: &str, inputs: &[&str]) -> graph::proto::NodeProto {
+        let mut n = graph::proto::NodeProto::new();
+        n.op_type = "Einsum".into();
+        n.input = inputs.iter().map(|i| i.to_string()).collect();
+        n.output = vec!["y".into()];
+        let mut a = graph::proto::AttributeProto::new();
+        a.name = "equation".into();
+        a.s = equation.as_bytes().to_vec();
+        n.attribute.push(a);
+        n
+    }
+
+    #[test]
+    fn an_einsum_product_counts_a_multiply_add_per_combination_of_its_indices() {
+        let shapes: HashMap<String, Vec<i64>> =
+            [("q".to_string(), vec![2, 3, 49, 32]), ("k".to_string(), vec![2, 3, 49, 32])].into();
+        // MaxViT's attention scores, spaces and capitals as its exporter writes them: 2 x B*H*I*J*D.
+        let scores = einsum("B H I D, B H J D -> B H I J", &["q", "k"]);
+        assert!(placement::is_einsum_product(&scores));
+        assert_eq!(einsum_flops(&scores, &shapes), Some(2.0 * (2 * 3 * 49 * 49 * 32) as f64));
+        // A term that does not fit its input's rank, or an ellipsis, gives no count.
+        assert_eq!(einsum_flops(&einsum("bhd,bhjd->bhj", &["q", "k"]), &shapes), None);
+        assert_eq!(einsum_flops(&einsum("...id,...jd->...ij", &["q", "k"]), &shapes), None);
+        // No index summed over, or one input: no product, not listed.
+        assert!(!placement::is_einsum_product(&einsum("bhid,bhid->bhid", &["q", "k"])));
+        assert!(!placement::is_einsum_product(&einsum("bhid->bhdi", &["q"])));
+    }
 }
