@@ -180,6 +180,16 @@ pub fn choose_and_measure<'q>(
     yardstick: &Yardstick,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<crate::Artifacts<'q>, QuantizeError> {
+    // A flag that has nothing to act on is said, not silently accepted.
+    if let (false, Some(asked)) = (scheme.auto.attention, scheme.placement.attention) {
+        if !crate::search::attention_matters(quantizer, scheme)? {
+            tracing::warn!(
+                target: "int8kit::placement",
+                "--attention {} changes nothing here: the model has no attention MatMul (both inputs activations)",
+                if asked == placement::AttentionPrecision::Int8 { "int8" } else { "float" }
+            );
+        }
+    }
     let (scheme, search) = match yardstick {
         Yardstick::Probe(probe) if scheme.auto.any() => {
             let (chosen, record) = crate::search::search(quantizer, scheme, scheme.auto, probe, progress)?;

@@ -665,6 +665,17 @@ fn siphash(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
+/// Whether the attention precision changes any decision of `scheme`'s placement: not on a model without
+/// attention MatMuls (a CNN, or a ViT whose attention is ONNX Attention nodes).
+pub fn attention_matters(quantizer: &Quantizer, scheme: &Scheme) -> Result<bool, QuantizeError> {
+    let with = |a| {
+        let mut s = scheme.clone();
+        s.placement.attention = Some(a);
+        quantizer.decide(&s)
+    };
+    Ok(with(AttentionPrecision::Int8)? != with(AttentionPrecision::Float)?)
+}
+
 /// Chooses `scheme`'s `auto` choices by measuring candidates on `probe`: returns the scheme with every
 /// choice fixed, and what was tried. `progress(done, total)` follows the measurements.
 pub fn search(
@@ -677,17 +688,9 @@ pub fn search(
     let start = std::time::Instant::now();
     let methods: Vec<Method> = if auto.method { Method::ALL_DEFAULT.to_vec() } else { vec![scheme.method] };
     let mut attentions = vec![scheme.placement.attention];
-    if auto.attention {
-        let with = |a| {
-            let mut s = scheme.clone();
-            s.placement.attention = Some(a);
-            quantizer.decide(&s)
-        };
-        // Only where the choice changes a decision: a model without attention MatMuls has nothing to choose.
-        let (int8, float) = (with(AttentionPrecision::Int8)?, with(AttentionPrecision::Float)?);
-        if int8 != float {
-            attentions = vec![Some(AttentionPrecision::Int8), Some(AttentionPrecision::Float)];
-        }
+    // Only where the choice changes a decision: a model without attention MatMuls has nothing to choose.
+    if auto.attention && attention_matters(quantizer, scheme)? {
+        attentions = vec![Some(AttentionPrecision::Int8), Some(AttentionPrecision::Float)];
     }
     let floats =
         if auto.float_type && !quantizer.model().low_precision_source && scheme.placement.target == Target::TensorRt {

@@ -419,3 +419,17 @@ fn check_samples_measure_what_a_hist_without_its_held_back_samples_builds() {
     assert_eq!(report["chosen_by"], "measurement");
     assert_eq!(report["self_check"]["status"], "measured");
 }
+
+/// `--attention` on a model without attention MatMuls (the fixture ResNet) has nothing to act on: it is said,
+/// not silently accepted; on the fixture ViT it acts, and nothing is said.
+#[test]
+fn an_attention_flag_with_nothing_to_act_on_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let warning = "--attention int8 changes nothing here: the model has no attention MatMul";
+    for (name, said) in [("fmnist_resnet_opset13.onnx", true), ("fmnist_vit_opset17.onnx", false)] {
+        let out = dir.path().join(name);
+        let o = common::on_fixtures("quantize", &model(name), &out, &["--limit", "60", "--attention", "int8"]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert_eq!(text(&o).contains(warning), said, "{name}: {}", text(&o));
+    }
+}
