@@ -279,14 +279,35 @@ fn set_values(t: &mut TensorProto, float_type: FloatType, values: &[f32]) {
     t.raw_data = float_type.encode(values);
 }
 
+/// Why `proto` cannot take FP16 Q/DQ scales (opset 19), if it cannot: below opset 13, or with subgraphs
+/// (If, Loop, Scan: a detector's post-processing), which the move to opset 19 does not rewrite.
+pub fn fp16_qdq_blocker(proto: &ModelProto) -> Option<String> {
+    let from = graph::default_opset(proto);
+    if from >= QDQ_LOW_PRECISION_OPSET {
+        return None;
+    }
+    if from < 13 {
+        return Some(format!("opset {from}: re-export the model with opset >= 13"));
+    }
+    proto.graph.node.iter().filter(|n| graph::is_default_domain(&n.domain)).find_map(|node| {
+        matches!(node.op_type.as_str(), "If" | "Loop" | "Scan").then(|| {
+            format!(
+                "node '{}' ({}): its subgraphs are not moved to opset 19, which FP16 Q/DQ scales need; re-export \
+                 the model with opset >= 19",
+                node.name, node.op_type
+            )
+        })
+    })
+}
+
 /// Moves a model from opset 13..18 to 19 where the meaning of no op changes: ReduceX's `axes` attribute
 /// becomes an input (opset 18) and RoiAlign's pre-16 default is written out. Anything else that changed
-/// meaning between the opsets is refused.
+/// meaning between the opsets is refused ([`fp16_qdq_blocker`]).
 fn upgrade_to_opset_19(proto: &mut ModelProto) -> Result<(), String> {
-    let from = graph::default_opset(proto);
-    if from < 13 {
-        return Err(format!("opset {from}: re-export the model with opset >= 13"));
+    if let Some(why) = fp16_qdq_blocker(proto) {
+        return Err(format!("{why}, or use --float-type fp32"));
     }
+    let from = graph::default_opset(proto);
     let graph = proto.graph.mut_or_insert_default();
     let mut new_inits = Vec::new();
     for node in graph.node.iter_mut().filter(|n| graph::is_default_domain(&n.domain)) {
@@ -313,13 +334,6 @@ fn upgrade_to_opset_19(proto: &mut ModelProto) -> Result<(), String> {
             a.s = b"output_half_pixel".to_vec();
             a.type_ = AttributeType::STRING.into();
             node.attribute.push(a);
-        }
-        if matches!(node.op_type.as_str(), "If" | "Loop" | "Scan") {
-            return Err(format!(
-                "node '{}' ({}): its subgraphs are not moved to opset 19, which FP16 Q/DQ scales need; \
-                 re-export the model with opset >= 19, or use --float-type fp32",
-                node.name, node.op_type
-            ));
         }
     }
     graph.initializer.extend(new_inits);

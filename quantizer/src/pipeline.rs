@@ -8,6 +8,7 @@ use analyze::scales::Method;
 use calibrate::{CalibrateOptions, CalibrationSummary};
 use datasets::{Dataset, Feed};
 use histograms::HistFile;
+use placement::FloatType;
 use safe_io::OutputDir;
 
 use crate::measure::{Probe, ProbeOptions};
@@ -190,6 +191,17 @@ pub fn choose_and_measure<'q>(
             );
         }
     }
+    // The auto float type keeps FP32 where FP16 Q/DQ cannot be built (an explicit --float-type fp16 still
+    // fails, naming the node).
+    let mut scheme = scheme.clone();
+    if scheme.auto.float_type && scheme.placement.float_type != FloatType::Fp32 {
+        if let Some(why) = crate::float_type::fp16_qdq_blocker(&quantizer.model().proto) {
+            tracing::warn!(target: "int8kit::placement", "float parts stay FP32 (FP16 not tried): {why}");
+            scheme.placement.float_type = FloatType::Fp32;
+            scheme.auto.float_type = false;
+        }
+    }
+    let scheme = &scheme;
     let (scheme, search) = match yardstick {
         Yardstick::Probe(probe) if scheme.auto.any() => {
             let (chosen, record) = crate::search::search(quantizer, scheme, scheme.auto, probe, progress)?;

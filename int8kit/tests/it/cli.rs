@@ -433,3 +433,22 @@ fn an_attention_flag_with_nothing_to_act_on_is_said() {
         assert_eq!(text(&o).contains(warning), said, "{name}: {}", text(&o));
     }
 }
+
+/// A model with a subgraph (an If) below opset 19 cannot take FP16 Q/DQ scales: the auto float type keeps FP32
+/// and says why (before, the default quantize failed on it); an explicit `--float-type fp16` is refused.
+#[test]
+fn the_auto_float_type_keeps_fp32_where_fp16_qdq_cannot_be_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_if = common::resnet_with_if(dir.path());
+    let out = dir.path().join("auto");
+    let o = common::on_fixtures("quantize", &with_if, &out, &["--limit", "60"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("float parts stay FP32 (FP16 not tried): node 'pass_through' (If)"), "{}", text(&o));
+    let ranges: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("ranges.json")).unwrap()).unwrap();
+    assert_eq!(ranges["float_type"], "fp32");
+    assert!(ranges["self_check"]["fidelity"]["cosine_mean"].as_f64().unwrap() > 0.99, "{ranges}");
+    let o =
+        common::on_fixtures("quantize", &with_if, &dir.path().join("fp16"), &["--limit", "60", "--float-type", "fp16"]);
+    common::refused(&o, "its subgraphs are not moved to opset 19");
+}

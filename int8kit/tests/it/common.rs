@@ -110,6 +110,50 @@ pub fn argmax_first_resnet(dir: &Path, keep_logits: bool) -> PathBuf {
     path
 }
 
+/// The ResNet with its logits passed through an If node (both branches an Identity, the condition a constant
+/// true): a model with a subgraph, as detectors' post-processing exports have, below opset 19, in `dir`.
+pub fn resnet_with_if(dir: &Path) -> PathBuf {
+    use graph::proto::{attribute_proto::AttributeType, tensor_proto::DataType};
+    let mut m = graph::Model::load(&resnet()).unwrap();
+    let graph = m.proto.graph.mut_or_insert_default();
+    let logits = graph.output[0].clone();
+    let branch = |name: &str| {
+        let mut g = graph::proto::GraphProto::new();
+        g.name = name.into();
+        let mut identity = graph::proto::NodeProto::new();
+        identity.op_type = "Identity".into();
+        identity.input = vec![logits.name.clone()];
+        identity.output = vec![format!("{name}_out")];
+        g.node.push(identity);
+        let mut out = logits.clone();
+        out.name = format!("{name}_out");
+        g.output.push(out);
+        let mut a = graph::proto::AttributeProto::new();
+        a.name = format!("{name}_branch");
+        a.type_ = AttributeType::GRAPH.into();
+        a.g = Some(g).into();
+        a
+    };
+    let mut cond = graph::proto::TensorProto::new();
+    cond.name = "always".into();
+    cond.data_type = DataType::BOOL as i32;
+    cond.raw_data = vec![1];
+    graph.initializer.push(cond);
+    let mut node = graph::proto::NodeProto::new();
+    node.op_type = "If".into();
+    node.name = "pass_through".into();
+    node.input = vec!["always".into()];
+    node.output = vec!["logits_if".into()];
+    node.attribute = vec![branch("then"), branch("else")];
+    graph.node.push(node);
+    let mut out = logits;
+    out.name = "logits_if".into();
+    graph.output = vec![out];
+    let path = dir.join("if.onnx");
+    std::fs::write(&path, m.to_bytes().unwrap()).unwrap();
+    path
+}
+
 /// The ResNet with its classifier's (the Gemm's) weights and bias edited by `edit`, written to `dir/name`.
 fn resnet_with_head(dir: &Path, name: &str, edit: impl FnOnce(&mut [f32], &mut [f32])) -> PathBuf {
     let mut m = graph::Model::load(&resnet()).unwrap();
