@@ -28,6 +28,17 @@ ARCHS = {
     "convnext_tiny": lambda: torchvision.models.convnext_tiny(),
     "swin_t": lambda: torchvision.models.swin_t(),
     "maxvit_t": lambda: torchvision.models.maxvit_t(),
+    # Dense prediction: dilated convolutions, an ASPP or LR-ASPP head, a bilinear Resize to the input size.
+    "lraspp_mobilenet_v3": lambda: torchvision.models.segmentation.lraspp_mobilenet_v3_large(
+        weights=None, weights_backbone=None
+    ),
+    "deeplabv3_mobilenet_v3": lambda: torchvision.models.segmentation.deeplabv3_mobilenet_v3_large(
+        weights=None, weights_backbone=None, aux_loss=False
+    ),
+    # A detector whose export keeps its post-processing (an If node, NMS, TopK): outputs boxes, scores, labels.
+    "ssdlite320_mobilenet_v3": lambda: torchvision.models.detection.ssdlite320_mobilenet_v3_large(
+        weights=None, weights_backbone=None
+    ),
     # A 4-block ViT-S/16: torchvision's ViT-B/16 is 330 MB.
     "vit_s16_4blocks": lambda: VisionTransformer(
         image_size=224, patch_size=16, num_layers=4, num_heads=6, hidden_dim=384, mlp_dim=1536
@@ -43,6 +54,20 @@ EXPORTS = [("torchscript", 17, name) for name in ARCHS] + [
 ] + [("dynamo", 23, "vit_s16_4blocks")]
 
 
+class FirstOutputs(torch.nn.Module):
+    """A segmentation model's `out` map, or a detector's boxes, scores and labels for its one image."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        out = self.model(x)
+        if isinstance(out, dict):
+            return out["out"]
+        return out[0]["boxes"], out[0]["scores"], out[0]["labels"]
+
+
 def build(name, images):
     torch.manual_seed(0)
     model = ARCHS[name]()
@@ -53,12 +78,14 @@ def build(name, images):
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over every batch
-    if norms:
+    # A detector in training mode wants targets: its BatchNorms keep their initial statistics.
+    if norms and not name.startswith("ssdlite"):
         model.train()
         with torch.no_grad():
             for i in range(0, len(images), 8):
                 model(images[i : i + 8])
-    return model.eval()
+    model.eval()
+    return FirstOutputs(model).eval() if name.startswith(("lraspp", "deeplab", "ssdlite")) else model
 
 
 def main():
@@ -75,7 +102,10 @@ def main():
         model = build(name, images)
         sample = images[:1]
         tmp = path + ".tmp.onnx"
-        if exporter == "torchscript":
+        if exporter == "torchscript" and name.startswith("ssdlite"):
+            # One image per run: the post-processing is per image.
+            torch.onnx.export(model, sample, tmp, opset_version=opset, input_names=["input"], dynamo=False)
+        elif exporter == "torchscript":
             torch.onnx.export(model, sample, tmp, opset_version=opset, input_names=["input"],
                               output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                               dynamo=False)
