@@ -426,7 +426,5 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// A graph input or output as `'name' (element type)`, for messages.
 fn describe_value(v: &onnx_protobuf::ValueInfoProto) -> String {
     let elem = v.type_.as_ref().map_or(0, |t| t.tensor_type().elem_type);
-    let name = <DataType as protobuf::Enum>::from_i32(elem)
-        .map_or_else(|| format!("type {elem}"), |d| format!("{d:?}").to_lowercase());
-    format!("'{}' ({name})", v.name)
+    format!("'{}' ({})", v.name, crate::ElemType(elem).name())
 }

@@ -161,7 +161,7 @@ pub fn decide(
             } else {
                 (true, format!("default: {op} inputs and weights in INT8"))
             }
-        } else if op == ATTENTION_OP && graph::is_default_domain(&node.domain) {
+        } else if is_attention_op(node) {
             (false, ATTENTION_OP_REASON.to_string())
         } else if is_einsum_product(node) {
             (false, EINSUM_REASON.to_string())
@@ -178,6 +178,11 @@ pub fn decide(
 /// tensor between them for a Q/DQ pair, so they run in the float type; the node is listed (and its FLOPs counted)
 /// so that the INT8 share and `--attention` say so rather than pass over it.
 pub const ATTENTION_OP: &str = "Attention";
+
+/// Whether `node` is ONNX's own Attention op ([`ATTENTION_OP`]), not a custom domain's op of that name.
+pub fn is_attention_op(node: &NodeProto) -> bool {
+    node.op_type == ATTENTION_OP && graph::is_default_domain(&node.domain)
+}
 
 /// Why an ONNX Attention node stays float, whatever attention precision was asked for.
 const ATTENTION_OP_REASON: &str = "ONNX Attention op: Q*K^T and attn*V run inside the node, with no tensor between \

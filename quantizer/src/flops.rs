@@ -59,9 +59,7 @@ pub fn gemm_flops(model: &Model, hist: &HistFile) -> Result<HashMap<String, f64>
     let is_fed = |t: &str| fed.iter().any(|a| a.name == t);
     let graph = &model.proto.graph;
     let index = GraphIndex::new(graph);
-    let is_attention =
-        |n: &graph::proto::NodeProto| n.op_type == placement::ATTENTION_OP && graph::is_default_domain(&n.domain);
-    let einsum = |n: &graph::proto::NodeProto| placement::is_einsum_product(n);
+    let (is_attention, einsum) = (placement::is_attention_op, placement::is_einsum_product);
     let gemm: Vec<usize> = (0..graph.node.len())
         .filter(|&i| {
             let n = &graph.node[i];
