@@ -325,12 +325,14 @@ pub struct PlacementArgs {
     pub target: TargetArg,
     /// Precision of attention MatMuls (both inputs activations: Q*K^T, attn*V); overrides the precision
     /// file's `attention`. Default: for --target tensorrt chosen by measurement (int8 where nothing is
-    /// measured), float for --target onnxruntime.
+    /// measured), float for --target onnxruntime. On a model without attention MatMuls (ONNX Attention nodes
+    /// stay float) a warning says it changes nothing.
     #[arg(long, value_enum)]
     pub attention: Option<AttentionArg>,
     /// Float type of everything that is not INT8 (LayerNorm, Softmax, GELU, denied nodes); inputs and
     /// outputs stay FP32. Default: for --target tensorrt chosen by measurement (fp16 where nothing is
-    /// measured; a model stored in FP16 stays FP16), fp32 for --target onnxruntime.
+    /// measured; a model stored in FP16 stays FP16), fp32 for --target onnxruntime; fp32, said, where FP16
+    /// Q/DQ cannot be built (below opset 19 with If/Loop/Scan subgraphs, where fp16 is refused).
     #[arg(long, value_enum)]
     pub float_type: Option<FloatTypeArg>,
     /// The residual input of Adds after an INT8 GEMM/Conv: int8 (the default) lets the Add fuse into the
