@@ -135,7 +135,9 @@ fn read_header(reader: &mut impl Read, declared: u64) -> Result<(Header, Element
     // A plain type is a Python string literal ('<f4'); structured types are lists.
     let descr = header.type_descriptor.to_string().trim_matches(|c| c == '\'' || c == '"').to_string();
     let element = Element::parse(&descr).ok_or_else(|| {
-        format!("element type '{descr}' is not float32, float64, int64, int32, int16, int8, uint16, uint8 or bool")
+        format!(
+            "element type '{descr}' is not float32, float16, float64, int64, int32, int16, int8, uint16, uint8 or bool"
+        )
     })?;
     let count = header.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
     let needed = count.and_then(|n| n.checked_mul(element.size)).map(|b| b as u64);
@@ -221,6 +223,7 @@ impl Element {
         };
         let (kind, size) = match code {
             "f4" => ('f', 4),
+            "f2" => ('f', 2),
             "f8" => ('f', 8),
             "i8" => ('i', 8),
             "i4" => ('i', 4),
@@ -252,6 +255,12 @@ impl Element {
         }
         Ok(match (self.kind, self.size) {
             ('f', 4) => ArrayData::F32(values!(f32, 4)),
+            // float16 samples (for a model with an FP16 input) are held as float32, exactly, and narrowed again
+            // at the model's edge.
+            ('f', 2) => {
+                let bits: Vec<u16> = values!(u16, 2);
+                ArrayData::F32(bits.into_iter().map(|b| half::f16::from_bits(b).to_f32()).collect())
+            }
             ('f', 8) => ArrayData::F64(values!(f64, 8)),
             ('i', 8) => ArrayData::I64(values!(i64, 8)),
             ('i', 4) => ArrayData::I32(values!(i32, 4)),
@@ -384,6 +393,23 @@ mod tests {
         out.extend((dict.len() as u16).to_le_bytes());
         out.extend(dict.as_bytes());
         out
+    }
+
+    #[test]
+    fn float16_arrays_are_held_as_their_exact_float32_values() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.npz");
+        let values = [1.0f32, -0.333_251_95, 65504.0, 5.960_464_5e-8];
+        let mut bytes = npy_header("<f2", "(1, 4)");
+        bytes.extend(values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()));
+        zip_of(&p, "x.npy", &bytes);
+        let read = read_npz(&p).unwrap();
+        assert_eq!(read[0].data, ArrayData::F32(values.to_vec()), "each float16 value widened exactly");
+        // Big-endian float16 too.
+        let mut bytes = npy_header(">f2", "(1, 2)");
+        bytes.extend([1.5f32, -2.0].iter().flat_map(|&v| half::f16::from_f32(v).to_be_bytes()));
+        zip_of(&p, "x.npy", &bytes);
+        assert_eq!(read_npz(&p).unwrap()[0].data, ArrayData::F32(vec![1.5, -2.0]));
     }
 
     #[test]

@@ -123,8 +123,8 @@ pub enum GraphError {
         /// The inputs the graph has.
         available: String,
     },
-    /// No graph output is float32, so no output can be compared.
-    #[error("{model}: no output is float32 (outputs: {available}); int8kit measures the first float32 output (a detector's scores, a classifier's logits): export one, e.g. the scores before an argmax or NMS")]
+    /// No graph output is a float tensor, so no output can be compared.
+    #[error("{model}: no output is float32, FP16 or BF16 (outputs: {available}); int8kit measures the first float output (a detector's scores, a classifier's logits): export one, e.g. the scores before an argmax or NMS")]
     NoMeasurableOutput {
         /// The model file.
         model: PathBuf,

@@ -25,6 +25,9 @@ pub struct Model {
     /// The file computes in FP16/BF16 (not only stores weights so) and has been turned into float32 in
     /// memory ([`Model::normalize_to_float32`]); what is written from it goes back to FP16.
     pub low_precision_source: bool,
+    /// The inputs and outputs the file declares FP16/BF16 (name, ONNX element type), float32 in the twin:
+    /// what is written from it declares them so again.
+    pub low_precision_io: Vec<(String, i32)>,
 }
 
 impl Model {
@@ -72,42 +75,38 @@ impl Model {
             sha256: hex(&hasher.finalize()),
             has_external_data,
             low_precision_source: false,
+            low_precision_io: Vec::new(),
         })
     }
 
-    /// Turns a model stored in FP16 (or BF16), with float32 inputs and outputs, into its float32 twin in
-    /// memory: low-precision initializers and Constants become float32, Casts to FP16 become Casts to
-    /// float32, value_info follows. Calibration then measures every activation as float32 (FP16 rounding
-    /// aside, the same values), and the placement sees weights as weights. Returns whether anything changed;
-    /// `low_precision_source` records whether the graph computed in low precision (weights that only Casts
-    /// to float32 read are storage, not computation). Inputs or outputs of a low-precision type are refused: the
-    /// recipe feeds float32 and the evaluation reads float32.
+    /// Turns a model stored in FP16 (or BF16) into its float32 twin in memory: low-precision initializers and
+    /// Constants become float32, Casts to FP16 become Casts to float32, value_info follows, and inputs and
+    /// outputs declared FP16/BF16 are declared float32 (recorded in `low_precision_io`: samples are fed as
+    /// float32 and converted at the model's edge, outputs read back as float32). Calibration then measures every
+    /// activation as float32 (FP16 rounding aside, the same values), and the placement sees weights as
+    /// weights. Returns whether anything changed; `low_precision_source` records whether the graph computed in
+    /// low precision (weights that only Casts to float32 read are storage, not computation).
     pub fn normalize_to_float32(&mut self) -> Result<bool, GraphError> {
         let low = [DataType::FLOAT16 as i32, DataType::BFLOAT16 as i32];
         let inits: BTreeSet<String> = self.proto.graph.initializer.iter().map(|t| t.name.clone()).collect();
-        let graph = &self.proto.graph;
-        let io_type = |v: &onnx_protobuf::ValueInfoProto| v.type_.as_ref().map(|t| t.tensor_type().elem_type);
-        if let Some(v) = graph
-            .input
-            .iter()
-            .filter(|i| !inits.contains(&i.name))
-            .chain(&graph.output)
-            .find(|v| io_type(v).is_some_and(|t| low.contains(&t)))
+        let mut computes_low = false;
         {
-            return Err(GraphError::TensorData {
-                tensor: v.name.clone(),
-                message: format!(
-                    "{}: this model input/output is {}; int8kit feeds and reads float32. Export the model with \
-                     float32 inputs and outputs (FP16 inside is fine: e.g. onnxconverter-common's keep_io_types=True)",
-                    self.path.display(),
-                    crate::ElemType(io_type(v).unwrap_or_default()).name()
-                ),
-            });
+            let graph = self.proto.graph.mut_or_insert_default();
+            let edges = graph.input.iter_mut().filter(|i| !inits.contains(&i.name)).chain(graph.output.iter_mut());
+            for v in edges {
+                let Some(tp) = v.type_.as_mut().filter(|t| t.has_tensor_type()) else { continue };
+                let elem = tp.tensor_type().elem_type;
+                if low.contains(&elem) {
+                    self.low_precision_io.push((v.name.clone(), elem));
+                    tp.mut_tensor_type().elem_type = DataType::FLOAT as i32;
+                    computes_low = true;
+                }
+            }
         }
-        let mut changed = false;
+        let graph = &self.proto.graph;
+        let mut changed = computes_low;
         // Whether the graph computes in low precision, rather than only storing weights that Casts turn into
         // float32 (then the model is float32 in all but storage, and stays so when written).
-        let mut computes_low = false;
         let storage_only = |name: &str| {
             graph.node.iter().filter(|n| n.input.iter().any(|i| i == name)).all(|n| {
                 n.op_type == "Cast" && n.attribute.iter().any(|a| a.name == "to" && a.i == DataType::FLOAT as i64)
@@ -206,14 +205,13 @@ impl Model {
     }
 
     /// The output every evaluation compares (the self-check, the auto search, validate, sensitivity): the first
-    /// graph output that is float32 (or of unrecorded type), so that a model whose first output is a class index
-    /// or a box count (an argmax or NMS in the graph) is measured on its scores.
+    /// graph output that is float32, FP16 or BF16 (or of unrecorded type), so that a model whose first output is
+    /// a class index or a box count (an argmax or NMS in the graph) is measured on its scores.
     pub fn measured_output(&self) -> Result<&str, GraphError> {
+        let measurable =
+            [DataType::FLOAT, DataType::FLOAT16, DataType::BFLOAT16, DataType::UNDEFINED].map(|d| d as i32);
         let float = |v: &&onnx_protobuf::ValueInfoProto| {
-            v.type_.as_ref().is_none_or(|t| {
-                let elem = t.tensor_type().elem_type;
-                elem == DataType::FLOAT as i32 || elem == DataType::UNDEFINED as i32
-            })
+            v.type_.as_ref().is_none_or(|t| measurable.contains(&t.tensor_type().elem_type))
         };
         match self.proto.graph.output.iter().find(float) {
             Some(v) => Ok(&v.name),

@@ -137,6 +137,9 @@ fn array_from(item: &Bound<'_, PyAny>, origin: &str) -> PyResult<NamedArray> {
     }
     let data = match dtype.as_str() {
         "float32" => copy::<f32>(address, count, nbytes).map(ArrayData::F32),
+        // For a model with an FP16 input: held as float32 (exactly) and narrowed again at the model's edge.
+        "float16" => copy::<u16>(address, count, nbytes)
+            .map(|bits| ArrayData::F32(bits.into_iter().map(|b| half::f16::from_bits(b).to_f32()).collect())),
         "float64" => copy::<f64>(address, count, nbytes).map(ArrayData::F64),
         "int64" => copy::<i64>(address, count, nbytes).map(ArrayData::I64),
         "int32" => copy::<i32>(address, count, nbytes).map(ArrayData::I32),
@@ -147,9 +150,9 @@ fn array_from(item: &Bound<'_, PyAny>, origin: &str) -> PyResult<NamedArray> {
         "bool" => copy::<u8>(address, count, nbytes).map(|v| ArrayData::Bool(v.into_iter().map(|b| b != 0).collect())),
         other => {
             return Err(refuse(format!(
-                "element type {other} is not fed by int8kit (float32, float64, int64, int32, int16, int8, uint8, \
+            "element type {other} is not fed by int8kit (float32, float16, float64, int64, int32, int16, int8, uint8, \
                  uint16, bool); convert it with .astype(...)"
-            )))
+        )))
         }
     };
     let data = data.ok_or_else(|| refuse(format!("{nbytes} bytes do not hold {count} {dtype} values")))?;

@@ -249,6 +249,103 @@ pub fn convert(
     Ok(proto)
 }
 
+/// Declares the inputs and outputs that the source file declares FP16/BF16 (`Model::low_precision_io`) so
+/// again in a model built from its float32 twin, so that the artifact takes and gives what the user's engine
+/// feeds and reads: a Cast at each such edge, and the exact round trips this leaves (FP16 -> float32 -> FP16
+/// behind an input already converted to FP16, or in front of an output) shortened to the FP16 tensor itself.
+pub fn restore_io_types(source: &Model, proto: &mut ModelProto) {
+    if source.low_precision_io.is_empty() {
+        return;
+    }
+    let float = DataType::FLOAT as i32;
+    let graph = proto.graph.mut_or_insert_default();
+    let index = GraphIndex::new(graph);
+    let mut patch = GraphPatch::new(graph);
+    let set_type = |v: &mut graph::proto::ValueInfoProto, ty: i32| {
+        v.type_.mut_or_insert_default().mut_tensor_type().elem_type = ty;
+    };
+    // (Cast name, the low-precision tensor, the float32 one) of each input edge; (Cast name, ty) of each output.
+    let (mut input_casts, mut output_casts) = (Vec::new(), Vec::new());
+    for (name, ty) in &source.low_precision_io {
+        let rename_readers = |graph: &mut graph::proto::GraphProto, to: &str| {
+            for node in graph.node.iter_mut() {
+                for i in node.input.iter_mut().filter(|i| *i == name) {
+                    *i = to.to_string();
+                }
+            }
+        };
+        if let Some(input) = graph.input.iter_mut().find(|i| i.name == *name) {
+            set_type(input, *ty);
+            let wide = patch.fresh(&format!("{name}_float32"));
+            rename_readers(graph, &wide);
+            let cast = patch.fresh(&format!("{name}_Cast"));
+            patch.insert_after(None, cast_node(&cast, name, &wide, float));
+            input_casts.push((cast, name.clone(), wide));
+        } else if let Some(output) = graph.output.iter_mut().find(|o| o.name == *name) {
+            set_type(output, *ty);
+            let wide = patch.fresh(&format!("{name}_float32"));
+            rename_readers(graph, &wide);
+            let producer = index.producer.get(name).copied();
+            if let Some(p) = producer {
+                for o in graph.node[p].output.iter_mut().filter(|o| *o == name) {
+                    *o = wide.clone();
+                }
+            }
+            let cast = patch.fresh(&format!("{name}_Cast"));
+            patch.insert_after(producer, cast_node(&cast, &wide, name, *ty));
+            output_casts.push((cast, *ty));
+        }
+    }
+    patch.apply(graph);
+
+    // Round trips: a Cast back to the input's type right behind an input edge reads the input itself; an
+    // output edge behind a Cast to float32 of a tensor of the output's type passes that tensor on.
+    let types = graph::infer_element_types(graph);
+    let to_type = |n: &NodeProto| n.attribute.iter().find(|a| a.name == "to").map(|a| a.i as i32);
+    let outputs: HashSet<String> = graph.output.iter().map(|o| o.name.clone()).collect();
+    let mut renames: HashMap<String, String> = HashMap::new();
+    let mut touched: HashSet<String> = input_casts.iter().map(|(c, ..)| c.clone()).collect();
+    for (_, low, wide) in &input_casts {
+        let ty = types.get(low).map(|t| t.0);
+        for node in graph.node.iter_mut().filter(|n| n.op_type == "Cast" && n.input.first() == Some(wide)) {
+            if to_type(node) == ty {
+                if outputs.contains(&node.output[0]) {
+                    node.op_type = "Identity".into();
+                    node.attribute.clear();
+                    node.input[0] = low.clone();
+                } else {
+                    renames.insert(node.output[0].clone(), low.clone());
+                    touched.insert(node.name.clone());
+                }
+            }
+        }
+    }
+    let producer: HashMap<String, usize> = GraphIndex::new(graph).producer;
+    for (cast, ty) in &output_casts {
+        let Some(c) = graph.node.iter().position(|n| n.name == *cast) else { continue };
+        let Some(&p) = producer.get(&graph.node[c].input[0]) else { continue };
+        let before = &graph.node[p];
+        let narrow = before.input.first().cloned().unwrap_or_default();
+        if before.op_type == "Cast" && to_type(before) == Some(float) && types.get(&narrow).map(|t| t.0) == Some(*ty) {
+            touched.insert(before.name.clone());
+            let node = &mut graph.node[c];
+            node.op_type = "Identity".into();
+            node.attribute.clear();
+            node.input[0] = narrow;
+        }
+    }
+    for node in graph.node.iter_mut() {
+        for i in node.input.iter_mut() {
+            if let Some(to) = renames.get(i) {
+                *i = to.clone();
+            }
+        }
+    }
+    let mut prune = GraphPatch::new(graph);
+    prune.prune(graph, |n| touched.contains(&n.name));
+    prune.apply(graph);
+}
+
 /// A Cast of `input` to element type `to`.
 pub(crate) fn cast_node(name: &str, input: &str, output: &str, to: i32) -> NodeProto {
     let mut n = NodeProto::new();

@@ -312,13 +312,16 @@ impl Quantizer {
         let float_type = self.float_type(placement);
         let (proto, summary) =
             qdq::insert_qdq(&self.model, decisions, placement, amax, weight_clips, float_type, &self.weight_memo)?;
-        let proto = float_type::convert(&self.model, proto, float_type, &self.max_abs)?;
+        let mut proto = float_type::convert(&self.model, proto, float_type, &self.max_abs)?;
+        float_type::restore_io_types(&self.model, &mut proto);
         Ok((proto, summary))
     }
 
     /// The model without Q/DQ with its float parts in `float_type` (validate's FP16 row).
     pub fn float_model(&self, float_type: FloatType) -> Result<graph::proto::ModelProto, QuantizeError> {
-        float_type::convert(&self.model, self.model.proto.clone(), float_type, &self.max_abs)
+        let mut proto = float_type::convert(&self.model, self.model.proto.clone(), float_type, &self.max_abs)?;
+        float_type::restore_io_types(&self.model, &mut proto);
+        Ok(proto)
     }
 
     /// FLOPs per sample of every GEMM/Conv node ([`flops::gemm_flops`]), measured on first need.

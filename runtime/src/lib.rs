@@ -278,19 +278,46 @@ pub fn session_from_bytes(bytes: &[u8], cfg: &SessionConfig) -> Result<Session, 
     })
 }
 
-/// An output taken out of a run: it owns its ONNX Runtime buffer, so the session can run again while
-/// another thread reads it.
-pub struct OwnedOutput(ort::value::DynValue);
+/// An output taken out of a run: it owns its ONNX Runtime buffer (or, for an FP16/BF16 output, its values as
+/// float32), so the session can run again while another thread reads it.
+pub struct OwnedOutput(Owned);
+
+enum Owned {
+    /// ONNX Runtime's value, as the model gave it.
+    Value(ort::value::DynValue),
+    /// An FP16/BF16 output's shape and values, widened to float32 (exactly).
+    Widened(Vec<i64>, Vec<f32>),
+}
 
 impl OwnedOutput {
-    /// The tensor's dimensions.
-    pub fn shape(&self) -> Vec<i64> {
-        self.0.try_extract_tensor::<f32>().map(|(s, _)| s.iter().copied().collect()).unwrap_or_default()
+    fn new(value: ort::value::DynValue) -> OwnedOutput {
+        let widened =
+            |shape: &ort::value::Shape, values: Vec<f32>| Owned::Widened(shape.iter().copied().collect(), values);
+        if let Ok((shape, v)) = value.try_extract_tensor::<half::f16>() {
+            return OwnedOutput(widened(shape, v.iter().map(|x| x.to_f32()).collect()));
+        }
+        if let Ok((shape, v)) = value.try_extract_tensor::<half::bf16>() {
+            return OwnedOutput(widened(shape, v.iter().map(|x| x.to_f32()).collect()));
+        }
+        OwnedOutput(Owned::Value(value))
     }
 
-    /// The values, if the output is a float32 tensor.
+    /// The tensor's dimensions (of a float output; empty for others).
+    pub fn shape(&self) -> Vec<i64> {
+        match &self.0 {
+            Owned::Value(v) => {
+                v.try_extract_tensor::<f32>().map(|(s, _)| s.iter().copied().collect()).unwrap_or_default()
+            }
+            Owned::Widened(shape, _) => shape.clone(),
+        }
+    }
+
+    /// The values, if the output is a float tensor (float32, or FP16/BF16 widened to float32).
     pub fn as_f32(&self) -> Option<&[f32]> {
-        self.0.try_extract_tensor::<f32>().ok().map(|(_, v)| v)
+        match &self.0 {
+            Owned::Value(v) => v.try_extract_tensor::<f32>().ok().map(|(_, v)| v),
+            Owned::Widened(_, values) => Some(values),
+        }
     }
 }
 
@@ -299,6 +326,8 @@ fn dtype_name(ty: ort::value::TensorElementType) -> String {
     use ort::value::TensorElementType as T;
     match ty {
         T::Float32 => "float32".into(),
+        T::Float16 => "float16".into(),
+        T::Bfloat16 => "bfloat16".into(),
         T::Float64 => "float64".into(),
         T::Int64 => "int64".into(),
         T::Int32 => "int32".into(),
@@ -311,10 +340,23 @@ fn dtype_name(ty: ort::value::TensorElementType) -> String {
     }
 }
 
-/// Each model input gets exactly one of `inputs`, of its element type; anything else is an error naming the
-/// input and what the model takes. Returns, per input, whether it is pixels going to a uint8 input (fed as
-/// whole levels).
-fn check_inputs(session: &Session, label: &str, inputs: &[Input<'_>]) -> Result<Vec<bool>, RuntimeError> {
+/// How a float32 value is turned into what a model input takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Narrowing {
+    /// Fed as it is.
+    None,
+    /// Pixels to a uint8 input: whole levels.
+    Levels,
+    /// float32 to an FP16 input (round to nearest even).
+    F16,
+    /// float32 to a BF16 input.
+    Bf16,
+}
+
+/// Each model input gets exactly one of `inputs`, of its element type (float32 also feeds an FP16/BF16 input);
+/// anything else is an error naming the input and what the model takes. Returns, per input, how its values
+/// are narrowed to the input's type.
+fn check_inputs(session: &Session, label: &str, inputs: &[Input<'_>]) -> Result<Vec<Narrowing>, RuntimeError> {
     let refuse = |message: String| RuntimeError::Feed { model: label.to_string(), message };
     let takes: Vec<(String, Option<String>)> = session
         .inputs()
@@ -334,7 +376,7 @@ fn check_inputs(session: &Session, label: &str, inputs: &[Input<'_>]) -> Result<
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let mut as_levels = Vec::with_capacity(inputs.len());
+    let mut narrowings = Vec::with_capacity(inputs.len());
     for input in inputs {
         let Some((_, ty)) = takes.iter().find(|(n, _)| n == input.name) else {
             return Err(refuse(format!(
@@ -344,10 +386,15 @@ fn check_inputs(session: &Session, label: &str, inputs: &[Input<'_>]) -> Result<
             )));
         };
         let given = input.values.dtype();
-        // Pixels go to a uint8 input as whole levels.
-        let levels = matches!(input.values, Values::Pixels(_)) && ty.as_deref() == Some("uint8");
-        as_levels.push(levels);
-        if ty.as_deref() != Some(given) && !levels {
+        // Pixels go to a uint8 input as whole levels; float32 values to an FP16/BF16 input rounded.
+        let narrowing = match (input.values, ty.as_deref()) {
+            (Values::Pixels(_), Some("uint8")) => Narrowing::Levels,
+            (Values::Pixels(_) | Values::F32(_), Some("float16")) => Narrowing::F16,
+            (Values::Pixels(_) | Values::F32(_), Some("bfloat16")) => Narrowing::Bf16,
+            _ => Narrowing::None,
+        };
+        narrowings.push(narrowing);
+        if ty.as_deref() != Some(given) && narrowing == Narrowing::None {
             return Err(refuse(format!(
                 "input '{}' takes {} but is given {given} values: store it as {} (numpy: x.astype(...))",
                 input.name,
@@ -370,11 +417,11 @@ fn check_inputs(session: &Session, label: &str, inputs: &[Input<'_>]) -> Result<
             ty.as_deref().unwrap_or("not a tensor")
         )));
     }
-    Ok(as_levels)
+    Ok(narrowings)
 }
 
 /// Runs a session on one batch (one value per model input) and returns the requested outputs, in order, as
-/// float32 values that outlive the run.
+/// values that outlive the run (float ones readable as float32, [`OwnedOutput::as_f32`]).
 pub fn run(
     session: &mut Session,
     label: &str,
@@ -382,19 +429,29 @@ pub fn run(
     outputs: &[String],
 ) -> Result<Vec<OwnedOutput>, RuntimeError> {
     let run_err = |e: ort::Error| RuntimeError::Run { model: label.to_string(), message: e.to_string() };
-    let as_levels = check_inputs(session, label, inputs)?;
-    // Pixels for a uint8 input (raw pixel levels) are whole levels: converted here, kept until the run ends.
-    let levels: Vec<Option<Vec<u8>>> = inputs
+    let narrowings = check_inputs(session, label, inputs)?;
+    // Values narrowed to the input's type, kept until the run ends.
+    enum Narrowed {
+        Levels(Vec<u8>),
+        F16(Vec<half::f16>),
+        Bf16(Vec<half::bf16>),
+    }
+    let narrowed: Vec<Option<Narrowed>> = inputs
         .iter()
-        .zip(as_levels)
-        .map(|(i, as_levels)| match i.values {
-            Values::Pixels(v) if as_levels => Some(v.iter().map(|&x| x.clamp(0.0, 255.0) as u8).collect()),
-            _ => None,
+        .zip(narrowings)
+        .map(|(i, narrowing)| {
+            let v = i.values.as_f32()?;
+            match narrowing {
+                Narrowing::None => None,
+                Narrowing::Levels => Some(Narrowed::Levels(v.iter().map(|&x| x.clamp(0.0, 255.0) as u8).collect())),
+                Narrowing::F16 => Some(Narrowed::F16(v.iter().map(|&x| half::f16::from_f32(x)).collect())),
+                Narrowing::Bf16 => Some(Narrowed::Bf16(v.iter().map(|&x| half::bf16::from_f32(x)).collect())),
+            }
         })
         .collect();
     let mut feed: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
         Vec::with_capacity(inputs.len());
-    for (input, levels) in inputs.iter().zip(&levels) {
+    for (input, narrowed) in inputs.iter().zip(&narrowed) {
         fn view<'v, T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static>(
             shape: &'v [usize],
             data: &'v [T],
@@ -402,8 +459,10 @@ pub fn run(
             Ok(ort::value::TensorRef::from_array_view((shape, data))?.into_dyn().into())
         }
         let shape = input.shape;
-        let value = match (input.values, levels) {
-            (_, Some(levels)) => view(shape, levels.as_slice()),
+        let value = match (input.values, narrowed) {
+            (_, Some(Narrowed::Levels(v))) => view(shape, v.as_slice()),
+            (_, Some(Narrowed::F16(v))) => view(shape, v.as_slice()),
+            (_, Some(Narrowed::Bf16(v))) => view(shape, v.as_slice()),
             (Values::Pixels(v) | Values::F32(v), None) => view(shape, v),
             (Values::F64(v), None) => view(shape, v),
             (Values::I64(v), None) => view(shape, v),
@@ -427,14 +486,7 @@ pub fn run(
             model: label.to_string(),
             message: format!("output '{name}' missing from the results"),
         })?;
-        let out = OwnedOutput(value);
-        if out.as_f32().is_none() {
-            return Err(RuntimeError::Run {
-                model: label.to_string(),
-                message: format!("output '{name}' is not float32"),
-            });
-        }
-        owned.push(out);
+        owned.push(OwnedOutput::new(value));
     }
     Ok(owned)
 }
@@ -458,8 +510,13 @@ pub fn run_rows(
     output: &str,
 ) -> Result<Vec<f32>, RuntimeError> {
     let owned = run(session, label, inputs, &[output.to_string()])?;
-    // `run` checked that every output is float32.
-    Ok(owned.first().and_then(|o| o.as_f32()).unwrap_or(&[]).to_vec())
+    match owned.first().and_then(|o| o.as_f32()) {
+        Some(values) => Ok(values.to_vec()),
+        None => Err(RuntimeError::Run {
+            model: label.to_string(),
+            message: format!("output '{output}' is not a float tensor"),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -187,9 +187,9 @@ fn the_first_float32_output_is_measured_and_a_model_without_one_is_refused() {
 
     let only = common::argmax_first_resnet(dir.path(), false);
     let o = common::on_fixtures("quantize", &only, &dir.path().join("only"), &["--limit", "60", "--quiet"]);
-    refused(&o, "no output is float32 (outputs: 'label' (int64))");
+    refused(&o, "no output is float32, FP16 or BF16 (outputs: 'label' (int64))");
     let o = validate(&only, &val_dir(), &dir.path().join("v"), &["--limit-val", "20", "--min-cosine", "0.9"]);
-    refused(&o, "no output is float32");
+    refused(&o, "no output is float32, FP16 or BF16");
 }
 
 #[test]

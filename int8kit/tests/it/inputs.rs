@@ -193,8 +193,8 @@ fn fp16_weights_behind_casts_are_quantized_as_weights() {
 }
 
 /// A model stored in FP16 inside (FP32 inputs and outputs, as `keep_io_types` exports write it) calibrates as
-/// its float32 twin and quantizes back to FP16: Q/DQ scales FP16, whatever --float-type asks. One with an
-/// FP16 input is refused, naming it.
+/// its float32 twin and quantizes back to FP16: Q/DQ scales FP16, whatever --float-type asks. One whose input
+/// and output are FP16 too (a `.half()` export) quantizes the same way and its artifact keeps FP16 at its edges.
 #[test]
 fn an_fp16_model_calibrates_and_quantizes_with_fp16_scales() {
     let dir = tempfile::tempdir().unwrap();
@@ -231,14 +231,39 @@ fn an_fp16_model_calibrates_and_quantizes_with_fp16_scales() {
     let o = validate_small(&model, &test_support::recipe_path(), &dir.path().join("v"));
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 
-    // FP16 at the model's edge: refused before any work, naming the input.
+    // FP16 at the model's edge: the input fed as FP16 (float32 samples rounded), the output read back as
+    // float32; the artifact declares both FP16 as the source does, the input's QuantizeLinear reading it
+    // directly and no Cast round trip left at either edge.
     let mut edge = fp16;
-    let input = edge.graph.mut_or_insert_default().input[0].clone();
-    edge.graph.mut_or_insert_default().input[0].type_.mut_or_insert_default().mut_tensor_type().elem_type =
-        DataType::FLOAT16 as i32;
+    let g = edge.graph.mut_or_insert_default();
+    let fp16_type = DataType::FLOAT16 as i32;
+    g.input[0].type_.mut_or_insert_default().mut_tensor_type().elem_type = fp16_type;
+    let output = g.output[0].name.clone();
+    let last = g.node.iter_mut().find(|n| n.output.contains(&output)).unwrap();
+    assert_eq!(last.op_type, "Cast", "the FP16 model's output is cast to float32");
+    last.attribute.iter_mut().find(|a| a.name == "to").unwrap().i = fp16_type as i64;
+    g.output[0].type_.mut_or_insert_default().mut_tensor_type().elem_type = fp16_type;
     let edged = dir.path().join("edge.onnx");
     graph::save_model(&source, edge, &edged).unwrap();
-    let o = on_fixtures("quantize", &edged, &dir.path().join("q2"), &["--limit", "20", "--quiet"]);
-    refused(&o, &input.name);
-    assert!(text(&o).contains("float16") && text(&o).contains("keep_io_types"), "{}", text(&o));
+    let out = dir.path().join("q2");
+    let o = on_fixtures("quantize", &edged, &out, &["--limit", "200", "--quiet"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let ranges: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("ranges.json")).unwrap()).unwrap();
+    assert_eq!(ranges["float_type"], "fp16");
+    let fidelity = &ranges["self_check"]["fidelity"];
+    assert!(fidelity["sqnr_db"].as_f64().unwrap() > 25.0 && fidelity["agreement"] == 1.0, "{fidelity}");
+    let qdq = graph::Model::load(&out.join("model.qdq.onnx")).unwrap();
+    let g = &qdq.proto.graph;
+    let elem = |v: &graph::proto::ValueInfoProto| v.type_.as_ref().unwrap().tensor_type().elem_type;
+    assert_eq!((elem(&g.input[0]), elem(&g.output[0])), (fp16_type, fp16_type), "FP16 at the artifact's edges");
+    let readers: Vec<&str> =
+        g.node.iter().filter(|n| n.input.contains(&g.input[0].name)).map(|n| n.op_type.as_str()).collect();
+    assert_eq!(readers, ["QuantizeLinear"], "the input quantized as it comes");
+    let writer = g.node.iter().find(|n| n.output.contains(&output)).unwrap();
+    let before = g.node.iter().find(|n| n.output.contains(&writer.input[0])).unwrap();
+    assert!(writer.op_type != "Cast" || before.op_type != "Cast", "no Cast round trip in front of the output");
+    let o = common::int8kit("lint").arg(out.join("model.qdq.onnx")).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = validate_small(&edged, &test_support::recipe_path(), &dir.path().join("v2"));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
