@@ -346,8 +346,6 @@ impl TappedModel {
         if selection == Selection::Quantizable {
             (activations, gemm_inputs) = quantizable_only(&model, activations)?;
         }
-        let existing: std::collections::HashSet<String> =
-            model.proto.graph.output.iter().map(|o| o.name.clone()).collect();
         // Per-channel maxima are taken on the very tensor the GEMM reads (a Transpose before it moves the
         // channels), so those tensors are the ones measured in their same-valued group.
         let smoothable: std::collections::HashSet<String> = match channel_max {
@@ -369,10 +367,10 @@ impl TappedModel {
         let plan = CollectionPlan::new(&activations, &gemm_inputs);
         let channel_max = plan.measured.iter().map(|&i| smoothable.contains(&activations[i].name)).collect();
         let range_only = plan.range_only(&activations, &graph::roles::max_calibrated(&model.proto.graph));
-        for &i in &plan.measured {
-            if !existing.contains(&activations[i].name) {
-                model.proto.graph.mut_or_insert_default().output.push(float_output(&activations[i].name));
-            }
+        let measured: Vec<String> = plan.measured.iter().map(|&i| activations[i].name.clone()).collect();
+        if !measured.is_empty() {
+            // The session computes the measured tensors and what they need, nothing past them.
+            model.prune_to_outputs(&measured, float_output);
         }
         let fed = activations
             .iter()

@@ -213,6 +213,34 @@ fn quantizable_selection_keeps_what_the_default_lists_need() {
     );
 }
 
+/// The tapped session computes the measured tensors and nothing past them: an ArgMax after the logits (a
+/// classifier's label, or a detector's post-processing) is not in it, and its outputs are what is read back.
+#[test]
+fn the_tapped_model_holds_nothing_past_the_measured_tensors() {
+    let mut m = calibrate::load_model(&model("fmnist_resnet_opset13.onnx")).unwrap();
+    let g = m.proto.graph.mut_or_insert_default();
+    let logits = g.output[0].name.clone();
+    let mut argmax = graph::proto::NodeProto::new();
+    argmax.op_type = "ArgMax".into();
+    argmax.name = "label_ArgMax".into();
+    argmax.input = vec![logits];
+    argmax.output = vec!["label".into()];
+    g.node.push(argmax);
+    let mut label = graph::proto::ValueInfoProto::new();
+    label.name = "label".into();
+    label.type_.mut_or_insert_default().mut_tensor_type().elem_type =
+        graph::proto::tensor_proto::DataType::INT64 as i32;
+    g.output.push(label);
+    for selection in [Selection::Quantizable, Selection::All] {
+        let tapped =
+            calibrate::TappedModel::from_model(m.clone(), &feed(), selection, calibrate::ChannelMaxima::None).unwrap();
+        let g = &tapped.model.proto.graph;
+        assert!(g.node.iter().all(|n| n.op_type != "ArgMax"), "{selection:?}: the ArgMax is computed for nothing");
+        let outputs: Vec<String> = g.output.iter().map(|o| o.name.clone()).collect();
+        assert_eq!(outputs, tapped.output_names(), "{selection:?}");
+    }
+}
+
 /// `calibrate --shard I/N` for every I, merged: the one-process .hist byte for byte, for N = 1, 3 and 7 (the
 /// 7 parts are uneven: 100 images do not split by 7).
 #[test]

@@ -259,6 +259,39 @@ impl Model {
         Ok(referenced_files(path, &model_dir(path), &proto.graph))
     }
 
+    /// Makes `outputs` the graph's only outputs and drops every node, initializer and value_info they do not
+    /// need (names that subgraphs read count as needed), so that a session computes nothing else: a pass that
+    /// reads some activations does not run a detector's post-processing or a head past the last of them.
+    /// `outputs` are described by `describe` where the graph does not declare them as outputs already.
+    pub fn prune_to_outputs(&mut self, outputs: &[String], describe: impl Fn(&str) -> onnx_protobuf::ValueInfoProto) {
+        let graph = self.proto.graph.mut_or_insert_default();
+        let mut needed: std::collections::HashSet<String> = outputs.iter().cloned().collect();
+        let mut keep = vec![false; graph.node.len()];
+        for (n, node) in graph.node.iter().enumerate().rev() {
+            if node.output.iter().any(|o| needed.contains(o)) {
+                keep[n] = true;
+                needed.extend(node.input.iter().filter(|i| !i.is_empty()).cloned());
+                for attr in &node.attribute {
+                    for g in attr.g.as_ref().into_iter().chain(&attr.graphs) {
+                        needed.extend(subgraph_reads(g));
+                    }
+                }
+            }
+        }
+        let mut n = 0;
+        graph.node.retain(|_| {
+            n += 1;
+            keep[n - 1]
+        });
+        graph.initializer.retain(|t| needed.contains(&t.name));
+        graph.value_info.retain(|v| needed.contains(&v.name));
+        let declared: Vec<onnx_protobuf::ValueInfoProto> = std::mem::take(&mut graph.output);
+        graph.output = outputs
+            .iter()
+            .map(|o| declared.iter().find(|d| d.name == *o).cloned().unwrap_or_else(|| describe(o)))
+            .collect();
+    }
+
     /// Serialized protobuf bytes of the (possibly edited) model. External data stays referenced, so the bytes
     /// must be loaded with `dir` as the external data folder.
     pub fn to_bytes(&self) -> Result<Vec<u8>, GraphError> {
@@ -352,6 +385,20 @@ impl Model {
     }
 }
 
+/// Every tensor name the nodes of `graph` and of its own subgraphs read (outer-scope names among them).
+fn subgraph_reads(graph: &onnx_protobuf::GraphProto) -> Vec<String> {
+    let mut reads = Vec::new();
+    for node in &graph.node {
+        reads.extend(node.input.iter().filter(|i| !i.is_empty()).cloned());
+        for attr in &node.attribute {
+            for g in attr.g.as_ref().into_iter().chain(&attr.graphs) {
+                reads.extend(subgraph_reads(g));
+            }
+        }
+    }
+    reads
+}
+
 /// Whether an op-set domain is ONNX's default one (written empty or as `ai.onnx`).
 pub fn is_default_domain(domain: &str) -> bool {
     domain.is_empty() || domain == "ai.onnx"
@@ -425,4 +472,72 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 fn describe_value(v: &onnx_protobuf::ValueInfoProto) -> String {
     let elem = v.type_.as_ref().map_or(0, |t| t.tensor_type().elem_type);
     format!("'{}' ({})", v.name, crate::ElemType(elem).name())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onnx_protobuf::{GraphProto, NodeProto, ValueInfoProto};
+
+    fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+        let mut n = NodeProto::new();
+        n.op_type = op.into();
+        n.name = format!("{op}_{output}");
+        n.input = inputs.iter().map(|s| s.to_string()).collect();
+        n.output = vec![output.into()];
+        n
+    }
+
+    fn named(name: &str) -> ValueInfoProto {
+        let mut v = ValueInfoProto::new();
+        v.name = name.into();
+        v
+    }
+
+    #[test]
+    fn pruning_to_outputs_keeps_what_they_need_and_what_subgraphs_read() {
+        let mut g = GraphProto::new();
+        g.input.push(named("x"));
+        g.node.push(node("Relu", &["x"], "r"));
+        g.node.push(node("Neg", &["x"], "t"));
+        g.node.push(node("Sigmoid", &["r"], "s"));
+        g.node.push(node("Exp", &["s"], "e"));
+        g.node.push(node("Add", &["e", "w"], "y"));
+        // An If whose branch reads `t` from the outer scope.
+        let mut branch = GraphProto::new();
+        branch.node.push(node("Identity", &["t"], "o"));
+        let mut attr = onnx_protobuf::AttributeProto::new();
+        attr.name = "then_branch".into();
+        attr.g = Some(branch).into();
+        let mut iff = node("If", &["c"], "k");
+        iff.attribute.push(attr);
+        g.node.push(iff);
+        for name in ["w", "c"] {
+            let mut t = TensorProto::new();
+            t.name = name.into();
+            g.initializer.push(t);
+        }
+        g.value_info.extend([named("e"), named("r")]);
+        g.output.push(named("y"));
+        let mut proto = ModelProto::new();
+        proto.graph = Some(g).into();
+        let mut model = Model {
+            proto,
+            path: PathBuf::new(),
+            dir: PathBuf::new(),
+            sha256: String::new(),
+            has_external_data: false,
+            low_precision_source: false,
+            low_precision_io: Vec::new(),
+        };
+        model.prune_to_outputs(&["s".to_string(), "k".to_string()], named);
+        let g = &model.proto.graph;
+        let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(ops, ["Relu", "Neg", "Sigmoid", "If"], "Exp and Add only served the dropped output");
+        let names = |v: &[ValueInfoProto]| v.iter().map(|v| v.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&g.output), ["s", "k"]);
+        assert_eq!(g.initializer.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["c"]);
+        assert_eq!(names(&g.value_info), ["r"]);
+        assert_eq!(names(&g.input), ["x"], "inputs stay declared");
+    }
 }
