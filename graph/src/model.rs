@@ -259,37 +259,13 @@ impl Model {
         Ok(referenced_files(path, &model_dir(path), &proto.graph))
     }
 
-    /// Makes `outputs` the graph's only outputs and drops every node, initializer and value_info they do not
-    /// need (names that subgraphs read count as needed), so that a session computes nothing else: a pass that
-    /// reads some activations does not run a detector's post-processing or a head past the last of them.
-    /// `outputs` are described by `describe` where the graph does not declare them as outputs already.
-    pub fn prune_to_outputs(&mut self, outputs: &[String], describe: impl Fn(&str) -> onnx_protobuf::ValueInfoProto) {
-        let graph = self.proto.graph.mut_or_insert_default();
-        let mut needed: std::collections::HashSet<String> = outputs.iter().cloned().collect();
-        let mut keep = vec![false; graph.node.len()];
-        for (n, node) in graph.node.iter().enumerate().rev() {
-            if node.output.iter().any(|o| needed.contains(o)) {
-                keep[n] = true;
-                needed.extend(node.input.iter().filter(|i| !i.is_empty()).cloned());
-                for attr in &node.attribute {
-                    for g in attr.g.as_ref().into_iter().chain(&attr.graphs) {
-                        needed.extend(subgraph_reads(g));
-                    }
-                }
-            }
-        }
-        let mut n = 0;
-        graph.node.retain(|_| {
-            n += 1;
-            keep[n - 1]
-        });
-        graph.initializer.retain(|t| needed.contains(&t.name));
-        graph.value_info.retain(|v| needed.contains(&v.name));
-        let declared: Vec<onnx_protobuf::ValueInfoProto> = std::mem::take(&mut graph.output);
-        graph.output = outputs
-            .iter()
-            .map(|o| declared.iter().find(|d| d.name == *o).cloned().unwrap_or_else(|| describe(o)))
-            .collect();
+    /// [`prune_to_outputs`] of this model's graph.
+    pub fn prune_to_outputs(
+        &mut self,
+        outputs: &[String],
+        describe: impl Fn(&str) -> onnx_protobuf::ValueInfoProto,
+    ) -> bool {
+        prune_to_outputs(self.proto.graph.mut_or_insert_default(), outputs, describe)
     }
 
     /// Serialized protobuf bytes of the (possibly edited) model. External data stays referenced, so the bytes
@@ -383,6 +359,47 @@ impl Model {
             }),
         }
     }
+}
+
+/// Makes `outputs` the graph's only outputs and drops every node, initializer and value_info they do not need
+/// (names that subgraphs read count as needed), so that a session computes nothing else: a pass that reads
+/// some activations does not run a detector's post-processing or a head past the last of them, and a
+/// measurement of one output does not run the others' heads. `outputs` are described by `describe` where the
+/// graph does not declare them as outputs already. Returns whether the graph changed.
+pub fn prune_to_outputs(
+    graph: &mut onnx_protobuf::GraphProto,
+    outputs: &[String],
+    describe: impl Fn(&str) -> onnx_protobuf::ValueInfoProto,
+) -> bool {
+    let mut needed: std::collections::HashSet<String> = outputs.iter().cloned().collect();
+    let mut keep = vec![false; graph.node.len()];
+    for (n, node) in graph.node.iter().enumerate().rev() {
+        if node.output.iter().any(|o| needed.contains(o)) {
+            keep[n] = true;
+            needed.extend(node.input.iter().filter(|i| !i.is_empty()).cloned());
+            for attr in &node.attribute {
+                for g in attr.g.as_ref().into_iter().chain(&attr.graphs) {
+                    needed.extend(subgraph_reads(g));
+                }
+            }
+        }
+    }
+    let same_outputs = graph.output.iter().map(|o| &o.name).eq(outputs.iter());
+    let (nodes, initializers, value_info) = (graph.node.len(), graph.initializer.len(), graph.value_info.len());
+    let mut n = 0;
+    graph.node.retain(|_| {
+        n += 1;
+        keep[n - 1]
+    });
+    graph.initializer.retain(|t| needed.contains(&t.name));
+    graph.value_info.retain(|v| needed.contains(&v.name));
+    let declared: Vec<onnx_protobuf::ValueInfoProto> = std::mem::take(&mut graph.output);
+    graph.output = outputs
+        .iter()
+        .map(|o| declared.iter().find(|d| d.name == *o).cloned().unwrap_or_else(|| describe(o)))
+        .collect();
+    !same_outputs
+        || (nodes, initializers, value_info) != (graph.node.len(), graph.initializer.len(), graph.value_info.len())
 }
 
 /// Every tensor name the nodes of `graph` and of its own subgraphs read (outer-scope names among them).

@@ -676,6 +676,17 @@ impl Probe {
         acc
     }
 
+    /// Prunes a candidate to what the measured output needs ([`graph::prune_to_outputs`]): the other outputs of
+    /// a detector with several heads are not computed. The measured output's values are the same, as the
+    /// probe's candidate sessions run without graph rewrites (node by node). Returns whether it changed.
+    pub fn prune_to_measured(&self, proto: &mut graph::proto::ModelProto) -> bool {
+        graph::prune_to_outputs(proto.graph.mut_or_insert_default(), std::slice::from_ref(&self.output), |name| {
+            let mut v = graph::proto::ValueInfoProto::new();
+            v.name = name.to_string();
+            v
+        })
+    }
+
     /// Runs `proto` on the first `batches` batches (all: `usize::MAX`) on the CPU and measures it.
     pub fn measure(&self, proto: &graph::proto::ModelProto, batches: usize) -> Result<Fidelity, QuantizeError> {
         Ok(self.measure_per_sample(proto, batches)?.0)
@@ -687,11 +698,12 @@ impl Probe {
         proto: &graph::proto::ModelProto,
         batches: usize,
     ) -> Result<(Fidelity, Vec<ImageFidelity>), QuantizeError> {
-        // FP16 candidates run their quantization in float32, the same outputs faster ([`crate::fp16_quantize`]).
-        let bytes = match crate::fp16_quantize::rewritten_for_cpu(proto) {
-            Some(faster) => encode(&faster)?,
-            None => encode(proto)?,
-        };
+        // Only what the measured output needs runs, and FP16 candidates run their quantization in float32: the
+        // same outputs faster ([`Probe::prune_to_measured`], [`crate::fp16_quantize`]).
+        let mut run = proto.clone();
+        self.prune_to_measured(&mut run);
+        crate::fp16_quantize::for_cpu_evaluation(&mut run);
+        let bytes = encode(&run)?;
         Ok(self.measure_continuing(&bytes, Vec::new(), batches, self.threads())?.0)
     }
 

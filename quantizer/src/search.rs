@@ -327,9 +327,12 @@ impl Lab<'_> {
         let amax = self.quantizer.amax(&scheme);
         let (mut proto, _) = self.quantizer.build(&decisions, &scheme.placement, &amax, &scheme.weight_clip)?;
         let bytes = graph::proto::Message::write_to_bytes(&proto).map_err(graph::GraphError::Encode)?;
-        // What the session runs: an FP16 candidate quantizes in float32, the same outputs faster
-        // ([`crate::fp16_quantize`]); the record keeps the written model's hash.
-        let run_bytes = if crate::fp16_quantize::for_cpu_evaluation(&mut proto) {
+        // What the session runs: only what the measured output needs, and an FP16 candidate quantizes in
+        // float32, the same outputs faster ([`Probe::prune_to_measured`], [`crate::fp16_quantize`]); the record
+        // keeps the written model's hash.
+        let pruned = self.probe.prune_to_measured(&mut proto);
+        let rewritten = crate::fp16_quantize::for_cpu_evaluation(&mut proto);
+        let run_bytes = if pruned || rewritten {
             Some(graph::proto::Message::write_to_bytes(&proto).map_err(graph::GraphError::Encode)?)
         } else {
             None
@@ -347,11 +350,14 @@ impl Lab<'_> {
         let (result, outputs, fresh) = match known {
             Err(r) => (r, None, false),
             Ok(earlier) => {
-                let measured = match (&self.sessions, run_bytes) {
-                    (Some(sessions), None) => self.measure_shared(sessions, proto, &bytes, earlier, batches, threads),
-                    (_, run_bytes) => {
+                let run_bytes = run_bytes.as_ref().unwrap_or(&bytes);
+                let measured = match &self.sessions {
+                    Some(sessions) if !rewritten => {
+                        self.measure_shared(sessions, proto, run_bytes, earlier, batches, threads)
+                    }
+                    _ => {
                         drop(proto);
-                        self.probe.measure_continuing(run_bytes.as_ref().unwrap_or(&bytes), earlier, batches, threads)
+                        self.probe.measure_continuing(run_bytes, earlier, batches, threads)
                     }
                 };
                 match measured {

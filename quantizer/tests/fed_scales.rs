@@ -1,6 +1,7 @@
 //! Candidates that differ only in their activation scales share one evaluation session, fed each one's scales
 //! at run time ([`quantizer::measure::fed_scales`]): on the fixture ViT's FP32 Q/DQ models (every scale method,
 //! INT8 and float attention) one session per attention precision gives every method's outputs bit for bit.
+//! And a candidate pruned to its measured output computes that output bit for bit.
 
 use calibrate::CalibrateOptions;
 use datasets::Feed;
@@ -48,4 +49,42 @@ fn one_session_fed_each_methods_scales_gives_each_models_own_outputs() {
         scale_sets.dedup();
         assert!(scale_sets.len() > 1, "{attention:?}: every method gave the same scales");
     }
+}
+
+/// A candidate is measured on its measured output alone ([`quantizer::measure::Probe::prune_to_measured`]):
+/// the other outputs' heads are not run, and the measured output's values are bit for bit the whole model's.
+#[test]
+fn a_candidate_pruned_to_the_measured_output_computes_the_same_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut source = graph::Model::load(&test_support::model("fmnist_resnet_opset13.onnx")).unwrap();
+    let g = source.proto.graph.mut_or_insert_default();
+    let logits = g.output[0].clone();
+    // A second head after the logits: a Sigmoid written as a second output.
+    let mut head = graph::proto::NodeProto::new();
+    head.op_type = "Sigmoid".into();
+    head.name = "second_head".into();
+    head.input = vec![logits.name.clone()];
+    head.output = vec!["probabilities".into()];
+    g.node.push(head);
+    let mut second = logits.clone();
+    second.name = "probabilities".into();
+    g.output.push(second);
+    let model = dir.path().join("two_outputs.onnx");
+    graph::save_model(&source, source.proto.clone(), &model).unwrap();
+
+    let images = test_support::calib_dir();
+    let feed = Feed::for_folder(&images, Some(test_support::recipe())).unwrap();
+    let options = CalibrateOptions { limit: Some(64), ..Default::default() };
+    let (quantizer, probe) = common::calibrated_with_probe(&model, &images, &feed, &options, 4, 1);
+    let written = quantizer.artifacts(&Scheme::default()).unwrap().qdq;
+    assert_eq!(written.graph.output.len(), 2);
+    let mut pruned = written.clone();
+    assert!(probe.prune_to_measured(&mut pruned), "the second head is pruned");
+    assert_eq!(pruned.graph.output.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), [logits.name.as_str()]);
+    assert!(pruned.graph.node.iter().all(|n| n.name != "second_head"));
+    assert!(!probe.prune_to_measured(&mut pruned), "nothing left to prune");
+    let bits = |o: &[Vec<f32>]| o.iter().flatten().map(|v| v.to_bits()).collect::<Vec<u32>>();
+    let whole = probe.outputs_on(&written, runtime::Device::Cpu, usize::MAX).unwrap();
+    assert!(!whole.is_empty());
+    assert!(bits(&whole) == bits(&probe.outputs_on(&pruned, runtime::Device::Cpu, usize::MAX).unwrap()));
 }
