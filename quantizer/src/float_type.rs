@@ -266,7 +266,13 @@ pub fn restore_io_types(source: &Model, proto: &mut ModelProto) {
     };
     // (Cast name, the low-precision tensor, the float32 one) of each input edge; (Cast name, ty) of each output.
     let (mut input_casts, mut output_casts) = (Vec::new(), Vec::new());
+    // An output that is an input passed through takes its type with the input; one that no node produces (a
+    // constant) keeps float32.
+    let mut done: HashSet<&str> = HashSet::new();
     for (name, ty) in &source.low_precision_io {
+        if !done.insert(name) {
+            continue;
+        }
         let rename_readers = |graph: &mut graph::proto::GraphProto, to: &str| {
             for node in graph.node.iter_mut() {
                 for i in node.input.iter_mut().filter(|i| *i == name) {
@@ -274,25 +280,26 @@ pub fn restore_io_types(source: &Model, proto: &mut ModelProto) {
                 }
             }
         };
+        let producer = index.producer.get(name).copied();
         if let Some(input) = graph.input.iter_mut().find(|i| i.name == *name) {
             set_type(input, *ty);
+            for output in graph.output.iter_mut().filter(|o| o.name == *name) {
+                set_type(output, *ty);
+            }
             let wide = patch.fresh(&format!("{name}_float32"));
             rename_readers(graph, &wide);
             let cast = patch.fresh(&format!("{name}_Cast"));
             patch.insert_after(None, cast_node(&cast, name, &wide, float));
             input_casts.push((cast, name.clone(), wide));
-        } else if let Some(output) = graph.output.iter_mut().find(|o| o.name == *name) {
+        } else if let (Some(output), Some(p)) = (graph.output.iter_mut().find(|o| o.name == *name), producer) {
             set_type(output, *ty);
             let wide = patch.fresh(&format!("{name}_float32"));
             rename_readers(graph, &wide);
-            let producer = index.producer.get(name).copied();
-            if let Some(p) = producer {
-                for o in graph.node[p].output.iter_mut().filter(|o| *o == name) {
-                    *o = wide.clone();
-                }
+            for o in graph.node[p].output.iter_mut().filter(|o| *o == name) {
+                *o = wide.clone();
             }
             let cast = patch.fresh(&format!("{name}_Cast"));
-            patch.insert_after(producer, cast_node(&cast, &wide, name, *ty));
+            patch.insert_after(Some(p), cast_node(&cast, &wide, name, *ty));
             output_casts.push((cast, *ty));
         }
     }
@@ -490,6 +497,54 @@ mod tests {
         g.node.push(node("DequantizeLinear", &["nq", "s", "zp"], "ndq"));
         g.node.push(node("Mul", &["ndq", "gamma"], "y"));
         load_written(&m, &dir.join("ln.onnx"))
+    }
+
+    /// A model whose input and output are FP16 (and which passes its input through as a second output) is
+    /// converted from its float32 twin with FP16 float parts, then declares FP16 at its edges again: no Cast
+    /// at the input (the FP16 Relu reads it), an Identity in front of the output, and it runs fed float32
+    /// samples rounded to FP16, giving what the FP16 source gives.
+    #[test]
+    fn fp16_inputs_and_outputs_are_declared_again_without_cast_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let fp16 = DataType::FLOAT16 as i32;
+        let typed = |name: &str| {
+            let mut v = value(name);
+            v.type_.mut_or_insert_default().mut_tensor_type().elem_type = fp16;
+            v
+        };
+        let mut m = empty_model(13);
+        m.ir_version = 8;
+        let g = m.graph.mut_or_insert_default();
+        g.input.push(typed("x"));
+        g.output.extend([typed("y"), typed("x")]);
+        g.node.push(node("Relu", &["x"], "r"));
+        g.node.push(node("Mul", &["r", "r"], "y"));
+        let mut source = load_written(&m, &dir.path().join("fp16_io.onnx"));
+        assert!(source.normalize_to_float32().unwrap());
+        let io = |p: &ModelProto| {
+            let elem = |v: &graph::proto::ValueInfoProto| v.type_.as_ref().unwrap().tensor_type().elem_type;
+            (p.graph.input.iter().map(elem).collect::<Vec<_>>(), p.graph.output.iter().map(elem).collect::<Vec<_>>())
+        };
+        let float = DataType::FLOAT as i32;
+        assert_eq!(io(&source.proto), (vec![float], vec![float, float]), "the twin is float32 at its edges");
+        let mut out = convert(&source, source.proto.clone(), FloatType::Fp16, &HashMap::new()).unwrap();
+        restore_io_types(&source, &mut out);
+        assert_eq!(io(&out), (vec![fp16], vec![fp16, fp16]));
+        let g = &out.graph;
+        let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(ops, ["Relu", "Mul", "Identity"], "no Cast left at either edge");
+        assert_eq!(g.node[0].input, ["x"]);
+
+        let cfg = runtime::SessionConfig::new("fp16 edges");
+        let bytes = graph::proto::Message::write_to_bytes(&out).unwrap();
+        let mut session = runtime::session_from_bytes(&bytes, &cfg).unwrap();
+        let x = [-1.0f32, 0.5, 3.0, 1.0e-3];
+        let inputs = [runtime::Input { name: "x", shape: &[4], values: runtime::Values::F32(&x) }];
+        let outs = runtime::run(&mut session, "fp16 edges", &inputs, &["y".into(), "x".into()]).unwrap();
+        let round = |v: f32| half::f16::from_f32(v).to_f32();
+        let expected: Vec<f32> = x.iter().map(|&v| round(round(v).max(0.0) * round(v).max(0.0))).collect();
+        assert_eq!(outs[0].as_f32().unwrap(), expected.as_slice());
+        assert_eq!(outs[1].as_f32().unwrap(), x.map(round).as_slice(), "the input passed through, as FP16");
     }
 
     #[test]
