@@ -217,20 +217,7 @@ fn quantizable_selection_keeps_what_the_default_lists_need() {
 /// classifier's label, or a detector's post-processing) is not in it, and its outputs are what is read back.
 #[test]
 fn the_tapped_model_holds_nothing_past_the_measured_tensors() {
-    let mut m = calibrate::load_model(&model("fmnist_resnet_opset13.onnx")).unwrap();
-    let g = m.proto.graph.mut_or_insert_default();
-    let logits = g.output[0].name.clone();
-    let mut argmax = graph::proto::NodeProto::new();
-    argmax.op_type = "ArgMax".into();
-    argmax.name = "label_ArgMax".into();
-    argmax.input = vec![logits];
-    argmax.output = vec!["label".into()];
-    g.node.push(argmax);
-    let mut label = graph::proto::ValueInfoProto::new();
-    label.name = "label".into();
-    label.type_.mut_or_insert_default().mut_tensor_type().elem_type =
-        graph::proto::tensor_proto::DataType::INT64 as i32;
-    g.output.push(label);
+    let m = test_support::resnet_with_head("ArgMax", "label", graph::proto::tensor_proto::DataType::INT64 as i32);
     for selection in [Selection::Quantizable, Selection::All] {
         let tapped =
             calibrate::TappedModel::from_model(m.clone(), &feed(), selection, calibrate::ChannelMaxima::None).unwrap();

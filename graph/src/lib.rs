@@ -15,6 +15,8 @@ mod patch;
 pub mod roles;
 mod save;
 mod size_pins;
+#[cfg(test)]
+mod test_graphs;
 
 pub use activations::{find_activations, Activation};
 pub use error::GraphError;

@@ -494,16 +494,8 @@ fn describe_value(v: &onnx_protobuf::ValueInfoProto) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use onnx_protobuf::{GraphProto, NodeProto, ValueInfoProto};
-
-    fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
-        let mut n = NodeProto::new();
-        n.op_type = op.into();
-        n.name = format!("{op}_{output}");
-        n.input = inputs.iter().map(|s| s.to_string()).collect();
-        n.output = vec![output.into()];
-        n
-    }
+    use crate::test_graphs::node;
+    use onnx_protobuf::{GraphProto, ValueInfoProto};
 
     fn named(name: &str) -> ValueInfoProto {
         let mut v = ValueInfoProto::new();

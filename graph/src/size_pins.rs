@@ -142,6 +142,7 @@ fn constant_i64(name: Option<&String>, index: &GraphIndex, graph: &GraphProto) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_graphs::node;
     use onnx_protobuf::{attribute_proto::AttributeType, AttributeProto, TensorShapeProto, TypeProto, ValueInfoProto};
 
     fn input(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
@@ -162,15 +163,6 @@ mod tests {
         tt.shape = Some(shape).into();
         v.type_ = Some(t).into();
         v
-    }
-
-    fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
-        let mut n = NodeProto::new();
-        n.op_type = op.into();
-        n.name = format!("{op}_{output}");
-        n.input = inputs.iter().map(|s| s.to_string()).collect();
-        n.output = vec![output.into()];
-        n
     }
 
     fn shape(name: &str, values: &[i64]) -> TensorProto {

@@ -56,19 +56,10 @@ fn one_session_fed_each_methods_scales_gives_each_models_own_outputs() {
 #[test]
 fn a_candidate_pruned_to_the_measured_output_computes_the_same_values() {
     let dir = tempfile::tempdir().unwrap();
-    let mut source = graph::Model::load(&test_support::model("fmnist_resnet_opset13.onnx")).unwrap();
-    let g = source.proto.graph.mut_or_insert_default();
-    let logits = g.output[0].clone();
     // A second head after the logits: a Sigmoid written as a second output.
-    let mut head = graph::proto::NodeProto::new();
-    head.op_type = "Sigmoid".into();
-    head.name = "second_head".into();
-    head.input = vec![logits.name.clone()];
-    head.output = vec!["probabilities".into()];
-    g.node.push(head);
-    let mut second = logits.clone();
-    second.name = "probabilities".into();
-    g.output.push(second);
+    let source =
+        test_support::resnet_with_head("Sigmoid", "probabilities", graph::proto::tensor_proto::DataType::FLOAT as i32);
+    let logits = source.proto.graph.output[0].clone();
     let model = dir.path().join("two_outputs.onnx");
     graph::save_model(&source, source.proto.clone(), &model).unwrap();
 
@@ -81,7 +72,7 @@ fn a_candidate_pruned_to_the_measured_output_computes_the_same_values() {
     let mut pruned = written.clone();
     assert!(probe.prune_to_measured(&mut pruned), "the second head is pruned");
     assert_eq!(pruned.graph.output.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), [logits.name.as_str()]);
-    assert!(pruned.graph.node.iter().all(|n| n.name != "second_head"));
+    assert!(pruned.graph.node.iter().all(|n| n.op_type != "Sigmoid"));
     assert!(!probe.prune_to_measured(&mut pruned), "nothing left to prune");
     let bits = |o: &[Vec<f32>]| o.iter().flatten().map(|v| v.to_bits()).collect::<Vec<u32>>();
     let whole = probe.outputs_on(&written, runtime::Device::Cpu, usize::MAX).unwrap();

@@ -96,6 +96,24 @@ pub fn model(name: &str) -> PathBuf {
     root().join("fixtures/models").join(name)
 }
 
+/// The fixture ResNet, in memory, with one node `op` more, reading its logits and writing `output`, which is
+/// listed after the logits as a graph output of ONNX element type `elem` (a classifier's label, a second head).
+pub fn resnet_with_head(op: &str, output: &str, elem: i32) -> graph::Model {
+    let mut m = graph::Model::load(&model("fmnist_resnet_opset13.onnx")).unwrap();
+    let g = m.proto.graph.mut_or_insert_default();
+    let mut head = graph::proto::NodeProto::new();
+    head.op_type = op.into();
+    head.name = format!("{output}_{op}");
+    head.input = vec![g.output[0].name.clone()];
+    head.output = vec![output.into()];
+    g.node.push(head);
+    let mut out = graph::proto::ValueInfoProto::new();
+    out.name = output.into();
+    out.type_.mut_or_insert_default().mut_tensor_type().elem_type = elem;
+    g.output.push(out);
+    m
+}
+
 /// The zero-shot class prototypes that go with the embedding models.
 pub fn prototypes() -> PathBuf {
     root().join("fixtures/models/fmnist_clip_text_prototypes.npy")

@@ -91,19 +91,10 @@ pub fn zero_head_resnet(dir: &Path) -> PathBuf {
 /// The ResNet with an ArgMax of its logits as its first output ('label', int64), the logits second, or (without
 /// `keep_logits`) its only output, in `dir`.
 pub fn argmax_first_resnet(dir: &Path, keep_logits: bool) -> PathBuf {
-    let mut m = graph::Model::load(&resnet()).unwrap();
+    let int64 = graph::proto::tensor_proto::DataType::INT64 as i32;
+    let mut m = test_support::resnet_with_head("ArgMax", "label", int64);
     let graph = m.proto.graph.mut_or_insert_default();
-    let logits = graph.output[0].clone();
-    let mut argmax = graph::proto::NodeProto::new();
-    argmax.op_type = "ArgMax".into();
-    argmax.name = "label_argmax".into();
-    argmax.input = vec![logits.name.clone()];
-    argmax.output = vec!["label".into()];
-    graph.node.push(argmax);
-    let mut label = graph::proto::ValueInfoProto::new();
-    label.name = "label".into();
-    label.type_.mut_or_insert_default().mut_tensor_type().elem_type =
-        graph::proto::tensor_proto::DataType::INT64 as i32;
+    let (logits, label) = (graph.output[0].clone(), graph.output[1].clone());
     graph.output = if keep_logits { vec![label, logits] } else { vec![label] };
     let path = dir.join(if keep_logits { "argmax_first.onnx" } else { "argmax_only.onnx" });
     std::fs::write(&path, m.to_bytes().unwrap()).unwrap();
