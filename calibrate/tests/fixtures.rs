@@ -217,15 +217,38 @@ fn quantizable_selection_keeps_what_the_default_lists_need() {
 /// classifier's label, or a detector's post-processing) is not in it, and its outputs are what is read back.
 #[test]
 fn the_tapped_model_holds_nothing_past_the_measured_tensors() {
-    let m = test_support::resnet_with_head("ArgMax", "label", graph::proto::tensor_proto::DataType::INT64 as i32);
+    use graph::proto::tensor_proto::DataType;
+    let mut m = test_support::resnet_with_head("ArgMax", "label", DataType::INT64 as i32);
+    // And an initializer the ArgMax's branch alone reads, listed as a graph input too (as IR 3 exports list
+    // every initializer): pruned with its input entry, else it would become an input to feed.
+    let g = m.proto.graph.mut_or_insert_default();
+    let mut k = graph::proto::TensorProto::new();
+    k.name = "k".into();
+    k.data_type = DataType::INT64 as i32;
+    k.int64_data = vec![1];
+    g.initializer.push(k);
+    let mut k_input = g.output[1].clone();
+    k_input.name = "k".into();
+    g.input.push(k_input);
+    let label = g.node.iter_mut().find(|n| n.op_type == "ArgMax").unwrap();
+    label.op_type = "Add".into();
+    label.input.clear();
+    label.input.extend(["k".to_string(), "k".to_string()]);
     for selection in [Selection::Quantizable, Selection::All] {
         let tapped =
             calibrate::TappedModel::from_model(m.clone(), &feed(), selection, calibrate::ChannelMaxima::None).unwrap();
         let g = &tapped.model.proto.graph;
-        assert!(g.node.iter().all(|n| n.op_type != "ArgMax"), "{selection:?}: the ArgMax is computed for nothing");
+        assert!(g.node.iter().all(|n| n.op_type != "Add" || !n.input.contains(&"k".to_string())), "{selection:?}");
         let outputs: Vec<String> = g.output.iter().map(|o| o.name.clone()).collect();
         assert_eq!(outputs, tapped.output_names(), "{selection:?}");
+        assert!(g.input.iter().all(|i| i.name != "k") && g.initializer.iter().all(|t| t.name != "k"));
     }
+    // Calibrates: no input is left without values.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tail.onnx");
+    std::fs::write(&path, m.to_bytes().unwrap()).unwrap();
+    let options = CalibrateOptions { limit: Some(20), hold_out: HoldOut::Count(0), ..Default::default() };
+    calibrate(&path, &calib(), &feed(), &options, &mut |_, _| {}).unwrap();
 }
 
 /// `calibrate --shard I/N` for every I, merged: the one-process .hist byte for byte, for N = 1, 3 and 7 (the

@@ -391,6 +391,11 @@ pub fn prune_to_outputs(
         n += 1;
         keep[n - 1]
     });
+    // An initializer that old exporters (IR < 4) also list as a graph input goes with its input entry, which
+    // would otherwise become an input to feed.
+    let dropped: std::collections::HashSet<String> =
+        graph.initializer.iter().filter(|t| !needed.contains(&t.name)).map(|t| t.name.clone()).collect();
+    graph.input.retain(|i| !dropped.contains(&i.name));
     graph.initializer.retain(|t| needed.contains(&t.name));
     graph.value_info.retain(|v| needed.contains(&v.name));
     let declared: Vec<onnx_protobuf::ValueInfoProto> = std::mem::take(&mut graph.output);
@@ -526,6 +531,8 @@ mod tests {
             t.name = name.into();
             g.initializer.push(t);
         }
+        // `w` and `c` also listed as inputs, as IR 3 exports list every initializer.
+        g.input.extend([named("w"), named("c")]);
         g.value_info.extend([named("e"), named("r")]);
         g.output.push(named("y"));
         let mut proto = ModelProto::new();
@@ -539,7 +546,8 @@ mod tests {
             low_precision_source: false,
             low_precision_io: Vec::new(),
         };
-        model.prune_to_outputs(&["s".to_string(), "k".to_string()], named);
+        let wanted = ["s".to_string(), "k".to_string()];
+        assert!(model.prune_to_outputs(&wanted, named));
         let g = &model.proto.graph;
         let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
         assert_eq!(ops, ["Relu", "Neg", "Sigmoid", "If"], "Exp and Add only served the dropped output");
@@ -547,6 +555,7 @@ mod tests {
         assert_eq!(names(&g.output), ["s", "k"]);
         assert_eq!(g.initializer.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["c"]);
         assert_eq!(names(&g.value_info), ["r"]);
-        assert_eq!(names(&g.input), ["x"], "inputs stay declared");
+        assert_eq!(names(&g.input), ["x", "c"], "inputs stay declared, but not as dropped initializers");
+        assert!(!model.prune_to_outputs(&wanted, named), "nothing left to prune");
     }
 }
