@@ -150,9 +150,9 @@ fn array_from(item: &Bound<'_, PyAny>, origin: &str) -> PyResult<NamedArray> {
         "bool" => copy::<u8>(address, count, nbytes).map(|v| ArrayData::Bool(v.into_iter().map(|b| b != 0).collect())),
         other => {
             return Err(refuse(format!(
-            "element type {other} is not fed by int8kit (float32, float16, float64, int64, int32, int16, int8, uint8, \
-                 uint16, bool); convert it with .astype(...)"
-        )))
+                "element type {other} is not fed by int8kit (float32, float16, float64, int64, int32, int16, int8, \
+                 uint8, uint16, bool); convert it with .astype(...)"
+            )))
         }
     };
     let data = data.ok_or_else(|| refuse(format!("{nbytes} bytes do not hold {count} {dtype} values")))?;

@@ -186,17 +186,7 @@ pub fn convert(
         if now.get(&out) != Some(&low) {
             continue;
         }
-        let renamed = patch.fresh(&format!("{out}_{}", float_type.name()));
-        for o in graph.node[p].output.iter_mut().filter(|o| **o == out) {
-            *o = renamed.clone();
-        }
-        for node in graph.node.iter_mut() {
-            for i in node.input.iter_mut().filter(|i| **i == out) {
-                *i = renamed.clone();
-            }
-        }
-        let cast = cast_node(&patch.fresh(&format!("{out}_Cast")), &renamed, &out, float);
-        patch.insert_after(Some(p), cast);
+        let (renamed, _) = cast_to_output(graph, &mut patch, p, &out, float_type.name(), float);
         producer.insert(renamed.clone(), p);
         original.insert(renamed.clone(), float);
         now.insert(renamed, low);
@@ -273,13 +263,6 @@ pub fn restore_io_types(source: &Model, proto: &mut ModelProto) {
         if !done.insert(name) {
             continue;
         }
-        let rename_readers = |graph: &mut graph::proto::GraphProto, to: &str| {
-            for node in graph.node.iter_mut() {
-                for i in node.input.iter_mut().filter(|i| *i == name) {
-                    *i = to.to_string();
-                }
-            }
-        };
         let producer = index.producer.get(name).copied();
         if let Some(input) = graph.input.iter_mut().find(|i| i.name == *name) {
             set_type(input, *ty);
@@ -287,19 +270,13 @@ pub fn restore_io_types(source: &Model, proto: &mut ModelProto) {
                 set_type(output, *ty);
             }
             let wide = patch.fresh(&format!("{name}_float32"));
-            rename_readers(graph, &wide);
+            rename_readers(graph, name, &wide);
             let cast = patch.fresh(&format!("{name}_Cast"));
             patch.insert_after(None, cast_node(&cast, name, &wide, float));
             input_casts.push((cast, name.clone(), wide));
         } else if let (Some(output), Some(p)) = (graph.output.iter_mut().find(|o| o.name == *name), producer) {
             set_type(output, *ty);
-            let wide = patch.fresh(&format!("{name}_float32"));
-            rename_readers(graph, &wide);
-            for o in graph.node[p].output.iter_mut().filter(|o| *o == name) {
-                *o = wide.clone();
-            }
-            let cast = patch.fresh(&format!("{name}_Cast"));
-            patch.insert_after(Some(p), cast_node(&cast, &wide, name, *ty));
+            let (_, cast) = cast_to_output(graph, &mut patch, p, name, "float32", *ty);
             output_casts.push((cast, *ty));
         }
     }
@@ -317,9 +294,7 @@ pub fn restore_io_types(source: &Model, proto: &mut ModelProto) {
         for node in graph.node.iter_mut().filter(|n| n.op_type == "Cast" && n.input.first() == Some(wide)) {
             if to_type(node) == ty {
                 if outputs.contains(&node.output[0]) {
-                    node.op_type = "Identity".into();
-                    node.attribute.clear();
-                    node.input[0] = low.clone();
+                    make_identity(node, low);
                 } else {
                     renames.insert(node.output[0].clone(), low.clone());
                     touched.insert(node.name.clone());
@@ -335,10 +310,7 @@ pub fn restore_io_types(source: &Model, proto: &mut ModelProto) {
         let narrow = before.input.first().cloned().unwrap_or_default();
         if before.op_type == "Cast" && to_type(before) == Some(float) && types.get(&narrow).map(|t| t.0) == Some(*ty) {
             touched.insert(before.name.clone());
-            let node = &mut graph.node[c];
-            node.op_type = "Identity".into();
-            node.attribute.clear();
-            node.input[0] = narrow;
+            make_identity(&mut graph.node[c], &narrow);
         }
     }
     for node in graph.node.iter_mut() {
@@ -351,6 +323,43 @@ pub fn restore_io_types(source: &Model, proto: &mut ModelProto) {
     let mut prune = GraphPatch::new(graph);
     prune.prune(graph, |n| touched.contains(&n.name));
     prune.apply(graph);
+}
+
+/// Keeps graph output `out` under its name with element type `to`: its producer (node `p`) and its readers
+/// take the fresh name `{out}_{suffix}`, and a Cast to `to` placed right after the producer writes `out`.
+/// Returns (the fresh name, the Cast's name).
+fn cast_to_output(
+    graph: &mut graph::proto::GraphProto,
+    patch: &mut GraphPatch,
+    p: usize,
+    out: &str,
+    suffix: &str,
+    to: i32,
+) -> (String, String) {
+    let renamed = patch.fresh(&format!("{out}_{suffix}"));
+    for o in graph.node[p].output.iter_mut().filter(|o| *o == out) {
+        *o = renamed.clone();
+    }
+    rename_readers(graph, out, &renamed);
+    let cast = patch.fresh(&format!("{out}_Cast"));
+    patch.insert_after(Some(p), cast_node(&cast, &renamed, out, to));
+    (renamed, cast)
+}
+
+/// Makes every node that reads `from` read `to` instead.
+fn rename_readers(graph: &mut graph::proto::GraphProto, from: &str, to: &str) {
+    for node in graph.node.iter_mut() {
+        for i in node.input.iter_mut().filter(|i| *i == from) {
+            *i = to.to_string();
+        }
+    }
+}
+
+/// Turns a node into an Identity of `input`: a Cast whose round trip is exact passes its tensor on.
+fn make_identity(node: &mut NodeProto, input: &str) {
+    node.op_type = "Identity".into();
+    node.attribute.clear();
+    node.input = vec![input.to_string()];
 }
 
 /// A Cast of `input` to element type `to`.

@@ -699,11 +699,19 @@ impl Probe {
         batches: usize,
     ) -> Result<(Fidelity, Vec<ImageFidelity>), QuantizeError> {
         // Only what the measured output needs runs, and FP16 candidates run their quantization in float32: the
-        // same outputs faster ([`Probe::prune_to_measured`], [`crate::fp16_quantize`]).
-        let mut run = proto.clone();
-        self.prune_to_measured(&mut run);
-        crate::fp16_quantize::for_cpu_evaluation(&mut run);
-        let bytes = encode(&run)?;
+        // same outputs faster ([`Probe::prune_to_measured`], [`crate::fp16_quantize`]). The model (weights and
+        // all) is copied only where one of them changes it.
+        let bytes = if proto.graph.output.len() > 1 {
+            let mut run = proto.clone();
+            self.prune_to_measured(&mut run);
+            crate::fp16_quantize::for_cpu_evaluation(&mut run);
+            encode(&run)?
+        } else {
+            match crate::fp16_quantize::rewritten_for_cpu(proto) {
+                Some(faster) => encode(&faster)?,
+                None => encode(proto)?,
+            }
+        };
         Ok(self.measure_continuing(&bytes, Vec::new(), batches, self.threads())?.0)
     }
 

@@ -291,15 +291,22 @@ enum Owned {
 
 impl OwnedOutput {
     fn new(value: ort::value::DynValue) -> OwnedOutput {
-        let widened =
-            |shape: &ort::value::Shape, values: Vec<f32>| Owned::Widened(shape.iter().copied().collect(), values);
-        if let Ok((shape, v)) = value.try_extract_tensor::<half::f16>() {
-            return OwnedOutput(widened(shape, v.iter().map(|x| x.to_f32()).collect()));
+        use ort::value::TensorElementType as T;
+        fn widen<X: ort::value::PrimitiveTensorElementType + Copy + 'static>(
+            value: &ort::value::DynValue,
+            to_f32: impl Fn(X) -> f32,
+        ) -> Option<Owned> {
+            let (shape, v) = value.try_extract_tensor::<X>().ok()?;
+            Some(Owned::Widened(shape.iter().copied().collect(), v.iter().map(|&x| to_f32(x)).collect()))
         }
-        if let Ok((shape, v)) = value.try_extract_tensor::<half::bf16>() {
-            return OwnedOutput(widened(shape, v.iter().map(|x| x.to_f32()).collect()));
-        }
-        OwnedOutput(Owned::Value(value))
+        // The element type is looked at first rather than tried: a failed extraction builds an error message,
+        // and this runs for every tensor of every batch of a calibration pass.
+        let widened = match value.dtype() {
+            ort::value::ValueType::Tensor { ty: T::Float16, .. } => widen(&value, half::f16::to_f32),
+            ort::value::ValueType::Tensor { ty: T::Bfloat16, .. } => widen(&value, half::bf16::to_f32),
+            _ => None,
+        };
+        OwnedOutput(widened.unwrap_or(Owned::Value(value)))
     }
 
     /// The tensor's dimensions (of a float output; empty for others).
