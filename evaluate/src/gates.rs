@@ -46,8 +46,9 @@ impl FidelityGates {
         self.min_cosine.is_some() || self.min_sqnr_db.is_some() || self.min_agreement.is_some()
     }
 
-    /// The criteria these gates give for measured output fidelity against FP32.
-    pub fn criteria(&self, f: &Fidelity) -> Vec<Criterion> {
+    /// The criteria these gates give for measured output fidelity against the reference model, named
+    /// `reference` in the messages (`FP32`, or `source (FP16)` for a model given in FP16).
+    pub fn criteria(&self, f: &Fidelity, reference: &str) -> Vec<Criterion> {
         let mut out = Vec::new();
         let mut push = |name: &str, what: &str, measured: f64, limit: f64, shown: String| {
             let passed = measured >= limit;
@@ -57,7 +58,7 @@ impl FidelityGates {
                 measured,
                 limit,
                 message: format!(
-                    "INT8 {what} against FP32 {shown}: {} the minimum {limit}",
+                    "INT8 {what} against {reference} {shown}: {} the minimum {limit}",
                     if passed { "meets" } else { "below" }
                 ),
                 size: None,
@@ -104,9 +105,14 @@ impl Gates {
         Ok(())
     }
 
-    /// The criteria for `comparison` (FP32 against INT8) on the folder `val`. A Top-1 gate without a measured
-    /// Top-1 is an error, never a pass.
-    pub fn criteria(&self, comparison: &reports::Comparison, val: &Path) -> Result<Vec<Criterion>, EvaluateError> {
+    /// The criteria for `comparison` (the reference model, named `reference` in the messages, against INT8) on
+    /// the folder `val`. A Top-1 gate without a measured Top-1 is an error, never a pass.
+    pub fn criteria(
+        &self,
+        comparison: &reports::Comparison,
+        val: &Path,
+        reference: &str,
+    ) -> Result<Vec<Criterion>, EvaluateError> {
         let top1 = |m: &reports::ModelMetrics, what: &str| {
             m.top1.ok_or_else(|| EvaluateError::Input {
                 path: val.to_path_buf(),
@@ -115,7 +121,7 @@ impl Gates {
         };
         let mut criteria = Vec::new();
         if let Some(limit) = self.max_top1_drop {
-            let (fp32_top1, int8_top1) = (top1(&comparison.fp32, "FP32")?, top1(&comparison.int8, "INT8")?);
+            let (fp32_top1, int8_top1) = (top1(&comparison.fp32, reference)?, top1(&comparison.int8, "INT8")?);
             let drop_pp = 100.0 * (fp32_top1 - int8_top1);
             let passed = drop_pp <= limit;
             criteria.push(Criterion {
@@ -124,7 +130,7 @@ impl Gates {
                 measured: drop_pp,
                 limit,
                 message: format!(
-                    "INT8 Top-1 {:.2} % vs FP32 {:.2} %: drop {drop_pp:.2} pp {} the allowed {limit} pp",
+                    "INT8 Top-1 {:.2} % vs {reference} {:.2} %: drop {drop_pp:.2} pp {} the allowed {limit} pp",
                     100.0 * int8_top1,
                     100.0 * fp32_top1,
                     if passed { "within" } else { "exceeds" }
@@ -132,7 +138,7 @@ impl Gates {
                 size: None,
             });
         }
-        criteria.extend(self.fidelity.criteria(&crate::compare::fidelity_of(comparison)));
+        criteria.extend(self.fidelity.criteria(&crate::compare::fidelity_of(comparison), reference));
         if let Some(baseline_top1) = self.baseline_int8_top1 {
             let tolerance = self.max_top1_drop.unwrap_or(0.0).max(0.0);
             let floor = 100.0 * baseline_top1 - tolerance;
@@ -160,8 +166,9 @@ impl Gates {
         comparison: &reports::Comparison,
         val: &Path,
         size: [u32; 2],
+        reference: &str,
     ) -> Result<Vec<Criterion>, EvaluateError> {
-        let mut criteria = self.criteria(comparison, val)?;
+        let mut criteria = self.criteria(comparison, val, reference)?;
         for c in &mut criteria {
             c.size = Some(size);
             c.message = format!("at {}x{}: {}", size[0], size[1], c.message);

@@ -115,7 +115,7 @@ impl Budget {
             (Some(limit), Some(delta)) => -delta <= limit,
             (Some(_), None) => false,
         };
-        top1 && self.fidelity.criteria(&effect.fidelity(images)).iter().all(|c| c.passed)
+        top1 && self.fidelity.criteria(&effect.fidelity(images), "FP32").iter().all(|c| c.passed)
     }
 
     /// The damage a node's quantization does, in the budget's own measure (larger is worse): the SQNR's noise

@@ -212,7 +212,7 @@ pub fn merge(parts: &[(PathBuf, ValidatePart)]) -> Result<Report, EvaluateError>
     });
     let comparison =
         comparisons.into_iter().next().ok_or_else(|| bad(first_path, "no comparison in the parts".into()))?;
-    let criteria = first.gates.criteria(&comparison, &val)?;
+    let criteria = first.gates.criteria(&comparison, &val, &first.report.reference_label())?;
     let shards = ordered
         .iter()
         .map(|(_, p)| ShardSpeed {

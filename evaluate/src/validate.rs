@@ -830,9 +830,12 @@ fn assemble_report(
             None => None,
         },
     };
+    // The reference row is the model as given: FP32, or a model that computes in FP16 (said so, not "FP32").
+    let reference = built.quantizer.model().low_precision_source.map_or("fp32", |low| low.name());
+    let label = reports::reference_label(reference);
     // Several sizes: every criterion holds at each size (a baseline of the same sizes, size by size).
     let criteria = if rows.sizes.is_empty() {
-        gates.criteria(&comparison, &config.val)?
+        gates.criteria(&comparison, &config.val, &label)?
     } else {
         let mut all = Vec::new();
         for (k, row) in rows.sizes.iter().enumerate() {
@@ -840,7 +843,7 @@ fn assemble_report(
                 baseline_int8_top1: baseline.and_then(|b| b.sizes.get(k)).and_then(|b| b.comparison.int8.top1),
                 ..gates.clone()
             };
-            all.extend(at_size.criteria_at(&row.comparison, &config.val, row.size)?);
+            all.extend(at_size.criteria_at(&row.comparison, &config.val, row.size, &label)?);
         }
         all
     };
@@ -905,6 +908,7 @@ fn assemble_report(
         int8_flop_share: ranges.int8_flop_share,
         target: config.scheme.placement.target.name().into(),
         float_type: ranges.float_type.into(),
+        reference: reference.into(),
         passed: criteria.iter().all(|c| c.passed),
         evaluation,
         comparison,

@@ -22,7 +22,7 @@ pub use activations::{find_activations, Activation};
 pub use error::GraphError;
 pub use index::{GraphIndex, UniqueNames};
 pub use infer::{computes_in_low_precision, infer_element_types, ElemType};
-pub use model::{default_opset, is_default_domain, prune_to_outputs, set_float32, Model};
+pub use model::{default_opset, is_default_domain, prune_to_outputs, set_float32, LowPrecision, Model};
 /// The generated ONNX protobuf messages, re-exported so that callers use the same version.
 pub use onnx_protobuf as proto;
 pub use patch::GraphPatch;

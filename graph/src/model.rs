@@ -22,12 +22,51 @@ pub struct Model {
     pub sha256: String,
     /// Whether any initializer keeps its data in an external file.
     pub has_external_data: bool,
-    /// The file computes in FP16/BF16 (not only stores weights so) and has been turned into float32 in
-    /// memory ([`Model::normalize_to_float32`]); what is written from it goes back to FP16.
-    pub low_precision_source: bool,
+    /// The low-precision type the file computes in (not only stores weights in), once it has been turned into
+    /// float32 in memory ([`Model::normalize_to_float32`]); what is written from it goes back to FP16.
+    pub low_precision_source: Option<LowPrecision>,
     /// The inputs and outputs the file declares FP16/BF16 (name, ONNX element type), float32 in the twin:
     /// what is written from it declares them so again.
     pub low_precision_io: Vec<(String, i32)>,
+}
+
+/// The low-precision float type a model computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LowPrecision {
+    /// IEEE half precision.
+    Fp16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl LowPrecision {
+    /// `fp16` or `bf16`, as reports write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LowPrecision::Fp16 => "fp16",
+            LowPrecision::Bf16 => "bf16",
+        }
+    }
+
+    /// BF16 where the graph's tensors, Casts and declared types name BF16 and never FP16; FP16 otherwise.
+    fn of_graph(graph: &onnx_protobuf::GraphProto) -> LowPrecision {
+        let (fp16, bf16) = (DataType::FLOAT16 as i32, DataType::BFLOAT16 as i32);
+        let declared = graph.input.iter().chain(&graph.output).chain(&graph.value_info).filter_map(|v| {
+            v.type_.as_ref().filter(|t| t.has_tensor_type()).map(|t| t.tensor_type().elem_type)
+        });
+        let stored = graph.initializer.iter().map(|t| t.data_type);
+        let cast_to = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type == "Cast")
+            .flat_map(|n| n.attribute.iter().filter(|a| a.name == "to").map(|a| a.i as i32));
+        let types: Vec<i32> = declared.chain(stored).chain(cast_to).collect();
+        if types.contains(&bf16) && !types.contains(&fp16) {
+            LowPrecision::Bf16
+        } else {
+            LowPrecision::Fp16
+        }
+    }
 }
 
 impl Model {
@@ -74,7 +113,7 @@ impl Model {
             dir,
             sha256: hex(&hasher.finalize()),
             has_external_data,
-            low_precision_source: false,
+            low_precision_source: None,
             low_precision_io: Vec::new(),
         })
     }
@@ -89,6 +128,7 @@ impl Model {
     pub fn normalize_to_float32(&mut self) -> Result<bool, GraphError> {
         let low = [DataType::FLOAT16 as i32, DataType::BFLOAT16 as i32];
         let inits: BTreeSet<String> = self.proto.graph.initializer.iter().map(|t| t.name.clone()).collect();
+        let kind = LowPrecision::of_graph(&self.proto.graph);
         let mut computes_low = false;
         {
             let graph = self.proto.graph.mut_or_insert_default();
@@ -164,7 +204,9 @@ impl Model {
                 }
             }
         }
-        self.low_precision_source |= computes_low;
+        if computes_low && self.low_precision_source.is_none() {
+            self.low_precision_source = Some(kind);
+        }
         Ok(changed)
     }
 
@@ -543,7 +585,7 @@ mod tests {
             dir: PathBuf::new(),
             sha256: String::new(),
             has_external_data: false,
-            low_precision_source: false,
+            low_precision_source: None,
             low_precision_io: Vec::new(),
         };
         let wanted = ["s".to_string(), "k".to_string()];
@@ -557,5 +599,61 @@ mod tests {
         assert_eq!(names(&g.value_info), ["r"]);
         assert_eq!(names(&g.input), ["x", "c"], "inputs stay declared, but not as dropped initializers");
         assert!(!model.prune_to_outputs(&wanted, named), "nothing left to prune");
+    }
+
+    /// A model of one weight `w` (of `elem`, two values) added to the input, through a Cast to float32 when
+    /// `storage_only`.
+    fn weighted(elem: DataType, storage_only: bool) -> Model {
+        let mut g = GraphProto::new();
+        g.input.push(named("x"));
+        let mut w = TensorProto::new();
+        w.name = "w".into();
+        w.data_type = elem as i32;
+        w.dims = vec![2];
+        w.int32_data = vec![0x3c00, 0x4000];
+        if elem == DataType::BFLOAT16 {
+            w.int32_data = vec![0x3f80, 0x4000];
+        }
+        g.initializer.push(w);
+        if storage_only {
+            let mut cast = node("Cast", &["w"], "wf");
+            let mut to = onnx_protobuf::AttributeProto::new();
+            to.name = "to".into();
+            to.i = DataType::FLOAT as i64;
+            cast.attribute.push(to);
+            g.node.push(cast);
+            g.node.push(node("Add", &["x", "wf"], "y"));
+        } else {
+            g.node.push(node("Add", &["x", "w"], "y"));
+        }
+        g.output.push(named("y"));
+        let mut proto = ModelProto::new();
+        proto.graph = Some(g).into();
+        Model {
+            proto,
+            path: PathBuf::new(),
+            dir: PathBuf::new(),
+            sha256: String::new(),
+            has_external_data: false,
+            low_precision_source: None,
+            low_precision_io: Vec::new(),
+        }
+    }
+
+    /// Which low precision a model computes in is recorded (reports name the reference row by it); weights
+    /// only stored so are not computation.
+    #[test]
+    fn the_low_precision_a_model_computes_in_is_recorded() {
+        for (elem, storage_only, expected) in [
+            (DataType::FLOAT16, false, Some(LowPrecision::Fp16)),
+            (DataType::BFLOAT16, false, Some(LowPrecision::Bf16)),
+            (DataType::FLOAT16, true, None),
+        ] {
+            let mut model = weighted(elem, storage_only);
+            assert!(model.normalize_to_float32().unwrap());
+            assert_eq!(model.low_precision_source, expected, "{elem:?}, storage only: {storage_only}");
+            let w = &model.proto.graph.initializer[0];
+            assert_eq!((w.data_type, model.tensor_f32(w).unwrap()), (DataType::FLOAT as i32, vec![1.0f32, 2.0]));
+        }
     }
 }

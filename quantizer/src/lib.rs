@@ -292,7 +292,7 @@ impl Quantizer {
     /// The float type the artifact's non-INT8 parts get: the placement's, except that a model stored in FP16
     /// stays FP16 (its Q/DQ scales FP16 too).
     pub fn float_type(&self, placement: &PlacementOptions) -> FloatType {
-        if self.model.low_precision_source {
+        if self.model.low_precision_source.is_some() {
             FloatType::Fp16
         } else {
             placement.float_type

@@ -699,7 +699,7 @@ pub fn search(
         attentions = vec![Some(AttentionPrecision::Int8), Some(AttentionPrecision::Float)];
     }
     let floats =
-        if auto.float_type && !quantizer.model().low_precision_source && scheme.placement.target == Target::TensorRt {
+        if auto.float_type && quantizer.model().low_precision_source.is_none() && scheme.placement.target == Target::TensorRt {
             vec![FloatType::Fp16, FloatType::Fp32]
         } else {
             vec![scheme.placement.float_type]

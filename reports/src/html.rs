@@ -29,10 +29,11 @@ fn sizes_section(report: &Report) -> String {
     if let Some([h, w]) = report.worst_size() {
         page.push_str(&format!("<p>Worst size: <b>{h}x{w}</b> (most failed criteria, then lowest INT8 cosine).</p>"));
     }
-    page.push_str(
-        "<table><tr><th>size</th><th>images</th><th>FP32 Top-1</th><th>FP16 Top-1</th><th>INT8 Top-1</th>\
+    page.push_str(&format!(
+        "<table><tr><th>size</th><th>images</th><th>{} Top-1</th><th>FP16 Top-1</th><th>INT8 Top-1</th>\
          <th>INT8 agreement</th><th>INT8 cosine</th><th>INT8 SQNR</th><th>FP16 cosine</th><th>criteria</th></tr>",
-    );
+        escape(&report.reference_label())
+    ));
     for (i, row) in report.sizes.iter().enumerate() {
         let (c, key) = (&row.comparison, |k: &str| format!("sizes.{i}.{k}"));
         let failed = report.criteria.iter().filter(|cr| cr.size == Some(row.size) && !cr.passed).count();
@@ -178,9 +179,10 @@ fn sensitivity_svg(rows: &[crate::SensitivityRow]) -> String {
 /// The per-class Top-1 change chart and table (labelled folders).
 fn per_class_section(report: &Report) -> String {
     let c = &report.comparison;
-    let mut page = String::from("<h2>Per-class Top-1 change (INT8 − FP32)</h2>");
+    let reference = escape(&report.reference_label());
+    let mut page = format!("<h2>Per-class Top-1 change (INT8 − {reference})</h2>");
     page.push_str(&class_deltas_svg(report));
-    page.push_str("<table><tr><th>class</th><th>images</th><th>FP32</th><th>INT8</th></tr>");
+    page.push_str(&format!("<table><tr><th>class</th><th>images</th><th>{reference}</th><th>INT8</th></tr>"));
     for (i, ((a, n), (b, _))) in c.fp32.per_class.iter().zip(&c.int8.per_class).enumerate() {
         let acc = |k: u64| if *n > 0 { k as f64 / *n as f64 } else { 0.0 };
         page.push_str(&format!(
@@ -216,16 +218,19 @@ pub fn render_html(report: &Report) -> String {
     ));
     let e = &report.evaluation;
     page.push_str(&format!(
-        "<p>Computed by: FP32 <b>{}</b>; FP16 <b>{}</b>; INT8 <b>{}</b>.</p>",
+        "<p>Computed by: {} <b>{}</b>; FP16 <b>{}</b>; INT8 <b>{}</b>.</p>",
+        escape(&report.reference_label()),
         escape(&e.fp32),
         escape(&e.fp16),
         escape(&e.int8)
     ));
-    // The source article's three rows side by side: FP32, the model in FP16 without Q/DQ, INT8.
+    // The source article's three rows side by side: FP32 (or the model as given), the model in FP16 without
+    // Q/DQ, INT8.
+    let reference = escape(&report.reference_label());
     let h = report.fp16.as_ref();
     let fp16_cell = |f: &dyn Fn(&crate::FloatRow) -> String| h.map(f).unwrap_or_else(|| "not measured".into());
     page.push_str(&format!(
-        "<h2>Accuracy</h2><p>INT8 model: Q/DQ placed for <b>{}</b>, float parts in <b>{}</b>.</p><table><tr><th>metric</th><th>FP32</th><th>FP16 (no Q/DQ)</th><th>INT8</th></tr>",
+        "<h2>Accuracy</h2><p>INT8 model: Q/DQ placed for <b>{}</b>, float parts in <b>{}</b>.</p><table><tr><th>metric</th><th>{reference}</th><th>FP16 (no Q/DQ)</th><th>INT8</th></tr>",
         escape(&report.target),
         escape(&report.float_type)
     ));
@@ -252,7 +257,7 @@ pub fn render_html(report: &Report) -> String {
         num("comparison.int8.images_per_s", c.int8.images_per_s, format!("{:.0}", c.int8.images_per_s))
     ));
     page.push_str(&format!(
-        "<tr><td>agreement with FP32</td><td></td><td>{}</td><td>{}</td></tr>",
+        "<tr><td>agreement with {reference}</td><td></td><td>{}</td><td>{}</td></tr>",
         fp16_cell(&|h| pct("fp16.agreement", h.agreement)),
         pct("comparison.agreement", c.agreement)
     ));

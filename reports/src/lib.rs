@@ -294,6 +294,10 @@ pub struct Report {
     pub target: String,
     /// The float type of the INT8 model's non-INT8 parts (`fp32`, `fp16`).
     pub float_type: String,
+    /// What the reference row (`comparison.fp32`, the model as given) computes in: `fp32`, or `fp16`/`bf16`
+    /// for a model stored and computing so. Added within version 7: a report without it reads as `fp32`.
+    #[serde(default = "fp32")]
+    pub reference: String,
     /// How each row's outputs were computed (the ONNX Runtime graph optimization level, or trtexec).
     #[serde(default)]
     pub evaluation: Evaluation,
@@ -337,7 +341,33 @@ pub struct ShardSpeed {
     pub int8_images_per_s: f64,
 }
 
+fn fp32() -> String {
+    "fp32".into()
+}
+
+/// [`Report::reference_label`] of a `reference` value.
+pub fn reference_label(reference: &str) -> String {
+    match reference {
+        "fp32" => "FP32".into(),
+        other => format!("source ({})", other.to_uppercase()),
+    }
+}
+
 impl Report {
+    /// How the reference row is named to people: `FP32`, or `source (FP16)` where the model as given computes
+    /// in FP16 (its row is that model, not an FP32 one).
+    pub fn reference_label(&self) -> String {
+        reference_label(&self.reference)
+    }
+
+    /// The reference model's column in the CSV files: `fp32`, or `source_fp16` (`source_bf16`).
+    fn reference_column(&self) -> String {
+        match self.reference.as_str() {
+            "fp32" => "fp32".into(),
+            other => format!("source_{other}"),
+        }
+    }
+
     /// Reads a report.json (e.g. a baseline), checking its format and version.
     pub fn read(path: &Path) -> Result<Report, ReportError> {
         let bad = |message: String| ReportError::Read { path: path.into(), message };
@@ -386,15 +416,16 @@ impl Report {
         let mut w = csv::Writer::from_writer(Vec::new());
         let err = |source| ReportError::Csv { file: "summary.csv", source };
         let int8 = format!("int8_{}", self.float_type);
+        let reference = self.reference_column();
         if self.sizes.is_empty() {
-            w.write_record(["metric", "fp32", "fp16", int8.as_str()]).map_err(err)?;
+            w.write_record(["metric", reference.as_str(), "fp16", int8.as_str()]).map_err(err)?;
             for (name, a, f, b) in rows {
                 w.write_record([name.to_string(), cell(a), cell(f), cell(b)]).map_err(err)?;
             }
             return finish(w, "summary.csv");
         }
         // Several sizes: a `size` column, `all` (every size's images together) then each size.
-        w.write_record(["size", "metric", "fp32", "fp16", int8.as_str()]).map_err(err)?;
+        w.write_record(["size", "metric", reference.as_str(), "fp16", int8.as_str()]).map_err(err)?;
         for (name, a, f, b) in rows {
             w.write_record(["all".to_string(), name.to_string(), cell(a), cell(f), cell(b)]).map_err(err)?;
         }
@@ -423,13 +454,14 @@ impl Report {
     pub fn per_class_csv(&self) -> Result<String, ReportError> {
         let mut w = csv::Writer::from_writer(Vec::new());
         let err = |source| ReportError::Csv { file: "per_class.csv", source };
+        let reference = self.reference_column();
         w.write_record([
             "class",
             "name",
             "images",
-            "fp32_correct",
+            &format!("{reference}_correct"),
             "int8_correct",
-            "fp32_accuracy",
+            &format!("{reference}_accuracy"),
             "int8_accuracy",
             "delta_pp",
         ])

@@ -42,6 +42,7 @@ fn sample() -> Report {
         int8_flop_share: 0.9375,
         target: "tensorrt".into(),
         float_type: "fp16".into(),
+        reference: "fp32".into(),
         evaluation: reports::Evaluation {
             fp32: "onnxruntime, graph optimization all".into(),
             int8: "onnxruntime, graph optimization disabled".into(),
@@ -232,4 +233,22 @@ fn a_version_6_report_still_reads() {
     let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/report.v6.json");
     let r = Report::read(&old).unwrap();
     assert_eq!((r.version, r.sizes.len()), (6, 0));
+}
+
+/// A model given in FP16: its row is the model as given, named so in every file (never "FP32"); a report
+/// written before `reference` existed reads as FP32.
+#[test]
+fn a_source_that_computes_in_fp16_is_not_called_fp32() {
+    let r = Report { reference: "fp16".into(), ..sample() };
+    assert_eq!(r.reference_label(), "source (FP16)");
+    let csv = r.summary_csv().unwrap();
+    assert!(csv.starts_with("metric,source_fp16,fp16,int8_fp16\n"), "{csv}");
+    let per_class = r.per_class_csv().unwrap();
+    assert!(per_class.starts_with("class,name,images,source_fp16_correct,int8_correct,source_fp16_accuracy,"), "{per_class}");
+    let html = reports::render_html(&r);
+    assert!(html.contains("<th>source (FP16)</th>") && html.contains("agreement with source (FP16)"), "{html}");
+    assert!(!html.contains(">FP32<") && !html.contains("with FP32"), "{html}");
+    let mut json: serde_json::Value = serde_json::from_slice(&sample().to_json().unwrap()).unwrap();
+    json.as_object_mut().unwrap().remove("reference");
+    assert_eq!(serde_json::from_value::<Report>(json).unwrap().reference, "fp32");
 }

@@ -242,8 +242,9 @@ fn gate(args: &ValidateArgs, streamed: Option<evaluate::validate::GivenVal<'_>>)
 /// Prints the outcome: the numbers, each criterion, and which failed.
 pub fn print_outcome(report: &Report, out: &std::path::Path) {
     let c = &report.comparison;
+    let reference = report.reference_label();
     println!(
-        "{}: FP32 Top-1 {} / Top-5 {}, INT8 Top-1 {} / Top-5 {} on {} images; agreement {:.2} %, cosine {:.5}, SQNR {:.1} dB; images/s FP32 {:.0}, INT8 {:.0}",
+        "{}: {reference} Top-1 {} / Top-5 {}, INT8 Top-1 {} / Top-5 {} on {} images; agreement {:.2} %, cosine {:.5}, SQNR {:.1} dB; images/s {reference} {:.0}, INT8 {:.0}",
         report.model,
         percent(c.fp32.top1),
         percent(c.fp32.top5),
@@ -285,11 +286,15 @@ pub fn print_outcome(report: &Report, out: &std::path::Path) {
     for row in &report.sizes {
         let [h, w] = row.size;
         let never = if row.calibrated { "" } else { " (a size the statistics never saw)" };
-        println!("  at {h}x{w}{never}: {}", group_line(&row.comparison, row.fp16.as_ref()));
+        println!("  at {h}x{w}{never}: {}", group_line(&reference, &row.comparison, row.fp16.as_ref()));
     }
     for row in &report.shapes {
         let samples = row.comparison.images;
-        println!("  shape {} ({samples} samples): {}", row.label(), group_line(&row.comparison, row.fp16.as_ref()));
+        println!(
+            "  shape {} ({samples} samples): {}",
+            row.label(),
+            group_line(&reference, &row.comparison, row.fp16.as_ref())
+        );
     }
     if let Some([h, w]) = report.worst_size() {
         println!("  worst size: {h}x{w} (the rows above are over every size's images together)");
@@ -305,9 +310,9 @@ pub fn print_outcome(report: &Report, out: &std::path::Path) {
 }
 
 /// One size's or one sample shape's rows, in the summary's words.
-fn group_line(c: &reports::Comparison, fp16: Option<&reports::FloatRow>) -> String {
+fn group_line(reference: &str, c: &reports::Comparison, fp16: Option<&reports::FloatRow>) -> String {
     format!(
-        "FP32 Top-1 {}, INT8 Top-1 {}; agreement {:.2} %, cosine {:.5}, SQNR {:.1} dB{}",
+        "{reference} Top-1 {}, INT8 Top-1 {}; agreement {:.2} %, cosine {:.5}, SQNR {:.1} dB{}",
         percent(c.fp32.top1),
         percent(c.int8.top1),
         100.0 * c.agreement,

@@ -190,6 +190,10 @@ fn fp16_weights_behind_casts_are_quantized_as_weights() {
     assert!(g.initializer.iter().all(|t| t.data_type != DataType::FLOAT16 as i32), "no FP16 weight left");
     let o = validate_small(&model, &test_support::recipe_path(), &dir.path().join("v"));
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // Weights stored in FP16 but computed in float32: the reference row is an FP32 model.
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("v/report.json")).unwrap()).unwrap();
+    assert_eq!(report["reference"], "fp32");
 }
 
 /// A model stored in FP16 inside (FP32 inputs and outputs, as `keep_io_types` exports write it) calibrates as
@@ -230,6 +234,11 @@ fn an_fp16_model_calibrates_and_quantizes_with_fp16_scales() {
     assert!(!scales.is_empty() && scales.iter().all(|t| t.data_type == DataType::FLOAT16 as i32), "FP16 scales");
     let o = validate_small(&model, &test_support::recipe_path(), &dir.path().join("v"));
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // Its reference row is the FP16 model as given, and says so instead of "FP32".
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("v/report.json")).unwrap()).unwrap();
+    assert_eq!(report["reference"], "fp16");
+    assert!(text(&o).contains("source (FP16) Top-1") && !text(&o).contains("FP32 Top-1"), "{}", text(&o));
 
     // FP16 at the model's edge: the input fed as FP16 (float32 samples rounded), the output read back as
     // float32; the artifact declares both FP16 as the source does, the input's QuantizeLinear reading it
