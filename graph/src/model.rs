@@ -51,9 +51,12 @@ impl LowPrecision {
     /// BF16 where the graph's tensors, Casts and declared types name BF16 and never FP16; FP16 otherwise.
     fn of_graph(graph: &onnx_protobuf::GraphProto) -> LowPrecision {
         let (fp16, bf16) = (DataType::FLOAT16 as i32, DataType::BFLOAT16 as i32);
-        let declared = graph.input.iter().chain(&graph.output).chain(&graph.value_info).filter_map(|v| {
-            v.type_.as_ref().filter(|t| t.has_tensor_type()).map(|t| t.tensor_type().elem_type)
-        });
+        let declared = graph
+            .input
+            .iter()
+            .chain(&graph.output)
+            .chain(&graph.value_info)
+            .filter_map(|v| v.type_.as_ref().filter(|t| t.has_tensor_type()).map(|t| t.tensor_type().elem_type));
         let stored = graph.initializer.iter().map(|t| t.data_type);
         let cast_to = graph
             .node

@@ -256,8 +256,8 @@ pub fn restore_io_types(source: &Model, proto: &mut ModelProto) {
     };
     // (Cast name, the low-precision tensor, the float32 one) of each input edge; (Cast name, ty) of each output.
     let (mut input_casts, mut output_casts) = (Vec::new(), Vec::new());
-    // An output that is an input passed through takes its type with the input; one that no node produces (a
-    // constant) keeps float32.
+    // An output that is an input passed through takes its type with the input; a constant one (an initializer)
+    // is cast to it.
     let mut done: HashSet<&str> = HashSet::new();
     for (name, ty) in &source.low_precision_io {
         if !done.insert(name) {
@@ -278,6 +278,15 @@ pub fn restore_io_types(source: &Model, proto: &mut ModelProto) {
             set_type(output, *ty);
             let (_, cast) = cast_to_output(graph, &mut patch, p, name, "float32", *ty);
             output_casts.push((cast, *ty));
+        } else if let Some(output) = graph.output.iter_mut().find(|o| o.name == *name) {
+            set_type(output, *ty);
+            let wide = patch.fresh(&format!("{name}_float32"));
+            for t in graph.initializer.iter_mut().filter(|t| t.name == *name) {
+                t.name = wide.clone();
+            }
+            rename_readers(graph, name, &wide);
+            let cast = patch.fresh(&format!("{name}_Cast"));
+            patch.insert_after(None, cast_node(&cast, &wide, name, *ty));
         }
     }
     patch.apply(graph);
@@ -525,9 +534,16 @@ mod tests {
         m.ir_version = 8;
         let g = m.graph.mut_or_insert_default();
         g.input.push(typed("x"));
-        g.output.extend([typed("y"), typed("x")]);
+        g.output.extend([typed("y"), typed("x"), typed("c")]);
         g.node.push(node("Relu", &["x"], "r"));
-        g.node.push(node("Mul", &["r", "r"], "y"));
+        g.node.push(node("Mul", &["r", "c"], "y"));
+        // A constant output (an initializer) that a node also reads.
+        let mut c = TensorProto::new();
+        c.name = "c".into();
+        c.data_type = fp16;
+        c.dims = vec![4];
+        c.int32_data = [2.0f32, 0.5, -1.0, 3.0].iter().map(|&v| half::f16::from_f32(v).to_bits() as i32).collect();
+        g.initializer.push(c);
         let mut source = load_written(&m, &dir.path().join("fp16_io.onnx"));
         assert!(source.normalize_to_float32().unwrap());
         let io = |p: &ModelProto| {
@@ -535,25 +551,27 @@ mod tests {
             (p.graph.input.iter().map(elem).collect::<Vec<_>>(), p.graph.output.iter().map(elem).collect::<Vec<_>>())
         };
         let float = DataType::FLOAT as i32;
-        assert_eq!(io(&source.proto), (vec![float], vec![float, float]), "the twin is float32 at its edges");
+        assert_eq!(io(&source.proto), (vec![float], vec![float; 3]), "the twin is float32 at its edges");
         let mut out = convert(&source, source.proto.clone(), FloatType::Fp16, &HashMap::new()).unwrap();
         restore_io_types(&source, &mut out);
-        assert_eq!(io(&out), (vec![fp16], vec![fp16, fp16]));
+        assert_eq!(io(&out), (vec![fp16], vec![fp16; 3]));
         let g = &out.graph;
         let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
-        assert_eq!(ops, ["Relu", "Mul", "Identity"], "no Cast left at either edge");
-        assert_eq!(g.node[0].input, ["x"]);
+        assert_eq!(ops, ["Cast", "Relu", "Mul", "Identity"], "no Cast left at the input or the computed output");
+        assert_eq!(g.node[1].input, ["x"]);
 
         let cfg = runtime::SessionConfig::new("fp16 edges");
         let bytes = graph::proto::Message::write_to_bytes(&out).unwrap();
         let mut session = runtime::session_from_bytes(&bytes, &cfg).unwrap();
         let x = [-1.0f32, 0.5, 3.0, 1.0e-3];
         let inputs = [runtime::Input { name: "x", shape: &[4], values: runtime::Values::F32(&x) }];
-        let outs = runtime::run(&mut session, "fp16 edges", &inputs, &["y".into(), "x".into()]).unwrap();
+        let outs = runtime::run(&mut session, "fp16 edges", &inputs, &["y".into(), "x".into(), "c".into()]).unwrap();
         let round = |v: f32| half::f16::from_f32(v).to_f32();
-        let expected: Vec<f32> = x.iter().map(|&v| round(round(v).max(0.0) * round(v).max(0.0))).collect();
+        let c = [2.0f32, 0.5, -1.0, 3.0];
+        let expected: Vec<f32> = x.iter().zip(c).map(|(&v, c)| round(round(v).max(0.0) * c)).collect();
         assert_eq!(outs[0].as_f32().unwrap(), expected.as_slice());
         assert_eq!(outs[1].as_f32().unwrap(), x.map(round).as_slice(), "the input passed through, as FP16");
+        assert_eq!(outs[2].as_f32().unwrap(), c.as_slice(), "the constant output, as FP16");
     }
 
     #[test]

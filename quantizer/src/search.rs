@@ -698,12 +698,14 @@ pub fn search(
     if auto.attention && attention_matters(quantizer, scheme)? {
         attentions = vec![Some(AttentionPrecision::Int8), Some(AttentionPrecision::Float)];
     }
-    let floats =
-        if auto.float_type && quantizer.model().low_precision_source.is_none() && scheme.placement.target == Target::TensorRt {
-            vec![FloatType::Fp16, FloatType::Fp32]
-        } else {
-            vec![scheme.placement.float_type]
-        };
+    let floats = if auto.float_type
+        && quantizer.model().low_precision_source.is_none()
+        && scheme.placement.target == Target::TensorRt
+    {
+        vec![FloatType::Fp16, FloatType::Fp32]
+    } else {
+        vec![scheme.placement.float_type]
+    };
     let mut residuals = vec![scheme.placement.residual];
     if auto.residual {
         // Only where the model has Adds whose residual input the placement quantizes (a ViT whose projections

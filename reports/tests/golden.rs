@@ -244,7 +244,10 @@ fn a_source_that_computes_in_fp16_is_not_called_fp32() {
     let csv = r.summary_csv().unwrap();
     assert!(csv.starts_with("metric,source_fp16,fp16,int8_fp16\n"), "{csv}");
     let per_class = r.per_class_csv().unwrap();
-    assert!(per_class.starts_with("class,name,images,source_fp16_correct,int8_correct,source_fp16_accuracy,"), "{per_class}");
+    assert!(
+        per_class.starts_with("class,name,images,source_fp16_correct,int8_correct,source_fp16_accuracy,"),
+        "{per_class}"
+    );
     let html = reports::render_html(&r);
     assert!(html.contains("<th>source (FP16)</th>") && html.contains("agreement with source (FP16)"), "{html}");
     assert!(!html.contains(">FP32<") && !html.contains("with FP32"), "{html}");
