@@ -10,6 +10,8 @@
 //!   all zero (symmetric), INT8 quantized type, constant scale.
 //! - [TRT-DYN] TensorRT Developer Guide, "Working with Dynamic Shapes": an engine serves every shape of its
 //!   optimization profiles, so no layer may fix an extent the profile varies.
+//! - [ONNX-TRT-PLUGIN] onnx/onnx-tensorrt: a node with no importer of its own ("No importer registered for
+//!   op") is imported only as a plugin registered under its op name (the fallback plugin importer).
 
 use std::collections::HashSet;
 
@@ -48,6 +50,10 @@ pub struct Finding {
 const TRT_QDQ: &str = "TensorRT Developer Guide, Working with Quantized Types (Q/DQ layer placement)";
 const ONNX_TRT: &str = "onnx-tensorrt QuantizeLinear/DequantizeLinear importer";
 const TRT_DYNAMIC: &str = "TensorRT Developer Guide, Working with Dynamic Shapes (optimization profiles)";
+const ONNX_TRT_PLUGIN: &str = "onnx-tensorrt, nodes without an importer are imported as plugins of the same name";
+
+/// The rule id of a node outside the ONNX domain (ONNX Runtime's contrib ops, custom ops).
+pub const NON_ONNX_OP: &str = "non-onnx-op";
 
 /// Ops that only move or reshape data: TensorRT propagates Q/DQ across them.
 const DATA_MOVEMENT: &[&str] = graph::REARRANGING_OPS;
@@ -95,6 +101,26 @@ pub fn lint_proto(proto: &graph::proto::ModelProto, data: &Model) -> Result<Vec<
 
     for node in &graph.node {
         let op = node.op_type.as_str();
+        // [ONNX-TRT-PLUGIN] A warning, not an error: an application may register a plugin of that name.
+        if !graph::is_default_domain(&node.domain) {
+            let origin = if node.domain.starts_with("com.microsoft") {
+                "; com.microsoft ops are ONNX Runtime's own (its transformer optimizer or a saved optimized \
+                 session writes them): give int8kit the model as exported"
+            } else {
+                ""
+            };
+            push(
+                Severity::Warning,
+                NON_ONNX_OP,
+                node,
+                format!(
+                    "{}::{op} is not an ONNX op: TensorRT's ONNX parser imports it only as a plugin registered \
+                     under the name {op}, and refuses the model without one{origin}",
+                    node.domain
+                ),
+                ONNX_TRT_PLUGIN,
+            );
+        }
         if QOPERATOR_OPS.contains(&op) {
             push(
                 Severity::Error,

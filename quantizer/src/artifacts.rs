@@ -197,8 +197,23 @@ impl Artifacts<'_> {
         let for_tensorrt = self.ranges.target == Target::TensorRt.name();
         let float_residual = self.ranges.residual == placement::ResidualPrecision::Float.name();
         let unfused = warnings.iter().filter(|w| w.rule == lint::RESIDUAL_INPUT).count();
-        for w in warnings.iter().filter(|w| for_tensorrt && !(float_residual && w.rule == lint::RESIDUAL_INPUT)) {
+        // Ops outside ONNX come with the source model (a transformer optimizer's fused nodes, often dozens):
+        // said once, with how many.
+        let foreign: Vec<&lint::Finding> = warnings.iter().filter(|w| w.rule == lint::NON_ONNX_OP).collect();
+        let said_apart = |w: &lint::Finding| {
+            (float_residual && w.rule == lint::RESIDUAL_INPUT) || (foreign.len() > 1 && w.rule == lint::NON_ONNX_OP)
+        };
+        for w in warnings.iter().filter(|w| for_tensorrt && !said_apart(w)) {
             tracing::warn!("model.qdq.onnx: warning[{}] {}: {}", w.rule, w.node, w.message);
+        }
+        if let (true, [first, _, ..]) = (for_tensorrt, foreign.as_slice()) {
+            tracing::warn!(
+                "model.qdq.onnx: warning[{}] {} nodes, the first {}: {} (`int8kit lint` lists them all)",
+                first.rule,
+                foreign.len(),
+                first.node,
+                first.message
+            );
         }
         if for_tensorrt && float_residual && unfused > 0 {
             tracing::info!(

@@ -65,13 +65,16 @@ fn our_artifacts_lint_clean_and_planted_violations_are_flagged() {
     };
     g.node[conv].input[1] = float_weight.name.clone();
     g.initializer.push(float_weight);
+    // ...and an ONNX Runtime contrib op (warning).
+    let relu = g.node.iter_mut().find(|n| n.op_type == "Relu").unwrap();
+    relu.domain = "com.microsoft".into();
     let planted = dir.path().join("planted.onnx");
     std::fs::write(&planted, m.to_bytes().unwrap()).unwrap();
     let o = lint(&planted, &["--json"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let findings: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let rules: Vec<&str> = findings.as_array().unwrap().iter().map(|f| f["rule"].as_str().unwrap()).collect();
-    for rule in ["zero-point", "weight-axis", "partial-gemm", "scale-subnormal"] {
+    for rule in ["zero-point", "weight-axis", "partial-gemm", "scale-subnormal", "non-onnx-op"] {
         assert!(rules.contains(&rule), "{rule} not in {rules:?}");
     }
     assert_eq!(findings[0]["severity"], "error", "errors come first");
