@@ -123,6 +123,16 @@ pub enum GraphError {
         /// The inputs the graph has.
         available: String,
     },
+    /// A model-local function that cannot be expanded into the graph faithfully.
+    #[error("{model}: cannot expand the model-local function {function}: {message}; inline it first (Python: onnx.inliner.inline_local_functions) and give int8kit that model")]
+    Function {
+        /// The model file.
+        model: PathBuf,
+        /// The function (domain::name).
+        function: String,
+        /// Why.
+        message: String,
+    },
     /// No graph output is a float tensor, so no output can be compared.
     #[error("{model}: no output is float32, FP16 or BF16 (outputs: {available}); int8kit measures the first float output (a detector's scores, a classifier's logits): export one, e.g. the scores before an argmax or NMS")]
     NoMeasurableOutput {

@@ -8,6 +8,7 @@
 mod activations;
 mod error;
 mod external;
+mod functions;
 mod index;
 mod infer;
 mod model;

@@ -23,7 +23,9 @@ pub struct LintArgs {
 
 /// Runs `int8kit lint`: exit 1 when TensorRT would reject the model (or, with --strict, on any finding).
 pub fn run(args: &LintArgs) -> anyhow::Result<Outcome> {
-    let model = graph::Model::load(&args.model)?;
+    let mut model = graph::Model::load(&args.model)?;
+    // Q/DQ nodes inside model-local functions are checked where they are used.
+    model.inline_local_functions()?;
     let findings = lint(&model).with_context(|| format!("linting {}", args.model.display()))?;
     let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
     let warnings = findings.len() - errors;

@@ -276,3 +276,59 @@ fn an_fp16_model_calibrates_and_quantizes_with_fp16_scales() {
     let o = validate_small(&edged, &test_support::recipe_path(), &dir.path().join("v2"));
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
+
+/// A model whose exporter kept a module as a model-local function (here the ResNet's stem Conv and Relu):
+/// the Conv inside is calibrated and quantized like any other, and the artifact is plain ONNX, computing what
+/// the artifact of the model without the function computes. Before, the function's Conv stayed float while
+/// the summary said 100 % of GEMM/Conv FLOPs were INT8.
+#[test]
+fn the_nodes_inside_model_local_functions_are_quantized() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = graph::Model::load(&resnet()).unwrap();
+    let g = m.proto.graph.mut_or_insert_default();
+    let at = g.node.iter().position(|n| n.op_type == "Conv").unwrap();
+    assert_eq!(g.node[at + 1].op_type, "Relu", "the stem is Conv -> Relu");
+    let (conv, relu) = (g.node[at].clone(), g.node[at + 1].clone());
+    let mut f = graph::proto::FunctionProto::new();
+    (f.domain, f.name) = ("local".into(), "ConvRelu".into());
+    f.input = vec!["x".into(), "w".into(), "b".into()];
+    f.output = vec!["y".into()];
+    let mut inner_conv = conv.clone();
+    (inner_conv.input, inner_conv.output) = (f.input.clone(), vec!["c".into()]);
+    let mut inner_relu = relu.clone();
+    (inner_relu.input, inner_relu.output) = (vec!["c".into()], vec!["y".into()]);
+    f.node = vec![inner_conv, inner_relu];
+    let mut opset = graph::proto::OperatorSetIdProto::new();
+    opset.version = graph::default_opset(&m.proto);
+    f.opset_import.push(opset.clone());
+    let mut call = node("ConvRelu", &[], &relu.output[0]);
+    (call.domain, call.name, call.input) = ("local".into(), "stem_call".into(), conv.input.clone());
+    let g = m.proto.graph.mut_or_insert_default();
+    g.node.splice(at..at + 2, [call]);
+    m.proto.functions.push(f);
+    (opset.domain, opset.version) = ("local".into(), 1);
+    m.proto.opset_import.push(opset);
+    let with_function = dir.path().join("resnet_function.onnx");
+    std::fs::write(&with_function, m.to_bytes().unwrap()).unwrap();
+
+    let quantize = |model: &Path, out: &str| {
+        let out = dir.path().join(out);
+        let o = on_fixtures("quantize", model, &out, &["--limit", "100", "--quiet", "--method", "entropy"]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        (graph::Model::load(&out.join("model.qdq.onnx")).unwrap(), out)
+    };
+    let (plain, _) = quantize(&resnet(), "plain");
+    let (inlined, out) = quantize(&with_function, "function");
+    let count = |m: &graph::Model, op: &str| m.proto.graph.node.iter().filter(|n| n.op_type == op).count();
+    assert!(inlined.proto.functions.is_empty() && inlined.proto.opset_import.iter().all(|o| o.domain.is_empty()));
+    for op in ["QuantizeLinear", "DequantizeLinear", "Conv"] {
+        assert_eq!(count(&inlined, op), count(&plain, op), "{op}");
+    }
+    let stem = inlined.proto.graph.node.iter().find(|n| n.op_type == "Conv").unwrap();
+    assert!(stem.name.starts_with("stem_call/"), "{}", stem.name);
+    let dq_outputs: Vec<&String> =
+        inlined.proto.graph.node.iter().filter(|n| n.op_type == "DequantizeLinear").map(|n| &n.output[0]).collect();
+    assert!(stem.input[..2].iter().all(|i| dq_outputs.contains(&i)), "the function's Conv reads Q/DQ: {stem:?}");
+    let o = common::int8kit("lint").arg(out.join("model.qdq.onnx")).arg("--strict").output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
