@@ -293,13 +293,15 @@ pub fn batch_input(model: &Model, feed: &Feed) -> Result<String, CalibrateError>
 
 /// Loads a model as every pass over it sees it: read and hashed once, its model-local functions expanded
 /// into the graph (their nodes calibrated and quantized like any other), refused if it already holds
-/// quantization ops, an FP16 model as its float32 twin. [`calibrate_model`] calibrates it and
+/// quantization ops, an FP16 model as its float32 twin, Transposes of weights folded (the GEMMs behind them
+/// get INT8 weights). [`calibrate_model`] calibrates it and
 /// `quantizer::Quantizer::new` builds from it, so that `quantize` opens the file once.
 pub fn load_model(model_path: &Path) -> Result<Model, CalibrateError> {
     let mut model = Model::load(model_path)?;
     model.inline_local_functions()?;
     model.check_not_quantized()?;
     model.normalize_to_float32()?;
+    model.fold_constant_transposes()?;
     Ok(model)
 }
 

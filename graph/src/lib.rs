@@ -8,6 +8,7 @@
 mod activations;
 mod error;
 mod external;
+mod fold;
 mod functions;
 mod index;
 mod infer;
