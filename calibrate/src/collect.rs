@@ -153,7 +153,7 @@ pub struct TappedModel {
     range_only: Vec<bool>,
 }
 
-fn float_output(name: &str) -> ValueInfoProto {
+pub(crate) fn float_output(name: &str) -> ValueInfoProto {
     let mut vi = ValueInfoProto::new();
     vi.name = name.to_string();
     let mut tp = TypeProto::new();
@@ -293,15 +293,15 @@ pub fn batch_input(model: &Model, feed: &Feed) -> Result<String, CalibrateError>
 
 /// Loads a model as every pass over it sees it: read and hashed once, its model-local functions expanded
 /// into the graph (their nodes calibrated and quantized like any other), refused if it already holds
-/// quantization ops, an FP16 model as its float32 twin, Transposes of weights folded (the GEMMs behind them
-/// get INT8 weights). [`calibrate_model`] calibrates it and
+/// quantization ops, an FP16 model as its float32 twin, weights the graph computes from constants folded into
+/// initializers (the GEMMs reading them get INT8 weights). [`calibrate_model`] calibrates it and
 /// `quantizer::Quantizer::new` builds from it, so that `quantize` opens the file once.
 pub fn load_model(model_path: &Path) -> Result<Model, CalibrateError> {
     let mut model = Model::load(model_path)?;
     model.inline_local_functions()?;
     model.check_not_quantized()?;
     model.normalize_to_float32()?;
-    model.fold_constant_transposes()?;
+    crate::fold::fold_computed_weights(&mut model)?;
     Ok(model)
 }
 

@@ -4,6 +4,7 @@
 //! of the `histograms` crate is the hand-over. [`gpu`] is the device-side twin of the CPU statistics.
 
 mod collect;
+mod fold;
 pub mod gpu;
 
 use std::path::PathBuf;

@@ -8,7 +8,6 @@
 mod activations;
 mod error;
 mod external;
-mod fold;
 mod functions;
 mod index;
 mod infer;

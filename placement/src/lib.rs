@@ -18,8 +18,8 @@ pub use precision::{
     ATTENTION_OP, GEMM_OPS,
 };
 pub use rules::{
-    constant_behind, depthwise_convs, needed_by_defaults, plan, smoothable_gemms, weight_slot, DepthwiseConv, Plan,
-    SmoothableGemm, Use,
+    constant_behind, depthwise_convs, input_independent, needed_by_defaults, plan, smoothable_gemms, weight_slot,
+    DepthwiseConv, Plan, SmoothableGemm, Use,
 };
 
 /// Errors of placement; each names the file or node and says what to do.
