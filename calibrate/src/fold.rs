@@ -64,9 +64,12 @@ pub fn fold_computed_weights(model: &mut Model) -> Result<usize, CalibrateError>
     Ok(folded)
 }
 
-/// The float32 value (name, dims, values) of each of `targets`, computed by ONNX Runtime from a copy of the
-/// graph cut to them. A target that is not float32 is left out.
-fn evaluate(model: &Model, targets: &[String]) -> Result<Vec<(String, Vec<i64>, Vec<f32>)>, CalibrateError> {
+/// A computed tensor: name, dims, float32 values.
+type Computed = (String, Vec<i64>, Vec<f32>);
+
+/// The float32 value of each of `targets`, computed by ONNX Runtime from a copy of the graph cut to them. A
+/// target that is not float32 is left out.
+fn evaluate(model: &Model, targets: &[String]) -> Result<Vec<Computed>, CalibrateError> {
     let mut proto = model.proto.clone();
     let graph = proto.graph.mut_or_insert_default();
     graph::prune_to_outputs(graph, targets, crate::collect::float_output);
