@@ -92,16 +92,8 @@ fn evaluate(model: &Model, targets: &[String]) -> Result<Vec<Computed>, Calibrat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use graph::proto::{tensor_proto::DataType, AttributeProto, ModelProto, NodeProto, OperatorSetIdProto};
-
-    fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
-        let mut n = NodeProto::new();
-        n.op_type = op.into();
-        n.name = format!("{op}_{output}");
-        n.input = inputs.iter().map(|s| s.to_string()).collect();
-        n.output = vec![output.into()];
-        n
-    }
+    use graph::proto::{tensor_proto::DataType, ModelProto, OperatorSetIdProto};
+    use test_support::conv_models::{ints, node};
 
     fn tensor(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
         let mut t = TensorProto::new();
@@ -125,16 +117,10 @@ mod tests {
         let w: Vec<f32> = (0..8).map(|v| v as f32).collect();
         g.initializer.push(tensor("w", &[4, 2, 1, 1], &w));
         g.initializer.push(tensor("c", &[], &[2.0]));
-        let mut mean = node("ReduceMean", &["w"], "mean");
-        let mut axes = AttributeProto::new();
-        axes.name = "axes".into();
-        axes.ints = vec![1, 2, 3];
-        axes.type_ = graph::proto::attribute_proto::AttributeType::INTS.into();
-        mean.attribute.push(axes);
-        g.node.push(mean);
-        g.node.push(node("Sub", &["w", "mean"], "d"));
-        g.node.push(node("Div", &["d", "c"], "s"));
-        g.node.push(node("Conv", &["x", "s"], "y"));
+        g.node.push(node("ReduceMean", &["w"], "mean", vec![ints("axes", &[1, 2, 3])]));
+        g.node.push(node("Sub", &["w", "mean"], "d", vec![]));
+        g.node.push(node("Div", &["d", "c"], "s", vec![]));
+        g.node.push(node("Conv", &["x", "s"], "y", vec![]));
         g.output.push(crate::collect::float_output("y"));
         let mut proto = ModelProto::new();
         proto.ir_version = 8;
@@ -142,15 +128,7 @@ mod tests {
         opset.version = 17;
         proto.opset_import.push(opset);
         proto.graph = Some(g).into();
-        let mut model = Model {
-            proto,
-            path: "standardized.onnx".into(),
-            dir: ".".into(),
-            sha256: String::new(),
-            has_external_data: false,
-            low_precision_source: None,
-            low_precision_io: Vec::new(),
-        };
+        let mut model = Model::in_memory(proto, "standardized.onnx");
         assert_eq!(fold_computed_weights(&mut model).unwrap(), 1);
         let g = &model.proto.graph;
         assert_eq!(g.node.iter().map(|n| n.op_type.as_str()).collect::<Vec<_>>(), ["Conv"]);

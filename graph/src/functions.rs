@@ -185,7 +185,6 @@ mod tests {
     use super::*;
     use crate::test_graphs::node;
     use onnx_protobuf::{ModelProto, OperatorSetIdProto};
-    use std::path::PathBuf;
 
     fn opset(domain: &str, version: i64) -> OperatorSetIdProto {
         let mut o = OperatorSetIdProto::new();
@@ -252,15 +251,7 @@ mod tests {
         proto.graph = Some(g).into();
         proto.functions = vec![block, inner];
         proto.opset_import = vec![opset("", 17), opset("local", 1)];
-        Model {
-            proto,
-            path: PathBuf::from("f.onnx"),
-            dir: PathBuf::new(),
-            sha256: String::new(),
-            has_external_data: false,
-            low_precision_source: None,
-            low_precision_io: Vec::new(),
-        }
+        Model::in_memory(proto, "f.onnx")
     }
 
     #[test]

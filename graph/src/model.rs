@@ -73,6 +73,20 @@ impl LowPrecision {
 }
 
 impl Model {
+    /// A model built in memory (no file behind it): `path` names it in messages, external data is not
+    /// expected.
+    pub fn in_memory(proto: ModelProto, path: impl Into<PathBuf>) -> Model {
+        Model {
+            proto,
+            path: path.into(),
+            dir: PathBuf::from("."),
+            sha256: String::new(),
+            has_external_data: false,
+            low_precision_source: None,
+            low_precision_io: Vec::new(),
+        }
+    }
+
     /// Reads and checks a model. External data files are hashed but not loaded.
     pub fn load(path: &Path) -> Result<Model, GraphError> {
         // For `RUST_LOG=int8kit::files=debug`: a test checks that `quantize` reads its model once.
@@ -582,15 +596,7 @@ mod tests {
         g.output.push(named("y"));
         let mut proto = ModelProto::new();
         proto.graph = Some(g).into();
-        let mut model = Model {
-            proto,
-            path: PathBuf::new(),
-            dir: PathBuf::new(),
-            sha256: String::new(),
-            has_external_data: false,
-            low_precision_source: None,
-            low_precision_io: Vec::new(),
-        };
+        let mut model = Model::in_memory(proto, "pruned.onnx");
         let wanted = ["s".to_string(), "k".to_string()];
         assert!(model.prune_to_outputs(&wanted, named));
         let g = &model.proto.graph;
@@ -632,15 +638,7 @@ mod tests {
         g.output.push(named("y"));
         let mut proto = ModelProto::new();
         proto.graph = Some(g).into();
-        Model {
-            proto,
-            path: PathBuf::new(),
-            dir: PathBuf::new(),
-            sha256: String::new(),
-            has_external_data: false,
-            low_precision_source: None,
-            low_precision_io: Vec::new(),
-        }
+        Model::in_memory(proto, "weighted.onnx")
     }
 
     /// Which low precision a model computes in is recorded (reports name the reference row by it); weights

@@ -277,6 +277,13 @@ fn an_fp16_model_calibrates_and_quantizes_with_fp16_scales() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
 
+/// `quantize --method entropy` of `model` on 100 fixture images into `out`, which it returns.
+fn quantized_entropy(model: &Path, out: &Path) -> PathBuf {
+    let o = on_fixtures("quantize", model, out, &["--limit", "100", "--quiet", "--method", "entropy"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    out.to_path_buf()
+}
+
 /// A model whose exporter kept a module as a model-local function (here the ResNet's stem Conv and Relu):
 /// the Conv inside is calibrated and quantized like any other, and the artifact is plain ONNX, computing what
 /// the artifact of the model without the function computes. Before, the function's Conv stayed float while
@@ -312,9 +319,7 @@ fn the_nodes_inside_model_local_functions_are_quantized() {
     std::fs::write(&with_function, m.to_bytes().unwrap()).unwrap();
 
     let quantize = |model: &Path, out: &str| {
-        let out = dir.path().join(out);
-        let o = on_fixtures("quantize", model, &out, &["--limit", "100", "--quiet", "--method", "entropy"]);
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let out = quantized_entropy(model, &dir.path().join(out));
         (graph::Model::load(&out.join("model.qdq.onnx")).unwrap(), out)
     };
     let (plain, _) = quantize(&resnet(), "plain");
@@ -370,13 +375,8 @@ fn weights_behind_a_transpose_are_quantized_as_weights() {
     let behind = dir.path().join("vit_weights_transposed.onnx");
     std::fs::write(&behind, m.to_bytes().unwrap()).unwrap();
 
-    let quantize = |model: &Path, out: &str| {
-        let out = dir.path().join(out);
-        let o = on_fixtures("quantize", model, &out, &["--limit", "100", "--quiet", "--method", "entropy"]);
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-        out
-    };
-    let (plain, folded) = (quantize(&vit, "plain"), quantize(&behind, "folded"));
+    let (plain, folded) =
+        (quantized_entropy(&vit, &dir.path().join("plain")), quantized_entropy(&behind, &dir.path().join("folded")));
     let read = |out: &Path, file: &str| std::fs::read(out.join(file)).unwrap();
     assert_eq!(read(&plain, "ranges.csv"), read(&folded, "ranges.csv"), "the same tensors and ranges");
     let int8_weights = |out: &Path| {
