@@ -128,16 +128,29 @@ pub struct SelfCheck {
     pub status: &'static str,
     /// The samples: which, and how many.
     pub samples: String,
-    /// Agreement, cosine and SQNR of the written model's first float32 output against the float model's.
+    /// Agreement, cosine and SQNR of the written model's measured output against the float model's.
     pub fidelity: Option<crate::measure::Fidelity>,
     /// How ONNX Runtime ran the written model (graph optimizations off for FP16 graphs).
     pub evaluation: Option<String>,
+    /// The graph output compared (the first float one) and how many outputs the graph has; absent when
+    /// skipped. Added within version 4.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<MeasuredOutput>,
+}
+
+/// Which graph output a measurement compares.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MeasuredOutput {
+    /// Its name.
+    pub name: String,
+    /// How many outputs the graph has (the others are not compared).
+    pub of: usize,
 }
 
 impl SelfCheck {
     /// Nothing measured, and why.
     pub fn skipped(why: impl Into<String>) -> SelfCheck {
-        SelfCheck { status: "skipped", samples: why.into(), fidelity: None, evaluation: None }
+        SelfCheck { status: "skipped", samples: why.into(), fidelity: None, evaluation: None, output: None }
     }
 }
 

@@ -32,7 +32,8 @@ use placement::{Decision, FloatType, PlacementOptions};
 
 pub use analyze;
 pub use artifacts::{
-    Artifacts, Cache, NodeReport, Ranges, SelfCheck, TensorRange, WeightRange, RANGES_FORMAT, RANGES_VERSION,
+    Artifacts, Cache, MeasuredOutput, NodeReport, Ranges, SelfCheck, TensorRange, WeightRange, RANGES_FORMAT,
+    RANGES_VERSION,
 };
 pub use pipeline::{
     analyze_hist, check_samples, choose_and_measure, probe_options, quantize, write_artifacts, QuantizeConfig,

@@ -516,6 +516,11 @@ impl Probe {
         &self.fp32
     }
 
+    /// The graph output the measurements compare ([`graph::Model::measured_output`]).
+    pub fn output(&self) -> &str {
+        &self.output
+    }
+
     /// The folder the samples came from (for messages).
     pub fn source(&self) -> &Path {
         &self.source

@@ -230,6 +230,10 @@ pub fn choose_and_measure<'q>(
                 ),
                 fidelity,
                 evaluation: Some(Probe::evaluation()),
+                output: Some(crate::artifacts::MeasuredOutput {
+                    name: probe.output().to_string(),
+                    of: quantizer.model().proto.graph.output.len(),
+                }),
             }
         }
         Yardstick::Missing(why) => SelfCheck::skipped(why.clone()),

@@ -103,6 +103,7 @@ fn ranges_json_matches_the_golden_file() {
                 sqnr_db: 20.5,
             }),
             evaluation: Some("onnxruntime, graph optimization disabled".into()),
+            output: Some(quantizer::MeasuredOutput { name: "logits".into(), of: 2 }),
         },
         search: Some(quantizer::search::SearchRecord {
             axes: vec!["method", "float_type"],

@@ -181,8 +181,9 @@ fn print_measured(r: &quantizer::Ranges) {
     }
     match &r.self_check.fidelity {
         Some(f) => println!(
-            "self-check on {}: SQNR {:.2} dB, cosine {:.4}, agreement {:.1} % ({})",
+            "self-check on {}{}: SQNR {:.2} dB, cosine {:.4}, agreement {:.1} % ({})",
             r.self_check.samples,
+            r.self_check.output.as_ref().map_or(String::new(), |o| measured_output_words(&o.name, o.of)),
             f.sqnr_db,
             f.cosine_mean,
             100.0 * f.agreement,
@@ -224,4 +225,14 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<Outcome> {
         print_written(&written, &scheme.precision_origin, &args.out);
     }
     Ok(Outcome::Success)
+}
+
+/// ", output 'scores' (the first float one of 3)" where the graph has several outputs (only that one is
+/// compared), nothing where it has one.
+pub(crate) fn measured_output_words(name: &str, of: usize) -> String {
+    if of > 1 {
+        format!(", output '{name}' (the first float one of {of}; the others are not compared)")
+    } else {
+        String::new()
+    }
 }

@@ -264,8 +264,12 @@ pub fn print_outcome(report: &Report, out: &std::path::Path) {
     let check = &report.self_check;
     match check.get("fidelity").filter(|f| !f.is_null()) {
         Some(f) => println!(
-            "  self-check on {}: SQNR {:.2} dB, cosine {:.4}, agreement {:.1} %",
+            "  self-check on {}{}: SQNR {:.2} dB, cosine {:.4}, agreement {:.1} %",
             check["samples"].as_str().unwrap_or("held-back samples"),
+            match (check["output"]["name"].as_str(), check["output"]["of"].as_u64()) {
+                (Some(name), Some(of)) => super::analyze::measured_output_words(name, of as usize),
+                _ => String::new(),
+            },
             f["sqnr_db"].as_f64().unwrap_or(f64::NAN),
             f["cosine_mean"].as_f64().unwrap_or(f64::NAN),
             100.0 * f["agreement"].as_f64().unwrap_or(f64::NAN)

@@ -172,18 +172,24 @@ fn outputs_that_are_zero_everywhere_are_refused_not_passed() {
 #[test]
 fn the_first_float32_output_is_measured_and_a_model_without_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let fidelity = |model: &Path, out: &str| {
+    let check = |model: &Path, out: &str| {
         let out = dir.path().join(out);
-        let o = common::on_fixtures("quantize", model, &out, &["--limit", "60", "--quiet"]);
+        let o = common::on_fixtures("quantize", model, &out, &["--limit", "60"]);
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         let ranges: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("ranges.json")).unwrap()).unwrap();
-        ranges["self_check"]["fidelity"].clone()
+        (ranges["self_check"].clone(), text(&o))
     };
     let argmax_first = common::argmax_first_resnet(dir.path(), true);
-    let plain = fidelity(&resnet(), "plain");
-    assert!(plain["cosine_mean"].as_f64().unwrap() > 0.99, "{plain}");
-    assert_eq!(fidelity(&argmax_first, "argmax"), plain);
+    let (plain, printed) = check(&resnet(), "plain");
+    assert!(plain["fidelity"]["cosine_mean"].as_f64().unwrap() > 0.99, "{plain}");
+    assert!(!printed.contains("output '"), "one output: nothing to say: {printed}");
+    let (argmax, printed) = check(&argmax_first, "argmax");
+    assert_eq!(argmax["fidelity"], plain["fidelity"]);
+    // Which output was compared is recorded, and said where the graph has several.
+    let logits = plain["output"]["name"].clone();
+    assert_eq!((&argmax["output"]["name"], &argmax["output"]["of"]), (&logits, &serde_json::json!(2)));
+    assert!(printed.contains(&format!("output '{}'", logits.as_str().unwrap())), "{printed}");
 
     let only = common::argmax_first_resnet(dir.path(), false);
     let o = common::on_fixtures("quantize", &only, &dir.path().join("only"), &["--limit", "60", "--quiet"]);
