@@ -34,34 +34,35 @@ pub fn fold_computed_weights(model: &mut Model) -> Result<usize, CalibrateError>
     if targets.is_empty() {
         return Ok(0);
     }
+    // Each computed tensor's producer (its only output is the tensor) gives way to an initializer of its value.
     let values = evaluate(model, &targets)?;
+    if values.is_empty() {
+        return Ok(0);
+    }
     let graph = model.proto.graph.mut_or_insert_default();
-    let producers: HashSet<String> =
-        graph.node.iter().filter(|n| n.output.iter().any(|o| targets.contains(o))).map(|n| n.name.clone()).collect();
-    let mut folded = 0;
     let mut kept_nodes = Vec::with_capacity(graph.node.len());
     for node in std::mem::take(&mut graph.node) {
-        let value = node.output.first().and_then(|o| values.iter().find(|(name, ..)| name == o));
-        match value {
-            Some((name, dims, data)) if producers.contains(&node.name) => {
+        match values.iter().find(|(name, ..)| node.output.first() == Some(name)) {
+            Some((name, dims, data)) => {
                 let mut t = TensorProto::new();
                 t.name = name.clone();
                 t.dims = dims.clone();
                 graph::set_float32(&mut t, data);
                 graph.initializer.push(t);
-                folded += 1;
             }
-            _ => kept_nodes.push(node),
+            None => kept_nodes.push(node),
         }
     }
     graph.node = kept_nodes;
     // What only computed the folded weights goes (the stored weights, the standardization's nodes).
     let outputs: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
     graph::prune_to_outputs(graph, &outputs, |_| graph::proto::ValueInfoProto::new());
-    if folded > 0 {
-        tracing::info!("{}: {folded} weights computed from constants folded into initializers", model.path.display());
-    }
-    Ok(folded)
+    tracing::info!(
+        "{}: {} weights computed from constants folded into initializers",
+        model.path.display(),
+        values.len()
+    );
+    Ok(values.len())
 }
 
 /// A computed tensor: name, dims, float32 values.

@@ -37,11 +37,7 @@ impl Model {
             .collect();
         let opset = crate::default_opset(&self.proto);
         for f in functions.values() {
-            let fail = |message: String| GraphError::Function {
-                model: self.path.clone(),
-                function: format!("{}::{}", f.domain, f.name),
-                message,
-            };
+            let fail = |message: String| function_error(&self.path, f, message);
             if let Some(v) = f.opset_import.iter().find(|o| crate::is_default_domain(&o.domain)).map(|o| o.version) {
                 if v != opset {
                     return Err(fail(format!("it uses ONNX opset {v}, the model opset {opset}")));
@@ -68,6 +64,11 @@ impl Model {
     }
 }
 
+/// Why `f` cannot be expanded.
+fn function_error(model: &std::path::Path, f: &FunctionProto, message: String) -> GraphError {
+    GraphError::Function { model: model.to_path_buf(), function: format!("{}::{}", f.domain, f.name), message }
+}
+
 /// Pushes `node` onto `out`, or, where it calls a function, the function's nodes (renamed). Returns whether
 /// it expanded a call.
 fn expand(
@@ -82,11 +83,7 @@ fn expand(
         out.push(node);
         return Ok(false);
     };
-    let fail = |message: String| GraphError::Function {
-        model: model.to_path_buf(),
-        function: format!("{}::{}", f.domain, f.name),
-        message,
-    };
+    let fail = |message: String| function_error(model, f, message);
     if depth >= MAX_DEPTH {
         return Err(fail(format!("calls nest deeper than {MAX_DEPTH} (a function that calls itself?)")));
     }
