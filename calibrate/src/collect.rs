@@ -33,11 +33,12 @@ pub struct CalibrateOptions {
     /// GPUs (`cuda:0,1`) each runs its own session and batches are dealt to them in turn, and their
     /// statistics merge exactly (the `.hist` is the one-GPU file).
     pub device: runtime::Devices,
-    /// SmoothQuant alpha: smooth the model's GEMM inputs (a first pass measures their per-channel maxima)
-    /// and collect the statistics of the smoothed model; `None`: no smoothing.
-    pub smooth: Option<f32>,
+    /// SmoothQuant smoothing of the model's GEMM inputs before collecting, from per-channel maxima a first
+    /// pass measures on [`MAXIMA_SAMPLES`] of the calibration samples; the statistics are those of the
+    /// smoothed model ([`Smooth`]).
+    pub smooth: Smooth,
     /// Equalize the inputs of depthwise Convs (`smoothquant::equalize`) before collecting, from per-channel
-    /// maxima a first pass measures on [`EQUALIZE_SAMPLES`] of the calibration samples; a model without
+    /// maxima a first pass measures on [`MAXIMA_SAMPLES`] of the calibration samples; a model without
     /// depthwise Convs is not touched.
     pub equalize: bool,
     /// `(I, N)`: only the I-th (1-based) of N contiguous parts of the sorted (and `limit`ed) image list; the
@@ -61,10 +62,51 @@ pub struct CalibrateOptions {
 /// more than the binning. The statistics are the same bytes whatever the parts (they merge exactly).
 pub const RUN_VALUES_MAX: usize = 64 << 20;
 
-/// Samples the per-channel maxima of depthwise Conv inputs are measured on before equalization (from a folder a
-/// seeded subset of its list, the same for every shard; from an iterable its first ones): the factors only
-/// balance the channels, and the statistics pass over every sample then sees the ranges the subset missed.
-pub const EQUALIZE_SAMPLES: usize = 64;
+/// Samples the per-channel maxima are measured on before smoothing and equalization (from a folder a seeded
+/// subset of its list, the same for every shard; from an iterable its first ones): the factors only balance the
+/// channels, and the statistics pass over every sample then sees the ranges the subset missed.
+pub const MAXIMA_SAMPLES: usize = 64;
+
+/// The migration strength `--smooth auto` applies: SmoothQuant's default (Xiao et al., 2023), not tuned here.
+pub const AUTO_SMOOTH_ALPHA: f32 = 0.5;
+
+/// Whether and how the GEMM inputs are smoothed (SmoothQuant, `smoothquant::smooth`) before collecting.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Smooth {
+    /// Smoothed with [`AUTO_SMOOTH_ALPHA`] where the model has attention (MatMuls of two activations, ONNX
+    /// Attention nodes): transformer blocks, whose LayerNorm and GELU outputs carry the outlier channels that
+    /// one per-tensor scale serves badly. Other models (CNNs, whose one smoothable GEMM is a classifier head)
+    /// are left as they are, sparing the maxima pass.
+    #[default]
+    Auto,
+    /// Not smoothed.
+    Off,
+    /// Smoothed with this alpha (0 to 1) wherever a GEMM can be.
+    Alpha(f32),
+}
+
+impl Smooth {
+    /// The alpha `model` is smoothed with, `None` for no smoothing (nor where no GEMM can be smoothed).
+    pub fn alpha_for(self, model: &Model) -> Option<f32> {
+        let graph = &model.proto.graph;
+        let alpha = match self {
+            Smooth::Off => return None,
+            Smooth::Alpha(a) => a,
+            Smooth::Auto if placement::has_attention(graph) => AUTO_SMOOTH_ALPHA,
+            Smooth::Auto => return None,
+        };
+        (!placement::smoothable_gemms(graph).is_empty()).then_some(alpha)
+    }
+
+    /// How the flag writes it: `auto`, `off` or the alpha.
+    pub fn name(self) -> String {
+        match self {
+            Smooth::Auto => "auto".into(),
+            Smooth::Off => "off".into(),
+            Smooth::Alpha(a) => a.to_string(),
+        }
+    }
+}
 
 /// How many calibration samples are kept out of the statistics and measured on instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -102,12 +144,24 @@ impl Default for CalibrateOptions {
             on_bad_image: OnBadImage::Fail,
             selection: Selection::default(),
             device: runtime::Devices::default(),
-            smooth: None,
+            smooth: Smooth::Auto,
             equalize: true,
             shard: None,
             hold_out: HoldOut::Auto,
             deal_sizes: false,
             run_values_max: RUN_VALUES_MAX,
+        }
+    }
+}
+
+impl CalibrateOptions {
+    /// The alpha `model` is smoothed with ([`Smooth::alpha_for`]), `None` for none. `auto` leaves a collection
+    /// of every activation (`Selection::All`) unsmoothed: it is made for TensorRT's `calibration.cache`, which
+    /// describes the unmodified model.
+    pub fn smoothing_alpha(&self, model: &Model) -> Option<f32> {
+        match (self.smooth, self.selection) {
+            (Smooth::Auto, Selection::All) => None,
+            (smooth, _) => smooth.alpha_for(model),
         }
     }
 }
@@ -360,15 +414,21 @@ impl TappedModel {
             }
         };
         let channel_axis_one = channel_max == ChannelMaxima::DepthwiseInputs;
-        if channel_axis_one {
-            // The pass before equalization reads the depthwise inputs' maxima and nothing else.
+        let maxima_pass = channel_max != ChannelMaxima::None;
+        if maxima_pass {
+            // The pass before smoothing or equalization reads those inputs' maxima and nothing else.
             activations.retain(|a| smoothable.contains(&a.name));
             gemm_inputs.clear();
         }
         gemm_inputs.extend(smoothable.iter().cloned());
         let plan = CollectionPlan::new(&activations, &gemm_inputs);
         let channel_max = plan.measured.iter().map(|&i| smoothable.contains(&activations[i].name)).collect();
-        let range_only = plan.range_only(&activations, &graph::roles::max_calibrated(&model.proto.graph));
+        let range_only = if maxima_pass {
+            // A maxima pass reads the per-channel maxima alone: nothing is binned.
+            vec![true; activations.len()]
+        } else {
+            plan.range_only(&activations, &graph::roles::max_calibrated(&model.proto.graph))
+        };
         let measured: Vec<String> = plan.measured.iter().map(|&i| activations[i].name.clone()).collect();
         if !measured.is_empty() {
             // The session computes the measured tensors and what they need, nothing past them.
@@ -585,14 +645,17 @@ fn check_device(model: &Model, feed: &Feed, options: &CalibrateOptions) -> Resul
              --device cpu",
         );
     }
-    if options.device.is_cuda() && options.smooth.is_some() {
-        return refuse("--smooth measures per-channel maxima on the CPU only for now; use --device cpu");
+    if let Smooth::Alpha(a) = options.smooth {
+        if !(0.0..=1.0).contains(&a) {
+            return Err(smoothquant::SmoothError::Alpha(a).into());
+        }
     }
     Ok(())
 }
 
-/// Runs the calibration pass: with `options.smooth`, first a pass that measures the per-channel maxima of the
-/// smoothable GEMM inputs, then the smoothing (in memory), then the statistics of the smoothed model.
+/// Runs the calibration pass: where `options.smooth` smooths the model, first a pass over [`MAXIMA_SAMPLES`]
+/// samples that measures the per-channel maxima of the smoothable GEMM inputs, then the smoothing (in memory);
+/// likewise the depthwise equalization; then the statistics of the model so rewritten.
 /// `progress(done, total)` is called after each batch.
 pub fn calibrate(
     model_path: &Path,
@@ -612,9 +675,7 @@ pub fn calibrate_model(
     options: &CalibrateOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(HistFile, CalibrationSummary), CalibrateError> {
-    let model_path = model.path.as_path();
     check_device(model, feed, options)?;
-    let refuse = |message: &str| CalibrateError::Input { model: model_path.to_path_buf(), message: message.into() };
     let mut model = model.clone();
     let mut dataset = Dataset::flat(images)?;
     // A folder of the other kind is refused here, before any work.
@@ -648,12 +709,6 @@ pub fn calibrate_model(
     let shard = match options.shard {
         None => None,
         Some((index, count)) => {
-            if options.smooth.is_some() {
-                return Err(refuse(
-                    "--smooth needs every image's channel maxima before the model is smoothed, so it cannot run \
-                     sharded: calibrate with --smooth in one process",
-                ));
-            }
             dataset = dataset.shard(index, count)?;
             Some(histograms::ShardInfo {
                 index,
@@ -664,42 +719,40 @@ pub fn calibrate_model(
         }
     };
     let plan = size_plan(&dataset, &whole, feed, options)?;
-    let passes = if options.smooth.is_some() { 2 } else { 1 };
-    // Equalization's subset comes from the whole list, so that every shard equalizes alike.
-    let equalize_plan = if equalizes(&model, options) {
-        let subset = whole.clone().limit(EQUALIZE_SAMPLES, options.seed);
+    let alpha = options.smoothing_alpha(&model);
+    // The maxima's subset comes from the whole list, so that every shard smooths and equalizes alike.
+    let maxima_plan = if alpha.is_some() || equalizes(&model, options) {
+        let subset = whole.clone().limit(MAXIMA_SAMPLES, options.seed);
         Some(size_plan(&subset, &subset, feed, options)?)
     } else {
         None
     };
-    let first_samples = equalize_plan.as_ref().map_or(0, |p| p.iter().map(|(_, d, _)| d.len() as u64).sum());
-    let total = passes * plan.iter().map(|(_, d, _)| d.len() as u64).sum::<u64>() + first_samples;
+    let first_samples = maxima_plan.as_ref().map_or(0, |p| p.iter().map(|(_, d, _)| d.len() as u64).sum());
+    // The maxima pass runs once for smoothing and once more for equalization where the model takes both.
+    let first_passes = u64::from(alpha.is_some()) + u64::from(equalizes(&model, options));
+    let total = plan.iter().map(|(_, d, _)| d.len() as u64).sum::<u64>() + first_passes * first_samples;
     let mut done_before = 0;
-    let mut report = |done: u64| progress(done_before + done, total);
-    let smoothing = match options.smooth {
-        Some(alpha) => {
-            let tapped =
-                TappedModel::from_model(model.clone(), feed, Selection::Quantizable, ChannelMaxima::GemmInputs)?;
-            let (first, _) = run_sizes(&tapped, &plan, options, &mut report)?;
-            let record = histograms::SmoothingRecord { alpha, channel_max: first.channel_max };
-            smoothquant::smooth(&mut model, &record.channel_max, alpha)?;
-            Some((record, first.done))
+    let smoothing = match (alpha, &maxima_plan) {
+        (Some(alpha), Some(first_plan)) => {
+            let mut report = |done: u64| progress(done_before + done, total);
+            let record = smooth_measured(&mut model, feed, options, alpha, |tapped, cpu| {
+                run_sizes(tapped, first_plan, cpu, &mut report).map(|(pass, _)| pass)
+            })?;
+            done_before += record.samples.unwrap_or(0);
+            Some(record)
         }
-        None => None,
+        _ => None,
     };
-    if let Some((_, first_done)) = &smoothing {
-        done_before = *first_done;
-    }
-    let equalization = match equalize_plan {
-        Some(eq_plan) => {
+    let equalization = match (&maxima_plan, equalizes(&model, options)) {
+        (Some(first_plan), true) => {
             let mut report = |done: u64| progress(done_before + done, total);
             let record = equalize_measured(&mut model, feed, options, |tapped, cpu| {
-                run_sizes(tapped, &eq_plan, cpu, &mut report).map(|(pass, _)| pass)
+                run_sizes(tapped, first_plan, cpu, &mut report).map(|(pass, _)| pass)
             })?;
             done_before += record.samples;
             Some(record)
         }
-        None => None,
+        _ => None,
     };
     let mut report = |done: u64| progress(done_before + done, total);
     let tapped = TappedModel::from_model(model, feed, options.selection, ChannelMaxima::None)?;
@@ -732,7 +785,6 @@ pub fn calibrate_model(
         sizes_dealt: plan.len() > 1 && options.deal_sizes,
     };
     let shard_info = shard;
-    let smoothing = smoothing.map(|(record, _)| record);
     let held_out = (!held.is_empty()).then_some(held);
     let hist = statistics(&tapped, pass, feed, arrays, images, options, smoothing, shard_info, held_out)?;
     Ok((HistFile { equalization, ..hist.0 }, hist.1))
@@ -874,11 +926,11 @@ pub struct GivenSamples<'a> {
 }
 
 /// [`calibrate_model`] over batches the caller makes. Every sample is used, in order: nothing is held back,
-/// limited or sharded (those choose from a listed folder), and smoothing, which reads the samples twice, is
-/// refused. The `.hist` records `name` as the folder and identifies the samples by the bytes fed, as a folder
-/// run does, so it equals a folder run's over the same values byte for byte whatever the batch sizes, for a
-/// model without depthwise Convs. With them, equalization's maxima come from the first [`EQUALIZE_SAMPLES`]
-/// samples (read ahead and kept), where a folder run takes a seeded subset of its list.
+/// limited or sharded (those choose from a listed folder). The `.hist` records `name` as the folder and
+/// identifies the samples by the bytes fed, as a folder run does, so it equals a folder run's over the same
+/// values byte for byte whatever the batch sizes, for a model neither smoothed nor equalized. Where it is, the
+/// maxima come from the first [`MAXIMA_SAMPLES`] samples (read ahead and kept), where a folder run takes a
+/// seeded subset of its list.
 pub fn calibrate_batches(
     model: &Model,
     samples: GivenSamples<'_>,
@@ -894,9 +946,6 @@ pub fn calibrate_batches(
     if options.shard.is_some() {
         return refuse("shards split a listed folder; give each process its own part of the iterable instead");
     }
-    if options.smooth.is_some() {
-        return refuse("smoothing reads the samples twice and an iterable is read once: calibrate from a folder");
-    }
     if let Some(recipe) = feed.recipe().filter(|r| r.is_multi_size()) {
         return refuse(&format!(
             "the recipe lists several sizes {:?}, and batches from an iterable come at the size the caller made \
@@ -910,23 +959,33 @@ pub fn calibrate_batches(
     let total = samples.total.unwrap_or(0);
     let mut recorded = Recorded::new(samples.batches, feed, &samples.name);
     let mut model = model.clone();
-    // Equalization's maxima come from the first EQUALIZE_SAMPLES samples exactly (whatever the batches), read
-    // ahead and kept for the statistics pass: an iterable is read once.
+    // The maxima of smoothing and equalization come from the first MAXIMA_SAMPLES samples exactly (whatever the
+    // batches), read ahead and kept for the statistics pass: an iterable is read once.
     let mut ahead = std::collections::VecDeque::new();
-    let equalization = if equalizes(&model, options) {
-        let mut first = std::collections::VecDeque::new();
+    let mut first = std::collections::VecDeque::new();
+    let alpha = options.smoothing_alpha(&model);
+    if alpha.is_some() || equalizes(&model, options) {
         let mut n = 0;
-        while n < EQUALIZE_SAMPLES {
+        while n < MAXIMA_SAMPLES {
             let Some(batch) = recorded.next() else { break };
             let batch = batch?;
             let mut head = batch.clone();
-            if n + head.len() > EQUALIZE_SAMPLES {
-                head.split_off(EQUALIZE_SAMPLES - n);
+            if n + head.len() > MAXIMA_SAMPLES {
+                head.split_off(MAXIMA_SAMPLES - n);
             }
             n += head.len();
             first.push_back(head);
             ahead.push_back(batch);
         }
+    }
+    let smoothing = match alpha {
+        Some(alpha) => Some(smooth_measured(&mut model, feed, options, alpha, |tapped, cpu| {
+            let mut replay = ReadAhead { ahead: first.clone(), rest: None };
+            run_pass(tapped, PassInput::Given(&mut replay), cpu, &mut |_| {})
+        })?),
+        None => None,
+    };
+    let equalization = if equalizes(&model, options) {
         let mut replay = ReadAhead { ahead: first, rest: None };
         Some(equalize_measured(&mut model, feed, options, |tapped, cpu| {
             run_pass(tapped, PassInput::Given(&mut replay), cpu, &mut |_| {})
@@ -954,13 +1013,31 @@ pub fn calibrate_batches(
         sizes_dealt: false,
     };
     let arrays = recorded.arrays.take();
-    let (hist, summary) = statistics(&tapped, pass, feed, arrays, images, options, None, None, None)?;
+    let (hist, summary) = statistics(&tapped, pass, feed, arrays, images, options, smoothing, None, None)?;
     Ok((HistFile { equalization, ..hist }, summary))
 }
 
 /// Whether calibration equalizes `model`: asked to, and the model has depthwise Convs.
 fn equalizes(model: &Model, options: &CalibrateOptions) -> bool {
     options.equalize && !placement::depthwise_convs(&model.proto.graph).is_empty()
+}
+
+/// Smooths `model` (`smoothquant::smooth`) with `alpha` and the per-channel maxima of its smoothable GEMM inputs
+/// that `measure` collects: a pass of the model tapped at those inputs, given the options to run it with (on
+/// the CPU, where the maxima are taken).
+fn smooth_measured(
+    model: &mut Model,
+    feed: &Feed,
+    options: &CalibrateOptions,
+    alpha: f32,
+    measure: impl FnOnce(&TappedModel, &CalibrateOptions) -> Result<Pass, CalibrateError>,
+) -> Result<histograms::SmoothingRecord, CalibrateError> {
+    let tapped = TappedModel::from_model(model.clone(), feed, Selection::Quantizable, ChannelMaxima::GemmInputs)?;
+    let cpu = CalibrateOptions { device: runtime::Devices::default(), ..options.clone() };
+    let maxima = measure(&tapped, &cpu)?;
+    let record = histograms::SmoothingRecord { alpha, samples: Some(maxima.done), channel_max: maxima.channel_max };
+    smoothquant::smooth(model, &record.channel_max, alpha)?;
+    Ok(record)
 }
 
 /// Equalizes `model` (`smoothquant::equalize`) with the per-channel maxima of its depthwise Conv inputs that

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 
 pub use collect::{
     batch_input, calibrate, calibrate_batches, calibrate_model, held_out_slice, load_model, CalibrateOptions,
-    CalibrationSummary, ChannelMaxima, Digesting, GivenSamples, HoldOut, TappedModel, EQUALIZE_SAMPLES, RUN_VALUES_MAX,
+    CalibrationSummary, ChannelMaxima, Digesting, GivenSamples, HoldOut, Smooth, TappedModel, AUTO_SMOOTH_ALPHA,
+    MAXIMA_SAMPLES, RUN_VALUES_MAX,
 };
 pub use histograms::Selection;
 

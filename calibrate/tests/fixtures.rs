@@ -1,7 +1,7 @@
 //! End to end on the bundled fixture models and on models built in the tests (needs ONNX Runtime: run through
 //! `cargo xtask test`).
 
-use calibrate::{calibrate, CalibrateOptions, HoldOut};
+use calibrate::{calibrate, CalibrateOptions, HoldOut, Smooth};
 use datasets::{BatchStream, Dataset, OnBadImage, StreamOptions};
 use histograms::{HistFile, Selection};
 use test_support::{calib_dir as calib, feed, model};
@@ -13,6 +13,8 @@ fn run(model_name: &str, limit: usize, batch_size: usize, threads: usize) -> His
         limit: Some(limit),
         selection: Selection::All,
         hold_out: HoldOut::Count(0),
+        // The unmodified model's tensors, compared with plain runs of it.
+        smooth: Smooth::Off,
         ..Default::default()
     };
     calibrate(&model(model_name), &calib(), &feed(), &options, &mut |_, _| {}).unwrap().0
@@ -179,6 +181,7 @@ fn quantizable_selection_keeps_what_the_default_lists_need() {
         limit: Some(50),
         selection: Selection::Quantizable,
         hold_out: HoldOut::Count(0),
+        smooth: Smooth::Off,
         ..Default::default()
     };
     let (some, _) = calibrate(&model("fmnist_vit_opset17.onnx"), &calib(), &feed(), &options, &mut |_, _| {}).unwrap();
@@ -267,6 +270,8 @@ fn shards_merge_byte_identically_to_one_process() {
             })
             .collect();
         assert!(parts.iter().all(|(_, h)| h.images.count < 100 || n == 1));
+        // The ViT is smoothed by default: every shard measured the maxima on the same subset of the whole list.
+        assert!(parts.iter().all(|(_, h)| h.smoothing == whole.smoothing && h.smoothing.is_some()));
         let merged = histograms::merge(&parts).unwrap();
         assert_eq!(merged.to_json().unwrap(), whole.to_json().unwrap(), "N = {n}");
     }
@@ -331,12 +336,14 @@ fn merging_mismatched_overlapping_or_incomplete_shards_is_refused() {
     let mut garbled = b.clone();
     garbled.1.images.samples_sha256 = Some("not hex".into());
     assert!(err(&[a.clone(), garbled]).contains("samples_sha256 is not 64 hex digits"));
-    // Out of range, and with --smooth: refused before any work.
+    // A shard smoothed otherwise than the others (here not at all).
+    let unsmoothed = CalibrateOptions { smooth: Smooth::Off, ..options(Some((2, 2))) };
+    let c = calibrate(&model(vit), &calib(), &feed(), &unsmoothed, &mut |_, _| {}).unwrap().0;
+    let e = err(&[a.clone(), ("unsmoothed.hist".into(), c)]);
+    assert!(e.contains("unsmoothed.hist") && e.contains("the smoothing differs"), "{e}");
+    // Out of range: refused before any work.
     let bad = CalibrateOptions { shard: Some((3, 2)), ..Default::default() };
     assert!(calibrate(&model(vit), &calib(), &feed(), &bad, &mut |_, _| {}).is_err());
-    let smooth = CalibrateOptions { shard: Some((1, 2)), smooth: Some(0.5), ..Default::default() };
-    let e = calibrate(&model(vit), &calib(), &feed(), &smooth, &mut |_, _| {}).err().unwrap().to_string();
-    assert!(e.contains("--smooth") && e.contains("sharded"), "{e}");
 }
 
 /// The samples held back for the self-check and the `auto` search never reach the statistics: rewriting their

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use calibrate::{calibrate, CalibrateOptions, HoldOut};
+use calibrate::{calibrate, CalibrateOptions, HoldOut, Smooth};
 use datasets::Feed;
 use histograms::HistFile;
 use test_support::dynamic_models;
@@ -11,7 +11,16 @@ use test_support::dynamic_models;
 const SIZES: [[u32; 2]; 3] = [[28, 28], [40, 40], [56, 56]];
 
 fn options(batch_size: usize, threads: usize) -> CalibrateOptions {
-    CalibrateOptions { batch_size, threads, limit: Some(40), hold_out: HoldOut::Count(0), ..Default::default() }
+    // Not smoothed: one size's smoothing factors would come from that size's maxima, another model than the
+    // all-sizes run's.
+    CalibrateOptions {
+        batch_size,
+        threads,
+        limit: Some(40),
+        hold_out: HoldOut::Count(0),
+        smooth: Smooth::Off,
+        ..Default::default()
+    }
 }
 
 fn calibrate_at(model: &Path, sizes: &[[u32; 2]], options: &CalibrateOptions) -> HistFile {

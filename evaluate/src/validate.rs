@@ -927,7 +927,9 @@ fn assemble_report(
 /// is checked by `Quantizer::new`). Calibration options have nothing to act on, so they are refused, not ignored.
 fn given_hist(path: &std::path::Path, config: &ValidateConfig) -> Result<histograms::HistFile, EvaluateError> {
     let bad = |message: String| EvaluateError::Input { path: path.to_path_buf(), message };
-    for (flag, given) in [("--limit", config.collect.limit.is_some()), ("--smooth", config.collect.smooth.is_some())] {
+    for (flag, given) in
+        [("--limit", config.collect.limit.is_some()), ("--smooth", config.collect.smooth != calibrate::Smooth::Auto)]
+    {
         if given {
             return Err(bad(format!(
                 "{flag} applies when validate calibrates (--calib); these statistics are made already (calibrate \

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use analyze::scales::Method;
-use calibrate::{calibrate, CalibrateOptions};
+use calibrate::{calibrate, CalibrateOptions, Smooth};
 use datasets::{BatchStream, StreamOptions};
 use evaluate::compare::{fidelity, ort_model, Fidelity};
 use histograms::HistFile;
@@ -15,6 +15,7 @@ use test_support::{calib_dir, feed, model, val_subset};
 
 /// Statistics over 200 calibration images, smoothed with `smooth` first when given.
 fn hist_of(path: &Path, smooth: Option<f32>) -> HistFile {
+    let smooth = smooth.map_or(Smooth::Off, Smooth::Alpha);
     let options = CalibrateOptions { limit: Some(200), smooth, ..Default::default() };
     calibrate(path, &calib_dir(), &feed(), &options, &mut |_, _| {}).unwrap().0
 }
@@ -112,14 +113,85 @@ fn smoothing_repairs_a_planted_outlier_channel() {
 fn a_smoothed_hist_is_batch_independent_and_alpha_out_of_range_is_refused() {
     let name = "fmnist_vit_opset13.onnx";
     let run = |batch_size| {
-        let options = CalibrateOptions { limit: Some(48), smooth: Some(0.5), batch_size, ..Default::default() };
+        let options =
+            CalibrateOptions { limit: Some(48), smooth: Smooth::Alpha(0.5), batch_size, ..Default::default() };
         calibrate(&model(name), &calib_dir(), &feed(), &options, &mut |_, _| {}).unwrap().0
     };
     let (a, b) = (run(16), run(5));
     assert_eq!(a.to_json().unwrap(), b.to_json().unwrap());
     // The smoothed model's own tensors: the inserted Muls' outputs have statistics.
     assert!(a.tensors.iter().any(|t| t.name.ends_with("_smoothed")), "no smoothed tensor collected");
-    let options = CalibrateOptions { limit: Some(8), smooth: Some(1.5), ..Default::default() };
+    let options = CalibrateOptions { limit: Some(8), smooth: Smooth::Alpha(1.5), ..Default::default() };
     let err = calibrate(&model(name), &calib_dir(), &feed(), &options, &mut |_, _| {}).err().unwrap().to_string();
     assert!(err.contains("alpha must be from 0 to 1"), "{err}");
+}
+
+/// The default (`--smooth auto`) smooths a model with attention, from maxima measured on a seeded subset of 64
+/// samples, and leaves a CNN alone; a ViT with smoothing off gets no record.
+#[test]
+fn auto_smooths_the_vits_from_a_subset_and_leaves_the_cnn_alone() {
+    let run = |name: &str, smooth| {
+        let options = CalibrateOptions { limit: Some(100), smooth, ..Default::default() };
+        calibrate(&model(name), &calib_dir(), &feed(), &options, &mut |_, _| {}).unwrap().0
+    };
+    for name in ["fmnist_vit_opset17.onnx", "fmnist_vit_opset13.onnx", "fmnist_clip_image_opset17.onnx"] {
+        let hist = run(name, Smooth::Auto);
+        let record = hist.smoothing.as_ref().unwrap_or_else(|| panic!("{name}: not smoothed"));
+        assert_eq!(record.alpha, calibrate::AUTO_SMOOTH_ALPHA, "{name}");
+        assert_eq!(record.samples, Some(calibrate::MAXIMA_SAMPLES as u64), "{name}");
+        assert!(!record.channel_max.is_empty(), "{name}");
+        assert!(run(name, Smooth::Off).smoothing.is_none(), "{name}");
+    }
+    assert!(run("fmnist_resnet_opset13.onnx", Smooth::Auto).smoothing.is_none());
+    // An explicit alpha smooths the CNN's classifier head too.
+    let head = run("fmnist_resnet_opset13.onnx", Smooth::Alpha(0.5));
+    assert_eq!(head.smoothing.map(|s| s.channel_max.len()), Some(1));
+}
+
+/// GEMM weights kept in Constant nodes (as paddle2onnx writes them, e.g. the PP-OCRv4 recognizer) are smoothed
+/// like initializers: before, each such GEMM was skipped ("not a float32 initializer"). The FP32 function
+/// stays the same.
+#[test]
+fn weights_in_constant_nodes_are_smoothed_too() {
+    let name = "fmnist_vit_opset17.onnx";
+    let mut m = graph::Model::load(&model(name)).unwrap();
+    let g = m.proto.graph.mut_or_insert_default();
+    let weights: Vec<String> = g.node.iter().filter(|n| n.op_type == "MatMul").map(|n| n.input[1].clone()).collect();
+    let mut constants = Vec::new();
+    for w in &weights {
+        if let Some(i) = g.initializer.iter().position(|t| &t.name == w) {
+            let t = g.initializer.remove(i);
+            let mut attribute = graph::proto::AttributeProto::new();
+            attribute.name = "value".into();
+            attribute.type_ = graph::proto::attribute_proto::AttributeType::TENSOR.into();
+            attribute.t = Some(t).into();
+            let mut node = graph::proto::NodeProto::new();
+            node.op_type = "Constant".into();
+            node.name = format!("{w}_constant");
+            node.output = vec![w.clone()];
+            node.attribute = vec![attribute];
+            constants.push(node);
+        }
+    }
+    assert!(constants.len() >= 12, "{} MatMul weights moved into Constant nodes", constants.len());
+    constants.append(&mut g.node);
+    g.node = constants;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("constants.onnx");
+    std::fs::write(&path, m.to_bytes().unwrap()).unwrap();
+    let hist = hist_of(&path, Some(0.5));
+    let reference = hist_of(&model(name), Some(0.5));
+    let record = hist.smoothing.as_ref().unwrap();
+    let mut smoothed = graph::Model::load(&path).unwrap();
+    let s = smoothquant::smooth(&mut smoothed, &record.channel_max, record.alpha).unwrap();
+    let mut plain = graph::Model::load(&model(name)).unwrap();
+    let expected = smoothquant::smooth(&mut plain, &reference.smoothing.unwrap().channel_max, 0.5).unwrap();
+    assert!(s.skipped.is_empty(), "{:?}", s.skipped);
+    assert_eq!(s.tensors.len(), expected.tensors.len());
+    let out = dir.path().join("smoothed.onnx");
+    graph::save_model(&smoothed, smoothed.proto.clone(), &out).unwrap();
+    let (a, b) = (outputs(&path), outputs(&out));
+    let peak = a.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = a.iter().flatten().zip(b.iter().flatten()).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(worst <= 1e-5 * peak, "outputs moved by {worst} (largest logit {peak})");
 }

@@ -163,6 +163,10 @@ pub struct EqualizationRecord {
 pub struct SmoothingRecord {
     /// SmoothQuant's alpha.
     pub alpha: f32,
+    /// Samples the maxima were measured on (a seeded subset of the list, or an iterable's first ones). Added
+    /// within version 9: absent in files written before, whose maxima came from every calibration sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<u64>,
     /// GEMM input tensor (of the unsmoothed model) -> max |x| per channel of its last axis.
     pub channel_max: std::collections::BTreeMap<String, crate::ChannelMax>,
 }
@@ -440,6 +444,7 @@ pub fn merge(parts: &[(std::path::PathBuf, HistFile)]) -> Result<HistFile, crate
         same("the collection (--tensors)", first.collected.name().into(), h.collected.name().into())?;
         same("the ONNX Runtime version", first.onnxruntime.clone(), h.onnxruntime.clone())?;
         same("the histogram layout", json(&first.histogram), json(&h.histogram))?;
+        same("the smoothing", json(&first.smoothing), json(&h.smoothing))?;
         same("the depthwise equalization", json(&first.equalization), json(&h.equalization))?;
         same("the format version", first.version.to_string(), h.version.to_string())?;
         let names = |h: &HistFile| {

@@ -64,6 +64,7 @@ fn sample() -> HistFile {
         }),
         smoothing: Some(histograms::SmoothingRecord {
             alpha: 0.5,
+            samples: Some(2),
             channel_max: [(
                 "/ln/LayerNormalization_output_0".to_string(),
                 histograms::ChannelMax { max: vec![1e-3, 3.0] },

@@ -181,13 +181,14 @@ pub struct RunArgs {
     /// nodes dealt in turn, results merged exactly). Needs onnxruntime-gpu (`int8kit setup --gpu`).
     #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]|cuda:N,M,...|cuda:all")]
     pub device: runtime::Devices,
-    /// SmoothQuant smoothing with migration strength ALPHA (0 to 1; the paper's default is 0.5) before
-    /// calibration: a first pass measures max |x| per input channel of every MatMul/Gemm with a constant
-    /// weight, outlier channels move into the weights (folded into the LayerNorm before them where there is
-    /// one, else one Mul), and the statistics are those of the smoothed model. Twice the calibration time;
-    /// CPU only. Commands that read a .hist take the smoothing it records.
-    #[arg(long, value_name = "ALPHA")]
-    pub smooth: Option<f32>,
+    /// SmoothQuant smoothing before calibration (default auto): a pass over 64 of the samples measures max |x|
+    /// per input channel of every MatMul/Gemm with a constant weight, outlier channels move into the weights
+    /// (folded into the LayerNorm before them where there is one, else one Mul), and the statistics are those
+    /// of the smoothed model. auto: migration strength 0.5 (the paper's default) where the model has attention
+    /// (transformer blocks), none elsewhere; ALPHA (0 to 1): that strength wherever a GEMM can be smoothed;
+    /// off: none (README, "Smoothing"). Commands that read a .hist take the smoothing it records.
+    #[arg(long, value_name = "auto|off|ALPHA", value_parser = parse_smooth)]
+    pub smooth: Option<calibrate::Smooth>,
     /// Depthwise Conv inputs equalized before calibration (default on): a pass over 64 of the samples measures
     /// max |x| per input channel, one Mul brings every channel to the largest's range and the Conv's weights
     /// are divided alike, so one INT8 scale serves every channel (README, "Depthwise equalization"). A model
@@ -210,6 +211,19 @@ pub fn parse_on_off(s: &str) -> Result<bool, String> {
     }
 }
 
+/// `--smooth auto|off|ALPHA`.
+pub fn parse_smooth(s: &str) -> Result<calibrate::Smooth, String> {
+    match s {
+        "auto" => Ok(calibrate::Smooth::Auto),
+        "off" => Ok(calibrate::Smooth::Off),
+        a => match a.parse::<f32>() {
+            Ok(alpha) if (0.0..=1.0).contains(&alpha) => Ok(calibrate::Smooth::Alpha(alpha)),
+            Ok(_) => Err(format!("'{s}': alpha must be from 0 to 1 (SmoothQuant uses 0.5 for most models)")),
+            Err(_) => Err(format!("'{s}': expected auto, off or an alpha from 0 to 1 such as 0.5")),
+        },
+    }
+}
+
 /// `--hold-out N|auto`.
 pub fn parse_hold_out(s: &str) -> Result<calibrate::HoldOut, String> {
     match s {
@@ -224,10 +238,11 @@ impl RunArgs {
     /// Refuses the flags that act only when samples are calibrated here, for a command that reads its
     /// statistics from a .hist (`what`: the flag that gives it): they would have nothing to act on.
     pub fn refuse_calibration_flags(&self, what: &str) -> anyhow::Result<()> {
-        if let Some(alpha) = self.smooth {
+        if let Some(smooth) = self.smooth {
             anyhow::bail!(
-                "--smooth {alpha} applies when calibrating; {what} already holds its statistics and records the \
-                 smoothing they were made with: calibrate with --smooth instead"
+                "--smooth {} applies when calibrating; {what} already holds its statistics and records the \
+                 smoothing they were made with: calibrate with --smooth instead",
+                smooth.name()
             );
         }
         if self.equalize.is_some() {
@@ -299,7 +314,7 @@ impl RunArgs {
             limit: self.limit,
             seed: self.seed,
             device: self.device.clone(),
-            smooth: self.smooth,
+            smooth: self.smooth.unwrap_or_default(),
             equalize: self.equalize.unwrap_or(defaults.equalize),
             hold_out: self.hold_out.unwrap_or_default(),
             ..defaults

@@ -14,8 +14,8 @@ mod rules;
 use std::path::PathBuf;
 
 pub use precision::{
-    decide, einsum_terms, is_attention_op, is_einsum_product, AttentionPrecision, Decision, PrecisionFile, Selection,
-    ATTENTION_OP, GEMM_OPS,
+    decide, einsum_terms, has_attention, is_attention_op, is_einsum_product, AttentionPrecision, Decision,
+    PrecisionFile, Selection, ATTENTION_OP, GEMM_OPS,
 };
 pub use rules::{
     constant_behind, depthwise_convs, input_independent, needed_by_defaults, plan, smoothable_gemms, weight_slot,

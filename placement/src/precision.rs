@@ -184,6 +184,24 @@ pub fn is_attention_op(node: &NodeProto) -> bool {
     node.op_type == ATTENTION_OP && graph::is_default_domain(&node.domain)
 }
 
+/// Whether `graph` computes attention: a MatMul of two activations (Q*K^T, attn*V; FP16-stored weights behind
+/// a Cast count as constants), an ONNX Attention node, or an Einsum product (MaxViT writes its attention so).
+/// Transformer blocks, whose LayerNorm and GELU outputs carry outlier channels (`--smooth auto`).
+pub fn has_attention(graph: &GraphProto) -> bool {
+    let index = GraphIndex::new(graph);
+    graph.node.iter().any(|node| {
+        let activations = |n: &NodeProto| {
+            n.input.iter().all(|i| !i.is_empty() && crate::rules::constant_behind(graph, &index, i).is_none())
+        };
+        (node.op_type == "MatMul"
+            && graph::is_default_domain(&node.domain)
+            && node.input.len() == 2
+            && activations(node))
+            || is_attention_op(node)
+            || is_einsum_product(node)
+    })
+}
+
 /// Why an ONNX Attention node stays float, whatever attention precision was asked for.
 const ATTENTION_OP_REASON: &str = "ONNX Attention op: Q*K^T and attn*V run inside the node, with no tensor between \
                                    them for Q/DQ, so they stay in the float type whatever --attention says (export \

@@ -186,8 +186,9 @@ def calibrate(
     ``seed``, ``batch_size``, ``shard``, ``smooth``, ``hold_out``, ``on_bad_image``), or an iterable of
     batches. With ``recipe``/``preset``, an iterable's batches are the float32 arrays that recipe makes (see
     :func:`preprocess`) and the statistics record the recipe, as a folder run's do; without, arrays are fed
-    by input name as stored, like ``.npz`` samples. An iterable is fed whole, in order (no limit, shard,
-    smoothing or held-back slice: those choose from a listed folder; ``seed`` is only recorded); ``name`` is
+    by input name as stored, like ``.npz`` samples. An iterable is fed whole, in order (no limit, shard or
+    held-back slice: those choose from a listed folder; ``seed`` is only recorded; ``smooth`` takes its maxima
+    from the first 64 samples); ``name`` is
     what the ``.hist`` calls the data. For the same values, with ``name`` the folder's name, the ``.hist``
     equals the folder run's byte for byte, whatever the batch sizes and order.
     """
@@ -209,13 +210,15 @@ def calibrate(
             )
             return Statistics.load(out)
     seed = collect.pop("seed", 0)
+    smooth = str(collect.pop("smooth", "auto"))
     if collect:
         raise InputError(
             f"{', '.join(sorted(collect))}: these choose from a listed folder; an iterable is fed whole, in order"
         )
     batches, total = counted_batches(data)
     hist = _native.calibrate_iter(
-        os.fspath(model), batches, _recipe_text(recipe, preset), name, total, threads, tensors, device, quiet, seed
+        os.fspath(model), batches, _recipe_text(recipe, preset), name, total, threads, tensors, device, quiet, seed,
+        smooth,
     )
     return Statistics(hist)
 

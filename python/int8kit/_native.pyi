@@ -30,6 +30,7 @@ def calibrate_iter(
     device: str,
     quiet: bool,
     seed: int = 0,
+    smooth: str = "auto",
 ) -> bytes:
     """Calibrates over normalized batches; the .hist bytes."""
 

@@ -352,9 +352,9 @@ fn validate_iter(
 /// Calibrates `model` over batches pulled from `batches` (an iterator of the package's normalized batches)
 /// and returns the `.hist` bytes. `recipe`: the TOML of the recipe that made the batches (images), else the
 /// arrays are fed by input name. `seed` chooses nothing here and is recorded, as a folder run records its
-/// `--seed`.
+/// `--seed`. `smooth`: `auto`, `off` or an alpha, as `--smooth` takes it (maxima from the first 64 samples).
 #[pyfunction]
-#[pyo3(signature = (model, batches, recipe, name, total, threads, tensors, device, quiet, seed=0))]
+#[pyo3(signature = (model, batches, recipe, name, total, threads, tensors, device, quiet, seed=0, smooth="auto"))]
 #[allow(clippy::too_many_arguments)]
 fn calibrate_iter(
     py: Python<'_>,
@@ -368,6 +368,7 @@ fn calibrate_iter(
     device: String,
     quiet: bool,
     seed: u64,
+    smooth: &str,
 ) -> PyResult<Py<PyBytes>> {
     int8kit::ui::init_logging(quiet);
     let feed = feed_of(recipe.as_deref())?;
@@ -379,7 +380,9 @@ fn calibrate_iter(
     let devices: runtime::Devices =
         device.parse().map_err(|e: String| InputError::new_err(format!("device={device:?}: {e}")))?;
     runtime::use_device(devices.first());
+    let smooth = int8kit::args::parse_smooth(smooth).map_err(|e| InputError::new_err(format!("smooth: {e}")))?;
     let options = calibrate::CalibrateOptions {
+        smooth,
         threads,
         selection,
         device: devices,

@@ -72,7 +72,7 @@ fn an_iterable_is_equalized_on_its_first_samples_whatever_its_batches() {
     };
     let (fives, forty_eights) = (hist_in_batches_of(5), hist_in_batches_of(48));
     let equalization = fives.equalization.as_ref().expect("equalized");
-    assert_eq!(equalization.samples, calibrate::EQUALIZE_SAMPLES as u64);
+    assert_eq!(equalization.samples, calibrate::MAXIMA_SAMPLES as u64);
     assert_eq!(fives.images.count, 100, "every sample in the statistics, the first 64 too");
     assert_eq!(fives.to_json().unwrap(), forty_eights.to_json().unwrap());
 }

@@ -225,8 +225,8 @@ pub fn smooth(
         s: Vec<f32>,
         x_max: Vec<f32>,
         gemms: Vec<usize>,
-        /// (initializer index, values times s per input channel).
-        weights: Vec<(usize, Vec<f32>)>,
+        /// (weight name, dims, values times s per input channel).
+        weights: Vec<(String, Vec<i64>, Vec<f32>)>,
         /// Folded into the producer's constants, or `None` for an inserted Mul.
         fold: Option<Fold>,
     }
@@ -243,9 +243,10 @@ pub fn smooth(
         let mut why = None;
         for g in &gemms {
             let node = &graph.node[g.node].name;
-            let w = index.initializer(graph, &g.weight).filter(|w| w.data_type == DataType::FLOAT as i32);
+            // An initializer, or a Constant node's value (paddle2onnx keeps weights in Constant nodes).
+            let w = index.constant(graph, &g.weight).filter(|w| w.data_type == DataType::FLOAT as i32);
             let Some(w) = w else {
-                why = Some(format!("the weight of {node} is not a float32 initializer"));
+                why = Some(format!("the weight of {node} is not a float32 constant"));
                 break;
             };
             if weight_readers(&g.weight) != 1 {
@@ -264,7 +265,7 @@ pub fn smooth(
                     w_max[j] = w_max[j].max(v.abs());
                 }
             }
-            weights.push((index.initializers[&g.weight], values, g.channel_axis, cols));
+            weights.push((g.weight.clone(), w.dims.clone(), values, g.channel_axis, cols));
         }
         if let Some(why) = why {
             skipped.push((x, why));
@@ -274,11 +275,11 @@ pub fn smooth(
         // W' = diag(s) W: row j (MatMul, Gemm) or column j (Gemm with transB) times s_j.
         let weights = weights
             .into_iter()
-            .map(|(i, mut values, axis, cols)| {
+            .map(|(name, dims, mut values, axis, cols)| {
                 for (n, v) in values.iter_mut().enumerate() {
                     *v *= s[if axis == 0 { n / cols } else { n % cols }];
                 }
-                (i, values)
+                (name, dims, values)
             })
             .collect();
         let nodes: Vec<usize> = gemms.iter().map(|g| g.node).collect();
@@ -305,8 +306,23 @@ pub fn smooth(
     let mut tensors = Vec::new();
     let graph = model.proto.graph.mut_or_insert_default();
     for e in edits {
-        for (i, values) in &e.weights {
-            graph::set_float32(&mut graph.initializer[*i], values);
+        for (name, dims, values) in &e.weights {
+            match index.initializers.get(name) {
+                Some(&i) => graph::set_float32(&mut graph.initializer[i], values),
+                None => {
+                    // A Constant node's weight: the scaled copy becomes an initializer the GEMM reads (the
+                    // Constant node, read by nothing else, is left for ONNX Runtime to drop).
+                    let mut t = TensorProto::new();
+                    t.name = patch.fresh(&format!("{name}_smoothed"));
+                    t.data_type = DataType::FLOAT as i32;
+                    t.dims = dims.clone();
+                    graph::set_float32(&mut t, values);
+                    for &(n, slot) in index.consumers.get(name).into_iter().flatten() {
+                        GraphPatch::rewire(graph, n, slot, &t.name);
+                    }
+                    patch.add_initializer(t);
+                }
+            }
         }
         let gemm_names: Vec<String> = e.gemms.iter().map(|&n| graph.node[n].name.clone()).collect();
         let (quantized, applied, node) = match e.fold {

@@ -166,6 +166,13 @@ impl ValidateArgs {
                 }
                 (Some(folder), _) => evaluate::validate::Calibration::Folder(folder.clone()),
                 (None, Some(hist)) => {
+                    if self.run.smooth.is_some() {
+                        anyhow::bail!(
+                            "--smooth applies when validate calibrates (--calib); {} records the smoothing its \
+                             statistics were made with (calibrate with --smooth instead)",
+                            hist.display()
+                        )
+                    }
                     if self.run.equalize.is_some() {
                         anyhow::bail!(
                             "--equalize applies when validate calibrates (--calib); {} records the equalization its \

@@ -31,9 +31,9 @@ fn quantize_equals_calibrate_then_analyze_byte_for_byte() {
     let (images, recipe) = (calib_dir(), recipe_path());
     let common: &[&std::ffi::OsStr] =
         args!["--model", &m, "--images", &images, "--recipe", &recipe, "--limit", "120", "--quiet"];
-    // Plain, and with smoothing (calibration flag) and MSE weight clips (analysis flag).
+    // Unsmoothed, and with smoothing (calibration flag; the ViT's default) and MSE weight clips (analysis flag).
     let variants: [(&str, &[&std::ffi::OsStr], &[&std::ffi::OsStr]); 2] =
-        [("", args![], args![]), ("s", args!["--smooth", "0.5"], args!["--weight-clip", "mse"])];
+        [("", args!["--smooth", "off"], args![]), ("s", args![], args!["--weight-clip", "mse"])];
     for (tag, calibration, analysis) in variants {
         let name = |base: &str| format!("{base}{tag}");
         let (qh, q, ch, a) = (name("q.hist"), name("q"), name("c.hist"), name("a"));
@@ -204,7 +204,7 @@ fn quantize_reads_the_model_once_and_opens_one_session_per_graph() {
     let dir = tempfile::tempdir().unwrap();
     let m = model("fmnist_vit_opset17.onnx");
     let (images, recipe) = (calib_dir(), recipe_path());
-    for smooth in [None, Some("0.5")] {
+    for smooth in [Some("off"), None] {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_int8kit"));
         cmd.current_dir(dir.path()).env("RUST_LOG", "int8kit::sessions=debug,int8kit::files=debug");
         cmd.args(args!["quantize", "--model", &m, "--images", &images, "--recipe", &recipe, "--limit", "20"]);
@@ -227,9 +227,10 @@ fn quantize_reads_the_model_once_and_opens_one_session_per_graph() {
             .filter(|l| l.contains("int8kit::sessions") && !l.contains(check))
             .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("graph=")))
             .collect();
-        // Calibration (with --smooth: the maxima pass and the smoothed model's pass), the FLOPs probe, the
-        // float model on the held-back samples, and one session per distinct candidate of the auto search.
-        let base = if smooth.is_some() { 3 } else { 2 };
+        // Calibration (smoothed, the ViT's default: the maxima pass and the smoothed model's pass), the FLOPs
+        // probe, the float model on the held-back samples, and one session per distinct candidate of the auto
+        // search.
+        let base = if smooth.is_none() { 3 } else { 2 };
         let ranges: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.path().join("q/ranges.json")).unwrap()).unwrap();
         let trials = ranges["search"]["trials"].as_array().unwrap().len();
