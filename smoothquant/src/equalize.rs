@@ -126,21 +126,7 @@ pub fn equalize(model: &mut Model, channel_max: &BTreeMap<String, ChannelMax>) -
     let graph = model.proto.graph.mut_or_insert_default();
     for e in edits {
         for (name, values, dims) in &e.weights {
-            match index.initializers.get(name) {
-                Some(&i) => graph::set_float32(&mut graph.initializer[i], values),
-                None => {
-                    // A Constant node's weight: the divided copy becomes an initializer the Conv reads.
-                    let mut t = TensorProto::new();
-                    t.name = patch.fresh(&format!("{name}_equalized"));
-                    t.data_type = DataType::FLOAT as i32;
-                    t.dims = dims.clone();
-                    graph::set_float32(&mut t, values);
-                    for &(n, slot) in index.consumers.get(name).into_iter().flatten() {
-                        GraphPatch::rewire(graph, n, slot, &t.name);
-                    }
-                    patch.add_initializer(t);
-                }
-            }
+            crate::set_weight(&mut patch, graph, &index, name, dims, values, "equalized");
         }
         let names = ["equalize_factor", "equalized", "Equalize"];
         let (out, node) = insert_scaling_mul(&mut patch, graph, &e.x, &e.factors, &e.factor_dims, &e.convs, names);

@@ -169,6 +169,34 @@ fn fold_site(
     }
 }
 
+/// Gives the weight `name` (of shape `dims`) the values `values`: in place for an initializer; for a Constant
+/// node's value, a new initializer (`{name}_{suffix}`) that its readers read instead (the Constant node, read by
+/// nothing else then, is left for ONNX Runtime to drop).
+pub(crate) fn set_weight(
+    patch: &mut GraphPatch,
+    graph: &mut graph::proto::GraphProto,
+    index: &GraphIndex,
+    name: &str,
+    dims: &[i64],
+    values: &[f32],
+    suffix: &str,
+) {
+    match index.initializers.get(name) {
+        Some(&i) => graph::set_float32(&mut graph.initializer[i], values),
+        None => {
+            let mut t = TensorProto::new();
+            t.name = patch.fresh(&format!("{name}_{suffix}"));
+            t.data_type = DataType::FLOAT as i32;
+            t.dims = dims.to_vec();
+            graph::set_float32(&mut t, values);
+            for &(n, slot) in index.consumers.get(name).into_iter().flatten() {
+                GraphPatch::rewire(graph, n, slot, &t.name);
+            }
+            patch.add_initializer(t);
+        }
+    }
+}
+
 /// Puts `x * factors` (a Mul with the constant `factors` of shape `dims`) in front of the nodes `readers`, which
 /// read `x` in slot 0, right after `x`'s producer. `names`: the suffixes of the constant, the Mul's output and
 /// the Mul. Returns the output's and the Mul's names.
@@ -307,22 +335,7 @@ pub fn smooth(
     let graph = model.proto.graph.mut_or_insert_default();
     for e in edits {
         for (name, dims, values) in &e.weights {
-            match index.initializers.get(name) {
-                Some(&i) => graph::set_float32(&mut graph.initializer[i], values),
-                None => {
-                    // A Constant node's weight: the scaled copy becomes an initializer the GEMM reads (the
-                    // Constant node, read by nothing else, is left for ONNX Runtime to drop).
-                    let mut t = TensorProto::new();
-                    t.name = patch.fresh(&format!("{name}_smoothed"));
-                    t.data_type = DataType::FLOAT as i32;
-                    t.dims = dims.clone();
-                    graph::set_float32(&mut t, values);
-                    for &(n, slot) in index.consumers.get(name).into_iter().flatten() {
-                        GraphPatch::rewire(graph, n, slot, &t.name);
-                    }
-                    patch.add_initializer(t);
-                }
-            }
+            set_weight(&mut patch, graph, &index, name, dims, values, "smoothed");
         }
         let gemm_names: Vec<String> = e.gemms.iter().map(|&n| graph.node[n].name.clone()).collect();
         let (quantized, applied, node) = match e.fold {
