@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 
-use graph::proto::{tensor_proto::DataType, TensorProto};
 use graph::{GraphIndex, GraphPatch, Model};
 use histograms::ChannelMax;
 use serde::Serialize;
