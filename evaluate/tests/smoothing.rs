@@ -195,3 +195,51 @@ fn weights_in_constant_nodes_are_smoothed_too() {
     let worst = a.iter().flatten().zip(b.iter().flatten()).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(worst <= 1e-5 * peak, "outputs moved by {worst} (largest logit {peak})");
 }
+
+/// GEMM weights stored in FP16 behind a Cast (as deployed models often keep them) are smoothed too: each scaled
+/// weight becomes a float32 initializer the GEMM reads. Before, every such GEMM was skipped.
+#[test]
+fn weights_stored_in_fp16_behind_casts_are_smoothed_too() {
+    use graph::proto::tensor_proto::DataType;
+    let name = "fmnist_vit_opset17.onnx";
+    let mut m = graph::Model::load(&model(name)).unwrap();
+    let g = m.proto.graph.mut_or_insert_default();
+    let weights: Vec<String> = g.node.iter().filter(|n| n.op_type == "MatMul").map(|n| n.input[1].clone()).collect();
+    let mut casts = Vec::new();
+    for w in &weights {
+        let Some(t) = g.initializer.iter_mut().find(|t| &t.name == w) else { continue };
+        let values: Vec<f32> = t.raw_data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        t.name = format!("{w}_fp16");
+        t.data_type = DataType::FLOAT16 as i32;
+        t.raw_data = values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+        let mut to = graph::proto::AttributeProto::new();
+        to.name = "to".into();
+        to.type_ = graph::proto::attribute_proto::AttributeType::INT.into();
+        to.i = DataType::FLOAT as i64;
+        let mut cast = graph::proto::NodeProto::new();
+        cast.op_type = "Cast".into();
+        cast.name = format!("{w}_cast");
+        cast.input = vec![t.name.clone()];
+        cast.output = vec![w.clone()];
+        cast.attribute = vec![to];
+        casts.push(cast);
+    }
+    assert!(casts.len() >= 12, "{} MatMul weights stored in FP16", casts.len());
+    casts.append(&mut g.node);
+    g.node = casts;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fp16_weights.onnx");
+    std::fs::write(&path, m.to_bytes().unwrap()).unwrap();
+    let hist = hist_of(&path, Some(0.5));
+    let record = hist.smoothing.as_ref().unwrap();
+    let mut smoothed = graph::Model::load(&path).unwrap();
+    let s = smoothquant::smooth(&mut smoothed, &record.channel_max, record.alpha).unwrap();
+    assert!(s.skipped.is_empty(), "{:?}", s.skipped);
+    assert!(s.tensors.len() >= 12, "{} smoothed", s.tensors.len());
+    let out = dir.path().join("smoothed.onnx");
+    graph::save_model(&smoothed, smoothed.proto.clone(), &out).unwrap();
+    let (a, b) = (outputs(&path), outputs(&out));
+    let peak = a.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = a.iter().flatten().zip(b.iter().flatten()).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(worst <= 1e-5 * peak, "outputs moved by {worst} (largest logit {peak})");
+}

@@ -402,8 +402,10 @@ impl Quantizer {
         let cache = if let Some(s) = &smoothing {
             Cache::Omitted {
                 reason: format!(
-                    "calibration.cache not written: calibrate --smooth {} rewrote the model's weights and LayerNorms, \
-                     and the cache would serve the unmodified model; TensorRT builds from model.qdq.onnx",
+                    "calibration.cache not written: the statistics are of the model smoothed with alpha {} \
+                     (`--smooth`; auto smooths models with attention), which rewrote its weights and LayerNorms, \
+                     and the cache would serve the unmodified model; TensorRT builds from model.qdq.onnx (calibrate \
+                     with --smooth off for a cache)",
                     s.alpha
                 ),
             }

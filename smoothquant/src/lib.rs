@@ -271,10 +271,13 @@ pub fn smooth(
         let mut why = None;
         for g in &gemms {
             let node = &graph.node[g.node].name;
-            // An initializer, or a Constant node's value (paddle2onnx keeps weights in Constant nodes).
-            let w = index.constant(graph, &g.weight).filter(|w| w.data_type == DataType::FLOAT as i32);
+            // An initializer or a Constant node's value (paddle2onnx keeps weights in Constant nodes), also behind
+            // a Cast or Identity (weights stored in FP16): the scaled weight is then a float32 initializer of its
+            // own, which the GEMM reads directly.
+            let stored = [DataType::FLOAT as i32, DataType::FLOAT16 as i32];
+            let w = placement::constant_behind(graph, &index, &g.weight).filter(|w| stored.contains(&w.data_type));
             let Some(w) = w else {
-                why = Some(format!("the weight of {node} is not a float32 constant"));
+                why = Some(format!("the weight of {node} is not a float32 or FP16 constant"));
                 break;
             };
             if weight_readers(&g.weight) != 1 {
