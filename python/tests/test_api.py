@@ -69,6 +69,18 @@ def test_iterable_of_recipe_batches_gives_the_folder_hist_byte_for_byte(model, c
     assert len({identity(folder), identity(other), identity(fewer)}) == 3
 
 
+def test_an_iterable_is_smoothed_by_default_from_its_first_samples():
+    # A ViT (it has attention) is smoothed from the maxima of the first 64 samples; smooth="off" keeps it as it is.
+    vit = MODELS / "fmnist_vit_opset17.onnx"
+    images = int8kit.preprocess(sorted((FIXTURES / "fmnist" / "calib").iterdir())[:80], recipe=RECIPE)
+    record = lambda s: json.loads(s.to_bytes()).get("smoothing")
+    smoothed = record(int8kit.calibrate(vit, batches(images, [16]), recipe=RECIPE, quiet=True))
+    assert smoothed["alpha"] == 0.5 and smoothed["samples"] == 64, smoothed
+    assert record(int8kit.calibrate(vit, batches(images, [16]), recipe=RECIPE, smooth="off", quiet=True)) is None
+    with pytest.raises(int8kit.InputError, match="alpha must be from 0 to 1"):
+        int8kit.calibrate(vit, batches(images, [16]), recipe=RECIPE, smooth=1.5, quiet=True)
+
+
 def test_dict_batches_give_the_npz_folder_statistics(tmp_path, calib_folder):
     images = int8kit.preprocess(sorted(calib_folder.iterdir()), recipe=RECIPE)
     samples = tmp_path / "npz"
