@@ -82,8 +82,9 @@ pub struct Quantized {
     pub calibration: CalibrationSummary,
     /// Seconds the calibration pass took (the build and the writing not included).
     pub calibration_seconds: f64,
-    /// Whether the statistics came from a smoothed model (alpha, and how many GEMM inputs).
-    pub smoothed: Option<(f32, usize)>,
+    /// Whether the statistics came from a smoothed model (alpha, how many GEMM inputs, and how many samples
+    /// their maxima came from where recorded).
+    pub smoothed: Option<(f32, usize, Option<u64>)>,
     /// Whether depthwise Conv inputs were equalized first (how many, and over how many samples).
     pub equalized: Option<(usize, u64)>,
     /// The artifact set.
@@ -109,7 +110,7 @@ pub fn quantize(config: &QuantizeConfig, progress: &mut dyn FnMut(Step, u64, u64
     if let Some(path) = &config.save_hist {
         hist.write(path)?;
     }
-    let smoothed = hist.smoothing.as_ref().map(|s| (s.alpha, s.channel_max.len()));
+    let smoothed = hist.smoothing.as_ref().map(|s| (s.alpha, s.channel_max.len(), s.samples));
     let equalized = hist.equalization.as_ref().map(|e| (e.channel_max.len(), e.samples));
     let quantizer = Quantizer::new(model, hist)?;
     let options = probe_options(&config.collect);

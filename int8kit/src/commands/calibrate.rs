@@ -51,7 +51,7 @@ pub fn hint_bad_image(e: quantizer::QuantizeError) -> anyhow::Error {
 /// Prints what a calibration pass did; shared with `quantize`.
 pub fn print_calibration(
     summary: &calibrate::CalibrationSummary,
-    smoothed: Option<(f32, usize)>,
+    smoothed: Option<(f32, usize, Option<u64>)>,
     equalized: Option<(usize, u64)>,
     device: &runtime::Devices,
     secs: f64,
@@ -67,10 +67,11 @@ pub fn print_calibration(
     for (path, why) in &summary.skipped {
         eprintln!("  skipped {}: {why}", path.display());
     }
-    if let Some((alpha, gemm_inputs)) = smoothed {
+    if let Some((alpha, gemm_inputs, samples)) = smoothed {
+        let over = samples.map_or(String::new(), |n| format!(" over {n} samples"));
         eprintln!(
-            "  smoothed first (alpha {alpha}, per-channel maxima of {gemm_inputs} GEMM inputs); the statistics are \
-             the smoothed model's (two passes over the images)"
+            "  smoothed first (alpha {alpha}, per-channel maxima of {gemm_inputs} GEMM inputs{over}); the statistics \
+             are the smoothed model's (--smooth off to skip)"
         );
     }
     if let Some((inputs, samples)) = equalized {
@@ -99,7 +100,7 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<Outcome> {
             .with_context(|| format!("calibrating {}", source.model.display()))?;
     bar.finish_and_clear();
     if !args.quiet {
-        let smoothed = hist.smoothing.as_ref().map(|s| (s.alpha, s.channel_max.len()));
+        let smoothed = hist.smoothing.as_ref().map(|s| (s.alpha, s.channel_max.len(), s.samples));
         let equalized = hist.equalization.as_ref().map(|e| (e.channel_max.len(), e.samples));
         print_calibration(&summary, smoothed, equalized, &source.run.device, start.elapsed().as_secs_f64());
     }
