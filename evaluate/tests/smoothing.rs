@@ -148,52 +148,78 @@ fn auto_smooths_the_vits_from_a_subset_and_leaves_the_cnn_alone() {
     assert_eq!(head.smoothing.map(|s| s.channel_max.len()), Some(1));
 }
 
+/// The model at `path` smoothed (alpha 0.5) from its own calibration, written beside it: the FP32 outputs must
+/// not move (within 1e-5 of the largest) and no GEMM input may be skipped. Returns how many were smoothed.
+fn smooth_and_compare(path: &Path) -> usize {
+    let hist = hist_of(path, Some(0.5));
+    let record = hist.smoothing.as_ref().unwrap();
+    let mut smoothed = graph::Model::load(path).unwrap();
+    let s = smoothquant::smooth(&mut smoothed, &record.channel_max, record.alpha).unwrap();
+    assert!(s.skipped.is_empty(), "{:?}", s.skipped);
+    let out = path.with_extension("smoothed.onnx");
+    graph::save_model(&smoothed, smoothed.proto.clone(), &out).unwrap();
+    let (a, b) = (outputs(path), outputs(&out));
+    let peak = a.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = a.iter().flatten().zip(b.iter().flatten()).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(worst <= 1e-5 * peak, "outputs moved by {worst} (largest logit {peak})");
+    s.tensors.len()
+}
+
+/// The opset-17 ViT with each MatMul weight initializer handed to `store`, which keeps it in another form and
+/// returns the node that now gives the GEMM its value (placed first), written to `dir/file`.
+fn vit_with_stored_weights(
+    dir: &Path,
+    file: &str,
+    store: impl Fn(graph::proto::TensorProto) -> (Option<graph::proto::TensorProto>, graph::proto::NodeProto),
+) -> PathBuf {
+    let mut m = graph::Model::load(&model("fmnist_vit_opset17.onnx")).unwrap();
+    let g = m.proto.graph.mut_or_insert_default();
+    let weights: Vec<String> = g.node.iter().filter(|n| n.op_type == "MatMul").map(|n| n.input[1].clone()).collect();
+    let mut nodes = Vec::new();
+    for w in &weights {
+        if let Some(i) = g.initializer.iter().position(|t| &t.name == w) {
+            let (kept, node) = store(g.initializer.remove(i));
+            g.initializer.extend(kept);
+            nodes.push(node);
+        }
+    }
+    assert!(nodes.len() >= 12, "{} MatMul weights stored otherwise", nodes.len());
+    nodes.append(&mut g.node);
+    g.node = nodes;
+    let path = dir.join(file);
+    std::fs::write(&path, m.to_bytes().unwrap()).unwrap();
+    path
+}
+
+/// A node of `op` from `input` (none if empty) to `output` with one attribute.
+fn node_with(op: &str, input: &str, output: &str, attribute: graph::proto::AttributeProto) -> graph::proto::NodeProto {
+    let mut node = graph::proto::NodeProto::new();
+    node.op_type = op.into();
+    node.name = format!("{output}_{op}");
+    node.input = if input.is_empty() { vec![] } else { vec![input.to_string()] };
+    node.output = vec![output.to_string()];
+    node.attribute = vec![attribute];
+    node
+}
+
 /// GEMM weights kept in Constant nodes (as paddle2onnx writes them, e.g. the PP-OCRv4 recognizer) are smoothed
 /// like initializers: before, each such GEMM was skipped ("not a float32 initializer"). The FP32 function
 /// stays the same.
 #[test]
 fn weights_in_constant_nodes_are_smoothed_too() {
-    let name = "fmnist_vit_opset17.onnx";
-    let mut m = graph::Model::load(&model(name)).unwrap();
-    let g = m.proto.graph.mut_or_insert_default();
-    let weights: Vec<String> = g.node.iter().filter(|n| n.op_type == "MatMul").map(|n| n.input[1].clone()).collect();
-    let mut constants = Vec::new();
-    for w in &weights {
-        if let Some(i) = g.initializer.iter().position(|t| &t.name == w) {
-            let t = g.initializer.remove(i);
-            let mut attribute = graph::proto::AttributeProto::new();
-            attribute.name = "value".into();
-            attribute.type_ = graph::proto::attribute_proto::AttributeType::TENSOR.into();
-            attribute.t = Some(t).into();
-            let mut node = graph::proto::NodeProto::new();
-            node.op_type = "Constant".into();
-            node.name = format!("{w}_constant");
-            node.output = vec![w.clone()];
-            node.attribute = vec![attribute];
-            constants.push(node);
-        }
-    }
-    assert!(constants.len() >= 12, "{} MatMul weights moved into Constant nodes", constants.len());
-    constants.append(&mut g.node);
-    g.node = constants;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("constants.onnx");
-    std::fs::write(&path, m.to_bytes().unwrap()).unwrap();
-    let hist = hist_of(&path, Some(0.5));
-    let reference = hist_of(&model(name), Some(0.5));
-    let record = hist.smoothing.as_ref().unwrap();
-    let mut smoothed = graph::Model::load(&path).unwrap();
-    let s = smoothquant::smooth(&mut smoothed, &record.channel_max, record.alpha).unwrap();
-    let mut plain = graph::Model::load(&model(name)).unwrap();
+    let path = vit_with_stored_weights(dir.path(), "constants.onnx", |t| {
+        let name = t.name.clone();
+        let mut value = graph::proto::AttributeProto::new();
+        value.name = "value".into();
+        value.type_ = graph::proto::attribute_proto::AttributeType::TENSOR.into();
+        value.t = Some(t).into();
+        (None, node_with("Constant", "", &name, value))
+    });
+    let reference = hist_of(&model("fmnist_vit_opset17.onnx"), Some(0.5));
+    let mut plain = graph::Model::load(&model("fmnist_vit_opset17.onnx")).unwrap();
     let expected = smoothquant::smooth(&mut plain, &reference.smoothing.unwrap().channel_max, 0.5).unwrap();
-    assert!(s.skipped.is_empty(), "{:?}", s.skipped);
-    assert_eq!(s.tensors.len(), expected.tensors.len());
-    let out = dir.path().join("smoothed.onnx");
-    graph::save_model(&smoothed, smoothed.proto.clone(), &out).unwrap();
-    let (a, b) = (outputs(&path), outputs(&out));
-    let peak = a.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
-    let worst = a.iter().flatten().zip(b.iter().flatten()).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    assert!(worst <= 1e-5 * peak, "outputs moved by {worst} (largest logit {peak})");
+    assert_eq!(smooth_and_compare(&path), expected.tensors.len());
 }
 
 /// GEMM weights stored in FP16 behind a Cast (as deployed models often keep them) are smoothed too: each scaled
@@ -201,45 +227,20 @@ fn weights_in_constant_nodes_are_smoothed_too() {
 #[test]
 fn weights_stored_in_fp16_behind_casts_are_smoothed_too() {
     use graph::proto::tensor_proto::DataType;
-    let name = "fmnist_vit_opset17.onnx";
-    let mut m = graph::Model::load(&model(name)).unwrap();
-    let g = m.proto.graph.mut_or_insert_default();
-    let weights: Vec<String> = g.node.iter().filter(|n| n.op_type == "MatMul").map(|n| n.input[1].clone()).collect();
-    let mut casts = Vec::new();
-    for w in &weights {
-        let Some(t) = g.initializer.iter_mut().find(|t| &t.name == w) else { continue };
+    let dir = tempfile::tempdir().unwrap();
+    let path = vit_with_stored_weights(dir.path(), "fp16_weights.onnx", |mut t| {
+        let name = t.name.clone();
         let values: Vec<f32> = t.raw_data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-        t.name = format!("{w}_fp16");
+        t.name = format!("{name}_fp16");
         t.data_type = DataType::FLOAT16 as i32;
         t.raw_data = values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
         let mut to = graph::proto::AttributeProto::new();
         to.name = "to".into();
         to.type_ = graph::proto::attribute_proto::AttributeType::INT.into();
         to.i = DataType::FLOAT as i64;
-        let mut cast = graph::proto::NodeProto::new();
-        cast.op_type = "Cast".into();
-        cast.name = format!("{w}_cast");
-        cast.input = vec![t.name.clone()];
-        cast.output = vec![w.clone()];
-        cast.attribute = vec![to];
-        casts.push(cast);
-    }
-    assert!(casts.len() >= 12, "{} MatMul weights stored in FP16", casts.len());
-    casts.append(&mut g.node);
-    g.node = casts;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("fp16_weights.onnx");
-    std::fs::write(&path, m.to_bytes().unwrap()).unwrap();
-    let hist = hist_of(&path, Some(0.5));
-    let record = hist.smoothing.as_ref().unwrap();
-    let mut smoothed = graph::Model::load(&path).unwrap();
-    let s = smoothquant::smooth(&mut smoothed, &record.channel_max, record.alpha).unwrap();
-    assert!(s.skipped.is_empty(), "{:?}", s.skipped);
-    assert!(s.tensors.len() >= 12, "{} smoothed", s.tensors.len());
-    let out = dir.path().join("smoothed.onnx");
-    graph::save_model(&smoothed, smoothed.proto.clone(), &out).unwrap();
-    let (a, b) = (outputs(&path), outputs(&out));
-    let peak = a.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
-    let worst = a.iter().flatten().zip(b.iter().flatten()).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    assert!(worst <= 1e-5 * peak, "outputs moved by {worst} (largest logit {peak})");
+        let cast = node_with("Cast", &t.name, &name, to);
+        (Some(t), cast)
+    });
+    let smoothed = smooth_and_compare(&path);
+    assert!(smoothed >= 12, "{smoothed} smoothed");
 }
