@@ -630,8 +630,9 @@ impl Pass {
     }
 }
 
-/// Refuses, before any work, what the device cannot run: the GPU path binds one float32 image batch.
-fn check_device(model: &Model, feed: &Feed, options: &CalibrateOptions) -> Result<(), CalibrateError> {
+/// Refuses, before any work, what cannot run: on the GPU path, what it does not bind (it binds one float32 image
+/// batch); a smoothing alpha outside 0 to 1.
+fn check_options(model: &Model, feed: &Feed, options: &CalibrateOptions) -> Result<(), CalibrateError> {
     feed.validate("recipe")?;
     let refuse = |message: &str| Err(CalibrateError::Input { model: model.path.clone(), message: message.into() });
     if options.device.is_cuda() && feed.recipe().is_some_and(|r| r.dtype == InputType::Uint8) {
@@ -675,7 +676,7 @@ pub fn calibrate_model(
     options: &CalibrateOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(HistFile, CalibrationSummary), CalibrateError> {
-    check_device(model, feed, options)?;
+    check_options(model, feed, options)?;
     let mut model = model.clone();
     let mut dataset = Dataset::flat(images)?;
     // A folder of the other kind is refused here, before any work.
@@ -720,8 +721,9 @@ pub fn calibrate_model(
     };
     let plan = size_plan(&dataset, &whole, feed, options)?;
     let alpha = options.smoothing_alpha(&model);
+    let equalize = equalizes(&model, options);
     // The maxima's subset comes from the whole list, so that every shard smooths and equalizes alike.
-    let maxima_plan = if alpha.is_some() || equalizes(&model, options) {
+    let maxima_plan = if alpha.is_some() || equalize {
         let subset = whole.clone().limit(MAXIMA_SAMPLES, options.seed);
         Some(size_plan(&subset, &subset, feed, options)?)
     } else {
@@ -729,7 +731,7 @@ pub fn calibrate_model(
     };
     let first_samples = maxima_plan.as_ref().map_or(0, |p| p.iter().map(|(_, d, _)| d.len() as u64).sum());
     // The maxima pass runs once for smoothing and once more for equalization where the model takes both.
-    let first_passes = u64::from(alpha.is_some()) + u64::from(equalizes(&model, options));
+    let first_passes = u64::from(alpha.is_some()) + u64::from(equalize);
     let total = plan.iter().map(|(_, d, _)| d.len() as u64).sum::<u64>() + first_passes * first_samples;
     let mut done_before = 0;
     let smoothing = match (alpha, &maxima_plan) {
@@ -743,7 +745,7 @@ pub fn calibrate_model(
         }
         _ => None,
     };
-    let equalization = match (&maxima_plan, equalizes(&model, options)) {
+    let equalization = match (&maxima_plan, equalize) {
         (Some(first_plan), true) => {
             let mut report = |done: u64| progress(done_before + done, total);
             let record = equalize_measured(&mut model, feed, options, |tapped, cpu| {
@@ -938,7 +940,7 @@ pub fn calibrate_batches(
     options: &CalibrateOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(HistFile, CalibrationSummary), CalibrateError> {
-    check_device(model, feed, options)?;
+    check_options(model, feed, options)?;
     let refuse = |message: &str| Err(CalibrateError::Input { model: model.path.clone(), message: message.into() });
     if options.limit.is_some() {
         return refuse("limit picks a seeded subset of a listed folder; from an iterable, take fewer batches");
@@ -964,7 +966,8 @@ pub fn calibrate_batches(
     let mut ahead = std::collections::VecDeque::new();
     let mut first = std::collections::VecDeque::new();
     let alpha = options.smoothing_alpha(&model);
-    if alpha.is_some() || equalizes(&model, options) {
+    let equalize = equalizes(&model, options);
+    if alpha.is_some() || equalize {
         let mut n = 0;
         while n < MAXIMA_SAMPLES {
             let Some(batch) = recorded.next() else { break };
@@ -985,7 +988,7 @@ pub fn calibrate_batches(
         })?),
         None => None,
     };
-    let equalization = if equalizes(&model, options) {
+    let equalization = if equalize {
         let mut replay = ReadAhead { ahead: first, rest: None };
         Some(equalize_measured(&mut model, feed, options, |tapped, cpu| {
             run_pass(tapped, PassInput::Given(&mut replay), cpu, &mut |_| {})

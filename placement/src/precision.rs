@@ -139,13 +139,8 @@ pub fn decide(
         } else if file.allow.ops.iter().any(|o| o == op) {
             (true, format!("allow.ops '{op}'"))
         } else if GEMM_OPS.contains(&op) {
-            let constant_inputs =
-                // Through Cast/Identity: FP16-stored weights read through a Cast are weights, not attention.
-                node.input
-                    .iter()
-                    .filter(|i| !i.is_empty() && crate::rules::constant_behind(graph, &index, i).is_some())
-                    .count();
-            if op == "MatMul" && constant_inputs == 0 && attention == AttentionPrecision::Float {
+            let attention_matmul = is_attention_matmul(node, graph, &index);
+            if attention_matmul && attention == AttentionPrecision::Float {
                 let target = options.target.name();
                 (
                     false,
@@ -153,7 +148,7 @@ pub fn decide(
                         "{attention_from} (target {target}): attention MatMul (both inputs activations) stays float"
                     ),
                 )
-            } else if op == "MatMul" && constant_inputs == 0 {
+            } else if attention_matmul {
                 let target = options.target.name();
                 (true, format!("{attention_from} (target {target}): attention MatMul, both activation inputs in INT8"))
             } else if let Some(why) = tensorrt_kernel_misfit(node, graph, &index, options.target) {
@@ -190,16 +185,17 @@ pub fn is_attention_op(node: &NodeProto) -> bool {
 pub fn has_attention(graph: &GraphProto) -> bool {
     let index = GraphIndex::new(graph);
     graph.node.iter().any(|node| {
-        let activations = |n: &NodeProto| {
-            n.input.iter().all(|i| !i.is_empty() && crate::rules::constant_behind(graph, &index, i).is_none())
-        };
-        (node.op_type == "MatMul"
-            && graph::is_default_domain(&node.domain)
-            && node.input.len() == 2
-            && activations(node))
+        (graph::is_default_domain(&node.domain) && is_attention_matmul(node, graph, &index))
             || is_attention_op(node)
             || is_einsum_product(node)
     })
+}
+
+/// Whether `node` is a MatMul of two activations (attention's Q*K^T or attn*V): no input is a constant, also
+/// through Cast/Identity (FP16-stored weights read through a Cast are weights, not attention).
+fn is_attention_matmul(node: &NodeProto, graph: &GraphProto, index: &GraphIndex) -> bool {
+    node.op_type == "MatMul"
+        && node.input.iter().all(|i| i.is_empty() || crate::rules::constant_behind(graph, index, i).is_none())
 }
 
 /// Why an ONNX Attention node stays float, whatever attention precision was asked for.

@@ -169,9 +169,10 @@ fn fold_site(
     }
 }
 
-/// Gives the weight `name` (of shape `dims`) the values `values`: in place for an initializer; for a Constant
-/// node's value, a new initializer (`{name}_{suffix}`) that its readers read instead (the Constant node, read by
-/// nothing else then, is left for ONNX Runtime to drop).
+/// Gives the weight `name` (of shape `dims`) the float32 values `values`: in place for an initializer; for any
+/// other constant (a Constant node's value, or a stored weight behind a Cast), a new initializer
+/// (`{name}_{suffix}`) that its readers read instead (what computed it, read by nothing else then, is dropped
+/// with the other dead nodes).
 pub(crate) fn set_weight(
     patch: &mut GraphPatch,
     graph: &mut graph::proto::GraphProto,
