@@ -50,17 +50,78 @@ pub struct CalibrateOptions {
     /// With a recipe of several sizes: each image goes through the model at one size, dealt over the sizes
     /// (seeded by `seed`), instead of at every size.
     pub deal_sizes: bool,
-    /// The most tapped activation values one ONNX Runtime run of the CPU pass may produce: a batch whose
-    /// activations would exceed it runs in parts ([`RUN_VALUES_MAX`] by default).
+    /// The most tapped activation values one ONNX Runtime run of the CPU pass may produce per two of its
+    /// threads: a batch whose activations would exceed it runs in parts ([`RUN_VALUES_MAX`] by default;
+    /// [`run_budget`] scales it with the threads).
     pub run_values_max: usize,
 }
 
-/// The most tapped activation values one ONNX Runtime run of the CPU pass produces by default (256 MB of
-/// float32): a batch whose activations would exceed it runs in parts. On the DINOv2 ViT-S/14 (64 MB of tapped
-/// activations per image) `calibrate --batch-size 16` took 15.3-15.6 s for 128 images against 12.1-13.2 s in
-/// batches of 4 or 8, and the FP32 pass alone 12.4-13.2 s in batches of 16: a gigabyte of outputs per run cost
-/// more than the binning. The statistics are the same bytes whatever the parts (they merge exactly).
+/// The most tapped activation values one ONNX Runtime run of the CPU pass produces by default per two of its
+/// threads (256 MB of float32, [`run_budget`]): a batch whose activations would exceed it runs in parts. On the
+/// DINOv2 ViT-S/14 (75 MB of tapped activations per image), on 2 cores, `calibrate --batch-size 16` took
+/// 15.3-15.6 s for 128 images against 12.1-13.2 s in batches of 4 or 8, and the FP32 pass alone 12.4-13.2 s in
+/// batches of 16: a gigabyte of outputs per run cost more than the binning. The statistics are the same bytes
+/// whatever the parts (they merge exactly).
 pub const RUN_VALUES_MAX: usize = 64 << 20;
+
+/// The tapped values one CPU run may produce with `onnx_runtime_threads` intra-op threads: `per_two_threads`
+/// for every two of them (at most 16 times it). Each thread then has as many rows to compute as on two cores;
+/// a fixed budget cut the DINOv2 ViT-S/14's batches of 16 into runs of 3 images, which left the Xeon's 12
+/// ONNX Runtime threads short of work: calibrate (N = 640, 16 threads) took 25.1-30.3 s with 64 Mi values per
+/// run against 18.0-20.4 s with 1 Gi, the FP32 pass alone 18.3-19.8 s (BENCHMARKS.md).
+/// Where the machine (or the container: cgroup v2's `memory.max`) says how much memory is available, the
+/// budget beyond `per_two_threads` takes at most a sixteenth of it (two runs' outputs are alive at once, and
+/// ONNX Runtime's arena may hold as much again), so that many cores with little memory keep the small budget.
+pub fn run_budget(per_two_threads: usize, onnx_runtime_threads: usize) -> usize {
+    let scaled = per_two_threads.saturating_mul(onnx_runtime_threads.div_ceil(2).clamp(1, 16));
+    match available_memory_bytes() {
+        Some(bytes) => scaled.min(memory_cap_values(bytes)).max(per_two_threads),
+        None => scaled,
+    }
+}
+
+/// The float32 values a run may produce when `available` bytes of memory are free: a sixteenth of them.
+fn memory_cap_values(available: u64) -> usize {
+    usize::try_from(available / 16 / 4).unwrap_or(usize::MAX)
+}
+
+/// Free memory by Linux's account (`MemAvailable`), or the room left under the cgroup's limit where that is
+/// smaller; `None` where neither can be read (other systems: the budget then scales with the threads alone).
+fn available_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| mem_available_bytes(&t));
+    let read = |name: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{name}")).ok();
+    let cgroup = match (read("memory.max"), read("memory.current")) {
+        (Some(max), Some(current)) => cgroup_room_bytes(&max, &current),
+        _ => None,
+    };
+    match (meminfo, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `MemAvailable` of a `/proc/meminfo` text, in bytes.
+fn mem_available_bytes(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
+}
+
+/// Bytes left under a cgroup v2 limit (`memory.max`, `max` for none) given its use (`memory.current`).
+fn cgroup_room_bytes(max: &str, current: &str) -> Option<u64> {
+    let max: u64 = max.trim().parse().ok()?;
+    let current: u64 = current.trim().parse().ok()?;
+    Some(max.saturating_sub(current))
+}
+
+/// How many samples of a batch of `batch` go into one run, when a run may produce `budget` values and a sample
+/// produces `per_sample`: the batch is cut into as few runs as the budget allows, of equal sizes (16 samples
+/// in runs of 14 would leave a run of 2, which keeps most threads idle).
+fn run_samples(batch: usize, per_sample: usize, budget: usize) -> usize {
+    let most = (budget / per_sample.max(1)).clamp(1, batch.max(1));
+    let runs = batch.div_ceil(most);
+    batch.div_ceil(runs.max(1)).max(1)
+}
 
 /// Samples the per-channel maxima are measured on before smoothing and equalization (from a folder a seeded
 /// subset of its list, the same for every shard; from an iterable its first ones): the factors only balance the
@@ -983,7 +1044,9 @@ pub fn calibrate_batches(
     }
     let smoothing = match alpha {
         Some(alpha) => Some(smooth_measured(&mut model, feed, options, alpha, |tapped, cpu| {
-            let mut replay = ReadAhead { ahead: first.clone(), rest: None };
+            // Equalization replays the same samples after; otherwise they are needed no more.
+            let ahead = if equalize { first.clone() } else { std::mem::take(&mut first) };
+            let mut replay = ReadAhead { ahead, rest: None };
             run_pass(tapped, PassInput::Given(&mut replay), cpu, &mut |_| {})
         })?),
         None => None,
@@ -1035,9 +1098,7 @@ fn smooth_measured(
     alpha: f32,
     measure: impl FnOnce(&TappedModel, &CalibrateOptions) -> Result<Pass, CalibrateError>,
 ) -> Result<histograms::SmoothingRecord, CalibrateError> {
-    let tapped = TappedModel::from_model(model.clone(), feed, Selection::Quantizable, ChannelMaxima::GemmInputs)?;
-    let cpu = CalibrateOptions { device: runtime::Devices::default(), ..options.clone() };
-    let maxima = measure(&tapped, &cpu)?;
+    let maxima = maxima_pass(model, feed, options, ChannelMaxima::GemmInputs, measure)?;
     let record = histograms::SmoothingRecord { alpha, samples: Some(maxima.done), channel_max: maxima.channel_max };
     smoothquant::smooth(model, &record.channel_max, alpha)?;
     Ok(record)
@@ -1052,12 +1113,24 @@ fn equalize_measured(
     options: &CalibrateOptions,
     measure: impl FnOnce(&TappedModel, &CalibrateOptions) -> Result<Pass, CalibrateError>,
 ) -> Result<histograms::EqualizationRecord, CalibrateError> {
-    let tapped = TappedModel::from_model(model.clone(), feed, Selection::Quantizable, ChannelMaxima::DepthwiseInputs)?;
-    let cpu = CalibrateOptions { device: runtime::Devices::default(), ..options.clone() };
-    let maxima = measure(&tapped, &cpu)?;
+    let maxima = maxima_pass(model, feed, options, ChannelMaxima::DepthwiseInputs, measure)?;
     let record = histograms::EqualizationRecord { samples: maxima.done, channel_max: maxima.channel_max };
     smoothquant::equalize(model, &record.channel_max)?;
     Ok(record)
+}
+
+/// The pass `measure` runs of `model` tapped at the inputs `which` names, for their per-channel maxima, given the
+/// options to run it with: those of `options` on the CPU, where the maxima are taken.
+fn maxima_pass(
+    model: &Model,
+    feed: &Feed,
+    options: &CalibrateOptions,
+    which: ChannelMaxima,
+    measure: impl FnOnce(&TappedModel, &CalibrateOptions) -> Result<Pass, CalibrateError>,
+) -> Result<Pass, CalibrateError> {
+    let tapped = TappedModel::from_model(model.clone(), feed, Selection::Quantizable, which)?;
+    let cpu = CalibrateOptions { device: runtime::Devices::default(), ..options.clone() };
+    measure(&tapped, &cpu)
 }
 
 /// Batches read ahead of a pass, then the rest of their source.
@@ -1390,7 +1463,7 @@ fn run_pass(
         (stats, vec![None; outputs.len()])
     } else {
         let mut session = runtime::session_from_bytes(&bytes, &cfg)?;
-        let max = options.run_values_max;
+        let max = run_budget(options.run_values_max, layout.onnx_runtime);
         collect_on_cpu(&mut session, &label, tapped, &outputs, stream, pool, &mut fed_stats, max, &mut |n| {
             done += n;
             batch_done(done);
@@ -1579,7 +1652,7 @@ fn collect_on_cpu(
                     let take = match per_sample {
                         _ if fixed_batch => batch.len(),
                         None => 1,
-                        Some(values) => (run_values_max / values.max(1)).clamp(1, batch.len()),
+                        Some(values) => run_samples(batch.len(), values, run_values_max),
                     };
                     let rest = batch.split_off(take);
                     let outs = runtime::run(session, label, &batch.inputs(&tapped.input), outputs)?;
@@ -1635,6 +1708,33 @@ mod tests {
             assert!(l.binning >= 1 && l.onnx_runtime >= 1, "{threads} threads: {l:?}");
             assert!(!l.spinning || l.onnx_runtime + l.binning == threads, "spinning workers share no core");
         }
+    }
+
+    #[test]
+    fn runs_get_a_budget_per_two_threads_and_batches_split_evenly() {
+        // Small budgets: this machine's free memory caps none of them.
+        assert_eq!(run_budget(100, 1), 100);
+        assert_eq!(run_budget(100, 2), 100);
+        assert_eq!(run_budget(100, 3), 200);
+        assert_eq!(run_budget(100, 12), 600);
+        assert_eq!(run_budget(100, 64), 1600, "at most 16 times the budget");
+        // 4 GB free: at most 64 Mi values per run.
+        assert_eq!(memory_cap_values(4 << 30), 64 << 20);
+        let meminfo = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   8388608 kB\n";
+        assert_eq!(mem_available_bytes(meminfo), Some(8 << 30));
+        assert_eq!(mem_available_bytes("MemTotal: 1 kB\n"), None);
+        assert_eq!(cgroup_room_bytes("max\n", "100\n"), None, "no limit");
+        assert_eq!(cgroup_room_bytes("4294967296\n", "1073741824\n"), Some(3 << 30));
+        assert_eq!(cgroup_room_bytes("100\n", "200\n"), Some(0));
+        // 16 samples of 18 values, 256 per run: 14 would fit, two runs of 8 instead of 14 + 2.
+        assert_eq!(run_samples(16, 18, 256), 8);
+        assert_eq!(run_samples(16, 18, 1 << 20), 16);
+        // Six runs: the first takes 3 and the rest is split again (3, 3, 3, 3, 2, 2 rather than five 3s and a 1).
+        assert_eq!(run_samples(16, 18, 60), 3);
+        assert_eq!(run_samples(4, 18, 60), 2);
+        assert_eq!(run_samples(16, 1000, 10), 1, "a sample over the budget still runs, alone");
+        assert_eq!(run_samples(1, 18, 256), 1);
+        assert_eq!(run_samples(7, 0, 256), 7);
     }
 
     /// The digest of a batch is that of each sample's little-endian bytes (FORMATS.md): an image's float32
