@@ -1,6 +1,7 @@
 //! The calibration pass: expose every activation as an output of an in-memory copy of the model, stream
 //! batches through ONNX Runtime, and fold each output into its tensor's statistics.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use datasets::{Batch, BatchSource, BatchStream, Dataset, Feed, InputType, OnBadImage, Recipe, StreamOptions};
@@ -259,10 +260,9 @@ pub struct TappedModel {
     /// batch, not from ONNX Runtime.
     fed: Vec<(usize, String)>,
     plan: CollectionPlan,
-    /// Per measured tensor (in `output_names` order): whether its per-channel maxima are collected.
-    channel_max: Vec<bool>,
-    /// Whether those channels are on axis 1 (a Conv's NCHW input) rather than the last axis.
-    channel_axis_one: bool,
+    /// Per measured tensor (in `output_names` order): where its channels are, when its per-channel maxima are
+    /// collected.
+    channel_max: Vec<Option<ChannelAxis>>,
     /// Per activation: whether its statistics keep the range only (it and every tensor that copies its
     /// statistics are always max-calibrated, `graph::roles::max_calibrated`).
     range_only: Vec<bool>,
@@ -429,6 +429,46 @@ pub enum ChannelMaxima {
     GemmInputs,
     /// The inputs of depthwise Convs, channels on axis 1 (equalization).
     DepthwiseInputs,
+    /// Both in one pass, for a model smoothed and equalized ([`ChannelMaxima::for_both`]).
+    Both,
+}
+
+impl ChannelMaxima {
+    /// The one pass that serves both smoothing and equalization of `model`, where one can: smoothing never
+    /// changes what a depthwise Conv reads (it divides a producer's constants only where the smoothed GEMMs
+    /// alone read its output, and otherwise puts a Mul in front of them), so the depthwise inputs' maxima of the
+    /// unsmoothed model are those of the smoothed one. `None` where a tensor is read by both kinds (its
+    /// channels would be on two axes): then two passes.
+    pub fn for_both(model: &Model) -> Option<ChannelMaxima> {
+        let graph = &model.proto.graph;
+        let gemm_inputs: std::collections::HashSet<String> =
+            placement::smoothable_gemms(graph).into_iter().map(|g| g.input).collect();
+        let shared = placement::depthwise_convs(graph).iter().any(|c| gemm_inputs.contains(&c.input));
+        (!shared).then_some(ChannelMaxima::Both)
+    }
+
+    /// The tensors whose per-channel maxima this pass takes in `model`, with the axis of their channels.
+    fn tensors(self, model: &Model) -> std::collections::HashMap<String, ChannelAxis> {
+        let graph = &model.proto.graph;
+        let gemms = || placement::smoothable_gemms(graph).into_iter().map(|g| (g.input, ChannelAxis::Last));
+        let depthwise = || placement::depthwise_convs(graph).into_iter().map(|c| (c.input, ChannelAxis::One));
+        match self {
+            ChannelMaxima::None => Default::default(),
+            ChannelMaxima::GemmInputs => gemms().collect(),
+            ChannelMaxima::DepthwiseInputs => depthwise().collect(),
+            // Depthwise first: a tensor read by both keeps axis 1 (`for_both` keeps such models apart).
+            ChannelMaxima::Both => gemms().chain(depthwise()).collect(),
+        }
+    }
+}
+
+/// Where a tensor's channels are, for its per-channel maxima.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChannelAxis {
+    /// The last axis (a GEMM's input).
+    Last,
+    /// Axis 1 (a Conv's NCHW input).
+    One,
 }
 
 impl TappedModel {
@@ -465,25 +505,16 @@ impl TappedModel {
         }
         // Per-channel maxima are taken on the very tensor the GEMM reads (a Transpose before it moves the
         // channels), so those tensors are the ones measured in their same-valued group.
-        let smoothable: std::collections::HashSet<String> = match channel_max {
-            ChannelMaxima::None => Default::default(),
-            ChannelMaxima::GemmInputs => {
-                placement::smoothable_gemms(&model.proto.graph).into_iter().map(|g| g.input).collect()
-            }
-            ChannelMaxima::DepthwiseInputs => {
-                placement::depthwise_convs(&model.proto.graph).into_iter().map(|c| c.input).collect()
-            }
-        };
-        let channel_axis_one = channel_max == ChannelMaxima::DepthwiseInputs;
+        let per_channel = channel_max.tensors(&model);
         let maxima_pass = channel_max != ChannelMaxima::None;
         if maxima_pass {
             // The pass before smoothing or equalization reads those inputs' maxima and nothing else.
-            activations.retain(|a| smoothable.contains(&a.name));
+            activations.retain(|a| per_channel.contains_key(&a.name));
             gemm_inputs.clear();
         }
-        gemm_inputs.extend(smoothable.iter().cloned());
+        gemm_inputs.extend(per_channel.keys().cloned());
         let plan = CollectionPlan::new(&activations, &gemm_inputs);
-        let channel_max = plan.measured.iter().map(|&i| smoothable.contains(&activations[i].name)).collect();
+        let channel_max = plan.measured.iter().map(|&i| per_channel.get(&activations[i].name).copied()).collect();
         let range_only = if maxima_pass {
             // A maxima pass reads the per-channel maxima alone: nothing is binned.
             vec![true; activations.len()]
@@ -501,17 +532,7 @@ impl TappedModel {
             .filter(|(_, a)| a.producer.is_none())
             .map(|(i, a)| (i, a.name.clone()))
             .collect();
-        Ok(TappedModel {
-            model,
-            activations,
-            not_collected,
-            input,
-            fed,
-            plan,
-            channel_max,
-            channel_axis_one,
-            range_only,
-        })
+        Ok(TappedModel { model, activations, not_collected, input, fed, plan, channel_max, range_only })
     }
 
     /// Names of the activations read back from ONNX Runtime, in graph order.
@@ -791,31 +812,17 @@ pub fn calibrate_model(
         None
     };
     let first_samples = maxima_plan.as_ref().map_or(0, |p| p.iter().map(|(_, d, _)| d.len() as u64).sum());
-    // The maxima pass runs once for smoothing and once more for equalization where the model takes both.
-    let first_passes = u64::from(alpha.is_some()) + u64::from(equalize);
-    let total = plan.iter().map(|(_, d, _)| d.len() as u64).sum::<u64>() + first_passes * first_samples;
+    let total = plan.iter().map(|(_, d, _)| d.len() as u64).sum::<u64>()
+        + maxima_passes(&model, alpha, equalize) * first_samples;
     let mut done_before = 0;
-    let smoothing = match (alpha, &maxima_plan) {
-        (Some(alpha), Some(first_plan)) => {
+    let (smoothing, equalization) = match &maxima_plan {
+        Some(first_plan) => rewrite_measured(&mut model, feed, options, alpha, equalize, &mut |tapped, cpu, _| {
             let mut report = |done: u64| progress(done_before + done, total);
-            let record = smooth_measured(&mut model, feed, options, alpha, |tapped, cpu| {
-                run_sizes(tapped, first_plan, cpu, &mut report).map(|(pass, _)| pass)
-            })?;
-            done_before += record.samples.unwrap_or(0);
-            Some(record)
-        }
-        _ => None,
-    };
-    let equalization = match (&maxima_plan, equalize) {
-        (Some(first_plan), true) => {
-            let mut report = |done: u64| progress(done_before + done, total);
-            let record = equalize_measured(&mut model, feed, options, |tapped, cpu| {
-                run_sizes(tapped, first_plan, cpu, &mut report).map(|(pass, _)| pass)
-            })?;
-            done_before += record.samples;
-            Some(record)
-        }
-        _ => None,
+            let (pass, _) = run_sizes(tapped, first_plan, cpu, &mut report)?;
+            done_before += pass.done;
+            Ok(pass)
+        })?,
+        None => (None, None),
     };
     let mut report = |done: u64| progress(done_before + done, total);
     let tapped = TappedModel::from_model(model, feed, options.selection, ChannelMaxima::None)?;
@@ -1042,23 +1049,13 @@ pub fn calibrate_batches(
             ahead.push_back(batch);
         }
     }
-    let smoothing = match alpha {
-        Some(alpha) => Some(smooth_measured(&mut model, feed, options, alpha, |tapped, cpu| {
-            // Equalization replays the same samples after; otherwise they are needed no more.
-            let ahead = if equalize { first.clone() } else { std::mem::take(&mut first) };
+    let (smoothing, equalization) =
+        rewrite_measured(&mut model, feed, options, alpha, equalize, &mut |tapped, cpu, last| {
+            // The first samples are replayed for each maxima pass, and needed no more after the last.
+            let ahead = if last { std::mem::take(&mut first) } else { first.clone() };
             let mut replay = ReadAhead { ahead, rest: None };
             run_pass(tapped, PassInput::Given(&mut replay), cpu, &mut |_| {})
-        })?),
-        None => None,
-    };
-    let equalization = if equalize {
-        let mut replay = ReadAhead { ahead: first, rest: None };
-        Some(equalize_measured(&mut model, feed, options, |tapped, cpu| {
-            run_pass(tapped, PassInput::Given(&mut replay), cpu, &mut |_| {})
-        })?)
-    } else {
-        None
-    };
+        })?;
     let tapped = TappedModel::from_model(model, feed, options.selection, ChannelMaxima::None)?;
     let mut source = ReadAhead { ahead, rest: Some(&mut recorded) };
     let pass = run_pass(&tapped, PassInput::Given(&mut source), options, &mut |done| progress(done, total))?;
@@ -1088,35 +1085,59 @@ fn equalizes(model: &Model, options: &CalibrateOptions) -> bool {
     options.equalize && !placement::depthwise_convs(&model.proto.graph).is_empty()
 }
 
-/// Smooths `model` (`smoothquant::smooth`) with `alpha` and the per-channel maxima of its smoothable GEMM inputs
-/// that `measure` collects: a pass of the model tapped at those inputs, given the options to run it with (on
-/// the CPU, where the maxima are taken).
-fn smooth_measured(
-    model: &mut Model,
-    feed: &Feed,
-    options: &CalibrateOptions,
-    alpha: f32,
-    measure: impl FnOnce(&TappedModel, &CalibrateOptions) -> Result<Pass, CalibrateError>,
-) -> Result<histograms::SmoothingRecord, CalibrateError> {
-    let maxima = maxima_pass(model, feed, options, ChannelMaxima::GemmInputs, measure)?;
-    let record = histograms::SmoothingRecord { alpha, samples: Some(maxima.done), channel_max: maxima.channel_max };
-    smoothquant::smooth(model, &record.channel_max, alpha)?;
-    Ok(record)
+/// How many maxima passes [`rewrite_measured`] runs on `model`: one for smoothing with `alpha`, one for
+/// equalization, one for both where [`ChannelMaxima::for_both`] allows.
+fn maxima_passes(model: &Model, alpha: Option<f32>, equalize: bool) -> u64 {
+    match (alpha, equalize) {
+        (Some(_), true) if ChannelMaxima::for_both(model).is_some() => 1,
+        _ => u64::from(alpha.is_some()) + u64::from(equalize),
+    }
 }
 
-/// Equalizes `model` (`smoothquant::equalize`) with the per-channel maxima of its depthwise Conv inputs that
-/// `measure` collects: a pass of the model tapped at those inputs, given the options to run it with (on the
-/// CPU, where the maxima are taken).
-fn equalize_measured(
+/// Smooths `model` (`smoothquant::smooth`) with `alpha` (where given) and then equalizes its depthwise Conv
+/// inputs (`smoothquant::equalize`, where `equalize`), from the per-channel maxima that `measure` collects: a
+/// pass of the model tapped at those inputs, given the options to run it with (on the CPU, where the maxima are
+/// taken) and whether it is the last such pass. A model both smoothed and equalized takes one pass for both
+/// ([`ChannelMaxima::for_both`]), else one each, the second of the smoothed model.
+fn rewrite_measured(
     model: &mut Model,
     feed: &Feed,
     options: &CalibrateOptions,
-    measure: impl FnOnce(&TappedModel, &CalibrateOptions) -> Result<Pass, CalibrateError>,
-) -> Result<histograms::EqualizationRecord, CalibrateError> {
-    let maxima = maxima_pass(model, feed, options, ChannelMaxima::DepthwiseInputs, measure)?;
-    let record = histograms::EqualizationRecord { samples: maxima.done, channel_max: maxima.channel_max };
-    smoothquant::equalize(model, &record.channel_max)?;
-    Ok(record)
+    alpha: Option<f32>,
+    equalize: bool,
+    measure: &mut dyn FnMut(&TappedModel, &CalibrateOptions, bool) -> Result<Pass, CalibrateError>,
+) -> Result<(Option<histograms::SmoothingRecord>, Option<histograms::EqualizationRecord>), CalibrateError> {
+    let passes = maxima_passes(model, alpha, equalize);
+    let mut smoothing = None;
+    // The depthwise inputs' maxima, where the smoothing's pass took them too.
+    let mut measured_with_smoothing = None;
+    if let Some(alpha) = alpha {
+        let which = if passes == 1 && equalize { ChannelMaxima::Both } else { ChannelMaxima::GemmInputs };
+        let maxima = maxima_pass(model, feed, options, which, |tapped, cpu| measure(tapped, cpu, passes == 1))?;
+        let gemm_inputs = ChannelMaxima::GemmInputs.tensors(model);
+        let (gemms, depthwise): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            maxima.channel_max.into_iter().partition(|(name, _)| gemm_inputs.contains_key(name));
+        let record = histograms::SmoothingRecord { alpha, samples: Some(maxima.done), channel_max: gemms };
+        smoothquant::smooth(model, &record.channel_max, alpha)?;
+        smoothing = Some(record);
+        if which == ChannelMaxima::Both {
+            measured_with_smoothing =
+                Some(histograms::EqualizationRecord { samples: maxima.done, channel_max: depthwise });
+        }
+    }
+    let equalization = match (equalize, measured_with_smoothing) {
+        (false, _) => None,
+        (true, Some(record)) => Some(record),
+        (true, None) => {
+            let depthwise = ChannelMaxima::DepthwiseInputs;
+            let maxima = maxima_pass(model, feed, options, depthwise, |tapped, cpu| measure(tapped, cpu, true))?;
+            Some(histograms::EqualizationRecord { samples: maxima.done, channel_max: maxima.channel_max })
+        }
+    };
+    if let Some(record) = &equalization {
+        smoothquant::equalize(model, &record.channel_max)?;
+    }
+    Ok((smoothing, equalization))
 }
 
 /// The pass `measure` runs of `model` tapped at the inputs `which` names, for their per-channel maxima, given the
@@ -1473,18 +1494,22 @@ fn run_pass(
     let mut channel_max = std::collections::BTreeMap::new();
     for (name, c) in outputs.iter().zip(measured_channels) {
         match c {
-            Some(Ok(c)) if !c.max.is_empty() => {
+            Some((_, Ok(c))) if !c.max.is_empty() => {
                 channel_max.insert(name.clone(), c);
             }
-            Some(Err(m)) => {
+            Some((axis, Err(m))) => {
+                let axis = match axis {
+                    ChannelAxis::Last => "last axis",
+                    ChannelAxis::One => "axis 1",
+                };
                 return Err(CalibrateError::Input {
                     model: model_path.to_path_buf(),
                     message: format!(
-                        "tensor '{name}' changed its last axis from {} to {} channels between batches: per-channel \
+                        "tensor '{name}' changed its {axis} from {} to {} channels between batches: per-channel \
                          maxima need a fixed channel count",
                         m.had, m.got
                     ),
-                })
+                });
             }
             _ => {}
         }
@@ -1591,7 +1616,10 @@ impl<'t> FedStats<'t> {
 
 /// Statistics of the measured tensors, and the per-channel maxima of those that collect them (`None` for the
 /// others; an error when the channel count changed between batches).
-type MeasuredStats = (Vec<TensorStats>, Vec<Option<Result<histograms::ChannelMax, histograms::ChannelMismatch>>>);
+type MeasuredStats = (Vec<TensorStats>, Vec<Option<(ChannelAxis, ChannelResult)>>);
+
+/// One tensor's per-channel maxima, or the channel counts that did not agree between batches.
+type ChannelResult = Result<histograms::ChannelMax, histograms::ChannelMismatch>;
 
 /// The CPU pass: ONNX Runtime and the histograms run at the same time on consecutive batches.
 #[allow(clippy::too_many_arguments)]
@@ -1612,25 +1640,26 @@ fn collect_on_cpu(
     let mut stats = tapped.empty_measured_stats();
     let (run_result, measured_stats) = std::thread::scope(|scope| {
         let wanted = &tapped.channel_max;
-        let axis_one = tapped.channel_axis_one;
         let histograms = scope.spawn(move || {
-            let mut channels: Vec<Option<Result<histograms::ChannelMax, histograms::ChannelMismatch>>> =
-                wanted.iter().map(|&w| w.then(|| Ok(Default::default()))).collect();
+            let mut channels: Vec<Option<(ChannelAxis, ChannelResult)>> =
+                wanted.iter().map(|w| w.map(|axis| (axis, Ok(Default::default())))).collect();
             for outs in rx {
                 pool.install(|| {
                     stats.par_iter_mut().zip(channels.par_iter_mut()).zip(outs.par_iter()).for_each(|((s, c), o)| {
                         if let Some(values) = o.as_f32() {
                             s.add(values);
-                            if let Some(Ok(acc)) = c {
+                            if let Some((axis, Ok(acc))) = c {
+                                let axis = *axis;
                                 let dims: Vec<usize> = o.shape().iter().map(|&d| d.max(0) as usize).collect();
-                                let added = if axis_one {
-                                    let inner = dims.iter().skip(2).product::<usize>();
-                                    acc.add_planes(values, dims.get(1).copied().unwrap_or(0), inner)
-                                } else {
-                                    acc.add(values, dims.last().copied().unwrap_or(0))
+                                let added = match axis {
+                                    ChannelAxis::One => {
+                                        let inner = dims.iter().skip(2).product::<usize>();
+                                        acc.add_planes(values, dims.get(1).copied().unwrap_or(0), inner)
+                                    }
+                                    ChannelAxis::Last => acc.add(values, dims.last().copied().unwrap_or(0)),
                                 };
                                 if let Err(e) = added {
-                                    *c = Some(Err(e));
+                                    *c = Some((axis, Err(e)));
                                 }
                             }
                         }

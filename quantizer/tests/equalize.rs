@@ -3,11 +3,11 @@
 //! float function stays the same, and the INT8 model is far closer to it than without equalization.
 
 use analyze::scales::Method;
-use calibrate::{calibrate, CalibrateOptions, HoldOut};
+use calibrate::{calibrate, CalibrateOptions, HoldOut, Smooth};
 use datasets::Feed;
 use quantizer::measure::Probe;
 use quantizer::{Quantizer, Scheme};
-use test_support::conv_models::{depthwise_cnn, write_samples, CHANNELS, DEPTHWISE_CHANNEL_SCALES};
+use test_support::conv_models::{depthwise_cnn, hybrid, write_samples, CHANNELS, DEPTHWISE_CHANNEL_SCALES};
 
 mod common;
 
@@ -93,4 +93,33 @@ fn shards_equalize_alike_and_merge_into_the_whole_run() {
     assert!(parts.iter().all(|(_, p)| p.equalization == all.equalization && p.equalization.is_some()));
     let merged = histograms::merge(&parts).unwrap();
     assert_eq!(merged.to_json().unwrap(), all.to_json().unwrap());
+}
+
+/// A model both smoothed and equalized takes the maxima of both in one pass over the first samples (progress
+/// counts them once), and each record is what a calibration with that rewrite alone measures; where one tensor
+/// feeds a GEMM and a depthwise Conv (its channels on two axes), two passes.
+#[test]
+fn smoothing_and_equalization_share_one_maxima_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = &write_samples(&dir.path().join("samples"), 0, 90);
+    let feed = Feed::for_folder(samples, None).unwrap();
+    let options =
+        |smooth, equalize| CalibrateOptions { hold_out: HoldOut::Count(10), smooth, equalize, ..Default::default() };
+    for (shared, passes) in [(false, 1), (true, 2)] {
+        let model = hybrid(dir.path(), shared);
+        let run = |options: &CalibrateOptions| {
+            let mut total = 0;
+            let hist = calibrate(&model, samples, &feed, options, &mut |_, t| total = t).unwrap().0;
+            (hist, total)
+        };
+        let (both, total) = run(&options(Smooth::Alpha(0.5), true));
+        assert_eq!(total, 80 + passes * calibrate::MAXIMA_SAMPLES as u64, "shared: {shared}");
+        let smoothing = both.smoothing.as_ref().expect("smoothed");
+        let equalization = both.equalization.as_ref().expect("equalized");
+        assert_eq!((smoothing.channel_max.len(), equalization.channel_max.len()), (1, 1), "shared: {shared}");
+        assert_eq!(smoothing.samples, Some(calibrate::MAXIMA_SAMPLES as u64));
+        assert_eq!(equalization.samples, calibrate::MAXIMA_SAMPLES as u64);
+        assert_eq!(both.smoothing, run(&options(Smooth::Alpha(0.5), false)).0.smoothing, "shared: {shared}");
+        assert_eq!(both.equalization, run(&options(Smooth::Off, true)).0.equalization, "shared: {shared}");
+    }
 }

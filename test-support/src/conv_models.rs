@@ -291,6 +291,45 @@ pub fn depthwise_cnn(dir: &Path) -> PathBuf {
     write(&m, dir.join("depthwise_cnn.onnx"))
 }
 
+/// A hybrid block (opset 13), as MobileViT-like models mix them: [`depthwise_cnn`]'s depthwise block, then a
+/// linear layer over its channels (Transpose to channels last, MatMul by a constant `[CHANNELS, CHANNELS]`,
+/// Transpose back), so that the model has a depthwise Conv input to equalize and a GEMM input to smooth. With
+/// `shared`, the MatMul reads the depthwise Conv's input itself (over its last axis, SIDE wide) and its output is
+/// added to the depthwise block's: one tensor read by both kinds. Written to `dir/hybrid.onnx` or
+/// `dir/hybrid_shared.onnx`.
+pub fn hybrid(dir: &Path, shared: bool) -> PathBuf {
+    let mut m = model(13, 7);
+    let g = m.graph.mut_or_insert_default();
+    let inverse: Vec<f32> = DEPTHWISE_CHANNEL_SCALES.iter().map(|s| 1.0 / s).collect();
+    let k = if shared { SIDE } else { CHANNELS };
+    g.initializer.extend([
+        floats("scales", &[1, CHANNELS, 1, 1], &DEPTHWISE_CHANNEL_SCALES),
+        floats("dw", &[CHANNELS, 1, 3, 3], &random(CHANNELS * 9, 31, 1.0)),
+        floats("inverse", &[1, CHANNELS, 1, 1], &inverse),
+        floats("w", &[k, k], &random(k * k, 37, 0.5)),
+    ]);
+    let dw = vec![ints("pads", &[1, 1, 1, 1]), ints("kernel_shape", &[3, 3]), int("group", CHANNELS as i64)];
+    g.node.extend([
+        node("Mul", &[INPUT, "scales"], "activation", vec![]),
+        node("Conv", &["activation", "dw"], "depthwise", dw),
+        node("Mul", &["depthwise", "inverse"], "block", vec![]),
+    ]);
+    if shared {
+        g.node.extend([
+            node("MatMul", &["activation", "w"], "mixed", vec![]),
+            node("Add", &["block", "mixed"], "y", vec![]),
+        ]);
+    } else {
+        g.node.extend([
+            node("Transpose", &["block"], "tokens", vec![ints("perm", &[0, 2, 3, 1])]),
+            node("MatMul", &["tokens", "w"], "mixed", vec![]),
+            node("Transpose", &["mixed"], "y", vec![ints("perm", &[0, 3, 1, 2])]),
+        ]);
+    }
+    let name = if shared { "hybrid_shared.onnx" } else { "hybrid.onnx" };
+    write(&m, dir.join(name))
+}
+
 /// A residual block on the [`outlier_conv`] input: `y = activation + Conv(activation)`, the Conv's weights
 /// small (0.02), so the output is mostly the residual stream itself. Quantizing the Add's residual input
 /// rounds the whole output at that tensor's resolution (and clips or coarsens it, whatever the method, on
