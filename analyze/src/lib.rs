@@ -81,6 +81,117 @@ impl AmaxCache {
             };
             out.insert(t.name.clone(), table[i]);
         }
+        // Max pooling commutes with INT8 rounding and clipping (both keep the order of values), so a MaxPool's
+        // input quantized with its output's scale adds no error of its own: the output's range is the one that
+        // counts. A range of the input's own would clip what the output needs (the pooled values are the
+        // window maxima, which the input's entropy or percentile range clips: MTCNN's O-Net, 14.1 -> 24.8 dB).
+        for (input, outputs) in max_pooled(graph) {
+            let fed = graph.input.iter().any(|i| i.name == input);
+            let own_choice = fed || per_tensor.contains_key(&input) || image.contains(&input);
+            let pooled = outputs.iter().find_map(|o| out.get(o).copied());
+            if let (false, true, Some(a)) = (own_choice, out.contains_key(&input), pooled) {
+                out.insert(input, a);
+            }
+        }
         out
+    }
+}
+
+/// The input of every MaxPool and GlobalMaxPool that alone reads it (and is not a graph output), the last pool
+/// first, with the tensors that hold the pool's output values: the output, then what value-preserving readers
+/// make of it ([`passes_values`]; PyTorch exports put float-to-float Casts and Transposes between a pool and the
+/// next Conv). Its input takes the first of those tensors' amax in [`AmaxCache::activation_amax`] (unless it is
+/// a graph input, the image, or has a method of its own), after the pools behind it, so a chain of pools takes
+/// the last one's.
+pub fn max_pooled(graph: &graph::proto::GraphProto) -> Vec<(String, Vec<String>)> {
+    let index = graph::GraphIndex::new(graph);
+    let graph_outputs: BTreeSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+    let mut pools = Vec::new();
+    for (n, node) in graph.node.iter().enumerate().rev() {
+        if !matches!(node.op_type.as_str(), "MaxPool" | "GlobalMaxPool") || !node.domain.is_empty() {
+            continue;
+        }
+        let (Some(input), Some(output)) = (node.input.first(), node.output.first()) else { continue };
+        let read_here_only = index.consumers.get(input).is_some_and(|c| c.iter().all(|&(reader, _)| reader == n));
+        if !read_here_only || graph_outputs.contains(input.as_str()) {
+            continue;
+        }
+        let mut same = vec![output.clone()];
+        // A few steps: a pool's output reaches the next layer through at most a Cast and a Transpose or two.
+        while same.len() < 8 {
+            let last = same.last().expect("the output is there");
+            let readers = index.consumers.get(last).into_iter().flatten();
+            let Some(&(next, _)) = readers.into_iter().find(|&&(r, _)| passes_values(&graph.node[r])) else { break };
+            match graph.node[next].output.first() {
+                Some(o) => same.push(o.clone()),
+                None => break,
+            }
+        }
+        pools.push((input.clone(), same));
+    }
+    pools
+}
+
+/// Whether `node`'s first output holds its first input's values (rearranged, or cast to float32, which a float
+/// activation already is).
+fn passes_values(node: &graph::proto::NodeProto) -> bool {
+    let to_float32 = || node.attribute.iter().any(|a| a.name == "to" && a.i == 1);
+    node.domain.is_empty()
+        && (graph::REARRANGING_OPS.contains(&node.op_type.as_str()) || (node.op_type == "Cast" && to_float32()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use graph::proto::{AttributeProto, GraphProto, NodeProto, ValueInfoProto};
+
+    fn node(op: &str, input: &str, output: &str) -> NodeProto {
+        let mut n = NodeProto::new();
+        n.op_type = op.into();
+        n.input.push(input.into());
+        n.output.push(output.into());
+        n
+    }
+
+    fn cast(input: &str, output: &str, to: i64) -> NodeProto {
+        let mut n = node("Cast", input, output);
+        let mut a = AttributeProto::new();
+        a.name = "to".into();
+        a.i = to;
+        n.attribute.push(a);
+        n
+    }
+
+    #[test]
+    fn pool_inputs_follow_the_values_to_the_next_layer_and_chains_take_the_last_pool() {
+        let mut g = GraphProto::new();
+        g.node.extend([
+            node("Relu", "x", "a"),
+            node("MaxPool", "a", "p1"),
+            cast("p1", "p1_float", 1),
+            node("Transpose", "p1_float", "p1_nchw"),
+            node("MaxPool", "p1_nchw", "p2"),
+            node("Conv", "p2", "c"),
+            // A pool whose input is also read elsewhere, and one whose output is cast to float16.
+            node("MaxPool", "c", "p3"),
+            node("Relu", "c", "r"),
+            node("MaxPool", "r", "p4"),
+            cast("p4", "p4_half", 10),
+        ]);
+        let pools = max_pooled(&g);
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            pools,
+            vec![
+                ("r".to_string(), owned(&["p4"])),
+                ("p1_nchw".to_string(), owned(&["p2"])),
+                ("a".to_string(), owned(&["p1", "p1_float", "p1_nchw"])),
+            ]
+        );
+        // A graph output keeps its own range.
+        let mut out = ValueInfoProto::new();
+        out.name = "r".into();
+        g.output.push(out);
+        assert!(max_pooled(&g).iter().all(|(input, _)| input != "r"));
     }
 }

@@ -120,7 +120,7 @@ pub fn pack(args: &PackArgs) -> anyhow::Result<()> {
     let members: Vec<String> = ORT_GPU_LIBS.iter().map(|s| s.to_string()).collect();
     let pin = crate::suite::linux_wheel("3.12");
     let spec = format!("onnxruntime-gpu=={}", runtime::ORT_GPU_VERSION);
-    crate::suite::wheel_members(&spec, &pin, &members, &bundle)?;
+    crate::suite::package_members(&spec, &pin, &members, &bundle)?;
     if !args.fixtures_only {
         std::fs::create_dir_all(bundle.join("vits14"))?;
         std::fs::copy(crate::suite::fetch_vits14()?, bundle.join("vits14/vit_s_focus.onnx"))?;

@@ -29,7 +29,7 @@ pub use running::meminfo_kb;
 use running::*;
 use tables::*;
 use workloads::*;
-pub use workloads::{bench_home, fetch_photos, fetch_vits14, linux_wheel, make_crops, wheel_members, CALIB_SEED};
+pub use workloads::{bench_home, fetch_photos, fetch_vits14, linux_wheel, make_crops, package_members, CALIB_SEED};
 pub use zoo::{run as zoo, ZooArgs};
 
 #[derive(Debug, clap::Args)]

