@@ -81,41 +81,25 @@ impl AmaxCache {
             };
             out.insert(t.name.clone(), table[i]);
         }
-        // Max pooling commutes with INT8 rounding and clipping (both keep the order of values), so a MaxPool's
-        // input quantized with its output's scale adds no error of its own: the output's range is the one that
-        // counts. A range of the input's own would clip what the output needs (the pooled values are the
-        // window maxima, which the input's entropy or percentile range clips: MTCNN's O-Net, 14.1 -> 24.8 dB).
-        for (input, outputs) in max_pooled(graph) {
-            let fed = graph.input.iter().any(|i| i.name == input);
-            let own_choice = fed || per_tensor.contains_key(&input) || image.contains(&input);
-            let pooled = outputs.iter().find_map(|o| out.get(o).copied());
-            if let (false, true, Some(a)) = (own_choice, out.contains_key(&input), pooled) {
-                out.insert(input, a);
-            }
-        }
         out
     }
 }
 
-/// The input of every MaxPool and GlobalMaxPool that alone reads it (and is not a graph output), the last pool
-/// first, with the tensors that hold the pool's output values: the output, then what value-preserving readers
-/// make of it ([`passes_values`]; PyTorch exports put float-to-float Casts and Transposes between a pool and the
-/// next Conv). Its input takes the first of those tensors' amax in [`AmaxCache::activation_amax`] (unless it is
-/// a graph input, the image, or has a method of its own), after the pools behind it, so a chain of pools takes
-/// the last one's.
+/// The input of every MaxPool and GlobalMaxPool, the last pool first, with the tensors that hold the pool's
+/// output values: the output, then what value-preserving readers make of it ([`passes_values`]; PyTorch exports
+/// put float-to-float Casts and Transposes between a pool and the next Conv). Max pooling commutes with INT8
+/// rounding and clipping (both keep the order of values), so a pool's input quantized with the scale of the
+/// pool's output adds no error of its own: the Q/DQ model gives such an input, where the pools alone read it in
+/// INT8, the range of the first of those tensors that has one (`quantizer::qdq::insert_qdq`); the last pool
+/// first, so a chain of pools takes the last one's.
 pub fn max_pooled(graph: &graph::proto::GraphProto) -> Vec<(String, Vec<String>)> {
     let index = graph::GraphIndex::new(graph);
-    let graph_outputs: BTreeSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
     let mut pools = Vec::new();
-    for (n, node) in graph.node.iter().enumerate().rev() {
+    for node in graph.node.iter().rev() {
         if !matches!(node.op_type.as_str(), "MaxPool" | "GlobalMaxPool") || !node.domain.is_empty() {
             continue;
         }
         let (Some(input), Some(output)) = (node.input.first(), node.output.first()) else { continue };
-        let read_here_only = index.consumers.get(input).is_some_and(|c| c.iter().all(|&(reader, _)| reader == n));
-        if !read_here_only || graph_outputs.contains(input.as_str()) {
-            continue;
-        }
         let mut same = vec![output.clone()];
         // A few steps: a pool's output reaches the next layer through at most a Cast and a Transpose or two.
         while same.len() < 8 {
@@ -143,7 +127,7 @@ fn passes_values(node: &graph::proto::NodeProto) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use graph::proto::{AttributeProto, GraphProto, NodeProto, ValueInfoProto};
+    use graph::proto::{AttributeProto, GraphProto, NodeProto};
 
     fn node(op: &str, input: &str, output: &str) -> NodeProto {
         let mut n = NodeProto::new();
@@ -163,7 +147,7 @@ mod tests {
     }
 
     #[test]
-    fn pool_inputs_follow_the_values_to_the_next_layer_and_chains_take_the_last_pool() {
+    fn pool_outputs_are_followed_through_value_preserving_ops_last_pool_first() {
         let mut g = GraphProto::new();
         g.node.extend([
             node("Relu", "x", "a"),
@@ -172,7 +156,7 @@ mod tests {
             node("Transpose", "p1_float", "p1_nchw"),
             node("MaxPool", "p1_nchw", "p2"),
             node("Conv", "p2", "c"),
-            // A pool whose input is also read elsewhere, and one whose output is cast to float16.
+            // A pool whose input is also read elsewhere, and one whose output is cast to float16 (another value).
             node("MaxPool", "c", "p3"),
             node("Relu", "c", "r"),
             node("MaxPool", "r", "p4"),
@@ -184,14 +168,10 @@ mod tests {
             pools,
             vec![
                 ("r".to_string(), owned(&["p4"])),
+                ("c".to_string(), owned(&["p3"])),
                 ("p1_nchw".to_string(), owned(&["p2"])),
                 ("a".to_string(), owned(&["p1", "p1_float", "p1_nchw"])),
             ]
         );
-        // A graph output keeps its own range.
-        let mut out = ValueInfoProto::new();
-        out.name = "r".into();
-        g.output.push(out);
-        assert!(max_pooled(&g).iter().all(|(input, _)| input != "r"));
     }
 }

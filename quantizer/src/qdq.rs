@@ -332,6 +332,22 @@ pub fn insert_qdq(
             }
         }
     }
+    // A max pool's input that only pools read in INT8 takes the range of what the pool makes: quantization
+    // commutes with max pooling, so that Q/DQ then adds no error of its own, where a range of the input's own
+    // clips the window maxima the output is made of (MTCNN's O-Net: 14.1 -> 24.8 dB with entropy ranges).
+    // The image keeps its max range.
+    let image = analyze::max_calibrated(source);
+    let is_pool = |n: usize| matches!(source.node[n].op_type.as_str(), "MaxPool" | "GlobalMaxPool");
+    for (input, outputs) in analyze::max_pooled(source) {
+        let Some(uses) = act_uses.get(&input) else { continue };
+        let fed = source.input.iter().any(|i| i.name == input);
+        if fed || image.contains(&input) || !uses.iter().all(|&(n, _)| is_pool(n)) {
+            continue;
+        }
+        if let Some(a) = outputs.iter().find_map(|o| shared.get(o).or_else(|| amax.get(o)).copied()) {
+            shared.insert(input, a);
+        }
+    }
 
     let mut proto = model.proto.clone();
     let graph = proto.graph.mut_or_insert_default();

@@ -1,18 +1,17 @@
-//! Max pooling in INT8: a MaxPool's input takes its output's range (quantization commutes with max pooling,
-//! so the output's range is the one whose error counts), unless something else reads the input too.
-
-use std::collections::BTreeMap;
+//! Max pooling in INT8: a max pool's input that only pools read in INT8 takes the pool output's range
+//! (quantization commutes with max pooling, so the output's range is the one whose error counts); an input that
+//! another node reads in INT8 too keeps its own.
 
 use analyze::scales::Method;
 use calibrate::{calibrate, CalibrateOptions, HoldOut};
 use datasets::Feed;
 use quantizer::{Quantizer, Scheme};
-use test_support::conv_models::{max_pool_cnn, write_samples};
+use test_support::conv_models::{max_pool_cnn, write_samples, PoolInput};
 
 /// The model calibrated on 64 seeded samples.
-fn calibrated(input_read_elsewhere: bool) -> (Quantizer, tempfile::TempDir) {
+fn calibrated(reader: PoolInput) -> (Quantizer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let model = max_pool_cnn(dir.path(), input_read_elsewhere);
+    let model = max_pool_cnn(dir.path(), reader);
     let samples = &write_samples(&dir.path().join("samples"), 0, 64);
     let feed = Feed::for_folder(samples, None).unwrap();
     let options = CalibrateOptions { hold_out: HoldOut::Count(0), ..Default::default() };
@@ -33,30 +32,20 @@ fn scale_of(model: &graph::proto::ModelProto, tensor: &str) -> (i32, Vec<u8>, Ve
 }
 
 #[test]
-fn a_max_pools_input_takes_its_outputs_range() {
-    let (quantizer, _dir) = calibrated(false);
-    for method in [Method::Entropy, Method::Mse, Method::Max] {
-        let amax = quantizer.amax(&Scheme { method, ..Default::default() });
-        assert_eq!(amax["activated"], amax["pooled"], "{method:?}");
+fn a_max_pools_input_takes_its_outputs_range_unless_another_node_reads_it_in_int8() {
+    for (reader, shared) in
+        [(PoolInput::Alone, true), (PoolInput::AlsoConcatenated, true), (PoolInput::AlsoAdded, false)]
+    {
+        let (quantizer, _dir) = calibrated(reader);
+        for method in [Method::Entropy, Method::Mse] {
+            let scheme = Scheme { method, ..Default::default() };
+            // The statistics' own ranges differ (what the model would get without the rule)...
+            let amax = quantizer.amax(&scheme);
+            assert_ne!(amax["activated"], amax["pooled"], "{reader:?} {method:?}");
+            // ...and TensorRT's placement quantizes the pool's input and the Conv's after it.
+            let qdq = quantizer.artifacts(&scheme).unwrap().qdq;
+            let same = scale_of(&qdq, "activated") == scale_of(&qdq, "pooled");
+            assert_eq!(same, shared, "{reader:?} {method:?}");
+        }
     }
-    // Its own range (asked for by name) would be another: the window maxima are distributed otherwise than
-    // the Relu's output.
-    let own = Scheme {
-        method: Method::Entropy,
-        per_tensor: BTreeMap::from([("activated".to_string(), Method::Entropy)]),
-        ..Default::default()
-    };
-    let amax = quantizer.amax(&own);
-    assert_ne!(amax["activated"], amax["pooled"]);
-
-    // TensorRT's placement quantizes the pool's input and the Conv's after it: one scale for both.
-    let artifacts = quantizer.artifacts(&Scheme { method: Method::Entropy, ..Default::default() }).unwrap();
-    assert_eq!(scale_of(&artifacts.qdq, "activated"), scale_of(&artifacts.qdq, "pooled"));
-}
-
-#[test]
-fn a_max_pools_input_read_elsewhere_keeps_its_own_range() {
-    let (quantizer, _dir) = calibrated(true);
-    let amax = quantizer.amax(&Scheme { method: Method::Entropy, ..Default::default() });
-    assert_ne!(amax["activated"], amax["pooled"]);
 }

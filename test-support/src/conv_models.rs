@@ -294,19 +294,30 @@ pub fn depthwise_cnn(dir: &Path) -> PathBuf {
 /// Channels of [`max_pool_cnn`]'s pooled layers: enough for TensorRT's INT8 convolutions.
 pub const POOLED_CHANNELS: usize = 16;
 
+/// Who else reads the input of [`max_pool_cnn`]'s pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolInput {
+    /// The pool alone.
+    Alone,
+    /// Also an Add after the second Conv, as a residual input: quantized for TensorRT.
+    AlsoAdded,
+    /// Also a Concat with the second Conv's output, as YOLO's SPPF block has it: read in float.
+    AlsoConcatenated,
+}
+
 /// A CNN (opset 13) with a max pool between Convs, as ResNet stems, OriNet and MTCNN have them: Conv (to
 /// [`POOLED_CHANNELS`]) -> Relu -> `activated` -> MaxPool 3x3 (stride 1, same size) -> `pooled` -> Conv -> Relu ->
-/// Conv (back to [`CHANNELS`]) -> `y`. With `input_read_elsewhere`, `activated` is also added to the second
-/// Conv's output, so that the pool is not its only reader. Written to `dir/max_pool_cnn.onnx` or
-/// `dir/max_pool_cnn_shared.onnx`.
-pub fn max_pool_cnn(dir: &Path, input_read_elsewhere: bool) -> PathBuf {
+/// 1x1 Conv (back to [`CHANNELS`]) -> `y`; `reader` says what else reads `activated`. Written to
+/// `dir/max_pool_cnn_<reader>.onnx`.
+pub fn max_pool_cnn(dir: &Path, reader: PoolInput) -> PathBuf {
     let mut m = model(13, 7);
     let g = m.graph.mut_or_insert_default();
     let p = POOLED_CHANNELS;
+    let last_in = if reader == PoolInput::AlsoConcatenated { 2 * p } else { p };
     g.initializer.extend([
         floats("w1", &[p, CHANNELS, 3, 3], &random(p * CHANNELS * 9, 41, 0.3)),
         floats("w2", &[p, p, 3, 3], &random(p * p * 9, 43, 0.2)),
-        floats("w3", &[CHANNELS, p, 1, 1], &random(CHANNELS * p, 47, 0.3)),
+        floats("w3", &[CHANNELS, last_in, 1, 1], &random(CHANNELS * last_in, 47, 0.3)),
     ]);
     let pads = || vec![ints("pads", &[1, 1, 1, 1]), ints("kernel_shape", &[3, 3])];
     let pool = vec![ints("pads", &[1, 1, 1, 1]), ints("kernel_shape", &[3, 3]), ints("strides", &[1, 1])];
@@ -316,18 +327,22 @@ pub fn max_pool_cnn(dir: &Path, input_read_elsewhere: bool) -> PathBuf {
         node("MaxPool", &["activated"], "pooled", pool),
         node("Conv", &["pooled", "w2"], "c2", pads()),
     ]);
-    let second = if input_read_elsewhere {
-        g.node.push(node("Add", &["c2", "activated"], "sum", vec![]));
-        "sum"
-    } else {
-        "c2"
+    let second = match reader {
+        PoolInput::Alone => "c2",
+        PoolInput::AlsoAdded => {
+            g.node.push(node("Add", &["c2", "activated"], "sum", vec![]));
+            "sum"
+        }
+        PoolInput::AlsoConcatenated => {
+            g.node.push(node("Concat", &["c2", "activated"], "sum", vec![int("axis", 1)]));
+            "sum"
+        }
     };
     g.node.extend([
         node("Relu", &[second], "r2", vec![]),
         node("Conv", &["r2", "w3"], "y", vec![ints("kernel_shape", &[1, 1])]),
     ]);
-    let name = if input_read_elsewhere { "max_pool_cnn_shared.onnx" } else { "max_pool_cnn.onnx" };
-    write(&m, dir.join(name))
+    write(&m, dir.join(format!("max_pool_cnn_{reader:?}.onnx")))
 }
 
 /// A hybrid block (opset 13), as MobileViT-like models mix them: [`depthwise_cnn`]'s depthwise block, then a
