@@ -179,7 +179,7 @@ struct Suite {
     rss_640_over_64: Option<f64>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Machine {
     cpu: String,
     cores: usize,

@@ -308,8 +308,13 @@ fn write_zoo(args: &ZooArgs, manifest_order: &[String], results: &[ZooResult]) -
     let (mut peer, mut modelopt) = (pins(PEER_PINS), pins(MODELOPT_PINS));
     let kept: Vec<ZooResult> = match earlier {
         Some(z) => {
-            let kept: Vec<ZooResult> =
-                z.models.into_iter().filter(|m| !results.iter().any(|r| r.name == m.name)).collect();
+            let measured_on = z.machine.clone();
+            let kept: Vec<ZooResult> = z
+                .models
+                .into_iter()
+                .filter(|m| !results.iter().any(|r| r.name == m.name))
+                .map(|m| ZooResult { machine: m.machine.or_else(|| Some(measured_on.clone())), ..m })
+                .collect();
             if args.skip_peer && ((kept.is_empty() && carried.is_empty()) || z.peer.is_empty()) {
                 peer.clear();
             }
@@ -450,6 +455,10 @@ struct ZooResult {
     /// With `--residual-axis`: the search with the residual axis, and the combinations with a float residual.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     residual: Option<ResidualRows>,
+    /// The machine this row was measured on: rows carried over from an earlier run keep theirs. Absent in
+    /// zoo.json files before 2026-12-05 (sixth stop), whose rows were all measured on the file's `machine`.
+    #[serde(default)]
+    machine: Option<Machine>,
 }
 
 /// The residual axis measured (`--residual-axis`).
@@ -661,6 +670,7 @@ fn run_model(
         peers,
         crops: Some(crops_name(p)),
         residual,
+        machine: Some(machine()),
     })
 }
 
@@ -705,6 +715,23 @@ fn zoo_markdown(z: &Zoo) -> String {
         z.peer.join(" "),
         if z.modelopt.is_empty() { "no ModelOpt".to_string() } else { z.modelopt.join(" ") }
     );
+    // Rows carried over from runs on other machines say which (their times are that machine's).
+    let mut elsewhere: Vec<(&Machine, Vec<&str>)> = Vec::new();
+    for r in z.models.iter() {
+        let Some(m) = r.machine.as_ref().filter(|m| **m != z.machine) else { continue };
+        match elsewhere.iter_mut().find(|(other, _)| *other == m) {
+            Some((_, names)) => names.push(&r.name),
+            None => elsewhere.push((m, vec![&r.name])),
+        }
+    }
+    for (m, names) in &elsewhere {
+        s += &format!(
+            "The rows of {} were measured on {} ({} cores), their times on that machine.\n\n",
+            names.join(", "),
+            m.cpu,
+            m.cores
+        );
+    }
     s += "| model | what | best combination | auto (default) | auto - best | best peer | auto - best peer | \
           auto time / FP32 pass | lint errors |\n|---|---|---|---|---|---|---|---|---|\n";
     for r in &z.models {
@@ -776,6 +803,7 @@ mod tests {
             peers: peers.iter().map(|p| (measured(p), run.clone())).collect(),
             crops: crops.map(str::to_string),
             residual: None,
+            machine: None,
         }
     }
 
@@ -790,6 +818,17 @@ mod tests {
             command: String::new(),
             models,
         }
+    }
+
+    #[test]
+    fn rows_from_another_machine_say_so() {
+        let elsewhere = Machine { cpu: "Other CPU".into(), cores: 4, memory_gb: 8.0 };
+        let mut z = zoo(vec![result("here", None, &[]), result("there", None, &[]), result("old", None, &[])]);
+        z.models[0].machine = Some(z.machine.clone());
+        z.models[1].machine = Some(elsewhere);
+        let text = zoo_markdown(&z);
+        assert!(text.contains("The rows of there were measured on Other CPU (4 cores)"), "{text}");
+        assert_eq!(text.matches("were measured on").count(), 1, "{text}");
     }
 
     #[test]
