@@ -335,7 +335,8 @@ pub fn insert_qdq(
     // A max pool's input that only pools read in INT8 takes the range of what the pool makes: quantization
     // commutes with max pooling, so that Q/DQ then adds no error of its own, where a range of the input's own
     // clips the window maxima the output is made of (MTCNN's O-Net: 14.1 -> 24.8 dB with entropy ranges).
-    // The image keeps its max range.
+    // The image keeps its max range. An input that several pools read (SPP's pools of three sizes) takes the
+    // largest of their ranges, so that none of their outputs is clipped below its own.
     let image = analyze::max_calibrated(source);
     let is_pool = |n: usize| matches!(source.node[n].op_type.as_str(), "MaxPool" | "GlobalMaxPool");
     for (input, outputs) in analyze::max_pooled(source) {
@@ -345,7 +346,7 @@ pub fn insert_qdq(
             continue;
         }
         if let Some(a) = outputs.iter().find_map(|o| shared.get(o).or_else(|| amax.get(o)).copied()) {
-            shared.insert(input, a);
+            shared.entry(input).and_modify(|b| *b = b.max(a)).or_insert(a);
         }
     }
 

@@ -49,3 +49,16 @@ fn a_max_pools_input_takes_its_outputs_range_unless_another_node_reads_it_in_int
         }
     }
 }
+
+#[test]
+fn an_input_that_several_pools_read_takes_the_largest_of_their_ranges() {
+    let (quantizer, _dir) = calibrated(PoolInput::AlsoPooledWider);
+    // MSE ranges: entropy's, bin edges of the histograms, happen to coincide for the two pools here.
+    let scheme = Scheme { method: Method::Mse, ..Default::default() };
+    let amax = quantizer.amax(&scheme);
+    assert_ne!(amax["pooled"], amax["pooled_wide"]);
+    let widest = if amax["pooled"] > amax["pooled_wide"] { "pooled" } else { "pooled_wide" };
+    // The wide pool's output is an Add's residual input, quantized with its own range.
+    let qdq = quantizer.artifacts(&scheme).unwrap().qdq;
+    assert_eq!(scale_of(&qdq, "activated"), scale_of(&qdq, widest));
+}

@@ -303,6 +303,9 @@ pub enum PoolInput {
     AlsoAdded,
     /// Also a Concat with the second Conv's output, as YOLO's SPPF block has it: read in float.
     AlsoConcatenated,
+    /// Also a wider (5x5) MaxPool, whose output `pooled_wide` is added to the second Conv's output, as SPP
+    /// blocks pool one tensor at several sizes.
+    AlsoPooledWider,
 }
 
 /// A CNN (opset 13) with a max pool between Convs, as ResNet stems, OriNet and MTCNN have them: Conv (to
@@ -335,6 +338,12 @@ pub fn max_pool_cnn(dir: &Path, reader: PoolInput) -> PathBuf {
         }
         PoolInput::AlsoConcatenated => {
             g.node.push(node("Concat", &["c2", "activated"], "sum", vec![int("axis", 1)]));
+            "sum"
+        }
+        PoolInput::AlsoPooledWider => {
+            let wide = vec![ints("pads", &[2, 2, 2, 2]), ints("kernel_shape", &[5, 5]), ints("strides", &[1, 1])];
+            g.node.push(node("MaxPool", &["activated"], "pooled_wide", wide));
+            g.node.push(node("Add", &["c2", "pooled_wide"], "sum", vec![]));
             "sum"
         }
     };
