@@ -232,6 +232,8 @@ struct Runner {
     seconds: f64,
     fixed_batch: Option<usize>,
     graph_optimization: runtime::GraphOptimization,
+    /// The output's axis that holds the batch's samples, moved first so that each sample is one row.
+    batch_axis: usize,
 }
 
 impl Runner {
@@ -251,7 +253,8 @@ impl Runner {
         let session = runtime::session_from_bytes(&m.to_bytes()?, &cfg)?;
         let fixed_batch = m.fixed_batch(&input);
         let graph_optimization = cfg.graph_optimization;
-        Ok(Runner { session, input, output, label, seconds: 0.0, fixed_batch, graph_optimization })
+        let batch_axis = m.output_batch_axis(&input, &output);
+        Ok(Runner { session, input, output, label, seconds: 0.0, fixed_batch, graph_optimization, batch_axis })
     }
 }
 
@@ -270,7 +273,8 @@ impl BatchModel for Runner {
 
     fn run(&mut self, batch: &datasets::Batch) -> Result<Vec<f32>, EvaluateError> {
         let start = std::time::Instant::now();
-        let out = runtime::run_rows(&mut self.session, &self.label, &batch.inputs(&self.input), &self.output)?;
+        let inputs = batch.inputs(&self.input);
+        let out = runtime::run_per_sample(&mut self.session, &self.label, &inputs, &self.output, self.batch_axis)?;
         self.seconds += start.elapsed().as_secs_f64();
         Ok(out)
     }

@@ -284,6 +284,24 @@ impl Model {
         }
     }
 
+    /// The axis of the output `output` that holds the samples fed through the input `input` in one batch: the
+    /// one named by the input's batch symbol (a CTC recognizer exported sequence-first declares `[time, batch,
+    /// classes]`), else 0 (the first, as most models have it; also where the batch is a number).
+    pub fn output_batch_axis(&self, input: &str, output: &str) -> usize {
+        let dims = |values: &[onnx_protobuf::ValueInfoProto], name: &str| {
+            let v = values.iter().find(|v| v.name == name)?;
+            Some(v.type_.as_ref()?.tensor_type().shape.as_ref()?.dim.clone())
+        };
+        let graph = &self.proto.graph;
+        let Some(batch) = dims(&graph.input, input).and_then(|d| d.first().cloned()) else { return 0 };
+        if !batch.has_dim_param() || batch.dim_param().is_empty() {
+            return 0;
+        }
+        let symbol = batch.dim_param();
+        let axes = dims(&graph.output, output).unwrap_or_default();
+        axes.iter().position(|d| d.has_dim_param() && d.dim_param() == symbol).unwrap_or(0)
+    }
+
     /// The batch size the input `input` is fixed to, when its first dimension is a number rather than a
     /// symbol (some exporters write batch 1).
     pub fn fixed_batch(&self, input: &str) -> Option<usize> {

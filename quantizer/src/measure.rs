@@ -309,6 +309,9 @@ pub struct Probe {
     fp32: Vec<Vec<f32>>,
     input: String,
     output: String,
+    /// The output's axis that holds the batch's samples ([`graph::Model::output_batch_axis`]): outputs are kept
+    /// with it first, so that each sample's values are one row.
+    batch_axis: usize,
     threads: usize,
     /// Values in the float model's initializers ([`Probe::layout`]).
     weights: u64,
@@ -429,12 +432,14 @@ impl Probe {
         let stream = StreamOptions { batch_size, on_bad_image: options.on_bad_image, ..Default::default() };
         let batches = BatchStream::new(&dataset, feed, stream).collect::<Result<Vec<_>, _>>()?;
         let (batches, groups) = interleave_shapes(batches);
+        let batch_axis = reference.output_batch_axis(&input, &output);
         let mut probe = Probe {
             batches,
             groups,
             fp32: Vec::new(),
             input,
             output,
+            batch_axis,
             threads: options.threads,
             weights: reference.weight_values(),
             external_data_dir: reference.dir.clone(),
@@ -643,7 +648,8 @@ impl Probe {
                     shape: scalar,
                     values: runtime::Values::F32(std::slice::from_ref(value)),
                 }));
-                runtime::run_rows(session, &self.label, &inputs, &self.output).map_err(Into::into)
+                runtime::run_per_sample(session, &self.label, &inputs, &self.output, self.batch_axis)
+                    .map_err(Into::into)
             })
             .collect()
     }

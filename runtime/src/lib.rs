@@ -516,9 +516,28 @@ pub fn run_rows(
     inputs: &[Input<'_>],
     output: &str,
 ) -> Result<Vec<f32>, RuntimeError> {
+    run_per_sample(session, label, inputs, output, 0)
+}
+
+/// [`run_rows`] with the output's axis `batch_axis` (the one that holds the batch's samples) moved to the front,
+/// so that each sample's values are contiguous: a CTC recognizer exported sequence-first gives `[time, batch,
+/// classes]`, whose rows would otherwise mix the samples.
+pub fn run_per_sample(
+    session: &mut Session,
+    label: &str,
+    inputs: &[Input<'_>],
+    output: &str,
+    batch_axis: usize,
+) -> Result<Vec<f32>, RuntimeError> {
     let owned = run(session, label, inputs, &[output.to_string()])?;
-    match owned.first().and_then(|o| o.as_f32()) {
-        Some(values) => Ok(values.to_vec()),
+    let first = owned.first();
+    match first.and_then(|o| o.as_f32()) {
+        Some(values) if batch_axis == 0 => Ok(values.to_vec()),
+        Some(values) => {
+            let shape: Vec<usize> =
+                first.map(|o| o.shape()).unwrap_or_default().iter().map(|&d| d.max(0) as usize).collect();
+            Ok(batch_first(values, &shape, batch_axis))
+        }
         None => Err(RuntimeError::Run {
             model: label.to_string(),
             message: format!("output '{output}' is not a float tensor"),
@@ -526,9 +545,42 @@ pub fn run_rows(
     }
 }
 
+/// `values` of a tensor of `shape` with axis `axis` moved to the front (the others in their order); as they are
+/// where the axis is 0 or not an axis of the shape.
+pub fn batch_first(values: &[f32], shape: &[usize], axis: usize) -> Vec<f32> {
+    if axis == 0 || axis >= shape.len() || shape.iter().product::<usize>() != values.len() {
+        return values.to_vec();
+    }
+    let outer: usize = shape[..axis].iter().product();
+    let inner: usize = shape[axis + 1..].iter().product();
+    let samples = shape[axis];
+    let mut out = Vec::with_capacity(values.len());
+    for sample in 0..samples {
+        for o in 0..outer {
+            let start = (o * samples + sample) * inner;
+            out.extend_from_slice(&values[start..start + inner]);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_first_moves_the_sample_axis_to_the_front() {
+        // [time 2, batch 3, classes 2]: value = 100 t + 10 b + c.
+        let shape = [2, 3, 2];
+        let values: Vec<f32> =
+            (0..2).flat_map(|t| (0..3).flat_map(move |b| (0..2).map(move |c| (100 * t + 10 * b + c) as f32))).collect();
+        let moved = batch_first(&values, &shape, 1);
+        let expected: Vec<f32> =
+            (0..3).flat_map(|b| (0..2).flat_map(move |t| (0..2).map(move |c| (100 * t + 10 * b + c) as f32))).collect();
+        assert_eq!(moved, expected);
+        assert_eq!(batch_first(&values, &shape, 0), values);
+        assert_eq!(batch_first(&values, &shape, 3), values, "not an axis");
+    }
 
     #[test]
     fn only_the_cudnn_frontend_miss_is_taken_for_the_fallback() {

@@ -294,6 +294,18 @@ pub fn depthwise_cnn(dir: &Path) -> PathBuf {
 /// Channels of [`max_pool_cnn`]'s pooled layers: enough for TensorRT's INT8 convolutions.
 pub const POOLED_CHANNELS: usize = 16;
 
+/// A model whose output holds the batch on its second axis, as CTC recognizers exported sequence-first do
+/// (`[time, batch, classes]`): `y = Transpose(x, [1, 0, 2, 3])`, declared `[CHANNELS, batch, SIDE, SIDE]`. Each
+/// sample's values, moved back to the front, are its input's. Written to `dir/sequence_first.onnx`.
+pub fn sequence_first(dir: &Path) -> PathBuf {
+    let mut m = model(13, 7);
+    let g = m.graph.mut_or_insert_default();
+    g.node.push(node("Transpose", &[INPUT], "y", vec![ints("perm", &[1, 0, 2, 3])]));
+    let dims = &mut g.output[0].type_.mut_or_insert_default().mut_tensor_type().shape.mut_or_insert_default().dim;
+    dims.swap(0, 1);
+    write(&m, dir.join("sequence_first.onnx"))
+}
+
 /// Who else reads the input of [`max_pool_cnn`]'s pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolInput {
