@@ -58,6 +58,7 @@ pub struct TrtExec {
     input: String,
     work: PathBuf,
     seconds: f64,
+    output_batch_axis: usize,
 }
 
 /// Whether `trtexec` is on PATH.
@@ -79,6 +80,9 @@ pub struct EngineInput {
     /// With several input sizes: the profile's min, opt and max shapes (batch first), from `profile.json`;
     /// they replace the batch-only profile.
     pub shapes: Option<[Vec<usize>; 3]>,
+    /// The output's axis that holds the samples (`graph::Model::output_batch_axis`): moved first, as the ONNX
+    /// Runtime runs do, so that each sample is one row.
+    pub output_batch_axis: usize,
 }
 
 /// trtexec's arguments to build a strongly typed engine (TensorRT 11 requires it for Q/DQ models; 10 accepts
@@ -125,7 +129,13 @@ impl TrtExec {
         }
         let work = out.join(format!("{stem}.trtexec-io"));
         std::fs::create_dir_all(&work).map_err(|source| TensorRtError::Io { path: work.clone(), source })?;
-        Ok(TrtExec { engine, input: input.name.clone(), work, seconds: 0.0 })
+        Ok(TrtExec {
+            engine,
+            input: input.name.clone(),
+            work,
+            seconds: 0.0,
+            output_batch_axis: input.output_batch_axis,
+        })
     }
 }
 
@@ -165,19 +175,40 @@ impl BatchModel for TrtExec {
         // trtexec writes [{"name": ..., "dimensions": "AxB", "values": [...]}, ...]; the first is the output.
         #[derive(serde::Deserialize)]
         struct Exported {
+            #[serde(default)]
+            dimensions: String,
             values: Vec<f32>,
         }
         let text = std::fs::read_to_string(&output).map_err(io(&output))?;
         let bad = |message: String| TensorRtError::Output { path: output.clone(), message };
         let exported: Vec<Exported> = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         let first = exported.into_iter().next().ok_or_else(|| bad("no output tensor".into()))?;
-        Ok(first.values)
+        Ok(batch_first_exported(&first.dimensions, first.values, self.output_batch_axis))
+    }
+}
+
+/// trtexec's exported `values` of `dimensions` (`"20x16x37"`) with axis `batch_axis` moved first; as they are
+/// where the dimensions do not describe them.
+fn batch_first_exported(dimensions: &str, values: Vec<f32>, batch_axis: usize) -> Vec<f32> {
+    let shape: Option<Vec<usize>> = dimensions.split('x').map(|d| d.trim().parse().ok()).collect();
+    match shape {
+        Some(shape) if batch_axis > 0 => runtime::batch_first(&values, &shape, batch_axis),
+        _ => values,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exported_sequence_first_outputs_come_back_batch_first() {
+        // [time 2, batch 2, classes 1]: value = 10 t + b.
+        let values = vec![0.0, 1.0, 10.0, 11.0];
+        assert_eq!(batch_first_exported("2x2x1", values.clone(), 1), vec![0.0, 10.0, 1.0, 11.0]);
+        assert_eq!(batch_first_exported("2x2x1", values.clone(), 0), values);
+        assert_eq!(batch_first_exported("", values.clone(), 1), values, "no dimensions: as exported");
+    }
 
     #[test]
     fn a_dynamic_batch_gets_an_optimisation_profile_and_a_fixed_one_none() {
@@ -187,6 +218,7 @@ mod tests {
             fixed_batch: None,
             max_batch: 64,
             shapes: None,
+            output_batch_axis: 0,
         };
         let args = build_args(Path::new("m.qdq.onnx"), Path::new("m.engine"), &input);
         assert_eq!(

@@ -538,12 +538,14 @@ fn session_sets(
                         .is_multi_size()
                         .then(|| quantizer::engine_profile(model, recipe, quantizer.hist(), max_batch))
                         .transpose()?;
+                    let output_batch_axis = model.output_batch_axis(&name, model.measured_output()?);
                     let input = crate::tensorrt::EngineInput {
                         image: recipe.batch_shape(1)[1..].to_vec(),
                         fixed_batch: model.fixed_batch(&name),
                         max_batch,
                         shapes: profile.map(|p| [p.min, p.opt, p.max]),
                         name,
+                        output_batch_axis,
                     };
                     Ok(Box::new(TrtExec::build(path, &input, out, stem)?) as Box<dyn BatchModel>)
                 }
