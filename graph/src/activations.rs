@@ -20,6 +20,29 @@ pub struct Activation {
 /// Ops whose outputs depend only on the shape of their input, never on its values.
 const SHAPE_ONLY: &[&str] = &["Shape", "Size"];
 
+/// Tensors of `graph` that are the same for every sample: initializers, Constant outputs, what shape-only ops
+/// (`Shape`, `Size`) give, and every output of a node that reads only such tensors (an RNN's zero initial state
+/// from `ConstantOfShape(Shape(x))`, folded shape arithmetic). Graph inputs, tensors the graph does not say how to
+/// compute, nodes with a subgraph (If, Loop, Scan: they may read outer values their inputs do not list) and
+/// random generators are not. Unlike `placement::input_independent` (what TensorRT can fold when it builds an
+/// engine), shape-derived tensors count: with a dynamic batch they are computed at run time, but they are no
+/// activation with statistics ([`find_activations`]).
+pub fn fixed_tensors(graph: &crate::proto::GraphProto) -> HashSet<String> {
+    let mut fixed: HashSet<String> = graph.initializer.iter().map(|t| t.name.clone()).collect();
+    for node in &graph.node {
+        let op = node.op_type.as_str();
+        let subgraph = node.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty());
+        let random = op.starts_with("Random") || op == "Multinomial" || op == "Bernoulli";
+        let same = op == "Constant"
+            || SHAPE_ONLY.contains(&op)
+            || (!subgraph && !random && node.input.iter().all(|i| i.is_empty() || fixed.contains(i)));
+        if same {
+            fixed.extend(node.output.iter().filter(|o| !o.is_empty()).cloned());
+        }
+    }
+    fixed
+}
+
 /// Every float32 activation in graph order: the fed inputs, then each node output whose values depend on
 /// them. Tensors computed only from initializers, constants and input shapes (folded shape arithmetic,
 /// `1/sqrt(head_dim)` from `Shape`, an expanded class token) are not activations: their values do not

@@ -19,7 +19,7 @@ mod size_pins;
 #[cfg(test)]
 mod test_graphs;
 
-pub use activations::{find_activations, Activation};
+pub use activations::{find_activations, fixed_tensors, Activation};
 pub use error::GraphError;
 pub use index::{GraphIndex, UniqueNames};
 pub use infer::{computes_in_low_precision, infer_element_types, ElemType};

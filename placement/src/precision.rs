@@ -124,6 +124,7 @@ pub fn decide(
     }
     let deny_nodes = matchers(&file.deny.nodes, origin)?;
     let allow_nodes = matchers(&file.allow.nodes, origin)?;
+    let fixed = graph::fixed_tensors(graph);
     let mut out = Vec::new();
     for node in &graph.node {
         let hit = |m: &[(String, GlobMatcher)]| {
@@ -151,6 +152,17 @@ pub fn decide(
             } else if attention_matmul {
                 let target = options.target.name();
                 (true, format!("{attention_from} (target {target}): attention MatMul, both activation inputs in INT8"))
+            } else if fixed.contains(&node.input[0]) {
+                // Its data input has no statistics to quantize it with; an INT8 weight alone would leave a
+                // half-quantized node that TensorRT runs in float anyway.
+                let x = &node.input[0];
+                (
+                    false,
+                    format!(
+                        "default: its data input '{x}' is the same for every sample (computed from constants and shapes, \
+                         like an RNN's zero initial state): no statistics to quantize it with, so the node stays float"
+                    ),
+                )
             } else if let Some(why) = tensorrt_kernel_misfit(node, graph, &index, options.target) {
                 (false, format!("default (target tensorrt): {why}"))
             } else {
@@ -405,6 +417,32 @@ mod tests {
         let file = PrecisionFile { allow: Selection { nodes: vec!["head".into()], ops: vec![] }, ..Default::default() };
         let forced = decide(&small_cnn(), &file, &options, "test").unwrap();
         assert!(forced.iter().any(|d| d.node == "head" && d.int8));
+    }
+
+    #[test]
+    fn a_gemm_whose_data_input_is_the_same_for_every_sample_stays_float() {
+        // An unrolled RNN's first step: h0 = ConstantOfShape(Shape(x)) (zeros), Gemm(h0, W); the input's own
+        // Gemm is INT8.
+        let mut g = GraphProto::new();
+        let mut x = ValueInfoProto::new();
+        x.name = "x".into();
+        g.input.push(x);
+        for (op, input, output) in [("Shape", "x", "x_shape"), ("ConstantOfShape", "x_shape", "h0")] {
+            let mut n = NodeProto::new();
+            n.op_type = op.into();
+            n.name = output.into();
+            n.input = vec![input.into()];
+            n.output = vec![output.into()];
+            g.node.push(n);
+        }
+        layer(&mut g, "Gemm", "first_step", "h0", &[32, 32], &[("transB", &[1])]);
+        layer(&mut g, "Gemm", "input_step", "x", &[32, 32], &[("transB", &[1])]);
+        for target in [Target::TensorRt, Target::OnnxRuntime] {
+            let d = decide(&g, &PrecisionFile::default(), &PlacementOptions::for_target(target), "test").unwrap();
+            let first = d.iter().find(|d| d.node == "first_step").unwrap();
+            assert!(!first.int8 && first.reason.contains("same for every sample"), "{}", first.reason);
+            assert!(d.iter().any(|d| d.node == "input_step" && d.int8));
+        }
     }
 
     #[test]
