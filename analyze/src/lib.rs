@@ -91,9 +91,8 @@ impl AmaxCache {
 /// rounding and clipping (both keep the order of values), so a pool's input quantized with the scale of the
 /// pool's output adds no error of its own: the Q/DQ model gives such an input, where the pools alone read it in
 /// INT8, the range of the first of those tensors that has one (`quantizer::qdq::insert_qdq`); the last pool
-/// first, so a chain of pools takes the last one's.
-pub fn max_pooled(graph: &graph::proto::GraphProto) -> Vec<(String, Vec<String>)> {
-    let index = graph::GraphIndex::new(graph);
+/// first, so a chain of pools takes the last one's. `index` is `graph`'s.
+pub fn max_pooled(graph: &graph::proto::GraphProto, index: &graph::GraphIndex) -> Vec<(String, Vec<String>)> {
     let mut pools = Vec::new();
     for node in graph.node.iter().rev() {
         if !matches!(node.op_type.as_str(), "MaxPool" | "GlobalMaxPool") || !node.domain.is_empty() {
@@ -162,7 +161,7 @@ mod tests {
             node("MaxPool", "r", "p4"),
             cast("p4", "p4_half", 10),
         ]);
-        let pools = max_pooled(&g);
+        let pools = max_pooled(&g, &graph::GraphIndex::new(&g));
         let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
             pools,

@@ -429,22 +429,21 @@ pub enum ChannelMaxima {
     GemmInputs,
     /// The inputs of depthwise Convs, channels on axis 1 (equalization).
     DepthwiseInputs,
-    /// Both in one pass, for a model smoothed and equalized ([`ChannelMaxima::for_both`]).
+    /// Both in one pass, for a model smoothed and equalized ([`ChannelMaxima::serves_both`]).
     Both,
 }
 
 impl ChannelMaxima {
-    /// The one pass that serves both smoothing and equalization of `model`, where one can: smoothing never
-    /// changes what a depthwise Conv reads (it divides a producer's constants only where the smoothed GEMMs
+    /// Whether one pass ([`ChannelMaxima::Both`]) serves both smoothing and equalization of `model`: smoothing
+    /// never changes what a depthwise Conv reads (it divides a producer's constants only where the smoothed GEMMs
     /// alone read its output, and otherwise puts a Mul in front of them), so the depthwise inputs' maxima of the
-    /// unsmoothed model are those of the smoothed one. `None` where a tensor is read by both kinds (its
-    /// channels would be on two axes): then two passes.
-    pub fn for_both(model: &Model) -> Option<ChannelMaxima> {
+    /// unsmoothed model are those of the smoothed one. Not where a tensor is read by both kinds (its channels
+    /// would be on two axes): then two passes.
+    pub fn serves_both(model: &Model) -> bool {
         let graph = &model.proto.graph;
         let gemm_inputs: std::collections::HashSet<String> =
             placement::smoothable_gemms(graph).into_iter().map(|g| g.input).collect();
-        let shared = placement::depthwise_convs(graph).iter().any(|c| gemm_inputs.contains(&c.input));
-        (!shared).then_some(ChannelMaxima::Both)
+        !placement::depthwise_convs(graph).iter().any(|c| gemm_inputs.contains(&c.input))
     }
 
     /// The tensors whose per-channel maxima this pass takes in `model`, with the axis of their channels.
@@ -456,7 +455,7 @@ impl ChannelMaxima {
             ChannelMaxima::None => Default::default(),
             ChannelMaxima::GemmInputs => gemms().collect(),
             ChannelMaxima::DepthwiseInputs => depthwise().collect(),
-            // Depthwise first: a tensor read by both keeps axis 1 (`for_both` keeps such models apart).
+            // Depthwise last, so that a tensor read by both keeps axis 1 (`serves_both` keeps such models apart).
             ChannelMaxima::Both => gemms().chain(depthwise()).collect(),
         }
     }
@@ -1086,10 +1085,10 @@ fn equalizes(model: &Model, options: &CalibrateOptions) -> bool {
 }
 
 /// How many maxima passes [`rewrite_measured`] runs on `model`: one for smoothing with `alpha`, one for
-/// equalization, one for both where [`ChannelMaxima::for_both`] allows.
+/// equalization, one for both where [`ChannelMaxima::serves_both`].
 fn maxima_passes(model: &Model, alpha: Option<f32>, equalize: bool) -> u64 {
     match (alpha, equalize) {
-        (Some(_), true) if ChannelMaxima::for_both(model).is_some() => 1,
+        (Some(_), true) if ChannelMaxima::serves_both(model) => 1,
         _ => u64::from(alpha.is_some()) + u64::from(equalize),
     }
 }
@@ -1098,7 +1097,7 @@ fn maxima_passes(model: &Model, alpha: Option<f32>, equalize: bool) -> u64 {
 /// inputs (`smoothquant::equalize`, where `equalize`), from the per-channel maxima that `measure` collects: a
 /// pass of the model tapped at those inputs, given the options to run it with (on the CPU, where the maxima are
 /// taken) and whether it is the last such pass. A model both smoothed and equalized takes one pass for both
-/// ([`ChannelMaxima::for_both`]), else one each, the second of the smoothed model.
+/// ([`ChannelMaxima::serves_both`]), else one each, the second of the smoothed model.
 fn rewrite_measured(
     model: &mut Model,
     feed: &Feed,

@@ -337,9 +337,11 @@ pub fn insert_qdq(
     // clips the window maxima the output is made of (MTCNN's O-Net: 14.1 -> 24.8 dB with entropy ranges).
     // The image keeps its max range. An input that several pools read (SPP's pools of three sizes) takes the
     // largest of their ranges, so that none of their outputs is clipped below its own.
-    let image = analyze::max_calibrated(source);
+    let pools = analyze::max_pooled(source, &index);
+    // Most models have no pool (the search builds every candidate through here): the image only where needed.
+    let image = if pools.is_empty() { Default::default() } else { analyze::max_calibrated(source) };
     let is_pool = |n: usize| matches!(source.node[n].op_type.as_str(), "MaxPool" | "GlobalMaxPool");
-    for (input, outputs) in analyze::max_pooled(source) {
+    for (input, outputs) in pools {
         let Some(uses) = act_uses.get(&input) else { continue };
         let fed = source.input.iter().any(|i| i.name == input);
         if fed || image.contains(&input) || !uses.iter().all(|&(n, _)| is_pool(n)) {

