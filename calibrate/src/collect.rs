@@ -268,7 +268,8 @@ pub struct TappedModel {
     range_only: Vec<bool>,
 }
 
-pub(crate) fn float_output(name: &str) -> ValueInfoProto {
+/// A graph output of float32 tensors named `name`.
+pub fn float_output(name: &str) -> ValueInfoProto {
     let mut vi = ValueInfoProto::new();
     vi.name = name.to_string();
     let mut tp = TypeProto::new();
@@ -1324,11 +1325,22 @@ impl BatchSource for Digesting<'_> {
 /// The samples `hist`'s calibration held back, found again in `images` (the calibration folder): the same
 /// list, `limit` and seed give the same slice. Refused when the folder's list is not the one calibrated on.
 pub fn held_out_slice(images: &Path, hist: &HistFile) -> Result<Option<Dataset>, CalibrateError> {
-    let Some(record) = &hist.images.held_out else { return Ok(None) };
+    Ok(split_as_calibrated(images, hist)?.1)
+}
+
+/// The samples `hist`'s statistics were taken from, found again in `images` (the calibration folder): all of
+/// its list but the held-back slice (before any shard). Refused as [`held_out_slice`] is.
+pub fn held_in_slice(images: &Path, hist: &HistFile) -> Result<Dataset, CalibrateError> {
+    Ok(split_as_calibrated(images, hist)?.0)
+}
+
+/// `images`' list as `hist`'s calibration split it: the rest and the held-back slice (if any).
+fn split_as_calibrated(images: &Path, hist: &HistFile) -> Result<(Dataset, Option<Dataset>), CalibrateError> {
     let mut dataset = Dataset::flat(images)?;
     if let Some(n) = hist.images.limit {
         dataset = dataset.limit(n, hist.images.seed);
     }
+    let Some(record) = &hist.images.held_out else { return Ok((dataset, None)) };
     let differs = |what: &str| CalibrateError::Input {
         model: images.to_path_buf(),
         message: format!(
@@ -1347,15 +1359,15 @@ pub fn held_out_slice(images: &Path, hist: &HistFile) -> Result<Option<Dataset>,
     if !fits {
         return Err(differs("this folder's sample list"));
     }
-    let held = if hist.version < 8 {
-        dataset.hold_out_before_v8(record.count as usize, record.seed).1
+    let (rest, held) = if hist.version < 8 {
+        dataset.hold_out_before_v8(record.count as usize, record.seed)
     } else {
-        dataset.hold_out(record.count as usize, record.seed).1
+        dataset.hold_out(record.count as usize, record.seed)
     };
     if held.list_sha256() != record.list_sha256 {
         return Err(differs("the slice chosen from this folder"));
     }
-    Ok(Some(held))
+    Ok((rest, Some(held)))
 }
 
 /// Where a pass's batches come from.

@@ -10,9 +10,9 @@ pub mod gpu;
 use std::path::PathBuf;
 
 pub use collect::{
-    batch_input, calibrate, calibrate_batches, calibrate_model, held_out_slice, load_model, CalibrateOptions,
-    CalibrationSummary, ChannelMaxima, Digesting, GivenSamples, HoldOut, Smooth, TappedModel, AUTO_SMOOTH_ALPHA,
-    MAXIMA_SAMPLES, RUN_VALUES_MAX,
+    batch_input, calibrate, calibrate_batches, calibrate_model, float_output, held_in_slice, held_out_slice,
+    load_model, CalibrateOptions, CalibrationSummary, ChannelMaxima, Digesting, GivenSamples, HoldOut, Smooth,
+    TappedModel, AUTO_SMOOTH_ALPHA, MAXIMA_SAMPLES, RUN_VALUES_MAX,
 };
 pub use histograms::Selection;
 

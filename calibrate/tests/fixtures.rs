@@ -396,6 +396,10 @@ fn the_held_back_slice_is_found_again_only_in_the_calibration_folder() {
     let names = |d: &Dataset| d.items.iter().map(|i| i.path.clone()).collect::<Vec<_>>();
     let again = calibrate::held_out_slice(&samples, &hist).unwrap().expect("a held-back slice");
     assert_eq!(names(&again), names(&summary.held_out.unwrap()));
+    // The rest (what GPTQ's layer sums read) is the other 32 samples: none of the held-back ones.
+    let rest = calibrate::held_in_slice(&samples, &hist).unwrap();
+    assert_eq!(rest.len(), 32);
+    assert!(names(&rest).iter().all(|p| !names(&again).contains(p)));
 
     // A .hist before version 8 held back the first of a seeded shuffle, and names its list by paths.
     let listed = Dataset::flat(&samples).unwrap();

@@ -620,3 +620,15 @@ mod tests {
         assert_eq!("mse".parse::<OrAuto<WeightClip>>().unwrap(), OrAuto::One(WeightClip::Mse));
     }
 }
+
+/// `--weight-rounding`, for the commands that build a model from the calibration samples at hand (`quantize`,
+/// and `analyze` given the calibration folder).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RoundingArgs {
+    /// How INT8 weights are rounded: auto (GPTQ, each layer's weights rounded so that its output stays close
+    /// given how its inputs correlate over up to 128 of the calibration samples, kept where the held-back
+    /// samples measure it better than rounding to nearest; nearest without held-back samples), nearest, or gptq
+    /// (always). The scales are the same either way (README, "Weight rounding")
+    #[arg(long, default_value = "auto", value_name = "auto|nearest|gptq")]
+    pub weight_rounding: quantizer::rounding::WeightRounding,
+}

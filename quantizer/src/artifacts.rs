@@ -119,6 +119,10 @@ pub struct Ranges {
     /// The `auto` search: what was tried, measured, and why the winner won (absent without one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub search: Option<crate::search::SearchRecord>,
+    /// How the INT8 weights were rounded when held-in samples were at hand (`quantize`): GPTQ or nearest, and
+    /// why (absent when nearest rounding was the only choice).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_rounding: Option<crate::rounding::RoundingRecord>,
 }
 
 /// What a run measured of the model it wrote (ranges.json `self_check`).

@@ -15,6 +15,7 @@ pub mod opset;
 mod pipeline;
 pub mod profile;
 pub mod qdq;
+pub mod rounding;
 pub mod search;
 #[cfg(test)]
 mod test_models;
@@ -453,6 +454,7 @@ impl Quantizer {
             chosen_by: if scheme.auto.any() { "defaults" } else { "flags" },
             self_check: SelfCheck::skipped("not measured"),
             search: None,
+            weight_rounding: None,
         };
         let profile = engine_profile_of(model, hist)?;
         Ok(Artifacts { ranges, qdq, cache, model, profile })

@@ -12,6 +12,7 @@ use placement::FloatType;
 use safe_io::OutputDir;
 
 use crate::measure::{Probe, ProbeOptions};
+use crate::rounding::{Hessians, RoundingRecord, WeightRounding};
 use crate::{Cache, QuantizeError, Quantizer, Ranges, Scheme, SelfCheck};
 
 /// Samples per ONNX Runtime call when measuring on held-back samples: small, so that the search's coarse
@@ -62,6 +63,8 @@ pub struct QuantizeConfig {
     pub save_hist: Option<PathBuf>,
     /// The artifact folder.
     pub out: PathBuf,
+    /// How INT8 weights are rounded ([`crate::rounding`]).
+    pub weight_rounding: WeightRounding,
 }
 
 /// What an artifact set held, for the caller to report.
@@ -120,9 +123,115 @@ pub fn quantize(config: &QuantizeConfig, progress: &mut dyn FnMut(Step, u64, u64
         Some(p) => Yardstick::Probe(p),
         None => Yardstick::Missing(Yardstick::missing_for(quantizer.hist())),
     };
-    let written =
-        write_artifacts(&quantizer, &config.scheme, &yardstick, stage, &mut |d, t| progress(Step::Search, d, t))?;
+    let hessians = weight_hessians(
+        &quantizer,
+        config.weight_rounding,
+        probe.is_some(),
+        &config.images,
+        &config.feed,
+        config.collect.threads,
+    )?;
+    let rounding = hessians.as_ref().map(|h| (config.weight_rounding, h));
+    let written = write_artifacts(&quantizer, &config.scheme, &yardstick, rounding, stage, &mut |d, t| {
+        progress(Step::Search, d, t)
+    })?;
     Ok(Quantized { calibration, calibration_seconds, smoothed, equalized, written })
+}
+
+/// GPTQ's layer input statistics over up to [`crate::rounding::SAMPLES`] of the samples the statistics came
+/// from (`images`, the calibration folder), where the rounding may be GPTQ's: asked for, or `auto` with
+/// held-back samples to choose on.
+fn weight_hessians(
+    quantizer: &Quantizer,
+    rounding: WeightRounding,
+    measurable: bool,
+    images: &Path,
+    feed: &Feed,
+    threads: usize,
+) -> Result<Option<Hessians>, QuantizeError> {
+    match rounding {
+        WeightRounding::Nearest => return Ok(None),
+        WeightRounding::Auto if !measurable => return Ok(None),
+        _ => {}
+    }
+    let hist = quantizer.hist();
+    let held_in = calibrate::held_in_slice(images, hist)?.limit(crate::rounding::SAMPLES, hist.images.seed);
+    // The calibration pass skipped unreadable samples only where told to, so they are skipped here alike.
+    let on_bad_image = if hist.images.skipped > 0 { datasets::OnBadImage::Skip } else { datasets::OnBadImage::Fail };
+    let start = std::time::Instant::now();
+    let hessians = Hessians::collect(quantizer.model(), &held_in, feed, threads, on_bad_image)?;
+    tracing::info!(target: "int8kit::rounding", seconds = start.elapsed().as_secs_f64(), samples = hessians.samples,
+        layers = hessians.by_node.len(), "GPTQ's layer input sums");
+    Ok(Some(hessians))
+}
+
+/// Rounds `artifacts`' INT8 weights by GPTQ where `rounding` asks for it: always (`gptq`), or (`auto`) when
+/// the held-back samples measure the GPTQ model better than the nearest-rounded one.
+fn round_weights(
+    quantizer: &Quantizer,
+    artifacts: &mut crate::Artifacts<'_>,
+    yardstick: &Yardstick,
+    (asked, hessians): (WeightRounding, &Hessians),
+) -> Result<(), QuantizeError> {
+    let start = std::time::Instant::now();
+    let mut rounded = artifacts.qdq.clone();
+    let layers = crate::rounding::apply(&mut rounded, quantizer.model(), hessians)?;
+    tracing::info!(target: "int8kit::rounding", seconds = start.elapsed().as_secs_f64(), "GPTQ rounding");
+    let mut record = RoundingRecord {
+        asked: asked.name(),
+        chosen: "nearest",
+        reason: String::new(),
+        samples: hessians.samples,
+        nearest_sqnr_db: None,
+        gptq_sqnr_db: None,
+        layers,
+    };
+    let count = record.layers.iter().filter(|l| l.rounding == "gptq").count();
+    let probe = match yardstick {
+        Yardstick::Probe(p) => Some(*p),
+        Yardstick::Missing(_) => None,
+    };
+    if count == 0 {
+        record.reason = "no layer has enough input patches for GPTQ (or none has an INT8 weight it can round)".into();
+    } else if let (WeightRounding::Auto, Some(probe)) = (asked, probe) {
+        let shapes = probe.sample_shapes();
+        // The search measured the nearest-rounded winner on every held-back sample already.
+        let searched = artifacts.ranges.search.as_ref().and_then(|r| {
+            let t = &r.trials[r.chosen];
+            t.worst_shape_sqnr_db.or(t.mean_sample_sqnr_db)
+        });
+        let n = match searched {
+            Some(db) => db,
+            None => crate::search::ranking_db(&probe.measure_per_sample(&artifacts.qdq, usize::MAX)?.1, &shapes),
+        };
+        let (fidelity, gptq) = probe.measure_per_sample(&rounded, usize::MAX)?;
+        let g = crate::search::ranking_db(&gptq, &shapes);
+        (record.nearest_sqnr_db, record.gptq_sqnr_db) = (Some(n), Some(g));
+        if g > n {
+            record.chosen = "gptq";
+            record.reason = format!(
+                "GPTQ's rounding of {count} layers measured {g:.2} dB against nearest rounding's {n:.2} on the \
+                 held-back samples (mean per-sample output SQNR)"
+            );
+            artifacts.qdq = rounded;
+            artifacts.ranges.self_check.fidelity = Some(fidelity);
+        } else {
+            record.reason = format!(
+                "nearest rounding measured {n:.2} dB against GPTQ's {g:.2} ({count} layers) on the held-back samples \
+                 (mean per-sample output SQNR)"
+            );
+        }
+    } else {
+        record.chosen = "gptq";
+        record.reason = format!("asked for (--weight-rounding gptq): {count} layers");
+        if let Some(probe) = probe {
+            artifacts.ranges.self_check.fidelity = Some(probe.measure(&rounded, usize::MAX)?);
+        }
+        artifacts.qdq = rounded;
+    }
+    tracing::info!(target: "int8kit::rounding", "weight rounding: {} ({})", record.chosen, record.reason);
+    artifacts.ranges.weight_rounding = Some(record);
+    Ok(())
 }
 
 /// The probe of the held-back samples `held` (none without them), built while another thread computes the
@@ -163,10 +272,14 @@ pub fn write_artifacts(
     quantizer: &Quantizer,
     scheme: &Scheme,
     yardstick: &Yardstick,
+    rounding: Option<(WeightRounding, &Hessians)>,
     stage: OutputDir,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Written, QuantizeError> {
-    let artifacts = choose_and_measure(quantizer, scheme, yardstick, progress)?;
+    let mut artifacts = choose_and_measure(quantizer, scheme, yardstick, progress)?;
+    if let Some(rounding) = rounding {
+        round_weights(quantizer, &mut artifacts, yardstick, rounding)?;
+    }
     let warnings = artifacts.write(stage.path())?;
     stage.commit()?;
     let crate::Artifacts { ranges, cache, .. } = artifacts;
@@ -277,10 +390,19 @@ pub fn analyze_hist(
     check: Option<&Path>,
     threads: usize,
     scheme: &Scheme,
+    rounding: WeightRounding,
     out: &Path,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Written, QuantizeError> {
     crate::cache::trt_version_code(&scheme.trt_version)?;
+    if rounding == WeightRounding::Gptq && images.is_none() {
+        return Err(QuantizeError::Model {
+            path: hist.to_path_buf(),
+            message: "--weight-rounding gptq needs --images with the calibration folder: GPTQ reads the layers' \
+                      inputs on the samples these statistics came from"
+                .into(),
+        });
+    }
     let stage = OutputDir::new(out)?;
     let quantizer = Quantizer::load(model, HistFile::read(hist)?)?;
     let held = match (images, check) {
@@ -305,5 +427,13 @@ pub fn analyze_hist(
         )),
         None => Yardstick::Missing(Yardstick::missing_for(quantizer.hist())),
     };
-    write_artifacts(&quantizer, scheme, &yardstick, stage, progress)
+    let feed = match &quantizer.hist().recipe {
+        Some(recipe) => Feed::Images(recipe.clone()),
+        None => Feed::Tensors,
+    };
+    let hessians = match images {
+        Some(dir) => weight_hessians(&quantizer, rounding, probe.is_some() && check.is_none(), dir, &feed, threads)?,
+        None => None,
+    };
+    write_artifacts(&quantizer, scheme, &yardstick, hessians.as_ref().map(|h| (rounding, h)), stage, progress)
 }

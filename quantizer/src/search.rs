@@ -593,6 +593,13 @@ impl Searcher<'_> {
     }
 }
 
+/// What a candidate is ranked by: the mean per-sample output SQNR (dB) over `samples`, of the sample shape it
+/// does worst on when `shapes` (per sample, its shape's index) holds several.
+pub(crate) fn ranking_db(samples: &[ImageFidelity], shapes: &[usize]) -> f64 {
+    let db = sample_sqnr_db(samples);
+    shape_means(&db, shapes).into_iter().fold(f64::INFINITY, f64::min)
+}
+
 /// Each sample's output SQNR in dB, its output energy counted as at least [`SIGNAL_FLOOR`] of the samples'
 /// mean, within [`SQNR_MAX_DB`] either way. Candidates measured on the same samples share the floor (the signal
 /// is the float model's).

@@ -30,6 +30,9 @@ pub struct AnalyzeArgs {
     /// Scale method, precision lists and placement.
     #[command(flatten)]
     pub scheme: SchemeArgs,
+    /// How INT8 weights are rounded (GPTQ needs --images).
+    #[command(flatten)]
+    pub rounding: crate::args::RoundingArgs,
     /// Output folder.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -216,6 +219,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<Outcome> {
         args.check.check.as_deref(),
         args.threads,
         &scheme,
+        args.rounding.weight_rounding,
         &args.out,
         &mut crate::ui::reporter(&bar),
     )

@@ -22,6 +22,9 @@ pub struct QuantizeArgs {
     /// precision lists, without recalibrating).
     #[arg(long, value_name = "H.hist")]
     pub save_hist: Option<PathBuf>,
+    /// How INT8 weights are rounded.
+    #[command(flatten)]
+    pub rounding: crate::args::RoundingArgs,
     /// Output folder for model.qdq.onnx, ranges.csv, ranges.json (and calibration.cache with --tensors all).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -42,6 +45,7 @@ pub fn run(args: &QuantizeArgs) -> anyhow::Result<Outcome> {
         scheme: args.scheme.scheme(false)?,
         save_hist: args.save_hist.clone(),
         out: args.out.clone(),
+        weight_rounding: args.rounding.weight_rounding,
     };
     let bar = progress_bar("calibrate", "images", args.quiet);
     let search = progress_bar("auto", "models", args.quiet);

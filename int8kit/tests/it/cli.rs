@@ -62,6 +62,8 @@ fn quantize_equals_calibrate_then_analyze_byte_for_byte() {
         let ranges = String::from_utf8(read(&format!("{a}/ranges.json"))).unwrap();
         assert_eq!(ranges.contains("\"smoothing\""), !tag.is_empty(), "ranges.json records the smoothing");
         assert_eq!(ranges.contains("\"clip\": \"mse\""), !tag.is_empty(), "ranges.json records the weight clip");
+        // Both rounded the weights from the same held-in samples, and measured it the same way.
+        assert!(ranges.contains("\"weight_rounding\""), "ranges.json records the weight rounding");
     }
     // Nothing but the outputs was written.
     let mut written: Vec<String> =

@@ -11,6 +11,7 @@ mod inputs;
 mod install;
 mod lint;
 mod outputs;
+mod rounding;
 mod scales;
 mod shards;
 mod sizes;

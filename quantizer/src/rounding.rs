@@ -1,0 +1,757 @@
+//! Weight rounding by GPTQ (Frantar et al., 2022): a layer's INT8 weight columns are rounded one at a time, and
+//! each column's rounding error is spread over the columns not yet rounded, weighted by how the layer's inputs
+//! correlate (the inverse of `H = E[x x^T]` over its input patches), so that the layer's *output* error is small
+//! rather than each weight's. The scales stay those of nearest rounding; only the integers change.
+//!
+//! `H` comes from the float model's layer inputs over held-in calibration samples ([`Hessians::collect`]), never
+//! from the held-back ones that measure the result. A layer with fewer input patches than
+//! [`MIN_PATCHES_PER_COLUMN`] per weight column keeps nearest rounding (its `H` would describe those samples
+//! alone), and so does one wider than [`MAX_COLUMNS`] (its `K^3` factorization would cost more than the
+//! calibration pass).
+
+use std::collections::BTreeMap;
+
+use graph::proto::{ModelProto, NodeProto, TensorProto};
+use graph::Model;
+use ndarray::{Array2, ArrayView2};
+
+use crate::QuantizeError;
+
+/// How INT8 weights are rounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightRounding {
+    /// GPTQ where the held-back samples measure it better than nearest rounding (when there are none:
+    /// nearest).
+    #[default]
+    Auto,
+    /// Each weight to its nearest integer.
+    Nearest,
+    /// GPTQ wherever a layer has enough input patches.
+    Gptq,
+}
+
+impl WeightRounding {
+    /// The name on the command line and in ranges.json.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightRounding::Auto => "auto",
+            WeightRounding::Nearest => "nearest",
+            WeightRounding::Gptq => "gptq",
+        }
+    }
+}
+
+impl std::str::FromStr for WeightRounding {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(WeightRounding::Auto),
+            "nearest" => Ok(WeightRounding::Nearest),
+            "gptq" => Ok(WeightRounding::Gptq),
+            other => Err(format!("'{other}': expected 'auto', 'nearest' or 'gptq'")),
+        }
+    }
+}
+
+/// A layer keeps nearest rounding below this many input patches per weight column.
+pub const MIN_PATCHES_PER_COLUMN: u64 = 8;
+
+/// A layer keeps nearest rounding above this many weight columns (input channels x kernel positions).
+pub const MAX_COLUMNS: usize = 1152;
+
+/// Input patches taken from one sample for one layer, at most (spread evenly over its positions).
+pub const PATCHES_PER_SAMPLE: usize = 96;
+
+/// Input patches a layer's `H` is made of, per weight column, where the samples have that many: above
+/// [`MIN_PATCHES_PER_COLUMN`], and no more, since each patch costs `columns^2` multiply-adds.
+pub const PATCHES_PER_COLUMN: usize = 12;
+
+/// Held-in samples whose layer inputs make `H`, at most.
+pub const SAMPLES: usize = 128;
+
+/// `H += damping x mean(diag H)` before it is inverted (GPTQ's default): keeps the inverse finite where inputs
+/// are nearly dependent.
+const DAMPING: f64 = 0.01;
+
+/// How a layer's input becomes rows of its weight's columns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Patches {
+    /// A Conv: every output position's receptive field (im2col), channel-major like the weight.
+    Conv {
+        /// Kernel height and width.
+        kernel: [usize; 2],
+        /// Strides (height, width).
+        strides: [usize; 2],
+        /// Where the padding goes.
+        padding: Padding,
+        /// Dilations (height, width).
+        dilations: [usize; 2],
+    },
+    /// A Gemm or MatMul: the input's last axis.
+    LastAxis,
+}
+
+/// A Conv's padding: explicit, or `auto_pad`'s, which depends on the input size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Padding {
+    /// Top, left, bottom, right.
+    Explicit([usize; 4]),
+    /// `SAME_UPPER` (the odd pixel at the end) or `SAME_LOWER` (at the start): outputs `ceil(input / stride)`.
+    Same {
+        /// Whether the odd pixel goes at the end.
+        upper: bool,
+    },
+}
+
+impl Padding {
+    /// Top, left, bottom, right for an input of `size` (height, width).
+    fn pads(self, size: [usize; 2], kernel: [usize; 2], strides: [usize; 2], dilations: [usize; 2]) -> [usize; 4] {
+        match self {
+            Padding::Explicit(p) => p,
+            Padding::Same { upper } => {
+                let total = |i: usize| {
+                    let out = size[i].div_ceil(strides[i].max(1));
+                    ((out.max(1) - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1).saturating_sub(size[i])
+                };
+                let (th, tw) = (total(0), total(1));
+                let (small_h, small_w) = (th / 2, tw / 2);
+                if upper {
+                    [small_h, small_w, th - small_h, tw - small_w]
+                } else {
+                    [th - small_h, tw - small_w, small_h, small_w]
+                }
+            }
+        }
+    }
+}
+
+/// A layer whose weight GPTQ can round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layer {
+    /// The node's name, or its output's where it has none (exporters leave names empty).
+    pub node: String,
+    /// The node's first output: what identifies it in the Q/DQ model built from this one.
+    pub output: String,
+    /// Its data input (a tensor of the float model).
+    pub input: String,
+    /// Its weight initializer.
+    pub weight: String,
+    /// How the input becomes patches.
+    pub patches: Patches,
+    /// Weight columns per output channel.
+    pub columns: usize,
+}
+
+fn ints(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
+    node.attribute.iter().find(|a| a.name == name).map(|a| a.ints.clone())
+}
+
+fn int(node: &NodeProto, name: &str) -> Option<i64> {
+    node.attribute.iter().find(|a| a.name == name).map(|a| a.i)
+}
+
+/// The layers of `model` whose weights GPTQ can round: 2-D Convs with one group, Gemms (not transposing A) and
+/// MatMuls whose weight is a constant (an initializer or a Constant node, possibly behind Casts) read by that
+/// node alone.
+pub fn layers(model: &Model) -> Vec<Layer> {
+    let graph = &model.proto.graph;
+    let index = graph::GraphIndex::new(graph);
+    let mut readers: BTreeMap<&str, usize> = BTreeMap::new();
+    for n in &graph.node {
+        for i in &n.input {
+            *readers.entry(i.as_str()).or_default() += 1;
+        }
+    }
+    let mut out = Vec::new();
+    for n in &graph.node {
+        let (Some(input), Some(weight)) = (n.input.first(), n.input.get(1)) else { continue };
+        let Some(w) = placement::constant_behind(graph, &index, weight) else { continue };
+        if readers.get(weight.as_str()) != Some(&1) {
+            continue;
+        }
+        let dims: Vec<usize> = w.dims.iter().map(|&d| d as usize).collect();
+        let (patches, columns) = match n.op_type.as_str() {
+            "Conv" if dims.len() == 4 && int(n, "group").unwrap_or(1) == 1 => {
+                let pair = |name: &str| ints(n, name).filter(|v| v.len() == 2).map(|v| [v[0] as usize, v[1] as usize]);
+                let auto_pad = n.attribute.iter().find(|a| a.name == "auto_pad").map(|a| a.s.clone());
+                let padding = match auto_pad.as_deref() {
+                    None | Some(b"") | Some(b"NOTSET") => {
+                        let pads = ints(n, "pads").unwrap_or_else(|| vec![0; 4]);
+                        if pads.len() != 4 || pads.iter().any(|&p| p < 0) {
+                            continue;
+                        }
+                        Padding::Explicit([pads[0] as usize, pads[1] as usize, pads[2] as usize, pads[3] as usize])
+                    }
+                    Some(b"VALID") => Padding::Explicit([0; 4]),
+                    Some(b"SAME_UPPER") => Padding::Same { upper: true },
+                    Some(b"SAME_LOWER") => Padding::Same { upper: false },
+                    Some(_) => continue,
+                };
+                let patches = Patches::Conv {
+                    kernel: [dims[2], dims[3]],
+                    strides: pair("strides").unwrap_or([1, 1]),
+                    padding,
+                    dilations: pair("dilations").unwrap_or([1, 1]),
+                };
+                (patches, dims[1] * dims[2] * dims[3])
+            }
+            "Gemm" if dims.len() == 2 && int(n, "transA").unwrap_or(0) == 0 => {
+                (Patches::LastAxis, if int(n, "transB").unwrap_or(0) == 1 { dims[1] } else { dims[0] })
+            }
+            "MatMul" if dims.len() == 2 => (Patches::LastAxis, dims[0]),
+            _ => continue,
+        };
+        let Some(output) = n.output.first() else { continue };
+        let node = if n.name.is_empty() { output.clone() } else { n.name.clone() };
+        out.push(Layer {
+            node,
+            output: output.clone(),
+            input: input.clone(),
+            weight: weight.clone(),
+            patches,
+            columns,
+        });
+    }
+    out
+}
+
+/// `E[x x^T]` of one layer's input patches, accumulated.
+#[derive(Debug, Clone)]
+pub struct Hessian {
+    /// Sum of `x x^T` over the patches (columns x columns).
+    pub sum: Array2<f64>,
+    /// Patches summed.
+    pub patches: u64,
+}
+
+impl Hessian {
+    /// Whether there are enough patches for GPTQ ([`MIN_PATCHES_PER_COLUMN`]).
+    pub fn usable(&self) -> bool {
+        self.patches >= MIN_PATCHES_PER_COLUMN * self.sum.nrows() as u64
+    }
+}
+
+/// The rows (patches) of one sample's input `x` (shape without the batch axis) for `layer`, at most `take` of
+/// them, spread evenly; appended to `rows`.
+pub fn sample_patches(layer: &Layer, x: &[f32], shape: &[usize], take: usize, rows: &mut Vec<f32>) {
+    match &layer.patches {
+        Patches::LastAxis => {
+            let k = layer.columns;
+            let n = x.len() / k.max(1);
+            let step = n.div_ceil(take.max(1)).max(1);
+            for r in (0..n).step_by(step) {
+                rows.extend_from_slice(&x[r * k..(r + 1) * k]);
+            }
+        }
+        Patches::Conv { kernel, strides, padding, dilations } => {
+            let [c, h, w] = [shape[0], shape[1], shape[2]];
+            let pads = padding.pads([h, w], *kernel, *strides, *dilations);
+            let span = |size: usize, k: usize, s: usize, p0: usize, p1: usize, d: usize| {
+                (size + p0 + p1).checked_sub((k - 1) * d + 1).map_or(0, |v| v / s + 1)
+            };
+            let oh = span(h, kernel[0], strides[0], pads[0], pads[2], dilations[0]);
+            let ow = span(w, kernel[1], strides[1], pads[1], pads[3], dilations[1]);
+            let n = oh * ow;
+            let step = n.div_ceil(take.max(1)).max(1);
+            for pos in (0..n).step_by(step) {
+                let (oy, ox) = (pos / ow, pos % ow);
+                for ch in 0..c {
+                    for ky in 0..kernel[0] {
+                        let y = (oy * strides[0] + ky * dilations[0]) as isize - pads[0] as isize;
+                        for kx in 0..kernel[1] {
+                            let xx = (ox * strides[1] + kx * dilations[1]) as isize - pads[1] as isize;
+                            let inside = y >= 0 && (y as usize) < h && xx >= 0 && (xx as usize) < w;
+                            rows.push(if inside { x[(ch * h + y as usize) * w + xx as usize] } else { 0.0 });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The `H` of every layer [`layers`] finds, from the float model's layer inputs.
+#[derive(Debug, Clone, Default)]
+pub struct Hessians {
+    /// By layer, keyed by its node's first output ([`Layer::output`]).
+    pub by_node: BTreeMap<String, Hessian>,
+    /// Samples they came from.
+    pub samples: usize,
+    /// Samples they will come from: sets how many patches each gives ([`PATCHES_PER_COLUMN`]).
+    pub expected: usize,
+}
+
+impl Hessians {
+    /// Adds one run's layer inputs: `inputs[i]` is `layers[i]`'s input tensor over the batch (shape with the
+    /// batch axis first). Samples are taken in order, each one's patches summed on their own, so the sums do
+    /// not depend on how samples were batched.
+    pub fn add(&mut self, layers: &[Layer], inputs: &[(Vec<usize>, &[f32])]) {
+        use rayon::prelude::*;
+        for layer in layers {
+            let k = layer.columns;
+            self.by_node
+                .entry(layer.output.clone())
+                .or_insert_with(|| Hessian { sum: Array2::zeros((k, k)), patches: 0 });
+        }
+        // Each layer's sum is its own, so layers run in parallel without changing any sum.
+        let mut work: Vec<(&Layer, &(Vec<usize>, &[f32]), Option<Hessian>)> =
+            layers.iter().zip(inputs).map(|(l, i)| (l, i, self.by_node.remove(&l.output))).collect();
+        let expected = self.expected.max(1);
+        work.par_iter_mut().for_each(|(layer, (shape, values), h)| {
+            let (Some(h), Some(&batch)) = (h.as_mut(), shape.first()) else { return };
+            let per = values.len() / batch.max(1);
+            let k = layer.columns;
+            let take = (PATCHES_PER_COLUMN * k).div_ceil(expected).clamp(1, PATCHES_PER_SAMPLE);
+            let mut rows = Vec::new();
+            // One sample's products in float32 (at most PATCHES_PER_SAMPLE terms each), summed in f64.
+            let mut product = Array2::<f32>::zeros((k, k));
+            for s in 0..batch {
+                rows.clear();
+                sample_patches(layer, &values[s * per..(s + 1) * per], &shape[1..], take, &mut rows);
+                let count = rows.len() / k.max(1);
+                if count == 0 {
+                    continue;
+                }
+                let x = ArrayView2::from_shape((count, k), &rows).expect("rows hold whole patches");
+                ndarray::linalg::general_mat_mul(1.0, &x.t(), &x, 0.0, &mut product);
+                h.sum.zip_mut_with(&product, |a, &b| *a += b as f64);
+                h.patches += count as u64;
+            }
+        });
+        for (layer, _, h) in work {
+            if let Some(h) = h {
+                self.by_node.insert(layer.output.clone(), h);
+            }
+        }
+        self.samples += inputs.first().and_then(|(shape, _)| shape.first()).copied().unwrap_or(0);
+    }
+}
+
+impl Hessians {
+    /// The `H` of `model`'s layers (at most [`MAX_COLUMNS`] columns) over `dataset` (held-in calibration
+    /// samples), the float model run with the layers' inputs as outputs.
+    pub fn collect(
+        model: &Model,
+        dataset: &datasets::Dataset,
+        feed: &datasets::Feed,
+        threads: usize,
+        on_bad_image: datasets::OnBadImage,
+    ) -> Result<Hessians, QuantizeError> {
+        let layers: Vec<Layer> = layers(model).into_iter().filter(|l| l.columns <= MAX_COLUMNS).collect();
+        let mut hessians = Hessians { expected: dataset.len(), ..Default::default() };
+        if layers.is_empty() || dataset.is_empty() {
+            return Ok(hessians);
+        }
+        let input = calibrate::batch_input(model, feed)?;
+        let mut tapped = model.proto.clone();
+        let outputs = &mut tapped.graph.mut_or_insert_default().output;
+        let mut names: Vec<String> = Vec::new();
+        for l in &layers {
+            if l.input != input && !names.contains(&l.input) {
+                names.push(l.input.clone());
+            }
+        }
+        let present: Vec<String> = outputs.iter().map(|o| o.name.clone()).collect();
+        for n in names.iter().filter(|n| !present.contains(n)) {
+            outputs.push(calibrate::float_output(n));
+        }
+        let bytes = graph::proto::Message::write_to_bytes(&tapped).map_err(graph::GraphError::Encode)?;
+        let label = model.path.display().to_string();
+        let mut cfg =
+            runtime::SessionConfig::new(&label).place(runtime::Placement { threads, device: runtime::Device::Cpu });
+        cfg.external_data_dir = Some(model.dir.clone());
+        let mut session = runtime::session_from_bytes(&bytes, &cfg)?;
+        let options = datasets::StreamOptions { batch_size: 16, on_bad_image, ..Default::default() };
+        for batch in datasets::BatchStream::new(dataset, feed, options) {
+            let batch = batch?;
+            let outputs = runtime::run(&mut session, &label, &batch.inputs(&input), &names)?;
+            let mut inputs: Vec<(Vec<usize>, &[f32])> = Vec::with_capacity(layers.len());
+            for l in &layers {
+                if l.input == input {
+                    inputs.push((batch.shape.to_vec(), &batch.data[..]));
+                    continue;
+                }
+                let o = &outputs[names.iter().position(|n| *n == l.input).expect("every input tapped")];
+                let shape = o.shape().iter().map(|&d| d as usize).collect();
+                inputs.push((shape, o.as_f32().unwrap_or_default()));
+            }
+            hessians.add(&layers, &inputs);
+        }
+        Ok(hessians)
+    }
+}
+
+/// Lower Cholesky factor (row-major, `n x n`) of the symmetric positive definite `a`, or `None` if it is not.
+fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
+    let mut l = vec![0f64; n * n];
+    for j in 0..n {
+        let d = a[j * n + j] - (0..j).map(|k| l[j * n + k] * l[j * n + k]).sum::<f64>();
+        if !(d > 0.0 && d.is_finite()) {
+            return None;
+        }
+        let d = d.sqrt();
+        l[j * n + j] = d;
+        for i in j + 1..n {
+            let (ri, rj) = (&l[i * n..i * n + j], &l[j * n..j * n + j]);
+            let s = a[i * n + j] - ri.iter().zip(rj).map(|(x, y)| x * y).sum::<f64>();
+            l[i * n + j] = s / d;
+        }
+    }
+    Some(l)
+}
+
+/// The inverse of a lower triangular matrix (row-major, `n x n`), itself lower triangular.
+fn lower_inverse(l: &[f64], n: usize) -> Vec<f64> {
+    let mut inv = vec![0f64; n * n];
+    for i in 0..n {
+        inv[i * n + i] = 1.0 / l[i * n + i];
+        for j in 0..i {
+            let s: f64 = (j..i).map(|k| l[i * n + k] * inv[k * n + j]).sum();
+            inv[i * n + j] = -s / l[i * n + i];
+        }
+    }
+    inv
+}
+
+/// The upper Cholesky factor (row-major) of `(H + damping)^-1`, which GPTQ's column updates read row by row.
+fn inverse_factor(h: &Hessian) -> Option<Vec<f64>> {
+    let n = h.sum.nrows();
+    let mut a: Vec<f64> = h.sum.iter().map(|v| v / h.patches.max(1) as f64).collect();
+    let mean = (0..n).map(|i| a[i * n + i]).sum::<f64>() / n.max(1) as f64;
+    for i in 0..n {
+        // A column no patch ever reaches gets a unit diagonal: its weight is rounded alone.
+        if a[i * n + i] == 0.0 {
+            a[i * n + i] = 1.0;
+        }
+        a[i * n + i] += DAMPING * mean.max(f64::MIN_POSITIVE);
+    }
+    let l_inv = ndarray::Array2::from_shape_vec((n, n), lower_inverse(&cholesky(&a, n)?, n)).ok()?;
+    let inverse = l_inv.t().dot(&l_inv);
+    let lower = cholesky(inverse.as_slice()?, n)?;
+    // The upper factor is the lower one transposed.
+    let mut upper = vec![0f64; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            upper[j * n + i] = lower[i * n + j];
+        }
+    }
+    Some(upper)
+}
+
+/// GPTQ's integers for a weight laid out as `rows` output channels of `columns` values each (the layer's
+/// column order), `scale[r]` per row; `None` when `H` cannot be factored.
+pub fn gptq(weights: &[f32], rows: usize, scale: &[f32], h: &Hessian) -> Option<Vec<i8>> {
+    let k = h.sum.nrows();
+    let u = inverse_factor(h)?;
+    let mut w: Vec<f64> = weights.iter().map(|&v| v as f64).collect();
+    let mut q = vec![0i8; rows * k];
+    for r in 0..rows {
+        let s = scale[r] as f64;
+        let row = &mut w[r * k..(r + 1) * k];
+        for i in 0..k {
+            let v = (row[i] / s).clamp(-127.0, 127.0).round_ties_even();
+            q[r * k + i] = v as i8;
+            let err = (row[i] - v * s) / u[i * k + i];
+            let ui = &u[i * k..(i + 1) * k];
+            for (x, &f) in row[i + 1..].iter_mut().zip(&ui[i + 1..]) {
+                *x -= err * f;
+            }
+        }
+    }
+    Some(q)
+}
+
+/// A layer's weights as rows of its columns: `(values, rows)` from the initializer `w` stored as the node reads
+/// it (Conv `[out, in, kh, kw]`, Gemm with transB `[out, in]`, else `[in, out]`), and the inverse reordering.
+fn as_rows(values: &[f32], dims: &[i64], by_columns: bool) -> (Vec<f32>, usize) {
+    if !by_columns {
+        return (values.to_vec(), dims[0] as usize);
+    }
+    let (k, n) = (dims[0] as usize, dims[1] as usize);
+    let mut t = vec![0f32; values.len()];
+    for i in 0..k {
+        for j in 0..n {
+            t[j * k + i] = values[i * n + j];
+        }
+    }
+    (t, n)
+}
+
+/// One layer's outcome in ranges.json.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RoundedLayer {
+    /// The node.
+    pub node: String,
+    /// Weight columns.
+    pub columns: usize,
+    /// Input patches behind its `H`.
+    pub patches: u64,
+    /// `gptq`, or why it kept nearest rounding.
+    pub rounding: String,
+}
+
+/// ranges.json `weight_rounding`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RoundingRecord {
+    /// What was asked: `auto` or `gptq`.
+    pub asked: &'static str,
+    /// What the written model has: `gptq` or `nearest`.
+    pub chosen: &'static str,
+    /// Why.
+    pub reason: String,
+    /// Held-in calibration samples behind the layers' `H`.
+    pub samples: usize,
+    /// The held-back samples' mean per-sample output SQNR (dB; of the worst sample shape with several) of the
+    /// model with nearest rounding and with GPTQ's, where measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nearest_sqnr_db: Option<f64>,
+    /// See `nearest_sqnr_db`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gptq_sqnr_db: Option<f64>,
+    /// Every layer GPTQ could round, and what it got.
+    pub layers: Vec<RoundedLayer>,
+}
+
+/// Rewrites the INT8 weights of `proto` (a Q/DQ model built from `model`) that [`layers`] finds and `hessians`
+/// covers with GPTQ's integers, keeping their scales; returns what each layer got.
+pub fn apply(proto: &mut ModelProto, model: &Model, hessians: &Hessians) -> Result<Vec<RoundedLayer>, QuantizeError> {
+    let source = &model.proto.graph;
+    let index = graph::GraphIndex::new(source);
+    let graph = proto.graph.mut_or_insert_default();
+    // The weight DequantizeLinear feeding each node: its int8 and scale initializers.
+    let dq_of: BTreeMap<String, (String, String)> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "DequantizeLinear" && n.input.len() >= 2)
+        .map(|n| (n.output[0].clone(), (n.input[0].clone(), n.input[1].clone())))
+        .collect();
+    let feeding: BTreeMap<String, (String, String, bool)> = graph
+        .node
+        .iter()
+        .filter_map(|n| {
+            let by_columns = match n.op_type.as_str() {
+                "MatMul" => true,
+                "Gemm" => int(n, "transB").unwrap_or(0) == 0,
+                _ => false,
+            };
+            let (q, scale) = dq_of.get(n.input.get(1)?)?.clone();
+            Some((n.output.first()?.clone(), (q, scale, by_columns)))
+        })
+        .collect();
+    let initializer = |name: &str| graph.initializer.iter().find(|t| t.name == name);
+    /// One layer's work: its weights as rows, their scales, and where the integers go.
+    struct Job<'a> {
+        layer: Layer,
+        h: &'a Hessian,
+        values: Vec<f32>,
+        rows: usize,
+        scale: Vec<f32>,
+        dims: Vec<i64>,
+        by_columns: bool,
+        q_name: String,
+    }
+    let mut report = Vec::new();
+    let mut jobs = Vec::new();
+    for layer in layers(model) {
+        let Some((q_name, scale_name, by_columns)) = feeding.get(&layer.output) else { continue };
+        let kept = |why: String, patches: u64| RoundedLayer {
+            node: layer.node.clone(),
+            columns: layer.columns,
+            patches,
+            rounding: format!("nearest: {why}"),
+        };
+        if layer.columns > MAX_COLUMNS {
+            report.push(kept(format!("{} columns, more than {MAX_COLUMNS}", layer.columns), 0));
+            continue;
+        }
+        let Some(h) = hessians.by_node.get(&layer.output) else { continue };
+        if !h.usable() {
+            let why = format!(
+                "{} input patches for {} columns (GPTQ needs {MIN_PATCHES_PER_COLUMN} per column)",
+                h.patches, layer.columns
+            );
+            report.push(kept(why, h.patches));
+            continue;
+        }
+        let Some(w) = placement::constant_behind(source, &index, &layer.weight) else { continue };
+        let (values, rows) = as_rows(&model.tensor_f32(w)?, &w.dims, *by_columns);
+        let Some(scale) = initializer(scale_name).and_then(stored_floats) else { continue };
+        let scale: Vec<f32> = if scale.len() == 1 { vec![scale[0]; rows] } else { scale };
+        if scale.len() != rows || values.len() != rows * layer.columns {
+            continue;
+        }
+        let job = Job {
+            layer,
+            h,
+            values,
+            rows,
+            scale,
+            dims: w.dims.clone(),
+            by_columns: *by_columns,
+            q_name: q_name.clone(),
+        };
+        jobs.push(job);
+    }
+    use rayon::prelude::*;
+    let rounded: Vec<Option<Vec<i8>>> = jobs.par_iter().map(|j| gptq(&j.values, j.rows, &j.scale, j.h)).collect();
+    for (job, q) in jobs.into_iter().zip(rounded) {
+        let outcome = |rounding: &str| RoundedLayer {
+            node: job.layer.node.clone(),
+            columns: job.layer.columns,
+            patches: job.h.patches,
+            rounding: rounding.to_string(),
+        };
+        let Some(q) = q else {
+            report.push(outcome("nearest: its H could not be factored"));
+            continue;
+        };
+        let q = if job.by_columns {
+            let (k, n) = (job.dims[0] as usize, job.dims[1] as usize);
+            let mut t = vec![0i8; q.len()];
+            for j in 0..n {
+                for i in 0..k {
+                    t[i * n + j] = q[j * k + i];
+                }
+            }
+            t
+        } else {
+            q
+        };
+        if let Some(t) = graph.initializer.iter_mut().find(|t| t.name == job.q_name) {
+            t.raw_data = q.iter().map(|&v| v as u8).collect();
+            report.push(outcome("gptq"));
+        }
+    }
+    Ok(report)
+}
+
+/// The values of a float32 or FP16 initializer.
+fn stored_floats(t: &TensorProto) -> Option<Vec<f32>> {
+    use graph::proto::tensor_proto::DataType;
+    match t.data_type {
+        x if x == DataType::FLOAT as i32 && !t.float_data.is_empty() => Some(t.float_data.clone()),
+        x if x == DataType::FLOAT as i32 => {
+            Some(t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        }
+        x if x == DataType::FLOAT16 as i32 && !t.raw_data.is_empty() => {
+            Some(t.raw_data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect())
+        }
+        x if x == DataType::FLOAT16 as i32 => {
+            Some(t.int32_data.iter().map(|&v| half::f16::from_bits(v as u16).to_f32()).collect())
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A layer's output error `sum over rows of (w - q s) H (w - q s)^T`.
+    fn output_error(w: &[f32], q: &[i8], scale: &[f32], h: &Array2<f64>, rows: usize) -> f64 {
+        let k = h.nrows();
+        let d = Array2::from_shape_fn((rows, k), |(r, i)| w[r * k + i] as f64 - q[r * k + i] as f64 * scale[r] as f64);
+        (d.dot(h) * &d).sum()
+    }
+
+    fn lcg(seed: &mut u64) -> f64 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    }
+
+    #[test]
+    fn gptq_lowers_the_output_error_of_correlated_inputs_below_nearest_rounding() {
+        // Inputs whose columns share a common component: nearest rounding's errors add up along it.
+        let (k, rows, n) = (24, 6, 2000);
+        let mut seed = 7;
+        let mut x = Vec::with_capacity(n * k);
+        for _ in 0..n {
+            let common = lcg(&mut seed);
+            x.extend((0..k).map(|_| common + 0.2 * lcg(&mut seed)));
+        }
+        let xv = ArrayView2::from_shape((n, k), &x).unwrap();
+        let h = Hessian { sum: xv.t().dot(&xv), patches: n as u64 };
+        let w: Vec<f32> = (0..rows * k).map(|_| lcg(&mut seed) as f32).collect();
+        let scale: Vec<f32> =
+            (0..rows).map(|r| w[r * k..(r + 1) * k].iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0).collect();
+        let nearest: Vec<i8> =
+            (0..rows * k).map(|i| (w[i] / scale[i / k]).round_ties_even().clamp(-127.0, 127.0) as i8).collect();
+        let rounded = gptq(&w, rows, &scale, &h).unwrap();
+        let e = |q: &[i8]| output_error(&w, q, &scale, &(&h.sum / n as f64), rows);
+        assert!(e(&rounded) < 0.5 * e(&nearest), "gptq {} against nearest {}", e(&rounded), e(&nearest));
+        // Every integer is at most one step from the weight: GPTQ moves roundings, not values.
+        for i in 0..rows * k {
+            assert!((rounded[i] as f32 - w[i] / scale[i / k]).abs() <= 1.5, "weight {i}");
+        }
+    }
+
+    #[test]
+    fn with_uncorrelated_inputs_gptq_rounds_to_nearest() {
+        // H diagonal: no column's error can be taken back by another.
+        let k = 5;
+        let mut sum = Array2::zeros((k, k));
+        for i in 0..k {
+            sum[[i, i]] = 1.0;
+        }
+        let h = Hessian { sum, patches: 1 };
+        let w = [0.26f32, -0.74, 0.5, 0.1, -0.9];
+        let q = gptq(&w, 1, &[0.1], &h).unwrap();
+        assert_eq!(q, vec![3, -7, 5, 1, -9]);
+    }
+
+    #[test]
+    fn conv_patches_are_the_receptive_fields_in_weight_order() {
+        // One channel 3x3, kernel 2x2, stride 1, pad 1 on the top-left only: 3x3 outputs.
+        let layer = Layer {
+            node: "c".into(),
+            output: "y".into(),
+            input: "x".into(),
+            weight: "w".into(),
+            patches: Patches::Conv {
+                kernel: [2, 2],
+                strides: [1, 1],
+                padding: Padding::Explicit([1, 1, 0, 0]),
+                dilations: [1, 1],
+            },
+            columns: 4,
+        };
+        let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+        let mut rows = Vec::new();
+        sample_patches(&layer, &x, &[1, 3, 3], 9, &mut rows);
+        assert_eq!(rows.len(), 9 * 4);
+        assert_eq!(&rows[..4], &[0.0, 0.0, 0.0, 1.0]); // output (0, 0): the padded corner
+        assert_eq!(&rows[4 * 4..5 * 4], &[1.0, 2.0, 4.0, 5.0]); // output (1, 1)
+        assert_eq!(&rows[8 * 4..], &[5.0, 6.0, 8.0, 9.0]); // output (2, 2)
+    }
+
+    #[test]
+    fn same_padding_puts_the_odd_pixel_where_auto_pad_says() {
+        // 5 wide, kernel 2, stride 2: 3 outputs need 6 input columns, one pad.
+        let upper = Padding::Same { upper: true }.pads([5, 5], [2, 2], [2, 2], [1, 1]);
+        let lower = Padding::Same { upper: false }.pads([5, 5], [2, 2], [2, 2], [1, 1]);
+        assert_eq!((upper, lower), ([0, 0, 1, 1], [1, 1, 0, 0]));
+        // Kernel 3, stride 1: one each side.
+        assert_eq!(Padding::Same { upper: true }.pads([4, 4], [3, 3], [1, 1], [1, 1]), [1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn sums_do_not_depend_on_batching() {
+        let layer = Layer {
+            node: "g".into(),
+            output: "y".into(),
+            input: "x".into(),
+            weight: "w".into(),
+            patches: Patches::LastAxis,
+            columns: 3,
+        };
+        let x: Vec<f32> = (0..24).map(|v| (v as f32).sin()).collect();
+        let mut one = Hessians { expected: 4, ..Default::default() };
+        one.add(std::slice::from_ref(&layer), &[(vec![4, 2, 3], &x[..])]);
+        let mut two = Hessians { expected: 4, ..Default::default() };
+        two.add(std::slice::from_ref(&layer), &[(vec![2, 2, 3], &x[..12])]);
+        two.add(std::slice::from_ref(&layer), &[(vec![2, 2, 3], &x[12..])]);
+        assert_eq!(one.by_node["y"].sum, two.by_node["y"].sum);
+        assert_eq!((one.samples, one.by_node["y"].patches), (4, 8));
+    }
+}
