@@ -154,6 +154,28 @@ fn ranges_json_matches_the_golden_file() {
             reason: "the best mean per-sample SQNR".into(),
             seconds: 0.5,
         }),
+        weight_rounding: Some(quantizer::rounding::RoundingRecord {
+            asked: "auto",
+            chosen: "gptq",
+            reason: "GPTQ measured better".into(),
+            samples: 128,
+            nearest_sqnr_db: Some(25.25),
+            gptq_sqnr_db: Some(26.5),
+            layers: vec![
+                quantizer::rounding::RoundedLayer {
+                    node: "/conv1/Conv".into(),
+                    columns: 27,
+                    patches: 12288,
+                    rounding: "gptq".into(),
+                },
+                quantizer::rounding::RoundedLayer {
+                    node: "/head/Gemm".into(),
+                    columns: 256,
+                    patches: 128,
+                    rounding: "nearest: 128 input patches for 256 columns (GPTQ needs 8 per column)".into(),
+                },
+            ],
+        }),
     };
     let bytes = ranges.to_json().unwrap();
     test_support::assert_golden(&test_support::golden(env!("CARGO_MANIFEST_DIR"), "ranges.json"), &bytes);
