@@ -302,7 +302,9 @@ def quantize(model: PathLike, data: Any, out: PathLike, *, recipe: Optional[Path
     samples in the same order would, so both make the same artifacts. The ``auto`` choices and the self-check
     are measured on them. From :class:`Statistics` nothing is at hand to measure
     on: the ``auto`` choices take fixed defaults. ``scheme``: the scheme flags (``method``, ``target``,
-    ``attention``, ``float_type``, ``precision``, ...)."""
+    ``attention``, ``float_type``, ``precision``, ``weight_rounding``, ...). GPTQ weight rounding reads the
+    calibration folder: from an iterable or :class:`Statistics` the weights are rounded to nearest (a folder run
+    with ``weight_rounding="nearest"`` makes the same model)."""
     if is_folder(data):
         _run("quantize", model=model, images=data, recipe=recipe, preset=preset, hold_out=hold_out, quiet=quiet,
              device=device, out=out, **scheme)
