@@ -159,7 +159,7 @@ fn weight_hessians(
     // The calibration pass skipped unreadable samples only where told to, so they are skipped here alike.
     let on_bad_image = if hist.images.skipped > 0 { datasets::OnBadImage::Skip } else { datasets::OnBadImage::Fail };
     let start = std::time::Instant::now();
-    let hessians = Hessians::collect(quantizer.model(), &held_in, feed, threads, on_bad_image)?;
+    let hessians = Hessians::collect(quantizer.model(), rounding, &held_in, feed, threads, on_bad_image)?;
     tracing::info!(target: "int8kit::rounding", seconds = start.elapsed().as_secs_f64(), samples = hessians.samples,
         layers = hessians.by_node.len(), "GPTQ's layer input sums");
     Ok(Some(hessians))
@@ -175,7 +175,7 @@ fn round_weights(
 ) -> Result<(), QuantizeError> {
     let start = std::time::Instant::now();
     let mut rounded = artifacts.qdq.clone();
-    let layers = crate::rounding::apply(&mut rounded, quantizer.model(), hessians)?;
+    let layers = crate::rounding::apply(&mut rounded, quantizer.model(), hessians, asked)?;
     tracing::info!(target: "int8kit::rounding", seconds = start.elapsed().as_secs_f64(), "GPTQ rounding");
     let mut record = RoundingRecord {
         asked: asked.name(),
@@ -207,18 +207,21 @@ fn round_weights(
         let (fidelity, gptq) = probe.measure_per_sample(&rounded, usize::MAX)?;
         let g = crate::search::ranking_db(&gptq, &shapes);
         (record.nearest_sqnr_db, record.gptq_sqnr_db) = (Some(n), Some(g));
-        if g > n {
+        // Within the search's tolerance the two count as equal, and nearest rounding (what every other
+        // choice was measured with) stays.
+        let margin = crate::search::TOLERANCE_DB;
+        if g > n + margin {
             record.chosen = "gptq";
             record.reason = format!(
                 "GPTQ's rounding of {count} layers measured {g:.2} dB against nearest rounding's {n:.2} on the \
-                 held-back samples (mean per-sample output SQNR)"
+                 held-back samples (mean per-sample output SQNR; it must lead by more than {margin} dB)"
             );
             artifacts.qdq = rounded;
             artifacts.ranges.self_check.fidelity = Some(fidelity);
         } else {
             record.reason = format!(
                 "nearest rounding measured {n:.2} dB against GPTQ's {g:.2} ({count} layers) on the held-back samples \
-                 (mean per-sample output SQNR)"
+                 (mean per-sample output SQNR; GPTQ must lead by more than {margin} dB)"
             );
         }
     } else {

@@ -37,11 +37,12 @@ fn gptq_changes_only_weight_integers_the_same_way_on_any_thread_count_and_auto_k
     let lint = int8kit("lint").arg("--strict").arg(gptq.join("model.qdq.onnx")).output().unwrap();
     assert_eq!(lint.status.code(), Some(0), "{}", text(&lint));
 
-    // auto measures both on the held-back samples and writes the better one's bytes.
+    // auto measures both on the held-back samples and writes GPTQ's bytes only where it leads by the search's
+    // tolerance (0.25 dB).
     let a = quantize(&auto, &[]);
     let record = &a["weight_rounding"];
     let (near_db, gptq_db) = (record["nearest_sqnr_db"].as_f64().unwrap(), record["gptq_sqnr_db"].as_f64().unwrap());
-    let better = if gptq_db > near_db { "gptq" } else { "nearest" };
+    let better = if gptq_db > near_db + 0.25 { "gptq" } else { "nearest" };
     assert_eq!(record["chosen"], better, "{record}");
     assert_eq!(read(&auto), read(if better == "gptq" { &gptq } else { &nearest }));
 }
