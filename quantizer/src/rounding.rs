@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use graph::proto::{ModelProto, NodeProto, TensorProto};
+use graph::proto::{ModelProto, NodeProto};
 use graph::Model;
 use ndarray::{Array2, ArrayView2};
 
@@ -302,18 +302,19 @@ impl Hessians {
     /// not depend on how samples were batched.
     pub fn add(&mut self, layers: &[Layer], inputs: &[LayerInput]) {
         use rayon::prelude::*;
-        for layer in layers {
-            let k = layer.columns;
-            self.by_node
-                .entry(layer.output.clone())
-                .or_insert_with(|| Hessian { sum: Array2::zeros((k, k)), patches: 0 });
-        }
         // Each layer's sum is its own, so layers run in parallel without changing any sum.
-        let mut work: Vec<(&Layer, &LayerInput, Option<Hessian>)> =
-            layers.iter().zip(inputs).map(|(l, i)| (l, i, self.by_node.remove(&l.output))).collect();
+        let mut work: Vec<(&Layer, &LayerInput, Hessian)> = layers
+            .iter()
+            .zip(inputs)
+            .map(|(l, i)| {
+                let k = l.columns;
+                let h = self.by_node.remove(&l.output);
+                (l, i, h.unwrap_or_else(|| Hessian { sum: Array2::zeros((k, k)), patches: 0 }))
+            })
+            .collect();
         let expected = self.expected.max(1);
         work.par_iter_mut().for_each(|(layer, (shape, values), h)| {
-            let (Some(h), Some(&batch)) = (h.as_mut(), shape.first()) else { return };
+            let Some(&batch) = shape.first() else { return };
             let per = values.len() / batch.max(1);
             let k = layer.columns;
             let take = (PATCHES_PER_COLUMN * k).div_ceil(expected).clamp(1, PATCHES_PER_SAMPLE);
@@ -334,15 +335,11 @@ impl Hessians {
             }
         });
         for (layer, _, h) in work {
-            if let Some(h) = h {
-                self.by_node.insert(layer.output.clone(), h);
-            }
+            self.by_node.insert(layer.output.clone(), h);
         }
         self.samples += inputs.first().and_then(|(shape, _)| shape.first()).copied().unwrap_or(0);
     }
-}
 
-impl Hessians {
     /// The `H` of `model`'s layers (at most [`MAX_COLUMNS`] columns) over `dataset` (held-in calibration
     /// samples), the float model run with the layers' inputs as outputs.
     pub fn collect(
@@ -360,28 +357,32 @@ impl Hessians {
             return Ok(hessians);
         }
         let input = calibrate::batch_input(model, feed)?;
-        let mut tapped = model.proto.clone();
-        let outputs = &mut tapped.graph.mut_or_insert_default().output;
         let mut names: Vec<String> = Vec::new();
         for l in &layers {
             if l.input != input && !names.contains(&l.input) {
                 names.push(l.input.clone());
             }
         }
-        let present: Vec<String> = outputs.iter().map(|o| o.name.clone()).collect();
-        for n in names.iter().filter(|n| !present.contains(n)) {
-            outputs.push(calibrate::float_output(n));
-        }
-        let bytes = graph::proto::Message::write_to_bytes(&tapped).map_err(graph::GraphError::Encode)?;
+        // The layers' inputs as the only outputs, nothing computed past them (a detector's post-processing); a
+        // session only where some layer reads more than the fed input.
         let label = model.path.display().to_string();
-        let mut cfg =
-            runtime::SessionConfig::new(&label).place(runtime::Placement { threads, device: runtime::Device::Cpu });
-        cfg.external_data_dir = Some(model.dir.clone());
-        let mut session = runtime::session_from_bytes(&bytes, &cfg)?;
+        let mut session = if names.is_empty() {
+            None
+        } else {
+            let mut tapped = model.clone();
+            tapped.prune_to_outputs(&names, calibrate::float_output);
+            let mut cfg =
+                runtime::SessionConfig::new(&label).place(runtime::Placement { threads, device: runtime::Device::Cpu });
+            cfg.external_data_dir = Some(model.dir.clone());
+            Some(runtime::session_from_bytes(&tapped.to_bytes()?, &cfg)?)
+        };
         let options = datasets::StreamOptions { batch_size: 16, on_bad_image, ..Default::default() };
         for batch in datasets::BatchStream::new(dataset, feed, options) {
             let batch = batch?;
-            let outputs = runtime::run(&mut session, &label, &batch.inputs(&input), &names)?;
+            let outputs = match session.as_mut() {
+                Some(session) => runtime::run(session, &label, &batch.inputs(&input), &names)?,
+                None => Vec::new(),
+            };
             let mut inputs: Vec<LayerInput> = Vec::with_capacity(layers.len());
             for l in &layers {
                 if l.input == input {
@@ -478,20 +479,25 @@ pub fn gptq(weights: &[f32], rows: usize, scale: &[f32], h: &Hessian) -> Option<
     Some(q)
 }
 
-/// A layer's weights as rows of its columns: `(values, rows)` from the initializer `w` stored as the node reads
-/// it (Conv `[out, in, kh, kw]`, Gemm with transB `[out, in]`, else `[in, out]`), and the inverse reordering.
+/// `values`, a row-major `rows x cols` matrix, transposed.
+fn transposed<T: Copy + Default>(values: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut t = vec![T::default(); values.len()];
+    for i in 0..rows {
+        for j in 0..cols {
+            t[j * rows + i] = values[i * cols + j];
+        }
+    }
+    t
+}
+
+/// A layer's weights as rows of its columns, `(values, rows)`, from the initializer stored as the node reads it
+/// (Conv `[out, in, kh, kw]` and Gemm with transB `[out, in]` as they are; otherwise `[in, out]`, transposed).
 fn as_rows(values: &[f32], dims: &[i64], by_columns: bool) -> (Vec<f32>, usize) {
     if !by_columns {
         return (values.to_vec(), dims[0] as usize);
     }
     let (k, n) = (dims[0] as usize, dims[1] as usize);
-    let mut t = vec![0f32; values.len()];
-    for i in 0..k {
-        for j in 0..n {
-            t[j * k + i] = values[i * n + j];
-        }
-    }
-    (t, n)
+    (transposed(values, k, n), n)
 }
 
 /// One layer's outcome in ranges.json.
@@ -602,7 +608,7 @@ pub fn apply(
         }
         let Some(w) = placement::constant_behind(source, &index, &layer.weight) else { continue };
         let (values, rows) = as_rows(&model.tensor_f32(w)?, &w.dims, *by_columns);
-        let Some(scale) = initializer(scale_name).and_then(stored_floats) else { continue };
+        let Some(scale) = initializer(scale_name).and_then(|t| model.tensor_f32(t).ok()) else { continue };
         let scale: Vec<f32> = if scale.len() == 1 { vec![scale[0]; rows] } else { scale };
         if scale.len() != rows || values.len() != rows * layer.columns {
             continue;
@@ -632,42 +638,14 @@ pub fn apply(
             report.push(outcome("nearest: its H could not be factored"));
             continue;
         };
-        let q = if job.by_columns {
-            let (k, n) = (job.dims[0] as usize, job.dims[1] as usize);
-            let mut t = vec![0i8; q.len()];
-            for j in 0..n {
-                for i in 0..k {
-                    t[i * n + j] = q[j * k + i];
-                }
-            }
-            t
-        } else {
-            q
-        };
+        // Back to the stored `[in, out]` layout: the rows were the `out` channels.
+        let q = if job.by_columns { transposed(&q, job.dims[1] as usize, job.dims[0] as usize) } else { q };
         if let Some(t) = graph.initializer.iter_mut().find(|t| t.name == job.q_name) {
             t.raw_data = q.iter().map(|&v| v as u8).collect();
             report.push(outcome("gptq"));
         }
     }
     Ok(report)
-}
-
-/// The values of a float32 or FP16 initializer.
-fn stored_floats(t: &TensorProto) -> Option<Vec<f32>> {
-    use graph::proto::tensor_proto::DataType;
-    match t.data_type {
-        x if x == DataType::FLOAT as i32 && !t.float_data.is_empty() => Some(t.float_data.clone()),
-        x if x == DataType::FLOAT as i32 => {
-            Some(t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
-        }
-        x if x == DataType::FLOAT16 as i32 && !t.raw_data.is_empty() => {
-            Some(t.raw_data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect())
-        }
-        x if x == DataType::FLOAT16 as i32 => {
-            Some(t.int32_data.iter().map(|&v| half::f16::from_bits(v as u16).to_f32()).collect())
-        }
-        _ => None,
-    }
 }
 
 #[cfg(test)]
