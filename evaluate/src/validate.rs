@@ -9,6 +9,7 @@ use calibrate::{calibrate_model, CalibrateOptions};
 use datasets::{Dataset, Feed};
 use placement::FloatType;
 use quantizer::measure::Probe;
+use quantizer::rounding::WeightRounding;
 use quantizer::{Quantizer, Scheme, Yardstick};
 use reports::{FloatRow, Report, TensorPlot};
 
@@ -43,6 +44,9 @@ pub struct ValidateConfig {
     pub feed: Feed,
     /// Which INT8 model is built.
     pub scheme: Scheme,
+    /// How its INT8 weights are rounded: as `quantize` rounds them, from the calibration folder's samples
+    /// (statistics given with `--hist` round to nearest unless the folder is at hand; `gptq` is then refused).
+    pub weight_rounding: WeightRounding,
     /// How samples run through the models: device, threads, calibration batch size, the calibration subset
     /// (limit, seed) and smoothing.
     pub collect: CalibrateOptions,
@@ -135,6 +139,7 @@ impl ValidateConfig {
             val,
             feed,
             scheme: Default::default(),
+            weight_rounding: WeightRounding::Auto,
             collect: Default::default(),
             eval_batch: None,
             classifier: Classifier::Logits,
@@ -472,9 +477,23 @@ fn build_artifacts(
         ),
         (None, Calibration::Folder(_)) => Yardstick::Missing(Yardstick::missing_for(quantizer.hist())),
     };
-    let artifacts = quantizer::choose_and_measure(&quantizer, &config.scheme, &yardstick, &mut |done, total| {
-        progress(Phase::Search, done, total)
-    })?;
+    // Rounded as `quantize` rounds, from the samples the statistics came from (a `.hist` comes without them).
+    let hessians = match &config.calib {
+        Calibration::Folder(dir) => quantizer::weight_hessians(
+            &quantizer,
+            config.weight_rounding,
+            probe.is_some(),
+            dir,
+            &config.feed,
+            config.collect.threads,
+        )?,
+        Calibration::Hist { .. } => None,
+    };
+    let rounding = hessians.as_ref().map(|h| (config.weight_rounding, h));
+    let artifacts =
+        quantizer::choose_and_measure(&quantizer, &config.scheme, &yardstick, rounding, &mut |done, total| {
+            progress(Phase::Search, done, total)
+        })?;
     artifacts.write(out)?;
     // The protos go before the comparison: only the ranges are reported.
     let ranges = artifacts.ranges;

@@ -390,8 +390,9 @@ def validate(model: PathLike, calib: Any, val: Any, out: PathLike, *, recipe: Op
     models run the previous batch (constant memory, nothing written to disk) and regrouped into the batches a
     folder of the same samples would make, so the rows equal that folder's; ``--limit-val``, shards and class
     lists need a folder. ``gates``:
-    ``max_top1_drop``, ``min_cosine``, ``min_sqnr``, ``min_agreement``, ``baseline``, and the scheme flags.
-    A failed gate gives ``passed == False``, or raises :class:`GateFailed` with ``raise_on_fail``."""
+    ``max_top1_drop``, ``min_cosine``, ``min_sqnr``, ``min_agreement``, ``baseline``, and the scheme flags
+    (``weight_rounding`` as :func:`quantize` takes it: GPTQ reads a calibration folder, so from an iterable or
+    :class:`Statistics` the weights are rounded to nearest). A failed gate gives ``passed == False``, or raises :class:`GateFailed` with ``raise_on_fail``."""
     held: Dict[str, Any] = {}
     if not is_folder(calib) and not isinstance(calib, Statistics):
         # The iterable's held-back samples are chosen here, as the command line chooses a folder's.

@@ -37,8 +37,8 @@ pub use artifacts::{
     RANGES_VERSION,
 };
 pub use pipeline::{
-    analyze_hist, check_samples, choose_and_measure, probe_options, quantize, write_artifacts, QuantizeConfig,
-    Quantized, Step, Written, Yardstick,
+    analyze_hist, check_samples, choose_and_measure, probe_options, quantize, weight_hessians, write_artifacts,
+    QuantizeConfig, Quantized, Step, Written, Yardstick,
 };
 pub use placement::{self, PrecisionFile, Target};
 

@@ -140,8 +140,8 @@ pub fn quantize(config: &QuantizeConfig, progress: &mut dyn FnMut(Step, u64, u64
 
 /// GPTQ's layer input statistics over up to [`crate::rounding::SAMPLES`] of the samples the statistics came
 /// from (`images`, the calibration folder), where the rounding may be GPTQ's: asked for, or `auto` with
-/// held-back samples to choose on.
-fn weight_hessians(
+/// held-back samples to choose on (`measurable`).
+pub fn weight_hessians(
     quantizer: &Quantizer,
     rounding: WeightRounding,
     measurable: bool,
@@ -279,10 +279,7 @@ pub fn write_artifacts(
     stage: OutputDir,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Written, QuantizeError> {
-    let mut artifacts = choose_and_measure(quantizer, scheme, yardstick, progress)?;
-    if let Some(rounding) = rounding {
-        round_weights(quantizer, &mut artifacts, yardstick, rounding)?;
-    }
+    let artifacts = choose_and_measure(quantizer, scheme, yardstick, rounding, progress)?;
     let warnings = artifacts.write(stage.path())?;
     stage.commit()?;
     let crate::Artifacts { ranges, cache, .. } = artifacts;
@@ -291,11 +288,13 @@ pub fn write_artifacts(
 
 /// Builds `scheme`'s artifacts in memory. With a probe, `auto` choices are made by measurement
 /// ([`crate::search`], `progress` follows it) and the model built is measured (ranges.json `self_check`);
-/// without one, the scheme's fixed choices are used and the reason recorded.
+/// without one, the scheme's fixed choices are used and the reason recorded. With `rounding` (the layer input
+/// sums of [`weight_hessians`]), the INT8 weights are then rounded as it asks ([`WeightRounding`]).
 pub fn choose_and_measure<'q>(
     quantizer: &'q Quantizer,
     scheme: &Scheme,
     yardstick: &Yardstick,
+    rounding: Option<(WeightRounding, &Hessians)>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<crate::Artifacts<'q>, QuantizeError> {
     // A flag that has nothing to act on is said, not silently accepted.
@@ -359,6 +358,9 @@ pub fn choose_and_measure<'q>(
         artifacts.ranges.chosen_by = "measurement";
     }
     artifacts.ranges.search = search;
+    if let Some(rounding) = rounding {
+        round_weights(quantizer, &mut artifacts, yardstick, rounding)?;
+    }
     Ok(artifacts)
 }
 

@@ -57,6 +57,9 @@ pub struct ValidateArgs {
     /// Scale method, precision lists and placement.
     #[command(flatten)]
     pub scheme: SchemeArgs,
+    /// How INT8 weights are rounded (as `quantize` rounds them, from the --calib samples).
+    #[command(flatten)]
+    pub rounding: crate::args::RoundingArgs,
     /// How samples run through the models (--limit: of the calibration images).
     #[command(flatten)]
     pub run: RunArgs,
@@ -180,6 +183,14 @@ impl ValidateArgs {
                             hist.display()
                         )
                     }
+                    if self.rounding.weight_rounding == quantizer::rounding::WeightRounding::Gptq {
+                        anyhow::bail!(
+                            "--weight-rounding gptq needs --calib: GPTQ reads the layers' inputs on the samples the \
+                             statistics came from, and {} does not hold them (calibrate here with --calib, or give \
+                             --weight-rounding nearest)",
+                            hist.display()
+                        )
+                    }
                     evaluate::validate::Calibration::Hist { hist: hist.clone(), check: self.check.check.clone() }
                 }
                 (None, None) => anyhow::bail!("give --calib DIR (calibrate here) or --hist H.hist"),
@@ -187,6 +198,7 @@ impl ValidateArgs {
             val: self.val.clone(),
             feed,
             scheme: self.scheme.scheme(true)?,
+            weight_rounding: self.rounding.weight_rounding,
             collect: self.run.calibrate_options(),
             eval_batch: self.run.batch_size,
             classifier: Classifier::load(self.zero_shot.as_deref())?,

@@ -63,3 +63,36 @@ fn analyze_refuses_gptq_without_the_calibration_folder() {
     refused(&o, "--weight-rounding gptq needs --images");
     assert!(!dir.path().join("a").exists(), "an output folder was made");
 }
+
+/// The release gate measures the model `quantize` writes: `validate` rounds the weights the same way, from its
+/// calibration folder, and refuses `gptq` where statistics come without their samples.
+#[test]
+fn validate_rounds_the_weights_as_quantize_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (quantized, validated) = (dir.path().join("q"), dir.path().join("v"));
+    quantize(&quantized, &["--weight-rounding", "gptq"]);
+    let extra = ["--limit", "200", "--limit-val", "64", "--weight-rounding", "gptq", "--quiet"];
+    let o = on_fixtures("validate", &resnet(), &validated, &extra);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let ranges = read_json(&validated.join("ranges.json"));
+    assert_eq!(ranges["weight_rounding"]["chosen"], "gptq", "{}", ranges["weight_rounding"]);
+    let read = |d: &Path| std::fs::read(d.join("model.qdq.onnx")).unwrap();
+    assert!(read(&quantized) == read(&validated), "validate's model.qdq.onnx differs from quantize's");
+
+    let hist = crate::common::calibrated(dir.path());
+    let o = int8kit("validate")
+        .arg("--model")
+        .arg(resnet())
+        .arg("--hist")
+        .arg(&hist)
+        .arg("--val")
+        .arg(test_support::val_dir())
+        .arg("--recipe")
+        .arg(test_support::recipe_path())
+        .args(["--weight-rounding", "gptq", "--quiet", "--out"])
+        .arg(dir.path().join("h"))
+        .output()
+        .unwrap();
+    refused(&o, "--weight-rounding gptq needs --calib");
+    assert!(!dir.path().join("h").exists(), "an output folder was made");
+}
