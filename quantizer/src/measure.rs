@@ -338,6 +338,24 @@ pub enum Layout {
     OneSession(usize),
 }
 
+/// How `batches` batches of a model of `weights` weight values run on `threads` threads (0: one per core):
+/// [`Probe::layout`], for any pass whose results must not depend on `--threads`.
+pub fn layout(weights: u64, device: runtime::Device, threads: usize, batches: usize) -> Layout {
+    let threads = runtime::threads_or_cores(threads);
+    match one_thread_sessions_max(weights, device) {
+        None => Layout::OneSession(threads),
+        Some(by_memory) => Layout::OneThreadSessions(threads.min(by_memory).min(batches).max(1)),
+    }
+}
+
+/// [`Probe::one_thread_sessions_max`] of a model of `weights` weight values.
+fn one_thread_sessions_max(weights: u64, device: runtime::Device) -> Option<usize> {
+    if device.is_cuda() || weights > ONE_THREAD_SESSIONS_MAX_WEIGHTS {
+        return None;
+    }
+    Some((ONE_THREAD_SESSIONS_WEIGHTS / weights.max(1)).max(1) as usize)
+}
+
 /// `batches` reordered so that their sample shapes take turns (the first batch of each shape, then the second
 /// of each...), with each batch's shape index; one shape keeps its order.
 fn interleave_shapes(batches: Vec<Batch>) -> (Vec<Batch>, Vec<usize>) {
@@ -595,20 +613,13 @@ impl Probe {
     /// one thread each makes a measurement the same whatever `--threads` says. A model above
     /// [`ONE_THREAD_SESSIONS_MAX_WEIGHTS`], or one on a GPU, runs in one session of all the threads.
     pub fn layout(&self, device: runtime::Device, threads: usize, batches: usize) -> Layout {
-        let threads = runtime::threads_or_cores(threads);
-        match self.one_thread_sessions_max(device) {
-            None => Layout::OneSession(threads),
-            Some(by_memory) => Layout::OneThreadSessions(threads.min(by_memory).min(batches).max(1)),
-        }
+        layout(self.weights, device, threads, batches)
     }
 
     /// The most one-thread sessions of this model that one measurement holds at once (bounded by
     /// 256 Mi weight values together), or `None` where it runs in one session ([`Probe::layout`]).
     pub fn one_thread_sessions_max(&self, device: runtime::Device) -> Option<usize> {
-        if device.is_cuda() || self.weights > ONE_THREAD_SESSIONS_MAX_WEIGHTS {
-            return None;
-        }
-        Some((ONE_THREAD_SESSIONS_WEIGHTS / self.weights.max(1)).max(1) as usize)
+        one_thread_sessions_max(self.weights, device)
     }
 
     /// A session of an encoded model as the probe runs candidates. Every candidate runs unoptimized, so all are

@@ -285,6 +285,9 @@ pub fn sample_patches(layer: &Layer, x: &[f32], shape: &[usize], take: usize, ro
     }
 }
 
+/// Samples per run of the float model (a model's fixed batch wins): the sums do not depend on it.
+const BATCH: usize = 16;
+
 /// The `H` of every layer [`layers`] finds, from the float model's layer inputs.
 #[derive(Debug, Clone, Default)]
 pub struct Hessians {
@@ -352,48 +355,89 @@ impl Hessians {
     ) -> Result<Hessians, QuantizeError> {
         let layers: Vec<Layer> =
             layers(model).into_iter().filter(|l| l.columns <= MAX_COLUMNS && rounding.rounds(&l.patches)).collect();
-        let mut hessians = Hessians { expected: dataset.len(), ..Default::default() };
         if layers.is_empty() || dataset.is_empty() {
-            return Ok(hessians);
+            return Ok(Hessians::default());
         }
         let input = calibrate::batch_input(model, feed)?;
+        // A model with a fixed batch runs whole batches of it (PicoDet's is 1): the samples that fill them.
+        let batch_size = model.fixed_batch(&input).unwrap_or(BATCH);
+        let mut dataset = dataset.clone();
+        dataset.items.truncate(dataset.len() / batch_size * batch_size);
+        let mut hessians = Hessians { expected: dataset.len(), ..Default::default() };
         let mut names: Vec<String> = Vec::new();
         for l in &layers {
             if l.input != input && !names.contains(&l.input) {
                 names.push(l.input.clone());
             }
         }
-        // The layers' inputs as the only outputs, nothing computed past them (a detector's post-processing); a
-        // session only where some layer reads more than the fed input.
+        // The layers' inputs as the only outputs, nothing computed past them (a detector's post-processing); no
+        // session where every layer reads the fed input. One-thread sessions, each on its own batch, where the
+        // model is small enough to hold several: ONNX Runtime's CPU GEMMs round differently on another
+        // intra-op thread count ([`crate::measure::Probe::layout`]), and the integers must not depend on
+        // `--threads`.
         let label = model.path.display().to_string();
-        let mut session = if names.is_empty() {
-            None
-        } else {
+        let batches = dataset.len().div_ceil(batch_size);
+        let (parallel, session_threads) =
+            match crate::measure::layout(model.weight_values(), runtime::Device::Cpu, threads, batches) {
+                crate::measure::Layout::OneThreadSessions(n) => (n, 1),
+                crate::measure::Layout::OneSession(threads) => (1, threads),
+            };
+        let mut sessions = Vec::new();
+        if !names.is_empty() {
             let mut tapped = model.clone();
             tapped.prune_to_outputs(&names, calibrate::float_output);
-            let mut cfg =
-                runtime::SessionConfig::new(&label).place(runtime::Placement { threads, device: runtime::Device::Cpu });
+            let bytes = tapped.to_bytes()?;
+            let mut cfg = runtime::SessionConfig::new(&label)
+                .place(runtime::Placement { threads: session_threads, device: runtime::Device::Cpu });
             cfg.external_data_dir = Some(model.dir.clone());
-            Some(runtime::session_from_bytes(&tapped.to_bytes()?, &cfg)?)
-        };
-        let options = datasets::StreamOptions { batch_size: 16, on_bad_image, ..Default::default() };
-        for batch in datasets::BatchStream::new(dataset, feed, options) {
-            let batch = batch?;
-            let outputs = match session.as_mut() {
-                Some(session) => runtime::run(session, &label, &batch.inputs(&input), &names)?,
-                None => Vec::new(),
-            };
-            let mut inputs: Vec<LayerInput> = Vec::with_capacity(layers.len());
-            for l in &layers {
-                if l.input == input {
-                    inputs.push((batch.shape.to_vec(), &batch.data[..]));
-                    continue;
-                }
-                let o = &outputs[names.iter().position(|n| *n == l.input).expect("every input tapped")];
-                let shape = o.shape().iter().map(|&d| d as usize).collect();
-                inputs.push((shape, o.as_f32().unwrap_or_default()));
+            for _ in 0..parallel {
+                sessions.push(runtime::session_from_bytes(&bytes, &cfg)?);
             }
-            hessians.add(&layers, &inputs);
+        }
+        let options = datasets::StreamOptions { batch_size, on_bad_image, ..Default::default() };
+        let mut stream = datasets::BatchStream::new(&dataset, feed, options);
+        loop {
+            // Up to one batch per session, run at once; their sums are added in the samples' order.
+            let batches = stream.by_ref().take(parallel).collect::<Result<Vec<_>, _>>()?;
+            if batches.is_empty() {
+                break;
+            }
+            let outputs = if sessions.is_empty() {
+                batches.iter().map(|_| Vec::new()).collect()
+            } else {
+                let (names, label, input) = (&names, &label, &input);
+                std::thread::scope(|scope| {
+                    let runs: Vec<_> = sessions
+                        .iter_mut()
+                        .zip(&batches)
+                        .map(|(session, batch)| {
+                            scope.spawn(move || runtime::run(session, label, &batch.inputs(input), names))
+                        })
+                        .collect();
+                    runs.into_iter()
+                        .map(|run| {
+                            run.join().map_err(|_| QuantizeError::Model {
+                                path: model.path.clone(),
+                                message: "a thread running the model for GPTQ's layer inputs panicked".into(),
+                            })?
+                            .map_err(QuantizeError::from)
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })?
+            };
+            for (batch, outputs) in batches.iter().zip(&outputs) {
+                let mut inputs: Vec<LayerInput> = Vec::with_capacity(layers.len());
+                for l in &layers {
+                    if l.input == input {
+                        inputs.push((batch.shape.to_vec(), &batch.data[..]));
+                        continue;
+                    }
+                    let o = &outputs[names.iter().position(|n| *n == l.input).expect("every input tapped")];
+                    let shape = o.shape().iter().map(|&d| d as usize).collect();
+                    inputs.push((shape, o.as_f32().unwrap_or_default()));
+                }
+                hessians.add(&layers, &inputs);
+            }
         }
         Ok(hessians)
     }
