@@ -416,11 +416,12 @@ impl Hessians {
                         .collect();
                     runs.into_iter()
                         .map(|run| {
-                            run.join().map_err(|_| QuantizeError::Model {
-                                path: model.path.clone(),
-                                message: "a thread running the model for GPTQ's layer inputs panicked".into(),
-                            })?
-                            .map_err(QuantizeError::from)
+                            run.join()
+                                .map_err(|_| QuantizeError::Model {
+                                    path: model.path.clone(),
+                                    message: "a thread running the model for GPTQ's layer inputs panicked".into(),
+                                })?
+                                .map_err(QuantizeError::from)
                         })
                         .collect::<Result<Vec<_>, _>>()
                 })?

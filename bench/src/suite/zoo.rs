@@ -445,7 +445,8 @@ struct ZooResult {
     auto_chose: String,
     auto_reason: String,
     auto: Measured,
-    /// Every explicit combination of method x attention (where the model has attention MatMuls) x float type.
+    /// Every explicit combination of method x attention (where the model has attention MatMuls) x float type
+    /// x weight rounding (nearest, and `gptq` labelled so; rows before 2026-12-06 have nearest only).
     combinations: Vec<Measured>,
     peers: Vec<(Measured, Run)>,
     /// The crop folders measured on (their names hash the photo split, size and count): peers' rows carried
@@ -522,14 +523,22 @@ fn run_model(
     };
     let auto_dir = dir.join("auto");
     let (auto_run, ranges) = quantize("auto", &[])?;
-    let auto_chose = chose(&ranges, &["method", "attention", "float_type"]);
+    // Weight rounding is named where GPTQ's was written, as the combinations' labels name it.
+    let gptq = |ranges: &serde_json::Value| {
+        if ranges["weight_rounding"]["chosen"] == "gptq" {
+            "/gptq"
+        } else {
+            ""
+        }
+    };
+    let auto_chose = chose(&ranges, &["method", "attention", "float_type"]) + gptq(&ranges);
     let auto_reason = text(&ranges["search"]["reason"]);
     let searched_attention = searched(&ranges, "attention");
     eprintln!("  auto {:.1} s: {auto_chose}", auto_run.wall_s);
 
     let residual_auto = if args.residual_axis {
         let (run, ranges) = quantize("auto-residual", &["--residual", "auto"])?;
-        let chose = chose(&ranges, &["method", "attention", "float_type", "residual"]);
+        let chose = chose(&ranges, &["method", "attention", "float_type", "residual"]) + gptq(&ranges);
         let searched = searched(&ranges, "residual");
         eprintln!("  auto with the residual axis {:.1} s: {chose} (residual searched: {searched})", run.wall_s);
         Some((run, chose, searched, dir.join("auto-residual").join("model.qdq.onnx")))
@@ -548,29 +557,39 @@ fn run_model(
     };
     let (mut combos, mut residual_combos) = (Vec::new(), Vec::new());
     for &residual in residuals {
-        for method in ["entropy", "mse", "percentile", "max"] {
-            for &attention in attentions {
-                for float in ["fp16", "fp32"] {
-                    let mut label = format!("{method}/{attention}/{float}");
-                    if residual != "default" {
-                        label += &format!("/{residual}");
+        // GPTQ's rounding is one of the explicit options (auto may choose it): every combination of the
+        // default residual again with `--weight-rounding gptq`, which reads the calibration folder.
+        let roundings: &[&str] = if residual == "default" { &["nearest", "gptq"] } else { &["nearest"] };
+        for &rounding in roundings {
+            for method in ["entropy", "mse", "percentile", "max"] {
+                for &attention in attentions {
+                    for float in ["fp16", "fp32"] {
+                        let mut label = format!("{method}/{attention}/{float}");
+                        for (axis, default) in [(residual, "default"), (rounding, "nearest")] {
+                            if axis != default {
+                                label += &format!("/{axis}");
+                            }
+                        }
+                        let out = dir.join(label.replace('/', "-"));
+                        let _ = std::fs::remove_dir_all(&out);
+                        let mut analyze = int8kit(bin, "analyze");
+                        analyze
+                            .args(["--model".as_ref(), p.model.as_os_str(), "--hist".as_ref(), hist.as_os_str()])
+                            .args(["--method", method, "--float-type", float, "--quiet", "--out"])
+                            .arg(&out);
+                        if attention != "default" {
+                            analyze.args(["--attention", attention]);
+                        }
+                        if residual != "default" {
+                            analyze.args(["--residual", residual]);
+                        }
+                        if rounding != "nearest" {
+                            analyze.args(["--weight-rounding", rounding]).arg("--images").arg(&p.calib);
+                        }
+                        let r = measure_tree(&mut analyze, &dir.join("analyze.log"), None)?;
+                        let list = if residual == "default" { &mut combos } else { &mut residual_combos };
+                        list.push((label, r, out.join("model.qdq.onnx")));
                     }
-                    let out = dir.join(label.replace('/', "-"));
-                    let _ = std::fs::remove_dir_all(&out);
-                    let mut analyze = int8kit(bin, "analyze");
-                    analyze
-                        .args(["--model".as_ref(), p.model.as_os_str(), "--hist".as_ref(), hist.as_os_str()])
-                        .args(["--method", method, "--float-type", float, "--quiet", "--out"])
-                        .arg(&out);
-                    if attention != "default" {
-                        analyze.args(["--attention", attention]);
-                    }
-                    if residual != "default" {
-                        analyze.args(["--residual", residual]);
-                    }
-                    let r = measure_tree(&mut analyze, &dir.join("analyze.log"), None)?;
-                    let list = if residual == "default" { &mut combos } else { &mut residual_combos };
-                    list.push((label, r, out.join("model.qdq.onnx")));
                 }
             }
         }
@@ -765,7 +784,8 @@ fn zoo_markdown(z: &Zoo) -> String {
             lint_errors
         );
     }
-    s += "\nEvery combination (SQNR, dB; attention columns only for models with attention MatMuls):\n\n";
+    s += "\nEvery combination (SQNR, dB; attention columns only for models with attention MatMuls; `/gptq`: \
+          `--weight-rounding gptq`, measured since 2026-12-06):\n\n";
     for r in &z.models {
         let cells: Vec<String> = r.combinations.iter().map(|m| format!("{} {}", m.label, db(m))).collect();
         let peers: Vec<String> = r.peers.iter().map(|(m, _)| format!("{} {}", m.label, db(m))).collect();
