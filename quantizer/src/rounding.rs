@@ -435,7 +435,15 @@ impl Hessians {
                     }
                     let o = &outputs[names.iter().position(|n| *n == l.input).expect("every input tapped")];
                     let shape = o.shape().iter().map(|&d| d as usize).collect();
-                    inputs.push((shape, o.as_f32().unwrap_or_default()));
+                    let values = o.as_f32().ok_or_else(|| QuantizeError::Model {
+                        path: model.path.clone(),
+                        message: format!(
+                            "GPTQ reads the input '{}' of layer '{}' as floats, and the model gave another type \
+                             (give --weight-rounding nearest)",
+                            l.input, l.node
+                        ),
+                    })?;
+                    inputs.push((shape, values));
                 }
                 hessians.add(&layers, &inputs);
             }
