@@ -182,6 +182,10 @@ fn print_measured(r: &quantizer::Ranges) {
             r.method, r.float_type, r.self_check.samples
         );
     }
+    // The self-check below measures the weights as written: say which rounding they got and why.
+    if let Some(w) = &r.weight_rounding {
+        println!("weight rounding: {} ({})", w.chosen, w.reason);
+    }
     match &r.self_check.fidelity {
         Some(f) => println!(
             "self-check on {}{}: SQNR {:.2} dB, cosine {:.4}, agreement {:.1} % ({})",

@@ -39,8 +39,14 @@ fn gptq_changes_only_weight_integers_the_same_way_on_any_thread_count_and_auto_k
 
     // auto measures both on the held-back samples and writes GPTQ's bytes only where it leads by the search's
     // tolerance (0.25 dB).
-    let a = quantize(&auto, &[]);
+    let o = on_fixtures("quantize", &resnet(), &auto, &["--limit", "200"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let a = read_json(&auto.join("ranges.json"));
     let record = &a["weight_rounding"];
+    // The summary says which rounding the written weights got, and why.
+    let said =
+        format!("weight rounding: {} ({})", record["chosen"].as_str().unwrap(), record["reason"].as_str().unwrap());
+    assert!(text(&o).contains(&said), "the summary lacks {said:?}: {}", text(&o));
     let (near_db, gptq_db) = (record["nearest_sqnr_db"].as_f64().unwrap(), record["gptq_sqnr_db"].as_f64().unwrap());
     let better = if gptq_db > near_db + 0.25 { "gptq" } else { "nearest" };
     assert_eq!(record["chosen"], better, "{record}");
