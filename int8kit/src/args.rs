@@ -622,7 +622,7 @@ mod tests {
 }
 
 /// `--weight-rounding`, for the commands that build a model from the calibration samples at hand (`quantize`,
-/// and `analyze` given the calibration folder).
+/// `analyze` given the calibration folder, and `validate --calib`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct RoundingArgs {
     /// How INT8 weights are rounded: auto (the Convs' weights by GPTQ, rounded so that each layer's output

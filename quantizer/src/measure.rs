@@ -411,12 +411,24 @@ fn parts_of(range: std::ops::Range<usize>, parts: usize) -> Vec<std::ops::Range<
         .collect()
 }
 
-/// The outputs of parts of `model`'s measurement run on scoped threads, in the parts' order: the first error
-/// if any failed.
-fn collect_parts(
-    runs: Vec<std::thread::ScopedJoinHandle<'_, Result<Vec<Vec<f32>>, QuantizeError>>>,
+/// `dataset` in batches of `batch_size` (at least 1), or of `model`'s fixed batch where its `input` has one: then
+/// only the samples that fill whole batches.
+pub(crate) fn whole_batches(model: &Model, input: &str, dataset: &Dataset, batch_size: usize) -> (Dataset, usize) {
+    let mut dataset = dataset.clone();
+    match model.fixed_batch(input) {
+        Some(fixed) => {
+            dataset.items.truncate(dataset.len() / fixed * fixed);
+            (dataset, fixed)
+        }
+        None => (dataset, batch_size.max(1)),
+    }
+}
+
+/// The outputs of parts of `model`'s runs on scoped threads, in the parts' order: the first error if any failed.
+pub(crate) fn collect_parts<T>(
+    runs: Vec<std::thread::ScopedJoinHandle<'_, Result<Vec<T>, QuantizeError>>>,
     model: &str,
-) -> Result<Vec<Vec<f32>>, QuantizeError> {
+) -> Result<Vec<T>, QuantizeError> {
     let mut outputs = Vec::new();
     for run in runs {
         let part = run.join().map_err(|_| QuantizeError::Model {
@@ -439,14 +451,7 @@ impl Probe {
     ) -> Result<Probe, QuantizeError> {
         let input = calibrate::batch_input(reference, feed)?;
         let output = reference.measured_output()?.to_string();
-        let mut dataset = dataset.clone();
-        let batch_size = match reference.fixed_batch(&input) {
-            Some(fixed) => {
-                dataset.items.truncate(dataset.len() / fixed * fixed);
-                fixed
-            }
-            None => options.batch_size.max(1),
-        };
+        let (dataset, batch_size) = whole_batches(reference, &input, dataset, options.batch_size);
         let stream = StreamOptions { batch_size, on_bad_image: options.on_bad_image, ..Default::default() };
         let batches = BatchStream::new(&dataset, feed, stream).collect::<Result<Vec<_>, _>>()?;
         let (batches, groups) = interleave_shapes(batches);

@@ -360,9 +360,7 @@ impl Hessians {
         }
         let input = calibrate::batch_input(model, feed)?;
         // A model with a fixed batch runs whole batches of it (PicoDet's is 1): the samples that fill them.
-        let batch_size = model.fixed_batch(&input).unwrap_or(BATCH);
-        let mut dataset = dataset.clone();
-        dataset.items.truncate(dataset.len() / batch_size * batch_size);
+        let (dataset, batch_size) = crate::measure::whole_batches(model, &input, dataset, BATCH);
         let mut hessians = Hessians { expected: dataset.len(), ..Default::default() };
         let mut names: Vec<String> = Vec::new();
         for l in &layers {
@@ -411,19 +409,13 @@ impl Hessians {
                         .iter_mut()
                         .zip(&batches)
                         .map(|(session, batch)| {
-                            scope.spawn(move || runtime::run(session, label, &batch.inputs(input), names))
+                            scope.spawn(move || {
+                                let outputs = runtime::run(session, label, &batch.inputs(input), names)?;
+                                Ok::<_, QuantizeError>(vec![outputs])
+                            })
                         })
                         .collect();
-                    runs.into_iter()
-                        .map(|run| {
-                            run.join()
-                                .map_err(|_| QuantizeError::Model {
-                                    path: model.path.clone(),
-                                    message: "a thread running the model for GPTQ's layer inputs panicked".into(),
-                                })?
-                                .map_err(QuantizeError::from)
-                        })
-                        .collect::<Result<Vec<_>, _>>()
+                    crate::measure::collect_parts(runs, label)
                 })?
             };
             for (batch, outputs) in batches.iter().zip(&outputs) {
