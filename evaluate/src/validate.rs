@@ -903,6 +903,7 @@ fn assemble_report(
         method: ranges.method.clone(),
         chosen_by: ranges.chosen_by.into(),
         self_check: serde_json::to_value(&ranges.self_check).map_err(EvaluateError::Encode)?,
+        weight_rounding: serde_json::to_value(&ranges.weight_rounding).map_err(EvaluateError::Encode)?,
         precision: serde_json::to_value(&ranges.precision).map_err(EvaluateError::Encode)?,
         engine: match config.engine {
             Engine::Ort if device.is_cuda() => format!("onnxruntime {} ({device})", runtime::version()?),

@@ -14,7 +14,7 @@ pub use html::render_html;
 /// The `format` value of report.json.
 pub const REPORT_FORMAT: &str = "int8kit.report";
 /// The report.json version; bump on any incompatible change.
-pub const REPORT_VERSION: u32 = 7;
+pub const REPORT_VERSION: u32 = 8;
 
 /// Errors writing reports or reading a baseline.
 #[derive(Debug, thiserror::Error)]
@@ -267,6 +267,10 @@ pub struct Report {
     /// ranges.json's `self_check` (null in reports before version 6).
     #[serde(default)]
     pub self_check: serde_json::Value,
+    /// How the INT8 weights were rounded and why: ranges.json's `weight_rounding` (null where no layer could
+    /// be rounded otherwise than to nearest, and in reports before version 8).
+    #[serde(default)]
+    pub weight_rounding: serde_json::Value,
     /// Precision lists applied.
     pub precision: serde_json::Value,
     /// What ran the INT8 model.
@@ -377,7 +381,7 @@ impl Report {
             return Err(bad(format!("format is not \"{REPORT_FORMAT}\"")));
         }
         match value.get("version").and_then(|v| v.as_u64()) {
-            // Version 7 only added `sizes` and the criteria's `size`, 6 `chosen_by` and `self_check`, 5 `evaluation`, 4 only allowed a null
+            // Version 8 only added `weight_rounding`, 7 `sizes` and the criteria's `size`, 6 `chosen_by` and `self_check`, 5 `evaluation`, 4 only allowed a null
             // Top-1/Top-5 (unlabelled folders): versions 3 to 5 read as is (those fields unrecorded).
             Some(v) if (3..=REPORT_VERSION as u64).contains(&v) => {}
             // Version 3 only added the FP16 row, target and float type: a version 2 baseline still compares.

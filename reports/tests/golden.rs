@@ -25,6 +25,15 @@ fn sample() -> Report {
             "fidelity": {"images": 64, "agreement": 1.0, "cosine_mean": 0.9995, "sqnr_db": 31.5},
             "evaluation": "onnxruntime, graph optimization disabled"
         }),
+        weight_rounding: serde_json::json!({
+            "asked": "auto",
+            "chosen": "nearest",
+            "reason": "nearest rounding measured 31.50 dB against GPTQ's 31.20 (4 layers) on the held-back samples",
+            "samples": 128,
+            "nearest_sqnr_db": 31.5,
+            "gptq_sqnr_db": 31.2,
+            "layers": [{"node": "conv1", "columns": 27, "patches": 12288, "rounding": "nearest"}]
+        }),
         precision: serde_json::json!({"deny": {"nodes": [], "ops": []}, "allow": {"nodes": [], "ops": []}}),
         engine: "ort-cpu".into(),
         calibration_images: 1000,

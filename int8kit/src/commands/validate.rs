@@ -280,6 +280,12 @@ pub fn print_outcome(report: &Report, out: &std::path::Path) {
         "  INT8 model: Q/DQ for {}, float parts in {}, method {} (chosen by {}; ranges.json has the search)",
         report.target, report.float_type, report.method, report.chosen_by
     );
+    // The self-check and the rows below measure the weights as written: say which rounding they got and why.
+    if let (Some(chosen), Some(reason)) =
+        (report.weight_rounding["chosen"].as_str(), report.weight_rounding["reason"].as_str())
+    {
+        println!("  weight rounding: {chosen} ({reason})");
+    }
     let check = &report.self_check;
     match check.get("fidelity").filter(|f| !f.is_null()) {
         Some(f) => println!(

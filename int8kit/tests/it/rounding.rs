@@ -82,6 +82,11 @@ fn validate_rounds_the_weights_as_quantize_does() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let ranges = read_json(&validated.join("ranges.json"));
     assert_eq!(ranges["weight_rounding"]["chosen"], "gptq", "{}", ranges["weight_rounding"]);
+    // The release record and the console say it too, not ranges.json alone.
+    let report = read_json(&validated.join("report.json"));
+    assert_eq!(report["weight_rounding"], ranges["weight_rounding"]);
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains("weight rounding: gptq (asked for"), "{said}");
     let read = |d: &Path| std::fs::read(d.join("model.qdq.onnx")).unwrap();
     assert!(read(&quantized) == read(&validated), "validate's model.qdq.onnx differs from quantize's");
 
