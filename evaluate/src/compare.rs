@@ -399,7 +399,31 @@ pub fn fidelity(
     dataset: &Dataset,
     feed: &Feed,
 ) -> Result<Fidelity, EvaluateError> {
-    let mut acc = OutputFidelity::default();
+    let acc = output_fidelity(OutputFidelity::default(), fp32, int8, dataset, feed)?;
+    acc.finish().map_err(unmeasured(&dataset.root))
+}
+
+/// [`fidelity`], and each image's share of it (in the dataset's order): for statistics of the samples one by
+/// one, such as the mean per-sample SQNR the `auto` search ranks by ([`quantizer::search::mean_sample_sqnr_db`]).
+pub fn fidelity_per_image(
+    fp32: &mut dyn BatchModel,
+    int8: &mut dyn BatchModel,
+    dataset: &Dataset,
+    feed: &Feed,
+) -> Result<(Fidelity, Vec<quantizer::measure::ImageFidelity>), EvaluateError> {
+    let acc = output_fidelity(OutputFidelity::keeping(), fp32, int8, dataset, feed)?;
+    let fidelity = acc.finish().map_err(unmeasured(&dataset.root))?;
+    Ok((fidelity, acc.parts().images))
+}
+
+/// Both models' outputs over `dataset`, accumulated into `acc` image by image.
+fn output_fidelity(
+    mut acc: OutputFidelity,
+    fp32: &mut dyn BatchModel,
+    int8: &mut dyn BatchModel,
+    dataset: &Dataset,
+    feed: &Feed,
+) -> Result<OutputFidelity, EvaluateError> {
     let batching = batching(&[&*fp32, &*int8], dataset, feed)?;
     for batch in BatchStream::new(dataset, feed, batching) {
         let batch = batch?;
@@ -408,7 +432,7 @@ pub fn fidelity(
             acc.add(ra, rb, argmax(ra), argmax(rb));
         }
     }
-    acc.finish().map_err(unmeasured(&dataset.root))
+    Ok(acc)
 }
 
 /// Runs both models over the same labelled batches and compares them.

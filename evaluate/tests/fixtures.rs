@@ -3,7 +3,7 @@
 
 use analyze::scales::Method;
 use calibrate::{calibrate, CalibrateOptions};
-use evaluate::compare::{evaluate, Classifier};
+use evaluate::compare::{evaluate, fidelity, fidelity_per_image, ort_model, Classifier};
 use evaluate::gates::FidelityGates;
 use evaluate::sensitivity::{auto_precision, sensitivity, Budget, SensitivityInputs};
 use histograms::HistFile;
@@ -69,6 +69,41 @@ fn qdq_models_run_in_onnx_runtime_and_keep_fp32_accuracy() {
         assert!((fp32 - int8).abs() <= 0.01, "{name}: FP32 {fp32} vs INT8 {int8}");
         assert!(a.ranges.int8_flop_share > 0.8, "{name}");
     }
+}
+
+#[test]
+fn each_images_share_adds_up_to_the_pooled_fidelity() {
+    let name = "fmnist_resnet_opset13.onnx";
+    let scheme = options_for(Method::Entropy, PrecisionFile::default());
+    let q = Quantizer::load(&model(name), hist(name)).unwrap();
+    let a = q.artifacts(&scheme).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    a.write(dir.path()).unwrap();
+    let images = val_subset(96, 4);
+    let run = |per_image: bool| {
+        let mut fp32 = ort_model(&model(name), &feed(), Default::default()).unwrap();
+        let mut int8 = ort_model(&dir.path().join("model.qdq.onnx"), &feed(), Default::default()).unwrap();
+        if per_image {
+            fidelity_per_image(fp32.as_mut(), int8.as_mut(), &images, &feed()).unwrap()
+        } else {
+            (fidelity(fp32.as_mut(), int8.as_mut(), &images, &feed()).unwrap(), Vec::new())
+        }
+    };
+    let ((pooled, shares), (alone, _)) = (run(true), run(false));
+    assert_eq!(pooled, alone, "keeping the shares changed the result");
+    assert_eq!(shares.len(), 96);
+    let (signal, noise): (f64, f64) =
+        shares.iter().map(|s| (s.signal, s.noise)).fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+    assert!(
+        (10.0 * (signal / noise).log10() - pooled.sqnr_db).abs() < 1e-9,
+        "{} vs {}",
+        signal / noise,
+        pooled.sqnr_db
+    );
+    let agree = shares.iter().filter(|s| s.agree).count() as f64 / 96.0;
+    assert_eq!(agree, pooled.agreement);
+    let per_sample = quantizer::search::mean_sample_sqnr_db(&shares);
+    assert!(per_sample.is_finite() && per_sample > 10.0, "{per_sample}");
 }
 
 /// The ResNet's .hist with the input of its fourth INT8 Conv given statistics of tiny values, so that its

@@ -603,7 +603,7 @@ pub(crate) fn ranking_db(samples: &[ImageFidelity], shapes: &[usize]) -> f64 {
 /// Each sample's output SQNR in dB, its output energy counted as at least [`SIGNAL_FLOOR`] of the samples'
 /// mean, within [`SQNR_MAX_DB`] either way. Candidates measured on the same samples share the floor (the signal
 /// is the float model's).
-fn sample_sqnr_db(samples: &[ImageFidelity]) -> Vec<f64> {
+pub fn sample_sqnr_db(samples: &[ImageFidelity]) -> Vec<f64> {
     let floor = SIGNAL_FLOOR * mean(&samples.iter().map(|s| s.signal).collect::<Vec<_>>());
     samples
         .iter()
@@ -612,6 +612,11 @@ fn sample_sqnr_db(samples: &[ImageFidelity]) -> Vec<f64> {
             (10.0 * (signal / s.noise.max(f64::MIN_POSITIVE)).log10()).clamp(-SQNR_MAX_DB, SQNR_MAX_DB)
         })
         .collect()
+}
+
+/// The statistic the search ranks candidates by: the mean of [`sample_sqnr_db`] (NaN without samples).
+pub fn mean_sample_sqnr_db(samples: &[ImageFidelity]) -> f64 {
+    mean(&sample_sqnr_db(samples))
 }
 
 /// Whether a runner-up `gap` dB behind (standard error `se`) is too far behind to come within the tolerance of

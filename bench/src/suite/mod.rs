@@ -102,6 +102,10 @@ struct Quality {
     agreement: f64,
     cosine_mean: f64,
     sqnr_db: f64,
+    /// The mean over the images of each image's output SQNR in dB, the statistic `auto` ranks its candidates by
+    /// (`quantizer::search::mean_sample_sqnr_db`); absent for Top-1 workloads and in results before 2026-12-06.
+    #[serde(default)]
+    mean_sample_sqnr_db: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -178,10 +178,11 @@ impl<'w> Judge<'w> {
                     agreement: c.agreement,
                     cosine_mean: c.cosine_mean,
                     sqnr_db: c.sqnr_db,
+                    mean_sample_sqnr_db: None,
                 }
             }
             Eval::Fidelity { .. } => {
-                let f = evaluation::fidelity(fp32, int8.as_mut(), set, feed)?;
+                let (f, images) = evaluation::fidelity_per_image(fp32, int8.as_mut(), set, feed)?;
                 Quality {
                     images: f.images,
                     fp32_top1: None,
@@ -189,6 +190,7 @@ impl<'w> Judge<'w> {
                     agreement: f.agreement,
                     cosine_mean: f.cosine_mean,
                     sqnr_db: f.sqnr_db,
+                    mean_sample_sqnr_db: Some(quantizer::search::mean_sample_sqnr_db(&images)),
                 }
             }
         })

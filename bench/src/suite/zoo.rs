@@ -699,6 +699,17 @@ fn crops_name(p: &Prepared) -> String {
     format!("{}/{}", name(&p.calib), name(&p.eval))
 }
 
+/// Auto's mean per-sample SQNR against the best combination's by that statistic: `+0.12 (label 30.45)`, or `-`
+/// where either was not recorded.
+fn per_sample_gap(auto: &Measured, combinations: &[Measured]) -> String {
+    let per_sample = |m: &Measured| m.quality.as_ref().and_then(|q| q.mean_sample_sqnr_db);
+    let best = combinations.iter().filter_map(|m| Some((per_sample(m)?, m))).max_by(|a, b| a.0.total_cmp(&b.0));
+    match (per_sample(auto), best) {
+        (Some(a), Some((b, m))) => format!("{:+.2} ({} {b:.2})", a - b, m.label),
+        _ => "-".into(),
+    }
+}
+
 /// `int8kit lint --json`: (errors, warnings).
 fn lint_counts(bin: &Path, model: &Path) -> anyhow::Result<(usize, usize)> {
     let out = int8kit(bin, "lint").arg("--json").arg(model).output()?;
@@ -751,8 +762,11 @@ fn zoo_markdown(z: &Zoo) -> String {
             m.cores
         );
     }
-    s += "| model | what | best combination | auto (default) | auto - best | best peer | auto - best peer | \
-          auto time / FP32 pass | lint errors |\n|---|---|---|---|---|---|---|---|---|\n";
+    s += "The column `auto - best, per sample` compares by the statistic auto ranks its candidates by, the mean \
+          over the crops of each crop's SQNR in dB, with the best combination by that statistic (`-` for rows \
+          measured before it was recorded).\n\n";
+    s += "| model | what | best combination | auto (default) | auto - best | auto - best, per sample | best peer | \
+          auto - best peer | auto time / FP32 pass | lint errors |\n|---|---|---|---|---|---|---|---|---|---|\n";
     for r in &z.models {
         let best_combo = best(&mut r.combinations.iter());
         let best_peer = best(&mut r.peers.iter().map(|(m, _)| m));
@@ -768,7 +782,7 @@ fn zoo_markdown(z: &Zoo) -> String {
         let lint_errors: usize =
             std::iter::once(&r.auto).chain(&r.combinations).filter_map(|m| m.lint).map(|(e, _)| e).sum();
         s += &format!(
-            "| {} | {} | {} | {} ({}{}) | {} | {} | {} | {:.1} s / {:.1} s = {:.2}x | {} |\n",
+            "| {} | {} | {} | {} ({}{}) | {} | {} | {} | {} | {:.1} s / {:.1} s = {:.2}x | {} |\n",
             r.name,
             r.what,
             best_combo.as_ref().map_or("-".into(), |m| format!("{} {}{}", m.label, db(m), agreement(m))),
@@ -776,6 +790,7 @@ fn zoo_markdown(z: &Zoo) -> String {
             r.auto_chose,
             agreement(&r.auto),
             diff(&r.auto, &best_combo),
+            per_sample_gap(&r.auto, &r.combinations),
             best_peer.as_ref().map_or("-".into(), |m| format!("{} {}", m.label, db(m))),
             diff(&r.auto, &best_peer),
             r.auto_run.wall_s,
@@ -838,6 +853,30 @@ mod tests {
             command: String::new(),
             models,
         }
+    }
+
+    #[test]
+    fn the_per_sample_gap_is_to_the_best_combination_by_that_statistic() {
+        let measured = |label: &str, pooled: f64, per_sample: Option<f64>| Measured {
+            label: label.into(),
+            quality: Some(Quality {
+                images: 64,
+                fp32_top1: None,
+                int8_top1: None,
+                agreement: 1.0,
+                cosine_mean: 0.99,
+                sqnr_db: pooled,
+                mean_sample_sqnr_db: per_sample,
+            }),
+            error: None,
+            lint: None,
+        };
+        let auto = measured("auto", 31.0, Some(33.0));
+        // The best by pooled SQNR is not the best per sample.
+        let combinations = [measured("a", 32.0, Some(32.5)), measured("b", 31.5, Some(33.25))];
+        assert_eq!(per_sample_gap(&auto, &combinations), "-0.25 (b 33.25)");
+        assert_eq!(per_sample_gap(&measured("auto", 31.0, None), &combinations), "-");
+        assert_eq!(per_sample_gap(&auto, &[measured("old", 30.0, None)]), "-");
     }
 
     #[test]
