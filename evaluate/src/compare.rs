@@ -221,7 +221,19 @@ pub fn ort_model(
     feed: &Feed,
     placement: runtime::Placement,
 ) -> Result<Box<dyn BatchModel>, EvaluateError> {
-    Ok(Box::new(Runner::new(path, feed, placement)?))
+    Ok(Box::new(Runner::new(path, feed, placement, None)?))
+}
+
+/// [`ort_model`] with every graph rewrite of ONNX Runtime off, whatever the graph's float type: the nodes run
+/// as written, Q/DQ as simulated quantization, as the `auto` search measures candidates. On FP32 Q/DQ graphs
+/// the optimized session fuses Q/DQ pairs into integer kernels that round otherwise (the zoo measured the
+/// TensorFlow open_nsfw ResNet 2.5 dB apart, BENCHMARKS.md); comparisons across float types need this.
+pub fn ort_model_as_written(
+    path: &Path,
+    feed: &Feed,
+    placement: runtime::Placement,
+) -> Result<Box<dyn BatchModel>, EvaluateError> {
+    Ok(Box::new(Runner::new(path, feed, placement, Some(runtime::GraphOptimization::Disabled))?))
 }
 
 struct Runner {
@@ -237,12 +249,20 @@ struct Runner {
 }
 
 impl Runner {
-    fn new(path: &Path, feed: &Feed, placement: runtime::Placement) -> Result<Runner, EvaluateError> {
+    fn new(
+        path: &Path,
+        feed: &Feed,
+        placement: runtime::Placement,
+        optimization: Option<runtime::GraphOptimization>,
+    ) -> Result<Runner, EvaluateError> {
         let mut m = graph::Model::load(path)?;
         let output = m.measured_output()?.to_string();
         let input = calibrate::batch_input(&m, feed)?;
         let label = path.display().to_string();
         let mut cfg = evaluation_config(&label, placement, &m.proto.graph);
+        if let Some(optimization) = optimization {
+            cfg.graph_optimization = optimization;
+        }
         cfg.external_data_dir = Some(m.dir.clone());
         // Two sessions take turns: a spinning idle pool of one would steal the cores of the other.
         cfg.spinning = false;

@@ -462,9 +462,12 @@ fn build_artifacts(
         (None, Calibration::Hist { check: Some(dir), .. }) => Some(quantizer::check_samples(dir, quantizer.hist())?),
         (None, _) => None,
     };
+    // Samples from --check were given to measure on, not held back (the self-check says which).
+    let given = held_out.is_none();
     let probe = match &held {
         Some((held, feed)) => {
-            Some(Probe::new(quantizer.model(), held, feed, quantizer::probe_options(&config.collect))?)
+            let probe = Probe::new(quantizer.model(), held, feed, quantizer::probe_options(&config.collect))?;
+            Some(if given { probe.given() } else { probe })
         }
         None => None,
     };

@@ -522,12 +522,13 @@ impl SchemeArgs {
 }
 
 /// `--check DIR`: samples to measure on when the statistics come from a `.hist` whose held-back samples are
-/// not at hand (the Python API's iterables hold theirs back into such a folder).
+/// not at hand (the Python API's iterables hold theirs back into such a folder), or, in `quantize`, samples
+/// more like what the model will serve than the calibration's own.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct CheckArgs {
     /// Samples to measure on, instead of the calibration's held-back ones: the self-check and the `auto`
-    /// choices. A folder of `.npz` samples (fed by input name) or of images (through the .hist's recipe); they
-    /// must be samples the statistics did not see.
+    /// choices. A folder of `.npz` samples (fed by input name) or of images (through the calibration's recipe);
+    /// they must be samples the statistics did not see.
     #[arg(long, value_name = "DIR")]
     pub check: Option<PathBuf>,
 }

@@ -318,6 +318,8 @@ pub struct Probe {
     external_data_dir: PathBuf,
     label: String,
     source: PathBuf,
+    /// Whether the samples were given to measure on (`--check DIR`) rather than held back from the calibration.
+    given: bool,
 }
 
 /// Models with more weight values than this are measured in one session on all the threads given; smaller
@@ -468,6 +470,7 @@ impl Probe {
             external_data_dir: reference.dir.clone(),
             label: reference.path.display().to_string(),
             source: dataset.root.clone(),
+            given: false,
         };
         probe.fp32 = probe.outputs_on(&reference.proto, options.device, probe.batches.len())?;
         // A reference that is not finite measures nothing: say so here, not as every candidate failing.
@@ -552,6 +555,24 @@ impl Probe {
     /// The folder the samples came from (for messages).
     pub fn source(&self) -> &Path {
         &self.source
+    }
+
+    /// This probe, its samples said to be given to measure on (`--check DIR`), not held back from the
+    /// calibration ([`Probe::describe`]).
+    pub fn given(self) -> Probe {
+        Probe { given: true, ..self }
+    }
+
+    /// What the samples are, for ranges.json's `self_check.samples`: `64 calibration samples held back from the
+    /// statistics (calib)`, or `24 samples given to measure on (check)`. The folder's name only: artifacts
+    /// hold no absolute paths.
+    pub fn describe(&self) -> String {
+        let folder =
+            self.source.file_name().map_or_else(|| self.source.display().to_string(), |n| n.to_string_lossy().into());
+        match self.given {
+            true => format!("{} samples given to measure on ({folder}, --check)", self.samples()),
+            false => format!("{} calibration samples held back from the statistics ({folder})", self.samples()),
+        }
     }
 
     /// `proto`'s outputs on the first `batches` batches, on `device`.

@@ -65,6 +65,9 @@ pub struct QuantizeConfig {
     pub out: PathBuf,
     /// How INT8 weights are rounded ([`crate::rounding`]).
     pub weight_rounding: WeightRounding,
+    /// Samples to measure on instead of held-back ones (`--check DIR`): the self-check, the `auto` choices and
+    /// the weight rounding's are made on them (the calibration then holds back none unless told).
+    pub check: Option<PathBuf>,
 }
 
 /// What an artifact set held, for the caller to report.
@@ -117,8 +120,13 @@ pub fn quantize(config: &QuantizeConfig, progress: &mut dyn FnMut(Step, u64, u64
     let equalized = hist.equalization.as_ref().map(|e| (e.channel_max.len(), e.samples));
     let quantizer = Quantizer::new(model, hist)?;
     let options = probe_options(&config.collect);
-    let held = calibration.held_out.as_ref().map(|held| (held, &config.feed));
+    let given = config.check.as_deref().map(|dir| check_samples(dir, quantizer.hist())).transpose()?;
+    let held = match &given {
+        Some((samples, feed)) => Some((samples, feed)),
+        None => calibration.held_out.as_ref().map(|held| (held, &config.feed)),
+    };
     let probe = probe_while_preparing(&quantizer, &config.scheme, held, options)?;
+    let probe = if given.is_some() { probe.map(Probe::given) } else { probe };
     let yardstick = match &probe {
         Some(p) => Yardstick::Probe(p),
         None => Yardstick::Missing(Yardstick::missing_for(quantizer.hist())),
@@ -335,15 +343,7 @@ pub fn choose_and_measure<'q>(
             };
             SelfCheck {
                 status: "measured",
-                samples: format!(
-                    "{} calibration samples held back from the statistics ({})",
-                    probe.samples(),
-                    // The folder's name only: artifacts hold no absolute paths.
-                    probe
-                        .source()
-                        .file_name()
-                        .map_or_else(|| probe.source().display().to_string(), |n| n.to_string_lossy().into_owned())
-                ),
+                samples: probe.describe(),
                 fidelity,
                 evaluation: Some(Probe::evaluation()),
                 output: Some(crate::artifacts::MeasuredOutput {
@@ -424,6 +424,7 @@ pub fn analyze_hist(
     let collect = CalibrateOptions { threads, ..Default::default() };
     let held = held.as_ref().map(|(held, feed)| (held, feed));
     let probe = probe_while_preparing(&quantizer, scheme, held, probe_options(&collect))?;
+    let probe = if check.is_some() { probe.map(Probe::given) } else { probe };
     let yardstick = match &probe {
         Some(p) => Yardstick::Probe(p),
         None if images.is_none() && quantizer.hist().images.held_out.is_some() => Yardstick::Missing(format!(

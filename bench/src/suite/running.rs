@@ -166,7 +166,8 @@ impl<'w> Judge<'w> {
     /// The INT8 model at `model` against the FP32 reference.
     pub(super) fn quality(&mut self, model: &Path) -> anyhow::Result<Quality> {
         self.reference.rewind();
-        let mut int8 = evaluation::ort_model(model, &self.feed, Default::default())?;
+        // As written (the search's measure), whatever the float type: comparisons across float types and tools.
+        let mut int8 = evaluation::ort_model_as_written(model, &self.feed, Default::default())?;
         let (fp32, set, feed) = (&mut self.reference, &self.set, &self.feed);
         Ok(match &self.workload.eval {
             Eval::Top1 { .. } => {

@@ -390,14 +390,18 @@ fn carry_peers(earlier: &Zoo, results: &mut [ZooResult], skip_peer: bool, skip_m
         }) else {
             continue;
         };
-        let before = r.peers.len();
-        r.peers.extend(
-            e.peers
-                .iter()
-                .filter(|(m, _)| if is_quantize_static(&m.label) { skip_peer } else { skip_modelopt })
-                .cloned(),
-        );
-        if r.peers.len() > before {
+        let mut any = false;
+        for (m, run) in
+            e.peers.iter().filter(|(m, _)| if is_quantize_static(&m.label) { skip_peer } else { skip_modelopt })
+        {
+            any = true;
+            match r.peers.iter_mut().find(|(now, _)| now.label == m.label) {
+                // Measured again from the model it wrote then: that run's time, this measurement.
+                Some((_, placeholder)) => *placeholder = run.clone(),
+                None => r.peers.push((m.clone(), run.clone())),
+            }
+        }
+        if any {
             carried.push(r.name.clone());
         }
     }
@@ -608,7 +612,10 @@ fn run_model(
         variants: None,
     };
     let mut commands = Vec::new();
-    let (peer_runs, _) = run_peers(&w, dir, me, args.calib, pythons, &common, &mut commands)?;
+    let (mut peer_runs, _) = run_peers(&w, dir, me, args.calib, pythons, &common, &mut commands)?;
+    // A skipped peer's models from an earlier run on the same crops are measured again, as everything else is
+    // (their rows and times are carried from zoo.json; `carry_peers` keeps these measurements).
+    peer_runs.extend(kept_peer_models(dir, args.skip_peer, args.skip_modelopt));
 
     let mut judge = Judge::new(&w)?;
     let mut measure = |label: String, model: Option<&Path>, ours: bool| -> anyhow::Result<Measured> {
@@ -691,6 +698,26 @@ fn run_model(
         residual,
         machine: Some(machine()),
     })
+}
+
+/// The models a skipped peer wrote in an earlier run in `dir` (its runs are carried from zoo.json, with the
+/// time they took then; the run here is a placeholder that [`carry_peers`] replaces).
+fn kept_peer_models(dir: &Path, skip_peer: bool, skip_modelopt: bool) -> Vec<PeerRun> {
+    let mut kept = Vec::new();
+    let placeholder = || Run { wall_s: 0.0, peak_rss_mb: 0.0, outcome: "ok".into() };
+    if skip_peer {
+        for method in ["Entropy", "Percentile", "MinMax"] {
+            let model = dir.join(format!("peer-{}.onnx", method.to_lowercase()));
+            if model.is_file() {
+                kept.push((format!("{QUANTIZE_STATIC_LABEL} {method}"), placeholder(), Some(model)));
+            }
+        }
+    }
+    let modelopt = dir.join("modelopt-entropy.onnx");
+    if skip_modelopt && modelopt.is_file() {
+        kept.push(("ModelOpt 0.47 entropy (FP16 float parts)".into(), placeholder(), Some(modelopt)));
+    }
+    kept
 }
 
 /// `calib-.../eval-...`: the crop folders' names.
@@ -911,6 +938,14 @@ mod tests {
         let labels = |r: &ZooResult| r.peers.iter().map(|(m, _)| m.label.clone()).collect::<Vec<_>>();
         assert_eq!(labels(&now[0]), vec![peers[0].to_string()]);
         assert!(now[1].peers.is_empty(), "rows measured on other crops are not carried");
+        // A peer model measured again keeps this measurement and takes the earlier run's time.
+        let mut remeasured = vec![result("same", Some("calib-a/eval-b"), &[peers[0]])];
+        remeasured[0].peers[0].0.error = Some("measured again".into());
+        remeasured[0].peers[0].1.wall_s = 0.0;
+        carry_peers(&earlier, &mut remeasured, true, false);
+        assert_eq!(remeasured[0].peers.len(), 1, "{:?}", remeasured[0].peers);
+        assert_eq!(remeasured[0].peers[0].0.error.as_deref(), Some("measured again"));
+        assert_eq!(remeasured[0].peers[0].1.wall_s, 1.0, "the earlier run's time");
         let mut changed = vec![result("same", Some("calib-a/eval-b"), &[])];
         changed[0].sha256 = "def".into();
         assert!(carry_peers(&earlier, &mut changed, true, true).is_empty(), "another model file carries nothing");

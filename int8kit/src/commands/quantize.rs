@@ -25,6 +25,9 @@ pub struct QuantizeArgs {
     /// How INT8 weights are rounded.
     #[command(flatten)]
     pub rounding: crate::args::RoundingArgs,
+    /// Samples to measure on instead of held-back calibration samples (then none are held back).
+    #[command(flatten)]
+    pub check: crate::args::CheckArgs,
     /// Output folder for model.qdq.onnx, ranges.csv, ranges.json (and calibration.cache with --tensors all).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -37,15 +40,28 @@ pub struct QuantizeArgs {
 pub fn run(args: &QuantizeArgs) -> anyhow::Result<Outcome> {
     let source = &args.source;
     // Checked before the calibration pass, so that a bad flag does not cost a run.
+    let mut collect = source.options();
+    if let Some(dir) = &args.check.check {
+        // The given samples are measured on: every calibration sample goes into the statistics.
+        match source.run.hold_out {
+            None | Some(calibrate::HoldOut::Count(0)) => collect.hold_out = calibrate::HoldOut::Count(0),
+            Some(_) => anyhow::bail!(
+                "--check {} gives the samples to measure on, so --hold-out would hold back calibration samples that \
+                 nothing measures: leave --hold-out out (or give 0), or leave --check out to measure on held-back ones",
+                dir.display()
+            ),
+        }
+    }
     let config = quantizer::QuantizeConfig {
         model: source.model.clone(),
         images: source.images.clone(),
         feed: source.recipe.feed(&source.images)?,
-        collect: source.options(),
+        collect,
         scheme: args.scheme.scheme(false)?,
         save_hist: args.save_hist.clone(),
         out: args.out.clone(),
         weight_rounding: args.rounding.weight_rounding,
+        check: args.check.check.clone(),
     };
     let bar = progress_bar("calibrate", "images", args.quiet);
     let search = progress_bar("auto", "models", args.quiet);

@@ -345,6 +345,43 @@ fn the_search_measures_the_same_on_one_four_or_sixteen_threads() {
 }
 
 #[test]
+fn quantize_measures_on_check_samples_as_analyze_does_and_holds_nothing_back() {
+    let (dir, m, images, recipe) = resnet_run();
+    let cwd = dir.path();
+    let check = test_support::val_dir().join("0-t-shirt");
+    let common: &[&std::ffi::OsStr] =
+        args!["--model", &m, "--images", &images, "--recipe", &recipe, "--limit", "100", "--quiet"];
+    let o = int8kit(
+        cwd,
+        &[args!["quantize"] as &[_], common, args!["--check", &check, "--weight-rounding", "nearest", "--out", "q"]]
+            .concat(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // The same as statistics of every calibration sample, analyzed against the same check samples.
+    let o = int8kit(cwd, &[args!["calibrate"] as &[_], common, args!["--hold-out", "0", "--out", "c.hist"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o =
+        int8kit(cwd, args!["analyze", "--model", &m, "--hist", "c.hist", "--check", &check, "--out", "a", "--quiet"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let read = |p: &str| std::fs::read(cwd.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    for f in ["model.qdq.onnx", "ranges.json"] {
+        assert!(read(&format!("q/{f}")) == read(&format!("a/{f}")), "{f} differs between quantize and analyze");
+    }
+    let ranges = common::read_json(&cwd.join("q/ranges.json"));
+    let files = std::fs::read_dir(&check).unwrap().count();
+    assert_eq!(ranges["self_check"]["samples"], format!("{files} samples given to measure on (0-t-shirt, --check)"));
+    assert_eq!(ranges["chosen_by"], "measurement");
+    // Held-back samples nothing would measure are refused, before any output.
+    let o = int8kit(
+        cwd,
+        &[args!["quantize"] as &[_], common, args!["--check", &check, "--hold-out", "8", "--out", "h"]].concat(),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--hold-out would hold back calibration samples that nothing measures"), "{}", text(&o));
+    assert!(!cwd.join("h").exists(), "an output folder was made");
+}
+
+#[test]
 fn check_samples_measure_what_a_hist_without_its_held_back_samples_builds() {
     let (dir, m, images, recipe) = resnet_run();
     let cwd = dir.path();
@@ -382,7 +419,7 @@ fn check_samples_measure_what_a_hist_without_its_held_back_samples_builds() {
     assert_eq!(with["chosen_by"], "measurement");
     assert_eq!(with["self_check"]["status"], "measured");
     let samples = with["self_check"]["samples"].as_str().unwrap();
-    assert!(samples.ends_with("(0-t-shirt)"), "the folder's name only, no absolute path: {samples}");
+    assert!(samples.ends_with("given to measure on (0-t-shirt, --check)"), "the folder's name only: {samples}");
     // validate takes it with --hist only (--calib holds its own samples back).
     let val = test_support::val_dir();
     let o = int8kit(
