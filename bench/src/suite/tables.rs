@@ -65,7 +65,8 @@ pub(super) fn markdown(s: &Suite) -> String {
          in venvs of their own. Every tool uses all cores. Wall time and peak RSS (whole process tree) of each tool \
          as a separate process; `bench.json` has every number. int8kit runs its defaults (`--target tensorrt`, \
          FP16 float parts), as ModelOpt does (FP16 float parts); quantize_static's models keep FP32 float parts. \
-         INT8 results are ONNX Runtime CPU runs of each model.\n",
+         INT8 results are ONNX Runtime CPU runs of each model as written (graph rewrites off, as the `auto` \
+         search measures; tables before 2026-12-06 ran FP32 Q/DQ models optimized).\n",
         s.machine.cpu,
         s.machine.cores,
         s.machine.memory_gb,
