@@ -47,6 +47,7 @@ impl Command {
         match self {
             Command::Quantize(a) => {
                 source(f, &a.source);
+                f.add_some("--check", a.check.check.as_deref(), Kind::Samples);
                 scheme(f, &a.scheme);
                 f.add_some("--save-hist", a.save_hist.as_deref(), Kind::OutFile).add("--out", &a.out, Kind::OutFolder);
             }
