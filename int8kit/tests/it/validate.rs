@@ -38,7 +38,7 @@ fn gate_exit_codes_schema_and_html_numbers() {
     // Schema of report.json.
     let report = read_json(&ok.join("report.json"));
     assert_eq!(report["format"], "int8kit.report");
-    assert_eq!(report["version"], 7);
+    assert_eq!(report["version"], 8);
     for key in [
         "model_sha256",
         "recipe",
@@ -53,6 +53,7 @@ fn gate_exit_codes_schema_and_html_numbers() {
         "evaluation",
         "chosen_by",
         "self_check",
+        "weight_rounding",
     ] {
         assert!(report.get(key).is_some(), "report.json lacks {key}");
     }
