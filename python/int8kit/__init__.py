@@ -292,8 +292,8 @@ class Quantized:
 
 
 def quantize(model: PathLike, data: Any, out: PathLike, *, recipe: Optional[PathLike] = None,
-             preset: Optional[str] = None, hold_out: Optional[int] = None, quiet: bool = False, device: str = "cpu",
-             **scheme: Any) -> Quantized:
+             preset: Optional[str] = None, hold_out: Optional[int] = None, check: Any = None, quiet: bool = False,
+             device: str = "cpu", **scheme: Any) -> Quantized:
     """Calibrates and writes the INT8 artifacts into ``out`` (``int8kit quantize``).
 
     ``data``: a calibration folder, :class:`Statistics`, or an iterable of batches. From a folder or an
@@ -304,16 +304,30 @@ def quantize(model: PathLike, data: Any, out: PathLike, *, recipe: Optional[Path
     on: the ``auto`` choices take fixed defaults. ``scheme``: the scheme flags (``method``, ``target``,
     ``attention``, ``float_type``, ``precision``, ``weight_rounding``, ...). GPTQ weight rounding reads the
     calibration folder: from an iterable or :class:`Statistics` the weights are rounded to nearest (a folder run
-    with ``weight_rounding="nearest"`` makes the same model)."""
-    if is_folder(data):
-        _run("quantize", model=model, images=data, recipe=recipe, preset=preset, hold_out=hold_out, quiet=quiet,
-             device=device, out=out, **scheme)
-    else:
-        seed = scheme.pop("seed", 0)
-        with tempfile.TemporaryDirectory(prefix="int8kit-") as tmp:
-            source = _Calibration(model, data, tmp, recipe, preset, quiet, device, hold_back=hold_out != 0,
-                                  hold_out=hold_out, seed=seed)
-            _run("analyze", model=model, hist=source.hist, check=source.check, quiet=quiet, out=out, **scheme)
+    with ``weight_rounding="nearest"`` makes the same model).
+
+    ``check``: samples to measure on instead of held-back ones (``--check``; a folder or an iterable of batches,
+    as ``data``): every calibration sample then goes into the statistics, and ``hold_out`` may only be 0 or
+    left out. With :class:`Statistics` as ``data`` they are what the ``auto`` choices are measured on."""
+    if check is not None and hold_out not in (None, 0):
+        raise InputError(
+            "check= gives the samples to measure on, so hold_out= would hold back calibration samples that nothing "
+            "measures: leave hold_out out (or give 0), or leave check out to measure on held-back ones"
+        )
+    with tempfile.TemporaryDirectory(prefix="int8kit-") as tmp:
+        given = None
+        if check is not None:
+            given = os.fspath(check) if is_folder(check) else spill(
+                check, os.path.join(tmp, "given"), False, _native.input_names(os.fspath(model)))
+        if is_folder(data):
+            _run("quantize", model=model, images=data, recipe=recipe, preset=preset, hold_out=hold_out,
+                 check=given, quiet=quiet, device=device, out=out, **scheme)
+        else:
+            seed = scheme.pop("seed", 0)
+            source = _Calibration(model, data, tmp, recipe, preset, quiet, device,
+                                  hold_back=hold_out != 0 and given is None, hold_out=hold_out, seed=seed)
+            _run("analyze", model=model, hist=source.hist, check=given or source.check, quiet=quiet, out=out,
+                 **scheme)
     out = Path(out)
     return Quantized(out=out, model=out / "model.qdq.onnx", ranges=json.loads((out / "ranges.json").read_text()))
 

@@ -200,6 +200,41 @@ def test_quantize_from_an_iterable_holds_back_what_the_folder_run_holds_back(tmp
     assert some.self_check["fidelity"]["images"] == 30
 
 
+def test_quantize_measures_on_given_check_samples_from_a_folder_or_an_iterable(tmp_path):
+    paths = sorted((FIXTURES / "fmnist" / "calib").iterdir())[:200]
+    calib, check = paths[:160], paths[160:]
+    folders = {}
+    for name, files in (("calib", calib), ("check", check)):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        for p in files:
+            shutil.copy(p, folders[name] / p.name)
+    qf = int8kit.quantize(RESNET, str(folders["calib"]), tmp_path / "qf", recipe=RECIPE, check=str(folders["check"]),
+                          weight_rounding="nearest", quiet=True)
+    assert qf.self_check["status"] == "measured", qf.self_check
+    assert qf.self_check["fidelity"]["images"] == 40, "every given sample, none held back"
+    assert qf.chosen["chosen_by"] == "measurement"
+    # From iterables (the check samples as the recipe makes them): nothing held back, the same statistics,
+    # choices and model as the folders give.
+    images, given = int8kit.preprocess(calib, recipe=RECIPE), int8kit.preprocess(check, recipe=RECIPE)
+    qi = int8kit.quantize(RESNET, batches(images, [32, 7]), tmp_path / "qi", recipe=RECIPE,
+                          check=batches(given, [16]), quiet=True)
+    assert qi.self_check["fidelity"] == qf.self_check["fidelity"]
+    assert qi.chosen == qf.chosen
+    assert qi.model.read_bytes() == qf.model.read_bytes()
+    # From statistics of all 160 samples, which alone have nothing to measure on: the given samples decide.
+    stats = int8kit.calibrate(RESNET, batches(images, [50]), recipe=RECIPE, quiet=True)
+    assert stats.samples == 160
+    qs = int8kit.quantize(RESNET, stats, tmp_path / "qs", check=batches(given, [8]), quiet=True)
+    assert qs.chosen == qf.chosen
+    assert qs.model.read_bytes() == qf.model.read_bytes()
+    # Holding back calibration samples that nothing would measure is refused, before anything is written.
+    with pytest.raises(int8kit.InputError, match="hold_out"):
+        int8kit.quantize(RESNET, str(folders["calib"]), tmp_path / "qh", recipe=RECIPE, check=str(folders["check"]),
+                         hold_out=8, quiet=True)
+    assert not (tmp_path / "qh").exists()
+
+
 def test_shards_merge_to_the_whole_run(calib_folder):
     whole = int8kit.calibrate(RESNET, str(calib_folder), recipe=RECIPE, quiet=True)
     parts = [int8kit.calibrate(RESNET, str(calib_folder), recipe=RECIPE, shard=(i, 3), quiet=True) for i in (1, 2, 3)]
