@@ -112,6 +112,11 @@ pub struct ZooArgs {
     /// combination again with `--residual float` (zoo.json `residual`).
     #[arg(long)]
     residual_axis: bool,
+    /// Only the peers (quantize_static, and ModelOpt unless `--skip-modelopt`), judged again: int8kit's rows
+    /// (the FP32 pass, auto, every combination) are carried from zoo.json's row of the same model file and
+    /// crops; a model without such a row is an error.
+    #[arg(long, conflicts_with_all = ["skip_peer", "residual_axis", "sizes"])]
+    peers_only: bool,
 }
 
 /// Where the zoo's models and crops live (ignored by git).
@@ -272,11 +277,20 @@ pub fn run(args: &ZooArgs) -> anyhow::Result<()> {
     let modelopt_python = if args.skip_modelopt { None } else { Some(venv_python("modelopt-venv", MODELOPT_PINS)?) };
     let pythons = Pythons { ort: python.as_deref(), modelopt: modelopt_python.as_deref() };
     let work = root().join("target/bench/zoo");
+    let earlier: Option<Zoo> = if args.peers_only {
+        let path = root().join("zoo.json");
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!("--peers-only carries int8kit's rows from {}: run the zoo first", path.display())
+        })?;
+        Some(serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))?)
+    } else {
+        None
+    };
     let mut results = Vec::new();
     let mut failed = Vec::new();
     for p in &prepared {
         eprintln!("== {} ({}) ==", p.spec.name, p.spec.what);
-        match run_model(p, args, &bin, &me, &work.join(&p.spec.name), &pythons) {
+        match run_model(p, args, &bin, &me, &work.join(&p.spec.name), &pythons, earlier.as_ref()) {
             Ok(r) => results.push(r),
             // One model's failure is a result to fix, not a reason to lose the others' hour of measurements.
             Err(e) => {
@@ -349,11 +363,21 @@ fn write_zoo(args: &ZooArgs, manifest_order: &[String], results: &[ZooResult]) -
     if args.residual_axis {
         command += " --residual-axis";
     }
+    if args.peers_only {
+        let names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
+        command +=
+            &format!(" --peers-only; int8kit's rows of {} from an earlier run on the same crops", names.join(", "));
+    }
     if !kept_names.is_empty() {
         command += &format!("; the rows of {} from an earlier run", kept_names.join(", "));
     }
     if !carried.is_empty() {
-        command += &format!("; the peers' rows of {} from an earlier run on the same crops", carried.join(", "));
+        let whose = match (args.skip_peer, args.skip_modelopt) {
+            (true, false) => "quantize_static's",
+            (false, true) => "ModelOpt's",
+            _ => "the peers'",
+        };
+        command += &format!("; {whose} rows of {} from an earlier run on the same crops", carried.join(", "));
     }
     let zoo = Zoo {
         format: "int8kit-bench-zoo".into(),
@@ -492,6 +516,7 @@ fn run_model(
     me: &Path,
     dir: &Path,
     pythons: &Pythons,
+    earlier: Option<&Zoo>,
 ) -> anyhow::Result<ZooResult> {
     std::fs::create_dir_all(dir)?;
     let loaded = graph::Model::load(&p.model)?;
@@ -502,6 +527,27 @@ fn run_model(
             .args(["--recipe".as_ref(), p.recipe.as_os_str()])
             .args(["--batch-size", &batch.to_string()]);
     };
+    if let Some(earlier) = earlier {
+        let crops = crops_name(p);
+        let Some(row) = earlier.models.iter().find(|e| {
+            e.name == p.spec.name
+                && e.sha256 == p.spec.sha256
+                && e.calibration_images == args.calib
+                && e.evaluation_images == args.eval
+                && e.crops.as_deref() == Some(crops.as_str())
+        }) else {
+            bail!("zoo.json has no row of {} on these crops to carry int8kit's results from", p.spec.name);
+        };
+        let w = workload(p, args, batch);
+        let mut commands = Vec::new();
+        let (mut peer_runs, _) = run_peers(&w, dir, me, args.calib, pythons, &common, &mut commands)?;
+        peer_runs.extend(kept_peer_models(dir, args.skip_peer, args.skip_modelopt));
+        let mut judge = Judge::new(&w)?;
+        let peers = judge_peers(&mut judge, peer_runs);
+        let best = peers.iter().filter_map(|(m, _)| m.quality.as_ref()).map(|q| q.sqnr_db).fold(f64::NAN, f64::max);
+        eprintln!("  best peer {best:.2} dB (int8kit's rows carried)");
+        return Ok(ZooResult { peers, ..row.clone() });
+    }
     let mut plain = Command::new(me);
     plain.arg("bench-child");
     common(&mut plain);
@@ -598,19 +644,7 @@ fn run_model(
             }
         }
     }
-    let w = Workload {
-        name: p.spec.name.clone(),
-        model: p.model.clone(),
-        calib: p.calib.clone(),
-        recipe: p.recipe.clone(),
-        batch,
-        repeat: 1,
-        also_all_tensors: false,
-        peer_methods: if args.skip_peer { vec![] } else { vec!["Entropy", "Percentile", "MinMax"] },
-        modelopt: !args.skip_modelopt,
-        eval: Eval::Fidelity { images: p.eval.clone() },
-        variants: None,
-    };
+    let w = workload(p, args, batch);
     let mut commands = Vec::new();
     let (mut peer_runs, _) = run_peers(&w, dir, me, args.calib, pythons, &common, &mut commands)?;
     // A skipped peer's models from an earlier run on the same crops are measured again, as everything else is
@@ -619,17 +653,11 @@ fn run_model(
 
     let mut judge = Judge::new(&w)?;
     let mut measure = |label: String, model: Option<&Path>, ours: bool| -> anyhow::Result<Measured> {
-        let Some(model) = model else {
-            return Ok(Measured { label, quality: None, error: Some("wrote no model".into()), lint: None });
+        let lint = match (ours, model) {
+            (true, Some(model)) => Some(lint_counts(bin, model)?),
+            _ => None,
         };
-        let lint = if ours { Some(lint_counts(bin, model)?) } else { None };
-        Ok(match judge.quality(model) {
-            Ok(q) => Measured { label, quality: Some(q), error: None, lint },
-            Err(e) => {
-                let first = e.to_string().lines().next().unwrap_or_default().to_string();
-                Measured { label, quality: None, error: Some(first), lint }
-            }
-        })
+        Ok(judged(&mut judge, label, model, lint))
     };
     let auto = measure("auto".into(), Some(&auto_dir.join("model.qdq.onnx")), true)?;
     let mut measure_all = |list: &[(String, Run, PathBuf)]| -> anyhow::Result<Vec<Measured>> {
@@ -656,14 +684,7 @@ fn run_model(
         }),
         None => None,
     };
-    let mut peers = Vec::new();
-    for (name, run, model) in peer_runs {
-        let mut m = measure(name, model.as_deref(), false)?;
-        if run.outcome != "ok" {
-            m.error = Some(run.outcome.clone());
-        }
-        peers.push((m, run));
-    }
+    let peers = judge_peers(&mut judge, peer_runs);
     let sqnr = |m: &Measured| m.quality.as_ref().map_or(f64::NAN, |q| q.sqnr_db);
     if let Some(r) = &residual {
         eprintln!(
@@ -698,6 +719,50 @@ fn run_model(
         residual,
         machine: Some(machine()),
     })
+}
+
+/// The zoo's workload of one model: its crops, recipe and the peers this run measures.
+fn workload(p: &Prepared, args: &ZooArgs, batch: usize) -> Workload {
+    Workload {
+        name: p.spec.name.clone(),
+        model: p.model.clone(),
+        calib: p.calib.clone(),
+        recipe: p.recipe.clone(),
+        batch,
+        repeat: 1,
+        also_all_tensors: false,
+        peer_methods: if args.skip_peer { vec![] } else { vec!["Entropy", "Percentile", "MinMax"] },
+        modelopt: !args.skip_modelopt,
+        eval: Eval::Fidelity { images: p.eval.clone() },
+        variants: None,
+    }
+}
+
+/// `model` judged on the evaluation crops (`None`: the tool wrote none); an error becomes the row's error.
+fn judged(judge: &mut Judge, label: String, model: Option<&Path>, lint: Option<(usize, usize)>) -> Measured {
+    let Some(model) = model else {
+        return Measured { label, quality: None, error: Some("wrote no model".into()), lint: None };
+    };
+    match judge.quality(model) {
+        Ok(q) => Measured { label, quality: Some(q), error: None, lint },
+        Err(e) => {
+            let first = e.to_string().lines().next().unwrap_or_default().to_string();
+            Measured { label, quality: None, error: Some(first), lint }
+        }
+    }
+}
+
+/// Every peer's model judged, beside the run that wrote it (a failed run's outcome is its row's error).
+fn judge_peers(judge: &mut Judge, runs: Vec<PeerRun>) -> Vec<(Measured, Run)> {
+    runs.into_iter()
+        .map(|(name, run, model)| {
+            let mut m = judged(judge, name, model.as_deref(), None);
+            if run.outcome != "ok" {
+                m.error = Some(run.outcome.clone());
+            }
+            (m, run)
+        })
+        .collect()
 }
 
 /// The models a skipped peer wrote in an earlier run in `dir` (its runs are carried from zoo.json, with the
