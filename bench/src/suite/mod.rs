@@ -106,6 +106,10 @@ struct Quality {
     /// (`quantizer::search::mean_sample_sqnr_db`); absent for Top-1 workloads and in results before 2026-12-06.
     #[serde(default)]
     mean_sample_sqnr_db: Option<f64>,
+    /// Each image's (signal, noise) energies, for the zoo's standard error of a difference between two models
+    /// on the same images; not written.
+    #[serde(skip)]
+    energies: Vec<(f64, f64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]

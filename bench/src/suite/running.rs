@@ -180,6 +180,7 @@ impl<'w> Judge<'w> {
                     cosine_mean: c.cosine_mean,
                     sqnr_db: c.sqnr_db,
                     mean_sample_sqnr_db: None,
+                    energies: Vec::new(),
                 }
             }
             Eval::Fidelity { .. } => {
@@ -192,6 +193,7 @@ impl<'w> Judge<'w> {
                     cosine_mean: f.cosine_mean,
                     sqnr_db: f.sqnr_db,
                     mean_sample_sqnr_db: Some(quantizer::search::mean_sample_sqnr_db(&images)),
+                    energies: images.iter().map(|i| (i.signal, i.noise)).collect(),
                 }
             }
         })

@@ -488,6 +488,11 @@ struct ZooResult {
     /// zoo.json files before 2026-12-05 (sixth stop), whose rows were all measured on the file's `machine`.
     #[serde(default)]
     machine: Option<Machine>,
+    /// The standard error of auto's pooled SQNR minus the best combination's, over the evaluation crops
+    /// (paired bootstrap, the best combination fixed): how far the table's gap is resolved by these crops.
+    /// Absent in rows before 2026-12-06 (tenth stop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    auto_gap_se_db: Option<f64>,
 }
 
 /// The residual axis measured (`--residual-axis`).
@@ -700,6 +705,7 @@ fn run_model(
         combinations.iter().map(sqnr).fold(f64::NAN, f64::max),
         peers.iter().map(|(m, _)| sqnr(m)).fold(f64::NAN, f64::max)
     );
+    let auto_gap_se_db = gap_standard_error(&auto, &combinations);
     Ok(ZooResult {
         name: p.spec.name.clone(),
         what: p.spec.what.clone(),
@@ -716,9 +722,45 @@ fn run_model(
         combinations,
         peers,
         crops: Some(crops_name(p)),
+        auto_gap_se_db,
         residual,
         machine: Some(machine()),
     })
+}
+
+/// Resamples of the evaluation crops behind [`gap_standard_error`].
+const GAP_RESAMPLES: usize = 2000;
+
+/// The paired bootstrap standard error (dB) of `auto`'s pooled SQNR minus that of the best of `combinations`
+/// (by pooled SQNR, fixed): every resample draws the crops with replacement and measures both models on the
+/// same draw. Seeded, so a row is reproducible. `None` without per-image energies for both.
+fn gap_standard_error(auto: &Measured, combinations: &[Measured]) -> Option<f64> {
+    use rand::{Rng, SeedableRng};
+    fn energies(m: &Measured) -> Option<&[(f64, f64)]> {
+        m.quality.as_ref().map(|q| q.energies.as_slice()).filter(|e| !e.is_empty())
+    }
+    let best = combinations
+        .iter()
+        .filter(|m| energies(m).is_some())
+        .max_by(|a, b| a.quality.as_ref().unwrap().sqnr_db.total_cmp(&b.quality.as_ref().unwrap().sqnr_db))?;
+    let (a, b) = (energies(auto)?, energies(best)?);
+    if a.len() != b.len() {
+        return None;
+    }
+    let pooled = |e: &[(f64, f64)], draw: &[usize]| {
+        let (signal, noise) = draw.iter().fold((0.0, 0.0), |(s, n), &i| (s + e[i].0, n + e[i].1));
+        10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10()
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(GAP_RESAMPLES as u64);
+    let mut draw = vec![0; a.len()];
+    let gaps: Vec<f64> = (0..GAP_RESAMPLES)
+        .map(|_| {
+            draw.iter_mut().for_each(|i| *i = rng.gen_range(0..a.len()));
+            pooled(a, &draw) - pooled(b, &draw)
+        })
+        .collect();
+    let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+    Some((gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / (gaps.len() - 1) as f64).sqrt())
 }
 
 /// The zoo's workload of one model: its crops, recipe and the peers this run measures.
@@ -856,7 +898,9 @@ fn zoo_markdown(z: &Zoo) -> String {
     }
     s += "The column `auto - best, per sample` compares by the statistic auto ranks its candidates by, the mean \
           over the crops of each crop's SQNR in dB, with the best combination by that statistic (`-` for rows \
-          measured before it was recorded).\n\n";
+          measured before it was recorded). `auto - best` carries, where recorded, the standard error of that gap \
+          over the evaluation crops (`+- x`: paired bootstrap of the crops, the best combination fixed): a gap \
+          within about two of them is not resolved by these crops.\n\n";
     s += "| model | what | best combination | auto (default) | auto - best | auto - best, per sample | best peer | \
           auto - best peer | auto time / FP32 pass | lint errors |\n|---|---|---|---|---|---|---|---|---|---|\n";
     for r in &z.models {
@@ -881,7 +925,7 @@ fn zoo_markdown(z: &Zoo) -> String {
             db(&r.auto),
             r.auto_chose,
             agreement(&r.auto),
-            diff(&r.auto, &best_combo),
+            diff(&r.auto, &best_combo) + &r.auto_gap_se_db.map_or(String::new(), |se| format!(" +- {se:.2}")),
             per_sample_gap(&r.auto, &r.combinations),
             best_peer.as_ref().map_or("-".into(), |m| format!("{} {}", m.label, db(m))),
             diff(&r.auto, &best_peer),
@@ -931,6 +975,7 @@ mod tests {
             crops: crops.map(str::to_string),
             residual: None,
             machine: None,
+            auto_gap_se_db: None,
         }
     }
 
@@ -959,6 +1004,7 @@ mod tests {
                 cosine_mean: 0.99,
                 sqnr_db: pooled,
                 mean_sample_sqnr_db: per_sample,
+                energies: Vec::new(),
             }),
             error: None,
             lint: None,
@@ -969,6 +1015,43 @@ mod tests {
         assert_eq!(per_sample_gap(&auto, &combinations), "-0.25 (b 33.25)");
         assert_eq!(per_sample_gap(&measured("auto", 31.0, None), &combinations), "-");
         assert_eq!(per_sample_gap(&auto, &[measured("old", 30.0, None)]), "-");
+    }
+
+    #[test]
+    fn the_gap_standard_error_is_zero_for_the_same_model_and_grows_with_crops_that_disagree() {
+        let measured = |label: &str, energies: Vec<(f64, f64)>| {
+            let (signal, noise) = energies.iter().fold((0.0, 0.0), |(s, n), e| (s + e.0, n + e.1));
+            Measured {
+                label: label.into(),
+                quality: Some(Quality {
+                    images: energies.len() as u64,
+                    fp32_top1: None,
+                    int8_top1: None,
+                    agreement: 1.0,
+                    cosine_mean: 0.99,
+                    sqnr_db: 10.0 * (signal / noise).log10(),
+                    mean_sample_sqnr_db: None,
+                    energies,
+                }),
+                error: None,
+                lint: None,
+            }
+        };
+        let even: Vec<(f64, f64)> = (0..64).map(|i| (1.0 + i as f64, 0.01)).collect();
+        // The same outputs as the best combination: every resample gives a gap of 0.
+        let same = gap_standard_error(&measured("auto", even.clone()), &[measured("a", even.clone())]);
+        assert_eq!(same, Some(0.0));
+        // Half the crops better, half worse by a factor of 4 in noise: the gap depends on which are drawn.
+        let mixed: Vec<(f64, f64)> =
+            even.iter().enumerate().map(|(i, &(s, n))| (s, if i % 2 == 0 { n * 4.0 } else { n / 4.0 })).collect();
+        let se = gap_standard_error(&measured("auto", mixed.clone()), &[measured("a", even.clone())]).unwrap();
+        assert!(se > 0.3 && se < 3.0, "{se}");
+        // Against the best combination by pooled SQNR, whichever comes first; deterministic.
+        let worse: Vec<(f64, f64)> = even.iter().map(|&(s, n)| (s, n * 10.0)).collect();
+        let list = [measured("worse", worse), measured("a", even.clone())];
+        assert_eq!(gap_standard_error(&measured("auto", mixed.clone()), &list), Some(se));
+        // Without per-image energies (rows read back from zoo.json) there is none.
+        assert_eq!(gap_standard_error(&measured("auto", Vec::new()), &[measured("a", even)]), None);
     }
 
     #[test]
