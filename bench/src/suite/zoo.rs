@@ -544,11 +544,8 @@ fn run_model(
             bail!("zoo.json has no row of {} on these crops to carry int8kit's results from", p.spec.name);
         };
         let w = workload(p, args, batch);
-        let mut commands = Vec::new();
-        let (mut peer_runs, _) = run_peers(&w, dir, me, args.calib, pythons, &common, &mut commands)?;
-        peer_runs.extend(kept_peer_models(dir, args.skip_peer, args.skip_modelopt));
-        let mut judge = Judge::new(&w)?;
-        let peers = judge_peers(&mut judge, peer_runs);
+        let peer_runs = zoo_peer_runs(&w, args, dir, me, pythons, &common)?;
+        let peers = judge_peers(&mut Judge::new(&w)?, peer_runs);
         let best = peers.iter().filter_map(|(m, _)| m.quality.as_ref()).map(|q| q.sqnr_db).fold(f64::NAN, f64::max);
         eprintln!("  best peer {best:.2} dB (int8kit's rows carried)");
         return Ok(ZooResult { peers, ..row.clone() });
@@ -650,11 +647,7 @@ fn run_model(
         }
     }
     let w = workload(p, args, batch);
-    let mut commands = Vec::new();
-    let (mut peer_runs, _) = run_peers(&w, dir, me, args.calib, pythons, &common, &mut commands)?;
-    // A skipped peer's models from an earlier run on the same crops are measured again, as everything else is
-    // (their rows and times are carried from zoo.json; `carry_peers` keeps these measurements).
-    peer_runs.extend(kept_peer_models(dir, args.skip_peer, args.skip_modelopt));
+    let peer_runs = zoo_peer_runs(&w, args, dir, me, pythons, &common)?;
 
     let mut judge = Judge::new(&w)?;
     let mut measure = |label: String, model: Option<&Path>, ours: bool| -> anyhow::Result<Measured> {
@@ -778,6 +771,22 @@ fn workload(p: &Prepared, args: &ZooArgs, batch: usize) -> Workload {
         eval: Eval::Fidelity { images: p.eval.clone() },
         variants: None,
     }
+}
+
+/// The peers' runs of `w`; a skipped peer's models from an earlier run on the same crops are measured again,
+/// as everything else is (their rows and times are carried from zoo.json; `carry_peers` keeps these
+/// measurements).
+fn zoo_peer_runs(
+    w: &Workload,
+    args: &ZooArgs,
+    dir: &Path,
+    me: &Path,
+    pythons: &Pythons,
+    common: &dyn Fn(&mut Command),
+) -> anyhow::Result<Vec<PeerRun>> {
+    let (mut runs, _) = run_peers(w, dir, me, args.calib, pythons, common, &mut Vec::new())?;
+    runs.extend(kept_peer_models(dir, args.skip_peer, args.skip_modelopt));
+    Ok(runs)
 }
 
 /// `model` judged on the evaluation crops (`None`: the tool wrote none); an error becomes the row's error.
