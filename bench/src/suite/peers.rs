@@ -125,8 +125,7 @@ pub(super) fn run_peers(
         let cap_mb = meminfo_kb("MemAvailable").map(|kb| kb as f64 / 1024.0 - 768.0);
         let peer_args =
             |cmd: &mut Command| -> anyhow::Result<()> {
-                std::fs::copy(&w.model, &peer_input)
-                    .with_context(|| format!("copying {} for a peer", w.model.display()))?;
+                copy_model(&w.model, &peer_input)?;
                 cmd.args(["--model".as_ref(), peer_input.as_os_str()])
                     .args(["--inputs".as_ref(), raw.as_os_str()])
                     .args(["--shape", &shape, "--input-name", &input_name, "--batch", &w.batch.to_string()]);
@@ -164,4 +163,21 @@ pub(super) fn run_peers(
         let _ = std::fs::remove_file(&peer_input);
     }
     Ok((peers, modelopt_model))
+}
+
+/// Copies the model file `from` to `to`, with the external data files it names beside it (a model stored with
+/// external data is unreadable without them).
+fn copy_model(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::copy(from, to).with_context(|| format!("copying {} for a peer", from.display()))?;
+    let model = graph::Model::load(from)?;
+    let into = to.parent().unwrap_or(Path::new("."));
+    for location in model.external_data_locations()? {
+        let (source, target) = (model.dir.join(&location), into.join(&location));
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(&source, &target)
+            .with_context(|| format!("copying {} for a peer", source.display()))?;
+    }
+    Ok(())
 }

@@ -29,6 +29,9 @@ struct ZooModel {
     package: String,
     member: String,
     sha256: String,
+    /// The external data file the model names (its weights), a member of the same package, pinned too.
+    #[serde(default)]
+    external_data: Option<Pinned>,
     what: String,
     /// Its output row holds class scores (agreement of the top class means something).
     #[serde(default)]
@@ -55,6 +58,13 @@ struct ZooModel {
     /// Measured by `--sizes` only (a dynamic-size variant of a model the zoo already measures).
     #[serde(default)]
     sizes_only: bool,
+}
+
+/// A package member pinned by its SHA-256.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+struct Pinned {
+    member: String,
+    sha256: String,
 }
 
 /// How a zoo model is derived from its package's file: FP16 storage behind Casts and/or a uint8 NHWC input
@@ -166,19 +176,25 @@ fn prepare(args: &ZooArgs) -> anyhow::Result<Vec<Prepared>> {
     let mut out = Vec::new();
     for spec in chosen {
         let dest = home.join("packages");
-        package_members(&spec.package, &[], std::slice::from_ref(&spec.member), &dest)?;
-        let model = dest.join(&spec.member);
-        let got = sha256_file(&model)?;
-        if got != spec.sha256 {
-            bail!(
-                "{}: SHA-256 {got}, but bench/zoo/zoo.toml pins {} for {} ({}): the package changed; check it and \
-                 update the pin",
-                model.display(),
-                spec.sha256,
-                spec.name,
-                spec.package
-            );
+        let pinned: Vec<(&String, &String)> = std::iter::once((&spec.member, &spec.sha256))
+            .chain(spec.external_data.iter().map(|d| (&d.member, &d.sha256)))
+            .collect();
+        let members: Vec<String> = pinned.iter().map(|(m, _)| m.to_string()).collect();
+        package_members(&spec.package, &[], &members, &dest)?;
+        for (member, sha256) in pinned {
+            let file = dest.join(member);
+            let got = sha256_file(&file)?;
+            if got != *sha256 {
+                bail!(
+                    "{}: SHA-256 {got}, but bench/zoo/zoo.toml pins {sha256} for {} ({}): the package changed; check \
+                     it and update the pin",
+                    file.display(),
+                    spec.name,
+                    spec.package
+                );
+            }
         }
+        let model = dest.join(&spec.member);
         let model = match &spec.derive {
             None => model,
             Some(d) => derived(&model, &spec.name, d)?,
