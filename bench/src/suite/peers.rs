@@ -123,9 +123,13 @@ pub(super) fn run_peers(
         let peer_input = dir.join("peer-input.onnx");
         // Leave the rest of the machine a margin: past it a peer is stopped and recorded as out of memory.
         let cap_mb = meminfo_kb("MemAvailable").map(|kb| kb as f64 / 1024.0 - 768.0);
-        let peer_args =
+        let mut copied = Vec::new();
+        let mut peer_args =
             |cmd: &mut Command| -> anyhow::Result<()> {
-                copy_model(&w.model, &peer_input)?;
+                copied = copy_model(&w.model, &peer_input)?;
+                // Their temporary files (ModelOpt's shape inference writes some beside the working folder, and
+                // leaves them where external data is involved) stay in the run's folder.
+                cmd.current_dir(dir);
                 cmd.args(["--model".as_ref(), peer_input.as_os_str()])
                     .args(["--inputs".as_ref(), raw.as_os_str()])
                     .args(["--shape", &shape, "--input-name", &input_name, "--batch", &w.batch.to_string()]);
@@ -160,24 +164,27 @@ pub(super) fn run_peers(
             peers.push(("ModelOpt 0.47 entropy (FP16 float parts)".into(), r, ok.then_some(out)));
         }
         let _ = std::fs::remove_file(&raw);
-        let _ = std::fs::remove_file(&peer_input);
+        for file in std::iter::once(&peer_input).chain(&copied) {
+            let _ = std::fs::remove_file(file);
+        }
     }
     Ok((peers, modelopt_model))
 }
 
 /// Copies the model file `from` to `to`, with the external data files it names beside it (a model stored with
-/// external data is unreadable without them).
-fn copy_model(from: &Path, to: &Path) -> anyhow::Result<()> {
+/// external data is unreadable without them); returns the data files written.
+fn copy_model(from: &Path, to: &Path) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::copy(from, to).with_context(|| format!("copying {} for a peer", from.display()))?;
     let model = graph::Model::load(from)?;
     let into = to.parent().unwrap_or(Path::new("."));
+    let mut written = Vec::new();
     for location in model.external_data_locations()? {
         let (source, target) = (model.dir.join(&location), into.join(&location));
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::copy(&source, &target)
-            .with_context(|| format!("copying {} for a peer", source.display()))?;
+        std::fs::copy(&source, &target).with_context(|| format!("copying {} for a peer", source.display()))?;
+        written.push(target);
     }
-    Ok(())
+    Ok(written)
 }
