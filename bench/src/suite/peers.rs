@@ -188,3 +188,24 @@ fn copy_model(from: &Path, to: &Path) -> anyhow::Result<Vec<PathBuf>> {
     }
     Ok(written)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_copied_for_a_peer_takes_its_external_data_along() {
+        let source = root().join("fixtures/models/fmnist_vit_opset18.onnx");
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("peer-input.onnx");
+        let written = copy_model(&source, &copy).unwrap();
+        assert_eq!(written, [dir.path().join("fmnist_vit_opset18.onnx.data")]);
+        // The copy reads as the same model, its weights included.
+        let (a, b) = (graph::Model::load(&source).unwrap(), graph::Model::load(&copy).unwrap());
+        assert!(b.has_external_data);
+        assert_eq!(a.sha256, b.sha256);
+        // A self-contained model brings nothing along.
+        let plain = dir.path().join("plain.onnx");
+        assert!(copy_model(&root().join("fixtures/models/fmnist_vit_opset17.onnx"), &plain).unwrap().is_empty());
+    }
+}
