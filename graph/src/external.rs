@@ -158,18 +158,6 @@ mod tests {
     }
 
     #[test]
-    fn a_model_lists_each_external_file_once() {
-        let mut proto = onnx_protobuf::ModelProto::new();
-        let graph = proto.graph.mut_or_insert_default();
-        graph.initializer = vec![external_tensor("b.bin", 0, 4), external_tensor("a.bin", 0, 4), TensorProto::new()];
-        graph.initializer.push(external_tensor("a.bin", 4, 4));
-        let model = crate::Model::in_memory(proto, "x.onnx");
-        assert_eq!(model.external_data_locations().unwrap(), ["a.bin", "b.bin"]);
-        let inline = crate::Model::in_memory(onnx_protobuf::ModelProto::new(), "y.onnx");
-        assert!(inline.external_data_locations().unwrap().is_empty());
-    }
-
-    #[test]
     fn reads_the_requested_slice_and_rejects_truncated_files() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("w.bin"), [1u8, 2, 3, 4, 5, 6]).unwrap();

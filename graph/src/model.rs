@@ -135,18 +135,6 @@ impl Model {
         })
     }
 
-    /// The external data files the model's tensors name (`location`s, relative to [`Model::dir`]), each once,
-    /// sorted: what has to travel with the model file when it is copied elsewhere.
-    pub fn external_data_locations(&self) -> Result<Vec<String>, GraphError> {
-        let mut files = BTreeSet::new();
-        for tensor in stored_tensors(&self.proto.graph) {
-            if let Some(ext) = external::parse_ref(&self.path, tensor)? {
-                files.insert(ext.location);
-            }
-        }
-        Ok(files.into_iter().collect())
-    }
-
     /// Turns a model stored in FP16 (or BF16) into its float32 twin in memory: low-precision initializers and
     /// Constants become float32, Casts to FP16 become Casts to float32, value_info follows, and inputs and
     /// outputs declared FP16/BF16 are declared float32 (recorded in `low_precision_io`: samples are fed as

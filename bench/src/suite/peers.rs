@@ -117,7 +117,8 @@ pub(super) fn run_peers(
             let s = recipe.batch_shape(images);
             s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
         };
-        let input_name = graph::Model::load(&w.model)?.resolve_input(None)?.name.clone();
+        let source = graph::Model::load(&w.model)?;
+        let input_name = source.resolve_input(None)?.name.clone();
         // ModelOpt 0.47 writes its input model back in place (shape-inferred): each peer gets a copy, so that the
         // file int8kit and the FP32 reference read stays the one pinned.
         let peer_input = dir.join("peer-input.onnx");
@@ -126,7 +127,7 @@ pub(super) fn run_peers(
         let mut copied = Vec::new();
         let mut peer_args =
             |cmd: &mut Command| -> anyhow::Result<()> {
-                copied = copy_model(&w.model, &peer_input)?;
+                copied = copy_model(&source, &peer_input)?;
                 // Their temporary files (ModelOpt's shape inference writes some beside the working folder, and
                 // leaves them where external data is involved) stay in the run's folder.
                 cmd.current_dir(dir);
@@ -171,20 +172,21 @@ pub(super) fn run_peers(
     Ok((peers, modelopt_model))
 }
 
-/// Copies the model file `from` to `to`, with the external data files it names beside it (a model stored with
-/// external data is unreadable without them); returns the data files written.
-fn copy_model(from: &Path, to: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    std::fs::copy(from, to).with_context(|| format!("copying {} for a peer", from.display()))?;
-    let model = graph::Model::load(from)?;
+/// Copies `model`'s file to `to`, with the external data files it reads ([`graph::Model::input_files`]) at the
+/// same places beside it (a model stored with external data is unreadable without them); returns the data
+/// files written.
+fn copy_model(model: &graph::Model, to: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let into = to.parent().unwrap_or(Path::new("."));
     let mut written = Vec::new();
-    for location in model.external_data_locations()? {
-        let (source, target) = (model.dir.join(&location), into.join(&location));
+    for source in model.input_files() {
+        let target = if source == model.path { to.to_path_buf() } else { into.join(source.strip_prefix(&model.dir)?) };
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)?;
         }
         std::fs::copy(&source, &target).with_context(|| format!("copying {} for a peer", source.display()))?;
-        written.push(target);
+        if source != model.path {
+            written.push(target);
+        }
     }
     Ok(written)
 }
@@ -198,7 +200,7 @@ mod tests {
         let source = root().join("fixtures/models/fmnist_vit_opset18.onnx");
         let dir = tempfile::tempdir().unwrap();
         let copy = dir.path().join("peer-input.onnx");
-        let written = copy_model(&source, &copy).unwrap();
+        let written = copy_model(&graph::Model::load(&source).unwrap(), &copy).unwrap();
         assert_eq!(written, [dir.path().join("fmnist_vit_opset18.onnx.data")]);
         // The copy reads as the same model, its weights included.
         let (a, b) = (graph::Model::load(&source).unwrap(), graph::Model::load(&copy).unwrap());
@@ -206,6 +208,8 @@ mod tests {
         assert_eq!(a.sha256, b.sha256);
         // A self-contained model brings nothing along.
         let plain = dir.path().join("plain.onnx");
-        assert!(copy_model(&root().join("fixtures/models/fmnist_vit_opset17.onnx"), &plain).unwrap().is_empty());
+        let self_contained = graph::Model::load(&root().join("fixtures/models/fmnist_vit_opset17.onnx")).unwrap();
+        assert!(copy_model(&self_contained, &plain).unwrap().is_empty());
+        assert!(plain.is_file());
     }
 }
