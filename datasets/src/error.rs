@@ -89,7 +89,7 @@ pub enum DatasetError {
         npz: PathBuf,
     },
     /// A folder holds no sample.
-    #[error("{dir}: no JPEG or PNG images (or .npz tensor samples) found")]
+    #[error("{dir}: no images (PNG, JPEG, WebP, BMP, TIFF or GIF) or .npz tensor samples found")]
     Empty {
         /// The folder.
         dir: PathBuf,

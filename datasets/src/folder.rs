@@ -68,10 +68,13 @@ pub(crate) fn is_npz(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("npz"))
 }
 
+/// The image files a folder's listing takes, by extension (any case): the formats the decoder reads.
+pub const IMAGE_EXTENSIONS: [&str; 9] = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif", "jfif"];
+
 fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
-        .map(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+        .map(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
         .unwrap_or(false)
 }
 
@@ -101,9 +104,14 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
 }
 
 /// The samples (images and `.npz` files) below `dir` (all levels when `recursive`), in sorted path order, as
-/// the walk finds them. Symlinked folders are followed; a symlink loop is an error naming it instead of an
-/// endless walk.
+/// the walk finds them.
 fn samples_below(dir: &Path, recursive: bool) -> impl Iterator<Item = Result<PathBuf, DatasetError>> + '_ {
+    files_below(dir, recursive).filter(|file| file.as_ref().map_or(true, |path| is_sample(path)))
+}
+
+/// Every file below `dir` (all levels when `recursive`), in sorted path order, as the walk finds them.
+/// Symlinked folders are followed; a symlink loop is an error naming it instead of an endless walk.
+fn files_below(dir: &Path, recursive: bool) -> impl Iterator<Item = Result<PathBuf, DatasetError>> + '_ {
     walkdir::WalkDir::new(dir)
         .min_depth(1)
         .max_depth(if recursive { usize::MAX } else { 1 })
@@ -118,14 +126,58 @@ fn samples_below(dir: &Path, recursive: bool) -> impl Iterator<Item = Result<Pat
                     None => DatasetError::Loop { path },
                 }))
             }
-            Ok(entry) => (entry.file_type().is_file() && is_sample(entry.path())).then(|| Ok(entry.into_path())),
+            Ok(entry) => entry.file_type().is_file().then(|| Ok(entry.into_path())),
         })
 }
 
-/// [`samples_below`], collected into `out`.
-fn images_in(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<(), DatasetError> {
-    for path in samples_below(dir, recursive) {
-        out.push(path?);
+/// The files of a listed folder that are not samples: a folder of photos that also holds other kinds of files
+/// is calibrated on its samples alone, and the user is told what was left out rather than left to wonder.
+#[derive(Debug, Default)]
+struct LeftOut {
+    count: usize,
+    first: Option<PathBuf>,
+}
+
+impl LeftOut {
+    fn add(&mut self, path: PathBuf) {
+        // Hidden files (`.DS_Store`, editors' swap files) are never samples and not worth a word.
+        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+            return;
+        }
+        self.count += 1;
+        self.first.get_or_insert(path);
+    }
+
+    /// Warns once per folder and process: one command lists its folder again for several steps (the
+    /// calibration, the held-back slice, GPTQ's samples).
+    fn warn(&self, dir: &Path) {
+        static WARNED: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
+            std::sync::Mutex::new(std::collections::BTreeSet::new());
+        let Some(first) = &self.first else { return };
+        let first_time = WARNED.lock().map(|mut warned| warned.insert(dir.to_path_buf())).unwrap_or(true);
+        if first_time {
+            tracing::warn!(
+                "{}: left out {} file{} that {} neither an image ({}) nor an .npz sample, such as {}",
+                dir.display(),
+                self.count,
+                if self.count == 1 { "" } else { "s" },
+                if self.count == 1 { "is" } else { "are" },
+                IMAGE_EXTENSIONS.join(", "),
+                first.display()
+            );
+        }
+    }
+}
+
+/// The samples below `dir` (see [`files_below`]), collected into `out`; the other files are counted in `left_out`.
+fn images_in(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>, left_out: &mut LeftOut) -> Result<(), DatasetError> {
+    for path in files_below(dir, recursive) {
+        let path = path?;
+        if is_sample(&path) {
+            out.push(path);
+        } else {
+            left_out.add(path);
+        }
     }
     Ok(())
 }
@@ -141,14 +193,16 @@ fn numbered_label(name: &str) -> Option<(usize, &str)> {
 }
 
 impl Dataset {
-    /// Every JPEG/PNG (or every `.npz` sample) under `dir` (recursively), unlabelled, sorted by path.
+    /// Every image (or every `.npz` sample) under `dir` (recursively), unlabelled, sorted by path; other files are
+    /// left out, with one warning that counts them.
     pub fn flat(dir: &Path) -> Result<Dataset, DatasetError> {
-        let mut paths = Vec::new();
-        images_in(dir, true, &mut paths)?;
+        let (mut paths, mut left_out) = (Vec::new(), LeftOut::default());
+        images_in(dir, true, &mut paths, &mut left_out)?;
         if paths.is_empty() {
             return Err(DatasetError::Empty { dir: dir.to_path_buf() });
         }
         check_one_kind(dir, &paths)?;
+        left_out.warn(dir);
         let items = paths.into_iter().map(|path| ImageItem { path, label: None }).collect();
         Ok(Dataset { root: dir.to_path_buf(), items, classes: Vec::new() })
     }
@@ -199,10 +253,10 @@ impl Dataset {
             classes = folders.iter().map(|f| folder_name(f)).collect();
             assigned = folders.iter().cloned().enumerate().map(|(i, f)| (f, i)).collect();
         }
-        let mut items = Vec::new();
+        let (mut items, mut left_out) = (Vec::new(), LeftOut::default());
         for (folder, label) in assigned {
             let mut paths = Vec::new();
-            images_in(&folder, true, &mut paths)?;
+            images_in(&folder, true, &mut paths, &mut left_out)?;
             if paths.is_empty() {
                 // An empty class would shift no label but reads as a class with no images, and an output
                 // folder left inside --val would shift every label after it.
@@ -223,6 +277,7 @@ impl Dataset {
         }
         items.sort_by(|a, b| a.path.cmp(&b.path));
         check_one_kind(dir, &items.iter().map(|i| i.path.clone()).collect::<Vec<_>>())?;
+        left_out.warn(dir);
         Ok(Dataset { root: dir.to_path_buf(), items, classes })
     }
 
@@ -425,6 +480,28 @@ mod tests {
         // Without the list: sorted folder names.
         let ds = Dataset::labelled(d.path(), None).unwrap();
         assert_eq!(ds.classes, vec!["n01", "n02"]);
+    }
+
+    #[test]
+    fn every_decoded_format_is_listed_and_other_files_are_counted_as_left_out() {
+        let d = tempfile::tempdir().unwrap();
+        for ext in IMAGE_EXTENSIONS {
+            touch(&d.path().join(format!("a.{}", ext.to_ascii_uppercase())));
+            touch(&d.path().join(format!("sub/b.{ext}")));
+        }
+        for other in ["labels.csv", "sub/notes.txt", "x.avif", ".DS_Store", "sub/.swp"] {
+            touch(&d.path().join(other));
+        }
+        assert_eq!(Dataset::flat(d.path()).unwrap().len(), 2 * IMAGE_EXTENSIONS.len());
+        let (mut paths, mut left_out) = (Vec::new(), LeftOut::default());
+        images_in(d.path(), true, &mut paths, &mut left_out).unwrap();
+        assert_eq!(paths.len(), 2 * IMAGE_EXTENSIONS.len());
+        assert_eq!(left_out.count, 3, "hidden files are not counted");
+        assert_eq!(left_out.first.as_deref(), Some(d.path().join("labels.csv").as_path()), "the first by path");
+        let only_other = tempfile::tempdir().unwrap();
+        touch(&only_other.path().join("photo.heic"));
+        let err = Dataset::flat(only_other.path()).unwrap_err().to_string();
+        assert!(err.contains("no images (PNG, JPEG, WebP"), "{err}");
     }
 
     #[test]

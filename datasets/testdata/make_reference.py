@@ -17,7 +17,7 @@ HERE = Path(__file__).parent
 rng = np.random.default_rng(1234)
 
 
-def synthetic(h, w, c):
+def synthetic(h, w, c, gen=rng):
     """Gradients, a disc, stripes and noise: edges and texture so that filter differences show."""
     y, x = np.mgrid[0:h, 0:w].astype(np.float64)
     base = [
@@ -29,7 +29,7 @@ def synthetic(h, w, c):
     disc = ((x - w / 2) ** 2 + (y - h / 3) ** 2) < (min(h, w) / 4) ** 2
     chans = []
     for i in range(c):
-        v = base[i % 4] * 0.7 + 60 * disc + rng.normal(0, 12, (h, w))
+        v = base[i % 4] * 0.7 + 60 * disc + gen.normal(0, 12, (h, w))
         chans.append(v)
     return np.clip(np.stack(chans, -1), 0, 255).round().astype(np.uint8)
 
@@ -41,6 +41,14 @@ def write_sources():
     g16 = (synthetic(37, 45, 1)[..., 0].astype(np.uint16) * 257 + rng.integers(0, 257, (37, 45))).astype(np.uint16)
     Image.fromarray(g16).save(HERE / "gray16_45x37.png")
     Image.fromarray(synthetic(240, 320, 3)).save(HERE / "photo_320x240.jpg", quality=92)
+    # The other formats PIL opens that int8kit decodes, from a generator of their own so that the files above
+    # and their reference values stay the same.
+    more = np.random.default_rng(5678)
+    Image.fromarray(synthetic(240, 320, 3, more)).save(HERE / "photo_320x240.webp", quality=90)
+    Image.fromarray(synthetic(61, 83, 4, more)).save(HERE / "rgba_83x61_lossless.webp", lossless=True)
+    Image.fromarray(synthetic(50, 60, 3, more)).save(HERE / "rgb_60x50.bmp")
+    Image.fromarray(synthetic(45, 70, 3, more)).save(HERE / "rgb_70x45_lzw.tiff", compression="tiff_lzw")
+    Image.fromarray(synthetic(48, 64, 3, more)).quantize(64, dither=Image.Dither.NONE).save(HERE / "palette_64x48.gif")
 
 
 RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
@@ -102,6 +110,18 @@ CASES = [
     ("gray16_45x37.png", "gray16-shorter", dict(channels="gray", size=[20, 20], resize="shorter", resize_to=24,
                                                   interpolation="bilinear", mean=[0.5], std=[0.5])),
     ("photo_320x240.jpg", "jpeg-imagenet", IMAGENET),
+    ("photo_320x240.webp", "webp-imagenet", IMAGENET),
+    ("rgba_83x61_lossless.webp", "webp-lossless-none", dict(channels="rgb", size=[61, 83], resize="none",
+                                                            interpolation="bilinear", mean=[0.5, 0.5, 0.5],
+                                                            std=[0.5, 0.5, 0.5])),
+    ("rgb_60x50.bmp", "bmp-gray-bilinear", dict(channels="gray", size=[28, 28], resize="exact",
+                                                interpolation="bilinear", mean=[0.286], std=[0.353])),
+    ("rgb_70x45_lzw.tiff", "tiff-bgr-bicubic", dict(channels="bgr", size=[32, 32], resize="shorter", resize_to=40,
+                                                    interpolation="bicubic", mean=[0.4, 0.4, 0.4],
+                                                    std=[0.2, 0.2, 0.2])),
+    ("palette_64x48.gif", "gif-palette-none", dict(channels="rgb", size=[48, 64], resize="none",
+                                                    interpolation="bilinear", mean=[0.0, 0.0, 0.0],
+                                                    std=[1.0, 1.0, 1.0])),
 ]
 
 

@@ -139,7 +139,7 @@ pub struct CalibrationSource {
     /// The ONNX model (FP32, or FP16 storage; external data is read from its folder).
     #[arg(long, value_name = "M.onnx")]
     pub model: PathBuf,
-    /// Folder of calibration images (JPEG/PNG, searched recursively), or of `.npz` samples (one array per
+    /// Folder of calibration images (PNG, JPEG, WebP, BMP, TIFF, GIF; searched recursively), or of `.npz` samples (one array per
     /// model input, by name; then no recipe).
     #[arg(long, value_name = "DIR")]
     pub images: PathBuf,

@@ -151,6 +151,21 @@ proptest! {
         let (_d, path) = file("x.jpg", &bytes);
         let _ = datasets::load_pixels(&path, datasets::Channels::Rgb);
     }
+
+    #[test]
+    fn webp_tiff_gif_and_bmp_images(
+        (name, bytes) in prop_oneof![
+            mutated(read("datasets/testdata/photo_320x240.webp")).prop_map(|b| ("x.webp", b)),
+            mutated(read("datasets/testdata/rgba_83x61_lossless.webp")).prop_map(|b| ("x.webp", b)),
+            mutated(read("datasets/testdata/rgb_70x45_lzw.tiff")).prop_map(|b| ("x.tiff", b)),
+            mutated(read("datasets/testdata/palette_64x48.gif")).prop_map(|b| ("x.gif", b)),
+            mutated(read("datasets/testdata/rgb_60x50.bmp")).prop_map(|b| ("x.bmp", b)),
+        ],
+    ) {
+        // Each format's decoder on mutated files of its kind: an error, never a panic, an abort or a hang.
+        let (_d, path) = file(name, &bytes);
+        let _ = datasets::load_pixels(&path, datasets::Channels::Rgb);
+    }
 }
 
 proptest! {
