@@ -89,10 +89,12 @@ pub enum DatasetError {
         npz: PathBuf,
     },
     /// A folder holds no sample.
-    #[error("{dir}: no images (PNG, JPEG, WebP, BMP, TIFF or GIF) or .npz tensor samples found")]
+    #[error("{dir}: no images (PNG, JPEG, WebP, BMP, TIFF or GIF) or .npz tensor samples found{found}")]
     Empty {
         /// The folder.
         dir: PathBuf,
+        /// What it holds instead, if anything (`, only other files such as ...`), or nothing.
+        found: String,
     },
     /// A labelled folder's classes cannot be worked out.
     #[error("{dir}: {message}")]

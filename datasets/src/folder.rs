@@ -169,6 +169,22 @@ impl LeftOut {
     }
 }
 
+/// The error of a folder without samples, naming a file it holds instead (a HEIC photo, say) where it has one.
+fn empty(dir: &Path) -> DatasetError {
+    let mut left_out = LeftOut::default();
+    for path in files_below(dir, true).flatten() {
+        left_out.add(path);
+        if left_out.first.is_some() {
+            break;
+        }
+    }
+    let found = match left_out.first {
+        Some(first) => format!(", only other files such as {} (convert them to one of these formats)", first.display()),
+        None => String::new(),
+    };
+    DatasetError::Empty { dir: dir.to_path_buf(), found }
+}
+
 /// The samples below `dir` (see [`files_below`]), collected into `out`; the other files are counted in `left_out`.
 fn images_in(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>, left_out: &mut LeftOut) -> Result<(), DatasetError> {
     for path in files_below(dir, recursive) {
@@ -199,7 +215,7 @@ impl Dataset {
         let (mut paths, mut left_out) = (Vec::new(), LeftOut::default());
         images_in(dir, true, &mut paths, &mut left_out)?;
         if paths.is_empty() {
-            return Err(DatasetError::Empty { dir: dir.to_path_buf() });
+            return Err(empty(dir));
         }
         check_one_kind(dir, &paths)?;
         left_out.warn(dir);
@@ -273,7 +289,7 @@ impl Dataset {
             items.extend(paths.into_iter().map(|path| ImageItem { path, label: Some(label) }));
         }
         if items.is_empty() {
-            return Err(DatasetError::Empty { dir: dir.to_path_buf() });
+            return Err(empty(dir));
         }
         items.sort_by(|a, b| a.path.cmp(&b.path));
         check_one_kind(dir, &items.iter().map(|i| i.path.clone()).collect::<Vec<_>>())?;
@@ -305,7 +321,7 @@ impl Dataset {
     pub fn holds_tensors_below(dir: &Path) -> Result<bool, DatasetError> {
         match samples_below(dir, true).next() {
             Some(first) => Ok(is_npz(&first?)),
-            None => Err(DatasetError::Empty { dir: dir.to_path_buf() }),
+            None => Err(empty(dir)),
         }
     }
 
@@ -501,7 +517,12 @@ mod tests {
         let only_other = tempfile::tempdir().unwrap();
         touch(&only_other.path().join("photo.heic"));
         let err = Dataset::flat(only_other.path()).unwrap_err().to_string();
-        assert!(err.contains("no images (PNG, JPEG, WebP"), "{err}");
+        assert!(
+            err.contains("no images (PNG, JPEG, WebP") && err.contains("such as") && err.contains("photo.heic"),
+            "{err}"
+        );
+        let err = Dataset::holds_tensors_below(only_other.path()).unwrap_err().to_string();
+        assert!(err.contains("photo.heic"), "{err}");
     }
 
     #[test]
