@@ -103,12 +103,6 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
     Ok(entries)
 }
 
-/// The samples (images and `.npz` files) below `dir` (all levels when `recursive`), in sorted path order, as
-/// the walk finds them.
-fn samples_below(dir: &Path, recursive: bool) -> impl Iterator<Item = Result<PathBuf, DatasetError>> + '_ {
-    files_below(dir, recursive).filter(|file| file.as_ref().map_or(true, |path| is_sample(path)))
-}
-
 /// Every file below `dir` (all levels when `recursive`), in sorted path order, as the walk finds them.
 /// Symlinked folders are followed; a symlink loop is an error naming it instead of an endless walk.
 fn files_below(dir: &Path, recursive: bool) -> impl Iterator<Item = Result<PathBuf, DatasetError>> + '_ {
@@ -169,16 +163,9 @@ impl LeftOut {
     }
 }
 
-/// The error of a folder without samples, naming a file it holds instead (a HEIC photo, say) where it has one.
-fn empty(dir: &Path) -> DatasetError {
-    let mut left_out = LeftOut::default();
-    for path in files_below(dir, true).flatten() {
-        left_out.add(path);
-        if left_out.first.is_some() {
-            break;
-        }
-    }
-    let found = match left_out.first {
+/// The error of a folder without samples, naming a file its listing left out (a HEIC photo, say) where it has one.
+fn empty(dir: &Path, left_out: &LeftOut) -> DatasetError {
+    let found = match &left_out.first {
         Some(first) => format!(", only other files such as {} (convert them to one of these formats)", first.display()),
         None => String::new(),
     };
@@ -215,7 +202,7 @@ impl Dataset {
         let (mut paths, mut left_out) = (Vec::new(), LeftOut::default());
         images_in(dir, true, &mut paths, &mut left_out)?;
         if paths.is_empty() {
-            return Err(empty(dir));
+            return Err(empty(dir, &left_out));
         }
         check_one_kind(dir, &paths)?;
         left_out.warn(dir);
@@ -289,7 +276,7 @@ impl Dataset {
             items.extend(paths.into_iter().map(|path| ImageItem { path, label: Some(label) }));
         }
         if items.is_empty() {
-            return Err(empty(dir));
+            return Err(empty(dir, &left_out));
         }
         items.sort_by(|a, b| a.path.cmp(&b.path));
         check_one_kind(dir, &items.iter().map(|i| i.path.clone()).collect::<Vec<_>>())?;
@@ -319,10 +306,15 @@ impl Dataset {
     /// from its first sample alone: what a command needs to choose its feed before the full listing (which
     /// refuses a mixture).
     pub fn holds_tensors_below(dir: &Path) -> Result<bool, DatasetError> {
-        match samples_below(dir, true).next() {
-            Some(first) => Ok(is_npz(&first?)),
-            None => Err(empty(dir)),
+        let mut left_out = LeftOut::default();
+        for file in files_below(dir, true) {
+            let file = file?;
+            if is_sample(&file) {
+                return Ok(is_npz(&file));
+            }
+            left_out.add(file);
         }
+        Err(empty(dir, &left_out))
     }
 
     /// Whether the samples are `.npz` tensor files rather than images (a folder holds one kind only).
