@@ -260,6 +260,13 @@ mod kernels {
         scan_scalar(v)
     }
 
+    /// Whether bin 0 is likely to hold a third of `v` or more (ReLU outputs: their zeros): judged on its first
+    /// 64 values at multiplier `k`. Only the speed depends on it; the counts are the same either way.
+    pub fn mostly_bin_zero(v: &[f32], k: f32) -> bool {
+        let head = &v[..v.len().min(64)];
+        !head.is_empty() && 3 * head.iter().filter(|x| x.abs() * k < 1.0).count() >= head.len()
+    }
+
     /// Takes back what [`scan_and_bin`] (or [`bin`]) counted for `v` at `k`: the same bins, minus 1 each.
     pub fn unbin(v: &[f32], k: f32, tables: &mut [u32]) {
         for (j, &x) in v.iter().enumerate() {
@@ -315,10 +322,46 @@ mod kernels {
             }
         }
 
+        /// For each mask of the lanes to keep, their indices packed to the front, one byte each: `left_pack`'s
+        /// permutation (2 KB, so it stays in L1 beside the counting tables).
+        static PACK: [u64; 256] = {
+            let mut table = [0u64; 256];
+            let mut mask = 0;
+            while mask < 256 {
+                let (mut packed, mut kept, mut lane) = (0u64, 0, 0);
+                while lane < 8 {
+                    if mask & (1 << lane) != 0 {
+                        packed |= (lane as u64) << (8 * kept);
+                        kept += 1;
+                    }
+                    lane += 1;
+                }
+                table[mask] = packed;
+                mask += 1;
+            }
+            table
+        };
+
         /// Bins `v` into `tables` (value j into table j % TABLES) and scans its range: the scan costs almost
-        /// nothing beside the scatter, which bounds the loop.
+        /// nothing beside the scatter, which bounds the loop. Where bin 0 takes a large share of the values
+        /// (ReLU's zeros), each count of it waits for the one before; then bin 0 is counted in the vector
+        /// registers and only the other bins go to the scalar loop (ReLU outputs with half zeros: 0.64 -> 0.37
+        /// ns per value on this Xeon, but 0.38 -> 0.51 on values that are rarely 0, hence the choice).
         #[target_feature(enable = "avx2")]
         pub unsafe fn scan_and_bin(v: &[f32], k: f32, tables: &mut [u32]) -> (f32, f32, u32) {
+            if super::mostly_bin_zero(v, k) {
+                scan_and_bin_with::<true>(v, k, tables)
+            } else {
+                scan_and_bin_with::<false>(v, k, tables)
+            }
+        }
+
+        #[target_feature(enable = "avx2")]
+        unsafe fn scan_and_bin_with<const ZEROS_IN_REGISTERS: bool>(
+            v: &[f32],
+            k: f32,
+            tables: &mut [u32],
+        ) -> (f32, f32, u32) {
             let scale = _mm256_set1_ps(k);
             let cap = _mm256_set1_ps((BINS - 1) as f32);
             let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
@@ -329,10 +372,13 @@ mod kernels {
             let mut lo = _mm256_set1_ps(f32::INFINITY);
             let mut hi = _mm256_set1_ps(f32::NEG_INFINITY);
             let mut non_finite = _mm256_setzero_si256();
+            // Per lane, the values of bin 0 counted in the register (minus one per value, as compares give).
+            let mut bin_zero = _mm256_setzero_si256();
             // The bins (with their table offset) of up to 1024 values at a time, stored as a vector and counted
             // by a scalar loop: on Intel Xeons this ran 20-30 % faster than taking the lanes out of the vector
-            // register one by one (`pextrq`), which bound the loop there.
-            let mut indices = [0u32; 1024];
+            // register one by one (`pextrq`), which bound the loop there. Eight spare entries take the last
+            // vector store when packed lanes leave the buffer short of full.
+            let mut indices = [0u32; 1024 + 8];
             let mut filled = 0;
             let mut chunks = v.chunks_exact(8);
             let t = tables.as_mut_ptr();
@@ -344,13 +390,30 @@ mod kernels {
                 non_finite = _mm256_sub_epi32(non_finite, _mm256_cmpeq_epi32(e, exp_mask));
                 // min(|x| * k, BINS - 1): NaN gives the cap (the second operand), like the scalar bin_of.
                 let x = _mm256_and_ps(raw, abs_mask);
-                let i = _mm256_add_epi32(_mm256_cvttps_epi32(_mm256_min_ps(_mm256_mul_ps(x, scale), cap)), table);
-                _mm256_storeu_si256(indices.as_mut_ptr().add(filled) as *mut __m256i, i);
-                filled += 8;
-                if filled == indices.len() {
-                    count(&indices, t);
+                let bins = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_mul_ps(x, scale), cap));
+                let i = _mm256_add_epi32(bins, table);
+                if ZEROS_IN_REGISTERS {
+                    let zero = _mm256_cmpeq_epi32(bins, _mm256_setzero_si256());
+                    bin_zero = _mm256_sub_epi32(bin_zero, zero);
+                    let keep = !(_mm256_movemask_ps(_mm256_castsi256_ps(zero)) as u32) & 0xff;
+                    let order = _mm_loadl_epi64(PACK.as_ptr().add(keep as usize) as *const __m128i);
+                    let packed = _mm256_permutevar8x32_epi32(i, _mm256_cvtepu8_epi32(order));
+                    _mm256_storeu_si256(indices.as_mut_ptr().add(filled) as *mut __m256i, packed);
+                    filled += keep.count_ones() as usize;
+                } else {
+                    _mm256_storeu_si256(indices.as_mut_ptr().add(filled) as *mut __m256i, i);
+                    filled += 8;
+                }
+                if filled >= 1024 {
+                    count(&indices[..filled], t);
                     filled = 0;
                 }
+            }
+            if ZEROS_IN_REGISTERS {
+                let mut lanes = [0u32; 8];
+                _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, bin_zero);
+                *t += lanes[0] + lanes[2] + lanes[4] + lanes[6];
+                *t.add(BINS) += lanes[1] + lanes[3] + lanes[5] + lanes[7];
             }
             count(&indices[..filled], t);
             // The remainder starts at a multiple of 8, so its value j is the chunk's (j + 8m): same table.
@@ -589,6 +652,34 @@ mod tests {
         let mut fused = vec![0u32; TABLES * BINS];
         assert_eq!(kernels::scan_and_bin(&v, 8.0, &mut fused), kernels::scan_scalar(&v));
         assert_eq!(fused, b);
+    }
+
+    /// Blocks where bin 0 holds many values (ReLU outputs) take the kernel's other path; it counts the same,
+    /// also when the block's start misjudges the rest of it.
+    #[test]
+    fn blocks_of_mostly_zeros_count_as_the_scalar_kernel_does() {
+        let wave = |i: usize| ((i * 7919) % 10007) as f32 / 37.0 - 100.0;
+        let relu: Vec<f32> = (0..10_007).map(|i| wave(i).max(0.0)).collect();
+        let zeros_first: Vec<f32> = (0..4099).map(|i| if i < 64 { 0.0 } else { wave(i) }).collect();
+        let zeros_after: Vec<f32> = (0..4099).map(|i| if i < 64 { wave(i) } else { 0.0 }).collect();
+        // Values just below and above the first bin's edge (1/8 at multiplier 8), and -0.0.
+        let edge: Vec<f32> = (0..1001).map(|i| [0.124_999_99, 0.125, -0.0, 1e-30, -0.124_999_99][i % 5]).collect();
+        let cases = [
+            ("relu", &relu, true),
+            ("zeros first", &zeros_first, true),
+            ("zeros after", &zeros_after, false),
+            ("edge", &edge, true),
+        ];
+        for (name, v, mostly_zeros) in cases {
+            assert_eq!(kernels::mostly_bin_zero(v, 8.0), mostly_zeros, "{name}");
+            let (mut simd, mut scalar) = (vec![0u32; TABLES * BINS], vec![0u32; TABLES * BINS]);
+            assert_eq!(kernels::scan_and_bin(v, 8.0, &mut simd), kernels::scan_scalar(v), "{name}");
+            kernels::bin_scalar(v, 8.0, &mut scalar);
+            assert_eq!(simd, scalar, "{name}");
+            assert!(simd[0] > 0 && simd[BINS] > 0, "{name}: both tables count bin 0");
+            kernels::unbin(v, 8.0, &mut simd);
+            assert!(simd.iter().all(|&c| c == 0), "{name}: unbinning takes back what was binned");
+        }
     }
 
     #[test]
