@@ -285,6 +285,34 @@ pub fn sample_patches(layer: &Layer, x: &[f32], shape: &[usize], take: usize, ro
     }
 }
 
+/// Columns of the product computed by one GEMM in [`upper_gram`].
+const GRAM_PANEL: usize = 128;
+
+/// The upper triangle (diagonal included) of `x^T x` into `out` (`k x k`, `k` the columns of `x`); below the
+/// diagonal `out` holds stale values. Half the work of the whole product, whose entries it equals bit for bit:
+/// each is one product-sum over the rows in row order, wherever its panel starts (tested), and `a * b` rounds as
+/// `b * a`, so the lower triangle would have been the upper one's mirror.
+fn upper_gram(x: &ArrayView2<'_, f32>, out: &mut Array2<f32>) {
+    use ndarray::{Axis, Slice};
+    let k = x.ncols();
+    for r0 in (0..k).step_by(GRAM_PANEL) {
+        let r1 = (r0 + GRAM_PANEL).min(k);
+        let mut panel = out.slice_axis_mut(Axis(0), Slice::from(r0..r1));
+        panel.slice_axis_inplace(Axis(1), Slice::from(r0..));
+        let rows = x.slice_axis(Axis(1), Slice::from(r0..r1));
+        ndarray::linalg::general_mat_mul(1.0, &rows.t(), &x.slice_axis(Axis(1), Slice::from(r0..)), 0.0, &mut panel);
+    }
+}
+
+/// Copies the upper triangle of the square `m` onto the lower one.
+fn mirror_upper(m: &mut Array2<f64>) {
+    for r in 1..m.nrows() {
+        for c in 0..r {
+            m[[r, c]] = m[[c, r]];
+        }
+    }
+}
+
 /// Samples per run of the float model (a model's fixed batch wins): the sums do not depend on it.
 const BATCH: usize = 16;
 
@@ -322,7 +350,8 @@ impl Hessians {
             let k = layer.columns;
             let take = (PATCHES_PER_COLUMN * k).div_ceil(expected).clamp(1, PATCHES_PER_SAMPLE);
             let mut rows = Vec::new();
-            // One sample's products in float32 (at most PATCHES_PER_SAMPLE terms each), summed in f64.
+            // One sample's products in float32 (at most PATCHES_PER_SAMPLE terms each), summed in f64; the upper
+            // triangle only, mirrored once the batch is in.
             let mut product = Array2::<f32>::zeros((k, k));
             for s in 0..batch {
                 rows.clear();
@@ -332,10 +361,14 @@ impl Hessians {
                     continue;
                 }
                 let x = ArrayView2::from_shape((count, k), &rows).expect("rows hold whole patches");
-                ndarray::linalg::general_mat_mul(1.0, &x.t(), &x, 0.0, &mut product);
-                h.sum.zip_mut_with(&product, |a, &b| *a += b as f64);
+                upper_gram(&x, &mut product);
+                for (r, (sum, p)) in h.sum.outer_iter_mut().zip(product.outer_iter()).enumerate() {
+                    let (sum, p) = (sum.into_slice().expect("standard layout"), p.to_slice().expect("standard layout"));
+                    sum[r..].iter_mut().zip(&p[r..]).for_each(|(a, &b)| *a += b as f64);
+                }
                 h.patches += count as u64;
             }
+            mirror_upper(&mut h.sum);
         });
         for (layer, _, h) in work {
             self.by_node.insert(layer.output.clone(), h);
@@ -782,6 +815,30 @@ mod tests {
         assert_eq!((upper, lower), ([0, 0, 1, 1], [1, 1, 0, 0]));
         // Kernel 3, stride 1: one each side.
         assert_eq!(Padding::Same { upper: true }.pads([4, 4], [3, 3], [1, 1], [1, 1]), [1, 1, 1, 1]);
+    }
+
+    /// The upper triangle by panels equals the whole product bit for bit (so `H` is what it was before the
+    /// lower triangle was left out), for column counts below, at and across panel edges.
+    #[test]
+    fn the_upper_gram_equals_the_whole_product() {
+        let mut seed = 7u64;
+        for (rows, k) in [(96, 1), (96, 127), (96, 128), (37, 300), (96, 1152)] {
+            let x: Vec<f32> = (0..rows * k).map(|_| (lcg(&mut seed) * 4.0 - 2.0) as f32).collect();
+            let x = ArrayView2::from_shape((rows, k), &x).unwrap();
+            let mut whole = Array2::<f32>::zeros((k, k));
+            ndarray::linalg::general_mat_mul(1.0, &x.t(), &x, 0.0, &mut whole);
+            let mut upper = Array2::<f32>::from_elem((k, k), f32::NAN);
+            upper_gram(&x, &mut upper);
+            for r in 0..k {
+                for c in r..k {
+                    assert_eq!(upper[[r, c]].to_bits(), whole[[r, c]].to_bits(), "k {k}, ({r}, {c})");
+                    assert_eq!(whole[[c, r]].to_bits(), whole[[r, c]].to_bits(), "the product is symmetric");
+                }
+            }
+        }
+        let mut m = Array2::from_shape_fn((3, 3), |(r, c)| (r * 3 + c) as f64);
+        mirror_upper(&mut m);
+        assert_eq!(m, ndarray::array![[0.0, 1.0, 2.0], [1.0, 4.0, 5.0], [2.0, 5.0, 8.0]]);
     }
 
     #[test]
