@@ -313,6 +313,68 @@ fn mirror_upper(m: &mut Array2<f64>) {
     }
 }
 
+/// Tapped values one run of GPTQ's pass makes, at most (unless one sample makes more): 128 MB of float32. Two
+/// one-thread sessions on this 2-core Xeon, the sums' seconds: trueocr_orient (768x768, 4.9 M values per sample)
+/// 5.8-6.7 in runs of 16 samples, 2.3-2.4 in runs of 6 (this budget), 2.0 in runs of 3; open_nsfw_tf
+/// (4.4 M) 3.1-3.2 in runs of 16, 2.9-3.3 in runs of 7, 3.5-3.6 in runs of 3.
+const RUN_VALUES: usize = 32 << 20;
+
+/// The float model tapped at the layers' inputs, as GPTQ's pass runs it.
+struct Pass<'p> {
+    model: &'p Model,
+    layers: &'p [Layer],
+    /// The tapped layer inputs (the fed input is read from the batch).
+    names: &'p [String],
+    input: &'p str,
+    label: &'p str,
+}
+
+impl Pass<'_> {
+    /// Runs `batches[i]` on `sessions[i]`, all at once; each batch's outputs (none without sessions).
+    fn run(
+        &self,
+        sessions: &mut [runtime::Session],
+        batches: &[datasets::Batch],
+    ) -> Result<Vec<Vec<runtime::OwnedOutput>>, QuantizeError> {
+        if sessions.is_empty() {
+            return Ok(batches.iter().map(|_| Vec::new()).collect());
+        }
+        let (names, label, input) = (self.names, self.label, self.input);
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = sessions
+                .iter_mut()
+                .zip(batches)
+                .map(|(session, batch)| {
+                    scope.spawn(move || {
+                        let outputs = runtime::run(session, label, &batch.inputs(input), names)?;
+                        Ok::<_, QuantizeError>(vec![outputs])
+                    })
+                })
+                .collect();
+            crate::measure::collect_parts(runs, label)
+        })
+    }
+}
+
+/// A stream's batches after its first sample: `first` (the rest of its first batch), then the stream's.
+struct AfterFirst<'s> {
+    first: Option<datasets::Batch>,
+    stream: &'s mut datasets::BatchStream,
+}
+
+impl Iterator for AfterFirst<'_> {
+    type Item = Result<datasets::Batch, datasets::DatasetError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.first.take().map(Ok).or_else(|| self.stream.next())
+    }
+}
+
+impl datasets::BatchSource for AfterFirst<'_> {
+    fn skipped(&self) -> Vec<(std::path::PathBuf, String)> {
+        self.stream.skipped()
+    }
+}
+
 /// Samples per run of the float model (a model's fixed batch wins): the sums do not depend on it.
 const BATCH: usize = 16;
 
@@ -376,6 +438,37 @@ impl Hessians {
         self.samples += inputs.first().and_then(|(shape, _)| shape.first()).copied().unwrap_or(0);
     }
 
+    /// Adds the layer inputs of `batches`, in order, from their runs' `outputs` ([`Pass::run`]).
+    fn add_parts(
+        &mut self,
+        pass: &Pass<'_>,
+        batches: &[datasets::Batch],
+        outputs: &[Vec<runtime::OwnedOutput>],
+    ) -> Result<(), QuantizeError> {
+        for (batch, outputs) in batches.iter().zip(outputs) {
+            let mut inputs: Vec<LayerInput> = Vec::with_capacity(pass.layers.len());
+            for l in pass.layers {
+                if l.input == pass.input {
+                    inputs.push((batch.shape.to_vec(), &batch.data[..]));
+                    continue;
+                }
+                let o = &outputs[pass.names.iter().position(|n| *n == l.input).expect("every input tapped")];
+                let shape = o.shape().iter().map(|&d| d as usize).collect();
+                let values = o.as_f32().ok_or_else(|| QuantizeError::Model {
+                    path: pass.model.path.clone(),
+                    message: format!(
+                        "GPTQ reads the input '{}' of layer '{}' as floats, and the model gave another type \
+                         (give --weight-rounding nearest)",
+                        l.input, l.node
+                    ),
+                })?;
+                inputs.push((shape, values));
+            }
+            self.add(pass.layers, &inputs);
+        }
+        Ok(())
+    }
+
     /// The `H` of `model`'s layers (at most [`MAX_COLUMNS`] columns) over `dataset` (held-in calibration
     /// samples), the float model run with the layers' inputs as outputs.
     pub fn collect(
@@ -385,6 +478,19 @@ impl Hessians {
         feed: &datasets::Feed,
         threads: usize,
         on_bad_image: datasets::OnBadImage,
+    ) -> Result<Hessians, QuantizeError> {
+        Hessians::collect_in_runs(model, rounding, dataset, feed, threads, on_bad_image, RUN_VALUES)
+    }
+
+    /// [`Hessians::collect`], runs of the float model making at most `run_values` tapped values each.
+    fn collect_in_runs(
+        model: &Model,
+        rounding: WeightRounding,
+        dataset: &datasets::Dataset,
+        feed: &datasets::Feed,
+        threads: usize,
+        on_bad_image: datasets::OnBadImage,
+        run_values: usize,
     ) -> Result<Hessians, QuantizeError> {
         let layers: Vec<Layer> =
             layers(model).into_iter().filter(|l| l.columns <= MAX_COLUMNS && rounding.rounds(&l.patches)).collect();
@@ -425,53 +531,35 @@ impl Hessians {
                 sessions.push(runtime::session_from_bytes(&bytes, &cfg)?);
             }
         }
+        let fixed_batch = model.fixed_batch(&input).is_some();
         let options = datasets::StreamOptions { batch_size, on_bad_image, ..Default::default() };
         let mut stream = datasets::BatchStream::new(&dataset, feed, options);
+        let pass = Pass { model, layers: &layers, names: &names, input: &input, label: &label };
+        // Batches run in parts of at most `run_values` tapped values, measured on a first part of one sample (a
+        // model with a fixed batch runs it whole): the sums do not depend on the parts ([`RUN_VALUES`]).
+        let (per_run, rest) = match stream.next() {
+            Some(first) if !fixed_batch && !sessions.is_empty() => {
+                let mut first = first?;
+                let rest = first.split_off(1);
+                let outputs = pass.run(&mut sessions[..1], std::slice::from_ref(&first))?;
+                let per_sample: usize = outputs.iter().flatten().map(|o| o.as_f32().map_or(0, <[f32]>::len)).sum();
+                hessians.add_parts(&pass, std::slice::from_ref(&first), &outputs)?;
+                let per_run = (run_values / per_sample.max(1)).clamp(1, batch_size);
+                tracing::debug!(target: "int8kit::rounding", per_sample, per_run, "GPTQ's pass: tapped values per sample, samples per run");
+                (per_run, Some(rest))
+            }
+            first => (batch_size, first.transpose()?),
+        };
+        let mut rest = AfterFirst { first: rest, stream: &mut stream };
+        let mut parts = datasets::Rebatched::new(&mut rest, per_run);
         loop {
-            // Up to one batch per session, run at once; their sums are added in the samples' order.
-            let batches = stream.by_ref().take(parallel).collect::<Result<Vec<_>, _>>()?;
+            // Up to one part per session, run at once; their sums are added in the samples' order.
+            let batches = parts.by_ref().take(sessions.len().max(1)).collect::<Result<Vec<_>, _>>()?;
             if batches.is_empty() {
                 break;
             }
-            let outputs = if sessions.is_empty() {
-                batches.iter().map(|_| Vec::new()).collect()
-            } else {
-                let (names, label, input) = (&names, &label, &input);
-                std::thread::scope(|scope| {
-                    let runs: Vec<_> = sessions
-                        .iter_mut()
-                        .zip(&batches)
-                        .map(|(session, batch)| {
-                            scope.spawn(move || {
-                                let outputs = runtime::run(session, label, &batch.inputs(input), names)?;
-                                Ok::<_, QuantizeError>(vec![outputs])
-                            })
-                        })
-                        .collect();
-                    crate::measure::collect_parts(runs, label)
-                })?
-            };
-            for (batch, outputs) in batches.iter().zip(&outputs) {
-                let mut inputs: Vec<LayerInput> = Vec::with_capacity(layers.len());
-                for l in &layers {
-                    if l.input == input {
-                        inputs.push((batch.shape.to_vec(), &batch.data[..]));
-                        continue;
-                    }
-                    let o = &outputs[names.iter().position(|n| *n == l.input).expect("every input tapped")];
-                    let shape = o.shape().iter().map(|&d| d as usize).collect();
-                    let values = o.as_f32().ok_or_else(|| QuantizeError::Model {
-                        path: model.path.clone(),
-                        message: format!(
-                            "GPTQ reads the input '{}' of layer '{}' as floats, and the model gave another type \
-                             (give --weight-rounding nearest)",
-                            l.input, l.node
-                        ),
-                    })?;
-                    inputs.push((shape, values));
-                }
-                hessians.add(&layers, &inputs);
-            }
+            let outputs = pass.run(&mut sessions, &batches)?;
+            hessians.add_parts(&pass, &batches, &outputs)?;
         }
         Ok(hessians)
     }
@@ -839,6 +927,25 @@ mod tests {
         let mut m = Array2::from_shape_fn((3, 3), |(r, c)| (r * 3 + c) as f64);
         mirror_upper(&mut m);
         assert_eq!(m, ndarray::array![[0.0, 1.0, 2.0], [1.0, 4.0, 5.0], [2.0, 5.0, 8.0]]);
+    }
+
+    /// GPTQ's pass over the fixture ResNet in runs of one sample each gives the same sums as in whole batches.
+    #[test]
+    fn runs_of_any_size_sum_alike() {
+        let model = Model::load(&test_support::model("fmnist_resnet_opset13.onnx")).unwrap();
+        let dataset = datasets::Dataset::flat(&test_support::calib_dir()).unwrap().limit(37, 0);
+        let feed = test_support::feed();
+        let sums = |run_values| {
+            let fail = datasets::OnBadImage::Fail;
+            Hessians::collect_in_runs(&model, WeightRounding::Gptq, &dataset, &feed, 2, fail, run_values).unwrap()
+        };
+        let (whole, single) = (sums(usize::MAX), sums(1));
+        assert_eq!((whole.samples, single.samples), (37, 37));
+        assert!(!whole.by_node.is_empty());
+        for (node, h) in &whole.by_node {
+            assert_eq!(h.sum, single.by_node[node].sum, "{node}");
+            assert_eq!(h.patches, single.by_node[node].patches, "{node}");
+        }
     }
 
     #[test]
