@@ -167,7 +167,8 @@ pub fn weight_hessians(
     // The calibration pass skipped unreadable samples only where told to, so they are skipped here alike.
     let on_bad_image = if hist.images.skipped > 0 { datasets::OnBadImage::Skip } else { datasets::OnBadImage::Fail };
     let start = std::time::Instant::now();
-    let hessians = Hessians::collect(quantizer.model(), rounding, &held_in, feed, threads, on_bad_image)?;
+    let run_values = crate::rounding::RUN_VALUES;
+    let hessians = Hessians::collect(quantizer.model(), rounding, &held_in, feed, threads, on_bad_image, run_values)?;
     tracing::info!(target: "int8kit::rounding", seconds = start.elapsed().as_secs_f64(), samples = hessians.samples,
         layers = hessians.by_node.len(), "GPTQ's layer input sums");
     Ok(Some(hessians))

@@ -317,7 +317,7 @@ fn mirror_upper(m: &mut Array2<f64>) {
 /// one-thread sessions on this 2-core Xeon, the sums' seconds: trueocr_orient (768x768, 4.9 M values per sample)
 /// 5.8-6.7 in runs of 16 samples, 2.3-2.4 in runs of 6 (this budget), 2.0 in runs of 3; open_nsfw_tf
 /// (4.4 M) 3.1-3.2 in runs of 16, 2.9-3.3 in runs of 7, 3.5-3.6 in runs of 3.
-const RUN_VALUES: usize = 32 << 20;
+pub const RUN_VALUES: usize = 32 << 20;
 
 /// The float model tapped at the layers' inputs, as GPTQ's pass runs it.
 struct Pass<'p> {
@@ -470,20 +470,9 @@ impl Hessians {
     }
 
     /// The `H` of `model`'s layers (at most [`MAX_COLUMNS`] columns) over `dataset` (held-in calibration
-    /// samples), the float model run with the layers' inputs as outputs.
+    /// samples), the float model run with the layers' inputs as outputs, each run making at most `run_values`
+    /// of them ([`RUN_VALUES`]; the sums do not depend on it).
     pub fn collect(
-        model: &Model,
-        rounding: WeightRounding,
-        dataset: &datasets::Dataset,
-        feed: &datasets::Feed,
-        threads: usize,
-        on_bad_image: datasets::OnBadImage,
-    ) -> Result<Hessians, QuantizeError> {
-        Hessians::collect_in_runs(model, rounding, dataset, feed, threads, on_bad_image, RUN_VALUES)
-    }
-
-    /// [`Hessians::collect`], runs of the float model making at most `run_values` tapped values each.
-    fn collect_in_runs(
         model: &Model,
         rounding: WeightRounding,
         dataset: &datasets::Dataset,
@@ -937,7 +926,7 @@ mod tests {
         let feed = test_support::feed();
         let sums = |run_values| {
             let fail = datasets::OnBadImage::Fail;
-            Hessians::collect_in_runs(&model, WeightRounding::Gptq, &dataset, &feed, 2, fail, run_values).unwrap()
+            Hessians::collect(&model, WeightRounding::Gptq, &dataset, &feed, 2, fail, run_values).unwrap()
         };
         let (whole, single) = (sums(usize::MAX), sums(1));
         assert_eq!((whole.samples, single.samples), (37, 37));
