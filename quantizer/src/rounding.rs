@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use graph::proto::{ModelProto, NodeProto};
 use graph::Model;
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, Axis, Slice};
 
 use crate::QuantizeError;
 
@@ -293,7 +293,6 @@ const GRAM_PANEL: usize = 128;
 /// each is one product-sum over the rows in row order, wherever its panel starts (tested), and `a * b` rounds as
 /// `b * a`, so the lower triangle would have been the upper one's mirror.
 fn upper_gram(x: &ArrayView2<'_, f32>, out: &mut Array2<f32>) {
-    use ndarray::{Axis, Slice};
     let k = x.ncols();
     for r0 in (0..k).step_by(GRAM_PANEL) {
         let r1 = (r0 + GRAM_PANEL).min(k);
@@ -424,9 +423,10 @@ impl Hessians {
                 }
                 let x = ArrayView2::from_shape((count, k), &rows).expect("rows hold whole patches");
                 upper_gram(&x, &mut product);
-                for (r, (sum, p)) in h.sum.outer_iter_mut().zip(product.outer_iter()).enumerate() {
-                    let (sum, p) = (sum.into_slice().expect("standard layout"), p.to_slice().expect("standard layout"));
-                    sum[r..].iter_mut().zip(&p[r..]).for_each(|(a, &b)| *a += b as f64);
+                for (r, (mut sum, p)) in h.sum.outer_iter_mut().zip(product.outer_iter()).enumerate() {
+                    let upper = Slice::from(r..);
+                    sum.slice_axis_inplace(Axis(0), upper);
+                    sum.zip_mut_with(&p.slice_axis(Axis(0), upper), |a, &b| *a += b as f64);
                 }
                 h.patches += count as u64;
             }
