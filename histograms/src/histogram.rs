@@ -322,8 +322,8 @@ mod kernels {
             }
         }
 
-        /// For each mask of the lanes to keep, their indices packed to the front, one byte each: `left_pack`'s
-        /// permutation (2 KB, so it stays in L1 beside the counting tables).
+        /// For each mask of the lanes to keep, their indices packed to the front, one byte each: the permutation
+        /// that moves the kept lanes' bins together (2 KB, so it stays in L1 beside the counting tables).
         static PACK: [u64; 256] = {
             let mut table = [0u64; 256];
             let mut mask = 0;
@@ -345,8 +345,8 @@ mod kernels {
         /// Bins `v` into `tables` (value j into table j % TABLES) and scans its range: the scan costs almost
         /// nothing beside the scatter, which bounds the loop. Where bin 0 takes a large share of the values
         /// (ReLU's zeros), each count of it waits for the one before; then bin 0 is counted in the vector
-        /// registers and only the other bins go to the scalar loop (ReLU outputs with half zeros: 0.64 -> 0.37
-        /// ns per value on this Xeon, but 0.38 -> 0.51 on values that are rarely 0, hence the choice).
+        /// registers and only the other bins go to the scalar loop (values in L2, this Xeon: ReLU outputs with
+        /// half zeros 0.64 -> 0.37 ns per value, but values rarely in bin 0 0.38 -> 0.51, hence the choice).
         #[target_feature(enable = "avx2")]
         pub unsafe fn scan_and_bin(v: &[f32], k: f32, tables: &mut [u32]) -> (f32, f32, u32) {
             if super::mostly_bin_zero(v, k) {
