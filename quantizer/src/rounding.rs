@@ -374,7 +374,8 @@ impl datasets::BatchSource for AfterFirst<'_> {
     }
 }
 
-/// Samples per run of the float model (a model's fixed batch wins): the sums do not depend on it.
+/// Samples per batch the pass reads (a model's fixed batch wins); each run takes at most this many ([`RUN_VALUES`]).
+/// The sums depend on neither.
 const BATCH: usize = 16;
 
 /// The `H` of every layer [`layers`] finds, from the float model's layer inputs.
