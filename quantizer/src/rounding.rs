@@ -503,25 +503,26 @@ impl Hessians {
         // intra-op thread count ([`crate::measure::Probe::layout`]), and the integers must not depend on
         // `--threads`.
         let label = model.path.display().to_string();
-        let batches = dataset.len().div_ceil(batch_size);
-        let (parallel, session_threads) =
-            match crate::measure::layout(model.weight_values(), runtime::Device::Cpu, threads, batches) {
-                crate::measure::Layout::OneThreadSessions(n) => (n, 1),
-                crate::measure::Layout::OneSession(threads) => (1, threads),
-            };
-        let mut sessions = Vec::new();
-        if !names.is_empty() {
+        let fixed_batch = model.fixed_batch(&input).is_some();
+        let weights = model.weight_values();
+        // One-thread sessions unless the model is too large to hold several ([`crate::measure::layout`]); how
+        // many follows from the parts, known after the first run.
+        let session_threads = match crate::measure::layout(weights, runtime::Device::Cpu, threads, 1) {
+            crate::measure::Layout::OneThreadSessions(_) => 1,
+            crate::measure::Layout::OneSession(threads) => threads,
+        };
+        let tapped = if names.is_empty() {
+            None
+        } else {
             let mut tapped = model.clone();
             tapped.prune_to_outputs(&names, calibrate::float_output);
-            let bytes = tapped.to_bytes()?;
-            let mut cfg = runtime::SessionConfig::new(&label)
-                .place(runtime::Placement { threads: session_threads, device: runtime::Device::Cpu });
-            cfg.external_data_dir = Some(model.dir.clone());
-            for _ in 0..parallel {
-                sessions.push(runtime::session_from_bytes(&bytes, &cfg)?);
-            }
-        }
-        let fixed_batch = model.fixed_batch(&input).is_some();
+            Some(tapped.to_bytes()?)
+        };
+        let mut cfg = runtime::SessionConfig::new(&label)
+            .place(runtime::Placement { threads: session_threads, device: runtime::Device::Cpu });
+        cfg.external_data_dir = Some(model.dir.clone());
+        let new_session = || tapped.as_deref().map(|bytes| runtime::session_from_bytes(bytes, &cfg)).transpose();
+        let mut sessions: Vec<runtime::Session> = new_session()?.into_iter().collect();
         let options = datasets::StreamOptions { batch_size, on_bad_image, ..Default::default() };
         let mut stream = datasets::BatchStream::new(&dataset, feed, options);
         let pass = Pass { model, layers: &layers, names: &names, input: &input, label: &label };
@@ -540,6 +541,13 @@ impl Hessians {
             }
             first => (batch_size, first.transpose()?),
         };
+        if let crate::measure::Layout::OneThreadSessions(n) =
+            crate::measure::layout(weights, runtime::Device::Cpu, threads, dataset.len().div_ceil(per_run))
+        {
+            while !sessions.is_empty() && sessions.len() < n {
+                sessions.extend(new_session()?);
+            }
+        }
         let mut rest = AfterFirst { first: rest, stream: &mut stream };
         let mut parts = datasets::Rebatched::new(&mut rest, per_run);
         loop {
