@@ -86,7 +86,7 @@ impl AmaxCache {
 }
 
 /// The input of every MaxPool and GlobalMaxPool, the last pool first, with the tensors that hold the pool's
-/// output values: the output, then what value-preserving readers make of it ([`passes_values`]; PyTorch exports
+/// output values: the output, then what value-preserving readers make of it (`passes_values`; PyTorch exports
 /// put float-to-float Casts and Transposes between a pool and the next Conv). Max pooling commutes with INT8
 /// rounding and clipping (both keep the order of values), so a pool's input quantized with the scale of the
 /// pool's output adds no error of its own: the Q/DQ model gives such an input, where the pools alone read it in

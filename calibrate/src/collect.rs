@@ -53,12 +53,12 @@ pub struct CalibrateOptions {
     pub deal_sizes: bool,
     /// The most tapped activation values one ONNX Runtime run of the CPU pass may produce per two of its
     /// threads: a batch whose activations would exceed it runs in parts ([`RUN_VALUES_MAX`] by default;
-    /// [`run_budget`] scales it with the threads).
+    /// `run_budget` scales it with the threads).
     pub run_values_max: usize,
 }
 
 /// The most tapped activation values one ONNX Runtime run of the CPU pass produces by default per two of its
-/// threads (256 MB of float32, [`run_budget`]): a batch whose activations would exceed it runs in parts. On the
+/// threads (256 MB of float32, `run_budget`): a batch whose activations would exceed it runs in parts. On the
 /// DINOv2 ViT-S/14 (75 MB of tapped activations per image), on 2 cores, `calibrate --batch-size 16` took
 /// 15.3-15.6 s for 128 images against 12.1-13.2 s in batches of 4 or 8, and the FP32 pass alone 12.4-13.2 s in
 /// batches of 16: a gigabyte of outputs per run cost more than the binning. The statistics are the same bytes

@@ -1,6 +1,6 @@
 //! Evaluation of INT8 models against their FP32 originals: the FP32-vs-INT8 comparison ([`compare`]),
 //! per-node sensitivity ([`sensitivity`]), the automatic deny list ([`autoprecision`]), the release gate
-//! ([`validate`]) and the TensorRT adapter ([`tensorrt`]). Each takes a config struct and returns a report;
+//! ([`validate`](mod@validate)) and the TensorRT adapter ([`tensorrt`]). Each takes a config struct and returns a report;
 //! printing and exit codes belong to the `int8kit` binary.
 
 #![forbid(unsafe_code)]

@@ -10,7 +10,7 @@ const PREPROCESSING_OPS: [&str; 10] =
     ["Cast", "Div", "Sub", "Mul", "Add", "Transpose", "Reshape", "Identity", "Unsqueeze", "Squeeze"];
 
 /// The preprocessed image: the fed inputs, and every tensor computed from one of them alone (other operands
-/// constant) through [`PREPROCESSING_OPS`], as in a model that takes uint8 pixels and normalises in its graph.
+/// constant) through `PREPROCESSING_OPS`, as in a model that takes uint8 pixels and normalises in its graph.
 pub fn image_tensors(graph: &crate::proto::GraphProto) -> BTreeSet<String> {
     let index = crate::GraphIndex::new(graph);
     let mut image: BTreeSet<String> =

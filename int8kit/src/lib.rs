@@ -5,6 +5,8 @@
 
 #![forbid(unsafe_code)]
 
+// The flags' doc comments are their `--help` text, where `[input]` and `cuda[:N]` are meant literally.
+#[allow(rustdoc::broken_intra_doc_links)]
 pub mod args;
 pub mod commands;
 pub mod exit;

@@ -1,6 +1,6 @@
 //! `int8kit._native`: what the Python package `int8kit` (python/int8kit) calls. The package's functions
-//! mirror the commands; those fed by folders run the very command line in-process ([`run_cli`]), those fed
-//! by Python iterables stream the batches into `calibrate::calibrate_batches` ([`calibrate_iter`]).
+//! mirror the commands; those fed by folders run the very command line in-process (`run_cli`), those fed
+//! by Python iterables stream the batches into `calibrate::calibrate_batches` (`calibrate_iter`).
 //!
 //! Threads: the interpreter's thread pulls batches from the user's iterable (it needs the interpreter) and
 //! hands them over a bounded queue to a worker thread that runs ONNX Runtime and the statistics without the

@@ -51,11 +51,11 @@ const LOW_FIDELITY_DB: f64 = 3.0;
 /// A sample's output energy is counted as at least this share of the samples' mean when its SQNR is taken:
 /// an output that is almost all zeros (a detector's map of a photo without text) would otherwise give minus
 /// infinity and outweigh every other sample.
-const SIGNAL_FLOOR: f64 = 0.01;
+pub const SIGNAL_FLOOR: f64 = 0.01;
 
 /// A sample's SQNR is counted as at most this many dB (and at least its negative): float32's own rounding
 /// (2^-24) is 144 dB, so an output reproduced exactly (no noise) does not count as infinitely good.
-const SQNR_MAX_DB: f64 = 140.0;
+pub const SQNR_MAX_DB: f64 = 140.0;
 
 /// The fewest samples the coarse stage ranks candidates on.
 const MIN_COARSE_SAMPLES: usize = 32;
