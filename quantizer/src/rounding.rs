@@ -498,7 +498,7 @@ impl Hessians {
             }
         }
         // The layers' inputs as the only outputs, nothing computed past them (a detector's post-processing); no
-        // session where every layer reads the fed input. One-thread sessions, each on its own batch, where the
+        // session where every layer reads the fed input. One-thread sessions, each on its own part, where the
         // model is small enough to hold several: ONNX Runtime's CPU GEMMs round differently on another
         // intra-op thread count ([`crate::measure::Probe::layout`]), and the integers must not depend on
         // `--threads`.
